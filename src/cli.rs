@@ -1,0 +1,385 @@
+//! The command line: `serve`, `check`, and the operator commands `state …`
+//! and `lock …` that work directly on the configured store (no server
+//! needed), with the same rules the server applies.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+
+use stategate::config::{self, CliOverrides, FileConfig, Settings};
+use stategate::state::{Policy, StateRef, States, WriteOptions, WriteOutcome, key};
+use stategate::stores;
+
+/// A remote state server for Terraform and OpenTofu's `backend "http"`.
+#[derive(Debug, Parser)]
+#[command(name = "stategate", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where settings come from; accepted by every subcommand.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// YAML configuration file (`listen:`, `backend: {storageType, config}`).
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "STATEGATE_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// local, sqlite, s3 or oss [default: local].
+    #[arg(long, global = true, value_name = "TYPE")]
+    pub storage_type: Option<String>,
+    /// A store setting, e.g. `-C path=/var/lib/stategate`; repeatable.
+    #[arg(short = 'C', global = true, value_name = "KEY=VALUE", value_parser = config::parse_override)]
+    pub set: Vec<(String, String)>,
+    /// Largest request body accepted [default: 536870912].
+    #[arg(long, global = true, value_name = "BYTES")]
+    pub max_body_bytes: Option<u64>,
+    /// Log line format: text or json [default: text].
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve states over HTTP.
+    Serve,
+    /// Validate the configuration and probe the store.
+    Check,
+    /// Inspect, restore and push states directly in the store.
+    #[command(subcommand)]
+    State(StateCommand),
+    /// Inspect and release locks directly in the store.
+    #[command(subcommand)]
+    Lock(LockCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// List states: key, workspace, serial, size, last write, lock holder.
+    List {
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// List the kept versions of a state.
+    History {
+        key: String,
+        #[arg(long, short)]
+        workspace: Option<String>,
+    },
+    /// Print a state (or one of its versions) to stdout.
+    Get {
+        key: String,
+        #[arg(long, short)]
+        workspace: Option<String>,
+        /// A version number from `state history`.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Make an earlier version the current state (itself kept as a new version).
+    Restore {
+        key: String,
+        #[arg(long)]
+        version: u64,
+        #[arg(long, short)]
+        workspace: Option<String>,
+        /// Restore even while the state is locked.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Store a state from a file (`-` for stdin).
+    Push {
+        key: String,
+        file: PathBuf,
+        #[arg(long, short)]
+        workspace: Option<String>,
+        /// Skip the lineage and serial check (replace newer state on purpose).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// List held locks.
+    List,
+    /// Force-release a state's lock, whoever holds it (logged as a warning).
+    Release {
+        key: String,
+        #[arg(long, short)]
+        workspace: Option<String>,
+    },
+}
+
+/// Loads, merges and validates the settings.
+pub fn load_settings(args: &ConfigArgs) -> Result<Settings> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let overrides = CliOverrides {
+        listen: args.listen.clone(),
+        storage_type: args.storage_type.clone(),
+        max_body_bytes: args.max_body_bytes,
+        log_format: args.log_format.clone(),
+        store: args.set.clone(),
+    };
+    let settings = config::resolve(file, &|k| std::env::var(k).ok(), &overrides, Path::new("."))?;
+    let prefix = settings
+        .store
+        .get("workspace_key_prefix")
+        .unwrap_or_default();
+    key::check_workspace_key_prefix(prefix)
+        .map_err(|e| config::ConfigError::invalid("workspace_key_prefix", e))?;
+    Ok(settings)
+}
+
+/// The rules' tuning, from the settings.
+pub fn policy(settings: &Settings) -> Policy {
+    Policy {
+        workspace_key_prefix: settings
+            .store
+            .get("workspace_key_prefix")
+            .unwrap_or_default()
+            .to_string(),
+        history_keep: settings.history_keep,
+        protect_lineage: settings.protect_lineage,
+    }
+}
+
+/// Opens and probes the store, applying the rules to it.
+pub async fn open_states(settings: &Settings) -> Result<(States, stores::ProbeReport)> {
+    let (store, report) = stores::open(&settings.store).await?;
+    Ok((States::new(store, policy(settings)), report))
+}
+
+/// `stategate check`.
+pub async fn check(settings: &Settings) -> Result<()> {
+    println!("configuration: ok");
+    println!("  listen: {}", settings.listen);
+    println!("  storageType: {}", settings.backend.name);
+    println!("  store settings: {:?}", settings.store);
+    println!(
+        "  history_keep: {}, protect_lineage: {}",
+        settings.history_keep, settings.protect_lineage
+    );
+    let (states, report) = open_states(settings).await?;
+    println!("store: {}", states.store().describe());
+    for step in &report.steps {
+        println!("  {step}");
+    }
+    let caps = states.store().capabilities();
+    println!(
+        "  compare-and-swap writes: {}",
+        if caps.compare_and_swap { "yes" } else { "no" }
+    );
+    println!("ok");
+    Ok(())
+}
+
+fn state_ref(key: &str, workspace: Option<&str>) -> Result<StateRef> {
+    StateRef::parse(key, workspace).with_context(|| format!("invalid state key {key:?}"))
+}
+
+/// `stategate state …`.
+pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
+    let (states, _) = open_states(settings).await?;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        StateCommand::List { prefix } => {
+            writeln!(
+                out,
+                "{:<40} {:<12} {:>8} {:>12}  {:<25} LOCKED BY",
+                "KEY", "WORKSPACE", "SERIAL", "SIZE", "LAST WRITE"
+            )?;
+            for s in states.list(&prefix).await? {
+                let serial = s.serial.map_or("-".to_string(), |n| n.to_string());
+                let lock = s
+                    .lock
+                    .map_or("-".to_string(), |l| format!("{} ({})", l.who, l.id));
+                let modified = s.modified.unwrap_or_else(|| "-".into());
+                writeln!(
+                    out,
+                    "{:<40} {:<12} {:>8} {:>12}  {:<25} {}",
+                    s.state.key(),
+                    s.state.workspace(),
+                    serial,
+                    s.size,
+                    modified,
+                    lock
+                )?;
+            }
+        }
+        StateCommand::History { key, workspace } => {
+            let state = state_ref(&key, workspace.as_deref())?;
+            writeln!(
+                out,
+                "{:>7} {:>8} {:>12}  {:<32} {:<25} {:<8} WHO",
+                "VERSION", "SERIAL", "SIZE", "MD5", "RECORDED", "OP"
+            )?;
+            for v in states.history(&state).await? {
+                let serial = v.serial.map_or("-".to_string(), |n| n.to_string());
+                let who = v.who.unwrap_or_else(|| "-".into());
+                writeln!(
+                    out,
+                    "{:>7} {:>8} {:>12}  {:<32} {:<25} {:<8} {}",
+                    v.version, serial, v.size, v.md5, v.created, v.operation, who
+                )?;
+            }
+        }
+        StateCommand::Get {
+            key,
+            workspace,
+            version,
+        } => {
+            let state = state_ref(&key, workspace.as_deref())?;
+            let body = match version {
+                Some(n) => states.version(&state, n).await?,
+                None => states
+                    .get(&state)
+                    .await?
+                    .with_context(|| format!("no state stored for {state}"))?,
+            };
+            out.write_all(&body)?;
+        }
+        StateCommand::Restore {
+            key,
+            version,
+            workspace,
+            force,
+        } => {
+            let state = state_ref(&key, workspace.as_deref())?;
+            let body = states.version(&state, version).await?;
+            let opts = WriteOptions {
+                skip_lineage_check: true,
+                ignore_lock: force,
+                operation: "restore",
+                ..Default::default()
+            };
+            report_write(
+                &mut out,
+                &state,
+                states.write(&state, body, opts).await?,
+                &format!("restored version {version} of"),
+            )?;
+        }
+        StateCommand::Push {
+            key,
+            file,
+            workspace,
+            force,
+        } => {
+            let state = state_ref(&key, workspace.as_deref())?;
+            let body = if file.as_os_str() == "-" {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+                buf
+            } else {
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            let opts = WriteOptions {
+                skip_lineage_check: force,
+                operation: "push",
+                ..Default::default()
+            };
+            report_write(
+                &mut out,
+                &state,
+                states.write(&state, Bytes::from(body), opts).await?,
+                "pushed",
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn report_write(
+    out: &mut impl Write,
+    state: &StateRef,
+    outcome: WriteOutcome,
+    what: &str,
+) -> Result<()> {
+    match outcome {
+        WriteOutcome::Written { version: Some(v) } => {
+            writeln!(out, "{what} {state} (now version {v})")?
+        }
+        WriteOutcome::Written { version: None } => writeln!(out, "{what} {state}")?,
+        WriteOutcome::Unchanged => writeln!(
+            out,
+            "{state} already had exactly this content; nothing written"
+        )?,
+    }
+    Ok(())
+}
+
+/// `stategate lock …`.
+pub async fn lock(settings: &Settings, cmd: LockCommand) -> Result<()> {
+    let (states, _) = open_states(settings).await?;
+    match cmd {
+        LockCommand::List => {
+            println!(
+                "{:<40} {:<12} {:<38} {:<24} {:<22} CREATED",
+                "KEY", "WORKSPACE", "ID", "WHO", "OPERATION"
+            );
+            for (state, info) in states.locks().await? {
+                println!(
+                    "{:<40} {:<12} {:<38} {:<24} {:<22} {}",
+                    state.key(),
+                    state.workspace(),
+                    info.id,
+                    info.who,
+                    info.operation,
+                    info.created
+                );
+            }
+        }
+        LockCommand::Release { key, workspace } => {
+            let state = state_ref(&key, workspace.as_deref())?;
+            match states.lock_holder(&state).await? {
+                None => println!("{state} is not locked"),
+                Some(held) => {
+                    states.release(&state, None).await?;
+                    println!(
+                        "released the lock on {state} held by {} (ID {})",
+                        held.info.who, held.info.id
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the states alive for the server.
+pub fn shared(states: States, max_body_bytes: u64) -> Arc<stategate::protocol::App> {
+    Arc::new(stategate::protocol::App {
+        states,
+        max_body_bytes,
+    })
+}
+
+/// Refuses to run `serve` with a listen address that is already taken,
+/// naming the setting.
+pub async fn bind(settings: &Settings) -> Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(settings.listen).await {
+        Ok(l) => Ok(l),
+        Err(e) => bail!(
+            "setting `listen`: cannot listen on {}: {e}",
+            settings.listen
+        ),
+    }
+}

@@ -1,0 +1,572 @@
+//! Configuration, in two stages as the seed Kusion document describes it:
+//! raw values close to the user's words (a YAML file with `listen:` and
+//! `backend: {storageType, config}`, environment variables, `-C key=value`
+//! and flags), merged per key in one function ([`resolve`]) where the command
+//! line beats the environment and the environment beats the file; then
+//! validated, typed [`Settings`]. Every mistake is a [`ConfigError`] naming
+//! the setting, so start-up stops with one clear line before anything
+//! listens.
+//!
+//! Store settings are declared by each store as a table of [`Setting`]s
+//! (name, spellings from both seed documents, environment variables,
+//! secrecy, default). Unknown keys are errors, never silently ignored.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::stores::{self, Backend, COMMON_SETTINGS};
+
+/// One setting a store accepts.
+#[derive(Debug)]
+pub struct Setting {
+    /// The canonical name, as documented and as stores look it up.
+    pub name: &'static str,
+    /// Other accepted spellings (the seed documents differ: `accessKeyID`
+    /// in Kusion, `access_key` in Terraform).
+    pub aliases: &'static [&'static str],
+    /// Environment variables that set it, first one found wins.
+    pub env: &'static [&'static str],
+    /// Never shown in logs, errors or `Debug` output.
+    pub secret: bool,
+    /// Value used when no source sets it.
+    pub default: Option<&'static str>,
+    /// One line for the README and error messages.
+    pub help: &'static str,
+}
+
+impl Setting {
+    fn answers_to(&self, key: &str) -> bool {
+        self.name == key || self.aliases.contains(&key)
+    }
+}
+
+/// A configuration mistake. The message always names the setting.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A setting has a value that cannot be used.
+    #[error("setting `{setting}`: {reason}")]
+    Invalid { setting: String, reason: String },
+    /// A required setting is set nowhere.
+    #[error("setting `{setting}` is required ({help})")]
+    Missing { setting: String, help: String },
+    /// A key no store or server setting answers to.
+    #[error("unknown setting `{setting}` {context}")]
+    Unknown { setting: String, context: String },
+    /// The configuration file cannot be read or parsed.
+    #[error("config file {path}: {reason}")]
+    File { path: String, reason: String },
+}
+
+impl ConfigError {
+    /// Builds [`ConfigError::Invalid`].
+    pub fn invalid(setting: &str, reason: impl fmt::Display) -> Self {
+        ConfigError::Invalid {
+            setting: setting.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The configuration file, exactly as the user wrote it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub max_body_bytes: Option<u64>,
+    pub log_format: Option<String>,
+    pub history_keep: Option<u64>,
+    pub protect_lineage: Option<bool>,
+    pub backend: Option<FileBackend>,
+}
+
+/// The `backend:` block of the file, as in the seed Kusion document.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBackend {
+    #[serde(rename = "storageType", alias = "storage_type")]
+    pub storage_type: Option<String>,
+    #[serde(default)]
+    pub config: BTreeMap<String, serde_yaml_ng::Value>,
+}
+
+impl FileConfig {
+    /// Reads and parses a YAML configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file_error = |reason: String| ConfigError::File {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+        if text.trim().is_empty() {
+            return Ok(FileConfig::default());
+        }
+        serde_yaml_ng::from_str(&text).map_err(|e| file_error(e.to_string()))
+    }
+}
+
+/// What the command line says; `None` means not given.
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    pub listen: Option<String>,
+    pub storage_type: Option<String>,
+    pub max_body_bytes: Option<u64>,
+    pub log_format: Option<String>,
+    /// `-C key=value`, in order.
+    pub store: Vec<(String, String)>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Validated settings, ready to use.
+#[derive(Debug)]
+pub struct Settings {
+    /// Where `serve` listens.
+    pub listen: SocketAddr,
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: u64,
+    pub log_format: LogFormat,
+    /// Versions kept per state; 0 keeps all.
+    pub history_keep: u64,
+    /// Refuse writes whose lineage or serial would overwrite newer state.
+    pub protect_lineage: bool,
+    /// The chosen storage type.
+    pub backend: &'static Backend,
+    /// Its settings, merged and checked against its table.
+    pub store: StoreSettings,
+}
+
+/// Default listen address: loopback only, so a laptop run exposes nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default request body limit: 512 MiB (states of 250 MB exist in the wild).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 512 * 1024 * 1024;
+/// Default number of versions kept per state.
+pub const DEFAULT_HISTORY_KEEP: u64 = 100;
+
+/// The merged settings of one store. Secrets are hidden from `Debug`.
+#[derive(Clone)]
+pub struct StoreSettings {
+    backend: &'static str,
+    values: BTreeMap<&'static str, String>,
+    secrets: Vec<&'static str>,
+    /// Directory relative paths are resolved against (the config file's, or
+    /// the working directory).
+    base_dir: PathBuf,
+}
+
+impl fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for (k, v) in &self.values {
+            if self.secrets.contains(k) {
+                map.entry(k, &"<redacted>");
+            } else {
+                map.entry(k, v);
+            }
+        }
+        map.finish()
+    }
+}
+
+impl StoreSettings {
+    /// Builds settings directly from canonical names (tests, tools).
+    pub fn from_pairs(backend: &'static str, pairs: &[(&'static str, &str)]) -> Self {
+        StoreSettings {
+            backend,
+            values: pairs.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+            secrets: Vec::new(),
+            base_dir: PathBuf::from("."),
+        }
+    }
+
+    /// The storage type these settings belong to.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// A setting's value, if set anywhere or defaulted.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A setting that must be present.
+    pub fn require(&self, name: &str) -> Result<&str, ConfigError> {
+        self.get(name).ok_or_else(|| ConfigError::Missing {
+            setting: name.to_string(),
+            help: format!("storageType {}", self.backend),
+        })
+    }
+
+    /// A boolean setting (`true`/`false`, `1`/`0`, `yes`/`no`); absent is false.
+    pub fn bool(&self, name: &str) -> Result<bool, ConfigError> {
+        match self.get(name) {
+            None => Ok(false),
+            Some(v) => parse_bool(v)
+                .ok_or_else(|| ConfigError::invalid(name, format!("`{v}` is not true or false"))),
+        }
+    }
+
+    /// A path setting, relative paths taken from the config file's directory.
+    pub fn path(&self, name: &str) -> Option<PathBuf> {
+        self.get(name).map(|v| self.base_dir.join(v))
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn yaml_scalar(setting: &str, value: &serde_yaml_ng::Value) -> Result<String, ConfigError> {
+    use serde_yaml_ng::Value;
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Bool(b) => Ok(b.to_string()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Null => Ok(String::new()),
+        _ => Err(ConfigError::invalid(
+            setting,
+            "must be a single value, not a list or map",
+        )),
+    }
+}
+
+/// Merges the file, the environment and the command line into validated
+/// settings. `env` looks up an environment variable (injected for tests).
+/// `base_dir` is where relative store paths start.
+pub fn resolve(
+    file: FileConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    cli: &CliOverrides,
+    base_dir: &Path,
+) -> Result<Settings, ConfigError> {
+    let file_backend = file.backend.unwrap_or_default();
+
+    let listen_text = cli
+        .listen
+        .clone()
+        .or_else(|| env("STATEGATE_LISTEN"))
+        .or(file.listen)
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+    let listen = listen_text.parse::<SocketAddr>().map_err(|_| {
+        ConfigError::invalid(
+            "listen",
+            format!("`{listen_text}` is not an address like 127.0.0.1:8080"),
+        )
+    })?;
+
+    let max_body_bytes = match cli.max_body_bytes {
+        Some(v) => v,
+        None => match env("STATEGATE_MAX_BODY_BYTES") {
+            Some(v) => parse_u64("max_body_bytes", &v)?,
+            None => file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        },
+    };
+    if max_body_bytes == 0 {
+        return Err(ConfigError::invalid(
+            "max_body_bytes",
+            "must be greater than 0",
+        ));
+    }
+
+    let log_text = cli
+        .log_format
+        .clone()
+        .or_else(|| env("STATEGATE_LOG_FORMAT"))
+        .or(file.log_format)
+        .unwrap_or_else(|| "text".to_string());
+    let log_format = match log_text.as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(ConfigError::invalid(
+                "log_format",
+                format!("`{other}` is not text or json"),
+            ));
+        }
+    };
+
+    let history_keep = match env("STATEGATE_HISTORY_KEEP") {
+        Some(v) => parse_u64("history_keep", &v)?,
+        None => file.history_keep.unwrap_or(DEFAULT_HISTORY_KEEP),
+    };
+    let protect_lineage = match env("STATEGATE_PROTECT_LINEAGE") {
+        Some(v) => parse_bool(&v).ok_or_else(|| {
+            ConfigError::invalid("protect_lineage", format!("`{v}` is not true or false"))
+        })?,
+        None => file.protect_lineage.unwrap_or(true),
+    };
+
+    let type_name = cli
+        .storage_type
+        .clone()
+        .or_else(|| env("STATEGATE_STORAGE_TYPE"))
+        .or(file_backend.storage_type)
+        .unwrap_or_else(|| "local".to_string());
+    let backend = stores::backend(&type_name).ok_or_else(|| {
+        let known: Vec<_> = stores::backends().iter().map(|b| b.name).collect();
+        ConfigError::invalid(
+            "storageType",
+            format!(
+                "unknown storage type `{type_name}` (known: {})",
+                known.join(", ")
+            ),
+        )
+    })?;
+
+    let store = merge_store_settings(backend, &file_backend.config, env, &cli.store, base_dir)?;
+    Ok(Settings {
+        listen,
+        max_body_bytes,
+        log_format,
+        history_keep,
+        protect_lineage,
+        backend,
+        store,
+    })
+}
+
+fn parse_u64(setting: &str, v: &str) -> Result<u64, ConfigError> {
+    v.trim()
+        .parse()
+        .map_err(|_| ConfigError::invalid(setting, format!("`{v}` is not a whole number")))
+}
+
+/// Merges one store's settings: defaults, then the file's `backend.config`,
+/// then environment variables, then `-C key=value`; later sources win per
+/// key. Keys are matched against the store's table and [`COMMON_SETTINGS`]
+/// in any of their spellings; anything else is an error.
+pub fn merge_store_settings(
+    backend: &'static Backend,
+    file: &BTreeMap<String, serde_yaml_ng::Value>,
+    env: &dyn Fn(&str) -> Option<String>,
+    cli: &[(String, String)],
+    base_dir: &Path,
+) -> Result<StoreSettings, ConfigError> {
+    let table: Vec<&'static Setting> = backend.settings.iter().chain(COMMON_SETTINGS).collect();
+    let find = |key: &str| -> Result<&'static Setting, ConfigError> {
+        table
+            .iter()
+            .copied()
+            .find(|s| s.answers_to(key))
+            .ok_or_else(|| {
+                let known: Vec<_> = table.iter().map(|s| s.name).collect();
+                ConfigError::Unknown {
+                    setting: key.to_string(),
+                    context: format!(
+                        "for storageType {} (known: {})",
+                        backend.name,
+                        known.join(", ")
+                    ),
+                }
+            })
+    };
+
+    let mut values: BTreeMap<&'static str, String> = BTreeMap::new();
+    for s in &table {
+        if let Some(d) = s.default {
+            values.insert(s.name, d.to_string());
+        }
+    }
+
+    // Within one source a setting may appear once, in whichever spelling.
+    let mut seen = BTreeMap::new();
+    for (key, value) in file {
+        let setting = find(key)?;
+        if let Some(other) = seen.insert(setting.name, key.clone()) {
+            return Err(ConfigError::invalid(
+                setting.name,
+                format!("set twice in the file (`{other}` and `{key}`)"),
+            ));
+        }
+        values.insert(setting.name, yaml_scalar(key, value)?);
+    }
+    for s in &table {
+        if let Some(v) = s.env.iter().find_map(|name| env(name)) {
+            values.insert(s.name, v);
+        }
+    }
+    for (key, value) in cli {
+        values.insert(find(key)?.name, value.clone());
+    }
+
+    let secrets = table.iter().filter(|s| s.secret).map(|s| s.name).collect();
+    Ok(StoreSettings {
+        backend: backend.name,
+        values,
+        secrets,
+        base_dir: base_dir.to_path_buf(),
+    })
+}
+
+/// Splits a `-C key=value` argument.
+pub fn parse_override(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("`{arg}` is not key=value")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn file(yaml: &str) -> FileConfig {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_local_on_loopback() {
+        let s = resolve(
+            FileConfig::default(),
+            &no_env,
+            &CliOverrides::default(),
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.backend.name, "local");
+        assert_eq!(s.store.get("path"), Some("./stategate-data"));
+        assert_eq!(s.store.get("workspace_key_prefix"), Some("workspaces"));
+        assert_eq!(s.max_body_bytes, 512 * 1024 * 1024);
+        assert_eq!(s.history_keep, 100);
+        assert!(s.protect_lineage);
+    }
+
+    #[test]
+    fn command_line_beats_environment_beats_file() {
+        let f = file(
+            "listen: 127.0.0.1:1\nbackend:\n  storageType: sqlite\n  config:\n    path: from-file.db\n    workspace_key_prefix: filews\n",
+        );
+        let env = |k: &str| match k {
+            "STATEGATE_LISTEN" => Some("127.0.0.1:2".to_string()),
+            "STATEGATE_SQLITE_PATH" => Some("from-env.db".to_string()),
+            "STATEGATE_WORKSPACE_KEY_PREFIX" => Some("envws".to_string()),
+            _ => None,
+        };
+        let cli = CliOverrides {
+            listen: Some("127.0.0.1:3".into()),
+            store: vec![("path".into(), "from-cli.db".into())],
+            ..Default::default()
+        };
+        let s = resolve(f, &env, &cli, Path::new("/base")).unwrap();
+        assert_eq!(s.listen.port(), 3);
+        assert_eq!(s.backend.name, "sqlite");
+        assert_eq!(s.store.get("path"), Some("from-cli.db"));
+        assert_eq!(
+            s.store.path("path"),
+            Some(PathBuf::from("/base/from-cli.db"))
+        );
+        assert_eq!(s.store.get("workspace_key_prefix"), Some("envws"));
+    }
+
+    #[test]
+    fn environment_beats_file_when_no_flag() {
+        let f = file("listen: 127.0.0.1:1\n");
+        let env = |k: &str| (k == "STATEGATE_LISTEN").then(|| "127.0.0.1:2".to_string());
+        let s = resolve(f, &env, &CliOverrides::default(), Path::new(".")).unwrap();
+        assert_eq!(s.listen.port(), 2);
+    }
+
+    #[test]
+    fn unknown_store_key_is_named() {
+        let cli = CliOverrides {
+            store: vec![("bucket".into(), "x".into())],
+            ..Default::default()
+        };
+        let err = resolve(FileConfig::default(), &no_env, &cli, Path::new(".")).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Unknown { setting, .. } if setting == "bucket"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("storageType local"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_key_is_refused() {
+        let err = serde_yaml_ng::from_str::<FileConfig>("listne: x\n").unwrap_err();
+        assert!(err.to_string().contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn unknown_storage_type_is_named() {
+        let cli = CliOverrides {
+            storage_type: Some("floppy".into()),
+            ..Default::default()
+        };
+        let err = resolve(FileConfig::default(), &no_env, &cli, Path::new(".")).unwrap_err();
+        assert!(
+            err.to_string().contains("storageType") && err.to_string().contains("floppy"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_listen_is_named() {
+        let cli = CliOverrides {
+            listen: Some("nowhere".into()),
+            ..Default::default()
+        };
+        let err = resolve(FileConfig::default(), &no_env, &cli, Path::new(".")).unwrap_err();
+        assert!(err.to_string().starts_with("setting `listen`"), "{err}");
+    }
+
+    #[test]
+    fn both_spellings_in_one_file_are_refused() {
+        let f =
+            file("backend:\n  config:\n    workspace_key_prefix: a\n    workspaceKeyPrefix: b\n");
+        let err = resolve(f, &no_env, &CliOverrides::default(), Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("set twice"), "{err}");
+    }
+
+    #[test]
+    fn yaml_numbers_and_bools_become_values() {
+        let f = file("backend:\n  config:\n    allow_unsafe_locks: true\n");
+        let s = resolve(f, &no_env, &CliOverrides::default(), Path::new(".")).unwrap();
+        assert_eq!(s.store.bool("allow_unsafe_locks"), Ok(true));
+    }
+
+    #[test]
+    fn secrets_are_hidden_from_debug() {
+        static SECRET: Setting = Setting {
+            name: "password",
+            aliases: &[],
+            env: &[],
+            secret: true,
+            default: None,
+            help: "",
+        };
+        let mut s = StoreSettings::from_pairs("test", &[("password", "hunter2"), ("user", "bob")]);
+        s.secrets.push(SECRET.name);
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("bob"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn override_needs_key_and_equals() {
+        assert_eq!(parse_override("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert!(parse_override("novalue").is_err());
+        assert!(parse_override("=x").is_err());
+    }
+}

@@ -1,0 +1,27 @@
+//! stategate: a remote state server for Terraform and OpenTofu's built-in
+//! `backend "http"`, with locking, version history and stale-write
+//! protection, storing states on local disk, SQLite, S3 or OSS.
+//!
+//! How a request flows, and which module owns each step:
+//!
+//! - [`server`] accepts connections (hyper 1 on tokio) and shuts down
+//!   gracefully; it hands each request to [`protocol`].
+//! - [`protocol`] turns HTTP into calls on [`state::States`] and results back
+//!   into HTTP: URL and key parsing, LockInfo, and the one place where errors
+//!   become status codes.
+//! - [`state`] holds the rules, written once for every store: object keys
+//!   and workspaces, locking, the write rules (lock holder, lineage and
+//!   serial), and version history.
+//! - [`stores`] holds the storage primitives (get, conditional put and
+//!   delete, list) and one module per backend; it knows nothing of HTTP or
+//!   Terraform.
+//! - [`config`] merges the YAML file, the environment and the command line
+//!   into validated settings; the binary's `cli` module is the command line.
+//!
+//! Dependencies point one way: `server -> protocol -> state -> stores`.
+
+pub mod config;
+pub mod protocol;
+pub mod server;
+pub mod state;
+pub mod stores;

@@ -1,0 +1,73 @@
+//! The `stategate` binary: parse the command line, load the settings, set
+//! up logging, then serve (open and probe the store, bind, run until
+//! SIGTERM or Ctrl-C) or run an operator command.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use stategate::config::{LogFormat, Settings};
+use stategate::server;
+
+mod cli;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stategate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Cli) -> Result<()> {
+    let settings = cli::load_settings(&args.config)?;
+    init_logging(&settings, matches!(args.command, Command::Serve));
+    match args.command {
+        Command::Serve => serve(settings).await,
+        Command::Check => cli::check(&settings).await,
+        Command::State(cmd) => cli::state(&settings, cmd).await,
+        Command::Lock(cmd) => cli::lock(&settings, cmd).await,
+    }
+}
+
+async fn serve(settings: Settings) -> Result<()> {
+    let (states, _) = cli::open_states(&settings).await?;
+    let listener = cli::bind(&settings).await?;
+    tracing::info!(
+        "stategate {} listening on http://{} with the {}",
+        env!("CARGO_PKG_VERSION"),
+        listener.local_addr()?,
+        states.store().describe()
+    );
+    server::run(
+        listener,
+        cli::shared(states, settings.max_body_bytes),
+        server::shutdown_signal(),
+    )
+    .await;
+    Ok(())
+}
+
+/// Logs go to stderr. `serve` logs requests at info; the operator commands
+/// only warnings, so their stdout stays clean for pipes.
+fn init_logging(settings: &Settings, serving: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if serving { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match settings.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}

@@ -1,0 +1,254 @@
+//! State keys and workspaces, and the object keys they map to.
+//!
+//! A key is one or more `/`-separated segments of ASCII letters, digits,
+//! `.`, `_` and `-`: no empty, `.` or `..` segment, at most 1024 bytes, not
+//! ending in `.tflock` (that is a lock's name), not starting with
+//! `.stategate` (reserved for history and probes). The object key follows
+//! Terraform's own s3 and oss backends: `<key>` for the default workspace,
+//! `<workspace_key_prefix>/<workspace>/<key>` otherwise, and the lock sits
+//! at `<object key>.tflock`, so a bucket can be shared with them.
+
+use std::fmt;
+
+/// The longest key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Suffix of lock objects, as Terraform's s3 backend writes them.
+pub const LOCK_SUFFIX: &str = ".tflock";
+/// First segment reserved for stategate's own objects.
+pub const RESERVED_PREFIX: &str = ".stategate";
+/// The workspace that maps to the bare key.
+pub const DEFAULT_WORKSPACE: &str = "default";
+
+/// Why a key or workspace was refused; shown to the client as a 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyError(pub String);
+
+/// A state named by the client: a key and a workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StateRef {
+    key: String,
+    /// `None` is the default workspace.
+    workspace: Option<String>,
+}
+
+fn allowed(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+fn check_segment(what: &str, seg: &str) -> Result<(), KeyError> {
+    if seg.is_empty() {
+        return Err(KeyError(format!("{what} has an empty segment")));
+    }
+    if seg == "." || seg == ".." {
+        return Err(KeyError(format!("{what} has a `{seg}` segment")));
+    }
+    if let Some(c) = seg.chars().find(|c| !allowed(*c)) {
+        return Err(KeyError(format!(
+            "{what} has the character {c:?}; only letters, digits, `.`, `_`, `-` and `/` are allowed"
+        )));
+    }
+    Ok(())
+}
+
+impl StateRef {
+    /// Validates a key and an optional workspace (absent or `default` means
+    /// the default workspace).
+    pub fn parse(key: &str, workspace: Option<&str>) -> Result<Self, KeyError> {
+        if key.is_empty() {
+            return Err(KeyError("the state key is empty".into()));
+        }
+        if key.len() > MAX_KEY_BYTES {
+            return Err(KeyError(format!(
+                "the state key is longer than {MAX_KEY_BYTES} bytes"
+            )));
+        }
+        for seg in key.split('/') {
+            check_segment("the state key", seg)?;
+        }
+        if key.ends_with(LOCK_SUFFIX) {
+            return Err(KeyError(format!(
+                "a state key cannot end in `{LOCK_SUFFIX}`"
+            )));
+        }
+        if key.starts_with(RESERVED_PREFIX) {
+            return Err(KeyError(format!(
+                "keys starting with `{RESERVED_PREFIX}` are reserved"
+            )));
+        }
+        let workspace = match workspace {
+            None | Some(DEFAULT_WORKSPACE) => None,
+            Some(ws) => {
+                if ws.contains('/') {
+                    return Err(KeyError("a workspace name cannot contain `/`".into()));
+                }
+                if ws.len() > 255 {
+                    return Err(KeyError(
+                        "the workspace name is longer than 255 bytes".into(),
+                    ));
+                }
+                check_segment("the workspace name", ws)?;
+                Some(ws.to_string())
+            }
+        };
+        Ok(StateRef {
+            key: key.to_string(),
+            workspace,
+        })
+    }
+
+    /// The key as the client gave it.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The workspace name (`default` for the default one).
+    pub fn workspace(&self) -> &str {
+        self.workspace.as_deref().unwrap_or(DEFAULT_WORKSPACE)
+    }
+
+    /// Where the state is stored.
+    pub fn object_key(&self, workspace_key_prefix: &str) -> String {
+        match &self.workspace {
+            None => self.key.clone(),
+            Some(ws) => format!("{workspace_key_prefix}/{ws}/{}", self.key),
+        }
+    }
+
+    /// Where the state's lock is stored.
+    pub fn lock_key(&self, workspace_key_prefix: &str) -> String {
+        format!("{}{LOCK_SUFFIX}", self.object_key(workspace_key_prefix))
+    }
+
+    /// Recovers key and workspace from an object key found in a listing;
+    /// `None` for objects that are not states (locks, stategate's own).
+    pub fn from_object_key(object_key: &str, workspace_key_prefix: &str) -> Option<Self> {
+        if object_key.starts_with(RESERVED_PREFIX) || object_key.ends_with(LOCK_SUFFIX) {
+            return None;
+        }
+        if let Some(rest) = object_key
+            .strip_prefix(workspace_key_prefix)
+            .and_then(|r| r.strip_prefix('/'))
+            && let Some((ws, key)) = rest.split_once('/')
+            && let Ok(r) = StateRef::parse(key, Some(ws))
+        {
+            return Some(r);
+        }
+        StateRef::parse(object_key, None).ok()
+    }
+}
+
+impl fmt::Display for StateRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.workspace {
+            None => write!(f, "{}", self.key),
+            Some(ws) => write!(f, "{} (workspace {ws})", self.key),
+        }
+    }
+}
+
+/// Checks a `workspace_key_prefix` setting: one or more key segments, and
+/// not inside the reserved area. `:` is allowed here as well, because
+/// Terraform's s3 backend defaults to `env:` and a shared bucket must match.
+pub fn check_workspace_key_prefix(prefix: &str) -> Result<(), KeyError> {
+    for seg in prefix.split('/') {
+        check_segment("workspace_key_prefix", &seg.replace(':', "_"))?;
+    }
+    if prefix.starts_with(RESERVED_PREFIX) {
+        return Err(KeyError(format!(
+            "workspace_key_prefix cannot start with `{RESERVED_PREFIX}`"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_keys() {
+        for k in [
+            "a",
+            "prod/network/terraform.tfstate",
+            "A-b_c.d/e",
+            "x/.hidden",
+        ] {
+            assert!(StateRef::parse(k, None).is_ok(), "{k}");
+        }
+    }
+
+    #[test]
+    fn refuses_traversal_and_odd_characters() {
+        for k in [
+            "",
+            "/abs",
+            "a//b",
+            "a/",
+            "..",
+            "../etc/passwd",
+            "a/../b",
+            "./a",
+            "a/./b",
+            "a\0b",
+            "a b",
+            "a%2e",
+            "a\\b",
+            "é",
+            "x.tflock",
+            ".stategate/history/x",
+            ".stategate",
+        ] {
+            assert!(StateRef::parse(k, None).is_err(), "{k:?} should be refused");
+        }
+        assert!(StateRef::parse(&"a".repeat(1025), None).is_err());
+        assert!(StateRef::parse(&"a".repeat(1024), None).is_ok());
+    }
+
+    #[test]
+    fn workspaces_map_to_prefixed_object_keys() {
+        let d = StateRef::parse("app/terraform.tfstate", Some("default")).unwrap();
+        assert_eq!(d.object_key("workspaces"), "app/terraform.tfstate");
+        assert_eq!(d.lock_key("workspaces"), "app/terraform.tfstate.tflock");
+        let dev = StateRef::parse("app/terraform.tfstate", Some("dev")).unwrap();
+        assert_eq!(dev.object_key("env:"), "env:/dev/app/terraform.tfstate");
+        assert_eq!(
+            dev.lock_key("workspaces"),
+            "workspaces/dev/app/terraform.tfstate.tflock"
+        );
+        for ws in ["a/b", "..", "", "a b"] {
+            assert!(StateRef::parse("k", Some(ws)).is_err(), "{ws:?}");
+        }
+    }
+
+    #[test]
+    fn object_keys_map_back() {
+        let dev = StateRef::parse("app/s", Some("dev")).unwrap();
+        assert_eq!(
+            StateRef::from_object_key(&dev.object_key("workspaces"), "workspaces"),
+            Some(dev)
+        );
+        let plain = StateRef::parse("app/s", None).unwrap();
+        assert_eq!(
+            StateRef::from_object_key("app/s", "workspaces"),
+            Some(plain)
+        );
+        assert_eq!(
+            StateRef::from_object_key("app/s.tflock", "workspaces"),
+            None
+        );
+        assert_eq!(
+            StateRef::from_object_key(".stategate/history/app/s/v1", "workspaces"),
+            None
+        );
+    }
+
+    #[test]
+    fn workspace_key_prefix_is_checked() {
+        assert!(check_workspace_key_prefix("workspaces").is_ok());
+        assert!(check_workspace_key_prefix("env:").is_ok());
+        assert!(check_workspace_key_prefix("a b").is_err());
+        assert!(check_workspace_key_prefix(".stategate").is_err());
+        assert!(check_workspace_key_prefix("a/../b").is_err());
+    }
+}

@@ -1,0 +1,173 @@
+//! Locks: the `<object key>.tflock` object holding the holder's LockInfo,
+//! created with a conditional create so exactly one of many concurrent
+//! lockers wins, in this process or any other sharing the store.
+//!
+//! The lock object holds the LockInfo bytes exactly as the client sent them,
+//! so a 423 answer returns the holder's own JSON, and Terraform's native s3
+//! backend (which writes the same object with `use_lockfile`) reads ours and
+//! we read its.
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::{StateError, States, key::StateRef};
+use crate::stores::{Condition, StoreError};
+
+/// The fields of a LockInfo that stategate acts on. Field names are
+/// Terraform's, capitalised; everything else in the body is kept verbatim.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct LockInfo {
+    #[serde(rename = "ID", default)]
+    pub id: String,
+    #[serde(rename = "Who", default)]
+    pub who: String,
+    #[serde(rename = "Operation", default)]
+    pub operation: String,
+    #[serde(rename = "Created", default)]
+    pub created: String,
+}
+
+impl LockInfo {
+    /// Parses a LockInfo body.
+    pub fn parse(body: &[u8]) -> Result<Self, StateError> {
+        serde_json::from_slice(body)
+            .map_err(|e| StateError::BadRequest(format!("the body is not a LockInfo: {e}")))
+    }
+
+    /// Parses the LockInfo a lock object holds. A lock written by something
+    /// else that does not parse still locks; its holder just has no ID.
+    pub fn of_holder(body: &[u8]) -> Self {
+        serde_json::from_slice(body).unwrap_or_default()
+    }
+}
+
+/// A lock that is held, as read from the store.
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// The holder's LockInfo bytes, as it sent them.
+    pub body: Bytes,
+    pub info: LockInfo,
+}
+
+/// How many times a lock operation re-reads after racing another client
+/// (the lock vanished between a failed create and the read, or changed
+/// between the read and a conditional delete).
+const RACE_RETRIES: usize = 20;
+
+impl States {
+    /// The current holder of a state's lock, if any.
+    pub async fn lock_holder(&self, state: &StateRef) -> Result<Option<Held>, StateError> {
+        let obj = self
+            .store
+            .get(&state.lock_key(&self.workspace_key_prefix))
+            .await?;
+        Ok(obj.map(|o| Held {
+            info: LockInfo::of_holder(&o.body),
+            body: o.body,
+        }))
+    }
+
+    /// Takes the lock for the LockInfo in `body`. Succeeds when the lock was
+    /// free or is already held with the same ID (a LOCK retried after its
+    /// answer was lost); otherwise [`StateError::Locked`] with the holder.
+    pub async fn lock(&self, state: &StateRef, body: Bytes) -> Result<(), StateError> {
+        let info = LockInfo::parse(&body)?;
+        if info.id.is_empty() {
+            return Err(StateError::BadRequest(
+                "the LockInfo has an empty ID".into(),
+            ));
+        }
+        let lock_key = state.lock_key(&self.workspace_key_prefix);
+        for _ in 0..RACE_RETRIES {
+            match self
+                .store
+                .put(&lock_key, body.clone(), Condition::IfAbsent)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(state = %state, id = %info.id, who = %info.who, op = %info.operation, "locked");
+                    return Ok(());
+                }
+                Err(StoreError::AlreadyExists) => {}
+                Err(e) => return Err(e.into()),
+            }
+            match self.lock_holder(state).await? {
+                // Released between our create and our read: try again.
+                None => continue,
+                Some(held) if held.info.id == info.id => return Ok(()),
+                Some(held) => return Err(StateError::Locked(held.body)),
+            }
+        }
+        Err(StateError::Store(StoreError::unavailable(
+            "the lock kept changing; try again",
+        )))
+    }
+
+    /// Releases the lock. `body` is the unlocker's LockInfo; an empty body or
+    /// an empty ID is a force-unlock (Terraform's `force-unlock` sends no
+    /// body, OpenTofu's sends an ID only). Unlocking a free lock succeeds.
+    /// Another holder's lock is not released: [`StateError::NotHolder`].
+    pub async fn unlock(&self, state: &StateRef, body: &[u8]) -> Result<(), StateError> {
+        let requested = if body.iter().all(u8::is_ascii_whitespace) {
+            String::new()
+        } else {
+            LockInfo::parse(body)?.id
+        };
+        self.release(state, (!requested.is_empty()).then_some(requested.as_str()))
+            .await
+    }
+
+    /// Releases the lock if `id` holds it, or whoever holds it when `id` is
+    /// `None` (force). Deletes only the lock object that was read, so a lock
+    /// taken by someone else in between survives.
+    pub async fn release(&self, state: &StateRef, id: Option<&str>) -> Result<(), StateError> {
+        let lock_key = state.lock_key(&self.workspace_key_prefix);
+        for _ in 0..RACE_RETRIES {
+            let Some(obj) = self.store.get(&lock_key).await? else {
+                return Ok(());
+            };
+            let holder = LockInfo::of_holder(&obj.body);
+            if let Some(id) = id
+                && holder.id != id
+            {
+                return Err(StateError::NotHolder(obj.body));
+            }
+            match self
+                .store
+                .delete(&lock_key, Condition::IfMatch(obj.version))
+                .await
+            {
+                Ok(()) => {
+                    if id.is_none() {
+                        tracing::warn!(state = %state, id = %holder.id, who = %holder.who, "force-unlocked");
+                    } else {
+                        tracing::info!(state = %state, id = %holder.id, "unlocked");
+                    }
+                    return Ok(());
+                }
+                Err(StoreError::PreconditionFailed) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StateError::Store(StoreError::unavailable(
+            "the lock kept changing; try again",
+        )))
+    }
+
+    /// Checks that a change may happen now: when the state is locked, the
+    /// caller must present the holder's ID. Returns the holder, if any, so
+    /// history can record who wrote.
+    pub(super) async fn check_holder(
+        &self,
+        state: &StateRef,
+        id: Option<&str>,
+    ) -> Result<Option<Held>, StateError> {
+        match self.lock_holder(state).await? {
+            None => Ok(None),
+            Some(held) if id == Some(held.info.id.as_str()) && !held.info.id.is_empty() => {
+                Ok(Some(held))
+            }
+            Some(held) => Err(StateError::NotHolder(held.body)),
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The rules, written once for every store: what a state's object key is,
+//! who may lock and write, which writes are stale, and what history keeps.
+//! Everything here is built from the primitives of [`crate::stores::Store`]
+//! (get, conditional put and delete, list), so a new store gets all of it
+//! and the shared conformance suite proves it.
+//!
+//! - [`key`]: state keys, workspaces and object keys.
+//! - [`lock`]: LOCK / UNLOCK / force-unlock on `<object key>.tflock`.
+//! - [`write`]: the write rules (lock holder, lineage and serial) applied as
+//!   a compare-and-swap on what was read.
+//! - [`history`]: every state ever stored, kept as numbered versions under
+//!   the reserved `.stategate/history/` prefix.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::stores::{Store, StoreError};
+
+pub mod history;
+pub mod key;
+pub mod lock;
+pub mod write;
+
+pub use history::VersionMeta;
+pub use key::StateRef;
+pub use lock::{Held, LockInfo};
+pub use write::{WriteOptions, WriteOutcome};
+
+/// Why a state operation did not happen. [`crate::protocol`] maps each kind
+/// to exactly one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The request itself is wrong (bad key, body not JSON, no lock ID).
+    #[error("{0}")]
+    BadRequest(String),
+    /// LOCK found another holder; carries the holder's LockInfo bytes.
+    #[error("the state is locked by another client")]
+    Locked(Bytes),
+    /// A write, delete or unlock from someone who does not hold the lock;
+    /// carries the holder's LockInfo bytes.
+    #[error("the state is locked by another client")]
+    NotHolder(Bytes),
+    /// The write would replace newer state; the reason names lineages or serials.
+    #[error("{0}")]
+    Stale(String),
+    /// Nothing stored under that name (a state or a history version).
+    #[error("{0}")]
+    NotFound(String),
+    /// The key clashes with another key in a way the store cannot hold.
+    #[error("{0}")]
+    KeyConflict(String),
+    /// The store failed; the message carries the store's reason.
+    #[error("{0}")]
+    Store(StoreError),
+}
+
+impl From<StoreError> for StateError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::KeyConflict(reason) => StateError::KeyConflict(reason),
+            other => StateError::Store(other),
+        }
+    }
+}
+
+impl From<key::KeyError> for StateError {
+    fn from(e: key::KeyError) -> Self {
+        StateError::BadRequest(e.0)
+    }
+}
+
+/// How the rules are tuned; from the top level of the configuration.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Object keys of non-default workspaces start with this.
+    pub workspace_key_prefix: String,
+    /// Versions kept per state; 0 keeps all.
+    pub history_keep: u64,
+    /// Refuse writes whose lineage or serial would replace newer state.
+    pub protect_lineage: bool,
+}
+
+/// The states held in one store, with the rules applied. Cheap to share.
+pub struct States {
+    store: Arc<dyn Store>,
+    workspace_key_prefix: String,
+    history_keep: u64,
+    protect_lineage: bool,
+}
+
+/// One state in a listing.
+#[derive(Debug, Clone)]
+pub struct StateSummary {
+    pub state: StateRef,
+    pub size: u64,
+    /// Last write, where the store records it (RFC 3339).
+    pub modified: Option<String>,
+    /// The Terraform serial, when the body has one.
+    pub serial: Option<u64>,
+    /// Who holds the lock, if anyone.
+    pub lock: Option<LockInfo>,
+}
+
+impl States {
+    /// Applies `policy` to the states in `store`.
+    pub fn new(store: Arc<dyn Store>, policy: Policy) -> Self {
+        States {
+            store,
+            workspace_key_prefix: policy.workspace_key_prefix,
+            history_keep: policy.history_keep,
+            protect_lineage: policy.protect_lineage,
+        }
+    }
+
+    /// The store underneath, for probes and diagnostics.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Where a state is stored.
+    pub fn object_key(&self, state: &StateRef) -> String {
+        state.object_key(&self.workspace_key_prefix)
+    }
+
+    /// Reads a state's current body.
+    pub async fn get(&self, state: &StateRef) -> Result<Option<Bytes>, StateError> {
+        Ok(self
+            .store
+            .get(&self.object_key(state))
+            .await?
+            .map(|o| o.body))
+    }
+
+    /// Every state whose key starts with `prefix` (any workspace), with its
+    /// serial and lock holder.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<StateSummary>, StateError> {
+        let entries = self.store.list("").await?;
+        let locked: std::collections::HashSet<&str> = entries
+            .iter()
+            .filter_map(|e| e.key.strip_suffix(key::LOCK_SUFFIX))
+            .collect();
+        let mut out = Vec::new();
+        for entry in &entries {
+            let Some(state) = StateRef::from_object_key(&entry.key, &self.workspace_key_prefix)
+            else {
+                continue;
+            };
+            if !state.key().starts_with(prefix) {
+                continue;
+            }
+            let serial = match self.store.get(&entry.key).await? {
+                Some(obj) => write::StateHead::parse(&obj.body)
+                    .ok()
+                    .and_then(|h| h.serial),
+                None => continue,
+            };
+            let lock = if locked.contains(entry.key.as_str()) {
+                self.lock_holder(&state).await?.map(|h| h.info)
+            } else {
+                None
+            };
+            out.push(StateSummary {
+                state,
+                size: entry.size,
+                modified: entry.modified.and_then(history::rfc3339),
+                serial,
+                lock,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every lock currently held, with its state.
+    pub async fn locks(&self) -> Result<Vec<(StateRef, LockInfo)>, StateError> {
+        let mut out = Vec::new();
+        for entry in self.store.list("").await? {
+            let Some(object_key) = entry.key.strip_suffix(key::LOCK_SUFFIX) else {
+                continue;
+            };
+            let Some(state) = StateRef::from_object_key(object_key, &self.workspace_key_prefix)
+            else {
+                continue;
+            };
+            if let Some(held) = self.lock_holder(&state).await? {
+                out.push((state, held.info));
+            }
+        }
+        Ok(out)
+    }
+}

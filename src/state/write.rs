@@ -1,0 +1,262 @@
+//! The write rules. A write is accepted when:
+//!
+//! 1. the state is not locked, or the write carries the holder's ID;
+//! 2. the body is JSON;
+//! 3. with `protect_lineage` on, and both the stored and the incoming body
+//!    being Terraform states with `lineage` and `serial`: the lineage is the
+//!    same (or the stored state has no resources), the serial does not go
+//!    down, and an equal serial comes with identical bytes (a retry).
+//!    Bodies without them (OpenTofu client-side encrypted state) are stored
+//!    as they are.
+//!
+//! The check and the write are one atomic step: the write is a
+//! compare-and-swap on the version that was checked, retried from a fresh
+//! read when another writer got in between. Before the stored state is
+//! replaced it is made sure to be in history, so no accepted state is ever
+//! lost.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use super::{StateError, StateRef, States, history::Writer};
+use crate::stores::{Condition, StoreError};
+
+/// The top-level fields of a Terraform state that the rules look at.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+pub struct StateHead {
+    pub lineage: Option<String>,
+    pub serial: Option<u64>,
+    /// Only counted: a state with no resources may be replaced by another lineage.
+    #[serde(default, deserialize_with = "count_items")]
+    pub resources: usize,
+}
+
+fn count_items<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    Ok(Option::<Vec<IgnoredAny>>::deserialize(d)?.map_or(0, |v| v.len()))
+}
+
+impl StateHead {
+    /// Checks that `body` is JSON and reads its lineage and serial where it
+    /// is a Terraform state. Valid JSON of another shape gives an empty head.
+    pub fn parse(body: &[u8]) -> Result<Self, StateError> {
+        let not_json =
+            |e: serde_json::Error| StateError::BadRequest(format!("the body is not JSON: {e}"));
+        match serde_json::from_slice::<StateHead>(body) {
+            Ok(head) => Ok(head),
+            Err(e) if e.is_data() => {
+                serde_json::from_slice::<IgnoredAny>(body).map_err(not_json)?;
+                Ok(StateHead::default())
+            }
+            Err(e) => Err(not_json(e)),
+        }
+    }
+}
+
+/// Refuses a write that would replace newer state (rule 3 above). Identical
+/// bodies never reach this.
+pub fn check_stale(stored: &StateHead, incoming: &StateHead) -> Result<(), StateError> {
+    let (Some(sl), Some(ss), Some(il), Some(is)) = (
+        &stored.lineage,
+        stored.serial,
+        &incoming.lineage,
+        incoming.serial,
+    ) else {
+        return Ok(());
+    };
+    if sl != il {
+        if stored.resources == 0 {
+            return Ok(());
+        }
+        return Err(StateError::Stale(format!(
+            "lineage mismatch: the stored state has lineage {sl}, this write has lineage {il}; \
+             refusing to replace a state that has resources"
+        )));
+    }
+    if is < ss {
+        return Err(StateError::Stale(format!(
+            "stale write: serial {is} is older than the stored serial {ss} (lineage {sl})"
+        )));
+    }
+    if is == ss {
+        return Err(StateError::Stale(format!(
+            "conflicting write: serial {is} equals the stored serial but the content differs (lineage {sl})"
+        )));
+    }
+    Ok(())
+}
+
+/// How a write is made.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions<'a> {
+    /// The `ID` the client presented (Terraform's `?ID=`).
+    pub lock_id: Option<&'a str>,
+    /// Skip the lineage and serial check (`stategate state push --force`,
+    /// restore).
+    pub skip_lineage_check: bool,
+    /// Write even while another client holds the lock (`restore --force`).
+    pub ignore_lock: bool,
+    /// Recorded in history: `write`, `push`, `restore`.
+    pub operation: &'static str,
+}
+
+/// What a successful write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The body became the current state; history version number.
+    Written { version: Option<u64> },
+    /// The stored body was already byte-identical (a retried write).
+    Unchanged,
+}
+
+/// How many times a write re-reads after losing a compare-and-swap race.
+const CAS_RETRIES: usize = 10;
+
+impl States {
+    /// Writes a state under the rules above.
+    pub async fn write(
+        &self,
+        state: &StateRef,
+        body: Bytes,
+        opts: WriteOptions<'_>,
+    ) -> Result<WriteOutcome, StateError> {
+        let incoming = StateHead::parse(&body)?;
+        let holder = if opts.ignore_lock {
+            None
+        } else {
+            self.check_holder(state, opts.lock_id).await?
+        };
+        let object_key = self.object_key(state);
+        let cas = self.store.capabilities().compare_and_swap;
+        for _ in 0..CAS_RETRIES {
+            let current = self.store.get(&object_key).await?;
+            if let Some(cur) = &current {
+                if cur.body == body {
+                    return Ok(WriteOutcome::Unchanged);
+                }
+                if self.protect_lineage && !opts.skip_lineage_check {
+                    // A stored body that is not JSON cannot be compared; it is
+                    // kept in history before being replaced.
+                    let stored = StateHead::parse(&cur.body).unwrap_or_default();
+                    if let Err(refused) = check_stale(&stored, &incoming) {
+                        tracing::warn!(state = %state, reason = %refused, "refused write");
+                        return Err(refused);
+                    }
+                }
+                self.ensure_recorded(state, &cur.body).await?;
+            }
+            let condition = match (&current, cas) {
+                (Some(cur), true) => Condition::IfMatch(cur.version.clone()),
+                (None, true) => Condition::IfAbsent,
+                (_, false) => Condition::Always,
+            };
+            match self.store.put(&object_key, body.clone(), condition).await {
+                Ok(_) => {}
+                Err(StoreError::PreconditionFailed | StoreError::AlreadyExists) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let writer = Writer::from_holder(holder.as_ref(), opts.operation);
+            let version = self
+                .record_after_write(state, &body, &incoming, writer)
+                .await;
+            tracing::info!(
+                state = %state, bytes = body.len(), serial = ?incoming.serial, op = opts.operation, "state written"
+            );
+            return Ok(WriteOutcome::Written { version });
+        }
+        Err(StateError::Store(StoreError::unavailable(
+            "the state kept changing during the write; try again",
+        )))
+    }
+
+    /// Deletes a state, keeping it in history first. Deleting an absent
+    /// state succeeds.
+    pub async fn delete(&self, state: &StateRef, lock_id: Option<&str>) -> Result<(), StateError> {
+        self.check_holder(state, lock_id).await?;
+        let object_key = self.object_key(state);
+        let cas = self.store.capabilities().compare_and_swap;
+        for _ in 0..CAS_RETRIES {
+            let Some(cur) = self.store.get(&object_key).await? else {
+                return Ok(());
+            };
+            self.ensure_recorded(state, &cur.body).await?;
+            let condition = if cas {
+                Condition::IfMatch(cur.version.clone())
+            } else {
+                Condition::Always
+            };
+            match self.store.delete(&object_key, condition).await {
+                Ok(()) => {
+                    tracing::info!(state = %state, "state deleted");
+                    return Ok(());
+                }
+                Err(StoreError::PreconditionFailed) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StateError::Store(StoreError::unavailable(
+            "the state kept changing during the delete; try again",
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(lineage: &str, serial: u64, resources: usize) -> StateHead {
+        StateHead {
+            lineage: Some(lineage.into()),
+            serial: Some(serial),
+            resources,
+        }
+    }
+
+    #[test]
+    fn parses_terraform_state() {
+        let body =
+            br#"{"version":4,"serial":7,"lineage":"L","resources":[{"a":1},{"b":2}],"outputs":{}}"#;
+        assert_eq!(StateHead::parse(body).unwrap(), head("L", 7, 2));
+    }
+
+    #[test]
+    fn other_json_is_unchecked_and_non_json_refused() {
+        let enc = br#"{"meta":{"k":"v"},"encrypted_data":"AAAA","encryption_version":"v0"}"#;
+        assert_eq!(StateHead::parse(enc).unwrap(), StateHead::default());
+        assert_eq!(StateHead::parse(b"[1,2]").unwrap(), StateHead::default());
+        assert_eq!(
+            StateHead::parse(br#"{"serial":"x"}"#).unwrap(),
+            StateHead::default()
+        );
+        for bad in [
+            &b"not json"[..],
+            b"",
+            b"{\"a\":1} trailing",
+            b"{\"serial\":1",
+        ] {
+            assert!(
+                matches!(StateHead::parse(bad), Err(StateError::BadRequest(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn stale_rules() {
+        assert!(check_stale(&head("L", 5, 1), &head("L", 6, 1)).is_ok());
+        assert!(
+            check_stale(&head("L", 5, 1), &head("L", 4, 1))
+                .unwrap_err()
+                .to_string()
+                .contains("serial 4")
+        );
+        assert!(check_stale(&head("L", 5, 1), &head("L", 5, 1)).is_err());
+        let e = check_stale(&head("A", 5, 1), &head("B", 9, 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("A") && e.contains("B"), "{e}");
+        assert!(check_stale(&head("A", 5, 0), &head("B", 1, 0)).is_ok());
+        assert!(check_stale(&StateHead::default(), &head("B", 1, 0)).is_ok());
+        assert!(check_stale(&head("A", 5, 3), &StateHead::default()).is_ok());
+    }
+}

@@ -1,0 +1,306 @@
+//! Where bytes live. A store knows nothing of HTTP, Terraform or locks: it
+//! offers a handful of primitives on opaque keys (get, put under a
+//! condition, delete under a condition, list) and says what it can do.
+//! Locking, the write rules and history are written once on top of these
+//! primitives in [`crate::state`], so every store gets them and one
+//! conformance suite proves them.
+//!
+//! Keys handed to a store are already validated: `/`-separated segments of
+//! ASCII letters, digits, `.`, `_` and `-`, never empty, `.` or `..`. Each
+//! store maps them to its own names (a path under a root, a bucket key under
+//! a prefix, a row) and must never reach outside that space.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use time::OffsetDateTime;
+
+use crate::config::{ConfigError, Setting, StoreSettings};
+
+pub mod local;
+#[cfg(feature = "oss")]
+pub mod oss;
+#[cfg(feature = "s3")]
+pub mod s3;
+pub mod sqlite;
+
+/// An opaque token naming one stored version of an object: an ETag, a row
+/// generation, a file identity. Two reads return the same token only when
+/// the object did not change in between.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version(pub String);
+
+/// An object as read from a store.
+#[derive(Clone, Debug)]
+pub struct Object {
+    /// The exact bytes that were put.
+    pub body: Bytes,
+    /// The token to pass to [`Condition::IfMatch`] to change this version only.
+    pub version: Version,
+}
+
+/// When a put or delete may happen. Stores must apply the condition and the
+/// change as one atomic step, also against other processes sharing the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// Unconditionally.
+    Always,
+    /// Only when no object has the key (put only); otherwise
+    /// [`StoreError::AlreadyExists`].
+    IfAbsent,
+    /// Only when the object exists and still has this version; otherwise
+    /// [`StoreError::PreconditionFailed`].
+    IfMatch(Version),
+}
+
+/// One object in a listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The store key, as given to `put`.
+    pub key: String,
+    /// Size of the body in bytes.
+    pub size: u64,
+    /// Last modification time, where the store keeps one.
+    pub modified: Option<OffsetDateTime>,
+}
+
+/// What a store can guarantee. Callers and tests check these instead of
+/// guessing from the store's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `Condition::IfAbsent` is atomic, so exactly one of many concurrent
+    /// creators wins. Locks are only safe with this.
+    pub conditional_create: bool,
+    /// `Condition::IfMatch` is atomic (compare-and-swap), so a checked write
+    /// cannot overwrite a change made after the check.
+    pub compare_and_swap: bool,
+}
+
+/// The small set of failures every store translates its native errors into,
+/// right next to the call that produced them.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// A put with `Condition::IfAbsent` found an object already there.
+    #[error("object already exists")]
+    AlreadyExists,
+    /// A put or delete with `Condition::IfMatch` found the object changed or gone.
+    #[error("object changed since it was read")]
+    PreconditionFailed,
+    /// The key cannot be stored because it clashes with another key in a way
+    /// this store cannot represent (on disk, `a` as a file and `a/b`). The
+    /// client's mistake, not the store's.
+    #[error("{0}")]
+    KeyConflict(String),
+    /// The store could not be reached or refused the operation (auth,
+    /// missing bucket, disk full, network). The message names the cause and
+    /// never carries a secret.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Shorthand for an [`StoreError::Unavailable`] with context.
+    pub fn unavailable(context: impl std::fmt::Display) -> Self {
+        StoreError::Unavailable(context.to_string())
+    }
+}
+
+/// The storage primitives. Every method is atomic as seen by readers: an
+/// object is either wholly there in one version or not there.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// One line for logs and `stategate check`, e.g. `local store at ./data`.
+    /// Never contains a secret.
+    fn describe(&self) -> String;
+
+    /// What this store guarantees.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Reads an object; `Ok(None)` when it does not exist.
+    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError>;
+
+    /// Writes an object under `condition`, returning its new version.
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        condition: Condition,
+    ) -> Result<Version, StoreError>;
+
+    /// Deletes an object under `condition`. With `Condition::Always` deleting
+    /// an absent object succeeds. `Condition::IfAbsent` is not meaningful
+    /// here and is treated like `Always`.
+    async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError>;
+
+    /// Every object whose key starts with `prefix` (a plain string prefix,
+    /// not only whole segments), sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError>;
+}
+
+/// A storage type a user can name in `backend.storageType`.
+pub struct Backend {
+    /// The `storageType` value.
+    pub name: &'static str,
+    /// One line for `--help` and error messages.
+    pub summary: &'static str,
+    /// The settings `backend.config` accepts, beyond [`COMMON_SETTINGS`].
+    pub settings: &'static [Setting],
+    /// Opens the store from validated settings.
+    pub open: fn(StoreSettings) -> BoxFuture<OpenResult>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// What opening a store gives.
+pub type OpenResult = Result<Arc<dyn Store>, ConfigError>;
+
+/// A boxed future, so `Backend::open` can be a plain function pointer.
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// Settings every storage type accepts, whatever it is.
+pub const COMMON_SETTINGS: &[Setting] = &[
+    Setting {
+        name: "workspace_key_prefix",
+        aliases: &["workspaceKeyPrefix"],
+        env: &["STATEGATE_WORKSPACE_KEY_PREFIX"],
+        secret: false,
+        default: Some("workspaces"),
+        help: "prefix of the object keys of non-default workspaces: <prefix>/<workspace>/<key>",
+    },
+    Setting {
+        name: "allow_unsafe_locks",
+        aliases: &["allowUnsafeLocks"],
+        env: &["STATEGATE_ALLOW_UNSAFE_LOCKS"],
+        secret: false,
+        default: Some("false"),
+        help: "start even when the store cannot create objects atomically (two clients could both get a lock)",
+    },
+];
+
+/// Every storage type compiled into this binary.
+pub fn backends() -> Vec<&'static Backend> {
+    #[allow(unused_mut)]
+    let mut all: Vec<&'static Backend> = vec![&local::BACKEND, &sqlite::BACKEND];
+    #[cfg(feature = "s3")]
+    all.push(&s3::BACKEND);
+    #[cfg(feature = "oss")]
+    all.push(&oss::BACKEND);
+    all
+}
+
+/// Finds a storage type by its `storageType` name.
+pub fn backend(name: &str) -> Option<&'static Backend> {
+    backends().into_iter().find(|b| b.name == name)
+}
+
+/// The key of the probe object `stategate check` and start-up write.
+pub const PROBE_PREFIX: &str = ".stategate/probe/";
+
+/// What a probe of a store found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeReport {
+    /// One line per step, for `stategate check`.
+    pub steps: Vec<String>,
+    /// Whether a second create of the same key was refused, i.e. locks are safe.
+    pub atomic_create: bool,
+}
+
+/// Exercises a store with a probe object: create, second create (must be
+/// refused), read back, compare-and-swap, delete. Fails on the first store
+/// error; reports whether conditional create really is atomic.
+pub async fn probe(store: &dyn Store, tag: &str) -> Result<ProbeReport, StoreError> {
+    let key = format!("{PROBE_PREFIX}{tag}");
+    let mut steps = Vec::new();
+    let body = Bytes::from(format!("stategate probe {tag}\n"));
+    // A probe left behind by a killed process must not fail this one.
+    store.delete(&key, Condition::Always).await?;
+    let version = store.put(&key, body.clone(), Condition::IfAbsent).await?;
+    steps.push(format!("write {key}: ok"));
+    let atomic_create = match store
+        .put(&key, Bytes::from_static(b"x"), Condition::IfAbsent)
+        .await
+    {
+        Err(StoreError::AlreadyExists) => {
+            steps.push("conditional create of an existing object: refused (locks are safe)".into());
+            true
+        }
+        Ok(_) => {
+            steps.push(
+                "conditional create of an existing object: NOT refused (locks would be unsafe)"
+                    .into(),
+            );
+            false
+        }
+        Err(e) => return Err(e),
+    };
+    match store.get(&key).await? {
+        Some(obj) if atomic_create && obj.body != body => {
+            return Err(StoreError::unavailable("probe read back different bytes"));
+        }
+        Some(_) => steps.push("read back: ok".into()),
+        None => return Err(StoreError::unavailable("probe object vanished after write")),
+    }
+    let current = store.get(&key).await?.map(|o| o.version).unwrap_or(version);
+    store.delete(&key, Condition::IfMatch(current)).await?;
+    steps.push("conditional delete: ok".into());
+    Ok(ProbeReport {
+        steps,
+        atomic_create,
+    })
+}
+
+/// Why a store could not be put to use at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A setting is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store was opened but the probe failed.
+    #[error("cannot use the {store}: {reason}")]
+    Unreachable { store: String, reason: StoreError },
+    /// The store accepts a second conditional create of the same object.
+    #[error(
+        "the {store} does not refuse a second conditional create of the same object, so two clients could \
+         both get a lock; refusing to start (set allow_unsafe_locks: true to start anyway)"
+    )]
+    UnsafeLocks { store: String },
+}
+
+/// Opens the configured store and probes it: it must be reachable, and its
+/// conditional create must really be atomic unless `allow_unsafe_locks` is
+/// set. Returns the store and what the probe found.
+pub async fn open(settings: &StoreSettings) -> Result<(Arc<dyn Store>, ProbeReport), OpenError> {
+    let backend = backend(settings.backend()).ok_or_else(|| {
+        ConfigError::invalid(
+            "storageType",
+            format!("unknown storage type `{}`", settings.backend()),
+        )
+    })?;
+    let allow_unsafe = settings.bool("allow_unsafe_locks")?;
+    let store = (backend.open)(settings.clone()).await?;
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        OffsetDateTime::now_utc().unix_timestamp_nanos()
+    );
+    let report = probe(store.as_ref(), &tag)
+        .await
+        .map_err(|reason| OpenError::Unreachable {
+            store: store.describe(),
+            reason,
+        })?;
+    if !report.atomic_create {
+        if !allow_unsafe {
+            return Err(OpenError::UnsafeLocks {
+                store: store.describe(),
+            });
+        }
+        tracing::warn!(store = %store.describe(), "allow_unsafe_locks is set: locks are not safe on this store");
+    }
+    Ok((store, report))
+}
