@@ -1,0 +1,730 @@
+#!/usr/bin/env python3
+"""A small Alibaba Cloud OSS protocol server for stategate's tests.
+
+No OSS emulator exists in the package registries, so the test suite runs this
+one on 127.0.0.1. It answers the subset of the OSS REST API that stategate and
+Alibaba's official SDKs use, with OSS's own wire behaviour, so a test that
+passes here exercises the same requests and error codes as real OSS:
+
+* Addressing: virtual-hosted (``Host: <bucket>.<endpoint>``, what new OSS
+  buckets accept and what ``ali-oss-rs`` sends), also as absolute-form proxy
+  requests (``GET http://bucket.endpoint/key HTTP/1.1``: point a client's
+  ``HTTP_PROXY`` here and use an ``http://`` endpoint, no DNS change needed),
+  and path-style ``/<bucket>/<key>`` for any other Host.
+* Objects: PutObject, GetObject, HeadObject, GetObjectMeta (``?objectMeta``),
+  DeleteObject, Get/PutObjectAcl (``?acl``). ``x-oss-forbid-overwrite: true``
+  refuses to replace an object with 409 ``FileAlreadyExists``, and is
+  ignored on buckets whose versioning is Enabled or Suspended, as on real
+  OSS. ``x-oss-server-side-encryption`` and ``x-oss-object-acl`` are checked,
+  stored and returned. ``Content-MD5`` is verified (400 ``InvalidDigest``).
+  ``If-Match``/``If-None-Match`` work on GET and HEAD; on PutObject they are
+  refused with 400 ``NotImplemented`` as real OSS does.
+* Buckets: ListObjects (v1) and ListObjectsV2 (``list-type=2``) with prefix,
+  delimiter and pagination; Get/PutBucketVersioning (``?versioning``);
+  GetBucketAcl. Versioned buckets return ``x-oss-version-id`` and delete
+  markers, but keep only the current version of each object.
+* Auth: signature V4 ``OSS4-HMAC-SHA256`` (Authorization header and presigned
+  query) and V1 ``OSS <ak>:<sig>`` (header and ``OSSAccessKeyId``/
+  ``Signature`` query), verified against the configured secrets: an unknown
+  key id gets 403 ``InvalidAccessKeyId``, a wrong secret 403
+  ``SignatureDoesNotMatch``, an expired presigned URL 403 ``AccessDenied``.
+  Credentials configured with a security token (STS) require the matching
+  ``x-oss-security-token`` header or ``security-token`` query parameter
+  (missing: ``InvalidAccessKeyId``; wrong: ``InvalidSecurityToken``).
+  Requests without a signature are anonymous and refused (buckets are
+  private).
+* Errors: OSS error XML bodies (Code, Message, RequestId, HostId, EC) and an
+  ``x-oss-request-id`` on every response.
+
+Not implemented: multipart upload, copy, append, CRC64 headers, object
+versions other than the current one, bucket creation over the API.
+
+Test-only control endpoints, unauthenticated, path-style under ``/-/`` (not a
+valid bucket name, so they cannot clash with a bucket):
+
+* ``POST /-/buckets?name=NAME[&versioning=Enabled|Suspended]`` creates a bucket.
+* ``GET /-/objects?bucket=NAME`` lists every object as JSON with its size,
+  ETag, ACL, server-side encryption and content type.
+
+Usage::
+
+    oss_server.py [--port 0] [--endpoint oss-cn-beijing.aliyuncs.com]
+                  [--region cn-beijing] --credential AK:SECRET[:STS_TOKEN]
+                  --bucket NAME[=Enabled|Suspended] ...
+
+The first line on stdout is ``listening on 127.0.0.1:PORT``. The server exits
+when its standard input closes, so it never outlives the test that started it.
+"""
+
+import argparse
+import base64
+import datetime
+import email.utils
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from xml.sax.saxutils import escape
+
+ACLS = ("private", "public-read", "public-read-write", "default")
+SSE_ALGORITHMS = ("AES256", "KMS", "SM4")
+# Largest allowed clock difference for header-signed requests, as on OSS.
+MAX_SKEW_SECONDS = 15 * 60
+# Query parameters that are sub-resources in signature V1 (from the OSS
+# documentation of CanonicalizedResource; the others are not signed).
+V1_SUBRESOURCES = frozenset(
+    """acl uploads location cors logging website referer lifecycle delete append
+    tagging objectMeta uploadId partNumber security-token position img style
+    styleName replication replicationProgress replicationLocation cname bucketInfo
+    comp qos live status vod startTime endTime symlink x-oss-process
+    response-content-type response-content-language response-expires
+    response-cache-control response-content-disposition response-content-encoding
+    udf udfName udfImage udfId udfImageDesc udfApplication udfApplicationLog
+    restore callback callback-var policy stat encryption versions versioning
+    versionId objectInfo continuation-token""".split()
+)
+
+
+class OssError(Exception):
+    """An error answered as OSS does: status, code, message, EC."""
+
+    def __init__(self, status, code, message, ec="0000-00000000", **extra):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.ec = ec
+        self.extra = extra
+
+
+class Object:
+    """One stored object (only its current version)."""
+
+    def __init__(self, body, content_type, acl, sse, version_id):
+        self.body = body
+        self.etag = '"%s"' % hashlib.md5(body).hexdigest().upper()
+        self.content_type = content_type
+        self.acl = acl
+        self.sse = sse
+        self.version_id = version_id
+        self.modified = time.time()
+
+
+class Bucket:
+    def __init__(self, name, versioning=None):
+        self.name = name
+        # None (never enabled), "Enabled" or "Suspended".
+        self.versioning = versioning
+        self.objects = {}
+
+
+class Store:
+    """All buckets; one lock makes every check-and-write atomic."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.buckets = {}
+
+    def bucket(self, name):
+        bucket = self.buckets.get(name)
+        if bucket is None:
+            raise OssError(
+                404, "NoSuchBucket", "The specified bucket does not exist.", "0015-00000101",
+                BucketName=name,
+            )
+        return bucket
+
+
+def uri_encode(text, safe=""):
+    """RFC 3986 encoding as OSS's V4 canonical form uses it."""
+    return urllib.parse.quote(text, safe=safe + "-_.~")
+
+
+def hmac_sha256(key, msg):
+    return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).digest()
+
+
+def parse_query(raw):
+    """Query parameters in order, decoded; a key without `=` has value ''."""
+    pairs = []
+    for part in raw.split("&") if raw else []:
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        pairs.append((urllib.parse.unquote(key), urllib.parse.unquote(value)))
+    return pairs
+
+
+def http_date(ts):
+    return email.utils.formatdate(ts, usegmt=True)
+
+
+def iso_date(ts):
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%S.000Z"
+    )
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "AliyunOSS"
+    sys_version = ""
+
+    # ---- plumbing -------------------------------------------------------
+
+    def log_message(self, fmt, *args):
+        if self.server.verbose:
+            sys.stderr.write("oss_server: " + (fmt % args) + "\n")
+
+    def do_GET(self):
+        self.dispatch()
+
+    do_PUT = do_POST = do_DELETE = do_HEAD = do_GET
+
+    def read_body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def reply(self, status, body=b"", headers=None, content_type="application/xml"):
+        self.send_response(status)
+        self.send_header("x-oss-request-id", self.request_id)
+        self.send_header("Date", http_date(time.time()))
+        if body or content_type != "application/xml":
+            self.send_header("Content-Type", content_type)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if "Content-Length" not in (headers or {}):
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD" and body:
+            self.wfile.write(body)
+
+    def reply_error(self, err):
+        headers = {"x-oss-ec": err.ec}
+        if self.command == "HEAD":
+            # OSS answers HEAD errors without a body.
+            self.reply(err.status, b"", headers)
+            return
+        extra = "".join(
+            "  <%s>%s</%s>\n" % (k, escape(str(v)), k) for k, v in err.extra.items()
+        )
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Error>\n'
+            "  <Code>%s</Code>\n  <Message>%s</Message>\n  <RequestId>%s</RequestId>\n"
+            "  <HostId>%s</HostId>\n%s  <EC>%s</EC>\n"
+            "  <RecommendDoc>https://api.aliyun.com/troubleshoot?q=%s</RecommendDoc>\n</Error>\n"
+            % (err.code, escape(err.message), self.request_id, escape(self.host_id),
+               extra, err.ec, err.ec)
+        ).encode()
+        self.reply(err.status, body, headers)
+
+    def dispatch(self):
+        self.request_id = secrets.token_hex(12).upper()
+        self.host_id = self.server.endpoints[0]
+        try:
+            target = self.path
+            if target.startswith("http://") or target.startswith("https://"):
+                # Absolute form: we are the client's HTTP proxy.
+                parts = urllib.parse.urlsplit(target)
+                host, raw_path, raw_query = parts.netloc, parts.path or "/", parts.query
+            else:
+                host = self.headers.get("Host", "")
+                raw_path, _, raw_query = target.partition("?")
+            self.body = self.read_body()
+            if raw_path.startswith("/-/"):
+                return self.control(raw_path, parse_query(raw_query))
+            self.host_id = host.split(":")[0]
+            bucket_name, key = self.address(self.host_id, urllib.parse.unquote(raw_path))
+            self.query = parse_query(raw_query)
+            self.params = dict(self.query)
+            self.authenticate(bucket_name, key, raw_query)
+            with self.server.store.lock:
+                self.route(bucket_name, key)
+        except OssError as err:
+            self.reply_error(err)
+        except (ConnectionError, BrokenPipeError):
+            pass
+
+    def address(self, host, path):
+        """(bucket, key) from the Host and the decoded path."""
+        for endpoint in self.server.endpoints:
+            if host.endswith("." + endpoint):
+                return host[: -len(endpoint) - 1], path[1:]
+        # Path style: /bucket/key.
+        bucket, _, key = path[1:].partition("/")
+        return bucket, key
+
+    # ---- authentication -------------------------------------------------
+
+    def authenticate(self, bucket, key, raw_query):
+        auth = self.headers.get("Authorization", "")
+        params = self.params
+        if auth.startswith("OSS4-HMAC-SHA256 "):
+            fields = {}
+            for part in auth[len("OSS4-HMAC-SHA256 "):].split(","):
+                name, _, value = part.strip().partition("=")
+                fields[name] = value
+            self.check_v4(bucket, key, fields.get("Credential", ""),
+                          fields.get("AdditionalHeaders", ""), fields.get("Signature", ""),
+                          self.headers.get("x-oss-date", ""), None, False)
+        elif auth.startswith("OSS "):
+            ak, _, signature = auth[4:].partition(":")
+            date = self.headers.get("x-oss-date") or self.headers.get("Date", "")
+            self.check_skew_http(date)
+            self.check_v1(bucket, key, ak.strip(), signature.strip(), date, False)
+        elif auth:
+            raise OssError(400, "InvalidArgument", "Authorization header is invalid.", "0002-00000016")
+        elif params.get("x-oss-signature-version") == "OSS4-HMAC-SHA256":
+            self.check_v4(bucket, key, params.get("x-oss-credential", ""),
+                          params.get("x-oss-additional-headers", ""),
+                          params.get("x-oss-signature", ""), params.get("x-oss-date", ""),
+                          params.get("x-oss-expires", ""), True)
+        elif "OSSAccessKeyId" in params:
+            expires = params.get("Expires", "")
+            if not expires.isdigit():
+                raise OssError(400, "InvalidArgument", "Expires is invalid.", "0002-00000020")
+            if int(expires) < time.time():
+                raise OssError(403, "AccessDenied", "Request has expired.", "0002-00000069")
+            self.check_v1(bucket, key, params["OSSAccessKeyId"], params.get("Signature", ""),
+                          expires, True)
+        else:
+            raise OssError(403, "AccessDenied",
+                           "You have no right to access this object because of bucket acl.",
+                           "0003-00000001")
+
+    def credential(self, ak, token_in_query):
+        cred = self.server.credentials.get(ak)
+        if cred is None:
+            raise OssError(403, "InvalidAccessKeyId",
+                           "The OSS Access Key Id you provided does not exist in our records.",
+                           "0002-00000002", OSSAccessKeyId=ak)
+        secret, token = cred
+        sent = (self.params.get("security-token") or self.params.get("x-oss-security-token")
+                if token_in_query else self.headers.get("x-oss-security-token"))
+        if token and not sent:
+            raise OssError(403, "InvalidAccessKeyId",
+                           "The OSS Access Key Id you provided does not exist in our records.",
+                           "0002-00000003", OSSAccessKeyId=ak)
+        if token and sent != token:
+            raise OssError(403, "InvalidSecurityToken",
+                           "The security token you provided is invalid.", "0002-00000008")
+        return secret
+
+    def check_skew_http(self, date):
+        try:
+            ts = email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError):
+            raise OssError(403, "AccessDenied", "OSS authentication requires a valid Date.",
+                           "0002-00000018")
+        if abs(ts - time.time()) > MAX_SKEW_SECONDS:
+            raise OssError(403, "RequestTimeTooSkewed",
+                           "The difference between the request time and the current time is too large.",
+                           "0002-00000504")
+
+    def check_v1(self, bucket, key, ak, signature, date, in_query):
+        secret = self.credential(ak, in_query)
+        oss_headers = sorted(
+            (k.lower(), v.strip()) for k, v in self.headers.items() if k.lower().startswith("x-oss-")
+        )
+        resource = "/%s/%s" % (bucket, key) if bucket else "/"
+        subresources = sorted((k, v) for k, v in self.query if k in V1_SUBRESOURCES)
+        if subresources:
+            resource += "?" + "&".join(k + "=" + v if v else k for k, v in subresources)
+        string_to_sign = "\n".join([
+            self.command,
+            self.headers.get("Content-MD5", ""),
+            self.headers.get("Content-Type", ""),
+            date,
+            "".join("%s:%s\n" % kv for kv in oss_headers) + resource,
+        ])
+        expected = base64.b64encode(
+            hmac.new(secret.encode(), string_to_sign.encode("utf-8"), hashlib.sha1).digest()
+        ).decode()
+        if not hmac.compare_digest(expected, signature):
+            raise OssError(403, "SignatureDoesNotMatch",
+                           "The request signature we calculated does not match the signature you provided. "
+                           "Check your key and signing method.", "0002-00000040",
+                           OSSAccessKeyId=ak, StringToSign=string_to_sign)
+
+    def check_v4(self, bucket, key, credential, additional, signature, date, expires, in_query):
+        parts = credential.split("/")
+        if len(parts) != 5 or parts[3] != "oss" or parts[4] != "aliyun_v4_request":
+            raise OssError(400, "InvalidArgument", "Invalid credential in Authorization header.",
+                           "0002-00000227")
+        ak, day, region = parts[0], parts[1], parts[2]
+        if region != self.server.region:
+            raise OssError(400, "InvalidArgument", "Invalid signing region in Authorization header.",
+                           "0002-00000229")
+        try:
+            signed_at = datetime.datetime.strptime(date, "%Y%m%dT%H%M%SZ").replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+        except ValueError:
+            raise OssError(403, "AccessDenied", "x-oss-date is invalid.", "0002-00000018")
+        if day != date[:8]:
+            raise OssError(400, "InvalidArgument", "Invalid signing date in Authorization header.",
+                           "0002-00000228")
+        if in_query:
+            if not expires.isdigit() or signed_at + int(expires) < time.time():
+                raise OssError(403, "AccessDenied", "Request has expired.", "0002-00000069")
+        elif abs(signed_at - time.time()) > MAX_SKEW_SECONDS:
+            raise OssError(403, "RequestTimeTooSkewed",
+                           "The difference between the request time and the current time is too large.",
+                           "0002-00000504")
+        secret = self.credential(ak, in_query)
+        extra = sorted(h.strip().lower() for h in additional.split(";") if h.strip())
+        headers = {}
+        for k, v in self.headers.items():
+            lk = k.lower()
+            if lk.startswith("x-oss-") or lk in ("content-type", "content-md5") or lk in extra:
+                headers[lk] = v.strip()
+        uri = "/"
+        if bucket:
+            uri += bucket + "/"
+            uri += key
+        pairs = sorted(
+            (uri_encode(k), uri_encode(v)) for k, v in self.query
+            if not (in_query and k == "x-oss-signature")
+        )
+        canonical_query = "&".join(k + "=" + v if v else k for k, v in pairs)
+        canonical_request = "\n".join([
+            self.command,
+            uri_encode(uri, safe="/"),
+            canonical_query,
+            "".join("%s:%s\n" % kv for kv in sorted(headers.items())),
+            ";".join(extra),
+            self.headers.get("x-oss-content-sha256", "UNSIGNED-PAYLOAD"),
+        ])
+        string_to_sign = "\n".join([
+            "OSS4-HMAC-SHA256", date, "/".join(parts[1:]),
+            hashlib.sha256(canonical_request.encode("utf-8")).hexdigest(),
+        ])
+        signing_key = ("aliyun_v4" + secret).encode()
+        for step in (day, region, "oss", "aliyun_v4_request"):
+            signing_key = hmac_sha256(signing_key, step)
+        expected = hmac.new(signing_key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, signature):
+            raise OssError(403, "SignatureDoesNotMatch",
+                           "The request signature we calculated does not match the signature you provided. "
+                           "Check your key and signing method.", "0002-00000040",
+                           OSSAccessKeyId=ak, StringToSign=string_to_sign,
+                           CanonicalRequest=canonical_request)
+
+    # ---- operations -----------------------------------------------------
+
+    def route(self, bucket_name, key):
+        if not bucket_name:
+            raise OssError(400, "InvalidRequest", "ListBuckets is not implemented here.", "0000-00000000")
+        bucket = self.server.store.bucket(bucket_name)
+        p, method = self.params, self.command
+        if not key:
+            if method == "GET" and "versioning" in p:
+                return self.get_versioning(bucket)
+            if method == "PUT" and "versioning" in p:
+                return self.put_versioning(bucket)
+            if method == "GET" and "acl" in p:
+                return self.acl_xml("private")
+            if method == "GET" and p.get("list-type") == "2":
+                return self.list_objects(bucket, v2=True)
+            if method == "GET":
+                return self.list_objects(bucket, v2=False)
+            raise OssError(400, "NotImplemented", "This bucket operation is not implemented.",
+                           "0000-00000000")
+        if "acl" in p:
+            if method == "GET":
+                return self.acl_xml(self.get_object(bucket, key).acl)
+            if method == "PUT":
+                obj = self.get_object(bucket, key)
+                obj.acl = self.valid_acl(self.headers.get("x-oss-object-acl", ""))
+                return self.reply(200)
+        if method == "PUT":
+            return self.put_object(bucket, key)
+        if method in ("GET", "HEAD"):
+            return self.read_object(bucket, key)
+        if method == "DELETE":
+            return self.delete_object(bucket, key)
+        raise OssError(405, "MethodNotAllowed", "The specified method is not allowed against this resource.",
+                       "0000-00000000")
+
+    def get_object(self, bucket, key):
+        obj = bucket.objects.get(key)
+        if obj is None:
+            raise OssError(404, "NoSuchKey", "The specified key does not exist.", "0026-00000001",
+                           Key=key)
+        return obj
+
+    def valid_acl(self, acl):
+        if acl not in ACLS:
+            raise OssError(400, "InvalidArgument", "no such object access control exists",
+                           "0016-00000502", ArgumentName="x-oss-object-acl", ArgumentValue=acl)
+        return acl
+
+    def put_object(self, bucket, key):
+        h = self.headers
+        if "x-oss-copy-source" in h:
+            raise OssError(400, "NotImplemented", "CopyObject is not implemented here.", "0000-00000000")
+        for cond in ("If-Match", "If-None-Match"):
+            if cond in h:
+                raise OssError(400, "NotImplemented",
+                               "A header you provided implies functionality that is not implemented.",
+                               "0016-00000403", Header=cond)
+        md5 = h.get("Content-MD5")
+        if md5 is not None:
+            try:
+                digest = base64.b64decode(md5, validate=True)
+            except ValueError:
+                digest = b""
+            if len(digest) != 16 or digest != hashlib.md5(self.body).digest():
+                raise OssError(400, "InvalidDigest", "The Content-MD5 you specified is not valid.",
+                               "0016-00000117")
+        acl = self.valid_acl(h.get("x-oss-object-acl", "default"))
+        sse = h.get("x-oss-server-side-encryption")
+        if sse is not None and sse not in SSE_ALGORITHMS:
+            raise OssError(400, "InvalidEncryptionAlgorithmError",
+                           "The Encryption request you specified is not valid. Supported value: AES256/KMS/SM4",
+                           "0016-00000218")
+        forbid = h.get("x-oss-forbid-overwrite", "").lower() == "true"
+        # OSS ignores x-oss-forbid-overwrite on buckets with versioning
+        # Enabled or Suspended.
+        if forbid and bucket.versioning is None and key in bucket.objects:
+            raise OssError(409, "FileAlreadyExists", "The object you specified already exists and can not be overwritten.",
+                           "0016-00000721", Key=key)
+        version_id = secrets.token_hex(16) if bucket.versioning == "Enabled" else (
+            "null" if bucket.versioning == "Suspended" else None)
+        obj = Object(self.body, h.get("Content-Type") or "application/octet-stream", acl, sse, version_id)
+        bucket.objects[key] = obj
+        headers = {"ETag": obj.etag,
+                   "Content-MD5": base64.b64encode(hashlib.md5(self.body).digest()).decode()}
+        if sse:
+            headers["x-oss-server-side-encryption"] = sse
+        if version_id:
+            headers["x-oss-version-id"] = version_id
+        self.reply(200, b"", headers)
+
+    def read_object(self, bucket, key):
+        obj = self.get_object(bucket, key)
+        h = self.headers
+        if "If-Match" in h and h["If-Match"].strip() not in (obj.etag, obj.etag.strip('"'), "*"):
+            raise OssError(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold.",
+                           "0026-00000004", Condition="If-Match")
+        headers = {"ETag": obj.etag, "Last-Modified": http_date(obj.modified)}
+        if "If-None-Match" in h and h["If-None-Match"].strip() in (obj.etag, obj.etag.strip('"'), "*"):
+            return self.reply(304, b"", headers)
+        if "objectMeta" in self.params:
+            headers["Content-Length"] = str(len(obj.body))
+            return self.reply(200, b"", headers)
+        headers.update({
+            "Content-Length": str(len(obj.body)),
+            "x-oss-object-type": "Normal",
+            "x-oss-storage-class": "Standard",
+            "Accept-Ranges": "bytes",
+        })
+        if obj.sse:
+            headers["x-oss-server-side-encryption"] = obj.sse
+        if obj.version_id:
+            headers["x-oss-version-id"] = obj.version_id
+        self.reply(200, obj.body, headers, content_type=obj.content_type)
+
+    def delete_object(self, bucket, key):
+        existed = bucket.objects.pop(key, None) is not None
+        headers = {}
+        if bucket.versioning and existed:
+            headers["x-oss-delete-marker"] = "true"
+            headers["x-oss-version-id"] = secrets.token_hex(16)
+        self.reply(204, b"", headers)
+
+    def acl_xml(self, acl):
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<AccessControlPolicy>\n'
+            "  <Owner><ID>0022012****</ID><DisplayName>0022012****</DisplayName></Owner>\n"
+            "  <AccessControlList><Grant>%s</Grant></AccessControlList>\n</AccessControlPolicy>\n" % acl
+        ).encode()
+        self.reply(200, body)
+
+    def get_versioning(self, bucket):
+        status = "<Status>%s</Status>" % bucket.versioning if bucket.versioning else ""
+        body = ('<?xml version="1.0" encoding="UTF-8"?>\n<VersioningConfiguration>%s'
+                "</VersioningConfiguration>\n" % status).encode()
+        self.reply(200, body)
+
+    def put_versioning(self, bucket):
+        text = self.body.decode("utf-8", "replace")
+        start, end = text.find("<Status>"), text.find("</Status>")
+        status = text[start + 8:end].strip() if 0 <= start < end else ""
+        if status not in ("Enabled", "Suspended"):
+            raise OssError(400, "MalformedXML", "The XML you provided was not well-formed or did not validate against our published schema.",
+                           "0031-00000001")
+        bucket.versioning = status
+        self.reply(200)
+
+    def list_objects(self, bucket, v2):
+        p = self.params
+        prefix = p.get("prefix", "")
+        delimiter = p.get("delimiter", "")
+        try:
+            max_keys = int(p.get("max-keys", "100"))
+        except ValueError:
+            max_keys = -1
+        if not 0 < max_keys <= 1000:
+            raise OssError(400, "InvalidArgument", "Argument max-keys must be between 1 and 1000.",
+                           "0017-00000101", ArgumentName="max-keys")
+        if v2:
+            token = p.get("continuation-token", "")
+            start = (base64.urlsafe_b64decode(token.encode()).decode() if token
+                     else p.get("start-after", ""))
+        else:
+            start = p.get("marker", "")
+        # A resume point ending in the delimiter is a common prefix already
+        # returned: skip everything under it.
+        keys = sorted(
+            k for k in bucket.objects
+            if k.startswith(prefix) and k > start
+            and not (delimiter and start.endswith(delimiter) and k.startswith(start))
+        )
+        contents, prefixes, truncated, resume = [], [], False, ""
+        for k in keys:
+            common = None
+            if delimiter:
+                idx = k.find(delimiter, len(prefix))
+                if idx >= 0:
+                    common = k[: idx + len(delimiter)]
+                    if prefixes and prefixes[-1] == common:
+                        continue
+            if len(contents) + len(prefixes) >= max_keys:
+                truncated = True
+                break
+            if common is None:
+                contents.append(k)
+                resume = k
+            else:
+                prefixes.append(common)
+                resume = common
+        out = ['<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult>',
+               "<Name>%s</Name>" % escape(bucket.name),
+               "<Prefix>%s</Prefix>" % escape(prefix),
+               "<MaxKeys>%d</MaxKeys>" % max_keys,
+               "<Delimiter>%s</Delimiter>" % escape(delimiter),
+               "<IsTruncated>%s</IsTruncated>" % ("true" if truncated else "false")]
+        if v2:
+            if p.get("start-after"):
+                out.append("<StartAfter>%s</StartAfter>" % escape(p["start-after"]))
+            if p.get("continuation-token"):
+                out.append("<ContinuationToken>%s</ContinuationToken>" % escape(p["continuation-token"]))
+            if truncated:
+                out.append("<NextContinuationToken>%s</NextContinuationToken>"
+                           % base64.urlsafe_b64encode(resume.encode()).decode())
+            out.append("<KeyCount>%d</KeyCount>" % (len(contents) + len(prefixes)))
+        else:
+            out.append("<Marker>%s</Marker>" % escape(p.get("marker", "")))
+            if truncated:
+                out.append("<NextMarker>%s</NextMarker>" % escape(resume))
+        for k in contents:
+            obj = bucket.objects[k]
+            out.append(
+                "<Contents><Key>%s</Key><LastModified>%s</LastModified><ETag>%s</ETag>"
+                "<Type>Normal</Type><Size>%d</Size><StorageClass>Standard</StorageClass>"
+                "<Owner><ID>0022012****</ID><DisplayName>0022012****</DisplayName></Owner></Contents>"
+                % (escape(k), iso_date(obj.modified), escape(obj.etag), len(obj.body))
+            )
+        for c in prefixes:
+            out.append("<CommonPrefixes><Prefix>%s</Prefix></CommonPrefixes>" % escape(c))
+        out.append("</ListBucketResult>\n")
+        self.reply(200, "\n".join(out).encode())
+
+    # ---- test control ---------------------------------------------------
+
+    def control(self, path, query):
+        params = dict(query)
+        store = self.server.store
+        with store.lock:
+            if path == "/-/buckets" and self.command == "POST":
+                name = params.get("name", "")
+                versioning = params.get("versioning") or None
+                if not name or versioning not in (None, "Enabled", "Suspended"):
+                    raise OssError(400, "InvalidArgument", "name and versioning=Enabled|Suspended",
+                                   "0000-00000000")
+                store.buckets.setdefault(name, Bucket(name, versioning))
+                return self.reply(200, b"{}", content_type="application/json")
+            if path == "/-/objects" and self.command == "GET":
+                bucket = store.bucket(params.get("bucket", ""))
+                listing = [
+                    {"key": k, "size": len(o.body), "etag": o.etag, "acl": o.acl,
+                     "sse": o.sse, "content_type": o.content_type, "version_id": o.version_id}
+                    for k, o in sorted(bucket.objects.items())
+                ]
+                return self.reply(200, json.dumps(listing).encode(), content_type="application/json")
+        raise OssError(404, "NotFound", "no such control endpoint", "0000-00000000")
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, port, endpoints, region, credentials, buckets, verbose):
+        super().__init__(("127.0.0.1", port), Handler)
+        self.endpoints = endpoints
+        self.region = region
+        self.credentials = credentials
+        self.verbose = verbose
+        self.store = Store()
+        for name, versioning in buckets:
+            self.store.buckets[name] = Bucket(name, versioning)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=0, help="0 = any free port")
+    parser.add_argument("--endpoint", action="append", default=[],
+                        help="endpoint whose subdomains are buckets (repeatable; default oss-cn-beijing.aliyuncs.com)")
+    parser.add_argument("--region", default="cn-beijing", help="region V4 signatures must name")
+    parser.add_argument("--credential", action="append", default=[], metavar="AK:SECRET[:TOKEN]")
+    parser.add_argument("--bucket", action="append", default=[], metavar="NAME[=Enabled|Suspended]")
+    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    args = parser.parse_args(argv)
+
+    credentials = {}
+    for spec in args.credential:
+        parts = spec.split(":", 2)
+        if len(parts) < 2:
+            parser.error("--credential wants AK:SECRET[:TOKEN]")
+        credentials[parts[0]] = (parts[1], parts[2] if len(parts) == 3 else None)
+    buckets = []
+    for spec in args.bucket:
+        name, _, versioning = spec.partition("=")
+        if versioning not in ("", "Enabled", "Suspended"):
+            parser.error("--bucket wants NAME[=Enabled|Suspended]")
+        buckets.append((name, versioning or None))
+
+    server = Server(args.port, args.endpoint or ["oss-cn-beijing.aliyuncs.com"], args.region,
+                    credentials, buckets, args.verbose)
+    host, port = server.server_address[:2]
+    print("listening on %s:%d" % (host, port), flush=True)
+
+    def watch_stdin():
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        finally:
+            os._exit(0)
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
