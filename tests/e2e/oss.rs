@@ -1,0 +1,438 @@
+//! The conformance suite on `storageType: oss` against the OSS protocol
+//! test server (`tests/support/oss_server.py`, checked against Alibaba's own
+//! SDKs by `tests/support/test_oss_server.py`), plus what only OSS can show:
+//! `encrypt` and `acl` recorded on every object, STS tokens, clear start-up
+//! errors, versioned buckets refused, and many processes racing for one
+//! lock through `x-oss-forbid-overwrite`.
+//!
+//! stategate reaches the test server as real OSS clients do: virtual-hosted
+//! (`http://<bucket>.oss-test.invalid/<key>`), V4-signed, with the test
+//! server as its `HTTP_PROXY`, so no DNS change is needed. Every peer gets a
+//! fresh bucket. The bucket is inspected through the server's own test
+//! endpoint, independently of stategate.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Barrier, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+conformance_suite!(oss_suite, crate::oss::peer());
+
+/// The endpoint stategate is given; the test server treats its subdomains as
+/// buckets. `.invalid` never resolves, so nothing can reach real OSS.
+const ENDPOINT: &str = "oss-test.invalid";
+const REGION: &str = "cn-beijing";
+/// STS credentials: the suite runs with a security token throughout.
+const STS_AK: &str = "STS.stategate-test";
+const STS_SECRET: &str = "sts-secret-for-tests";
+const STS_TOKEN: &str = "CAIS+sts/token=for-tests";
+/// Long-term credentials, without a token.
+const AK: &str = "LTAI-stategate-test";
+const SECRET: &str = "long-term-secret-for-tests";
+
+/// The OSS test server every test in this process shares. It exits when its
+/// stdin closes, i.e. when this process ends.
+pub struct OssServer {
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+    _stdin: ChildStdin,
+    _child: Child,
+}
+
+impl OssServer {
+    fn start() -> OssServer {
+        let script = repo().join("tests/support/oss_server.py");
+        let mut child = Command::new(python())
+            .arg(&script)
+            .args(["--endpoint", ENDPOINT, "--region", REGION])
+            .args([
+                "--credential",
+                &format!("{STS_AK}:{STS_SECRET}:{STS_TOKEN}"),
+            ])
+            .args(["--credential", &format!("{AK}:{SECRET}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tests/support/oss_server.py");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read the OSS server's first line");
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("the OSS test server did not start: {line:?}"))
+            .trim()
+            .to_string();
+        OssServer {
+            addr,
+            _stdin: stdin,
+            _child: child,
+        }
+    }
+
+    pub fn shared() -> &'static OssServer {
+        static SERVER: OnceLock<OssServer> = OnceLock::new();
+        SERVER.get_or_init(OssServer::start)
+    }
+
+    /// A new, empty bucket; `versioning` is `""`, `Enabled` or `Suspended`.
+    pub fn new_bucket(&self, versioning: &str) -> String {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "stategate-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let url = format!(
+            "http://{}/-/buckets?name={name}&versioning={versioning}",
+            self.addr
+        );
+        let (status, body) = http("POST", &url, b"");
+        assert_eq!(status, 200, "create bucket: {}", text(&body));
+        name
+    }
+
+    /// Every object in `bucket` with what OSS recorded for it: key, size,
+    /// acl, sse, content_type.
+    pub fn objects(&self, bucket: &str) -> Vec<serde_json::Value> {
+        let (status, body) = http(
+            "GET",
+            &format!("http://{}/-/objects?bucket={bucket}", self.addr),
+            b"",
+        );
+        assert_eq!(status, 200, "list objects: {}", text(&body));
+        serde_json::from_slice(&body).expect("objects JSON")
+    }
+}
+
+/// A bucket on the shared test server, under a key prefix.
+pub struct OssPeer {
+    pub bucket: String,
+    pub prefix: String,
+    /// Settings added to (or replacing) the defaults.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl OssPeer {
+    /// A fresh unversioned bucket, STS credentials, `encrypt` and `acl` on.
+    pub fn new() -> OssPeer {
+        Self::with_bucket(OssServer::shared().new_bucket(""))
+    }
+
+    pub fn with_bucket(bucket: String) -> OssPeer {
+        OssPeer {
+            bucket,
+            prefix: "team/states".to_string(),
+            overrides: Vec::new(),
+        }
+    }
+
+    /// Replaces (or adds) one setting; an empty value removes it.
+    pub fn set(mut self, key: &str, value: &str) -> OssPeer {
+        self.overrides.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Every object in the bucket, prefix included.
+    pub fn all_objects(&self) -> Vec<serde_json::Value> {
+        OssServer::shared().objects(&self.bucket)
+    }
+}
+
+impl Peer for OssPeer {
+    fn storage_type(&self) -> &str {
+        "oss"
+    }
+
+    fn settings(&self) -> Vec<(String, String)> {
+        let mut settings: Vec<(String, String)> = [
+            ("bucket", self.bucket.as_str()),
+            ("prefix", self.prefix.as_str()),
+            ("endpoint", &format!("http://{ENDPOINT}")),
+            ("region", REGION),
+            // Kusion's spellings for the key pair, Terraform's for the rest.
+            ("accessKeyID", STS_AK),
+            ("accessKeySecret", STS_SECRET),
+            ("security_token", STS_TOKEN),
+            ("encrypt", "true"),
+            ("acl", "private"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (key, value) in &self.overrides {
+            settings.retain(|(k, _)| k != key);
+            if !value.is_empty() {
+                settings.push((key.clone(), value.clone()));
+            }
+        }
+        settings
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let proxy = format!("http://{}", OssServer::shared().addr);
+        vec![
+            ("HTTP_PROXY".to_string(), proxy.clone()),
+            ("http_proxy".to_string(), proxy),
+            ("NO_PROXY".to_string(), String::new()),
+            ("no_proxy".to_string(), String::new()),
+        ]
+    }
+
+    fn object_keys(&self) -> Vec<String> {
+        let prefix = format!("{}/", self.prefix);
+        self.all_objects()
+            .iter()
+            .filter_map(|o| o["key"].as_str()?.strip_prefix(&prefix).map(str::to_string))
+            .collect()
+    }
+}
+
+/// The peer the conformance suite runs on.
+pub fn peer() -> Box<dyn Peer> {
+    Box::new(OssPeer::new())
+}
+
+/// Starts stategate on `peer` expecting it to refuse; returns its log.
+fn refused(peer: &OssPeer, extra: &[&str]) -> String {
+    let started = Instant::now();
+    match Server::try_start(peer, extra, &[]) {
+        Ok(server) => panic!("stategate started:\n{}", server.log()),
+        Err(log) => {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "refusing took {:?}",
+                started.elapsed()
+            );
+            for secret in [STS_SECRET, STS_TOKEN, SECRET] {
+                assert!(!log.contains(secret), "a secret in the log:\n{log}");
+            }
+            log
+        }
+    }
+}
+
+#[test]
+fn oss_every_object_has_sse_and_acl() {
+    let peer = OssPeer::new().set("acl", "public-read");
+    let server = Server::start(&peer);
+    let tf = Terraform::example("oss", &server.url);
+    tf.init_apply(&[]);
+    tf.apply(&["greeting=second"]);
+    // A held lock and a history entry exist as objects too.
+    let url = server.state_url("oss-example/terraform.tfstate");
+    assert_eq!(http("LOCK", &url, &lock_info("held", "a@host")).0, 200);
+
+    let objects = peer.all_objects();
+    let keys: BTreeSet<&str> = objects.iter().filter_map(|o| o["key"].as_str()).collect();
+    assert!(
+        keys.contains("team/states/oss-example/terraform.tfstate")
+            && keys.contains("team/states/oss-example/terraform.tfstate.tflock"),
+        "{keys:?}"
+    );
+    assert!(objects.len() > 2, "history objects too: {keys:?}");
+    for o in &objects {
+        let key = o["key"].as_str().unwrap();
+        assert!(key.starts_with("team/states/"), "outside the prefix: {key}");
+        assert_eq!(o["sse"], "AES256", "{key}: {o}");
+        assert_eq!(o["acl"], "public-read", "{key}: {o}");
+        assert_eq!(o["content_type"], "application/json", "{key}: {o}");
+    }
+}
+
+#[test]
+fn oss_without_encrypt_and_acl_sends_neither() {
+    let peer = OssPeer::new().set("encrypt", "").set("acl", "");
+    let server = Server::start(&peer);
+    let url = server.state_url("plain/terraform.tfstate");
+    assert_eq!(http("POST", &url, &state_doc("l", 1, "v")).0, 200);
+    let objects = peer.all_objects();
+    assert!(!objects.is_empty());
+    for o in &objects {
+        assert!(o["sse"].is_null(), "{o}");
+        // OSS records `default` (inherit the bucket's ACL) when none is sent.
+        assert_eq!(o["acl"], "default", "{o}");
+    }
+}
+
+#[test]
+fn oss_long_term_credentials_work_without_a_token() {
+    let peer = OssPeer::new()
+        .set("accessKeyID", "")
+        .set("accessKeySecret", "")
+        .set("security_token", "")
+        .set("access_key", AK)
+        .set("secret_key", SECRET);
+    let server = Server::start(&peer);
+    let url = server.state_url("long-term");
+    assert_eq!(http("POST", &url, &state_doc("l", 1, "v")).0, 200);
+    assert_eq!(http("GET", &url, b""), (200, state_doc("l", 1, "v")));
+}
+
+#[test]
+fn oss_wrong_secret_is_a_clear_startup_error() {
+    let log = refused(
+        &OssPeer::new().set("accessKeySecret", "not-the-secret"),
+        &[],
+    );
+    assert!(
+        log.contains("setting `secret_key`") && log.contains("SignatureDoesNotMatch"),
+        "{log}"
+    );
+    assert!(!log.contains("not-the-secret"), "{log}");
+}
+
+#[test]
+fn oss_sts_token_is_checked_at_startup() {
+    let log = refused(&OssPeer::new().set("security_token", ""), &[]);
+    assert!(
+        log.contains("InvalidAccessKeyId") && log.contains("security_token"),
+        "{log}"
+    );
+    let log = refused(&OssPeer::new().set("security_token", "stale-token"), &[]);
+    assert!(
+        log.contains("setting `security_token`") && log.contains("InvalidSecurityToken"),
+        "{log}"
+    );
+    assert!(!log.contains("stale-token"), "{log}");
+}
+
+#[test]
+fn oss_missing_bucket_is_a_clear_startup_error() {
+    let log = refused(&OssPeer::with_bucket("no-such-bucket".into()), &[]);
+    assert!(
+        log.contains("setting `bucket`")
+            && log.contains("`no-such-bucket` does not exist")
+            && log.contains("NoSuchBucket"),
+        "{log}"
+    );
+}
+
+#[test]
+fn oss_unreachable_endpoint_fails_fast_with_the_cause() {
+    // A proxy port nobody listens on: connection refused, not a hang.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let proxy = format!("http://127.0.0.1:{port}");
+    let peer = OssPeer::new();
+    let started = Instant::now();
+    let log = match Server::try_start(
+        &peer,
+        &[],
+        &[("HTTP_PROXY", &proxy), ("http_proxy", &proxy)],
+    ) {
+        Ok(server) => panic!("stategate started:\n{}", server.log()),
+        Err(log) => log,
+    };
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        log.contains("setting `endpoint`")
+            && log.contains("cannot connect to http://oss-test.invalid"),
+        "{log}"
+    );
+}
+
+#[test]
+fn oss_bad_acl_is_refused_at_startup() {
+    let log = refused(&OssPeer::new().set("acl", "authenticated-read"), &[]);
+    assert!(log.contains("setting `acl`"), "{log}");
+}
+
+#[test]
+fn oss_versioned_bucket_is_refused_unless_allow_unsafe_locks() {
+    for versioning in ["Enabled", "Suspended"] {
+        let peer = OssPeer::with_bucket(OssServer::shared().new_bucket(versioning));
+        let log = refused(&peer, &[]);
+        assert!(
+            log.contains(&format!("versioning is {versioning}"))
+                && log.contains("locks would be unsafe")
+                && log.contains("allow_unsafe_locks: true"),
+            "{log}"
+        );
+        assert!(
+            peer.all_objects().is_empty(),
+            "nothing written before refusing"
+        );
+
+        let peer = peer.set("allow_unsafe_locks", "true");
+        let server = Server::start(&peer);
+        assert!(
+            server.log().contains("locks are not safe"),
+            "{}",
+            server.log()
+        );
+        let url = server.state_url("versioned");
+        assert_eq!(http("POST", &url, &state_doc("l", 1, "v")).0, 200);
+        assert_eq!(http("GET", &url, b""), (200, state_doc("l", 1, "v")));
+    }
+}
+
+#[test]
+fn oss_three_processes_thirty_lockers_one_winner_each_round() {
+    const ROUNDS: usize = 20;
+    const LOCKERS: usize = 30;
+    let peer = OssPeer::new();
+    let servers = [
+        Server::start(&peer),
+        Server::start(&peer),
+        Server::start(&peer),
+    ];
+    let started = Instant::now();
+    for round in 0..ROUNDS {
+        let key = format!("race/round-{round}");
+        let urls: Vec<String> = servers.iter().map(|s| s.state_url(&key)).collect();
+        let barrier = Arc::new(Barrier::new(LOCKERS));
+        let handles: Vec<_> = (0..LOCKERS)
+            .map(|i| {
+                let url = urls[i % urls.len()].clone();
+                let barrier = Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    let info = lock_info(&format!("r{round}-locker-{i}"), &format!("c{i}@host"));
+                    barrier.wait();
+                    let (status, body) = http("LOCK", &url, &info);
+                    (i, status, body)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let winners: Vec<_> = results.iter().filter(|r| r.1 == 200).collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: exactly one LOCK wins: {:?}",
+            results.iter().map(|r| r.1).collect::<Vec<_>>()
+        );
+        let winner = lock_info(
+            &format!("r{round}-locker-{}", winners[0].0),
+            &format!("c{}@host", winners[0].0),
+        );
+        for (i, status, body) in &results {
+            if *status != 200 {
+                assert_eq!(*status, 423, "round {round}, locker {i}: {}", text(body));
+                assert_eq!(body, &winner, "a 423 carries the winner's LockInfo");
+            }
+        }
+        // Another process releases it for the holder.
+        assert_eq!(
+            http("UNLOCK", &urls[(winners[0].0 + 1) % 3], &winner).0,
+            200
+        );
+    }
+    eprintln!(
+        "{ROUNDS} rounds of {LOCKERS} concurrent LOCKs over 3 processes: {:?}",
+        started.elapsed()
+    );
+    let lock_objects: Vec<String> = peer
+        .object_keys()
+        .into_iter()
+        .filter(|k| k.ends_with(".tflock"))
+        .collect();
+    assert!(lock_objects.is_empty(), "locks left: {lock_objects:?}");
+}
