@@ -436,3 +436,25 @@ fn oss_three_processes_thirty_lockers_one_winner_each_round() {
         .collect();
     assert!(lock_objects.is_empty(), "locks left: {lock_objects:?}");
 }
+
+#[test]
+fn oss_check_reports_the_store_and_never_a_secret() {
+    let peer = OssPeer::new();
+    // Trace level, where the SDK would log request headers if its `log`
+    // records ever reached our subscriber.
+    let out = stategate(&peer, &["check"], &[("RUST_LOG", "trace")]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("refused (locks are safe)")
+            && stdout.contains("compare-and-swap writes: no")
+            && stdout.contains(&format!("bucket `{}`", peer.bucket)),
+        "{stdout}"
+    );
+    for secret in [STS_AK, STS_SECRET, STS_TOKEN] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} shown:\n{stdout}\n{stderr}"
+        );
+    }
+}
