@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use bytes::BytesMut;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -196,6 +197,10 @@ async fn dispatch(
     }
 }
 
+/// How far past the limit a body is still read (and dropped) before the
+/// 413, so the client receives the answer.
+const DRAIN_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Reads the whole body, refusing one over the limit (by `Content-Length`
 /// before reading, or while reading) and one whose `Content-MD5` does not
 /// match.
@@ -206,7 +211,11 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, ProtocolE
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    // Far over the limit: answer at once. A little over: read and drop the
+    // body first, so the client is still listening when the 413 arrives
+    // (a server that closes while the client writes makes it see a broken
+    // pipe instead of the reason).
+    if declared.is_some_and(|n| n > limit.saturating_add(DRAIN_BYTES)) {
         return Err(ProtocolError::TooLarge(limit));
     }
     let content_md5 = match req.headers().get("content-md5") {
@@ -228,18 +237,27 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, ProtocolE
             Some(digest)
         }
     };
-    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    let body = match Limited::new(req.into_body(), limit_usize).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ProtocolError::TooLarge(limit));
+    let mut incoming = req.into_body();
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(limit) as usize);
+    let mut seen: u64 = 0;
+    while let Some(frame) = incoming.frame().await {
+        let frame = frame
+            .map_err(|e| ProtocolError::BadRequest(format!("reading the body failed: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len() as u64;
+        if seen > limit.saturating_add(DRAIN_BYTES) {
+            break;
         }
-        Err(e) => {
-            return Err(ProtocolError::BadRequest(format!(
-                "reading the body failed: {e}"
-            )));
+        if seen <= limit {
+            body.extend_from_slice(&data);
         }
-    };
+    }
+    if seen > limit {
+        return Err(ProtocolError::TooLarge(limit));
+    }
+    let body = body.freeze();
     if let Some(expected) = content_md5
         && Md5::digest(&body).as_slice() != expected.as_slice()
     {

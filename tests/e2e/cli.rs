@@ -1,0 +1,233 @@
+//! The command line and start-up: defaults, the merge of file, environment
+//! and `-C`, refusals that name the setting, graceful shutdown, `check`.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+
+use crate::support::stores::LocalPeer;
+use crate::support::*;
+
+/// Runs `stategate serve` with `args` expecting it to refuse to start;
+/// returns its stderr.
+fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
+    let dir = tempfile::TempDir::new().unwrap();
+    let out = Command::new(bin())
+        .arg("serve")
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "stategate serve {args:?} should have refused to start"
+    );
+    text(&out.stderr)
+}
+
+#[test]
+fn wrong_settings_stop_start_up_naming_the_setting() {
+    let e = refused(&["--storage-type", "floppy"], &[]);
+    assert!(
+        e.contains("storageType") && e.contains("floppy") && e.contains("local"),
+        "{e}"
+    );
+    let e = refused(&["--listen", "127.0.0.1:0", "-C", "bucket=x"], &[]);
+    assert!(e.contains("unknown setting `bucket`"), "{e}");
+    let e = refused(&["--listen", "not-an-address"], &[]);
+    assert!(e.contains("setting `listen`"), "{e}");
+    let e = refused(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "-C",
+            "path=/proc/stategate-cannot-be-here",
+        ],
+        &[],
+    );
+    assert!(e.contains("setting `path`"), "{e}");
+    let e = refused(&["--listen", "127.0.0.1:0", "--log-format", "xml"], &[]);
+    assert!(e.contains("setting `log_format`"), "{e}");
+    let e = refused(
+        &["--listen", "127.0.0.1:0", "-C", "allow_unsafe_locks=maybe"],
+        &[],
+    );
+    assert!(e.contains("allow_unsafe_locks"), "{e}");
+    let e = refused(
+        &["--listen", "127.0.0.1:0"],
+        &[("STATEGATE_HISTORY_KEEP", "lots")],
+    );
+    assert!(e.contains("setting `history_keep`"), "{e}");
+    let e = refused(&["--config", "/nonexistent/stategate.yaml"], &[]);
+    assert!(e.contains("config file /nonexistent/stategate.yaml"), "{e}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let e = refused(&["--listen", &addr], &[]);
+    assert!(e.contains("setting `listen`") && e.contains(&addr), "{e}");
+}
+
+#[test]
+fn config_file_keys_are_checked() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let file = dir.path().join("stategate.yaml");
+    std::fs::write(
+        &file,
+        "listen: 127.0.0.1:0\nbackend:\n  storageType: local\n  config:\n    paht: x\n",
+    )
+    .unwrap();
+    let e = refused(&["--config", file.to_str().unwrap()], &[]);
+    assert!(e.contains("unknown setting `paht`"), "{e}");
+    std::fs::write(&file, "lisen: 127.0.0.1:0\n").unwrap();
+    let e = refused(&["--config", file.to_str().unwrap()], &[]);
+    assert!(e.contains("lisen"), "{e}");
+}
+
+/// The store path the server announces on start.
+fn announced_path(server: &Server) -> String {
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("listening on"))
+        .unwrap()
+        .to_string();
+    line.split("local store at ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn command_line_beats_environment_beats_file() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let file = root.join("stategate.yaml");
+    std::fs::write(
+        &file,
+        format!("listen: 127.0.0.1:0\nbackend:\n  storageType: local\n  config:\n    path: {}/from-file\n", root.display()),
+    )
+    .unwrap();
+    let peer = ConfigPeer { args: vec![] };
+    let config = ["--config", file.to_str().unwrap()];
+    let env_path = format!("{}/from-env", root.display());
+    let cli_path = format!("path={}/from-cli", root.display());
+
+    let s = Server::try_start(&peer, &config, &[]).unwrap();
+    assert_eq!(announced_path(&s), format!("{}/from-file", root.display()));
+    let s = Server::try_start(&peer, &config, &[("STATEGATE_LOCAL_PATH", &env_path)]).unwrap();
+    assert_eq!(announced_path(&s), env_path);
+    let with_cli = [&config[..], &["-C", &cli_path]].concat();
+    let s = Server::try_start(&peer, &with_cli, &[("STATEGATE_LOCAL_PATH", &env_path)]).unwrap();
+    assert_eq!(announced_path(&s), format!("{}/from-cli", root.display()));
+}
+
+/// A peer that adds nothing, so the test's own arguments decide.
+struct ConfigPeer {
+    args: Vec<(String, String)>,
+}
+
+impl Peer for ConfigPeer {
+    fn storage_type(&self) -> &str {
+        "local"
+    }
+    fn settings(&self) -> Vec<(String, String)> {
+        self.args.clone()
+    }
+    fn object_keys(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+#[test]
+fn serve_with_no_arguments_uses_the_local_store_on_8080() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut child = Command::new(bin())
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("listening on") {
+        let n = stderr.read(&mut buf).unwrap();
+        assert!(n > 0, "stategate serve exited: {}", text(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let log = text(&seen);
+    let root = dir.path().canonicalize().unwrap();
+    assert!(log.contains("listening on http://127.0.0.1:8080"), "{log}");
+    assert!(
+        log.contains(&format!("local store at {}/stategate-data", root.display())),
+        "{log}"
+    );
+    assert_eq!(http("GET", "http://127.0.0.1:8080/healthz", b"").0, 200);
+    signal(child.id(), "TERM");
+    assert!(child.wait().unwrap().success(), "SIGTERM exits 0");
+}
+
+#[test]
+fn sigterm_finishes_requests_in_flight() {
+    let peer = LocalPeer::new();
+    let server = Server::start(&peer);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let body = state_doc("inflight", 1, &"z".repeat(4 * 1024 * 1024));
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    let head = format!(
+        "POST /states/inflight HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body[..body.len() / 2]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = server.pid();
+    signal(pid, "TERM");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stream.write_all(&body[body.len() / 2..]).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "in-flight write finished: {response}"
+    );
+    assert!(server.wait(), "exit status 0 after SIGTERM");
+    assert!(peer.root().join("inflight").is_file());
+}
+
+#[test]
+fn check_probes_the_store() {
+    let peer = LocalPeer::new();
+    let out = stategate_ok(&peer, &["check"]);
+    assert!(
+        out.contains("conditional create of an existing object: refused"),
+        "{out}"
+    );
+    assert!(
+        out.contains("local store at") && out.trim_end().ends_with("ok"),
+        "{out}"
+    );
+    assert!(
+        !peer.object_keys().iter().any(|k| k.contains("probe")),
+        "the probe cleans up: {:?}",
+        peer.object_keys()
+    );
+}
+
+#[test]
+fn json_logs_are_json() {
+    let peer = LocalPeer::new();
+    let server = Server::start_with(&peer, &["--log-format", "json"]);
+    assert_eq!(http("GET", &server.state_url("x"), b"").0, 404);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = server.log();
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string(), "{line}");
+    }
+    assert!(log.contains("\"status\":404"), "{log}");
+}

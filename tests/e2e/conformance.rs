@@ -1,0 +1,743 @@
+//! The suite every store passes. Each test takes a fresh [`Peer`], starts
+//! the real server on it, drives it with the real `terraform` CLI or raw
+//! HTTP, and checks what crosses the wire and what lands in the store.
+//! `conformance_suite!(name, peer_expr)` instantiates every test for one
+//! store.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Barrier};
+
+use base64::Engine;
+use md5::{Digest, Md5};
+
+use crate::support::*;
+
+/// Generates one `#[test]` per suite function for a store.
+macro_rules! conformance_suite {
+    ($name:ident, $peer:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn peer() -> Box<dyn crate::support::Peer> {
+                $peer
+            }
+            conformance_suite!(@tests
+                terraform_lifecycle, held_lock_blocks_apply_until_force_unlock, remote_state_reads_outputs,
+                workspaces_stay_apart, gateway_lock_urls, concurrent_locks_have_one_winner,
+                large_state_round_trips, traversal_is_refused, bad_input_gets_its_status,
+                lock_rules, stale_push_is_refused, history_and_restore, encrypted_state_round_trips,
+                history_retention_prunes_oldest, lineage_mismatch_refused_unless_forced,
+                delete_keeps_history, operator_commands
+            );
+        }
+    };
+    (@tests $($test:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                crate::conformance::$test(&*peer());
+            }
+        )*
+    };
+}
+
+const QUICKSTART_KEY: &str = "quickstart/terraform.tfstate";
+
+fn keys(peer: &dyn Peer) -> BTreeSet<String> {
+    peer.object_keys().into_iter().collect()
+}
+
+fn content_md5(body: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(Md5::digest(body))
+}
+
+/// A write as Terraform sends it: JSON content type and Content-MD5.
+fn post_state(url: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let md5 = content_md5(body);
+    http_with(
+        "POST",
+        url,
+        &[("Content-Type", "application/json"), ("Content-MD5", &md5)],
+        body,
+    )
+}
+
+fn history_versions(url: &str) -> Vec<serde_json::Value> {
+    let (status, body) = http("GET", &format!("{url}?history"), b"");
+    assert_eq!(status, 200, "{}", text(&body));
+    let doc: serde_json::Value = serde_json::from_slice(&body).expect("history is JSON");
+    doc["versions"].as_array().expect("versions array").clone()
+}
+
+pub fn terraform_lifecycle(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    let tf = Terraform::example("quickstart", &server.url);
+    tf.init_apply(&[]);
+    assert_eq!(
+        tf.ok(&["output", "-raw", "greeting"]),
+        "hello from stategate"
+    );
+    let plan = tf.run(&["plan", "-detailed-exitcode", "-no-color"]);
+    assert_eq!(
+        plan.status.code(),
+        Some(0),
+        "plan after apply must show no changes:\n{}",
+        text(&plan.stdout)
+    );
+
+    assert!(
+        keys(peer).contains(QUICKSTART_KEY),
+        "state not at its key: {:?}",
+        keys(peer)
+    );
+    let (status, body) = http("GET", &server.state_url(QUICKSTART_KEY), b"");
+    assert_eq!(status, 200);
+    let state: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(state["resources"][0]["type"], "terraform_data");
+
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+    let (_, body) = http("GET", &server.state_url(QUICKSTART_KEY), b"");
+    let state: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        state["resources"].as_array().map(Vec::len),
+        Some(0),
+        "destroy leaves no resources"
+    );
+    assert!(
+        !keys(peer).iter().any(|k| k.ends_with(".tflock")),
+        "a lock was left behind: {:?}",
+        keys(peer)
+    );
+}
+
+pub fn held_lock_blocks_apply_until_force_unlock(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    let tf = Terraform::example("quickstart", &server.url);
+    tf.init_apply(&[]);
+    let url = server.state_url(QUICKSTART_KEY);
+    let (status, _) = http(
+        "LOCK",
+        &url,
+        &lock_info("held-by-test-1234", "alice@ci-runner"),
+    );
+    assert_eq!(status, 200);
+    assert!(
+        keys(peer).contains(&format!("{QUICKSTART_KEY}.tflock")),
+        "lock object at <key>.tflock"
+    );
+
+    let out = tf.run(&[
+        "apply",
+        "-auto-approve",
+        "-lock-timeout=0",
+        "-no-color",
+        "-var",
+        "greeting=blocked",
+    ]);
+    assert!(
+        !out.status.success(),
+        "apply must fail while another client holds the lock"
+    );
+    let stderr = text(&out.stderr);
+    // Terraform names the holder's ID from the 423 body (it prints its own
+    // LockInfo beside it).
+    assert!(
+        stderr.contains("already locked: ID=held-by-test-1234"),
+        "holder not named:\n{stderr}"
+    );
+
+    tf.ok(&["force-unlock", "-force", "held-by-test-1234"]);
+    assert!(!keys(peer).iter().any(|k| k.ends_with(".tflock")));
+    assert!(
+        server.log().contains("force-unlocked"),
+        "a force unlock is logged at warn"
+    );
+    tf.apply(&["greeting=after unlock"]);
+    assert_eq!(tf.ok(&["output", "-raw", "greeting"]), "after unlock");
+}
+
+pub fn remote_state_reads_outputs(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    Terraform::example("quickstart", &server.url)
+        .init_apply(&["greeting=shared through remote state"]);
+    let reader = Terraform::example("remote-state", &server.url);
+    reader.init_apply(&[]);
+    assert_eq!(
+        reader.ok(&["output", "-raw", "upstream_greeting"]),
+        "shared through remote state"
+    );
+}
+
+pub fn workspaces_stay_apart(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    let base = example_text("workspaces").replace("http://127.0.0.1:8080", &server.url);
+    let cases = [
+        ("dev", base.clone(), "workspaces/dev/app/terraform.tfstate"),
+        (
+            "prod",
+            base.replace("?workspace=dev", "?workspace=prod"),
+            "workspaces/prod/app/terraform.tfstate",
+        ),
+        (
+            "default",
+            base.replace("?workspace=dev", ""),
+            "app/terraform.tfstate",
+        ),
+    ];
+    let dirs: Vec<_> = cases
+        .iter()
+        .map(|(ws, hcl, _)| {
+            let tf = Terraform::new(hcl);
+            tf.init_apply(&[&format!("greeting=value of {ws}")]);
+            tf
+        })
+        .collect();
+    let found = keys(peer);
+    for ((ws, _, object_key), tf) in cases.iter().zip(&dirs) {
+        assert!(
+            found.contains(*object_key),
+            "{ws} not at {object_key}: {found:?}"
+        );
+        assert_eq!(
+            tf.ok(&["output", "-raw", "greeting"]),
+            format!("value of {ws}")
+        );
+        let (_, body) = http(
+            "GET",
+            &format!(
+                "{}?workspace={ws}",
+                server.state_url("app/terraform.tfstate")
+            ),
+            b"",
+        );
+        let body = text(&body);
+        assert!(
+            body.contains(&format!("value of {ws}")),
+            "{ws} reads another workspace's state"
+        );
+        for other in ["dev", "prod", "default"].iter().filter(|o| *o != ws) {
+            assert!(
+                !body.contains(&format!("value of {other}")),
+                "{ws} holds {other}'s value"
+            );
+        }
+    }
+}
+
+pub fn gateway_lock_urls(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    let tf = Terraform::example("gateway-locks", &server.url);
+    tf.init_apply(&[]);
+    let log = server.log();
+    assert!(
+        log.contains("method=POST path=/locks/gateway/terraform.tfstate status=200"),
+        "lock by POST:\n{log}"
+    );
+    assert!(
+        log.contains("method=DELETE path=/locks/gateway/terraform.tfstate status=200"),
+        "unlock by DELETE:\n{log}"
+    );
+
+    let lock_url = format!("{}/locks/gateway/terraform.tfstate", server.url);
+    let info = lock_info("gateway-holder-1", "bob@gateway");
+    assert_eq!(http("POST", &lock_url, &info).0, 200);
+    assert_eq!(http("GET", &lock_url, b""), (200, info.clone()));
+    let out = tf.run(&["apply", "-auto-approve", "-lock-timeout=0", "-no-color"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("ID=gateway-holder-1"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(http("DELETE", &lock_url, &info).0, 200);
+    assert_eq!(http("GET", &lock_url, b"").0, 404);
+    tf.apply(&["greeting=through the gateway again"]);
+}
+
+pub fn concurrent_locks_have_one_winner(peer: &dyn Peer) {
+    // Two server processes on one store: the store, not process memory, decides.
+    let servers = [Server::start(peer), Server::start(peer)];
+    let urls: Vec<String> = servers
+        .iter()
+        .map(|s| s.state_url("contended/terraform.tfstate"))
+        .collect();
+    let barrier = Arc::new(Barrier::new(20));
+    let handles: Vec<_> = (0..20)
+        .map(|i| {
+            let url = urls[i % 2].clone();
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                let info = lock_info(&format!("contender-{i}"), &format!("client{i}@host"));
+                barrier.wait();
+                let (status, body) = http("LOCK", &url, &info);
+                (i, status, body)
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let winners: Vec<_> = results.iter().filter(|r| r.1 == 200).collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one LOCK wins: {:?}",
+        results.iter().map(|r| r.1).collect::<Vec<_>>()
+    );
+    let winner_info = lock_info(
+        &format!("contender-{}", winners[0].0),
+        &format!("client{}@host", winners[0].0),
+    );
+    for (i, status, body) in &results {
+        if *status != 200 {
+            assert_eq!(*status, 423, "contender {i}");
+            assert_eq!(body, &winner_info, "a 423 carries the winner's LockInfo");
+        }
+    }
+}
+
+pub fn large_state_round_trips(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    const SIZE: usize = 64 * 1024 * 1024;
+    let head = b"{\"version\":4,\"serial\":1,\"lineage\":\"large\",\"resources\":[],\"outputs\":{\"blob\":{\"type\":\"string\",\"value\":\"";
+    let tail = b"\"}}}\n";
+    let mut body = Vec::with_capacity(SIZE);
+    body.extend_from_slice(head);
+    let alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/";
+    let mut x: u32 = 12345;
+    while body.len() < SIZE - tail.len() {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        body.push(alphabet[(x >> 16) as usize % alphabet.len()]);
+    }
+    body.extend_from_slice(tail);
+    assert_eq!(body.len(), SIZE);
+    let url = server.state_url("large/terraform.tfstate");
+    let (status, reason) = post_state(&url, &body);
+    assert_eq!(status, 200, "{}", text(&reason));
+    let (status, got) = http("GET", &url, b"");
+    assert_eq!(status, 200);
+    assert!(
+        got == body,
+        "64 MiB state came back different ({} bytes)",
+        got.len()
+    );
+}
+
+pub fn traversal_is_refused(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    let state = state_doc("trav", 1, "x");
+    let before = keys(peer);
+    let paths = [
+        "/states/..%2f..%2fescape",
+        "/states/%2e%2e/%2e%2e/escape",
+        "/states/a/%2E%2E/%2E%2E/escape",
+        "/states/../../escape",
+        "/states//tmp/escape",
+        "/states/%2Ftmp%2Fescape",
+        "/states/a%00b",
+        "/states/a/./b",
+        "/states/..",
+        "/states/.stategate/history/x",
+        "/states/a%5c..%5cb",
+        "/locks/..%2fescape",
+    ];
+    for path in paths {
+        for method in ["GET", "POST", "LOCK", "UNLOCK", "DELETE"] {
+            let body = if method == "LOCK" {
+                lock_info("t", "t")
+            } else {
+                state.clone()
+            };
+            let (status, reason) = raw_request(&server.url, method, path, &body);
+            assert_eq!(status, 400, "{method} {path} -> {status} {}", text(&reason));
+        }
+    }
+    assert_eq!(keys(peer), before, "a refused request changed the store");
+}
+
+pub fn bad_input_gets_its_status(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    let url = server.state_url("bad/terraform.tfstate");
+    let state = state_doc("bad", 1, "x");
+
+    let (status, reason) = http_with(
+        "POST",
+        &url,
+        &[("Content-MD5", "AAAAAAAAAAAAAAAAAAAAAA==")],
+        &state,
+    );
+    assert_eq!(status, 400, "{}", text(&reason));
+    assert!(text(&reason).contains("Content-MD5"));
+    assert_eq!(
+        http_with("POST", &url, &[("Content-MD5", "not base64!")], &state).0,
+        400
+    );
+    let (status, reason) = post_state(&url, b"this is not json");
+    assert_eq!(status, 400);
+    assert!(text(&reason).contains("JSON"), "{}", text(&reason));
+    assert_eq!(
+        http("GET", &url, b"").0,
+        404,
+        "refused writes store nothing"
+    );
+
+    let (status, headers, _) = http_full("PATCH", &url, &[], &state);
+    assert_eq!(status, 405);
+    let allow = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("allow"))
+        .map(|(_, v)| v.clone());
+    assert_eq!(
+        allow.as_deref(),
+        Some("GET, POST, PUT, DELETE, LOCK, UNLOCK")
+    );
+    assert_eq!(
+        http(
+            "PUT",
+            &format!("{}/locks/bad/terraform.tfstate", server.url),
+            b"{}"
+        )
+        .0,
+        405
+    );
+
+    assert_eq!(http("LOCK", &url, b"not json").0, 400);
+    assert_eq!(http("LOCK", &url, br#"{"ID":"","Who":"x"}"#).0, 400);
+    assert_eq!(http("UNLOCK", &url, b"{broken").0, 400);
+    assert_eq!(http("GET", &format!("{}/healthz", server.url), b"").0, 200);
+    assert_eq!(http("GET", &format!("{}/nowhere", server.url), b"").0, 404);
+    assert_eq!(http("GET", &format!("{url}?version=99"), b"").0, 404);
+
+    let small = Server::start_with(peer, &["--max-body-bytes", "4096"]);
+    let big = state_doc("bad", 2, &"y".repeat(5000));
+    let (status, reason) = post_state(&small.state_url("bad/terraform.tfstate"), &big);
+    assert_eq!(status, 413, "{}", text(&reason));
+    assert_eq!(
+        post_state(&small.state_url("bad/terraform.tfstate"), &state).0,
+        200
+    );
+}
+
+pub fn lock_rules(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    let url = server.state_url("rules/terraform.tfstate");
+    let a = lock_info("lock-a", "a@host");
+    assert_eq!(
+        http("UNLOCK", &url, &a).0,
+        200,
+        "unlocking a free state succeeds"
+    );
+    assert_eq!(http("LOCK", &url, &a).0, 200);
+    assert_eq!(
+        http("LOCK", &url, &a).0,
+        200,
+        "a retried LOCK with the holder's ID succeeds"
+    );
+    assert_eq!(
+        http("LOCK", &url, &lock_info("lock-b", "b@host")),
+        (423, a.clone())
+    );
+
+    assert_eq!(
+        post_state(&url, &state_doc("r", 1, "x")),
+        (409, a.clone()),
+        "write without the ID"
+    );
+    assert_eq!(
+        post_state(&format!("{url}?ID=lock-b"), &state_doc("r", 1, "x")),
+        (409, a.clone())
+    );
+    assert_eq!(
+        post_state(&format!("{url}?ID=lock-a"), &state_doc("r", 1, "x")).0,
+        200
+    );
+    assert_eq!(
+        http("DELETE", &url, b""),
+        (409, a.clone()),
+        "delete by a non-holder"
+    );
+    assert_eq!(
+        http("UNLOCK", &url, &lock_info("lock-b", "b@host")),
+        (409, a.clone())
+    );
+    assert_eq!(http("UNLOCK", &url, &a).0, 200);
+    assert_eq!(http("UNLOCK", &url, &a).0, 200);
+    // Terraform keeps sending its old lock ID after unlocking.
+    assert_eq!(
+        post_state(&format!("{url}?ID=lock-a"), &state_doc("r", 2, "x")).0,
+        200
+    );
+
+    // Force unlock: Terraform sends an empty body, OpenTofu an empty-ID LockInfo.
+    for force_body in [&b""[..], br#"{"ID":"","Operation":"","Info":"","Who":"","Version":"","Created":"0001-01-01T00:00:00Z","Path":""}"#] {
+        assert_eq!(http("LOCK", &url, &lock_info("lock-c", "c@host")).0, 200);
+        assert_eq!(http("UNLOCK", &url, force_body).0, 200);
+        assert_eq!(http("LOCK", &url, &lock_info("lock-d", "d@host")).0, 200, "force unlock freed the lock");
+        assert_eq!(http("UNLOCK", &url, &lock_info("lock-d", "d@host")).0, 200);
+    }
+    // Terraform 1.11's LOCK body, then OpenTofu >= 1.10's force-unlock, which names the holder's ID.
+    assert_eq!(
+        http("LOCK", &url, &testdata("lockinfo-terraform.json")).0,
+        200
+    );
+    assert_eq!(
+        http("UNLOCK", &url, &testdata("force-unlock-opentofu.json")).0,
+        200
+    );
+    assert!(!keys(peer).iter().any(|k| k.ends_with(".tflock")));
+}
+
+pub fn stale_push_is_refused(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    let tf = Terraform::example("quickstart", &server.url);
+    tf.init_apply(&["greeting=first"]);
+    let old = tf.ok(&["state", "pull"]);
+    tf.apply(&["greeting=second"]);
+    let url = server.state_url(QUICKSTART_KEY);
+    let (_, current) = http("GET", &url, b"");
+    tf.write("old.tfstate", old.as_bytes());
+    let out = tf.run(&["state", "push", "-force", "old.tfstate"]);
+    assert!(
+        !out.status.success(),
+        "the server must refuse an older serial even with -force"
+    );
+    assert_eq!(
+        http("GET", &url, b"").1,
+        current,
+        "the stored state is unchanged"
+    );
+    assert!(server.log().contains("refused write"), "{}", server.log());
+}
+
+pub fn history_and_restore(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    let tf = Terraform::example("quickstart", &server.url);
+    tf.init_apply(&["greeting=v1"]);
+    tf.apply(&["greeting=v2"]);
+    tf.apply(&["greeting=v3"]);
+    let url = server.state_url(QUICKSTART_KEY);
+
+    let listing = stategate_ok(peer, &["state", "history", QUICKSTART_KEY]);
+    let rows: Vec<&str> = listing.lines().skip(1).collect();
+    assert!(
+        rows.len() >= 3,
+        "three applies give at least three versions:\n{listing}"
+    );
+    let versions = history_versions(&url);
+    let serials: Vec<u64> = versions
+        .iter()
+        .filter_map(|v| v["serial"].as_u64())
+        .collect();
+    assert!(
+        serials.windows(2).all(|w| w[0] < w[1]),
+        "serials rise: {serials:?}"
+    );
+
+    let v1 = versions
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .find(|n| {
+            let (_, body) = http("GET", &format!("{url}?version={n}"), b"");
+            text(&body).contains("\"v1\"")
+        })
+        .expect("a version holds the first apply");
+    let out = stategate_ok(
+        peer,
+        &[
+            "state",
+            "restore",
+            QUICKSTART_KEY,
+            "--version",
+            &v1.to_string(),
+        ],
+    );
+    assert!(out.contains("restored"), "{out}");
+    assert_eq!(tf.ok(&["output", "-raw", "greeting"]), "v1");
+    let plan = tf.run(&[
+        "plan",
+        "-detailed-exitcode",
+        "-no-color",
+        "-var",
+        "greeting=v1",
+    ]);
+    assert_eq!(
+        plan.status.code(),
+        Some(0),
+        "plan sees the restored state:\n{}",
+        text(&plan.stdout)
+    );
+    let after = history_versions(&url);
+    assert_eq!(after.last().unwrap()["operation"], "restore");
+}
+
+pub fn encrypted_state_round_trips(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    let url = server.state_url("encrypted/terraform.tfstate");
+    let first = testdata("opentofu-encrypted.tfstate");
+    assert_eq!(post_state(&url, &first).0, 200);
+    assert_eq!(http("GET", &url, b"").1, first);
+    let second = testdata("opentofu-encrypted-2.tfstate");
+    assert_eq!(
+        post_state(&url, &second).0,
+        200,
+        "encrypted bodies are stored unchecked"
+    );
+    assert_eq!(http("GET", &url, b"").1, second);
+}
+
+pub fn history_retention_prunes_oldest(peer: &dyn Peer) {
+    let server = Server::try_start(peer, &[], &[("STATEGATE_HISTORY_KEEP", "3")]).expect("start");
+    let url = server.state_url("retained/terraform.tfstate");
+    for serial in 1..=6 {
+        assert_eq!(
+            post_state(&url, &state_doc("keep", serial, &format!("s{serial}"))).0,
+            200
+        );
+    }
+    let versions = history_versions(&url);
+    let numbers: Vec<u64> = versions
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    let serials: Vec<u64> = versions
+        .iter()
+        .map(|v| v["serial"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [4, 5, 6]);
+    assert_eq!(serials, [4, 5, 6]);
+    let stored: Vec<String> = keys(peer)
+        .into_iter()
+        .filter(|k| k.starts_with(".stategate/history/retained/"))
+        .collect();
+    assert_eq!(
+        stored.len(),
+        6,
+        "three versions of two objects each: {stored:?}"
+    );
+    assert_eq!(http("GET", &format!("{url}?version=3"), b"").0, 404);
+}
+
+pub fn lineage_mismatch_refused_unless_forced(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    let key = "lineage/terraform.tfstate";
+    let url = server.state_url(key);
+    assert_eq!(post_state(&url, &state_doc("lineage-aaaa", 5, "a")).0, 200);
+    let other = state_doc("lineage-bbbb", 9, "b");
+    let (status, reason) = post_state(&url, &other);
+    assert_eq!(status, 409);
+    let reason = text(&reason);
+    assert!(
+        reason.contains("lineage-aaaa") && reason.contains("lineage-bbbb"),
+        "{reason}"
+    );
+    let (status, reason) = post_state(&url, &state_doc("lineage-aaaa", 5, "changed"));
+    assert_eq!(status, 409, "same serial, other bytes");
+    assert!(text(&reason).contains("serial 5"));
+    assert_eq!(
+        post_state(&url, &state_doc("lineage-aaaa", 5, "a")).0,
+        200,
+        "a byte-identical retry is fine"
+    );
+
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &other).unwrap();
+    let path = file.path().to_str().unwrap();
+    let refused = stategate(peer, &["state", "push", key, path], &[]);
+    assert!(
+        !refused.status.success(),
+        "push without --force keeps the rules"
+    );
+    stategate_ok(peer, &["state", "push", key, path, "--force"]);
+    assert_eq!(http("GET", &url, b"").1, other);
+}
+
+pub fn delete_keeps_history(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    let key = "deleted/terraform.tfstate";
+    let url = server.state_url(key);
+    let body = state_doc("del", 3, "kept");
+    assert_eq!(post_state(&url, &body).0, 200);
+    assert_eq!(http("DELETE", &url, b"").0, 200);
+    assert_eq!(http("GET", &url, b"").0, 404);
+    assert!(!keys(peer).contains(key));
+    let versions = history_versions(&url);
+    let last = versions.last().expect("the deleted state is kept").clone();
+    let (_, kept) = http("GET", &format!("{url}?version={}", last["version"]), b"");
+    assert_eq!(kept, body);
+    stategate_ok(
+        peer,
+        &[
+            "state",
+            "restore",
+            key,
+            "--version",
+            &last["version"].to_string(),
+        ],
+    );
+    assert_eq!(http("GET", &url, b"").1, body);
+    assert_eq!(http("DELETE", &url, b"").0, 200);
+    assert_eq!(
+        http("DELETE", &url, b"").0,
+        200,
+        "deleting an absent state succeeds"
+    );
+}
+
+pub fn operator_commands(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    let url = server.state_url("ops/app.tfstate");
+    assert_eq!(post_state(&url, &state_doc("ops", 7, "x")).0, 200);
+    assert_eq!(
+        post_state(
+            &format!("{url}?workspace=staging"),
+            &state_doc("ops2", 2, "y")
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        http("LOCK", &url, &lock_info("ops-lock", "carol@laptop")).0,
+        200
+    );
+
+    let list = stategate_ok(peer, &["state", "list"]);
+    let row = list
+        .lines()
+        .find(|l| l.starts_with("ops/app.tfstate") && l.contains(" default "))
+        .expect(&list);
+    assert!(row.contains(" 7 ") && row.contains("carol@laptop"), "{row}");
+    let staging = list.lines().find(|l| l.contains(" staging ")).expect(&list);
+    assert!(
+        staging.starts_with("ops/app.tfstate") && staging.contains(" 2 "),
+        "{staging}"
+    );
+    assert!(
+        !list.contains(".stategate") && !list.contains(".tflock"),
+        "{list}"
+    );
+
+    let locks = stategate_ok(peer, &["lock", "list"]);
+    assert!(
+        locks.contains("ops-lock") && locks.contains("carol@laptop"),
+        "{locks}"
+    );
+    let got = stategate(
+        peer,
+        &["state", "get", "ops/app.tfstate", "--workspace", "staging"],
+        &[],
+    );
+    assert_eq!(got.stdout, state_doc("ops2", 2, "y"));
+
+    let released = stategate(peer, &["lock", "release", "ops/app.tfstate"], &[]);
+    assert!(released.status.success());
+    assert!(text(&released.stdout).contains("carol@laptop"));
+    assert!(
+        text(&released.stderr).contains("force-unlocked"),
+        "the release is logged: {}",
+        text(&released.stderr)
+    );
+    assert!(!keys(peer).iter().any(|k| k.ends_with(".tflock")));
+    assert!(
+        stategate_ok(peer, &["lock", "list"]).lines().count() == 1,
+        "only the header remains"
+    );
+}

@@ -1,0 +1,170 @@
+//! Crash safety: a server killed with SIGKILL at a random moment of a lock,
+//! a 32 MiB write or an unlock leaves the previous state or the new one,
+//! never a torn or empty one, and never a lock no command can release.
+//! Round after round on the local and SQLite stores.
+
+use std::time::{Duration, Instant};
+
+use crate::support::stores::{LocalPeer, SqlitePeer};
+use crate::support::*;
+
+const ROUNDS: u64 = 50;
+const SIZE: usize = 32 * 1024 * 1024;
+const KEY: &str = "crash/terraform.tfstate";
+
+/// A 32 MiB state whose every byte depends on its serial.
+fn big_state(serial: u64) -> Vec<u8> {
+    let mut body = format!(
+        "{{\"version\":4,\"serial\":{serial},\"lineage\":\"crash\",\"resources\":[],\"outputs\":{{\"blob\":{{\"type\":\"string\",\"value\":\""
+    )
+    .into_bytes();
+    let tail = b"\"}}}\n";
+    let mut x = serial.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while body.len() < SIZE - tail.len() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        body.push(b'a' + (x % 26) as u8);
+    }
+    body.extend_from_slice(tail);
+    body
+}
+
+/// Lock, write and unlock as Terraform does, ignoring failures (the server
+/// may die at any point).
+fn apply_like(url: &str, lock_id: &str, body: &[u8]) {
+    let info = lock_info(lock_id, "crash@test");
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build();
+    if agent.request("LOCK", url).send_bytes(&info).is_err() {
+        return;
+    }
+    if agent
+        .request("POST", &format!("{url}?ID={lock_id}"))
+        .send_bytes(body)
+        .is_err()
+    {
+        return;
+    }
+    let _ = agent.request("UNLOCK", url).send_bytes(&info);
+}
+
+fn crash_rounds(peer: &dyn Peer) {
+    let mut rng = Rng::new("crash schedule");
+    let mut server = Server::start(peer);
+    let url = server.state_url(KEY);
+    let started = Instant::now();
+    apply_like(&url, "first", &big_state(1));
+    let full = started.elapsed();
+    assert_eq!(
+        http("GET", &url, b"").1,
+        big_state(1),
+        "the first write went through"
+    );
+    let mut current = 1;
+    let mut kept_new = 0;
+
+    for round in 0..ROUNDS {
+        let next = current + 1;
+        let body = big_state(next);
+        let url = server.state_url(KEY);
+        let lock_id = format!("round-{round}");
+        let writer = {
+            let (url, lock_id, body) = (url.clone(), lock_id.clone(), body.clone());
+            std::thread::spawn(move || apply_like(&url, &lock_id, &body))
+        };
+        // Anywhere from before the lock to after the unlock.
+        let window = full.as_millis() as u64 * 3 / 2 + 20;
+        std::thread::sleep(Duration::from_millis(rng.below(window)));
+        server.kill();
+        writer.join().unwrap();
+
+        server = Server::start(peer);
+        let url = server.state_url(KEY);
+        let (status, stored) = http("GET", &url, b"");
+        assert_eq!(status, 200, "round {round}: the state is readable");
+        let serial = serde_json::from_slice::<serde_json::Value>(&stored)
+            .unwrap_or_else(|e| panic!("round {round}: torn state ({} bytes): {e}", stored.len()))
+            ["serial"]
+            .as_u64()
+            .unwrap();
+        if serial == next {
+            assert!(stored == body, "round {round}: new serial with other bytes");
+            kept_new += 1;
+        } else {
+            assert_eq!(
+                serial, current,
+                "round {round}: neither the old state nor the new one"
+            );
+            assert!(
+                stored == big_state(current),
+                "round {round}: old serial with other bytes"
+            );
+        }
+        current = serial;
+
+        let (status, holder) = http("GET", &format!("{}/locks/{KEY}", server.url), b"");
+        if status == 200 {
+            assert_eq!(
+                holder,
+                lock_info(&lock_id, "crash@test"),
+                "round {round}: a lock left behind is whole"
+            );
+            let out = stategate(peer, &["lock", "release", KEY], &[]);
+            assert!(
+                out.status.success(),
+                "round {round}: the lock can be released: {}",
+                text(&out.stderr)
+            );
+        } else {
+            assert_eq!(status, 404);
+        }
+        assert_eq!(
+            http("LOCK", &url, &lock_info("probe", "p@p")).0,
+            200,
+            "round {round}: the state can be locked"
+        );
+        assert_eq!(http("UNLOCK", &url, &lock_info("probe", "p@p")).0, 200);
+    }
+
+    let versions = {
+        let (status, body) = http("GET", &format!("{}?history", server.state_url(KEY)), b"");
+        assert_eq!(status, 200);
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["versions"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    for v in versions.iter().rev().take(5) {
+        let (status, body) = http(
+            "GET",
+            &format!("{}?version={}", server.state_url(KEY), v["version"]),
+            b"",
+        );
+        assert_eq!(status, 200);
+        let serial = serde_json::from_slice::<serde_json::Value>(&body)
+            .expect("a kept version parses")["serial"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            body == big_state(serial),
+            "kept version {} has the bytes of its serial",
+            v["version"]
+        );
+    }
+    eprintln!(
+        "crash rounds: {ROUNDS}, new state kept in {kept_new}, old state kept in {}",
+        ROUNDS - kept_new
+    );
+}
+
+#[test]
+fn local_survives_sigkill_during_writes() {
+    crash_rounds(&LocalPeer::new());
+}
+
+#[test]
+fn sqlite_survives_sigkill_during_writes() {
+    crash_rounds(&SqlitePeer::new());
+}

@@ -1,0 +1,14 @@
+//! End-to-end tests: the built `stategate` binary, driven by the real
+//! `terraform` CLI and raw HTTP, against every store with its real peer.
+//! `conformance` is the suite every store must pass; the other modules hold
+//! what is specific to one store or one concern.
+
+#[macro_use]
+mod conformance;
+mod support;
+
+mod cli;
+mod crash;
+mod local_sqlite;
+#[cfg(feature = "oss")]
+mod oss;

@@ -1,0 +1,465 @@
+//! Test support: real processes on 127.0.0.1. [`Server`] runs the built
+//! `stategate` binary against a [`Peer`] (a store and whatever real server
+//! it needs), [`Terraform`] runs the real `terraform` CLI in its own
+//! directory, [`http`] is a small blocking client that can send LOCK and
+//! UNLOCK. Nothing here reimplements stategate; tests see only what
+//! crosses the wire and what lands in the store.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+pub mod stores;
+
+/// A store as the tests see it: how to point stategate at it, and how to
+/// look inside it without going through stategate.
+pub trait Peer: Send + Sync {
+    /// The `--storage-type` value.
+    fn storage_type(&self) -> &str;
+    /// Store settings, passed as `-C key=value`.
+    fn settings(&self) -> Vec<(String, String)>;
+    /// Extra environment for the stategate process.
+    fn env(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    /// Every key in the store, read by an independent client, relative to
+    /// any stategate prefix.
+    fn object_keys(&self) -> Vec<String>;
+}
+
+/// The stategate binary cargo built for these tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_stategate"))
+}
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python of the test virtualenv, which has the test peers (moto, the
+/// OSS SDKs). Fails naming the install step when it is missing.
+pub fn python() -> PathBuf {
+    let p = repo().join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test.sh (or `python3 -m venv .venv && .venv/bin/pip install -r tests/support/requirements.txt`)",
+        p.display()
+    );
+    p
+}
+
+/// A file from `testdata/`.
+pub fn testdata(name: &str) -> Vec<u8> {
+    std::fs::read(repo().join("testdata").join(name))
+        .unwrap_or_else(|e| panic!("testdata/{name}: {e}"))
+}
+
+/// A running `stategate serve`. Killed when dropped.
+pub struct Server {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    child: Child,
+    log: Arc<Mutex<String>>,
+    /// The working directory of the process.
+    _dir: TempDir,
+}
+
+impl Server {
+    /// Starts stategate on `peer` with an OS-assigned port; panics with the
+    /// server's log if it does not come up.
+    pub fn start(peer: &dyn Peer) -> Server {
+        Self::start_with(peer, &[])
+    }
+
+    /// Like [`Server::start`], with extra command-line arguments.
+    pub fn start_with(peer: &dyn Peer, extra: &[&str]) -> Server {
+        Self::try_start(peer, extra, &[])
+            .unwrap_or_else(|log| panic!("stategate did not start:\n{log}"))
+    }
+
+    /// Starts stategate; `Err` carries its output when it exits instead of
+    /// listening (start-up refusals are tested this way).
+    pub fn try_start(
+        peer: &dyn Peer,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Server, String> {
+        let dir = TempDir::new().expect("temp dir");
+        let mut cmd = Command::new(bin());
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--storage-type",
+            peer.storage_type(),
+        ])
+        .args(settings_args(peer))
+        .args(extra)
+        .envs(peer.env())
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "info")
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn stategate");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => Ok(Server {
+                url: format!("http://{addr}"),
+                child,
+                log,
+                _dir: dir,
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                Err(log.lock().unwrap().clone())
+            }
+        }
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits; returns whether it exited 0.
+    pub fn terminate(mut self) -> bool {
+        signal(self.child.id(), "TERM");
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// Waits for the process to exit by itself; returns whether it exited 0.
+    pub fn wait(mut self) -> bool {
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// Kills the process with SIGKILL and waits for it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// `URL/states/<key>`.
+    pub fn state_url(&self, key: &str) -> String {
+        format!("{}/states/{key}", self.url)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn settings_args(peer: &dyn Peer) -> Vec<String> {
+    peer.settings()
+        .into_iter()
+        .flat_map(|(k, v)| ["-C".to_string(), format!("{k}={v}")])
+        .collect()
+}
+
+/// Sends a signal with kill(1).
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill(1)");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// Runs a `stategate` operator command (`state …`, `lock …`, `check`) on
+/// the peer's store.
+pub fn stategate(peer: &dyn Peer, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .args(["--storage-type", peer.storage_type()])
+        .args(settings_args(peer))
+        .envs(peer.env())
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run stategate")
+}
+
+/// A stategate command that must succeed; returns its stdout.
+pub fn stategate_ok(peer: &dyn Peer, args: &[&str]) -> String {
+    let out = stategate(peer, args, &[]);
+    assert!(
+        out.status.success(),
+        "stategate {args:?} failed:\n{}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Lossy UTF-8 of process output.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// One HTTP exchange: method, URL, body; returns status and body. Any
+/// status is returned, not raised.
+pub fn http(method: &str, url: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    http_with(method, url, &[], body)
+}
+
+/// [`http`] with extra request headers.
+pub fn http_with(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
+    let (status, _, body) = http_full(method, url, headers, body);
+    (status, body)
+}
+
+/// [`http`] returning the response headers too.
+pub fn http_full(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(300))
+        .build();
+    let mut req = agent.request(method, url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let result = if body.is_empty() && matches!(method, "GET" | "HEAD") {
+        req.call()
+    } else {
+        req.send_bytes(body)
+    };
+    let response = match result {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = response.status();
+    let headers = response
+        .headers_names()
+        .into_iter()
+        .filter_map(|n| response.header(&n).map(|v| (n.clone(), v.to_string())))
+        .collect();
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut response.into_reader(), &mut out).expect("read response");
+    (status, headers, out)
+}
+
+/// A LockInfo body as Terraform sends it.
+pub fn lock_info(id: &str, who: &str) -> Vec<u8> {
+    format!(
+        r#"{{"ID":"{id}","Operation":"OperationTypeApply","Info":"","Who":"{who}","Version":"1.11.4","Created":"2026-11-23T22:19:50.653862037Z","Path":""}}"#
+    )
+    .into_bytes()
+}
+
+/// A Terraform state document with one resource whose input is `value`.
+pub fn state_doc(lineage: &str, serial: u64, value: &str) -> Vec<u8> {
+    format!(
+        r#"{{
+  "version": 4,
+  "terraform_version": "1.11.4",
+  "serial": {serial},
+  "lineage": "{lineage}",
+  "outputs": {{"value": {{"value": "{value}", "type": "string"}}}},
+  "resources": [{{"mode": "managed", "type": "terraform_data", "name": "x", "provider": "provider[\"terraform.io/builtin/terraform\"]", "instances": [{{"schema_version": 0, "attributes": {{"id": "1", "input": {{"value": "{value}", "type": "string"}}}}}}]}}],
+  "check_results": null
+}}
+"#
+    )
+    .into_bytes()
+}
+
+/// The `terraform` CLI, run in a directory of its own.
+pub struct Terraform {
+    pub dir: TempDir,
+}
+
+/// The terraform binary; fails naming what to install.
+pub fn terraform_bin() -> PathBuf {
+    for candidate in ["/usr/local/bin/terraform", "/usr/bin/terraform"] {
+        if Path::new(candidate).exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("terraform"))
+            .find(|p| p.exists())
+    });
+    on_path.expect(
+        "the terraform CLI is required for the end-to-end tests: install Terraform >= 1.4 on PATH",
+    )
+}
+
+impl Terraform {
+    /// A configuration directory with `main.tf` = `hcl`.
+    pub fn new(hcl: &str) -> Terraform {
+        let dir = TempDir::new().expect("temp dir");
+        std::fs::write(dir.path().join("main.tf"), hcl).expect("write main.tf");
+        std::fs::write(dir.path().join(".terraformrc"), "").expect("write terraformrc");
+        Terraform { dir }
+    }
+
+    /// A configuration from `terraform-examples/<name>/main.tf`, exactly as
+    /// users copy it, with the server address put in place of the
+    /// documented default `http://127.0.0.1:8080`.
+    pub fn example(name: &str, server_url: &str) -> Terraform {
+        Self::new(&example_text(name).replace("http://127.0.0.1:8080", server_url))
+    }
+
+    /// Runs terraform with `args`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_env(args, &[])
+    }
+
+    /// Runs terraform with `args` and extra environment.
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        Command::new(terraform_bin())
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("TF_IN_AUTOMATION", "1")
+            .env("TF_INPUT", "0")
+            .env("CHECKPOINT_DISABLE", "1")
+            .env("TF_CLI_CONFIG_FILE", self.dir.path().join(".terraformrc"))
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run terraform")
+    }
+
+    /// Runs terraform and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "terraform {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    /// `terraform init` then `terraform apply -auto-approve` with variables.
+    pub fn init_apply(&self, vars: &[&str]) -> String {
+        self.ok(&["init", "-no-color"]);
+        self.apply(vars)
+    }
+
+    /// `terraform apply -auto-approve` with `-var` arguments.
+    pub fn apply(&self, vars: &[&str]) -> String {
+        let mut args = vec!["apply", "-auto-approve", "-no-color"];
+        for v in vars {
+            args.push("-var");
+            args.push(v);
+        }
+        self.ok(&args)
+    }
+
+    /// Writes a file into the configuration directory.
+    pub fn write(&self, name: &str, content: &[u8]) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, content).expect("write file");
+        p
+    }
+}
+
+/// The text of `terraform-examples/<name>/main.tf`.
+pub fn example_text(name: &str) -> String {
+    let p = repo().join("terraform-examples").join(name).join("main.tf");
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// A small deterministic generator, seeded per test and printed, so a
+/// failing random schedule can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeds from `STATEGATE_TEST_SEED` or the clock, and prints the seed.
+    pub fn new(what: &str) -> Rng {
+        let seed = std::env::var("STATEGATE_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("{what}: seed {seed} (set STATEGATE_TEST_SEED to replay)");
+        Rng(seed | 1)
+    }
+
+    /// Next value, uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// Sends one request with the path exactly as given (no client-side
+/// normalisation of `..` or percent escapes, which URL libraries do) and
+/// returns status and body.
+pub fn raw_request(base_url: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let addr = base_url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read response");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
+    let status_line = String::from_utf8_lossy(&response[..split])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, response[split + 4..].to_vec())
+}

@@ -1,0 +1,112 @@
+//! Peers for the stores that need no server: a directory and a SQLite file,
+//! each in its own temporary directory, inspected directly.
+
+use std::path::{Path, PathBuf};
+
+use tempfile::TempDir;
+
+use super::Peer;
+
+/// `storageType: local` in a fresh directory.
+pub struct LocalPeer {
+    dir: TempDir,
+}
+
+impl LocalPeer {
+    pub fn new() -> LocalPeer {
+        LocalPeer {
+            dir: TempDir::new().expect("temp dir"),
+        }
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            walk(root, &path, out);
+        } else {
+            out.push(
+                path.strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+    }
+}
+
+/// Every file below `root`, as relative paths.
+pub fn files_below(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+impl Peer for LocalPeer {
+    fn storage_type(&self) -> &str {
+        "local"
+    }
+
+    fn settings(&self) -> Vec<(String, String)> {
+        vec![("path".into(), self.root().display().to_string())]
+    }
+
+    fn object_keys(&self) -> Vec<String> {
+        // The store's own temporary and guard files are not objects.
+        files_below(&self.root())
+            .into_iter()
+            .filter(|k| !k.starts_with(".stategate/local/"))
+            .collect()
+    }
+}
+
+/// `storageType: sqlite` in a fresh directory.
+pub struct SqlitePeer {
+    dir: TempDir,
+}
+
+impl SqlitePeer {
+    pub fn new() -> SqlitePeer {
+        SqlitePeer {
+            dir: TempDir::new().expect("temp dir"),
+        }
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("states.db")
+    }
+}
+
+impl Peer for SqlitePeer {
+    fn storage_type(&self) -> &str {
+        "sqlite"
+    }
+
+    fn settings(&self) -> Vec<(String, String)> {
+        vec![("path".into(), self.db().display().to_string())]
+    }
+
+    fn object_keys(&self) -> Vec<String> {
+        if !self.db().exists() {
+            return Vec::new();
+        }
+        let conn = rusqlite::Connection::open(self.db()).expect("open database");
+        let mut stmt = conn
+            .prepare("SELECT key FROM objects ORDER BY key")
+            .expect("query");
+        stmt.query_map([], |r| r.get::<_, String>(0))
+            .expect("rows")
+            .map(Result::unwrap)
+            .collect()
+    }
+}
