@@ -12,3 +12,5 @@ mod crash;
 mod local_sqlite;
 #[cfg(feature = "oss")]
 mod oss;
+#[cfg(feature = "s3")]
+mod s3;

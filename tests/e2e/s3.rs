@@ -1,0 +1,594 @@
+//! The conformance suite on `storageType: s3` against a real S3 server (the
+//! `moto` server, SigV4 checking on), plus what only S3 can show: objects at
+//! the documented keys and nothing outside the prefix, `encrypt` and `acl`
+//! really stored, many replicas on one bucket, interop with Terraform's own
+//! s3 backend, clear start-up errors, and an outage answered with 503.
+//!
+//! Every peer gets a fresh bucket, so tests never see each other's objects.
+//! The bucket is inspected with boto3 (`tests/support/s3_inspect.py`), an
+//! S3 client independent of stategate.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Barrier, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+conformance_suite!(s3_suite, crate::s3::peer());
+
+/// A moto S3 server run by `tests/support/moto_server.py`. It exits when its
+/// stdin closes, i.e. when this process ends.
+pub struct Moto {
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    control: Mutex<(ChildStdin, BufReader<ChildStdout>)>,
+    _child: Child,
+}
+
+impl Moto {
+    /// Starts a server; with `auth` it checks SigV4 signatures against the
+    /// key it reports (see the launcher for why not every test uses that).
+    pub fn start(auth: bool) -> Moto {
+        let script = repo().join("tests/support/moto_server.py");
+        let mut child = Command::new(python())
+            .arg(&script)
+            .args(auth.then_some("--auth"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the moto server");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read moto's ready line");
+        let ready: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+            panic!(
+                "moto did not start ({e}): {line:?}; install the test peers with \
+                 `python3 -m venv .venv && .venv/bin/pip install -r tests/support/requirements.txt`"
+            )
+        });
+        let field = |name: &str| ready[name].as_str().expect(name).to_string();
+        Moto {
+            endpoint: format!("http://127.0.0.1:{}", ready["port"]),
+            access_key: field("access_key"),
+            secret_key: field("secret_key"),
+            control: Mutex::new((stdin, stdout)),
+            _child: child,
+        }
+    }
+
+    /// The server most tests share.
+    pub fn shared() -> &'static Moto {
+        static MOTO: OnceLock<Moto> = OnceLock::new();
+        MOTO.get_or_init(|| Moto::start(false))
+    }
+
+    /// The shared server that checks signatures.
+    pub fn shared_with_auth() -> &'static Moto {
+        static MOTO: OnceLock<Moto> = OnceLock::new();
+        MOTO.get_or_init(|| Moto::start(true))
+    }
+
+    fn command(&self, command: &str) {
+        let mut control = self.control.lock().unwrap();
+        writeln!(control.0, "{command}").expect("write to moto");
+        let mut answer = String::new();
+        control.1.read_line(&mut answer).expect("moto answers");
+        assert_eq!(answer.trim(), "ok", "moto {command}");
+    }
+
+    /// Closes the listening socket; objects are kept.
+    pub fn stop(&self) {
+        self.command("stop");
+    }
+
+    /// Listens again on the same port.
+    pub fn resume(&self) {
+        self.command("start");
+    }
+
+    /// Runs `s3_inspect.py` (boto3) and returns its stdout; panics on failure.
+    pub fn inspect(&self, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+        let mut child = Command::new(python())
+            .arg(repo().join("tests/support/s3_inspect.py"))
+            .args(args)
+            .env("S3_ENDPOINT", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", &self.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret_key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run s3_inspect.py");
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "s3_inspect {args:?}: {}",
+            text(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// A new, empty bucket.
+    pub fn new_bucket(&self) -> String {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "stategate-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        self.inspect(&["create-bucket", &name], b"");
+        name
+    }
+
+    /// Every key in `bucket`, prefix included.
+    pub fn all_keys(&self, bucket: &str) -> Vec<String> {
+        text(&self.inspect(&["keys", bucket, ""], b""))
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// HeadObject's answer, as boto3 gives it.
+    pub fn head(&self, bucket: &str, key: &str) -> serde_json::Value {
+        serde_json::from_slice(&self.inspect(&["head", bucket, key], b"")).expect("head JSON")
+    }
+
+    /// GetObjectAcl's grants.
+    pub fn acl(&self, bucket: &str, key: &str) -> serde_json::Value {
+        serde_json::from_slice(&self.inspect(&["acl", bucket, key], b"")).expect("acl JSON")
+    }
+
+    /// Credentials as the AWS SDKs and Terraform read them from the environment.
+    pub fn aws_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), self.secret_key.clone()),
+        ]
+    }
+}
+
+/// `storageType: s3` on a fresh bucket of a moto server, under a prefix.
+pub struct S3Peer {
+    pub moto: &'static Moto,
+    pub bucket: String,
+    /// The `prefix` setting, with its trailing `/`.
+    pub prefix: String,
+    /// More `-C` settings.
+    pub extra: Vec<(String, String)>,
+}
+
+impl S3Peer {
+    /// A fresh bucket on `moto`, states under `team/`.
+    pub fn on(moto: &'static Moto) -> S3Peer {
+        S3Peer {
+            moto,
+            bucket: moto.new_bucket(),
+            prefix: "team/".into(),
+            extra: Vec::new(),
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: &str) -> S3Peer {
+        self.extra.push((key.into(), value.into()));
+        self
+    }
+}
+
+impl Peer for S3Peer {
+    fn storage_type(&self) -> &str {
+        "s3"
+    }
+
+    fn settings(&self) -> Vec<(String, String)> {
+        let mut s = vec![
+            ("endpoint".to_string(), self.moto.endpoint.clone()),
+            ("bucket".to_string(), self.bucket.clone()),
+            ("prefix".to_string(), self.prefix.clone()),
+        ];
+        s.extend(self.extra.iter().cloned());
+        s
+    }
+
+    /// Credentials through the environment, as the AWS credential chain reads them.
+    fn env(&self) -> Vec<(String, String)> {
+        self.moto.aws_env()
+    }
+
+    fn object_keys(&self) -> Vec<String> {
+        self.moto
+            .all_keys(&self.bucket)
+            .into_iter()
+            .map(|k| {
+                k.strip_prefix(&self.prefix)
+                    .unwrap_or_else(|| panic!("{k} is outside the prefix {}", self.prefix))
+                    .to_string()
+            })
+            .collect()
+    }
+}
+
+/// The conformance suite's peer.
+pub fn peer() -> Box<dyn Peer> {
+    Box::new(S3Peer::on(Moto::shared()))
+}
+
+fn keys(peer: &dyn Peer) -> BTreeSet<String> {
+    peer.object_keys().into_iter().collect()
+}
+
+#[test]
+fn s3_objects_land_at_documented_keys_and_never_outside_the_prefix() {
+    let peer = S3Peer::on(Moto::shared());
+    let moto = peer.moto;
+    moto.inspect(
+        &["put", &peer.bucket, "outside/terraform.tfstate"],
+        b"not ours",
+    );
+    let server = Server::start(&peer);
+    let url = server.state_url("app/terraform.tfstate");
+    assert_eq!(http("POST", &url, &state_doc("l1", 1, "a")).0, 200);
+    assert_eq!(
+        http(
+            "POST",
+            &format!("{url}?workspace=dev"),
+            &state_doc("l2", 1, "b")
+        )
+        .0,
+        200
+    );
+    assert_eq!(http("LOCK", &url, &lock_info("held", "me@host")).0, 200);
+
+    let all = moto.all_keys(&peer.bucket);
+    for expected in [
+        "team/app/terraform.tfstate",
+        "team/app/terraform.tfstate.tflock",
+        "team/workspaces/dev/app/terraform.tfstate",
+    ] {
+        assert!(
+            all.iter().any(|k| k == expected),
+            "{expected} missing: {all:?}"
+        );
+    }
+    for key in &all {
+        assert!(
+            key.starts_with("team/") || key == "outside/terraform.tfstate",
+            "written outside the prefix: {key}"
+        );
+    }
+    assert_eq!(
+        moto.inspect(
+            &["get", &peer.bucket, "team/app/terraform.tfstate.tflock"],
+            b""
+        ),
+        lock_info("held", "me@host"),
+        "the lock object holds the LockInfo as sent"
+    );
+    assert_eq!(
+        moto.inspect(&["get", &peer.bucket, "outside/terraform.tfstate"], b""),
+        b"not ours"
+    );
+    let listed = stategate_ok(&peer, &["state", "list"]);
+    assert!(
+        !listed.contains("outside"),
+        "listed a state outside the prefix:\n{listed}"
+    );
+    assert!(listed.contains("app/terraform.tfstate"), "{listed}");
+}
+
+#[test]
+fn s3_encrypt_and_acl_are_stored_on_every_write() {
+    let peer = S3Peer::on(Moto::shared())
+        .with("encrypt", "true")
+        .with("acl", "public-read");
+    let moto = peer.moto;
+    let server = Server::start(&peer);
+    let url = server.state_url("secure/terraform.tfstate");
+    assert_eq!(http("POST", &url, &state_doc("s", 1, "a")).0, 200);
+    assert_eq!(http("LOCK", &url, &lock_info("enc", "me@host")).0, 200);
+    for key in [
+        "team/secure/terraform.tfstate",
+        "team/secure/terraform.tfstate.tflock",
+    ] {
+        let head = moto.head(&peer.bucket, key);
+        assert_eq!(head["ServerSideEncryption"], "AES256", "{key}: {head}");
+        let grants = moto.acl(&peer.bucket, key);
+        let public_read = grants.as_array().unwrap().iter().any(|g| {
+            g["Permission"] == "READ"
+                && g["Grantee"]["URI"] == "http://acs.amazonaws.com/groups/global/AllUsers"
+        });
+        assert!(public_read, "{key}: no public-read grant in {grants}");
+    }
+}
+
+#[test]
+fn s3_invalid_acl_is_refused_at_start_up() {
+    let peer = S3Peer::on(Moto::shared()).with("acl", "everyone-welcome");
+    let log = Server::try_start(&peer, &[], &[])
+        .err()
+        .expect("must not start");
+    assert!(log.contains("setting `acl`"), "{log}");
+}
+
+#[test]
+fn s3_three_servers_thirty_lockers_one_winner_twenty_rounds() {
+    let peer = S3Peer::on(Moto::shared());
+    let servers = [
+        Server::start(&peer),
+        Server::start(&peer),
+        Server::start(&peer),
+    ];
+    let started = Instant::now();
+    for round in 0..20 {
+        let urls: Vec<String> = servers
+            .iter()
+            .map(|s| s.state_url(&format!("contended/round-{}", round % 3)))
+            .collect();
+        let barrier = Arc::new(Barrier::new(30));
+        let handles: Vec<_> = (0..30)
+            .map(|i| {
+                let url = urls[i % 3].clone();
+                let barrier = Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    let info = lock_info(&format!("r{round}-c{i}"), &format!("c{i}@host"));
+                    barrier.wait();
+                    let (status, body) = http("LOCK", &url, &info);
+                    (info, status, body)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let winners: Vec<_> = results.iter().filter(|r| r.1 == 200).collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: statuses {:?}",
+            results.iter().map(|r| r.1).collect::<Vec<_>>()
+        );
+        let winner = &winners[0].0;
+        for (_, status, body) in &results {
+            if *status != 200 {
+                assert_eq!(*status, 423, "round {round}: {}", text(body));
+                assert_eq!(body, winner, "round {round}: a 423 names the winner");
+            }
+        }
+        assert_eq!(
+            http("UNLOCK", &urls[round % 3], winner).0,
+            200,
+            "round {round}"
+        );
+    }
+    eprintln!(
+        "20 rounds of 30 concurrent LOCKs over 3 servers took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A configuration with Terraform's native s3 backend on `peer`'s bucket.
+fn native(peer: &S3Peer, key: &str) -> (Terraform, Vec<(String, String)>) {
+    let tf = Terraform::new(&example_text("s3-native-interop"));
+    let mut env = peer.moto.aws_env();
+    env.push(("AWS_ENDPOINT_URL_S3".into(), peer.moto.endpoint.clone()));
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let bucket = format!("bucket={}", peer.bucket);
+    let key = format!("key={}{key}", peer.prefix);
+    let out = tf.run_env(
+        &[
+            "init",
+            "-no-color",
+            "-backend-config",
+            &bucket,
+            "-backend-config",
+            &key,
+        ],
+        &env_ref,
+    );
+    assert!(
+        out.status.success(),
+        "native init failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    (tf, env)
+}
+
+fn run_native(tf: &Terraform, env: &[(String, String)], args: &[&str]) -> std::process::Output {
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    tf.run_env(args, &env_ref)
+}
+
+#[test]
+fn s3_native_terraform_reads_stategate_state_and_locks_exclude_each_other() {
+    let peer = S3Peer::on(Moto::shared());
+    let server = Server::start(&peer);
+    let key = "quickstart/terraform.tfstate";
+    let via_stategate = Terraform::example("quickstart", &server.url);
+    via_stategate.init_apply(&["greeting=written through stategate"]);
+
+    // The native backend reads what stategate wrote and sees no changes.
+    let (tf, env) = native(&peer, key);
+    let out = run_native(&tf, &env, &["output", "-raw", "greeting"]);
+    assert_eq!(
+        text(&out.stdout),
+        "written through stategate",
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run_native(
+        &tf,
+        &env,
+        &[
+            "plan",
+            "-no-color",
+            "-detailed-exitcode",
+            "-var",
+            "greeting=written through stategate",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    // A stategate lock blocks the native backend.
+    let state_url = server.state_url(key);
+    assert_eq!(
+        http(
+            "LOCK",
+            &state_url,
+            &lock_info("stategate-holder", "ops@host")
+        )
+        .0,
+        200
+    );
+    let out = run_native(&tf, &env, &["plan", "-no-color", "-lock-timeout=0s"]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        !out.status.success(),
+        "native plan ran under a stategate lock:\n{said}"
+    );
+    assert!(
+        said.contains("stategate-holder"),
+        "the native error names our lock:\n{said}"
+    );
+    assert_eq!(
+        http(
+            "UNLOCK",
+            &state_url,
+            &lock_info("stategate-holder", "ops@host")
+        )
+        .0,
+        200
+    );
+
+    // A native lock blocks stategate: `apply` holds it while it waits for
+    // approval on stdin.
+    let mut apply = Command::new(terraform_bin())
+        .args(["apply", "-no-color", "-var", "greeting=native"])
+        .current_dir(tf.dir.path())
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("TF_CLI_CONFIG_FILE", tf.dir.path().join(".terraformrc"))
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run terraform apply");
+    let lock_key = format!("{key}.tflock");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !keys(&peer).contains(&lock_key) {
+        assert!(Instant::now() < deadline, "terraform never took its lock");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, body) = http("LOCK", &state_url, &lock_info("stategate-late", "ops@host"));
+    assert_eq!(status, 423, "{}", text(&body));
+    let holder: serde_json::Value = serde_json::from_slice(&body).expect("holder LockInfo");
+    assert!(
+        !holder["ID"].as_str().unwrap_or("").is_empty() && holder["ID"] != "stategate-late",
+        "423 carries Terraform's own LockInfo: {holder}"
+    );
+    assert_eq!(holder["Operation"], "OperationTypeApply", "{holder}");
+    apply.stdin.take().unwrap().write_all(b"no\n").unwrap();
+    let out = apply.wait_with_output().unwrap();
+    assert!(
+        !keys(&peer).contains(&lock_key),
+        "terraform kept its lock:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(
+        http("LOCK", &state_url, &lock_info("stategate-late", "ops@host")).0,
+        200
+    );
+}
+
+#[test]
+fn s3_requests_are_signed_and_wrong_credentials_are_clear_start_up_errors() {
+    let moto = Moto::shared_with_auth();
+    let mut peer = S3Peer::on(moto);
+    // Right credentials: the server verified every signature of the probe.
+    let said = stategate_ok(&peer, &["check"]);
+    assert!(said.contains("refused (locks are safe)"), "{said}");
+
+    let wrong_secret = "not-the-secret-0123456789";
+    let bad_env = [
+        ("AWS_ACCESS_KEY_ID", moto.access_key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", wrong_secret),
+    ];
+    let log = Server::try_start(&peer, &[], &bad_env)
+        .err()
+        .expect("must not start");
+    assert!(
+        log.contains("setting `accessKeyID`") && log.contains("refused the credentials"),
+        "{log}"
+    );
+    assert!(!log.contains(wrong_secret), "the secret leaked:\n{log}");
+
+    // The same through settings, and through `stategate check`.
+    peer.extra = vec![
+        ("accessKeyID".into(), "AKIAUNKNOWNKEY000000".into()),
+        ("accessKeySecret".into(), wrong_secret.into()),
+    ];
+    let out = stategate(&peer, &["check"], &[]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("refused the credentials"), "{said}");
+    assert!(!said.contains(wrong_secret), "the secret leaked:\n{said}");
+
+    peer.extra.clear();
+    peer.bucket = "no-such-bucket-here".into();
+    let log = Server::try_start(&peer, &[], &[])
+        .err()
+        .expect("must not start");
+    assert!(
+        log.contains("setting `bucket`") && log.contains("`no-such-bucket-here` does not exist"),
+        "{log}"
+    );
+}
+
+#[test]
+fn s3_server_outage_gives_503_then_recovers() {
+    // A server of its own: stopping the shared one would fail other tests.
+    let moto: &'static Moto = Box::leak(Box::new(Moto::start(false)));
+    let peer = S3Peer::on(moto);
+    let server = Server::start(&peer);
+    let url = server.state_url("outage/terraform.tfstate");
+    let state = state_doc("o", 1, "before");
+    assert_eq!(http("POST", &url, &state).0, 200);
+
+    moto.stop();
+    for (method, body) in [("GET", Vec::new()), ("LOCK", lock_info("o", "me@host"))] {
+        let started = Instant::now();
+        let (status, reason) = http(method, &url, &body);
+        assert_eq!(status, 503, "{method}: {}", text(&reason));
+        assert!(
+            text(&reason).contains("cannot reach the S3 server"),
+            "{method}: {}",
+            text(&reason)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{method} took {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        server.log().contains("cannot reach the S3 server"),
+        "{}",
+        server.log()
+    );
+
+    moto.resume();
+    let (status, body) = http("GET", &url, b"");
+    assert_eq!((status, body), (200, state));
+    assert_eq!(http("LOCK", &url, &lock_info("o", "me@host")).0, 200);
+}

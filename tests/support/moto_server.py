@@ -1,0 +1,125 @@
+"""A moto S3 server for the tests, on 127.0.0.1 with an OS-assigned port.
+
+Prints one JSON line when ready: {"port": N, "access_key": ...,
+"secret_key": ...}. With --auth every request must carry a valid SigV4
+signature by that key; without, moto accepts any key. (moto 5.1's signature
+check miscomputes requests with percent-encoded characters, such as `:` in a
+key or `/` in a listing prefix, so only tests about credentials use it.)
+
+Then reads commands from stdin, one per line:
+  stop    close the listening socket (clients get "connection refused");
+          the stored objects are kept
+  start   listen again on the same port
+Each command is answered with one line, "ok". The server exits when stdin
+closes, so it never outlives the test process that started it.
+
+moto checks a conditional put (If-None-Match, If-Match) and then writes, in
+two steps, while real S3 does both atomically. Requests are therefore
+handled one at a time, which makes moto's conditions atomic as S3's are.
+"""
+
+import argparse
+import json
+import os
+import sys
+import threading
+
+from werkzeug.serving import make_server
+
+from moto.server import DomainDispatcherApplication, create_backend_app
+
+
+def serialised(app):
+    lock = threading.Lock()
+
+    def handle(environ, start_response):
+        with lock:
+            return list(app(environ, start_response))
+
+    return handle
+
+
+class Listener:
+    def __init__(self, app):
+        self.app = app
+        self.port = 0
+        self.server = None
+        self.thread = None
+
+    def start(self):
+        self.server = make_server("127.0.0.1", self.port, self.app, threaded=True)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def create_user(endpoint):
+    """Creates an IAM user allowed everything and returns its key; must run
+    while moto still accepts unsigned requests."""
+    import boto3
+
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="bootstrap",
+        aws_secret_access_key="bootstrap",
+    )
+    iam.create_user(UserName="stategate")
+    iam.put_user_policy(
+        UserName="stategate",
+        PolicyName="all",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+            }
+        ),
+    )
+    key = iam.create_access_key(UserName="stategate")["AccessKey"]
+    return key["AccessKeyId"], key["SecretAccessKey"]
+
+
+def enable_auth():
+    """From now on every request must be signed by a known key."""
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+    ActionAuthenticatorMixin.request_count = 0
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--auth", action="store_true", help="check SigV4 signatures")
+    args = parser.parse_args()
+
+    listener = Listener(serialised(DomainDispatcherApplication(create_backend_app)))
+    listener.start()
+    endpoint = f"http://127.0.0.1:{listener.port}"
+    ready = {"port": listener.port, "access_key": "test", "secret_key": "test"}
+    if args.auth:
+        ready["access_key"], ready["secret_key"] = create_user(endpoint)
+        enable_auth()
+    print(json.dumps(ready), flush=True)
+
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "stop":
+            listener.stop()
+        elif command == "start":
+            listener.start()
+        else:
+            print(f"unknown command {command!r}", flush=True)
+            continue
+        print("ok", flush=True)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
