@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need on a fresh machine,
+# then runs the format check, clippy, the Python peer tests and every Rust
+# test (unit and end-to-end). Run from anywhere: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() {
+  command -v "$1" >/dev/null 2>&1 || { echo "scripts/test.sh: '$1' is required: $2" >&2; exit 1; }
+}
+need cargo "install Rust (rustup) with the rustfmt and clippy components"
+need python3 "install Python 3.9 or newer with the venv module"
+if ! command -v terraform >/dev/null 2>&1 && [ ! -x /usr/local/bin/terraform ]; then
+  echo "scripts/test.sh: the terraform CLI (>= 1.4) is required on PATH for the end-to-end tests" >&2
+  exit 1
+fi
+export PATH="$PATH:/usr/local/bin"
+
+# Real peers for the tests (the moto S3 server, Alibaba's OSS SDKs, pytest),
+# in a virtualenv of the repository, never in the system Python.
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+req_stamp=.venv/.requirements.sha256
+req_sum=$(sha256sum tests/support/requirements.txt | cut -d' ' -f1)
+if [ "$(cat "$req_stamp" 2>/dev/null)" != "$req_sum" ]; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/support/requirements.txt
+  echo "$req_sum" > "$req_stamp"
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+echo "== Python peer tests"
+.venv/bin/python -m pytest -q tests/support
+echo "== cargo test"
+# Most tests wait on terraform and server processes, not on the CPU.
+cargo test --all-targets -- --test-threads "${STATEGATE_TEST_THREADS:-4}"
