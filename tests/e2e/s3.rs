@@ -33,10 +33,15 @@ impl Moto {
     /// Starts a server; with `auth` it checks SigV4 signatures against the
     /// key it reports (see the launcher for why not every test uses that).
     pub fn start(auth: bool) -> Moto {
+        Self::start_with(&[if auth { "--auth" } else { "" }])
+    }
+
+    /// Starts a server with launcher flags.
+    pub fn start_with(flags: &[&str]) -> Moto {
         let script = repo().join("tests/support/moto_server.py");
         let mut child = Command::new(python())
             .arg(&script)
-            .args(auth.then_some("--auth"))
+            .args(flags.iter().filter(|f| !f.is_empty()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -591,4 +596,41 @@ fn s3_server_outage_gives_503_then_recovers() {
     let (status, body) = http("GET", &url, b"");
     assert_eq!((status, body), (200, state));
     assert_eq!(http("LOCK", &url, &lock_info("o", "me@host")).0, 200);
+}
+
+#[test]
+fn s3_server_ignoring_conditions_is_refused_unless_unsafe_locks_are_allowed() {
+    let moto: &'static Moto = Box::leak(Box::new(Moto::start_with(&["--ignore-conditions"])));
+    let peer = S3Peer::on(moto);
+    let log = Server::try_start(&peer, &[], &[])
+        .err()
+        .expect("must not start on a server that ignores If-None-Match");
+    assert!(
+        log.contains("locks would be unsafe") || log.contains("allow_unsafe_locks"),
+        "{log}"
+    );
+
+    // Allowed explicitly: it starts, and says truthfully what it cannot do.
+    let peer = peer.with("allow_unsafe_locks", "true");
+    let said = stategate_ok(&peer, &["check"]);
+    assert!(said.contains("NOT refused"), "{said}");
+    assert!(said.contains("compare-and-swap writes: no"), "{said}");
+    assert!(said.contains("no conditional delete"), "{said}");
+    let server = Server::start(&peer);
+    assert!(
+        server.log().contains("ignores If-Match"),
+        "{}",
+        server.log()
+    );
+
+    // The compare-first fallbacks still keep another holder's lock.
+    let url = server.state_url("unsafe/terraform.tfstate");
+    assert_eq!(http("LOCK", &url, &lock_info("first", "a@host")).0, 200);
+    let (status, body) = http("LOCK", &url, &lock_info("second", "b@host"));
+    // Without If-None-Match the second create overwrites: exactly what the
+    // start-up refusal warns about.
+    assert_eq!(status, 200, "{}", text(&body));
+    assert_eq!(http("UNLOCK", &url, &lock_info("first", "a@host")).0, 409);
+    assert_eq!(http("UNLOCK", &url, &lock_info("second", "b@host")).0, 200);
+    assert!(!keys(&peer).contains("unsafe/terraform.tfstate.tflock"));
 }

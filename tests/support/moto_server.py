@@ -6,6 +6,10 @@ signature by that key; without, moto accepts any key. (moto 5.1's signature
 check miscomputes requests with percent-encoded characters, such as `:` in a
 key or `/` in a listing prefix, so only tests about credentials use it.)
 
+With --ignore-conditions the server drops If-None-Match and If-Match from
+every request before moto sees them, like S3-compatible servers that do not
+implement conditional writes.
+
 Then reads commands from stdin, one per line:
   stop    close the listening socket (clients get "connection refused");
           the stored objects are kept
@@ -35,6 +39,15 @@ def serialised(app):
     def handle(environ, start_response):
         with lock:
             return list(app(environ, start_response))
+
+    return handle
+
+
+def without_conditions(app):
+    def handle(environ, start_response):
+        environ.pop("HTTP_IF_NONE_MATCH", None)
+        environ.pop("HTTP_IF_MATCH", None)
+        return app(environ, start_response)
 
     return handle
 
@@ -97,9 +110,17 @@ def enable_auth():
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--auth", action="store_true", help="check SigV4 signatures")
+    parser.add_argument(
+        "--ignore-conditions",
+        action="store_true",
+        help="drop If-None-Match and If-Match from every request",
+    )
     args = parser.parse_args()
 
-    listener = Listener(serialised(DomainDispatcherApplication(create_backend_app)))
+    app = DomainDispatcherApplication(create_backend_app)
+    if args.ignore_conditions:
+        app = without_conditions(app)
+    listener = Listener(serialised(app))
     listener.start()
     endpoint = f"http://127.0.0.1:{listener.port}"
     ready = {"port": listener.port, "access_key": "test", "secret_key": "test"}
