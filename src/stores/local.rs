@@ -302,18 +302,7 @@ fn check_condition(path: &Path, condition: &Condition, is_put: bool) -> Result<(
             )));
         }
     };
-    match condition {
-        Condition::Always => Ok(()),
-        Condition::IfAbsent if !is_put => Ok(()),
-        Condition::IfAbsent => match current {
-            None => Ok(()),
-            Some(_) => Err(StoreError::AlreadyExists),
-        },
-        Condition::IfMatch(expected) => match current {
-            Some(v) if &v == expected => Ok(()),
-            _ => Err(StoreError::PreconditionFailed),
-        },
-    }
+    condition.check(current.as_ref(), is_put)
 }
 
 /// A key whose path crosses an existing file (`a` is a state, so `a/b`

@@ -54,6 +54,21 @@ pub enum Condition {
     IfMatch(Version),
 }
 
+impl Condition {
+    /// Checks the condition against the object's current version (`None`
+    /// when it is absent), for stores that test it themselves before acting.
+    /// `IfAbsent` only constrains puts.
+    pub fn check(&self, current: Option<&Version>, is_put: bool) -> Result<(), StoreError> {
+        match (self, current) {
+            (Condition::Always, _) | (Condition::IfAbsent, None) => Ok(()),
+            (Condition::IfAbsent, Some(_)) if is_put => Err(StoreError::AlreadyExists),
+            (Condition::IfAbsent, Some(_)) => Ok(()),
+            (Condition::IfMatch(expected), Some(v)) if v == expected => Ok(()),
+            (Condition::IfMatch(_), _) => Err(StoreError::PreconditionFailed),
+        }
+    }
+}
+
 /// One object in a listing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {

@@ -127,31 +127,17 @@ fn db_err(context: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |e| StoreError::unavailable(format!("{context}: {e}"))
 }
 
-fn current_generation(
+/// The version of `key` now, inside the transaction.
+fn current_version(
     tx: &rusqlite::Transaction<'_>,
     key: &str,
-) -> Result<Option<i64>, rusqlite::Error> {
+) -> Result<Option<Version>, rusqlite::Error> {
     tx.query_row(
         "SELECT generation FROM objects WHERE key = ?1",
         [key],
-        |r| r.get(0),
+        |r| Ok(Version(r.get::<_, i64>(0)?.to_string())),
     )
     .optional()
-}
-
-fn check(current: Option<i64>, condition: &Condition, is_put: bool) -> Result<(), StoreError> {
-    match condition {
-        Condition::Always => Ok(()),
-        Condition::IfAbsent if !is_put => Ok(()),
-        Condition::IfAbsent if current.is_some() => Err(StoreError::AlreadyExists),
-        Condition::IfAbsent => Ok(()),
-        Condition::IfMatch(v)
-            if current.map(|g| g.to_string()).as_deref() == Some(v.0.as_str()) =>
-        {
-            Ok(())
-        }
-        Condition::IfMatch(_) => Err(StoreError::PreconditionFailed),
-    }
 }
 
 #[async_trait]
@@ -196,7 +182,8 @@ impl Store for SqliteStore {
         self.run(format!("writing {key}"), move |conn| {
             let err = db_err("writing");
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
-            check(current_generation(&tx, &key).map_err(&err)?, &condition, true)?;
+            let current = current_version(&tx, &key).map_err(&err)?;
+            condition.check(current.as_ref(), true)?;
             let generation: i64 = tx
                 .query_row("UPDATE generation SET last = last + 1 WHERE id = 1 RETURNING last", [], |r| r.get(0))
                 .map_err(&err)?;
@@ -221,11 +208,8 @@ impl Store for SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(&err)?;
-            check(
-                current_generation(&tx, &key).map_err(&err)?,
-                &condition,
-                false,
-            )?;
+            let current = current_version(&tx, &key).map_err(&err)?;
+            condition.check(current.as_ref(), false)?;
             tx.execute("DELETE FROM objects WHERE key = ?1", [&key])
                 .map_err(&err)?;
             tx.commit().map_err(&err)

@@ -256,43 +256,67 @@ pub fn gateway_lock_urls(peer: &dyn Peer) {
 }
 
 pub fn concurrent_locks_have_one_winner(peer: &dyn Peer) {
-    // Two server processes on one store: the store, not process memory, decides.
-    let servers = [Server::start(peer), Server::start(peer)];
-    let urls: Vec<String> = servers
-        .iter()
-        .map(|s| s.state_url("contended/terraform.tfstate"))
-        .collect();
-    let barrier = Arc::new(Barrier::new(20));
-    let handles: Vec<_> = (0..20)
-        .map(|i| {
-            let url = urls[i % 2].clone();
-            let barrier = Arc::clone(&barrier);
-            std::thread::spawn(move || {
-                let info = lock_info(&format!("contender-{i}"), &format!("client{i}@host"));
-                barrier.wait();
-                let (status, body) = http("LOCK", &url, &info);
-                (i, status, body)
+    // Three server processes on one store: the store, not process memory,
+    // decides. 30 lockers race in each of 20 rounds, spread over the three.
+    const ROUNDS: usize = 20;
+    const LOCKERS: usize = 30;
+    let servers = [
+        Server::start(peer),
+        Server::start(peer),
+        Server::start(peer),
+    ];
+    let started = std::time::Instant::now();
+    for round in 0..ROUNDS {
+        let key = format!("contended/round-{}", round % 3);
+        let urls: Vec<String> = servers.iter().map(|s| s.state_url(&key)).collect();
+        let barrier = Arc::new(Barrier::new(LOCKERS));
+        let handles: Vec<_> = (0..LOCKERS)
+            .map(|i| {
+                let url = urls[i % urls.len()].clone();
+                let barrier = Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    let info = lock_info(&format!("r{round}-locker-{i}"), &format!("c{i}@host"));
+                    barrier.wait();
+                    let (status, body) = http("LOCK", &url, &info);
+                    (info, status, body)
+                })
             })
-        })
-        .collect();
-    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    let winners: Vec<_> = results.iter().filter(|r| r.1 == 200).collect();
-    assert_eq!(
-        winners.len(),
-        1,
-        "exactly one LOCK wins: {:?}",
-        results.iter().map(|r| r.1).collect::<Vec<_>>()
-    );
-    let winner_info = lock_info(
-        &format!("contender-{}", winners[0].0),
-        &format!("client{}@host", winners[0].0),
-    );
-    for (i, status, body) in &results {
-        if *status != 200 {
-            assert_eq!(*status, 423, "contender {i}");
-            assert_eq!(body, &winner_info, "a 423 carries the winner's LockInfo");
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let winners: Vec<_> = results.iter().filter(|r| r.1 == 200).collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: exactly one LOCK wins: {:?}",
+            results.iter().map(|r| r.1).collect::<Vec<_>>()
+        );
+        let winner = &winners[0].0;
+        for (_, status, body) in &results {
+            if *status != 200 {
+                assert_eq!(*status, 423, "round {round}: {}", text(body));
+                assert_eq!(
+                    body, winner,
+                    "round {round}: a 423 carries the winner's LockInfo"
+                );
+            }
         }
+        // Another process releases it for the holder.
+        assert_eq!(
+            http("UNLOCK", &urls[(round + 1) % urls.len()], winner).0,
+            200,
+            "round {round}"
+        );
     }
+    eprintln!(
+        "{ROUNDS} rounds of {LOCKERS} concurrent LOCKs over 3 processes on {}: {:?}",
+        peer.storage_type(),
+        started.elapsed()
+    );
+    let left: Vec<String> = keys(peer)
+        .into_iter()
+        .filter(|k| k.ends_with(".tflock"))
+        .collect();
+    assert!(left.is_empty(), "locks left: {left:?}");
 }
 
 pub fn large_state_round_trips(peer: &dyn Peer) {
@@ -663,17 +687,27 @@ pub fn delete_keeps_history(peer: &dyn Peer) {
     let last = versions.last().expect("the deleted state is kept").clone();
     let (_, kept) = http("GET", &format!("{url}?version={}", last["version"]), b"");
     assert_eq!(kept, body);
-    stategate_ok(
-        peer,
-        &[
-            "state",
-            "restore",
-            key,
-            "--version",
-            &last["version"].to_string(),
-        ],
+    let version = last["version"].to_string();
+    let restore = ["state", "restore", key, "--version", version.as_str()];
+
+    // A held lock stops a restore unless it is forced.
+    let holder = lock_info("restore-blocker", "dave@host");
+    assert_eq!(http("LOCK", &url, &holder).0, 200);
+    let refused = stategate(peer, &restore, &[]);
+    assert!(!refused.status.success(), "restore while locked");
+    assert!(
+        text(&refused.stderr).contains("locked"),
+        "{}",
+        text(&refused.stderr)
     );
+    assert_eq!(
+        http("GET", &url, b"").0,
+        404,
+        "a refused restore writes nothing"
+    );
+    stategate_ok(peer, &[&restore[..], &["--force"]].concat());
     assert_eq!(http("GET", &url, b"").1, body);
+    assert_eq!(http("UNLOCK", &url, &holder).0, 200);
     assert_eq!(http("DELETE", &url, b"").0, 200);
     assert_eq!(
         http("DELETE", &url, b"").0,

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Barrier, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -372,69 +372,6 @@ fn oss_versioned_bucket_is_refused_unless_allow_unsafe_locks() {
         assert_eq!(http("POST", &url, &state_doc("l", 1, "v")).0, 200);
         assert_eq!(http("GET", &url, b""), (200, state_doc("l", 1, "v")));
     }
-}
-
-#[test]
-fn oss_three_processes_thirty_lockers_one_winner_each_round() {
-    const ROUNDS: usize = 20;
-    const LOCKERS: usize = 30;
-    let peer = OssPeer::new();
-    let servers = [
-        Server::start(&peer),
-        Server::start(&peer),
-        Server::start(&peer),
-    ];
-    let started = Instant::now();
-    for round in 0..ROUNDS {
-        let key = format!("race/round-{round}");
-        let urls: Vec<String> = servers.iter().map(|s| s.state_url(&key)).collect();
-        let barrier = Arc::new(Barrier::new(LOCKERS));
-        let handles: Vec<_> = (0..LOCKERS)
-            .map(|i| {
-                let url = urls[i % urls.len()].clone();
-                let barrier = Arc::clone(&barrier);
-                std::thread::spawn(move || {
-                    let info = lock_info(&format!("r{round}-locker-{i}"), &format!("c{i}@host"));
-                    barrier.wait();
-                    let (status, body) = http("LOCK", &url, &info);
-                    (i, status, body)
-                })
-            })
-            .collect();
-        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        let winners: Vec<_> = results.iter().filter(|r| r.1 == 200).collect();
-        assert_eq!(
-            winners.len(),
-            1,
-            "round {round}: exactly one LOCK wins: {:?}",
-            results.iter().map(|r| r.1).collect::<Vec<_>>()
-        );
-        let winner = lock_info(
-            &format!("r{round}-locker-{}", winners[0].0),
-            &format!("c{}@host", winners[0].0),
-        );
-        for (i, status, body) in &results {
-            if *status != 200 {
-                assert_eq!(*status, 423, "round {round}, locker {i}: {}", text(body));
-                assert_eq!(body, &winner, "a 423 carries the winner's LockInfo");
-            }
-        }
-        // Another process releases it for the holder.
-        assert_eq!(
-            http("UNLOCK", &urls[(winners[0].0 + 1) % 3], &winner).0,
-            200
-        );
-    }
-    eprintln!(
-        "{ROUNDS} rounds of {LOCKERS} concurrent LOCKs over 3 processes: {:?}",
-        started.elapsed()
-    );
-    let lock_objects: Vec<String> = peer
-        .object_keys()
-        .into_iter()
-        .filter(|k| k.ends_with(".tflock"))
-        .collect();
-    assert!(lock_objects.is_empty(), "locks left: {lock_objects:?}");
 }
 
 #[test]

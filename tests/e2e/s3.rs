@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Barrier, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -319,60 +319,6 @@ fn s3_invalid_acl_is_refused_at_start_up() {
         .err()
         .expect("must not start");
     assert!(log.contains("setting `acl`"), "{log}");
-}
-
-#[test]
-fn s3_three_servers_thirty_lockers_one_winner_twenty_rounds() {
-    let peer = S3Peer::on(Moto::shared());
-    let servers = [
-        Server::start(&peer),
-        Server::start(&peer),
-        Server::start(&peer),
-    ];
-    let started = Instant::now();
-    for round in 0..20 {
-        let urls: Vec<String> = servers
-            .iter()
-            .map(|s| s.state_url(&format!("contended/round-{}", round % 3)))
-            .collect();
-        let barrier = Arc::new(Barrier::new(30));
-        let handles: Vec<_> = (0..30)
-            .map(|i| {
-                let url = urls[i % 3].clone();
-                let barrier = Arc::clone(&barrier);
-                std::thread::spawn(move || {
-                    let info = lock_info(&format!("r{round}-c{i}"), &format!("c{i}@host"));
-                    barrier.wait();
-                    let (status, body) = http("LOCK", &url, &info);
-                    (info, status, body)
-                })
-            })
-            .collect();
-        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        let winners: Vec<_> = results.iter().filter(|r| r.1 == 200).collect();
-        assert_eq!(
-            winners.len(),
-            1,
-            "round {round}: statuses {:?}",
-            results.iter().map(|r| r.1).collect::<Vec<_>>()
-        );
-        let winner = &winners[0].0;
-        for (_, status, body) in &results {
-            if *status != 200 {
-                assert_eq!(*status, 423, "round {round}: {}", text(body));
-                assert_eq!(body, winner, "round {round}: a 423 names the winner");
-            }
-        }
-        assert_eq!(
-            http("UNLOCK", &urls[round % 3], winner).0,
-            200,
-            "round {round}"
-        );
-    }
-    eprintln!(
-        "20 rounds of 30 concurrent LOCKs over 3 servers took {:?}",
-        started.elapsed()
-    );
 }
 
 /// A configuration with Terraform's native s3 backend on `peer`'s bucket.
