@@ -3,11 +3,15 @@
 //! a prefix no state key can reach. Each version is two objects:
 //! `<n>.tfstate` (the exact bytes) and `<n>.json` ([`VersionMeta`]).
 //!
-//! The newest version is the current state. Before a state is replaced or
-//! deleted, [`States::ensure_recorded`] checks that its bytes are the newest
-//! version and records them if not (a state written by another tool, or one
-//! whose history record was lost to a crash), so the state a write replaces
-//! is always kept. Retention keeps the newest `history_keep` versions.
+//! The newest version is the current state, and its record names the store
+//! version of the state object it was written as. That lets a write learn
+//! the stored state's serial, lineage and MD5 from the small record instead
+//! of reading and parsing the whole state ([`States::current`]). When the
+//! record does not match (a state written by another tool, or one whose
+//! record a crash lost), the state is read, parsed and recorded first, so
+//! the state a write replaces is always kept. The copy of a just-written
+//! state is a [`crate::stores::Store::snapshot`]: a hard link on local
+//! disk, a row copy in SQLite. Retention keeps the newest `history_keep`.
 
 use bytes::Bytes;
 use md5::{Digest, Md5};
@@ -16,7 +20,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::{Held, StateError, StateRef, States, write::StateHead};
-use crate::stores::{Condition, StoreError};
+use crate::stores::{Condition, StoreError, Version};
 
 /// Where history lives; inside the reserved prefix.
 pub const HISTORY_PREFIX: &str = ".stategate/history/";
@@ -28,6 +32,10 @@ pub struct VersionMeta {
     pub version: u64,
     pub serial: Option<u64>,
     pub lineage: Option<String>,
+    /// Number of resources in the state (decides whether another lineage
+    /// may replace it).
+    #[serde(default)]
+    pub resources: usize,
     pub size: u64,
     /// Hex MD5 of the body.
     pub md5: String,
@@ -40,6 +48,10 @@ pub struct VersionMeta {
     /// `write`, `push`, `restore`, or `found` for a state stategate did not
     /// write itself (recorded before it was replaced).
     pub operation: String,
+    /// The store's version token of the state object holding these bytes,
+    /// so the current state is recognised without reading it.
+    #[serde(default)]
+    pub object_version: Option<String>,
 }
 
 /// Who made a write, for its history record.
@@ -67,6 +79,22 @@ impl Writer {
     }
 }
 
+/// The stored state, as far as the rules need it.
+pub(super) struct Current {
+    /// Its version in the store, for the compare-and-swap.
+    pub version: Version,
+    pub head: StateHead,
+    /// Hex MD5 of its bytes.
+    pub md5: String,
+}
+
+/// A state body with what the rules and history know of it.
+pub(super) struct Described<'a> {
+    pub body: &'a Bytes,
+    pub head: &'a StateHead,
+    pub md5: &'a str,
+}
+
 /// Formats a time as RFC 3339.
 pub fn rfc3339(t: OffsetDateTime) -> Option<String> {
     t.format(&Rfc3339).ok()
@@ -80,10 +108,6 @@ pub fn md5_hex(body: &[u8]) -> String {
         .collect()
 }
 
-fn history_dir(object_key: &str) -> String {
-    format!("{HISTORY_PREFIX}{object_key}/")
-}
-
 fn body_key(dir: &str, n: u64) -> String {
     format!("{dir}{n:010}.tfstate")
 }
@@ -94,7 +118,7 @@ fn meta_key(dir: &str, n: u64) -> String {
 
 impl States {
     fn history_dir(&self, state: &StateRef) -> String {
-        history_dir(&self.object_key(state))
+        format!("{HISTORY_PREFIX}{}/", self.object_key(state))
     }
 
     /// The numbers of the versions kept for a state, oldest first.
@@ -135,12 +159,14 @@ impl States {
             version: n,
             serial: head.serial,
             lineage: head.lineage,
+            resources: head.resources,
             size: body.len() as u64,
             md5: md5_hex(&body),
             created: String::new(),
             who: None,
             lock_id: None,
             operation: "found".into(),
+            object_version: None,
         })
     }
 
@@ -154,48 +180,93 @@ impl States {
         Ok(out)
     }
 
-    /// The body of one kept version.
+    /// The body of one kept version, checked against the MD5 recorded for
+    /// it: a version changed outside stategate is refused, not served.
     pub async fn version(&self, state: &StateRef, n: u64) -> Result<Bytes, StateError> {
         let dir = self.history_dir(state);
-        match self.store.get(&body_key(&dir, n)).await? {
-            Some(obj) => Ok(obj.body),
-            None => Err(StateError::NotFound(format!("{state} has no version {n}"))),
+        let Some(obj) = self.store.get(&body_key(&dir, n)).await? else {
+            return Err(StateError::NotFound(format!("{state} has no version {n}")));
+        };
+        let recorded = self.meta(&dir, n).await?.md5;
+        if md5_hex(&obj.body) != recorded {
+            return Err(StateError::Store(StoreError::unavailable(format!(
+                "version {n} of {state} was changed outside stategate (its MD5 no longer matches its record)"
+            ))));
         }
+        Ok(obj.body)
     }
 
-    /// Records `body` as a version unless it already is the newest one.
-    pub(super) async fn ensure_recorded(
-        &self,
-        state: &StateRef,
-        body: &Bytes,
-    ) -> Result<(), StateError> {
+    /// The stored state, `None` when there is none. It is always in history
+    /// when this returns: recognised from the newest record when that
+    /// record names its store version, otherwise read and recorded now.
+    pub(super) async fn current(&self, state: &StateRef) -> Result<Option<Current>, StateError> {
+        let object_key = self.object_key(state);
+        let Some(version) = self.store.stat(&object_key).await? else {
+            return Ok(None);
+        };
         let dir = self.history_dir(state);
         let numbers = self.version_numbers(&dir).await?;
-        if let Some(&last) = numbers.last()
-            && self.meta(&dir, last).await?.md5 == md5_hex(body)
+        let newest = match numbers.last() {
+            Some(&n) => Some(self.meta(&dir, n).await?),
+            None => None,
+        };
+        if let Some(meta) = &newest
+            && meta.object_version.as_deref() == Some(version.0.as_str())
         {
-            return Ok(());
+            let head = StateHead {
+                lineage: meta.lineage.clone(),
+                serial: meta.serial,
+                resources: meta.resources,
+            };
+            return Ok(Some(Current {
+                version,
+                head,
+                md5: meta.md5.clone(),
+            }));
         }
-        let head = StateHead::parse(body).unwrap_or_default();
-        self.record(&dir, body, &head, Writer::unknown(), numbers)
-            .await
-            .map(|_| ())
+        let Some(obj) = self.store.get(&object_key).await? else {
+            return Ok(None);
+        };
+        let head = StateHead::parse(&obj.body).unwrap_or_default();
+        let md5 = md5_hex(&obj.body);
+        if newest.is_none_or(|m| m.md5 != md5) {
+            let found = Described {
+                body: &obj.body,
+                head: &head,
+                md5: &md5,
+            };
+            self.record(
+                state,
+                &dir,
+                numbers,
+                &found,
+                &obj.version,
+                Writer::unknown(),
+            )
+            .await?;
+        }
+        Ok(Some(Current {
+            version: obj.version,
+            head,
+            md5,
+        }))
     }
 
-    /// Records a state just written. The write has already succeeded, so a
-    /// failure here is logged, not returned: the next write records the
-    /// state through [`States::ensure_recorded`].
+    /// Records a state just written as `version`. The write has already
+    /// succeeded, so a failure here is logged, not returned: the next write
+    /// records the state through [`States::current`].
     pub(super) async fn record_after_write(
         &self,
         state: &StateRef,
-        body: &Bytes,
-        head: &StateHead,
+        written: &Described<'_>,
+        version: &Version,
         writer: Writer,
     ) -> Option<u64> {
         let dir = self.history_dir(state);
         let result = async {
             let numbers = self.version_numbers(&dir).await?;
-            self.record(&dir, body, head, writer, numbers).await
+            self.record(state, &dir, numbers, written, version, writer)
+                .await
         }
         .await;
         match result {
@@ -207,38 +278,53 @@ impl States {
         }
     }
 
+    /// Keeps `item`, the state object's content at `version`, as the next
+    /// version, then prunes.
     async fn record(
         &self,
+        state: &StateRef,
         dir: &str,
-        body: &Bytes,
-        head: &StateHead,
-        writer: Writer,
         mut numbers: Vec<u64>,
+        item: &Described<'_>,
+        version: &Version,
+        writer: Writer,
     ) -> Result<u64, StateError> {
+        let object_key = self.object_key(state);
         let mut n = numbers.last().map_or(1, |last| last + 1);
         // Another process may take the same number at the same moment; the
-        // conditional create gives it to one of us.
+        // create-if-absent gives it to one of us.
         loop {
-            match self
+            let copied = match self
                 .store
-                .put(&body_key(dir, n), body.clone(), Condition::IfAbsent)
+                .snapshot(&object_key, version, &body_key(dir, n), item.body)
                 .await
             {
-                Ok(_) => break,
+                // Replaced since it was written: keep the bytes we have.
+                Err(StoreError::PreconditionFailed) => self
+                    .store
+                    .put(&body_key(dir, n), item.body.clone(), Condition::IfAbsent)
+                    .await
+                    .map(|_| ()),
+                other => other,
+            };
+            match copied {
+                Ok(()) => break,
                 Err(StoreError::AlreadyExists) => n += 1,
                 Err(e) => return Err(e.into()),
             }
         }
         let meta = VersionMeta {
             version: n,
-            serial: head.serial,
-            lineage: head.lineage.clone(),
-            size: body.len() as u64,
-            md5: md5_hex(body),
+            serial: item.head.serial,
+            lineage: item.head.lineage.clone(),
+            resources: item.head.resources,
+            size: item.body.len() as u64,
+            md5: item.md5.to_string(),
             created: rfc3339(OffsetDateTime::now_utc()).unwrap_or_default(),
             who: writer.who,
             lock_id: writer.lock_id,
             operation: writer.operation.to_string(),
+            object_version: Some(version.0.clone()),
         };
         let meta_body = serde_json::to_vec(&meta).expect("version metadata serialises");
         self.store

@@ -11,15 +11,17 @@
 //!
 //! The check and the write are one atomic step: the write is a
 //! compare-and-swap on the version that was checked, retried from a fresh
-//! read when another writer got in between. Before the stored state is
-//! replaced it is made sure to be in history, so no accepted state is ever
-//! lost.
+//! look when another writer got in between. The stored state is in history
+//! before it is replaced ([`States::current`] sees to it), so no accepted
+//! state is ever lost. A body identical to the stored one (same MD5) is a
+//! retried write and changes nothing.
 
 use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::{StateError, StateRef, States, history::Writer};
+use super::history::{Described, Writer, md5_hex};
+use super::{StateError, StateRef, States};
 use crate::stores::{Condition, StoreError};
 
 /// The top-level fields of a Terraform state that the rules look at.
@@ -121,48 +123,48 @@ impl States {
         opts: WriteOptions<'_>,
     ) -> Result<WriteOutcome, StateError> {
         let incoming = StateHead::parse(&body)?;
+        let md5 = md5_hex(&body);
         let holder = if opts.ignore_lock {
             None
         } else {
             self.check_holder(state, opts.lock_id).await?
         };
         let object_key = self.object_key(state);
-        let cas = self.store.capabilities().compare_and_swap;
         for _ in 0..CAS_RETRIES {
-            let current = self.store.get(&object_key).await?;
-            if let Some(cur) = &current {
-                if cur.body == body {
-                    return Ok(WriteOutcome::Unchanged);
-                }
-                if self.protect_lineage && !opts.skip_lineage_check {
-                    // A stored body that is not JSON cannot be compared; it is
-                    // kept in history before being replaced.
-                    let stored = StateHead::parse(&cur.body).unwrap_or_default();
-                    if let Err(refused) = check_stale(&stored, &incoming) {
+            // Stores without compare-and-swap emulate `IfMatch` as closely as
+            // they can (see `Capabilities`); the condition is always sent.
+            let condition = match self.current(state).await? {
+                None => Condition::IfAbsent,
+                Some(cur) if cur.md5 == md5 => return Ok(WriteOutcome::Unchanged),
+                Some(cur) => {
+                    if self.protect_lineage
+                        && !opts.skip_lineage_check
+                        && let Err(refused) = check_stale(&cur.head, &incoming)
+                    {
                         tracing::warn!(state = %state, reason = %refused, "refused write");
                         return Err(refused);
                     }
+                    Condition::IfMatch(cur.version)
                 }
-                self.ensure_recorded(state, &cur.body).await?;
-            }
-            let condition = match (&current, cas) {
-                (Some(cur), true) => Condition::IfMatch(cur.version.clone()),
-                (None, true) => Condition::IfAbsent,
-                (_, false) => Condition::Always,
             };
-            match self.store.put(&object_key, body.clone(), condition).await {
-                Ok(_) => {}
+            let version = match self.store.put(&object_key, body.clone(), condition).await {
+                Ok(v) => v,
                 Err(StoreError::PreconditionFailed | StoreError::AlreadyExists) => continue,
                 Err(e) => return Err(e.into()),
-            }
+            };
             let writer = Writer::from_holder(holder.as_ref(), opts.operation);
-            let version = self
-                .record_after_write(state, &body, &incoming, writer)
+            let written = Described {
+                body: &body,
+                head: &incoming,
+                md5: &md5,
+            };
+            let n = self
+                .record_after_write(state, &written, &version, writer)
                 .await;
             tracing::info!(
                 state = %state, bytes = body.len(), serial = ?incoming.serial, op = opts.operation, "state written"
             );
-            return Ok(WriteOutcome::Written { version });
+            return Ok(WriteOutcome::Written { version: n });
         }
         Err(StateError::Store(StoreError::unavailable(
             "the state kept changing during the write; try again",
@@ -174,18 +176,15 @@ impl States {
     pub async fn delete(&self, state: &StateRef, lock_id: Option<&str>) -> Result<(), StateError> {
         self.check_holder(state, lock_id).await?;
         let object_key = self.object_key(state);
-        let cas = self.store.capabilities().compare_and_swap;
         for _ in 0..CAS_RETRIES {
-            let Some(cur) = self.store.get(&object_key).await? else {
+            let Some(cur) = self.current(state).await? else {
                 return Ok(());
             };
-            self.ensure_recorded(state, &cur.body).await?;
-            let condition = if cas {
-                Condition::IfMatch(cur.version.clone())
-            } else {
-                Condition::Always
-            };
-            match self.store.delete(&object_key, condition).await {
+            match self
+                .store
+                .delete(&object_key, Condition::IfMatch(cur.version))
+                .await
+            {
                 Ok(()) => {
                     tracing::info!(state = %state, "state deleted");
                     return Ok(());

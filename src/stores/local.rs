@@ -12,11 +12,14 @@
 //! under the guard; writing and syncing the body happen before it.
 //!
 //! A version is the file's identity (inode, modification time, size): files
-//! are never changed in place, so every write makes a new identity.
+//! are never changed in place, so every write makes a new identity. That
+//! also makes a hard link a snapshot, which is how history keeps a copy of
+//! a state without writing it twice; files are created read-only (0444) so
+//! that nobody edits one in place by accident.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -155,9 +158,12 @@ impl Tree {
             OffsetDateTime::now_utc().unix_timestamp_nanos()
         ));
         let result = (|| {
+            // Read-only once in place: history hard-links these files, so an
+            // edit in place would change a kept version too.
             let mut file = File::options()
                 .write(true)
                 .create_new(true)
+                .mode(0o444)
                 .open(&tmp)
                 .map_err(io_err)?;
             file.write_all(body).map_err(io_err)?;
@@ -190,6 +196,32 @@ impl Tree {
         }
         drop(guard);
         sync_dir(path.parent().expect("a key path has a parent")).map_err(io_err)
+    }
+
+    /// Hard-links `from` at `to`: files are never changed in place (every
+    /// write renames a new file over the name), so the link is a snapshot.
+    fn snapshot_blocking(
+        &self,
+        from: &str,
+        from_version: &Version,
+        to: &str,
+    ) -> Result<(), StoreError> {
+        let src = self.path_of(from)?;
+        let dst = self.path_of(to)?;
+        let parent = dst.parent().expect("a key path has a parent").to_path_buf();
+        let io_err = |e: io::Error| StoreError::unavailable(format!("copying {from} to {to}: {e}"));
+        fs::create_dir_all(&parent).map_err(|e| conflict_or(to, e, io_err))?;
+        let guard = self.lock_guard().map_err(io_err)?;
+        Condition::IfMatch(from_version.clone()).check(file_version(&src)?.as_ref(), true)?;
+        match fs::hard_link(&src, &dst) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::AlreadyExists);
+            }
+            Err(e) => return Err(conflict_or(to, e, io_err)),
+        }
+        drop(guard);
+        sync_dir(&parent).map_err(io_err)
     }
 
     fn get_blocking(&self, key: &str) -> Result<Option<Object>, StoreError> {
@@ -282,8 +314,8 @@ impl Tree {
     }
 }
 
-/// Checks a condition against what is at `path` now; call under the guard.
-fn check_condition(path: &Path, condition: &Condition, is_put: bool) -> Result<(), StoreError> {
+/// The version of the file at `path`, `None` when there is none.
+fn file_version(path: &Path) -> Result<Option<Version>, StoreError> {
     let current = match fs::symlink_metadata(path) {
         Ok(m) if m.is_file() => Some(version_of(&m)),
         Ok(_) => None,
@@ -302,7 +334,12 @@ fn check_condition(path: &Path, condition: &Condition, is_put: bool) -> Result<(
             )));
         }
     };
-    condition.check(current.as_ref(), is_put)
+    Ok(current)
+}
+
+/// Checks a condition against what is at `path` now; call under the guard.
+fn check_condition(path: &Path, condition: &Condition, is_put: bool) -> Result<(), StoreError> {
+    condition.check(file_version(path)?.as_ref(), is_put)
 }
 
 /// A key whose path crosses an existing file (`a` is a state, so `a/b`
@@ -398,5 +435,24 @@ impl Store for LocalStore {
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         let prefix = prefix.to_string();
         blocking(self, move |s| s.list_blocking(&prefix)).await
+    }
+
+    async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {
+        let key = key.to_string();
+        blocking(self, move |s| file_version(&s.path_of(&key)?)).await
+    }
+
+    async fn snapshot(
+        &self,
+        from: &str,
+        from_version: &Version,
+        to: &str,
+        _body: &Bytes,
+    ) -> Result<(), StoreError> {
+        let (from, from_version, to) = (from.to_string(), from_version.clone(), to.to_string());
+        blocking(self, move |s| {
+            s.snapshot_blocking(&from, &from_version, &to)
+        })
+        .await
     }
 }

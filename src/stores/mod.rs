@@ -151,6 +151,31 @@ pub trait Store: Send + Sync + 'static {
     /// Every object whose key starts with `prefix` (a plain string prefix,
     /// not only whole segments), sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError>;
+
+    /// The current version of an object without its body; `Ok(None)` when
+    /// it does not exist. Stores with a cheap metadata read override this.
+    async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {
+        Ok(self.get(key).await?.map(|o| o.version))
+    }
+
+    /// Creates `to` (only if absent, like `Condition::IfAbsent`) holding the
+    /// bytes of `from` at version `from_version`, which the caller also has
+    /// in hand as `body`. Stores that can copy in place (a hard link, a
+    /// server-side copy) do so without moving the bytes, and answer
+    /// [`StoreError::PreconditionFailed`] when `from` no longer has that
+    /// version; the default writes `body`.
+    async fn snapshot(
+        &self,
+        from: &str,
+        from_version: &Version,
+        to: &str,
+        body: &Bytes,
+    ) -> Result<(), StoreError> {
+        let _ = (from, from_version);
+        self.put(to, body.clone(), Condition::IfAbsent)
+            .await
+            .map(|_| ())
+    }
 }
 
 /// A storage type a user can name in `backend.storageType`.

@@ -695,6 +695,10 @@ impl Store for OssStore {
             .map_err(|e| self.error(&format!("deleting {name}"), e))
     }
 
+    async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {
+        Ok(self.head_etag(&self.object_name(key)).await?.map(Version))
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         let full = self.object_name(prefix);
         let mut out = Vec::new();

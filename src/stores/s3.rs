@@ -828,6 +828,13 @@ impl Store for S3Store {
         unreachable!("the last attempt returns")
     }
 
+    async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {
+        self.0
+            .etag(key)
+            .await
+            .map_err(|f| f.into_store_error(&format!("reading {key}")))
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         let bucket = &self.0;
         let what = format!("listing `{prefix}`");

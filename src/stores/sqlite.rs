@@ -140,6 +140,15 @@ fn current_version(
     .optional()
 }
 
+/// Draws a generation number no object has had, inside the transaction.
+fn next_generation(tx: &rusqlite::Transaction<'_>) -> Result<i64, rusqlite::Error> {
+    tx.query_row(
+        "UPDATE generation SET last = last + 1 WHERE id = 1 RETURNING last",
+        [],
+        |r| r.get(0),
+    )
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn describe(&self) -> String {
@@ -184,9 +193,7 @@ impl Store for SqliteStore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
             let current = current_version(&tx, &key).map_err(&err)?;
             condition.check(current.as_ref(), true)?;
-            let generation: i64 = tx
-                .query_row("UPDATE generation SET last = last + 1 WHERE id = 1 RETURNING last", [], |r| r.get(0))
-                .map_err(&err)?;
+            let generation = next_generation(&tx).map_err(&err)?;
             let now = OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
             tx.execute(
                 "INSERT INTO objects (key, body, generation, modified_ns) VALUES (?1, ?2, ?3, ?4)
@@ -238,6 +245,46 @@ impl Store for SqliteStore {
                 })
                 .map_err(&err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(&err)
+        })
+        .await
+    }
+
+    async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {
+        let key = key.to_string();
+        self.run(format!("reading {key}"), move |conn| {
+            let tx = conn.transaction().map_err(db_err("reading"))?;
+            current_version(&tx, &key).map_err(db_err("reading"))
+        })
+        .await
+    }
+
+    /// Copies the row inside the database, without the bytes leaving it.
+    async fn snapshot(
+        &self,
+        from: &str,
+        from_version: &Version,
+        to: &str,
+        _body: &Bytes,
+    ) -> Result<(), StoreError> {
+        let (from, expected, to) = (from.to_string(), from_version.clone(), to.to_string());
+        self.run(format!("copying {from}"), move |conn| {
+            let err = db_err("copying");
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(&err)?;
+            let source = current_version(&tx, &from).map_err(&err)?;
+            Condition::IfMatch(expected).check(source.as_ref(), true)?;
+            let target = current_version(&tx, &to).map_err(&err)?;
+            Condition::IfAbsent.check(target.as_ref(), true)?;
+            let generation = next_generation(&tx).map_err(&err)?;
+            let now = OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+            tx.execute(
+                "INSERT INTO objects (key, body, generation, modified_ns)
+                 SELECT ?1, body, ?2, ?3 FROM objects WHERE key = ?4",
+                params![to, generation, now, from],
+            )
+            .map_err(&err)?;
+            tx.commit().map_err(&err)
         })
         .await
     }

@@ -138,6 +138,9 @@ impl Peer for ConfigPeer {
     fn object_keys(&self) -> Vec<String> {
         Vec::new()
     }
+    fn put_object(&self, _key: &str, _body: &[u8]) {
+        unimplemented!("this peer only starts servers")
+    }
 }
 
 #[test]

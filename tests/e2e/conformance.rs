@@ -28,7 +28,7 @@ macro_rules! conformance_suite {
                 large_state_round_trips, traversal_is_refused, bad_input_gets_its_status,
                 lock_rules, stale_push_is_refused, history_and_restore, encrypted_state_round_trips,
                 history_retention_prunes_oldest, lineage_mismatch_refused_unless_forced,
-                delete_keeps_history, operator_commands
+                delete_keeps_history, operator_commands, external_writes_are_checked_and_kept
             );
         }
     };
@@ -774,4 +774,43 @@ pub fn operator_commands(peer: &dyn Peer) {
         stategate_ok(peer, &["lock", "list"]).lines().count() == 1,
         "only the header remains"
     );
+}
+
+pub fn external_writes_are_checked_and_kept(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    let key = "external/terraform.tfstate";
+    let url = server.state_url(key);
+    assert_eq!(post_state(&url, &state_doc("ext", 5, "ours")).0, 200);
+    // Another tool (Terraform's native backend, an operator) replaces it.
+    let external = state_doc("ext", 9, "theirs");
+    peer.put_object(key, &external);
+    assert_eq!(http("GET", &url, b"").1, external);
+
+    let (status, reason) = post_state(&url, &state_doc("ext", 6, "stale"));
+    assert_eq!(
+        status, 409,
+        "checked against what is stored, not what stategate wrote last"
+    );
+    assert!(
+        text(&reason).contains("stored serial 9"),
+        "{}",
+        text(&reason)
+    );
+    assert_eq!(post_state(&url, &state_doc("ext", 10, "newer")).0, 200);
+
+    let versions = history_versions(&url);
+    let found = versions
+        .iter()
+        .find(|v| v["operation"] == "found")
+        .expect("the external state is kept");
+    assert_eq!(found["serial"], 9);
+    assert_eq!(
+        http("GET", &format!("{url}?version={}", found["version"]), b"").1,
+        external
+    );
+    let serials: Vec<u64> = versions
+        .iter()
+        .filter_map(|v| v["serial"].as_u64())
+        .collect();
+    assert_eq!(serials, [5, 9, 10]);
 }

@@ -14,8 +14,8 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -96,6 +96,13 @@ impl OssServer {
         let (status, body) = http("POST", &url, b"");
         assert_eq!(status, 200, "create bucket: {}", text(&body));
         name
+    }
+
+    /// Stores an object as another client would, without stategate.
+    pub fn put(&self, bucket: &str, key: &str, body: &[u8]) {
+        let url = format!("http://{}/-/objects?bucket={bucket}&key={key}", self.addr);
+        let (status, reply) = http("PUT", &url, body);
+        assert_eq!(status, 200, "put object: {}", text(&reply));
     }
 
     /// Every object in `bucket` with what OSS recorded for it: key, size,
@@ -183,6 +190,10 @@ impl Peer for OssPeer {
             ("NO_PROXY".to_string(), String::new()),
             ("no_proxy".to_string(), String::new()),
         ]
+    }
+
+    fn put_object(&self, key: &str, body: &[u8]) {
+        OssServer::shared().put(&self.bucket, &format!("{}/{key}", self.prefix), body);
     }
 
     fn object_keys(&self) -> Vec<String> {

@@ -206,6 +206,11 @@ impl Peer for S3Peer {
         self.moto.aws_env()
     }
 
+    fn put_object(&self, key: &str, body: &[u8]) {
+        let key = format!("{}{key}", self.prefix);
+        self.moto.inspect(&["put", &self.bucket, &key], body);
+    }
+
     fn object_keys(&self) -> Vec<String> {
         self.moto
             .all_keys(&self.bucket)

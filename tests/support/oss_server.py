@@ -661,6 +661,13 @@ class Handler(BaseHTTPRequestHandler):
                                    "0000-00000000")
                 store.buckets.setdefault(name, Bucket(name, versioning))
                 return self.reply(200, b"{}", content_type="application/json")
+            if path == "/-/objects" and self.command == "PUT":
+                # Another client's plain write, unsigned: the tests use it to
+                # change a state behind stategate's back.
+                bucket = store.bucket(params.get("bucket", ""))
+                bucket.objects[params.get("key", "")] = Object(
+                    self.body, "application/octet-stream", "default", None, None)
+                return self.reply(200, b"{}", content_type="application/json")
             if path == "/-/objects" and self.command == "GET":
                 bucket = store.bucket(params.get("bucket", ""))
                 listing = [

@@ -32,6 +32,9 @@ pub trait Peer: Send + Sync {
     /// Every key in the store, read by an independent client, relative to
     /// any stategate prefix.
     fn object_keys(&self) -> Vec<String>;
+    /// Writes an object the way another tool would, behind stategate's
+    /// back (`key` relative to any stategate prefix).
+    fn put_object(&self, key: &str, body: &[u8]);
 }
 
 /// The stategate binary cargo built for these tests.
@@ -117,13 +120,17 @@ impl Server {
         let sink = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Logged before announced, so a test that reads the log after
+                // start sees the start-up line.
+                {
+                    let mut l = sink.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
                 if let Some(rest) = line.split("listening on http://").nth(1) {
                     let addr = rest.split_whitespace().next().unwrap_or("").to_string();
                     let _ = tx.send(addr);
                 }
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
             }
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
