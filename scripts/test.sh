@@ -19,7 +19,17 @@ export PATH="$PATH:/usr/local/bin"
 # Real peers for the tests (the moto S3 server, Alibaba's OSS SDKs, pytest),
 # in a virtualenv of the repository, never in the system Python.
 if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
+  if ! python3 -m venv .venv; then
+    # Debian's python3 ships without venv and ensurepip.
+    rm -rf .venv
+    if command -v apt-get >/dev/null 2>&1; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+      python3 -m venv .venv
+    else
+      echo "scripts/test.sh: python3 cannot create a virtualenv: install its venv module" >&2
+      exit 1
+    fi
+  fi
 fi
 req_stamp=.venv/.requirements.sha256
 req_sum=$(sha256sum tests/support/requirements.txt | cut -d' ' -f1)

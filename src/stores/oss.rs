@@ -21,8 +21,8 @@
 //! - There is no compare-and-swap. [`Condition::IfMatch`] is a HEAD, a
 //!   comparison of ETags, then the put or delete: another writer can slip in
 //!   between the HEAD and the change (a window of one round trip).
-//!   [`Capabilities::compare_and_swap`] says so, so the state layer writes
-//!   states unconditionally under the lock instead of pretending.
+//!   [`Capabilities::compare_and_swap`] says so; the state layer still
+//!   sends the condition, which narrows the window to that round trip.
 //!
 //! A version is the object's ETag (the MD5 of the body for a simple put).
 //! A read is a HEAD followed by a GET with `If-Match` on that ETag, so the
