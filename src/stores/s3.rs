@@ -600,6 +600,18 @@ impl Bucket {
 
     /// The ETag of an object, `None` when it does not exist (for the
     /// compare-first fallbacks).
+    /// The fallback for a server that ignores `If-Match`: compares the
+    /// current ETag before the change. Not atomic (see the module comment).
+    async fn compare_etag(
+        &self,
+        key: &str,
+        expected: &Version,
+        what: &str,
+    ) -> Result<(), StoreError> {
+        let current = self.etag(key).await.map_err(|f| f.into_store_error(what))?;
+        Condition::IfMatch(expected.clone()).check(current.as_ref(), true)
+    }
+
     async fn etag(&self, key: &str) -> Result<Option<Version>, Failure> {
         let result = self
             .client
@@ -771,13 +783,7 @@ impl Store for S3Store {
         if let Condition::IfMatch(expected) = &condition
             && !bucket.put_if_match
         {
-            let current = bucket
-                .etag(key)
-                .await
-                .map_err(|f| f.into_store_error(&what))?;
-            if current.as_ref() != Some(expected) {
-                return Err(StoreError::PreconditionFailed);
-            }
+            bucket.compare_etag(key, expected, &what).await?;
         }
         for attempt in 0..=CONFLICT_RETRIES {
             match bucket.put_once(key, body.clone(), &condition).await {
@@ -804,13 +810,7 @@ impl Store for S3Store {
         if let Some(expected) = version
             && !bucket.delete_if_match
         {
-            let current = bucket
-                .etag(key)
-                .await
-                .map_err(|f| f.into_store_error(&what))?;
-            if current.as_ref() != Some(expected) {
-                return Err(StoreError::PreconditionFailed);
-            }
+            bucket.compare_etag(key, expected, &what).await?;
             return bucket
                 .delete_once(key, None)
                 .await
