@@ -169,6 +169,13 @@ fn serve_with_no_arguments_uses_the_local_store_on_8080() {
         "{log}"
     );
     assert_eq!(http("GET", "http://127.0.0.1:8080/healthz", b"").0, 200);
+    // The README's quickstart block, exactly as pasted.
+    let tf = Terraform::new(&example_text("quickstart"));
+    tf.init_apply(&[]);
+    assert!(
+        root.join("stategate-data/quickstart/terraform.tfstate")
+            .is_file()
+    );
     signal(child.id(), "TERM");
     assert!(child.wait().unwrap().success(), "SIGTERM exits 0");
 }
