@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
@@ -362,14 +361,6 @@ pub async fn lock(settings: &Settings, cmd: LockCommand) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Keeps the states alive for the server.
-pub fn shared(states: States, max_body_bytes: u64) -> Arc<stategate::protocol::App> {
-    Arc::new(stategate::protocol::App {
-        states,
-        max_body_bytes,
-    })
 }
 
 /// Refuses to run `serve` with a listen address that is already taken,

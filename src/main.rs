@@ -3,10 +3,12 @@
 //! SIGTERM or Ctrl-C) or run an operator command.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Parser;
 use stategate::config::{LogFormat, Settings};
+use stategate::protocol::App;
 use stategate::server;
 
 mod cli;
@@ -48,12 +50,11 @@ async fn serve(settings: Settings) -> Result<()> {
         listener.local_addr()?,
         states.store().describe()
     );
-    server::run(
-        listener,
-        cli::shared(states, settings.max_body_bytes),
-        server::shutdown_signal(),
-    )
-    .await;
+    let app = Arc::new(App {
+        states,
+        max_body_bytes: settings.max_body_bytes,
+    });
+    server::run(listener, app, server::shutdown_signal()).await;
     Ok(())
 }
 

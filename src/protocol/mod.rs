@@ -20,7 +20,7 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use md5::{Digest, Md5};
 
-use crate::state::{StateRef, States, WriteOptions};
+use crate::state::{StateRef, States, WriteOptions, history};
 
 pub mod error;
 
@@ -187,11 +187,11 @@ async fn dispatch(
         }
         Endpoint::Lock(state) => {
             let body = read_body(app, req).await?;
-            handle_lock(app, &state, body).await
+            handle_lock(app, &state, body.bytes).await
         }
         Endpoint::Unlock(state) => {
             let body = read_body(app, req).await?;
-            handle_unlock(app, &state, &body).await
+            handle_unlock(app, &state, &body.bytes).await
         }
         Endpoint::GetLock(state) => handle_get_lock(app, &state).await,
     }
@@ -204,7 +204,7 @@ const DRAIN_BYTES: u64 = 16 * 1024 * 1024;
 /// Reads the whole body, refusing one over the limit (by `Content-Length`
 /// before reading, or while reading) and one whose `Content-MD5` does not
 /// match.
-async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, ProtocolError> {
+async fn read_body(app: &App, req: Request<Incoming>) -> Result<Body, ProtocolError> {
     let limit = app.max_body_bytes;
     let declared = req
         .headers()
@@ -257,15 +257,26 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, ProtocolE
     if seen > limit {
         return Err(ProtocolError::TooLarge(limit));
     }
-    let body = body.freeze();
+    let bytes = body.freeze();
+    let digest = Md5::digest(&bytes);
     if let Some(expected) = content_md5
-        && Md5::digest(&body).as_slice() != expected.as_slice()
+        && digest.as_slice() != expected.as_slice()
     {
         return Err(ProtocolError::BadRequest(
             "Content-MD5 does not match the body".into(),
         ));
     }
-    Ok(body)
+    Ok(Body {
+        bytes,
+        md5: history::hex(&digest),
+    })
+}
+
+/// A request body, read whole and hashed once.
+struct Body {
+    bytes: Bytes,
+    /// Hex MD5, handed on so a write does not hash the body again.
+    md5: String,
 }
 
 fn json(body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -309,15 +320,16 @@ async fn handle_get_version(
 async fn handle_write(
     app: &App,
     state: &StateRef,
-    body: Bytes,
+    body: Body,
     lock_id: Option<&str>,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
     let opts = WriteOptions {
         lock_id,
         operation: "write",
+        md5: Some(&body.md5),
         ..Default::default()
     };
-    app.states.write(state, body, opts).await?;
+    app.states.write(state, body.bytes, opts).await?;
     Ok(text(""))
 }
 

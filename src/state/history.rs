@@ -102,10 +102,12 @@ pub fn rfc3339(t: OffsetDateTime) -> Option<String> {
 
 /// Hex MD5 of a body.
 pub fn md5_hex(body: &[u8]) -> String {
-    Md5::digest(body)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Md5::digest(body))
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn body_key(dir: &str, n: u64) -> String {

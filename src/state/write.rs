@@ -100,6 +100,10 @@ pub struct WriteOptions<'a> {
     pub ignore_lock: bool,
     /// Recorded in history: `write`, `push`, `restore`.
     pub operation: &'static str,
+    /// Hex MD5 of the body when the caller has already computed it (the
+    /// protocol does, to check `Content-MD5`), so a large state is not
+    /// hashed twice.
+    pub md5: Option<&'a str>,
 }
 
 /// What a successful write did.
@@ -123,7 +127,7 @@ impl States {
         opts: WriteOptions<'_>,
     ) -> Result<WriteOutcome, StateError> {
         let incoming = StateHead::parse(&body)?;
-        let md5 = md5_hex(&body);
+        let md5 = opts.md5.map_or_else(|| md5_hex(&body), str::to_string);
         let holder = if opts.ignore_lock {
             None
         } else {
