@@ -1,9 +1,14 @@
 //! State keys and workspaces, and the object keys they map to.
 //!
 //! A key is one or more `/`-separated segments of ASCII letters, digits,
-//! `.`, `_` and `-`: no empty, `.` or `..` segment, at most 1024 bytes, not
-//! ending in `.tflock` (that is a lock's name), not starting with
-//! `.stategate` (reserved for history and probes). The object key follows
+//! `.`, `_` and `-`: no empty, `.` or `..` segment, no segment longer than
+//! 200 bytes or ending in `.tflock` (that is a lock's name, and a state
+//! `a.tflock/b` would sit where the lock of `a` must go), at most 1024 bytes
+//! in all, not starting with `.stategate` (reserved for history and
+//! probes). A workspace name is one such segment. The 200-byte bound keeps
+//! every name a store derives (`<segment>.tflock` on a file system whose
+//! names stop at 255 bytes) within what every store can hold, so a key the
+//! server accepts never fails in the store. The object key follows
 //! Terraform's own s3 and oss backends: `<key>` for the default workspace,
 //! `<workspace_key_prefix>/<workspace>/<key>` otherwise, and the lock sits
 //! at `<object key>.tflock`, so a bucket can be shared with them.
@@ -12,6 +17,8 @@ use std::fmt;
 
 /// The longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
+/// The longest key segment or workspace name accepted, in bytes.
+pub const MAX_SEGMENT_BYTES: usize = 200;
 /// Suffix of lock objects, as Terraform's s3 backend writes them.
 pub const LOCK_SUFFIX: &str = ".tflock";
 /// First segment reserved for stategate's own objects.
@@ -48,6 +55,16 @@ fn check_segment(what: &str, seg: &str) -> Result<(), KeyError> {
             "{what} has the character {c:?}; only letters, digits, `.`, `_`, `-` and `/` are allowed"
         )));
     }
+    if seg.len() > MAX_SEGMENT_BYTES {
+        return Err(KeyError(format!(
+            "{what} has a segment longer than {MAX_SEGMENT_BYTES} bytes"
+        )));
+    }
+    if seg.ends_with(LOCK_SUFFIX) {
+        return Err(KeyError(format!(
+            "{what} has a segment ending in `{LOCK_SUFFIX}`, which is reserved for locks"
+        )));
+    }
     Ok(())
 }
 
@@ -66,11 +83,6 @@ impl StateRef {
         for seg in key.split('/') {
             check_segment("the state key", seg)?;
         }
-        if key.ends_with(LOCK_SUFFIX) {
-            return Err(KeyError(format!(
-                "a state key cannot end in `{LOCK_SUFFIX}`"
-            )));
-        }
         if key.starts_with(RESERVED_PREFIX) {
             return Err(KeyError(format!(
                 "keys starting with `{RESERVED_PREFIX}` are reserved"
@@ -81,11 +93,6 @@ impl StateRef {
             Some(ws) => {
                 if ws.contains('/') {
                     return Err(KeyError("a workspace name cannot contain `/`".into()));
-                }
-                if ws.len() > 255 {
-                    return Err(KeyError(
-                        "the workspace name is longer than 255 bytes".into(),
-                    ));
                 }
                 check_segment("the workspace name", ws)?;
                 Some(ws.to_string())
@@ -201,8 +208,13 @@ mod tests {
         ] {
             assert!(StateRef::parse(k, None).is_err(), "{k:?} should be refused");
         }
-        assert!(StateRef::parse(&"a".repeat(1025), None).is_err());
-        assert!(StateRef::parse(&"a".repeat(1024), None).is_ok());
+        // Ten 100-byte segments and one of 14: 1024 bytes with the slashes.
+        let mut key = vec!["a".repeat(100); 10].join("/");
+        key.push_str(&format!("/{}", "b".repeat(14)));
+        assert_eq!(key.len(), 1024);
+        assert!(StateRef::parse(&key, None).is_ok());
+        key.push('c');
+        assert!(StateRef::parse(&key, None).is_err());
     }
 
     #[test]
@@ -241,6 +253,24 @@ mod tests {
             StateRef::from_object_key(".stategate/history/app/s/v1", "workspaces"),
             None
         );
+    }
+
+    #[test]
+    fn lock_names_and_long_segments_are_refused_everywhere() {
+        // Regression for issue 8.7: `victim.tflock/x` sat where the lock of
+        // `victim` goes, and a workspace `x.tflock` where the lock of
+        // `workspaces/x` goes.
+        for k in ["victim.tflock/x", "a/b.tflock/c", "a/b.tflock"] {
+            assert!(StateRef::parse(k, None).is_err(), "{k:?}");
+        }
+        assert!(StateRef::parse("k", Some("x.tflock")).is_err());
+        assert!(StateRef::parse("a/tflock/b.tflockx", None).is_ok());
+        // Regression for issue 8.5: 249+ byte segments failed in the local store.
+        let long = "s".repeat(MAX_SEGMENT_BYTES);
+        assert!(StateRef::parse(&format!("a/{long}"), None).is_ok());
+        assert!(StateRef::parse(&format!("a/{long}s"), None).is_err());
+        assert!(StateRef::parse("k", Some(&long)).is_ok());
+        assert!(StateRef::parse("k", Some(&format!("{long}s"))).is_err());
     }
 
     #[test]
