@@ -27,11 +27,29 @@ pub struct LockInfo {
     pub created: String,
 }
 
+/// The longest value of one LockInfo field, in bytes. Terraform's fields
+/// are a UUID, a user@host, a version, a time, a path and free-text info;
+/// a lock object is returned with every 409 and 423, so it stays small.
+pub const MAX_LOCK_FIELD_BYTES: usize = 4096;
+
 impl LockInfo {
-    /// Parses a LockInfo body.
+    /// Parses a LockInfo body: a JSON object none of whose fields is longer
+    /// than [`MAX_LOCK_FIELD_BYTES`].
     pub fn parse(body: &[u8]) -> Result<Self, StateError> {
-        serde_json::from_slice(body)
-            .map_err(|e| StateError::BadRequest(format!("the body is not a LockInfo: {e}")))
+        let bad = |e: serde_json::Error| {
+            StateError::BadRequest(format!("the body is not a LockInfo: {e}"))
+        };
+        let fields: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(body).map_err(bad)?;
+        if let Some((name, _)) = fields.iter().find(|(_, v)| match v {
+            serde_json::Value::String(s) => s.len() > MAX_LOCK_FIELD_BYTES,
+            other => other.to_string().len() > MAX_LOCK_FIELD_BYTES,
+        }) {
+            return Err(StateError::BadRequest(format!(
+                "the LockInfo field `{name}` is longer than {MAX_LOCK_FIELD_BYTES} bytes"
+            )));
+        }
+        serde_json::from_value(serde_json::Value::Object(fields)).map_err(bad)
     }
 
     /// Parses the LockInfo a lock object holds. A lock written by something
@@ -169,5 +187,25 @@ impl States {
             }
             Some(held) => Err(StateError::NotHolder(held.body)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_info_fields_are_bounded() {
+        // Regression for issue 8.3: a 100 MB LockInfo was stored and
+        // returned with every 409 and 423.
+        let long = "x".repeat(MAX_LOCK_FIELD_BYTES + 1);
+        let body = format!(r#"{{"ID":"a","Info":"{long}"}}"#);
+        let e = LockInfo::parse(body.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("`Info`"), "{e}");
+        let nested = format!(r#"{{"ID":"a","Extra":["{long}"]}}"#);
+        assert!(LockInfo::parse(nested.as_bytes()).is_err());
+        let ok = format!(r#"{{"ID":"a","Info":"{}"}}"#, &long[1..]);
+        assert_eq!(LockInfo::parse(ok.as_bytes()).unwrap().id, "a");
+        assert!(LockInfo::parse(b"[]").is_err());
     }
 }

@@ -1,13 +1,18 @@
 //! The write rules. A write is accepted when:
 //!
 //! 1. the state is not locked, or the write carries the holder's ID;
-//! 2. the body is JSON;
+//! 2. the body is a state: a JSON object with an integer `serial` of 0 or
+//!    more and a string `lineage`, or OpenTofu's client-side encrypted
+//!    envelope (`encryption_version`, `encrypted_data`, `meta`), whose
+//!    `serial` and `lineage` are checked when present. Anything else (`{}`,
+//!    `[]`, `null`, a string serial) would replace a state with something
+//!    Terraform cannot read, so it is refused naming what is missing; an
+//!    operator can still store it with `stategate state push --force`;
 //! 3. with `protect_lineage` on, and both the stored and the incoming body
 //!    being Terraform states with `lineage` and `serial`: the lineage is the
 //!    same (or the stored state has no resources), the serial does not go
 //!    down, and an equal serial comes with identical bytes (a retry).
-//!    Bodies without them (OpenTofu client-side encrypted state) are stored
-//!    as they are.
+//!    Encrypted envelopes without them are stored as they are.
 //!
 //! The check and the write are one atomic step: the write is a
 //! compare-and-swap on the version that was checked, retried from a fresh
@@ -55,6 +60,66 @@ impl StateHead {
     }
 }
 
+/// The top level of an incoming body, as far as deciding whether it is a
+/// state goes. `serial` and `lineage` are kept raw so that a wrong type is
+/// reported as such rather than as a parse failure.
+#[derive(Deserialize)]
+struct Incoming {
+    serial: Option<serde_json::Value>,
+    lineage: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "count_items")]
+    resources: usize,
+    encryption_version: Option<IgnoredAny>,
+    encrypted_data: Option<IgnoredAny>,
+    meta: Option<IgnoredAny>,
+}
+
+impl StateHead {
+    /// Checks that an incoming body is a state (rule 2 above) and reads its
+    /// head; [`StateError::BadRequest`] names what is wrong.
+    pub fn parse_incoming(body: &[u8]) -> Result<Self, StateError> {
+        let refuse = |what: String| {
+            StateError::BadRequest(format!("the body is not a Terraform state: {what}"))
+        };
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            // Not an object: say whether it is JSON at all.
+            serde_json::from_slice::<IgnoredAny>(body)
+                .map_err(|e| StateError::BadRequest(format!("the body is not JSON: {e}")))?;
+            return Err(refuse("expected a JSON object".into()));
+        }
+        let top: Incoming = serde_json::from_slice(body).map_err(|e| {
+            if e.is_data() {
+                refuse(e.to_string())
+            } else {
+                StateError::BadRequest(format!("the body is not JSON: {e}"))
+            }
+        })?;
+        let encrypted =
+            top.encryption_version.is_some() && top.encrypted_data.is_some() && top.meta.is_some();
+        let serial = match top.serial {
+            Some(v) => Some(v.as_u64().ok_or_else(|| {
+                refuse(format!(
+                    "`serial` must be a whole number of 0 or more, not {v}"
+                ))
+            })?),
+            None if encrypted => None,
+            None => return Err(refuse("it has no `serial`".into())),
+        };
+        let lineage = match top.lineage {
+            Some(serde_json::Value::String(l)) => Some(l),
+            Some(v) => return Err(refuse(format!("`lineage` must be a string, not {v}"))),
+            None if encrypted => None,
+            None => return Err(refuse("it has no `lineage`".into())),
+        };
+        Ok(StateHead {
+            lineage,
+            serial,
+            resources: top.resources,
+        })
+    }
+}
+
 /// Refuses a write that would replace newer state (rule 3 above). Identical
 /// bodies never reach this.
 pub fn check_stale(stored: &StateHead, incoming: &StateHead) -> Result<(), StateError> {
@@ -93,8 +158,8 @@ pub fn check_stale(stored: &StateHead, incoming: &StateHead) -> Result<(), State
 pub struct WriteOptions<'a> {
     /// The `ID` the client presented (Terraform's `?ID=`).
     pub lock_id: Option<&'a str>,
-    /// Skip the lineage and serial check (`stategate state push --force`,
-    /// restore).
+    /// Skip the shape, lineage and serial checks (`stategate state push
+    /// --force`, restore): any JSON is stored.
     pub skip_lineage_check: bool,
     /// Write even while another client holds the lock (`restore --force`).
     pub ignore_lock: bool,
@@ -126,7 +191,12 @@ impl States {
         body: Bytes,
         opts: WriteOptions<'_>,
     ) -> Result<WriteOutcome, StateError> {
-        let incoming = StateHead::parse(&body)?;
+        // The operator's overrides take any JSON (rule 2 is about clients).
+        let incoming = if opts.skip_lineage_check {
+            StateHead::parse(&body)?
+        } else {
+            StateHead::parse_incoming(&body)?
+        };
         let md5 = opts.md5.map_or_else(|| md5_hex(&body), str::to_string);
         let holder = if opts.ignore_lock {
             None
@@ -242,6 +312,50 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn only_states_are_accepted_from_clients() {
+        // Regression for issue 8.8: each of these replaced a state with 200.
+        for bad in [
+            &b"{}"[..],
+            b"[]",
+            b"null",
+            b"42",
+            br#""text""#,
+            br#"{"serial":"4","lineage":"L"}"#,
+            br#"{"serial":-1,"lineage":"L"}"#,
+            br#"{"serial":1.5,"lineage":"L"}"#,
+            br#"{"serial":1}"#,
+            br#"{"lineage":"L"}"#,
+            br#"{"serial":1,"lineage":7}"#,
+            br#"{"encrypted_data":"AAAA","meta":{}}"#,
+            br#"{"meta":{},"encrypted_data":"A","encryption_version":"v0","serial":"x"}"#,
+            b"not json",
+        ] {
+            let e = StateHead::parse_incoming(bad).unwrap_err();
+            assert!(matches!(e, StateError::BadRequest(_)), "{bad:?}: {e}");
+        }
+        let e = StateHead::parse_incoming(b"{}").unwrap_err().to_string();
+        assert!(e.contains("serial"), "{e}");
+        assert_eq!(
+            StateHead::parse_incoming(br#"{"serial":0,"lineage":"L"}"#).unwrap(),
+            StateHead {
+                lineage: Some("L".into()),
+                serial: Some(0),
+                resources: 0
+            }
+        );
+        let enc = br#"{"meta":{"k":"v"},"encrypted_data":"AAAA","encryption_version":"v0"}"#;
+        assert_eq!(
+            StateHead::parse_incoming(enc).unwrap(),
+            StateHead::default()
+        );
+        let enc_with_head = br#"{"serial":3,"lineage":"L","meta":{},"encrypted_data":"A","encryption_version":"v0"}"#;
+        assert_eq!(
+            StateHead::parse_incoming(enc_with_head).unwrap().serial,
+            Some(3)
+        );
     }
 
     #[test]
