@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use md5::{Digest, Md5};
+use stategate::config::Limits;
 use stategate::protocol::App;
 use stategate::state::{Policy, States};
 use stategate::stores::local::LocalStore;
@@ -69,7 +70,10 @@ fn main() {
     };
     let app = Arc::new(App {
         states: States::new(Arc::new(store), policy),
-        max_body_bytes: 1 << 30,
+        limits: Limits {
+            max_body_bytes: 1 << 30,
+            ..Limits::default()
+        },
     });
 
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -77,6 +78,13 @@ impl ConfigError {
 pub struct FileConfig {
     pub listen: Option<String>,
     pub max_body_bytes: Option<u64>,
+    pub max_lock_bytes: Option<serde_yaml_ng::Value>,
+    pub max_header_bytes: Option<serde_yaml_ng::Value>,
+    pub header_timeout: Option<serde_yaml_ng::Value>,
+    pub body_min_rate: Option<serde_yaml_ng::Value>,
+    pub idle_timeout: Option<serde_yaml_ng::Value>,
+    pub max_connections: Option<serde_yaml_ng::Value>,
+    pub shutdown_grace: Option<serde_yaml_ng::Value>,
     pub log_format: Option<String>,
     pub history_keep: Option<u64>,
     pub protect_lineage: Option<bool>,
@@ -115,6 +123,8 @@ pub struct CliOverrides {
     pub storage_type: Option<String>,
     pub max_body_bytes: Option<u64>,
     pub log_format: Option<String>,
+    /// Connection limits given as flags, by setting name (`header_timeout`).
+    pub limits: Vec<(&'static str, String)>,
     /// `-C key=value`, in order.
     pub store: Vec<(String, String)>,
 }
@@ -126,13 +136,53 @@ pub enum LogFormat {
     Json,
 }
 
+/// How the server protects itself from slow, idle and greedy clients. The
+/// defaults protect a server nobody has tuned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest state body accepted; larger ones get 413.
+    pub max_body_bytes: u64,
+    /// Largest LOCK or UNLOCK body accepted; larger ones get 413. A lock is
+    /// sent back with every 409 and 423, so it must stay small.
+    pub max_lock_bytes: u64,
+    /// Largest request head (request line and headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// A request's head must arrive within this, or the connection closes.
+    pub header_timeout: Duration,
+    /// Bytes per second an upload must average over each 10-second window,
+    /// or it is cut off with 408; 0 turns the check off.
+    pub body_min_rate: u64,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once; beyond it new connections get 503 and
+    /// are closed, so the accept loop never starves.
+    pub max_connections: usize,
+    /// How long requests in flight may run after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_lock_bytes: 64 * 1024,
+            max_header_bytes: 64 * 1024,
+            header_timeout: Duration::from_secs(15),
+            body_min_rate: 1024,
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 512,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Validated settings, ready to use.
 #[derive(Debug)]
 pub struct Settings {
     /// Where `serve` listens.
     pub listen: SocketAddr,
-    /// Largest request body accepted; larger ones get 413.
-    pub max_body_bytes: u64,
+    /// Body, header, time and connection limits of the server.
+    pub limits: Limits,
     pub log_format: LogFormat,
     /// Versions kept per state; 0 keeps all.
     pub history_keep: u64,
@@ -249,18 +299,18 @@ fn yaml_scalar(setting: &str, value: &serde_yaml_ng::Value) -> Result<String, Co
 /// settings. `env` looks up an environment variable (injected for tests).
 /// `base_dir` is where relative store paths start.
 pub fn resolve(
-    file: FileConfig,
+    mut file: FileConfig,
     env: &dyn Fn(&str) -> Option<String>,
     cli: &CliOverrides,
     base_dir: &Path,
 ) -> Result<Settings, ConfigError> {
-    let file_backend = file.backend.unwrap_or_default();
+    let file_backend = file.backend.take().unwrap_or_default();
 
     let listen_text = cli
         .listen
         .clone()
         .or_else(|| env("STATEGATE_LISTEN"))
-        .or(file.listen)
+        .or(file.listen.take())
         .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
     let listen = listen_text.parse::<SocketAddr>().map_err(|_| {
         ConfigError::invalid(
@@ -282,12 +332,13 @@ pub fn resolve(
             "must be greater than 0",
         ));
     }
+    let limits = resolve_limits(&file, env, cli, max_body_bytes)?;
 
     let log_text = cli
         .log_format
         .clone()
         .or_else(|| env("STATEGATE_LOG_FORMAT"))
-        .or(file.log_format)
+        .or(file.log_format.take())
         .unwrap_or_else(|| "text".to_string());
     let log_format = match log_text.as_str() {
         "text" => LogFormat::Text,
@@ -331,12 +382,113 @@ pub fn resolve(
     let store = merge_store_settings(backend, &file_backend.config, env, &cli.store, base_dir)?;
     Ok(Settings {
         listen,
-        max_body_bytes,
+        limits,
         log_format,
         history_keep,
         protect_lineage,
         backend,
         store,
+    })
+}
+
+/// Picks one limit's text: flag, then environment, then file.
+fn limit_text(
+    name: &'static str,
+    file: &Option<serde_yaml_ng::Value>,
+    env: &dyn Fn(&str) -> Option<String>,
+    cli: &CliOverrides,
+) -> Result<Option<String>, ConfigError> {
+    if let Some((_, v)) = cli.limits.iter().rev().find(|(n, _)| *n == name) {
+        return Ok(Some(v.clone()));
+    }
+    if let Some(v) = env(&format!("STATEGATE_{}", name.to_ascii_uppercase())) {
+        return Ok(Some(v));
+    }
+    file.as_ref().map(|v| yaml_scalar(name, v)).transpose()
+}
+
+fn resolve_limits(
+    file: &FileConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    cli: &CliOverrides,
+    max_body_bytes: u64,
+) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    let count = |name, file: &Option<serde_yaml_ng::Value>, default: u64, min: u64| {
+        let v = match limit_text(name, file, env, cli)? {
+            Some(t) => parse_u64(name, &t)?,
+            None => default,
+        };
+        if v < min {
+            return Err(ConfigError::invalid(
+                name,
+                format!("must be at least {min}"),
+            ));
+        }
+        Ok(v)
+    };
+    let duration = |name, file: &Option<serde_yaml_ng::Value>, default: Duration| {
+        let v = match limit_text(name, file, env, cli)? {
+            Some(t) => parse_duration(name, &t)?,
+            None => default,
+        };
+        if v.is_zero() {
+            return Err(ConfigError::invalid(name, "must be longer than 0"));
+        }
+        Ok(v)
+    };
+    Ok(Limits {
+        max_body_bytes,
+        max_lock_bytes: count(
+            "max_lock_bytes",
+            &file.max_lock_bytes,
+            d.max_lock_bytes,
+            256,
+        )?,
+        // hyper's read buffer cannot be smaller than 8 KiB.
+        max_header_bytes: count(
+            "max_header_bytes",
+            &file.max_header_bytes,
+            d.max_header_bytes as u64,
+            8192,
+        )? as usize,
+        header_timeout: duration("header_timeout", &file.header_timeout, d.header_timeout)?,
+        body_min_rate: count("body_min_rate", &file.body_min_rate, d.body_min_rate, 0)?,
+        idle_timeout: duration("idle_timeout", &file.idle_timeout, d.idle_timeout)?,
+        max_connections: count(
+            "max_connections",
+            &file.max_connections,
+            d.max_connections as u64,
+            1,
+        )? as usize,
+        shutdown_grace: duration("shutdown_grace", &file.shutdown_grace, d.shutdown_grace)?,
+    })
+}
+
+/// A duration: a whole number with an optional unit, `ms`, `s` (the
+/// default), `m` or `h`: `15`, `15s`, `500ms`, `2m`.
+pub fn parse_duration(setting: &str, v: &str) -> Result<Duration, ConfigError> {
+    let t = v.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number.parse().map_err(|_| {
+        ConfigError::invalid(
+            setting,
+            format!("`{v}` is not a duration like 15s, 500ms or 2m"),
+        )
+    })?;
+    let ms = match unit.trim() {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    };
+    ms.map(Duration::from_millis).ok_or_else(|| {
+        ConfigError::invalid(
+            setting,
+            format!("`{v}` is not a duration like 15s, 500ms or 2m"),
+        )
     })
 }
 
@@ -446,9 +598,49 @@ mod tests {
         assert_eq!(s.backend.name, "local");
         assert_eq!(s.store.get("path"), Some("./stategate-data"));
         assert_eq!(s.store.get("workspace_key_prefix"), Some("workspaces"));
-        assert_eq!(s.max_body_bytes, 512 * 1024 * 1024);
+        assert_eq!(s.limits, Limits::default());
+        assert_eq!(s.limits.max_body_bytes, 512 * 1024 * 1024);
+        assert_eq!(s.limits.header_timeout, Duration::from_secs(15));
         assert_eq!(s.history_keep, 100);
         assert!(s.protect_lineage);
+    }
+
+    #[test]
+    fn limits_merge_and_are_checked() {
+        let f =
+            file("header_timeout: 20\nidle_timeout: 2m\nmax_connections: 7\nbody_min_rate: 0\n");
+        let env = |k: &str| match k {
+            "STATEGATE_HEADER_TIMEOUT" => Some("500ms".to_string()),
+            "STATEGATE_MAX_LOCK_BYTES" => Some("1000".to_string()),
+            _ => None,
+        };
+        let cli = CliOverrides {
+            limits: vec![("max_connections", "9".into())],
+            ..Default::default()
+        };
+        let s = resolve(f, &env, &cli, Path::new(".")).unwrap();
+        assert_eq!(s.limits.header_timeout, Duration::from_millis(500));
+        assert_eq!(s.limits.idle_timeout, Duration::from_secs(120));
+        assert_eq!(s.limits.max_connections, 9);
+        assert_eq!(s.limits.max_lock_bytes, 1000);
+        assert_eq!(s.limits.body_min_rate, 0);
+        assert_eq!(s.limits.shutdown_grace, Duration::from_secs(30));
+        for (yaml, setting) in [
+            ("header_timeout: 0\n", "header_timeout"),
+            ("idle_timeout: soon\n", "idle_timeout"),
+            ("max_connections: 0\n", "max_connections"),
+            ("max_header_bytes: 100\n", "max_header_bytes"),
+            ("shutdown_grace: 5x\n", "shutdown_grace"),
+        ] {
+            let e = resolve(
+                file(yaml),
+                &no_env,
+                &CliOverrides::default(),
+                Path::new("."),
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains(setting), "{yaml}: {e}");
+        }
     }
 
     #[test]

@@ -42,6 +42,7 @@ async fn run(args: Cli) -> Result<()> {
 }
 
 async fn serve(settings: Settings) -> Result<()> {
+    raise_open_file_limit();
     let (states, _) = cli::open_states(&settings).await?;
     let listener = cli::bind(&settings).await?;
     tracing::info!(
@@ -52,10 +53,26 @@ async fn serve(settings: Settings) -> Result<()> {
     );
     let app = Arc::new(App {
         states,
-        max_body_bytes: settings.max_body_bytes,
+        limits: settings.limits.clone(),
     });
     server::run(listener, app, server::shutdown_signal()).await;
     Ok(())
+}
+
+/// Every connection costs a file descriptor, and a soft limit of 1024 is
+/// common: raise it to the hard limit, as servers do.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(error = %e, "could not raise the open file limit");
+        }
+    }
 }
 
 /// Logs go to stderr. `serve` logs requests at info; the operator commands

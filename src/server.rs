@@ -1,29 +1,57 @@
 //! Accepting connections. [`run`] takes an already-bound listener and a
 //! shutdown future, so `main` decides where to listen and tests can bind
-//! `127.0.0.1:0` and run the real server in-process. On shutdown it stops
-//! accepting, lets requests in flight finish (up to a grace period), and
-//! returns.
+//! `127.0.0.1:0` and run the real server in-process.
+//!
+//! Every connection is watched, because a server that waits forever on a
+//! client can be taken down by a few hundred idle sockets:
+//!
+//! - a request's head must arrive within `header_timeout`, counted from the
+//!   accept (or, on a kept-alive connection, from the next request's first
+//!   byte), or the connection is closed;
+//! - a kept-alive connection with no request for `idle_timeout` is closed
+//!   (hyper's own header timer would also run while a connection is idle,
+//!   which would make the idle timeout the header timeout, so both are kept
+//!   here);
+//! - beyond `max_connections` a new connection still gets an answer, 503
+//!   with `Connection: close`, so the accept loop never starves and a
+//!   client learns why;
+//! - running out of file descriptors backs the accept loop off instead of
+//!   spinning on the error.
+//!
+//! On shutdown it stops accepting, closes connections with no request in
+//! flight at once (idle ones, and ones still sending a head), lets requests
+//! in flight finish for up to `shutdown_grace`, and returns.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
+use crate::config::Limits;
 use crate::protocol::{self, App};
 
-/// How long requests in flight may take to finish after shutdown begins.
-/// A large state over a slow link needs a while; a stuck client must not
-/// hold the process forever.
-const GRACE: Duration = Duration::from_secs(60);
-
-/// Serves `app` on `listener` until `shutdown` completes.
+/// Serves `app` on `listener` until `shutdown` completes, within the
+/// limits in `app.limits`.
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    let graceful = GracefulShutdown::new();
+    let limits = app.limits.clone();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    // Refusals in flight, bounded so a flood cannot pile them up either.
+    let refusing = Arc::new(AtomicUsize::new(0));
+    let mut backoff = MIN_BACKOFF;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -31,17 +59,22 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        // Out of file descriptors and the like: back off,
+                        // doubling, so connections closing can free some.
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "accept failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
                         continue;
                     }
                 };
-                let app = Arc::clone(&app);
-                let service = service_fn(move |req| protocol::handle(Arc::clone(&app), req));
-                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
+                backoff = MIN_BACKOFF;
+                while connections.try_join_next().is_some() {}
+                if connections.len() >= limits.max_connections {
+                    refuse(stream, &refusing, limits.max_connections);
+                    continue;
+                }
+                let conn = serve_connection(stream, Arc::clone(&app), stop_rx.clone());
+                connections.spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
@@ -52,9 +85,296 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     }
     drop(listener);
     tracing::info!("shutting down: no new connections, finishing requests in flight");
+    let _ = stop_tx.send(true);
+    let grace = limits.shutdown_grace;
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all requests finished"),
-        () = tokio::time::sleep(GRACE) => tracing::warn!("requests still running after {GRACE:?}; stopping anyway"),
+        () = async { while connections.join_next().await.is_some() {} } => {
+            tracing::info!("all requests finished");
+        }
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!("requests still running after {grace:?}; stopping anyway");
+            connections.abort_all();
+        }
+    }
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The answer to a connection beyond `max_connections`.
+const BUSY_BODY: &str = "stategate is serving its maximum number of connections; try again\n";
+
+/// Refusals in flight beyond which a connection is closed unanswered.
+const MAX_REFUSING: usize = 256;
+
+/// Answers a connection over the limit with 503 and closes it, without
+/// waiting for the request: the client may still be sending, so what it
+/// sends is read and dropped for a moment, or the close would reset the
+/// connection before the answer is read.
+fn refuse(mut stream: TcpStream, refusing: &Arc<AtomicUsize>, max: usize) {
+    if refusing.load(Ordering::Relaxed) >= MAX_REFUSING {
+        return; // dropping closes it
+    }
+    refusing.fetch_add(1, Ordering::Relaxed);
+    let refusing = Arc::clone(refusing);
+    tracing::warn!(
+        max_connections = max,
+        "connection refused: too many connections"
+    );
+    tokio::spawn(async move {
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BUSY_BODY}",
+            BUSY_BODY.len()
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            stream.write_all(answer.as_bytes()).await?;
+            stream.shutdown().await?;
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        let _ = tokio::time::timeout(Duration::from_millis(250), async {
+            let mut sink = [0u8; 4096];
+            let mut drained = 0;
+            while drained < 1 << 20 {
+                match stream.read(&mut sink).await? {
+                    0 => break,
+                    n => drained += n,
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        refusing.fetch_sub(1, Ordering::Relaxed);
+    });
+}
+
+/// What the watchdog of one connection knows.
+struct Activity {
+    /// When the connection was accepted; the clock of the fields below.
+    start: Instant,
+    /// Milliseconds since `start` of the last byte read or written.
+    last_io_ms: AtomicU64,
+    /// Milliseconds since `start` (plus one, so 0 means none) when the head
+    /// now arriving began: set at accept and at the first byte read while
+    /// no request is in flight, cleared when a request starts.
+    head_started_ms: AtomicU64,
+    /// Requests being handled or answered (their response bodies not yet
+    /// written out).
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            start: Instant::now(),
+            last_io_ms: AtomicU64::new(0),
+            head_started_ms: AtomicU64::new(1),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn read(&self) {
+        let now = self.now_ms();
+        self.last_io_ms.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            let _ = self.head_started_ms.compare_exchange(
+                0,
+                now + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    fn wrote(&self) {
+        self.last_io_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn begin_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_started_ms.store(0, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    fn in_flight(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
+    }
+
+    /// Why the connection should be closed now, if it should.
+    fn expired(&self, limits: &Limits) -> Option<&'static str> {
+        if self.in_flight() {
+            return None;
+        }
+        let now = self.now_ms();
+        let head = self.head_started_ms.load(Ordering::Relaxed);
+        if head != 0 {
+            let waited = now.saturating_sub(head - 1);
+            return (waited >= limits.header_timeout.as_millis() as u64)
+                .then_some("the request head did not arrive within header_timeout");
+        }
+        let idle = now.saturating_sub(self.last_io_ms.load(Ordering::Relaxed));
+        (idle >= limits.idle_timeout.as_millis() as u64).then_some("idle for idle_timeout")
+    }
+}
+
+/// A request in flight; dropped when its response body has been written.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.wrote();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until hyper
+/// has written it out and dropped it.
+struct Tracked {
+    inner: Full<Bytes>,
+    _in_flight: InFlight,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The socket, noting every byte that moves for the watchdog.
+struct Watched {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.read();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.stream).poll_write(cx, data);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Serves one connection until the client closes it, a limit closes it, or
+/// shutdown finds it with no request in flight.
+async fn serve_connection(
+    stream: TcpStream,
+    app: Arc<App>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), hyper::Error> {
+    let limits = app.limits.clone();
+    let activity = Activity::new();
+    let io = TokioIo::new(Watched {
+        stream,
+        activity: Arc::clone(&activity),
+    });
+    let service = {
+        let activity = Arc::clone(&activity);
+        service_fn(move |req| {
+            let in_flight = activity.begin_request();
+            let app = Arc::clone(&app);
+            async move {
+                let response = protocol::handle(app, req).await?;
+                Ok::<_, std::convert::Infallible>(response.map(|inner| Tracked {
+                    inner,
+                    _in_flight: in_flight,
+                }))
+            }
+        })
+    };
+    let conn = http1::Builder::new()
+        .header_read_timeout(None)
+        .max_header_size(limits.max_header_bytes)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let tick = (limits.header_timeout.min(limits.idle_timeout) / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut ticker = tokio::time::interval(tick);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => return result,
+            _ = ticker.tick() => {
+                if stopping && !activity.in_flight() {
+                    return Ok(());
+                }
+                if let Some(why) = activity.expired(&limits) {
+                    tracing::debug!(reason = why, "closing connection");
+                    return Ok(());
+                }
+            }
+            changed = stop.changed(), if !stopping => {
+                stopping = true;
+                if changed.is_err() || !activity.in_flight() {
+                    return Ok(());
+                }
+                // Finish the request in flight, then close.
+                conn.as_mut().graceful_shutdown();
+            }
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 
 use crate::state::StateError;
@@ -23,9 +23,13 @@ pub enum ProtocolError {
     /// The request is malformed (URL, query, headers, body).
     #[error("{0}")]
     BadRequest(String),
-    /// The body is larger than `max_body_bytes`.
+    /// The body is larger than `max_body_bytes` (or `max_lock_bytes` for
+    /// LOCK and UNLOCK).
     #[error("the body is larger than the limit of {0} bytes")]
     TooLarge(u64),
+    /// The body arrived slower than `body_min_rate`; the connection closes.
+    #[error("the body arrived slower than {0} bytes per second; giving up")]
+    TooSlow(u64),
     /// The method is not served on this URL; carries the `Allow` value.
     #[error("method not allowed here; allowed: {0}")]
     MethodNotAllowed(&'static str),
@@ -40,6 +44,7 @@ impl ProtocolError {
         match self {
             ProtocolError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProtocolError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProtocolError::TooSlow(_) => StatusCode::REQUEST_TIMEOUT,
             ProtocolError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProtocolError::NotFound(_) => StatusCode::NOT_FOUND,
             ProtocolError::State(e) => match e {
@@ -78,6 +83,12 @@ impl ProtocolError {
                     .headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            // The rest of a slow body is not waited for.
+            ProtocolError::TooSlow(_) => {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         response
@@ -104,6 +115,7 @@ mod tests {
         let client_errors = [
             ProtocolError::BadRequest("x".into()),
             ProtocolError::TooLarge(1),
+            ProtocolError::TooSlow(1),
             ProtocolError::MethodNotAllowed("GET"),
             ProtocolError::NotFound("x".into()),
             StateError::BadRequest("x".into()).into(),

@@ -3,23 +3,24 @@
 //! [`crate::state::States`]; [`error::ProtocolError`] turns every failure
 //! into a status in one place.
 //!
-//! URLs (see the README): `/states/<key>[?workspace=<name>]` takes GET,
-//! POST/PUT (write, with Terraform's `?ID=<lock id>`), DELETE, LOCK and
+//! URLs (see the README): `/states/<key>[?workspace=<name>]` takes GET
+//! (and HEAD), POST/PUT (write, with Terraform's `?ID=<lock id>`), DELETE, LOCK and
 //! UNLOCK; `?history` and `?version=N` read history. `/locks/<key>` serves
 //! gateways that refuse custom verbs: POST or LOCK locks, DELETE or UNLOCK
 //! unlocks, GET shows the holder. `/healthz` answers 200.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use bytes::BytesMut;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, ETAG, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use md5::{Digest, Md5};
 
+use crate::config::Limits;
 use crate::state::{StateRef, States, WriteOptions, history};
 
 pub mod error;
@@ -31,8 +32,8 @@ use error::text;
 pub struct App {
     /// The states, with the rules applied.
     pub states: States,
-    /// Largest body accepted; larger ones get 413 before being read whole.
-    pub max_body_bytes: u64,
+    /// Body sizes and rates; the server reads the connection limits.
+    pub limits: Limits,
 }
 
 /// A request, understood.
@@ -55,8 +56,8 @@ pub enum Endpoint {
     GetLock(StateRef),
 }
 
-const STATE_METHODS: &str = "GET, POST, PUT, DELETE, LOCK, UNLOCK";
-const LOCK_METHODS: &str = "GET, POST, DELETE, LOCK, UNLOCK";
+const STATE_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, LOCK, UNLOCK";
+const LOCK_METHODS: &str = "GET, HEAD, POST, DELETE, LOCK, UNLOCK";
 
 /// The query parameters stategate reads; others are ignored.
 #[derive(Default)]
@@ -117,13 +118,13 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Endpoin
         return match method {
             "POST" | "LOCK" => Ok(Endpoint::Lock(state)),
             "DELETE" | "UNLOCK" => Ok(Endpoint::Unlock(state)),
-            "GET" => Ok(Endpoint::GetLock(state)),
+            "GET" | "HEAD" => Ok(Endpoint::GetLock(state)),
             _ => Err(ProtocolError::MethodNotAllowed(LOCK_METHODS)),
         };
     }
     match method {
-        "GET" if q.history => Ok(Endpoint::History(state)),
-        "GET" => match q.version {
+        "GET" | "HEAD" if q.history => Ok(Endpoint::History(state)),
+        "GET" | "HEAD" => match q.version {
             Some(v) => match v.parse::<u64>() {
                 Ok(n) => Ok(Endpoint::GetVersion(state, n)),
                 Err(_) => Err(ProtocolError::BadRequest(format!(
@@ -154,16 +155,23 @@ pub async fn handle(
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let response = match dispatch(&app, req).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+    let (response, reason) = match dispatch(&app, req).await {
+        Ok(r) => (r, None),
+        Err(e) => {
+            let reason = e.to_string();
+            (e.into_response(), Some(reason))
+        }
     };
     let status = response.status();
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    if status.is_server_error() {
-        tracing::warn!(%method, %path, status = status.as_u16(), elapsed_ms, "request failed");
-    } else {
-        tracing::info!(%method, %path, status = status.as_u16(), elapsed_ms, "request");
+    match reason {
+        Some(reason) if status.is_server_error() => {
+            tracing::warn!(%method, %path, status = status.as_u16(), elapsed_ms, %reason, "request failed");
+        }
+        Some(reason) => {
+            tracing::info!(%method, %path, status = status.as_u16(), elapsed_ms, %reason, "request refused");
+        }
+        None => tracing::info!(%method, %path, status = status.as_u16(), elapsed_ms, "request"),
     }
     Ok(response)
 }
@@ -179,18 +187,18 @@ async fn dispatch(
         Endpoint::History(state) => handle_history(app, &state).await,
         Endpoint::GetVersion(state, n) => handle_get_version(app, &state, n).await,
         Endpoint::WriteState { state, lock_id } => {
-            let body = read_body(app, req).await?;
+            let body = read_body(app, req, app.limits.max_body_bytes).await?;
             handle_write(app, &state, body, lock_id.as_deref()).await
         }
         Endpoint::DeleteState { state, lock_id } => {
             handle_delete(app, &state, lock_id.as_deref()).await
         }
         Endpoint::Lock(state) => {
-            let body = read_body(app, req).await?;
+            let body = read_body(app, req, app.limits.max_lock_bytes).await?;
             handle_lock(app, &state, body.bytes).await
         }
         Endpoint::Unlock(state) => {
-            let body = read_body(app, req).await?;
+            let body = read_body(app, req, app.limits.max_lock_bytes).await?;
             handle_unlock(app, &state, &body.bytes).await
         }
         Endpoint::GetLock(state) => handle_get_lock(app, &state).await,
@@ -201,11 +209,16 @@ async fn dispatch(
 /// 413, so the client receives the answer.
 const DRAIN_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Reads the whole body, refusing one over the limit (by `Content-Length`
-/// before reading, or while reading) and one whose `Content-MD5` does not
-/// match.
-async fn read_body(app: &App, req: Request<Incoming>) -> Result<Body, ProtocolError> {
-    let limit = app.max_body_bytes;
+/// The window over which `body_min_rate` is averaged.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Reads the whole body, refusing one over `limit` (by `Content-Length`
+/// before reading, or while reading), one that arrives slower than
+/// `body_min_rate` over any 10-second window, and one whose `Content-MD5`
+/// does not match. Memory grows with the bytes received, never with the
+/// length a client declares.
+async fn read_body(app: &App, req: Request<Incoming>, limit: u64) -> Result<Body, ProtocolError> {
+    let min_rate = app.limits.body_min_rate;
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -238,9 +251,28 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Body, ProtocolEr
         }
     };
     let mut incoming = req.into_body();
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(limit) as usize);
+    let mut body = BytesMut::new();
     let mut seen: u64 = 0;
-    while let Some(frame) = incoming.frame().await {
+    let mut window_end = tokio::time::Instant::now() + RATE_WINDOW;
+    let mut window_start_seen: u64 = 0;
+    loop {
+        let next = if min_rate == 0 {
+            incoming.frame().await
+        } else {
+            match tokio::time::timeout_at(window_end, incoming.frame()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    // A whole window passed: it must have brought enough.
+                    if seen - window_start_seen < min_rate * RATE_WINDOW.as_secs() {
+                        return Err(ProtocolError::TooSlow(min_rate));
+                    }
+                    window_start_seen = seen;
+                    window_end += RATE_WINDOW;
+                    continue;
+                }
+            }
+        };
+        let Some(frame) = next else { break };
         let frame = frame
             .map_err(|e| ProtocolError::BadRequest(format!("reading the body failed: {e}")))?;
         let Ok(data) = frame.into_data() else {
@@ -252,6 +284,13 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Body, ProtocolEr
         }
         if seen <= limit {
             body.extend_from_slice(&data);
+        }
+        if min_rate > 0 && tokio::time::Instant::now() >= window_end {
+            if seen - window_start_seen < min_rate * RATE_WINDOW.as_secs() {
+                return Err(ProtocolError::TooSlow(min_rate));
+            }
+            window_start_seen = seen;
+            window_end += RATE_WINDOW;
         }
     }
     if seen > limit {
@@ -286,9 +325,24 @@ fn json(body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
+/// A state body with its `Content-Length` and an `ETag` (the quoted hex
+/// MD5), set here so HEAD, which sends no body, carries them too.
+fn state_body(body: Bytes) -> Response<Full<Bytes>> {
+    let etag = format!("\"{}\"", history::md5_hex(&body));
+    let length = body.len();
+    let mut r = json(body);
+    let headers = r.headers_mut();
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+    headers.insert(
+        ETAG,
+        HeaderValue::from_str(&etag).expect("hex is a header value"),
+    );
+    r
+}
+
 async fn handle_get(app: &App, state: &StateRef) -> Result<Response<Full<Bytes>>, ProtocolError> {
     match app.states.get(state).await? {
-        Some(body) => Ok(json(body)),
+        Some(body) => Ok(state_body(body)),
         None => Err(ProtocolError::NotFound(format!(
             "no state stored for {state}"
         ))),
@@ -314,7 +368,7 @@ async fn handle_get_version(
     state: &StateRef,
     n: u64,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
-    Ok(json(app.states.version(state, n).await?))
+    Ok(state_body(app.states.version(state, n).await?))
 }
 
 async fn handle_write(
