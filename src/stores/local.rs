@@ -11,21 +11,31 @@
 //! exactly one conditional create wins. Only the check and the rename run
 //! under the guard; writing and syncing the body happen before it.
 //!
+//! Every path is opened relative to the root's directory handle with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, and every change is
+//! made relative to a handle of the directory it happens in, so no request
+//! can reach outside the root, and a symbolic link anywhere below it (put
+//! there by someone with access to the disk) is refused as a conflict
+//! rather than followed, for reads, writes, locks, history and listings.
+//!
 //! A version is the file's identity (inode, modification time, size): files
 //! are never changed in place, so every write makes a new identity. That
 //! also makes a hard link a snapshot, which is how history keeps a copy of
 //! a state without writing it twice; files are created read-only (0444) so
 //! that nobody edits one in place by accident.
 
+use std::ffi::CStr;
 use std::fs::{self, File};
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Stat};
+use rustix::io::Errno;
 use time::OffsetDateTime;
 
 use super::{Backend, Capabilities, Condition, Entry, Object, Store, StoreError, Version};
@@ -53,6 +63,13 @@ const SETTINGS: &[Setting] = &[Setting {
 /// Where the store keeps its own files, inside the root and out of reach of
 /// any state key (the state layer reserves `.stategate/`).
 const INTERNAL_DIR: &str = ".stategate/local";
+const TMP_DIR: &str = ".stategate/local/tmp";
+const GUARD: &str = ".stategate/local/guard";
+
+/// Resolution that stays below the directory handle and follows no link.
+const BENEATH: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
 
 /// Files under a root directory; cheap to clone.
 #[derive(Clone)]
@@ -60,12 +77,12 @@ pub struct LocalStore(Arc<Tree>);
 
 /// The directory tree behind a [`LocalStore`], used from blocking threads.
 struct Tree {
-    /// Every object lives below this directory; nothing outside is touched.
+    /// The root as configured, for messages to the operator only.
     root: PathBuf,
+    /// The root directory; every path is resolved beneath it.
+    root_fd: OwnedFd,
     /// Temporary files, on the same file system as the root so rename is atomic.
-    tmp_dir: PathBuf,
-    /// The file whose `flock` makes check-and-rename atomic across processes.
-    guard_path: PathBuf,
+    tmp_fd: OwnedFd,
 }
 
 /// Gives temporary files unique names within this process.
@@ -88,39 +105,81 @@ impl LocalStore {
     }
 }
 
+/// Opens `rel` below `dir`, never through a link.
+fn open_beneath(dir: impl AsFd, rel: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
+    // openat2 refuses a mode unless it creates.
+    let mode = if flags.contains(OFlags::CREATE) {
+        Mode::from_raw_mode(0o644)
+    } else {
+        Mode::empty()
+    };
+    rustix::fs::openat2(
+        dir,
+        rel,
+        flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        mode,
+        BENEATH,
+    )
+}
+
+/// Opens the directory `rel` below `dir`, creating missing directories one
+/// at a time (each created and then opened without following links).
+fn open_dir_beneath(dir: &OwnedFd, rel: &str, create: bool) -> Result<OwnedFd, Errno> {
+    let flags = OFlags::DIRECTORY | OFlags::RDONLY;
+    if rel.is_empty() {
+        return open_beneath(dir, ".", flags);
+    }
+    match open_beneath(dir, rel, flags) {
+        Err(Errno::NOENT) if create => {}
+        other => return other,
+    }
+    let mut current = open_beneath(dir, ".", flags)?;
+    for part in rel.split('/') {
+        match rustix::fs::mkdirat(&current, part, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(e),
+        }
+        current = open_beneath(&current, part, flags)?;
+    }
+    Ok(current)
+}
+
 impl Tree {
     fn open(root: &Path) -> io::Result<Self> {
         fs::create_dir_all(root)?;
-        let root = root.canonicalize()?;
-        let internal = root.join(INTERNAL_DIR);
-        let tmp_dir = internal.join("tmp");
-        fs::create_dir_all(&tmp_dir)?;
-        let guard_path = internal.join("guard");
-        File::options()
-            .create(true)
-            .append(true)
-            .open(&guard_path)?;
-        // Prove the directory is writable now rather than at the first apply.
-        let probe = tmp_dir.join(format!("open-{}", std::process::id()));
-        fs::write(&probe, b"")?;
-        fs::remove_file(&probe)?;
-        remove_stale_temporaries(&tmp_dir);
-        Ok(Tree {
+        let root_fd = rustix::fs::open(
             root,
-            tmp_dir,
-            guard_path,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let tmp_fd = open_dir_beneath(&root_fd, TMP_DIR, true)?;
+        let guard = open_beneath(
+            &root_fd,
+            GUARD,
+            OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
+        )?;
+        drop(guard);
+        // Prove the directory is writable now rather than at the first apply.
+        let probe = format!("open-{}", std::process::id());
+        drop(create_new(&tmp_fd, &probe)?);
+        rustix::fs::unlinkat(&tmp_fd, probe.as_str(), AtFlags::empty())?;
+        remove_stale_temporaries(&tmp_fd);
+        Ok(Tree {
+            root: root.to_path_buf(),
+            root_fd,
+            tmp_fd,
         })
     }
 
-    /// Maps a store key to a path below the root, refusing anything that
-    /// could leave it (the state layer validates keys too; this is the last
-    /// line of defence).
-    fn path_of(&self, key: &str) -> Result<PathBuf, StoreError> {
-        let relative = Path::new(key);
+    /// Splits a store key into the directory that holds it (relative to the
+    /// root, `""` for the root itself) and its file name, refusing anything
+    /// that could leave the root (the state layer validates keys too; this
+    /// and `openat2` are the last lines of defence).
+    fn locate<'k>(&self, key: &'k str) -> Result<(&'k str, &'k str), StoreError> {
         let clean = !key.is_empty()
             && !key.contains('\0')
             && !key.contains('\\')
-            && relative
+            && Path::new(key)
                 .components()
                 .all(|c| matches!(c, Component::Normal(_)));
         if !clean || key.starts_with(INTERNAL_DIR) {
@@ -128,12 +187,25 @@ impl Tree {
                 "refusing key outside the store: {key:?}"
             )));
         }
-        Ok(self.root.join(relative))
+        Ok(key.rsplit_once('/').unwrap_or(("", key)))
     }
 
-    fn lock_guard(&self) -> io::Result<File> {
-        let guard = File::options().append(true).open(&self.guard_path)?;
-        guard.lock()?;
+    /// The directory holding `key`; `None` when it does not exist.
+    fn parent(&self, key: &str, dir: &str, create: bool) -> Result<Option<OwnedFd>, StoreError> {
+        match open_dir_beneath(&self.root_fd, dir, create) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(Errno::NOENT | Errno::NOTDIR) if !create => Ok(None),
+            Err(e) => Err(translate(key, "opening the directory of", e)),
+        }
+    }
+
+    fn lock_guard(&self) -> Result<File, StoreError> {
+        let fd = open_beneath(&self.root_fd, GUARD, OFlags::WRONLY | OFlags::APPEND)
+            .map_err(|e| translate(GUARD, "opening", e))?;
+        let guard = File::from(fd);
+        guard
+            .lock()
+            .map_err(|e| StoreError::unavailable(format!("locking the store's guard file: {e}")))?;
         Ok(guard)
     }
 
@@ -143,59 +215,51 @@ impl Tree {
         body: &[u8],
         condition: &Condition,
     ) -> Result<Version, StoreError> {
-        let path = self.path_of(key)?;
-        let parent = path
-            .parent()
-            .expect("a key path has a parent")
-            .to_path_buf();
-        let io_err = |e: io::Error| StoreError::unavailable(format!("writing {key}: {e}"));
-        fs::create_dir_all(&parent).map_err(|e| conflict_or(key, e, io_err))?;
-
-        let tmp = self.tmp_dir.join(format!(
+        let (dir, name) = self.locate(key)?;
+        let parent = self.parent(key, dir, true)?.expect("created");
+        let tmp = format!(
             "{}-{}-{}",
             std::process::id(),
             TMP_COUNTER.fetch_add(1, Ordering::Relaxed),
             OffsetDateTime::now_utc().unix_timestamp_nanos()
-        ));
+        );
+        let io_err = |e: io::Error| StoreError::unavailable(format!("writing {key}: {e}"));
         let result = (|| {
             // Read-only once in place: history hard-links these files, so an
             // edit in place would change a kept version too.
-            let mut file = File::options()
-                .write(true)
-                .create_new(true)
-                .mode(0o444)
-                .open(&tmp)
-                .map_err(io_err)?;
+            let mut file = create_new(&self.tmp_fd, &tmp).map_err(io_err)?;
             file.write_all(body).map_err(io_err)?;
             file.sync_all().map_err(io_err)?;
-            let version = version_of(&file.metadata().map_err(io_err)?);
+            let version = version_of(&rustix::fs::fstat(&file).map_err(|e| io_err(e.into()))?);
             drop(file);
 
-            let guard = self.lock_guard().map_err(io_err)?;
-            check_condition(&path, condition, true)?;
-            fs::rename(&tmp, &path).map_err(|e| conflict_or(key, e, io_err))?;
+            let guard = self.lock_guard()?;
+            condition.check(file_version(key, &parent, name)?.as_ref(), true)?;
+            rustix::fs::renameat(&self.tmp_fd, tmp.as_str(), &parent, name)
+                .map_err(|e| translate(key, "writing", e))?;
             drop(guard);
-            sync_dir(&parent).map_err(io_err)?;
+            rustix::fs::fsync(&parent).map_err(|e| translate(key, "syncing", e))?;
             Ok(version)
         })();
         if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+            let _ = rustix::fs::unlinkat(&self.tmp_fd, tmp.as_str(), AtFlags::empty());
         }
         result
     }
 
     fn delete_blocking(&self, key: &str, condition: &Condition) -> Result<(), StoreError> {
-        let path = self.path_of(key)?;
-        let io_err = |e: io::Error| StoreError::unavailable(format!("deleting {key}: {e}"));
-        let guard = self.lock_guard().map_err(io_err)?;
-        check_condition(&path, condition, false)?;
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_err(e)),
+        let (dir, name) = self.locate(key)?;
+        let guard = self.lock_guard()?;
+        let Some(parent) = self.parent(key, dir, false)? else {
+            return condition.check(None, false);
+        };
+        condition.check(file_version(key, &parent, name)?.as_ref(), false)?;
+        match rustix::fs::unlinkat(&parent, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(translate(key, "deleting", e)),
         }
         drop(guard);
-        sync_dir(path.parent().expect("a key path has a parent")).map_err(io_err)
+        rustix::fs::fsync(&parent).map_err(|e| translate(key, "syncing", e))
     }
 
     /// Hard-links `from` at `to`: files are never changed in place (every
@@ -206,186 +270,203 @@ impl Tree {
         from_version: &Version,
         to: &str,
     ) -> Result<(), StoreError> {
-        let src = self.path_of(from)?;
-        let dst = self.path_of(to)?;
-        let parent = dst.parent().expect("a key path has a parent").to_path_buf();
-        let io_err = |e: io::Error| StoreError::unavailable(format!("copying {from} to {to}: {e}"));
-        fs::create_dir_all(&parent).map_err(|e| conflict_or(to, e, io_err))?;
-        let guard = self.lock_guard().map_err(io_err)?;
-        Condition::IfMatch(from_version.clone()).check(file_version(&src)?.as_ref(), true)?;
-        match fs::hard_link(&src, &dst) {
+        let (src_dir, src_name) = self.locate(from)?;
+        let (dst_dir, dst_name) = self.locate(to)?;
+        let dst = self.parent(to, dst_dir, true)?.expect("created");
+        let guard = self.lock_guard()?;
+        let Some(src) = self.parent(from, src_dir, false)? else {
+            return Err(StoreError::PreconditionFailed);
+        };
+        Condition::IfMatch(from_version.clone())
+            .check(file_version(from, &src, src_name)?.as_ref(), true)?;
+        match rustix::fs::linkat(&src, src_name, &dst, dst_name, AtFlags::empty()) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(StoreError::AlreadyExists);
-            }
-            Err(e) => return Err(conflict_or(to, e, io_err)),
+            Err(Errno::EXIST) => return Err(StoreError::AlreadyExists),
+            Err(e) => return Err(translate(to, "copying to", e)),
         }
         drop(guard);
-        sync_dir(&parent).map_err(io_err)
+        rustix::fs::fsync(&dst).map_err(|e| translate(to, "syncing", e))
     }
 
     fn get_blocking(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        let path = self.path_of(key)?;
-        let io_err = |e: io::Error| StoreError::unavailable(format!("reading {key}: {e}"));
-        let mut file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) =>
-            {
-                return Ok(None);
-            }
-            Err(e) => return Err(io_err(e)),
+        self.locate(key)?;
+        let fd = match open_beneath(&self.root_fd, key, OFlags::RDONLY) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT | Errno::NOTDIR) => return Ok(None),
+            Err(e) => return Err(translate(key, "reading", e)),
         };
         // The version comes from the same open file as the bytes, so they agree
         // even if the name is replaced while we read.
-        let meta = file.metadata().map_err(io_err)?;
-        if meta.is_dir() {
+        let stat = rustix::fs::fstat(&fd).map_err(|e| translate(key, "reading", e))?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
             return Ok(None);
         }
-        let mut body = Vec::with_capacity(meta.len() as usize);
-        io::Read::read_to_end(&mut file, &mut body).map_err(io_err)?;
+        let mut body = Vec::with_capacity(stat.st_size.max(0) as usize);
+        File::from(fd)
+            .read_to_end(&mut body)
+            .map_err(|e| StoreError::unavailable(format!("reading {key}: {e}")))?;
         Ok(Some(Object {
             body: Bytes::from(body),
-            version: version_of(&meta),
+            version: version_of(&stat),
         }))
     }
 
     fn list_blocking(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         // Start at the deepest directory the prefix names whole.
-        let start_rel = match prefix.rfind('/') {
-            Some(i) => &prefix[..i],
-            None => "",
+        let start_rel = prefix.rfind('/').map_or("", |i| &prefix[..i]);
+        if !start_rel.is_empty() {
+            self.locate(start_rel)?;
+        }
+        let Some(start) = self.parent(prefix, start_rel, false)? else {
+            return Ok(Vec::new());
         };
-        let start = if start_rel.is_empty() {
-            self.root.clone()
+        let base = if start_rel.is_empty() {
+            String::new()
         } else {
-            self.path_of(start_rel)?
+            format!("{start_rel}/")
         };
         let mut out = Vec::new();
-        let mut stack = vec![start];
-        while let Some(dir) = stack.pop() {
-            let entries = match fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                    ) =>
-                {
-                    continue;
-                }
-                Err(e) => {
-                    return Err(StoreError::unavailable(format!(
-                        "listing {}: {e}",
-                        dir.display()
-                    )));
-                }
-            };
-            for entry in entries {
-                let entry = entry.map_err(|e| StoreError::unavailable(format!("listing: {e}")))?;
-                let path = entry.path();
-                let Ok(rel) = path.strip_prefix(&self.root) else {
-                    continue;
-                };
-                let Some(key) = rel.to_str() else { continue };
+        let mut stack = vec![(start, base)];
+        while let Some((dir, base)) = stack.pop() {
+            let listing_err = |e: Errno| translate(&base, "listing", e);
+            let names: Vec<String> = Dir::read_from(&dir)
+                .map_err(listing_err)?
+                .filter_map(|entry| {
+                    let entry = entry.ok()?;
+                    let name: &CStr = entry.file_name();
+                    let name = name.to_str().ok()?;
+                    (name != "." && name != "..").then(|| name.to_string())
+                })
+                .collect();
+            for name in names {
+                let key = format!("{base}{name}");
                 if key.starts_with(INTERNAL_DIR) {
                     continue;
                 }
-                let Ok(meta) = entry.metadata() else { continue };
-                if meta.is_dir() {
-                    if prefix.starts_with(key) || key.starts_with(prefix) {
-                        stack.push(path);
+                let Ok(stat) = rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                else {
+                    continue;
+                };
+                // Links are neither followed nor listed.
+                match FileType::from_raw_mode(stat.st_mode) {
+                    FileType::Directory if prefix.starts_with(&key) || key.starts_with(prefix) => {
+                        match open_dir_beneath(&dir, &name, false) {
+                            Ok(child) => stack.push((child, format!("{key}/"))),
+                            Err(Errno::NOENT) => {}
+                            Err(e) => return Err(listing_err(e)),
+                        }
                     }
-                } else if meta.is_file() && key.starts_with(prefix) {
-                    let modified = meta.modified().ok().map(OffsetDateTime::from);
-                    out.push(Entry {
-                        key: key.to_string(),
-                        size: meta.len(),
-                        modified,
-                    });
+                    FileType::RegularFile if key.starts_with(prefix) => out.push(Entry {
+                        key,
+                        size: stat.st_size.max(0) as u64,
+                        modified: OffsetDateTime::from_unix_timestamp_nanos(
+                            i128::from(stat.st_mtime) * 1_000_000_000
+                                + i128::from(stat.st_mtime_nsec),
+                        )
+                        .ok(),
+                    }),
+                    _ => {}
                 }
             }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
-}
 
-/// The version of the file at `path`, `None` when there is none.
-fn file_version(path: &Path) -> Result<Option<Version>, StoreError> {
-    let current = match fs::symlink_metadata(path) {
-        Ok(m) if m.is_file() => Some(version_of(&m)),
-        Ok(_) => None,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) =>
-        {
-            None
+    fn stat_blocking(&self, key: &str) -> Result<Option<Version>, StoreError> {
+        let (dir, name) = self.locate(key)?;
+        match self.parent(key, dir, false)? {
+            Some(parent) => file_version(key, &parent, name),
+            None => Ok(None),
         }
-        Err(e) => {
-            return Err(StoreError::unavailable(format!(
-                "checking {}: {e}",
-                path.display()
-            )));
-        }
-    };
-    Ok(current)
-}
-
-/// Checks a condition against what is at `path` now; call under the guard.
-fn check_condition(path: &Path, condition: &Condition, is_put: bool) -> Result<(), StoreError> {
-    condition.check(file_version(path)?.as_ref(), is_put)
-}
-
-/// A key whose path crosses an existing file (`a` is a state, so `a/b`
-/// cannot be a directory) is the client's conflict, not a store failure.
-fn conflict_or(key: &str, e: io::Error, other: impl Fn(io::Error) -> StoreError) -> StoreError {
-    match e.kind() {
-        io::ErrorKind::NotADirectory
-        | io::ErrorKind::IsADirectory
-        | io::ErrorKind::AlreadyExists => {
-            StoreError::KeyConflict(format!("`{key}` clashes with another state's path on disk"))
-        }
-        _ => other(e),
     }
 }
 
-fn version_of(meta: &fs::Metadata) -> Version {
+/// Creates a new read-only file in `dir`.
+fn create_new(dir: &OwnedFd, name: &str) -> io::Result<File> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(0o444),
+    )?;
+    Ok(File::from(fd))
+}
+
+/// The version of the file `name` in `dir`, `None` when there is none (or
+/// it is a directory); a link there is refused.
+fn file_version(key: &str, dir: &OwnedFd, name: &str) -> Result<Option<Version>, StoreError> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) => match FileType::from_raw_mode(stat.st_mode) {
+            FileType::RegularFile => Ok(Some(version_of(&stat))),
+            FileType::Symlink => Err(translate(key, "checking", Errno::LOOP)),
+            _ => Ok(None),
+        },
+        Err(Errno::NOENT | Errno::NOTDIR) => Ok(None),
+        Err(e) => Err(translate(key, "checking", e)),
+    }
+}
+
+/// Turns a file system error on `key` into a store error. A key whose path
+/// crosses an existing file (`a` is a state, so `a/b` cannot be a
+/// directory) or a symbolic link is the client's conflict, not a store
+/// failure. Messages name the key, never the root's absolute path.
+fn translate(key: &str, doing: &str, e: Errno) -> StoreError {
+    match e {
+        Errno::NOTDIR | Errno::ISDIR | Errno::EXIST => {
+            StoreError::KeyConflict(format!("`{key}` clashes with another state's path on disk"))
+        }
+        Errno::LOOP | Errno::XDEV => StoreError::KeyConflict(format!(
+            "`{key}` crosses a symbolic link in the store's directory; stategate never follows links"
+        )),
+        other => StoreError::unavailable(format!("{doing} {key}: {}", io::Error::from(other))),
+    }
+}
+
+fn version_of(stat: &Stat) -> Version {
     Version(format!(
         "{:x}-{:x}.{:x}-{:x}",
-        meta.ino(),
-        meta.mtime(),
-        meta.mtime_nsec(),
-        meta.len()
+        stat.st_ino, stat.st_mtime, stat.st_mtime_nsec, stat.st_size
     ))
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Temporary files older than an hour were left by a killed process; younger
-/// ones may belong to a writer in another process sharing the directory.
-fn remove_stale_temporaries(tmp_dir: &Path) {
-    let Ok(entries) = fs::read_dir(tmp_dir) else {
+/// Removes temporary files that no live process is writing: those of a
+/// process that has exited (the name starts with its pid; our own pid
+/// cannot have written any yet) and any older than an hour, whatever made
+/// them. A killed write leaves its temporary file behind; without this,
+/// they would pile up across restarts.
+fn remove_stale_temporaries(tmp_dir: &OwnedFd) {
+    let Ok(dir) = Dir::read_from(tmp_dir) else {
         return;
     };
-    for entry in entries.flatten() {
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age.as_secs() > 3600);
-        if old {
-            let _ = fs::remove_file(entry.path());
+    let own = std::process::id();
+    let names: Vec<String> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str().ok().map(str::to_string))
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    for name in names {
+        let writer_gone = name
+            .split('-')
+            .next()
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| pid == own || !process_alive(pid));
+        let old = rustix::fs::statat(tmp_dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|s| OffsetDateTime::now_utc().unix_timestamp() - s.st_mtime > 3600);
+        if writer_gone || old {
+            let _ = rustix::fs::unlinkat(tmp_dir, name.as_str(), AtFlags::empty());
         }
     }
+}
+
+/// Whether a process with this pid exists (EPERM: it does, owned by another user).
+fn process_alive(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    !matches!(rustix::process::test_kill_process(pid), Err(Errno::SRCH))
 }
 
 /// Runs blocking file work off the async threads.
@@ -439,7 +520,7 @@ impl Store for LocalStore {
 
     async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {
         let key = key.to_string();
-        blocking(self, move |s| file_version(&s.path_of(&key)?)).await
+        blocking(self, move |s| s.stat_blocking(&key)).await
     }
 
     async fn snapshot(
