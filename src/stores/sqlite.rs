@@ -9,7 +9,22 @@
 //! transaction, never reused, so a deleted and recreated object never
 //! matches an old version. SQLite calls block, so they run on tokio's
 //! blocking threads with a small pool of connections.
+//!
+//! Writers of this process queue for the database in arrival order (a fair
+//! async mutex) before they open a write transaction, so a long write (a
+//! 256 MiB state) makes the others wait their turn rather than run out
+//! SQLite's busy timeout; bodies are whole in memory before they queue, so
+//! a slow upload never holds the queue. The busy timeout is left for
+//! writers in other processes sharing the file.
+//!
+//! The database file is identified (device and inode) when it is opened and
+//! checked before and after every operation: if it is removed or replaced
+//! under the running server, connections already open would go on writing
+//! to a file nobody will read again, and a new process on the path would
+//! start a fresh database with no locks in it. Every operation then fails
+//! with 503 instead of answering 200.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -62,8 +77,15 @@ pub struct SqliteStore(Arc<Pool>);
 /// Idle connections to the database file.
 struct Pool {
     path: PathBuf,
+    /// Device and inode of the file when it was opened.
+    identity: (u64, u64),
     idle: Mutex<Vec<Connection>>,
+    /// Writers of this process take turns here, in arrival order.
+    writers: Arc<tokio::sync::Mutex<()>>,
 }
+
+/// How long a writer waits for another process holding the database.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl SqliteStore {
     /// Opens (creating if needed) the database named by `path`.
@@ -78,23 +100,50 @@ impl SqliteStore {
 
     /// Opens a database file directly.
     pub fn open_file(path: &Path) -> Result<Self, rusqlite::Error> {
+        let conn = Connection::open(path)?;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         let pool = Pool {
             path: path.to_path_buf(),
+            identity: (meta.dev(), meta.ino()),
             idle: Mutex::new(Vec::new()),
+            writers: Arc::new(tokio::sync::Mutex::new(())),
         };
-        let conn = pool.connect()?;
+        Pool::configure(&conn)?;
         conn.execute_batch(SCHEMA)?;
         pool.idle.lock().expect("pool lock").push(conn);
         Ok(SqliteStore(Arc::new(pool)))
     }
 
+    /// Runs a read on a pooled connection.
     async fn run<T: Send + 'static>(
         &self,
         what: String,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.run_inner(what, None, f).await
+    }
+
+    /// Runs a write once this process's earlier writers are done.
+    async fn run_write<T: Send + 'static>(
+        &self,
+        what: String,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let turn = Arc::clone(&self.0.writers).lock_owned().await;
+        self.run_inner(what, Some(turn), f).await
+    }
+
+    async fn run_inner<T: Send + 'static>(
+        &self,
+        what: String,
+        turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let pool = Arc::clone(&self.0);
         tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            pool.check_identity()?;
             let mut conn = match pool.idle.lock().expect("pool lock").pop() {
                 Some(c) => c,
                 None => pool
@@ -102,6 +151,8 @@ impl SqliteStore {
                     .map_err(|e| StoreError::unavailable(format!("{what}: {e}")))?,
             };
             let result = f(&mut conn);
+            // A write that landed in a file removed meanwhile is lost: say so.
+            pool.check_identity()?;
             // A connection that failed may be in a bad state; drop it.
             if !matches!(result, Err(StoreError::Unavailable(_))) {
                 pool.idle.lock().expect("pool lock").push(conn);
@@ -115,11 +166,34 @@ impl SqliteStore {
 
 impl Pool {
     fn connect(&self) -> Result<Connection, rusqlite::Error> {
-        let conn = Connection::open(&self.path)?;
-        conn.busy_timeout(Duration::from_secs(30))?;
+        // Never create a new file here: a missing one was removed under us.
+        let conn = Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        Self::configure(&conn)?;
+        Ok(conn)
+    }
+
+    fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        Ok(conn)
+        Ok(())
+    }
+
+    /// Fails when the database file is no longer the one opened at start-up.
+    fn check_identity(&self) -> Result<(), StoreError> {
+        let same = std::fs::metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.identity);
+        if same {
+            return Ok(());
+        }
+        Err(StoreError::unavailable(
+            "the SQLite database file was removed or replaced while stategate was running; \
+             restore it, or restart stategate to use the new file",
+        ))
     }
 }
 
@@ -188,7 +262,7 @@ impl Store for SqliteStore {
         condition: Condition,
     ) -> Result<Version, StoreError> {
         let key = key.to_string();
-        self.run(format!("writing {key}"), move |conn| {
+        self.run_write(format!("writing {key}"), move |conn| {
             let err = db_err("writing");
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
             let current = current_version(&tx, &key).map_err(&err)?;
@@ -210,7 +284,7 @@ impl Store for SqliteStore {
 
     async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
         let key = key.to_string();
-        self.run(format!("deleting {key}"), move |conn| {
+        self.run_write(format!("deleting {key}"), move |conn| {
             let err = db_err("deleting");
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -267,7 +341,7 @@ impl Store for SqliteStore {
         _body: &Bytes,
     ) -> Result<(), StoreError> {
         let (from, expected, to) = (from.to_string(), from_version.clone(), to.to_string());
-        self.run(format!("copying {from}"), move |conn| {
+        self.run_write(format!("copying {from}"), move |conn| {
             let err = db_err("copying");
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
