@@ -50,6 +50,45 @@ pub struct ConfigArgs {
     /// Log line format: text or json [default: text].
     #[arg(long, global = true, value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// Largest LOCK/UNLOCK body accepted [default: 65536].
+    #[arg(long, global = true, value_name = "BYTES")]
+    pub max_lock_bytes: Option<String>,
+    /// Largest request head; larger gets 431 [default: 65536].
+    #[arg(long, global = true, value_name = "BYTES")]
+    pub max_header_bytes: Option<String>,
+    /// Time a request's headers may take to arrive [default: 15s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub header_timeout: Option<String>,
+    /// Slowest upload accepted, bytes/s averaged over 10 s; 0 is off [default: 1024].
+    #[arg(long, global = true, value_name = "BYTES")]
+    pub body_min_rate: Option<String>,
+    /// Idle keep-alive connections close after this [default: 60s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// Connections served at once; more get 503 [default: 512].
+    #[arg(long, global = true, value_name = "N")]
+    pub max_connections: Option<String>,
+    /// Time requests in flight get to finish after SIGTERM [default: 30s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub shutdown_grace: Option<String>,
+}
+
+impl ConfigArgs {
+    /// The connection limits given as flags, by setting name.
+    fn limits(&self) -> Vec<(&'static str, String)> {
+        [
+            ("max_lock_bytes", &self.max_lock_bytes),
+            ("max_header_bytes", &self.max_header_bytes),
+            ("header_timeout", &self.header_timeout),
+            ("body_min_rate", &self.body_min_rate),
+            ("idle_timeout", &self.idle_timeout),
+            ("max_connections", &self.max_connections),
+            ("shutdown_grace", &self.shutdown_grace),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| v.clone().map(|v| (name, v)))
+        .collect()
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,13 +139,20 @@ pub enum StateCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Remove every kept version of a deleted state (logged as a warning).
+    Purge {
+        key: String,
+        #[arg(long, short)]
+        workspace: Option<String>,
+    },
     /// Store a state from a file (`-` for stdin).
     Push {
         key: String,
         file: PathBuf,
         #[arg(long, short)]
         workspace: Option<String>,
-        /// Skip the lineage and serial check (replace newer state on purpose).
+        /// Skip the shape, lineage and serial checks: store any JSON, or
+        /// replace newer state on purpose.
         #[arg(long)]
         force: bool,
     },
@@ -135,6 +181,7 @@ pub fn load_settings(args: &ConfigArgs) -> Result<Settings> {
         storage_type: args.storage_type.clone(),
         max_body_bytes: args.max_body_bytes,
         log_format: args.log_format.clone(),
+        limits: args.limits(),
         store: args.set.clone(),
     };
     let settings = config::resolve(file, &|k| std::env::var(k).ok(), &overrides, Path::new("."))?;
@@ -275,6 +322,11 @@ pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
                 states.write(&state, body, opts).await?,
                 &format!("restored version {version} of"),
             )?;
+        }
+        StateCommand::Purge { key, workspace } => {
+            let state = state_ref(&key, workspace.as_deref())?;
+            let n = states.purge(&state).await?;
+            writeln!(out, "purged {n} versions of {state}")?;
         }
         StateCommand::Push {
             key,

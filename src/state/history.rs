@@ -337,6 +337,30 @@ impl States {
         Ok(n)
     }
 
+    /// Removes every kept version of a state that no longer exists (a
+    /// deleted state stays readable through its history until then).
+    /// Refused while the state exists or is locked. Returns how many
+    /// versions were removed.
+    pub async fn purge(&self, state: &StateRef) -> Result<usize, StateError> {
+        if self.store.stat(&self.object_key(state)).await?.is_some() {
+            return Err(StateError::BadRequest(format!(
+                "{state} still exists; delete it before purging its history"
+            )));
+        }
+        self.check_holder(state, None).await?;
+        let dir = self.history_dir(state);
+        let objects = self.store.list(&dir).await?;
+        let versions = objects
+            .iter()
+            .filter(|e| e.key.ends_with(".tfstate"))
+            .count();
+        for entry in objects {
+            self.store.delete(&entry.key, Condition::Always).await?;
+        }
+        tracing::warn!(state = %state, versions, "history purged");
+        Ok(versions)
+    }
+
     /// Deletes the oldest versions beyond `history_keep`.
     async fn prune(&self, dir: &str, numbers: &[u64]) -> Result<(), StateError> {
         let keep = self.history_keep as usize;
