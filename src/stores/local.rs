@@ -165,7 +165,7 @@ impl Tree {
         rustix::fs::unlinkat(&tmp_fd, probe.as_str(), AtFlags::empty())?;
         remove_stale_temporaries(&tmp_fd);
         Ok(Tree {
-            root: root.to_path_buf(),
+            root: root.canonicalize()?,
             root_fd,
             tmp_fd,
         })

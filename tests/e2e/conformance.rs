@@ -28,7 +28,10 @@ macro_rules! conformance_suite {
                 large_state_round_trips, traversal_is_refused, bad_input_gets_its_status,
                 lock_rules, stale_push_is_refused, history_and_restore, encrypted_state_round_trips,
                 history_retention_prunes_oldest, lineage_mismatch_refused_unless_forced,
-                delete_keeps_history, operator_commands, external_writes_are_checked_and_kept
+                delete_keeps_history, operator_commands, external_writes_are_checked_and_kept,
+                hostile_keys_are_refused_and_long_ones_fit, non_state_bodies_never_replace_a_state,
+                oversized_lock_infos_are_refused, head_and_etag_describe_the_state,
+                deleted_state_history_can_be_purged
             );
         }
     };
@@ -412,7 +415,7 @@ pub fn bad_input_gets_its_status(peer: &dyn Peer) {
         .map(|(_, v)| v.clone());
     assert_eq!(
         allow.as_deref(),
-        Some("GET, POST, PUT, DELETE, LOCK, UNLOCK")
+        Some("GET, HEAD, POST, PUT, DELETE, LOCK, UNLOCK")
     );
     assert_eq!(
         http(
@@ -813,4 +816,245 @@ pub fn external_writes_are_checked_and_kept(peer: &dyn Peer) {
         .filter_map(|v| v["serial"].as_u64())
         .collect();
     assert_eq!(serials, [5, 9, 10]);
+}
+
+/// Issue 8.5 and 8.7: key segments and workspace names are bounded (so every
+/// store holds every key the server accepts: a 249-byte segment answered
+/// 503 on local disk), and no segment may end in `.tflock` (a state
+/// `victim.tflock/x` made `victim` unlockable).
+pub fn hostile_keys_are_refused_and_long_ones_fit(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    let longest = "s".repeat(200);
+    for (key, workspace) in [
+        (format!("long/{longest}"), None),
+        (format!("long/{longest}/x"), Some(longest.as_str())),
+    ] {
+        let query = workspace.map_or(String::new(), |w| format!("?workspace={w}"));
+        let url = format!("{}{query}", server.state_url(&key));
+        let (status, reason) = post_state(&url, &state_doc("long", 1, "x"));
+        assert_eq!(status, 200, "{key}: {}", text(&reason));
+        assert_eq!(http("LOCK", &url, &lock_info("L", "l")).0, 200);
+        assert_eq!(http("GET", &url, b"").0, 200);
+        assert_eq!(http("UNLOCK", &url, &lock_info("L", "l")).0, 200);
+        assert_eq!(
+            http(
+                "GET",
+                &format!("{url}{}history", if query.is_empty() { "?" } else { "&" }),
+                b""
+            )
+            .0,
+            200
+        );
+    }
+    let before = keys(peer);
+    let too_long = format!("{longest}s");
+    for (path, why) in [
+        (format!("/states/a/{too_long}"), "segment over 200 bytes"),
+        (
+            format!("/states/a?workspace={too_long}"),
+            "workspace over 200 bytes",
+        ),
+        (
+            "/states/victim.tflock/x".to_string(),
+            "segment ending in .tflock",
+        ),
+        ("/states/a/b.tflock".to_string(), "key ending in .tflock"),
+        (
+            "/states/x/state?workspace=w.tflock".to_string(),
+            "workspace ending in .tflock",
+        ),
+        (
+            "/locks/victim.tflock/x".to_string(),
+            "lock URL with a .tflock segment",
+        ),
+    ] {
+        for method in ["GET", "POST", "LOCK", "DELETE"] {
+            let body = if method == "LOCK" {
+                lock_info("h", "h")
+            } else {
+                state_doc("h", 1, "h")
+            };
+            let (status, reason) = raw_request(&server.url, method, &path, &body);
+            assert_eq!(status, 400, "{method} {path} ({why}): {}", text(&reason));
+            assert!(!text(&reason).is_empty(), "a 400 says why");
+        }
+    }
+    assert_eq!(keys(peer), before, "a refused request changed the store");
+    let victim = server.state_url("victim");
+    assert_eq!(http("LOCK", &victim, &lock_info("V", "v")).0, 200);
+    assert_eq!(http("UNLOCK", &victim, &lock_info("V", "v")).0, 200);
+}
+
+/// Issue 8.8: over a state with resources, bodies that are not states were
+/// accepted and replaced it; Terraform then failed to read it.
+pub fn non_state_bodies_never_replace_a_state(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    let url = server.state_url("shape/terraform.tfstate");
+    let good = state_doc("shape", 3, "kept");
+    assert_eq!(post_state(&url, &good).0, 200);
+    for bad in [
+        &b"{}"[..],
+        b"[]",
+        b"null",
+        b"42",
+        br#"{"serial":"4","lineage":"shape"}"#,
+        br#"{"serial":-1,"lineage":"shape"}"#,
+        br#"{"serial":4}"#,
+        br#"{"lineage":"shape","serial":4.5}"#,
+    ] {
+        let (status, reason) = post_state(&url, bad);
+        assert_eq!(status, 400, "{}: {}", text(bad), text(&reason));
+        assert!(
+            text(&reason).contains("not a Terraform state") || text(&reason).contains("not JSON"),
+            "{}",
+            text(&reason)
+        );
+    }
+    assert_eq!(http("GET", &url, b""), (200, good.clone()));
+    assert_eq!(
+        history_versions(&url).len(),
+        1,
+        "refused bodies leave no history"
+    );
+    // OpenTofu's encrypted envelope is a state, with or without serial and lineage.
+    let enc = server.state_url("shape/encrypted.tfstate");
+    assert_eq!(
+        post_state(&enc, &testdata("opentofu-encrypted.tfstate")).0,
+        200
+    );
+    let with_head = br#"{"serial":2,"lineage":"tofu","meta":{},"encrypted_data":"AAAA","encryption_version":"v0"}"#;
+    let enc2 = server.state_url("shape/encrypted-with-head.tfstate");
+    assert_eq!(post_state(&enc2, with_head).0, 200);
+    let older = br#"{"serial":1,"lineage":"tofu","meta":{},"encrypted_data":"BBBB","encryption_version":"v0"}"#;
+    assert_eq!(
+        post_state(&enc2, older).0,
+        409,
+        "an envelope's serial is checked"
+    );
+    // The operator can still store any JSON.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), b"{}").unwrap();
+    stategate_ok(
+        peer,
+        &[
+            "state",
+            "push",
+            "shape/terraform.tfstate",
+            file.path().to_str().unwrap(),
+            "--force",
+        ],
+    );
+    assert_eq!(http("GET", &url, b""), (200, b"{}".to_vec()));
+}
+
+/// Issue 8.3: a LockInfo was bounded only by the state body limit, and came
+/// back whole with every 409 and 423.
+pub fn oversized_lock_infos_are_refused(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    let url = server.state_url("bigl/terraform.tfstate");
+    let huge = format!(
+        r#"{{"ID":"h","Who":"x","Info":"{}"}}"#,
+        "i".repeat(200 * 1024)
+    );
+    assert_eq!(http("LOCK", &url, huge.as_bytes()).0, 413);
+    assert_eq!(
+        http(
+            "POST",
+            &format!("{}/locks/bigl/terraform.tfstate", server.url),
+            huge.as_bytes()
+        )
+        .0,
+        413
+    );
+    let field = format!(r#"{{"ID":"h","Who":"{}"}}"#, "w".repeat(5000));
+    let (status, reason) = http("LOCK", &url, field.as_bytes());
+    assert_eq!(status, 400, "{}", text(&reason));
+    assert!(text(&reason).contains("Who"), "{}", text(&reason));
+    assert_eq!(
+        http(
+            "GET",
+            &format!("{}/locks/bigl/terraform.tfstate", server.url),
+            b""
+        )
+        .0,
+        404,
+        "nothing was locked"
+    );
+    let small = Server::start_with(peer, &["--max-lock-bytes", "300"]);
+    let url = small.state_url("bigl/terraform.tfstate");
+    let padded = format!(r#"{{"ID":"p","Info":"{}"}}"#, "p".repeat(400));
+    assert_eq!(http("LOCK", &url, padded.as_bytes()).0, 413);
+    assert_eq!(http("LOCK", &url, &lock_info("ok", "ok")).0, 200);
+    assert_eq!(http("UNLOCK", &url, &lock_info("ok", "ok")).0, 200);
+}
+
+/// Issue 8.10: HEAD answered 405; GET and HEAD carry the length and an ETag.
+pub fn head_and_etag_describe_the_state(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    let url = server.state_url("head/terraform.tfstate");
+    let (status, headers, _) = http_full("HEAD", &url, &[], b"");
+    assert_eq!(status, 404);
+    let _ = headers;
+    let body = state_doc("head", 1, "x");
+    assert_eq!(post_state(&url, &body).0, 200);
+    let etag = format!("\"{}\"", hex(&Md5::digest(&body)));
+    for method in ["GET", "HEAD"] {
+        let (status, headers, got) = http_full(method, &url, &[], b"");
+        assert_eq!(status, 200, "{method}");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(header("etag").as_deref(), Some(etag.as_str()), "{method}");
+        assert_eq!(
+            header("content-length"),
+            Some(body.len().to_string()),
+            "{method}"
+        );
+        if method == "GET" {
+            assert_eq!(got, body);
+        } else {
+            assert!(got.is_empty(), "HEAD sends no body");
+        }
+    }
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Issue 8.10: a deleted state stayed readable through `?version=N` with no
+/// way to remove it.
+pub fn deleted_state_history_can_be_purged(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    let url = server.state_url("purge/terraform.tfstate");
+    assert_eq!(post_state(&url, &state_doc("purge", 1, "secret")).0, 200);
+    assert_eq!(post_state(&url, &state_doc("purge", 2, "secret")).0, 200);
+    let refused = stategate(peer, &["state", "purge", "purge/terraform.tfstate"], &[]);
+    assert!(
+        !refused.status.success(),
+        "purge of a live state is refused"
+    );
+    assert!(
+        text(&refused.stderr).contains("delete it"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert_eq!(http("DELETE", &url, b"").0, 200);
+    assert_eq!(
+        http("GET", &format!("{url}?version=2"), b"").0,
+        200,
+        "deleted states keep history"
+    );
+    let out = stategate_ok(peer, &["state", "purge", "purge/terraform.tfstate"]);
+    assert!(out.contains("purged 2 versions"), "{out}");
+    assert_eq!(http("GET", &format!("{url}?version=2"), b"").0, 404);
+    assert!(history_versions(&url).is_empty());
+    assert!(
+        !keys(peer).iter().any(|k| k.contains("purge/")),
+        "purge leaves nothing: {:?}",
+        keys(peer)
+    );
 }

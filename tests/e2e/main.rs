@@ -9,6 +9,7 @@ mod support;
 
 mod cli;
 mod crash;
+mod hostile;
 mod local_sqlite;
 #[cfg(feature = "oss")]
 mod oss;

@@ -95,6 +95,17 @@ impl Server {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Server, String> {
+        Self::try_start_cmd(peer, extra, env, |_| {})
+    }
+
+    /// Like [`Server::try_start`], with a last say on the command (resource
+    /// limits, for instance).
+    pub fn try_start_cmd(
+        peer: &dyn Peer,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        customize: impl FnOnce(&mut Command),
+    ) -> Result<Server, String> {
         let dir = TempDir::new().expect("temp dir");
         let mut cmd = Command::new(bin());
         cmd.args([
@@ -113,6 +124,7 @@ impl Server {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+        customize(&mut cmd);
         let mut child = cmd.spawn().expect("spawn stategate");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
