@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use md5::{Digest, Md5};
 use stategate::config::Limits;
-use stategate::protocol::App;
+use stategate::protocol::{App, Surface};
 use stategate::state::{Policy, States};
 use stategate::stores::local::LocalStore;
 
@@ -68,13 +68,15 @@ fn main() {
         history_keep: 100,
         protect_lineage: true,
     };
-    let app = Arc::new(App {
-        states: States::new(Arc::new(store), policy),
-        limits: Limits {
-            max_body_bytes: 1 << 30,
-            ..Limits::default()
-        },
-    });
+    let limits = Limits {
+        max_body_bytes: 1 << 30,
+        ..Limits::default()
+    };
+    let app = Arc::new(App::new(
+        States::new(Arc::new(store), policy),
+        limits,
+        "local",
+    ));
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let listener = runtime
@@ -84,6 +86,7 @@ fn main() {
     runtime.spawn(stategate::server::run(
         listener,
         app,
+        Surface::All,
         std::future::pending(),
     ));
     let agent = ureq::AgentBuilder::new()

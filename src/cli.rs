@@ -1,15 +1,19 @@
-//! The command line: `serve`, `check`, and the operator commands `state …`
-//! and `lock …` that work directly on the configured store (no server
-//! needed), with the same rules the server applies.
+//! The command line: `serve` (bind, then run every listener until a
+//! signal), `check`, and the operator commands `state …` and `lock …` that
+//! work directly on the configured store (no server needed), with the
+//! same rules the server applies.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 
 use stategate::config::{self, CliOverrides, FileConfig, Settings};
+use stategate::protocol::{App, Surface};
+use stategate::server;
 use stategate::state::{Policy, StateRef, States, WriteOptions, WriteOutcome, key};
 use stategate::stores;
 
@@ -38,6 +42,15 @@ pub struct ConfigArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, global = true, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Serve /metrics and /readyz on this address instead of the main one.
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// Serve every URL below this path, e.g. /tfstate (behind a proxy).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub base_path: Option<String>,
+    /// Proxies whose X-Forwarded-For is believed: CIDR ranges, comma-separated.
+    #[arg(long, global = true, value_name = "CIDRS")]
+    pub trusted_proxies: Option<String>,
     /// local, sqlite, s3 or oss [default: local].
     #[arg(long, global = true, value_name = "TYPE")]
     pub storage_type: Option<String>,
@@ -178,6 +191,9 @@ pub fn load_settings(args: &ConfigArgs) -> Result<Settings> {
     };
     let overrides = CliOverrides {
         listen: args.listen.clone(),
+        admin_listen: args.admin_listen.clone(),
+        base_path: args.base_path.clone(),
+        trusted_proxies: args.trusted_proxies.clone(),
         storage_type: args.storage_type.clone(),
         max_body_bytes: args.max_body_bytes,
         log_format: args.log_format.clone(),
@@ -204,6 +220,76 @@ pub fn policy(settings: &Settings) -> Policy {
             .to_string(),
         history_keep: settings.history_keep,
         protect_lineage: settings.protect_lineage,
+    }
+}
+
+/// `stategate serve`: open and probe the store, bind, serve until SIGTERM
+/// or Ctrl-C.
+pub async fn serve(settings: Settings) -> Result<()> {
+    raise_open_file_limit();
+    let (states, _) = open_states(&settings).await?;
+    let listener = bind(&settings).await?;
+    // Bound (and announced) before the main address, which tools wait for.
+    let admin = match settings.admin_listen {
+        Some(addr) => {
+            let admin = bind_addr(addr, "admin_listen").await?;
+            tracing::info!(
+                "serving /metrics and /readyz on http://{}",
+                admin.local_addr()?
+            );
+            Some(admin)
+        }
+        None => None,
+    };
+    tracing::info!(
+        "stategate {} listening on http://{} with the {}",
+        env!("CARGO_PKG_VERSION"),
+        listener.local_addr()?,
+        states.store().describe()
+    );
+    let mut app = App::new(states, settings.limits.clone(), settings.backend.name);
+    app.base_path = settings.base_path.clone();
+    app.trusted_proxies = settings.trusted_proxies.clone();
+    let app = Arc::new(app);
+    // One signal stops every listener.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        server::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    match admin {
+        None => server::run(listener, app, Surface::All, until_stopped(stopped)).await,
+        Some(admin) => {
+            tokio::join!(
+                server::run(
+                    listener,
+                    Arc::clone(&app),
+                    Surface::Public,
+                    until_stopped(stopped.clone())
+                ),
+                server::run(admin, app, Surface::Admin, until_stopped(stopped)),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every connection costs a file descriptor, and a soft limit of 1024 is
+/// common: raise it to the hard limit, as servers do.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(error = %e, "could not raise the open file limit");
+        }
     }
 }
 
@@ -418,11 +504,16 @@ pub async fn lock(settings: &Settings, cmd: LockCommand) -> Result<()> {
 /// Refuses to run `serve` with a listen address that is already taken,
 /// naming the setting.
 pub async fn bind(settings: &Settings) -> Result<tokio::net::TcpListener> {
-    match tokio::net::TcpListener::bind(settings.listen).await {
+    bind_addr(settings.listen, "listen").await
+}
+
+/// Binds `addr`, naming `setting` when it cannot.
+pub async fn bind_addr(
+    addr: std::net::SocketAddr,
+    setting: &str,
+) -> Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => Ok(l),
-        Err(e) => bail!(
-            "setting `listen`: cannot listen on {}: {e}",
-            settings.listen
-        ),
+        Err(e) => bail!("setting `{setting}`: cannot listen on {addr}: {e}"),
     }
 }

@@ -77,6 +77,9 @@ impl ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub base_path: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
     pub max_body_bytes: Option<u64>,
     pub max_lock_bytes: Option<serde_yaml_ng::Value>,
     pub max_header_bytes: Option<serde_yaml_ng::Value>,
@@ -120,6 +123,10 @@ impl FileConfig {
 #[derive(Debug, Default, Clone)]
 pub struct CliOverrides {
     pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub base_path: Option<String>,
+    /// Comma-separated CIDR ranges.
+    pub trusted_proxies: Option<String>,
     pub storage_type: Option<String>,
     pub max_body_bytes: Option<u64>,
     pub log_format: Option<String>,
@@ -181,6 +188,13 @@ impl Default for Limits {
 pub struct Settings {
     /// Where `serve` listens.
     pub listen: SocketAddr,
+    /// Where `/metrics` and `/readyz` are served instead, when set.
+    pub admin_listen: Option<SocketAddr>,
+    /// Every URL is served below this path (`/tfstate`), or at the root
+    /// when empty; never ends in `/`.
+    pub base_path: String,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Body, header, time and connection limits of the server.
     pub limits: Limits,
     pub log_format: LogFormat,
@@ -312,12 +326,37 @@ pub fn resolve(
         .or_else(|| env("STATEGATE_LISTEN"))
         .or(file.listen.take())
         .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-    let listen = listen_text.parse::<SocketAddr>().map_err(|_| {
-        ConfigError::invalid(
-            "listen",
-            format!("`{listen_text}` is not an address like 127.0.0.1:8080"),
-        )
-    })?;
+    let listen = parse_listen("listen", &listen_text)?;
+    let admin_listen = cli
+        .admin_listen
+        .clone()
+        .or_else(|| env("STATEGATE_ADMIN_LISTEN"))
+        .or(file.admin_listen.take())
+        .filter(|a| !a.trim().is_empty())
+        .map(|a| parse_listen("admin_listen", &a))
+        .transpose()?;
+    let base_path = cli
+        .base_path
+        .clone()
+        .or_else(|| env("STATEGATE_BASE_PATH"))
+        .or(file.base_path.take())
+        .map(|p| parse_base_path(&p))
+        .transpose()?
+        .unwrap_or_default();
+    let proxies: Vec<String> = match cli
+        .trusted_proxies
+        .clone()
+        .or_else(|| env("STATEGATE_TRUSTED_PROXIES"))
+    {
+        Some(list) => list.split(',').map(str::to_string).collect(),
+        None => file.trusted_proxies.take().unwrap_or_default(),
+    };
+    let trusted_proxies = proxies
+        .iter()
+        .map(|p| p.trim())
+        .filter(|p| !p.is_empty())
+        .map(parse_cidr)
+        .collect::<Result<Vec<_>, _>>()?;
 
     let max_body_bytes = match cli.max_body_bytes {
         Some(v) => v,
@@ -382,6 +421,9 @@ pub fn resolve(
     let store = merge_store_settings(backend, &file_backend.config, env, &cli.store, base_dir)?;
     Ok(Settings {
         listen,
+        admin_listen,
+        base_path,
+        trusted_proxies,
         limits,
         log_format,
         history_keep,
@@ -389,6 +431,54 @@ pub fn resolve(
         backend,
         store,
     })
+}
+
+fn parse_listen(setting: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.trim().parse::<SocketAddr>().map_err(|_| {
+        ConfigError::invalid(
+            setting,
+            format!("`{text}` is not an address like 127.0.0.1:8080"),
+        )
+    })
+}
+
+/// A base path: `/` and segments of letters, digits, `.`, `_` and `-`
+/// (no `.` or `..`); a trailing `/` is dropped, and `/` alone means none.
+pub fn parse_base_path(text: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| ConfigError::invalid("base_path", format!("`{text}` {why}"));
+    let trimmed = text.trim().trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    let Some(rest) = trimmed.strip_prefix('/') else {
+        return Err(bad("must start with `/`, like /tfstate"));
+    };
+    for seg in rest.split('/') {
+        let ok = !seg.is_empty()
+            && seg != "."
+            && seg != ".."
+            && seg
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            return Err(bad(
+                "may hold only `/`-separated segments of letters, digits, `.`, `_` and `-`",
+            ));
+        }
+    }
+    Ok(trimmed.to_string())
+}
+
+/// A CIDR range (`10.0.0.0/8`) or a single address.
+fn parse_cidr(text: &str) -> Result<ipnet::IpNet, ConfigError> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| {
+            ConfigError::invalid(
+                "trusted_proxies",
+                format!("`{text}` is not an address or a CIDR range like 10.0.0.0/8"),
+            )
+        })
 }
 
 /// Picks one limit's text: flag, then environment, then file.
@@ -603,6 +693,45 @@ mod tests {
         assert_eq!(s.limits.header_timeout, Duration::from_secs(15));
         assert_eq!(s.history_keep, 100);
         assert!(s.protect_lineage);
+    }
+
+    #[test]
+    fn proxy_settings_are_parsed_and_checked() {
+        let f = file(
+            "base_path: /tfstate/\ntrusted_proxies: [10.0.0.0/8, 127.0.0.1]\nadmin_listen: 127.0.0.1:9090\n",
+        );
+        let s = resolve(f, &no_env, &CliOverrides::default(), Path::new(".")).unwrap();
+        assert_eq!(s.base_path, "/tfstate");
+        assert_eq!(s.trusted_proxies.len(), 2);
+        assert!(s.trusted_proxies[1].contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap()));
+        assert_eq!(s.admin_listen.unwrap().port(), 9090);
+        let env =
+            |k: &str| (k == "STATEGATE_TRUSTED_PROXIES").then(|| "192.168.0.0/16, ::1".to_string());
+        let s = resolve(
+            FileConfig::default(),
+            &env,
+            &CliOverrides::default(),
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(s.trusted_proxies.len(), 2);
+        assert_eq!(s.base_path, "");
+        for (yaml, setting) in [
+            ("base_path: tfstate\n", "base_path"),
+            ("base_path: /a/../b\n", "base_path"),
+            ("base_path: /a b\n", "base_path"),
+            ("trusted_proxies: [10.0.0.0/99]\n", "trusted_proxies"),
+            ("admin_listen: nowhere\n", "admin_listen"),
+        ] {
+            let e = resolve(
+                file(yaml),
+                &no_env,
+                &CliOverrides::default(),
+                Path::new("."),
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains(setting), "{yaml}: {e}");
+        }
     }
 
     #[test]

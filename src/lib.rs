@@ -15,12 +15,15 @@
 //! - [`stores`] holds the storage primitives (get, conditional put and
 //!   delete, list) and one module per backend; it knows nothing of HTTP or
 //!   Terraform.
+//! - [`metrics`] counts what `/metrics` shows, for the server and the
+//!   protocol.
 //! - [`config`] merges the YAML file, the environment and the command line
 //!   into validated settings; the binary's `cli` module is the command line.
 //!
 //! Dependencies point one way: `server -> protocol -> state -> stores`.
 
 pub mod config;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod state;

@@ -3,13 +3,10 @@
 //! SIGTERM or Ctrl-C) or run an operator command.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Parser;
 use stategate::config::{LogFormat, Settings};
-use stategate::protocol::App;
-use stategate::server;
 
 mod cli;
 
@@ -34,44 +31,10 @@ async fn run(args: Cli) -> Result<()> {
     let settings = cli::load_settings(&args.config)?;
     init_logging(&settings, matches!(args.command, Command::Serve));
     match args.command {
-        Command::Serve => serve(settings).await,
+        Command::Serve => cli::serve(settings).await,
         Command::Check => cli::check(&settings).await,
         Command::State(cmd) => cli::state(&settings, cmd).await,
         Command::Lock(cmd) => cli::lock(&settings, cmd).await,
-    }
-}
-
-async fn serve(settings: Settings) -> Result<()> {
-    raise_open_file_limit();
-    let (states, _) = cli::open_states(&settings).await?;
-    let listener = cli::bind(&settings).await?;
-    tracing::info!(
-        "stategate {} listening on http://{} with the {}",
-        env!("CARGO_PKG_VERSION"),
-        listener.local_addr()?,
-        states.store().describe()
-    );
-    let app = Arc::new(App {
-        states,
-        limits: settings.limits.clone(),
-    });
-    server::run(listener, app, server::shutdown_signal()).await;
-    Ok(())
-}
-
-/// Every connection costs a file descriptor, and a soft limit of 1024 is
-/// common: raise it to the hard limit, as servers do.
-fn raise_open_file_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if limit.current < limit.maximum {
-        let raised = rustix::process::Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        };
-        if let Err(e) = setrlimit(Resource::Nofile, raised) {
-            tracing::debug!(error = %e, "could not raise the open file limit");
-        }
     }
 }
 

@@ -41,11 +41,16 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Limits;
-use crate::protocol::{self, App};
+use crate::protocol::{self, App, Conn, Surface};
 
-/// Serves `app` on `listener` until `shutdown` completes, within the
-/// limits in `app.limits`.
-pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+/// Serves `app`'s URLs for `surface` on `listener` until `shutdown`
+/// completes, within the limits in `app.limits`.
+pub async fn run(
+    listener: TcpListener,
+    app: Arc<App>,
+    surface: Surface,
+    shutdown: impl Future<Output = ()>,
+) {
     let limits = app.limits.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
@@ -70,10 +75,12 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
                 backoff = MIN_BACKOFF;
                 while connections.try_join_next().is_some() {}
                 if connections.len() >= limits.max_connections {
+                    app.metrics.connection_refused();
                     refuse(stream, &refusing, limits.max_connections);
                     continue;
                 }
-                let conn = serve_connection(stream, Arc::clone(&app), stop_rx.clone());
+                let conn = Conn { peer, surface };
+                let conn = serve_connection(stream, conn, Arc::clone(&app), stop_rx.clone());
                 connections.spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -214,13 +221,14 @@ impl Activity {
         let head = self.head_started_ms.load(Ordering::Relaxed);
         if head != 0 {
             let waited = now.saturating_sub(head - 1);
-            return (waited >= limits.header_timeout.as_millis() as u64)
-                .then_some("the request head did not arrive within header_timeout");
+            return (waited >= limits.header_timeout.as_millis() as u64).then_some(HEAD_TIMED_OUT);
         }
         let idle = now.saturating_sub(self.last_io_ms.load(Ordering::Relaxed));
         (idle >= limits.idle_timeout.as_millis() as u64).then_some("idle for idle_timeout")
     }
 }
+
+const HEAD_TIMED_OUT: &str = "the request head did not arrive within header_timeout";
 
 /// A request in flight; dropped when its response body has been written.
 struct InFlight(Arc<Activity>);
@@ -322,6 +330,7 @@ impl AsyncWrite for Watched {
 /// shutdown finds it with no request in flight.
 async fn serve_connection(
     stream: TcpStream,
+    conn_info: Conn,
     app: Arc<App>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), hyper::Error> {
@@ -333,11 +342,12 @@ async fn serve_connection(
     });
     let service = {
         let activity = Arc::clone(&activity);
+        let app = Arc::clone(&app);
         service_fn(move |req| {
             let in_flight = activity.begin_request();
             let app = Arc::clone(&app);
             async move {
-                let response = protocol::handle(app, req).await?;
+                let response = protocol::handle(app, req, conn_info).await?;
                 Ok::<_, std::convert::Infallible>(response.map(|inner| Tracked {
                     inner,
                     _in_flight: in_flight,
@@ -363,6 +373,9 @@ async fn serve_connection(
                 }
                 if let Some(why) = activity.expired(&limits) {
                     tracing::debug!(reason = why, "closing connection");
+                    if why == HEAD_TIMED_OUT {
+                        app.metrics.request_timed_out();
+                    }
                     return Ok(());
                 }
             }

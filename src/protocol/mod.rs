@@ -7,21 +7,32 @@
 //! (and HEAD), POST/PUT (write, with Terraform's `?ID=<lock id>`), DELETE, LOCK and
 //! UNLOCK; `?history` and `?version=N` read history. `/locks/<key>` serves
 //! gateways that refuse custom verbs: POST or LOCK locks, DELETE or UNLOCK
-//! unlocks, GET shows the holder. `/healthz` answers 200.
+//! unlocks, GET shows the holder. `/healthz` answers 200 while the process
+//! runs, `/readyz` only while the store answers, `/metrics` in the
+//! Prometheus format. All of them live below `base_path` when one is set.
+//!
+//! Every request gets an id (returned as `X-Request-Id`) and one log line
+//! with the client (from `X-Forwarded-For` only when the peer is a trusted
+//! proxy), method, route template, state, status, time and bytes.
 
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use bytes::BytesMut;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, ETAG, HeaderValue};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use md5::{Digest, Md5};
 
 use crate::config::Limits;
-use crate::state::{StateRef, States, WriteOptions, history};
+use crate::metrics::{Metrics, Refusal, method_label};
+use crate::state::{LockInfo, StateError, StateRef, States, WriteOptions, history};
+use crate::stores::PROBE_PREFIX;
 
 pub mod error;
 
@@ -34,12 +45,82 @@ pub struct App {
     pub states: States,
     /// Body sizes and rates; the server reads the connection limits.
     pub limits: Limits,
+    /// Every URL lives below this path (`""` for the root).
+    pub base_path: String,
+    /// Peers whose forwarding headers name the real client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Metrics,
+    /// The last store probe, for `/readyz`.
+    pub readiness: Readiness,
+}
+
+impl App {
+    /// An app serving `states` (in a store of type `store`, for metrics)
+    /// at the root, trusting no proxy.
+    pub fn new(states: States, limits: Limits, store: &'static str) -> Self {
+        App {
+            states,
+            limits,
+            base_path: String::new(),
+            trusted_proxies: Vec::new(),
+            metrics: Metrics::new(store),
+            readiness: Readiness::default(),
+        }
+    }
+}
+
+/// Which URLs a listener serves: everything, or (with `admin_listen`) the
+/// state URLs on the main address and the operational ones on the admin
+/// address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    All,
+    Public,
+    Admin,
+}
+
+/// One connection as the protocol sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    /// The peer's address (a proxy's, behind one).
+    pub peer: SocketAddr,
+    pub surface: Surface,
+}
+
+/// The store probe behind `/readyz`, cached for a second so a busy
+/// load balancer does not turn into store traffic.
+#[derive(Default)]
+pub struct Readiness {
+    last: Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+const READY_CACHE: Duration = Duration::from_secs(1);
+
+impl Readiness {
+    async fn check(&self, states: &States) -> Result<(), String> {
+        if let Some((at, result)) = &*self.last.lock().expect("readiness lock")
+            && at.elapsed() < READY_CACHE
+        {
+            return result.clone();
+        }
+        let result = states
+            .store()
+            .stat(&format!("{PROBE_PREFIX}ready"))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        *self.last.lock().expect("readiness lock") = Some((Instant::now(), result.clone()));
+        result
+    }
 }
 
 /// A request, understood.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Endpoint {
     Health,
+    Ready,
+    Metrics,
     GetState(StateRef),
     History(StateRef),
     GetVersion(StateRef, u64),
@@ -93,12 +174,60 @@ fn decode_key(raw: &str) -> Result<String, ProtocolError> {
         .map_err(|_| ProtocolError::BadRequest("the state key is not valid UTF-8".into()))
 }
 
-/// Maps a method and URL to an endpoint.
+impl Endpoint {
+    /// The route template, for metrics and logs (never the key itself).
+    pub fn route(&self) -> &'static str {
+        match self {
+            Endpoint::Health => "/healthz",
+            Endpoint::Ready => "/readyz",
+            Endpoint::Metrics => "/metrics",
+            Endpoint::GetState(_) | Endpoint::WriteState { .. } | Endpoint::DeleteState { .. } => {
+                "/states/{key}"
+            }
+            Endpoint::Lock(_) | Endpoint::Unlock(_) => "/states/{key} (lock)",
+            Endpoint::History(_) => "/states/{key}?history",
+            Endpoint::GetVersion(..) => "/states/{key}?version",
+            Endpoint::GetLock(_) => "/locks/{key}",
+        }
+    }
+
+    fn state(&self) -> Option<&StateRef> {
+        match self {
+            Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => None,
+            Endpoint::GetState(s)
+            | Endpoint::History(s)
+            | Endpoint::GetVersion(s, _)
+            | Endpoint::WriteState { state: s, .. }
+            | Endpoint::DeleteState { state: s, .. }
+            | Endpoint::Lock(s)
+            | Endpoint::Unlock(s)
+            | Endpoint::GetLock(s) => Some(s),
+        }
+    }
+
+    /// Whether a listener serving `surface` answers this endpoint.
+    fn served_on(&self, surface: Surface) -> bool {
+        let operational = matches!(self, Endpoint::Ready | Endpoint::Metrics);
+        match surface {
+            Surface::All => true,
+            Surface::Public => !operational,
+            Surface::Admin => operational || matches!(self, Endpoint::Health),
+        }
+    }
+}
+
+/// Maps a method and URL (below the base path) to an endpoint.
 pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Endpoint, ProtocolError> {
-    if path == "/healthz" {
+    let operational = match path {
+        "/healthz" => Some(Endpoint::Health),
+        "/readyz" => Some(Endpoint::Ready),
+        "/metrics" => Some(Endpoint::Metrics),
+        _ => None,
+    };
+    if let Some(endpoint) = operational {
         return match *method {
-            Method::GET | Method::HEAD => Ok(Endpoint::Health),
-            _ => Err(ProtocolError::MethodNotAllowed("GET")),
+            Method::GET | Method::HEAD => Ok(endpoint),
+            _ => Err(ProtocolError::MethodNotAllowed("GET, HEAD")),
         };
     }
     let (is_lock_url, raw_key) = if let Some(k) = path.strip_prefix("/states/") {
@@ -147,58 +276,211 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Endpoin
     }
 }
 
+/// What one request did, gathered for its log line and metrics.
+struct Exchange {
+    route: &'static str,
+    state: Option<String>,
+    bytes_in: u64,
+    /// An UNLOCK that released whoever held the lock.
+    forced: bool,
+}
+
+/// Request ids: unique within the process, and across restarts (the start
+/// time is mixed in).
+fn next_request_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{:016x}",
+        base.wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    )
+}
+
+/// The client's address: the peer's, unless the peer is a trusted proxy;
+/// then the nearest address in `X-Forwarded-For` (or `Forwarded: for=`)
+/// that is not itself a trusted proxy.
+pub fn client_addr(trusted: &[ipnet::IpNet], peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let is_trusted = |a: &IpAddr| trusted.iter().any(|n| n.contains(a));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut chain: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    if chain.is_empty() {
+        chain = headers
+            .get_all("forwarded")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split([',', ';']))
+            .filter_map(|part| {
+                let (k, v) = part.trim().split_once('=')?;
+                if !k.eq_ignore_ascii_case("for") {
+                    return None;
+                }
+                let v = v.trim_matches('"');
+                let v = match v.strip_prefix('[') {
+                    Some(rest) => rest.split(']').next()?,
+                    None => v.split(':').next()?,
+                };
+                v.parse().ok()
+            })
+            .collect();
+    }
+    chain
+        .iter()
+        .rev()
+        .find(|a| !is_trusted(a))
+        .or(chain.first())
+        .copied()
+        .unwrap_or(peer)
+}
+
 /// Answers one request. Never fails: errors become responses here.
 pub async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
+    conn: Conn,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let (response, reason) = match dispatch(&app, req).await {
+    let request_id = next_request_id();
+    let method = method_label(req.method());
+    let client = client_addr(&app.trusted_proxies, conn.peer.ip(), req.headers());
+    let mut ex = Exchange {
+        route: "other",
+        state: None,
+        bytes_in: 0,
+        forced: false,
+    };
+    let (mut response, reason) = match dispatch(&app, req, conn.surface, &mut ex).await {
         Ok(r) => (r, None),
         Err(e) => {
+            count_failure(&app.metrics, &e, ex.route);
             let reason = e.to_string();
             (e.into_response(), Some(reason))
         }
     };
+    if ex.forced && response.status().is_success() {
+        app.metrics.force_unlock();
+    }
+    response.headers_mut().insert(
+        "x-request-id",
+        HeaderValue::from_str(&request_id).expect("hex is a header value"),
+    );
     let status = response.status();
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let bytes_out = response.body().size_hint().exact().unwrap_or(0);
+    let elapsed = started.elapsed();
+    app.metrics.request(
+        method,
+        ex.route,
+        status.as_u16(),
+        elapsed,
+        ex.bytes_in,
+        bytes_out,
+    );
+    let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+    let state = ex.state.as_deref().unwrap_or("-");
+    let (route, bytes_in, status) = (ex.route, ex.bytes_in, status.as_u16());
     match reason {
-        Some(reason) if status.is_server_error() => {
-            tracing::warn!(%method, %path, status = status.as_u16(), elapsed_ms, %reason, "request failed");
-        }
-        Some(reason) => {
-            tracing::info!(%method, %path, status = status.as_u16(), elapsed_ms, %reason, "request refused");
-        }
-        None => tracing::info!(%method, %path, status = status.as_u16(), elapsed_ms, "request"),
+        Some(reason) if status >= 500 => tracing::warn!(
+            %request_id, %client, method, route, state, status, elapsed_ms, bytes_in, bytes_out, %reason,
+            "request failed"
+        ),
+        Some(reason) => tracing::info!(
+            %request_id, %client, method, route, state, status, elapsed_ms, bytes_in, bytes_out, %reason,
+            "request refused"
+        ),
+        None => tracing::info!(
+            %request_id, %client, method, route, state, status, elapsed_ms, bytes_in, bytes_out,
+            "request"
+        ),
     }
     Ok(response)
+}
+
+/// Counts what a failure says about locks, writes and the store.
+fn count_failure(metrics: &Metrics, e: &ProtocolError, route: &str) {
+    let writing = route == "/states/{key}";
+    match e {
+        ProtocolError::State(StateError::Locked(_)) => metrics.lock_conflict(),
+        ProtocolError::State(StateError::Store(_)) => metrics.store_error(),
+        ProtocolError::TooSlow(_) => metrics.request_timed_out(),
+        ProtocolError::State(StateError::Stale(_)) if writing => {
+            metrics.write_refused(Refusal::Stale)
+        }
+        ProtocolError::State(StateError::NotHolder(_)) if writing => {
+            metrics.write_refused(Refusal::Locked)
+        }
+        ProtocolError::TooLarge(_) if writing => metrics.write_refused(Refusal::TooLarge),
+        ProtocolError::BadRequest(_) | ProtocolError::State(StateError::BadRequest(_))
+            if writing =>
+        {
+            metrics.write_refused(Refusal::Invalid)
+        }
+        _ => {}
+    }
 }
 
 async fn dispatch(
     app: &App,
     req: Request<Incoming>,
+    surface: Surface,
+    ex: &mut Exchange,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
-    let endpoint = route(req.method(), req.uri().path(), req.uri().query())?;
+    let full_path = req.uri().path();
+    let path = if app.base_path.is_empty() {
+        full_path
+    } else {
+        full_path
+            .strip_prefix(app.base_path.as_str())
+            .filter(|rest| rest.starts_with('/'))
+            .ok_or_else(|| {
+                ProtocolError::NotFound(format!(
+                    "no such URL {full_path:?}; stategate is served below {}",
+                    app.base_path
+                ))
+            })?
+    };
+    let endpoint = route(req.method(), path, req.uri().query())?;
+    if !endpoint.served_on(surface) {
+        return Err(ProtocolError::NotFound(format!(
+            "no such URL {full_path:?} on this address"
+        )));
+    }
+    ex.route = endpoint.route();
+    ex.state = endpoint.state().map(ToString::to_string);
     match endpoint {
         Endpoint::Health => Ok(text("ok\n")),
+        Endpoint::Ready => handle_ready(app).await,
+        Endpoint::Metrics => handle_metrics(app).await,
         Endpoint::GetState(state) => handle_get(app, &state).await,
         Endpoint::History(state) => handle_history(app, &state).await,
         Endpoint::GetVersion(state, n) => handle_get_version(app, &state, n).await,
         Endpoint::WriteState { state, lock_id } => {
-            let body = read_body(app, req, app.limits.max_body_bytes).await?;
+            let body = read_body(app, req, app.limits.max_body_bytes, ex).await?;
             handle_write(app, &state, body, lock_id.as_deref()).await
         }
         Endpoint::DeleteState { state, lock_id } => {
             handle_delete(app, &state, lock_id.as_deref()).await
         }
         Endpoint::Lock(state) => {
-            let body = read_body(app, req, app.limits.max_lock_bytes).await?;
+            let body = read_body(app, req, app.limits.max_lock_bytes, ex).await?;
             handle_lock(app, &state, body.bytes).await
         }
         Endpoint::Unlock(state) => {
-            let body = read_body(app, req, app.limits.max_lock_bytes).await?;
+            let body = read_body(app, req, app.limits.max_lock_bytes, ex).await?;
+            ex.forced = body.bytes.iter().all(u8::is_ascii_whitespace)
+                || LockInfo::parse(&body.bytes).is_ok_and(|i| i.id.is_empty());
             handle_unlock(app, &state, &body.bytes).await
         }
         Endpoint::GetLock(state) => handle_get_lock(app, &state).await,
@@ -217,7 +499,12 @@ const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// `body_min_rate` over any 10-second window, and one whose `Content-MD5`
 /// does not match. Memory grows with the bytes received, never with the
 /// length a client declares.
-async fn read_body(app: &App, req: Request<Incoming>, limit: u64) -> Result<Body, ProtocolError> {
+async fn read_body(
+    app: &App,
+    req: Request<Incoming>,
+    limit: u64,
+    ex: &mut Exchange,
+) -> Result<Body, ProtocolError> {
     let min_rate = app.limits.body_min_rate;
     let declared = req
         .headers()
@@ -279,6 +566,7 @@ async fn read_body(app: &App, req: Request<Incoming>, limit: u64) -> Result<Body
             continue;
         };
         seen += data.len() as u64;
+        ex.bytes_in = seen;
         if seen > limit.saturating_add(DRAIN_BYTES) {
             break;
         }
@@ -338,6 +626,30 @@ fn state_body(body: Bytes) -> Response<Full<Bytes>> {
         HeaderValue::from_str(&etag).expect("hex is a header value"),
     );
     r
+}
+
+async fn handle_ready(app: &App) -> Result<Response<Full<Bytes>>, ProtocolError> {
+    match app.readiness.check(&app.states).await {
+        Ok(()) => Ok(text("ready\n")),
+        Err(reason) => Err(ProtocolError::State(StateError::Store(
+            crate::stores::StoreError::Unavailable(format!("not ready: {reason}")),
+        ))),
+    }
+}
+
+async fn handle_metrics(app: &App) -> Result<Response<Full<Bytes>>, ProtocolError> {
+    if app.metrics.counts_due() {
+        match app.states.counts().await {
+            Ok((states, locks)) => app.metrics.set_counts(states, locks),
+            Err(e) => tracing::warn!(error = %e, "counting states for /metrics failed"),
+        }
+    }
+    let mut r = text(app.metrics.render());
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok(r)
 }
 
 async fn handle_get(app: &App, state: &StateRef) -> Result<Response<Full<Bytes>>, ProtocolError> {

@@ -171,6 +171,23 @@ impl States {
         Ok(out)
     }
 
+    /// How many states and held locks the store has, from one listing
+    /// (no state is read).
+    pub async fn counts(&self) -> Result<(usize, usize), StateError> {
+        let entries = self.store.list("").await?;
+        let locks = entries
+            .iter()
+            .filter(|e| {
+                e.key.ends_with(key::LOCK_SUFFIX) && !e.key.starts_with(key::RESERVED_PREFIX)
+            })
+            .count();
+        let states = entries
+            .iter()
+            .filter(|e| StateRef::from_object_key(&e.key, &self.workspace_key_prefix).is_some())
+            .count();
+        Ok((states, locks))
+    }
+
     /// Every lock currently held, with its state.
     pub async fn locks(&self) -> Result<Vec<(StateRef, LockInfo)>, StateError> {
         let mut out = Vec::new();

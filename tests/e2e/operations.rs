@@ -1,0 +1,207 @@
+//! What an operator relies on: a base path behind a proxy, readiness,
+//! Prometheus metrics, a separate admin address, request ids in the access
+//! log, and client addresses believed only from trusted proxies.
+
+use std::time::{Duration, Instant};
+
+use crate::support::stores::{LocalPeer, SqlitePeer};
+use crate::support::*;
+
+fn header(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+}
+
+#[test]
+fn base_path_serves_every_url_below_it() {
+    let peer = LocalPeer::new();
+    let server = Server::start_with(&peer, &["--base-path", "/tfstate/"]);
+    let base = format!("{}/tfstate", server.url);
+    assert_eq!(http("GET", &format!("{base}/healthz"), b"").0, 200);
+    assert_eq!(http("GET", &format!("{base}/readyz"), b"").0, 200);
+    assert_eq!(http("GET", &format!("{}/healthz", server.url), b"").0, 404);
+    assert_eq!(
+        http("GET", &format!("{}/tfstatex/healthz", server.url), b"").0,
+        404
+    );
+    assert_eq!(
+        http(
+            "POST",
+            &format!("{}/states/x", server.url),
+            &state_doc("b", 1, "x")
+        )
+        .0,
+        404
+    );
+    // Real terraform through the base path, with the gateway lock URLs.
+    let tf = Terraform::new(&example_text("gateway-locks").replace("http://127.0.0.1:8080", &base));
+    tf.init_apply(&[]);
+    assert!(peer.root().join("gateway/terraform.tfstate").is_file());
+    let out = tf.ok(&["plan", "-detailed-exitcode", "-no-color"]);
+    assert!(out.contains("No changes"), "{out}");
+    assert!(
+        !peer
+            .root()
+            .join("gateway/terraform.tfstate.tflock")
+            .exists()
+    );
+}
+
+#[test]
+fn readyz_follows_the_store_and_healthz_the_process() {
+    let peer = SqlitePeer::new();
+    let server = Server::start(&peer);
+    let url = |p: &str| format!("{}{p}", server.url);
+    assert_eq!(http("GET", &url("/readyz"), b"").0, 200);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", peer.db().display()));
+    }
+    // The probe is cached for a second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (status, reason) = loop {
+        let (status, reason) = http("GET", &url("/readyz"), b"");
+        if status != 200 || Instant::now() > deadline {
+            break (status, reason);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status, 503, "{}", text(&reason));
+    assert!(
+        text(&reason).contains("removed or replaced"),
+        "{}",
+        text(&reason)
+    );
+    assert_eq!(
+        http("GET", &url("/healthz"), b"").0,
+        200,
+        "the process still lives"
+    );
+}
+
+fn metric(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_count_requests_conflicts_and_refusals_by_route() {
+    let peer = LocalPeer::new();
+    let server = Server::start(&peer);
+    let secret_key = "team-secret-name/terraform.tfstate";
+    let url = server.state_url(secret_key);
+    assert_eq!(http("POST", &url, &state_doc("m", 2, "x")).0, 200);
+    assert_eq!(http("POST", &url, &state_doc("m", 1, "x")).0, 409);
+    assert_eq!(http("POST", &url, b"{}").0, 400);
+    assert_eq!(http("LOCK", &url, &lock_info("A", "a")).0, 200);
+    assert_eq!(http("LOCK", &url, &lock_info("B", "b")).0, 423);
+    assert_eq!(http("UNLOCK", &url, b"").0, 200);
+    assert_eq!(
+        http("POST", &server.state_url("other"), &state_doc("o", 1, "o")).0,
+        200
+    );
+    assert_eq!(
+        http("LOCK", &server.state_url("other"), &lock_info("C", "c")).0,
+        200
+    );
+
+    let (status, headers, body) = http_full("GET", &format!("{}/metrics", server.url), &[], b"");
+    assert_eq!(status, 200);
+    assert!(
+        header(&headers, "content-type")
+            .unwrap()
+            .contains("openmetrics")
+    );
+    let m = text(&body);
+    let get = |l: &str| metric(&m, l).unwrap_or_else(|| panic!("{l} missing:\n{m}"));
+    assert_eq!(
+        get(r#"stategate_http_requests_total{method="POST",route="/states/{key}",status="200"}"#),
+        2.0
+    );
+    assert_eq!(get("stategate_lock_conflicts_total"), 1.0);
+    assert_eq!(get("stategate_force_unlocks_total"), 1.0);
+    assert_eq!(
+        get(r#"stategate_writes_refused_total{reason="stale"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"stategate_writes_refused_total{reason="invalid"}"#),
+        1.0
+    );
+    assert_eq!(get("stategate_states"), 2.0);
+    assert_eq!(get("stategate_locks_held"), 1.0);
+    assert!(get(r#"stategate_http_body_bytes_total{direction="in"}"#) > 0.0);
+    assert!(
+        m.contains("stategate_http_request_duration_seconds_bucket"),
+        "{m}"
+    );
+    assert!(m.contains("stategate_build_info{version="), "{m}");
+    assert!(
+        !m.contains("team-secret-name"),
+        "a key leaked into a label:\n{m}"
+    );
+}
+
+#[test]
+fn admin_listen_moves_metrics_and_readiness_off_the_main_address() {
+    let peer = LocalPeer::new();
+    let server = Server::start_with(&peer, &["--admin-listen", "127.0.0.1:0"]);
+    let log = server.log();
+    let admin = log
+        .split("serving /metrics and /readyz on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("admin address not logged:\n{log}"))
+        .to_string();
+    let admin = admin.trim_end_matches('"').to_string();
+    assert_eq!(http("GET", &format!("{admin}/metrics"), b"").0, 200);
+    assert_eq!(http("GET", &format!("{admin}/readyz"), b"").0, 200);
+    assert_eq!(http("GET", &format!("{admin}/states/x"), b"").0, 404);
+    assert_eq!(http("GET", &format!("{}/metrics", server.url), b"").0, 404);
+    assert_eq!(http("GET", &format!("{}/readyz", server.url), b"").0, 404);
+    assert_eq!(
+        http("POST", &server.state_url("x"), &state_doc("x", 1, "x")).0,
+        200
+    );
+}
+
+#[test]
+fn request_ids_and_client_addresses_reach_the_log() {
+    let peer = LocalPeer::new();
+    let trusting = Server::start_with(&peer, &["--trusted-proxies", "127.0.0.0/8"]);
+    let spoof = [("X-Forwarded-For", "198.51.100.9, 203.0.113.7")];
+    let (_, headers, _) = http_full("GET", &format!("{}/healthz", trusting.url), &spoof, b"");
+    let id = header(&headers, "x-request-id").expect("X-Request-Id");
+    let (_, headers2, _) = http_full("GET", &format!("{}/healthz", trusting.url), &[], b"");
+    assert_ne!(
+        header(&headers2, "x-request-id").unwrap(),
+        id,
+        "ids are unique"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let log = trusting.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&id))
+        .unwrap_or_else(|| panic!("no log line with request id {id}:\n{log}"));
+    assert!(line.contains("client=203.0.113.7"), "{line}");
+    assert!(
+        line.contains("route=\"/healthz\"") || line.contains("route=/healthz"),
+        "{line}"
+    );
+
+    let other = LocalPeer::new();
+    let wary = Server::start(&other);
+    let (_, headers, _) = http_full("GET", &format!("{}/healthz", wary.url), &spoof, b"");
+    let id = header(&headers, "x-request-id").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let log = wary.log();
+    let line = log.lines().find(|l| l.contains(&id)).expect("log line");
+    assert!(
+        line.contains("client=127.0.0.1"),
+        "an untrusted peer's header was believed: {line}"
+    );
+}
