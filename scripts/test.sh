@@ -16,6 +16,44 @@ if ! command -v terraform >/dev/null 2>&1 && [ ! -x /usr/local/bin/terraform ]; 
 fi
 export PATH="$PATH:/usr/local/bin"
 
+# Debian packages the tests need, with apt's package lists updated once.
+apt_updated=
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
+
+# nginx for the reverse-proxy tests, which start their own nginx processes.
+# Debian's package would also start and enable nginx as a system service on
+# port 80; keep it from starting while installing, and stop it if it runs.
+if [ ! -x /usr/sbin/nginx ]; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "scripts/test.sh: nginx is required at /usr/sbin/nginx for the end-to-end tests: install Debian's nginx package" >&2
+    exit 1
+  fi
+  policy_added=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    policy_added=1
+  fi
+  installed=0
+  apt_install nginx || installed=$?
+  if [ -n "$policy_added" ]; then
+    rm -f /usr/sbin/policy-rc.d
+  fi
+  [ "$installed" = 0 ] || exit "$installed"
+fi
+if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet nginx 2>/dev/null; then
+  systemctl disable --now --quiet nginx || true
+fi
+if [ -s /run/nginx.pid ] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
+  /usr/sbin/nginx -s quit || true
+fi
+
 # Real peers for the tests (the moto S3 server, Alibaba's OSS SDKs, pytest),
 # in a virtualenv of the repository, never in the system Python.
 if [ ! -x .venv/bin/python ]; then
@@ -23,7 +61,7 @@ if [ ! -x .venv/bin/python ]; then
     # Debian's python3 ships without venv and ensurepip.
     rm -rf .venv
     if command -v apt-get >/dev/null 2>&1; then
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+      apt_install python3-venv
       python3 -m venv .venv
     else
       echo "scripts/test.sh: python3 cannot create a virtualenv: install its venv module" >&2
