@@ -87,6 +87,7 @@ fn main() {
         listener,
         app,
         Surface::All,
+        None,
         std::future::pending(),
     ));
     let agent = ureq::AgentBuilder::new()

@@ -54,6 +54,17 @@ if [ -s /run/nginx.pid ] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
   /usr/sbin/nginx -s quit || true
 fi
 
+# openssl makes the TLS tests' certificates; curl is their second client.
+for tool in openssl curl; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    if ! command -v apt-get >/dev/null 2>&1; then
+      echo "scripts/test.sh: '$tool' is required by the TLS tests: install it" >&2
+      exit 1
+    fi
+    apt_install "$tool"
+  fi
+done
+
 # Real peers for the tests (the moto S3 server, Alibaba's OSS SDKs, pytest),
 # in a virtualenv of the repository, never in the system Python.
 if [ ! -x .venv/bin/python ]; then

@@ -16,6 +16,7 @@ use stategate::protocol::{App, Surface};
 use stategate::server;
 use stategate::state::{Policy, StateRef, States, WriteOptions, WriteOutcome, key};
 use stategate::stores;
+use stategate::tls::Tls;
 
 /// A remote state server for Terraform and OpenTofu's `backend "http"`.
 #[derive(Debug, Parser)]
@@ -51,6 +52,15 @@ pub struct ConfigArgs {
     /// Proxies whose X-Forwarded-For is believed: CIDR ranges, comma-separated.
     #[arg(long, global = true, value_name = "CIDRS")]
     pub trusted_proxies: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_cert: Option<String>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_key: Option<String>,
+    /// Require client certificates signed by these CAs (PEM).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_client_ca: Option<String>,
     /// local, sqlite, s3 or oss [default: local].
     #[arg(long, global = true, value_name = "TYPE")]
     pub storage_type: Option<String>,
@@ -194,6 +204,9 @@ pub fn load_settings(args: &ConfigArgs) -> Result<Settings> {
         admin_listen: args.admin_listen.clone(),
         base_path: args.base_path.clone(),
         trusted_proxies: args.trusted_proxies.clone(),
+        tls_cert: args.tls_cert.clone(),
+        tls_key: args.tls_key.clone(),
+        tls_client_ca: args.tls_client_ca.clone(),
         storage_type: args.storage_type.clone(),
         max_body_bytes: args.max_body_bytes,
         log_format: args.log_format.clone(),
@@ -227,6 +240,10 @@ pub fn policy(settings: &Settings) -> Policy {
 /// or Ctrl-C.
 pub async fn serve(settings: Settings) -> Result<()> {
     raise_open_file_limit();
+    let tls = match settings.tls.clone() {
+        Some(files) => Some(Arc::new(Tls::load(files)?)),
+        None => None,
+    };
     let (states, _) = open_states(&settings).await?;
     let listener = bind(&settings).await?;
     // Bound (and announced) before the main address, which tools wait for.
@@ -242,8 +259,9 @@ pub async fn serve(settings: Settings) -> Result<()> {
         None => None,
     };
     tracing::info!(
-        "stategate {} listening on http://{} with the {}",
+        "stategate {} listening on {}://{} with the {}",
         env!("CARGO_PKG_VERSION"),
+        if tls.is_some() { "https" } else { "http" },
         listener.local_addr()?,
         states.store().describe()
     );
@@ -260,17 +278,21 @@ pub async fn serve(settings: Settings) -> Result<()> {
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    if let Some(tls) = &tls {
+        reload_on_hangup(Arc::clone(tls));
+    }
     match admin {
-        None => server::run(listener, app, Surface::All, until_stopped(stopped)).await,
+        None => server::run(listener, app, Surface::All, tls, until_stopped(stopped)).await,
         Some(admin) => {
             tokio::join!(
                 server::run(
                     listener,
                     Arc::clone(&app),
                     Surface::Public,
+                    tls.clone(),
                     until_stopped(stopped.clone())
                 ),
-                server::run(admin, app, Surface::Admin, until_stopped(stopped)),
+                server::run(admin, app, Surface::Admin, tls, until_stopped(stopped)),
             );
         }
     }
@@ -289,6 +311,23 @@ fn raise_open_file_limit() {
         };
         if let Err(e) = setrlimit(Resource::Nofile, raised) {
             tracing::debug!(error = %e, "could not raise the open file limit");
+        }
+    }
+}
+
+/// Reloads the TLS certificates on every SIGHUP.
+fn reload_on_hangup(tls: Arc<Tls>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangups) => {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    let _ = tls.reload();
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; TLS certificates will not reload")
         }
     }
 }

@@ -80,6 +80,7 @@ pub struct FileConfig {
     pub admin_listen: Option<String>,
     pub base_path: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub tls: Option<FileTls>,
     pub max_body_bytes: Option<u64>,
     pub max_lock_bytes: Option<serde_yaml_ng::Value>,
     pub max_header_bytes: Option<serde_yaml_ng::Value>,
@@ -92,6 +93,15 @@ pub struct FileConfig {
     pub history_keep: Option<u64>,
     pub protect_lineage: Option<bool>,
     pub backend: Option<FileBackend>,
+}
+
+/// The `tls:` block of the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub client_ca: Option<String>,
 }
 
 /// The `backend:` block of the file, as in the seed Kusion document.
@@ -127,6 +137,9 @@ pub struct CliOverrides {
     pub base_path: Option<String>,
     /// Comma-separated CIDR ranges.
     pub trusted_proxies: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub tls_client_ca: Option<String>,
     pub storage_type: Option<String>,
     pub max_body_bytes: Option<u64>,
     pub log_format: Option<String>,
@@ -141,6 +154,19 @@ pub struct CliOverrides {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// The certificate files of HTTPS. They are read at start-up (a wrong one
+/// stops it, naming the setting) and again on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, PEM, leaf first.
+    pub cert: PathBuf,
+    /// Its private key, PEM.
+    pub key: PathBuf,
+    /// CA certificates, PEM; when set, clients must present a certificate
+    /// signed by one of them.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// How the server protects itself from slow, idle and greedy clients. The
@@ -195,6 +221,8 @@ pub struct Settings {
     pub base_path: String,
     /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Serve HTTPS with these files, when set.
+    pub tls: Option<TlsFiles>,
     /// Body, header, time and connection limits of the server.
     pub limits: Limits,
     pub log_format: LogFormat,
@@ -351,6 +379,47 @@ pub fn resolve(
         Some(list) => list.split(',').map(str::to_string).collect(),
         None => file.trusted_proxies.take().unwrap_or_default(),
     };
+    let file_tls = file.tls.take().unwrap_or_default();
+    let pick = |flag: &Option<String>, var: &str, from_file: Option<String>| {
+        flag.clone()
+            .or_else(|| env(var))
+            .or(from_file)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| base_dir.join(v))
+    };
+    let tls_cert = pick(&cli.tls_cert, "STATEGATE_TLS_CERT", file_tls.cert);
+    let tls_key = pick(&cli.tls_key, "STATEGATE_TLS_KEY", file_tls.key);
+    let client_ca = pick(
+        &cli.tls_client_ca,
+        "STATEGATE_TLS_CLIENT_CA",
+        file_tls.client_ca,
+    );
+    let tls = match (tls_cert, tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert,
+            key,
+            client_ca,
+        }),
+        (None, None) if client_ca.is_none() => None,
+        (None, None) => {
+            return Err(ConfigError::invalid(
+                "tls.client_ca",
+                "needs tls.cert and tls.key: client certificates are only asked for over TLS",
+            ));
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::Missing {
+                setting: "tls.key".into(),
+                help: "the private key of tls.cert".into(),
+            });
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::Missing {
+                setting: "tls.cert".into(),
+                help: "the certificate of tls.key".into(),
+            });
+        }
+    };
     let trusted_proxies = proxies
         .iter()
         .map(|p| p.trim())
@@ -424,6 +493,7 @@ pub fn resolve(
         admin_listen,
         base_path,
         trusted_proxies,
+        tls,
         limits,
         log_format,
         history_keep,

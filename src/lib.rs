@@ -4,8 +4,9 @@
 //!
 //! How a request flows, and which module owns each step:
 //!
-//! - [`server`] accepts connections (hyper 1 on tokio) and shuts down
-//!   gracefully; it hands each request to [`protocol`].
+//! - [`server`] accepts connections (hyper 1 on tokio, HTTPS through
+//!   [`tls`]), guards them with limits and shuts down gracefully; it hands
+//!   each request to [`protocol`].
 //! - [`protocol`] turns HTTP into calls on [`state::States`] and results back
 //!   into HTTP: URL and key parsing, LockInfo, and the one place where errors
 //!   become status codes.
@@ -28,3 +29,4 @@ pub mod protocol;
 pub mod server;
 pub mod state;
 pub mod stores;
+pub mod tls;

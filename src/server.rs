@@ -42,13 +42,15 @@ use tokio::task::JoinSet;
 
 use crate::config::Limits;
 use crate::protocol::{self, App, Conn, Surface};
+use crate::tls::Tls;
 
-/// Serves `app`'s URLs for `surface` on `listener` until `shutdown`
-/// completes, within the limits in `app.limits`.
+/// Serves `app`'s URLs for `surface` on `listener` (over TLS when `tls` is
+/// given) until `shutdown` completes, within the limits in `app.limits`.
 pub async fn run(
     listener: TcpListener,
     app: Arc<App>,
     surface: Surface,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let limits = app.limits.clone();
@@ -80,9 +82,30 @@ pub async fn run(
                     continue;
                 }
                 let conn = Conn { peer, surface };
-                let conn = serve_connection(stream, conn, Arc::clone(&app), stop_rx.clone());
+                let app = Arc::clone(&app);
+                let stop = stop_rx.clone();
+                let acceptor = tls.as_ref().map(|t| t.acceptor());
                 connections.spawn(async move {
-                    if let Err(e) = conn.await {
+                    let result = match acceptor {
+                        None => serve_connection(stream, conn, app, stop).await,
+                        Some(acceptor) => {
+                            // The handshake gets the head's time budget.
+                            let timeout = app.limits.header_timeout;
+                            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => serve_connection(stream, conn, app, stop).await,
+                                Ok(Err(e)) => {
+                                    tracing::info!(%peer, error = %e, "TLS handshake refused");
+                                    return;
+                                }
+                                Err(_) => {
+                                    app.metrics.request_timed_out();
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
                 });
@@ -268,12 +291,12 @@ impl Body for Tracked {
 }
 
 /// The socket, noting every byte that moves for the watchdog.
-struct Watched {
-    stream: TcpStream,
+struct Watched<S> {
+    stream: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -288,7 +311,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -328,12 +351,15 @@ impl AsyncWrite for Watched {
 
 /// Serves one connection until the client closes it, a limit closes it, or
 /// shutdown finds it with no request in flight.
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     conn_info: Conn,
     app: Arc<App>,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), hyper::Error> {
+) -> Result<(), hyper::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let limits = app.limits.clone();
     let activity = Activity::new();
     let io = TokioIo::new(Watched {

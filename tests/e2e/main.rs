@@ -11,7 +11,10 @@ mod cli;
 mod crash;
 mod hostile;
 mod local_sqlite;
+mod nginx;
+mod operations;
 #[cfg(feature = "oss")]
 mod oss;
 #[cfg(feature = "s3")]
 mod s3;
+mod tls;

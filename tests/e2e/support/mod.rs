@@ -67,7 +67,7 @@ pub fn testdata(name: &str) -> Vec<u8> {
 
 /// A running `stategate serve`. Killed when dropped.
 pub struct Server {
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` when serving TLS)
     pub url: String,
     child: Child,
     log: Arc<Mutex<String>>,
@@ -139,7 +139,7 @@ impl Server {
                     l.push_str(&line);
                     l.push('\n');
                 }
-                if let Some(rest) = line.split("listening on http://").nth(1) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
                     let addr = rest.split_whitespace().next().unwrap_or("").to_string();
                     let _ = tx.send(addr);
                 }
@@ -147,7 +147,7 @@ impl Server {
         });
         match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(addr) => Ok(Server {
-                url: format!("http://{addr}"),
+                url: addr,
                 child,
                 log,
                 _dir: dir,
