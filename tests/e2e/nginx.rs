@@ -5,8 +5,8 @@
 //! runs `terraform-examples/nginx/main.tf` through it: LOCK and UNLOCK pass,
 //! the POST/DELETE lock URLs pass, a held lock and force-unlock pass, a
 //! 64 MiB state streams both ways without touching nginx's disk, nothing
-//! outside the base path is served, and stategate logs the client address
-//! nginx forwards. nginx's access log shows that each request really went
+//! outside the base path is served, connections to stategate are kept
+//! alive, and stategate logs the client address nginx forwards. nginx's access log shows that each request really went
 //! through it; the store shows where it landed.
 //!
 //! Each test starts its own stategate and its own nginx (a single process,
@@ -640,5 +640,44 @@ fn stategate_logs_the_client_nginx_forwarded_for() {
     assert!(
         line.contains("client=127.0.0.3"),
         "stategate did not log the address nginx saw: {line}"
+    );
+}
+
+/// How many TCP connections to 127.0.0.1:`port` are established, seen from
+/// the connecting side (`/proc/net/tcp`, remote address = that port).
+fn established_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            fields.get(2) == Some(&remote.as_str()) && fields.get(3) == Some(&"01")
+        })
+        .count()
+}
+
+#[test]
+fn nginx_keeps_connections_to_stategate_alive() {
+    let stack = Stack::start();
+    let port: u16 = upstream(&stack.server)
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let url = stack.nginx.at(&format!("{BASE}/states/{KEY}"));
+    let state = state_doc("keepalive", 1, "x");
+    assert_eq!(http("POST", &url, &state).0, 200);
+    for _ in 0..5 {
+        assert_eq!(http("GET", &url, b""), (200, state.clone()));
+    }
+    // One request at a time: nginx reuses one idle connection and keeps it
+    // open between requests (stategate closes it after idle_timeout, 60 s).
+    assert_eq!(
+        established_to(port),
+        1,
+        "nginx should hold exactly one idle keep-alive connection to stategate"
     );
 }
