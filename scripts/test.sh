@@ -48,10 +48,12 @@ if [ ! -x /usr/sbin/nginx ]; then
   [ "$installed" = 0 ] || exit "$installed"
 fi
 if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet nginx 2>/dev/null; then
-  systemctl disable --now --quiet nginx || true
+  systemctl disable --quiet nginx
 fi
-if [ -s /run/nginx.pid ] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
-  /usr/sbin/nginx -s quit || true
+if [ -d /run/systemd/system ] && systemctl is-active --quiet nginx; then
+  systemctl stop nginx
+elif [ -s /run/nginx.pid ] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
+  /usr/sbin/nginx -s quit
 fi
 
 # openssl makes the TLS tests' certificates; curl is their second client.
