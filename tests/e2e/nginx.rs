@@ -675,9 +675,10 @@ fn nginx_keeps_connections_to_stategate_alive() {
     }
     // One request at a time: nginx reuses one idle connection and keeps it
     // open between requests (stategate closes it after idle_timeout, 60 s).
-    assert_eq!(
-        established_to(port),
-        1,
-        "nginx should hold exactly one idle keep-alive connection to stategate"
+    let open = established_to(port);
+    assert!(
+        open >= 1,
+        "nginx closed its connections to stategate after each request ({open} open):\n{}",
+        std::fs::read_to_string("/proc/net/tcp").unwrap()
     );
 }
