@@ -11,6 +11,9 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 
+use stategate::audit::Audit;
+use stategate::auth::{self as authn, Auth};
+use stategate::config::AuthSetting;
 use stategate::config::{self, CliOverrides, FileConfig, Settings};
 use stategate::protocol::{App, Surface};
 use stategate::server;
@@ -61,6 +64,12 @@ pub struct ConfigArgs {
     /// Require client certificates signed by these CAs (PEM).
     #[arg(long, global = true, value_name = "FILE")]
     pub tls_client_ca: Option<String>,
+    /// `none` serves without authentication, even beyond loopback.
+    #[arg(long, global = true, value_name = "none")]
+    pub auth: Option<String>,
+    /// Write audit events (JSON lines) to this file instead of stderr.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub audit_log: Option<String>,
     /// local, sqlite, s3 or oss [default: local].
     #[arg(long, global = true, value_name = "TYPE")]
     pub storage_type: Option<String>,
@@ -126,6 +135,18 @@ pub enum Command {
     /// Inspect and release locks directly in the store.
     #[command(subcommand)]
     Lock(LockCommand),
+    /// Read a password from standard input (no echo on a terminal) and
+    /// print its argon2id hash for `auth.users[].password_hash`.
+    HashPassword,
+    /// Make tokens for `auth.tokens`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a fresh random token (once: it is not stored) and its hash.
+    New { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,6 +214,42 @@ pub enum LockCommand {
     },
 }
 
+/// `stategate hash-password`.
+pub fn hash_password() -> Result<()> {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        eprint!("password: ");
+        rpassword::read_password().context("reading the password")?
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    if password.is_empty() {
+        bail!("the password is empty");
+    }
+    println!(
+        "{}",
+        authn::hash_secret(&password).map_err(anyhow::Error::msg)?
+    );
+    Ok(())
+}
+
+/// `stategate token …`.
+pub fn token(cmd: TokenCommand) -> Result<()> {
+    match cmd {
+        TokenCommand::New { name } => {
+            let token = authn::new_token(&name).map_err(anyhow::Error::msg)?;
+            let hash = authn::hash_secret(&token).map_err(anyhow::Error::msg)?;
+            println!("token (shown once; give it to the client):\n  {token}");
+            println!("for the configuration:\n  - name: {name}\n    token_hash: \"{hash}\"");
+        }
+    }
+    Ok(())
+}
+
 /// Loads, merges and validates the settings.
 pub fn load_settings(args: &ConfigArgs) -> Result<Settings> {
     let file = match &args.config {
@@ -207,6 +264,8 @@ pub fn load_settings(args: &ConfigArgs) -> Result<Settings> {
         tls_cert: args.tls_cert.clone(),
         tls_key: args.tls_key.clone(),
         tls_client_ca: args.tls_client_ca.clone(),
+        auth: args.auth.clone(),
+        audit_log: args.audit_log.clone(),
         storage_type: args.storage_type.clone(),
         max_body_bytes: args.max_body_bytes,
         log_format: args.log_format.clone(),
@@ -244,6 +303,17 @@ pub async fn serve(settings: Settings) -> Result<()> {
         Some(files) => Some(Arc::new(Tls::load(files)?)),
         None => None,
     };
+    let auth = auth(&settings)?;
+    let audit = Audit::open(settings.audit_log.as_deref()).with_context(|| {
+        format!(
+            "setting `audit_log`: cannot open {}",
+            settings
+                .audit_log
+                .as_deref()
+                .unwrap_or(Path::new("-"))
+                .display()
+        )
+    })?;
     let (states, _) = open_states(&settings).await?;
     let listener = bind(&settings).await?;
     // Bound (and announced) before the main address, which tools wait for.
@@ -268,6 +338,8 @@ pub async fn serve(settings: Settings) -> Result<()> {
     let mut app = App::new(states, settings.limits.clone(), settings.backend.name);
     app.base_path = settings.base_path.clone();
     app.trusted_proxies = settings.trusted_proxies.clone();
+    app.auth = auth;
+    app.audit = audit;
     let app = Arc::new(app);
     // One signal stops every listener.
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -315,6 +387,23 @@ fn raise_open_file_limit() {
     }
 }
 
+/// The `auth` section, checked; `None` when requests need no credentials.
+fn auth(settings: &Settings) -> Result<Option<Auth>> {
+    match &settings.auth {
+        AuthSetting::Enabled(section) => Ok(Some(Auth::new(section)?)),
+        AuthSetting::Disabled => {
+            if !settings.listen.ip().is_loopback() {
+                tracing::warn!(
+                    listen = %settings.listen,
+                    "auth: none: anyone who reaches this port can read, write and unlock every state"
+                );
+            }
+            Ok(None)
+        }
+        AuthSetting::Unset => Ok(None),
+    }
+}
+
 /// Reloads the TLS certificates on every SIGHUP.
 fn reload_on_hangup(tls: Arc<Tls>) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -340,6 +429,7 @@ pub async fn open_states(settings: &Settings) -> Result<(States, stores::ProbeRe
 
 /// `stategate check`.
 pub async fn check(settings: &Settings) -> Result<()> {
+    let auth = auth(settings)?;
     println!("configuration: ok");
     println!("  listen: {}", settings.listen);
     println!("  storageType: {}", settings.backend.name);
@@ -347,6 +437,14 @@ pub async fn check(settings: &Settings) -> Result<()> {
     println!(
         "  history_keep: {}, protect_lineage: {}",
         settings.history_keep, settings.protect_lineage
+    );
+    println!(
+        "  auth: {}",
+        match (&settings.auth, &auth) {
+            (AuthSetting::Disabled, _) => "none (anyone who reaches the port)",
+            (_, Some(_)) => "users and tokens",
+            _ => "none (loopback only)",
+        }
     );
     let (states, report) = open_states(settings).await?;
     println!("store: {}", states.store().describe());

@@ -81,6 +81,9 @@ pub struct FileConfig {
     pub base_path: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
     pub tls: Option<FileTls>,
+    /// `none`, or the section [`FileAuth`] describes.
+    pub auth: Option<serde_yaml_ng::Value>,
+    pub audit_log: Option<String>,
     pub max_body_bytes: Option<u64>,
     pub max_lock_bytes: Option<serde_yaml_ng::Value>,
     pub max_header_bytes: Option<serde_yaml_ng::Value>,
@@ -93,6 +96,67 @@ pub struct FileConfig {
     pub history_keep: Option<u64>,
     pub protect_lineage: Option<bool>,
     pub backend: Option<FileBackend>,
+}
+
+/// The `auth:` section of the file, as written; [`crate::auth`] checks it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAuth {
+    #[serde(default)]
+    pub users: Vec<FileUser>,
+    #[serde(default)]
+    pub tokens: Vec<FileToken>,
+    #[serde(default)]
+    pub oidc: Vec<serde_yaml_ng::Value>,
+    #[serde(default)]
+    pub protected: Vec<serde_yaml_ng::Value>,
+}
+
+/// One user of `auth.users`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUser {
+    pub name: String,
+    pub password_hash: Option<String>,
+    /// Never accepted; present so that a plain password is named and refused.
+    pub password: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<FileRule>,
+}
+
+/// One token of `auth.tokens`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileToken {
+    pub name: String,
+    pub token_hash: Option<String>,
+    /// Never accepted; present so that a plain token is named and refused.
+    pub token: Option<String>,
+    /// RFC 3339 time after which the token is refused.
+    pub expires: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<FileRule>,
+}
+
+/// One permission: a level on key patterns (and workspace patterns).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRule {
+    pub keys: String,
+    pub access: String,
+    #[serde(default)]
+    pub workspaces: Vec<String>,
+}
+
+/// Whether requests must authenticate.
+#[derive(Debug, Clone)]
+pub enum AuthSetting {
+    /// No `auth` section: allowed only on loopback addresses.
+    Unset,
+    /// `auth: none`: anyone who reaches the port may do anything.
+    Disabled,
+    /// The section, to be checked and built by [`crate::auth::Auth::new`].
+    Enabled(FileAuth),
 }
 
 /// The `tls:` block of the file.
@@ -140,6 +204,9 @@ pub struct CliOverrides {
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     pub tls_client_ca: Option<String>,
+    /// `--auth none`.
+    pub auth: Option<String>,
+    pub audit_log: Option<String>,
     pub storage_type: Option<String>,
     pub max_body_bytes: Option<u64>,
     pub log_format: Option<String>,
@@ -223,6 +290,10 @@ pub struct Settings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Serve HTTPS with these files, when set.
     pub tls: Option<TlsFiles>,
+    /// Who may do what.
+    pub auth: AuthSetting,
+    /// Where audit events go (JSON lines); stderr when unset.
+    pub audit_log: Option<PathBuf>,
     /// Body, header, time and connection limits of the server.
     pub limits: Limits,
     pub log_format: LogFormat,
@@ -420,6 +491,42 @@ pub fn resolve(
             });
         }
     };
+    let auth_word = cli.auth.clone().or_else(|| env("STATEGATE_AUTH"));
+    let auth = match (auth_word, file.auth.take()) {
+        (Some(word), _) if word.trim() == "none" => AuthSetting::Disabled,
+        (Some(word), _) => {
+            return Err(ConfigError::invalid(
+                "auth",
+                format!(
+                    "`{word}`: only `none` can be given here; put users and tokens in the config file"
+                ),
+            ));
+        }
+        (None, None) => AuthSetting::Unset,
+        (None, Some(serde_yaml_ng::Value::String(word))) if word.trim() == "none" => {
+            AuthSetting::Disabled
+        }
+        (None, Some(value)) => AuthSetting::Enabled(
+            serde_yaml_ng::from_value(value).map_err(|e| ConfigError::invalid("auth", e))?,
+        ),
+    };
+    if matches!(auth, AuthSetting::Unset) && !listen.ip().is_loopback() {
+        return Err(ConfigError::invalid(
+            "auth",
+            format!(
+                "stategate would listen on {listen}, beyond this machine, with no auth section: anyone \
+                 reaching the port could read every state; add users or tokens, or set `auth: none` \
+                 (--auth none) to allow it"
+            ),
+        ));
+    }
+    let audit_log = cli
+        .audit_log
+        .clone()
+        .or_else(|| env("STATEGATE_AUDIT_LOG"))
+        .or(file.audit_log.take())
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| base_dir.join(p));
     let trusted_proxies = proxies
         .iter()
         .map(|p| p.trim())
@@ -494,6 +601,8 @@ pub fn resolve(
         base_path,
         trusted_proxies,
         tls,
+        auth,
+        audit_log,
         limits,
         log_format,
         history_keep,

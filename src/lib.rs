@@ -16,6 +16,9 @@
 //! - [`stores`] holds the storage primitives (get, conditional put and
 //!   delete, list) and one module per backend; it knows nothing of HTTP or
 //!   Terraform.
+//! - [`auth`] turns credentials into an identity with access levels on
+//!   key patterns; [`audit`] writes one JSON line per security-relevant
+//!   action.
 //! - [`metrics`] counts what `/metrics` shows, for the server and the
 //!   protocol.
 //! - [`config`] merges the YAML file, the environment and the command line
@@ -23,6 +26,8 @@
 //!
 //! Dependencies point one way: `server -> protocol -> state -> stores`.
 
+pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod protocol;

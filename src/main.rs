@@ -28,6 +28,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Cli) -> Result<()> {
+    // Making credentials needs no configuration (it may not be written yet).
+    match args.command {
+        Command::HashPassword => return cli::hash_password(),
+        Command::Token(cmd) => return cli::token(cmd),
+        _ => {}
+    }
     let settings = cli::load_settings(&args.config)?;
     init_logging(&settings, matches!(args.command, Command::Serve));
     match args.command {
@@ -35,6 +41,7 @@ async fn run(args: Cli) -> Result<()> {
         Command::Check => cli::check(&settings).await,
         Command::State(cmd) => cli::state(&settings, cmd).await,
         Command::Lock(cmd) => cli::lock(&settings, cmd).await,
+        Command::HashPassword | Command::Token(_) => unreachable!("handled above"),
     }
 }
 

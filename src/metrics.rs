@@ -89,6 +89,7 @@ pub struct Metrics {
     store_errors: Family<StoreLabels, Counter>,
     connections_refused: Counter,
     requests_timed_out: Counter,
+    auth_failures: Counter,
     states: Gauge,
     locks_held: Gauge,
     /// When the state and lock gauges were last counted.
@@ -158,6 +159,12 @@ impl Metrics {
             "Connections closed by header_timeout and uploads cut off by body_min_rate",
             requests_timed_out.clone(),
         );
+        let auth_failures = Counter::default();
+        registry.register(
+            "stategate_auth_failures",
+            "Requests refused for missing or wrong credentials",
+            auth_failures.clone(),
+        );
         let states = Gauge::default();
         registry.register(
             "stategate_states",
@@ -188,6 +195,7 @@ impl Metrics {
             store_errors,
             connections_refused,
             requests_timed_out,
+            auth_failures,
             states,
             locks_held,
             counted_at: Mutex::new(None),
@@ -247,6 +255,10 @@ impl Metrics {
 
     pub fn connection_refused(&self) {
         self.connections_refused.inc();
+    }
+
+    pub fn auth_failure(&self) {
+        self.auth_failures.inc();
     }
 
     pub fn request_timed_out(&self) {

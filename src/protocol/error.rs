@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 
 use crate::state::StateError;
@@ -36,6 +36,12 @@ pub enum ProtocolError {
     /// No such URL, or no state at it.
     #[error("{0}")]
     NotFound(String),
+    /// Missing or wrong credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Valid credentials without the permission needed.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl ProtocolError {
@@ -47,6 +53,8 @@ impl ProtocolError {
             ProtocolError::TooSlow(_) => StatusCode::REQUEST_TIMEOUT,
             ProtocolError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProtocolError::NotFound(_) => StatusCode::NOT_FOUND,
+            ProtocolError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ProtocolError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProtocolError::State(e) => match e {
                 StateError::BadRequest(_) => StatusCode::BAD_REQUEST,
                 StateError::Locked(_) => StatusCode::LOCKED,
@@ -83,6 +91,12 @@ impl ProtocolError {
                     .headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            ProtocolError::Unauthorized(_) => {
+                response.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"stategate\""),
+                );
+            }
             // The rest of a slow body is not waited for.
             ProtocolError::TooSlow(_) => {
                 response
@@ -116,6 +130,8 @@ mod tests {
             ProtocolError::BadRequest("x".into()),
             ProtocolError::TooLarge(1),
             ProtocolError::TooSlow(1),
+            ProtocolError::Unauthorized("x".into()),
+            ProtocolError::Forbidden("x".into()),
             ProtocolError::MethodNotAllowed("GET"),
             ProtocolError::NotFound("x".into()),
             StateError::BadRequest("x".into()).into(),

@@ -29,11 +29,14 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use md5::{Digest, Md5};
 
+use crate::audit::Audit;
+use crate::auth::{Access, Auth};
 use crate::config::Limits;
 use crate::metrics::{Metrics, Refusal, method_label};
 use crate::state::{LockInfo, StateError, StateRef, States, WriteOptions, history};
 use crate::stores::PROBE_PREFIX;
 
+pub mod access;
 pub mod error;
 
 pub use error::ProtocolError;
@@ -53,6 +56,10 @@ pub struct App {
     pub metrics: Metrics,
     /// The last store probe, for `/readyz`.
     pub readiness: Readiness,
+    /// Who may do what; `None` serves everyone (loopback, or `auth: none`).
+    pub auth: Option<Auth>,
+    /// Where security-relevant actions are recorded.
+    pub audit: Audit,
 }
 
 impl App {
@@ -66,6 +73,8 @@ impl App {
             trusted_proxies: Vec::new(),
             metrics: Metrics::new(store),
             readiness: Readiness::default(),
+            auth: None,
+            audit: Audit::open(None).expect("stderr needs no opening"),
         }
     }
 }
@@ -278,6 +287,10 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Endpoin
 
 /// What one request did, gathered for its log line and metrics.
 struct Exchange {
+    /// The client's address (see [`client_addr`]).
+    client: IpAddr,
+    /// The authenticated identity, when authentication is on.
+    identity: Option<String>,
     route: &'static str,
     state: Option<String>,
     bytes_in: u64,
@@ -357,6 +370,8 @@ pub async fn handle(
     let method = method_label(req.method());
     let client = client_addr(&app.trusted_proxies, conn.peer.ip(), req.headers());
     let mut ex = Exchange {
+        client,
+        identity: None,
         route: "other",
         state: None,
         bytes_in: 0,
@@ -390,19 +405,20 @@ pub async fn handle(
     );
     let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
     let state = ex.state.as_deref().unwrap_or("-");
+    let identity = ex.identity.as_deref().unwrap_or("-");
     let (route, bytes_in, status) = (ex.route, ex.bytes_in, status.as_u16());
     match reason {
         Some(reason) if status >= 500 => tracing::warn!(
-            %request_id, %client, method, route, state, status, elapsed_ms, bytes_in, bytes_out, %reason,
-            "request failed"
+            %request_id, %client, identity, method, route, state, status, elapsed_ms, bytes_in,
+            bytes_out, %reason, "request failed"
         ),
         Some(reason) => tracing::info!(
-            %request_id, %client, method, route, state, status, elapsed_ms, bytes_in, bytes_out, %reason,
-            "request refused"
+            %request_id, %client, identity, method, route, state, status, elapsed_ms, bytes_in,
+            bytes_out, %reason, "request refused"
         ),
         None => tracing::info!(
-            %request_id, %client, method, route, state, status, elapsed_ms, bytes_in, bytes_out,
-            "request"
+            %request_id, %client, identity, method, route, state, status, elapsed_ms, bytes_in,
+            bytes_out, "request"
         ),
     }
     Ok(response)
@@ -459,29 +475,32 @@ async fn dispatch(
     }
     ex.route = endpoint.route();
     ex.state = endpoint.state().map(ToString::to_string);
+    let caller = access::authorize(app, &endpoint, req.headers(), ex.client).await?;
+    ex.identity = caller.as_ref().map(|c| c.name().to_string());
+    let caller = caller.as_ref();
     match endpoint {
         Endpoint::Health => Ok(text("ok\n")),
         Endpoint::Ready => handle_ready(app).await,
         Endpoint::Metrics => handle_metrics(app).await,
-        Endpoint::GetState(state) => handle_get(app, &state).await,
+        Endpoint::GetState(state) => handle_get(app, &state, caller).await,
         Endpoint::History(state) => handle_history(app, &state).await,
         Endpoint::GetVersion(state, n) => handle_get_version(app, &state, n).await,
         Endpoint::WriteState { state, lock_id } => {
             let body = read_body(app, req, app.limits.max_body_bytes, ex).await?;
-            handle_write(app, &state, body, lock_id.as_deref()).await
+            handle_write(app, &state, body, lock_id.as_deref(), caller, ex).await
         }
         Endpoint::DeleteState { state, lock_id } => {
-            handle_delete(app, &state, lock_id.as_deref()).await
+            handle_delete(app, &state, lock_id.as_deref(), caller, ex).await
         }
         Endpoint::Lock(state) => {
             let body = read_body(app, req, app.limits.max_lock_bytes, ex).await?;
-            handle_lock(app, &state, body.bytes).await
+            handle_lock(app, &state, body.bytes, caller, ex).await
         }
         Endpoint::Unlock(state) => {
             let body = read_body(app, req, app.limits.max_lock_bytes, ex).await?;
             ex.forced = body.bytes.iter().all(u8::is_ascii_whitespace)
                 || LockInfo::parse(&body.bytes).is_ok_and(|i| i.id.is_empty());
-            handle_unlock(app, &state, &body.bytes).await
+            handle_unlock(app, &state, &body.bytes, caller, ex).await
         }
         Endpoint::GetLock(state) => handle_get_lock(app, &state).await,
     }
@@ -652,8 +671,15 @@ async fn handle_metrics(app: &App) -> Result<Response<Full<Bytes>>, ProtocolErro
     Ok(r)
 }
 
-async fn handle_get(app: &App, state: &StateRef) -> Result<Response<Full<Bytes>>, ProtocolError> {
+async fn handle_get(
+    app: &App,
+    state: &StateRef,
+    caller: Option<&access::Caller>,
+) -> Result<Response<Full<Bytes>>, ProtocolError> {
     match app.states.get(state).await? {
+        Some(body) if caller.is_some_and(|c| c.level == Access::Outputs) => {
+            Ok(state_body(access::outputs_only(&body)?))
+        }
         Some(body) => Ok(state_body(body)),
         None => Err(ProtocolError::NotFound(format!(
             "no state stored for {state}"
@@ -683,28 +709,73 @@ async fn handle_get_version(
     Ok(state_body(app.states.version(state, n).await?))
 }
 
+/// The fields every audit event of a state carries.
+fn audit_fields(state: &StateRef, ex: &Exchange) -> Vec<(&'static str, serde_json::Value)> {
+    vec![
+        ("state", serde_json::json!(state.key())),
+        ("workspace", serde_json::json!(state.workspace())),
+        ("identity", serde_json::json!(ex.identity)),
+        ("client", serde_json::json!(ex.client.to_string())),
+    ]
+}
+
 async fn handle_write(
     app: &App,
     state: &StateRef,
     body: Body,
     lock_id: Option<&str>,
+    caller: Option<&access::Caller>,
+    ex: &Exchange,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
+    if let (Some(caller), Some(id)) = (caller, lock_id) {
+        access::check_lock_owner(app, state, id, caller, ex.client).await?;
+    }
+    let serial = crate::state::write::StateHead::parse(&body.bytes)
+        .ok()
+        .and_then(|h| h.serial);
+    let size = body.bytes.len();
     let opts = WriteOptions {
         lock_id,
         operation: "write",
         md5: Some(&body.md5),
         ..Default::default()
     };
-    app.states.write(state, body.bytes, opts).await?;
-    Ok(text(""))
+    let mut fields = audit_fields(state, ex);
+    fields.push(("serial", serde_json::json!(serial)));
+    fields.push(("bytes", serde_json::json!(size)));
+    match app.states.write(state, body.bytes, opts).await {
+        Ok(outcome) => {
+            if let crate::state::WriteOutcome::Written { version } = outcome {
+                fields.push(("version", serde_json::json!(version)));
+                app.audit.event("write", &fields);
+            }
+            Ok(text(""))
+        }
+        Err(e) => {
+            if matches!(
+                e,
+                StateError::Stale(_) | StateError::NotHolder(_) | StateError::BadRequest(_)
+            ) {
+                fields.push(("reason", serde_json::json!(e.to_string())));
+                app.audit.event("write_refused", &fields);
+            }
+            Err(e.into())
+        }
+    }
 }
 
 async fn handle_delete(
     app: &App,
     state: &StateRef,
     lock_id: Option<&str>,
+    caller: Option<&access::Caller>,
+    ex: &Exchange,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
+    if let (Some(caller), Some(id)) = (caller, lock_id) {
+        access::check_lock_owner(app, state, id, caller, ex.client).await?;
+    }
     app.states.delete(state, lock_id).await?;
+    app.audit.event("delete", &audit_fields(state, ex));
     Ok(text(""))
 }
 
@@ -712,8 +783,35 @@ async fn handle_lock(
     app: &App,
     state: &StateRef,
     body: Bytes,
+    caller: Option<&access::Caller>,
+    ex: &Exchange,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
+    let id = LockInfo::parse(&body).map(|i| i.id).unwrap_or_default();
     app.states.lock(state, body).await?;
+    if let Some(caller) = caller {
+        // A LOCK retried with the holder's ID succeeds in the state layer;
+        // the ID alone must not make another identity the holder.
+        match app.states.lock_owner(state, &id).await? {
+            Some(owner) if owner != caller.name() && caller.level < Access::Admin => {
+                return Err(access::forbid(
+                    app,
+                    &caller.identity,
+                    state,
+                    ex.client,
+                    format!("the lock {id} on {state} was taken by {owner}"),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                app.states
+                    .record_lock_owner(state, &id, caller.name())
+                    .await?
+            }
+        }
+    }
+    let mut fields = audit_fields(state, ex);
+    fields.push(("lock_id", serde_json::json!(id)));
+    app.audit.event("lock", &fields);
     Ok(text(""))
 }
 
@@ -721,8 +819,41 @@ async fn handle_unlock(
     app: &App,
     state: &StateRef,
     body: &[u8],
+    caller: Option<&access::Caller>,
+    ex: &Exchange,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
+    let holder = app.states.lock_holder(state).await?;
+    if let Some(caller) = caller {
+        if ex.forced && caller.level < Access::Admin {
+            return Err(access::forbid(
+                app,
+                &caller.identity,
+                state,
+                ex.client,
+                format!(
+                    "{} may not force-unlock {state}: that needs admin access",
+                    caller.name()
+                ),
+            ));
+        }
+        if !ex.forced {
+            let id = LockInfo::parse(body).map(|i| i.id).unwrap_or_default();
+            access::check_lock_owner(app, state, &id, caller, ex.client).await?;
+        }
+    }
     app.states.unlock(state, body).await?;
+    if caller.is_some() {
+        app.states.forget_lock_owner(state).await?;
+    }
+    if let Some(held) = holder {
+        let mut fields = audit_fields(state, ex);
+        fields.push(("lock_id", serde_json::json!(held.info.id)));
+        if ex.forced {
+            fields.push(("previous_holder", serde_json::json!(held.info.who)));
+        }
+        app.audit
+            .event(if ex.forced { "force_unlock" } else { "unlock" }, &fields);
+    }
     Ok(text(""))
 }
 

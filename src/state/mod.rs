@@ -8,6 +8,7 @@
 //! - [`lock`]: LOCK / UNLOCK / force-unlock on `<object key>.tflock`.
 //! - [`write`]: the write rules (lock holder, lineage and serial) applied as
 //!   a compare-and-swap on what was read.
+//! - [`owner`]: which identity took a lock, when authentication is on.
 //! - [`history`]: every state ever stored, kept as numbered versions under
 //!   the reserved `.stategate/history/` prefix.
 
@@ -20,6 +21,7 @@ use crate::stores::{Store, StoreError};
 pub mod history;
 pub mod key;
 pub mod lock;
+pub mod owner;
 pub mod write;
 
 pub use history::VersionMeta;

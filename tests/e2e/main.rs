@@ -7,6 +7,7 @@
 mod conformance;
 mod support;
 
+mod auth;
 mod cli;
 mod crash;
 mod hostile;

@@ -1,0 +1,751 @@
+//! Who is asking, and what they may do. [`Auth`] is built from the `auth`
+//! section of the configuration and answers one question per request:
+//! which [`Identity`] the credentials name. The identity then says which
+//! [`Access`] level it has on a state.
+//!
+//! Credentials are what Terraform and OpenTofu can send without new tools:
+//! Basic auth (`username`/`password`, `TF_HTTP_USERNAME`/`TF_HTTP_PASSWORD`)
+//! for users, and static tokens as `Authorization: Bearer` (OpenTofu's
+//! `headers`) or as the Basic password with the username `token`
+//! (Terraform has no header setting). The configuration holds only argon2id
+//! hashes in PHC form; a plain password or token there stops start-up.
+//!
+//! argon2 is slow on purpose, so a verified credential is remembered for a
+//! minute under an HMAC of it (a key drawn at start-up, so the cache holds
+//! nothing that could be replayed), argon2 runs on at most two blocking
+//! threads at once, and an address whose credentials keep failing is
+//! slowed before any hashing: a wrong password is not a cheap way to burn
+//! CPU.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use time::OffsetDateTime;
+
+use crate::config::{ConfigError, FileAuth, FileRule};
+use crate::state::StateRef;
+
+/// Permission levels, each including the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    /// GET of a state with its `resources` emptied: all
+    /// `terraform_remote_state` needs, and none of the resource attributes
+    /// where secrets live.
+    Outputs,
+    /// GET of states, history and versions, and of lock holders.
+    Read,
+    /// Read, plus writes, LOCK, and UNLOCK of a lock this identity took.
+    Write,
+    /// Write, plus DELETE, force-unlock and unlocking another's lock.
+    Admin,
+}
+
+impl Access {
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "outputs" => Some(Access::Outputs),
+            "read" => Some(Access::Read),
+            "write" => Some(Access::Write),
+            "admin" => Some(Access::Admin),
+            _ => None,
+        }
+    }
+
+    /// The level's name as configured.
+    pub fn name(self) -> &'static str {
+        match self {
+            Access::Outputs => "outputs",
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::Admin => "admin",
+        }
+    }
+}
+
+/// A key or workspace pattern: `/`-separated segments where `*` matches
+/// within one segment and a `**` segment matches any number of segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob(Vec<String>);
+
+impl Glob {
+    /// Parses a pattern; `what` names it in the error.
+    pub fn parse(what: &str, text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err(format!("{what} is empty"));
+        }
+        let segs: Vec<String> = text.split('/').map(str::to_string).collect();
+        for seg in &segs {
+            if seg.is_empty() {
+                return Err(format!("{what} `{text}` has an empty segment"));
+            }
+            if seg.contains("**") && seg != "**" {
+                return Err(format!("{what} `{text}`: `**` must be a whole segment"));
+            }
+            if let Some(c) = seg
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '*')))
+            {
+                return Err(format!("{what} `{text}` has the character {c:?}"));
+            }
+        }
+        Ok(Glob(segs))
+    }
+
+    /// Whether `path` (a key or a workspace name) matches.
+    pub fn matches(&self, path: &str) -> bool {
+        let parts: Vec<&str> = path.split('/').collect();
+        match_segments(&self.0, &parts)
+    }
+}
+
+fn match_segments(pattern: &[String], parts: &[&str]) -> bool {
+    match pattern.split_first() {
+        None => parts.is_empty(),
+        Some((first, rest)) if first == "**" => {
+            (0..=parts.len()).any(|skip| match_segments(rest, &parts[skip..]))
+        }
+        Some((first, rest)) => match parts.split_first() {
+            Some((part, more)) => {
+                match_one(first.as_bytes(), part.as_bytes()) && match_segments(rest, more)
+            }
+            None => false,
+        },
+    }
+}
+
+/// `*` within one segment.
+fn match_one(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|i| match_one(rest, &text[i..])),
+        Some((c, rest)) => text.first() == Some(c) && match_one(rest, &text[1..]),
+    }
+}
+
+/// One grant: a level on the states whose key (and workspace) match.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    keys: Glob,
+    /// Empty: every workspace.
+    workspaces: Vec<Glob>,
+    access: Access,
+}
+
+impl Rule {
+    fn parse(owner: &str, rule: &FileRule) -> Result<Self, ConfigError> {
+        let setting = format!("{owner}.rules");
+        let invalid = |why: String| ConfigError::invalid(&setting, why);
+        let keys = Glob::parse("keys", &rule.keys).map_err(invalid)?;
+        let workspaces = rule
+            .workspaces
+            .iter()
+            .map(|w| Glob::parse("workspaces", w))
+            .collect::<Result<_, _>>()
+            .map_err(invalid)?;
+        let access = Access::parse(&rule.access).ok_or_else(|| {
+            invalid(format!(
+                "access `{}` is not one of outputs, read, write, admin",
+                rule.access
+            ))
+        })?;
+        Ok(Rule {
+            keys,
+            workspaces,
+            access,
+        })
+    }
+
+    fn grants(&self, state: &StateRef) -> Option<Access> {
+        let ws_ok = self.workspaces.is_empty()
+            || self.workspaces.iter().any(|w| w.matches(state.workspace()));
+        (ws_ok && self.keys.matches(state.key())).then_some(self.access)
+    }
+}
+
+/// Someone who authenticated, with what they were granted.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `user:<name>` or `token:<name>`; what logs, audit and lock records show.
+    pub name: String,
+    rules: Arc<[Rule]>,
+}
+
+impl Identity {
+    /// The highest level any rule grants on `state`, `None` when none does.
+    pub fn access(&self, state: &StateRef) -> Option<Access> {
+        self.rules.iter().filter_map(|r| r.grants(state)).max()
+    }
+}
+
+/// Why a request did not authenticate.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// No credentials were sent.
+    #[error("credentials are required")]
+    Missing,
+    /// The credentials are wrong, unknown or expired.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A user or token from the configuration.
+struct Principal {
+    identity: Identity,
+    /// The argon2id PHC string.
+    hash: String,
+    expires: Option<OffsetDateTime>,
+}
+
+/// Usernames that name a kind of credential, not a user.
+const RESERVED_USERS: &[&str] = &["token", "oidc"];
+
+/// How long a verified credential is remembered.
+const CACHE_TTL: Duration = Duration::from_secs(60);
+/// Entries beyond which the cache is emptied (a flood of distinct valid
+/// credentials is not a thing; distinct invalid ones are never cached).
+const CACHE_MAX: usize = 10_000;
+/// Failures from one address within [`FAILURE_WINDOW`] before it is slowed.
+const FREE_FAILURES: u32 = 5;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Concurrent argon2 verifications.
+const HASHERS: usize = 2;
+
+/// A credential verified a moment ago.
+struct Verified {
+    identity: Identity,
+    expires: Option<OffsetDateTime>,
+    at: Instant,
+}
+
+/// The configured identities, and the machinery to check credentials.
+pub struct Auth {
+    users: HashMap<String, Principal>,
+    tokens: HashMap<String, Principal>,
+    /// Key of the cache's HMAC, drawn at start-up.
+    cache_key: [u8; 32],
+    cache: Mutex<HashMap<[u8; 32], Verified>>,
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    hashers: tokio::sync::Semaphore,
+    /// A hash of a random secret, verified for unknown names so that they
+    /// take as long as known ones.
+    dummy_hash: String,
+}
+
+fn check_hash(
+    setting: &str,
+    hash: Option<&str>,
+    plain: bool,
+    make: &str,
+) -> Result<String, ConfigError> {
+    if plain {
+        return Err(ConfigError::invalid(
+            setting,
+            format!(
+                "plain secrets are refused in the configuration; store an argon2id hash made with `{make}`"
+            ),
+        ));
+    }
+    let hash = hash.ok_or_else(|| ConfigError::Missing {
+        setting: setting.to_string(),
+        help: format!("an argon2id hash made with `{make}`"),
+    })?;
+    match PasswordHash::new(hash) {
+        Ok(parsed) if parsed.algorithm.as_str() == "argon2id" => Ok(hash.to_string()),
+        _ => Err(ConfigError::invalid(
+            setting,
+            format!(
+                "is not an argon2id hash in PHC form ($argon2id$v=19$...); make one with `{make}`"
+            ),
+        )),
+    }
+}
+
+fn check_name(setting: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            setting,
+            format!("`{name}` may hold only letters, digits, `.`, `-` and `@`"),
+        ))
+    }
+}
+
+impl Auth {
+    /// Checks the `auth` section and builds it. Every mistake names the
+    /// setting: unknown keys, bad patterns or levels, plain secrets, hashes
+    /// that are not argon2id, reserved or repeated names.
+    pub fn new(file: &FileAuth) -> Result<Self, ConfigError> {
+        if !file.oidc.is_empty() {
+            return Err(ConfigError::invalid(
+                "auth.oidc",
+                "CI identity tokens are not supported by this version; use tokens",
+            ));
+        }
+        if !file.protected.is_empty() {
+            return Err(ConfigError::invalid(
+                "auth.protected",
+                "protected states are not supported by this version",
+            ));
+        }
+        let mut users = HashMap::new();
+        for user in &file.users {
+            let setting = format!("auth.users[{}]", user.name);
+            check_name(&format!("{setting}.name"), &user.name)?;
+            if RESERVED_USERS.contains(&user.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    &setting,
+                    format!(
+                        "the username `{}` is reserved for credentials of that kind",
+                        user.name
+                    ),
+                ));
+            }
+            let hash = check_hash(
+                &format!("{setting}.password_hash"),
+                user.password_hash.as_deref(),
+                user.password.is_some(),
+                "stategate hash-password",
+            )?;
+            let rules = rules(&setting, &user.rules)?;
+            let principal = Principal {
+                identity: Identity {
+                    name: format!("user:{}", user.name),
+                    rules,
+                },
+                hash,
+                expires: None,
+            };
+            if users.insert(user.name.clone(), principal).is_some() {
+                return Err(ConfigError::invalid(&setting, "the name is used twice"));
+            }
+        }
+        let mut tokens = HashMap::new();
+        for token in &file.tokens {
+            let setting = format!("auth.tokens[{}]", token.name);
+            check_name(&format!("{setting}.name"), &token.name)?;
+            let hash = check_hash(
+                &format!("{setting}.token_hash"),
+                token.token_hash.as_deref(),
+                token.token.is_some(),
+                "stategate token new NAME",
+            )?;
+            let expires = token
+                .expires
+                .as_deref()
+                .map(|t| {
+                    OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .map_err(|e| {
+                            ConfigError::invalid(
+                                &format!("{setting}.expires"),
+                                format!("`{t}` is not an RFC 3339 time: {e}"),
+                            )
+                        })
+                })
+                .transpose()?;
+            let principal = Principal {
+                identity: Identity {
+                    name: format!("token:{}", token.name),
+                    rules: rules(&setting, &token.rules)?,
+                },
+                hash,
+                expires,
+            };
+            if tokens.insert(token.name.clone(), principal).is_some() {
+                return Err(ConfigError::invalid(&setting, "the name is used twice"));
+            }
+        }
+        let mut unknowable = [0u8; 32];
+        getrandom::getrandom(&mut unknowable)
+            .map_err(|e| ConfigError::invalid("auth", format!("no randomness: {e}")))?;
+        let dummy_hash = hash_secret(&base64::engine::general_purpose::STANDARD.encode(unknowable))
+            .map_err(|e| ConfigError::invalid("auth", e))?;
+        let mut cache_key = [0u8; 32];
+        getrandom::getrandom(&mut cache_key).map_err(|e| {
+            ConfigError::invalid(
+                "auth",
+                format!("no randomness for the credential cache: {e}"),
+            )
+        })?;
+        Ok(Auth {
+            users,
+            tokens,
+            cache_key,
+            cache: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            hashers: tokio::sync::Semaphore::new(HASHERS),
+            dummy_hash,
+        })
+    }
+
+    /// The identity an `Authorization` header value names.
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        client: IpAddr,
+    ) -> Result<Identity, AuthError> {
+        let Some(header) = authorization else {
+            return Err(AuthError::Missing);
+        };
+        let (kind, name, secret) = parse_authorization(header)?;
+        let principal = match kind {
+            Kind::User => self.users.get(&name),
+            Kind::Token => self.tokens.get(&name),
+        };
+        let cache_id = self.cache_id(kind, &name, &secret);
+        if let Some(identity) = self.cached(&cache_id) {
+            return Ok(identity);
+        }
+        self.slow_down_repeated_failures(client).await;
+        let verified = match principal {
+            Some(p) => self.verify(&p.hash, secret).await,
+            None => {
+                // Hash anyway, so an unknown name costs what a known one does.
+                self.verify(&self.dummy_hash, secret).await;
+                false
+            }
+        };
+        let principal = match principal {
+            Some(p) if verified => p,
+            _ => {
+                self.note_failure(client);
+                return Err(AuthError::Invalid(match kind {
+                    Kind::User => "wrong username or password".into(),
+                    Kind::Token => "unknown token".into(),
+                }));
+            }
+        };
+        if principal
+            .expires
+            .is_some_and(|e| e <= OffsetDateTime::now_utc())
+        {
+            return Err(AuthError::Invalid(format!(
+                "{} has expired",
+                principal.identity.name
+            )));
+        }
+        let mut cache = self.cache.lock().expect("auth cache");
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(
+            cache_id,
+            Verified {
+                identity: principal.identity.clone(),
+                expires: principal.expires,
+                at: Instant::now(),
+            },
+        );
+        Ok(principal.identity.clone())
+    }
+
+    fn cache_id(&self, kind: Kind, name: &str, secret: &str) -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.cache_key).expect("any key length");
+        mac.update(&[kind as u8]);
+        mac.update(name.as_bytes());
+        mac.update(&[0]);
+        mac.update(secret.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    fn cached(&self, id: &[u8; 32]) -> Option<Identity> {
+        let mut cache = self.cache.lock().expect("auth cache");
+        match cache.get(id) {
+            Some(v)
+                if v.at.elapsed() < CACHE_TTL
+                    && v.expires.is_none_or(|e| e > OffsetDateTime::now_utc()) =>
+            {
+                Some(v.identity.clone())
+            }
+            Some(_) => {
+                cache.remove(id);
+                None
+            }
+            None => None,
+        }
+    }
+
+    async fn verify(&self, hash: &str, secret: String) -> bool {
+        let Ok(_permit) = self.hashers.acquire().await else {
+            return false;
+        };
+        let hash = hash.to_string();
+        tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash).is_ok_and(|h| {
+                Argon2::default()
+                    .verify_password(secret.as_bytes(), &h)
+                    .is_ok()
+            })
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// An address that failed more than a few times in the last minute
+    /// waits before its credentials are even hashed, longer each time.
+    async fn slow_down_repeated_failures(&self, client: IpAddr) {
+        let failures = {
+            let mut map = self.failures.lock().expect("auth failures");
+            match map.get(&client) {
+                Some((_, since)) if since.elapsed() > FAILURE_WINDOW => {
+                    map.remove(&client);
+                    0
+                }
+                Some((n, _)) => *n,
+                None => 0,
+            }
+        };
+        if failures >= FREE_FAILURES {
+            let extra = (failures - FREE_FAILURES).min(5);
+            let delay = Duration::from_millis(250 << extra).min(Duration::from_secs(5));
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn note_failure(&self, client: IpAddr) {
+        let mut map = self.failures.lock().expect("auth failures");
+        if map.len() > CACHE_MAX {
+            map.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+        }
+        let entry = map.entry(client).or_insert((0, Instant::now()));
+        entry.0 += 1;
+    }
+}
+
+fn rules(owner: &str, rules: &[FileRule]) -> Result<Arc<[Rule]>, ConfigError> {
+    rules
+        .iter()
+        .map(|r| Rule::parse(owner, r))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Arc::from)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    User = 1,
+    Token = 2,
+}
+
+/// Reads `Basic` (user and password, or `token` and a token) and `Bearer`
+/// (a token). A token names its principal: `sgt_<name>_<secret>`.
+fn parse_authorization(header: &str) -> Result<(Kind, String, String), AuthError> {
+    let invalid = |why: &str| AuthError::Invalid(why.to_string());
+    let (scheme, value) = header
+        .trim()
+        .split_once(' ')
+        .ok_or_else(|| invalid("the Authorization header is not `Basic ...` or `Bearer ...`"))?;
+    let token = if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(value.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| invalid("the Basic credentials are not base64 of user:password"))?;
+        let (user, password) = decoded
+            .split_once(':')
+            .ok_or_else(|| invalid("the Basic credentials are not user:password"))?;
+        match user {
+            "token" => password.to_string(),
+            "oidc" => {
+                return Err(invalid(
+                    "CI identity tokens are not accepted by this server",
+                ));
+            }
+            _ => return Ok((Kind::User, user.to_string(), password.to_string())),
+        }
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        value.trim().to_string()
+    } else {
+        return Err(invalid("the Authorization scheme is not Basic or Bearer"));
+    };
+    let (name, _) = token
+        .strip_prefix(TOKEN_PREFIX)
+        .and_then(|rest| rest.rsplit_once('_'))
+        .ok_or_else(|| invalid("unknown token"))?;
+    Ok((Kind::Token, name.to_string(), token))
+}
+
+/// What every token starts with, so it is recognisable in a leak scan.
+pub const TOKEN_PREFIX: &str = "sgt_";
+
+/// Hashes a password or token as argon2id in PHC form, with a fresh salt.
+pub fn hash_secret(secret: &str) -> Result<String, String> {
+    let mut salt = [0u8; 16];
+    getrandom::getrandom(&mut salt).map_err(|e| e.to_string())?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// A fresh token for `name`: `sgt_<name>_<32 random bytes, base64url>`.
+pub fn new_token(name: &str) -> Result<String, String> {
+    check_name("name", name).map_err(|e| e.to_string())?;
+    let mut secret = [0u8; 32];
+    getrandom::getrandom(&mut secret).map_err(|e| e.to_string())?;
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+    Ok(format!("{TOKEN_PREFIX}{name}_{}", secret.replace('_', "-")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileToken, FileUser};
+
+    fn glob(p: &str) -> Glob {
+        Glob::parse("keys", p).unwrap()
+    }
+
+    #[test]
+    fn globs_match_segments() {
+        assert!(glob("team-a/**").matches("team-a/x"));
+        assert!(glob("team-a/**").matches("team-a/x/y/z"));
+        assert!(glob("team-a/**").matches("team-a"));
+        assert!(!glob("team-a/**").matches("team-ab/x"));
+        assert!(glob("*/net").matches("prod/net"));
+        assert!(!glob("*/net").matches("a/b/net"));
+        assert!(glob("**/terraform.tfstate").matches("a/b/terraform.tfstate"));
+        assert!(glob("app-*").matches("app-1"));
+        assert!(!glob("app-*").matches("app-1/x"));
+        assert!(glob("**").matches("anything/at/all"));
+        assert!(glob("shared/network").matches("shared/network"));
+        assert!(!glob("shared/network").matches("shared/network2"));
+        for bad in ["", "a//b", "a**/b", "a b", "a/%"] {
+            assert!(Glob::parse("keys", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn section(users: Vec<FileUser>, tokens: Vec<FileToken>) -> FileAuth {
+        FileAuth {
+            users,
+            tokens,
+            ..Default::default()
+        }
+    }
+
+    fn rule(keys: &str, access: &str) -> FileRule {
+        FileRule {
+            keys: keys.into(),
+            access: access.into(),
+            workspaces: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn configuration_mistakes_name_the_setting() {
+        let user = |name: &str, hash: Option<&str>, password: Option<&str>, rules| FileUser {
+            name: name.into(),
+            password_hash: hash.map(Into::into),
+            password: password.map(Into::into),
+            rules,
+        };
+        let good = hash_secret("pw").unwrap();
+        let cases = [
+            (
+                user("alice", None, Some("pw"), vec![]),
+                "auth.users[alice].password_hash",
+            ),
+            (
+                user("alice", Some("$2b$12$abc"), None, vec![]),
+                "auth.users[alice].password_hash",
+            ),
+            (
+                user("token", Some(&good), None, vec![]),
+                "auth.users[token]",
+            ),
+            (
+                user("alice", Some(&good), None, vec![rule("a//b", "read")]),
+                "auth.users[alice].rules",
+            ),
+            (
+                user("alice", Some(&good), None, vec![rule("a", "owner")]),
+                "auth.users[alice].rules",
+            ),
+        ];
+        for (u, setting) in cases {
+            let e = Auth::new(&section(vec![u], vec![]))
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(e.contains(setting), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn credentials_map_to_identities_and_levels() {
+        let token = new_token("ci").unwrap();
+        let auth = Auth::new(&section(
+            vec![FileUser {
+                name: "alice".into(),
+                password_hash: Some(hash_secret("s3cret").unwrap()),
+                password: None,
+                rules: vec![rule("team-a/**", "write"), rule("shared/*", "read")],
+            }],
+            vec![FileToken {
+                name: "ci".into(),
+                token_hash: Some(hash_secret(&token).unwrap()),
+                token: None,
+                expires: None,
+                rules: vec![rule("**", "outputs")],
+            }],
+        ))
+        .unwrap();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let basic = |u: &str, p: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            )
+        };
+        let alice = auth
+            .authenticate(Some(&basic("alice", "s3cret")), ip)
+            .await
+            .unwrap();
+        assert_eq!(alice.name, "user:alice");
+        let st = |k: &str| StateRef::parse(k, None).unwrap();
+        assert_eq!(alice.access(&st("team-a/x")), Some(Access::Write));
+        assert_eq!(alice.access(&st("shared/net")), Some(Access::Read));
+        assert_eq!(alice.access(&st("team-b/x")), None);
+        // Cached: the same answer without hashing again.
+        assert!(
+            auth.authenticate(Some(&basic("alice", "s3cret")), ip)
+                .await
+                .is_ok()
+        );
+        assert!(matches!(
+            auth.authenticate(Some(&basic("alice", "wrong")), ip).await,
+            Err(AuthError::Invalid(_))
+        ));
+        assert_eq!(
+            auth.authenticate(None, ip).await.unwrap_err(),
+            AuthError::Missing
+        );
+        let ci = auth
+            .authenticate(Some(&format!("Bearer {token}")), ip)
+            .await
+            .unwrap();
+        assert_eq!(ci.name, "token:ci");
+        assert_eq!(ci.access(&st("team-a/x")), Some(Access::Outputs));
+        let ci2 = auth
+            .authenticate(Some(&basic("token", &token)), ip)
+            .await
+            .unwrap();
+        assert_eq!(ci2.name, "token:ci");
+        assert!(
+            auth.authenticate(Some("Bearer sgt_ci_nope"), ip)
+                .await
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,179 @@
+//! Who may do what, applied to one request: authentication (when an `auth`
+//! section is configured), the access level each endpoint needs, lock
+//! ownership (a write, or an UNLOCK, under a lock another identity took
+//! needs `admin`, whatever ID it presents), and the `outputs` view of a
+//! state. `/healthz`, `/readyz` and `/metrics` carry no state data and
+//! need no credentials.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use hyper::HeaderMap;
+use hyper::header::AUTHORIZATION;
+use serde_json::json;
+
+use super::{App, Endpoint, ProtocolError};
+use crate::auth::{Access, AuthError, Identity};
+use crate::state::StateRef;
+
+/// An authenticated caller and its level on the state at hand.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub identity: Identity,
+    pub level: Access,
+}
+
+impl Caller {
+    pub fn name(&self) -> &str {
+        &self.identity.name
+    }
+}
+
+/// The level an endpoint needs.
+fn needs(endpoint: &Endpoint) -> Option<(Access, &'static str)> {
+    Some(match endpoint {
+        Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => return None,
+        Endpoint::GetState(_) => (Access::Outputs, "read"),
+        Endpoint::History(_) | Endpoint::GetVersion(..) | Endpoint::GetLock(_) => {
+            (Access::Read, "read")
+        }
+        Endpoint::WriteState { .. } => (Access::Write, "write"),
+        Endpoint::Lock(_) => (Access::Write, "lock"),
+        Endpoint::Unlock(_) => (Access::Write, "unlock"),
+        Endpoint::DeleteState { .. } => (Access::Admin, "delete"),
+    })
+}
+
+/// Authenticates the request and checks the endpoint's level. `None` when
+/// no `auth` section is configured (or the endpoint needs none).
+pub async fn authorize(
+    app: &App,
+    endpoint: &Endpoint,
+    headers: &HeaderMap,
+    client: IpAddr,
+) -> Result<Option<Caller>, ProtocolError> {
+    let (Some(auth), Some((needed, verb)), Some(state)) =
+        (app.auth.as_ref(), needs(endpoint), endpoint.state())
+    else {
+        return Ok(None);
+    };
+    let header = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let identity = match auth.authenticate(header, client).await {
+        Ok(identity) => identity,
+        Err(e) => {
+            app.metrics.auth_failure();
+            app.audit.event(
+                "denied",
+                &[
+                    ("status", json!(401)),
+                    ("state", json!(state.key())),
+                    ("workspace", json!(state.workspace())),
+                    ("reason", json!(e.to_string())),
+                    ("client", json!(client.to_string())),
+                ],
+            );
+            return Err(ProtocolError::Unauthorized(match e {
+                AuthError::Missing => "credentials are required".into(),
+                AuthError::Invalid(why) => why,
+            }));
+        }
+    };
+    let level = identity.access(state);
+    match level {
+        Some(level) if level >= needed => Ok(Some(Caller { identity, level })),
+        _ => Err(forbid(
+            app,
+            &identity,
+            state,
+            client,
+            format!(
+                "{} may not {verb} {state}: that needs {} access",
+                identity.name,
+                needed.name()
+            ),
+        )),
+    }
+}
+
+/// Refuses with 403, audited.
+pub fn forbid(
+    app: &App,
+    identity: &Identity,
+    state: &StateRef,
+    client: IpAddr,
+    reason: String,
+) -> ProtocolError {
+    app.audit.event(
+        "denied",
+        &[
+            ("status", json!(403)),
+            ("identity", json!(identity.name)),
+            ("state", json!(state.key())),
+            ("workspace", json!(state.workspace())),
+            ("reason", json!(reason)),
+            ("client", json!(client.to_string())),
+        ],
+    );
+    ProtocolError::Forbidden(reason)
+}
+
+/// Checks that `caller` may act under the lock `lock_id` on `state`: when
+/// that lock is held now, it must have taken it, or be an admin.
+pub async fn check_lock_owner(
+    app: &App,
+    state: &StateRef,
+    lock_id: &str,
+    caller: &Caller,
+    client: IpAddr,
+) -> Result<(), ProtocolError> {
+    if caller.level >= Access::Admin {
+        return Ok(());
+    }
+    let held = app.states.lock_holder(state).await?;
+    if held.is_none_or(|h| h.info.id != lock_id) {
+        // Not that lock any more: the state layer answers as it does
+        // without authentication.
+        return Ok(());
+    }
+    match app.states.lock_owner(state, lock_id).await? {
+        Some(owner) if owner == caller.name() => Ok(()),
+        Some(owner) => Err(forbid(
+            app,
+            &caller.identity,
+            state,
+            client,
+            format!(
+                "the lock {lock_id} on {state} was taken by {owner}; only they or an admin may use it"
+            ),
+        )),
+        None => Err(forbid(
+            app,
+            &caller.identity,
+            state,
+            client,
+            format!(
+                "the lock {lock_id} on {state} was not taken through stategate's authentication; only an admin may use it"
+            ),
+        )),
+    }
+}
+
+/// The `outputs` view of a state: everything but the resources, which is
+/// what `terraform_remote_state` reads. A body that is not a JSON object
+/// (an OpenTofu encrypted state) has no outputs to show and is withheld.
+pub fn outputs_only(body: &Bytes) -> Result<Bytes, ProtocolError> {
+    let mut doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
+        .map_err(|_| {
+            ProtocolError::Forbidden("this state's outputs cannot be shown alone".into())
+        })?;
+    if doc.contains_key("encrypted_data") {
+        return Err(ProtocolError::Forbidden(
+            "this state is encrypted by the client; its outputs cannot be shown alone".into(),
+        ));
+    }
+    doc.insert("resources".into(), serde_json::Value::Array(Vec::new()));
+    doc.remove("check_results");
+    let mut out = serde_json::to_vec_pretty(&doc).expect("a JSON map serialises");
+    out.push(b'\n');
+    Ok(Bytes::from(out))
+}

@@ -1,0 +1,607 @@
+//! Authentication and permissions, with the real `terraform`: users by
+//! Basic auth, tokens as Bearer or as the Basic password of `token`,
+//! levels on key patterns (outputs, read, write, admin), locks that belong
+//! to the identity that took them, the audit log, and start-up refusals.
+//! Hashes are made with `stategate hash-password` and `stategate token
+//! new`, as an operator would.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use base64::Engine;
+
+use crate::support::stores::LocalPeer;
+use crate::support::*;
+
+const PASSWORDS: &[(&str, &str)] = &[
+    ("alice", "alice-pass-7f3k"),
+    ("carol", "carol-pass-2m9x"),
+    ("bob", "bob-pass-5q1z"),
+    ("olga", "olga-pass-8w4c"),
+    ("root", "root-pass-3n6v"),
+];
+
+fn password(user: &str) -> &'static str {
+    PASSWORDS.iter().find(|(u, _)| *u == user).unwrap().1
+}
+
+/// `stategate hash-password`, fed on standard input.
+fn hash_password(secret: &str) -> String {
+    let mut child = Command::new(bin())
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{secret}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let hash = text(&out.stdout).trim().to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains(secret));
+    hash
+}
+
+/// `stategate token new NAME`: the token and its hash.
+fn new_token(name: &str) -> (String, String) {
+    let out = Command::new(bin())
+        .args(["token", "new", name])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    let token = shown
+        .split_whitespace()
+        .find(|w| w.starts_with("sgt_"))
+        .unwrap_or_else(|| panic!("no token in {shown}"))
+        .to_string();
+    let hash = shown
+        .split('"')
+        .find(|w| w.starts_with("$argon2id$"))
+        .unwrap_or_else(|| panic!("no hash in {shown}"))
+        .to_string();
+    (token, hash)
+}
+
+/// A server with users alice and carol (write on team-a), bob (read on
+/// team-a), olga (outputs everywhere), root (admin everywhere) and the
+/// token `ci` (write on ci/**).
+struct Secured {
+    peer: LocalPeer,
+    server: Server,
+    token: String,
+    audit: std::path::PathBuf,
+    _config: tempfile::TempDir,
+}
+
+impl Secured {
+    fn start() -> Secured {
+        let levels = [
+            ("alice", "team-a/**", "write"),
+            ("carol", "team-a/**", "write"),
+            ("bob", "team-a/**", "read"),
+            ("olga", "**", "outputs"),
+            ("root", "**", "admin"),
+        ];
+        let mut yaml = String::from("auth:\n  users:\n");
+        for (user, keys, access) in levels {
+            yaml.push_str(&format!(
+                "    - name: {user}\n      password_hash: \"{}\"\n      rules: [{{keys: \"{keys}\", access: {access}}}]\n",
+                hash_password(password(user))
+            ));
+        }
+        let (token, token_hash) = new_token("ci");
+        yaml.push_str(&format!(
+            "  tokens:\n    - name: ci\n      token_hash: \"{token_hash}\"\n      rules: [{{keys: \"ci/**\", access: write}}]\n"
+        ));
+        let dir = tempfile::TempDir::new().unwrap();
+        let config = dir.path().join("stategate.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let audit = dir.path().join("audit.log");
+        let peer = LocalPeer::new();
+        let server = Server::start_with(
+            &peer,
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--audit-log",
+                audit.to_str().unwrap(),
+            ],
+        );
+        Secured {
+            peer,
+            server,
+            token,
+            audit,
+            _config: dir,
+        }
+    }
+
+    fn audit_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+}
+
+fn basic(user: &str, pass: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    )
+}
+
+fn as_user(user: &str) -> String {
+    basic(user, password(user))
+}
+
+fn call(method: &str, url: &str, auth: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    http_with(method, url, &[("Authorization", auth)], body)
+}
+
+fn tf_env(user: &str, pass: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("TF_HTTP_USERNAME", user.to_string()),
+        ("TF_HTTP_PASSWORD", pass.to_string()),
+    ]
+}
+
+fn run_tf(tf: &Terraform, args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    tf.run_env(args, &env)
+}
+
+fn ok_tf(tf: &Terraform, args: &[&str], env: &[(&str, String)]) -> String {
+    let out = run_tf(tf, args, env);
+    assert!(
+        out.status.success(),
+        "terraform {args:?} failed:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+fn backend(url: &str, key: &str) -> String {
+    format!(
+        r#"terraform {{
+  backend "http" {{
+    address        = "{url}/states/{key}"
+    lock_address   = "{url}/states/{key}"
+    unlock_address = "{url}/states/{key}"
+  }}
+}}
+resource "terraform_data" "db" {{
+  input = "db-password-Zx81"
+}}
+output "endpoint" {{
+  value = "db.internal:5432"
+}}
+"#
+    )
+}
+
+fn remote_state(url: &str, key: &str, user: &str) -> String {
+    format!(
+        r#"data "terraform_remote_state" "app" {{
+  backend = "http"
+  config = {{
+    address  = "{url}/states/{key}"
+    username = "{user}"
+    password = "{}"
+  }}
+}}
+output "seen" {{
+  value = data.terraform_remote_state.app.outputs.endpoint
+}}
+"#,
+        password(user)
+    )
+}
+
+#[test]
+fn auth_right_credentials_apply_and_wrong_ones_get_401() {
+    let s = Secured::start();
+    let tf = Terraform::new(&backend(&s.server.url, "team-a/app"));
+    ok_tf(
+        &tf,
+        &["init", "-no-color"],
+        &tf_env("alice", password("alice")),
+    );
+    ok_tf(
+        &tf,
+        &["apply", "-auto-approve", "-no-color"],
+        &tf_env("alice", password("alice")),
+    );
+    assert!(s.peer.root().join("team-a/app").is_file());
+
+    let wrong = Terraform::new(&backend(&s.server.url, "team-a/app"));
+    let out = run_tf(
+        &wrong,
+        &["init", "-no-color"],
+        &tf_env("alice", "not-her-password"),
+    );
+    let out2 = run_tf(
+        &wrong,
+        &["plan", "-no-color"],
+        &tf_env("alice", "not-her-password"),
+    );
+    assert!(!out2.status.success(), "a wrong password planned");
+    let shown = format!("{}{}", text(&out.stderr), text(&out2.stderr));
+    // Terraform's words for a 401.
+    assert!(shown.contains("requires auth"), "{shown}");
+
+    let (status, headers, _) = http_full("GET", &s.server.state_url("team-a/app"), &[], b"");
+    assert_eq!(status, 401);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("www-authenticate") && v.contains("Basic"))
+    );
+    assert_eq!(
+        http("GET", &format!("{}/healthz", s.server.url), b"").0,
+        200,
+        "health needs no credentials"
+    );
+    // Another team's key: 403 naming the permission, for every verb.
+    let (status, reason) = call(
+        "GET",
+        &s.server.state_url("team-b/x"),
+        &as_user("alice"),
+        b"",
+    );
+    assert_eq!(status, 403);
+    assert!(text(&reason).contains("read"), "{}", text(&reason));
+}
+
+#[test]
+fn auth_read_only_user_reads_remote_state_but_cannot_apply() {
+    let s = Secured::start();
+    let tf = Terraform::new(&backend(&s.server.url, "team-a/app"));
+    ok_tf(
+        &tf,
+        &["init", "-no-color"],
+        &tf_env("alice", password("alice")),
+    );
+    ok_tf(
+        &tf,
+        &["apply", "-auto-approve", "-no-color"],
+        &tf_env("alice", password("alice")),
+    );
+
+    let reader = Terraform::new(&remote_state(&s.server.url, "team-a/app", "bob"));
+    reader.ok(&["init", "-no-color"]);
+    let out = reader.ok(&["apply", "-auto-approve", "-no-color"]);
+    assert!(out.contains("db.internal:5432"), "{out}");
+
+    let writer = Terraform::new(&backend(&s.server.url, "team-a/app"));
+    ok_tf(
+        &writer,
+        &["init", "-no-color"],
+        &tf_env("bob", password("bob")),
+    );
+    let out = run_tf(
+        &writer,
+        &["apply", "-auto-approve", "-no-color"],
+        &tf_env("bob", password("bob")),
+    );
+    assert!(!out.status.success(), "a read-only user applied");
+    // Terraform's words for a 403.
+    assert!(
+        text(&out.stderr).contains("invalid auth"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn auth_outputs_level_sees_outputs_and_no_resource_attribute() {
+    let s = Secured::start();
+    let tf = Terraform::new(&backend(&s.server.url, "team-a/app"));
+    ok_tf(
+        &tf,
+        &["init", "-no-color"],
+        &tf_env("alice", password("alice")),
+    );
+    ok_tf(
+        &tf,
+        &["apply", "-auto-approve", "-no-color"],
+        &tf_env("alice", password("alice")),
+    );
+
+    let (status, body) = call(
+        "GET",
+        &s.server.state_url("team-a/app"),
+        &as_user("olga"),
+        b"",
+    );
+    assert_eq!(status, 200);
+    let body = text(&body);
+    assert!(body.contains("db.internal:5432"), "{body}");
+    assert!(
+        !body.contains("db-password-Zx81"),
+        "a resource attribute was shown: {body}"
+    );
+    let (status, _) = call(
+        "GET",
+        &format!("{}?history", s.server.state_url("team-a/app")),
+        &as_user("olga"),
+        b"",
+    );
+    assert_eq!(status, 403, "history holds whole states");
+
+    let reader = Terraform::new(&remote_state(&s.server.url, "team-a/app", "olga"));
+    reader.ok(&["init", "-no-color"]);
+    let out = reader.ok(&["apply", "-auto-approve", "-no-color"]);
+    assert!(out.contains("db.internal:5432"), "{out}");
+}
+
+#[test]
+fn auth_locks_belong_to_the_identity_that_took_them() {
+    let s = Secured::start();
+    let url = s.server.state_url("team-a/locked");
+    assert_eq!(
+        call("POST", &url, &as_user("alice"), &state_doc("l", 1, "x")).0,
+        200
+    );
+    let info = lock_info("alice-lock", "alice@host");
+    assert_eq!(call("LOCK", &url, &as_user("alice"), &info).0, 200);
+    // carol may write to team-a, but the lock is alice's: its ID is not enough.
+    assert_eq!(call("UNLOCK", &url, &as_user("carol"), &info).0, 403);
+    assert_eq!(call("LOCK", &url, &as_user("carol"), &info).0, 403);
+    let (status, _) = call(
+        "POST",
+        &format!("{url}?ID=alice-lock"),
+        &as_user("carol"),
+        &state_doc("l", 2, "y"),
+    );
+    assert_eq!(status, 403);
+    assert_eq!(
+        call("UNLOCK", &url, &as_user("carol"), b"").0,
+        403,
+        "force-unlock needs admin"
+    );
+    assert_eq!(
+        call("UNLOCK", &url, &as_user("bob"), &info).0,
+        403,
+        "read cannot unlock"
+    );
+    // alice writes and unlocks her own lock.
+    let (status, _) = call(
+        "POST",
+        &format!("{url}?ID=alice-lock"),
+        &as_user("alice"),
+        &state_doc("l", 2, "y"),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(call("UNLOCK", &url, &as_user("alice"), &info).0, 200);
+
+    // With terraform: a write user's force-unlock of another's lock is
+    // refused, an admin's is accepted.
+    assert_eq!(call("LOCK", &url, &as_user("alice"), &info).0, 200);
+    let tf = Terraform::new(&backend(&s.server.url, "team-a/locked"));
+    ok_tf(
+        &tf,
+        &["init", "-no-color"],
+        &tf_env("carol", password("carol")),
+    );
+    let out = run_tf(
+        &tf,
+        &["force-unlock", "-force", "alice-lock"],
+        &tf_env("carol", password("carol")),
+    );
+    assert!(
+        !out.status.success(),
+        "a write user force-unlocked: {}",
+        text(&out.stdout)
+    );
+    assert!(s.peer.root().join("team-a/locked.tflock").is_file());
+    let admin = Terraform::new(&backend(&s.server.url, "team-a/locked"));
+    ok_tf(
+        &admin,
+        &["init", "-no-color"],
+        &tf_env("root", password("root")),
+    );
+    ok_tf(
+        &admin,
+        &["force-unlock", "-force", "alice-lock"],
+        &tf_env("root", password("root")),
+    );
+    assert!(!s.peer.root().join("team-a/locked.tflock").exists());
+}
+
+#[test]
+fn auth_tokens_work_as_bearer_and_as_the_basic_password() {
+    let s = Secured::start();
+    let url = s.server.state_url("ci/pipeline");
+    let bearer = format!("Bearer {}", s.token);
+    assert_eq!(call("POST", &url, &bearer, &state_doc("c", 1, "x")).0, 200);
+    assert_eq!(call("GET", &url, &basic("token", &s.token), b"").0, 200);
+    assert_eq!(
+        call("GET", &s.server.state_url("team-a/app"), &bearer, b"").0,
+        403
+    );
+    let forged = format!("Bearer {}x", s.token);
+    assert_eq!(call("GET", &url, &forged, b"").0, 401);
+
+    let tf = Terraform::new(&backend(&s.server.url, "ci/terraform"));
+    ok_tf(&tf, &["init", "-no-color"], &tf_env("token", &s.token));
+    ok_tf(
+        &tf,
+        &["apply", "-auto-approve", "-no-color"],
+        &tf_env("token", &s.token),
+    );
+    assert!(s.peer.root().join("ci/terraform").is_file());
+}
+
+#[test]
+fn auth_audit_log_records_actions_and_never_a_secret() {
+    let s = Secured::start();
+    let url = s.server.state_url("team-a/audited");
+    let info = lock_info("L1", "alice@host");
+    assert_eq!(call("LOCK", &url, &as_user("alice"), &info).0, 200);
+    assert_eq!(
+        call(
+            "POST",
+            &format!("{url}?ID=L1"),
+            &as_user("alice"),
+            &state_doc("a", 4, "x")
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        call(
+            "POST",
+            &format!("{url}?ID=L1"),
+            &as_user("alice"),
+            &state_doc("a", 2, "x")
+        )
+        .0,
+        409
+    );
+    assert_eq!(call("UNLOCK", &url, &as_user("alice"), &info).0, 200);
+    assert_eq!(
+        call(
+            "LOCK",
+            &url,
+            &as_user("alice"),
+            &lock_info("L2", "alice@host")
+        )
+        .0,
+        200
+    );
+    assert_eq!(call("UNLOCK", &url, &as_user("root"), b"").0, 200);
+    assert_eq!(
+        call("GET", &url, &basic("alice", "wrong-guess-123"), b"").0,
+        401
+    );
+    assert_eq!(call("DELETE", &url, &as_user("alice"), b"").0, 403);
+    assert_eq!(
+        call("GET", &url, &format!("Bearer {}", s.token), b"").0,
+        403
+    );
+
+    let lines = s.audit_lines();
+    let find = |action: &str| {
+        lines
+            .iter()
+            .find(|l| l["audit"] == action)
+            .unwrap_or_else(|| panic!("no {action} event in {lines:#?}"))
+            .clone()
+    };
+    let lock = find("lock");
+    assert_eq!(lock["identity"], "user:alice");
+    assert_eq!(lock["state"], "team-a/audited");
+    assert_eq!(lock["lock_id"], "L1");
+    assert_eq!(lock["client"], "127.0.0.1");
+    assert_eq!(find("write")["serial"], 4);
+    assert!(
+        find("write_refused")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("serial")
+    );
+    assert_eq!(find("unlock")["identity"], "user:alice");
+    let forced = find("force_unlock");
+    assert_eq!(forced["identity"], "user:root");
+    assert_eq!(forced["previous_holder"], "alice@host");
+    let denied: Vec<_> = lines.iter().filter(|l| l["audit"] == "denied").collect();
+    assert!(denied.iter().any(|l| l["status"] == 401), "{denied:?}");
+    assert!(
+        denied
+            .iter()
+            .any(|l| l["status"] == 403 && l["identity"] == "token:ci"),
+        "{denied:?}"
+    );
+
+    let raw = std::fs::read_to_string(&s.audit).unwrap();
+    let log = s.server.log();
+    for (_, pass) in PASSWORDS {
+        assert!(
+            !raw.contains(pass) && !log.contains(pass),
+            "a password reached a log"
+        );
+    }
+    assert!(!raw.contains("wrong-guess-123") && !log.contains("wrong-guess-123"));
+    let secret_part = s.token.rsplit('_').next().unwrap();
+    assert!(
+        !raw.contains(secret_part) && !log.contains(secret_part),
+        "a token reached a log"
+    );
+}
+
+#[test]
+fn auth_configuration_mistakes_stop_start_up() {
+    let peer = LocalPeer::new();
+    let dir = tempfile::TempDir::new().unwrap();
+    let write = |name: &str, yaml: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, yaml).unwrap();
+        p.display().to_string()
+    };
+    let plain = write(
+        "plain.yaml",
+        "auth:\n  users:\n    - name: alice\n      password: hunter2\n      rules: [{keys: \"**\", access: read}]\n",
+    );
+    let log = Server::try_start(&peer, &["--config", &plain], &[])
+        .err()
+        .expect("refused");
+    assert!(
+        log.contains("setting `auth.users[alice].password_hash`"),
+        "{log}"
+    );
+    assert!(!log.contains("hunter2"), "{log}");
+    let bad_level = write(
+        "level.yaml",
+        &format!(
+            "auth:\n  users:\n    - name: alice\n      password_hash: \"{}\"\n      rules: [{{keys: \"**\", access: owner}}]\n",
+            hash_password("x")
+        ),
+    );
+    let log = Server::try_start(&peer, &["--config", &bad_level], &[])
+        .err()
+        .expect("refused");
+    assert!(log.contains("auth.users[alice].rules"), "{log}");
+
+    // Beyond loopback without an auth section: refused, unless auth: none.
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "0.0.0.0:0", "-C"])
+        .arg(format!("path={}", peer.root().display()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("setting `auth`"),
+        "{}",
+        text(&out.stderr)
+    );
+    let mut open = Command::new(bin())
+        .args(["serve", "--listen", "0.0.0.0:0", "--auth", "none", "-C"])
+        .arg(format!("path={}", peer.root().display()))
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    let mut stderr = std::io::BufReader::new(open.stderr.take().unwrap());
+    while !seen.contains("listening on") {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(n > 0, "auth: none did not start:\n{seen}");
+        seen.push_str(&line);
+    }
+    let _ = open.kill();
+    let _ = open.wait();
+    assert!(seen.contains("anyone who reaches this port"), "{seen}");
+}
