@@ -389,20 +389,23 @@ fn oss_versioned_bucket_is_refused_unless_allow_unsafe_locks() {
 fn oss_check_reports_the_store_and_never_a_secret() {
     let peer = OssPeer::new();
     // Trace level, where the SDK would log request headers if its `log`
-    // records ever reached our subscriber.
-    let out = stategate(&peer, &["check"], &[("RUST_LOG", "trace")]);
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("refused (locks are safe)")
-            && stdout.contains("compare-and-swap writes: no")
-            && stdout.contains(&format!("bucket `{}`", peer.bucket)),
-        "{stdout}"
-    );
-    for secret in [STS_AK, STS_SECRET, STS_TOKEN] {
+    // records ever reached our subscriber, also asked of its targets and
+    // the HTTP stack's by name.
+    for rust_log in ["trace", "ali_oss_rs=trace,reqwest=trace,hyper_util=trace"] {
+        let out = stategate(&peer, &["check"], &[("RUST_LOG", rust_log)]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{stdout}\n{stderr}");
         assert!(
-            !stdout.contains(secret) && !stderr.contains(secret),
-            "{secret} shown:\n{stdout}\n{stderr}"
+            stdout.contains("refused (locks are safe)")
+                && stdout.contains("compare-and-swap writes: no")
+                && stdout.contains(&format!("bucket `{}`", peer.bucket)),
+            "{stdout}"
         );
+        for secret in [STS_AK, STS_SECRET, STS_TOKEN] {
+            assert!(
+                !stdout.contains(secret) && !stderr.contains(secret),
+                "RUST_LOG={rust_log}: {secret} shown:\n{stdout}\n{stderr}"
+            );
+        }
     }
 }

@@ -585,3 +585,35 @@ fn s3_server_ignoring_conditions_is_refused_unless_unsafe_locks_are_allowed() {
     assert_eq!(http("UNLOCK", &url, &lock_info("second", "b@host")).0, 200);
     assert!(!keys(&peer).contains("unsafe/terraform.tfstate.tflock"));
 }
+
+/// Issue 8, item 9: no secret in the log at any level, whatever RUST_LOG
+/// asks of the SDK's own targets (its signer logs the canonical request,
+/// session token header included, at trace).
+#[test]
+fn s3_trace_logs_never_show_a_secret() {
+    let peer = S3Peer::on(Moto::shared())
+        .with("accessKeyID", "AKIATRACETEST0000000")
+        .with("accessKeySecret", "trace-secret-value-0123")
+        .with("session_token", "trace-session-token-4567");
+    for rust_log in [
+        "trace",
+        "aws_sigv4=trace",
+        "warn,aws_sigv4::http_request::sign=trace,aws_smithy_runtime=trace",
+    ] {
+        let out = stategate(&peer, &["check"], &[("RUST_LOG", rust_log)]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{rust_log}: {stdout}\n{stderr}");
+        for secret in ["trace-secret-value-0123", "trace-session-token-4567"] {
+            assert!(
+                !stdout.contains(secret) && !stderr.contains(secret),
+                "RUST_LOG={rust_log} shows {secret}:\n{stderr}"
+            );
+        }
+    }
+    // The test can fail: the SDK does log at these levels.
+    let out = stategate(&peer, &["check"], &[("RUST_LOG", "trace")]);
+    assert!(
+        text(&out.stderr).contains("S3.PutObject"),
+        "no SDK log at all"
+    );
+}
