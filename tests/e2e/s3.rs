@@ -79,6 +79,11 @@ impl Moto {
         MOTO.get_or_init(|| Moto::start(true))
     }
 
+    /// The server's process id, to pause it with SIGSTOP.
+    pub fn pid(&self) -> u32 {
+        self._child.id()
+    }
+
     fn command(&self, command: &str) {
         let mut control = self.control.lock().unwrap();
         writeln!(control.0, "{command}").expect("write to moto");
@@ -584,6 +589,74 @@ fn s3_server_ignoring_conditions_is_refused_unless_unsafe_locks_are_allowed() {
     assert_eq!(http("UNLOCK", &url, &lock_info("first", "a@host")).0, 409);
     assert_eq!(http("UNLOCK", &url, &lock_info("second", "b@host")).0, 200);
     assert!(!keys(&peer).contains("unsafe/terraform.tfstate.tflock"));
+}
+
+/// Issue 16: a bucket deleted while stategate runs is a store failure on
+/// every URL, never "no state" or "no lock".
+#[test]
+fn s3_missing_bucket_answers_503_everywhere() {
+    let peer = S3Peer::on(Moto::shared());
+    let server = Server::start(&peer);
+    let url = server.state_url("gone/terraform.tfstate");
+    let locks = format!("{}/locks/gone/terraform.tfstate", server.url);
+    assert_eq!(http("POST", &url, &state_doc("g", 1, "v")).0, 200);
+    peer.moto.inspect(&["delete-bucket", &peer.bucket], b"");
+    // Past the few seconds a successful bucket check is trusted.
+    std::thread::sleep(Duration::from_secs(6));
+    for (method, url, body) in [
+        ("GET", &url, Vec::new()),
+        ("GET", &locks, Vec::new()),
+        ("UNLOCK", &url, Vec::new()),
+        ("DELETE", &url, Vec::new()),
+        ("POST", &url, state_doc("g", 2, "w")),
+        ("LOCK", &url, lock_info("g", "me@host")),
+    ] {
+        let (status, reason) = http(method, url, &body);
+        let reason = text(&reason);
+        assert_eq!(status, 503, "{method} {url}: {reason}");
+        assert!(
+            reason.contains(&format!("bucket `{}` does not exist", peer.bucket)),
+            "{method} {url}: {reason}"
+        );
+    }
+}
+
+/// Issue 16: `timeout` bounds a whole operation, retries included. A
+/// server that accepts connections and never answers (paused with
+/// SIGSTOP) gets a 503 within `timeout`, not after three attempts of it.
+#[test]
+fn s3_stopped_server_answers_503_within_timeout() {
+    let moto: &'static Moto = Box::leak(Box::new(Moto::start(false)));
+    let peer = S3Peer::on(moto).with("timeout", "3");
+    let server = Server::start(&peer);
+    let url = server.state_url("paused/terraform.tfstate");
+    assert_eq!(http("POST", &url, &state_doc("p", 1, "v")).0, 200);
+    signal(moto.pid(), "STOP");
+    let mut timings = Vec::new();
+    for (method, body) in [
+        ("GET", Vec::new()),
+        ("LOCK", lock_info("p", "me@host")),
+        ("POST", state_doc("p", 2, "w")),
+    ] {
+        let started = Instant::now();
+        let (status, reason) = http(method, &url, &body);
+        let took = started.elapsed();
+        timings.push((method, took));
+        let reason = text(&reason);
+        assert_eq!(status, 503, "{method}: {reason}");
+        assert!(
+            reason.contains("did not answer within 3s"),
+            "{method}: {reason}"
+        );
+        assert!(
+            !reason.contains('{') && !reason.contains("Failure"),
+            "{method}: not a plain sentence: {reason}"
+        );
+        assert!(took < Duration::from_secs(5), "{method} took {took:?}");
+    }
+    signal(moto.pid(), "CONT");
+    eprintln!("s3 paused, timeout 3s: time to 503 {timings:?}");
+    assert_eq!(http("GET", &url, b""), (200, state_doc("p", 1, "v")));
 }
 
 /// Issue 8, item 9: no secret in the log at any level, whatever RUST_LOG
