@@ -8,6 +8,8 @@ mod conformance;
 mod support;
 
 mod cli;
+#[cfg(all(feature = "s3", feature = "oss"))]
+mod cloud_races;
 mod crash;
 mod local_sqlite;
 #[cfg(feature = "oss")]

@@ -79,6 +79,13 @@ impl Moto {
         MOTO.get_or_init(|| Moto::start(true))
     }
 
+    /// The shared server that ignores `If-Match` (but honours
+    /// `If-None-Match`): an S3-compatible server without compare-and-swap.
+    pub fn shared_ignoring_if_match() -> &'static Moto {
+        static MOTO: OnceLock<Moto> = OnceLock::new();
+        MOTO.get_or_init(|| Moto::start_with(&["--ignore-if-match"]))
+    }
+
     /// The server's process id, to pause it with SIGSTOP.
     pub fn pid(&self) -> u32 {
         self._child.id()

@@ -37,9 +37,14 @@ pub trait Peer: Send + Sync {
     fn put_object(&self, key: &str, body: &[u8]);
 }
 
-/// The stategate binary cargo built for these tests.
+/// The stategate binary cargo built for these tests, or the one named by
+/// `STATEGATE_TEST_BIN` (to measure another build with the same tests, e.g.
+/// the race rates before a fix).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_stategate"))
+    match std::env::var_os("STATEGATE_TEST_BIN") {
+        Some(other) => PathBuf::from(other),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_stategate")),
+    }
 }
 
 /// The repository root.
