@@ -19,17 +19,21 @@
 //!   `allow_unsafe_locks: true`; the start-up probe then proves on the real
 //!   bucket that a second create is refused.
 //! - There is no compare-and-swap. [`Condition::IfMatch`] is a HEAD, a
-//!   comparison of ETags, then the put or delete: another writer can slip in
-//!   between the HEAD and the change (a window of one round trip).
-//!   [`Capabilities::compare_and_swap`] says so; the state layer still
-//!   sends the condition, which narrows the window to that round trip.
+//!   comparison of ETags, then the put or delete: another writer could slip
+//!   in between. [`Capabilities::compare_and_swap`] says so, and the state
+//!   layer runs every such step under its write lease
+//!   ([`crate::state::lease`]), built on the atomic create above.
+//! - HEAD answers a 404 without a body for a missing object and for a
+//!   missing bucket alike, so before a HEAD 404 means "no such object" the
+//!   bucket must have been seen recently ([`super::BucketSeen`]).
 //!
 //! A version is the object's ETag (the MD5 of the body for a simple put).
 //! A read is a HEAD followed by a GET with `If-Match` on that ETag, so the
 //! bytes and the version returned always belong together.
 //!
-//! Every request has a connect and a read timeout, so an unreachable
-//! endpoint fails instead of hanging. Secrets are kept inside the SDK client
+//! Every store operation runs within the `timeout` setting (its requests
+//! and the transfer), so an unreachable or silent endpoint answers 503
+//! instead of hanging. Secrets are kept inside the SDK client
 //! (which has no `Debug`), never formatted into messages or logs.
 
 use std::fmt;

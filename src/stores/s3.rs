@@ -15,13 +15,18 @@
 //! tries both conditional writes against a probe object and, where the
 //! server ignores or refuses them, falls back to reading the ETag and
 //! comparing before writing or deleting, and says so in
-//! [`Store::capabilities`] and [`Store::describe`]. Whether `If-None-Match`
+//! [`Store::capabilities`] (whose compare-and-swap then is false, so the
+//! state layer takes its write lease around such steps) and
+//! [`Store::describe`]. Whether `If-None-Match`
 //! is honoured (which locks depend on) is checked by the generic start-up
 //! probe in [`super::open`].
 //!
 //! Every SDK error is translated next to its call into a [`StoreError`];
 //! authentication failures, a missing bucket and an unreachable server each
-//! get one plain reason, and no message ever carries a secret.
+//! get one plain reason, and no message ever carries a secret. A HEAD's
+//! bodiless 404 is only "no such object" once the bucket is known to exist.
+//! The `timeout` setting bounds each store operation as a whole, retries
+//! included.
 
 use std::sync::Arc;
 use std::time::Duration;
