@@ -30,7 +30,7 @@ import os
 import sys
 import threading
 
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from moto.server import DomainDispatcherApplication, create_backend_app
 
@@ -54,6 +54,12 @@ def without_conditions(app, headers=("HTTP_IF_NONE_MATCH", "HTTP_IF_MATCH")):
     return handle
 
 
+class NoDelayHandler(WSGIRequestHandler):
+    # Headers and body go out in separate writes; without TCP_NODELAY the
+    # client's delayed ACK holds answers back ~40 ms.
+    disable_nagle_algorithm = True
+
+
 class Listener:
     def __init__(self, app):
         self.app = app
@@ -62,7 +68,9 @@ class Listener:
         self.thread = None
 
     def start(self):
-        self.server = make_server("127.0.0.1", self.port, self.app, threaded=True)
+        self.server = make_server(
+            "127.0.0.1", self.port, self.app, threaded=True, request_handler=NoDelayHandler
+        )
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
