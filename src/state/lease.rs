@@ -1,7 +1,10 @@
 //! Write leases: short, expiring mutual exclusion between stategate
-//! processes, built only on an atomic create-if-absent, so it also serves
-//! stores that cannot compare-and-swap (OSS; S3-compatible servers that
-//! ignore `If-Match`).
+//! processes, built only on creating, listing and deleting objects with
+//! unique names, so it also serves stores that cannot compare-and-swap
+//! (OSS; S3-compatible servers that ignore `If-Match`). It does not even
+//! rely on the create being exclusive (the names never collide); it relies
+//! on a listing seeing every object created before it began, which S3 and
+//! OSS guarantee.
 //!
 //! On such a store every "only if unchanged" step is a read followed by the
 //! change, and another process can slip in between: an unlocked writer can

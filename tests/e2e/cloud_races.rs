@@ -25,7 +25,7 @@ use crate::support::*;
 /// How long each race test may run; rounds stop when it is used up.
 const BUDGET: Duration = Duration::from_secs(30);
 /// Most rounds per test.
-const MAX_ROUNDS: usize = 300;
+const MAX_ROUNDS: usize = 400;
 /// `history_keep` of the racing replicas: small, so every round also
 /// checks that retention is exact.
 const HISTORY_KEEP: usize = 3;
