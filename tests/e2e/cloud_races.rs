@@ -308,3 +308,55 @@ fn races_leave_no_lease_behind() {
         .collect();
     assert!(leases.is_empty(), "leases left behind: {leases:?}");
 }
+
+/// A replica that dies holding a lease blocks that state only until the
+/// lease expires: the next writer waits, then takes over and removes it.
+/// With `timeout: 1` a lease lives 12 s and counts as expired 5 s (clock
+/// skew) after that.
+#[test]
+fn races_lease_of_a_crashed_replica_expires() {
+    let peer = OssPeer::new().set("timeout", "1");
+    let server = Server::start(&peer);
+    let lease = ".stategate/lease/crashed/terraform.tfstate/crashed-replica";
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let body = |expires_ms: u64| {
+        format!(r#"{{"owner":"crashed-replica","expires_ms":{expires_ms}}}"#).into_bytes()
+    };
+
+    // Long expired: removed on the spot.
+    peer.put_object(lease, &body(now_ms - 60_000));
+    let url = server.state_url("crashed/terraform.tfstate");
+    let started = Instant::now();
+    assert_eq!(http("POST", &url, &state_doc("c", 1, "a")).0, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!peer.object_keys().iter().any(|k| k == lease));
+
+    // Still valid for 2 s: the writer waits until it has expired (plus the
+    // allowed clock skew), then writes.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    peer.put_object(lease, &body(now_ms + 2_000));
+    let started = Instant::now();
+    let (status, reason) = http("POST", &url, &state_doc("c", 2, "b"));
+    let waited = started.elapsed();
+    assert_eq!(status, 200, "{}", text(&reason));
+    assert!(
+        waited >= Duration::from_secs(6) && waited < Duration::from_secs(20),
+        "waited {waited:?}"
+    );
+    assert!(!peer.object_keys().iter().any(|k| k == lease));
+    assert!(
+        server.log().contains("removing an expired write lease"),
+        "{}",
+        server.log()
+    );
+}
