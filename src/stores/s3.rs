@@ -550,8 +550,14 @@ impl Bucket {
             .await;
         match result.map_err(|e| self.failure(&format!("deleting {key}"), e)) {
             Ok(_) => Ok(()),
-            Err(Failure::NoSuchKey) if version.is_none() => Ok(()),
-            Err(Failure::NoSuchKey) => Err(Failure::Precondition),
+            // S3 deletes a missing key with 204; a 404 may be the bucket.
+            Err(Failure::NoSuchKey) if version.is_none() => {
+                self.check_bucket(&format!("deleting {key}")).await
+            }
+            Err(Failure::NoSuchKey) => {
+                self.check_bucket(&format!("deleting {key}")).await?;
+                Err(Failure::Precondition)
+            }
             Err(f) => Err(f),
         }
     }
@@ -567,7 +573,12 @@ impl Bucket {
             .await;
         let output = match result.map_err(|e| self.failure(&what, e)) {
             Ok(o) => o,
-            Err(Failure::NoSuchKey) => return Ok(None),
+            Err(Failure::NoSuchKey) => {
+                // Servers that answer a missing bucket without a code look
+                // like a missing object.
+                self.check_bucket(&what).await?;
+                return Ok(None);
+            }
             Err(f) => return Err(f),
         };
         let version = Version(output.e_tag().unwrap_or_default().to_string());
