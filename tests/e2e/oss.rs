@@ -506,3 +506,25 @@ fn oss_prefix_with_dot_dot_is_refused_naming_prefix() {
     let log = refused(&OssPeer::new().set("prefix", "team-a/.."), &[]);
     assert!(log.contains("setting `prefix`"), "{log}");
 }
+
+/// Issue 16, item 7: a connection closed before the answer is one plain
+/// sentence.
+#[test]
+fn oss_connection_closed_is_one_plain_sentence() {
+    let peer = OssPeer::new();
+    let proxy = format!("http://{}", closing_server());
+    let out = stategate(
+        &peer,
+        &["check"],
+        &[("HTTP_PROXY", &proxy), ("http_proxy", &proxy)],
+    );
+    let said = text(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("the connection to http://oss-test.invalid failed: connection closed before the answer was complete"),
+        "{said}"
+    );
+    for debug in ["error sending request", "SendRequest", "client error"] {
+        assert!(!said.contains(debug), "not a plain sentence: {said}");
+    }
+}

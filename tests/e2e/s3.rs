@@ -697,3 +697,23 @@ fn s3_trace_logs_never_show_a_secret() {
         "no SDK log at all"
     );
 }
+
+/// Issue 16, item 7: a connection closed before the answer is one plain
+/// sentence, not the SDK's nested Debug output.
+#[test]
+fn s3_connection_closed_is_one_plain_sentence() {
+    let mut peer = S3Peer::on(Moto::shared()).with("timeout", "5");
+    peer.extra
+        .push(("endpoint".into(), format!("http://{}", closing_server())));
+    let out = stategate(&peer, &["check"], &[]);
+    let said = text(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("cannot reach the S3 server at http://127.0.0.1:")
+            && said.contains("connection closed before the answer was complete"),
+        "{said}"
+    );
+    for debug in ["DispatchFailure", "ConnectorError", "{", "SendRequest"] {
+        assert!(!said.contains(debug), "not a plain sentence: {said}");
+    }
+}

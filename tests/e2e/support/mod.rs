@@ -475,3 +475,23 @@ pub fn raw_request(base_url: &str, method: &str, path: &str, body: &[u8]) -> (u1
         .expect("status");
     (status, response[split + 4..].to_vec())
 }
+
+/// A TCP server on 127.0.0.1 that reads each request and closes the
+/// connection without answering, like a proxy that loses replies. Returns
+/// its address; it runs until the test process ends.
+pub fn closing_server() -> String {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 65536];
+                let _ = stream.read(&mut buf);
+            });
+        }
+    });
+    addr
+}
