@@ -311,10 +311,10 @@ fn races_leave_no_lease_behind() {
 
 /// A replica that dies holding a lease blocks that state only until the
 /// lease expires: the next writer waits, then takes over and removes it.
-/// With `timeout: 1` a lease lives 12 s and counts as expired 5 s (clock
-/// skew) after that.
+/// A writer never waits longer than a lease can live. With `timeout: 1` a
+/// lease lives 12 s and counts as expired 5 s (clock skew) after that.
 #[test]
-fn races_lease_of_a_crashed_replica_expires() {
+fn races_lease_of_a_crashed_replica_expires_and_waits_are_bounded() {
     let peer = OssPeer::new().set("timeout", "1");
     let server = Server::start(&peer);
     let lease = ".stategate/lease/crashed/terraform.tfstate/crashed-replica";
@@ -358,5 +358,22 @@ fn races_lease_of_a_crashed_replica_expires() {
         server.log().contains("removing an expired write lease"),
         "{}",
         server.log()
+    );
+
+    // One that will not expire in time: the wait is bounded (12 s to live,
+    // 5 s of skew, 5 s more) and ends in a 503 with the reason.
+    peer.put_object(lease, &body(now_ms + 3_600_000));
+    let started = Instant::now();
+    let (status, reason) = http("POST", &url, &state_doc("c", 3, "c"));
+    let waited = started.elapsed();
+    let reason = text(&reason);
+    assert_eq!(status, 503, "{reason}");
+    assert!(
+        reason.contains("kept crashed/terraform.tfstate busy"),
+        "{reason}"
+    );
+    assert!(
+        waited >= Duration::from_secs(20) && waited < Duration::from_secs(40),
+        "waited {waited:?}"
     );
 }
