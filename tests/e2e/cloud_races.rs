@@ -355,7 +355,7 @@ fn races_lease_of_a_crashed_replica_expires_and_waits_are_bounded() {
     );
     assert!(!peer.object_keys().iter().any(|k| k == lease));
     assert!(
-        server.log().contains("removing an expired write lease"),
+        server.logs("removing an expired write lease"),
         "{}",
         server.log()
     );

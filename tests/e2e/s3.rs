@@ -550,7 +550,7 @@ fn s3_server_outage_gives_503_then_recovers() {
         );
     }
     assert!(
-        server.log().contains("cannot reach the S3 server"),
+        server.logs("cannot reach the S3 server"),
         "{}",
         server.log()
     );

@@ -159,6 +159,20 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// Whether the server logs `needle` within a few seconds. A line is
+    /// written before the answer it belongs to, but the thread that
+    /// collects the log may read it only after the client has the answer.
+    pub fn logs(&self, needle: &str) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !self.log().contains(needle) {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     /// The process id, for signals.
     pub fn pid(&self) -> u32 {
         self.child.id()
