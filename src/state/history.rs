@@ -12,6 +12,11 @@
 //! the state a write replaces is always kept. The copy of a just-written
 //! state is a [`crate::stores::Store::snapshot`]: a hard link on local
 //! disk, a row copy in SQLite. Retention keeps the newest `history_keep`.
+//!
+//! Appends are not atomic (list, then create the next number), so on
+//! stores without compare-and-swap they run under the state's write lease
+//! with the write they record ([`super::lease`]): each accepted write is
+//! then exactly one record, in order, and retention is exact.
 
 use bytes::Bytes;
 use md5::{Digest, Md5};
@@ -267,6 +272,32 @@ impl States {
         let dir = self.history_dir(state);
         let result = async {
             let numbers = self.version_numbers(&dir).await?;
+            // A concurrent write may already have recorded this very store
+            // version as `found` (possible where the store's compare-and-swap
+            // makes the write lease unnecessary): one record per accepted
+            // write, so that record becomes this write's.
+            if let Some(&n) = numbers.last() {
+                let newest = self.meta(&dir, n).await?;
+                if newest.object_version.as_deref() == Some(version.0.as_str())
+                    && newest.md5 == written.md5
+                {
+                    let meta = VersionMeta {
+                        who: writer.who,
+                        lock_id: writer.lock_id,
+                        operation: writer.operation.to_string(),
+                        ..newest
+                    };
+                    let meta_body = serde_json::to_vec(&meta).expect("version metadata serialises");
+                    self.store
+                        .put(
+                            &meta_key(&dir, n),
+                            Bytes::from(meta_body),
+                            Condition::Always,
+                        )
+                        .await?;
+                    return Ok(n);
+                }
+            }
             self.record(state, &dir, numbers, written, version, writer)
                 .await
         }

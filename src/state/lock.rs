@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::{StateError, States, key::StateRef};
+use super::{Lease, LeaseNeed, StateError, States, key::StateRef};
 use crate::stores::{Condition, StoreError};
 
 /// The fields of a LockInfo that stategate acts on. Field names are
@@ -137,8 +137,25 @@ impl States {
 
     /// Releases the lock if `id` holds it, or whoever holds it when `id` is
     /// `None` (force). Deletes only the lock object that was read, so a lock
-    /// taken by someone else in between survives.
+    /// taken by someone else in between survives: by a conditional delete,
+    /// or on stores without one under the state's write lease, which every
+    /// stategate release also takes, so the lock read cannot be deleted and
+    /// re-created by another client before this delete (issue 16).
     pub async fn release(&self, state: &StateRef, id: Option<&str>) -> Result<(), StateError> {
+        let lease = self.lease(state, LeaseNeed::WithoutCompareAndSwap).await?;
+        let result = self.release_leased(state, id, lease.as_ref()).await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        result
+    }
+
+    async fn release_leased(
+        &self,
+        state: &StateRef,
+        id: Option<&str>,
+        lease: Option<&Lease>,
+    ) -> Result<(), StateError> {
         let lock_key = state.lock_key(&self.workspace_key_prefix);
         for _ in 0..RACE_RETRIES {
             let Some(obj) = self.store.get(&lock_key).await? else {
@@ -149,6 +166,9 @@ impl States {
                 && holder.id != id
             {
                 return Err(StateError::NotHolder(obj.body));
+            }
+            if let Some(lease) = lease {
+                lease.check()?;
             }
             match self
                 .store

@@ -11,6 +11,8 @@
 //! - [`owner`]: which identity took a lock, when authentication is on.
 //! - [`history`]: every state ever stored, kept as numbered versions under
 //!   the reserved `.stategate/history/` prefix.
+//! - [`lease`]: short write leases that make a read-check-change atomic on
+//!   stores without compare-and-swap.
 
 use std::sync::Arc;
 
@@ -20,12 +22,14 @@ use crate::stores::{Store, StoreError};
 
 pub mod history;
 pub mod key;
+pub mod lease;
 pub mod lock;
 pub mod owner;
 pub mod write;
 
 pub use history::VersionMeta;
 pub use key::StateRef;
+pub use lease::Lease;
 pub use lock::{Held, LockInfo};
 pub use write::{WriteOptions, WriteOutcome};
 
@@ -70,6 +74,20 @@ impl From<key::KeyError> for StateError {
     fn from(e: key::KeyError) -> Self {
         StateError::BadRequest(e.0)
     }
+}
+
+/// When a state operation takes the state's write lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LeaseNeed {
+    /// A change that history records (write, delete): on every store,
+    /// because a history append is a listing followed by a create, and
+    /// only serialised appends give one record per accepted write, in
+    /// order, within `history_keep` (issue 16). Compare-and-swap alone
+    /// keeps the state right but not its history.
+    Always,
+    /// A read-compare-delete (unlock): only where the store's conditional
+    /// delete is not atomic.
+    WithoutCompareAndSwap,
 }
 
 /// How the rules are tuned; from the top level of the configuration.
@@ -123,6 +141,22 @@ impl States {
     /// Where a state is stored.
     pub fn object_key(&self, state: &StateRef) -> String {
         state.object_key(&self.workspace_key_prefix)
+    }
+
+    /// Takes the state's write lease (see [`lease`]) where `need` calls for
+    /// one; `None` where the store's own conditions suffice.
+    pub(super) async fn lease(
+        &self,
+        state: &StateRef,
+        need: LeaseNeed,
+    ) -> Result<Option<Lease>, StateError> {
+        let cas = self.store.capabilities().compare_and_swap;
+        if cas && need == LeaseNeed::WithoutCompareAndSwap {
+            return Ok(None);
+        }
+        Lease::acquire(&self.store, &self.object_key(state))
+            .await
+            .map(Some)
     }
 
     /// Reads a state's current body.

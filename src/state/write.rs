@@ -16,7 +16,10 @@
 //!
 //! The check and the write are one atomic step: the write is a
 //! compare-and-swap on the version that was checked, retried from a fresh
-//! look when another writer got in between. The stored state is in history
+//! look when another writer got in between. The whole step, with the
+//! history records it makes, runs under the state's write lease
+//! ([`super::lease`]): on stores without compare-and-swap that is what
+//! makes it atomic, and on every store it keeps history exact. The stored state is in history
 //! before it is replaced ([`States::current`] sees to it), so no accepted
 //! state is ever lost. A body identical to the stored one (same MD5) is a
 //! retried write and changes nothing.
@@ -26,7 +29,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use super::history::{Described, Writer, md5_hex};
-use super::{StateError, StateRef, States};
+use super::{Lease, LeaseNeed, StateError, StateRef, States};
 use crate::stores::{Condition, StoreError};
 
 /// The top-level fields of a Terraform state that the rules look at.
@@ -191,12 +194,31 @@ impl States {
         body: Bytes,
         opts: WriteOptions<'_>,
     ) -> Result<WriteOutcome, StateError> {
-        // The operator's overrides take any JSON (rule 2 is about clients).
+        // Refused before any lease is taken. The operator's overrides take
+        // any JSON (rule 2 is about clients).
         let incoming = if opts.skip_lineage_check {
             StateHead::parse(&body)?
         } else {
             StateHead::parse_incoming(&body)?
         };
+        let lease = self.lease(state, LeaseNeed::Always).await?;
+        let result = self
+            .write_leased(state, body, incoming, opts, lease.as_ref())
+            .await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        result
+    }
+
+    async fn write_leased(
+        &self,
+        state: &StateRef,
+        body: Bytes,
+        incoming: StateHead,
+        opts: WriteOptions<'_>,
+        lease: Option<&Lease>,
+    ) -> Result<WriteOutcome, StateError> {
         let md5 = opts.md5.map_or_else(|| md5_hex(&body), str::to_string);
         let holder = if opts.ignore_lock {
             None
@@ -221,6 +243,9 @@ impl States {
                     Condition::IfMatch(cur.version)
                 }
             };
+            if let Some(lease) = lease {
+                lease.check()?;
+            }
             let version = match self.store.put(&object_key, body.clone(), condition).await {
                 Ok(v) => v,
                 Err(StoreError::PreconditionFailed | StoreError::AlreadyExists) => continue,
@@ -248,12 +273,29 @@ impl States {
     /// Deletes a state, keeping it in history first. Deleting an absent
     /// state succeeds.
     pub async fn delete(&self, state: &StateRef, lock_id: Option<&str>) -> Result<(), StateError> {
+        let lease = self.lease(state, LeaseNeed::Always).await?;
+        let result = self.delete_leased(state, lock_id, lease.as_ref()).await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        result
+    }
+
+    async fn delete_leased(
+        &self,
+        state: &StateRef,
+        lock_id: Option<&str>,
+        lease: Option<&Lease>,
+    ) -> Result<(), StateError> {
         self.check_holder(state, lock_id).await?;
         let object_key = self.object_key(state);
         for _ in 0..CAS_RETRIES {
             let Some(cur) = self.current(state).await? else {
                 return Ok(());
             };
+            if let Some(lease) = lease {
+                lease.check()?;
+            }
             match self
                 .store
                 .delete(&object_key, Condition::IfMatch(cur.version))

@@ -10,7 +10,8 @@
 //! store maps them to its own names (a path under a root, a bucket key under
 //! a prefix, a row) and must never reach outside that space.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -132,6 +133,13 @@ pub trait Store: Send + Sync + 'static {
     /// What this store guarantees.
     fn capabilities(&self) -> Capabilities;
 
+    /// The longest one call on this store may take, retries included (the
+    /// store's `timeout` setting). The state layer sizes its write leases
+    /// from it.
+    fn operation_timeout(&self) -> Duration {
+        DEFAULT_OPERATION_TIMEOUT
+    }
+
     /// Reads an object; `Ok(None)` when it does not exist.
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError>;
 
@@ -175,6 +183,111 @@ pub trait Store: Send + Sync + 'static {
         self.put(to, body.clone(), Condition::IfAbsent)
             .await
             .map(|_| ())
+    }
+}
+
+/// [`Store::operation_timeout`] of stores without a `timeout` setting.
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Validates a bucket store's `prefix` setting, the same way for every
+/// store: one or more `/`-separated segments without empty, `.` or `..`
+/// parts (which servers or HTTP clients would resolve, reaching outside the
+/// prefix or breaking the request signature). Returns it with one trailing
+/// `/`; an empty or all-`/` value is no prefix at all.
+pub fn normalise_prefix(raw: &str) -> Result<String, ConfigError> {
+    let trimmed = raw.trim_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    let bad = trimmed.split('/').any(|seg| {
+        seg.is_empty()
+            || seg == "."
+            || seg == ".."
+            || seg.chars().any(|c| c.is_control() || c == '\\')
+    });
+    if bad {
+        return Err(ConfigError::invalid(
+            "prefix",
+            format!("`{raw}` must be `/`-separated names without empty, `.` or `..` parts"),
+        ));
+    }
+    Ok(format!("{trimmed}/"))
+}
+
+/// How long a successful bucket check is trusted. Short, so a bucket
+/// deleted while stategate runs is noticed within seconds.
+const BUCKET_SEEN_FOR: Duration = Duration::from_secs(5);
+
+/// Remembers when a bucket store last saw its bucket exist. A 404 without
+/// an error code (every HEAD error has no body) cannot tell a missing object
+/// from a missing bucket; bucket stores ask [`BucketSeen::recently`] and,
+/// when it says no, check the bucket before answering "no such object".
+#[derive(Debug, Default)]
+pub struct BucketSeen(Mutex<Option<Instant>>);
+
+impl BucketSeen {
+    /// Whether the bucket was seen within the last few seconds.
+    pub fn recently(&self) -> bool {
+        self.0
+            .lock()
+            .expect("bucket check mutex")
+            .is_some_and(|at| at.elapsed() < BUCKET_SEEN_FOR)
+    }
+
+    /// Records that the bucket was just seen.
+    pub fn seen(&self) {
+        *self.0.lock().expect("bucket check mutex") = Some(Instant::now());
+    }
+}
+
+/// One plain sentence for a network failure of a store's HTTP client:
+/// the innermost cause of an error chain, by kind where it is an I/O error
+/// (the SDKs' own `Display` nests every layer and its `Debug`).
+pub fn network_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    use std::io::ErrorKind;
+    let mut inner = err;
+    let mut io_kind = None;
+    loop {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            io_kind = Some(io.kind());
+        }
+        match inner.source() {
+            Some(source) => inner = source,
+            None => break,
+        }
+    }
+    let text = inner.to_string();
+    let lower = text.to_ascii_lowercase();
+    match io_kind {
+        Some(ErrorKind::ConnectionRefused) => "connection refused".into(),
+        Some(ErrorKind::ConnectionReset) => "connection reset".into(),
+        Some(ErrorKind::ConnectionAborted) => "connection aborted".into(),
+        Some(ErrorKind::BrokenPipe) => "connection closed while sending".into(),
+        Some(ErrorKind::UnexpectedEof) => "connection closed before the answer was complete".into(),
+        Some(ErrorKind::TimedOut) => "timed out".into(),
+        Some(ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable) => {
+            "host unreachable".into()
+        }
+        _ if lower.contains("dns")
+            || lower.contains("failed to lookup")
+            || lower.contains("name or service not known") =>
+        {
+            format!("the host name could not be resolved ({text})")
+        }
+        _ if lower.contains("certificate")
+            || lower.contains("tls")
+            || lower.contains("handshake") =>
+        {
+            format!("TLS failed ({text})")
+        }
+        _ if lower.contains("connection closed before message completed") => {
+            "connection closed before the answer was complete".into()
+        }
+        _ => {
+            // One line, without the SDKs' struct dumps.
+            let first = text.lines().next().unwrap_or_default();
+            first.split(" (").next().unwrap_or(first).trim().to_string()
+        }
     }
 }
 
@@ -343,4 +456,33 @@ pub async fn open(settings: &StoreSettings) -> Result<(Arc<dyn Store>, ProbeRepo
         tracing::warn!(store = %store.describe(), "allow_unsafe_locks is set: locks are not safe on this store");
     }
     Ok((store, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_validated_alike_for_every_store() {
+        assert_eq!(normalise_prefix("/team/a/").unwrap(), "team/a/");
+        assert_eq!(normalise_prefix("").unwrap(), "");
+        for bad in ["team-a/..", "a//b", "./x", "a/\\b"] {
+            let err = normalise_prefix(bad).unwrap_err();
+            assert!(
+                err.to_string().starts_with("setting `prefix`"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn network_causes_are_one_plain_sentence() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(network_cause(&refused), "connection refused");
+        let closed = std::io::Error::other("connection closed before message completed");
+        assert_eq!(
+            network_cause(&closed),
+            "connection closed before the answer was complete"
+        );
+    }
 }

@@ -19,17 +19,21 @@
 //!   `allow_unsafe_locks: true`; the start-up probe then proves on the real
 //!   bucket that a second create is refused.
 //! - There is no compare-and-swap. [`Condition::IfMatch`] is a HEAD, a
-//!   comparison of ETags, then the put or delete: another writer can slip in
-//!   between the HEAD and the change (a window of one round trip).
-//!   [`Capabilities::compare_and_swap`] says so; the state layer still
-//!   sends the condition, which narrows the window to that round trip.
+//!   comparison of ETags, then the put or delete: another writer could slip
+//!   in between. [`Capabilities::compare_and_swap`] says so, and the state
+//!   layer runs every such step under its write lease
+//!   ([`crate::state::lease`]), built on the atomic create above.
+//! - HEAD answers a 404 without a body for a missing object and for a
+//!   missing bucket alike, so before a HEAD 404 means "no such object" the
+//!   bucket must have been seen recently ([`super::BucketSeen`]).
 //!
 //! A version is the object's ETag (the MD5 of the body for a simple put).
 //! A read is a HEAD followed by a GET with `If-Match` on that ETag, so the
 //! bytes and the version returned always belong together.
 //!
-//! Every request has a connect and a read timeout, so an unreachable
-//! endpoint fails instead of hanging. Secrets are kept inside the SDK client
+//! Every store operation runs within the `timeout` setting (its requests
+//! and the transfer), so an unreachable or silent endpoint answers 503
+//! instead of hanging. Secrets are kept inside the SDK client
 //! (which has no `Debug`), never formatted into messages or logs.
 
 use std::fmt;
@@ -53,7 +57,10 @@ use md5::{Digest, Md5};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{Backend, Capabilities, Condition, Entry, Object, Store, StoreError, Version};
+use super::{
+    Backend, BucketSeen, Capabilities, Condition, Entry, Object, Store, StoreError, Version,
+    network_cause, normalise_prefix,
+};
 use crate::config::{ConfigError, Setting, StoreSettings};
 
 /// Registration of the OSS store.
@@ -139,16 +146,22 @@ const SETTINGS: &[Setting] = &[
         default: None,
         help: "object ACL sent on every write: private, public-read, public-read-write or default (default: none sent, the bucket's ACL applies)",
     },
+    Setting {
+        name: "timeout",
+        aliases: &[],
+        env: &["STATEGATE_OSS_TIMEOUT"],
+        secret: false,
+        default: Some("60"),
+        help: "seconds one operation on OSS may take, the transfer included, before it answers 503",
+    },
 ];
 
 /// Region used when neither `region` nor a standard `endpoint` names one,
 /// as in Terraform's oss backend.
 const DEFAULT_REGION: &str = "cn-beijing";
-/// How long to wait for a TCP/TLS connection to the endpoint.
+/// How long to wait for a TCP/TLS connection to the endpoint (less when
+/// `timeout` is shorter).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a request may see no bytes at all before it fails. States can
-/// be hundreds of megabytes, so there is no cap on a whole transfer.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest page OSS returns from ListObjectsV2.
 const LIST_PAGE: u32 = 1000;
 /// How often a read retries when the object changes between its HEAD and
@@ -171,6 +184,8 @@ struct OssConfig {
     encrypt: bool,
     acl: Option<ObjectAcl>,
     allow_unsafe_locks: bool,
+    /// Limit for one store operation, every request and the transfer included.
+    timeout: Duration,
 }
 
 impl fmt::Debug for OssConfig {
@@ -191,6 +206,7 @@ impl fmt::Debug for OssConfig {
             )
             .field("encrypt", &self.encrypt)
             .field("acl", &self.acl.map(|a| a.as_str().to_string()))
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -213,16 +229,13 @@ impl OssConfig {
             ));
         }
 
-        let prefix = match settings.get("prefix").map(|p| p.trim_matches('/')) {
-            None | Some("") => String::new(),
-            Some(p) if p.split('/').any(str::is_empty) => {
-                return Err(ConfigError::invalid(
-                    "prefix",
-                    format!("`{p}` has an empty path segment"),
-                ));
-            }
-            Some(p) => format!("{p}/"),
-        };
+        // The same rules as every bucket store: `..` would be resolved by
+        // the HTTP client and break the signature (issue 16).
+        let prefix = settings
+            .get("prefix")
+            .map(normalise_prefix)
+            .transpose()?
+            .unwrap_or_default();
 
         let (scheme, endpoint) = match settings.get("endpoint") {
             None => (
@@ -281,6 +294,17 @@ impl OssConfig {
             }
         };
 
+        let timeout = settings.get("timeout").unwrap_or("60");
+        let timeout = match timeout.trim().parse::<u64>() {
+            Ok(secs) if secs > 0 => Duration::from_secs(secs),
+            _ => {
+                return Err(ConfigError::invalid(
+                    "timeout",
+                    format!("`{timeout}` is not a whole number of seconds greater than 0"),
+                ));
+            }
+        };
+
         Ok(OssConfig {
             bucket,
             prefix,
@@ -293,6 +317,7 @@ impl OssConfig {
             encrypt: settings.bool("encrypt")?,
             acl,
             allow_unsafe_locks: settings.bool("allow_unsafe_locks")?,
+            timeout,
         })
     }
 }
@@ -323,6 +348,11 @@ pub struct OssStore {
     acl: Option<ObjectAcl>,
     /// False only on a versioned bucket opened with `allow_unsafe_locks`.
     atomic_create: bool,
+    /// Limit for one store operation (the `timeout` setting).
+    timeout: Duration,
+    /// When the bucket was last seen to exist: HEAD answers a bodiless 404
+    /// for a missing object and a missing bucket alike.
+    bucket_seen: BucketSeen,
 }
 
 impl fmt::Debug for OssStore {
@@ -348,8 +378,8 @@ impl OssStore {
     pub async fn open(settings: &StoreSettings) -> Result<Self, ConfigError> {
         let cfg = OssConfig::from_settings(settings)?;
         let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT.min(cfg.timeout))
+            .read_timeout(cfg.timeout)
             .build()
             .map_err(|e| ConfigError::invalid("endpoint", format!("HTTP client: {e}")))?;
         let mut builder = ClientBuilder::new(
@@ -376,15 +406,26 @@ impl OssStore {
             encrypt: cfg.encrypt,
             acl: cfg.acl,
             atomic_create: true,
+            timeout: cfg.timeout,
+            bucket_seen: BucketSeen::default(),
         };
 
-        let versioning = store.versioning().await.map_err(|(setting, e)| {
-            let reason = match e {
-                StoreError::Unavailable(reason) => reason,
-                other => other.to_string(),
-            };
-            ConfigError::invalid(setting, reason)
-        })?;
+        let context = "reading the bucket's versioning";
+        let versioning = store
+            .bounded(
+                context,
+                async {
+                    store.versioning().await.map_err(|(setting, e)| {
+                        let reason = match e {
+                            StoreError::Unavailable(reason) => reason,
+                            other => other.to_string(),
+                        };
+                        ConfigError::invalid(setting, reason)
+                    })
+                },
+                |reason| ConfigError::invalid("endpoint", reason),
+            )
+            .await?;
         if let Versioning::On(status) = versioning {
             if !cfg.allow_unsafe_locks {
                 return Err(ConfigError::invalid(
@@ -447,6 +488,56 @@ impl OssStore {
         })
     }
 
+    /// Runs one store operation within the `timeout` budget: OSS requests
+    /// are not retried by the SDK, but one operation can be several
+    /// requests (HEAD then GET, list pages), and a server that accepts the
+    /// connection and never answers must still give a prompt 503.
+    async fn bounded<T, E>(
+        &self,
+        what: &str,
+        op: impl std::future::Future<Output = Result<T, E>>,
+        timed_out: impl FnOnce(String) -> E,
+    ) -> Result<T, E> {
+        match tokio::time::timeout(self.timeout, op).await {
+            Ok(result) => result,
+            Err(_) => {
+                let reason = format!(
+                    "{what}: OSS at {} did not answer within {}s",
+                    self.endpoint_url,
+                    self.timeout.as_secs()
+                );
+                tracing::warn!(store = "oss", "{reason}");
+                Err(timed_out(reason))
+            }
+        }
+    }
+
+    /// Before a bodiless 404 from HEAD is taken for "no such object", the
+    /// bucket must have been seen in the last few seconds or be seen now;
+    /// a missing bucket is a store failure, never "no state" (issue 16).
+    async fn check_bucket(&self, what: &str) -> Result<(), StoreError> {
+        if self.bucket_seen.recently() {
+            return Ok(());
+        }
+        match self.versioning().await {
+            Ok(_) => {
+                self.bucket_seen.seen();
+                Ok(())
+            }
+            Err(("bucket", _)) => Err(StoreError::unavailable(format!(
+                "{what}: bucket `{}` does not exist at {} (NoSuchBucket)",
+                self.bucket, self.endpoint_url
+            ))),
+            Err((_, StoreError::Unavailable(reason))) => Err(StoreError::unavailable(format!(
+                "{what}: {}",
+                reason
+                    .strip_prefix("reading the bucket's versioning: ")
+                    .unwrap_or(&reason)
+            ))),
+            Err((_, other)) => Err(other),
+        }
+    }
+
     fn object_name(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
@@ -455,7 +546,10 @@ impl OssStore {
     async fn head_etag(&self, name: &str) -> Result<Option<String>, StoreError> {
         match self.client.head_object(&self.bucket, name, None).await {
             Ok(meta) => Ok(Some(meta.etag)),
-            Err(OssError::StatusError(s)) if s == reqwest::StatusCode::NOT_FOUND => Ok(None),
+            Err(OssError::StatusError(s)) if s == reqwest::StatusCode::NOT_FOUND => {
+                self.check_bucket(&format!("reading {name}")).await?;
+                Ok(None)
+            }
             Err(e) => Err(self.error(&format!("reading {name}"), e)),
         }
     }
@@ -497,24 +591,26 @@ impl OssStore {
                     .to_string()
             }
             OssError::StatusError(s) => format!("OSS answered HTTP {s}"),
-            OssError::ReqwestError(r) if r.is_timeout() => {
-                format!("no answer from {} in time ({r})", self.endpoint_url)
-            }
+            OssError::ReqwestError(r) if r.is_timeout() => format!(
+                "OSS at {} did not answer within {}s",
+                self.endpoint_url,
+                self.timeout.as_secs()
+            ),
             OssError::ReqwestError(r) if r.is_connect() => {
                 format!(
                     "cannot connect to {}: {}",
                     self.endpoint_url,
-                    error_chain(r)
+                    network_cause(r)
                 )
             }
             OssError::ReqwestError(r) => {
                 format!(
-                    "request to {} failed: {}",
+                    "the connection to {} failed: {}",
                     self.endpoint_url,
-                    error_chain(r)
+                    network_cause(r)
                 )
             }
-            other => other.to_string(),
+            other => network_cause(other),
         };
         StoreError::unavailable(format!("{context}: {reason}"))
     }
@@ -559,22 +655,6 @@ fn setting_at_fault(e: &OssError) -> &'static str {
     }
 }
 
-/// An error and its causes on one line ("error sending request: connection
-/// refused").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
 /// The text of the first `<tag>…</tag>` in a small XML document.
 fn xml_text<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
     let open = format!("<{tag}>");
@@ -613,7 +693,60 @@ impl Store for OssStore {
         }
     }
 
+    fn operation_timeout(&self) -> Duration {
+        self.timeout
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        let what = format!("reading {}", self.object_name(key));
+        self.bounded(&what, self.get_unbounded(key), StoreError::Unavailable)
+            .await
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        condition: Condition,
+    ) -> Result<Version, StoreError> {
+        let what = format!("writing {}", self.object_name(key));
+        self.bounded(
+            &what,
+            self.put_unbounded(key, body, condition),
+            StoreError::Unavailable,
+        )
+        .await
+    }
+
+    async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
+        let what = format!("deleting {}", self.object_name(key));
+        self.bounded(
+            &what,
+            self.delete_unbounded(key, condition),
+            StoreError::Unavailable,
+        )
+        .await
+    }
+
+    async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {
+        let what = format!("reading {}", self.object_name(key));
+        self.bounded(&what, self.stat_unbounded(key), StoreError::Unavailable)
+            .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        self.bounded(
+            "listing objects",
+            self.list_unbounded(prefix),
+            StoreError::Unavailable,
+        )
+        .await
+    }
+}
+
+/// The operations themselves; [`Store`] runs each within `timeout`.
+impl OssStore {
+    async fn get_unbounded(&self, key: &str) -> Result<Option<Object>, StoreError> {
         let name = self.object_name(key);
         for _ in 0..READ_RETRIES {
             let Some(etag) = self.head_etag(&name).await? else {
@@ -645,7 +778,7 @@ impl Store for OssStore {
         )))
     }
 
-    async fn put(
+    async fn put_unbounded(
         &self,
         key: &str,
         body: Bytes,
@@ -678,7 +811,7 @@ impl Store for OssStore {
         }
     }
 
-    async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
+    async fn delete_unbounded(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
         let name = self.object_name(key);
         if let Condition::IfMatch(expected) = &condition {
             // Not atomic either: a lock re-taken between this HEAD and the
@@ -695,11 +828,11 @@ impl Store for OssStore {
             .map_err(|e| self.error(&format!("deleting {name}"), e))
     }
 
-    async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {
+    async fn stat_unbounded(&self, key: &str) -> Result<Option<Version>, StoreError> {
         Ok(self.head_etag(&self.object_name(key)).await?.map(Version))
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+    async fn list_unbounded(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         let full = self.object_name(prefix);
         let mut out = Vec::new();
         let mut token: Option<String> = None;
@@ -802,8 +935,13 @@ mod tests {
     fn prefix_is_normalised() {
         let cfg = OssConfig::from_settings(&settings(&[("prefix", "/team/a/")])).unwrap();
         assert_eq!(cfg.prefix, "team/a/");
-        let err = OssConfig::from_settings(&settings(&[("prefix", "a//b")])).unwrap_err();
-        assert!(err.to_string().contains("`prefix`"), "{err}");
+        for bad in ["a//b", "team-a/..", "./x"] {
+            let err = OssConfig::from_settings(&settings(&[("prefix", bad)])).unwrap_err();
+            assert!(
+                err.to_string().starts_with("setting `prefix`"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

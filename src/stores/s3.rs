@@ -15,13 +15,18 @@
 //! tries both conditional writes against a probe object and, where the
 //! server ignores or refuses them, falls back to reading the ETag and
 //! comparing before writing or deleting, and says so in
-//! [`Store::capabilities`] and [`Store::describe`]. Whether `If-None-Match`
+//! [`Store::capabilities`] (whose compare-and-swap then is false, so the
+//! state layer takes its write lease around such steps) and
+//! [`Store::describe`]. Whether `If-None-Match`
 //! is honoured (which locks depend on) is checked by the generic start-up
 //! probe in [`super::open`].
 //!
 //! Every SDK error is translated next to its call into a [`StoreError`];
 //! authentication failures, a missing bucket and an unreachable server each
-//! get one plain reason, and no message ever carries a secret.
+//! get one plain reason, and no message ever carries a secret. A HEAD's
+//! bodiless 404 is only "no such object" once the bucket is known to exist.
+//! The `timeout` setting bounds each store operation as a whole, retries
+//! included.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +49,8 @@ use md5::{Digest, Md5};
 use time::OffsetDateTime;
 
 use super::{
-    Backend, Capabilities, Condition, Entry, Object, PROBE_PREFIX, Store, StoreError, Version,
+    Backend, BucketSeen, Capabilities, Condition, Entry, Object, PROBE_PREFIX, Store, StoreError,
+    Version, network_cause, normalise_prefix,
 };
 use crate::config::{ConfigError, Setting, StoreSettings};
 
@@ -145,7 +151,7 @@ const SETTINGS: &[Setting] = &[
         env: &["STATEGATE_S3_TIMEOUT"],
         secret: false,
         default: Some("60"),
-        help: "seconds one request to S3 may take before it is abandoned (retried up to 3 times)",
+        help: "seconds one operation on S3 may take, its retries included, before it answers 503",
     },
 ];
 
@@ -177,7 +183,7 @@ pub struct S3Config {
     pub prefix: String,
     /// `<endpoint>/<bucket>/<key>` instead of `<bucket>.<endpoint>/<key>`.
     pub path_style: bool,
-    /// Limit for one attempt of one request.
+    /// Limit for one operation, every attempt and the transfer included.
     pub timeout: Duration,
 }
 
@@ -301,24 +307,6 @@ fn normalise_endpoint(raw: &str) -> Result<String, ConfigError> {
     }
 }
 
-/// One or more `/`-separated segments, stored with a trailing `/`.
-fn normalise_prefix(raw: &str) -> Result<String, ConfigError> {
-    let trimmed = raw.trim_matches('/');
-    let bad = trimmed.split('/').any(|seg| {
-        seg.is_empty()
-            || seg == "."
-            || seg == ".."
-            || seg.chars().any(|c| c.is_control() || c == '\\')
-    });
-    if bad {
-        return Err(ConfigError::invalid(
-            "prefix",
-            format!("`{raw}` must be `/`-separated names without empty, `.` or `..` parts"),
-        ));
-    }
-    Ok(format!("{trimmed}/"))
-}
-
 /// A canned ACL S3 knows; anything else would be refused at the first write.
 fn parse_acl(raw: &str) -> Result<ObjectCannedAcl, ConfigError> {
     let known = ObjectCannedAcl::values();
@@ -347,6 +335,9 @@ struct Bucket {
     put_if_match: bool,
     /// The same for DeleteObject.
     delete_if_match: bool,
+    /// When the bucket was last seen to exist, to tell a HEAD's bodiless
+    /// 404 for a missing object from one for a missing bucket.
+    bucket_seen: BucketSeen,
 }
 
 /// What a failed S3 request means to this store.
@@ -399,8 +390,11 @@ impl S3Store {
                 tls::rustls_provider::CryptoMode::Ring,
             ))
             .build_https();
+        // `timeout` bounds the whole operation, retries included (issue 16:
+        // a per-attempt limit made a stopped server take 3 x 60 s to answer).
         let timeouts = TimeoutConfig::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT.min(config.timeout))
+            .operation_timeout(config.timeout)
             .operation_attempt_timeout(config.timeout)
             .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
@@ -431,6 +425,7 @@ impl S3Store {
             location,
             put_if_match: true,
             delete_if_match: true,
+            bucket_seen: BucketSeen::default(),
         };
         bucket.detect_conditions().await.map_err(|f| match f {
             Failure::Unavailable {
@@ -555,8 +550,14 @@ impl Bucket {
             .await;
         match result.map_err(|e| self.failure(&format!("deleting {key}"), e)) {
             Ok(_) => Ok(()),
-            Err(Failure::NoSuchKey) if version.is_none() => Ok(()),
-            Err(Failure::NoSuchKey) => Err(Failure::Precondition),
+            // S3 deletes a missing key with 204; a 404 may be the bucket.
+            Err(Failure::NoSuchKey) if version.is_none() => {
+                self.check_bucket(&format!("deleting {key}")).await
+            }
+            Err(Failure::NoSuchKey) => {
+                self.check_bucket(&format!("deleting {key}")).await?;
+                Err(Failure::Precondition)
+            }
             Err(f) => Err(f),
         }
     }
@@ -572,7 +573,12 @@ impl Bucket {
             .await;
         let output = match result.map_err(|e| self.failure(&what, e)) {
             Ok(o) => o,
-            Err(Failure::NoSuchKey) => return Ok(None),
+            Err(Failure::NoSuchKey) => {
+                // Servers that answer a missing bucket without a code look
+                // like a missing object.
+                self.check_bucket(&what).await?;
+                return Ok(None);
+            }
             Err(f) => return Err(f),
         };
         let version = Version(output.e_tag().unwrap_or_default().to_string());
@@ -591,7 +597,7 @@ impl Bucket {
                 reason: format!(
                     "{what}: the connection to {} broke: {}",
                     self.location,
-                    root_cause(&e)
+                    network_cause(&e)
                 ),
             })?
             .into_bytes();
@@ -620,9 +626,44 @@ impl Bucket {
             .key(self.full_key(key))
             .send()
             .await;
-        match result.map_err(|e| self.failure(&format!("reading {key}"), e)) {
+        let what = format!("reading {key}");
+        match result.map_err(|e| self.failure(&what, e)) {
             Ok(o) => Ok(o.e_tag().map(|e| Version(e.to_string()))),
-            Err(Failure::NoSuchKey) => Ok(None),
+            Err(Failure::NoSuchKey) => {
+                self.check_bucket(&what).await?;
+                Ok(None)
+            }
+            Err(f) => Err(f),
+        }
+    }
+
+    /// HEAD answers 404 without a body for a missing object and for a
+    /// missing bucket alike. Before a bodiless 404 is taken for "no such
+    /// object", the bucket must have been seen in the last few seconds, or
+    /// be seen now (HeadBucket); a missing bucket is then a store failure,
+    /// never "no state" (issue 16).
+    async fn check_bucket(&self, what: &str) -> Result<(), Failure> {
+        if self.bucket_seen.recently() {
+            return Ok(());
+        }
+        let result = self
+            .client
+            .head_bucket()
+            .bucket(&self.config.bucket)
+            .send()
+            .await;
+        match result.map_err(|e| self.failure(what, e)) {
+            Ok(_) => {
+                self.bucket_seen.seen();
+                Ok(())
+            }
+            Err(Failure::NoSuchKey) => Err(Failure::Unavailable {
+                setting: Some("bucket"),
+                reason: format!(
+                    "{what}: bucket `{}` does not exist at {}",
+                    self.config.bucket, self.location
+                ),
+            }),
             Err(f) => Err(f),
         }
     }
@@ -706,37 +747,45 @@ impl Bucket {
                 ),
                 SdkError::DispatchFailure(d) if d.is_timeout() => unavailable(
                     Some("endpoint"),
-                    format!("the S3 server at {location} did not answer in time"),
+                    format!(
+                        "the S3 server at {location} did not answer within {}s",
+                        self.config.timeout.as_secs()
+                    ),
                 ),
-                SdkError::DispatchFailure(d) if d.is_io() => unavailable(
+                SdkError::DispatchFailure(_) => unavailable(
                     Some("endpoint"),
                     format!(
                         "cannot reach the S3 server at {location}: {}",
-                        root_cause(&err)
+                        network_cause(&err)
+                    ),
+                ),
+                SdkError::ResponseError(_) => unavailable(
+                    Some("endpoint"),
+                    format!(
+                        "the S3 server at {location} sent an answer that could not be read: {}",
+                        network_cause(&err)
                     ),
                 ),
                 _ => {
-                    let text = DisplayErrorContext(&err).to_string();
-                    let setting = if text.contains("credentials") {
-                        Some("accessKeyID")
+                    // Construction failures: in practice the credential
+                    // chain found no credentials or could not load them.
+                    let cause = network_cause(&err);
+                    if DisplayErrorContext(&err)
+                        .to_string()
+                        .to_ascii_lowercase()
+                        .contains("credentials")
+                    {
+                        unavailable(
+                            Some("accessKeyID"),
+                            format!("no usable S3 credentials: {cause}"),
+                        )
                     } else {
-                        None
-                    };
-                    unavailable(setting, text)
+                        unavailable(None, format!("the S3 request could not be made: {cause}"))
+                    }
                 }
             },
         }
     }
-}
-
-/// The innermost error of a chain: "Connection refused (os error 111)"
-/// says more than the SDK's layers around it.
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut inner = err;
-    while let Some(source) = inner.source() {
-        inner = source;
-    }
-    inner.to_string()
 }
 
 /// During detection: a server that refuses a conditional header outright
@@ -761,15 +810,26 @@ impl Store for S3Store {
             // Decided by the generic start-up probe, which refuses to start
             // on a server that ignores If-None-Match unless told otherwise.
             conditional_create: true,
-            compare_and_swap: self.0.put_if_match,
+            // Both conditional puts and conditional deletes must be atomic
+            // for the state layer to do without its write lease: unlock is
+            // a conditional delete.
+            compare_and_swap: self.0.put_if_match && self.0.delete_if_match,
         }
     }
 
+    fn operation_timeout(&self) -> Duration {
+        self.0.config.timeout
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        self.0
-            .get_once(key)
-            .await
-            .map_err(|f| f.into_store_error(&format!("reading {key}")))
+        let what = format!("reading {key}");
+        self.bounded(&what, async {
+            self.0
+                .get_once(key)
+                .await
+                .map_err(|f| f.into_store_error(&what))
+        })
+        .await
     }
 
     async fn put(
@@ -778,12 +838,71 @@ impl Store for S3Store {
         body: Bytes,
         condition: Condition,
     ) -> Result<Version, StoreError> {
-        let bucket = &self.0;
         let what = format!("writing {key}");
+        self.bounded(&what, self.put_unbounded(key, body, condition, &what))
+            .await
+    }
+
+    async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
+        let what = format!("deleting {key}");
+        self.bounded(&what, self.delete_unbounded(key, condition, &what))
+            .await
+    }
+
+    async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {
+        let what = format!("reading {key}");
+        self.bounded(&what, async {
+            self.0
+                .etag(key)
+                .await
+                .map_err(|f| f.into_store_error(&what))
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let what = format!("listing `{prefix}`");
+        self.bounded(&what, self.list_unbounded(prefix, &what))
+            .await
+    }
+}
+
+impl S3Store {
+    /// Answers 503 when `op` takes longer than `timeout`: the setting bounds
+    /// a whole store operation (several S3 requests, their retries and the
+    /// transfer), whatever the SDK's own limits did.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let limit = self.0.config.timeout;
+        match tokio::time::timeout(limit, op).await {
+            Ok(result) => result,
+            Err(_) => {
+                let reason = format!(
+                    "{what}: the S3 server at {} did not answer within {}s",
+                    self.0.location,
+                    limit.as_secs()
+                );
+                tracing::warn!(store = "s3", "{reason}");
+                Err(StoreError::Unavailable(reason))
+            }
+        }
+    }
+
+    async fn put_unbounded(
+        &self,
+        key: &str,
+        body: Bytes,
+        condition: Condition,
+        what: &str,
+    ) -> Result<Version, StoreError> {
+        let bucket = &self.0;
         if let Condition::IfMatch(expected) = &condition
             && !bucket.put_if_match
         {
-            bucket.compare_etag(key, expected, &what).await?;
+            bucket.compare_etag(key, expected, what).await?;
         }
         for attempt in 0..=CONFLICT_RETRIES {
             match bucket.put_once(key, body.clone(), &condition).await {
@@ -794,15 +913,19 @@ impl Store for S3Store {
                 Err(Failure::Conflict) if attempt < CONFLICT_RETRIES => {
                     tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
                 }
-                Err(f) => return Err(f.into_store_error(&what)),
+                Err(f) => return Err(f.into_store_error(what)),
             }
         }
         unreachable!("the last attempt returns")
     }
 
-    async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
+    async fn delete_unbounded(
+        &self,
+        key: &str,
+        condition: Condition,
+        what: &str,
+    ) -> Result<(), StoreError> {
         let bucket = &self.0;
-        let what = format!("deleting {key}");
         let version = match &condition {
             Condition::IfMatch(v) => Some(v),
             Condition::Always | Condition::IfAbsent => None,
@@ -810,11 +933,11 @@ impl Store for S3Store {
         if let Some(expected) = version
             && !bucket.delete_if_match
         {
-            bucket.compare_etag(key, expected, &what).await?;
+            bucket.compare_etag(key, expected, what).await?;
             return bucket
                 .delete_once(key, None)
                 .await
-                .map_err(|f| f.into_store_error(&what));
+                .map_err(|f| f.into_store_error(what));
         }
         for attempt in 0..=CONFLICT_RETRIES {
             match bucket.delete_once(key, version).await {
@@ -822,22 +945,14 @@ impl Store for S3Store {
                 Err(Failure::Conflict) if attempt < CONFLICT_RETRIES => {
                     tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
                 }
-                Err(f) => return Err(f.into_store_error(&what)),
+                Err(f) => return Err(f.into_store_error(what)),
             }
         }
         unreachable!("the last attempt returns")
     }
 
-    async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {
-        self.0
-            .etag(key)
-            .await
-            .map_err(|f| f.into_store_error(&format!("reading {key}")))
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+    async fn list_unbounded(&self, prefix: &str, what: &str) -> Result<Vec<Entry>, StoreError> {
         let bucket = &self.0;
-        let what = format!("listing `{prefix}`");
         let store_prefix = &bucket.config.prefix;
         let mut entries = Vec::new();
         let mut token = None;
@@ -850,7 +965,7 @@ impl Store for S3Store {
                 .set_continuation_token(token.take())
                 .send()
                 .await
-                .map_err(|e| bucket.failure(&what, e).into_store_error(&what))?;
+                .map_err(|e| bucket.failure(what, e).into_store_error(what))?;
             for object in page.contents() {
                 let Some(key) = object
                     .key()

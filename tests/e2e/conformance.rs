@@ -153,7 +153,7 @@ pub fn held_lock_blocks_apply_until_force_unlock(peer: &dyn Peer) {
     tf.ok(&["force-unlock", "-force", "held-by-test-1234"]);
     assert!(!keys(peer).iter().any(|k| k.ends_with(".tflock")));
     assert!(
-        server.log().contains("force-unlocked"),
+        server.logs("force-unlocked"),
         "a force unlock is logged at warn"
     );
     tf.apply(&["greeting=after unlock"]);
@@ -532,7 +532,7 @@ pub fn stale_push_is_refused(peer: &dyn Peer) {
         current,
         "the stored state is unchanged"
     );
-    assert!(server.log().contains("refused write"), "{}", server.log());
+    assert!(server.logs("refused write"), "{}", server.log());
 }
 
 pub fn history_and_restore(peer: &dyn Peer) {

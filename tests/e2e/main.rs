@@ -9,6 +9,8 @@ mod support;
 
 mod auth;
 mod cli;
+#[cfg(all(feature = "s3", feature = "oss"))]
+mod cloud_races;
 mod crash;
 mod hostile;
 mod local_sqlite;

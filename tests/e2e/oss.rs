@@ -40,11 +40,12 @@ pub struct OssServer {
     /// `127.0.0.1:PORT`
     pub addr: String,
     _stdin: ChildStdin,
-    _child: Child,
+    child: Child,
 }
 
 impl OssServer {
-    fn start() -> OssServer {
+    /// A server of its own, for tests that stop it.
+    pub fn start() -> OssServer {
         let script = repo().join("tests/support/oss_server.py");
         let mut child = Command::new(python())
             .arg(&script)
@@ -72,8 +73,20 @@ impl OssServer {
         OssServer {
             addr,
             _stdin: stdin,
-            _child: child,
+            child,
         }
+    }
+
+    /// The server's process id, to pause it with SIGSTOP.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Deletes a bucket and its objects while everything keeps running.
+    pub fn delete_bucket(&self, bucket: &str) {
+        let url = format!("http://{}/-/buckets?name={bucket}", self.addr);
+        let (status, body) = http("DELETE", &url, b"");
+        assert_eq!(status, 200, "delete bucket: {}", text(&body));
     }
 
     pub fn shared() -> &'static OssServer {
@@ -118,8 +131,10 @@ impl OssServer {
     }
 }
 
-/// A bucket on the shared test server, under a key prefix.
+/// A bucket on a test server (the shared one unless said), under a key
+/// prefix.
 pub struct OssPeer {
+    pub server: &'static OssServer,
     pub bucket: String,
     pub prefix: String,
     /// Settings added to (or replacing) the defaults.
@@ -134,6 +149,7 @@ impl OssPeer {
 
     pub fn with_bucket(bucket: String) -> OssPeer {
         OssPeer {
+            server: OssServer::shared(),
             bucket,
             prefix: "team/states".to_string(),
             overrides: Vec::new(),
@@ -146,9 +162,17 @@ impl OssPeer {
         self
     }
 
+    /// A fresh unversioned bucket on `server`.
+    pub fn on(server: &'static OssServer) -> OssPeer {
+        OssPeer {
+            server,
+            ..Self::with_bucket(server.new_bucket(""))
+        }
+    }
+
     /// Every object in the bucket, prefix included.
     pub fn all_objects(&self) -> Vec<serde_json::Value> {
-        OssServer::shared().objects(&self.bucket)
+        self.server.objects(&self.bucket)
     }
 }
 
@@ -183,7 +207,7 @@ impl Peer for OssPeer {
     }
 
     fn env(&self) -> Vec<(String, String)> {
-        let proxy = format!("http://{}", OssServer::shared().addr);
+        let proxy = format!("http://{}", self.server.addr);
         vec![
             ("HTTP_PROXY".to_string(), proxy.clone()),
             ("http_proxy".to_string(), proxy),
@@ -193,7 +217,8 @@ impl Peer for OssPeer {
     }
 
     fn put_object(&self, key: &str, body: &[u8]) {
-        OssServer::shared().put(&self.bucket, &format!("{}/{key}", self.prefix), body);
+        self.server
+            .put(&self.bucket, &format!("{}/{key}", self.prefix), body);
     }
 
     fn object_keys(&self) -> Vec<String> {
@@ -389,20 +414,117 @@ fn oss_versioned_bucket_is_refused_unless_allow_unsafe_locks() {
 fn oss_check_reports_the_store_and_never_a_secret() {
     let peer = OssPeer::new();
     // Trace level, where the SDK would log request headers if its `log`
-    // records ever reached our subscriber.
-    let out = stategate(&peer, &["check"], &[("RUST_LOG", "trace")]);
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("refused (locks are safe)")
-            && stdout.contains("compare-and-swap writes: no")
-            && stdout.contains(&format!("bucket `{}`", peer.bucket)),
-        "{stdout}"
-    );
-    for secret in [STS_AK, STS_SECRET, STS_TOKEN] {
+    // records ever reached our subscriber, also asked of its targets and
+    // the HTTP stack's by name.
+    for rust_log in ["trace", "ali_oss_rs=trace,reqwest=trace,hyper_util=trace"] {
+        let out = stategate(&peer, &["check"], &[("RUST_LOG", rust_log)]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{stdout}\n{stderr}");
         assert!(
-            !stdout.contains(secret) && !stderr.contains(secret),
-            "{secret} shown:\n{stdout}\n{stderr}"
+            stdout.contains("refused (locks are safe)")
+                && stdout.contains("compare-and-swap writes: no")
+                && stdout.contains(&format!("bucket `{}`", peer.bucket)),
+            "{stdout}"
         );
+        for secret in [STS_AK, STS_SECRET, STS_TOKEN] {
+            assert!(
+                !stdout.contains(secret) && !stderr.contains(secret),
+                "RUST_LOG={rust_log}: {secret} shown:\n{stdout}\n{stderr}"
+            );
+        }
+    }
+}
+
+/// Issue 16: a bucket deleted while stategate runs is a store failure on
+/// every URL (HEAD answers a bodiless 404 for a missing object and a
+/// missing bucket alike, so the bucket is checked), never "no state".
+#[test]
+fn oss_missing_bucket_answers_503_everywhere() {
+    let peer = OssPeer::new();
+    let server = Server::start(&peer);
+    let url = server.state_url("gone/terraform.tfstate");
+    let locks = format!("{}/locks/gone/terraform.tfstate", server.url);
+    assert_eq!(http("POST", &url, &state_doc("g", 1, "v")).0, 200);
+    peer.server.delete_bucket(&peer.bucket);
+    // Past the few seconds a successful bucket check is trusted.
+    std::thread::sleep(Duration::from_secs(6));
+    for (method, url, body) in [
+        ("GET", &url, Vec::new()),
+        ("GET", &locks, Vec::new()),
+        ("UNLOCK", &url, Vec::new()),
+        ("DELETE", &url, Vec::new()),
+        ("POST", &url, state_doc("g", 2, "w")),
+        ("LOCK", &url, lock_info("g", "me@host")),
+    ] {
+        let (status, reason) = http(method, url, &body);
+        let reason = text(&reason);
+        assert_eq!(status, 503, "{method} {url}: {reason}");
+        assert!(
+            reason.contains(&format!("bucket `{}` does not exist", peer.bucket)),
+            "{method} {url}: {reason}"
+        );
+    }
+}
+
+/// Issue 16: `timeout` bounds a whole operation. A server that accepts
+/// connections and never answers (paused with SIGSTOP) gets a 503 within
+/// `timeout`.
+#[test]
+fn oss_stopped_server_answers_503_within_timeout() {
+    let oss: &'static OssServer = Box::leak(Box::new(OssServer::start()));
+    let peer = OssPeer::on(oss).set("timeout", "3");
+    let server = Server::start(&peer);
+    let url = server.state_url("paused/terraform.tfstate");
+    assert_eq!(http("POST", &url, &state_doc("p", 1, "v")).0, 200);
+    signal(oss.pid(), "STOP");
+    let mut timings = Vec::new();
+    for (method, body) in [
+        ("GET", Vec::new()),
+        ("LOCK", lock_info("p", "me@host")),
+        ("POST", state_doc("p", 2, "w")),
+    ] {
+        let started = Instant::now();
+        let (status, reason) = http(method, &url, &body);
+        let took = started.elapsed();
+        timings.push((method, took));
+        let reason = text(&reason);
+        assert_eq!(status, 503, "{method}: {reason}");
+        assert!(
+            reason.contains("did not answer within 3s"),
+            "{method}: {reason}"
+        );
+        assert!(took < Duration::from_secs(5), "{method} took {took:?}");
+    }
+    signal(oss.pid(), "CONT");
+    eprintln!("oss paused, timeout 3s: time to 503 {timings:?}");
+    assert_eq!(http("GET", &url, b""), (200, state_doc("p", 1, "v")));
+}
+
+/// Issue 16: a prefix with `..` is refused naming `prefix`, as on S3.
+#[test]
+fn oss_prefix_with_dot_dot_is_refused_naming_prefix() {
+    let log = refused(&OssPeer::new().set("prefix", "team-a/.."), &[]);
+    assert!(log.contains("setting `prefix`"), "{log}");
+}
+
+/// Issue 16, item 7: a connection closed before the answer is one plain
+/// sentence.
+#[test]
+fn oss_connection_closed_is_one_plain_sentence() {
+    let peer = OssPeer::new();
+    let proxy = format!("http://{}", closing_server());
+    let out = stategate(
+        &peer,
+        &["check"],
+        &[("HTTP_PROXY", &proxy), ("http_proxy", &proxy)],
+    );
+    let said = text(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("the connection to http://oss-test.invalid failed: connection closed before the answer was complete"),
+        "{said}"
+    );
+    for debug in ["error sending request", "SendRequest", "client error"] {
+        assert!(!said.contains(debug), "not a plain sentence: {said}");
     }
 }

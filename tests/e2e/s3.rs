@@ -79,6 +79,18 @@ impl Moto {
         MOTO.get_or_init(|| Moto::start(true))
     }
 
+    /// The shared server that ignores `If-Match` (but honours
+    /// `If-None-Match`): an S3-compatible server without compare-and-swap.
+    pub fn shared_ignoring_if_match() -> &'static Moto {
+        static MOTO: OnceLock<Moto> = OnceLock::new();
+        MOTO.get_or_init(|| Moto::start_with(&["--ignore-if-match"]))
+    }
+
+    /// The server's process id, to pause it with SIGSTOP.
+    pub fn pid(&self) -> u32 {
+        self._child.id()
+    }
+
     fn command(&self, command: &str) {
         let mut control = self.control.lock().unwrap();
         writeln!(control.0, "{command}").expect("write to moto");
@@ -538,7 +550,7 @@ fn s3_server_outage_gives_503_then_recovers() {
         );
     }
     assert!(
-        server.log().contains("cannot reach the S3 server"),
+        server.logs("cannot reach the S3 server"),
         "{}",
         server.log()
     );
@@ -584,4 +596,124 @@ fn s3_server_ignoring_conditions_is_refused_unless_unsafe_locks_are_allowed() {
     assert_eq!(http("UNLOCK", &url, &lock_info("first", "a@host")).0, 409);
     assert_eq!(http("UNLOCK", &url, &lock_info("second", "b@host")).0, 200);
     assert!(!keys(&peer).contains("unsafe/terraform.tfstate.tflock"));
+}
+
+/// Issue 16: a bucket deleted while stategate runs is a store failure on
+/// every URL, never "no state" or "no lock".
+#[test]
+fn s3_missing_bucket_answers_503_everywhere() {
+    let peer = S3Peer::on(Moto::shared());
+    let server = Server::start(&peer);
+    let url = server.state_url("gone/terraform.tfstate");
+    let locks = format!("{}/locks/gone/terraform.tfstate", server.url);
+    assert_eq!(http("POST", &url, &state_doc("g", 1, "v")).0, 200);
+    peer.moto.inspect(&["delete-bucket", &peer.bucket], b"");
+    // Past the few seconds a successful bucket check is trusted.
+    std::thread::sleep(Duration::from_secs(6));
+    for (method, url, body) in [
+        ("GET", &url, Vec::new()),
+        ("GET", &locks, Vec::new()),
+        ("UNLOCK", &url, Vec::new()),
+        ("DELETE", &url, Vec::new()),
+        ("POST", &url, state_doc("g", 2, "w")),
+        ("LOCK", &url, lock_info("g", "me@host")),
+    ] {
+        let (status, reason) = http(method, url, &body);
+        let reason = text(&reason);
+        assert_eq!(status, 503, "{method} {url}: {reason}");
+        assert!(
+            reason.contains(&format!("bucket `{}` does not exist", peer.bucket)),
+            "{method} {url}: {reason}"
+        );
+    }
+}
+
+/// Issue 16: `timeout` bounds a whole operation, retries included. A
+/// server that accepts connections and never answers (paused with
+/// SIGSTOP) gets a 503 within `timeout`, not after three attempts of it.
+#[test]
+fn s3_stopped_server_answers_503_within_timeout() {
+    let moto: &'static Moto = Box::leak(Box::new(Moto::start(false)));
+    let peer = S3Peer::on(moto).with("timeout", "3");
+    let server = Server::start(&peer);
+    let url = server.state_url("paused/terraform.tfstate");
+    assert_eq!(http("POST", &url, &state_doc("p", 1, "v")).0, 200);
+    signal(moto.pid(), "STOP");
+    let mut timings = Vec::new();
+    for (method, body) in [
+        ("GET", Vec::new()),
+        ("LOCK", lock_info("p", "me@host")),
+        ("POST", state_doc("p", 2, "w")),
+    ] {
+        let started = Instant::now();
+        let (status, reason) = http(method, &url, &body);
+        let took = started.elapsed();
+        timings.push((method, took));
+        let reason = text(&reason);
+        assert_eq!(status, 503, "{method}: {reason}");
+        assert!(
+            reason.contains("did not answer within 3s"),
+            "{method}: {reason}"
+        );
+        assert!(
+            !reason.contains('{') && !reason.contains("Failure"),
+            "{method}: not a plain sentence: {reason}"
+        );
+        assert!(took < Duration::from_secs(5), "{method} took {took:?}");
+    }
+    signal(moto.pid(), "CONT");
+    eprintln!("s3 paused, timeout 3s: time to 503 {timings:?}");
+    assert_eq!(http("GET", &url, b""), (200, state_doc("p", 1, "v")));
+}
+
+/// Issue 8, item 9: no secret in the log at any level, whatever RUST_LOG
+/// asks of the SDK's own targets (its signer logs the canonical request,
+/// session token header included, at trace).
+#[test]
+fn s3_trace_logs_never_show_a_secret() {
+    let peer = S3Peer::on(Moto::shared())
+        .with("accessKeyID", "AKIATRACETEST0000000")
+        .with("accessKeySecret", "trace-secret-value-0123")
+        .with("session_token", "trace-session-token-4567");
+    for rust_log in [
+        "trace",
+        "aws_sigv4=trace",
+        "warn,aws_sigv4::http_request::sign=trace,aws_smithy_runtime=trace",
+    ] {
+        let out = stategate(&peer, &["check"], &[("RUST_LOG", rust_log)]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert!(out.status.success(), "{rust_log}: {stdout}\n{stderr}");
+        for secret in ["trace-secret-value-0123", "trace-session-token-4567"] {
+            assert!(
+                !stdout.contains(secret) && !stderr.contains(secret),
+                "RUST_LOG={rust_log} shows {secret}:\n{stderr}"
+            );
+        }
+    }
+    // The test can fail: the SDK does log at these levels.
+    let out = stategate(&peer, &["check"], &[("RUST_LOG", "trace")]);
+    assert!(
+        text(&out.stderr).contains("S3.PutObject"),
+        "no SDK log at all"
+    );
+}
+
+/// Issue 16, item 7: a connection closed before the answer is one plain
+/// sentence, not the SDK's nested Debug output.
+#[test]
+fn s3_connection_closed_is_one_plain_sentence() {
+    let mut peer = S3Peer::on(Moto::shared()).with("timeout", "5");
+    peer.extra
+        .push(("endpoint".into(), format!("http://{}", closing_server())));
+    let out = stategate(&peer, &["check"], &[]);
+    let said = text(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("cannot reach the S3 server at http://127.0.0.1:")
+            && said.contains("connection closed before the answer was complete"),
+        "{said}"
+    );
+    for debug in ["DispatchFailure", "ConnectorError", "{", "SendRequest"] {
+        assert!(!said.contains(debug), "not a plain sentence: {said}");
+    }
 }

@@ -8,7 +8,9 @@ key or `/` in a listing prefix, so only tests about credentials use it.)
 
 With --ignore-conditions the server drops If-None-Match and If-Match from
 every request before moto sees them, like S3-compatible servers that do not
-implement conditional writes.
+implement conditional writes. With --ignore-if-match it drops only If-Match,
+like servers that honour If-None-Match (so locks are safe) but have no
+compare-and-swap.
 
 Then reads commands from stdin, one per line:
   stop    close the listening socket (clients get "connection refused");
@@ -28,7 +30,7 @@ import os
 import sys
 import threading
 
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from moto.server import DomainDispatcherApplication, create_backend_app
 
@@ -43,13 +45,19 @@ def serialised(app):
     return handle
 
 
-def without_conditions(app):
+def without_conditions(app, headers=("HTTP_IF_NONE_MATCH", "HTTP_IF_MATCH")):
     def handle(environ, start_response):
-        environ.pop("HTTP_IF_NONE_MATCH", None)
-        environ.pop("HTTP_IF_MATCH", None)
+        for header in headers:
+            environ.pop(header, None)
         return app(environ, start_response)
 
     return handle
+
+
+class NoDelayHandler(WSGIRequestHandler):
+    # Headers and body go out in separate writes; without TCP_NODELAY the
+    # client's delayed ACK holds answers back ~40 ms.
+    disable_nagle_algorithm = True
 
 
 class Listener:
@@ -60,7 +68,9 @@ class Listener:
         self.thread = None
 
     def start(self):
-        self.server = make_server("127.0.0.1", self.port, self.app, threaded=True)
+        self.server = make_server(
+            "127.0.0.1", self.port, self.app, threaded=True, request_handler=NoDelayHandler
+        )
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -115,11 +125,18 @@ def main():
         action="store_true",
         help="drop If-None-Match and If-Match from every request",
     )
+    parser.add_argument(
+        "--ignore-if-match",
+        action="store_true",
+        help="drop If-Match (only) from every request",
+    )
     args = parser.parse_args()
 
     app = DomainDispatcherApplication(create_backend_app)
     if args.ignore_conditions:
         app = without_conditions(app)
+    elif args.ignore_if_match:
+        app = without_conditions(app, ("HTTP_IF_MATCH",))
     listener = Listener(serialised(app))
     listener.start()
     endpoint = f"http://127.0.0.1:{listener.port}"

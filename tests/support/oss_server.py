@@ -43,6 +43,9 @@ Test-only control endpoints, unauthenticated, path-style under ``/-/`` (not a
 valid bucket name, so they cannot clash with a bucket):
 
 * ``POST /-/buckets?name=NAME[&versioning=Enabled|Suspended]`` creates a bucket.
+* ``DELETE /-/buckets?name=NAME`` deletes a bucket with its objects, as an
+  operator would while servers keep running (requests for it then get
+  ``NoSuchBucket``; HEAD, as on OSS, a 404 without a body).
 * ``GET /-/objects?bucket=NAME`` lists every object as JSON with its size,
   ETag, ACL, server-side encryption and content type.
 
@@ -173,6 +176,9 @@ def iso_date(ts):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; without TCP_NODELAY the
+    # client's delayed ACK holds every answer back ~40 ms.
+    disable_nagle_algorithm = True
     server_version = "AliyunOSS"
     sys_version = ""
 
@@ -660,6 +666,10 @@ class Handler(BaseHTTPRequestHandler):
                     raise OssError(400, "InvalidArgument", "name and versioning=Enabled|Suspended",
                                    "0000-00000000")
                 store.buckets.setdefault(name, Bucket(name, versioning))
+                return self.reply(200, b"{}", content_type="application/json")
+            if path == "/-/buckets" and self.command == "DELETE":
+                store.bucket(params.get("name", ""))
+                del store.buckets[params["name"]]
                 return self.reply(200, b"{}", content_type="application/json")
             if path == "/-/objects" and self.command == "PUT":
                 # Another client's plain write, unsigned: the tests use it to

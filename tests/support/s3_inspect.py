@@ -7,6 +7,7 @@ Usage: s3_inspect.py COMMAND BUCKET [ARG]
   acl BUCKET KEY               print GetObjectAcl's grants as JSON
   get BUCKET KEY               write the object's body to stdout
   put BUCKET KEY               store stdin as the object
+  delete-bucket BUCKET         delete every object, then the bucket
 
 The endpoint and credentials come from the environment: S3_ENDPOINT,
 AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY.
@@ -47,6 +48,11 @@ def main():
         sys.stdout.buffer.write(s3.get_object(Bucket=bucket, Key=arg)["Body"].read())
     elif command == "put":
         s3.put_object(Bucket=bucket, Key=arg, Body=sys.stdin.buffer.read())
+    elif command == "delete-bucket":
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                s3.delete_object(Bucket=bucket, Key=obj["Key"])
+        s3.delete_bucket(Bucket=bucket)
     else:
         sys.exit(f"unknown command {command}")
 

@@ -331,6 +331,22 @@ def test_control_endpoints(server):
                         "version_id": "null"}]
 
 
+def test_deleted_bucket_answers_as_oss_does(server):
+    name = "gone-%s" % uuid.uuid4().hex[:8]
+    req = urllib.request.Request(server + "/-/buckets?name=%s" % name, method="POST")
+    assert urllib.request.urlopen(req).status == 200
+    b = oss2_bucket(server, name=name)
+    b.put_object("k", b"{}")
+    req = urllib.request.Request(server + "/-/buckets?name=%s" % name, method="DELETE")
+    assert urllib.request.urlopen(req).status == 200
+    with pytest.raises(oss2.exceptions.NoSuchBucket):
+        b.get_object("k")
+    # HEAD has no body, so a missing bucket looks like a missing object.
+    with pytest.raises(oss2.exceptions.NotFound) as err:
+        b.head_object("k")
+    assert err.value.status == 404 and not err.value.code
+
+
 def test_exits_when_stdin_closes():
     proc = subprocess.Popen([sys.executable, os.path.join(HERE, "oss_server.py")],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -37,9 +37,14 @@ pub trait Peer: Send + Sync {
     fn put_object(&self, key: &str, body: &[u8]);
 }
 
-/// The stategate binary cargo built for these tests.
+/// The stategate binary cargo built for these tests, or the one named by
+/// `STATEGATE_TEST_BIN` (to measure another build with the same tests, e.g.
+/// the race rates before a fix).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_stategate"))
+    match std::env::var_os("STATEGATE_TEST_BIN") {
+        Some(other) => PathBuf::from(other),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_stategate")),
+    }
 }
 
 /// The repository root.
@@ -164,6 +169,20 @@ impl Server {
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Whether the server logs `needle` within a few seconds. A line is
+    /// written before the answer it belongs to, but the thread that
+    /// collects the log may read it only after the client has the answer.
+    pub fn logs(&self, needle: &str) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !self.log().contains(needle) {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     /// The process id, for signals.
@@ -481,4 +500,24 @@ pub fn raw_request(base_url: &str, method: &str, path: &str, body: &[u8]) -> (u1
         .and_then(|s| s.parse().ok())
         .expect("status");
     (status, response[split + 4..].to_vec())
+}
+
+/// A TCP server on 127.0.0.1 that reads each request and closes the
+/// connection without answering, like a proxy that loses replies. Returns
+/// its address; it runs until the test process ends.
+pub fn closing_server() -> String {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 65536];
+                let _ = stream.read(&mut buf);
+            });
+        }
+    });
+    addr
 }
