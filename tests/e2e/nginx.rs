@@ -6,7 +6,8 @@
 //! the POST/DELETE lock URLs pass, a held lock and force-unlock pass, a
 //! 64 MiB state streams both ways without touching nginx's disk, nothing
 //! outside the base path is served, connections to stategate are kept
-//! alive, and stategate logs the client address nginx forwards. nginx's access log shows that each request really went
+//! alive, stategate logs the client address nginx forwards, and Terraform's
+//! credentials reach stategate. nginx's access log shows that each request really went
 //! through it; the store shows where it landed.
 //!
 //! Each test starts its own stategate and its own nginx (a single process,
@@ -681,4 +682,110 @@ fn nginx_keeps_connections_to_stategate_alive() {
         "nginx closed its connections to stategate after each request ({open} open):\n{}",
         std::fs::read_to_string("/proc/net/tcp").unwrap()
     );
+}
+
+/// Runs terraform with `env`, asserting success.
+fn tf_ok_env(tf: &Terraform, args: &[&str], env: &[(&str, &str)]) {
+    let out = tf.run_env(args, env);
+    assert!(
+        out.status.success(),
+        "terraform {args:?} failed:\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn credentials_pass_through_nginx() {
+    use std::io::Write;
+    let password = "correct horse battery staple";
+    let mut hasher = Command::new(bin())
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run stategate hash-password");
+    hasher
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(password.as_bytes())
+        .unwrap();
+    let out = hasher.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let hash = text(&out.stdout).trim().to_string();
+    let dir = TempDir::new().unwrap();
+    let config = dir.path().join("stategate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "auth:\n  users:\n    - name: alice\n      password_hash: \"{hash}\"\n      rules:\n        - {{keys: \"**\", access: write}}\n"
+        ),
+    )
+    .unwrap();
+
+    let peer = LocalPeer::new();
+    let server = Server::start_with(
+        &peer,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--base-path",
+            BASE,
+            "--trusted-proxies",
+            "127.0.0.1",
+        ],
+    );
+    let nginx = Nginx::start(&upstream(&server));
+
+    // nginx hands stategate's 401 and its challenge to the client.
+    let url = nginx.at(&format!("{BASE}/states/{KEY}"));
+    let (status, headers, _) = http_full("GET", &url, &[], b"");
+    assert_eq!(status, 401);
+    assert!(
+        headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("www-authenticate") && v.starts_with("Basic")),
+        "{headers:?}"
+    );
+
+    // Terraform's Basic credentials reach stategate through nginx.
+    let tf = Terraform::new(&nginx_example(&nginx));
+    let creds = [
+        ("TF_HTTP_USERNAME", "alice"),
+        ("TF_HTTP_PASSWORD", password),
+    ];
+    tf_ok_env(&tf, &["init", "-no-color"], &creds);
+    tf_ok_env(
+        &tf,
+        &[
+            "apply",
+            "-auto-approve",
+            "-no-color",
+            "-var",
+            "greeting=as alice",
+        ],
+        &creds,
+    );
+    assert!(peer.object_keys().contains(&KEY.to_string()));
+    nginx.assert_passed("LOCK", &format!("{BASE}/states/{KEY}"), 200);
+    let wrong = [("TF_HTTP_USERNAME", "alice"), ("TF_HTTP_PASSWORD", "wrong")];
+    let out = tf.run_env(&["plan", "-no-color", "-lock=false"], &wrong);
+    assert!(!out.status.success(), "a wrong password must be refused");
+    let (status, body) = http_with(
+        "GET",
+        &url,
+        &[(
+            "Authorization",
+            &format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("alice:{password}"))
+            ),
+        )],
+        b"",
+    );
+    assert_eq!(status, 200, "{}", text(&body));
+    let state: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(state["outputs"]["greeting"]["value"], "as alice");
 }
