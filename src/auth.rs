@@ -228,6 +228,8 @@ struct Verified {
 pub struct Auth {
     users: HashMap<String, Principal>,
     tokens: HashMap<String, Principal>,
+    /// Identities of verified client certificates, by subject CN.
+    certificates: HashMap<String, Identity>,
     /// Key of the cache's HMAC, drawn at start-up.
     cache_key: [u8; 32],
     cache: Mutex<HashMap<[u8; 32], Verified>>,
@@ -366,6 +368,20 @@ impl Auth {
                 return Err(ConfigError::invalid(&setting, "the name is used twice"));
             }
         }
+        let mut certificates = HashMap::new();
+        for cert in &file.certificates {
+            let setting = format!("auth.certificates[{}]", cert.cn);
+            if cert.cn.is_empty() {
+                return Err(ConfigError::invalid("auth.certificates", "a cn is empty"));
+            }
+            let identity = Identity {
+                name: format!("cert:{}", cert.cn),
+                rules: rules(&setting, &cert.rules)?,
+            };
+            if certificates.insert(cert.cn.clone(), identity).is_some() {
+                return Err(ConfigError::invalid(&setting, "the cn is used twice"));
+            }
+        }
         let mut unknowable = [0u8; 32];
         getrandom::getrandom(&mut unknowable)
             .map_err(|e| ConfigError::invalid("auth", format!("no randomness: {e}")))?;
@@ -381,6 +397,7 @@ impl Auth {
         Ok(Auth {
             users,
             tokens,
+            certificates,
             cache_key,
             cache: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
@@ -389,14 +406,29 @@ impl Auth {
         })
     }
 
-    /// The identity an `Authorization` header value names.
+    /// Whether client certificates map to identities (then `tls.client_ca`
+    /// must be set, or no certificate is ever verified).
+    pub fn uses_certificates(&self) -> bool {
+        !self.certificates.is_empty()
+    }
+
+    /// The identity an `Authorization` header value names or, without one,
+    /// the identity of the verified client certificate's subject CN.
     pub async fn authenticate(
         &self,
         authorization: Option<&str>,
+        certificate_cn: Option<&str>,
         client: IpAddr,
     ) -> Result<Identity, AuthError> {
         let Some(header) = authorization else {
-            return Err(AuthError::Missing);
+            return match certificate_cn {
+                Some(cn) => self.certificates.get(cn).cloned().ok_or_else(|| {
+                    AuthError::Invalid(format!(
+                        "the client certificate of `{cn}` is not mapped to an identity"
+                    ))
+                }),
+                None => Err(AuthError::Missing),
+            };
         };
         let (kind, name, secret) = parse_authorization(header)?;
         let principal = match kind {
@@ -709,7 +741,7 @@ mod tests {
             )
         };
         let alice = auth
-            .authenticate(Some(&basic("alice", "s3cret")), ip)
+            .authenticate(Some(&basic("alice", "s3cret")), None, ip)
             .await
             .unwrap();
         assert_eq!(alice.name, "user:alice");
@@ -719,31 +751,32 @@ mod tests {
         assert_eq!(alice.access(&st("team-b/x")), None);
         // Cached: the same answer without hashing again.
         assert!(
-            auth.authenticate(Some(&basic("alice", "s3cret")), ip)
+            auth.authenticate(Some(&basic("alice", "s3cret")), None, ip)
                 .await
                 .is_ok()
         );
         assert!(matches!(
-            auth.authenticate(Some(&basic("alice", "wrong")), ip).await,
+            auth.authenticate(Some(&basic("alice", "wrong")), None, ip)
+                .await,
             Err(AuthError::Invalid(_))
         ));
         assert_eq!(
-            auth.authenticate(None, ip).await.unwrap_err(),
+            auth.authenticate(None, None, ip).await.unwrap_err(),
             AuthError::Missing
         );
         let ci = auth
-            .authenticate(Some(&format!("Bearer {token}")), ip)
+            .authenticate(Some(&format!("Bearer {token}")), None, ip)
             .await
             .unwrap();
         assert_eq!(ci.name, "token:ci");
         assert_eq!(ci.access(&st("team-a/x")), Some(Access::Outputs));
         let ci2 = auth
-            .authenticate(Some(&basic("token", &token)), ip)
+            .authenticate(Some(&basic("token", &token)), None, ip)
             .await
             .unwrap();
         assert_eq!(ci2.name, "token:ci");
         assert!(
-            auth.authenticate(Some("Bearer sgt_ci_nope"), ip)
+            auth.authenticate(Some("Bearer sgt_ci_nope"), None, ip)
                 .await
                 .is_err()
         );

@@ -390,7 +390,19 @@ fn raise_open_file_limit() {
 /// The `auth` section, checked; `None` when requests need no credentials.
 fn auth(settings: &Settings) -> Result<Option<Auth>> {
     match &settings.auth {
-        AuthSetting::Enabled(section) => Ok(Some(Auth::new(section)?)),
+        AuthSetting::Enabled(section) => {
+            let auth = Auth::new(section)?;
+            if auth.uses_certificates()
+                && settings.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
+            {
+                return Err(config::ConfigError::invalid(
+                    "auth.certificates",
+                    "needs tls.client_ca: without it no client certificate is asked for or verified",
+                )
+                .into());
+            }
+            Ok(Some(auth))
+        }
         AuthSetting::Disabled => {
             if !settings.listen.ip().is_loopback() {
                 tracing::warn!(

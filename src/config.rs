@@ -106,6 +106,9 @@ pub struct FileAuth {
     pub users: Vec<FileUser>,
     #[serde(default)]
     pub tokens: Vec<FileToken>,
+    /// Client certificates (with `tls.client_ca`) by subject CN.
+    #[serde(default)]
+    pub certificates: Vec<FileCertificate>,
     #[serde(default)]
     pub oidc: Vec<serde_yaml_ng::Value>,
     #[serde(default)]
@@ -120,6 +123,15 @@ pub struct FileUser {
     pub password_hash: Option<String>,
     /// Never accepted; present so that a plain password is named and refused.
     pub password: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<FileRule>,
+}
+
+/// One client certificate subject of `auth.certificates`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCertificate {
+    pub cn: String,
     #[serde(default)]
     pub rules: Vec<FileRule>,
 }

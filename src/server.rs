@@ -81,7 +81,11 @@ pub async fn run(
                     refuse(stream, &refusing, limits.max_connections);
                     continue;
                 }
-                let conn = Conn { peer, surface };
+                let conn = Conn {
+                    peer,
+                    surface,
+                    certificate_cn: None,
+                };
                 let app = Arc::clone(&app);
                 let stop = stop_rx.clone();
                 let acceptor = tls.as_ref().map(|t| t.acceptor());
@@ -92,7 +96,17 @@ pub async fn run(
                             // The handshake gets the head's time budget.
                             let timeout = app.limits.header_timeout;
                             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                                Ok(Ok(stream)) => serve_connection(stream, conn, app, stop).await,
+                                Ok(Ok(stream)) => {
+                                    let certificate_cn = stream
+                                        .get_ref()
+                                        .1
+                                        .peer_certificates()
+                                        .and_then(|chain| chain.first())
+                                        .and_then(|leaf| subject_cn(leaf))
+                                        .map(Arc::from);
+                                    let conn = Conn { certificate_cn, ..conn };
+                                    serve_connection(stream, conn, app, stop).await
+                                }
                                 Ok(Err(e)) => {
                                     tracing::info!(%peer, error = %e, "TLS handshake refused");
                                     return;
@@ -126,6 +140,13 @@ pub async fn run(
             connections.abort_all();
         }
     }
+}
+
+/// The subject CN of a certificate the handshake verified.
+fn subject_cn(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
@@ -372,6 +393,7 @@ where
         service_fn(move |req| {
             let in_flight = activity.begin_request();
             let app = Arc::clone(&app);
+            let conn_info = conn_info.clone();
             async move {
                 let response = protocol::handle(app, req, conn_info).await?;
                 Ok::<_, std::convert::Infallible>(response.map(|inner| Tracked {

@@ -50,6 +50,7 @@ pub async fn authorize(
     app: &App,
     endpoint: &Endpoint,
     headers: &HeaderMap,
+    certificate_cn: Option<&str>,
     client: IpAddr,
 ) -> Result<Option<Caller>, ProtocolError> {
     let (Some(auth), Some((needed, verb)), Some(state)) =
@@ -58,7 +59,7 @@ pub async fn authorize(
         return Ok(None);
     };
     let header = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let identity = match auth.authenticate(header, client).await {
+    let identity = match auth.authenticate(header, certificate_cn, client).await {
         Ok(identity) => identity,
         Err(e) => {
             app.metrics.auth_failure();

@@ -90,11 +90,14 @@ pub enum Surface {
 }
 
 /// One connection as the protocol sees it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Conn {
     /// The peer's address (a proxy's, behind one).
     pub peer: SocketAddr,
     pub surface: Surface,
+    /// The subject CN of the client certificate verified in the TLS
+    /// handshake (only with `tls.client_ca`).
+    pub certificate_cn: Option<Arc<str>>,
 }
 
 /// The store probe behind `/readyz`, cached for a second so a busy
@@ -368,6 +371,7 @@ pub async fn handle(
     let started = Instant::now();
     let request_id = next_request_id();
     let method = method_label(req.method());
+    let path = req.uri().path().to_string();
     let client = client_addr(&app.trusted_proxies, conn.peer.ip(), req.headers());
     let mut ex = Exchange {
         client,
@@ -377,7 +381,7 @@ pub async fn handle(
         bytes_in: 0,
         forced: false,
     };
-    let (mut response, reason) = match dispatch(&app, req, conn.surface, &mut ex).await {
+    let (mut response, reason) = match dispatch(&app, req, &conn, &mut ex).await {
         Ok(r) => (r, None),
         Err(e) => {
             count_failure(&app.metrics, &e, ex.route);
@@ -409,16 +413,16 @@ pub async fn handle(
     let (route, bytes_in, status) = (ex.route, ex.bytes_in, status.as_u16());
     match reason {
         Some(reason) if status >= 500 => tracing::warn!(
-            %request_id, %client, identity, method, route, state, status, elapsed_ms, bytes_in,
-            bytes_out, %reason, "request failed"
+            %method, %path, status, %request_id, %client, %identity, %route, %state, elapsed_ms,
+            bytes_in, bytes_out, %reason, "request failed"
         ),
         Some(reason) => tracing::info!(
-            %request_id, %client, identity, method, route, state, status, elapsed_ms, bytes_in,
-            bytes_out, %reason, "request refused"
+            %method, %path, status, %request_id, %client, %identity, %route, %state, elapsed_ms,
+            bytes_in, bytes_out, %reason, "request refused"
         ),
         None => tracing::info!(
-            %request_id, %client, identity, method, route, state, status, elapsed_ms, bytes_in,
-            bytes_out, "request"
+            %method, %path, status, %request_id, %client, %identity, %route, %state, elapsed_ms,
+            bytes_in, bytes_out, "request"
         ),
     }
     Ok(response)
@@ -450,9 +454,10 @@ fn count_failure(metrics: &Metrics, e: &ProtocolError, route: &str) {
 async fn dispatch(
     app: &App,
     req: Request<Incoming>,
-    surface: Surface,
+    conn: &Conn,
     ex: &mut Exchange,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
+    let surface = conn.surface;
     let full_path = req.uri().path();
     let path = if app.base_path.is_empty() {
         full_path
@@ -475,7 +480,14 @@ async fn dispatch(
     }
     ex.route = endpoint.route();
     ex.state = endpoint.state().map(ToString::to_string);
-    let caller = access::authorize(app, &endpoint, req.headers(), ex.client).await?;
+    let caller = access::authorize(
+        app,
+        &endpoint,
+        req.headers(),
+        conn.certificate_cn.as_deref(),
+        ex.client,
+    )
+    .await?;
     ex.identity = caller.as_ref().map(|c| c.name().to_string());
     let caller = caller.as_ref();
     match endpoint {

@@ -565,7 +565,7 @@ fn auth_configuration_mistakes_stop_start_up() {
         "level.yaml",
         &format!(
             "auth:\n  users:\n    - name: alice\n      password_hash: \"{}\"\n      rules: [{{keys: \"**\", access: owner}}]\n",
-            hash_password("x")
+            hash_password("level-test-pass")
         ),
     );
     let log = Server::try_start(&peer, &["--config", &bad_level], &[])

@@ -398,3 +398,64 @@ fn tls_wrong_files_stop_start_up_naming_the_setting() {
         );
     }
 }
+
+#[test]
+fn tls_client_certificates_map_to_identities() {
+    let pki = Pki::new();
+    let peer = LocalPeer::new();
+    let config = pki.dir.path().join("stategate.yaml");
+    std::fs::write(
+        &config,
+        "auth:\n  certificates:\n    - cn: ci-runner\n      rules: [{keys: \"tls/**\", access: write}]\n",
+    )
+    .unwrap();
+    let mut args = pki.server_args();
+    args.extend([
+        "--tls-client-ca".to_string(),
+        pki.path("ca.pem"),
+        "--config".to_string(),
+        config.display().to_string(),
+    ]);
+    let server = start(&peer, &args);
+    // The certificate is the only credential terraform sends.
+    let tf = Terraform::new(&backend(
+        &server.url,
+        &[
+            ("client_ca_certificate_pem", pki.read("ca.pem")),
+            ("client_certificate_pem", pki.read("client.pem")),
+            ("client_private_key_pem", pki.read("client.key")),
+        ],
+    ));
+    tf.init_apply(&[]);
+    assert!(peer.root().join("tls/terraform.tfstate").is_file());
+    assert!(
+        server.log().contains("identity=cert:ci-runner"),
+        "{}",
+        server.log()
+    );
+    // Outside its rules: 403.
+    let other = curl(&pki, &format!("{}/states/elsewhere", server.url), true);
+    assert!(!other.status.success());
+    assert!(
+        text(&other.stderr).contains("403"),
+        "{}",
+        text(&other.stderr)
+    );
+
+    // auth.certificates without tls.client_ca is refused at start-up.
+    let log = Server::try_start(
+        &peer,
+        &[
+            "--tls-cert",
+            &pki.path("server.pem"),
+            "--tls-key",
+            &pki.path("server.key"),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .err()
+    .expect("refused");
+    assert!(log.contains("setting `auth.certificates`"), "{log}");
+}
