@@ -110,9 +110,47 @@ pub struct FileAuth {
     #[serde(default)]
     pub certificates: Vec<FileCertificate>,
     #[serde(default)]
-    pub oidc: Vec<serde_yaml_ng::Value>,
+    pub oidc: Vec<FileIssuer>,
     #[serde(default)]
-    pub protected: Vec<serde_yaml_ng::Value>,
+    pub protected: Vec<FileProtected>,
+}
+
+/// One OIDC issuer of `auth.oidc` (GitHub Actions, GitLab CI, ...).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIssuer {
+    pub issuer: String,
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<FileClaimRule>,
+}
+
+/// A grant to the tokens whose claims match; `keys` may hold `{claim}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClaimRule {
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+    pub keys: String,
+    pub access: String,
+    #[serde(default)]
+    pub workspaces: Vec<String>,
+}
+
+/// One entry of `auth.protected`: states only matching CI identities change.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileProtected {
+    pub keys: String,
+    pub writers: FileWriters,
+}
+
+/// Who may change a protected state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWriters {
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
 }
 
 /// One user of `auth.users`.

@@ -61,6 +61,9 @@ pub async fn authorize(
     let header = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
     let identity = match auth.authenticate(header, certificate_cn, client).await {
         Ok(identity) => identity,
+        Err(AuthError::Unavailable(why)) => {
+            return Err(ProtocolError::Unavailable(why));
+        }
         Err(e) => {
             app.metrics.auth_failure();
             app.audit.event(
@@ -75,11 +78,24 @@ pub async fn authorize(
             );
             return Err(ProtocolError::Unauthorized(match e {
                 AuthError::Missing => "credentials are required".into(),
-                AuthError::Invalid(why) => why,
+                AuthError::Invalid(why) | AuthError::Unavailable(why) => why,
             }));
         }
     };
     let level = identity.access(state);
+    let changes = matches!(
+        endpoint,
+        Endpoint::WriteState { .. }
+            | Endpoint::DeleteState { .. }
+            | Endpoint::Lock(_)
+            | Endpoint::Unlock(_)
+    );
+    if changes
+        && level.is_some_and(|l| l >= needed)
+        && let Some(why) = auth.protection(&identity, state)
+    {
+        return Err(forbid(app, &identity, state, client, why));
+    }
     match level {
         Some(level) if level >= needed => Ok(Some(Caller { identity, level })),
         _ => Err(forbid(

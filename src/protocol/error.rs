@@ -42,6 +42,10 @@ pub enum ProtocolError {
     /// Valid credentials without the permission needed.
     #[error("{0}")]
     Forbidden(String),
+    /// Something the request needs beyond the store is down (an OIDC
+    /// issuer's keys cannot be fetched).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ProtocolError {
@@ -55,6 +59,7 @@ impl ProtocolError {
             ProtocolError::NotFound(_) => StatusCode::NOT_FOUND,
             ProtocolError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProtocolError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProtocolError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProtocolError::State(e) => match e {
                 StateError::BadRequest(_) => StatusCode::BAD_REQUEST,
                 StateError::Locked(_) => StatusCode::LOCKED,
@@ -86,7 +91,7 @@ impl ProtocolError {
                     .headers_mut()
                     .insert(ALLOW, HeaderValue::from_static(allow));
             }
-            ProtocolError::State(StateError::Store(_)) => {
+            ProtocolError::State(StateError::Store(_)) | ProtocolError::Unavailable(_) => {
                 response
                     .headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("1"));

@@ -15,6 +15,7 @@ mod crash;
 mod hostile;
 mod local_sqlite;
 mod nginx;
+mod oidc;
 mod operations;
 #[cfg(feature = "oss")]
 mod oss;

@@ -10,6 +10,10 @@
 //! (Terraform has no header setting). The configuration holds only argon2id
 //! hashes in PHC form; a plain password or token there stops start-up.
 //!
+//! CI identity tokens (OIDC JWTs, [`oidc`]) come as `Bearer` or as the Basic
+//! password of the username `oidc`. Protected states change only for CI
+//! identities whose claims match the protecting rule.
+//!
 //! argon2 is slow on purpose, so a verified credential is remembered for a
 //! minute under an HMAC of it (a key drawn at start-up, so the cache holds
 //! nothing that could be replayed), argon2 runs on at most two blocking
@@ -31,6 +35,10 @@ use time::OffsetDateTime;
 
 use crate::config::{ConfigError, FileAuth, FileRule};
 use crate::state::StateRef;
+
+mod oidc;
+
+use oidc::{Oidc, claims_match, patterns};
 
 /// Permission levels, each including the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -172,9 +180,12 @@ impl Rule {
 /// Someone who authenticated, with what they were granted.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    /// `user:<name>` or `token:<name>`; what logs, audit and lock records show.
+    /// `user:<name>`, `token:<name>`, `cert:<CN>` or `oidc:<iss>#<sub>`;
+    /// what logs, audit and lock records show.
     pub name: String,
     rules: Arc<[Rule]>,
+    /// The verified claims of a CI identity token.
+    claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl Identity {
@@ -193,6 +204,17 @@ pub enum AuthError {
     /// The credentials are wrong, unknown or expired.
     #[error("{0}")]
     Invalid(String),
+    /// The credentials cannot be checked now (an OIDC issuer is down).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A key pattern whose states only matching CI identities may change.
+struct Protected {
+    keys: Glob,
+    claims: Vec<(String, String)>,
+    /// How the rule is shown in refusals.
+    shown: String,
 }
 
 /// A user or token from the configuration.
@@ -230,6 +252,8 @@ pub struct Auth {
     tokens: HashMap<String, Principal>,
     /// Identities of verified client certificates, by subject CN.
     certificates: HashMap<String, Identity>,
+    oidc: Oidc,
+    protected: Vec<Protected>,
     /// Key of the cache's HMAC, drawn at start-up.
     cache_key: [u8; 32],
     cache: Mutex<HashMap<[u8; 32], Verified>>,
@@ -289,17 +313,30 @@ impl Auth {
     /// setting: unknown keys, bad patterns or levels, plain secrets, hashes
     /// that are not argon2id, reserved or repeated names.
     pub fn new(file: &FileAuth) -> Result<Self, ConfigError> {
-        if !file.oidc.is_empty() {
-            return Err(ConfigError::invalid(
-                "auth.oidc",
-                "CI identity tokens are not supported by this version; use tokens",
-            ));
-        }
-        if !file.protected.is_empty() {
-            return Err(ConfigError::invalid(
-                "auth.protected",
-                "protected states are not supported by this version",
-            ));
+        let oidc = Oidc::new(&file.oidc)?;
+        let mut protected = Vec::new();
+        for p in &file.protected {
+            let setting = format!("auth.protected[{}]", p.keys);
+            let keys =
+                Glob::parse("keys", &p.keys).map_err(|e| ConfigError::invalid(&setting, e))?;
+            if p.writers.claims.is_empty() {
+                return Err(ConfigError::invalid(
+                    &format!("{setting}.writers"),
+                    "names no claims: say which CI identities may change these states",
+                ));
+            }
+            let shown = p
+                .writers
+                .claims
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            protected.push(Protected {
+                keys,
+                claims: patterns(&p.writers.claims),
+                shown: format!("keys {} (writers: CI identities with {shown})", p.keys),
+            });
         }
         let mut users = HashMap::new();
         for user in &file.users {
@@ -325,6 +362,7 @@ impl Auth {
                 identity: Identity {
                     name: format!("user:{}", user.name),
                     rules,
+                    claims: None,
                 },
                 hash,
                 expires: None,
@@ -360,6 +398,7 @@ impl Auth {
                 identity: Identity {
                     name: format!("token:{}", token.name),
                     rules: rules(&setting, &token.rules)?,
+                    claims: None,
                 },
                 hash,
                 expires,
@@ -377,6 +416,7 @@ impl Auth {
             let identity = Identity {
                 name: format!("cert:{}", cert.cn),
                 rules: rules(&setting, &cert.rules)?,
+                claims: None,
             };
             if certificates.insert(cert.cn.clone(), identity).is_some() {
                 return Err(ConfigError::invalid(&setting, "the cn is used twice"));
@@ -398,6 +438,8 @@ impl Auth {
             users,
             tokens,
             certificates,
+            oidc,
+            protected,
             cache_key,
             cache: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
@@ -431,14 +473,33 @@ impl Auth {
             };
         };
         let (kind, name, secret) = parse_authorization(header)?;
-        let principal = match kind {
-            Kind::User => self.users.get(&name),
-            Kind::Token => self.tokens.get(&name),
-        };
         let cache_id = self.cache_id(kind, &name, &secret);
         if let Some(identity) = self.cached(&cache_id) {
             return Ok(identity);
         }
+        let principal = match kind {
+            Kind::User => self.users.get(&name),
+            Kind::Token => self.tokens.get(&name),
+            Kind::Jwt => {
+                if self.oidc.is_empty() {
+                    return Err(AuthError::Invalid(
+                        "CI identity tokens are not accepted: no issuer is configured".into(),
+                    ));
+                }
+                let verified = match self.oidc.verify(&secret).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        if matches!(e, AuthError::Invalid(_)) {
+                            self.note_failure(client);
+                        }
+                        return Err(e);
+                    }
+                };
+                let expires = OffsetDateTime::from_unix_timestamp(verified.expires).ok();
+                self.remember(cache_id, &verified.identity, expires);
+                return Ok(verified.identity);
+            }
+        };
         self.slow_down_repeated_failures(client).await;
         let verified = match principal {
             Some(p) => self.verify(&p.hash, secret).await,
@@ -454,7 +515,7 @@ impl Auth {
                 self.note_failure(client);
                 return Err(AuthError::Invalid(match kind {
                     Kind::User => "wrong username or password".into(),
-                    Kind::Token => "unknown token".into(),
+                    _ => "unknown token".into(),
                 }));
             }
         };
@@ -467,6 +528,11 @@ impl Auth {
                 principal.identity.name
             )));
         }
+        self.remember(cache_id, &principal.identity, principal.expires);
+        Ok(principal.identity.clone())
+    }
+
+    fn remember(&self, cache_id: [u8; 32], identity: &Identity, expires: Option<OffsetDateTime>) {
         let mut cache = self.cache.lock().expect("auth cache");
         if cache.len() >= CACHE_MAX {
             cache.clear();
@@ -474,12 +540,30 @@ impl Auth {
         cache.insert(
             cache_id,
             Verified {
-                identity: principal.identity.clone(),
-                expires: principal.expires,
+                identity: identity.clone(),
+                expires,
                 at: Instant::now(),
             },
         );
-        Ok(principal.identity.clone())
+    }
+
+    /// Why `identity` may not change `state`, when a protected rule covers
+    /// it and the identity's claims do not match the rule's writers.
+    pub fn protection(&self, identity: &Identity, state: &StateRef) -> Option<String> {
+        let rule = self
+            .protected
+            .iter()
+            .find(|p| p.keys.matches(state.key()))?;
+        let allowed = identity
+            .claims
+            .as_ref()
+            .is_some_and(|claims| claims_match(&rule.claims, claims));
+        (!allowed).then(|| {
+            format!(
+                "{state} is protected by the rule {}; {} may only read it",
+                rule.shown, identity.name
+            )
+        })
     }
 
     fn cache_id(&self, kind: Kind, name: &str, secret: &str) -> [u8; 32] {
@@ -567,6 +651,18 @@ fn rules(owner: &str, rules: &[FileRule]) -> Result<Arc<[Rule]>, ConfigError> {
 enum Kind {
     User = 1,
     Token = 2,
+    Jwt = 3,
+}
+
+/// Three base64url parts separated by dots.
+fn looks_like_jwt(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('.').collect();
+    parts.len() == 3
+        && parts[..2].iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// Reads `Basic` (user and password, or `token` and a token) and `Bearer`
@@ -588,15 +684,15 @@ fn parse_authorization(header: &str) -> Result<(Kind, String, String), AuthError
             .ok_or_else(|| invalid("the Basic credentials are not user:password"))?;
         match user {
             "token" => password.to_string(),
-            "oidc" => {
-                return Err(invalid(
-                    "CI identity tokens are not accepted by this server",
-                ));
-            }
+            "oidc" => return Ok((Kind::Jwt, String::new(), password.to_string())),
             _ => return Ok((Kind::User, user.to_string(), password.to_string())),
         }
     } else if scheme.eq_ignore_ascii_case("bearer") {
-        value.trim().to_string()
+        let value = value.trim();
+        if looks_like_jwt(value) {
+            return Ok((Kind::Jwt, String::new(), value.to_string()));
+        }
+        value.to_string()
     } else {
         return Err(invalid("the Authorization scheme is not Basic or Bearer"));
     };
