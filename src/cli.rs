@@ -297,7 +297,7 @@ pub fn policy(settings: &Settings) -> Policy {
 
 /// `stategate serve`: open and probe the store, bind, serve until SIGTERM
 /// or Ctrl-C.
-pub async fn serve(settings: Settings) -> Result<()> {
+pub async fn serve(settings: Settings, args: ConfigArgs) -> Result<()> {
     raise_open_file_limit();
     let tls = match settings.tls.clone() {
         Some(files) => Some(Arc::new(Tls::load(files)?)),
@@ -338,7 +338,7 @@ pub async fn serve(settings: Settings) -> Result<()> {
     let mut app = App::new(states, settings.limits.clone(), settings.backend.name);
     app.base_path = settings.base_path.clone();
     app.trusted_proxies = settings.trusted_proxies.clone();
-    app.auth = auth;
+    app.auth = std::sync::RwLock::new(auth.map(Arc::new));
     app.audit = audit;
     let app = Arc::new(app);
     // One signal stops every listener.
@@ -350,9 +350,7 @@ pub async fn serve(settings: Settings) -> Result<()> {
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    if let Some(tls) = &tls {
-        reload_on_hangup(Arc::clone(tls));
-    }
+    reload_on_hangup(tls.clone(), Arc::clone(&app), args);
     match admin {
         None => server::run(listener, app, Surface::All, tls, until_stopped(stopped)).await,
         Some(admin) => {
@@ -417,18 +415,44 @@ fn auth(settings: &Settings) -> Result<Option<Auth>> {
 }
 
 /// Reloads the TLS certificates on every SIGHUP.
-fn reload_on_hangup(tls: Arc<Tls>) {
+fn reload_on_hangup(tls: Option<Arc<Tls>>, app: Arc<App>, args: ConfigArgs) {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::hangup()) {
         Ok(mut hangups) => {
             tokio::spawn(async move {
                 while hangups.recv().await.is_some() {
-                    let _ = tls.reload();
+                    if let Some(tls) = &tls {
+                        let _ = tls.reload();
+                    }
+                    reload_auth(&app, &args);
                 }
             });
         }
         Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGHUP; TLS certificates will not reload")
+            tracing::warn!(error = %e, "cannot watch SIGHUP; certificates and auth will not reload")
+        }
+    }
+}
+
+/// Reads the configuration again and puts its `auth` section in force.
+/// Other settings need a restart. A section that does not load is logged
+/// and the one in force stays; a reload never turns authentication off.
+fn reload_auth(app: &App, args: &ConfigArgs) {
+    let reloaded = load_settings(args).and_then(|settings| auth(&settings));
+    match reloaded {
+        Ok(Some(auth)) => {
+            *app.auth.write().expect("auth lock") = Some(Arc::new(auth));
+            tracing::info!("auth section reloaded");
+        }
+        Ok(None) => {
+            if app.auth.read().expect("auth lock").is_some() {
+                tracing::warn!(
+                    "the reloaded configuration has no auth section; keeping the one in force"
+                );
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "auth reload failed; keeping the section in force")
         }
     }
 }

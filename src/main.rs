@@ -37,7 +37,7 @@ async fn run(args: Cli) -> Result<()> {
     let settings = cli::load_settings(&args.config)?;
     init_logging(&settings, matches!(args.command, Command::Serve));
     match args.command {
-        Command::Serve => cli::serve(settings).await,
+        Command::Serve => cli::serve(settings, args.config).await,
         Command::Check => cli::check(&settings).await,
         Command::State(cmd) => cli::state(&settings, cmd).await,
         Command::Lock(cmd) => cli::lock(&settings, cmd).await,

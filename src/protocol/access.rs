@@ -53,8 +53,8 @@ pub async fn authorize(
     certificate_cn: Option<&str>,
     client: IpAddr,
 ) -> Result<Option<Caller>, ProtocolError> {
-    let (Some(auth), Some((needed, verb)), Some(state)) =
-        (app.auth.as_ref(), needs(endpoint), endpoint.state())
+    let auth = app.auth.read().expect("auth lock").clone();
+    let (Some(auth), Some((needed, verb)), Some(state)) = (auth, needs(endpoint), endpoint.state())
     else {
         return Ok(None);
     };

@@ -17,7 +17,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -57,7 +57,8 @@ pub struct App {
     /// The last store probe, for `/readyz`.
     pub readiness: Readiness,
     /// Who may do what; `None` serves everyone (loopback, or `auth: none`).
-    pub auth: Option<Auth>,
+    /// Replaced whole when the configuration is reloaded (SIGHUP).
+    pub auth: RwLock<Option<Arc<Auth>>>,
     /// Where security-relevant actions are recorded.
     pub audit: Audit,
 }
@@ -73,7 +74,7 @@ impl App {
             trusted_proxies: Vec::new(),
             metrics: Metrics::new(store),
             readiness: Readiness::default(),
-            auth: None,
+            auth: RwLock::new(None),
             audit: Audit::open(None).expect("stderr needs no opening"),
         }
     }
@@ -748,6 +749,7 @@ async fn handle_write(
     let size = body.bytes.len();
     let opts = WriteOptions {
         lock_id,
+        identity: ex.identity.as_deref(),
         operation: "write",
         md5: Some(&body.md5),
         ..Default::default()

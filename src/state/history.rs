@@ -50,6 +50,10 @@ pub struct VersionMeta {
     pub who: Option<String>,
     /// LockInfo `ID` of the writer, when the write came under a lock.
     pub lock_id: Option<String>,
+    /// The authenticated identity that wrote it (`user:alice`,
+    /// `oidc:<iss>#<sub>`), when authentication is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     /// `write`, `push`, `restore`, or `found` for a state stategate did not
     /// write itself (recorded before it was replaced).
     pub operation: String,
@@ -63,14 +67,20 @@ pub struct VersionMeta {
 pub(super) struct Writer {
     who: Option<String>,
     lock_id: Option<String>,
+    identity: Option<String>,
     operation: &'static str,
 }
 
 impl Writer {
-    pub(super) fn from_holder(holder: Option<&Held>, operation: &'static str) -> Self {
+    pub(super) fn from_holder(
+        holder: Option<&Held>,
+        identity: Option<&str>,
+        operation: &'static str,
+    ) -> Self {
         Writer {
             who: holder.map(|h| h.info.who.clone()).filter(|w| !w.is_empty()),
             lock_id: holder.map(|h| h.info.id.clone()),
+            identity: identity.map(str::to_string),
             operation,
         }
     }
@@ -79,6 +89,7 @@ impl Writer {
         Writer {
             who: None,
             lock_id: None,
+            identity: None,
             operation: "found",
         }
     }
@@ -172,6 +183,7 @@ impl States {
             created: String::new(),
             who: None,
             lock_id: None,
+            identity: None,
             operation: "found".into(),
             object_version: None,
         })
@@ -284,6 +296,7 @@ impl States {
                     let meta = VersionMeta {
                         who: writer.who,
                         lock_id: writer.lock_id,
+                        identity: writer.identity,
                         operation: writer.operation.to_string(),
                         ..newest
                     };
@@ -356,6 +369,7 @@ impl States {
             created: rfc3339(OffsetDateTime::now_utc()).unwrap_or_default(),
             who: writer.who,
             lock_id: writer.lock_id,
+            identity: writer.identity,
             operation: writer.operation.to_string(),
             object_version: Some(version.0.clone()),
         };

@@ -166,6 +166,8 @@ pub struct WriteOptions<'a> {
     pub skip_lineage_check: bool,
     /// Write even while another client holds the lock (`restore --force`).
     pub ignore_lock: bool,
+    /// The authenticated identity making the write, for history.
+    pub identity: Option<&'a str>,
     /// Recorded in history: `write`, `push`, `restore`.
     pub operation: &'static str,
     /// Hex MD5 of the body when the caller has already computed it (the
@@ -251,7 +253,7 @@ impl States {
                 Err(StoreError::PreconditionFailed | StoreError::AlreadyExists) => continue,
                 Err(e) => return Err(e.into()),
             };
-            let writer = Writer::from_holder(holder.as_ref(), opts.operation);
+            let writer = Writer::from_holder(holder.as_ref(), opts.identity, opts.operation);
             let written = Described {
                 body: &body,
                 head: &incoming,

@@ -78,7 +78,8 @@ struct Secured {
     server: Server,
     token: String,
     audit: std::path::PathBuf,
-    _config: tempfile::TempDir,
+    config: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Secured {
@@ -120,7 +121,8 @@ impl Secured {
             server,
             token,
             audit,
-            _config: dir,
+            config,
+            _dir: dir,
         }
     }
 
@@ -524,6 +526,18 @@ fn auth_audit_log_records_actions_and_never_a_secret() {
         "{denied:?}"
     );
 
+    // History records the identity beside the LockInfo's Who.
+    let (status, history) = call("GET", &format!("{url}?history"), &as_user("alice"), b"");
+    assert_eq!(status, 200);
+    let history: serde_json::Value = serde_json::from_slice(&history).unwrap();
+    let newest = history["versions"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(newest["identity"], "user:alice", "{newest}");
+    assert_eq!(newest["who"], "alice@host", "{newest}");
     let raw = std::fs::read_to_string(&s.audit).unwrap();
     let log = s.server.log();
     for (_, pass) in PASSWORDS {
@@ -604,4 +618,45 @@ fn auth_configuration_mistakes_stop_start_up() {
     let _ = open.kill();
     let _ = open.wait();
     assert!(seen.contains("anyone who reaches this port"), "{seen}");
+}
+
+#[test]
+fn auth_section_reloads_on_sighup_and_a_broken_one_is_kept_out() {
+    let s = Secured::start();
+    let url = s.server.state_url("team-a/reload");
+    assert_eq!(
+        call("POST", &url, &as_user("bob"), &state_doc("r", 1, "x")).0,
+        403
+    );
+    let yaml = std::fs::read_to_string(&s.config).unwrap();
+    assert_eq!(yaml.matches("access: read").count(), 1, "{yaml}");
+    std::fs::write(&s.config, yaml.replace("access: read", "access: write")).unwrap();
+    signal(s.server.pid(), "HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while call("POST", &url, &as_user("bob"), &state_doc("r", 1, "x")).0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new section was not applied:\n{}",
+            s.server.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // A broken section is logged and the one in force stays.
+    std::fs::write(
+        &s.config,
+        "auth:\n  users:\n    - name: bob\n      password: plain\n",
+    )
+    .unwrap();
+    signal(s.server.pid(), "HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !s.server.log().contains("auth reload failed") {
+        assert!(std::time::Instant::now() < deadline, "{}", s.server.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!s.server.log().contains("password: plain") && !s.server.log().contains("plain\""));
+    assert_eq!(
+        call("POST", &url, &as_user("bob"), &state_doc("r", 2, "y")).0,
+        200
+    );
+    assert_eq!(call("GET", &url, &as_user("olga"), b"").0, 200);
 }
