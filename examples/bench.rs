@@ -8,6 +8,11 @@
 //! and reading them back. Prints medians and their ratio; the machine is
 //! shared and noisy, so only ratios from one run mean anything.
 //!
+//! Then times Terraform's lock cycle (LOCK, GET, POST with `?ID=`, UNLOCK
+//! on a small state) against a server with an `auth` section and Basic
+//! credentials, and against one without, in the same run: what
+//! authentication costs once a credential's verification is cached.
+//!
 //! `cargo run --release --no-default-features --example bench [-- ROUNDS]`
 
 use std::fs::File;
@@ -54,15 +59,13 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn main() {
-    let rounds: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(7);
-    let dir = tempfile::TempDir::new().unwrap();
-    let baseline_dir = dir.path().join("baseline");
-    std::fs::create_dir_all(&baseline_dir).unwrap();
-    let store = LocalStore::open_dir(&dir.path().join("data")).unwrap();
+/// Starts stategate in-process on a fresh local store; returns its address.
+fn start(
+    runtime: &tokio::runtime::Runtime,
+    root: &Path,
+    auth: Option<stategate::auth::Auth>,
+) -> std::net::SocketAddr {
+    let store = LocalStore::open_dir(root).unwrap();
     let policy = Policy {
         workspace_key_prefix: "workspaces".into(),
         history_keep: 100,
@@ -72,24 +75,74 @@ fn main() {
         max_body_bytes: 1 << 30,
         ..Limits::default()
     };
-    let app = Arc::new(App::new(
-        States::new(Arc::new(store), policy),
-        limits,
-        "local",
-    ));
-
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut app = App::new(States::new(Arc::new(store), policy), limits, "local");
+    app.auth = std::sync::RwLock::new(auth.map(Arc::new));
+    // Audit events go to a file beside the store, not into the table.
+    app.audit = stategate::audit::Audit::open(Some(&root.with_extension("audit"))).unwrap();
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap();
     runtime.spawn(stategate::server::run(
         listener,
-        app,
+        Arc::new(app),
         Surface::All,
         None,
         std::future::pending(),
     ));
+    addr
+}
+
+/// Median time of one lock cycle, `cycles` times on one keep-alive client.
+fn lock_cycles(
+    addr: std::net::SocketAddr,
+    authorization: Option<&str>,
+    serials: std::ops::Range<u64>,
+) -> Duration {
+    let agent = ureq::AgentBuilder::new().build();
+    let url = format!("http://{addr}/states/bench/lock-cycle");
+    let with_auth = |r: ureq::Request| match authorization {
+        Some(a) => r.set("Authorization", a),
+        None => r,
+    };
+    let mut times = Vec::new();
+    for serial in serials {
+        let id = format!("cycle-{serial}");
+        let info = format!(r#"{{"ID":"{id}","Operation":"OperationTypeApply","Who":"bench"}}"#);
+        let body = state(serial, 4096);
+        let t = Instant::now();
+        assert_eq!(
+            with_auth(agent.request("LOCK", &url))
+                .send_string(&info)
+                .unwrap()
+                .status(),
+            200
+        );
+        let _ = with_auth(agent.get(&url)).call();
+        let posted = with_auth(agent.post(&format!("{url}?ID={id}"))).send_bytes(&body);
+        assert_eq!(posted.unwrap().status(), 200);
+        assert_eq!(
+            with_auth(agent.request("UNLOCK", &url))
+                .send_string(&info)
+                .unwrap()
+                .status(),
+            200
+        );
+        times.push(t.elapsed());
+    }
+    median(times)
+}
+
+fn main() {
+    let rounds: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(7);
+    let dir = tempfile::TempDir::new().unwrap();
+    let baseline_dir = dir.path().join("baseline");
+    std::fs::create_dir_all(&baseline_dir).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let addr = start(&runtime, &dir.path().join("data"), None);
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(300))
         .build();
@@ -145,4 +198,41 @@ fn main() {
             r.as_secs_f64() / rb.as_secs_f64()
         );
     }
+
+    // The lock cycle with and without authentication.
+    let password = "bench-password";
+    let section = stategate::config::FileAuth {
+        users: vec![stategate::config::FileUser {
+            name: "bench".into(),
+            password_hash: Some(stategate::auth::hash_secret(password).unwrap()),
+            password: None,
+            rules: vec![stategate::config::FileRule {
+                keys: "**".into(),
+                access: "write".into(),
+                workspaces: Vec::new(),
+            }],
+        }],
+        ..Default::default()
+    };
+    let auth = stategate::auth::Auth::new(&section).unwrap();
+    let open = start(&runtime, &dir.path().join("open"), None);
+    let guarded = start(&runtime, &dir.path().join("guarded"), Some(auth));
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("bench:{password}"))
+    );
+    let cycles = rounds * 30;
+    // Alternate, so drift on a shared machine hits both alike.
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        let serials = round * cycles + 1..(round + 1) * cycles + 1;
+        without.push(lock_cycles(open, None, serials.clone()));
+        with.push(lock_cycles(guarded, Some(&basic), serials));
+    }
+    let (without, with) = (median(without), median(with));
+    println!(
+        "\nlock cycle (LOCK, GET, POST, UNLOCK; {cycles} cycles x 3): no auth {without:.2?}, \
+         auth {with:.2?}, ratio {:.2}x",
+        with.as_secs_f64() / without.as_secs_f64()
+    );
 }

@@ -503,6 +503,7 @@ fn state_ref(key: &str, workspace: Option<&str>) -> Result<StateRef> {
 /// `stategate state …`.
 pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
     let (states, _) = open_states(settings).await?;
+    let audit = operator_audit(settings)?;
     let mut out = std::io::stdout().lock();
     match cmd {
         StateCommand::List { prefix } => {
@@ -575,16 +576,22 @@ pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
                 operation: "restore",
                 ..Default::default()
             };
+            let outcome = states.write(&state, body, opts).await?;
+            audit.event(
+                "restore",
+                &operator_fields(&state, &[("restored_version", version.into())]),
+            );
             report_write(
                 &mut out,
                 &state,
-                states.write(&state, body, opts).await?,
+                outcome,
                 &format!("restored version {version} of"),
             )?;
         }
         StateCommand::Purge { key, workspace } => {
             let state = state_ref(&key, workspace.as_deref())?;
             let n = states.purge(&state).await?;
+            audit.event("purge", &operator_fields(&state, &[("versions", n.into())]));
             writeln!(out, "purged {n} versions of {state}")?;
         }
         StateCommand::Push {
@@ -606,15 +613,36 @@ pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
                 operation: "push",
                 ..Default::default()
             };
-            report_write(
-                &mut out,
-                &state,
-                states.write(&state, Bytes::from(body), opts).await?,
-                "pushed",
-            )?;
+            let outcome = states.write(&state, Bytes::from(body), opts).await?;
+            audit.event("push", &operator_fields(&state, &[("force", force.into())]));
+            report_write(&mut out, &state, outcome, "pushed")?;
         }
     }
     Ok(())
+}
+
+/// The audit log for operator commands: the same file as the server's.
+fn operator_audit(settings: &Settings) -> Result<Audit> {
+    Audit::open(settings.audit_log.as_deref())
+        .with_context(|| "setting `audit_log`: cannot open the audit log")
+}
+
+/// An operator command's audit fields: the state and the local user who
+/// ran it (operator commands work on the store directly, not through auth).
+fn operator_fields(
+    state: &StateRef,
+    extra: &[(&'static str, serde_json::Value)],
+) -> Vec<(&'static str, serde_json::Value)> {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| format!("uid {}", rustix::process::getuid().as_raw()));
+    let mut fields = vec![
+        ("state", serde_json::json!(state.key())),
+        ("workspace", serde_json::json!(state.workspace())),
+        ("identity", serde_json::json!(format!("operator:{user}"))),
+    ];
+    fields.extend(extra.iter().cloned());
+    fields
 }
 
 fn report_write(
@@ -624,10 +652,10 @@ fn report_write(
     what: &str,
 ) -> Result<()> {
     match outcome {
-        WriteOutcome::Written { version: Some(v) } => {
-            writeln!(out, "{what} {state} (now version {v})")?
-        }
-        WriteOutcome::Written { version: None } => writeln!(out, "{what} {state}")?,
+        WriteOutcome::Written {
+            version: Some(v), ..
+        } => writeln!(out, "{what} {state} (now version {v})")?,
+        WriteOutcome::Written { version: None, .. } => writeln!(out, "{what} {state}")?,
         WriteOutcome::Unchanged => writeln!(
             out,
             "{state} already had exactly this content; nothing written"
@@ -639,6 +667,7 @@ fn report_write(
 /// `stategate lock …`.
 pub async fn lock(settings: &Settings, cmd: LockCommand) -> Result<()> {
     let (states, _) = open_states(settings).await?;
+    let audit = operator_audit(settings)?;
     match cmd {
         LockCommand::List => {
             println!(
@@ -663,6 +692,16 @@ pub async fn lock(settings: &Settings, cmd: LockCommand) -> Result<()> {
                 None => println!("{state} is not locked"),
                 Some(held) => {
                     states.release(&state, None).await?;
+                    audit.event(
+                        "force_unlock",
+                        &operator_fields(
+                            &state,
+                            &[
+                                ("lock_id", held.info.id.clone().into()),
+                                ("previous_holder", held.info.who.clone().into()),
+                            ],
+                        ),
+                    );
                     println!(
                         "released the lock on {state} held by {} (ID {})",
                         held.info.who, held.info.id

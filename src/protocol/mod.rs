@@ -759,7 +759,12 @@ async fn handle_write(
     fields.push(("bytes", serde_json::json!(size)));
     match app.states.write(state, body.bytes, opts).await {
         Ok(outcome) => {
-            if let crate::state::WriteOutcome::Written { version } = outcome {
+            if let crate::state::WriteOutcome::Written {
+                version,
+                previous_serial,
+            } = outcome
+            {
+                fields.push(("previous_serial", serde_json::json!(previous_serial)));
                 fields.push(("version", serde_json::json!(version)));
                 app.audit.event("write", &fields);
             }
@@ -801,26 +806,16 @@ async fn handle_lock(
     ex: &Exchange,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
     let id = LockInfo::parse(&body).map(|i| i.id).unwrap_or_default();
-    app.states.lock(state, body).await?;
+    let taken = app.states.lock(state, body).await?;
     if let Some(caller) = caller {
-        // A LOCK retried with the holder's ID succeeds in the state layer;
-        // the ID alone must not make another identity the holder.
-        match app.states.lock_owner(state, &id).await? {
-            Some(owner) if owner != caller.name() && caller.level < Access::Admin => {
-                return Err(access::forbid(
-                    app,
-                    &caller.identity,
-                    state,
-                    ex.client,
-                    format!("the lock {id} on {state} was taken by {owner}"),
-                ));
-            }
-            Some(_) => {}
-            None => {
-                app.states
-                    .record_lock_owner(state, &id, caller.name())
-                    .await?
-            }
+        if taken == crate::state::Taken::Now {
+            app.states
+                .record_lock_owner(state, &id, caller.name())
+                .await?;
+        } else {
+            // A LOCK retried with the holder's ID succeeds in the state
+            // layer; the ID alone must not make another identity the holder.
+            access::check_lock_owner(app, state, &id, caller, ex.client).await?;
         }
     }
     let mut fields = audit_fields(state, ex);
@@ -855,10 +850,9 @@ async fn handle_unlock(
             access::check_lock_owner(app, state, &id, caller, ex.client).await?;
         }
     }
+    // The owner record stays: it names the lock ID it is about, so it never
+    // speaks for a later lock, and the next LOCK overwrites it.
     app.states.unlock(state, body).await?;
-    if caller.is_some() {
-        app.states.forget_lock_owner(state).await?;
-    }
     if let Some(held) = holder {
         let mut fields = audit_fields(state, ex);
         fields.push(("lock_id", serde_json::json!(held.info.id)));

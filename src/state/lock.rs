@@ -59,6 +59,15 @@ impl LockInfo {
     }
 }
 
+/// How a LOCK succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// The lock was free and is now held.
+    Now,
+    /// The lock was already held with the same ID (a retried LOCK).
+    Already,
+}
+
 /// A lock that is held, as read from the store.
 #[derive(Debug, Clone)]
 pub struct Held {
@@ -88,7 +97,7 @@ impl States {
     /// Takes the lock for the LockInfo in `body`. Succeeds when the lock was
     /// free or is already held with the same ID (a LOCK retried after its
     /// answer was lost); otherwise [`StateError::Locked`] with the holder.
-    pub async fn lock(&self, state: &StateRef, body: Bytes) -> Result<(), StateError> {
+    pub async fn lock(&self, state: &StateRef, body: Bytes) -> Result<Taken, StateError> {
         let info = LockInfo::parse(&body)?;
         if info.id.is_empty() {
             return Err(StateError::BadRequest(
@@ -104,7 +113,7 @@ impl States {
             {
                 Ok(_) => {
                     tracing::info!(state = %state, id = %info.id, who = %info.who, op = %info.operation, "locked");
-                    return Ok(());
+                    return Ok(Taken::Now);
                 }
                 Err(StoreError::AlreadyExists) => {}
                 Err(e) => return Err(e.into()),
@@ -112,7 +121,7 @@ impl States {
             match self.lock_holder(state).await? {
                 // Released between our create and our read: try again.
                 None => continue,
-                Some(held) if held.info.id == info.id => return Ok(()),
+                Some(held) if held.info.id == info.id => return Ok(Taken::Already),
                 Some(held) => return Err(StateError::Locked(held.body)),
             }
         }

@@ -30,7 +30,7 @@ pub mod write;
 pub use history::VersionMeta;
 pub use key::StateRef;
 pub use lease::Lease;
-pub use lock::{Held, LockInfo};
+pub use lock::{Held, LockInfo, Taken};
 pub use write::{WriteOptions, WriteOutcome};
 
 /// Why a state operation did not happen. [`crate::protocol`] maps each kind

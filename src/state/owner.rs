@@ -60,12 +60,4 @@ impl States {
             .filter(|r| r.id == lock_id)
             .map(|r| r.identity))
     }
-
-    /// Forgets the owner once the lock is gone.
-    pub async fn forget_lock_owner(&self, state: &StateRef) -> Result<(), StateError> {
-        self.store
-            .delete(&self.owner_key(state), Condition::Always)
-            .await?;
-        Ok(())
-    }
 }

@@ -179,8 +179,12 @@ pub struct WriteOptions<'a> {
 /// What a successful write did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
-    /// The body became the current state; history version number.
-    Written { version: Option<u64> },
+    /// The body became the current state: its history version number, and
+    /// the serial of the state it replaced.
+    Written {
+        version: Option<u64>,
+        previous_serial: Option<u64>,
+    },
     /// The stored body was already byte-identical (a retried write).
     Unchanged,
 }
@@ -231,7 +235,9 @@ impl States {
         for _ in 0..CAS_RETRIES {
             // Stores without compare-and-swap emulate `IfMatch` as closely as
             // they can (see `Capabilities`); the condition is always sent.
-            let condition = match self.current(state).await? {
+            let current = self.current(state).await?;
+            let previous_serial = current.as_ref().and_then(|c| c.head.serial);
+            let condition = match current {
                 None => Condition::IfAbsent,
                 Some(cur) if cur.md5 == md5 => return Ok(WriteOutcome::Unchanged),
                 Some(cur) => {
@@ -265,7 +271,10 @@ impl States {
             tracing::info!(
                 state = %state, bytes = body.len(), serial = ?incoming.serial, op = opts.operation, "state written"
             );
-            return Ok(WriteOutcome::Written { version: n });
+            return Ok(WriteOutcome::Written {
+                version: n,
+                previous_serial,
+            });
         }
         Err(StateError::Store(StoreError::unavailable(
             "the state kept changing during the write; try again",

@@ -471,6 +471,11 @@ fn auth_audit_log_records_actions_and_never_a_secret() {
         .0,
         409
     );
+    let next = state_doc("a", 5, "y");
+    assert_eq!(
+        call("POST", &format!("{url}?ID=L1"), &as_user("alice"), &next).0,
+        200
+    );
     assert_eq!(call("UNLOCK", &url, &as_user("alice"), &info).0, 200);
     assert_eq!(
         call(
@@ -507,6 +512,16 @@ fn auth_audit_log_records_actions_and_never_a_secret() {
     assert_eq!(lock["lock_id"], "L1");
     assert_eq!(lock["client"], "127.0.0.1");
     assert_eq!(find("write")["serial"], 4);
+    assert!(
+        find("write")["previous_serial"].is_null(),
+        "the first write replaced nothing"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["audit"] == "write" && l["serial"] == 5 && l["previous_serial"] == 4),
+        "{lines:#?}"
+    );
     assert!(
         find("write_refused")["reason"]
             .as_str()
