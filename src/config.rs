@@ -904,6 +904,18 @@ mod tests {
         serde_yaml_ng::from_str(yaml).unwrap()
     }
 
+    /// Why a configuration file alone is refused.
+    fn refusal(yaml: &str) -> String {
+        resolve(
+            file(yaml),
+            &no_env,
+            &CliOverrides::default(),
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string()
+    }
+
     #[test]
     fn defaults_are_local_on_loopback() {
         let s = resolve(
@@ -952,14 +964,8 @@ mod tests {
             ("trusted_proxies: [10.0.0.0/99]\n", "trusted_proxies"),
             ("admin_listen: nowhere\n", "admin_listen"),
         ] {
-            let e = resolve(
-                file(yaml),
-                &no_env,
-                &CliOverrides::default(),
-                Path::new("."),
-            )
-            .unwrap_err();
-            assert!(e.to_string().contains(setting), "{yaml}: {e}");
+            let e = refusal(yaml);
+            assert!(e.contains(setting), "{yaml}: {e}");
         }
     }
 
@@ -990,14 +996,8 @@ mod tests {
             ("max_header_bytes: 100\n", "max_header_bytes"),
             ("shutdown_grace: 5x\n", "shutdown_grace"),
         ] {
-            let e = resolve(
-                file(yaml),
-                &no_env,
-                &CliOverrides::default(),
-                Path::new("."),
-            )
-            .unwrap_err();
-            assert!(e.to_string().contains(setting), "{yaml}: {e}");
+            let e = refusal(yaml);
+            assert!(e.contains(setting), "{yaml}: {e}");
         }
     }
 

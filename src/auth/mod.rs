@@ -137,6 +137,26 @@ fn match_one(pattern: &[u8], text: &[u8]) -> bool {
     }
 }
 
+/// The level and workspace patterns of a rule, checked.
+fn level_and_workspaces(
+    setting: &str,
+    access: &str,
+    workspaces: &[String],
+) -> Result<(Access, Vec<Glob>), ConfigError> {
+    let invalid = |why: String| ConfigError::invalid(setting, why);
+    let level = Access::parse(access).ok_or_else(|| {
+        invalid(format!(
+            "access `{access}` is not one of outputs, read, write, admin"
+        ))
+    })?;
+    let workspaces = workspaces
+        .iter()
+        .map(|w| Glob::parse("workspaces", w))
+        .collect::<Result<_, _>>()
+        .map_err(invalid)?;
+    Ok((level, workspaces))
+}
+
 /// One grant: a level on the states whose key (and workspace) match.
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -149,20 +169,9 @@ pub struct Rule {
 impl Rule {
     fn parse(owner: &str, rule: &FileRule) -> Result<Self, ConfigError> {
         let setting = format!("{owner}.rules");
-        let invalid = |why: String| ConfigError::invalid(&setting, why);
-        let keys = Glob::parse("keys", &rule.keys).map_err(invalid)?;
-        let workspaces = rule
-            .workspaces
-            .iter()
-            .map(|w| Glob::parse("workspaces", w))
-            .collect::<Result<_, _>>()
-            .map_err(invalid)?;
-        let access = Access::parse(&rule.access).ok_or_else(|| {
-            invalid(format!(
-                "access `{}` is not one of outputs, read, write, admin",
-                rule.access
-            ))
-        })?;
+        let keys =
+            Glob::parse("keys", &rule.keys).map_err(|e| ConfigError::invalid(&setting, e))?;
+        let (access, workspaces) = level_and_workspaces(&setting, &rule.access, &rule.workspaces)?;
         Ok(Rule {
             keys,
             workspaces,

@@ -25,7 +25,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use super::{Access, AuthError, Glob, Identity, Rule, match_one};
+use super::{Access, AuthError, Glob, Identity, Rule, level_and_workspaces, match_one};
 use crate::config::{ConfigError, FileClaimRule, FileIssuer};
 
 /// Clock skew forgiven on `exp` and `nbf`.
@@ -85,18 +85,7 @@ impl ClaimRule {
         }
         probe.push_str(rest);
         Glob::parse("keys", &probe).map_err(invalid)?;
-        let access = Access::parse(&rule.access).ok_or_else(|| {
-            invalid(format!(
-                "access `{}` is not one of outputs, read, write, admin",
-                rule.access
-            ))
-        })?;
-        let workspaces = rule
-            .workspaces
-            .iter()
-            .map(|w| Glob::parse("workspaces", w))
-            .collect::<Result<_, _>>()
-            .map_err(invalid)?;
+        let (access, workspaces) = level_and_workspaces(setting, &rule.access, &rule.workspaces)?;
         Ok(ClaimRule {
             claims: patterns(&rule.claims),
             keys: rule.keys.clone(),

@@ -210,20 +210,18 @@ output "seen" {{
     )
 }
 
+/// `terraform init` and `apply` of [`backend`] at `key`, as alice.
+fn apply_as_alice(s: &Secured, key: &str) {
+    let tf = Terraform::new(&backend(&s.server.url, key));
+    let env = tf_env("alice", password("alice"));
+    ok_tf(&tf, &["init", "-no-color"], &env);
+    ok_tf(&tf, &["apply", "-auto-approve", "-no-color"], &env);
+}
+
 #[test]
 fn auth_right_credentials_apply_and_wrong_ones_get_401() {
     let s = Secured::start();
-    let tf = Terraform::new(&backend(&s.server.url, "team-a/app"));
-    ok_tf(
-        &tf,
-        &["init", "-no-color"],
-        &tf_env("alice", password("alice")),
-    );
-    ok_tf(
-        &tf,
-        &["apply", "-auto-approve", "-no-color"],
-        &tf_env("alice", password("alice")),
-    );
+    apply_as_alice(&s, "team-a/app");
     assert!(s.peer.root().join("team-a/app").is_file());
 
     let wrong = Terraform::new(&backend(&s.server.url, "team-a/app"));
@@ -268,17 +266,7 @@ fn auth_right_credentials_apply_and_wrong_ones_get_401() {
 #[test]
 fn auth_read_only_user_reads_remote_state_but_cannot_apply() {
     let s = Secured::start();
-    let tf = Terraform::new(&backend(&s.server.url, "team-a/app"));
-    ok_tf(
-        &tf,
-        &["init", "-no-color"],
-        &tf_env("alice", password("alice")),
-    );
-    ok_tf(
-        &tf,
-        &["apply", "-auto-approve", "-no-color"],
-        &tf_env("alice", password("alice")),
-    );
+    apply_as_alice(&s, "team-a/app");
 
     let reader = Terraform::new(&remote_state(&s.server.url, "team-a/app", "bob"));
     reader.ok(&["init", "-no-color"]);
@@ -308,17 +296,7 @@ fn auth_read_only_user_reads_remote_state_but_cannot_apply() {
 #[test]
 fn auth_outputs_level_sees_outputs_and_no_resource_attribute() {
     let s = Secured::start();
-    let tf = Terraform::new(&backend(&s.server.url, "team-a/app"));
-    ok_tf(
-        &tf,
-        &["init", "-no-color"],
-        &tf_env("alice", password("alice")),
-    );
-    ok_tf(
-        &tf,
-        &["apply", "-auto-approve", "-no-color"],
-        &tf_env("alice", password("alice")),
-    );
+    apply_as_alice(&s, "team-a/app");
 
     let (status, body) = call(
         "GET",
