@@ -84,6 +84,14 @@ impl StateHead {
         let refuse = |what: String| {
             StateError::BadRequest(format!("the body is not a Terraform state: {what}"))
         };
+        // serde skips the strings it ignores without decoding them; JSON is
+        // UTF-8, and a state must read back as JSON anywhere.
+        if let Err(e) = std::str::from_utf8(body) {
+            return Err(StateError::BadRequest(format!(
+                "the body is not JSON: invalid UTF-8 at byte {}",
+                e.valid_up_to()
+            )));
+        }
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         if first != Some(&b'{') {
             // Not an object: say whether it is JSON at all.
@@ -385,6 +393,8 @@ mod tests {
             br#"{"encrypted_data":"AAAA","meta":{}}"#,
             br#"{"meta":{},"encrypted_data":"A","encryption_version":"v0","serial":"x"}"#,
             b"not json",
+            // Invalid UTF-8 inside a string serde would skip (found by fuzzing).
+            b"{\"serial\":1,\"lineage\":\"x\",\"junk\":\"\xff\"}",
         ] {
             let e = StateHead::parse_incoming(bad).unwrap_err();
             assert!(matches!(e, StateError::BadRequest(_)), "{bad:?}: {e}");
