@@ -210,8 +210,15 @@ struct Stack {
 
 impl Stack {
     fn start() -> Stack {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Stack::start`], with more stategate arguments.
+    fn start_with(extra: &[&str]) -> Stack {
         let peer = LocalPeer::new();
-        let server = Server::start_with(&peer, &["--base-path", BASE]);
+        let mut args = vec!["--base-path", BASE];
+        args.extend_from_slice(extra);
+        let server = Server::start_with(&peer, &args);
         let nginx = Nginx::start(&upstream(&server));
         Stack {
             peer,
@@ -788,4 +795,82 @@ fn credentials_pass_through_nginx() {
     assert_eq!(status, 200, "{}", text(&body));
     let state: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(state["outputs"]["greeting"]["value"], "as alice");
+}
+
+/// The hardening limits answer through nginx as they do directly: bodies
+/// over the limits get 413, bodies that are not states 400, an upload
+/// slower than body_min_rate 408 (nginx streams the body, so stategate's
+/// clock runs), and the metrics count what was cut off.
+#[test]
+fn stategate_limits_hold_through_nginx() {
+    let stack = Stack::start_with(&["--max-body-bytes", "65536", "--body-min-rate", "2048"]);
+    let url = format!("{}{BASE}/states/limits/terraform.tfstate", stack.nginx.url);
+    let big = state_doc("limits", 1, &"v".repeat(100 * 1024));
+    assert_eq!(http("POST", &url, &big).0, 413, "state over max_body_bytes");
+    let huge_lock = format!(r#"{{"ID":"x","Info":"{}"}}"#, "i".repeat(200 * 1024));
+    assert_eq!(
+        http("LOCK", &url, huge_lock.as_bytes()).0,
+        413,
+        "LockInfo over max_lock_bytes"
+    );
+    let (status, reason) = http("POST", &url, b"{}");
+    assert_eq!(status, 400, "{}", text(&reason));
+    assert!(
+        text(&reason).contains("not a Terraform state"),
+        "{}",
+        text(&reason)
+    );
+
+    // 500 bytes a second against a floor of 2048, through nginx.
+    use std::io::{Read, Write};
+    let to = stack.nginx.url.trim_start_matches("http://");
+    let mut slow = std::net::TcpStream::connect(to).unwrap();
+    let head = format!(
+        "POST {BASE}/states/limits/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    );
+    slow.write_all(head.as_bytes()).unwrap();
+    slow.set_nonblocking(true).unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    while started.elapsed() < Duration::from_secs(25) && !text(&got).contains("HTTP/1.1 ") {
+        if slow.write_all(&[b' '; 50]).is_err() {
+            break;
+        }
+        let mut buf = [0u8; 2048];
+        match slow.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let answer = text(&got);
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "through nginx: {answer:?}"
+    );
+    assert_eq!(
+        http(
+            "GET",
+            &format!("{}{BASE}/states/limits/slow", stack.nginx.url),
+            b""
+        )
+        .0,
+        404
+    );
+
+    let (_, metrics) = http("GET", &format!("{}{BASE}/metrics", stack.nginx.url), b"");
+    let metrics = text(&metrics);
+    assert!(
+        metrics.contains("stategate_requests_timed_out_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"stategate_writes_refused_total{reason="too_large"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"stategate_writes_refused_total{reason="invalid"} 1"#),
+        "{metrics}"
+    );
 }
