@@ -147,12 +147,30 @@ pub async fn check_lock_owner(
         return Ok(());
     }
     let held = app.states.lock_holder(state).await?;
-    if held.is_none_or(|h| h.info.id != lock_id) {
+    match held {
         // Not that lock any more: the state layer answers as it does
         // without authentication.
+        Some(h) if h.info.id == lock_id => {
+            check_owner(app, state, lock_id, h.owner, caller, client)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks that `owner`, the recorded owner of the lock `lock_id`, is
+/// `caller` (or that the caller is an admin).
+pub fn check_owner(
+    app: &App,
+    state: &StateRef,
+    lock_id: &str,
+    owner: Option<String>,
+    caller: &Caller,
+    client: IpAddr,
+) -> Result<(), ProtocolError> {
+    if caller.level >= Access::Admin {
         return Ok(());
     }
-    match app.states.lock_owner(state, lock_id).await? {
+    match owner {
         Some(owner) if owner == caller.name() => Ok(()),
         Some(owner) => Err(forbid(
             app,

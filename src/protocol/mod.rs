@@ -33,7 +33,7 @@ use crate::audit::Audit;
 use crate::auth::{Access, Auth};
 use crate::config::Limits;
 use crate::metrics::{Metrics, Refusal, method_label};
-use crate::state::{LockInfo, StateError, StateRef, States, WriteOptions, history};
+use crate::state::{LockInfo, StateError, StateRef, States, Taken, WriteOptions, history};
 use crate::stores::PROBE_PREFIX;
 
 pub mod access;
@@ -806,17 +806,15 @@ async fn handle_lock(
     ex: &Exchange,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
     let id = LockInfo::parse(&body).map(|i| i.id).unwrap_or_default();
-    let taken = app.states.lock(state, body).await?;
-    if let Some(caller) = caller {
-        if taken == crate::state::Taken::Now {
-            app.states
-                .record_lock_owner(state, &id, caller.name())
-                .await?;
-        } else {
-            // A LOCK retried with the holder's ID succeeds in the state
-            // layer; the ID alone must not make another identity the holder.
-            access::check_lock_owner(app, state, &id, caller, ex.client).await?;
-        }
+    // The owner rides in the lock object: no extra store call.
+    let taken = app
+        .states
+        .lock(state, body, caller.map(access::Caller::name))
+        .await?;
+    if let (Some(caller), Taken::Already { owner }) = (caller, taken) {
+        // A LOCK retried with the holder's ID succeeds in the state layer;
+        // the ID alone must not make another identity the holder.
+        access::check_owner(app, state, &id, owner, caller, ex.client)?;
     }
     let mut fields = audit_fields(state, ex);
     fields.push(("lock_id", serde_json::json!(id)));
@@ -847,11 +845,11 @@ async fn handle_unlock(
         }
         if !ex.forced {
             let id = LockInfo::parse(body).map(|i| i.id).unwrap_or_default();
-            access::check_lock_owner(app, state, &id, caller, ex.client).await?;
+            if let Some(held) = holder.as_ref().filter(|h| h.info.id == id) {
+                access::check_owner(app, state, &id, held.owner.clone(), caller, ex.client)?;
+            }
         }
     }
-    // The owner record stays: it names the lock ID it is about, so it never
-    // speaks for a later lock, and the next LOCK overwrites it.
     app.states.unlock(state, body).await?;
     if let Some(held) = holder {
         let mut fields = audit_fields(state, ex);

@@ -6,6 +6,15 @@
 //! so a 423 answer returns the holder's own JSON, and Terraform's native s3
 //! backend (which writes the same object with `use_lockfile`) reads ours and
 //! we read its.
+//!
+//! With authentication on, the lock also names the identity that took it,
+//! so that knowing a lock's ID (which anyone who may read the state can
+//! see) is not enough to write under it or release it. The identity rides
+//! in the lock object itself, as one more member, [`OWNER_FIELD`], inserted
+//! before the closing brace, so taking a lock stays one conditional create:
+//! Terraform's native backends ignore a member they do not know, and every
+//! answer that shows the LockInfo strips it again, giving back the bytes
+//! the client sent. A client cannot send that member itself.
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -27,6 +36,51 @@ pub struct LockInfo {
     pub created: String,
 }
 
+/// The member that names the identity holding a lock.
+pub const OWNER_FIELD: &str = "StategateOwner";
+
+/// The LockInfo to store for `body` taken by `owner`.
+fn with_owner(body: &Bytes, owner: &str) -> Bytes {
+    let close = body
+        .iter()
+        .rposition(|b| *b == b'}')
+        .expect("a LockInfo is a JSON object");
+    let member = format!(
+        ",\"{OWNER_FIELD}\":{}",
+        serde_json::to_string(owner).expect("a string serialises")
+    );
+    let mut out = Vec::with_capacity(body.len() + member.len());
+    out.extend_from_slice(&body[..close]);
+    out.extend_from_slice(member.as_bytes());
+    out.extend_from_slice(&body[close..]);
+    Bytes::from(out)
+}
+
+/// Splits a stored lock into the client's bytes and the owner, undoing
+/// [`with_owner`] exactly; a lock without the member (taken without
+/// authentication, or by another tool) has no owner.
+fn split_owner(stored: Bytes) -> (Bytes, Option<String>) {
+    let marker = format!(",\"{OWNER_FIELD}\":");
+    let Some(at) = stored
+        .windows(marker.len())
+        .rposition(|w| w == marker.as_bytes())
+    else {
+        return (stored, None);
+    };
+    let rest = &stored[at + marker.len()..];
+    let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<String>();
+    let (Some(Ok(owner)), end) = (values.next(), values.byte_offset()) else {
+        return (stored, None);
+    };
+    if rest[end..].first() != Some(&b'}') {
+        return (stored, None);
+    }
+    let mut client = Vec::with_capacity(stored.len());
+    client.extend_from_slice(&stored[..at]);
+    client.extend_from_slice(&rest[end..]);
+    (Bytes::from(client), Some(owner))
+}
+
 /// The longest value of one LockInfo field, in bytes. Terraform's fields
 /// are a UUID, a user@host, a version, a time, a path and free-text info;
 /// a lock object is returned with every 409 and 423, so it stays small.
@@ -41,6 +95,11 @@ impl LockInfo {
         };
         let fields: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(body).map_err(bad)?;
+        if fields.contains_key(OWNER_FIELD) {
+            return Err(StateError::BadRequest(format!(
+                "the LockInfo field `{OWNER_FIELD}` is reserved for stategate"
+            )));
+        }
         if let Some((name, _)) = fields.iter().find(|(_, v)| match v {
             serde_json::Value::String(s) => s.len() > MAX_LOCK_FIELD_BYTES,
             other => other.to_string().len() > MAX_LOCK_FIELD_BYTES,
@@ -60,12 +119,13 @@ impl LockInfo {
 }
 
 /// How a LOCK succeeded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Taken {
     /// The lock was free and is now held.
     Now,
-    /// The lock was already held with the same ID (a retried LOCK).
-    Already,
+    /// The lock was already held with the same ID (a retried LOCK), by this
+    /// owner (`None`: taken without authentication, or by another tool).
+    Already { owner: Option<String> },
 }
 
 /// A lock that is held, as read from the store.
@@ -74,6 +134,19 @@ pub struct Held {
     /// The holder's LockInfo bytes, as it sent them.
     pub body: Bytes,
     pub info: LockInfo,
+    /// The identity that took it, when authentication was on.
+    pub owner: Option<String>,
+}
+
+impl Held {
+    fn from_stored(stored: Bytes) -> Self {
+        let (body, owner) = split_owner(stored);
+        Held {
+            info: LockInfo::of_holder(&body),
+            body,
+            owner,
+        }
+    }
 }
 
 /// How many times a lock operation re-reads after racing another client
@@ -88,22 +161,29 @@ impl States {
             .store
             .get(&state.lock_key(&self.workspace_key_prefix))
             .await?;
-        Ok(obj.map(|o| Held {
-            info: LockInfo::of_holder(&o.body),
-            body: o.body,
-        }))
+        Ok(obj.map(|o| Held::from_stored(o.body)))
     }
 
-    /// Takes the lock for the LockInfo in `body`. Succeeds when the lock was
-    /// free or is already held with the same ID (a LOCK retried after its
-    /// answer was lost); otherwise [`StateError::Locked`] with the holder.
-    pub async fn lock(&self, state: &StateRef, body: Bytes) -> Result<Taken, StateError> {
+    /// Takes the lock for the LockInfo in `body`, for `owner` when
+    /// authentication is on. Succeeds when the lock was free or is already
+    /// held with the same ID (a LOCK retried after its answer was lost);
+    /// otherwise [`StateError::Locked`] with the holder.
+    pub async fn lock(
+        &self,
+        state: &StateRef,
+        body: Bytes,
+        owner: Option<&str>,
+    ) -> Result<Taken, StateError> {
         let info = LockInfo::parse(&body)?;
         if info.id.is_empty() {
             return Err(StateError::BadRequest(
                 "the LockInfo has an empty ID".into(),
             ));
         }
+        let body = match owner {
+            Some(owner) => with_owner(&body, owner),
+            None => body,
+        };
         let lock_key = state.lock_key(&self.workspace_key_prefix);
         for _ in 0..RACE_RETRIES {
             match self
@@ -121,7 +201,9 @@ impl States {
             match self.lock_holder(state).await? {
                 // Released between our create and our read: try again.
                 None => continue,
-                Some(held) if held.info.id == info.id => return Ok(Taken::Already),
+                Some(held) if held.info.id == info.id => {
+                    return Ok(Taken::Already { owner: held.owner });
+                }
                 Some(held) => return Err(StateError::Locked(held.body)),
             }
         }
@@ -170,11 +252,12 @@ impl States {
             let Some(obj) = self.store.get(&lock_key).await? else {
                 return Ok(());
             };
-            let holder = LockInfo::of_holder(&obj.body);
+            let held = Held::from_stored(obj.body);
+            let holder = held.info;
             if let Some(id) = id
                 && holder.id != id
             {
-                return Err(StateError::NotHolder(obj.body));
+                return Err(StateError::NotHolder(held.body));
             }
             if let Some(lease) = lease {
                 lease.check()?;
@@ -236,5 +319,29 @@ mod tests {
         let ok = format!(r#"{{"ID":"a","Info":"{}"}}"#, &long[1..]);
         assert_eq!(LockInfo::parse(ok.as_bytes()).unwrap().id, "a");
         assert!(LockInfo::parse(b"[]").is_err());
+    }
+
+    #[test]
+    fn the_owner_rides_in_the_lock_and_comes_out_exactly() {
+        for body in [
+            &br#"{"ID":"a","Who":"x"}"#[..],
+            b"{\"ID\":\"a\"}\n",
+            b"{ \"ID\" : \"a\", \"Info\": \"}\" }  ",
+        ] {
+            let body = Bytes::copy_from_slice(body);
+            let stored = with_owner(&body, "oidc:https://x#repo:o/r:ref:\"q\"");
+            let info = LockInfo::of_holder(&stored);
+            assert_eq!(info.id, "a", "{stored:?}");
+            let (client, owner) = split_owner(stored);
+            assert_eq!(client, body);
+            assert_eq!(owner.as_deref(), Some("oidc:https://x#repo:o/r:ref:\"q\""));
+        }
+        let plain = Bytes::from_static(br#"{"ID":"a"}"#);
+        assert_eq!(split_owner(plain.clone()), (plain, None));
+        let forged = format!(r#"{{"ID":"a","{OWNER_FIELD}":"user:root"}}"#);
+        assert!(
+            LockInfo::parse(forged.as_bytes()).is_err(),
+            "clients cannot name an owner"
+        );
     }
 }

@@ -5,10 +5,10 @@
 //! and the shared conformance suite proves it.
 //!
 //! - [`key`]: state keys, workspaces and object keys.
-//! - [`lock`]: LOCK / UNLOCK / force-unlock on `<object key>.tflock`.
+//! - [`lock`]: LOCK / UNLOCK / force-unlock on `<object key>.tflock`, and
+//!   which identity holds a lock when authentication is on.
 //! - [`write`]: the write rules (lock holder, lineage and serial) applied as
 //!   a compare-and-swap on what was read.
-//! - [`owner`]: which identity took a lock, when authentication is on.
 //! - [`history`]: every state ever stored, kept as numbered versions under
 //!   the reserved `.stategate/history/` prefix.
 //! - [`lease`]: short write leases that make a read-check-change atomic on
@@ -24,7 +24,6 @@ pub mod history;
 pub mod key;
 pub mod lease;
 pub mod lock;
-pub mod owner;
 pub mod write;
 
 pub use history::VersionMeta;
