@@ -15,6 +15,7 @@
 //! with the client (from `X-Forwarded-For` only when the peer is a trusted
 //! proxy), method, route template, state, status, time and bytes.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -34,7 +35,7 @@ use crate::auth::{Access, Auth};
 use crate::config::Limits;
 use crate::metrics::{Metrics, Refusal, method_label};
 use crate::state::{LockInfo, StateError, StateRef, States, Taken, WriteOptions, history};
-use crate::stores::PROBE_PREFIX;
+use crate::stores::{PROBE_PREFIX, Version};
 
 pub mod access;
 pub mod error;
@@ -61,6 +62,35 @@ pub struct App {
     pub auth: RwLock<Option<Arc<Auth>>>,
     /// Where security-relevant actions are recorded.
     pub audit: Audit,
+    /// The MD5 of each state's body by store version, so a GET's `ETag`
+    /// does not hash a large state again.
+    pub etags: EtagCache,
+}
+
+/// Hex MD5s of state bodies by state and store version: filled by writes
+/// (which hash the body anyway, for `Content-MD5`) and by reads. A version
+/// names one content, so an entry is either right or unused.
+#[derive(Default)]
+pub struct EtagCache(Mutex<HashMap<StateRef, (Version, String)>>);
+
+/// Entries beyond which the cache starts over.
+const ETAG_CACHE_MAX: usize = 4096;
+
+impl EtagCache {
+    fn get(&self, state: &StateRef, version: &Version) -> Option<String> {
+        let map = self.0.lock().expect("etag cache");
+        map.get(state)
+            .filter(|(v, _)| v == version)
+            .map(|(_, md5)| md5.clone())
+    }
+
+    fn put(&self, state: &StateRef, version: Version, md5: String) {
+        let mut map = self.0.lock().expect("etag cache");
+        if map.len() >= ETAG_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(state.clone(), (version, md5));
+    }
 }
 
 impl App {
@@ -75,6 +105,7 @@ impl App {
             metrics: Metrics::new(store),
             readiness: Readiness::default(),
             auth: RwLock::new(None),
+            etags: EtagCache::default(),
             audit: Audit::open(None).expect("stderr needs no opening"),
         }
     }
@@ -646,9 +677,10 @@ fn json(body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 }
 
 /// A state body with its `Content-Length` and an `ETag` (the quoted hex
-/// MD5), set here so HEAD, which sends no body, carries them too.
-fn state_body(body: Bytes) -> Response<Full<Bytes>> {
-    let etag = format!("\"{}\"", history::md5_hex(&body));
+/// MD5, computed here unless given), set here so HEAD, which sends no body,
+/// carries them too.
+fn state_body(body: Bytes, md5: Option<String>) -> Response<Full<Bytes>> {
+    let etag = format!("\"{}\"", md5.unwrap_or_else(|| history::md5_hex(&body)));
     let length = body.len();
     let mut r = json(body);
     let headers = r.headers_mut();
@@ -689,11 +721,21 @@ async fn handle_get(
     state: &StateRef,
     caller: Option<&access::Caller>,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
-    match app.states.get(state).await? {
-        Some(body) if caller.is_some_and(|c| c.level == Access::Outputs) => {
-            Ok(state_body(access::outputs_only(&body)?))
+    match app.states.get_object(state).await? {
+        Some(obj) if caller.is_some_and(|c| c.level == Access::Outputs) => {
+            Ok(state_body(access::outputs_only(&obj.body)?, None))
         }
-        Some(body) => Ok(state_body(body)),
+        Some(obj) => {
+            let md5 = match app.etags.get(state, &obj.version) {
+                Some(md5) => md5,
+                None => {
+                    let md5 = history::md5_hex(&obj.body);
+                    app.etags.put(state, obj.version, md5.clone());
+                    md5
+                }
+            };
+            Ok(state_body(obj.body, Some(md5)))
+        }
         None => Err(ProtocolError::NotFound(format!(
             "no state stored for {state}"
         ))),
@@ -719,7 +761,7 @@ async fn handle_get_version(
     state: &StateRef,
     n: u64,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
-    Ok(state_body(app.states.version(state, n).await?))
+    Ok(state_body(app.states.version(state, n).await?, None))
 }
 
 /// The fields every audit event of a state carries.
@@ -747,6 +789,7 @@ async fn handle_write(
         .ok()
         .and_then(|h| h.serial);
     let size = body.bytes.len();
+    let md5 = body.md5.clone();
     let opts = WriteOptions {
         lock_id,
         identity: ex.identity.as_deref(),
@@ -762,8 +805,10 @@ async fn handle_write(
             if let crate::state::WriteOutcome::Written {
                 version,
                 previous_serial,
+                stored,
             } = outcome
             {
+                app.etags.put(state, stored, md5);
                 fields.push(("previous_serial", serde_json::json!(previous_serial)));
                 fields.push(("version", serde_json::json!(version)));
                 app.audit.event("write", &fields);

@@ -30,7 +30,7 @@ use serde::de::IgnoredAny;
 
 use super::history::{Described, Writer, md5_hex};
 use super::{Lease, LeaseNeed, StateError, StateRef, States};
-use crate::stores::{Condition, StoreError};
+use crate::stores::{Condition, StoreError, Version};
 
 /// The top-level fields of a Terraform state that the rules look at.
 #[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
@@ -192,6 +192,8 @@ pub enum WriteOutcome {
     Written {
         version: Option<u64>,
         previous_serial: Option<u64>,
+        /// The store's version of the state object now holding the body.
+        stored: Version,
     },
     /// The stored body was already byte-identical (a retried write).
     Unchanged,
@@ -282,6 +284,7 @@ impl States {
             return Ok(WriteOutcome::Written {
                 version: n,
                 previous_serial,
+                stored: version,
             });
         }
         Err(StateError::Store(StoreError::unavailable(

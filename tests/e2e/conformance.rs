@@ -1019,6 +1019,17 @@ pub fn head_and_etag_describe_the_state(peer: &dyn Peer) {
             assert!(got.is_empty(), "HEAD sends no body");
         }
     }
+    // A state replaced behind stategate's back gets its own ETag: the
+    // cached one belongs to the version stategate wrote.
+    let other = state_doc("head", 2, "changed elsewhere");
+    peer.put_object("head/terraform.tfstate", &other);
+    let (_, headers, got) = http_full("GET", &url, &[], b"");
+    assert_eq!(got, other);
+    let etag = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
+        .map(|(_, v)| v.clone());
+    assert_eq!(etag, Some(format!("\"{}\"", hex(&Md5::digest(&other)))));
 }
 
 fn hex(digest: &[u8]) -> String {
