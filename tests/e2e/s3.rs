@@ -605,27 +605,11 @@ fn s3_missing_bucket_answers_503_everywhere() {
     let peer = S3Peer::on(Moto::shared());
     let server = Server::start(&peer);
     let url = server.state_url("gone/terraform.tfstate");
-    let locks = format!("{}/locks/gone/terraform.tfstate", server.url);
     assert_eq!(http("POST", &url, &state_doc("g", 1, "v")).0, 200);
     peer.moto.inspect(&["delete-bucket", &peer.bucket], b"");
     // Past the few seconds a successful bucket check is trusted.
     std::thread::sleep(Duration::from_secs(6));
-    for (method, url, body) in [
-        ("GET", &url, Vec::new()),
-        ("GET", &locks, Vec::new()),
-        ("UNLOCK", &url, Vec::new()),
-        ("DELETE", &url, Vec::new()),
-        ("POST", &url, state_doc("g", 2, "w")),
-        ("LOCK", &url, lock_info("g", "me@host")),
-    ] {
-        let (status, reason) = http(method, url, &body);
-        let reason = text(&reason);
-        assert_eq!(status, 503, "{method} {url}: {reason}");
-        assert!(
-            reason.contains(&format!("bucket `{}` does not exist", peer.bucket)),
-            "{method} {url}: {reason}"
-        );
-    }
+    every_verb_answers_503_for_a_missing_bucket(&server, "gone/terraform.tfstate", &peer.bucket);
 }
 
 /// Issue 16: `timeout` bounds a whole operation, retries included. A
@@ -638,32 +622,8 @@ fn s3_stopped_server_answers_503_within_timeout() {
     let server = Server::start(&peer);
     let url = server.state_url("paused/terraform.tfstate");
     assert_eq!(http("POST", &url, &state_doc("p", 1, "v")).0, 200);
-    signal(moto.pid(), "STOP");
-    let mut timings = Vec::new();
-    for (method, body) in [
-        ("GET", Vec::new()),
-        ("LOCK", lock_info("p", "me@host")),
-        ("POST", state_doc("p", 2, "w")),
-    ] {
-        let started = Instant::now();
-        let (status, reason) = http(method, &url, &body);
-        let took = started.elapsed();
-        timings.push((method, took));
-        let reason = text(&reason);
-        assert_eq!(status, 503, "{method}: {reason}");
-        assert!(
-            reason.contains("did not answer within 3s"),
-            "{method}: {reason}"
-        );
-        assert!(
-            !reason.contains('{') && !reason.contains("Failure"),
-            "{method}: not a plain sentence: {reason}"
-        );
-        assert!(took < Duration::from_secs(5), "{method} took {took:?}");
-    }
-    signal(moto.pid(), "CONT");
+    let timings = paused_store_answers_503_within(moto.pid(), &url, 3);
     eprintln!("s3 paused, timeout 3s: time to 503 {timings:?}");
-    assert_eq!(http("GET", &url, b""), (200, state_doc("p", 1, "v")));
 }
 
 /// Issue 8, item 9: no secret in the log at any level, whatever RUST_LOG

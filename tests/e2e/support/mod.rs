@@ -521,3 +521,67 @@ pub fn closing_server() -> String {
     });
     addr
 }
+
+/// Issue 16: with the store's bucket gone, every verb on a state answers
+/// 503 naming the bucket, never "no state" (`server` on a store whose
+/// bucket `bucket` was deleted; `key` was written before).
+pub fn every_verb_answers_503_for_a_missing_bucket(server: &Server, key: &str, bucket: &str) {
+    let url = server.state_url(key);
+    let locks = format!("{}/locks/{key}", server.url);
+    for (method, url, body) in [
+        ("GET", &url, Vec::new()),
+        ("GET", &locks, Vec::new()),
+        ("UNLOCK", &url, Vec::new()),
+        ("DELETE", &url, Vec::new()),
+        ("POST", &url, state_doc("g", 2, "w")),
+        ("LOCK", &url, lock_info("g", "me@host")),
+    ] {
+        let (status, reason) = http(method, url, &body);
+        let reason = text(&reason);
+        assert_eq!(status, 503, "{method} {url}: {reason}");
+        assert!(
+            reason.contains(&format!("bucket `{bucket}` does not exist")),
+            "{method} {url}: {reason}"
+        );
+    }
+}
+
+/// Issue 16: with the store's server process `pid` paused (SIGSTOP), GET,
+/// LOCK and POST on `url` (a state holding `state_doc("p", 1, "v")`) answer
+/// a plain 503 within the store's `timeout` of `secs` seconds; then the
+/// server is resumed and the state reads back. Returns the times to 503.
+pub fn paused_store_answers_503_within(
+    pid: u32,
+    url: &str,
+    secs: u64,
+) -> Vec<(&'static str, Duration)> {
+    signal(pid, "STOP");
+    let mut timings = Vec::new();
+    for (method, body) in [
+        ("GET", Vec::new()),
+        ("LOCK", lock_info("p", "me@host")),
+        ("POST", state_doc("p", 2, "w")),
+    ] {
+        let started = std::time::Instant::now();
+        let (status, reason) = http(method, url, &body);
+        let took = started.elapsed();
+        timings.push((method, took));
+        let reason = text(&reason);
+        assert_eq!(status, 503, "{method}: {reason}");
+        assert!(
+            reason.contains(&format!("did not answer within {secs}s")),
+            "{method}: {reason}"
+        );
+        assert!(
+            !reason.contains('{') && !reason.contains("Failure"),
+            "{method}: not a plain sentence: {reason}"
+        );
+        assert!(
+            took < Duration::from_secs(secs + 2),
+            "{method} took {took:?}"
+        );
+    }
+    signal(pid, "CONT");
+    assert_eq!(http("GET", url, b""), (200, state_doc("p", 1, "v")));
+    timings
+}
