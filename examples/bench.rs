@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use md5::{Digest, Md5};
-use stategate::config::Limits;
 use stategate::protocol::{App, Surface};
+use stategate::settings::Limits;
 use stategate::state::{Policy, States};
 use stategate::stores::local::LocalStore;
 
@@ -75,7 +75,15 @@ fn start(
         max_body_bytes: 1 << 30,
         ..Limits::default()
     };
-    let mut app = App::new(States::new(Arc::new(store), policy), limits, "local");
+    let capabilities = runtime
+        .block_on(stategate::stores::probe(&store, "bench"))
+        .unwrap()
+        .capabilities;
+    let mut app = App::new(
+        States::new(Arc::new(store), capabilities, policy),
+        limits,
+        "local",
+    );
     app.auth = std::sync::RwLock::new(auth.map(Arc::new));
     // Audit events go to a file beside the store, not into the table.
     app.audit = stategate::audit::Audit::open(Some(&root.with_extension("audit"))).unwrap();

@@ -17,7 +17,7 @@ use stategate::config::AuthSetting;
 use stategate::config::{self, CliOverrides, FileConfig, Settings};
 use stategate::protocol::{App, Surface};
 use stategate::server;
-use stategate::state::{Policy, StateRef, States, WriteOptions, WriteOutcome, key};
+use stategate::state::{Policy, StateRef, States, WriteOptions, WriteOutcome};
 use stategate::stores;
 use stategate::tls::Tls;
 
@@ -272,24 +272,18 @@ pub fn load_settings(args: &ConfigArgs) -> Result<Settings> {
         limits: args.limits(),
         store: args.set.clone(),
     };
-    let settings = config::resolve(file, &|k| std::env::var(k).ok(), &overrides, Path::new("."))?;
-    let prefix = settings
-        .store
-        .get("workspace_key_prefix")
-        .unwrap_or_default();
-    key::check_workspace_key_prefix(prefix)
-        .map_err(|e| config::ConfigError::invalid("workspace_key_prefix", e))?;
-    Ok(settings)
+    Ok(config::resolve(
+        file,
+        &|k| std::env::var(k).ok(),
+        &overrides,
+        Path::new("."),
+    )?)
 }
 
 /// The rules' tuning, from the settings.
 pub fn policy(settings: &Settings) -> Policy {
     Policy {
-        workspace_key_prefix: settings
-            .store
-            .get("workspace_key_prefix")
-            .unwrap_or_default()
-            .to_string(),
+        workspace_key_prefix: settings.workspace_key_prefix.clone(),
         history_keep: settings.history_keep,
         protect_lineage: settings.protect_lineage,
     }
@@ -459,8 +453,11 @@ fn reload_auth(app: &App, args: &ConfigArgs) {
 
 /// Opens and probes the store, applying the rules to it.
 pub async fn open_states(settings: &Settings) -> Result<(States, stores::ProbeReport)> {
-    let (store, report) = stores::open(&settings.store).await?;
-    Ok((States::new(store, policy(settings)), report))
+    let opened = stores::open(settings.backend, settings.store.clone()).await?;
+    Ok((
+        States::new(opened.store, opened.capabilities, policy(settings)),
+        opened.report,
+    ))
 }
 
 /// `stategate check`.
@@ -487,7 +484,7 @@ pub async fn check(settings: &Settings) -> Result<()> {
     for step in &report.steps {
         println!("  {step}");
     }
-    let caps = states.store().capabilities();
+    let caps = states.capabilities();
     println!(
         "  compare-and-swap writes: {}",
         if caps.compare_and_swap { "yes" } else { "no" }

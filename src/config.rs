@@ -9,68 +9,43 @@
 //!
 //! Store settings are declared by each store as a table of [`Setting`]s
 //! (name, spellings from both seed documents, environment variables,
-//! secrecy, default). Unknown keys are errors, never silently ignored.
+//! secrecy, default) in the leaf module [`crate::settings`]. Unknown keys
+//! are errors, never silently ignored.
+//!
+//! Each section of the file that a lower layer reads becomes a typed
+//! struct of [`crate::settings`] ([`Limits`], [`TlsFiles`]) or of its own
+//! module (`auth`), so a new section lands as one more field here.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::auth::file::{
+    FileAuth, FileCertificate, FileClaimRule, FileIssuer, FileProtected, FileRule, FileToken,
+    FileUser, FileWriters,
+};
+pub use crate::settings::{ConfigError, DEFAULT_MAX_BODY_BYTES, Limits, TlsFiles};
+use crate::settings::{
+    Setting, StoreSettings, merge_store_settings, parse_bool, parse_duration, parse_u64,
+    yaml_scalar,
+};
+use crate::state::key::check_workspace_key_prefix;
 use crate::stores::{self, Backend, COMMON_SETTINGS};
 
-/// One setting a store accepts.
-#[derive(Debug)]
-pub struct Setting {
-    /// The canonical name, as documented and as stores look it up.
-    pub name: &'static str,
-    /// Other accepted spellings (the seed documents differ: `accessKeyID`
-    /// in Kusion, `access_key` in Terraform).
-    pub aliases: &'static [&'static str],
-    /// Environment variables that set it, first one found wins.
-    pub env: &'static [&'static str],
-    /// Never shown in logs, errors or `Debug` output.
-    pub secret: bool,
-    /// Value used when no source sets it.
-    pub default: Option<&'static str>,
-    /// One line for the README and error messages.
-    pub help: &'static str,
-}
-
-impl Setting {
-    fn answers_to(&self, key: &str) -> bool {
-        self.name == key || self.aliases.contains(&key)
-    }
-}
-
-/// A configuration mistake. The message always names the setting.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
-    /// A setting has a value that cannot be used.
-    #[error("setting `{setting}`: {reason}")]
-    Invalid { setting: String, reason: String },
-    /// A required setting is set nowhere.
-    #[error("setting `{setting}` is required ({help})")]
-    Missing { setting: String, help: String },
-    /// A key no store or server setting answers to.
-    #[error("unknown setting `{setting}` {context}")]
-    Unknown { setting: String, context: String },
-    /// The configuration file cannot be read or parsed.
-    #[error("config file {path}: {reason}")]
-    File { path: String, reason: String },
-}
-
-impl ConfigError {
-    /// Builds [`ConfigError::Invalid`].
-    pub fn invalid(setting: &str, reason: impl fmt::Display) -> Self {
-        ConfigError::Invalid {
-            setting: setting.to_string(),
-            reason: reason.to_string(),
-        }
-    }
-}
+/// `workspace_key_prefix`: where non-default workspaces live. Accepted at
+/// the top of the file and, as in Terraform's own backends, in
+/// `backend.config`; it is the state layer's setting, not the store's.
+pub const WORKSPACE_KEY_PREFIX: Setting = Setting {
+    name: "workspace_key_prefix",
+    aliases: &["workspaceKeyPrefix"],
+    env: &["STATEGATE_WORKSPACE_KEY_PREFIX"],
+    secret: false,
+    default: Some("workspaces"),
+    help: "prefix of the object keys of non-default workspaces: <prefix>/<workspace>/<key>",
+};
 
 /// The configuration file, exactly as the user wrote it.
 #[derive(Debug, Default, Deserialize)]
@@ -94,108 +69,9 @@ pub struct FileConfig {
     pub shutdown_grace: Option<serde_yaml_ng::Value>,
     pub log_format: Option<String>,
     pub history_keep: Option<u64>,
+    pub workspace_key_prefix: Option<String>,
     pub protect_lineage: Option<bool>,
     pub backend: Option<FileBackend>,
-}
-
-/// The `auth:` section of the file, as written; [`crate::auth`] checks it.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileAuth {
-    #[serde(default)]
-    pub users: Vec<FileUser>,
-    #[serde(default)]
-    pub tokens: Vec<FileToken>,
-    /// Client certificates (with `tls.client_ca`) by subject CN.
-    #[serde(default)]
-    pub certificates: Vec<FileCertificate>,
-    #[serde(default)]
-    pub oidc: Vec<FileIssuer>,
-    #[serde(default)]
-    pub protected: Vec<FileProtected>,
-}
-
-/// One OIDC issuer of `auth.oidc` (GitHub Actions, GitLab CI, ...).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileIssuer {
-    pub issuer: String,
-    pub audience: Option<String>,
-    #[serde(default)]
-    pub rules: Vec<FileClaimRule>,
-}
-
-/// A grant to the tokens whose claims match; `keys` may hold `{claim}`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileClaimRule {
-    #[serde(default)]
-    pub claims: BTreeMap<String, String>,
-    pub keys: String,
-    pub access: String,
-    #[serde(default)]
-    pub workspaces: Vec<String>,
-}
-
-/// One entry of `auth.protected`: states only matching CI identities change.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileProtected {
-    pub keys: String,
-    pub writers: FileWriters,
-}
-
-/// Who may change a protected state.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileWriters {
-    #[serde(default)]
-    pub claims: BTreeMap<String, String>,
-}
-
-/// One user of `auth.users`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileUser {
-    pub name: String,
-    pub password_hash: Option<String>,
-    /// Never accepted; present so that a plain password is named and refused.
-    pub password: Option<String>,
-    #[serde(default)]
-    pub rules: Vec<FileRule>,
-}
-
-/// One client certificate subject of `auth.certificates`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileCertificate {
-    pub cn: String,
-    #[serde(default)]
-    pub rules: Vec<FileRule>,
-}
-
-/// One token of `auth.tokens`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileToken {
-    pub name: String,
-    pub token_hash: Option<String>,
-    /// Never accepted; present so that a plain token is named and refused.
-    pub token: Option<String>,
-    /// RFC 3339 time after which the token is refused.
-    pub expires: Option<String>,
-    #[serde(default)]
-    pub rules: Vec<FileRule>,
-}
-
-/// One permission: a level on key patterns (and workspace patterns).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileRule {
-    pub keys: String,
-    pub access: String,
-    #[serde(default)]
-    pub workspaces: Vec<String>,
 }
 
 /// Whether requests must authenticate.
@@ -273,59 +149,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// The certificate files of HTTPS. They are read at start-up (a wrong one
-/// stops it, naming the setting) and again on SIGHUP.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// The certificate chain, PEM, leaf first.
-    pub cert: PathBuf,
-    /// Its private key, PEM.
-    pub key: PathBuf,
-    /// CA certificates, PEM; when set, clients must present a certificate
-    /// signed by one of them.
-    pub client_ca: Option<PathBuf>,
-}
-
-/// How the server protects itself from slow, idle and greedy clients. The
-/// defaults protect a server nobody has tuned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest state body accepted; larger ones get 413.
-    pub max_body_bytes: u64,
-    /// Largest LOCK or UNLOCK body accepted; larger ones get 413. A lock is
-    /// sent back with every 409 and 423, so it must stay small.
-    pub max_lock_bytes: u64,
-    /// Largest request head (request line and headers); larger gets 431.
-    pub max_header_bytes: usize,
-    /// A request's head must arrive within this, or the connection closes.
-    pub header_timeout: Duration,
-    /// Bytes per second an upload must average over each 10-second window,
-    /// or it is cut off with 408; 0 turns the check off.
-    pub body_min_rate: u64,
-    /// A keep-alive connection with no request for this long is closed.
-    pub idle_timeout: Duration,
-    /// Connections served at once; beyond it new connections get 503 and
-    /// are closed, so the accept loop never starves.
-    pub max_connections: usize,
-    /// How long requests in flight may run after SIGTERM.
-    pub shutdown_grace: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            max_lock_bytes: 64 * 1024,
-            max_header_bytes: 64 * 1024,
-            header_timeout: Duration::from_secs(15),
-            body_min_rate: 1024,
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 512,
-            shutdown_grace: Duration::from_secs(30),
-        }
-    }
-}
-
 /// Validated settings, ready to use.
 #[derive(Debug)]
 pub struct Settings {
@@ -349,6 +172,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Versions kept per state; 0 keeps all.
     pub history_keep: u64,
+    /// Object keys of non-default workspaces start with this (validated).
+    pub workspace_key_prefix: String,
     /// Refuse writes whose lineage or serial would overwrite newer state.
     pub protect_lineage: bool,
     /// The chosen storage type.
@@ -359,104 +184,8 @@ pub struct Settings {
 
 /// Default listen address: loopback only, so a laptop run exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-/// Default request body limit: 512 MiB (states of 250 MB exist in the wild).
-pub const DEFAULT_MAX_BODY_BYTES: u64 = 512 * 1024 * 1024;
 /// Default number of versions kept per state.
 pub const DEFAULT_HISTORY_KEEP: u64 = 100;
-
-/// The merged settings of one store. Secrets are hidden from `Debug`.
-#[derive(Clone)]
-pub struct StoreSettings {
-    backend: &'static str,
-    values: BTreeMap<&'static str, String>,
-    secrets: Vec<&'static str>,
-    /// Directory relative paths are resolved against (the config file's, or
-    /// the working directory).
-    base_dir: PathBuf,
-}
-
-impl fmt::Debug for StoreSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut map = f.debug_map();
-        for (k, v) in &self.values {
-            if self.secrets.contains(k) {
-                map.entry(k, &"<redacted>");
-            } else {
-                map.entry(k, v);
-            }
-        }
-        map.finish()
-    }
-}
-
-impl StoreSettings {
-    /// Builds settings directly from canonical names (tests, tools).
-    pub fn from_pairs(backend: &'static str, pairs: &[(&'static str, &str)]) -> Self {
-        StoreSettings {
-            backend,
-            values: pairs.iter().map(|(k, v)| (*k, v.to_string())).collect(),
-            secrets: Vec::new(),
-            base_dir: PathBuf::from("."),
-        }
-    }
-
-    /// The storage type these settings belong to.
-    pub fn backend(&self) -> &'static str {
-        self.backend
-    }
-
-    /// A setting's value, if set anywhere or defaulted.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.values
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
-    }
-
-    /// A setting that must be present.
-    pub fn require(&self, name: &str) -> Result<&str, ConfigError> {
-        self.get(name).ok_or_else(|| ConfigError::Missing {
-            setting: name.to_string(),
-            help: format!("storageType {}", self.backend),
-        })
-    }
-
-    /// A boolean setting (`true`/`false`, `1`/`0`, `yes`/`no`); absent is false.
-    pub fn bool(&self, name: &str) -> Result<bool, ConfigError> {
-        match self.get(name) {
-            None => Ok(false),
-            Some(v) => parse_bool(v)
-                .ok_or_else(|| ConfigError::invalid(name, format!("`{v}` is not true or false"))),
-        }
-    }
-
-    /// A path setting, relative paths taken from the config file's directory.
-    pub fn path(&self, name: &str) -> Option<PathBuf> {
-        self.get(name).map(|v| self.base_dir.join(v))
-    }
-}
-
-fn parse_bool(v: &str) -> Option<bool> {
-    match v.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
-fn yaml_scalar(setting: &str, value: &serde_yaml_ng::Value) -> Result<String, ConfigError> {
-    use serde_yaml_ng::Value;
-    match value {
-        Value::String(s) => Ok(s.clone()),
-        Value::Bool(b) => Ok(b.to_string()),
-        Value::Number(n) => Ok(n.to_string()),
-        Value::Null => Ok(String::new()),
-        _ => Err(ConfigError::invalid(
-            setting,
-            "must be a single value, not a list or map",
-        )),
-    }
-}
 
 /// Merges the file, the environment and the command line into validated
 /// settings. `env` looks up an environment variable (injected for tests).
@@ -644,7 +373,28 @@ pub fn resolve(
         )
     })?;
 
-    let store = merge_store_settings(backend, &file_backend.config, env, &cli.store, base_dir)?;
+    static PREFIX: Setting = WORKSPACE_KEY_PREFIX;
+    let table: Vec<&'static Setting> = backend
+        .settings
+        .iter()
+        .chain(COMMON_SETTINGS)
+        .chain(std::iter::once(&PREFIX))
+        .collect();
+    let mut file_store = file_backend.config;
+    if let Some(top) = file.workspace_key_prefix.take() {
+        if let Some(key) = file_store.keys().find(|k| PREFIX.answers_to(k)) {
+            return Err(ConfigError::invalid(
+                PREFIX.name,
+                format!("set twice in the file (at the top and as backend.config.{key})"),
+            ));
+        }
+        file_store.insert(PREFIX.name.to_string(), serde_yaml_ng::Value::String(top));
+    }
+    let mut store =
+        merge_store_settings(backend.name, &table, &file_store, env, &cli.store, base_dir)?;
+    let workspace_key_prefix = store.take(PREFIX.name).unwrap_or_default();
+    check_workspace_key_prefix(&workspace_key_prefix)
+        .map_err(|e| ConfigError::invalid(PREFIX.name, e))?;
     Ok(Settings {
         listen,
         admin_listen,
@@ -656,6 +406,7 @@ pub fn resolve(
         limits,
         log_format,
         history_keep,
+        workspace_key_prefix,
         protect_lineage,
         backend,
         store,
@@ -784,106 +535,6 @@ fn resolve_limits(
     })
 }
 
-/// A duration: a whole number with an optional unit, `ms`, `s` (the
-/// default), `m` or `h`: `15`, `15s`, `500ms`, `2m`.
-pub fn parse_duration(setting: &str, v: &str) -> Result<Duration, ConfigError> {
-    let t = v.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let n: u64 = number.parse().map_err(|_| {
-        ConfigError::invalid(
-            setting,
-            format!("`{v}` is not a duration like 15s, 500ms or 2m"),
-        )
-    })?;
-    let ms = match unit.trim() {
-        "ms" => Some(n),
-        "" | "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        _ => None,
-    };
-    ms.map(Duration::from_millis).ok_or_else(|| {
-        ConfigError::invalid(
-            setting,
-            format!("`{v}` is not a duration like 15s, 500ms or 2m"),
-        )
-    })
-}
-
-fn parse_u64(setting: &str, v: &str) -> Result<u64, ConfigError> {
-    v.trim()
-        .parse()
-        .map_err(|_| ConfigError::invalid(setting, format!("`{v}` is not a whole number")))
-}
-
-/// Merges one store's settings: defaults, then the file's `backend.config`,
-/// then environment variables, then `-C key=value`; later sources win per
-/// key. Keys are matched against the store's table and [`COMMON_SETTINGS`]
-/// in any of their spellings; anything else is an error.
-pub fn merge_store_settings(
-    backend: &'static Backend,
-    file: &BTreeMap<String, serde_yaml_ng::Value>,
-    env: &dyn Fn(&str) -> Option<String>,
-    cli: &[(String, String)],
-    base_dir: &Path,
-) -> Result<StoreSettings, ConfigError> {
-    let table: Vec<&'static Setting> = backend.settings.iter().chain(COMMON_SETTINGS).collect();
-    let find = |key: &str| -> Result<&'static Setting, ConfigError> {
-        table
-            .iter()
-            .copied()
-            .find(|s| s.answers_to(key))
-            .ok_or_else(|| {
-                let known: Vec<_> = table.iter().map(|s| s.name).collect();
-                ConfigError::Unknown {
-                    setting: key.to_string(),
-                    context: format!(
-                        "for storageType {} (known: {})",
-                        backend.name,
-                        known.join(", ")
-                    ),
-                }
-            })
-    };
-
-    let mut values: BTreeMap<&'static str, String> = BTreeMap::new();
-    for s in &table {
-        if let Some(d) = s.default {
-            values.insert(s.name, d.to_string());
-        }
-    }
-
-    // Within one source a setting may appear once, in whichever spelling.
-    let mut seen = BTreeMap::new();
-    for (key, value) in file {
-        let setting = find(key)?;
-        if let Some(other) = seen.insert(setting.name, key.clone()) {
-            return Err(ConfigError::invalid(
-                setting.name,
-                format!("set twice in the file (`{other}` and `{key}`)"),
-            ));
-        }
-        values.insert(setting.name, yaml_scalar(key, value)?);
-    }
-    for s in &table {
-        if let Some(v) = s.env.iter().find_map(|name| env(name)) {
-            values.insert(s.name, v);
-        }
-    }
-    for (key, value) in cli {
-        values.insert(find(key)?.name, value.clone());
-    }
-
-    let secrets = table.iter().filter(|s| s.secret).map(|s| s.name).collect();
-    Ok(StoreSettings {
-        backend: backend.name,
-        values,
-        secrets,
-        base_dir: base_dir.to_path_buf(),
-    })
-}
-
 /// Splits a `-C key=value` argument.
 pub fn parse_override(arg: &str) -> Result<(String, String), String> {
     match arg.split_once('=') {
@@ -928,7 +579,7 @@ mod tests {
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(s.backend.name, "local");
         assert_eq!(s.store.get("path"), Some("./stategate-data"));
-        assert_eq!(s.store.get("workspace_key_prefix"), Some("workspaces"));
+        assert_eq!(s.workspace_key_prefix, "workspaces");
         assert_eq!(s.limits, Limits::default());
         assert_eq!(s.limits.max_body_bytes, 512 * 1024 * 1024);
         assert_eq!(s.limits.header_timeout, Duration::from_secs(15));
@@ -1025,7 +676,7 @@ mod tests {
             s.store.path("path"),
             Some(PathBuf::from("/base/from-cli.db"))
         );
-        assert_eq!(s.store.get("workspace_key_prefix"), Some("envws"));
+        assert_eq!(s.workspace_key_prefix, "envws");
     }
 
     #[test]
@@ -1095,21 +746,26 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_hidden_from_debug() {
-        static SECRET: Setting = Setting {
-            name: "password",
-            aliases: &[],
-            env: &[],
-            secret: true,
-            default: None,
-            help: "",
-        };
-        let mut s = StoreSettings::from_pairs("test", &[("password", "hunter2"), ("user", "bob")]);
-        s.secrets.push(SECRET.name);
-        let shown = format!("{s:?}");
+    fn workspace_key_prefix_is_a_top_level_setting_checked_once() {
+        let s = resolve(
+            file("workspace_key_prefix: \"env:\"\n"),
+            &no_env,
+            &CliOverrides::default(),
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(s.workspace_key_prefix, "env:");
+        assert_eq!(s.store.get("workspace_key_prefix"), None);
+        let twice =
+            refusal("workspace_key_prefix: a\nbackend:\n  config:\n    workspaceKeyPrefix: b\n");
         assert!(
-            !shown.contains("hunter2") && shown.contains("bob"),
-            "{shown}"
+            twice.starts_with("setting `workspace_key_prefix`"),
+            "{twice}"
+        );
+        let reserved = refusal("workspace_key_prefix: .stategate/x\n");
+        assert!(
+            reserved.starts_with("setting `workspace_key_prefix`"),
+            "{reserved}"
         );
     }
 

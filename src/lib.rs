@@ -32,6 +32,7 @@ pub mod config;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
+pub mod settings;
 pub mod state;
 pub mod stores;
 pub mod tls;

@@ -40,8 +40,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::Limits;
 use crate::protocol::{self, App, Conn, Surface};
+use crate::settings::Limits;
 use crate::tls::Tls;
 
 /// Serves `app`'s URLs for `surface` on `listener` (over TLS when `tls` is

@@ -20,7 +20,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{ConfigError, TlsFiles};
+use crate::settings::{ConfigError, TlsFiles};
 
 /// The TLS configuration being served, reloadable.
 pub struct Tls {

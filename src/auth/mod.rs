@@ -33,9 +33,11 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use time::OffsetDateTime;
 
-use crate::config::{ConfigError, FileAuth, FileRule};
+use crate::settings::ConfigError;
 use crate::state::StateRef;
+use file::{FileAuth, FileRule};
 
+pub mod file;
 mod oidc;
 
 use oidc::{Oidc, claims_match, patterns};
@@ -737,8 +739,8 @@ pub fn new_token(name: &str) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
+    use super::file::{FileToken, FileUser};
     use super::*;
-    use crate::config::{FileToken, FileUser};
 
     fn glob(p: &str) -> Glob {
         Glob::parse("keys", p).unwrap()

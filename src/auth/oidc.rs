@@ -25,8 +25,9 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
+use super::file::{FileClaimRule, FileIssuer};
 use super::{Access, AuthError, Glob, Identity, Rule, level_and_workspaces, match_one};
-use crate::config::{ConfigError, FileClaimRule, FileIssuer};
+use crate::settings::ConfigError;
 
 /// Clock skew forgiven on `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 30;

@@ -32,8 +32,8 @@ use md5::{Digest, Md5};
 
 use crate::audit::Audit;
 use crate::auth::{Access, Auth};
-use crate::config::Limits;
 use crate::metrics::{Metrics, Refusal, method_label};
+use crate::settings::Limits;
 use crate::state::{LockInfo, StateError, StateRef, States, Taken, WriteOptions, history};
 use crate::stores::{PROBE_PREFIX, Version};
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::stores::{Store, StoreError};
+use crate::stores::{Capabilities, Store, StoreError};
 
 pub mod history;
 pub mod key;
@@ -103,6 +103,8 @@ pub struct Policy {
 /// The states held in one store, with the rules applied. Cheap to share.
 pub struct States {
     store: Arc<dyn Store>,
+    /// What the store was seen to guarantee when it was opened.
+    capabilities: Capabilities,
     workspace_key_prefix: String,
     history_keep: u64,
     protect_lineage: bool,
@@ -122,14 +124,21 @@ pub struct StateSummary {
 }
 
 impl States {
-    /// Applies `policy` to the states in `store`.
-    pub fn new(store: Arc<dyn Store>, policy: Policy) -> Self {
+    /// Applies `policy` to the states in `store`, which the start-up
+    /// probe saw guarantee `capabilities` ([`crate::stores::open`]).
+    pub fn new(store: Arc<dyn Store>, capabilities: Capabilities, policy: Policy) -> Self {
         States {
             store,
+            capabilities,
             workspace_key_prefix: policy.workspace_key_prefix,
             history_keep: policy.history_keep,
             protect_lineage: policy.protect_lineage,
         }
+    }
+
+    /// What the store was seen to guarantee.
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
     }
 
     /// The store underneath, for probes and diagnostics.
@@ -149,7 +158,7 @@ impl States {
         state: &StateRef,
         need: LeaseNeed,
     ) -> Result<Option<Lease>, StateError> {
-        let cas = self.store.capabilities().compare_and_swap;
+        let cas = self.capabilities.compare_and_swap;
         if cas && need == LeaseNeed::WithoutCompareAndSwap {
             return Ok(None);
         }

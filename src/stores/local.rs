@@ -39,7 +39,7 @@ use rustix::io::Errno;
 use time::OffsetDateTime;
 
 use super::{Backend, Capabilities, Condition, Entry, Object, Store, StoreError, Version};
-use crate::config::{ConfigError, Setting, StoreSettings};
+use crate::settings::{ConfigError, Setting, StoreSettings};
 
 /// Registration of the local store.
 pub static BACKEND: Backend = Backend {
@@ -91,10 +91,9 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 impl LocalStore {
     /// Opens (creating if needed) the root directory named by `path`.
     pub fn open(settings: &StoreSettings) -> Result<Self, ConfigError> {
-        let root = settings.path("path").ok_or_else(|| ConfigError::Missing {
-            setting: "path".into(),
-            help: "directory that holds the states".into(),
-        })?;
+        let root = settings
+            .path("path")
+            .ok_or_else(|| ConfigError::invalid("path", "must not be empty"))?;
         Self::open_dir(&root)
             .map_err(|e| ConfigError::invalid("path", format!("{}: {e}", root.display())))
     }
@@ -474,10 +473,8 @@ async fn blocking<T: Send + 'static>(
     store: &LocalStore,
     f: impl FnOnce(&Tree) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    let store = Arc::clone(&store.0);
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|e| StoreError::unavailable(format!("worker failed: {e}")))?
+    let tree = Arc::clone(&store.0);
+    super::blocking(move || f(&tree)).await
 }
 
 #[async_trait]

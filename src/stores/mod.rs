@@ -10,15 +10,17 @@
 //! store maps them to its own names (a path under a root, a bucket key under
 //! a prefix, a row) and must never reach outside that space.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use time::OffsetDateTime;
 
-use crate::config::{ConfigError, Setting, StoreSettings};
+use crate::settings::{ConfigError, Setting, StoreSettings};
 
+#[cfg(any(feature = "s3", feature = "oss"))]
+pub mod bucket;
 pub mod local;
 #[cfg(feature = "oss")]
 pub mod oss;
@@ -94,7 +96,10 @@ pub struct Capabilities {
 }
 
 /// The small set of failures every store translates its native errors into,
-/// right next to the call that produced them.
+/// right next to the call that produced them (as opendal's error kinds).
+/// The first three are answers about one object; the others mean the store
+/// cannot serve, and name the setting to check where one is at fault, so
+/// start-up reports every store's failures the same way.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum StoreError {
     /// A put with `Condition::IfAbsent` found an object already there.
@@ -108,9 +113,28 @@ pub enum StoreError {
     /// client's mistake, not the store's.
     #[error("{0}")]
     KeyConflict(String),
-    /// The store could not be reached or refused the operation (auth,
-    /// missing bucket, disk full, network). The message names the cause and
-    /// never carries a secret.
+    /// A setting names something that cannot work (a root that is a file,
+    /// an endpoint that is not a server of this kind).
+    #[error("store unavailable: {reason}")]
+    ConfigInvalid {
+        setting: &'static str,
+        reason: String,
+    },
+    /// The credentials were refused or do not grant access.
+    #[error("store unavailable: {reason}")]
+    PermissionDenied {
+        setting: &'static str,
+        reason: String,
+    },
+    /// The bucket, directory or database the settings name does not exist.
+    #[error("store unavailable: {reason}")]
+    NotFound {
+        setting: &'static str,
+        reason: String,
+    },
+    /// The store could not be reached or failed (network, timeout, disk
+    /// full, a server error). The message names the cause and never
+    /// carries a secret.
     #[error("store unavailable: {0}")]
     Unavailable(String),
 }
@@ -120,6 +144,66 @@ impl StoreError {
     pub fn unavailable(context: impl std::fmt::Display) -> Self {
         StoreError::Unavailable(context.to_string())
     }
+
+    /// The setting to check, for the kinds that have one.
+    pub fn setting(&self) -> Option<&'static str> {
+        match self {
+            StoreError::ConfigInvalid { setting, .. }
+            | StoreError::PermissionDenied { setting, .. }
+            | StoreError::NotFound { setting, .. } => Some(setting),
+            _ => None,
+        }
+    }
+
+    /// Whether the store, not the request, is at fault: the request may
+    /// succeed later (503).
+    pub fn is_unavailable(&self) -> bool {
+        !matches!(
+            self,
+            StoreError::AlreadyExists | StoreError::PreconditionFailed | StoreError::KeyConflict(_)
+        )
+    }
+
+    /// At start-up, where a store that cannot be reached most likely has a
+    /// wrong `setting` (a bucket store's endpoint): the same failure as
+    /// [`StoreError::ConfigInvalid`] naming it. Kinds that already name a
+    /// setting keep theirs.
+    pub fn at_setting(self, setting: &'static str) -> Self {
+        match self {
+            StoreError::Unavailable(reason) => StoreError::ConfigInvalid { setting, reason },
+            other => other,
+        }
+    }
+
+    /// The same failure with `context` (what was being done) in front.
+    pub fn context(self, context: &str) -> Self {
+        let with = |reason: String| format!("{context}: {reason}");
+        match self {
+            StoreError::ConfigInvalid { setting, reason } => StoreError::ConfigInvalid {
+                setting,
+                reason: with(reason),
+            },
+            StoreError::PermissionDenied { setting, reason } => StoreError::PermissionDenied {
+                setting,
+                reason: with(reason),
+            },
+            StoreError::NotFound { setting, reason } => StoreError::NotFound {
+                setting,
+                reason: with(reason),
+            },
+            StoreError::Unavailable(reason) => StoreError::Unavailable(with(reason)),
+            other => other,
+        }
+    }
+}
+
+/// Runs blocking file or database work on tokio's blocking threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::unavailable(format!("worker failed: {e}")))?
 }
 
 /// The storage primitives. Every method is atomic as seen by readers: an
@@ -189,108 +273,6 @@ pub trait Store: Send + Sync + 'static {
 /// [`Store::operation_timeout`] of stores without a `timeout` setting.
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Validates a bucket store's `prefix` setting, the same way for every
-/// store: one or more `/`-separated segments without empty, `.` or `..`
-/// parts (which servers or HTTP clients would resolve, reaching outside the
-/// prefix or breaking the request signature). Returns it with one trailing
-/// `/`; an empty or all-`/` value is no prefix at all.
-pub fn normalise_prefix(raw: &str) -> Result<String, ConfigError> {
-    let trimmed = raw.trim_matches('/');
-    if trimmed.is_empty() {
-        return Ok(String::new());
-    }
-    let bad = trimmed.split('/').any(|seg| {
-        seg.is_empty()
-            || seg == "."
-            || seg == ".."
-            || seg.chars().any(|c| c.is_control() || c == '\\')
-    });
-    if bad {
-        return Err(ConfigError::invalid(
-            "prefix",
-            format!("`{raw}` must be `/`-separated names without empty, `.` or `..` parts"),
-        ));
-    }
-    Ok(format!("{trimmed}/"))
-}
-
-/// How long a successful bucket check is trusted. Short, so a bucket
-/// deleted while stategate runs is noticed within seconds.
-const BUCKET_SEEN_FOR: Duration = Duration::from_secs(5);
-
-/// Remembers when a bucket store last saw its bucket exist. A 404 without
-/// an error code (every HEAD error has no body) cannot tell a missing object
-/// from a missing bucket; bucket stores ask [`BucketSeen::recently`] and,
-/// when it says no, check the bucket before answering "no such object".
-#[derive(Debug, Default)]
-pub struct BucketSeen(Mutex<Option<Instant>>);
-
-impl BucketSeen {
-    /// Whether the bucket was seen within the last few seconds.
-    pub fn recently(&self) -> bool {
-        self.0
-            .lock()
-            .expect("bucket check mutex")
-            .is_some_and(|at| at.elapsed() < BUCKET_SEEN_FOR)
-    }
-
-    /// Records that the bucket was just seen.
-    pub fn seen(&self) {
-        *self.0.lock().expect("bucket check mutex") = Some(Instant::now());
-    }
-}
-
-/// One plain sentence for a network failure of a store's HTTP client:
-/// the innermost cause of an error chain, by kind where it is an I/O error
-/// (the SDKs' own `Display` nests every layer and its `Debug`).
-pub fn network_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    use std::io::ErrorKind;
-    let mut inner = err;
-    let mut io_kind = None;
-    loop {
-        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
-            io_kind = Some(io.kind());
-        }
-        match inner.source() {
-            Some(source) => inner = source,
-            None => break,
-        }
-    }
-    let text = inner.to_string();
-    let lower = text.to_ascii_lowercase();
-    match io_kind {
-        Some(ErrorKind::ConnectionRefused) => "connection refused".into(),
-        Some(ErrorKind::ConnectionReset) => "connection reset".into(),
-        Some(ErrorKind::ConnectionAborted) => "connection aborted".into(),
-        Some(ErrorKind::BrokenPipe) => "connection closed while sending".into(),
-        Some(ErrorKind::UnexpectedEof) => "connection closed before the answer was complete".into(),
-        Some(ErrorKind::TimedOut) => "timed out".into(),
-        Some(ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable) => {
-            "host unreachable".into()
-        }
-        _ if lower.contains("dns")
-            || lower.contains("failed to lookup")
-            || lower.contains("name or service not known") =>
-        {
-            format!("the host name could not be resolved ({text})")
-        }
-        _ if lower.contains("certificate")
-            || lower.contains("tls")
-            || lower.contains("handshake") =>
-        {
-            format!("TLS failed ({text})")
-        }
-        _ if lower.contains("connection closed before message completed") => {
-            "connection closed before the answer was complete".into()
-        }
-        _ => {
-            // One line, without the SDKs' struct dumps.
-            let first = text.lines().next().unwrap_or_default();
-            first.split(" (").next().unwrap_or(first).trim().to_string()
-        }
-    }
-}
-
 /// A storage type a user can name in `backend.storageType`.
 pub struct Backend {
     /// The `storageType` value.
@@ -299,7 +281,8 @@ pub struct Backend {
     pub summary: &'static str,
     /// The settings `backend.config` accepts, beyond [`COMMON_SETTINGS`].
     pub settings: &'static [Setting],
-    /// Opens the store from validated settings.
+    /// Opens the store from merged settings: parses them into the store's
+    /// typed config, connects, and checks what it can there.
     pub open: fn(StoreSettings) -> BoxFuture<OpenResult>,
 }
 
@@ -310,30 +293,20 @@ impl std::fmt::Debug for Backend {
 }
 
 /// What opening a store gives.
-pub type OpenResult = Result<Arc<dyn Store>, ConfigError>;
+pub type OpenResult = Result<Arc<dyn Store>, OpenError>;
 
 /// A boxed future, so `Backend::open` can be a plain function pointer.
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// Settings every storage type accepts, whatever it is.
-pub const COMMON_SETTINGS: &[Setting] = &[
-    Setting {
-        name: "workspace_key_prefix",
-        aliases: &["workspaceKeyPrefix"],
-        env: &["STATEGATE_WORKSPACE_KEY_PREFIX"],
-        secret: false,
-        default: Some("workspaces"),
-        help: "prefix of the object keys of non-default workspaces: <prefix>/<workspace>/<key>",
-    },
-    Setting {
-        name: "allow_unsafe_locks",
-        aliases: &["allowUnsafeLocks"],
-        env: &["STATEGATE_ALLOW_UNSAFE_LOCKS"],
-        secret: false,
-        default: Some("false"),
-        help: "start even when the store cannot create objects atomically (two clients could both get a lock)",
-    },
-];
+pub const COMMON_SETTINGS: &[Setting] = &[Setting {
+    name: "allow_unsafe_locks",
+    aliases: &["allowUnsafeLocks"],
+    env: &["STATEGATE_ALLOW_UNSAFE_LOCKS"],
+    secret: false,
+    default: Some("false"),
+    help: "start even when the store cannot create objects atomically (two clients could both get a lock)",
+}];
 
 /// Every storage type compiled into this binary.
 pub fn backends() -> Vec<&'static Backend> {
@@ -359,22 +332,27 @@ pub const PROBE_PREFIX: &str = ".stategate/probe/";
 pub struct ProbeReport {
     /// One line per step, for `stategate check`.
     pub steps: Vec<String>,
-    /// Whether a second create of the same key was refused, i.e. locks are safe.
-    pub atomic_create: bool,
+    /// What the store was seen to guarantee: its own findings at open
+    /// (which conditional requests its server honours) confirmed by the
+    /// probe's writes.
+    pub capabilities: Capabilities,
+    /// Whether a write against a stale version was refused.
+    pub stale_write_refused: bool,
 }
 
 /// Exercises a store with a probe object: create, second create (must be
-/// refused), read back, compare-and-swap, delete. Fails on the first store
-/// error; reports whether conditional create really is atomic.
+/// refused), read back, a compare-and-swap against a stale version (must
+/// be refused) and one against the current version, delete. Fails on the
+/// first store error; reports what the store was seen to guarantee.
 pub async fn probe(store: &dyn Store, tag: &str) -> Result<ProbeReport, StoreError> {
     let key = format!("{PROBE_PREFIX}{tag}");
     let mut steps = Vec::new();
     let body = Bytes::from(format!("stategate probe {tag}\n"));
     // A probe left behind by a killed process must not fail this one.
     store.delete(&key, Condition::Always).await?;
-    let version = store.put(&key, body.clone(), Condition::IfAbsent).await?;
+    let first = store.put(&key, body.clone(), Condition::IfAbsent).await?;
     steps.push(format!("write {key}: ok"));
-    let atomic_create = match store
+    let conditional_create = match store
         .put(&key, Bytes::from_static(b"x"), Condition::IfAbsent)
         .await
     {
@@ -391,30 +369,64 @@ pub async fn probe(store: &dyn Store, tag: &str) -> Result<ProbeReport, StoreErr
         }
         Err(e) => return Err(e),
     };
-    match store.get(&key).await? {
-        Some(obj) if atomic_create && obj.body != body => {
+    let current = match store.get(&key).await? {
+        Some(obj) if conditional_create && obj.body != body => {
             return Err(StoreError::unavailable("probe read back different bytes"));
         }
-        Some(_) => steps.push("read back: ok".into()),
+        Some(obj) => {
+            steps.push("read back: ok".into());
+            obj.version
+        }
         None => return Err(StoreError::unavailable("probe object vanished after write")),
-    }
-    let current = store.get(&key).await?.map(|o| o.version).unwrap_or(version);
-    store.delete(&key, Condition::IfMatch(current)).await?;
+    };
+    let changed = store
+        .put(&key, body.clone(), Condition::IfMatch(current.clone()))
+        .await?;
+    let stale_refused = if changed == first {
+        // The store cannot tell the two versions apart (same bytes, same
+        // ETag): a stale check cannot be shown with this object.
+        true
+    } else {
+        match store
+            .put(&key, Bytes::from_static(b"x"), Condition::IfMatch(first))
+            .await
+        {
+            Err(StoreError::PreconditionFailed) => true,
+            Ok(_) => false,
+            Err(e) => return Err(e),
+        }
+    };
+    let compare_and_swap = stale_refused && store.capabilities().compare_and_swap;
+    steps.push(format!(
+        "write against a stale version: {}",
+        match (stale_refused, compare_and_swap) {
+            (false, _) => "NOT refused",
+            (true, true) => "refused (compare-and-swap)",
+            (true, false) => "refused, by comparing first (not atomic: writes take a lease)",
+        }
+    ));
+    let last = store.stat(&key).await?.unwrap_or(changed);
+    store.delete(&key, Condition::IfMatch(last)).await?;
     steps.push("conditional delete: ok".into());
     Ok(ProbeReport {
         steps,
-        atomic_create,
+        capabilities: Capabilities {
+            conditional_create: conditional_create && store.capabilities().conditional_create,
+            compare_and_swap,
+        },
+        stale_write_refused: stale_refused,
     })
 }
 
-/// Why a store could not be put to use at start-up.
+/// Why a store could not be put to use at start-up. Every store's failures
+/// read the same way: the setting to check first, then the store and why.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    /// A setting is wrong.
+    /// A setting is wrong on its face.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The store was opened but the probe failed.
-    #[error("cannot use the {store}: {reason}")]
+    /// The store was tried and failed.
+    #[error("{}cannot use the {store}: {reason}", reason.setting().map(|s| format!("setting `{s}`: ")).unwrap_or_default())]
     Unreachable { store: String, reason: StoreError },
     /// The store accepts a second conditional create of the same object.
     #[error(
@@ -422,20 +434,39 @@ pub enum OpenError {
          both get a lock; refusing to start (set allow_unsafe_locks: true to start anyway)"
     )]
     UnsafeLocks { store: String },
+    /// The store accepts a write against a stale version.
+    #[error(
+        "the {store} accepted a write against a version that was no longer current, so a stale write \
+         could overwrite a newer state; refusing to start"
+    )]
+    UnsafeWrites { store: String },
 }
 
-/// Opens the configured store and probes it: it must be reachable, and its
+impl OpenError {
+    /// A store failure while opening the store `store` (its type or description).
+    pub fn store(store: impl std::fmt::Display, reason: StoreError) -> Self {
+        OpenError::Unreachable {
+            store: store.to_string(),
+            reason,
+        }
+    }
+}
+
+/// A store ready for use, with what it was seen to guarantee.
+pub struct Opened {
+    pub store: Arc<dyn Store>,
+    /// What the start-up probe measured; the state layer goes by this.
+    pub capabilities: Capabilities,
+    /// The probe's steps, for `stategate check`.
+    pub report: ProbeReport,
+}
+
+/// Opens the configured store and probes it: it must be reachable, its
 /// conditional create must really be atomic unless `allow_unsafe_locks` is
-/// set. Returns the store and what the probe found.
-pub async fn open(settings: &StoreSettings) -> Result<(Arc<dyn Store>, ProbeReport), OpenError> {
-    let backend = backend(settings.backend()).ok_or_else(|| {
-        ConfigError::invalid(
-            "storageType",
-            format!("unknown storage type `{}`", settings.backend()),
-        )
-    })?;
+/// set, and a stale conditional write must be refused.
+pub async fn open(backend: &'static Backend, settings: StoreSettings) -> Result<Opened, OpenError> {
     let allow_unsafe = settings.bool("allow_unsafe_locks")?;
-    let store = (backend.open)(settings.clone()).await?;
+    let store = (backend.open)(settings).await?;
     let tag = format!(
         "{}-{}",
         std::process::id(),
@@ -443,11 +474,13 @@ pub async fn open(settings: &StoreSettings) -> Result<(Arc<dyn Store>, ProbeRepo
     );
     let report = probe(store.as_ref(), &tag)
         .await
-        .map_err(|reason| OpenError::Unreachable {
+        .map_err(|reason| OpenError::store(store.describe(), reason))?;
+    if !report.stale_write_refused {
+        return Err(OpenError::UnsafeWrites {
             store: store.describe(),
-            reason,
-        })?;
-    if !report.atomic_create {
+        });
+    }
+    if !report.capabilities.conditional_create {
         if !allow_unsafe {
             return Err(OpenError::UnsafeLocks {
                 store: store.describe(),
@@ -455,34 +488,9 @@ pub async fn open(settings: &StoreSettings) -> Result<(Arc<dyn Store>, ProbeRepo
         }
         tracing::warn!(store = %store.describe(), "allow_unsafe_locks is set: locks are not safe on this store");
     }
-    Ok((store, report))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefixes_are_validated_alike_for_every_store() {
-        assert_eq!(normalise_prefix("/team/a/").unwrap(), "team/a/");
-        assert_eq!(normalise_prefix("").unwrap(), "");
-        for bad in ["team-a/..", "a//b", "./x", "a/\\b"] {
-            let err = normalise_prefix(bad).unwrap_err();
-            assert!(
-                err.to_string().starts_with("setting `prefix`"),
-                "{bad}: {err}"
-            );
-        }
-    }
-
-    #[test]
-    fn network_causes_are_one_plain_sentence() {
-        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert_eq!(network_cause(&refused), "connection refused");
-        let closed = std::io::Error::other("connection closed before message completed");
-        assert_eq!(
-            network_cause(&closed),
-            "connection closed before the answer was complete"
-        );
-    }
+    Ok(Opened {
+        capabilities: report.capabilities,
+        store,
+        report,
+    })
 }

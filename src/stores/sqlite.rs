@@ -35,7 +35,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
 
 use super::{Backend, Capabilities, Condition, Entry, Object, Store, StoreError, Version};
-use crate::config::{ConfigError, Setting, StoreSettings};
+use crate::settings::{ConfigError, Setting, StoreSettings};
 
 /// Registration of the SQLite store.
 pub static BACKEND: Backend = Backend {
@@ -90,10 +90,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(300);
 impl SqliteStore {
     /// Opens (creating if needed) the database named by `path`.
     pub fn open(settings: &StoreSettings) -> Result<Self, ConfigError> {
-        let path = settings.path("path").ok_or_else(|| ConfigError::Missing {
-            setting: "path".into(),
-            help: "the database file".into(),
-        })?;
+        let path = settings
+            .path("path")
+            .ok_or_else(|| ConfigError::invalid("path", "must not be empty"))?;
         Self::open_file(&path)
             .map_err(|e| ConfigError::invalid("path", format!("{}: {e}", path.display())))
     }
@@ -141,7 +140,7 @@ impl SqliteStore {
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let pool = Arc::clone(&self.0);
-        tokio::task::spawn_blocking(move || {
+        super::blocking(move || {
             let _turn = turn;
             pool.check_identity()?;
             let mut conn = match pool.idle.lock().expect("pool lock").pop() {
@@ -154,13 +153,12 @@ impl SqliteStore {
             // A write that landed in a file removed meanwhile is lost: say so.
             pool.check_identity()?;
             // A connection that failed may be in a bad state; drop it.
-            if !matches!(result, Err(StoreError::Unavailable(_))) {
+            if !matches!(&result, Err(e) if e.is_unavailable()) {
                 pool.idle.lock().expect("pool lock").push(conn);
             }
             result
         })
         .await
-        .map_err(|e| StoreError::unavailable(format!("worker failed: {e}")))?
     }
 }
 

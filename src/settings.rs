@@ -1,0 +1,504 @@
+//! The leaf of the configuration: what every layer may read and nothing
+//! of the crate is imported here. Stores declare their settings as tables
+//! of [`Setting`]s and read the merged values from [`StoreSettings`]; the
+//! server's typed sections ([`Limits`], [`TlsFiles`]) live here so the
+//! layers that use them need not know the file format; every mistake is a
+//! [`ConfigError`] naming the setting. [`crate::config`] reads the file,
+//! the environment and the command line and builds these.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One setting a store accepts.
+#[derive(Debug)]
+pub struct Setting {
+    /// The canonical name, as documented and as stores look it up.
+    pub name: &'static str,
+    /// Other accepted spellings (the seed documents differ: `accessKeyID`
+    /// in Kusion, `access_key` in Terraform).
+    pub aliases: &'static [&'static str],
+    /// Environment variables that set it, first one found wins.
+    pub env: &'static [&'static str],
+    /// Never shown in logs, errors or `Debug` output.
+    pub secret: bool,
+    /// Value used when no source sets it.
+    pub default: Option<&'static str>,
+    /// One line for the README and error messages.
+    pub help: &'static str,
+}
+
+impl Setting {
+    /// Whether `key` is this setting's name or one of its aliases.
+    pub fn answers_to(&self, key: &str) -> bool {
+        self.name == key || self.aliases.contains(&key)
+    }
+}
+
+/// A configuration mistake. The message always names the setting.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A setting has a value that cannot be used.
+    #[error("setting `{setting}`: {reason}")]
+    Invalid { setting: String, reason: String },
+    /// A required setting is set nowhere.
+    #[error("setting `{setting}` is required ({help})")]
+    Missing { setting: String, help: String },
+    /// A key no store or server setting answers to.
+    #[error("unknown setting `{setting}` {context}")]
+    Unknown { setting: String, context: String },
+    /// The configuration file cannot be read or parsed.
+    #[error("config file {path}: {reason}")]
+    File { path: String, reason: String },
+}
+
+impl ConfigError {
+    /// Builds [`ConfigError::Invalid`].
+    pub fn invalid(setting: &str, reason: impl fmt::Display) -> Self {
+        ConfigError::Invalid {
+            setting: setting.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The certificate files of HTTPS. They are read at start-up (a wrong one
+/// stops it, naming the setting) and again on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, PEM, leaf first.
+    pub cert: PathBuf,
+    /// Its private key, PEM.
+    pub key: PathBuf,
+    /// CA certificates, PEM; when set, clients must present a certificate
+    /// signed by one of them.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// How the server protects itself from slow, idle and greedy clients. The
+/// defaults protect a server nobody has tuned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest state body accepted; larger ones get 413.
+    pub max_body_bytes: u64,
+    /// Largest LOCK or UNLOCK body accepted; larger ones get 413. A lock is
+    /// sent back with every 409 and 423, so it must stay small.
+    pub max_lock_bytes: u64,
+    /// Largest request head (request line and headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// A request's head must arrive within this, or the connection closes.
+    pub header_timeout: Duration,
+    /// Bytes per second an upload must average over each 10-second window,
+    /// or it is cut off with 408; 0 turns the check off.
+    pub body_min_rate: u64,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once; beyond it new connections get 503 and
+    /// are closed, so the accept loop never starves.
+    pub max_connections: usize,
+    /// How long requests in flight may run after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_lock_bytes: 64 * 1024,
+            max_header_bytes: 64 * 1024,
+            header_timeout: Duration::from_secs(15),
+            body_min_rate: 1024,
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 512,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Default request body limit: 512 MiB (states of 250 MB exist in the wild).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 512 * 1024 * 1024;
+
+/// The merged settings of one store. Secrets are hidden from `Debug`.
+#[derive(Clone)]
+pub struct StoreSettings {
+    storage_type: &'static str,
+    values: BTreeMap<&'static str, String>,
+    secrets: Vec<&'static str>,
+    /// Directory relative paths are resolved against (the config file's, or
+    /// the working directory).
+    base_dir: PathBuf,
+}
+
+impl fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut map = f.debug_map();
+        for (k, v) in &self.values {
+            if self.secrets.contains(k) {
+                map.entry(k, &"<redacted>");
+            } else {
+                map.entry(k, v);
+            }
+        }
+        map.finish()
+    }
+}
+
+impl StoreSettings {
+    /// Settings from a store's table and `pairs` given as on the command
+    /// line, with the table's defaults (tests, tools).
+    pub fn from_table(
+        storage_type: &'static str,
+        table: &[Setting],
+        pairs: &[(&str, &str)],
+    ) -> Result<Self, ConfigError> {
+        let table: Vec<&Setting> = table.iter().collect();
+        let cli: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        merge_store_settings(
+            storage_type,
+            &table,
+            &BTreeMap::new(),
+            &|_| None,
+            &cli,
+            Path::new("."),
+        )
+    }
+
+    /// Builds settings directly from canonical names, without defaults.
+    pub fn from_pairs(storage_type: &'static str, pairs: &[(&'static str, &str)]) -> Self {
+        StoreSettings {
+            storage_type,
+            values: pairs.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+            secrets: Vec::new(),
+            base_dir: PathBuf::from("."),
+        }
+    }
+
+    /// The storage type these settings belong to.
+    pub fn storage_type(&self) -> &'static str {
+        self.storage_type
+    }
+
+    /// A setting's value, if set anywhere or defaulted.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A setting that must be present.
+    pub fn require(&self, name: &str) -> Result<&str, ConfigError> {
+        self.get(name).ok_or_else(|| ConfigError::Missing {
+            setting: name.to_string(),
+            help: format!("storageType {}", self.storage_type),
+        })
+    }
+
+    /// A boolean setting (`true`/`false`, `1`/`0`, `yes`/`no`); absent is false.
+    pub fn bool(&self, name: &str) -> Result<bool, ConfigError> {
+        match self.get(name) {
+            None => Ok(false),
+            Some(v) => parse_bool(v)
+                .ok_or_else(|| ConfigError::invalid(name, format!("`{v}` is not true or false"))),
+        }
+    }
+
+    /// A path setting, relative paths taken from the config file's directory.
+    pub fn path(&self, name: &str) -> Option<PathBuf> {
+        self.get(name).map(|v| self.base_dir.join(v))
+    }
+
+    /// Removes a setting, for one that another layer reads.
+    pub fn take(&mut self, name: &str) -> Option<String> {
+        self.values.remove(name).filter(|v| !v.is_empty())
+    }
+
+    /// A whole number setting; `None` when unset.
+    pub fn u64(&self, name: &str) -> Result<Option<u64>, ConfigError> {
+        self.get(name).map(|v| parse_u64(name, v)).transpose()
+    }
+
+    /// A time limit in whole seconds greater than 0 (`timeout: 60`); its
+    /// default comes from the store's table.
+    pub fn seconds(&self, name: &str) -> Result<Duration, ConfigError> {
+        let v = self.require(name)?;
+        match v.trim().parse::<u64>() {
+            Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+            _ => Err(ConfigError::invalid(
+                name,
+                format!("`{v}` is not a whole number of seconds greater than 0"),
+            )),
+        }
+    }
+}
+
+/// Validates a bucket store's `prefix` setting, the same way for every
+/// store: one or more `/`-separated segments without empty, `.` or `..`
+/// parts (which servers or HTTP clients would resolve, reaching outside the
+/// prefix or breaking the request signature). Returns it with one trailing
+/// `/`; an empty or all-`/` value is no prefix at all.
+pub fn normalise_prefix(raw: &str) -> Result<String, ConfigError> {
+    let trimmed = raw.trim_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    let bad = trimmed.split('/').any(|seg| {
+        seg.is_empty()
+            || seg == "."
+            || seg == ".."
+            || seg.chars().any(|c| c.is_control() || c == '\\')
+    });
+    if bad {
+        return Err(ConfigError::invalid(
+            "prefix",
+            format!("`{raw}` must be `/`-separated names without empty, `.` or `..` parts"),
+        ));
+    }
+    Ok(format!("{trimmed}/"))
+}
+
+/// A bucket server's address, from an `endpoint` setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// `host` or `host:port`.
+    pub host: String,
+}
+
+impl Endpoint {
+    /// Accepts `host[:port]` (HTTPS assumed) or an `http(s)://host[:port]`
+    /// URL with at most a trailing `/`, the same way for every bucket
+    /// store. A path, query, user name or other scheme is refused: the
+    /// store would sign requests for one address and send them to another.
+    pub fn parse(raw: &str) -> Result<Endpoint, ConfigError> {
+        let raw = raw.trim();
+        let bad = |why: &str| {
+            ConfigError::invalid(
+                "endpoint",
+                format!(
+                    "`{raw}` {why}: give a host like s3.example.com or a URL like http://127.0.0.1:9000"
+                ),
+            )
+        };
+        let (scheme, rest) = match raw.split_once("://") {
+            Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
+            Some((other, _)) => {
+                return Err(bad(&format!("has the scheme `{other}`, not http or https")));
+            }
+            None => ("https", raw),
+        };
+        let host = rest.strip_suffix('/').unwrap_or(rest);
+        if host.is_empty() || host.contains(['/', '?', '#', ' ', '@', '\\']) {
+            return Err(bad("is not a host name with an optional port"));
+        }
+        Ok(Endpoint {
+            scheme: scheme.to_string(),
+            host: host.to_string(),
+        })
+    }
+
+    /// `scheme://host[:port]`, without a trailing `/`.
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.host)
+    }
+}
+
+pub fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+pub fn yaml_scalar(setting: &str, value: &serde_yaml_ng::Value) -> Result<String, ConfigError> {
+    use serde_yaml_ng::Value;
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Bool(b) => Ok(b.to_string()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Null => Ok(String::new()),
+        _ => Err(ConfigError::invalid(
+            setting,
+            "must be a single value, not a list or map",
+        )),
+    }
+}
+
+/// A duration: a whole number with an optional unit, `ms`, `s` (the
+/// default), `m` or `h`: `15`, `15s`, `500ms`, `2m`.
+pub fn parse_duration(setting: &str, v: &str) -> Result<Duration, ConfigError> {
+    let t = v.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number.parse().map_err(|_| {
+        ConfigError::invalid(
+            setting,
+            format!("`{v}` is not a duration like 15s, 500ms or 2m"),
+        )
+    })?;
+    let ms = match unit.trim() {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    };
+    ms.map(Duration::from_millis).ok_or_else(|| {
+        ConfigError::invalid(
+            setting,
+            format!("`{v}` is not a duration like 15s, 500ms or 2m"),
+        )
+    })
+}
+
+pub fn parse_u64(setting: &str, v: &str) -> Result<u64, ConfigError> {
+    v.trim()
+        .parse()
+        .map_err(|_| ConfigError::invalid(setting, format!("`{v}` is not a whole number")))
+}
+
+/// Merges one store's settings: defaults, then the file's `backend.config`,
+/// then environment variables, then `-C key=value`; later sources win per
+/// key. Keys are matched against `table` in any of their spellings;
+/// anything else is an error.
+pub fn merge_store_settings(
+    storage_type: &'static str,
+    table: &[&Setting],
+    file: &BTreeMap<String, serde_yaml_ng::Value>,
+    env: &dyn Fn(&str) -> Option<String>,
+    cli: &[(String, String)],
+    base_dir: &Path,
+) -> Result<StoreSettings, ConfigError> {
+    let find = |key: &str| -> Result<&Setting, ConfigError> {
+        table
+            .iter()
+            .copied()
+            .find(|s| s.answers_to(key))
+            .ok_or_else(|| {
+                let known: Vec<_> = table.iter().map(|s| s.name).collect();
+                ConfigError::Unknown {
+                    setting: key.to_string(),
+                    context: format!(
+                        "for storageType {storage_type} (known: {})",
+                        known.join(", ")
+                    ),
+                }
+            })
+    };
+
+    let mut values: BTreeMap<&'static str, String> = BTreeMap::new();
+    for s in table {
+        if let Some(d) = s.default {
+            values.insert(s.name, d.to_string());
+        }
+    }
+
+    // Within one source a setting may appear once, in whichever spelling.
+    let mut seen = BTreeMap::new();
+    for (key, value) in file {
+        let setting = find(key)?;
+        if let Some(other) = seen.insert(setting.name, key.clone()) {
+            return Err(ConfigError::invalid(
+                setting.name,
+                format!("set twice in the file (`{other}` and `{key}`)"),
+            ));
+        }
+        values.insert(setting.name, yaml_scalar(key, value)?);
+    }
+    for s in table {
+        if let Some(v) = s.env.iter().find_map(|name| env(name)) {
+            values.insert(s.name, v);
+        }
+    }
+    for (key, value) in cli {
+        values.insert(find(key)?.name, value.clone());
+    }
+
+    let secrets = table.iter().filter(|s| s.secret).map(|s| s.name).collect();
+    Ok(StoreSettings {
+        storage_type,
+        values,
+        secrets,
+        base_dir: base_dir.to_path_buf(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_validated_alike_for_every_store() {
+        assert_eq!(normalise_prefix("/team/a/").unwrap(), "team/a/");
+        assert_eq!(normalise_prefix("").unwrap(), "");
+        for bad in ["team-a/..", "a//b", "./x", "a/\\b"] {
+            let err = normalise_prefix(bad).unwrap_err();
+            assert!(
+                err.to_string().starts_with("setting `prefix`"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_are_hidden_from_debug() {
+        static SECRET: Setting = Setting {
+            name: "password",
+            aliases: &[],
+            env: &[],
+            secret: true,
+            default: None,
+            help: "",
+        };
+        let mut s = StoreSettings::from_pairs("test", &[("password", "hunter2"), ("user", "bob")]);
+        s.secrets.push(SECRET.name);
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("bob"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn endpoints_are_read_alike_for_every_store() {
+        let e = Endpoint::parse("http://127.0.0.1:9000/").unwrap();
+        assert_eq!(e.url(), "http://127.0.0.1:9000");
+        assert_eq!(
+            Endpoint::parse("oss-cn-hangzhou.aliyuncs.com")
+                .unwrap()
+                .url(),
+            "https://oss-cn-hangzhou.aliyuncs.com"
+        );
+        for bad in [
+            "ftp://x",
+            "http://",
+            "http://a/b",
+            "a b",
+            "http://u@h",
+            "h?x=1",
+        ] {
+            let err = Endpoint::parse(bad).unwrap_err();
+            assert!(
+                err.to_string().starts_with("setting `endpoint`"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn timeouts_are_positive_whole_seconds() {
+        let s = StoreSettings::from_pairs("t", &[("timeout", "0"), ("other", "15")]);
+        assert!(s.seconds("timeout").is_err());
+        assert_eq!(s.seconds("other").unwrap(), Duration::from_secs(15));
+        assert!(matches!(
+            s.seconds("unset"),
+            Err(ConfigError::Missing { .. })
+        ));
+    }
+}

@@ -1,0 +1,441 @@
+//! The OSS store: the client, the bucket's versioning, and the [`Store`]
+//! operations on it.
+
+use std::fmt;
+use std::time::Duration;
+
+use ali_oss_rs::bucket::BucketOperations;
+use ali_oss_rs::bucket_common::ListObjectsOptionsBuilder;
+use ali_oss_rs::common::ServerSideEncryptionAlgorithm;
+use ali_oss_rs::error::{Error as OssError, ErrorResponse};
+use ali_oss_rs::object::ObjectOperations;
+use ali_oss_rs::object_common::{
+    GetObjectOptionsBuilder, ObjectAcl, PutObjectOptionsBuilder, PutObjectResult,
+};
+use ali_oss_rs::request::{OssRequest, RequestMethod};
+use ali_oss_rs::{Client, ClientBuilder};
+use async_trait::async_trait;
+use base64::Engine;
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::config::OssConfig;
+use super::error::{api_code, xml_text};
+use crate::stores::bucket::{BucketSeen, bounded, compare_first};
+use crate::stores::{Capabilities, Condition, Entry, Object, Store, StoreError, Version};
+
+/// How long to wait for a TCP/TLS connection to the endpoint (less when
+/// `timeout` is shorter).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest page OSS returns from ListObjectsV2.
+const LIST_PAGE: u32 = 1000;
+/// How often a read retries when the object changes between its HEAD and
+/// its GET.
+const READ_RETRIES: usize = 5;
+/// What reading the versioning status is called in messages.
+const VERSIONING: &str = "reading the bucket's versioning";
+
+/// An OSS bucket (under a prefix) as a store.
+pub struct OssStore {
+    client: Client,
+    /// The same HTTP client the SDK uses, for the one request it lacks
+    /// (GetBucketVersioning), sent pre-signed by the SDK.
+    http: reqwest::Client,
+    pub(super) bucket: String,
+    prefix: String,
+    /// `scheme://endpoint`, for messages.
+    pub(super) endpoint_url: String,
+    region: String,
+    encrypt: bool,
+    acl: Option<ObjectAcl>,
+    /// False only on a versioned bucket opened with `allow_unsafe_locks`.
+    atomic_create: bool,
+    /// Limit for one store operation (the `timeout` setting).
+    pub(super) timeout: Duration,
+    /// When the bucket was last seen to exist: HEAD answers a bodiless 404
+    /// for a missing object and a missing bucket alike.
+    bucket_seen: BucketSeen,
+}
+
+impl fmt::Debug for OssStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// What the bucket's versioning status is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Versioning {
+    /// Never enabled: `x-oss-forbid-overwrite` works.
+    Off,
+    /// `Enabled` or `Suspended`: OSS ignores `x-oss-forbid-overwrite`.
+    On(String),
+}
+
+impl OssStore {
+    /// Opens the bucket the settings name: reads the bucket's versioning
+    /// status (which also proves the endpoint, the credentials and the
+    /// bucket), and refuses a versioned bucket unless `allow_unsafe_locks`
+    /// is set. A server that cannot be reached names `endpoint`.
+    pub async fn connect(cfg: OssConfig) -> Result<Self, StoreError> {
+        let invalid_endpoint = |e: &dyn std::fmt::Display| StoreError::ConfigInvalid {
+            setting: "endpoint",
+            reason: format!("HTTP client: {e}"),
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT.min(cfg.timeout))
+            .read_timeout(cfg.timeout)
+            .build()
+            .map_err(|e| invalid_endpoint(&e))?;
+        let mut builder = ClientBuilder::new(
+            &cfg.access_key,
+            &cfg.secret_key,
+            format!("{}://{}", cfg.scheme, cfg.endpoint),
+        )
+        .region(&cfg.region)
+        .scheme(&cfg.scheme)
+        .client(http.clone());
+        if let Some(token) = &cfg.security_token {
+            builder = builder.sts_token(token);
+        }
+        let client = builder.build().map_err(|e| invalid_endpoint(&e))?;
+        let mut store = OssStore {
+            client,
+            http,
+            endpoint_url: format!("{}://{}", cfg.scheme, cfg.endpoint),
+            bucket: cfg.bucket,
+            prefix: cfg.prefix,
+            region: cfg.region,
+            encrypt: cfg.encrypt,
+            acl: cfg.acl,
+            atomic_create: true,
+            timeout: cfg.timeout,
+            bucket_seen: BucketSeen::default(),
+        };
+
+        let versioning = store
+            .bounded(VERSIONING, store.versioning())
+            .await
+            .map_err(|e| e.at_setting("endpoint"))?;
+        if let Versioning::On(status) = versioning {
+            if !cfg.allow_unsafe_locks {
+                return Err(StoreError::ConfigInvalid {
+                    setting: "bucket",
+                    reason: format!(
+                        "versioning is {status} on bucket `{}`, and OSS ignores x-oss-forbid-overwrite on \
+                         versioned buckets, so two clients could both get a lock: locks would be unsafe. \
+                         Use a bucket that never had versioning, or set allow_unsafe_locks: true to start anyway",
+                        store.bucket
+                    ),
+                });
+            }
+            tracing::warn!(
+                bucket = %store.bucket,
+                versioning = %status,
+                "allow_unsafe_locks is set: OSS ignores x-oss-forbid-overwrite on this versioned bucket, locks are not safe"
+            );
+            store.atomic_create = false;
+        }
+        Ok(store)
+    }
+
+    /// Reads the bucket's versioning status. `ali-oss-rs` has no
+    /// GetBucketVersioning (and its bucket info leaves versioning empty), so
+    /// the SDK pre-signs the raw request and the shared HTTP client sends it.
+    async fn versioning(&self) -> Result<Versioning, StoreError> {
+        let request = OssRequest::new()
+            .method(RequestMethod::Get)
+            .bucket(&self.bucket)
+            .add_query("versioning", "");
+        let signed = self.client.presign_raw_request(request);
+        let mut builder = self.http.get(&signed.url);
+        for (name, value) in &signed.headers {
+            builder = builder.header(name, value);
+        }
+        let failed = |e: OssError| self.error(VERSIONING, e);
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| failed(OssError::ReqwestError(e)))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| failed(OssError::ReqwestError(e)))?;
+        if !status.is_success() {
+            return Err(failed(match ErrorResponse::from_xml(&text) {
+                Ok(body) if !body.code.is_empty() => OssError::ApiError(Box::new(body)),
+                _ => OssError::StatusError(status),
+            }));
+        }
+        Ok(match xml_text(&text, "Status") {
+            Some(s @ ("Enabled" | "Suspended")) => Versioning::On(s.to_string()),
+            _ => Versioning::Off,
+        })
+    }
+
+    /// Runs one store operation within the `timeout` budget: OSS requests
+    /// are not retried by the SDK, but one operation can be several
+    /// requests (HEAD then GET, list pages).
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let server = format!("OSS at {}", self.endpoint_url);
+        bounded(self.timeout, what, &server, op).await
+    }
+
+    /// Before a bodiless 404 from HEAD is taken for "no such object", the
+    /// bucket must have been seen in the last few seconds or be seen now;
+    /// a missing bucket is a store failure, never "no state" (issue 16).
+    async fn check_bucket(&self, what: &str) -> Result<(), StoreError> {
+        if self.bucket_seen.recently() {
+            return Ok(());
+        }
+        match self.versioning().await {
+            Ok(_) => {
+                self.bucket_seen.seen();
+                Ok(())
+            }
+            Err(e) => {
+                // Said of what was being done, not of the bucket check.
+                let prefix = format!("{VERSIONING}: ");
+                let reframe = |reason: String| {
+                    format!(
+                        "{what}: {}",
+                        reason.strip_prefix(&prefix).unwrap_or(&reason)
+                    )
+                };
+                Err(match e {
+                    StoreError::NotFound { setting, reason } => StoreError::NotFound {
+                        setting,
+                        reason: reframe(reason),
+                    },
+                    StoreError::Unavailable(reason) => StoreError::Unavailable(reframe(reason)),
+                    other => other,
+                })
+            }
+        }
+    }
+
+    fn object_name(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// The object's current ETag, `None` when it does not exist.
+    async fn head_etag(&self, name: &str) -> Result<Option<String>, StoreError> {
+        match self.client.head_object(&self.bucket, name, None).await {
+            Ok(meta) => Ok(Some(meta.etag)),
+            Err(OssError::StatusError(s)) if s == reqwest::StatusCode::NOT_FOUND => {
+                self.check_bucket(&format!("reading {name}")).await?;
+                Ok(None)
+            }
+            Err(e) => Err(self.error(&format!("reading {name}"), e)),
+        }
+    }
+    fn put_options(
+        &self,
+        body: &[u8],
+        forbid_overwrite: bool,
+    ) -> ali_oss_rs::object_common::PutObjectOptions {
+        let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(body));
+        // Every stored object is a JSON document (states, LockInfo, history).
+        let mut options = PutObjectOptionsBuilder::new()
+            .mime_type("application/json")
+            .content_md5(md5);
+        if forbid_overwrite {
+            options = options.forbid_overwrite(true);
+        }
+        if self.encrypt {
+            options = options.server_side_encryption(ServerSideEncryptionAlgorithm::AES256);
+        }
+        if let Some(acl) = self.acl {
+            options = options.object_acl(acl);
+        }
+        options.build()
+    }
+}
+
+#[async_trait]
+impl Store for OssStore {
+    fn describe(&self) -> String {
+        let prefix = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!(" under `{}`", self.prefix)
+        };
+        format!(
+            "oss store: bucket `{}`{prefix} at {} (region {})",
+            self.bucket, self.endpoint_url, self.region
+        )
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            conditional_create: self.atomic_create,
+            // IfMatch is HEAD-compare-then-act, not atomic: OSS has no
+            // conditional PutObject or DeleteObject.
+            compare_and_swap: false,
+        }
+    }
+
+    fn operation_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        let what = format!("reading {}", self.object_name(key));
+        self.bounded(&what, self.get_unbounded(key)).await
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        condition: Condition,
+    ) -> Result<Version, StoreError> {
+        let what = format!("writing {}", self.object_name(key));
+        self.bounded(&what, self.put_unbounded(key, body, condition))
+            .await
+    }
+
+    async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
+        let what = format!("deleting {}", self.object_name(key));
+        self.bounded(&what, self.delete_unbounded(key, condition))
+            .await
+    }
+
+    async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {
+        let what = format!("reading {}", self.object_name(key));
+        self.bounded(&what, self.stat_unbounded(key)).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        self.bounded("listing objects", self.list_unbounded(prefix))
+            .await
+    }
+}
+
+/// The operations themselves; [`Store`] runs each within `timeout`.
+impl OssStore {
+    async fn get_unbounded(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        let name = self.object_name(key);
+        for _ in 0..READ_RETRIES {
+            let Some(etag) = self.head_etag(&name).await? else {
+                return Ok(None);
+            };
+            let options = GetObjectOptionsBuilder::new()
+                .if_match(format!("\"{etag}\""))
+                .build();
+            match self
+                .client
+                .get_object_to_buffer(&self.bucket, &name, Some(options))
+                .await
+            {
+                Ok(body) => {
+                    return Ok(Some(Object {
+                        body: Bytes::from(body),
+                        version: Version(etag),
+                    }));
+                }
+                // Replaced or deleted between the HEAD and the GET: look again.
+                Err(e) if matches!(api_code(&e), Some("PreconditionFailed" | "NoSuchKey")) => {
+                    continue;
+                }
+                Err(e) => return Err(self.error(&format!("reading {name}"), e)),
+            }
+        }
+        Err(StoreError::unavailable(format!(
+            "reading {name}: the object kept changing; try again"
+        )))
+    }
+
+    async fn put_unbounded(
+        &self,
+        key: &str,
+        body: Bytes,
+        condition: Condition,
+    ) -> Result<Version, StoreError> {
+        let name = self.object_name(key);
+        if let Condition::IfMatch(expected) = &condition {
+            // Not atomic (see the module comment): a change landing between
+            // this HEAD and the request below is lost.
+            compare_first(self.stat_unbounded(key), expected).await?;
+        }
+        let options = self.put_options(&body, condition == Condition::IfAbsent);
+        match self
+            .client
+            .put_object_from_buffer(&self.bucket, &name, body.to_vec(), Some(options))
+            .await
+        {
+            Ok(PutObjectResult::ApiResponse(r)) if !r.etag.is_empty() => Ok(Version(r.etag)),
+            // A simple put's ETag is the body's MD5 in upper-case hex.
+            Ok(_) => Ok(Version(
+                Md5::digest(&body)
+                    .iter()
+                    .map(|b| format!("{b:02X}"))
+                    .collect(),
+            )),
+            Err(e) if api_code(&e) == Some("FileAlreadyExists") => Err(StoreError::AlreadyExists),
+            Err(e) => Err(self.error(&format!("writing {name}"), e)),
+        }
+    }
+
+    async fn delete_unbounded(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
+        let name = self.object_name(key);
+        if let Condition::IfMatch(expected) = &condition {
+            // Not atomic (see the module comment): a change landing between
+            // this HEAD and the request below is lost.
+            compare_first(self.stat_unbounded(key), expected).await?;
+        }
+        // OSS answers 204 whether or not the object existed.
+        self.client
+            .delete_object(&self.bucket, &name, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(&format!("deleting {name}"), e))
+    }
+
+    async fn stat_unbounded(&self, key: &str) -> Result<Option<Version>, StoreError> {
+        Ok(self.head_etag(&self.object_name(key)).await?.map(Version))
+    }
+
+    async fn list_unbounded(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let full = self.object_name(prefix);
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut options = ListObjectsOptionsBuilder::new().max_keys(LIST_PAGE);
+            if !full.is_empty() {
+                options = options.prefix(&full);
+            }
+            if let Some(t) = token.take() {
+                options = options.continuation_token(t);
+            }
+            let page = self
+                .client
+                .list_objects(&self.bucket, Some(options.build()))
+                .await
+                .map_err(|e| self.error("listing objects", e))?;
+            for summary in page.contents {
+                let Some(key) = summary.key.strip_prefix(&self.prefix) else {
+                    continue;
+                };
+                out.push(Entry {
+                    key: key.to_string(),
+                    size: summary.size,
+                    modified: OffsetDateTime::parse(&summary.last_modified, &Rfc3339).ok(),
+                });
+            }
+            match page.next_continuation_token {
+                Some(t) if page.is_truncated => token = Some(t),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+}

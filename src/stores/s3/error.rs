@@ -1,0 +1,147 @@
+//! Translating the SDK's errors into [`StoreError`]s, next to the calls:
+//! the answers the store handles itself (a failed condition, a raced
+//! conditional write, a missing object) stay apart as [`Failure`]s, the
+//! rest become the store's answer with one plain reason naming the bucket
+//! and the server, never a secret.
+
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+use super::store::Bucket;
+use crate::stores::StoreError;
+use crate::stores::bucket::network_cause;
+
+/// What a failed S3 request means to this store.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// 412: the request's condition did not hold.
+    Precondition,
+    /// 409 `ConditionalRequestConflict`: another conditional write to the
+    /// same key was in flight; try again.
+    Conflict,
+    /// 404 `NoSuchKey` (or a 404 without a body, from HEAD).
+    NoSuchKey,
+    /// The store cannot serve the request.
+    Store(StoreError),
+}
+
+impl Failure {
+    /// The store error for a failure the caller did not handle.
+    pub(super) fn into_store_error(self, what: &str) -> StoreError {
+        match self {
+            Failure::Precondition => StoreError::PreconditionFailed,
+            Failure::Conflict => {
+                StoreError::unavailable(format!("{what}: kept conflicting with another write"))
+            }
+            Failure::NoSuchKey => StoreError::unavailable(format!("{what}: the object is gone")),
+            Failure::Store(e) => {
+                // The HTTP layer logs the status; the cause is only known here.
+                tracing::warn!(store = "s3", "{e}");
+                e
+            }
+        }
+    }
+}
+
+impl Bucket {
+    /// Translates an SDK error. `what` says what was being done, e.g.
+    /// `writing states/a.tflock`.
+    pub(super) fn failure<E>(
+        &self,
+        what: &str,
+        err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> Failure
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        let code = err.code().unwrap_or_default().to_string();
+        let detail = match err.message().filter(|m| !m.trim().is_empty()) {
+            Some(m) if !code.is_empty() => format!("{code}: {m}"),
+            Some(m) => m.to_string(),
+            None => code.clone(),
+        };
+        let reason = |text: String| format!("{what}: {text}");
+        let unavailable = |text: String| Failure::Store(StoreError::Unavailable(reason(text)));
+        let bucket = &self.config.bucket;
+        let location = &self.location;
+        let silent = || {
+            unavailable(format!(
+                "the S3 server at {location} did not answer within {}s",
+                self.config.timeout.as_secs()
+            ))
+        };
+        match status {
+            Some(412) => Failure::Precondition,
+            Some(409) if code == "ConditionalRequestConflict" => Failure::Conflict,
+            Some(404) if code == "NoSuchBucket" => Failure::Store(StoreError::NotFound {
+                setting: "bucket",
+                reason: reason(format!("bucket `{bucket}` does not exist at {location}")),
+            }),
+            Some(404) => Failure::NoSuchKey,
+            Some(401 | 403) => Failure::Store(StoreError::PermissionDenied {
+                setting: "accessKeyID",
+                reason: reason(format!(
+                    "the S3 server at {location} refused the credentials or denied access to bucket `{bucket}` ({})",
+                    if detail.is_empty() {
+                        format!("HTTP {}", status.unwrap_or_default())
+                    } else {
+                        detail
+                    }
+                )),
+            }),
+            Some(301) | Some(400)
+                if matches!(
+                    code.as_str(),
+                    "PermanentRedirect"
+                        | "AuthorizationHeaderMalformed"
+                        | "IllegalLocationConstraintException"
+                ) || (status == Some(301) && code.is_empty()) =>
+            {
+                Failure::Store(StoreError::ConfigInvalid {
+                    setting: "region",
+                    reason: reason(format!(
+                        "bucket `{bucket}` is not in region `{}` ({detail})",
+                        self.config.region
+                    )),
+                })
+            }
+            Some(s) => unavailable(format!(
+                "the S3 server at {location} answered HTTP {s}{}",
+                if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({detail})")
+                }
+            )),
+            None => match &err {
+                SdkError::TimeoutError(_) => silent(),
+                SdkError::DispatchFailure(d) if d.is_timeout() => silent(),
+                SdkError::DispatchFailure(_) => unavailable(format!(
+                    "cannot reach the S3 server at {location}: {}",
+                    network_cause(&err)
+                )),
+                SdkError::ResponseError(_) => unavailable(format!(
+                    "the S3 server at {location} sent an answer that could not be read: {}",
+                    network_cause(&err)
+                )),
+                _ => {
+                    // Construction failures: in practice the credential
+                    // chain found no credentials or could not load them.
+                    let cause = network_cause(&err);
+                    if DisplayErrorContext(&err)
+                        .to_string()
+                        .to_ascii_lowercase()
+                        .contains("credentials")
+                    {
+                        Failure::Store(StoreError::PermissionDenied {
+                            setting: "accessKeyID",
+                            reason: reason(format!("no usable S3 credentials: {cause}")),
+                        })
+                    } else {
+                        unavailable(format!("the S3 request could not be made: {cause}"))
+                    }
+                }
+            },
+        }
+    }
+}
