@@ -21,10 +21,16 @@
 //!   action.
 //! - [`metrics`] counts what `/metrics` shows, for the server and the
 //!   protocol.
-//! - [`config`] merges the YAML file, the environment and the command line
-//!   into validated settings; the binary's `cli` module is the command line.
+//! - [`settings`] is the leaf every layer may read: store setting tables
+//!   and their merged values, the typed server sections, and
+//!   [`settings::ConfigError`]. [`config`] merges the YAML file, the
+//!   environment and the command line into validated settings; the
+//!   binary's `cli` module is the command line.
 //!
-//! Dependencies point one way: `server -> protocol -> state -> stores`.
+//! Dependencies point one way: `server -> protocol -> state -> stores ->
+//! settings`, with `config` on top reading every layer's settings and
+//! nothing below importing it; a test of the `crate::` paths in `src/`
+//! keeps it so.
 
 pub mod audit;
 pub mod auth;

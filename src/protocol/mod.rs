@@ -34,7 +34,7 @@ use crate::audit::Audit;
 use crate::auth::{Access, Auth};
 use crate::metrics::{Metrics, Refusal, method_label};
 use crate::settings::Limits;
-use crate::state::{LockInfo, StateError, StateRef, States, Taken, WriteOptions, history};
+use crate::state::{LockInfo, StateError, StateRef, States, Taken, WriteOptions, head};
 use crate::stores::{PROBE_PREFIX, Version};
 
 pub mod access;
@@ -658,7 +658,7 @@ async fn read_body(
     }
     Ok(Body {
         bytes,
-        md5: history::hex(&digest),
+        md5: head::hex(&digest),
     })
 }
 
@@ -680,7 +680,7 @@ fn json(body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 /// MD5, computed here unless given), set here so HEAD, which sends no body,
 /// carries them too.
 fn state_body(body: Bytes, md5: Option<String>) -> Response<Full<Bytes>> {
-    let etag = format!("\"{}\"", md5.unwrap_or_else(|| history::md5_hex(&body)));
+    let etag = format!("\"{}\"", md5.unwrap_or_else(|| head::md5_hex(&body)));
     let length = body.len();
     let mut r = json(body);
     let headers = r.headers_mut();
@@ -729,7 +729,7 @@ async fn handle_get(
             let md5 = match app.etags.get(state, &obj.version) {
                 Some(md5) => md5,
                 None => {
-                    let md5 = history::md5_hex(&obj.body);
+                    let md5 = head::md5_hex(&obj.body);
                     app.etags.put(state, obj.version, md5.clone());
                     md5
                 }
@@ -785,7 +785,7 @@ async fn handle_write(
     if let (Some(caller), Some(id)) = (caller, lock_id) {
         access::check_lock_owner(app, state, id, caller, ex.client).await?;
     }
-    let serial = crate::state::write::StateHead::parse(&body.bytes)
+    let serial = crate::state::head::StateHead::parse(&body.bytes)
         .ok()
         .and_then(|h| h.serial);
     let size = body.bytes.len();

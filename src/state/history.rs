@@ -19,12 +19,12 @@
 //! then exactly one record, in order, and retention is exact.
 
 use bytes::Bytes;
-use md5::{Digest, Md5};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{Held, StateError, StateRef, States, write::StateHead};
+use super::head::{Current, Described, StateHead, Writer, md5_hex};
+use super::{StateError, StateRef, States};
 use crate::stores::{Condition, StoreError, Version};
 
 /// Where history lives; inside the reserved prefix.
@@ -63,67 +63,20 @@ pub struct VersionMeta {
     pub object_version: Option<String>,
 }
 
-/// Who made a write, for its history record.
-pub(super) struct Writer {
-    who: Option<String>,
-    lock_id: Option<String>,
-    identity: Option<String>,
-    operation: &'static str,
-}
-
-impl Writer {
-    pub(super) fn from_holder(
-        holder: Option<&Held>,
-        identity: Option<&str>,
-        operation: &'static str,
-    ) -> Self {
-        Writer {
-            who: holder.map(|h| h.info.who.clone()).filter(|w| !w.is_empty()),
-            lock_id: holder.map(|h| h.info.id.clone()),
-            identity: identity.map(str::to_string),
-            operation,
+impl VersionMeta {
+    /// The head of the body this version keeps.
+    pub fn head(&self) -> StateHead {
+        StateHead {
+            lineage: self.lineage.clone(),
+            serial: self.serial,
+            resources: self.resources,
         }
     }
-
-    fn unknown() -> Self {
-        Writer {
-            who: None,
-            lock_id: None,
-            identity: None,
-            operation: "found",
-        }
-    }
-}
-
-/// The stored state, as far as the rules need it.
-pub(super) struct Current {
-    /// Its version in the store, for the compare-and-swap.
-    pub version: Version,
-    pub head: StateHead,
-    /// Hex MD5 of its bytes.
-    pub md5: String,
-}
-
-/// A state body with what the rules and history know of it.
-pub(super) struct Described<'a> {
-    pub body: &'a Bytes,
-    pub head: &'a StateHead,
-    pub md5: &'a str,
 }
 
 /// Formats a time as RFC 3339.
 pub fn rfc3339(t: OffsetDateTime) -> Option<String> {
     t.format(&Rfc3339).ok()
-}
-
-/// Hex MD5 of a body.
-pub fn md5_hex(body: &[u8]) -> String {
-    hex(&Md5::digest(body))
-}
-
-/// Lower-case hex of a digest.
-pub fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn body_key(dir: &str, n: u64) -> String {
@@ -232,14 +185,9 @@ impl States {
         if let Some(meta) = &newest
             && meta.object_version.as_deref() == Some(version.0.as_str())
         {
-            let head = StateHead {
-                lineage: meta.lineage.clone(),
-                serial: meta.serial,
-                resources: meta.resources,
-            };
             return Ok(Some(Current {
                 version,
-                head,
+                head: meta.head(),
                 md5: meta.md5.clone(),
             }));
         }

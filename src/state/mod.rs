@@ -20,6 +20,7 @@ use bytes::Bytes;
 
 use crate::stores::{Capabilities, Store, StoreError};
 
+pub mod head;
 pub mod history;
 pub mod key;
 pub mod lease;
@@ -198,7 +199,7 @@ impl States {
                 continue;
             }
             let serial = match self.store.get(&entry.key).await? {
-                Some(obj) => write::StateHead::parse(&obj.body)
+                Some(obj) => head::StateHead::parse(&obj.body)
                     .ok()
                     .and_then(|h| h.serial),
                 None => continue,
