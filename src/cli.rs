@@ -17,8 +17,9 @@ use stategate::config::AuthSetting;
 use stategate::config::{self, CliOverrides, FileConfig, Settings};
 use stategate::protocol::{App, Surface};
 use stategate::server;
+use stategate::state::seal::{self, Keyring, SealedStore};
 use stategate::state::{Policy, StateRef, States, WriteOptions, WriteOutcome};
-use stategate::stores;
+use stategate::stores::{self, Store};
 use stategate::tls::Tls;
 
 /// A remote state server for Terraform and OpenTofu's `backend "http"`.
@@ -141,6 +142,14 @@ pub enum Command {
     /// Make tokens for `auth.tokens`.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Make a random encryption key (base64 of 32 bytes) for
+    /// `encryption.keys`: written to FILE (created with mode 0600, never
+    /// overwritten), or printed.
+    GenKey { file: Option<PathBuf> },
+    /// Seal every state body and kept version under the first key of
+    /// `encryption.keys` (after adding a key, or to seal a store being
+    /// adopted). Safe to run while serving; rerun after an interruption.
+    Rekey,
 }
 
 #[derive(Debug, Subcommand)]
@@ -451,13 +460,87 @@ fn reload_auth(app: &App, args: &ConfigArgs) {
     }
 }
 
-/// Opens and probes the store, applying the rules to it.
+/// Opens and probes the store, applying the rules to it: state bodies
+/// are sealed when `encryption` is set.
 pub async fn open_states(settings: &Settings) -> Result<(States, stores::ProbeReport)> {
     let opened = stores::open(settings.backend, settings.store.clone()).await?;
+    let store = match keyring(settings)? {
+        Some(keys) => Arc::new(SealedStore::new(opened.store, keys)) as Arc<dyn Store>,
+        None => opened.store,
+    };
     Ok((
-        States::new(opened.store, opened.capabilities, policy(settings)),
+        States::new(store, opened.capabilities, policy(settings)),
         opened.report,
     ))
+}
+
+/// The keys of `encryption`, read now (a missing one stops start-up).
+fn keyring(settings: &Settings) -> Result<Option<Arc<Keyring>>> {
+    Ok(match &settings.encryption {
+        Some(section) => Some(Arc::new(Keyring::load(section, &|var| {
+            std::env::var(var).ok()
+        })?)),
+        None => None,
+    })
+}
+
+/// `stategate gen-key [FILE]`.
+pub fn gen_key(file: Option<&Path>) -> Result<()> {
+    let key = seal::generate_key().map_err(anyhow::Error::msg)?;
+    let Some(path) = file else {
+        println!("{key}");
+        return Ok(());
+    };
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "cannot create {} (an existing file is never overwritten)",
+                path.display()
+            )
+        })?;
+    writeln!(out, "{key}")?;
+    out.sync_all()?;
+    eprintln!("wrote a new key to {}", path.display());
+    Ok(())
+}
+
+/// `stategate rekey`.
+pub async fn rekey(settings: &Settings) -> Result<()> {
+    let Some(keys) = keyring(settings)? else {
+        anyhow::bail!(
+            "setting `encryption`: no keys are configured, so there is nothing to seal with"
+        );
+    };
+    let opened = stores::open(settings.backend, settings.store.clone()).await?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {elapsed} {msg}")
+            .expect("progress template"),
+    );
+    bar.set_message(format!("sealing under key `{}`", keys.sealing_id()));
+    let report = seal::rekey(opened.store.as_ref(), &keys, &|bytes, total| {
+        bar.set_length(total);
+        bar.inc(bytes);
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    bar.finish_and_clear();
+    println!(
+        "rekey under `{}`: {} re-sealed, {} sealed for the first time, {} already current, \
+         {} changed meanwhile (written under the current key), {} bytes read",
+        keys.sealing_id(),
+        report.resealed,
+        report.sealed,
+        report.current,
+        report.raced,
+        report.bytes
+    );
+    Ok(())
 }
 
 /// `stategate check`.

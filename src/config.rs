@@ -27,7 +27,10 @@ pub use crate::auth::file::{
     FileAuth, FileCertificate, FileClaimRule, FileIssuer, FileProtected, FileRule, FileToken,
     FileUser, FileWriters,
 };
-pub use crate::settings::{ConfigError, DEFAULT_MAX_BODY_BYTES, Limits, TlsFiles};
+pub use crate::settings::{
+    ConfigError, DEFAULT_MAX_BODY_BYTES, EncryptionSettings, KeySetting, KeySource, Limits,
+    TlsFiles,
+};
 use crate::settings::{
     Setting, StoreSettings, merge_store_settings, parse_bool, parse_duration, parse_u64,
     yaml_scalar,
@@ -71,6 +74,7 @@ pub struct FileConfig {
     pub history_keep: Option<u64>,
     pub workspace_key_prefix: Option<String>,
     pub protect_lineage: Option<bool>,
+    pub encryption: Option<FileEncryption>,
     pub backend: Option<FileBackend>,
 }
 
@@ -92,6 +96,27 @@ pub struct FileTls {
     pub cert: Option<String>,
     pub key: Option<String>,
     pub client_ca: Option<String>,
+}
+
+/// The `encryption:` block of the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEncryption {
+    #[serde(default)]
+    pub keys: Vec<FileKey>,
+    #[serde(default)]
+    pub require_sealed: bool,
+}
+
+/// One key of `encryption.keys`: an id and where the key is.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileKey {
+    pub id: String,
+    pub file: Option<String>,
+    pub env: Option<String>,
+    /// Never accepted; present so that an inline key is named and refused.
+    pub key: Option<serde_yaml_ng::Value>,
 }
 
 /// The `backend:` block of the file, as in the seed Kusion document.
@@ -174,6 +199,8 @@ pub struct Settings {
     pub history_keep: u64,
     /// Object keys of non-default workspaces start with this (validated).
     pub workspace_key_prefix: String,
+    /// Seal state bodies and history with these keys, when set.
+    pub encryption: Option<EncryptionSettings>,
     /// Refuse writes whose lineage or serial would overwrite newer state.
     pub protect_lineage: bool,
     /// The chosen storage type.
@@ -356,6 +383,12 @@ pub fn resolve(
         None => file.protect_lineage.unwrap_or(true),
     };
 
+    let encryption = file
+        .encryption
+        .take()
+        .map(|e| resolve_encryption(e, base_dir))
+        .transpose()?;
+
     let type_name = cli
         .storage_type
         .clone()
@@ -407,9 +440,67 @@ pub fn resolve(
         log_format,
         history_keep,
         workspace_key_prefix,
+        encryption,
         protect_lineage,
         backend,
         store,
+    })
+}
+
+/// Checks the `encryption:` section's shape; the keys themselves are read
+/// when the store is opened.
+fn resolve_encryption(
+    file: FileEncryption,
+    base_dir: &Path,
+) -> Result<EncryptionSettings, ConfigError> {
+    if file.keys.is_empty() {
+        return Err(ConfigError::invalid(
+            "encryption.keys",
+            "lists no key; generate one with `stategate gen-key FILE`",
+        ));
+    }
+    let mut keys: Vec<KeySetting> = Vec::new();
+    for (i, key) in file.keys.into_iter().enumerate() {
+        let at = format!("encryption.keys[{i}]");
+        let id = key.id.trim().to_string();
+        let id_ok = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !id_ok {
+            return Err(ConfigError::invalid(
+                &format!("{at}.id"),
+                format!("`{id}` must be 1 to 64 letters, digits, `.`, `_` or `-`"),
+            ));
+        }
+        if keys.iter().any(|k| k.id == id) {
+            return Err(ConfigError::invalid(
+                &format!("{at}.id"),
+                format!("`{id}` is listed twice"),
+            ));
+        }
+        if key.key.is_some() {
+            return Err(ConfigError::invalid(
+                &format!("{at}.key"),
+                "keys are never written into the configuration: put it in a file (`file:`) or an environment variable (`env:`)",
+            ));
+        }
+        let source = match (key.file, key.env) {
+            (Some(f), None) if !f.trim().is_empty() => KeySource::File(base_dir.join(f)),
+            (None, Some(v)) if !v.trim().is_empty() => KeySource::Env(v),
+            _ => {
+                return Err(ConfigError::invalid(
+                    &at,
+                    format!("key `{id}` needs exactly one of `file` or `env`"),
+                ));
+            }
+        };
+        keys.push(KeySetting { id, source });
+    }
+    Ok(EncryptionSettings {
+        keys,
+        require_sealed: file.require_sealed,
     })
 }
 

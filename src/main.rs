@@ -32,6 +32,7 @@ async fn run(args: Cli) -> Result<()> {
     match args.command {
         Command::HashPassword => return cli::hash_password(),
         Command::Token(cmd) => return cli::token(cmd),
+        Command::GenKey { file } => return cli::gen_key(file.as_deref()),
         _ => {}
     }
     let settings = cli::load_settings(&args.config)?;
@@ -41,7 +42,10 @@ async fn run(args: Cli) -> Result<()> {
         Command::Check => cli::check(&settings).await,
         Command::State(cmd) => cli::state(&settings, cmd).await,
         Command::Lock(cmd) => cli::lock(&settings, cmd).await,
-        Command::HashPassword | Command::Token(_) => unreachable!("handled above"),
+        Command::Rekey => cli::rekey(&settings).await,
+        Command::HashPassword | Command::Token(_) | Command::GenKey { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 

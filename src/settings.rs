@@ -119,6 +119,31 @@ impl Default for Limits {
 /// Default request body limit: 512 MiB (states of 250 MB exist in the wild).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 512 * 1024 * 1024;
 
+/// Where an encryption key comes from: never the configuration itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A file holding the key, base64.
+    File(PathBuf),
+    /// An environment variable holding the key, base64.
+    Env(String),
+}
+
+/// One key of `encryption.keys`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySetting {
+    /// Names the key in every sealed object's header.
+    pub id: String,
+    pub source: KeySource,
+}
+
+/// The `encryption:` section: the keys state bodies are sealed with (the
+/// first seals, every one opens) and whether unsealed bodies are refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptionSettings {
+    pub keys: Vec<KeySetting>,
+    pub require_sealed: bool,
+}
+
 /// The merged settings of one store. Secrets are hidden from `Debug`.
 #[derive(Clone)]
 pub struct StoreSettings {

@@ -25,6 +25,7 @@ pub mod history;
 pub mod key;
 pub mod lease;
 pub mod lock;
+pub mod seal;
 pub mod write;
 
 pub use history::VersionMeta;

@@ -141,6 +141,9 @@ impl Peer for ConfigPeer {
     fn put_object(&self, _key: &str, _body: &[u8]) {
         unimplemented!("this peer only starts servers")
     }
+    fn object_bytes(&self, _key: &str) -> Vec<u8> {
+        unimplemented!("this peer only starts servers")
+    }
 }
 
 #[test]

@@ -31,7 +31,7 @@ macro_rules! conformance_suite {
                 delete_keeps_history, operator_commands, external_writes_are_checked_and_kept,
                 hostile_keys_are_refused_and_long_ones_fit, non_state_bodies_never_replace_a_state,
                 oversized_lock_infos_are_refused, head_and_etag_describe_the_state,
-                deleted_state_history_can_be_purged
+                deleted_state_history_can_be_purged, sealed_states_leave_no_plaintext
             );
         }
     };
@@ -1068,4 +1068,68 @@ pub fn deleted_state_history_can_be_purged(peer: &dyn Peer) {
         "purge leaves nothing: {:?}",
         keys(peer)
     );
+}
+
+/// Seals what a store holds: GET gives the state back, every kept version
+/// opens, and no object of the store holds a byte of plaintext state.
+pub fn sealed_states_leave_no_plaintext(peer: &dyn Peer) {
+    let sealing = Sealing::new(&["k2026"]);
+    let args = sealing.args();
+    let server = Server::start_with(peer, &[&args[0], &args[1]]);
+    let url = server.state_url("sealed/terraform.tfstate");
+    let marker = "plaintext-marker-6b1f0e";
+    let first = state_doc("sealed", 1, &format!("{marker}-one"));
+    let second = state_doc("sealed", 2, &format!("{marker}-two"));
+    let lock = lock_info("sealed-lock", "ci@runner");
+    assert_eq!(http("LOCK", &url, &lock).0, 200);
+    assert_eq!(post_state(&format!("{url}?ID=sealed-lock"), &first).0, 200);
+    assert_eq!(post_state(&format!("{url}?ID=sealed-lock"), &second).0, 200);
+    assert_eq!(http("GET", &url, b"").1, second);
+    assert_eq!(http("GET", &format!("{url}?version=1"), b"").1, first);
+
+    let keys = keys(peer);
+    let state_key = "sealed/terraform.tfstate";
+    assert!(keys.contains(state_key), "{keys:?}");
+    for key in &keys {
+        let stored = peer.object_bytes(key);
+        assert!(
+            !stored.windows(marker.len()).any(|w| w == marker.as_bytes()),
+            "{key} holds plaintext"
+        );
+        let is_body = key == state_key
+            || (key.starts_with(".stategate/history/") && key.ends_with(".tfstate"));
+        if is_body {
+            assert!(
+                stored.starts_with(b"SGSL\x01\x05k2026"),
+                "{key} is not sealed"
+            );
+        }
+    }
+    // Locks stay clear, so Terraform's native backends still read them.
+    let lock_stored = peer.object_bytes(&format!("{state_key}.tflock"));
+    assert!(
+        text(&lock_stored).contains("sealed-lock"),
+        "{}",
+        text(&lock_stored)
+    );
+    assert_eq!(
+        http("UNLOCK", &url, &lock_info("sealed-lock", "ci@runner")).0,
+        200
+    );
+
+    // One flipped byte: a clear 503 naming the key, and nothing overwritten.
+    let mut tampered = peer.object_bytes(state_key);
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x20;
+    peer.put_object(state_key, &tampered);
+    let (status, reason) = http("GET", &url, b"");
+    assert_eq!(status, 503, "{}", text(&reason));
+    assert!(
+        text(&reason).contains("does not open with key `k2026`"),
+        "{}",
+        text(&reason)
+    );
+    let third = state_doc("sealed", 3, "after tampering");
+    assert_eq!(post_state(&url, &third).0, 503);
+    assert_eq!(peer.object_bytes(state_key), tampered, "overwritten");
 }

@@ -12,6 +12,7 @@ mod cli;
 #[cfg(all(feature = "s3", feature = "oss"))]
 mod cloud_races;
 mod crash;
+mod encryption;
 mod hostile;
 mod local_sqlite;
 mod nginx;

@@ -118,6 +118,14 @@ impl OssServer {
         assert_eq!(status, 200, "put object: {}", text(&reply));
     }
 
+    /// The stored bytes of one object.
+    pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        let url = format!("http://{}/-/objects?bucket={bucket}&key={key}", self.addr);
+        let (status, body) = http("GET", &url, b"");
+        assert_eq!(status, 200, "get object {key}: {}", text(&body));
+        body
+    }
+
     /// Every object in `bucket` with what OSS recorded for it: key, size,
     /// acl, sse, content_type.
     pub fn objects(&self, bucket: &str) -> Vec<serde_json::Value> {
@@ -219,6 +227,11 @@ impl Peer for OssPeer {
     fn put_object(&self, key: &str, body: &[u8]) {
         self.server
             .put(&self.bucket, &format!("{}/{key}", self.prefix), body);
+    }
+
+    fn object_bytes(&self, key: &str) -> Vec<u8> {
+        self.server
+            .get(&self.bucket, &format!("{}/{key}", self.prefix))
     }
 
     fn object_keys(&self) -> Vec<String> {

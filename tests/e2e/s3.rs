@@ -223,6 +223,11 @@ impl Peer for S3Peer {
         self.moto.inspect(&["put", &self.bucket, &key], body);
     }
 
+    fn object_bytes(&self, key: &str) -> Vec<u8> {
+        let key = format!("{}{key}", self.prefix);
+        self.moto.inspect(&["get", &self.bucket, &key], b"")
+    }
+
     fn object_keys(&self) -> Vec<String> {
         self.moto
             .all_keys(&self.bucket)

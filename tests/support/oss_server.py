@@ -47,7 +47,8 @@ valid bucket name, so they cannot clash with a bucket):
   operator would while servers keep running (requests for it then get
   ``NoSuchBucket``; HEAD, as on OSS, a 404 without a body).
 * ``GET /-/objects?bucket=NAME`` lists every object as JSON with its size,
-  ETag, ACL, server-side encryption and content type.
+  ETag, ACL, server-side encryption and content type; with ``&key=KEY`` it
+  answers that object's stored bytes.
 
 Usage::
 
@@ -678,6 +679,13 @@ class Handler(BaseHTTPRequestHandler):
                 bucket.objects[params.get("key", "")] = Object(
                     self.body, "application/octet-stream", "default", None, None)
                 return self.reply(200, b"{}", content_type="application/json")
+            if path == "/-/objects" and self.command == "GET" and "key" in params:
+                # Another client's plain read of one object's stored bytes.
+                bucket = store.bucket(params.get("bucket", ""))
+                obj = bucket.objects.get(params["key"])
+                if obj is None:
+                    return self.reply(404, b"", content_type="application/octet-stream")
+                return self.reply(200, obj.body, content_type="application/octet-stream")
             if path == "/-/objects" and self.command == "GET":
                 bucket = store.bucket(params.get("bucket", ""))
                 listing = [

@@ -35,6 +35,9 @@ pub trait Peer: Send + Sync {
     /// Writes an object the way another tool would, behind stategate's
     /// back (`key` relative to any stategate prefix).
     fn put_object(&self, key: &str, body: &[u8]);
+    /// The stored bytes of an object, read by an independent client
+    /// (`key` relative to any stategate prefix).
+    fn object_bytes(&self, key: &str) -> Vec<u8>;
 }
 
 /// The stategate binary cargo built for these tests, or the one named by
@@ -584,4 +587,62 @@ pub fn paused_store_answers_503_within(
     signal(pid, "CONT");
     assert_eq!(http("GET", url, b""), (200, state_doc("p", 1, "v")));
     timings
+}
+
+/// An `encryption:` configuration in a directory of its own: each key a
+/// fresh random one in a file of the directory, the first one sealing.
+pub struct Sealing {
+    dir: TempDir,
+}
+
+impl Sealing {
+    /// Keys with these ids, in this order.
+    pub fn new(ids: &[&str]) -> Sealing {
+        let sealing = Sealing {
+            dir: TempDir::new().expect("temp dir"),
+        };
+        sealing.write_config(ids, false);
+        sealing
+    }
+
+    /// Where the key file of `id` is (or will be).
+    pub fn key_file_path(&self, id: &str) -> PathBuf {
+        self.dir.path().join(format!("{id}.key"))
+    }
+
+    /// The key file of `id`, made by `stategate gen-key` on first use.
+    pub fn key_file(&self, id: &str) -> PathBuf {
+        let path = self.key_file_path(id);
+        if !path.exists() {
+            let out = Command::new(bin())
+                .args(["gen-key", path.to_str().unwrap()])
+                .output()
+                .expect("run stategate gen-key");
+            assert!(out.status.success(), "gen-key: {}", text(&out.stderr));
+        }
+        path
+    }
+
+    /// Rewrites the configuration with these key ids (the first seals).
+    pub fn write_config(&self, ids: &[&str], require_sealed: bool) {
+        let mut yaml = String::from("encryption:\n  keys:\n");
+        for id in ids {
+            yaml.push_str(&format!(
+                "    - id: {id}\n      file: {}\n",
+                self.key_file(id).display()
+            ));
+        }
+        yaml.push_str(&format!("  require_sealed: {require_sealed}\n"));
+        std::fs::write(self.config(), yaml).expect("write the config");
+    }
+
+    /// The configuration file.
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("stategate.yaml")
+    }
+
+    /// `--config <file>`, for [`Server::start_with`] and [`stategate`].
+    pub fn args(&self) -> [String; 2] {
+        ["--config".into(), self.config().display().to_string()]
+    }
 }

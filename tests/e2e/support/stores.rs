@@ -71,6 +71,10 @@ impl Peer for LocalPeer {
 
     /// Replaces the file as a careful tool does (new file, then rename),
     /// never in place: the README asks that of anything writing there.
+    fn object_bytes(&self, key: &str) -> Vec<u8> {
+        std::fs::read(self.root().join(key)).expect("read the object's file")
+    }
+
     fn put_object(&self, key: &str, body: &[u8]) {
         let path = self.root().join(key);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -118,6 +122,14 @@ impl Peer for SqlitePeer {
             .expect("rows")
             .map(Result::unwrap)
             .collect()
+    }
+
+    fn object_bytes(&self, key: &str) -> Vec<u8> {
+        let conn = rusqlite::Connection::open(self.db()).expect("open database");
+        conn.query_row("SELECT body FROM objects WHERE key = ?1", [key], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })
+        .expect("the object's row")
     }
 
     fn put_object(&self, key: &str, body: &[u8]) {
