@@ -11,10 +11,13 @@
 //! so a gate can never quietly skip a test. Each test gets a fresh store (a
 //! new directory, database or bucket) on the moto and OSS servers this test
 //! binary shares.
+//!
+//! Also here: a check that the crate's top-level modules depend on each
+//! other one way only (`module_layering_is_one_way`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -1047,5 +1050,283 @@ pub async fn missing_backend_is_unavailable(fx: Fixture) {
         "{:?}: not a store failure with the backend gone:\n{}",
         fx.kind,
         wrong.join("\n")
+    );
+}
+
+// Layering.
+
+/// Each top-level module and the only crate modules it may use: the target
+/// layering, where store settings are a leaf module of their own.
+const ALLOWED: &[(&str, &[&str])] = &[
+    ("settings", &[]),
+    ("stores", &["settings"]),
+    ("state", &["stores", "settings"]),
+    (
+        "protocol",
+        &["state", "stores", "settings", "auth", "audit", "metrics"],
+    ),
+];
+
+/// Reads every `src/**/*.rs` of the library and checks that its top-level
+/// modules depend on each other as [`ALLOWED`] says, and with no cycle
+/// among any of them. Lists every offending edge with the files making it.
+#[test]
+fn module_layering_is_one_way() {
+    let src = repo().join("src");
+    let modules = library_modules(&src);
+    let edges = module_edges(&src, &modules);
+
+    let mut offending = Vec::new();
+    for (from, allowed) in ALLOWED {
+        for ((a, b), files) in &edges {
+            if a == from && !allowed.contains(&b.as_str()) {
+                offending.push(format!(
+                    "{a} -> {b} (`{a}` may use only {allowed:?}): {}",
+                    files.join(", ")
+                ));
+            }
+        }
+    }
+    for ((a, b), files) in &edges {
+        if reaches(&edges, b, a) {
+            offending.push(format!(
+                "{a} -> {b} is on a cycle ({b} reaches {a} again): {}",
+                files.join(", ")
+            ));
+        }
+    }
+    assert!(
+        offending.is_empty(),
+        "module dependencies break the layering:\n  {}",
+        offending.join("\n  ")
+    );
+}
+
+/// The top-level modules `lib.rs` declares.
+fn library_modules(src: &Path) -> BTreeSet<String> {
+    let lib = std::fs::read_to_string(src.join("lib.rs")).expect("src/lib.rs");
+    let modules: BTreeSet<String> = strip_comments_and_strings(&lib)
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let rest = line
+                .strip_prefix("pub mod ")
+                .or_else(|| line.strip_prefix("mod "))?;
+            Some(rest.trim_end_matches(';').trim().to_string())
+        })
+        .collect();
+    assert!(
+        modules.contains("stores"),
+        "no modules found in lib.rs: {modules:?}"
+    );
+    modules
+}
+
+/// `(from, to) -> files`: every `crate::<to>` a file of module `from` names.
+fn module_edges(src: &Path, modules: &BTreeSet<String>) -> BTreeMap<(String, String), Vec<String>> {
+    let mut edges: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for file in rust_files(src) {
+        let rel = file.strip_prefix(src).unwrap();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
+        let from = first.trim_end_matches(".rs").to_string();
+        // lib.rs only declares modules; main.rs and cli.rs are the binary.
+        if !modules.contains(&from) {
+            continue;
+        }
+        let code = strip_comments_and_strings(&std::fs::read_to_string(&file).unwrap());
+        for to in crate_references(&code) {
+            if to != from && modules.contains(&to) {
+                let files = edges.entry((from.clone(), to)).or_default();
+                let name = format!("src/{}", rel.display());
+                if !files.contains(&name) {
+                    files.push(name);
+                }
+            }
+        }
+    }
+    edges
+}
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The first path segment after every `crate::`, including each item of a
+/// grouped `use crate::{a::X, b};`.
+fn crate_references(code: &str) -> BTreeSet<String> {
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut out = BTreeSet::new();
+    for (at, _) in code.match_indices("crate::") {
+        // Not the tail of another path such as `other_crate::`.
+        let before = code[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let rest = code[at + "crate::".len()..].trim_start();
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 1;
+            let mut item_start = true;
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                    ',' if depth == 1 => item_start = true,
+                    c if item_start && depth == 1 && !c.is_whitespace() => {
+                        out.insert(ident(&group[i..]));
+                        item_start = false;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            out.insert(ident(rest));
+        }
+    }
+    out.remove("");
+    out
+}
+
+/// Rust source with comments removed and string and character literals
+/// emptied, so doc links and messages do not count as dependencies.
+fn strip_comments_and_strings(source: &str) -> String {
+    let chars: Vec<char> = source.chars().collect();
+    let mut out = String::with_capacity(source.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        if c == '/' && next == Some('/') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '/' && next == Some('*') {
+            let mut depth = 0;
+            while i < chars.len() {
+                if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
+                    depth += 1;
+                    i += 2;
+                } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else if c == 'r' && (next == Some('"') || next == Some('#')) && !prev_is_ident(&chars, i)
+        {
+            // A raw string: r"..." or r#"..."#.
+            let mut j = i + 1;
+            let mut hashes = 0;
+            while chars.get(j) == Some(&'#') {
+                hashes += 1;
+                j += 1;
+            }
+            if chars.get(j) != Some(&'"') {
+                out.push(c);
+                i += 1;
+                continue;
+            }
+            j += 1;
+            loop {
+                match chars.get(j) {
+                    None => break,
+                    Some('"') if (1..=hashes).all(|k| chars.get(j + k) == Some(&'#')) => {
+                        j += 1 + hashes;
+                        break;
+                    }
+                    _ => j += 1,
+                }
+            }
+            out.push_str("\"\"");
+            i = j;
+        } else if c == '"' {
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+            out.push_str("\"\"");
+        } else if c == '\'' && (next == Some('\\') || chars.get(i + 2) == Some(&'\'')) {
+            // A character literal ('x', '\n', '\u{..}'), not a lifetime.
+            i += 1;
+            while i < chars.len() && chars[i] != '\'' {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+            out.push_str("' '");
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn prev_is_ident(chars: &[char], i: usize) -> bool {
+    i > 0 && (chars[i - 1].is_ascii_alphanumeric() || chars[i - 1] == '_')
+}
+
+/// Whether `to` can be reached from `from` along `edges`.
+fn reaches(edges: &BTreeMap<(String, String), Vec<String>>, from: &str, to: &str) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![from.to_string()];
+    while let Some(node) = stack.pop() {
+        if node == to {
+            return true;
+        }
+        if seen.insert(node.clone()) {
+            stack.extend(
+                edges
+                    .keys()
+                    .filter(|(a, _)| *a == node)
+                    .map(|(_, b)| b.clone()),
+            );
+        }
+    }
+    false
+}
+
+#[test]
+fn layering_scanner_sees_grouped_uses_and_ignores_comments_and_strings() {
+    let code = strip_comments_and_strings(
+        "use crate::{config::{A, B}, stores::X};\n\
+         //! [`crate::state`]\n\
+         /* crate::auth */ let s = \"crate::tls\"; let r = r#\"crate::server\"#;\n\
+         fn f<'a>(x: &'a str) -> char { let _ = crate::metrics::m(); 'c' }\n\
+         other_crate::audit::x();",
+    );
+    assert_eq!(
+        crate_references(&code),
+        ["config", "metrics", "stores"]
+            .into_iter()
+            .map(String::from)
+            .collect::<BTreeSet<_>>()
     );
 }
