@@ -43,7 +43,7 @@ macro_rules! contract_suite {
                 read_modify_write_loses_no_update, listing_is_a_sorted_string_prefix,
                 listing_shows_no_other_store, snapshot_copies_once_from_the_version_given,
                 large_body_round_trips, empty_body_round_trips, long_keys_round_trip,
-                missing_backend_is_unavailable
+                clashing_keys_conflict_only_where_documented, missing_backend_is_unavailable
             );
         }
     };
@@ -92,6 +92,12 @@ impl Kind {
             conditional_create: true,
             compare_and_swap,
         }
+    }
+
+    /// Whether a key cannot be stored next to a key that extends it by a
+    /// segment (`a` and `a/b`): files and directories on disk.
+    fn keys_are_paths(self) -> bool {
+        self == Kind::Local
     }
 
     /// Whether the store overrides `snapshot` with an in-place copy that
@@ -556,6 +562,14 @@ pub async fn delete_honours_its_condition(fx: Fixture) {
     put(store, key, b"three").await;
     store.delete(key, Condition::Always).await.unwrap();
     assert!(store.get(key).await.unwrap().is_none());
+
+    // IfAbsent constrains puts only; a delete treats it like Always.
+    put(store, key, b"four").await;
+    store
+        .delete(key, Condition::IfAbsent)
+        .await
+        .expect("delete with IfAbsent");
+    assert!(store.get(key).await.unwrap().is_none());
 }
 
 /// Tasks racing in each race test.
@@ -971,6 +985,59 @@ pub async fn long_keys_round_trip(fx: Fixture) {
         .await
         .unwrap();
     assert!(store.get(&deep).await.unwrap().is_none());
+}
+
+/// `a` and `a/b` are both valid keys. A store that cannot hold both (the
+/// local store: a file cannot also be a directory) refuses the second with
+/// `KeyConflict`, the client's mistake, and keeps the first; every other
+/// store holds both.
+pub async fn clashing_keys_conflict_only_where_documented(fx: Fixture) {
+    let store = &*fx.store;
+    put(store, "clash/a", b"file").await;
+    let deeper = store
+        .put("clash/a/b", Bytes::from_static(b"below"), Condition::Always)
+        .await;
+    put(store, "clash/c/d", b"below").await;
+    let shallower = store
+        .put("clash/c", Bytes::from_static(b"file"), Condition::IfAbsent)
+        .await;
+    if fx.kind.keys_are_paths() {
+        assert!(
+            matches!(deeper, Err(StoreError::KeyConflict(_))),
+            "{deeper:?}"
+        );
+        assert!(
+            matches!(shallower, Err(StoreError::KeyConflict(_))),
+            "{shallower:?}"
+        );
+        let listed: Vec<String> = list(store, "clash/")
+            .await
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(listed, ["clash/a", "clash/c/d"]);
+    } else {
+        deeper.expect("a key below another key");
+        shallower.expect("a key above another key");
+        let listed: Vec<String> = list(store, "clash/")
+            .await
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(listed, ["clash/a", "clash/a/b", "clash/c", "clash/c/d"]);
+        assert_eq!(
+            body_of(store, "clash/c").await.as_deref(),
+            Some(&b"file"[..])
+        );
+    }
+    assert_eq!(
+        body_of(store, "clash/a").await.as_deref(),
+        Some(&b"file"[..])
+    );
+    assert_eq!(
+        body_of(store, "clash/c/d").await.as_deref(),
+        Some(&b"below"[..])
+    );
 }
 
 /// A store whose backend is gone answers a failure of the store (one of
