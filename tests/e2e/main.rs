@@ -1,11 +1,15 @@
 //! End-to-end tests: the built `stategate` binary, driven by the real
 //! `terraform` CLI and raw HTTP, against every store with its real peer.
-//! `conformance` is the suite every store must pass; the other modules hold
-//! what is specific to one store or one concern.
+//! `conformance` is the suite every store must pass; `contract` calls the
+//! `Store` trait of every store directly, in this process; the other modules
+//! hold what is specific to one store or one concern.
 
 #[macro_use]
 mod conformance;
 mod support;
+
+#[cfg(all(feature = "s3", feature = "oss"))]
+mod contract;
 
 mod auth;
 mod cli;

@@ -24,12 +24,12 @@ conformance_suite!(oss_suite, crate::oss::peer());
 
 /// The endpoint stategate is given; the test server treats its subdomains as
 /// buckets. `.invalid` never resolves, so nothing can reach real OSS.
-const ENDPOINT: &str = "oss-test.invalid";
-const REGION: &str = "cn-beijing";
+pub(crate) const ENDPOINT: &str = "oss-test.invalid";
+pub(crate) const REGION: &str = "cn-beijing";
 /// STS credentials: the suite runs with a security token throughout.
-const STS_AK: &str = "STS.stategate-test";
-const STS_SECRET: &str = "sts-secret-for-tests";
-const STS_TOKEN: &str = "CAIS+sts/token=for-tests";
+pub(crate) const STS_AK: &str = "STS.stategate-test";
+pub(crate) const STS_SECRET: &str = "sts-secret-for-tests";
+pub(crate) const STS_TOKEN: &str = "CAIS+sts/token=for-tests";
 /// Long-term credentials, without a token.
 const AK: &str = "LTAI-stategate-test";
 const SECRET: &str = "long-term-secret-for-tests";

@@ -1,0 +1,1403 @@
+//! The `Store` contract, called directly from Rust in this process: every
+//! store (a local directory, a SQLite file, S3 on moto with and without
+//! `If-Match`, OSS on the OSS test server) must keep the promises
+//! `stategate::stores` documents, because locking, the write rules and
+//! history are written once on top of them. `contract_suite!(name, kind)`
+//! instantiates every test for one store as `contract_<store>::<test>`, so
+//! `cargo test --test e2e contract_` runs them all.
+//!
+//! Guarantees a store may lack are gated on [`Store::capabilities`], and the
+//! capabilities themselves are checked against what each store documents,
+//! so a gate can never quietly skip a test. Each test gets a fresh store (a
+//! new directory, database or bucket) on the moto and OSS servers this test
+//! binary shares.
+//!
+//! Also here: a check that the crate's top-level modules depend on each
+//! other one way only (`module_layering_is_one_way`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use stategate::settings::StoreSettings;
+use stategate::stores::{self, Capabilities, Condition, Entry, Store, StoreError, Version};
+use tempfile::TempDir;
+
+use crate::oss::{ENDPOINT, OssServer, REGION, STS_AK, STS_SECRET, STS_TOKEN};
+use crate::s3::Moto;
+use crate::support::*;
+
+/// Generates one `#[test]` per contract function for a store.
+macro_rules! contract_suite {
+    ($name:ident, $kind:expr) => {
+        mod $name {
+            contract_suite!(@tests $kind;
+                capabilities_are_as_documented, get_put_stat_round_trip,
+                if_absent_refuses_an_existing_key, if_match_is_compare_and_swap,
+                recreated_object_never_matches_its_old_version, delete_honours_its_condition,
+                concurrent_creates_have_one_winner, concurrent_swaps_have_one_winner,
+                read_modify_write_loses_no_update, listing_is_a_sorted_string_prefix,
+                listing_shows_no_other_store, snapshot_copies_once_from_the_version_given,
+                large_body_round_trips, empty_body_round_trips, long_keys_round_trip,
+                clashing_keys_conflict_only_where_documented, missing_backend_is_unavailable
+            );
+        }
+    };
+    (@tests $kind:expr; $($test:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                crate::contract::run($kind, crate::contract::$test);
+            }
+        )*
+    };
+}
+
+contract_suite!(contract_local, crate::contract::Kind::Local);
+contract_suite!(contract_sqlite, crate::contract::Kind::Sqlite);
+contract_suite!(contract_s3, crate::contract::Kind::S3);
+contract_suite!(
+    contract_s3_without_if_match,
+    crate::contract::Kind::S3WithoutIfMatch
+);
+contract_suite!(contract_oss, crate::contract::Kind::Oss);
+
+/// The stores under contract, as configured for these tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Local,
+    Sqlite,
+    /// S3 on a moto server that honours `If-None-Match` and `If-Match`.
+    S3,
+    /// S3 on a moto server that ignores `If-Match`: S3-compatible servers
+    /// without compare-and-swap, as `cloud_races` runs them.
+    S3WithoutIfMatch,
+    Oss,
+}
+
+impl Kind {
+    /// What each store documents it can do.
+    fn documented_capabilities(self) -> Capabilities {
+        let compare_and_swap = match self {
+            Kind::Local | Kind::Sqlite | Kind::S3 => true,
+            // The S3 store detects the ignored header and says so; OSS has no
+            // conditional PutObject or DeleteObject at all.
+            Kind::S3WithoutIfMatch | Kind::Oss => false,
+        };
+        Capabilities {
+            conditional_create: true,
+            compare_and_swap,
+        }
+    }
+
+    /// Whether a key cannot be stored next to a key that extends it by a
+    /// segment (`a` and `a/b`): files and directories on disk.
+    fn keys_are_paths(self) -> bool {
+        self == Kind::Local
+    }
+
+    /// Whether the store overrides `snapshot` with an in-place copy that
+    /// checks the source's version (a hard link, a copied row); the others
+    /// use the trait's default, which writes the body the caller has.
+    fn snapshots_in_place(self) -> bool {
+        matches!(self, Kind::Local | Kind::Sqlite)
+    }
+}
+
+/// Where a fixture's store keeps its objects.
+enum Place {
+    /// A temporary directory: the local store's root is `data` in it, the
+    /// SQLite store's file `states.db`.
+    Dir(TempDir),
+    /// A bucket on the shared moto or OSS server.
+    Bucket(String),
+}
+
+/// A fresh, empty store of one kind.
+pub struct Fixture {
+    /// Which store, for what it documents.
+    pub kind: Kind,
+    /// The store under test.
+    pub store: Arc<dyn Store>,
+    /// Its objects, kept for as long as the fixture lives.
+    place: Place,
+}
+
+/// Prefix of every bucket store's keys, so listings also prove the store
+/// strips it.
+const S3_PREFIX: &str = "team/";
+const OSS_PREFIX: &str = "team/states";
+
+impl Fixture {
+    /// Opens a store of `kind` on a place of its own.
+    pub async fn open(kind: Kind) -> Fixture {
+        let place = match kind {
+            Kind::Local | Kind::Sqlite => Place::Dir(TempDir::new().expect("temp dir")),
+            Kind::S3 | Kind::S3WithoutIfMatch => Place::Bucket(new_s3_bucket(moto(kind))),
+            Kind::Oss => Place::Bucket(OssServer::shared().new_bucket("")),
+        };
+        let store = match (&place, kind) {
+            (Place::Dir(dir), Kind::Local) => open_local(&dir.path().join("data")).await,
+            (Place::Dir(dir), _) => open_sqlite(&dir.path().join("states.db")).await,
+            (Place::Bucket(bucket), Kind::Oss) => open_oss(bucket, OSS_PREFIX).await,
+            (Place::Bucket(bucket), _) => open_s3(moto(kind), bucket, S3_PREFIX).await,
+        };
+        Fixture { kind, store, place }
+    }
+
+    /// Another store of the same kind, on a place of its own.
+    pub async fn sibling(&self) -> Fixture {
+        Fixture::open(self.kind).await
+    }
+
+    /// For bucket stores: a store on the same bucket under another prefix.
+    pub async fn neighbour(&self) -> Option<Arc<dyn Store>> {
+        match (&self.place, self.kind) {
+            (Place::Bucket(bucket), Kind::Oss) => Some(open_oss(bucket, "team/other").await),
+            (Place::Bucket(bucket), _) => {
+                Some(open_s3(moto(self.kind), bucket, "team-other/").await)
+            }
+            (Place::Dir(_), _) => None,
+        }
+    }
+
+    /// Takes the backend away behind the store's back, where the store
+    /// promises to notice: the SQLite file removed (checked before and
+    /// after every operation), the bucket deleted. Returns false for the
+    /// local store, which promises nothing about a removed root (it keeps
+    /// working in the directory it holds open).
+    pub fn remove_backend(&self) -> bool {
+        match (&self.place, self.kind) {
+            (Place::Dir(_), Kind::Local) => false,
+            (Place::Dir(dir), _) => {
+                for name in ["states.db", "states.db-wal", "states.db-shm"] {
+                    let _ = std::fs::remove_file(dir.path().join(name));
+                }
+                true
+            }
+            (Place::Bucket(bucket), Kind::Oss) => {
+                OssServer::shared().delete_bucket(bucket);
+                true
+            }
+            (Place::Bucket(bucket), _) => {
+                moto(self.kind).inspect(&["delete-bucket", bucket], b"");
+                true
+            }
+        }
+    }
+}
+
+// Store construction: one small function per store, so a change in how
+// stores are configured or opened is made here and nowhere else.
+
+async fn open_local(root: &Path) -> Arc<dyn Store> {
+    open_backend("local", &[("path", &root.display().to_string())]).await
+}
+
+async fn open_sqlite(file: &Path) -> Arc<dyn Store> {
+    open_backend("sqlite", &[("path", &file.display().to_string())]).await
+}
+
+async fn open_s3(moto: &Moto, bucket: &str, prefix: &str) -> Arc<dyn Store> {
+    open_backend(
+        "s3",
+        &[
+            ("endpoint", &moto.endpoint),
+            ("bucket", bucket),
+            ("prefix", prefix),
+            ("region", "us-east-1"),
+            ("accessKeyID", &moto.access_key),
+            ("accessKeySecret", &moto.secret_key),
+            ("timeout", "20"),
+        ],
+    )
+    .await
+}
+
+async fn open_oss(bucket: &str, prefix: &str) -> Arc<dyn Store> {
+    route_oss_through(OssServer::shared());
+    open_backend(
+        "oss",
+        &[
+            ("bucket", bucket),
+            ("prefix", prefix),
+            ("endpoint", &format!("http://{ENDPOINT}")),
+            ("region", REGION),
+            ("access_key", STS_AK),
+            ("secret_key", STS_SECRET),
+            ("security_token", STS_TOKEN),
+            ("timeout", "20"),
+        ],
+    )
+    .await
+}
+
+/// Opens a registered backend from canonical setting names.
+async fn open_backend(name: &'static str, pairs: &[(&'static str, &str)]) -> Arc<dyn Store> {
+    let backend = stores::backend(name).unwrap_or_else(|| panic!("no `{name}` backend"));
+    (backend.open)(StoreSettings::from_pairs(name, pairs))
+        .await
+        .unwrap_or_else(|e| panic!("opening the {name} store: {e}"))
+}
+
+fn moto(kind: Kind) -> &'static Moto {
+    match kind {
+        Kind::S3WithoutIfMatch => Moto::shared_ignoring_if_match(),
+        _ => Moto::shared(),
+    }
+}
+
+/// A new bucket on `moto`, made with one unsigned request (the shared
+/// servers do not check signatures) rather than a boto3 process per test.
+fn new_s3_bucket(moto: &Moto) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "contract-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let (status, body) = http("PUT", &format!("{}/{name}", moto.endpoint), b"");
+    assert_eq!(status, 200, "create bucket {name}: {}", text(&body));
+    name
+}
+
+/// The OSS store reaches the test server as real OSS clients reach it
+/// through a proxy: its endpoint `oss-test.invalid` never resolves. Its
+/// HTTP client takes the proxy from the environment when it is built, and
+/// there is no other way in, so this process gets `HTTP_PROXY` once, with
+/// loopback exempt so that nothing this binary talks to on 127.0.0.1 (or
+/// starts later, inheriting the environment) is routed through it.
+fn route_oss_through(server: &OssServer) {
+    static ROUTED: OnceLock<()> = OnceLock::new();
+    ROUTED.get_or_init(|| {
+        let proxy = format!("http://{}", server.addr);
+        let direct = "127.0.0.1,localhost,::1";
+        // SAFETY: set once, before the first OSS client is built. Other test
+        // threads may be running; std serialises its own environment reads
+        // (including around getaddrinfo) with these writes.
+        unsafe {
+            std::env::set_var("HTTP_PROXY", &proxy);
+            std::env::set_var("http_proxy", &proxy);
+            std::env::set_var("NO_PROXY", direct);
+            std::env::set_var("no_proxy", direct);
+        }
+    });
+}
+
+/// Runs one contract test on a fresh store of `kind`, on a runtime of its own.
+pub fn run<F>(kind: Kind, test: fn(Fixture) -> F)
+where
+    F: Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async move { test(Fixture::open(kind).await).await });
+}
+
+// Helpers.
+
+/// The object's body, or `None`; panics on a store error.
+async fn body_of(store: &dyn Store, key: &str) -> Option<Bytes> {
+    store
+        .get(key)
+        .await
+        .unwrap_or_else(|e| panic!("get {key}: {e}"))
+        .map(|o| o.body)
+}
+
+/// The object's current version, read with `get`.
+async fn version_of(store: &dyn Store, key: &str) -> Version {
+    store
+        .get(key)
+        .await
+        .unwrap_or_else(|e| panic!("get {key}: {e}"))
+        .unwrap_or_else(|| panic!("{key} is missing"))
+        .version
+}
+
+async fn put(store: &dyn Store, key: &str, body: &[u8]) -> Version {
+    store
+        .put(key, Bytes::copy_from_slice(body), Condition::Always)
+        .await
+        .unwrap_or_else(|e| panic!("put {key}: {e}"))
+}
+
+async fn list(store: &dyn Store, prefix: &str) -> Vec<Entry> {
+    store
+        .list(prefix)
+        .await
+        .unwrap_or_else(|e| panic!("list `{prefix}`: {e}"))
+}
+
+fn keys_and_sizes(entries: &[Entry]) -> Vec<(String, u64)> {
+    entries.iter().map(|e| (e.key.clone(), e.size)).collect()
+}
+
+/// Compares large bodies without printing them.
+fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
+    if got == want {
+        return;
+    }
+    let first = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    panic!(
+        "{what}: {} bytes read back, {} written; first difference at byte {first}",
+        got.len(),
+        want.len()
+    );
+}
+
+/// `len` bytes of a fixed pseudo-random pattern (every byte value, no
+/// repeating period a store could compress or dedupe away).
+fn pattern(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The store's capabilities, asserted to be what it documents: a test
+/// gated on one can never skip quietly.
+fn checked_capabilities(fx: &Fixture) -> Capabilities {
+    let caps = fx.store.capabilities();
+    let documented = fx.kind.documented_capabilities();
+    assert_eq!(
+        caps,
+        documented,
+        "{:?} ({}) reports {caps:?}, documents {documented:?}",
+        fx.kind,
+        fx.store.describe()
+    );
+    caps
+}
+
+// The contract.
+
+pub async fn capabilities_are_as_documented(fx: Fixture) {
+    // Locks need an atomic create: the state layer refuses to start on a
+    // store without one unless told to, and none of these lacks it.
+    assert!(checked_capabilities(&fx).conditional_create);
+}
+
+pub async fn get_put_stat_round_trip(fx: Fixture) {
+    let store = &*fx.store;
+    let key = "rt/app/terraform.tfstate";
+    assert!(
+        store.get(key).await.unwrap().is_none(),
+        "get of a missing key"
+    );
+    assert_eq!(
+        store.stat(key).await.unwrap(),
+        None,
+        "stat of a missing key"
+    );
+
+    let body = b"{\"serial\": 1}\n\x00\xff binary too";
+    let put_version = put(store, key, body).await;
+    let object = store.get(key).await.unwrap().expect("just written");
+    assert_eq!(&object.body[..], &body[..]);
+    assert_eq!(
+        object.version, put_version,
+        "get's version is the one put returned"
+    );
+    assert_eq!(store.stat(key).await.unwrap(), Some(object.version.clone()));
+
+    let other = b"{\"serial\": 2}\n";
+    let second = put(store, key, other).await;
+    assert_ne!(second, put_version, "a new write has a new version");
+    assert_eq!(&body_of(store, key).await.unwrap()[..], &other[..]);
+    assert_eq!(store.stat(key).await.unwrap(), Some(second));
+}
+
+pub async fn if_absent_refuses_an_existing_key(fx: Fixture) {
+    assert!(checked_capabilities(&fx).conditional_create);
+    let store = &*fx.store;
+    let key = "create/lock.tflock";
+    let first = store
+        .put(key, Bytes::from_static(b"first"), Condition::IfAbsent)
+        .await
+        .expect("create on a free key");
+    let second = store
+        .put(key, Bytes::from_static(b"second"), Condition::IfAbsent)
+        .await;
+    assert_eq!(second, Err(StoreError::AlreadyExists));
+    let object = store.get(key).await.unwrap().expect("still there");
+    assert_eq!(
+        &object.body[..],
+        b"first",
+        "the refused create changed the body"
+    );
+    assert_eq!(object.version, first);
+}
+
+pub async fn if_match_is_compare_and_swap(fx: Fixture) {
+    let store = &*fx.store;
+    let key = "cas/state";
+    let old = put(store, key, b"version one").await;
+    let current = put(store, key, b"version two").await;
+    assert_ne!(old, current);
+
+    let stale = store
+        .put(
+            key,
+            Bytes::from_static(b"lost update"),
+            Condition::IfMatch(old),
+        )
+        .await;
+    assert_eq!(stale, Err(StoreError::PreconditionFailed));
+    assert_eq!(&body_of(store, key).await.unwrap()[..], b"version two");
+
+    let next = store
+        .put(
+            key,
+            Bytes::from_static(b"version three"),
+            Condition::IfMatch(current.clone()),
+        )
+        .await
+        .expect("IfMatch(current) succeeds");
+    assert_ne!(next, current, "a swap yields a new version");
+    assert_eq!(version_of(store, key).await, next);
+    assert_eq!(&body_of(store, key).await.unwrap()[..], b"version three");
+
+    let missing = store
+        .put(
+            "cas/missing",
+            Bytes::from_static(b"x"),
+            Condition::IfMatch(next),
+        )
+        .await;
+    assert_eq!(missing, Err(StoreError::PreconditionFailed));
+    assert!(store.get("cas/missing").await.unwrap().is_none());
+}
+
+/// The trait's promise: two reads return the same version only when the
+/// object did not change in between. A delete and a re-create with the
+/// same bytes is a change (a lock released and taken again).
+pub async fn recreated_object_never_matches_its_old_version(fx: Fixture) {
+    let store = &*fx.store;
+    let key = "aba/lock.tflock";
+    let body = b"{\"ID\":\"same\"}";
+    put(store, key, body).await;
+    let v1 = version_of(store, key).await;
+    store.delete(key, Condition::Always).await.unwrap();
+    put(store, key, body).await;
+    let v2 = version_of(store, key).await;
+
+    let swap = store
+        .put(
+            key,
+            Bytes::from_static(b"{\"ID\":\"stale\"}"),
+            Condition::IfMatch(v1.clone()),
+        )
+        .await;
+    assert_eq!(
+        swap,
+        Err(StoreError::PreconditionFailed),
+        "IfMatch with the version of the deleted object ({v1:?}) matched the new one ({v2:?})"
+    );
+    assert_eq!(&body_of(store, key).await.unwrap()[..], &body[..]);
+    let delete = store.delete(key, Condition::IfMatch(v1.clone())).await;
+    assert_eq!(
+        delete,
+        Err(StoreError::PreconditionFailed),
+        "a conditional delete with the old version ({v1:?}) removed the new object"
+    );
+    assert!(store.get(key).await.unwrap().is_some());
+}
+
+pub async fn delete_honours_its_condition(fx: Fixture) {
+    let store = &*fx.store;
+    let key = "del/state";
+    store
+        .delete("del/never-written", Condition::Always)
+        .await
+        .expect("deleting a missing key is not an error");
+
+    let stale = put(store, key, b"one").await;
+    put(store, key, b"two").await;
+    assert_eq!(
+        store.delete(key, Condition::IfMatch(stale)).await,
+        Err(StoreError::PreconditionFailed)
+    );
+    assert_eq!(
+        &body_of(store, key).await.unwrap()[..],
+        b"two",
+        "the object stays"
+    );
+
+    let current = version_of(store, key).await;
+    assert_eq!(
+        store
+            .delete("del/never-written", Condition::IfMatch(current.clone()))
+            .await,
+        Err(StoreError::PreconditionFailed),
+        "IfMatch on a missing key"
+    );
+    store
+        .delete(key, Condition::IfMatch(current))
+        .await
+        .expect("IfMatch(current) deletes");
+    assert!(store.get(key).await.unwrap().is_none());
+    assert_eq!(store.stat(key).await.unwrap(), None);
+    assert!(list(store, "del/").await.is_empty());
+
+    put(store, key, b"three").await;
+    store.delete(key, Condition::Always).await.unwrap();
+    assert!(store.get(key).await.unwrap().is_none());
+
+    // IfAbsent constrains puts only; a delete treats it like Always.
+    put(store, key, b"four").await;
+    store
+        .delete(key, Condition::IfAbsent)
+        .await
+        .expect("delete with IfAbsent");
+    assert!(store.get(key).await.unwrap().is_none());
+}
+
+/// Tasks racing in each race test.
+const RACERS: usize = 16;
+
+pub async fn concurrent_creates_have_one_winner(fx: Fixture) {
+    assert!(checked_capabilities(&fx).conditional_create);
+    for round in 0..3 {
+        let key = format!("race/create-{round}.tflock");
+        let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
+        let tasks: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let (store, key, barrier) =
+                    (Arc::clone(&fx.store), key.clone(), Arc::clone(&barrier));
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let body = Bytes::from(format!("racer {i}"));
+                    (i, store.put(&key, body, Condition::IfAbsent).await)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                (i, Ok(version)) => winners.push((i, version)),
+                (_, Err(StoreError::AlreadyExists)) => {}
+                (i, Err(e)) => panic!("round {round}: racer {i}: {e}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+        let (i, version) = &winners[0];
+        let object = fx.store.get(&key).await.unwrap().expect("created");
+        assert_eq!(
+            object.body,
+            Bytes::from(format!("racer {i}")),
+            "round {round}"
+        );
+        assert_eq!(&object.version, version, "round {round}");
+    }
+}
+
+pub async fn concurrent_swaps_have_one_winner(fx: Fixture) {
+    if !checked_capabilities(&fx).compare_and_swap {
+        return;
+    }
+    for round in 0..3 {
+        let key = format!("race/swap-{round}");
+        let base = put(&*fx.store, &key, b"base").await;
+        let barrier = Arc::new(tokio::sync::Barrier::new(RACERS));
+        let tasks: Vec<_> = (0..RACERS)
+            .map(|i| {
+                let (store, key, barrier) =
+                    (Arc::clone(&fx.store), key.clone(), Arc::clone(&barrier));
+                let base = base.clone();
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let body = Bytes::from(format!("swapped by {i}"));
+                    (i, store.put(&key, body, Condition::IfMatch(base)).await)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                (i, Ok(version)) => winners.push((i, version)),
+                (_, Err(StoreError::PreconditionFailed)) => {}
+                (i, Err(e)) => panic!("round {round}: racer {i}: {e}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: winners {winners:?}");
+        let (i, version) = &winners[0];
+        let object = fx.store.get(&key).await.unwrap().expect("still there");
+        assert_eq!(
+            object.body,
+            Bytes::from(format!("swapped by {i}")),
+            "round {round}"
+        );
+        assert_eq!(&object.version, version, "round {round}");
+    }
+}
+
+/// Tasks and increments each in the read-modify-write test.
+const WRITERS: usize = 8;
+const INCREMENTS: usize = 8;
+
+pub async fn read_modify_write_loses_no_update(fx: Fixture) {
+    if !checked_capabilities(&fx).compare_and_swap {
+        return;
+    }
+    let key = "race/counter";
+    put(&*fx.store, key, b"0").await;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let store = Arc::clone(&fx.store);
+            tokio::spawn(async move {
+                let (mut versions, mut retries) = (Vec::new(), 0);
+                while versions.len() < INCREMENTS {
+                    let object = store.get(key).await.unwrap().expect("counter");
+                    let n: usize = std::str::from_utf8(&object.body).unwrap().parse().unwrap();
+                    let next = Bytes::from((n + 1).to_string());
+                    match store
+                        .put(key, next, Condition::IfMatch(object.version))
+                        .await
+                    {
+                        Ok(version) => versions.push(version),
+                        Err(StoreError::PreconditionFailed) => retries += 1,
+                        Err(e) => panic!("increment: {e}"),
+                    }
+                }
+                (versions, retries)
+            })
+        })
+        .collect();
+    let (mut versions, mut retries) = (Vec::new(), 0);
+    for task in tasks {
+        let (v, r) = task.await.unwrap();
+        versions.extend(v);
+        retries += r;
+    }
+    let value = body_of(&*fx.store, key).await.unwrap();
+    assert_eq!(
+        std::str::from_utf8(&value).unwrap(),
+        (WRITERS * INCREMENTS).to_string(),
+        "{WRITERS} writers x {INCREMENTS} increments ({retries} retries)"
+    );
+    let distinct: BTreeSet<_> = versions.iter().map(|v| v.0.clone()).collect();
+    assert_eq!(
+        distinct.len(),
+        versions.len(),
+        "every increment has its own version"
+    );
+    eprintln!(
+        "{:?}: {} increments, {retries} retries in {:?}",
+        fx.kind,
+        WRITERS * INCREMENTS,
+        started.elapsed()
+    );
+}
+
+/// Keys for the listing test: every allowed character, neighbours of
+/// `l/a/b` on both sides in byte order, and deep nesting. No key is also a
+/// directory of another (a clash the local store refuses by design).
+const LISTED: &[&str] = &[
+    "l/a/b-x",
+    "l/a/b.x",
+    "l/a/b/c",
+    "l/a/b/c2/d/e/f/g/h/i/j/k/l/m/n/o/p/deep",
+    "l/a/b0",
+    "l/a/bA",
+    "l/a/b_x",
+    "l/a/bc",
+    "l/a/c",
+    "l/ABCDEFGHIJKLMNOPQRSTUVWXYZ/abcdefghijklmnopqrstuvwxyz/0123456789/._-",
+    "l/.hidden/-dash/_under/.../x.y_z-0",
+    "l/Z",
+    "m",
+];
+
+pub async fn listing_is_a_sorted_string_prefix(fx: Fixture) {
+    let store = &*fx.store;
+    let mut expected: Vec<(String, u64)> = Vec::new();
+    // Written out of order, each with its own size.
+    for (i, key) in LISTED.iter().enumerate().rev() {
+        let body = vec![b'a' + i as u8; 3 * i + 1];
+        put(store, key, &body).await;
+        expected.push((key.to_string(), body.len() as u64));
+    }
+    expected.sort();
+    for (key, size) in &expected {
+        let object = store
+            .get(key)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{key} missing"));
+        assert_eq!(object.body.len() as u64, *size, "{key}");
+    }
+
+    let under = |prefix: &str| -> Vec<(String, u64)> {
+        expected
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .cloned()
+            .collect()
+    };
+    for prefix in [
+        "",
+        "l/",
+        "l/a/b",
+        "l/a/b/",
+        "l/a/b/c",
+        "l/a/b/c/",
+        "l/a/c",
+        "l/a/",
+        "l/A",
+        "l/.",
+        "l/.hidden/-dash/_under/.../",
+        "l/nothing",
+        "m",
+        "mm",
+        "l/a/b/c2/d/e/f/g/h/i/j/k/l/m/n/o/p/",
+    ] {
+        let listed = keys_and_sizes(&list(store, prefix).await);
+        assert_eq!(listed, under(prefix), "list(`{prefix}`)");
+    }
+    // Plain string prefixes, spelled out for the case the brief names.
+    let ab: Vec<String> = list(store, "l/a/b")
+        .await
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert!(ab.contains(&"l/a/bc".to_string()) && ab.contains(&"l/a/b/c".to_string()));
+    assert!(!ab.contains(&"l/a/c".to_string()));
+    // Byte order: '-' < '.' < '/' < digits < upper case < '_' < lower case.
+    assert_eq!(
+        ab[..4],
+        [
+            "l/a/b-x",
+            "l/a/b.x",
+            "l/a/b/c",
+            "l/a/b/c2/d/e/f/g/h/i/j/k/l/m/n/o/p/deep"
+        ]
+    );
+    assert_eq!(ab[4..], ["l/a/b0", "l/a/bA", "l/a/b_x", "l/a/bc"]);
+}
+
+pub async fn listing_shows_no_other_store(fx: Fixture) {
+    let other = fx.sibling().await;
+    put(&*fx.store, "iso/mine", b"mine").await;
+    put(&*other.store, "iso/theirs", b"theirs!").await;
+    let keys =
+        |entries: Vec<Entry>| -> Vec<String> { entries.into_iter().map(|e| e.key).collect() };
+    assert_eq!(keys(list(&*fx.store, "").await), ["iso/mine"]);
+    assert_eq!(keys(list(&*other.store, "").await), ["iso/theirs"]);
+    assert!(fx.store.get("iso/theirs").await.unwrap().is_none());
+    assert!(other.store.get("iso/mine").await.unwrap().is_none());
+
+    // A store on the same bucket under another prefix sees nothing of this one.
+    if let Some(neighbour) = fx.neighbour().await {
+        put(&*neighbour, "iso/next-door", b"next").await;
+        assert_eq!(keys(list(&*neighbour, "").await), ["iso/next-door"]);
+        assert_eq!(keys(list(&*fx.store, "").await), ["iso/mine"]);
+        assert!(neighbour.get("iso/mine").await.unwrap().is_none());
+    }
+}
+
+/// `snapshot` creates `to` only if absent, from `from` at `from_version`.
+/// In-place stores check that version and copy without the caller's bytes;
+/// the default writes the bytes the caller has.
+pub async fn snapshot_copies_once_from_the_version_given(fx: Fixture) {
+    let store = &*fx.store;
+    let (src, body1, body2) = (
+        "snap/state",
+        Bytes::from_static(b"first state"),
+        Bytes::from_static(b"second state, longer"),
+    );
+    put(store, src, &body1).await;
+    let v1 = version_of(store, src).await;
+
+    store
+        .snapshot(src, &v1, "snap/history/1", &body1)
+        .await
+        .expect("snapshot to a new key");
+    assert_eq!(body_of(store, "snap/history/1").await, Some(body1.clone()));
+
+    let again = store.snapshot(src, &v1, "snap/history/1", &body1).await;
+    assert_eq!(again, Err(StoreError::AlreadyExists), "the target exists");
+    assert_eq!(body_of(store, "snap/history/1").await, Some(body1.clone()));
+
+    // The source changes; the copy does not (a hard link must not share
+    // later writes).
+    put(store, src, &body2).await;
+    let v2 = version_of(store, src).await;
+    assert_eq!(body_of(store, "snap/history/1").await, Some(body1.clone()));
+
+    let stale = store.snapshot(src, &v1, "snap/history/stale", &body1).await;
+    if fx.kind.snapshots_in_place() {
+        assert_eq!(stale, Err(StoreError::PreconditionFailed), "source changed");
+        assert_eq!(body_of(store, "snap/history/stale").await, None);
+        let gone = store
+            .snapshot("snap/missing", &v1, "snap/history/none", &body1)
+            .await;
+        assert_eq!(gone, Err(StoreError::PreconditionFailed), "source missing");
+        assert_eq!(body_of(store, "snap/history/none").await, None);
+    } else {
+        stale.expect("the default snapshot writes the caller's body");
+        assert_eq!(
+            body_of(store, "snap/history/stale").await,
+            Some(body1.clone())
+        );
+    }
+
+    store
+        .snapshot(src, &v2, "snap/history/2", &body2)
+        .await
+        .expect("snapshot of the current version");
+    assert_eq!(body_of(store, "snap/history/2").await, Some(body2.clone()));
+    store
+        .delete("snap/history/2", Condition::Always)
+        .await
+        .unwrap();
+    assert_eq!(
+        body_of(store, src).await,
+        Some(body2),
+        "deleting a copy keeps the source"
+    );
+    assert_eq!(version_of(store, src).await, v2);
+}
+
+pub async fn large_body_round_trips(fx: Fixture) {
+    const SIZE: usize = 64 << 20;
+    let store = &*fx.store;
+    let body = Bytes::from(pattern(SIZE));
+    let started = Instant::now();
+    let version = store
+        .put("big/state", body.clone(), Condition::IfAbsent)
+        .await
+        .expect("64 MiB put");
+    let object = store.get("big/state").await.unwrap().expect("64 MiB get");
+    assert_same_bytes(&object.body, &body, "64 MiB body");
+    assert_eq!(object.version, version);
+    assert_eq!(
+        keys_and_sizes(&list(store, "big/").await),
+        [("big/state".to_string(), SIZE as u64)]
+    );
+    eprintln!(
+        "{:?}: 64 MiB put and get in {:?}",
+        fx.kind,
+        started.elapsed()
+    );
+    // The servers this binary shares keep objects in memory.
+    store
+        .delete("big/state", Condition::IfMatch(version))
+        .await
+        .expect("delete the 64 MiB object");
+    assert!(list(store, "big/").await.is_empty());
+}
+
+pub async fn empty_body_round_trips(fx: Fixture) {
+    let store = &*fx.store;
+    let version = store
+        .put("empty/state", Bytes::new(), Condition::IfAbsent)
+        .await
+        .expect("empty put");
+    let object = store
+        .get("empty/state")
+        .await
+        .unwrap()
+        .expect("an empty object exists");
+    assert!(object.body.is_empty());
+    assert_eq!(object.version, version);
+    assert_eq!(
+        store.stat("empty/state").await.unwrap(),
+        Some(version.clone())
+    );
+    assert_eq!(
+        keys_and_sizes(&list(store, "empty/").await),
+        [("empty/state".to_string(), 0)]
+    );
+    let next = store
+        .put(
+            "empty/state",
+            Bytes::from_static(b"x"),
+            Condition::IfMatch(version),
+        )
+        .await
+        .expect("swap an empty object");
+    store
+        .put("empty/state", Bytes::new(), Condition::IfMatch(next))
+        .await
+        .expect("swap back to empty");
+    assert_eq!(body_of(store, "empty/state").await, Some(Bytes::new()));
+}
+
+/// A key of `len` bytes: `/`-separated segments of 49 letters and digits.
+fn long_key(len: usize) -> String {
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut key = String::from("long");
+    while key.len() < len {
+        key.push('/');
+        let segment_len = 49.min(len - key.len());
+        for i in 0..segment_len {
+            key.push(alphabet[(key.len() * 7 + i) % alphabet.len()] as char);
+        }
+    }
+    key
+}
+
+pub async fn long_keys_round_trip(fx: Fixture) {
+    let store = &*fx.store;
+    // 1,000 bytes in segments (within S3's and OSS's 1,024 with the store
+    // prefix), and one segment of 250 (within a file name's 255).
+    let deep = long_key(1000);
+    assert_eq!(deep.len(), 1000);
+    let wide = format!("wide/{}", "w".repeat(250));
+    let mut expected = Vec::new();
+    for key in [&deep, &wide] {
+        let body = format!("{} bytes of key", key.len());
+        let version = put(store, key, body.as_bytes()).await;
+        let object = store
+            .get(key)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{} missing", key.len()));
+        assert_eq!(object.body, Bytes::from(body.clone()));
+        assert_eq!(object.version, version);
+        assert_eq!(store.stat(key).await.unwrap(), Some(version));
+        expected.push((key.to_string(), body.len() as u64));
+    }
+    expected.sort();
+    assert_eq!(keys_and_sizes(&list(store, "").await), expected);
+    assert_eq!(
+        keys_and_sizes(&list(store, &deep[..900]).await),
+        expected[..1]
+    );
+    let version = version_of(store, &deep).await;
+    store
+        .delete(&deep, Condition::IfMatch(version))
+        .await
+        .unwrap();
+    assert!(store.get(&deep).await.unwrap().is_none());
+}
+
+/// `a` and `a/b` are both valid keys. A store that cannot hold both (the
+/// local store: a file cannot also be a directory) refuses the second with
+/// `KeyConflict`, the client's mistake, and keeps the first; every other
+/// store holds both.
+pub async fn clashing_keys_conflict_only_where_documented(fx: Fixture) {
+    let store = &*fx.store;
+    put(store, "clash/a", b"file").await;
+    let deeper = store
+        .put("clash/a/b", Bytes::from_static(b"below"), Condition::Always)
+        .await;
+    put(store, "clash/c/d", b"below").await;
+    let shallower = store
+        .put("clash/c", Bytes::from_static(b"file"), Condition::IfAbsent)
+        .await;
+    if fx.kind.keys_are_paths() {
+        assert!(
+            matches!(deeper, Err(StoreError::KeyConflict(_))),
+            "{deeper:?}"
+        );
+        assert!(
+            matches!(shallower, Err(StoreError::KeyConflict(_))),
+            "{shallower:?}"
+        );
+        let listed: Vec<String> = list(store, "clash/")
+            .await
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(listed, ["clash/a", "clash/c/d"]);
+    } else {
+        deeper.expect("a key below another key");
+        shallower.expect("a key above another key");
+        let listed: Vec<String> = list(store, "clash/")
+            .await
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(listed, ["clash/a", "clash/a/b", "clash/c", "clash/c/d"]);
+        assert_eq!(
+            body_of(store, "clash/c").await.as_deref(),
+            Some(&b"file"[..])
+        );
+    }
+    assert_eq!(
+        body_of(store, "clash/a").await.as_deref(),
+        Some(&b"file"[..])
+    );
+    assert_eq!(
+        body_of(store, "clash/c/d").await.as_deref(),
+        Some(&b"below"[..])
+    );
+}
+
+/// A store whose backend is gone answers a failure of the store (one of
+/// the kinds [`StoreError::is_unavailable`] names, a 503) on every
+/// operation, never "no such object" (issue 16), where the store promises
+/// to notice.
+pub async fn missing_backend_is_unavailable(fx: Fixture) {
+    let store = &*fx.store;
+    let version = put(store, "gone/state", b"before").await;
+    if !fx.remove_backend() {
+        return;
+    }
+    if matches!(fx.place, Place::Bucket(_)) {
+        // Bucket stores trust a successful bucket check for a few seconds
+        // (`stores::BucketSeen`), as documented; past that, every answer
+        // must name the failure.
+        tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    }
+    let results: Vec<(&str, Result<(), StoreError>)> = vec![
+        (
+            "get of a written key",
+            store.get("gone/state").await.map(drop),
+        ),
+        (
+            "get of a missing key",
+            store.get("gone/never").await.map(drop),
+        ),
+        ("stat", store.stat("gone/state").await.map(drop)),
+        (
+            "put",
+            store
+                .put(
+                    "gone/state",
+                    Bytes::from_static(b"after"),
+                    Condition::Always,
+                )
+                .await
+                .map(drop),
+        ),
+        (
+            "put IfAbsent",
+            store
+                .put("gone/new", Bytes::from_static(b"new"), Condition::IfAbsent)
+                .await
+                .map(drop),
+        ),
+        (
+            "put IfMatch",
+            store
+                .put(
+                    "gone/state",
+                    Bytes::from_static(b"after"),
+                    Condition::IfMatch(version.clone()),
+                )
+                .await
+                .map(drop),
+        ),
+        (
+            "delete",
+            store.delete("gone/state", Condition::Always).await,
+        ),
+        (
+            "delete IfMatch",
+            store
+                .delete("gone/state", Condition::IfMatch(version))
+                .await,
+        ),
+        ("list", store.list("").await.map(drop)),
+    ];
+    let wrong: Vec<String> = results
+        .into_iter()
+        .filter(|(_, r)| !r.as_ref().is_err_and(StoreError::is_unavailable))
+        .map(|(what, r)| format!("{what}: {r:?}"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{:?}: not a store failure with the backend gone:\n{}",
+        fx.kind,
+        wrong.join("\n")
+    );
+}
+
+// Layering.
+
+/// Each top-level module and the only crate modules it may use: the target
+/// layering, where store settings are a leaf module of their own.
+const ALLOWED: &[(&str, &[&str])] = &[
+    ("settings", &[]),
+    ("stores", &["settings"]),
+    ("state", &["stores", "settings"]),
+    (
+        "protocol",
+        &["state", "stores", "settings", "auth", "audit", "metrics"],
+    ),
+];
+
+/// Reads every `src/**/*.rs` of the library and checks that its top-level
+/// modules depend on each other as [`ALLOWED`] says, and with no cycle
+/// among any of them. Lists every offending edge with the files making it.
+#[test]
+fn module_layering_is_one_way() {
+    let src = repo().join("src");
+    let modules = library_modules(&src);
+    let edges = module_edges(&src, &modules);
+
+    let mut offending = Vec::new();
+    for (from, allowed) in ALLOWED {
+        for ((a, b), files) in &edges {
+            if a == from && !allowed.contains(&b.as_str()) {
+                offending.push(format!(
+                    "{a} -> {b} (`{a}` may use only {allowed:?}): {}",
+                    files.join(", ")
+                ));
+            }
+        }
+    }
+    for ((a, b), files) in &edges {
+        if reaches(&edges, b, a) {
+            offending.push(format!(
+                "{a} -> {b} is on a cycle ({b} reaches {a} again): {}",
+                files.join(", ")
+            ));
+        }
+    }
+    assert!(
+        offending.is_empty(),
+        "module dependencies break the layering:\n  {}",
+        offending.join("\n  ")
+    );
+}
+
+/// The top-level modules `lib.rs` declares.
+fn library_modules(src: &Path) -> BTreeSet<String> {
+    let lib = std::fs::read_to_string(src.join("lib.rs")).expect("src/lib.rs");
+    let modules: BTreeSet<String> = strip_comments_and_strings(&lib)
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let rest = line
+                .strip_prefix("pub mod ")
+                .or_else(|| line.strip_prefix("mod "))?;
+            Some(rest.trim_end_matches(';').trim().to_string())
+        })
+        .collect();
+    assert!(
+        modules.contains("stores"),
+        "no modules found in lib.rs: {modules:?}"
+    );
+    modules
+}
+
+/// `(from, to) -> files`: every `crate::<to>` a file of module `from` names.
+fn module_edges(src: &Path, modules: &BTreeSet<String>) -> BTreeMap<(String, String), Vec<String>> {
+    let mut edges: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for file in rust_files(src) {
+        let rel = file.strip_prefix(src).unwrap();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
+        let from = first.trim_end_matches(".rs").to_string();
+        // lib.rs only declares modules; main.rs and cli.rs are the binary.
+        if !modules.contains(&from) {
+            continue;
+        }
+        let code = strip_comments_and_strings(&std::fs::read_to_string(&file).unwrap());
+        for to in crate_references(&code) {
+            if to != from && modules.contains(&to) {
+                let files = edges.entry((from.clone(), to)).or_default();
+                let name = format!("src/{}", rel.display());
+                if !files.contains(&name) {
+                    files.push(name);
+                }
+            }
+        }
+    }
+    edges
+}
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The first path segment after every `crate::`, including each item of a
+/// grouped `use crate::{a::X, b};`.
+fn crate_references(code: &str) -> BTreeSet<String> {
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut out = BTreeSet::new();
+    for (at, _) in code.match_indices("crate::") {
+        // Not the tail of another path such as `other_crate::`.
+        let before = code[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let rest = code[at + "crate::".len()..].trim_start();
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 1;
+            let mut item_start = true;
+            for (i, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                    ',' if depth == 1 => item_start = true,
+                    c if item_start && depth == 1 && !c.is_whitespace() => {
+                        out.insert(ident(&group[i..]));
+                        item_start = false;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            out.insert(ident(rest));
+        }
+    }
+    out.remove("");
+    out
+}
+
+/// Rust source with comments removed and string and character literals
+/// emptied, so doc links and messages do not count as dependencies.
+fn strip_comments_and_strings(source: &str) -> String {
+    let chars: Vec<char> = source.chars().collect();
+    let mut out = String::with_capacity(source.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        if c == '/' && next == Some('/') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '/' && next == Some('*') {
+            let mut depth = 0;
+            while i < chars.len() {
+                if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
+                    depth += 1;
+                    i += 2;
+                } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else if c == 'r' && (next == Some('"') || next == Some('#')) && !prev_is_ident(&chars, i)
+        {
+            // A raw string: r"..." or r#"..."#.
+            let mut j = i + 1;
+            let mut hashes = 0;
+            while chars.get(j) == Some(&'#') {
+                hashes += 1;
+                j += 1;
+            }
+            if chars.get(j) != Some(&'"') {
+                out.push(c);
+                i += 1;
+                continue;
+            }
+            j += 1;
+            loop {
+                match chars.get(j) {
+                    None => break,
+                    Some('"') if (1..=hashes).all(|k| chars.get(j + k) == Some(&'#')) => {
+                        j += 1 + hashes;
+                        break;
+                    }
+                    _ => j += 1,
+                }
+            }
+            out.push_str("\"\"");
+            i = j;
+        } else if c == '"' {
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+            out.push_str("\"\"");
+        } else if c == '\'' && (next == Some('\\') || chars.get(i + 2) == Some(&'\'')) {
+            // A character literal ('x', '\n', '\u{..}'), not a lifetime.
+            i += 1;
+            while i < chars.len() && chars[i] != '\'' {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+            out.push_str("' '");
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn prev_is_ident(chars: &[char], i: usize) -> bool {
+    i > 0 && (chars[i - 1].is_ascii_alphanumeric() || chars[i - 1] == '_')
+}
+
+/// Whether `to` can be reached from `from` along `edges`.
+fn reaches(edges: &BTreeMap<(String, String), Vec<String>>, from: &str, to: &str) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![from.to_string()];
+    while let Some(node) = stack.pop() {
+        if node == to {
+            return true;
+        }
+        if seen.insert(node.clone()) {
+            stack.extend(
+                edges
+                    .keys()
+                    .filter(|(a, _)| *a == node)
+                    .map(|(_, b)| b.clone()),
+            );
+        }
+    }
+    false
+}
+
+#[test]
+fn layering_scanner_sees_grouped_uses_and_ignores_comments_and_strings() {
+    let code = strip_comments_and_strings(
+        "use crate::{config::{A, B}, stores::X};\n\
+         //! [`crate::state`]\n\
+         /* crate::auth */ let s = \"crate::tls\"; let r = r#\"crate::server\"#;\n\
+         fn f<'a>(x: &'a str) -> char { let _ = crate::metrics::m(); 'c' }\n\
+         other_crate::audit::x();",
+    );
+    assert_eq!(
+        crate_references(&code),
+        ["config", "metrics", "stores"]
+            .into_iter()
+            .map(String::from)
+            .collect::<BTreeSet<_>>()
+    );
+}
