@@ -487,6 +487,7 @@ impl Store for LocalStore {
         Capabilities {
             conditional_create: true,
             compare_and_swap: true,
+            unique_versions: true,
         }
     }
 

@@ -30,7 +30,9 @@ pub mod sqlite;
 
 /// An opaque token naming one stored version of an object: an ETag, a row
 /// generation, a file identity. Two reads return the same token only when
-/// the object did not change in between.
+/// the object did not change in between, or (where
+/// [`Capabilities::unique_versions`] is false) was written again with the
+/// same bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Version(pub String);
 
@@ -93,6 +95,11 @@ pub struct Capabilities {
     /// `Condition::IfMatch` is atomic (compare-and-swap), so a checked write
     /// cannot overwrite a change made after the check.
     pub compare_and_swap: bool,
+    /// A version token is never given twice: an object deleted and written
+    /// again with the same bytes gets a new one. False where the token is a
+    /// hash of the bytes (S3 and OSS ETags); the state layer does not need
+    /// it, since the same bytes are the same state or the same lock.
+    pub unique_versions: bool,
 }
 
 /// The small set of failures every store translates its native errors into,
@@ -405,14 +412,28 @@ pub async fn probe(store: &dyn Store, tag: &str) -> Result<ProbeReport, StoreErr
             (true, false) => "refused, by comparing first (not atomic: writes take a lease)",
         }
     ));
-    let last = store.stat(&key).await?.unwrap_or(changed);
+    let last = store.stat(&key).await?.unwrap_or(changed.clone());
     store.delete(&key, Condition::IfMatch(last)).await?;
     steps.push("conditional delete: ok".into());
+    // Written again with the same bytes: a new version, or the same one
+    // where versions are hashes of the bytes.
+    let again = store.put(&key, body, Condition::IfAbsent).await?;
+    let unique_versions = again != changed && store.capabilities().unique_versions;
+    store.delete(&key, Condition::Always).await?;
+    steps.push(format!(
+        "the same bytes written again: {}",
+        if unique_versions {
+            "a new version"
+        } else {
+            "the same version (versions are hashes of the bytes)"
+        }
+    ));
     Ok(ProbeReport {
         steps,
         capabilities: Capabilities {
             conditional_create: conditional_create && store.capabilities().conditional_create,
             compare_and_swap,
+            unique_versions,
         },
         stale_write_refused: stale_refused,
     })

@@ -231,6 +231,7 @@ impl Store for SqliteStore {
         Capabilities {
             conditional_create: true,
             compare_and_swap: true,
+            unique_versions: true,
         }
     }
 

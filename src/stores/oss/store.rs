@@ -279,6 +279,8 @@ impl Store for OssStore {
             // IfMatch is HEAD-compare-then-act, not atomic: OSS has no
             // conditional PutObject or DeleteObject.
             compare_and_swap: false,
+            // A version is the ETag, the MD5 of the bytes.
+            unique_versions: false,
         }
     }
 

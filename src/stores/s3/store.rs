@@ -359,6 +359,8 @@ impl Store for S3Store {
             // for the state layer to do without its write lease: unlock is
             // a conditional delete.
             compare_and_swap: self.0.put_if_match && self.0.delete_if_match,
+            // A version is the ETag, the MD5 of the bytes for a simple put.
+            unique_versions: false,
         }
     }
 
@@ -446,6 +448,15 @@ impl S3Store {
                 }
                 Err(Failure::Conflict) if attempt < CONFLICT_RETRIES => {
                     tokio::time::sleep(conflict_backoff(attempt)).await;
+                }
+                // S3 answers a conditional write to a missing key with 404:
+                // the object the condition names is gone (or the bucket).
+                Err(Failure::NoSuchKey) if matches!(condition, Condition::IfMatch(_)) => {
+                    bucket
+                        .check_bucket(what)
+                        .await
+                        .map_err(|f| f.into_store_error(what))?;
+                    return Err(StoreError::PreconditionFailed);
                 }
                 Err(f) => return Err(f.into_store_error(what)),
             }
