@@ -532,7 +532,7 @@ pub async fn recreated_object_never_matches_its_old_version(fx: Fixture) {
         Err(StoreError::PreconditionFailed),
         "IfMatch with the version of the deleted object ({v1:?}) matched the new one ({v2:?})"
     );
-    assert_eq!(&body_of(store, key).await.unwrap()[..], &body[..]);
+    assert_eq!(&body_of(store, key).await.unwrap()[..], body);
     let delete = store.delete(key, Condition::IfMatch(v1.clone())).await;
     assert_eq!(
         delete,
