@@ -2,42 +2,45 @@
 """A small Alibaba Cloud OSS protocol server for stategate's tests.
 
 No OSS emulator exists in the package registries, so the test suite runs this
-one on 127.0.0.1. It answers the subset of the OSS REST API that stategate and
-Alibaba's official SDKs use, with OSS's own wire behaviour, so a test that
-passes here exercises the same requests and error codes as real OSS:
+one on 127.0.0.1. It answers the requests stategate's OSS store sends (through
+the ``ali-oss-rs`` crate) with OSS's own wire behaviour, so a test that passes
+here exercises the same requests and error codes as real OSS;
+``test_oss_server.py`` proves it against Alibaba's official V4 SDK:
 
-* Addressing: virtual-hosted (``Host: <bucket>.<endpoint>``, what new OSS
-  buckets accept and what ``ali-oss-rs`` sends), also as absolute-form proxy
-  requests (``GET http://bucket.endpoint/key HTTP/1.1``: point a client's
-  ``HTTP_PROXY`` here and use an ``http://`` endpoint, no DNS change needed),
-  and path-style ``/<bucket>/<key>`` for any other Host.
-* Objects: PutObject, GetObject, HeadObject, GetObjectMeta (``?objectMeta``),
-  DeleteObject, Get/PutObjectAcl (``?acl``). ``x-oss-forbid-overwrite: true``
-  refuses to replace an object with 409 ``FileAlreadyExists``, and is
-  ignored on buckets whose versioning is Enabled or Suspended, as on real
-  OSS. ``x-oss-server-side-encryption`` and ``x-oss-object-acl`` are checked,
-  stored and returned. ``Content-MD5`` is verified (400 ``InvalidDigest``).
-  ``If-Match``/``If-None-Match`` work on GET and HEAD; on PutObject they are
-  refused with 400 ``NotImplemented`` as real OSS does.
-* Buckets: ListObjects (v1) and ListObjectsV2 (``list-type=2``) with prefix,
-  delimiter and pagination; Get/PutBucketVersioning (``?versioning``);
-  GetBucketAcl. Versioned buckets return ``x-oss-version-id`` and delete
-  markers, but keep only the current version of each object.
-* Auth: signature V4 ``OSS4-HMAC-SHA256`` (Authorization header and presigned
-  query) and V1 ``OSS <ak>:<sig>`` (header and ``OSSAccessKeyId``/
-  ``Signature`` query), verified against the configured secrets: an unknown
-  key id gets 403 ``InvalidAccessKeyId``, a wrong secret 403
-  ``SignatureDoesNotMatch``, an expired presigned URL 403 ``AccessDenied``.
-  Credentials configured with a security token (STS) require the matching
-  ``x-oss-security-token`` header or ``security-token`` query parameter
-  (missing: ``InvalidAccessKeyId``; wrong: ``InvalidSecurityToken``).
-  Requests without a signature are anonymous and refused (buckets are
-  private).
-* Errors: OSS error XML bodies (Code, Message, RequestId, HostId, EC) and an
-  ``x-oss-request-id`` on every response.
+* Addressing: virtual-hosted (``Host: <bucket>.<endpoint>``), also as
+  absolute-form proxy requests (``GET http://bucket.endpoint/key HTTP/1.1``:
+  point a client's ``HTTP_PROXY`` here and use an ``http://`` endpoint, no
+  DNS change needed).
+* Objects: PutObject, GetObject, HeadObject, DeleteObject.
+  ``x-oss-forbid-overwrite: true`` refuses to replace an object with 409
+  ``FileAlreadyExists``, and is ignored on buckets whose versioning is
+  Enabled or Suspended, as on real OSS. ``x-oss-server-side-encryption`` and
+  ``x-oss-object-acl`` are checked and stored, the encryption is returned.
+  ``Content-MD5`` is verified (400 ``InvalidDigest``). ``If-Match`` on GET
+  and HEAD answers 412 ``PreconditionFailed`` when it does not hold.
+* Buckets: ListObjectsV2 (``list-type=2``) with ``prefix``, ``max-keys`` and
+  ``continuation-token`` (``encoding-type`` is accepted and keys are sent
+  unencoded); GetBucketVersioning (``?versioning``). Versioned buckets
+  return ``x-oss-version-id`` and delete markers, but keep only the current
+  version of each object.
+* Auth: signature V4 ``OSS4-HMAC-SHA256`` in the Authorization header
+  (without ``AdditionalHeaders``), verified against the configured secrets:
+  an unknown key id gets 403 ``InvalidAccessKeyId``, a wrong secret 403
+  ``SignatureDoesNotMatch``, a clock more than 15 minutes off 403
+  ``RequestTimeTooSkewed``. Credentials configured with a security token
+  (STS) require the matching ``x-oss-security-token`` header (missing:
+  ``InvalidAccessKeyId``; wrong: ``InvalidSecurityToken``). Requests without
+  an Authorization header are anonymous and refused (buckets are private).
+* Errors: OSS error XML bodies (Code, Message, RequestId, HostId, EC), none
+  on HEAD, and an ``x-oss-request-id`` on every response.
 
-Not implemented: multipart upload, copy, append, CRC64 headers, object
-versions other than the current one, bucket creation over the API.
+Anything else stategate does not send is answered 400 ``NotImplemented``
+(other sub-resources, query parameters on objects, ListObjects v1,
+``delimiter``, ``start-after``) or 400 ``InvalidArgument`` (other
+Authorization schemes, such as signature V1), never quietly misread:
+path-style addressing, presigned URLs, ACL and metadata sub-resources,
+PutBucketVersioning, conditional PutObject, multipart, copy. Request bodies
+must come with a Content-Length.
 
 Test-only control endpoints, unauthenticated, path-style under ``/-/`` (not a
 valid bucket name, so they cannot clash with a bucket):
@@ -46,15 +49,16 @@ valid bucket name, so they cannot clash with a bucket):
 * ``DELETE /-/buckets?name=NAME`` deletes a bucket with its objects, as an
   operator would while servers keep running (requests for it then get
   ``NoSuchBucket``; HEAD, as on OSS, a 404 without a body).
+* ``PUT /-/objects?bucket=NAME&key=KEY`` stores the body as another client's
+  plain write would.
 * ``GET /-/objects?bucket=NAME`` lists every object as JSON with its size,
-  ETag, ACL, server-side encryption and content type; with ``&key=KEY`` it
-  answers that object's stored bytes.
+  ETag, ACL, server-side encryption, content type and version id; with
+  ``&key=KEY`` it answers that object's stored bytes.
 
 Usage::
 
     oss_server.py [--port 0] [--endpoint oss-cn-beijing.aliyuncs.com]
-                  [--region cn-beijing] --credential AK:SECRET[:STS_TOKEN]
-                  --bucket NAME[=Enabled|Suspended] ...
+                  [--region cn-beijing] --credential AK:SECRET[:STS_TOKEN] ...
 
 The first line on stdout is ``listening on 127.0.0.1:PORT``. The server exits
 when its standard input closes, so it never outlives the test that started it.
@@ -78,21 +82,10 @@ from xml.sax.saxutils import escape
 
 ACLS = ("private", "public-read", "public-read-write", "default")
 SSE_ALGORITHMS = ("AES256", "KMS", "SM4")
-# Largest allowed clock difference for header-signed requests, as on OSS.
+# Largest allowed clock difference for signed requests, as on OSS.
 MAX_SKEW_SECONDS = 15 * 60
-# Query parameters that are sub-resources in signature V1 (from the OSS
-# documentation of CanonicalizedResource; the others are not signed).
-V1_SUBRESOURCES = frozenset(
-    """acl uploads location cors logging website referer lifecycle delete append
-    tagging objectMeta uploadId partNumber security-token position img style
-    styleName replication replicationProgress replicationLocation cname bucketInfo
-    comp qos live status vod startTime endTime symlink x-oss-process
-    response-content-type response-content-language response-expires
-    response-cache-control response-content-disposition response-content-encoding
-    udf udfName udfImage udfId udfImageDesc udfApplication udfApplicationLog
-    restore callback callback-var policy stat encryption versions versioning
-    versionId objectInfo continuation-token""".split()
-)
+# The ListObjectsV2 parameters served; any other is refused.
+LIST_PARAMS = frozenset(("list-type", "prefix", "max-keys", "continuation-token", "encoding-type"))
 
 
 class OssError(Exception):
@@ -105,6 +98,10 @@ class OssError(Exception):
         self.message = message
         self.ec = ec
         self.extra = extra
+
+
+def not_implemented(what):
+    return OssError(400, "NotImplemented", "%s is not implemented here." % what)
 
 
 class Object:
@@ -194,21 +191,6 @@ class Handler(BaseHTTPRequestHandler):
 
     do_PUT = do_POST = do_DELETE = do_HEAD = do_GET
 
-    def read_body(self):
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            return b"".join(chunks)
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
     def reply(self, status, body=b"", headers=None, content_type="application/xml"):
         self.send_response(status)
         self.send_header("x-oss-request-id", self.request_id)
@@ -244,87 +226,65 @@ class Handler(BaseHTTPRequestHandler):
 
     def dispatch(self):
         self.request_id = secrets.token_hex(12).upper()
-        self.host_id = self.server.endpoints[0]
+        self.host_id = self.server.endpoint
         try:
             target = self.path
-            if target.startswith("http://") or target.startswith("https://"):
+            if target.startswith("http://"):
                 # Absolute form: we are the client's HTTP proxy.
                 parts = urllib.parse.urlsplit(target)
                 host, raw_path, raw_query = parts.netloc, parts.path or "/", parts.query
             else:
                 host = self.headers.get("Host", "")
                 raw_path, _, raw_query = target.partition("?")
-            self.body = self.read_body()
+            length = int(self.headers.get("Content-Length") or 0)
+            self.body = self.rfile.read(length) if length else b""
             if raw_path.startswith("/-/"):
-                return self.control(raw_path, parse_query(raw_query))
+                return self.control(raw_path, dict(parse_query(raw_query)))
             self.host_id = host.split(":")[0]
-            bucket_name, key = self.address(self.host_id, urllib.parse.unquote(raw_path))
+            bucket_name = self.bucket_name(self.host_id)
+            key = urllib.parse.unquote(raw_path)[1:]
             self.query = parse_query(raw_query)
             self.params = dict(self.query)
-            self.authenticate(bucket_name, key, raw_query)
+            self.authenticate(bucket_name, key)
             with self.server.store.lock:
-                self.route(bucket_name, key)
+                self.route(self.server.store.bucket(bucket_name), key)
         except OssError as err:
             self.reply_error(err)
         except (ConnectionError, BrokenPipeError):
             pass
 
-    def address(self, host, path):
-        """(bucket, key) from the Host and the decoded path."""
-        for endpoint in self.server.endpoints:
-            if host.endswith("." + endpoint):
-                return host[: -len(endpoint) - 1], path[1:]
-        # Path style: /bucket/key.
-        bucket, _, key = path[1:].partition("/")
-        return bucket, key
+    def bucket_name(self, host):
+        """The bucket a virtual-hosted Host names."""
+        suffix = "." + self.server.endpoint
+        if not host.endswith(suffix):
+            raise not_implemented("Addressing other than <bucket>.%s" % self.server.endpoint)
+        return host[: -len(suffix)]
 
     # ---- authentication -------------------------------------------------
 
-    def authenticate(self, bucket, key, raw_query):
+    def authenticate(self, bucket, key):
         auth = self.headers.get("Authorization", "")
-        params = self.params
         if auth.startswith("OSS4-HMAC-SHA256 "):
             fields = {}
             for part in auth[len("OSS4-HMAC-SHA256 "):].split(","):
                 name, _, value = part.strip().partition("=")
                 fields[name] = value
-            self.check_v4(bucket, key, fields.get("Credential", ""),
-                          fields.get("AdditionalHeaders", ""), fields.get("Signature", ""),
-                          self.headers.get("x-oss-date", ""), None, False)
-        elif auth.startswith("OSS "):
-            ak, _, signature = auth[4:].partition(":")
-            date = self.headers.get("x-oss-date") or self.headers.get("Date", "")
-            self.check_skew_http(date)
-            self.check_v1(bucket, key, ak.strip(), signature.strip(), date, False)
+            self.check_v4(bucket, key, fields.get("Credential", ""), fields.get("Signature", ""))
         elif auth:
             raise OssError(400, "InvalidArgument", "Authorization header is invalid.", "0002-00000016")
-        elif params.get("x-oss-signature-version") == "OSS4-HMAC-SHA256":
-            self.check_v4(bucket, key, params.get("x-oss-credential", ""),
-                          params.get("x-oss-additional-headers", ""),
-                          params.get("x-oss-signature", ""), params.get("x-oss-date", ""),
-                          params.get("x-oss-expires", ""), True)
-        elif "OSSAccessKeyId" in params:
-            expires = params.get("Expires", "")
-            if not expires.isdigit():
-                raise OssError(400, "InvalidArgument", "Expires is invalid.", "0002-00000020")
-            if int(expires) < time.time():
-                raise OssError(403, "AccessDenied", "Request has expired.", "0002-00000069")
-            self.check_v1(bucket, key, params["OSSAccessKeyId"], params.get("Signature", ""),
-                          expires, True)
         else:
             raise OssError(403, "AccessDenied",
                            "You have no right to access this object because of bucket acl.",
                            "0003-00000001")
 
-    def credential(self, ak, token_in_query):
+    def credential(self, ak):
         cred = self.server.credentials.get(ak)
         if cred is None:
             raise OssError(403, "InvalidAccessKeyId",
                            "The OSS Access Key Id you provided does not exist in our records.",
                            "0002-00000002", OSSAccessKeyId=ak)
         secret, token = cred
-        sent = (self.params.get("security-token") or self.params.get("x-oss-security-token")
-                if token_in_query else self.headers.get("x-oss-security-token"))
+        sent = self.headers.get("x-oss-security-token")
         if token and not sent:
             raise OssError(403, "InvalidAccessKeyId",
                            "The OSS Access Key Id you provided does not exist in our records.",
@@ -334,43 +294,7 @@ class Handler(BaseHTTPRequestHandler):
                            "The security token you provided is invalid.", "0002-00000008")
         return secret
 
-    def check_skew_http(self, date):
-        try:
-            ts = email.utils.parsedate_to_datetime(date).timestamp()
-        except (TypeError, ValueError):
-            raise OssError(403, "AccessDenied", "OSS authentication requires a valid Date.",
-                           "0002-00000018")
-        if abs(ts - time.time()) > MAX_SKEW_SECONDS:
-            raise OssError(403, "RequestTimeTooSkewed",
-                           "The difference between the request time and the current time is too large.",
-                           "0002-00000504")
-
-    def check_v1(self, bucket, key, ak, signature, date, in_query):
-        secret = self.credential(ak, in_query)
-        oss_headers = sorted(
-            (k.lower(), v.strip()) for k, v in self.headers.items() if k.lower().startswith("x-oss-")
-        )
-        resource = "/%s/%s" % (bucket, key) if bucket else "/"
-        subresources = sorted((k, v) for k, v in self.query if k in V1_SUBRESOURCES)
-        if subresources:
-            resource += "?" + "&".join(k + "=" + v if v else k for k, v in subresources)
-        string_to_sign = "\n".join([
-            self.command,
-            self.headers.get("Content-MD5", ""),
-            self.headers.get("Content-Type", ""),
-            date,
-            "".join("%s:%s\n" % kv for kv in oss_headers) + resource,
-        ])
-        expected = base64.b64encode(
-            hmac.new(secret.encode(), string_to_sign.encode("utf-8"), hashlib.sha1).digest()
-        ).decode()
-        if not hmac.compare_digest(expected, signature):
-            raise OssError(403, "SignatureDoesNotMatch",
-                           "The request signature we calculated does not match the signature you provided. "
-                           "Check your key and signing method.", "0002-00000040",
-                           OSSAccessKeyId=ak, StringToSign=string_to_sign)
-
-    def check_v4(self, bucket, key, credential, additional, signature, date, expires, in_query):
+    def check_v4(self, bucket, key, credential, signature):
         parts = credential.split("/")
         if len(parts) != 5 or parts[3] != "oss" or parts[4] != "aliyun_v4_request":
             raise OssError(400, "InvalidArgument", "Invalid credential in Authorization header.",
@@ -379,6 +303,7 @@ class Handler(BaseHTTPRequestHandler):
         if region != self.server.region:
             raise OssError(400, "InvalidArgument", "Invalid signing region in Authorization header.",
                            "0002-00000229")
+        date = self.headers.get("x-oss-date", "")
         try:
             signed_at = datetime.datetime.strptime(date, "%Y%m%dT%H%M%SZ").replace(
                 tzinfo=datetime.timezone.utc).timestamp()
@@ -387,35 +312,22 @@ class Handler(BaseHTTPRequestHandler):
         if day != date[:8]:
             raise OssError(400, "InvalidArgument", "Invalid signing date in Authorization header.",
                            "0002-00000228")
-        if in_query:
-            if not expires.isdigit() or signed_at + int(expires) < time.time():
-                raise OssError(403, "AccessDenied", "Request has expired.", "0002-00000069")
-        elif abs(signed_at - time.time()) > MAX_SKEW_SECONDS:
+        if abs(signed_at - time.time()) > MAX_SKEW_SECONDS:
             raise OssError(403, "RequestTimeTooSkewed",
                            "The difference between the request time and the current time is too large.",
                            "0002-00000504")
-        secret = self.credential(ak, in_query)
-        extra = sorted(h.strip().lower() for h in additional.split(";") if h.strip())
-        headers = {}
-        for k, v in self.headers.items():
-            lk = k.lower()
-            if lk.startswith("x-oss-") or lk in ("content-type", "content-md5") or lk in extra:
-                headers[lk] = v.strip()
-        uri = "/"
-        if bucket:
-            uri += bucket + "/"
-            uri += key
-        pairs = sorted(
-            (uri_encode(k), uri_encode(v)) for k, v in self.query
-            if not (in_query and k == "x-oss-signature")
+        secret = self.credential(ak)
+        headers = sorted(
+            (k.lower(), v.strip()) for k, v in self.headers.items()
+            if k.lower().startswith("x-oss-") or k.lower() in ("content-type", "content-md5")
         )
-        canonical_query = "&".join(k + "=" + v if v else k for k, v in pairs)
+        pairs = sorted((uri_encode(k), uri_encode(v)) for k, v in self.query)
         canonical_request = "\n".join([
             self.command,
-            uri_encode(uri, safe="/"),
-            canonical_query,
-            "".join("%s:%s\n" % kv for kv in sorted(headers.items())),
-            ";".join(extra),
+            uri_encode("/%s/%s" % (bucket, key), safe="/"),
+            "&".join(k + "=" + v if v else k for k, v in pairs),
+            "".join("%s:%s\n" % kv for kv in headers),
+            "",  # AdditionalHeaders
             self.headers.get("x-oss-content-sha256", "UNSIGNED-PAYLOAD"),
         ])
         string_to_sign = "\n".join([
@@ -435,31 +347,16 @@ class Handler(BaseHTTPRequestHandler):
 
     # ---- operations -----------------------------------------------------
 
-    def route(self, bucket_name, key):
-        if not bucket_name:
-            raise OssError(400, "InvalidRequest", "ListBuckets is not implemented here.", "0000-00000000")
-        bucket = self.server.store.bucket(bucket_name)
+    def route(self, bucket, key):
         p, method = self.params, self.command
         if not key:
             if method == "GET" and "versioning" in p:
                 return self.get_versioning(bucket)
-            if method == "PUT" and "versioning" in p:
-                return self.put_versioning(bucket)
-            if method == "GET" and "acl" in p:
-                return self.acl_xml("private")
-            if method == "GET" and p.get("list-type") == "2":
-                return self.list_objects(bucket, v2=True)
-            if method == "GET":
-                return self.list_objects(bucket, v2=False)
-            raise OssError(400, "NotImplemented", "This bucket operation is not implemented.",
-                           "0000-00000000")
-        if "acl" in p:
-            if method == "GET":
-                return self.acl_xml(self.get_object(bucket, key).acl)
-            if method == "PUT":
-                obj = self.get_object(bucket, key)
-                obj.acl = self.valid_acl(self.headers.get("x-oss-object-acl", ""))
-                return self.reply(200)
+            if method == "GET" and p.get("list-type") == "2" and LIST_PARAMS.issuperset(p):
+                return self.list_objects(bucket)
+            raise not_implemented("This bucket operation")
+        if p:
+            raise not_implemented("An object sub-resource or query parameter")
         if method == "PUT":
             return self.put_object(bucket, key)
         if method in ("GET", "HEAD"):
@@ -469,28 +366,8 @@ class Handler(BaseHTTPRequestHandler):
         raise OssError(405, "MethodNotAllowed", "The specified method is not allowed against this resource.",
                        "0000-00000000")
 
-    def get_object(self, bucket, key):
-        obj = bucket.objects.get(key)
-        if obj is None:
-            raise OssError(404, "NoSuchKey", "The specified key does not exist.", "0026-00000001",
-                           Key=key)
-        return obj
-
-    def valid_acl(self, acl):
-        if acl not in ACLS:
-            raise OssError(400, "InvalidArgument", "no such object access control exists",
-                           "0016-00000502", ArgumentName="x-oss-object-acl", ArgumentValue=acl)
-        return acl
-
     def put_object(self, bucket, key):
         h = self.headers
-        if "x-oss-copy-source" in h:
-            raise OssError(400, "NotImplemented", "CopyObject is not implemented here.", "0000-00000000")
-        for cond in ("If-Match", "If-None-Match"):
-            if cond in h:
-                raise OssError(400, "NotImplemented",
-                               "A header you provided implies functionality that is not implemented.",
-                               "0016-00000403", Header=cond)
         md5 = h.get("Content-MD5")
         if md5 is not None:
             try:
@@ -500,7 +377,10 @@ class Handler(BaseHTTPRequestHandler):
             if len(digest) != 16 or digest != hashlib.md5(self.body).digest():
                 raise OssError(400, "InvalidDigest", "The Content-MD5 you specified is not valid.",
                                "0016-00000117")
-        acl = self.valid_acl(h.get("x-oss-object-acl", "default"))
+        acl = h.get("x-oss-object-acl", "default")
+        if acl not in ACLS:
+            raise OssError(400, "InvalidArgument", "no such object access control exists",
+                           "0016-00000502", ArgumentName="x-oss-object-acl", ArgumentValue=acl)
         sse = h.get("x-oss-server-side-encryption")
         if sse is not None and sse not in SSE_ALGORITHMS:
             raise OssError(400, "InvalidEncryptionAlgorithmError",
@@ -525,23 +405,22 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(200, b"", headers)
 
     def read_object(self, bucket, key):
-        obj = self.get_object(bucket, key)
-        h = self.headers
-        if "If-Match" in h and h["If-Match"].strip() not in (obj.etag, obj.etag.strip('"'), "*"):
+        obj = bucket.objects.get(key)
+        if obj is None:
+            raise OssError(404, "NoSuchKey", "The specified key does not exist.", "0026-00000001",
+                           Key=key)
+        if_match = self.headers.get("If-Match")
+        if if_match is not None and if_match.strip() not in (obj.etag, obj.etag.strip('"'), "*"):
             raise OssError(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold.",
                            "0026-00000004", Condition="If-Match")
-        headers = {"ETag": obj.etag, "Last-Modified": http_date(obj.modified)}
-        if "If-None-Match" in h and h["If-None-Match"].strip() in (obj.etag, obj.etag.strip('"'), "*"):
-            return self.reply(304, b"", headers)
-        if "objectMeta" in self.params:
-            headers["Content-Length"] = str(len(obj.body))
-            return self.reply(200, b"", headers)
-        headers.update({
+        headers = {
+            "ETag": obj.etag,
+            "Last-Modified": http_date(obj.modified),
             "Content-Length": str(len(obj.body)),
             "x-oss-object-type": "Normal",
             "x-oss-storage-class": "Standard",
             "Accept-Ranges": "bytes",
-        })
+        }
         if obj.sse:
             headers["x-oss-server-side-encryption"] = obj.sse
         if obj.version_id:
@@ -556,34 +435,15 @@ class Handler(BaseHTTPRequestHandler):
             headers["x-oss-version-id"] = secrets.token_hex(16)
         self.reply(204, b"", headers)
 
-    def acl_xml(self, acl):
-        body = (
-            '<?xml version="1.0" encoding="UTF-8"?>\n<AccessControlPolicy>\n'
-            "  <Owner><ID>0022012****</ID><DisplayName>0022012****</DisplayName></Owner>\n"
-            "  <AccessControlList><Grant>%s</Grant></AccessControlList>\n</AccessControlPolicy>\n" % acl
-        ).encode()
-        self.reply(200, body)
-
     def get_versioning(self, bucket):
         status = "<Status>%s</Status>" % bucket.versioning if bucket.versioning else ""
         body = ('<?xml version="1.0" encoding="UTF-8"?>\n<VersioningConfiguration>%s'
                 "</VersioningConfiguration>\n" % status).encode()
         self.reply(200, body)
 
-    def put_versioning(self, bucket):
-        text = self.body.decode("utf-8", "replace")
-        start, end = text.find("<Status>"), text.find("</Status>")
-        status = text[start + 8:end].strip() if 0 <= start < end else ""
-        if status not in ("Enabled", "Suspended"):
-            raise OssError(400, "MalformedXML", "The XML you provided was not well-formed or did not validate against our published schema.",
-                           "0031-00000001")
-        bucket.versioning = status
-        self.reply(200)
-
-    def list_objects(self, bucket, v2):
+    def list_objects(self, bucket):
         p = self.params
         prefix = p.get("prefix", "")
-        delimiter = p.get("delimiter", "")
         try:
             max_keys = int(p.get("max-keys", "100"))
         except ValueError:
@@ -591,57 +451,23 @@ class Handler(BaseHTTPRequestHandler):
         if not 0 < max_keys <= 1000:
             raise OssError(400, "InvalidArgument", "Argument max-keys must be between 1 and 1000.",
                            "0017-00000101", ArgumentName="max-keys")
-        if v2:
-            token = p.get("continuation-token", "")
-            start = (base64.urlsafe_b64decode(token.encode()).decode() if token
-                     else p.get("start-after", ""))
-        else:
-            start = p.get("marker", "")
-        # A resume point ending in the delimiter is a common prefix already
-        # returned: skip everything under it.
-        keys = sorted(
-            k for k in bucket.objects
-            if k.startswith(prefix) and k > start
-            and not (delimiter and start.endswith(delimiter) and k.startswith(start))
-        )
-        contents, prefixes, truncated, resume = [], [], False, ""
-        for k in keys:
-            common = None
-            if delimiter:
-                idx = k.find(delimiter, len(prefix))
-                if idx >= 0:
-                    common = k[: idx + len(delimiter)]
-                    if prefixes and prefixes[-1] == common:
-                        continue
-            if len(contents) + len(prefixes) >= max_keys:
-                truncated = True
-                break
-            if common is None:
-                contents.append(k)
-                resume = k
-            else:
-                prefixes.append(common)
-                resume = common
+        token = p.get("continuation-token", "")
+        start = base64.urlsafe_b64decode(token.encode()).decode() if token else ""
+        keys = sorted(k for k in bucket.objects if k.startswith(prefix) and k > start)
+        truncated = len(keys) > max_keys
+        keys = keys[:max_keys]
         out = ['<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult>',
                "<Name>%s</Name>" % escape(bucket.name),
                "<Prefix>%s</Prefix>" % escape(prefix),
                "<MaxKeys>%d</MaxKeys>" % max_keys,
-               "<Delimiter>%s</Delimiter>" % escape(delimiter),
                "<IsTruncated>%s</IsTruncated>" % ("true" if truncated else "false")]
-        if v2:
-            if p.get("start-after"):
-                out.append("<StartAfter>%s</StartAfter>" % escape(p["start-after"]))
-            if p.get("continuation-token"):
-                out.append("<ContinuationToken>%s</ContinuationToken>" % escape(p["continuation-token"]))
-            if truncated:
-                out.append("<NextContinuationToken>%s</NextContinuationToken>"
-                           % base64.urlsafe_b64encode(resume.encode()).decode())
-            out.append("<KeyCount>%d</KeyCount>" % (len(contents) + len(prefixes)))
-        else:
-            out.append("<Marker>%s</Marker>" % escape(p.get("marker", "")))
-            if truncated:
-                out.append("<NextMarker>%s</NextMarker>" % escape(resume))
-        for k in contents:
+        if token:
+            out.append("<ContinuationToken>%s</ContinuationToken>" % escape(token))
+        if truncated:
+            out.append("<NextContinuationToken>%s</NextContinuationToken>"
+                       % base64.urlsafe_b64encode(keys[-1].encode()).decode())
+        out.append("<KeyCount>%d</KeyCount>" % len(keys))
+        for k in keys:
             obj = bucket.objects[k]
             out.append(
                 "<Contents><Key>%s</Key><LastModified>%s</LastModified><ETag>%s</ETag>"
@@ -649,15 +475,12 @@ class Handler(BaseHTTPRequestHandler):
                 "<Owner><ID>0022012****</ID><DisplayName>0022012****</DisplayName></Owner></Contents>"
                 % (escape(k), iso_date(obj.modified), escape(obj.etag), len(obj.body))
             )
-        for c in prefixes:
-            out.append("<CommonPrefixes><Prefix>%s</Prefix></CommonPrefixes>" % escape(c))
         out.append("</ListBucketResult>\n")
         self.reply(200, "\n".join(out).encode())
 
     # ---- test control ---------------------------------------------------
 
-    def control(self, path, query):
-        params = dict(query)
+    def control(self, path, params):
         store = self.server.store
         with store.lock:
             if path == "/-/buckets" and self.command == "POST":
@@ -700,25 +523,22 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port, endpoints, region, credentials, buckets, verbose):
+    def __init__(self, port, endpoint, region, credentials, verbose):
         super().__init__(("127.0.0.1", port), Handler)
-        self.endpoints = endpoints
+        self.endpoint = endpoint
         self.region = region
         self.credentials = credentials
         self.verbose = verbose
         self.store = Store()
-        for name, versioning in buckets:
-            self.store.buckets[name] = Bucket(name, versioning)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0, help="0 = any free port")
-    parser.add_argument("--endpoint", action="append", default=[],
-                        help="endpoint whose subdomains are buckets (repeatable; default oss-cn-beijing.aliyuncs.com)")
+    parser.add_argument("--endpoint", default="oss-cn-beijing.aliyuncs.com",
+                        help="endpoint whose subdomains are buckets")
     parser.add_argument("--region", default="cn-beijing", help="region V4 signatures must name")
     parser.add_argument("--credential", action="append", default=[], metavar="AK:SECRET[:TOKEN]")
-    parser.add_argument("--bucket", action="append", default=[], metavar="NAME[=Enabled|Suspended]")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     args = parser.parse_args(argv)
 
@@ -728,15 +548,8 @@ def main(argv=None):
         if len(parts) < 2:
             parser.error("--credential wants AK:SECRET[:TOKEN]")
         credentials[parts[0]] = (parts[1], parts[2] if len(parts) == 3 else None)
-    buckets = []
-    for spec in args.bucket:
-        name, _, versioning = spec.partition("=")
-        if versioning not in ("", "Enabled", "Suspended"):
-            parser.error("--bucket wants NAME[=Enabled|Suspended]")
-        buckets.append((name, versioning or None))
 
-    server = Server(args.port, args.endpoint or ["oss-cn-beijing.aliyuncs.com"], args.region,
-                    credentials, buckets, args.verbose)
+    server = Server(args.port, args.endpoint, args.region, credentials, args.verbose)
     host, port = server.server_address[:2]
     print("listening on %s:%d" % (host, port), flush=True)
 
