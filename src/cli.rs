@@ -15,6 +15,7 @@ use stategate::audit::Audit;
 use stategate::auth::{self as authn, Auth};
 use stategate::config::AuthSetting;
 use stategate::config::{self, CliOverrides, FileConfig, Settings};
+use stategate::migrate;
 use stategate::protocol::{App, Surface};
 use stategate::server;
 use stategate::state::seal::{self, Keyring, SealedStore};
@@ -146,6 +147,26 @@ pub enum Command {
     /// `encryption.keys`: written to FILE (created with mode 0600, never
     /// overwritten), or printed.
     GenKey { file: Option<PathBuf> },
+    /// Copy every state (and with --with-history its kept versions) from
+    /// one configured store to another. Reruns skip what is already
+    /// there; each source state is locked while it is copied.
+    Migrate {
+        /// Configuration file of the store to copy from.
+        #[arg(long)]
+        from: PathBuf,
+        /// Configuration file of the store to copy to.
+        #[arg(long)]
+        to: PathBuf,
+        /// Only states whose key starts with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Copy each state's kept versions too, oldest first.
+        #[arg(long)]
+        with_history: bool,
+        /// Show what would be copied; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Seal every state body and kept version under the first key of
     /// `encryption.keys` (after adding a key, or to seal a store being
     /// adopted). Safe to run while serving; rerun after an interruption.
@@ -507,6 +528,130 @@ pub fn gen_key(file: Option<&Path>) -> Result<()> {
     out.sync_all()?;
     eprintln!("wrote a new key to {}", path.display());
     Ok(())
+}
+
+/// Settings from one whole configuration file (`migrate --from/--to`):
+/// the environment is not read, so one variable cannot apply to both
+/// stores; relative paths start at the file's directory.
+fn settings_of_file(path: &Path) -> Result<Settings> {
+    let file = FileConfig::load(path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    config::resolve(file, &|_| None, &CliOverrides::default(), dir)
+        .with_context(|| format!("{}", path.display()))
+}
+
+/// `stategate migrate`.
+pub async fn migrate(
+    from: &Path,
+    to: &Path,
+    prefix: &str,
+    with_history: bool,
+    dry_run: bool,
+) -> Result<()> {
+    let (source, _) = open_states(&settings_of_file(from)?)
+        .await
+        .with_context(|| format!("--from {}", from.display()))?;
+    let (target, _) = open_states(&settings_of_file(to)?)
+        .await
+        .with_context(|| format!("--to {}", to.display()))?;
+    let states = source.list(prefix).await?;
+    let bar = indicatif::ProgressBar::new(states.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} states {msg}")
+            .expect("progress template"),
+    );
+    let lock = serde_json::json!({
+        "ID": "stategate-migrate",
+        "Operation": "migrate",
+        "Info": format!("stategate migrate to {}", to.display()),
+        "Who": format!("stategate-migrate@{}", hostname()),
+        "Version": env!("CARGO_PKG_VERSION"),
+        "Created": time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        "Path": "",
+    })
+    .to_string();
+    let mut rows = Vec::new();
+    let mut total_bytes = 0u64;
+    for summary in states {
+        let state = summary.state;
+        let copied = migrate::migrate_state(
+            &source,
+            &target,
+            &state,
+            with_history,
+            dry_run,
+            lock.as_bytes(),
+        )
+        .await
+        .with_context(|| format!("{state}"))?;
+        if let migrate::Copied::Written { bytes, .. } | migrate::Copied::WouldWrite { bytes, .. } =
+            copied
+        {
+            total_bytes += bytes;
+        }
+        bar.inc(1);
+        bar.set_message(format!("{total_bytes} bytes"));
+        rows.push((state, copied));
+    }
+    bar.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<40} {:<12} {:<13} {:>8} {:>12}  NOTE",
+        "KEY", "WORKSPACE", "OUTCOME", "VERSIONS", "BYTES"
+    )?;
+    let mut problems = 0;
+    for (state, copied) in &rows {
+        let (versions, bytes, note) = match copied {
+            migrate::Copied::Written { versions, bytes }
+            | migrate::Copied::WouldWrite { versions, bytes } => {
+                (versions.to_string(), bytes.to_string(), String::new())
+            }
+            migrate::Copied::TargetNewer(why) | migrate::Copied::SourceLocked(why) => {
+                ("-".into(), "-".into(), why.clone())
+            }
+            migrate::Copied::Identical => ("0".into(), "0".into(), String::new()),
+        };
+        problems += usize::from(copied.is_problem());
+        writeln!(
+            out,
+            "{:<40} {:<12} {:<13} {:>8} {:>12}  {}",
+            state.key(),
+            state.workspace(),
+            copied.outcome(),
+            versions,
+            bytes,
+            note
+        )?;
+    }
+    let count = |word: &str| rows.iter().filter(|(_, c)| c.outcome() == word).count();
+    writeln!(
+        out,
+        "{} states: {} copied, {} identical, {} would copy, {} left alone; {total_bytes} bytes{}",
+        rows.len(),
+        count("copied"),
+        count("identical"),
+        count("would copy"),
+        problems,
+        if dry_run {
+            " (dry run: nothing changed)"
+        } else {
+            ""
+        }
+    )?;
+    if problems > 0 {
+        bail!("{problems} states were not copied (see NOTE); rerun once they are resolved");
+    }
+    Ok(())
+}
+
+/// This machine's name, for the migration's LockInfo.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// `stategate rekey`.

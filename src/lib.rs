@@ -36,6 +36,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod migrate;
 pub mod protocol;
 pub mod server;
 pub mod settings;

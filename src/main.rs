@@ -33,6 +33,16 @@ async fn run(args: Cli) -> Result<()> {
         Command::HashPassword => return cli::hash_password(),
         Command::Token(cmd) => return cli::token(cmd),
         Command::GenKey { file } => return cli::gen_key(file.as_deref()),
+        Command::Migrate {
+            from,
+            to,
+            prefix,
+            with_history,
+            dry_run,
+        } => {
+            init_plain_logging();
+            return cli::migrate(&from, &to, &prefix, with_history, dry_run).await;
+        }
         _ => {}
     }
     let settings = cli::load_settings(&args.config)?;
@@ -43,10 +53,29 @@ async fn run(args: Cli) -> Result<()> {
         Command::State(cmd) => cli::state(&settings, cmd).await,
         Command::Lock(cmd) => cli::lock(&settings, cmd).await,
         Command::Rekey => cli::rekey(&settings).await,
-        Command::HashPassword | Command::Token(_) | Command::GenKey { .. } => {
+        Command::HashPassword
+        | Command::Token(_)
+        | Command::GenKey { .. }
+        | Command::Migrate { .. } => {
             unreachable!("handled above")
         }
     }
+}
+
+/// Warnings to stderr as text, for commands that read no settings of
+/// their own (`migrate` reads two).
+fn init_plain_logging() {
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .finish()
+        .with(no_sdk_traces())
+        .init();
 }
 
 /// Logs go to stderr. `serve` logs requests at info; the operator commands

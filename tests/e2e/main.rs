@@ -19,6 +19,8 @@ mod crash;
 mod encryption;
 mod hostile;
 mod local_sqlite;
+#[cfg(feature = "s3")]
+mod migrate;
 mod nginx;
 mod oidc;
 mod operations;
