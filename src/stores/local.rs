@@ -47,7 +47,10 @@ pub static BACKEND: Backend = Backend {
     summary: "files under a directory on this machine (the default)",
     settings: SETTINGS,
     open: |settings| {
-        Box::pin(async move { Ok(Arc::new(LocalStore::open(&settings)?) as Arc<dyn Store>) })
+        Box::pin(async move {
+            let config = LocalConfig::from_settings(&settings)?;
+            Ok(Arc::new(LocalStore::open(&config)?) as Arc<dyn Store>)
+        })
     },
 };
 
@@ -59,6 +62,23 @@ const SETTINGS: &[Setting] = &[Setting {
     default: Some("./stategate-data"),
     help: "directory that holds the states",
 }];
+
+/// The validated settings of the local store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalConfig {
+    /// The directory holding the states (relative paths resolved).
+    pub root: PathBuf,
+}
+
+impl LocalConfig {
+    /// Reads the merged settings; every mistake names its setting.
+    pub fn from_settings(settings: &StoreSettings) -> Result<Self, ConfigError> {
+        let root = settings
+            .path("path")
+            .ok_or_else(|| ConfigError::invalid("path", "must not be empty"))?;
+        Ok(LocalConfig { root })
+    }
+}
 
 /// Where the store keeps its own files, inside the root and out of reach of
 /// any state key (the state layer reserves `.stategate/`).
@@ -89,13 +109,10 @@ struct Tree {
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl LocalStore {
-    /// Opens (creating if needed) the root directory named by `path`.
-    pub fn open(settings: &StoreSettings) -> Result<Self, ConfigError> {
-        let root = settings
-            .path("path")
-            .ok_or_else(|| ConfigError::invalid("path", "must not be empty"))?;
-        Self::open_dir(&root)
-            .map_err(|e| ConfigError::invalid("path", format!("{}: {e}", root.display())))
+    /// Opens (creating if needed) the configured root directory.
+    pub fn open(config: &LocalConfig) -> Result<Self, ConfigError> {
+        Self::open_dir(&config.root)
+            .map_err(|e| ConfigError::invalid("path", format!("{}: {e}", config.root.display())))
     }
 
     /// Opens a root directory directly.

@@ -43,7 +43,10 @@ pub static BACKEND: Backend = Backend {
     summary: "one SQLite database file on this machine",
     settings: SETTINGS,
     open: |settings| {
-        Box::pin(async move { Ok(Arc::new(SqliteStore::open(&settings)?) as Arc<dyn Store>) })
+        Box::pin(async move {
+            let config = SqliteConfig::from_settings(&settings)?;
+            Ok(Arc::new(SqliteStore::open(&config)?) as Arc<dyn Store>)
+        })
     },
 };
 
@@ -55,6 +58,23 @@ const SETTINGS: &[Setting] = &[Setting {
     default: Some("./stategate.db"),
     help: "the database file (created if missing)",
 }];
+
+/// The validated settings of the SQLite store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteConfig {
+    /// The database file (relative paths resolved).
+    pub path: PathBuf,
+}
+
+impl SqliteConfig {
+    /// Reads the merged settings; every mistake names its setting.
+    pub fn from_settings(settings: &StoreSettings) -> Result<Self, ConfigError> {
+        let path = settings
+            .path("path")
+            .ok_or_else(|| ConfigError::invalid("path", "must not be empty"))?;
+        Ok(SqliteConfig { path })
+    }
+}
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS objects (
@@ -88,13 +108,10 @@ struct Pool {
 const BUSY_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database named by `path`.
-    pub fn open(settings: &StoreSettings) -> Result<Self, ConfigError> {
-        let path = settings
-            .path("path")
-            .ok_or_else(|| ConfigError::invalid("path", "must not be empty"))?;
-        Self::open_file(&path)
-            .map_err(|e| ConfigError::invalid("path", format!("{}: {e}", path.display())))
+    /// Opens (creating if needed) the configured database file.
+    pub fn open(config: &SqliteConfig) -> Result<Self, ConfigError> {
+        Self::open_file(&config.path)
+            .map_err(|e| ConfigError::invalid("path", format!("{}: {e}", config.path.display())))
     }
 
     /// Opens a database file directly.
