@@ -167,6 +167,30 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Drive a deployment with Terraform's cycle (LOCK, GET, POST, UNLOCK)
+    /// from many clients and print cycles/s and latency per verb.
+    Loadtest {
+        /// A state URL, e.g. https://stategate.example/states/loadtest;
+        /// client i works on <URL>/c<i>.
+        url: String,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        /// Bytes of every state written.
+        #[arg(long, default_value_t = 100 * 1024)]
+        state_bytes: usize,
+        /// How long to run: `30s`, `30`, `2m`.
+        #[arg(long, default_value = "30s")]
+        duration: String,
+        /// All clients on <URL> itself, contending for its lock (423s are
+        /// expected and counted).
+        #[arg(long)]
+        shared_key: bool,
+        #[arg(long)]
+        user: Option<String>,
+        /// Also read from TF_HTTP_PASSWORD, as Terraform does.
+        #[arg(long, env = "TF_HTTP_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
     /// Seal every state body and kept version under the first key of
     /// `encryption.keys` (after adding a key, or to seal a store being
     /// adopted). Safe to run while serving; rerun after an interruption.
@@ -652,6 +676,29 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+/// `stategate loadtest`.
+pub async fn loadtest(plan: stategate::loadtest::Plan) -> Result<()> {
+    let bar = indicatif::ProgressBar::new_spinner();
+    let total = plan.duration;
+    let report = stategate::loadtest::run(plan, |cycles, elapsed| {
+        bar.set_message(format!(
+            "{cycles} cycles, {:.0} cycles/s, {:.0}s of {:.0}s",
+            cycles as f64 / elapsed.as_secs_f64().max(0.001),
+            elapsed.as_secs_f64(),
+            total.as_secs_f64()
+        ));
+        bar.tick();
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
+    bar.finish_and_clear();
+    print!("{}", report.render());
+    if !report.clean() {
+        bail!("unexpected answers (above)");
+    }
+    Ok(())
 }
 
 /// `stategate rekey`.

@@ -35,6 +35,7 @@
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod loadtest;
 pub mod metrics;
 pub mod migrate;
 pub mod protocol;

@@ -33,6 +33,31 @@ async fn run(args: Cli) -> Result<()> {
         Command::HashPassword => return cli::hash_password(),
         Command::Token(cmd) => return cli::token(cmd),
         Command::GenKey { file } => return cli::gen_key(file.as_deref()),
+        Command::Loadtest {
+            url,
+            clients,
+            state_bytes,
+            duration,
+            shared_key,
+            user,
+            password,
+        } => {
+            init_plain_logging();
+            let duration = stategate::settings::parse_duration("--duration", &duration)?;
+            if clients == 0 {
+                anyhow::bail!("--clients must be at least 1");
+            }
+            return cli::loadtest(stategate::loadtest::Plan {
+                url,
+                clients,
+                state_bytes,
+                duration,
+                shared_key,
+                user,
+                password,
+            })
+            .await;
+        }
         Command::Migrate {
             from,
             to,
@@ -56,7 +81,8 @@ async fn run(args: Cli) -> Result<()> {
         Command::HashPassword
         | Command::Token(_)
         | Command::GenKey { .. }
-        | Command::Migrate { .. } => {
+        | Command::Migrate { .. }
+        | Command::Loadtest { .. } => {
             unreachable!("handled above")
         }
     }

@@ -205,3 +205,79 @@ fn request_ids_and_client_addresses_reach_the_log() {
         "an untrusted peer's header was believed: {line}"
     );
 }
+
+fn loadtest(url: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(bin())
+        .args(["loadtest", url])
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run stategate loadtest")
+}
+
+#[test]
+fn loadtest_runs_terraform_cycles_and_counts_lock_conflicts() {
+    let peer = LocalPeer::new();
+    let server = Server::start(&peer);
+    let url = server.state_url("load");
+
+    let out = loadtest(&url, &["--clients", "3", "--duration", "2s"], &[]);
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{report}\n{}", text(&out.stderr));
+    assert!(
+        report.contains("cycles/s") && report.contains("no unexpected answers"),
+        "{report}"
+    );
+    for verb in ["LOCK", "GET", "POST", "UNLOCK"] {
+        assert!(
+            report.lines().any(|l| l.starts_with(verb)),
+            "{verb}: {report}"
+        );
+    }
+    // Each client's state moved on, one serial per cycle, and no lock is left.
+    let (status, body) = http("GET", &server.state_url("load/c0"), b"");
+    assert_eq!(status, 200);
+    let state: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(state["serial"].as_u64().unwrap() > 1, "{state}");
+    assert!(!peer.object_keys().iter().any(|k| k.ends_with(".tflock")));
+
+    // One key for all: 423s are expected, counted, and not failures.
+    let shared = server.state_url("shared/terraform.tfstate");
+    let out = loadtest(
+        &shared,
+        &["--clients", "4", "--duration", "2", "--shared-key"],
+        &[],
+    );
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{report}\n{}", text(&out.stderr));
+    let conflicts: u64 = report
+        .split(" lock conflicts")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no conflict count: {report}"));
+    assert!(conflicts > 0, "{report}");
+
+    // An answer Terraform would not expect fails the run, naming it.
+    let small_peer = LocalPeer::new();
+    let small = Server::start_with(&small_peer, &["--max-body-bytes", "1000"]);
+    let out = loadtest(
+        &small.state_url("load"),
+        &[
+            "--clients",
+            "1",
+            "--duration",
+            "1s",
+            "--state-bytes",
+            "5000",
+        ],
+        &[("TF_HTTP_PASSWORD", "unused")],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stdout).contains("unexpected: POST answered 413"),
+        "{}",
+        text(&out.stdout)
+    );
+}
