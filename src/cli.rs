@@ -169,32 +169,36 @@ pub enum Command {
     },
     /// Drive a deployment with Terraform's cycle (LOCK, GET, POST, UNLOCK)
     /// from many clients and print cycles/s and latency per verb.
-    Loadtest {
-        /// A state URL, e.g. https://stategate.example/states/loadtest;
-        /// client i works on <URL>/c<i>.
-        url: String,
-        #[arg(long, default_value_t = 8)]
-        clients: usize,
-        /// Bytes of every state written.
-        #[arg(long, default_value_t = 100 * 1024)]
-        state_bytes: usize,
-        /// How long to run: `30s`, `30`, `2m`.
-        #[arg(long, default_value = "30s")]
-        duration: String,
-        /// All clients on <URL> itself, contending for its lock (423s are
-        /// expected and counted).
-        #[arg(long)]
-        shared_key: bool,
-        #[arg(long)]
-        user: Option<String>,
-        /// Also read from TF_HTTP_PASSWORD, as Terraform does.
-        #[arg(long, env = "TF_HTTP_PASSWORD", hide_env_values = true)]
-        password: Option<String>,
-    },
+    Loadtest(LoadtestArgs),
     /// Seal every state body and kept version under the first key of
     /// `encryption.keys` (after adding a key, or to seal a store being
     /// adopted). Safe to run while serving; rerun after an interruption.
     Rekey,
+}
+
+/// The arguments of `stategate loadtest`.
+#[derive(Debug, Args)]
+pub struct LoadtestArgs {
+    /// A state URL, e.g. https://stategate.example/states/loadtest;
+    /// client i works on <URL>/c<i>.
+    pub url: String,
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// Bytes of every state written.
+    #[arg(long, default_value_t = 100 * 1024)]
+    pub state_bytes: usize,
+    /// How long to run: `30s`, `30`, `2m`.
+    #[arg(long, default_value = "30s")]
+    pub duration: String,
+    /// All clients on <URL> itself, contending for its lock (423s are
+    /// expected and counted).
+    #[arg(long)]
+    pub shared_key: bool,
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Also read from TF_HTTP_PASSWORD, as Terraform does.
+    #[arg(long, env = "TF_HTTP_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -679,7 +683,19 @@ fn hostname() -> String {
 }
 
 /// `stategate loadtest`.
-pub async fn loadtest(plan: stategate::loadtest::Plan) -> Result<()> {
+pub async fn loadtest(args: LoadtestArgs) -> Result<()> {
+    if args.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    let plan = stategate::loadtest::Plan {
+        duration: stategate::settings::parse_duration("--duration", &args.duration)?,
+        url: args.url,
+        clients: args.clients,
+        state_bytes: args.state_bytes,
+        shared_key: args.shared_key,
+        user: args.user,
+        password: args.password,
+    };
     let bar = indicatif::ProgressBar::new_spinner();
     let total = plan.duration;
     let report = stategate::loadtest::run(plan, |cycles, elapsed| {

@@ -33,30 +33,9 @@ async fn run(args: Cli) -> Result<()> {
         Command::HashPassword => return cli::hash_password(),
         Command::Token(cmd) => return cli::token(cmd),
         Command::GenKey { file } => return cli::gen_key(file.as_deref()),
-        Command::Loadtest {
-            url,
-            clients,
-            state_bytes,
-            duration,
-            shared_key,
-            user,
-            password,
-        } => {
+        Command::Loadtest(args) => {
             init_plain_logging();
-            let duration = stategate::settings::parse_duration("--duration", &duration)?;
-            if clients == 0 {
-                anyhow::bail!("--clients must be at least 1");
-            }
-            return cli::loadtest(stategate::loadtest::Plan {
-                url,
-                clients,
-                state_bytes,
-                duration,
-                shared_key,
-                user,
-                password,
-            })
-            .await;
+            return cli::loadtest(args).await;
         }
         Command::Migrate {
             from,
@@ -82,7 +61,7 @@ async fn run(args: Cli) -> Result<()> {
         | Command::Token(_)
         | Command::GenKey { .. }
         | Command::Migrate { .. }
-        | Command::Loadtest { .. } => {
+        | Command::Loadtest(_) => {
             unreachable!("handled above")
         }
     }
