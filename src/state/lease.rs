@@ -145,7 +145,7 @@ impl Lease {
                     expires_ms: now_ms() + ttl.as_millis() as i128,
                 };
                 let body = Bytes::from(serde_json::to_vec(&body).expect("lease body serialises"));
-                match store.put(&key, body, Condition::IfAbsent).await {
+                match store.put_transient(&key, body, Condition::IfAbsent).await {
                     Ok(_) => {}
                     // The token is unique; an object there is not ours.
                     Err(StoreError::AlreadyExists) => continue,
@@ -195,7 +195,11 @@ impl Lease {
     /// by itself.
     pub async fn release(mut self) {
         self.released = true;
-        if let Err(e) = self.store.delete(&self.key, Condition::Always).await {
+        if let Err(e) = self
+            .store
+            .delete_transient(&self.key, Condition::Always)
+            .await
+        {
             tracing::warn!(lease = %self.key, error = %e, "could not release a write lease; it expires by itself");
         }
     }
@@ -212,7 +216,7 @@ impl Drop for Lease {
         let key = std::mem::take(&mut self.key);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = store.delete(&key, Condition::Always).await;
+                let _ = store.delete_transient(&key, Condition::Always).await;
             });
         }
     }
@@ -238,7 +242,9 @@ async fn others_hold(store: &dyn Store, dir: &str, mine: Option<&str>) -> Result
         };
         if expired {
             tracing::warn!(lease = %entry.key, "removing an expired write lease (its holder stopped)");
-            store.delete(&entry.key, Condition::Always).await?;
+            store
+                .delete_transient(&entry.key, Condition::Always)
+                .await?;
         } else {
             held = true;
         }

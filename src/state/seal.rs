@@ -379,6 +379,19 @@ impl Store for SealedStore {
         self.inner.delete(key, condition).await
     }
 
+    async fn put_transient(
+        &self,
+        key: &str,
+        body: Bytes,
+        condition: Condition,
+    ) -> Result<Version, StoreError> {
+        self.inner.put_transient(key, body, condition).await
+    }
+
+    async fn delete_transient(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
+        self.inner.delete_transient(key, condition).await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         self.inner.list(prefix).await
     }

@@ -225,11 +225,14 @@ impl Tree {
         Ok(guard)
     }
 
+    /// Writes `key`; with `durable`, the file and the directory entry are
+    /// on disk before this returns.
     fn put_blocking(
         &self,
         key: &str,
         body: &[u8],
         condition: &Condition,
+        durable: bool,
     ) -> Result<Version, StoreError> {
         let (dir, name) = self.locate(key)?;
         let parent = self.parent(key, dir, true)?.expect("created");
@@ -245,7 +248,9 @@ impl Tree {
             // edit in place would change a kept version too.
             let mut file = create_new(&self.tmp_fd, &tmp).map_err(io_err)?;
             file.write_all(body).map_err(io_err)?;
-            file.sync_all().map_err(io_err)?;
+            if durable {
+                file.sync_all().map_err(io_err)?;
+            }
             let version = version_of(&rustix::fs::fstat(&file).map_err(|e| io_err(e.into()))?);
             drop(file);
 
@@ -254,7 +259,9 @@ impl Tree {
             rustix::fs::renameat(&self.tmp_fd, tmp.as_str(), &parent, name)
                 .map_err(|e| translate(key, "writing", e))?;
             drop(guard);
-            rustix::fs::fsync(&parent).map_err(|e| translate(key, "syncing", e))?;
+            if durable {
+                rustix::fs::fsync(&parent).map_err(|e| translate(key, "syncing", e))?;
+            }
             Ok(version)
         })();
         if result.is_err() {
@@ -263,7 +270,12 @@ impl Tree {
         result
     }
 
-    fn delete_blocking(&self, key: &str, condition: &Condition) -> Result<(), StoreError> {
+    fn delete_blocking(
+        &self,
+        key: &str,
+        condition: &Condition,
+        durable: bool,
+    ) -> Result<(), StoreError> {
         let (dir, name) = self.locate(key)?;
         let guard = self.lock_guard()?;
         let Some(parent) = self.parent(key, dir, false)? else {
@@ -275,7 +287,10 @@ impl Tree {
             Err(e) => return Err(translate(key, "deleting", e)),
         }
         drop(guard);
-        rustix::fs::fsync(&parent).map_err(|e| translate(key, "syncing", e))
+        if durable {
+            rustix::fs::fsync(&parent).map_err(|e| translate(key, "syncing", e))?;
+        }
+        Ok(())
     }
 
     /// Hard-links `from` at `to`: files are never changed in place (every
@@ -520,12 +535,32 @@ impl Store for LocalStore {
         condition: Condition,
     ) -> Result<Version, StoreError> {
         let key = key.to_string();
-        blocking(self, move |s| s.put_blocking(&key, &body, &condition)).await
+        blocking(self, move |s| s.put_blocking(&key, &body, &condition, true)).await
     }
 
     async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
         let key = key.to_string();
-        blocking(self, move |s| s.delete_blocking(&key, &condition)).await
+        blocking(self, move |s| s.delete_blocking(&key, &condition, true)).await
+    }
+
+    /// A lease dies with its holder: no fsync of the file or its directory
+    /// (other processes on this machine see it at once all the same).
+    async fn put_transient(
+        &self,
+        key: &str,
+        body: Bytes,
+        condition: Condition,
+    ) -> Result<Version, StoreError> {
+        let key = key.to_string();
+        blocking(self, move |s| {
+            s.put_blocking(&key, &body, &condition, false)
+        })
+        .await
+    }
+
+    async fn delete_transient(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
+        let key = key.to_string();
+        blocking(self, move |s| s.delete_blocking(&key, &condition, false)).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {

@@ -247,6 +247,24 @@ pub trait Store: Send + Sync + 'static {
     /// here and is treated like `Always`.
     async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError>;
 
+    /// Like [`Store::put`], for an object that need not outlive a crash of
+    /// the machine (a write lease: its holder dies with it). A store may
+    /// skip making it durable; the default is a plain put.
+    async fn put_transient(
+        &self,
+        key: &str,
+        body: Bytes,
+        condition: Condition,
+    ) -> Result<Version, StoreError> {
+        self.put(key, body, condition).await
+    }
+
+    /// Like [`Store::delete`], for an object written by
+    /// [`Store::put_transient`].
+    async fn delete_transient(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
+        self.delete(key, condition).await
+    }
+
     /// Every object whose key starts with `prefix` (a plain string prefix,
     /// not only whole segments), sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError>;

@@ -1,0 +1,1054 @@
+#!/usr/bin/env python3
+"""stategate's benchmarks, each against a baseline measured in the same run.
+
+Run it as `bench/run` (see bench/README.md for what every row means):
+
+    bench/run                      # release build, every store, full sizes
+    bench/run --quick              # tiny sizes, about two minutes (CI)
+    bench/run --stores local,sqlite --no-build
+    bench/run --binary target/debug/stategate --quick
+
+Every server runs on 127.0.0.1 in a temporary directory of its own and is
+stopped when the run ends, however it ends. The table goes to stdout and,
+as JSON, to target/bench/results.json.
+"""
+
+import argparse
+import atexit
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SUPPORT = REPO / "tests" / "support"
+NGINX = "/usr/sbin/nginx"
+ALL_STORES = ["local", "sqlite", "s3", "oss", "db"]
+# Stores whose data goes to the disk here, where the file loop is the floor.
+DISK_STORES = ("local", "sqlite")
+
+OSS_ENDPOINT = "oss-test.invalid"
+OSS_REGION = "cn-beijing"
+OSS_AK = "LTAI-stategate-bench"
+OSS_SECRET = "bench-secret"
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------
+# Processes and temporary directories, all released at exit.
+
+PROCS = []
+TEMP_DIRS = []
+
+
+def temp_dir(name):
+    path = Path(tempfile.mkdtemp(prefix=f"stategate-bench-{name}-"))
+    TEMP_DIRS.append(path)
+    return path
+
+
+def spawn(args, **kwargs):
+    """Starts a process in a session of its own (so its children, such as
+    nginx's workers, are stopped with it)."""
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    kwargs.setdefault("stdout", subprocess.DEVNULL)
+    kwargs.setdefault("stderr", subprocess.DEVNULL)
+    proc = subprocess.Popen(args, start_new_session=True, **kwargs)
+    PROCS.append(proc)
+    return proc
+
+
+def stop(proc, grace=5.0):
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+        if stream:
+            try:
+                stream.close()
+            except OSError:
+                pass
+    if proc in PROCS:
+        PROCS.remove(proc)
+
+
+def cleanup():
+    for proc in list(reversed(PROCS)):
+        stop(proc, grace=2.0)
+    for path in TEMP_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
+    TEMP_DIRS.clear()
+
+
+def on_signal(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------
+# HTTP helpers.
+
+
+def request(method, url, body=None, headers=None, timeout=600):
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def state_body(size, serial=1, lineage="bench"):
+    """A Terraform state of exactly `size` bytes (at least ~120)."""
+    head = (
+        '{"version":4,"terraform_version":"1.9.0","serial":%d,"lineage":"%s",'
+        '"outputs":{"blob":{"type":"string","value":"' % (serial, lineage)
+    ).encode()
+    tail = b'"}},"resources":[]}\n'
+    fill = max(0, size - len(head) - len(tail))
+    return head + b"x" * fill + tail
+
+
+def streamed_state(size, chunk=1 << 20):
+    """The same bytes as state_body(size), produced in chunks so that a
+    client sending hundreds of MiB does not hold them."""
+    whole = state_body(200)
+    head = whole[: whole.index(b"xxxxxxxx")]
+    tail = whole[whole.rindex(b"xxxxxxxx") + 8 :]
+    fill = size - len(head) - len(tail)
+    block = b"x" * chunk
+
+    def gen():
+        yield head
+        left = fill
+        while left > 0:
+            n = min(left, chunk)
+            yield block if n == chunk else block[:n]
+            left -= n
+        yield tail
+
+    return gen()
+
+
+# --------------------------------------------------------------------------
+# Peers: moto (S3), the OSS test server, nginx, the protocol stub.
+
+
+class Moto:
+    def __init__(self):
+        self.proc = spawn(
+            [sys.executable, str(SUPPORT / "moto_server.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        line = self.proc.stdout.readline().decode()
+        try:
+            ready = json.loads(line)
+        except ValueError:
+            raise RuntimeError(f"moto did not start ({line!r}); install tests/support/requirements.txt into .venv")
+        self.endpoint = f"http://127.0.0.1:{ready['port']}"
+        self.access_key = ready["access_key"]
+        self.secret_key = ready["secret_key"]
+        self.count = 0
+
+    def env(self):
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": "us-east-1",
+        }
+
+    def new_bucket(self):
+        self.count += 1
+        name = f"bench-{os.getpid()}-{self.count}"
+        status, body = request("PUT", f"{self.endpoint}/{name}")
+        if status != 200:
+            raise RuntimeError(f"moto create bucket: {status} {body[:200]!r}")
+        return name
+
+
+class OssServer:
+    def __init__(self):
+        self.proc = spawn(
+            [
+                sys.executable,
+                str(SUPPORT / "oss_server.py"),
+                "--endpoint", OSS_ENDPOINT,
+                "--region", OSS_REGION,
+                "--credential", f"{OSS_AK}:{OSS_SECRET}",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        line = self.proc.stdout.readline().decode()
+        if not line.startswith("listening on "):
+            raise RuntimeError(f"the OSS test server did not start: {line!r}")
+        self.addr = line.split("listening on ", 1)[1].strip()
+        self.count = 0
+
+    def new_bucket(self):
+        self.count += 1
+        name = f"bench-{os.getpid()}-{self.count}"
+        status, body = request("POST", f"http://{self.addr}/-/buckets?name={name}")
+        if status != 200:
+            raise RuntimeError(f"OSS create bucket: {status} {body[:200]!r}")
+        return name
+
+
+class Stub:
+    def __init__(self):
+        self.proc = spawn(
+            [sys.executable, str(REPO / "bench" / "stub.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        line = self.proc.stdout.readline().decode()
+        if not line.startswith("listening on "):
+            raise RuntimeError(f"the stub did not start: {line!r}")
+        self.url = "http://" + line.split("listening on ", 1)[1].strip()
+
+
+class Nginx:
+    """Debian's nginx serving one directory statically, with as many
+    workers as cores and its default access log."""
+
+    def __init__(self, workers):
+        last = ""
+        for _ in range(5):
+            self.dir = temp_dir("nginx")
+            self.root = self.dir / "www"
+            self.root.mkdir()
+            # Workers started by root run as an unprivileged user: let them read.
+            self.dir.chmod(0o755)
+            self.root.chmod(0o755)
+            port = free_port()
+            d = self.dir
+            conf = d / "nginx.conf"
+            conf.write_text(
+                f"""
+worker_processes {workers};
+events {{ worker_connections 4096; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    sendfile on;
+    tcp_nopush on;
+    default_type application/json;
+    server {{
+        listen 127.0.0.1:{port};
+        root {self.root};
+        location / {{ }}
+    }}
+}}
+"""
+            )
+            error_log = d / "error.log"
+            globals_ = f"daemon off; pid {d}/nginx.pid; error_log {error_log} warn;"
+            self.proc = spawn(
+                [NGINX, "-p", str(d), "-e", str(error_log), "-c", str(conf), "-g", globals_]
+            )
+            deadline = time.time() + 20
+            while time.time() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    self.url = f"http://127.0.0.1:{port}"
+                    return
+                except OSError:
+                    time.sleep(0.02)
+            last = error_log.read_text() if error_log.exists() else ""
+            stop(self.proc)
+        raise RuntimeError(f"nginx did not start:\n{last}")
+
+
+# --------------------------------------------------------------------------
+# stategate, on each store.
+
+
+class Stores:
+    """Knows how to point a stategate process at each store."""
+
+    def __init__(self, args):
+        self.args = args
+        self.moto = None
+        self.oss = None
+
+    def peer(self, store):
+        if store == "s3" and self.moto is None:
+            self.moto = Moto()
+        if store == "oss" and self.oss is None:
+            self.oss = OssServer()
+
+    def settings(self, store, work):
+        """(-C settings, environment) for a fresh store under `work`."""
+        env = {}
+        if store == "local":
+            settings = {"path": str(work / "data")}
+        elif store == "sqlite":
+            settings = {"path": str(work / "stategate.db")}
+        elif store == "s3":
+            settings = {
+                "endpoint": self.moto.endpoint,
+                "bucket": self.moto.new_bucket(),
+                "region": "us-east-1",
+            }
+            env = self.moto.env()
+        elif store == "oss":
+            settings = {
+                "bucket": self.oss.new_bucket(),
+                "endpoint": f"http://{OSS_ENDPOINT}",
+                "region": OSS_REGION,
+                "accessKeyID": OSS_AK,
+                "accessKeySecret": OSS_SECRET,
+            }
+            proxy = f"http://{self.oss.addr}"
+            env = {"HTTP_PROXY": proxy, "http_proxy": proxy, "NO_PROXY": "", "no_proxy": ""}
+        elif store == "db":
+            settings = {"dbURL": self.args.db_url}
+        else:
+            raise ValueError(store)
+        return settings, env
+
+
+class Stategate:
+    def __init__(self, binary, stores, store, extra=(), work=None, port=0):
+        self.store = store
+        self.work = work or temp_dir(f"sg-{store}")
+        settings, env = stores.settings(store, self.work)
+        self.settings_env = (settings, env)
+        self.cmd = self.command(binary, store, settings, port, extra)
+        self.env = self.environment(env)
+        self.log_path = self.work / f"stategate-{time.monotonic_ns()}.log"
+        with open(self.log_path, "wb") as log_file:
+            self.proc = spawn(self.cmd, cwd=self.work, env=self.env, stderr=log_file)
+        self.url = self._wait_listening()
+
+    @staticmethod
+    def command(binary, store, settings, port, extra):
+        cmd = [binary, "serve", "--listen", f"127.0.0.1:{port}", "--storage-type", store]
+        for key, value in settings.items():
+            cmd += ["-C", f"{key}={value}"]
+        return cmd + list(extra)
+
+    @staticmethod
+    def environment(extra):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STATEGATE_")}
+        env.pop("RUST_LOG", None)
+        for key in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            env.pop(key, None)
+        env.update(extra)
+        return env
+
+    def _wait_listening(self):
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            text = self.log_path.read_text(errors="replace")
+            m = re.search(r"listening on http://(\S+)", text)
+            if m:
+                return f"http://{m.group(1)}"
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        stop(self.proc)
+        raise RuntimeError(f"stategate on {self.store} did not start:\n{self.log_path.read_text(errors='replace')[-2000:]}")
+
+    def status(self, field):
+        """VmRSS or VmHWM of the process, in MiB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError(f"no {field}")
+
+    def stop(self):
+        stop(self.proc)
+
+
+# --------------------------------------------------------------------------
+# Measurements.
+
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+def terraform_env(home, extra=None):
+    rc = home / ".terraformrc"
+    rc.touch()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "AWS_"))}
+    for key in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+        env.pop(key, None)
+    env.update(
+        {
+            "TF_IN_AUTOMATION": "1",
+            "TF_INPUT": "0",
+            "CHECKPOINT_DISABLE": "1",
+            "TF_CLI_CONFIG_FILE": str(rc),
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+class TerraformConfig:
+    def __init__(self, name, backend_hcl, resources, env=None):
+        self.name = name
+        self.dir = temp_dir("tf")
+        (self.dir / "main.tf").write_text(
+            f"""terraform {{
+{backend_hcl}
+}}
+
+resource "terraform_data" "r" {{
+  count = {resources}
+  input = "resource ${{count.index}}"
+}}
+"""
+        )
+        self.env = terraform_env(self.dir, env)
+        self.times = []
+        self.run("init", "-no-color")
+
+    def run(self, *args):
+        out = subprocess.run(
+            ["terraform", *args],
+            cwd=self.dir,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(
+                f"terraform {' '.join(args)} ({self.name}) failed:\n"
+                f"{out.stdout.decode()[-2000:]}{out.stderr.decode()[-2000:]}"
+            )
+
+    def apply_destroy(self):
+        started = time.perf_counter()
+        self.run("apply", "-auto-approve", "-no-color")
+        self.run("destroy", "-auto-approve", "-no-color")
+        self.times.append(time.perf_counter() - started)
+
+
+def http_backend(url):
+    return f"""  backend "http" {{
+    address        = "{url}"
+    lock_address   = "{url}"
+    unlock_address = "{url}"
+  }}"""
+
+
+def s3_backend(bucket, key):
+    return f"""  backend "s3" {{
+    bucket                      = "{bucket}"
+    key                         = "{key}"
+    region                      = "us-east-1"
+    use_lockfile                = true
+    use_path_style              = true
+    skip_credentials_validation = true
+    skip_requesting_account_id  = true
+    skip_region_validation      = true
+    skip_metadata_api_check     = true
+  }}"""
+
+
+def wrk(url, connections, duration):
+    """(requests/s, errors) of GET `url` for `duration` seconds."""
+    if shutil.which("wrk"):
+        threads = min(connections, os.cpu_count() or 1)
+        out = subprocess.run(
+            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "30s", url],
+            capture_output=True,
+            text=True,
+        )
+        m = re.search(r"Requests/sec:\s+([\d.]+)", out.stdout)
+        if not m:
+            raise RuntimeError(f"wrk: {out.stdout}{out.stderr}")
+        errors = 0
+        m2 = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out.stdout)
+        if m2:
+            errors += int(m2.group(1))
+        m3 = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out.stdout)
+        if m3:
+            errors += sum(int(x) for x in m3.groups())
+        return float(m.group(1)), errors
+    return python_get_load(url, connections, duration)
+
+
+def python_get_load(url, connections, duration):
+    """The fallback GET client when wrk is missing: one thread per
+    connection, keep-alive."""
+    parts = urllib.parse.urlsplit(url)
+    counts = [0] * connections
+    errors = [0] * connections
+    stop_at = time.perf_counter() + duration
+
+    def worker(i):
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        while time.perf_counter() < stop_at:
+            try:
+                conn.request("GET", parts.path)
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status == 200:
+                    counts[i] += 1
+                else:
+                    errors[i] += 1
+            except (OSError, http.client.HTTPException):
+                errors[i] += 1
+                conn.close()
+                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        conn.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - started), sum(errors)
+
+
+def loadtest(binary, url, clients, state_bytes, duration):
+    out = subprocess.run(
+        [
+            binary, "loadtest", url,
+            "--clients", str(clients),
+            "--state-bytes", str(state_bytes),
+            "--duration", f"{duration}s",
+        ],
+        capture_output=True,
+        text=True,
+        env=Stategate.environment({}),
+        stdin=subprocess.DEVNULL,
+    )
+    text = out.stdout + out.stderr
+    m = re.search(r"(\d+) cycles in ([\d.]+)s: ([\d.]+) cycles/s", text)
+    if not m:
+        raise RuntimeError(f"loadtest printed no cycles/s (exit {out.returncode}):\n{text[-2000:]}")
+    return float(m.group(3)), out.returncode
+
+
+def creates(url, threads, state_bytes, duration, tag):
+    """New states per second: each thread POSTs to fresh keys, no lock."""
+    parts = urllib.parse.urlsplit(url)
+    body = state_body(state_bytes)
+    counts = [0] * threads
+    errors = [0] * threads
+    stop_at = time.perf_counter() + duration
+
+    def worker(i):
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+        n = 0
+        while time.perf_counter() < stop_at:
+            n += 1
+            try:
+                conn.request(
+                    "POST",
+                    f"/states/bench/{tag}/t{i}-{n}",
+                    body=body,
+                    headers={"Content-Type": "application/json"},
+                )
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status == 200:
+                    counts[i] += 1
+                else:
+                    errors[i] += 1
+            except (OSError, http.client.HTTPException):
+                errors[i] += 1
+                conn.close()
+                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+        conn.close()
+
+    started = time.perf_counter()
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return sum(counts) / (time.perf_counter() - started), sum(errors)
+
+
+def file_loop(directory, threads, state_bytes, duration):
+    """The floor of a crash-safe create: per file, write a temporary file,
+    fsync it, rename it into place, fsync the directory. Files per second
+    from `threads` threads (os.write and os.fsync release the GIL)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    body = state_body(state_bytes)
+    counts = [0] * threads
+    stop_at = time.perf_counter() + duration
+
+    def worker(i):
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        n = 0
+        try:
+            while time.perf_counter() < stop_at:
+                n += 1
+                tmp = f".tmp-{i}-{n}"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444, dir_fd=dfd)
+                try:
+                    view = memoryview(body)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, f"t{i}-{n}", src_dir_fd=dfd, dst_dir_fd=dfd)
+                os.fsync(dfd)
+                counts[i] += 1
+        finally:
+            os.close(dfd)
+
+    started = time.perf_counter()
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def post_then_get(url, key, size):
+    """POST a `size`-byte state streamed from a generator, then GET it and
+    count the bytes; returns whether both answered 200 with the size."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
+    try:
+        conn.request(
+            "POST",
+            f"/states/{key}",
+            body=streamed_state(size),
+            headers={"Content-Length": str(size), "Content-Type": "application/json"},
+        )
+        resp = conn.getresponse()
+        answer = resp.read()
+        if resp.status != 200:
+            return f"POST {resp.status} {answer[:200]!r}"
+        conn.request("GET", f"/states/{key}")
+        resp = conn.getresponse()
+        got = 0
+        while True:
+            chunk = resp.read(1 << 20)
+            if not chunk:
+                break
+            got += len(chunk)
+        if resp.status != 200 or got != size:
+            return f"GET {resp.status}, {got} bytes"
+        return None
+    finally:
+        conn.close()
+
+
+def healthz_once(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            return s.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def exec_to_ready(binary, stores, store, work, settings, env, rounds):
+    """Milliseconds from spawn until GET /healthz answers 200, each run a
+    fresh process on the same store; the median and every value."""
+    times = []
+    for _ in range(rounds):
+        for _attempt in range(5):
+            port = free_port()
+            cmd = Stategate.command(binary, store, settings, port, [])
+            log_path = work / "exec.log"
+            with open(log_path, "wb") as log_file:
+                started = time.perf_counter()
+                proc = spawn(cmd, cwd=work, env=Stategate.environment(env), stderr=log_file)
+                ready = False
+                while proc.poll() is None and time.perf_counter() - started < 60:
+                    if healthz_once(port):
+                        ready = True
+                        break
+                    time.sleep(0.001)
+                elapsed = (time.perf_counter() - started) * 1000
+            stop(proc)
+            if ready:
+                times.append(elapsed)
+                break
+            if "in use" not in log_path.read_text(errors="replace"):
+                raise RuntimeError(f"stategate did not become ready:\n{log_path.read_text()[-1500:]}")
+    return median(times), times
+
+
+# --------------------------------------------------------------------------
+# The table.
+
+
+class Table:
+    def __init__(self):
+        self.rows = []
+
+    def add(self, measure, store, figure, unit, baseline=None, baseline_name="", ratio_kind=None,
+            target=None, note=""):
+        """ratio_kind: "time" (figure/baseline, lower is better),
+        "rate" (figure/baseline, higher is better) or None.
+        target: ("ratio" | "figure", "<=" | ">=", value) or None."""
+        ratio = None
+        if baseline not in (None, 0) and figure is not None and ratio_kind:
+            ratio = figure / baseline
+        met = None
+        if target and figure is not None:
+            on, op, value = target
+            x = ratio if on == "ratio" else figure
+            if x is not None:
+                met = x <= value if op == "<=" else x >= value
+        self.rows.append(
+            {
+                "measure": measure,
+                "store": store,
+                "figure": figure,
+                "unit": unit,
+                "baseline": baseline,
+                "baseline_name": baseline_name,
+                "ratio": ratio,
+                "target": None if not target else f"{'ratio' if target[0] == 'ratio' else ''} {target[1]} {target[2]}".strip(),
+                "met": met,
+                "note": note,
+            }
+        )
+        row = self.rows[-1]
+        log(f"  {measure} [{store}]: {fmt(figure)} {unit}"
+            + (f" vs {fmt(baseline)} ({baseline_name})" if baseline is not None else "")
+            + (f" = {ratio:.3f}x" if ratio is not None else "")
+            + (f" target {row['target']}: {'met' if met else 'MISSED'}" if met is not None else ""))
+
+    def render(self, header):
+        cols = ["measurement", "store", "figure", "baseline", "ratio", "target", "met"]
+        lines = []
+        for r in self.rows:
+            base = "" if r["baseline"] is None else f"{fmt(r['baseline'])} {r['unit']} ({r['baseline_name']})"
+            lines.append(
+                [
+                    r["measure"],
+                    r["store"],
+                    "" if r["figure"] is None else f"{fmt(r['figure'])} {r['unit']}",
+                    base,
+                    "" if r["ratio"] is None else f"{r['ratio']:.3f}",
+                    r["target"] or "",
+                    {True: "yes", False: "NO", None: ""}[r["met"]] + (f" ({r['note']})" if r["note"] else ""),
+                ]
+            )
+        widths = [max(len(c), *(len(l[i]) for l in lines)) if lines else len(c) for i, c in enumerate(cols)]
+        out = [header, ""]
+        out.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
+        out.append("  ".join("-" * w for w in widths))
+        for l in lines:
+            out.append("  ".join(v.ljust(w) for v, w in zip(l, widths)).rstrip())
+        return "\n".join(out)
+
+
+def fmt(x):
+    if x is None:
+        return "-"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+# --------------------------------------------------------------------------
+
+
+def git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def build(args):
+    if args.binary:
+        return str(Path(args.binary).resolve()), "given"
+    binary = REPO / "target" / "release" / "stategate"
+    if not args.no_build:
+        log("building: cargo build --release")
+        subprocess.run(["nice", "-n", "10", "cargo", "build", "--release"], cwd=REPO, check=True)
+    if not binary.exists():
+        raise SystemExit(f"{binary} is missing: run without --no-build")
+    return str(binary), "release"
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description="stategate's benchmarks (see bench/README.md)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, to keep the script working (CI)")
+    p.add_argument("--stores", help="comma-separated, of " + ",".join(ALL_STORES))
+    p.add_argument("--no-build", action="store_true", help="use the existing target/release/stategate")
+    p.add_argument("--binary", help="a stategate binary to measure (no build)")
+    p.add_argument("--db-url", default=os.environ.get("STATEGATE_BENCH_DB_URL"),
+                   help="dbURL of a private PostgreSQL or MariaDB for the db store (or STATEGATE_BENCH_DB_URL)")
+    p.add_argument("--only", help="comma-separated parts: terraform,get,write,memory,exec")
+    p.add_argument("--resources", type=int, help="terraform_data resources (300; quick 20)")
+    p.add_argument("--runs", type=int, help="terraform runs per configuration (10; quick 2)")
+    p.add_argument("--duration", type=float, help="seconds of every load (10; quick 1)")
+    p.add_argument("--mem-mib", type=int, help="MiB of every state of the memory load (256; quick 8)")
+    p.add_argument("--json", default=str(REPO / "target" / "bench" / "results.json"))
+    args = p.parse_args()
+    quick = args.quick
+    args.resources = args.resources or (20 if quick else 300)
+    args.runs = args.runs or (2 if quick else 10)
+    args.duration = args.duration or (1 if quick else 10)
+    args.mem_mib = args.mem_mib or (8 if quick else 256)
+    args.exec_rounds = 10
+    if args.stores:
+        args.stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+        bad = [s for s in args.stores if s not in ALL_STORES]
+        if bad:
+            p.error(f"unknown store {bad[0]}; stores are {', '.join(ALL_STORES)}")
+    else:
+        args.stores = [s for s in ALL_STORES if s != "db" or args.db_url]
+    if "db" in args.stores and not args.db_url:
+        p.error("the db store needs --db-url (a private PostgreSQL or MariaDB)")
+    args.only = set(args.only.split(",")) if args.only else {"terraform", "get", "write", "memory", "exec"}
+    return args
+
+
+def main():
+    args = parse_args()
+    atexit.register(cleanup)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    binary, profile = build(args)
+    cores = os.cpu_count()
+    commit = git_commit()
+    table = Table()
+    skipped = []
+    stores = Stores(args)
+
+    # One long-running server per store, for the terraform and load rows.
+    servers = {}
+    for store in args.stores:
+        try:
+            stores.peer(store)
+            servers[store] = Stategate(binary, stores, store)
+            log(f"stategate on {store}: {servers[store].url}")
+        except Exception as e:  # a store that cannot run here is skipped, and said so
+            skipped.append(f"{store}: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}")
+            log(f"skipping {store}: {e}")
+    active = list(servers)
+
+    def part(name, fn):
+        if name not in args.only:
+            return
+        try:
+            fn()
+        except Exception as e:
+            skipped.append(f"{name}: {e}")
+            log(f"{name} failed: {e}")
+
+    # 1. terraform apply + destroy.
+    def terraform():
+        if not shutil.which("terraform"):
+            raise RuntimeError("terraform is not on PATH")
+        n = args.resources
+        log(f"terraform: apply+destroy of {n} terraform_data, {args.runs} runs per configuration")
+        stub = Stub()
+        configs = {
+            "stub": TerraformConfig("stub", http_backend(f"{stub.url}/bench/tf"), n),
+            "local backend": TerraformConfig("local backend", '  backend "local" {}', n),
+        }
+        if stores.moto is not None:
+            bucket = stores.moto.new_bucket()
+            configs["native s3"] = TerraformConfig(
+                "native s3", s3_backend(bucket, "bench/terraform.tfstate"), n,
+                env={**stores.moto.env(), "AWS_ENDPOINT_URL_S3": stores.moto.endpoint},
+            )
+        for store in active:
+            configs[store] = TerraformConfig(store, http_backend(f"{servers[store].url}/states/bench/tf"), n)
+        # Round-robin, so drift of the machine's speed hits every configuration alike.
+        for r in range(args.runs):
+            for cfg in configs.values():
+                cfg.apply_destroy()
+            log(f"  run {r + 1}/{args.runs}: " + ", ".join(f"{k} {c.times[-1]:.2f}s" for k, c in configs.items()))
+        stub_t = median(configs["stub"].times)
+        local_t = median(configs["local backend"].times)
+        measure = f"terraform apply+destroy {n}"
+        table.add(measure, "stub", stub_t, "s", local_t, "local backend", "time", note="baseline")
+        if "native s3" in configs:
+            table.add(measure, "native s3", median(configs["native s3"].times), "s", stub_t, "stub", "time", note="baseline")
+        for store in active:
+            t = median(configs[store].times)
+            table.add(measure, store, t, "s", stub_t, "stub", "time", ("ratio", "<=", 1.02))
+            if store == "s3" and "native s3" in configs:
+                table.add(measure, "s3", t, "s", median(configs["native s3"].times), "native s3", "time",
+                          ("ratio", "<=", 1.03))
+            table.add(measure, store, t, "s", local_t, "local backend", "time")
+        stop(stub.proc)
+
+    # 2. GET 1 MiB, 64 connections.
+    def get():
+        size = 1 << 20
+        body = state_body(size)
+        nginx = Nginx(cores)
+        (nginx.root / "state.json").write_bytes(body)
+        (nginx.root / "state.json").chmod(0o644)
+        log(f"GET 1 MiB, 64 connections, {args.duration:g}s each")
+        for store in active:
+            url = f"{servers[store].url}/states/bench/get"
+            status, answer = request("POST", url, body)
+            if status != 200:
+                raise RuntimeError(f"POST 1 MiB to {store}: {status} {answer[:200]!r}")
+            base, base_err = wrk(f"{nginx.url}/state.json", 64, args.duration)
+            figure, errors = wrk(url, 64, args.duration)
+            note = f"{errors} errors" if errors else ""
+            if base_err:
+                note += f" nginx {base_err} errors"
+            target = ("ratio", ">=", 0.9) if store in DISK_STORES else None
+            table.add("GET 1 MiB x64 conns", store, figure, "req/s", base, "nginx", "rate", target, note.strip())
+        stop(nginx.proc)
+
+    # 3. Lock cycles and creates, against the plain file loop.
+    def write():
+        log(f"writes: 32 clients, 100 KiB states, {args.duration:g}s each")
+        for store in active:
+            floor_dir = (servers[store].work / "file-loop")
+            floor = file_loop(floor_dir, 32, 102400, args.duration)
+            shutil.rmtree(floor_dir, ignore_errors=True)
+            target = {"local": 0.6, "sqlite": 0.4}.get(store)
+            target = ("ratio", ">=", target) if target else None
+            cycles, code = loadtest(binary, f"{servers[store].url}/states/bench/lt", 32, 102400, args.duration)
+            table.add("lock cycles/s (loadtest 32)", store, cycles, "/s", floor, "file loop", "rate", target,
+                      "unexpected answers" if code else "")
+            made, errors = creates(servers[store].url, 32, 102400, args.duration, f"new{time.monotonic_ns()}")
+            table.add("new-state creates/s (32)", store, made, "/s", floor, "file loop", "rate", target,
+                      f"{errors} errors" if errors else "")
+
+    # 4 and 5. Memory and exec->ready, on fresh processes.
+    def memory():
+        size = args.mem_mib << 20
+        log(f"memory: idle, then 8 clients each POST then GET {args.mem_mib} MiB")
+        for store in active:
+            extra = ["--max-body-bytes", str(size + (1 << 20))]
+            sg = Stategate(binary, stores, store, extra)
+            try:
+                time.sleep(1)
+                request("GET", f"{sg.url}/healthz")
+                time.sleep(0.5)
+                table.add("idle RSS", store, sg.status("VmRSS"), "MiB", target=("figure", "<=", 20))
+                if store not in DISK_STORES + ("db",):
+                    table.add(f"peak RSS 8 x {args.mem_mib} MiB", store, None, "MiB",
+                              note="not run: the test peer holds every byte in memory")
+                    continue
+                failures = []
+                started = time.perf_counter()
+                pool = [
+                    threading.Thread(
+                        target=lambda i=i: failures.append(post_then_get(sg.url, f"bench/mem/c{i}", size))
+                    )
+                    for i in range(8)
+                ]
+                for t in pool:
+                    t.start()
+                for t in pool:
+                    t.join()
+                took = time.perf_counter() - started
+                bad = [f for f in failures if f]
+                target = ("figure", "<=", 128) if store in DISK_STORES else None
+                table.add(f"peak RSS 8 x {args.mem_mib} MiB", store, sg.status("VmHWM"), "MiB", target=target,
+                          note=(f"{len(bad)} failed: {bad[0]}" if bad else f"{took:.1f}s"))
+            finally:
+                sg.stop()
+                shutil.rmtree(sg.work, ignore_errors=True)
+
+    def exec_ready():
+        log(f"exec -> /healthz 200, median of {args.exec_rounds}")
+        for store in active:
+            work = temp_dir(f"exec-{store}")
+            settings, env = stores.settings(store, work)
+            ms, _all = exec_to_ready(binary, stores, store, work, settings, env, args.exec_rounds)
+            table.add("exec -> /healthz 200", store, ms, "ms", target=("figure", "<=", 50))
+
+    part("terraform", terraform)
+    part("get", get)
+    part("write", write)
+    part("memory", memory)
+    part("exec", exec_ready)
+
+    for sg in servers.values():
+        sg.stop()
+
+    header = (
+        f"stategate bench: commit {commit}, {cores} cores, {profile} binary, "
+        f"{'quick' if args.quick else 'full'} run "
+        f"({args.resources} resources x {args.runs} runs, {args.duration:g}s loads, {args.mem_mib} MiB states), "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
+    print(table.render(header))
+    if skipped:
+        print("\nnot measured:")
+        for s in skipped:
+            print(f"  {s}")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "commit": commit,
+                "cores": cores,
+                "binary": profile,
+                "quick": args.quick,
+                "resources": args.resources,
+                "runs": args.runs,
+                "duration_s": args.duration,
+                "mem_mib": args.mem_mib,
+                "stores": args.stores,
+                "rows": table.rows,
+                "not_measured": skipped,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    log(f"results: {out}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        cleanup()
