@@ -72,6 +72,8 @@ pub struct FileConfig {
     pub workspace_key_prefix: Option<String>,
     pub protect_lineage: Option<bool>,
     pub backend: Option<FileBackend>,
+    /// The dashboard's section.
+    pub ui: Option<crate::ui::FileUi>,
 }
 
 /// Whether requests must authenticate.
@@ -180,6 +182,8 @@ pub struct Settings {
     pub backend: &'static Backend,
     /// Its settings, merged and checked against its table.
     pub store: StoreSettings,
+    /// The dashboard's settings.
+    pub ui: crate::ui::UiSettings,
 }
 
 /// Default listen address: loopback only, so a laptop run exposes nothing.
@@ -356,6 +360,8 @@ pub fn resolve(
         None => file.protect_lineage.unwrap_or(true),
     };
 
+    let ui = crate::ui::UiSettings::resolve(file.ui.take(), env)?;
+
     let type_name = cli
         .storage_type
         .clone()
@@ -410,6 +416,7 @@ pub fn resolve(
         protect_lineage,
         backend,
         store,
+        ui,
     })
 }
 
