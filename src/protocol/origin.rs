@@ -6,8 +6,9 @@
 //!   without authentication, a request must name the server in `Host` as
 //!   an IP address, `localhost`, or one of `ui.hosts`.
 //! - Cross-site requests: a state-changing request (anything but GET and
-//!   HEAD) carrying `Sec-Fetch-Site: cross-site`, or an `Origin` that is
-//!   not the server itself, is refused on every URL. Terraform and OpenTofu
+//!   HEAD) carrying `Sec-Fetch-Site: cross-site` (or `same-site`: another
+//!   port of the same host), or, from a browser without that header, an
+//!   `Origin` that is not the server itself, is refused on every URL. Terraform and OpenTofu
 //!   send neither header; browsers always send them on such requests.
 
 use std::net::IpAddr;
@@ -80,10 +81,16 @@ pub fn check_cross_site(
         return Ok(());
     }
     let header = |name| headers.get(name).and_then(|v: &hyper::header::HeaderValue| v.to_str().ok());
-    if header("sec-fetch-site") == Some("cross-site") {
-        return Err(ProtocolError::Forbidden(
-            "a request from another site may not change anything here".into(),
-        ));
+    // Browsers that send `Sec-Fetch-Site` say exactly where a request comes
+    // from; their `Origin` may be `null` (pages sent with `no-referrer`).
+    match header("sec-fetch-site") {
+        Some("cross-site" | "same-site") => {
+            return Err(ProtocolError::Forbidden(
+                "a request from another site may not change anything here".into(),
+            ));
+        }
+        Some("same-origin" | "none") => return Ok(()),
+        _ => {}
     }
     let Some(origin) = header(ORIGIN.as_str()) else {
         return Ok(());
@@ -166,10 +173,20 @@ mod tests {
             &[("host", "127.0.0.1:8080"), ("origin", "http://localhost:3000")][..],
             &[("host", "127.0.0.1:8080"), ("origin", "null")],
             &[("host", "127.0.0.1:8080"), ("sec-fetch-site", "cross-site")],
+            &[("host", "127.0.0.1:8080"), ("sec-fetch-site", "same-site")],
         ] {
             let e = check_cross_site(&app, &post, &headers(bad)).unwrap_err();
             assert_eq!(e.status(), 403, "{bad:?}");
         }
+        // A same-origin form of a page sent with `no-referrer`.
+        assert!(
+            check_cross_site(
+                &app,
+                &post,
+                &headers(&[("origin", "null"), ("sec-fetch-site", "same-origin")])
+            )
+            .is_ok()
+        );
         // Reading is not a change.
         assert!(
             check_cross_site(
