@@ -18,7 +18,6 @@ use hyper::{HeaderMap, Method};
 
 use super::{App, ProtocolError};
 
-
 /// Which names the server answers to, and when `Host` is checked.
 #[derive(Debug, Clone, Default)]
 pub struct Origins {
@@ -80,7 +79,11 @@ pub fn check_cross_site(
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(());
     }
-    let header = |name| headers.get(name).and_then(|v: &hyper::header::HeaderValue| v.to_str().ok());
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
+    };
     // Browsers that send `Sec-Fetch-Site` say exactly where a request comes
     // from; their `Origin` may be `null` (pages sent with `no-referrer`).
     match header("sec-fetch-site") {
@@ -165,12 +168,18 @@ mod tests {
             check_cross_site(
                 &app,
                 &post,
-                &headers(&[("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080")])
+                &headers(&[
+                    ("host", "127.0.0.1:8080"),
+                    ("origin", "http://127.0.0.1:8080")
+                ])
             )
             .is_ok()
         );
         for bad in [
-            &[("host", "127.0.0.1:8080"), ("origin", "http://localhost:3000")][..],
+            &[
+                ("host", "127.0.0.1:8080"),
+                ("origin", "http://localhost:3000"),
+            ][..],
             &[("host", "127.0.0.1:8080"), ("origin", "null")],
             &[("host", "127.0.0.1:8080"), ("sec-fetch-site", "cross-site")],
             &[("host", "127.0.0.1:8080"), ("sec-fetch-site", "same-site")],

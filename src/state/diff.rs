@@ -114,7 +114,10 @@ fn instance_suffix(instance: &Map<String, Value>) -> String {
     match instance.get("index_key") {
         Some(Value::Number(n)) => format!("[{n}]"),
         Some(Value::String(s)) => {
-            format!("[{}]", serde_json::to_string(s).expect("a string serialises"))
+            format!(
+                "[{}]",
+                serde_json::to_string(s).expect("a string serialises")
+            )
         }
         _ => String::new(),
     }
@@ -273,15 +276,39 @@ mod tests {
     fn added_removed_and_changed_by_address() {
         let old = state(
             json!([
-                res(None, "managed", "null_resource", "a", json!([{"attributes": {"id": "1", "triggers": {"x": "old-secret"}}}])),
-                res(None, "managed", "null_resource", "gone", json!([{"attributes": {"id": "2"}}])),
+                res(
+                    None,
+                    "managed",
+                    "null_resource",
+                    "a",
+                    json!([{"attributes": {"id": "1", "triggers": {"x": "old-secret"}}}])
+                ),
+                res(
+                    None,
+                    "managed",
+                    "null_resource",
+                    "gone",
+                    json!([{"attributes": {"id": "2"}}])
+                ),
             ]),
             json!({}),
         );
         let new = state(
             json!([
-                res(None, "managed", "null_resource", "a", json!([{"attributes": {"id": "1", "triggers": {"x": "new-secret"}}}])),
-                res(None, "managed", "null_resource", "b", json!([{"attributes": {"id": "3"}}])),
+                res(
+                    None,
+                    "managed",
+                    "null_resource",
+                    "a",
+                    json!([{"attributes": {"id": "1", "triggers": {"x": "new-secret"}}}])
+                ),
+                res(
+                    None,
+                    "managed",
+                    "null_resource",
+                    "b",
+                    json!([{"attributes": {"id": "3"}}])
+                ),
             ]),
             json!({}),
         );
@@ -303,25 +330,49 @@ mod tests {
     fn count_and_for_each_instance_keys() {
         let old = state(
             json!([
-                res(None, "managed", "terraform_data", "n", json!([
-                    {"index_key": 0, "attributes": {"input": "a"}},
-                    {"index_key": 1, "attributes": {"input": "b"}},
-                ])),
-                res(None, "managed", "terraform_data", "m", json!([
-                    {"index_key": "blue", "attributes": {"input": "a"}},
-                ])),
+                res(
+                    None,
+                    "managed",
+                    "terraform_data",
+                    "n",
+                    json!([
+                        {"index_key": 0, "attributes": {"input": "a"}},
+                        {"index_key": 1, "attributes": {"input": "b"}},
+                    ])
+                ),
+                res(
+                    None,
+                    "managed",
+                    "terraform_data",
+                    "m",
+                    json!([
+                        {"index_key": "blue", "attributes": {"input": "a"}},
+                    ])
+                ),
             ]),
             json!({}),
         );
         let new = state(
             json!([
-                res(None, "managed", "terraform_data", "n", json!([
-                    {"index_key": 0, "attributes": {"input": "a"}},
-                ])),
-                res(None, "managed", "terraform_data", "m", json!([
-                    {"index_key": "blue", "attributes": {"input": "c", "output": "d"}},
-                    {"index_key": "gr\"een", "attributes": {"input": "a"}},
-                ])),
+                res(
+                    None,
+                    "managed",
+                    "terraform_data",
+                    "n",
+                    json!([
+                        {"index_key": 0, "attributes": {"input": "a"}},
+                    ])
+                ),
+                res(
+                    None,
+                    "managed",
+                    "terraform_data",
+                    "m",
+                    json!([
+                        {"index_key": "blue", "attributes": {"input": "c", "output": "d"}},
+                        {"index_key": "gr\"een", "attributes": {"input": "a"}},
+                    ])
+                ),
             ]),
             json!({}),
         );
@@ -337,8 +388,20 @@ mod tests {
         let old = state(json!([]), json!({}));
         let new = state(
             json!([
-                res(Some("module.net[\"a\"].module.sub"), "managed", "aws_subnet", "private", json!([{"index_key": 2, "attributes": {}}])),
-                res(Some("module.net"), "data", "aws_region", "current", json!([{"attributes": {}}])),
+                res(
+                    Some("module.net[\"a\"].module.sub"),
+                    "managed",
+                    "aws_subnet",
+                    "private",
+                    json!([{"index_key": 2, "attributes": {}}])
+                ),
+                res(
+                    Some("module.net"),
+                    "data",
+                    "aws_region",
+                    "current",
+                    json!([{"attributes": {}}])
+                ),
             ]),
             json!({}),
         );
@@ -359,11 +422,23 @@ mod tests {
     #[test]
     fn instance_fields_and_outputs_by_name_only() {
         let old = state(
-            json!([res(None, "managed", "t", "x", json!([{"attributes": {"a": 1}, "dependencies": []}]))]),
+            json!([res(
+                None,
+                "managed",
+                "t",
+                "x",
+                json!([{"attributes": {"a": 1}, "dependencies": []}])
+            )]),
             json!({"keep": {"value": "v1"}, "drop": {"value": 1}, "same": {"value": 2}}),
         );
         let new = state(
-            json!([res(None, "managed", "t", "x", json!([{"attributes": {"a": 1}, "dependencies": ["t.y"], "status": "tainted"}]))]),
+            json!([res(
+                None,
+                "managed",
+                "t",
+                "x",
+                json!([{"attributes": {"a": 1}, "dependencies": ["t.y"], "status": "tainted"}])
+            )]),
             json!({"keep": {"value": "v2", "sensitive": true}, "new": {"value": 3}, "same": {"value": 2}}),
         );
         let d = diff(&old, &new);

@@ -14,8 +14,8 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::history::{HISTORY_PREFIX, VersionMeta, rfc3339};
 use super::head::StateHead;
+use super::history::{HISTORY_PREFIX, VersionMeta, rfc3339};
 use super::key::{LOCK_SUFFIX, RESERVED_PREFIX};
 use super::{StateError, StateRef, States};
 use crate::stores::Condition;

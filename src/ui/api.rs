@@ -208,7 +208,9 @@ pub async fn state_detail(
     let history = app.states.history(state).await?;
     let body = app.states.get(state).await?;
     if body.is_none() && history.is_empty() {
-        return Err(ProtocolError::NotFound(format!("no state stored for {state}")));
+        return Err(ProtocolError::NotFound(format!(
+            "no state stored for {state}"
+        )));
     }
     let overview = body.as_deref().map(diff::overview).unwrap_or_default();
     let current = match (&body, history.last()) {
@@ -318,7 +320,7 @@ pub async fn locks(
             });
         }
     }
-    out.sort_by(|a, b| b.lock.age_seconds.cmp(&a.lock.age_seconds));
+    out.sort_by_key(|l| std::cmp::Reverse(l.lock.age_seconds));
     Ok(out)
 }
 
@@ -349,7 +351,9 @@ pub async fn release(
         return Ok(());
     };
     if id.is_empty() {
-        return Err(ProtocolError::BadRequest("the form names no lock ID".into()));
+        return Err(ProtocolError::BadRequest(
+            "the form names no lock ID".into(),
+        ));
     }
     app.states.release(state, Some(id)).await?;
     let mut fields = audit_fields(state, viewer, page);

@@ -70,7 +70,9 @@ impl UiSettings {
         {
             return Err(ConfigError::invalid(
                 "ui.csrf_key",
-                format!("must be at least {MIN_KEY_BYTES} characters (a long random string shared by every replica)"),
+                format!(
+                    "must be at least {MIN_KEY_BYTES} characters (a long random string shared by every replica)"
+                ),
             ));
         }
         let stale_lock_hours = match env("STATEGATE_UI_STALE_LOCK_HOURS") {

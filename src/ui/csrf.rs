@@ -52,12 +52,20 @@ impl Csrf {
 
     /// A token for `identity` to do `action` on `state`.
     pub fn token(&self, identity: &str, action: &str, state: &StateRef) -> String {
-        self.token_at(identity, action, state, OffsetDateTime::now_utc().unix_timestamp())
+        self.token_at(
+            identity,
+            action,
+            state,
+            OffsetDateTime::now_utc().unix_timestamp(),
+        )
     }
 
     fn token_at(&self, identity: &str, action: &str, state: &StateRef, now: i64) -> String {
         let expires = now + LIFETIME_SECS;
-        let tag = self.mac(identity, action, state, expires).finalize().into_bytes();
+        let tag = self
+            .mac(identity, action, state, expires)
+            .finalize()
+            .into_bytes();
         format!("{expires}.{}", crate::state::head::hex(&tag))
     }
 
@@ -69,7 +77,13 @@ impl Csrf {
         action: &str,
         state: &StateRef,
     ) -> Result<(), ProtocolError> {
-        self.check_at(token, identity, action, state, OffsetDateTime::now_utc().unix_timestamp())
+        self.check_at(
+            token,
+            identity,
+            action,
+            state,
+            OffsetDateTime::now_utc().unix_timestamp(),
+        )
     }
 
     fn check_at(
@@ -81,7 +95,9 @@ impl Csrf {
         now: i64,
     ) -> Result<(), ProtocolError> {
         let refuse = |why: &str| {
-            ProtocolError::Forbidden(format!("the form's CSRF token {why}; reload the page and try again"))
+            ProtocolError::Forbidden(format!(
+                "the form's CSRF token {why}; reload the page and try again"
+            ))
         };
         let (expires, tag) = token
             .and_then(|t| t.split_once('.'))
@@ -98,7 +114,7 @@ impl Csrf {
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
@@ -117,23 +133,55 @@ mod tests {
         let a = StateRef::parse("a", None).unwrap();
         let b = StateRef::parse("a", Some("dev")).unwrap();
         let t = csrf.token_at("user:ann", "restore", &a, 1000);
-        assert!(csrf.check_at(Some(&t), "user:ann", "restore", &a, 1000).is_ok());
+        assert!(
+            csrf.check_at(Some(&t), "user:ann", "restore", &a, 1000)
+                .is_ok()
+        );
         // Another replica with the same key accepts it.
         let other = Csrf::new(Some(b"k".repeat(32))).unwrap();
-        assert!(other.check_at(Some(&t), "user:ann", "restore", &a, 1001).is_ok());
+        assert!(
+            other
+                .check_at(Some(&t), "user:ann", "restore", &a, 1001)
+                .is_ok()
+        );
         for (identity, action, state) in [
             ("user:bob", "restore", &a),
             ("user:ann", "release", &a),
             ("user:ann", "restore", &b),
         ] {
-            assert!(csrf.check_at(Some(&t), identity, action, state, 1000).is_err());
+            assert!(
+                csrf.check_at(Some(&t), identity, action, state, 1000)
+                    .is_err()
+            );
         }
-        assert!(csrf.check_at(Some(&t), "user:ann", "restore", &a, 1000 + LIFETIME_SECS + 1).is_err());
-        assert!(csrf.check_at(None, "user:ann", "restore", &a, 1000).is_err());
-        assert!(csrf.check_at(Some("x.zz"), "user:ann", "restore", &a, 1000).is_err());
+        assert!(
+            csrf.check_at(
+                Some(&t),
+                "user:ann",
+                "restore",
+                &a,
+                1000 + LIFETIME_SECS + 1
+            )
+            .is_err()
+        );
+        assert!(
+            csrf.check_at(None, "user:ann", "restore", &a, 1000)
+                .is_err()
+        );
+        assert!(
+            csrf.check_at(Some("x.zz"), "user:ann", "restore", &a, 1000)
+                .is_err()
+        );
         let forged = t.replacen(&(1000 + LIFETIME_SECS).to_string(), "99999999", 1);
-        assert!(csrf.check_at(Some(&forged), "user:ann", "restore", &a, 1000).is_err());
+        assert!(
+            csrf.check_at(Some(&forged), "user:ann", "restore", &a, 1000)
+                .is_err()
+        );
         let fresh = Csrf::new(None).unwrap();
-        assert!(fresh.check_at(Some(&t), "user:ann", "restore", &a, 1000).is_err());
+        assert!(
+            fresh
+                .check_at(Some(&t), "user:ann", "restore", &a, 1000)
+                .is_err()
+        );
     }
 }

@@ -338,7 +338,10 @@ fn secure(mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
     );
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     h.entry(CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     r
@@ -467,7 +470,13 @@ impl Dashboard {
             }
             Route::StatesPage => {
                 let list = api::list_states(app, &viewer, &q, stale).await?;
-                Ok(pages::states(base, &viewer, &q, &list, self.stale_after_secs))
+                Ok(pages::states(
+                    base,
+                    &viewer,
+                    &q,
+                    &list,
+                    self.stale_after_secs,
+                ))
             }
             Route::LocksPage => {
                 let locks = api::locks(app, &viewer, stale).await?;
@@ -478,7 +487,9 @@ impl Dashboard {
                 viewer.require(app, &state, Access::Read, "read", page)?;
                 let detail = api::state_detail(app, &state, stale).await?;
                 let diff = match detail.default_pair(q.from, q.to) {
-                    Some((from, to)) => Some(api::version_diff(app, &state, Some(from), Some(to)).await?),
+                    Some((from, to)) => {
+                        Some(api::version_diff(app, &state, Some(from), Some(to)).await?)
+                    }
                     None => None,
                 };
                 Ok(pages::state(base, &viewer, &detail, diff.as_ref()))

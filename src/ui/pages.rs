@@ -46,15 +46,27 @@ fn key_path(state: &StateRef) -> String {
 
 /// The state page's URL.
 pub fn state_url(base: &str, state: &StateRef) -> String {
-    format!("{base}/ui/states/{}{}", key_path(state), workspace_query(state))
+    format!(
+        "{base}/ui/states/{}{}",
+        key_path(state),
+        workspace_query(state)
+    )
 }
 
 fn lock_url(base: &str, state: &StateRef) -> String {
-    format!("{base}/ui/locks/{}{}", key_path(state), workspace_query(state))
+    format!(
+        "{base}/ui/locks/{}{}",
+        key_path(state),
+        workspace_query(state)
+    )
 }
 
 fn restore_url(base: &str, state: &StateRef) -> String {
-    format!("{base}/ui/restore/{}{}", key_path(state), workspace_query(state))
+    format!(
+        "{base}/ui/restore/{}{}",
+        key_path(state),
+        workspace_query(state)
+    )
 }
 
 /// Bytes as people read them.
@@ -105,7 +117,8 @@ fn html(body: String) -> Response<Full<Bytes>> {
 
 fn render(t: &impl Template) -> String {
     // The view structs hold only strings and numbers: rendering cannot fail.
-    t.render().unwrap_or_else(|e| format!("rendering failed: {e}"))
+    t.render()
+        .unwrap_or_else(|e| format!("rendering failed: {e}"))
 }
 
 /// What the layout needs.
@@ -137,7 +150,15 @@ struct ErrorPage<'a> {
 /// An error page.
 pub fn error_page(base: &str, status: StatusCode, message: &str) -> String {
     render(&ErrorPage {
-        layout: Layout::new(base, format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("")), None),
+        layout: Layout::new(
+            base,
+            format!(
+                "{} {}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            ),
+            None,
+        ),
         status: status.as_u16(),
         reason: status.canonical_reason().unwrap_or("").to_string(),
         message,
@@ -291,7 +312,12 @@ fn chart(label: &'static str, values: &[u64], show: fn(u64) -> String) -> Chart 
         .enumerate()
         .map(|(i, &v)| {
             let x = pad + step * i as f64;
-            let y = h - pad - (v - min) as f64 / span * (h - 2.0 * pad);
+            // A constant series is drawn across the middle.
+            let y = if max == min {
+                h / 2.0
+            } else {
+                h - pad - (v - min) as f64 / span * (h - 2.0 * pad)
+            };
             format!("{x:.1},{y:.1}")
         })
         .collect::<Vec<_>>()
@@ -434,10 +460,7 @@ pub fn state(
         lineage: or_dash(current.and_then(|c| c.lineage.clone())),
         size: current.map_or("-".into(), |c| human_size(c.size)),
         updated: short_time(current.map(|c| c.updated.as_str())),
-        writer: current
-            .and_then(|c| c.writer())
-            .unwrap_or("-")
-            .to_string(),
+        writer: current.and_then(|c| c.writer()).unwrap_or("-").to_string(),
         resources: detail.overview.resources,
         instances: detail.overview.instances,
         types: detail
@@ -606,7 +629,10 @@ mod tests {
             "/tf/ui/states/team-a/net.tfstate?workspace=dev"
         );
         let d = StateRef::parse("x", None).unwrap();
-        assert_eq!(with_param(state_url("", &d), "from=1"), "/ui/states/x?from=1");
+        assert_eq!(
+            with_param(state_url("", &d), "from=1"),
+            "/ui/states/x?from=1"
+        );
     }
 
     #[test]

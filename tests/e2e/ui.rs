@@ -111,7 +111,8 @@ output "endpoint" {{
 fn get_json(url: &str, headers: &[(&str, &str)]) -> (u16, Value, String) {
     let (status, body) = http_with("GET", url, headers, b"");
     let text = text(&body);
-    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: not JSON ({e}): {text}"));
+    let json =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: not JSON ({e}): {text}"));
     (status, json, text)
 }
 
@@ -205,7 +206,10 @@ fn ui_dashboard_in_chromium_over_real_terraform_states() {
     }
     let (status, diff, t) = api(&format!("diff/{app}?from={from}&to={to}"));
     assert_eq!(status, 200, "{t}");
-    assert_eq!(diff["added"], serde_json::json!(["terraform_data.counted[1]"]));
+    assert_eq!(
+        diff["added"],
+        serde_json::json!(["terraform_data.counted[1]"])
+    );
     let changed: Vec<&str> = diff["changed"]
         .as_array()
         .unwrap()
@@ -213,11 +217,21 @@ fn ui_dashboard_in_chromium_over_real_terraform_states() {
         .map(|c| c["address"].as_str().unwrap())
         .collect();
     assert!(changed.contains(&"terraform_data.secret"), "{diff}");
-    assert!(changed.contains(&"module.net.terraform_data.inner"), "{diff}");
-    assert_eq!(diff["outputs_changed"], serde_json::json!(["endpoint", "password"]));
+    assert!(
+        changed.contains(&"module.net.terraform_data.inner"),
+        "{diff}"
+    );
+    assert_eq!(
+        diff["outputs_changed"],
+        serde_json::json!(["endpoint", "password"])
+    );
     api_texts.push(t);
     let (_, mid, t) = api(&format!("diff/{app}?from={}&to={}", versions[1], to));
-    assert_eq!(mid["removed"], serde_json::json!(["terraform_data.counted[2]"]), "{mid}");
+    assert_eq!(
+        mid["removed"],
+        serde_json::json!(["terraform_data.counted[2]"]),
+        "{mid}"
+    );
     api_texts.push(t);
     let (status, locks, t) = api("locks");
     assert_eq!(status, 200);
@@ -227,7 +241,10 @@ fn ui_dashboard_in_chromium_over_real_terraform_states() {
     api_texts.push(api(&format!("states/{app}?workspace=dev")).2);
     let (status, missing, _) = api("states/no/such.tfstate");
     assert_eq!(status, 404);
-    assert!(missing["error"].as_str().unwrap().contains("no/such"), "{missing}");
+    assert!(
+        missing["error"].as_str().unwrap().contains("no/such"),
+        "{missing}"
+    );
     let (status, bad, _) = api("states/..%2fx");
     assert_eq!(status, 400, "{bad}");
     for t in &api_texts {
@@ -257,10 +274,22 @@ fn ui_dashboard_in_chromium_over_real_terraform_states() {
         )
     };
     assert_eq!(get_as(&format!("rebound.example:{port}"), "/ui/"), 403);
-    assert_eq!(get_as(&format!("rebound.example:{port}"), "/api/v1/states"), 403);
-    assert_eq!(get_as(&format!("rebound.example:{port}"), &format!("/states/{app}")), 403);
+    assert_eq!(
+        get_as(&format!("rebound.example:{port}"), "/api/v1/states"),
+        403
+    );
+    assert_eq!(
+        get_as(
+            &format!("rebound.example:{port}"),
+            &format!("/states/{app}")
+        ),
+        403
+    );
     assert_eq!(get_as(&format!("localhost:{port}"), "/ui/"), 200);
-    assert_eq!(get_as(&format!("127.0.0.1:{port}"), &format!("/states/{app}")), 200);
+    assert_eq!(
+        get_as(&format!("127.0.0.1:{port}"), &format!("/states/{app}")),
+        200
+    );
     let post_from = |origin_header: &str, path: &str| {
         raw(
             &server,
@@ -272,7 +301,10 @@ fn ui_dashboard_in_chromium_over_real_terraform_states() {
     let restore_path = format!("/ui/restore/{app}");
     assert_eq!(post_from("Origin: http://evil.example", &restore_path), 403);
     assert_eq!(post_from("Sec-Fetch-Site: cross-site", &restore_path), 403);
-    assert_eq!(post_from("Sec-Fetch-Site: cross-site", &format!("/states/{app}")), 403);
+    assert_eq!(
+        post_from("Sec-Fetch-Site: cross-site", &format!("/states/{app}")),
+        403
+    );
     // Same origin, but no CSRF token.
     assert_eq!(
         post_from(&format!("Origin: http://127.0.0.1:{port}"), &restore_path),
@@ -342,7 +374,10 @@ fn ui_dashboard_in_chromium_over_real_terraform_states() {
     // The release and the restore happened, were audited, and terraform
     // sees the restored state: version `from` had one counted instance,
     // the configuration wants two.
-    assert_eq!(http("GET", &format!("{}/locks/{locked}", server.url), b"").0, 404);
+    assert_eq!(
+        http("GET", &format!("{}/locks/{locked}", server.url), b"").0,
+        404
+    );
     let log = server.log();
     assert!(log.contains("\"audit\":\"force_unlock\""), "{log}");
     assert!(log.contains("\"restored_version\":"), "{log}");
@@ -356,7 +391,12 @@ fn ui_dashboard_in_chromium_over_real_terraform_states() {
         "v=b",
     ]);
     let plan_text = text(&plan.stdout);
-    assert_eq!(plan.status.code(), Some(2), "{plan_text}{}", text(&plan.stderr));
+    assert_eq!(
+        plan.status.code(),
+        Some(2),
+        "{plan_text}{}",
+        text(&plan.stderr)
+    );
     assert!(
         plan_text.contains("terraform_data.counted[1] will be created"),
         "{plan_text}"
@@ -370,7 +410,10 @@ fn ui_lists_thousands_of_states_a_page_at_a_time_without_reading_them() {
     const N: usize = 1200;
     for i in 0..N {
         let url = server.state_url(&format!("fleet/svc-{i:04}.tfstate"));
-        assert_eq!(http("POST", &url, &state_doc("lineage-fleet", 1, "v")).0, 200);
+        assert_eq!(
+            http("POST", &url, &state_doc("lineage-fleet", 1, "v")).0,
+            200
+        );
     }
     // One written by another tool: no history, no summary; built once.
     std::fs::create_dir_all(peer.root().join("other")).unwrap();
@@ -493,18 +536,31 @@ fn ui_shows_a_user_only_the_states_they_may_read() {
     // No credentials: 401 with a Basic challenge, so a browser asks.
     let (status, headers, _) = http_full("GET", &url("/ui/"), &[], b"");
     assert_eq!(status, 401);
-    assert!(headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("www-authenticate") && v.starts_with("Basic")));
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("www-authenticate") && v.starts_with("Basic"))
+    );
     let (status, body) = http("GET", &url("/api/v1/states"), b"");
     assert_eq!(status, 401);
     assert!(text(&body).contains("\"error\""));
 
     // ann reads team-a only: team-b is in no page and no answer.
     let as_ann = [("Authorization", ann.as_str())];
-    for path in ["/ui/", "/ui/locks", "/api/v1/states", "/api/v1/locks", "/ui/states/team-a/web.tfstate"] {
+    for path in [
+        "/ui/",
+        "/ui/locks",
+        "/api/v1/states",
+        "/api/v1/locks",
+        "/ui/states/team-a/web.tfstate",
+    ] {
         let (status, body) = http_with("GET", &url(path), &as_ann, b"");
         assert_eq!(status, 200, "{path}");
         let body = text(&body);
-        assert!(!body.contains("team-b") && !body.contains("hidden-db"), "{path}:\n{body}");
+        assert!(
+            !body.contains("team-b") && !body.contains("hidden-db"),
+            "{path}:\n{body}"
+        );
     }
     let (_, list) = http_with("GET", &url("/api/v1/states"), &as_ann, b"");
     let list: Value = serde_json::from_slice(&list).unwrap();
@@ -519,7 +575,12 @@ fn ui_shows_a_user_only_the_states_they_may_read() {
         assert_eq!(status, 403, "{path}: {}", text(&body));
     }
     // Reading is not administering: no restore, no release, for ann.
-    let (status, _) = http_with("GET", &url("/ui/restore/team-a/web.tfstate?version=1"), &as_ann, b"");
+    let (status, _) = http_with(
+        "GET",
+        &url("/ui/restore/team-a/web.tfstate?version=1"),
+        &as_ann,
+        b"",
+    );
     assert_eq!(status, 403);
     let page = text(&http_with("GET", &url("/ui/states/team-a/web.tfstate"), &as_ann, b"").1);
     assert!(!page.contains("Restore…"), "{page}");
@@ -529,7 +590,15 @@ fn ui_shows_a_user_only_the_states_they_may_read() {
     let (_, list) = http_with("GET", &url("/api/v1/states"), &as_root, b"");
     let list: Value = serde_json::from_slice(&list).unwrap();
     assert_eq!(list["total"], 2);
-    let confirm = text(&http_with("GET", &url("/ui/restore/team-a/web.tfstate?version=1"), &as_root, b"").1);
+    let confirm = text(
+        &http_with(
+            "GET",
+            &url("/ui/restore/team-a/web.tfstate?version=1"),
+            &as_root,
+            b"",
+        )
+        .1,
+    );
     let token = confirm
         .split("name=\"csrf\" value=\"")
         .nth(1)
@@ -553,7 +622,12 @@ fn ui_shows_a_user_only_the_states_they_may_read() {
     // ann may not use it (not an admin), and it is root's token anyway.
     assert_eq!(post(&ann), 403);
     assert_eq!(post(&root), 303);
-    let (_, detail) = http_with("GET", &url("/api/v1/states/team-a/web.tfstate"), &as_root, b"");
+    let (_, detail) = http_with(
+        "GET",
+        &url("/api/v1/states/team-a/web.tfstate"),
+        &as_root,
+        b"",
+    );
     let detail: Value = serde_json::from_slice(&detail).unwrap();
     assert_eq!(detail["current"]["serial"], 1, "{detail}");
     assert_eq!(detail["current"]["operation"], "restore");
