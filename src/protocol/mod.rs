@@ -552,7 +552,7 @@ async fn dispatch(
         && surface != Surface::Admin
         && pages.serves(path)
     {
-        origin::check_host(app, req.headers())?;
+        origin::check_host(app, req.headers(), conn.peer.ip())?;
         let mut page = PageRequest {
             path: path.to_string(),
             client: ex.client,
@@ -572,7 +572,7 @@ async fn dispatch(
         endpoint,
         Endpoint::Health | Endpoint::Ready | Endpoint::Metrics
     ) {
-        origin::check_host(app, req.headers())?;
+        origin::check_host(app, req.headers(), conn.peer.ip())?;
     }
     if !endpoint.served_on(surface) {
         return Err(ProtocolError::NotFound(format!(

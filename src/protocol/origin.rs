@@ -4,7 +4,8 @@
 //!   to 127.0.0.1 reaches a loopback server as same-origin, and with no
 //!   `auth` section everyone may do everything. On a loopback listener
 //!   without authentication, a request must name the server in `Host` as
-//!   an IP address, `localhost`, or one of `ui.hosts`.
+//!   an IP address, `localhost`, or one of `ui.hosts` (unless a trusted
+//!   proxy relays it).
 //! - Cross-site requests: a state-changing request (anything but GET and
 //!   HEAD) carrying `Sec-Fetch-Site: cross-site` (or `same-site`: another
 //!   port of the same host), or, from a browser without that header, an
@@ -51,9 +52,14 @@ impl Origins {
 }
 
 /// Refuses a request whose `Host` does not name this server, where that
-/// matters (see the module documentation).
-pub fn check_host(app: &App, headers: &HeaderMap) -> Result<(), ProtocolError> {
-    if !app.origins.rebinding_check || app.auth.read().expect("auth lock").is_some() {
+/// matters (see the module documentation). A request relayed by a trusted
+/// proxy is the proxy's to vouch for: a server published through one
+/// was put within reach of others on purpose.
+pub fn check_host(app: &App, headers: &HeaderMap, peer: IpAddr) -> Result<(), ProtocolError> {
+    if !app.origins.rebinding_check
+        || app.auth.read().expect("auth lock").is_some()
+        || app.trusted_proxies.iter().any(|n| n.contains(&peer))
+    {
         return Ok(());
     }
     // HTTP/1.0 clients may omit it; browsers never do.

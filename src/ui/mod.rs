@@ -508,8 +508,22 @@ impl Dashboard {
                     ProtocolError::BadRequest("say which version to restore: ?version=N".into())
                 })?;
                 let detail = api::state_detail(app, &state, stale).await?;
+                // What the restore would change, from the current version.
+                let change = match detail.current.as_ref().map(|c| c.version) {
+                    Some(current) if current != 0 && current != n => {
+                        Some(api::version_diff(app, &state, Some(current), Some(n)).await?)
+                    }
+                    _ => None,
+                };
                 let token = self.csrf.token(viewer.name(), "restore", &state);
-                Ok(pages::restore(base, &detail, n, &token)?)
+                Ok(pages::restore(
+                    base,
+                    &viewer,
+                    &detail,
+                    n,
+                    change.as_ref(),
+                    &token,
+                )?)
             }
             Route::Release(raw) => {
                 let state = keyed(raw, page)?;

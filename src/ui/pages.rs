@@ -25,8 +25,7 @@ fn query_value(v: &str) -> String {
     form_urlencoded::byte_serialize(v.as_bytes()).collect()
 }
 
-/// `?workspace=<w>` for a non-default workspace, else nothing; `sep` is
-/// the separator before it when other parameters follow.
+/// `?workspace=<w>` for a non-default workspace, else nothing.
 fn workspace_query(state: &StateRef) -> String {
     if state.workspace() == crate::state::key::DEFAULT_WORKSPACE {
         String::new()
@@ -366,6 +365,28 @@ struct DiffView {
     empty: bool,
 }
 
+fn diff_view(d: &VersionDiff) -> DiffView {
+    DiffView {
+        from: d.from,
+        to: d.to,
+        added: d.diff.added.clone(),
+        removed: d.diff.removed.clone(),
+        changed: d
+            .diff
+            .changed
+            .iter()
+            .map(|c| ChangedRow {
+                address: c.address.clone(),
+                attributes: c.attributes.join(", "),
+            })
+            .collect(),
+        outputs_added: d.diff.outputs_added.clone(),
+        outputs_removed: d.diff.outputs_removed.clone(),
+        outputs_changed: d.diff.outputs_changed.clone(),
+        empty: d.diff == Default::default(),
+    }
+}
+
 #[derive(Template)]
 #[template(path = "state.html")]
 struct StatePage<'a> {
@@ -432,25 +453,7 @@ pub fn state(
     } else {
         Vec::new()
     };
-    let diff = diff.map(|d| DiffView {
-        from: d.from,
-        to: d.to,
-        added: d.diff.added.clone(),
-        removed: d.diff.removed.clone(),
-        changed: d
-            .diff
-            .changed
-            .iter()
-            .map(|c| ChangedRow {
-                address: c.address.clone(),
-                attributes: c.attributes.join(", "),
-            })
-            .collect(),
-        outputs_added: d.diff.outputs_added.clone(),
-        outputs_removed: d.diff.outputs_removed.clone(),
-        outputs_changed: d.diff.outputs_changed.clone(),
-        empty: d.diff == Default::default(),
-    });
+    let diff = diff.map(diff_view);
     let current = detail.current.as_ref();
     html(render(&StatePage {
         layout: Layout::new(base, detail.key.clone(), Some(viewer)),
@@ -584,14 +587,17 @@ struct RestorePage<'a> {
     size: String,
     current_serial: String,
     locked: bool,
+    change: Option<DiffView>,
     csrf: &'a str,
 }
 
 /// The confirmation step before a restore.
 pub fn restore(
     base: &str,
+    viewer: &Viewer,
     detail: &StateDetail,
     n: u64,
+    change: Option<&VersionDiff>,
     csrf: &str,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
     let st = &detail.state;
@@ -601,7 +607,7 @@ pub fn restore(
         .find(|v| v.version == n)
         .ok_or_else(|| ProtocolError::NotFound(format!("{st} has no version {n}")))?;
     Ok(html(render(&RestorePage {
-        layout: Layout::new(base, format!("Restore {}", detail.key), None),
+        layout: Layout::new(base, format!("Restore {}", detail.key), Some(viewer)),
         key: detail.key.clone(),
         workspace: detail.workspace.clone(),
         state_url: state_url(base, st),
@@ -613,6 +619,7 @@ pub fn restore(
         size: human_size(v.size),
         current_serial: or_dash(detail.current.as_ref().and_then(|c| c.serial)),
         locked: detail.lock.is_some(),
+        change: change.map(diff_view),
         csrf,
     })))
 }

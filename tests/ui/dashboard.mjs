@@ -151,6 +151,10 @@ try {
     page.waitForURL(/\/ui\/restore\//),
     page.click(`table.history a[href*="version=${expect.from}"]`),
   ]);
+  const preview = await text('.diff');
+  for (const a of expect.added) {
+    check(preview.includes(`− ${a}`), `the restore preview does not remove ${a}: ${preview}`);
+  }
   await keep('restore');
   await Promise.all([page.waitForURL(/\/ui\/states\//), page.click('form.danger button')]);
   const current = await text('table.history tr.current');
