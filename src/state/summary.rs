@@ -180,3 +180,92 @@ impl States {
         Ok(Some(summary))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::state::{Policy, WriteOptions};
+    use crate::stores::Capabilities;
+    use crate::stores::local::LocalStore;
+
+    fn states(dir: &std::path::Path) -> States {
+        let store = LocalStore::open_dir(dir).unwrap();
+        States::new(
+            Arc::new(store),
+            Capabilities {
+                conditional_create: true,
+                compare_and_swap: true,
+            },
+            Policy {
+                workspace_key_prefix: "workspaces".into(),
+                history_keep: 0,
+                protect_lineage: true,
+            },
+        )
+    }
+
+    fn doc(serial: u64, resources: usize) -> bytes::Bytes {
+        let resources: Vec<_> = (0..resources)
+            .map(|i| serde_json::json!({"mode": "managed", "type": "t", "name": format!("r{i}"), "instances": []}))
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "version": 4, "serial": serial, "lineage": "L", "resources": resources,
+        }))
+        .unwrap()
+        .into()
+    }
+
+    fn listed(states: &States, rt: &tokio::runtime::Runtime) -> Vec<Listed> {
+        rt.block_on(states.listing()).unwrap()
+    }
+
+    #[test]
+    fn writes_keep_the_summary_and_listings_read_no_state() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let states = states(dir.path());
+        let a = StateRef::parse("team/a.tfstate", None).unwrap();
+        let dev = StateRef::parse("team/a.tfstate", Some("dev")).unwrap();
+        let opts = || WriteOptions {
+            operation: "write",
+            identity: Some("user:ann"),
+            ..Default::default()
+        };
+        rt.block_on(states.write(&a, doc(1, 1), opts())).unwrap();
+        rt.block_on(states.write(&a, doc(2, 3), opts())).unwrap();
+        rt.block_on(states.write(&dev, doc(1, 0), opts())).unwrap();
+        let list = listed(&states, &rt);
+        assert_eq!(list.len(), 2, "{list:?}");
+        let row = list.iter().find(|l| l.state == a).unwrap();
+        assert!(!row.locked);
+        let summary = rt.block_on(states.summary(&a, row)).unwrap().unwrap();
+        assert_eq!(
+            (summary.version, summary.serial, summary.resources),
+            (2, Some(2), 3)
+        );
+        assert_eq!(summary.writer(), Some("user:ann"));
+
+        // Replaced by another tool: noticed by its size, rebuilt from the body.
+        std::fs::write(dir.path().join("team/a.tfstate"), doc(9, 5).to_vec()).unwrap();
+        let row = listed(&states, &rt)
+            .into_iter()
+            .find(|l| l.state == a)
+            .unwrap();
+        let summary = rt.block_on(states.summary(&a, &row)).unwrap().unwrap();
+        assert_eq!(
+            (summary.serial, summary.operation.as_str()),
+            (Some(9), "found")
+        );
+
+        // A delete removes the summary with the state.
+        rt.block_on(states.delete(&dev, None)).unwrap();
+        assert!(listed(&states, &rt).iter().all(|l| l.state != dev));
+        assert!(
+            !dir.path()
+                .join(".stategate/history/workspaces/dev/team/a.tfstate/summary.json")
+                .exists()
+        );
+    }
+}
