@@ -633,3 +633,59 @@ fn ui_shows_a_user_only_the_states_they_may_read() {
     assert_eq!(detail["current"]["operation"], "restore");
     assert_eq!(detail["current"]["identity"], "user:root");
 }
+
+#[test]
+fn ui_lives_below_the_base_path_and_not_on_the_admin_address() {
+    let peer = LocalPeer::new();
+    let server = Server::start_with(
+        &peer,
+        &["--base-path", "/tfstate", "--admin-listen", "127.0.0.1:0"],
+    );
+    let base = format!("{}/tfstate", server.url);
+    let key = "below/base.tfstate";
+    let url = format!("{base}/states/{key}");
+    assert_eq!(
+        http("POST", &url, &state_doc("lineage-base", 1, "v")).0,
+        200
+    );
+    assert_eq!(
+        http("POST", &url, &state_doc("lineage-base", 2, "w")).0,
+        200
+    );
+
+    let (status, body) = http("GET", &format!("{base}/ui/"), b"");
+    assert_eq!(status, 200);
+    let html = text(&body);
+    assert!(
+        html.contains(&format!("href=\"/tfstate/ui/states/{key}\"")),
+        "{html}"
+    );
+    assert!(html.contains("href=\"/tfstate/ui/style.css\""), "{html}");
+    let (status, css) = http("GET", &format!("{base}/ui/style.css"), b"");
+    assert_eq!(status, 200);
+    assert!(text(&css).contains("font-family"));
+    assert_eq!(http("GET", &format!("{}/ui/", server.url), b"").0, 404);
+    assert_eq!(
+        http("GET", &format!("{}/api/v1/states", server.url), b"").0,
+        404
+    );
+    let (status, headers, _) = http_full("GET", &format!("{base}/api/v1/diff/{key}"), &[], b"");
+    assert_eq!(status, 200, "{headers:?}");
+    let page = text(&http("GET", &format!("{base}/ui/states/{key}"), b"").1);
+    assert!(
+        page.contains("/tfstate/ui/restore/below/base.tfstate?version=1"),
+        "{page}"
+    );
+    let (status, _) = http("DELETE", &format!("{base}/api/v1/states"), b"");
+    assert_eq!(status, 405);
+
+    // The admin address serves /metrics, /readyz and /healthz only.
+    let admin = server
+        .log()
+        .lines()
+        .find_map(|l| l.split("serving /metrics and /readyz on ").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap().to_string())
+        .expect("the admin address in the log");
+    assert_eq!(http("GET", &format!("{admin}/tfstate/metrics"), b"").0, 200);
+    assert_eq!(http("GET", &format!("{admin}/tfstate/ui/"), b"").0, 404);
+}
