@@ -340,6 +340,11 @@ pub async fn serve(settings: Settings, args: ConfigArgs) -> Result<()> {
     };
     let dashboard = stategate::ui::Dashboard::new(&settings.ui)
         .context("making a CSRF key for the dashboard")?;
+    if settings.ui.csrf_key.is_none() {
+        tracing::info!(
+            "ui.csrf_key is not set: the dashboard's forms are signed with a key made for this process;              replicas serving one name need a shared ui.csrf_key"
+        );
+    }
     app.pages = Some(Arc::new(dashboard));
     let app = Arc::new(app);
     // One signal stops every listener.

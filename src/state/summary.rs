@@ -248,7 +248,7 @@ mod tests {
         assert_eq!(summary.writer(), Some("user:ann"));
 
         // Replaced by another tool: noticed by its size, rebuilt from the body.
-        std::fs::write(dir.path().join("team/a.tfstate"), doc(9, 5).to_vec()).unwrap();
+        std::fs::write(dir.path().join("team/a.tfstate"), doc(9, 5)).unwrap();
         let row = listed(&states, &rt)
             .into_iter()
             .find(|l| l.state == a)

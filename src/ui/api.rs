@@ -7,6 +7,7 @@
 //! page's summaries and locks: never a state body.
 
 use bytes::Bytes;
+use futures_util::stream::{self, StreamExt};
 use http_body_util::Full;
 use hyper::Response;
 use serde::Serialize;
@@ -17,7 +18,7 @@ use time::format_description::well_known::Rfc3339;
 use super::{Query, Viewer};
 use crate::protocol::{App, PageRequest, ProtocolError};
 use crate::state::diff::{self, Diff, Overview};
-use crate::state::summary::Summary;
+use crate::state::summary::{Listed, Summary};
 use crate::state::{StateError, StateRef, VersionMeta, WriteOptions};
 
 /// States per page of the list.
@@ -110,6 +111,40 @@ pub async fn lock_view(
     }))
 }
 
+/// Summaries and locks read at once for one page of the list.
+const READS_AT_ONCE: usize = 8;
+
+/// One listed state's row: its summary and, when locked, its lock.
+async fn state_row(
+    app: &App,
+    l: &Listed,
+    stale_after_secs: u64,
+) -> Result<Option<StateRow>, ProtocolError> {
+    let Some(summary) = app.states.summary(&l.state, l).await? else {
+        return Ok(None);
+    };
+    let lock = if l.locked {
+        lock_view(app, &l.state, stale_after_secs).await?
+    } else {
+        None
+    };
+    let updated = Some(summary.updated.clone())
+        .filter(|u| !u.is_empty())
+        .or_else(|| l.modified.and_then(|m| m.format(&Rfc3339).ok()));
+    Ok(Some(StateRow {
+        key: l.state.key().to_string(),
+        workspace: l.state.workspace().to_string(),
+        serial: summary.serial,
+        lineage: summary.lineage.clone(),
+        resources: summary.resources,
+        size: summary.size,
+        updated,
+        writer: summary.writer().map(str::to_string),
+        lock,
+        state: Some(l.state.clone()),
+    }))
+}
+
 /// One page of the states the viewer may read, newest write first.
 pub async fn list_states(
     app: &App,
@@ -133,31 +168,19 @@ pub async fn list_states(
     });
     let total = listed.len();
     let start = (q.page - 1).saturating_mul(PAGE_SIZE);
+    // On S3 and OSS each summary is a round trip: a few at a time.
+    let page: Vec<Listed> = listed.into_iter().skip(start).take(PAGE_SIZE).collect();
+    let rows: Vec<Result<Option<StateRow>, ProtocolError>> = stream::iter(page)
+        .map(|l| async move { state_row(app, &l, stale_after_secs).await })
+        .buffered(READS_AT_ONCE)
+        .collect()
+        .await;
     let mut states = Vec::new();
-    for l in listed.iter().skip(start).take(PAGE_SIZE) {
-        let Some(summary) = app.states.summary(&l.state, l).await? else {
-            continue;
-        };
-        let lock = if l.locked {
-            lock_view(app, &l.state, stale_after_secs).await?
-        } else {
-            None
-        };
-        let updated = Some(summary.updated.clone())
-            .filter(|u| !u.is_empty())
-            .or_else(|| l.modified.and_then(|m| m.format(&Rfc3339).ok()));
-        states.push(StateRow {
-            key: l.state.key().to_string(),
-            workspace: l.state.workspace().to_string(),
-            serial: summary.serial,
-            lineage: summary.lineage.clone(),
-            resources: summary.resources,
-            size: summary.size,
-            updated,
-            writer: summary.writer().map(str::to_string),
-            lock,
-            state: Some(l.state.clone()),
-        });
+    for row in rows {
+        // Deleted since the listing: left out.
+        if let Some(row) = row? {
+            states.push(row);
+        }
     }
     Ok(StateList {
         states,
