@@ -342,7 +342,8 @@ pub async fn serve(settings: Settings, args: ConfigArgs) -> Result<()> {
         .context("making a CSRF key for the dashboard")?;
     if settings.ui.csrf_key.is_none() {
         tracing::info!(
-            "ui.csrf_key is not set: the dashboard's forms are signed with a key made for this process;              replicas serving one name need a shared ui.csrf_key"
+            "ui.csrf_key is not set: the dashboard's forms are signed with a key made for this \
+             process; replicas serving one name need a shared ui.csrf_key"
         );
     }
     app.pages = Some(Arc::new(dashboard));
