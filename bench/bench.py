@@ -908,12 +908,19 @@ def main():
         stub_t = median(configs["stub"].times)
         local_t = median(configs["local backend"].times)
         measure = f"terraform apply+destroy {n}"
-        table.add(measure, "stub", stub_t, "s", local_t, "local backend", "time", note="baseline")
+
+        def spread(name):
+            times = configs[name].times
+            return f"runs {min(times):.2f}-{max(times):.2f}s"
+
+        table.add(measure, "stub", stub_t, "s", local_t, "local backend", "time",
+                  note="baseline; " + spread("stub"))
         if "native s3" in configs:
-            table.add(measure, "native s3", median(configs["native s3"].times), "s", stub_t, "stub", "time", note="baseline")
+            table.add(measure, "native s3", median(configs["native s3"].times), "s", stub_t, "stub", "time",
+                      note="baseline; " + spread("native s3"))
         for store in active:
             t = median(configs[store].times)
-            table.add(measure, store, t, "s", stub_t, "stub", "time", ("ratio", "<=", 1.02))
+            table.add(measure, store, t, "s", stub_t, "stub", "time", ("ratio", "<=", 1.02), spread(store))
             if store == "s3" and "native s3" in configs:
                 table.add(measure, "s3", t, "s", median(configs["native s3"].times), "native s3", "time",
                           ("ratio", "<=", 1.03))
@@ -946,17 +953,23 @@ def main():
     def write():
         log(f"writes: 32 clients, 100 KiB states, {args.duration:g}s each")
         for store in active:
-            floor_dir = (servers[store].work / "file-loop")
-            floor = file_loop(floor_dir, 32, 102400, args.duration)
+            # The file loop runs before and after stategate's two loads, on
+            # the file system of the store's root; the baseline is the mean.
+            floor_dir = servers[store].work / "file-loop"
+            floors = [file_loop(floor_dir, 32, 102400, args.duration)]
             shutil.rmtree(floor_dir, ignore_errors=True)
+            cycles, code = loadtest(binary, f"{servers[store].url}/states/bench/lt", 32, 102400, args.duration)
+            made, errors = creates(servers[store].url, 32, 102400, args.duration, f"new{time.monotonic_ns()}")
+            floors.append(file_loop(floor_dir, 32, 102400, args.duration))
+            shutil.rmtree(floor_dir, ignore_errors=True)
+            floor = statistics.mean(floors)
+            spread = f"file loop {floors[0]:.0f} then {floors[1]:.0f}"
             target = {"local": 0.6, "sqlite": 0.4}.get(store)
             target = ("ratio", ">=", target) if target else None
-            cycles, code = loadtest(binary, f"{servers[store].url}/states/bench/lt", 32, 102400, args.duration)
             table.add("lock cycles/s (loadtest 32)", store, cycles, "/s", floor, "file loop", "rate", target,
-                      "unexpected answers" if code else "")
-            made, errors = creates(servers[store].url, 32, 102400, args.duration, f"new{time.monotonic_ns()}")
+                      "; ".join(x for x in ["unexpected answers" if code else "", spread] if x))
             table.add("new-state creates/s (32)", store, made, "/s", floor, "file loop", "rate", target,
-                      f"{errors} errors" if errors else "")
+                      "; ".join(x for x in [f"{errors} errors" if errors else "", spread] if x))
 
     # 4 and 5. Memory and exec->ready, on fresh processes.
     def memory():

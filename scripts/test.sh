@@ -67,6 +67,23 @@ for tool in openssl curl; do
   fi
 done
 
+# The dashboard's browser tests: Debian's Chromium, driven from Node.js by
+# playwright-core (pinned in tests/ui/package-lock.json; it downloads no
+# browser of its own).
+if [ ! -x /usr/bin/chromium ] || ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "scripts/test.sh: the dashboard tests need /usr/bin/chromium, node and npm: install Debian's chromium, nodejs and npm packages" >&2
+    exit 1
+  fi
+  apt_install chromium nodejs npm
+fi
+ui_stamp=tests/ui/node_modules/.package-lock.sha256
+ui_sum=$(sha256sum tests/ui/package-lock.json | cut -d' ' -f1)
+if [ "$(cat "$ui_stamp" 2>/dev/null)" != "$ui_sum" ]; then
+  (cd tests/ui && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$ui_sum" > "$ui_stamp"
+fi
+
 # Real peers for the tests (the moto S3 server, Alibaba's OSS SDKs, pytest),
 # in a virtualenv of the repository, never in the system Python.
 if [ ! -x .venv/bin/python ]; then

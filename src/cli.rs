@@ -392,6 +392,19 @@ pub async fn serve(settings: Settings, args: ConfigArgs) -> Result<()> {
     app.trusted_proxies = settings.trusted_proxies.clone();
     app.auth = std::sync::RwLock::new(auth.map(Arc::new));
     app.audit = audit;
+    app.origins = stategate::protocol::origin::Origins {
+        names: settings.ui.hosts.clone(),
+        rebinding_check: settings.listen.ip().is_loopback(),
+    };
+    let dashboard = stategate::ui::Dashboard::new(&settings.ui)
+        .context("making a CSRF key for the dashboard")?;
+    if settings.ui.csrf_key.is_none() {
+        tracing::info!(
+            "ui.csrf_key is not set: the dashboard's forms are signed with a key made for this \
+             process; replicas serving one name need a shared ui.csrf_key"
+        );
+    }
+    app.pages = Some(Arc::new(dashboard));
     let app = Arc::new(app);
     // One signal stops every listener.
     let (stop, stopped) = tokio::sync::watch::channel(false);

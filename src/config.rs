@@ -76,6 +76,8 @@ pub struct FileConfig {
     pub protect_lineage: Option<bool>,
     pub encryption: Option<FileEncryption>,
     pub backend: Option<FileBackend>,
+    /// The dashboard's section.
+    pub ui: Option<crate::ui::FileUi>,
 }
 
 /// Whether requests must authenticate.
@@ -207,6 +209,8 @@ pub struct Settings {
     pub backend: &'static Backend,
     /// Its settings, merged and checked against its table.
     pub store: StoreSettings,
+    /// The dashboard's settings.
+    pub ui: crate::ui::UiSettings,
 }
 
 /// Default listen address: loopback only, so a laptop run exposes nothing.
@@ -388,6 +392,7 @@ pub fn resolve(
         .take()
         .map(|e| resolve_encryption(e, base_dir))
         .transpose()?;
+    let ui = crate::ui::UiSettings::resolve(file.ui.take(), env)?;
 
     let type_name = cli
         .storage_type
@@ -444,6 +449,7 @@ pub fn resolve(
         protect_lineage,
         backend,
         store,
+        ui,
     })
 }
 

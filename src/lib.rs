@@ -19,6 +19,9 @@
 //! - [`auth`] turns credentials into an identity with access levels on
 //!   key patterns; [`audit`] writes one JSON line per security-relevant
 //!   action.
+//! - [`ui`] is the dashboard at `/ui/` and its JSON API at `/api/v1/`:
+//!   it plugs into [`protocol`] as [`protocol::Pages`] and reads through
+//!   [`state`], [`auth`] and [`audit`]; nothing below imports it.
 //! - [`metrics`] counts what `/metrics` shows, for the server and the
 //!   protocol.
 //! - [`settings`] is the leaf every layer may read: store setting tables
@@ -44,3 +47,4 @@ pub mod settings;
 pub mod state;
 pub mod stores;
 pub mod tls;
+pub mod ui;

@@ -39,6 +39,7 @@ use crate::stores::{PROBE_PREFIX, Version};
 
 pub mod access;
 pub mod error;
+pub mod origin;
 
 pub use error::ProtocolError;
 use error::text;
@@ -65,6 +66,46 @@ pub struct App {
     /// The MD5 of each state's body by store version, so a GET's `ETag`
     /// does not hash a large state again.
     pub etags: EtagCache,
+    /// The names the server answers to, against DNS rebinding and
+    /// cross-site requests ([`origin`]).
+    pub origins: origin::Origins,
+    /// URLs served by a layer above this one (the dashboard and its API).
+    pub pages: Option<Arc<dyn Pages>>,
+}
+
+/// URLs a layer above the protocol serves (the dashboard), handed the
+/// request after the base path, listener and origin checks, so they share
+/// the request id, the access log and the metrics. The protocol does not
+/// know what they are.
+#[async_trait::async_trait]
+pub trait Pages: Send + Sync {
+    /// Whether `path` (below the base path) is one of its URLs.
+    fn serves(&self, path: &str) -> bool;
+    /// Answers the request; never fails (errors are responses too).
+    async fn handle(
+        &self,
+        app: &App,
+        req: Request<Incoming>,
+        page: &mut PageRequest,
+    ) -> Response<Full<Bytes>>;
+}
+
+/// One request to [`Pages`]: what it needs to know of the connection, and
+/// what it reports back for the access log.
+#[derive(Debug)]
+pub struct PageRequest {
+    /// The path below the base path.
+    pub path: String,
+    /// The client's address (see [`client_addr`]).
+    pub client: IpAddr,
+    /// The subject CN of a verified client certificate.
+    pub certificate_cn: Option<Arc<str>>,
+    /// Set by the pages: the route template, for logs and metrics.
+    pub route: &'static str,
+    /// Set by the pages: the authenticated identity.
+    pub identity: Option<String>,
+    /// Set by the pages: the state concerned, if one.
+    pub state: Option<String>,
 }
 
 /// Hex MD5s of state bodies by state and store version: filled by writes
@@ -107,6 +148,8 @@ impl App {
             auth: RwLock::new(None),
             etags: EtagCache::default(),
             audit: Audit::open(None).expect("stderr needs no opening"),
+            origins: origin::Origins::default(),
+            pages: None,
         }
     }
 }
@@ -504,7 +547,33 @@ async fn dispatch(
                 ))
             })?
     };
+    origin::check_cross_site(&app.origins, req.method(), req.headers())?;
+    if let Some(pages) = app.pages.clone()
+        && surface != Surface::Admin
+        && pages.serves(path)
+    {
+        origin::check_host(app, req.headers(), conn.peer.ip())?;
+        let mut page = PageRequest {
+            path: path.to_string(),
+            client: ex.client,
+            certificate_cn: conn.certificate_cn.clone(),
+            route: "/ui",
+            identity: None,
+            state: None,
+        };
+        let response = pages.handle(app, req, &mut page).await;
+        ex.route = page.route;
+        ex.identity = page.identity;
+        ex.state = page.state;
+        return Ok(response);
+    }
     let endpoint = route(req.method(), path, req.uri().query())?;
+    if !matches!(
+        endpoint,
+        Endpoint::Health | Endpoint::Ready | Endpoint::Metrics
+    ) {
+        origin::check_host(app, req.headers(), conn.peer.ip())?;
+    }
     if !endpoint.served_on(surface) {
         return Err(ProtocolError::NotFound(format!(
             "no such URL {full_path:?} on this address"

@@ -256,6 +256,7 @@ impl States {
                             Condition::Always,
                         )
                         .await?;
+                    self.put_summary(state, &meta).await;
                     return Ok(n);
                 }
             }
@@ -325,6 +326,7 @@ impl States {
         self.store
             .put(&meta_key(dir, n), Bytes::from(meta_body), Condition::Always)
             .await?;
+        self.put_summary(state, &meta).await;
         numbers.push(n);
         self.prune(dir, &numbers).await?;
         Ok(n)

@@ -11,6 +11,10 @@
 //!   a compare-and-swap on what was read.
 //! - [`history`]: every state ever stored, kept as numbered versions under
 //!   the reserved `.stategate/history/` prefix.
+//! - [`summary`]: a small per-state summary beside the history records,
+//!   so listings never read state bodies.
+//! - [`diff`]: what changed between two state bodies, by resource address,
+//!   naming attributes but never their values.
 //! - [`lease`]: short write leases that make a read-check-change atomic on
 //!   stores without compare-and-swap.
 
@@ -20,12 +24,14 @@ use bytes::Bytes;
 
 use crate::stores::{Capabilities, Store, StoreError};
 
+pub mod diff;
 pub mod head;
 pub mod history;
 pub mod key;
 pub mod lease;
 pub mod lock;
 pub mod seal;
+pub mod summary;
 pub mod write;
 
 pub use history::VersionMeta;

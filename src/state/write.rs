@@ -223,6 +223,7 @@ impl States {
                 .await
             {
                 Ok(()) => {
+                    self.drop_summary(state).await;
                     tracing::info!(state = %state, "state deleted");
                     return Ok(());
                 }

@@ -637,8 +637,12 @@ pub fn history_retention_prunes_oldest(peer: &dyn Peer) {
         .collect();
     assert_eq!(
         stored.len(),
-        6,
-        "three versions of two objects each: {stored:?}"
+        7,
+        "three versions of two objects each, and the summary: {stored:?}"
+    );
+    assert!(
+        stored.iter().any(|k| k.ends_with("/summary.json")),
+        "{stored:?}"
     );
     assert_eq!(http("GET", &format!("{url}?version=3"), b"").0, 404);
 }

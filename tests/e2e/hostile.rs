@@ -54,7 +54,7 @@ fn status_of(response: &[u8]) -> Option<u16> {
 /// One request on its own connection, with a deadline for the answer.
 fn quick_get(server: &Server, path: &str, within: Duration) -> Option<(u16, String)> {
     let mut s = connect(server);
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).ok()?;
     let (got, _) = read_until_closed(&mut s, within);
     status_of(&got).map(|st| (st, String::from_utf8_lossy(&got).into_owned()))
@@ -178,7 +178,7 @@ fn hostile_slow_uploads_are_cut_off() {
     let server = Server::start_with(&peer, &["--body-min-rate", "2048"]);
     let mut s = connect(&server);
     s.write_all(
-        b"POST /states/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n",
+        b"POST /states/slow HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n",
     )
     .unwrap();
     s.set_nonblocking(true).unwrap();
@@ -221,7 +221,7 @@ fn hostile_shutdown_does_not_wait_for_stalled_clients() {
     let server = Server::start(&peer);
     let mut stalled: Vec<TcpStream> = (0..3).map(|_| connect(&server)).collect();
     for s in &mut stalled {
-        s.write_all(b"POST /states/x HTTP/1.1\r\nHost: x\r\n")
+        s.write_all(b"POST /states/x HTTP/1.1\r\nHost: localhost\r\n")
             .unwrap();
     }
     let mut keep = connect(&server);
@@ -259,7 +259,7 @@ fn hostile_declared_lengths_reserve_no_memory() {
         .map(|i| {
             let mut s = connect(&server);
             let head = format!(
-                "POST /states/mem{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 536870912\r\n\r\n{{"
+                "POST /states/mem{i} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 536870912\r\n\r\n{{"
             );
             s.write_all(head.as_bytes()).unwrap();
             s

@@ -29,3 +29,4 @@ mod oss;
 #[cfg(feature = "s3")]
 mod s3;
 mod tls;
+mod ui;

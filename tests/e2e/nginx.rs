@@ -826,7 +826,7 @@ fn stategate_limits_hold_through_nginx() {
     let to = stack.nginx.url.trim_start_matches("http://");
     let mut slow = std::net::TcpStream::connect(to).unwrap();
     let head = format!(
-        "POST {BASE}/states/limits/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+        "POST {BASE}/states/limits/slow HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
     );
     slow.write_all(head.as_bytes()).unwrap();
     slow.set_nonblocking(true).unwrap();

@@ -1,0 +1,272 @@
+//! A small summary of each state's current version, kept next to its
+//! history records (`.stategate/history/<object key>/summary.json`), so a
+//! listing of thousands of states reads one listing of the store and one
+//! small object per state shown, never a state body.
+//!
+//! The summary is the newest history record, copied to a fixed name: every
+//! record history makes (a write, a push, a restore, a state found before
+//! it was replaced) rewrites it, and a delete removes it. A failure to
+//! write it is logged, not returned: the state is already written, and a
+//! reader notices a summary that does not match the listing (its size
+//! differs) and builds it again from the newest record or, failing that,
+//! from the state body, once.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::head::StateHead;
+use super::history::{HISTORY_PREFIX, VersionMeta, rfc3339};
+use super::key::{LOCK_SUFFIX, RESERVED_PREFIX};
+use super::{StateError, StateRef, States};
+use crate::stores::Condition;
+
+/// The name of the summary inside a state's history folder.
+pub const SUMMARY_NAME: &str = "summary.json";
+
+/// What the listing shows of one state, without reading it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Summary {
+    /// The history version holding the current state (0 when not known:
+    /// a state found without history).
+    pub version: u64,
+    pub serial: Option<u64>,
+    pub lineage: Option<String>,
+    /// Resource blocks in the state.
+    pub resources: usize,
+    /// Bytes of the state body; also how a stale summary is noticed.
+    pub size: u64,
+    /// When the version was recorded (RFC 3339, UTC).
+    pub updated: String,
+    /// LockInfo `Who` of the writer, when it wrote under a lock.
+    pub who: Option<String>,
+    /// The authenticated identity that wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// `write`, `push`, `restore` or `found`.
+    pub operation: String,
+}
+
+impl From<&VersionMeta> for Summary {
+    fn from(meta: &VersionMeta) -> Self {
+        Summary {
+            version: meta.version,
+            serial: meta.serial,
+            lineage: meta.lineage.clone(),
+            resources: meta.resources,
+            size: meta.size,
+            updated: meta.created.clone(),
+            who: meta.who.clone(),
+            identity: meta.identity.clone(),
+            operation: meta.operation.clone(),
+        }
+    }
+}
+
+impl Summary {
+    /// Who wrote the version: the authenticated identity, else the
+    /// LockInfo `Who`.
+    pub fn writer(&self) -> Option<&str> {
+        self.identity.as_deref().or(self.who.as_deref())
+    }
+}
+
+/// One state as a single store listing shows it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub state: StateRef,
+    pub size: u64,
+    /// Last write, where the store records it.
+    pub modified: Option<OffsetDateTime>,
+    /// Whether a lock object exists for it.
+    pub locked: bool,
+}
+
+impl States {
+    fn summary_key(&self, state: &StateRef) -> String {
+        format!("{HISTORY_PREFIX}{}/{SUMMARY_NAME}", self.object_key(state))
+    }
+
+    /// Replaces a state's summary with `meta`, its newest history record.
+    pub(super) async fn put_summary(&self, state: &StateRef, meta: &VersionMeta) {
+        let body = serde_json::to_vec(&Summary::from(meta)).expect("a summary serialises");
+        if let Err(e) = self
+            .store
+            .put(&self.summary_key(state), body.into(), Condition::Always)
+            .await
+        {
+            tracing::warn!(state = %state, error = %e, "writing the state's summary failed");
+        }
+    }
+
+    /// Removes a deleted state's summary.
+    pub(super) async fn drop_summary(&self, state: &StateRef) {
+        if let Err(e) = self
+            .store
+            .delete(&self.summary_key(state), Condition::Always)
+            .await
+        {
+            tracing::warn!(state = %state, error = %e, "removing the state's summary failed");
+        }
+    }
+
+    /// Every state in the store, from one listing: no state, lock or
+    /// summary is read.
+    pub async fn listing(&self) -> Result<Vec<Listed>, StateError> {
+        let entries = self.store.list("").await?;
+        let locked: std::collections::HashSet<&str> = entries
+            .iter()
+            .filter(|e| !e.key.starts_with(RESERVED_PREFIX))
+            .filter_map(|e| e.key.strip_suffix(LOCK_SUFFIX))
+            .collect();
+        Ok(entries
+            .iter()
+            .filter_map(|entry| {
+                let state = StateRef::from_object_key(&entry.key, &self.workspace_key_prefix)?;
+                Some(Listed {
+                    locked: locked.contains(entry.key.as_str()),
+                    state,
+                    size: entry.size,
+                    modified: entry.modified,
+                })
+            })
+            .collect())
+    }
+
+    /// The summary of a state the listing showed with `size` bytes. One
+    /// small read when the summary is there and matches; otherwise built
+    /// from the newest history record or the body, and stored for next
+    /// time. `None` when the state no longer exists.
+    pub async fn summary(
+        &self,
+        state: &StateRef,
+        listed: &Listed,
+    ) -> Result<Option<Summary>, StateError> {
+        if let Some(obj) = self.store.get(&self.summary_key(state)).await?
+            && let Ok(summary) = serde_json::from_slice::<Summary>(&obj.body)
+            && summary.size == listed.size
+        {
+            return Ok(Some(summary));
+        }
+        let newest = self.history(state).await?.pop();
+        let summary = match newest {
+            Some(meta) if meta.size == listed.size => Summary::from(&meta),
+            _ => {
+                // Written by another tool: the body is read this once.
+                let Some(body) = self.get(state).await? else {
+                    return Ok(None);
+                };
+                let head = StateHead::parse(&body).unwrap_or_default();
+                Summary {
+                    version: 0,
+                    serial: head.serial,
+                    lineage: head.lineage,
+                    resources: head.resources,
+                    size: body.len() as u64,
+                    updated: listed.modified.and_then(rfc3339).unwrap_or_default(),
+                    who: None,
+                    identity: None,
+                    operation: "found".into(),
+                }
+            }
+        };
+        let body = serde_json::to_vec(&summary).expect("a summary serialises");
+        if let Err(e) = self
+            .store
+            .put(&self.summary_key(state), body.into(), Condition::Always)
+            .await
+        {
+            tracing::warn!(state = %state, error = %e, "writing the state's summary failed");
+        }
+        Ok(Some(summary))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::state::{Policy, WriteOptions};
+    use crate::stores::Capabilities;
+    use crate::stores::local::LocalStore;
+
+    fn states(dir: &std::path::Path) -> States {
+        let store = LocalStore::open_dir(dir).unwrap();
+        States::new(
+            Arc::new(store),
+            Capabilities {
+                conditional_create: true,
+                compare_and_swap: true,
+                unique_versions: true,
+            },
+            Policy {
+                workspace_key_prefix: "workspaces".into(),
+                history_keep: 0,
+                protect_lineage: true,
+            },
+        )
+    }
+
+    fn doc(serial: u64, resources: usize) -> bytes::Bytes {
+        let resources: Vec<_> = (0..resources)
+            .map(|i| serde_json::json!({"mode": "managed", "type": "t", "name": format!("r{i}"), "instances": []}))
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "version": 4, "serial": serial, "lineage": "L", "resources": resources,
+        }))
+        .unwrap()
+        .into()
+    }
+
+    fn listed(states: &States, rt: &tokio::runtime::Runtime) -> Vec<Listed> {
+        rt.block_on(states.listing()).unwrap()
+    }
+
+    #[test]
+    fn writes_keep_the_summary_and_listings_read_no_state() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let states = states(dir.path());
+        let a = StateRef::parse("team/a.tfstate", None).unwrap();
+        let dev = StateRef::parse("team/a.tfstate", Some("dev")).unwrap();
+        let opts = || WriteOptions {
+            operation: "write",
+            identity: Some("user:ann"),
+            ..Default::default()
+        };
+        rt.block_on(states.write(&a, doc(1, 1), opts())).unwrap();
+        rt.block_on(states.write(&a, doc(2, 3), opts())).unwrap();
+        rt.block_on(states.write(&dev, doc(1, 0), opts())).unwrap();
+        let list = listed(&states, &rt);
+        assert_eq!(list.len(), 2, "{list:?}");
+        let row = list.iter().find(|l| l.state == a).unwrap();
+        assert!(!row.locked);
+        let summary = rt.block_on(states.summary(&a, row)).unwrap().unwrap();
+        assert_eq!(
+            (summary.version, summary.serial, summary.resources),
+            (2, Some(2), 3)
+        );
+        assert_eq!(summary.writer(), Some("user:ann"));
+
+        // Replaced by another tool: noticed by its size, rebuilt from the body.
+        std::fs::write(dir.path().join("team/a.tfstate"), doc(9, 5)).unwrap();
+        let row = listed(&states, &rt)
+            .into_iter()
+            .find(|l| l.state == a)
+            .unwrap();
+        let summary = rt.block_on(states.summary(&a, &row)).unwrap().unwrap();
+        assert_eq!(
+            (summary.serial, summary.operation.as_str()),
+            (Some(9), "found")
+        );
+
+        // A delete removes the summary with the state.
+        rt.block_on(states.delete(&dev, None)).unwrap();
+        assert!(listed(&states, &rt).iter().all(|l| l.state != dev));
+        assert!(
+            !dir.path()
+                .join(".stategate/history/workspaces/dev/team/a.tfstate/summary.json")
+                .exists()
+        );
+    }
+}

@@ -1,0 +1,605 @@
+//! The dashboard: server-rendered pages at `/ui/` and the JSON API they
+//! and scripts read at `/api/v1/`, both below `base_path`.
+//!
+//! The protocol hands these URLs over through [`crate::protocol::Pages`]
+//! after its base path, listener and origin checks, so they share the
+//! request id, the access log and the metrics. Here they get:
+//!
+//! - the same identities and read rules as the state URLs: a key the
+//!   caller may not read is never listed, and asking for it is a 403, as
+//!   on `/states/<key>`; with no authentication everyone is an admin;
+//! - state content by name only: resource types and addresses, output
+//!   names, attribute names in a diff, never a value ([`crate::state::diff`]);
+//! - two changes an admin may make, lock release and restore, as form
+//!   POSTs carrying a CSRF token ([`csrf`]) and written to the audit log;
+//! - security headers on every answer: a CSP allowing only the embedded
+//!   stylesheet, no framing, no referrer.
+//!
+//! - [`api`]: what the pages show, gathered once, and the JSON endpoints.
+//! - [`pages`]: the HTML pages, compiled askama templates.
+//! - [`config`]: the `ui:` settings.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use crate::auth::{Access, Auth, AuthError, Identity};
+use crate::protocol::{App, PageRequest, Pages, ProtocolError, access};
+use crate::state::StateRef;
+
+pub mod api;
+pub mod config;
+pub mod csrf;
+pub mod pages;
+
+pub use config::{FileUi, UiSettings};
+
+/// The dashboard and its API, as handed to [`App::pages`].
+pub struct Dashboard {
+    csrf: csrf::Csrf,
+    /// Locks older than this are shown as stale.
+    stale_after_secs: u64,
+}
+
+impl Dashboard {
+    /// A dashboard with `settings`; makes a CSRF key when none is set
+    /// (right for a single replica only: forms served by one replica
+    /// would be refused by another).
+    pub fn new(settings: &UiSettings) -> Result<Self, getrandom::Error> {
+        Ok(Dashboard {
+            csrf: csrf::Csrf::new(settings.csrf_key.clone())?,
+            stale_after_secs: settings.stale_lock_hours.saturating_mul(3600),
+        })
+    }
+}
+
+/// Who is looking, and what they may see.
+pub struct Viewer {
+    /// `None` when no authentication is configured: everyone is an admin.
+    identity: Option<Identity>,
+    auth: Option<Arc<Auth>>,
+}
+
+impl Viewer {
+    /// The caller's level on `state`.
+    pub fn level(&self, state: &StateRef) -> Option<Access> {
+        match &self.identity {
+            None => Some(Access::Admin),
+            Some(identity) => identity.access(state),
+        }
+    }
+
+    /// Whether the caller may see `state` at all: read access, as the
+    /// state's history needs.
+    pub fn may_read(&self, state: &StateRef) -> bool {
+        self.level(state).is_some_and(|l| l >= Access::Read)
+    }
+
+    /// Whether the caller may release locks and restore versions.
+    pub fn is_admin(&self, state: &StateRef) -> bool {
+        self.level(state).is_some_and(|l| l >= Access::Admin)
+            && match (&self.auth, &self.identity) {
+                (Some(auth), Some(identity)) => auth.protection(identity, state).is_none(),
+                _ => true,
+            }
+    }
+
+    /// The identity's name, empty when no authentication is configured.
+    pub fn name(&self) -> &str {
+        self.identity.as_ref().map_or("", |i| i.name.as_str())
+    }
+
+    /// Refuses with 403 (audited) unless the caller has `needed` on
+    /// `state`, and, for changes, the state's protection lets it.
+    fn require(
+        &self,
+        app: &App,
+        state: &StateRef,
+        needed: Access,
+        verb: &str,
+        page: &PageRequest,
+    ) -> Result<(), ProtocolError> {
+        let Some(identity) = &self.identity else {
+            return Ok(());
+        };
+        if self.level(state).is_none_or(|l| l < needed) {
+            return Err(access::forbid(
+                app,
+                identity,
+                state,
+                page.client,
+                format!(
+                    "{} may not {verb} {state}: that needs {} access",
+                    identity.name,
+                    needed.name()
+                ),
+            ));
+        }
+        if needed >= Access::Write
+            && let Some(auth) = &self.auth
+            && let Some(why) = auth.protection(identity, state)
+        {
+            return Err(access::forbid(app, identity, state, page.client, why));
+        }
+        Ok(())
+    }
+}
+
+/// Authenticates the request as the state URLs do.
+async fn viewer(
+    app: &App,
+    req: &Request<Incoming>,
+    page: &PageRequest,
+) -> Result<Viewer, ProtocolError> {
+    let auth = app.auth.read().expect("auth lock").clone();
+    let Some(auth) = auth else {
+        return Ok(Viewer {
+            identity: None,
+            auth: None,
+        });
+    };
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match auth
+        .authenticate(header, page.certificate_cn.as_deref(), page.client)
+        .await
+    {
+        Ok(identity) => Ok(Viewer {
+            identity: Some(identity),
+            auth: Some(auth),
+        }),
+        Err(AuthError::Unavailable(why)) => Err(ProtocolError::Unavailable(why)),
+        Err(e) => {
+            app.metrics.auth_failure();
+            app.audit.event(
+                "denied",
+                &[
+                    ("status", json!(401)),
+                    ("url", json!(page.path)),
+                    ("reason", json!(e.to_string())),
+                    ("client", json!(page.client.to_string())),
+                ],
+            );
+            Err(ProtocolError::Unauthorized(match e {
+                AuthError::Missing => "credentials are required".into(),
+                AuthError::Invalid(why) | AuthError::Unavailable(why) => why,
+            }))
+        }
+    }
+}
+
+/// The query parameters the dashboard reads.
+#[derive(Debug, Default)]
+pub struct Query {
+    pub workspace: Option<String>,
+    pub prefix: String,
+    pub page: usize,
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+    pub version: Option<u64>,
+}
+
+impl Query {
+    fn parse(raw: Option<&str>) -> Result<Self, ProtocolError> {
+        let number = |name: &str, v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| ProtocolError::BadRequest(format!("{name} {v:?} is not a number")))
+        };
+        let mut q = Query {
+            page: 1,
+            ..Default::default()
+        };
+        for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+            match k.as_ref() {
+                "workspace" if !v.is_empty() => q.workspace = Some(v.into_owned()),
+                "prefix" => q.prefix = v.into_owned(),
+                "page" if !v.is_empty() => {
+                    q.page = number("page", &v)?.max(1) as usize;
+                }
+                "from" if !v.is_empty() => q.from = Some(number("from", &v)?),
+                "to" if !v.is_empty() => q.to = Some(number("to", &v)?),
+                "version" if !v.is_empty() => q.version = Some(number("version", &v)?),
+                _ => {}
+            }
+        }
+        Ok(q)
+    }
+
+    /// The state named by a key from the path and this query's workspace.
+    fn state(&self, raw_key: &str) -> Result<StateRef, ProtocolError> {
+        let key = percent_encoding::percent_decode_str(raw_key)
+            .decode_utf8()
+            .map_err(|_| ProtocolError::BadRequest("the state key is not valid UTF-8".into()))?;
+        StateRef::parse(&key, self.workspace.as_deref()).map_err(|e| ProtocolError::BadRequest(e.0))
+    }
+}
+
+/// The largest form body accepted (a token and a number or an ID).
+const MAX_FORM_BYTES: usize = 16 * 1024;
+
+/// Reads a small `application/x-www-form-urlencoded` body.
+async fn read_form(req: Request<Incoming>) -> Result<Vec<(String, String)>, ProtocolError> {
+    let body = Limited::new(req.into_body(), MAX_FORM_BYTES)
+        .collect()
+        .await
+        .map_err(|_| ProtocolError::TooLarge(MAX_FORM_BYTES as u64))?
+        .to_bytes();
+    Ok(form_urlencoded::parse(&body).into_owned().collect())
+}
+
+fn form_field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    form.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// What one dashboard URL is.
+enum Route<'a> {
+    RedirectHome,
+    Style,
+    StatesPage,
+    StatePage(&'a str),
+    LocksPage,
+    LockPage(&'a str),
+    Release(&'a str),
+    RestoreConfirm(&'a str),
+    Restore(&'a str),
+    ApiStates,
+    ApiState(&'a str),
+    ApiDiff(&'a str),
+    ApiLocks,
+}
+
+impl Route<'_> {
+    fn template(&self) -> &'static str {
+        match self {
+            Route::RedirectHome | Route::StatesPage => "/ui/",
+            Route::Style => "/ui/style.css",
+            Route::StatePage(_) => "/ui/states/{key}",
+            Route::LocksPage => "/ui/locks",
+            Route::LockPage(_) | Route::Release(_) => "/ui/locks/{key}",
+            Route::RestoreConfirm(_) | Route::Restore(_) => "/ui/restore/{key}",
+            Route::ApiStates => "/api/v1/states",
+            Route::ApiState(_) => "/api/v1/states/{key}",
+            Route::ApiDiff(_) => "/api/v1/diff/{key}",
+            Route::ApiLocks => "/api/v1/locks",
+        }
+    }
+}
+
+fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ProtocolError> {
+    let get = matches!(*method, Method::GET | Method::HEAD);
+    let post = *method == Method::POST;
+    let not_found = || {
+        ProtocolError::NotFound(format!(
+            "no such URL {path:?}; the dashboard is at /ui/, its API at /api/v1/"
+        ))
+    };
+    let key_after = |prefix: &str| path.strip_prefix(prefix).filter(|k| !k.is_empty());
+    let r = if path == "/ui" {
+        Route::RedirectHome
+    } else if path == "/ui/" {
+        Route::StatesPage
+    } else if path == "/ui/style.css" {
+        Route::Style
+    } else if path == "/ui/locks" {
+        Route::LocksPage
+    } else if let Some(k) = key_after("/ui/states/") {
+        Route::StatePage(k)
+    } else if let Some(k) = key_after("/ui/locks/") {
+        if post {
+            return Ok(Route::Release(k));
+        }
+        Route::LockPage(k)
+    } else if let Some(k) = key_after("/ui/restore/") {
+        if post {
+            return Ok(Route::Restore(k));
+        }
+        Route::RestoreConfirm(k)
+    } else if path == "/api/v1/states" {
+        Route::ApiStates
+    } else if let Some(k) = key_after("/api/v1/states/") {
+        Route::ApiState(k)
+    } else if let Some(k) = key_after("/api/v1/diff/") {
+        Route::ApiDiff(k)
+    } else if path == "/api/v1/locks" {
+        Route::ApiLocks
+    } else {
+        return Err(not_found());
+    };
+    if get {
+        Ok(r)
+    } else {
+        Err(ProtocolError::MethodNotAllowed(match r {
+            Route::LockPage(_) | Route::RestoreConfirm(_) => "GET, HEAD, POST",
+            _ => "GET, HEAD",
+        }))
+    }
+}
+
+const STYLE: &str = include_str!("style.css");
+
+/// The headers every dashboard answer carries.
+fn secure(mut r: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    let h = r.headers_mut();
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.entry(CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    r
+}
+
+/// A response with `content_type`.
+pub(crate) fn typed(body: impl Into<Bytes>, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// A 303 to `location` (after a form POST, so a reload does not repeat it).
+pub(crate) fn see_other(location: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(LOCATION, v);
+    }
+    r
+}
+
+/// An error as JSON (`{"error": "..."}`) or as a page, with the status and
+/// headers (`WWW-Authenticate`, `Allow`, `Retry-After`) the state URLs give.
+fn error_response(e: ProtocolError, api: bool, base: &str) -> Response<Full<Bytes>> {
+    let message = e.to_string();
+    let status = e.status();
+    let (mut parts, _) = e.into_response().into_parts();
+    let body = if api {
+        parts
+            .headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        serde_json::to_vec(&json!({ "error": message })).expect("JSON serialises")
+    } else {
+        parts.headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        pages::error_page(base, status, &message).into_bytes()
+    };
+    Response::from_parts(parts, Full::new(Bytes::from(body)))
+}
+
+#[async_trait::async_trait]
+impl Pages for Dashboard {
+    fn serves(&self, path: &str) -> bool {
+        path == "/ui" || path.starts_with("/ui/") || path.starts_with("/api/v1/")
+    }
+
+    async fn handle(
+        &self,
+        app: &App,
+        req: Request<Incoming>,
+        page: &mut PageRequest,
+    ) -> Response<Full<Bytes>> {
+        let api = page.path.starts_with("/api/");
+        let path = page.path.clone();
+        let result = match route(req.method(), &path) {
+            Ok(r) => {
+                page.route = r.template();
+                self.answer(app, req, page, r).await
+            }
+            Err(e) => Err(e),
+        };
+        let response = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(url = %page.path, reason = %e, "dashboard request refused");
+                error_response(e, api, &app.base_path)
+            }
+        };
+        secure(response)
+    }
+}
+
+impl Dashboard {
+    async fn answer(
+        &self,
+        app: &App,
+        req: Request<Incoming>,
+        page: &mut PageRequest,
+        route: Route<'_>,
+    ) -> Result<Response<Full<Bytes>>, ProtocolError> {
+        let base = app.base_path.as_str();
+        match route {
+            Route::RedirectHome => return Ok(see_other(&format!("{base}/ui/"))),
+            Route::Style => {
+                let mut r = typed(STYLE, "text/css; charset=utf-8");
+                r.headers_mut()
+                    .insert(CACHE_CONTROL, HeaderValue::from_static("max-age=3600"));
+                return Ok(r);
+            }
+            _ => {}
+        }
+        let viewer = viewer(app, &req, page).await?;
+        page.identity = viewer.identity.as_ref().map(|i| i.name.clone());
+        let q = Query::parse(req.uri().query())?;
+        let stale = self.stale_after_secs;
+        let keyed = |raw: &str, page: &mut PageRequest| -> Result<StateRef, ProtocolError> {
+            let state = q.state(raw)?;
+            page.state = Some(state.to_string());
+            Ok(state)
+        };
+        match route {
+            Route::RedirectHome | Route::Style => unreachable!("answered above"),
+            Route::ApiStates => {
+                let list = api::list_states(app, &viewer, &q, stale).await?;
+                Ok(api::json_body(&list.to_json()))
+            }
+            Route::ApiState(raw) => {
+                let state = keyed(raw, page)?;
+                viewer.require(app, &state, Access::Read, "read", page)?;
+                let detail = api::state_detail(app, &state, stale).await?;
+                Ok(api::json_body(&detail))
+            }
+            Route::ApiDiff(raw) => {
+                let state = keyed(raw, page)?;
+                viewer.require(app, &state, Access::Read, "read", page)?;
+                let diff = api::version_diff(app, &state, q.from, q.to).await?;
+                Ok(api::json_body(&diff))
+            }
+            Route::ApiLocks => {
+                let locks = api::locks(app, &viewer, stale).await?;
+                Ok(api::json_body(&json!({ "locks": locks })))
+            }
+            Route::StatesPage => {
+                let list = api::list_states(app, &viewer, &q, stale).await?;
+                Ok(pages::states(
+                    base,
+                    &viewer,
+                    &q,
+                    &list,
+                    self.stale_after_secs,
+                ))
+            }
+            Route::LocksPage => {
+                let locks = api::locks(app, &viewer, stale).await?;
+                Ok(pages::locks(base, &viewer, &locks))
+            }
+            Route::StatePage(raw) => {
+                let state = keyed(raw, page)?;
+                viewer.require(app, &state, Access::Read, "read", page)?;
+                let detail = api::state_detail(app, &state, stale).await?;
+                let diff = match detail.default_pair(q.from, q.to) {
+                    Some((from, to)) => {
+                        Some(api::version_diff(app, &state, Some(from), Some(to)).await?)
+                    }
+                    None => None,
+                };
+                Ok(pages::state(base, &viewer, &detail, diff.as_ref()))
+            }
+            Route::LockPage(raw) => {
+                let state = keyed(raw, page)?;
+                viewer.require(app, &state, Access::Read, "read", page)?;
+                let lock = api::lock_view(app, &state, stale).await?;
+                let token = self.csrf.token(viewer.name(), "release", &state);
+                Ok(pages::lock(base, &viewer, &state, lock.as_ref(), &token))
+            }
+            Route::RestoreConfirm(raw) => {
+                let state = keyed(raw, page)?;
+                viewer.require(app, &state, Access::Admin, "restore", page)?;
+                let n = q.version.ok_or_else(|| {
+                    ProtocolError::BadRequest("say which version to restore: ?version=N".into())
+                })?;
+                let detail = api::state_detail(app, &state, stale).await?;
+                // What the restore would change, from the current version.
+                let change = match detail.current.as_ref().map(|c| c.version) {
+                    Some(current) if current != 0 && current != n => {
+                        Some(api::version_diff(app, &state, Some(current), Some(n)).await?)
+                    }
+                    _ => None,
+                };
+                let token = self.csrf.token(viewer.name(), "restore", &state);
+                Ok(pages::restore(
+                    base,
+                    &viewer,
+                    &detail,
+                    n,
+                    change.as_ref(),
+                    &token,
+                )?)
+            }
+            Route::Release(raw) => {
+                let state = keyed(raw, page)?;
+                viewer.require(app, &state, Access::Admin, "release the lock of", page)?;
+                let form = read_form(req).await?;
+                self.csrf
+                    .check(form_field(&form, "csrf"), viewer.name(), "release", &state)?;
+                let id = form_field(&form, "lock_id").unwrap_or("");
+                api::release(app, &state, id, &viewer, page).await?;
+                Ok(see_other(&pages::state_url(base, &state)))
+            }
+            Route::Restore(raw) => {
+                let state = keyed(raw, page)?;
+                viewer.require(app, &state, Access::Admin, "restore", page)?;
+                let form = read_form(req).await?;
+                self.csrf
+                    .check(form_field(&form, "csrf"), viewer.name(), "restore", &state)?;
+                let n = form_field(&form, "version")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| ProtocolError::BadRequest("the form names no version".into()))?;
+                api::restore(app, &state, n, &viewer, page).await?;
+                Ok(see_other(&pages::state_url(base, &state)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(method: Method, path: &str) -> Result<&'static str, u16> {
+        route(&method, path)
+            .map(|r| r.template())
+            .map_err(|e| e.status().as_u16())
+    }
+
+    #[test]
+    fn dashboard_urls() {
+        assert_eq!(template(Method::GET, "/ui/"), Ok("/ui/"));
+        assert_eq!(
+            template(Method::GET, "/ui/states/a/b.tfstate"),
+            Ok("/ui/states/{key}")
+        );
+        assert_eq!(template(Method::POST, "/ui/locks/a"), Ok("/ui/locks/{key}"));
+        assert_eq!(
+            template(Method::POST, "/ui/restore/a"),
+            Ok("/ui/restore/{key}")
+        );
+        assert_eq!(
+            template(Method::GET, "/api/v1/diff/a"),
+            Ok("/api/v1/diff/{key}")
+        );
+        assert_eq!(template(Method::HEAD, "/api/v1/locks"), Ok("/api/v1/locks"));
+        assert_eq!(template(Method::POST, "/ui/states/a"), Err(405));
+        assert_eq!(template(Method::DELETE, "/api/v1/states/a"), Err(405));
+        assert_eq!(template(Method::GET, "/ui/states/"), Err(404));
+        assert_eq!(template(Method::GET, "/api/v1/other"), Err(404));
+    }
+
+    #[test]
+    fn queries() {
+        let q = Query::parse(Some("workspace=dev&prefix=team%2F&page=3&from=1&to=4")).unwrap();
+        assert_eq!(q.workspace.as_deref(), Some("dev"));
+        assert_eq!(
+            (q.prefix.as_str(), q.page, q.from, q.to),
+            ("team/", 3, Some(1), Some(4))
+        );
+        let q = Query::parse(Some("workspace=&page=0")).unwrap();
+        assert_eq!((q.workspace, q.page), (None, 1));
+        assert_eq!(Query::parse(Some("from=x")).unwrap_err().status(), 400);
+        let q = Query::parse(Some("workspace=dev")).unwrap();
+        assert_eq!(
+            q.state("a%2Fb").unwrap(),
+            StateRef::parse("a/b", Some("dev")).unwrap()
+        );
+        assert_eq!(q.state("..%2Fx").unwrap_err().status(), 400);
+    }
+}
