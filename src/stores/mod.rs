@@ -19,6 +19,8 @@ use time::OffsetDateTime;
 
 use crate::config::{ConfigError, Setting, StoreSettings};
 
+#[cfg(feature = "db")]
+pub mod db;
 pub mod local;
 #[cfg(feature = "oss")]
 pub mod oss;
@@ -343,6 +345,8 @@ pub fn backends() -> Vec<&'static Backend> {
     all.push(&s3::BACKEND);
     #[cfg(feature = "oss")]
     all.push(&oss::BACKEND);
+    #[cfg(feature = "db")]
+    all.push(&db::BACKEND);
     all
 }
 
