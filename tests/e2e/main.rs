@@ -12,6 +12,8 @@ mod cli;
 #[cfg(all(feature = "s3", feature = "oss"))]
 mod cloud_races;
 mod crash;
+#[cfg(feature = "db")]
+mod db;
 mod hostile;
 mod local_sqlite;
 mod nginx;
