@@ -289,11 +289,15 @@ impl DbServer {
         let script = format!(
             "while kill -0 {test} 2>/dev/null; do sleep 1; done; \
              pid=$(head -n 1 '{pidfile}' 2>/dev/null); \
-             [ -n \"$pid\" ] && kill -TERM \"$pid\" 2>/dev/null; \
+             [ -n \"$pid\" ] && kill -{signal} \"$pid\" 2>/dev/null; \
              for i in 1 2 3 4 5 6 7 8 9 10; do [ -n \"$pid\" ] && kill -0 \"$pid\" 2>/dev/null || break; sleep 1; done; \
              [ -n \"$pid\" ] && kill -KILL \"$pid\" 2>/dev/null; \
              rm -rf '{dir}'",
             test = std::process::id(),
+            signal = match self.engine {
+                Engine::Postgres => "INT",
+                Engine::Mariadb => "TERM",
+            },
             pidfile = self.pid_file().display(),
             dir = self.dir.display(),
         );
@@ -365,11 +369,17 @@ impl DbServer {
         }
     }
 
-    /// Stops the server (a clean shutdown) and waits for it.
+    /// Stops the server and waits for it: PostgreSQL's fast shutdown
+    /// (SIGINT; SIGTERM would wait for every client to leave), MariaDB's
+    /// normal one, both closing the open connections.
     pub fn stop(&self) {
         let mut child = self.child.lock().unwrap();
         if let Some(mut c) = child.take() {
-            super::signal(c.id(), "TERM");
+            let signal = match self.engine {
+                Engine::Postgres => "INT",
+                Engine::Mariadb => "TERM",
+            };
+            super::signal(c.id(), signal);
             let _ = c.wait();
         }
     }
