@@ -1,6 +1,7 @@
 //! stategate: a remote state server for Terraform and OpenTofu's built-in
 //! `backend "http"`, with locking, version history and stale-write
-//! protection, storing states on local disk, SQLite, S3 or OSS.
+//! protection, storing states on local disk, SQLite, S3, OSS or a MySQL,
+//! MariaDB or PostgreSQL database.
 //!
 //! How a request flows, and which module owns each step:
 //!
@@ -21,6 +22,8 @@
 //!   action.
 //! - [`metrics`] counts what `/metrics` shows, for the server and the
 //!   protocol.
+//! - `migrate_pg` (with the `db` feature) copies the workspaces of
+//!   Terraform's own `pg` backend into the configured store.
 //! - [`config`] merges the YAML file, the environment and the command line
 //!   into validated settings; the binary's `cli` module is the command line.
 //!
@@ -30,6 +33,8 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod metrics;
+#[cfg(feature = "db")]
+pub mod migrate_pg;
 pub mod protocol;
 pub mod server;
 pub mod state;

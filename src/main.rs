@@ -41,6 +41,10 @@ async fn run(args: Cli) -> Result<()> {
         Command::Check => cli::check(&settings).await,
         Command::State(cmd) => cli::state(&settings, cmd).await,
         Command::Lock(cmd) => cli::lock(&settings, cmd).await,
+        #[cfg(feature = "db")]
+        Command::MigrateFromTerraformPg(args) => {
+            cli::migrate_from_terraform_pg(&settings, args).await
+        }
         Command::HashPassword | Command::Token(_) => unreachable!("handled above"),
     }
 }
