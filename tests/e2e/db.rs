@@ -115,7 +115,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 fn outage(engine: Engine) {
     let server_db = Arc::new(DbServer::start(engine));
     let peer = DbPeer::on(Arc::clone(&server_db));
-    let server = Server::start_with(&peer, &["-C", "dbConnectTimeout=2s"]);
+    let server = Server::start_with(&peer, &["-C", "dbConnectTimeout=2s", "-C", "timeout=5s"]);
     let url = server.state_url("outage/terraform.tfstate");
     const SIZE: usize = 8 * 1024 * 1024;
     assert_eq!(http("POST", &url, &sized_state(1, SIZE)).0, 200);
@@ -202,25 +202,37 @@ fn outage(engine: Engine) {
         "an accepted write was lost: stored {serial}, accepted {accepted:?}"
     );
     assert_eq!(http("LOCK", &url, &lock_info("after", "a@a")).0, 200);
-    assert_eq!(
-        http(
+    // A write cut by the outage could not release its write lease; the
+    // state's next write waits for it to expire (twice `timeout` plus 10 s),
+    // answering 503 until then.
+    let lease_wait = Instant::now();
+    loop {
+        let (status, body) = http(
             "POST",
             &format!("{url}?ID=after"),
-            &sized_state(serial + 100, SIZE)
-        )
-        .0,
-        200
-    );
+            &sized_state(serial + 100, SIZE),
+        );
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{}", text(&body));
+        assert!(
+            lease_wait.elapsed() < Duration::from_secs(60),
+            "writes did not resume"
+        );
+    }
+    let lease_wait = lease_wait.elapsed();
     assert_eq!(http("UNLOCK", &url, &lock_info("after", "a@a")).0, 200);
     assert!(
         !server.log().contains(PASSWORD),
         "the password appeared in the log"
     );
     eprintln!(
-        "{engine:?} outage: 503 in {:.1} s, {refused} writes refused, {} accepted, ready again {:.1} s after restart",
+        "{engine:?} outage: 503 in {:.1} s, {refused} writes refused, {} accepted, ready again {:.1} s after restart, writes again after {:.1} s",
         answered_in.as_secs_f64(),
         accepted.len(),
-        recovered_in.as_secs_f64()
+        recovered_in.as_secs_f64(),
+        lease_wait.as_secs_f64()
     );
 }
 
@@ -492,4 +504,158 @@ fn db_newer_schema_is_refused_postgres() {
 #[test]
 fn db_newer_schema_is_refused_mariadb() {
     newer_schema_refused(Engine::Mariadb);
+}
+
+const PG_BACKEND_HCL: &str = r#"
+terraform {
+  backend "pg" {}
+}
+
+variable "greeting" {
+  type = string
+}
+
+resource "terraform_data" "example" {
+  input = var.greeting
+}
+
+output "greeting" {
+  value = terraform_data.example.output
+}
+"#;
+
+/// Issue 11: states written by real `terraform` with `backend "pg"` (two
+/// workspaces) are copied into stategate, found there by the http backend
+/// with no changes to plan, skipped on a rerun, left alone while Terraform
+/// holds a workspace's lock, and never overwritten when stategate has a
+/// newer serial.
+#[test]
+fn db_migrate_from_terraform_pg() {
+    let source = DbPeer::new(Engine::Postgres);
+    let conn_str = format!(
+        "postgres://stategate:{}@127.0.0.1:{}/{}?sslmode=disable",
+        percent_encode(PASSWORD),
+        source.server.port,
+        source.database
+    );
+    let native = Terraform::new(PG_BACKEND_HCL);
+    native.ok(&[
+        "init",
+        "-no-color",
+        &format!("-backend-config=conn_str={conn_str}"),
+    ]);
+    native.apply(&["greeting=from default"]);
+    native.ok(&["workspace", "new", "-no-color", "dev"]);
+    native.apply(&["greeting=from dev"]);
+    native.apply(&["greeting=from dev, again"]);
+
+    // Into the other engine: nothing here depends on the target's kind.
+    let target = DbPeer::new(Engine::Mariadb);
+    let key = "app/terraform.tfstate";
+    let migrate = |extra: &[&str]| {
+        let mut args = vec![
+            "migrate-from-terraform-pg",
+            "--conn-str",
+            &conn_str,
+            "--key",
+            key,
+        ];
+        args.extend_from_slice(extra);
+        let out = stategate(&target, &args, &[]);
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(!all.contains(PASSWORD), "the password was printed:\n{all}");
+        (out.status.success(), all)
+    };
+    let (ok, out) = migrate(&[]);
+    assert!(ok, "first migration:\n{out}");
+    assert!(out.contains("2 workspaces: 2 copied, 0 skipped"), "{out}");
+
+    let server = Server::start(&target);
+    let http_tf = Terraform::new(&PG_BACKEND_HCL.replace("\"pg\"", "\"http\""));
+    for (workspace, greeting) in [(None, "from default"), (Some("dev"), "from dev, again")] {
+        let address = match workspace {
+            None => server.state_url(key),
+            Some(w) => format!("{}?workspace={w}", server.state_url(key)),
+        };
+        http_tf.ok(&[
+            "init",
+            "-reconfigure",
+            "-no-color",
+            &format!("-backend-config=address={address}"),
+            &format!("-backend-config=lock_address={address}"),
+            &format!("-backend-config=unlock_address={address}"),
+        ]);
+        let plan = http_tf.run(&[
+            "plan",
+            "-detailed-exitcode",
+            "-no-color",
+            "-var",
+            &format!("greeting={greeting}"),
+        ]);
+        assert_eq!(
+            plan.status.code(),
+            Some(0),
+            "{workspace:?}: the migrated state plans no changes:\n{}{}",
+            text(&plan.stdout),
+            text(&plan.stderr)
+        );
+    }
+    let history = http(
+        "GET",
+        &format!("{}?workspace=dev&history", server.state_url(key)),
+        b"",
+    );
+    assert_eq!(history.0, 200);
+    assert!(
+        text(&history.1).contains("migrate"),
+        "history records the migration"
+    );
+
+    let (ok, out) = migrate(&[]);
+    assert!(ok, "rerun:\n{out}");
+    assert!(out.contains("2 workspaces: 0 copied, 2 skipped"), "{out}");
+
+    // While Terraform holds dev's lock, dev is not copied.
+    let dev_id = source
+        .sql("SELECT id FROM terraform_remote_state.states WHERE name = 'dev'")
+        .unwrap()
+        .trim()
+        .to_string();
+    let holder = {
+        let server = Arc::clone(&source.server);
+        let db = source.database.clone();
+        std::thread::spawn(move || {
+            server
+                .sql(
+                    Some(&db),
+                    &format!("SELECT pg_advisory_lock({dev_id}); SELECT pg_sleep(4);"),
+                )
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let (ok, out) = migrate(&["--lock-timeout", "1"]);
+    assert!(!ok, "a locked workspace makes the run fail:\n{out}");
+    assert!(out.contains("locked by a running terraform"), "{out}");
+    holder.join().unwrap();
+
+    // stategate moves ahead; the older pg state must not replace it.
+    http_tf.apply(&["greeting=changed in stategate"]);
+    let (_, before) = http(
+        "GET",
+        &format!("{}?workspace=dev", server.state_url(key)),
+        b"",
+    );
+    let (ok, out) = migrate(&[]);
+    assert!(!ok, "a newer serial in stategate is refused:\n{out}");
+    assert!(out.contains("REFUSED"), "{out}");
+    let (_, after) = http(
+        "GET",
+        &format!("{}?workspace=dev", server.state_url(key)),
+        b"",
+    );
+    assert!(
+        before == after,
+        "the newer state in stategate was overwritten"
+    );
 }
