@@ -284,7 +284,9 @@ impl DbServer {
     }
 
     /// Stops the server when the test process is gone, whatever way it
-    /// ended, and removes its directory.
+    /// ended, and removes its directory. The watchdog outlives this process
+    /// by design, so it is never waited for.
+    #[allow(clippy::zombie_processes)]
     fn watch(&self) {
         let script = format!(
             "while kill -0 {test} 2>/dev/null; do sleep 1; done; \
