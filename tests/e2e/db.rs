@@ -659,3 +659,59 @@ fn db_migrate_from_terraform_pg() {
         "the newer state in stategate was overwritten"
     );
 }
+
+/// `terraform-examples/db`: its stategate.yaml starts stategate on the
+/// database (with the test server's address and database put in place)
+/// and its main.tf applies through it.
+#[test]
+fn db_example_configuration_works() {
+    let peer = DbPeer::new(Engine::Mariadb);
+    let config = repo().join("terraform-examples/db/stategate.yaml");
+    let config = config.display().to_string();
+    let port = peer.server.port.to_string();
+    let overrides = [
+        ("dbPort", port.as_str()),
+        ("dbName", peer.database.as_str()),
+        ("dbSSLMode", "disable"),
+    ];
+    let mut args = vec!["--config".to_string(), config];
+    for (k, v) in overrides {
+        args.extend(["-C".to_string(), format!("{k}={v}")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::try_start_cmd(&ExamplePeer, &args, &[], |cmd| {
+        cmd.env("STATEGATE_DB_PASSWORD", PASSWORD);
+    })
+    .unwrap_or_else(|log| panic!("the example configuration did not start:\n{log}"));
+    let tf = Terraform::example("db", &server.url);
+    tf.init_apply(&[]);
+    assert_eq!(
+        tf.ok(&["output", "-raw", "greeting"]),
+        "hello from a database"
+    );
+    assert!(
+        peer.object_keys()
+            .contains(&"db-example/terraform.tfstate".to_string()),
+        "{:?}",
+        peer.object_keys()
+    );
+}
+
+/// Everything comes from the example's file; only the storage type is
+/// named on the command line.
+struct ExamplePeer;
+
+impl Peer for ExamplePeer {
+    fn storage_type(&self) -> &str {
+        "db"
+    }
+    fn settings(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    fn object_keys(&self) -> Vec<String> {
+        unreachable!()
+    }
+    fn put_object(&self, _: &str, _: &[u8]) {
+        unreachable!()
+    }
+}
