@@ -254,7 +254,7 @@ fn load_worker(
     worker: usize,
     holders: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
-) -> usize {
+) -> (usize, Duration) {
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(30))
         .build();
@@ -275,8 +275,10 @@ fn load_worker(
         panic!("worker {worker}: no replica answered {method}");
     };
     let mut cycle = 0;
+    let mut slowest = Duration::ZERO;
     while !stop.load(Ordering::SeqCst) {
         cycle += 1;
+        let began = Instant::now();
         let id = format!("w{worker}-{cycle}");
         let info = lock_info(&id, "load@host");
         match send("LOCK", "", &info) {
@@ -304,15 +306,20 @@ fn load_worker(
         holders.fetch_sub(1, Ordering::SeqCst);
         assert_eq!(send("UNLOCK", "", &info), 200, "UNLOCK of {id}");
         done += 1;
+        slowest = slowest.max(began.elapsed());
     }
-    done
+    (done, slowest)
 }
 
 /// One of three replicas is killed during a load run: the others keep
 /// serving, no lock is held twice, none is left behind.
 fn replica_killed_under_load(engine: Engine) {
     let peer = DbPeer::new(engine);
-    let mut servers = replicas(&peer, 3);
+    // A replica killed mid-write leaves its write lease behind until it
+    // expires (twice `timeout` plus 10 s): a short timeout keeps that wait short.
+    let mut servers: Vec<Server> = (0..3)
+        .map(|_| Server::start_with(&peer, &["-C", "timeout=5s"]))
+        .collect();
     let key = "load/terraform.tfstate";
     let urls = Arc::new(servers.iter().map(|s| s.state_url(key)).collect::<Vec<_>>());
     let holders = Arc::new(AtomicUsize::new(0));
@@ -328,7 +335,9 @@ fn replica_killed_under_load(engine: Engine) {
     servers.remove(0).kill();
     std::thread::sleep(Duration::from_secs(4));
     stop.store(true, Ordering::SeqCst);
-    let cycles: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    let results: Vec<(usize, Duration)> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    let cycles: usize = results.iter().map(|r| r.0).sum();
+    let slowest = results.iter().map(|r| r.1).max().unwrap_or_default();
     assert!(cycles > 20, "only {cycles} lock cycles completed");
     let survivor = &servers[0];
     let (status, body) = http("GET", &format!("{}/locks/{key}", survivor.url), b"");
@@ -337,7 +346,10 @@ fn replica_killed_under_load(engine: Engine) {
         http("LOCK", &survivor.state_url(key), &lock_info("end", "e@e")).0,
         200
     );
-    eprintln!("{engine:?}: {cycles} lock/write/unlock cycles over 3 replicas, one killed midway");
+    eprintln!(
+        "{engine:?}: {cycles} lock/write/unlock cycles over 3 replicas, one killed midway; slowest cycle {:.1} s",
+        slowest.as_secs_f64()
+    );
 }
 
 #[test]
