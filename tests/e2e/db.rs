@@ -727,3 +727,25 @@ impl Peer for ExamplePeer {
         unreachable!()
     }
 }
+
+/// `dbSSLMode=require` against a server that offers no TLS (the test
+/// servers have none) stops start-up naming `dbSSLMode`, never falling back
+/// to plain text.
+fn tls_required_but_not_offered(engine: Engine) {
+    let peer = DbPeer::new(engine);
+    let log = Server::try_start(&peer, &["-C", "dbSSLMode=require"], &[])
+        .err()
+        .expect("require without TLS on the server must stop start-up");
+    assert!(log.contains("setting `dbSSLMode`"), "names dbSSLMode:\n{log}");
+    assert!(!log.contains(PASSWORD), "the password appeared:\n{log}");
+}
+
+#[test]
+fn db_tls_required_but_not_offered_postgres() {
+    tls_required_but_not_offered(Engine::Postgres);
+}
+
+#[test]
+fn db_tls_required_but_not_offered_mariadb() {
+    tls_required_but_not_offered(Engine::Mariadb);
+}
