@@ -736,7 +736,10 @@ fn tls_required_but_not_offered(engine: Engine) {
     let log = Server::try_start(&peer, &["-C", "dbSSLMode=require"], &[])
         .err()
         .expect("require without TLS on the server must stop start-up");
-    assert!(log.contains("setting `dbSSLMode`"), "names dbSSLMode:\n{log}");
+    assert!(
+        log.contains("setting `dbSSLMode`"),
+        "names dbSSLMode:\n{log}"
+    );
     assert!(!log.contains(PASSWORD), "the password appeared:\n{log}");
 }
 
@@ -748,4 +751,76 @@ fn db_tls_required_but_not_offered_postgres() {
 #[test]
 fn db_tls_required_but_not_offered_mariadb() {
     tls_required_but_not_offered(Engine::Mariadb);
+}
+
+/// `dbSSLMode=verify-full` with `dbSSLRootCert` against a PostgreSQL that
+/// serves TLS: the connection is encrypted (the server says so), and a
+/// root certificate that did not sign the server's stops start-up naming
+/// `dbSSLRootCert`.
+#[test]
+fn db_tls_verify_full_postgres() {
+    use crate::support::db::{is_root, postgres_ids};
+    let pki = crate::tls::Pki::new();
+    // The server reads its key as the postgres user, which wants it private.
+    let files = tempfile::TempDir::new().unwrap();
+    for name in ["server.pem", "server.key"] {
+        std::fs::copy(pki.path(name), files.path().join(name)).unwrap();
+    }
+    let key = files.path().join("server.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    if is_root() {
+        let (uid, gid) = postgres_ids();
+        for p in [
+            files.path().to_path_buf(),
+            files.path().join("server.pem"),
+            key.clone(),
+        ] {
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid)).unwrap();
+        }
+    }
+    let server_db = Arc::new(DbServer::start_with(
+        Engine::Postgres,
+        &[
+            "-c".into(),
+            "ssl=on".into(),
+            "-c".into(),
+            format!(
+                "ssl_cert_file={}",
+                files.path().join("server.pem").display()
+            ),
+            "-c".into(),
+            format!("ssl_key_file={}", key.display()),
+        ],
+    ));
+    let peer = DbPeer::on(Arc::clone(&server_db));
+    let verify = [
+        "-C".to_string(),
+        "dbSSLMode=verify-full".to_string(),
+        "-C".to_string(),
+        format!("dbSSLRootCert={}", pki.path("ca.pem")),
+    ];
+    let verify: Vec<&str> = verify.iter().map(String::as_str).collect();
+    let server = Server::start_with(&peer, &verify);
+    let url = server.state_url("tls/terraform.tfstate");
+    assert_eq!(http("POST", &url, &state_doc("tls", 1, "x")).0, 200);
+    let encrypted = server_db
+        .sql(
+            None,
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.usename = 'stategate'",
+        )
+        .unwrap();
+    assert_eq!(encrypted.trim(), "t", "every stategate connection uses TLS");
+    drop(server);
+
+    let other = crate::tls::Pki::new();
+    let wrong = format!("dbSSLRootCert={}", other.path("ca.pem"));
+    let log = Server::try_start(&peer, &["-C", "dbSSLMode=verify-full", "-C", &wrong], &[])
+        .err()
+        .expect("a server certificate from another CA must stop start-up");
+    assert!(
+        log.contains("setting `dbSSLRootCert`") && log.contains("certificate"),
+        "names dbSSLRootCert and the certificate:\n{log}"
+    );
+    eprintln!("{}", log.lines().last().unwrap_or_default());
 }

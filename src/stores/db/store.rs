@@ -737,8 +737,24 @@ fn connection_setting(config: &DbConfig, e: &sqlx::Error) -> &'static str {
         // Unknown database (PostgreSQL 3D000, MySQL 1049 = 42000).
         "3D000" => "dbName",
         _ if message.contains("unknown database") => "dbName",
-        _ if matches!(e, sqlx::Error::Tls(_)) => "dbSSLMode",
+        _ if is_tls_failure(e) => match &config.connection {
+            Connection::Parts {
+                ssl_root_cert: Some(_),
+                ..
+            } => "dbSSLRootCert",
+            _ => "dbSSLMode",
+        },
         _ => "dbHost",
+    }
+}
+
+/// A failed TLS handshake or certificate check (the driver reports some as
+/// I/O errors).
+fn is_tls_failure(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(io) => network_cause(io).starts_with("TLS failed"),
+        _ => false,
     }
 }
 

@@ -55,6 +55,8 @@ pub struct DbServer {
     /// Holds the data directory, the socket and the logs.
     dir: PathBuf,
     child: Mutex<Option<Child>>,
+    /// More server arguments (TLS files).
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -89,12 +91,12 @@ fn mariadbd() -> PathBuf {
         })
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
 /// uid and gid of the `postgres` user (initdb refuses to run as root).
-fn postgres_ids() -> (u32, u32) {
+pub fn postgres_ids() -> (u32, u32) {
     let id = |flag: &str| -> u32 {
         let out = Command::new("id")
             .args([flag, "postgres"])
@@ -125,6 +127,11 @@ fn run_checked(cmd: &mut Command, what: &str) {
 impl DbServer {
     /// Starts a fresh server with the stategate login created.
     pub fn start(engine: Engine) -> DbServer {
+        Self::start_with(engine, &[])
+    }
+
+    /// [`DbServer::start`] with more server arguments.
+    pub fn start_with(engine: Engine, extra: &[String]) -> DbServer {
         let dir = tempfile::Builder::new()
             .prefix(match engine {
                 Engine::Postgres => "stategate-pg-",
@@ -138,6 +145,7 @@ impl DbServer {
             port: free_port(),
             dir,
             child: Mutex::new(None),
+            extra: extra.to_vec(),
         };
         server.init();
         server.spawn();
@@ -247,6 +255,7 @@ impl DbServer {
             }
         };
         let child = cmd
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
