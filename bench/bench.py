@@ -34,7 +34,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SUPPORT = REPO / "tests" / "support"
 NGINX = "/usr/sbin/nginx"
-ALL_STORES = ["local", "sqlite", "s3", "oss", "db"]
+ALL_STORES = ["local", "sqlite", "s3", "oss", "postgres", "mariadb", "db"]
+# Stores served by stategate's `db` storage type.
+DB_STORES = ("postgres", "mariadb", "db")
 # Stores whose data goes to the disk here, where the file loop is the floor.
 DISK_STORES = ("local", "sqlite")
 
@@ -99,6 +101,8 @@ def stop(proc, grace=5.0):
 def cleanup():
     for proc in list(reversed(PROCS)):
         stop(proc, grace=2.0)
+    if TEMP_DIRS:
+        log("removing the temporary directories")
     for path in TEMP_DIRS:
         shutil.rmtree(path, ignore_errors=True)
     TEMP_DIRS.clear()
@@ -298,6 +302,104 @@ http {{
         raise RuntimeError(f"nginx did not start:\n{last}")
 
 
+class PrivateDb:
+    """A private PostgreSQL or MariaDB server in a temporary directory, on a
+    free port of 127.0.0.1, with its durability defaults (fsync on), as the
+    test suite runs them (tests/e2e/support/db.rs)."""
+
+    USER = "stategate"
+    PASSWORD = "bench-password"
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.dir = temp_dir(engine)
+        self.run_dir = self.dir / "run"
+        self.run_dir.mkdir()
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.count = 0
+        log_file = open(self.dir / "server.log", "wb")
+        if engine == "postgres":
+            bins = sorted(
+                p / "bin" for p in Path("/usr/lib/postgresql").glob("*")
+                if (p / "bin" / "postgres").exists() and (p / "bin" / "initdb").exists()
+            )
+            if not bins:
+                raise RuntimeError("no PostgreSQL server under /usr/lib/postgresql/*/bin (Debian's postgresql)")
+            bin_dir = bins[-1]
+            as_user = {}
+            if os.geteuid() == 0:
+                # initdb and postgres refuse to run as root.
+                subprocess.run(["chown", "-R", "postgres:postgres", str(self.dir)], check=True)
+                as_user = {"user": "postgres", "group": "postgres"}
+            subprocess.run(
+                [str(bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres", "-E", "UTF8",
+                 "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256"],
+                check=True, capture_output=True, **as_user,
+            )
+            self.proc = spawn(
+                [str(bin_dir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                 "-k", str(self.run_dir), "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300"],
+                stdout=log_file, stderr=log_file, **as_user,
+            )
+        else:
+            mariadbd = next((p for p in ("/usr/sbin/mariadbd", "/usr/sbin/mysqld") if Path(p).exists()), None)
+            if not mariadbd or not shutil.which("mariadb-install-db"):
+                raise RuntimeError("no MariaDB server (Debian's mariadb-server)")
+            subprocess.run(
+                ["mariadb-install-db", "--no-defaults", f"--datadir={self.data}", "--user=root",
+                 "--auth-root-authentication-method=normal", "--skip-test-db"],
+                check=True, capture_output=True,
+            )
+            self.proc = spawn(
+                [mariadbd, "--no-defaults", f"--datadir={self.data}",
+                 f"--socket={self.run_dir / 'mariadb.sock'}", f"--pid-file={self.run_dir / 'mariadb.pid'}",
+                 f"--port={self.port}", "--user=root", "--bind-address=127.0.0.1",
+                 "--skip-name-resolve", "--max-connections=300"],
+                stdout=log_file, stderr=log_file,
+            )
+        log_file.close()
+        deadline = time.time() + 60
+        while True:
+            ok, out = self.sql("SELECT 1")
+            if ok:
+                break
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the {engine} server did not start:\n{(self.dir / 'server.log').read_text()[-1500:]}")
+            time.sleep(0.1)
+        if engine == "postgres":
+            ok, out = self.sql(f"CREATE ROLE {self.USER} LOGIN PASSWORD '{self.PASSWORD}'")
+        else:
+            ok, out = self.sql(f"CREATE USER '{self.USER}'@'%' IDENTIFIED BY '{self.PASSWORD}'")
+        if not ok:
+            raise RuntimeError(f"creating the login on {engine}: {out}")
+
+    def sql(self, sql, database=None):
+        if self.engine == "postgres":
+            cmd = ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", str(self.run_dir),
+                   "-p", str(self.port), "-U", "postgres", "-d", database or "postgres"]
+        else:
+            cmd = ["mariadb", "--no-defaults", f"--socket={self.run_dir / 'mariadb.sock'}", "-u", "root",
+                   "--batch", "--skip-column-names"] + ([database] if database else [])
+        try:
+            out = subprocess.run(cmd, input=sql, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return False, str(e)
+        return out.returncode == 0, out.stdout + out.stderr
+
+    def new_database(self):
+        self.count += 1
+        name = f"bench_{os.getpid()}_{self.count}"
+        if self.engine == "postgres":
+            sql = f"CREATE DATABASE {name} OWNER {self.USER}"
+        else:
+            sql = f"CREATE DATABASE {name}; GRANT ALL PRIVILEGES ON {name}.* TO '{self.USER}'@'%'"
+        ok, out = self.sql(sql)
+        if not ok:
+            raise RuntimeError(f"creating a database on {self.engine}: {out}")
+        return name
+
+
 # --------------------------------------------------------------------------
 # stategate, on each store.
 
@@ -305,16 +407,35 @@ http {{
 class Stores:
     """Knows how to point a stategate process at each store."""
 
-    def __init__(self, args):
+    def __init__(self, args, binary):
         self.args = args
         self.moto = None
         self.oss = None
+        self.dbs = {}
+        self.has_db = None
+        self.binary = binary
 
     def peer(self, store):
+        if store in DB_STORES:
+            if self.has_db is None:
+                # A binary without the db store names it unknown at once.
+                try:
+                    out = subprocess.run(
+                        [self.binary, "check", "--storage-type", "db", "-C", "dbHost=127.0.0.1", "-C", "dbPort=9"],
+                        capture_output=True, text=True, timeout=20, cwd=temp_dir("db-check"),
+                        env=Stategate.environment({}), stdin=subprocess.DEVNULL,
+                    )
+                    self.has_db = "unknown storage type" not in out.stdout + out.stderr
+                except subprocess.TimeoutExpired:
+                    self.has_db = True
+            if not self.has_db:
+                raise RuntimeError("this binary has no db store")
         if store == "s3" and self.moto is None:
             self.moto = Moto()
         if store == "oss" and self.oss is None:
             self.oss = OssServer()
+        if store in ("postgres", "mariadb") and store not in self.dbs:
+            self.dbs[store] = PrivateDb(store)
 
     def settings(self, store, work):
         """(-C settings, environment) for a fresh store under `work`."""
@@ -342,6 +463,17 @@ class Stores:
             env = {"HTTP_PROXY": proxy, "http_proxy": proxy, "NO_PROXY": "", "no_proxy": ""}
         elif store == "db":
             settings = {"dbURL": self.args.db_url}
+        elif store in ("postgres", "mariadb"):
+            db = self.dbs[store]
+            settings = {
+                "dbType": "postgres" if store == "postgres" else "mysql",
+                "dbHost": "127.0.0.1",
+                "dbPort": str(db.port),
+                "dbName": db.new_database(),
+                "dbUser": db.USER,
+                "dbSSLMode": "disable",
+            }
+            env = {"STATEGATE_DB_PASSWORD": db.PASSWORD}
         else:
             raise ValueError(store)
         return settings, env
@@ -362,7 +494,8 @@ class Stategate:
 
     @staticmethod
     def command(binary, store, settings, port, extra):
-        cmd = [binary, "serve", "--listen", f"127.0.0.1:{port}", "--storage-type", store]
+        kind = "db" if store in DB_STORES else store
+        cmd = [binary, "serve", "--listen", f"127.0.0.1:{port}", "--storage-type", kind]
         for key, value in settings.items():
             cmd += ["-C", f"{key}={value}"]
         return cmd + list(extra)
@@ -858,7 +991,7 @@ def main():
     commit = git_commit()
     table = Table()
     skipped = []
-    stores = Stores(args)
+    stores = Stores(args, binary)
 
     # One long-running server per store, for the terraform and load rows.
     servers = {}
@@ -983,7 +1116,7 @@ def main():
                 request("GET", f"{sg.url}/healthz")
                 time.sleep(0.5)
                 table.add("idle RSS", store, sg.status("VmRSS"), "MiB", target=("figure", "<=", 20))
-                if store not in DISK_STORES + ("db",):
+                if store not in DISK_STORES + DB_STORES:
                     table.add(f"peak RSS 8 x {args.mem_mib} MiB", store, None, "MiB",
                               note="not run: the test peer holds every byte in memory")
                     continue
@@ -1025,8 +1158,9 @@ def main():
     for sg in servers.values():
         sg.stop()
 
+    built = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(os.stat(binary).st_mtime))
     header = (
-        f"stategate bench: commit {commit}, {cores} cores, {profile} binary, "
+        f"stategate bench: commit {commit}, {cores} cores, {profile} binary built {built}, "
         f"{'quick' if args.quick else 'full'} run "
         f"({args.resources} resources x {args.runs} runs, {args.duration:g}s loads, {args.mem_mib} MiB states), "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
@@ -1044,6 +1178,7 @@ def main():
                 "commit": commit,
                 "cores": cores,
                 "binary": profile,
+                "binary_built": built,
                 "quick": args.quick,
                 "resources": args.resources,
                 "runs": args.runs,

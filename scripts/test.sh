@@ -56,6 +56,44 @@ elif [ -s /run/nginx.pid ] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
   /usr/sbin/nginx -s quit
 fi
 
+# Database servers for the db store's tests, which start their own private
+# PostgreSQL and MariaDB processes (own directories, sockets and ports).
+# Debian's packages would also start and enable the system services; keep
+# them from starting while installing, and stop and disable them if they run.
+apt_install_without_services() {
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "scripts/test.sh: install $* (Debian package names) for the db store's tests" >&2
+    exit 1
+  fi
+  local policy_added= installed=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    policy_added=1
+  fi
+  apt_install "$@" || installed=$?
+  if [ -n "$policy_added" ]; then
+    rm -f /usr/sbin/policy-rc.d
+  fi
+  [ "$installed" = 0 ] || exit "$installed"
+}
+if [ ! -x /usr/sbin/mariadbd ] && [ ! -x /usr/sbin/mysqld ] || ! command -v mariadb >/dev/null 2>&1; then
+  apt_install_without_services mariadb-server mariadb-client
+fi
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v psql >/dev/null 2>&1; then
+  apt_install_without_services postgresql postgresql-client
+fi
+for service in mariadb postgresql; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet "$service" 2>/dev/null; then
+    systemctl disable --quiet "$service"
+  fi
+  if [ -d /run/systemd/system ]; then
+    if systemctl is-active --quiet "$service"; then systemctl stop "$service"; fi
+  elif command -v service >/dev/null 2>&1 && service "$service" status >/dev/null 2>&1; then
+    service "$service" stop >/dev/null 2>&1 || true
+  fi
+done
+
 # openssl makes the TLS tests' certificates; curl is their second client.
 for tool in openssl curl; do
   if ! command -v "$tool" >/dev/null 2>&1; then

@@ -174,6 +174,10 @@ pub enum Command {
     /// `encryption.keys` (after adding a key, or to seal a store being
     /// adopted). Safe to run while serving; rerun after an interruption.
     Rekey,
+    /// Copy every workspace of Terraform's own `pg` backend into the
+    /// configured store (safe to run again).
+    #[cfg(feature = "db")]
+    MigrateFromTerraformPg(MigratePgArgs),
 }
 
 /// The arguments of `stategate loadtest`.
@@ -199,6 +203,30 @@ pub struct LoadtestArgs {
     /// Also read from TF_HTTP_PASSWORD, as Terraform does.
     #[arg(long, env = "TF_HTTP_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
+}
+
+/// `stategate migrate-from-terraform-pg`.
+#[cfg(feature = "db")]
+#[derive(Debug, clap::Args)]
+pub struct MigratePgArgs {
+    /// The pg backend's `conn_str`, a postgres:// URL (never printed).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "STATEGATE_MIGRATE_PG_CONN_STR",
+        hide_env_values = true
+    )]
+    pub conn_str: String,
+    /// The state key in stategate: the `default` workspace lands here,
+    /// every other workspace at this key in that workspace.
+    #[arg(long)]
+    pub key: String,
+    /// The pg backend's `schema_name`.
+    #[arg(long, default_value = stategate::migrate_pg::DEFAULT_SCHEMA)]
+    pub schema: String,
+    /// Seconds to wait for a workspace a running terraform has locked.
+    #[arg(long, default_value_t = 60)]
+    pub lock_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -961,6 +989,73 @@ fn report_write(
             out,
             "{state} already had exactly this content; nothing written"
         )?,
+    }
+    Ok(())
+}
+
+/// `stategate migrate-from-terraform-pg`: one line per workspace, then a
+/// summary; fails when any workspace was refused or failed.
+#[cfg(feature = "db")]
+pub async fn migrate_from_terraform_pg(settings: &Settings, args: MigratePgArgs) -> Result<()> {
+    use stategate::migrate_pg::{self, Outcome, Source};
+    let (states, _) = open_states(settings).await?;
+    let audit = operator_audit(settings)?;
+    let source = Source {
+        conn_str: args.conn_str,
+        schema: args.schema,
+        lock_wait: std::time::Duration::from_secs(args.lock_timeout),
+    };
+    let report = migrate_pg::migrate(&states, &source, &args.key).await?;
+    let mut out = std::io::stdout().lock();
+    let (mut copied, mut skipped, mut problems) = (0, 0, 0);
+    for m in &report {
+        let target = m
+            .target
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |t| t.to_string());
+        let what = match &m.outcome {
+            Outcome::Copied { serial } => {
+                copied += 1;
+                if let Some(state) = &m.target {
+                    audit.event(
+                        "migrate",
+                        &operator_fields(
+                            state,
+                            &[("source_workspace", m.workspace.clone().into())],
+                        ),
+                    );
+                }
+                match serial {
+                    Some(s) => format!("copied (serial {s})"),
+                    None => "copied".to_string(),
+                }
+            }
+            Outcome::Identical => {
+                skipped += 1;
+                "skipped: already identical".to_string()
+            }
+            Outcome::Empty => {
+                skipped += 1;
+                "skipped: no state in this workspace".to_string()
+            }
+            Outcome::Refused(why) => {
+                problems += 1;
+                format!("REFUSED: {why}")
+            }
+            Outcome::Failed(why) => {
+                problems += 1;
+                format!("FAILED: {why}")
+            }
+        };
+        writeln!(out, "{:<20} -> {:<50} {what}", m.workspace, target)?;
+    }
+    writeln!(
+        out,
+        "{} workspaces: {copied} copied, {skipped} skipped, {problems} refused or failed",
+        report.len()
+    )?;
+    if problems > 0 {
+        bail!("{problems} workspaces were not copied; see above");
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! stategate: a remote state server for Terraform and OpenTofu's built-in
 //! `backend "http"`, with locking, version history and stale-write
-//! protection, storing states on local disk, SQLite, S3 or OSS.
+//! protection, storing states on local disk, SQLite, S3, OSS or a MySQL,
+//! MariaDB or PostgreSQL database.
 //!
 //! How a request flows, and which module owns each step:
 //!
@@ -29,6 +30,9 @@
 //!   [`settings::ConfigError`]. [`config`] merges the YAML file, the
 //!   environment and the command line into validated settings; the
 //!   binary's `cli` module is the command line.
+//! - [`migrate`] copies states between stores, and `migrate_pg` (with the
+//!   `db` feature) the workspaces of Terraform's own `pg` backend, through
+//!   the state rules; [`loadtest`] drives a deployment as Terraform does.
 //!
 //! Dependencies point one way: `server -> protocol -> state -> stores ->
 //! settings`, with `config` on top reading every layer's settings and
@@ -41,6 +45,8 @@ pub mod config;
 pub mod loadtest;
 pub mod metrics;
 pub mod migrate;
+#[cfg(feature = "db")]
+pub mod migrate_pg;
 pub mod protocol;
 pub mod server;
 pub mod settings;

@@ -57,6 +57,10 @@ async fn run(args: Cli) -> Result<()> {
         Command::State(cmd) => cli::state(&settings, cmd).await,
         Command::Lock(cmd) => cli::lock(&settings, cmd).await,
         Command::Rekey => cli::rekey(&settings).await,
+        #[cfg(feature = "db")]
+        Command::MigrateFromTerraformPg(args) => {
+            cli::migrate_from_terraform_pg(&settings, args).await
+        }
         Command::HashPassword
         | Command::Token(_)
         | Command::GenKey { .. }

@@ -21,7 +21,12 @@ use crate::settings::{ConfigError, Setting, StoreSettings};
 
 #[cfg(any(feature = "s3", feature = "oss"))]
 pub mod bucket;
+#[cfg(feature = "db")]
+pub mod db;
 pub mod local;
+pub mod net;
+
+pub use net::network_cause;
 #[cfg(feature = "oss")]
 pub mod oss;
 #[cfg(feature = "s3")]
@@ -341,6 +346,8 @@ pub fn backends() -> Vec<&'static Backend> {
     all.push(&s3::BACKEND);
     #[cfg(feature = "oss")]
     all.push(&oss::BACKEND);
+    #[cfg(feature = "db")]
+    all.push(&db::BACKEND);
     all
 }
 

@@ -65,6 +65,10 @@ contract_suite!(
     crate::contract::Kind::S3WithoutIfMatch
 );
 contract_suite!(contract_oss, crate::contract::Kind::Oss);
+#[cfg(feature = "db")]
+contract_suite!(contract_postgres, crate::contract::Kind::Postgres);
+#[cfg(feature = "db")]
+contract_suite!(contract_mariadb, crate::contract::Kind::Mariadb);
 
 /// The stores under contract, as configured for these tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,22 +81,29 @@ pub enum Kind {
     /// without compare-and-swap, as `cloud_races` runs them.
     S3WithoutIfMatch,
     Oss,
+    /// The db store on the private PostgreSQL.
+    #[cfg(feature = "db")]
+    Postgres,
+    /// The db store on the private MariaDB.
+    #[cfg(feature = "db")]
+    Mariadb,
 }
 
 impl Kind {
     /// What each store documents it can do.
     fn documented_capabilities(self) -> Capabilities {
         let compare_and_swap = match self {
-            Kind::Local | Kind::Sqlite | Kind::S3 => true,
             // The S3 store detects the ignored header and says so; OSS has no
             // conditional PutObject or DeleteObject at all.
             Kind::S3WithoutIfMatch | Kind::Oss => false,
+            _ => true,
         };
         Capabilities {
             conditional_create: true,
             compare_and_swap,
-            // Bucket versions are ETags, MD5s of the bytes.
-            unique_versions: matches!(self, Kind::Local | Kind::Sqlite),
+            // Bucket versions are ETags, MD5s of the bytes; the others are
+            // generations never given twice.
+            unique_versions: !matches!(self, Kind::S3 | Kind::S3WithoutIfMatch | Kind::Oss),
         }
     }
 
@@ -106,7 +117,7 @@ impl Kind {
     /// checks the source's version (a hard link, a copied row); the others
     /// use the trait's default, which writes the body the caller has.
     fn snapshots_in_place(self) -> bool {
-        matches!(self, Kind::Local | Kind::Sqlite)
+        !matches!(self, Kind::S3 | Kind::S3WithoutIfMatch | Kind::Oss)
     }
 }
 
@@ -117,6 +128,9 @@ enum Place {
     Dir(TempDir),
     /// A bucket on the shared moto or OSS server.
     Bucket(String),
+    /// A database of its own on the engine's shared private server.
+    #[cfg(feature = "db")]
+    Database(crate::support::db::DbPeer),
 }
 
 /// A fresh, empty store of one kind.
@@ -141,8 +155,18 @@ impl Fixture {
             Kind::Local | Kind::Sqlite => Place::Dir(TempDir::new().expect("temp dir")),
             Kind::S3 | Kind::S3WithoutIfMatch => Place::Bucket(new_s3_bucket(moto(kind))),
             Kind::Oss => Place::Bucket(OssServer::shared().new_bucket("")),
+            #[cfg(feature = "db")]
+            Kind::Postgres => Place::Database(crate::support::db::DbPeer::new(
+                crate::support::db::Engine::Postgres,
+            )),
+            #[cfg(feature = "db")]
+            Kind::Mariadb => Place::Database(crate::support::db::DbPeer::new(
+                crate::support::db::Engine::Mariadb,
+            )),
         };
         let store = match (&place, kind) {
+            #[cfg(feature = "db")]
+            (Place::Database(peer), _) => open_db(peer).await,
             (Place::Dir(dir), Kind::Local) => open_local(&dir.path().join("data")).await,
             (Place::Dir(dir), _) => open_sqlite(&dir.path().join("states.db")).await,
             (Place::Bucket(bucket), Kind::Oss) => open_oss(bucket, OSS_PREFIX).await,
@@ -164,6 +188,8 @@ impl Fixture {
                 Some(open_s3(moto(self.kind), bucket, "team-other/").await)
             }
             (Place::Dir(_), _) => None,
+            #[cfg(feature = "db")]
+            (Place::Database(_), _) => None,
         }
     }
 
@@ -175,6 +201,9 @@ impl Fixture {
     pub fn remove_backend(&self) -> bool {
         match (&self.place, self.kind) {
             (Place::Dir(_), Kind::Local) => false,
+            // A database that goes away is the db tests' outage case.
+            #[cfg(feature = "db")]
+            (Place::Database(_), _) => false,
             (Place::Dir(dir), _) => {
                 for name in ["states.db", "states.db-wal", "states.db-shm"] {
                     let _ = std::fs::remove_file(dir.path().join(name));
@@ -236,6 +265,23 @@ async fn open_oss(bucket: &str, prefix: &str) -> Arc<dyn Store> {
         ],
     )
     .await
+}
+
+#[cfg(feature = "db")]
+async fn open_db(peer: &crate::support::db::DbPeer) -> Arc<dyn Store> {
+    let mut pairs = peer.connection_settings();
+    pairs.push(("dbPassword".into(), crate::support::db::PASSWORD.into()));
+    pairs.push(("dbTablePrefix".into(), crate::support::db::PREFIX.into()));
+    let pairs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let backend = stores::backend("db").expect("the db backend");
+    let settings = StoreSettings::from_table("db", backend.settings, &pairs)
+        .unwrap_or_else(|e| panic!("db settings: {e}"));
+    (backend.open)(settings)
+        .await
+        .unwrap_or_else(|e| panic!("opening the db store: {e}"))
 }
 
 /// Opens a registered backend from canonical setting names.

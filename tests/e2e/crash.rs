@@ -50,7 +50,7 @@ fn apply_like(url: &str, lock_id: &str, body: &[u8]) {
     let _ = agent.request("UNLOCK", url).send_bytes(&info);
 }
 
-fn crash_rounds(peer: &dyn Peer) {
+pub(crate) fn crash_rounds(peer: &dyn Peer) {
     let mut rng = Rng::new("crash schedule");
     let mut server = Server::start(peer);
     let url = server.state_url(KEY);

@@ -16,6 +16,8 @@ mod cli;
 #[cfg(all(feature = "s3", feature = "oss"))]
 mod cloud_races;
 mod crash;
+#[cfg(feature = "db")]
+mod db;
 mod encryption;
 mod hostile;
 mod local_sqlite;

@@ -37,12 +37,12 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// A test CA with server and client certificates, in a temporary directory.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let pki = Pki {
             dir: tempfile::TempDir::new().unwrap(),
         };
@@ -137,7 +137,7 @@ impl Pki {
         );
     }
 
-    fn path(&self, name: &str) -> String {
+    pub(crate) fn path(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
 

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+#[cfg(feature = "db")]
+pub mod db;
 pub mod stores;
 
 /// A store as the tests see it: how to point stategate at it, and how to

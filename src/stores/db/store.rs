@@ -1,0 +1,1038 @@
+//! The [`Store`] on a MySQL/MariaDB or PostgreSQL connection pool.
+//!
+//! Every conditional change is one transaction: the object row is claimed
+//! first (an `INSERT` the primary key refuses to repeat for `IfAbsent`, an
+//! `UPDATE ... WHERE generation = ?` for `IfMatch`), then the old chunk
+//! rows go and the new ones are written, then it commits. A reader's single
+//! `SELECT ... JOIN` sees one committed generation with all its chunks, so a
+//! state is never seen half-written, and a crash before `COMMIT` leaves the
+//! previous one. The generation (the [`Version`]) is drawn before the
+//! transaction, from a counter that never goes back, so a deleted and
+//! recreated object never matches an old version, and writers of different
+//! keys do not queue on the counter.
+//!
+//! Queries are built at run time (no compile-time checked macros): the SQL
+//! of both engines differs only in its DDL, placeholders and a few
+//! clauses, all in [`Sql`]. Each sqlx error is translated into a
+//! [`StoreError`] right where it happens; the messages name the operation
+//! and the cause, never a password or a URL.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+use sqlx::{AssertSqlSafe, Connection as _, Row};
+use time::OffsetDateTime;
+
+use super::config::{Connection, DbConfig, Engine, SslMode};
+use crate::settings::ConfigError;
+use crate::stores::{
+    Capabilities, Condition, Entry, Object, Store, StoreError, Version, network_cause,
+};
+
+/// The schema this binary creates and understands.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Largest chunk row: well under MariaDB's default 16 MiB packet.
+const CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// How often a write that lost a race it could not foresee (a deadlock, a
+/// concurrent first create under `Condition::Always`) is tried again.
+const ATTEMPTS: usize = 5;
+
+/// A store in a database; cheap to share.
+pub struct DbStore {
+    config: DbConfig,
+    pool: Pool,
+    sql: Sql,
+}
+
+enum Pool {
+    Mysql(MySqlPool),
+    Postgres(PgPool),
+}
+
+/// Runs the same code on whichever pool the store has; the two arms differ
+/// only in the types sqlx infers.
+macro_rules! on_pool {
+    ($pool:expr, $p:ident => $body:expr) => {
+        match $pool {
+            Pool::Mysql($p) => $body,
+            Pool::Postgres($p) => $body,
+        }
+    };
+}
+
+/// The statements of one engine, with the table prefix filled in.
+struct Sql {
+    get: String,
+    stat: String,
+    stat_for_update: String,
+    stat_for_share: String,
+    list: String,
+    insert_object: String,
+    update_object: String,
+    delete_object: String,
+    insert_chunk: String,
+    delete_chunks: String,
+    copy_chunks: String,
+    next_generation: String,
+}
+
+impl Sql {
+    fn new(engine: Engine, p: &str) -> Sql {
+        let share = match engine {
+            Engine::Mysql => "LOCK IN SHARE MODE",
+            Engine::Postgres => "FOR SHARE",
+        };
+        let next_generation = match engine {
+            Engine::Mysql => {
+                format!("UPDATE {p}generation SET last = LAST_INSERT_ID(last + 1) WHERE id = 1")
+            }
+            Engine::Postgres => format!("SELECT nextval('{p}generation')"),
+        };
+        let sql = Sql {
+            get: format!(
+                "SELECT o.generation, o.size, c.data FROM {p}objects o \
+                 JOIN {p}chunks c ON c.generation = o.generation \
+                 WHERE o.object_key = ? ORDER BY c.seq"
+            ),
+            stat: format!("SELECT generation FROM {p}objects WHERE object_key = ?"),
+            stat_for_update: format!(
+                "SELECT generation FROM {p}objects WHERE object_key = ? FOR UPDATE"
+            ),
+            stat_for_share: format!(
+                "SELECT size FROM {p}objects WHERE object_key = ? AND generation = ? {share}"
+            ),
+            list: format!(
+                "SELECT object_key, size, modified_ns FROM {p}objects \
+                 WHERE object_key LIKE ? ESCAPE '!' ORDER BY object_key"
+            ),
+            insert_object: format!(
+                "INSERT INTO {p}objects (object_key, generation, size, modified_ns) VALUES (?, ?, ?, ?)"
+            ),
+            update_object: format!(
+                "UPDATE {p}objects SET generation = ?, size = ?, modified_ns = ? \
+                 WHERE object_key = ? AND generation = ?"
+            ),
+            delete_object: format!(
+                "DELETE FROM {p}objects WHERE object_key = ? AND generation = ?"
+            ),
+            insert_chunk: format!("INSERT INTO {p}chunks (generation, seq, data) VALUES (?, ?, ?)"),
+            delete_chunks: format!("DELETE FROM {p}chunks WHERE generation = ?"),
+            copy_chunks: format!(
+                "INSERT INTO {p}chunks (generation, seq, data) \
+                 SELECT ?, seq, data FROM {p}chunks WHERE generation = ?"
+            ),
+            next_generation,
+        };
+        match engine {
+            Engine::Mysql => sql,
+            Engine::Postgres => sql.numbered(),
+        }
+    }
+
+    /// PostgreSQL numbers its placeholders: `?` becomes `$1`, `$2`, ...
+    fn numbered(self) -> Sql {
+        fn number(sql: String) -> String {
+            let mut out = String::with_capacity(sql.len() + 8);
+            let mut n = 0;
+            for c in sql.chars() {
+                if c == '?' {
+                    n += 1;
+                    out.push_str(&format!("${n}"));
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        }
+        Sql {
+            get: number(self.get),
+            stat: number(self.stat),
+            stat_for_update: number(self.stat_for_update),
+            stat_for_share: number(self.stat_for_share),
+            list: number(self.list),
+            insert_object: number(self.insert_object),
+            update_object: number(self.update_object),
+            delete_object: number(self.delete_object),
+            insert_chunk: number(self.insert_chunk),
+            delete_chunks: number(self.delete_chunks),
+            copy_chunks: number(self.copy_chunks),
+            next_generation: number(self.next_generation),
+        }
+    }
+}
+
+/// The DDL of each schema version, per engine. Every statement is
+/// idempotent, so a migration cut short by a crash can simply run again.
+fn migrations(engine: Engine, p: &str) -> Vec<Vec<String>> {
+    match engine {
+        Engine::Mysql => vec![vec![
+            // ascii_bin: keys are ASCII (validated upstream), compared and
+            // sorted bytewise; 2048 bytes fit InnoDB's 3072-byte key limit.
+            format!(
+                "CREATE TABLE IF NOT EXISTS {p}objects (\
+                 object_key VARCHAR(2048) CHARACTER SET ascii COLLATE ascii_bin NOT NULL PRIMARY KEY, \
+                 generation BIGINT NOT NULL, size BIGINT NOT NULL, modified_ns BIGINT NOT NULL\
+                 ) ENGINE=InnoDB"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {p}chunks (\
+                 generation BIGINT NOT NULL, seq INT NOT NULL, data LONGBLOB NOT NULL, \
+                 PRIMARY KEY (generation, seq)) ENGINE=InnoDB"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {p}generation (\
+                 id INT NOT NULL PRIMARY KEY, last BIGINT NOT NULL) ENGINE=InnoDB"
+            ),
+            format!("INSERT IGNORE INTO {p}generation (id, last) VALUES (1, 0)"),
+        ]],
+        Engine::Postgres => vec![vec![
+            format!(
+                "CREATE TABLE IF NOT EXISTS {p}objects (\
+                 object_key TEXT COLLATE \"C\" NOT NULL PRIMARY KEY, \
+                 generation BIGINT NOT NULL, size BIGINT NOT NULL, modified_ns BIGINT NOT NULL)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {p}chunks (\
+                 generation BIGINT NOT NULL, seq INT NOT NULL, data BYTEA NOT NULL, \
+                 PRIMARY KEY (generation, seq))"
+            ),
+            format!("CREATE SEQUENCE IF NOT EXISTS {p}generation"),
+        ]],
+    }
+}
+
+/// How one attempt at a write ended, when not with success.
+enum Failed {
+    /// For good: this is the answer.
+    Store(StoreError),
+    /// Lost a race the database resolved by rolling back (deadlock,
+    /// serialization failure, a concurrent first create): try again.
+    Retry(String),
+}
+
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Self {
+        Failed::Store(e)
+    }
+}
+
+/// Translates a database error: `what` names the operation ("writing
+/// x.tfstate"). The text comes from the driver and the server, which
+/// never repeat a password.
+fn unavailable(what: &str, e: &sqlx::Error) -> StoreError {
+    let cause = match e {
+        sqlx::Error::Io(io) => format!("the database cannot be reached: {}", network_cause(io)),
+        sqlx::Error::PoolTimedOut => {
+            "no database connection could be made in time: the database server is down or unreachable".into()
+        }
+        sqlx::Error::PoolClosed => "the connection pool is closed (shutting down)".into(),
+        sqlx::Error::Tls(t) => format!("TLS to the database failed: {t}"),
+        sqlx::Error::Database(d) => match d.code() {
+            Some(code) => format!("the database refused it: {} ({code})", d.message()),
+            None => format!("the database refused it: {}", d.message()),
+        },
+        other => other.to_string(),
+    };
+    StoreError::unavailable(format!("{what}: {cause}"))
+}
+
+/// A deadlock or serialization failure: the transaction was rolled back
+/// whole and may be run again.
+fn is_retryable(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| matches!(c.as_ref(), "40001" | "40P01"))
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation())
+}
+
+/// Maps an error inside a write attempt.
+fn failed(what: &str) -> impl Fn(sqlx::Error) -> Failed + '_ {
+    move |e| {
+        if is_retryable(&e) {
+            Failed::Retry(unavailable(what, &e).to_string())
+        } else {
+            Failed::Store(unavailable(what, &e))
+        }
+    }
+}
+
+fn generation_of(version: &Version) -> Option<i64> {
+    version.0.parse().ok()
+}
+
+fn now_ns() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
+}
+
+/// A `LIKE` pattern matching exactly the keys that start with `prefix`.
+fn like_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '!' | '%' | '_') {
+            pattern.push('!');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+impl DbStore {
+    /// Connects, then brings the schema up to [`SCHEMA_VERSION`]. Fails
+    /// naming the setting to look at when the server cannot be reached, the
+    /// login is refused or the schema is newer than this binary.
+    pub async fn open(config: DbConfig) -> Result<DbStore, ConfigError> {
+        let pool = connect(&config).await?;
+        let sql = Sql::new(config.engine, &config.table_prefix);
+        let store = DbStore { config, pool, sql };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The setting a connection failure points at.
+    fn connection_setting(&self, e: &sqlx::Error) -> &'static str {
+        connection_setting(&self.config, e)
+    }
+
+    async fn migrate(&self) -> Result<(), ConfigError> {
+        let p = &self.config.table_prefix;
+        let steps = migrations(self.config.engine, p);
+        let lock_name = format!("stategate-schema-{p}");
+        let fail = |what: &str, e: sqlx::Error| {
+            ConfigError::invalid(
+                self.connection_setting(&e),
+                unavailable(what, &e).to_string(),
+            )
+        };
+        let create_version = match self.config.engine {
+            Engine::Mysql => format!(
+                "CREATE TABLE IF NOT EXISTS {p}schema_version (id INT NOT NULL PRIMARY KEY, version BIGINT NOT NULL) ENGINE=InnoDB"
+            ),
+            Engine::Postgres => format!(
+                "CREATE TABLE IF NOT EXISTS {p}schema_version (id INT NOT NULL PRIMARY KEY, version BIGINT NOT NULL)"
+            ),
+        };
+        let seed_version = match self.config.engine {
+            Engine::Mysql => {
+                format!("INSERT IGNORE INTO {p}schema_version (id, version) VALUES (1, 0)")
+            }
+            Engine::Postgres => format!(
+                "INSERT INTO {p}schema_version (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING"
+            ),
+        };
+        let read_version = format!("SELECT version FROM {p}schema_version WHERE id = 1");
+        let set_version = match self.config.engine {
+            Engine::Mysql => format!("UPDATE {p}schema_version SET version = ? WHERE id = 1"),
+            Engine::Postgres => format!("UPDATE {p}schema_version SET version = $1 WHERE id = 1"),
+        };
+        // Replicas starting together take turns. PostgreSQL runs DDL in a
+        // transaction, under a transaction-scoped advisory lock; MySQL
+        // commits each DDL statement, so a named lock is held on one
+        // connection for the migration only, and that connection is closed
+        // afterwards (which releases it even if the migration failed).
+        let check = |found: i64| -> Result<(), ConfigError> {
+            if found > SCHEMA_VERSION {
+                return Err(ConfigError::invalid(
+                    "dbTablePrefix",
+                    format!(
+                        "the database schema of tables {p}* is version {found}, newer than version {SCHEMA_VERSION} \
+                         that this stategate knows; upgrade stategate (or use another dbTablePrefix)"
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                let mut tx = pool
+                    .begin()
+                    .await
+                    .map_err(|e| fail("starting the schema migration", e))?;
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind(&lock_name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| fail("waiting for the schema lock", e))?;
+                for statement in [&create_version, &seed_version] {
+                    sqlx::query(AssertSqlSafe(statement.as_str()))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| fail("creating the schema_version table", e))?;
+                }
+                let found: i64 = sqlx::query(AssertSqlSafe(read_version.as_str()))
+                    .fetch_one(&mut *tx)
+                    .await
+                    .and_then(|r| r.try_get(0))
+                    .map_err(|e| fail("reading the schema version", e))?;
+                check(found)?;
+                for (done, step) in steps.iter().enumerate().skip(found as usize) {
+                    for statement in step {
+                        sqlx::query(AssertSqlSafe(statement.as_str()))
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(|e| fail("creating the tables", e))?;
+                    }
+                    sqlx::query(AssertSqlSafe(set_version.as_str()))
+                        .bind(done as i64 + 1)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| fail("recording the schema version", e))?;
+                }
+                tx.commit()
+                    .await
+                    .map_err(|e| fail("committing the schema migration", e))?;
+            }
+            Pool::Mysql(pool) => {
+                let mut conn = pool
+                    .acquire()
+                    .await
+                    .map_err(|e| fail("connecting", e))?
+                    .detach();
+                let result = async {
+                    let got: Option<i64> = sqlx::query("SELECT GET_LOCK(?, 60)")
+                        .bind(&lock_name)
+                        .fetch_one(&mut conn)
+                        .await
+                        .and_then(|r| r.try_get(0))
+                        .map_err(|e| fail("waiting for the schema lock", e))?;
+                    if got != Some(1) {
+                        return Err(ConfigError::invalid(
+                            "dbTablePrefix",
+                            "another stategate held the schema lock for over 60 s",
+                        ));
+                    }
+                    for statement in [&create_version, &seed_version] {
+                        sqlx::query(AssertSqlSafe(statement.as_str()))
+                            .execute(&mut conn)
+                            .await
+                            .map_err(|e| fail("creating the schema_version table", e))?;
+                    }
+                    let found: i64 = sqlx::query(AssertSqlSafe(read_version.as_str()))
+                        .fetch_one(&mut conn)
+                        .await
+                        .and_then(|r| r.try_get(0))
+                        .map_err(|e| fail("reading the schema version", e))?;
+                    check(found)?;
+                    for (done, step) in steps.iter().enumerate().skip(found as usize) {
+                        for statement in step {
+                            sqlx::query(AssertSqlSafe(statement.as_str()))
+                                .execute(&mut conn)
+                                .await
+                                .map_err(|e| fail("creating the tables", e))?;
+                        }
+                        sqlx::query(AssertSqlSafe(set_version.as_str()))
+                            .bind(done as i64 + 1)
+                            .execute(&mut conn)
+                            .await
+                            .map_err(|e| fail("recording the schema version", e))?;
+                    }
+                    Ok(())
+                }
+                .await;
+                let _ = conn.close().await;
+                result?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bounds one operation by the `timeout` setting.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.config.timeout, op).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::unavailable(format!(
+                "{what}: the database did not answer within {} s (setting `timeout`)",
+                self.config.timeout.as_secs()
+            ))),
+        }
+    }
+
+    /// Runs a write attempt again while it loses races the database
+    /// resolved by rolling it back.
+    async fn with_retries<T, F, Fut>(&self, what: &str, attempt: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failed>>,
+    {
+        let mut last = String::new();
+        for n in 0..ATTEMPTS {
+            match attempt().await {
+                Ok(v) => return Ok(v),
+                Err(Failed::Store(e)) => return Err(e),
+                Err(Failed::Retry(why)) => {
+                    last = why;
+                    tokio::time::sleep(Duration::from_millis(5 << n)).await;
+                }
+            }
+        }
+        Err(StoreError::unavailable(format!(
+            "{what}: gave up after {ATTEMPTS} attempts ({last})"
+        )))
+    }
+
+    /// A generation no object has had, drawn outside any transaction so
+    /// that writers of other keys never wait on the counter.
+    async fn next_generation(&self, what: &str) -> Result<i64, Failed> {
+        let sql = AssertSqlSafe(self.sql.next_generation.as_str());
+        let drawn = match &self.pool {
+            Pool::Mysql(p) => sqlx::query(sql)
+                .execute(p)
+                .await
+                .map(|r| r.last_insert_id() as i64),
+            Pool::Postgres(p) => sqlx::query(sql)
+                .fetch_one(p)
+                .await
+                .and_then(|r| r.try_get::<i64, _>(0)),
+        };
+        drawn.map_err(failed(what))
+    }
+
+    async fn put_once(
+        &self,
+        key: &str,
+        body: &Bytes,
+        condition: &Condition,
+        what: &str,
+    ) -> Result<Version, Failed> {
+        let generation = self.next_generation(what).await?;
+        let size = body.len() as i64;
+        let now = now_ns();
+        let sql = &self.sql;
+        let err = failed(what);
+        on_pool!(&self.pool, pool => {
+            let mut tx = pool.begin().await.map_err(&err)?;
+            // Claim the row first, so a losing writer fails before it sends
+            // the body.
+            let old = match condition {
+                Condition::IfAbsent => {
+                    let inserted = sqlx::query(AssertSqlSafe(sql.insert_object.as_str()))
+                        .bind(key)
+                        .bind(generation)
+                        .bind(size)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await;
+                    match inserted {
+                        Ok(_) => None,
+                        Err(e) if is_unique_violation(&e) => {
+                            return Err(StoreError::AlreadyExists.into())
+                        }
+                        Err(e) => return Err(err(e)),
+                    }
+                }
+                Condition::IfMatch(version) => {
+                    let Some(old) = generation_of(version) else {
+                        return Err(StoreError::PreconditionFailed.into());
+                    };
+                    let updated = sqlx::query(AssertSqlSafe(sql.update_object.as_str()))
+                        .bind(generation)
+                        .bind(size)
+                        .bind(now)
+                        .bind(key)
+                        .bind(old)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(&err)?;
+                    if updated.rows_affected() == 0 {
+                        return Err(StoreError::PreconditionFailed.into());
+                    }
+                    Some(old)
+                }
+                Condition::Always => {
+                    let current: Option<i64> = sqlx::query(AssertSqlSafe(sql.stat_for_update.as_str()))
+                        .bind(key)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .and_then(|r| r.map(|r| r.try_get(0)).transpose())
+                        .map_err(&err)?;
+                    match current {
+                        Some(old) => {
+                            sqlx::query(AssertSqlSafe(sql.update_object.as_str()))
+                                .bind(generation)
+                                .bind(size)
+                                .bind(now)
+                                .bind(key)
+                                .bind(old)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(&err)?;
+                            Some(old)
+                        }
+                        None => {
+                            let inserted = sqlx::query(AssertSqlSafe(sql.insert_object.as_str()))
+                                .bind(key)
+                                .bind(generation)
+                                .bind(size)
+                                .bind(now)
+                                .execute(&mut *tx)
+                                .await;
+                            match inserted {
+                                Ok(_) => None,
+                                // Another writer created it meanwhile.
+                                Err(e) if is_unique_violation(&e) => {
+                                    return Err(Failed::Retry(format!("{what}: created concurrently")))
+                                }
+                                Err(e) => return Err(err(e)),
+                            }
+                        }
+                    }
+                }
+            };
+            if let Some(old) = old {
+                sqlx::query(AssertSqlSafe(sql.delete_chunks.as_str()))
+                    .bind(old)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(&err)?;
+            }
+            // An empty body still gets one chunk row, so the reader's join
+            // finds the object.
+            let mut chunks: Vec<&[u8]> = body.chunks(CHUNK_BYTES).collect();
+            if chunks.is_empty() {
+                chunks.push(&[]);
+            }
+            for (seq, chunk) in chunks.into_iter().enumerate() {
+                sqlx::query(AssertSqlSafe(sql.insert_chunk.as_str()))
+                    .bind(generation)
+                    .bind(seq as i32)
+                    .bind(chunk)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(&err)?;
+            }
+            tx.commit().await.map_err(&err)?;
+        });
+        Ok(Version(generation.to_string()))
+    }
+
+    async fn delete_once(
+        &self,
+        key: &str,
+        condition: &Condition,
+        what: &str,
+    ) -> Result<(), Failed> {
+        let sql = &self.sql;
+        let err = failed(what);
+        on_pool!(&self.pool, pool => {
+            let mut tx = pool.begin().await.map_err(&err)?;
+            let generation = match condition {
+                Condition::IfMatch(version) => {
+                    let Some(old) = generation_of(version) else {
+                        return Err(StoreError::PreconditionFailed.into());
+                    };
+                    old
+                }
+                Condition::Always | Condition::IfAbsent => {
+                    let current: Option<i64> = sqlx::query(AssertSqlSafe(sql.stat_for_update.as_str()))
+                        .bind(key)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .and_then(|r| r.map(|r| r.try_get(0)).transpose())
+                        .map_err(&err)?;
+                    match current {
+                        Some(g) => g,
+                        None => return Ok(()),
+                    }
+                }
+            };
+            let deleted = sqlx::query(AssertSqlSafe(sql.delete_object.as_str()))
+                .bind(key)
+                .bind(generation)
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?;
+            if deleted.rows_affected() == 0 {
+                return Err(StoreError::PreconditionFailed.into());
+            }
+            sqlx::query(AssertSqlSafe(sql.delete_chunks.as_str()))
+                .bind(generation)
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?;
+            tx.commit().await.map_err(&err)?;
+        });
+        Ok(())
+    }
+
+    async fn snapshot_once(
+        &self,
+        from: &str,
+        from_generation: i64,
+        to: &str,
+        what: &str,
+    ) -> Result<(), Failed> {
+        let generation = self.next_generation(what).await?;
+        let now = now_ns();
+        let sql = &self.sql;
+        let err = failed(what);
+        on_pool!(&self.pool, pool => {
+            let mut tx = pool.begin().await.map_err(&err)?;
+            // A shared lock on the source row keeps its chunks in place
+            // until the copy commits.
+            let size: Option<i64> = sqlx::query(AssertSqlSafe(sql.stat_for_share.as_str()))
+                .bind(from)
+                .bind(from_generation)
+                .fetch_optional(&mut *tx)
+                .await
+                .and_then(|r| r.map(|r| r.try_get(0)).transpose())
+                .map_err(&err)?;
+            let Some(size) = size else {
+                return Err(StoreError::PreconditionFailed.into());
+            };
+            let inserted = sqlx::query(AssertSqlSafe(sql.insert_object.as_str()))
+                .bind(to)
+                .bind(generation)
+                .bind(size)
+                .bind(now)
+                .execute(&mut *tx)
+                .await;
+            match inserted {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => return Err(StoreError::AlreadyExists.into()),
+                Err(e) => return Err(err(e)),
+            }
+            sqlx::query(AssertSqlSafe(sql.copy_chunks.as_str()))
+                .bind(generation)
+                .bind(from_generation)
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?;
+            tx.commit().await.map_err(&err)?;
+        });
+        Ok(())
+    }
+}
+
+/// Which setting a failure to connect points at.
+fn connection_setting(config: &DbConfig, e: &sqlx::Error) -> &'static str {
+    if matches!(config.connection, Connection::Url(_)) {
+        return "dbURL";
+    }
+    let code = e
+        .as_database_error()
+        .and_then(|d| d.code())
+        .map(|c| c.into_owned())
+        .unwrap_or_default();
+    let message = e
+        .as_database_error()
+        .map(|d| d.message().to_ascii_lowercase())
+        .unwrap_or_default();
+    match code.as_str() {
+        // Login refused (PostgreSQL 28P01/28000, MySQL 1045 = 28000).
+        "28P01" | "28000" => "dbPassword",
+        // Unknown database (PostgreSQL 3D000, MySQL 1049 = 42000).
+        "3D000" => "dbName",
+        _ if message.contains("unknown database") => "dbName",
+        _ if is_tls_failure(e) => match &config.connection {
+            Connection::Parts {
+                ssl_root_cert: Some(_),
+                ..
+            } => "dbSSLRootCert",
+            _ => "dbSSLMode",
+        },
+        _ => "dbHost",
+    }
+}
+
+/// A failed TLS handshake or certificate check (the driver reports some as
+/// I/O errors).
+fn is_tls_failure(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(io) => network_cause(io).starts_with("TLS failed"),
+        _ => false,
+    }
+}
+
+/// Opens the pool and checks one connection, so a wrong host, password or
+/// database name stops start-up with the setting to fix.
+async fn connect(config: &DbConfig) -> Result<Pool, ConfigError> {
+    let url_error = |_| {
+        // The parser's message may quote the URL, password included.
+        ConfigError::invalid("dbURL", "cannot be parsed as a database URL")
+    };
+    let pool = match config.engine {
+        Engine::Mysql => {
+            let options = match &config.connection {
+                Connection::Url(url) => MySqlConnectOptions::from_str(url).map_err(url_error)?,
+                Connection::Parts {
+                    host,
+                    port,
+                    database,
+                    user,
+                    password,
+                    ssl_root_cert,
+                } => {
+                    let mut o = MySqlConnectOptions::new()
+                        .host(host)
+                        .port(*port)
+                        .database(database)
+                        .username(user)
+                        .ssl_mode(match config.ssl_mode {
+                            SslMode::Disable => MySqlSslMode::Disabled,
+                            SslMode::Prefer => MySqlSslMode::Preferred,
+                            SslMode::Require => MySqlSslMode::Required,
+                            SslMode::VerifyCa => MySqlSslMode::VerifyCa,
+                            SslMode::VerifyFull => MySqlSslMode::VerifyIdentity,
+                        });
+                    if let Some(password) = password {
+                        o = o.password(password);
+                    }
+                    if let Some(ca) = ssl_root_cert {
+                        o = o.ssl_ca(ca);
+                    }
+                    o
+                }
+            };
+            Pool::Mysql(
+                MySqlPoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(config.connect_timeout)
+                    .connect_lazy_with(options),
+            )
+        }
+        Engine::Postgres => {
+            let options = match &config.connection {
+                Connection::Url(url) => PgConnectOptions::from_str(url).map_err(url_error)?,
+                Connection::Parts {
+                    host,
+                    port,
+                    database,
+                    user,
+                    password,
+                    ssl_root_cert,
+                } => {
+                    let mut o = PgConnectOptions::new_without_pgpass()
+                        .host(host)
+                        .port(*port)
+                        .database(database)
+                        .username(user)
+                        .ssl_mode(match config.ssl_mode {
+                            SslMode::Disable => PgSslMode::Disable,
+                            SslMode::Prefer => PgSslMode::Prefer,
+                            SslMode::Require => PgSslMode::Require,
+                            SslMode::VerifyCa => PgSslMode::VerifyCa,
+                            SslMode::VerifyFull => PgSslMode::VerifyFull,
+                        })
+                        .application_name("stategate");
+                    if let Some(password) = password {
+                        o = o.password(password);
+                    }
+                    if let Some(ca) = ssl_root_cert {
+                        o = o.ssl_root_cert(ca);
+                    }
+                    o
+                }
+            };
+            Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(config.connect_timeout)
+                    .connect_lazy_with(options),
+            )
+        }
+    };
+    // One real connection now: a refused login is a configuration error
+    // the operator must see at start-up, not a 503 later.
+    let checked = on_pool!(&pool, p => p.acquire().await.map(drop));
+    if let Err(e) = checked {
+        let setting = connection_setting(config, &e);
+        let cause = match &e {
+            // The pool retries a refused connection until its deadline and
+            // then reports only the time-out.
+            sqlx::Error::PoolTimedOut => format!(
+                "no connection to the {} server within {} s (is it running, and are dbHost and dbPort right?)",
+                config.engine.name(),
+                config.connect_timeout.as_secs()
+            ),
+            other => unavailable("connecting", other).to_string(),
+        };
+        return Err(ConfigError::invalid(setting, cause));
+    }
+    Ok(pool)
+}
+
+#[async_trait]
+impl Store for DbStore {
+    fn describe(&self) -> String {
+        self.config.describe()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            conditional_create: true,
+            compare_and_swap: true,
+            // A generation drawn from a counter or sequence, never reused.
+            unique_versions: true,
+        }
+    }
+
+    fn operation_timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        let what = format!("reading {key}");
+        self.bounded(&what, async {
+            let sql = AssertSqlSafe(self.sql.get.as_str());
+            // One statement, so one snapshot: a generation with all its chunks.
+            let rows = on_pool!(&self.pool, p => {
+                sqlx::query(sql).bind(key).fetch_all(p).await.and_then(|rows| {
+                    rows.into_iter()
+                        .map(|r| {
+                            Ok((
+                                r.try_get::<i64, _>(0)?,
+                                r.try_get::<i64, _>(1)?,
+                                r.try_get::<Vec<u8>, _>(2)?,
+                            ))
+                        })
+                        .collect::<Result<Vec<_>, sqlx::Error>>()
+                })
+            })
+            .map_err(|e| unavailable(&what, &e))?;
+            let Some(&(generation, size, _)) = rows.first() else {
+                return Ok(None);
+            };
+            let mut body = BytesMut::with_capacity(size.max(0) as usize);
+            for (_, _, chunk) in rows {
+                body.extend_from_slice(&chunk);
+            }
+            if body.len() as i64 != size {
+                return Err(StoreError::unavailable(format!(
+                    "{what}: the stored body has {} of its {size} bytes; refusing to serve a truncated state",
+                    body.len()
+                )));
+            }
+            Ok(Some(Object {
+                body: body.freeze(),
+                version: Version(generation.to_string()),
+            }))
+        })
+        .await
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        condition: Condition,
+    ) -> Result<Version, StoreError> {
+        let what = format!("writing {key}");
+        self.bounded(
+            &what,
+            self.with_retries(&what, || self.put_once(key, &body, &condition, &what)),
+        )
+        .await
+    }
+
+    async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
+        let what = format!("deleting {key}");
+        self.bounded(
+            &what,
+            self.with_retries(&what, || self.delete_once(key, &condition, &what)),
+        )
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let what = format!("listing {prefix}*");
+        self.bounded(&what, async {
+            let sql = AssertSqlSafe(self.sql.list.as_str());
+            let pattern = like_prefix(prefix);
+            on_pool!(&self.pool, p => {
+                sqlx::query(sql).bind(&pattern).fetch_all(p).await.and_then(|rows| {
+                    rows.into_iter()
+                        .map(|r| {
+                            let ns: i64 = r.try_get(2)?;
+                            Ok(Entry {
+                                key: r.try_get(0)?,
+                                size: r.try_get::<i64, _>(1)? as u64,
+                                modified: OffsetDateTime::from_unix_timestamp_nanos(ns as i128).ok(),
+                            })
+                        })
+                        .collect::<Result<Vec<_>, sqlx::Error>>()
+                })
+            })
+            .map_err(|e| unavailable(&what, &e))
+        })
+        .await
+    }
+
+    async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {
+        let what = format!("reading {key}");
+        self.bounded(&what, async {
+            let sql = AssertSqlSafe(self.sql.stat.as_str());
+            on_pool!(&self.pool, p => {
+                sqlx::query(sql)
+                    .bind(key)
+                    .fetch_optional(p)
+                    .await
+                    .and_then(|r| r.map(|r| r.try_get::<i64, _>(0)).transpose())
+            })
+            .map(|g| g.map(|g| Version(g.to_string())))
+            .map_err(|e| unavailable(&what, &e))
+        })
+        .await
+    }
+
+    /// Copies the rows inside the database, without the bytes leaving it.
+    async fn snapshot(
+        &self,
+        from: &str,
+        from_version: &Version,
+        to: &str,
+        _body: &Bytes,
+    ) -> Result<(), StoreError> {
+        let Some(from_generation) = generation_of(from_version) else {
+            return Err(StoreError::PreconditionFailed);
+        };
+        let what = format!("copying {from} to {to}");
+        self.bounded(
+            &what,
+            self.with_retries(&what, || {
+                self.snapshot_once(from, from_generation, to, &what)
+            }),
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_match_plain_prefixes_only() {
+        assert_eq!(like_prefix("a_b%c!d/"), "a!_b!%c!!d/%");
+        assert_eq!(like_prefix(""), "%");
+    }
+
+    #[test]
+    fn postgres_placeholders_are_numbered() {
+        let sql = Sql::new(Engine::Postgres, "sg_");
+        assert_eq!(
+            sql.update_object,
+            "UPDATE sg_objects SET generation = $1, size = $2, modified_ns = $3 \
+             WHERE object_key = $4 AND generation = $5"
+        );
+        assert!(
+            Sql::new(Engine::Mysql, "sg_")
+                .update_object
+                .contains("generation = ?")
+        );
+    }
+}

@@ -1,0 +1,832 @@
+//! Issue 11: `storageType: db` on a private PostgreSQL and a private
+//! MariaDB. The conformance suite on both engines, then what only a shared
+//! database server shows: replicas racing for one lock, the database going
+//! away and coming back, a replica killed under load, SIGKILL crash rounds,
+//! the schema guard, large states under MariaDB's default packet limit, and
+//! a password full of URL-special characters that never reaches a log.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::db::{DbPeer, DbServer, Engine, PASSWORD, PREFIX};
+use crate::support::*;
+
+conformance_suite!(db_postgres, Box::new(DbPeer::new(Engine::Postgres)));
+conformance_suite!(db_mariadb, Box::new(DbPeer::new(Engine::Mariadb)));
+
+fn replicas(peer: &dyn Peer, n: usize) -> Vec<Server> {
+    (0..n).map(|_| Server::start(peer)).collect()
+}
+
+/// Three replicas on one database; each round 30 LOCKs with different IDs
+/// arrive at once, spread over the replicas: exactly one wins.
+fn one_winner_per_round(engine: Engine) {
+    let peer = DbPeer::new(engine);
+    let servers = replicas(&peer, 3);
+    let key = "race/terraform.tfstate";
+    const ROUNDS: usize = 20;
+    const CONTENDERS: usize = 30;
+    let started = Instant::now();
+    for round in 0..ROUNDS {
+        let barrier = Arc::new(Barrier::new(CONTENDERS));
+        let threads: Vec<_> = (0..CONTENDERS)
+            .map(|i| {
+                let url = servers[i % servers.len()].state_url(key);
+                let barrier = Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    let id = format!("r{round}-c{i}");
+                    barrier.wait();
+                    let (status, _) = http("LOCK", &url, &lock_info(&id, "racer@host"));
+                    (id, url, status)
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let winners: Vec<_> = results.iter().filter(|(_, _, s)| *s == 200).collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: {} winners: {:?}",
+            winners.len(),
+            results.iter().map(|r| r.2).collect::<Vec<_>>()
+        );
+        for (_, _, status) in &results {
+            assert!(
+                matches!(status, 200 | 409 | 423),
+                "round {round}: a loser got {status}"
+            );
+        }
+        let (id, url, _) = winners[0];
+        assert_eq!(http("UNLOCK", url, &lock_info(id, "racer@host")).0, 200);
+    }
+    eprintln!(
+        "{engine:?}: {ROUNDS} rounds of {CONTENDERS} LOCKs over 3 replicas, one winner each, in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn db_replicas_one_lock_winner_postgres() {
+    one_winner_per_round(Engine::Postgres);
+}
+
+#[test]
+fn db_replicas_one_lock_winner_mariadb() {
+    one_winner_per_round(Engine::Mariadb);
+}
+
+/// A state of `size` bytes whose every byte depends on its serial.
+fn sized_state(serial: u64, size: usize) -> Vec<u8> {
+    let mut body = format!(
+        "{{\"version\":4,\"serial\":{serial},\"lineage\":\"db\",\"resources\":[],\"outputs\":{{\"blob\":{{\"type\":\"string\",\"value\":\""
+    )
+    .into_bytes();
+    let tail = b"\"}}}\n";
+    let mut x = serial.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while body.len() < size - tail.len() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        body.push(b'a' + (x % 26) as u8);
+    }
+    body.extend_from_slice(tail);
+    body
+}
+
+fn serial_of(body: &[u8]) -> u64 {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .unwrap_or_else(|e| panic!("torn state ({} bytes): {e}", body.len()))["serial"]
+        .as_u64()
+        .unwrap()
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// The database server stops in the middle of writes: requests get 503
+/// with `Retry-After` and a reason, `/readyz` says not ready, nothing is
+/// half-written, and everything works again once the server is back,
+/// without restarting stategate.
+fn outage(engine: Engine) {
+    let server_db = Arc::new(DbServer::start(engine));
+    let peer = DbPeer::on(Arc::clone(&server_db));
+    let server = Server::start_with(&peer, &["-C", "dbConnectTimeout=2s", "-C", "timeout=5s"]);
+    let url = server.state_url("outage/terraform.tfstate");
+    const SIZE: usize = 8 * 1024 * 1024;
+    assert_eq!(http("POST", &url, &sized_state(1, SIZE)).0, 200);
+
+    // A writer keeps writing bigger serials while the server goes away.
+    let accepted = Arc::new(Mutex::new(vec![1u64]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (url, accepted, stop) = (url.clone(), Arc::clone(&accepted), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut serial = 2;
+            let mut refused = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let (status, _) = http("POST", &url, &sized_state(serial, SIZE));
+                if status == 200 {
+                    accepted.lock().unwrap().push(serial);
+                } else {
+                    assert_eq!(status, 503, "a write during the outage");
+                    refused += 1;
+                }
+                serial += 1;
+            }
+            refused
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    server_db.stop();
+    let down_at = Instant::now();
+
+    let (status, headers, body) = http_full("GET", &url, &[], b"");
+    assert_eq!(
+        status,
+        503,
+        "GET while the database is down: {}",
+        text(&body)
+    );
+    assert!(
+        header(&headers, "Retry-After").is_some(),
+        "503 carries Retry-After"
+    );
+    assert!(
+        text(&body).contains("database"),
+        "the reason names the database: {}",
+        text(&body)
+    );
+    let answered_in = down_at.elapsed();
+    assert_eq!(
+        http("LOCK", &url, &lock_info("outage", "o@o")).0,
+        503,
+        "LOCK while the database is down"
+    );
+    let (status, _) = http("GET", &format!("{}/readyz", server.url), b"");
+    assert_eq!(status, 503, "/readyz follows the database");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let refused = writer.join().unwrap();
+
+    server_db.start_again();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let back_at = Instant::now();
+    while http("GET", &format!("{}/readyz", server.url), b"").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "stategate did not recover:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let recovered_in = back_at.elapsed();
+    let (status, stored) = http("GET", &url, b"");
+    assert_eq!(status, 200);
+    let serial = serial_of(&stored);
+    assert!(
+        stored == sized_state(serial, SIZE),
+        "the stored state is whole (serial {serial})"
+    );
+    let accepted = accepted.lock().unwrap().clone();
+    assert!(
+        accepted.contains(&serial) || accepted.last() < Some(&serial),
+        "serial {serial} was stored; accepted {accepted:?}"
+    );
+    assert!(
+        serial >= *accepted.last().unwrap(),
+        "an accepted write was lost: stored {serial}, accepted {accepted:?}"
+    );
+    assert_eq!(http("LOCK", &url, &lock_info("after", "a@a")).0, 200);
+    // A write cut by the outage could not release its write lease; the
+    // state's next write waits for it to expire (twice `timeout` plus 10 s),
+    // answering 503 until then.
+    let lease_wait = Instant::now();
+    loop {
+        let (status, body) = http(
+            "POST",
+            &format!("{url}?ID=after"),
+            &sized_state(serial + 100, SIZE),
+        );
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{}", text(&body));
+        assert!(
+            lease_wait.elapsed() < Duration::from_secs(60),
+            "writes did not resume"
+        );
+    }
+    let lease_wait = lease_wait.elapsed();
+    assert_eq!(http("UNLOCK", &url, &lock_info("after", "a@a")).0, 200);
+    assert!(
+        !server.log().contains(PASSWORD),
+        "the password appeared in the log"
+    );
+    eprintln!(
+        "{engine:?} outage: 503 in {:.1} s, {refused} writes refused, {} accepted, ready again {:.1} s after restart, writes again after {:.1} s",
+        answered_in.as_secs_f64(),
+        accepted.len(),
+        recovered_in.as_secs_f64(),
+        lease_wait.as_secs_f64()
+    );
+}
+
+#[test]
+fn db_outage_503_then_recovers_postgres() {
+    outage(Engine::Postgres);
+}
+
+#[test]
+fn db_outage_503_then_recovers_mariadb() {
+    outage(Engine::Mariadb);
+}
+
+/// Lock, write, unlock as Terraform would, moving to the next replica when
+/// one stops answering; a lock whose answer was lost is taken again with
+/// the same ID (which succeeds). Returns how many cycles completed.
+fn load_worker(
+    urls: Arc<Vec<String>>,
+    worker: usize,
+    holders: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) -> (usize, Duration) {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build();
+    let mut replica = worker;
+    let mut done = 0;
+    let mut send = |method: &str, suffix: &str, body: &[u8]| -> u16 {
+        for _ in 0..20 {
+            let url = format!("{}{suffix}", urls[replica % urls.len()]);
+            match agent.request(method, &url).send_bytes(body) {
+                Ok(r) => return r.status(),
+                Err(ureq::Error::Status(s, _)) if s != 502 && s != 503 => return s,
+                Err(_) => {
+                    replica += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        panic!("worker {worker}: no replica answered {method}");
+    };
+    let mut cycle = 0;
+    let mut slowest = Duration::ZERO;
+    while !stop.load(Ordering::SeqCst) {
+        cycle += 1;
+        let began = Instant::now();
+        let id = format!("w{worker}-{cycle}");
+        let info = lock_info(&id, "load@host");
+        match send("LOCK", "", &info) {
+            200 => {}
+            409 | 423 => {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            other => panic!("LOCK answered {other}"),
+        }
+        let inside = holders.fetch_add(1, Ordering::SeqCst) + 1;
+        assert_eq!(inside, 1, "two workers held the lock at once");
+        let serial = (worker as u64) * 1_000_000 + cycle;
+        let status = send(
+            "POST",
+            &format!("?ID={id}"),
+            &state_doc("load", serial, &id),
+        );
+        // A replica may die after the write landed: the retry of the same
+        // bytes on another replica is accepted or refused as stale.
+        assert!(
+            matches!(status, 200 | 409),
+            "write under lock answered {status}"
+        );
+        holders.fetch_sub(1, Ordering::SeqCst);
+        assert_eq!(send("UNLOCK", "", &info), 200, "UNLOCK of {id}");
+        done += 1;
+        slowest = slowest.max(began.elapsed());
+    }
+    (done, slowest)
+}
+
+/// One of three replicas is killed during a load run: the others keep
+/// serving, no lock is held twice, none is left behind.
+fn replica_killed_under_load(engine: Engine) {
+    let peer = DbPeer::new(engine);
+    // A replica killed mid-write leaves its write lease behind until it
+    // expires (twice `timeout` plus 10 s): a short timeout keeps that wait short.
+    let mut servers: Vec<Server> = (0..3)
+        .map(|_| Server::start_with(&peer, &["-C", "timeout=5s"]))
+        .collect();
+    let key = "load/terraform.tfstate";
+    let urls = Arc::new(servers.iter().map(|s| s.state_url(key)).collect::<Vec<_>>());
+    let holders = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..6)
+        .map(|w| {
+            let (urls, holders, stop) =
+                (Arc::clone(&urls), Arc::clone(&holders), Arc::clone(&stop));
+            std::thread::spawn(move || load_worker(urls, w, holders, stop))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    servers.remove(0).kill();
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::SeqCst);
+    let results: Vec<(usize, Duration)> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    let cycles: usize = results.iter().map(|r| r.0).sum();
+    let slowest = results.iter().map(|r| r.1).max().unwrap_or_default();
+    assert!(cycles > 20, "only {cycles} lock cycles completed");
+    let survivor = &servers[0];
+    let (status, body) = http("GET", &format!("{}/locks/{key}", survivor.url), b"");
+    assert_eq!(status, 404, "a lock was left behind: {}", text(&body));
+    assert_eq!(
+        http("LOCK", &survivor.state_url(key), &lock_info("end", "e@e")).0,
+        200
+    );
+    eprintln!(
+        "{engine:?}: {cycles} lock/write/unlock cycles over 3 replicas, one killed midway; slowest cycle {:.1} s",
+        slowest.as_secs_f64()
+    );
+}
+
+#[test]
+fn db_replica_killed_under_load_postgres() {
+    replica_killed_under_load(Engine::Postgres);
+}
+
+#[test]
+fn db_replica_killed_under_load_mariadb() {
+    replica_killed_under_load(Engine::Mariadb);
+}
+
+#[test]
+fn db_survives_sigkill_during_writes_postgres() {
+    crate::crash::crash_rounds(&DbPeer::new(Engine::Postgres));
+}
+
+#[test]
+fn db_survives_sigkill_during_writes_mariadb() {
+    crate::crash::crash_rounds(&DbPeer::new(Engine::Mariadb));
+}
+
+/// MariaDB keeps its default 16 MiB packet limit; a 40 MiB state still
+/// round-trips, stored in chunk rows of at most 4 MiB.
+#[test]
+fn db_mariadb_default_packet_limit_and_40_mib_state() {
+    let peer = DbPeer::new(Engine::Mariadb);
+    let packet = peer.sql("SELECT @@max_allowed_packet").unwrap();
+    assert_eq!(
+        packet.trim(),
+        "16777216",
+        "the test server must keep the default"
+    );
+    let server = Server::start(&peer);
+    let url = server.state_url("big/terraform.tfstate");
+    let body = sized_state(7, 40 * 1024 * 1024);
+    assert_eq!(http("POST", &url, &body).0, 200);
+    let (status, got) = http("GET", &url, b"");
+    assert_eq!(status, 200);
+    assert!(got == body, "40 MiB state came back different");
+    let largest = peer
+        .sql(&format!(
+            "SELECT MAX(LENGTH(data)), COUNT(*) FROM {PREFIX}chunks"
+        ))
+        .unwrap();
+    let mut parts = largest.split_whitespace();
+    let max: usize = parts.next().unwrap().parse().unwrap();
+    assert!(max <= 4 * 1024 * 1024, "a chunk of {max} bytes");
+}
+
+/// The password (full of URL-special characters) works through `-C` and
+/// through a percent-encoded `dbURL`, and never appears in the log, even
+/// when a login fails.
+fn password_handling(engine: Engine) {
+    let peer = DbPeer::new(engine);
+    let mut args: Vec<String> = Vec::new();
+    args.extend(["-C".into(), format!("dbPassword={PASSWORD}")]);
+    let server = Server::try_start_cmd(&peer, &[], &[], |cmd| {
+        cmd.env_remove("STATEGATE_DB_PASSWORD").args(&args);
+    })
+    .unwrap_or_else(|log| panic!("password through -C:\n{log}"));
+    let url = server.state_url("pw/terraform.tfstate");
+    assert_eq!(http("POST", &url, &state_doc("pw", 1, "x")).0, 200);
+    assert!(!server.log().contains(PASSWORD));
+    drop(server);
+
+    let encoded: String = percent_encode(PASSWORD);
+    let scheme = match engine {
+        Engine::Postgres => "postgres",
+        Engine::Mariadb => "mariadb",
+    };
+    let db_url = format!(
+        "{scheme}://stategate:{encoded}@127.0.0.1:{}/{}?sslmode=disable",
+        peer.server.port, peer.database
+    );
+    let db_url = if engine == Engine::Mariadb {
+        db_url.replace("sslmode=disable", "ssl-mode=disabled")
+    } else {
+        db_url
+    };
+    let out = stategate(
+        &UrlPeer(&db_url),
+        &["state", "get", "pw/terraform.tfstate"],
+        &[],
+    );
+    assert!(out.status.success(), "dbURL: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("\"lineage\": \"pw\"") || text(&out.stdout).contains("\"pw\"")
+    );
+    assert!(!text(&out.stderr).contains(PASSWORD));
+
+    // A wrong password stops start-up naming the setting, not the secret.
+    let wrong = format!("{PASSWORD}x");
+    let log = Server::try_start(&peer, &["-C", &format!("dbPassword={wrong}")], &[])
+        .err()
+        .expect("a wrong password must stop start-up");
+    assert!(
+        log.contains("dbPassword"),
+        "the refusal names dbPassword:\n{log}"
+    );
+    assert!(!log.contains(PASSWORD), "the password appeared:\n{log}");
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The store reached through one `dbURL`.
+struct UrlPeer<'a>(&'a str);
+
+impl Peer for UrlPeer<'_> {
+    fn storage_type(&self) -> &str {
+        "db"
+    }
+    fn settings(&self) -> Vec<(String, String)> {
+        vec![("dbURL".into(), self.0.into())]
+    }
+    fn object_keys(&self) -> Vec<String> {
+        unreachable!()
+    }
+    fn put_object(&self, _: &str, _: &[u8]) {
+        unreachable!()
+    }
+    fn object_bytes(&self, _: &str) -> Vec<u8> {
+        unreachable!()
+    }
+}
+
+#[test]
+fn db_password_with_url_characters_postgres() {
+    password_handling(Engine::Postgres);
+}
+
+#[test]
+fn db_password_with_url_characters_mariadb() {
+    password_handling(Engine::Mariadb);
+}
+
+/// A schema newer than the binary stops start-up, naming both versions.
+fn newer_schema_refused(engine: Engine) {
+    let peer = DbPeer::new(engine);
+    drop(Server::start(&peer));
+    peer.sql(&format!("UPDATE {PREFIX}schema_version SET version = 99"))
+        .unwrap();
+    let log = Server::try_start(&peer, &[], &[])
+        .err()
+        .expect("a newer schema must stop start-up");
+    assert!(
+        log.contains("version 99") && log.contains("version 1 "),
+        "names both versions:\n{log}"
+    );
+}
+
+#[test]
+fn db_newer_schema_is_refused_postgres() {
+    newer_schema_refused(Engine::Postgres);
+}
+
+#[test]
+fn db_newer_schema_is_refused_mariadb() {
+    newer_schema_refused(Engine::Mariadb);
+}
+
+const PG_BACKEND_HCL: &str = r#"
+terraform {
+  backend "pg" {}
+}
+
+variable "greeting" {
+  type = string
+}
+
+resource "terraform_data" "example" {
+  input = var.greeting
+}
+
+output "greeting" {
+  value = terraform_data.example.output
+}
+"#;
+
+/// Issue 11: states written by real `terraform` with `backend "pg"` (two
+/// workspaces) are copied into stategate, found there by the http backend
+/// with no changes to plan, skipped on a rerun, left alone while Terraform
+/// holds a workspace's lock, and never overwritten when stategate has a
+/// newer serial.
+#[test]
+fn db_migrate_from_terraform_pg() {
+    let source = DbPeer::new(Engine::Postgres);
+    let conn_str = format!(
+        "postgres://stategate:{}@127.0.0.1:{}/{}?sslmode=disable",
+        percent_encode(PASSWORD),
+        source.server.port,
+        source.database
+    );
+    let native = Terraform::new(PG_BACKEND_HCL);
+    native.ok(&[
+        "init",
+        "-no-color",
+        &format!("-backend-config=conn_str={conn_str}"),
+    ]);
+    native.apply(&["greeting=from default"]);
+    native.ok(&["workspace", "new", "-no-color", "dev"]);
+    native.apply(&["greeting=from dev"]);
+    native.apply(&["greeting=from dev, again"]);
+
+    // Into the other engine: nothing here depends on the target's kind.
+    let target = DbPeer::new(Engine::Mariadb);
+    let key = "app/terraform.tfstate";
+    let migrate = |extra: &[&str]| {
+        let mut args = vec![
+            "migrate-from-terraform-pg",
+            "--conn-str",
+            &conn_str,
+            "--key",
+            key,
+        ];
+        args.extend_from_slice(extra);
+        let out = stategate(&target, &args, &[]);
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(!all.contains(PASSWORD), "the password was printed:\n{all}");
+        (out.status.success(), all)
+    };
+    let (ok, out) = migrate(&[]);
+    assert!(ok, "first migration:\n{out}");
+    assert!(out.contains("2 workspaces: 2 copied, 0 skipped"), "{out}");
+
+    let server = Server::start(&target);
+    let http_tf = Terraform::new(&PG_BACKEND_HCL.replace("\"pg\"", "\"http\""));
+    for (workspace, greeting) in [(None, "from default"), (Some("dev"), "from dev, again")] {
+        let address = match workspace {
+            None => server.state_url(key),
+            Some(w) => format!("{}?workspace={w}", server.state_url(key)),
+        };
+        http_tf.ok(&[
+            "init",
+            "-reconfigure",
+            "-no-color",
+            &format!("-backend-config=address={address}"),
+            &format!("-backend-config=lock_address={address}"),
+            &format!("-backend-config=unlock_address={address}"),
+        ]);
+        let plan = http_tf.run(&[
+            "plan",
+            "-detailed-exitcode",
+            "-no-color",
+            "-var",
+            &format!("greeting={greeting}"),
+        ]);
+        assert_eq!(
+            plan.status.code(),
+            Some(0),
+            "{workspace:?}: the migrated state plans no changes:\n{}{}",
+            text(&plan.stdout),
+            text(&plan.stderr)
+        );
+    }
+    let history = http(
+        "GET",
+        &format!("{}?workspace=dev&history", server.state_url(key)),
+        b"",
+    );
+    assert_eq!(history.0, 200);
+    assert!(
+        text(&history.1).contains("migrate"),
+        "history records the migration"
+    );
+
+    let (ok, out) = migrate(&[]);
+    assert!(ok, "rerun:\n{out}");
+    assert!(out.contains("2 workspaces: 0 copied, 2 skipped"), "{out}");
+
+    // While Terraform holds dev's lock, dev is not copied.
+    let dev_id = source
+        .sql("SELECT id FROM terraform_remote_state.states WHERE name = 'dev'")
+        .unwrap()
+        .trim()
+        .to_string();
+    let holder = {
+        let server = Arc::clone(&source.server);
+        let db = source.database.clone();
+        std::thread::spawn(move || {
+            server
+                .sql(
+                    Some(&db),
+                    &format!("SELECT pg_advisory_lock({dev_id}); SELECT pg_sleep(4);"),
+                )
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let (ok, out) = migrate(&["--lock-timeout", "1"]);
+    assert!(!ok, "a locked workspace makes the run fail:\n{out}");
+    assert!(out.contains("locked by a running terraform"), "{out}");
+    holder.join().unwrap();
+
+    // stategate moves ahead; the older pg state must not replace it.
+    http_tf.apply(&["greeting=changed in stategate"]);
+    let (_, before) = http(
+        "GET",
+        &format!("{}?workspace=dev", server.state_url(key)),
+        b"",
+    );
+    let (ok, out) = migrate(&[]);
+    assert!(!ok, "a newer serial in stategate is refused:\n{out}");
+    assert!(out.contains("REFUSED"), "{out}");
+    let (_, after) = http(
+        "GET",
+        &format!("{}?workspace=dev", server.state_url(key)),
+        b"",
+    );
+    assert!(
+        before == after,
+        "the newer state in stategate was overwritten"
+    );
+}
+
+/// `terraform-examples/db`: its stategate.yaml starts stategate on the
+/// database (with the test server's address and database put in place)
+/// and its main.tf applies through it.
+#[test]
+fn db_example_configuration_works() {
+    let peer = DbPeer::new(Engine::Mariadb);
+    let config = repo().join("terraform-examples/db/stategate.yaml");
+    let config = config.display().to_string();
+    let port = peer.server.port.to_string();
+    let overrides = [
+        ("dbPort", port.as_str()),
+        ("dbName", peer.database.as_str()),
+        ("dbSSLMode", "disable"),
+    ];
+    let mut args = vec!["--config".to_string(), config];
+    for (k, v) in overrides {
+        args.extend(["-C".to_string(), format!("{k}={v}")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::try_start_cmd(&ExamplePeer, &args, &[], |cmd| {
+        cmd.env("STATEGATE_DB_PASSWORD", PASSWORD);
+    })
+    .unwrap_or_else(|log| panic!("the example configuration did not start:\n{log}"));
+    let tf = Terraform::example("db", &server.url);
+    tf.init_apply(&[]);
+    assert_eq!(
+        tf.ok(&["output", "-raw", "greeting"]),
+        "hello from a database"
+    );
+    assert!(
+        peer.object_keys()
+            .contains(&"db-example/terraform.tfstate".to_string()),
+        "{:?}",
+        peer.object_keys()
+    );
+}
+
+/// Everything comes from the example's file; only the storage type is
+/// named on the command line.
+struct ExamplePeer;
+
+impl Peer for ExamplePeer {
+    fn storage_type(&self) -> &str {
+        "db"
+    }
+    fn settings(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    fn object_keys(&self) -> Vec<String> {
+        unreachable!()
+    }
+    fn put_object(&self, _: &str, _: &[u8]) {
+        unreachable!()
+    }
+    fn object_bytes(&self, _: &str) -> Vec<u8> {
+        unreachable!()
+    }
+}
+
+/// `dbSSLMode=require` against a server that offers no TLS (the test
+/// servers have none) stops start-up naming `dbSSLMode`, never falling back
+/// to plain text.
+fn tls_required_but_not_offered(engine: Engine) {
+    let peer = DbPeer::new(engine);
+    let log = Server::try_start(&peer, &["-C", "dbSSLMode=require"], &[])
+        .err()
+        .expect("require without TLS on the server must stop start-up");
+    assert!(
+        log.contains("setting `dbSSLMode`"),
+        "names dbSSLMode:\n{log}"
+    );
+    assert!(!log.contains(PASSWORD), "the password appeared:\n{log}");
+}
+
+#[test]
+fn db_tls_required_but_not_offered_postgres() {
+    tls_required_but_not_offered(Engine::Postgres);
+}
+
+#[test]
+fn db_tls_required_but_not_offered_mariadb() {
+    tls_required_but_not_offered(Engine::Mariadb);
+}
+
+/// `dbSSLMode=verify-full` with `dbSSLRootCert` against a PostgreSQL that
+/// serves TLS: the connection is encrypted (the server says so), and a
+/// root certificate that did not sign the server's stops start-up naming
+/// `dbSSLRootCert`.
+#[test]
+fn db_tls_verify_full_postgres() {
+    use crate::support::db::{is_root, postgres_ids};
+    let pki = crate::tls::Pki::new();
+    // The server reads its key as the postgres user, which wants it private.
+    let files = tempfile::TempDir::new().unwrap();
+    for name in ["server.pem", "server.key"] {
+        std::fs::copy(pki.path(name), files.path().join(name)).unwrap();
+    }
+    let key = files.path().join("server.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    if is_root() {
+        let (uid, gid) = postgres_ids();
+        for p in [
+            files.path().to_path_buf(),
+            files.path().join("server.pem"),
+            key.clone(),
+        ] {
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid)).unwrap();
+        }
+    }
+    let server_db = Arc::new(DbServer::start_with(
+        Engine::Postgres,
+        &[
+            "-c".into(),
+            "ssl=on".into(),
+            "-c".into(),
+            format!(
+                "ssl_cert_file={}",
+                files.path().join("server.pem").display()
+            ),
+            "-c".into(),
+            format!("ssl_key_file={}", key.display()),
+        ],
+    ));
+    let peer = DbPeer::on(Arc::clone(&server_db));
+    let verify = [
+        "-C".to_string(),
+        "dbSSLMode=verify-full".to_string(),
+        "-C".to_string(),
+        format!("dbSSLRootCert={}", pki.path("ca.pem")),
+    ];
+    let verify: Vec<&str> = verify.iter().map(String::as_str).collect();
+    let server = Server::start_with(&peer, &verify);
+    let url = server.state_url("tls/terraform.tfstate");
+    assert_eq!(http("POST", &url, &state_doc("tls", 1, "x")).0, 200);
+    let encrypted = server_db
+        .sql(
+            None,
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.usename = 'stategate'",
+        )
+        .unwrap();
+    assert_eq!(encrypted.trim(), "t", "every stategate connection uses TLS");
+    drop(server);
+
+    let other = crate::tls::Pki::new();
+    let wrong = format!("dbSSLRootCert={}", other.path("ca.pem"));
+    let log = Server::try_start(&peer, &["-C", "dbSSLMode=verify-full", "-C", &wrong], &[])
+        .err()
+        .expect("a server certificate from another CA must stop start-up");
+    assert!(
+        log.contains("setting `dbSSLRootCert`") && log.contains("certificate"),
+        "names dbSSLRootCert and the certificate:\n{log}"
+    );
+    eprintln!("{}", log.lines().last().unwrap_or_default());
+}
