@@ -14,20 +14,7 @@ const KEY: &str = "crash/terraform.tfstate";
 
 /// A 32 MiB state whose every byte depends on its serial.
 fn big_state(serial: u64) -> Vec<u8> {
-    let mut body = format!(
-        "{{\"version\":4,\"serial\":{serial},\"lineage\":\"crash\",\"resources\":[],\"outputs\":{{\"blob\":{{\"type\":\"string\",\"value\":\""
-    )
-    .into_bytes();
-    let tail = b"\"}}}\n";
-    let mut x = serial.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    while body.len() < SIZE - tail.len() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        body.push(b'a' + (x % 26) as u8);
-    }
-    body.extend_from_slice(tail);
-    body
+    sized_state("crash", serial, SIZE)
 }
 
 /// Lock, write and unlock as Terraform does, ignoring failures (the server

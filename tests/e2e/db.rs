@@ -76,24 +76,6 @@ fn db_replicas_one_lock_winner_mariadb() {
     one_winner_per_round(Engine::Mariadb);
 }
 
-/// A state of `size` bytes whose every byte depends on its serial.
-fn sized_state(serial: u64, size: usize) -> Vec<u8> {
-    let mut body = format!(
-        "{{\"version\":4,\"serial\":{serial},\"lineage\":\"db\",\"resources\":[],\"outputs\":{{\"blob\":{{\"type\":\"string\",\"value\":\""
-    )
-    .into_bytes();
-    let tail = b"\"}}}\n";
-    let mut x = serial.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    while body.len() < size - tail.len() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        body.push(b'a' + (x % 26) as u8);
-    }
-    body.extend_from_slice(tail);
-    body
-}
-
 fn serial_of(body: &[u8]) -> u64 {
     serde_json::from_slice::<serde_json::Value>(body)
         .unwrap_or_else(|e| panic!("torn state ({} bytes): {e}", body.len()))["serial"]
@@ -118,7 +100,7 @@ fn outage(engine: Engine) {
     let server = Server::start_with(&peer, &["-C", "dbConnectTimeout=2s", "-C", "timeout=5s"]);
     let url = server.state_url("outage/terraform.tfstate");
     const SIZE: usize = 8 * 1024 * 1024;
-    assert_eq!(http("POST", &url, &sized_state(1, SIZE)).0, 200);
+    assert_eq!(http("POST", &url, &sized_state("db", 1, SIZE)).0, 200);
 
     // A writer keeps writing bigger serials while the server goes away.
     let accepted = Arc::new(Mutex::new(vec![1u64]));
@@ -129,7 +111,7 @@ fn outage(engine: Engine) {
             let mut serial = 2;
             let mut refused = 0;
             while !stop.load(Ordering::SeqCst) {
-                let (status, _) = http("POST", &url, &sized_state(serial, SIZE));
+                let (status, _) = http("POST", &url, &sized_state("db", serial, SIZE));
                 if status == 200 {
                     accepted.lock().unwrap().push(serial);
                 } else {
@@ -189,7 +171,7 @@ fn outage(engine: Engine) {
     assert_eq!(status, 200);
     let serial = serial_of(&stored);
     assert!(
-        stored == sized_state(serial, SIZE),
+        stored == sized_state("db", serial, SIZE),
         "the stored state is whole (serial {serial})"
     );
     let accepted = accepted.lock().unwrap().clone();
@@ -210,7 +192,7 @@ fn outage(engine: Engine) {
         let (status, body) = http(
             "POST",
             &format!("{url}?ID=after"),
-            &sized_state(serial + 100, SIZE),
+            &sized_state("db", serial + 100, SIZE),
         );
         if status == 200 {
             break;
@@ -385,7 +367,7 @@ fn db_mariadb_default_packet_limit_and_40_mib_state() {
     );
     let server = Server::start(&peer);
     let url = server.state_url("big/terraform.tfstate");
-    let body = sized_state(7, 40 * 1024 * 1024);
+    let body = sized_state("db", 7, 40 * 1024 * 1024);
     assert_eq!(http("POST", &url, &body).0, 200);
     let (status, got) = http("GET", &url, b"");
     assert_eq!(status, 200);

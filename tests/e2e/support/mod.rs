@@ -342,6 +342,25 @@ pub fn state_doc(lineage: &str, serial: u64, value: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A state of `size` bytes whose every byte depends on its lineage's
+/// serial, so a torn or mixed body never passes for a whole one.
+pub fn sized_state(lineage: &str, serial: u64, size: usize) -> Vec<u8> {
+    let mut body = format!(
+        "{{\"version\":4,\"serial\":{serial},\"lineage\":\"{lineage}\",\"resources\":[],\"outputs\":{{\"blob\":{{\"type\":\"string\",\"value\":\""
+    )
+    .into_bytes();
+    let tail = b"\"}}}\n";
+    let mut x = serial.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while body.len() < size - tail.len() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        body.push(b'a' + (x % 26) as u8);
+    }
+    body.extend_from_slice(tail);
+    body
+}
+
 /// The `terraform` CLI, run in a directory of its own.
 pub struct Terraform {
     pub dir: TempDir,
