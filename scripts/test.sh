@@ -108,12 +108,18 @@ done
 # The dashboard's browser tests: Debian's Chromium, driven from Node.js by
 # playwright-core (pinned in tests/ui/package-lock.json; it downloads no
 # browser of its own).
-if [ ! -x /usr/bin/chromium ] || ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+# Only what is missing: a Node.js from elsewhere (NodeSource's package
+# brings its own npm and conflicts with Debian's npm package) is kept.
+ui_missing=()
+[ -x /usr/bin/chromium ] || ui_missing+=(chromium)
+command -v node >/dev/null 2>&1 || ui_missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || ui_missing+=(npm)
+if [ "${#ui_missing[@]}" -gt 0 ]; then
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "scripts/test.sh: the dashboard tests need /usr/bin/chromium, node and npm: install Debian's chromium, nodejs and npm packages" >&2
+    echo "scripts/test.sh: the dashboard tests need /usr/bin/chromium, node and npm: install ${ui_missing[*]}" >&2
     exit 1
   fi
-  apt_install chromium nodejs npm
+  apt_install "${ui_missing[@]}"
 fi
 ui_stamp=tests/ui/node_modules/.package-lock.sha256
 ui_sum=$(sha256sum tests/ui/package-lock.json | cut -d' ' -f1)
