@@ -818,7 +818,7 @@ def healthz_once(port):
         return False
 
 
-def exec_to_ready(binary, stores, store, work, settings, env, rounds):
+def exec_to_ready(binary, store, work, settings, env, rounds):
     """Milliseconds from spawn until GET /healthz answers 200, each run a
     fresh process on the same store; the median and every value."""
     times = []
@@ -953,13 +953,13 @@ def parse_args():
     p.add_argument("--no-build", action="store_true", help="use the existing target/release/stategate")
     p.add_argument("--binary", help="a stategate binary to measure (no build)")
     p.add_argument("--db-url", default=os.environ.get("STATEGATE_BENCH_DB_URL"),
-                   help="dbURL of a private PostgreSQL or MariaDB for the db store (or STATEGATE_BENCH_DB_URL)")
+                   help="dbURL of a database for the `db` row (or STATEGATE_BENCH_DB_URL)")
     p.add_argument("--only", help="comma-separated parts: terraform,get,write,memory,exec")
     p.add_argument("--resources", type=int, help="terraform_data resources (300; quick 20)")
     p.add_argument("--runs", type=int, help="terraform runs per configuration (10; quick 2)")
     p.add_argument("--duration", type=float, help="seconds of every load (10; quick 1)")
     p.add_argument("--mem-mib", type=int, help="MiB of every state of the memory load (256; quick 8)")
-    p.add_argument("--json", default=str(REPO / "target" / "bench" / "results.json"))
+    p.add_argument("--json", default=str(REPO / "target" / "bench" / "results.json"), help="where the JSON goes")
     args = p.parse_args()
     quick = args.quick
     args.resources = args.resources or (20 if quick else 300)
@@ -975,7 +975,7 @@ def parse_args():
     else:
         args.stores = [s for s in ALL_STORES if s != "db" or args.db_url]
     if "db" in args.stores and not args.db_url:
-        p.error("the db store needs --db-url (a private PostgreSQL or MariaDB)")
+        p.error("the db row needs --db-url")
     args.only = set(args.only.split(",")) if args.only else {"terraform", "get", "write", "memory", "exec"}
     return args
 
@@ -1033,7 +1033,7 @@ def main():
             )
         for store in active:
             configs[store] = TerraformConfig(store, http_backend(f"{servers[store].url}/states/bench/tf"), n)
-        # Round-robin, so drift of the machine's speed hits every configuration alike.
+        # Round-robin, so drift of the host's speed hits every configuration alike.
         for r in range(args.runs):
             for cfg in configs.values():
                 cfg.apply_destroy()
@@ -1146,7 +1146,7 @@ def main():
         for store in active:
             work = temp_dir(f"exec-{store}")
             settings, env = stores.settings(store, work)
-            ms, _all = exec_to_ready(binary, stores, store, work, settings, env, args.exec_rounds)
+            ms, _all = exec_to_ready(binary, store, work, settings, env, args.exec_rounds)
             table.add("exec -> /healthz 200", store, ms, "ms", target=("figure", "<=", 50))
 
     part("terraform", terraform)
