@@ -5,7 +5,6 @@
 //! Hashes are made with `stategate hash-password` and `stategate token
 //! new`, as an operator would.
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 
 use base64::Engine;
@@ -23,29 +22,6 @@ const PASSWORDS: &[(&str, &str)] = &[
 
 fn password(user: &str) -> &'static str {
     PASSWORDS.iter().find(|(u, _)| *u == user).unwrap().1
-}
-
-/// `stategate hash-password`, fed on standard input.
-fn hash_password(secret: &str) -> String {
-    let mut child = Command::new(bin())
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{secret}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let hash = text(&out.stdout).trim().to_string();
-    assert!(hash.starts_with("$argon2id$"), "{hash}");
-    assert!(!hash.contains(secret));
-    hash
 }
 
 /// `stategate token new NAME`: the token and its hash.

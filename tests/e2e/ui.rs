@@ -460,26 +460,6 @@ fn ui_lists_thousands_of_states_a_page_at_a_time_without_reading_them() {
     assert!(html_time < Duration::from_secs(3), "{html_time:?}");
 }
 
-/// `stategate hash-password`, fed on standard input.
-fn hash_password(secret: &str) -> String {
-    let mut child = Command::new(bin())
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{secret}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    text(&out.stdout).trim().to_string()
-}
-
 fn basic(user: &str, pass: &str) -> String {
     format!(
         "Basic {}",

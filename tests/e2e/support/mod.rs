@@ -7,7 +7,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -495,7 +495,7 @@ impl Rng {
 /// normalisation of `..` or percent escapes, which URL libraries do) and
 /// returns status and body.
 pub fn raw_request(base_url: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let addr = base_url.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
     stream
@@ -666,4 +666,28 @@ impl Sealing {
     pub fn args(&self) -> [String; 2] {
         ["--config".into(), self.config().display().to_string()]
     }
+}
+
+/// `stategate hash-password`, fed on standard input: an argon2id hash
+/// that does not contain the secret.
+pub fn hash_password(secret: &str) -> String {
+    let mut child = std::process::Command::new(bin())
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{secret}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let hash = text(&out.stdout).trim().to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains(secret));
+    hash
 }
