@@ -126,6 +126,7 @@ pub async fn copy_state(
                 identity: None,
                 operation: "migrate",
                 md5: None,
+                head: None,
             },
         )
         .await?;

@@ -30,7 +30,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -40,7 +39,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::protocol::{self, App, Conn, Surface};
+use crate::protocol::{self, App, Conn, Reply, Surface};
 use crate::settings::Limits;
 use crate::tls::Tls;
 
@@ -287,13 +286,13 @@ impl Drop for InFlight {
 /// A response body that keeps its request counted as in flight until hyper
 /// has written it out and dropped it.
 struct Tracked {
-    inner: Full<Bytes>,
+    inner: Reply,
     _in_flight: InFlight,
 }
 
 impl Body for Tracked {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

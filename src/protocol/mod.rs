@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use bytes::BytesMut;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
@@ -35,14 +34,17 @@ use crate::auth::{Access, Auth};
 use crate::metrics::{Metrics, Refusal, method_label};
 use crate::settings::Limits;
 use crate::state::{LockInfo, StateError, StateRef, States, Taken, WriteOptions, head};
-use crate::stores::{PROBE_PREFIX, Version};
+use crate::stores::payload::spool_dir;
+use crate::stores::{PROBE_PREFIX, Payload, Spooler, StoreError, Version};
 
 pub mod access;
 pub mod error;
 pub mod origin;
+pub mod reply;
 
 pub use error::ProtocolError;
 use error::text;
+pub use reply::Reply;
 
 /// What the server needs to answer requests.
 pub struct App {
@@ -442,7 +444,7 @@ pub async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
     conn: Conn,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+) -> Result<Response<Reply>, std::convert::Infallible> {
     let started = Instant::now();
     let request_id = next_request_id();
     let method = method_label(req.method());
@@ -461,7 +463,7 @@ pub async fn handle(
         Err(e) => {
             count_failure(&app.metrics, &e, ex.route);
             let reason = e.to_string();
-            (e.into_response(), Some(reason))
+            (e.into_response().map(Reply::from), Some(reason))
         }
     };
     if ex.forced && response.status().is_success() {
@@ -531,7 +533,7 @@ async fn dispatch(
     req: Request<Incoming>,
     conn: &Conn,
     ex: &mut Exchange,
-) -> Result<Response<Full<Bytes>>, ProtocolError> {
+) -> Result<Response<Reply>, ProtocolError> {
     let surface = conn.surface;
     let full_path = req.uri().path();
     let path = if app.base_path.is_empty() {
@@ -565,7 +567,7 @@ async fn dispatch(
         ex.route = page.route;
         ex.identity = page.identity;
         ex.state = page.state;
-        return Ok(response);
+        return Ok(response.map(Reply::from));
     }
     let endpoint = route(req.method(), path, req.uri().query())?;
     if !matches!(
@@ -591,13 +593,13 @@ async fn dispatch(
     .await?;
     ex.identity = caller.as_ref().map(|c| c.name().to_string());
     let caller = caller.as_ref();
-    match endpoint {
+    let whole = match endpoint {
+        Endpoint::GetState(state) => return handle_get(app, &state, caller).await,
+        Endpoint::GetVersion(state, n) => return handle_get_version(app, &state, n).await,
         Endpoint::Health => Ok(text("ok\n")),
         Endpoint::Ready => handle_ready(app).await,
         Endpoint::Metrics => handle_metrics(app).await,
-        Endpoint::GetState(state) => handle_get(app, &state, caller).await,
         Endpoint::History(state) => handle_history(app, &state).await,
-        Endpoint::GetVersion(state, n) => handle_get_version(app, &state, n).await,
         Endpoint::WriteState { state, lock_id } => {
             let body = read_body(app, req, app.limits.max_body_bytes, ex).await?;
             handle_write(app, &state, body, lock_id.as_deref(), caller, ex).await
@@ -607,16 +609,19 @@ async fn dispatch(
         }
         Endpoint::Lock(state) => {
             let body = read_body(app, req, app.limits.max_lock_bytes, ex).await?;
-            handle_lock(app, &state, body.bytes, caller, ex).await
+            let bytes = body.payload.to_bytes().await.map_err(StateError::Store)?;
+            handle_lock(app, &state, bytes, caller, ex).await
         }
         Endpoint::Unlock(state) => {
             let body = read_body(app, req, app.limits.max_lock_bytes, ex).await?;
-            ex.forced = body.bytes.iter().all(u8::is_ascii_whitespace)
-                || LockInfo::parse(&body.bytes).is_ok_and(|i| i.id.is_empty());
-            handle_unlock(app, &state, &body.bytes, caller, ex).await
+            let bytes = body.payload.to_bytes().await.map_err(StateError::Store)?;
+            ex.forced = bytes.iter().all(u8::is_ascii_whitespace)
+                || LockInfo::parse(&bytes).is_ok_and(|i| i.id.is_empty());
+            handle_unlock(app, &state, &bytes, caller, ex).await
         }
         Endpoint::GetLock(state) => handle_get_lock(app, &state).await,
-    }
+    };
+    whole.map(|r| r.map(Reply::from))
 }
 
 /// How far past the limit a body is still read (and dropped) before the
@@ -629,8 +634,9 @@ const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// Reads the whole body, refusing one over `limit` (by `Content-Length`
 /// before reading, or while reading), one that arrives slower than
 /// `body_min_rate` over any 10-second window, and one whose `Content-MD5`
-/// does not match. Memory grows with the bytes received, never with the
-/// length a client declares.
+/// does not match. A body over a megabyte is spooled to an unnamed file as
+/// it arrives ([`Spooler`]), so memory does not grow with its size, nor
+/// ever with the length a client declares. The MD5 is taken on the way.
 async fn read_body(
     app: &App,
     req: Request<Incoming>,
@@ -670,7 +676,14 @@ async fn read_body(
         }
     };
     let mut incoming = req.into_body();
-    let mut body = BytesMut::new();
+    let mut body = Spooler::new(&spool_dir());
+    let mut hasher = Md5::new();
+    let spool_failed = |e: std::io::Error| {
+        ProtocolError::State(StateError::Store(StoreError::unavailable(format!(
+            "spooling the body to {}: {e}",
+            spool_dir().display()
+        ))))
+    };
     let mut seen: u64 = 0;
     let mut window_end = tokio::time::Instant::now() + RATE_WINDOW;
     let mut window_start_seen: u64 = 0;
@@ -703,7 +716,8 @@ async fn read_body(
             break;
         }
         if seen <= limit {
-            body.extend_from_slice(&data);
+            hasher.update(&data);
+            body.push(&data).await.map_err(spool_failed)?;
         }
         if min_rate > 0 && tokio::time::Instant::now() >= window_end {
             if seen - window_start_seen < min_rate * RATE_WINDOW.as_secs() {
@@ -716,8 +730,8 @@ async fn read_body(
     if seen > limit {
         return Err(ProtocolError::TooLarge(limit));
     }
-    let bytes = body.freeze();
-    let digest = Md5::digest(&bytes);
+    let payload = body.finish().await.map_err(spool_failed)?;
+    let digest = hasher.finalize();
     if let Some(expected) = content_md5
         && digest.as_slice() != expected.as_slice()
     {
@@ -726,14 +740,14 @@ async fn read_body(
         ));
     }
     Ok(Body {
-        bytes,
+        payload,
         md5: head::hex(&digest),
     })
 }
 
-/// A request body, read whole and hashed once.
+/// A request body, read whole (in memory or spooled) and hashed once.
 struct Body {
-    bytes: Bytes,
+    payload: Payload,
     /// Hex MD5, handed on so a write does not hash the body again.
     md5: String,
 }
@@ -746,13 +760,13 @@ fn json(body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 }
 
 /// A state body with its `Content-Length` and an `ETag` (the quoted hex
-/// MD5, computed here unless given), set here so HEAD, which sends no body,
-/// carries them too.
-fn state_body(body: Bytes, md5: Option<String>) -> Response<Full<Bytes>> {
-    let etag = format!("\"{}\"", md5.unwrap_or_else(|| head::md5_hex(&body)));
+/// MD5), set here so HEAD, which sends no body, carries them too.
+fn state_body(body: Payload, md5: &str) -> Response<Reply> {
+    let etag = format!("\"{md5}\"");
     let length = body.len();
-    let mut r = json(body);
+    let mut r = Response::new(Reply::payload(body));
     let headers = r.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
     headers.insert(
         ETAG,
@@ -789,26 +803,27 @@ async fn handle_get(
     app: &App,
     state: &StateRef,
     caller: Option<&access::Caller>,
-) -> Result<Response<Full<Bytes>>, ProtocolError> {
-    match app.states.get_object(state).await? {
-        Some(obj) if caller.is_some_and(|c| c.level == Access::Outputs) => {
-            Ok(state_body(access::outputs_only(&obj.body)?, None))
-        }
-        Some(obj) => {
-            let md5 = match app.etags.get(state, &obj.version) {
-                Some(md5) => md5,
-                None => {
-                    let md5 = head::md5_hex(&obj.body);
-                    app.etags.put(state, obj.version, md5.clone());
-                    md5
-                }
-            };
-            Ok(state_body(obj.body, Some(md5)))
-        }
-        None => Err(ProtocolError::NotFound(format!(
+) -> Result<Response<Reply>, ProtocolError> {
+    let Some((body, version)) = app.states.read(state).await? else {
+        return Err(ProtocolError::NotFound(format!(
             "no state stored for {state}"
-        ))),
+        )));
+    };
+    if caller.is_some_and(|c| c.level == Access::Outputs) {
+        let whole = body.to_bytes().await.map_err(StateError::Store)?;
+        let outputs = access::outputs_only(&whole)?;
+        let md5 = head::md5_hex(&outputs);
+        return Ok(state_body(Payload::Memory(outputs), &md5));
     }
+    let md5 = match app.etags.get(state, &version) {
+        Some(md5) => md5,
+        None => {
+            let md5 = body.md5_hex().await.map_err(StateError::Store)?;
+            app.etags.put(state, version, md5.clone());
+            md5
+        }
+    };
+    Ok(state_body(body, &md5))
 }
 
 async fn handle_history(
@@ -829,8 +844,10 @@ async fn handle_get_version(
     app: &App,
     state: &StateRef,
     n: u64,
-) -> Result<Response<Full<Bytes>>, ProtocolError> {
-    Ok(state_body(app.states.version(state, n).await?, None))
+) -> Result<Response<Reply>, ProtocolError> {
+    let body = app.states.version(state, n).await?;
+    let md5 = head::md5_hex(&body);
+    Ok(state_body(Payload::Memory(body), &md5))
 }
 
 /// The fields every audit event of a state carries.
@@ -854,22 +871,29 @@ async fn handle_write(
     if let (Some(caller), Some(id)) = (caller, lock_id) {
         access::check_lock_owner(app, state, id, caller, ex.client).await?;
     }
-    let serial = crate::state::head::StateHead::parse(&body.bytes)
-        .ok()
-        .and_then(|h| h.serial);
-    let size = body.bytes.len();
+    // Checked once here, for the audit record, and handed on.
+    let head = head::StateHead::parse_payload(&body.payload).await;
+    let size = body.payload.len();
     let md5 = body.md5.clone();
-    let opts = WriteOptions {
-        lock_id,
-        identity: ex.identity.as_deref(),
-        operation: "write",
-        md5: Some(&body.md5),
-        ..Default::default()
-    };
     let mut fields = audit_fields(state, ex);
+    let serial = head.as_ref().ok().and_then(|h| h.serial);
     fields.push(("serial", serde_json::json!(serial)));
     fields.push(("bytes", serde_json::json!(size)));
-    match app.states.write(state, body.bytes, opts).await {
+    let written = match head {
+        Ok(head) => {
+            let opts = WriteOptions {
+                lock_id,
+                identity: ex.identity.as_deref(),
+                operation: "write",
+                md5: Some(&body.md5),
+                head: Some(&head),
+                ..Default::default()
+            };
+            app.states.write(state, body.payload, opts).await
+        }
+        Err(refused) => Err(refused),
+    };
+    match written {
         Ok(outcome) => {
             if let crate::state::WriteOutcome::Written {
                 version,

@@ -2,13 +2,15 @@
 //! (lineage, serial, how many resources), its MD5, and who wrote it. The
 //! write rules and history both read these; neither imports the other.
 
-use bytes::Bytes;
+use std::io::BufRead;
+
 use md5::{Digest, Md5};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use super::{Held, StateError};
-use crate::stores::Version;
+use crate::stores::payload::CHUNK_BYTES;
+use crate::stores::{Payload, StoreError, Version};
 
 /// The top-level fields of a Terraform state that the rules look at.
 #[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
@@ -57,55 +59,192 @@ struct Incoming {
 
 impl StateHead {
     /// Checks that an incoming body is a state (rule 2 above) and reads its
-    /// head; [`StateError::BadRequest`] names what is wrong.
+    /// head; [`StateError::BadRequest`] names what is wrong. A body in a
+    /// file is read a piece at a time on a blocking thread.
+    pub async fn parse_payload(body: &Payload) -> Result<Self, StateError> {
+        if let Some(bytes) = body.as_memory() {
+            return Self::parse_incoming(bytes);
+        }
+        let body = body.clone();
+        tokio::task::spawn_blocking(move || Self::parse_incoming_reader(&body))
+            .await
+            .map_err(|e| {
+                StateError::Store(StoreError::unavailable(format!("worker failed: {e}")))
+            })?
+    }
+
+    /// [`StateHead::parse_payload`] of a body in memory.
     pub fn parse_incoming(body: &[u8]) -> Result<Self, StateError> {
-        let refuse = |what: String| {
-            StateError::BadRequest(format!("the body is not a Terraform state: {what}"))
-        };
         // serde skips the strings it ignores without decoding them; JSON is
         // UTF-8, and a state must read back as JSON anywhere.
         if let Err(e) = std::str::from_utf8(body) {
-            return Err(StateError::BadRequest(format!(
-                "the body is not JSON: invalid UTF-8 at byte {}",
-                e.valid_up_to()
-            )));
+            return Err(invalid_utf8(e.valid_up_to() as u64));
         }
-        let first = body.iter().find(|b| !b.is_ascii_whitespace());
-        if first != Some(&b'{') {
+        let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+        if first != Some(b'{') {
             // Not an object: say whether it is JSON at all.
-            serde_json::from_slice::<IgnoredAny>(body)
-                .map_err(|e| StateError::BadRequest(format!("the body is not JSON: {e}")))?;
-            return Err(refuse("expected a JSON object".into()));
+            serde_json::from_slice::<IgnoredAny>(body).map_err(not_json)?;
+            return Err(not_a_state("expected a JSON object".into()));
         }
-        let top: Incoming = serde_json::from_slice(body).map_err(|e| {
-            if e.is_data() {
-                refuse(e.to_string())
-            } else {
-                StateError::BadRequest(format!("the body is not JSON: {e}"))
+        serde_json::from_slice(body)
+            .map_err(not_a_state_or_json)
+            .and_then(Incoming::head)
+    }
+
+    /// The same checks over a reader, keeping a few hundred kilobytes in
+    /// memory whatever the body's size.
+    fn parse_incoming_reader(body: &Payload) -> Result<Self, StateError> {
+        let checked = Utf8Checked::new(body.reader());
+        let mut reader = std::io::BufReader::with_capacity(CHUNK_BYTES, checked);
+        let read_failed = |e: std::io::Error| {
+            StateError::Store(StoreError::unavailable(format!("reading the body: {e}")))
+        };
+        let first = loop {
+            let buf = reader.fill_buf().map_err(read_failed)?;
+            if buf.is_empty() {
+                break None;
             }
-        })?;
-        let encrypted =
-            top.encryption_version.is_some() && top.encrypted_data.is_some() && top.meta.is_some();
-        let serial = match top.serial {
+            match buf.iter().position(|b| !b.is_ascii_whitespace()) {
+                Some(i) => break Some(buf[i]),
+                None => {
+                    let n = buf.len();
+                    reader.consume(n);
+                }
+            }
+        };
+        if first != Some(b'{') {
+            let any = serde_json::from_reader::<_, IgnoredAny>(&mut reader);
+            if let Some(at) = reader.get_ref().invalid_at {
+                return Err(invalid_utf8(at));
+            }
+            any.map_err(not_json)?;
+            return Err(not_a_state("expected a JSON object".into()));
+        }
+        let top = serde_json::from_reader::<_, Incoming>(&mut reader);
+        if let Some(at) = reader.get_ref().invalid_at {
+            return Err(invalid_utf8(at));
+        }
+        top.map_err(not_a_state_or_json).and_then(Incoming::head)
+    }
+}
+
+fn not_a_state(what: String) -> StateError {
+    StateError::BadRequest(format!("the body is not a Terraform state: {what}"))
+}
+
+fn not_json(e: serde_json::Error) -> StateError {
+    StateError::BadRequest(format!("the body is not JSON: {e}"))
+}
+
+fn not_a_state_or_json(e: serde_json::Error) -> StateError {
+    if e.is_data() {
+        not_a_state(e.to_string())
+    } else {
+        not_json(e)
+    }
+}
+
+fn invalid_utf8(at: u64) -> StateError {
+    StateError::BadRequest(format!("the body is not JSON: invalid UTF-8 at byte {at}"))
+}
+
+impl Incoming {
+    /// The head of a body that parsed as an object: an encrypted envelope
+    /// may lack `serial` and `lineage`, a plain state may not.
+    fn head(self) -> Result<StateHead, StateError> {
+        let encrypted = self.encryption_version.is_some()
+            && self.encrypted_data.is_some()
+            && self.meta.is_some();
+        let serial = match self.serial {
             Some(v) => Some(v.as_u64().ok_or_else(|| {
-                refuse(format!(
+                not_a_state(format!(
                     "`serial` must be a whole number of 0 or more, not {v}"
                 ))
             })?),
             None if encrypted => None,
-            None => return Err(refuse("it has no `serial`".into())),
+            None => return Err(not_a_state("it has no `serial`".into())),
         };
-        let lineage = match top.lineage {
+        let lineage = match self.lineage {
             Some(serde_json::Value::String(l)) => Some(l),
-            Some(v) => return Err(refuse(format!("`lineage` must be a string, not {v}"))),
+            Some(v) => return Err(not_a_state(format!("`lineage` must be a string, not {v}"))),
             None if encrypted => None,
-            None => return Err(refuse("it has no `lineage`".into())),
+            None => return Err(not_a_state("it has no `lineage`".into())),
         };
         Ok(StateHead {
             lineage,
             serial,
-            resources: top.resources,
+            resources: self.resources,
         })
+    }
+}
+
+/// Validates UTF-8 as bytes pass through, a piece at a time (a character
+/// may be split between two reads).
+struct Utf8Checked<R> {
+    inner: R,
+    /// The start of a character whose last bytes have not been read yet.
+    pending: [u8; 4],
+    pending_len: usize,
+    /// Bytes seen so far.
+    offset: u64,
+    /// Where the first invalid sequence starts.
+    invalid_at: Option<u64>,
+}
+
+impl<R> Utf8Checked<R> {
+    fn new(inner: R) -> Self {
+        Utf8Checked {
+            inner,
+            pending: [0; 4],
+            pending_len: 0,
+            offset: 0,
+            invalid_at: None,
+        }
+    }
+
+    fn check(&mut self, mut data: &[u8]) {
+        if self.invalid_at.is_some() {
+            return;
+        }
+        if data.is_empty() {
+            // The end: a character left unfinished is invalid.
+            if self.pending_len > 0 {
+                self.invalid_at = Some(self.offset - self.pending_len as u64);
+            }
+            return;
+        }
+        while self.pending_len > 0 && !data.is_empty() {
+            self.pending[self.pending_len] = data[0];
+            self.pending_len += 1;
+            data = &data[1..];
+            self.offset += 1;
+            match std::str::from_utf8(&self.pending[..self.pending_len]) {
+                Ok(_) => self.pending_len = 0,
+                Err(e) if e.error_len().is_none() => {}
+                Err(_) => {
+                    self.invalid_at = Some(self.offset - self.pending_len as u64);
+                    return;
+                }
+            }
+        }
+        match std::str::from_utf8(data) {
+            Ok(_) => self.offset += data.len() as u64,
+            Err(e) if e.error_len().is_none() => {
+                let rest = &data[e.valid_up_to()..];
+                self.pending[..rest.len()].copy_from_slice(rest);
+                self.pending_len = rest.len();
+                self.offset += data.len() as u64;
+            }
+            Err(e) => self.invalid_at = Some(self.offset + e.valid_up_to() as u64),
+        }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Utf8Checked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.check(&buf[..n]);
+        Ok(n)
     }
 }
 
@@ -163,7 +302,110 @@ pub(super) struct Current {
 
 /// A state body with what the rules and history know of it.
 pub(super) struct Described<'a> {
-    pub body: &'a Bytes,
+    pub body: &'a Payload,
     pub head: &'a StateHead,
     pub md5: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::stores::payload::FileBody;
+
+    fn in_file(body: &[u8]) -> Payload {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(body).unwrap();
+        Payload::File(Arc::new(FileBody::new(file, body.len() as u64)))
+    }
+
+    /// Hands out one byte per read, so characters split between reads.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let Some((&first, rest)) = self.0.split_first() else {
+                return Ok(0);
+            };
+            buf[0] = first;
+            self.0 = rest;
+            Ok(1)
+        }
+    }
+
+    fn utf8_error_at(body: &[u8]) -> Option<u64> {
+        let mut checked = Utf8Checked::new(Trickle(body));
+        std::io::copy(&mut checked, &mut std::io::sink()).unwrap();
+        checked.invalid_at
+    }
+
+    #[test]
+    fn utf8_is_checked_across_reads() {
+        for body in [
+            "plain".as_bytes(),
+            "é".as_bytes(),
+            "a€b𝄞c".as_bytes(),
+            b"",
+            b"ok\xff",
+            b"\xe2\x82",
+            b"ab\xe2\x28\xa1",
+            b"\xf0\x9d\x84\x9e\xc3",
+            b"\xed\xa0\x80",
+        ] {
+            let expected = std::str::from_utf8(body)
+                .err()
+                .map(|e| e.valid_up_to() as u64);
+            assert_eq!(utf8_error_at(body), expected, "{body:?}");
+        }
+    }
+
+    /// A body in a file is judged exactly as the same body in memory.
+    #[test]
+    fn bodies_in_files_are_judged_as_in_memory() {
+        let big_junk = format!(
+            r#"{{"serial":1,"lineage":"L","resources":[{}],"junk":"{}"}}"#,
+            vec!["{}"; 3000].join(","),
+            "é".repeat(400_000)
+        );
+        let cases: Vec<&[u8]> = vec![
+            br#"{"version":4,"serial":7,"lineage":"L","resources":[{"a":1},{"b":2}]}"#,
+            b"  \n {\"serial\":0,\"lineage\":\"L\"}  ",
+            br#"{"meta":{"k":"v"},"encrypted_data":"AAAA","encryption_version":"v0"}"#,
+            big_junk.as_bytes(),
+            b"{}",
+            b"[]",
+            b"[0,\"L\",[],null,null,null]",
+            b"null",
+            b"   ",
+            b"",
+            br#"{"serial":"4","lineage":"L"}"#,
+            br#"{"serial":-1,"lineage":"L"}"#,
+            br#"{"serial":1}"#,
+            br#"{"serial":1,"lineage":7}"#,
+            b"not json",
+            b"{\"serial\":1,\"lineage\":\"L\"} trailing",
+            b"{\"serial\":1,\"lineage\":\"x\",\"junk\":\"\xff\"}",
+            b"{\"serial\":1,\"lineage\":\"x\"}\xc3",
+            b"[\"\xff\"]",
+        ];
+        for body in cases {
+            let in_memory = StateHead::parse_incoming(body).map_err(|e| e.to_string());
+            let from_file = StateHead::parse_incoming_reader(&in_file(body)).map_err(|e| {
+                assert!(matches!(e, StateError::BadRequest(_)), "{e}");
+                e.to_string()
+            });
+            match (&in_memory, &from_file) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Err(_), Err(_)) => {}
+                _ => panic!(
+                    "{:?}: in memory {in_memory:?}, from a file {from_file:?}",
+                    String::from_utf8_lossy(&body[..body.len().min(80)])
+                ),
+            }
+        }
+        let head = StateHead::parse_incoming_reader(&in_file(big_junk.as_bytes())).unwrap();
+        assert_eq!((head.serial, head.resources), (Some(1), 3000));
+    }
 }

@@ -25,7 +25,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::head::{Current, Described, StateHead, Writer, md5_hex};
 use super::{StateError, StateRef, States};
-use crate::stores::{Condition, StoreError, Version};
+use crate::stores::{Condition, Payload, StoreError, Version};
 
 /// Where history lives; inside the reserved prefix.
 pub const HISTORY_PREFIX: &str = ".stategate/history/";
@@ -198,7 +198,7 @@ impl States {
         let md5 = md5_hex(&obj.body);
         if newest.is_none_or(|m| m.md5 != md5) {
             let found = Described {
-                body: &obj.body,
+                body: &Payload::Memory(obj.body),
                 head: &head,
                 md5: &md5,
             };
@@ -297,7 +297,7 @@ impl States {
                 // Replaced since it was written: keep the bytes we have.
                 Err(StoreError::PreconditionFailed) => self
                     .store
-                    .put(&body_key(dir, n), item.body.clone(), Condition::IfAbsent)
+                    .put_payload(&body_key(dir, n), item.body, Condition::IfAbsent)
                     .await
                     .map(|_| ()),
                 other => other,
@@ -313,7 +313,7 @@ impl States {
             serial: item.head.serial,
             lineage: item.head.lineage.clone(),
             resources: item.head.resources,
-            size: item.body.len() as u64,
+            size: item.body.len(),
             md5: item.md5.to_string(),
             created: rfc3339(OffsetDateTime::now_utc()).unwrap_or_default(),
             who: writer.who,

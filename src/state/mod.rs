@@ -188,6 +188,15 @@ impl States {
         Ok(self.store.get(&self.object_key(state)).await?)
     }
 
+    /// Reads a state's current body with its store version, as the store
+    /// hands it out: a large body may be a file, read a piece at a time.
+    pub async fn read(
+        &self,
+        state: &StateRef,
+    ) -> Result<Option<(crate::stores::Payload, crate::stores::Version)>, StateError> {
+        Ok(self.store.read(&self.object_key(state)).await?)
+    }
+
     /// Every state whose key starts with `prefix` (any workspace), with its
     /// serial and lock holder.
     pub async fn list(&self, prefix: &str) -> Result<Vec<StateSummary>, StateError> {

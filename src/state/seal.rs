@@ -38,7 +38,7 @@ use bytes::Bytes;
 use super::history::HISTORY_PREFIX;
 use super::key::{LOCK_SUFFIX, RESERVED_PREFIX};
 use crate::settings::{ConfigError, EncryptionSettings, KeySource};
-use crate::stores::{Capabilities, Condition, Entry, Object, Store, StoreError, Version};
+use crate::stores::{Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version};
 
 /// The first bytes of every sealed object (a state body starts with `{`).
 const MAGIC: &[u8; 4] = b"SGSL";
@@ -421,13 +421,16 @@ impl Store for SealedStore {
         from: &str,
         from_version: &Version,
         to: &str,
-        body: &Bytes,
+        body: &Payload,
     ) -> Result<(), StoreError> {
         // A store that copies in place keeps the sealed bytes, which open
         // under `to` too (same logical key); one that writes `body` must
         // get it sealed.
-        let sealed = self.seal_body(to, body)?.unwrap_or_else(|| body.clone());
-        self.inner.snapshot(from, from_version, to, &sealed).await
+        let plain = body.to_bytes().await?;
+        let sealed = self.seal_body(to, &plain)?.unwrap_or(plain);
+        self.inner
+            .snapshot(from, from_version, to, &Payload::Memory(sealed))
+            .await
     }
 }
 

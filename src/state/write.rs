@@ -24,11 +24,9 @@
 //! state is ever lost. A body identical to the stored one (same MD5) is a
 //! retried write and changes nothing.
 
-use bytes::Bytes;
-
-use super::head::{Described, StateHead, Writer, md5_hex};
+use super::head::{Described, StateHead, Writer};
 use super::{Lease, LeaseNeed, StateError, StateRef, States};
-use crate::stores::{Condition, StoreError, Version};
+use crate::stores::{Condition, Payload, StoreError, Version};
 
 /// Refuses a write that would replace newer state (rule 3 above). Identical
 /// bodies never reach this.
@@ -81,6 +79,9 @@ pub struct WriteOptions<'a> {
     /// protocol does, to check `Content-MD5`), so a large state is not
     /// hashed twice.
     pub md5: Option<&'a str>,
+    /// The body's head when the caller has already checked the body with
+    /// [`StateHead::parse_payload`], so a large state is not parsed twice.
+    pub head: Option<&'a StateHead>,
 }
 
 /// What a successful write did.
@@ -102,19 +103,21 @@ pub enum WriteOutcome {
 const CAS_RETRIES: usize = 10;
 
 impl States {
-    /// Writes a state under the rules above.
+    /// Writes a state under the rules above. A body in a file (a large
+    /// upload, spooled) is checked and stored a piece at a time.
     pub async fn write(
         &self,
         state: &StateRef,
-        body: Bytes,
+        body: impl Into<Payload>,
         opts: WriteOptions<'_>,
     ) -> Result<WriteOutcome, StateError> {
+        let body = body.into();
         // Refused before any lease is taken. The operator's overrides take
         // any JSON (rule 2 is about clients).
-        let incoming = if opts.skip_lineage_check {
-            StateHead::parse(&body)?
-        } else {
-            StateHead::parse_incoming(&body)?
+        let incoming = match opts.head {
+            _ if opts.skip_lineage_check => StateHead::parse(&body.to_bytes().await?)?,
+            Some(head) => head.clone(),
+            None => StateHead::parse_payload(&body).await?,
         };
         let lease = self.lease(state, LeaseNeed::Always).await?;
         let result = self
@@ -129,12 +132,15 @@ impl States {
     async fn write_leased(
         &self,
         state: &StateRef,
-        body: Bytes,
+        body: Payload,
         incoming: StateHead,
         opts: WriteOptions<'_>,
         lease: Option<&Lease>,
     ) -> Result<WriteOutcome, StateError> {
-        let md5 = opts.md5.map_or_else(|| md5_hex(&body), str::to_string);
+        let md5 = match opts.md5 {
+            Some(md5) => md5.to_string(),
+            None => body.md5_hex().await?,
+        };
         let holder = if opts.ignore_lock {
             None
         } else {
@@ -163,7 +169,7 @@ impl States {
             if let Some(lease) = lease {
                 lease.check()?;
             }
-            let version = match self.store.put(&object_key, body.clone(), condition).await {
+            let version = match self.store.put_payload(&object_key, &body, condition).await {
                 Ok(v) => v,
                 Err(StoreError::PreconditionFailed | StoreError::AlreadyExists) => continue,
                 Err(e) => return Err(e.into()),

@@ -26,7 +26,7 @@
 
 use std::ffi::CStr;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -38,7 +38,8 @@ use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 use time::OffsetDateTime;
 
-use super::{Backend, Capabilities, Condition, Entry, Object, Store, StoreError, Version};
+use super::payload::{FileBody, SPOOL_THRESHOLD};
+use super::{Backend, Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version};
 use crate::settings::{ConfigError, Setting, StoreSettings};
 
 /// Registration of the local store.
@@ -230,7 +231,7 @@ impl Tree {
     fn put_blocking(
         &self,
         key: &str,
-        body: &[u8],
+        body: &Payload,
         condition: &Condition,
         durable: bool,
     ) -> Result<Version, StoreError> {
@@ -247,7 +248,7 @@ impl Tree {
             // Read-only once in place: history hard-links these files, so an
             // edit in place would change a kept version too.
             let mut file = create_new(&self.tmp_fd, &tmp).map_err(io_err)?;
-            file.write_all(body).map_err(io_err)?;
+            body.copy_to(&mut file).map_err(io_err)?;
             if durable {
                 file.sync_all().map_err(io_err)?;
             }
@@ -320,6 +321,21 @@ impl Tree {
     }
 
     fn get_blocking(&self, key: &str) -> Result<Option<Object>, StoreError> {
+        let Some((body, version)) = self.read_blocking(key, usize::MAX)? else {
+            return Ok(None);
+        };
+        let body = body.as_memory().cloned().expect("read whole");
+        Ok(Some(Object { body, version }))
+    }
+
+    /// Opens `key`; a body over `in_memory` bytes is handed out as the open
+    /// file itself (files are never changed in place, so it stays the
+    /// version read however long the reader takes).
+    fn read_blocking(
+        &self,
+        key: &str,
+        in_memory: usize,
+    ) -> Result<Option<(Payload, Version)>, StoreError> {
         self.locate(key)?;
         let fd = match open_beneath(&self.root_fd, key, OFlags::RDONLY) {
             Ok(fd) => fd,
@@ -332,14 +348,17 @@ impl Tree {
         if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
             return Ok(None);
         }
-        let mut body = Vec::with_capacity(stat.st_size.max(0) as usize);
+        let size = stat.st_size.max(0) as u64;
+        let version = version_of(&stat);
+        if size > in_memory as u64 {
+            let body = FileBody::new(File::from(fd), size);
+            return Ok(Some((Payload::File(Arc::new(body)), version)));
+        }
+        let mut body = Vec::with_capacity(size as usize);
         File::from(fd)
             .read_to_end(&mut body)
             .map_err(|e| StoreError::unavailable(format!("reading {key}: {e}")))?;
-        Ok(Some(Object {
-            body: Bytes::from(body),
-            version: version_of(&stat),
-        }))
+        Ok(Some((Payload::from(body), version)))
     }
 
     fn list_blocking(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
@@ -535,7 +554,23 @@ impl Store for LocalStore {
         condition: Condition,
     ) -> Result<Version, StoreError> {
         let key = key.to_string();
+        let body = Payload::Memory(body);
         blocking(self, move |s| s.put_blocking(&key, &body, &condition, true)).await
+    }
+
+    async fn put_payload(
+        &self,
+        key: &str,
+        body: &Payload,
+        condition: Condition,
+    ) -> Result<Version, StoreError> {
+        let (key, body) = (key.to_string(), body.clone());
+        blocking(self, move |s| s.put_blocking(&key, &body, &condition, true)).await
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
+        let key = key.to_string();
+        blocking(self, move |s| s.read_blocking(&key, SPOOL_THRESHOLD)).await
     }
 
     async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
@@ -552,6 +587,7 @@ impl Store for LocalStore {
         condition: Condition,
     ) -> Result<Version, StoreError> {
         let key = key.to_string();
+        let body = Payload::Memory(body);
         blocking(self, move |s| {
             s.put_blocking(&key, &body, &condition, false)
         })
@@ -578,7 +614,7 @@ impl Store for LocalStore {
         from: &str,
         from_version: &Version,
         to: &str,
-        _body: &Bytes,
+        _body: &Payload,
     ) -> Result<(), StoreError> {
         let (from, from_version, to) = (from.to_string(), from_version.clone(), to.to_string());
         blocking(self, move |s| {

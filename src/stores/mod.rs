@@ -25,8 +25,10 @@ pub mod bucket;
 pub mod db;
 pub mod local;
 pub mod net;
+pub mod payload;
 
 pub use net::network_cause;
+pub use payload::{Payload, Spooler};
 #[cfg(feature = "oss")]
 pub mod oss;
 #[cfg(feature = "s3")]
@@ -247,6 +249,27 @@ pub trait Store: Send + Sync + 'static {
         condition: Condition,
     ) -> Result<Version, StoreError>;
 
+    /// Like [`Store::put`], for a body that may be in a file. Stores that
+    /// can stream override it; the default reads the body whole, once.
+    async fn put_payload(
+        &self,
+        key: &str,
+        body: &Payload,
+        condition: Condition,
+    ) -> Result<Version, StoreError> {
+        self.put(key, body.to_bytes().await?, condition).await
+    }
+
+    /// Like [`Store::get`], for a body that may be large: stores that can
+    /// hand out a file (the local store's own file, opened) or stream into
+    /// one override it; the default is a whole read.
+    async fn read(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
+        Ok(self
+            .get(key)
+            .await?
+            .map(|o| (Payload::Memory(o.body), o.version)))
+    }
+
     /// Deletes an object under `condition`. With `Condition::Always` deleting
     /// an absent object succeeds. `Condition::IfAbsent` is not meaningful
     /// here and is treated like `Always`.
@@ -291,10 +314,10 @@ pub trait Store: Send + Sync + 'static {
         from: &str,
         from_version: &Version,
         to: &str,
-        body: &Bytes,
+        body: &Payload,
     ) -> Result<(), StoreError> {
         let _ = (from, from_version);
-        self.put(to, body.clone(), Condition::IfAbsent)
+        self.put_payload(to, body, Condition::IfAbsent)
             .await
             .map(|_| ())
     }

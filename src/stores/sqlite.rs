@@ -13,9 +13,14 @@
 //! Writers of this process queue for the database in arrival order (a fair
 //! async mutex) before they open a write transaction, so a long write (a
 //! 256 MiB state) makes the others wait their turn rather than run out
-//! SQLite's busy timeout; bodies are whole in memory before they queue, so
-//! a slow upload never holds the queue. The busy timeout is left for
-//! writers in other processes sharing the file.
+//! SQLite's busy timeout; bodies have wholly arrived (in memory, or spooled
+//! to a file) before they queue, so a slow upload never holds the queue.
+//! The busy timeout is left for writers in other processes sharing the
+//! file.
+//!
+//! Large bodies never sit whole in memory: they are written into their row
+//! and read out of it a piece at a time through SQLite's blob handles, and
+//! a history copy of one is made the same way.
 //!
 //! The database file is identified (device and inode) when it is opened and
 //! checked before and after every operation: if it is removed or replaced
@@ -31,10 +36,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, MAIN_DB, OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
 
-use super::{Backend, Capabilities, Condition, Entry, Object, Store, StoreError, Version};
+use super::payload::{FileBody, SPOOL_THRESHOLD};
+use super::{Backend, Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version};
 use crate::settings::{ConfigError, Setting, StoreSettings};
 
 /// Registration of the SQLite store.
@@ -76,12 +82,15 @@ impl SqliteConfig {
     }
 }
 
+/// `body` comes last: SQLite keeps an empty blob of a given size
+/// (`zeroblob`) without allocating it only in a row's last column, and
+/// reading the other columns then never walks the body's pages.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS objects (
     key TEXT PRIMARY KEY NOT NULL,
-    body BLOB NOT NULL,
     generation INTEGER NOT NULL,
-    modified_ns INTEGER NOT NULL
+    modified_ns INTEGER NOT NULL,
+    body BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS generation (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -127,6 +136,7 @@ impl SqliteStore {
         };
         Pool::configure(&conn)?;
         conn.execute_batch(SCHEMA)?;
+        move_body_last(&conn)?;
         pool.idle.lock().expect("pool lock").push(conn);
         Ok(SqliteStore(Arc::new(pool)))
     }
@@ -212,6 +222,47 @@ impl Pool {
     }
 }
 
+/// Rebuilds a table made before `body` came last (see [`SCHEMA`]), once,
+/// in one transaction; another process opening the file at the same time
+/// waits and then finds it done.
+fn move_body_last(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let last_column = |conn: &Connection| {
+        conn.query_row(
+            "SELECT name FROM pragma_table_info('objects') ORDER BY cid DESC LIMIT 1",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+    };
+    if last_column(conn)? == "body" {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let moved = (|| {
+        if last_column(conn)? == "body" {
+            return Ok(());
+        }
+        conn.execute_batch(
+            "CREATE TABLE objects_body_last (
+                 key TEXT PRIMARY KEY NOT NULL,
+                 generation INTEGER NOT NULL,
+                 modified_ns INTEGER NOT NULL,
+                 body BLOB NOT NULL
+             );
+             INSERT INTO objects_body_last (key, generation, modified_ns, body)
+                 SELECT key, generation, modified_ns, body FROM objects;
+             DROP TABLE objects;
+             ALTER TABLE objects_body_last RENAME TO objects;",
+        )
+    })();
+    match moved {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
 fn db_err(context: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |e| StoreError::unavailable(format!("{context}: {e}"))
 }
@@ -277,7 +328,20 @@ impl Store for SqliteStore {
         body: Bytes,
         condition: Condition,
     ) -> Result<Version, StoreError> {
-        let key = key.to_string();
+        self.put_payload(key, &Payload::Memory(body), condition)
+            .await
+    }
+
+    /// A body in a file goes into the row a piece at a time (an empty blob
+    /// of the right size, then written through SQLite's blob handle), in
+    /// the same transaction as the check.
+    async fn put_payload(
+        &self,
+        key: &str,
+        body: &Payload,
+        condition: Condition,
+    ) -> Result<Version, StoreError> {
+        let (key, body) = (key.to_string(), body.clone());
         self.run_write(format!("writing {key}"), move |conn| {
             let err = db_err("writing");
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
@@ -285,15 +349,86 @@ impl Store for SqliteStore {
             condition.check(current.as_ref(), true)?;
             let generation = next_generation(&tx).map_err(&err)?;
             let now = OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
-            tx.execute(
-                "INSERT INTO objects (key, body, generation, modified_ns) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (key) DO UPDATE SET body = excluded.body, generation = excluded.generation,
-                 modified_ns = excluded.modified_ns",
-                params![key, &body[..], generation, now],
-            )
-            .map_err(&err)?;
+            // A body in a file goes in as an empty blob of its size, then
+            // is written into it a piece at a time.
+            let size = body.len() as i64;
+            let memory: &[u8] = body.as_memory().map_or(&[], |b| b);
+            let (value, placeholder): (&dyn rusqlite::ToSql, _) = match body.as_memory() {
+                Some(_) => (&memory, "?3"),
+                None => (&size, "zeroblob(?3)"),
+            };
+            let sql = if current.is_some() {
+                format!("UPDATE objects SET generation = ?2, body = {placeholder}, modified_ns = ?4 WHERE key = ?1")
+            } else {
+                format!("INSERT INTO objects (key, generation, body, modified_ns) VALUES (?1, ?2, {placeholder}, ?4)")
+            };
+            tx.execute(&sql, params![key, generation, value, now]).map_err(&err)?;
+            if body.as_memory().is_none() {
+                let rowid: i64 = tx
+                    .query_row("SELECT rowid FROM objects WHERE key = ?1", [&key], |r| r.get(0))
+                    .map_err(&err)?;
+                let mut blob = tx
+                    .blob_open(MAIN_DB, c"objects", c"body", rowid, false)
+                    .map_err(&err)?;
+                let mut reader = body.reader();
+                let io_err = |e: std::io::Error| StoreError::unavailable(format!("writing {key}: {e}"));
+                while let Some(piece) = reader.next_chunk().map_err(io_err)? {
+                    std::io::Write::write_all(&mut blob, &piece).map_err(io_err)?;
+                }
+                blob.close().map_err(&err)?;
+            }
             tx.commit().map_err(&err)?;
             Ok(Version(generation.to_string()))
+        })
+        .await
+    }
+
+    /// A body over [`SPOOL_THRESHOLD`] is copied a piece at a time into an
+    /// unnamed temporary file inside one read transaction, so the
+    /// connection is not held while a slow client reads it.
+    async fn read(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
+        let key = key.to_string();
+        self.run(format!("reading {key}"), move |conn| {
+            let err = db_err("reading");
+            let tx = conn.transaction().map_err(&err)?;
+            let row = tx
+                .query_row(
+                    "SELECT rowid, length(body), generation FROM objects WHERE key = ?1",
+                    [&key],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(&err)?;
+            let Some((rowid, len, generation)) = row else {
+                return Ok(None);
+            };
+            let version = Version(generation.to_string());
+            let blob = tx
+                .blob_open(MAIN_DB, c"objects", c"body", rowid, true)
+                .map_err(&err)?;
+            let io_err = |e: std::io::Error| StoreError::unavailable(format!("reading {key}: {e}"));
+            let len = len.max(0) as u64;
+            if len <= SPOOL_THRESHOLD as u64 {
+                let mut body = Vec::with_capacity(len as usize);
+                std::io::Read::read_to_end(&mut { blob }, &mut body).map_err(io_err)?;
+                return Ok(Some((Payload::from(body), version)));
+            }
+            let mut file = tempfile::tempfile_in(super::payload::spool_dir()).map_err(io_err)?;
+            std::io::copy(
+                &mut std::io::BufReader::with_capacity(super::payload::CHUNK_BYTES, blob),
+                &mut file,
+            )
+            .map_err(io_err)?;
+            Ok(Some((
+                Payload::File(Arc::new(FileBody::new(file, len))),
+                version,
+            )))
         })
         .await
     }
@@ -354,7 +489,7 @@ impl Store for SqliteStore {
         from: &str,
         from_version: &Version,
         to: &str,
-        _body: &Bytes,
+        _body: &Payload,
     ) -> Result<(), StoreError> {
         let (from, expected, to) = (from.to_string(), from_version.clone(), to.to_string());
         self.run_write(format!("copying {from}"), move |conn| {
@@ -368,14 +503,94 @@ impl Store for SqliteStore {
             Condition::IfAbsent.check(target.as_ref(), true)?;
             let generation = next_generation(&tx).map_err(&err)?;
             let now = OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
-            tx.execute(
-                "INSERT INTO objects (key, body, generation, modified_ns)
-                 SELECT ?1, body, ?2, ?3 FROM objects WHERE key = ?4",
-                params![to, generation, now, from],
-            )
-            .map_err(&err)?;
+            let (source, size): (i64, i64) = tx
+                .query_row(
+                    "SELECT rowid, length(body) FROM objects WHERE key = ?1",
+                    [&from],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(&err)?;
+            if size <= SPOOL_THRESHOLD as i64 {
+                tx.execute(
+                    "INSERT INTO objects (key, generation, modified_ns, body)
+                     SELECT ?1, ?2, ?3, body FROM objects WHERE key = ?4",
+                    params![to, generation, now, from],
+                )
+                .map_err(&err)?;
+            } else {
+                // A copy in SQL would hold the whole body in memory, twice.
+                tx.execute(
+                    "INSERT INTO objects (key, generation, modified_ns, body)
+                     VALUES (?1, ?2, ?3, zeroblob(?4))",
+                    params![to, generation, now, size],
+                )
+                .map_err(&err)?;
+                let target = tx.last_insert_rowid();
+                let from_blob = tx
+                    .blob_open(MAIN_DB, c"objects", c"body", source, true)
+                    .map_err(&err)?;
+                let mut to_blob = tx
+                    .blob_open(MAIN_DB, c"objects", c"body", target, false)
+                    .map_err(&err)?;
+                let mut piece = vec![0; super::payload::CHUNK_BYTES];
+                let mut at = 0;
+                while at < size as usize {
+                    let n = piece.len().min(size as usize - at);
+                    from_blob.read_at_exact(&mut piece[..n], at).map_err(&err)?;
+                    to_blob.write_at(&piece[..n], at).map_err(&err)?;
+                    at += n;
+                }
+            }
             tx.commit().map_err(&err)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file made when `body` was the second column is rebuilt with it
+    /// last, keeping every row, generation and the counter.
+    #[tokio::test]
+    async fn an_older_table_gets_body_last_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE objects (key TEXT PRIMARY KEY NOT NULL, body BLOB NOT NULL,
+                     generation INTEGER NOT NULL, modified_ns INTEGER NOT NULL);
+                 CREATE TABLE generation (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER NOT NULL);
+                 INSERT INTO generation VALUES (1, 7);
+                 INSERT INTO objects VALUES ('a/state', x'7b7d', 7, 1000);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open_file(&path).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('objects') ORDER BY cid")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(columns, ["key", "generation", "modified_ns", "body"]);
+        let obj = store.get("a/state").await.unwrap().unwrap();
+        assert_eq!((&obj.body[..], obj.version.0.as_str()), (&b"{}"[..], "7"));
+        let next = store
+            .put(
+                "a/state",
+                Bytes::from_static(b"[]"),
+                Condition::IfMatch(obj.version),
+            )
+            .await
+            .unwrap();
+        assert_eq!(next.0, "8", "the generation counter is kept");
+        // Opening it again finds nothing to do.
+        drop(SqliteStore::open_file(&path).unwrap());
+        assert_eq!(store.get("a/state").await.unwrap().unwrap().version, next);
     }
 }

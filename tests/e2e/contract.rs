@@ -24,7 +24,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use stategate::settings::StoreSettings;
-use stategate::stores::{self, Capabilities, Condition, Entry, Store, StoreError, Version};
+use stategate::stores::{
+    self, Capabilities, Condition, Entry, Spooler, Store, StoreError, Version,
+};
 use tempfile::TempDir;
 
 use crate::oss::{ENDPOINT, OssServer, REGION, STS_AK, STS_SECRET, STS_TOKEN};
@@ -42,7 +44,8 @@ macro_rules! contract_suite {
                 concurrent_creates_have_one_winner, concurrent_swaps_have_one_winner,
                 read_modify_write_loses_no_update, listing_is_a_sorted_string_prefix,
                 listing_shows_no_other_store, snapshot_copies_once_from_the_version_given,
-                large_body_round_trips, empty_body_round_trips, long_keys_round_trip,
+                large_body_round_trips, spooled_bodies_stream_in_and_out,
+                empty_body_round_trips, long_keys_round_trip,
                 clashing_keys_conflict_only_where_documented, missing_backend_is_unavailable
             );
         }
@@ -895,12 +898,14 @@ pub async fn snapshot_copies_once_from_the_version_given(fx: Fixture) {
     let v1 = version_of(store, src).await;
 
     store
-        .snapshot(src, &v1, "snap/history/1", &body1)
+        .snapshot(src, &v1, "snap/history/1", &body1.clone().into())
         .await
         .expect("snapshot to a new key");
     assert_eq!(body_of(store, "snap/history/1").await, Some(body1.clone()));
 
-    let again = store.snapshot(src, &v1, "snap/history/1", &body1).await;
+    let again = store
+        .snapshot(src, &v1, "snap/history/1", &body1.clone().into())
+        .await;
     assert_eq!(again, Err(StoreError::AlreadyExists), "the target exists");
     assert_eq!(body_of(store, "snap/history/1").await, Some(body1.clone()));
 
@@ -910,12 +915,19 @@ pub async fn snapshot_copies_once_from_the_version_given(fx: Fixture) {
     let v2 = version_of(store, src).await;
     assert_eq!(body_of(store, "snap/history/1").await, Some(body1.clone()));
 
-    let stale = store.snapshot(src, &v1, "snap/history/stale", &body1).await;
+    let stale = store
+        .snapshot(src, &v1, "snap/history/stale", &body1.clone().into())
+        .await;
     if fx.kind.snapshots_in_place() {
         assert_eq!(stale, Err(StoreError::PreconditionFailed), "source changed");
         assert_eq!(body_of(store, "snap/history/stale").await, None);
         let gone = store
-            .snapshot("snap/missing", &v1, "snap/history/none", &body1)
+            .snapshot(
+                "snap/missing",
+                &v1,
+                "snap/history/none",
+                &body1.clone().into(),
+            )
             .await;
         assert_eq!(gone, Err(StoreError::PreconditionFailed), "source missing");
         assert_eq!(body_of(store, "snap/history/none").await, None);
@@ -928,7 +940,7 @@ pub async fn snapshot_copies_once_from_the_version_given(fx: Fixture) {
     }
 
     store
-        .snapshot(src, &v2, "snap/history/2", &body2)
+        .snapshot(src, &v2, "snap/history/2", &body2.clone().into())
         .await
         .expect("snapshot of the current version");
     assert_eq!(body_of(store, "snap/history/2").await, Some(body2.clone()));
@@ -971,6 +983,73 @@ pub async fn large_body_round_trips(fx: Fixture) {
         .await
         .expect("delete the 64 MiB object");
     assert!(list(store, "big/").await.is_empty());
+}
+
+/// A body spooled to a file (as a large upload is) goes in through
+/// `put_payload` under its condition, as often as it is needed (a retried
+/// write, a history copy), and comes out through `read` whole, with the
+/// version `stat` gives, however the store hands it out.
+pub async fn spooled_bodies_stream_in_and_out(fx: Fixture) {
+    const SIZE: usize = 5 << 20;
+    let store = &*fx.store;
+    let bytes = pattern(SIZE);
+    let dir = tempfile::tempdir().unwrap();
+    let mut spooler = Spooler::new(dir.path());
+    for piece in bytes.chunks(100_003) {
+        spooler.push(piece).await.unwrap();
+    }
+    let payload = spooler.finish().await.unwrap();
+    assert!(payload.as_memory().is_none(), "5 MiB is spooled to a file");
+
+    let first = store
+        .put_payload("spool/state", &payload, Condition::IfAbsent)
+        .await
+        .expect("put of a spooled body");
+    assert_eq!(
+        store
+            .put_payload("spool/state", &payload, Condition::IfAbsent)
+            .await,
+        Err(StoreError::AlreadyExists)
+    );
+    let (read, version) = store.read("spool/state").await.unwrap().expect("read");
+    assert_eq!(version, first);
+    assert_eq!(read.len(), SIZE as u64);
+    assert_same_bytes(&read.to_bytes().await.unwrap(), &bytes, "spooled body");
+
+    // Changed by another writer: the stale swap is refused and the newer
+    // bytes stay.
+    let newer = Bytes::from(pattern(SIZE / 2));
+    put(store, "spool/state", &newer).await;
+    if fx.kind.documented_capabilities().compare_and_swap {
+        assert_eq!(
+            store
+                .put_payload("spool/state", &payload, Condition::IfMatch(first))
+                .await,
+            Err(StoreError::PreconditionFailed)
+        );
+        assert_eq!(body_of(store, "spool/state").await, Some(newer.clone()));
+    }
+    let current = version_of(store, "spool/state").await;
+    let swapped = store
+        .put_payload("spool/state", &payload, Condition::IfMatch(current.clone()))
+        .await
+        .expect("swap in a spooled body");
+    store
+        .snapshot("spool/state", &swapped, "spool/history/1", &payload)
+        .await
+        .expect("snapshot of a spooled body");
+    for key in ["spool/state", "spool/history/1"] {
+        let (read, _) = store.read(key).await.unwrap().expect("read");
+        assert_same_bytes(&read.to_bytes().await.unwrap(), &bytes, key);
+    }
+    assert_eq!(
+        keys_and_sizes(&list(store, "spool/").await),
+        [
+            ("spool/history/1".to_string(), SIZE as u64),
+            ("spool/state".to_string(), SIZE as u64)
+        ]
+    );
+    assert!(store.read("spool/missing").await.unwrap().is_none());
 }
 
 pub async fn empty_body_round_trips(fx: Fixture) {

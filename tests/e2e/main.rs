@@ -30,5 +30,6 @@ mod operations;
 mod oss;
 #[cfg(feature = "s3")]
 mod s3;
+mod streaming;
 mod tls;
 mod ui;

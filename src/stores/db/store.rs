@@ -30,7 +30,7 @@ use time::OffsetDateTime;
 use super::config::{Connection, DbConfig, Engine, SslMode};
 use crate::settings::ConfigError;
 use crate::stores::{
-    Capabilities, Condition, Entry, Object, Store, StoreError, Version, network_cause,
+    Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version, network_cause,
 };
 
 /// The schema this binary creates and understands.
@@ -995,7 +995,7 @@ impl Store for DbStore {
         from: &str,
         from_version: &Version,
         to: &str,
-        _body: &Bytes,
+        _body: &Payload,
     ) -> Result<(), StoreError> {
         let Some(from_generation) = generation_of(from_version) else {
             return Err(StoreError::PreconditionFailed);
