@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rusqlite::{Connection, MAIN_DB, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, MAIN_DB, OptionalExtension, params};
 use time::OffsetDateTime;
 
 use super::payload::{FileBody, SPOOL_THRESHOLD};
@@ -103,15 +103,21 @@ INSERT OR IGNORE INTO generation (id, last) VALUES (1, 0);
 #[derive(Clone)]
 pub struct SqliteStore(Arc<Pool>);
 
-/// Idle connections to the database file.
+/// Connections to the database file: idle ones for reads, and the queue of
+/// the one thread that writes.
 struct Pool {
     path: PathBuf,
     /// Device and inode of the file when it was opened.
     identity: (u64, u64),
     idle: Mutex<Vec<Connection>>,
-    /// Writers of this process take turns here, in arrival order.
-    writers: Arc<tokio::sync::Mutex<()>>,
+    /// Writes of this process, in arrival order, to the writer thread.
+    writes: Mutex<std::sync::mpsc::Sender<Box<dyn WriteJob>>>,
+    /// Transactions the writer thread has committed (one per batch).
+    commits: std::sync::atomic::AtomicU64,
 }
+
+/// The most writes one transaction takes.
+const MAX_BATCH: usize = 128;
 
 /// How long a writer waits for another process holding the database.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -128,17 +134,26 @@ impl SqliteStore {
         let conn = Connection::open(path)?;
         let meta = std::fs::metadata(path)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        let pool = Pool {
+        let (writes, jobs) = std::sync::mpsc::channel();
+        let pool = Arc::new(Pool {
             path: path.to_path_buf(),
             identity: (meta.dev(), meta.ino()),
             idle: Mutex::new(Vec::new()),
-            writers: Arc::new(tokio::sync::Mutex::new(())),
-        };
+            writes: Mutex::new(writes),
+            commits: std::sync::atomic::AtomicU64::new(0),
+        });
         Pool::configure(&conn)?;
         conn.execute_batch(SCHEMA)?;
         move_body_last(&conn)?;
         pool.idle.lock().expect("pool lock").push(conn);
-        Ok(SqliteStore(Arc::new(pool)))
+        // The thread ends when the last handle to the pool (and so the
+        // sending side of its queue) is dropped.
+        let writer = Arc::downgrade(&pool);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || write_batches(&writer, &jobs))
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        Ok(SqliteStore(pool))
     }
 
     /// Runs a read on a pooled connection.
@@ -147,28 +162,50 @@ impl SqliteStore {
         what: String,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.run_inner(what, None, f).await
+        self.run_inner(what, f).await
     }
 
-    /// Runs a write once this process's earlier writers are done.
+    /// Runs a write inside the writer thread's next transaction, which it
+    /// shares with the writes queued beside it (group commit): one commit,
+    /// and one sync of the log, for all of them. Each write runs in a
+    /// savepoint of its own, so one that fails (a condition not met)
+    /// changes nothing and the others still commit. The result is given
+    /// only once the commit is done.
     async fn run_write<T: Send + 'static>(
         &self,
         what: String,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let turn = Arc::clone(&self.0.writers).lock_owned().await;
-        self.run_inner(what, Some(turn), f).await
+        let (reply, result) = tokio::sync::oneshot::channel();
+        let job = Box::new(Job {
+            what: what.clone(),
+            apply: Some(f),
+            result: None,
+            reply,
+        });
+        let stopped = || StoreError::unavailable(format!("{what}: the SQLite writer stopped"));
+        self.0
+            .writes
+            .lock()
+            .expect("write queue")
+            .send(job)
+            .map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
+    }
+
+    /// Transactions committed by this store's writer so far.
+    #[cfg(test)]
+    fn commits(&self) -> u64 {
+        self.0.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn run_inner<T: Send + 'static>(
         &self,
         what: String,
-        turn: Option<tokio::sync::OwnedMutexGuard<()>>,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let pool = Arc::clone(&self.0);
         super::blocking(move || {
-            let _turn = turn;
             pool.check_identity()?;
             let mut conn = match pool.idle.lock().expect("pool lock").pop() {
                 Some(c) => c,
@@ -222,6 +259,152 @@ impl Pool {
     }
 }
 
+/// One write waiting for the writer thread.
+trait WriteJob: Send {
+    /// Makes the change inside the open transaction; whether it did.
+    fn apply(&mut self, conn: &Connection) -> bool;
+    /// Hands the result over once the transaction's fate is known.
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>);
+}
+
+struct Job<T, F> {
+    what: String,
+    apply: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> WriteJob for Job<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn apply(&mut self, conn: &Connection) -> bool {
+        let apply = self.apply.take().expect("applied once");
+        let result = apply(conn);
+        let applied = result.is_ok();
+        self.result = Some(result);
+        applied
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
+        let result = match (self.result, committed) {
+            (Some(Err(refused)), _) => Err(refused),
+            (Some(Ok(value)), Ok(())) => Ok(value),
+            (_, Err(e)) => Err(e.context(&self.what)),
+            (None, Ok(())) => Err(StoreError::unavailable(format!("{}: not run", self.what))),
+        };
+        // The caller may have gone (its request was cut off): nothing to do.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// The writer thread: takes every write queued, up to [`MAX_BATCH`], runs
+/// them in one transaction, and starts over, until the store is dropped.
+fn write_batches(
+    pool: &std::sync::Weak<Pool>,
+    jobs: &std::sync::mpsc::Receiver<Box<dyn WriteJob>>,
+) {
+    let mut conn: Option<Connection> = None;
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        match pool.write_batch(&mut conn, batch) {
+            Ok(()) => {}
+            // The connection may be in a bad state: the next batch opens another.
+            Err(()) => conn = None,
+        }
+    }
+}
+
+impl Pool {
+    /// Runs one batch of writes in one transaction and hands every result
+    /// over; `Err` when the connection failed.
+    fn write_batch(
+        &self,
+        conn: &mut Option<Connection>,
+        batch: Vec<Box<dyn WriteJob>>,
+    ) -> Result<(), ()> {
+        let fail_all = |batch: Vec<Box<dyn WriteJob>>, e: StoreError| {
+            for job in batch {
+                job.finish(Err(e.clone()));
+            }
+        };
+        if let Err(e) = self.check_identity() {
+            fail_all(batch, e);
+            return Ok(());
+        }
+        if conn.is_none() {
+            match self.connect() {
+                Ok(c) => *conn = Some(c),
+                Err(e) => {
+                    fail_all(
+                        batch,
+                        StoreError::unavailable(format!("opening the database: {e}")),
+                    );
+                    return Err(());
+                }
+            }
+        }
+        let db = conn.as_ref().expect("connected");
+        let failed = |e: rusqlite::Error| StoreError::unavailable(format!("writing: {e}"));
+        if let Err(e) = db.execute_batch("BEGIN IMMEDIATE") {
+            fail_all(batch, failed(e));
+            return Err(());
+        }
+        let mut applied = Vec::with_capacity(batch.len());
+        for mut job in batch {
+            let step = db
+                .execute_batch("SAVEPOINT write")
+                .map_err(failed)
+                .and_then(|()| {
+                    let done = job.apply(db);
+                    if db.is_autocommit() {
+                        // SQLite gave up the whole transaction (an I/O error).
+                        return Err(StoreError::unavailable(
+                            "writing: the transaction was rolled back",
+                        ));
+                    }
+                    let end = if done {
+                        "RELEASE write"
+                    } else {
+                        "ROLLBACK TO write; RELEASE write"
+                    };
+                    db.execute_batch(end).map_err(failed)
+                });
+            applied.push(job);
+            if let Err(e) = step {
+                let _ = db.execute_batch("ROLLBACK");
+                fail_all(applied, e);
+                return Err(());
+            }
+        }
+        let committed = db
+            .execute_batch("COMMIT")
+            .map_err(failed)
+            // A write that landed in a file removed meanwhile is lost: say so.
+            .and_then(|()| self.check_identity());
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let broken = committed.is_err();
+        if broken && !db.is_autocommit() {
+            let _ = db.execute_batch("ROLLBACK");
+        }
+        for job in applied {
+            job.finish(committed.clone());
+        }
+        if broken { Err(()) } else { Ok(()) }
+    }
+}
+
 /// Rebuilds a table made before `body` came last (see [`SCHEMA`]), once,
 /// in one transaction; another process opening the file at the same time
 /// waits and then finds it done.
@@ -268,10 +451,7 @@ fn db_err(context: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
 }
 
 /// The version of `key` now, inside the transaction.
-fn current_version(
-    tx: &rusqlite::Transaction<'_>,
-    key: &str,
-) -> Result<Option<Version>, rusqlite::Error> {
+fn current_version(tx: &Connection, key: &str) -> Result<Option<Version>, rusqlite::Error> {
     tx.query_row(
         "SELECT generation FROM objects WHERE key = ?1",
         [key],
@@ -281,7 +461,7 @@ fn current_version(
 }
 
 /// Draws a generation number no object has had, inside the transaction.
-fn next_generation(tx: &rusqlite::Transaction<'_>) -> Result<i64, rusqlite::Error> {
+fn next_generation(tx: &Connection) -> Result<i64, rusqlite::Error> {
     tx.query_row(
         "UPDATE generation SET last = last + 1 WHERE id = 1 RETURNING last",
         [],
@@ -342,12 +522,11 @@ impl Store for SqliteStore {
         condition: Condition,
     ) -> Result<Version, StoreError> {
         let (key, body) = (key.to_string(), body.clone());
-        self.run_write(format!("writing {key}"), move |conn| {
+        self.run_write(format!("writing {key}"), move |tx| {
             let err = db_err("writing");
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
-            let current = current_version(&tx, &key).map_err(&err)?;
+            let current = current_version(tx, &key).map_err(&err)?;
             condition.check(current.as_ref(), true)?;
-            let generation = next_generation(&tx).map_err(&err)?;
+            let generation = next_generation(tx).map_err(&err)?;
             let now = OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
             // A body in a file goes in as an empty blob of its size, then
             // is written into it a piece at a time.
@@ -377,7 +556,6 @@ impl Store for SqliteStore {
                 }
                 blob.close().map_err(&err)?;
             }
-            tx.commit().map_err(&err)?;
             Ok(Version(generation.to_string()))
         })
         .await
@@ -435,16 +613,13 @@ impl Store for SqliteStore {
 
     async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
         let key = key.to_string();
-        self.run_write(format!("deleting {key}"), move |conn| {
+        self.run_write(format!("deleting {key}"), move |tx| {
             let err = db_err("deleting");
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(&err)?;
-            let current = current_version(&tx, &key).map_err(&err)?;
+            let current = current_version(tx, &key).map_err(&err)?;
             condition.check(current.as_ref(), false)?;
             tx.execute("DELETE FROM objects WHERE key = ?1", [&key])
                 .map_err(&err)?;
-            tx.commit().map_err(&err)
+            Ok(())
         })
         .await
     }
@@ -492,16 +667,13 @@ impl Store for SqliteStore {
         _body: &Payload,
     ) -> Result<(), StoreError> {
         let (from, expected, to) = (from.to_string(), from_version.clone(), to.to_string());
-        self.run_write(format!("copying {from}"), move |conn| {
+        self.run_write(format!("copying {from}"), move |tx| {
             let err = db_err("copying");
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(&err)?;
-            let source = current_version(&tx, &from).map_err(&err)?;
+            let source = current_version(tx, &from).map_err(&err)?;
             Condition::IfMatch(expected).check(source.as_ref(), true)?;
-            let target = current_version(&tx, &to).map_err(&err)?;
+            let target = current_version(tx, &to).map_err(&err)?;
             Condition::IfAbsent.check(target.as_ref(), true)?;
-            let generation = next_generation(&tx).map_err(&err)?;
+            let generation = next_generation(tx).map_err(&err)?;
             let now = OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
             let (source, size): (i64, i64) = tx
                 .query_row(
@@ -541,7 +713,7 @@ impl Store for SqliteStore {
                     at += n;
                 }
             }
-            tx.commit().map_err(&err)
+            Ok(())
         })
         .await
     }
@@ -592,5 +764,86 @@ mod tests {
         // Opening it again finds nothing to do.
         drop(SqliteStore::open_file(&path).unwrap());
         assert_eq!(store.get("a/state").await.unwrap().unwrap().version, next);
+    }
+}
+
+#[cfg(test)]
+mod group_commit {
+    use std::collections::BTreeMap;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+
+    use super::*;
+
+    type Put = Pin<Box<dyn Future<Output = Result<Version, StoreError>> + Send>>;
+
+    /// Writes queued while the writer is busy go into one transaction
+    /// together, and each still gets its own answer: of 64 creates of 16
+    /// keys, exactly one per key wins and its bytes are stored.
+    #[tokio::test]
+    async fn writes_queued_together_share_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_file(&dir.path().join("g.db")).unwrap();
+        // Hold the writer until every write below is queued.
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (gate_tx, gate) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .run_write("holding".into(), move |_| {
+                        started_tx.send(()).unwrap();
+                        gate.recv().unwrap();
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        tokio::task::spawn_blocking(move || started.recv().unwrap())
+            .await
+            .unwrap();
+        let before = store.commits();
+        let mut puts: Vec<Put> = Vec::new();
+        for i in 0..64 {
+            let store = store.clone();
+            let mut put: Put = Box::pin(async move {
+                store
+                    .put(
+                        &format!("k{}", i % 16),
+                        Bytes::from(format!("writer {i}")),
+                        Condition::IfAbsent,
+                    )
+                    .await
+            });
+            // One poll queues the write.
+            let first = std::future::poll_fn(|cx| Poll::Ready(put.as_mut().poll(cx))).await;
+            assert!(first.is_pending());
+            puts.push(put);
+        }
+        gate_tx.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        let mut winners = BTreeMap::new();
+        for (i, put) in puts.into_iter().enumerate() {
+            match put.await {
+                Ok(_) => assert!(
+                    winners.insert(i % 16, i).is_none(),
+                    "two winners for k{}",
+                    i % 16
+                ),
+                Err(StoreError::AlreadyExists) => {}
+                Err(e) => panic!("writer {i}: {e}"),
+            }
+        }
+        assert_eq!(winners.len(), 16);
+        for (key, writer) in winners {
+            let obj = store.get(&format!("k{key}")).await.unwrap().unwrap();
+            assert_eq!(obj.body, format!("writer {writer}"));
+        }
+        assert_eq!(
+            store.commits() - before,
+            2,
+            "the held write's commit, then one for all 64 queued behind it"
+        );
     }
 }
