@@ -119,6 +119,12 @@ struct Pool {
 /// The most writes one transaction takes.
 const MAX_BATCH: usize = 128;
 
+/// The most body bytes one transaction takes beyond its first write: a
+/// transaction's pages stay in the write-ahead log until it commits, and
+/// looking pages up there slows down as it grows, so large bodies commit
+/// on their own.
+const MAX_BATCH_BYTES: u64 = 8 * 1024 * 1024;
+
 /// How long a writer waits for another process holding the database.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -174,11 +180,13 @@ impl SqliteStore {
     async fn run_write<T: Send + 'static>(
         &self,
         what: String,
+        bytes: u64,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, result) = tokio::sync::oneshot::channel();
         let job = Box::new(Job {
             what: what.clone(),
+            bytes,
             apply: Some(f),
             result: None,
             reply,
@@ -261,6 +269,8 @@ impl Pool {
 
 /// One write waiting for the writer thread.
 trait WriteJob: Send {
+    /// The body bytes it writes.
+    fn bytes(&self) -> u64;
     /// Makes the change inside the open transaction; whether it did.
     fn apply(&mut self, conn: &Connection) -> bool;
     /// Hands the result over once the transaction's fate is known.
@@ -269,6 +279,7 @@ trait WriteJob: Send {
 
 struct Job<T, F> {
     what: String,
+    bytes: u64,
     apply: Option<F>,
     result: Option<Result<T, StoreError>>,
     reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
@@ -279,6 +290,10 @@ where
     T: Send,
     F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
 {
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     fn apply(&mut self, conn: &Connection) -> bool {
         let apply = self.apply.take().expect("applied once");
         let result = apply(conn);
@@ -299,18 +314,35 @@ where
     }
 }
 
-/// The writer thread: takes every write queued, up to [`MAX_BATCH`], runs
-/// them in one transaction, and starts over, until the store is dropped.
+/// The writer thread: takes every write queued, up to [`MAX_BATCH`] writes
+/// and [`MAX_BATCH_BYTES`], runs them in one transaction, and starts over,
+/// until the store is dropped.
 fn write_batches(
     pool: &std::sync::Weak<Pool>,
     jobs: &std::sync::mpsc::Receiver<Box<dyn WriteJob>>,
 ) {
     let mut conn: Option<Connection> = None;
-    while let Ok(first) = jobs.recv() {
+    let mut next: Option<Box<dyn WriteJob>> = None;
+    loop {
+        let first = match next.take() {
+            Some(job) => job,
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        let mut bytes = first.bytes();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_BATCH && bytes <= MAX_BATCH_BYTES {
             match jobs.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) if bytes + job.bytes() > MAX_BATCH_BYTES => {
+                    next = Some(job);
+                    break;
+                }
+                Ok(job) => {
+                    bytes += job.bytes();
+                    batch.push(job);
+                }
                 Err(_) => break,
             }
         }
@@ -522,7 +554,8 @@ impl Store for SqliteStore {
         condition: Condition,
     ) -> Result<Version, StoreError> {
         let (key, body) = (key.to_string(), body.clone());
-        self.run_write(format!("writing {key}"), move |tx| {
+        let bytes = body.len();
+        self.run_write(format!("writing {key}"), bytes, move |tx| {
             let err = db_err("writing");
             let current = current_version(tx, &key).map_err(&err)?;
             condition.check(current.as_ref(), true)?;
@@ -613,7 +646,7 @@ impl Store for SqliteStore {
 
     async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
         let key = key.to_string();
-        self.run_write(format!("deleting {key}"), move |tx| {
+        self.run_write(format!("deleting {key}"), 0, move |tx| {
             let err = db_err("deleting");
             let current = current_version(tx, &key).map_err(&err)?;
             condition.check(current.as_ref(), false)?;
@@ -667,7 +700,7 @@ impl Store for SqliteStore {
         _body: &Payload,
     ) -> Result<(), StoreError> {
         let (from, expected, to) = (from.to_string(), from_version.clone(), to.to_string());
-        self.run_write(format!("copying {from}"), move |tx| {
+        self.run_write(format!("copying {from}"), 0, move |tx| {
             let err = db_err("copying");
             let source = current_version(tx, &from).map_err(&err)?;
             Condition::IfMatch(expected).check(source.as_ref(), true)?;
@@ -691,6 +724,22 @@ impl Store for SqliteStore {
                 .map_err(&err)?;
             } else {
                 // A copy in SQL would hold the whole body in memory, twice.
+                // Through a file: a write to one blob handle makes SQLite
+                // forget where the other one's pages are, so reading and
+                // writing in turn would walk the page chain from the start
+                // every time.
+                let io_err =
+                    |e: std::io::Error| StoreError::unavailable(format!("copying {from}: {e}"));
+                let mut staged =
+                    tempfile::tempfile_in(super::payload::spool_dir()).map_err(io_err)?;
+                let from_blob = tx
+                    .blob_open(MAIN_DB, c"objects", c"body", source, true)
+                    .map_err(&err)?;
+                std::io::copy(
+                    &mut std::io::BufReader::with_capacity(super::payload::CHUNK_BYTES, from_blob),
+                    &mut staged,
+                )
+                .map_err(io_err)?;
                 tx.execute(
                     "INSERT INTO objects (key, generation, modified_ns, body)
                      VALUES (?1, ?2, ?3, zeroblob(?4))",
@@ -698,20 +747,15 @@ impl Store for SqliteStore {
                 )
                 .map_err(&err)?;
                 let target = tx.last_insert_rowid();
-                let from_blob = tx
-                    .blob_open(MAIN_DB, c"objects", c"body", source, true)
-                    .map_err(&err)?;
                 let mut to_blob = tx
                     .blob_open(MAIN_DB, c"objects", c"body", target, false)
                     .map_err(&err)?;
-                let mut piece = vec![0; super::payload::CHUNK_BYTES];
-                let mut at = 0;
-                while at < size as usize {
-                    let n = piece.len().min(size as usize - at);
-                    from_blob.read_at_exact(&mut piece[..n], at).map_err(&err)?;
-                    to_blob.write_at(&piece[..n], at).map_err(&err)?;
-                    at += n;
+                let body = Payload::File(Arc::new(FileBody::new(staged, size as u64)));
+                let mut reader = body.reader();
+                while let Some(piece) = reader.next_chunk().map_err(io_err)? {
+                    std::io::Write::write_all(&mut to_blob, &piece).map_err(io_err)?;
                 }
+                to_blob.close().map_err(&err)?;
             }
             Ok(())
         })
@@ -778,21 +822,21 @@ mod group_commit {
 
     type Put = Pin<Box<dyn Future<Output = Result<Version, StoreError>> + Send>>;
 
-    /// Writes queued while the writer is busy go into one transaction
-    /// together, and each still gets its own answer: of 64 creates of 16
-    /// keys, exactly one per key wins and its bytes are stored.
-    #[tokio::test]
-    async fn writes_queued_together_share_one_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open_file(&dir.path().join("g.db")).unwrap();
-        // Hold the writer until every write below is queued.
+    /// Holds the writer thread in a write of its own until the returned
+    /// sender is used; returns once the writer is inside it.
+    async fn hold_writer(
+        store: &SqliteStore,
+    ) -> (
+        tokio::task::JoinHandle<Result<(), StoreError>>,
+        std::sync::mpsc::Sender<()>,
+    ) {
         let (started_tx, started) = std::sync::mpsc::channel();
         let (gate_tx, gate) = std::sync::mpsc::channel::<()>();
         let holder = {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .run_write("holding".into(), move |_| {
+                    .run_write("holding".into(), 0, move |_| {
                         started_tx.send(()).unwrap();
                         gate.recv().unwrap();
                         Ok(())
@@ -803,25 +847,34 @@ mod group_commit {
         tokio::task::spawn_blocking(move || started.recv().unwrap())
             .await
             .unwrap();
+        (holder, gate_tx)
+    }
+
+    /// Queues a put behind the held writer (one poll sends it).
+    async fn queue(store: &SqliteStore, key: String, body: Bytes) -> Put {
+        let store = store.clone();
+        let mut put: Put =
+            Box::pin(async move { store.put(&key, body, Condition::IfAbsent).await });
+        let first = std::future::poll_fn(|cx| Poll::Ready(put.as_mut().poll(cx))).await;
+        assert!(first.is_pending());
+        put
+    }
+
+    /// Writes queued while the writer is busy go into one transaction
+    /// together, and each still gets its own answer: of 64 creates of 16
+    /// keys, exactly one per key wins and its bytes are stored.
+    #[tokio::test]
+    async fn writes_queued_together_share_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_file(&dir.path().join("g.db")).unwrap();
+        let (holder, gate) = hold_writer(&store).await;
         let before = store.commits();
-        let mut puts: Vec<Put> = Vec::new();
+        let mut puts = Vec::new();
         for i in 0..64 {
-            let store = store.clone();
-            let mut put: Put = Box::pin(async move {
-                store
-                    .put(
-                        &format!("k{}", i % 16),
-                        Bytes::from(format!("writer {i}")),
-                        Condition::IfAbsent,
-                    )
-                    .await
-            });
-            // One poll queues the write.
-            let first = std::future::poll_fn(|cx| Poll::Ready(put.as_mut().poll(cx))).await;
-            assert!(first.is_pending());
-            puts.push(put);
+            let body = Bytes::from(format!("writer {i}"));
+            puts.push(queue(&store, format!("k{}", i % 16), body).await);
         }
-        gate_tx.send(()).unwrap();
+        gate.send(()).unwrap();
         holder.await.unwrap().unwrap();
         let mut winners = BTreeMap::new();
         for (i, put) in puts.into_iter().enumerate() {
@@ -845,5 +898,26 @@ mod group_commit {
             2,
             "the held write's commit, then one for all 64 queued behind it"
         );
+    }
+
+    /// Large bodies do not share a transaction: three 5 MiB writes queued
+    /// together commit one by one.
+    #[tokio::test]
+    async fn large_writes_commit_on_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_file(&dir.path().join("g.db")).unwrap();
+        let (holder, gate) = hold_writer(&store).await;
+        let before = store.commits();
+        let mut puts = Vec::new();
+        for i in 0..3 {
+            let body = Bytes::from(vec![b'a' + i; 5 << 20]);
+            puts.push(queue(&store, format!("big{i}"), body).await);
+        }
+        gate.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        for put in puts {
+            put.await.unwrap();
+        }
+        assert_eq!(store.commits() - before, 4);
     }
 }
