@@ -252,8 +252,10 @@ impl States {
         // Numbers are taken in order, so the versions made after the
         // pointer was written are the ones right above it.
         let mut n = pointer.newest.version;
-        while self.store.stat(&body_key(dir, n + 1)).await?.is_some() {
-            n += 1;
+        while let Some(next) = n.checked_add(1)
+            && self.store.stat(&body_key(dir, next)).await?.is_some()
+        {
+            n = next;
         }
         if n > pointer.newest.version {
             let Some(newest) = self.kept(dir, n).await? else {
