@@ -1,12 +1,12 @@
 //! History stays cheap however long it grows. A write's store calls do not
 //! grow with the number of versions kept (counted on a server run in this
-//! process over a store wrapped to count its calls); `?history&limit=N&
-//! before=V` and `stategate state history --limit --before` walk down
-//! across pruned and missing numbers; and `newest.json`, the pointer to
-//! the newest version, is recovered when it is lost, corrupted, left
-//! behind by a crash, or was never written (history kept before it
-//! existed). Concurrent writers still give one record per accepted write,
-//! in order.
+//! process over a store wrapped to count its calls); pages of
+//! `?history&limit=N&before=V` and of `stategate state history --limit
+//! --before` walk down across pruned and missing numbers; and
+//! `newest.json`, the pointer to the newest version, is recovered when it
+//! is lost, corrupted, left behind by a crash, or was never written
+//! (history kept before it existed). Concurrent writers still give one
+//! record per accepted write, in order.
 //!
 //! `history_suite!(name, peer)` runs every test on one store, as
 //! `history_<store>::<test>`; local and SQLite are the stores whose
@@ -471,8 +471,8 @@ impl Calls {
     }
 }
 
-/// A store that notes every call it passes on, as the contract suite's
-/// stores are wrapped by stategate's own decorators.
+/// A store that notes every call and passes it on, wrapping a real store
+/// as stategate's own sealed store does.
 struct Counting {
     inner: Arc<dyn Store>,
     calls: Arc<Calls>,
