@@ -813,38 +813,38 @@ def post_then_get(url, key, size):
 
 
 def write_latencies(url, levels, timed, size):
-    """p50 milliseconds of a write to one state once its history holds each
-    of `levels` versions (the server keeps every version). The history is
-    built by POSTing rising serials over one keep-alive connection, as fast
-    as the server takes them; then `timed` writes are timed one by one."""
+    """p50 milliseconds of a write to a state whose history holds each of
+    `levels` versions (the server keeps every version): one state per
+    level, at `url`-<level>, its history built by POSTing rising serials
+    over one keep-alive connection as fast as the server takes them. Then
+    `timed` writes to each are timed one by one, round-robin over the
+    levels, so a change in the host's speed hits every level alike."""
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
-    serial = 0
+    serials = {level: 0 for level in levels}
 
-    def post():
-        nonlocal serial
-        serial += 1
-        conn.request("POST", parts.path, body=state_body(size, serial),
+    def post(level):
+        serials[level] += 1
+        conn.request("POST", f"{parts.path}-{level}", body=state_body(size, serials[level]),
                      headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
         answer = resp.read()
         if resp.status != 200:
-            raise RuntimeError(f"POST serial {serial}: {resp.status} {answer[:200]!r}")
+            raise RuntimeError(f"POST serial {serials[level]}: {resp.status} {answer[:200]!r}")
 
-    p50 = {}
+    times = {level: [] for level in levels}
     try:
         for level in levels:
-            while serial < level:
-                post()
-            times = []
-            for _ in range(timed):
+            while serials[level] < level:
+                post(level)
+        for _ in range(timed):
+            for level in levels:
                 started = time.perf_counter()
-                post()
-                times.append((time.perf_counter() - started) * 1000)
-            p50[level] = median(times)
+                post(level)
+                times[level].append((time.perf_counter() - started) * 1000)
     finally:
         conn.close()
-    return p50
+    return {level: median(t) for level, t in times.items()}
 
 
 def read_latency(url, runs):
@@ -1179,8 +1179,9 @@ def main():
                         continue
                     target = ("ratio", "<=", 1.5) if level == levels[-1] else None
                     table.add(measure, store, p50[level], "ms", p50[first], f"at {first:,}", "time", target)
-                whole, whole_bytes = read_latency(f"{url}?history", 3)
-                page, page_bytes = read_latency(f"{url}?history&limit=100", 20)
+                longest = f"{url}-{levels[-1]}"
+                whole, whole_bytes = read_latency(f"{longest}?history", 3)
+                page, page_bytes = read_latency(f"{longest}?history&limit=100", 20)
                 table.add(f"GET ?history&limit=100 at {levels[-1]:,}", store, page, "ms", whole,
                           "whole ?history", "time",
                           note=f"{page_bytes / 1024:.0f} KiB against {whole_bytes / 1024:.0f} KiB")
