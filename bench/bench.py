@@ -480,10 +480,13 @@ class Stores:
 
 
 class Stategate:
-    def __init__(self, binary, stores, store, extra=(), work=None, port=0):
+    def __init__(self, binary, stores, store, extra=(), work=None, port=0, env=None):
+        """`extra`: more command-line arguments; `env`: more environment
+        (settings that have no flag, such as STATEGATE_HISTORY_KEEP)."""
         self.store = store
         self.work = work or temp_dir(f"sg-{store}")
-        settings, env = stores.settings(store, self.work)
+        settings, store_env = stores.settings(store, self.work)
+        env = {**store_env, **(env or {})}
         self.settings_env = (settings, env)
         self.cmd = self.command(binary, store, settings, port, extra)
         self.env = self.environment(env)
@@ -809,6 +812,55 @@ def post_then_get(url, key, size):
         conn.close()
 
 
+def write_latencies(url, levels, timed, size):
+    """p50 milliseconds of a write to a state whose history holds each of
+    `levels` versions (the server keeps every version): one state per
+    level, at `url`-<level>, its history built by POSTing rising serials
+    over one keep-alive connection as fast as the server takes them. Then
+    `timed` writes to each are timed one by one, round-robin over the
+    levels, so a change in the host's speed hits every level alike."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+    serials = {level: 0 for level in levels}
+
+    def post(level):
+        serials[level] += 1
+        conn.request("POST", f"{parts.path}-{level}", body=state_body(size, serials[level]),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        answer = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"POST serial {serials[level]}: {resp.status} {answer[:200]!r}")
+
+    times = {level: [] for level in levels}
+    try:
+        for level in levels:
+            while serials[level] < level:
+                post(level)
+        for _ in range(timed):
+            for level in levels:
+                started = time.perf_counter()
+                post(level)
+                times[level].append((time.perf_counter() - started) * 1000)
+    finally:
+        conn.close()
+    return {level: median(t) for level, t in times.items()}
+
+
+def read_latency(url, runs):
+    """p50 milliseconds of GET `url` (which must answer 200), and the bytes."""
+    times = []
+    size = 0
+    for _ in range(runs):
+        started = time.perf_counter()
+        status, body = request("GET", url)
+        times.append((time.perf_counter() - started) * 1000)
+        if status != 200:
+            raise RuntimeError(f"GET {url}: {status} {body[:200]!r}")
+        size = len(body)
+    return median(times), size
+
+
 def healthz_once(port):
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
@@ -954,7 +1006,7 @@ def parse_args():
     p.add_argument("--binary", help="a stategate binary to measure (no build)")
     p.add_argument("--db-url", default=os.environ.get("STATEGATE_BENCH_DB_URL"),
                    help="dbURL of a database for the `db` row (or STATEGATE_BENCH_DB_URL)")
-    p.add_argument("--only", help="comma-separated parts: terraform,get,write,memory,exec")
+    p.add_argument("--only", help="comma-separated parts: terraform,get,write,history,memory,exec")
     p.add_argument("--resources", type=int, help="terraform_data resources (300; quick 20)")
     p.add_argument("--runs", type=int, help="terraform runs per configuration (10; quick 2)")
     p.add_argument("--duration", type=float, help="seconds of every load (10; quick 1)")
@@ -976,7 +1028,9 @@ def parse_args():
         args.stores = [s for s in ALL_STORES if s != "db" or args.db_url]
     if "db" in args.stores and not args.db_url:
         p.error("the db row needs --db-url")
-    args.only = set(args.only.split(",")) if args.only else {"terraform", "get", "write", "memory", "exec"}
+    args.only = set(args.only.split(",")) if args.only else {"terraform", "get", "write", "history", "memory", "exec"}
+    args.history_levels = [10, 50, 100] if quick else [100, 1000, 10000]
+    args.history_timed = 10 if quick else 50
     return args
 
 
@@ -1104,7 +1158,38 @@ def main():
             table.add("new-state creates/s (32)", store, made, "/s", floor, "file loop", "rate", target,
                       "; ".join(x for x in [f"{errors} errors" if errors else "", spread] if x))
 
-    # 4 and 5. Memory and exec->ready, on fresh processes.
+    # 4. A write's cost as one state's history grows, on fresh processes
+    # keeping every version; and a page of that history against the whole.
+    def history():
+        levels = args.history_levels
+        log(f"history: write p50 at {', '.join(f'{n:,}' for n in levels)} versions, "
+            f"{args.history_timed} timed writes each")
+        for store in active:
+            if store not in DISK_STORES:
+                continue
+            sg = Stategate(binary, stores, store, env={"STATEGATE_HISTORY_KEEP": "0"})
+            try:
+                url = f"{sg.url}/states/bench/history"
+                p50 = write_latencies(url, levels, args.history_timed, 4096)
+                first = levels[0]
+                for level in levels:
+                    measure = f"write p50 at {level:,} versions"
+                    if level == first:
+                        table.add(measure, store, p50[level], "ms")
+                        continue
+                    target = ("ratio", "<=", 1.5) if level == levels[-1] else None
+                    table.add(measure, store, p50[level], "ms", p50[first], f"at {first:,}", "time", target)
+                longest = f"{url}-{levels[-1]}"
+                whole, whole_bytes = read_latency(f"{longest}?history", 3)
+                page, page_bytes = read_latency(f"{longest}?history&limit=100", 20)
+                table.add(f"GET ?history&limit=100 at {levels[-1]:,}", store, page, "ms", whole,
+                          "whole ?history", "time",
+                          note=f"{page_bytes / 1024:.0f} KiB against {whole_bytes / 1024:.0f} KiB")
+            finally:
+                sg.stop()
+                shutil.rmtree(sg.work, ignore_errors=True)
+
+    # 5 and 6. Memory and exec->ready, on fresh processes.
     def memory():
         size = args.mem_mib << 20
         log(f"memory: idle, then 8 clients each POST then GET {args.mem_mib} MiB")
@@ -1152,6 +1237,7 @@ def main():
     part("terraform", terraform)
     part("get", get)
     part("write", write)
+    part("history", history)
     part("memory", memory)
     part("exec", exec_ready)
 

@@ -18,6 +18,7 @@ use stategate::config::{self, CliOverrides, FileConfig, Settings};
 use stategate::migrate;
 use stategate::protocol::{App, Surface};
 use stategate::server;
+use stategate::state::history::HistoryWindow;
 use stategate::state::seal::{self, Keyring, SealedStore};
 use stategate::state::{Policy, StateRef, States, WriteOptions, WriteOutcome};
 use stategate::stores::{self, Store};
@@ -243,11 +244,20 @@ pub enum StateCommand {
         #[arg(long, default_value = "")]
         prefix: String,
     },
-    /// List the kept versions of a state.
+    /// List the kept versions of a state: all of them oldest first, or with
+    /// --limit or --before one page, newest first.
     History {
         key: String,
         #[arg(long, short)]
         workspace: Option<String>,
+        /// Show at most this many versions, newest first (1 to 1000; 100
+        /// when only --before is given).
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Show only versions numbered below this, newest first (the next
+        /// page is named after the listing).
+        #[arg(long)]
+        before: Option<u64>,
     },
     /// Print a state (or one of its versions) to stdout.
     Get {
@@ -859,14 +869,27 @@ pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
                 )?;
             }
         }
-        StateCommand::History { key, workspace } => {
+        StateCommand::History {
+            key,
+            workspace,
+            limit,
+            before,
+        } => {
             let state = state_ref(&key, workspace.as_deref())?;
+            let (versions, next_before) = if limit.is_none() && before.is_none() {
+                (states.history(&state).await?, None)
+            } else {
+                let page = states
+                    .history_page(&state, HistoryWindow::new(limit, before)?)
+                    .await?;
+                (page.versions, page.next_before)
+            };
             writeln!(
                 out,
                 "{:>7} {:>8} {:>12}  {:<32} {:<25} {:<8} WHO",
                 "VERSION", "SERIAL", "SIZE", "MD5", "RECORDED", "OP"
             )?;
-            for v in states.history(&state).await? {
+            for v in versions {
                 let serial = v.serial.map_or("-".to_string(), |n| n.to_string());
                 let who = v.who.unwrap_or_else(|| "-".into());
                 writeln!(
@@ -874,6 +897,10 @@ pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
                     "{:>7} {:>8} {:>12}  {:<32} {:<25} {:<8} {}",
                     v.version, serial, v.size, v.md5, v.created, v.operation, who
                 )?;
+            }
+            // On stderr, so stdout stays one table for scripts.
+            if let Some(n) = next_before {
+                eprintln!("older versions: --before {n}");
             }
         }
         StateCommand::Get {

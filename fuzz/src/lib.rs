@@ -111,7 +111,7 @@ pub fn route(data: &[u8]) {
             return;
         }
         Endpoint::GetState(s)
-        | Endpoint::History(s)
+        | Endpoint::History(s, _)
         | Endpoint::GetVersion(s, _)
         | Endpoint::WriteState { state: s, .. }
         | Endpoint::DeleteState { state: s, .. }

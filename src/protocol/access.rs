@@ -34,7 +34,7 @@ fn needs(endpoint: &Endpoint) -> Option<(Access, &'static str)> {
     Some(match endpoint {
         Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => return None,
         Endpoint::GetState(_) => (Access::Outputs, "read"),
-        Endpoint::History(_) | Endpoint::GetVersion(..) | Endpoint::GetLock(_) => {
+        Endpoint::History(..) | Endpoint::GetVersion(..) | Endpoint::GetLock(_) => {
             (Access::Read, "read")
         }
         Endpoint::WriteState { .. } => (Access::Write, "write"),

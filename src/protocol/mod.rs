@@ -5,7 +5,8 @@
 //!
 //! URLs (see the README): `/states/<key>[?workspace=<name>]` takes GET
 //! (and HEAD), POST/PUT (write, with Terraform's `?ID=<lock id>`), DELETE, LOCK and
-//! UNLOCK; `?history` and `?version=N` read history. `/locks/<key>` serves
+//! UNLOCK; `?history` (whole, or paged with `&limit=N&before=V`) and
+//! `?version=N` read history. `/locks/<key>` serves
 //! gateways that refuse custom verbs: POST or LOCK locks, DELETE or UNLOCK
 //! unlocks, GET shows the holder. `/healthz` answers 200 while the process
 //! runs, `/readyz` only while the store answers, `/metrics` in the
@@ -33,6 +34,7 @@ use crate::audit::Audit;
 use crate::auth::{Access, Auth};
 use crate::metrics::{Metrics, Refusal, method_label};
 use crate::settings::Limits;
+use crate::state::history::HistoryWindow;
 use crate::state::{LockInfo, StateError, StateRef, States, Taken, WriteOptions, head};
 use crate::stores::payload::spool_dir;
 use crate::stores::{PROBE_PREFIX, Payload, Spooler, StoreError, Version};
@@ -211,7 +213,8 @@ pub enum Endpoint {
     Ready,
     Metrics,
     GetState(StateRef),
-    History(StateRef),
+    /// `?history`: the whole history (`None`), or one page of it.
+    History(StateRef, Option<HistoryWindow>),
     GetVersion(StateRef, u64),
     WriteState {
         state: StateRef,
@@ -236,6 +239,10 @@ struct Query {
     lock_id: Option<String>,
     history: bool,
     version: Option<String>,
+    /// `?history&limit=N`: the most versions in one page.
+    limit: Option<String>,
+    /// `?history&before=V`: only versions numbered below V.
+    before: Option<String>,
 }
 
 impl Query {
@@ -247,10 +254,34 @@ impl Query {
                 "ID" => q.lock_id = Some(v.into_owned()).filter(|id| !id.is_empty()),
                 "history" => q.history = true,
                 "version" => q.version = Some(v.into_owned()),
+                "limit" => q.limit = Some(v.into_owned()),
+                "before" => q.before = Some(v.into_owned()),
                 _ => {}
             }
         }
         q
+    }
+
+    /// The page `?history` asks for: `None` (the whole history, oldest
+    /// first, as before paging existed) unless `limit` or `before` is given.
+    fn history_window(&self) -> Result<Option<HistoryWindow>, ProtocolError> {
+        if self.limit.is_none() && self.before.is_none() {
+            return Ok(None);
+        }
+        let number = |name: &str, raw: &Option<String>| {
+            raw.as_deref()
+                .map(|v| {
+                    v.parse::<u64>().map_err(|_| {
+                        ProtocolError::BadRequest(format!("{name} {v:?} is not a number"))
+                    })
+                })
+                .transpose()
+        };
+        let window = HistoryWindow::new(
+            number("limit", &self.limit)?,
+            number("before", &self.before)?,
+        )?;
+        Ok(Some(window))
     }
 }
 
@@ -274,7 +305,7 @@ impl Endpoint {
                 "/states/{key}"
             }
             Endpoint::Lock(_) | Endpoint::Unlock(_) => "/states/{key} (lock)",
-            Endpoint::History(_) => "/states/{key}?history",
+            Endpoint::History(..) => "/states/{key}?history",
             Endpoint::GetVersion(..) => "/states/{key}?version",
             Endpoint::GetLock(_) => "/locks/{key}",
         }
@@ -284,7 +315,7 @@ impl Endpoint {
         match self {
             Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => None,
             Endpoint::GetState(s)
-            | Endpoint::History(s)
+            | Endpoint::History(s, _)
             | Endpoint::GetVersion(s, _)
             | Endpoint::WriteState { state: s, .. }
             | Endpoint::DeleteState { state: s, .. }
@@ -341,7 +372,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Endpoin
         };
     }
     match method {
-        "GET" | "HEAD" if q.history => Ok(Endpoint::History(state)),
+        "GET" | "HEAD" if q.history => Ok(Endpoint::History(state, q.history_window()?)),
         "GET" | "HEAD" => match q.version {
             Some(v) => match v.parse::<u64>() {
                 Ok(n) => Ok(Endpoint::GetVersion(state, n)),
@@ -599,7 +630,7 @@ async fn dispatch(
         Endpoint::Health => Ok(text("ok\n")),
         Endpoint::Ready => handle_ready(app).await,
         Endpoint::Metrics => handle_metrics(app).await,
-        Endpoint::History(state) => handle_history(app, &state).await,
+        Endpoint::History(state, window) => handle_history(app, &state, window).await,
         Endpoint::WriteState { state, lock_id } => {
             let body = read_body(app, req, app.limits.max_body_bytes, ex).await?;
             handle_write(app, &state, body, lock_id.as_deref(), caller, ex).await
@@ -826,18 +857,33 @@ async fn handle_get(
     Ok(state_body(body, &md5))
 }
 
+/// The whole history oldest first, as it always was; or one page newest
+/// first, with `next_before` for the next one (`null` after the last).
 async fn handle_history(
     app: &App,
     state: &StateRef,
+    window: Option<HistoryWindow>,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
-    let versions = app.states.history(state).await?;
-    let body = serde_json::to_vec_pretty(&serde_json::json!({
-        "key": state.key(),
-        "workspace": state.workspace(),
-        "versions": versions,
-    }))
-    .expect("history serialises");
-    Ok(json(body))
+    let doc = match window {
+        None => serde_json::json!({
+            "key": state.key(),
+            "workspace": state.workspace(),
+            "versions": app.states.history(state).await?,
+        }),
+        Some(window) => {
+            let page = app.states.history_page(state, window).await?;
+            serde_json::json!({
+                "key": state.key(),
+                "workspace": state.workspace(),
+                "order": "newest_first",
+                "versions": page.versions,
+                "next_before": page.next_before,
+            })
+        }
+    };
+    Ok(json(
+        serde_json::to_vec_pretty(&doc).expect("history serialises"),
+    ))
 }
 
 async fn handle_get_version(
@@ -1057,7 +1103,7 @@ mod tests {
         );
         assert_eq!(
             r("GET", "/states/a", Some("history")).unwrap(),
-            Endpoint::History(st("a", None))
+            Endpoint::History(st("a", None), None)
         );
         assert_eq!(
             r("GET", "/states/a", Some("version=3")).unwrap(),
@@ -1070,6 +1116,44 @@ mod tests {
             400
         );
         assert_eq!(r("PATCH", "/states/a", None).unwrap_err().status(), 405);
+    }
+
+    #[test]
+    fn history_pages_are_checked_in_the_url() {
+        let page = |limit, before| Some(HistoryWindow { limit, before });
+        for (query, want) in [
+            ("history", None),
+            ("history&limit=10", page(10, None)),
+            ("history&before=7", page(100, Some(7))),
+            (
+                "history&limit=1000&before=3&workspace=dev",
+                page(1000, Some(3)),
+            ),
+        ] {
+            let ws = query.contains("workspace").then_some("dev");
+            assert_eq!(
+                r("GET", "/states/a", Some(query)).unwrap(),
+                Endpoint::History(st("a", ws), want),
+                "{query}"
+            );
+        }
+        for (query, reason) in [
+            ("history&limit=0", "limit must be from 1 to 1000, not 0"),
+            (
+                "history&limit=1001",
+                "limit must be from 1 to 1000, not 1001",
+            ),
+            ("history&limit=ten", "limit \"ten\" is not a number"),
+            ("history&limit=", "limit \"\" is not a number"),
+            ("history&limit=-1", "limit \"-1\" is not a number"),
+            ("history&before=0", "before must be 1 or more"),
+            ("history&before=99999999999999999999", "is not a number"),
+        ] {
+            let e = r("GET", "/states/a", Some(query)).unwrap_err();
+            assert_eq!(e.status(), 400, "{query}");
+            assert!(e.to_string().contains(reason), "{query}: {e}");
+            assert!(!e.to_string().contains('\n'), "{query}: one line: {e}");
+        }
     }
 
     #[test]

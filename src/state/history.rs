@@ -13,10 +13,24 @@
 //! state is a [`crate::stores::Store::snapshot`]: a hard link on local
 //! disk, a row copy in SQLite. Retention keeps the newest `history_keep`.
 //!
-//! Appends are not atomic (list, then create the next number), so on
-//! stores without compare-and-swap they run under the state's write lease
-//! with the write they record ([`super::lease`]): each accepted write is
-//! then exactly one record, in order, and retention is exact.
+//! Where the numbers end is kept in `newest.json` in the same folder (a
+//! [`Pointer`]: the lowest number still kept and a copy of the newest
+//! record), so a write costs the same whether a state has ten versions or
+//! a hundred thousand: it reads the pointer and checks that the next
+//! number is still free, instead of listing the folder. The pointer is a
+//! hint, never the truth: numbers are taken with a create-if-absent, a
+//! pointer that is behind (a crash between a version and its pointer, a
+//! concurrent writer, a pointer write that failed) is walked forward to
+//! the first free number, and a missing or unreadable one (a folder
+//! written before pointers existed, one edited by hand) is rebuilt from
+//! one listing. Numbers are consecutive, so retention deletes the numbers
+//! that fell out of the window and paging walks down from the newest,
+//! both without a listing.
+//!
+//! Appends are not atomic (read where history ends, then create the next
+//! number), so they run under the state's write lease with the write they
+//! record ([`super::lease`]): each accepted write is then exactly one
+//! record, in order, and retention is exact.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -79,6 +93,15 @@ pub fn rfc3339(t: OffsetDateTime) -> Option<String> {
     t.format(&Rfc3339).ok()
 }
 
+/// The name of the [`Pointer`] inside a state's history folder.
+pub const POINTER_NAME: &str = "newest.json";
+
+/// The most versions one page of history holds.
+pub const PAGE_LIMIT_MAX: u64 = 1000;
+
+/// The versions in a page when only `before` is given.
+pub const PAGE_LIMIT_DEFAULT: u64 = 100;
+
 fn body_key(dir: &str, n: u64) -> String {
     format!("{dir}{n:010}.tfstate")
 }
@@ -87,12 +110,83 @@ fn meta_key(dir: &str, n: u64) -> String {
     format!("{dir}{n:010}.json")
 }
 
+fn pointer_key(dir: &str) -> String {
+    format!("{dir}{POINTER_NAME}")
+}
+
+/// `newest.json`: where a state's numbered versions begin and end, so
+/// that appending, pruning and paging need no listing. Every record
+/// rewrites it; see the module comment for how a pointer that is missing,
+/// unreadable or behind is recovered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pointer {
+    /// No kept version has a lower number: retention deletes from here
+    /// and downward walks stop here. Never above a kept version (a
+    /// pointer rebuilt from a listing takes the lowest number listed; one
+    /// written by a late writer may be lower than needed, which costs a
+    /// few reads of numbers already gone).
+    oldest: u64,
+    /// A copy of the newest record, so a write recognises the stored state
+    /// from this one read.
+    newest: VersionMeta,
+}
+
+impl Pointer {
+    /// Whether the numbers make sense: versions count from 1 and the
+    /// window is not empty. Anything else was not written by stategate.
+    fn is_sound(&self) -> bool {
+        (1..=self.newest.version).contains(&self.oldest)
+    }
+}
+
+/// Which versions one page of history holds: at most `limit`, numbered
+/// below `before` (from the newest when `None`), newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryWindow {
+    pub before: Option<u64>,
+    pub limit: u64,
+}
+
+impl HistoryWindow {
+    /// Checks a client's `limit` and `before` (either may be absent):
+    /// `limit` from 1 to [`PAGE_LIMIT_MAX`] (default
+    /// [`PAGE_LIMIT_DEFAULT`]), `before` 1 or more (versions count from 1).
+    /// [`StateError::BadRequest`] names the one that is wrong.
+    pub fn new(limit: Option<u64>, before: Option<u64>) -> Result<Self, StateError> {
+        let limit = limit.unwrap_or(PAGE_LIMIT_DEFAULT);
+        if !(1..=PAGE_LIMIT_MAX).contains(&limit) {
+            return Err(StateError::BadRequest(format!(
+                "limit must be from 1 to {PAGE_LIMIT_MAX}, not {limit}"
+            )));
+        }
+        if before == Some(0) {
+            return Err(StateError::BadRequest(
+                "before must be 1 or more: versions are numbered from 1".into(),
+            ));
+        }
+        Ok(HistoryWindow { before, limit })
+    }
+}
+
+/// One page of a state's history.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// Newest first.
+    pub versions: Vec<VersionMeta>,
+    /// The `before` that asks for the next (older) page; `None` when this
+    /// page reached the oldest kept version. The next page may come back
+    /// empty: finding out would mean reading a record this page does not
+    /// return.
+    pub next_before: Option<u64>,
+}
+
 impl States {
     fn history_dir(&self, state: &StateRef) -> String {
         format!("{HISTORY_PREFIX}{}/", self.object_key(state))
     }
 
-    /// The numbers of the versions kept for a state, oldest first.
+    /// The numbers of the versions kept for a state, oldest first, from a
+    /// listing: for the whole history, and to rebuild a [`Pointer`].
     async fn version_numbers(&self, dir: &str) -> Result<Vec<u64>, StateError> {
         let mut numbers: Vec<u64> = self
             .store
@@ -106,27 +200,27 @@ impl States {
                     .parse()
                     .ok()
             })
+            .filter(|&n| n > 0)
             .collect();
         numbers.sort_unstable();
         Ok(numbers)
     }
 
-    async fn meta(&self, dir: &str, n: u64) -> Result<VersionMeta, StateError> {
+    /// The record of version `n`, `None` when the version is not kept (a
+    /// gap, or pruned meanwhile).
+    async fn kept(&self, dir: &str, n: u64) -> Result<Option<VersionMeta>, StateError> {
         if let Some(obj) = self.store.get(&meta_key(dir, n)).await?
             && let Ok(meta) = serde_json::from_slice(&obj.body)
         {
-            return Ok(meta);
+            return Ok(Some(meta));
         }
         // The record of a version whose metadata was never written (the
         // process died in between) is rebuilt from its body.
-        let body = self
-            .store
-            .get(&body_key(dir, n))
-            .await?
-            .map(|o| o.body)
-            .unwrap_or_default();
+        let Some(body) = self.store.get(&body_key(dir, n)).await?.map(|o| o.body) else {
+            return Ok(None);
+        };
         let head = StateHead::parse(&body).unwrap_or_default();
-        Ok(VersionMeta {
+        Ok(Some(VersionMeta {
             version: n,
             serial: head.serial,
             lineage: head.lineage,
@@ -139,27 +233,135 @@ impl States {
             identity: None,
             operation: "found".into(),
             object_version: None,
-        })
+        }))
     }
 
-    /// The versions kept for a state, oldest first.
+    /// Where a state's history begins and ends, `None` when it has none:
+    /// the pointer, walked forward past any number taken after it was
+    /// written, or rebuilt from a listing when it is missing or unreadable.
+    async fn ends(&self, dir: &str) -> Result<Option<Pointer>, StateError> {
+        let stored = self
+            .store
+            .get(&pointer_key(dir))
+            .await?
+            .and_then(|obj| serde_json::from_slice::<Pointer>(&obj.body).ok())
+            .filter(Pointer::is_sound);
+        let Some(mut pointer) = stored else {
+            return self.rebuild_pointer(dir).await;
+        };
+        // Numbers are taken in order, so the versions made after the
+        // pointer was written are the ones right above it.
+        let mut n = pointer.newest.version;
+        while let Some(next) = n.checked_add(1)
+            && self.store.stat(&body_key(dir, next)).await?.is_some()
+        {
+            n = next;
+        }
+        if n > pointer.newest.version {
+            let Some(newest) = self.kept(dir, n).await? else {
+                // Pruned or purged while we looked: start over from the store.
+                return self.rebuild_pointer(dir).await;
+            };
+            pointer.newest = newest;
+            self.put_pointer(dir, &pointer).await;
+        }
+        Ok(Some(pointer))
+    }
+
+    /// Builds the pointer from one listing of the folder, and stores it.
+    async fn rebuild_pointer(&self, dir: &str) -> Result<Option<Pointer>, StateError> {
+        let numbers = self.version_numbers(dir).await?;
+        let (Some(&oldest), Some(&last)) = (numbers.first(), numbers.last()) else {
+            return Ok(None);
+        };
+        let Some(newest) = self.kept(dir, last).await? else {
+            return Ok(None);
+        };
+        tracing::info!(
+            history = dir,
+            versions = numbers.len(),
+            "history pointer rebuilt from a listing"
+        );
+        let pointer = Pointer { oldest, newest };
+        self.put_pointer(dir, &pointer).await;
+        Ok(Some(pointer))
+    }
+
+    /// Stores the pointer. It is a hint that [`States::ends`] recovers
+    /// from, so it need not survive a crash of the machine (no fsync on
+    /// local disk), and a failure is logged, not returned: the record it
+    /// points to is already kept.
+    async fn put_pointer(&self, dir: &str, pointer: &Pointer) {
+        let body = serde_json::to_vec(pointer).expect("a history pointer serialises");
+        if let Err(e) = self
+            .store
+            .put_transient(&pointer_key(dir), body.into(), Condition::Always)
+            .await
+        {
+            tracing::warn!(history = dir, error = %e, "writing the history pointer failed");
+        }
+    }
+
+    /// The newest record of a state's history, `None` when it has none.
+    pub(super) async fn newest_record(
+        &self,
+        state: &StateRef,
+    ) -> Result<Option<VersionMeta>, StateError> {
+        Ok(self.ends(&self.history_dir(state)).await?.map(|p| p.newest))
+    }
+
+    /// The versions kept for a state, oldest first: every record, from one
+    /// listing. For a long history ask for pages ([`States::history_page`]).
     pub async fn history(&self, state: &StateRef) -> Result<Vec<VersionMeta>, StateError> {
         let dir = self.history_dir(state);
         let mut out = Vec::new();
         for n in self.version_numbers(&dir).await? {
-            out.push(self.meta(&dir, n).await?);
+            out.extend(self.kept(&dir, n).await?);
         }
         Ok(out)
+    }
+
+    /// One page of a state's history, newest first: walks down from the
+    /// newest number (or from below `window.before`), reading only the
+    /// records it returns and skipping numbers no longer kept.
+    pub async fn history_page(
+        &self,
+        state: &StateRef,
+        window: HistoryWindow,
+    ) -> Result<HistoryPage, StateError> {
+        let dir = self.history_dir(state);
+        let Some(ends) = self.ends(&dir).await? else {
+            return Ok(HistoryPage {
+                versions: Vec::new(),
+                next_before: None,
+            });
+        };
+        let top = match window.before {
+            Some(before) => before.saturating_sub(1).min(ends.newest.version),
+            None => ends.newest.version,
+        };
+        let mut versions = Vec::new();
+        // `n` is the next number to look at; the walk stops below `oldest`.
+        let mut n = top;
+        while n >= ends.oldest && (versions.len() as u64) < window.limit {
+            versions.extend(self.kept(&dir, n).await?);
+            n -= 1;
+        }
+        Ok(HistoryPage {
+            versions,
+            next_before: (n >= ends.oldest).then_some(n + 1),
+        })
     }
 
     /// The body of one kept version, checked against the MD5 recorded for
     /// it: a version changed outside stategate is refused, not served.
     pub async fn version(&self, state: &StateRef, n: u64) -> Result<Bytes, StateError> {
         let dir = self.history_dir(state);
+        let missing = || StateError::NotFound(format!("{state} has no version {n}"));
         let Some(obj) = self.store.get(&body_key(&dir, n)).await? else {
-            return Err(StateError::NotFound(format!("{state} has no version {n}")));
+            return Err(missing());
         };
-        let recorded = self.meta(&dir, n).await?.md5;
+        let recorded = self.kept(&dir, n).await?.ok_or_else(missing)?.md5;
         if md5_hex(&obj.body) != recorded {
             return Err(StateError::Store(StoreError::unavailable(format!(
                 "version {n} of {state} was changed outside stategate (its MD5 no longer matches its record)"
@@ -177,18 +379,14 @@ impl States {
             return Ok(None);
         };
         let dir = self.history_dir(state);
-        let numbers = self.version_numbers(&dir).await?;
-        let newest = match numbers.last() {
-            Some(&n) => Some(self.meta(&dir, n).await?),
-            None => None,
-        };
-        if let Some(meta) = &newest
-            && meta.object_version.as_deref() == Some(version.0.as_str())
+        let ends = self.ends(&dir).await?;
+        if let Some(newest) = ends.as_ref().map(|p| &p.newest)
+            && newest.object_version.as_deref() == Some(version.0.as_str())
         {
             return Ok(Some(Current {
                 version,
-                head: meta.head(),
-                md5: meta.md5.clone(),
+                head: newest.head(),
+                md5: newest.md5.clone(),
             }));
         }
         let Some(obj) = self.store.get(&object_key).await? else {
@@ -196,21 +394,14 @@ impl States {
         };
         let head = StateHead::parse(&obj.body).unwrap_or_default();
         let md5 = md5_hex(&obj.body);
-        if newest.is_none_or(|m| m.md5 != md5) {
+        if ends.as_ref().is_none_or(|p| p.newest.md5 != md5) {
             let found = Described {
                 body: &Payload::Memory(obj.body),
                 head: &head,
                 md5: &md5,
             };
-            self.record(
-                state,
-                &dir,
-                numbers,
-                &found,
-                &obj.version,
-                Writer::unknown(),
-            )
-            .await?;
+            self.record(state, &dir, ends, &found, &obj.version, Writer::unknown())
+                .await?;
         }
         Ok(Some(Current {
             version: obj.version,
@@ -231,36 +422,40 @@ impl States {
     ) -> Option<u64> {
         let dir = self.history_dir(state);
         let result = async {
-            let numbers = self.version_numbers(&dir).await?;
+            let ends = self.ends(&dir).await?;
             // A concurrent write may already have recorded this very store
             // version as `found` (possible where the store's compare-and-swap
             // makes the write lease unnecessary): one record per accepted
             // write, so that record becomes this write's.
-            if let Some(&n) = numbers.last() {
-                let newest = self.meta(&dir, n).await?;
-                if newest.object_version.as_deref() == Some(version.0.as_str())
-                    && newest.md5 == written.md5
-                {
-                    let meta = VersionMeta {
-                        who: writer.who,
-                        lock_id: writer.lock_id,
-                        identity: writer.identity,
-                        operation: writer.operation.to_string(),
-                        ..newest
-                    };
-                    let meta_body = serde_json::to_vec(&meta).expect("version metadata serialises");
-                    self.store
-                        .put(
-                            &meta_key(&dir, n),
-                            Bytes::from(meta_body),
-                            Condition::Always,
-                        )
-                        .await?;
-                    self.put_summary(state, &meta).await;
-                    return Ok(n);
-                }
+            if let Some(ends) = &ends
+                && ends.newest.object_version.as_deref() == Some(version.0.as_str())
+                && ends.newest.md5 == written.md5
+            {
+                let n = ends.newest.version;
+                let meta = VersionMeta {
+                    who: writer.who,
+                    lock_id: writer.lock_id,
+                    identity: writer.identity,
+                    operation: writer.operation.to_string(),
+                    ..ends.newest.clone()
+                };
+                let meta_body = serde_json::to_vec(&meta).expect("version metadata serialises");
+                self.store
+                    .put(
+                        &meta_key(&dir, n),
+                        Bytes::from(meta_body),
+                        Condition::Always,
+                    )
+                    .await?;
+                self.put_summary(state, &meta).await;
+                let pointer = Pointer {
+                    oldest: ends.oldest,
+                    newest: meta,
+                };
+                self.put_pointer(&dir, &pointer).await;
+                return Ok(n);
             }
-            self.record(state, &dir, numbers, written, version, writer)
+            self.record(state, &dir, ends, written, version, writer)
                 .await
         }
         .await;
@@ -274,18 +469,18 @@ impl States {
     }
 
     /// Keeps `item`, the state object's content at `version`, as the next
-    /// version, then prunes.
+    /// version after `ends`, then prunes and moves the pointer.
     async fn record(
         &self,
         state: &StateRef,
         dir: &str,
-        mut numbers: Vec<u64>,
+        ends: Option<Pointer>,
         item: &Described<'_>,
         version: &Version,
         writer: Writer,
     ) -> Result<u64, StateError> {
         let object_key = self.object_key(state);
-        let mut n = numbers.last().map_or(1, |last| last + 1);
+        let mut n = ends.as_ref().map_or(1, |p| p.newest.version + 1);
         // Another process may take the same number at the same moment; the
         // create-if-absent gives it to one of us.
         loop {
@@ -327,8 +522,14 @@ impl States {
             .put(&meta_key(dir, n), Bytes::from(meta_body), Condition::Always)
             .await?;
         self.put_summary(state, &meta).await;
-        numbers.push(n);
-        self.prune(dir, &numbers).await?;
+        // A history that had no versions starts at 1 whatever number this
+        // record got: a concurrent appender may hold a lower one.
+        let oldest = self.prune(dir, ends.map_or(1, |p| p.oldest), n).await?;
+        let pointer = Pointer {
+            oldest,
+            newest: meta,
+        };
+        self.put_pointer(dir, &pointer).await;
         Ok(n)
     }
 
@@ -344,6 +545,11 @@ impl States {
         }
         self.check_holder(state, None).await?;
         let dir = self.history_dir(state);
+        // The pointer goes first: left behind by a purge that stopped half
+        // way, it would name versions that are gone.
+        self.store
+            .delete(&pointer_key(&dir), Condition::Always)
+            .await?;
         let objects = self.store.list(&dir).await?;
         let versions = objects
             .iter()
@@ -356,13 +562,20 @@ impl States {
         Ok(versions)
     }
 
-    /// Deletes the oldest versions beyond `history_keep`.
-    async fn prune(&self, dir: &str, numbers: &[u64]) -> Result<(), StateError> {
-        let keep = self.history_keep as usize;
-        if keep == 0 || numbers.len() <= keep {
-            return Ok(());
+    /// Deletes the versions that fell out of the newest `history_keep`
+    /// now that `newest` is kept, and returns the new lower bound of the
+    /// kept numbers. Numbers are consecutive, so the ones to delete are
+    /// known without a listing: from `oldest` (where the last prune
+    /// stopped) up to `newest - history_keep`, usually one. A number
+    /// already gone costs one delete of nothing; when `history_keep` was
+    /// lowered, the first write after deletes the whole excess, once.
+    async fn prune(&self, dir: &str, oldest: u64, newest: u64) -> Result<u64, StateError> {
+        let keep = self.history_keep;
+        if keep == 0 || newest <= keep {
+            return Ok(oldest);
         }
-        for &n in &numbers[..numbers.len() - keep] {
+        let first_kept = newest - keep + 1;
+        for n in oldest..first_kept {
             self.store
                 .delete(&meta_key(dir, n), Condition::Always)
                 .await?;
@@ -370,6 +583,111 @@ impl States {
                 .delete(&body_key(dir, n), Condition::Always)
                 .await?;
         }
-        Ok(())
+        Ok(oldest.max(first_kept))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::state::{Policy, WriteOptions};
+    use crate::stores::Capabilities;
+    use crate::stores::local::LocalStore;
+
+    fn states(dir: &std::path::Path, history_keep: u64) -> States {
+        States::new(
+            Arc::new(LocalStore::open_dir(dir).unwrap()),
+            Capabilities {
+                conditional_create: true,
+                compare_and_swap: true,
+                unique_versions: true,
+            },
+            Policy {
+                workspace_key_prefix: "workspaces".into(),
+                history_keep,
+                protect_lineage: true,
+            },
+        )
+    }
+
+    fn doc(serial: u64) -> Bytes {
+        format!(r#"{{"version":4,"serial":{serial},"lineage":"L","resources":[]}}"#).into()
+    }
+
+    fn write(rt: &tokio::runtime::Runtime, states: &States, state: &StateRef, serial: u64) {
+        let opts = WriteOptions {
+            operation: "write",
+            ..Default::default()
+        };
+        rt.block_on(states.write(state, doc(serial), opts)).unwrap();
+    }
+
+    fn numbers(rt: &tokio::runtime::Runtime, states: &States, state: &StateRef) -> Vec<u64> {
+        let history = rt.block_on(states.history(state)).unwrap();
+        history.iter().map(|v| v.version).collect()
+    }
+
+    #[test]
+    fn history_windows_are_checked() {
+        assert_eq!(
+            HistoryWindow::new(None, Some(7)).unwrap(),
+            HistoryWindow {
+                limit: PAGE_LIMIT_DEFAULT,
+                before: Some(7)
+            }
+        );
+        assert_eq!(HistoryWindow::new(Some(1000), None).unwrap().limit, 1000);
+        for (limit, before) in [(Some(0), None), (Some(1001), None), (None, Some(0))] {
+            let e = HistoryWindow::new(limit, before).unwrap_err();
+            assert!(matches!(e, StateError::BadRequest(_)), "{e}");
+        }
+    }
+
+    #[test]
+    fn lowering_history_keep_prunes_the_excess_once() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let state = StateRef::parse("a.tfstate", None).unwrap();
+        let all = states(dir.path(), 0);
+        for serial in 1..=10 {
+            write(&rt, &all, &state, serial);
+        }
+        assert_eq!(numbers(&rt, &all, &state), (1..=10).collect::<Vec<_>>());
+
+        let three = states(dir.path(), 3);
+        write(&rt, &three, &state, 11);
+        assert_eq!(numbers(&rt, &three, &state), [9, 10, 11]);
+        write(&rt, &three, &state, 12);
+        assert_eq!(numbers(&rt, &three, &state), [10, 11, 12]);
+    }
+
+    #[test]
+    fn a_pointer_left_behind_is_walked_forward() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let state = StateRef::parse("a.tfstate", None).unwrap();
+        let states = states(dir.path(), 0);
+        let pointer = dir.path().join(".stategate/history/a.tfstate/newest.json");
+        write(&rt, &states, &state, 1);
+        write(&rt, &states, &state, 2);
+        let behind = std::fs::read(&pointer).unwrap();
+        write(&rt, &states, &state, 3);
+        write(&rt, &states, &state, 4);
+        // As a writer whose pointer update landed last would leave it.
+        std::fs::remove_file(&pointer).unwrap();
+        std::fs::write(&pointer, &behind).unwrap();
+
+        write(&rt, &states, &state, 5);
+        let history = rt.block_on(states.history(&state)).unwrap();
+        let got: Vec<(u64, Option<u64>, &str)> = history
+            .iter()
+            .map(|v| (v.version, v.serial, v.operation.as_str()))
+            .collect();
+        let want: Vec<(u64, Option<u64>, &str)> = (1..=5).map(|n| (n, Some(n), "write")).collect();
+        assert_eq!(got, want, "no version taken twice, none recorded twice");
+        let now: Pointer = serde_json::from_slice(&std::fs::read(&pointer).unwrap()).unwrap();
+        assert_eq!((now.oldest, now.newest.version), (1, 5));
     }
 }

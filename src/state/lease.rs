@@ -13,10 +13,10 @@
 //! layer therefore runs each of those read-check-change sequences while
 //! holding the state's lease: a state's write or delete with the history
 //! records it makes, on every store (compare-and-swap keeps the state
-//! right, but a history append is a listing followed by a create, and only
-//! serialised appends give one record per accepted write, in order), and
-//! the release of its lock where the store has no atomic conditional
-//! delete.
+//! right, but a history append reads where history ends, then creates the
+//! next number, and only serialised appends give one record per accepted
+//! write, in order), and the release of its lock where the store has no
+//! atomic conditional delete.
 //!
 //! A lease is an object `.stategate/lease/<object key>/<token>` whose body
 //! names its owner and its expiry (wall-clock milliseconds). The token is

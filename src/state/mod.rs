@@ -87,10 +87,10 @@ impl From<key::KeyError> for StateError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum LeaseNeed {
     /// A change that history records (write, delete): on every store,
-    /// because a history append is a listing followed by a create, and
-    /// only serialised appends give one record per accepted write, in
-    /// order, within `history_keep` (issue 16). Compare-and-swap alone
-    /// keeps the state right but not its history.
+    /// because a history append reads where history ends, then creates
+    /// the next number, and only serialised appends give one record per
+    /// accepted write, in order, within `history_keep` (issue 16).
+    /// Compare-and-swap alone keeps the state right but not its history.
     Always,
     /// A read-compare-delete (unlock): only where the store's conditional
     /// delete is not atomic.

@@ -147,7 +147,7 @@ impl States {
         {
             return Ok(Some(summary));
         }
-        let newest = self.history(state).await?.pop();
+        let newest = self.newest_record(state).await?;
         let summary = match newest {
             Some(meta) if meta.size == listed.size => Summary::from(&meta),
             _ => {

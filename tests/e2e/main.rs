@@ -19,6 +19,7 @@ mod crash;
 #[cfg(feature = "db")]
 mod db;
 mod encryption;
+mod history_paging;
 mod hostile;
 mod local_sqlite;
 #[cfg(feature = "s3")]
