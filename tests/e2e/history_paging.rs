@@ -21,7 +21,9 @@ use bytes::Bytes;
 use stategate::protocol::{App, Surface};
 use stategate::settings::{Limits, StoreSettings};
 use stategate::state::{Policy, States};
-use stategate::stores::{self, Capabilities, Condition, Entry, Object, Store, StoreError, Version};
+use stategate::stores::{
+    self, Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version,
+};
 
 use crate::support::stores::{LocalPeer, SqlitePeer};
 use crate::support::*;
@@ -527,6 +529,21 @@ impl Store for Counting {
         self.inner.delete_transient(key, condition).await
     }
 
+    async fn put_payload(
+        &self,
+        key: &str,
+        body: &Payload,
+        condition: Condition,
+    ) -> Result<Version, StoreError> {
+        self.calls.note("put", key);
+        self.inner.put_payload(key, body, condition).await
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
+        self.calls.note("get", key);
+        self.inner.read(key).await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         self.calls.note("list", prefix);
         self.inner.list(prefix).await
@@ -542,7 +559,7 @@ impl Store for Counting {
         from: &str,
         from_version: &Version,
         to: &str,
-        body: &Bytes,
+        body: &Payload,
     ) -> Result<(), StoreError> {
         self.calls.note("snapshot", to);
         self.inner.snapshot(from, from_version, to, body).await
