@@ -575,12 +575,14 @@ impl States {
             return Ok(oldest);
         }
         let first_kept = newest - keep + 1;
+        // Not made durable (no fsync of the folder on local disk): a version
+        // that comes back after a crash of the machine is only kept longer.
         for n in oldest..first_kept {
             self.store
-                .delete(&meta_key(dir, n), Condition::Always)
+                .delete_transient(&meta_key(dir, n), Condition::Always)
                 .await?;
             self.store
-                .delete(&body_key(dir, n), Condition::Always)
+                .delete_transient(&body_key(dir, n), Condition::Always)
                 .await?;
         }
         Ok(oldest.max(first_kept))

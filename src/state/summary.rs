@@ -87,11 +87,14 @@ impl States {
     }
 
     /// Replaces a state's summary with `meta`, its newest history record.
+    /// A copy of what history holds, so it need not survive a crash of the
+    /// machine (no fsync on local disk): the next write rewrites it, and a
+    /// reader rebuilds one whose size does not match the state's.
     pub(super) async fn put_summary(&self, state: &StateRef, meta: &VersionMeta) {
         let body = serde_json::to_vec(&Summary::from(meta)).expect("a summary serialises");
         if let Err(e) = self
             .store
-            .put(&self.summary_key(state), body.into(), Condition::Always)
+            .put_transient(&self.summary_key(state), body.into(), Condition::Always)
             .await
         {
             tracing::warn!(state = %state, error = %e, "writing the state's summary failed");

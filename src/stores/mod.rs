@@ -276,8 +276,9 @@ pub trait Store: Send + Sync + 'static {
     async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError>;
 
     /// Like [`Store::put`], for an object that need not outlive a crash of
-    /// the machine (a write lease: its holder dies with it). A store may
-    /// skip making it durable; the default is a plain put.
+    /// the machine (a write lease, whose holder dies with it; a summary or
+    /// pointer rebuilt from history when lost). A store may skip making it
+    /// durable; the default is a plain put.
     async fn put_transient(
         &self,
         key: &str,
@@ -287,8 +288,9 @@ pub trait Store: Send + Sync + 'static {
         self.put(key, body, condition).await
     }
 
-    /// Like [`Store::delete`], for an object written by
-    /// [`Store::put_transient`].
+    /// Like [`Store::delete`], for a removal that need not outlive a crash
+    /// of the machine (an object written by [`Store::put_transient`], a
+    /// pruned history version that may as well come back).
     async fn delete_transient(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
         self.delete(key, condition).await
     }
