@@ -591,27 +591,11 @@ impl States {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::state::{Policy, WriteOptions};
-    use crate::stores::Capabilities;
-    use crate::stores::local::LocalStore;
+    use crate::state::WriteOptions;
 
     fn states(dir: &std::path::Path, history_keep: u64) -> States {
-        States::new(
-            Arc::new(LocalStore::open_dir(dir).unwrap()),
-            Capabilities {
-                conditional_create: true,
-                compare_and_swap: true,
-                unique_versions: true,
-            },
-            Policy {
-                workspace_key_prefix: "workspaces".into(),
-                history_keep,
-                protect_lineage: true,
-            },
-        )
+        crate::state::local_states_for_tests(dir, history_keep)
     }
 
     fn doc(serial: u64) -> Bytes {

@@ -271,3 +271,22 @@ impl States {
         Ok(out)
     }
 }
+
+/// The states of a local store in `dir`, as unit tests of the rules use
+/// them: every guarantee the local store gives, `history_keep` as given.
+#[cfg(test)]
+pub(crate) fn local_states_for_tests(dir: &std::path::Path, history_keep: u64) -> States {
+    States::new(
+        Arc::new(crate::stores::local::LocalStore::open_dir(dir).unwrap()),
+        Capabilities {
+            conditional_create: true,
+            compare_and_swap: true,
+            unique_versions: true,
+        },
+        Policy {
+            workspace_key_prefix: "workspaces".into(),
+            history_keep,
+            protect_lineage: true,
+        },
+    )
+}

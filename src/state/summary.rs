@@ -186,28 +186,11 @@ impl States {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::state::{Policy, WriteOptions};
-    use crate::stores::Capabilities;
-    use crate::stores::local::LocalStore;
+    use crate::state::WriteOptions;
 
     fn states(dir: &std::path::Path) -> States {
-        let store = LocalStore::open_dir(dir).unwrap();
-        States::new(
-            Arc::new(store),
-            Capabilities {
-                conditional_create: true,
-                compare_and_swap: true,
-                unique_versions: true,
-            },
-            Policy {
-                workspace_key_prefix: "workspaces".into(),
-                history_keep: 0,
-                protect_lineage: true,
-            },
-        )
+        crate::state::local_states_for_tests(dir, 0)
     }
 
     fn doc(serial: u64, resources: usize) -> bytes::Bytes {
