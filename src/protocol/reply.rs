@@ -20,8 +20,8 @@ const READ_AHEAD: usize = 2;
 pub enum Reply {
     /// Held whole (every answer but a large state).
     Full(Full<Bytes>),
-    /// Read from a file on a blocking thread, [`READ_AHEAD`] pieces ahead
-    /// of the client; the reading stops when the client goes away.
+    /// Read from a file, [`READ_AHEAD`] pieces ahead of the client; the
+    /// reading stops when the client goes away.
     Stream {
         pieces: mpsc::Receiver<io::Result<Bytes>>,
         remaining: u64,
@@ -42,16 +42,27 @@ impl Reply {
         }
         let remaining = payload.len();
         let (tx, rx) = mpsc::channel(READ_AHEAD);
-        let mut reader = payload.reader();
-        tokio::task::spawn_blocking(move || {
-            loop {
-                let piece = match reader.next_chunk() {
-                    Ok(Some(piece)) => Ok(piece),
-                    Ok(None) => return,
-                    Err(e) => Err(e),
+        let mut next = Some(payload.reader());
+        // Each piece is read on a blocking thread, which is given back
+        // while the client takes its time: a slow reader holds no thread.
+        // A failed read is sent on and ends the stream.
+        tokio::spawn(async move {
+            while let Some(mut reader) = next.take() {
+                let read = tokio::task::spawn_blocking(move || {
+                    let piece = reader.next_chunk();
+                    (reader, piece)
+                })
+                .await;
+                let piece = match read {
+                    Ok((reader, Ok(Some(piece)))) => {
+                        next = Some(reader);
+                        Ok(piece)
+                    }
+                    Ok((_, Ok(None))) => return,
+                    Ok((_, Err(e))) => Err(e),
+                    Err(e) => Err(io::Error::other(e)),
                 };
-                let failed = piece.is_err();
-                if tx.blocking_send(piece).is_err() || failed {
+                if tx.send(piece).await.is_err() {
                     return;
                 }
             }
