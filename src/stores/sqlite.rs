@@ -492,6 +492,21 @@ fn current_version(tx: &Connection, key: &str) -> Result<Option<Version>, rusqli
     .optional()
 }
 
+/// A string above every string starting with `prefix` and below every
+/// other string after it: its last character that can be raised, raised
+/// (store keys are ASCII); where none can, the highest character, above
+/// every key.
+fn prefix_upper_bound(prefix: &str) -> String {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0x7f {
+            bytes.push(last + 1);
+            return String::from_utf8(bytes).expect("ASCII raised within ASCII");
+        }
+    }
+    char::MAX.to_string()
+}
+
 /// Draws a generation number no object has had, inside the transaction.
 fn next_generation(tx: &Connection) -> Result<i64, rusqlite::Error> {
     tx.query_row(
@@ -661,14 +676,18 @@ impl Store for SqliteStore {
         let prefix = prefix.to_string();
         self.run("listing".to_string(), move |conn| {
             let err = db_err("listing");
+            // A range of the key index (keys compare as bytes), so listing
+            // one state's history does not read every row.
             let mut stmt = conn
                 .prepare(
                     "SELECT key, length(body), modified_ns FROM objects
-                     WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key",
+                     WHERE key >= ?1 AND key < ?2 AND substr(key, 1, length(?1)) = ?1
+                     ORDER BY key",
                 )
                 .map_err(&err)?;
+            let upper = prefix_upper_bound(&prefix);
             let rows = stmt
-                .query_map([&prefix], |r| {
+                .query_map(params![prefix, upper], |r| {
                     let ns: i64 = r.get(2)?;
                     Ok(Entry {
                         key: r.get(0)?,
@@ -766,6 +785,16 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_bounds_cover_exactly_the_prefix() {
+        assert_eq!(prefix_upper_bound(""), "\u{10ffff}");
+        assert_eq!(prefix_upper_bound("a/b/"), "a/b0");
+        assert_eq!(prefix_upper_bound("a\u{7f}"), "b");
+        assert_eq!(prefix_upper_bound("\u{7f}"), "\u{10ffff}");
+        // Non-ASCII bytes are never raised into invalid UTF-8.
+        assert_eq!(prefix_upper_bound("aé"), "b");
+    }
 
     /// A file made when `body` was the second column is rebuilt with it
     /// last, keeping every row, generation and the counter.
