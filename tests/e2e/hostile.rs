@@ -238,14 +238,7 @@ fn hostile_shutdown_does_not_wait_for_stalled_clients() {
 
 /// Virtual memory of a process, in bytes.
 fn vm_size(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmSize:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmSize");
-    kb * 1024
+    proc_status_kib(pid, "VmSize") * 1024
 }
 
 #[test]

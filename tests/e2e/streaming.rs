@@ -54,14 +54,7 @@ fn md5_hex(body: &[u8]) -> String {
 
 /// The peak resident memory of a process, from `/proc`.
 fn peak_rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmHWM in /proc/<pid>/status");
-    kib / 1024
+    proc_status_kib(pid, "VmHWM") / 1024
 }
 
 fn stores() -> Vec<Box<dyn Peer>> {

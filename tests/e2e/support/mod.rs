@@ -69,6 +69,17 @@ pub fn python() -> PathBuf {
     p
 }
 
+/// A field of `/proc/<pid>/status` given in kB (`VmSize`, `VmHWM`), in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
 /// A file from `testdata/`.
 pub fn testdata(name: &str) -> Vec<u8> {
     std::fs::read(repo().join("testdata").join(name))
