@@ -206,6 +206,12 @@ pub struct PayloadReader {
 }
 
 impl PayloadReader {
+    /// The same reader, moved on to byte `pos`.
+    pub fn skip_to(mut self, pos: u64) -> Self {
+        self.pos = pos.min(self.payload.len());
+        self
+    }
+
     /// The rest of the body, in memory.
     fn read_all(mut self) -> io::Result<Bytes> {
         let rest = self.payload.len().saturating_sub(self.pos);

@@ -61,13 +61,27 @@ fn stores() -> Vec<Box<dyn Peer>> {
     vec![Box::new(LocalPeer::new()), Box::new(SqlitePeer::new())]
 }
 
+/// The stores above, and the db store on the private PostgreSQL and
+/// MariaDB, which write and read chunk rows one at a time.
+fn stores_and_databases() -> Vec<Box<dyn Peer>> {
+    #[allow(unused_mut)]
+    let mut all = stores();
+    #[cfg(feature = "db")]
+    {
+        use crate::support::db::{DbPeer, Engine};
+        all.push(Box::new(DbPeer::new(Engine::Postgres)));
+        all.push(Box::new(DbPeer::new(Engine::Mariadb)));
+    }
+    all
+}
+
 /// Four clients each write and read back a 64 MiB state at once. Held
 /// whole, that is at least 256 MiB of bodies in the server; streamed, the
 /// server's peak stays a small multiple of its idle size.
 #[test]
 fn large_states_stream_without_growing_memory() {
     const CLIENTS: usize = 4;
-    for peer in stores() {
+    for peer in stores_and_databases() {
         let s = Spooling::start(peer.as_ref(), &[]);
         let threads: Vec<_> = (0..CLIENTS)
             .map(|i| {
@@ -95,8 +109,12 @@ fn large_states_stream_without_growing_memory() {
             "{}: peak RSS {peak} MiB for {CLIENTS} x 64 MiB",
             peer.storage_type()
         );
+        // The db store moves 4 MiB chunk rows, each held by the driver and
+        // its wire buffer while in flight: more per client than a file
+        // piece, but not growing with the body (held whole: over 512 MiB).
+        let bound = if peer.storage_type() == "db" { 192 } else { 96 };
         assert!(
-            peak < 96,
+            peak < bound,
             "{}: the server's peak RSS was {peak} MiB for {CLIENTS} x 64 MiB bodies",
             peer.storage_type()
         );

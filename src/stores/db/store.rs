@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use futures_util::TryStreamExt;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 use sqlx::{AssertSqlSafe, Connection as _, Row};
@@ -29,6 +30,7 @@ use time::OffsetDateTime;
 
 use super::config::{Connection, DbConfig, Engine, SslMode};
 use crate::settings::ConfigError;
+use crate::stores::payload::{FileBody, SPOOL_THRESHOLD, spool_dir};
 use crate::stores::{
     Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version, network_cause,
 };
@@ -38,6 +40,50 @@ pub const SCHEMA_VERSION: i64 = 1;
 
 /// Largest chunk row: well under MariaDB's default 16 MiB packet.
 const CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// A body's chunk rows, in order: slices of a body in memory, or pieces of
+/// a file read on a blocking thread. At least one, empty for an empty body.
+struct Chunks {
+    body: Payload,
+    at: u64,
+    started: bool,
+}
+
+impl Chunks {
+    fn new(body: &Payload) -> Self {
+        Chunks {
+            body: body.clone(),
+            at: 0,
+            started: false,
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<Bytes>, StoreError> {
+        let len = self.body.len();
+        if self.started && self.at >= len {
+            return Ok(None);
+        }
+        self.started = true;
+        let size = (len - self.at).min(CHUNK_BYTES as u64) as usize;
+        let start = self.at;
+        self.at += size as u64;
+        match &self.body {
+            Payload::Memory(bytes) => Ok(Some(bytes.slice(start as usize..start as usize + size))),
+            Payload::File(_) => {
+                let body = self.body.clone();
+                crate::stores::blocking(move || {
+                    let mut piece = vec![0; size];
+                    let reader = body.reader();
+                    std::io::Read::read_exact(&mut reader.skip_to(start), &mut piece).map_err(
+                        |e| StoreError::unavailable(format!("reading a spooled body: {e}")),
+                    )?;
+                    Ok(Some(Bytes::from(piece)))
+                })
+                .await
+            }
+        }
+    }
+}
 
 /// How often a write that lost a race it could not foresee (a deadlock, a
 /// concurrent first create under `Condition::Always`) is tried again.
@@ -504,7 +550,7 @@ impl DbStore {
     async fn put_once(
         &self,
         key: &str,
-        body: &Bytes,
+        body: &Payload,
         condition: &Condition,
         what: &str,
     ) -> Result<Version, Failed> {
@@ -600,19 +646,18 @@ impl DbStore {
                     .map_err(&err)?;
             }
             // An empty body still gets one chunk row, so the reader's join
-            // finds the object.
-            let mut chunks: Vec<&[u8]> = body.chunks(CHUNK_BYTES).collect();
-            if chunks.is_empty() {
-                chunks.push(&[]);
-            }
-            for (seq, chunk) in chunks.into_iter().enumerate() {
+            // finds the object. A body in a file is read one chunk at a time.
+            let mut chunks = Chunks::new(body);
+            let mut seq = 0i32;
+            while let Some(chunk) = chunks.next().await.map_err(|e| Failed::from(e.context(what)))? {
                 sqlx::query(AssertSqlSafe(sql.insert_chunk.as_str()))
                     .bind(generation)
-                    .bind(seq as i32)
-                    .bind(chunk)
+                    .bind(seq)
+                    .bind(&chunk[..])
                     .execute(&mut *tx)
                     .await
                     .map_err(&err)?;
+                seq += 1;
             }
             tx.commit().await.map_err(&err)?;
         });
@@ -925,16 +970,88 @@ impl Store for DbStore {
         .await
     }
 
+    /// A body over [`SPOOL_THRESHOLD`] is written to an unnamed temporary
+    /// file as its chunk rows arrive, from the one statement that reads
+    /// them (one snapshot), so it is never whole in memory.
+    async fn read(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
+        let what = format!("reading {key}");
+        self.bounded(&what, async {
+            let sql = AssertSqlSafe(self.sql.get.as_str());
+            let mut found: Option<(i64, u64)> = None;
+            let mut memory = BytesMut::new();
+            let mut file: Option<std::fs::File> = None;
+            let mut received: u64 = 0;
+            let io_err = |e: std::io::Error| StoreError::unavailable(format!("{what}: {e}"));
+            on_pool!(&self.pool, p => {
+                let mut rows = sqlx::query(sql).bind(key).fetch(p);
+                while let Some(row) = rows.try_next().await.map_err(|e| unavailable(&what, &e))? {
+                    let (generation, size, chunk) = (|| {
+                        Ok::<_, sqlx::Error>((
+                            row.try_get::<i64, _>(0)?,
+                            row.try_get::<i64, _>(1)?,
+                            row.try_get::<Vec<u8>, _>(2)?,
+                        ))
+                    })()
+                    .map_err(|e| unavailable(&what, &e))?;
+                    let size = size.max(0) as u64;
+                    found.get_or_insert((generation, size));
+                    received += chunk.len() as u64;
+                    if size <= SPOOL_THRESHOLD as u64 {
+                        memory.extend_from_slice(&chunk);
+                        continue;
+                    }
+                    let mut out = match file.take() {
+                        Some(f) => f,
+                        None => tempfile::tempfile_in(spool_dir()).map_err(io_err)?,
+                    };
+                    out = crate::stores::blocking(move || {
+                        std::io::Write::write_all(&mut out, &chunk)
+                            .map(|()| out)
+                            .map_err(|e| StoreError::unavailable(format!("spooling: {e}")))
+                    })
+                    .await
+                    .map_err(|e| e.context(&what))?;
+                    file = Some(out);
+                }
+            });
+            let Some((generation, size)) = found else {
+                return Ok(None);
+            };
+            if received != size {
+                return Err(StoreError::unavailable(format!(
+                    "{what}: the stored body has {received} of its {size} bytes; refusing to serve a truncated state"
+                )));
+            }
+            let body = match file {
+                Some(file) => Payload::File(std::sync::Arc::new(FileBody::new(file, size))),
+                None => Payload::Memory(memory.freeze()),
+            };
+            Ok(Some((body, Version(generation.to_string()))))
+        })
+        .await
+    }
+
     async fn put(
         &self,
         key: &str,
         body: Bytes,
         condition: Condition,
     ) -> Result<Version, StoreError> {
+        self.put_payload(key, &Payload::Memory(body), condition)
+            .await
+    }
+
+    /// A body in a file goes into its chunk rows one chunk at a time.
+    async fn put_payload(
+        &self,
+        key: &str,
+        body: &Payload,
+        condition: Condition,
+    ) -> Result<Version, StoreError> {
         let what = format!("writing {key}");
         self.bounded(
             &what,
-            self.with_retries(&what, || self.put_once(key, &body, &condition, &what)),
+            self.with_retries(&what, || self.put_once(key, body, &condition, &what)),
         )
         .await
     }
