@@ -253,10 +253,7 @@ pub fn md5_hex(body: &[u8]) -> String {
     hex(&Md5::digest(body))
 }
 
-/// Lower-case hex of a digest.
-pub fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::stores::payload::hex;
 
 /// Who made a write, for its history record.
 pub(super) struct Writer {

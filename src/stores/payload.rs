@@ -195,7 +195,7 @@ fn read_failed(e: io::Error) -> StoreError {
 }
 
 /// Lower-case hex of a digest.
-fn hex(digest: &[u8]) -> String {
+pub fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -492,6 +492,46 @@ fn current_version(tx: &Connection, key: &str) -> Result<Option<Version>, rusqli
     .optional()
 }
 
+/// The body of row `rowid`, copied a piece at a time into an unnamed
+/// temporary file.
+fn blob_to_file(
+    conn: &Connection,
+    rowid: i64,
+    len: u64,
+    what: &str,
+) -> Result<Payload, StoreError> {
+    let io_err = |e: std::io::Error| StoreError::unavailable(format!("{what}: {e}"));
+    let blob = conn
+        .blob_open(MAIN_DB, c"objects", c"body", rowid, true)
+        .map_err(db_err(what))?;
+    let mut file = tempfile::tempfile_in(super::payload::spool_dir()).map_err(io_err)?;
+    std::io::copy(
+        &mut std::io::BufReader::with_capacity(super::payload::CHUNK_BYTES, blob),
+        &mut file,
+    )
+    .map_err(io_err)?;
+    Ok(Payload::File(Arc::new(FileBody::new(file, len))))
+}
+
+/// Writes `body` a piece at a time into row `rowid`, whose body is an
+/// empty blob of its size.
+fn file_to_blob(
+    conn: &Connection,
+    rowid: i64,
+    body: &Payload,
+    what: &str,
+) -> Result<(), StoreError> {
+    let io_err = |e: std::io::Error| StoreError::unavailable(format!("{what}: {e}"));
+    let mut blob = conn
+        .blob_open(MAIN_DB, c"objects", c"body", rowid, false)
+        .map_err(db_err(what))?;
+    let mut reader = body.reader();
+    while let Some(piece) = reader.next_chunk().map_err(io_err)? {
+        std::io::Write::write_all(&mut blob, &piece).map_err(io_err)?;
+    }
+    blob.close().map_err(db_err(what))
+}
+
 /// A string above every string starting with `prefix` and below every
 /// other string after it: its last character that can be raised, raised
 /// (store keys are ASCII); where none can, the highest character, above
@@ -594,15 +634,7 @@ impl Store for SqliteStore {
                 let rowid: i64 = tx
                     .query_row("SELECT rowid FROM objects WHERE key = ?1", [&key], |r| r.get(0))
                     .map_err(&err)?;
-                let mut blob = tx
-                    .blob_open(MAIN_DB, c"objects", c"body", rowid, false)
-                    .map_err(&err)?;
-                let mut reader = body.reader();
-                let io_err = |e: std::io::Error| StoreError::unavailable(format!("writing {key}: {e}"));
-                while let Some(piece) = reader.next_chunk().map_err(io_err)? {
-                    std::io::Write::write_all(&mut blob, &piece).map_err(io_err)?;
-                }
-                blob.close().map_err(&err)?;
+                file_to_blob(tx, rowid, &body, &format!("writing {key}"))?;
             }
             Ok(Version(generation.to_string()))
         })
@@ -635,26 +667,18 @@ impl Store for SqliteStore {
                 return Ok(None);
             };
             let version = Version(generation.to_string());
-            let blob = tx
-                .blob_open(MAIN_DB, c"objects", c"body", rowid, true)
-                .map_err(&err)?;
-            let io_err = |e: std::io::Error| StoreError::unavailable(format!("reading {key}: {e}"));
             let len = len.max(0) as u64;
             if len <= SPOOL_THRESHOLD as u64 {
+                let blob = tx
+                    .blob_open(MAIN_DB, c"objects", c"body", rowid, true)
+                    .map_err(&err)?;
                 let mut body = Vec::with_capacity(len as usize);
-                std::io::Read::read_to_end(&mut { blob }, &mut body).map_err(io_err)?;
+                std::io::Read::read_to_end(&mut { blob }, &mut body)
+                    .map_err(|e| StoreError::unavailable(format!("reading {key}: {e}")))?;
                 return Ok(Some((Payload::from(body), version)));
             }
-            let mut file = tempfile::tempfile_in(super::payload::spool_dir()).map_err(io_err)?;
-            std::io::copy(
-                &mut std::io::BufReader::with_capacity(super::payload::CHUNK_BYTES, blob),
-                &mut file,
-            )
-            .map_err(io_err)?;
-            Ok(Some((
-                Payload::File(Arc::new(FileBody::new(file, len))),
-                version,
-            )))
+            let body = blob_to_file(&tx, rowid, len, &format!("reading {key}"))?;
+            Ok(Some((body, version)))
         })
         .await
     }
@@ -747,34 +771,15 @@ impl Store for SqliteStore {
                 // forget where the other one's pages are, so reading and
                 // writing in turn would walk the page chain from the start
                 // every time.
-                let io_err =
-                    |e: std::io::Error| StoreError::unavailable(format!("copying {from}: {e}"));
-                let mut staged =
-                    tempfile::tempfile_in(super::payload::spool_dir()).map_err(io_err)?;
-                let from_blob = tx
-                    .blob_open(MAIN_DB, c"objects", c"body", source, true)
-                    .map_err(&err)?;
-                std::io::copy(
-                    &mut std::io::BufReader::with_capacity(super::payload::CHUNK_BYTES, from_blob),
-                    &mut staged,
-                )
-                .map_err(io_err)?;
+                let what = format!("copying {from}");
+                let staged = blob_to_file(tx, source, size as u64, &what)?;
                 tx.execute(
                     "INSERT INTO objects (key, generation, modified_ns, body)
                      VALUES (?1, ?2, ?3, zeroblob(?4))",
                     params![to, generation, now, size],
                 )
                 .map_err(&err)?;
-                let target = tx.last_insert_rowid();
-                let mut to_blob = tx
-                    .blob_open(MAIN_DB, c"objects", c"body", target, false)
-                    .map_err(&err)?;
-                let body = Payload::File(Arc::new(FileBody::new(staged, size as u64)));
-                let mut reader = body.reader();
-                while let Some(piece) = reader.next_chunk().map_err(io_err)? {
-                    std::io::Write::write_all(&mut to_blob, &piece).map_err(io_err)?;
-                }
-                to_blob.close().map_err(&err)?;
+                file_to_blob(tx, tx.last_insert_rowid(), &staged, &what)?;
             }
             Ok(())
         })

@@ -547,6 +547,73 @@ impl DbStore {
         drawn.map_err(failed(what))
     }
 
+    /// Reads an object from the one statement that returns its chunk rows
+    /// (one snapshot: a generation with all its chunks): in memory up to
+    /// `in_memory` bytes, beyond that into an unnamed temporary file as the
+    /// rows arrive. A body missing some of its bytes is refused.
+    async fn read_within(
+        &self,
+        key: &str,
+        in_memory: u64,
+    ) -> Result<Option<(Payload, Version)>, StoreError> {
+        let what = format!("reading {key}");
+        self.bounded(&what, async {
+            let sql = AssertSqlSafe(self.sql.get.as_str());
+            let mut found: Option<(i64, u64)> = None;
+            let mut memory = BytesMut::new();
+            let mut file: Option<std::fs::File> = None;
+            let mut received: u64 = 0;
+            let io_err = |e: std::io::Error| StoreError::unavailable(format!("{what}: {e}"));
+            on_pool!(&self.pool, p => {
+                let mut rows = sqlx::query(sql).bind(key).fetch(p);
+                while let Some(row) = rows.try_next().await.map_err(|e| unavailable(&what, &e))? {
+                    let (generation, size, chunk) = (|| {
+                        Ok::<_, sqlx::Error>((
+                            row.try_get::<i64, _>(0)?,
+                            row.try_get::<i64, _>(1)?,
+                            row.try_get::<Vec<u8>, _>(2)?,
+                        ))
+                    })()
+                    .map_err(|e| unavailable(&what, &e))?;
+                    let size = size.max(0) as u64;
+                    found.get_or_insert((generation, size));
+                    received += chunk.len() as u64;
+                    if size <= in_memory {
+                        memory.reserve((size as usize).saturating_sub(memory.len()));
+                        memory.extend_from_slice(&chunk);
+                        continue;
+                    }
+                    let mut out = match file.take() {
+                        Some(f) => f,
+                        None => tempfile::tempfile_in(spool_dir()).map_err(io_err)?,
+                    };
+                    out = crate::stores::blocking(move || {
+                        std::io::Write::write_all(&mut out, &chunk)
+                            .map(|()| out)
+                            .map_err(|e| StoreError::unavailable(format!("spooling: {e}")))
+                    })
+                    .await
+                    .map_err(|e| e.context(&what))?;
+                    file = Some(out);
+                }
+            });
+            let Some((generation, size)) = found else {
+                return Ok(None);
+            };
+            if received != size {
+                return Err(StoreError::unavailable(format!(
+                    "{what}: the stored body has {received} of its {size} bytes; refusing to serve a truncated state"
+                )));
+            }
+            let body = match file {
+                Some(file) => Payload::File(std::sync::Arc::new(FileBody::new(file, size))),
+                None => Payload::Memory(memory.freeze()),
+            };
+            Ok(Some((body, Version(generation.to_string()))))
+        })
+        .await
+    }
+
     async fn put_once(
         &self,
         key: &str,
@@ -931,104 +998,19 @@ impl Store for DbStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        let what = format!("reading {key}");
-        self.bounded(&what, async {
-            let sql = AssertSqlSafe(self.sql.get.as_str());
-            // One statement, so one snapshot: a generation with all its chunks.
-            let rows = on_pool!(&self.pool, p => {
-                sqlx::query(sql).bind(key).fetch_all(p).await.and_then(|rows| {
-                    rows.into_iter()
-                        .map(|r| {
-                            Ok((
-                                r.try_get::<i64, _>(0)?,
-                                r.try_get::<i64, _>(1)?,
-                                r.try_get::<Vec<u8>, _>(2)?,
-                            ))
-                        })
-                        .collect::<Result<Vec<_>, sqlx::Error>>()
-                })
-            })
-            .map_err(|e| unavailable(&what, &e))?;
-            let Some(&(generation, size, _)) = rows.first() else {
-                return Ok(None);
-            };
-            let mut body = BytesMut::with_capacity(size.max(0) as usize);
-            for (_, _, chunk) in rows {
-                body.extend_from_slice(&chunk);
-            }
-            if body.len() as i64 != size {
-                return Err(StoreError::unavailable(format!(
-                    "{what}: the stored body has {} of its {size} bytes; refusing to serve a truncated state",
-                    body.len()
-                )));
-            }
-            Ok(Some(Object {
-                body: body.freeze(),
-                version: Version(generation.to_string()),
+        Ok(self
+            .read_within(key, u64::MAX)
+            .await?
+            .map(|(body, version)| Object {
+                body: body.as_memory().cloned().expect("read whole"),
+                version,
             }))
-        })
-        .await
     }
 
     /// A body over [`SPOOL_THRESHOLD`] is written to an unnamed temporary
-    /// file as its chunk rows arrive, from the one statement that reads
-    /// them (one snapshot), so it is never whole in memory.
+    /// file as its chunk rows arrive, so it is never whole in memory.
     async fn read(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
-        let what = format!("reading {key}");
-        self.bounded(&what, async {
-            let sql = AssertSqlSafe(self.sql.get.as_str());
-            let mut found: Option<(i64, u64)> = None;
-            let mut memory = BytesMut::new();
-            let mut file: Option<std::fs::File> = None;
-            let mut received: u64 = 0;
-            let io_err = |e: std::io::Error| StoreError::unavailable(format!("{what}: {e}"));
-            on_pool!(&self.pool, p => {
-                let mut rows = sqlx::query(sql).bind(key).fetch(p);
-                while let Some(row) = rows.try_next().await.map_err(|e| unavailable(&what, &e))? {
-                    let (generation, size, chunk) = (|| {
-                        Ok::<_, sqlx::Error>((
-                            row.try_get::<i64, _>(0)?,
-                            row.try_get::<i64, _>(1)?,
-                            row.try_get::<Vec<u8>, _>(2)?,
-                        ))
-                    })()
-                    .map_err(|e| unavailable(&what, &e))?;
-                    let size = size.max(0) as u64;
-                    found.get_or_insert((generation, size));
-                    received += chunk.len() as u64;
-                    if size <= SPOOL_THRESHOLD as u64 {
-                        memory.extend_from_slice(&chunk);
-                        continue;
-                    }
-                    let mut out = match file.take() {
-                        Some(f) => f,
-                        None => tempfile::tempfile_in(spool_dir()).map_err(io_err)?,
-                    };
-                    out = crate::stores::blocking(move || {
-                        std::io::Write::write_all(&mut out, &chunk)
-                            .map(|()| out)
-                            .map_err(|e| StoreError::unavailable(format!("spooling: {e}")))
-                    })
-                    .await
-                    .map_err(|e| e.context(&what))?;
-                    file = Some(out);
-                }
-            });
-            let Some((generation, size)) = found else {
-                return Ok(None);
-            };
-            if received != size {
-                return Err(StoreError::unavailable(format!(
-                    "{what}: the stored body has {received} of its {size} bytes; refusing to serve a truncated state"
-                )));
-            }
-            let body = match file {
-                Some(file) => Payload::File(std::sync::Arc::new(FileBody::new(file, size))),
-                None => Payload::Memory(memory.freeze()),
-            };
-            Ok(Some((body, Version(generation.to_string()))))
-        })
-        .await
+        self.read_within(key, SPOOL_THRESHOLD as u64).await
     }
 
     async fn put(
