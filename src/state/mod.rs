@@ -177,15 +177,11 @@ impl States {
 
     /// Reads a state's current body.
     pub async fn get(&self, state: &StateRef) -> Result<Option<Bytes>, StateError> {
-        Ok(self.get_object(state).await?.map(|o| o.body))
-    }
-
-    /// Reads a state's current body with its store version.
-    pub async fn get_object(
-        &self,
-        state: &StateRef,
-    ) -> Result<Option<crate::stores::Object>, StateError> {
-        Ok(self.store.get(&self.object_key(state)).await?)
+        Ok(self
+            .store
+            .get(&self.object_key(state))
+            .await?
+            .map(|o| o.body))
     }
 
     /// Reads a state's current body with its store version, as the store

@@ -57,11 +57,6 @@ impl FileBody {
     pub fn new(file: File, len: u64) -> Self {
         FileBody { file, len }
     }
-
-    /// The file, for copies done by the kernel.
-    pub fn file(&self) -> &File {
-        &self.file
-    }
 }
 
 impl From<Bytes> for Payload {
