@@ -32,6 +32,12 @@
 //! which the random pause resolves. Unlike numbered epochs, this stays safe
 //! when a paused process resumes with an old listing.
 //!
+//! Stores on this machine's files (local, SQLite) have a lease of their
+//! own ([`Store::native_lease`]): a lock on a byte of a lock file, which
+//! costs no object, cannot expire while its holder lives, and is released
+//! by the kernel when the holder dies, so a crashed writer blocks nobody.
+//! Everything below is about lease objects, used by every other store.
+//!
 //! The lease never touches `<key>.tflock`, which Terraform's native
 //! backends share; LOCK itself stays a plain create-if-absent of that
 //! object.
@@ -54,6 +60,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::StateError;
+use crate::stores::keylock::KeyLock;
 use crate::stores::{Condition, Store, StoreError};
 
 /// Where leases live; inside the reserved prefix no state key can reach.
@@ -73,9 +80,20 @@ struct LeaseBody {
 }
 
 /// A held lease. Released with [`Lease::release`]; if the request is
-/// dropped before that (the client went away), the lease object is deleted
-/// in the background.
-pub struct Lease {
+/// dropped before that (the client went away), it is released in the
+/// background.
+pub struct Lease(Held);
+
+enum Held {
+    /// A lease object, on stores without a lease of their own.
+    Object(ObjectLease),
+    /// The store's own lease ([`Store::native_lease`]): it cannot expire
+    /// while held and is released when dropped, or when its holder dies.
+    Native(#[allow(dead_code)] KeyLock),
+}
+
+/// A lease held as an object in the store.
+struct ObjectLease {
     store: Arc<dyn Store>,
     /// The lease object's key.
     key: String,
@@ -131,6 +149,42 @@ impl Lease {
         let op_timeout = store.operation_timeout();
         let ttl = Self::ttl(op_timeout);
         let wait = ttl + CLOCK_SKEW + Duration::from_secs(5);
+        if let Some(lock) = store.native_lease(object_key, wait).await? {
+            return Ok(Lease(Held::Native(lock)));
+        }
+        ObjectLease::acquire(store, object_key, ttl, wait)
+            .await
+            .map(|lease| Lease(Held::Object(lease)))
+    }
+
+    /// Fails with a 503 unless the final change can still land while the
+    /// lease is ours: at least one store operation's time must remain. A
+    /// store's own lease cannot run out.
+    pub fn check(&self) -> Result<(), StateError> {
+        match &self.0 {
+            Held::Object(lease) => lease.check(),
+            Held::Native(_) => Ok(()),
+        }
+    }
+
+    /// Releases the lease. A lease object that cannot be deleted is logged:
+    /// it expires by itself.
+    pub async fn release(self) {
+        match self.0 {
+            Held::Object(lease) => lease.release().await,
+            Held::Native(lock) => drop(lock),
+        }
+    }
+}
+
+impl ObjectLease {
+    async fn acquire(
+        store: &Arc<dyn Store>,
+        object_key: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<ObjectLease, StateError> {
+        let op_timeout = store.operation_timeout();
         let dir = format!("{LEASE_PREFIX}{object_key}/");
         let started = Instant::now();
         let mut pause = Duration::from_millis(10);
@@ -151,7 +205,7 @@ impl Lease {
                     Err(StoreError::AlreadyExists) => continue,
                     Err(e) => return Err(e.into()),
                 }
-                let lease = Lease {
+                let lease = ObjectLease {
                     store: Arc::clone(store),
                     key,
                     taken,
@@ -179,9 +233,7 @@ impl Lease {
         }
     }
 
-    /// Fails with a 503 unless the final change can still land while the
-    /// lease is ours: at least one store operation's time must remain.
-    pub fn check(&self) -> Result<(), StateError> {
+    fn check(&self) -> Result<(), StateError> {
         if self.taken.elapsed() + self.op_timeout <= self.ttl {
             return Ok(());
         }
@@ -193,7 +245,7 @@ impl Lease {
 
     /// Deletes the lease object. A failure is logged: the lease expires
     /// by itself.
-    pub async fn release(mut self) {
+    async fn release(mut self) {
         self.released = true;
         if let Err(e) = self
             .store
@@ -205,7 +257,7 @@ impl Lease {
     }
 }
 
-impl Drop for Lease {
+impl Drop for ObjectLease {
     fn drop(&mut self) {
         if self.released {
             return;

@@ -397,6 +397,14 @@ impl Store for SealedStore {
         self.inner.delete_transient(key, condition).await
     }
 
+    async fn native_lease(
+        &self,
+        key: &str,
+        wait: std::time::Duration,
+    ) -> Result<Option<crate::stores::keylock::KeyLock>, StoreError> {
+        self.inner.native_lease(key, wait).await
+    }
+
     /// Sizes of state bodies are those of the plaintext, as `get` returns
     /// it, for bodies sealed under the first key (any other body, sealed
     /// under an older key or not at all, until `stategate rekey`, is off by

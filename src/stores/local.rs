@@ -1,15 +1,28 @@
 //! `storageType: local`: objects as files under a root directory, the store
 //! key as the relative path, so the tree reads like a bucket.
 //!
-//! Writes are atomic and durable: the body goes to a temporary file inside
-//! the root (same file system), is fsynced, and is renamed over the target;
-//! then the directory is fsynced. A reader sees the old file or the new one,
-//! never a torn one, even if the process is killed mid-write.
+//! Writes are atomic and durable: the body goes to an unnamed file
+//! (`O_TMPFILE`) in the target's own directory, is fsynced, is linked under
+//! a temporary name there (`~<pid>-<n>`, which no key can take) and renamed
+//! over the target; then the directory is fsynced. A reader sees the old
+//! file or the new one, never a torn one, even if the process is killed
+//! mid-write, and a killed write leaves nothing behind but, in the instant
+//! between link and rename, a temporary name that listings skip and remove.
+//! Working in the target's directory keeps new inodes near their directory
+//! and renames within one directory, which the kernel does without its
+//! file-system-wide rename lock. Where the file system cannot make unnamed
+//! files, the body goes through a named file in `.stategate/local/tmp`.
 //!
-//! Conditions are checked and applied under an exclusive `flock` on one
-//! guard file, so several stategate processes sharing the directory agree:
-//! exactly one conditional create wins. Only the check and the rename run
-//! under the guard; writing and syncing the body happen before it.
+//! Conditions are checked and applied under an exclusive lock on the key
+//! ([`super::keylock`]), so several stategate processes sharing the
+//! directory agree: exactly one conditional create wins. Only the check and
+//! the rename run under it; writing and syncing the body happen before. A
+//! shared `flock` on one guard file is held with it, which keeps out
+//! releases that took that file exclusively for every change.
+//!
+//! The store's own write lease ([`Store::native_lease`]) is a key lock on
+//! another file, so a write with its history costs no lease objects, and a
+//! lease dies with the process that held it.
 //!
 //! Every path is opened relative to the root's directory handle with
 //! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, and every change is
@@ -38,6 +51,7 @@ use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 use time::OffsetDateTime;
 
+use super::keylock::{KeyLock, KeyLocks};
 use super::payload::{FileBody, SPOOL_THRESHOLD};
 use super::{Backend, Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version};
 use crate::settings::{ConfigError, Setting, StoreSettings};
@@ -86,6 +100,11 @@ impl LocalConfig {
 const INTERNAL_DIR: &str = ".stategate/local";
 const TMP_DIR: &str = ".stategate/local/tmp";
 const GUARD: &str = ".stategate/local/guard";
+/// Key locks for check-and-change, and for write leases ([`KeyLocks`]).
+const KEY_LOCKS: &str = "keys";
+const LEASE_LOCKS: &str = "leases";
+/// Temporary names in a state's directory start with this; keys cannot.
+const TMP_MARK: &str = "~";
 
 /// Resolution that stays below the directory handle and follows no link.
 const BENEATH: ResolveFlags = ResolveFlags::BENEATH
@@ -102,12 +121,48 @@ struct Tree {
     root: PathBuf,
     /// The root directory; every path is resolved beneath it.
     root_fd: OwnedFd,
-    /// Temporary files, on the same file system as the root so rename is atomic.
+    /// Temporary files, on the same file system as the root so rename is
+    /// atomic; used where unnamed files are not available.
     tmp_fd: OwnedFd,
+    /// Whether bodies go to unnamed files in the target's directory.
+    unnamed: bool,
+    /// Held around each check and change of one key.
+    keys: KeyLocks,
+    /// The write leases of states.
+    leases: Arc<KeyLocks>,
 }
 
 /// Gives temporary files unique names within this process.
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A temporary file name no other write uses: `prefix`, then this process's
+/// id (which tells whether its writer is alive), a counter and the time.
+fn temporary_name(prefix: &str) -> String {
+    format!(
+        "{prefix}{}-{}-{}",
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed),
+        OffsetDateTime::now_utc().unix_timestamp_nanos()
+    )
+}
+
+/// Whether this file system makes unnamed files (`O_TMPFILE`) that this
+/// process may link into a directory (`AT_EMPTY_PATH`, allowed without
+/// privileges since Linux 6.10): tried once, in the temporary directory.
+fn unnamed_files_work(tmp_dir: &OwnedFd) -> bool {
+    let Ok(fd) = rustix::fs::openat(
+        tmp_dir,
+        ".",
+        OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o444),
+    ) else {
+        return false;
+    };
+    let probe = temporary_name("");
+    let linked = rustix::fs::linkat(&fd, "", tmp_dir, probe.as_str(), AtFlags::EMPTY_PATH);
+    let _ = rustix::fs::unlinkat(tmp_dir, probe.as_str(), AtFlags::empty());
+    linked.is_ok()
+}
 
 impl LocalStore {
     /// Opens (creating if needed) the configured root directory.
@@ -119,6 +174,19 @@ impl LocalStore {
     /// Opens a root directory directly.
     pub fn open_dir(root: &Path) -> io::Result<Self> {
         Tree::open(root).map(|t| LocalStore(Arc::new(t)))
+    }
+
+    /// Opens a root directory that writes through named temporary files,
+    /// as on file systems without unnamed ones, so the contract suite
+    /// covers that path too.
+    #[doc(hidden)]
+    pub fn open_dir_with_named_temporaries(root: &Path) -> io::Result<Self> {
+        Tree::open(root).map(|t| {
+            LocalStore(Arc::new(Tree {
+                unnamed: false,
+                ..t
+            }))
+        })
     }
 }
 
@@ -181,10 +249,15 @@ impl Tree {
         drop(create_new(&tmp_fd, &probe)?);
         rustix::fs::unlinkat(&tmp_fd, probe.as_str(), AtFlags::empty())?;
         remove_stale_temporaries(&tmp_fd);
+        let internal = open_dir_beneath(&root_fd, INTERNAL_DIR, false)?;
+        let unnamed = unnamed_files_work(&tmp_fd);
         Ok(Tree {
             root: root.canonicalize()?,
+            keys: KeyLocks::open(rustix::io::dup(&internal)?, KEY_LOCKS)?,
+            leases: Arc::new(KeyLocks::open(internal, LEASE_LOCKS)?),
             root_fd,
             tmp_fd,
+            unnamed,
         })
     }
 
@@ -199,7 +272,8 @@ impl Tree {
             && Path::new(key)
                 .components()
                 .all(|c| matches!(c, Component::Normal(_)));
-        if !clean || key.starts_with(INTERNAL_DIR) {
+        let temporary = key.split('/').any(|seg| seg.starts_with(TMP_MARK));
+        if !clean || temporary || key.starts_with(INTERNAL_DIR) {
             return Err(StoreError::unavailable(format!(
                 "refusing key outside the store: {key:?}"
             )));
@@ -216,14 +290,15 @@ impl Tree {
         }
     }
 
-    fn lock_guard(&self) -> Result<File, StoreError> {
+    /// Locks `key` for a check and a change (see the module's notes).
+    fn lock_guard(&self, key: &str) -> Result<(File, KeyLock), StoreError> {
         let fd = open_beneath(&self.root_fd, GUARD, OFlags::WRONLY | OFlags::APPEND)
             .map_err(|e| translate(GUARD, "opening", e))?;
         let guard = File::from(fd);
-        guard
-            .lock()
-            .map_err(|e| StoreError::unavailable(format!("locking the store's guard file: {e}")))?;
-        Ok(guard)
+        let locking = |e: io::Error| StoreError::unavailable(format!("locking {key}: {e}"));
+        guard.lock_shared().map_err(locking)?;
+        let lock = self.keys.lock(key).map_err(locking)?;
+        Ok((guard, lock))
     }
 
     /// Writes `key`; with `durable`, the file and the directory entry are
@@ -237,17 +312,65 @@ impl Tree {
     ) -> Result<Version, StoreError> {
         let (dir, name) = self.locate(key)?;
         let parent = self.parent(key, dir, true)?.expect("created");
-        let tmp = format!(
-            "{}-{}-{}",
-            std::process::id(),
-            TMP_COUNTER.fetch_add(1, Ordering::Relaxed),
-            OffsetDateTime::now_utc().unix_timestamp_nanos()
-        );
+        if !self.unnamed {
+            return self.put_named(key, &parent, name, body, condition, durable);
+        }
+        let io_err = |e: io::Error| StoreError::unavailable(format!("writing {key}: {e}"));
+        // Read-only once in place: history hard-links these files, so an
+        // edit in place would change a kept version too.
+        let fd = rustix::fs::openat(
+            &parent,
+            ".",
+            OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o444),
+        )
+        .map_err(|e| translate(key, "writing", e))?;
+        let mut file = File::from(fd);
+        body.copy_to(&mut file).map_err(io_err)?;
+        if durable {
+            file.sync_all().map_err(io_err)?;
+        }
+        let version = version_of(&rustix::fs::fstat(&file).map_err(|e| io_err(e.into()))?);
+
+        let guard = self.lock_guard(key)?;
+        condition.check(file_version(key, &parent, name)?.as_ref(), true)?;
+        if matches!(condition, Condition::IfAbsent) {
+            // Nothing to replace: the link is the create, and fails if a
+            // file (or a directory) got there some other way.
+            rustix::fs::linkat(&file, "", &parent, name, AtFlags::EMPTY_PATH)
+                .map_err(|e| translate(key, "writing", e))?;
+        } else {
+            let tmp = temporary_name(TMP_MARK);
+            rustix::fs::linkat(&file, "", &parent, tmp.as_str(), AtFlags::EMPTY_PATH)
+                .map_err(|e| translate(key, "writing", e))?;
+            if let Err(e) = rustix::fs::renameat(&parent, tmp.as_str(), &parent, name) {
+                let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
+                return Err(translate(key, "writing", e));
+            }
+        }
+        drop(guard);
+        if durable {
+            rustix::fs::fsync(&parent).map_err(|e| translate(key, "syncing", e))?;
+        }
+        Ok(version)
+    }
+
+    /// [`Tree::put_blocking`] through a named file in the store's temporary
+    /// directory, where unnamed files cannot be made.
+    fn put_named(
+        &self,
+        key: &str,
+        parent: &OwnedFd,
+        name: &str,
+        body: &Payload,
+        condition: &Condition,
+        durable: bool,
+    ) -> Result<Version, StoreError> {
+        let tmp = temporary_name("");
+        let tmp = tmp.as_str();
         let io_err = |e: io::Error| StoreError::unavailable(format!("writing {key}: {e}"));
         let result = (|| {
-            // Read-only once in place: history hard-links these files, so an
-            // edit in place would change a kept version too.
-            let mut file = create_new(&self.tmp_fd, &tmp).map_err(io_err)?;
+            let mut file = create_new(&self.tmp_fd, tmp).map_err(io_err)?;
             body.copy_to(&mut file).map_err(io_err)?;
             if durable {
                 file.sync_all().map_err(io_err)?;
@@ -255,18 +378,18 @@ impl Tree {
             let version = version_of(&rustix::fs::fstat(&file).map_err(|e| io_err(e.into()))?);
             drop(file);
 
-            let guard = self.lock_guard()?;
-            condition.check(file_version(key, &parent, name)?.as_ref(), true)?;
-            rustix::fs::renameat(&self.tmp_fd, tmp.as_str(), &parent, name)
+            let guard = self.lock_guard(key)?;
+            condition.check(file_version(key, parent, name)?.as_ref(), true)?;
+            rustix::fs::renameat(&self.tmp_fd, tmp, parent, name)
                 .map_err(|e| translate(key, "writing", e))?;
             drop(guard);
             if durable {
-                rustix::fs::fsync(&parent).map_err(|e| translate(key, "syncing", e))?;
+                rustix::fs::fsync(parent).map_err(|e| translate(key, "syncing", e))?;
             }
             Ok(version)
         })();
         if result.is_err() {
-            let _ = rustix::fs::unlinkat(&self.tmp_fd, tmp.as_str(), AtFlags::empty());
+            let _ = rustix::fs::unlinkat(&self.tmp_fd, tmp, AtFlags::empty());
         }
         result
     }
@@ -278,7 +401,7 @@ impl Tree {
         durable: bool,
     ) -> Result<(), StoreError> {
         let (dir, name) = self.locate(key)?;
-        let guard = self.lock_guard()?;
+        let guard = self.lock_guard(key)?;
         let Some(parent) = self.parent(key, dir, false)? else {
             return condition.check(None, false);
         };
@@ -296,6 +419,8 @@ impl Tree {
 
     /// Hard-links `from` at `to`: files are never changed in place (every
     /// write renames a new file over the name), so the link is a snapshot.
+    /// Its directory is not synced here: the caller's next durable write in
+    /// that directory syncs it, link included ([`Store::snapshot`]).
     fn snapshot_blocking(
         &self,
         from: &str,
@@ -305,7 +430,7 @@ impl Tree {
         let (src_dir, src_name) = self.locate(from)?;
         let (dst_dir, dst_name) = self.locate(to)?;
         let dst = self.parent(to, dst_dir, true)?.expect("created");
-        let guard = self.lock_guard()?;
+        let guard = self.lock_guard(from)?;
         let Some(src) = self.parent(from, src_dir, false)? else {
             return Err(StoreError::PreconditionFailed);
         };
@@ -317,7 +442,7 @@ impl Tree {
             Err(e) => return Err(translate(to, "copying to", e)),
         }
         drop(guard);
-        rustix::fs::fsync(&dst).map_err(|e| translate(to, "syncing", e))
+        Ok(())
     }
 
     fn get_blocking(&self, key: &str) -> Result<Option<Object>, StoreError> {
@@ -389,6 +514,15 @@ impl Tree {
                 })
                 .collect();
             for name in names {
+                if let Some(rest) = name.strip_prefix(TMP_MARK) {
+                    // A write killed between its link and its rename.
+                    if writer_pid(rest)
+                        .is_some_and(|pid| pid != std::process::id() && !process_alive(pid))
+                    {
+                        let _ = rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::empty());
+                    }
+                    continue;
+                }
                 let key = format!("{base}{name}");
                 if key.starts_with(INTERNAL_DIR) {
                     continue;
@@ -495,17 +629,18 @@ fn remove_stale_temporaries(tmp_dir: &OwnedFd) {
         .filter(|n| n != "." && n != "..")
         .collect();
     for name in names {
-        let writer_gone = name
-            .split('-')
-            .next()
-            .and_then(|pid| pid.parse::<u32>().ok())
-            .is_some_and(|pid| pid == own || !process_alive(pid));
+        let writer_gone = writer_pid(&name).is_some_and(|pid| pid == own || !process_alive(pid));
         let old = rustix::fs::statat(tmp_dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
             .is_ok_and(|s| OffsetDateTime::now_utc().unix_timestamp() - s.st_mtime > 3600);
         if writer_gone || old {
             let _ = rustix::fs::unlinkat(tmp_dir, name.as_str(), AtFlags::empty());
         }
     }
+}
+
+/// The process that made a temporary file, from its name.
+fn writer_pid(name: &str) -> Option<u32> {
+    name.split('-').next()?.parse().ok()
 }
 
 /// Whether a process with this pid exists (EPERM: it does, owned by another user).
@@ -599,6 +734,15 @@ impl Store for LocalStore {
         blocking(self, move |s| s.delete_blocking(&key, &condition, false)).await
     }
 
+    /// A key lock on the store's lease file: it dies with this process.
+    async fn native_lease(
+        &self,
+        key: &str,
+        wait: std::time::Duration,
+    ) -> Result<Option<KeyLock>, StoreError> {
+        self.0.leases.lease(key, wait).await.map(Some)
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         let prefix = prefix.to_string();
         blocking(self, move |s| s.list_blocking(&prefix)).await
@@ -621,5 +765,103 @@ impl Store for LocalStore {
             s.snapshot_blocking(&from, &from_version, &to)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn writes_leave_no_temporary_behind_on_either_path() {
+        for named in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = if named {
+                LocalStore::open_dir_with_named_temporaries(dir.path()).unwrap()
+            } else {
+                LocalStore::open_dir(dir.path()).unwrap()
+            };
+            assert_eq!(store.0.unnamed, !named, "unnamed files work here");
+            let v1 = store
+                .put("team/a", Bytes::from_static(b"one"), Condition::IfAbsent)
+                .await
+                .unwrap();
+            store
+                .put("team/a", Bytes::from_static(b"two"), Condition::IfMatch(v1))
+                .await
+                .unwrap();
+            let refused = store
+                .put("team/a", Bytes::from_static(b"x"), Condition::IfAbsent)
+                .await;
+            assert!(
+                matches!(refused, Err(StoreError::AlreadyExists)),
+                "{refused:?}"
+            );
+            assert_eq!(store.get("team/a").await.unwrap().unwrap().body, "two");
+            assert_eq!(names(&dir.path().join("team")), ["a"], "named: {named}");
+            assert!(
+                names(&dir.path().join(TMP_DIR)).is_empty(),
+                "named: {named}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_killed_writers_temporary_is_skipped_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_dir(dir.path()).unwrap();
+        store
+            .put("team/a", Bytes::from_static(b"{}"), Condition::Always)
+            .await
+            .unwrap();
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let dead = gone.id();
+        gone.wait().unwrap();
+        let dead_name = format!("{TMP_MARK}{dead}-1-2");
+        let live_name = format!("{TMP_MARK}{}-1-2", std::process::id());
+        for name in [&dead_name, &live_name] {
+            fs::write(dir.path().join("team").join(name), b"partial").unwrap();
+        }
+        let listed: Vec<String> = store
+            .list("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(listed, ["team/a"]);
+        assert_eq!(
+            names(&dir.path().join("team")),
+            ["a".to_string(), live_name.clone()]
+        );
+        // No key can name a temporary.
+        for key in [live_name.clone(), format!("team/{live_name}")] {
+            let e = store.get(&key).await.unwrap_err();
+            assert!(e.to_string().contains("refusing key"), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_excludes_another_store_on_the_root_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        // Two opens of one root, as two processes would have.
+        let a = LocalStore::open_dir(dir.path()).unwrap();
+        let b = LocalStore::open_dir(dir.path()).unwrap();
+        let wait = std::time::Duration::from_millis(100);
+        let held = a.native_lease("team/a", wait).await.unwrap().unwrap();
+        let busy = b.native_lease("team/a", wait).await.unwrap_err();
+        assert!(busy.is_unavailable(), "{busy}");
+        b.native_lease("team/b", wait).await.unwrap().unwrap();
+        drop(held);
+        b.native_lease("team/a", wait).await.unwrap().unwrap();
     }
 }

@@ -23,6 +23,7 @@ use crate::settings::{ConfigError, Setting, StoreSettings};
 pub mod bucket;
 #[cfg(feature = "db")]
 pub mod db;
+pub mod keylock;
 pub mod local;
 pub mod net;
 pub mod payload;
@@ -290,9 +291,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Like [`Store::delete`], for a removal that need not outlive a crash
     /// of the machine (an object written by [`Store::put_transient`], a
-    /// pruned history version that may as well come back).
+    /// pruned history version that may as well come back, a released lock,
+    /// which coming back only keeps its state locked until unlocked again).
     async fn delete_transient(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
         self.delete(key, condition).await
+    }
+
+    /// Takes this store's own exclusive lease on `key`, where it has one
+    /// that dies with its holder (a lock on a file of this machine, shared
+    /// by every process using the store), waiting at most `wait`; dropping
+    /// it releases it. `Ok(None)`: the store has none, and the state layer
+    /// uses lease objects instead ([`crate::state::Lease`]).
+    async fn native_lease(
+        &self,
+        key: &str,
+        wait: Duration,
+    ) -> Result<Option<keylock::KeyLock>, StoreError> {
+        let _ = (key, wait);
+        Ok(None)
     }
 
     /// Every object whose key starts with `prefix` (a plain string prefix,
@@ -311,6 +327,11 @@ pub trait Store: Send + Sync + 'static {
     /// server-side copy) do so without moving the bytes, and answer
     /// [`StoreError::PreconditionFailed`] when `from` no longer has that
     /// version; the default writes `body`.
+    ///
+    /// The copy is durable once the caller's next durable write of a key
+    /// beside it (same folder) returns, and may be before: history writes
+    /// the version's record there right after, so the local store, where
+    /// one directory sync covers both names, syncs once for the two.
     async fn snapshot(
         &self,
         from: &str,

@@ -22,6 +22,11 @@
 //! and read out of it a piece at a time through SQLite's blob handles, and
 //! a history copy of one is made the same way.
 //!
+//! A state's write lease ([`Store::native_lease`]) is a key lock
+//! ([`super::keylock`]) on a file beside the database, `<file>.leases`:
+//! taking and releasing it costs no transaction, and it dies with the
+//! process that held it.
+//!
 //! The database file is identified (device and inode) when it is opened and
 //! checked before and after every operation: if it is removed or replaced
 //! under the running server, connections already open would go on writing
@@ -39,6 +44,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, MAIN_DB, OptionalExtension, params};
 use time::OffsetDateTime;
 
+use super::keylock::{KeyLock, KeyLocks};
 use super::payload::{FileBody, SPOOL_THRESHOLD};
 use super::{Backend, Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version};
 use crate::settings::{ConfigError, Setting, StoreSettings};
@@ -99,6 +105,23 @@ CREATE TABLE IF NOT EXISTS generation (
 INSERT OR IGNORE INTO generation (id, last) VALUES (1, 0);
 ";
 
+/// The key locks on `<file>.leases` beside the database `path`.
+fn lease_file(path: &Path) -> std::io::Result<KeyLocks> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
+    let dir = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    KeyLocks::open(dir, format!("{}.leases", name.to_string_lossy()))
+}
+
 /// One SQLite database file; cheap to clone.
 #[derive(Clone)]
 pub struct SqliteStore(Arc<Pool>);
@@ -114,6 +137,8 @@ struct Pool {
     writes: Mutex<std::sync::mpsc::Sender<Box<dyn WriteJob>>>,
     /// Transactions the writer thread has committed (one per batch).
     commits: std::sync::atomic::AtomicU64,
+    /// The write leases of states, on the file beside the database.
+    leases: Arc<KeyLocks>,
 }
 
 /// The most writes one transaction takes.
@@ -141,7 +166,10 @@ impl SqliteStore {
         let meta = std::fs::metadata(path)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         let (writes, jobs) = std::sync::mpsc::channel();
+        let leases =
+            lease_file(path).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         let pool = Arc::new(Pool {
+            leases: Arc::new(leases),
             path: path.to_path_buf(),
             identity: (meta.dev(), meta.ino()),
             idle: Mutex::new(Vec::new()),
@@ -694,6 +722,12 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    /// A key lock on the file beside the database: no transaction, and it
+    /// dies with this process.
+    async fn native_lease(&self, key: &str, wait: Duration) -> Result<Option<KeyLock>, StoreError> {
+        self.0.leases.lease(key, wait).await.map(Some)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {

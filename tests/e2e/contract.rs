@@ -61,6 +61,10 @@ macro_rules! contract_suite {
 }
 
 contract_suite!(contract_local, crate::contract::Kind::Local);
+contract_suite!(
+    contract_local_named_temporaries,
+    crate::contract::Kind::LocalNamedTemporaries
+);
 contract_suite!(contract_sqlite, crate::contract::Kind::Sqlite);
 contract_suite!(contract_s3, crate::contract::Kind::S3);
 contract_suite!(
@@ -77,6 +81,9 @@ contract_suite!(contract_mariadb, crate::contract::Kind::Mariadb);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Local,
+    /// The local store writing through named temporary files, as it does
+    /// where the file system cannot make unnamed ones.
+    LocalNamedTemporaries,
     Sqlite,
     /// S3 on a moto server that honours `If-None-Match` and `If-Match`.
     S3,
@@ -113,7 +120,7 @@ impl Kind {
     /// Whether a key cannot be stored next to a key that extends it by a
     /// segment (`a` and `a/b`): files and directories on disk.
     fn keys_are_paths(self) -> bool {
-        self == Kind::Local
+        matches!(self, Kind::Local | Kind::LocalNamedTemporaries)
     }
 
     /// Whether the store overrides `snapshot` with an in-place copy that
@@ -155,7 +162,9 @@ impl Fixture {
     /// Opens a store of `kind` on a place of its own.
     pub async fn open(kind: Kind) -> Fixture {
         let place = match kind {
-            Kind::Local | Kind::Sqlite => Place::Dir(TempDir::new().expect("temp dir")),
+            Kind::Local | Kind::LocalNamedTemporaries | Kind::Sqlite => {
+                Place::Dir(TempDir::new().expect("temp dir"))
+            }
             Kind::S3 | Kind::S3WithoutIfMatch => Place::Bucket(new_s3_bucket(moto(kind))),
             Kind::Oss => Place::Bucket(OssServer::shared().new_bucket("")),
             #[cfg(feature = "db")]
@@ -171,6 +180,12 @@ impl Fixture {
             #[cfg(feature = "db")]
             (Place::Database(peer), _) => open_db(peer).await,
             (Place::Dir(dir), Kind::Local) => open_local(&dir.path().join("data")).await,
+            (Place::Dir(dir), Kind::LocalNamedTemporaries) => Arc::new(
+                stores::local::LocalStore::open_dir_with_named_temporaries(
+                    &dir.path().join("data"),
+                )
+                .expect("local store"),
+            ),
             (Place::Dir(dir), _) => open_sqlite(&dir.path().join("states.db")).await,
             (Place::Bucket(bucket), Kind::Oss) => open_oss(bucket, OSS_PREFIX).await,
             (Place::Bucket(bucket), _) => open_s3(moto(kind), bucket, S3_PREFIX).await,
@@ -203,7 +218,7 @@ impl Fixture {
     /// working in the directory it holds open).
     pub fn remove_backend(&self) -> bool {
         match (&self.place, self.kind) {
-            (Place::Dir(_), Kind::Local) => false,
+            (Place::Dir(_), Kind::Local | Kind::LocalNamedTemporaries) => false,
             // A database that goes away is the db tests' outage case.
             #[cfg(feature = "db")]
             (Place::Database(_), _) => false,
