@@ -295,6 +295,8 @@ pub(super) struct Current {
     pub head: StateHead,
     /// Hex MD5 of its bytes.
     pub md5: String,
+    /// Where its history ended when it was read (it is in there).
+    pub history: Option<super::history::Pointer>,
 }
 
 /// A state body with what the rules and history know of it.

@@ -119,7 +119,7 @@ fn pointer_key(dir: &str) -> String {
 /// rewrites it; see the module comment for how a pointer that is missing,
 /// unreadable or behind is recovered.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Pointer {
+pub(super) struct Pointer {
     /// No kept version has a lower number: retention deletes from here
     /// and downward walks stop here. Never above a kept version (a
     /// pointer rebuilt from a listing takes the lowest number listed; one
@@ -387,6 +387,7 @@ impl States {
                 version,
                 head: newest.head(),
                 md5: newest.md5.clone(),
+                history: ends,
             }));
         }
         let Some(obj) = self.store.get(&object_key).await? else {
@@ -394,35 +395,46 @@ impl States {
         };
         let head = StateHead::parse(&obj.body).unwrap_or_default();
         let md5 = md5_hex(&obj.body);
-        if ends.as_ref().is_none_or(|p| p.newest.md5 != md5) {
+        let history = if ends.as_ref().is_none_or(|p| p.newest.md5 != md5) {
             let found = Described {
                 body: &Payload::Memory(obj.body),
                 head: &head,
                 md5: &md5,
             };
-            self.record(state, &dir, ends, &found, &obj.version, Writer::unknown())
+            let pointer = self
+                .record(state, &dir, ends, &found, &obj.version, Writer::unknown())
                 .await?;
-        }
+            Some(pointer)
+        } else {
+            ends
+        };
         Ok(Some(Current {
             version: obj.version,
             head,
             md5,
+            history,
         }))
     }
 
     /// Records a state just written as `version`. The write has already
     /// succeeded, so a failure here is logged, not returned: the next write
-    /// records the state through [`States::current`].
+    /// records the state through [`States::current`]. `known` is where
+    /// history ended when the write began ([`Current::history`]), read
+    /// under the same write lease; `None` when not read yet.
     pub(super) async fn record_after_write(
         &self,
         state: &StateRef,
         written: &Described<'_>,
         version: &Version,
         writer: Writer,
+        known: Option<Option<Pointer>>,
     ) -> Option<u64> {
         let dir = self.history_dir(state);
         let result = async {
-            let ends = self.ends(&dir).await?;
+            let ends = match known {
+                Some(ends) => ends,
+                None => self.ends(&dir).await?,
+            };
             // A concurrent write may already have recorded this very store
             // version as `found` (possible where the store's compare-and-swap
             // makes the write lease unnecessary): one record per accepted
@@ -447,7 +459,6 @@ impl States {
                         Condition::Always,
                     )
                     .await?;
-                self.put_summary(state, &meta).await;
                 let pointer = Pointer {
                     oldest: ends.oldest,
                     newest: meta,
@@ -457,6 +468,7 @@ impl States {
             }
             self.record(state, &dir, ends, written, version, writer)
                 .await
+                .map(|pointer| pointer.newest.version)
         }
         .await;
         match result {
@@ -469,7 +481,8 @@ impl States {
     }
 
     /// Keeps `item`, the state object's content at `version`, as the next
-    /// version after `ends`, then prunes and moves the pointer.
+    /// version after `ends`, then prunes and moves the pointer, which it
+    /// returns.
     async fn record(
         &self,
         state: &StateRef,
@@ -478,7 +491,7 @@ impl States {
         item: &Described<'_>,
         version: &Version,
         writer: Writer,
-    ) -> Result<u64, StateError> {
+    ) -> Result<Pointer, StateError> {
         let object_key = self.object_key(state);
         let mut n = ends.as_ref().map_or(1, |p| p.newest.version + 1);
         // Another process may take the same number at the same moment; the
@@ -521,7 +534,6 @@ impl States {
         self.store
             .put(&meta_key(dir, n), Bytes::from(meta_body), Condition::Always)
             .await?;
-        self.put_summary(state, &meta).await;
         // A history that had no versions starts at 1 whatever number this
         // record got: a concurrent appender may hold a lower one.
         let oldest = self.prune(dir, ends.map_or(1, |p| p.oldest), n).await?;
@@ -530,7 +542,7 @@ impl States {
             newest: meta,
         };
         self.put_pointer(dir, &pointer).await;
-        Ok(n)
+        Ok(pointer)
     }
 
     /// Removes every kept version of a state that no longer exists (a

@@ -1,15 +1,14 @@
-//! A small summary of each state's current version, kept next to its
-//! history records (`.stategate/history/<object key>/summary.json`), so a
-//! listing of thousands of states reads one listing of the store and one
-//! small object per state shown, never a state body.
+//! A small summary of each state's current version, so a listing of
+//! thousands of states reads one listing of the store and one small object
+//! per state shown, never a state body.
 //!
-//! The summary is the newest history record, copied to a fixed name: every
-//! record history makes (a write, a push, a restore, a state found before
-//! it was replaced) rewrites it, and a delete removes it. A failure to
-//! write it is logged, not returned: the state is already written, and a
-//! reader notices a summary that does not match the listing (its size
-//! differs) and builds it again from the newest record or, failing that,
-//! from the state body, once.
+//! For a state stategate wrote, the summary is its newest history record,
+//! which the history pointer (`newest.json`) already holds: a write makes
+//! no separate summary. A state some other tool wrote (no record of it
+//! matches the listing, by size) is read once and its summary kept at
+//! `.stategate/history/<object key>/summary.json`, which a delete removes.
+//! Writing that file may fail: it is logged, not returned, and the body is
+//! read again next time.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -86,21 +85,6 @@ impl States {
         format!("{HISTORY_PREFIX}{}/{SUMMARY_NAME}", self.object_key(state))
     }
 
-    /// Replaces a state's summary with `meta`, its newest history record.
-    /// A copy of what history holds, so it need not survive a crash of the
-    /// machine (no fsync on local disk): the next write rewrites it, and a
-    /// reader rebuilds one whose size does not match the state's.
-    pub(super) async fn put_summary(&self, state: &StateRef, meta: &VersionMeta) {
-        let body = serde_json::to_vec(&Summary::from(meta)).expect("a summary serialises");
-        if let Err(e) = self
-            .store
-            .put_transient(&self.summary_key(state), body.into(), Condition::Always)
-            .await
-        {
-            tracing::warn!(state = %state, error = %e, "writing the state's summary failed");
-        }
-    }
-
     /// Removes a deleted state's summary.
     pub(super) async fn drop_summary(&self, state: &StateRef) {
         if let Err(e) = self
@@ -135,47 +119,46 @@ impl States {
             .collect())
     }
 
-    /// The summary of a state the listing showed with `size` bytes. One
-    /// small read when the summary is there and matches; otherwise built
-    /// from the newest history record or the body, and stored for next
-    /// time. `None` when the state no longer exists.
+    /// The summary of a state the listing showed with `size` bytes: its
+    /// newest history record when that matches, else the summary kept for
+    /// a state found without one, else built from the body this once and
+    /// kept. `None` when the state no longer exists.
     pub async fn summary(
         &self,
         state: &StateRef,
         listed: &Listed,
     ) -> Result<Option<Summary>, StateError> {
+        if let Some(meta) = self.newest_record(state).await?
+            && meta.size == listed.size
+        {
+            return Ok(Some(Summary::from(&meta)));
+        }
         if let Some(obj) = self.store.get(&self.summary_key(state)).await?
             && let Ok(summary) = serde_json::from_slice::<Summary>(&obj.body)
             && summary.size == listed.size
         {
             return Ok(Some(summary));
         }
-        let newest = self.newest_record(state).await?;
-        let summary = match newest {
-            Some(meta) if meta.size == listed.size => Summary::from(&meta),
-            _ => {
-                // Written by another tool: the body is read this once.
-                let Some(body) = self.get(state).await? else {
-                    return Ok(None);
-                };
-                let head = StateHead::parse(&body).unwrap_or_default();
-                Summary {
-                    version: 0,
-                    serial: head.serial,
-                    lineage: head.lineage,
-                    resources: head.resources,
-                    size: body.len() as u64,
-                    updated: listed.modified.and_then(rfc3339).unwrap_or_default(),
-                    who: None,
-                    identity: None,
-                    operation: "found".into(),
-                }
-            }
+        // Written by another tool: the body is read this once.
+        let Some(body) = self.get(state).await? else {
+            return Ok(None);
         };
-        let body = serde_json::to_vec(&summary).expect("a summary serialises");
+        let head = StateHead::parse(&body).unwrap_or_default();
+        let summary = Summary {
+            version: 0,
+            serial: head.serial,
+            lineage: head.lineage,
+            resources: head.resources,
+            size: body.len() as u64,
+            updated: listed.modified.and_then(rfc3339).unwrap_or_default(),
+            who: None,
+            identity: None,
+            operation: "found".into(),
+        };
+        let kept = serde_json::to_vec(&summary).expect("a summary serialises");
         if let Err(e) = self
             .store
-            .put(&self.summary_key(state), body.into(), Condition::Always)
+            .put_transient(&self.summary_key(state), kept.into(), Condition::Always)
             .await
         {
             tracing::warn!(state = %state, error = %e, "writing the state's summary failed");
@@ -233,6 +216,11 @@ mod tests {
             (2, Some(2), 3)
         );
         assert_eq!(summary.writer(), Some("user:ann"));
+        // Read from the history pointer: writes make no summary of their own.
+        let kept = dir
+            .path()
+            .join(".stategate/history/team/a.tfstate/summary.json");
+        assert!(!kept.exists());
 
         // Replaced by another tool: noticed by its size, rebuilt from the body.
         std::fs::write(dir.path().join("team/a.tfstate"), doc(9, 5)).unwrap();
@@ -246,13 +234,16 @@ mod tests {
             (Some(9), "found")
         );
 
+        // Kept for the next listing, which reads no body.
+        assert!(kept.is_file());
+        std::fs::remove_file(dir.path().join("team/a.tfstate")).unwrap();
+        std::fs::write(dir.path().join("team/a.tfstate"), doc(8, 5)).unwrap();
+        let summary = rt.block_on(states.summary(&a, &row)).unwrap().unwrap();
+        assert_eq!(summary.serial, Some(9), "the kept summary, not the body");
+
         // A delete removes the summary with the state.
-        rt.block_on(states.delete(&dev, None)).unwrap();
-        assert!(listed(&states, &rt).iter().all(|l| l.state != dev));
-        assert!(
-            !dir.path()
-                .join(".stategate/history/workspaces/dev/team/a.tfstate/summary.json")
-                .exists()
-        );
+        rt.block_on(states.delete(&a, None)).unwrap();
+        assert!(listed(&states, &rt).iter().all(|l| l.state != a));
+        assert!(!kept.exists());
     }
 }

@@ -152,6 +152,8 @@ impl States {
             // they can (see `Capabilities`); the condition is always sent.
             let current = self.current(state).await?;
             let previous_serial = current.as_ref().and_then(|c| c.head.serial);
+            // Under the lease, history stays where `current` found it.
+            let history = current.as_ref().map(|c| c.history.clone());
             let condition = match current {
                 None => Condition::IfAbsent,
                 Some(cur) if cur.md5 == md5 => return Ok(WriteOutcome::Unchanged),
@@ -181,7 +183,7 @@ impl States {
                 md5: &md5,
             };
             let n = self
-                .record_after_write(state, &written, &version, writer)
+                .record_after_write(state, &written, &version, writer, history)
                 .await;
             tracing::info!(
                 state = %state, bytes = body.len(), serial = ?incoming.serial, op = opts.operation, "state written"
