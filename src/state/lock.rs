@@ -232,6 +232,11 @@ impl States {
     /// or on stores without one under the state's write lease, which every
     /// stategate release also takes, so the lock read cannot be deleted and
     /// re-created by another client before this delete (issue 16).
+    ///
+    /// The delete need not outlive a crash of the machine (no fsync on
+    /// local disk): a lock that comes back after one keeps the state locked
+    /// until someone unlocks it again, which is safe, where a lock that
+    /// vanishes could let two applies run.
     pub async fn release(&self, state: &StateRef, id: Option<&str>) -> Result<(), StateError> {
         let lease = self.lease(state, LeaseNeed::WithoutCompareAndSwap).await?;
         let result = self.release_leased(state, id, lease.as_ref()).await;
@@ -264,7 +269,7 @@ impl States {
             }
             match self
                 .store
-                .delete(&lock_key, Condition::IfMatch(obj.version))
+                .delete_transient(&lock_key, Condition::IfMatch(obj.version))
                 .await
             {
                 Ok(()) => {
