@@ -188,7 +188,7 @@ resource "terraform_data" "x" {{
             .is_file()
     );
     assert!(
-        s.server.log().contains(&format!(
+        s.server.logs(&format!(
             "identity=oidc:{}#repo:my-org/app:ref:refs/heads/main",
             s.issuer.url
         )),

@@ -252,11 +252,7 @@ fn tls_client_certificates_are_required_when_configured() {
         !without.status.success(),
         "a client without a certificate got in"
     );
-    assert!(
-        server.log().contains("TLS handshake refused"),
-        "{}",
-        server.log()
-    );
+    assert!(server.logs("TLS handshake refused"), "{}", server.log());
     assert!(curl(&pki, &healthz, true).status.success());
 
     let tf = Terraform::new(&backend(
@@ -428,11 +424,7 @@ fn tls_client_certificates_map_to_identities() {
     ));
     tf.init_apply(&[]);
     assert!(peer.root().join("tls/terraform.tfstate").is_file());
-    assert!(
-        server.log().contains("identity=cert:ci-runner"),
-        "{}",
-        server.log()
-    );
+    assert!(server.logs("identity=cert:ci-runner"), "{}", server.log());
     // Outside its rules: 403.
     let other = curl(&pki, &format!("{}/states/elsewhere", server.url), true);
     assert!(!other.status.success());
