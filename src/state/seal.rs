@@ -1,13 +1,32 @@
 //! Encryption at rest: every state body and every kept version is sealed
 //! with AES-256-GCM before it reaches the store, whatever the store is.
 //!
-//! A sealed object is a small header and the ciphertext:
+//! A sealed object is a small header and the ciphertext. A body of up to
+//! 1 MiB is one AES-GCM message (format 1):
 //!
 //! ```text
-//! "SGSL" | format (1 byte, 1) | key id length (1 byte) | key id | nonce (12 bytes) | ciphertext and tag
+//! "SGSL" | 1 | key id length (1 byte) | key id | nonce (12 bytes) | ciphertext and tag
 //! ```
 //!
-//! The nonce is random and fresh for every object. The associated data is
+//! A larger body is sealed in segments of 64 KiB (format 2), so it is
+//! sealed and opened a segment at a time, from a file to a file, and never
+//! held whole in memory:
+//!
+//! ```text
+//! "SGSL" | 2 | key id length (1 byte) | key id | nonce prefix (7 bytes) | segment ciphertext and tag ...
+//! ```
+//!
+//! This is the STREAM construction (Hoang, Reyhanitabar, Rogaway and
+//! Vizár, 2015) over AES-256-GCM, as RustCrypto's `aead-stream` builds it:
+//! segment `i`'s nonce is the prefix, `i` as 4 big-endian bytes, and one
+//! byte that is 1 for the last segment and 0 before it. A segment moved,
+//! dropped, repeated or cut off, or a body cut at a segment boundary, does
+//! not open. It is written here, a few lines over the AEAD already in use,
+//! because `aead-stream` for this `aead` release is not yet published as a
+//! stable version. The format follows from the size, so a reader of a
+//! listing knows the plaintext size of either ([`Keyring::plain_size`]).
+//!
+//! The nonce (prefix) is random and fresh for every object. The associated data is
 //! the header followed by the state's *logical key*, the store key of the
 //! state object, shared by the state and all its history versions: a
 //! version kept by hard link or server-side copy still opens, and a
@@ -26,7 +45,13 @@
 //! the key it was sealed with and answers 503: Terraform gets an error,
 //! never garbage, and nothing is overwritten because every write reads the
 //! current state first.
+//!
+//! A large body is opened into an unnamed file in the spool directory
+//! (`TMPDIR`), as an upload is spooled there before it is sealed: with
+//! encryption on, that directory belongs on memory (tmpfs) or an encrypted
+//! disk.
 
+use std::io::{BufWriter, Read, Write};
 use std::sync::Arc;
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
@@ -38,13 +63,20 @@ use bytes::Bytes;
 use super::history::HISTORY_PREFIX;
 use super::key::{LOCK_SUFFIX, RESERVED_PREFIX};
 use crate::settings::{ConfigError, EncryptionSettings, KeySource};
+use crate::stores::payload::{CHUNK_BYTES, FileBody, SPOOL_THRESHOLD, spool_dir};
 use crate::stores::{Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version};
 
 /// The first bytes of every sealed object (a state body starts with `{`).
 const MAGIC: &[u8; 4] = b"SGSL";
-/// The format this code writes.
-const FORMAT: u8 = 1;
+/// One AEAD message: bodies up to [`SPOOL_THRESHOLD`].
+const FORMAT_WHOLE: u8 = 1;
+/// Segments (STREAM): larger bodies.
+const FORMAT_SEGMENTED: u8 = 2;
 const NONCE_LEN: usize = 12;
+/// The random part of a segmented body's nonces.
+const PREFIX_LEN: usize = 7;
+/// Plaintext bytes per segment of a segmented body.
+const SEGMENT: usize = 64 * 1024;
 const TAG_LEN: usize = 16;
 /// Length of a key in bytes (AES-256).
 pub const KEY_LEN: usize = 32;
@@ -147,9 +179,21 @@ impl Keyring {
         }
     }
 
-    /// How many bytes sealing under the first key adds to a body.
+    /// How many bytes sealing under the first key adds to a body of up to
+    /// [`SPOOL_THRESHOLD`] bytes.
     pub fn overhead(&self) -> u64 {
         (MAGIC.len() + 2 + self.keys[0].id.len() + NONCE_LEN + TAG_LEN) as u64
+    }
+
+    /// The plaintext size of a body the first key sealed into `stored`
+    /// bytes, in either format (the format follows from the size).
+    pub fn plain_size(&self, stored: u64) -> u64 {
+        let whole = self.overhead();
+        if stored <= SPOOL_THRESHOLD as u64 + whole {
+            return stored.saturating_sub(whole);
+        }
+        let header = (MAGIC.len() + 2 + self.keys[0].id.len() + PREFIX_LEN) as u64;
+        segmented_plain_len(stored.saturating_sub(header)).unwrap_or(0)
     }
 
     /// The id of the key that seals.
@@ -159,25 +203,82 @@ impl Keyring {
 
     /// Seals `plain` for the state whose object key is `logical`.
     pub fn seal(&self, logical: &str, plain: &[u8]) -> Result<Vec<u8>, StoreError> {
-        let key = &self.keys[0];
-        let mut nonce = [0u8; NONCE_LEN];
-        getrandom::getrandom(&mut nonce)
-            .map_err(|e| StoreError::unavailable(format!("sealing: no randomness: {e}")))?;
-        let mut out = Vec::with_capacity(plain.len() + 6 + key.id.len() + NONCE_LEN + TAG_LEN);
-        out.extend_from_slice(MAGIC);
-        out.push(FORMAT);
-        out.push(key.id.len() as u8);
-        out.extend_from_slice(key.id.as_bytes());
-        out.extend_from_slice(&nonce);
-        let header_len = out.len();
-        let aad = associated_data(&out, logical);
-        let mut body = plain.to_vec();
-        key.cipher
-            .encrypt_in_place(&Nonce::from(nonce), &aad, &mut body)
-            .map_err(|_| StoreError::unavailable("sealing failed"))?;
-        out.truncate(header_len);
-        out.extend_from_slice(&body);
+        let mut out = Vec::with_capacity(plain.len() + plain.len() / SEGMENT * TAG_LEN + 64);
+        self.seal_to(logical, &mut &plain[..], plain.len() as u64, &mut out)?;
         Ok(out)
+    }
+
+    /// Seals the `len` bytes `plain` gives into `out`: one message up to
+    /// [`SPOOL_THRESHOLD`], segments beyond.
+    fn seal_to(
+        &self,
+        logical: &str,
+        plain: &mut dyn Read,
+        len: u64,
+        out: &mut dyn Write,
+    ) -> Result<(), StoreError> {
+        let key = &self.keys[0];
+        let segmented = len > SPOOL_THRESHOLD as u64;
+        let mut header = Vec::with_capacity(MAGIC.len() + 2 + key.id.len() + NONCE_LEN);
+        header.extend_from_slice(MAGIC);
+        header.push(if segmented {
+            FORMAT_SEGMENTED
+        } else {
+            FORMAT_WHOLE
+        });
+        header.push(key.id.len() as u8);
+        header.extend_from_slice(key.id.as_bytes());
+        let mut nonce = [0u8; NONCE_LEN];
+        let random = if segmented {
+            &mut nonce[..PREFIX_LEN]
+        } else {
+            &mut nonce[..]
+        };
+        getrandom::getrandom(random)
+            .map_err(|e| StoreError::unavailable(format!("sealing: no randomness: {e}")))?;
+        header.extend_from_slice(random);
+        let aad = associated_data(&header, logical);
+        let io = |e: std::io::Error| StoreError::unavailable(format!("sealing: {e}"));
+        out.write_all(&header).map_err(io)?;
+        let sealing_failed = |_| StoreError::unavailable("sealing failed");
+        if !segmented {
+            let mut body = Vec::with_capacity(len as usize + TAG_LEN);
+            (&mut *plain).take(len).read_to_end(&mut body).map_err(io)?;
+            if body.len() as u64 != len {
+                return Err(StoreError::unavailable("sealing: the body ended early"));
+            }
+            key.cipher
+                .encrypt_in_place(&Nonce::from(nonce), &aad, &mut body)
+                .map_err(sealing_failed)?;
+            return out.write_all(&body).map_err(io);
+        }
+        let mut segment = Vec::with_capacity(SEGMENT + TAG_LEN);
+        let mut left = len;
+        let mut index: u32 = 0;
+        while left > 0 {
+            let size = left.min(SEGMENT as u64);
+            segment.clear();
+            (&mut *plain)
+                .take(size)
+                .read_to_end(&mut segment)
+                .map_err(io)?;
+            if segment.len() as u64 != size {
+                return Err(StoreError::unavailable("sealing: the body ended early"));
+            }
+            left -= size;
+            key.cipher
+                .encrypt_in_place(
+                    &Nonce::from(segment_nonce(&nonce, index, left == 0)),
+                    &aad,
+                    &mut segment,
+                )
+                .map_err(sealing_failed)?;
+            out.write_all(&segment).map_err(io)?;
+            index = index
+                .checked_add(1)
+                .ok_or_else(|| StoreError::unavailable("sealing: the body is too large"))?;
+        }
+        Ok(())
     }
 
     /// Opens what the store holds at `store_key` (a state body of the state
@@ -217,25 +318,178 @@ impl Keyring {
             }
             return Ok(Opened::Clear);
         };
-        let Some(key) = self.keys.iter().find(|k| k.id == header.key_id) else {
-            return Err(StoreError::ConfigInvalid {
+        let key = self.key_for(store_key, &header)?;
+        let aad = associated_data(&stored[..header.len], logical);
+        let sealed = &stored[header.len..];
+        let plain = if header.format == FORMAT_SEGMENTED {
+            let mut plain = Vec::with_capacity(sealed.len());
+            open_segments(
+                key,
+                store_key,
+                &header,
+                &aad,
+                &mut &sealed[..],
+                sealed.len() as u64,
+                &mut plain,
+            )?;
+            plain
+        } else {
+            let mut body = sealed.to_vec();
+            key.cipher
+                .decrypt_in_place(&Nonce::from(header.nonce), &aad, &mut body)
+                .map_err(|_| tampered(store_key, Some(&key.id)))?;
+            body
+        };
+        Ok(Opened::Sealed {
+            plain,
+            current_key: key.id == self.keys[0].id,
+        })
+    }
+
+    /// The key that opens a body with `header`, or why none does.
+    fn key_for(&self, store_key: &str, header: &Header) -> Result<&Key, StoreError> {
+        self.keys
+            .iter()
+            .find(|k| k.id == header.key_id)
+            .ok_or_else(|| StoreError::ConfigInvalid {
                 setting: "encryption.keys",
                 reason: format!(
                     "{store_key} is sealed with key `{}`, which encryption.keys does not list",
                     header.key_id
                 ),
+            })
+    }
+
+    /// Opens a large stored body (a file the store handed out) into an
+    /// unnamed file in the spool directory, a segment at a time; a body in
+    /// the older one-message format, or not sealed, is handled as
+    /// [`Keyring::open`] does.
+    fn open_payload(
+        &self,
+        store_key: &str,
+        logical: &str,
+        stored: &Payload,
+    ) -> Result<Payload, StoreError> {
+        let io = |e: std::io::Error| StoreError::unavailable(format!("reading {store_key}: {e}"));
+        let mut head =
+            vec![0u8; (MAGIC.len() + 2 + 255 + NONCE_LEN + TAG_LEN).min(stored.len() as usize)];
+        stored.reader().read_exact(&mut head).map_err(io)?;
+        let parsed = Header::parse(&head);
+        if parsed.is_none() && head.iter().any(|b| !b.is_ascii_whitespace()) {
+            // Not sealed: judged by its first bytes, served as it is.
+            return match self.open(store_key, logical, &head)? {
+                Opened::Clear => {
+                    tracing::warn!(
+                        key = store_key,
+                        "read an unsealed state body; `stategate rekey` seals it"
+                    );
+                    Ok(stored.clone())
+                }
+                Opened::Sealed { .. } => Err(tampered(store_key, None)),
+            };
+        }
+        let Some(header) = parsed.filter(|h| h.format == FORMAT_SEGMENTED) else {
+            let mut whole = Vec::with_capacity(stored.len() as usize);
+            stored.reader().read_to_end(&mut whole).map_err(io)?;
+            return Ok(match self.open(store_key, logical, &whole)? {
+                Opened::Clear => Payload::from(whole),
+                Opened::Sealed { plain, .. } => Payload::from(plain),
             });
         };
-        let aad = associated_data(&stored[..header.len], logical);
-        let mut body = stored[header.len..].to_vec();
-        key.cipher
-            .decrypt_in_place(&Nonce::from(header.nonce), &aad, &mut body)
-            .map_err(|_| tampered(store_key, Some(&key.id)))?;
-        Ok(Opened::Sealed {
-            plain: body,
-            current_key: key.id == self.keys[0].id,
-        })
+        let key = self.key_for(store_key, &header)?;
+        let aad = associated_data(&head[..header.len], logical);
+        let spool =
+            |e: std::io::Error| StoreError::unavailable(format!("spooling {store_key}: {e}"));
+        let file = tempfile::tempfile_in(spool_dir()).map_err(spool)?;
+        let mut out = BufWriter::with_capacity(CHUNK_BYTES, file);
+        let sealed_len = stored.len() - header.len as u64;
+        let mut reader = stored.reader().skip_to(header.len as u64);
+        open_segments(
+            key,
+            store_key,
+            &header,
+            &aad,
+            &mut reader,
+            sealed_len,
+            &mut out,
+        )?;
+        let file = out.into_inner().map_err(|e| spool(e.into_error()))?;
+        let len = segmented_plain_len(sealed_len).expect("opened");
+        Ok(Payload::File(Arc::new(FileBody::new(file, len))))
     }
+
+    /// Seals a large body into an unnamed file in the spool directory.
+    fn seal_payload(&self, logical: &str, plain: &Payload) -> Result<Payload, StoreError> {
+        let spool =
+            |e: std::io::Error| StoreError::unavailable(format!("spooling a sealed body: {e}"));
+        let file = tempfile::tempfile_in(spool_dir()).map_err(spool)?;
+        let mut out = BufWriter::with_capacity(CHUNK_BYTES, file);
+        self.seal_to(logical, &mut plain.reader(), plain.len(), &mut out)?;
+        let file = out.into_inner().map_err(|e| spool(e.into_error()))?;
+        let len = file.metadata().map_err(spool)?.len();
+        Ok(Payload::File(Arc::new(FileBody::new(file, len))))
+    }
+}
+
+/// The nonce of segment `index` of a segmented body whose nonce prefix
+/// begins `base`.
+fn segment_nonce(base: &[u8; NONCE_LEN], index: u32, last: bool) -> [u8; NONCE_LEN] {
+    let mut nonce = *base;
+    nonce[PREFIX_LEN..PREFIX_LEN + 4].copy_from_slice(&index.to_be_bytes());
+    nonce[NONCE_LEN - 1] = u8::from(last);
+    nonce
+}
+
+/// The plaintext length of `sealed` bytes of segments; `None` when no
+/// segmented body has that length.
+fn segmented_plain_len(sealed: u64) -> Option<u64> {
+    let per = (SEGMENT + TAG_LEN) as u64;
+    let segments = sealed.div_ceil(per);
+    let last = sealed - (segments.checked_sub(1)? * per);
+    (last > TAG_LEN as u64).then(|| sealed - segments * TAG_LEN as u64)
+}
+
+/// Opens the `sealed_len` bytes of segments `sealed` gives into `out`.
+/// Each segment is checked before its plaintext is written; the caller
+/// discards `out` on an error.
+fn open_segments(
+    key: &Key,
+    store_key: &str,
+    header: &Header,
+    aad: &[u8],
+    sealed: &mut dyn Read,
+    sealed_len: u64,
+    out: &mut dyn Write,
+) -> Result<(), StoreError> {
+    let refused = || tampered(store_key, Some(&key.id));
+    segmented_plain_len(sealed_len).ok_or_else(refused)?;
+    let io = |e: std::io::Error| StoreError::unavailable(format!("reading {store_key}: {e}"));
+    let per = (SEGMENT + TAG_LEN) as u64;
+    let mut segment = Vec::with_capacity(SEGMENT + TAG_LEN);
+    let mut left = sealed_len;
+    let mut index: u32 = 0;
+    while left > 0 {
+        let size = left.min(per);
+        segment.clear();
+        (&mut *sealed)
+            .take(size)
+            .read_to_end(&mut segment)
+            .map_err(io)?;
+        if segment.len() as u64 != size {
+            return Err(refused());
+        }
+        left -= size;
+        key.cipher
+            .decrypt_in_place(
+                &Nonce::from(segment_nonce(&header.nonce, index, left == 0)),
+                aad,
+                &mut segment,
+            )
+            .map_err(|_| refused())?;
+        out.write_all(&segment).map_err(io)?;
+        index = index.checked_add(1).ok_or_else(refused)?;
+    }
+    Ok(())
 }
 
 /// What opening a stored body found.
@@ -264,7 +518,9 @@ fn associated_data(header: &[u8], logical: &str) -> Vec<u8> {
 
 /// The header of a sealed object.
 struct Header<'a> {
+    format: u8,
     key_id: &'a str,
+    /// The nonce; for a segmented body, its prefix followed by zeros.
     nonce: [u8; NONCE_LEN],
     /// Its length in bytes, where the ciphertext starts.
     len: usize,
@@ -275,17 +531,23 @@ impl<'a> Header<'a> {
         let rest = stored.strip_prefix(MAGIC)?;
         let (&format, rest) = rest.split_first()?;
         let (&id_len, rest) = rest.split_first()?;
-        if format != FORMAT || rest.len() < id_len as usize + NONCE_LEN + TAG_LEN {
+        let random = match format {
+            FORMAT_WHOLE => NONCE_LEN,
+            FORMAT_SEGMENTED => PREFIX_LEN,
+            _ => return None,
+        };
+        let id_len = id_len as usize;
+        if rest.len() < id_len + random + TAG_LEN {
             return None;
         }
-        let key_id = std::str::from_utf8(&rest[..id_len as usize]).ok()?;
-        let nonce = rest[id_len as usize..id_len as usize + NONCE_LEN]
-            .try_into()
-            .ok()?;
+        let key_id = std::str::from_utf8(&rest[..id_len]).ok()?;
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[..random].copy_from_slice(&rest[id_len..id_len + random]);
         Some(Header {
+            format,
             key_id,
             nonce,
-            len: MAGIC.len() + 2 + id_len as usize + NONCE_LEN,
+            len: MAGIC.len() + 2 + id_len + random,
         })
     }
 }
@@ -343,6 +605,22 @@ impl SealedStore {
             None => Ok(None),
         }
     }
+
+    /// `body` as it is stored at `key`: sealed in memory when it is in
+    /// memory, sealed into a spool file on a blocking thread when it is in
+    /// a file, as it is when `key` holds no state body.
+    async fn sealed_payload(&self, key: &str, body: &Payload) -> Result<Payload, StoreError> {
+        let Some(logical) = logical_key(key) else {
+            return Ok(body.clone());
+        };
+        if let Payload::Memory(plain) = body {
+            return Ok(Payload::Memory(Bytes::from(
+                self.keys.seal(logical, plain)?,
+            )));
+        }
+        let (keys, logical, body) = (Arc::clone(&self.keys), logical.to_string(), body.clone());
+        crate::stores::blocking(move || keys.seal_payload(&logical, &body)).await
+    }
 }
 
 #[async_trait]
@@ -380,6 +658,39 @@ impl Store for SealedStore {
         self.inner.put(key, body, condition).await
     }
 
+    async fn put_payload(
+        &self,
+        key: &str,
+        body: &Payload,
+        condition: Condition,
+    ) -> Result<Version, StoreError> {
+        let sealed = self.sealed_payload(key, body).await?;
+        self.inner.put_payload(key, &sealed, condition).await
+    }
+
+    /// A large body the store hands out as a file is opened into another
+    /// file, a segment at a time.
+    async fn read(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
+        let Some((stored, version)) = self.inner.read(key).await? else {
+            return Ok(None);
+        };
+        let Some(logical) = logical_key(key) else {
+            return Ok(Some((stored, version)));
+        };
+        let opened = match stored {
+            Payload::Memory(body) => {
+                let obj = self.open_object(key, Object { body, version })?;
+                return Ok(Some((Payload::Memory(obj.body), obj.version)));
+            }
+            file => {
+                let (keys, key, logical) =
+                    (Arc::clone(&self.keys), key.to_string(), logical.to_string());
+                crate::stores::blocking(move || keys.open_payload(&key, &logical, &file)).await?
+            }
+        };
+        Ok(Some((opened, version)))
+    }
+
     async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
         self.inner.delete(key, condition).await
     }
@@ -407,14 +718,14 @@ impl Store for SealedStore {
 
     /// Sizes of state bodies are those of the plaintext, as `get` returns
     /// it, for bodies sealed under the first key (any other body, sealed
-    /// under an older key or not at all, until `stategate rekey`, is off by
-    /// a few bytes; readers that compare sizes then read it once more).
+    /// under an older key, by an older release or not at all, until
+    /// `stategate rekey`, is off by a few bytes; readers that compare sizes
+    /// then read it once more).
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
-        let overhead = self.keys.overhead();
         let mut entries = self.inner.list(prefix).await?;
         for entry in &mut entries {
             if logical_key(&entry.key).is_some() {
-                entry.size = entry.size.saturating_sub(overhead);
+                entry.size = self.keys.plain_size(entry.size);
             }
         }
         Ok(entries)
@@ -434,11 +745,8 @@ impl Store for SealedStore {
         // A store that copies in place keeps the sealed bytes, which open
         // under `to` too (same logical key); one that writes `body` must
         // get it sealed.
-        let plain = body.to_bytes().await?;
-        let sealed = self.seal_body(to, &plain)?.unwrap_or(plain);
-        self.inner
-            .snapshot(from, from_version, to, &Payload::Memory(sealed))
-            .await
+        let sealed = self.sealed_payload(to, body).await?;
+        self.inner.snapshot(from, from_version, to, &sealed).await
     }
 }
 
@@ -613,6 +921,106 @@ mod tests {
         let ring = Keyring::from_keys(&[("k2026", K1)], false);
         let sealed = ring.seal("s", STATE).unwrap();
         assert_eq!(sealed.len() as u64, STATE.len() as u64 + ring.overhead());
+    }
+
+    fn big(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 31 % 253) as u8).collect()
+    }
+
+    fn file_payload(bytes: &[u8]) -> Payload {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        Payload::File(Arc::new(FileBody::new(file, bytes.len() as u64)))
+    }
+
+    fn read_all(payload: &Payload) -> Vec<u8> {
+        let mut out = Vec::new();
+        payload.reader().read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn large_bodies_are_sealed_in_segments_from_memory_or_file() {
+        let ring = Keyring::from_keys(&[("k1", K1)], false);
+        for (len, format) in [
+            (SPOOL_THRESHOLD, FORMAT_WHOLE),
+            (SPOOL_THRESHOLD + 1, FORMAT_SEGMENTED),
+            (SEGMENT * 20, FORMAT_SEGMENTED),
+            (3 * SPOOL_THRESHOLD + 17, FORMAT_SEGMENTED),
+        ] {
+            let plain = big(len);
+            let sealed = ring.seal("s", &plain).unwrap();
+            assert_eq!(sealed[4], format, "{len}");
+            assert_eq!(ring.plain_size(sealed.len() as u64), len as u64, "{len}");
+            match ring.open("s", "s", &sealed) {
+                Ok(Opened::Sealed { plain: opened, .. }) => assert!(opened == plain, "{len}"),
+                _ => panic!("{len}: did not open"),
+            }
+            // Through files, a segment at a time, both ways.
+            let sealed_file = ring.seal_payload("s", &file_payload(&plain)).unwrap();
+            assert!(sealed_file.as_memory().is_none());
+            assert_eq!(sealed_file.len(), sealed.len() as u64);
+            let opened = ring.open_payload("s", "s", &sealed_file).unwrap();
+            assert!(read_all(&opened) == plain, "{len}");
+            let opened = ring.open_payload("s", "s", &file_payload(&sealed)).unwrap();
+            assert!(read_all(&opened) == plain, "{len}");
+        }
+        // Bodies sealed whole before segments existed still open from a file.
+        let plain = big(2 * SPOOL_THRESHOLD);
+        let mut whole = Vec::new();
+        let key = &ring.keys[0];
+        let nonce = [9u8; NONCE_LEN];
+        whole.extend_from_slice(MAGIC);
+        whole.extend_from_slice(&[FORMAT_WHOLE, 2]);
+        whole.extend_from_slice(b"k1");
+        whole.extend_from_slice(&nonce);
+        let aad = associated_data(&whole, "s");
+        let mut body = plain.clone();
+        key.cipher
+            .encrypt_in_place(&Nonce::from(nonce), &aad, &mut body)
+            .unwrap();
+        whole.extend_from_slice(&body);
+        let opened = ring.open_payload("s", "s", &file_payload(&whole)).unwrap();
+        assert!(read_all(&opened) == plain);
+    }
+
+    #[test]
+    fn segments_cannot_be_changed_dropped_moved_or_cut() {
+        let ring = Keyring::from_keys(&[("k1", K1)], false);
+        let plain = big(SPOOL_THRESHOLD + 2 * SEGMENT + 5);
+        let sealed = ring.seal("s", &plain).unwrap();
+        let header = MAGIC.len() + 2 + 2 + PREFIX_LEN;
+        let per = SEGMENT + TAG_LEN;
+        let segments: Vec<&[u8]> = sealed[header..].chunks(per).collect();
+        let n = segments.len();
+        assert_eq!(n, SPOOL_THRESHOLD / SEGMENT + 3);
+        let joined = |parts: &[&[u8]]| [&sealed[..header], &parts.concat()].concat();
+        let mut flipped = sealed.clone();
+        flipped[header + per * 5 + 100] ^= 1;
+        let mut swapped = segments.clone();
+        swapped.swap(3, 4);
+        let mut repeated = segments.clone();
+        repeated.push(segments[n - 1]);
+        let mut other_format = sealed.clone();
+        other_format[4] = FORMAT_WHOLE;
+        for (what, bad) in [
+            ("a flipped byte", flipped),
+            ("two segments swapped", joined(&swapped)),
+            ("the last segment dropped", joined(&segments[..n - 1])),
+            ("cut inside a segment", sealed[..sealed.len() - 7].to_vec()),
+            ("the last segment repeated", joined(&repeated)),
+            ("the format byte changed", other_format),
+        ] {
+            let refused = |r: Result<Opened, StoreError>| match r {
+                Err(e) => assert!(e.to_string().contains("does not open"), "{what}: {e}"),
+                Ok(_) => panic!("{what}: it still opened"),
+            };
+            refused(ring.open("s", "s", &bad));
+            match ring.open_payload("s", "s", &file_payload(&bad)) {
+                Err(e) => assert!(e.to_string().contains("does not open"), "{what}: {e}"),
+                Ok(_) => panic!("{what}: it still opened from a file"),
+            }
+        }
     }
 
     #[test]
