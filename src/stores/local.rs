@@ -52,7 +52,7 @@ use rustix::io::Errno;
 use time::OffsetDateTime;
 
 use super::keylock::{KeyLock, KeyLocks};
-use super::payload::{FileBody, SPOOL_THRESHOLD};
+use super::payload::{BodyCache, FileBody, SPOOL_THRESHOLD};
 use super::{Backend, Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version};
 use crate::settings::{ConfigError, Setting, StoreSettings};
 
@@ -130,6 +130,8 @@ struct Tree {
     keys: KeyLocks,
     /// The write leases of states.
     leases: Arc<KeyLocks>,
+    /// Small bodies last read, by key and version.
+    bodies: BodyCache,
 }
 
 /// Gives temporary files unique names within this process.
@@ -258,6 +260,7 @@ impl Tree {
             root_fd,
             tmp_fd,
             unnamed,
+            bodies: BodyCache::default(),
         })
     }
 
@@ -446,7 +449,7 @@ impl Tree {
     }
 
     fn get_blocking(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        let Some((body, version)) = self.read_blocking(key, usize::MAX)? else {
+        let Some((body, version)) = self.read_blocking(key, usize::MAX, false)? else {
             return Ok(None);
         };
         let body = body.as_memory().cloned().expect("read whole");
@@ -455,11 +458,13 @@ impl Tree {
 
     /// Opens `key`; a body over `in_memory` bytes is handed out as the open
     /// file itself (files are never changed in place, so it stays the
-    /// version read however long the reader takes).
+    /// version read however long the reader takes). With `cached`, a small
+    /// body is taken from, or kept in, the body cache.
     fn read_blocking(
         &self,
         key: &str,
         in_memory: usize,
+        cached: bool,
     ) -> Result<Option<(Payload, Version)>, StoreError> {
         self.locate(key)?;
         let fd = match open_beneath(&self.root_fd, key, OFlags::RDONLY) {
@@ -479,11 +484,18 @@ impl Tree {
             let body = FileBody::new(File::from(fd), size);
             return Ok(Some((Payload::File(Arc::new(body)), version)));
         }
+        if cached && let Some(body) = self.bodies.get(key, &version) {
+            return Ok(Some((Payload::Memory(body), version)));
+        }
         let mut body = Vec::with_capacity(size as usize);
         File::from(fd)
             .read_to_end(&mut body)
             .map_err(|e| StoreError::unavailable(format!("reading {key}: {e}")))?;
-        Ok(Some((Payload::from(body), version)))
+        let body = Bytes::from(body);
+        if cached {
+            self.bodies.put(key, &version, &body);
+        }
+        Ok(Some((Payload::Memory(body), version)))
     }
 
     fn list_blocking(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
@@ -705,7 +717,7 @@ impl Store for LocalStore {
 
     async fn read(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
         let key = key.to_string();
-        blocking(self, move |s| s.read_blocking(&key, SPOOL_THRESHOLD)).await
+        blocking(self, move |s| s.read_blocking(&key, SPOOL_THRESHOLD, true)).await
     }
 
     async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {

@@ -194,6 +194,53 @@ pub fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Small bodies last read, by store key and version, so a state read
+/// again and again (every plan, every `terraform_remote_state`) is sent
+/// from memory while its version stays the same: a store still looks the
+/// version up (a `stat`, a row's generation), but reads no bytes. A
+/// version names one content, so an entry is either right or unused.
+/// Only the stores whose versions are never reused (local, SQLite) use it.
+#[derive(Default)]
+pub struct BodyCache(std::sync::Mutex<CachedBodies>);
+
+#[derive(Default)]
+struct CachedBodies {
+    bodies: std::collections::HashMap<String, (super::Version, Bytes)>,
+    /// Bytes of all bodies held.
+    bytes: usize,
+}
+
+/// Bytes the cache holds at most; it starts over when full.
+const BODY_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+impl BodyCache {
+    /// The body of `key` at `version`, if held.
+    pub fn get(&self, key: &str, version: &super::Version) -> Option<Bytes> {
+        let held = self.0.lock().expect("body cache");
+        held.bodies
+            .get(key)
+            .filter(|(v, _)| v == version)
+            .map(|(_, body)| body.clone())
+    }
+
+    /// Holds `body` as `key`'s content at `version` (bodies up to
+    /// [`SPOOL_THRESHOLD`]).
+    pub fn put(&self, key: &str, version: &super::Version, body: &Bytes) {
+        if body.len() > SPOOL_THRESHOLD {
+            return;
+        }
+        let mut held = self.0.lock().expect("body cache");
+        if held.bytes + body.len() > BODY_CACHE_BYTES {
+            held.bodies.clear();
+            held.bytes = 0;
+        }
+        let old = held
+            .bodies
+            .insert(key.to_string(), (version.clone(), body.clone()));
+        held.bytes = held.bytes + body.len() - old.map_or(0, |(_, b)| b.len());
+    }
+}
+
 /// Reads a [`Payload`] from a position of its own.
 pub struct PayloadReader {
     payload: Payload,
@@ -367,6 +414,29 @@ mod tests {
         let mut rest = Vec::new();
         a.read_to_end(&mut rest).unwrap();
         assert_eq!([&first[..], &rest[..]].concat(), large);
+    }
+
+    #[test]
+    fn the_body_cache_answers_only_for_the_version_it_holds() {
+        use super::super::Version;
+        let cache = BodyCache::default();
+        let (v1, v2) = (Version("1".into()), Version("2".into()));
+        let body = Bytes::from_static(b"{\"serial\":1}");
+        cache.put("a", &v1, &body);
+        assert_eq!(cache.get("a", &v1), Some(body.clone()));
+        assert_eq!(cache.get("a", &v2), None, "another version");
+        assert_eq!(cache.get("b", &v1), None, "another key");
+        cache.put("a", &v2, &Bytes::from_static(b"two"));
+        assert_eq!(cache.get("a", &v1), None, "replaced");
+        // Large bodies are not held; a full cache starts over.
+        cache.put("big", &v1, &Bytes::from(vec![0u8; SPOOL_THRESHOLD + 1]));
+        assert_eq!(cache.get("big", &v1), None);
+        let mib = Bytes::from(vec![0u8; SPOOL_THRESHOLD]);
+        for i in 0..BODY_CACHE_BYTES / SPOOL_THRESHOLD + 1 {
+            cache.put(&format!("k{i}"), &v1, &mib);
+        }
+        assert_eq!(cache.get("a", &v2), None, "cleared when full");
+        assert!(cache.0.lock().unwrap().bytes <= BODY_CACHE_BYTES);
     }
 
     #[tokio::test]

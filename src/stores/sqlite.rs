@@ -45,7 +45,7 @@ use rusqlite::{Connection, MAIN_DB, OptionalExtension, params};
 use time::OffsetDateTime;
 
 use super::keylock::{KeyLock, KeyLocks};
-use super::payload::{FileBody, SPOOL_THRESHOLD};
+use super::payload::{BodyCache, FileBody, SPOOL_THRESHOLD};
 use super::{Backend, Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version};
 use crate::settings::{ConfigError, Setting, StoreSettings};
 
@@ -139,6 +139,8 @@ struct Pool {
     commits: std::sync::atomic::AtomicU64,
     /// The write leases of states, on the file beside the database.
     leases: Arc<KeyLocks>,
+    /// Small bodies last read, by key and generation.
+    bodies: BodyCache,
 }
 
 /// The most writes one transaction takes.
@@ -170,6 +172,7 @@ impl SqliteStore {
             lease_file(path).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         let pool = Arc::new(Pool {
             leases: Arc::new(leases),
+            bodies: BodyCache::default(),
             path: path.to_path_buf(),
             identity: (meta.dev(), meta.ino()),
             idle: Mutex::new(Vec::new()),
@@ -674,6 +677,7 @@ impl Store for SqliteStore {
     /// connection is not held while a slow client reads it.
     async fn read(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
         let key = key.to_string();
+        let pool = Arc::clone(&self.0);
         self.run(format!("reading {key}"), move |conn| {
             let err = db_err("reading");
             let tx = conn.transaction().map_err(&err)?;
@@ -697,13 +701,18 @@ impl Store for SqliteStore {
             let version = Version(generation.to_string());
             let len = len.max(0) as u64;
             if len <= SPOOL_THRESHOLD as u64 {
+                if let Some(body) = pool.bodies.get(&key, &version) {
+                    return Ok(Some((Payload::Memory(body), version)));
+                }
                 let blob = tx
                     .blob_open(MAIN_DB, c"objects", c"body", rowid, true)
                     .map_err(&err)?;
                 let mut body = Vec::with_capacity(len as usize);
                 std::io::Read::read_to_end(&mut { blob }, &mut body)
                     .map_err(|e| StoreError::unavailable(format!("reading {key}: {e}")))?;
-                return Ok(Some((Payload::from(body), version)));
+                let body = Bytes::from(body);
+                pool.bodies.put(&key, &version, &body);
+                return Ok(Some((Payload::Memory(body), version)));
             }
             let body = blob_to_file(&tx, rowid, len, &format!("reading {key}"))?;
             Ok(Some((body, version)))

@@ -39,6 +39,7 @@ macro_rules! contract_suite {
         mod $name {
             contract_suite!(@tests $kind;
                 capabilities_are_as_documented, get_put_stat_round_trip,
+                reads_follow_every_new_version,
                 if_absent_refuses_an_existing_key, if_match_is_compare_and_swap,
                 recreated_object_never_matches_its_old_version, delete_honours_its_condition,
                 concurrent_creates_have_one_winner, concurrent_swaps_have_one_winner,
@@ -501,6 +502,40 @@ pub async fn get_put_stat_round_trip(fx: Fixture) {
     assert_ne!(second, put_version, "a new write has a new version");
     assert_eq!(&body_of(store, key).await.unwrap()[..], &other[..]);
     assert_eq!(store.stat(key).await.unwrap(), Some(second));
+}
+
+/// Reads never serve an older version: each of a run of same-sized
+/// bodies, written one after another (deleted and written again halfway),
+/// is what `read` and `get` give right after its write, as stores that keep
+/// recently read bodies in memory must see to.
+pub async fn reads_follow_every_new_version(fx: Fixture) {
+    let store = &*fx.store;
+    let key = "reread/terraform.tfstate";
+    for round in 0..24u32 {
+        if round == 12 {
+            store.delete(key, Condition::Always).await.unwrap();
+            assert!(
+                store.read(key).await.unwrap().is_none(),
+                "read after delete"
+            );
+        }
+        let body = format!("{{\"serial\": {round:04}}}").into_bytes();
+        let version = put(store, key, &body).await;
+        for _ in 0..2 {
+            let (payload, read_version) = store.read(key).await.unwrap().expect("just written");
+            assert_eq!(read_version, version, "round {round}");
+            assert_eq!(
+                &payload.to_bytes().await.unwrap()[..],
+                &body[..],
+                "round {round}"
+            );
+        }
+        assert_eq!(
+            &body_of(store, key).await.unwrap()[..],
+            &body[..],
+            "round {round}"
+        );
+    }
 }
 
 pub async fn if_absent_refuses_an_existing_key(fx: Fixture) {
