@@ -891,8 +891,7 @@ async fn handle_get_version(
     state: &StateRef,
     n: u64,
 ) -> Result<Response<Reply>, ProtocolError> {
-    let body = app.states.version(state, n).await?;
-    let md5 = head::md5_hex(&body);
+    let (body, md5) = app.states.version_with_md5(state, n).await?;
     Ok(state_body(Payload::Memory(body), &md5))
 }
 

@@ -356,6 +356,16 @@ impl States {
     /// The body of one kept version, checked against the MD5 recorded for
     /// it: a version changed outside stategate is refused, not served.
     pub async fn version(&self, state: &StateRef, n: u64) -> Result<Bytes, StateError> {
+        self.version_with_md5(state, n).await.map(|(body, _)| body)
+    }
+
+    /// [`States::version`], with the body's hex MD5 (its ETag), known from
+    /// the check.
+    pub async fn version_with_md5(
+        &self,
+        state: &StateRef,
+        n: u64,
+    ) -> Result<(Bytes, String), StateError> {
         let dir = self.history_dir(state);
         let missing = || StateError::NotFound(format!("{state} has no version {n}"));
         let Some(obj) = self.store.get(&body_key(&dir, n)).await? else {
@@ -367,7 +377,7 @@ impl States {
                 "version {n} of {state} was changed outside stategate (its MD5 no longer matches its record)"
             ))));
         }
-        Ok(obj.body)
+        Ok((obj.body, recorded))
     }
 
     /// The stored state, `None` when there is none. It is always in history
