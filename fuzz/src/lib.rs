@@ -14,7 +14,7 @@ use serde::de::IgnoredAny;
 use stategate::protocol::{self, Endpoint};
 use stategate::state::key::{LOCK_SUFFIX, MAX_KEY_BYTES, MAX_SEGMENT_BYTES, RESERVED_PREFIX};
 use stategate::state::lock::MAX_LOCK_FIELD_BYTES;
-use stategate::state::write::StateHead;
+use stategate::state::head::StateHead;
 use stategate::state::{LockInfo, StateRef};
 
 /// The methods the first byte of a `route` input picks from: the ones
