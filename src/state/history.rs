@@ -39,7 +39,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::head::{Current, Described, StateHead, Writer, md5_hex};
 use super::{StateError, StateRef, States};
-use crate::stores::{Condition, Payload, StoreError, Version};
+use crate::stores::{Change, Condition, Payload, Stopped, StoreError, Version};
 
 /// Where history lives; inside the reserved prefix.
 pub const HISTORY_PREFIX: &str = ".stategate/history/";
@@ -492,7 +492,9 @@ impl States {
 
     /// Keeps `item`, the state object's content at `version`, as the next
     /// version after `ends`, then prunes and moves the pointer, which it
-    /// returns.
+    /// returns. The copy, its record, the pruning and the pointer go to the
+    /// store as one [`Store::change_all`]: on SQLite one transaction, so a
+    /// write waits for one commit for all of them.
     async fn record(
         &self,
         state: &StateRef,
@@ -503,31 +505,11 @@ impl States {
         writer: Writer,
     ) -> Result<Pointer, StateError> {
         let object_key = self.object_key(state);
-        let mut n = ends.as_ref().map_or(1, |p| p.newest.version + 1);
-        // Another process may take the same number at the same moment; the
-        // create-if-absent gives it to one of us.
-        loop {
-            let copied = match self
-                .store
-                .snapshot(&object_key, version, &body_key(dir, n), item.body)
-                .await
-            {
-                // Replaced since it was written: keep the bytes we have.
-                Err(StoreError::PreconditionFailed) => self
-                    .store
-                    .put_payload(&body_key(dir, n), item.body, Condition::IfAbsent)
-                    .await
-                    .map(|_| ()),
-                other => other,
-            };
-            match copied {
-                Ok(()) => break,
-                Err(StoreError::AlreadyExists) => n += 1,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let meta = VersionMeta {
-            version: n,
+        // A history that had no versions starts at 1 whatever number this
+        // record gets: a concurrent appender may hold a lower one.
+        let oldest = ends.as_ref().map_or(1, |p| p.oldest);
+        let mut meta = VersionMeta {
+            version: ends.as_ref().map_or(1, |p| p.newest.version + 1),
             serial: item.head.serial,
             lineage: item.head.lineage.clone(),
             resources: item.head.resources,
@@ -540,19 +522,107 @@ impl States {
             operation: writer.operation.to_string(),
             object_version: Some(version.0.clone()),
         };
-        let meta_body = serde_json::to_vec(&meta).expect("version metadata serialises");
-        self.store
-            .put(&meta_key(dir, n), Bytes::from(meta_body), Condition::Always)
-            .await?;
-        // A history that had no versions starts at 1 whatever number this
-        // record got: a concurrent appender may hold a lower one.
-        let oldest = self.prune(dir, ends.map_or(1, |p| p.oldest), n).await?;
-        let pointer = Pointer {
-            oldest,
-            newest: meta,
+        // Another process may take the same number at the same moment; the
+        // create-if-absent of the copy gives it to one of us.
+        loop {
+            let n = meta.version;
+            let (rest, pointer) = self.after_copy(dir, oldest, &meta);
+            let copy = Change::Snapshot {
+                from: object_key.clone(),
+                from_version: version.clone(),
+                to: body_key(dir, n),
+                body: item.body.clone(),
+            };
+            let changes = [vec![copy], rest.clone()].concat();
+            let made = match self.store.change_all(changes).await {
+                Ok(()) => Ok(()),
+                // The copy itself: nothing after it was made.
+                Err(Stopped { at: 0, error }) => Err(error),
+                Err(Stopped { at, error }) => {
+                    self.after_copy_failed(dir, Stopped { at: at - 1, error })
+                }
+            };
+            let made = match made {
+                // Replaced since it was written: keep the bytes we have.
+                Err(StoreError::PreconditionFailed) => {
+                    match self
+                        .store
+                        .put_payload(&body_key(dir, n), item.body, Condition::IfAbsent)
+                        .await
+                    {
+                        Ok(_) => match self.store.change_all(rest).await {
+                            Ok(()) => Ok(()),
+                            Err(stopped) => self.after_copy_failed(dir, stopped),
+                        },
+                        Err(e) => Err(e),
+                    }
+                }
+                other => other,
+            };
+            match made {
+                Ok(()) => return Ok(pointer),
+                Err(StoreError::AlreadyExists) => meta.version += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// What follows the copy of version `meta.version`: its record, the
+    /// pruning of what fell out of `history_keep`, and the new pointer,
+    /// which it also returns. Numbers are consecutive, so the versions to
+    /// delete are known without a listing: from `oldest` (where the last
+    /// prune stopped) up to `newest - history_keep`, usually one; when
+    /// `history_keep` was lowered, the first write after deletes the whole
+    /// excess, once. A number already gone costs one delete of nothing.
+    fn after_copy(&self, dir: &str, oldest: u64, meta: &VersionMeta) -> (Vec<Change>, Pointer) {
+        let n = meta.version;
+        let meta_body = serde_json::to_vec(meta).expect("version metadata serialises");
+        let mut changes = vec![Change::Put {
+            key: meta_key(dir, n),
+            body: Bytes::from(meta_body),
+            condition: Condition::Always,
+            transient: false,
+        }];
+        let keep = self.history_keep;
+        let first_kept = if keep == 0 || n <= keep {
+            oldest
+        } else {
+            n - keep + 1
         };
-        self.put_pointer(dir, &pointer).await;
-        Ok(pointer)
+        // Not made durable (no fsync of the folder on local disk): a version
+        // that comes back after a crash of the machine is only kept longer.
+        for old in oldest..first_kept {
+            for key in [meta_key(dir, old), body_key(dir, old)] {
+                changes.push(Change::Delete {
+                    key,
+                    condition: Condition::Always,
+                    transient: true,
+                });
+            }
+        }
+        let pointer = Pointer {
+            oldest: oldest.max(first_kept),
+            newest: meta.clone(),
+        };
+        changes.push(Change::Put {
+            key: pointer_key(dir),
+            body: Bytes::from(serde_json::to_vec(&pointer).expect("a history pointer serialises")),
+            condition: Condition::Always,
+            transient: true,
+        });
+        (changes, pointer)
+    }
+
+    /// Judges a failure among [`States::after_copy`]'s changes: the record
+    /// (the first) must be made; a prune or the pointer that failed is
+    /// logged, since the next write prunes again and the pointer is found
+    /// behind and walked forward.
+    fn after_copy_failed(&self, dir: &str, stopped: Stopped) -> Result<(), StoreError> {
+        if stopped.at == 0 {
+            return Err(stopped.error);
+        }
+        tracing::warn!(history = dir, error = %stopped.error, "pruning history or moving its pointer failed");
+        Ok(())
     }
 
     /// Removes every kept version of a state that no longer exists (a
@@ -582,32 +652,6 @@ impl States {
         }
         tracing::warn!(state = %state, versions, "history purged");
         Ok(versions)
-    }
-
-    /// Deletes the versions that fell out of the newest `history_keep`
-    /// now that `newest` is kept, and returns the new lower bound of the
-    /// kept numbers. Numbers are consecutive, so the ones to delete are
-    /// known without a listing: from `oldest` (where the last prune
-    /// stopped) up to `newest - history_keep`, usually one. A number
-    /// already gone costs one delete of nothing; when `history_keep` was
-    /// lowered, the first write after deletes the whole excess, once.
-    async fn prune(&self, dir: &str, oldest: u64, newest: u64) -> Result<u64, StateError> {
-        let keep = self.history_keep;
-        if keep == 0 || newest <= keep {
-            return Ok(oldest);
-        }
-        let first_kept = newest - keep + 1;
-        // Not made durable (no fsync of the folder on local disk): a version
-        // that comes back after a crash of the machine is only kept longer.
-        for n in oldest..first_kept {
-            self.store
-                .delete_transient(&meta_key(dir, n), Condition::Always)
-                .await?;
-            self.store
-                .delete_transient(&body_key(dir, n), Condition::Always)
-                .await?;
-        }
-        Ok(oldest.max(first_kept))
     }
 }
 

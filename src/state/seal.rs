@@ -708,6 +708,54 @@ impl Store for SealedStore {
         self.inner.delete_transient(key, condition).await
     }
 
+    /// Sealed as each method would seal, then made by the store underneath
+    /// in one go.
+    async fn change_all(
+        &self,
+        changes: Vec<crate::stores::Change>,
+    ) -> Result<(), crate::stores::Stopped> {
+        use crate::stores::{Change, Stopped};
+        let mut sealed = Vec::with_capacity(changes.len());
+        for (at, change) in changes.into_iter().enumerate() {
+            let change = match change {
+                Change::Put {
+                    key,
+                    body,
+                    condition,
+                    transient,
+                } => {
+                    let body = self
+                        .seal_body(&key, &body)
+                        .map_err(|error| Stopped { at, error })?
+                        .unwrap_or(body);
+                    Change::Put {
+                        key,
+                        body,
+                        condition,
+                        transient,
+                    }
+                }
+                Change::Snapshot {
+                    from,
+                    from_version,
+                    to,
+                    body,
+                } => Change::Snapshot {
+                    body: self
+                        .sealed_payload(&to, &body)
+                        .await
+                        .map_err(|error| Stopped { at, error })?,
+                    from,
+                    from_version,
+                    to,
+                },
+                other => other,
+            };
+            sealed.push(change);
+        }
+        self.inner.change_all(sealed).await
+    }
+
     async fn native_lease(
         &self,
         key: &str,

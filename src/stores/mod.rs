@@ -53,6 +53,39 @@ pub struct Object {
     pub version: Version,
 }
 
+/// One change of [`Store::change_all`], made as the method it names.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// [`Store::put`], or with `transient` [`Store::put_transient`].
+    Put {
+        key: String,
+        body: Bytes,
+        condition: Condition,
+        transient: bool,
+    },
+    /// [`Store::delete`], or with `transient` [`Store::delete_transient`].
+    Delete {
+        key: String,
+        condition: Condition,
+        transient: bool,
+    },
+    /// [`Store::snapshot`].
+    Snapshot {
+        from: String,
+        from_version: Version,
+        to: String,
+        body: Payload,
+    },
+}
+
+/// Where [`Store::change_all`] stopped: the failed change's place in the
+/// list, and why.
+#[derive(Debug)]
+pub struct Stopped {
+    pub at: usize,
+    pub error: StoreError,
+}
+
 /// When a put or delete may happen. Stores must apply the condition and the
 /// change as one atomic step, also against other processes sharing the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -309,6 +342,49 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<keylock::KeyLock>, StoreError> {
         let _ = (key, wait);
         Ok(None)
+    }
+
+    /// Makes `changes` in order, each as the method it names would, and
+    /// stops at the first that fails: the changes before it are made, it
+    /// and those after it are not. A store may make them in one
+    /// transaction, so the caller waits for one commit instead of one per
+    /// change (history records a version, prunes and moves its pointer
+    /// this way); the default makes them one by one.
+    async fn change_all(&self, changes: Vec<Change>) -> Result<(), Stopped> {
+        for (at, change) in changes.into_iter().enumerate() {
+            let made = match change {
+                Change::Put {
+                    key,
+                    body,
+                    condition,
+                    transient: false,
+                } => self.put(&key, body, condition).await.map(|_| ()),
+                Change::Put {
+                    key,
+                    body,
+                    condition,
+                    transient: true,
+                } => self.put_transient(&key, body, condition).await.map(|_| ()),
+                Change::Delete {
+                    key,
+                    condition,
+                    transient: false,
+                } => self.delete(&key, condition).await,
+                Change::Delete {
+                    key,
+                    condition,
+                    transient: true,
+                } => self.delete_transient(&key, condition).await,
+                Change::Snapshot {
+                    from,
+                    from_version,
+                    to,
+                    body,
+                } => self.snapshot(&from, &from_version, &to, &body).await,
+            };
+            made.map_err(|error| Stopped { at, error })?;
+        }
+        Ok(())
     }
 
     /// Every object whose key starts with `prefix` (a plain string prefix,

@@ -46,7 +46,10 @@ use time::OffsetDateTime;
 
 use super::keylock::{KeyLock, KeyLocks};
 use super::payload::{BodyCache, FileBody, SPOOL_THRESHOLD};
-use super::{Backend, Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version};
+use super::{
+    Backend, Capabilities, Change, Condition, Entry, Object, Payload, Stopped, Store, StoreError,
+    Version,
+};
 use crate::settings::{ConfigError, Setting, StoreSettings};
 
 /// Registration of the SQLite store.
@@ -468,6 +471,108 @@ impl Pool {
     }
 }
 
+/// Writes `key` under `condition` inside the open transaction; a body in
+/// a file goes in as an empty blob of its size, then is written into it a
+/// piece at a time.
+fn put_row(
+    tx: &Connection,
+    key: &str,
+    body: &Payload,
+    condition: &Condition,
+) -> Result<Version, StoreError> {
+    let err = db_err("writing");
+    let current = current_version(tx, key).map_err(&err)?;
+    condition.check(current.as_ref(), true)?;
+    let generation = next_generation(tx).map_err(&err)?;
+    let now = OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+    // A body in a file goes in as an empty blob of its size, then
+    // is written into it a piece at a time.
+    let size = body.len() as i64;
+    let memory: &[u8] = body.as_memory().map_or(&[], |b| b);
+    let (value, placeholder): (&dyn rusqlite::ToSql, _) = match body.as_memory() {
+        Some(_) => (&memory, "?3"),
+        None => (&size, "zeroblob(?3)"),
+    };
+    let sql = if current.is_some() {
+        format!(
+            "UPDATE objects SET generation = ?2, body = {placeholder}, modified_ns = ?4 WHERE key = ?1"
+        )
+    } else {
+        format!(
+            "INSERT INTO objects (key, generation, body, modified_ns) VALUES (?1, ?2, {placeholder}, ?4)"
+        )
+    };
+    tx.execute(&sql, params![key, generation, value, now])
+        .map_err(&err)?;
+    if body.as_memory().is_none() {
+        let rowid: i64 = tx
+            .query_row("SELECT rowid FROM objects WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .map_err(&err)?;
+        file_to_blob(tx, rowid, body, &format!("writing {key}"))?;
+    }
+    Ok(Version(generation.to_string()))
+}
+
+/// Deletes `key` under `condition` inside the open transaction.
+fn delete_row(tx: &Connection, key: &str, condition: &Condition) -> Result<(), StoreError> {
+    let err = db_err("deleting");
+    let current = current_version(tx, key).map_err(&err)?;
+    condition.check(current.as_ref(), false)?;
+    tx.execute("DELETE FROM objects WHERE key = ?1", [key])
+        .map_err(&err)?;
+    Ok(())
+}
+
+/// Copies `from`, if it still has version `expected`, to the new key `to`
+/// inside the open transaction.
+fn snapshot_row(
+    tx: &Connection,
+    from: &str,
+    expected: Version,
+    to: &str,
+) -> Result<(), StoreError> {
+    let err = db_err("copying");
+    let source = current_version(tx, from).map_err(&err)?;
+    Condition::IfMatch(expected).check(source.as_ref(), true)?;
+    let target = current_version(tx, to).map_err(&err)?;
+    Condition::IfAbsent.check(target.as_ref(), true)?;
+    let generation = next_generation(tx).map_err(&err)?;
+    let now = OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
+    let (source, size): (i64, i64) = tx
+        .query_row(
+            "SELECT rowid, length(body) FROM objects WHERE key = ?1",
+            [from],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(&err)?;
+    if size <= SPOOL_THRESHOLD as i64 {
+        tx.execute(
+            "INSERT INTO objects (key, generation, modified_ns, body)
+             SELECT ?1, ?2, ?3, body FROM objects WHERE key = ?4",
+            params![to, generation, now, from],
+        )
+        .map_err(&err)?;
+    } else {
+        // A copy in SQL would hold the whole body in memory, twice.
+        // Through a file: a write to one blob handle makes SQLite
+        // forget where the other one's pages are, so reading and
+        // writing in turn would walk the page chain from the start
+        // every time.
+        let what = format!("copying {from}");
+        let staged = blob_to_file(tx, source, size as u64, &what)?;
+        tx.execute(
+            "INSERT INTO objects (key, generation, modified_ns, body)
+             VALUES (?1, ?2, ?3, zeroblob(?4))",
+            params![to, generation, now, size],
+        )
+        .map_err(&err)?;
+        file_to_blob(tx, tx.last_insert_rowid(), &staged, &what)?;
+    }
+    Ok(())
+}
+
 /// Rebuilds a table made before `body` came last (see [`SCHEMA`]), once,
 /// in one transaction; another process opening the file at the same time
 /// waits and then finds it done.
@@ -642,32 +747,7 @@ impl Store for SqliteStore {
         let (key, body) = (key.to_string(), body.clone());
         let bytes = body.len();
         self.run_write(format!("writing {key}"), bytes, move |tx| {
-            let err = db_err("writing");
-            let current = current_version(tx, &key).map_err(&err)?;
-            condition.check(current.as_ref(), true)?;
-            let generation = next_generation(tx).map_err(&err)?;
-            let now = OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
-            // A body in a file goes in as an empty blob of its size, then
-            // is written into it a piece at a time.
-            let size = body.len() as i64;
-            let memory: &[u8] = body.as_memory().map_or(&[], |b| b);
-            let (value, placeholder): (&dyn rusqlite::ToSql, _) = match body.as_memory() {
-                Some(_) => (&memory, "?3"),
-                None => (&size, "zeroblob(?3)"),
-            };
-            let sql = if current.is_some() {
-                format!("UPDATE objects SET generation = ?2, body = {placeholder}, modified_ns = ?4 WHERE key = ?1")
-            } else {
-                format!("INSERT INTO objects (key, generation, body, modified_ns) VALUES (?1, ?2, {placeholder}, ?4)")
-            };
-            tx.execute(&sql, params![key, generation, value, now]).map_err(&err)?;
-            if body.as_memory().is_none() {
-                let rowid: i64 = tx
-                    .query_row("SELECT rowid FROM objects WHERE key = ?1", [&key], |r| r.get(0))
-                    .map_err(&err)?;
-                file_to_blob(tx, rowid, &body, &format!("writing {key}"))?;
-            }
-            Ok(Version(generation.to_string()))
+            put_row(tx, &key, &body, &condition)
         })
         .await
     }
@@ -723,14 +803,58 @@ impl Store for SqliteStore {
     async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
         let key = key.to_string();
         self.run_write(format!("deleting {key}"), 0, move |tx| {
-            let err = db_err("deleting");
-            let current = current_version(tx, &key).map_err(&err)?;
-            condition.check(current.as_ref(), false)?;
-            tx.execute("DELETE FROM objects WHERE key = ?1", [&key])
-                .map_err(&err)?;
-            Ok(())
+            delete_row(tx, &key, &condition)
         })
         .await
+    }
+
+    /// All in one write of the writer thread, so in one transaction and
+    /// one commit: each change in a savepoint of its own, and the first
+    /// that fails undone alone, ending the run.
+    async fn change_all(&self, changes: Vec<Change>) -> Result<(), Stopped> {
+        let bytes = changes
+            .iter()
+            .map(|c| match c {
+                Change::Put { body, .. } => body.len() as u64,
+                _ => 0,
+            })
+            .sum();
+        let made = self
+            .run_write("changing history".into(), bytes, move |tx| {
+                let err = db_err("changing history");
+                for (at, change) in changes.into_iter().enumerate() {
+                    tx.execute_batch("SAVEPOINT change").map_err(&err)?;
+                    let made = match change {
+                        Change::Put {
+                            key,
+                            body,
+                            condition,
+                            ..
+                        } => put_row(tx, &key, &Payload::Memory(body), &condition).map(|_| ()),
+                        Change::Delete { key, condition, .. } => delete_row(tx, &key, &condition),
+                        Change::Snapshot {
+                            from,
+                            from_version,
+                            to,
+                            ..
+                        } => snapshot_row(tx, &from, from_version, &to),
+                    };
+                    if let Err(error) = made {
+                        tx.execute_batch("ROLLBACK TO change; RELEASE change")
+                            .map_err(&err)?;
+                        return Ok(Some(Stopped { at, error }));
+                    }
+                    tx.execute_batch("RELEASE change").map_err(&err)?;
+                }
+                Ok(None)
+            })
+            .await;
+        match made {
+            Ok(None) => Ok(()),
+            Ok(Some(stopped)) => Err(stopped),
+            // The transaction failed: none of them was made.
+            Err(error) => Err(Stopped { at: 0, error }),
+        }
     }
 
     /// A key lock on the file beside the database: no transaction, and it
@@ -787,44 +911,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let (from, expected, to) = (from.to_string(), from_version.clone(), to.to_string());
         self.run_write(format!("copying {from}"), 0, move |tx| {
-            let err = db_err("copying");
-            let source = current_version(tx, &from).map_err(&err)?;
-            Condition::IfMatch(expected).check(source.as_ref(), true)?;
-            let target = current_version(tx, &to).map_err(&err)?;
-            Condition::IfAbsent.check(target.as_ref(), true)?;
-            let generation = next_generation(tx).map_err(&err)?;
-            let now = OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
-            let (source, size): (i64, i64) = tx
-                .query_row(
-                    "SELECT rowid, length(body) FROM objects WHERE key = ?1",
-                    [&from],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .map_err(&err)?;
-            if size <= SPOOL_THRESHOLD as i64 {
-                tx.execute(
-                    "INSERT INTO objects (key, generation, modified_ns, body)
-                     SELECT ?1, ?2, ?3, body FROM objects WHERE key = ?4",
-                    params![to, generation, now, from],
-                )
-                .map_err(&err)?;
-            } else {
-                // A copy in SQL would hold the whole body in memory, twice.
-                // Through a file: a write to one blob handle makes SQLite
-                // forget where the other one's pages are, so reading and
-                // writing in turn would walk the page chain from the start
-                // every time.
-                let what = format!("copying {from}");
-                let staged = blob_to_file(tx, source, size as u64, &what)?;
-                tx.execute(
-                    "INSERT INTO objects (key, generation, modified_ns, body)
-                     VALUES (?1, ?2, ?3, zeroblob(?4))",
-                    params![to, generation, now, size],
-                )
-                .map_err(&err)?;
-                file_to_blob(tx, tx.last_insert_rowid(), &staged, &what)?;
-            }
-            Ok(())
+            snapshot_row(tx, &from, expected, &to)
         })
         .await
     }
@@ -975,6 +1062,38 @@ mod group_commit {
             2,
             "the held write's commit, then one for all 64 queued behind it"
         );
+    }
+
+    /// The changes of one `change_all` (a history record, its pruning and
+    /// pointer) commit together, once.
+    #[tokio::test]
+    async fn changes_made_together_commit_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_file(&dir.path().join("g.db")).unwrap();
+        let v = store
+            .put("s", Bytes::from_static(b"state"), Condition::Always)
+            .await
+            .unwrap();
+        let before = store.commits();
+        let put = |key: &str| Change::Put {
+            key: key.into(),
+            body: Bytes::from_static(b"{}"),
+            condition: Condition::Always,
+            transient: false,
+        };
+        let changes = vec![
+            Change::Snapshot {
+                from: "s".into(),
+                from_version: v,
+                to: "h/1".into(),
+                body: Payload::Memory(Bytes::new()),
+            },
+            put("h/1.json"),
+            put("h/newest.json"),
+        ];
+        store.change_all(changes).await.unwrap();
+        assert_eq!(store.commits() - before, 1);
+        assert_eq!(store.get("h/1").await.unwrap().unwrap().body, "state");
     }
 
     /// Large bodies do not share a transaction: three 5 MiB writes queued

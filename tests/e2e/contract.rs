@@ -25,7 +25,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use stategate::settings::StoreSettings;
 use stategate::stores::{
-    self, Capabilities, Condition, Entry, Spooler, Store, StoreError, Version,
+    self, Capabilities, Change, Condition, Entry, Spooler, Store, StoreError, Version,
 };
 use tempfile::TempDir;
 
@@ -39,7 +39,7 @@ macro_rules! contract_suite {
         mod $name {
             contract_suite!(@tests $kind;
                 capabilities_are_as_documented, get_put_stat_round_trip,
-                reads_follow_every_new_version,
+                reads_follow_every_new_version, change_all_stops_at_the_first_failure,
                 if_absent_refuses_an_existing_key, if_match_is_compare_and_swap,
                 recreated_object_never_matches_its_old_version, delete_honours_its_condition,
                 concurrent_creates_have_one_winner, concurrent_swaps_have_one_winner,
@@ -536,6 +536,63 @@ pub async fn reads_follow_every_new_version(fx: Fixture) {
             "round {round}"
         );
     }
+}
+
+/// `change_all` makes its changes in order, each as its own method would,
+/// and stops at the first that fails: those before it are made, it and
+/// those after it are not.
+pub async fn change_all_stops_at_the_first_failure(fx: Fixture) {
+    let store = &*fx.store;
+    let change =
+        |key: &str, body: &'static [u8], condition: Condition, transient: bool| Change::Put {
+            key: key.into(),
+            body: Bytes::from_static(body),
+            condition,
+            transient,
+        };
+    let first = put(store, "batch/a", b"a0").await;
+    put(store, "batch/gone", b"x").await;
+    let changes = vec![
+        change("batch/a", b"a1", Condition::IfMatch(first.clone()), false),
+        Change::Delete {
+            key: "batch/gone".into(),
+            condition: Condition::Always,
+            transient: true,
+        },
+        change("batch/c", b"c", Condition::IfAbsent, true),
+        // Refused: `a` is no longer at its first version.
+        change("batch/a", b"a2", Condition::IfMatch(first), false),
+        change("batch/d", b"d", Condition::Always, false),
+    ];
+    let stopped = store.change_all(changes).await.unwrap_err();
+    assert_eq!(stopped.at, 3);
+    assert!(
+        matches!(stopped.error, StoreError::PreconditionFailed),
+        "{:?}",
+        stopped.error
+    );
+    assert_eq!(body_of(store, "batch/a").await.as_deref(), Some(&b"a1"[..]));
+    assert_eq!(body_of(store, "batch/gone").await, None);
+    assert_eq!(body_of(store, "batch/c").await.as_deref(), Some(&b"c"[..]));
+    assert_eq!(body_of(store, "batch/d").await, None, "after the failure");
+
+    // A snapshot among them, and a run that goes through.
+    let a = store.stat("batch/a").await.unwrap().unwrap();
+    let changes = vec![
+        Change::Snapshot {
+            from: "batch/a".into(),
+            from_version: a,
+            to: "batch/a-copy".into(),
+            body: Bytes::from_static(b"a1").into(),
+        },
+        change("batch/d", b"d", Condition::IfAbsent, false),
+    ];
+    store.change_all(changes).await.unwrap();
+    assert_eq!(
+        body_of(store, "batch/a-copy").await.as_deref(),
+        Some(&b"a1"[..])
+    );
+    assert_eq!(body_of(store, "batch/d").await.as_deref(), Some(&b"d"[..]));
 }
 
 pub async fn if_absent_refuses_an_existing_key(fx: Fixture) {
