@@ -318,7 +318,6 @@ impl Tree {
         if !self.unnamed {
             return self.put_named(key, &parent, name, body, condition, durable);
         }
-        let io_err = |e: io::Error| StoreError::unavailable(format!("writing {key}: {e}"));
         // Read-only once in place: history hard-links these files, so an
         // edit in place would change a kept version too.
         let fd = rustix::fs::openat(
@@ -329,32 +328,22 @@ impl Tree {
         )
         .map_err(|e| translate(key, "writing", e))?;
         let mut file = File::from(fd);
-        body.copy_to(&mut file).map_err(io_err)?;
-        if durable {
-            file.sync_all().map_err(io_err)?;
-        }
-        let version = version_of(&rustix::fs::fstat(&file).map_err(|e| io_err(e.into()))?);
-
-        let guard = self.lock_guard(key)?;
-        condition.check(file_version(key, &parent, name)?.as_ref(), true)?;
-        if matches!(condition, Condition::IfAbsent) {
-            // Nothing to replace: the link is the create, and fails if a
-            // file (or a directory) got there some other way.
-            rustix::fs::linkat(&file, "", &parent, name, AtFlags::EMPTY_PATH)
-                .map_err(|e| translate(key, "writing", e))?;
-        } else {
+        let version = fill(key, &mut file, body, durable)?;
+        self.place(key, &parent, name, condition, durable, || {
+            if matches!(condition, Condition::IfAbsent) {
+                // Nothing to replace: the link is the create, and fails if a
+                // file (or a directory) got there some other way.
+                return rustix::fs::linkat(&file, "", &parent, name, AtFlags::EMPTY_PATH)
+                    .map_err(|e| translate(key, "writing", e));
+            }
             let tmp = temporary_name(TMP_MARK);
             rustix::fs::linkat(&file, "", &parent, tmp.as_str(), AtFlags::EMPTY_PATH)
                 .map_err(|e| translate(key, "writing", e))?;
-            if let Err(e) = rustix::fs::renameat(&parent, tmp.as_str(), &parent, name) {
+            rustix::fs::renameat(&parent, tmp.as_str(), &parent, name).map_err(|e| {
                 let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
-                return Err(translate(key, "writing", e));
-            }
-        }
-        drop(guard);
-        if durable {
-            rustix::fs::fsync(&parent).map_err(|e| translate(key, "syncing", e))?;
-        }
+                translate(key, "writing", e)
+            })
+        })?;
         Ok(version)
     }
 
@@ -371,30 +360,43 @@ impl Tree {
     ) -> Result<Version, StoreError> {
         let tmp = temporary_name("");
         let tmp = tmp.as_str();
-        let io_err = |e: io::Error| StoreError::unavailable(format!("writing {key}: {e}"));
         let result = (|| {
-            let mut file = create_new(&self.tmp_fd, tmp).map_err(io_err)?;
-            body.copy_to(&mut file).map_err(io_err)?;
-            if durable {
-                file.sync_all().map_err(io_err)?;
-            }
-            let version = version_of(&rustix::fs::fstat(&file).map_err(|e| io_err(e.into()))?);
+            let mut file = create_new(&self.tmp_fd, tmp)
+                .map_err(|e| StoreError::unavailable(format!("writing {key}: {e}")))?;
+            let version = fill(key, &mut file, body, durable)?;
             drop(file);
-
-            let guard = self.lock_guard(key)?;
-            condition.check(file_version(key, parent, name)?.as_ref(), true)?;
-            rustix::fs::renameat(&self.tmp_fd, tmp, parent, name)
-                .map_err(|e| translate(key, "writing", e))?;
-            drop(guard);
-            if durable {
-                rustix::fs::fsync(parent).map_err(|e| translate(key, "syncing", e))?;
-            }
+            self.place(key, parent, name, condition, durable, || {
+                rustix::fs::renameat(&self.tmp_fd, tmp, parent, name)
+                    .map_err(|e| translate(key, "writing", e))
+            })?;
             Ok(version)
         })();
         if result.is_err() {
             let _ = rustix::fs::unlinkat(&self.tmp_fd, tmp, AtFlags::empty());
         }
         result
+    }
+
+    /// Checks `condition` on `name` in `parent` and, if it holds, puts the
+    /// written file in place with `put_in_place`, both under `key`'s lock;
+    /// then, when `durable`, syncs the directory.
+    fn place(
+        &self,
+        key: &str,
+        parent: &OwnedFd,
+        name: &str,
+        condition: &Condition,
+        durable: bool,
+        put_in_place: impl FnOnce() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let guard = self.lock_guard(key)?;
+        condition.check(file_version(key, parent, name)?.as_ref(), true)?;
+        put_in_place()?;
+        drop(guard);
+        if durable {
+            rustix::fs::fsync(parent).map_err(|e| translate(key, "syncing", e))?;
+        }
+        Ok(())
     }
 
     fn delete_blocking(
@@ -576,6 +578,19 @@ impl Tree {
             None => Ok(None),
         }
     }
+}
+
+/// Writes `body` into the new file `file`, synced when `durable`, and
+/// gives its version.
+fn fill(key: &str, file: &mut File, body: &Payload, durable: bool) -> Result<Version, StoreError> {
+    let io_err = |e: io::Error| StoreError::unavailable(format!("writing {key}: {e}"));
+    body.copy_to(file).map_err(io_err)?;
+    if durable {
+        file.sync_all().map_err(io_err)?;
+    }
+    Ok(version_of(
+        &rustix::fs::fstat(&*file).map_err(|e| io_err(e.into()))?,
+    ))
 }
 
 /// Creates a new read-only file in `dir`.
