@@ -150,10 +150,10 @@ impl States {
         for _ in 0..CAS_RETRIES {
             // Stores without compare-and-swap emulate `IfMatch` as closely as
             // they can (see `Capabilities`); the condition is always sent.
-            let current = self.current(state).await?;
+            let mut current = self.current(state).await?;
             let previous_serial = current.as_ref().and_then(|c| c.head.serial);
             // Under the lease, history stays where `current` found it.
-            let history = current.as_ref().map(|c| c.history.clone());
+            let history = current.as_mut().map(|c| c.history.take());
             let condition = match current {
                 None => Condition::IfAbsent,
                 Some(cur) if cur.md5 == md5 => return Ok(WriteOutcome::Unchanged),
