@@ -182,7 +182,7 @@ impl Keyring {
     /// How many bytes sealing under the first key adds to a body of up to
     /// [`SPOOL_THRESHOLD`] bytes.
     pub fn overhead(&self) -> u64 {
-        (MAGIC.len() + 2 + self.keys[0].id.len() + NONCE_LEN + TAG_LEN) as u64
+        (header_len(self.keys[0].id.len(), NONCE_LEN) + TAG_LEN) as u64
     }
 
     /// The plaintext size of a body the first key sealed into `stored`
@@ -192,7 +192,7 @@ impl Keyring {
         if stored <= SPOOL_THRESHOLD as u64 + whole {
             return stored.saturating_sub(whole);
         }
-        let header = (MAGIC.len() + 2 + self.keys[0].id.len() + PREFIX_LEN) as u64;
+        let header = header_len(self.keys[0].id.len(), PREFIX_LEN) as u64;
         segmented_plain_len(stored.saturating_sub(header)).unwrap_or(0)
     }
 
@@ -219,7 +219,7 @@ impl Keyring {
     ) -> Result<(), StoreError> {
         let key = &self.keys[0];
         let segmented = len > SPOOL_THRESHOLD as u64;
-        let mut header = Vec::with_capacity(MAGIC.len() + 2 + key.id.len() + NONCE_LEN);
+        let mut header = Vec::with_capacity(header_len(key.id.len(), NONCE_LEN));
         header.extend_from_slice(MAGIC);
         header.push(if segmented {
             FORMAT_SEGMENTED
@@ -371,8 +371,7 @@ impl Keyring {
         stored: &Payload,
     ) -> Result<Payload, StoreError> {
         let io = |e: std::io::Error| StoreError::unavailable(format!("reading {store_key}: {e}"));
-        let mut head =
-            vec![0u8; (MAGIC.len() + 2 + 255 + NONCE_LEN + TAG_LEN).min(stored.len() as usize)];
+        let mut head = vec![0u8; (header_len(255, NONCE_LEN) + TAG_LEN).min(stored.len() as usize)];
         stored.reader().read_exact(&mut head).map_err(io)?;
         let parsed = Header::parse(&head);
         if parsed.is_none() && head.iter().any(|b| !b.is_ascii_whitespace()) {
@@ -429,6 +428,12 @@ impl Keyring {
         let len = file.metadata().map_err(spool)?.len();
         Ok(Payload::File(Arc::new(FileBody::new(file, len))))
     }
+}
+
+/// Bytes of a header with a key id of `id_len` bytes and `random` bytes
+/// of nonce (the whole nonce, or a segmented body's prefix).
+fn header_len(id_len: usize, random: usize) -> usize {
+    MAGIC.len() + 2 + id_len + random
 }
 
 /// The nonce of segment `index` of a segmented body whose nonce prefix
@@ -547,7 +552,7 @@ impl<'a> Header<'a> {
             format,
             key_id,
             nonce,
-            len: MAGIC.len() + 2 + id_len + random,
+            len: header_len(id_len, random),
         })
     }
 }
@@ -1037,7 +1042,7 @@ mod tests {
         let ring = Keyring::from_keys(&[("k1", K1)], false);
         let plain = big(SPOOL_THRESHOLD + 2 * SEGMENT + 5);
         let sealed = ring.seal("s", &plain).unwrap();
-        let header = MAGIC.len() + 2 + 2 + PREFIX_LEN;
+        let header = header_len(2, PREFIX_LEN);
         let per = SEGMENT + TAG_LEN;
         let segments: Vec<&[u8]> = sealed[header..].chunks(per).collect();
         let n = segments.len();
