@@ -55,9 +55,12 @@ pub struct ConfigArgs {
     /// Serve every URL below this path, e.g. /tfstate (behind a proxy).
     #[arg(long, global = true, value_name = "PATH")]
     pub base_path: Option<String>,
-    /// Proxies whose X-Forwarded-For is believed: CIDR ranges, comma-separated.
+    /// Proxies whose client_ip_header is believed: CIDR ranges, comma-separated.
     #[arg(long, global = true, value_name = "CIDRS")]
     pub trusted_proxies: Option<String>,
+    /// The header trusted proxies name the client in: x-forwarded-for or forwarded [default: x-forwarded-for].
+    #[arg(long, global = true, value_name = "HEADER")]
+    pub client_ip_header: Option<String>,
     /// Serve HTTPS with this certificate chain (PEM).
     #[arg(long, global = true, value_name = "FILE")]
     pub tls_cert: Option<String>,
@@ -357,6 +360,7 @@ pub fn load_settings(args: &ConfigArgs) -> Result<Settings> {
         admin_listen: args.admin_listen.clone(),
         base_path: args.base_path.clone(),
         trusted_proxies: args.trusted_proxies.clone(),
+        client_ip_header: args.client_ip_header.clone(),
         tls_cert: args.tls_cert.clone(),
         tls_key: args.tls_key.clone(),
         tls_client_ca: args.tls_client_ca.clone(),
@@ -428,6 +432,7 @@ pub async fn serve(settings: Settings, args: ConfigArgs) -> Result<()> {
     let mut app = App::new(states, settings.limits.clone(), settings.backend.name);
     app.base_path = settings.base_path.clone();
     app.trusted_proxies = settings.trusted_proxies.clone();
+    app.client_ip_header = settings.client_ip_header;
     app.auth = std::sync::RwLock::new(auth.map(Arc::new));
     app.audit = audit;
     app.origins = stategate::protocol::origin::Origins {
@@ -835,8 +840,11 @@ pub async fn check(settings: &Settings) -> Result<()> {
     Ok(())
 }
 
-fn state_ref(key: &str, workspace: Option<&str>) -> Result<StateRef> {
-    StateRef::parse(key, workspace).with_context(|| format!("invalid state key {key:?}"))
+/// The state an operator named, under its one name ([`States::canonical`]).
+fn state_ref(states: &States, key: &str, workspace: Option<&str>) -> Result<StateRef> {
+    StateRef::parse(key, workspace)
+        .map(|state| states.canonical(&state))
+        .with_context(|| format!("invalid state key {key:?}"))
 }
 
 /// `stategate state …`.
@@ -875,7 +883,7 @@ pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
             limit,
             before,
         } => {
-            let state = state_ref(&key, workspace.as_deref())?;
+            let state = state_ref(&states, &key, workspace.as_deref())?;
             let (versions, next_before) = if limit.is_none() && before.is_none() {
                 (states.history(&state).await?, None)
             } else {
@@ -908,7 +916,7 @@ pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
             workspace,
             version,
         } => {
-            let state = state_ref(&key, workspace.as_deref())?;
+            let state = state_ref(&states, &key, workspace.as_deref())?;
             let body = match version {
                 Some(n) => states.version(&state, n).await?,
                 None => states
@@ -924,7 +932,7 @@ pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
             workspace,
             force,
         } => {
-            let state = state_ref(&key, workspace.as_deref())?;
+            let state = state_ref(&states, &key, workspace.as_deref())?;
             let body = states.version(&state, version).await?;
             let opts = WriteOptions {
                 skip_lineage_check: true,
@@ -945,7 +953,7 @@ pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
             )?;
         }
         StateCommand::Purge { key, workspace } => {
-            let state = state_ref(&key, workspace.as_deref())?;
+            let state = state_ref(&states, &key, workspace.as_deref())?;
             let n = states.purge(&state).await?;
             audit.event("purge", &operator_fields(&state, &[("versions", n.into())]));
             writeln!(out, "purged {n} versions of {state}")?;
@@ -956,7 +964,7 @@ pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
             workspace,
             force,
         } => {
-            let state = state_ref(&key, workspace.as_deref())?;
+            let state = state_ref(&states, &key, workspace.as_deref())?;
             let body = if file.as_os_str() == "-" {
                 let mut buf = Vec::new();
                 std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
@@ -1110,7 +1118,7 @@ pub async fn lock(settings: &Settings, cmd: LockCommand) -> Result<()> {
             }
         }
         LockCommand::Release { key, workspace } => {
-            let state = state_ref(&key, workspace.as_deref())?;
+            let state = state_ref(&states, &key, workspace.as_deref())?;
             match states.lock_holder(&state).await? {
                 None => println!("{state} is not locked"),
                 Some(held) => {

@@ -58,6 +58,7 @@ pub struct FileConfig {
     pub admin_listen: Option<String>,
     pub base_path: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub client_ip_header: Option<String>,
     pub tls: Option<FileTls>,
     /// `none`, or the section [`FileAuth`] describes.
     pub auth: Option<serde_yaml_ng::Value>,
@@ -154,6 +155,8 @@ pub struct CliOverrides {
     pub base_path: Option<String>,
     /// Comma-separated CIDR ranges.
     pub trusted_proxies: Option<String>,
+    /// `x-forwarded-for` or `forwarded`.
+    pub client_ip_header: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     pub tls_client_ca: Option<String>,
@@ -186,8 +189,10 @@ pub struct Settings {
     /// Every URL is served below this path (`/tfstate`), or at the root
     /// when empty; never ends in `/`.
     pub base_path: String,
-    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    /// Peers whose `client_ip_header` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The one header that names the client behind a trusted proxy.
+    pub client_ip_header: crate::protocol::ClientIpHeader,
     /// Serve HTTPS with these files, when set.
     pub tls: Option<TlsFiles>,
     /// Who may do what.
@@ -344,6 +349,21 @@ pub fn resolve(
         .map(parse_cidr)
         .collect::<Result<Vec<_>, _>>()?;
 
+    let client_ip_header = match cli
+        .client_ip_header
+        .clone()
+        .or_else(|| env("STATEGATE_CLIENT_IP_HEADER"))
+        .or(file.client_ip_header.take())
+    {
+        None => crate::protocol::ClientIpHeader::default(),
+        Some(name) => crate::protocol::ClientIpHeader::parse(&name).ok_or_else(|| {
+            ConfigError::invalid(
+                "client_ip_header",
+                format!("`{name}` is not x-forwarded-for or forwarded"),
+            )
+        })?,
+    };
+
     let max_body_bytes = match cli.max_body_bytes {
         Some(v) => v,
         None => match env("STATEGATE_MAX_BODY_BYTES") {
@@ -438,6 +458,7 @@ pub fn resolve(
         admin_listen,
         base_path,
         trusted_proxies,
+        client_ip_header,
         tls,
         auth,
         audit_log,

@@ -56,8 +56,10 @@ pub struct App {
     pub limits: Limits,
     /// Every URL lives below this path (`""` for the root).
     pub base_path: String,
-    /// Peers whose forwarding headers name the real client.
+    /// Peers whose forwarding header names the real client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Which header that is.
+    pub client_ip_header: ClientIpHeader,
     /// Counters and histograms for `/metrics`.
     pub metrics: Metrics,
     /// The last store probe, for `/readyz`.
@@ -147,6 +149,7 @@ impl App {
             limits,
             base_path: String::new(),
             trusted_proxies: Vec::new(),
+            client_ip_header: ClientIpHeader::default(),
             metrics: Metrics::new(store),
             readiness: Readiness::default(),
             auth: RwLock::new(None),
@@ -311,6 +314,26 @@ impl Endpoint {
         }
     }
 
+    /// The same request with its state under its one name
+    /// ([`States::canonical`]), before any rule, lock or log sees it.
+    fn canonical(mut self, states: &States) -> Endpoint {
+        let named = match &mut self {
+            Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => None,
+            Endpoint::GetState(s)
+            | Endpoint::History(s, _)
+            | Endpoint::GetVersion(s, _)
+            | Endpoint::WriteState { state: s, .. }
+            | Endpoint::DeleteState { state: s, .. }
+            | Endpoint::Lock(s)
+            | Endpoint::Unlock(s)
+            | Endpoint::GetLock(s) => Some(s),
+        };
+        if let Some(state) = named {
+            *state = states.canonical(state);
+        }
+        self
+    }
+
     fn state(&self) -> Option<&StateRef> {
         match self {
             Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => None,
@@ -426,48 +449,92 @@ fn next_request_id() -> String {
     )
 }
 
-/// The client's address: the peer's, unless the peer is a trusted proxy;
-/// then the nearest address in `X-Forwarded-For` (or `Forwarded: for=`)
-/// that is not itself a trusted proxy.
-pub fn client_addr(trusted: &[ipnet::IpNet], peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+/// The header a trusted proxy names the client in (`client_ip_header`).
+/// Only that one is read: a client may send the other itself, and a proxy
+/// that sets only one passes the other on untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientIpHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (nginx's
+    /// `$proxy_add_x_forwarded_for`, most load balancers).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`.
+    Forwarded,
+}
+
+impl ClientIpHeader {
+    /// Parses the setting's value: `x-forwarded-for` or `forwarded`.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Some(ClientIpHeader::XForwardedFor),
+            "forwarded" => Some(ClientIpHeader::Forwarded),
+            _ => None,
+        }
+    }
+
+    /// The addresses the header lists, nearest the client first; `None`
+    /// for an entry that is not an address (`unknown`, an obfuscated node).
+    fn hops(self, headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+        let values = |name: &str| -> Vec<String> {
+            headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap_or("").to_string())
+                .collect()
+        };
+        match self {
+            ClientIpHeader::XForwardedFor => values("x-forwarded-for")
+                .iter()
+                .flat_map(|v| v.split(','))
+                .map(|a| a.trim().parse().ok())
+                .collect(),
+            ClientIpHeader::Forwarded => values("forwarded")
+                .iter()
+                .flat_map(|v| v.split(','))
+                .filter_map(|element| {
+                    let node = element.split(';').find_map(|pair| {
+                        let (k, v) = pair.trim().split_once('=')?;
+                        k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
+                    })?;
+                    let node = node.trim_matches('"');
+                    let addr = match node.strip_prefix('[') {
+                        Some(rest) => rest.split(']').next().unwrap_or(""),
+                        None => node.split(':').next().unwrap_or(""),
+                    };
+                    Some(addr.parse().ok())
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The client's address: the peer itself, or, when the peer is a trusted
+/// proxy, the address the operator's `client_ip_header` names. That header
+/// is walked from the right, the end each proxy appends to, past trusted
+/// proxies; the first address not trusted is the client. Whatever stands
+/// left of it was written by the client and is never believed, and an
+/// entry that is not an address ends the walk at the proxy that passed it.
+pub fn client_addr(
+    trusted: &[ipnet::IpNet],
+    header: ClientIpHeader,
+    peer: IpAddr,
+    headers: &HeaderMap,
+) -> IpAddr {
     let is_trusted = |a: &IpAddr| trusted.iter().any(|n| n.contains(a));
-    if !is_trusted(&peer) {
-        return peer;
+    let mut client = peer;
+    if !is_trusted(&client) {
+        return client;
     }
-    let mut chain: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|a| a.trim().parse().ok())
-        .collect();
-    if chain.is_empty() {
-        chain = headers
-            .get_all("forwarded")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split([',', ';']))
-            .filter_map(|part| {
-                let (k, v) = part.trim().split_once('=')?;
-                if !k.eq_ignore_ascii_case("for") {
-                    return None;
-                }
-                let v = v.trim_matches('"');
-                let v = match v.strip_prefix('[') {
-                    Some(rest) => rest.split(']').next()?,
-                    None => v.split(':').next()?,
-                };
-                v.parse().ok()
-            })
-            .collect();
+    for hop in header.hops(headers).into_iter().rev() {
+        let Some(addr) = hop else {
+            break;
+        };
+        client = addr;
+        if !is_trusted(&client) {
+            break;
+        }
     }
-    chain
-        .iter()
-        .rev()
-        .find(|a| !is_trusted(a))
-        .or(chain.first())
-        .copied()
-        .unwrap_or(peer)
+    client
 }
 
 /// Answers one request. Never fails: errors become responses here.
@@ -480,7 +547,12 @@ pub async fn handle(
     let request_id = next_request_id();
     let method = method_label(req.method());
     let path = req.uri().path().to_string();
-    let client = client_addr(&app.trusted_proxies, conn.peer.ip(), req.headers());
+    let client = client_addr(
+        &app.trusted_proxies,
+        app.client_ip_header,
+        conn.peer.ip(),
+        req.headers(),
+    );
     let mut ex = Exchange {
         client,
         identity: None,
@@ -504,6 +576,13 @@ pub async fn handle(
         "x-request-id",
         HeaderValue::from_str(&request_id).expect("hex is a header value"),
     );
+    // States, their history and their locks carry secrets: no cache on the
+    // way (a proxy, the client's disk) may keep a copy. The pages set their
+    // own, the same.
+    response
+        .headers_mut()
+        .entry(hyper::header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     let status = response.status();
     let bytes_out = response.body().size_hint().exact().unwrap_or(0);
     let elapsed = started.elapsed();
@@ -600,7 +679,7 @@ async fn dispatch(
         ex.state = page.state;
         return Ok(response.map(Reply::from));
     }
-    let endpoint = route(req.method(), path, req.uri().query())?;
+    let endpoint = route(req.method(), path, req.uri().query())?.canonical(&app.states);
     if !matches!(
         endpoint,
         Endpoint::Health | Endpoint::Ready | Endpoint::Metrics

@@ -4,8 +4,8 @@
 //!   to 127.0.0.1 reaches a loopback server as same-origin, and with no
 //!   `auth` section everyone may do everything. On a loopback listener
 //!   without authentication, a request must name the server in `Host` as
-//!   an IP address, `localhost`, or one of `ui.hosts` (unless a trusted
-//!   proxy relays it).
+//!   an IP address, `localhost`, or one of `ui.hosts`, also when a
+//!   trusted proxy relays it: the proxy forwards the browser's name.
 //! - Cross-site requests: a state-changing request (anything but GET and
 //!   HEAD) carrying `Sec-Fetch-Site: cross-site` (or `same-site`: another
 //!   port of the same host), or, from a browser without that header, an
@@ -52,28 +52,38 @@ impl Origins {
 }
 
 /// Refuses a request whose `Host` does not name this server, where that
-/// matters (see the module documentation). A request relayed by a trusted
-/// proxy is the proxy's to vouch for: a server published through one
-/// was put within reach of others on purpose.
+/// matters (see the module documentation). A trusted proxy forwards the
+/// browser's `Host` (`proxy_set_header Host $host`) or names it in
+/// `X-Forwarded-Host`; either way the name is the browser's, and a page
+/// whose name was rebound to the proxy's address sends its own. So the
+/// check holds behind a proxy too: every name a request carries, `Host`
+/// and (from a trusted proxy) the nearest `X-Forwarded-Host`, must be one
+/// the server answers to.
 pub fn check_host(app: &App, headers: &HeaderMap, peer: IpAddr) -> Result<(), ProtocolError> {
-    if !app.origins.rebinding_check
-        || app.auth.read().expect("auth lock").is_some()
-        || app.trusted_proxies.iter().any(|n| n.contains(&peer))
+    if !app.origins.rebinding_check || app.auth.read().expect("auth lock").is_some() {
+        return Ok(());
+    }
+    let mut names: Vec<&str> = Vec::with_capacity(2);
+    // HTTP/1.0 clients may omit `Host`; browsers never do.
+    if let Some(host) = headers.get(HOST) {
+        names.push(host.to_str().unwrap_or(""));
+    }
+    if app.trusted_proxies.iter().any(|n| n.contains(&peer))
+        && let Some(forwarded) = headers.get_all("x-forwarded-host").iter().next_back()
     {
-        return Ok(());
+        let forwarded = forwarded.to_str().unwrap_or("");
+        names.push(forwarded.rsplit(',').next().unwrap_or("").trim());
     }
-    // HTTP/1.0 clients may omit it; browsers never do.
-    let Some(host) = headers.get(HOST) else {
-        return Ok(());
-    };
-    let host = host.to_str().unwrap_or("");
-    if app.origins.host_allowed(host) {
-        return Ok(());
+    match names
+        .into_iter()
+        .find(|name| !app.origins.host_allowed(name))
+    {
+        None => Ok(()),
+        Some(host) => Err(ProtocolError::Forbidden(format!(
+            "this server does not answer to the host {host:?} (a defence against DNS rebinding); \
+             add the name to ui.hosts"
+        ))),
     }
-    Err(ProtocolError::Forbidden(format!(
-        "this server does not answer to the host {host:?} (a defence against DNS rebinding); \
-         add the name to ui.hosts"
-    )))
 }
 
 /// Refuses a state-changing request sent by a page of another site.

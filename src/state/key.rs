@@ -127,6 +127,16 @@ impl StateRef {
         format!("{}{LOCK_SUFFIX}", self.object_key(workspace_key_prefix))
     }
 
+    /// The one name of the state this names. A default-workspace key that
+    /// starts with `<workspace_key_prefix>/<workspace>/` names the same
+    /// object as the rest of it in that workspace; both spellings become
+    /// the workspace form, the one a listing shows, so rules, protection,
+    /// locks, the audit log and metrics see a state under one name only.
+    pub fn canonical(&self, workspace_key_prefix: &str) -> StateRef {
+        StateRef::from_object_key(&self.object_key(workspace_key_prefix), workspace_key_prefix)
+            .unwrap_or_else(|| self.clone())
+    }
+
     /// Recovers key and workspace from an object key found in a listing;
     /// `None` for objects that are not states (locks, stategate's own).
     pub fn from_object_key(object_key: &str, workspace_key_prefix: &str) -> Option<Self> {
@@ -137,6 +147,10 @@ impl StateRef {
             .strip_prefix(workspace_key_prefix)
             .and_then(|r| r.strip_prefix('/'))
             && let Some((ws, key)) = rest.split_once('/')
+            // The default workspace never lives below the prefix: an object
+            // at `<prefix>/default/<key>` is the default-workspace state of
+            // that whole name, not a second name of `<key>`.
+            && ws != DEFAULT_WORKSPACE
             && let Ok(r) = StateRef::parse(key, Some(ws))
         {
             return Some(r);
@@ -253,6 +267,33 @@ mod tests {
             StateRef::from_object_key(".stategate/history/app/s/v1", "workspaces"),
             None
         );
+    }
+
+    #[test]
+    fn a_state_has_one_name() {
+        let ws = StateRef::parse("prod/app", Some("staging")).unwrap();
+        let alias = StateRef::parse("workspaces/staging/prod/app", None).unwrap();
+        assert_eq!(alias.canonical("workspaces"), ws);
+        assert_eq!(ws.canonical("workspaces"), ws);
+        // Under another prefix the same key is an ordinary default-workspace key.
+        assert_eq!(alias.canonical("env:"), alias);
+        let nested = StateRef::parse("a/b", Some("dev")).unwrap();
+        assert_eq!(
+            StateRef::parse("team/ws/dev/a/b", None)
+                .unwrap()
+                .canonical("team/ws"),
+            nested
+        );
+        // `<prefix>/default/<key>` is not where the default workspace lives.
+        let odd = StateRef::parse("workspaces/default/app", None).unwrap();
+        assert_eq!(odd.canonical("workspaces"), odd);
+        assert_eq!(
+            StateRef::from_object_key("workspaces/default/app", "workspaces"),
+            Some(odd)
+        );
+        // Too short to hold a workspace and a key.
+        let short = StateRef::parse("workspaces/staging", None).unwrap();
+        assert_eq!(short.canonical("workspaces"), short);
     }
 
     #[test]

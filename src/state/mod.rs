@@ -154,6 +154,13 @@ impl States {
         &self.store
     }
 
+    /// The one name of a state as a client spelled it (see
+    /// [`StateRef::canonical`]); every entry point names states through
+    /// this before any rule sees them.
+    pub fn canonical(&self, state: &StateRef) -> StateRef {
+        state.canonical(&self.workspace_key_prefix)
+    }
+
     /// Where a state is stored.
     pub fn object_key(&self, state: &StateRef) -> String {
         state.object_key(&self.workspace_key_prefix)

@@ -442,7 +442,7 @@ impl Dashboard {
         let q = Query::parse(req.uri().query())?;
         let stale = self.stale_after_secs;
         let keyed = |raw: &str, page: &mut PageRequest| -> Result<StateRef, ProtocolError> {
-            let state = q.state(raw)?;
+            let state = app.states.canonical(&q.state(raw)?);
             page.state = Some(state.to_string());
             Ok(state)
         };
