@@ -193,22 +193,58 @@ pub fn check_owner(
     }
 }
 
-/// The `outputs` view of a state: everything but the resources, which is
-/// what `terraform_remote_state` reads. A body that is not a JSON object
-/// (an OpenTofu encrypted state) has no outputs to show and is withheld.
+/// The `outputs` view of a state: what `terraform_remote_state` reads,
+/// built from an allow-list so nothing else a state holds can pass. From a
+/// state of format 4 it keeps `version`, `terraform_version`, `serial`,
+/// `lineage` and `outputs`, with no resources; from the older formats
+/// (Terraform 0.11 and before: `modules`) the root module's outputs only,
+/// each module's resources and attributes left out. Members nobody named
+/// are dropped. A body that is not a JSON object (an OpenTofu encrypted
+/// state) has no outputs to show and is withheld.
 pub fn outputs_only(body: &Bytes) -> Result<Bytes, ProtocolError> {
-    let mut doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
-        .map_err(|_| {
-            ProtocolError::Forbidden("this state's outputs cannot be shown alone".into())
-        })?;
+    use serde_json::{Map, Value, json};
+    let mut doc: Map<String, Value> = serde_json::from_slice(body).map_err(|_| {
+        ProtocolError::Forbidden("this state's outputs cannot be shown alone".into())
+    })?;
     if doc.contains_key("encrypted_data") {
         return Err(ProtocolError::Forbidden(
             "this state is encrypted by the client; its outputs cannot be shown alone".into(),
         ));
     }
-    doc.insert("resources".into(), serde_json::Value::Array(Vec::new()));
-    doc.remove("check_results");
-    let mut out = serde_json::to_vec_pretty(&doc).expect("a JSON map serialises");
+    let mut view = Map::new();
+    for member in ["version", "terraform_version", "serial", "lineage"] {
+        if let Some(value) = doc.remove(member) {
+            view.insert(member.into(), value);
+        }
+    }
+    match doc.remove("modules") {
+        Some(Value::Array(modules)) => {
+            let root_outputs = modules
+                .into_iter()
+                .find(|m| m.get("path") == Some(&json!(["root"])))
+                .and_then(|mut m| m.get_mut("outputs").map(Value::take))
+                .filter(Value::is_object)
+                .unwrap_or_else(|| json!({}));
+            view.insert(
+                "modules".into(),
+                json!([{
+                    "path": ["root"],
+                    "outputs": root_outputs,
+                    "resources": {},
+                    "depends_on": [],
+                }]),
+            );
+        }
+        _ => {
+            let outputs = doc
+                .remove("outputs")
+                .filter(Value::is_object)
+                .unwrap_or_else(|| json!({}));
+            view.insert("outputs".into(), outputs);
+            view.insert("resources".into(), json!([]));
+        }
+    }
+    let mut out = serde_json::to_vec_pretty(&view).expect("a JSON map serialises");
     out.push(b'\n');
     Ok(Bytes::from(out))
 }
