@@ -23,6 +23,8 @@
 //! - [`ui`] is the dashboard at `/ui/` and its JSON API at `/api/v1/`:
 //!   it plugs into [`protocol`] as [`protocol::Pages`] and reads through
 //!   [`state`], [`auth`] and [`audit`]; nothing below imports it.
+//! - [`logging`] writes the text log's fields, one event to a line
+//!   whatever a client put in them.
 //! - [`metrics`] counts what `/metrics` shows, for the server and the
 //!   protocol.
 //! - [`settings`] is the leaf every layer may read: store setting tables
@@ -43,6 +45,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod loadtest;
+pub mod logging;
 pub mod metrics;
 pub mod migrate;
 #[cfg(feature = "db")]

@@ -82,6 +82,7 @@ fn init_plain_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false)
+        .fmt_fields(stategate::logging::text_fields())
         .finish()
         .with(no_sdk_traces())
         .init();
@@ -102,6 +103,7 @@ fn init_logging(settings: &Settings, serving: bool) {
         LogFormat::Json => builder.json().finish().with(no_sdk_traces()).init(),
         LogFormat::Text => builder
             .with_ansi(false)
+            .fmt_fields(stategate::logging::text_fields())
             .finish()
             .with(no_sdk_traces())
             .init(),
