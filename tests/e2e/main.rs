@@ -11,6 +11,7 @@ mod support;
 #[cfg(all(feature = "s3", feature = "oss"))]
 mod contract;
 
+mod attacks;
 mod auth;
 mod cli;
 #[cfg(all(feature = "s3", feature = "oss"))]
