@@ -46,15 +46,94 @@ impl StateHead {
 /// The top level of an incoming body, as far as deciding whether it is a
 /// state goes. `serial` and `lineage` are kept raw so that a wrong type is
 /// reported as such rather than as a parse failure.
-#[derive(Deserialize)]
+#[derive(Default)]
 struct Incoming {
     serial: Option<serde_json::Value>,
     lineage: Option<serde_json::Value>,
-    #[serde(default, deserialize_with = "count_items")]
     resources: usize,
-    encryption_version: Option<IgnoredAny>,
-    encrypted_data: Option<IgnoredAny>,
-    meta: Option<IgnoredAny>,
+    encryption_version: bool,
+    encrypted_data: bool,
+    meta: bool,
+}
+
+/// The members [`Incoming`] reads.
+const READ_MEMBERS: &[&str] = &[
+    "serial",
+    "lineage",
+    "resources",
+    "encryption_version",
+    "encrypted_data",
+    "meta",
+];
+
+/// A name folded as Go's `encoding/json` compares member names, which
+/// Terraform and OpenTofu decode states with: case-insensitively, with
+/// `ſ` (U+017F) taken as `s` and the Kelvin sign as `k`.
+pub(crate) fn go_folded(name: &str) -> String {
+    name.chars()
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+impl<'de> Deserialize<'de> for Incoming {
+    /// Reads the members the rules look at and skips the rest unread. A
+    /// member repeated, or spelled so that Terraform would take it for one
+    /// of them (`SERIAL`, `Lineage`), is refused: Terraform keeps the last
+    /// of such spellings, so the rules would judge another serial or
+    /// lineage than the one Terraform reads back.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = Incoming;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Incoming, A::Error> {
+                use serde::de::Error;
+                let mut out = Incoming::default();
+                let mut seen = [false; READ_MEMBERS.len()];
+                while let Some(name) = map.next_key::<String>()? {
+                    let Some(at) = READ_MEMBERS.iter().position(|m| *m == name) else {
+                        let folded = go_folded(&name);
+                        if let Some(member) = READ_MEMBERS.iter().find(|m| **m == folded) {
+                            return Err(A::Error::custom(format!(
+                                "it has a member {name:?}, which Terraform reads as `{member}`; \
+                                 only the exact name is accepted"
+                            )));
+                        }
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    };
+                    if std::mem::replace(&mut seen[at], true) {
+                        return Err(A::Error::duplicate_field(READ_MEMBERS[at]));
+                    }
+                    match READ_MEMBERS[at] {
+                        "serial" => out.serial = map.next_value()?,
+                        "lineage" => out.lineage = map.next_value()?,
+                        "resources" => {
+                            out.resources = map
+                                .next_value::<Option<Vec<IgnoredAny>>>()?
+                                .map_or(0, |v| v.len())
+                        }
+                        member => {
+                            let present = map.next_value::<Option<IgnoredAny>>()?.is_some();
+                            match member {
+                                "encryption_version" => out.encryption_version = present,
+                                "encrypted_data" => out.encrypted_data = present,
+                                _ => out.meta = present,
+                            }
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Members)
+    }
 }
 
 impl StateHead {
@@ -152,9 +231,7 @@ impl Incoming {
     /// The head of a body that parsed as an object: an encrypted envelope
     /// may lack `serial` and `lineage`, a plain state may not.
     fn head(self) -> Result<StateHead, StateError> {
-        let encrypted = self.encryption_version.is_some()
-            && self.encrypted_data.is_some()
-            && self.meta.is_some();
+        let encrypted = self.encryption_version && self.encrypted_data && self.meta;
         let serial = match self.serial {
             Some(v) => Some(v.as_u64().ok_or_else(|| {
                 not_a_state(format!(
@@ -406,5 +483,35 @@ mod tests {
         }
         let head = StateHead::parse_incoming_reader(&in_file(big_junk.as_bytes())).unwrap();
         assert_eq!((head.serial, head.resources), (Some(1), 3000));
+    }
+
+    #[test]
+    fn members_terraform_would_read_otherwise_are_refused() {
+        for body in [
+            &br#"{"serial":50,"lineage":"L","SERIAL":3}"#[..],
+            br#"{"Serial":3,"lineage":"L"}"#,
+            br#"{"serial":1,"lineage":"L","LINEAGE":"M"}"#,
+            "{\"\u{17f}erial\":3,\"serial\":4,\"lineage\":\"L\"}".as_bytes(),
+            br#"{"serial":1,"lineage":"L","Resources":[]}"#,
+            br#"{"serial":1,"serial":2,"lineage":"L"}"#,
+            br#"{"serial":1,"lineage":"L","resources":[],"resources":[{}]}"#,
+        ] {
+            for result in [
+                StateHead::parse_incoming(body),
+                StateHead::parse_incoming_reader(&in_file(body)),
+            ] {
+                let e = result.expect_err(&String::from_utf8_lossy(body));
+                assert!(matches!(e, StateError::BadRequest(_)), "{e}");
+            }
+        }
+        let e = StateHead::parse_incoming(br#"{"serial":1,"lineage":"L","SERIAL":3}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"SERIAL\"") && e.contains("`serial`"), "{e}");
+        // Other members are Terraform's business, in any spelling.
+        let head =
+            StateHead::parse_incoming(br#"{"serial":1,"lineage":"L","Outputs":{},"VERSION":4}"#)
+                .unwrap();
+        assert_eq!(head.serial, Some(1));
     }
 }

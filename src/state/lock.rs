@@ -93,8 +93,21 @@ impl LockInfo {
         let bad = |e: serde_json::Error| {
             StateError::BadRequest(format!("the body is not a LockInfo: {e}"))
         };
-        let fields: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(body).map_err(bad)?;
+        let members: Members = serde_json::from_slice(body).map_err(bad)?;
+        let mut fields = serde_json::Map::new();
+        let mut folded = std::collections::HashSet::new();
+        for (name, value) in members.0 {
+            // Terraform reads a holder's LockInfo with Go's decoder, which
+            // matches names case-insensitively and keeps the last: a name
+            // twice, in any spelling, would make the ID this server acts on
+            // another than the one its taker reads back.
+            if !folded.insert(super::head::go_folded(&name)) {
+                return Err(StateError::BadRequest(format!(
+                    "the LockInfo has the field `{name}` twice (names differing only in case count as one)"
+                )));
+            }
+            fields.insert(name, value);
+        }
         if fields.contains_key(OWNER_FIELD) {
             return Err(StateError::BadRequest(format!(
                 "the LockInfo field `{OWNER_FIELD}` is reserved for stategate"
@@ -115,6 +128,33 @@ impl LockInfo {
     /// else that does not parse still locks; its holder just has no ID.
     pub fn of_holder(body: &[u8]) -> Self {
         serde_json::from_slice(body).unwrap_or_default()
+    }
+}
+
+/// The members of a JSON object in the order sent, repeats kept, so that
+/// a repeated name can be refused rather than silently resolved.
+struct Members(Vec<(String, serde_json::Value)>);
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                let mut out = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    out.push(member);
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(Visit)
     }
 }
 
@@ -324,6 +364,20 @@ mod tests {
         let ok = format!(r#"{{"ID":"a","Info":"{}"}}"#, &long[1..]);
         assert_eq!(LockInfo::parse(ok.as_bytes()).unwrap().id, "a");
         assert!(LockInfo::parse(b"[]").is_err());
+    }
+
+    #[test]
+    fn repeated_lock_info_fields_are_refused() {
+        for body in [
+            &br#"{"ID":"a","Who":"w","ID":"b"}"#[..],
+            br#"{"ID":"a","id":"b"}"#,
+            br#"{"ID":"a","Who":"w","WHO":"v"}"#,
+        ] {
+            let e = LockInfo::parse(body).unwrap_err().to_string();
+            assert!(e.contains("twice"), "{e}");
+        }
+        let info = LockInfo::parse(br#"{"ID":"a","Who":"w","Info":""}"#).unwrap();
+        assert_eq!((info.id.as_str(), info.who.as_str()), ("a", "w"));
     }
 
     #[test]
