@@ -766,25 +766,7 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit.saturating_add(DRAIN_BYTES)) {
         return Err(ProtocolError::TooLarge(limit));
     }
-    let content_md5 = match req.headers().get("content-md5") {
-        None => None,
-        Some(v) => {
-            use base64::Engine;
-            let digest = v
-                .to_str()
-                .ok()
-                .and_then(|s| {
-                    base64::engine::general_purpose::STANDARD
-                        .decode(s.trim())
-                        .ok()
-                })
-                .filter(|d| d.len() == 16)
-                .ok_or_else(|| {
-                    ProtocolError::BadRequest("Content-MD5 is not base64 of 16 bytes".into())
-                })?;
-            Some(digest)
-        }
-    };
+    let header_md5 = content_md5(req.headers())?;
     let mut incoming = req.into_body();
     let mut body = Spooler::new(&spool_dir());
     let mut hasher = Md5::new();
@@ -794,6 +776,7 @@ async fn read_body(
             spool_dir().display()
         ))))
     };
+    let mut trailer_md5 = None;
     let mut seen: u64 = 0;
     let mut window_end = tokio::time::Instant::now() + RATE_WINDOW;
     let mut window_start_seen: u64 = 0;
@@ -817,8 +800,22 @@ async fn read_body(
         let Some(frame) = next else { break };
         let frame = frame
             .map_err(|e| ProtocolError::BadRequest(format!("reading the body failed: {e}")))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                // Chunked trailers: a digest sent after the body binds it
+                // as one sent before it does.
+                if let Ok(trailers) = frame.into_trailers()
+                    && let Some(digest) = content_md5(&trailers)?
+                {
+                    if trailer_md5.replace(digest).is_some() {
+                        return Err(ProtocolError::BadRequest(
+                            "Content-MD5 is given more than once".into(),
+                        ));
+                    }
+                }
+                continue;
+            }
         };
         seen += data.len() as u64;
         ex.bytes_in = seen;
@@ -842,8 +839,10 @@ async fn read_body(
     }
     let payload = body.finish().await.map_err(spool_failed)?;
     let digest = hasher.finalize();
-    if let Some(expected) = content_md5
-        && digest.as_slice() != expected.as_slice()
+    if [header_md5, trailer_md5]
+        .iter()
+        .flatten()
+        .any(|expected| digest.as_slice() != expected.as_slice())
     {
         return Err(ProtocolError::BadRequest(
             "Content-MD5 does not match the body".into(),
@@ -853,6 +852,33 @@ async fn read_body(
         payload,
         md5: head::hex(&digest),
     })
+}
+
+/// The digest a `Content-MD5` header (or trailer) gives, if one does. Two
+/// are refused, not resolved: with only the first checked, a body could
+/// carry a second digest that another reader of the request believes.
+fn content_md5(headers: &HeaderMap) -> Result<Option<Vec<u8>>, ProtocolError> {
+    use base64::Engine;
+    let mut values = headers.get_all("content-md5").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ProtocolError::BadRequest(
+            "Content-MD5 is given more than once".into(),
+        ));
+    }
+    value
+        .to_str()
+        .ok()
+        .and_then(|s| {
+            base64::engine::general_purpose::STANDARD
+                .decode(s.trim())
+                .ok()
+        })
+        .filter(|d| d.len() == 16)
+        .map(Some)
+        .ok_or_else(|| ProtocolError::BadRequest("Content-MD5 is not base64 of 16 bytes".into()))
 }
 
 /// A request body, read whole (in memory or spooled) and hashed once.
