@@ -471,3 +471,130 @@ fn attack_state_answers_are_never_cached() {
         assert_eq!(cache, Some("no-store"), "{url}");
     }
 }
+
+#[test]
+fn attack_case_variants_of_serial_and_lineage_are_refused() {
+    let peer = LocalPeer::new();
+    let server = Server::start(&peer);
+    let url = server.state_url("fold/app");
+    let first = state_doc("a2000000-0000-4000-8000-000000000007", 5, "kept");
+    assert_eq!(http("POST", &url, &first).0, 200);
+    // stategate would read serial 50; Terraform, which matches member
+    // names case-insensitively and keeps the last, would read 3.
+    let text_of = |doc: &[u8]| String::from_utf8(doc.to_vec()).unwrap();
+    for smuggled in [
+        text_of(&state_doc("a2000000-0000-4000-8000-000000000007", 50, "x")).replacen(
+            '{',
+            "{\"SERIAL\": 3,",
+            1,
+        ),
+        text_of(&state_doc("a2000000-0000-4000-8000-000000000007", 50, "x")).replacen(
+            '{',
+            "{\"Lineage\": \"other\",",
+            1,
+        ),
+        text_of(&state_doc("a2000000-0000-4000-8000-000000000007", 50, "x")).replacen(
+            '{',
+            "{\"\u{17f}erial\": 3,",
+            1,
+        ),
+    ] {
+        let (status, answer) = http("POST", &url, smuggled.as_bytes());
+        assert_eq!(status, 400, "{smuggled}: {}", text(&answer));
+        assert!(
+            text(&answer).contains("Terraform reads as"),
+            "{}",
+            text(&answer)
+        );
+    }
+    assert_eq!(http("GET", &url, b"").1, first, "a refused body was stored");
+}
+
+#[test]
+fn attack_lock_info_with_a_repeated_id_is_refused() {
+    let peer = LocalPeer::new();
+    let server = Server::start(&peer);
+    let url = server.state_url("dup/app");
+    for body in [
+        r#"{"ID":"f0000000-0000-4000-8000-00000000000a","Who":"a","ID":"f0000000-0000-4000-8000-00000000000b"}"#,
+        r#"{"ID":"f0000000-0000-4000-8000-00000000000a","id":"f0000000-0000-4000-8000-00000000000b"}"#,
+    ] {
+        let (status, answer) = http("LOCK", &url, body.as_bytes());
+        assert_eq!(status, 400, "{body}: {}", text(&answer));
+        assert!(text(&answer).contains("twice"), "{}", text(&answer));
+    }
+    // Nothing was locked: a lock can be taken and released as usual.
+    let lock = lock_info("f0000000-0000-4000-8000-00000000000c", "me");
+    assert_eq!(http("LOCK", &url, &lock).0, 200);
+    assert_eq!(http("UNLOCK", &url, &lock).0, 200);
+}
+
+/// Sends a chunked request whose body is `body` in one chunk and whose
+/// trailers are `trailers`; returns the status and the response body.
+fn chunked_with_trailers(url: &str, path: &str, body: &[u8], trailers: &str) -> (u16, Vec<u8>) {
+    let addr = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\nTrailer: Content-MD5\r\nConnection: close\r\n\r\n{:x}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request.extend_from_slice(format!("\r\n0\r\n{trailers}\r\n").as_bytes());
+    stream.write_all(&request).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read response");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
+    let status = text(&response[..split])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, response[split + 4..].to_vec())
+}
+
+#[test]
+fn attack_content_md5_is_checked_wherever_it_is_sent() {
+    use md5::{Digest, Md5};
+    let peer = LocalPeer::new();
+    let server = Server::start(&peer);
+    let doc = state_doc("a3000000-0000-4000-8000-000000000008", 1, "md5");
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let right = b64(&Md5::digest(&doc));
+    let wrong = b64(&Md5::digest(b"something else"));
+    // Two headers: refused, whichever comes first.
+    let own = server.url.trim_start_matches("http://").to_string();
+    for (a, b) in [(&right, &wrong), (&wrong, &right)] {
+        let (status, _, answer) = exchange(
+            &server.url,
+            &format!(
+                "POST /states/md5/two HTTP/1.1\r\nHost: {own}\r\nContent-MD5: {a}\r\nContent-MD5: {b}"
+            ),
+            &doc,
+        );
+        assert_eq!(status, 400, "{}", text(&answer));
+    }
+    assert_eq!(http("GET", &server.state_url("md5/two"), b"").0, 404);
+    // A digest in the trailers binds the body like one in the head.
+    let (status, answer) = chunked_with_trailers(
+        &server.url,
+        "/states/md5/trailer",
+        &doc,
+        &format!("Content-MD5: {wrong}\r\n"),
+    );
+    assert_eq!(status, 400, "{}", text(&answer));
+    assert_eq!(http("GET", &server.state_url("md5/trailer"), b"").0, 404);
+    let (status, answer) = chunked_with_trailers(
+        &server.url,
+        "/states/md5/trailer",
+        &doc,
+        &format!("Content-MD5: {right}\r\n"),
+    );
+    assert_eq!(status, 200, "{}", text(&answer));
+}
