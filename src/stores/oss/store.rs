@@ -24,7 +24,10 @@ use time::format_description::well_known::Rfc3339;
 use super::config::OssConfig;
 use super::error::{api_code, xml_text};
 use crate::stores::bucket::{BucketSeen, bounded, compare_first};
-use crate::stores::{Capabilities, Condition, Entry, Object, Store, StoreError, Version};
+use crate::stores::payload::{FileBody, SPOOL_THRESHOLD, spool_dir};
+use crate::stores::{
+    Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version,
+};
 
 /// How long to wait for a TCP/TLS connection to the endpoint (less when
 /// `timeout` is shorter).
@@ -293,6 +296,11 @@ impl Store for OssStore {
         self.bounded(&what, self.get_unbounded(key)).await
     }
 
+    async fn read(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
+        let what = format!("reading {}", self.object_name(key));
+        self.bounded(&what, self.read_unbounded(key)).await
+    }
+
     async fn put(
         &self,
         key: &str,
@@ -344,6 +352,53 @@ impl OssStore {
                     }));
                 }
                 // Replaced or deleted between the HEAD and the GET: look again.
+                Err(e) if matches!(api_code(&e), Some("PreconditionFailed" | "NoSuchKey")) => {
+                    continue;
+                }
+                Err(e) => return Err(self.error(&format!("reading {name}"), e)),
+            }
+        }
+        Err(StoreError::unavailable(format!(
+            "reading {name}: the object kept changing; try again"
+        )))
+    }
+
+    /// Like [`Self::get_unbounded`], with the body written as it arrives
+    /// into an unnamed file: the SDK streams a download only into a file
+    /// it names, so it is given the unnamed file's `/proc/self/fd` name.
+    /// A state is never held whole in memory while a client downloads it,
+    /// and a crash leaves nothing behind. Bodies up to
+    /// [`SPOOL_THRESHOLD`] are then read into memory.
+    async fn read_unbounded(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
+        use std::os::fd::AsRawFd;
+        let name = self.object_name(key);
+        let spool_err = |e: std::io::Error| {
+            StoreError::unavailable(format!("reading {name}: spooling the body: {e}"))
+        };
+        for _ in 0..READ_RETRIES {
+            let Some(etag) = self.head_etag(&name).await? else {
+                return Ok(None);
+            };
+            let options = GetObjectOptionsBuilder::new()
+                .if_match(format!("\"{etag}\""))
+                .build();
+            let file = tempfile::tempfile_in(spool_dir()).map_err(spool_err)?;
+            let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+            match self
+                .client
+                .get_object_to_file(&self.bucket, &name, &path, Some(options))
+                .await
+            {
+                Ok(_) => {
+                    let len = file.metadata().map_err(spool_err)?.len();
+                    let body = Payload::File(std::sync::Arc::new(FileBody::new(file, len)));
+                    let body = if len <= SPOOL_THRESHOLD as u64 {
+                        Payload::Memory(body.to_bytes().await?)
+                    } else {
+                        body
+                    };
+                    return Ok(Some((body, Version(etag))));
+                }
                 Err(e) if matches!(api_code(&e), Some("PreconditionFailed" | "NoSuchKey")) => {
                     continue;
                 }

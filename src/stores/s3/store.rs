@@ -14,7 +14,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
 use aws_smithy_http_client::tls;
 use base64::Engine;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use md5::{Digest, Md5};
 use time::OffsetDateTime;
 
@@ -23,8 +23,10 @@ use super::error::Failure;
 use crate::stores::bucket::{
     BucketSeen, CONFLICT_RETRIES, bounded, compare_first, conflict_backoff, network_cause,
 };
+use crate::stores::payload::spool_dir;
 use crate::stores::{
-    Capabilities, Condition, Entry, Object, PROBE_PREFIX, Store, StoreError, Version,
+    Capabilities, Condition, Entry, Object, PROBE_PREFIX, Payload, Spooler, Store, StoreError,
+    Version,
 };
 
 /// Longest wait for a TCP connection to the S3 server.
@@ -239,6 +241,24 @@ impl Bucket {
     }
 
     async fn get_once(&self, key: &str) -> Result<Option<Object>, Failure> {
+        Ok(self
+            .fetch_once(key, false)
+            .await?
+            .map(|(body, version)| Object {
+                body: body.as_memory().cloned().unwrap_or_default(),
+                version,
+            }))
+    }
+
+    /// Reads an object as its bytes arrive: into memory, or, with `spool`,
+    /// into an unnamed file once it passes
+    /// [`crate::stores::payload::SPOOL_THRESHOLD`], so a large
+    /// state is never held whole in memory while a client downloads it.
+    async fn fetch_once(
+        &self,
+        key: &str,
+        spool: bool,
+    ) -> Result<Option<(Payload, Version)>, Failure> {
         let what = format!("reading {key}");
         let result = self
             .client
@@ -263,19 +283,33 @@ impl Bucket {
                 "{what}: the server answered without an ETag"
             ))));
         }
-        let body = output
-            .body
-            .collect()
-            .await
-            .map_err(|e| {
-                Failure::Store(StoreError::unavailable(format!(
-                    "{what}: the connection to {} broke: {}",
-                    self.location,
-                    network_cause(&e)
-                )))
-            })?
-            .into_bytes();
-        Ok(Some(Object { body, version }))
+        let broke = |cause: String| {
+            Failure::Store(StoreError::unavailable(format!(
+                "{what}: the connection to {} broke: {cause}",
+                self.location
+            )))
+        };
+        let mut stream = output.body;
+        let mut memory = BytesMut::new();
+        let mut spooler = spool.then(|| Spooler::new(&spool_dir()));
+        while let Some(piece) = stream.next().await {
+            let piece = piece.map_err(|e| broke(network_cause(&e)))?;
+            match spooler.as_mut() {
+                Some(spooler) => spooler
+                    .push(&piece)
+                    .await
+                    .map_err(|e| broke(format!("spooling the body: {e}")))?,
+                None => memory.extend_from_slice(&piece),
+            }
+        }
+        let body = match spooler {
+            Some(spooler) => spooler
+                .finish()
+                .await
+                .map_err(|e| broke(format!("spooling the body: {e}")))?,
+            None => Payload::Memory(memory.freeze()),
+        };
+        Ok(Some((body, version)))
     }
 
     /// The ETag of an object, `None` when it does not exist, as the
@@ -373,6 +407,17 @@ impl Store for S3Store {
         self.bounded(&what, async {
             self.0
                 .get_once(key)
+                .await
+                .map_err(|f| f.into_store_error(&what))
+        })
+        .await
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
+        let what = format!("reading {key}");
+        self.bounded(&what, async {
+            self.0
+                .fetch_once(key, true)
                 .await
                 .map_err(|f| f.into_store_error(&what))
         })
