@@ -89,6 +89,7 @@ pub struct Metrics {
     store_errors: Family<StoreLabels, Counter>,
     connections_refused: Counter,
     requests_timed_out: Counter,
+    downloads_cut: Counter,
     auth_failures: Counter,
     states: Gauge,
     locks_held: Gauge,
@@ -159,6 +160,12 @@ impl Metrics {
             "Connections closed by header_timeout and uploads cut off by body_min_rate",
             requests_timed_out.clone(),
         );
+        let downloads_cut = Counter::default();
+        registry.register(
+            "stategate_downloads_cut",
+            "Responses cut off because the client stopped taking them (no byte for idle_timeout, or slower than body_min_rate)",
+            downloads_cut.clone(),
+        );
         let auth_failures = Counter::default();
         registry.register(
             "stategate_auth_failures",
@@ -195,6 +202,7 @@ impl Metrics {
             store_errors,
             connections_refused,
             requests_timed_out,
+            downloads_cut,
             auth_failures,
             states,
             locks_held,
@@ -263,6 +271,11 @@ impl Metrics {
 
     pub fn request_timed_out(&self) {
         self.requests_timed_out.inc();
+    }
+
+    /// A response was cut off because its client stopped reading it.
+    pub fn download_cut(&self) {
+        self.downloads_cut.inc();
     }
 
     /// Whether the state and lock counts are due for a refresh; marks them

@@ -212,6 +212,14 @@ struct Activity {
     /// Requests being handled or answered (their response bodies not yet
     /// written out).
     in_flight: AtomicUsize,
+    /// Bytes the socket has taken.
+    written: AtomicU64,
+    /// Milliseconds since `start` (plus one, so 0 means none) since the
+    /// socket has refused more bytes: the client is not reading what we
+    /// have to send. Cleared by the next write it takes.
+    blocked_since_ms: AtomicU64,
+    /// Whether the socket refused bytes in the current rate window.
+    blocked_in_window: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -221,6 +229,9 @@ impl Activity {
             last_io_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(1),
             in_flight: AtomicUsize::new(0),
+            written: AtomicU64::new(0),
+            blocked_since_ms: AtomicU64::new(0),
+            blocked_in_window: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -245,6 +256,23 @@ impl Activity {
         self.last_io_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
+    fn wrote_bytes(&self, n: usize) {
+        self.wrote();
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        self.blocked_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    fn write_blocked(&self) {
+        let now = self.now_ms();
+        let _ = self.blocked_since_ms.compare_exchange(
+            0,
+            now + 1,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        self.blocked_in_window.store(true, Ordering::Relaxed);
+    }
+
     fn begin_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_started_ms.store(0, Ordering::Relaxed);
@@ -255,10 +283,18 @@ impl Activity {
         self.in_flight.load(Ordering::Relaxed) > 0
     }
 
-    /// Why the connection should be closed now, if it should.
+    /// Why the connection should be closed now, if it should. While a
+    /// request is in flight only its answer is timed: the handler may wait
+    /// on the store as long as the store takes, but a client that takes
+    /// no byte of the answer for `idle_timeout` is gone or hostile, and
+    /// would otherwise hold the connection and whatever the answer holds.
     fn expired(&self, limits: &Limits) -> Option<&'static str> {
         if self.in_flight() {
-            return None;
+            let blocked = self.blocked_since_ms.load(Ordering::Relaxed);
+            let stalled = blocked != 0
+                && self.now_ms().saturating_sub(blocked - 1)
+                    >= limits.idle_timeout.as_millis() as u64;
+            return stalled.then_some(SEND_STALLED);
         }
         let now = self.now_ms();
         let head = self.head_started_ms.load(Ordering::Relaxed);
@@ -272,6 +308,44 @@ impl Activity {
 }
 
 const HEAD_TIMED_OUT: &str = "the request head did not arrive within header_timeout";
+const SEND_STALLED: &str = "the client took no byte of the answer for idle_timeout";
+const SEND_TOO_SLOW: &str = "the client took the answer slower than body_min_rate";
+
+/// The window over which a download must average `body_min_rate`.
+const SEND_RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// The minimum download rate, checked once per window: a window in which
+/// the socket refused bytes (so the answer was waiting on the client, not
+/// on the store) and took fewer than `body_min_rate` per second of it.
+struct SendRate {
+    window_end: Instant,
+    written_at_start: u64,
+}
+
+impl SendRate {
+    fn new(activity: &Activity) -> Self {
+        SendRate {
+            window_end: Instant::now() + SEND_RATE_WINDOW,
+            written_at_start: activity.written.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the window just ended was too slow; starts the next one.
+    fn too_slow(&mut self, activity: &Activity, min_rate: u64) -> bool {
+        if Instant::now() < self.window_end {
+            return false;
+        }
+        let written = activity.written.load(Ordering::Relaxed);
+        let blocked = activity.blocked_in_window.swap(false, Ordering::Relaxed);
+        let slow = min_rate > 0
+            && activity.in_flight()
+            && blocked
+            && written - self.written_at_start < min_rate * SEND_RATE_WINDOW.as_secs();
+        self.window_end = Instant::now() + SEND_RATE_WINDOW;
+        self.written_at_start = written;
+        slow
+    }
+}
 
 /// A request in flight; dropped when its response body has been written.
 struct InFlight(Arc<Activity>);
@@ -331,6 +405,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     }
 }
 
+impl<S> Watched<S> {
+    fn note_write(&self, result: &Poll<std::io::Result<usize>>) {
+        match result {
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.wrote_bytes(*n),
+            Poll::Pending => self.activity.write_blocked(),
+            _ => {}
+        }
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -338,9 +422,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.stream).poll_write(cx, data);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.wrote();
-        }
+        self.note_write(&result);
         result
     }
 
@@ -350,9 +432,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.wrote();
-        }
+        self.note_write(&result);
         result
     }
 
@@ -410,6 +490,7 @@ where
     let tick = (limits.header_timeout.min(limits.idle_timeout) / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut ticker = tokio::time::interval(tick);
+    let mut send_rate = SendRate::new(&activity);
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -418,10 +499,20 @@ where
                 if stopping && !activity.in_flight() {
                     return Ok(());
                 }
-                if let Some(why) = activity.expired(&limits) {
-                    tracing::debug!(reason = why, "closing connection");
+                let why = activity.expired(&limits).or_else(|| {
+                    send_rate
+                        .too_slow(&activity, limits.body_min_rate)
+                        .then_some(SEND_TOO_SLOW)
+                });
+                if let Some(why) = why {
                     if why == HEAD_TIMED_OUT {
                         app.metrics.request_timed_out();
+                        tracing::debug!(reason = why, "closing connection");
+                    } else if why == SEND_STALLED || why == SEND_TOO_SLOW {
+                        app.metrics.download_cut();
+                        tracing::info!(reason = why, "answer cut off: closing connection");
+                    } else {
+                        tracing::debug!(reason = why, "closing connection");
                     }
                     return Ok(());
                 }
