@@ -796,12 +796,14 @@ pub async fn rekey(settings: &Settings) -> Result<()> {
     bar.finish_and_clear();
     println!(
         "rekey under `{}`: {} re-sealed, {} sealed for the first time, {} already current, \
-         {} changed meanwhile (written under the current key), {} bytes read",
+         {} changed meanwhile (written under the current key), {} history records re-sealed, \
+         {} bytes read",
         keys.sealing_id(),
         report.resealed,
         report.sealed,
         report.current,
         report.raced,
+        report.records,
         report.bytes
     );
     Ok(())

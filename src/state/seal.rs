@@ -33,18 +33,28 @@
 //! restore copies bytes that open where they land, but a sealed body moved
 //! to another state does not open.
 //!
-//! Locks, leases and history records stay clear: they hold no secret, and
-//! locks stay readable by Terraform's native backends. Which store keys
-//! hold bodies is decided by [`logical_key`]: a state object, or a kept
-//! version under the history prefix.
+//! Locks and leases stay clear: they hold no secret, and locks stay
+//! readable by Terraform's native backends. Which store keys hold bodies
+//! is decided by [`logical_key`]: a state object, or a kept version under
+//! the history prefix. History records stay clear but for their MD5 of the
+//! body ([`record_state`] says which objects are records): an MD5 in clear
+//! would confirm a guess of a state's content to anyone who can read the
+//! store, so it is sealed too (bound to its state), and opened again on
+//! its way out, so every reader above sees the record as it was written.
+//! A record written in clear (before encryption, or by an older release)
+//! is read as it is, and sealed by `stategate rekey`.
 //!
 //! The first key of `encryption.keys` seals; every listed key opens, so
 //! keys rotate by putting the new one first and running `stategate rekey`.
 //! A body found unsealed (a store being adopted) is served with a warning,
 //! or refused with `require_sealed: true`. A body that does not open names
 //! the key it was sealed with and answers 503: Terraform gets an error,
-//! never garbage, and nothing is overwritten because every write reads the
-//! current state first.
+//! never garbage. Nor is such a body replaced or deleted: a key that is
+//! missing, or configured with other material under the same id, would
+//! otherwise accept writes its owner can read and no one else, and bury
+//! the state that no longer opens. So every put or delete of a state object
+//! first proves that the keys open the body it replaces (the first segment
+//! of a large one, which opens only under the key that sealed it).
 //!
 //! A large body is opened into an unnamed file in the spool directory
 //! (`TMPDIR`), as an upload is spooled there before it is sealed: with
@@ -60,7 +70,7 @@ use async_trait::async_trait;
 use base64::Engine;
 use bytes::Bytes;
 
-use super::history::HISTORY_PREFIX;
+use super::history::{HISTORY_PREFIX, POINTER_NAME};
 use super::key::{LOCK_SUFFIX, RESERVED_PREFIX};
 use crate::settings::{ConfigError, EncryptionSettings, KeySource};
 use crate::stores::payload::{CHUNK_BYTES, FileBody, SPOOL_THRESHOLD, spool_dir};
@@ -112,6 +122,49 @@ pub fn decode_key(text: &str) -> Result<[u8; KEY_LEN], String> {
         .map_err(|_| format!("holds {} bytes, not {KEY_LEN}", bytes.len()))
 }
 
+/// Checks that only its owner may read or change a key file, as ssh does
+/// for private keys: a key others can read is no secret, and one others
+/// can change may be swapped. Such a file stops start-up under
+/// `require_sealed` (naming `setting`) and is warned about otherwise.
+fn check_key_file_mode(
+    path: &std::path::Path,
+    id: &str,
+    setting: &str,
+    require_sealed: bool,
+) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| {
+            ConfigError::invalid(
+                setting,
+                format!("key `{id}`: cannot read {}: {e}", path.display()),
+            )
+        })?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    let access = if mode & 0o044 != 0 {
+        "readable"
+    } else {
+        "writable"
+    };
+    let why = format!(
+        "key `{id}`: {} is {access} by group or others (mode {mode:04o}); `chmod 600` it",
+        path.display()
+    );
+    if require_sealed {
+        return Err(ConfigError::invalid(
+            setting,
+            format!("{why} (encryption.require_sealed refuses such a key)"),
+        ));
+    }
+    tracing::warn!(setting, "{why}");
+    Ok(())
+}
+
 /// A new random key, base64, as `stategate gen-key` writes it.
 pub fn generate_key() -> Result<String, String> {
     let mut key = [0u8; KEY_LEN];
@@ -130,15 +183,17 @@ impl Keyring {
         for (i, k) in settings.keys.iter().enumerate() {
             let at = format!("encryption.keys[{i}]");
             let (text, from) = match &k.source {
-                KeySource::File(path) => (
-                    std::fs::read_to_string(path).map_err(|e| {
+                KeySource::File(path) => {
+                    let from = format!("{at}.file");
+                    let text = std::fs::read_to_string(path).map_err(|e| {
                         ConfigError::invalid(
-                            &format!("{at}.file"),
+                            &from,
                             format!("key `{}`: cannot read {}: {e}", k.id, path.display()),
                         )
-                    })?,
-                    format!("{at}.file"),
-                ),
+                    })?;
+                    check_key_file_mode(path, &k.id, &from, settings.require_sealed)?;
+                    (text, from)
+                }
                 KeySource::Env(var) => (
                     env(var).ok_or_else(|| {
                         ConfigError::invalid(
@@ -417,6 +472,47 @@ impl Keyring {
         Ok(Payload::File(Arc::new(FileBody::new(file, len))))
     }
 
+    /// Proves that these keys open the state body `stored` at `store_key`
+    /// (a state object) before a change replaces or deletes it, without
+    /// opening all of a large one: the whole of a one-message body, the
+    /// first segment of a segmented one, which opens only under the key
+    /// that sealed the body. An unsealed body passes: replacing it seals
+    /// it. The error names the key that sealed it.
+    fn prove_opens(&self, store_key: &str, stored: &Payload) -> Result<(), StoreError> {
+        let io = |e: std::io::Error| StoreError::unavailable(format!("reading {store_key}: {e}"));
+        let mut head = vec![0u8; (header_len(255, NONCE_LEN) + TAG_LEN).min(stored.len() as usize)];
+        stored.reader().read_exact(&mut head).map_err(io)?;
+        let Some(header) = Header::parse(&head) else {
+            return match self.open_as(store_key, store_key, &head, false)? {
+                Opened::Clear => Ok(()),
+                Opened::Sealed { .. } => Err(tampered(store_key, None)),
+            };
+        };
+        let key = self.key_for(store_key, &header)?;
+        let aad = associated_data(&head[..header.len], store_key);
+        let refused = |_| tampered(store_key, Some(&key.id));
+        let sealed_len = stored.len() - header.len as u64;
+        let mut reader = stored.reader().skip_to(header.len as u64);
+        let per = (SEGMENT + TAG_LEN) as u64;
+        let (nonce, take) = if header.format == FORMAT_SEGMENTED {
+            if segmented_plain_len(sealed_len).is_none() {
+                return Err(tampered(store_key, Some(&key.id)));
+            }
+            let last = sealed_len <= per;
+            (segment_nonce(&header.nonce, 0, last), sealed_len.min(per))
+        } else {
+            (header.nonce, sealed_len)
+        };
+        let mut sealed = Vec::with_capacity(take as usize);
+        (&mut reader)
+            .take(take)
+            .read_to_end(&mut sealed)
+            .map_err(io)?;
+        key.cipher
+            .decrypt_in_place(&Nonce::from(nonce), &aad, &mut sealed)
+            .map_err(refused)
+    }
+
     /// Seals a large body into an unnamed file in the spool directory.
     fn seal_payload(&self, logical: &str, plain: &Payload) -> Result<Payload, StoreError> {
         let spool =
@@ -506,12 +602,15 @@ pub enum Opened {
 }
 
 fn tampered(store_key: &str, key_id: Option<&str>) -> StoreError {
-    StoreError::unavailable(format!(
-        "{store_key} does not open{}: it was changed after sealing, or sealed for another state",
-        key_id
-            .map(|id| format!(" with key `{id}`"))
-            .unwrap_or_default()
-    ))
+    StoreError::unavailable(match key_id {
+        Some(id) => format!(
+            "{store_key} does not open with key `{id}`: the key configured as `{id}` is not \
+             the one that sealed it, or it was changed after sealing, or sealed for another state"
+        ),
+        None => format!(
+            "{store_key} does not open: it was changed after sealing, or sealed for another state"
+        ),
+    })
 }
 
 fn associated_data(header: &[u8], logical: &str) -> Vec<u8> {
@@ -572,8 +671,124 @@ pub fn logical_key(store_key: &str) -> Option<&str> {
     Some(store_key)
 }
 
-/// A store whose state bodies are sealed: every other object passes
-/// through unchanged.
+/// The state a store key holds a history record of: a numbered version's
+/// record (`<n>.json`) or the pointer holding a copy of the newest one.
+/// `None` for everything else.
+pub fn record_state(store_key: &str) -> Option<&str> {
+    let rest = store_key.strip_prefix(HISTORY_PREFIX)?;
+    let (state, file) = rest.rsplit_once('/')?;
+    let numbered = file
+        .strip_suffix(".json")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    (numbered || file == POINTER_NAME).then_some(state)
+}
+
+/// Marks a sealed MD5 in a history record; a clear one is 32 hex digits.
+const SEALED_DIGEST: &str = "sealed:";
+
+/// The `md5` of a history record, or of the newest record a pointer
+/// holds; `None` in anything else.
+fn md5_field(record: &mut serde_json::Value) -> Option<&mut serde_json::Value> {
+    let record = record.as_object_mut()?;
+    if record.contains_key("newest") {
+        record.get_mut("newest")?.get_mut("md5")
+    } else {
+        record.get_mut("md5")
+    }
+}
+
+fn is_clear_md5(text: &str) -> bool {
+    text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// What sealing an MD5 of `state` binds it to: the state, and that it is a
+/// digest, so it never opens as a body.
+fn digest_context(state: &str) -> String {
+    format!("{state}\0md5")
+}
+
+impl Keyring {
+    /// A history record (or pointer) of `state` as it is stored: its MD5
+    /// sealed, since the MD5 of a state in clear confirms a guess of its
+    /// content to whoever can read the store. `None`: nothing to seal (no
+    /// MD5, or one sealed already).
+    fn seal_record(&self, state: &str, record: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(record) else {
+            return Ok(None);
+        };
+        let Some(field) = md5_field(&mut doc) else {
+            return Ok(None);
+        };
+        let Some(md5) = field.as_str().filter(|m| is_clear_md5(m)) else {
+            return Ok(None);
+        };
+        let sealed = self.seal(&digest_context(state), md5.as_bytes())?;
+        *field = format!(
+            "{SEALED_DIGEST}{}",
+            base64::engine::general_purpose::STANDARD.encode(sealed)
+        )
+        .into();
+        Ok(Some(
+            serde_json::to_vec(&doc)
+                .expect("a record serialises")
+                .into(),
+        ))
+    }
+
+    /// A stored history record (or pointer) of `state` with its MD5 opened,
+    /// and whether the first key sealed it; `None` when its MD5 is not
+    /// sealed (written before sealing or without encryption), to be used as
+    /// it is. An MD5 that does not open is refused as a body would be.
+    fn open_record(
+        &self,
+        store_key: &str,
+        state: &str,
+        record: &[u8],
+    ) -> Result<Option<(Bytes, bool)>, StoreError> {
+        let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(record) else {
+            return Ok(None);
+        };
+        let Some(field) = md5_field(&mut doc) else {
+            return Ok(None);
+        };
+        let Some(sealed) = field.as_str().and_then(|m| m.strip_prefix(SEALED_DIGEST)) else {
+            return Ok(None);
+        };
+        let sealed = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .map_err(|_| tampered(store_key, None))?;
+        let (md5, current_key) =
+            match self.open_as(store_key, &digest_context(state), &sealed, false)? {
+                Opened::Sealed { plain, current_key } => (plain, current_key),
+                Opened::Clear => return Err(tampered(store_key, None)),
+            };
+        let md5 = String::from_utf8(md5).map_err(|_| tampered(store_key, None))?;
+        *field = md5.into();
+        let opened = serde_json::to_vec(&doc).expect("a record serialises");
+        Ok(Some((opened.into(), current_key)))
+    }
+
+    /// A stored history record of `state` with its MD5 sealed under the
+    /// first key, for `stategate rekey`; `None` when it already is (or
+    /// holds no MD5).
+    fn reseal_record(
+        &self,
+        store_key: &str,
+        state: &str,
+        record: &[u8],
+    ) -> Result<Option<Bytes>, StoreError> {
+        match self.open_record(store_key, state, record)? {
+            Some((_, true)) => Ok(None),
+            Some((opened, false)) => self.seal_record(state, &opened),
+            None => self.seal_record(state, record),
+        }
+    }
+}
+
+/// A store whose state bodies are sealed, and the MD5s in whose history
+/// records are sealed too: every other object passes through unchanged.
+/// A change that replaces or deletes a state body first proves that the
+/// keys open the body it replaces.
 pub struct SealedStore {
     inner: Arc<dyn Store>,
     keys: Arc<Keyring>,
@@ -586,6 +801,15 @@ impl SealedStore {
     }
 
     fn open_object(&self, key: &str, obj: Object) -> Result<Object, StoreError> {
+        if let Some(state) = record_state(key) {
+            return Ok(match self.keys.open_record(key, state, &obj.body)? {
+                Some((body, _)) => Object {
+                    body,
+                    version: obj.version,
+                },
+                None => obj,
+            });
+        }
         let Some(logical) = logical_key(key) else {
             return Ok(obj);
         };
@@ -604,7 +828,12 @@ impl SealedStore {
         }
     }
 
+    /// `body` as it is stored at `key` when it is in memory; `None` when it
+    /// is stored as it is.
     fn seal_body(&self, key: &str, body: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        if let Some(state) = record_state(key) {
+            return self.keys.seal_record(state, body);
+        }
         match logical_key(key) {
             Some(logical) => Ok(Some(Bytes::from(self.keys.seal(logical, body)?))),
             None => Ok(None),
@@ -615,6 +844,12 @@ impl SealedStore {
     /// memory, sealed into a spool file on a blocking thread when it is in
     /// a file, as it is when `key` holds no state body.
     async fn sealed_payload(&self, key: &str, body: &Payload) -> Result<Payload, StoreError> {
+        if record_state(key).is_some() {
+            let plain = body.to_bytes().await?;
+            return Ok(Payload::Memory(
+                self.seal_body(key, &plain)?.unwrap_or(plain),
+            ));
+        }
         let Some(logical) = logical_key(key) else {
             return Ok(body.clone());
         };
@@ -625,6 +860,28 @@ impl SealedStore {
         }
         let (keys, logical, body) = (Arc::clone(&self.keys), logical.to_string(), body.clone());
         crate::stores::blocking(move || keys.seal_payload(&logical, &body)).await
+    }
+
+    /// Before a change under `condition` replaces or deletes the state
+    /// object at `key`: proves that the keys open the body there, so a key
+    /// that is missing or has other material refuses the change (naming
+    /// the key) instead of putting a body its owner cannot read in place
+    /// of one nobody can read any more. Kept versions and other objects
+    /// are not checked, nor creations (nothing is replaced).
+    async fn check_replaceable(&self, key: &str, condition: &Condition) -> Result<(), StoreError> {
+        if matches!(condition, Condition::IfAbsent) || logical_key(key) != Some(key) {
+            return Ok(());
+        }
+        // Whatever version is there now: one that changed since the caller
+        // read it makes the change fail on its condition anyway.
+        let Some((stored, _)) = self.inner.read(key).await? else {
+            return Ok(());
+        };
+        if stored.as_memory().is_some() {
+            return self.keys.prove_opens(key, &stored);
+        }
+        let (keys, key) = (Arc::clone(&self.keys), key.to_string());
+        crate::stores::blocking(move || keys.prove_opens(&key, &stored)).await
     }
 }
 
@@ -660,6 +917,7 @@ impl Store for SealedStore {
         condition: Condition,
     ) -> Result<Version, StoreError> {
         let body = self.seal_body(key, &body)?.unwrap_or(body);
+        self.check_replaceable(key, &condition).await?;
         self.inner.put(key, body, condition).await
     }
 
@@ -670,6 +928,7 @@ impl Store for SealedStore {
         condition: Condition,
     ) -> Result<Version, StoreError> {
         let sealed = self.sealed_payload(key, body).await?;
+        self.check_replaceable(key, &condition).await?;
         self.inner.put_payload(key, &sealed, condition).await
     }
 
@@ -679,6 +938,11 @@ impl Store for SealedStore {
         let Some((stored, version)) = self.inner.read(key).await? else {
             return Ok(None);
         };
+        if record_state(key).is_some() {
+            let body = stored.to_bytes().await?;
+            let obj = self.open_object(key, Object { body, version })?;
+            return Ok(Some((Payload::Memory(obj.body), obj.version)));
+        }
         let Some(logical) = logical_key(key) else {
             return Ok(Some((stored, version)));
         };
@@ -697,19 +961,25 @@ impl Store for SealedStore {
     }
 
     async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
+        self.check_replaceable(key, &condition).await?;
         self.inner.delete(key, condition).await
     }
 
+    /// History pointers are written this way; their copy of the newest
+    /// record's MD5 is sealed as the record's is.
     async fn put_transient(
         &self,
         key: &str,
         body: Bytes,
         condition: Condition,
     ) -> Result<Version, StoreError> {
+        let body = self.seal_body(key, &body)?.unwrap_or(body);
+        self.check_replaceable(key, &condition).await?;
         self.inner.put_transient(key, body, condition).await
     }
 
     async fn delete_transient(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
+        self.check_replaceable(key, &condition).await?;
         self.inner.delete_transient(key, condition).await
     }
 
@@ -733,6 +1003,9 @@ impl Store for SealedStore {
                         .seal_body(&key, &body)
                         .map_err(|error| Stopped { at, error })?
                         .unwrap_or(body);
+                    self.check_replaceable(&key, &condition)
+                        .await
+                        .map_err(|error| Stopped { at, error })?;
                     Change::Put {
                         key,
                         body,
@@ -754,7 +1027,20 @@ impl Store for SealedStore {
                     from_version,
                     to,
                 },
-                other => other,
+                Change::Delete {
+                    key,
+                    condition,
+                    transient,
+                } => {
+                    self.check_replaceable(&key, &condition)
+                        .await
+                        .map_err(|error| Stopped { at, error })?;
+                    Change::Delete {
+                        key,
+                        condition,
+                        transient,
+                    }
+                }
             };
             sealed.push(change);
         }
@@ -815,15 +1101,19 @@ pub struct RekeyReport {
     /// Bodies that changed while being re-sealed (a write landed): they
     /// were written by stategate, so under the first key already.
     pub raced: u64,
+    /// History records whose MD5 was sealed anew under the first key (or
+    /// sealed for the first time).
+    pub records: u64,
     /// Bytes read.
     pub bytes: u64,
 }
 
 /// Re-seals every state body and kept version of `store` under the first
-/// key, in key order. Each object is rewritten only if it still has the
-/// version that was read, so a concurrent write is never lost; a body
-/// already under the first key is skipped, so a run that was interrupted
-/// resumes where it stopped. `progress` is told each object's size.
+/// key, in key order, and the MD5 in every history record with them. Each
+/// object is rewritten only if it still has the version that was read, so
+/// a concurrent write is never lost; one already under the first key is
+/// skipped, so a run that was interrupted resumes where it stopped.
+/// `progress` is told each object's size.
 pub async fn rekey(
     store: &dyn Store,
     keys: &Keyring,
@@ -833,11 +1123,30 @@ pub async fn rekey(
         .list("")
         .await?
         .into_iter()
-        .filter(|e| logical_key(&e.key).is_some())
+        .filter(|e| logical_key(&e.key).is_some() || record_state(&e.key).is_some())
         .collect();
     let total: u64 = entries.iter().map(|e| e.size).sum();
     let mut report = RekeyReport::default();
     for entry in &entries {
+        if let Some(state) = record_state(&entry.key) {
+            let Some(obj) = store.get(&entry.key).await? else {
+                continue;
+            };
+            report.bytes += obj.body.len() as u64;
+            if let Some(sealed) = keys.reseal_record(&entry.key, state, &obj.body)? {
+                match store
+                    .put(&entry.key, sealed, Condition::IfMatch(obj.version))
+                    .await
+                {
+                    Ok(_) => report.records += 1,
+                    // Rewritten meanwhile, by a write that sealed it.
+                    Err(StoreError::PreconditionFailed) => report.raced += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+            progress(obj.body.len() as u64, total);
+            continue;
+        }
         let logical = logical_key(&entry.key).expect("filtered");
         let Some(obj) = store.get(&entry.key).await? else {
             continue;
@@ -1087,6 +1396,169 @@ mod tests {
         assert_eq!(logical_key("a/b.tfstate.tflock"), None);
         assert_eq!(logical_key(".stategate/lease/a"), None);
         assert_eq!(logical_key(".stategate/probe/x"), None);
+    }
+
+    #[test]
+    fn a_change_proves_the_keys_open_what_it_replaces() {
+        let ring = Keyring::from_keys(&[("k1", K1)], false);
+        let small = ring.seal("s", STATE).unwrap();
+        let large = ring.seal("s", &big(SPOOL_THRESHOLD + 3 * SEGMENT)).unwrap();
+        for sealed in [&small, &large] {
+            ring.prove_opens("s", &Payload::from(sealed.clone()))
+                .unwrap();
+            ring.prove_opens("s", &file_payload(sealed)).unwrap();
+        }
+        // An unsealed state is replaced by a sealed one: nothing is lost.
+        ring.prove_opens("s", &Payload::from(STATE.to_vec()))
+            .unwrap();
+
+        let other_material = Keyring::from_keys(&[("k1", K2)], false);
+        let missing = Keyring::from_keys(&[("k2", K2)], false);
+        for sealed in [&small, &large] {
+            for payload in [Payload::from(sealed.clone()), file_payload(sealed)] {
+                let err = other_material.prove_opens("s", &payload).unwrap_err();
+                assert!(
+                    err.to_string().contains("does not open with key `k1`"),
+                    "{err}"
+                );
+                let err = missing.prove_opens("s", &payload).unwrap_err();
+                assert!(err.to_string().contains("sealed with key `k1`"), "{err}");
+            }
+        }
+        let mut flipped = large.clone();
+        flipped[header_len(2, PREFIX_LEN) + 10] ^= 1;
+        assert!(ring.prove_opens("s", &file_payload(&flipped)).is_err());
+        assert!(
+            ring.prove_opens("s", &Payload::from(b"junk".to_vec()))
+                .is_err()
+        );
+    }
+
+    const RECORD: &str =
+        r#"{"version":3,"serial":3,"md5":"0123456789abcdef0123456789abcdef","size":9}"#;
+
+    #[test]
+    fn history_records_keep_their_md5_sealed() {
+        let ring = Keyring::from_keys(&[("k1", K1)], false);
+        let sealed = ring.seal_record("a/s", RECORD.as_bytes()).unwrap().unwrap();
+        assert!(
+            !text(&sealed).contains("0123456789abcdef"),
+            "{}",
+            text(&sealed)
+        );
+        let meta: serde_json::Value = serde_json::from_slice(&sealed).unwrap();
+        assert_eq!(meta["serial"], 3, "the rest stays clear");
+        assert!(
+            ring.seal_record("a/s", &sealed).unwrap().is_none(),
+            "sealed twice"
+        );
+        let (opened, current) = ring.open_record("r", "a/s", &sealed).unwrap().unwrap();
+        assert!(current);
+        let opened: serde_json::Value = serde_json::from_slice(&opened).unwrap();
+        assert_eq!(
+            opened,
+            serde_json::from_str::<serde_json::Value>(RECORD).unwrap()
+        );
+        // Bound to its state.
+        assert!(ring.open_record("r", "b/s", &sealed).is_err());
+        // A record in clear reads as it is.
+        assert!(
+            ring.open_record("r", "a/s", RECORD.as_bytes())
+                .unwrap()
+                .is_none()
+        );
+
+        // A pointer's copy of the newest record is sealed the same way.
+        let pointer = format!(r#"{{"oldest":1,"newest":{RECORD}}}"#);
+        let sealed_pointer = ring
+            .seal_record("a/s", pointer.as_bytes())
+            .unwrap()
+            .unwrap();
+        assert!(!text(&sealed_pointer).contains("0123456789abcdef"));
+        let (opened, _) = ring
+            .open_record("p", "a/s", &sealed_pointer)
+            .unwrap()
+            .unwrap();
+        let opened: serde_json::Value = serde_json::from_slice(&opened).unwrap();
+        assert_eq!(opened["newest"]["md5"], "0123456789abcdef0123456789abcdef");
+
+        // Rotation: the old key opens, rekey re-seals under the new one.
+        let rotated = Keyring::from_keys(&[("k2", K2), ("k1", K1)], false);
+        let (_, current) = rotated.open_record("r", "a/s", &sealed).unwrap().unwrap();
+        assert!(!current);
+        let resealed = rotated.reseal_record("r", "a/s", &sealed).unwrap().unwrap();
+        assert!(
+            rotated
+                .reseal_record("r", "a/s", &resealed)
+                .unwrap()
+                .is_none()
+        );
+        let clear_resealed = rotated
+            .reseal_record("r", "a/s", RECORD.as_bytes())
+            .unwrap()
+            .unwrap();
+        let without_old = Keyring::from_keys(&[("k2", K2)], false);
+        for record in [&resealed, &clear_resealed] {
+            let (opened, _) = without_old
+                .open_record("r", "a/s", record)
+                .unwrap()
+                .unwrap();
+            assert!(text(&opened).contains("0123456789abcdef0123456789abcdef"));
+        }
+        let err = without_old.open_record("r", "a/s", &sealed).unwrap_err();
+        assert!(err.to_string().contains("key `k1`"), "{err}");
+    }
+
+    fn text(bytes: &[u8]) -> String {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+
+    #[test]
+    fn only_history_records_carry_a_sealed_md5() {
+        let dir = ".stategate/history/ws/x/a.tfstate/";
+        assert_eq!(
+            record_state(&format!("{dir}0000000003.json")),
+            Some("ws/x/a.tfstate")
+        );
+        assert_eq!(
+            record_state(&format!("{dir}newest.json")),
+            Some("ws/x/a.tfstate")
+        );
+        assert_eq!(record_state(&format!("{dir}summary.json")), None);
+        assert_eq!(record_state(&format!("{dir}0000000003.tfstate")), None);
+        assert_eq!(record_state("a/0000000003.json"), None);
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_warned_about_or_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("k.key");
+        std::fs::write(&path, generate_key().unwrap()).unwrap();
+        let mode = |m| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m)).unwrap();
+        for (m, lax, strict) in [
+            (0o600, true, true),
+            (0o400, true, true),
+            (0o640, true, false),
+            (0o644, true, false),
+            (0o620, true, false),
+        ] {
+            mode(m);
+            assert_eq!(
+                check_key_file_mode(&path, "k", "s", false).is_ok(),
+                lax,
+                "{m:o}"
+            );
+            let strict_result = check_key_file_mode(&path, "k", "s", true);
+            assert_eq!(strict_result.is_ok(), strict, "{m:o}");
+            if let Err(e) = strict_result {
+                let e = e.to_string();
+                assert!(
+                    e.contains(&path.display().to_string()) && e.contains("`s`"),
+                    "{e}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::stores::LocalPeer;
+use crate::support::stores::{LocalPeer, files_below};
 use crate::support::*;
 
 const STATES: u64 = 40;
@@ -266,4 +266,307 @@ fn gen_key_writes_a_private_file_and_never_overwrites_one() {
     assert!(printed.status.success());
     assert_ne!(text(&printed.stdout).trim(), key.trim());
     assert_eq!(text(&printed.stdout).trim().len(), 44, "base64 of 32 bytes");
+}
+
+/// Every object of the store except the short-lived write leases, with its
+/// bytes: what a refused change must leave as it was.
+fn store_contents(peer: &LocalPeer) -> Vec<(String, Vec<u8>)> {
+    peer.object_keys()
+        .into_iter()
+        .filter(|k| !k.starts_with(".stategate/lease/"))
+        .map(|k| {
+            let bytes = peer.object_bytes(&k);
+            (k, bytes)
+        })
+        .collect()
+}
+
+/// POST, DELETE and `state push --force` through a server (or the CLI)
+/// whose keys cannot open the stored states are all 503 naming `key_id`,
+/// and leave the store as it was; GET is 503 too.
+fn assert_changes_refused(peer: &LocalPeer, sealing: &Sealing, key_id: &str) {
+    let before = store_contents(peer);
+    let args = sealing.args();
+    let server = Server::start_with(peer, &[&args[0], &args[1]]);
+    let named = format!("`{key_id}`");
+    for (key, next) in [
+        ("small/terraform.tfstate", state_doc("small", 2, "replaced")),
+        (
+            "large/terraform.tfstate",
+            sized_state("large", 2, 3 * 1024 * 1024),
+        ),
+    ] {
+        let url = server.state_url(key);
+        let (status, reason) = http("GET", &url, b"");
+        assert_eq!(status, 503, "GET {key}: {}", text(&reason));
+        let (status, reason) = http("POST", &url, &next);
+        assert_eq!(status, 503, "POST {key}: {}", text(&reason));
+        assert!(
+            text(&reason).contains(&named),
+            "POST {key}: {}",
+            text(&reason)
+        );
+        let (status, reason) = http("DELETE", &url, b"");
+        assert_eq!(status, 503, "DELETE {key}: {}", text(&reason));
+        assert!(
+            text(&reason).contains(&named),
+            "DELETE {key}: {}",
+            text(&reason)
+        );
+    }
+    drop(server);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), state_doc("small", 9, "forced")).unwrap();
+    let out = stategate(
+        peer,
+        &[
+            "state",
+            "push",
+            "small/terraform.tfstate",
+            file.path().to_str().unwrap(),
+            "--force",
+            &args[0],
+            &args[1],
+        ],
+        &[],
+    );
+    assert!(!out.status.success(), "a forced push replaced the state");
+    assert!(text(&out.stderr).contains(&named), "{}", text(&out.stderr));
+    assert!(
+        store_contents(peer) == before,
+        "a refused change wrote to the store"
+    );
+}
+
+/// Writes one small and one large (segmented) state under `sealing`.
+fn write_small_and_large(peer: &LocalPeer, sealing: &Sealing) -> (Vec<u8>, Vec<u8>) {
+    let args = sealing.args();
+    let server = Server::start_with(peer, &[&args[0], &args[1]]);
+    let small = state_doc("small", 1, "kept");
+    let large = sized_state("large", 1, 3 * 1024 * 1024);
+    for (key, body) in [
+        ("small/terraform.tfstate", &small),
+        ("large/terraform.tfstate", &large),
+    ] {
+        assert_eq!(http("POST", &server.state_url(key), body).0, 200);
+    }
+    (small, large)
+}
+
+/// Both states, and their first kept version, read back as written.
+fn assert_small_and_large_read(peer: &LocalPeer, sealing: &Sealing, small: &[u8], large: &[u8]) {
+    let args = sealing.args();
+    let server = Server::start_with(peer, &[&args[0], &args[1]]);
+    for (key, body) in [
+        ("small/terraform.tfstate", small),
+        ("large/terraform.tfstate", large),
+    ] {
+        let url = server.state_url(key);
+        let (status, got) = http("GET", &url, b"");
+        assert_eq!(status, 200, "{key}: {}", text(&got[..got.len().min(300)]));
+        assert!(got == body, "{key} reads back other bytes");
+        let (status, got) = http("GET", &format!("{url}?version=1"), b"");
+        assert_eq!(status, 200, "{key} version 1");
+        assert!(got == body, "{key} version 1 reads back other bytes");
+    }
+}
+
+/// Rewrites the history records of `key` (one version, `body`) with its
+/// MD5 in clear, as releases before records were sealed wrote them: what
+/// refuses a change is then the stored body itself, not its record.
+fn records_in_clear(peer: &LocalPeer, key: &str, body: &[u8]) {
+    let dir = format!(".stategate/history/{key}/");
+    for name in ["0000000001.json", "newest.json"] {
+        let record = format!("{dir}{name}");
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&peer.object_bytes(&record)).unwrap();
+        let meta = if name == "newest.json" {
+            &mut doc["newest"]
+        } else {
+            &mut doc
+        };
+        meta["md5"] = md5_hex(body).into();
+        peer.put_object(&record, &serde_json::to_vec(&doc).unwrap());
+    }
+}
+
+#[test]
+fn encryption_other_material_under_the_same_key_id_refuses_writes_and_deletes() {
+    let peer = LocalPeer::new();
+    let sealing = Sealing::new(&["k1"]);
+    let (small, large) = write_small_and_large(&peer, &sealing);
+    records_in_clear(&peer, "small/terraform.tfstate", &small);
+    records_in_clear(&peer, "large/terraform.tfstate", &large);
+
+    // The same id, other bytes: what a mistyped secret or a key file
+    // restored from the wrong backup gives.
+    let right = std::fs::read(sealing.key_file("k1")).unwrap();
+    std::fs::remove_file(sealing.key_file_path("k1")).unwrap();
+    sealing.write_config(&["k1"], false);
+    assert_ne!(std::fs::read(sealing.key_file("k1")).unwrap(), right);
+    assert_changes_refused(&peer, &sealing, "k1");
+
+    std::fs::write(sealing.key_file_path("k1"), &right).unwrap();
+    assert_small_and_large_read(&peer, &sealing, &small, &large);
+}
+
+#[test]
+fn encryption_a_key_missing_from_the_configuration_refuses_writes_and_deletes() {
+    let peer = LocalPeer::new();
+    let sealing = Sealing::new(&["k1"]);
+    let (small, large) = write_small_and_large(&peer, &sealing);
+
+    // Only a new key: it would seal, but it cannot open what k1 sealed.
+    sealing.write_config(&["k2"], false);
+    assert_changes_refused(&peer, &sealing, "k1");
+
+    sealing.write_config(&["k1"], false);
+    assert_small_and_large_read(&peer, &sealing, &small, &large);
+}
+
+#[test]
+fn encryption_a_key_file_others_can_read_is_warned_about_or_refused() {
+    let peer = LocalPeer::new();
+    let sealing = Sealing::new(&["k1"]);
+    let path = sealing.key_file("k1");
+    let shown = path.display().to_string();
+    let args = sealing.args();
+
+    // As gen-key writes it: no warning.
+    let server = Server::start_with(&peer, &[&args[0], &args[1]]);
+    assert_eq!(http("GET", &format!("{}/healthz", server.url), b"").0, 200);
+    assert!(!server.log().contains(&shown), "{}", server.log());
+    drop(server);
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = Server::start_with(&peer, &[&args[0], &args[1]]);
+    assert!(
+        server.logs(&shown) && server.logs("readable by group or others"),
+        "{}",
+        server.log()
+    );
+    drop(server);
+
+    sealing.write_config(&["k1"], true);
+    let log = match Server::try_start(&peer, &[&args[0], &args[1]], &[]) {
+        Ok(server) => panic!("started with a 0644 key file:\n{}", server.log()),
+        Err(log) => log,
+    };
+    assert!(
+        log.contains("setting `encryption.keys[0].file`") && log.contains(&shown),
+        "{log}"
+    );
+    assert!(
+        !log.contains(std::fs::read_to_string(&path).unwrap().trim()),
+        "{log}"
+    );
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let server = Server::start_with(&peer, &[&args[0], &args[1]]);
+    assert!(!server.log().contains(&shown), "{}", server.log());
+}
+
+fn md5_hex(body: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The files below the store's root that hold `needle`, in any case.
+fn files_holding(peer: &LocalPeer, needle: &str) -> Vec<String> {
+    let lower = needle.to_ascii_lowercase();
+    let upper = needle.to_ascii_uppercase();
+    files_below(&peer.root())
+        .into_iter()
+        .filter(|f| {
+            let bytes = std::fs::read(peer.root().join(f)).unwrap_or_default();
+            [&lower, &upper]
+                .iter()
+                .any(|n| bytes.windows(n.len()).any(|w| w == n.as_bytes()))
+        })
+        .collect()
+}
+
+/// History through every reader with sealing on: the listing and the
+/// dashboard give the plaintext's MD5, and each version reads back with
+/// it as its ETag.
+fn assert_history_verifies(server: &Server, key: &str, docs: &[Vec<u8>]) {
+    let url = server.state_url(key);
+    let (status, listing) = http("GET", &format!("{url}?history"), b"");
+    assert_eq!(status, 200, "{}", text(&listing));
+    let listing: serde_json::Value = serde_json::from_slice(&listing).unwrap();
+    let md5s: Vec<&str> = listing["versions"]
+        .as_array()
+        .expect("a list of versions")
+        .iter()
+        .map(|v| v["md5"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = docs.iter().map(|d| md5_hex(d)).collect();
+    assert_eq!(md5s, expected);
+    for (n, doc) in docs.iter().enumerate() {
+        let (status, headers, body) =
+            http_full("GET", &format!("{url}?version={}", n + 1), &[], b"");
+        assert_eq!(status, 200, "version {}: {}", n + 1, text(&body));
+        assert!(&body == doc, "version {} reads back other bytes", n + 1);
+        let etag = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
+            .map(|(_, v)| v.clone());
+        assert_eq!(etag, Some(format!("\"{}\"", md5_hex(doc))));
+    }
+    let (status, page) = http("GET", &format!("{}/api/v1/states/{key}", server.url), b"");
+    assert_eq!(status, 200, "{}", text(&page));
+    assert!(text(&page).contains(&md5_hex(&docs[0])), "{}", text(&page));
+}
+
+#[test]
+fn encryption_keeps_no_plaintext_digest_in_the_store() {
+    let peer = LocalPeer::new();
+    let sealing = Sealing::new(&["k1"]);
+    let args = sealing.args();
+    let key = "digests/terraform.tfstate";
+    let docs: Vec<Vec<u8>> = (1..=3)
+        .map(|serial| state_doc("digests", serial, &format!("guessable-{serial}")))
+        .collect();
+    let server = Server::start_with(&peer, &[&args[0], &args[1]]);
+    let url = server.state_url(key);
+    for doc in &docs {
+        assert_eq!(http("POST", &url, doc).0, 200);
+    }
+    // A retried write is still recognised as one.
+    assert_eq!(http("POST", &url, &docs[2]).0, 200);
+    for doc in &docs {
+        let holding = files_holding(&peer, &md5_hex(doc));
+        assert!(holding.is_empty(), "the plaintext's MD5 is in {holding:?}");
+    }
+    assert_history_verifies(&server, key, &docs);
+    // A version whose record was changed is still refused.
+    let record = format!(".stategate/history/{key}/0000000001.json");
+    let sealed_record = peer.object_bytes(&record);
+    let mut meta: serde_json::Value = serde_json::from_slice(&sealed_record).unwrap();
+    meta["md5"] = md5_hex(b"another state").into();
+    peer.put_object(&record, &serde_json::to_vec(&meta).unwrap());
+    assert_eq!(http("GET", &format!("{url}?version=1"), b"").0, 503);
+    // A record written in the clear form (by an earlier release) reads.
+    meta["md5"] = md5_hex(&docs[0]).into();
+    peer.put_object(&record, &serde_json::to_vec(&meta).unwrap());
+    assert_history_verifies(&server, key, &docs);
+    drop(server);
+
+    // Rekey seals the clear record too, and after rotation every record
+    // opens without the old key.
+    sealing.write_config(&["k2", "k1"], false);
+    let out = rekey(&peer, &sealing);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    sealing.write_config(&["k2"], false);
+    for doc in &docs {
+        let holding = files_holding(&peer, &md5_hex(doc));
+        assert!(holding.is_empty(), "the plaintext's MD5 is in {holding:?}");
+    }
+    let server = Server::start_with(&peer, &[&args[0], &args[1]]);
+    assert_history_verifies(&server, key, &docs);
+    let next = state_doc("digests", 4, "after rotation");
+    assert_eq!(http("POST", &server.state_url(key), &next).0, 200);
 }
