@@ -581,6 +581,26 @@ mod tests {
     }
 
     #[test]
+    fn keys_come_over_https_or_from_a_loopback_host() {
+        for ok in [
+            "https://token.actions.githubusercontent.com/.well-known/jwks",
+            "http://127.0.0.1:8080/jwks",
+            "http://[::1]:8080/jwks",
+            "http://localhost/jwks",
+        ] {
+            assert!(fetchable(ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://keys.example.com/jwks",
+            "http://10.0.0.1/jwks",
+            "ftp://keys.example.com/jwks",
+            "/jwks",
+        ] {
+            assert!(fetchable(refused).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
     fn claim_values_fill_key_patterns_literally() {
         let r = rule(
             &[("repository_owner", "my-org"), ("ref", "refs/heads/*")],
