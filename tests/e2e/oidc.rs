@@ -454,52 +454,57 @@ fn oidc_made_up_key_ids_fetch_the_keys_at_most_once_a_second() {
     let url = s.server.state_url("ci/my-org/app/storm");
     let good = s.issuer.mint(json!({}), json!({}));
     assert_eq!(call("GET", &url, &good, b"").0, 404);
-    // The issuer's discovery answers; its JWKS fails from now on.
-    s.issuer
-        .control("fail", json!({"status": 500, "only": "jwks"}));
-    let forged: Vec<String> = (0..40).map(|n| s.issuer.forged(n)).collect();
-    // Past the second in which the keys were fetched, a made-up id may
-    // cause one attempt.
-    std::thread::sleep(Duration::from_millis(1100));
-    let (jwks_before, discovery_before) = s.issuer.stats();
-    let started = Instant::now();
-    let statuses: Vec<u16> = std::thread::scope(|scope| {
-        let workers: Vec<_> = forged
-            .chunks(5)
-            .map(|chunk| {
-                let url = &url;
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|token| call("GET", url, token, b"").0)
-                        .collect::<Vec<_>>()
+    // First the JWKS fails while discovery answers, then discovery fails.
+    for (round, failing) in ["jwks", "discovery"].into_iter().enumerate() {
+        s.issuer
+            .control("fail", json!({"status": 500, "only": failing}));
+        let forged: Vec<String> = (0..40).map(|n| s.issuer.forged(100 * round + n)).collect();
+        // Past the second of the last fetch, a made-up id may cause one
+        // attempt.
+        std::thread::sleep(Duration::from_millis(1100));
+        let (jwks_before, discovery_before) = s.issuer.stats();
+        let started = Instant::now();
+        let statuses: Vec<u16> = std::thread::scope(|scope| {
+            let workers: Vec<_> = forged
+                .chunks(5)
+                .map(|chunk| {
+                    let url = &url;
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|token| call("GET", url, token, b"").0)
+                            .collect::<Vec<_>>()
+                    })
                 })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap())
-            .collect()
-    });
-    let seconds = started.elapsed().as_secs();
-    let (jwks_after, discovery_after) = s.issuer.stats();
-    assert!(
-        statuses.iter().all(|s| matches!(s, 401 | 503)),
-        "{statuses:?}"
-    );
-    let (jwks, discovery) = (jwks_after - jwks_before, discovery_after - discovery_before);
-    // Attempts are at least a second apart, failed ones included.
-    assert!(jwks >= 1, "no attempt to fetch the keys at all");
-    assert!(
-        jwks <= 1 + seconds && discovery <= 1 + seconds,
-        "40 made-up key ids in {seconds}s made {jwks} JWKS and {discovery} discovery requests"
-    );
-    let after = s.issuer.mint(json!({"jti": "after-the-storm"}), json!({}));
-    assert_eq!(
-        call("GET", &url, &after, b"").0,
-        404,
-        "the cached key works"
-    );
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        });
+        let seconds = started.elapsed().as_secs();
+        let (jwks_after, discovery_after) = s.issuer.stats();
+        assert!(
+            statuses.iter().all(|s| matches!(s, 401 | 503)),
+            "{failing}: {statuses:?}"
+        );
+        let (jwks, discovery) = (jwks_after - jwks_before, discovery_after - discovery_before);
+        let asked = if failing == "jwks" { jwks } else { discovery };
+        assert!(asked >= 1, "{failing}: not asked at all");
+        // Attempts are at least a second apart, failed ones included.
+        assert!(
+            jwks <= 1 + seconds && discovery <= 1 + seconds,
+            "{failing} failing: 40 made-up key ids in {seconds}s made {jwks} JWKS and {discovery} discovery requests"
+        );
+        let after = s
+            .issuer
+            .mint(json!({"jti": format!("after-{failing}")}), json!({}));
+        assert_eq!(
+            call("GET", &url, &after, b"").0,
+            404,
+            "{failing}: the cached key works"
+        );
+    }
 }
 
 #[test]
