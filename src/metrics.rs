@@ -91,6 +91,7 @@ pub struct Metrics {
     requests_timed_out: Counter,
     downloads_cut: Counter,
     auth_failures: Counter,
+    oidc_stale_issuers: Gauge,
     states: Gauge,
     locks_held: Gauge,
     /// When the state and lock gauges were last counted.
@@ -172,6 +173,12 @@ impl Metrics {
             "Requests refused for missing or wrong credentials",
             auth_failures.clone(),
         );
+        let oidc_stale_issuers = Gauge::default();
+        registry.register(
+            "stategate_oidc_stale_issuers",
+            "OIDC issuers whose keys are past keys_max_age and still used because the issuer cannot be reached",
+            oidc_stale_issuers.clone(),
+        );
         let states = Gauge::default();
         registry.register(
             "stategate_states",
@@ -204,6 +211,7 @@ impl Metrics {
             requests_timed_out,
             downloads_cut,
             auth_failures,
+            oidc_stale_issuers,
             states,
             locks_held,
             counted_at: Mutex::new(None),
@@ -287,6 +295,10 @@ impl Metrics {
         }
         *at = Some(Instant::now());
         true
+    }
+
+    pub fn set_oidc_stale_issuers(&self, issuers: usize) {
+        self.oidc_stale_issuers.set(issuers as i64);
     }
 
     /// Sets the state and lock gauges.

@@ -30,6 +30,10 @@ pub struct FileAuth {
 pub struct FileIssuer {
     pub issuer: String,
     pub audience: Option<String>,
+    /// The keys' address, for an issuer without a discovery document.
+    pub jwks_uri: Option<String>,
+    /// How long fetched keys are used before they are refreshed (`1h`).
+    pub keys_max_age: Option<String>,
     #[serde(default)]
     pub rules: Vec<FileClaimRule>,
 }

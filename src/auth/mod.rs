@@ -465,6 +465,12 @@ impl Auth {
         !self.certificates.is_empty()
     }
 
+    /// OIDC issuers whose keys are past their age and still in use, the
+    /// issuer being unreachable.
+    pub fn oidc_stale_issuers(&self) -> usize {
+        self.oidc.stale_issuers()
+    }
+
     /// The identity an `Authorization` header value names or, without one,
     /// the identity of the verified client certificate's subject CN.
     pub async fn authenticate(

@@ -2,10 +2,18 @@
 //! issuer, so pipelines need no stored secret. A token is accepted when its
 //! signature verifies (RS256 or ES256; `none` and HMAC algorithms never)
 //! against a key of the issuer's JWKS, found through its discovery document
-//! and cached (fetched again for an unknown `kid`, at most every few
-//! seconds, so a stream of made-up ids cannot hammer the issuer), and when
-//! `iss`, `aud`, `exp` and `nbf` hold, with a small leeway for clocks.
-//! Verification itself is jsonwebtoken's, on RustCrypto.
+//! (or configured) and cached, and when `iss`, `aud`, `exp` and `nbf` hold,
+//! with a small leeway for clocks. Verification itself is jsonwebtoken's,
+//! on RustCrypto.
+//!
+//! The key cache is shaped by what an attacker can send: tokens naming the
+//! issuer but made-up key ids, as many as they like. So fetches are limited
+//! per issuer to one at a time and one attempt a second, failed attempts
+//! counted like successful ones; a token whose key is cached never waits
+//! for a fetch (the cache sits behind a lock held only to read or replace
+//! it, and old keys are refreshed in the background); and keys past their
+//! age stay in use while the issuer cannot be reached, with a warning and
+//! a metric, since refusing every pipeline would not make them safer.
 //!
 //! The identity is `oidc:<iss>#<sub>`, stable across the short-lived tokens
 //! of one pipeline, so a lock taken under one token is released with the
@@ -21,19 +29,22 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
+use tokio::sync::OwnedMutexGuard;
 
 use super::file::{FileClaimRule, FileIssuer};
 use super::{Access, AuthError, Glob, Identity, Rule, level_and_workspaces, match_one};
-use crate::settings::ConfigError;
+use crate::settings::{ConfigError, parse_duration};
 
 /// Clock skew forgiven on `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 30;
-/// A JWKS is fetched again after this, whatever the ids.
+/// A JWKS is fetched again after this, whatever the ids, unless the issuer
+/// sets `keys_max_age`.
 const KEYS_MAX_AGE: Duration = Duration::from_secs(3600);
-/// Unknown ids refetch the JWKS at most this often.
+/// An issuer's keys are fetched at most this often, whether the last
+/// attempt worked or not.
 const REFETCH_EVERY: Duration = Duration::from_secs(1);
 /// Time for one request to an issuer.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -129,9 +140,28 @@ impl ClaimRule {
     }
 }
 
-struct Keys {
-    set: Option<JwkSet>,
-    fetched: Option<Instant>,
+/// What is known of an issuer's keys; behind a lock that is never held
+/// across a fetch.
+#[derive(Default)]
+struct KeyCache {
+    /// The last JWKS fetched, and when; kept when a refresh fails.
+    keys: Option<(Arc<JwkSet>, Instant)>,
+    /// The `jwks_uri` of the last discovery document, and when it was read.
+    discovered: Option<(reqwest::Url, Instant)>,
+    /// When the last fetch started, whatever came of it: the rate limit
+    /// counts attempts, so an issuer that fails is not asked more often.
+    attempted: Option<Instant>,
+    /// When the last fetch ended: requests that waited for it take its
+    /// answer rather than asking again.
+    settled: Option<Instant>,
+    /// Why the last fetch failed; `None` once one succeeds.
+    failure: Option<String>,
+}
+
+impl KeyCache {
+    fn may_fetch(&self) -> bool {
+        self.attempted.is_none_or(|t| t.elapsed() >= REFETCH_EVERY)
+    }
 }
 
 /// One configured issuer.
@@ -140,7 +170,125 @@ struct Issuer {
     url: String,
     audience: String,
     rules: Vec<ClaimRule>,
-    keys: tokio::sync::Mutex<Keys>,
+    /// `jwks_uri` as configured; without it, discovery names it.
+    jwks_uri: Option<reqwest::Url>,
+    /// After this, keys (and the discovered `jwks_uri`) are refreshed.
+    keys_max_age: Duration,
+    cache: std::sync::Mutex<KeyCache>,
+    /// Held by the one fetch in flight. Only requests that need its result
+    /// (a token naming a key not in the cache) wait for it.
+    fetching: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Issuer {
+    fn cache(&self) -> std::sync::MutexGuard<'_, KeyCache> {
+        // The cache is replaced whole, never left half-written, so a panic
+        // elsewhere while it was held does not make it wrong.
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The key `kid` of the cached JWKS, and whether that JWKS is past its
+    /// age; `None` when the cache does not have it.
+    fn cached_key(&self, kid: &str) -> Option<(Result<DecodingKey, AuthError>, bool)> {
+        let cache = self.cache();
+        let (set, fetched) = cache.keys.as_ref()?;
+        let key = decoding_key(kid, set.find(kid)?);
+        Some((key, fetched.elapsed() > self.keys_max_age))
+    }
+
+    /// Whether the keys in use are past their age because refreshing them
+    /// failed.
+    fn serving_stale_keys(&self) -> bool {
+        let cache = self.cache();
+        cache.failure.is_some()
+            && cache
+                .keys
+                .as_ref()
+                .is_some_and(|(_, fetched)| fetched.elapsed() > self.keys_max_age)
+    }
+
+    /// Fetches the issuer's keys into its cache, holding `turn` (of
+    /// `fetching`) until the answer is in; the caller has marked the
+    /// attempt. On failure the cached keys stay, and the failure is logged
+    /// and kept to answer with.
+    async fn refresh(self: Arc<Self>, http: reqwest::Client, turn: OwnedMutexGuard<()>) {
+        let fetched = self.fetch_keys(&http).await;
+        let mut cache = self.cache();
+        cache.settled = Some(Instant::now());
+        match fetched {
+            Ok(set) => {
+                if cache.failure.take().is_some() {
+                    tracing::info!(issuer = %self.url, "the issuer's keys were fetched again");
+                }
+                cache.keys = Some((Arc::new(set), Instant::now()));
+            }
+            Err(why) => {
+                match &cache.keys {
+                    Some((_, fetched)) if fetched.elapsed() > self.keys_max_age => {
+                        tracing::warn!(
+                            issuer = %self.url,
+                            age_secs = fetched.elapsed().as_secs(),
+                            error = %why,
+                            "the issuer's keys are past keys_max_age and cannot be refreshed: still verifying tokens with them"
+                        );
+                    }
+                    _ => {
+                        tracing::warn!(issuer = %self.url, error = %why, "fetching the issuer's keys failed");
+                    }
+                }
+                cache.failure = Some(why);
+            }
+        }
+        drop(turn);
+    }
+
+    /// The issuer's JWKS, from the configured `jwks_uri` or the one its
+    /// discovery document names (read again once past `keys_max_age`, or
+    /// after the JWKS could not be fetched from it).
+    async fn fetch_keys(&self, http: &reqwest::Client) -> Result<JwkSet, String> {
+        let (jwks_uri, discovered) = match &self.jwks_uri {
+            Some(uri) => (uri.clone(), false),
+            None => {
+                let known = self
+                    .cache()
+                    .discovered
+                    .clone()
+                    .filter(|(_, read)| read.elapsed() <= self.keys_max_age);
+                let uri = match known {
+                    Some((uri, _)) => uri,
+                    None => {
+                        let uri = self.discover(http).await?;
+                        self.cache().discovered = Some((uri.clone(), Instant::now()));
+                        uri
+                    }
+                };
+                (uri, true)
+            }
+        };
+        let fetched = get_json(http, jwks_uri.as_str()).await.and_then(|set| {
+            serde_json::from_value(set).map_err(|e| format!("the JWKS does not parse: {e}"))
+        });
+        if fetched.is_err() && discovered {
+            self.cache().discovered = None;
+        }
+        fetched
+    }
+
+    /// The `jwks_uri` of the issuer's discovery document.
+    async fn discover(&self, http: &reqwest::Client) -> Result<reqwest::Url, String> {
+        let discovery = get_json(
+            http,
+            &format!("{}/.well-known/openid-configuration", self.url),
+        )
+        .await?;
+        let jwks_uri = discovery
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .ok_or("the discovery document has no jwks_uri")?;
+        fetchable(jwks_uri).map_err(|why| format!("the discovery document's jwks_uri {why}"))
+    }
 }
 
 /// The configured issuers.
@@ -156,6 +304,20 @@ pub struct Verified {
     pub expires: i64,
 }
 
+/// `url` as an address stategate fetches keys from: https, or http only on
+/// a loopback host (a test issuer), since keys fetched in clear could be
+/// swapped on the way for an attacker's.
+fn fetchable(url: &str) -> Result<reqwest::Url, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "https" => Ok(parsed),
+        "http" if loopback_host(&parsed) => Ok(parsed),
+        _ => Err(format!(
+            "`{url}` must be an https URL (http only on a loopback host)"
+        )),
+    }
+}
+
 fn loopback_host(url: &reqwest::Url) -> bool {
     match url.host_str() {
         Some("localhost") => true,
@@ -169,26 +331,16 @@ fn loopback_host(url: &reqwest::Url) -> bool {
 }
 
 impl Oidc {
-    /// Checks `auth.oidc`: every issuer an https URL (http only on a
-    /// loopback host, for tests) with an audience and valid rules.
+    /// Checks `auth.oidc`: every issuer (and `jwks_uri`, if set) an https
+    /// URL (http only on a loopback host, for tests) with an audience,
+    /// valid rules and a `keys_max_age` of at least a second.
     pub fn new(issuers: &[FileIssuer]) -> Result<Self, ConfigError> {
         let mut out = Vec::new();
         for issuer in issuers {
             let url_text = issuer.issuer.trim_end_matches('/').to_string();
             let setting = format!("auth.oidc[{url_text}]");
-            let url = reqwest::Url::parse(&url_text).map_err(|e| {
-                ConfigError::invalid(&format!("{setting}.issuer"), format!("not a URL: {e}"))
-            })?;
-            match url.scheme() {
-                "https" => {}
-                "http" if loopback_host(&url) => {}
-                _ => {
-                    return Err(ConfigError::invalid(
-                        &format!("{setting}.issuer"),
-                        "must be an https URL (http only on a loopback host)",
-                    ));
-                }
-            }
+            fetchable(&url_text)
+                .map_err(|why| ConfigError::invalid(&format!("{setting}.issuer"), why))?;
             let audience = issuer
                 .audience
                 .clone()
@@ -202,14 +354,31 @@ impl Oidc {
                 .iter()
                 .map(|r| ClaimRule::parse(&format!("{setting}.rules"), r))
                 .collect::<Result<_, _>>()?;
+            let jwks_uri = issuer
+                .jwks_uri
+                .as_deref()
+                .map(fetchable)
+                .transpose()
+                .map_err(|why| ConfigError::invalid(&format!("{setting}.jwks_uri"), why))?;
+            let keys_max_age = match &issuer.keys_max_age {
+                None => KEYS_MAX_AGE,
+                Some(text) => {
+                    let name = format!("{setting}.keys_max_age");
+                    let age = parse_duration(&name, text)?;
+                    if age < REFETCH_EVERY {
+                        return Err(ConfigError::invalid(&name, "must be at least 1s"));
+                    }
+                    age
+                }
+            };
             out.push(Arc::new(Issuer {
                 url: url_text,
                 audience,
                 rules,
-                keys: tokio::sync::Mutex::new(Keys {
-                    set: None,
-                    fetched: None,
-                }),
+                jwks_uri,
+                keys_max_age,
+                cache: std::sync::Mutex::new(KeyCache::default()),
+                fetching: Arc::new(tokio::sync::Mutex::new(())),
             }));
         }
         let http = reqwest::Client::builder()
@@ -222,6 +391,16 @@ impl Oidc {
 
     pub fn is_empty(&self) -> bool {
         self.issuers.is_empty()
+    }
+
+    /// How many issuers' tokens are verified with keys past their
+    /// `keys_max_age`, because the issuer could not be reached to refresh
+    /// them.
+    pub fn stale_issuers(&self) -> usize {
+        self.issuers
+            .iter()
+            .filter(|i| i.serving_stale_keys())
+            .count()
     }
 
     /// Verifies a token and returns its identity.
@@ -279,67 +458,98 @@ impl Oidc {
         })
     }
 
-    /// The issuer's key `kid`, from the cached JWKS or a fresh one.
-    async fn key(&self, issuer: &Issuer, kid: &str) -> Result<DecodingKey, AuthError> {
-        let mut keys = issuer.keys.lock().await;
-        let stale = keys.fetched.is_none_or(|t| t.elapsed() > KEYS_MAX_AGE);
-        let known = keys.set.as_ref().and_then(|s| s.find(kid)).is_some();
-        let may_refetch = keys.fetched.is_none_or(|t| t.elapsed() > REFETCH_EVERY);
-        if stale || (!known && may_refetch) {
-            match self.fetch_keys(issuer).await {
-                Ok(set) => {
-                    keys.set = Some(set);
-                    keys.fetched = Some(Instant::now());
-                }
-                // Known keys keep working while the issuer is away.
-                Err(e) if !known => return Err(e),
-                Err(e) => {
-                    tracing::warn!(issuer = %issuer.url, error = %e, "refreshing the issuer's keys failed")
-                }
+    /// The issuer's key `kid`, from the cached JWKS or a fresh one. A
+    /// cached key is returned at once, whatever fetch is under way; an
+    /// unknown one waits for the fetch in flight or makes one, at most one
+    /// attempt a second. `Unavailable` when the last attempt failed (the
+    /// key may well exist), `Invalid` when the issuer's keys, fetched
+    /// within the second, do not have it.
+    async fn key(&self, issuer: &Arc<Issuer>, kid: &str) -> Result<DecodingKey, AuthError> {
+        if let Some((key, stale)) = issuer.cached_key(kid) {
+            if stale {
+                self.refresh_in_background(issuer);
             }
+            return key;
         }
-        let jwk = keys.set.as_ref().and_then(|s| s.find(kid)).ok_or_else(|| {
-            AuthError::Invalid(format!(
-                "CI identity token refused: issuer {} has no key {kid}",
-                issuer.url
-            ))
-        })?;
-        DecodingKey::from_jwk(jwk)
-            .map_err(|e| AuthError::Invalid(format!("CI identity token refused: key {kid}: {e}")))
+        let asked = Instant::now();
+        let turn = Arc::clone(&issuer.fetching).lock_owned().await;
+        {
+            let mut cache = issuer.cache();
+            // Another request's fetch may have brought the key meanwhile.
+            if let Some(jwk) = cache.keys.as_ref().and_then(|(set, _)| set.find(kid)) {
+                return decoding_key(kid, jwk);
+            }
+            // A fetch that ended while this request waited answered its
+            // question, and a recent one stands for a second.
+            let answered = cache.settled.is_some_and(|t| t >= asked);
+            if answered || !cache.may_fetch() {
+                return Err(no_key(issuer, kid, &cache));
+            }
+            cache.attempted = Some(Instant::now());
+        }
+        // A task of its own, so that the fetch (and the turn) outlives this
+        // request if its client goes away: the requests queued behind it
+        // are owed its answer.
+        let fetch = tokio::spawn(Arc::clone(issuer).refresh(self.http.clone(), turn));
+        if let Err(e) = fetch.await {
+            tracing::error!(issuer = %issuer.url, error = %e, "fetching the issuer's keys panicked");
+        }
+        let cache = issuer.cache();
+        match cache.keys.as_ref().and_then(|(set, _)| set.find(kid)) {
+            Some(jwk) => decoding_key(kid, jwk),
+            None => Err(no_key(issuer, kid, &cache)),
+        }
     }
 
-    async fn fetch_keys(&self, issuer: &Issuer) -> Result<JwkSet, AuthError> {
-        let unavailable = |e: String| {
-            AuthError::Unavailable(format!(
-                "cannot fetch the keys of issuer {}: {e}",
-                issuer.url
-            ))
+    /// Refreshes keys past their age without holding up the request that
+    /// noticed: it goes on with the old keys. Skipped when a fetch is in
+    /// flight or one started within the second.
+    fn refresh_in_background(&self, issuer: &Arc<Issuer>) {
+        let Ok(turn) = Arc::clone(&issuer.fetching).try_lock_owned() else {
+            return;
         };
-        let discovery: Value = self
-            .get_json(&format!("{}/.well-known/openid-configuration", issuer.url))
-            .await
-            .map_err(unavailable)?;
-        let jwks_uri = discovery
-            .get("jwks_uri")
-            .and_then(Value::as_str)
-            .ok_or_else(|| unavailable("the discovery document has no jwks_uri".into()))?;
-        let set: Value = self.get_json(jwks_uri).await.map_err(unavailable)?;
-        serde_json::from_value(set)
-            .map_err(|e| unavailable(format!("the JWKS does not parse: {e}")))
-    }
-
-    async fn get_json(&self, url: &str) -> Result<Value, String> {
-        let response = self.http.get(url).send().await.map_err(|e| {
-            let mut cause: &dyn std::error::Error = &e;
-            while let Some(next) = cause.source() {
-                cause = next;
+        {
+            let mut cache = issuer.cache();
+            if !cache.may_fetch() {
+                return;
             }
-            cause.to_string()
-        })?;
-        if !response.status().is_success() {
-            return Err(format!("{url} answered {}", response.status()));
+            cache.attempted = Some(Instant::now());
         }
-        response.json().await.map_err(|e| format!("{url}: {e}"))
+        tokio::spawn(Arc::clone(issuer).refresh(self.http.clone(), turn));
+    }
+}
+
+fn decoding_key(kid: &str, jwk: &Jwk) -> Result<DecodingKey, AuthError> {
+    DecodingKey::from_jwk(jwk)
+        .map_err(|e| AuthError::Invalid(format!("CI identity token refused: key {kid}: {e}")))
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
+    let response = http.get(url).send().await.map_err(|e| {
+        let mut cause: &dyn std::error::Error = &e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        cause.to_string()
+    })?;
+    if !response.status().is_success() {
+        return Err(format!("{url} answered {}", response.status()));
+    }
+    response.json().await.map_err(|e| format!("{url}: {e}"))
+}
+
+/// Why `kid` cannot be had: the issuer unreachable (503, Terraform retries)
+/// or, its keys in hand, not among them (401).
+fn no_key(issuer: &Issuer, kid: &str, cache: &KeyCache) -> AuthError {
+    match &cache.failure {
+        Some(why) => AuthError::Unavailable(format!(
+            "cannot fetch the keys of issuer {}: {why}",
+            issuer.url
+        )),
+        None => AuthError::Invalid(format!(
+            "CI identity token refused: issuer {} has no key {kid}",
+            issuer.url
+        )),
     }
 }
 
@@ -368,6 +578,26 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect()
+    }
+
+    #[test]
+    fn keys_come_over_https_or_from_a_loopback_host() {
+        for ok in [
+            "https://token.actions.githubusercontent.com/.well-known/jwks",
+            "http://127.0.0.1:8080/jwks",
+            "http://[::1]:8080/jwks",
+            "http://localhost/jwks",
+        ] {
+            assert!(fetchable(ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://keys.example.com/jwks",
+            "http://10.0.0.1/jwks",
+            "ftp://keys.example.com/jwks",
+            "/jwks",
+        ] {
+            assert!(fetchable(refused).is_err(), "{refused}");
+        }
     }
 
     #[test]

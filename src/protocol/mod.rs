@@ -927,6 +927,9 @@ async fn handle_metrics(app: &App) -> Result<Response<Full<Bytes>>, ProtocolErro
             Err(e) => tracing::warn!(error = %e, "counting states for /metrics failed"),
         }
     }
+    let auth = app.auth.read().expect("auth lock").clone();
+    app.metrics
+        .set_oidc_stale_issuers(auth.map_or(0, |a| a.oidc_stale_issuers()));
     let mut r = text(app.metrics.render());
     r.headers_mut().insert(
         CONTENT_TYPE,

@@ -4,11 +4,14 @@
 //! its claim-derived keys and is refused outside them; expired, wrong
 //! audience or issuer, unknown key, `alg: none`, HMAC and tampered tokens
 //! are refused; key rotation is picked up; an unreachable issuer is 503;
-//! protected states change only for matching CI identities.
+//! made-up key ids cannot make stategate hammer the issuer, and an issuer
+//! that fails or hangs does not hold up tokens whose keys are cached; keys
+//! come over https only; protected states change only for matching CI
+//! identities.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -41,6 +44,26 @@ impl Issuer {
             .unwrap_or_else(|| panic!("the issuer said {line:?}"))
             .to_string();
         Issuer { url, child }
+    }
+
+    /// Requests the issuer received: (JWKS, discovery).
+    fn stats(&self) -> (u64, u64) {
+        let (status, out) = http("GET", &format!("{}/-/stats", self.url), b"");
+        assert_eq!(status, 200, "stats: {}", text(&out));
+        let stats: Value = serde_json::from_slice(&out).unwrap();
+        (
+            stats["jwks_requests"].as_u64().unwrap(),
+            stats["discovery_requests"].as_u64().unwrap(),
+        )
+    }
+
+    /// A token naming this issuer but a key id it never had, with a
+    /// signature that matches nothing: what an attacker can make at will.
+    fn forged(&self, n: usize) -> String {
+        self.mint(
+            json!({"jti": format!("forged-{n}")}),
+            json!({"kid": format!("made-up-{n}"), "tamper": true}),
+        )
     }
 
     fn control(&self, what: &str, body: Value) -> Value {
@@ -92,6 +115,11 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with("")
+}
+
+/// [`setup`] with more settings for the issuer (lines of YAML under it).
+fn setup_with(issuer_settings: &str) -> Setup {
     let issuer = Issuer::start();
     let dir = tempfile::TempDir::new().unwrap();
     let alice_hash = {
@@ -117,7 +145,7 @@ fn setup() -> Setup {
   oidc:
     - issuer: {url}
       audience: stategate
-      rules:
+{issuer_settings}      rules:
         - claims: {{repository_owner: my-org, ref: "refs/heads/*"}}
           keys: "ci/{{repository}}/**"
           access: write
@@ -384,6 +412,14 @@ fn oidc_configuration_mistakes_stop_start_up() {
             "auth:\n  protected:\n    - keys: \"prod/**\"\n      writers: {claims: {}}\n",
             "writers",
         ),
+        (
+            "auth:\n  oidc:\n    - issuer: https://gitlab.example.com\n      audience: s\n      jwks_uri: http://keys.example.com/jwks\n",
+            "jwks_uri",
+        ),
+        (
+            "auth:\n  oidc:\n    - issuer: https://gitlab.example.com\n      audience: s\n      keys_max_age: 0s\n",
+            "keys_max_age",
+        ),
     ] {
         let config = dir.path().join("c.yaml");
         std::fs::write(&config, yaml).unwrap();
@@ -395,4 +431,175 @@ fn oidc_configuration_mistakes_stop_start_up() {
             "{yaml}: {log}"
         );
     }
+}
+
+/// Waits (up to a minute) until `done` holds; panics naming `what`.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn metrics(server: &Server) -> String {
+    let (status, body) = http("GET", &format!("{}/metrics", server.url), b"");
+    assert_eq!(status, 200);
+    text(&body)
+}
+
+#[test]
+fn oidc_made_up_key_ids_fetch_the_keys_at_most_once_a_second() {
+    let s = setup();
+    let url = s.server.state_url("ci/my-org/app/storm");
+    let good = s.issuer.mint(json!({}), json!({}));
+    assert_eq!(call("GET", &url, &good, b"").0, 404);
+    // First the JWKS fails while discovery answers, then discovery fails.
+    for (round, failing) in ["jwks", "discovery"].into_iter().enumerate() {
+        s.issuer
+            .control("fail", json!({"status": 500, "only": failing}));
+        let forged: Vec<String> = (0..40).map(|n| s.issuer.forged(100 * round + n)).collect();
+        // Past the second of the last fetch, a made-up id may cause one
+        // attempt.
+        std::thread::sleep(Duration::from_millis(1100));
+        let (jwks_before, discovery_before) = s.issuer.stats();
+        let started = Instant::now();
+        let statuses: Vec<u16> = std::thread::scope(|scope| {
+            let workers: Vec<_> = forged
+                .chunks(5)
+                .map(|chunk| {
+                    let url = &url;
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .map(|token| call("GET", url, token, b"").0)
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        });
+        let seconds = started.elapsed().as_secs();
+        let (jwks_after, discovery_after) = s.issuer.stats();
+        assert!(
+            statuses.iter().all(|s| matches!(s, 401 | 503)),
+            "{failing}: {statuses:?}"
+        );
+        let (jwks, discovery) = (jwks_after - jwks_before, discovery_after - discovery_before);
+        let asked = if failing == "jwks" { jwks } else { discovery };
+        assert!(asked >= 1, "{failing}: not asked at all");
+        // Attempts are at least a second apart, failed ones included.
+        assert!(
+            jwks <= 1 + seconds && discovery <= 1 + seconds,
+            "{failing} failing: 40 made-up key ids in {seconds}s made {jwks} JWKS and {discovery} discovery requests"
+        );
+        let after = s
+            .issuer
+            .mint(json!({"jti": format!("after-{failing}")}), json!({}));
+        assert_eq!(
+            call("GET", &url, &after, b"").0,
+            404,
+            "{failing}: the cached key works"
+        );
+    }
+}
+
+#[test]
+fn oidc_a_hanging_issuer_does_not_hold_up_tokens_whose_keys_are_cached() {
+    let s = setup();
+    let url = s.server.state_url("ci/my-org/app/hang");
+    let good = s.issuer.mint(json!({}), json!({}));
+    assert_eq!(call("GET", &url, &good, b"").0, 404);
+    let forged: Vec<String> = (0..3).map(|n| s.issuer.forged(n)).collect();
+    let legit = s.issuer.mint(json!({"jti": "while-hanging"}), json!({}));
+    // The JWKS now answers only after stategate's fetch has given up.
+    s.issuer
+        .control("fail", json!({"status": 0, "delay": 120, "only": "jwks"}));
+    std::thread::sleep(Duration::from_millis(1100));
+    let (jwks_before, _) = s.issuer.stats();
+    let stuck: Vec<_> = forged
+        .into_iter()
+        .map(|token| {
+            let url = url.clone();
+            std::thread::spawn(move || call("GET", &url, &token, b""))
+        })
+        .collect();
+    eventually("stategate asks the hanging issuer for its keys", || {
+        s.issuer.stats().0 > jwks_before
+    });
+    let (status, reason) = call("GET", &url, &legit, b"");
+    assert_eq!(status, 404, "{}", text(&reason));
+    assert!(
+        stuck.iter().all(|t| !t.is_finished()),
+        "the token with a cached key was answered only after a made-up one"
+    );
+    for t in stuck {
+        let (status, reason) = t.join().unwrap();
+        assert_eq!(status, 503, "{}", text(&reason));
+    }
+    assert_eq!(
+        s.issuer.stats().0,
+        jwks_before + 1,
+        "the requests that waited took the answer of the fetch in flight"
+    );
+}
+
+#[test]
+fn oidc_old_keys_keep_working_while_the_issuer_is_down() {
+    let s = setup_with("      keys_max_age: 1s\n");
+    let url = s.server.state_url("ci/my-org/app/old-keys");
+    let first = s.issuer.mint(json!({}), json!({}));
+    assert_eq!(call("GET", &url, &first, b"").0, 404);
+    assert!(metrics(&s.server).contains("stategate_oidc_stale_issuers 0"));
+    s.issuer.control("fail", json!({"status": 500}));
+    std::thread::sleep(Duration::from_millis(1500));
+    let old = s.issuer.mint(json!({"jti": "with-old-keys"}), json!({}));
+    assert_eq!(
+        call("GET", &url, &old, b"").0,
+        404,
+        "keys past their age still verify while the issuer is down"
+    );
+    assert!(
+        s.server.logs("past keys_max_age and cannot be refreshed"),
+        "{}",
+        s.server.log()
+    );
+    eventually("the metric shows the old keys in use", || {
+        metrics(&s.server).contains("stategate_oidc_stale_issuers 1")
+    });
+    // Back up: the next token refreshes the keys.
+    s.issuer.control("fail", json!({"status": 0}));
+    std::thread::sleep(Duration::from_millis(1100));
+    let fresh = s.issuer.mint(json!({"jti": "issuer-back"}), json!({}));
+    assert_eq!(call("GET", &url, &fresh, b"").0, 404);
+    eventually("the metric shows fresh keys", || {
+        metrics(&s.server).contains("stategate_oidc_stale_issuers 0")
+    });
+    assert!(s.server.logs("the issuer's keys were fetched again"));
+}
+
+#[test]
+fn oidc_a_plain_http_jwks_uri_off_loopback_is_refused() {
+    let s = setup();
+    let url = s.server.state_url("ci/my-org/app/jwks-uri");
+    s.issuer.control(
+        "discovery",
+        json!({"jwks_uri": "http://keys.example.com/jwks"}),
+    );
+    let token = s.issuer.mint(json!({}), json!({}));
+    let (status, reason) = call("GET", &url, &token, b"");
+    let reason = text(&reason);
+    assert_eq!(status, 503, "{reason}");
+    assert!(
+        reason.contains("jwks_uri `http://keys.example.com/jwks` must be an https URL"),
+        "{reason}"
+    );
+    // The issuer's own (loopback) address is fine.
+    s.issuer.control("discovery", json!({"jwks_uri": null}));
+    std::thread::sleep(Duration::from_millis(1100));
+    let next = s.issuer.mint(json!({"jti": "own-jwks"}), json!({}));
+    assert_eq!(call("GET", &url, &next, b"").0, 404);
 }

@@ -56,7 +56,12 @@ issuers (``--path`` repeated) ``/-/...`` addresses the first one and
 * ``POST /-/fail`` with ``{"status": 503}``: discovery and JWKS answer that
   status (body ``{"error": "injected failure"}``) until ``{"status": 0}``.
   ``"delay": seconds`` (optional, default 0) holds their answers back that
-  long, to show a client's timeout.
+  long, to show a client's timeout (a long delay is an issuer that hangs).
+  ``"only": "jwks"`` or ``"discovery"`` (optional) limits the failure to
+  that endpoint; the other one answers normally.
+* ``POST /-/discovery`` with ``{"jwks_uri": "..."}``: the discovery
+  document names that ``jwks_uri`` instead of this issuer's own, until
+  ``{"jwks_uri": null}``.
 
 Usage::
 
@@ -176,15 +181,19 @@ class Issuer:
         self.discovery_requests = 0
         self.fail_status = 0
         self.fail_delay = 0.0
+        self.fail_only = None  # None (both), DISCOVERY or JWKS
+        self.jwks_uri = None  # None: this issuer's own
 
     def url(self, base):
         return base + self.path
 
     def discovery(self, base):
         issuer = self.url(base)
+        with self.lock:
+            jwks_uri = self.jwks_uri or issuer + JWKS
         return {
             "issuer": issuer,
-            "jwks_uri": issuer + JWKS,
+            "jwks_uri": jwks_uri,
             "id_token_signing_alg_values_supported": ["RS256", "ES256"],
             "response_types_supported": ["id_token"],
             "subject_types_supported": ["public"],
@@ -381,6 +390,8 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 issuer.jwks_requests += 1
             status, delay = issuer.fail_status, issuer.fail_delay
+            if issuer.fail_only not in (None, rest):
+                status, delay = 0, 0.0
         if delay:
             time.sleep(delay)
         if status:
@@ -395,23 +406,37 @@ class Handler(BaseHTTPRequestHandler):
                 stats = {"jwks_requests": issuer.jwks_requests,
                          "discovery_requests": issuer.discovery_requests}
             return self.reply(200, stats)
-        if self.command != "POST" or rest not in ("/-/mint", "/-/rotate", "/-/fail"):
+        if self.command != "POST" or rest not in ("/-/mint", "/-/rotate", "/-/fail", "/-/discovery"):
             raise ControlError(404, "no such control endpoint: %s %s" % (self.command, rest))
         body = self.read_json()
         if rest == "/-/mint":
             return self.reply(200, issuer.mint(self.server.base, body))
         if rest == "/-/rotate":
             return self.reply(200, issuer.rotate())
-        status = body.get("status", 0) if isinstance(body, dict) else None
-        delay = body.get("delay", 0) if isinstance(body, dict) else None
+        if not isinstance(body, dict):
+            raise ControlError(400, "the body must be a JSON object")
+        if rest == "/-/discovery":
+            jwks_uri = body.get("jwks_uri")
+            if jwks_uri is not None and not isinstance(jwks_uri, str):
+                raise ControlError(400, "jwks_uri must be a string or null")
+            with issuer.lock:
+                issuer.jwks_uri = jwks_uri
+            return self.reply(200, {"jwks_uri": jwks_uri})
+        status = body.get("status", 0)
+        delay = body.get("delay", 0)
+        endpoints = {"jwks": JWKS, "discovery": DISCOVERY}
+        only = body.get("only")
+        if only is not None and (not isinstance(only, str) or only not in endpoints):
+            raise ControlError(400, "only must be jwks or discovery")
+        only = endpoints.get(only)
         if (isinstance(status, bool) or not isinstance(status, int)
                 or not (status == 0 or 100 <= status <= 599)):
             raise ControlError(400, "status must be 0 (no failure) or an HTTP status")
         if isinstance(delay, bool) or not isinstance(delay, (int, float)) or delay < 0:
             raise ControlError(400, "delay must be a number of seconds >= 0")
         with issuer.lock:
-            issuer.fail_status, issuer.fail_delay = status, float(delay)
-        return self.reply(200, {"status": status, "delay": float(delay)})
+            issuer.fail_status, issuer.fail_delay, issuer.fail_only = status, float(delay), only
+        return self.reply(200, {"status": status, "delay": float(delay), "only": body.get("only")})
 
 
 class Server(ThreadingHTTPServer):

@@ -398,6 +398,28 @@ def test_fail_delay(fresh):
     call(root + "/-/fail", {"status": 0})
 
 
+def test_fail_only_one_endpoint(fresh):
+    root, issuer = fresh
+    assert call(root + "/-/fail", {"status": 500, "only": "jwks"})[0] == 200
+    assert call(issuer + "/.well-known/openid-configuration")[0] == 200
+    assert call(issuer + "/jwks")[0] == 500
+    assert call(root + "/-/fail", {"status": 500, "only": "discovery"})[0] == 200
+    assert call(issuer + "/.well-known/openid-configuration")[0] == 500
+    assert call(issuer + "/jwks")[0] == 200
+    assert call(root + "/-/fail", {"status": 500, "only": "keys"})[0] == 400
+    assert call(root + "/-/fail", {"status": 0})[0] == 200
+    assert call(issuer + "/.well-known/openid-configuration")[0] == 200
+
+
+def test_discovery_can_name_another_jwks_uri(fresh):
+    root, issuer = fresh
+    assert call(root + "/-/discovery", {"jwks_uri": "http://keys.example.com/jwks"})[0] == 200
+    assert discover(issuer)["jwks_uri"] == "http://keys.example.com/jwks"
+    assert call(root + "/-/discovery", {"jwks_uri": 7})[0] == 400
+    assert call(root + "/-/discovery", {"jwks_uri": None})[0] == 200
+    assert discover(issuer)["jwks_uri"] == issuer + "/jwks"
+
+
 def test_stats_count_requests(fresh):
     root, issuer = fresh
     assert call(root + "/-/stats")[1] == {"jwks_requests": 0, "discovery_requests": 0}
