@@ -27,6 +27,10 @@ pub enum ProtocolError {
     /// LOCK and UNLOCK).
     #[error("the body is larger than the limit of {0} bytes")]
     TooLarge(u64),
+    /// A stored state is too large for a view to show; the reason names
+    /// the size, the limit and its setting.
+    #[error("{0}")]
+    TooLargeToShow(String),
     /// The body arrived slower than `body_min_rate`; the connection closes.
     #[error("the body arrived slower than {0} bytes per second; giving up")]
     TooSlow(u64),
@@ -53,7 +57,9 @@ impl ProtocolError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProtocolError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProtocolError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProtocolError::TooLarge(_) | ProtocolError::TooLargeToShow(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ProtocolError::TooSlow(_) => StatusCode::REQUEST_TIMEOUT,
             ProtocolError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProtocolError::NotFound(_) => StatusCode::NOT_FOUND,

@@ -5,11 +5,20 @@
 //! Nothing here returns a value from a state: attribute values and output
 //! values hold secrets (passwords, keys, tokens), so a change is described
 //! by the names of the attributes that differ, and outputs by their names.
+//!
+//! Bodies are read into typed structs that keep only what is shown: the
+//! fields of a resource that make its address, attribute names, and for
+//! each attribute or output value a keyed 64-bit fingerprint instead of the
+//! value. serde skips everything else without building it, so a parse
+//! costs a fraction of the body's size rather than several times it.
 
 use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::OnceLock;
 
-use serde::Serialize;
-use serde_json::{Map, Value};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// What a state holds, by name only.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -61,57 +70,236 @@ pub struct Changed {
     pub attributes: Vec<String>,
 }
 
-/// Instance fields compared beside the attributes, shown in parentheses.
-const INSTANCE_FIELDS: &[&str] = &["dependencies", "status", "schema_version", "index_key"];
+/// A JSON value reduced to a 64-bit SipHash under a key drawn once per
+/// process: equal for values `serde_json::Value` holds equal (object keys
+/// in any order), and, the key being secret, not forgeable to hide a
+/// change. Built while parsing, so the value itself is never held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint(u64);
 
-/// The parts of a state the overview and the diff read. A body that is not
-/// a Terraform state (an encrypted envelope, other JSON) holds nothing.
-fn document(body: &[u8]) -> Map<String, Value> {
+fn fingerprint_key() -> &'static std::collections::hash_map::RandomState {
+    static KEY: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    KEY.get_or_init(Default::default)
+}
+
+fn fingerprint(kind: u8, write: impl FnOnce(&mut dyn Hasher)) -> Fingerprint {
+    let mut h = fingerprint_key().build_hasher();
+    h.write_u8(kind);
+    write(&mut h);
+    Fingerprint(h.finish())
+}
+
+impl<'de> Deserialize<'de> for Fingerprint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(FingerprintVisitor)
+    }
+}
+
+struct FingerprintVisitor;
+
+impl<'de> Visitor<'de> for FingerprintVisitor {
+    type Value = Fingerprint;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Fingerprint, E> {
+        Ok(fingerprint(0, |_| {}))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Fingerprint, E> {
+        Ok(fingerprint(1, |h| h.write_u8(v.into())))
+    }
+
+    // Kinds 2, 3 and 4 keep numbers apart as `Value` does: 1 and 1.0 differ.
+    fn visit_u64<E>(self, v: u64) -> Result<Fingerprint, E> {
+        Ok(fingerprint(2, |h| h.write_u64(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Fingerprint, E> {
+        Ok(fingerprint(3, |h| h.write_i64(v)))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Fingerprint, E> {
+        Ok(fingerprint(4, |h| h.write_u64(v.to_bits())))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Fingerprint, E> {
+        // `str::hash` ends with a marker byte, so strings cannot run together.
+        Ok(fingerprint(5, |mut h| v.hash(&mut h)))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Fingerprint, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Fingerprint(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(fingerprint(6, |mut h| items.hash(&mut h)))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fingerprint, A::Error> {
+        let mut entries = Vec::new();
+        while let Some((Fingerprint(k), Fingerprint(v))) = map.next_entry()? {
+            entries.push((k, v));
+        }
+        // Key order carries no meaning in JSON.
+        entries.sort_unstable();
+        Ok(fingerprint(7, |mut h| entries.hash(&mut h)))
+    }
+}
+
+/// An instance's attributes: name and fingerprint, sorted by name. A
+/// vector, not a map: states hold many small instances, and a map's nodes
+/// would cost more than the names themselves.
+#[derive(Default)]
+struct Attributes(Vec<(Box<str>, Fingerprint)>);
+
+impl Attributes {
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(n, _)| &**n)
+    }
+
+    fn get(&self, name: &str) -> Option<Fingerprint> {
+        self.0
+            .binary_search_by(|(n, _)| (**n).cmp(name))
+            .ok()
+            .map(|i| self.0[i].1)
+    }
+}
+
+impl<'de> Deserialize<'de> for Attributes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct AttributesVisitor;
+        impl<'de> Visitor<'de> for AttributesVisitor {
+            type Value = Attributes;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of attributes")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Attributes, A::Error> {
+                let mut out = Vec::new();
+                while let Some((name, value)) = map.next_entry::<String, Fingerprint>()? {
+                    out.push((name.into_boxed_str(), value));
+                }
+                out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                // A repeated name keeps its last value, as a JSON object does.
+                out.reverse();
+                out.dedup_by(|a, b| a.0 == b.0);
+                out.reverse();
+                Ok(Attributes(out))
+            }
+        }
+        d.deserialize_map(AttributesVisitor)
+    }
+}
+
+fn count_items<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    Ok(Option::<Vec<IgnoredAny>>::deserialize(d)?.map_or(0, |v| v.len()))
+}
+
+/// The parts of a state the overview reads. A body that is not a Terraform
+/// state (an encrypted envelope, other JSON) holds nothing.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct OverviewDocument {
+    resources: Option<Vec<BlockCount>>,
+    outputs: Option<BTreeMap<String, IgnoredAny>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct BlockCount {
+    mode: Option<String>,
+    #[serde(rename = "type")]
+    type_name: Option<String>,
+    #[serde(deserialize_with = "count_items")]
+    instances: usize,
+}
+
+/// The parts of a state the diff reads.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct DiffDocument {
+    resources: Option<Vec<Block>>,
+    outputs: Option<BTreeMap<String, Fingerprint>>,
+}
+
+/// A resource block: what makes its address, and its instances.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Block {
+    module: Option<String>,
+    mode: Option<String>,
+    #[serde(rename = "type")]
+    type_name: Option<String>,
+    name: Option<String>,
+    instances: Option<Vec<Instance>>,
+}
+
+/// One instance: its key, and fingerprints of what a diff compares.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Instance {
+    /// A number for `count`, a string for `for_each`.
+    index_key: Option<Value>,
+    attributes: Option<Attributes>,
+    /// The flat attribute map of states written by Terraform before 0.12.
+    attributes_flat: Option<Attributes>,
+    dependencies: Option<Fingerprint>,
+    status: Option<Fingerprint>,
+    schema_version: Option<Fingerprint>,
+}
+
+impl Instance {
+    fn attributes(&self) -> Option<&Attributes> {
+        self.attributes.as_ref().or(self.attributes_flat.as_ref())
+    }
+
+    /// The fields compared beside the attributes, shown in parentheses.
+    fn fields_changed(&self, new: &Instance) -> Vec<String> {
+        [
+            ("dependencies", self.dependencies != new.dependencies),
+            ("status", self.status != new.status),
+            ("schema_version", self.schema_version != new.schema_version),
+            ("index_key", self.index_key != new.index_key),
+        ]
+        .into_iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(field, _)| format!("({field})"))
+        .collect()
+    }
+}
+
+fn parse<T: Default + for<'de> Deserialize<'de>>(body: &[u8]) -> T {
     serde_json::from_slice(body).unwrap_or_default()
 }
 
-fn resources(doc: &Map<String, Value>) -> impl Iterator<Item = &Map<String, Value>> {
-    doc.get("resources")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_object)
-}
-
-fn instances(resource: &Map<String, Value>) -> impl Iterator<Item = &Map<String, Value>> {
-    resource
-        .get("instances")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_object)
-}
-
-fn str_field<'a>(m: &'a Map<String, Value>, name: &str) -> &'a str {
-    m.get(name).and_then(Value::as_str).unwrap_or("")
+fn is_data(mode: &Option<String>) -> bool {
+    mode.as_deref() == Some("data")
 }
 
 /// The address of a resource block: `[<module>.][data.]<type>.<name>`.
-fn resource_address(resource: &Map<String, Value>) -> String {
+fn resource_address(block: &Block) -> String {
     let mut address = String::new();
-    let module = str_field(resource, "module");
-    if !module.is_empty() {
+    if let Some(module) = block.module.as_deref().filter(|m| !m.is_empty()) {
         address.push_str(module);
         address.push('.');
     }
-    if str_field(resource, "mode") == "data" {
+    if is_data(&block.mode) {
         address.push_str("data.");
     }
-    address.push_str(str_field(resource, "type"));
+    address.push_str(block.type_name.as_deref().unwrap_or(""));
     address.push('.');
-    address.push_str(str_field(resource, "name"));
+    address.push_str(block.name.as_deref().unwrap_or(""));
     address
 }
 
 /// An instance key as Terraform writes it in an address: `[0]` for
 /// `count`, `["key"]` for `for_each`, nothing for a single instance.
-fn instance_suffix(instance: &Map<String, Value>) -> String {
-    match instance.get("index_key") {
+fn instance_suffix(instance: &Instance) -> String {
+    match &instance.index_key {
         Some(Value::Number(n)) => format!("[{n}]"),
         Some(Value::String(s)) => {
             format!(
@@ -125,20 +313,19 @@ fn instance_suffix(instance: &Map<String, Value>) -> String {
 
 /// What a state holds, by type and name.
 pub fn overview(body: &[u8]) -> Overview {
-    let doc = document(body);
+    let doc: OverviewDocument = parse(body);
     let mut types: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut out = Overview::default();
-    for resource in resources(&doc) {
-        let mut type_name = str_field(resource, "type").to_string();
-        if str_field(resource, "mode") == "data" {
+    for block in doc.resources.unwrap_or_default() {
+        let mut type_name = block.type_name.unwrap_or_default();
+        if is_data(&block.mode) {
             type_name.insert_str(0, "data.");
         }
-        let n = instances(resource).count();
         let counts = types.entry(type_name).or_default();
         counts.0 += 1;
-        counts.1 += n;
+        counts.1 += block.instances;
         out.resources += 1;
-        out.instances += n;
+        out.instances += block.instances;
     }
     out.types = types
         .into_iter()
@@ -148,65 +335,46 @@ pub fn overview(body: &[u8]) -> Overview {
             instances,
         })
         .collect();
-    out.outputs = output_names(&doc);
+    // A BTreeMap's keys come sorted.
+    out.outputs = doc.outputs.unwrap_or_default().into_keys().collect();
     out
-}
-
-fn output_names(doc: &Map<String, Value>) -> Vec<String> {
-    let mut names: Vec<String> = doc
-        .get("outputs")
-        .and_then(Value::as_object)
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 /// Every instance of a state by address.
-fn instance_map(doc: &Map<String, Value>) -> BTreeMap<String, &Map<String, Value>> {
+fn instance_map(resources: Option<Vec<Block>>) -> BTreeMap<String, Instance> {
     let mut out = BTreeMap::new();
-    for resource in resources(doc) {
-        let base = resource_address(resource);
-        for instance in instances(resource) {
-            out.insert(format!("{base}{}", instance_suffix(instance)), instance);
+    for mut block in resources.unwrap_or_default() {
+        let base = resource_address(&block);
+        for instance in block.instances.take().unwrap_or_default() {
+            out.insert(format!("{base}{}", instance_suffix(&instance)), instance);
         }
     }
     out
 }
 
-/// The attributes of an instance: `attributes`, or the flat map of
-/// states written by Terraform before 0.12 (`attributes_flat`).
-fn attributes(instance: &Map<String, Value>) -> Map<String, Value> {
-    instance
-        .get("attributes")
-        .or_else(|| instance.get("attributes_flat"))
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default()
-}
-
 /// The names of what differs between two instances of one address.
-fn changed_names(old: &Map<String, Value>, new: &Map<String, Value>) -> Vec<String> {
-    let (a, b) = (attributes(old), attributes(new));
+fn changed_names(old: &Instance, new: &Instance) -> Vec<String> {
+    let empty = Attributes::default();
+    let a = old.attributes().unwrap_or(&empty);
+    let b = new.attributes().unwrap_or(&empty);
     let mut names: Vec<String> = a
-        .keys()
-        .chain(b.keys().filter(|k| !a.contains_key(*k)))
-        .filter(|k| a.get(*k) != b.get(*k))
-        .cloned()
+        .names()
+        .chain(b.names().filter(|n| a.get(n).is_none()))
+        .filter(|n| a.get(n) != b.get(n))
+        .map(str::to_string)
         .collect();
     names.sort();
-    for field in INSTANCE_FIELDS {
-        if old.get(*field) != new.get(*field) {
-            names.push(format!("({field})"));
-        }
-    }
+    names.extend(old.fields_changed(new));
     names
 }
 
 /// What changed from `from` to `to`, by instance address and output name.
 pub fn diff(from: &[u8], to: &[u8]) -> Diff {
-    let (old_doc, new_doc) = (document(from), document(to));
-    let (old, new) = (instance_map(&old_doc), instance_map(&new_doc));
+    let (old_doc, new_doc): (DiffDocument, DiffDocument) = (parse(from), parse(to));
+    let (old, new) = (
+        instance_map(old_doc.resources),
+        instance_map(new_doc.resources),
+    );
     let mut out = Diff::default();
     for (address, instance) in &new {
         match old.get(address) {
@@ -227,13 +395,10 @@ pub fn diff(from: &[u8], to: &[u8]) -> Diff {
         .filter(|a| !new.contains_key(*a))
         .cloned()
         .collect();
-    let outputs = |doc: &Map<String, Value>| -> Map<String, Value> {
-        doc.get("outputs")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default()
-    };
-    let (old_out, new_out) = (outputs(&old_doc), outputs(&new_doc));
+    let (old_out, new_out) = (
+        old_doc.outputs.unwrap_or_default(),
+        new_doc.outputs.unwrap_or_default(),
+    );
     for (name, value) in &new_out {
         match old_out.get(name) {
             None => out.outputs_added.push(name.clone()),
@@ -447,6 +612,18 @@ mod tests {
         assert_eq!(d.outputs_removed, ["drop"]);
         assert_eq!(d.outputs_changed, ["keep"]);
         assert_eq!(overview(&new).outputs, ["keep", "new", "same"]);
+    }
+
+    #[test]
+    fn values_compare_as_json_not_as_text() {
+        let old = br#"{"resources": [{"mode": "managed", "type": "t", "name": "x", "instances": [
+            {"attributes": {"a": {"p": 1, "q": [1, 2]}, "b": "s", "c": 1, "d": [1, 2], "e": null}}]}]}"#;
+        let new = br#"{"resources":[{"type":"t","name":"x","mode":"managed","instances":[
+            {"attributes":{"e":null,"d":[2,1],"c":1.0,"b":"s","a":{"q":[1,2],"p":1}}}]}]}"#;
+        let d = diff(old, new);
+        assert_eq!(d.changed.len(), 1, "{d:?}");
+        assert_eq!(d.changed[0].attributes, ["c", "d"]);
+        assert_eq!(diff(old, old), Diff::default());
     }
 
     #[test]

@@ -139,17 +139,18 @@ impl States {
         {
             return Ok(Some(summary));
         }
-        // Written by another tool: the body is read this once.
-        let Some(body) = self.get(state).await? else {
+        // Written by another tool: the body is read this once, a piece at
+        // a time when the store hands it out as a file.
+        let Some((body, _)) = self.read(state).await? else {
             return Ok(None);
         };
-        let head = StateHead::parse(&body).unwrap_or_default();
+        let head = StateHead::parse_payload(&body).await.unwrap_or_default();
         let summary = Summary {
             version: 0,
             serial: head.serial,
             lineage: head.lineage,
             resources: head.resources,
-            size: body.len() as u64,
+            size: body.len(),
             updated: listed.modified.and_then(rfc3339).unwrap_or_default(),
             who: None,
             identity: None,

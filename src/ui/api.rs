@@ -5,6 +5,14 @@
 //! The state list reads one store listing, keeps the states the caller may
 //! read that match the filter, sorts them by last write and reads only the
 //! page's summaries and locks: never a state body.
+//!
+//! The views that do read bodies (a state's overview, a diff) are bounded
+//! by [`BodyViews`]: a body above `ui.max_view_bytes` is refused before it
+//! is read, and only a few such views run at once, so no reader can make
+//! the server hold more than a small multiple of the limit. A state's
+//! history is shown a page at a time.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
@@ -14,15 +22,82 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::{Query, Viewer};
 use crate::protocol::{App, PageRequest, ProtocolError};
 use crate::state::diff::{self, Diff, Overview};
+use crate::state::head::StateHead;
+use crate::state::history::HistoryWindow;
 use crate::state::summary::{Listed, Summary};
 use crate::state::{StateError, StateRef, VersionMeta, WriteOptions};
+use crate::stores::Payload;
 
 /// States per page of the list.
 pub const PAGE_SIZE: usize = 50;
+
+/// Versions per page of a state's history.
+pub const HISTORY_PAGE_SIZE: u64 = 50;
+
+/// Views reading and parsing state bodies at once.
+const BODY_VIEWS_AT_ONCE: usize = 2;
+
+/// How long a view waits for its turn before answering 503.
+const BODY_VIEW_WAIT: Duration = Duration::from_secs(30);
+
+/// What bounds the views that read state bodies: their size, and how many
+/// run at once. One per dashboard.
+pub struct BodyViews {
+    /// `ui.max_view_bytes`.
+    max_bytes: u64,
+    /// Parsing takes memory in proportion to the body, and a diff holds
+    /// two: few at a time keeps the total bounded however many ask.
+    running: Semaphore,
+}
+
+impl BodyViews {
+    pub fn new(max_bytes: u64) -> Self {
+        BodyViews {
+            max_bytes,
+            running: Semaphore::new(BODY_VIEWS_AT_ONCE),
+        }
+    }
+
+    /// A turn to read and parse bodies, held until dropped; 503 when the
+    /// others take longer than [`BODY_VIEW_WAIT`].
+    pub async fn turn(&self) -> Result<SemaphorePermit<'_>, ProtocolError> {
+        let busy = || {
+            ProtocolError::Unavailable(
+                "the dashboard is busy reading other states; try again shortly".into(),
+            )
+        };
+        match tokio::time::timeout(BODY_VIEW_WAIT, self.running.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(busy()),
+        }
+    }
+
+    /// Refuses (413) a body of `size` bytes above the limit; `what` names it.
+    fn check(&self, what: &str, size: u64) -> Result<(), ProtocolError> {
+        if size > self.max_bytes {
+            return Err(ProtocolError::TooLargeToShow(format!(
+                "{what} is {size} bytes, more than the dashboard shows ({} bytes, ui.max_view_bytes)",
+                self.max_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Runs a parse on a blocking thread: a large body takes a while, and the
+/// runtime's threads serve every other request meanwhile.
+async fn parsed<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ProtocolError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ProtocolError::Unavailable(format!("the parse failed: {e}")))
+}
 
 /// A JSON answer.
 pub fn json_body(value: &impl Serialize) -> Response<Full<Bytes>> {
@@ -167,9 +242,15 @@ pub async fn list_states(
             .then_with(|| a.state.workspace().cmp(b.state.workspace()))
     });
     let total = listed.len();
-    let start = (q.page - 1).saturating_mul(PAGE_SIZE);
+    // A page number from the URL may be anything: one past every list is
+    // an empty page, never an overflow.
+    let start = q.page.saturating_sub(1).checked_mul(PAGE_SIZE);
+    let end = start.and_then(|s| s.checked_add(PAGE_SIZE));
     // On S3 and OSS each summary is a round trip: a few at a time.
-    let page: Vec<Listed> = listed.into_iter().skip(start).take(PAGE_SIZE).collect();
+    let page: Vec<Listed> = match start {
+        Some(start) => listed.into_iter().skip(start).take(PAGE_SIZE).collect(),
+        None => Vec::new(),
+    };
     let rows: Vec<Result<Option<StateRow>, ProtocolError>> = stream::iter(page)
         .map(|l| async move { state_row(app, &l, stale_after_secs).await })
         .buffered(READS_AT_ONCE)
@@ -186,11 +267,13 @@ pub async fn list_states(
         states,
         total,
         page: q.page,
-        next_page: (start + PAGE_SIZE < total).then_some(q.page + 1),
+        next_page: end
+            .filter(|&end| end < total)
+            .and_then(|_| q.page.checked_add(1)),
     })
 }
 
-/// One state: what it holds by name, its history and its lock.
+/// One state: what it holds by name, a page of its history and its lock.
 #[derive(Debug, Serialize)]
 pub struct StateDetail {
     pub key: String,
@@ -198,16 +281,27 @@ pub struct StateDetail {
     /// The current version's summary; `None` for a deleted state whose
     /// history remains.
     pub current: Option<Summary>,
-    pub overview: Overview,
+    /// `None` when the body is too large to show (`too_large` says why).
+    pub overview: Option<Overview>,
+    /// Why the body was not read, when it is too large to show.
+    pub too_large: Option<String>,
     pub lock: Option<LockView>,
-    /// Oldest first.
+    /// One page of the history, oldest first.
     pub history: Vec<VersionMeta>,
+    /// The `before` of the next (older) page, `None` on the oldest page.
+    pub next_before: Option<u64>,
+    /// The number of the newest kept version.
+    pub newest: Option<u64>,
     #[serde(skip)]
     pub state: StateRef,
+    /// The `before` this page was asked for.
+    #[serde(skip)]
+    pub before: Option<u64>,
 }
 
 impl StateDetail {
-    /// The versions to compare: the ones asked for, else the newest two.
+    /// The versions to compare: the ones asked for, else the newest two of
+    /// this page.
     pub fn default_pair(&self, from: Option<u64>, to: Option<u64>) -> Option<(u64, u64)> {
         let newest = self.history.last()?.version;
         let to = to.unwrap_or(newest);
@@ -222,46 +316,113 @@ impl StateDetail {
     }
 }
 
-/// Reads one state's overview, history and lock.
-pub async fn state_detail(
+/// The record of version `n`, `None` when it is not kept.
+pub async fn version_record(
     app: &App,
     state: &StateRef,
-    stale_after_secs: u64,
-) -> Result<StateDetail, ProtocolError> {
-    let history = app.states.history(state).await?;
-    let body = app.states.get(state).await?;
-    if body.is_none() && history.is_empty() {
-        return Err(ProtocolError::NotFound(format!(
-            "no state stored for {state}"
-        )));
-    }
-    let overview = body.as_deref().map(diff::overview).unwrap_or_default();
-    let current = match (&body, history.last()) {
-        (Some(b), Some(meta)) if meta.size == b.len() as u64 => Some(Summary::from(meta)),
-        (Some(b), _) => {
-            let head = crate::state::head::StateHead::parse(b).unwrap_or_default();
-            Some(Summary {
+    n: u64,
+) -> Result<Option<VersionMeta>, ProtocolError> {
+    // `before: None` starts from the newest, which is right for the
+    // highest number there is.
+    let window = HistoryWindow {
+        before: n.checked_add(1),
+        limit: 1,
+    };
+    let page = app.states.history_page(state, window).await?;
+    Ok(page.versions.into_iter().next().filter(|v| v.version == n))
+}
+
+/// The newest version below `before` (the newest of all when `None`).
+pub async fn newest_below(
+    app: &App,
+    state: &StateRef,
+    before: Option<u64>,
+) -> Result<Option<VersionMeta>, ProtocolError> {
+    let page = app
+        .states
+        .history_page(state, HistoryWindow { before, limit: 1 })
+        .await?;
+    Ok(page.versions.into_iter().next())
+}
+
+/// The current body (as the store hands it out: a large one may stay in a
+/// file) and its summary, from `newest` when that record holds it.
+pub async fn current(
+    app: &App,
+    state: &StateRef,
+    newest: Option<&VersionMeta>,
+) -> Result<Option<(Payload, Summary)>, ProtocolError> {
+    let Some((body, _)) = app.states.read(state).await? else {
+        return Ok(None);
+    };
+    let summary = match newest {
+        Some(meta) if meta.size == body.len() => Summary::from(meta),
+        _ => {
+            // Written by another tool: its head, read a piece at a time.
+            let head = StateHead::parse_payload(&body).await.unwrap_or_default();
+            Summary {
                 version: 0,
                 serial: head.serial,
                 lineage: head.lineage,
                 resources: head.resources,
-                size: b.len() as u64,
+                size: body.len(),
                 updated: String::new(),
                 who: None,
                 identity: None,
                 operation: "found".into(),
-            })
+            }
         }
-        (None, _) => None,
     };
+    Ok(Some((body, summary)))
+}
+
+/// Reads one state's overview, one page of its history and its lock. The
+/// caller holds a [`BodyViews::turn`].
+pub async fn state_detail(
+    app: &App,
+    views: &BodyViews,
+    state: &StateRef,
+    stale_after_secs: u64,
+    window: HistoryWindow,
+) -> Result<StateDetail, ProtocolError> {
+    let page = app.states.history_page(state, window).await?;
+    let newest = match window.before {
+        None => page.versions.first().cloned(),
+        Some(_) => newest_below(app, state, None).await?,
+    };
+    let current = current(app, state, newest.as_ref()).await?;
+    if current.is_none() && newest.is_none() {
+        return Err(ProtocolError::NotFound(format!(
+            "no state stored for {state}"
+        )));
+    }
+    let (overview, too_large, current) = match current {
+        None => (Some(Overview::default()), None, None),
+        Some((body, summary)) => {
+            match views.check(&format!("the current state of {state}"), body.len()) {
+                Err(e) => (None, Some(e.to_string()), Some(summary)),
+                Ok(()) => {
+                    let bytes = body.to_bytes().await.map_err(StateError::Store)?;
+                    let overview = parsed(move || diff::overview(&bytes)).await?;
+                    (Some(overview), None, Some(summary))
+                }
+            }
+        }
+    };
+    let mut history = page.versions;
+    history.reverse();
     Ok(StateDetail {
         key: state.key().to_string(),
         workspace: state.workspace().to_string(),
         current,
         overview,
+        too_large,
         lock: lock_view(app, state, stale_after_secs).await?,
         history,
+        next_before: page.next_before,
+        newest: newest.map(|v| v.version),
         state: state.clone(),
+        before: window.before,
     })
 }
 
@@ -276,32 +437,37 @@ pub struct VersionDiff {
     pub diff: Diff,
 }
 
-/// Compares two kept versions (by default the newest two).
+/// Compares two kept versions (by default the newest two); 413 when
+/// either is larger than `ui.max_view_bytes`, found from its record before
+/// the body is read. The caller holds a [`BodyViews::turn`].
 pub async fn version_diff(
     app: &App,
+    views: &BodyViews,
     state: &StateRef,
     from: Option<u64>,
     to: Option<u64>,
 ) -> Result<VersionDiff, ProtocolError> {
-    let (from, to) = match (from, to) {
-        (Some(f), Some(t)) => (f, t),
-        _ => {
-            let history = app.states.history(state).await?;
-            let detail_pair = StateDetail {
-                key: String::new(),
-                workspace: String::new(),
-                current: None,
-                overview: Overview::default(),
-                lock: None,
-                history,
-                state: state.clone(),
-            }
-            .default_pair(from, to);
-            detail_pair.ok_or_else(|| {
-                ProtocolError::NotFound(format!("{state} has fewer than two versions to compare"))
-            })?
-        }
+    let fewer =
+        || ProtocolError::NotFound(format!("{state} has fewer than two versions to compare"));
+    let missing = |n: u64| ProtocolError::NotFound(format!("{state} has no version {n}"));
+    let to_meta = match to {
+        Some(n) => version_record(app, state, n)
+            .await?
+            .ok_or_else(|| missing(n))?,
+        None => newest_below(app, state, None).await?.ok_or_else(fewer)?,
     };
+    let from_meta = match from {
+        Some(n) => version_record(app, state, n)
+            .await?
+            .ok_or_else(|| missing(n))?,
+        None => newest_below(app, state, Some(to_meta.version))
+            .await?
+            .ok_or_else(fewer)?,
+    };
+    for meta in [&from_meta, &to_meta] {
+        views.check(&format!("version {} of {state}", meta.version), meta.size)?;
+    }
+    let (from, to) = (from_meta.version, to_meta.version);
     let old = app.states.version(state, from).await?;
     let new = app.states.version(state, to).await?;
     Ok(VersionDiff {
@@ -309,7 +475,7 @@ pub async fn version_diff(
         workspace: state.workspace().to_string(),
         from,
         to,
-        diff: diff::diff(&old, &new),
+        diff: parsed(move || diff::diff(&old, &new)).await?,
     })
 }
 

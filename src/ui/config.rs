@@ -1,5 +1,6 @@
 //! The `ui:` section of the configuration: the dashboard's CSRF key, when
-//! a lock counts as stale, and the host names the server is reached by.
+//! a lock counts as stale, the host names the server is reached by, and
+//! the largest state body a view parses.
 
 use serde::Deserialize;
 
@@ -17,6 +18,9 @@ pub struct FileUi {
     /// Host names (without port) the server is reached by, beyond IP
     /// addresses and `localhost`.
     pub hosts: Option<Vec<String>>,
+    /// The largest state body, in bytes, that a page or API answer parses
+    /// to show what it holds or what changed.
+    pub max_view_bytes: Option<u64>,
 }
 
 impl std::fmt::Debug for FileUi {
@@ -25,6 +29,7 @@ impl std::fmt::Debug for FileUi {
             .field("csrf_key", &self.csrf_key.as_ref().map(|_| "<hidden>"))
             .field("stale_lock_hours", &self.stale_lock_hours)
             .field("hosts", &self.hosts)
+            .field("max_view_bytes", &self.max_view_bytes)
             .finish()
     }
 }
@@ -37,6 +42,9 @@ pub struct UiSettings {
     pub stale_lock_hours: u64,
     /// Lower-case host names, no port.
     pub hosts: Vec<String>,
+    /// State bodies larger than this are not parsed by any view: each
+    /// parse costs memory in proportion to the body.
+    pub max_view_bytes: u64,
 }
 
 impl std::fmt::Debug for UiSettings {
@@ -45,18 +53,23 @@ impl std::fmt::Debug for UiSettings {
             .field("csrf_key", &self.csrf_key.as_ref().map(|_| "<hidden>"))
             .field("stale_lock_hours", &self.stale_lock_hours)
             .field("hosts", &self.hosts)
+            .field("max_view_bytes", &self.max_view_bytes)
             .finish()
     }
 }
 
 /// Default hours after which a lock is shown as stale.
 pub const DEFAULT_STALE_LOCK_HOURS: u64 = 4;
+/// Default `ui.max_view_bytes`: 16 MiB, a state of tens of thousands of
+/// resources.
+pub const DEFAULT_MAX_VIEW_BYTES: u64 = 16 * 1024 * 1024;
 /// The shortest `ui.csrf_key` accepted, in bytes.
 const MIN_KEY_BYTES: usize = 32;
 
 impl UiSettings {
-    /// Validates the section; `STATEGATE_UI_CSRF_KEY` and
-    /// `STATEGATE_UI_STALE_LOCK_HOURS` override the file.
+    /// Validates the section; `STATEGATE_UI_CSRF_KEY`,
+    /// `STATEGATE_UI_STALE_LOCK_HOURS` and `STATEGATE_UI_MAX_VIEW_BYTES`
+    /// override the file.
     pub fn resolve(
         file: Option<FileUi>,
         env: &dyn Fn(&str) -> Option<String>,
@@ -85,6 +98,16 @@ impl UiSettings {
                 "must be at least 1",
             ));
         }
+        let max_view_bytes = match env("STATEGATE_UI_MAX_VIEW_BYTES") {
+            Some(v) => parse_u64("ui.max_view_bytes", &v)?,
+            None => file.max_view_bytes.unwrap_or(DEFAULT_MAX_VIEW_BYTES),
+        };
+        if max_view_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "ui.max_view_bytes",
+                "must be at least 1",
+            ));
+        }
         let mut hosts = Vec::new();
         for host in file.hosts.unwrap_or_default() {
             let host = host.trim().to_ascii_lowercase();
@@ -104,6 +127,7 @@ impl UiSettings {
             csrf_key: csrf_key.map(String::into_bytes),
             stale_lock_hours,
             hosts,
+            max_view_bytes,
         })
     }
 }
@@ -120,7 +144,19 @@ mod tests {
     fn defaults_and_checks() {
         let s = UiSettings::resolve(None, &no_env).unwrap();
         assert_eq!(s.stale_lock_hours, DEFAULT_STALE_LOCK_HOURS);
+        assert_eq!(s.max_view_bytes, DEFAULT_MAX_VIEW_BYTES);
         assert!(s.csrf_key.is_none());
+        let env = |k: &str| (k == "STATEGATE_UI_MAX_VIEW_BYTES").then(|| "1024".to_string());
+        assert_eq!(
+            UiSettings::resolve(None, &env).unwrap().max_view_bytes,
+            1024
+        );
+        let zero = FileUi {
+            max_view_bytes: Some(0),
+            ..Default::default()
+        };
+        let e = UiSettings::resolve(Some(zero), &no_env).unwrap_err();
+        assert!(e.to_string().contains("ui.max_view_bytes"), "{e}");
         let short = FileUi {
             csrf_key: Some("short".into()),
             ..Default::default()

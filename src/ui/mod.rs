@@ -31,6 +31,7 @@ use serde_json::json;
 use crate::auth::{Access, Auth, AuthError, Identity};
 use crate::protocol::{App, PageRequest, Pages, ProtocolError, access};
 use crate::state::StateRef;
+use crate::state::history::HistoryWindow;
 
 pub mod api;
 pub mod config;
@@ -44,6 +45,8 @@ pub struct Dashboard {
     csrf: csrf::Csrf,
     /// Locks older than this are shown as stale.
     stale_after_secs: u64,
+    /// Bounds on the views that read state bodies.
+    views: api::BodyViews,
 }
 
 impl Dashboard {
@@ -54,6 +57,7 @@ impl Dashboard {
         Ok(Dashboard {
             csrf: csrf::Csrf::new(settings.csrf_key.clone())?,
             stale_after_secs: settings.stale_lock_hours.saturating_mul(3600),
+            views: api::BodyViews::new(settings.max_view_bytes),
         })
     }
 }
@@ -184,6 +188,10 @@ pub struct Query {
     pub from: Option<u64>,
     pub to: Option<u64>,
     pub version: Option<u64>,
+    /// History page: versions numbered below this.
+    pub before: Option<u64>,
+    /// History page: how many versions.
+    pub limit: Option<u64>,
 }
 
 impl Query {
@@ -201,8 +209,12 @@ impl Query {
                 "workspace" if !v.is_empty() => q.workspace = Some(v.into_owned()),
                 "prefix" => q.prefix = v.into_owned(),
                 "page" if !v.is_empty() => {
-                    q.page = number("page", &v)?.max(1) as usize;
+                    // Past the largest index there is no page: the last
+                    // one possible stands for all of them (it is empty).
+                    q.page = usize::try_from(number("page", &v)?.max(1)).unwrap_or(usize::MAX);
                 }
+                "before" if !v.is_empty() => q.before = Some(number("before", &v)?),
+                "limit" if !v.is_empty() => q.limit = Some(number("limit", &v)?),
                 "from" if !v.is_empty() => q.from = Some(number("from", &v)?),
                 "to" if !v.is_empty() => q.to = Some(number("to", &v)?),
                 "version" if !v.is_empty() => q.version = Some(number("version", &v)?),
@@ -210,6 +222,13 @@ impl Query {
             }
         }
         Ok(q)
+    }
+
+    /// The page of history asked for: `limit` versions (by default
+    /// [`api::HISTORY_PAGE_SIZE`]) below `before`.
+    fn history_window(&self) -> Result<HistoryWindow, ProtocolError> {
+        let limit = self.limit.unwrap_or(api::HISTORY_PAGE_SIZE);
+        Ok(HistoryWindow::new(Some(limit), self.before)?)
     }
 
     /// The state named by a key from the path and this query's workspace.
@@ -441,6 +460,7 @@ impl Dashboard {
         page.identity = viewer.identity.as_ref().map(|i| i.name.clone());
         let q = Query::parse(req.uri().query())?;
         let stale = self.stale_after_secs;
+        let views = &self.views;
         let keyed = |raw: &str, page: &mut PageRequest| -> Result<StateRef, ProtocolError> {
             let state = app.states.canonical(&q.state(raw)?);
             page.state = Some(state.to_string());
@@ -455,13 +475,16 @@ impl Dashboard {
             Route::ApiState(raw) => {
                 let state = keyed(raw, page)?;
                 viewer.require(app, &state, Access::Read, "read", page)?;
-                let detail = api::state_detail(app, &state, stale).await?;
+                let window = q.history_window()?;
+                let _turn = views.turn().await?;
+                let detail = api::state_detail(app, views, &state, stale, window).await?;
                 Ok(api::json_body(&detail))
             }
             Route::ApiDiff(raw) => {
                 let state = keyed(raw, page)?;
                 viewer.require(app, &state, Access::Read, "read", page)?;
-                let diff = api::version_diff(app, &state, q.from, q.to).await?;
+                let _turn = views.turn().await?;
+                let diff = api::version_diff(app, views, &state, q.from, q.to).await?;
                 Ok(api::json_body(&diff))
             }
             Route::ApiLocks => {
@@ -485,10 +508,17 @@ impl Dashboard {
             Route::StatePage(raw) => {
                 let state = keyed(raw, page)?;
                 viewer.require(app, &state, Access::Read, "read", page)?;
-                let detail = api::state_detail(app, &state, stale).await?;
+                let window = q.history_window()?;
+                let _turn = views.turn().await?;
+                let detail = api::state_detail(app, views, &state, stale, window).await?;
                 let diff = match detail.default_pair(q.from, q.to) {
                     Some((from, to)) => {
-                        Some(api::version_diff(app, &state, Some(from), Some(to)).await?)
+                        match api::version_diff(app, views, &state, Some(from), Some(to)).await {
+                            Ok(diff) => Some(Ok(diff)),
+                            // The page still shows what it can.
+                            Err(e @ ProtocolError::TooLargeToShow(_)) => Some(Err(e.to_string())),
+                            Err(e) => return Err(e),
+                        }
                     }
                     None => None,
                 };
@@ -507,23 +537,34 @@ impl Dashboard {
                 let n = q.version.ok_or_else(|| {
                     ProtocolError::BadRequest("say which version to restore: ?version=N".into())
                 })?;
-                let detail = api::state_detail(app, &state, stale).await?;
+                let record = api::version_record(app, &state, n).await?.ok_or_else(|| {
+                    ProtocolError::NotFound(format!("{state} has no version {n}"))
+                })?;
+                let _turn = views.turn().await?;
+                let newest = api::newest_below(app, &state, None).await?;
+                let current = api::current(app, &state, newest.as_ref())
+                    .await?
+                    .map(|(_, summary)| summary);
                 // What the restore would change, from the current version.
-                let change = match detail.current.as_ref().map(|c| c.version) {
-                    Some(current) if current != 0 && current != n => {
-                        Some(api::version_diff(app, &state, Some(current), Some(n)).await?)
+                let change = match current.as_ref().map(|c| c.version) {
+                    Some(now) if now != 0 && now != n => {
+                        match api::version_diff(app, views, &state, Some(now), Some(n)).await {
+                            Ok(diff) => Some(Ok(diff)),
+                            Err(e @ ProtocolError::TooLargeToShow(_)) => Some(Err(e.to_string())),
+                            Err(e) => return Err(e),
+                        }
                     }
                     _ => None,
                 };
+                let lock = api::lock_view(app, &state, stale).await?;
                 let token = self.csrf.token(viewer.name(), "restore", &state);
-                Ok(pages::restore(
-                    base,
-                    &viewer,
-                    &detail,
-                    n,
-                    change.as_ref(),
-                    &token,
-                )?)
+                let restoring = pages::Restoring {
+                    record: &record,
+                    current: current.as_ref(),
+                    locked: lock.is_some(),
+                    change: change.as_ref(),
+                };
+                Ok(pages::restore(base, &viewer, &state, restoring, &token))
             }
             Route::Release(raw) => {
                 let state = keyed(raw, page)?;

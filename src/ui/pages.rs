@@ -10,8 +10,9 @@ use hyper::{Response, StatusCode};
 
 use super::api::{LockRow, LockView, StateDetail, StateList, VersionDiff};
 use super::{Query, Viewer};
-use crate::protocol::ProtocolError;
 use crate::state::StateRef;
+use crate::state::VersionMeta;
+use crate::state::summary::Summary;
 
 /// Characters left as they are in a key's URL path (its `/` included).
 const PATH: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
@@ -407,16 +408,26 @@ struct StatePage<'a> {
     versions: Vec<VersionRow>,
     numbers: Vec<u64>,
     diff: Option<DiffView>,
+    /// Why the diff is not shown.
+    diff_refused: Option<String>,
+    /// Why what the state holds is not shown.
+    too_large: Option<String>,
     form_action: String,
     workspace_field: Option<String>,
+    before_field: Option<u64>,
+    /// The next (older) page of history.
+    older_url: Option<String>,
+    /// The first page of history, when this is not it.
+    newest_url: Option<String>,
 }
 
-/// One state: what it holds, its history, a diff, its lock.
+/// One state: what it holds, a page of its history, a diff (or why it is
+/// not shown), its lock.
 pub fn state(
     base: &str,
     viewer: &Viewer,
     detail: &StateDetail,
-    diff: Option<&VersionDiff>,
+    diff: Option<&Result<VersionDiff, String>>,
 ) -> Response<Full<Bytes>> {
     let st = &detail.state;
     let admin = viewer.is_admin(st);
@@ -453,8 +464,13 @@ pub fn state(
     } else {
         Vec::new()
     };
-    let diff = diff.map(diff_view);
+    let (diff, diff_refused) = match diff {
+        Some(Ok(d)) => (Some(diff_view(d)), None),
+        Some(Err(why)) => (None, Some(why.clone())),
+        None => (None, None),
+    };
     let current = detail.current.as_ref();
+    let overview = detail.overview.clone().unwrap_or_default();
     html(render(&StatePage {
         layout: Layout::new(base, detail.key.clone(), Some(viewer)),
         key: detail.key.clone(),
@@ -464,10 +480,9 @@ pub fn state(
         size: current.map_or("-".into(), |c| human_size(c.size)),
         updated: short_time(current.map(|c| c.updated.as_str())),
         writer: current.and_then(|c| c.writer()).unwrap_or("-").to_string(),
-        resources: detail.overview.resources,
-        instances: detail.overview.instances,
-        types: detail
-            .overview
+        resources: overview.resources,
+        instances: overview.instances,
+        types: overview
             .types
             .iter()
             .map(|t| TypeRow {
@@ -476,7 +491,7 @@ pub fn state(
                 instances: t.instances,
             })
             .collect(),
-        outputs: detail.overview.outputs.clone(),
+        outputs: overview.outputs.clone(),
         lock: detail.lock.as_ref().map(|l| LockCell {
             who: l.field("Who").to_string(),
             age: human_age(l.age_seconds),
@@ -487,9 +502,21 @@ pub fn state(
         numbers: detail.history.iter().rev().map(|v| v.version).collect(),
         versions,
         diff,
+        diff_refused,
+        too_large: detail.too_large.clone(),
         form_action: format!("{base}/ui/states/{}", key_path(st)),
         workspace_field: (st.workspace() != crate::state::key::DEFAULT_WORKSPACE)
             .then(|| st.workspace().to_string()),
+        before_field: detail.before,
+        older_url: detail.next_before.map(|b| {
+            format!(
+                "{}#history",
+                with_param(state_url(base, st), &format!("before={b}"))
+            )
+        }),
+        newest_url: detail
+            .before
+            .map(|_| format!("{}#history", state_url(base, st))),
     }))
 }
 
@@ -588,40 +615,58 @@ struct RestorePage<'a> {
     current_serial: String,
     locked: bool,
     change: Option<DiffView>,
+    /// Why the change is not shown.
+    change_refused: Option<String>,
     csrf: &'a str,
+}
+
+/// What the restore confirmation shows.
+pub struct Restoring<'a> {
+    /// The version to restore.
+    pub record: &'a VersionMeta,
+    /// The state it would replace.
+    pub current: Option<&'a Summary>,
+    pub locked: bool,
+    /// What the restore changes, or why that is not shown.
+    pub change: Option<&'a Result<VersionDiff, String>>,
 }
 
 /// The confirmation step before a restore.
 pub fn restore(
     base: &str,
     viewer: &Viewer,
-    detail: &StateDetail,
-    n: u64,
-    change: Option<&VersionDiff>,
+    st: &StateRef,
+    restoring: Restoring<'_>,
     csrf: &str,
-) -> Result<Response<Full<Bytes>>, ProtocolError> {
-    let st = &detail.state;
-    let v = detail
-        .history
-        .iter()
-        .find(|v| v.version == n)
-        .ok_or_else(|| ProtocolError::NotFound(format!("{st} has no version {n}")))?;
-    Ok(html(render(&RestorePage {
-        layout: Layout::new(base, format!("Restore {}", detail.key), Some(viewer)),
-        key: detail.key.clone(),
-        workspace: detail.workspace.clone(),
+) -> Response<Full<Bytes>> {
+    let Restoring {
+        record,
+        current,
+        locked,
+        change,
+    } = restoring;
+    let (change, change_refused) = match change {
+        Some(Ok(d)) => (Some(diff_view(d)), None),
+        Some(Err(why)) => (None, Some(why.clone())),
+        None => (None, None),
+    };
+    html(render(&RestorePage {
+        layout: Layout::new(base, format!("Restore {}", st.key()), Some(viewer)),
+        key: st.key().to_string(),
+        workspace: st.workspace().to_string(),
         state_url: state_url(base, st),
         action: restore_url(base, st),
-        version: n,
-        serial: or_dash(v.serial),
-        created: short_time(Some(&v.created)),
-        resources: v.resources,
-        size: human_size(v.size),
-        current_serial: or_dash(detail.current.as_ref().and_then(|c| c.serial)),
-        locked: detail.lock.is_some(),
-        change: change.map(diff_view),
+        version: record.version,
+        serial: or_dash(record.serial),
+        created: short_time(Some(&record.created)),
+        resources: record.resources,
+        size: human_size(record.size),
+        current_serial: or_dash(current.and_then(|c| c.serial)),
+        locked,
+        change,
+        change_refused,
         csrf,
-    })))
+    }))
 }
 
 #[cfg(test)]

@@ -669,3 +669,273 @@ fn ui_lives_below_the_base_path_and_not_on_the_admin_address() {
     assert_eq!(http("GET", &format!("{admin}/tfstate/metrics"), b"").0, 200);
     assert_eq!(http("GET", &format!("{admin}/tfstate/ui/"), b"").0, 404);
 }
+
+/// A state of `resources` resource blocks, one instance each, whose
+/// attributes depend on `serial` (so two serials differ everywhere).
+fn many_resources(lineage: &str, serial: u64, resources: usize) -> Vec<u8> {
+    let blocks: Vec<Value> = (0..resources)
+        .map(|i| {
+            serde_json::json!({
+                "mode": "managed", "type": format!("t{}", i % 7), "name": format!("r{i}"),
+                "provider": "provider[\"terraform.io/builtin/terraform\"]",
+                "instances": [{"schema_version": 0, "attributes": {
+                    "id": format!("{i}-{serial}"), "input": {"value": "v", "type": "string"},
+                    "tags": ["a", "b", serial.to_string()], "size": i,
+                }}]
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "version": 4, "serial": serial, "lineage": lineage,
+        "outputs": {"o": {"value": serial, "type": "number"}},
+        "resources": blocks,
+    }))
+    .unwrap()
+}
+
+fn hwm_mib(server: &Server) -> u64 {
+    proc_status_kib(server.pid(), "VmHWM") / 1024
+}
+
+#[test]
+fn ui_refuses_to_parse_a_state_above_max_view_bytes_and_memory_stays_bounded() {
+    const LIMIT: usize = 4 * 1024 * 1024;
+    let peer = LocalPeer::new();
+    let start = |peer: &LocalPeer| {
+        Server::try_start(
+            peer,
+            &[],
+            &[("STATEGATE_UI_MAX_VIEW_BYTES", &LIMIT.to_string())],
+        )
+        .unwrap_or_else(|log| panic!("stategate did not start:\n{log}"))
+    };
+    let writer = start(&peer);
+
+    // Two versions of a state three times the limit, and two of one below it.
+    let big = "big/fleet.tfstate";
+    let mut big_size = 0;
+    for serial in 1..=2 {
+        let body = many_resources("lineage-big", serial, 60_000);
+        big_size = body.len();
+        assert_eq!(http("POST", &writer.state_url(big), &body).0, 200);
+    }
+    assert!(big_size > 3 * LIMIT, "{big_size}");
+    let small = "small/fleet.tfstate";
+    for serial in 1..=2 {
+        let body = many_resources("lineage-small", serial, 12_000);
+        assert!(body.len() < LIMIT, "{}", body.len());
+        assert_eq!(http("POST", &writer.state_url(small), &body).0, 200);
+    }
+    // A fresh process, so that its peak is the views' alone.
+    assert!(writer.terminate());
+    let server = start(&peer);
+    let url = |path: &str| format!("{}{path}", server.url);
+    let before = hwm_mib(&server);
+
+    // The diff API refuses with 413, naming the size, the limit and the setting.
+    for _ in 0..3 {
+        let (status, diff, t) = get_json(&url(&format!("/api/v1/diff/{big}")), &[]);
+        assert_eq!(status, 413, "{t}");
+        let why = diff["error"].as_str().unwrap();
+        assert!(
+            why.contains("ui.max_view_bytes") && why.contains(&LIMIT.to_string()),
+            "{why}"
+        );
+        assert!(!why.contains('\n'), "{why}");
+    }
+    // The page shows what it knows without the body, and says why not more.
+    for _ in 0..3 {
+        let (status, page) = http("GET", &url(&format!("/ui/states/{big}")), b"");
+        let page = text(&page);
+        assert_eq!(status, 200, "{page}");
+        assert!(page.contains("ui.max_view_bytes"), "{page}");
+        assert!(
+            page.contains("Resources and outputs are not shown"),
+            "{page}"
+        );
+        assert!(page.contains("The diff is not shown"), "{page}");
+        assert!(page.contains("<dt>Serial</dt><dd>2</dd>"), "{page}");
+    }
+    let (status, detail, t) = get_json(&url(&format!("/api/v1/states/{big}")), &[]);
+    assert_eq!(status, 200, "{t}");
+    assert_eq!(detail["overview"], Value::Null, "{t}");
+    assert_eq!(detail["current"]["serial"], 2, "{t}");
+    assert!(
+        detail["too_large"]
+            .as_str()
+            .unwrap()
+            .contains("ui.max_view_bytes")
+    );
+    let after_big = hwm_mib(&server);
+    eprintln!(
+        "peak RSS: {before} MiB after the writes, {after_big} MiB after refusing the large state"
+    );
+    // Refusing reads no body: the peak stays below one body's size.
+    assert!(
+        after_big - before < (big_size / (1024 * 1024)) as u64,
+        "{before} -> {after_big} MiB for a {big_size}-byte state"
+    );
+
+    // Below the limit the views work, and six at once stay within a fixed
+    // multiple of the limit (two run at a time, each holding at most two
+    // bodies and what is parsed from them).
+    let views: Vec<_> = (0..6)
+        .map(|i| {
+            let u = if i % 2 == 0 {
+                url(&format!("/api/v1/diff/{small}"))
+            } else {
+                url(&format!("/ui/states/{small}"))
+            };
+            std::thread::spawn(move || http("GET", &u, b""))
+        })
+        .collect();
+    for v in views {
+        let (status, body) = v.join().unwrap();
+        assert_eq!(status, 200, "{}", text(&body));
+    }
+    let (_, diff, _) = get_json(&url(&format!("/api/v1/diff/{small}")), &[]);
+    assert_eq!(diff["changed"].as_array().unwrap().len(), 12_000);
+    assert_eq!(diff["outputs_changed"], serde_json::json!(["o"]));
+    let after_small = hwm_mib(&server);
+    eprintln!("peak RSS: {after_small} MiB after six views of a state below the limit");
+    assert!(
+        after_small - before < 64 * (LIMIT / (1024 * 1024)) as u64,
+        "{before} -> {after_small} MiB"
+    );
+}
+
+#[test]
+fn ui_paging_numbers_past_any_list_answer_instead_of_overflowing() {
+    let peer = LocalPeer::new();
+    let server = Server::start(&peer);
+    let key = "paging/over.tfstate";
+    for serial in 1..=2 {
+        let body = state_doc("lineage-paging", serial, "v");
+        assert_eq!(http("POST", &server.state_url(key), &body).0, 200);
+    }
+    for path in [
+        "/api/v1/states?page=368934881474191033",
+        "/api/v1/states?page=18446744073709551615",
+    ] {
+        let (status, body) = raw_request(&server.url, "GET", path, b"");
+        let list: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status, 200, "{path}: {list}");
+        assert_eq!(list["states"], serde_json::json!([]), "{path}: {list}");
+        assert_eq!(list["next_page"], Value::Null, "{path}: {list}");
+        assert_eq!(list["total"], 1, "{path}: {list}");
+    }
+    for path in [
+        "/ui/?page=18446744073709551615",
+        "/ui/?page=368934881474191033",
+    ] {
+        let (status, body) = raw_request(&server.url, "GET", path, b"");
+        let page = text(&body);
+        assert_eq!(status, 200, "{path}: {page}");
+        assert!(page.contains("No state matches."), "{path}: {page}");
+    }
+    // Other numbers from the URL: too large to be numbers, or versions
+    // and history pages that do not exist.
+    for (path, expected) in [
+        ("/ui/?page=18446744073709551616", 400),
+        (
+            "/api/v1/diff/paging/over.tfstate?from=18446744073709551615&to=1",
+            404,
+        ),
+        (
+            "/api/v1/diff/paging/over.tfstate?from=1&to=18446744073709551615",
+            404,
+        ),
+        (
+            "/ui/states/paging/over.tfstate?before=18446744073709551615",
+            200,
+        ),
+        (
+            "/ui/states/paging/over.tfstate?from=18446744073709551615",
+            404,
+        ),
+        (
+            "/api/v1/states/paging/over.tfstate?limit=18446744073709551615",
+            400,
+        ),
+        ("/api/v1/states/paging/over.tfstate?before=0", 400),
+        (
+            "/ui/restore/paging/over.tfstate?version=18446744073709551615",
+            404,
+        ),
+    ] {
+        let (status, body) = raw_request(&server.url, "GET", path, b"");
+        assert_eq!(status, expected, "{path}: {}", text(&body));
+    }
+}
+
+#[test]
+fn ui_state_page_shows_history_a_page_at_a_time() {
+    let peer = LocalPeer::new();
+    let server = Server::start(&peer);
+    let key = "long/history.tfstate";
+    const VERSIONS: u64 = 60;
+    for serial in 1..=VERSIONS {
+        let body = state_doc("lineage-long", serial, &format!("v{serial}"));
+        assert_eq!(http("POST", &server.state_url(key), &body).0, 200);
+    }
+    let rows = |page: &str| -> Vec<u64> {
+        let history = page.split("<table class=\"history\">").nth(1).unwrap();
+        let body = history.split("</tbody>").next().unwrap();
+        body.split("<tr")
+            .skip(2)
+            .map(|row| {
+                row.split("<td class=\"num\">")
+                    .nth(1)
+                    .unwrap()
+                    .split('<')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (status, first) = http("GET", &format!("{}/ui/states/{key}", server.url), b"");
+    let first = text(&first);
+    assert_eq!(status, 200, "{first}");
+    let shown = rows(&first);
+    assert_eq!(shown, (11..=VERSIONS).rev().collect::<Vec<_>>(), "{first}");
+    // The newest two are compared; the latest is current.
+    assert!(first.contains("Version 59 → 60"), "{first}");
+    let older = first
+        .split("<a href=\"")
+        .filter_map(|s| s.split('"').next())
+        .find(|href| href.contains("before="))
+        .expect("a link to older versions")
+        .replace("&amp;", "&");
+    assert!(older.contains("before=11"), "{older}");
+    let (status, second) = http("GET", &format!("{}{older}", server.url), b"");
+    let second = text(&second);
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(
+        rows(&second),
+        (1..=10).rev().collect::<Vec<_>>(),
+        "{second}"
+    );
+    assert!(!second.contains("Older →"), "{second}");
+    assert!(second.contains("← Newest"), "{second}");
+    assert!(second.contains("name=\"before\" value=\"11\""), "{second}");
+    // The facts at the top are the current state's, whichever page.
+    assert!(second.contains("<dt>Serial</dt><dd>60</dd>"), "{second}");
+
+    let api = |q: &str| get_json(&format!("{}/api/v1/states/{key}{q}", server.url), &[]).1;
+    let page = api("");
+    let versions: Vec<u64> = page["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, (11..=VERSIONS).collect::<Vec<_>>());
+    assert_eq!(page["next_before"], 11);
+    assert_eq!(page["newest"], VERSIONS);
+    let last = api("?before=11");
+    assert_eq!(last["history"].as_array().unwrap().len(), 10);
+    assert_eq!(last["next_before"], Value::Null);
+    assert_eq!(api("?limit=5")["history"].as_array().unwrap().len(), 5);
+}
