@@ -12,7 +12,8 @@
 //!
 //! CI identity tokens (OIDC JWTs, [`oidc`]) come as `Bearer` or as the Basic
 //! password of the username `oidc`. Protected states change only for CI
-//! identities whose claims match the protecting rule.
+//! identities that every protecting entry allows: a token of the entry's
+//! issuer whose claims match.
 //!
 //! argon2 is slow on purpose, so a verified credential is remembered for a
 //! minute under an HMAC of it (a key drawn at start-up, so the cache holds
@@ -35,7 +36,7 @@ use time::OffsetDateTime;
 
 use crate::settings::ConfigError;
 use crate::state::StateRef;
-use file::{FileAuth, FileRule};
+use file::{FileAuth, FileProtected, FileRule};
 
 pub mod file;
 mod oidc;
@@ -223,9 +224,84 @@ pub enum AuthError {
 /// A key pattern whose states only matching CI identities may change.
 struct Protected {
     keys: Glob,
+    /// The issuer (as configured, without a trailing `/`) whose tokens
+    /// may carry `claims`; `None` only when no issuer is configured, and
+    /// then no identity matches.
+    issuer: Option<String>,
     claims: Vec<(String, String)>,
     /// How the rule is shown in refusals.
     shown: String,
+}
+
+impl Protected {
+    fn parse(p: &FileProtected, issuers: &[&str]) -> Result<Self, ConfigError> {
+        let setting = format!("auth.protected[{}]", p.keys);
+        let keys = Glob::parse("keys", &p.keys).map_err(|e| ConfigError::invalid(&setting, e))?;
+        if p.writers.claims.is_empty() {
+            return Err(ConfigError::invalid(
+                &format!("{setting}.writers"),
+                "names no claims: say which CI identities may change these states",
+            ));
+        }
+        let issuer_setting = format!("{setting}.writers.issuer");
+        // A claim means something only to the issuer that signed it: a
+        // second issuer could put any value in `ref_protected`.
+        let issuer = match (p.writers.issuer.as_deref(), issuers) {
+            (Some(named), _) => {
+                let named = named.trim_end_matches('/');
+                if !issuers.contains(&named) {
+                    return Err(ConfigError::invalid(
+                        &issuer_setting,
+                        format!("`{named}` is not one of the issuers of auth.oidc"),
+                    ));
+                }
+                Some(named.to_string())
+            }
+            (None, []) => None,
+            (None, [only]) => Some(only.to_string()),
+            (None, _) => {
+                return Err(ConfigError::Missing {
+                    setting: issuer_setting,
+                    help: "auth.oidc lists more than one issuer; name the one whose tokens may carry these claims".into(),
+                });
+            }
+        };
+        let claims = p
+            .writers
+            .claims
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let from = issuer
+            .as_deref()
+            .map(|i| format!(" from {i}"))
+            .unwrap_or_default();
+        Ok(Protected {
+            keys,
+            issuer,
+            claims: patterns(&p.writers.claims),
+            shown: format!(
+                "keys {} (writers: CI identities{from} with {claims})",
+                p.keys
+            ),
+        })
+    }
+
+    /// Whether the identity's token came from this entry's issuer and its
+    /// claims match.
+    fn allows(&self, identity: &Identity) -> bool {
+        let Some(claims) = identity.claims.as_ref() else {
+            return false;
+        };
+        // `iss` was checked against the configured issuer when the token
+        // was verified; the issuer may have written it with a trailing `/`.
+        let from = claims
+            .get("iss")
+            .and_then(serde_json::Value::as_str)
+            .map(|i| i.trim_end_matches('/'));
+        from.is_some() && from == self.issuer.as_deref() && claims_match(&self.claims, claims)
+    }
 }
 
 /// A user or token from the configuration.
@@ -325,30 +401,16 @@ impl Auth {
     /// that are not argon2id, reserved or repeated names.
     pub fn new(file: &FileAuth) -> Result<Self, ConfigError> {
         let oidc = Oidc::new(&file.oidc)?;
-        let mut protected = Vec::new();
-        for p in &file.protected {
-            let setting = format!("auth.protected[{}]", p.keys);
-            let keys =
-                Glob::parse("keys", &p.keys).map_err(|e| ConfigError::invalid(&setting, e))?;
-            if p.writers.claims.is_empty() {
-                return Err(ConfigError::invalid(
-                    &format!("{setting}.writers"),
-                    "names no claims: say which CI identities may change these states",
-                ));
-            }
-            let shown = p
-                .writers
-                .claims
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            protected.push(Protected {
-                keys,
-                claims: patterns(&p.writers.claims),
-                shown: format!("keys {} (writers: CI identities with {shown})", p.keys),
-            });
-        }
+        let issuers: Vec<&str> = file
+            .oidc
+            .iter()
+            .map(|i| i.issuer.trim_end_matches('/'))
+            .collect();
+        let protected = file
+            .protected
+            .iter()
+            .map(|p| Protected::parse(p, &issuers))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut users = HashMap::new();
         for user in &file.users {
             let setting = format!("auth.users[{}]", user.name);
@@ -558,21 +620,22 @@ impl Auth {
         );
     }
 
-    /// Why `identity` may not change `state`, when a protected rule covers
-    /// it and the identity's claims do not match the rule's writers.
+    /// Why `identity` may not change `state`: every protected entry whose
+    /// keys cover the state must allow the identity (a token of the
+    /// entry's issuer with matching claims), whatever their order, and
+    /// the refusal names each entry that does not.
     pub fn protection(&self, identity: &Identity, state: &StateRef) -> Option<String> {
-        let rule = self
+        let refusing: Vec<&str> = self
             .protected
             .iter()
-            .find(|p| p.keys.matches(state.key()))?;
-        let allowed = identity
-            .claims
-            .as_ref()
-            .is_some_and(|claims| claims_match(&rule.claims, claims));
-        (!allowed).then(|| {
+            .filter(|p| p.keys.matches(state.key()) && !p.allows(identity))
+            .map(|p| p.shown.as_str())
+            .collect();
+        (!refusing.is_empty()).then(|| {
             format!(
                 "{state} is protected by the rule {}; {} may only read it",
-                rule.shown, identity.name
+                refusing.join(" and the rule "),
+                identity.name
             )
         })
     }
