@@ -18,9 +18,11 @@
 //! argon2 is slow on purpose, so a verified credential is remembered for a
 //! minute under an HMAC of it (a key drawn at start-up, so the cache holds
 //! nothing that could be replayed), argon2 runs on at most two blocking
-//! threads at once, and an address whose credentials keep failing is
-//! slowed before any hashing: a wrong password is not a cheap way to burn
-//! CPU.
+//! threads at once, one of them kept for addresses in good standing, and
+//! each address has a budget of failed credentials that is spent before
+//! hashing, not after: a wrong password is not a cheap way to burn CPU or
+//! to make others wait. Unknown names are verified against a hash as
+//! costly as the costliest configured one, so they take as long.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -213,6 +215,13 @@ pub enum AuthError {
     /// No credentials were sent.
     #[error("credentials are required")]
     Missing,
+    /// The client's address has used up its budget of failed credentials;
+    /// nothing was verified.
+    #[error("too many failed credentials from this address; try again in {retry_after} seconds")]
+    Throttled {
+        /// Seconds until the address's window has passed.
+        retry_after: u64,
+    },
     /// The credentials are wrong, unknown or expired.
     #[error("{0}")]
     Invalid(String),
@@ -320,11 +329,17 @@ const CACHE_TTL: Duration = Duration::from_secs(60);
 /// Entries beyond which the cache is emptied (a flood of distinct valid
 /// credentials is not a thing; distinct invalid ones are never cached).
 const CACHE_MAX: usize = 10_000;
-/// Failures from one address within [`FAILURE_WINDOW`] before it is slowed.
-const FREE_FAILURES: u32 = 5;
+/// Credentials from one address that may fail, or be under verification,
+/// within [`FAILURE_WINDOW`]; past that the address gets 429 until the
+/// window has passed, without any hashing.
+const FAILURE_BUDGET: u32 = 10;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Concurrent argon2 verifications.
 const HASHERS: usize = 2;
+/// Of [`HASHERS`], how many only addresses in good standing (nothing
+/// failed or under verification in the window) may use, so that one
+/// address's guesses cannot keep everyone else waiting for a hasher.
+const GOOD_STANDING_HASHERS: usize = 1;
 
 /// A credential verified a moment ago.
 struct Verified {
@@ -344,10 +359,15 @@ pub struct Auth {
     /// Key of the cache's HMAC, drawn at start-up.
     cache_key: [u8; 32],
     cache: Mutex<HashMap<[u8; 32], Verified>>,
+    /// Per address: credentials failed or under verification, and since
+    /// when they are counted.
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     hashers: tokio::sync::Semaphore,
-    /// A hash of a random secret, verified for unknown names so that they
-    /// take as long as known ones.
+    /// Held, besides a hasher, by addresses not in good standing.
+    doubtful_hashers: tokio::sync::Semaphore,
+    /// A PHC string that no secret verifies against, with the costliest
+    /// parameters of the configured hashes; verified for unknown names so
+    /// that they take as long as known ones.
     dummy_hash: String,
 }
 
@@ -495,11 +515,13 @@ impl Auth {
                 return Err(ConfigError::invalid(&setting, "the cn is used twice"));
             }
         }
-        let mut unknowable = [0u8; 32];
-        getrandom::getrandom(&mut unknowable)
-            .map_err(|e| ConfigError::invalid("auth", format!("no randomness: {e}")))?;
-        let dummy_hash = hash_secret(&base64::engine::general_purpose::STANDARD.encode(unknowable))
-            .map_err(|e| ConfigError::invalid("auth", e))?;
+        let dummy_hash = unmatchable_hash(
+            users
+                .values()
+                .chain(tokens.values())
+                .map(|p| p.hash.as_str()),
+        )
+        .map_err(|e| ConfigError::invalid("auth", format!("no randomness: {e}")))?;
         let mut cache_key = [0u8; 32];
         getrandom::getrandom(&mut cache_key).map_err(|e| {
             ConfigError::invalid(
@@ -517,6 +539,7 @@ impl Auth {
             cache: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             hashers: tokio::sync::Semaphore::new(HASHERS),
+            doubtful_hashers: tokio::sync::Semaphore::new(HASHERS - GOOD_STANDING_HASHERS),
             dummy_hash,
         })
     }
@@ -573,25 +596,28 @@ impl Auth {
                 return Ok(verified.identity);
             }
         };
-        self.slow_down_repeated_failures(client).await;
+        // Counted before hashing, so that concurrent guesses cannot all
+        // pass a check made before any of them has failed.
+        let standing = self.count_attempt(client)?;
         let verified = match principal {
-            Some(p) => self.verify(&p.hash, secret).await,
+            Some(p) => self.verify(&p.hash, secret, standing).await,
             None => {
                 // Hash anyway, so an unknown name costs what a known one does.
-                self.verify(&self.dummy_hash, secret).await;
+                self.verify(&self.dummy_hash, secret, standing).await;
                 false
             }
         };
         let principal = match principal {
             Some(p) if verified => p,
+            // The attempt stays counted as a failure.
             _ => {
-                self.note_failure(client);
                 return Err(AuthError::Invalid(match kind {
                     Kind::User => "wrong username or password".into(),
                     _ => "unknown token".into(),
                 }));
             }
         };
+        self.forgive_attempt(client);
         if principal
             .expires
             .is_some_and(|e| e <= OffsetDateTime::now_utc())
@@ -666,7 +692,14 @@ impl Auth {
         }
     }
 
-    async fn verify(&self, hash: &str, secret: String) -> bool {
+    async fn verify(&self, hash: &str, secret: String, standing: Standing) -> bool {
+        let _doubtful = match standing {
+            Standing::Good => None,
+            Standing::Doubtful => match self.doubtful_hashers.acquire().await {
+                Ok(permit) => Some(permit),
+                Err(_) => return false,
+            },
+        };
         let Ok(_permit) = self.hashers.acquire().await else {
             return false;
         };
@@ -682,34 +715,57 @@ impl Auth {
         .unwrap_or(false)
     }
 
-    /// An address that failed more than a few times in the last minute
-    /// waits before its credentials are even hashed, longer each time.
-    async fn slow_down_repeated_failures(&self, client: IpAddr) {
-        let failures = {
-            let mut map = self.failures.lock().expect("auth failures");
-            match map.get(&client) {
-                Some((_, since)) if since.elapsed() > FAILURE_WINDOW => {
-                    map.remove(&client);
-                    0
-                }
-                Some((n, _)) => *n,
-                None => 0,
+    /// Counts an attempt of `client` that is about to be hashed, as a
+    /// failure until [`Auth::forgive_attempt`] says otherwise. An address
+    /// whose failed and pending attempts in the window have reached
+    /// [`FAILURE_BUDGET`] is refused instead, naming when to try again.
+    fn count_attempt(&self, client: IpAddr) -> Result<Standing, AuthError> {
+        self.with_failures_of(client, |count, since| {
+            if *count >= FAILURE_BUDGET {
+                let left = FAILURE_WINDOW.saturating_sub(since.elapsed());
+                return Err(AuthError::Throttled {
+                    retry_after: left.as_secs_f64().ceil().max(1.0) as u64,
+                });
             }
-        };
-        if failures >= FREE_FAILURES {
-            let extra = (failures - FREE_FAILURES).min(5);
-            let delay = Duration::from_millis(250 << extra).min(Duration::from_secs(5));
-            tokio::time::sleep(delay).await;
+            *count += 1;
+            Ok(if *count == 1 {
+                Standing::Good
+            } else {
+                Standing::Doubtful
+            })
+        })
+    }
+
+    /// Takes back an attempt of `client` that succeeded.
+    fn forgive_attempt(&self, client: IpAddr) {
+        let mut map = self.failures.lock().expect("auth failures");
+        if let Some((count, _)) = map.get_mut(&client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                map.remove(&client);
+            }
         }
     }
 
+    /// Counts a failure of a credential that needed no hashing (a CI
+    /// identity token), so an address spraying them is held to the same
+    /// budget for credentials that do.
     fn note_failure(&self, client: IpAddr) {
+        self.with_failures_of(client, |count, _| *count += 1);
+    }
+
+    /// Runs `f` on the count of `client` and the start of its window,
+    /// both started afresh when the window has passed.
+    fn with_failures_of<R>(&self, client: IpAddr, f: impl FnOnce(&mut u32, &Instant) -> R) -> R {
         let mut map = self.failures.lock().expect("auth failures");
         if map.len() > CACHE_MAX {
             map.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
         }
         let entry = map.entry(client).or_insert((0, Instant::now()));
-        entry.0 += 1;
+        if entry.1.elapsed() >= FAILURE_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        f(&mut entry.0, &entry.1)
     }
 }
 
@@ -719,6 +775,13 @@ fn rules(owner: &str, rules: &[FileRule]) -> Result<Arc<[Rule]>, ConfigError> {
         .map(|r| Rule::parse(owner, r))
         .collect::<Result<Vec<_>, _>>()
         .map(Arc::from)
+}
+
+/// Whether an address has failed or pending attempts in its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    Good,
+    Doubtful,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -789,6 +852,45 @@ pub fn hash_secret(secret: &str) -> Result<String, String> {
         .hash_password(secret.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| e.to_string())
+}
+
+/// An argon2id PHC string with the costliest parameters among `hashes`
+/// (the defaults without any) and a random salt and output, so that no
+/// secret verifies against it and verifying one costs what verifying
+/// against the dearest configured hash does. Cost is memory times passes;
+/// lanes run one after another here, so they add none.
+fn unmatchable_hash<'a>(hashes: impl Iterator<Item = &'a str>) -> Result<String, String> {
+    let strongest = hashes
+        .filter_map(|h| {
+            let parsed = PasswordHash::new(h).ok()?;
+            argon2::Params::try_from(&parsed).ok()
+        })
+        .max_by_key(|p| {
+            (
+                u64::from(p.m_cost()) * u64::from(p.t_cost()),
+                p.m_cost(),
+                p.p_cost(),
+            )
+        })
+        .unwrap_or_default();
+    let mut salt = [0u8; 16];
+    let mut output = vec![
+        0u8;
+        strongest
+            .output_len()
+            .unwrap_or(argon2::Params::DEFAULT_OUTPUT_LEN)
+    ];
+    getrandom::getrandom(&mut salt).map_err(|e| e.to_string())?;
+    getrandom::getrandom(&mut output).map_err(|e| e.to_string())?;
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    Ok(format!(
+        "$argon2id$v=19$m={},t={},p={}${}${}",
+        strongest.m_cost(),
+        strongest.t_cost(),
+        strongest.p_cost(),
+        b64.encode(salt),
+        b64.encode(output)
+    ))
 }
 
 /// A fresh token for `name`: `sgt_<name>_<32 random bytes, base64url>`.
