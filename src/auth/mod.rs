@@ -1053,4 +1053,219 @@ mod tests {
                 .is_err()
         );
     }
+
+    /// A PHC string with these parameters; its salt and output are
+    /// arbitrary, as no test verifies against it.
+    fn phc(m: u32, t: u32, p: u32) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+        format!(
+            "$argon2id$v=19$m={m},t={t},p={p}${}${}",
+            b64.encode([1u8; 16]),
+            b64.encode([2u8; 32])
+        )
+    }
+
+    fn costs(hash: &str) -> (u32, u32, u32) {
+        let params = argon2::Params::try_from(&PasswordHash::new(hash).unwrap()).unwrap();
+        (params.m_cost(), params.t_cost(), params.p_cost())
+    }
+
+    #[test]
+    fn unknown_names_are_verified_with_the_costliest_configured_parameters() {
+        let user = |name: &str, hash: String| FileUser {
+            name: name.into(),
+            password_hash: Some(hash),
+            password: None,
+            rules: vec![],
+        };
+        let auth = Auth::new(&section(
+            vec![
+                user("light", phc(8192, 1, 4)),
+                user("heavy", phc(65536, 3, 1)),
+                user("default", hash_secret("pw").unwrap()),
+            ],
+            vec![FileToken {
+                name: "wide".into(),
+                token_hash: Some(phc(32768, 2, 8)),
+                token: None,
+                expires: None,
+                rules: vec![],
+            }],
+        ))
+        .unwrap();
+        assert_eq!(costs(&auth.dummy_hash), (65536, 3, 1));
+        // A token's hash counts as much as a user's.
+        let auth = Auth::new(&section(
+            vec![user("default", hash_secret("pw").unwrap())],
+            vec![FileToken {
+                name: "heavy".into(),
+                token_hash: Some(phc(131072, 2, 1)),
+                token: None,
+                expires: None,
+                rules: vec![],
+            }],
+        ))
+        .unwrap();
+        assert_eq!(costs(&auth.dummy_hash), (131072, 2, 1));
+        // Nothing configured: argon2's defaults, which `hash_secret` uses.
+        let auth = Auth::new(&section(vec![], vec![])).unwrap();
+        let defaults = argon2::Params::default();
+        assert_eq!(
+            costs(&auth.dummy_hash),
+            (defaults.m_cost(), defaults.t_cost(), defaults.p_cost())
+        );
+        // Each start draws a fresh salt and output.
+        let again = Auth::new(&section(vec![], vec![])).unwrap();
+        assert_ne!(auth.dummy_hash, again.dummy_hash);
+    }
+
+    #[test]
+    fn attempts_are_counted_before_hashing_and_the_budget_is_per_address() {
+        let auth = Auth::new(&section(vec![], vec![])).unwrap();
+        let guesser: IpAddr = "192.0.2.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(auth.count_attempt(guesser), Ok(Standing::Good));
+        for _ in 1..FAILURE_BUDGET {
+            assert_eq!(auth.count_attempt(guesser), Ok(Standing::Doubtful));
+        }
+        match auth.count_attempt(guesser) {
+            Err(AuthError::Throttled { retry_after }) => {
+                assert!((1..=60).contains(&retry_after), "{retry_after}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(auth.count_attempt(other), Ok(Standing::Good));
+        // A success gives its attempt back.
+        auth.forgive_attempt(guesser);
+        assert_eq!(auth.count_attempt(guesser), Ok(Standing::Doubtful));
+        assert!(auth.count_attempt(guesser).is_err());
+        // Failed CI identity tokens count against the same budget.
+        for _ in 0..FAILURE_BUDGET {
+            auth.note_failure(other);
+        }
+        assert!(auth.count_attempt(other).is_err());
+    }
+
+    fn ci_identity(iss: &str, claims: &[(&str, &str)]) -> Identity {
+        let mut map = serde_json::Map::new();
+        map.insert("iss".into(), iss.into());
+        for (k, v) in claims {
+            map.insert(k.to_string(), (*v).into());
+        }
+        Identity {
+            name: format!("oidc:{iss}#x"),
+            rules: Arc::from(Vec::new()),
+            claims: Some(Arc::new(map)),
+        }
+    }
+
+    fn protected(keys: &str, issuer: Option<&str>, claims: &[(&str, &str)]) -> FileProtected {
+        FileProtected {
+            keys: keys.into(),
+            writers: file::FileWriters {
+                issuer: issuer.map(Into::into),
+                claims: claims
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            },
+        }
+    }
+
+    fn issuer(url: &str) -> file::FileIssuer {
+        file::FileIssuer {
+            issuer: url.into(),
+            audience: Some("stategate".into()),
+            rules: vec![],
+        }
+    }
+
+    #[test]
+    fn every_matching_protected_entry_applies_whatever_the_order() {
+        let gh = "https://token.actions.githubusercontent.com";
+        let broad = protected("prod/**", None, &[("ref_protected", "true")]);
+        let narrow = protected("prod/db/**", None, &[("repository", "my-org/db")]);
+        for entries in [
+            vec![broad.clone(), narrow.clone()],
+            vec![narrow.clone(), broad.clone()],
+        ] {
+            let auth = Auth::new(&FileAuth {
+                oidc: vec![issuer(gh)],
+                protected: entries,
+                ..Default::default()
+            })
+            .unwrap();
+            let st = |k: &str| StateRef::parse(k, None).unwrap();
+            let app = ci_identity(
+                gh,
+                &[("ref_protected", "true"), ("repository", "my-org/app")],
+            );
+            let db = ci_identity(
+                gh,
+                &[("ref_protected", "true"), ("repository", "my-org/db")],
+            );
+            let db_branch = ci_identity(
+                gh,
+                &[("ref_protected", "false"), ("repository", "my-org/db")],
+            );
+            assert_eq!(auth.protection(&app, &st("prod/net")), None);
+            let why = auth.protection(&app, &st("prod/db/main")).expect("refused");
+            assert!(
+                why.contains("keys prod/db/**") && !why.contains("keys prod/**"),
+                "{why}"
+            );
+            let why = auth
+                .protection(&db_branch, &st("prod/db/main"))
+                .expect("refused");
+            assert!(why.contains("keys prod/**"), "{why}");
+            assert_eq!(auth.protection(&db, &st("prod/db/main")), None);
+            assert_eq!(auth.protection(&app, &st("staging/x")), None);
+        }
+    }
+
+    #[test]
+    fn protected_writers_are_tied_to_one_issuer() {
+        let gh = "https://token.actions.githubusercontent.com";
+        let gl = "https://gitlab.com";
+        let claims = [("ref_protected", "true")];
+        let two = |entry: FileProtected| {
+            Auth::new(&FileAuth {
+                oidc: vec![issuer(gh), issuer(&format!("{gl}/"))],
+                protected: vec![entry],
+                ..Default::default()
+            })
+        };
+        let e = two(protected("prod/**", None, &claims))
+            .err()
+            .expect("refused");
+        assert!(
+            e.to_string()
+                .contains("auth.protected[prod/**].writers.issuer"),
+            "{e}"
+        );
+        let e = two(protected("prod/**", Some("https://example.com"), &claims))
+            .err()
+            .expect("refused");
+        assert!(
+            e.to_string()
+                .contains("auth.protected[prod/**].writers.issuer"),
+            "{e}"
+        );
+        let auth = two(protected("prod/**", Some(gl), &claims)).unwrap();
+        let st = StateRef::parse("prod/x", None).unwrap();
+        assert!(auth.protection(&ci_identity(gh, &claims), &st).is_some());
+        assert_eq!(
+            auth.protection(&ci_identity(&format!("{gl}/"), &claims), &st),
+            None
+        );
+        // With one issuer, the entry is that issuer's.
+        let auth = Auth::new(&FileAuth {
+            oidc: vec![issuer(gh)],
+            protected: vec![protected("prod/**", None, &claims)],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(auth.protection(&ci_identity(gh, &claims), &st), None);
+        assert!(auth.protection(&ci_identity(gl, &claims), &st).is_some());
+    }
 }
