@@ -58,10 +58,14 @@ pub struct FileProtected {
     pub writers: FileWriters,
 }
 
-/// Who may change a protected state.
+/// Who may change a protected state: CI identities of one issuer whose
+/// claims match.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileWriters {
+    /// The issuer whose tokens may carry the claims; required when
+    /// `auth.oidc` lists more than one, the only one otherwise.
+    pub issuer: Option<String>,
     #[serde(default)]
     pub claims: BTreeMap<String, String>,
 }

@@ -12,14 +12,17 @@
 //!
 //! CI identity tokens (OIDC JWTs, [`oidc`]) come as `Bearer` or as the Basic
 //! password of the username `oidc`. Protected states change only for CI
-//! identities whose claims match the protecting rule.
+//! identities that every protecting entry allows: a token of the entry's
+//! issuer whose claims match.
 //!
 //! argon2 is slow on purpose, so a verified credential is remembered for a
 //! minute under an HMAC of it (a key drawn at start-up, so the cache holds
 //! nothing that could be replayed), argon2 runs on at most two blocking
-//! threads at once, and an address whose credentials keep failing is
-//! slowed before any hashing: a wrong password is not a cheap way to burn
-//! CPU.
+//! threads at once, one of them kept for addresses in good standing, and
+//! each address has a budget of failed credentials that is spent before
+//! hashing, not after: a wrong password is not a cheap way to burn CPU or
+//! to make others wait. Unknown names are verified against a hash as
+//! costly as the costliest configured one, so they take as long.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -35,7 +38,7 @@ use time::OffsetDateTime;
 
 use crate::settings::ConfigError;
 use crate::state::StateRef;
-use file::{FileAuth, FileRule};
+use file::{FileAuth, FileProtected, FileRule};
 
 pub mod file;
 mod oidc;
@@ -212,6 +215,13 @@ pub enum AuthError {
     /// No credentials were sent.
     #[error("credentials are required")]
     Missing,
+    /// The client's address has used up its budget of failed credentials;
+    /// nothing was verified.
+    #[error("too many failed credentials from this address; try again in {retry_after} seconds")]
+    Throttled {
+        /// Seconds until the address's window has passed.
+        retry_after: u64,
+    },
     /// The credentials are wrong, unknown or expired.
     #[error("{0}")]
     Invalid(String),
@@ -223,9 +233,84 @@ pub enum AuthError {
 /// A key pattern whose states only matching CI identities may change.
 struct Protected {
     keys: Glob,
+    /// The issuer (as configured, without a trailing `/`) whose tokens
+    /// may carry `claims`; `None` only when no issuer is configured, and
+    /// then no identity matches.
+    issuer: Option<String>,
     claims: Vec<(String, String)>,
     /// How the rule is shown in refusals.
     shown: String,
+}
+
+impl Protected {
+    fn parse(p: &FileProtected, issuers: &[&str]) -> Result<Self, ConfigError> {
+        let setting = format!("auth.protected[{}]", p.keys);
+        let keys = Glob::parse("keys", &p.keys).map_err(|e| ConfigError::invalid(&setting, e))?;
+        if p.writers.claims.is_empty() {
+            return Err(ConfigError::invalid(
+                &format!("{setting}.writers"),
+                "names no claims: say which CI identities may change these states",
+            ));
+        }
+        let issuer_setting = format!("{setting}.writers.issuer");
+        // A claim means something only to the issuer that signed it: a
+        // second issuer could put any value in `ref_protected`.
+        let issuer = match (p.writers.issuer.as_deref(), issuers) {
+            (Some(named), _) => {
+                let named = named.trim_end_matches('/');
+                if !issuers.contains(&named) {
+                    return Err(ConfigError::invalid(
+                        &issuer_setting,
+                        format!("`{named}` is not one of the issuers of auth.oidc"),
+                    ));
+                }
+                Some(named.to_string())
+            }
+            (None, []) => None,
+            (None, [only]) => Some(only.to_string()),
+            (None, _) => {
+                return Err(ConfigError::Missing {
+                    setting: issuer_setting,
+                    help: "auth.oidc lists more than one issuer; name the one whose tokens may carry these claims".into(),
+                });
+            }
+        };
+        let claims = p
+            .writers
+            .claims
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let from = issuer
+            .as_deref()
+            .map(|i| format!(" from {i}"))
+            .unwrap_or_default();
+        Ok(Protected {
+            keys,
+            issuer,
+            claims: patterns(&p.writers.claims),
+            shown: format!(
+                "keys {} (writers: CI identities{from} with {claims})",
+                p.keys
+            ),
+        })
+    }
+
+    /// Whether the identity's token came from this entry's issuer and its
+    /// claims match.
+    fn allows(&self, identity: &Identity) -> bool {
+        let Some(claims) = identity.claims.as_ref() else {
+            return false;
+        };
+        // `iss` was checked against the configured issuer when the token
+        // was verified; the issuer may have written it with a trailing `/`.
+        let from = claims
+            .get("iss")
+            .and_then(serde_json::Value::as_str)
+            .map(|i| i.trim_end_matches('/'));
+        from.is_some() && from == self.issuer.as_deref() && claims_match(&self.claims, claims)
+    }
 }
 
 /// A user or token from the configuration.
@@ -244,11 +329,17 @@ const CACHE_TTL: Duration = Duration::from_secs(60);
 /// Entries beyond which the cache is emptied (a flood of distinct valid
 /// credentials is not a thing; distinct invalid ones are never cached).
 const CACHE_MAX: usize = 10_000;
-/// Failures from one address within [`FAILURE_WINDOW`] before it is slowed.
-const FREE_FAILURES: u32 = 5;
+/// Credentials from one address that may fail, or be under verification,
+/// within [`FAILURE_WINDOW`]; past that the address gets 429 until the
+/// window has passed, without any hashing.
+const FAILURE_BUDGET: u32 = 10;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Concurrent argon2 verifications.
 const HASHERS: usize = 2;
+/// Of [`HASHERS`], how many only addresses in good standing (nothing
+/// failed or under verification in the window) may use, so that one
+/// address's guesses cannot keep everyone else waiting for a hasher.
+const GOOD_STANDING_HASHERS: usize = 1;
 
 /// A credential verified a moment ago.
 struct Verified {
@@ -268,10 +359,15 @@ pub struct Auth {
     /// Key of the cache's HMAC, drawn at start-up.
     cache_key: [u8; 32],
     cache: Mutex<HashMap<[u8; 32], Verified>>,
+    /// Per address: credentials failed or under verification, and since
+    /// when they are counted.
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
     hashers: tokio::sync::Semaphore,
-    /// A hash of a random secret, verified for unknown names so that they
-    /// take as long as known ones.
+    /// Held, besides a hasher, by addresses not in good standing.
+    doubtful_hashers: tokio::sync::Semaphore,
+    /// A PHC string that no secret verifies against, with the costliest
+    /// parameters of the configured hashes; verified for unknown names so
+    /// that they take as long as known ones.
     dummy_hash: String,
 }
 
@@ -325,30 +421,16 @@ impl Auth {
     /// that are not argon2id, reserved or repeated names.
     pub fn new(file: &FileAuth) -> Result<Self, ConfigError> {
         let oidc = Oidc::new(&file.oidc)?;
-        let mut protected = Vec::new();
-        for p in &file.protected {
-            let setting = format!("auth.protected[{}]", p.keys);
-            let keys =
-                Glob::parse("keys", &p.keys).map_err(|e| ConfigError::invalid(&setting, e))?;
-            if p.writers.claims.is_empty() {
-                return Err(ConfigError::invalid(
-                    &format!("{setting}.writers"),
-                    "names no claims: say which CI identities may change these states",
-                ));
-            }
-            let shown = p
-                .writers
-                .claims
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            protected.push(Protected {
-                keys,
-                claims: patterns(&p.writers.claims),
-                shown: format!("keys {} (writers: CI identities with {shown})", p.keys),
-            });
-        }
+        let issuers: Vec<&str> = file
+            .oidc
+            .iter()
+            .map(|i| i.issuer.trim_end_matches('/'))
+            .collect();
+        let protected = file
+            .protected
+            .iter()
+            .map(|p| Protected::parse(p, &issuers))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut users = HashMap::new();
         for user in &file.users {
             let setting = format!("auth.users[{}]", user.name);
@@ -433,11 +515,13 @@ impl Auth {
                 return Err(ConfigError::invalid(&setting, "the cn is used twice"));
             }
         }
-        let mut unknowable = [0u8; 32];
-        getrandom::getrandom(&mut unknowable)
-            .map_err(|e| ConfigError::invalid("auth", format!("no randomness: {e}")))?;
-        let dummy_hash = hash_secret(&base64::engine::general_purpose::STANDARD.encode(unknowable))
-            .map_err(|e| ConfigError::invalid("auth", e))?;
+        let dummy_hash = unmatchable_hash(
+            users
+                .values()
+                .chain(tokens.values())
+                .map(|p| p.hash.as_str()),
+        )
+        .map_err(|e| ConfigError::invalid("auth", format!("no randomness: {e}")))?;
         let mut cache_key = [0u8; 32];
         getrandom::getrandom(&mut cache_key).map_err(|e| {
             ConfigError::invalid(
@@ -455,6 +539,7 @@ impl Auth {
             cache: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             hashers: tokio::sync::Semaphore::new(HASHERS),
+            doubtful_hashers: tokio::sync::Semaphore::new(HASHERS - GOOD_STANDING_HASHERS),
             dummy_hash,
         })
     }
@@ -517,25 +602,28 @@ impl Auth {
                 return Ok(verified.identity);
             }
         };
-        self.slow_down_repeated_failures(client).await;
+        // Counted before hashing, so that concurrent guesses cannot all
+        // pass a check made before any of them has failed.
+        let standing = self.count_attempt(client)?;
         let verified = match principal {
-            Some(p) => self.verify(&p.hash, secret).await,
+            Some(p) => self.verify(&p.hash, secret, standing).await,
             None => {
                 // Hash anyway, so an unknown name costs what a known one does.
-                self.verify(&self.dummy_hash, secret).await;
+                self.verify(&self.dummy_hash, secret, standing).await;
                 false
             }
         };
         let principal = match principal {
             Some(p) if verified => p,
+            // The attempt stays counted as a failure.
             _ => {
-                self.note_failure(client);
                 return Err(AuthError::Invalid(match kind {
                     Kind::User => "wrong username or password".into(),
                     _ => "unknown token".into(),
                 }));
             }
         };
+        self.forgive_attempt(client);
         if principal
             .expires
             .is_some_and(|e| e <= OffsetDateTime::now_utc())
@@ -564,21 +652,22 @@ impl Auth {
         );
     }
 
-    /// Why `identity` may not change `state`, when a protected rule covers
-    /// it and the identity's claims do not match the rule's writers.
+    /// Why `identity` may not change `state`: every protected entry whose
+    /// keys cover the state must allow the identity (a token of the
+    /// entry's issuer with matching claims), whatever their order, and
+    /// the refusal names each entry that does not.
     pub fn protection(&self, identity: &Identity, state: &StateRef) -> Option<String> {
-        let rule = self
+        let refusing: Vec<&str> = self
             .protected
             .iter()
-            .find(|p| p.keys.matches(state.key()))?;
-        let allowed = identity
-            .claims
-            .as_ref()
-            .is_some_and(|claims| claims_match(&rule.claims, claims));
-        (!allowed).then(|| {
+            .filter(|p| p.keys.matches(state.key()) && !p.allows(identity))
+            .map(|p| p.shown.as_str())
+            .collect();
+        (!refusing.is_empty()).then(|| {
             format!(
                 "{state} is protected by the rule {}; {} may only read it",
-                rule.shown, identity.name
+                refusing.join(" and the rule "),
+                identity.name
             )
         })
     }
@@ -609,7 +698,14 @@ impl Auth {
         }
     }
 
-    async fn verify(&self, hash: &str, secret: String) -> bool {
+    async fn verify(&self, hash: &str, secret: String, standing: Standing) -> bool {
+        let _doubtful = match standing {
+            Standing::Good => None,
+            Standing::Doubtful => match self.doubtful_hashers.acquire().await {
+                Ok(permit) => Some(permit),
+                Err(_) => return false,
+            },
+        };
         let Ok(_permit) = self.hashers.acquire().await else {
             return false;
         };
@@ -625,34 +721,57 @@ impl Auth {
         .unwrap_or(false)
     }
 
-    /// An address that failed more than a few times in the last minute
-    /// waits before its credentials are even hashed, longer each time.
-    async fn slow_down_repeated_failures(&self, client: IpAddr) {
-        let failures = {
-            let mut map = self.failures.lock().expect("auth failures");
-            match map.get(&client) {
-                Some((_, since)) if since.elapsed() > FAILURE_WINDOW => {
-                    map.remove(&client);
-                    0
-                }
-                Some((n, _)) => *n,
-                None => 0,
+    /// Counts an attempt of `client` that is about to be hashed, as a
+    /// failure until [`Auth::forgive_attempt`] says otherwise. An address
+    /// whose failed and pending attempts in the window have reached
+    /// [`FAILURE_BUDGET`] is refused instead, naming when to try again.
+    fn count_attempt(&self, client: IpAddr) -> Result<Standing, AuthError> {
+        self.with_failures_of(client, |count, since| {
+            if *count >= FAILURE_BUDGET {
+                let left = FAILURE_WINDOW.saturating_sub(since.elapsed());
+                return Err(AuthError::Throttled {
+                    retry_after: left.as_secs_f64().ceil().max(1.0) as u64,
+                });
             }
-        };
-        if failures >= FREE_FAILURES {
-            let extra = (failures - FREE_FAILURES).min(5);
-            let delay = Duration::from_millis(250 << extra).min(Duration::from_secs(5));
-            tokio::time::sleep(delay).await;
+            *count += 1;
+            Ok(if *count == 1 {
+                Standing::Good
+            } else {
+                Standing::Doubtful
+            })
+        })
+    }
+
+    /// Takes back an attempt of `client` that succeeded.
+    fn forgive_attempt(&self, client: IpAddr) {
+        let mut map = self.failures.lock().expect("auth failures");
+        if let Some((count, _)) = map.get_mut(&client) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                map.remove(&client);
+            }
         }
     }
 
+    /// Counts a failure of a credential that needed no hashing (a CI
+    /// identity token), so an address spraying them is held to the same
+    /// budget for credentials that do.
     fn note_failure(&self, client: IpAddr) {
+        self.with_failures_of(client, |count, _| *count += 1);
+    }
+
+    /// Runs `f` on the count of `client` and the start of its window,
+    /// both started afresh when the window has passed.
+    fn with_failures_of<R>(&self, client: IpAddr, f: impl FnOnce(&mut u32, &Instant) -> R) -> R {
         let mut map = self.failures.lock().expect("auth failures");
         if map.len() > CACHE_MAX {
             map.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
         }
         let entry = map.entry(client).or_insert((0, Instant::now()));
-        entry.0 += 1;
+        if entry.1.elapsed() >= FAILURE_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        f(&mut entry.0, &entry.1)
     }
 }
 
@@ -662,6 +781,13 @@ fn rules(owner: &str, rules: &[FileRule]) -> Result<Arc<[Rule]>, ConfigError> {
         .map(|r| Rule::parse(owner, r))
         .collect::<Result<Vec<_>, _>>()
         .map(Arc::from)
+}
+
+/// Whether an address has failed or pending attempts in its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    Good,
+    Doubtful,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -732,6 +858,45 @@ pub fn hash_secret(secret: &str) -> Result<String, String> {
         .hash_password(secret.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| e.to_string())
+}
+
+/// An argon2id PHC string with the costliest parameters among `hashes`
+/// (the defaults without any) and a random salt and output, so that no
+/// secret verifies against it and verifying one costs what verifying
+/// against the dearest configured hash does. Cost is memory times passes;
+/// lanes run one after another here, so they add none.
+fn unmatchable_hash<'a>(hashes: impl Iterator<Item = &'a str>) -> Result<String, String> {
+    let strongest = hashes
+        .filter_map(|h| {
+            let parsed = PasswordHash::new(h).ok()?;
+            argon2::Params::try_from(&parsed).ok()
+        })
+        .max_by_key(|p| {
+            (
+                u64::from(p.m_cost()) * u64::from(p.t_cost()),
+                p.m_cost(),
+                p.p_cost(),
+            )
+        })
+        .unwrap_or_default();
+    let mut salt = [0u8; 16];
+    let mut output = vec![
+        0u8;
+        strongest
+            .output_len()
+            .unwrap_or(argon2::Params::DEFAULT_OUTPUT_LEN)
+    ];
+    getrandom::getrandom(&mut salt).map_err(|e| e.to_string())?;
+    getrandom::getrandom(&mut output).map_err(|e| e.to_string())?;
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    Ok(format!(
+        "$argon2id$v=19$m={},t={},p={}${}${}",
+        strongest.m_cost(),
+        strongest.t_cost(),
+        strongest.p_cost(),
+        b64.encode(salt),
+        b64.encode(output)
+    ))
 }
 
 /// A fresh token for `name`: `sgt_<name>_<32 random bytes, base64url>`.
@@ -893,5 +1058,220 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    /// A PHC string with these parameters; its salt and output are
+    /// arbitrary, as no test verifies against it.
+    fn phc(m: u32, t: u32, p: u32) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+        format!(
+            "$argon2id$v=19$m={m},t={t},p={p}${}${}",
+            b64.encode([1u8; 16]),
+            b64.encode([2u8; 32])
+        )
+    }
+
+    fn costs(hash: &str) -> (u32, u32, u32) {
+        let params = argon2::Params::try_from(&PasswordHash::new(hash).unwrap()).unwrap();
+        (params.m_cost(), params.t_cost(), params.p_cost())
+    }
+
+    #[test]
+    fn unknown_names_are_verified_with_the_costliest_configured_parameters() {
+        let user = |name: &str, hash: String| FileUser {
+            name: name.into(),
+            password_hash: Some(hash),
+            password: None,
+            rules: vec![],
+        };
+        let auth = Auth::new(&section(
+            vec![
+                user("light", phc(8192, 1, 4)),
+                user("heavy", phc(65536, 3, 1)),
+                user("default", hash_secret("pw").unwrap()),
+            ],
+            vec![FileToken {
+                name: "wide".into(),
+                token_hash: Some(phc(32768, 2, 8)),
+                token: None,
+                expires: None,
+                rules: vec![],
+            }],
+        ))
+        .unwrap();
+        assert_eq!(costs(&auth.dummy_hash), (65536, 3, 1));
+        // A token's hash counts as much as a user's.
+        let auth = Auth::new(&section(
+            vec![user("default", hash_secret("pw").unwrap())],
+            vec![FileToken {
+                name: "heavy".into(),
+                token_hash: Some(phc(131072, 2, 1)),
+                token: None,
+                expires: None,
+                rules: vec![],
+            }],
+        ))
+        .unwrap();
+        assert_eq!(costs(&auth.dummy_hash), (131072, 2, 1));
+        // Nothing configured: argon2's defaults, which `hash_secret` uses.
+        let auth = Auth::new(&section(vec![], vec![])).unwrap();
+        let defaults = argon2::Params::default();
+        assert_eq!(
+            costs(&auth.dummy_hash),
+            (defaults.m_cost(), defaults.t_cost(), defaults.p_cost())
+        );
+        // Each start draws a fresh salt and output.
+        let again = Auth::new(&section(vec![], vec![])).unwrap();
+        assert_ne!(auth.dummy_hash, again.dummy_hash);
+    }
+
+    #[test]
+    fn attempts_are_counted_before_hashing_and_the_budget_is_per_address() {
+        let auth = Auth::new(&section(vec![], vec![])).unwrap();
+        let guesser: IpAddr = "192.0.2.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(auth.count_attempt(guesser), Ok(Standing::Good));
+        for _ in 1..FAILURE_BUDGET {
+            assert_eq!(auth.count_attempt(guesser), Ok(Standing::Doubtful));
+        }
+        match auth.count_attempt(guesser) {
+            Err(AuthError::Throttled { retry_after }) => {
+                assert!((1..=60).contains(&retry_after), "{retry_after}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(auth.count_attempt(other), Ok(Standing::Good));
+        // A success gives its attempt back.
+        auth.forgive_attempt(guesser);
+        assert_eq!(auth.count_attempt(guesser), Ok(Standing::Doubtful));
+        assert!(auth.count_attempt(guesser).is_err());
+        // Failed CI identity tokens count against the same budget.
+        for _ in 0..FAILURE_BUDGET {
+            auth.note_failure(other);
+        }
+        assert!(auth.count_attempt(other).is_err());
+    }
+
+    fn ci_identity(iss: &str, claims: &[(&str, &str)]) -> Identity {
+        let mut map = serde_json::Map::new();
+        map.insert("iss".into(), iss.into());
+        for (k, v) in claims {
+            map.insert(k.to_string(), (*v).into());
+        }
+        Identity {
+            name: format!("oidc:{iss}#x"),
+            rules: Arc::from(Vec::new()),
+            claims: Some(Arc::new(map)),
+        }
+    }
+
+    fn protected(keys: &str, issuer: Option<&str>, claims: &[(&str, &str)]) -> FileProtected {
+        FileProtected {
+            keys: keys.into(),
+            writers: file::FileWriters {
+                issuer: issuer.map(Into::into),
+                claims: claims
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            },
+        }
+    }
+
+    fn issuer(url: &str) -> file::FileIssuer {
+        file::FileIssuer {
+            issuer: url.into(),
+            audience: Some("stategate".into()),
+            rules: vec![],
+        }
+    }
+
+    #[test]
+    fn every_matching_protected_entry_applies_whatever_the_order() {
+        let gh = "https://token.actions.githubusercontent.com";
+        let broad = protected("prod/**", None, &[("ref_protected", "true")]);
+        let narrow = protected("prod/db/**", None, &[("repository", "my-org/db")]);
+        for entries in [
+            vec![broad.clone(), narrow.clone()],
+            vec![narrow.clone(), broad.clone()],
+        ] {
+            let auth = Auth::new(&FileAuth {
+                oidc: vec![issuer(gh)],
+                protected: entries,
+                ..Default::default()
+            })
+            .unwrap();
+            let st = |k: &str| StateRef::parse(k, None).unwrap();
+            let app = ci_identity(
+                gh,
+                &[("ref_protected", "true"), ("repository", "my-org/app")],
+            );
+            let db = ci_identity(
+                gh,
+                &[("ref_protected", "true"), ("repository", "my-org/db")],
+            );
+            let db_branch = ci_identity(
+                gh,
+                &[("ref_protected", "false"), ("repository", "my-org/db")],
+            );
+            assert_eq!(auth.protection(&app, &st("prod/net")), None);
+            let why = auth.protection(&app, &st("prod/db/main")).expect("refused");
+            assert!(
+                why.contains("keys prod/db/**") && !why.contains("keys prod/**"),
+                "{why}"
+            );
+            let why = auth
+                .protection(&db_branch, &st("prod/db/main"))
+                .expect("refused");
+            assert!(why.contains("keys prod/**"), "{why}");
+            assert_eq!(auth.protection(&db, &st("prod/db/main")), None);
+            assert_eq!(auth.protection(&app, &st("staging/x")), None);
+        }
+    }
+
+    #[test]
+    fn protected_writers_are_tied_to_one_issuer() {
+        let gh = "https://token.actions.githubusercontent.com";
+        let gl = "https://gitlab.com";
+        let claims = [("ref_protected", "true")];
+        let two = |entry: FileProtected| {
+            Auth::new(&FileAuth {
+                oidc: vec![issuer(gh), issuer(&format!("{gl}/"))],
+                protected: vec![entry],
+                ..Default::default()
+            })
+        };
+        let e = two(protected("prod/**", None, &claims))
+            .err()
+            .expect("refused");
+        assert!(
+            e.to_string()
+                .contains("auth.protected[prod/**].writers.issuer"),
+            "{e}"
+        );
+        let e = two(protected("prod/**", Some("https://example.com"), &claims))
+            .err()
+            .expect("refused");
+        assert!(
+            e.to_string()
+                .contains("auth.protected[prod/**].writers.issuer"),
+            "{e}"
+        );
+        let auth = two(protected("prod/**", Some(gl), &claims)).unwrap();
+        let st = StateRef::parse("prod/x", None).unwrap();
+        assert!(auth.protection(&ci_identity(gh, &claims), &st).is_some());
+        assert_eq!(
+            auth.protection(&ci_identity(&format!("{gl}/"), &claims), &st),
+            None
+        );
+        // With one issuer, the entry is that issuer's.
+        let auth = Auth::new(&FileAuth {
+            oidc: vec![issuer(gh)],
+            protected: vec![protected("prod/**", None, &claims)],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(auth.protection(&ci_identity(gh, &claims), &st), None);
+        assert!(auth.protection(&ci_identity(gl, &claims), &st).is_some());
     }
 }

@@ -65,21 +65,32 @@ pub async fn authorize(
             return Err(ProtocolError::Unavailable(why));
         }
         Err(e) => {
+            let status = match e {
+                AuthError::Throttled { .. } => 429,
+                _ => 401,
+            };
             app.metrics.auth_failure();
             app.audit.event(
                 "denied",
                 &[
-                    ("status", json!(401)),
+                    ("status", json!(status)),
                     ("state", json!(state.key())),
                     ("workspace", json!(state.workspace())),
                     ("reason", json!(e.to_string())),
                     ("client", json!(client.to_string())),
                 ],
             );
-            return Err(ProtocolError::Unauthorized(match e {
-                AuthError::Missing => "credentials are required".into(),
-                AuthError::Invalid(why) | AuthError::Unavailable(why) => why,
-            }));
+            return Err(match e {
+                AuthError::Throttled { retry_after } => {
+                    ProtocolError::TooManyRequests(e.to_string(), retry_after)
+                }
+                AuthError::Missing => {
+                    ProtocolError::Unauthorized("credentials are required".into())
+                }
+                AuthError::Invalid(why) | AuthError::Unavailable(why) => {
+                    ProtocolError::Unauthorized(why)
+                }
+            });
         }
     };
     let level = identity.access(state);

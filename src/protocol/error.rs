@@ -46,6 +46,10 @@ pub enum ProtocolError {
     /// Valid credentials without the permission needed.
     #[error("{0}")]
     Forbidden(String),
+    /// The client's address failed too often to have its credentials
+    /// checked now; carries the seconds for `Retry-After`.
+    #[error("{0}")]
+    TooManyRequests(String, u64),
     /// Something the request needs beyond the store is down (an OIDC
     /// issuer's keys cannot be fetched).
     #[error("{0}")]
@@ -65,6 +69,7 @@ impl ProtocolError {
             ProtocolError::NotFound(_) => StatusCode::NOT_FOUND,
             ProtocolError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProtocolError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProtocolError::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             ProtocolError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProtocolError::State(e) => match e {
                 StateError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -101,6 +106,11 @@ impl ProtocolError {
                 response
                     .headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProtocolError::TooManyRequests(_, seconds) => {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(seconds));
             }
             ProtocolError::Unauthorized(_) => {
                 response.headers_mut().insert(
@@ -143,6 +153,7 @@ mod tests {
             ProtocolError::TooSlow(1),
             ProtocolError::Unauthorized("x".into()),
             ProtocolError::Forbidden("x".into()),
+            ProtocolError::TooManyRequests("x".into(), 1),
             ProtocolError::MethodNotAllowed("GET"),
             ProtocolError::NotFound("x".into()),
             StateError::BadRequest("x".into()).into(),

@@ -161,20 +161,31 @@ async fn viewer(
         }),
         Err(AuthError::Unavailable(why)) => Err(ProtocolError::Unavailable(why)),
         Err(e) => {
+            let status = match e {
+                AuthError::Throttled { .. } => 429,
+                _ => 401,
+            };
             app.metrics.auth_failure();
             app.audit.event(
                 "denied",
                 &[
-                    ("status", json!(401)),
+                    ("status", json!(status)),
                     ("url", json!(page.path)),
                     ("reason", json!(e.to_string())),
                     ("client", json!(page.client.to_string())),
                 ],
             );
-            Err(ProtocolError::Unauthorized(match e {
-                AuthError::Missing => "credentials are required".into(),
-                AuthError::Invalid(why) | AuthError::Unavailable(why) => why,
-            }))
+            Err(match e {
+                AuthError::Throttled { retry_after } => {
+                    ProtocolError::TooManyRequests(e.to_string(), retry_after)
+                }
+                AuthError::Missing => {
+                    ProtocolError::Unauthorized("credentials are required".into())
+                }
+                AuthError::Invalid(why) | AuthError::Unavailable(why) => {
+                    ProtocolError::Unauthorized(why)
+                }
+            })
         }
     }
 }

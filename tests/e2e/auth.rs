@@ -60,6 +60,11 @@ struct Secured {
 
 impl Secured {
     fn start() -> Secured {
+        Self::start_with(&[])
+    }
+
+    /// [`Secured::start`] with extra command-line arguments.
+    fn start_with(extra: &[&str]) -> Secured {
         let levels = [
             ("alice", "team-a/**", "write"),
             ("carol", "team-a/**", "write"),
@@ -83,15 +88,14 @@ impl Secured {
         std::fs::write(&config, yaml).unwrap();
         let audit = dir.path().join("audit.log");
         let peer = LocalPeer::new();
-        let server = Server::start_with(
-            &peer,
-            &[
-                "--config",
-                config.to_str().unwrap(),
-                "--audit-log",
-                audit.to_str().unwrap(),
-            ],
-        );
+        let mut args = vec![
+            "--config",
+            config.to_str().unwrap(),
+            "--audit-log",
+            audit.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let server = Server::start_with(&peer, &args);
         Secured {
             peer,
             server,
@@ -628,4 +632,244 @@ fn auth_section_reloads_on_sighup_and_a_broken_one_is_kept_out() {
         200
     );
     assert_eq!(call("GET", &url, &as_user("olga"), b"").0, 200);
+}
+
+/// Failed credentials one address may have hashed within a minute; the
+/// budget README.md states.
+const FAILURE_BUDGET: usize = 10;
+
+/// A request as if relayed by the trusted proxy 127.0.0.1 for `client`.
+fn call_from(client: &str, url: &str, auth: &str) -> (u16, Option<String>, Vec<u8>) {
+    let (status, headers, body) = http_full(
+        "GET",
+        url,
+        &[("Authorization", auth), ("X-Forwarded-For", client)],
+        b"",
+    );
+    let retry_after = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+        .map(|(_, v)| v.clone());
+    (status, retry_after, body)
+}
+
+#[test]
+fn auth_concurrent_guesses_from_one_address_are_counted_before_hashing() {
+    let s = Secured::start_with(&["--trusted-proxies", "127.0.0.1"]);
+    let url = s.server.state_url("team-a/guarded");
+    let attacker = "127.0.0.66";
+    const GUESSES: usize = 60;
+    let answers: Vec<(u16, Option<String>)> = std::thread::scope(|scope| {
+        let guesses: Vec<_> = (0..GUESSES)
+            .map(|i| {
+                let url = &url;
+                scope.spawn(move || {
+                    let (status, retry_after, _) =
+                        call_from(attacker, url, &basic("alice", &format!("guess-{i}")));
+                    (status, retry_after)
+                })
+            })
+            .collect();
+        guesses.into_iter().map(|g| g.join().unwrap()).collect()
+    });
+    // Only guesses that were hashed can be answered 401; every other one
+    // was turned away before argon2 ran.
+    let hashed = answers.iter().filter(|(status, _)| *status != 429).count();
+    assert!(
+        answers
+            .iter()
+            .all(|(status, _)| *status == 401 || *status == 429),
+        "{answers:?}"
+    );
+    assert!(
+        hashed <= FAILURE_BUDGET,
+        "{hashed} of {GUESSES} concurrent guesses were hashed: {answers:?}"
+    );
+    for (_, retry_after) in answers.iter().filter(|(status, _)| *status == 429) {
+        let seconds: u64 = retry_after
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("a 429 without a Retry-After in seconds: {retry_after:?}"));
+        assert!((1..=60).contains(&seconds), "Retry-After: {seconds}");
+    }
+    // The address is over its budget: even the right password is not
+    // hashed for it until the window has passed.
+    let (status, retry_after, body) = call_from(attacker, &url, &as_user("alice"));
+    assert_eq!(status, 429, "{}", text(&body));
+    assert!(retry_after.is_some());
+    assert!(text(&body).contains("try again"), "{}", text(&body));
+    // Another address in good standing logs in (404: nothing stored yet).
+    let (status, _, body) = call_from("127.0.0.77", &url, &as_user("alice"));
+    assert_eq!(status, 404, "{}", text(&body));
+    let throttled = s
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["audit"] == "denied" && l["status"] == 429)
+        .count();
+    assert!(throttled >= GUESSES - FAILURE_BUDGET, "{throttled} audited");
+}
+
+/// A server whose configuration file is `yaml`.
+fn start_configured(yaml: &str) -> (LocalPeer, Server, tempfile::TempDir) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("stategate.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let peer = LocalPeer::new();
+    let server = Server::start_with(&peer, &["--config", config.to_str().unwrap()]);
+    (peer, server, dir)
+}
+
+/// The start-up refusal of a configuration file `yaml`.
+fn refusal(yaml: &str) -> String {
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("stategate.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    Server::try_start(
+        &LocalPeer::new(),
+        &["--config", config.to_str().unwrap()],
+        &[],
+    )
+    .err()
+    .unwrap_or_else(|| panic!("started with:\n{yaml}"))
+}
+
+/// An `auth.oidc` entry granting my-org's pipelines write on `prod/**`.
+fn prod_writers_issuer(url: &str) -> String {
+    format!(
+        "    - issuer: {url}\n      audience: stategate\n      rules:\n        - claims: {{repository_owner: my-org}}\n          keys: \"prod/**\"\n          access: write\n"
+    )
+}
+
+fn write_as(server: &Server, key: &str, token: &str) -> (u16, String) {
+    let (status, body) = call(
+        "POST",
+        &server.state_url(key),
+        &format!("Bearer {token}"),
+        &state_doc(&key.replace('/', "-"), 1, "x"),
+    );
+    (status, text(&body))
+}
+
+#[test]
+fn auth_every_matching_protected_entry_must_allow_the_writer_in_either_order() {
+    use crate::oidc::Issuer;
+    use serde_json::json;
+
+    let issuer = Issuer::start();
+    let broad = "    - keys: \"prod/**\"\n      writers: {claims: {ref_protected: \"true\"}}\n";
+    let narrow = "    - keys: \"prod/db/**\"\n      writers: {claims: {repository: my-org/db}}\n";
+    for (order, first, second) in [
+        ("broad first", broad, narrow),
+        ("narrow first", narrow, broad),
+    ] {
+        let yaml = format!(
+            "auth:\n  oidc:\n{}  protected:\n{first}{second}",
+            prod_writers_issuer(&issuer.url)
+        );
+        let (_peer, server, _dir) = start_configured(&yaml);
+        let app_on_main = issuer.mint(json!({}), json!({}));
+        let db_on_main = issuer.mint(json!({"repository": "my-org/db"}), json!({}));
+        let db_on_a_branch = issuer.mint(
+            json!({"repository": "my-org/db", "ref": "refs/heads/feature", "ref_protected": "false"}),
+            json!({}),
+        );
+        let (status, why) = write_as(&server, "prod/network", &app_on_main);
+        assert_eq!(status, 200, "{order}: {why}");
+        // prod/** allows it, prod/db/** does not.
+        let (status, why) = write_as(&server, "prod/db/main", &app_on_main);
+        assert_eq!(status, 403, "{order}: {why}");
+        assert!(why.contains("keys prod/db/**"), "{order}: {why}");
+        // prod/db/** allows it, prod/** does not.
+        let (status, why) = write_as(&server, "prod/db/main", &db_on_a_branch);
+        assert_eq!(status, 403, "{order}: {why}");
+        assert!(why.contains("keys prod/**"), "{order}: {why}");
+        // Both allow it.
+        let (status, why) = write_as(&server, "prod/db/main", &db_on_main);
+        assert_eq!(status, 200, "{order}: {why}");
+    }
+}
+
+#[test]
+fn auth_protected_writers_match_only_tokens_of_their_issuer() {
+    use crate::oidc::Issuer;
+    use serde_json::json;
+
+    let ci = Issuer::start();
+    let other = Issuer::start();
+    let issuers = format!(
+        "  oidc:\n{}{}",
+        prod_writers_issuer(&ci.url),
+        prod_writers_issuer(&other.url)
+    );
+    let yaml = format!(
+        "auth:\n{issuers}  protected:\n    - keys: \"prod/**\"\n      writers: {{issuer: \"{}/\", claims: {{ref_protected: \"true\"}}}}\n",
+        ci.url
+    );
+    let (_peer, server, _dir) = start_configured(&yaml);
+    // The same claims from the other issuer: its rules grant write, but
+    // the protected entry names the CI issuer.
+    let (status, why) = write_as(&server, "prod/network", &other.mint(json!({}), json!({})));
+    assert_eq!(status, 403, "{why}");
+    assert!(why.contains("protected"), "{why}");
+    let (status, why) = write_as(&server, "prod/network", &ci.mint(json!({}), json!({})));
+    assert_eq!(status, 200, "{why}");
+
+    // With two issuers a writers entry must say which one it trusts.
+    let log = refusal(&format!(
+        "auth:\n{issuers}  protected:\n    - keys: \"prod/**\"\n      writers: {{claims: {{ref_protected: \"true\"}}}}\n"
+    ));
+    assert!(
+        log.contains("setting `auth.protected[prod/**].writers.issuer`"),
+        "{log}"
+    );
+    // And it must be one that is configured, with one issuer too.
+    let log = refusal(&format!(
+        "auth:\n  oidc:\n{}  protected:\n    - keys: \"prod/**\"\n      writers: {{issuer: \"https://gitlab.example.com\", claims: {{ref_protected: \"true\"}}}}\n",
+        prod_writers_issuer(&ci.url)
+    ));
+    assert!(
+        log.contains("setting `auth.protected[prod/**].writers.issuer`")
+            && log.contains("gitlab.example.com"),
+        "{log}"
+    );
+}
+
+#[test]
+fn auth_unknown_users_are_verified_with_the_strongest_configured_parameters() {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+
+    // 64 MiB and three passes, against the default 19 MiB and two: an
+    // unknown name must cost what this user's wrong password costs. The
+    // cost shows in the memory argon2 fills, which the process's peak
+    // resident size records without any clock.
+    let strong = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon2::Params::new(65536, 3, 1, None).unwrap(),
+    )
+    .hash_password(
+        b"dora-pass-6t1e",
+        &SaltString::encode_b64(b"a fixed salt 16b").unwrap(),
+    )
+    .unwrap()
+    .to_string();
+    let yaml = format!(
+        "auth:\n  users:\n    - name: dora\n      password_hash: \"{strong}\"\n      rules: [{{keys: \"**\", access: read}}]\n    - name: alice\n      password_hash: \"{}\"\n      rules: [{{keys: \"**\", access: read}}]\n",
+        hash_password(password("alice"))
+    );
+    let (_peer, server, _dir) = start_configured(&yaml);
+    let before = proc_status_kib(server.pid(), "VmHWM");
+    let (status, _) = call(
+        "GET",
+        &server.state_url("x"),
+        &basic("nobody", "anything-at-all"),
+        b"",
+    );
+    assert_eq!(status, 401);
+    let after = proc_status_kib(server.pid(), "VmHWM");
+    assert!(
+        after >= before + 48 * 1024,
+        "verifying an unknown name raised the peak resident size by {} KiB, from {before} KiB; 64 MiB of argon2 memory would show",
+        after.saturating_sub(before)
+    );
 }

@@ -19,13 +19,13 @@ use crate::support::stores::LocalPeer;
 use crate::support::*;
 
 /// The local issuer, killed when dropped.
-struct Issuer {
-    url: String,
+pub(crate) struct Issuer {
+    pub(crate) url: String,
     child: Child,
 }
 
 impl Issuer {
-    fn start() -> Issuer {
+    pub(crate) fn start() -> Issuer {
         let mut child = Command::new(python())
             .arg(repo().join("tests/support/oidc_issuer.py"))
             .args(["--port", "0"])
@@ -77,7 +77,7 @@ impl Issuer {
     }
 
     /// A token with GitHub-Actions-like claims, overridden by `extra`.
-    fn mint(&self, extra: Value, options: Value) -> String {
+    pub(crate) fn mint(&self, extra: Value, options: Value) -> String {
         let mut claims = json!({
             "aud": "stategate",
             "sub": "repo:my-org/app:ref:refs/heads/main",
