@@ -1182,6 +1182,8 @@ mod tests {
         file::FileIssuer {
             issuer: url.into(),
             audience: Some("stategate".into()),
+            jwks_uri: None,
+            keys_max_age: None,
             rules: vec![],
         }
     }

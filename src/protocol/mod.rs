@@ -807,12 +807,11 @@ async fn read_body(
                 // as one sent before it does.
                 if let Ok(trailers) = frame.into_trailers()
                     && let Some(digest) = content_md5(&trailers)?
+                    && trailer_md5.replace(digest).is_some()
                 {
-                    if trailer_md5.replace(digest).is_some() {
-                        return Err(ProtocolError::BadRequest(
-                            "Content-MD5 is given more than once".into(),
-                        ));
-                    }
+                    return Err(ProtocolError::BadRequest(
+                        "Content-MD5 is given more than once".into(),
+                    ));
                 }
                 continue;
             }

@@ -19,6 +19,7 @@ mod cloud_races;
 mod crash;
 #[cfg(feature = "db")]
 mod db;
+mod downloads;
 mod encryption;
 mod history_paging;
 mod hostile;

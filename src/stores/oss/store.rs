@@ -25,9 +25,7 @@ use super::config::OssConfig;
 use super::error::{api_code, xml_text};
 use crate::stores::bucket::{BucketSeen, bounded, compare_first};
 use crate::stores::payload::{FileBody, SPOOL_THRESHOLD, spool_dir};
-use crate::stores::{
-    Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version,
-};
+use crate::stores::{Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version};
 
 /// How long to wait for a TCP/TLS connection to the endpoint (less when
 /// `timeout` is shorter).
