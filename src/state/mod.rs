@@ -203,7 +203,7 @@ impl States {
     /// Every state whose key starts with `prefix` (any workspace), with its
     /// serial and lock holder.
     pub async fn list(&self, prefix: &str) -> Result<Vec<StateSummary>, StateError> {
-        let entries = self.store.list("").await?;
+        let entries = self.store.list_outside_internal("").await?;
         let locked: std::collections::HashSet<&str> = entries
             .iter()
             .filter_map(|e| e.key.strip_suffix(key::LOCK_SUFFIX))
@@ -242,7 +242,7 @@ impl States {
     /// How many states and held locks the store has, from one listing
     /// (no state is read).
     pub async fn counts(&self) -> Result<(usize, usize), StateError> {
-        let entries = self.store.list("").await?;
+        let entries = self.store.list_outside_internal("").await?;
         let locks = entries
             .iter()
             .filter(|e| {
@@ -259,7 +259,7 @@ impl States {
     /// Every lock currently held, with its state.
     pub async fn locks(&self) -> Result<Vec<(StateRef, LockInfo)>, StateError> {
         let mut out = Vec::new();
-        for entry in self.store.list("").await? {
+        for entry in self.store.list_outside_internal("").await? {
             let Some(object_key) = entry.key.strip_suffix(key::LOCK_SUFFIX) else {
                 continue;
             };

@@ -885,6 +885,18 @@ impl SealedStore {
     }
 }
 
+impl SealedStore {
+    /// Listed sizes of sealed bodies as the sizes of what they hold.
+    fn plain_sizes(&self, mut entries: Vec<Entry>) -> Vec<Entry> {
+        for entry in &mut entries {
+            if logical_key(&entry.key).is_some() {
+                entry.size = self.keys.plain_size(entry.size);
+            }
+        }
+        entries
+    }
+}
+
 #[async_trait]
 impl Store for SealedStore {
     fn describe(&self) -> String {
@@ -1061,13 +1073,13 @@ impl Store for SealedStore {
     /// `stategate rekey`, is off by a few bytes; readers that compare sizes
     /// then read it once more).
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
-        let mut entries = self.inner.list(prefix).await?;
-        for entry in &mut entries {
-            if logical_key(&entry.key).is_some() {
-                entry.size = self.keys.plain_size(entry.size);
-            }
-        }
-        Ok(entries)
+        let entries = self.inner.list(prefix).await?;
+        Ok(self.plain_sizes(entries))
+    }
+
+    async fn list_outside_internal(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let entries = self.inner.list_outside_internal(prefix).await?;
+        Ok(self.plain_sizes(entries))
     }
 
     async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {

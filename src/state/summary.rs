@@ -99,7 +99,7 @@ impl States {
     /// Every state in the store, from one listing: no state, lock or
     /// summary is read.
     pub async fn listing(&self) -> Result<Vec<Listed>, StateError> {
-        let entries = self.store.list("").await?;
+        let entries = self.store.list_outside_internal("").await?;
         let locked: std::collections::HashSet<&str> = entries
             .iter()
             .filter(|e| !e.key.starts_with(RESERVED_PREFIX))

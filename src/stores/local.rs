@@ -53,7 +53,10 @@ use time::OffsetDateTime;
 
 use super::keylock::{KeyLock, KeyLocks};
 use super::payload::{BodyCache, FileBody, SPOOL_THRESHOLD};
-use super::{Backend, Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version};
+use super::{
+    Backend, Capabilities, Condition, Entry, INTERNAL_PREFIX, Object, Payload, Store, StoreError,
+    Version,
+};
 use crate::settings::{ConfigError, Setting, StoreSettings};
 
 /// Registration of the local store.
@@ -500,7 +503,12 @@ impl Tree {
         Ok(Some((Payload::Memory(body), version)))
     }
 
-    fn list_blocking(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+    /// Walks the tree below `prefix`. Directories are opened one at a time,
+    /// each by its path below the starting directory, and closed before
+    /// the next: a listing holds two descriptors however many states and
+    /// history directories there are, so it never makes another request
+    /// run out of them. With `skip_internal`, `.stategate/` is not entered.
+    fn list_blocking(&self, prefix: &str, skip_internal: bool) -> Result<Vec<Entry>, StoreError> {
         // Start at the deepest directory the prefix names whole.
         let start_rel = prefix.rfind('/').map_or("", |i| &prefix[..i]);
         if !start_rel.is_empty() {
@@ -515,10 +523,27 @@ impl Tree {
             format!("{start_rel}/")
         };
         let mut out = Vec::new();
-        let mut stack = vec![(start, base)];
-        while let Some((dir, base)) = stack.pop() {
-            let listing_err = |e: Errno| translate(&base, "listing", e);
-            let names: Vec<String> = Dir::read_from(&dir)
+        // Directories still to read, by their path below `start` ("" is
+        // `start` itself).
+        let mut pending = vec![String::new()];
+        while let Some(below) = pending.pop() {
+            let dir_base = format!("{base}{below}");
+            let listing_err = |e: Errno| translate(&dir_base, "listing", e);
+            let opened;
+            let dir = if below.is_empty() {
+                &start
+            } else {
+                match open_dir_beneath(&start, below.trim_end_matches('/'), false) {
+                    Ok(fd) => {
+                        opened = fd;
+                        &opened
+                    }
+                    // Removed since it was seen.
+                    Err(Errno::NOENT | Errno::NOTDIR) => continue,
+                    Err(e) => return Err(listing_err(e)),
+                }
+            };
+            let names: Vec<String> = Dir::read_from(dir)
                 .map_err(listing_err)?
                 .filter_map(|entry| {
                     let entry = entry.ok()?;
@@ -533,26 +558,24 @@ impl Tree {
                     if writer_pid(rest)
                         .is_some_and(|pid| pid != std::process::id() && !process_alive(pid))
                     {
-                        let _ = rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::empty());
+                        let _ = rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty());
                     }
                     continue;
                 }
-                let key = format!("{base}{name}");
-                if key.starts_with(INTERNAL_DIR) {
+                let key = format!("{dir_base}{name}");
+                if key.starts_with(INTERNAL_DIR)
+                    || (skip_internal && format!("{key}/").starts_with(INTERNAL_PREFIX))
+                {
                     continue;
                 }
-                let Ok(stat) = rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                let Ok(stat) = rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
                 else {
                     continue;
                 };
                 // Links are neither followed nor listed.
                 match FileType::from_raw_mode(stat.st_mode) {
                     FileType::Directory if prefix.starts_with(&key) || key.starts_with(prefix) => {
-                        match open_dir_beneath(&dir, &name, false) {
-                            Ok(child) => stack.push((child, format!("{key}/"))),
-                            Err(Errno::NOENT) => {}
-                            Err(e) => return Err(listing_err(e)),
-                        }
+                        pending.push(format!("{below}{name}/"));
                     }
                     FileType::RegularFile if key.starts_with(prefix) => out.push(Entry {
                         key,
@@ -772,7 +795,12 @@ impl Store for LocalStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         let prefix = prefix.to_string();
-        blocking(self, move |s| s.list_blocking(&prefix)).await
+        blocking(self, move |s| s.list_blocking(&prefix, false)).await
+    }
+
+    async fn list_outside_internal(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let prefix = prefix.to_string();
+        blocking(self, move |s| s.list_blocking(&prefix, true)).await
     }
 
     async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {

@@ -391,6 +391,18 @@ pub trait Store: Send + Sync + 'static {
     /// not only whole segments), sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError>;
 
+    /// Like [`Store::list`], without the objects under [`INTERNAL_PREFIX`]
+    /// (history, leases, probes). A listing of states must not cost more
+    /// with every version kept, so stores skip that area without walking
+    /// it (the local store does not enter its directory, the databases
+    /// read around its range, S3 lists past it); the default filters a
+    /// whole listing.
+    async fn list_outside_internal(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let mut entries = self.list(prefix).await?;
+        entries.retain(|e| !e.key.starts_with(INTERNAL_PREFIX));
+        Ok(entries)
+    }
+
     /// The current version of an object without its body; `Ok(None)` when
     /// it does not exist. Stores with a cheap metadata read override this.
     async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {
@@ -476,6 +488,28 @@ pub fn backends() -> Vec<&'static Backend> {
 /// Finds a storage type by its `storageType` name.
 pub fn backend(name: &str) -> Option<&'static Backend> {
     backends().into_iter().find(|b| b.name == name)
+}
+
+/// Where stategate keeps its own objects (history, leases, probes), apart
+/// from every state: no state key starts with it.
+pub const INTERNAL_PREFIX: &str = ".stategate/";
+
+/// The key ranges of a listing of `prefix` that lie outside
+/// [`INTERNAL_PREFIX`]: `(from, before)` pairs, `before` `None` for no end.
+/// Keys are ASCII, and `0` follows `/`, so the internal area is exactly
+/// the range from `.stategate/` up to `.stategate0`.
+pub fn ranges_outside_internal(prefix: &str) -> Vec<(String, Option<String>)> {
+    const PAST_INTERNAL: &str = ".stategate0";
+    if prefix.starts_with(INTERNAL_PREFIX) {
+        return Vec::new();
+    }
+    if !INTERNAL_PREFIX.starts_with(prefix) {
+        return vec![(prefix.to_string(), None)];
+    }
+    vec![
+        (prefix.to_string(), Some(INTERNAL_PREFIX.to_string())),
+        (PAST_INTERNAL.to_string(), None),
+    ]
 }
 
 /// The key of the probe object `stategate check` and start-up write.

@@ -692,6 +692,53 @@ fn next_generation(tx: &Connection) -> Result<i64, rusqlite::Error> {
     )
 }
 
+impl SqliteStore {
+    /// The objects whose keys start with `prefix` and lie in one of
+    /// `ranges` (`(from, before)`, `before` `None` for no end), sorted: a
+    /// range of the key index each (keys compare as bytes), so a listing
+    /// reads only the rows it returns.
+    async fn list_ranges(
+        &self,
+        ranges: Vec<(String, Option<String>)>,
+        prefix: &str,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let upper = prefix_upper_bound(prefix);
+        let prefix = prefix.to_string();
+        self.run("listing".to_string(), move |conn| {
+            let err = db_err("listing");
+            let mut stmt = conn
+                .prepare(
+                    "SELECT key, length(body), modified_ns FROM objects
+                     WHERE key >= ?1 AND key < ?2 AND substr(key, 1, length(?3)) = ?3
+                     ORDER BY key",
+                )
+                .map_err(&err)?;
+            let mut out = Vec::new();
+            for (from, before) in ranges {
+                let before = match before {
+                    Some(b) if b < upper => b,
+                    _ => upper.clone(),
+                };
+                let rows = stmt
+                    .query_map(params![from, before, prefix], |r| {
+                        let ns: i64 = r.get(2)?;
+                        Ok(Entry {
+                            key: r.get(0)?,
+                            size: r.get::<_, i64>(1)? as u64,
+                            modified: OffsetDateTime::from_unix_timestamp_nanos(ns as i128).ok(),
+                        })
+                    })
+                    .map_err(&err)?;
+                for row in rows {
+                    out.push(row.map_err(&err)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn describe(&self) -> String {
@@ -864,32 +911,15 @@ impl Store for SqliteStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
-        let prefix = prefix.to_string();
-        self.run("listing".to_string(), move |conn| {
-            let err = db_err("listing");
-            // A range of the key index (keys compare as bytes), so listing
-            // one state's history does not read every row.
-            let mut stmt = conn
-                .prepare(
-                    "SELECT key, length(body), modified_ns FROM objects
-                     WHERE key >= ?1 AND key < ?2 AND substr(key, 1, length(?1)) = ?1
-                     ORDER BY key",
-                )
-                .map_err(&err)?;
-            let upper = prefix_upper_bound(&prefix);
-            let rows = stmt
-                .query_map(params![prefix, upper], |r| {
-                    let ns: i64 = r.get(2)?;
-                    Ok(Entry {
-                        key: r.get(0)?,
-                        size: r.get::<_, i64>(1)? as u64,
-                        modified: OffsetDateTime::from_unix_timestamp_nanos(ns as i128).ok(),
-                    })
-                })
-                .map_err(&err)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(&err)
-        })
-        .await
+        self.list_ranges(vec![(prefix.to_string(), None)], prefix)
+            .await
+    }
+
+    /// Two ranges of the key index, around the internal area: history
+    /// rows are never read.
+    async fn list_outside_internal(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        self.list_ranges(crate::stores::ranges_outside_internal(prefix), prefix)
+            .await
     }
 
     async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {

@@ -44,6 +44,7 @@ macro_rules! contract_suite {
                 recreated_object_never_matches_its_old_version, delete_honours_its_condition,
                 concurrent_creates_have_one_winner, concurrent_swaps_have_one_winner,
                 read_modify_write_loses_no_update, listing_is_a_sorted_string_prefix,
+                listing_outside_internal_leaves_out_exactly_the_internal_area,
                 listing_shows_no_other_store, snapshot_copies_once_from_the_version_given,
                 large_body_round_trips, spooled_bodies_stream_in_and_out,
                 empty_body_round_trips, long_keys_round_trip,
@@ -969,6 +970,52 @@ pub async fn listing_is_a_sorted_string_prefix(fx: Fixture) {
         ]
     );
     assert_eq!(ab[4..], ["l/a/b0", "l/a/bA", "l/a/b_x", "l/a/bc"]);
+}
+
+pub async fn listing_outside_internal_leaves_out_exactly_the_internal_area(fx: Fixture) {
+    let store = &*fx.store;
+    let keys = [
+        "-dash",
+        ".a",
+        ".stategat",
+        ".stategate-x",
+        ".stategate/history/a/1.json",
+        ".stategate/history/a/newest.json",
+        ".stategate/lease/a/x",
+        ".stategate0",
+        ".stategatez",
+        "a",
+        "b/c",
+        "workspaces/dev/a",
+        "z",
+    ];
+    for key in keys {
+        put(store, key, b"x").await;
+    }
+    for prefix in [
+        "",
+        ".",
+        ".stategate",
+        ".stategate/",
+        ".stategate/history/",
+        "b",
+        "-",
+        "workspaces/",
+    ] {
+        let listed: Vec<String> = store
+            .list_outside_internal(prefix)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        let expected: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| k.starts_with(prefix) && !k.starts_with(".stategate/"))
+            .collect();
+        assert_eq!(listed, expected, "list_outside_internal(`{prefix}`)");
+    }
 }
 
 pub async fn listing_shows_no_other_store(fx: Fixture) {

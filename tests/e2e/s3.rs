@@ -99,6 +99,15 @@ impl Moto {
         assert_eq!(answer.trim(), "ok", "moto {command}");
     }
 
+    /// How many object listings the server has served so far.
+    pub fn lists(&self) -> u64 {
+        let mut control = self.control.lock().unwrap();
+        writeln!(control.0, "lists").expect("write to moto");
+        let mut answer = String::new();
+        control.1.read_line(&mut answer).expect("moto answers");
+        answer.trim().parse().expect("a count of listings")
+    }
+
     /// Closes the listening socket; objects are kept.
     pub fn stop(&self) {
         self.command("stop");

@@ -16,7 +16,9 @@ Then reads commands from stdin, one per line:
   stop    close the listening socket (clients get "connection refused");
           the stored objects are kept
   start   listen again on the same port
-Each command is answered with one line, "ok". The server exits when stdin
+  lists   answer with the number of object listings (ListObjects and
+          ListObjectsV2 requests) served so far, instead of "ok"
+Other commands are answered with one line, "ok". The server exits when stdin
 closes, so it never outlives the test process that started it.
 
 moto checks a conditional put (If-None-Match, If-Match) and then writes, in
@@ -49,6 +51,22 @@ def without_conditions(app, headers=("HTTP_IF_NONE_MATCH", "HTTP_IF_MATCH")):
     def handle(environ, start_response):
         for header in headers:
             environ.pop(header, None)
+        return app(environ, start_response)
+
+    return handle
+
+
+LISTINGS = [0]
+
+
+def counting_listings(app):
+    def handle(environ, start_response):
+        query = environ.get("QUERY_STRING", "")
+        path = environ.get("PATH_INFO", "/").strip("/")
+        if environ.get("REQUEST_METHOD") == "GET" and path and "/" not in path:
+            fields = [f.split("=", 1)[0] for f in query.split("&") if f]
+            if "list-type" in fields or "prefix" in fields or not fields:
+                LISTINGS[0] += 1
         return app(environ, start_response)
 
     return handle
@@ -137,7 +155,7 @@ def main():
         app = without_conditions(app)
     elif args.ignore_if_match:
         app = without_conditions(app, ("HTTP_IF_MATCH",))
-    listener = Listener(serialised(app))
+    listener = Listener(serialised(counting_listings(app)))
     listener.start()
     endpoint = f"http://127.0.0.1:{listener.port}"
     ready = {"port": listener.port, "access_key": "test", "secret_key": "test"}
@@ -152,6 +170,9 @@ def main():
             listener.stop()
         elif command == "start":
             listener.start()
+        elif command == "lists":
+            print(LISTINGS[0], flush=True)
+            continue
         else:
             print(f"unknown command {command!r}", flush=True)
             continue

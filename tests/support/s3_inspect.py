@@ -7,6 +7,7 @@ Usage: s3_inspect.py COMMAND BUCKET [ARG]
   acl BUCKET KEY               print GetObjectAcl's grants as JSON
   get BUCKET KEY               write the object's body to stdout
   put BUCKET KEY               store stdin as the object
+  put-many BUCKET              store a small object at each key stdin lists, one per line
   delete-bucket BUCKET         delete every object, then the bucket
 
 The endpoint and credentials come from the environment: S3_ENDPOINT,
@@ -48,6 +49,9 @@ def main():
         sys.stdout.buffer.write(s3.get_object(Bucket=bucket, Key=arg)["Body"].read())
     elif command == "put":
         s3.put_object(Bucket=bucket, Key=arg, Body=sys.stdin.buffer.read())
+    elif command == "put-many":
+        for key in sys.stdin.read().split():
+            s3.put_object(Bucket=bucket, Key=key, Body=b"{}")
     elif command == "delete-bucket":
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             for obj in page.get("Contents", []):

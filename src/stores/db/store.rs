@@ -112,6 +112,24 @@ macro_rules! on_pool {
     };
 }
 
+/// Listing rows (`object_key, size, modified_ns`) as entries, for either
+/// engine's row type.
+macro_rules! entries {
+    ($rows:expr) => {
+        $rows
+            .into_iter()
+            .map(|r| {
+                let ns: i64 = r.try_get(2)?;
+                Ok(Entry {
+                    key: r.try_get(0)?,
+                    size: r.try_get::<i64, _>(1)? as u64,
+                    modified: OffsetDateTime::from_unix_timestamp_nanos(ns as i128).ok(),
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+    };
+}
+
 /// The statements of one engine, with the table prefix filled in.
 struct Sql {
     get: String,
@@ -119,6 +137,8 @@ struct Sql {
     stat_for_update: String,
     stat_for_share: String,
     list: String,
+    /// `list` within `[from, before)`.
+    list_range: String,
     insert_object: String,
     update_object: String,
     delete_object: String,
@@ -156,6 +176,11 @@ impl Sql {
             list: format!(
                 "SELECT object_key, size, modified_ns FROM {p}objects \
                  WHERE object_key LIKE ? ESCAPE '!' ORDER BY object_key"
+            ),
+            list_range: format!(
+                "SELECT object_key, size, modified_ns FROM {p}objects \
+                 WHERE object_key LIKE ? ESCAPE '!' AND object_key >= ? AND object_key < ? \
+                 ORDER BY object_key"
             ),
             insert_object: format!(
                 "INSERT INTO {p}objects (object_key, generation, size, modified_ns) VALUES (?, ?, ?, ?)"
@@ -202,6 +227,7 @@ impl Sql {
             stat_for_update: number(self.stat_for_update),
             stat_for_share: number(self.stat_for_share),
             list: number(self.list),
+            list_range: number(self.list_range),
             insert_object: number(self.insert_object),
             update_object: number(self.update_object),
             delete_object: number(self.delete_object),
@@ -1053,20 +1079,37 @@ impl Store for DbStore {
             let sql = AssertSqlSafe(self.sql.list.as_str());
             let pattern = like_prefix(prefix);
             on_pool!(&self.pool, p => {
-                sqlx::query(sql).bind(&pattern).fetch_all(p).await.and_then(|rows| {
-                    rows.into_iter()
-                        .map(|r| {
-                            let ns: i64 = r.try_get(2)?;
-                            Ok(Entry {
-                                key: r.try_get(0)?,
-                                size: r.try_get::<i64, _>(1)? as u64,
-                                modified: OffsetDateTime::from_unix_timestamp_nanos(ns as i128).ok(),
-                            })
-                        })
-                        .collect::<Result<Vec<_>, sqlx::Error>>()
-                })
+                sqlx::query(sql).bind(&pattern).fetch_all(p).await.and_then(|rows| entries!(rows))
             })
             .map_err(|e| unavailable(&what, &e))
+        })
+        .await
+    }
+
+    /// Two ranges of the key index, around the internal area: history
+    /// rows are never read.
+    async fn list_outside_internal(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let what = format!("listing {prefix}*");
+        self.bounded(&what, async {
+            let sql = AssertSqlSafe(self.sql.list_range.as_str());
+            let pattern = like_prefix(prefix);
+            let mut out = Vec::new();
+            for (from, before) in crate::stores::ranges_outside_internal(prefix) {
+                // Keys are ASCII below DEL.
+                let before = before.unwrap_or_else(|| "\u{7f}".to_string());
+                let found = on_pool!(&self.pool, p => {
+                    sqlx::query(AssertSqlSafe(sql.0))
+                        .bind(&pattern)
+                        .bind(&from)
+                        .bind(&before)
+                        .fetch_all(p)
+                        .await
+                        .and_then(|rows| entries!(rows))
+                })
+                .map_err(|e| unavailable(&what, &e))?;
+                out.extend(found);
+            }
+            Ok(out)
         })
         .await
     }

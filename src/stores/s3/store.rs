@@ -25,8 +25,8 @@ use crate::stores::bucket::{
 };
 use crate::stores::payload::spool_dir;
 use crate::stores::{
-    Capabilities, Condition, Entry, Object, PROBE_PREFIX, Payload, Spooler, Store, StoreError,
-    Version,
+    Capabilities, Condition, Entry, INTERNAL_PREFIX, Object, PROBE_PREFIX, Payload, Spooler, Store,
+    StoreError, Version,
 };
 
 /// Longest wait for a TCP connection to the S3 server.
@@ -457,6 +457,28 @@ impl Store for S3Store {
         self.bounded(&what, self.list_unbounded(prefix, &what))
             .await
     }
+
+    /// Lists up to the internal area, then from just past it: S3 lists in
+    /// key order, so the pages of history are never asked for (at most the
+    /// one page that runs into the area).
+    async fn list_outside_internal(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let what = format!("listing `{prefix}`");
+        self.bounded(&what, async {
+            let mut entries = Vec::new();
+            for (from, before) in crate::stores::ranges_outside_internal(prefix) {
+                // Keys are ASCII up to `~`: no internal key sorts after
+                // `.stategate/~`, and no other key between it and `from`.
+                let start_after = (from != prefix).then(|| format!("{INTERNAL_PREFIX}~"));
+                entries.extend(
+                    self.list_range(prefix, start_after.as_deref(), before.as_deref(), &what)
+                        .await?,
+                );
+            }
+            entries.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(entries)
+        })
+        .await
+    }
 }
 
 impl S3Store {
@@ -542,6 +564,21 @@ impl S3Store {
     }
 
     async fn list_unbounded(&self, prefix: &str, what: &str) -> Result<Vec<Entry>, StoreError> {
+        let mut entries = self.list_range(prefix, None, None, what).await?;
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(entries)
+    }
+
+    /// The objects under `prefix` from just after `start_after` (S3's
+    /// `StartAfter`) up to, not including, `stop_at`: pages stop being
+    /// asked for once one reaches it.
+    async fn list_range(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        stop_at: Option<&str>,
+        what: &str,
+    ) -> Result<Vec<Entry>, StoreError> {
         let bucket = &self.0;
         let store_prefix = &bucket.config.prefix;
         let mut entries = Vec::new();
@@ -552,10 +589,12 @@ impl S3Store {
                 .list_objects_v2()
                 .bucket(&bucket.config.bucket)
                 .prefix(bucket.full_key(prefix))
+                .set_start_after(start_after.map(|k| bucket.full_key(k)))
                 .set_continuation_token(token.take())
                 .send()
                 .await
                 .map_err(|e| bucket.failure(what, e).into_store_error(what))?;
+            let mut reached_stop = false;
             for object in page.contents() {
                 let Some(key) = object
                     .key()
@@ -563,6 +602,10 @@ impl S3Store {
                 else {
                     continue;
                 };
+                if stop_at.is_some_and(|stop| key >= stop) {
+                    reached_stop = true;
+                    break;
+                }
                 entries.push(Entry {
                     key: key.to_string(),
                     size: object.size().unwrap_or(0).max(0) as u64,
@@ -572,11 +615,10 @@ impl S3Store {
                 });
             }
             token = page.next_continuation_token().map(str::to_string);
-            if !page.is_truncated().unwrap_or(false) || token.is_none() {
+            if reached_stop || !page.is_truncated().unwrap_or(false) || token.is_none() {
                 break;
             }
         }
-        entries.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(entries)
     }
 }
