@@ -704,6 +704,9 @@ async fn dispatch(
     ex.identity = caller.as_ref().map(|c| c.name().to_string());
     let caller = caller.as_ref();
     let whole = match endpoint {
+        Endpoint::GetState(state) if req.method() == Method::HEAD => {
+            return handle_head(app, &state, caller).await;
+        }
         Endpoint::GetState(state) => return handle_get(app, &state, caller).await,
         Endpoint::GetVersion(state, n) => return handle_get_version(app, &state, n).await,
         Endpoint::Health => Ok(text("ok\n")),
@@ -892,6 +895,32 @@ fn json(body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
+}
+
+/// HEAD of a state: its length and `ETag` as a GET would give them, from
+/// the newest history record when that record names the stored version,
+/// so nothing is downloaded from a store across the network; otherwise,
+/// and for the `outputs` view, whose length depends on the body, as GET.
+async fn handle_head(
+    app: &App,
+    state: &StateRef,
+    caller: Option<&access::Caller>,
+) -> Result<Response<Reply>, ProtocolError> {
+    if caller.is_some_and(|c| c.level == Access::Outputs) {
+        return handle_get(app, state, caller).await;
+    }
+    match app.states.current_digest(state).await? {
+        None => Err(ProtocolError::NotFound(format!(
+            "no state stored for {state}"
+        ))),
+        Some((_, Some((md5, size)))) => {
+            let mut r = state_body(Payload::Memory(Bytes::new()), &md5);
+            r.headers_mut()
+                .insert(CONTENT_LENGTH, HeaderValue::from(size));
+            Ok(r)
+        }
+        Some((_, None)) => handle_get(app, state, caller).await,
+    }
 }
 
 /// A state body with its `Content-Length` and an `ETag` (the quoted hex

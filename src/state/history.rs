@@ -302,6 +302,25 @@ impl States {
         }
     }
 
+    /// The stored version of a state, with the hex MD5 and size of its
+    /// body when the newest history record names that version (so the
+    /// body need not be read to know them); `None` when no state is
+    /// stored.
+    pub async fn current_digest(
+        &self,
+        state: &StateRef,
+    ) -> Result<Option<(Version, Option<(String, u64)>)>, StateError> {
+        let Some(version) = self.store.stat(&self.object_key(state)).await? else {
+            return Ok(None);
+        };
+        let known = self
+            .newest_record(state)
+            .await?
+            .filter(|r| r.object_version.as_deref() == Some(version.0.as_str()))
+            .map(|r| (r.md5, r.size));
+        Ok(Some((version, known)))
+    }
+
     /// The newest record of a state's history, `None` when it has none.
     pub(super) async fn newest_record(
         &self,

@@ -171,3 +171,35 @@ fn downloads_from_s3_and_oss_do_not_hold_the_state_in_memory() {
         drop(stalled);
     }
 }
+
+#[cfg(feature = "s3")]
+#[test]
+fn downloads_head_on_s3_reads_no_body() {
+    use crate::s3::{Moto, S3Peer};
+    let moto: &'static Moto = Box::leak(Box::new(Moto::start(false)));
+    let peer = S3Peer::on(moto);
+    let server = Server::start(&peer);
+    let body = sized_state("a4000000-0000-4000-8000-000000000004", 1, 3 * MIB);
+    assert_eq!(http("POST", &server.state_url("head/app"), &body).0, 200);
+    let header = |headers: &[(String, String)], name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let before = moto.object_gets();
+    let (status, head_headers, head_body) =
+        http_full("HEAD", &server.state_url("head/app"), &[], b"");
+    assert_eq!(status, 200);
+    assert!(head_body.is_empty());
+    assert_eq!(moto.object_gets(), before, "HEAD downloaded the state");
+    let (status, get_headers, got) = http_full("GET", &server.state_url("head/app"), &[], b"");
+    assert_eq!(status, 200);
+    assert_eq!(got, body);
+    assert_eq!(header(&head_headers, "etag"), header(&get_headers, "etag"));
+    assert_eq!(
+        header(&head_headers, "content-length"),
+        Some(body.len().to_string())
+    );
+    assert_eq!(http("HEAD", &server.state_url("head/missing"), b"").0, 404);
+}

@@ -101,11 +101,20 @@ impl Moto {
 
     /// How many object listings the server has served so far.
     pub fn lists(&self) -> u64 {
+        self.count("lists")
+    }
+
+    /// How many GetObject requests the server has served so far.
+    pub fn object_gets(&self) -> u64 {
+        self.count("gets")
+    }
+
+    fn count(&self, command: &str) -> u64 {
         let mut control = self.control.lock().unwrap();
-        writeln!(control.0, "lists").expect("write to moto");
+        writeln!(control.0, "{command}").expect("write to moto");
         let mut answer = String::new();
         control.1.read_line(&mut answer).expect("moto answers");
-        answer.trim().parse().expect("a count of listings")
+        answer.trim().parse().expect("a count")
     }
 
     /// Closes the listening socket; objects are kept.
