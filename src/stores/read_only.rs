@@ -96,7 +96,12 @@ impl Store for ReadOnly {
         Err(self.refused(key))
     }
 
-    async fn put_payload(&self, key: &str, _: &Payload, _: Condition) -> Result<Version, StoreError> {
+    async fn put_payload(
+        &self,
+        key: &str,
+        _: &Payload,
+        _: Condition,
+    ) -> Result<Version, StoreError> {
         Err(self.refused(key))
     }
 

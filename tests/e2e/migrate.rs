@@ -603,7 +603,8 @@ fn migrate_dry_run_creates_and_changes_nothing() {
         let yaml = config_file(dir.path(), "target.yaml", target);
         let out = migrate_ok(&a_yaml, &yaml, &["--with-history", "--dry-run"], &[]);
         assert!(
-            out.contains("3 states: 0 copied, 0 identical, 3 would copy") && out.contains("dry run"),
+            out.contains("3 states: 0 copied, 0 identical, 3 would copy")
+                && out.contains("dry run"),
             "{out}"
         );
         for (key, ws) in STATES.iter().take(3) {
@@ -616,7 +617,10 @@ fn migrate_dry_run_creates_and_changes_nothing() {
     }
     let left: Vec<_> = std::fs::read_dir(&b_dir).unwrap().collect();
     assert!(left.is_empty(), "the dry run made {left:?}");
-    assert!(!d.root().exists(), "the dry run created the target directory");
+    assert!(
+        !d.root().exists(),
+        "the dry run created the target directory"
+    );
 
     // An existing target in a read-only directory. Tests run as root,
     // where the mode does not stop a write, so what is compared is the
@@ -645,7 +649,15 @@ fn migrate_dry_run_creates_and_changes_nothing() {
         row.contains("would copy") && row.split_whitespace().any(|w| w == "1"),
         "only the version the target lacks: {row}"
     );
-    assert_eq!(tree_with_mtimes(&e.root()), target_before, "the target changed");
+    assert_eq!(
+        tree_with_mtimes(&e.root()),
+        target_before,
+        "the target changed"
+    );
     std::fs::set_permissions(e.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    assert_eq!(tree_with_mtimes(&a.root()), source_before, "the source changed");
+    assert_eq!(
+        tree_with_mtimes(&a.root()),
+        source_before,
+        "the source changed"
+    );
 }
