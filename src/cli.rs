@@ -167,9 +167,16 @@ pub enum Command {
         /// Copy each state's kept versions too, oldest first.
         #[arg(long)]
         with_history: bool,
-        /// Show what would be copied; change nothing.
+        /// Show what would be copied; change nothing. Opens both stores
+        /// for reading only (no start-up probe; a target that does not
+        /// exist yet is taken as empty, not created).
         #[arg(long)]
         dry_run: bool,
+        /// Replace a target state that has the source's lineage and serial
+        /// but other content (a "conflict"); without it such a state is
+        /// left alone and the run fails.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Drive a deployment with Terraform's cycle (LOCK, GET, POST, UNLOCK)
     /// from many clients and print cycles/s and latency per verb.
@@ -579,6 +586,18 @@ pub async fn open_states(settings: &Settings) -> Result<(States, stores::ProbeRe
     ))
 }
 
+/// Opens the store for reading only ([`stores::open_for_reading`]): no
+/// probe and nothing created; sealed bodies are opened with the keys.
+async fn open_states_for_reading(settings: &Settings) -> Result<States> {
+    let store = stores::open_for_reading(settings.backend, settings.store.clone()).await?;
+    let capabilities = store.capabilities();
+    let store = match keyring(settings)? {
+        Some(keys) => Arc::new(SealedStore::new(store, keys)) as Arc<dyn Store>,
+        None => store,
+    };
+    Ok(States::new(store, capabilities, policy(settings)))
+}
+
 /// The keys of `encryption`, read now (a missing one stops start-up).
 fn keyring(settings: &Settings) -> Result<Option<Arc<Keyring>>> {
     Ok(match &settings.encryption {
@@ -631,11 +650,24 @@ pub async fn migrate(
     prefix: &str,
     with_history: bool,
     dry_run: bool,
+    overwrite: bool,
 ) -> Result<()> {
-    let (source, _) = open_states(&settings_of_file(from)?)
+    // A dry run only reads: no probe, nothing created, read-only
+    // credentials suffice.
+    let open = |path: &Path| {
+        let settings = settings_of_file(path);
+        async move {
+            let settings = settings?;
+            match dry_run {
+                true => open_states_for_reading(&settings).await,
+                false => open_states(&settings).await.map(|(states, _)| states),
+            }
+        }
+    };
+    let source = open(from)
         .await
         .with_context(|| format!("--from {}", from.display()))?;
-    let (target, _) = open_states(&settings_of_file(to)?)
+    let target = open(to)
         .await
         .with_context(|| format!("--to {}", to.display()))?;
     let states = source.list(prefix).await?;
@@ -666,6 +698,7 @@ pub async fn migrate(
             &state,
             with_history,
             dry_run,
+            overwrite,
             lock.as_bytes(),
         )
         .await
@@ -693,9 +726,9 @@ pub async fn migrate(
             | migrate::Copied::WouldWrite { versions, bytes } => {
                 (versions.to_string(), bytes.to_string(), String::new())
             }
-            migrate::Copied::TargetNewer(why) | migrate::Copied::SourceLocked(why) => {
-                ("-".into(), "-".into(), why.clone())
-            }
+            migrate::Copied::TargetNewer(why)
+            | migrate::Copied::Conflict(why)
+            | migrate::Copied::SourceLocked(why) => ("-".into(), "-".into(), why.clone()),
             migrate::Copied::Identical => ("0".into(), "0".into(), String::new()),
         };
         problems += usize::from(copied.is_problem());

@@ -43,9 +43,10 @@ async fn run(args: Cli) -> Result<()> {
             prefix,
             with_history,
             dry_run,
+            overwrite,
         } => {
             init_plain_logging();
-            return cli::migrate(&from, &to, &prefix, with_history, dry_run).await;
+            return cli::migrate(&from, &to, &prefix, with_history, dry_run, overwrite).await;
         }
         _ => {}
     }

@@ -2,17 +2,24 @@
 //! (and, when asked, its kept versions) from one configured store to
 //! another, and [`copy_state`] is the step it shares with any other
 //! importer: write what the target lacks, skip what it already has, refuse
-//! to replace a newer state, and check what landed.
+//! to replace a newer or conflicting state, and check what landed.
 //!
 //! A rerun resumes: a state whose target already holds the source's bytes
 //! is skipped, and with history only the versions after the newest one the
 //! target holds are written. The source state's lock is held while it is
 //! copied, so no apply changes it mid-copy; a dry run reads only.
+//!
+//! Versions are planned from their history records (MD5, lineage, serial,
+//! size), so deciding what to copy reads no body; each body is then read
+//! and written one at a time, as the stores hand it out (a large one as a
+//! file), so memory does not grow with the number or size of versions.
 
 use bytes::Bytes;
 
 use crate::state::head::{StateHead, md5_hex};
+use crate::state::history::HistoryWindow;
 use crate::state::{LockInfo, StateError, StateRef, States, Taken, WriteOptions};
+use crate::stores::Payload;
 
 /// What happened to one state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +32,10 @@ pub enum Copied {
     WouldWrite { versions: usize, bytes: u64 },
     /// The target holds a newer state (or another lineage): left alone.
     TargetNewer(String),
+    /// The target holds the source's lineage and serial with other
+    /// content (both sides were written since they parted): left alone
+    /// unless the copy was told to overwrite.
+    Conflict(String),
     /// Someone holds the source state's lock: not copied this time.
     SourceLocked(String),
 }
@@ -37,17 +48,128 @@ impl Copied {
             Copied::Identical => "identical",
             Copied::WouldWrite { .. } => "would copy",
             Copied::TargetNewer(_) => "target newer",
+            Copied::Conflict(_) => "conflict",
             Copied::SourceLocked(_) => "locked",
         }
     }
 
     /// Whether the state still needs attention (a rerun, an operator).
     pub fn is_problem(&self) -> bool {
-        matches!(self, Copied::TargetNewer(_) | Copied::SourceLocked(_))
+        matches!(
+            self,
+            Copied::TargetNewer(_) | Copied::Conflict(_) | Copied::SourceLocked(_)
+        )
     }
 }
 
-/// Why `versions` would overwrite a newer state on the target, if it would.
+/// Where the body of a [`SourceVersion`] is.
+#[derive(Debug, Clone)]
+enum Body {
+    /// Kept version `n` of the source state's history, read when written.
+    Kept(u64),
+    /// In hand: the source's current state as its store handed it out (a
+    /// large one is a file), or a body given whole.
+    Held(Payload),
+}
+
+/// One version of a source state, known by what its history record says
+/// of it; its body is read only when it is written.
+#[derive(Debug, Clone)]
+struct SourceVersion {
+    md5: String,
+    head: StateHead,
+    size: u64,
+    body: Body,
+}
+
+/// The versions of one source state to copy, oldest first, ending with
+/// its current state.
+pub struct Source<'a> {
+    /// Where kept versions are read from; `None` when every body is held.
+    from: Option<&'a States>,
+    versions: Vec<SourceVersion>,
+}
+
+impl<'a> Source<'a> {
+    /// A state of `from`: its kept versions oldest first, ending with the
+    /// current state; or the current state alone. Reads the history
+    /// records and hashes the current state; holds no body in memory.
+    pub async fn of(
+        from: &'a States,
+        state: &StateRef,
+        with_history: bool,
+    ) -> Result<Source<'a>, StateError> {
+        let mut source = Source {
+            from: Some(from),
+            versions: Vec::new(),
+        };
+        let Some((current, _)) = from.read(state).await? else {
+            return Ok(source);
+        };
+        let md5 = current.md5_hex().await?;
+        let records = if with_history {
+            from.history(state).await?
+        } else {
+            let newest = HistoryWindow::new(Some(1), None)?;
+            from.history_page(state, newest).await?.versions
+        };
+        if with_history {
+            source.versions = records
+                .iter()
+                .map(|r| SourceVersion {
+                    md5: r.md5.clone(),
+                    head: r.head(),
+                    size: r.size,
+                    body: Body::Kept(r.version),
+                })
+                .collect();
+        }
+        if source.versions.last().is_none_or(|v| v.md5 != md5) {
+            let head = match records.iter().rfind(|r| r.md5 == md5) {
+                Some(record) => record.head(),
+                // Not recorded yet (written by another tool): parsed once.
+                None => StateHead::parse(&current.to_bytes().await?).unwrap_or_default(),
+            };
+            source.versions.push(SourceVersion {
+                md5,
+                head,
+                size: current.len(),
+                body: Body::Held(current),
+            });
+        }
+        Ok(source)
+    }
+
+    /// One body given whole (an importer's row), copied without history.
+    pub fn body(body: Bytes) -> Source<'static> {
+        Source {
+            from: None,
+            versions: vec![SourceVersion {
+                md5: md5_hex(&body),
+                head: StateHead::parse(&body).unwrap_or_default(),
+                size: body.len() as u64,
+                body: Body::Held(Payload::Memory(body)),
+            }],
+        }
+    }
+
+    /// The body of `version`, as the source store hands it out.
+    async fn payload(
+        &self,
+        state: &StateRef,
+        version: &SourceVersion,
+    ) -> Result<Payload, StateError> {
+        match (&version.body, self.from) {
+            (Body::Held(body), _) => Ok(body.clone()),
+            (Body::Kept(n), Some(from)) => from.version_payload(state, *n).await,
+            (Body::Kept(n), None) => Err(StateError::NotFound(format!(
+                "{state} has no version {n} here"
+            ))),
+        }
+    }
+}
+
+/// Why the source would overwrite a newer state on the target, if it would.
 fn refusal(target: &StateHead, source: &StateHead) -> Option<String> {
     match (&target.lineage, &source.lineage) {
         (Some(t), Some(s)) if t != s => {
@@ -63,76 +185,110 @@ fn refusal(target: &StateHead, source: &StateHead) -> Option<String> {
     }
 }
 
-/// Copies one state into `to`. `versions` are its bodies, oldest first;
-/// the last is the current state (a single body copies without history).
-/// Writes only what the target lacks, refuses to replace a newer state,
-/// and reads back what it wrote to compare MD5s. With `dry_run` nothing is
-/// written.
+/// Why the source conflicts with the target's state, if it does: the same
+/// serial (and lineage, checked before) with other bytes, the shape of a
+/// cutover where both sides applied. The server refuses such a write; so
+/// does a copy not told to overwrite.
+fn conflict(target: &StateHead, source: &StateHead) -> Option<String> {
+    match (target.serial, source.serial) {
+        (Some(t), Some(s)) if t == s => Some(format!(
+            "the target holds serial {t} of lineage {} with other content; \
+             rerun with --overwrite to replace it with the source's",
+            source.lineage.as_deref().unwrap_or("?")
+        )),
+        _ => None,
+    }
+}
+
+/// The target's current state: its MD5 and head, read without holding it
+/// in memory where the newest history record describes it.
+async fn target_state(
+    to: &States,
+    state: &StateRef,
+) -> Result<Option<(String, StateHead)>, StateError> {
+    let Some((body, _)) = to.read(state).await? else {
+        return Ok(None);
+    };
+    let md5 = body.md5_hex().await?;
+    let newest = HistoryWindow::new(Some(1), None)?;
+    let recorded = to.history_page(state, newest).await?.versions;
+    let head = match recorded.into_iter().find(|r| r.md5 == md5) {
+        Some(record) => record.head(),
+        None => StateHead::parse(&body.to_bytes().await?).unwrap_or_default(),
+    };
+    Ok(Some((md5, head)))
+}
+
+/// Copies one state into `to`: the versions of `source`, oldest first.
+/// Writes only what the target lacks, one body at a time; refuses to
+/// replace a newer state, and one of the same serial with other content
+/// unless `overwrite`; and reads back what it wrote to compare MD5s. With
+/// `dry_run` nothing is written.
 pub async fn copy_state(
     to: &States,
     state: &StateRef,
-    versions: &[Bytes],
+    source: &Source<'_>,
     dry_run: bool,
+    overwrite: bool,
 ) -> Result<Copied, StateError> {
+    let versions = &source.versions;
     let Some(current) = versions.last() else {
         return Ok(Copied::Identical);
     };
-    let source_md5 = md5_hex(current);
-    let pending: &[Bytes] = match to.get(state).await? {
+    let pending: &[SourceVersion] = match target_state(to, state).await? {
         None => versions,
-        Some(existing) if md5_hex(&existing) == source_md5 => return Ok(Copied::Identical),
-        Some(existing) => {
-            let existing_md5 = md5_hex(&existing);
-            match versions.iter().rposition(|v| md5_hex(v) == existing_md5) {
+        Some((md5, _)) if md5 == current.md5 => return Ok(Copied::Identical),
+        Some((existing_md5, target)) => {
+            match versions.iter().rposition(|v| v.md5 == existing_md5) {
                 // The target stopped at one of the source's versions (an
                 // interrupted copy): go on after it.
                 Some(i) => &versions[i + 1..],
                 None => {
-                    let target = StateHead::parse(&existing).unwrap_or_default();
-                    let source = StateHead::parse(current).unwrap_or_default();
-                    if let Some(why) = refusal(&target, &source) {
+                    if let Some(why) = refusal(&target, &current.head) {
                         return Ok(Copied::TargetNewer(why));
+                    }
+                    if !overwrite && let Some(why) = conflict(&target, &current.head) {
+                        return Ok(Copied::Conflict(why));
                     }
                     // An older state of the same lineage: the newer versions.
                     let from = versions
                         .iter()
-                        .position(|v| {
-                            StateHead::parse(v).ok().and_then(|h| h.serial) > target.serial
-                        })
+                        .position(|v| v.head.serial > target.serial)
                         .unwrap_or(versions.len() - 1);
                     &versions[from..]
                 }
             }
         }
     };
-    let bytes = pending.iter().map(|v| v.len() as u64).sum();
+    let bytes = pending.iter().map(|v| v.size).sum();
     if dry_run {
         return Ok(Copied::WouldWrite {
             versions: pending.len(),
             bytes,
         });
     }
-    for body in pending {
+    for version in pending {
+        let body = source.payload(state, version).await?;
         to.write(
             state,
-            body.clone(),
+            body,
             WriteOptions {
                 lock_id: None,
                 // Kept versions are stored as they were, whatever their
-                // serials (a restore keeps an older serial); the refusal
-                // above already guards the target's newer state.
+                // serials (a restore keeps an older serial); the refusals
+                // above already guard the target's newer state.
                 skip_lineage_check: true,
                 ignore_lock: false,
                 identity: None,
                 operation: "migrate",
-                md5: None,
-                head: None,
+                md5: Some(&version.md5),
+                head: Some(&version.head),
             },
         )
         .await?;
     }
-    match to.get(state).await? {
-        Some(landed) if md5_hex(&landed) == source_md5 => Ok(Copied::Written {
+    match target_state(to, state).await? {
+        Some((landed, _)) if landed == current.md5 => Ok(Copied::Written {
             versions: pending.len(),
             bytes,
         }),
@@ -140,31 +296,6 @@ pub async fn copy_state(
             format!("{state}: the copy does not read back with the source's MD5"),
         ))),
     }
-}
-
-/// The bodies to copy for a state of `from`: its kept versions oldest
-/// first, ending with the current state; or the current state alone.
-pub async fn versions_of(
-    from: &States,
-    state: &StateRef,
-    with_history: bool,
-) -> Result<Vec<Bytes>, StateError> {
-    let Some(current) = from.get(state).await? else {
-        return Ok(Vec::new());
-    };
-    let mut versions = Vec::new();
-    if with_history {
-        for meta in from.history(state).await? {
-            versions.push(from.version(state, meta.version).await?);
-        }
-    }
-    if versions
-        .last()
-        .is_none_or(|v| md5_hex(v) != md5_hex(&current))
-    {
-        versions.push(current);
-    }
-    Ok(versions)
 }
 
 /// Copies one state of `from` into `to` under the source's lock (taken
@@ -175,11 +306,12 @@ pub async fn migrate_state(
     state: &StateRef,
     with_history: bool,
     dry_run: bool,
+    overwrite: bool,
     lock_info: &[u8],
 ) -> Result<Copied, StateError> {
     if dry_run {
-        let versions = versions_of(from, state, with_history).await?;
-        return copy_state(to, state, &versions, true).await;
+        let source = Source::of(from, state, with_history).await?;
+        return copy_state(to, state, &source, true, overwrite).await;
     }
     let id = LockInfo::parse(lock_info)?.id;
     match from
@@ -200,8 +332,8 @@ pub async fn migrate_state(
         Err(e) => return Err(e),
     }
     let result = async {
-        let versions = versions_of(from, state, with_history).await?;
-        copy_state(to, state, &versions, false).await
+        let source = Source::of(from, state, with_history).await?;
+        copy_state(to, state, &source, false, overwrite).await
     }
     .await;
     let released = from.release(state, Some(&id)).await;

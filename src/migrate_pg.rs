@@ -2,7 +2,8 @@
 //! Terraform's own `pg` backend keeps into the configured store, through
 //! the copy step `stategate migrate` uses ([`crate::migrate::copy_state`]):
 //! written through the state rules with history, skipped when identical,
-//! never over a newer serial or another lineage, read back after.
+//! never over a newer serial, another lineage or the same serial with
+//! other content, read back after.
 //!
 //! Terraform's pg backend keeps one row per workspace in
 //! `<schema>.states (id bigserial, name text unique, data text)`; the
@@ -229,10 +230,11 @@ async fn copy_one(
     let body = Bytes::from(data);
     // The same step as `stategate migrate`: write what stategate lacks,
     // never over a newer serial or another lineage, then read back.
-    match crate::migrate::copy_state(states, target, std::slice::from_ref(&body), false).await {
+    let source = crate::migrate::Source::body(body.clone());
+    match crate::migrate::copy_state(states, target, &source, false, false).await {
         Ok(Copied::Written { .. }) => {}
         Ok(Copied::Identical) => return Ok(Outcome::Identical),
-        Ok(Copied::TargetNewer(why) | Copied::SourceLocked(why)) => {
+        Ok(Copied::TargetNewer(why) | Copied::Conflict(why) | Copied::SourceLocked(why)) => {
             return Ok(Outcome::Refused(why));
         }
         Ok(Copied::WouldWrite { .. }) => unreachable!("not a dry run"),

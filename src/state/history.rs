@@ -399,6 +399,24 @@ impl States {
         Ok((obj.body, recorded))
     }
 
+    /// [`States::version`] as the store hands it out (a large body as a
+    /// file), checked against its recorded MD5 a piece at a time: for
+    /// copying versions without holding them in memory.
+    pub async fn version_payload(&self, state: &StateRef, n: u64) -> Result<Payload, StateError> {
+        let dir = self.history_dir(state);
+        let missing = || StateError::NotFound(format!("{state} has no version {n}"));
+        let Some((body, _)) = self.store.read(&body_key(&dir, n)).await? else {
+            return Err(missing());
+        };
+        let recorded = self.kept(&dir, n).await?.ok_or_else(missing)?.md5;
+        if body.md5_hex().await? != recorded {
+            return Err(StateError::Store(StoreError::unavailable(format!(
+                "version {n} of {state} was changed outside stategate (its MD5 no longer matches its record)"
+            ))));
+        }
+        Ok(body)
+    }
+
     /// The stored state, `None` when there is none. It is always in history
     /// when this returns: recognised from the newest record when that
     /// record names its store version, otherwise read and recorded now.

@@ -80,7 +80,8 @@ pub struct WriteOptions<'a> {
     /// hashed twice.
     pub md5: Option<&'a str>,
     /// The body's head when the caller has already checked the body with
-    /// [`StateHead::parse_payload`], so a large state is not parsed twice.
+    /// [`StateHead::parse_payload`] (or, with `skip_lineage_check`, knows
+    /// it from a history record), so a large state is not parsed twice.
     pub head: Option<&'a StateHead>,
 }
 
@@ -115,8 +116,8 @@ impl States {
         // Refused before any lease is taken. The operator's overrides take
         // any JSON (rule 2 is about clients).
         let incoming = match opts.head {
-            _ if opts.skip_lineage_check => StateHead::parse(&body.to_bytes().await?)?,
             Some(head) => head.clone(),
+            None if opts.skip_lineage_check => StateHead::parse(&body.to_bytes().await?)?,
             None => StateHead::parse_payload(&body).await?,
         };
         let lease = self.lease(state, LeaseNeed::Always).await?;

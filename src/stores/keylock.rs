@@ -54,6 +54,16 @@ impl KeyLocks {
         Ok(locks)
     }
 
+    /// Names the lock file in `dir` without creating it, for a store
+    /// opened for reading only, which never locks (the file is created at
+    /// the first lock all the same).
+    pub fn unopened(dir: OwnedFd, name: impl Into<String>) -> Self {
+        KeyLocks {
+            dir,
+            name: name.into(),
+        }
+    }
+
     fn open_file(&self) -> io::Result<OwnedFd> {
         Ok(rustix::fs::openat(
             &self.dir,

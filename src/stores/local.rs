@@ -181,6 +181,33 @@ impl LocalStore {
         Tree::open(root).map(|t| LocalStore(Arc::new(t)))
     }
 
+    /// Opens an existing root directory for reading only: nothing is
+    /// created, changed or removed (no temporaries swept, no lock files
+    /// made), so a read-only directory will do. `Ok(None)` when the root
+    /// does not exist. The store returned must only be read: callers
+    /// refuse writes before they reach it ([`super::open_for_reading`]).
+    pub fn open_read_only(root: &Path) -> io::Result<Option<Self>> {
+        let root_fd = match rustix::fs::open(
+            root,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Err(Errno::NOENT) => return Ok(None),
+            opened => opened?,
+        };
+        // Reads use only the root; these are never reached.
+        let unused = || rustix::io::dup(&root_fd);
+        Ok(Some(LocalStore(Arc::new(Tree {
+            root: root.canonicalize()?,
+            tmp_fd: unused()?,
+            unnamed: false,
+            keys: KeyLocks::unopened(unused()?, KEY_LOCKS),
+            leases: Arc::new(KeyLocks::unopened(unused()?, LEASE_LOCKS)),
+            root_fd,
+            bodies: BodyCache::default(),
+        }))))
+    }
+
     /// Opens a root directory that writes through named temporary files,
     /// as on file systems without unnamed ones, so the contract suite
     /// covers that path too.

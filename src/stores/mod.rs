@@ -27,6 +27,7 @@ pub mod keylock;
 pub mod local;
 pub mod net;
 pub mod payload;
+pub mod read_only;
 
 pub use net::network_cause;
 pub use payload::{Payload, Spooler};
@@ -695,4 +696,44 @@ pub async fn open(backend: &'static Backend, settings: StoreSettings) -> Result<
         store,
         report,
     })
+}
+
+/// Opens the configured store for reading only (a dry run): no probe, and
+/// nothing created or changed, so read-only credentials will do. A local
+/// directory or SQLite file that does not exist yet, or an empty SQLite
+/// file, reads as an empty store instead of being created. Every write
+/// through the store returned is refused ([`read_only::ReadOnly`]).
+pub async fn open_for_reading(
+    backend: &'static Backend,
+    settings: StoreSettings,
+) -> Result<Arc<dyn Store>, OpenError> {
+    let inner = match backend.name {
+        "local" => {
+            let config = local::LocalConfig::from_settings(&settings)?;
+            local::LocalStore::open_read_only(&config.root)
+                .map_err(|e| {
+                    OpenError::store(
+                        "local store",
+                        StoreError::ConfigInvalid {
+                            setting: "path",
+                            reason: format!("{}: {e}", config.root.display()),
+                        },
+                    )
+                })?
+                .map(|store| Arc::new(store) as Arc<dyn Store>)
+        }
+        "sqlite" => {
+            let config = sqlite::SqliteConfig::from_settings(&settings)?;
+            // Opening creates the file and its tables; one that does not
+            // exist (or is empty) has no states to read.
+            match std::fs::metadata(&config.path) {
+                Ok(meta) if meta.len() > 0 => Some((backend.open)(settings).await?),
+                _ => None,
+            }
+        }
+        // The bucket stores only check the bucket when they connect; their
+        // writes are the probe's, which is skipped here.
+        _ => Some((backend.open)(settings).await?),
+    };
+    Ok(Arc::new(read_only::ReadOnly::new(inner, backend.name)))
 }

@@ -388,3 +388,276 @@ fn migrate_terraform_init_moves_a_local_backend_state_to_stategate() {
     let plan = tf.ok(&["plan", "-input=false", "-detailed-exitcode"]);
     assert!(plan.contains("No changes"), "{plan}");
 }
+
+/// Runs `stategate migrate` and gives whether it succeeded, its output,
+/// and its peak resident memory in MiB as the kernel measured it for this
+/// one child (`wait4`).
+fn migrate_measured(from: &str, to: &str, extra: &[&str]) -> (bool, String, u64) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
+    let child = Command::new(bin())
+        .args(["migrate", "--from", from, "--to", to])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("run stategate migrate");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value of that plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, not yet reaped (std never waits for
+    // it: the `Child` is dropped without a wait), and both pointers are to
+    // live locals.
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, pid, "wait4: {}", std::io::Error::last_os_error());
+    drop(child);
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    let output = format!(
+        "{}\n{}",
+        text(&std::fs::read(&out_path).unwrap()),
+        text(&std::fs::read(&err_path).unwrap())
+    );
+    // Linux gives ru_maxrss in KiB.
+    (ok, output, usage.ru_maxrss as u64 / 1024)
+}
+
+/// Six kept versions of 24 MiB: copied (and planned in a dry run) one
+/// version at a time, as files, so the migration's peak memory stays far
+/// below the 144 MiB they add up to.
+#[test]
+fn migrate_with_history_holds_one_version_at_a_time() {
+    const MIB: usize = 1024 * 1024;
+    const SIZE: usize = 24 * MIB;
+    const KEPT: u64 = 6;
+    let dir = tempfile::TempDir::new().unwrap();
+    let a = LocalPeer::new();
+    let key = "big/terraform.tfstate";
+    {
+        let server = Server::start(&a);
+        let url = server.state_url(key);
+        for serial in 1..=KEPT {
+            let (status, reply) = http("POST", &url, &sized_state("big", serial, SIZE));
+            assert_eq!(status, 200, "{}", text(&reply));
+        }
+    }
+    let b = SqlitePeer::new();
+    let a_yaml = config_file(dir.path(), "a.yaml", &a);
+    let b_yaml = config_file(dir.path(), "b.yaml", &b);
+    // Two versions' worth, and room for the process itself.
+    let limit = (2 * SIZE / MIB) as u64 + 40;
+
+    let (ok, out, peak) = migrate_measured(&a_yaml, &b_yaml, &["--with-history", "--dry-run"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("1 would copy"), "{out}");
+    assert!(
+        peak < limit,
+        "the dry run peaked at {peak} MiB for {KEPT} versions of 24 MiB (limit {limit} MiB)"
+    );
+
+    let (ok, out, peak) = migrate_measured(&a_yaml, &b_yaml, &["--with-history"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("1 copied"), "{out}");
+    assert!(
+        peak < limit,
+        "the copy peaked at {peak} MiB for {KEPT} versions of 24 MiB (limit {limit} MiB)"
+    );
+
+    // Every version landed whole, in order.
+    let server = Server::start(&b);
+    let url = server.state_url(key);
+    let (status, history) = http("GET", &with_query(&url, "history"), b"");
+    assert_eq!(status, 200, "{}", text(&history));
+    let doc: serde_json::Value = serde_json::from_slice(&history).unwrap();
+    let mut numbers: Vec<u64> = doc["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    numbers.sort();
+    assert_eq!(numbers.len() as u64, KEPT, "{doc}");
+    for (serial, n) in (1..=KEPT).zip(numbers) {
+        let (status, body) = http("GET", &with_query(&url, &format!("version={n}")), b"");
+        assert_eq!(status, 200);
+        assert!(
+            body == sized_state("big", serial, SIZE),
+            "version {n} is not serial {serial}"
+        );
+    }
+}
+
+/// Both sides applied once after they parted: the target holds the
+/// source's lineage and serial with other content. The server would
+/// refuse that write (409); so does migrate, naming it, until told to
+/// overwrite.
+#[test]
+fn migrate_refuses_the_same_serial_with_other_content_unless_overwrite() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (a, b) = (LocalPeer::new(), SqlitePeer::new());
+    let app = "app/terraform.tfstate";
+    let same = "same/terraform.tfstate";
+    for (peer, side) in [(&a as &dyn Peer, "source"), (&b, "target")] {
+        let server = Server::start(peer);
+        let url = server.state_url(app);
+        assert_eq!(http("POST", &url, &state_doc("L", 1, "one")).0, 200);
+        assert_eq!(http("POST", &url, &state_doc("L", 2, side)).0, 200);
+        let url = server.state_url(same);
+        assert_eq!(http("POST", &url, &state_doc("S", 1, "same")).0, 200);
+    }
+    let a_yaml = config_file(dir.path(), "a.yaml", &a);
+    let b_yaml = config_file(dir.path(), "b.yaml", &b);
+    let target_app = || {
+        let server = Server::start(&b);
+        http("GET", &server.state_url(app), b"").1
+    };
+
+    for extra in [&["--with-history"][..], &[], &["--dry-run"]] {
+        let out = migrate(&a_yaml, &b_yaml, extra, &[]);
+        let stdout = text(&out.stdout);
+        assert!(!out.status.success(), "{extra:?}: {stdout}");
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(app))
+            .unwrap_or_else(|| panic!("{stdout}"));
+        assert!(
+            row.contains("conflict") && row.contains("serial 2") && row.contains("--overwrite"),
+            "{extra:?}: {row}"
+        );
+        let row = stdout.lines().find(|l| l.starts_with(same)).unwrap();
+        assert!(row.contains("identical"), "{row}");
+        assert_eq!(target_app(), state_doc("L", 2, "target"), "{extra:?}");
+    }
+
+    let out = migrate_ok(&a_yaml, &b_yaml, &["--overwrite"], &[]);
+    assert!(out.contains("1 copied, 1 identical"), "{out}");
+    assert_eq!(target_app(), state_doc("L", 2, "source"));
+    // The replaced state is kept in the target's history.
+    let server = Server::start(&b);
+    let url = server.state_url(app);
+    let (status, history) = http("GET", &with_query(&url, "history"), b"");
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_slice(&history).unwrap();
+    let kept = doc["versions"].as_array().unwrap().iter().any(|v| {
+        let n = v["version"].as_u64().unwrap();
+        http("GET", &with_query(&url, &format!("version={n}")), b"").1
+            == state_doc("L", 2, "target")
+    });
+    assert!(kept, "{doc}");
+    drop(server);
+    let again = migrate_ok(&a_yaml, &b_yaml, &[], &[]);
+    assert!(again.contains("0 copied, 2 identical"), "{again}");
+}
+
+/// Every file and directory below `root` with its size and modification
+/// time, to show that nothing was created, changed or removed.
+fn tree_with_mtimes(root: &std::path::Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    fn walk(
+        root: &std::path::Path,
+        dir: &std::path::Path,
+        out: &mut Vec<(String, u64, std::time::SystemTime)>,
+    ) {
+        let meta = std::fs::symlink_metadata(dir).unwrap();
+        let rel = dir.strip_prefix(root).unwrap().display().to_string();
+        out.push((rel, meta.len(), meta.modified().unwrap()));
+        if !meta.is_dir() {
+            return;
+        }
+        for entry in std::fs::read_dir(dir).unwrap() {
+            walk(root, &entry.unwrap().path(), out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// A dry run only reads: a target that does not exist yet is reported as
+/// empty and not created (neither a SQLite file nor a directory), and in
+/// an existing read-only directory, and in the source, not one file is
+/// created, changed or removed: no probe, no lock, no temporaries.
+#[test]
+fn migrate_dry_run_creates_and_changes_nothing() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let a = LocalPeer::new();
+    {
+        let server = Server::start(&a);
+        for (i, (key, ws)) in STATES.iter().take(3).enumerate() {
+            let url = url_of(&server, key, *ws);
+            for serial in 1..=2 {
+                let doc = state_doc(&format!("d{i}"), serial, &format!("{key}-{serial}"));
+                assert_eq!(http("POST", &url, &doc).0, 200);
+            }
+        }
+    }
+    let a_yaml = config_file(dir.path(), "a.yaml", &a);
+    let source_before = tree_with_mtimes(&a.root());
+
+    let (b, d) = (SqlitePeer::new(), LocalPeer::new());
+    let b_dir = b.db().parent().unwrap().to_path_buf();
+    assert_eq!(std::fs::read_dir(&b_dir).unwrap().count(), 0);
+    assert!(!d.root().exists());
+    for target in [&b as &dyn Peer, &d] {
+        let yaml = config_file(dir.path(), "target.yaml", target);
+        let out = migrate_ok(&a_yaml, &yaml, &["--with-history", "--dry-run"], &[]);
+        assert!(
+            out.contains("3 states: 0 copied, 0 identical, 3 would copy")
+                && out.contains("dry run"),
+            "{out}"
+        );
+        for (key, ws) in STATES.iter().take(3) {
+            let row = out
+                .lines()
+                .find(|l| l.starts_with(key) && l.contains(ws.unwrap_or("default")))
+                .unwrap_or_else(|| panic!("{key} {ws:?} missing: {out}"));
+            assert!(row.contains("would copy"), "{row}");
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir(&b_dir).unwrap().collect();
+    assert!(left.is_empty(), "the dry run made {left:?}");
+    assert!(
+        !d.root().exists(),
+        "the dry run created the target directory"
+    );
+
+    // An existing target in a read-only directory. Tests run as root,
+    // where the mode does not stop a write, so what is compared is the
+    // tree itself.
+    let e = LocalPeer::new();
+    {
+        let server = Server::start(&e);
+        let (key, ws) = STATES[0];
+        let url = url_of(&server, key, ws);
+        assert_eq!(
+            http("POST", &url, &state_doc("d0", 1, &format!("{key}-1"))).0,
+            200
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(e.root(), std::fs::Permissions::from_mode(0o555)).unwrap();
+    let target_before = tree_with_mtimes(&e.root());
+    let e_yaml = config_file(dir.path(), "e.yaml", &e);
+    let out = migrate_ok(&a_yaml, &e_yaml, &["--with-history", "--dry-run"], &[]);
+    assert!(out.contains("3 would copy"), "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(STATES[0].0) && l.contains("default"))
+        .unwrap();
+    assert!(
+        row.contains("would copy") && row.split_whitespace().any(|w| w == "1"),
+        "only the version the target lacks: {row}"
+    );
+    assert_eq!(
+        tree_with_mtimes(&e.root()),
+        target_before,
+        "the target changed"
+    );
+    std::fs::set_permissions(e.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(
+        tree_with_mtimes(&a.root()),
+        source_before,
+        "the source changed"
+    );
+}
