@@ -104,9 +104,10 @@ impl Moto {
         self.count("lists")
     }
 
-    /// How many GetObject requests the server has served so far.
-    pub fn object_gets(&self) -> u64 {
-        self.count("gets")
+    /// How many GetObject requests the server has served so far for keys
+    /// ending with `suffix`.
+    pub fn object_gets(&self, suffix: &str) -> u64 {
+        self.count(&format!("gets {suffix}"))
     }
 
     fn count(&self, command: &str) -> u64 {

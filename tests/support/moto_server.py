@@ -18,7 +18,8 @@ Then reads commands from stdin, one per line:
   start   listen again on the same port
   lists   answer with the number of object listings (ListObjects and
           ListObjectsV2 requests) served so far, instead of "ok"
-  gets    answer with the number of GetObject requests served so far
+  gets KEY  answer with the number of GetObject requests served so far for
+          objects whose key ends with KEY
 Other commands are answered with one line, "ok". The server exits when stdin
 closes, so it never outlives the test process that started it.
 
@@ -58,7 +59,7 @@ def without_conditions(app, headers=("HTTP_IF_NONE_MATCH", "HTTP_IF_MATCH")):
 
 
 LISTINGS = [0]
-OBJECT_GETS = [0]
+OBJECT_GETS = {}
 
 
 def counting_listings(app):
@@ -69,8 +70,10 @@ def counting_listings(app):
             fields = [f.split("=", 1)[0] for f in query.split("&") if f]
             if "list-type" in fields or "prefix" in fields or not fields:
                 LISTINGS[0] += 1
-        elif environ.get("REQUEST_METHOD") == "GET" and "/" in path and not query:
-            OBJECT_GETS[0] += 1
+        elif environ.get("REQUEST_METHOD") == "GET" and "/" in path and (
+            not query or "x-id=GetObject" in query
+        ):
+            OBJECT_GETS[path] = OBJECT_GETS.get(path, 0) + 1
         return app(environ, start_response)
 
     return handle
@@ -177,8 +180,9 @@ def main():
         elif command == "lists":
             print(LISTINGS[0], flush=True)
             continue
-        elif command == "gets":
-            print(OBJECT_GETS[0], flush=True)
+        elif command.startswith("gets "):
+            suffix = command[len("gets "):]
+            print(sum(n for p, n in OBJECT_GETS.items() if p.endswith(suffix)), flush=True)
             continue
         else:
             print(f"unknown command {command!r}", flush=True)
