@@ -23,6 +23,7 @@ mod downloads;
 mod encryption;
 mod history_paging;
 mod hostile;
+mod limits;
 mod local_sqlite;
 #[cfg(feature = "s3")]
 mod migrate;

@@ -213,6 +213,11 @@ impl Sql {
     }
 }
 
+/// The longest key a row holds, in bytes: MySQL's `VARCHAR(2048)` column,
+/// and on PostgreSQL well within the roughly 2,700 bytes a B-tree index
+/// entry may take.
+const MAX_KEY_BYTES: usize = 2048;
+
 /// The DDL of each schema version, per engine. Every statement is
 /// idempotent, so a migration cut short by a crash can simply run again.
 fn migrations(engine: Engine, p: &str) -> Vec<Vec<String>> {
@@ -991,6 +996,10 @@ impl Store for DbStore {
             // A generation drawn from a counter or sequence, never reused.
             unique_versions: true,
         }
+    }
+
+    fn max_key_bytes(&self) -> Option<usize> {
+        Some(MAX_KEY_BYTES)
     }
 
     fn operation_timeout(&self) -> Duration {
