@@ -126,3 +126,121 @@ fn local_keys_up_to_1024_bytes_round_trip() {
         "the state key is longer than 1024 bytes",
     );
 }
+
+#[cfg(feature = "db")]
+mod db {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::support::db::{DbPeer, DbServer, Engine, PASSWORD, USER};
+
+    /// PostgreSQL folds unquoted table names to lower case, so `Team_`
+    /// would share the tables of `team_` under another schema lock: upper
+    /// case stops start-up, naming the setting, though the database is up.
+    #[test]
+    fn db_table_prefix_with_upper_case_stops_start_up() {
+        let peer = DbPeer::new(Engine::Postgres);
+        let log = Server::try_start(&peer, &["-C", "dbTablePrefix=Team_"], &[])
+            .err()
+            .expect("start-up refused");
+        assert!(log.contains("setting `dbTablePrefix`"), "{log}");
+        assert!(log.contains("use `team_`"), "{log}");
+    }
+
+    /// A `psql` of the stategate login holding its connection, idle, until
+    /// its input closes; `Err` with its message when the server refused
+    /// it. It prints `1` once connected, so no other connection is needed
+    /// to see it in.
+    fn hold_connection(server: &DbServer, database: &str) -> Result<Child, String> {
+        let mut child = Command::new("psql")
+            .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &server.port.to_string()])
+            .args(["-U", USER, "-d", database])
+            .env("PGPASSWORD", PASSWORD)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run psql");
+        let _ = child.stdin.as_mut().unwrap().write_all(b"SELECT 1;\n");
+        let mut first = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        if first.trim() == "1" {
+            return Ok(child);
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        Err(text(&out.stderr))
+    }
+
+    /// A PostgreSQL server with no connection left for stategate answers
+    /// 503 saying so, not that it is down; and serves again once
+    /// connections are free.
+    #[test]
+    fn db_full_postgres_is_named_in_the_503() {
+        // Three connections, none kept for superusers.
+        let server = Arc::new(DbServer::start_with(
+            Engine::Postgres,
+            &[
+                "-c".into(),
+                "max_connections=3".into(),
+                "-c".into(),
+                "superuser_reserved_connections=0".into(),
+            ],
+        ));
+        let peer = DbPeer::on(Arc::clone(&server));
+        let stategate = Server::start_with(
+            &peer,
+            &["-C", "dbMaxConnections=1", "-C", "dbConnectTimeout=2s"],
+        );
+        let url = stategate.state_url("full/app.tfstate");
+        let doc = state_doc("full-lineage", 1, "v");
+        assert_eq!(http("POST", &url, &doc).0, 200);
+
+        // Its one pooled connection goes, and psql takes every slot.
+        server
+            .sql(
+                None,
+                &format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{USER}'"
+                ),
+            )
+            .unwrap();
+        // A connection on its way out may hold its slot a moment longer.
+        let mut holders = Vec::new();
+        let mut refused = 0;
+        while holders.len() < 3 {
+            match hold_connection(&server, &peer.database) {
+                Ok(child) => holders.push(child),
+                Err(why) => {
+                    refused += 1;
+                    assert!(refused < 100, "slots stayed taken: {why}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        let refusal = hold_connection(&server, &peer.database)
+            .err()
+            .expect("a fourth connection is refused");
+        assert!(refusal.contains("too many clients"), "{refusal}");
+
+        let (status, body) = http("GET", &url, b"");
+        let body = text(&body);
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("too many connections"), "{body}");
+        assert!(!body.contains("unreachable"), "{body}");
+
+        // The pool retries a full server until dbConnectTimeout, so the
+        // slots these free in the meantime serve the next request.
+        for mut holder in holders {
+            drop(holder.stdin.take());
+            holder.wait().unwrap();
+        }
+        let (status, body) = http("GET", &url, b"");
+        assert_eq!((status, body), (200, doc), "serves again once slots are free");
+    }
+}
