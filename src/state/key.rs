@@ -401,7 +401,13 @@ mod tests {
     /// A valid key of `len` bytes, in segments of at most 100.
     fn key_of(len: usize) -> String {
         (0..len)
-            .map(|i| if i % 100 == 50 && i + 1 < len { '/' } else { 'k' })
+            .map(|i| {
+                if i % 100 == 50 && i + 1 < len {
+                    '/'
+                } else {
+                    'k'
+                }
+            })
             .collect()
     }
 
@@ -415,14 +421,17 @@ mod tests {
         let over = StateRef::parse(&key_of(longest + 1), None).unwrap();
         let err = over.check_fits("workspaces", max).unwrap_err();
         assert!(
-            err.0.contains(&format!("the longest key this server accepts is {longest} bytes")),
+            err.0.contains(&format!(
+                "the longest key this server accepts is {longest} bytes"
+            )),
             "{err}"
         );
         // In a workspace, `workspaces/dev/` takes 15 bytes more.
         let in_dev = StateRef::parse(&key_of(longest - 14), Some("dev")).unwrap();
         let err = in_dev.check_fits("workspaces", max).unwrap_err();
         assert!(
-            err.0.contains(&format!("in workspace `dev` is {} bytes", longest - 15)),
+            err.0
+                .contains(&format!("in workspace `dev` is {} bytes", longest - 15)),
             "{err}"
         );
         // A store that holds longer names still stops at MAX_KEY_BYTES.

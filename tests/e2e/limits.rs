@@ -1,5 +1,13 @@
-//! Limits that keep the server inside what its peers can hold: state keys
-//! bounded so every object derived from them fits the store's names.
+//! Limits that keep stategate inside what its peers can hold: state keys
+//! bounded so every object derived from them fits the store's names, table
+//! prefixes the database cannot fold together, a full database named as
+//! such, and `stategate loadtest` reading bounded bodies.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::support::stores::LocalPeer;
 use crate::support::*;
@@ -7,13 +15,22 @@ use crate::support::*;
 /// A valid state key of `len` bytes, in segments of at most 100.
 fn key_of(len: usize) -> String {
     (0..len)
-        .map(|i| if i % 100 == 50 && i + 1 < len { '/' } else { 'k' })
+        .map(|i| {
+            if i % 100 == 50 && i + 1 < len {
+                '/'
+            } else {
+                'k'
+            }
+        })
         .collect()
 }
 
 /// `url` in `workspace`, with `more` query parameters.
 fn in_workspace(url: &str, workspace: Option<&str>, more: &str) -> String {
-    let mut query: Vec<String> = workspace.map(|ws| format!("workspace={ws}")).into_iter().collect();
+    let mut query: Vec<String> = workspace
+        .map(|ws| format!("workspace={ws}"))
+        .into_iter()
+        .collect();
     if !more.is_empty() {
         query.push(more.to_string());
     }
@@ -31,17 +48,46 @@ fn round_trip(server: &Server, key: &str, workspace: Option<&str>) {
     let info = lock_info("limits-lock-1", "limits@test");
     let doc = state_doc("limits-lineage", 1, "v");
     let (status, body) = http("LOCK", &at(""), &info);
-    assert_eq!(status, 200, "LOCK of a {}-byte key: {}", key.len(), text(&body));
+    assert_eq!(
+        status,
+        200,
+        "LOCK of a {}-byte key: {}",
+        key.len(),
+        text(&body)
+    );
     let (status, body) = http("POST", &at("ID=limits-lock-1"), &doc);
-    assert_eq!(status, 200, "POST of a {}-byte key: {}", key.len(), text(&body));
+    assert_eq!(
+        status,
+        200,
+        "POST of a {}-byte key: {}",
+        key.len(),
+        text(&body)
+    );
     let (status, body) = http("GET", &at(""), b"");
-    assert_eq!((status, body), (200, doc), "GET of a {}-byte key", key.len());
+    assert_eq!(
+        (status, body),
+        (200, doc),
+        "GET of a {}-byte key",
+        key.len()
+    );
     let (status, body) = http("GET", &at("history"), b"");
-    assert_eq!(status, 200, "history of a {}-byte key: {}", key.len(), text(&body));
+    assert_eq!(
+        status,
+        200,
+        "history of a {}-byte key: {}",
+        key.len(),
+        text(&body)
+    );
     let history: serde_json::Value = serde_json::from_slice(&body).expect("history is JSON");
     assert_eq!(history["versions"].as_array().map(Vec::len), Some(1));
     let (status, body) = http("UNLOCK", &at(""), &info);
-    assert_eq!(status, 200, "UNLOCK of a {}-byte key: {}", key.len(), text(&body));
+    assert_eq!(
+        status,
+        200,
+        "UNLOCK of a {}-byte key: {}",
+        key.len(),
+        text(&body)
+    );
 }
 
 /// Every verb on `key` is refused with a 400 whose reason contains `reason`.
@@ -57,7 +103,12 @@ fn refused(server: &Server, key: &str, workspace: Option<&str>, reason: &str) {
     ] {
         let (status, answer) = http(method, &url, body);
         let answer = text(&answer);
-        assert_eq!(status, 400, "{method} of a {}-byte key: {answer}", key.len());
+        assert_eq!(
+            status,
+            400,
+            "{method} of a {}-byte key: {answer}",
+            key.len()
+        );
         assert!(answer.contains(reason), "{method}: {answer}");
     }
 }
@@ -129,9 +180,7 @@ fn local_keys_up_to_1024_bytes_round_trip() {
 
 #[cfg(feature = "db")]
 mod db {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::{Child, Command, Stdio};
-    use std::sync::Arc;
+    use std::process::{Child, Stdio};
     use std::time::Duration;
 
     use super::*;
@@ -156,7 +205,15 @@ mod db {
     /// to see it in.
     fn hold_connection(server: &DbServer, database: &str) -> Result<Child, String> {
         let mut child = Command::new("psql")
-            .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p", &server.port.to_string()])
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &server.port.to_string(),
+            ])
             .args(["-U", USER, "-d", database])
             .env("PGPASSWORD", PASSWORD)
             .stdin(Stdio::piped())
@@ -223,9 +280,8 @@ mod db {
                 }
             }
         }
-        let refusal = hold_connection(&server, &peer.database)
-            .err()
-            .expect("a fourth connection is refused");
+        let refusal =
+            hold_connection(&server, &peer.database).expect_err("a fourth connection is refused");
         assert!(refusal.contains("too many clients"), "{refusal}");
 
         let (status, body) = http("GET", &url, b"");
@@ -241,6 +297,99 @@ mod db {
             holder.wait().unwrap();
         }
         let (status, body) = http("GET", &url, b"");
-        assert_eq!((status, body), (200, doc), "serves again once slots are free");
+        assert_eq!(
+            (status, body),
+            (200, doc),
+            "serves again once slots are free"
+        );
     }
+}
+
+/// Answers one connection of an HTTP/1.1 client: 200 with no body to
+/// every verb but GET, which gets a chunked body that never ends. Counts
+/// the body bytes it managed to send.
+fn answer_endlessly(stream: TcpStream, sent: &AtomicU64) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut out = stream;
+    let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut length = 0usize;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            if header == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        if !request_line.starts_with("GET ") {
+            let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+            if out.write_all(ok).is_err() {
+                return;
+            }
+            continue;
+        }
+        let head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+        if out.write_all(head).is_err() {
+            return;
+        }
+        while out.write_all(chunk.as_bytes()).is_ok() {
+            sent.fetch_add(0x10000, Ordering::Relaxed);
+        }
+        return;
+    }
+}
+
+/// A server that streams a GET body without end: `stategate loadtest`
+/// stops reading past the state size plus 1 MiB and fails saying so,
+/// instead of reading for as long as the run lasts.
+#[test]
+fn loadtest_stops_reading_an_endless_get_body() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&sent);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let counter = Arc::clone(&counter);
+            std::thread::spawn(move || answer_endlessly(stream, &counter));
+        }
+    });
+    let out = Command::new(bin())
+        .args(["loadtest", &format!("http://127.0.0.1:{port}/states/lt")])
+        .args([
+            "--clients",
+            "2",
+            "--state-bytes",
+            "1000",
+            "--duration",
+            "60s",
+        ])
+        .env_remove("TF_HTTP_PASSWORD")
+        .output()
+        .expect("run stategate loadtest");
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("GET answered a body of more than 1049576 bytes"),
+        "{said}"
+    );
+    assert!(said.contains("the run stopped"), "{said}");
+    // What it read, and what the sockets' buffers held besides.
+    let sent = sent.load(Ordering::Relaxed);
+    assert!(sent < 64 * 1024 * 1024, "{sent} bytes were sent to it");
 }

@@ -530,12 +530,12 @@ impl DbStore {
         op: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.config.timeout, op).await {
-            Ok(Err(StoreError::Unavailable(reason))) if reason.ends_with(POOL_TIMED_OUT) => Err(
-                StoreError::unavailable(format!(
+            Ok(Err(StoreError::Unavailable(reason))) if reason.ends_with(POOL_TIMED_OUT) => {
+                Err(StoreError::unavailable(format!(
                     "{what}: {}",
                     why_no_connection(&self.pool, &self.config).await
-                )),
-            ),
+                )))
+            }
             Ok(result) => result,
             Err(_) => Err(StoreError::unavailable(format!(
                 "{what}: the database did not answer within {} s (setting `timeout`)",
@@ -1198,7 +1198,10 @@ mod tests {
         }
         assert!(pg.contains("sorry, too many clients already"));
         let other = refusal(Some("08004"), Some(1130), "Host is not allowed");
-        assert_eq!(other, "the database refused it: Host is not allowed (08004)");
+        assert_eq!(
+            other,
+            "the database refused it: Host is not allowed (08004)"
+        );
         assert!(!cause(&sqlx::Error::PoolTimedOut).contains("unreachable"));
     }
 

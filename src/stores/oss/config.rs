@@ -205,9 +205,7 @@ mod tests {
         let cfg = OssConfig::from_settings(&settings(&[("prefix", &longest)])).unwrap();
         assert_eq!(max_key_bytes(&cfg.prefix), 1023 - MAX_PREFIX_BYTES);
         let over = format!("{}/", "p".repeat(MAX_PREFIX_BYTES));
-        let err = OssConfig::from_settings(&settings(&[("prefix", &over)]))
-            .err()
-            .expect("refused");
+        let err = OssConfig::from_settings(&settings(&[("prefix", &over)])).expect_err("refused");
         assert!(err.to_string().starts_with("setting `prefix`"), "{err}");
         assert!(err.to_string().contains("at most 256"), "{err}");
     }
