@@ -877,8 +877,10 @@ pub async fn check(settings: &Settings) -> Result<()> {
 
 /// The state an operator named, under its one name ([`States::canonical`]).
 fn state_ref(states: &States, key: &str, workspace: Option<&str>) -> Result<StateRef> {
-    StateRef::parse(key, workspace)
-        .map(|state| states.canonical(&state))
+    let state =
+        StateRef::parse(key, workspace).with_context(|| format!("invalid state key {key:?}"))?;
+    states
+        .canonical(&state)
         .with_context(|| format!("invalid state key {key:?}"))
 }
 

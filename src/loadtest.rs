@@ -5,7 +5,10 @@
 //! clients on `<URL>` itself with `--shared-key`, where 423 answers are
 //! expected and counted. It prints a progress line, then cycles per second,
 //! latency percentiles per verb and every unexpected answer, and fails when
-//! there was one.
+//! there was one. A GET body is read only up to the size of the states
+//! written plus [`GET_SLACK_BYTES`]: a longer one stops the run, so a
+//! server (or a proxy) that streams without end cannot fill the memory of
+//! the machine testing it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,6 +38,10 @@ pub struct Plan {
 
 /// The verbs of one cycle, in order.
 const VERBS: [&str; 4] = ["LOCK", "GET", "POST", "UNLOCK"];
+
+/// How much longer than the states it writes a GET body may be: room for
+/// a state written at that key before, by a run with other settings.
+pub const GET_SLACK_BYTES: usize = 1024 * 1024;
 
 /// What the run measured.
 pub struct Report {
@@ -174,7 +181,7 @@ pub async fn run(plan: Plan, progress: impl Fn(u64, Duration)) -> Result<Report,
         }));
     }
     let deadline = started + plan.duration;
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && !tally.stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_secs(1).min(deadline - Instant::now())).await;
         progress(tally.cycles.load(Ordering::Relaxed), started.elapsed());
     }
@@ -253,10 +260,20 @@ async fn client_loop(i: usize, url: &str, client: &reqwest::Client, plan: &Plan,
         }
         // GET
         let t = Instant::now();
+        let limit = plan.state_bytes.saturating_add(GET_SLACK_BYTES);
         let serial = match send(Method::GET, url.to_string(), Vec::new(), None).await {
-            Ok(r) if r.status() == StatusCode::OK => match r.bytes().await {
+            Ok(r) if r.status() == StatusCode::OK => match read_bounded(r, limit).await {
                 Ok(b) => serial_of(&b).unwrap_or(0),
-                Err(e) => {
+                Err(BodyError::TooLong) => {
+                    tally.error(format!(
+                        "GET answered a body of more than {limit} bytes, though the states written are {} \
+                         bytes; the run stopped (is the URL a stategate state only this test writes?)",
+                        plan.state_bytes
+                    ));
+                    tally.stop.store(true, Ordering::Relaxed);
+                    break;
+                }
+                Err(BodyError::Failed(e)) => {
                     tally.error(format!("GET body: {e}"));
                     0
                 }
@@ -300,6 +317,30 @@ async fn client_loop(i: usize, url: &str, client: &reqwest::Client, plan: &Plan,
         }
         tally.record("UNLOCK", t.elapsed());
     }
+}
+
+/// Why a GET body was not read.
+enum BodyError {
+    /// It went on past the limit.
+    TooLong,
+    /// The transfer failed.
+    Failed(reqwest::Error),
+}
+
+/// Reads a body of at most `limit` bytes, a chunk at a time, and stops as
+/// soon as it is known to be longer.
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLong);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Failed)? {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLong);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 #[cfg(test)]

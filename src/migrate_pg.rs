@@ -147,13 +147,16 @@ pub async fn migrate(
         } else {
             StateRef::parse(key, Some(&name))
         };
+        let target = target
+            .map_err(|e| e.0)
+            .and_then(|t| states.canonical(&t).map_err(|e| e.to_string()));
         let target = match target {
             Ok(t) => t,
             Err(e) => {
                 report.push(Migrated {
                     workspace: name,
                     target: None,
-                    outcome: Outcome::Failed(format!("cannot be a stategate state: {}", e.0)),
+                    outcome: Outcome::Failed(format!("cannot be a stategate state: {e}")),
                 });
                 continue;
             }

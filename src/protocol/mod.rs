@@ -316,7 +316,7 @@ impl Endpoint {
 
     /// The same request with its state under its one name
     /// ([`States::canonical`]), before any rule, lock or log sees it.
-    fn canonical(mut self, states: &States) -> Endpoint {
+    fn canonical(mut self, states: &States) -> Result<Endpoint, ProtocolError> {
         let named = match &mut self {
             Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => None,
             Endpoint::GetState(s)
@@ -329,9 +329,9 @@ impl Endpoint {
             | Endpoint::GetLock(s) => Some(s),
         };
         if let Some(state) = named {
-            *state = states.canonical(state);
+            *state = states.canonical(state)?;
         }
-        self
+        Ok(self)
     }
 
     fn state(&self) -> Option<&StateRef> {
@@ -679,7 +679,7 @@ async fn dispatch(
         ex.state = page.state;
         return Ok(response.map(Reply::from));
     }
-    let endpoint = route(req.method(), path, req.uri().query())?.canonical(&app.states);
+    let endpoint = route(req.method(), path, req.uri().query())?.canonical(&app.states)?;
     if !matches!(
         endpoint,
         Endpoint::Health | Endpoint::Ready | Endpoint::Metrics

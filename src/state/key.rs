@@ -8,15 +8,32 @@
 //! probes). A workspace name is one such segment. The 200-byte bound keeps
 //! every name a store derives (`<segment>.tflock` on a file system whose
 //! names stop at 255 bytes) within what every store can hold, so a key the
-//! server accepts never fails in the store. The object key follows
+//! server accepts never fails in the store. A store whose names are
+//! bounded as a whole (an S3 object name stops at 1,024 bytes) bounds the
+//! key further: every name derived from it, the longest being a write
+//! lease, `.stategate/lease/<object key>/<token>`, must fit with the
+//! store's prefix, so the longest key accepted depends on the store, its
+//! prefix, `workspace_key_prefix` and the workspace
+//! ([`StateRef::check_fits`]). The object key follows
 //! Terraform's own s3 and oss backends: `<key>` for the default workspace,
 //! `<workspace_key_prefix>/<workspace>/<key>` otherwise, and the lock sits
 //! at `<object key>.tflock`, so a bucket can be shared with them.
 
 use std::fmt;
 
+use super::lease::{LEASE_PREFIX, MAX_TOKEN_BYTES};
+
 /// The longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
+/// The longest `workspace_key_prefix` accepted, in bytes.
+pub const MAX_WORKSPACE_KEY_PREFIX_BYTES: usize = 256;
+/// How many bytes the longest name stategate derives from an object key
+/// adds to it: a write lease, `.stategate/lease/<object key>/<token>`.
+/// The others add less: the lock `<object key>.tflock`, and history's
+/// `.stategate/history/<object key>/` followed by `newest.json`,
+/// `summary.json` or a ten-digit version number with `.json` or
+/// `.tfstate` (ten digits hold ten billion versions).
+pub const DERIVED_NAME_OVERHEAD: usize = LEASE_PREFIX.len() + 1 + MAX_TOKEN_BYTES;
 /// The longest key segment or workspace name accepted, in bytes.
 pub const MAX_SEGMENT_BYTES: usize = 200;
 /// Suffix of lock objects, as Terraform's s3 backend writes them.
@@ -104,6 +121,34 @@ impl StateRef {
         })
     }
 
+    /// Checks that every name derived from this state's object key (its
+    /// lock, history and write leases) fits in a store that holds keys of
+    /// at most `max_store_key` bytes. The error names the longest key
+    /// accepted in this workspace.
+    pub fn check_fits(
+        &self,
+        workspace_key_prefix: &str,
+        max_store_key: usize,
+    ) -> Result<(), KeyError> {
+        let around = self.object_key(workspace_key_prefix).len() - self.key.len();
+        let longest = max_store_key
+            .saturating_sub(around + DERIVED_NAME_OVERHEAD)
+            .min(MAX_KEY_BYTES);
+        if self.key.len() <= longest {
+            return Ok(());
+        }
+        let place = match &self.workspace {
+            None => String::new(),
+            Some(ws) => format!(" in workspace `{ws}`"),
+        };
+        Err(KeyError(format!(
+            "the state key is {} bytes; the longest key this server accepts{place} is {longest} bytes \
+             (its store holds names of at most {max_store_key} bytes, and locks, history and write \
+             leases add up to {DERIVED_NAME_OVERHEAD} bytes to a key)",
+            self.key.len()
+        )))
+    }
+
     /// The key as the client gave it.
     pub fn key(&self) -> &str {
         &self.key
@@ -172,6 +217,12 @@ impl fmt::Display for StateRef {
 /// not inside the reserved area. `:` is allowed here as well, because
 /// Terraform's s3 backend defaults to `env:` and a shared bucket must match.
 pub fn check_workspace_key_prefix(prefix: &str) -> Result<(), KeyError> {
+    if prefix.len() > MAX_WORKSPACE_KEY_PREFIX_BYTES {
+        return Err(KeyError(format!(
+            "workspace_key_prefix is {} bytes; at most {MAX_WORKSPACE_KEY_PREFIX_BYTES} are accepted",
+            prefix.len()
+        )));
+    }
     for seg in prefix.split('/') {
         check_segment("workspace_key_prefix", &seg.replace(':', "_"))?;
     }
@@ -185,6 +236,8 @@ pub fn check_workspace_key_prefix(prefix: &str) -> Result<(), KeyError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::history::{HISTORY_PREFIX, POINTER_NAME};
+    use super::super::summary::SUMMARY_NAME;
     use super::*;
 
     #[test]
@@ -321,5 +374,68 @@ mod tests {
         assert!(check_workspace_key_prefix("a b").is_err());
         assert!(check_workspace_key_prefix(".stategate").is_err());
         assert!(check_workspace_key_prefix("a/../b").is_err());
+        let longest = format!("{}/{}", "p".repeat(127), "p".repeat(128));
+        assert_eq!(longest.len(), MAX_WORKSPACE_KEY_PREFIX_BYTES);
+        assert!(check_workspace_key_prefix(&longest).is_ok());
+        assert!(check_workspace_key_prefix(&format!("{longest}p")).is_err());
+    }
+
+    #[test]
+    fn every_derived_name_fits_the_overhead() {
+        let object_key = "team/app.tfstate";
+        let lease = format!("{LEASE_PREFIX}{object_key}/{}", "9".repeat(MAX_TOKEN_BYTES));
+        let dir = format!("{HISTORY_PREFIX}{object_key}/");
+        let derived = [
+            format!("{object_key}{LOCK_SUFFIX}"),
+            format!("{dir}{:010}.tfstate", 9_999_999_999u64),
+            format!("{dir}{:010}.json", 9_999_999_999u64),
+            format!("{dir}{POINTER_NAME}"),
+            format!("{dir}{SUMMARY_NAME}"),
+        ];
+        assert_eq!(lease.len(), object_key.len() + DERIVED_NAME_OVERHEAD);
+        for name in derived {
+            assert!(name.len() < lease.len(), "{name}");
+        }
+    }
+
+    /// A valid key of `len` bytes, in segments of at most 100.
+    fn key_of(len: usize) -> String {
+        (0..len)
+            .map(|i| {
+                if i % 100 == 50 && i + 1 < len {
+                    '/'
+                } else {
+                    'k'
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keys_are_bounded_by_the_store() {
+        // S3 under `team/`: 1,019 bytes per name below the prefix.
+        let max = 1024 - "team/".len();
+        let longest = max - DERIVED_NAME_OVERHEAD;
+        let fits = StateRef::parse(&key_of(longest), None).unwrap();
+        assert!(fits.check_fits("workspaces", max).is_ok());
+        let over = StateRef::parse(&key_of(longest + 1), None).unwrap();
+        let err = over.check_fits("workspaces", max).unwrap_err();
+        assert!(
+            err.0.contains(&format!(
+                "the longest key this server accepts is {longest} bytes"
+            )),
+            "{err}"
+        );
+        // In a workspace, `workspaces/dev/` takes 15 bytes more.
+        let in_dev = StateRef::parse(&key_of(longest - 14), Some("dev")).unwrap();
+        let err = in_dev.check_fits("workspaces", max).unwrap_err();
+        assert!(
+            err.0
+                .contains(&format!("in workspace `dev` is {} bytes", longest - 15)),
+            "{err}"
+        );
+        // A store that holds longer names still stops at MAX_KEY_BYTES.
+        let full = StateRef::parse(&vec!["a".repeat(100); 10].join("/"), None).unwrap();
+        assert!(full.check_fits("workspaces", 2048).is_ok());
     }
 }

@@ -110,6 +110,12 @@ fn now_ms() -> i128 {
     OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000
 }
 
+/// The longest lease token, in bytes: a process id (10 digits), the
+/// counter (20), the time in nanoseconds (20 until the year 5138) and 16
+/// hex digits, joined by three `-`. Bounds the names a state key derives
+/// ([`super::key::DERIVED_NAME_OVERHEAD`]).
+pub const MAX_TOKEN_BYTES: usize = 10 + 20 + 20 + 16 + 3;
+
 /// A token no other attempt, in this process or another, will use: the
 /// process id, a per-process counter, the time, and the random seed std
 /// gives every hasher.
@@ -118,12 +124,16 @@ fn new_token() -> String {
     let random = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish();
-    format!(
-        "{}-{}-{}-{random:016x}",
+    token(
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed),
-        OffsetDateTime::now_utc().unix_timestamp_nanos()
+        OffsetDateTime::now_utc().unix_timestamp_nanos(),
+        random,
     )
+}
+
+fn token(pid: u32, counter: u64, nanos: i128, random: u64) -> String {
+    format!("{pid}-{counter}-{nanos}-{random:016x}")
 }
 
 /// A pause of about `base`, randomised so contenders drift apart.
@@ -314,6 +324,13 @@ mod tests {
         let b = new_token();
         assert_ne!(a, b);
         assert!(!a.contains('/'));
+    }
+
+    #[test]
+    fn tokens_stay_within_their_bound() {
+        assert!(new_token().len() <= MAX_TOKEN_BYTES);
+        let longest = token(u32::MAX, u64::MAX, 99_999_999_999_999_999_999, u64::MAX);
+        assert_eq!(longest.len(), MAX_TOKEN_BYTES);
     }
 
     #[test]

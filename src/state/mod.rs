@@ -113,6 +113,8 @@ pub struct States {
     store: Arc<dyn Store>,
     /// What the store was seen to guarantee when it was opened.
     capabilities: Capabilities,
+    /// The store's [`Store::max_key_bytes`], which bounds state keys.
+    max_store_key: Option<usize>,
     workspace_key_prefix: String,
     history_keep: u64,
     protect_lineage: bool,
@@ -136,6 +138,7 @@ impl States {
     /// probe saw guarantee `capabilities` ([`crate::stores::open`]).
     pub fn new(store: Arc<dyn Store>, capabilities: Capabilities, policy: Policy) -> Self {
         States {
+            max_store_key: store.max_key_bytes(),
             store,
             capabilities,
             workspace_key_prefix: policy.workspace_key_prefix,
@@ -156,9 +159,14 @@ impl States {
 
     /// The one name of a state as a client spelled it (see
     /// [`StateRef::canonical`]); every entry point names states through
-    /// this before any rule sees them.
-    pub fn canonical(&self, state: &StateRef) -> StateRef {
-        state.canonical(&self.workspace_key_prefix)
+    /// this before any rule sees them. [`StateError::BadRequest`] when a
+    /// name derived from the key would not fit in the store
+    /// ([`StateRef::check_fits`]).
+    pub fn canonical(&self, state: &StateRef) -> Result<StateRef, StateError> {
+        if let Some(max) = self.max_store_key {
+            state.check_fits(&self.workspace_key_prefix, max)?;
+        }
+        Ok(state.canonical(&self.workspace_key_prefix))
     }
 
     /// Where a state is stored.

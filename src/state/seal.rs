@@ -915,6 +915,10 @@ impl Store for SealedStore {
         self.inner.operation_timeout()
     }
 
+    fn max_key_bytes(&self) -> Option<usize> {
+        self.inner.max_key_bytes()
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
         match self.inner.get(key).await? {
             Some(obj) => self.open_object(key, obj).map(Some),

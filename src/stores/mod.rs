@@ -273,6 +273,14 @@ pub trait Store: Send + Sync + 'static {
         DEFAULT_OPERATION_TIMEOUT
     }
 
+    /// The longest key this store can hold, in bytes, below its own
+    /// prefix (an S3 object name stops at 1,024 bytes, the prefix
+    /// included); `None` where only each segment is bounded. The state
+    /// layer refuses state keys whose derived names would not fit.
+    fn max_key_bytes(&self) -> Option<usize> {
+        None
+    }
+
     /// Reads an object; `Ok(None)` when it does not exist.
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError>;
 

@@ -473,7 +473,7 @@ impl Dashboard {
         let stale = self.stale_after_secs;
         let views = &self.views;
         let keyed = |raw: &str, page: &mut PageRequest| -> Result<StateRef, ProtocolError> {
-            let state = app.states.canonical(&q.state(raw)?);
+            let state = app.states.canonical(&q.state(raw)?)?;
             page.state = Some(state.to_string());
             Ok(state)
         };

@@ -23,6 +23,7 @@ mod downloads;
 mod encryption;
 mod history_paging;
 mod hostile;
+mod limits;
 mod listing;
 mod local_sqlite;
 #[cfg(feature = "s3")]

@@ -321,6 +321,20 @@ impl DbConfig {
                 ),
             ));
         }
+        // PostgreSQL folds unquoted names to lower case (MySQL does where
+        // lower_case_table_names is set), so `Team_` would share the tables
+        // of `team_` while its schema lock, keyed by the spelling, did not
+        // keep the two from migrating at once.
+        if table_prefix.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(ConfigError::invalid(
+                "dbTablePrefix",
+                format!(
+                    "`{table_prefix}` has upper-case letters; use `{}`: the database folds unquoted \
+                     table names to lower case, so prefixes differing in case would share tables",
+                    table_prefix.to_ascii_lowercase()
+                ),
+            ));
+        }
         Ok(DbConfig {
             engine,
             connection,
@@ -478,6 +492,7 @@ mod tests {
             ("dbMaxConnections", "0"),
             ("dbConnectTimeout", "soon"),
             ("dbTablePrefix", "x; DROP TABLE"),
+            ("dbTablePrefix", "Team_"),
             ("timeout", "0"),
         ] {
             let mut cli = BASIC.to_vec();

@@ -25,7 +25,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::TryStreamExt;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
-use sqlx::{AssertSqlSafe, Connection as _, Row};
+use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, Row};
 use time::OffsetDateTime;
 
 use super::config::{Connection, DbConfig, Engine, SslMode};
@@ -239,6 +239,11 @@ impl Sql {
     }
 }
 
+/// The longest key a row holds, in bytes: MySQL's `VARCHAR(2048)` column,
+/// and on PostgreSQL well within the roughly 2,700 bytes a B-tree index
+/// entry may take.
+const MAX_KEY_BYTES: usize = 2048;
+
 /// The DDL of each schema version, per engine. Every statement is
 /// idempotent, so a migration cut short by a crash can simply run again.
 fn migrations(engine: Engine, p: &str) -> Vec<Vec<String>> {
@@ -298,20 +303,46 @@ impl From<StoreError> for Failed {
 /// x.tfstate"). The text comes from the driver and the server, which
 /// never repeat a password.
 fn unavailable(what: &str, e: &sqlx::Error) -> StoreError {
-    let cause = match e {
+    StoreError::unavailable(format!("{what}: {}", cause(e)))
+}
+
+/// What [`cause`] says of a pool that handed out no connection in time.
+/// [`DbStore::bounded`] recognises it and finds out why.
+const POOL_TIMED_OUT: &str = "no database connection could be made in time";
+
+/// Why a database call failed, in words for the 503.
+fn cause(e: &sqlx::Error) -> String {
+    match e {
         sqlx::Error::Io(io) => format!("the database cannot be reached: {}", network_cause(io)),
-        sqlx::Error::PoolTimedOut => {
-            "no database connection could be made in time: the database server is down or unreachable".into()
-        }
+        sqlx::Error::PoolTimedOut => POOL_TIMED_OUT.into(),
         sqlx::Error::PoolClosed => "the connection pool is closed (shutting down)".into(),
         sqlx::Error::Tls(t) => format!("TLS to the database failed: {t}"),
-        sqlx::Error::Database(d) => match d.code() {
-            Some(code) => format!("the database refused it: {} ({code})", d.message()),
-            None => format!("the database refused it: {}", d.message()),
-        },
+        sqlx::Error::Database(d) => {
+            let number = d
+                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .map(|m| m.number());
+            refusal(d.code().as_deref(), number, d.message())
+        }
         other => other.to_string(),
-    };
-    StoreError::unavailable(format!("{what}: {cause}"))
+    }
+}
+
+/// The words for a refusal by the database server, from its SQLSTATE
+/// `code`, MySQL's error `number` and its message.
+fn refusal(code: Option<&str>, number: Option<u16>, message: &str) -> String {
+    // PostgreSQL's too_many_connections also covers the last slots kept
+    // for superusers; MySQL and MariaDB send error 1040 (SQLSTATE 08004,
+    // which other rejections share).
+    if code == Some("53300") || number == Some(1040) {
+        return format!(
+            "too many connections: the database server is full and refuses new ones ({message}); \
+             raise its connection limit or lower dbMaxConnections on the servers sharing it"
+        );
+    }
+    match code {
+        Some(code) => format!("the database refused it: {message} ({code})"),
+        None => format!("the database refused it: {message}"),
+    }
 }
 
 /// A deadlock or serialization failure: the transaction was rolled back
@@ -525,6 +556,12 @@ impl DbStore {
         op: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.config.timeout, op).await {
+            Ok(Err(StoreError::Unavailable(reason))) if reason.ends_with(POOL_TIMED_OUT) => {
+                Err(StoreError::unavailable(format!(
+                    "{what}: {}",
+                    why_no_connection(&self.pool, &self.config).await
+                )))
+            }
             Ok(result) => result,
             Err(_) => Err(StoreError::unavailable(format!(
                 "{what}: the database did not answer within {} s (setting `timeout`)",
@@ -992,16 +1029,49 @@ async fn connect(config: &DbConfig) -> Result<Pool, ConfigError> {
         let cause = match &e {
             // The pool retries a refused connection until its deadline and
             // then reports only the time-out.
-            sqlx::Error::PoolTimedOut => format!(
-                "no connection to the {} server within {} s (is it running, and are dbHost and dbPort right?)",
-                config.engine.name(),
-                config.connect_timeout.as_secs()
-            ),
+            sqlx::Error::PoolTimedOut => match why_no_connection(&pool, config).await {
+                full if full.starts_with("too many connections") => format!("connecting: {full}"),
+                _ => format!(
+                    "no connection to the {} server within {} s (is it running, and are dbHost and dbPort right?)",
+                    config.engine.name(),
+                    config.connect_timeout.as_secs()
+                ),
+            },
             other => unavailable("connecting", other).to_string(),
         };
         return Err(ConfigError::invalid(setting, cause));
     }
     Ok(pool)
+}
+
+/// Why `pool` handed out no connection in time. The pool retries a
+/// refused connection until its deadline and then reports only the
+/// time-out, so one connection made here, outside it, tells a server that
+/// is full (its refusal says so), one that is down, and a pool whose own
+/// connections all stayed busy apart.
+async fn why_no_connection(pool: &Pool, config: &DbConfig) -> String {
+    let limit = config.connect_timeout;
+    let tried = on_pool!(pool, p => {
+        let options = p.connect_options();
+        tokio::time::timeout(limit, async {
+            let connection = options.connect().await?;
+            connection.close().await
+        })
+        .await
+    });
+    match tried {
+        Ok(Ok(())) => format!(
+            "all {} connections of the pool stayed busy for {} s (setting `dbMaxConnections`)",
+            config.max_connections,
+            limit.as_secs()
+        ),
+        Ok(Err(e)) => cause(&e),
+        Err(_) => format!(
+            "{POOL_TIMED_OUT}: the {} server did not answer within {} s; it is down or unreachable",
+            config.engine.name(),
+            limit.as_secs()
+        ),
+    }
 }
 
 #[async_trait]
@@ -1017,6 +1087,10 @@ impl Store for DbStore {
             // A generation drawn from a counter or sequence, never reused.
             unique_versions: true,
         }
+    }
+
+    fn max_key_bytes(&self) -> Option<usize> {
+        Some(MAX_KEY_BYTES)
     }
 
     fn operation_timeout(&self) -> Duration {
@@ -1156,6 +1230,23 @@ impl Store for DbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_server_is_named_as_such() {
+        let pg = refusal(Some("53300"), None, "sorry, too many clients already");
+        let mysql = refusal(Some("08004"), Some(1040), "Too many connections");
+        for said in [&pg, &mysql] {
+            assert!(said.starts_with("too many connections: "), "{said}");
+            assert!(said.contains("dbMaxConnections"), "{said}");
+        }
+        assert!(pg.contains("sorry, too many clients already"));
+        let other = refusal(Some("08004"), Some(1130), "Host is not allowed");
+        assert_eq!(
+            other,
+            "the database refused it: Host is not allowed (08004)"
+        );
+        assert!(!cause(&sqlx::Error::PoolTimedOut).contains("unreachable"));
+    }
 
     #[test]
     fn like_patterns_match_plain_prefixes_only() {

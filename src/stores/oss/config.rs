@@ -7,6 +7,17 @@ use ali_oss_rs::object_common::ObjectAcl;
 
 use crate::settings::{ConfigError, Endpoint, StoreSettings, normalise_prefix};
 
+/// The longest object name OSS accepts, in bytes, the prefix included.
+pub const MAX_OBJECT_NAME_BYTES: usize = 1023;
+/// The longest `prefix` accepted, in bytes: it leaves at least 767 bytes
+/// of every object name to the state key and the names derived from it.
+pub const MAX_PREFIX_BYTES: usize = 256;
+
+/// The longest store key that fits in an object name below `prefix`.
+pub fn max_key_bytes(prefix: &str) -> usize {
+    MAX_OBJECT_NAME_BYTES.saturating_sub(prefix.len())
+}
+
 /// Region used when neither `region` nor a standard `endpoint` names one,
 /// as in Terraform's oss backend.
 const DEFAULT_REGION: &str = "cn-beijing";
@@ -80,6 +91,16 @@ impl OssConfig {
             .map(normalise_prefix)
             .transpose()?
             .unwrap_or_default();
+        if prefix.len() > MAX_PREFIX_BYTES {
+            return Err(ConfigError::invalid(
+                "prefix",
+                format!(
+                    "is {} bytes; at most {MAX_PREFIX_BYTES} are accepted, as OSS object names stop at \
+                     {MAX_OBJECT_NAME_BYTES} bytes and the state keys need the rest",
+                    prefix.len()
+                ),
+            ));
+        }
 
         let (scheme, endpoint) = match settings.get("endpoint") {
             None => (
@@ -176,6 +197,17 @@ mod tests {
         assert_eq!(cfg.prefix, "");
         assert!(!cfg.encrypt);
         assert!(cfg.acl.is_none());
+    }
+
+    #[test]
+    fn a_prefix_leaving_too_little_room_is_refused() {
+        let longest = format!("{}/", "p".repeat(MAX_PREFIX_BYTES - 1));
+        let cfg = OssConfig::from_settings(&settings(&[("prefix", &longest)])).unwrap();
+        assert_eq!(max_key_bytes(&cfg.prefix), 1023 - MAX_PREFIX_BYTES);
+        let over = format!("{}/", "p".repeat(MAX_PREFIX_BYTES));
+        let err = OssConfig::from_settings(&settings(&[("prefix", &over)])).expect_err("refused");
+        assert!(err.to_string().starts_with("setting `prefix`"), "{err}");
+        assert!(err.to_string().contains("at most 256"), "{err}");
     }
 
     #[test]

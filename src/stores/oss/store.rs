@@ -289,6 +289,10 @@ impl Store for OssStore {
         self.timeout
     }
 
+    fn max_key_bytes(&self) -> Option<usize> {
+        Some(super::config::max_key_bytes(&self.prefix))
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
         let what = format!("reading {}", self.object_name(key));
         self.bounded(&what, self.get_unbounded(key)).await

@@ -398,6 +398,10 @@ impl Store for S3Store {
         }
     }
 
+    fn max_key_bytes(&self) -> Option<usize> {
+        Some(self.0.config.max_key_bytes())
+    }
+
     fn operation_timeout(&self) -> Duration {
         self.0.config.timeout
     }
