@@ -1204,6 +1204,7 @@ def main():
                 if store not in DISK_STORES + DB_STORES:
                     table.add(f"peak RSS 8 x {args.mem_mib} MiB", store, None, "MiB",
                               note="not run: the test peer holds every byte in memory")
+                    stalled_get_growth(sg, store)
                     continue
                 failures = []
                 started = time.perf_counter()
@@ -1225,6 +1226,31 @@ def main():
             finally:
                 sg.stop()
                 shutil.rmtree(sg.work, ignore_errors=True)
+
+    def stalled_get_growth(sg, store):
+        """RSS growth while 4 clients hold a GET of a state and read
+        nothing, at a quarter of the memory size and at the whole: a store
+        that streams reads stays flat in the state size."""
+        for mib in (max(1, args.mem_mib // 4), args.mem_mib):
+            key = f"bench/stall/{mib}"
+            failed = post_then_get(sg.url, key, mib << 20)
+            if failed:
+                table.add(f"RSS growth, 4 stalled GETs of {mib} MiB", store, None, "MiB", note=failed)
+                continue
+            time.sleep(0.5)
+            before = sg.status("VmRSS")
+            parts = urllib.parse.urlsplit(sg.url)
+            held = []
+            for _ in range(4):
+                sock = socket.create_connection((parts.hostname, parts.port))
+                sock.sendall(f"GET /states/{key} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode())
+                held.append(sock)
+            time.sleep(3)
+            growth = sg.status("VmRSS") - before
+            for sock in held:
+                sock.close()
+            table.add(f"RSS growth, 4 stalled GETs of {mib} MiB", store, growth, "MiB",
+                      target=("figure", "<=", 16))
 
     def exec_ready():
         log(f"exec -> /healthz 200, median of {args.exec_rounds}")

@@ -739,6 +739,14 @@ pub async fn open_for_reading(
                 _ => None,
             }
         }
+        // Opening for serving creates the tables; a dry run only looks.
+        #[cfg(feature = "db")]
+        "db" => {
+            let config = db::DbConfig::from_settings(&settings)?;
+            db::DbStore::open_read_only(config)
+                .await?
+                .map(|store| Arc::new(store) as Arc<dyn Store>)
+        }
         // The bucket stores only check the bucket when they connect; their
         // writes are the probe's, which is skipped here.
         _ => Some((backend.open)(settings).await?),

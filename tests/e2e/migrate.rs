@@ -393,34 +393,43 @@ fn migrate_terraform_init_moves_a_local_backend_state_to_stategate() {
 /// and its peak resident memory in MiB as the kernel measured it for this
 /// one child (`wait4`).
 fn migrate_measured(from: &str, to: &str, extra: &[&str]) -> (bool, String, u64) {
+    // The peak is read by a small parent process of the migration: a child
+    // spawned straight from this test process starts its high-water mark
+    // from this process's own memory (the kernel carries it across exec),
+    // and this process holds what other tests running beside it hold.
+    const MEASURE: &str = "import resource, subprocess, sys\n\
+        code = subprocess.call(sys.argv[2:])\n\
+        open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n\
+        sys.exit(code)\n";
     let dir = tempfile::TempDir::new().unwrap();
-    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
-    let child = Command::new(bin())
+    let (out_path, err_path, peak_path) = (
+        dir.path().join("out"),
+        dir.path().join("err"),
+        dir.path().join("peak"),
+    );
+    let status = Command::new("python3")
+        .args(["-c", MEASURE])
+        .arg(&peak_path)
+        .arg(bin())
         .args(["migrate", "--from", from, "--to", to])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .expect("run stategate migrate");
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value of that plain C struct.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our own child, not yet reaped (std never waits for
-    // it: the `Child` is dropped without a wait), and both pointers are to
-    // live locals.
-    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(reaped, pid, "wait4: {}", std::io::Error::last_os_error());
-    drop(child);
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        .status()
+        .expect("run python3 (needed to measure the migration's peak memory)");
     let output = format!(
         "{}\n{}",
         text(&std::fs::read(&out_path).unwrap()),
         text(&std::fs::read(&err_path).unwrap())
     );
+    let peak_kib: u64 = std::fs::read_to_string(&peak_path)
+        .unwrap_or_else(|e| panic!("no peak measured ({e}): {output}"))
+        .trim()
+        .parse()
+        .expect("a peak in KiB");
     // Linux gives ru_maxrss in KiB.
-    (ok, output, usage.ru_maxrss as u64 / 1024)
+    (status.success(), output, peak_kib / 1024)
 }
 
 /// Six kept versions of 24 MiB: copied (and planned in a dry run) one
@@ -660,4 +669,39 @@ fn migrate_dry_run_creates_and_changes_nothing() {
         source_before,
         "the source changed"
     );
+}
+
+#[cfg(feature = "db")]
+#[test]
+fn migrate_dry_run_into_an_unused_database_creates_no_table() {
+    use crate::support::db::{DbPeer, Engine, PASSWORD};
+    let dir = tempfile::TempDir::new().unwrap();
+    let a = LocalPeer::new();
+    {
+        let server = Server::start(&a);
+        let doc = state_doc("d9", 1, "db-dry-run");
+        assert_eq!(http("POST", &server.state_url("dry/app"), &doc).0, 200);
+    }
+    let a_yaml = config_file(dir.path(), "a.yaml", &a);
+    for (engine, tables) in [
+        (
+            Engine::Postgres,
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+        ),
+        (
+            Engine::Mariadb,
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = DATABASE()",
+        ),
+    ] {
+        let target = DbPeer::new(engine);
+        // migrate reads each store's settings from its file alone.
+        let yaml = config_file(dir.path(), "db.yaml", &target);
+        let mut text = std::fs::read_to_string(&yaml).unwrap();
+        text.push_str(&format!("    dbPassword: \"{PASSWORD}\"\n"));
+        std::fs::write(&yaml, text).unwrap();
+        let out = migrate_ok(&a_yaml, &yaml, &["--dry-run"], &[]);
+        assert!(out.contains("would copy"), "{engine:?}: {out}");
+        let count = target.sql(tables).unwrap();
+        assert_eq!(count.trim(), "0", "{engine:?}: the dry run created tables");
+    }
 }

@@ -402,6 +402,46 @@ impl DbStore {
         Ok(store)
     }
 
+    /// Connects for reading only, as a dry run does: no table is created
+    /// or changed. `None` when the tables do not exist yet (a database
+    /// stategate never used holds no states); an error naming the setting
+    /// when their schema is not the one this binary reads, since bringing
+    /// it up to date would be a change.
+    pub async fn open_read_only(config: DbConfig) -> Result<Option<DbStore>, ConfigError> {
+        let pool = connect(&config).await?;
+        let sql = Sql::new(config.engine, &config.table_prefix);
+        let store = DbStore { config, pool, sql };
+        let p = &store.config.table_prefix;
+        let read_version = AssertSqlSafe(format!(
+            "SELECT version FROM {p}schema_version WHERE id = 1"
+        ));
+        let found: Result<Option<i64>, sqlx::Error> = on_pool!(&store.pool, pool => {
+            sqlx::query_scalar(read_version).fetch_optional(pool).await
+        });
+        match found {
+            Ok(Some(SCHEMA_VERSION)) => Ok(Some(store)),
+            Ok(Some(other)) => Err(ConfigError::invalid(
+                "dbTablePrefix",
+                format!(
+                    "the database schema of tables {p}* is version {other}, not version {SCHEMA_VERSION} \
+                     that this stategate reads; a dry run changes nothing, so run once without --dry-run \
+                     (or start the server) to bring it up to date"
+                ),
+            )),
+            Ok(None) => Ok(None),
+            // No such table: a database stategate has not used.
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42P01" | "42S02")) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(ConfigError::invalid(
+                store.connection_setting(&e),
+                unavailable("reading the schema version", &e).to_string(),
+            )),
+        }
+    }
+
     /// The setting a connection failure points at.
     fn connection_setting(&self, e: &sqlx::Error) -> &'static str {
         connection_setting(&self.config, e)
