@@ -1,11 +1,10 @@
-//! What an attacker tries against names, headers and logs: a page whose
-//! name was rebound to loopback behind a trusted proxy, one state reached
-//! under two names, the outputs level on a state of an older format, log
-//! lines forged through client-chosen values, a client that names its own
-//! address, and caches that would keep a copy of a state.
-
-use std::io::{Read, Write};
-use std::time::Duration;
+//! What an attacker tries against names, headers, bodies and logs: a page
+//! whose name was rebound to loopback behind a trusted proxy, one state
+//! reached under two names, the outputs level on a state of an older
+//! format, log lines forged through client-chosen values, a client that
+//! names its own address, caches that would keep a copy of a state, state
+//! members Terraform reads under another spelling, a LockInfo with its ID
+//! twice, and a `Content-MD5` given twice or in the trailers.
 
 use base64::Engine;
 
@@ -16,30 +15,13 @@ use crate::support::*;
 /// `body` over one connection, exactly as written; returns the status, the
 /// response head and the body.
 fn exchange(url: &str, head: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
-    let addr = url.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let request = format!(
+    let mut request = format!(
         "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).expect("read response");
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no response head in {:?}", text(&response)));
-    let head = text(&response[..split]);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    (status, head, response[split + 4..].to_vec())
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    raw_exchange(url, &request)
 }
 
 fn basic(user: &str, pass: &str) -> String {
@@ -533,10 +515,6 @@ fn attack_lock_info_with_a_repeated_id_is_refused() {
 /// trailers are `trailers`; returns the status and the response body.
 fn chunked_with_trailers(url: &str, path: &str, body: &[u8], trailers: &str) -> (u16, Vec<u8>) {
     let addr = url.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\nTrailer: Content-MD5\r\nConnection: close\r\n\r\n{:x}\r\n",
         body.len()
@@ -544,19 +522,8 @@ fn chunked_with_trailers(url: &str, path: &str, body: &[u8], trailers: &str) -> 
     .into_bytes();
     request.extend_from_slice(body);
     request.extend_from_slice(format!("\r\n0\r\n{trailers}\r\n").as_bytes());
-    stream.write_all(&request).unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).expect("read response");
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("response head");
-    let status = text(&response[..split])
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    (status, response[split + 4..].to_vec())
+    let (status, _, answer) = raw_exchange(url, &request);
+    (status, answer)
 }
 
 #[test]

@@ -506,35 +506,41 @@ impl Rng {
 /// normalisation of `..` or percent escapes, which URL libraries do) and
 /// returns status and body.
 pub fn raw_request(base_url: &str, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let addr = base_url.trim_start_matches("http://");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    let (status, _, body) = raw_exchange(base_url, &request);
+    (status, body)
+}
+
+/// Writes `request` (head and body, exactly as given) on a new connection
+/// and reads until the server closes it; returns the status, the response
+/// head and the body.
+pub fn raw_exchange(base_url: &str, request: &[u8]) -> (u16, String, Vec<u8>) {
     use std::io::Read;
     let addr = base_url.trim_start_matches("http://");
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
+    stream.write_all(request).unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).expect("read response");
     let split = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .expect("response head");
-    let status_line = String::from_utf8_lossy(&response[..split])
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string();
-    let status = status_line
+        .unwrap_or_else(|| panic!("no response head in {:?}", text(&response)));
+    let head = text(&response[..split]);
+    let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("status");
-    (status, response[split + 4..].to_vec())
+    (status, head, response[split + 4..].to_vec())
 }
 
 /// A TCP server on 127.0.0.1 that reads each request and closes the
