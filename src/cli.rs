@@ -1028,6 +1028,28 @@ fn operator_audit(settings: &Settings) -> Result<Audit> {
         .with_context(|| "setting `audit_log`: cannot open the audit log")
 }
 
+/// The name of the local user running this process, from the password
+/// database (a shell under `sudo`, cron or a container may set no `USER`).
+fn local_user_name() -> Option<String> {
+    let uid = rustix::process::getuid().as_raw();
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: an all-zero passwd is a valid value of that plain C struct.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is to a live local of the size given, and
+    // getpwuid_r writes only within them.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name points to a NUL-terminated string in buf.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    name.to_str()
+        .ok()
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+}
+
 /// An operator command's audit fields: the state and the local user who
 /// ran it (operator commands work on the store directly, not through auth).
 fn operator_fields(
@@ -1036,7 +1058,10 @@ fn operator_fields(
 ) -> Vec<(&'static str, serde_json::Value)> {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| format!("uid {}", rustix::process::getuid().as_raw()));
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(local_user_name)
+        .unwrap_or_else(|| format!("uid {}", rustix::process::getuid().as_raw()));
     let mut fields = vec![
         ("state", serde_json::json!(state.key())),
         ("workspace", serde_json::json!(state.workspace())),

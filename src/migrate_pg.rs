@@ -119,6 +119,16 @@ pub async fn migrate(
             "`{schema}` is not a plain PostgreSQL name (letters, digits, _)"
         )));
     }
+    // The parser takes other schemes too (a `mysql://` URL would be tried
+    // as PostgreSQL); Terraform's pg backend takes only these.
+    if !["postgres://", "postgresql://"]
+        .iter()
+        .any(|scheme| source.conn_str.starts_with(scheme))
+    {
+        return Err(MigrateError::ConnStr(
+            "must be a postgres:// (or postgresql://) URL, as Terraform's pg backend takes".into(),
+        ));
+    }
     // The parser's messages may quote the URL, password included.
     let options = PgConnectOptions::from_str(&source.conn_str)
         .map_err(|_| MigrateError::ConnStr("is not a postgres:// URL that can be parsed".into()))?;

@@ -244,3 +244,66 @@ fn json_logs_are_json() {
     }
     assert!(log.contains("\"status\":404"), "{log}");
 }
+
+#[test]
+fn operator_actions_name_the_local_user_without_a_user_variable() {
+    let peer = LocalPeer::new();
+    let dir = tempfile::TempDir::new().unwrap();
+    let audit = dir.path().join("audit.log");
+    let body = dir.path().join("state.json");
+    std::fs::write(
+        &body,
+        state_doc("a6000000-0000-4000-8000-000000000001", 1, "op"),
+    )
+    .unwrap();
+    // Under cron, `sudo` or in a container, no USER or LOGNAME may be set.
+    let out = Command::new(bin())
+        .args(["state", "push", "ops/app", body.to_str().unwrap()])
+        .args(["--storage-type", peer.storage_type()])
+        .args(
+            peer.settings()
+                .iter()
+                .flat_map(|(k, v)| ["-C".to_string(), format!("{k}={v}")]),
+        )
+        .args(["--audit-log", audit.to_str().unwrap()])
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let who = Command::new("id").arg("-un").output().expect("id -un");
+    let expected = format!("operator:{}", text(&who.stdout).trim());
+    let line = std::fs::read_to_string(&audit).unwrap();
+    let event: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+    assert_eq!(event["identity"], expected.as_str(), "{line}");
+}
+
+#[cfg(feature = "db")]
+#[test]
+fn migrate_from_terraform_pg_refuses_a_url_of_another_database() {
+    let peer = LocalPeer::new();
+    let out = stategate(
+        &peer,
+        &[
+            "migrate-from-terraform-pg",
+            "--conn-str",
+            "mysql://tf:s3cret-pw@127.0.0.1:1/terraform",
+            "--key",
+            "app",
+        ],
+        &[],
+    );
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("postgres://"), "{all}");
+    assert!(
+        !all.contains("s3cret-pw"),
+        "the password was printed: {all}"
+    );
+    // No connection was tried: the message is about the URL, not a server.
+    assert!(
+        !all.contains("refused") && !all.contains("unreachable"),
+        "{all}"
+    );
+}
