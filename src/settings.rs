@@ -247,17 +247,15 @@ impl StoreSettings {
         self.get(name).map(|v| parse_u64(name, v)).transpose()
     }
 
-    /// A time limit in whole seconds greater than 0 (`timeout: 60`); its
-    /// default comes from the store's table.
-    pub fn seconds(&self, name: &str) -> Result<Duration, ConfigError> {
-        let v = self.require(name)?;
-        match v.trim().parse::<u64>() {
-            Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
-            _ => Err(ConfigError::invalid(
-                name,
-                format!("`{v}` is not a whole number of seconds greater than 0"),
-            )),
+    /// A time limit longer than 0, as every duration setting takes it
+    /// (`60`, `60s`, `500ms`, `2m`); its default comes from the store's
+    /// table.
+    pub fn duration(&self, name: &str) -> Result<Duration, ConfigError> {
+        let d = parse_duration(name, self.require(name)?)?;
+        if d.is_zero() {
+            return Err(ConfigError::invalid(name, "must be longer than 0"));
         }
+        Ok(d)
     }
 }
 
@@ -517,12 +515,22 @@ mod tests {
     }
 
     #[test]
-    fn timeouts_are_positive_whole_seconds() {
-        let s = StoreSettings::from_pairs("t", &[("timeout", "0"), ("other", "15")]);
-        assert!(s.seconds("timeout").is_err());
-        assert_eq!(s.seconds("other").unwrap(), Duration::from_secs(15));
+    fn timeouts_are_positive_durations() {
+        let s = StoreSettings::from_pairs(
+            "t",
+            &[
+                ("timeout", "0"),
+                ("other", "15"),
+                ("unit", "2m"),
+                ("bad", "5x"),
+            ],
+        );
+        assert!(s.duration("timeout").is_err());
+        assert!(s.duration("bad").is_err());
+        assert_eq!(s.duration("other").unwrap(), Duration::from_secs(15));
+        assert_eq!(s.duration("unit").unwrap(), Duration::from_secs(120));
         assert!(matches!(
-            s.seconds("unset"),
+            s.duration("unset"),
             Err(ConfigError::Missing { .. })
         ));
     }

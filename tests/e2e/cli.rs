@@ -307,3 +307,37 @@ fn migrate_from_terraform_pg_refuses_a_url_of_another_database() {
         "{all}"
     );
 }
+
+#[cfg(all(feature = "s3", feature = "oss"))]
+#[test]
+fn store_timeouts_take_durations_on_every_store() {
+    use crate::oss::OssPeer;
+    use crate::s3::{Moto, S3Peer};
+    let peers: Vec<Box<dyn Peer>> = vec![
+        Box::new(S3Peer::on(Moto::shared())),
+        Box::new(OssPeer::new()),
+        Box::new(LocalPeer::new()),
+    ];
+    for peer in peers {
+        if peer.storage_type() == "local" {
+            // The local store has no timeout: the setting is refused there.
+            let refused = Server::try_start(peer.as_ref(), &["-C", "timeout=60s"], &[])
+                .err()
+                .expect("refused");
+            assert!(refused.contains("timeout"), "{refused}");
+            continue;
+        }
+        for value in ["60s", "2m", "90"] {
+            let server =
+                Server::try_start(peer.as_ref(), &["-C", &format!("timeout={value}")], &[])
+                    .unwrap_or_else(|log| {
+                        panic!("{} timeout={value}:\n{log}", peer.storage_type())
+                    });
+            assert_eq!(http("GET", &server.state_url("none"), b"").0, 404);
+        }
+        let refused = Server::try_start(peer.as_ref(), &["-C", "timeout=0s"], &[])
+            .err()
+            .expect("timeout=0s refused");
+        assert!(refused.contains("setting `timeout`"), "{refused}");
+    }
+}

@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::settings::{ConfigError, Setting, StoreSettings, parse_duration};
+use crate::settings::{ConfigError, Setting, StoreSettings};
 
 /// Everything `storageType: db` accepts, beyond the common settings.
 pub const SETTINGS: &[Setting] = &[
@@ -305,8 +305,8 @@ impl DbConfig {
             .ok_or_else(|| {
                 ConfigError::invalid("dbMaxConnections", "must be a whole number from 1 to 1000")
             })?;
-        let connect_timeout = positive_duration(s, "dbConnectTimeout")?;
-        let timeout = positive_duration(s, "timeout")?;
+        let connect_timeout = s.duration("dbConnectTimeout")?;
+        let timeout = s.duration("timeout")?;
         let table_prefix = s.get("dbTablePrefix").unwrap_or_default().to_string();
         let prefix_ok = table_prefix.len() <= 32
             && table_prefix
@@ -378,14 +378,6 @@ fn parse_engine(setting: &str, v: &str) -> Result<Engine, ConfigError> {
             format!("`{v}` is not mysql, mariadb or postgres"),
         )),
     }
-}
-
-fn positive_duration(s: &StoreSettings, name: &str) -> Result<Duration, ConfigError> {
-    let d = parse_duration(name, s.require(name)?)?;
-    if d.is_zero() {
-        return Err(ConfigError::invalid(name, "must be longer than 0"));
-    }
-    Ok(d)
 }
 
 #[cfg(test)]

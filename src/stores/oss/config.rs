@@ -142,7 +142,7 @@ impl OssConfig {
             }
         };
 
-        let timeout = settings.seconds("timeout")?;
+        let timeout = settings.duration("timeout")?;
 
         Ok(OssConfig {
             bucket,

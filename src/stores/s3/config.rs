@@ -121,7 +121,7 @@ impl S3Config {
             Some(_) => settings.bool("force_path_style")?,
             None => endpoint.is_some(),
         };
-        let timeout = settings.seconds("timeout")?;
+        let timeout = settings.duration("timeout")?;
         Ok(S3Config {
             endpoint,
             bucket,
@@ -268,12 +268,18 @@ mod tests {
     }
 
     #[test]
-    fn timeout_must_be_positive_seconds() {
+    fn timeout_is_a_positive_duration() {
         assert_eq!(
             config(&[("bucket", "b"), ("timeout", "5")])
                 .unwrap()
                 .timeout,
             Duration::from_secs(5)
+        );
+        assert_eq!(
+            config(&[("bucket", "b"), ("timeout", "60s")])
+                .unwrap()
+                .timeout,
+            Duration::from_secs(60)
         );
         let err = config(&[("bucket", "b"), ("timeout", "0")]).unwrap_err();
         assert!(err.to_string().starts_with("setting `timeout`"), "{err}");

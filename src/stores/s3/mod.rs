@@ -142,7 +142,7 @@ pub(crate) const SETTINGS: &[Setting] = &[
         aliases: &[],
         env: &["STATEGATE_S3_TIMEOUT"],
         secret: false,
-        default: Some("60"),
-        help: "seconds one operation on S3 may take, its retries included, before it answers 503",
+        default: Some("60s"),
+        help: "how long one operation on S3 may take, its retries included, before it answers 503 (60, 60s, 2m)",
     },
 ];
