@@ -350,7 +350,12 @@ pub fn token(cmd: TokenCommand) -> Result<()> {
             let token = authn::new_token(&name).map_err(anyhow::Error::msg)?;
             let hash = authn::hash_secret(&token).map_err(anyhow::Error::msg)?;
             println!("token (shown once; give it to the client):\n  {token}");
-            println!("for the configuration:\n  - name: {name}\n    token_hash: \"{hash}\"");
+            println!(
+                "for the configuration file, under auth.tokens (adjust its rules: with none it may do nothing):\n\
+                 auth:\n  tokens:\n    - name: {name}\n      token_hash: \"{hash}\"\n      rules:\n\
+                 \x20       # the states it reaches (globs), and outputs, read, write or admin\n\
+                 \x20       - {{keys: \"{name}/**\", access: write}}"
+            );
         }
     }
     Ok(())

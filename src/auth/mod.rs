@@ -451,6 +451,7 @@ impl Auth {
                 "stategate hash-password",
             )?;
             let rules = rules(&setting, &user.rules)?;
+            warn_without_rules(&setting, &user.rules);
             let principal = Principal {
                 identity: Identity {
                     name: format!("user:{}", user.name),
@@ -487,6 +488,7 @@ impl Auth {
                         })
                 })
                 .transpose()?;
+            warn_without_rules(&setting, &token.rules);
             let principal = Principal {
                 identity: Identity {
                     name: format!("token:{}", token.name),
@@ -848,6 +850,18 @@ fn parse_authorization(header: &str) -> Result<(Kind, String, String), AuthError
 
 /// What every token starts with, so it is recognisable in a leak scan.
 pub const TOKEN_PREFIX: &str = "sgt_";
+
+/// A user or token with no rules may do nothing: accepted (an operator
+/// may keep one ready before granting it anything), but said at start-up,
+/// since an entry pasted without its rules looks like a broken server.
+fn warn_without_rules<T>(setting: &str, rules: &[T]) {
+    if rules.is_empty() {
+        tracing::warn!(
+            setting,
+            "this entry has no rules: every request it authenticates gets 403; give it rules: [{{keys, access}}]"
+        );
+    }
+}
 
 /// Hashes a password or token as argon2id in PHC form, with a fresh salt.
 pub fn hash_secret(secret: &str) -> Result<String, String> {

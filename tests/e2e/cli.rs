@@ -341,3 +341,55 @@ fn store_timeouts_take_durations_on_every_store() {
         assert!(refused.contains("setting `timeout`"), "{refused}");
     }
 }
+
+#[test]
+fn a_token_entry_from_token_new_works_as_printed() {
+    let out = Command::new(bin())
+        .args(["token", "new", "deploy"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    let token = shown
+        .split_whitespace()
+        .find(|w| w.starts_with("sgt_"))
+        .unwrap_or_else(|| panic!("no token in {shown}"))
+        .to_string();
+    // Everything from the `auth:` line on is pasted into the file as is.
+    let entry = &shown[shown
+        .find("auth:\n")
+        .unwrap_or_else(|| panic!("no entry: {shown}"))..];
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("stategate.yaml");
+    std::fs::write(&config, entry).unwrap();
+    let peer = LocalPeer::new();
+    let server = Server::start_with(&peer, &["--config", config.to_str().unwrap()]);
+    let bearer = format!("Bearer {token}");
+    let doc = state_doc("a7000000-0000-4000-8000-000000000001", 1, "t");
+    let (status, body) = http_with(
+        "POST",
+        &server.state_url("deploy/app"),
+        &[("Authorization", &bearer)],
+        &doc,
+    );
+    assert_eq!(status, 200, "{}", text(&body));
+    let (status, _) = http_with(
+        "POST",
+        &server.state_url("other/app"),
+        &[("Authorization", &bearer)],
+        &doc,
+    );
+    assert_eq!(status, 403);
+    assert!(!server.log().contains("has no rules"), "{}", server.log());
+
+    // An entry without rules starts, and says at once why it will get 403.
+    let bare = entry.split("      rules:").next().unwrap();
+    std::fs::write(&config, bare).unwrap();
+    let server = Server::start_with(&peer, &["--config", config.to_str().unwrap()]);
+    assert!(
+        server.logs("auth.tokens[deploy]") && server.logs("has no rules"),
+        "{}",
+        server.log()
+    );
+}
