@@ -401,15 +401,14 @@ pub fn policy(settings: &Settings) -> Policy {
     }
 }
 
-/// `stategate serve`: open and probe the store, bind, serve until SIGTERM
-/// or Ctrl-C.
-pub async fn serve(settings: Settings, args: ConfigArgs) -> Result<()> {
-    raise_open_file_limit();
+/// What `serve` loads before it opens the store, checked the same way by
+/// `check`: the TLS files, the auth section, the audit log.
+fn serving_parts(settings: &Settings) -> Result<(Option<Arc<Tls>>, Option<Auth>, Audit)> {
     let tls = match settings.tls.clone() {
         Some(files) => Some(Arc::new(Tls::load(files)?)),
         None => None,
     };
-    let auth = auth(&settings)?;
+    let auth = auth(settings)?;
     let audit = Audit::open(settings.audit_log.as_deref()).with_context(|| {
         format!(
             "setting `audit_log`: cannot open {}",
@@ -420,6 +419,14 @@ pub async fn serve(settings: Settings, args: ConfigArgs) -> Result<()> {
                 .display()
         )
     })?;
+    Ok((tls, auth, audit))
+}
+
+/// `stategate serve`: open and probe the store, bind, serve until SIGTERM
+/// or Ctrl-C.
+pub async fn serve(settings: Settings, args: ConfigArgs) -> Result<()> {
+    raise_open_file_limit();
+    let (tls, auth, audit) = serving_parts(&settings)?;
     let (states, _) = open_states(&settings).await?;
     let listener = bind(&settings).await?;
     // Bound (and announced) before the main address, which tools wait for.
@@ -849,8 +856,11 @@ pub async fn rekey(settings: &Settings) -> Result<()> {
 
 /// `stategate check`.
 pub async fn check(settings: &Settings) -> Result<()> {
-    let auth = auth(settings)?;
+    let (tls, auth, _audit) = serving_parts(settings)?;
     println!("configuration: ok");
+    if tls.is_some() {
+        println!("  tls: certificate and key load");
+    }
     println!("  listen: {}", settings.listen);
     println!("  storageType: {}", settings.backend.name);
     println!("  store settings: {:?}", settings.store);
@@ -862,7 +872,7 @@ pub async fn check(settings: &Settings) -> Result<()> {
         "  auth: {}",
         match (&settings.auth, &auth) {
             (AuthSetting::Disabled, _) => "none (anyone who reaches the port)",
-            (_, Some(_)) => "users and tokens",
+            (_, Some(_)) => "the auth section (users, tokens, CI issuers, certificates)",
             _ => "none (loopback only)",
         }
     );

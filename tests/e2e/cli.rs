@@ -393,3 +393,51 @@ fn a_token_entry_from_token_new_works_as_printed() {
         server.log()
     );
 }
+
+#[test]
+fn check_refuses_what_serve_refuses() {
+    let peer = LocalPeer::new();
+    let dir = tempfile::TempDir::new().unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let missing = dir.path().join("missing.pem");
+    // A directory cannot be opened as the audit log.
+    let audit_dir = dir.path().join("audit");
+    std::fs::create_dir(&audit_dir).unwrap();
+    for (args, setting) in [
+        (
+            vec![
+                "--tls-cert",
+                garbage.to_str().unwrap(),
+                "--tls-key",
+                garbage.to_str().unwrap(),
+            ],
+            "tls",
+        ),
+        (
+            vec![
+                "--tls-cert",
+                missing.to_str().unwrap(),
+                "--tls-key",
+                missing.to_str().unwrap(),
+            ],
+            "tls",
+        ),
+        (
+            vec!["--audit-log", audit_dir.to_str().unwrap()],
+            "audit_log",
+        ),
+    ] {
+        let mut check = vec!["check"];
+        check.extend(&args);
+        let out = stategate(&peer, &check, &[]);
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(!out.status.success(), "check said ok for {args:?}: {said}");
+        assert!(said.contains(setting), "{args:?}: {said}");
+        // serve refuses the same.
+        let refused = Server::try_start(&peer, &args, &[])
+            .err()
+            .expect("serve refused");
+        assert!(refused.contains(setting), "{refused}");
+    }
+}
