@@ -174,7 +174,8 @@ fn refuse(mut stream: TcpStream, refusing: &Arc<AtomicUsize>, max: usize) {
     tokio::spawn(async move {
         let answer = format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n\
-             retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BUSY_BODY}",
+             retry-after: 1\r\nconnection: close\r\nx-request-id: {}\r\ncontent-length: {}\r\n\r\n{BUSY_BODY}",
+            protocol::next_request_id(),
             BUSY_BODY.len()
         );
         let _ = tokio::time::timeout(Duration::from_secs(1), async {

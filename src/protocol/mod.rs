@@ -434,7 +434,7 @@ struct Exchange {
 
 /// Request ids: unique within the process, and across restarts (the start
 /// time is mixed in).
-fn next_request_id() -> String {
+pub fn next_request_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let base = *BASE.get_or_init(|| {

@@ -216,3 +216,23 @@ fn downloads_head_on_s3_reads_no_body() {
     );
     assert_eq!(http("HEAD", &server.state_url("head/missing"), b"").0, 404);
 }
+
+#[test]
+fn downloads_the_too_many_connections_answer_carries_a_request_id() {
+    let peer = LocalPeer::new();
+    let server = Server::start_with(&peer, &["--max-connections", "1"]);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    // One connection holds the only slot.
+    let _held = TcpStream::connect(&addr).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, head, _) = raw_exchange(
+        &server.url,
+        format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(status, 503, "{head}");
+    let id = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("no X-Request-Id: {head}"));
+    assert_eq!(id.len(), 16, "{head}");
+}
