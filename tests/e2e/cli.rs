@@ -441,3 +441,36 @@ fn check_refuses_what_serve_refuses() {
         assert!(refused.contains(setting), "{refused}");
     }
 }
+
+#[cfg(feature = "s3")]
+#[test]
+fn s3_without_credentials_names_the_credentials_not_the_endpoint() {
+    let moto = crate::s3::Moto::shared();
+    let home = tempfile::TempDir::new().unwrap();
+    let missing = home.path().join("none");
+    let out = Command::new(bin())
+        .args(["check", "--storage-type", "s3"])
+        .args(["-C", "bucket=no-credentials", "-C", "region=us-east-1"])
+        .args(["-C", &format!("endpoint={}", moto.endpoint)])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        .env("HOME", home.path())
+        .env("AWS_CONFIG_FILE", &missing)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &missing)
+        // The instance role is asked for over the network: not here.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = text(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    let last = said.lines().last().unwrap_or("");
+    assert!(last.contains("setting `accessKeyID`"), "{last}");
+    assert!(last.contains("credentials"), "{last}");
+    assert!(!last.contains("setting `endpoint`"), "{last}");
+}

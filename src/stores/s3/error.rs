@@ -116,6 +116,24 @@ impl Bucket {
             None => match &err {
                 SdkError::TimeoutError(_) => silent(),
                 SdkError::DispatchFailure(d) if d.is_timeout() => silent(),
+                // The credential chain is asked while the request is
+                // dispatched: its failure is no fault of the endpoint.
+                _ if DisplayErrorContext(&err)
+                    .to_string()
+                    .to_ascii_lowercase()
+                    .contains("credentials") =>
+                {
+                    Failure::Store(StoreError::PermissionDenied {
+                        setting: "accessKeyID",
+                        reason: reason(format!(
+                            "no usable S3 credentials: {}; set accessKeyID and accessKeySecret \
+                             (access_key, secret_key), or give the AWS credential chain what it reads: \
+                             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile, web identity, \
+                             or a container or instance role",
+                            network_cause(&err)
+                        )),
+                    })
+                }
                 SdkError::DispatchFailure(_) => unavailable(format!(
                     "cannot reach the S3 server at {location}: {}",
                     network_cause(&err)
@@ -124,23 +142,10 @@ impl Bucket {
                     "the S3 server at {location} sent an answer that could not be read: {}",
                     network_cause(&err)
                 )),
-                _ => {
-                    // Construction failures: in practice the credential
-                    // chain found no credentials or could not load them.
-                    let cause = network_cause(&err);
-                    if DisplayErrorContext(&err)
-                        .to_string()
-                        .to_ascii_lowercase()
-                        .contains("credentials")
-                    {
-                        Failure::Store(StoreError::PermissionDenied {
-                            setting: "accessKeyID",
-                            reason: reason(format!("no usable S3 credentials: {cause}")),
-                        })
-                    } else {
-                        unavailable(format!("the S3 request could not be made: {cause}"))
-                    }
-                }
+                _ => unavailable(format!(
+                    "the S3 request could not be made: {}",
+                    network_cause(&err)
+                )),
             },
         }
     }
