@@ -76,7 +76,7 @@ pub struct ConfigArgs {
     /// Write audit events (JSON lines) to this file instead of stderr.
     #[arg(long, global = true, value_name = "FILE")]
     pub audit_log: Option<String>,
-    /// local, sqlite, s3 or oss [default: local].
+    /// local, sqlite, s3, oss or db [default: local].
     #[arg(long, global = true, value_name = "TYPE")]
     pub storage_type: Option<String>,
     /// A store setting, e.g. `-C path=/var/lib/stategate`; repeatable.
