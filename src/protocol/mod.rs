@@ -314,26 +314,6 @@ impl Endpoint {
         }
     }
 
-    /// The same request with its state under its one name
-    /// ([`States::canonical`]), before any rule, lock or log sees it.
-    fn canonical(mut self, states: &States) -> Result<Endpoint, ProtocolError> {
-        let named = match &mut self {
-            Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => None,
-            Endpoint::GetState(s)
-            | Endpoint::History(s, _)
-            | Endpoint::GetVersion(s, _)
-            | Endpoint::WriteState { state: s, .. }
-            | Endpoint::DeleteState { state: s, .. }
-            | Endpoint::Lock(s)
-            | Endpoint::Unlock(s)
-            | Endpoint::GetLock(s) => Some(s),
-        };
-        if let Some(state) = named {
-            *state = states.canonical(state)?;
-        }
-        Ok(self)
-    }
-
     fn state(&self) -> Option<&StateRef> {
         match self {
             Endpoint::Health | Endpoint::Ready | Endpoint::Metrics => None,
@@ -361,6 +341,18 @@ impl Endpoint {
 
 /// Maps a method and URL (below the base path) to an endpoint.
 pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Endpoint, ProtocolError> {
+    route_named(method, path, query, Ok)
+}
+
+/// [`route`], with the state the URL names passed through `name` as soon
+/// as it is parsed: the server gives it its one name
+/// ([`States::canonical`]) there, before any rule, lock or log sees it.
+pub fn route_named(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    name: impl FnOnce(StateRef) -> Result<StateRef, ProtocolError>,
+) -> Result<Endpoint, ProtocolError> {
     let operational = match path {
         "/healthz" => Some(Endpoint::Health),
         "/readyz" => Some(Endpoint::Ready),
@@ -385,6 +377,7 @@ pub fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Endpoin
     let q = Query::parse(query);
     let state = StateRef::parse(&decode_key(raw_key)?, q.workspace.as_deref())
         .map_err(|e| ProtocolError::BadRequest(e.0))?;
+    let state = name(state)?;
     let method = method.as_str();
     if is_lock_url {
         return match method {
@@ -679,7 +672,9 @@ async fn dispatch(
         ex.state = page.state;
         return Ok(response.map(Reply::from));
     }
-    let endpoint = route(req.method(), path, req.uri().query())?.canonical(&app.states)?;
+    let endpoint = route_named(req.method(), path, req.uri().query(), |state| {
+        Ok(app.states.canonical(&state)?)
+    })?;
     if !matches!(
         endpoint,
         Endpoint::Health | Endpoint::Ready | Endpoint::Metrics
