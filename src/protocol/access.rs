@@ -61,36 +61,21 @@ pub async fn authorize(
     let header = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
     let identity = match auth.authenticate(header, certificate_cn, client).await {
         Ok(identity) => identity,
-        Err(AuthError::Unavailable(why)) => {
-            return Err(ProtocolError::Unavailable(why));
-        }
+        Err(e @ AuthError::Unavailable(_)) => return Err(e.into()),
         Err(e) => {
-            let status = match e {
-                AuthError::Throttled { .. } => 429,
-                _ => 401,
-            };
+            let e = ProtocolError::from(e);
             app.metrics.auth_failure();
             app.audit.event(
                 "denied",
                 &[
-                    ("status", json!(status)),
+                    ("status", json!(e.status().as_u16())),
                     ("state", json!(state.key())),
                     ("workspace", json!(state.workspace())),
                     ("reason", json!(e.to_string())),
                     ("client", json!(client.to_string())),
                 ],
             );
-            return Err(match e {
-                AuthError::Throttled { retry_after } => {
-                    ProtocolError::TooManyRequests(e.to_string(), retry_after)
-                }
-                AuthError::Missing => {
-                    ProtocolError::Unauthorized("credentials are required".into())
-                }
-                AuthError::Invalid(why) | AuthError::Unavailable(why) => {
-                    ProtocolError::Unauthorized(why)
-                }
-            });
+            return Err(e);
         }
     };
     let level = identity.access(state);

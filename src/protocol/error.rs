@@ -12,6 +12,7 @@ use http_body_util::Full;
 use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 
+use crate::auth::AuthError;
 use crate::state::StateError;
 
 /// Why a request failed, as the protocol sees it.
@@ -54,6 +55,23 @@ pub enum ProtocolError {
     /// issuer's keys cannot be fetched).
     #[error("{0}")]
     Unavailable(String),
+}
+
+/// How a failed authentication answers, on every URL: 401 for missing or
+/// wrong credentials, 429 for an address over its failure budget, 503
+/// when the credentials cannot be checked now. The message is the
+/// authentication error's own.
+impl From<AuthError> for ProtocolError {
+    fn from(e: AuthError) -> Self {
+        let message = e.to_string();
+        match e {
+            AuthError::Throttled { retry_after } => {
+                ProtocolError::TooManyRequests(message, retry_after)
+            }
+            AuthError::Missing | AuthError::Invalid(_) => ProtocolError::Unauthorized(message),
+            AuthError::Unavailable(_) => ProtocolError::Unavailable(message),
+        }
+    }
 }
 
 impl ProtocolError {

@@ -159,33 +159,20 @@ async fn viewer(
             identity: Some(identity),
             auth: Some(auth),
         }),
-        Err(AuthError::Unavailable(why)) => Err(ProtocolError::Unavailable(why)),
+        Err(e @ AuthError::Unavailable(_)) => Err(e.into()),
         Err(e) => {
-            let status = match e {
-                AuthError::Throttled { .. } => 429,
-                _ => 401,
-            };
+            let e = ProtocolError::from(e);
             app.metrics.auth_failure();
             app.audit.event(
                 "denied",
                 &[
-                    ("status", json!(status)),
+                    ("status", json!(e.status().as_u16())),
                     ("url", json!(page.path)),
                     ("reason", json!(e.to_string())),
                     ("client", json!(page.client.to_string())),
                 ],
             );
-            Err(match e {
-                AuthError::Throttled { retry_after } => {
-                    ProtocolError::TooManyRequests(e.to_string(), retry_after)
-                }
-                AuthError::Missing => {
-                    ProtocolError::Unauthorized("credentials are required".into())
-                }
-                AuthError::Invalid(why) | AuthError::Unavailable(why) => {
-                    ProtocolError::Unauthorized(why)
-                }
-            })
+            Err(e)
         }
     }
 }
