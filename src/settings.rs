@@ -259,6 +259,33 @@ impl StoreSettings {
     }
 }
 
+/// The longest bucket store `prefix` accepted, in bytes: it leaves at
+/// least 767 bytes of every object name (S3's stop at 1,024, OSS's at
+/// 1,023) to the state key and the names derived from it.
+pub const MAX_BUCKET_PREFIX_BYTES: usize = 256;
+
+/// A bucket store's `prefix`: [`normalise_prefix`], and no longer than
+/// [`MAX_BUCKET_PREFIX_BYTES`] (`service` and `max_object_name` say why in
+/// the refusal).
+pub fn bucket_prefix(
+    raw: &str,
+    service: &str,
+    max_object_name: usize,
+) -> Result<String, ConfigError> {
+    let prefix = normalise_prefix(raw)?;
+    if prefix.len() > MAX_BUCKET_PREFIX_BYTES {
+        return Err(ConfigError::invalid(
+            "prefix",
+            format!(
+                "is {} bytes; at most {MAX_BUCKET_PREFIX_BYTES} are accepted, as {service} object names stop at \
+                 {max_object_name} bytes and the state keys need the rest",
+                prefix.len()
+            ),
+        ));
+    }
+    Ok(prefix)
+}
+
 /// Validates a bucket store's `prefix` setting, the same way for every
 /// store: one or more `/`-separated segments without empty, `.` or `..`
 /// parts (which servers or HTTP clients would resolve, reaching outside the

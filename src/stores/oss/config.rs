@@ -5,13 +5,10 @@ use std::time::Duration;
 
 use ali_oss_rs::object_common::ObjectAcl;
 
-use crate::settings::{ConfigError, Endpoint, StoreSettings, normalise_prefix};
+use crate::settings::{ConfigError, Endpoint, StoreSettings, bucket_prefix};
 
 /// The longest object name OSS accepts, in bytes, the prefix included.
 pub const MAX_OBJECT_NAME_BYTES: usize = 1023;
-/// The longest `prefix` accepted, in bytes: it leaves at least 767 bytes
-/// of every object name to the state key and the names derived from it.
-pub const MAX_PREFIX_BYTES: usize = 256;
 
 /// The longest store key that fits in an object name below `prefix`.
 pub fn max_key_bytes(prefix: &str) -> usize {
@@ -88,19 +85,9 @@ impl OssConfig {
         // the HTTP client and break the signature (issue 16).
         let prefix = settings
             .get("prefix")
-            .map(normalise_prefix)
+            .map(|p| bucket_prefix(p, "OSS", MAX_OBJECT_NAME_BYTES))
             .transpose()?
             .unwrap_or_default();
-        if prefix.len() > MAX_PREFIX_BYTES {
-            return Err(ConfigError::invalid(
-                "prefix",
-                format!(
-                    "is {} bytes; at most {MAX_PREFIX_BYTES} are accepted, as OSS object names stop at \
-                     {MAX_OBJECT_NAME_BYTES} bytes and the state keys need the rest",
-                    prefix.len()
-                ),
-            ));
-        }
 
         let (scheme, endpoint) = match settings.get("endpoint") {
             None => (
@@ -175,6 +162,7 @@ fn region_of_endpoint(endpoint: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::MAX_BUCKET_PREFIX_BYTES;
 
     fn settings(pairs: &[(&'static str, &str)]) -> StoreSettings {
         let mut all = vec![
@@ -201,10 +189,10 @@ mod tests {
 
     #[test]
     fn a_prefix_leaving_too_little_room_is_refused() {
-        let longest = format!("{}/", "p".repeat(MAX_PREFIX_BYTES - 1));
+        let longest = format!("{}/", "p".repeat(MAX_BUCKET_PREFIX_BYTES - 1));
         let cfg = OssConfig::from_settings(&settings(&[("prefix", &longest)])).unwrap();
-        assert_eq!(max_key_bytes(&cfg.prefix), 1023 - MAX_PREFIX_BYTES);
-        let over = format!("{}/", "p".repeat(MAX_PREFIX_BYTES));
+        assert_eq!(max_key_bytes(&cfg.prefix), 1023 - MAX_BUCKET_PREFIX_BYTES);
+        let over = format!("{}/", "p".repeat(MAX_BUCKET_PREFIX_BYTES));
         let err = OssConfig::from_settings(&settings(&[("prefix", &over)])).expect_err("refused");
         assert!(err.to_string().starts_with("setting `prefix`"), "{err}");
         assert!(err.to_string().contains("at most 256"), "{err}");

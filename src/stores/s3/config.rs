@@ -5,13 +5,10 @@ use std::time::Duration;
 use aws_sdk_s3::config::Credentials;
 use aws_sdk_s3::types::ObjectCannedAcl;
 
-use crate::settings::{ConfigError, Endpoint, StoreSettings, normalise_prefix};
+use crate::settings::{ConfigError, Endpoint, StoreSettings, bucket_prefix};
 
 /// The longest object name S3 accepts, in bytes, the prefix included.
 pub const MAX_OBJECT_NAME_BYTES: usize = 1024;
-/// The longest `prefix` accepted, in bytes: it leaves at least 768 bytes
-/// of every object name to the state key and the names derived from it.
-pub const MAX_PREFIX_BYTES: usize = 256;
 
 /// only whether credentials were given.
 #[derive(Clone)]
@@ -106,17 +103,10 @@ impl S3Config {
         };
 
         let acl = settings.get("acl").map(parse_acl).transpose()?;
-        let prefix = settings.get("prefix").map(normalise_prefix).transpose()?;
-        if let Some(p) = prefix.as_ref().filter(|p| p.len() > MAX_PREFIX_BYTES) {
-            return Err(ConfigError::invalid(
-                "prefix",
-                format!(
-                    "is {} bytes; at most {MAX_PREFIX_BYTES} are accepted, as S3 object names stop at \
-                     {MAX_OBJECT_NAME_BYTES} bytes and the state keys need the rest",
-                    p.len()
-                ),
-            ));
-        }
+        let prefix = settings
+            .get("prefix")
+            .map(|p| bucket_prefix(p, "S3", MAX_OBJECT_NAME_BYTES))
+            .transpose()?;
         let path_style = match settings.get("force_path_style") {
             Some(_) => settings.bool("force_path_style")?,
             None => endpoint.is_some(),
@@ -159,6 +149,7 @@ fn parse_acl(raw: &str) -> Result<ObjectCannedAcl, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::MAX_BUCKET_PREFIX_BYTES;
 
     fn config(pairs: &[(&'static str, &str)]) -> Result<S3Config, ConfigError> {
         S3Config::from_settings(&StoreSettings::from_table(
@@ -233,10 +224,10 @@ mod tests {
 
     #[test]
     fn a_prefix_leaving_too_little_room_is_refused() {
-        let longest = format!("{}/", "p".repeat(MAX_PREFIX_BYTES - 1));
+        let longest = format!("{}/", "p".repeat(MAX_BUCKET_PREFIX_BYTES - 1));
         let c = config(&[("bucket", "b"), ("prefix", &longest)]).unwrap();
-        assert_eq!(c.max_key_bytes(), 1024 - MAX_PREFIX_BYTES);
-        let over = format!("{}/", "p".repeat(MAX_PREFIX_BYTES));
+        assert_eq!(c.max_key_bytes(), 1024 - MAX_BUCKET_PREFIX_BYTES);
+        let over = format!("{}/", "p".repeat(MAX_BUCKET_PREFIX_BYTES));
         let err = config(&[("bucket", "b"), ("prefix", &over)]).unwrap_err();
         assert!(err.to_string().starts_with("setting `prefix`"), "{err}");
         assert!(err.to_string().contains("at most 256"), "{err}");
