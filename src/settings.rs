@@ -67,6 +67,9 @@ impl ConfigError {
 /// stops it, naming the setting) and again on SIGHUP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
+    /// The section they were set in (`tls`, `admin_tls`), which errors
+    /// name.
+    pub section: &'static str,
     /// The certificate chain, PEM, leaf first.
     pub cert: PathBuf,
     /// Its private key, PEM.
@@ -150,9 +153,11 @@ pub struct StoreSettings {
     storage_type: &'static str,
     values: BTreeMap<&'static str, String>,
     secrets: Vec<&'static str>,
-    /// Directory relative paths are resolved against (the config file's, or
-    /// the working directory).
-    base_dir: PathBuf,
+    /// The configuration file's directory, where relative paths written in
+    /// the file start; other relative paths start at the working directory.
+    file_dir: PathBuf,
+    /// The settings whose value came from the file.
+    from_file: Vec<&'static str>,
 }
 
 impl fmt::Debug for StoreSettings {
@@ -198,7 +203,8 @@ impl StoreSettings {
             storage_type,
             values: pairs.iter().map(|(k, v)| (*k, v.to_string())).collect(),
             secrets: Vec::new(),
-            base_dir: PathBuf::from("."),
+            file_dir: PathBuf::from("."),
+            from_file: Vec::new(),
         }
     }
 
@@ -232,9 +238,15 @@ impl StoreSettings {
         }
     }
 
-    /// A path setting, relative paths taken from the config file's directory.
+    /// A path setting: a relative one is taken from the configuration
+    /// file's directory when the file set it, from the working directory
+    /// when the environment or the command line did.
     pub fn path(&self, name: &str) -> Option<PathBuf> {
-        self.get(name).map(|v| self.base_dir.join(v))
+        let value = self.get(name)?;
+        Some(match self.from_file.contains(&name) {
+            true => self.file_dir.join(value),
+            false => PathBuf::from(value),
+        })
     }
 
     /// Removes a setting, for one that another layer reads.
@@ -416,14 +428,15 @@ pub fn parse_u64(setting: &str, v: &str) -> Result<u64, ConfigError> {
 /// Merges one store's settings: defaults, then the file's `backend.config`,
 /// then environment variables, then `-C key=value`; later sources win per
 /// key. Keys are matched against `table` in any of their spellings;
-/// anything else is an error.
+/// anything else is an error. `file_dir` is the configuration file's
+/// directory.
 pub fn merge_store_settings(
     storage_type: &'static str,
     table: &[&Setting],
     file: &BTreeMap<String, serde_yaml_ng::Value>,
     env: &dyn Fn(&str) -> Option<String>,
     cli: &[(String, String)],
-    base_dir: &Path,
+    file_dir: &Path,
 ) -> Result<StoreSettings, ConfigError> {
     let find = |key: &str| -> Result<&Setting, ConfigError> {
         table
@@ -461,13 +474,17 @@ pub fn merge_store_settings(
         }
         values.insert(setting.name, yaml_scalar(key, value)?);
     }
+    let mut from_file: Vec<&'static str> = seen.into_keys().collect();
     for s in table {
         if let Some(v) = s.env.iter().find_map(|name| env(name)) {
             values.insert(s.name, v);
+            from_file.retain(|n| *n != s.name);
         }
     }
     for (key, value) in cli {
-        values.insert(find(key)?.name, value.clone());
+        let name = find(key)?.name;
+        values.insert(name, value.clone());
+        from_file.retain(|n| *n != name);
     }
 
     let secrets = table.iter().filter(|s| s.secret).map(|s| s.name).collect();
@@ -475,7 +492,8 @@ pub fn merge_store_settings(
         storage_type,
         values,
         secrets,
-        base_dir: base_dir.to_path_buf(),
+        file_dir: file_dir.to_path_buf(),
+        from_file,
     })
 }
 

@@ -38,7 +38,7 @@ pub mod config;
 pub mod csrf;
 pub mod pages;
 
-pub use config::{FileUi, UiSettings};
+pub use config::UiSettings;
 
 /// The dashboard and its API, as handed to [`App::pages`].
 pub struct Dashboard {

@@ -1,25 +1,24 @@
 //! Configuration, in two stages as the seed Kusion document describes it:
 //! raw values close to the user's words (a YAML file with `listen:` and
 //! `backend: {storageType, config}`, environment variables, `-C key=value`
-//! and flags), merged per key in one function ([`resolve`]) where the command
-//! line beats the environment and the environment beats the file; then
-//! validated, typed [`Settings`]. Every mistake is a [`ConfigError`] naming
-//! the setting, so start-up stops with one clear line before anything
-//! listens.
+//! and flags), then validated, typed [`Settings`]. Every mistake is a
+//! [`ConfigError`] naming the setting, so start-up stops with one clear
+//! line before anything listens.
 //!
-//! Store settings are declared by each store as a table of [`Setting`]s
-//! (name, spellings from both seed documents, environment variables,
-//! secrecy, default) in the leaf module [`crate::settings`]. Unknown keys
-//! are errors, never silently ignored.
-//!
-//! Each section of the file that a lower layer reads becomes a typed
-//! struct of [`crate::settings`] ([`Limits`], [`TlsFiles`]) or of its own
-//! module (`auth`), so a new section lands as one more field here.
+//! Every server setting is one entry of [`table`]; [`sources`] reads any
+//! of them by the one precedence rule (flag, environment, file, default);
+//! [`resolve`] turns the values into typed settings. Store settings are
+//! declared by each store as a table of [`Setting`]s in the leaf module
+//! [`crate::settings`]. Unknown keys are errors, never silently ignored.
+//! [`reference`] writes the configuration reference from the tables.
+
+pub mod reference;
+pub mod sources;
+pub mod table;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -31,12 +30,11 @@ pub use crate::settings::{
     ConfigError, DEFAULT_MAX_BODY_BYTES, EncryptionSettings, KeySetting, KeySource, Limits,
     TlsFiles,
 };
-use crate::settings::{
-    Setting, StoreSettings, merge_store_settings, parse_bool, parse_duration, parse_u64,
-    yaml_scalar,
-};
+use crate::settings::{Setting, StoreSettings, merge_store_settings};
 use crate::state::key::check_workspace_key_prefix;
 use crate::stores::{self, Backend, COMMON_SETTINGS};
+pub use sources::{FileConfig, Sources};
+use table as t;
 
 /// `workspace_key_prefix`: where non-default workspaces live. Accepted at
 /// the top of the file and, as in Terraform's own backends, in
@@ -50,37 +48,6 @@ pub const WORKSPACE_KEY_PREFIX: Setting = Setting {
     help: "prefix of the object keys of non-default workspaces: <prefix>/<workspace>/<key>",
 };
 
-/// The configuration file, exactly as the user wrote it.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub listen: Option<String>,
-    pub admin_listen: Option<String>,
-    pub base_path: Option<String>,
-    pub trusted_proxies: Option<Vec<String>>,
-    pub client_ip_header: Option<String>,
-    pub tls: Option<FileTls>,
-    /// `none`, or the section [`FileAuth`] describes.
-    pub auth: Option<serde_yaml_ng::Value>,
-    pub audit_log: Option<String>,
-    pub max_body_bytes: Option<u64>,
-    pub max_lock_bytes: Option<serde_yaml_ng::Value>,
-    pub max_header_bytes: Option<serde_yaml_ng::Value>,
-    pub header_timeout: Option<serde_yaml_ng::Value>,
-    pub body_min_rate: Option<serde_yaml_ng::Value>,
-    pub idle_timeout: Option<serde_yaml_ng::Value>,
-    pub max_connections: Option<serde_yaml_ng::Value>,
-    pub shutdown_grace: Option<serde_yaml_ng::Value>,
-    pub log_format: Option<String>,
-    pub history_keep: Option<u64>,
-    pub workspace_key_prefix: Option<String>,
-    pub protect_lineage: Option<bool>,
-    pub encryption: Option<FileEncryption>,
-    pub backend: Option<FileBackend>,
-    /// The dashboard's section.
-    pub ui: Option<crate::ui::FileUi>,
-}
-
 /// Whether requests must authenticate.
 #[derive(Debug, Clone)]
 pub enum AuthSetting {
@@ -90,15 +57,6 @@ pub enum AuthSetting {
     Disabled,
     /// The section, to be checked and built by [`crate::auth::Auth::new`].
     Enabled(FileAuth),
-}
-
-/// The `tls:` block of the file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileTls {
-    pub cert: Option<String>,
-    pub key: Option<String>,
-    pub client_ca: Option<String>,
 }
 
 /// The `encryption:` block of the file.
@@ -122,53 +80,11 @@ pub struct FileKey {
     pub key: Option<serde_yaml_ng::Value>,
 }
 
-/// The `backend:` block of the file, as in the seed Kusion document.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileBackend {
-    #[serde(rename = "storageType", alias = "storage_type")]
-    pub storage_type: Option<String>,
-    #[serde(default)]
-    pub config: BTreeMap<String, serde_yaml_ng::Value>,
-}
-
-impl FileConfig {
-    /// Reads and parses a YAML configuration file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let file_error = |reason: String| ConfigError::File {
-            path: path.display().to_string(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-        if text.trim().is_empty() {
-            return Ok(FileConfig::default());
-        }
-        serde_yaml_ng::from_str(&text).map_err(|e| file_error(e.to_string()))
-    }
-}
-
-/// What the command line says; `None` means not given.
+/// What the command line says: the flags given, by flag name, and the
+/// store settings of `-C key=value`, in order.
 #[derive(Debug, Default, Clone)]
-pub struct CliOverrides {
-    pub listen: Option<String>,
-    pub admin_listen: Option<String>,
-    pub base_path: Option<String>,
-    /// Comma-separated CIDR ranges.
-    pub trusted_proxies: Option<String>,
-    /// `x-forwarded-for` or `forwarded`.
-    pub client_ip_header: Option<String>,
-    pub tls_cert: Option<String>,
-    pub tls_key: Option<String>,
-    pub tls_client_ca: Option<String>,
-    /// `--auth none`.
-    pub auth: Option<String>,
-    pub audit_log: Option<String>,
-    pub storage_type: Option<String>,
-    pub max_body_bytes: Option<u64>,
-    pub log_format: Option<String>,
-    /// Connection limits given as flags, by setting name (`header_timeout`).
-    pub limits: Vec<(&'static str, String)>,
-    /// `-C key=value`, in order.
+pub struct CommandLine {
+    pub flags: BTreeMap<&'static str, String>,
     pub store: Vec<(String, String)>,
 }
 
@@ -184,8 +100,13 @@ pub enum LogFormat {
 pub struct Settings {
     /// Where `serve` listens.
     pub listen: SocketAddr,
-    /// Where `/metrics` and `/readyz` are served instead, when set.
+    /// Where `/metrics` and `/readyz` are served instead, when set, at the
+    /// root of the address whatever `base_path` is.
     pub admin_listen: Option<SocketAddr>,
+    /// Serve the admin address over HTTPS with these files, when set. The
+    /// main address's `tls` does not apply there: probes and scrapers
+    /// need no client certificate.
+    pub admin_tls: Option<TlsFiles>,
     /// Every URL is served below this path (`/tfstate`), or at the root
     /// when empty; never ends in `/`.
     pub base_path: String,
@@ -220,206 +141,76 @@ pub struct Settings {
 
 /// Default listen address: loopback only, so a laptop run exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-/// Default number of versions kept per state.
-pub const DEFAULT_HISTORY_KEEP: u64 = 100;
 
 /// Merges the file, the environment and the command line into validated
 /// settings. `env` looks up an environment variable (injected for tests).
-/// `base_dir` is where relative store paths start.
 pub fn resolve(
-    mut file: FileConfig,
+    file: &FileConfig,
     env: &dyn Fn(&str) -> Option<String>,
-    cli: &CliOverrides,
-    base_dir: &Path,
+    cli: &CommandLine,
 ) -> Result<Settings, ConfigError> {
-    let file_backend = file.backend.take().unwrap_or_default();
-
-    let listen_text = cli
-        .listen
-        .clone()
-        .or_else(|| env("STATEGATE_LISTEN"))
-        .or(file.listen.take())
-        .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-    let listen = parse_listen("listen", &listen_text)?;
-    let admin_listen = cli
-        .admin_listen
-        .clone()
-        .or_else(|| env("STATEGATE_ADMIN_LISTEN"))
-        .or(file.admin_listen.take())
-        .filter(|a| !a.trim().is_empty())
-        .map(|a| parse_listen("admin_listen", &a))
+    let src = Sources {
+        flags: &cli.flags,
+        env,
+        file,
+    };
+    let listen = parse_listen(t::LISTEN.path, &required_text(&src, &t::LISTEN)?)?;
+    let admin_listen = src
+        .text(&t::ADMIN_LISTEN)?
+        .map(|a| parse_listen(t::ADMIN_LISTEN.path, &a))
         .transpose()?;
-    let base_path = cli
-        .base_path
-        .clone()
-        .or_else(|| env("STATEGATE_BASE_PATH"))
-        .or(file.base_path.take())
+    let base_path = src
+        .text(&t::BASE_PATH)?
         .map(|p| parse_base_path(&p))
         .transpose()?
         .unwrap_or_default();
-    let proxies: Vec<String> = match cli
-        .trusted_proxies
-        .clone()
-        .or_else(|| env("STATEGATE_TRUSTED_PROXIES"))
-    {
-        Some(list) => list.split(',').map(str::to_string).collect(),
-        None => file.trusted_proxies.take().unwrap_or_default(),
-    };
-    let file_tls = file.tls.take().unwrap_or_default();
-    let pick = |flag: &Option<String>, var: &str, from_file: Option<String>| {
-        flag.clone()
-            .or_else(|| env(var))
-            .or(from_file)
-            .filter(|v| !v.trim().is_empty())
-            .map(|v| base_dir.join(v))
-    };
-    let tls_cert = pick(&cli.tls_cert, "STATEGATE_TLS_CERT", file_tls.cert);
-    let tls_key = pick(&cli.tls_key, "STATEGATE_TLS_KEY", file_tls.key);
-    let client_ca = pick(
-        &cli.tls_client_ca,
-        "STATEGATE_TLS_CLIENT_CA",
-        file_tls.client_ca,
-    );
-    let tls = match (tls_cert, tls_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles {
-            cert,
-            key,
-            client_ca,
-        }),
-        (None, None) if client_ca.is_none() => None,
-        (None, None) => {
-            return Err(ConfigError::invalid(
-                "tls.client_ca",
-                "needs tls.cert and tls.key: client certificates are only asked for over TLS",
-            ));
-        }
-        (Some(_), None) => {
-            return Err(ConfigError::Missing {
-                setting: "tls.key".into(),
-                help: "the private key of tls.cert".into(),
-            });
-        }
-        (None, Some(_)) => {
-            return Err(ConfigError::Missing {
-                setting: "tls.cert".into(),
-                help: "the certificate of tls.key".into(),
-            });
-        }
-    };
-    let auth_word = cli.auth.clone().or_else(|| env("STATEGATE_AUTH"));
-    let auth = match (auth_word, file.auth.take()) {
-        (Some(word), _) if word.trim() == "none" => AuthSetting::Disabled,
-        (Some(word), _) => {
-            return Err(ConfigError::invalid(
-                "auth",
-                format!(
-                    "`{word}`: only `none` can be given here; put users and tokens in the config file"
-                ),
-            ));
-        }
-        (None, None) => AuthSetting::Unset,
-        (None, Some(serde_yaml_ng::Value::String(word))) if word.trim() == "none" => {
-            AuthSetting::Disabled
-        }
-        (None, Some(value)) => AuthSetting::Enabled(
-            serde_yaml_ng::from_value(value).map_err(|e| ConfigError::invalid("auth", e))?,
-        ),
-    };
-    if matches!(auth, AuthSetting::Unset) && !listen.ip().is_loopback() {
+    let tls = tls_files(&src, &t::TLS_CERT, &t::TLS_KEY, Some(&t::TLS_CLIENT_CA))?;
+    let admin_tls = tls_files(&src, &t::ADMIN_TLS_CERT, &t::ADMIN_TLS_KEY, None)?;
+    if admin_tls.is_some() && admin_listen.is_none() {
         return Err(ConfigError::invalid(
-            "auth",
-            format!(
-                "stategate would listen on {listen}, beyond this machine, with no auth section: anyone \
-                 reaching the port could read every state; add users or tokens, or set `auth: none` \
-                 (--auth none) to allow it"
-            ),
+            t::ADMIN_TLS_CERT.path,
+            "needs admin_listen: it is the admin address's certificate",
         ));
     }
-    let audit_log = cli
-        .audit_log
-        .clone()
-        .or_else(|| env("STATEGATE_AUDIT_LOG"))
-        .or(file.audit_log.take())
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| base_dir.join(p));
-    let trusted_proxies = proxies
+    let auth = resolve_auth(&src, listen)?;
+    let audit_log = src.path(&t::AUDIT_LOG)?;
+    let trusted_proxies = src
+        .list(&t::TRUSTED_PROXIES)?
         .iter()
-        .map(|p| p.trim())
-        .filter(|p| !p.is_empty())
-        .map(parse_cidr)
+        .map(|p| parse_cidr(p))
         .collect::<Result<Vec<_>, _>>()?;
-
-    let client_ip_header = match cli
-        .client_ip_header
-        .clone()
-        .or_else(|| env("STATEGATE_CLIENT_IP_HEADER"))
-        .or(file.client_ip_header.take())
-    {
-        None => crate::protocol::ClientIpHeader::default(),
-        Some(name) => crate::protocol::ClientIpHeader::parse(&name).ok_or_else(|| {
-            ConfigError::invalid(
-                "client_ip_header",
-                format!("`{name}` is not x-forwarded-for or forwarded"),
-            )
-        })?,
-    };
-
-    let max_body_bytes = match cli.max_body_bytes {
-        Some(v) => v,
-        None => match env("STATEGATE_MAX_BODY_BYTES") {
-            Some(v) => parse_u64("max_body_bytes", &v)?,
-            None => file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
-        },
-    };
-    if max_body_bytes == 0 {
-        return Err(ConfigError::invalid(
-            "max_body_bytes",
-            "must be greater than 0",
-        ));
-    }
-    let limits = resolve_limits(&file, env, cli, max_body_bytes)?;
-
-    let log_text = cli
-        .log_format
-        .clone()
-        .or_else(|| env("STATEGATE_LOG_FORMAT"))
-        .or(file.log_format.take())
-        .unwrap_or_else(|| "text".to_string());
-    let log_format = match log_text.as_str() {
+    let header = required_text(&src, &t::CLIENT_IP_HEADER)?;
+    let client_ip_header = crate::protocol::ClientIpHeader::parse(&header).ok_or_else(|| {
+        ConfigError::invalid(
+            t::CLIENT_IP_HEADER.path,
+            format!("`{header}` is not x-forwarded-for or forwarded"),
+        )
+    })?;
+    let limits = resolve_limits(&src)?;
+    let log_format = match required_text(&src, &t::LOG_FORMAT)?.as_str() {
         "text" => LogFormat::Text,
         "json" => LogFormat::Json,
         other => {
             return Err(ConfigError::invalid(
-                "log_format",
+                t::LOG_FORMAT.path,
                 format!("`{other}` is not text or json"),
             ));
         }
     };
-
-    let history_keep = match env("STATEGATE_HISTORY_KEEP") {
-        Some(v) => parse_u64("history_keep", &v)?,
-        None => file.history_keep.unwrap_or(DEFAULT_HISTORY_KEEP),
-    };
-    let protect_lineage = match env("STATEGATE_PROTECT_LINEAGE") {
-        Some(v) => parse_bool(&v).ok_or_else(|| {
-            ConfigError::invalid("protect_lineage", format!("`{v}` is not true or false"))
-        })?,
-        None => file.protect_lineage.unwrap_or(true),
-    };
-
+    let history_keep = required(&src, &t::HISTORY_KEEP, Sources::number)?;
+    let protect_lineage = required(&src, &t::PROTECT_LINEAGE, Sources::bool)?;
     let encryption = file
         .encryption
-        .take()
-        .map(|e| resolve_encryption(e, base_dir))
-        .transpose()?;
-    let ui = crate::ui::UiSettings::resolve(file.ui.take(), env)?;
-
-    let type_name = cli
-        .storage_type
         .clone()
-        .or_else(|| env("STATEGATE_STORAGE_TYPE"))
-        .or(file_backend.storage_type)
-        .unwrap_or_else(|| "local".to_string());
+        .map(|value| {
+            let section: FileEncryption = serde_yaml_ng::from_value(value)
+                .map_err(|e| ConfigError::invalid("encryption", e))?;
+            resolve_encryption(section, &file.dir)
+        })
+        .transpose()?;
+    let ui = resolve_ui(&src)?;
+
+    let type_name = required_text(&src, &t::STORAGE_TYPE)?;
     let backend = stores::backend(&type_name).ok_or_else(|| {
         let known: Vec<_> = stores::backends().iter().map(|b| b.name).collect();
         ConfigError::invalid(
@@ -438,24 +229,31 @@ pub fn resolve(
         .chain(COMMON_SETTINGS)
         .chain(std::iter::once(&PREFIX))
         .collect();
-    let mut file_store = file_backend.config;
-    if let Some(top) = file.workspace_key_prefix.take() {
+    let mut file_store = file.backend_config.clone();
+    if let Some(top) = file.workspace_key_prefix.clone() {
         if let Some(key) = file_store.keys().find(|k| PREFIX.answers_to(k)) {
             return Err(ConfigError::invalid(
                 PREFIX.name,
                 format!("set twice in the file (at the top and as backend.config.{key})"),
             ));
         }
-        file_store.insert(PREFIX.name.to_string(), serde_yaml_ng::Value::String(top));
+        file_store.insert(PREFIX.name.to_string(), top);
     }
-    let mut store =
-        merge_store_settings(backend.name, &table, &file_store, env, &cli.store, base_dir)?;
+    let mut store = merge_store_settings(
+        backend.name,
+        &table,
+        &file_store,
+        env,
+        &cli.store,
+        &file.backend_dir,
+    )?;
     let workspace_key_prefix = store.take(PREFIX.name).unwrap_or_default();
     check_workspace_key_prefix(&workspace_key_prefix)
         .map_err(|e| ConfigError::invalid(PREFIX.name, e))?;
     Ok(Settings {
         listen,
         admin_listen,
+        admin_tls,
         base_path,
         trusted_proxies,
         client_ip_header,
@@ -471,6 +269,143 @@ pub fn resolve(
         backend,
         store,
         ui,
+    })
+}
+
+/// A setting that has a default, so is always set.
+fn required<'a, T>(
+    src: &Sources<'a>,
+    s: &t::ServerSetting,
+    read: impl Fn(&Sources<'a>, &t::ServerSetting) -> Result<Option<T>, ConfigError>,
+) -> Result<T, ConfigError> {
+    read(src, s)?.ok_or_else(|| ConfigError::Missing {
+        setting: s.path.to_string(),
+        help: s.help.to_string(),
+    })
+}
+
+fn required_text(src: &Sources, s: &t::ServerSetting) -> Result<String, ConfigError> {
+    required(src, s, Sources::text)
+}
+
+/// A certificate and its key, both or neither; `client_ca` needs them.
+fn tls_files(
+    src: &Sources,
+    cert: &t::ServerSetting,
+    key: &t::ServerSetting,
+    client_ca: Option<&t::ServerSetting>,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    let client_ca_path = client_ca.map(|s| src.path(s)).transpose()?.flatten();
+    match (src.path(cert)?, src.path(key)?) {
+        (Some(cert_file), Some(key_file)) => Ok(Some(TlsFiles {
+            section: cert
+                .path
+                .split_once('.')
+                .map_or(cert.path, |(section, _)| section),
+            cert: cert_file,
+            key: key_file,
+            client_ca: client_ca_path,
+        })),
+        (None, None) => match client_ca {
+            Some(ca) if client_ca_path.is_some() => Err(ConfigError::invalid(
+                ca.path,
+                format!(
+                    "needs {} and {}: client certificates are only asked for over TLS",
+                    cert.path, key.path
+                ),
+            )),
+            _ => Ok(None),
+        },
+        (Some(_), None) => Err(ConfigError::Missing {
+            setting: key.path.into(),
+            help: format!("the private key of {}", cert.path),
+        }),
+        (None, Some(_)) => Err(ConfigError::Missing {
+            setting: cert.path.into(),
+            help: format!("the certificate of {}", key.path),
+        }),
+    }
+}
+
+/// `auth`: `none` from a flag, the environment or the file, or the
+/// file's section; no section is allowed only on loopback.
+fn resolve_auth(src: &Sources, listen: SocketAddr) -> Result<AuthSetting, ConfigError> {
+    let word = src
+        .flags
+        .get(t::AUTH.flag)
+        .cloned()
+        .or_else(|| (src.env)(t::AUTH.env));
+    let auth = match (word, src.file.auth.clone()) {
+        (Some(word), _) if word.trim() == "none" => AuthSetting::Disabled,
+        (Some(word), _) => {
+            return Err(ConfigError::invalid(
+                "auth",
+                format!(
+                    "`{word}`: only `none` can be given here; put users and tokens in the config file"
+                ),
+            ));
+        }
+        (None, None | Some(serde_yaml_ng::Value::Null)) => AuthSetting::Unset,
+        (None, Some(serde_yaml_ng::Value::String(word))) if word.trim() == "none" => {
+            AuthSetting::Disabled
+        }
+        (None, Some(value)) => AuthSetting::Enabled(
+            serde_yaml_ng::from_value(value).map_err(|e| ConfigError::invalid("auth", e))?,
+        ),
+    };
+    if matches!(auth, AuthSetting::Unset) && !listen.ip().is_loopback() {
+        return Err(ConfigError::invalid(
+            "auth",
+            format!(
+                "stategate would listen on {listen}, beyond this machine, with no auth section: anyone \
+                 reaching the port could read every state; add users or tokens, or set `auth: none` \
+                 (--auth none) to allow it"
+            ),
+        ));
+    }
+    Ok(auth)
+}
+
+/// The `ui:` settings, checked.
+fn resolve_ui(src: &Sources) -> Result<crate::ui::UiSettings, ConfigError> {
+    const MIN_KEY_BYTES: usize = 32;
+    let csrf_key = src.text(&t::UI_CSRF_KEY)?;
+    if let Some(key) = &csrf_key
+        && key.len() < MIN_KEY_BYTES
+    {
+        return Err(ConfigError::invalid(
+            t::UI_CSRF_KEY.path,
+            format!(
+                "must be at least {MIN_KEY_BYTES} characters (a long random string shared by every replica)"
+            ),
+        ));
+    }
+    let at_least_one = |s: &t::ServerSetting| {
+        let v = required(src, s, Sources::number)?;
+        match v {
+            0 => Err(ConfigError::invalid(s.path, "must be at least 1")),
+            v => Ok(v),
+        }
+    };
+    let mut hosts = Vec::new();
+    for host in src.list(&t::UI_HOSTS)? {
+        let host = host.to_ascii_lowercase();
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            return Err(ConfigError::invalid(
+                t::UI_HOSTS.path,
+                format!("`{host}` is not a host name (write names without scheme or port)"),
+            ));
+        }
+        hosts.push(host);
+    }
+    Ok(crate::ui::UiSettings {
+        csrf_key: csrf_key.map(String::into_bytes),
+        stale_lock_hours: at_least_one(&t::UI_STALE_LOCK_HOURS)?,
+        hosts,
+        max_view_bytes: at_least_one(&t::UI_MAX_VIEW_BYTES)?,
     })
 }
 
@@ -579,77 +514,35 @@ fn parse_cidr(text: &str) -> Result<ipnet::IpNet, ConfigError> {
         })
 }
 
-/// Picks one limit's text: flag, then environment, then file.
-fn limit_text(
-    name: &'static str,
-    file: &Option<serde_yaml_ng::Value>,
-    env: &dyn Fn(&str) -> Option<String>,
-    cli: &CliOverrides,
-) -> Result<Option<String>, ConfigError> {
-    if let Some((_, v)) = cli.limits.iter().rev().find(|(n, _)| *n == name) {
-        return Ok(Some(v.clone()));
-    }
-    if let Some(v) = env(&format!("STATEGATE_{}", name.to_ascii_uppercase())) {
-        return Ok(Some(v));
-    }
-    file.as_ref().map(|v| yaml_scalar(name, v)).transpose()
-}
-
-fn resolve_limits(
-    file: &FileConfig,
-    env: &dyn Fn(&str) -> Option<String>,
-    cli: &CliOverrides,
-    max_body_bytes: u64,
-) -> Result<Limits, ConfigError> {
-    let d = Limits::default();
-    let count = |name, file: &Option<serde_yaml_ng::Value>, default: u64, min: u64| {
-        let v = match limit_text(name, file, env, cli)? {
-            Some(t) => parse_u64(name, &t)?,
-            None => default,
-        };
+/// The connection limits, each checked against its floor.
+fn resolve_limits(src: &Sources) -> Result<Limits, ConfigError> {
+    let count = |s: &t::ServerSetting, min: u64| {
+        let v = required(src, s, Sources::number)?;
         if v < min {
             return Err(ConfigError::invalid(
-                name,
+                s.path,
                 format!("must be at least {min}"),
             ));
         }
         Ok(v)
     };
-    let duration = |name, file: &Option<serde_yaml_ng::Value>, default: Duration| {
-        let v = match limit_text(name, file, env, cli)? {
-            Some(t) => parse_duration(name, &t)?,
-            None => default,
-        };
+    let duration = |s: &t::ServerSetting| {
+        let v = required(src, s, Sources::duration)?;
         if v.is_zero() {
-            return Err(ConfigError::invalid(name, "must be longer than 0"));
+            return Err(ConfigError::invalid(s.path, "must be longer than 0"));
         }
         Ok(v)
     };
     Ok(Limits {
-        max_body_bytes,
-        max_lock_bytes: count(
-            "max_lock_bytes",
-            &file.max_lock_bytes,
-            d.max_lock_bytes,
-            256,
-        )?,
+        max_body_bytes: count(&t::MAX_BODY_BYTES, 1)?,
+        max_lock_bytes: count(&t::MAX_LOCK_BYTES, 256)?,
         // hyper's read buffer cannot be smaller than 8 KiB.
-        max_header_bytes: count(
-            "max_header_bytes",
-            &file.max_header_bytes,
-            d.max_header_bytes as u64,
-            8192,
-        )? as usize,
-        header_timeout: duration("header_timeout", &file.header_timeout, d.header_timeout)?,
-        body_min_rate: count("body_min_rate", &file.body_min_rate, d.body_min_rate, 0)?,
-        idle_timeout: duration("idle_timeout", &file.idle_timeout, d.idle_timeout)?,
-        max_connections: count(
-            "max_connections",
-            &file.max_connections,
-            d.max_connections as u64,
-            1,
-        )? as usize,
-        shutdown_grace: duration("shutdown_grace", &file.shutdown_grace, d.shutdown_grace)?,
+        max_header_bytes: count(&t::MAX_HEADER_BYTES, 8192)? as usize,
+        header_timeout: duration(&t::HEADER_TIMEOUT)?,
+        body_min_rate: count(&t::BODY_MIN_RATE, 0)?,
+        idle_timeout: duration(&t::IDLE_TIMEOUT)?,
+        max_connections: count(&t::MAX_CONNECTIONS, 1)? as usize,
+        shutdown_grace: duration(&t::SHUTDOWN_GRACE)?,
     })
 }
 
@@ -664,36 +557,33 @@ pub fn parse_override(arg: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn no_env(_: &str) -> Option<String> {
         None
     }
 
     fn file(yaml: &str) -> FileConfig {
-        serde_yaml_ng::from_str(yaml).unwrap()
+        FileConfig::parse(yaml, PathBuf::from(".")).unwrap()
+    }
+
+    fn flags(pairs: &[(&'static str, &str)]) -> CommandLine {
+        CommandLine {
+            flags: pairs.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+            store: Vec::new(),
+        }
     }
 
     /// Why a configuration file alone is refused.
     fn refusal(yaml: &str) -> String {
-        resolve(
-            file(yaml),
-            &no_env,
-            &CliOverrides::default(),
-            Path::new("."),
-        )
-        .unwrap_err()
-        .to_string()
+        resolve(&file(yaml), &no_env, &CommandLine::default())
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
     fn defaults_are_local_on_loopback() {
-        let s = resolve(
-            FileConfig::default(),
-            &no_env,
-            &CliOverrides::default(),
-            Path::new("."),
-        )
-        .unwrap();
+        let s = resolve(&FileConfig::default(), &no_env, &CommandLine::default()).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(s.backend.name, "local");
         assert_eq!(s.store.get("path"), Some("./stategate-data"));
@@ -710,20 +600,14 @@ mod tests {
         let f = file(
             "base_path: /tfstate/\ntrusted_proxies: [10.0.0.0/8, 127.0.0.1]\nadmin_listen: 127.0.0.1:9090\n",
         );
-        let s = resolve(f, &no_env, &CliOverrides::default(), Path::new(".")).unwrap();
+        let s = resolve(&f, &no_env, &CommandLine::default()).unwrap();
         assert_eq!(s.base_path, "/tfstate");
         assert_eq!(s.trusted_proxies.len(), 2);
         assert!(s.trusted_proxies[1].contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap()));
         assert_eq!(s.admin_listen.unwrap().port(), 9090);
         let env =
             |k: &str| (k == "STATEGATE_TRUSTED_PROXIES").then(|| "192.168.0.0/16, ::1".to_string());
-        let s = resolve(
-            FileConfig::default(),
-            &env,
-            &CliOverrides::default(),
-            Path::new("."),
-        )
-        .unwrap();
+        let s = resolve(&FileConfig::default(), &env, &CommandLine::default()).unwrap();
         assert_eq!(s.trusted_proxies.len(), 2);
         assert_eq!(s.base_path, "");
         for (yaml, setting) in [
@@ -747,11 +631,8 @@ mod tests {
             "STATEGATE_MAX_LOCK_BYTES" => Some("1000".to_string()),
             _ => None,
         };
-        let cli = CliOverrides {
-            limits: vec![("max_connections", "9".into())],
-            ..Default::default()
-        };
-        let s = resolve(f, &env, &cli, Path::new(".")).unwrap();
+        let cli = flags(&[("max-connections", "9")]);
+        let s = resolve(&f, &env, &cli).unwrap();
         assert_eq!(s.limits.header_timeout, Duration::from_millis(500));
         assert_eq!(s.limits.idle_timeout, Duration::from_secs(120));
         assert_eq!(s.limits.max_connections, 9);
@@ -772,28 +653,30 @@ mod tests {
 
     #[test]
     fn command_line_beats_environment_beats_file() {
-        let f = file(
+        let f = FileConfig::parse(
             "listen: 127.0.0.1:1\nbackend:\n  storageType: sqlite\n  config:\n    path: from-file.db\n    workspace_key_prefix: filews\n",
-        );
+            PathBuf::from("/base"),
+        )
+        .unwrap();
         let env = |k: &str| match k {
             "STATEGATE_LISTEN" => Some("127.0.0.1:2".to_string()),
             "STATEGATE_SQLITE_PATH" => Some("from-env.db".to_string()),
             "STATEGATE_WORKSPACE_KEY_PREFIX" => Some("envws".to_string()),
             _ => None,
         };
-        let cli = CliOverrides {
-            listen: Some("127.0.0.1:3".into()),
-            store: vec![("path".into(), "from-cli.db".into())],
-            ..Default::default()
-        };
-        let s = resolve(f, &env, &cli, Path::new("/base")).unwrap();
+        let mut cli = flags(&[("listen", "127.0.0.1:3")]);
+        let s = resolve(&f, &no_env, &cli).unwrap();
+        assert_eq!(
+            s.store.path("path"),
+            Some(PathBuf::from("/base/from-file.db"))
+        );
+        cli.store = vec![("path".into(), "from-cli.db".into())];
+        let s = resolve(&f, &env, &cli).unwrap();
         assert_eq!(s.listen.port(), 3);
         assert_eq!(s.backend.name, "sqlite");
         assert_eq!(s.store.get("path"), Some("from-cli.db"));
-        assert_eq!(
-            s.store.path("path"),
-            Some(PathBuf::from("/base/from-cli.db"))
-        );
+        // Typed where the command runs, so taken from there.
+        assert_eq!(s.store.path("path"), Some(PathBuf::from("from-cli.db")));
         assert_eq!(s.workspace_key_prefix, "envws");
     }
 
@@ -801,17 +684,17 @@ mod tests {
     fn environment_beats_file_when_no_flag() {
         let f = file("listen: 127.0.0.1:1\n");
         let env = |k: &str| (k == "STATEGATE_LISTEN").then(|| "127.0.0.1:2".to_string());
-        let s = resolve(f, &env, &CliOverrides::default(), Path::new(".")).unwrap();
+        let s = resolve(&f, &env, &CommandLine::default()).unwrap();
         assert_eq!(s.listen.port(), 2);
     }
 
     #[test]
     fn unknown_store_key_is_named() {
-        let cli = CliOverrides {
+        let cli = CommandLine {
             store: vec![("bucket".into(), "x".into())],
             ..Default::default()
         };
-        let err = resolve(FileConfig::default(), &no_env, &cli, Path::new(".")).unwrap_err();
+        let err = resolve(&FileConfig::default(), &no_env, &cli).unwrap_err();
         assert!(
             matches!(&err, ConfigError::Unknown { setting, .. } if setting == "bucket"),
             "{err}"
@@ -821,17 +704,99 @@ mod tests {
 
     #[test]
     fn unknown_file_key_is_refused() {
-        let err = serde_yaml_ng::from_str::<FileConfig>("listne: x\n").unwrap_err();
-        assert!(err.to_string().contains("listne"), "{err}");
+        for (yaml, key) in [
+            ("listne: x\n", "`listne`"),
+            ("tls:\n  cret: a\n", "`tls.cret`"),
+            ("backend:\n  storagetype: s3\n", "`backend.storagetype`"),
+        ] {
+            let err = FileConfig::parse(yaml, PathBuf::from(".")).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        let err = FileConfig::parse("listen: [a, b]\n", PathBuf::from(".")).unwrap_err();
+        assert!(err.to_string().starts_with("setting `listen`"), "{err}");
+    }
+
+    #[test]
+    fn relative_files_start_where_they_were_written() {
+        let f = FileConfig::parse(
+            "tls:\n  cert: c.pem\n  key: k.pem\naudit_log: audit.jsonl\n",
+            PathBuf::from("/etc/stategate"),
+        )
+        .unwrap();
+        let s = resolve(&f, &no_env, &flags(&[("tls-key", "here.pem")])).unwrap();
+        let tls = s.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/etc/stategate/c.pem"));
+        assert_eq!(tls.key, PathBuf::from("here.pem"));
+        assert_eq!(
+            s.audit_log,
+            Some(PathBuf::from("/etc/stategate/audit.jsonl"))
+        );
+    }
+
+    #[test]
+    fn ui_settings_are_read_and_checked() {
+        let s = resolve(&FileConfig::default(), &no_env, &CommandLine::default()).unwrap();
+        assert_eq!(s.ui.stale_lock_hours, 4);
+        assert_eq!(s.ui.max_view_bytes, 16 * 1024 * 1024);
+        assert!(s.ui.csrf_key.is_none());
+        let env = |k: &str| (k == "STATEGATE_UI_MAX_VIEW_BYTES").then(|| "1024".to_string());
+        let s = resolve(&FileConfig::default(), &env, &CommandLine::default()).unwrap();
+        assert_eq!(s.ui.max_view_bytes, 1024);
+        let s = resolve(
+            &file("ui:\n  hosts: [TF.example.com]\n"),
+            &no_env,
+            &CommandLine::default(),
+        )
+        .unwrap();
+        assert_eq!(s.ui.hosts, ["tf.example.com"]);
+        let s = resolve(
+            &FileConfig::default(),
+            &no_env,
+            &flags(&[("ui-hosts", "a.example, b.example")]),
+        )
+        .unwrap();
+        assert_eq!(s.ui.hosts, ["a.example", "b.example"]);
+        for (yaml, setting) in [
+            ("ui:\n  max_view_bytes: 0\n", "ui.max_view_bytes"),
+            ("ui:\n  csrf_key: short\n", "ui.csrf_key"),
+            ("ui:\n  hosts: [https://tf.example.com]\n", "ui.hosts"),
+        ] {
+            let e = refusal(yaml);
+            assert!(
+                e.starts_with(&format!("setting `{setting}`")),
+                "{yaml}: {e}"
+            );
+        }
+        let s = resolve(
+            &file(&format!("ui:\n  csrf_key: {}\n", "k".repeat(40))),
+            &no_env,
+            &CommandLine::default(),
+        )
+        .unwrap();
+        let debug = format!("{:?}", s.ui);
+        assert!(!debug.contains("kkkk"), "{debug}");
+    }
+
+    #[test]
+    fn the_admin_address_has_its_own_certificate() {
+        let s = resolve(
+            &file("admin_listen: 127.0.0.1:9090\nadmin_tls:\n  cert: a.pem\n  key: b.pem\n"),
+            &no_env,
+            &CommandLine::default(),
+        )
+        .unwrap();
+        assert_eq!(s.admin_tls.unwrap().cert, PathBuf::from("./a.pem"));
+        assert!(s.tls.is_none());
+        let e = refusal("admin_tls:\n  cert: a.pem\n  key: b.pem\n");
+        assert!(e.contains("needs admin_listen"), "{e}");
+        let e = refusal("admin_listen: 127.0.0.1:9090\nadmin_tls:\n  cert: a.pem\n");
+        assert!(e.contains("admin_tls.key"), "{e}");
     }
 
     #[test]
     fn unknown_storage_type_is_named() {
-        let cli = CliOverrides {
-            storage_type: Some("floppy".into()),
-            ..Default::default()
-        };
-        let err = resolve(FileConfig::default(), &no_env, &cli, Path::new(".")).unwrap_err();
+        let cli = flags(&[("storage-type", "floppy")]);
+        let err = resolve(&FileConfig::default(), &no_env, &cli).unwrap_err();
         assert!(
             err.to_string().contains("storageType") && err.to_string().contains("floppy"),
             "{err}"
@@ -840,11 +805,8 @@ mod tests {
 
     #[test]
     fn bad_listen_is_named() {
-        let cli = CliOverrides {
-            listen: Some("nowhere".into()),
-            ..Default::default()
-        };
-        let err = resolve(FileConfig::default(), &no_env, &cli, Path::new(".")).unwrap_err();
+        let cli = flags(&[("listen", "nowhere")]);
+        let err = resolve(&FileConfig::default(), &no_env, &cli).unwrap_err();
         assert!(err.to_string().starts_with("setting `listen`"), "{err}");
     }
 
@@ -852,24 +814,23 @@ mod tests {
     fn both_spellings_in_one_file_are_refused() {
         let f =
             file("backend:\n  config:\n    workspace_key_prefix: a\n    workspaceKeyPrefix: b\n");
-        let err = resolve(f, &no_env, &CliOverrides::default(), Path::new(".")).unwrap_err();
+        let err = resolve(&f, &no_env, &CommandLine::default()).unwrap_err();
         assert!(err.to_string().contains("set twice"), "{err}");
     }
 
     #[test]
     fn yaml_numbers_and_bools_become_values() {
         let f = file("backend:\n  config:\n    allow_unsafe_locks: true\n");
-        let s = resolve(f, &no_env, &CliOverrides::default(), Path::new(".")).unwrap();
+        let s = resolve(&f, &no_env, &CommandLine::default()).unwrap();
         assert_eq!(s.store.bool("allow_unsafe_locks"), Ok(true));
     }
 
     #[test]
     fn workspace_key_prefix_is_a_top_level_setting_checked_once() {
         let s = resolve(
-            file("workspace_key_prefix: \"env:\"\n"),
+            &file("workspace_key_prefix: \"env:\"\n"),
             &no_env,
-            &CliOverrides::default(),
-            Path::new("."),
+            &CommandLine::default(),
         )
         .unwrap();
         assert_eq!(s.workspace_key_prefix, "env:");
