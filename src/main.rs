@@ -5,20 +5,19 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::Parser;
-use stategate::config::{LogFormat, Settings};
+use stategate::config::{CommandLine, LogFormat, Settings};
 
 mod cli;
 
-use cli::{Cli, Command};
+use cli::Command;
 
 fn main() -> ExitCode {
-    let args = Cli::parse();
+    let (args, line) = cli::args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(args.command, line)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("stategate: {e:#}");
@@ -27,45 +26,38 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Cli) -> Result<()> {
+async fn run(command: Command, line: CommandLine) -> Result<()> {
     // Making credentials needs no configuration (it may not be written yet).
-    match args.command {
-        Command::HashPassword => return cli::hash_password(),
-        Command::Token(cmd) => return cli::token(cmd),
-        Command::GenKey { file } => return cli::gen_key(file.as_deref()),
+    match command {
+        Command::HashPassword => return cli::keys::hash_password(),
+        Command::Token(cmd) => return cli::keys::token(cmd),
+        Command::GenKey { file } => return cli::keys::gen_key(file.as_deref()),
         Command::Loadtest(args) => {
             init_plain_logging();
-            return cli::loadtest(args).await;
+            return cli::loadtest::loadtest(args).await;
         }
-        Command::Migrate {
-            from,
-            to,
-            prefix,
-            with_history,
-            dry_run,
-            overwrite,
-        } => {
+        Command::Migrate(args) => {
             init_plain_logging();
-            return cli::migrate(&from, &to, &prefix, with_history, dry_run, overwrite).await;
+            return cli::migrate::migrate(args).await;
         }
         _ => {}
     }
-    let settings = cli::load_settings(&args.config)?;
-    init_logging(&settings, matches!(args.command, Command::Serve));
-    match args.command {
-        Command::Serve => cli::serve(settings, args.config).await,
-        Command::Check => cli::check(&settings).await,
-        Command::State(cmd) => cli::state(&settings, cmd).await,
-        Command::Lock(cmd) => cli::lock(&settings, cmd).await,
-        Command::Rekey => cli::rekey(&settings).await,
+    let settings = cli::load_settings(&line)?;
+    init_logging(&settings, matches!(command, Command::Serve));
+    match command {
+        Command::Serve => cli::serve::serve(settings, line).await,
+        Command::Check => cli::serve::check(&settings).await,
+        Command::State(cmd) => cli::state::state(&settings, cmd).await,
+        Command::Lock(cmd) => cli::state::lock(&settings, cmd).await,
+        Command::Rekey => cli::keys::rekey(&settings).await,
         #[cfg(feature = "db")]
         Command::MigrateFromTerraformPg(args) => {
-            cli::migrate_from_terraform_pg(&settings, args).await
+            cli::migrate::migrate_from_terraform_pg(&settings, args).await
         }
         Command::HashPassword
         | Command::Token(_)
         | Command::GenKey { .. }
-        | Command::Migrate { .. }
+        | Command::Migrate(_)
         | Command::Loadtest(_) => {
             unreachable!("handled above")
         }

@@ -706,6 +706,38 @@ pub async fn open(backend: &'static Backend, settings: StoreSettings) -> Result<
     })
 }
 
+/// What is missing when the configured store does not exist yet: a local
+/// directory, a SQLite file, or a database without stategate's tables.
+/// Only `serve` (and a migration into it) creates a store, so the other
+/// commands ask this first instead of making an empty one where a wrong
+/// path points. Buckets are checked when the store is opened.
+pub async fn missing(
+    backend: &'static Backend,
+    settings: &StoreSettings,
+) -> Result<Option<String>, OpenError> {
+    Ok(match backend.name {
+        "local" => {
+            let root = local::LocalConfig::from_settings(settings)?.root;
+            (!root.is_dir()).then(|| format!("the directory {} does not exist", root.display()))
+        }
+        "sqlite" => {
+            let path = sqlite::SqliteConfig::from_settings(settings)?.path;
+            let exists = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
+            (!exists).then(|| format!("the SQLite file {} does not exist", path.display()))
+        }
+        #[cfg(feature = "db")]
+        "db" => {
+            let config = db::DbConfig::from_settings(settings)?;
+            let prefix = config.table_prefix.clone();
+            db::DbStore::open_read_only(config)
+                .await?
+                .is_none()
+                .then(|| format!("the database has no stategate tables ({prefix}*)"))
+        }
+        _ => None,
+    })
+}
+
 /// Opens the configured store for reading only (a dry run): no probe, and
 /// nothing created or changed, so read-only credentials will do. A local
 /// directory or SQLite file that does not exist yet, or an empty SQLite

@@ -214,6 +214,7 @@ fn sigterm_finishes_requests_in_flight() {
 #[test]
 fn check_probes_the_store() {
     let peer = LocalPeer::new();
+    std::fs::create_dir_all(peer.root()).unwrap();
     let out = stategate_ok(&peer, &["check"]);
     assert!(
         out.contains("conditional create of an existing object: refused"),
@@ -256,6 +257,7 @@ fn operator_actions_name_the_local_user_without_a_user_variable() {
         state_doc("a6000000-0000-4000-8000-000000000001", 1, "op"),
     )
     .unwrap();
+    std::fs::create_dir_all(peer.root()).unwrap();
     // Under cron, `sudo` or in a container, no USER or LOGNAME may be set.
     let out = Command::new(bin())
         .args(["state", "push", "ops/app", body.to_str().unwrap()])

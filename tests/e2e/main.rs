@@ -16,6 +16,7 @@ mod auth;
 mod cli;
 #[cfg(all(feature = "s3", feature = "oss"))]
 mod cloud_races;
+mod configuration;
 mod crash;
 #[cfg(feature = "db")]
 mod db;

@@ -1,0 +1,226 @@
+//! `migrate` (every state from one configured store to another) and
+//! `migrate-from-terraform-pg` (every workspace of Terraform's own `pg`
+//! backend into the configured store).
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use stategate::config::{self, CommandLine, FileConfig, Settings};
+use stategate::migrate;
+
+use super::args::MigrateArgs;
+#[cfg(feature = "db")]
+use super::args::MigratePgArgs;
+#[cfg(feature = "db")]
+use super::state::{operator_audit, operator_fields};
+use super::{Create, open_states, open_states_for_reading};
+
+/// Settings from one whole configuration file (`migrate --from/--to`):
+/// the environment is not read, so one variable cannot apply to both
+/// stores; relative paths start at the file's directory.
+fn settings_of_file(path: &Path) -> Result<Settings> {
+    let file = FileConfig::load(path)?;
+    config::resolve(&file, &|_| None, &CommandLine::default())
+        .with_context(|| format!("{}", path.display()))
+}
+
+/// `stategate migrate`.
+pub async fn migrate(args: MigrateArgs) -> Result<()> {
+    let MigrateArgs {
+        from,
+        to,
+        prefix,
+        with_history,
+        dry_run,
+        overwrite,
+    } = args;
+    let (from, to, prefix) = (from.as_path(), to.as_path(), prefix.as_str());
+    // A dry run only reads: no probe, nothing created, read-only
+    // credentials suffice. A real run creates its target, never its source.
+    let open = |path: &Path, create: Create| {
+        let settings = settings_of_file(path);
+        async move {
+            let settings = settings?;
+            match dry_run {
+                true => open_states_for_reading(&settings).await,
+                false => open_states(&settings, create)
+                    .await
+                    .map(|(states, _)| states),
+            }
+        }
+    };
+    let source = open(from, Create::No)
+        .await
+        .with_context(|| format!("--from {}", from.display()))?;
+    let target = open(to, Create::Yes)
+        .await
+        .with_context(|| format!("--to {}", to.display()))?;
+    let states = source.list(prefix).await?;
+    let bar = indicatif::ProgressBar::new(states.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} states {msg}")
+            .expect("progress template"),
+    );
+    let lock = serde_json::json!({
+        "ID": "stategate-migrate",
+        "Operation": "migrate",
+        "Info": format!("stategate migrate to {}", to.display()),
+        "Who": format!("stategate-migrate@{}", hostname()),
+        "Version": env!("CARGO_PKG_VERSION"),
+        "Created": time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        "Path": "",
+    })
+    .to_string();
+    let mut rows = Vec::new();
+    let mut total_bytes = 0u64;
+    for summary in states {
+        let state = summary.state;
+        let copied = migrate::migrate_state(
+            &source,
+            &target,
+            &state,
+            with_history,
+            dry_run,
+            overwrite,
+            lock.as_bytes(),
+        )
+        .await
+        .with_context(|| format!("{state}"))?;
+        if let migrate::Copied::Written { bytes, .. } | migrate::Copied::WouldWrite { bytes, .. } =
+            copied
+        {
+            total_bytes += bytes;
+        }
+        bar.inc(1);
+        bar.set_message(format!("{total_bytes} bytes"));
+        rows.push((state, copied));
+    }
+    bar.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<40} {:<12} {:<13} {:>8} {:>12}  NOTE",
+        "KEY", "WORKSPACE", "OUTCOME", "VERSIONS", "BYTES"
+    )?;
+    let mut problems = 0;
+    for (state, copied) in &rows {
+        let (versions, bytes, note) = match copied {
+            migrate::Copied::Written { versions, bytes }
+            | migrate::Copied::WouldWrite { versions, bytes } => {
+                (versions.to_string(), bytes.to_string(), String::new())
+            }
+            migrate::Copied::TargetNewer(why)
+            | migrate::Copied::Conflict(why)
+            | migrate::Copied::SourceLocked(why) => ("-".into(), "-".into(), why.clone()),
+            migrate::Copied::Identical => ("0".into(), "0".into(), String::new()),
+        };
+        problems += usize::from(copied.is_problem());
+        writeln!(
+            out,
+            "{:<40} {:<12} {:<13} {:>8} {:>12}  {}",
+            state.key(),
+            state.workspace(),
+            copied.outcome(),
+            versions,
+            bytes,
+            note
+        )?;
+    }
+    let count = |word: &str| rows.iter().filter(|(_, c)| c.outcome() == word).count();
+    writeln!(
+        out,
+        "{} states: {} copied, {} identical, {} would copy, {} left alone; {total_bytes} bytes{}",
+        rows.len(),
+        count("copied"),
+        count("identical"),
+        count("would copy"),
+        problems,
+        if dry_run {
+            " (dry run: nothing changed)"
+        } else {
+            ""
+        }
+    )?;
+    if problems > 0 {
+        bail!("{problems} states were not copied (see NOTE); rerun once they are resolved");
+    }
+    Ok(())
+}
+
+/// This machine's name, for the migration's LockInfo.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// `stategate migrate-from-terraform-pg`: one line per workspace, then a
+/// summary; fails when any workspace was refused or failed.
+#[cfg(feature = "db")]
+pub async fn migrate_from_terraform_pg(settings: &Settings, args: MigratePgArgs) -> Result<()> {
+    use stategate::migrate_pg::{self, Outcome, Source};
+    let (states, _) = open_states(settings, Create::Yes).await?;
+    let audit = operator_audit(settings)?;
+    let source = Source {
+        conn_str: args.conn_str,
+        schema: args.schema,
+        lock_wait: std::time::Duration::from_secs(args.lock_timeout),
+    };
+    let report = migrate_pg::migrate(&states, &source, &args.key).await?;
+    let mut out = std::io::stdout().lock();
+    let (mut copied, mut skipped, mut problems) = (0, 0, 0);
+    for m in &report {
+        let target = m
+            .target
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |t| t.to_string());
+        let what = match &m.outcome {
+            Outcome::Copied { serial } => {
+                copied += 1;
+                if let Some(state) = &m.target {
+                    audit.event(
+                        "migrate",
+                        &operator_fields(
+                            state,
+                            &[("source_workspace", m.workspace.clone().into())],
+                        ),
+                    );
+                }
+                match serial {
+                    Some(s) => format!("copied (serial {s})"),
+                    None => "copied".to_string(),
+                }
+            }
+            Outcome::Identical => {
+                skipped += 1;
+                "skipped: already identical".to_string()
+            }
+            Outcome::Empty => {
+                skipped += 1;
+                "skipped: no state in this workspace".to_string()
+            }
+            Outcome::Refused(why) => {
+                problems += 1;
+                format!("REFUSED: {why}")
+            }
+            Outcome::Failed(why) => {
+                problems += 1;
+                format!("FAILED: {why}")
+            }
+        };
+        writeln!(out, "{:<20} -> {:<50} {what}", m.workspace, target)?;
+    }
+    writeln!(
+        out,
+        "{} workspaces: {copied} copied, {skipped} skipped, {problems} refused or failed",
+        report.len()
+    )?;
+    if problems > 0 {
+        bail!("{problems} workspaces were not copied; see above");
+    }
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! The operator commands `state …` and `lock …`: they work on the
+//! configured store directly, under the same rules as the server, and are
+//! audited as the local user who ran them.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+
+use stategate::audit::Audit;
+use stategate::config::Settings;
+use stategate::state::history::HistoryWindow;
+use stategate::state::{StateRef, States, WriteOptions, WriteOutcome};
+
+use super::args::{LockCommand, StateCommand};
+use super::{Create, open_states};
+
+/// The state an operator named, under its one name ([`States::canonical`]).
+pub(super) fn state_ref(states: &States, key: &str, workspace: Option<&str>) -> Result<StateRef> {
+    let state =
+        StateRef::parse(key, workspace).with_context(|| format!("invalid state key {key:?}"))?;
+    states
+        .canonical(&state)
+        .with_context(|| format!("invalid state key {key:?}"))
+}
+
+/// `stategate state …`.
+pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
+    let (states, _) = open_states(settings, Create::No).await?;
+    let audit = operator_audit(settings)?;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        StateCommand::List { prefix } => {
+            writeln!(
+                out,
+                "{:<40} {:<12} {:>8} {:>12}  {:<25} LOCKED BY",
+                "KEY", "WORKSPACE", "SERIAL", "SIZE", "LAST WRITE"
+            )?;
+            for s in states.list(&prefix).await? {
+                let serial = s.serial.map_or("-".to_string(), |n| n.to_string());
+                let lock = s
+                    .lock
+                    .map_or("-".to_string(), |l| format!("{} ({})", l.who, l.id));
+                let modified = s.modified.unwrap_or_else(|| "-".into());
+                writeln!(
+                    out,
+                    "{:<40} {:<12} {:>8} {:>12}  {:<25} {}",
+                    s.state.key(),
+                    s.state.workspace(),
+                    serial,
+                    s.size,
+                    modified,
+                    lock
+                )?;
+            }
+        }
+        StateCommand::History {
+            key,
+            workspace,
+            limit,
+            before,
+        } => {
+            let state = state_ref(&states, &key, workspace.as_deref())?;
+            let (versions, next_before) = if limit.is_none() && before.is_none() {
+                (states.history(&state).await?, None)
+            } else {
+                let page = states
+                    .history_page(&state, HistoryWindow::new(limit, before)?)
+                    .await?;
+                (page.versions, page.next_before)
+            };
+            writeln!(
+                out,
+                "{:>7} {:>8} {:>12}  {:<32} {:<25} {:<8} WHO",
+                "VERSION", "SERIAL", "SIZE", "MD5", "RECORDED", "OP"
+            )?;
+            for v in versions {
+                let serial = v.serial.map_or("-".to_string(), |n| n.to_string());
+                let who = v.who.unwrap_or_else(|| "-".into());
+                writeln!(
+                    out,
+                    "{:>7} {:>8} {:>12}  {:<32} {:<25} {:<8} {}",
+                    v.version, serial, v.size, v.md5, v.created, v.operation, who
+                )?;
+            }
+            // On stderr, so stdout stays one table for scripts.
+            if let Some(n) = next_before {
+                eprintln!("older versions: --before {n}");
+            }
+        }
+        StateCommand::Get {
+            key,
+            workspace,
+            version,
+        } => {
+            let state = state_ref(&states, &key, workspace.as_deref())?;
+            let body = match version {
+                Some(n) => states.version(&state, n).await?,
+                None => states
+                    .get(&state)
+                    .await?
+                    .with_context(|| format!("no state stored for {state}"))?,
+            };
+            out.write_all(&body)?;
+        }
+        StateCommand::Restore {
+            key,
+            version,
+            workspace,
+            force,
+        } => {
+            let state = state_ref(&states, &key, workspace.as_deref())?;
+            let body = states.version(&state, version).await?;
+            let opts = WriteOptions {
+                skip_lineage_check: true,
+                ignore_lock: force,
+                operation: "restore",
+                ..Default::default()
+            };
+            let outcome = states.write(&state, body, opts).await?;
+            audit.event(
+                "restore",
+                &operator_fields(&state, &[("restored_version", version.into())]),
+            );
+            report_write(
+                &mut out,
+                &state,
+                outcome,
+                &format!("restored version {version} of"),
+            )?;
+        }
+        StateCommand::Purge { key, workspace } => {
+            let state = state_ref(&states, &key, workspace.as_deref())?;
+            let n = states.purge(&state).await?;
+            audit.event("purge", &operator_fields(&state, &[("versions", n.into())]));
+            writeln!(out, "purged {n} versions of {state}")?;
+        }
+        StateCommand::Push {
+            key,
+            file,
+            workspace,
+            force,
+        } => {
+            let state = state_ref(&states, &key, workspace.as_deref())?;
+            let body = if file.as_os_str() == "-" {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+                buf
+            } else {
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            let opts = WriteOptions {
+                skip_lineage_check: force,
+                operation: "push",
+                ..Default::default()
+            };
+            let outcome = states.write(&state, Bytes::from(body), opts).await?;
+            audit.event("push", &operator_fields(&state, &[("force", force.into())]));
+            report_write(&mut out, &state, outcome, "pushed")?;
+        }
+    }
+    Ok(())
+}
+
+/// The audit log for operator commands: the same file as the server's.
+pub(super) fn operator_audit(settings: &Settings) -> Result<Audit> {
+    Audit::open(settings.audit_log.as_deref())
+        .with_context(|| "setting `audit_log`: cannot open the audit log")
+}
+
+/// The name of the local user running this process, from the password
+/// database (a shell under `sudo`, cron or a container may set no `USER`).
+fn local_user_name() -> Option<String> {
+    let uid = rustix::process::getuid().as_raw();
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: an all-zero passwd is a valid value of that plain C struct.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is to a live local of the size given, and
+    // getpwuid_r writes only within them.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() || pwd.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name points to a NUL-terminated string in buf.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    name.to_str()
+        .ok()
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+}
+
+/// An operator command's audit fields: the state and the local user who
+/// ran it (operator commands work on the store directly, not through auth).
+pub(super) fn operator_fields(
+    state: &StateRef,
+    extra: &[(&'static str, serde_json::Value)],
+) -> Vec<(&'static str, serde_json::Value)> {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(local_user_name)
+        .unwrap_or_else(|| format!("uid {}", rustix::process::getuid().as_raw()));
+    let mut fields = vec![
+        ("state", serde_json::json!(state.key())),
+        ("workspace", serde_json::json!(state.workspace())),
+        ("identity", serde_json::json!(format!("operator:{user}"))),
+    ];
+    fields.extend(extra.iter().cloned());
+    fields
+}
+
+pub(super) fn report_write(
+    out: &mut impl Write,
+    state: &StateRef,
+    outcome: WriteOutcome,
+    what: &str,
+) -> Result<()> {
+    match outcome {
+        WriteOutcome::Written {
+            version: Some(v), ..
+        } => writeln!(out, "{what} {state} (now version {v})")?,
+        WriteOutcome::Written { version: None, .. } => writeln!(out, "{what} {state}")?,
+        WriteOutcome::Unchanged => writeln!(
+            out,
+            "{state} already had exactly this content; nothing written"
+        )?,
+    }
+    Ok(())
+}
+
+/// `stategate lock …`.
+pub async fn lock(settings: &Settings, cmd: LockCommand) -> Result<()> {
+    let (states, _) = open_states(settings, Create::No).await?;
+    let audit = operator_audit(settings)?;
+    match cmd {
+        LockCommand::List => {
+            println!(
+                "{:<40} {:<12} {:<38} {:<24} {:<22} CREATED",
+                "KEY", "WORKSPACE", "ID", "WHO", "OPERATION"
+            );
+            for (state, info) in states.locks().await? {
+                println!(
+                    "{:<40} {:<12} {:<38} {:<24} {:<22} {}",
+                    state.key(),
+                    state.workspace(),
+                    info.id,
+                    info.who,
+                    info.operation,
+                    info.created
+                );
+            }
+        }
+        LockCommand::Release { key, workspace } => {
+            let state = state_ref(&states, &key, workspace.as_deref())?;
+            match states.lock_holder(&state).await? {
+                None => println!("{state} is not locked"),
+                Some(held) => {
+                    states.release(&state, None).await?;
+                    audit.event(
+                        "force_unlock",
+                        &operator_fields(
+                            &state,
+                            &[
+                                ("lock_id", held.info.id.clone().into()),
+                                ("previous_holder", held.info.who.clone().into()),
+                            ],
+                        ),
+                    );
+                    println!(
+                        "released the lock on {state} held by {} (ID {})",
+                        held.info.who, held.info.id
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

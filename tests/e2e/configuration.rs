@@ -1,0 +1,329 @@
+//! Where settings come from, as a new user meets it: each subcommand's own
+//! `--help` (made from the settings table), relative paths taken from the
+//! configuration file's directory, operator commands that refuse a store
+//! that is not there instead of creating an empty one, and the container
+//! image's default command with a mounted configuration.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use stategate::config::table::{SERVER_SETTINGS, Scope};
+
+use crate::support::*;
+
+fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env_remove("STATEGATE_CONFIG")
+        .env_remove("STATEGATE_DEFAULTS")
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run stategate")
+}
+
+fn help(args: &[&str]) -> String {
+    let dir = tempfile::TempDir::new().unwrap();
+    let out = run(dir.path(), args, &[]);
+    assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+#[test]
+fn each_subcommand_shows_its_own_settings_with_their_variables() {
+    let serve = help(&["serve", "--help"]);
+    for s in SERVER_SETTINGS {
+        assert!(
+            serve.contains(&format!("--{} ", s.flag)),
+            "serve --help lacks --{}",
+            s.flag
+        );
+        assert!(
+            serve.contains(&format!("[env: {}]", s.env)),
+            "serve --help lacks {}",
+            s.env
+        );
+    }
+    // Every store's settings, with their variables.
+    for backend in stategate::stores::backends() {
+        for setting in backend.settings {
+            assert!(
+                serve.contains(&format!("    {} ", setting.name)),
+                "{} {}",
+                backend.name,
+                setting.name
+            );
+            for var in setting.env {
+                assert!(serve.contains(var), "{var}");
+            }
+        }
+    }
+    // Commands that open the store take the store's settings, not the
+    // server's.
+    let state = help(&["state", "list", "--help"]);
+    for s in SERVER_SETTINGS {
+        let shown = state.contains(&format!("--{} ", s.flag));
+        assert_eq!(shown, s.scope == Scope::Store, "state list --{}", s.flag);
+    }
+    assert!(state.contains("[env: STATEGATE_STORAGE_TYPE]"), "{state}");
+    // Commands that open no store take none of them.
+    for args in [
+        ["hash-password", "--help"].as_slice(),
+        &["token", "new", "--help"],
+        &["gen-key", "--help"],
+        &["migrate", "--help"],
+        &["loadtest", "--help"],
+    ] {
+        let text = help(args);
+        for flag in ["--tls-cert", "--listen", "--storage-type", "--config"] {
+            assert!(!text.contains(flag), "{args:?} lists {flag}:\n{text}");
+        }
+    }
+    // A flag of another command is refused, naming it.
+    let dir = tempfile::TempDir::new().unwrap();
+    let out = run(dir.path(), &["hash-password", "--tls-cert", "x"], &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--tls-cert"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn relative_paths_start_at_the_config_file_and_only_serve_creates_a_store() {
+    let root = tempfile::TempDir::new().unwrap();
+    let t = root.path();
+    std::fs::create_dir(t.join("b")).unwrap();
+    std::fs::write(
+        t.join("b/new.yaml"),
+        "backend:\n  storageType: sqlite\n  config:\n    path: states.db\n",
+    )
+    .unwrap();
+    let nothing_created = || {
+        assert!(!t.join("states.db").exists(), "created ./states.db");
+        assert!(!t.join("b/states.db").exists(), "created b/states.db");
+    };
+
+    // Operator commands refuse a store that is not there, naming it.
+    for args in [
+        ["state", "history", "app", "-c", "b/new.yaml"].as_slice(),
+        &["state", "list", "-c", "b/new.yaml"],
+        &["lock", "list", "-c", "b/new.yaml"],
+    ] {
+        let out = run(t, args, &[]);
+        let said = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded on no store");
+        assert!(said.contains("no sqlite store here"), "{said}");
+        assert!(said.contains("b/states.db"), "{said}");
+        nothing_created();
+    }
+    // `check` says what serve would do, and creates nothing either.
+    let out = run(t, &["check", "-c", "b/new.yaml"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("not created yet"),
+        "{}",
+        text(&out.stdout)
+    );
+    nothing_created();
+
+    // `serve` creates it beside the file, wherever it is started from.
+    let (mut child, url) = spawn_serving(
+        t,
+        &["serve", "-c", "b/new.yaml", "--listen", "127.0.0.1:0"],
+        &[],
+    );
+    assert!(t.join("b/states.db").is_file());
+    assert!(!t.join("states.db").exists());
+    let (status, _) = http(
+        "POST",
+        &format!("{url}/states/app"),
+        &state_doc("app", 1, "x"),
+    );
+    assert_eq!(status, 200);
+    stop(&mut child);
+
+    // From the parent and from the file's own directory, one store.
+    for (dir, config) in [(t.to_path_buf(), "b/new.yaml"), (t.join("b"), "new.yaml")] {
+        let out = run(&dir, &["state", "list", "-c", config], &[]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("app"), "{}", text(&out.stdout));
+    }
+    // A path typed on the command line is taken from where it is typed.
+    let out = run(
+        &t.join("b"),
+        &[
+            "state",
+            "list",
+            "-c",
+            "new.yaml",
+            "-C",
+            "path=../b/states.db",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("app"));
+}
+
+#[test]
+fn check_names_what_the_auth_section_admits() {
+    let dir = tempfile::TempDir::new().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    std::fs::write(
+        dir.path().join("oidc.yaml"),
+        "backend:\n  config:\n    path: data\nauth:\n  oidc:\n    - issuer: https://token.actions.githubusercontent.com\n      \
+         audience: stategate\n      rules:\n        - claims: {repository_owner: my-org}\n          keys: \"ci/**\"\n          access: write\n",
+    )
+    .unwrap();
+    let out = run(dir.path(), &["check", "-c", "oidc.yaml"], &[]);
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(said.contains("auth: 1 CI issuer"), "{said}");
+    assert!(!said.contains("users"), "{said}");
+}
+
+/// The container image's default command, from packaging/Dockerfile: its
+/// `ENV` lines (files it copies in mapped back to the repository) and its
+/// `CMD`.
+struct Image {
+    env: Vec<(String, String)>,
+    cmd: Vec<String>,
+}
+
+impl Image {
+    fn read() -> Image {
+        let dockerfile = std::fs::read_to_string(repo().join("packaging/Dockerfile")).unwrap();
+        let mut copied = Vec::new();
+        let mut env = Vec::new();
+        let mut cmd = None;
+        for line in dockerfile.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["COPY", from, to] if !from.starts_with("--") => {
+                    copied.push((to.to_string(), repo().join(from)))
+                }
+                ["ENV", assignment] => {
+                    let (k, v) = assignment.split_once('=').expect("ENV KEY=VALUE");
+                    env.push((k.to_string(), v.to_string()));
+                }
+                ["CMD", ..] => {
+                    let json = line.trim_start_matches("CMD").trim();
+                    cmd = Some(serde_json::from_str::<Vec<String>>(json).expect("CMD as JSON"));
+                }
+                _ => {}
+            }
+        }
+        for (_, value) in &mut env {
+            if let Some((_, source)) = copied.iter().find(|(to, _)| to == value) {
+                *value = source.display().to_string();
+            }
+        }
+        Image {
+            env,
+            cmd: cmd.expect("the Dockerfile has a CMD"),
+        }
+    }
+}
+
+#[cfg(feature = "s3")]
+#[test]
+fn the_container_command_takes_its_settings_from_the_mounted_file() {
+    let image = Image::read();
+    assert_eq!(
+        image.cmd,
+        ["serve"],
+        "CMD adds nothing a mounted file could not override"
+    );
+    let moto = crate::s3::Moto::shared();
+    let bucket = moto.new_bucket();
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("stategate.yaml");
+    let s3 = format!(
+        "backend:\n  storageType: s3\n  config:\n    bucket: {bucket}\n    endpoint: {}\n    region: us-east-1\n",
+        moto.endpoint
+    );
+    std::fs::write(&config, format!("listen: 127.0.0.1:0\n{s3}")).unwrap();
+    let mut env: Vec<(String, String)> = image.env.clone();
+    env.push(("STATEGATE_CONFIG".into(), config.display().to_string()));
+    env.extend(moto.aws_env());
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let cmd: Vec<&str> = image.cmd.iter().map(String::as_str).collect();
+
+    // The file's listen and its S3 store are used.
+    let (mut child, url) = spawn_serving(dir.path(), &cmd, &env_ref);
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let (status, _) = http(
+        "POST",
+        &format!("{url}/states/app"),
+        &state_doc("app", 1, "x"),
+    );
+    assert_eq!(status, 200);
+    assert!(
+        moto.all_keys(&bucket).iter().any(|k| k == "app"),
+        "written to S3"
+    );
+    stop(&mut child);
+
+    // What the file leaves unset comes from the image: 0.0.0.0:8080.
+    std::fs::write(&config, format!("auth: none\n{s3}")).unwrap();
+    let mut check = cmd.clone();
+    check[0] = "check";
+    let out = run(dir.path(), &check, &env_ref);
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(said.contains("listen: 0.0.0.0:8080"), "{said}");
+    assert!(said.contains("storageType: s3"), "{said}");
+
+    // With no store in the file, the image's local store in its volume.
+    std::fs::write(&config, "auth: none\n").unwrap();
+    let out = run(dir.path(), &check, &env_ref);
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(said.contains("storageType: local"), "{said}");
+    assert!(said.contains("/var/lib/stategate"), "{said}");
+}
+
+/// Starts a serving command; returns it and the URL it announced.
+fn spawn_serving(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Child, String) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "info")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn stategate");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut log = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            log.push_str(&line);
+            log.push('\n');
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let _ = tx.send(Ok(rest.split_whitespace().next().unwrap_or("").to_string()));
+            }
+        }
+        let _ = tx.send(Err(log));
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Ok(url)) => (child, url),
+        other => {
+            let _ = child.kill();
+            panic!("stategate {args:?} did not start: {other:?}");
+        }
+    }
+}
+
+fn stop(child: &mut Child) {
+    signal(child.id(), "TERM");
+    assert!(child.wait().unwrap().success(), "SIGTERM exits 0");
+}
