@@ -5,7 +5,8 @@
 //! configuration they were accepted with, new ones get the new one, and a
 //! file that cannot be used at reload is logged while the old
 //! configuration stays. At start-up the same mistakes stop the server,
-//! naming the setting (`tls.cert`, `tls.key`, `tls.client_ca`).
+//! naming the setting (`tls.cert`, `tls.key`, `tls.client_ca`, or the
+//! admin address's `admin_tls.cert` and `admin_tls.key`).
 //!
 //! With `client_ca` set, a client must present a certificate signed by one
 //! of those CAs during the handshake (Terraform's `client_certificate_pem`
@@ -77,17 +78,19 @@ fn certificates(
 }
 
 fn build(files: &TlsFiles) -> Result<ServerConfig, ConfigError> {
-    let certs = certificates("tls.cert", &files.cert)?;
+    let cert_setting = format!("{}.cert", files.section);
+    let key_setting = format!("{}.key", files.section);
+    let certs = certificates(&cert_setting, &files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
         ConfigError::invalid(
-            "tls.key",
+            &key_setting,
             format!("{}: no usable PEM private key ({e})", files.key.display()),
         )
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::invalid("tls", e))?;
+        .map_err(|e| ConfigError::invalid(files.section, e))?;
     let builder = match &files.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
@@ -105,8 +108,8 @@ fn build(files: &TlsFiles) -> Result<ServerConfig, ConfigError> {
     };
     let mut config = builder.with_single_cert(certs, key).map_err(|e| {
         ConfigError::invalid(
-            "tls.key",
-            format!("does not fit the certificate in tls.cert: {e}"),
+            &key_setting,
+            format!("does not fit the certificate in {cert_setting}: {e}"),
         )
     })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -10,7 +10,8 @@
 //! gateways that refuse custom verbs: POST or LOCK locks, DELETE or UNLOCK
 //! unlocks, GET shows the holder. `/healthz` answers 200 while the process
 //! runs, `/readyz` only while the store answers, `/metrics` in the
-//! Prometheus format. All of them live below `base_path` when one is set.
+//! Prometheus format. All of them live below `base_path` when one is set,
+//! except on the admin address, which serves at its root.
 //!
 //! Every request gets an id (returned as `X-Request-Id`) and one log line
 //! with the client (from `X-Forwarded-For` only when the peer is a trusted
@@ -639,7 +640,8 @@ async fn dispatch(
 ) -> Result<Response<Reply>, ProtocolError> {
     let surface = conn.surface;
     let full_path = req.uri().path();
-    let path = if app.base_path.is_empty() {
+    // The admin address is for probes and scrapers, which ask at its root.
+    let path = if app.base_path.is_empty() || surface == Surface::Admin {
         full_path
     } else {
         full_path

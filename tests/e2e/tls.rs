@@ -451,3 +451,75 @@ fn tls_client_certificates_map_to_identities() {
     .expect("refused");
     assert!(log.contains("setting `auth.certificates`"), "{log}");
 }
+
+/// The address `serve` logs for /metrics and /readyz.
+fn admin_address(server: &Server) -> String {
+    let log = server.log();
+    log.split("serving /metrics and /readyz on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("admin address not logged:\n{log}"))
+        .trim_end_matches('"')
+        .to_string()
+}
+
+#[test]
+fn tls_the_admin_address_serves_at_its_root_without_client_certificates() {
+    let pki = Pki::new();
+    let peer = LocalPeer::new();
+    let mut args = pki.server_args();
+    args.extend([
+        "--tls-client-ca".into(),
+        pki.path("ca.pem"),
+        "--base-path".into(),
+        "/tfstate".into(),
+        "--admin-listen".into(),
+        "127.0.0.1:0".into(),
+    ]);
+    let server = start(&peer, &args);
+    // Probes and scrapers ask at the root, over plain HTTP, with no
+    // certificate: the main address's TLS settings are its own.
+    let admin = admin_address(&server);
+    assert!(admin.starts_with("http://"), "{admin}");
+    assert_eq!(http("GET", &format!("{admin}/metrics"), b"").0, 200);
+    assert_eq!(http("GET", &format!("{admin}/readyz"), b"").0, 200);
+    assert_eq!(http("GET", &format!("{admin}/tfstate/metrics"), b"").0, 404);
+    // The main address still demands a client certificate.
+    assert!(
+        !curl(&pki, &format!("{}/tfstate/healthz", server.url), false)
+            .status
+            .success()
+    );
+    assert!(
+        curl(&pki, &format!("{}/tfstate/healthz", server.url), true)
+            .status
+            .success()
+    );
+    drop(server);
+
+    // With its own certificate the admin address speaks HTTPS, still
+    // asking for no client certificate.
+    args.extend([
+        "--admin-tls-cert".into(),
+        pki.path("server.pem"),
+        "--admin-tls-key".into(),
+        pki.path("server.key"),
+    ]);
+    let server = start(&peer, &args);
+    let admin = admin_address(&server);
+    assert!(admin.starts_with("https://"), "{admin}");
+    let scraped = curl(&pki, &format!("{admin}/metrics"), false);
+    assert!(scraped.status.success(), "{}", text(&scraped.stderr));
+    assert!(
+        text(&scraped.stdout).contains("stategate_"),
+        "metrics served"
+    );
+
+    // A wrong admin certificate stops start-up naming its setting.
+    let mut wrong: Vec<&str> = args.iter().map(String::as_str).collect();
+    *wrong.last_mut().unwrap() = "/nonexistent.key";
+    let refused = Server::try_start(&peer, &wrong, &[])
+        .err()
+        .expect("serve refused");
+    assert!(refused.contains("setting `admin_tls.key`"), "{refused}");
+}
