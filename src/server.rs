@@ -386,9 +386,64 @@ impl Body for Tracked {
 }
 
 /// The socket, noting every byte that moves for the watchdog.
+///
+/// It also gives hyper's own 431 an `X-Request-Id`, as every other answer
+/// has: hyper writes that answer itself when a request head outgrows
+/// `max_header_bytes`, before any request reaches our code, so the header
+/// is added to the bytes on their way out.
 struct Watched<S> {
     stream: S,
     activity: Arc<Activity>,
+    /// Bytes already reported written to hyper but not yet to the socket.
+    owed: Vec<u8>,
+}
+
+/// The status line hyper answers an oversized request head with.
+const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 ";
+
+impl<S> Watched<S> {
+    fn new(stream: S, activity: Arc<Activity>) -> Self {
+        Watched {
+            stream,
+            activity,
+            owed: Vec::new(),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Watched<S> {
+    /// Writes what is owed; ready once nothing is.
+    fn poll_owed(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.owed.is_empty() {
+            let result = Pin::new(&mut self.stream).poll_write(cx, &self.owed);
+            self.note_write(&result);
+            match result {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.owed.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// When `data` is hyper's 431, takes it whole with an `X-Request-Id`
+    /// added, to be written as owed; returns how much was taken.
+    fn take_head_too_large(&mut self, data: &[u8]) -> Option<usize> {
+        if !data.starts_with(HEAD_TOO_LARGE) {
+            return None;
+        }
+        let line_end = data.windows(2).position(|w| w == b"\r\n")? + 2;
+        let id = protocol::next_request_id();
+        tracing::info!(request_id = %id, status = 431, "request head over max_header_bytes refused");
+        self.owed.extend_from_slice(&data[..line_end]);
+        self.owed
+            .extend_from_slice(format!("x-request-id: {id}\r\n").as_bytes());
+        self.owed.extend_from_slice(&data[line_end..]);
+        Some(data.len())
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
@@ -422,6 +477,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_owed(cx))?;
+        if let Some(taken) = self.take_head_too_large(data) {
+            let _ = self.poll_owed(cx)?;
+            return Poll::Ready(Ok(taken));
+        }
         let result = Pin::new(&mut self.stream).poll_write(cx, data);
         self.note_write(&result);
         result
@@ -432,6 +492,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_owed(cx))?;
+        let first = bufs.iter().find(|b| !b.is_empty());
+        if first.is_some_and(|b| b.starts_with(HEAD_TOO_LARGE)) {
+            let whole: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            if let Some(taken) = self.take_head_too_large(&whole) {
+                let _ = self.poll_owed(cx)?;
+                return Poll::Ready(Ok(taken));
+            }
+        }
         let result = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
         self.note_write(&result);
         result
@@ -442,10 +511,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_owed(cx))?;
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_owed(cx))?;
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
@@ -463,10 +534,7 @@ where
 {
     let limits = app.limits.clone();
     let activity = Activity::new();
-    let io = TokioIo::new(Watched {
-        stream,
-        activity: Arc::clone(&activity),
-    });
+    let io = TokioIo::new(Watched::new(stream, Arc::clone(&activity)));
     let service = {
         let activity = Arc::clone(&activity);
         let app = Arc::clone(&app);

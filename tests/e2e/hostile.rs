@@ -155,7 +155,8 @@ fn hostile_slow_heads_idle_keepalives_and_huge_heads_are_cut_off() {
         "closed before idle_timeout"
     );
 
-    // A head over max_header_bytes gets 431.
+    // A head over max_header_bytes gets 431, with a request id like every
+    // other answer.
     let mut big = connect(&server);
     let head = format!(
         "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\n\r\n",
@@ -168,6 +169,16 @@ fn hostile_slow_heads_idle_keepalives_and_huge_heads_are_cut_off() {
         Some(431),
         "{}",
         String::from_utf8_lossy(&got)
+    );
+    let answer = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    let id = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("431 without X-Request-Id: {answer}"));
+    assert!(
+        server.log().contains(id.trim()),
+        "the 431's id is logged: {}",
+        server.log()
     );
 }
 

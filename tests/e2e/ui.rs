@@ -659,14 +659,16 @@ fn ui_lives_below_the_base_path_and_not_on_the_admin_address() {
     let (status, _) = http("DELETE", &format!("{base}/api/v1/states"), b"");
     assert_eq!(status, 405);
 
-    // The admin address serves /metrics, /readyz and /healthz only.
+    // The admin address serves /metrics, /readyz and /healthz only, at its
+    // root, where probes and scrapers ask.
     let admin = server
         .log()
         .lines()
         .find_map(|l| l.split("serving /metrics and /readyz on ").nth(1))
         .map(|rest| rest.split_whitespace().next().unwrap().to_string())
         .expect("the admin address in the log");
-    assert_eq!(http("GET", &format!("{admin}/tfstate/metrics"), b"").0, 200);
+    assert_eq!(http("GET", &format!("{admin}/metrics"), b"").0, 200);
+    assert_eq!(http("GET", &format!("{admin}/ui/"), b"").0, 404);
     assert_eq!(http("GET", &format!("{admin}/tfstate/ui/"), b"").0, 404);
 }
 
