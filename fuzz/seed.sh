@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Seeds each target's corpus (fuzz/corpus/<target>/, not committed) from real
-# inputs: the fixture bodies in testdata/, the YAML examples in the README and
-# in terraform-examples/, and a few URLs. Run before `cargo fuzz run`; seeding
+# inputs: the fixture bodies in testdata/, the YAML examples in the README,
+# docs/ and terraform-examples/, and a few URLs. Run before `cargo fuzz run`; seeding
 # again adds nothing that is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,12 +17,13 @@ done
 printf '%s' '{"version":4,"terraform_version":"1.9.0","serial":3,"lineage":"6f1c7d1e-2b9a-4c3e-9a51-0d3c2f1e8b7a","outputs":{},"resources":[{"mode":"managed","type":"null_resource","name":"a","instances":[]}],"check_results":null}' \
   > "$corpus/state_head/plain.tfstate"
 
-# YAML: every ```yaml block of the README, and the example configurations.
+# YAML: every ```yaml block of the README and docs/, and the example
+# configurations.
 awk -v dir="$corpus/config" '
-  /^```yaml/ { n++; out = sprintf("%s/readme-%02d.yaml", dir, n); inblock = 1; next }
+  /^```yaml/ { n++; out = sprintf("%s/docs-%02d.yaml", dir, n); inblock = 1; next }
   /^```/ && inblock { inblock = 0; close(out); next }
   inblock { print > out }
-' README.md
+' README.md docs/*.md
 i=0
 while IFS= read -r f; do
   i=$((i + 1))

@@ -7,8 +7,8 @@
 #
 # cargo fuzz passes nightly-only flags to rustc; RUSTC_BOOTSTRAP=1 lets a
 # stable compiler accept them. Without a nightly toolchain there is no
-# sanitizer runtime, hence --sanitizer none. Fuzzing itself: see the
-# README's Development section.
+# sanitizer runtime, hence --sanitizer none. Fuzzing itself: see
+# docs/development.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

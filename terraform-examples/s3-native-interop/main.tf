@@ -1,5 +1,6 @@
 # Terraform's own s3 backend on the bucket stategate uses (see stategate.yaml
-# here and the README's "Working alongside Terraform's native s3 backend"). It reads and writes the same state object as the
+# here, and [working alongside Terraform's native s3 backend](../../docs/stores.md#working-alongside-terraforms-native-s3-backend)).
+# It reads and writes the same state object as the
 # quickstart example does through stategate, and both lock the same
 # `<key>.tflock` object, so a run through stategate and a native run exclude
 # each other.

@@ -20,6 +20,9 @@ mod configuration;
 mod crash;
 #[cfg(feature = "db")]
 mod db;
+// The documents show every store, so their snippets need every store's peer.
+#[cfg(all(feature = "s3", feature = "oss", feature = "db"))]
+mod docs;
 mod downloads;
 mod encryption;
 mod history_paging;
