@@ -418,7 +418,9 @@ impl<S: AsyncWrite + Unpin> Watched<S> {
             let result = Pin::new(&mut self.stream).poll_write(cx, &self.owed);
             self.note_write(&result);
             match result {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
                 Poll::Ready(Ok(n)) => {
                     self.owed.drain(..n);
                 }
