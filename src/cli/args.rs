@@ -64,7 +64,7 @@ fn with_settings(mut sub: clap::Command, scope: Scope) -> clap::Command {
         Arg::new("set")
             .short('C')
             .value_name("KEY=VALUE")
-            .help("a store setting (see `stategate serve --help`); repeatable")
+            .help("A store setting (see `stategate serve --help`); repeatable")
             .global(global)
             .action(ArgAction::Append)
             .value_parser(config::parse_override),
@@ -205,7 +205,10 @@ pub enum Command {
     /// Make a random encryption key (base64 of 32 bytes) for
     /// `encryption.keys`: written to FILE (created with mode 0600, never
     /// overwritten), or printed.
-    GenKey { file: Option<PathBuf> },
+    GenKey {
+        /// Where to write the key (created with mode 0600); printed when omitted.
+        file: Option<PathBuf>,
+    },
     /// Copy every state (and with --with-history its kept versions) from
     /// one configured store to another. Reruns skip what is already
     /// there; each source state is locked while it is copied.
@@ -256,6 +259,7 @@ pub struct LoadtestArgs {
     /// A state URL, e.g. https://stategate.example/states/loadtest;
     /// client i works on <URL>/c<i>.
     pub url: String,
+    /// Clients running the cycle at once.
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
     /// Bytes of every state written.
@@ -268,6 +272,7 @@ pub struct LoadtestArgs {
     /// expected and counted).
     #[arg(long)]
     pub shared_key: bool,
+    /// The user name sent with HTTP basic auth, as Terraform's `username`.
     #[arg(long)]
     pub user: Option<String>,
     /// Also read from TF_HTTP_PASSWORD, as Terraform does.
@@ -302,7 +307,10 @@ pub struct MigratePgArgs {
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Print a fresh random token (once: it is not stored) and its hash.
-    New { name: String },
+    New {
+        /// The token's name: its identity in the audit log and rules.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -316,7 +324,9 @@ pub enum StateCommand {
     /// List the kept versions of a state: all of them oldest first, or with
     /// --limit or --before one page, newest first.
     History {
+        /// The state key, as in its URL.
         key: String,
+        /// The workspace (default: `default`).
         #[arg(long, short)]
         workspace: Option<String>,
         /// Show at most this many versions, newest first (1 to 1000; 100
@@ -330,7 +340,9 @@ pub enum StateCommand {
     },
     /// Print a state (or one of its versions) to stdout.
     Get {
+        /// The state key, as in its URL.
         key: String,
+        /// The workspace (default: `default`).
         #[arg(long, short)]
         workspace: Option<String>,
         /// A version number from `state history`.
@@ -339,9 +351,12 @@ pub enum StateCommand {
     },
     /// Make an earlier version the current state (itself kept as a new version).
     Restore {
+        /// The state key, as in its URL.
         key: String,
+        /// The version to make current, from `state history`.
         #[arg(long)]
         version: u64,
+        /// The workspace (default: `default`).
         #[arg(long, short)]
         workspace: Option<String>,
         /// Restore even while the state is locked.
@@ -350,14 +365,19 @@ pub enum StateCommand {
     },
     /// Remove every kept version of a deleted state (logged as a warning).
     Purge {
+        /// The state key, as in its URL.
         key: String,
+        /// The workspace (default: `default`).
         #[arg(long, short)]
         workspace: Option<String>,
     },
     /// Store a state from a file (`-` for stdin).
     Push {
+        /// The state key, as in its URL.
         key: String,
+        /// The state file to store (`-` reads standard input).
         file: PathBuf,
+        /// The workspace (default: `default`).
         #[arg(long, short)]
         workspace: Option<String>,
         /// Skip the shape, lineage and serial checks: store any JSON, or
@@ -373,8 +393,81 @@ pub enum LockCommand {
     List,
     /// Force-release a state's lock, whoever holds it (logged as a warning).
     Release {
+        /// The state key, as in its URL.
         key: String,
+        /// The workspace (default: `default`).
         #[arg(long, short)]
         workspace: Option<String>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every subcommand, with its path from the top (`state list`).
+    fn walk(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        for sub in cmd.get_subcommands() {
+            let name = format!("{path} {}", sub.get_name()).trim().to_string();
+            out.push((name.clone(), sub.clone()));
+            walk(sub, name, out);
+        }
+    }
+
+    fn built() -> clap::Command {
+        let mut cmd = command();
+        cmd.build();
+        cmd
+    }
+
+    #[test]
+    fn the_tree_is_consistent_and_every_argument_says_what_it_is() {
+        let cmd = built();
+        cmd.clone().debug_assert();
+        let mut all = Vec::new();
+        walk(&cmd, String::new(), &mut all);
+        let mut missing = Vec::new();
+        for (path, sub) in &all {
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path}: {id}"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    #[test]
+    fn settings_flags_reach_only_the_commands_that_read_them() {
+        let mut all = Vec::new();
+        walk(&built(), String::new(), &mut all);
+        let takes = |path: &str, flag: &str| {
+            all.iter()
+                .find(|(p, _)| p == path)
+                .unwrap_or_else(|| panic!("no subcommand {path}"))
+                .1
+                .get_arguments()
+                .any(|a| a.get_long() == Some(flag))
+        };
+        for s in SERVER_SETTINGS {
+            assert!(takes("serve", s.flag), "serve --{}", s.flag);
+            assert!(takes("check", s.flag), "check --{}", s.flag);
+            assert_eq!(
+                takes("state list", s.flag),
+                s.scope == Scope::Store,
+                "--{}",
+                s.flag
+            );
+            assert!(
+                !takes("hash-password", s.flag),
+                "hash-password --{}",
+                s.flag
+            );
+            assert!(!takes("migrate", s.flag), "migrate --{}", s.flag);
+        }
+    }
 }
