@@ -181,13 +181,14 @@ fn unnamed_files_work(tmp_dir: &OwnedFd) -> bool {
 }
 
 impl LocalStore {
-    /// Opens (creating if needed) the configured root directory.
+    /// Opens (creating if needed) the configured root directory, first
+    /// upgrading it in place if it is in an older layout ([`layout`]).
     pub fn open(config: &LocalConfig) -> Result<Self, ConfigError> {
         Self::open_dir(&config.root)
             .map_err(|e| ConfigError::invalid("path", format!("{}: {e}", config.root.display())))
     }
 
-    /// Opens a root directory directly.
+    /// Opens a root directory directly, as [`LocalStore::open`] does.
     pub fn open_dir(root: &Path) -> io::Result<Self> {
         Tree::open(root).map(|t| LocalStore(Arc::new(t)))
     }
@@ -195,7 +196,9 @@ impl LocalStore {
     /// Opens an existing root directory for reading only: nothing is
     /// created, changed or removed (no temporaries swept, no lock files
     /// made), so a read-only directory will do. `Ok(None)` when the root
-    /// does not exist. The store returned must only be read: callers
+    /// does not exist. A root in an older layout is refused, since reading
+    /// it would take the upgrade only an open for serving makes; an empty
+    /// one reads as empty. The store returned must only be read: callers
     /// refuse writes before they reach it ([`super::open_for_reading`]).
     pub fn open_read_only(root: &Path) -> io::Result<Option<Self>> {
         let root_fd = match rustix::fs::open(
