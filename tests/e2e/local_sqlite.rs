@@ -281,11 +281,12 @@ fn local_root_in_the_old_layout_is_upgraded_at_start() {
 /// directory made or removed): the next start finishes the job.
 #[test]
 fn local_upgrade_cut_short_is_finished_by_the_next_start() {
-    let mark = |root: &std::path::Path, file: &str| {
+    fn mark(root: &std::path::Path, file: &str) {
         std::fs::rename(root.join(file), root.join(format!("{file}+"))).unwrap();
-    };
-    let cuts: [(&str, &dyn Fn(&std::path::Path)); 2] = [
-        ("while renaming", &|root| {
+    }
+    type Cut = fn(&std::path::Path);
+    let cuts: [(&str, Cut); 2] = [
+        ("while renaming", |root| {
             for file in &LAYOUT_1_FILES[..9] {
                 mark(root, file);
             }
@@ -293,7 +294,7 @@ fn local_upgrade_cut_short_is_finished_by_the_next_start() {
         }),
         (
             "between removing the old guard and placing the new",
-            &|root| {
+            |root| {
                 for file in LAYOUT_1_FILES {
                     if !file.starts_with(".stategate/local/") {
                         mark(root, file);

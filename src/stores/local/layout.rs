@@ -434,8 +434,9 @@ mod tests {
     #[test]
     fn an_upgrade_cut_short_anywhere_is_finished_by_the_next_open() {
         let own = |root: &Path, name: &str| root.join(super::INTERNAL_DIR).join(name);
-        // Each tree an upgrade killed at some step leaves behind.
-        let cuts: [(&str, fn(&Path)); 5] = [
+        // Each leaves the tree as an upgrade killed at one step would.
+        type Cut = fn(&Path);
+        let cuts: [(&str, Cut); 5] = [
             ("while renaming", |root| {
                 fs::rename(root.join("team/a"), root.join("team/a+")).unwrap();
             }),
