@@ -758,7 +758,7 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let state = StateRef::parse("a.tfstate", None).unwrap();
         let states = states(dir.path(), 0);
-        let pointer = dir.path().join(".stategate/history/a.tfstate/newest.json");
+        let pointer = dir.path().join(".stategate/history/a.tfstate/newest.json+");
         write(&rt, &states, &state, 1);
         write(&rt, &states, &state, 2);
         let behind = std::fs::read(&pointer).unwrap();

@@ -6,9 +6,9 @@
 //! `a.tflock/b` would sit where the lock of `a` must go), at most 1024 bytes
 //! in all, not starting with `.stategate` (reserved for history and
 //! probes). A workspace name is one such segment. The 200-byte bound keeps
-//! every name a store derives (`<segment>.tflock` on a file system whose
-//! names stop at 255 bytes) within what every store can hold, so a key the
-//! server accepts never fails in the store. A store whose names are
+//! every name a store derives (the local store's `<segment>.tflock+`, on a
+//! file system whose names stop at 255 bytes) within what every store can
+//! hold, so a key the server accepts never fails in the store. A store whose names are
 //! bounded as a whole (an S3 object name stops at 1,024 bytes) bounds the
 //! key further: every name derived from it, the longest being a write
 //! lease, `.stategate/lease/<object key>/<token>`, must fit with the

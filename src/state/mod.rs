@@ -60,7 +60,8 @@ pub enum StateError {
     /// Nothing stored under that name (a state or a history version).
     #[error("{0}")]
     NotFound(String),
-    /// The key clashes with another key in a way the store cannot hold.
+    /// The key's place in the store is taken by something the store did not
+    /// make ([`StoreError::KeyConflict`]).
     #[error("{0}")]
     KeyConflict(String),
     /// The store failed; the message carries the store's reason.

@@ -220,11 +220,11 @@ mod tests {
         // Read from the history pointer: writes make no summary of their own.
         let kept = dir
             .path()
-            .join(".stategate/history/team/a.tfstate/summary.json");
+            .join(".stategate/history/team/a.tfstate/summary.json+");
         assert!(!kept.exists());
 
         // Replaced by another tool: noticed by its size, rebuilt from the body.
-        std::fs::write(dir.path().join("team/a.tfstate"), doc(9, 5)).unwrap();
+        std::fs::write(dir.path().join("team/a.tfstate+"), doc(9, 5)).unwrap();
         let row = listed(&states, &rt)
             .into_iter()
             .find(|l| l.state == a)
@@ -237,8 +237,8 @@ mod tests {
 
         // Kept for the next listing, which reads no body.
         assert!(kept.is_file());
-        std::fs::remove_file(dir.path().join("team/a.tfstate")).unwrap();
-        std::fs::write(dir.path().join("team/a.tfstate"), doc(8, 5)).unwrap();
+        std::fs::remove_file(dir.path().join("team/a.tfstate+")).unwrap();
+        std::fs::write(dir.path().join("team/a.tfstate+"), doc(8, 5)).unwrap();
         let summary = rt.block_on(states.summary(&a, &row)).unwrap().unwrap();
         assert_eq!(summary.serial, Some(9), "the kept summary, not the body");
 

@@ -1,5 +1,11 @@
-//! `storageType: local`: objects as files under a root directory, the store
-//! key as the relative path, so the tree reads like a bucket.
+//! `storageType: local`: objects as files under a root directory, the tree
+//! read like a bucket: the file holding an object is its key with `+`
+//! appended (`prod/app/terraform.tfstate+`), and directories are named as
+//! the keys below them begin. Keys never contain `+`, so no file is ever
+//! where a directory must be: `a`, `a/b` and `a/b/c` are all states at
+//! once, as in every other store, and so are their locks and history.
+//! [`layout`] says why in full, and upgrades in place, at the first open
+//! for serving, a root written when the key itself was the path.
 //!
 //! Writes are atomic and durable: the body goes to an unnamed file
 //! (`O_TMPFILE`) in the target's own directory, is fsynced, is linked under
@@ -17,8 +23,9 @@
 //! ([`super::keylock`]), so several stategate processes sharing the
 //! directory agree: exactly one conditional create wins. Only the check and
 //! the rename run under it; writing and syncing the body happen before. A
-//! shared `flock` on one guard file is held with it, which keeps out
-//! releases that took that file exclusively for every change.
+//! shared `flock` on the guard directory is held with it, so that an
+//! upgrade of the layout, which takes it exclusively, never runs beside a
+//! change.
 //!
 //! The store's own write lease ([`Store::native_lease`]) is a key lock on
 //! another file, so a write with its history costs no lease objects, and a
@@ -58,6 +65,8 @@ use super::{
     Version,
 };
 use crate::settings::{ConfigError, Setting, StoreSettings};
+
+mod layout;
 
 /// Registration of the local store.
 pub static BACKEND: Backend = Backend {
@@ -102,7 +111,6 @@ impl LocalConfig {
 /// any state key (the state layer reserves `.stategate/`).
 const INTERNAL_DIR: &str = ".stategate/local";
 const TMP_DIR: &str = ".stategate/local/tmp";
-const GUARD: &str = ".stategate/local/guard";
 /// Key locks for check-and-change, and for write leases ([`KeyLocks`]).
 const KEY_LOCKS: &str = "keys";
 const LEASE_LOCKS: &str = "leases";
@@ -124,6 +132,9 @@ struct Tree {
     root: PathBuf,
     /// The root directory; every path is resolved beneath it.
     root_fd: OwnedFd,
+    /// The store's own directory (`.stategate/local`), which holds the
+    /// guard ([`layout::GUARD`]).
+    internal: OwnedFd,
     /// Temporary files, on the same file system as the root so rename is
     /// atomic; used where unnamed files are not available.
     tmp_fd: OwnedFd,
@@ -170,13 +181,14 @@ fn unnamed_files_work(tmp_dir: &OwnedFd) -> bool {
 }
 
 impl LocalStore {
-    /// Opens (creating if needed) the configured root directory.
+    /// Opens (creating if needed) the configured root directory, first
+    /// upgrading it in place if it is in an older layout ([`layout`]).
     pub fn open(config: &LocalConfig) -> Result<Self, ConfigError> {
         Self::open_dir(&config.root)
             .map_err(|e| ConfigError::invalid("path", format!("{}: {e}", config.root.display())))
     }
 
-    /// Opens a root directory directly.
+    /// Opens a root directory directly, as [`LocalStore::open`] does.
     pub fn open_dir(root: &Path) -> io::Result<Self> {
         Tree::open(root).map(|t| LocalStore(Arc::new(t)))
     }
@@ -184,7 +196,9 @@ impl LocalStore {
     /// Opens an existing root directory for reading only: nothing is
     /// created, changed or removed (no temporaries swept, no lock files
     /// made), so a read-only directory will do. `Ok(None)` when the root
-    /// does not exist. The store returned must only be read: callers
+    /// does not exist. A root in an older layout is refused, since reading
+    /// it would take the upgrade only an open for serving makes; an empty
+    /// one reads as empty. The store returned must only be read: callers
     /// refuse writes before they reach it ([`super::open_for_reading`]).
     pub fn open_read_only(root: &Path) -> io::Result<Option<Self>> {
         let root_fd = match rustix::fs::open(
@@ -195,10 +209,12 @@ impl LocalStore {
             Err(Errno::NOENT) => return Ok(None),
             opened => opened?,
         };
+        layout::check_readable(&root_fd)?;
         // Reads use only the root; these are never reached.
         let unused = || rustix::io::dup(&root_fd);
         Ok(Some(LocalStore(Arc::new(Tree {
             root: root.canonicalize()?,
+            internal: unused()?,
             tmp_fd: unused()?,
             unnamed: false,
             keys: KeyLocks::unopened(unused()?, KEY_LOCKS),
@@ -270,23 +286,28 @@ impl Tree {
             Mode::empty(),
         )?;
         let tmp_fd = open_dir_beneath(&root_fd, TMP_DIR, true)?;
-        let guard = open_beneath(
-            &root_fd,
-            GUARD,
-            OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
-        )?;
-        drop(guard);
         // Prove the directory is writable now rather than at the first apply.
         let probe = format!("open-{}", std::process::id());
         drop(create_new(&tmp_fd, &probe)?);
         rustix::fs::unlinkat(&tmp_fd, probe.as_str(), AtFlags::empty())?;
         remove_stale_temporaries(&tmp_fd);
         let internal = open_dir_beneath(&root_fd, INTERNAL_DIR, false)?;
+        let renamed = layout::bring_up_to_date(&root_fd, &internal, &tmp_fd)?;
+        if renamed > 0 {
+            tracing::info!(
+                root = %root.display(),
+                files = renamed,
+                "local store upgraded to layout {}: each object's file now ends in `{}`",
+                layout::LAYOUT,
+                layout::FILE_MARK
+            );
+        }
         let unnamed = unnamed_files_work(&tmp_fd);
         Ok(Tree {
             root: root.canonicalize()?,
             keys: KeyLocks::open(rustix::io::dup(&internal)?, KEY_LOCKS)?,
-            leases: Arc::new(KeyLocks::open(internal, LEASE_LOCKS)?),
+            leases: Arc::new(KeyLocks::open(rustix::io::dup(&internal)?, LEASE_LOCKS)?),
+            internal,
             root_fd,
             tmp_fd,
             unnamed,
@@ -294,14 +315,17 @@ impl Tree {
         })
     }
 
-    /// Splits a store key into the directory that holds it (relative to the
-    /// root, `""` for the root itself) and its file name, refusing anything
-    /// that could leave the root (the state layer validates keys too; this
-    /// and `openat2` are the last lines of defence).
-    fn locate<'k>(&self, key: &'k str) -> Result<(&'k str, &'k str), StoreError> {
+    /// Splits a store key into the directory that holds its file (relative
+    /// to the root, `""` for the root itself) and the file's name there
+    /// ([`layout::file_name`]), refusing anything that could leave the root
+    /// or land on a name the layout keeps apart from objects (the state
+    /// layer validates keys too; this and `openat2` are the last lines of
+    /// defence).
+    fn locate<'k>(&self, key: &'k str) -> Result<(&'k str, String), StoreError> {
         let clean = !key.is_empty()
             && !key.contains('\0')
             && !key.contains('\\')
+            && !key.contains(layout::FILE_MARK)
             && Path::new(key)
                 .components()
                 .all(|c| matches!(c, Component::Normal(_)));
@@ -311,7 +335,8 @@ impl Tree {
                 "refusing key outside the store: {key:?}"
             )));
         }
-        Ok(key.rsplit_once('/').unwrap_or(("", key)))
+        let (dir, last) = key.rsplit_once('/').unwrap_or(("", key));
+        Ok((dir, layout::file_name(last)))
     }
 
     /// The directory holding `key`; `None` when it does not exist.
@@ -325,8 +350,9 @@ impl Tree {
 
     /// Locks `key` for a check and a change (see the module's notes).
     fn lock_guard(&self, key: &str) -> Result<(File, KeyLock), StoreError> {
-        let fd = open_beneath(&self.root_fd, GUARD, OFlags::WRONLY | OFlags::APPEND)
-            .map_err(|e| translate(GUARD, "opening", e))?;
+        let fd = open_beneath(&self.internal, layout::GUARD, OFlags::RDONLY).map_err(|e| {
+            StoreError::unavailable(format!("opening the guard: {}", io::Error::from(e)))
+        })?;
         let guard = File::from(fd);
         let locking = |e: io::Error| StoreError::unavailable(format!("locking {key}: {e}"));
         guard.lock_shared().map_err(locking)?;
@@ -344,6 +370,7 @@ impl Tree {
         durable: bool,
     ) -> Result<Version, StoreError> {
         let (dir, name) = self.locate(key)?;
+        let name = name.as_str();
         let parent = self.parent(key, dir, true)?.expect("created");
         if !self.unnamed {
             return self.put_named(key, &parent, name, body, condition, durable);
@@ -440,8 +467,8 @@ impl Tree {
         let Some(parent) = self.parent(key, dir, false)? else {
             return condition.check(None, false);
         };
-        condition.check(file_version(key, &parent, name)?.as_ref(), false)?;
-        match rustix::fs::unlinkat(&parent, name, AtFlags::empty()) {
+        condition.check(file_version(key, &parent, &name)?.as_ref(), false)?;
+        match rustix::fs::unlinkat(&parent, name.as_str(), AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => {}
             Err(e) => return Err(translate(key, "deleting", e)),
         }
@@ -470,8 +497,14 @@ impl Tree {
             return Err(StoreError::PreconditionFailed);
         };
         Condition::IfMatch(from_version.clone())
-            .check(file_version(from, &src, src_name)?.as_ref(), true)?;
-        match rustix::fs::linkat(&src, src_name, &dst, dst_name, AtFlags::empty()) {
+            .check(file_version(from, &src, &src_name)?.as_ref(), true)?;
+        match rustix::fs::linkat(
+            &src,
+            src_name.as_str(),
+            &dst,
+            dst_name.as_str(),
+            AtFlags::empty(),
+        ) {
             Ok(()) => {}
             Err(Errno::EXIST) => return Err(StoreError::AlreadyExists),
             Err(e) => return Err(translate(to, "copying to", e)),
@@ -498,8 +531,12 @@ impl Tree {
         in_memory: usize,
         cached: bool,
     ) -> Result<Option<(Payload, Version)>, StoreError> {
-        self.locate(key)?;
-        let fd = match open_beneath(&self.root_fd, key, OFlags::RDONLY) {
+        let (dir, name) = self.locate(key)?;
+        let path = match dir {
+            "" => name,
+            dir => format!("{dir}/{name}"),
+        };
+        let fd = match open_beneath(&self.root_fd, &path, OFlags::RDONLY) {
             Ok(fd) => fd,
             Err(Errno::NOENT | Errno::NOTDIR) => return Ok(None),
             Err(e) => return Err(translate(key, "reading", e)),
@@ -589,18 +626,29 @@ impl Tree {
                     }
                     continue;
                 }
-                let key = format!("{dir_base}{name}");
+                let Ok(stat) = rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                else {
+                    continue;
+                };
+                // A directory is named as the keys below it begin; a file
+                // holds an object only under a name the layout gives one
+                // (anything else there was put by hand). Links are neither
+                // followed nor listed.
+                let file_type = FileType::from_raw_mode(stat.st_mode);
+                let key = match file_type {
+                    FileType::Directory => format!("{dir_base}{name}"),
+                    FileType::RegularFile => match layout::segment_of(&name) {
+                        Some(segment) => format!("{dir_base}{segment}"),
+                        None => continue,
+                    },
+                    _ => continue,
+                };
                 if key.starts_with(INTERNAL_DIR)
                     || (skip_internal && format!("{key}/").starts_with(INTERNAL_PREFIX))
                 {
                     continue;
                 }
-                let Ok(stat) = rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-                else {
-                    continue;
-                };
-                // Links are neither followed nor listed.
-                match FileType::from_raw_mode(stat.st_mode) {
+                match file_type {
                     FileType::Directory if prefix.starts_with(&key) || key.starts_with(prefix) => {
                         pending.push(format!("{below}{name}/"));
                     }
@@ -624,7 +672,7 @@ impl Tree {
     fn stat_blocking(&self, key: &str) -> Result<Option<Version>, StoreError> {
         let (dir, name) = self.locate(key)?;
         match self.parent(key, dir, false)? {
-            Some(parent) => file_version(key, &parent, name),
+            Some(parent) => file_version(key, &parent, &name),
             None => Ok(None),
         }
     }
@@ -668,15 +716,17 @@ fn file_version(key: &str, dir: &OwnedFd, name: &str) -> Result<Option<Version>,
     }
 }
 
-/// Turns a file system error on `key` into a store error. A key whose path
-/// crosses an existing file (`a` is a state, so `a/b` cannot be a
-/// directory) or a symbolic link is the client's conflict, not a store
-/// failure. Messages name the key, never the root's absolute path.
+/// Turns a file system error on `key` into a store error. The layout
+/// keeps every file stategate writes off the names of directories, so a
+/// key whose path crosses a file where a directory must be (or the other
+/// way round) meets something put there by hand; that, like a symbolic
+/// link, is a conflict with that one key, not a failure of the store.
+/// Messages name the key, never the root's absolute path.
 fn translate(key: &str, doing: &str, e: Errno) -> StoreError {
     match e {
-        Errno::NOTDIR | Errno::ISDIR | Errno::EXIST => {
-            StoreError::KeyConflict(format!("`{key}` clashes with another state's path on disk"))
-        }
+        Errno::NOTDIR | Errno::ISDIR | Errno::EXIST => StoreError::KeyConflict(format!(
+            "`{key}` clashes with a file or directory in the store's directory that stategate did not make"
+        )),
         Errno::LOOP | Errno::XDEV => StoreError::KeyConflict(format!(
             "`{key}` crosses a symbolic link in the store's directory; stategate never follows links"
         )),
@@ -889,12 +939,65 @@ mod tests {
                 "{refused:?}"
             );
             assert_eq!(store.get("team/a").await.unwrap().unwrap().body, "two");
-            assert_eq!(names(&dir.path().join("team")), ["a"], "named: {named}");
+            assert_eq!(names(&dir.path().join("team")), ["a+"], "named: {named}");
             assert!(
                 names(&dir.path().join(TMP_DIR)).is_empty(),
                 "named: {named}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_key_and_the_keys_below_it_are_all_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open_dir(dir.path()).unwrap();
+        // In both orders, with each one's lock, and history beside a state
+        // named like a history file.
+        let keys = [
+            "a/b",
+            "a",
+            "a/b/c",
+            "a.tflock",
+            "a/b.tflock",
+            "x/y",
+            "x",
+            ".stategate/history/a/newest.json/0000000001.json",
+            ".stategate/history/a/newest.json",
+        ];
+        for key in keys {
+            store
+                .put(key, Bytes::from(key), Condition::IfAbsent)
+                .await
+                .unwrap_or_else(|e| panic!("{key}: {e}"));
+        }
+        for key in keys {
+            assert_eq!(store.get(key).await.unwrap().unwrap().body, key);
+        }
+        let listed = |prefix: &'static str| {
+            let store = store.clone();
+            async move {
+                let entries = store.list(prefix).await.unwrap();
+                entries.into_iter().map(|e| e.key).collect::<Vec<_>>()
+            }
+        };
+        let mut all = keys.to_vec();
+        all.sort();
+        assert_eq!(listed("").await, all);
+        assert_eq!(
+            listed("a").await,
+            ["a", "a.tflock", "a/b", "a/b.tflock", "a/b/c"]
+        );
+        assert_eq!(listed("a/b").await, ["a/b", "a/b.tflock", "a/b/c"]);
+        assert_eq!(
+            store.list_outside_internal("").await.unwrap().len(),
+            keys.len() - 2
+        );
+        store.delete("a", Condition::Always).await.unwrap();
+        assert!(store.get("a").await.unwrap().is_none());
+        assert_eq!(store.get("a/b/c").await.unwrap().unwrap().body, "a/b/c");
+        // No key reaches a name the layout gives a file.
+        let refused = store.get("a+").await.unwrap_err();
+        assert!(refused.to_string().contains("refusing key"), "{refused}");
     }
 
     #[tokio::test]
@@ -923,7 +1026,7 @@ mod tests {
         assert_eq!(listed, ["team/a"]);
         assert_eq!(
             names(&dir.path().join("team")),
-            ["a".to_string(), live_name.clone()]
+            ["a+".to_string(), live_name.clone()]
         );
         // No key can name a temporary.
         for key in [live_name.clone(), format!("team/{live_name}")] {

@@ -157,9 +157,10 @@ pub enum StoreError {
     /// A put or delete with `Condition::IfMatch` found the object changed or gone.
     #[error("object changed since it was read")]
     PreconditionFailed,
-    /// The key cannot be stored because it clashes with another key in a way
-    /// this store cannot represent (on disk, `a` as a file and `a/b`). The
-    /// client's mistake, not the store's.
+    /// The key cannot be stored because its path crosses something the
+    /// store did not make (on disk, a symbolic link, or a file put by hand
+    /// where a directory must be). A conflict with that one key, not a
+    /// failure of the store.
     #[error("{0}")]
     KeyConflict(String),
     /// A setting names something that cannot work (a root that is a file,

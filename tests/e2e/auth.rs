@@ -202,7 +202,7 @@ fn apply_as_alice(s: &Secured, key: &str) {
 fn auth_right_credentials_apply_and_wrong_ones_get_401() {
     let s = Secured::start();
     apply_as_alice(&s, "team-a/app");
-    assert!(s.peer.root().join("team-a/app").is_file());
+    assert!(s.peer.object_path("team-a/app").is_file());
 
     let wrong = Terraform::new(&backend(&s.server.url, "team-a/app"));
     let out = run_tf(
@@ -364,7 +364,7 @@ fn auth_locks_belong_to_the_identity_that_took_them() {
         "a write user force-unlocked: {}",
         text(&out.stdout)
     );
-    assert!(s.peer.root().join("team-a/locked.tflock").is_file());
+    assert!(s.peer.object_path("team-a/locked.tflock").is_file());
     let admin = Terraform::new(&backend(&s.server.url, "team-a/locked"));
     ok_tf(
         &admin,
@@ -376,7 +376,7 @@ fn auth_locks_belong_to_the_identity_that_took_them() {
         &["force-unlock", "-force", "alice-lock"],
         &tf_env("root", password("root")),
     );
-    assert!(!s.peer.root().join("team-a/locked.tflock").exists());
+    assert!(!s.peer.object_path("team-a/locked.tflock").exists());
 }
 
 #[test]
@@ -400,7 +400,7 @@ fn auth_tokens_work_as_bearer_and_as_the_basic_password() {
         &["apply", "-auto-approve", "-no-color"],
         &tf_env("token", &s.token),
     );
-    assert!(s.peer.root().join("ci/terraform").is_file());
+    assert!(s.peer.object_path("ci/terraform").is_file());
 }
 
 #[test]

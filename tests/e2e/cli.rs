@@ -176,7 +176,7 @@ fn serve_with_no_arguments_uses_the_local_store_on_8080() {
     let tf = Terraform::new(&example_text("quickstart"));
     tf.init_apply(&[]);
     assert!(
-        root.join("stategate-data/quickstart/terraform.tfstate")
+        root.join("stategate-data/quickstart/terraform.tfstate+")
             .is_file()
     );
     signal(child.id(), "TERM");
@@ -208,7 +208,7 @@ fn sigterm_finishes_requests_in_flight() {
         "in-flight write finished: {response}"
     );
     assert!(server.wait(), "exit status 0 after SIGTERM");
-    assert!(peer.root().join("inflight").is_file());
+    assert!(peer.object_path("inflight").is_file());
 }
 
 #[test]

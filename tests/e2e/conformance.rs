@@ -31,7 +31,8 @@ macro_rules! conformance_suite {
                 delete_keeps_history, operator_commands, external_writes_are_checked_and_kept,
                 hostile_keys_are_refused_and_long_ones_fit, non_state_bodies_never_replace_a_state,
                 oversized_lock_infos_are_refused, head_and_etag_describe_the_state,
-                deleted_state_history_can_be_purged, sealed_states_leave_no_plaintext
+                deleted_state_history_can_be_purged, sealed_states_leave_no_plaintext,
+                a_key_and_the_keys_below_it_are_all_states
             );
         }
     };
@@ -1143,4 +1144,131 @@ pub fn sealed_states_leave_no_plaintext(peer: &dyn Peer) {
     let third = state_doc("sealed", 3, "after tampering");
     assert_eq!(post_state(&url, &third).0, 503);
     assert_eq!(peer.object_bytes(state_key), tampered, "overwritten");
+}
+
+/// `a`, `a/b` and `a/b/c` are three states, written in either order, in
+/// the default workspace and another: each reads back, is locked and
+/// unlocked on its own, is listed, and keeps its own history. Every store
+/// holds the whole key space, the local store too, where keys are paths
+/// and the file of `a` must not stand where `a/b` needs a directory.
+pub fn a_key_and_the_keys_below_it_are_all_states(peer: &dyn Peer) {
+    let server = Server::start(peer);
+    let url = |key: &str, workspace: &str| match workspace {
+        "default" => format!("{}?", server.state_url(key)),
+        ws => format!("{}?workspace={ws}&", server.state_url(key)),
+    };
+    let lineage = |key: &str, workspace: &str| format!("{workspace}-{}", key.replace('/', "-"));
+    let trees = [
+        ["up/a", "up/a/b", "up/a/b/c"],
+        ["down/a/b/c", "down/a/b", "down/a"],
+    ];
+    let mut states = Vec::new();
+    for workspace in ["default", "dev"] {
+        for key in trees.iter().flatten() {
+            for serial in 1..=2 {
+                let doc = state_doc(&lineage(key, workspace), serial, key);
+                let (status, body) = post_state(&url(key, workspace), &doc);
+                assert_eq!(status, 200, "{key} in {workspace}: {}", text(&body));
+            }
+            states.push((*key, workspace));
+        }
+    }
+
+    for &(key, ws) in &states {
+        let doc = |serial| state_doc(&lineage(key, ws), serial, key);
+        assert_eq!(
+            http("GET", &url(key, ws), b""),
+            (200, doc(2)),
+            "{key} in {ws}"
+        );
+        let (status, body) = http("GET", &format!("{}history", url(key, ws)), b"");
+        assert_eq!(status, 200, "history of {key} in {ws}: {}", text(&body));
+        let history: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let mut serials: Vec<u64> = history["versions"]
+            .as_array()
+            .expect("versions")
+            .iter()
+            .filter_map(|v| v["serial"].as_u64())
+            .collect();
+        serials.sort();
+        assert_eq!(serials, [1, 2], "{key} in {ws} keeps its own history");
+        assert_eq!(
+            http("GET", &format!("{}version=1", url(key, ws)), b""),
+            (200, doc(1)),
+            "{key} in {ws}, version 1"
+        );
+    }
+
+    // Every one locked at once, each by its own holder.
+    let lock = |i: usize| lock_info(&format!("nest-{i}"), &format!("holder-{i}@host"));
+    for (i, &(key, ws)) in states.iter().enumerate() {
+        let (status, body) = http("LOCK", &url(key, ws), &lock(i));
+        assert_eq!(status, 200, "LOCK {key} in {ws}: {}", text(&body));
+    }
+    let found = keys(peer);
+    for object_key in [
+        "up/a.tflock",
+        "up/a/b.tflock",
+        "workspaces/dev/down/a/b/c.tflock",
+    ] {
+        assert!(found.contains(object_key), "{object_key}: {found:?}");
+    }
+    for (i, &(key, ws)) in states.iter().enumerate() {
+        assert_eq!(
+            http("LOCK", &url(key, ws), &lock(99)),
+            (423, lock(i)),
+            "{key} in {ws} is held by its own lock"
+        );
+    }
+    for prefix in ["up/", "down/"] {
+        let (status, body) = http(
+            "GET",
+            &format!("{}/api/v1/states?prefix={prefix}", server.url),
+            b"",
+        );
+        assert_eq!(status, 200, "{}", text(&body));
+        let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let mut rows: Vec<(String, String, u64, String)> = list["states"]
+            .as_array()
+            .expect("states")
+            .iter()
+            .map(|row| {
+                (
+                    row["key"].as_str().unwrap().to_string(),
+                    row["workspace"].as_str().unwrap().to_string(),
+                    row["serial"].as_u64().unwrap(),
+                    row["lock"]["ID"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        rows.sort();
+        let mut expected: Vec<_> = states
+            .iter()
+            .enumerate()
+            .filter(|(_, (key, _))| key.starts_with(prefix))
+            .map(|(i, (key, ws))| (key.to_string(), ws.to_string(), 2, format!("nest-{i}")))
+            .collect();
+        expected.sort();
+        assert_eq!(rows, expected, "listing of {prefix}");
+    }
+    for (i, &(key, ws)) in states.iter().enumerate() {
+        let (status, body) = http("UNLOCK", &url(key, ws), &lock(i));
+        assert_eq!(status, 200, "UNLOCK {key} in {ws}: {}", text(&body));
+    }
+    assert!(!keys(peer).iter().any(|k| k.ends_with(".tflock")));
+    // Each changes on its own once free.
+    let (key, ws) = states[1];
+    let third = state_doc(&lineage(key, ws), 3, "third");
+    assert_eq!(post_state(&url(key, ws), &third).0, 200);
+    for &(other, other_ws) in &states {
+        let expected = match (other, other_ws) == (key, ws) {
+            true => third.clone(),
+            false => state_doc(&lineage(other, other_ws), 2, other),
+        };
+        assert_eq!(
+            http("GET", &url(other, other_ws), b""),
+            (200, expected),
+            "{other} in {other_ws}"
+        );
+    }
 }

@@ -48,7 +48,7 @@ macro_rules! contract_suite {
                 listing_shows_no_other_store, snapshot_copies_once_from_the_version_given,
                 large_body_round_trips, spooled_bodies_stream_in_and_out,
                 empty_body_round_trips, long_keys_round_trip,
-                clashing_keys_conflict_only_where_documented, missing_backend_is_unavailable
+                a_key_and_the_keys_below_it_are_all_stored, missing_backend_is_unavailable
             );
         }
     };
@@ -117,12 +117,6 @@ impl Kind {
             // generations never given twice.
             unique_versions: !matches!(self, Kind::S3 | Kind::S3WithoutIfMatch | Kind::Oss),
         }
-    }
-
-    /// Whether a key cannot be stored next to a key that extends it by a
-    /// segment (`a` and `a/b`): files and directories on disk.
-    fn keys_are_paths(self) -> bool {
-        matches!(self, Kind::Local | Kind::LocalNamedTemporaries)
     }
 
     /// Whether the store overrides `snapshot` with an in-place copy that
@@ -887,9 +881,10 @@ pub async fn read_modify_write_loses_no_update(fx: Fixture) {
 }
 
 /// Keys for the listing test: every allowed character, neighbours of
-/// `l/a/b` on both sides in byte order, and deep nesting. No key is also a
-/// directory of another (a clash the local store refuses by design).
+/// `l/a/b` on both sides in byte order, deep nesting, and `l/a/b`, which
+/// the local store holds beside the directory of `l/a/b/c`.
 const LISTED: &[&str] = &[
+    "l/a/b",
     "l/a/b-x",
     "l/a/b.x",
     "l/a/b/c",
@@ -961,15 +956,16 @@ pub async fn listing_is_a_sorted_string_prefix(fx: Fixture) {
     assert!(!ab.contains(&"l/a/c".to_string()));
     // Byte order: '-' < '.' < '/' < digits < upper case < '_' < lower case.
     assert_eq!(
-        ab[..4],
+        ab[..5],
         [
+            "l/a/b",
             "l/a/b-x",
             "l/a/b.x",
             "l/a/b/c",
             "l/a/b/c2/d/e/f/g/h/i/j/k/l/m/n/o/p/deep"
         ]
     );
-    assert_eq!(ab[4..], ["l/a/b0", "l/a/bA", "l/a/b_x", "l/a/bc"]);
+    assert_eq!(ab[5..], ["l/a/b0", "l/a/bA", "l/a/b_x", "l/a/bc"]);
 }
 
 pub async fn listing_outside_internal_leaves_out_exactly_the_internal_area(fx: Fixture) {
@@ -1295,53 +1291,29 @@ pub async fn long_keys_round_trip(fx: Fixture) {
 /// local store: a file cannot also be a directory) refuses the second with
 /// `KeyConflict`, the client's mistake, and keeps the first; every other
 /// store holds both.
-pub async fn clashing_keys_conflict_only_where_documented(fx: Fixture) {
+pub async fn a_key_and_the_keys_below_it_are_all_stored(fx: Fixture) {
     let store = &*fx.store;
-    put(store, "clash/a", b"file").await;
-    let deeper = store
-        .put("clash/a/b", Bytes::from_static(b"below"), Condition::Always)
-        .await;
-    put(store, "clash/c/d", b"below").await;
-    let shallower = store
-        .put("clash/c", Bytes::from_static(b"file"), Condition::IfAbsent)
-        .await;
-    if fx.kind.keys_are_paths() {
-        assert!(
-            matches!(deeper, Err(StoreError::KeyConflict(_))),
-            "{deeper:?}"
-        );
-        assert!(
-            matches!(shallower, Err(StoreError::KeyConflict(_))),
-            "{shallower:?}"
-        );
-        let listed: Vec<String> = list(store, "clash/")
-            .await
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
-        assert_eq!(listed, ["clash/a", "clash/c/d"]);
-    } else {
-        deeper.expect("a key below another key");
-        shallower.expect("a key above another key");
-        let listed: Vec<String> = list(store, "clash/")
-            .await
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
-        assert_eq!(listed, ["clash/a", "clash/a/b", "clash/c", "clash/c/d"]);
-        assert_eq!(
-            body_of(store, "clash/c").await.as_deref(),
-            Some(&b"file"[..])
-        );
+    put(store, "nest/a", b"file").await;
+    put(store, "nest/a/b", b"below").await;
+    put(store, "nest/c/d", b"below").await;
+    store
+        .put("nest/c", Bytes::from_static(b"file"), Condition::IfAbsent)
+        .await
+        .expect("a key above another key");
+    let listed: Vec<String> = list(store, "nest/")
+        .await
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(listed, ["nest/a", "nest/a/b", "nest/c", "nest/c/d"]);
+    for (key, body) in [
+        ("nest/a", &b"file"[..]),
+        ("nest/a/b", b"below"),
+        ("nest/c", b"file"),
+        ("nest/c/d", b"below"),
+    ] {
+        assert_eq!(body_of(store, key).await.as_deref(), Some(body), "{key}");
     }
-    assert_eq!(
-        body_of(store, "clash/a").await.as_deref(),
-        Some(&b"file"[..])
-    );
-    assert_eq!(
-        body_of(store, "clash/c/d").await.as_deref(),
-        Some(&b"below"[..])
-    );
 }
 
 /// A store whose backend is gone answers a failure of the store (one of

@@ -63,7 +63,7 @@ pub trait Removing: Peer {
 
 impl Removing for LocalPeer {
     fn remove_object(&self, key: &str) {
-        std::fs::remove_file(self.root().join(key)).expect("remove the object's file");
+        std::fs::remove_file(self.object_path(key)).expect("remove the object's file");
     }
 }
 

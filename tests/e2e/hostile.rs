@@ -349,7 +349,7 @@ fn hostile_symlinks_in_the_data_directory_are_never_followed() {
     std::os::unix::fs::symlink(outside.path(), root.join("evil")).unwrap();
     std::os::unix::fs::symlink(
         outside.path().join("secret.json"),
-        root.join("link.tfstate"),
+        root.join("link.tfstate+"),
     )
     .unwrap();
     std::fs::create_dir_all(root.join(".stategate/history")).unwrap();

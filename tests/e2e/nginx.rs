@@ -459,7 +459,7 @@ fn large_state_streams_through_nginx_byte_identical() {
         &body,
     );
     assert_eq!(status, 200, "{}", text(&reason));
-    let stored = std::fs::read(stack.peer.root().join("nginx/large.tfstate"))
+    let stored = std::fs::read(stack.peer.object_path("nginx/large.tfstate"))
         .expect("the state is in the store at its key");
     assert!(
         stored == body,

@@ -38,7 +38,7 @@ fn base_path_serves_every_url_below_it() {
     // Real terraform through the base path, with the gateway lock URLs.
     let tf = Terraform::new(&example_text("gateway-locks").replace("http://127.0.0.1:8080", &base));
     tf.init_apply(&[]);
-    assert!(peer.root().join("gateway/terraform.tfstate").is_file());
+    assert!(peer.object_path("gateway/terraform.tfstate").is_file());
     let out = tf.ok(&["plan", "-detailed-exitcode", "-no-color"]);
     assert!(out.contains("No changes"), "{out}");
     assert!(
@@ -279,5 +279,32 @@ fn loadtest_runs_terraform_cycles_and_counts_lock_conflicts() {
         text(&out.stdout).contains("unexpected: POST answered 413"),
         "{}",
         text(&out.stdout)
+    );
+}
+
+/// A loadtest on `URL` (client i on `URL/c<i>`) and then a shared-key one
+/// on `URL` itself: the state `load` sits above the states `load/c<i>`,
+/// which the local store holds beside one another as every store does.
+#[test]
+fn loadtest_on_a_url_and_then_shared_on_it_both_succeed() {
+    let peer = LocalPeer::new();
+    let server = Server::start(&peer);
+    let url = server.state_url("load");
+    for args in [
+        &["--duration", "2s"][..],
+        &["--duration", "2s", "--shared-key"],
+    ] {
+        let out = loadtest(&url, args, &[]);
+        let report = text(&out.stdout);
+        assert!(
+            out.status.success() && report.contains("no unexpected answers"),
+            "loadtest {args:?}:\n{report}\n{}",
+            text(&out.stderr)
+        );
+    }
+    let keys = peer.object_keys();
+    assert!(
+        keys.contains(&"load".to_string()) && keys.contains(&"load/c0".to_string()),
+        "{keys:?}"
     );
 }

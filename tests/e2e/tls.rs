@@ -220,7 +220,7 @@ fn tls_terraform_trusts_the_server_through_its_ca() {
         &[("client_ca_certificate_pem", pki.read("ca.pem"))],
     ));
     tf.init_apply(&[]);
-    assert!(peer.root().join("tls/terraform.tfstate").is_file());
+    assert!(peer.object_path("tls/terraform.tfstate").is_file());
     assert!(tf.ok(&["plan", "-no-color"]).contains("No changes"));
 
     // Without the CA, terraform does not trust the server.
@@ -264,7 +264,7 @@ fn tls_client_certificates_are_required_when_configured() {
         ],
     ));
     tf.init_apply(&[]);
-    assert!(peer.root().join("tls/terraform.tfstate").is_file());
+    assert!(peer.object_path("tls/terraform.tfstate").is_file());
 
     let no_cert = Terraform::new(&backend(
         &server.url,
@@ -423,7 +423,7 @@ fn tls_client_certificates_map_to_identities() {
         ],
     ));
     tf.init_apply(&[]);
-    assert!(peer.root().join("tls/terraform.tfstate").is_file());
+    assert!(peer.object_path("tls/terraform.tfstate").is_file());
     assert!(server.logs("identity=cert:ci-runner"), "{}", server.log());
     // Outside its rules: 403.
     let other = curl(&pki, &format!("{}/states/elsewhere", server.url), true);

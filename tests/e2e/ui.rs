@@ -418,7 +418,7 @@ fn ui_lists_thousands_of_states_a_page_at_a_time_without_reading_them() {
     // One written by another tool: no history, no summary; built once.
     std::fs::create_dir_all(peer.root().join("other")).unwrap();
     std::fs::write(
-        peer.root().join("other/found.tfstate"),
+        peer.object_path("other/found.tfstate"),
         state_doc("lineage-other", 7, "v"),
     )
     .unwrap();
@@ -439,8 +439,7 @@ fn ui_lists_thousands_of_states_a_page_at_a_time_without_reading_them() {
     let found: Value = serde_json::from_slice(&found).unwrap();
     assert_eq!(found["states"][0]["serial"], 7, "{found}");
     assert!(
-        peer.root()
-            .join(".stategate/history/other/found.tfstate/summary.json")
+        peer.object_path(".stategate/history/other/found.tfstate/summary.json")
             .is_file()
     );
     let (last_page, body) = timed(&format!("/api/v1/states?page={}", N / 50 + 1));

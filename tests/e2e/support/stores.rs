@@ -23,6 +23,12 @@ impl LocalPeer {
     pub fn root(&self) -> PathBuf {
         self.dir.path().join("data")
     }
+
+    /// The file holding the object `key`: the key with `+` appended, the
+    /// mark that keeps the file of `a` off the directory of `a/b`.
+    pub fn object_path(&self, key: &str) -> PathBuf {
+        self.root().join(format!("{key}+"))
+    }
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
@@ -62,21 +68,26 @@ impl Peer for LocalPeer {
     }
 
     fn object_keys(&self) -> Vec<String> {
-        // The store's own temporary and guard files are not objects.
-        files_below(&self.root())
+        // The store's own temporary and guard files are not objects; any
+        // other file without the mark is shown as it is, so that a test
+        // sees what should not be there.
+        let mut keys: Vec<String> = files_below(&self.root())
             .into_iter()
             .filter(|k| !k.starts_with(".stategate/local/"))
-            .collect()
+            .map(|k| k.strip_suffix('+').map(str::to_string).unwrap_or(k))
+            .collect();
+        keys.sort();
+        keys
     }
 
     /// Replaces the file as a careful tool does (new file, then rename),
     /// never in place: the README asks that of anything writing there.
     fn object_bytes(&self, key: &str) -> Vec<u8> {
-        std::fs::read(self.root().join(key)).expect("read the object's file")
+        std::fs::read(self.object_path(key)).expect("read the object's file")
     }
 
     fn put_object(&self, key: &str, body: &[u8]) {
-        let path = self.root().join(key);
+        let path = self.object_path(key);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let tmp = path.with_extension("external-tmp");
         std::fs::write(&tmp, body).unwrap();
