@@ -6,6 +6,7 @@
 
 #[macro_use]
 mod conformance;
+#[path = "../helpers/mod.rs"]
 mod support;
 
 #[cfg(all(feature = "s3", feature = "oss"))]
