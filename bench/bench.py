@@ -32,7 +32,7 @@ import urllib.parse
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SUPPORT = REPO / "tests" / "support"
+PEERS = REPO / "tests" / "peers"
 NGINX = "/usr/sbin/nginx"
 ALL_STORES = ["local", "sqlite", "s3", "oss", "postgres", "mariadb", "db"]
 # Stores served by stategate's `db` storage type.
@@ -173,7 +173,7 @@ def streamed_state(size, chunk=1 << 20):
 class Moto:
     def __init__(self):
         self.proc = spawn(
-            [sys.executable, str(SUPPORT / "moto_server.py")],
+            [sys.executable, str(PEERS / "moto_server.py")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -181,7 +181,7 @@ class Moto:
         try:
             ready = json.loads(line)
         except ValueError:
-            raise RuntimeError(f"moto did not start ({line!r}); install tests/support/requirements.txt into .venv")
+            raise RuntimeError(f"moto did not start ({line!r}); install tests/peers/requirements.txt into .venv")
         self.endpoint = f"http://127.0.0.1:{ready['port']}"
         self.access_key = ready["access_key"]
         self.secret_key = ready["secret_key"]
@@ -208,7 +208,7 @@ class OssServer:
         self.proc = spawn(
             [
                 sys.executable,
-                str(SUPPORT / "oss_server.py"),
+                str(PEERS / "oss_server.py"),
                 "--endpoint", OSS_ENDPOINT,
                 "--region", OSS_REGION,
                 "--credential", f"{OSS_AK}:{OSS_SECRET}",
@@ -305,7 +305,7 @@ http {{
 class PrivateDb:
     """A private PostgreSQL or MariaDB server in a temporary directory, on a
     free port of 127.0.0.1, with its durability defaults (fsync on), as the
-    test suite runs them (tests/e2e/support/db.rs)."""
+    test suite runs them (tests/helpers/db.rs)."""
 
     USER = "stategate"
     PASSWORD = "bench-password"

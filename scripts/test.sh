@@ -144,10 +144,10 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 req_stamp=.venv/.requirements.sha256
-req_sum=$(sha256sum tests/support/requirements.txt | cut -d' ' -f1)
+req_sum=$(sha256sum tests/peers/requirements.txt | cut -d' ' -f1)
 if [ "$(cat "$req_stamp" 2>/dev/null)" != "$req_sum" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/support/requirements.txt
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/peers/requirements.txt
   echo "$req_sum" > "$req_stamp"
 fi
 
@@ -156,7 +156,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "== Python peer tests"
-.venv/bin/python -m pytest -q tests/support
+.venv/bin/python -m pytest -q tests/peers
 echo "== cargo test"
 # Most tests wait on terraform and server processes, not on the CPU.
 cargo test --all-targets -- --test-threads "${STATEGATE_TEST_THREADS:-4}"

@@ -1,6 +1,7 @@
-//! Issue 11: `storageType: db` on a private PostgreSQL and a private
-//! MariaDB. The conformance suite on both engines, then what only a shared
-//! database server shows: replicas racing for one lock, the database going
+//! `storageType: db` on a private PostgreSQL and a private MariaDB. The
+//! conformance suite on both engines, then what only a shared database
+//! server shows, each behaviour written once and run on both engines
+//! (`on_both_engines!`): replicas racing for one lock, the database going
 //! away and coming back, a replica killed under load, SIGKILL crash rounds,
 //! the schema guard, large states under MariaDB's default packet limit, and
 //! a password full of URL-special characters that never reaches a log.
@@ -14,6 +15,39 @@ use crate::support::*;
 
 conformance_suite!(db_postgres, Box::new(DbPeer::new(Engine::Postgres)));
 conformance_suite!(db_mariadb, Box::new(DbPeer::new(Engine::Mariadb)));
+
+/// Instantiates a behaviour for both engines: `name => function` becomes
+/// the tests `name::postgres` and `name::mariadb`, each calling
+/// `function(engine)`, so the two engines are held to the same assertions.
+macro_rules! on_both_engines {
+    ($($name:ident => $behaviour:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use crate::support::db::Engine;
+
+                #[test]
+                fn postgres() {
+                    super::$behaviour(Engine::Postgres);
+                }
+
+                #[test]
+                fn mariadb() {
+                    super::$behaviour(Engine::Mariadb);
+                }
+            }
+        )*
+    };
+}
+
+on_both_engines! {
+    db_replicas_one_lock_winner => one_winner_per_round,
+    db_outage_503_then_recovers => outage,
+    db_replica_killed_under_load => replica_killed_under_load,
+    db_survives_sigkill_during_writes => survives_sigkill_during_writes,
+    db_password_with_url_characters => password_handling,
+    db_newer_schema_is_refused => newer_schema_refused,
+    db_tls_required_but_not_offered => tls_required_but_not_offered,
+}
 
 fn replicas(peer: &dyn Peer, n: usize) -> Vec<Server> {
     (0..n).map(|_| Server::start(peer)).collect()
@@ -64,16 +98,6 @@ fn one_winner_per_round(engine: Engine) {
         "{engine:?}: {ROUNDS} rounds of {CONTENDERS} LOCKs over 3 replicas, one winner each, in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-}
-
-#[test]
-fn db_replicas_one_lock_winner_postgres() {
-    one_winner_per_round(Engine::Postgres);
-}
-
-#[test]
-fn db_replicas_one_lock_winner_mariadb() {
-    one_winner_per_round(Engine::Mariadb);
 }
 
 fn serial_of(body: &[u8]) -> u64 {
@@ -218,16 +242,6 @@ fn outage(engine: Engine) {
     );
 }
 
-#[test]
-fn db_outage_503_then_recovers_postgres() {
-    outage(Engine::Postgres);
-}
-
-#[test]
-fn db_outage_503_then_recovers_mariadb() {
-    outage(Engine::Mariadb);
-}
-
 /// Lock, write, unlock as Terraform would, moving to the next replica when
 /// one stops answering; a lock whose answer was lost is taken again with
 /// the same ID (which succeeds). Returns how many cycles completed.
@@ -334,24 +348,9 @@ fn replica_killed_under_load(engine: Engine) {
     );
 }
 
-#[test]
-fn db_replica_killed_under_load_postgres() {
-    replica_killed_under_load(Engine::Postgres);
-}
-
-#[test]
-fn db_replica_killed_under_load_mariadb() {
-    replica_killed_under_load(Engine::Mariadb);
-}
-
-#[test]
-fn db_survives_sigkill_during_writes_postgres() {
-    crate::crash::crash_rounds(&DbPeer::new(Engine::Postgres));
-}
-
-#[test]
-fn db_survives_sigkill_during_writes_mariadb() {
-    crate::crash::crash_rounds(&DbPeer::new(Engine::Mariadb));
+/// SIGKILL at random moments during writes, as every store survives it.
+fn survives_sigkill_during_writes(engine: Engine) {
+    crate::crash::crash_rounds(&DbPeer::new(engine));
 }
 
 /// MariaDB keeps its default 16 MiB packet limit; a 40 MiB state still
@@ -468,16 +467,6 @@ impl Peer for UrlPeer<'_> {
     }
 }
 
-#[test]
-fn db_password_with_url_characters_postgres() {
-    password_handling(Engine::Postgres);
-}
-
-#[test]
-fn db_password_with_url_characters_mariadb() {
-    password_handling(Engine::Mariadb);
-}
-
 /// A schema newer than the binary stops start-up, naming both versions.
 fn newer_schema_refused(engine: Engine) {
     let peer = DbPeer::new(engine);
@@ -491,16 +480,6 @@ fn newer_schema_refused(engine: Engine) {
         log.contains("version 99") && log.contains("version 1 "),
         "names both versions:\n{log}"
     );
-}
-
-#[test]
-fn db_newer_schema_is_refused_postgres() {
-    newer_schema_refused(Engine::Postgres);
-}
-
-#[test]
-fn db_newer_schema_is_refused_mariadb() {
-    newer_schema_refused(Engine::Mariadb);
 }
 
 const PG_BACKEND_HCL: &str = r#"
@@ -521,7 +500,7 @@ output "greeting" {
 }
 "#;
 
-/// Issue 11: states written by real `terraform` with `backend "pg"` (two
+/// States written by real `terraform` with `backend "pg"` (two
 /// workspaces) are copied into stategate, found there by the http backend
 /// with no changes to plan, skipped on a rerun, left alone while Terraform
 /// holds a workspace's lock, and never overwritten when stategate has a
@@ -729,16 +708,6 @@ fn tls_required_but_not_offered(engine: Engine) {
         "names dbSSLMode:\n{log}"
     );
     assert!(!log.contains(PASSWORD), "the password appeared:\n{log}");
-}
-
-#[test]
-fn db_tls_required_but_not_offered_postgres() {
-    tls_required_but_not_offered(Engine::Postgres);
-}
-
-#[test]
-fn db_tls_required_but_not_offered_mariadb() {
-    tls_required_but_not_offered(Engine::Mariadb);
 }
 
 /// `dbSSLMode=verify-full` with `dbSSLRootCert` against a PostgreSQL that

@@ -800,7 +800,7 @@ fn docs_moto_bucket_commands_work() {
     let moto_server = repo().join(".venv/bin/moto_server");
     assert!(
         moto_server.exists(),
-        "{} is missing: run scripts/test.sh (or `.venv/bin/pip install -r tests/support/requirements.txt`)",
+        "{} is missing: run scripts/test.sh (or `.venv/bin/pip install -r tests/peers/requirements.txt`)",
         moto_server.display()
     );
     let port = {

@@ -1,15 +1,14 @@
 //! End-to-end tests: the built `stategate` binary, driven by the real
 //! `terraform` CLI and raw HTTP, against every store with its real peer.
-//! `conformance` is the suite every store must pass; `contract` calls the
-//! `Store` trait of every store directly, in this process; the other modules
-//! hold what is specific to one store or one concern.
+//! `conformance` is the suite every store must pass over HTTP; the other
+//! modules hold what is specific to one store or one concern. The helpers
+//! (`support`, in `tests/helpers/`) are shared with the `contract` target,
+//! which calls the `Store` trait of every store directly.
 
 #[macro_use]
 mod conformance;
+#[path = "../helpers/mod.rs"]
 mod support;
-
-#[cfg(all(feature = "s3", feature = "oss"))]
-mod contract;
 
 mod attacks;
 mod auth;

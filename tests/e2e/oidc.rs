@@ -1,5 +1,5 @@
 //! CI identity tokens and protected states, against a local OIDC issuer
-//! (`tests/support/oidc_issuer.py`, proven against PyJWT's own client by
+//! (`tests/peers/oidc_issuer.py`, proven against PyJWT's own client by
 //! its pytest): real `terraform` with `TF_HTTP_USERNAME=oidc` applies within
 //! its claim-derived keys and is refused outside them; expired, wrong
 //! audience or issuer, unknown key, `alg: none`, HMAC and tampered tokens
@@ -27,7 +27,7 @@ pub(crate) struct Issuer {
 impl Issuer {
     pub(crate) fn start() -> Issuer {
         let mut child = Command::new(python())
-            .arg(repo().join("tests/support/oidc_issuer.py"))
+            .arg(repo().join("tests/peers/oidc_issuer.py"))
             .args(["--port", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

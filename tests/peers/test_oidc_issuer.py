@@ -4,7 +4,7 @@ with `cryptography` directly): discovery, the JWK Set, RS256 and ES256
 signatures, the registered claims, key rotation, and the control endpoints
 the stategate tests rely on.
 
-Run: .venv/bin/python -m pytest tests/support/test_oidc_issuer.py
+Run: .venv/bin/python -m pytest tests/peers/test_oidc_issuer.py
 """
 
 import base64
@@ -23,7 +23,7 @@ try:
     import jwt
 except ImportError as e:  # fail, never skip: the test needs the real client
     raise ImportError(
-        "%s: run `python3 -m venv .venv && .venv/bin/pip install -r tests/support/requirements.txt`" % e
+        "%s: run `python3 -m venv .venv && .venv/bin/pip install -r tests/peers/requirements.txt`" % e
     ) from e
 
 HERE = os.path.dirname(os.path.abspath(__file__))

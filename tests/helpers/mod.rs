@@ -2,8 +2,11 @@
 //! `stategate` binary against a [`Peer`] (a store and whatever real server
 //! it needs), [`Terraform`] runs the real `terraform` CLI in its own
 //! directory, [`http`] is a small blocking client that can send LOCK and
-//! UNLOCK. Nothing here reimplements stategate; tests see only what
-//! crosses the wire and what lands in the store.
+//! UNLOCK. [`moto`] and [`oss_server`] run the shared S3 and OSS test
+//! servers (the Python peers in `tests/peers/`), [`db`] private PostgreSQL
+//! and MariaDB servers. Nothing here reimplements stategate; tests see only
+//! what crosses the wire and what lands in the store. The `e2e` and
+//! `contract` test targets both include this module as `support`.
 
 #![allow(dead_code)]
 
@@ -18,6 +21,8 @@ use tempfile::TempDir;
 
 #[cfg(feature = "db")]
 pub mod db;
+pub mod moto;
+pub mod oss_server;
 pub mod stores;
 
 /// A store as the tests see it: how to point stategate at it, and how to
@@ -63,7 +68,7 @@ pub fn python() -> PathBuf {
     let p = repo().join(".venv/bin/python");
     assert!(
         p.exists(),
-        "{} is missing: run scripts/test.sh (or `python3 -m venv .venv && .venv/bin/pip install -r tests/support/requirements.txt`)",
+        "{} is missing: run scripts/test.sh (or `python3 -m venv .venv && .venv/bin/pip install -r tests/peers/requirements.txt`)",
         p.display()
     );
     p

@@ -5,7 +5,7 @@ GitHub Actions and GitLab CI hand a job an OIDC ID token (a JWT); a server
 checks it against the issuer's discovery document and JSON Web Key Set.
 There is no such issuer on a test machine, so this one stands in for it on
 127.0.0.1. It signs with its own keys, made fresh on every run, and is proven
-against the standards with PyJWT by ``tests/support/test_oidc_issuer.py``.
+against the standards with PyJWT by ``tests/peers/test_oidc_issuer.py``.
 Tokens are signed here with ``cryptography`` directly (not with PyJWT), so
 those tests check this signer against an independent verifier.
 

@@ -7,7 +7,7 @@ server disagree on a signature, an error code or a header, these tests fail,
 so the server cannot drift into accepting only what our Rust client happens
 to send.
 
-Run: .venv/bin/python -m pytest tests/support/test_oss_server.py
+Run: .venv/bin/python -m pytest tests/peers/test_oss_server.py
 """
 
 import base64
@@ -26,7 +26,7 @@ try:
     import alibabacloud_oss_v2 as oss
 except ImportError as e:  # fail, never skip: the test needs the real SDK
     raise ImportError(
-        "%s: run `python3 -m venv .venv && .venv/bin/pip install -r tests/support/requirements.txt`" % e
+        "%s: run `python3 -m venv .venv && .venv/bin/pip install -r tests/peers/requirements.txt`" % e
     ) from e
 
 HERE = os.path.dirname(os.path.abspath(__file__))
