@@ -27,8 +27,10 @@ const LAYERS: &[&[&str]] = &[
     &["main"],
     &["cli"],
     &["config"],
-    // The server and the dashboard, and the wiring that builds them.
-    &["server", "ui", "app"],
+    // The wiring that builds the running application from the settings.
+    &["app"],
+    // The server and the dashboard.
+    &["server", "ui"],
     &["protocol"],
     // Operations every entry point shares, and the commands that copy
     // states between stores.
