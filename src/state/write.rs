@@ -289,7 +289,7 @@ mod tests {
 
     #[test]
     fn only_states_are_accepted_from_clients() {
-        // Regression for issue 8.8: each of these replaced a state with 200.
+        // Each of these replaced a state with 200.
         for bad in [
             &b"{}"[..],
             b"[]",

@@ -877,7 +877,7 @@ pub async fn a_key_and_the_keys_below_it_are_all_stored(fx: Fixture) {
 
 /// A store whose backend is gone answers a failure of the store (one of
 /// the kinds [`StoreError::is_unavailable`] names, a 503) on every
-/// operation, never "no such object" (issue 16), where the store promises
+/// operation, never "no such object", where the store promises
 /// to notice.
 pub async fn missing_backend_is_unavailable(fx: Fixture) {
     let store = &*fx.store;

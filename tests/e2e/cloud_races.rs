@@ -1,4 +1,4 @@
-//! Issue 16: three stategate replicas on one bucket, racing. On the cloud
+//! Three stategate replicas on one bucket, racing. On the cloud
 //! stores without compare-and-swap (OSS, and S3-compatible servers that
 //! ignore `If-Match`) every read-check-change runs under a write lease;
 //! these tests show the races it closes, round after round, each bounded in

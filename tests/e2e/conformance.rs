@@ -823,7 +823,7 @@ pub fn external_writes_are_checked_and_kept(peer: &dyn Peer) {
     assert_eq!(serials, [5, 9, 10]);
 }
 
-/// Issue 8.5 and 8.7: key segments and workspace names are bounded (so every
+/// Key segments and workspace names are bounded (so every
 /// store holds every key the server accepts: a 249-byte segment answered
 /// 503 on local disk), and no segment may end in `.tflock` (a state
 /// `victim.tflock/x` made `victim` unlockable).
@@ -890,7 +890,7 @@ pub fn hostile_keys_are_refused_and_long_ones_fit(peer: &dyn Peer) {
     assert_eq!(http("UNLOCK", &victim, &lock_info("V", "v")).0, 200);
 }
 
-/// Issue 8.8: over a state with resources, bodies that are not states were
+/// Over a state with resources, bodies that are not states were
 /// accepted and replaced it; Terraform then failed to read it.
 pub fn non_state_bodies_never_replace_a_state(peer: &dyn Peer) {
     let server = Server::start(peer);
@@ -952,7 +952,7 @@ pub fn non_state_bodies_never_replace_a_state(peer: &dyn Peer) {
     assert_eq!(http("GET", &url, b""), (200, b"{}".to_vec()));
 }
 
-/// Issue 8.3: a LockInfo was bounded only by the state body limit, and came
+/// A LockInfo was bounded only by the state body limit, and came
 /// back whole with every 409 and 423.
 pub fn oversized_lock_infos_are_refused(peer: &dyn Peer) {
     let server = Server::start(peer);
@@ -993,7 +993,7 @@ pub fn oversized_lock_infos_are_refused(peer: &dyn Peer) {
     assert_eq!(http("UNLOCK", &url, &lock_info("ok", "ok")).0, 200);
 }
 
-/// Issue 8.10: HEAD answered 405; GET and HEAD carry the length and an ETag.
+/// HEAD answered 405; GET and HEAD carry the length and an ETag.
 pub fn head_and_etag_describe_the_state(peer: &dyn Peer) {
     let server = Server::start(peer);
     let url = server.state_url("head/terraform.tfstate");
@@ -1041,7 +1041,7 @@ fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Issue 8.10: a deleted state stayed readable through `?version=N` with no
+/// A deleted state stayed readable through `?version=N` with no
 /// way to remove it.
 pub fn deleted_state_history_can_be_purged(peer: &dyn Peer) {
     let server = Server::start(peer);

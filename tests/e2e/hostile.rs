@@ -1,10 +1,9 @@
 //! What a hostile or careless client, or an unlucky operator, does to the
-//! server, replayed from the hardening issue (issue 8): idle and slow
-//! sockets, lengths declared but never sent, huge heads, a database file
-//! removed under the server, symbolic links in the data directory, writes
-//! killed half-way, large writes all at once. Each test fails on the code
-//! before the fix. Probes that concern every store (keys, bodies, LockInfo
-//! sizes, HEAD, purge) are in the conformance suite.
+//! server: idle and slow sockets, lengths declared but never sent, huge
+//! heads, a database file removed under the server, symbolic links in the
+//! data directory, writes killed half-way, large writes all at once.
+//! Probes that concern every store (keys, bodies, LockInfo sizes, HEAD,
+//! purge) are in the conformance suite.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -62,7 +61,7 @@ fn quick_get(server: &Server, path: &str, within: Duration) -> Option<(u16, Stri
 
 #[test]
 fn hostile_idle_sockets_cannot_starve_the_server() {
-    // Issue 8.1: 1,100 bare connections made /healthz time out.
+    // 1,100 bare connections made /healthz time out.
     let peer = LocalPeer::new();
     let server = Server::start_with(
         &peer,
@@ -91,7 +90,7 @@ fn hostile_idle_sockets_cannot_starve_the_server() {
 
 #[test]
 fn hostile_running_out_of_file_descriptors_recovers() {
-    // Issue 8.1: with the descriptor limit reached the accept loop spun on
+    // With the descriptor limit reached the accept loop spun on
     // EMFILE and no request was served again while the sockets stayed.
     let peer = LocalPeer::new();
     let server = Server::try_start_cmd(&peer, &["--header-timeout", "1s"], &[], |cmd| {
@@ -184,7 +183,7 @@ fn hostile_slow_heads_idle_keepalives_and_huge_heads_are_cut_off() {
 
 #[test]
 fn hostile_slow_uploads_are_cut_off() {
-    // Issue 8.1: body_min_rate, averaged over 10 s.
+    // Body_min_rate, averaged over 10 s.
     let peer = LocalPeer::new();
     let server = Server::start_with(&peer, &["--body-min-rate", "2048"]);
     let mut s = connect(&server);
@@ -227,7 +226,7 @@ fn hostile_slow_uploads_are_cut_off() {
 
 #[test]
 fn hostile_shutdown_does_not_wait_for_stalled_clients() {
-    // Issue 8.1: three connections holding partial heads delayed shutdown by 60 s.
+    // Three connections holding partial heads delayed shutdown by 60 s.
     let peer = LocalPeer::new();
     let server = Server::start(&peer);
     let mut stalled: Vec<TcpStream> = (0..3).map(|_| connect(&server)).collect();
@@ -254,7 +253,7 @@ fn vm_size(pid: u32) -> u64 {
 
 #[test]
 fn hostile_declared_lengths_reserve_no_memory() {
-    // Issue 8.2: 40 connections declaring 512 MiB and sending 1 byte pushed
+    // 40 connections declaring 512 MiB and sending 1 byte pushed
     // virtual memory to 21.7 GB.
     let peer = LocalPeer::new();
     let server = Server::start(&peer);
@@ -283,7 +282,7 @@ fn hostile_declared_lengths_reserve_no_memory() {
 
 #[test]
 fn hostile_sqlite_file_removed_under_the_server() {
-    // Issue 8.4: writes kept answering 200 into a deleted file, and a second
+    // Writes kept answering 200 into a deleted file, and a second
     // server on the path granted a lock the first still held.
     let peer = SqlitePeer::new();
     let first = Server::start(&peer);
@@ -334,7 +333,7 @@ fn hostile_sqlite_file_removed_under_the_server() {
 
 #[test]
 fn hostile_symlinks_in_the_data_directory_are_never_followed() {
-    // Issue 8.6: a link inside the root let requests read and write outside it.
+    // A link inside the root let requests read and write outside it.
     let peer = LocalPeer::new();
     let server = Server::start(&peer);
     let outside = tempfile::TempDir::new().unwrap();
@@ -415,7 +414,7 @@ fn hostile_symlinks_in_the_data_directory_are_never_followed() {
 
 #[test]
 fn hostile_killed_writes_leave_no_temporaries() {
-    // Issue 8.10: temporary files of killed writes survived restarts.
+    // Temporary files of killed writes survived restarts.
     let peer = LocalPeer::new();
     drop(Server::start(&peer));
     let tmp = peer.root().join(".stategate/local/tmp");
@@ -434,7 +433,7 @@ fn hostile_killed_writes_leave_no_temporaries() {
 
 #[test]
 fn hostile_concurrent_large_writes_queue_on_sqlite() {
-    // Issue 8.11: concurrent large writes ran out SQLite's busy timeout.
+    // Concurrent large writes ran out SQLite's busy timeout.
     let peer = SqlitePeer::new();
     let server = Server::start(&peer);
     let big = |i: usize| state_doc(&format!("big{i}"), 1, &"v".repeat(24 << 20));

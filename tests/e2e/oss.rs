@@ -329,7 +329,7 @@ fn oss_check_reports_the_store_and_never_a_secret() {
     }
 }
 
-/// Issue 16: a bucket deleted while stategate runs is a store failure on
+/// A bucket deleted while stategate runs is a store failure on
 /// every URL (HEAD answers a bodiless 404 for a missing object and a
 /// missing bucket alike, so the bucket is checked), never "no state".
 #[test]
@@ -344,7 +344,7 @@ fn oss_missing_bucket_answers_503_everywhere() {
     every_verb_answers_503_for_a_missing_bucket(&server, "gone/terraform.tfstate", &peer.bucket);
 }
 
-/// Issue 16: `timeout` bounds a whole operation. A server that accepts
+/// `timeout` bounds a whole operation. A server that accepts
 /// connections and never answers (paused with SIGSTOP) gets a 503 within
 /// `timeout`.
 #[test]
@@ -358,14 +358,14 @@ fn oss_stopped_server_answers_503_within_timeout() {
     eprintln!("oss paused, timeout 3s: time to 503 {timings:?}");
 }
 
-/// Issue 16: a prefix with `..` is refused naming `prefix`, as on S3.
+/// A prefix with `..` is refused naming `prefix`, as on S3.
 #[test]
 fn oss_prefix_with_dot_dot_is_refused_naming_prefix() {
     let log = refused(&OssPeer::new().set("prefix", "team-a/.."), &[]);
     assert!(log.contains("setting `prefix`"), "{log}");
 }
 
-/// Issue 16, item 7: a connection closed before the answer is one plain
+/// A connection closed before the answer is one plain
 /// sentence.
 #[test]
 fn oss_connection_closed_is_one_plain_sentence() {

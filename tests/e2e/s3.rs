@@ -450,7 +450,7 @@ fn s3_server_ignoring_conditions_is_refused_unless_unsafe_locks_are_allowed() {
     assert!(!keys(&peer).contains("unsafe/terraform.tfstate.tflock"));
 }
 
-/// Issue 16: a bucket deleted while stategate runs is a store failure on
+/// A bucket deleted while stategate runs is a store failure on
 /// every URL, never "no state" or "no lock".
 #[test]
 fn s3_missing_bucket_answers_503_everywhere() {
@@ -464,7 +464,7 @@ fn s3_missing_bucket_answers_503_everywhere() {
     every_verb_answers_503_for_a_missing_bucket(&server, "gone/terraform.tfstate", &peer.bucket);
 }
 
-/// Issue 16: `timeout` bounds a whole operation, retries included. A
+/// `timeout` bounds a whole operation, retries included. A
 /// server that accepts connections and never answers (paused with
 /// SIGSTOP) gets a 503 within `timeout`, not after three attempts of it.
 #[test]
@@ -478,7 +478,7 @@ fn s3_stopped_server_answers_503_within_timeout() {
     eprintln!("s3 paused, timeout 3s: time to 503 {timings:?}");
 }
 
-/// Issue 8, item 9: no secret in the log at any level, whatever RUST_LOG
+/// No secret in the log at any level, whatever RUST_LOG
 /// asks of the SDK's own targets (its signer logs the canonical request,
 /// session token header included, at trace).
 #[test]
@@ -510,7 +510,7 @@ fn s3_trace_logs_never_show_a_secret() {
     );
 }
 
-/// Issue 16, item 7: a connection closed before the answer is one plain
+/// A connection closed before the answer is one plain
 /// sentence, not the SDK's nested Debug output.
 #[test]
 fn s3_connection_closed_is_one_plain_sentence() {

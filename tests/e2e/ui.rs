@@ -1,4 +1,4 @@
-//! The dashboard (issue 14): states written by real `terraform` runs, the
+//! The dashboard: states written by real `terraform` runs, the
 //! pages driven in headless Chromium (`tests/ui/dashboard.mjs`, Playwright
 //! on the system's Chromium), the JSON API, what the pages never show, and
 //! who sees what once authentication is on.

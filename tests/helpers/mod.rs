@@ -568,7 +568,7 @@ pub fn closing_server() -> String {
     addr
 }
 
-/// Issue 16: with the store's bucket gone, every verb on a state answers
+/// With the store's bucket gone, every verb on a state answers
 /// 503 naming the bucket, never "no state" (`server` on a store whose
 /// bucket `bucket` was deleted; `key` was written before).
 pub fn every_verb_answers_503_for_a_missing_bucket(server: &Server, key: &str, bucket: &str) {
@@ -592,7 +592,7 @@ pub fn every_verb_answers_503_for_a_missing_bucket(server: &Server, key: &str, b
     }
 }
 
-/// Issue 16: with the store's server process `pid` paused (SIGSTOP), GET,
+/// With the store's server process `pid` paused (SIGSTOP), GET,
 /// LOCK and POST on `url` (a state holding `state_doc("p", 1, "v")`) answer
 /// a plain 503 within the store's `timeout` of `secs` seconds; then the
 /// server is resumed and the state reads back. Returns the times to 503.
