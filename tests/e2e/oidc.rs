@@ -211,8 +211,7 @@ resource "terraform_data" "x" {{
     ok(&["apply", "-auto-approve", "-no-color"]);
     assert!(
         s.peer
-            .root()
-            .join("ci/my-org/app/terraform.tfstate")
+            .object_path("ci/my-org/app/terraform.tfstate")
             .is_file()
     );
     assert!(
