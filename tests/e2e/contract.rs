@@ -1433,8 +1433,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("stores", &["settings"]),
     ("state", &["stores", "settings"]),
     (
-        "protocol",
+        "ops",
         &["state", "stores", "settings", "auth", "audit", "metrics"],
+    ),
+    (
+        "protocol",
+        &[
+            "ops", "state", "stores", "settings", "auth", "audit", "metrics",
+        ],
     ),
 ];
 
