@@ -2,8 +2,13 @@
 //! unlocks, force-unlocks, accepted and refused writes, deletes, refused
 //! credentials and permissions), with the identity and the client address.
 //! It goes to its own file (`audit_log`) or to stderr, apart from the
-//! request log, and never carries a credential or any state content: the
-//! callers pass only names, keys, numbers and reasons.
+//! request log, and never carries a credential or any state content.
+//!
+//! The log does not know what happened: it writes whatever [`Entry`] it is
+//! handed, and [`crate::ops`], where every audited action happens, is the
+//! one implementor, turning its typed events into entries. So the field
+//! names of each action are spelt in one place, and this module depends
+//! on nothing above it.
 
 use std::fs::File;
 use std::io::Write;
@@ -13,6 +18,15 @@ use std::sync::Mutex;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+
+/// One audit line's content: the action it names and its fields. Fields
+/// whose value is `null` are left out of the line.
+pub trait Entry {
+    /// The value of the line's `audit` field (`write`, `force_unlock`, ...).
+    fn action(&self) -> &'static str;
+    /// The other fields, by name.
+    fn fields(&self) -> Vec<(&'static str, Value)>;
+}
 
 /// Where audit events are written.
 pub struct Audit {
@@ -40,8 +54,8 @@ impl Audit {
         })
     }
 
-    /// Writes one event: `action` plus `fields`, with the time.
-    pub fn event(&self, action: &str, fields: &[(&str, Value)]) {
+    /// Writes one line: the entry's action and fields, with the time.
+    pub fn record(&self, entry: &dyn Entry) {
         let mut line = Map::new();
         line.insert(
             "time".into(),
@@ -51,10 +65,10 @@ impl Audit {
                     .unwrap_or_default(),
             ),
         );
-        line.insert("audit".into(), Value::String(action.to_string()));
-        for (k, v) in fields {
+        line.insert("audit".into(), Value::String(entry.action().to_string()));
+        for (k, v) in entry.fields() {
             if !v.is_null() {
-                line.insert((*k).to_string(), v.clone());
+                line.insert(k.to_string(), v);
             }
         }
         let mut text = Value::Object(line).to_string();

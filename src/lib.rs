@@ -8,9 +8,13 @@
 //! - [`server`] accepts connections (hyper 1 on tokio, HTTPS through
 //!   [`tls`]), guards them with limits and shuts down gracefully; it hands
 //!   each request to [`protocol`].
-//! - [`protocol`] turns HTTP into calls on [`state::States`] and results back
-//!   into HTTP: URL and key parsing, LockInfo, and the one place where errors
-//!   become status codes.
+//! - [`protocol`] turns HTTP into reads of [`state::States`] and calls of
+//!   [`ops`], and results back into HTTP: URL and key parsing, LockInfo,
+//!   and the one place where errors become status codes.
+//! - [`ops`] holds each change to a state once (write, lock, unlock,
+//!   force-unlock, restore, push, delete, purge) for every entry point:
+//!   the state URLs, the dashboard and the operator commands. It records
+//!   each as a typed event, which [`audit`] writes and [`metrics`] counts.
 //! - [`state`] holds the rules, written once for every store: object keys
 //!   and workspaces, locking, the write rules (lock holder, lineage and
 //!   serial), and version history.
@@ -18,11 +22,11 @@
 //!   delete, list) and one module per backend; it knows nothing of HTTP or
 //!   Terraform.
 //! - [`auth`] turns credentials into an identity with access levels on
-//!   key patterns; [`audit`] writes one JSON line per security-relevant
-//!   action.
+//!   key patterns, and decides, in one pure function, what it may do;
+//!   [`audit`] writes one JSON line per security-relevant action.
 //! - [`ui`] is the dashboard at `/ui/` and its JSON API at `/api/v1/`:
-//!   it plugs into [`protocol`] as [`protocol::Pages`] and reads through
-//!   [`state`], [`auth`] and [`audit`]; nothing below imports it.
+//!   it plugs into [`protocol`] as [`protocol::Pages`], reads through
+//!   [`state`] and changes through [`ops`]; nothing below imports it.
 //! - [`logging`] writes the text log's fields, one event to a line
 //!   whatever a client put in them.
 //! - [`metrics`] counts what `/metrics` shows, for the server and the
@@ -36,8 +40,8 @@
 //!   `db` feature) the workspaces of Terraform's own `pg` backend, through
 //!   the state rules; [`loadtest`] drives a deployment as Terraform does.
 //!
-//! Dependencies point one way: `server -> protocol -> state -> stores ->
-//! settings`, with `config` on top reading every layer's settings and
+//! Dependencies point one way: `server -> protocol -> ops -> state ->
+//! stores -> settings`, with `config` on top reading every layer's settings and
 //! nothing below importing it; a test of the `crate::` paths in `src/`
 //! keeps it so.
 
@@ -50,6 +54,7 @@ pub mod metrics;
 pub mod migrate;
 #[cfg(feature = "db")]
 pub mod migrate_pg;
+pub mod ops;
 pub mod protocol;
 pub mod server;
 pub mod settings;

@@ -40,6 +40,7 @@ use crate::settings::ConfigError;
 use crate::state::StateRef;
 use file::{FileAuth, FileProtected, FileRule};
 
+pub mod decide;
 pub mod file;
 mod oidc;
 

@@ -14,7 +14,7 @@ use super::args::MigrateArgs;
 #[cfg(feature = "db")]
 use super::args::MigratePgArgs;
 #[cfg(feature = "db")]
-use super::state::{operator_audit, operator_fields};
+use super::state::{operator, operator_audit};
 use super::{Create, open_states, open_states_for_reading};
 
 /// Settings from one whole configuration file (`migrate --from/--to`):
@@ -163,6 +163,7 @@ fn hostname() -> String {
 #[cfg(feature = "db")]
 pub async fn migrate_from_terraform_pg(settings: &Settings, args: MigratePgArgs) -> Result<()> {
     use stategate::migrate_pg::{self, Outcome, Source};
+    use stategate::ops::Ops;
     let (states, _) = open_states(settings, Create::Yes).await?;
     let audit = operator_audit(settings)?;
     let source = Source {
@@ -182,13 +183,7 @@ pub async fn migrate_from_terraform_pg(settings: &Settings, args: MigratePgArgs)
             Outcome::Copied { serial } => {
                 copied += 1;
                 if let Some(state) = &m.target {
-                    audit.event(
-                        "migrate",
-                        &operator_fields(
-                            state,
-                            &[("source_workspace", m.workspace.clone().into())],
-                        ),
-                    );
+                    Ops::new(&states, &audit, None).migrated(state, &operator(), &m.workspace);
                 }
                 match serial {
                     Some(s) => format!("copied (serial {s})"),

@@ -1,6 +1,7 @@
 //! The operator commands `state …` and `lock …`: they work on the
-//! configured store directly, under the same rules as the server, and are
-//! audited as the local user who ran them.
+//! configured store directly, through the same operations as the server
+//! ([`stategate::ops`]), as the local user who ran them, who counts as an
+//! admin: `--force` passes a lock where an admin may.
 
 use std::io::Write;
 
@@ -9,8 +10,9 @@ use bytes::Bytes;
 
 use stategate::audit::Audit;
 use stategate::config::Settings;
+use stategate::ops::{Actor, OpError, Ops};
 use stategate::state::history::HistoryWindow;
-use stategate::state::{StateRef, States, WriteOptions, WriteOutcome};
+use stategate::state::{LockInfo, StateError, StateRef, States, WriteOutcome};
 
 use super::args::{LockCommand, StateCommand};
 use super::{Create, open_states};
@@ -28,6 +30,8 @@ pub(super) fn state_ref(states: &States, key: &str, workspace: Option<&str>) -> 
 pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
     let (states, _) = open_states(settings, Create::No).await?;
     let audit = operator_audit(settings)?;
+    let ops = Ops::new(&states, &audit, None);
+    let actor = operator();
     let mut out = std::io::stdout().lock();
     match cmd {
         StateCommand::List { prefix } => {
@@ -110,18 +114,10 @@ pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
             force,
         } => {
             let state = state_ref(&states, &key, workspace.as_deref())?;
-            let body = states.version(&state, version).await?;
-            let opts = WriteOptions {
-                skip_lineage_check: true,
-                ignore_lock: force,
-                operation: "restore",
-                ..Default::default()
-            };
-            let outcome = states.write(&state, body, opts).await?;
-            audit.event(
-                "restore",
-                &operator_fields(&state, &[("restored_version", version.into())]),
-            );
+            let outcome = ops
+                .restore(&state, &actor, version, force)
+                .await
+                .map_err(|e| restore_refused(&state, e))?;
             report_write(
                 &mut out,
                 &state,
@@ -131,8 +127,7 @@ pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
         }
         StateCommand::Purge { key, workspace } => {
             let state = state_ref(&states, &key, workspace.as_deref())?;
-            let n = states.purge(&state).await?;
-            audit.event("purge", &operator_fields(&state, &[("versions", n.into())]));
+            let n = ops.purge(&state, &actor).await?;
             writeln!(out, "purged {n} versions of {state}")?;
         }
         StateCommand::Push {
@@ -149,13 +144,7 @@ pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
             } else {
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
             };
-            let opts = WriteOptions {
-                skip_lineage_check: force,
-                operation: "push",
-                ..Default::default()
-            };
-            let outcome = states.write(&state, Bytes::from(body), opts).await?;
-            audit.event("push", &operator_fields(&state, &[("force", force.into())]));
+            let outcome = ops.push(&state, &actor, Bytes::from(body), force).await?;
             report_write(&mut out, &state, outcome, "pushed")?;
         }
     }
@@ -190,25 +179,32 @@ fn local_user_name() -> Option<String> {
         .map(str::to_string)
 }
 
-/// An operator command's audit fields: the state and the local user who
-/// ran it (operator commands work on the store directly, not through auth).
-pub(super) fn operator_fields(
-    state: &StateRef,
-    extra: &[(&'static str, serde_json::Value)],
-) -> Vec<(&'static str, serde_json::Value)> {
+/// The local user running this command, as the operations see it:
+/// audited as `operator:<user>`.
+pub(super) fn operator() -> Actor {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .ok()
         .filter(|u| !u.is_empty())
         .or_else(local_user_name)
         .unwrap_or_else(|| format!("uid {}", rustix::process::getuid().as_raw()));
-    let mut fields = vec![
-        ("state", serde_json::json!(state.key())),
-        ("workspace", serde_json::json!(state.workspace())),
-        ("identity", serde_json::json!(format!("operator:{user}"))),
-    ];
-    fields.extend(extra.iter().cloned());
-    fields
+    Actor::operator(&user)
+}
+
+/// A restore refused while the state is locked, with what to do about it.
+fn restore_refused(state: &StateRef, e: OpError) -> anyhow::Error {
+    match e {
+        OpError::State(StateError::Locked(holder)) => {
+            let holder = LockInfo::of_holder(&holder);
+            anyhow::anyhow!(
+                "{state} is locked by {} (ID {}): a restore is refused while the state is locked; \
+                 wait for the lock's release, or pass --force to restore anyway",
+                holder.who,
+                holder.id
+            )
+        }
+        other => other.into(),
+    }
 }
 
 pub(super) fn report_write(
@@ -254,25 +250,13 @@ pub async fn lock(settings: &Settings, cmd: LockCommand) -> Result<()> {
         }
         LockCommand::Release { key, workspace } => {
             let state = state_ref(&states, &key, workspace.as_deref())?;
-            match states.lock_holder(&state).await? {
+            let ops = Ops::new(&states, &audit, None);
+            match ops.force_unlock(&state, &operator(), None).await? {
                 None => println!("{state} is not locked"),
-                Some(held) => {
-                    states.release(&state, None).await?;
-                    audit.event(
-                        "force_unlock",
-                        &operator_fields(
-                            &state,
-                            &[
-                                ("lock_id", held.info.id.clone().into()),
-                                ("previous_holder", held.info.who.clone().into()),
-                            ],
-                        ),
-                    );
-                    println!(
-                        "released the lock on {state} held by {} (ID {})",
-                        held.info.who, held.info.id
-                    );
-                }
+                Some(held) => println!(
+                    "released the lock on {state} held by {} (ID {})",
+                    held.info.who, held.info.id
+                ),
             }
         }
     }

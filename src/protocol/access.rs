@@ -1,19 +1,21 @@
 //! Who may do what, applied to one request: authentication (when an `auth`
-//! section is configured), the access level each endpoint needs, lock
-//! ownership (a write, or an UNLOCK, under a lock another identity took
-//! needs `admin`, whatever ID it presents), and the `outputs` view of a
-//! state. `/healthz`, `/readyz` and `/metrics` carry no state data and
-//! need no credentials.
+//! section is configured), the access level each endpoint needs, and the
+//! `outputs` view of a state. The decision itself is
+//! [`crate::auth::decide`]'s, and the dashboard asks it through the same
+//! [`authenticate`] and [`permit`]; lock ownership depends on the lock as
+//! stored and is checked by the operations ([`crate::ops`]). `/healthz`,
+//! `/readyz` and `/metrics` carry no state data and need no credentials.
 
 use std::net::IpAddr;
 
 use bytes::Bytes;
 use hyper::HeaderMap;
 use hyper::header::AUTHORIZATION;
-use serde_json::json;
 
 use super::{App, Endpoint, ProtocolError};
-use crate::auth::{Access, AuthError, Identity};
+use crate::auth::decide::{Decision, decide};
+use crate::auth::{Access, Auth, AuthError, Identity};
+use crate::ops::{Actor, Target, Via};
 use crate::state::StateRef;
 
 /// An authenticated caller and its level on the state at hand.
@@ -58,134 +60,84 @@ pub async fn authorize(
     else {
         return Ok(None);
     };
+    let target = || Target::State(state.clone());
+    let identity = authenticate(
+        app,
+        &auth,
+        headers,
+        certificate_cn,
+        client,
+        Via::Http,
+        target,
+    )
+    .await?;
+    let level = permit(
+        app,
+        &auth,
+        &identity,
+        state,
+        needed,
+        verb,
+        (client, Via::Http),
+    )?;
+    Ok(Some(Caller { identity, level }))
+}
+
+/// Authenticates a request, for the state URLs and the dashboard alike.
+/// Credentials refused (401, or 429 for an address over its budget of
+/// failures) are audited against `target` and counted; credentials that
+/// cannot be checked now (503) are neither: the client did nothing wrong.
+pub async fn authenticate(
+    app: &App,
+    auth: &Auth,
+    headers: &HeaderMap,
+    certificate_cn: Option<&str>,
+    client: IpAddr,
+    via: Via,
+    target: impl FnOnce() -> Target,
+) -> Result<Identity, ProtocolError> {
     let header = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let identity = match auth.authenticate(header, certificate_cn, client).await {
-        Ok(identity) => identity,
-        Err(e @ AuthError::Unavailable(_)) => return Err(e.into()),
+    match auth.authenticate(header, certificate_cn, client).await {
+        Ok(identity) => Ok(identity),
+        Err(e @ AuthError::Unavailable(_)) => Err(e.into()),
         Err(e) => {
             let e = ProtocolError::from(e);
-            app.metrics.auth_failure();
-            app.audit.event(
-                "denied",
-                &[
-                    ("status", json!(e.status().as_u16())),
-                    ("state", json!(state.key())),
-                    ("workspace", json!(state.workspace())),
-                    ("reason", json!(e.to_string())),
-                    ("client", json!(client.to_string())),
-                ],
-            );
-            return Err(e);
+            let actor = Actor {
+                identity: None,
+                level: None,
+                client: Some(client),
+                via,
+            };
+            let status = e.status().as_u16();
+            app.ops()
+                .refuse_credentials(&actor, target(), status, e.to_string());
+            Err(e)
         }
-    };
-    let level = identity.access(state);
-    let changes = matches!(
-        endpoint,
-        Endpoint::WriteState { .. }
-            | Endpoint::DeleteState { .. }
-            | Endpoint::Lock(_)
-            | Endpoint::Unlock(_)
-    );
-    if changes
-        && level.is_some_and(|l| l >= needed)
-        && let Some(why) = auth.protection(&identity, state)
-    {
-        return Err(forbid(app, &identity, state, client, why));
-    }
-    match level {
-        Some(level) if level >= needed => Ok(Some(Caller { identity, level })),
-        _ => Err(forbid(
-            app,
-            &identity,
-            state,
-            client,
-            format!(
-                "{} may not {verb} {state}: that needs {} access",
-                identity.name,
-                needed.name()
-            ),
-        )),
     }
 }
 
-/// Refuses with 403, audited.
-pub fn forbid(
+/// Whether `identity` may `verb` `state`, which needs `needed` ([`decide`]):
+/// its level on the state, or a 403, audited, from `(client, via)`.
+pub fn permit(
     app: &App,
+    auth: &Auth,
     identity: &Identity,
     state: &StateRef,
-    client: IpAddr,
-    reason: String,
-) -> ProtocolError {
-    app.audit.event(
-        "denied",
-        &[
-            ("status", json!(403)),
-            ("identity", json!(identity.name)),
-            ("state", json!(state.key())),
-            ("workspace", json!(state.workspace())),
-            ("reason", json!(reason)),
-            ("client", json!(client.to_string())),
-        ],
-    );
-    ProtocolError::Forbidden(reason)
-}
-
-/// Checks that `caller` may act under the lock `lock_id` on `state`: when
-/// that lock is held now, it must have taken it, or be an admin.
-pub async fn check_lock_owner(
-    app: &App,
-    state: &StateRef,
-    lock_id: &str,
-    caller: &Caller,
-    client: IpAddr,
-) -> Result<(), ProtocolError> {
-    if caller.level >= Access::Admin {
-        return Ok(());
-    }
-    let held = app.states.lock_holder(state).await?;
-    match held {
-        // Not that lock any more: the state layer answers as it does
-        // without authentication.
-        Some(h) if h.info.id == lock_id => {
-            check_owner(app, state, lock_id, h.owner, caller, client)
+    needed: Access,
+    verb: &str,
+    (client, via): (IpAddr, Via),
+) -> Result<Access, ProtocolError> {
+    match decide(auth, identity, state, needed, verb) {
+        Decision::Allow(level) => Ok(level),
+        Decision::Deny(reason) => {
+            let actor = Actor {
+                identity: Some(identity.name.clone()),
+                level: identity.access(state),
+                client: Some(client),
+                via,
+            };
+            Err(app.ops().forbid(&actor, state, reason).into())
         }
-        _ => Ok(()),
-    }
-}
-
-/// Checks that `owner`, the recorded owner of the lock `lock_id`, is
-/// `caller` (or that the caller is an admin).
-pub fn check_owner(
-    app: &App,
-    state: &StateRef,
-    lock_id: &str,
-    owner: Option<String>,
-    caller: &Caller,
-    client: IpAddr,
-) -> Result<(), ProtocolError> {
-    if caller.level >= Access::Admin {
-        return Ok(());
-    }
-    match owner {
-        Some(owner) if owner == caller.name() => Ok(()),
-        Some(owner) => Err(forbid(
-            app,
-            &caller.identity,
-            state,
-            client,
-            format!(
-                "the lock {lock_id} on {state} was taken by {owner}; only they or an admin may use it"
-            ),
-        )),
-        None => Err(forbid(
-            app,
-            &caller.identity,
-            state,
-            client,
-            format!(
-                "the lock {lock_id} on {state} was not taken through stategate's authentication; only an admin may use it"
-            ),
-        )),
     }
 }
 

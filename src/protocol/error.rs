@@ -13,6 +13,7 @@ use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER, W
 use hyper::{Response, StatusCode};
 
 use crate::auth::AuthError;
+use crate::ops::OpError;
 use crate::state::StateError;
 
 /// Why a request failed, as the protocol sees it.
@@ -70,6 +71,17 @@ impl From<AuthError> for ProtocolError {
             }
             AuthError::Missing | AuthError::Invalid(_) => ProtocolError::Unauthorized(message),
             AuthError::Unavailable(_) => ProtocolError::Unavailable(message),
+        }
+    }
+}
+
+/// An operation's refusal: the state layer's kinds as they are, and a
+/// permission refused as 403.
+impl From<OpError> for ProtocolError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::State(e) => ProtocolError::State(e),
+            OpError::Forbidden(reason) => ProtocolError::Forbidden(reason),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! What the dashboard shows, gathered once for the pages and the JSON API
 //! (`/api/v1/states`, `/api/v1/states/<key>`, `/api/v1/diff/<key>`,
-//! `/api/v1/locks`), and the two changes an admin may make from a page.
+//! `/api/v1/locks`). The changes an admin may make from a page (lock
+//! release, restore) are [`crate::ops`]'s.
 //!
 //! The state list reads one store listing, keeps the states the caller may
 //! read that match the filter, sorts them by last write and reads only the
@@ -25,12 +26,12 @@ use time::format_description::well_known::Rfc3339;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::{Query, Viewer};
-use crate::protocol::{App, PageRequest, ProtocolError};
+use crate::protocol::{App, ProtocolError};
 use crate::state::diff::{self, Diff, Overview};
 use crate::state::head::StateHead;
 use crate::state::history::HistoryWindow;
 use crate::state::summary::{Listed, Summary};
-use crate::state::{StateError, StateRef, VersionMeta, WriteOptions};
+use crate::state::{StateError, StateRef, VersionMeta};
 use crate::stores::Payload;
 
 /// States per page of the list.
@@ -511,70 +512,4 @@ pub async fn locks(
     }
     out.sort_by_key(|l| std::cmp::Reverse(l.lock.age_seconds));
     Ok(out)
-}
-
-fn audit_fields(
-    state: &StateRef,
-    viewer: &Viewer,
-    page: &PageRequest,
-) -> Vec<(&'static str, Value)> {
-    vec![
-        ("state", json!(state.key())),
-        ("workspace", json!(state.workspace())),
-        ("identity", json!(viewer.identity.as_ref().map(|i| &i.name))),
-        ("client", json!(page.client.to_string())),
-        ("via", json!("dashboard")),
-    ]
-}
-
-/// Releases the lock `id` on `state` (the one the page showed: a lock
-/// taken since is left alone), audited as a force-unlock.
-pub async fn release(
-    app: &App,
-    state: &StateRef,
-    id: &str,
-    viewer: &Viewer,
-    page: &PageRequest,
-) -> Result<(), ProtocolError> {
-    let Some(held) = app.states.lock_holder(state).await? else {
-        return Ok(());
-    };
-    if id.is_empty() {
-        return Err(ProtocolError::BadRequest(
-            "the form names no lock ID".into(),
-        ));
-    }
-    app.states.release(state, Some(id)).await?;
-    let mut fields = audit_fields(state, viewer, page);
-    fields.push(("lock_id", json!(held.info.id)));
-    fields.push(("previous_holder", json!(held.info.who)));
-    app.audit.event("force_unlock", &fields);
-    app.metrics.force_unlock();
-    Ok(())
-}
-
-/// Makes version `n` the current state again; refused while the state is
-/// locked (whoever holds the lock is in the middle of a change).
-pub async fn restore(
-    app: &App,
-    state: &StateRef,
-    n: u64,
-    viewer: &Viewer,
-    page: &PageRequest,
-) -> Result<(), ProtocolError> {
-    if let Some(held) = app.states.lock_holder(state).await? {
-        return Err(StateError::Locked(held.body).into());
-    }
-    let body = app.states.version(state, n).await?;
-    let opts = WriteOptions {
-        skip_lineage_check: true,
-        identity: viewer.identity.as_ref().map(|i| i.name.as_str()),
-        operation: "restore",
-        ..Default::default()
-    };
-    app.states.write(state, body, opts).await?;
-    let mut fields = audit_fields(state, viewer, page);
-    fields.push(("restored_version", json!(n)));
-    app.audit.event("restore", &fields);
-    Ok(())
 }

@@ -11,12 +11,15 @@
 //! - state content by name only: resource types and addresses, output
 //!   names, attribute names in a diff, never a value ([`crate::state::diff`]);
 //! - two changes an admin may make, lock release and restore, as form
-//!   POSTs carrying a CSRF token ([`csrf`]) and written to the audit log;
+//!   POSTs carrying a CSRF token ([`csrf`]), made by [`crate::ops`] as
+//!   every other entry point makes them (a restore while the state is
+//!   locked needs the form's `force`);
 //! - security headers on every answer: a CSP allowing only the embedded
 //!   stylesheet, no framing, no referrer.
 //!
 //! - [`api`]: what the pages show, gathered once, and the JSON endpoints.
-//! - [`pages`]: the HTML pages, compiled askama templates.
+//! - [`pages`]: the HTML pages, compiled askama templates, and
+//!   [`restore`], the restore confirmation.
 //! - [`config`]: the `ui:` settings.
 
 use std::sync::Arc;
@@ -24,11 +27,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION};
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, LOCATION};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use crate::auth::{Access, Auth, AuthError, Identity};
+use crate::auth::decide::{Decision, decide};
+use crate::auth::{Access, Auth, Identity};
+use crate::ops::{Actor, Target, Via};
 use crate::protocol::{App, PageRequest, Pages, ProtocolError, access};
 use crate::state::StateRef;
 use crate::state::history::HistoryWindow;
@@ -37,6 +42,7 @@ pub mod api;
 pub mod config;
 pub mod csrf;
 pub mod pages;
+pub mod restore;
 
 pub use config::UiSettings;
 
@@ -84,13 +90,16 @@ impl Viewer {
         self.level(state).is_some_and(|l| l >= Access::Read)
     }
 
-    /// Whether the caller may release locks and restore versions.
+    /// Whether the caller may release locks and restore versions: admin
+    /// access that the state's protection lets change it.
     pub fn is_admin(&self, state: &StateRef) -> bool {
-        self.level(state).is_some_and(|l| l >= Access::Admin)
-            && match (&self.auth, &self.identity) {
-                (Some(auth), Some(identity)) => auth.protection(identity, state).is_none(),
-                _ => true,
-            }
+        match (&self.auth, &self.identity) {
+            (Some(auth), Some(identity)) => matches!(
+                decide(auth, identity, state, Access::Admin, "administer"),
+                Decision::Allow(_)
+            ),
+            _ => true,
+        }
     }
 
     /// The identity's name, empty when no authentication is configured.
@@ -98,8 +107,9 @@ impl Viewer {
         self.identity.as_ref().map_or("", |i| i.name.as_str())
     }
 
-    /// Refuses with 403 (audited) unless the caller has `needed` on
-    /// `state`, and, for changes, the state's protection lets it.
+    /// Refuses with 403 (audited) unless the caller may `verb` `state`,
+    /// which needs `needed` (the same decision as on the state URLs);
+    /// otherwise the caller as the operations see it.
     fn require(
         &self,
         app: &App,
@@ -107,30 +117,22 @@ impl Viewer {
         needed: Access,
         verb: &str,
         page: &PageRequest,
-    ) -> Result<(), ProtocolError> {
-        let Some(identity) = &self.identity else {
-            return Ok(());
+    ) -> Result<Actor, ProtocolError> {
+        let level = match (&self.auth, &self.identity) {
+            (Some(auth), Some(identity)) => {
+                let from = (page.client, Via::Dashboard);
+                Some(access::permit(
+                    app, auth, identity, state, needed, verb, from,
+                )?)
+            }
+            _ => None,
         };
-        if self.level(state).is_none_or(|l| l < needed) {
-            return Err(access::forbid(
-                app,
-                identity,
-                state,
-                page.client,
-                format!(
-                    "{} may not {verb} {state}: that needs {} access",
-                    identity.name,
-                    needed.name()
-                ),
-            ));
-        }
-        if needed >= Access::Write
-            && let Some(auth) = &self.auth
-            && let Some(why) = auth.protection(identity, state)
-        {
-            return Err(access::forbid(app, identity, state, page.client, why));
-        }
-        Ok(())
+        Ok(Actor {
+            identity: self.identity.as_ref().map(|i| i.name.clone()),
+            level,
+            client: Some(page.client),
+            via: Via::Dashboard,
+        })
     }
 }
 
@@ -147,34 +149,20 @@ async fn viewer(
             auth: None,
         });
     };
-    let header = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match auth
-        .authenticate(header, page.certificate_cn.as_deref(), page.client)
-        .await
-    {
-        Ok(identity) => Ok(Viewer {
-            identity: Some(identity),
-            auth: Some(auth),
-        }),
-        Err(e @ AuthError::Unavailable(_)) => Err(e.into()),
-        Err(e) => {
-            let e = ProtocolError::from(e);
-            app.metrics.auth_failure();
-            app.audit.event(
-                "denied",
-                &[
-                    ("status", json!(e.status().as_u16())),
-                    ("url", json!(page.path)),
-                    ("reason", json!(e.to_string())),
-                    ("client", json!(page.client.to_string())),
-                ],
-            );
-            Err(e)
-        }
-    }
+    let identity = access::authenticate(
+        app,
+        &auth,
+        req.headers(),
+        page.certificate_cn.as_deref(),
+        page.client,
+        Via::Dashboard,
+        || Target::Url(page.path.clone()),
+    )
+    .await?;
+    Ok(Viewer {
+        identity: Some(identity),
+        auth: Some(auth),
+    })
 }
 
 /// The query parameters the dashboard reads.
@@ -255,6 +243,22 @@ fn form_field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
     form.iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
+}
+
+/// A yes-or-no form field: absent or `0`/`false`/`off` is no; `1`,
+/// `true`, `on` (what a ticked checkbox sends) or `yes` is yes; anything
+/// else is refused rather than guessed.
+fn form_flag(form: &[(String, String)], name: &str) -> Result<bool, ProtocolError> {
+    match form_field(form, name)
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("" | "0" | "false" | "off" | "no") => Ok(false),
+        Some("1" | "true" | "on" | "yes") => Ok(true),
+        Some(other) => Err(ProtocolError::BadRequest(format!(
+            "{name} must be true or false, not {other:?}"
+        ))),
+    }
 }
 
 /// What one dashboard URL is.
@@ -556,34 +560,39 @@ impl Dashboard {
                 };
                 let lock = api::lock_view(app, &state, stale).await?;
                 let token = self.csrf.token(viewer.name(), "restore", &state);
-                let restoring = pages::Restoring {
+                let restoring = restore::Restoring {
                     record: &record,
                     current: current.as_ref(),
                     locked: lock.is_some(),
                     change: change.as_ref(),
                 };
-                Ok(pages::restore(base, &viewer, &state, restoring, &token))
+                Ok(restore::page(base, &viewer, &state, restoring, &token))
             }
             Route::Release(raw) => {
                 let state = keyed(raw, page)?;
-                viewer.require(app, &state, Access::Admin, "release the lock of", page)?;
+                let actor =
+                    viewer.require(app, &state, Access::Admin, "release the lock of", page)?;
                 let form = read_form(req).await?;
                 self.csrf
                     .check(form_field(&form, "csrf"), viewer.name(), "release", &state)?;
-                let id = form_field(&form, "lock_id").unwrap_or("");
-                api::release(app, &state, id, &viewer, page).await?;
+                let id = form_field(&form, "lock_id")
+                    .filter(|id| !id.is_empty())
+                    .ok_or_else(|| ProtocolError::BadRequest("the form names no lock ID".into()))?;
+                // Only the lock the page showed: one taken since stays.
+                app.ops().force_unlock(&state, &actor, Some(id)).await?;
                 Ok(see_other(&pages::state_url(base, &state)))
             }
             Route::Restore(raw) => {
                 let state = keyed(raw, page)?;
-                viewer.require(app, &state, Access::Admin, "restore", page)?;
+                let actor = viewer.require(app, &state, Access::Admin, "restore", page)?;
                 let form = read_form(req).await?;
                 self.csrf
                     .check(form_field(&form, "csrf"), viewer.name(), "restore", &state)?;
                 let n = form_field(&form, "version")
                     .and_then(|v| v.parse::<u64>().ok())
                     .ok_or_else(|| ProtocolError::BadRequest("the form names no version".into()))?;
-                api::restore(app, &state, n, &viewer, page).await?;
+                let force = form_flag(&form, "force")?;
+                app.ops().restore(&state, &actor, n, force).await?;
                 Ok(see_other(&pages::state_url(base, &state)))
             }
         }

@@ -11,8 +11,6 @@ use hyper::{Response, StatusCode};
 use super::api::{LockRow, LockView, StateDetail, StateList, VersionDiff};
 use super::{Query, Viewer};
 use crate::state::StateRef;
-use crate::state::VersionMeta;
-use crate::state::summary::Summary;
 
 /// Characters left as they are in a key's URL path (its `/` included).
 const PATH: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
@@ -61,7 +59,7 @@ fn lock_url(base: &str, state: &StateRef) -> String {
     )
 }
 
-fn restore_url(base: &str, state: &StateRef) -> String {
+pub(super) fn restore_url(base: &str, state: &StateRef) -> String {
     format!(
         "{base}/ui/restore/{}{}",
         key_path(state),
@@ -70,7 +68,7 @@ fn restore_url(base: &str, state: &StateRef) -> String {
 }
 
 /// Bytes as people read them.
-fn human_size(n: u64) -> String {
+pub(super) fn human_size(n: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut v = n as f64;
     let mut unit = 0;
@@ -99,7 +97,7 @@ fn human_age(secs: Option<u64>) -> String {
 }
 
 /// An RFC 3339 time shortened to the minute, in UTC.
-fn short_time(t: Option<&str>) -> String {
+pub(super) fn short_time(t: Option<&str>) -> String {
     match t {
         Some(t) if t.len() >= 16 => format!("{} {}", &t[..10], &t[11..16]),
         Some(t) if !t.is_empty() => t.to_string(),
@@ -107,29 +105,29 @@ fn short_time(t: Option<&str>) -> String {
     }
 }
 
-fn or_dash<T: ToString>(v: Option<T>) -> String {
+pub(super) fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
-fn html(body: String) -> Response<Full<Bytes>> {
+pub(super) fn html(body: String) -> Response<Full<Bytes>> {
     super::typed(body, "text/html; charset=utf-8")
 }
 
-fn render(t: &impl Template) -> String {
+pub(super) fn render(t: &impl Template) -> String {
     // The view structs hold only strings and numbers: rendering cannot fail.
     t.render()
         .unwrap_or_else(|e| format!("rendering failed: {e}"))
 }
 
 /// What the layout needs.
-struct Layout<'a> {
-    base: &'a str,
-    title: String,
-    who: String,
+pub(super) struct Layout<'a> {
+    pub(super) base: &'a str,
+    pub(super) title: String,
+    pub(super) who: String,
 }
 
 impl<'a> Layout<'a> {
-    fn new(base: &'a str, title: impl Into<String>, viewer: Option<&Viewer>) -> Self {
+    pub(super) fn new(base: &'a str, title: impl Into<String>, viewer: Option<&Viewer>) -> Self {
         Layout {
             base,
             title: title.into(),
@@ -349,24 +347,24 @@ struct VersionRow {
     current: bool,
 }
 
-struct ChangedRow {
-    address: String,
-    attributes: String,
+pub(super) struct ChangedRow {
+    pub(super) address: String,
+    pub(super) attributes: String,
 }
 
-struct DiffView {
-    from: u64,
-    to: u64,
-    added: Vec<String>,
-    removed: Vec<String>,
-    changed: Vec<ChangedRow>,
-    outputs_added: Vec<String>,
-    outputs_removed: Vec<String>,
-    outputs_changed: Vec<String>,
-    empty: bool,
+pub(super) struct DiffView {
+    pub(super) from: u64,
+    pub(super) to: u64,
+    pub(super) added: Vec<String>,
+    pub(super) removed: Vec<String>,
+    pub(super) changed: Vec<ChangedRow>,
+    pub(super) outputs_added: Vec<String>,
+    pub(super) outputs_removed: Vec<String>,
+    pub(super) outputs_changed: Vec<String>,
+    pub(super) empty: bool,
 }
 
-fn diff_view(d: &VersionDiff) -> DiffView {
+pub(super) fn diff_view(d: &VersionDiff) -> DiffView {
     DiffView {
         from: d.from,
         to: d.to,
@@ -595,76 +593,6 @@ pub fn lock(
         stale: lock.is_some_and(|l| l.stale),
         stategate_command,
         release_url: (lock.is_some() && viewer.is_admin(state)).then(|| lock_url(base, state)),
-        csrf,
-    }))
-}
-
-#[derive(Template)]
-#[template(path = "restore.html")]
-struct RestorePage<'a> {
-    layout: Layout<'a>,
-    key: String,
-    workspace: String,
-    state_url: String,
-    action: String,
-    version: u64,
-    serial: String,
-    created: String,
-    resources: usize,
-    size: String,
-    current_serial: String,
-    locked: bool,
-    change: Option<DiffView>,
-    /// Why the change is not shown.
-    change_refused: Option<String>,
-    csrf: &'a str,
-}
-
-/// What the restore confirmation shows.
-pub struct Restoring<'a> {
-    /// The version to restore.
-    pub record: &'a VersionMeta,
-    /// The state it would replace.
-    pub current: Option<&'a Summary>,
-    pub locked: bool,
-    /// What the restore changes, or why that is not shown.
-    pub change: Option<&'a Result<VersionDiff, String>>,
-}
-
-/// The confirmation step before a restore.
-pub fn restore(
-    base: &str,
-    viewer: &Viewer,
-    st: &StateRef,
-    restoring: Restoring<'_>,
-    csrf: &str,
-) -> Response<Full<Bytes>> {
-    let Restoring {
-        record,
-        current,
-        locked,
-        change,
-    } = restoring;
-    let (change, change_refused) = match change {
-        Some(Ok(d)) => (Some(diff_view(d)), None),
-        Some(Err(why)) => (None, Some(why.clone())),
-        None => (None, None),
-    };
-    html(render(&RestorePage {
-        layout: Layout::new(base, format!("Restore {}", st.key()), Some(viewer)),
-        key: st.key().to_string(),
-        workspace: st.workspace().to_string(),
-        state_url: state_url(base, st),
-        action: restore_url(base, st),
-        version: record.version,
-        serial: or_dash(record.serial),
-        created: short_time(Some(&record.created)),
-        resources: record.resources,
-        size: human_size(record.size),
-        current_serial: or_dash(current.and_then(|c| c.serial)),
-        locked,
-        change,
-        change_refused,
         csrf,
     }))
 }

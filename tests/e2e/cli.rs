@@ -476,3 +476,68 @@ fn s3_without_credentials_names_the_credentials_not_the_endpoint() {
     assert!(last.contains("credentials"), "{last}");
     assert!(!last.contains("setting `endpoint`"), "{last}");
 }
+
+#[test]
+fn operator_restore_while_locked_needs_force_and_is_audited() {
+    let peer = LocalPeer::new();
+    let server = Server::start(&peer);
+    let dir = tempfile::TempDir::new().unwrap();
+    let audit = dir.path().join("audit.log");
+    let audit_arg = ["--audit-log", audit.to_str().unwrap()];
+    let url = server.state_url("ops/restore.tfstate");
+    for serial in [1, 2] {
+        let doc = state_doc("lineage-op-restore", serial, &format!("v{serial}"));
+        assert_eq!(http("POST", &url, &doc).0, 200);
+    }
+    let holder = lock_info("c9d8e7f6-0000-4000-8000-000000000001", "erin@ci");
+    assert_eq!(http("LOCK", &url, &holder).0, 200);
+    let restore = ["state", "restore", "ops/restore.tfstate", "--version", "1"];
+
+    let refused = stategate(&peer, &[&restore[..], &audit_arg].concat(), &[]);
+    assert!(
+        !refused.status.success(),
+        "a restore while locked is refused"
+    );
+    let reason = text(&refused.stderr);
+    assert!(
+        reason.contains("erin@ci") && reason.contains("--force"),
+        "the refusal names the holder and the way past it: {reason}"
+    );
+    assert_eq!(
+        http("GET", &url, b"").1,
+        state_doc("lineage-op-restore", 2, "v2")
+    );
+    assert!(
+        !std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .contains("\"restore\""),
+        "nothing restored, nothing audited"
+    );
+
+    stategate_ok(&peer, &[&restore[..], &audit_arg, &["--force"]].concat());
+    assert_eq!(
+        http("GET", &url, b"").1,
+        state_doc("lineage-op-restore", 1, "v1")
+    );
+    assert_eq!(
+        http(
+            "GET",
+            &format!("{}/locks/ops/restore.tfstate", server.url),
+            b""
+        )
+        .0,
+        200,
+        "the lock stays with its holder"
+    );
+    let line = std::fs::read_to_string(&audit).unwrap();
+    let event: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+    assert_eq!(event["audit"], "restore", "{line}");
+    assert_eq!(event["restored_version"], 1, "{line}");
+    assert_eq!(event["force"], true, "{line}");
+    assert_eq!(event["via"], "cli", "{line}");
+    assert_eq!(event["client"], "local", "{line}");
+    assert!(
+        event["identity"].as_str().unwrap().starts_with("operator:"),
+        "{line}"
+    );
+}

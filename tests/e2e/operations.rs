@@ -308,3 +308,141 @@ fn loadtest_on_a_url_and_then_shared_on_it_both_succeed() {
         "{keys:?}"
     );
 }
+
+#[test]
+fn a_force_unlock_is_one_event_from_the_state_urls_the_dashboard_and_the_cli() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("stategate.yaml");
+    let audit = dir.path().join("audit.log");
+    std::fs::write(
+        &config,
+        format!(
+            "auth:\n  users:\n    - name: root\n      password_hash: \"{}\"\n      rules: [{{keys: \"**\", access: admin}}]\n",
+            hash_password("root-pass-2v8n")
+        ),
+    )
+    .unwrap();
+    let peer = LocalPeer::new();
+    let server = Server::start_with(
+        &peer,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--audit-log",
+            audit.to_str().unwrap(),
+        ],
+    );
+    let root = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            "root:root-pass-2v8n"
+        )
+    );
+    let as_root = [("Authorization", root.as_str())];
+    let key = "shared/app.tfstate";
+    let url = server.state_url(key);
+    let lock = |id: &str| {
+        let info = lock_info(id, "ann@host");
+        assert_eq!(http_with("LOCK", &url, &as_root, &info).0, 200, "{id}");
+    };
+
+    // Terraform's `force-unlock`: an UNLOCK with no body.
+    lock("lock-http");
+    assert_eq!(http_with("UNLOCK", &url, &as_root, b"").0, 200);
+    // The dashboard's release button.
+    lock("lock-dashboard");
+    let page_url = format!("{}/ui/locks/{key}", server.url);
+    let page = text(&http_with("GET", &page_url, &as_root, b"").1);
+    let token = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no release form:\n{page}"));
+    let form = format!("csrf={token}&lock_id=lock-dashboard");
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let released = agent
+        .post(&page_url)
+        .set("Authorization", &root)
+        .set("Content-Type", "application/x-www-form-urlencoded")
+        .send_string(&form);
+    match released {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => assert_eq!(r.status(), 303),
+        Err(e) => panic!("{e}"),
+    }
+    // The operator's command on the server's machine.
+    lock("lock-cli");
+    let out = stategate(
+        &peer,
+        &[
+            "lock",
+            "release",
+            key,
+            "--audit-log",
+            audit.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        http_with("GET", &format!("{}/locks/{key}", server.url), &as_root, b"").0,
+        404
+    );
+
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let forced: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["audit"] == "force_unlock")
+        .collect();
+    assert_eq!(forced.len(), 3, "{lines:#?}");
+    let shape = |l: &serde_json::Value| {
+        let mut keys: Vec<String> = l.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let want = [
+        "audit",
+        "client",
+        "identity",
+        "lock_id",
+        "previous_holder",
+        "state",
+        "time",
+        "via",
+        "workspace",
+    ];
+    for (line, (via, id)) in forced.iter().zip([
+        ("http", "lock-http"),
+        ("dashboard", "lock-dashboard"),
+        ("cli", "lock-cli"),
+    ]) {
+        assert_eq!(shape(line), want, "{line}");
+        assert_eq!(line["via"], via, "{line}");
+        assert_eq!(line["lock_id"], id, "{line}");
+        assert_eq!(line["previous_holder"], "ann@host", "{line}");
+        assert_eq!(line["state"], key, "{line}");
+        assert_eq!(line["workspace"], "default", "{line}");
+    }
+    assert_eq!(forced[0]["identity"], "user:root");
+    assert_eq!(forced[1]["identity"], "user:root");
+    assert!(
+        forced[2]["identity"]
+            .as_str()
+            .unwrap()
+            .starts_with("operator:")
+    );
+    assert_eq!(forced[0]["client"], "127.0.0.1");
+    assert_eq!(forced[1]["client"], "127.0.0.1");
+    assert_eq!(forced[2]["client"], "local");
+
+    // The server counted its two; the command serves no metrics.
+    let (_, body) = http("GET", &format!("{}/metrics", server.url), b"");
+    assert_eq!(
+        metric(&text(&body), "stategate_force_unlocks_total"),
+        Some(2.0)
+    );
+}

@@ -940,3 +940,156 @@ fn ui_state_page_shows_history_a_page_at_a_time() {
     assert_eq!(last["next_before"], Value::Null);
     assert_eq!(api("?limit=5")["history"].as_array().unwrap().len(), 5);
 }
+
+/// The CSRF token of the form on `page`.
+fn csrf_token(page: &str) -> String {
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no CSRF token in the form:\n{page}"))
+        .to_string()
+}
+
+/// POSTs a form as `auth`, not following the 303; returns status and body.
+fn post_form(url: &str, auth: &str, form: &str) -> (u16, String) {
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let result = agent
+        .post(url)
+        .set("Authorization", auth)
+        .set("Content-Type", "application/x-www-form-urlencoded")
+        .send_string(form);
+    match result {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => {
+            let status = r.status();
+            (status, r.into_string().unwrap_or_default())
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn ui_restore_while_locked_needs_an_admin_and_force() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("stategate.yaml");
+    let audit = dir.path().join("audit.log");
+    let mut yaml = String::from("auth:\n  users:\n");
+    for (user, pass, access) in [
+        ("wes", "wes-pass-7t3b", "write"),
+        ("root", "root-pass-9q1z", "admin"),
+    ] {
+        yaml.push_str(&format!(
+            "    - name: {user}\n      password_hash: \"{}\"\n      rules: [{{keys: \"**\", access: {access}}}]\n",
+            hash_password(pass)
+        ));
+    }
+    std::fs::write(&config, yaml).unwrap();
+    let peer = LocalPeer::new();
+    let server = Server::start_with(
+        &peer,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--audit-log",
+            audit.to_str().unwrap(),
+        ],
+    );
+    let wes = basic("wes", "wes-pass-7t3b");
+    let root = basic("root", "root-pass-9q1z");
+    let state = server.state_url("team/app.tfstate");
+    for serial in [1, 2] {
+        let doc = state_doc("lineage-restore", serial, &format!("v{serial}"));
+        assert_eq!(
+            http_with("POST", &state, &[("Authorization", &wes)], &doc).0,
+            200
+        );
+    }
+    let lock = lock_info("b1c2d3e4-0000-4000-8000-000000000001", "wes@laptop");
+    assert_eq!(
+        http_with("LOCK", &state, &[("Authorization", &wes)], &lock).0,
+        200
+    );
+
+    let url = |path: &str| format!("{}{path}", server.url);
+    let confirm_url = url("/ui/restore/team/app.tfstate?version=1");
+    let restore_url = url("/ui/restore/team/app.tfstate");
+    let serial_now = || {
+        let (_, detail) = http_with(
+            "GET",
+            &url("/api/v1/states/team/app.tfstate"),
+            &[("Authorization", &root)],
+            b"",
+        );
+        let detail: Value = serde_json::from_slice(&detail).unwrap();
+        detail["current"]["serial"].as_u64().unwrap()
+    };
+
+    // wes, who holds the lock but is not an admin, may not restore, forced
+    // or not.
+    assert_eq!(
+        http_with("GET", &confirm_url, &[("Authorization", &wes)], b"").0,
+        403
+    );
+    let root_page = text(&http_with("GET", &confirm_url, &[("Authorization", &root)], b"").1);
+    assert!(
+        root_page.contains("name=\"force\""),
+        "the confirmation of a locked state offers the force: {root_page}"
+    );
+    let token = csrf_token(&root_page);
+    for form in ["version=1", "version=1&force=true"] {
+        let form = format!("csrf={token}&{form}");
+        assert_eq!(post_form(&restore_url, &wes, &form).0, 403, "{form}");
+    }
+    // root without force: refused while locked, with the one-line reason
+    // every refusal of the dashboard gives, and nothing written.
+    let (status, body) = post_form(&restore_url, &root, &format!("csrf={token}&version=1"));
+    assert_eq!(status, 423, "{body}");
+    assert!(body.contains("locked"), "{body}");
+    assert_eq!(serial_now(), 2);
+    let (status, body) = post_form(
+        &restore_url,
+        &root,
+        &format!("csrf={token}&version=1&force=maybe"),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(serial_now(), 2);
+    // root with force: restored past the lock, which stays with wes.
+    let (status, body) = post_form(
+        &restore_url,
+        &root,
+        &format!("csrf={token}&version=1&force=true"),
+    );
+    assert_eq!(status, 303, "{body}");
+    assert_eq!(serial_now(), 1);
+    let (status, holder) = http_with(
+        "GET",
+        &url("/locks/team/app.tfstate"),
+        &[("Authorization", &root)],
+        b"",
+    );
+    assert_eq!(status, 200);
+    assert!(text(&holder).contains("wes@laptop"));
+
+    let lines: Vec<Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let restores: Vec<&Value> = lines.iter().filter(|l| l["audit"] == "restore").collect();
+    assert_eq!(
+        restores.len(),
+        1,
+        "only the forced restore happened: {lines:#?}"
+    );
+    let restore = restores[0];
+    assert_eq!(restore["identity"], "user:root");
+    assert_eq!(restore["restored_version"], 1);
+    assert_eq!(restore["force"], true);
+    assert_eq!(restore["via"], "dashboard");
+    assert!(
+        lines.iter().any(|l| l["audit"] == "denied"
+            && l["identity"] == "user:wes"
+            && l["status"] == 403
+            && l["via"] == "dashboard"),
+        "{lines:#?}"
+    );
+}
