@@ -23,9 +23,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use md5::{Digest, Md5};
-use stategate::protocol::{App, Surface};
-use stategate::settings::Limits;
-use stategate::state::{Policy, States};
+use stategate::app::{self, Application};
+use stategate::state::States;
 use stategate::stores::local::LocalStore;
 
 fn state(serial: u64, size: usize) -> Vec<u8> {
@@ -59,45 +58,41 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// Starts stategate in-process on a fresh local store; returns its address.
+/// Starts stategate in-process on a fresh local store, built as `serve`
+/// builds it; returns its address.
 fn start(
     runtime: &tokio::runtime::Runtime,
     root: &Path,
-    auth: Option<stategate::auth::Auth>,
+    auth: Option<stategate::config::FileAuth>,
 ) -> std::net::SocketAddr {
+    let mut settings = stategate::config::resolve(
+        &stategate::config::FileConfig::default(),
+        &|_| None,
+        &stategate::config::CommandLine::default(),
+    )
+    .unwrap();
+    settings.limits.max_body_bytes = 1 << 30;
+    // Audit events go to a file beside the store, not into the table.
+    settings.audit_log = Some(root.with_extension("audit"));
+    if let Some(section) = auth {
+        settings.auth = stategate::config::AuthSetting::Enabled(section);
+    }
     let store = LocalStore::open_dir(root).unwrap();
-    let policy = Policy {
-        workspace_key_prefix: "workspaces".into(),
-        history_keep: 100,
-        protect_lineage: true,
-    };
-    let limits = Limits {
-        max_body_bytes: 1 << 30,
-        ..Limits::default()
-    };
     let capabilities = runtime
         .block_on(stategate::stores::probe(&store, "bench"))
         .unwrap()
         .capabilities;
-    let mut app = App::new(
-        States::new(Arc::new(store), capabilities, policy),
-        limits,
-        "local",
-    );
-    app.auth = std::sync::RwLock::new(auth.map(Arc::new));
-    // Audit events go to a file beside the store, not into the table.
-    app.audit = stategate::audit::Audit::open(Some(&root.with_extension("audit"))).unwrap();
+    let states = States::new(Arc::new(store), capabilities, app::policy(&settings));
+    let application = Application::assemble(&settings, states).unwrap();
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    runtime.spawn(stategate::server::run(
-        listener,
-        Arc::new(app),
-        Surface::All,
-        None,
-        std::future::pending(),
-    ));
+    runtime.spawn(async move {
+        application
+            .serve(listener, None, std::future::pending())
+            .await
+    });
     addr
 }
 
@@ -222,9 +217,8 @@ fn main() {
         }],
         ..Default::default()
     };
-    let auth = stategate::auth::Auth::new(&section).unwrap();
     let open = start(&runtime, &dir.path().join("open"), None);
-    let guarded = start(&runtime, &dir.path().join("guarded"), Some(auth));
+    let guarded = start(&runtime, &dir.path().join("guarded"), Some(section));
     let basic = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("bench:{password}"))

@@ -5,6 +5,10 @@
 //!
 //! How a request flows, and which module owns each step:
 //!
+//! - [`app`] builds the running application from validated settings (the
+//!   certificates, the `auth` section, the audit log, the store and its
+//!   rules, the dashboard) in one place, for `serve`, `check`, tests and
+//!   benchmarks alike.
 //! - [`server`] accepts connections (hyper 1 on tokio, HTTPS through
 //!   [`tls`]), guards them with limits and shuts down gracefully; it hands
 //!   each request to [`protocol`].
@@ -45,6 +49,7 @@
 //! nothing below importing it; a test of the `crate::` paths in `src/`
 //! keeps it so.
 
+pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod config;

@@ -26,9 +26,9 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["main"],
     &["cli"],
-    &["config"],
     // The wiring that builds the running application from the settings.
     &["app"],
+    &["config"],
     // The server and the dashboard.
     &["server", "ui"],
     &["protocol"],

@@ -12,7 +12,7 @@ use stategate::state::seal;
 use stategate::stores;
 
 use super::args::TokenCommand;
-use super::keyring;
+use stategate::app::keyring;
 
 /// `stategate hash-password`.
 pub fn hash_password() -> Result<()> {

@@ -13,14 +13,13 @@ pub mod migrate;
 pub mod serve;
 pub mod state;
 
-use std::sync::Arc;
-
 use anyhow::{Context, Result};
 
+use stategate::app;
+pub use stategate::app::Create;
 use stategate::config::{self, CommandLine, FileConfig, Settings};
-use stategate::state::seal::{Keyring, SealedStore};
-use stategate::state::{Policy, States};
-use stategate::stores::{self, Store};
+use stategate::state::States;
+use stategate::stores::ProbeReport;
 
 pub use args::Command;
 
@@ -40,69 +39,13 @@ pub fn load_settings(line: &CommandLine) -> Result<Settings> {
     Ok(config::resolve(&file, &|k| std::env::var(k).ok(), line)?)
 }
 
-/// The rules' tuning, from the settings.
-pub fn policy(settings: &Settings) -> Policy {
-    Policy {
-        workspace_key_prefix: settings.workspace_key_prefix.clone(),
-        history_keep: settings.history_keep,
-        protect_lineage: settings.protect_lineage,
-    }
+/// Opens the configured store ([`app::open_states`]), refusing one that
+/// does not exist unless `create` says so.
+pub async fn open_states(settings: &Settings, create: Create) -> Result<(States, ProbeReport)> {
+    Ok(app::open_states(settings, create).await?)
 }
 
-/// Whether opening a store may create it. Only `serve`, and a migration
-/// into its target, do: a wrong path must not leave an empty store behind
-/// and answer as if it held nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Create {
-    Yes,
-    No,
-}
-
-/// Opens and probes the store, applying the rules to it: state bodies
-/// are sealed when `encryption` is set. With [`Create::No`] a store that
-/// does not exist yet is refused, saying what is missing.
-pub async fn open_states(
-    settings: &Settings,
-    create: Create,
-) -> Result<(States, stores::ProbeReport)> {
-    if create == Create::No
-        && let Some(what) = stores::missing(settings.backend, &settings.store).await?
-    {
-        anyhow::bail!(
-            "no {} store here: {what}; only `stategate serve` creates a store (relative paths \
-             in a configuration file start at the file's directory)",
-            settings.backend.name
-        );
-    }
-    let opened = stores::open(settings.backend, settings.store.clone()).await?;
-    let store = match keyring(settings)? {
-        Some(keys) => Arc::new(SealedStore::new(opened.store, keys)) as Arc<dyn Store>,
-        None => opened.store,
-    };
-    Ok((
-        States::new(store, opened.capabilities, policy(settings)),
-        opened.report,
-    ))
-}
-
-/// Opens the store for reading only ([`stores::open_for_reading`]): no
-/// probe and nothing created; sealed bodies are opened with the keys.
-async fn open_states_for_reading(settings: &Settings) -> Result<States> {
-    let store = stores::open_for_reading(settings.backend, settings.store.clone()).await?;
-    let capabilities = store.capabilities();
-    let store = match keyring(settings)? {
-        Some(keys) => Arc::new(SealedStore::new(store, keys)) as Arc<dyn Store>,
-        None => store,
-    };
-    Ok(States::new(store, capabilities, policy(settings)))
-}
-
-/// The keys of `encryption`, read now (a missing one stops start-up).
-fn keyring(settings: &Settings) -> Result<Option<Arc<Keyring>>> {
-    Ok(match &settings.encryption {
-        Some(section) => Some(Arc::new(Keyring::load(section, &|var| {
-            std::env::var(var).ok()
-        })?)),
-        None => None,
-    })
+/// Opens the store for reading only ([`app::open_states_for_reading`]).
+pub async fn open_states_for_reading(settings: &Settings) -> Result<States> {
+    Ok(app::open_states_for_reading(settings).await?)
 }

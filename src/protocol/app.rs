@@ -24,35 +24,37 @@ use crate::settings::Limits;
 use crate::state::{StateRef, States};
 use crate::stores::{PROBE_PREFIX, Version};
 
-/// What the server needs to answer requests.
+/// What the server needs to answer requests. Built by
+/// [`crate::app::Application`] from the settings; its parts are the
+/// crate's own.
 pub struct App {
     /// The states, with the rules applied.
-    pub states: States,
+    pub(crate) states: States,
     /// Body sizes and rates; the server reads the connection limits.
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// Every URL lives below this path (`""` for the root).
-    pub base_path: String,
+    pub(crate) base_path: String,
     /// Peers whose forwarding header names the real client.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
     /// Which header that is.
-    pub client_ip_header: ClientIpHeader,
+    pub(crate) client_ip_header: ClientIpHeader,
     /// Counters and histograms for `/metrics`.
-    pub metrics: Metrics,
+    pub(crate) metrics: Metrics,
     /// The last store probe, for `/readyz`.
-    pub readiness: Readiness,
+    pub(crate) readiness: Readiness,
     /// Who may do what; `None` serves everyone (loopback, or `auth: none`).
     /// Replaced whole when the configuration is reloaded (SIGHUP).
-    pub auth: RwLock<Option<Arc<Auth>>>,
+    pub(crate) auth: RwLock<Option<Arc<Auth>>>,
     /// Where security-relevant actions are recorded.
-    pub audit: Audit,
+    pub(crate) audit: Audit,
     /// The MD5 of each state's body by store version, so a GET's `ETag`
     /// does not hash a large state again.
-    pub etags: EtagCache,
+    pub(crate) etags: EtagCache,
     /// The names the server answers to, against DNS rebinding and
     /// cross-site requests ([`origin`]).
-    pub origins: origin::Origins,
+    pub(crate) origins: origin::Origins,
     /// URLs served by a layer above this one (the dashboard and its API).
-    pub pages: Option<Arc<dyn Pages>>,
+    pub(crate) pages: Option<Arc<dyn Pages>>,
 }
 
 /// URLs a layer above the protocol serves (the dashboard), handed the
@@ -119,7 +121,7 @@ impl EtagCache {
 impl App {
     /// An app serving `states` (in a store of type `store`, for metrics)
     /// at the root, trusting no proxy.
-    pub fn new(states: States, limits: Limits, store: &'static str) -> Self {
+    pub(crate) fn new(states: States, limits: Limits, store: &'static str, audit: Audit) -> Self {
         App {
             states,
             limits,
@@ -130,7 +132,7 @@ impl App {
             readiness: Readiness::default(),
             auth: RwLock::new(None),
             etags: EtagCache::default(),
-            audit: Audit::open(None).expect("stderr needs no opening"),
+            audit,
             origins: origin::Origins::default(),
             pages: None,
         }

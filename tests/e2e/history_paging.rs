@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use stategate::protocol::{App, Surface};
-use stategate::settings::{Limits, StoreSettings};
-use stategate::state::{Policy, States};
+use stategate::app::{self, Application};
+use stategate::config::{self, CommandLine, FileConfig};
+use stategate::settings::StoreSettings;
+use stategate::state::States;
 use stategate::stores::{
     self, Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version,
 };
@@ -598,27 +599,29 @@ impl InProcess {
                 calls: Arc::clone(&calls),
             };
             let capabilities = store.capabilities();
-            let states = States::new(
-                Arc::new(store),
-                capabilities,
-                Policy {
-                    workspace_key_prefix: "workspaces".into(),
-                    history_keep: 0,
-                    protect_lineage: true,
-                },
-            );
-            let app = Arc::new(App::new(states, Limits::default(), storage_type));
+            // Built as `serve` builds it, around the counting store.
+            let line = CommandLine {
+                flags: [("storage-type", storage_type), ("history-keep", "0")]
+                    .into_iter()
+                    .map(|(k, v)| (k, v.to_string()))
+                    .collect(),
+                store: settings
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            };
+            let resolved = config::resolve(&FileConfig::default(), &|_| None, &line).unwrap();
+            let states = States::new(Arc::new(store), capabilities, app::policy(&resolved));
+            let application = Application::assemble(&resolved, states).unwrap();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("http://{}", listener.local_addr().unwrap());
-            tokio::spawn(stategate::server::run(
-                listener,
-                app,
-                Surface::All,
-                None,
-                async {
-                    let _ = stopped.await;
-                },
-            ));
+            tokio::spawn(async move {
+                application
+                    .serve(listener, None, async {
+                        let _ = stopped.await;
+                    })
+                    .await
+            });
             url
         });
         InProcess {
