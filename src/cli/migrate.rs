@@ -57,7 +57,13 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
     let target = open(to, Create::Yes)
         .await
         .with_context(|| format!("--to {}", to.display()))?;
-    let states = source.list(prefix).await?;
+    // Keys from the one store listing; each state is read when copied.
+    let states: Vec<_> = source
+        .listing()
+        .await?
+        .into_iter()
+        .filter(|l| l.state.key().starts_with(prefix))
+        .collect();
     let bar = indicatif::ProgressBar::new(states.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} states {msg}")
@@ -77,8 +83,8 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
     .to_string();
     let mut rows = Vec::new();
     let mut total_bytes = 0u64;
-    for summary in states {
-        let state = summary.state;
+    for listed in states {
+        let state = listed.state;
         let copied = migrate::migrate_state(
             &source,
             &target,

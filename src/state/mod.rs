@@ -210,39 +210,28 @@ impl States {
     }
 
     /// Every state whose key starts with `prefix` (any workspace), with its
-    /// serial and lock holder.
+    /// serial and lock holder: the one store listing ([`States::listing`])
+    /// the dashboard shows, with each state's summary (its newest history
+    /// record, so no body is read for a state written through stategate).
     pub async fn list(&self, prefix: &str) -> Result<Vec<StateSummary>, StateError> {
-        let entries = self.store.list_outside_internal("").await?;
-        let locked: std::collections::HashSet<&str> = entries
-            .iter()
-            .filter_map(|e| e.key.strip_suffix(key::LOCK_SUFFIX))
-            .collect();
         let mut out = Vec::new();
-        for entry in &entries {
-            let Some(state) = StateRef::from_object_key(&entry.key, &self.workspace_key_prefix)
-            else {
-                continue;
-            };
-            if !state.key().starts_with(prefix) {
+        for listed in self.listing().await? {
+            if !listed.state.key().starts_with(prefix) {
                 continue;
             }
-            let serial = match self.store.get(&entry.key).await? {
-                Some(obj) => head::StateHead::parse(&obj.body)
-                    .ok()
-                    .and_then(|h| h.serial),
-                None => continue,
+            let Some(summary) = self.summary(&listed.state, &listed).await? else {
+                continue;
             };
-            let lock = if locked.contains(entry.key.as_str()) {
-                self.lock_holder(&state).await?.map(|h| h.info)
-            } else {
-                None
+            let lock = match listed.locked {
+                true => self.lock_holder(&listed.state).await?.map(|h| h.info),
+                false => None,
             };
             out.push(StateSummary {
-                state,
-                size: entry.size,
-                modified: entry.modified.and_then(history::rfc3339),
-                serial,
+                size: listed.size,
+                modified: listed.modified.and_then(history::rfc3339),
+                serial: summary.serial,
                 lock,
+                state: listed.state,
             });
         }
         Ok(out)
