@@ -16,7 +16,7 @@ use std::time::Duration;
 pub struct Setting {
     /// The canonical name, as documented and as stores look it up.
     pub name: &'static str,
-    /// Other accepted spellings (the seed documents differ: `accessKeyID`
+    /// Other accepted spellings (Kusion's and Terraform's documents differ: `accessKeyID`
     /// in Kusion, `access_key` in Terraform).
     pub aliases: &'static [&'static str],
     /// Environment variables that set it, first one found wins.

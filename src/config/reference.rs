@@ -47,7 +47,7 @@ pub fn markdown() -> String {
     out.push_str(
         "\n## Store settings\n\n\
          Written under `backend.config` in the file, as `-C key=value` on the command line \
-         (repeatable), or in the environment variables named. Where the seed documents spell \
+         (repeatable), or in the environment variables named. Where Kusion's and Terraform's backend documents spell \
          a setting differently, every spelling is accepted (once per source). Secret settings \
          never appear in logs, errors or `check`'s output.\n\n\
          ### Every storage type\n\n",
