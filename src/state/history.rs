@@ -39,7 +39,10 @@ use time::format_description::well_known::Rfc3339;
 
 use super::head::{Current, Described, StateHead, Writer, md5_hex};
 use super::{StateError, StateRef, States};
-use crate::stores::{Change, Condition, Payload, Stopped, StoreError, Version};
+use crate::stores::{
+    Change, Condition, OpDelete, OpList, OpRead, OpWrite, Payload, Stopped, StoreError, StoreExt,
+    Version,
+};
 
 /// Where history lives; inside the reserved prefix.
 pub const HISTORY_PREFIX: &str = ".stategate/history/";
@@ -190,7 +193,7 @@ impl States {
     async fn version_numbers(&self, dir: &str) -> Result<Vec<u64>, StateError> {
         let mut numbers: Vec<u64> = self
             .store
-            .list(dir)
+            .list(dir, OpList::default())
             .await?
             .iter()
             .filter_map(|e| {
@@ -295,7 +298,11 @@ impl States {
         let body = serde_json::to_vec(pointer).expect("a history pointer serialises");
         if let Err(e) = self
             .store
-            .put_transient(&pointer_key(dir), body.into(), Condition::Always)
+            .write(
+                &pointer_key(dir),
+                Payload::from(Bytes::from(body)),
+                OpWrite::transient(Condition::Always),
+            )
             .await
         {
             tracing::warn!(history = dir, error = %e, "writing the history pointer failed");
@@ -405,7 +412,11 @@ impl States {
     pub async fn version_payload(&self, state: &StateRef, n: u64) -> Result<Payload, StateError> {
         let dir = self.history_dir(state);
         let missing = || StateError::NotFound(format!("{state} has no version {n}"));
-        let Some((body, _)) = self.store.read(&body_key(&dir, n)).await? else {
+        let Some((body, _)) = self
+            .store
+            .read(&body_key(&dir, n), OpRead::streamed())
+            .await?
+        else {
             return Err(missing());
         };
         let recorded = self.kept(&dir, n).await?.ok_or_else(missing)?.md5;
@@ -584,7 +595,11 @@ impl States {
                 Err(StoreError::PreconditionFailed) => {
                     match self
                         .store
-                        .put_payload(&body_key(dir, n), item.body, Condition::IfAbsent)
+                        .write(
+                            &body_key(dir, n),
+                            item.body.clone(),
+                            OpWrite::new(Condition::IfAbsent),
+                        )
                         .await
                     {
                         Ok(_) => match self.store.change_all(rest).await {
@@ -614,11 +629,10 @@ impl States {
     fn after_copy(&self, dir: &str, oldest: u64, meta: &VersionMeta) -> (Vec<Change>, Pointer) {
         let n = meta.version;
         let meta_body = serde_json::to_vec(meta).expect("version metadata serialises");
-        let mut changes = vec![Change::Put {
+        let mut changes = vec![Change::Write {
             key: meta_key(dir, n),
             body: Bytes::from(meta_body),
-            condition: Condition::Always,
-            transient: false,
+            args: OpWrite::new(Condition::Always),
         }];
         let keep = self.history_keep;
         let first_kept = if keep == 0 || n <= keep {
@@ -632,8 +646,7 @@ impl States {
             for key in [meta_key(dir, old), body_key(dir, old)] {
                 changes.push(Change::Delete {
                     key,
-                    condition: Condition::Always,
-                    transient: true,
+                    args: OpDelete::transient(Condition::Always),
                 });
             }
         }
@@ -641,11 +654,10 @@ impl States {
             oldest: oldest.max(first_kept),
             newest: meta.clone(),
         };
-        changes.push(Change::Put {
+        changes.push(Change::Write {
             key: pointer_key(dir),
             body: Bytes::from(serde_json::to_vec(&pointer).expect("a history pointer serialises")),
-            condition: Condition::Always,
-            transient: true,
+            args: OpWrite::transient(Condition::Always),
         });
         (changes, pointer)
     }
@@ -677,15 +689,17 @@ impl States {
         // The pointer goes first: left behind by a purge that stopped half
         // way, it would name versions that are gone.
         self.store
-            .delete(&pointer_key(&dir), Condition::Always)
+            .delete(&pointer_key(&dir), Condition::Always.into())
             .await?;
-        let objects = self.store.list(&dir).await?;
+        let objects = self.store.list(&dir, OpList::default()).await?;
         let versions = objects
             .iter()
             .filter(|e| e.key.ends_with(".tfstate"))
             .count();
         for entry in objects {
-            self.store.delete(&entry.key, Condition::Always).await?;
+            self.store
+                .delete(&entry.key, Condition::Always.into())
+                .await?;
         }
         tracing::warn!(state = %state, versions, "history purged");
         Ok(versions)

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::stores::{Capabilities, Store, StoreError};
+use crate::stores::{Capabilities, OpList, OpRead, Store, StoreError, StoreExt};
 
 pub mod diff;
 pub mod head;
@@ -205,13 +205,16 @@ impl States {
         &self,
         state: &StateRef,
     ) -> Result<Option<(crate::stores::Payload, crate::stores::Version)>, StateError> {
-        Ok(self.store.read(&self.object_key(state)).await?)
+        Ok(self
+            .store
+            .read(&self.object_key(state), OpRead::streamed())
+            .await?)
     }
 
     /// Every state whose key starts with `prefix` (any workspace), with its
     /// serial and lock holder.
     pub async fn list(&self, prefix: &str) -> Result<Vec<StateSummary>, StateError> {
-        let entries = self.store.list_outside_internal("").await?;
+        let entries = self.store.list("", OpList::outside_internal()).await?;
         let locked: std::collections::HashSet<&str> = entries
             .iter()
             .filter_map(|e| e.key.strip_suffix(key::LOCK_SUFFIX))
@@ -250,7 +253,7 @@ impl States {
     /// How many states and held locks the store has, from one listing
     /// (no state is read).
     pub async fn counts(&self) -> Result<(usize, usize), StateError> {
-        let entries = self.store.list_outside_internal("").await?;
+        let entries = self.store.list("", OpList::outside_internal()).await?;
         let locks = entries
             .iter()
             .filter(|e| {
@@ -267,7 +270,7 @@ impl States {
     /// Every lock currently held, with its state.
     pub async fn locks(&self) -> Result<Vec<(StateRef, LockInfo)>, StateError> {
         let mut out = Vec::new();
-        for entry in self.store.list_outside_internal("").await? {
+        for entry in self.store.list("", OpList::outside_internal()).await? {
             let Some(object_key) = entry.key.strip_suffix(key::LOCK_SUFFIX) else {
                 continue;
             };
@@ -293,6 +296,7 @@ pub(crate) fn local_states_for_tests(dir: &std::path::Path, history_keep: u64) -
             conditional_create: true,
             compare_and_swap: true,
             unique_versions: true,
+            native_lease: true,
         },
         Policy {
             workspace_key_prefix: "workspaces".into(),

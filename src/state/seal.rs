@@ -73,8 +73,12 @@ use bytes::Bytes;
 use super::history::{HISTORY_PREFIX, POINTER_NAME};
 use super::key::{LOCK_SUFFIX, RESERVED_PREFIX};
 use crate::settings::{ConfigError, EncryptionSettings, KeySource};
+use crate::stores::keylock::KeyLock;
 use crate::stores::payload::{CHUNK_BYTES, FileBody, SPOOL_THRESHOLD, spool_dir};
-use crate::stores::{Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version};
+use crate::stores::{
+    Capabilities, Change, Condition, Entry, Object, OpDelete, OpList, OpRead, OpWrite, Payload,
+    Stopped, Store, StoreError, StoreExt, Version,
+};
 
 /// The first bytes of every sealed object (a state body starts with `{`).
 const MAGIC: &[u8; 4] = b"SGSL";
@@ -874,7 +878,7 @@ impl SealedStore {
         }
         // Whatever version is there now: one that changed since the caller
         // read it makes the change fail on its condition anyway.
-        let Some((stored, _)) = self.inner.read(key).await? else {
+        let Some((stored, _)) = self.inner.read(key, OpRead::streamed()).await? else {
             return Ok(());
         };
         if stored.as_memory().is_some() {
@@ -919,39 +923,14 @@ impl Store for SealedStore {
         self.inner.max_key_bytes()
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        match self.inner.get(key).await? {
-            Some(obj) => self.open_object(key, obj).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    async fn put(
-        &self,
-        key: &str,
-        body: Bytes,
-        condition: Condition,
-    ) -> Result<Version, StoreError> {
-        let body = self.seal_body(key, &body)?.unwrap_or(body);
-        self.check_replaceable(key, &condition).await?;
-        self.inner.put(key, body, condition).await
-    }
-
-    async fn put_payload(
-        &self,
-        key: &str,
-        body: &Payload,
-        condition: Condition,
-    ) -> Result<Version, StoreError> {
-        let sealed = self.sealed_payload(key, body).await?;
-        self.check_replaceable(key, &condition).await?;
-        self.inner.put_payload(key, &sealed, condition).await
-    }
-
     /// A large body the store hands out as a file is opened into another
     /// file, a segment at a time.
-    async fn read(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
-        let Some((stored, version)) = self.inner.read(key).await? else {
+    async fn read(
+        &self,
+        key: &str,
+        args: OpRead,
+    ) -> Result<Option<(Payload, Version)>, StoreError> {
+        let Some((stored, version)) = self.inner.read(key, args).await? else {
             return Ok(None);
         };
         if record_state(key).is_some() {
@@ -976,58 +955,35 @@ impl Store for SealedStore {
         Ok(Some((opened, version)))
     }
 
-    async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
-        self.check_replaceable(key, &condition).await?;
-        self.inner.delete(key, condition).await
-    }
-
-    /// History pointers are written this way; their copy of the newest
+    /// History pointers are written transient; their copy of the newest
     /// record's MD5 is sealed as the record's is.
-    async fn put_transient(
-        &self,
-        key: &str,
-        body: Bytes,
-        condition: Condition,
-    ) -> Result<Version, StoreError> {
-        let body = self.seal_body(key, &body)?.unwrap_or(body);
-        self.check_replaceable(key, &condition).await?;
-        self.inner.put_transient(key, body, condition).await
+    async fn write(&self, key: &str, body: Payload, args: OpWrite) -> Result<Version, StoreError> {
+        let sealed = self.sealed_payload(key, &body).await?;
+        self.check_replaceable(key, &args.condition).await?;
+        self.inner.write(key, sealed, args).await
     }
 
-    async fn delete_transient(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
-        self.check_replaceable(key, &condition).await?;
-        self.inner.delete_transient(key, condition).await
+    async fn delete(&self, key: &str, args: OpDelete) -> Result<(), StoreError> {
+        self.check_replaceable(key, &args.condition).await?;
+        self.inner.delete(key, args).await
     }
 
     /// Sealed as each method would seal, then made by the store underneath
     /// in one go.
-    async fn change_all(
-        &self,
-        changes: Vec<crate::stores::Change>,
-    ) -> Result<(), crate::stores::Stopped> {
-        use crate::stores::{Change, Stopped};
+    async fn change_all(&self, changes: Vec<Change>) -> Result<(), Stopped> {
         let mut sealed = Vec::with_capacity(changes.len());
         for (at, change) in changes.into_iter().enumerate() {
+            let stopped = |error| Stopped { at, error };
             let change = match change {
-                Change::Put {
-                    key,
-                    body,
-                    condition,
-                    transient,
-                } => {
+                Change::Write { key, body, args } => {
                     let body = self
                         .seal_body(&key, &body)
-                        .map_err(|error| Stopped { at, error })?
+                        .map_err(stopped)?
                         .unwrap_or(body);
-                    self.check_replaceable(&key, &condition)
+                    self.check_replaceable(&key, &args.condition)
                         .await
-                        .map_err(|error| Stopped { at, error })?;
-                    Change::Put {
-                        key,
-                        body,
-                        condition,
-                        transient,
-                    }
+                        .map_err(stopped)?;
+                    Change::Write { key, body, args }
                 }
                 Change::Snapshot {
                     from,
@@ -1035,27 +991,16 @@ impl Store for SealedStore {
                     to,
                     body,
                 } => Change::Snapshot {
-                    body: self
-                        .sealed_payload(&to, &body)
-                        .await
-                        .map_err(|error| Stopped { at, error })?,
+                    body: self.sealed_payload(&to, &body).await.map_err(stopped)?,
                     from,
                     from_version,
                     to,
                 },
-                Change::Delete {
-                    key,
-                    condition,
-                    transient,
-                } => {
-                    self.check_replaceable(&key, &condition)
+                Change::Delete { key, args } => {
+                    self.check_replaceable(&key, &args.condition)
                         .await
-                        .map_err(|error| Stopped { at, error })?;
-                    Change::Delete {
-                        key,
-                        condition,
-                        transient,
-                    }
+                        .map_err(stopped)?;
+                    Change::Delete { key, args }
                 }
             };
             sealed.push(change);
@@ -1067,22 +1012,17 @@ impl Store for SealedStore {
         &self,
         key: &str,
         wait: std::time::Duration,
-    ) -> Result<Option<crate::stores::keylock::KeyLock>, StoreError> {
+    ) -> Result<KeyLock, StoreError> {
         self.inner.native_lease(key, wait).await
     }
 
-    /// Sizes of state bodies are those of the plaintext, as `get` returns
+    /// Sizes of state bodies are those of the plaintext, as `read` returns
     /// it, for bodies sealed under the first key (any other body, sealed
     /// under an older key, by an older release or not at all, until
     /// `stategate rekey`, is off by a few bytes; readers that compare sizes
     /// then read it once more).
-    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
-        let entries = self.inner.list(prefix).await?;
-        Ok(self.plain_sizes(entries))
-    }
-
-    async fn list_outside_internal(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
-        let entries = self.inner.list_outside_internal(prefix).await?;
+    async fn list(&self, prefix: &str, args: OpList) -> Result<Vec<Entry>, StoreError> {
+        let entries = self.inner.list(prefix, args).await?;
         Ok(self.plain_sizes(entries))
     }
 
@@ -1136,7 +1076,7 @@ pub async fn rekey(
     progress: &dyn Fn(u64, u64),
 ) -> Result<RekeyReport, StoreError> {
     let entries: Vec<Entry> = store
-        .list("")
+        .list("", OpList::default())
         .await?
         .into_iter()
         .filter(|e| logical_key(&e.key).is_some() || record_state(&e.key).is_some())

@@ -47,8 +47,8 @@ use time::OffsetDateTime;
 use super::keylock::{KeyLock, KeyLocks};
 use super::payload::{BodyCache, FileBody, SPOOL_THRESHOLD};
 use super::{
-    Backend, Capabilities, Change, Condition, Entry, Object, Payload, Stopped, Store, StoreError,
-    Version,
+    Backend, Capabilities, Change, Condition, Entry, OpDelete, OpList, OpRead, OpWrite, Payload,
+    Stopped, Store, StoreError, Version,
 };
 use crate::settings::{ConfigError, Setting, StoreSettings};
 
@@ -693,6 +693,26 @@ fn next_generation(tx: &Connection) -> Result<i64, rusqlite::Error> {
 }
 
 impl SqliteStore {
+    /// An object's body whole, from its row.
+    async fn read_whole(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
+        let key = key.to_string();
+        self.run(format!("reading {key}"), move |conn| {
+            conn.query_row(
+                "SELECT body, generation FROM objects WHERE key = ?1",
+                [&key],
+                |r| {
+                    Ok((
+                        Payload::Memory(Bytes::from(r.get::<_, Vec<u8>>(0)?)),
+                        Version(r.get::<_, i64>(1)?.to_string()),
+                    ))
+                },
+            )
+            .optional()
+            .map_err(db_err("reading"))
+        })
+        .await
+    }
+
     /// The objects whose keys start with `prefix` and lie in one of
     /// `ranges` (`(from, before)`, `before` `None` for no end), sorted: a
     /// range of the key index each (keys compare as bytes), so a listing
@@ -750,59 +770,35 @@ impl Store for SqliteStore {
             conditional_create: true,
             compare_and_swap: true,
             unique_versions: true,
+            native_lease: true,
         }
-    }
-
-    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        let key = key.to_string();
-        self.run(format!("reading {key}"), move |conn| {
-            conn.query_row(
-                "SELECT body, generation FROM objects WHERE key = ?1",
-                [&key],
-                |r| {
-                    Ok(Object {
-                        body: Bytes::from(r.get::<_, Vec<u8>>(0)?),
-                        version: Version(r.get::<_, i64>(1)?.to_string()),
-                    })
-                },
-            )
-            .optional()
-            .map_err(db_err("reading"))
-        })
-        .await
-    }
-
-    async fn put(
-        &self,
-        key: &str,
-        body: Bytes,
-        condition: Condition,
-    ) -> Result<Version, StoreError> {
-        self.put_payload(key, &Payload::Memory(body), condition)
-            .await
     }
 
     /// A body in a file goes into the row a piece at a time (an empty blob
     /// of the right size, then written through SQLite's blob handle), in
-    /// the same transaction as the check.
-    async fn put_payload(
-        &self,
-        key: &str,
-        body: &Payload,
-        condition: Condition,
-    ) -> Result<Version, StoreError> {
-        let (key, body) = (key.to_string(), body.clone());
+    /// the same transaction as the check. Every write is durable: the
+    /// database commits with `synchronous=FULL` either way.
+    async fn write(&self, key: &str, body: Payload, args: OpWrite) -> Result<Version, StoreError> {
+        let key = key.to_string();
         let bytes = body.len();
         self.run_write(format!("writing {key}"), bytes, move |tx| {
-            put_row(tx, &key, &body, &condition)
+            put_row(tx, &key, &body, &args.condition)
         })
         .await
     }
 
-    /// A body over [`SPOOL_THRESHOLD`] is copied a piece at a time into an
-    /// unnamed temporary file inside one read transaction, so the
+    /// A read that is not streamed takes the body whole from its row. A
+    /// streamed body over [`SPOOL_THRESHOLD`] is copied a piece at a time
+    /// into an unnamed temporary file inside one read transaction, so the
     /// connection is not held while a slow client reads it.
-    async fn read(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
+    async fn read(
+        &self,
+        key: &str,
+        args: OpRead,
+    ) -> Result<Option<(Payload, Version)>, StoreError> {
+        if !args.streamed {
+            return self.read_whole(key).await;
+        }
         let key = key.to_string();
         let pool = Arc::clone(&self.0);
         self.run(format!("reading {key}"), move |conn| {
@@ -847,10 +843,10 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
+    async fn delete(&self, key: &str, args: OpDelete) -> Result<(), StoreError> {
         let key = key.to_string();
         self.run_write(format!("deleting {key}"), 0, move |tx| {
-            delete_row(tx, &key, &condition)
+            delete_row(tx, &key, &args.condition)
         })
         .await
     }
@@ -862,7 +858,7 @@ impl Store for SqliteStore {
         let bytes = changes
             .iter()
             .map(|c| match c {
-                Change::Put { body, .. } => body.len() as u64,
+                Change::Write { body, .. } => body.len() as u64,
                 _ => 0,
             })
             .sum();
@@ -872,13 +868,10 @@ impl Store for SqliteStore {
                 for (at, change) in changes.into_iter().enumerate() {
                     tx.execute_batch("SAVEPOINT change").map_err(&err)?;
                     let made = match change {
-                        Change::Put {
-                            key,
-                            body,
-                            condition,
-                            ..
-                        } => put_row(tx, &key, &Payload::Memory(body), &condition).map(|_| ()),
-                        Change::Delete { key, condition, .. } => delete_row(tx, &key, &condition),
+                        Change::Write { key, body, args } => {
+                            put_row(tx, &key, &Payload::Memory(body), &args.condition).map(|_| ())
+                        }
+                        Change::Delete { key, args } => delete_row(tx, &key, &args.condition),
                         Change::Snapshot {
                             from,
                             from_version,
@@ -906,20 +899,19 @@ impl Store for SqliteStore {
 
     /// A key lock on the file beside the database: no transaction, and it
     /// dies with this process.
-    async fn native_lease(&self, key: &str, wait: Duration) -> Result<Option<KeyLock>, StoreError> {
-        self.0.leases.lease(key, wait).await.map(Some)
+    async fn native_lease(&self, key: &str, wait: Duration) -> Result<KeyLock, StoreError> {
+        self.0.leases.lease(key, wait).await
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
-        self.list_ranges(vec![(prefix.to_string(), None)], prefix)
-            .await
-    }
-
-    /// Two ranges of the key index, around the internal area: history
-    /// rows are never read.
-    async fn list_outside_internal(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
-        self.list_ranges(crate::stores::ranges_outside_internal(prefix), prefix)
-            .await
+    /// Outside the internal area: two ranges of the key index, around it,
+    /// so history rows are never read.
+    async fn list(&self, prefix: &str, args: OpList) -> Result<Vec<Entry>, StoreError> {
+        let ranges = if args.outside_internal {
+            crate::stores::ranges_outside_internal(prefix)
+        } else {
+            vec![(prefix.to_string(), None)]
+        };
+        self.list_ranges(ranges, prefix).await
     }
 
     async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {
@@ -950,6 +942,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stores::StoreExt;
 
     #[test]
     fn prefix_bounds_cover_exactly_the_prefix() {
@@ -1013,6 +1006,7 @@ mod group_commit {
     use std::task::Poll;
 
     use super::*;
+    use crate::stores::StoreExt;
 
     type Put = Pin<Box<dyn Future<Output = Result<Version, StoreError>> + Send>>;
 
@@ -1105,11 +1099,10 @@ mod group_commit {
             .await
             .unwrap();
         let before = store.commits();
-        let put = |key: &str| Change::Put {
+        let put = |key: &str| Change::Write {
             key: key.into(),
             body: Bytes::from_static(b"{}"),
-            condition: Condition::Always,
-            transient: false,
+            args: OpWrite::new(Condition::Always),
         };
         let changes = vec![
             Change::Snapshot {

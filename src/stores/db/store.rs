@@ -32,7 +32,8 @@ use super::config::{Connection, DbConfig, Engine, SslMode};
 use crate::settings::ConfigError;
 use crate::stores::payload::{FileBody, SPOOL_THRESHOLD, spool_dir};
 use crate::stores::{
-    Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version, network_cause,
+    Capabilities, Condition, Entry, OpDelete, OpList, OpRead, OpWrite, Payload, Store, StoreError,
+    Version, network_cause,
 };
 
 /// The schema this binary creates and understands.
@@ -1126,6 +1127,7 @@ impl Store for DbStore {
             compare_and_swap: true,
             // A generation drawn from a counter or sequence, never reused.
             unique_versions: true,
+            native_lease: false,
         }
     }
 
@@ -1137,76 +1139,61 @@ impl Store for DbStore {
         self.config.timeout
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        Ok(self
-            .read_within(key, u64::MAX)
-            .await?
-            .map(|(body, version)| Object {
-                body: body.as_memory().cloned().expect("read whole"),
-                version,
-            }))
-    }
-
-    /// A body over [`SPOOL_THRESHOLD`] is written to an unnamed temporary
-    /// file as its chunk rows arrive, so it is never whole in memory.
-    async fn read(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
-        self.read_within(key, SPOOL_THRESHOLD as u64).await
-    }
-
-    async fn put(
+    /// A streamed body over [`SPOOL_THRESHOLD`] is written to an unnamed
+    /// temporary file as its chunk rows arrive, so it is never whole in
+    /// memory.
+    async fn read(
         &self,
         key: &str,
-        body: Bytes,
-        condition: Condition,
-    ) -> Result<Version, StoreError> {
-        self.put_payload(key, &Payload::Memory(body), condition)
-            .await
+        args: OpRead,
+    ) -> Result<Option<(Payload, Version)>, StoreError> {
+        let within = if args.streamed {
+            SPOOL_THRESHOLD as u64
+        } else {
+            u64::MAX
+        };
+        self.read_within(key, within).await
     }
 
     /// A body in a file goes into its chunk rows one chunk at a time.
-    async fn put_payload(
-        &self,
-        key: &str,
-        body: &Payload,
-        condition: Condition,
-    ) -> Result<Version, StoreError> {
+    async fn write(&self, key: &str, body: Payload, args: OpWrite) -> Result<Version, StoreError> {
         let what = format!("writing {key}");
+        let condition = &args.condition;
         self.bounded(
             &what,
-            self.with_retries(&what, || self.put_once(key, body, &condition, &what)),
+            self.with_retries(&what, || self.put_once(key, &body, condition, &what)),
         )
         .await
     }
 
-    async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
+    async fn delete(&self, key: &str, args: OpDelete) -> Result<(), StoreError> {
         let what = format!("deleting {key}");
+        let condition = &args.condition;
         self.bounded(
             &what,
-            self.with_retries(&what, || self.delete_once(key, &condition, &what)),
+            self.with_retries(&what, || self.delete_once(key, condition, &what)),
         )
         .await
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+    /// Outside the internal area: two ranges of the key index, around it,
+    /// so history rows are never read.
+    async fn list(&self, prefix: &str, args: OpList) -> Result<Vec<Entry>, StoreError> {
         let what = format!("listing {prefix}*");
-        self.bounded(&what, async {
+        let pattern = like_prefix(prefix);
+        if !args.outside_internal {
             let sql = AssertSqlSafe(self.sql.list.as_str());
-            let pattern = like_prefix(prefix);
-            on_pool!(&self.pool, p => {
-                sqlx::query(sql).bind(&pattern).fetch_all(p).await.and_then(|rows| entries!(rows))
-            })
-            .map_err(|e| unavailable(&what, &e))
-        })
-        .await
-    }
-
-    /// Two ranges of the key index, around the internal area: history
-    /// rows are never read.
-    async fn list_outside_internal(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
-        let what = format!("listing {prefix}*");
+            return self
+                .bounded(&what, async {
+                    on_pool!(&self.pool, p => {
+                        sqlx::query(sql).bind(&pattern).fetch_all(p).await.and_then(|rows| entries!(rows))
+                    })
+                    .map_err(|e| unavailable(&what, &e))
+                })
+                .await;
+        }
         self.bounded(&what, async {
             let sql = AssertSqlSafe(self.sql.list_range.as_str());
-            let pattern = like_prefix(prefix);
             let mut out = Vec::new();
             for (from, before) in crate::stores::ranges_outside_internal(prefix) {
                 // Keys are ASCII below DEL.
