@@ -9,7 +9,7 @@
 //! On such a store every "only if unchanged" step is a read followed by the
 //! change, and another process can slip in between: an unlocked writer can
 //! overwrite a newer state, a retried UNLOCK can delete a lock taken after
-//! its read, and two history appends can interleave (issue 16). The state
+//! its read, and two history appends can interleave. The state
 //! layer therefore runs each of those read-check-change sequences while
 //! holding the state's lease: a state's write or delete with the history
 //! records it makes, on every store (compare-and-swap keeps the state

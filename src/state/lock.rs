@@ -271,7 +271,7 @@ impl States {
     /// taken by someone else in between survives: by a conditional delete,
     /// or on stores without one under the state's write lease, which every
     /// stategate release also takes, so the lock read cannot be deleted and
-    /// re-created by another client before this delete (issue 16).
+    /// re-created by another client before this delete.
     ///
     /// The delete need not outlive a crash of the machine (no fsync on
     /// local disk): a lock that comes back after one keeps the state locked
@@ -356,8 +356,8 @@ mod tests {
 
     #[test]
     fn lock_info_fields_are_bounded() {
-        // Regression for issue 8.3: a 100 MB LockInfo was stored and
-        // returned with every 409 and 423.
+        // An unbounded LockInfo would be stored, and returned with every
+        // 409 and 423.
         let long = "x".repeat(MAX_LOCK_FIELD_BYTES + 1);
         let body = format!(r#"{{"ID":"a","Info":"{long}"}}"#);
         let e = LockInfo::parse(body.as_bytes()).unwrap_err().to_string();

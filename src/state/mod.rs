@@ -89,7 +89,7 @@ pub(super) enum LeaseNeed {
     /// A change that history records (write, delete): on every store,
     /// because a history append reads where history ends, then creates
     /// the next number, and only serialised appends give one record per
-    /// accepted write, in order, within `history_keep` (issue 16).
+    /// accepted write, in order, within `history_keep`.
     /// Compare-and-swap alone keeps the state right but not its history.
     Always,
     /// A read-compare-delete (unlock): only where the store's conditional

@@ -293,7 +293,8 @@ mod tests {
 
     #[test]
     fn only_states_are_accepted_from_clients() {
-        // Regression for issue 8.8: each of these replaced a state with 200.
+        // None of these is a state: each must be refused, not stored in
+        // place of one.
         for bad in [
             &b"{}"[..],
             b"[]",

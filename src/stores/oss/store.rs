@@ -194,7 +194,8 @@ impl OssStore {
 
     /// Before a bodiless 404 from HEAD is taken for "no such object", the
     /// bucket must have been seen in the last few seconds or be seen now;
-    /// a missing bucket is a store failure, never "no state" (issue 16).
+    /// a missing bucket is a store failure, never "no state", which would let a client start over on an empty
+    /// state.
     async fn check_bucket(&self, what: &str) -> Result<(), StoreError> {
         if self.bucket_seen.recently() {
             return Ok(());

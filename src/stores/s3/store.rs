@@ -68,8 +68,8 @@ impl S3Store {
                 tls::rustls_provider::CryptoMode::Ring,
             ))
             .build_https();
-        // `timeout` bounds the whole operation, retries included (issue 16:
-        // a per-attempt limit made a stopped server take 3 x 60 s to answer).
+        // `timeout` bounds the whole operation, retries included: a limit
+        // per attempt would make a stopped server take 3 x 60 s to answer.
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(CONNECT_TIMEOUT.min(config.timeout))
             .operation_timeout(config.timeout)
@@ -350,7 +350,8 @@ impl Bucket {
     /// missing bucket alike. Before a bodiless 404 is taken for "no such
     /// object", the bucket must have been seen in the last few seconds, or
     /// be seen now (HeadBucket); a missing bucket is then a store failure,
-    /// never "no state" (issue 16).
+    /// never "no state", which would let a client start over on an empty
+    /// state.
     async fn check_bucket(&self, what: &str) -> Result<(), Failure> {
         if self.bucket_seen.recently() {
             return Ok(());
