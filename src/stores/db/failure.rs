@@ -2,11 +2,8 @@
 //! operation, the cause and the setting to check, never a password or a
 //! URL; and telling a failed attempt worth repeating from a final one.
 
-use sqlx::{ConnectOptions as _, Connection as _};
 use time::OffsetDateTime;
 
-use super::config::{Connection, DbConfig};
-use super::store::Pool;
 use crate::stores::{StoreError, Version, network_cause};
 
 /// How one attempt at a write ended, when not with success.
@@ -113,77 +110,6 @@ pub(super) fn like_prefix(prefix: &str) -> String {
     }
     pattern.push('%');
     pattern
-}
-
-/// Which setting a failure to connect points at.
-pub(super) fn connection_setting(config: &DbConfig, e: &sqlx::Error) -> &'static str {
-    if matches!(config.connection, Connection::Url(_)) {
-        return "dbURL";
-    }
-    let code = e
-        .as_database_error()
-        .and_then(|d| d.code())
-        .map(|c| c.into_owned())
-        .unwrap_or_default();
-    let message = e
-        .as_database_error()
-        .map(|d| d.message().to_ascii_lowercase())
-        .unwrap_or_default();
-    match code.as_str() {
-        // Login refused (PostgreSQL 28P01/28000, MySQL 1045 = 28000).
-        "28P01" | "28000" => "dbPassword",
-        // Unknown database (PostgreSQL 3D000, MySQL 1049 = 42000).
-        "3D000" => "dbName",
-        _ if message.contains("unknown database") => "dbName",
-        _ if is_tls_failure(e) => match &config.connection {
-            Connection::Parts {
-                ssl_root_cert: Some(_),
-                ..
-            } => "dbSSLRootCert",
-            _ => "dbSSLMode",
-        },
-        _ => "dbHost",
-    }
-}
-
-/// A failed TLS handshake or certificate check (the driver reports some as
-/// I/O errors).
-pub(super) fn is_tls_failure(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Tls(_) => true,
-        sqlx::Error::Io(io) => network_cause(io).starts_with("TLS failed"),
-        _ => false,
-    }
-}
-
-/// Why `pool` handed out no connection in time. The pool retries a
-/// refused connection until its deadline and then reports only the
-/// time-out, so one connection made here, outside it, tells a server that
-/// is full (its refusal says so), one that is down, and a pool whose own
-/// connections all stayed busy apart.
-pub(super) async fn why_no_connection(pool: &Pool, config: &DbConfig) -> String {
-    let limit = config.connect_timeout;
-    let tried = on_pool!(pool, p => {
-        let options = p.connect_options();
-        tokio::time::timeout(limit, async {
-            let connection = options.connect().await?;
-            connection.close().await
-        })
-        .await
-    });
-    match tried {
-        Ok(Ok(())) => format!(
-            "all {} connections of the pool stayed busy for {} s (setting `dbMaxConnections`)",
-            config.max_connections,
-            limit.as_secs()
-        ),
-        Ok(Err(e)) => cause(&e),
-        Err(_) => format!(
-            "{POOL_TIMED_OUT}: the {} server did not answer within {} s; it is down or unreachable",
-            config.engine.name(),
-            limit.as_secs()
-        ),
-    }
 }
 
 #[cfg(test)]

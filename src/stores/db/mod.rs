@@ -24,8 +24,8 @@ use super::{Backend, Store};
 macro_rules! on_pool {
     ($pool:expr, $p:ident => $body:expr) => {
         match $pool {
-            $crate::stores::db::store::Pool::Mysql($p) => $body,
-            $crate::stores::db::store::Pool::Postgres($p) => $body,
+            $crate::stores::db::connect::Pool::Mysql($p) => $body,
+            $crate::stores::db::connect::Pool::Postgres($p) => $body,
         }
     };
 }
@@ -56,7 +56,8 @@ mod sql;
 mod store;
 
 pub use config::{DbConfig, Engine};
-pub use store::{DbStore, SCHEMA_VERSION};
+pub use sql::SCHEMA_VERSION;
+pub use store::DbStore;
 
 /// Registration of the db store.
 pub static BACKEND: Backend = Backend {

@@ -20,26 +20,18 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::mysql::MySqlPool;
-use sqlx::postgres::PgPool;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Connection as _, Row};
 use time::OffsetDateTime;
 
-use super::config::DbConfig;
-use super::connect::connect;
-use super::failure::{
-    Failed, POOL_TIMED_OUT, connection_setting, failed, generation_of, like_prefix, unavailable,
-    why_no_connection,
-};
-use super::sql::{MAX_KEY_BYTES, Sql};
+use super::config::{DbConfig, Engine};
+use super::connect::{Pool, connect, connection_setting, why_no_connection};
+use super::failure::{Failed, POOL_TIMED_OUT, failed, generation_of, like_prefix, unavailable};
+use super::sql::{MAX_KEY_BYTES, SCHEMA_VERSION, Sql, migrations};
 use crate::settings::ConfigError;
 use crate::stores::payload::SPOOL_THRESHOLD;
 use crate::stores::{
     Capabilities, Entry, OpDelete, OpList, OpRead, OpWrite, Payload, Store, StoreError, Version,
 };
-
-/// The schema this binary creates and understands.
-pub const SCHEMA_VERSION: i64 = 1;
 
 /// How often a write that lost a race it could not foresee (a deadlock, a
 /// concurrent first create under `Condition::Always`) is tried again.
@@ -50,11 +42,6 @@ pub struct DbStore {
     pub(super) config: DbConfig,
     pub(super) pool: Pool,
     pub(super) sql: Sql,
-}
-
-pub(super) enum Pool {
-    Mysql(MySqlPool),
-    Postgres(PgPool),
 }
 
 impl DbStore {
@@ -177,6 +164,150 @@ impl DbStore {
                 .and_then(|r| r.try_get::<i64, _>(0)),
         };
         drawn.map_err(failed(what))
+    }
+}
+
+impl DbStore {
+    pub(super) async fn migrate(&self) -> Result<(), ConfigError> {
+        let p = &self.config.table_prefix;
+        let steps = migrations(self.config.engine, p);
+        let lock_name = format!("stategate-schema-{p}");
+        let fail = |what: &str, e: sqlx::Error| {
+            ConfigError::invalid(
+                self.connection_setting(&e),
+                unavailable(what, &e).to_string(),
+            )
+        };
+        let create_version = match self.config.engine {
+            Engine::Mysql => format!(
+                "CREATE TABLE IF NOT EXISTS {p}schema_version (id INT NOT NULL PRIMARY KEY, version BIGINT NOT NULL) ENGINE=InnoDB"
+            ),
+            Engine::Postgres => format!(
+                "CREATE TABLE IF NOT EXISTS {p}schema_version (id INT NOT NULL PRIMARY KEY, version BIGINT NOT NULL)"
+            ),
+        };
+        let seed_version = match self.config.engine {
+            Engine::Mysql => {
+                format!("INSERT IGNORE INTO {p}schema_version (id, version) VALUES (1, 0)")
+            }
+            Engine::Postgres => format!(
+                "INSERT INTO {p}schema_version (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING"
+            ),
+        };
+        let read_version = format!("SELECT version FROM {p}schema_version WHERE id = 1");
+        let set_version = match self.config.engine {
+            Engine::Mysql => format!("UPDATE {p}schema_version SET version = ? WHERE id = 1"),
+            Engine::Postgres => format!("UPDATE {p}schema_version SET version = $1 WHERE id = 1"),
+        };
+        // Replicas starting together take turns. PostgreSQL runs DDL in a
+        // transaction, under a transaction-scoped advisory lock; MySQL
+        // commits each DDL statement, so a named lock is held on one
+        // connection for the migration only, and that connection is closed
+        // afterwards (which releases it even if the migration failed).
+        let check = |found: i64| -> Result<(), ConfigError> {
+            if found > SCHEMA_VERSION {
+                return Err(ConfigError::invalid(
+                    "dbTablePrefix",
+                    format!(
+                        "the database schema of tables {p}* is version {found}, newer than version {SCHEMA_VERSION} \
+                         that this stategate knows; upgrade stategate (or use another dbTablePrefix)"
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                let mut tx = pool
+                    .begin()
+                    .await
+                    .map_err(|e| fail("starting the schema migration", e))?;
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind(&lock_name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| fail("waiting for the schema lock", e))?;
+                for statement in [&create_version, &seed_version] {
+                    sqlx::query(AssertSqlSafe(statement.as_str()))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| fail("creating the schema_version table", e))?;
+                }
+                let found: i64 = sqlx::query(AssertSqlSafe(read_version.as_str()))
+                    .fetch_one(&mut *tx)
+                    .await
+                    .and_then(|r| r.try_get(0))
+                    .map_err(|e| fail("reading the schema version", e))?;
+                check(found)?;
+                for (done, step) in steps.iter().enumerate().skip(found as usize) {
+                    for statement in step {
+                        sqlx::query(AssertSqlSafe(statement.as_str()))
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(|e| fail("creating the tables", e))?;
+                    }
+                    sqlx::query(AssertSqlSafe(set_version.as_str()))
+                        .bind(done as i64 + 1)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| fail("recording the schema version", e))?;
+                }
+                tx.commit()
+                    .await
+                    .map_err(|e| fail("committing the schema migration", e))?;
+            }
+            Pool::Mysql(pool) => {
+                let mut conn = pool
+                    .acquire()
+                    .await
+                    .map_err(|e| fail("connecting", e))?
+                    .detach();
+                let result = async {
+                    let got: Option<i64> = sqlx::query("SELECT GET_LOCK(?, 60)")
+                        .bind(&lock_name)
+                        .fetch_one(&mut conn)
+                        .await
+                        .and_then(|r| r.try_get(0))
+                        .map_err(|e| fail("waiting for the schema lock", e))?;
+                    if got != Some(1) {
+                        return Err(ConfigError::invalid(
+                            "dbTablePrefix",
+                            "another stategate held the schema lock for over 60 s",
+                        ));
+                    }
+                    for statement in [&create_version, &seed_version] {
+                        sqlx::query(AssertSqlSafe(statement.as_str()))
+                            .execute(&mut conn)
+                            .await
+                            .map_err(|e| fail("creating the schema_version table", e))?;
+                    }
+                    let found: i64 = sqlx::query(AssertSqlSafe(read_version.as_str()))
+                        .fetch_one(&mut conn)
+                        .await
+                        .and_then(|r| r.try_get(0))
+                        .map_err(|e| fail("reading the schema version", e))?;
+                    check(found)?;
+                    for (done, step) in steps.iter().enumerate().skip(found as usize) {
+                        for statement in step {
+                            sqlx::query(AssertSqlSafe(statement.as_str()))
+                                .execute(&mut conn)
+                                .await
+                                .map_err(|e| fail("creating the tables", e))?;
+                        }
+                        sqlx::query(AssertSqlSafe(set_version.as_str()))
+                            .bind(done as i64 + 1)
+                            .execute(&mut conn)
+                            .await
+                            .map_err(|e| fail("recording the schema version", e))?;
+                    }
+                    Ok(())
+                }
+                .await;
+                let _ = conn.close().await;
+                result?;
+            }
+        }
+        Ok(())
     }
 }
 
