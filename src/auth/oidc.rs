@@ -34,8 +34,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 use tokio::sync::OwnedMutexGuard;
 
+use super::access::{level_and_workspaces, match_one};
 use super::file::{FileClaimRule, FileIssuer};
-use super::{Access, AuthError, Glob, Identity, Rule, level_and_workspaces, match_one};
+use super::{Access, AuthError, Glob, Identity, Rule};
 use crate::settings::{ConfigError, parse_duration};
 
 /// Clock skew forgiven on `exp` and `nbf`.

@@ -10,7 +10,7 @@ use serde::de::IgnoredAny;
 
 use super::{Held, StateError};
 use crate::stores::payload::CHUNK_BYTES;
-use crate::stores::{Payload, StoreError, Version};
+use crate::stores::{Payload, StoreError};
 
 /// The top-level fields of a Terraform state that the rules look at.
 #[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
@@ -363,17 +363,6 @@ impl Writer {
             operation: "found",
         }
     }
-}
-
-/// The stored state, as far as the rules need it.
-pub(super) struct Current {
-    /// Its version in the store, for the compare-and-swap.
-    pub version: Version,
-    pub head: StateHead,
-    /// Hex MD5 of its bytes.
-    pub md5: String,
-    /// Where its history ended when it was read (it is in there).
-    pub history: Option<super::history::Pointer>,
 }
 
 /// A state body with what the rules and history know of it.

@@ -351,7 +351,7 @@ mod tests {
 
     #[test]
     fn lock_names_and_long_segments_are_refused_everywhere() {
-        // `victim.tflock/x` sat where the lock of
+        // `victim.tflock/x` would sit where the lock of
         // `victim` goes, and a workspace `x.tflock` where the lock of
         // `workspaces/x` goes.
         for k in ["victim.tflock/x", "a/b.tflock/c", "a/b.tflock"] {
@@ -359,7 +359,8 @@ mod tests {
         }
         assert!(StateRef::parse("k", Some("x.tflock")).is_err());
         assert!(StateRef::parse("a/tflock/b.tflockx", None).is_ok());
-        // 249+ byte segments failed in the local store.
+        // Segments up to the limit fit every store, the local one (file
+        // names of 255 bytes, with room for its suffixes) included.
         let long = "s".repeat(MAX_SEGMENT_BYTES);
         assert!(StateRef::parse(&format!("a/{long}"), None).is_ok());
         assert!(StateRef::parse(&format!("a/{long}s"), None).is_err());

@@ -61,7 +61,7 @@ use time::OffsetDateTime;
 
 use super::StateError;
 use crate::stores::keylock::KeyLock;
-use crate::stores::{Condition, Store, StoreError};
+use crate::stores::{Condition, OpDelete, OpList, OpWrite, Payload, Store, StoreError, StoreExt};
 
 /// Where leases live; inside the reserved prefix no state key can reach.
 pub const LEASE_PREFIX: &str = ".stategate/lease/";
@@ -159,7 +159,8 @@ impl Lease {
         let op_timeout = store.operation_timeout();
         let ttl = Self::ttl(op_timeout);
         let wait = ttl + CLOCK_SKEW + Duration::from_secs(5);
-        if let Some(lock) = store.native_lease(object_key, wait).await? {
+        if store.capabilities().native_lease {
+            let lock = store.native_lease(object_key, wait).await?;
             return Ok(Lease(Held::Native(lock)));
         }
         ObjectLease::acquire(store, object_key, ttl, wait)
@@ -209,7 +210,14 @@ impl ObjectLease {
                     expires_ms: now_ms() + ttl.as_millis() as i128,
                 };
                 let body = Bytes::from(serde_json::to_vec(&body).expect("lease body serialises"));
-                match store.put_transient(&key, body, Condition::IfAbsent).await {
+                match store
+                    .write(
+                        &key,
+                        Payload::from(body),
+                        OpWrite::transient(Condition::IfAbsent),
+                    )
+                    .await
+                {
                     Ok(_) => {}
                     // The token is unique; an object there is not ours.
                     Err(StoreError::AlreadyExists) => continue,
@@ -259,7 +267,7 @@ impl ObjectLease {
         self.released = true;
         if let Err(e) = self
             .store
-            .delete_transient(&self.key, Condition::Always)
+            .delete(&self.key, OpDelete::transient(Condition::Always))
             .await
         {
             tracing::warn!(lease = %self.key, error = %e, "could not release a write lease; it expires by itself");
@@ -278,7 +286,9 @@ impl Drop for ObjectLease {
         let key = std::mem::take(&mut self.key);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = store.delete_transient(&key, Condition::Always).await;
+                let _ = store
+                    .delete(&key, OpDelete::transient(Condition::Always))
+                    .await;
             });
         }
     }
@@ -289,7 +299,7 @@ impl Drop for ObjectLease {
 /// now is expired for good.
 async fn others_hold(store: &dyn Store, dir: &str, mine: Option<&str>) -> Result<bool, StateError> {
     let mut held = false;
-    for entry in store.list(dir).await? {
+    for entry in store.list(dir, OpList::default()).await? {
         // Leases of states below this one (`a/b` under `a`) are not ours.
         if entry.key[dir.len()..].contains('/') || Some(entry.key.as_str()) == mine {
             continue;
@@ -305,7 +315,7 @@ async fn others_hold(store: &dyn Store, dir: &str, mine: Option<&str>) -> Result
         if expired {
             tracing::warn!(lease = %entry.key, "removing an expired write lease (its holder stopped)");
             store
-                .delete_transient(&entry.key, Condition::Always)
+                .delete(&entry.key, OpDelete::transient(Condition::Always))
                 .await?;
         } else {
             held = true;

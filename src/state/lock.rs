@@ -20,7 +20,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::{Lease, LeaseNeed, StateError, States, key::StateRef};
-use crate::stores::{Condition, StoreError};
+use crate::stores::{Condition, OpDelete, StoreError, StoreExt};
 
 /// The fields of a LockInfo that stategate acts on. Field names are
 /// Terraform's, capitalised; everything else in the body is kept verbatim.
@@ -309,7 +309,10 @@ impl States {
             }
             match self
                 .store
-                .delete_transient(&lock_key, Condition::IfMatch(obj.version))
+                .delete(
+                    &lock_key,
+                    OpDelete::transient(Condition::IfMatch(obj.version)),
+                )
                 .await
             {
                 Ok(()) => {
@@ -353,8 +356,8 @@ mod tests {
 
     #[test]
     fn lock_info_fields_are_bounded() {
-        // A 100 MB LockInfo was stored and
-        // returned with every 409 and 423.
+        // An unbounded LockInfo would be stored, and returned with every
+        // 409 and 423.
         let long = "x".repeat(MAX_LOCK_FIELD_BYTES + 1);
         let body = format!(r#"{{"ID":"a","Info":"{long}"}}"#);
         let e = LockInfo::parse(body.as_bytes()).unwrap_err().to_string();

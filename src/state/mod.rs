@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::stores::{Capabilities, Store, StoreError};
+use crate::stores::{Capabilities, OpList, OpRead, Store, StoreError, StoreExt};
 
 pub mod diff;
 pub mod head;
@@ -206,7 +206,10 @@ impl States {
         &self,
         state: &StateRef,
     ) -> Result<Option<(crate::stores::Payload, crate::stores::Version)>, StateError> {
-        Ok(self.store.read(&self.object_key(state)).await?)
+        Ok(self
+            .store
+            .read(&self.object_key(state), OpRead::streamed())
+            .await?)
     }
 
     /// Every state whose key starts with `prefix` (any workspace), with its
@@ -219,8 +222,17 @@ impl States {
             if !listed.state.key().starts_with(prefix) {
                 continue;
             }
-            let Some(summary) = self.summary(&listed.state, &listed).await? else {
-                continue;
+            // A state whose history crosses something the store did not
+            // make (a link put there by hand) is still listed, without
+            // its serial; the reads of it are refused on their own.
+            let serial = match self.summary(&listed.state, &listed).await {
+                Ok(Some(summary)) => summary.serial,
+                Ok(None) => continue,
+                Err(StateError::KeyConflict(reason)) => {
+                    tracing::warn!(state = %listed.state, %reason, "listed without its summary");
+                    None
+                }
+                Err(e) => return Err(e),
             };
             let lock = match listed.locked {
                 true => self.lock_holder(&listed.state).await?.map(|h| h.info),
@@ -229,7 +241,7 @@ impl States {
             out.push(StateSummary {
                 size: listed.size,
                 modified: listed.modified.and_then(history::rfc3339),
-                serial: summary.serial,
+                serial,
                 lock,
                 state: listed.state,
             });
@@ -240,7 +252,7 @@ impl States {
     /// How many states and held locks the store has, from one listing
     /// (no state is read).
     pub async fn counts(&self) -> Result<(usize, usize), StateError> {
-        let entries = self.store.list_outside_internal("").await?;
+        let entries = self.store.list("", OpList::outside_internal()).await?;
         let locks = entries
             .iter()
             .filter(|e| {
@@ -257,7 +269,7 @@ impl States {
     /// Every lock currently held, with its state.
     pub async fn locks(&self) -> Result<Vec<(StateRef, LockInfo)>, StateError> {
         let mut out = Vec::new();
-        for entry in self.store.list_outside_internal("").await? {
+        for entry in self.store.list("", OpList::outside_internal()).await? {
             let Some(object_key) = entry.key.strip_suffix(key::LOCK_SUFFIX) else {
                 continue;
             };
@@ -283,6 +295,7 @@ pub(crate) fn local_states_for_tests(dir: &std::path::Path, history_keep: u64) -
             conditional_create: true,
             compare_and_swap: true,
             unique_versions: true,
+            native_lease: true,
         },
         Policy {
             workspace_key_prefix: "workspaces".into(),

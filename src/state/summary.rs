@@ -17,7 +17,7 @@ use super::head::StateHead;
 use super::history::{HISTORY_PREFIX, VersionMeta, rfc3339};
 use super::key::{LOCK_SUFFIX, RESERVED_PREFIX};
 use super::{StateError, StateRef, States};
-use crate::stores::Condition;
+use crate::stores::{Condition, OpList, OpWrite, Payload, StoreExt};
 
 /// The name of the summary inside a state's history folder.
 pub const SUMMARY_NAME: &str = "summary.json";
@@ -89,7 +89,7 @@ impl States {
     pub(super) async fn drop_summary(&self, state: &StateRef) {
         if let Err(e) = self
             .store
-            .delete(&self.summary_key(state), Condition::Always)
+            .delete(&self.summary_key(state), Condition::Always.into())
             .await
         {
             tracing::warn!(state = %state, error = %e, "removing the state's summary failed");
@@ -99,7 +99,7 @@ impl States {
     /// Every state in the store, from one listing: no state, lock or
     /// summary is read.
     pub async fn listing(&self) -> Result<Vec<Listed>, StateError> {
-        let entries = self.store.list_outside_internal("").await?;
+        let entries = self.store.list("", OpList::outside_internal()).await?;
         let locked: std::collections::HashSet<&str> = entries
             .iter()
             .filter(|e| !e.key.starts_with(RESERVED_PREFIX))
@@ -159,7 +159,11 @@ impl States {
         let kept = serde_json::to_vec(&summary).expect("a summary serialises");
         if let Err(e) = self
             .store
-            .put_transient(&self.summary_key(state), kept.into(), Condition::Always)
+            .write(
+                &self.summary_key(state),
+                Payload::from(bytes::Bytes::from(kept)),
+                OpWrite::transient(Condition::Always),
+            )
             .await
         {
             tracing::warn!(state = %state, error = %e, "writing the state's summary failed");

@@ -26,7 +26,7 @@
 
 use super::head::{Described, StateHead, Writer};
 use super::{Lease, LeaseNeed, StateError, StateRef, States};
-use crate::stores::{Condition, Payload, StoreError, Version};
+use crate::stores::{Condition, OpWrite, Payload, StoreError, Version};
 
 /// Refuses a write that would replace newer state (rule 3 above). Identical
 /// bodies never reach this.
@@ -172,7 +172,11 @@ impl States {
             if let Some(lease) = lease {
                 lease.check()?;
             }
-            let version = match self.store.put_payload(&object_key, &body, condition).await {
+            let version = match self
+                .store
+                .write(&object_key, body.clone(), OpWrite::new(condition))
+                .await
+            {
                 Ok(v) => v,
                 Err(StoreError::PreconditionFailed | StoreError::AlreadyExists) => continue,
                 Err(e) => return Err(e.into()),
@@ -228,7 +232,7 @@ impl States {
             }
             match self
                 .store
-                .delete(&object_key, Condition::IfMatch(cur.version))
+                .delete(&object_key, Condition::IfMatch(cur.version).into())
                 .await
             {
                 Ok(()) => {
@@ -289,7 +293,8 @@ mod tests {
 
     #[test]
     fn only_states_are_accepted_from_clients() {
-        // Each of these replaced a state with 200.
+        // None of these is a state: each must be refused, not stored in
+        // place of one.
         for bad in [
             &b"{}"[..],
             b"[]",

@@ -61,8 +61,8 @@ use time::OffsetDateTime;
 use super::keylock::{KeyLock, KeyLocks};
 use super::payload::{BodyCache, FileBody, SPOOL_THRESHOLD};
 use super::{
-    Backend, Capabilities, Condition, Entry, INTERNAL_PREFIX, Object, Payload, Store, StoreError,
-    Version,
+    Backend, Capabilities, Condition, Entry, INTERNAL_PREFIX, OpDelete, OpList, OpRead, OpWrite,
+    Payload, Store, StoreError, Version,
 };
 use crate::settings::{ConfigError, Setting, StoreSettings};
 
@@ -513,14 +513,6 @@ impl Tree {
         Ok(())
     }
 
-    fn get_blocking(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        let Some((body, version)) = self.read_blocking(key, usize::MAX, false)? else {
-            return Ok(None);
-        };
-        let body = body.as_memory().cloned().expect("read whole");
-        Ok(Some(Object { body, version }))
-    }
-
     /// Opens `key`; a body over `in_memory` bytes is handed out as the open
     /// file itself (files are never changed in place, so it stays the
     /// version read however long the reader takes). With `cached`, a small
@@ -801,64 +793,41 @@ impl Store for LocalStore {
             conditional_create: true,
             compare_and_swap: true,
             unique_versions: true,
+            native_lease: true,
         }
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        let key = key.to_string();
-        blocking(self, move |s| s.get_blocking(&key)).await
-    }
-
-    async fn put(
+    /// A streamed body over [`SPOOL_THRESHOLD`] is handed out as the open
+    /// file itself.
+    async fn read(
         &self,
         key: &str,
-        body: Bytes,
-        condition: Condition,
-    ) -> Result<Version, StoreError> {
+        args: OpRead,
+    ) -> Result<Option<(Payload, Version)>, StoreError> {
         let key = key.to_string();
-        let body = Payload::Memory(body);
-        blocking(self, move |s| s.put_blocking(&key, &body, &condition, true)).await
-    }
-
-    async fn put_payload(
-        &self,
-        key: &str,
-        body: &Payload,
-        condition: Condition,
-    ) -> Result<Version, StoreError> {
-        let (key, body) = (key.to_string(), body.clone());
-        blocking(self, move |s| s.put_blocking(&key, &body, &condition, true)).await
-    }
-
-    async fn read(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
-        let key = key.to_string();
+        if !args.streamed {
+            return blocking(self, move |s| s.read_blocking(&key, usize::MAX, false)).await;
+        }
         blocking(self, move |s| s.read_blocking(&key, SPOOL_THRESHOLD, true)).await
     }
 
-    async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
+    /// A transient write (a lease dies with its holder) skips the fsync of
+    /// the file and its directory: other processes on this machine see it
+    /// at once all the same.
+    async fn write(&self, key: &str, body: Payload, args: OpWrite) -> Result<Version, StoreError> {
         let key = key.to_string();
-        blocking(self, move |s| s.delete_blocking(&key, &condition, true)).await
-    }
-
-    /// A lease dies with its holder: no fsync of the file or its directory
-    /// (other processes on this machine see it at once all the same).
-    async fn put_transient(
-        &self,
-        key: &str,
-        body: Bytes,
-        condition: Condition,
-    ) -> Result<Version, StoreError> {
-        let key = key.to_string();
-        let body = Payload::Memory(body);
         blocking(self, move |s| {
-            s.put_blocking(&key, &body, &condition, false)
+            s.put_blocking(&key, &body, &args.condition, !args.transient)
         })
         .await
     }
 
-    async fn delete_transient(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
+    async fn delete(&self, key: &str, args: OpDelete) -> Result<(), StoreError> {
         let key = key.to_string();
-        blocking(self, move |s| s.delete_blocking(&key, &condition, false)).await
+        blocking(self, move |s| {
+            s.delete_blocking(&key, &args.condition, !args.transient)
+        })
+        .await
     }
 
     /// A key lock on the store's lease file: it dies with this process.
@@ -866,18 +835,16 @@ impl Store for LocalStore {
         &self,
         key: &str,
         wait: std::time::Duration,
-    ) -> Result<Option<KeyLock>, StoreError> {
-        self.0.leases.lease(key, wait).await.map(Some)
+    ) -> Result<KeyLock, StoreError> {
+        self.0.leases.lease(key, wait).await
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+    async fn list(&self, prefix: &str, args: OpList) -> Result<Vec<Entry>, StoreError> {
         let prefix = prefix.to_string();
-        blocking(self, move |s| s.list_blocking(&prefix, false)).await
-    }
-
-    async fn list_outside_internal(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
-        let prefix = prefix.to_string();
-        blocking(self, move |s| s.list_blocking(&prefix, true)).await
+        blocking(self, move |s| {
+            s.list_blocking(&prefix, args.outside_internal)
+        })
+        .await
     }
 
     async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {
@@ -903,6 +870,7 @@ impl Store for LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stores::{OpDelete, OpList, StoreExt};
 
     fn names(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)
@@ -976,7 +944,7 @@ mod tests {
         let listed = |prefix: &'static str| {
             let store = store.clone();
             async move {
-                let entries = store.list(prefix).await.unwrap();
+                let entries = store.list(prefix, OpList::default()).await.unwrap();
                 entries.into_iter().map(|e| e.key).collect::<Vec<_>>()
             }
         };
@@ -989,10 +957,17 @@ mod tests {
         );
         assert_eq!(listed("a/b").await, ["a/b", "a/b.tflock", "a/b/c"]);
         assert_eq!(
-            store.list_outside_internal("").await.unwrap().len(),
+            store
+                .list("", OpList::outside_internal())
+                .await
+                .unwrap()
+                .len(),
             keys.len() - 2
         );
-        store.delete("a", Condition::Always).await.unwrap();
+        store
+            .delete("a", OpDelete::new(Condition::Always))
+            .await
+            .unwrap();
         assert!(store.get("a").await.unwrap().is_none());
         assert_eq!(store.get("a/b/c").await.unwrap().unwrap().body, "a/b/c");
         // No key reaches a name the layout gives a file.
@@ -1017,7 +992,7 @@ mod tests {
             fs::write(dir.path().join("team").join(name), b"partial").unwrap();
         }
         let listed: Vec<String> = store
-            .list("")
+            .list("", OpList::default())
             .await
             .unwrap()
             .into_iter()
@@ -1042,11 +1017,11 @@ mod tests {
         let a = LocalStore::open_dir(dir.path()).unwrap();
         let b = LocalStore::open_dir(dir.path()).unwrap();
         let wait = std::time::Duration::from_millis(100);
-        let held = a.native_lease("team/a", wait).await.unwrap().unwrap();
+        let held = a.native_lease("team/a", wait).await.unwrap();
         let busy = b.native_lease("team/a", wait).await.unwrap_err();
         assert!(busy.is_unavailable(), "{busy}");
-        b.native_lease("team/b", wait).await.unwrap().unwrap();
+        b.native_lease("team/b", wait).await.unwrap();
         drop(held);
-        b.native_lease("team/a", wait).await.unwrap().unwrap();
+        b.native_lease("team/a", wait).await.unwrap();
     }
 }

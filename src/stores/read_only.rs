@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 
-use super::keylock::KeyLock;
 use super::{
-    Capabilities, Change, Condition, Entry, Object, Payload, Stopped, Store, StoreError, Version,
+    Capabilities, Change, Entry, OpDelete, OpList, OpRead, OpWrite, Payload, Stopped, Store,
+    StoreError, Version,
 };
 
 /// Reads of `inner`, or of nothing when it does not exist; no writes.
@@ -46,14 +45,19 @@ impl Store for ReadOnly {
         }
     }
 
+    /// No lease of its own: nothing is ever written, so no lease is taken.
     fn capabilities(&self) -> Capabilities {
         match &self.inner {
-            Some(inner) => inner.capabilities(),
+            Some(inner) => Capabilities {
+                native_lease: false,
+                ..inner.capabilities()
+            },
             // Nothing is ever written, so nothing is at stake.
             None => Capabilities {
                 conditional_create: true,
                 compare_and_swap: true,
                 unique_versions: true,
+                native_lease: false,
             },
         }
     }
@@ -64,23 +68,20 @@ impl Store for ReadOnly {
             .map_or(super::DEFAULT_OPERATION_TIMEOUT, |s| s.operation_timeout())
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+    async fn read(
+        &self,
+        key: &str,
+        args: OpRead,
+    ) -> Result<Option<(Payload, Version)>, StoreError> {
         match &self.inner {
-            Some(inner) => inner.get(key).await,
+            Some(inner) => inner.read(key, args).await,
             None => Ok(None),
         }
     }
 
-    async fn read(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
+    async fn list(&self, prefix: &str, args: OpList) -> Result<Vec<Entry>, StoreError> {
         match &self.inner {
-            Some(inner) => inner.read(key).await,
-            None => Ok(None),
-        }
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
-        match &self.inner {
-            Some(inner) => inner.list(prefix).await,
+            Some(inner) => inner.list(prefix, args).await,
             None => Ok(Vec::new()),
         }
     }
@@ -92,50 +93,22 @@ impl Store for ReadOnly {
         }
     }
 
-    async fn put(&self, key: &str, _: Bytes, _: Condition) -> Result<Version, StoreError> {
+    async fn write(&self, key: &str, _: Payload, _: OpWrite) -> Result<Version, StoreError> {
         Err(self.refused(key))
     }
 
-    async fn put_payload(
-        &self,
-        key: &str,
-        _: &Payload,
-        _: Condition,
-    ) -> Result<Version, StoreError> {
+    async fn delete(&self, key: &str, _: OpDelete) -> Result<(), StoreError> {
         Err(self.refused(key))
-    }
-
-    async fn put_transient(
-        &self,
-        key: &str,
-        _: Bytes,
-        _: Condition,
-    ) -> Result<Version, StoreError> {
-        Err(self.refused(key))
-    }
-
-    async fn delete(&self, key: &str, _: Condition) -> Result<(), StoreError> {
-        Err(self.refused(key))
-    }
-
-    async fn delete_transient(&self, key: &str, _: Condition) -> Result<(), StoreError> {
-        Err(self.refused(key))
-    }
-
-    async fn native_lease(&self, _: &str, _: Duration) -> Result<Option<KeyLock>, StoreError> {
-        Ok(None)
     }
 
     async fn change_all(&self, changes: Vec<Change>) -> Result<(), Stopped> {
-        let key = match changes.first() {
-            Some(Change::Put { key, .. } | Change::Delete { key, .. }) => key.as_str(),
-            Some(Change::Snapshot { to, .. }) => to.as_str(),
-            None => return Ok(()),
-        };
-        Err(Stopped {
-            at: 0,
-            error: self.refused(key),
-        })
+        match changes.first() {
+            Some(change) => Err(Stopped {
+                at: 0,
+                error: self.refused(change.key()),
+            }),
+            None => Ok(()),
+        }
     }
 
     async fn snapshot(

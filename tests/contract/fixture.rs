@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use stategate::settings::StoreSettings;
-use stategate::stores::{self, Capabilities, Condition, Entry, Store, Version};
+use stategate::stores::{self, Capabilities, Condition, Entry, OpList, Store, StoreExt, Version};
 use tempfile::TempDir;
 
 use crate::support::moto::Moto;
@@ -52,6 +52,12 @@ impl Kind {
             // Bucket versions are ETags, MD5s of the bytes; the others are
             // generations never given twice.
             unique_versions: !matches!(self, Kind::S3 | Kind::S3WithoutIfMatch | Kind::Oss),
+            // A lock on a file of this machine, shared by every process
+            // using the store.
+            native_lease: matches!(
+                self,
+                Kind::Local | Kind::LocalNamedTemporaries | Kind::Sqlite
+            ),
         }
     }
 
@@ -329,7 +335,7 @@ pub async fn put(store: &dyn Store, key: &str, body: &[u8]) -> Version {
 
 pub async fn list(store: &dyn Store, prefix: &str) -> Vec<Entry> {
     store
-        .list(prefix)
+        .list(prefix, OpList::default())
         .await
         .unwrap_or_else(|e| panic!("list `{prefix}`: {e}"))
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use stategate::stores::{Change, Condition, Entry, Spooler, StoreError};
+use stategate::stores::{
+    Change, Condition, Entry, OpDelete, OpList, OpRead, OpWrite, Spooler, StoreError, StoreExt,
+};
 
 use crate::fixture::*;
 
@@ -67,16 +69,20 @@ pub async fn reads_follow_every_new_version(fx: Fixture) {
     let key = "reread/terraform.tfstate";
     for round in 0..24u32 {
         if round == 12 {
-            store.delete(key, Condition::Always).await.unwrap();
+            store.delete(key, Condition::Always.into()).await.unwrap();
             assert!(
-                store.read(key).await.unwrap().is_none(),
+                store.read(key, OpRead::streamed()).await.unwrap().is_none(),
                 "read after delete"
             );
         }
         let body = format!("{{\"serial\": {round:04}}}").into_bytes();
         let version = put(store, key, &body).await;
         for _ in 0..2 {
-            let (payload, read_version) = store.read(key).await.unwrap().expect("just written");
+            let (payload, read_version) = store
+                .read(key, OpRead::streamed())
+                .await
+                .unwrap()
+                .expect("just written");
             assert_eq!(read_version, version, "round {round}");
             assert_eq!(
                 &payload.to_bytes().await.unwrap()[..],
@@ -98,11 +104,13 @@ pub async fn reads_follow_every_new_version(fx: Fixture) {
 pub async fn change_all_stops_at_the_first_failure(fx: Fixture) {
     let store = &*fx.store;
     let change =
-        |key: &str, body: &'static [u8], condition: Condition, transient: bool| Change::Put {
+        |key: &str, body: &'static [u8], condition: Condition, transient: bool| Change::Write {
             key: key.into(),
             body: Bytes::from_static(body),
-            condition,
-            transient,
+            args: OpWrite {
+                condition,
+                transient,
+            },
         };
     let first = put(store, "batch/a", b"a0").await;
     put(store, "batch/gone", b"x").await;
@@ -110,8 +118,7 @@ pub async fn change_all_stops_at_the_first_failure(fx: Fixture) {
         change("batch/a", b"a1", Condition::IfMatch(first.clone()), false),
         Change::Delete {
             key: "batch/gone".into(),
-            condition: Condition::Always,
-            transient: true,
+            args: OpDelete::transient(Condition::Always),
         },
         change("batch/c", b"c", Condition::IfAbsent, true),
         // Refused: `a` is no longer at its first version.
@@ -219,7 +226,7 @@ pub async fn recreated_object_never_matches_its_old_version(fx: Fixture) {
     let old = b"{\"ID\":\"same\"}";
     put(store, key, old).await;
     let v1 = version_of(store, key).await;
-    store.delete(key, Condition::Always).await.unwrap();
+    store.delete(key, Condition::Always.into()).await.unwrap();
     // Where versions are hashes of the bytes, the same bytes written again
     // have the same version by design; other bytes never do.
     let body: &[u8] = if checked_capabilities(&fx).unique_versions {
@@ -243,7 +250,9 @@ pub async fn recreated_object_never_matches_its_old_version(fx: Fixture) {
         "IfMatch with the version of the deleted object ({v1:?}) matched the new one ({v2:?})"
     );
     assert_eq!(&body_of(store, key).await.unwrap()[..], body);
-    let delete = store.delete(key, Condition::IfMatch(v1.clone())).await;
+    let delete = store
+        .delete(key, Condition::IfMatch(v1.clone()).into())
+        .await;
     assert_eq!(
         delete,
         Err(StoreError::PreconditionFailed),
@@ -256,14 +265,14 @@ pub async fn delete_honours_its_condition(fx: Fixture) {
     let store = &*fx.store;
     let key = "del/state";
     store
-        .delete("del/never-written", Condition::Always)
+        .delete("del/never-written", Condition::Always.into())
         .await
         .expect("deleting a missing key is not an error");
 
     let stale = put(store, key, b"one").await;
     put(store, key, b"two").await;
     assert_eq!(
-        store.delete(key, Condition::IfMatch(stale)).await,
+        store.delete(key, Condition::IfMatch(stale).into()).await,
         Err(StoreError::PreconditionFailed)
     );
     assert_eq!(
@@ -275,13 +284,16 @@ pub async fn delete_honours_its_condition(fx: Fixture) {
     let current = version_of(store, key).await;
     assert_eq!(
         store
-            .delete("del/never-written", Condition::IfMatch(current.clone()))
+            .delete(
+                "del/never-written",
+                Condition::IfMatch(current.clone()).into()
+            )
             .await,
         Err(StoreError::PreconditionFailed),
         "IfMatch on a missing key"
     );
     store
-        .delete(key, Condition::IfMatch(current))
+        .delete(key, Condition::IfMatch(current).into())
         .await
         .expect("IfMatch(current) deletes");
     assert!(store.get(key).await.unwrap().is_none());
@@ -289,13 +301,13 @@ pub async fn delete_honours_its_condition(fx: Fixture) {
     assert!(list(store, "del/").await.is_empty());
 
     put(store, key, b"three").await;
-    store.delete(key, Condition::Always).await.unwrap();
+    store.delete(key, Condition::Always.into()).await.unwrap();
     assert!(store.get(key).await.unwrap().is_none());
 
     // IfAbsent constrains puts only; a delete treats it like Always.
     put(store, key, b"four").await;
     store
-        .delete(key, Condition::IfAbsent)
+        .delete(key, Condition::IfAbsent.into())
         .await
         .expect("delete with IfAbsent");
     assert!(store.get(key).await.unwrap().is_none());
@@ -558,7 +570,7 @@ pub async fn listing_outside_internal_leaves_out_exactly_the_internal_area(fx: F
         "workspaces/",
     ] {
         let listed: Vec<String> = store
-            .list_outside_internal(prefix)
+            .list(prefix, OpList::outside_internal())
             .await
             .unwrap()
             .into_iter()
@@ -569,7 +581,7 @@ pub async fn listing_outside_internal_leaves_out_exactly_the_internal_area(fx: F
             .copied()
             .filter(|k| k.starts_with(prefix) && !k.starts_with(".stategate/"))
             .collect();
-        assert_eq!(listed, expected, "list_outside_internal(`{prefix}`)");
+        assert_eq!(listed, expected, "list(`{prefix}`, outside internal)");
     }
 }
 
@@ -654,7 +666,7 @@ pub async fn snapshot_copies_once_from_the_version_given(fx: Fixture) {
         .expect("snapshot of the current version");
     assert_eq!(body_of(store, "snap/history/2").await, Some(body2.clone()));
     store
-        .delete("snap/history/2", Condition::Always)
+        .delete("snap/history/2", Condition::Always.into())
         .await
         .unwrap();
     assert_eq!(
@@ -688,14 +700,14 @@ pub async fn large_body_round_trips(fx: Fixture) {
     );
     // The servers this binary shares keep objects in memory.
     store
-        .delete("big/state", Condition::IfMatch(version))
+        .delete("big/state", Condition::IfMatch(version).into())
         .await
         .expect("delete the 64 MiB object");
     assert!(list(store, "big/").await.is_empty());
 }
 
 /// A body spooled to a file (as a large upload is) goes in through
-/// `put_payload` under its condition, as often as it is needed (a retried
+/// `write` of a spooled body under its condition, as often as it is needed (a retried
 /// write, a history copy), and comes out through `read` whole, with the
 /// version `stat` gives, however the store hands it out.
 pub async fn spooled_bodies_stream_in_and_out(fx: Fixture) {
@@ -711,16 +723,28 @@ pub async fn spooled_bodies_stream_in_and_out(fx: Fixture) {
     assert!(payload.as_memory().is_none(), "5 MiB is spooled to a file");
 
     let first = store
-        .put_payload("spool/state", &payload, Condition::IfAbsent)
+        .write(
+            "spool/state",
+            payload.clone(),
+            OpWrite::new(Condition::IfAbsent),
+        )
         .await
         .expect("put of a spooled body");
     assert_eq!(
         store
-            .put_payload("spool/state", &payload, Condition::IfAbsent)
+            .write(
+                "spool/state",
+                payload.clone(),
+                OpWrite::new(Condition::IfAbsent)
+            )
             .await,
         Err(StoreError::AlreadyExists)
     );
-    let (read, version) = store.read("spool/state").await.unwrap().expect("read");
+    let (read, version) = store
+        .read("spool/state", OpRead::streamed())
+        .await
+        .unwrap()
+        .expect("read");
     assert_eq!(version, first);
     assert_eq!(read.len(), SIZE as u64);
     assert_same_bytes(&read.to_bytes().await.unwrap(), &bytes, "spooled body");
@@ -732,7 +756,11 @@ pub async fn spooled_bodies_stream_in_and_out(fx: Fixture) {
     if fx.kind.documented_capabilities().compare_and_swap {
         assert_eq!(
             store
-                .put_payload("spool/state", &payload, Condition::IfMatch(first))
+                .write(
+                    "spool/state",
+                    payload.clone(),
+                    OpWrite::new(Condition::IfMatch(first))
+                )
                 .await,
             Err(StoreError::PreconditionFailed)
         );
@@ -740,7 +768,11 @@ pub async fn spooled_bodies_stream_in_and_out(fx: Fixture) {
     }
     let current = version_of(store, "spool/state").await;
     let swapped = store
-        .put_payload("spool/state", &payload, Condition::IfMatch(current.clone()))
+        .write(
+            "spool/state",
+            payload.clone(),
+            OpWrite::new(Condition::IfMatch(current.clone())),
+        )
         .await
         .expect("swap in a spooled body");
     store
@@ -748,7 +780,11 @@ pub async fn spooled_bodies_stream_in_and_out(fx: Fixture) {
         .await
         .expect("snapshot of a spooled body");
     for key in ["spool/state", "spool/history/1"] {
-        let (read, _) = store.read(key).await.unwrap().expect("read");
+        let (read, _) = store
+            .read(key, OpRead::streamed())
+            .await
+            .unwrap()
+            .expect("read");
         assert_same_bytes(&read.to_bytes().await.unwrap(), &bytes, key);
     }
     assert_eq!(
@@ -758,7 +794,13 @@ pub async fn spooled_bodies_stream_in_and_out(fx: Fixture) {
             ("spool/state".to_string(), SIZE as u64)
         ]
     );
-    assert!(store.read("spool/missing").await.unwrap().is_none());
+    assert!(
+        store
+            .read("spool/missing", OpRead::streamed())
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 pub async fn empty_body_round_trips(fx: Fixture) {
@@ -840,7 +882,7 @@ pub async fn long_keys_round_trip(fx: Fixture) {
     );
     let version = version_of(store, &deep).await;
     store
-        .delete(&deep, Condition::IfMatch(version))
+        .delete(&deep, Condition::IfMatch(version).into())
         .await
         .unwrap();
     assert!(store.get(&deep).await.unwrap().is_none());
@@ -932,15 +974,15 @@ pub async fn missing_backend_is_unavailable(fx: Fixture) {
         ),
         (
             "delete",
-            store.delete("gone/state", Condition::Always).await,
+            store.delete("gone/state", Condition::Always.into()).await,
         ),
         (
             "delete IfMatch",
             store
-                .delete("gone/state", Condition::IfMatch(version))
+                .delete("gone/state", Condition::IfMatch(version).into())
                 .await,
         ),
-        ("list", store.list("").await.map(drop)),
+        ("list", store.list("", OpList::default()).await.map(drop)),
     ];
     let wrong: Vec<String> = results
         .into_iter()

@@ -17,13 +17,13 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use stategate::app::{self, Application};
 use stategate::config::{self, CommandLine, FileConfig};
 use stategate::settings::StoreSettings;
 use stategate::state::States;
 use stategate::stores::{
-    self, Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version,
+    self, Capabilities, Entry, OpDelete, OpList, OpRead, OpWrite, Payload, Store, StoreError,
+    Version,
 };
 
 use crate::support::stores::{LocalPeer, SqlitePeer};
@@ -487,67 +487,41 @@ impl Store for Counting {
         self.inner.describe()
     }
 
+    /// Without the inner store's own lease: its write leases are objects,
+    /// whose calls are noted too.
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+        Capabilities {
+            native_lease: false,
+            ..self.inner.capabilities()
+        }
     }
 
     fn operation_timeout(&self) -> Duration {
         self.inner.operation_timeout()
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
+    async fn read(
+        &self,
+        key: &str,
+        args: OpRead,
+    ) -> Result<Option<(Payload, Version)>, StoreError> {
         self.calls.note("get", key);
-        self.inner.get(key).await
+        self.inner.read(key, args).await
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        body: Bytes,
-        condition: Condition,
-    ) -> Result<Version, StoreError> {
+    async fn write(&self, key: &str, body: Payload, args: OpWrite) -> Result<Version, StoreError> {
         self.calls.note("put", key);
-        self.inner.put(key, body, condition).await
+        self.inner.write(key, body, args).await
     }
 
-    async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
+    async fn delete(&self, key: &str, args: OpDelete) -> Result<(), StoreError> {
         self.calls.note("delete", key);
-        self.inner.delete(key, condition).await
+        self.inner.delete(key, args).await
     }
 
-    async fn put_transient(
-        &self,
-        key: &str,
-        body: Bytes,
-        condition: Condition,
-    ) -> Result<Version, StoreError> {
-        self.calls.note("put", key);
-        self.inner.put_transient(key, body, condition).await
-    }
-
-    async fn delete_transient(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
-        self.calls.note("delete", key);
-        self.inner.delete_transient(key, condition).await
-    }
-
-    async fn put_payload(
-        &self,
-        key: &str,
-        body: &Payload,
-        condition: Condition,
-    ) -> Result<Version, StoreError> {
-        self.calls.note("put", key);
-        self.inner.put_payload(key, body, condition).await
-    }
-
-    async fn read(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
-        self.calls.note("get", key);
-        self.inner.read(key).await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+    async fn list(&self, prefix: &str, args: OpList) -> Result<Vec<Entry>, StoreError> {
         self.calls.note("list", prefix);
-        self.inner.list(prefix).await
+        self.inner.list(prefix, args).await
     }
 
     async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {

@@ -175,7 +175,7 @@ fn hostile_slow_heads_idle_keepalives_and_huge_heads_are_cut_off() {
         .find_map(|l| l.strip_prefix("x-request-id: "))
         .unwrap_or_else(|| panic!("431 without X-Request-Id: {answer}"));
     assert!(
-        server.log().contains(id.trim()),
+        server.logs(id.trim()),
         "the 431's id is logged: {}",
         server.log()
     );

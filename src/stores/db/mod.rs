@@ -19,11 +19,45 @@ use std::sync::Arc;
 
 use super::{Backend, Store};
 
+/// Runs the same code on whichever pool the store has; the two arms differ
+/// only in the types sqlx infers.
+macro_rules! on_pool {
+    ($pool:expr, $p:ident => $body:expr) => {
+        match $pool {
+            $crate::stores::db::connect::Pool::Mysql($p) => $body,
+            $crate::stores::db::connect::Pool::Postgres($p) => $body,
+        }
+    };
+}
+
+/// Listing rows (`object_key, size, modified_ns`) as entries, for either
+/// engine's row type.
+macro_rules! entries {
+    ($rows:expr) => {
+        $rows
+            .into_iter()
+            .map(|r| {
+                let ns: i64 = r.try_get(2)?;
+                Ok(Entry {
+                    key: r.try_get(0)?,
+                    size: r.try_get::<i64, _>(1)? as u64,
+                    modified: OffsetDateTime::from_unix_timestamp_nanos(ns as i128).ok(),
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+    };
+}
+
 pub mod config;
+mod connect;
+mod failure;
+mod rows;
+mod sql;
 mod store;
 
 pub use config::{DbConfig, Engine};
-pub use store::{DbStore, SCHEMA_VERSION};
+pub use sql::SCHEMA_VERSION;
+pub use store::DbStore;
 
 /// Registration of the db store.
 pub static BACKEND: Backend = Backend {

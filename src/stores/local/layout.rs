@@ -305,6 +305,7 @@ fn holds_nothing(root: &OwnedFd) -> io::Result<bool> {
 
 #[cfg(test)]
 mod tests {
+    use crate::stores::{OpList, StoreExt};
     use std::fs;
     use std::os::unix::fs::MetadataExt;
     use std::path::Path;
@@ -410,7 +411,7 @@ mod tests {
         }
         assert_eq!(store.get("team/a").await.unwrap().unwrap().body, "state a");
         let listed: Vec<String> = store
-            .list("")
+            .list("", OpList::default())
             .await
             .unwrap()
             .into_iter()
@@ -504,7 +505,7 @@ mod tests {
         let root = dir.path();
         // Empty: read as an empty store, in either layout.
         let store = LocalStore::open_read_only(root).unwrap().unwrap();
-        assert!(store.list("").await.unwrap().is_empty());
+        assert!(store.list("", OpList::default()).await.unwrap().is_empty());
         layout_1(root);
         let e = LocalStore::open_read_only(root).err().unwrap().to_string();
         assert!(e.contains("`stategate serve` upgrades it in place"), "{e}");

@@ -82,7 +82,7 @@ impl OssConfig {
         }
 
         // The same rules as every bucket store: `..` would be resolved by
-        // the HTTP client and break the signature (issue 16).
+        // the HTTP client and break the signature.
         let prefix = settings
             .get("prefix")
             .map(|p| bucket_prefix(p, "OSS", MAX_OBJECT_NAME_BYTES))

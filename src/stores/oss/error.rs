@@ -3,11 +3,20 @@
 
 use ali_oss_rs::error::Error as OssError;
 
-use super::store::OssStore;
+use std::time::Duration;
+
 use crate::stores::StoreError;
 use crate::stores::bucket::network_cause;
 
-impl OssStore {
+/// The bucket a failed call was made on, as its messages name it.
+pub(super) struct Site<'a> {
+    pub bucket: &'a str,
+    pub endpoint_url: &'a str,
+    /// The store's `timeout`, named when OSS did not answer within it.
+    pub timeout: Duration,
+}
+
+impl Site<'_> {
     /// Translates an SDK error into one clear reason, of the kind that
     /// names the setting at fault. Messages name the bucket and endpoint,
     /// never a secret.
@@ -79,7 +88,7 @@ impl OssStore {
                 "InvalidSecurityToken"
                 | "SecurityTokenExpired"
                 | "AccessKeyIdAndSecurityTokenNotMatch" => denied("security_token"),
-                "NoSuchBucket" => StoreError::NotFound {
+                "NoSuchBucket" => StoreError::BucketMissing {
                     setting: "bucket",
                     reason,
                 },

@@ -22,10 +22,13 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::config::OssConfig;
-use super::error::{api_code, xml_text};
+use super::error::{Site, api_code, xml_text};
 use crate::stores::bucket::{BucketSeen, bounded, compare_first};
 use crate::stores::payload::{FileBody, SPOOL_THRESHOLD, spool_dir};
-use crate::stores::{Capabilities, Condition, Entry, Object, Payload, Store, StoreError, Version};
+use crate::stores::{
+    Capabilities, Condition, Entry, OpDelete, OpList, OpRead, OpWrite, Payload, Store, StoreError,
+    Version,
+};
 
 /// How long to wait for a TCP/TLS connection to the endpoint (less when
 /// `timeout` is shorter).
@@ -191,7 +194,8 @@ impl OssStore {
 
     /// Before a bodiless 404 from HEAD is taken for "no such object", the
     /// bucket must have been seen in the last few seconds or be seen now;
-    /// a missing bucket is a store failure, never "no state" (issue 16).
+    /// a missing bucket is a store failure, never "no state", which would let a client start over on an empty
+    /// state.
     async fn check_bucket(&self, what: &str) -> Result<(), StoreError> {
         if self.bucket_seen.recently() {
             return Ok(());
@@ -211,7 +215,7 @@ impl OssStore {
                     )
                 };
                 Err(match e {
-                    StoreError::NotFound { setting, reason } => StoreError::NotFound {
+                    StoreError::BucketMissing { setting, reason } => StoreError::BucketMissing {
                         setting,
                         reason: reframe(reason),
                     },
@@ -220,6 +224,16 @@ impl OssStore {
                 })
             }
         }
+    }
+
+    /// Translates an SDK error from a call on this bucket.
+    pub(super) fn error(&self, context: &str, e: OssError) -> StoreError {
+        let site = Site {
+            bucket: &self.bucket,
+            endpoint_url: &self.endpoint_url,
+            timeout: self.timeout,
+        };
+        site.error(context, e)
     }
 
     fn object_name(&self, key: &str) -> String {
@@ -282,6 +296,7 @@ impl Store for OssStore {
             compare_and_swap: false,
             // A version is the ETag, the MD5 of the bytes.
             unique_versions: false,
+            native_lease: false,
         }
     }
 
@@ -293,30 +308,27 @@ impl Store for OssStore {
         Some(super::config::max_key_bytes(&self.prefix))
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        let what = format!("reading {}", self.object_name(key));
-        self.bounded(&what, self.get_unbounded(key)).await
-    }
-
-    async fn read(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
-        let what = format!("reading {}", self.object_name(key));
-        self.bounded(&what, self.read_unbounded(key)).await
-    }
-
-    async fn put(
+    async fn read(
         &self,
         key: &str,
-        body: Bytes,
-        condition: Condition,
-    ) -> Result<Version, StoreError> {
-        let what = format!("writing {}", self.object_name(key));
-        self.bounded(&what, self.put_unbounded(key, body, condition))
-            .await
+        args: OpRead,
+    ) -> Result<Option<(Payload, Version)>, StoreError> {
+        let what = format!("reading {}", self.object_name(key));
+        self.bounded(&what, self.read_unbounded(key, args)).await
     }
 
-    async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
+    async fn write(&self, key: &str, body: Payload, args: OpWrite) -> Result<Version, StoreError> {
+        let what = format!("writing {}", self.object_name(key));
+        self.bounded(&what, async {
+            let body = body.to_bytes().await?;
+            self.put_unbounded(key, body, args.condition).await
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str, args: OpDelete) -> Result<(), StoreError> {
         let what = format!("deleting {}", self.object_name(key));
-        self.bounded(&what, self.delete_unbounded(key, condition))
+        self.bounded(&what, self.delete_unbounded(key, args.condition))
             .await
     }
 
@@ -325,54 +337,33 @@ impl Store for OssStore {
         self.bounded(&what, self.stat_unbounded(key)).await
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
-        self.bounded("listing objects", self.list_unbounded(prefix))
-            .await
+    async fn list(&self, prefix: &str, args: OpList) -> Result<Vec<Entry>, StoreError> {
+        let entries = self
+            .bounded("listing objects", self.list_unbounded(prefix))
+            .await?;
+        Ok(args.filter(entries))
     }
 }
 
 /// The operations themselves; [`Store`] runs each within `timeout`.
 impl OssStore {
-    async fn get_unbounded(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        let name = self.object_name(key);
-        for _ in 0..READ_RETRIES {
-            let Some(etag) = self.head_etag(&name).await? else {
-                return Ok(None);
-            };
-            let options = GetObjectOptionsBuilder::new()
-                .if_match(format!("\"{etag}\""))
-                .build();
-            match self
-                .client
-                .get_object_to_buffer(&self.bucket, &name, Some(options))
-                .await
-            {
-                Ok(body) => {
-                    return Ok(Some(Object {
-                        body: Bytes::from(body),
-                        version: Version(etag),
-                    }));
-                }
-                // Replaced or deleted between the HEAD and the GET: look again.
-                Err(e) if matches!(api_code(&e), Some("PreconditionFailed" | "NoSuchKey")) => {
-                    continue;
-                }
-                Err(e) => return Err(self.error(&format!("reading {name}"), e)),
-            }
-        }
-        Err(StoreError::unavailable(format!(
-            "reading {name}: the object kept changing; try again"
-        )))
-    }
-
-    /// Like [`Self::get_unbounded`], with the body written as it arrives
-    /// into an unnamed file: the SDK streams a download only into a file
-    /// it names, so it is given the unnamed file's `/proc/self/fd` name.
-    /// A state is never held whole in memory while a client downloads it,
-    /// and a crash leaves nothing behind. Bodies up to
-    /// [`SPOOL_THRESHOLD`] are then read into memory.
-    async fn read_unbounded(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
+    /// Reads the object version a HEAD found, with `If-Match` so a body
+    /// replaced in between is not taken for that version. A streamed read
+    /// writes the body as it arrives into an unnamed file: the SDK streams
+    /// a download only into a file it names, so it is given the unnamed
+    /// file's `/proc/self/fd` name. A state is never held whole in memory
+    /// while a client downloads it, and a crash leaves nothing behind.
+    /// Bodies up to [`SPOOL_THRESHOLD`] are then read into memory.
+    async fn read_unbounded(
+        &self,
+        key: &str,
+        args: OpRead,
+    ) -> Result<Option<(Payload, Version)>, StoreError> {
         use std::os::fd::AsRawFd;
+        enum Fetched {
+            Memory(Bytes),
+            File(std::fs::File),
+        }
         let name = self.object_name(key);
         let spool_err = |e: std::io::Error| {
             StoreError::unavailable(format!("reading {name}: spooling the body: {e}"))
@@ -384,14 +375,24 @@ impl OssStore {
             let options = GetObjectOptionsBuilder::new()
                 .if_match(format!("\"{etag}\""))
                 .build();
-            let file = tempfile::tempfile_in(spool_dir()).map_err(spool_err)?;
-            let path = format!("/proc/self/fd/{}", file.as_raw_fd());
-            match self
-                .client
-                .get_object_to_file(&self.bucket, &name, &path, Some(options))
-                .await
-            {
-                Ok(_) => {
+            let fetched = if args.streamed {
+                let file = tempfile::tempfile_in(spool_dir()).map_err(spool_err)?;
+                let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+                self.client
+                    .get_object_to_file(&self.bucket, &name, &path, Some(options))
+                    .await
+                    .map(|_| Fetched::File(file))
+            } else {
+                self.client
+                    .get_object_to_buffer(&self.bucket, &name, Some(options))
+                    .await
+                    .map(|body| Fetched::Memory(Bytes::from(body)))
+            };
+            match fetched {
+                Ok(Fetched::Memory(body)) => {
+                    return Ok(Some((Payload::Memory(body), Version(etag))));
+                }
+                Ok(Fetched::File(file)) => {
                     let len = file.metadata().map_err(spool_err)?.len();
                     let body = Payload::File(std::sync::Arc::new(FileBody::new(file, len)));
                     let body = if len <= SPOOL_THRESHOLD as u64 {
@@ -401,6 +402,7 @@ impl OssStore {
                     };
                     return Ok(Some((body, Version(etag))));
                 }
+                // Replaced or deleted between the HEAD and the GET: look again.
                 Err(e) if matches!(api_code(&e), Some("PreconditionFailed" | "NoSuchKey")) => {
                     continue;
                 }

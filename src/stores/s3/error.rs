@@ -4,9 +4,10 @@
 //! rest become the store's answer with one plain reason naming the bucket
 //! and the server, never a secret.
 
+use std::time::Duration;
+
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
-use super::store::Bucket;
 use crate::stores::StoreError;
 use crate::stores::bucket::network_cause;
 
@@ -42,7 +43,18 @@ impl Failure {
     }
 }
 
-impl Bucket {
+/// The bucket a failed call was made on, as its messages name it.
+pub(super) struct Site<'a> {
+    pub bucket: &'a str,
+    /// The server, as the store describes it.
+    pub location: &'a str,
+    /// The store's `timeout`, named when the server did not answer within it.
+    pub timeout: Duration,
+    /// The configured region, named when the server wants another.
+    pub region: &'a str,
+}
+
+impl Site<'_> {
     /// Translates an SDK error. `what` says what was being done, e.g.
     /// `writing states/a.tflock`.
     pub(super) fn failure<E>(
@@ -62,18 +74,18 @@ impl Bucket {
         };
         let reason = |text: String| format!("{what}: {text}");
         let unavailable = |text: String| Failure::Store(StoreError::Unavailable(reason(text)));
-        let bucket = &self.config.bucket;
-        let location = &self.location;
+        let bucket = self.bucket;
+        let location = self.location;
         let silent = || {
             unavailable(format!(
                 "the S3 server at {location} did not answer within {}s",
-                self.config.timeout.as_secs()
+                self.timeout.as_secs()
             ))
         };
         match status {
             Some(412) => Failure::Precondition,
             Some(409) if code == "ConditionalRequestConflict" => Failure::Conflict,
-            Some(404) if code == "NoSuchBucket" => Failure::Store(StoreError::NotFound {
+            Some(404) if code == "NoSuchBucket" => Failure::Store(StoreError::BucketMissing {
                 setting: "bucket",
                 reason: reason(format!("bucket `{bucket}` does not exist at {location}")),
             }),
@@ -101,7 +113,7 @@ impl Bucket {
                     setting: "region",
                     reason: reason(format!(
                         "bucket `{bucket}` is not in region `{}` ({detail})",
-                        self.config.region
+                        self.region
                     )),
                 })
             }

@@ -19,14 +19,14 @@ use md5::{Digest, Md5};
 use time::OffsetDateTime;
 
 use super::config::S3Config;
-use super::error::Failure;
+use super::error::{Failure, Site};
 use crate::stores::bucket::{
     BucketSeen, CONFLICT_RETRIES, bounded, compare_first, conflict_backoff, network_cause,
 };
 use crate::stores::payload::spool_dir;
 use crate::stores::{
-    Capabilities, Condition, Entry, INTERNAL_PREFIX, Object, PROBE_PREFIX, Payload, Spooler, Store,
-    StoreError, Version,
+    Capabilities, Condition, Entry, INTERNAL_PREFIX, OpDelete, OpList, OpRead, OpWrite,
+    PROBE_PREFIX, Payload, Spooler, Store, StoreError, Version,
 };
 
 /// Longest wait for a TCP connection to the S3 server.
@@ -68,8 +68,8 @@ impl S3Store {
                 tls::rustls_provider::CryptoMode::Ring,
             ))
             .build_https();
-        // `timeout` bounds the whole operation, retries included (issue 16:
-        // a per-attempt limit made a stopped server take 3 x 60 s to answer).
+        // `timeout` bounds the whole operation, retries included: a limit
+        // per attempt would make a stopped server take 3 x 60 s to answer.
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(CONNECT_TIMEOUT.min(config.timeout))
             .operation_timeout(config.timeout)
@@ -121,6 +121,25 @@ impl S3Store {
 }
 
 impl Bucket {
+    /// Translates an SDK error. `what` says what was being done, e.g.
+    /// `writing states/a.tflock`.
+    pub(super) fn failure<E>(
+        &self,
+        what: &str,
+        err: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> Failure
+    where
+        E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let site = Site {
+            bucket: &self.config.bucket,
+            location: &self.location,
+            timeout: self.config.timeout,
+            region: &self.config.region,
+        };
+        site.failure(what, err)
+    }
+
     fn describe(&self) -> String {
         let mut text = format!("s3 store bucket `{}`", self.config.bucket);
         if !self.config.prefix.is_empty() {
@@ -171,7 +190,7 @@ impl Bucket {
         self.delete_if_match = match self.delete_once(&key, Some(&absent)).await {
             Err(Failure::Precondition) => true,
             // Deleted although the ETag cannot have matched.
-            Ok(()) => self.get_once(&key).await?.is_some(),
+            Ok(()) => self.fetch_once(&key, false).await?.is_some(),
             Err(f) => refused_or(f)?,
         };
         self.delete_once(&key, None).await
@@ -238,16 +257,6 @@ impl Bucket {
             }
             Err(f) => Err(f),
         }
-    }
-
-    async fn get_once(&self, key: &str) -> Result<Option<Object>, Failure> {
-        Ok(self
-            .fetch_once(key, false)
-            .await?
-            .map(|(body, version)| Object {
-                body: body.as_memory().cloned().unwrap_or_default(),
-                version,
-            }))
     }
 
     /// Reads an object as its bytes arrive: into memory, or, with `spool`,
@@ -341,7 +350,8 @@ impl Bucket {
     /// missing bucket alike. Before a bodiless 404 is taken for "no such
     /// object", the bucket must have been seen in the last few seconds, or
     /// be seen now (HeadBucket); a missing bucket is then a store failure,
-    /// never "no state" (issue 16).
+    /// never "no state", which would let a client start over on an empty
+    /// state.
     async fn check_bucket(&self, what: &str) -> Result<(), Failure> {
         if self.bucket_seen.recently() {
             return Ok(());
@@ -357,7 +367,7 @@ impl Bucket {
                 self.bucket_seen.seen();
                 Ok(())
             }
-            Err(Failure::NoSuchKey) => Err(Failure::Store(StoreError::NotFound {
+            Err(Failure::NoSuchKey) => Err(Failure::Store(StoreError::BucketMissing {
                 setting: "bucket",
                 reason: format!(
                     "{what}: bucket `{}` does not exist at {}",
@@ -395,6 +405,7 @@ impl Store for S3Store {
             compare_and_swap: self.0.put_if_match && self.0.delete_if_match,
             // A version is the ETag, the MD5 of the bytes for a simple put.
             unique_versions: false,
+            native_lease: false,
         }
     }
 
@@ -406,42 +417,33 @@ impl Store for S3Store {
         self.0.config.timeout
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
-        let what = format!("reading {key}");
-        self.bounded(&what, async {
-            self.0
-                .get_once(key)
-                .await
-                .map_err(|f| f.into_store_error(&what))
-        })
-        .await
-    }
-
-    async fn read(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
-        let what = format!("reading {key}");
-        self.bounded(&what, async {
-            self.0
-                .fetch_once(key, true)
-                .await
-                .map_err(|f| f.into_store_error(&what))
-        })
-        .await
-    }
-
-    async fn put(
+    async fn read(
         &self,
         key: &str,
-        body: Bytes,
-        condition: Condition,
-    ) -> Result<Version, StoreError> {
-        let what = format!("writing {key}");
-        self.bounded(&what, self.put_unbounded(key, body, condition, &what))
-            .await
+        args: OpRead,
+    ) -> Result<Option<(Payload, Version)>, StoreError> {
+        let what = format!("reading {key}");
+        self.bounded(&what, async {
+            self.0
+                .fetch_once(key, args.streamed)
+                .await
+                .map_err(|f| f.into_store_error(&what))
+        })
+        .await
     }
 
-    async fn delete(&self, key: &str, condition: Condition) -> Result<(), StoreError> {
+    async fn write(&self, key: &str, body: Payload, args: OpWrite) -> Result<Version, StoreError> {
+        let what = format!("writing {key}");
+        self.bounded(&what, async {
+            let body = body.to_bytes().await?;
+            self.put_unbounded(key, body, args.condition, &what).await
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str, args: OpDelete) -> Result<(), StoreError> {
         let what = format!("deleting {key}");
-        self.bounded(&what, self.delete_unbounded(key, condition, &what))
+        self.bounded(&what, self.delete_unbounded(key, args.condition, &what))
             .await
     }
 
@@ -456,17 +458,16 @@ impl Store for S3Store {
         .await
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+    /// Outside the internal area: lists up to it, then from just past it.
+    /// S3 lists in key order, so the pages of history are never asked for
+    /// (at most the one page that runs into the area).
+    async fn list(&self, prefix: &str, args: OpList) -> Result<Vec<Entry>, StoreError> {
         let what = format!("listing `{prefix}`");
-        self.bounded(&what, self.list_unbounded(prefix, &what))
-            .await
-    }
-
-    /// Lists up to the internal area, then from just past it: S3 lists in
-    /// key order, so the pages of history are never asked for (at most the
-    /// one page that runs into the area).
-    async fn list_outside_internal(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
-        let what = format!("listing `{prefix}`");
+        if !args.outside_internal {
+            return self
+                .bounded(&what, self.list_unbounded(prefix, &what))
+                .await;
+        }
         self.bounded(&what, async {
             let mut entries = Vec::new();
             for (from, before) in crate::stores::ranges_outside_internal(prefix) {

@@ -1,0 +1,172 @@
+//! What an identity may do: access levels, key and workspace patterns,
+//! and the rules that grant a level on the states they match.
+
+use std::sync::Arc;
+
+use super::file::FileRule;
+use crate::settings::ConfigError;
+use crate::state::StateRef;
+
+/// Permission levels, each including the ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    /// GET of a state with its `resources` emptied: all
+    /// `terraform_remote_state` needs, and none of the resource attributes
+    /// where secrets live.
+    Outputs,
+    /// GET of states, history and versions, and of lock holders.
+    Read,
+    /// Read, plus writes, LOCK, and UNLOCK of a lock this identity took.
+    Write,
+    /// Write, plus DELETE, force-unlock and unlocking another's lock.
+    Admin,
+}
+
+impl Access {
+    pub(super) fn parse(text: &str) -> Option<Self> {
+        match text {
+            "outputs" => Some(Access::Outputs),
+            "read" => Some(Access::Read),
+            "write" => Some(Access::Write),
+            "admin" => Some(Access::Admin),
+            _ => None,
+        }
+    }
+
+    /// The level's name as configured.
+    pub fn name(self) -> &'static str {
+        match self {
+            Access::Outputs => "outputs",
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::Admin => "admin",
+        }
+    }
+}
+
+/// A key or workspace pattern: `/`-separated segments where `*` matches
+/// within one segment and a `**` segment matches any number of segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob(Vec<String>);
+
+impl Glob {
+    /// Parses a pattern; `what` names it in the error.
+    pub fn parse(what: &str, text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err(format!("{what} is empty"));
+        }
+        let segs: Vec<String> = text.split('/').map(str::to_string).collect();
+        for seg in &segs {
+            if seg.is_empty() {
+                return Err(format!("{what} `{text}` has an empty segment"));
+            }
+            if seg.contains("**") && seg != "**" {
+                return Err(format!("{what} `{text}`: `**` must be a whole segment"));
+            }
+            if let Some(c) = seg
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '*')))
+            {
+                return Err(format!("{what} `{text}` has the character {c:?}"));
+            }
+        }
+        Ok(Glob(segs))
+    }
+
+    /// Whether `path` (a key or a workspace name) matches.
+    pub fn matches(&self, path: &str) -> bool {
+        let parts: Vec<&str> = path.split('/').collect();
+        match_segments(&self.0, &parts)
+    }
+}
+
+pub(super) fn match_segments(pattern: &[String], parts: &[&str]) -> bool {
+    match pattern.split_first() {
+        None => parts.is_empty(),
+        Some((first, rest)) if first == "**" => {
+            (0..=parts.len()).any(|skip| match_segments(rest, &parts[skip..]))
+        }
+        Some((first, rest)) => match parts.split_first() {
+            Some((part, more)) => {
+                match_one(first.as_bytes(), part.as_bytes()) && match_segments(rest, more)
+            }
+            None => false,
+        },
+    }
+}
+
+/// `*` within one segment.
+pub(super) fn match_one(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|i| match_one(rest, &text[i..])),
+        Some((c, rest)) => text.first() == Some(c) && match_one(rest, &text[1..]),
+    }
+}
+
+/// The level and workspace patterns of a rule, checked.
+pub(super) fn level_and_workspaces(
+    setting: &str,
+    access: &str,
+    workspaces: &[String],
+) -> Result<(Access, Vec<Glob>), ConfigError> {
+    let invalid = |why: String| ConfigError::invalid(setting, why);
+    let level = Access::parse(access).ok_or_else(|| {
+        invalid(format!(
+            "access `{access}` is not one of outputs, read, write, admin"
+        ))
+    })?;
+    let workspaces = workspaces
+        .iter()
+        .map(|w| Glob::parse("workspaces", w))
+        .collect::<Result<_, _>>()
+        .map_err(invalid)?;
+    Ok((level, workspaces))
+}
+
+/// One grant: a level on the states whose key (and workspace) match.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub(super) keys: Glob,
+    /// Empty: every workspace.
+    pub(super) workspaces: Vec<Glob>,
+    pub(super) access: Access,
+}
+
+impl Rule {
+    pub(super) fn parse(owner: &str, rule: &FileRule) -> Result<Self, ConfigError> {
+        let setting = format!("{owner}.rules");
+        let keys =
+            Glob::parse("keys", &rule.keys).map_err(|e| ConfigError::invalid(&setting, e))?;
+        let (access, workspaces) = level_and_workspaces(&setting, &rule.access, &rule.workspaces)?;
+        Ok(Rule {
+            keys,
+            workspaces,
+            access,
+        })
+    }
+
+    pub(super) fn grants(&self, state: &StateRef) -> Option<Access> {
+        let ws_ok = self.workspaces.is_empty()
+            || self.workspaces.iter().any(|w| w.matches(state.workspace()));
+        (ws_ok && self.keys.matches(state.key())).then_some(self.access)
+    }
+}
+
+/// Someone who authenticated, with what they were granted.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `user:<name>`, `token:<name>`, `cert:<CN>` or `oidc:<iss>#<sub>`;
+    /// what logs, audit and lock records show.
+    pub name: String,
+    pub(super) rules: Arc<[Rule]>,
+    /// The verified claims of a CI identity token.
+    pub(super) claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+}
+
+impl Identity {
+    /// The highest level any rule grants on `state`, `None` when none does.
+    pub fn access(&self, state: &StateRef) -> Option<Access> {
+        self.rules.iter().filter_map(|r| r.grants(state)).max()
+    }
+}

@@ -1,0 +1,368 @@
+use base64::Engine;
+
+use super::file::{FileToken, FileUser};
+use super::*;
+
+fn glob(p: &str) -> Glob {
+    Glob::parse("keys", p).unwrap()
+}
+
+#[test]
+fn globs_match_segments() {
+    assert!(glob("team-a/**").matches("team-a/x"));
+    assert!(glob("team-a/**").matches("team-a/x/y/z"));
+    assert!(glob("team-a/**").matches("team-a"));
+    assert!(!glob("team-a/**").matches("team-ab/x"));
+    assert!(glob("*/net").matches("prod/net"));
+    assert!(!glob("*/net").matches("a/b/net"));
+    assert!(glob("**/terraform.tfstate").matches("a/b/terraform.tfstate"));
+    assert!(glob("app-*").matches("app-1"));
+    assert!(!glob("app-*").matches("app-1/x"));
+    assert!(glob("**").matches("anything/at/all"));
+    assert!(glob("shared/network").matches("shared/network"));
+    assert!(!glob("shared/network").matches("shared/network2"));
+    for bad in ["", "a//b", "a**/b", "a b", "a/%"] {
+        assert!(Glob::parse("keys", bad).is_err(), "{bad:?}");
+    }
+}
+
+fn section(users: Vec<FileUser>, tokens: Vec<FileToken>) -> FileAuth {
+    FileAuth {
+        users,
+        tokens,
+        ..Default::default()
+    }
+}
+
+fn rule(keys: &str, access: &str) -> FileRule {
+    FileRule {
+        keys: keys.into(),
+        access: access.into(),
+        workspaces: Vec::new(),
+    }
+}
+
+#[test]
+fn configuration_mistakes_name_the_setting() {
+    let user = |name: &str, hash: Option<&str>, password: Option<&str>, rules| FileUser {
+        name: name.into(),
+        password_hash: hash.map(Into::into),
+        password: password.map(Into::into),
+        rules,
+    };
+    let good = hash_secret("pw").unwrap();
+    let cases = [
+        (
+            user("alice", None, Some("pw"), vec![]),
+            "auth.users[alice].password_hash",
+        ),
+        (
+            user("alice", Some("$2b$12$abc"), None, vec![]),
+            "auth.users[alice].password_hash",
+        ),
+        (
+            user("token", Some(&good), None, vec![]),
+            "auth.users[token]",
+        ),
+        (
+            user("alice", Some(&good), None, vec![rule("a//b", "read")]),
+            "auth.users[alice].rules",
+        ),
+        (
+            user("alice", Some(&good), None, vec![rule("a", "owner")]),
+            "auth.users[alice].rules",
+        ),
+    ];
+    for (u, setting) in cases {
+        let e = Auth::new(&section(vec![u], vec![]))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains(setting), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn credentials_map_to_identities_and_levels() {
+    let token = new_token("ci").unwrap();
+    let auth = Auth::new(&section(
+        vec![FileUser {
+            name: "alice".into(),
+            password_hash: Some(hash_secret("s3cret").unwrap()),
+            password: None,
+            rules: vec![rule("team-a/**", "write"), rule("shared/*", "read")],
+        }],
+        vec![FileToken {
+            name: "ci".into(),
+            token_hash: Some(hash_secret(&token).unwrap()),
+            token: None,
+            expires: None,
+            rules: vec![rule("**", "outputs")],
+        }],
+    ))
+    .unwrap();
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let basic = |u: &str, p: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+        )
+    };
+    let alice = auth
+        .authenticate(Some(&basic("alice", "s3cret")), None, ip)
+        .await
+        .unwrap();
+    assert_eq!(alice.name, "user:alice");
+    let st = |k: &str| StateRef::parse(k, None).unwrap();
+    assert_eq!(alice.access(&st("team-a/x")), Some(Access::Write));
+    assert_eq!(alice.access(&st("shared/net")), Some(Access::Read));
+    assert_eq!(alice.access(&st("team-b/x")), None);
+    // Cached: the same answer without hashing again.
+    assert!(
+        auth.authenticate(Some(&basic("alice", "s3cret")), None, ip)
+            .await
+            .is_ok()
+    );
+    assert!(matches!(
+        auth.authenticate(Some(&basic("alice", "wrong")), None, ip)
+            .await,
+        Err(AuthError::Invalid(_))
+    ));
+    assert_eq!(
+        auth.authenticate(None, None, ip).await.unwrap_err(),
+        AuthError::Missing
+    );
+    let ci = auth
+        .authenticate(Some(&format!("Bearer {token}")), None, ip)
+        .await
+        .unwrap();
+    assert_eq!(ci.name, "token:ci");
+    assert_eq!(ci.access(&st("team-a/x")), Some(Access::Outputs));
+    let ci2 = auth
+        .authenticate(Some(&basic("token", &token)), None, ip)
+        .await
+        .unwrap();
+    assert_eq!(ci2.name, "token:ci");
+    assert!(
+        auth.authenticate(Some("Bearer sgt_ci_nope"), None, ip)
+            .await
+            .is_err()
+    );
+}
+
+/// A PHC string with these parameters; its salt and output are
+/// arbitrary, as no test verifies against it.
+fn phc(m: u32, t: u32, p: u32) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    format!(
+        "$argon2id$v=19$m={m},t={t},p={p}${}${}",
+        b64.encode([1u8; 16]),
+        b64.encode([2u8; 32])
+    )
+}
+
+fn costs(hash: &str) -> (u32, u32, u32) {
+    let params = argon2::Params::try_from(&PasswordHash::new(hash).unwrap()).unwrap();
+    (params.m_cost(), params.t_cost(), params.p_cost())
+}
+
+#[test]
+fn unknown_names_are_verified_with_the_costliest_configured_parameters() {
+    let user = |name: &str, hash: String| FileUser {
+        name: name.into(),
+        password_hash: Some(hash),
+        password: None,
+        rules: vec![],
+    };
+    let auth = Auth::new(&section(
+        vec![
+            user("light", phc(8192, 1, 4)),
+            user("heavy", phc(65536, 3, 1)),
+            user("default", hash_secret("pw").unwrap()),
+        ],
+        vec![FileToken {
+            name: "wide".into(),
+            token_hash: Some(phc(32768, 2, 8)),
+            token: None,
+            expires: None,
+            rules: vec![],
+        }],
+    ))
+    .unwrap();
+    assert_eq!(costs(&auth.dummy_hash), (65536, 3, 1));
+    // A token's hash counts as much as a user's.
+    let auth = Auth::new(&section(
+        vec![user("default", hash_secret("pw").unwrap())],
+        vec![FileToken {
+            name: "heavy".into(),
+            token_hash: Some(phc(131072, 2, 1)),
+            token: None,
+            expires: None,
+            rules: vec![],
+        }],
+    ))
+    .unwrap();
+    assert_eq!(costs(&auth.dummy_hash), (131072, 2, 1));
+    // Nothing configured: argon2's defaults, which `hash_secret` uses.
+    let auth = Auth::new(&section(vec![], vec![])).unwrap();
+    let defaults = argon2::Params::default();
+    assert_eq!(
+        costs(&auth.dummy_hash),
+        (defaults.m_cost(), defaults.t_cost(), defaults.p_cost())
+    );
+    // Each start draws a fresh salt and output.
+    let again = Auth::new(&section(vec![], vec![])).unwrap();
+    assert_ne!(auth.dummy_hash, again.dummy_hash);
+}
+
+#[test]
+fn attempts_are_counted_before_hashing_and_the_budget_is_per_address() {
+    let auth = Auth::new(&section(vec![], vec![])).unwrap();
+    let guesser: IpAddr = "192.0.2.1".parse().unwrap();
+    let other: IpAddr = "192.0.2.2".parse().unwrap();
+    assert_eq!(auth.count_attempt(guesser), Ok(Standing::Good));
+    for _ in 1..FAILURE_BUDGET {
+        assert_eq!(auth.count_attempt(guesser), Ok(Standing::Doubtful));
+    }
+    match auth.count_attempt(guesser) {
+        Err(AuthError::Throttled { retry_after }) => {
+            assert!((1..=60).contains(&retry_after), "{retry_after}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(auth.count_attempt(other), Ok(Standing::Good));
+    // A success gives its attempt back.
+    auth.forgive_attempt(guesser);
+    assert_eq!(auth.count_attempt(guesser), Ok(Standing::Doubtful));
+    assert!(auth.count_attempt(guesser).is_err());
+    // Failed CI identity tokens count against the same budget.
+    for _ in 0..FAILURE_BUDGET {
+        auth.note_failure(other);
+    }
+    assert!(auth.count_attempt(other).is_err());
+}
+
+fn ci_identity(iss: &str, claims: &[(&str, &str)]) -> Identity {
+    let mut map = serde_json::Map::new();
+    map.insert("iss".into(), iss.into());
+    for (k, v) in claims {
+        map.insert(k.to_string(), (*v).into());
+    }
+    Identity {
+        name: format!("oidc:{iss}#x"),
+        rules: Arc::from(Vec::new()),
+        claims: Some(Arc::new(map)),
+    }
+}
+
+fn protected(keys: &str, issuer: Option<&str>, claims: &[(&str, &str)]) -> FileProtected {
+    FileProtected {
+        keys: keys.into(),
+        writers: file::FileWriters {
+            issuer: issuer.map(Into::into),
+            claims: claims
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        },
+    }
+}
+
+fn issuer(url: &str) -> file::FileIssuer {
+    file::FileIssuer {
+        issuer: url.into(),
+        audience: Some("stategate".into()),
+        jwks_uri: None,
+        keys_max_age: None,
+        rules: vec![],
+    }
+}
+
+#[test]
+fn every_matching_protected_entry_applies_whatever_the_order() {
+    let gh = "https://token.actions.githubusercontent.com";
+    let broad = protected("prod/**", None, &[("ref_protected", "true")]);
+    let narrow = protected("prod/db/**", None, &[("repository", "my-org/db")]);
+    for entries in [
+        vec![broad.clone(), narrow.clone()],
+        vec![narrow.clone(), broad.clone()],
+    ] {
+        let auth = Auth::new(&FileAuth {
+            oidc: vec![issuer(gh)],
+            protected: entries,
+            ..Default::default()
+        })
+        .unwrap();
+        let st = |k: &str| StateRef::parse(k, None).unwrap();
+        let app = ci_identity(
+            gh,
+            &[("ref_protected", "true"), ("repository", "my-org/app")],
+        );
+        let db = ci_identity(
+            gh,
+            &[("ref_protected", "true"), ("repository", "my-org/db")],
+        );
+        let db_branch = ci_identity(
+            gh,
+            &[("ref_protected", "false"), ("repository", "my-org/db")],
+        );
+        assert_eq!(auth.protection(&app, &st("prod/net")), None);
+        let why = auth.protection(&app, &st("prod/db/main")).expect("refused");
+        assert!(
+            why.contains("keys prod/db/**") && !why.contains("keys prod/**"),
+            "{why}"
+        );
+        let why = auth
+            .protection(&db_branch, &st("prod/db/main"))
+            .expect("refused");
+        assert!(why.contains("keys prod/**"), "{why}");
+        assert_eq!(auth.protection(&db, &st("prod/db/main")), None);
+        assert_eq!(auth.protection(&app, &st("staging/x")), None);
+    }
+}
+
+#[test]
+fn protected_writers_are_tied_to_one_issuer() {
+    let gh = "https://token.actions.githubusercontent.com";
+    let gl = "https://gitlab.com";
+    let claims = [("ref_protected", "true")];
+    let two = |entry: FileProtected| {
+        Auth::new(&FileAuth {
+            oidc: vec![issuer(gh), issuer(&format!("{gl}/"))],
+            protected: vec![entry],
+            ..Default::default()
+        })
+    };
+    let e = two(protected("prod/**", None, &claims))
+        .err()
+        .expect("refused");
+    assert!(
+        e.to_string()
+            .contains("auth.protected[prod/**].writers.issuer"),
+        "{e}"
+    );
+    let e = two(protected("prod/**", Some("https://example.com"), &claims))
+        .err()
+        .expect("refused");
+    assert!(
+        e.to_string()
+            .contains("auth.protected[prod/**].writers.issuer"),
+        "{e}"
+    );
+    let auth = two(protected("prod/**", Some(gl), &claims)).unwrap();
+    let st = StateRef::parse("prod/x", None).unwrap();
+    assert!(auth.protection(&ci_identity(gh, &claims), &st).is_some());
+    assert_eq!(
+        auth.protection(&ci_identity(&format!("{gl}/"), &claims), &st),
+        None
+    );
+    // With one issuer, the entry is that issuer's.
+    let auth = Auth::new(&FileAuth {
+        oidc: vec![issuer(gh)],
+        protected: vec![protected("prod/**", None, &claims)],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(auth.protection(&ci_identity(gh, &claims), &st), None);
+    assert!(auth.protection(&ci_identity(gl, &claims), &st).is_some());
+}

@@ -1,0 +1,287 @@
+//! Version history: every state stategate stores is kept as a numbered
+//! version, in the same store, under `.stategate/history/<object key>/`,
+//! a prefix no state key can reach. Each version is two objects:
+//! `<n>.tfstate` (the exact bytes) and `<n>.json` ([`VersionMeta`]).
+//!
+//! The newest version is the current state, and its record names the store
+//! version of the state object it was written as. That lets a write learn
+//! the stored state's serial, lineage and MD5 from the small record instead
+//! of reading and parsing the whole state ([`States::current`]). When the
+//! record does not match (a state written by another tool, or one whose
+//! record a crash lost), the state is read, parsed and recorded first, so
+//! the state a write replaces is always kept. The copy of a just-written
+//! state is a [`crate::stores::Store::snapshot`]: a hard link on local
+//! disk, a row copy in SQLite. Retention keeps the newest `history_keep`.
+//!
+//! Where the numbers end is kept in `newest.json` in the same folder (a
+//! [`Pointer`]: the lowest number still kept and a copy of the newest
+//! record), so a write costs the same whether a state has ten versions or
+//! a hundred thousand: it reads the pointer and checks that the next
+//! number is still free, instead of listing the folder. The pointer is a
+//! hint, never the truth: numbers are taken with a create-if-absent, a
+//! pointer that is behind (a crash between a version and its pointer, a
+//! concurrent writer, a pointer write that failed) is walked forward to
+//! the first free number, and a missing or unreadable one (a folder
+//! written before pointers existed, one edited by hand) is rebuilt from
+//! one listing. Numbers are consecutive, so retention deletes the numbers
+//! that fell out of the window and paging walks down from the newest,
+//! both without a listing.
+//!
+//! Appends are not atomic (read where history ends, then create the next
+//! number), so they run under the state's write lease with the write they
+//! record ([`super::lease`]): each accepted write is then exactly one
+//! record, in order, and retention is exact.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::StateError;
+use super::head::StateHead;
+use crate::stores::Version;
+
+/// Where history lives; inside the reserved prefix.
+pub const HISTORY_PREFIX: &str = ".stategate/history/";
+
+/// What is known about one kept version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VersionMeta {
+    /// Number of the version, counting from 1 per state.
+    pub version: u64,
+    pub serial: Option<u64>,
+    pub lineage: Option<String>,
+    /// Number of resources in the state (decides whether another lineage
+    /// may replace it).
+    #[serde(default)]
+    pub resources: usize,
+    pub size: u64,
+    /// Hex MD5 of the body.
+    pub md5: String,
+    /// When stategate recorded it (RFC 3339, UTC).
+    pub created: String,
+    /// LockInfo `Who` of the writer, when the write came under a lock.
+    pub who: Option<String>,
+    /// LockInfo `ID` of the writer, when the write came under a lock.
+    pub lock_id: Option<String>,
+    /// The authenticated identity that wrote it (`user:alice`,
+    /// `oidc:<iss>#<sub>`), when authentication is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// `write`, `push`, `restore`, or `found` for a state stategate did not
+    /// write itself (recorded before it was replaced).
+    pub operation: String,
+    /// The store's version token of the state object holding these bytes,
+    /// so the current state is recognised without reading it.
+    #[serde(default)]
+    pub object_version: Option<String>,
+}
+
+impl VersionMeta {
+    /// The head of the body this version keeps.
+    pub fn head(&self) -> StateHead {
+        StateHead {
+            lineage: self.lineage.clone(),
+            serial: self.serial,
+            resources: self.resources,
+        }
+    }
+}
+
+/// Formats a time as RFC 3339.
+pub fn rfc3339(t: OffsetDateTime) -> Option<String> {
+    t.format(&Rfc3339).ok()
+}
+
+/// The name of the [`Pointer`] inside a state's history folder.
+pub const POINTER_NAME: &str = "newest.json";
+
+/// The most versions one page of history holds.
+pub const PAGE_LIMIT_MAX: u64 = 1000;
+
+/// The versions in a page when only `before` is given.
+pub const PAGE_LIMIT_DEFAULT: u64 = 100;
+
+pub(super) fn body_key(dir: &str, n: u64) -> String {
+    format!("{dir}{n:010}.tfstate")
+}
+
+pub(super) fn meta_key(dir: &str, n: u64) -> String {
+    format!("{dir}{n:010}.json")
+}
+
+pub(super) fn pointer_key(dir: &str) -> String {
+    format!("{dir}{POINTER_NAME}")
+}
+
+/// `newest.json`: where a state's numbered versions begin and end, so
+/// that appending, pruning and paging need no listing. Every record
+/// rewrites it; see the module comment for how a pointer that is missing,
+/// unreadable or behind is recovered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Pointer {
+    /// No kept version has a lower number: retention deletes from here
+    /// and downward walks stop here. Never above a kept version (a
+    /// pointer rebuilt from a listing takes the lowest number listed; one
+    /// written by a late writer may be lower than needed, which costs a
+    /// few reads of numbers already gone).
+    pub(super) oldest: u64,
+    /// A copy of the newest record, so a write recognises the stored state
+    /// from this one read.
+    pub(super) newest: VersionMeta,
+}
+
+impl Pointer {
+    /// Whether the numbers make sense: versions count from 1 and the
+    /// window is not empty. Anything else was not written by stategate.
+    pub(super) fn is_sound(&self) -> bool {
+        (1..=self.newest.version).contains(&self.oldest)
+    }
+}
+
+/// Which versions one page of history holds: at most `limit`, numbered
+/// below `before` (from the newest when `None`), newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryWindow {
+    pub before: Option<u64>,
+    pub limit: u64,
+}
+
+impl HistoryWindow {
+    /// Checks a client's `limit` and `before` (either may be absent):
+    /// `limit` from 1 to [`PAGE_LIMIT_MAX`] (default
+    /// [`PAGE_LIMIT_DEFAULT`]), `before` 1 or more (versions count from 1).
+    /// [`StateError::BadRequest`] names the one that is wrong.
+    pub fn new(limit: Option<u64>, before: Option<u64>) -> Result<Self, StateError> {
+        let limit = limit.unwrap_or(PAGE_LIMIT_DEFAULT);
+        if !(1..=PAGE_LIMIT_MAX).contains(&limit) {
+            return Err(StateError::BadRequest(format!(
+                "limit must be from 1 to {PAGE_LIMIT_MAX}, not {limit}"
+            )));
+        }
+        if before == Some(0) {
+            return Err(StateError::BadRequest(
+                "before must be 1 or more: versions are numbered from 1".into(),
+            ));
+        }
+        Ok(HistoryWindow { before, limit })
+    }
+}
+
+/// One page of a state's history.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HistoryPage {
+    /// Newest first.
+    pub versions: Vec<VersionMeta>,
+    /// The `before` that asks for the next (older) page; `None` when this
+    /// page reached the oldest kept version. The next page may come back
+    /// empty: finding out would mean reading a record this page does not
+    /// return.
+    pub next_before: Option<u64>,
+}
+
+/// The stored state, as far as the rules need it.
+pub(in crate::state) struct Current {
+    /// Its version in the store, for the compare-and-swap.
+    pub version: Version,
+    pub head: StateHead,
+    /// Hex MD5 of its bytes.
+    pub md5: String,
+    /// Where its history ended when it was read (it is in there).
+    pub history: Option<Pointer>,
+}
+
+mod pointer;
+mod read;
+mod record;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    use crate::state::WriteOptions;
+    use crate::state::{StateRef, States};
+
+    fn states(dir: &std::path::Path, history_keep: u64) -> States {
+        crate::state::local_states_for_tests(dir, history_keep)
+    }
+
+    fn doc(serial: u64) -> Bytes {
+        format!(r#"{{"version":4,"serial":{serial},"lineage":"L","resources":[]}}"#).into()
+    }
+
+    fn write(rt: &tokio::runtime::Runtime, states: &States, state: &StateRef, serial: u64) {
+        let opts = WriteOptions {
+            operation: "write",
+            ..Default::default()
+        };
+        rt.block_on(states.write(state, doc(serial), opts)).unwrap();
+    }
+
+    fn numbers(rt: &tokio::runtime::Runtime, states: &States, state: &StateRef) -> Vec<u64> {
+        let history = rt.block_on(states.history(state)).unwrap();
+        history.iter().map(|v| v.version).collect()
+    }
+
+    #[test]
+    fn history_windows_are_checked() {
+        assert_eq!(
+            HistoryWindow::new(None, Some(7)).unwrap(),
+            HistoryWindow {
+                limit: PAGE_LIMIT_DEFAULT,
+                before: Some(7)
+            }
+        );
+        assert_eq!(HistoryWindow::new(Some(1000), None).unwrap().limit, 1000);
+        for (limit, before) in [(Some(0), None), (Some(1001), None), (None, Some(0))] {
+            let e = HistoryWindow::new(limit, before).unwrap_err();
+            assert!(matches!(e, StateError::BadRequest(_)), "{e}");
+        }
+    }
+
+    #[test]
+    fn lowering_history_keep_prunes_the_excess_once() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let state = StateRef::parse("a.tfstate", None).unwrap();
+        let all = states(dir.path(), 0);
+        for serial in 1..=10 {
+            write(&rt, &all, &state, serial);
+        }
+        assert_eq!(numbers(&rt, &all, &state), (1..=10).collect::<Vec<_>>());
+
+        let three = states(dir.path(), 3);
+        write(&rt, &three, &state, 11);
+        assert_eq!(numbers(&rt, &three, &state), [9, 10, 11]);
+        write(&rt, &three, &state, 12);
+        assert_eq!(numbers(&rt, &three, &state), [10, 11, 12]);
+    }
+
+    #[test]
+    fn a_pointer_left_behind_is_walked_forward() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let state = StateRef::parse("a.tfstate", None).unwrap();
+        let states = states(dir.path(), 0);
+        let pointer = dir.path().join(".stategate/history/a.tfstate/newest.json+");
+        write(&rt, &states, &state, 1);
+        write(&rt, &states, &state, 2);
+        let behind = std::fs::read(&pointer).unwrap();
+        write(&rt, &states, &state, 3);
+        write(&rt, &states, &state, 4);
+        // As a writer whose pointer update landed last would leave it.
+        std::fs::remove_file(&pointer).unwrap();
+        std::fs::write(&pointer, &behind).unwrap();
+
+        write(&rt, &states, &state, 5);
+        let history = rt.block_on(states.history(&state)).unwrap();
+        let got: Vec<(u64, Option<u64>, &str)> = history
+            .iter()
+            .map(|v| (v.version, v.serial, v.operation.as_str()))
+            .collect();
+        let want: Vec<(u64, Option<u64>, &str)> = (1..=5).map(|n| (n, Some(n), "write")).collect();
+        assert_eq!(got, want, "no version taken twice, none recorded twice");
+        let now: Pointer = serde_json::from_slice(&std::fs::read(&pointer).unwrap()).unwrap();
+        assert_eq!((now.oldest, now.newest.version), (1, 5));
+    }
+}

@@ -1,0 +1,179 @@
+//! Reading history: pages of records, one kept version, and the current
+//! state as its newest record describes it.
+
+use bytes::Bytes;
+
+use super::{Current, HistoryPage, HistoryWindow, VersionMeta, body_key};
+use crate::state::head::{Described, StateHead, Writer, md5_hex};
+use crate::state::{StateError, StateRef, States};
+use crate::stores::{OpRead, Payload, StoreError, StoreExt, Version};
+
+impl States {
+    /// The stored version of a state, with the hex MD5 and size of its
+    /// body when the newest history record names that version (so the
+    /// body need not be read to know them); `None` when no state is
+    /// stored.
+    pub async fn current_digest(
+        &self,
+        state: &StateRef,
+    ) -> Result<Option<(Version, Option<(String, u64)>)>, StateError> {
+        let Some(version) = self.store.stat(&self.object_key(state)).await? else {
+            return Ok(None);
+        };
+        let known = self
+            .newest_record(state)
+            .await?
+            .filter(|r| r.object_version.as_deref() == Some(version.0.as_str()))
+            .map(|r| (r.md5, r.size));
+        Ok(Some((version, known)))
+    }
+
+    /// The newest record of a state's history, `None` when it has none.
+    pub(in crate::state) async fn newest_record(
+        &self,
+        state: &StateRef,
+    ) -> Result<Option<VersionMeta>, StateError> {
+        Ok(self.ends(&self.history_dir(state)).await?.map(|p| p.newest))
+    }
+
+    /// The versions kept for a state, oldest first: every record, from one
+    /// listing. For a long history ask for pages ([`States::history_page`]).
+    pub async fn history(&self, state: &StateRef) -> Result<Vec<VersionMeta>, StateError> {
+        let dir = self.history_dir(state);
+        let mut out = Vec::new();
+        for n in self.version_numbers(&dir).await? {
+            out.extend(self.kept(&dir, n).await?);
+        }
+        Ok(out)
+    }
+
+    /// One page of a state's history, newest first: walks down from the
+    /// newest number (or from below `window.before`), reading only the
+    /// records it returns and skipping numbers no longer kept.
+    pub async fn history_page(
+        &self,
+        state: &StateRef,
+        window: HistoryWindow,
+    ) -> Result<HistoryPage, StateError> {
+        let dir = self.history_dir(state);
+        let Some(ends) = self.ends(&dir).await? else {
+            return Ok(HistoryPage {
+                versions: Vec::new(),
+                next_before: None,
+            });
+        };
+        let top = match window.before {
+            Some(before) => before.saturating_sub(1).min(ends.newest.version),
+            None => ends.newest.version,
+        };
+        let mut versions = Vec::new();
+        // `n` is the next number to look at; the walk stops below `oldest`.
+        let mut n = top;
+        while n >= ends.oldest && (versions.len() as u64) < window.limit {
+            versions.extend(self.kept(&dir, n).await?);
+            n -= 1;
+        }
+        Ok(HistoryPage {
+            versions,
+            next_before: (n >= ends.oldest).then_some(n + 1),
+        })
+    }
+
+    /// The body of one kept version, checked against the MD5 recorded for
+    /// it: a version changed outside stategate is refused, not served.
+    pub async fn version(&self, state: &StateRef, n: u64) -> Result<Bytes, StateError> {
+        self.version_with_md5(state, n).await.map(|(body, _)| body)
+    }
+
+    /// [`States::version`], with the body's hex MD5 (its ETag), known from
+    /// the check.
+    pub async fn version_with_md5(
+        &self,
+        state: &StateRef,
+        n: u64,
+    ) -> Result<(Bytes, String), StateError> {
+        let dir = self.history_dir(state);
+        let missing = || StateError::NotFound(format!("{state} has no version {n}"));
+        let Some(obj) = self.store.get(&body_key(&dir, n)).await? else {
+            return Err(missing());
+        };
+        let recorded = self.kept(&dir, n).await?.ok_or_else(missing)?.md5;
+        if md5_hex(&obj.body) != recorded {
+            return Err(StateError::Store(StoreError::unavailable(format!(
+                "version {n} of {state} was changed outside stategate (its MD5 no longer matches its record)"
+            ))));
+        }
+        Ok((obj.body, recorded))
+    }
+
+    /// [`States::version`] as the store hands it out (a large body as a
+    /// file), checked against its recorded MD5 a piece at a time: for
+    /// copying versions without holding them in memory.
+    pub async fn version_payload(&self, state: &StateRef, n: u64) -> Result<Payload, StateError> {
+        let dir = self.history_dir(state);
+        let missing = || StateError::NotFound(format!("{state} has no version {n}"));
+        let Some((body, _)) = self
+            .store
+            .read(&body_key(&dir, n), OpRead::streamed())
+            .await?
+        else {
+            return Err(missing());
+        };
+        let recorded = self.kept(&dir, n).await?.ok_or_else(missing)?.md5;
+        if body.md5_hex().await? != recorded {
+            return Err(StateError::Store(StoreError::unavailable(format!(
+                "version {n} of {state} was changed outside stategate (its MD5 no longer matches its record)"
+            ))));
+        }
+        Ok(body)
+    }
+
+    /// The stored state, `None` when there is none. It is always in history
+    /// when this returns: recognised from the newest record when that
+    /// record names its store version, otherwise read and recorded now.
+    pub(in crate::state) async fn current(
+        &self,
+        state: &StateRef,
+    ) -> Result<Option<Current>, StateError> {
+        let object_key = self.object_key(state);
+        let Some(version) = self.store.stat(&object_key).await? else {
+            return Ok(None);
+        };
+        let dir = self.history_dir(state);
+        let ends = self.ends(&dir).await?;
+        if let Some(newest) = ends.as_ref().map(|p| &p.newest)
+            && newest.object_version.as_deref() == Some(version.0.as_str())
+        {
+            return Ok(Some(Current {
+                version,
+                head: newest.head(),
+                md5: newest.md5.clone(),
+                history: ends,
+            }));
+        }
+        let Some(obj) = self.store.get(&object_key).await? else {
+            return Ok(None);
+        };
+        let head = StateHead::parse(&obj.body).unwrap_or_default();
+        let md5 = md5_hex(&obj.body);
+        let history = if ends.as_ref().is_none_or(|p| p.newest.md5 != md5) {
+            let found = Described {
+                body: &Payload::Memory(obj.body),
+                head: &head,
+                md5: &md5,
+            };
+            let pointer = self
+                .record(state, &dir, ends, &found, &obj.version, Writer::unknown())
+                .await?;
+            Some(pointer)
+        } else {
+            ends
+        };
+        Ok(Some(Current {
+            version: obj.version,
+            head,
+            md5,
+            history,
+        }))
+    }
+}

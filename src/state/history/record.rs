@@ -1,0 +1,251 @@
+//! Recording a version: the copy of a just-written state, its record,
+//! the pruning of versions past `history_keep` and the pointer, made in
+//! one `change_all`; and the removal of a deleted state's history.
+
+use bytes::Bytes;
+use time::OffsetDateTime;
+
+use super::{Pointer, VersionMeta, body_key, meta_key, pointer_key, rfc3339};
+use crate::state::head::{Described, Writer};
+use crate::state::{StateError, StateRef, States};
+use crate::stores::{
+    Change, Condition, OpDelete, OpList, OpWrite, Stopped, StoreError, StoreExt, Version,
+};
+
+impl States {
+    /// Records a state just written as `version`. The write has already
+    /// succeeded, so a failure here is logged, not returned: the next write
+    /// records the state through [`States::current`]. `known` is where
+    /// history ended when the write began ([`Current::history`]), read
+    /// under the same write lease; `None` when not read yet.
+    pub(in crate::state) async fn record_after_write(
+        &self,
+        state: &StateRef,
+        written: &Described<'_>,
+        version: &Version,
+        writer: Writer,
+        known: Option<Option<Pointer>>,
+    ) -> Option<u64> {
+        let dir = self.history_dir(state);
+        let result = async {
+            let ends = match known {
+                Some(ends) => ends,
+                None => self.ends(&dir).await?,
+            };
+            // A concurrent write may already have recorded this very store
+            // version as `found` (possible where the store's compare-and-swap
+            // makes the write lease unnecessary): one record per accepted
+            // write, so that record becomes this write's.
+            if let Some(ends) = &ends
+                && ends.newest.object_version.as_deref() == Some(version.0.as_str())
+                && ends.newest.md5 == written.md5
+            {
+                let n = ends.newest.version;
+                let meta = VersionMeta {
+                    who: writer.who,
+                    lock_id: writer.lock_id,
+                    identity: writer.identity,
+                    operation: writer.operation.to_string(),
+                    ..ends.newest.clone()
+                };
+                let meta_body = serde_json::to_vec(&meta).expect("version metadata serialises");
+                self.store
+                    .put(
+                        &meta_key(&dir, n),
+                        Bytes::from(meta_body),
+                        Condition::Always,
+                    )
+                    .await?;
+                let pointer = Pointer {
+                    oldest: ends.oldest,
+                    newest: meta,
+                };
+                self.put_pointer(&dir, &pointer).await;
+                return Ok(n);
+            }
+            self.record(state, &dir, ends, written, version, writer)
+                .await
+                .map(|pointer| pointer.newest.version)
+        }
+        .await;
+        match result {
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!(state = %state, error = %e, "state written but its history record failed");
+                None
+            }
+        }
+    }
+
+    /// Keeps `item`, the state object's content at `version`, as the next
+    /// version after `ends`, then prunes and moves the pointer, which it
+    /// returns. The copy, its record, the pruning and the pointer go to the
+    /// store as one [`Store::change_all`]: on SQLite one transaction, so a
+    /// write waits for one commit for all of them.
+    pub(super) async fn record(
+        &self,
+        state: &StateRef,
+        dir: &str,
+        ends: Option<Pointer>,
+        item: &Described<'_>,
+        version: &Version,
+        writer: Writer,
+    ) -> Result<Pointer, StateError> {
+        let object_key = self.object_key(state);
+        // A history that had no versions starts at 1 whatever number this
+        // record gets: a concurrent appender may hold a lower one.
+        let oldest = ends.as_ref().map_or(1, |p| p.oldest);
+        let mut meta = VersionMeta {
+            version: ends.as_ref().map_or(1, |p| p.newest.version + 1),
+            serial: item.head.serial,
+            lineage: item.head.lineage.clone(),
+            resources: item.head.resources,
+            size: item.body.len(),
+            md5: item.md5.to_string(),
+            created: rfc3339(OffsetDateTime::now_utc()).unwrap_or_default(),
+            who: writer.who,
+            lock_id: writer.lock_id,
+            identity: writer.identity,
+            operation: writer.operation.to_string(),
+            object_version: Some(version.0.clone()),
+        };
+        // Another process may take the same number at the same moment; the
+        // create-if-absent of the copy gives it to one of us.
+        loop {
+            let n = meta.version;
+            let (rest, pointer) = self.after_copy(dir, oldest, &meta);
+            let copy = Change::Snapshot {
+                from: object_key.clone(),
+                from_version: version.clone(),
+                to: body_key(dir, n),
+                body: item.body.clone(),
+            };
+            let changes = [vec![copy], rest.clone()].concat();
+            let made = match self.store.change_all(changes).await {
+                Ok(()) => Ok(()),
+                // The copy itself: nothing after it was made.
+                Err(Stopped { at: 0, error }) => Err(error),
+                Err(Stopped { at, error }) => {
+                    self.after_copy_failed(dir, Stopped { at: at - 1, error })
+                }
+            };
+            let made = match made {
+                // Replaced since it was written: keep the bytes we have.
+                Err(StoreError::PreconditionFailed) => {
+                    match self
+                        .store
+                        .write(
+                            &body_key(dir, n),
+                            item.body.clone(),
+                            OpWrite::new(Condition::IfAbsent),
+                        )
+                        .await
+                    {
+                        Ok(_) => match self.store.change_all(rest).await {
+                            Ok(()) => Ok(()),
+                            Err(stopped) => self.after_copy_failed(dir, stopped),
+                        },
+                        Err(e) => Err(e),
+                    }
+                }
+                other => other,
+            };
+            match made {
+                Ok(()) => return Ok(pointer),
+                Err(StoreError::AlreadyExists) => meta.version += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// What follows the copy of version `meta.version`: its record, the
+    /// pruning of what fell out of `history_keep`, and the new pointer,
+    /// which it also returns. Numbers are consecutive, so the versions to
+    /// delete are known without a listing: from `oldest` (where the last
+    /// prune stopped) up to `newest - history_keep`, usually one; when
+    /// `history_keep` was lowered, the first write after deletes the whole
+    /// excess, once. A number already gone costs one delete of nothing.
+    pub(super) fn after_copy(
+        &self,
+        dir: &str,
+        oldest: u64,
+        meta: &VersionMeta,
+    ) -> (Vec<Change>, Pointer) {
+        let n = meta.version;
+        let meta_body = serde_json::to_vec(meta).expect("version metadata serialises");
+        let mut changes = vec![Change::Write {
+            key: meta_key(dir, n),
+            body: Bytes::from(meta_body),
+            args: OpWrite::new(Condition::Always),
+        }];
+        let keep = self.history_keep;
+        let first_kept = if keep == 0 || n <= keep {
+            oldest
+        } else {
+            n - keep + 1
+        };
+        // Not made durable (no fsync of the folder on local disk): a version
+        // that comes back after a crash of the machine is only kept longer.
+        for old in oldest..first_kept {
+            for key in [meta_key(dir, old), body_key(dir, old)] {
+                changes.push(Change::Delete {
+                    key,
+                    args: OpDelete::transient(Condition::Always),
+                });
+            }
+        }
+        let pointer = Pointer {
+            oldest: oldest.max(first_kept),
+            newest: meta.clone(),
+        };
+        changes.push(Change::Write {
+            key: pointer_key(dir),
+            body: Bytes::from(serde_json::to_vec(&pointer).expect("a history pointer serialises")),
+            args: OpWrite::transient(Condition::Always),
+        });
+        (changes, pointer)
+    }
+
+    /// Judges a failure among [`States::after_copy`]'s changes: the record
+    /// (the first) must be made; a prune or the pointer that failed is
+    /// logged, since the next write prunes again and the pointer is found
+    /// behind and walked forward.
+    pub(super) fn after_copy_failed(&self, dir: &str, stopped: Stopped) -> Result<(), StoreError> {
+        if stopped.at == 0 {
+            return Err(stopped.error);
+        }
+        tracing::warn!(history = dir, error = %stopped.error, "pruning history or moving its pointer failed");
+        Ok(())
+    }
+
+    /// Removes every kept version of a state that no longer exists (a
+    /// deleted state stays readable through its history until then).
+    /// Refused while the state exists or is locked. Returns how many
+    /// versions were removed.
+    pub async fn purge(&self, state: &StateRef) -> Result<usize, StateError> {
+        if self.store.stat(&self.object_key(state)).await?.is_some() {
+            return Err(StateError::BadRequest(format!(
+                "{state} still exists; delete it before purging its history"
+            )));
+        }
+        self.check_holder(state, None).await?;
+        let dir = self.history_dir(state);
+        // The pointer goes first: left behind by a purge that stopped half
+        // way, it would name versions that are gone.
+        self.store
+            .delete(&pointer_key(&dir), Condition::Always.into())
+            .await?;
+        let objects = self.store.list(&dir, OpList::default()).await?;
+        let versions = objects
+            .iter()
+            .filter(|e| e.key.ends_with(".tfstate"))
+            .count();
+        for entry in objects {
+            self.store
+                .delete(&entry.key, Condition::Always.into())
+                .await?;
+        }
+        tracing::warn!(state = %state, versions, "history purged");
+        Ok(versions)
+    }
+}

@@ -1,0 +1,341 @@
+//! The objects' rows: a body as chunk rows, read in one snapshot, and the
+//! conditional write, delete and copy, each one transaction.
+
+use bytes::{Bytes, BytesMut};
+use futures_util::TryStreamExt;
+use sqlx::{AssertSqlSafe, Row};
+
+use super::failure::{Failed, failed, generation_of, is_unique_violation, now_ns, unavailable};
+use super::store::DbStore;
+use crate::stores::payload::{FileBody, spool_dir};
+use crate::stores::{Condition, Payload, StoreError, Version};
+
+/// Largest chunk row: well under MariaDB's default 16 MiB packet.
+pub(super) const CHUNK_BYTES: usize = 4 * 1024 * 1024;
+
+/// A body's chunk rows, in order: slices of a body in memory, or pieces of
+/// a file read on a blocking thread. At least one, empty for an empty body.
+pub(super) struct Chunks {
+    pub(super) body: Payload,
+    pub(super) at: u64,
+    pub(super) started: bool,
+}
+
+impl Chunks {
+    pub(super) fn new(body: &Payload) -> Self {
+        Chunks {
+            body: body.clone(),
+            at: 0,
+            started: false,
+        }
+    }
+
+    pub(super) async fn next(&mut self) -> Result<Option<Bytes>, StoreError> {
+        let len = self.body.len();
+        if self.started && self.at >= len {
+            return Ok(None);
+        }
+        self.started = true;
+        let size = (len - self.at).min(CHUNK_BYTES as u64) as usize;
+        let start = self.at;
+        self.at += size as u64;
+        match &self.body {
+            Payload::Memory(bytes) => Ok(Some(bytes.slice(start as usize..start as usize + size))),
+            Payload::File(_) => {
+                let body = self.body.clone();
+                crate::stores::blocking(move || {
+                    let mut piece = vec![0; size];
+                    let reader = body.reader();
+                    std::io::Read::read_exact(&mut reader.skip_to(start), &mut piece).map_err(
+                        |e| StoreError::unavailable(format!("reading a spooled body: {e}")),
+                    )?;
+                    Ok(Some(Bytes::from(piece)))
+                })
+                .await
+            }
+        }
+    }
+}
+
+impl DbStore {
+    /// rows arrive. A body missing some of its bytes is refused.
+    /// Reads an object from the one statement that returns its chunk rows
+    /// (one snapshot: a generation with all its chunks): in memory up to
+    /// `in_memory` bytes, beyond that into an unnamed temporary file as the
+    pub(super) async fn read_within(
+        &self,
+        key: &str,
+        in_memory: u64,
+    ) -> Result<Option<(Payload, Version)>, StoreError> {
+        let what = format!("reading {key}");
+        self.bounded(&what, async {
+            let sql = AssertSqlSafe(self.sql.get.as_str());
+            let mut found: Option<(i64, u64)> = None;
+            let mut memory = BytesMut::new();
+            let mut file: Option<std::fs::File> = None;
+            let mut received: u64 = 0;
+            let io_err = |e: std::io::Error| StoreError::unavailable(format!("{what}: {e}"));
+            on_pool!(&self.pool, p => {
+                let mut rows = sqlx::query(sql).bind(key).fetch(p);
+                while let Some(row) = rows.try_next().await.map_err(|e| unavailable(&what, &e))? {
+                    let (generation, size, chunk) = (|| {
+                        Ok::<_, sqlx::Error>((
+                            row.try_get::<i64, _>(0)?,
+                            row.try_get::<i64, _>(1)?,
+                            row.try_get::<Vec<u8>, _>(2)?,
+                        ))
+                    })()
+                    .map_err(|e| unavailable(&what, &e))?;
+                    let size = size.max(0) as u64;
+                    found.get_or_insert((generation, size));
+                    received += chunk.len() as u64;
+                    if size <= in_memory {
+                        memory.reserve((size as usize).saturating_sub(memory.len()));
+                        memory.extend_from_slice(&chunk);
+                        continue;
+                    }
+                    let mut out = match file.take() {
+                        Some(f) => f,
+                        None => tempfile::tempfile_in(spool_dir()).map_err(io_err)?,
+                    };
+                    out = crate::stores::blocking(move || {
+                        std::io::Write::write_all(&mut out, &chunk)
+                            .map(|()| out)
+                            .map_err(|e| StoreError::unavailable(format!("spooling: {e}")))
+                    })
+                    .await
+                    .map_err(|e| e.context(&what))?;
+                    file = Some(out);
+                }
+            });
+            let Some((generation, size)) = found else {
+                return Ok(None);
+            };
+            if received != size {
+                return Err(StoreError::unavailable(format!(
+                    "{what}: the stored body has {received} of its {size} bytes; refusing to serve a truncated state"
+                )));
+            }
+            let body = match file {
+                Some(file) => Payload::File(std::sync::Arc::new(FileBody::new(file, size))),
+                None => Payload::Memory(memory.freeze()),
+            };
+            Ok(Some((body, Version(generation.to_string()))))
+        })
+        .await
+    }
+
+    pub(super) async fn put_once(
+        &self,
+        key: &str,
+        body: &Payload,
+        condition: &Condition,
+        what: &str,
+    ) -> Result<Version, Failed> {
+        let generation = self.next_generation(what).await?;
+        let size = body.len() as i64;
+        let now = now_ns();
+        let sql = &self.sql;
+        let err = failed(what);
+        on_pool!(&self.pool, pool => {
+            let mut tx = pool.begin().await.map_err(&err)?;
+            // Claim the row first, so a losing writer fails before it sends
+            // the body.
+            let old = match condition {
+                Condition::IfAbsent => {
+                    let inserted = sqlx::query(AssertSqlSafe(sql.insert_object.as_str()))
+                        .bind(key)
+                        .bind(generation)
+                        .bind(size)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await;
+                    match inserted {
+                        Ok(_) => None,
+                        Err(e) if is_unique_violation(&e) => {
+                            return Err(StoreError::AlreadyExists.into())
+                        }
+                        Err(e) => return Err(err(e)),
+                    }
+                }
+                Condition::IfMatch(version) => {
+                    let Some(old) = generation_of(version) else {
+                        return Err(StoreError::PreconditionFailed.into());
+                    };
+                    let updated = sqlx::query(AssertSqlSafe(sql.update_object.as_str()))
+                        .bind(generation)
+                        .bind(size)
+                        .bind(now)
+                        .bind(key)
+                        .bind(old)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(&err)?;
+                    if updated.rows_affected() == 0 {
+                        return Err(StoreError::PreconditionFailed.into());
+                    }
+                    Some(old)
+                }
+                Condition::Always => {
+                    let current: Option<i64> = sqlx::query(AssertSqlSafe(sql.stat_for_update.as_str()))
+                        .bind(key)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .and_then(|r| r.map(|r| r.try_get(0)).transpose())
+                        .map_err(&err)?;
+                    match current {
+                        Some(old) => {
+                            sqlx::query(AssertSqlSafe(sql.update_object.as_str()))
+                                .bind(generation)
+                                .bind(size)
+                                .bind(now)
+                                .bind(key)
+                                .bind(old)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(&err)?;
+                            Some(old)
+                        }
+                        None => {
+                            let inserted = sqlx::query(AssertSqlSafe(sql.insert_object.as_str()))
+                                .bind(key)
+                                .bind(generation)
+                                .bind(size)
+                                .bind(now)
+                                .execute(&mut *tx)
+                                .await;
+                            match inserted {
+                                Ok(_) => None,
+                                // Another writer created it meanwhile.
+                                Err(e) if is_unique_violation(&e) => {
+                                    return Err(Failed::Retry(format!("{what}: created concurrently")))
+                                }
+                                Err(e) => return Err(err(e)),
+                            }
+                        }
+                    }
+                }
+            };
+            if let Some(old) = old {
+                sqlx::query(AssertSqlSafe(sql.delete_chunks.as_str()))
+                    .bind(old)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(&err)?;
+            }
+            // An empty body still gets one chunk row, so the reader's join
+            // finds the object. A body in a file is read one chunk at a time.
+            let mut chunks = Chunks::new(body);
+            let mut seq = 0i32;
+            while let Some(chunk) = chunks.next().await.map_err(|e| Failed::from(e.context(what)))? {
+                sqlx::query(AssertSqlSafe(sql.insert_chunk.as_str()))
+                    .bind(generation)
+                    .bind(seq)
+                    .bind(&chunk[..])
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(&err)?;
+                seq += 1;
+            }
+            tx.commit().await.map_err(&err)?;
+        });
+        Ok(Version(generation.to_string()))
+    }
+
+    pub(super) async fn delete_once(
+        &self,
+        key: &str,
+        condition: &Condition,
+        what: &str,
+    ) -> Result<(), Failed> {
+        let sql = &self.sql;
+        let err = failed(what);
+        on_pool!(&self.pool, pool => {
+            let mut tx = pool.begin().await.map_err(&err)?;
+            let generation = match condition {
+                Condition::IfMatch(version) => {
+                    let Some(old) = generation_of(version) else {
+                        return Err(StoreError::PreconditionFailed.into());
+                    };
+                    old
+                }
+                Condition::Always | Condition::IfAbsent => {
+                    let current: Option<i64> = sqlx::query(AssertSqlSafe(sql.stat_for_update.as_str()))
+                        .bind(key)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .and_then(|r| r.map(|r| r.try_get(0)).transpose())
+                        .map_err(&err)?;
+                    match current {
+                        Some(g) => g,
+                        None => return Ok(()),
+                    }
+                }
+            };
+            let deleted = sqlx::query(AssertSqlSafe(sql.delete_object.as_str()))
+                .bind(key)
+                .bind(generation)
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?;
+            if deleted.rows_affected() == 0 {
+                return Err(StoreError::PreconditionFailed.into());
+            }
+            sqlx::query(AssertSqlSafe(sql.delete_chunks.as_str()))
+                .bind(generation)
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?;
+            tx.commit().await.map_err(&err)?;
+        });
+        Ok(())
+    }
+
+    pub(super) async fn snapshot_once(
+        &self,
+        from: &str,
+        from_generation: i64,
+        to: &str,
+        what: &str,
+    ) -> Result<(), Failed> {
+        let generation = self.next_generation(what).await?;
+        let now = now_ns();
+        let sql = &self.sql;
+        let err = failed(what);
+        on_pool!(&self.pool, pool => {
+            let mut tx = pool.begin().await.map_err(&err)?;
+            // A shared lock on the source row keeps its chunks in place
+            // until the copy commits.
+            let size: Option<i64> = sqlx::query(AssertSqlSafe(sql.stat_for_share.as_str()))
+                .bind(from)
+                .bind(from_generation)
+                .fetch_optional(&mut *tx)
+                .await
+                .and_then(|r| r.map(|r| r.try_get(0)).transpose())
+                .map_err(&err)?;
+            let Some(size) = size else {
+                return Err(StoreError::PreconditionFailed.into());
+            };
+            let inserted = sqlx::query(AssertSqlSafe(sql.insert_object.as_str()))
+                .bind(to)
+                .bind(generation)
+                .bind(size)
+                .bind(now)
+                .execute(&mut *tx)
+                .await;
+            match inserted {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => return Err(StoreError::AlreadyExists.into()),
+                Err(e) => return Err(err(e)),
+            }
+            sqlx::query(AssertSqlSafe(sql.copy_chunks.as_str()))
+                .bind(generation)
+                .bind(from_generation)
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?;
+            tx.commit().await.map_err(&err)?;
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,549 @@
+//! `storageType: sqlite`: every object is a row in one database file.
+//!
+//! The file runs in WAL mode with `synchronous=FULL` and a busy timeout, so
+//! several stategate processes can share it. Each conditional put or delete
+//! is one `BEGIN IMMEDIATE` transaction (check, then change), which makes
+//! conditional create and compare-and-swap atomic across processes.
+//!
+//! A version is a generation number drawn from a counter in the same
+//! transaction, never reused, so a deleted and recreated object never
+//! matches an old version. SQLite calls block, so they run on tokio's
+//! blocking threads with a small pool of connections.
+//!
+//! Writers of this process queue for the database in arrival order (a fair
+//! async mutex) before they open a write transaction, so a long write (a
+//! 256 MiB state) makes the others wait their turn rather than run out
+//! SQLite's busy timeout; bodies have wholly arrived (in memory, or spooled
+//! to a file) before they queue, so a slow upload never holds the queue.
+//! The busy timeout is left for writers in other processes sharing the
+//! file.
+//!
+//! Large bodies never sit whole in memory: they are written into their row
+//! and read out of it a piece at a time through SQLite's blob handles, and
+//! a history copy of one is made the same way.
+//!
+//! A state's write lease ([`Store::native_lease`]) is a key lock
+//! ([`super::keylock`]) on a file beside the database, `<file>.leases`:
+//! taking and releasing it costs no transaction, and it dies with the
+//! process that held it.
+//!
+//! The database file is identified (device and inode) when it is opened and
+//! checked before and after every operation: if it is removed or replaced
+//! under the running server, connections already open would go on writing
+//! to a file nobody will read again, and a new process on the path would
+//! start a fresh database with no locks in it. Every operation then fails
+//! with 503 instead of answering 200.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::{Connection, MAIN_DB, OptionalExtension, params};
+use time::OffsetDateTime;
+
+use super::keylock::{KeyLock, KeyLocks};
+use super::payload::{BodyCache, SPOOL_THRESHOLD};
+use super::{
+    Backend, Capabilities, Change, Entry, OpDelete, OpList, OpRead, OpWrite, Payload, Stopped,
+    Store, StoreError, Version,
+};
+use crate::settings::{ConfigError, Setting, StoreSettings};
+
+/// Registration of the SQLite store.
+pub static BACKEND: Backend = Backend {
+    name: "sqlite",
+    summary: "one SQLite database file on this machine",
+    settings: SETTINGS,
+    open: |settings| {
+        Box::pin(async move {
+            let config = SqliteConfig::from_settings(&settings)?;
+            Ok(Arc::new(SqliteStore::open(&config)?) as Arc<dyn Store>)
+        })
+    },
+};
+
+const SETTINGS: &[Setting] = &[Setting {
+    name: "path",
+    aliases: &[],
+    env: &["STATEGATE_SQLITE_PATH"],
+    secret: false,
+    default: Some("./stategate.db"),
+    help: "the database file (created if missing)",
+}];
+
+/// The validated settings of the SQLite store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteConfig {
+    /// The database file (relative paths resolved).
+    pub path: PathBuf,
+}
+
+impl SqliteConfig {
+    /// Reads the merged settings; every mistake names its setting.
+    pub fn from_settings(settings: &StoreSettings) -> Result<Self, ConfigError> {
+        let path = settings
+            .path("path")
+            .ok_or_else(|| ConfigError::invalid("path", "must not be empty"))?;
+        Ok(SqliteConfig { path })
+    }
+}
+
+/// `body` comes last: SQLite keeps an empty blob of a given size
+/// (`zeroblob`) without allocating it only in a row's last column, and
+/// reading the other columns then never walks the body's pages.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS objects (
+    key TEXT PRIMARY KEY NOT NULL,
+    generation INTEGER NOT NULL,
+    modified_ns INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS generation (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    last INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO generation (id, last) VALUES (1, 0);
+";
+
+/// The key locks on `<file>.leases` beside the database `path`.
+fn lease_file(path: &Path) -> std::io::Result<KeyLocks> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
+    let dir = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    KeyLocks::open(dir, format!("{}.leases", name.to_string_lossy()))
+}
+
+/// One SQLite database file; cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore(Arc<Pool>);
+
+/// Connections to the database file: idle ones for reads, and the queue of
+/// the one thread that writes.
+struct Pool {
+    path: PathBuf,
+    /// Device and inode of the file when it was opened.
+    identity: (u64, u64),
+    idle: Mutex<Vec<Connection>>,
+    /// Writes of this process, in arrival order, to the writer thread.
+    writes: Mutex<std::sync::mpsc::Sender<Box<dyn WriteJob>>>,
+    /// Transactions the writer thread has committed (one per batch).
+    commits: std::sync::atomic::AtomicU64,
+    /// The write leases of states, on the file beside the database.
+    leases: Arc<KeyLocks>,
+    /// Small bodies last read, by key and generation.
+    bodies: BodyCache,
+}
+
+/// How long a writer waits for another process holding the database.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl SqliteStore {
+    /// Opens (creating if needed) the configured database file.
+    pub fn open(config: &SqliteConfig) -> Result<Self, ConfigError> {
+        Self::open_file(&config.path)
+            .map_err(|e| ConfigError::invalid("path", format!("{}: {e}", config.path.display())))
+    }
+
+    /// Opens a database file directly.
+    pub fn open_file(path: &Path) -> Result<Self, rusqlite::Error> {
+        let conn = Connection::open(path)?;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let (writes, jobs) = std::sync::mpsc::channel();
+        let leases =
+            lease_file(path).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let pool = Arc::new(Pool {
+            leases: Arc::new(leases),
+            bodies: BodyCache::default(),
+            path: path.to_path_buf(),
+            identity: (meta.dev(), meta.ino()),
+            idle: Mutex::new(Vec::new()),
+            writes: Mutex::new(writes),
+            commits: std::sync::atomic::AtomicU64::new(0),
+        });
+        Pool::configure(&conn)?;
+        conn.execute_batch(SCHEMA)?;
+        move_body_last(&conn)?;
+        pool.idle.lock().expect("pool lock").push(conn);
+        // The thread ends when the last handle to the pool (and so the
+        // sending side of its queue) is dropped.
+        let writer = Arc::downgrade(&pool);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || write_batches(&writer, &jobs))
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        Ok(SqliteStore(pool))
+    }
+
+    /// Runs a read on a pooled connection.
+    async fn run<T: Send + 'static>(
+        &self,
+        what: String,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.run_inner(what, f).await
+    }
+
+    /// Runs a write inside the writer thread's next transaction, which it
+    /// shares with the writes queued beside it (group commit): one commit,
+    /// and one sync of the log, for all of them. Each write runs in a
+    /// savepoint of its own, so one that fails (a condition not met)
+    /// changes nothing and the others still commit. The result is given
+    /// only once the commit is done.
+    async fn run_write<T: Send + 'static>(
+        &self,
+        what: String,
+        bytes: u64,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, result) = tokio::sync::oneshot::channel();
+        let job = Box::new(Job {
+            what: what.clone(),
+            bytes,
+            apply: Some(f),
+            result: None,
+            reply,
+        });
+        let stopped = || StoreError::unavailable(format!("{what}: the SQLite writer stopped"));
+        self.0
+            .writes
+            .lock()
+            .expect("write queue")
+            .send(job)
+            .map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
+    }
+
+    /// Transactions committed by this store's writer so far.
+    #[cfg(test)]
+    fn commits(&self) -> u64 {
+        self.0.commits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn run_inner<T: Send + 'static>(
+        &self,
+        what: String,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let pool = Arc::clone(&self.0);
+        super::blocking(move || {
+            pool.check_identity()?;
+            let mut conn = match pool.idle.lock().expect("pool lock").pop() {
+                Some(c) => c,
+                None => pool
+                    .connect()
+                    .map_err(|e| StoreError::unavailable(format!("{what}: {e}")))?,
+            };
+            let result = f(&mut conn);
+            // A write that landed in a file removed meanwhile is lost: say so.
+            pool.check_identity()?;
+            // A connection that failed may be in a bad state; drop it.
+            if !matches!(&result, Err(e) if e.is_unavailable()) {
+                pool.idle.lock().expect("pool lock").push(conn);
+            }
+            result
+        })
+        .await
+    }
+}
+
+impl Pool {
+    fn connect(&self) -> Result<Connection, rusqlite::Error> {
+        // Never create a new file here: a missing one was removed under us.
+        let conn = Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        Self::configure(&conn)?;
+        Ok(conn)
+    }
+
+    fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Ok(())
+    }
+
+    /// Fails when the database file is no longer the one opened at start-up.
+    fn check_identity(&self) -> Result<(), StoreError> {
+        let same = std::fs::metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.identity);
+        if same {
+            return Ok(());
+        }
+        Err(StoreError::unavailable(
+            "the SQLite database file was removed or replaced while stategate was running; \
+             restore it, or restart stategate to use the new file",
+        ))
+    }
+}
+
+impl SqliteStore {
+    /// An object's body whole, from its row.
+    async fn read_whole(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
+        let key = key.to_string();
+        self.run(format!("reading {key}"), move |conn| {
+            conn.query_row(
+                "SELECT body, generation FROM objects WHERE key = ?1",
+                [&key],
+                |r| {
+                    Ok((
+                        Payload::Memory(Bytes::from(r.get::<_, Vec<u8>>(0)?)),
+                        Version(r.get::<_, i64>(1)?.to_string()),
+                    ))
+                },
+            )
+            .optional()
+            .map_err(db_err("reading"))
+        })
+        .await
+    }
+
+    /// The objects whose keys start with `prefix` and lie in one of
+    /// `ranges` (`(from, before)`, `before` `None` for no end), sorted: a
+    /// range of the key index each (keys compare as bytes), so a listing
+    /// reads only the rows it returns.
+    async fn list_ranges(
+        &self,
+        ranges: Vec<(String, Option<String>)>,
+        prefix: &str,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let upper = prefix_upper_bound(prefix);
+        let prefix = prefix.to_string();
+        self.run("listing".to_string(), move |conn| {
+            let err = db_err("listing");
+            let mut stmt = conn
+                .prepare(
+                    "SELECT key, length(body), modified_ns FROM objects
+                     WHERE key >= ?1 AND key < ?2 AND substr(key, 1, length(?3)) = ?3
+                     ORDER BY key",
+                )
+                .map_err(&err)?;
+            let mut out = Vec::new();
+            for (from, before) in ranges {
+                let before = match before {
+                    Some(b) if b < upper => b,
+                    _ => upper.clone(),
+                };
+                let rows = stmt
+                    .query_map(params![from, before, prefix], |r| {
+                        let ns: i64 = r.get(2)?;
+                        Ok(Entry {
+                            key: r.get(0)?,
+                            size: r.get::<_, i64>(1)? as u64,
+                            modified: OffsetDateTime::from_unix_timestamp_nanos(ns as i128).ok(),
+                        })
+                    })
+                    .map_err(&err)?;
+                for row in rows {
+                    out.push(row.map_err(&err)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn describe(&self) -> String {
+        format!("sqlite store at {}", self.0.path.display())
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            conditional_create: true,
+            compare_and_swap: true,
+            unique_versions: true,
+            native_lease: true,
+        }
+    }
+
+    /// A body in a file goes into the row a piece at a time (an empty blob
+    /// of the right size, then written through SQLite's blob handle), in
+    /// the same transaction as the check. Every write is durable: the
+    /// database commits with `synchronous=FULL` either way.
+    async fn write(&self, key: &str, body: Payload, args: OpWrite) -> Result<Version, StoreError> {
+        let key = key.to_string();
+        let bytes = body.len();
+        self.run_write(format!("writing {key}"), bytes, move |tx| {
+            put_row(tx, &key, &body, &args.condition)
+        })
+        .await
+    }
+
+    /// A read that is not streamed takes the body whole from its row. A
+    /// streamed body over [`SPOOL_THRESHOLD`] is copied a piece at a time
+    /// into an unnamed temporary file inside one read transaction, so the
+    /// connection is not held while a slow client reads it.
+    async fn read(
+        &self,
+        key: &str,
+        args: OpRead,
+    ) -> Result<Option<(Payload, Version)>, StoreError> {
+        if !args.streamed {
+            return self.read_whole(key).await;
+        }
+        let key = key.to_string();
+        let pool = Arc::clone(&self.0);
+        self.run(format!("reading {key}"), move |conn| {
+            let err = db_err("reading");
+            let tx = conn.transaction().map_err(&err)?;
+            let row = tx
+                .query_row(
+                    "SELECT rowid, length(body), generation FROM objects WHERE key = ?1",
+                    [&key],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(&err)?;
+            let Some((rowid, len, generation)) = row else {
+                return Ok(None);
+            };
+            let version = Version(generation.to_string());
+            let len = len.max(0) as u64;
+            if len <= SPOOL_THRESHOLD as u64 {
+                if let Some(body) = pool.bodies.get(&key, &version) {
+                    return Ok(Some((Payload::Memory(body), version)));
+                }
+                let blob = tx
+                    .blob_open(MAIN_DB, c"objects", c"body", rowid, true)
+                    .map_err(&err)?;
+                let mut body = Vec::with_capacity(len as usize);
+                std::io::Read::read_to_end(&mut { blob }, &mut body)
+                    .map_err(|e| StoreError::unavailable(format!("reading {key}: {e}")))?;
+                let body = Bytes::from(body);
+                pool.bodies.put(&key, &version, &body);
+                return Ok(Some((Payload::Memory(body), version)));
+            }
+            let body = blob_to_file(&tx, rowid, len, &format!("reading {key}"))?;
+            Ok(Some((body, version)))
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str, args: OpDelete) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.run_write(format!("deleting {key}"), 0, move |tx| {
+            delete_row(tx, &key, &args.condition)
+        })
+        .await
+    }
+
+    /// All in one write of the writer thread, so in one transaction and
+    /// one commit: each change in a savepoint of its own, and the first
+    /// that fails undone alone, ending the run.
+    async fn change_all(&self, changes: Vec<Change>) -> Result<(), Stopped> {
+        let bytes = changes
+            .iter()
+            .map(|c| match c {
+                Change::Write { body, .. } => body.len() as u64,
+                _ => 0,
+            })
+            .sum();
+        let made = self
+            .run_write("changing history".into(), bytes, move |tx| {
+                let err = db_err("changing history");
+                for (at, change) in changes.into_iter().enumerate() {
+                    tx.execute_batch("SAVEPOINT change").map_err(&err)?;
+                    let made = match change {
+                        Change::Write { key, body, args } => {
+                            put_row(tx, &key, &Payload::Memory(body), &args.condition).map(|_| ())
+                        }
+                        Change::Delete { key, args } => delete_row(tx, &key, &args.condition),
+                        Change::Snapshot {
+                            from,
+                            from_version,
+                            to,
+                            ..
+                        } => snapshot_row(tx, &from, from_version, &to),
+                    };
+                    if let Err(error) = made {
+                        tx.execute_batch("ROLLBACK TO change; RELEASE change")
+                            .map_err(&err)?;
+                        return Ok(Some(Stopped { at, error }));
+                    }
+                    tx.execute_batch("RELEASE change").map_err(&err)?;
+                }
+                Ok(None)
+            })
+            .await;
+        match made {
+            Ok(None) => Ok(()),
+            Ok(Some(stopped)) => Err(stopped),
+            // The transaction failed: none of them was made.
+            Err(error) => Err(Stopped { at: 0, error }),
+        }
+    }
+
+    /// A key lock on the file beside the database: no transaction, and it
+    /// dies with this process.
+    async fn native_lease(&self, key: &str, wait: Duration) -> Result<KeyLock, StoreError> {
+        self.0.leases.lease(key, wait).await
+    }
+
+    /// Outside the internal area: two ranges of the key index, around it,
+    /// so history rows are never read.
+    async fn list(&self, prefix: &str, args: OpList) -> Result<Vec<Entry>, StoreError> {
+        let ranges = if args.outside_internal {
+            crate::stores::ranges_outside_internal(prefix)
+        } else {
+            vec![(prefix.to_string(), None)]
+        };
+        self.list_ranges(ranges, prefix).await
+    }
+
+    async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {
+        let key = key.to_string();
+        self.run(format!("reading {key}"), move |conn| {
+            let tx = conn.transaction().map_err(db_err("reading"))?;
+            current_version(&tx, &key).map_err(db_err("reading"))
+        })
+        .await
+    }
+
+    /// Copies the row inside the database, without the bytes leaving it.
+    async fn snapshot(
+        &self,
+        from: &str,
+        from_version: &Version,
+        to: &str,
+        _body: &Payload,
+    ) -> Result<(), StoreError> {
+        let (from, expected, to) = (from.to_string(), from_version.clone(), to.to_string());
+        self.run_write(format!("copying {from}"), 0, move |tx| {
+            snapshot_row(tx, &from, expected, &to)
+        })
+        .await
+    }
+}
+
+mod rows;
+mod writer;
+
+use rows::{
+    blob_to_file, current_version, db_err, delete_row, move_body_last, prefix_upper_bound, put_row,
+    snapshot_row,
+};
+use writer::{Job, WriteJob, write_batches};

@@ -1,0 +1,334 @@
+//! The writer thread: this process's writes, queued in arrival order, run
+//! together in one transaction and one commit (group commit), each in a
+//! savepoint of its own.
+
+use rusqlite::Connection;
+
+use super::Pool;
+use crate::stores::StoreError;
+
+/// The most writes one transaction takes.
+pub(super) const MAX_BATCH: usize = 128;
+
+/// The most body bytes one transaction takes beyond its first write: a
+/// transaction's pages stay in the write-ahead log until it commits, and
+/// looking pages up there slows down as it grows, so large bodies commit
+/// on their own.
+pub(super) const MAX_BATCH_BYTES: u64 = 8 * 1024 * 1024;
+
+/// One write waiting for the writer thread.
+pub(super) trait WriteJob: Send {
+    /// The body bytes it writes.
+    fn bytes(&self) -> u64;
+    /// Makes the change inside the open transaction; whether it did.
+    fn apply(&mut self, conn: &Connection) -> bool;
+    /// Hands the result over once the transaction's fate is known.
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>);
+}
+
+pub(super) struct Job<T, F> {
+    pub(super) what: String,
+    pub(super) bytes: u64,
+    pub(super) apply: Option<F>,
+    pub(super) result: Option<Result<T, StoreError>>,
+    pub(super) reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> WriteJob for Job<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn apply(&mut self, conn: &Connection) -> bool {
+        let apply = self.apply.take().expect("applied once");
+        let result = apply(conn);
+        let applied = result.is_ok();
+        self.result = Some(result);
+        applied
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
+        let result = match (self.result, committed) {
+            (Some(Err(refused)), _) => Err(refused),
+            (Some(Ok(value)), Ok(())) => Ok(value),
+            (_, Err(e)) => Err(e.context(&self.what)),
+            (None, Ok(())) => Err(StoreError::unavailable(format!("{}: not run", self.what))),
+        };
+        // The caller may have gone (its request was cut off): nothing to do.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// The writer thread: takes every write queued, up to [`MAX_BATCH`] writes
+/// and [`MAX_BATCH_BYTES`], runs them in one transaction, and starts over,
+/// until the store is dropped.
+pub(super) fn write_batches(
+    pool: &std::sync::Weak<Pool>,
+    jobs: &std::sync::mpsc::Receiver<Box<dyn WriteJob>>,
+) {
+    let mut conn: Option<Connection> = None;
+    let mut next: Option<Box<dyn WriteJob>> = None;
+    loop {
+        let first = match next.take() {
+            Some(job) => job,
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        let mut bytes = first.bytes();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes <= MAX_BATCH_BYTES {
+            match jobs.try_recv() {
+                Ok(job) if bytes + job.bytes() > MAX_BATCH_BYTES => {
+                    next = Some(job);
+                    break;
+                }
+                Ok(job) => {
+                    bytes += job.bytes();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        match pool.write_batch(&mut conn, batch) {
+            Ok(()) => {}
+            // The connection may be in a bad state: the next batch opens another.
+            Err(()) => conn = None,
+        }
+    }
+}
+
+impl Pool {
+    /// Runs one batch of writes in one transaction and hands every result
+    /// over; `Err` when the connection failed.
+    pub(super) fn write_batch(
+        &self,
+        conn: &mut Option<Connection>,
+        batch: Vec<Box<dyn WriteJob>>,
+    ) -> Result<(), ()> {
+        let fail_all = |batch: Vec<Box<dyn WriteJob>>, e: StoreError| {
+            for job in batch {
+                job.finish(Err(e.clone()));
+            }
+        };
+        if let Err(e) = self.check_identity() {
+            fail_all(batch, e);
+            return Ok(());
+        }
+        if conn.is_none() {
+            match self.connect() {
+                Ok(c) => *conn = Some(c),
+                Err(e) => {
+                    fail_all(
+                        batch,
+                        StoreError::unavailable(format!("opening the database: {e}")),
+                    );
+                    return Err(());
+                }
+            }
+        }
+        let db = conn.as_ref().expect("connected");
+        let failed = |e: rusqlite::Error| StoreError::unavailable(format!("writing: {e}"));
+        if let Err(e) = db.execute_batch("BEGIN IMMEDIATE") {
+            fail_all(batch, failed(e));
+            return Err(());
+        }
+        let mut applied = Vec::with_capacity(batch.len());
+        for mut job in batch {
+            let step = db
+                .execute_batch("SAVEPOINT write")
+                .map_err(failed)
+                .and_then(|()| {
+                    let done = job.apply(db);
+                    if db.is_autocommit() {
+                        // SQLite gave up the whole transaction (an I/O error).
+                        return Err(StoreError::unavailable(
+                            "writing: the transaction was rolled back",
+                        ));
+                    }
+                    let end = if done {
+                        "RELEASE write"
+                    } else {
+                        "ROLLBACK TO write; RELEASE write"
+                    };
+                    db.execute_batch(end).map_err(failed)
+                });
+            applied.push(job);
+            if let Err(e) = step {
+                let _ = db.execute_batch("ROLLBACK");
+                fail_all(applied, e);
+                return Err(());
+            }
+        }
+        let committed = db
+            .execute_batch("COMMIT")
+            .map_err(failed)
+            // A write that landed in a file removed meanwhile is lost: say so.
+            .and_then(|()| self.check_identity());
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let broken = committed.is_err();
+        if broken && !db.is_autocommit() {
+            let _ = db.execute_batch("ROLLBACK");
+        }
+        for job in applied {
+            job.finish(committed.clone());
+        }
+        if broken { Err(()) } else { Ok(()) }
+    }
+}
+
+#[cfg(test)]
+mod group_commit {
+    use std::collections::BTreeMap;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+
+    use super::*;
+    use crate::stores::StoreExt;
+    use bytes::Bytes;
+
+    use crate::stores::sqlite::SqliteStore;
+    use crate::stores::{Change, Condition, OpWrite, Payload, Store, Version};
+
+    type Put = Pin<Box<dyn Future<Output = Result<Version, StoreError>> + Send>>;
+
+    /// Holds the writer thread in a write of its own until the returned
+    /// sender is used; returns once the writer is inside it.
+    async fn hold_writer(
+        store: &SqliteStore,
+    ) -> (
+        tokio::task::JoinHandle<Result<(), StoreError>>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (gate_tx, gate) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .run_write("holding".into(), 0, move |_| {
+                        started_tx.send(()).unwrap();
+                        gate.recv().unwrap();
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        tokio::task::spawn_blocking(move || started.recv().unwrap())
+            .await
+            .unwrap();
+        (holder, gate_tx)
+    }
+
+    /// Queues a put behind the held writer (one poll sends it).
+    async fn queue(store: &SqliteStore, key: String, body: Bytes) -> Put {
+        let store = store.clone();
+        let mut put: Put =
+            Box::pin(async move { store.put(&key, body, Condition::IfAbsent).await });
+        let first = std::future::poll_fn(|cx| Poll::Ready(put.as_mut().poll(cx))).await;
+        assert!(first.is_pending());
+        put
+    }
+
+    /// Writes queued while the writer is busy go into one transaction
+    /// together, and each still gets its own answer: of 64 creates of 16
+    /// keys, exactly one per key wins and its bytes are stored.
+    #[tokio::test]
+    async fn writes_queued_together_share_one_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_file(&dir.path().join("g.db")).unwrap();
+        let (holder, gate) = hold_writer(&store).await;
+        let before = store.commits();
+        let mut puts = Vec::new();
+        for i in 0..64 {
+            let body = Bytes::from(format!("writer {i}"));
+            puts.push(queue(&store, format!("k{}", i % 16), body).await);
+        }
+        gate.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        let mut winners = BTreeMap::new();
+        for (i, put) in puts.into_iter().enumerate() {
+            match put.await {
+                Ok(_) => assert!(
+                    winners.insert(i % 16, i).is_none(),
+                    "two winners for k{}",
+                    i % 16
+                ),
+                Err(StoreError::AlreadyExists) => {}
+                Err(e) => panic!("writer {i}: {e}"),
+            }
+        }
+        assert_eq!(winners.len(), 16);
+        for (key, writer) in winners {
+            let obj = store.get(&format!("k{key}")).await.unwrap().unwrap();
+            assert_eq!(obj.body, format!("writer {writer}"));
+        }
+        assert_eq!(
+            store.commits() - before,
+            2,
+            "the held write's commit, then one for all 64 queued behind it"
+        );
+    }
+
+    /// The changes of one `change_all` (a history record, its pruning and
+    /// pointer) commit together, once.
+    #[tokio::test]
+    async fn changes_made_together_commit_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_file(&dir.path().join("g.db")).unwrap();
+        let v = store
+            .put("s", Bytes::from_static(b"state"), Condition::Always)
+            .await
+            .unwrap();
+        let before = store.commits();
+        let put = |key: &str| Change::Write {
+            key: key.into(),
+            body: Bytes::from_static(b"{}"),
+            args: OpWrite::new(Condition::Always),
+        };
+        let changes = vec![
+            Change::Snapshot {
+                from: "s".into(),
+                from_version: v,
+                to: "h/1".into(),
+                body: Payload::Memory(Bytes::new()),
+            },
+            put("h/1.json"),
+            put("h/newest.json"),
+        ];
+        store.change_all(changes).await.unwrap();
+        assert_eq!(store.commits() - before, 1);
+        assert_eq!(store.get("h/1").await.unwrap().unwrap().body, "state");
+    }
+
+    /// Large bodies do not share a transaction: three 5 MiB writes queued
+    /// together commit one by one.
+    #[tokio::test]
+    async fn large_writes_commit_on_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_file(&dir.path().join("g.db")).unwrap();
+        let (holder, gate) = hold_writer(&store).await;
+        let before = store.commits();
+        let mut puts = Vec::new();
+        for i in 0..3 {
+            let body = Bytes::from(vec![b'a' + i; 5 << 20]);
+            puts.push(queue(&store, format!("big{i}"), body).await);
+        }
+        gate.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        for put in puts {
+            put.await.unwrap();
+        }
+        assert_eq!(store.commits() - before, 4);
+    }
+}
