@@ -287,7 +287,8 @@ impl Tree {
         )?;
         let tmp_fd = open_dir_beneath(&root_fd, TMP_DIR, true)?;
         // Prove the directory is writable now rather than at the first apply.
-        let probe = format!("open-{}", std::process::id());
+        // Named as temporaries are, so two opens in one process never meet.
+        let probe = temporary_name("open-");
         drop(create_new(&tmp_fd, &probe)?);
         rustix::fs::unlinkat(&tmp_fd, probe.as_str(), AtFlags::empty())?;
         remove_stale_temporaries(&tmp_fd);
