@@ -15,7 +15,7 @@ use super::args::MigrateArgs;
 use super::args::MigratePgArgs;
 #[cfg(feature = "db")]
 use super::state::{operator, operator_audit};
-use super::{Create, open_states, open_states_for_reading};
+use stategate::app::{Create, open_states, open_states_for_reading};
 
 /// Settings from one whole configuration file (`migrate --from/--to`):
 /// the environment is not read, so one variable cannot apply to both
@@ -43,12 +43,10 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
         let settings = settings_of_file(path);
         async move {
             let settings = settings?;
-            match dry_run {
-                true => open_states_for_reading(&settings).await,
-                false => open_states(&settings, create)
-                    .await
-                    .map(|(states, _)| states),
-            }
+            anyhow::Ok(match dry_run {
+                true => open_states_for_reading(&settings).await?,
+                false => open_states(&settings, create).await?.0,
+            })
         }
     };
     let source = open(from, Create::No)

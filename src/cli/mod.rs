@@ -15,11 +15,7 @@ pub mod state;
 
 use anyhow::{Context, Result};
 
-use stategate::app;
-pub use stategate::app::Create;
 use stategate::config::{self, CommandLine, FileConfig, Settings};
-use stategate::state::States;
-use stategate::stores::ProbeReport;
 
 pub use args::Command;
 
@@ -37,15 +33,4 @@ pub fn load_settings(line: &CommandLine) -> Result<Settings> {
             .with_context(|| format!("defaults file {}", path.display()))?;
     }
     Ok(config::resolve(&file, &|k| std::env::var(k).ok(), line)?)
-}
-
-/// Opens the configured store ([`app::open_states`]), refusing one that
-/// does not exist unless `create` says so.
-pub async fn open_states(settings: &Settings, create: Create) -> Result<(States, ProbeReport)> {
-    Ok(app::open_states(settings, create).await?)
-}
-
-/// Opens the store for reading only ([`app::open_states_for_reading`]).
-pub async fn open_states_for_reading(settings: &Settings) -> Result<States> {
-    Ok(app::open_states_for_reading(settings).await?)
 }

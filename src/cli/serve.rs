@@ -12,7 +12,9 @@ use stategate::server;
 
 use stategate::stores;
 
-use super::{Create, load_settings, open_states};
+use stategate::app::{Create, open_states};
+
+use super::load_settings;
 
 /// `stategate serve`: open and probe the store, bind, serve until SIGTERM
 /// or Ctrl-C.

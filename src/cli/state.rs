@@ -15,7 +15,7 @@ use stategate::state::history::HistoryWindow;
 use stategate::state::{LockInfo, StateError, StateRef, States, WriteOutcome};
 
 use super::args::{LockCommand, StateCommand};
-use super::{Create, open_states};
+use stategate::app::{Create, open_states};
 
 /// The state an operator named, under its one name ([`States::canonical`]).
 pub(super) fn state_ref(states: &States, key: &str, workspace: Option<&str>) -> Result<StateRef> {

@@ -128,8 +128,8 @@ pub async fn missing(
         }
         "sqlite" => {
             let path = sqlite::SqliteConfig::from_settings(settings)?.path;
-            let exists = std::fs::metadata(&path).is_ok_and(|m| m.len() > 0);
-            (!exists).then(|| format!("the SQLite file {} does not exist", path.display()))
+            (!sqlite_file_exists(&path))
+                .then(|| format!("the SQLite file {} does not exist", path.display()))
         }
         #[cfg(feature = "db")]
         "db" => {
@@ -142,6 +142,12 @@ pub async fn missing(
         }
         _ => None,
     })
+}
+
+/// Whether a SQLite store's file exists with something in it: an empty
+/// file is what opening would turn into a new store.
+fn sqlite_file_exists(path: &std::path::Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
 }
 
 /// Opens the configured store for reading only (a dry run): no probe, and
@@ -172,9 +178,9 @@ pub async fn open_for_reading(
             let config = sqlite::SqliteConfig::from_settings(&settings)?;
             // Opening creates the file and its tables; one that does not
             // exist (or is empty) has no states to read.
-            match std::fs::metadata(&config.path) {
-                Ok(meta) if meta.len() > 0 => Some((backend.open)(settings).await?),
-                _ => None,
+            match sqlite_file_exists(&config.path) {
+                true => Some((backend.open)(settings).await?),
+                false => None,
             }
         }
         // Opening for serving creates the tables; a dry run only looks.

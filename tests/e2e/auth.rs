@@ -26,18 +26,7 @@ fn password(user: &str) -> &'static str {
 
 /// `stategate token new NAME`: the token and its hash.
 fn new_token(name: &str) -> (String, String) {
-    let out = Command::new(bin())
-        .args(["token", "new", name])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let shown = text(&out.stdout);
-    let token = shown
-        .split_whitespace()
-        .find(|w| w.starts_with("sgt_"))
-        .unwrap_or_else(|| panic!("no token in {shown}"))
-        .to_string();
+    let (shown, token) = token_new(name);
     let hash = shown
         .split('"')
         .find(|w| w.starts_with("$argon2id$"))

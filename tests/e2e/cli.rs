@@ -346,18 +346,7 @@ fn store_timeouts_take_durations_on_every_store() {
 
 #[test]
 fn a_token_entry_from_token_new_works_as_printed() {
-    let out = Command::new(bin())
-        .args(["token", "new", "deploy"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let shown = text(&out.stdout);
-    let token = shown
-        .split_whitespace()
-        .find(|w| w.starts_with("sgt_"))
-        .unwrap_or_else(|| panic!("no token in {shown}"))
-        .to_string();
+    let (shown, token) = token_new("deploy");
     // Everything from the `auth:` line on is pasted into the file as is.
     let entry = &shown[shown
         .find("auth:\n")

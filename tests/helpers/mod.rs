@@ -282,6 +282,23 @@ pub fn stategate_ok(peer: &dyn Peer, args: &[&str]) -> String {
     text(&out.stdout)
 }
 
+/// Runs `stategate token new NAME`: what it printed, and the token in it.
+pub fn token_new(name: &str) -> (String, String) {
+    let out = Command::new(bin())
+        .args(["token", "new", name])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    let token = shown
+        .split_whitespace()
+        .find(|w| w.starts_with("sgt_"))
+        .unwrap_or_else(|| panic!("no token in {shown}"))
+        .to_string();
+    (shown, token)
+}
+
 /// Lossy UTF-8 of process output.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
