@@ -744,14 +744,25 @@ fn remove_stale_temporaries(tmp_dir: &OwnedFd) {
         return;
     };
     let own = std::process::id();
+    // A temporary named with this process's id is a dead process's (one
+    // that had the id before) only if it is older than this process's
+    // first open: another store opened in this process may be writing it.
+    // File times are coarser than the clock, hence the second's margin.
+    static FIRST_OPEN: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let first_open = *FIRST_OPEN.get_or_init(|| OffsetDateTime::now_utc().unix_timestamp() - 1);
     let names: Vec<String> = dir
         .filter_map(|e| e.ok()?.file_name().to_str().ok().map(str::to_string))
         .filter(|n| n != "." && n != "..")
         .collect();
     for name in names {
-        let writer_gone = writer_pid(&name).is_some_and(|pid| pid == own || !process_alive(pid));
-        let old = rustix::fs::statat(tmp_dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-            .is_ok_and(|s| OffsetDateTime::now_utc().unix_timestamp() - s.st_mtime > 3600);
+        let Ok(stat) = rustix::fs::statat(tmp_dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
+        let writer_gone = writer_pid(&name).is_some_and(|pid| match pid == own {
+            true => stat.st_mtime < first_open,
+            false => !process_alive(pid),
+        });
+        let old = OffsetDateTime::now_utc().unix_timestamp() - stat.st_mtime > 3600;
         if writer_gone || old {
             let _ = rustix::fs::unlinkat(tmp_dir, name.as_str(), AtFlags::empty());
         }
