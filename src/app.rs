@@ -154,7 +154,7 @@ pub async fn open_states(
             what,
         });
     }
-    let opened = stores::open(settings.backend, settings.store.clone()).await?;
+    let opened = stores::open(settings.backend, settings.store.clone(), settings.read_only).await?;
     let store = match keyring(settings)? {
         Some(keys) => Arc::new(SealedStore::new(opened.store, keys)) as Arc<dyn Store>,
         None => opened.store,

@@ -94,6 +94,8 @@ pub struct Metrics {
     oidc_stale_issuers: Gauge,
     states: Gauge,
     locks_held: Gauge,
+    store_writable: Family<StoreLabels, Gauge>,
+    store_free_bytes: Family<StoreLabels, Gauge>,
     /// When the state and lock gauges were last counted.
     counted_at: Mutex<Option<Instant>>,
     /// The store's name for `stategate_store_errors_total`.
@@ -191,6 +193,18 @@ impl Metrics {
             "Locks held in the store (counted at most every 15 s)",
             locks_held.clone(),
         );
+        let store_writable = Family::<StoreLabels, Gauge>::default();
+        registry.register(
+            "stategate_store_writable",
+            "1 while the store takes writes; 0 while it serves reads only (degraded, or read_only)",
+            store_writable.clone(),
+        );
+        let store_free_bytes = Family::<StoreLabels, Gauge>::default();
+        registry.register(
+            "stategate_store_free_bytes",
+            "Bytes free on the device holding a local or SQLite store",
+            store_free_bytes.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -214,6 +228,8 @@ impl Metrics {
             oidc_stale_issuers,
             states,
             locks_held,
+            store_writable,
+            store_free_bytes,
             counted_at: Mutex::new(None),
             store,
         }
@@ -305,6 +321,20 @@ impl Metrics {
     pub fn set_counts(&self, states: usize, locks: usize) {
         self.states.set(states as i64);
         self.locks_held.set(locks as i64);
+    }
+
+    /// Sets whether the store takes writes, and the free bytes on its
+    /// device where it is on this machine's disk.
+    pub fn set_store_writes(&self, writable: bool, free_bytes: Option<u64>) {
+        let labels = StoreLabels { store: self.store };
+        self.store_writable
+            .get_or_create(&labels)
+            .set(i64::from(writable));
+        if let Some(free) = free_bytes {
+            self.store_free_bytes
+                .get_or_create(&labels)
+                .set(i64::try_from(free).unwrap_or(i64::MAX));
+        }
     }
 
     /// The exposition text.

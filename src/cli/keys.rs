@@ -90,7 +90,7 @@ pub async fn rekey(settings: &Settings) -> Result<()> {
     if let Some(what) = stores::missing(settings.backend, &settings.store).await? {
         bail!("no {} store here: {what}", settings.backend.name);
     }
-    let opened = stores::open(settings.backend, settings.store.clone()).await?;
+    let opened = stores::open(settings.backend, settings.store.clone(), settings.read_only).await?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {elapsed} {msg}")

@@ -131,6 +131,8 @@ pub struct Settings {
     pub encryption: Option<EncryptionSettings>,
     /// Refuse writes whose lineage or serial would overwrite newer state.
     pub protect_lineage: bool,
+    /// Serve the store read-only: every change refused, nothing written.
+    pub read_only: bool,
     /// The chosen storage type.
     pub backend: &'static Backend,
     /// Its settings, merged and checked against its table.
@@ -199,6 +201,7 @@ pub fn resolve(
     };
     let history_keep = required(&src, &t::HISTORY_KEEP, Sources::number)?;
     let protect_lineage = required(&src, &t::PROTECT_LINEAGE, Sources::bool)?;
+    let read_only = required(&src, &t::READ_ONLY, Sources::bool)?;
     let encryption = file
         .encryption
         .clone()
@@ -266,6 +269,7 @@ pub fn resolve(
         workspace_key_prefix,
         encryption,
         protect_lineage,
+        read_only,
         backend,
         store,
         ui,

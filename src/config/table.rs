@@ -337,6 +337,15 @@ pub const PROTECT_LINEAGE: ServerSetting = store_scope(server(
     Some("true"),
     "refuse writes whose lineage or serial would overwrite newer state",
 ));
+pub const READ_ONLY: ServerSetting = store_scope(server(
+    "read_only",
+    "read-only",
+    "STATEGATE_READ_ONLY",
+    "BOOL",
+    Kind::Bool,
+    Some("false"),
+    "serve the store read-only: reads work, every change is refused with 503 and nothing is written (a disaster-recovery copy, a replica beside a bucket replica or a database standby)",
+));
 pub const STORAGE_TYPE: ServerSetting = ServerSetting {
     aliases: &["backend.storage_type"],
     ..store_scope(server(
@@ -417,6 +426,7 @@ pub static SERVER_SETTINGS: &[&ServerSetting] = &[
     &SHUTDOWN_GRACE,
     &HISTORY_KEEP,
     &PROTECT_LINEAGE,
+    &READ_ONLY,
     &STORAGE_TYPE,
     &UI_CSRF_KEY,
     &UI_STALE_LOCK_HOURS,

@@ -12,12 +12,21 @@ use super::app::App;
 use super::error::text;
 use crate::state::StateError;
 
+/// Ready while the store can be read and takes writes. A store that can be
+/// read but takes no writes (degraded, or `read_only` on purpose) answers
+/// 503 with the reason, while `/healthz` stays 200 and reads are served.
 pub(super) async fn handle_ready(app: &App) -> Result<Response<Full<Bytes>>, ProtocolError> {
-    match app.readiness.check(&app.states).await {
-        Ok(()) => Ok(text("ready\n")),
-        Err(reason) => Err(ProtocolError::State(StateError::Store(
+    let not_ready = |reason: String| {
+        Err(ProtocolError::State(StateError::Store(
             crate::stores::StoreError::Unavailable(format!("not ready: {reason}")),
-        ))),
+        )))
+    };
+    if let Err(reason) = app.readiness.check(&app.states).await {
+        return not_ready(reason);
+    }
+    match app.states.store().writes().refused {
+        Some(refused) => not_ready(refused.to_string()),
+        None => Ok(text("ready\n")),
     }
 }
 
@@ -28,6 +37,9 @@ pub(super) async fn handle_metrics(app: &App) -> Result<Response<Full<Bytes>>, P
             Err(e) => tracing::warn!(error = %e, "counting states for /metrics failed"),
         }
     }
+    let writes = app.states.store().writes();
+    app.metrics
+        .set_store_writes(writes.refused.is_none(), writes.space.map(|s| s.free));
     let auth = app.auth.read().expect("auth lock").clone();
     app.metrics
         .set_oidc_stale_issuers(auth.map_or(0, |a| a.oidc_stale_issuers()));

@@ -172,6 +172,10 @@ impl States {
             if let Some(lease) = lease {
                 lease.check()?;
             }
+            // A new version needs room; a repeated one (above) needs none.
+            if let Some(refused) = self.store.writes().space.and_then(|s| s.refusal()) {
+                return Err(refused.into());
+            }
             let version = match self
                 .store
                 .write(&object_key, body.clone(), OpWrite::new(condition))

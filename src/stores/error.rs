@@ -49,12 +49,44 @@ pub enum StoreError {
     /// carries a secret.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store can be read but refuses writes: its device is full, its
+    /// file system or database is read-only, its credentials may read but
+    /// not write. Carries the cause; the server serves reads meanwhile and
+    /// tries writing again by itself (see [`super::guard`]).
+    #[error("the store cannot take writes: {0}")]
+    NotWritable(String),
+    /// The server was told to serve this store read-only (`read_only`).
+    #[error(
+        "this stategate is read-only (read_only: true): it serves reads and refuses every change"
+    )]
+    ReadOnlyMode,
 }
 
 impl StoreError {
     /// Shorthand for an [`StoreError::Unavailable`] with context.
     pub fn unavailable(context: impl std::fmt::Display) -> Self {
         StoreError::Unavailable(context.to_string())
+    }
+
+    /// A write refused for want of space on the device holding the store.
+    pub fn no_space() -> Self {
+        StoreError::NotWritable("no space left on the device".into())
+    }
+
+    /// A write refused because the file system holding the store is
+    /// mounted read-only.
+    pub fn read_only_file_system() -> Self {
+        StoreError::NotWritable("the file system is read-only".into())
+    }
+
+    /// Whether this failure means the store as a whole takes no writes now
+    /// (rather than one write failing): what puts a server into serving
+    /// reads only until writes work again.
+    pub fn refuses_writes(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NotWritable(_) | StoreError::PermissionDenied { .. }
+        )
     }
 
     /// The setting to check, for the kinds that have one.

@@ -81,14 +81,24 @@ pub static BACKEND: Backend = Backend {
     },
 };
 
-const SETTINGS: &[Setting] = &[Setting {
-    name: "path",
-    aliases: &[],
-    env: &["STATEGATE_LOCAL_PATH"],
-    secret: false,
-    default: Some("./stategate-data"),
-    help: "directory that holds the states",
-}];
+const SETTINGS: &[Setting] = &[
+    Setting {
+        name: "path",
+        aliases: &[],
+        env: &["STATEGATE_LOCAL_PATH"],
+        secret: false,
+        default: Some("./stategate-data"),
+        help: "directory that holds the states",
+    },
+    Setting {
+        name: "min_free_bytes",
+        aliases: &["minFreeBytes"],
+        env: &["STATEGATE_MIN_FREE_BYTES"],
+        secret: false,
+        default: None,
+        help: "below this many free bytes on the device, new state versions are refused while locks, unlocks, deletes and purges still work (default: 64 MiB, or 1% of the device if less; 0 turns it off)",
+    },
+];
 
 /// The validated settings of the local store.
 #[derive(Debug, Clone, PartialEq, Eq)]

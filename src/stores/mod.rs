@@ -13,13 +13,15 @@
 //!
 //! The trait and its argument types are in [`store`], the errors in
 //! [`error`], the storage types and how one is opened in [`registry`], the
-//! start-up probe in [`probe`].
+//! start-up probe in [`probe`], whether the store takes writes now in
+//! [`guard`].
 
 #[cfg(any(feature = "s3", feature = "oss"))]
 pub mod bucket;
 #[cfg(feature = "db")]
 pub mod db;
 pub mod error;
+pub mod guard;
 pub mod keylock;
 pub mod local;
 pub mod net;
@@ -44,7 +46,7 @@ pub use registry::{
 };
 pub use store::{
     Capabilities, Change, Condition, DEFAULT_OPERATION_TIMEOUT, Entry, Object, OpDelete, OpList,
-    OpRead, OpWrite, Stopped, Store, StoreExt, Version,
+    OpRead, OpWrite, Space, Stopped, Store, StoreExt, Version, Writes,
 };
 
 /// Where stategate keeps its own objects (history, leases, probes), apart

@@ -8,12 +8,13 @@ use time::OffsetDateTime;
 
 #[cfg(feature = "db")]
 use super::db;
+use super::guard::{Guarded, Reopen, Reserve};
 #[cfg(feature = "oss")]
 use super::oss;
 use super::probe::{ProbeReport, probe};
 #[cfg(feature = "s3")]
 use super::s3;
-use super::{Capabilities, OpenError, Store, StoreError, local, read_only, sqlite};
+use super::{Capabilities, OpenError, PROBE_PREFIX, Store, StoreError, local, read_only, sqlite};
 use crate::settings::{Setting, StoreSettings};
 
 /// A storage type a user can name in `backend.storageType`.
@@ -71,6 +72,8 @@ pub fn backend(name: &str) -> Option<&'static Backend> {
 
 /// A store ready for use, with what it was seen to guarantee.
 pub struct Opened {
+    /// The store inside its guard ([`Guarded`]), which decides whether
+    /// changes go through.
     pub store: Arc<dyn Store>,
     /// What the start-up probe measured; the state layer goes by this.
     pub capabilities: Capabilities,
@@ -78,20 +81,79 @@ pub struct Opened {
     pub report: ProbeReport,
 }
 
-/// Opens the configured store and probes it: it must be reachable, its
-/// conditional create must really be atomic unless `allow_unsafe_locks` is
-/// set, and a stale conditional write must be refused.
-pub async fn open(backend: &'static Backend, settings: StoreSettings) -> Result<Opened, OpenError> {
+/// Opens the configured store for serving and probes it: it must be
+/// reachable, its conditional create must really be atomic unless
+/// `allow_unsafe_locks` is set, and a stale conditional write must be
+/// refused. A store that can be read but not written (a full disk, a
+/// read-only file system or database, credentials that only read) is
+/// served degraded: reads work, changes are refused with the cause until
+/// writes work again ([`super::guard`]). With `read_only` nothing is
+/// written at all, not even the probe.
+pub async fn open(
+    backend: &'static Backend,
+    settings: StoreSettings,
+    read_only: bool,
+) -> Result<Opened, OpenError> {
     let allow_unsafe = settings.bool("allow_unsafe_locks")?;
-    let store = (backend.open)(settings).await?;
+    let reserve = reserve(backend, &settings)?;
+    if read_only {
+        let store = readable(backend, settings).await?.ok_or_else(|| {
+            OpenError::store(
+                backend.name,
+                StoreError::ConfigInvalid {
+                    setting: "read_only",
+                    reason: "the store does not exist yet, and a read-only server cannot create it"
+                        .into(),
+                },
+            )
+        })?;
+        let capabilities = store.capabilities();
+        return Ok(Opened {
+            report: ProbeReport {
+                steps: vec!["read_only is set: nothing is written, not even a probe".into()],
+                capabilities,
+                stale_write_refused: true,
+            },
+            capabilities,
+            store: Guarded::read_only(store),
+        });
+    }
+    let store = match (backend.open)(settings.clone()).await {
+        Ok(store) => store,
+        Err(failed) => {
+            // Opening for serving writes (a log, a table, a marker); a
+            // store that is there and can be read is served degraded.
+            let Ok(Some(store)) = readable(backend, settings.clone()).await else {
+                return Err(failed);
+            };
+            if !can_read(store.as_ref()).await {
+                return Err(failed);
+            }
+            let reopen: Reopen = Box::new(move || {
+                let settings = settings.clone();
+                Box::pin(async move { (backend.open)(settings).await })
+            });
+            let reason =
+                StoreError::NotWritable(format!("opening it for writing failed: {failed}"));
+            return Ok(degraded(store, reserve, reason, Some(reopen), allow_unsafe));
+        }
+    };
     let tag = format!(
         "{}-{}",
         std::process::id(),
         OffsetDateTime::now_utc().unix_timestamp_nanos()
     );
-    let report = probe(store.as_ref(), &tag)
-        .await
-        .map_err(|reason| OpenError::store(store.describe(), reason))?;
+    let report = match probe(store.as_ref(), &tag).await {
+        Ok(report) => report,
+        Err(reason) if can_read(store.as_ref()).await => {
+            let reason = match reason {
+                e if e.refuses_writes() => e,
+                other => StoreError::NotWritable(other.to_string()),
+            };
+            return Ok(degraded(store, reserve, reason, None, allow_unsafe));
+        }
+        Err(reason) => return Err(OpenError::store(store.describe(), reason)),
+    };
     if !report.stale_write_refused {
         return Err(OpenError::UnsafeWrites {
             store: store.describe(),
@@ -107,9 +169,57 @@ pub async fn open(backend: &'static Backend, settings: StoreSettings) -> Result<
     }
     Ok(Opened {
         capabilities: report.capabilities,
-        store,
+        store: Guarded::serving(store, reserve),
         report,
     })
+}
+
+/// A store served degraded for `reason`: what its own settings claim
+/// stands in for the probe's findings until a probe can write.
+fn degraded(
+    store: Arc<dyn Store>,
+    reserve: Option<Reserve>,
+    reason: StoreError,
+    reopen: Option<Reopen>,
+    allow_unsafe: bool,
+) -> Opened {
+    let capabilities = store.capabilities();
+    let report = ProbeReport {
+        steps: vec![format!(
+            "{reason}; serving reads only until writes work again"
+        )],
+        capabilities,
+        stale_write_refused: true,
+    };
+    Opened {
+        store: Guarded::degraded(store, reserve, reason, reopen, allow_unsafe),
+        capabilities,
+        report,
+    }
+}
+
+/// Whether a read of the store works.
+async fn can_read(store: &dyn Store) -> bool {
+    store.stat(&format!("{PROBE_PREFIX}ready")).await.is_ok()
+}
+
+/// The free-space reserve of the stores on this machine's disk.
+fn reserve(backend: &Backend, settings: &StoreSettings) -> Result<Option<Reserve>, OpenError> {
+    let dir = match backend.name {
+        "local" => local::LocalConfig::from_settings(settings)?.root,
+        "sqlite" => {
+            let path = sqlite::SqliteConfig::from_settings(settings)?.path;
+            match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+                _ => std::path::PathBuf::from("."),
+            }
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(Reserve {
+        dir,
+        min_free: settings.u64("min_free_bytes")?,
+    }))
 }
 
 /// What is missing when the configured store does not exist yet: a local
@@ -159,31 +269,36 @@ pub async fn open_for_reading(
     backend: &'static Backend,
     settings: StoreSettings,
 ) -> Result<Arc<dyn Store>, OpenError> {
-    let inner = match backend.name {
+    let inner = readable(backend, settings).await?;
+    Ok(Arc::new(read_only::ReadOnly::new(inner, backend.name)))
+}
+
+/// Opens the configured store without creating or changing anything;
+/// `None` when it does not exist yet. Only to be read.
+async fn readable(
+    backend: &'static Backend,
+    settings: StoreSettings,
+) -> Result<Option<Arc<dyn Store>>, OpenError> {
+    let failed = |setting: &'static str, reason: String| {
+        OpenError::store(
+            format!("{} store", backend.name),
+            StoreError::ConfigInvalid { setting, reason },
+        )
+    };
+    Ok(match backend.name {
         "local" => {
             let config = local::LocalConfig::from_settings(&settings)?;
             local::LocalStore::open_read_only(&config.root)
-                .map_err(|e| {
-                    OpenError::store(
-                        "local store",
-                        StoreError::ConfigInvalid {
-                            setting: "path",
-                            reason: format!("{}: {e}", config.root.display()),
-                        },
-                    )
-                })?
+                .map_err(|e| failed("path", format!("{}: {e}", config.root.display())))?
                 .map(|store| Arc::new(store) as Arc<dyn Store>)
         }
         "sqlite" => {
             let config = sqlite::SqliteConfig::from_settings(&settings)?;
-            // Opening creates the file and its tables; one that does not
-            // exist (or is empty) has no states to read.
-            match sqlite_file_exists(&config.path) {
-                true => Some((backend.open)(settings).await?),
-                false => None,
-            }
+            sqlite::SqliteStore::open_read_only(&config.path)
+                .map_err(|e| failed("path", format!("{}: {e}", config.path.display())))?
+                .map(|store| Arc::new(store) as Arc<dyn Store>)
         }
-        // Opening for serving creates the tables; a dry run only looks.
+        // Opening for serving creates the tables; this only looks.
         #[cfg(feature = "db")]
         "db" => {
             let config = db::DbConfig::from_settings(&settings)?;
@@ -194,6 +309,5 @@ pub async fn open_for_reading(
         // The bucket stores only check the bucket when they connect; their
         // writes are the probe's, which is skipped here.
         _ => Some((backend.open)(settings).await?),
-    };
-    Ok(Arc::new(read_only::ReadOnly::new(inner, backend.name)))
+    })
 }

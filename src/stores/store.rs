@@ -250,6 +250,42 @@ pub struct Capabilities {
     pub native_lease: bool,
 }
 
+/// Whether a store takes writes now ([`Store::writes`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Writes {
+    /// Why no write is taken now; `None` when writes are taken.
+    pub refused: Option<StoreError>,
+    /// The room on the device holding the store, for stores on this
+    /// machine's disk.
+    pub space: Option<Space>,
+}
+
+/// The room on the device holding a store on this machine's disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes free for stategate's use.
+    pub free: u64,
+    /// Below this many free bytes, new state versions are refused while
+    /// locks, unlocks, deletes and purges still work (`min_free_bytes`).
+    pub reserve: u64,
+    /// The directory whose device this is.
+    pub place: String,
+}
+
+impl Space {
+    /// Why a new state version is refused now; `None` while there is room.
+    pub fn refusal(&self) -> Option<StoreError> {
+        (self.free < self.reserve).then(|| {
+            StoreError::NotWritable(format!(
+                "{} bytes free on the device holding {}, below the reserve of {} bytes \
+                 (min_free_bytes): new state versions are refused until space is freed; \
+                 locks, unlocks, deletes and purges still work",
+                self.free, self.place, self.reserve
+            ))
+        })
+    }
+}
+
 /// [`Store::operation_timeout`] of stores without a `timeout` setting.
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -277,6 +313,13 @@ pub trait Store: Send + Sync + 'static {
     /// layer refuses state keys whose derived names would not fit.
     fn max_key_bytes(&self) -> Option<usize> {
         None
+    }
+
+    /// Whether the store takes writes now, and how much room it has where
+    /// it can tell. Stores take writes; the guard a server opens every
+    /// store in ([`super::guard::Guarded`]) knows better.
+    fn writes(&self) -> Writes {
+        Writes::default()
     }
 
     /// Reads an object and its version; `Ok(None)` when it does not exist.

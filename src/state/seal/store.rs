@@ -156,6 +156,10 @@ impl Store for SealedStore {
         self.inner.max_key_bytes()
     }
 
+    fn writes(&self) -> crate::stores::Writes {
+        self.inner.writes()
+    }
+
     /// A large body the store hands out as a file is opened into another
     /// file, a segment at a time.
     async fn read(

@@ -65,14 +65,24 @@ pub static BACKEND: Backend = Backend {
     },
 };
 
-const SETTINGS: &[Setting] = &[Setting {
-    name: "path",
-    aliases: &[],
-    env: &["STATEGATE_SQLITE_PATH"],
-    secret: false,
-    default: Some("./stategate.db"),
-    help: "the database file (created if missing)",
-}];
+const SETTINGS: &[Setting] = &[
+    Setting {
+        name: "path",
+        aliases: &[],
+        env: &["STATEGATE_SQLITE_PATH"],
+        secret: false,
+        default: Some("./stategate.db"),
+        help: "the database file (created if missing)",
+    },
+    Setting {
+        name: "min_free_bytes",
+        aliases: &["minFreeBytes"],
+        env: &["STATEGATE_MIN_FREE_BYTES"],
+        secret: false,
+        default: None,
+        help: "below this many free bytes on the device, new state versions are refused while locks, unlocks, deletes and purges still work (default: 64 MiB, or 1% of the device if less; 0 turns it off)",
+    },
+];
 
 /// The validated settings of the SQLite store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +118,50 @@ CREATE TABLE IF NOT EXISTS generation (
 INSERT OR IGNORE INTO generation (id, last) VALUES (1, 0);
 ";
 
+/// A read-only connection to the database file `path`. Reading a database
+/// in WAL mode takes its shared-memory file, which a full or read-only file
+/// system may not let SQLite make; without one (and so without a log that
+/// could hold newer pages: SQLite removes both when the last connection
+/// closes cleanly) the file is read as it is on disk.
+fn read_only_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
+    use rusqlite::OpenFlags;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let usable = |conn: Connection| -> Result<Connection, rusqlite::Error> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.query_row("SELECT count(*) FROM generation", [], |_| Ok(()))?;
+        Ok(conn)
+    };
+    let tried = Connection::open_with_flags(path, flags).and_then(usable);
+    let mut log = path.as_os_str().to_owned();
+    log.push("-wal");
+    let log_empty = std::fs::metadata(&log).map_or(true, |m| m.len() == 0);
+    match tried {
+        Err(_) if log_empty => {
+            let uri = format!("file:{}?immutable=1", uri_path(path));
+            Connection::open_with_flags(uri, flags).and_then(usable)
+        }
+        tried => tried,
+    }
+}
+
+/// `path` as the path of a `file:` URI: bytes other than unreserved ones
+/// and `/` percent-encoded.
+fn uri_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'.' | b'_' | b'-' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 /// The key locks on `<file>.leases` beside the database `path`.
 fn lease_file(path: &Path) -> std::io::Result<KeyLocks> {
     let dir = match path.parent() {
@@ -142,6 +196,9 @@ struct Pool {
     commits: std::sync::atomic::AtomicU64,
     /// The write leases of states, on the file beside the database.
     leases: Arc<KeyLocks>,
+    /// Opened for reading only ([`SqliteStore::open_read_only`]): its
+    /// connections are read-only and it has no writer.
+    read_only: bool,
     /// Small bodies last read, by key and generation.
     bodies: BodyCache,
 }
@@ -166,6 +223,7 @@ impl SqliteStore {
             lease_file(path).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         let pool = Arc::new(Pool {
             leases: Arc::new(leases),
+            read_only: false,
             bodies: BodyCache::default(),
             path: path.to_path_buf(),
             identity: (meta.dev(), meta.ino()),
@@ -185,6 +243,44 @@ impl SqliteStore {
             .spawn(move || write_batches(&writer, &jobs))
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         Ok(SqliteStore(pool))
+    }
+
+    /// Opens an existing database file for reading only: nothing is
+    /// created or changed, so a full or read-only file system will do.
+    /// `Ok(None)` when there is no file (or an empty one). The store must
+    /// only be read: it has no writer, and its changes fail.
+    pub fn open_read_only(path: &Path) -> Result<Option<Self>, rusqlite::Error> {
+        if !std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
+            return Ok(None);
+        }
+        let meta = std::fs::metadata(path)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let dir = rustix::fs::open(
+            path.parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
+            rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::from(e))))?;
+        // Writes are refused before they reach this store, so its sender
+        // leads nowhere.
+        let (writes, _) = std::sync::mpsc::channel();
+        let pool = Pool {
+            leases: Arc::new(KeyLocks::unopened(dir, "unused")),
+            read_only: true,
+            bodies: BodyCache::default(),
+            path: path.to_path_buf(),
+            identity: (meta.dev(), meta.ino()),
+            idle: Mutex::new(Vec::new()),
+            writes: Mutex::new(writes),
+            commits: std::sync::atomic::AtomicU64::new(0),
+        };
+        let conn = pool.connect()?;
+        pool.idle.lock().expect("pool lock").push(conn);
+        Ok(Some(SqliteStore(Arc::new(pool))))
     }
 
     /// Runs a read on a pooled connection.
@@ -261,6 +357,9 @@ impl SqliteStore {
 
 impl Pool {
     fn connect(&self) -> Result<Connection, rusqlite::Error> {
+        if self.read_only {
+            return read_only_connection(&self.path);
+        }
         // Never create a new file here: a missing one was removed under us.
         let conn = Connection::open_with_flags(
             &self.path,

@@ -158,7 +158,19 @@ pub(super) fn move_body_last(conn: &Connection) -> Result<(), rusqlite::Error> {
 }
 
 pub(super) fn db_err(context: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-    move |e| StoreError::unavailable(format!("{context}: {e}"))
+    move |e| failure(context, e)
+}
+
+/// Translates a SQLite error met while `context`: a full device or a
+/// read-only file are the store refusing writes, anything else a failure.
+pub(super) fn failure(context: &str, e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => StoreError::no_space(),
+        Some(rusqlite::ErrorCode::ReadOnly) => {
+            StoreError::NotWritable("the database file is read-only".into())
+        }
+        _ => StoreError::unavailable(format!("{context}: {e}")),
+    }
 }
 
 /// The version of `key` now, inside the transaction.

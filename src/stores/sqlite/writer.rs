@@ -136,7 +136,7 @@ impl Pool {
             }
         }
         let db = conn.as_ref().expect("connected");
-        let failed = |e: rusqlite::Error| StoreError::unavailable(format!("writing: {e}"));
+        let failed = |e: rusqlite::Error| super::rows::failure("writing", e);
         if let Err(e) = db.execute_batch("BEGIN IMMEDIATE") {
             fail_all(batch, failed(e));
             return Err(());
