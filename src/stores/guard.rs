@@ -32,6 +32,7 @@ use super::{
     BoxFuture, Capabilities, Change, Entry, OpDelete, OpList, OpRead, OpWrite, OpenError, Payload,
     Stopped, Store, StoreError, Version,
 };
+use crate::settings::Setting;
 
 /// How often a degraded store is probed in the background.
 pub const RECOVERY_INTERVAL: Duration = Duration::from_secs(5);
@@ -44,6 +45,18 @@ const RECHECK: Duration = Duration::from_secs(2);
 /// versions, unless `min_free_bytes` says otherwise: 64 MiB, or 1% of the
 /// device where that is less (a small test device).
 const DEFAULT_RESERVE: u64 = 64 * 1024 * 1024;
+
+/// The reserve setting of the stores on this machine's disk.
+pub const MIN_FREE_BYTES: Setting = Setting {
+    name: "min_free_bytes",
+    aliases: &["minFreeBytes"],
+    env: &["STATEGATE_MIN_FREE_BYTES"],
+    secret: false,
+    default: None,
+    help: "below this many free bytes on the device, new state versions are refused while locks, \
+           unlocks, deletes and purges still work (default: 64 MiB, or 1% of the device if less; \
+           0 turns it off)",
+};
 
 /// Opens the store again for writing, after it was opened for reading only.
 pub type Reopen = Box<dyn Fn() -> BoxFuture<Result<Arc<dyn Store>, OpenError>> + Send + Sync>;
@@ -158,10 +171,7 @@ impl Guarded {
     /// [`StoreError::refuses_writes`] holds), and probing in the
     /// background until writes work again.
     fn degrade(&self, reason: StoreError) {
-        let reason = match reason {
-            StoreError::PermissionDenied { reason, .. } => StoreError::NotWritable(reason),
-            other => other,
-        };
+        let reason = self.explained(reason);
         let mut degraded = self.degraded.lock().expect("guard state");
         let reopen = degraded.as_ref().is_some_and(|d| d.reopen) || self.reopen.is_some();
         let first = degraded.is_none();
@@ -182,6 +192,21 @@ impl Guarded {
         );
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(recover_in_background(self.me.clone()));
+        }
+    }
+
+    /// A failure that refuses writes, as refusals say it: the cause, and
+    /// which store (a device's path is what an operator needs).
+    fn explained(&self, e: StoreError) -> StoreError {
+        let cause = match e {
+            StoreError::NotWritable(cause) => cause,
+            StoreError::PermissionDenied { reason, .. } => reason,
+            other => other.to_string(),
+        };
+        let store = self.describe();
+        match cause.contains(&store) {
+            true => StoreError::NotWritable(cause),
+            false => StoreError::NotWritable(format!("{cause} ({store})")),
         }
     }
 
@@ -221,10 +246,7 @@ impl Guarded {
             Err(reason) => {
                 if let Some(d) = degraded.as_mut() {
                     d.checked = Instant::now();
-                    d.reason = match reason {
-                        e if e.refuses_writes() => e,
-                        other => StoreError::NotWritable(other.to_string()),
-                    };
+                    d.reason = self.explained(reason);
                 }
                 false
             }

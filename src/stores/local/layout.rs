@@ -49,7 +49,8 @@ use std::os::fd::OwnedFd;
 use rustix::fs::{AtFlags, Dir, FileType, FlockOperation, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
-use super::{INTERNAL_DIR, TMP_MARK, create_new, open_beneath, open_dir_beneath, temporary_name};
+use super::files::{create_new, open_beneath, open_dir_beneath, temporary_name};
+use super::{INTERNAL_DIR, TMP_MARK};
 
 /// The layout this release reads and writes.
 pub(super) const LAYOUT: u32 = 2;
@@ -310,7 +311,8 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
     use std::path::Path;
 
-    use super::super::{LocalStore, version_of};
+    use super::super::LocalStore;
+    use super::super::files::version_of;
     use crate::stores::{Store, Version};
 
     /// Lays out a root as layout 1 did: each object's file at its key (a

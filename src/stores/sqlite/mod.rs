@@ -74,14 +74,7 @@ const SETTINGS: &[Setting] = &[
         default: Some("./stategate.db"),
         help: "the database file (created if missing)",
     },
-    Setting {
-        name: "min_free_bytes",
-        aliases: &["minFreeBytes"],
-        env: &["STATEGATE_MIN_FREE_BYTES"],
-        secret: false,
-        default: None,
-        help: "below this many free bytes on the device, new state versions are refused while locks, unlocks, deletes and purges still work (default: 64 MiB, or 1% of the device if less; 0 turns it off)",
-    },
+    super::guard::MIN_FREE_BYTES,
 ];
 
 /// The validated settings of the SQLite store.

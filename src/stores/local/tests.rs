@@ -1,0 +1,164 @@
+//! Unit tests of the local store on a temporary directory: temporaries on
+//! both write paths, keys below keys, a killed writer's leftovers, leases
+//! across two opens of one root.
+
+use std::fs;
+use std::path::Path;
+
+use bytes::Bytes;
+
+use super::{LocalStore, TMP_DIR, TMP_MARK};
+use crate::stores::{Condition, OpDelete, OpList, Store, StoreError, StoreExt};
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn writes_leave_no_temporary_behind_on_either_path() {
+    for named in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = if named {
+            LocalStore::open_dir_with_named_temporaries(dir.path()).unwrap()
+        } else {
+            LocalStore::open_dir(dir.path()).unwrap()
+        };
+        assert_eq!(store.0.unnamed, !named, "unnamed files work here");
+        let v1 = store
+            .put("team/a", Bytes::from_static(b"one"), Condition::IfAbsent)
+            .await
+            .unwrap();
+        store
+            .put("team/a", Bytes::from_static(b"two"), Condition::IfMatch(v1))
+            .await
+            .unwrap();
+        let refused = store
+            .put("team/a", Bytes::from_static(b"x"), Condition::IfAbsent)
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::AlreadyExists)),
+            "{refused:?}"
+        );
+        assert_eq!(store.get("team/a").await.unwrap().unwrap().body, "two");
+        assert_eq!(names(&dir.path().join("team")), ["a+"], "named: {named}");
+        assert!(
+            names(&dir.path().join(TMP_DIR)).is_empty(),
+            "named: {named}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_key_and_the_keys_below_it_are_all_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open_dir(dir.path()).unwrap();
+    // In both orders, with each one's lock, and history beside a state
+    // named like a history file.
+    let keys = [
+        "a/b",
+        "a",
+        "a/b/c",
+        "a.tflock",
+        "a/b.tflock",
+        "x/y",
+        "x",
+        ".stategate/history/a/newest.json/0000000001.json",
+        ".stategate/history/a/newest.json",
+    ];
+    for key in keys {
+        store
+            .put(key, Bytes::from(key), Condition::IfAbsent)
+            .await
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+    }
+    for key in keys {
+        assert_eq!(store.get(key).await.unwrap().unwrap().body, key);
+    }
+    let listed = |prefix: &'static str| {
+        let store = store.clone();
+        async move {
+            let entries = store.list(prefix, OpList::default()).await.unwrap();
+            entries.into_iter().map(|e| e.key).collect::<Vec<_>>()
+        }
+    };
+    let mut all = keys.to_vec();
+    all.sort();
+    assert_eq!(listed("").await, all);
+    assert_eq!(
+        listed("a").await,
+        ["a", "a.tflock", "a/b", "a/b.tflock", "a/b/c"]
+    );
+    assert_eq!(listed("a/b").await, ["a/b", "a/b.tflock", "a/b/c"]);
+    assert_eq!(
+        store
+            .list("", OpList::outside_internal())
+            .await
+            .unwrap()
+            .len(),
+        keys.len() - 2
+    );
+    store
+        .delete("a", OpDelete::new(Condition::Always))
+        .await
+        .unwrap();
+    assert!(store.get("a").await.unwrap().is_none());
+    assert_eq!(store.get("a/b/c").await.unwrap().unwrap().body, "a/b/c");
+    // No key reaches a name the layout gives a file.
+    let refused = store.get("a+").await.unwrap_err();
+    assert!(refused.to_string().contains("refusing key"), "{refused}");
+}
+
+#[tokio::test]
+async fn a_killed_writers_temporary_is_skipped_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open_dir(dir.path()).unwrap();
+    store
+        .put("team/a", Bytes::from_static(b"{}"), Condition::Always)
+        .await
+        .unwrap();
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let dead_name = format!("{TMP_MARK}{dead}-1-2");
+    let live_name = format!("{TMP_MARK}{}-1-2", std::process::id());
+    for name in [&dead_name, &live_name] {
+        fs::write(dir.path().join("team").join(name), b"partial").unwrap();
+    }
+    let listed: Vec<String> = store
+        .list("", OpList::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(listed, ["team/a"]);
+    assert_eq!(
+        names(&dir.path().join("team")),
+        ["a+".to_string(), live_name.clone()]
+    );
+    // No key can name a temporary.
+    for key in [live_name.clone(), format!("team/{live_name}")] {
+        let e = store.get(&key).await.unwrap_err();
+        assert!(e.to_string().contains("refusing key"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn a_lease_excludes_another_store_on_the_root_until_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two opens of one root, as two processes would have.
+    let a = LocalStore::open_dir(dir.path()).unwrap();
+    let b = LocalStore::open_dir(dir.path()).unwrap();
+    let wait = std::time::Duration::from_millis(100);
+    let held = a.native_lease("team/a", wait).await.unwrap();
+    let busy = b.native_lease("team/a", wait).await.unwrap_err();
+    assert!(busy.is_unavailable(), "{busy}");
+    b.native_lease("team/b", wait).await.unwrap();
+    drop(held);
+    b.native_lease("team/a", wait).await.unwrap();
+}
