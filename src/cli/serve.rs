@@ -110,8 +110,8 @@ pub async fn check(settings: &Settings) -> Result<()> {
     println!("  storageType: {}", settings.backend.name);
     println!("  store settings: {:?}", settings.store);
     println!(
-        "  history_keep: {}, protect_lineage: {}",
-        settings.history_keep, settings.protect_lineage
+        "  history_keep: {}, protect_lineage: {}, read_only: {}",
+        settings.history_keep, settings.protect_lineage, settings.read_only
     );
     let auth_line = match (&settings.auth, &auth) {
         (AuthSetting::Disabled, _) => "none (anyone who reaches the port)".to_string(),

@@ -173,7 +173,8 @@ impl States {
                 lease.check()?;
             }
             // A new version needs room; a repeated one (above) needs none.
-            if let Some(refused) = self.store.writes().space.and_then(|s| s.refusal()) {
+            let space = self.store.writes().space;
+            if let Some(refused) = space.and_then(|s| s.refusal(body.len())) {
                 return Err(refused.into());
             }
             let version = match self

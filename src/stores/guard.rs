@@ -66,11 +66,71 @@ pub type Reopen = Box<dyn Fn() -> BoxFuture<Result<Arc<dyn Store>, OpenError>> +
 pub struct Reserve {
     /// A directory on the device holding the store.
     pub dir: PathBuf,
+    /// The spare file kept on that device ([`SPARE_BYTES`]), given up when
+    /// the device is full so that locks, unlocks, deletes and purges (and
+    /// opening the store) still find room.
+    pub spare: PathBuf,
     /// `min_free_bytes`; `None` for the default.
     pub min_free: Option<u64>,
 }
 
+/// The size of the spare file: 4 MiB, or 1/32 of a small device. A lock
+/// cycle or deleting a state writes a few small objects; SQLite's log
+/// needs a few pages for each.
+const SPARE_BYTES: u64 = 4 * 1024 * 1024;
+
 impl Reserve {
+    /// Gives up the spare file; whether there was one to give up.
+    pub fn release_spare(&self) -> bool {
+        let size = std::fs::symlink_metadata(&self.spare).map_or(0, |m| m.len());
+        if std::fs::remove_file(&self.spare).is_err() {
+            return false;
+        }
+        tracing::warn!(
+            spare = %self.spare.display(),
+            bytes = size,
+            "the device is full: gave up the spare file so that locks, deletes and purges still \
+             work; it is made again once space is freed"
+        );
+        true
+    }
+
+    /// Makes the spare file when it is missing and the device has room for
+    /// it beyond the reserve.
+    fn keep_spare(&self) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let Some(space) = self.space() else {
+            return;
+        };
+        let size = SPARE_BYTES.min(space.size / 32);
+        if size == 0
+            || std::fs::symlink_metadata(&self.spare).is_ok()
+            || space.free < space.reserve.saturating_add(size.saturating_mul(2))
+        {
+            return;
+        }
+        let made = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&self.spare)
+            .and_then(|mut file| {
+                let zeros = vec![0u8; 64 * 1024];
+                let mut left = size;
+                while left > 0 {
+                    let n = left.min(zeros.len() as u64) as usize;
+                    file.write_all(&zeros[..n])?;
+                    left -= n as u64;
+                }
+                file.sync_all()
+            });
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&self.spare);
+            tracing::debug!(spare = %self.spare.display(), error = %e, "making the spare file failed");
+        }
+    }
+
     /// The room on the device now; `None` when it cannot be asked.
     fn space(&self) -> Option<Space> {
         let stat = rustix::fs::statvfs(&self.dir).ok()?;
@@ -80,6 +140,7 @@ impl Reserve {
             .min_free
             .unwrap_or_else(|| DEFAULT_RESERVE.min(size / 100));
         Some(Space {
+            size,
             free: stat.f_bavail.saturating_mul(unit),
             reserve,
             place: self.dir.display().to_string(),
@@ -128,6 +189,9 @@ impl Guarded {
 
     /// A store that takes writes.
     pub fn serving(inner: Arc<dyn Store>, reserve: Option<Reserve>) -> Arc<Self> {
+        if let Some(reserve) = &reserve {
+            reserve.keep_spare();
+        }
         Arc::new_cyclic(|me| Self::new(me, inner, reserve))
     }
 
@@ -203,6 +267,15 @@ impl Guarded {
             StoreError::PermissionDenied { reason, .. } => reason,
             other => other.to_string(),
         };
+        // A full device is the cause, whatever the store made of it (SQLite
+        // says "disk I/O error" when it cannot make its shared memory).
+        let space = self.reserve.as_ref().and_then(Reserve::space);
+        let cause = match space {
+            Some(space) if space.free == 0 => {
+                format!("no space left on the device holding {}", space.place)
+            }
+            _ => cause,
+        };
         let store = self.describe();
         match cause.contains(&store) {
             true => StoreError::NotWritable(cause),
@@ -240,6 +313,10 @@ impl Guarded {
             Ok(store) => {
                 *self.inner.write().expect("guarded store") = store;
                 *degraded = None;
+                drop(degraded);
+                if let Some(reserve) = &self.reserve {
+                    reserve.keep_spare();
+                }
                 tracing::info!(store = %self.describe(), "the store takes writes again");
                 true
             }
@@ -282,6 +359,13 @@ impl Guarded {
             return Err(self.refusal().unwrap_or(reason));
         }
         Ok(self.inner())
+    }
+
+    /// Gives up the spare file after `result`, a change that found the
+    /// device full; whether the change is worth making again.
+    fn room_made<T>(&self, result: &Result<T, StoreError>) -> bool {
+        matches!(result, Err(StoreError::NotWritable(_)))
+            && self.reserve.as_ref().is_some_and(Reserve::release_spare)
     }
 
     /// Passes a change's failure on, degrading first when it says the
@@ -350,12 +434,20 @@ impl Store for Guarded {
 
     async fn write(&self, key: &str, body: Payload, args: OpWrite) -> Result<Version, StoreError> {
         let store = self.admit().await?;
-        self.observe(store.write(key, body, args).await)
+        let mut result = store.write(key, body.clone(), args.clone()).await;
+        if self.room_made(&result) {
+            result = store.write(key, body, args).await;
+        }
+        self.observe(result)
     }
 
     async fn delete(&self, key: &str, args: OpDelete) -> Result<(), StoreError> {
         let store = self.admit().await?;
-        self.observe(store.delete(key, args).await)
+        let mut result = store.delete(key, args.clone()).await;
+        if self.room_made(&result) {
+            result = store.delete(key, args).await;
+        }
+        self.observe(result)
     }
 
     async fn list(&self, prefix: &str, args: OpList) -> Result<Vec<Entry>, StoreError> {
@@ -376,7 +468,23 @@ impl Store for Guarded {
             .admit()
             .await
             .map_err(|error| Stopped { at: 0, error })?;
-        match store.change_all(changes).await {
+        let mut changes = changes;
+        let mut result = store.change_all(changes.clone()).await;
+        if let Err(Stopped { at, error }) = &result
+            && self.room_made(&Err::<(), _>(error.clone()))
+        {
+            // The changes before `at` are made; the rest are tried again.
+            let done = *at;
+            changes.drain(..done);
+            result = store
+                .change_all(changes)
+                .await
+                .map_err(|Stopped { at, error }| Stopped {
+                    at: at + done,
+                    error,
+                });
+        }
+        match result {
             Err(Stopped { at, error }) => self
                 .observe(Err(error))
                 .map_err(|error| Stopped { at, error }),
@@ -392,6 +500,10 @@ impl Store for Guarded {
         body: &Payload,
     ) -> Result<(), StoreError> {
         let store = self.admit().await?;
-        self.observe(store.snapshot(from, from_version, to, body).await)
+        let mut result = store.snapshot(from, from_version, to, body).await;
+        if self.room_made(&result) {
+            result = store.snapshot(from, from_version, to, body).await;
+        }
+        self.observe(result)
     }
 }

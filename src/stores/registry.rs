@@ -118,9 +118,21 @@ pub async fn open(
             store: Guarded::read_only(store),
         });
     }
-    let store = match (backend.open)(settings.clone()).await {
-        Ok(store) => store,
-        Err(failed) => {
+    let mut attempt = open_and_probe(backend, &settings).await;
+    // On a full device, the spare file kept for this makes the room that
+    // opening and the probe need.
+    if attempt.is_err() && reserve.as_ref().is_some_and(Reserve::release_spare) {
+        attempt = open_and_probe(backend, &settings).await;
+    }
+    let (store, report) = match attempt {
+        Ok(opened) => opened,
+        Err(Failed::Probe(store, reason)) if can_read(store.as_ref()).await => {
+            return Ok(degraded(store, reserve, reason, None, allow_unsafe));
+        }
+        Err(Failed::Probe(store, reason)) => {
+            return Err(OpenError::store(store.describe(), reason));
+        }
+        Err(Failed::Open(failed)) => {
             // Opening for serving writes (a log, a table, a marker); a
             // store that is there and can be read is served degraded.
             let Ok(Some(store)) = readable(backend, settings.clone()).await else {
@@ -137,22 +149,6 @@ pub async fn open(
                 StoreError::NotWritable(format!("opening it for writing failed: {failed}"));
             return Ok(degraded(store, reserve, reason, Some(reopen), allow_unsafe));
         }
-    };
-    let tag = format!(
-        "{}-{}",
-        std::process::id(),
-        OffsetDateTime::now_utc().unix_timestamp_nanos()
-    );
-    let report = match probe(store.as_ref(), &tag).await {
-        Ok(report) => report,
-        Err(reason) if can_read(store.as_ref()).await => {
-            let reason = match reason {
-                e if e.refuses_writes() => e,
-                other => StoreError::NotWritable(other.to_string()),
-            };
-            return Ok(degraded(store, reserve, reason, None, allow_unsafe));
-        }
-        Err(reason) => return Err(OpenError::store(store.describe(), reason)),
     };
     if !report.stale_write_refused {
         return Err(OpenError::UnsafeWrites {
@@ -172,6 +168,33 @@ pub async fn open(
         store: Guarded::serving(store, reserve),
         report,
     })
+}
+
+/// Why opening for serving failed.
+enum Failed {
+    /// The store could not be opened.
+    Open(OpenError),
+    /// It opened, and the probe's writes failed.
+    Probe(Arc<dyn Store>, StoreError),
+}
+
+/// Opens the store for serving and probes it.
+async fn open_and_probe(
+    backend: &'static Backend,
+    settings: &StoreSettings,
+) -> Result<(Arc<dyn Store>, ProbeReport), Failed> {
+    let store = (backend.open)(settings.clone())
+        .await
+        .map_err(Failed::Open)?;
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        OffsetDateTime::now_utc().unix_timestamp_nanos()
+    );
+    match probe(store.as_ref(), &tag).await {
+        Ok(report) => Ok((store, report)),
+        Err(reason) => Err(Failed::Probe(store, reason)),
+    }
 }
 
 /// A store served degraded for `reason`: what its own settings claim
@@ -216,8 +239,19 @@ fn reserve(backend: &Backend, settings: &StoreSettings) -> Result<Option<Reserve
         }
         _ => return Ok(None),
     };
+    let spare = match backend.name {
+        "local" => dir.join(".stategate/local/spare"),
+        _ => {
+            let mut name = sqlite::SqliteConfig::from_settings(settings)?
+                .path
+                .into_os_string();
+            name.push(".spare");
+            name.into()
+        }
+    };
     Ok(Some(Reserve {
         dir,
+        spare,
         min_free: settings.u64("min_free_bytes")?,
     }))
 }

@@ -263,6 +263,8 @@ pub struct Writes {
 /// The room on the device holding a store on this machine's disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Space {
+    /// The device's size in bytes.
+    pub size: u64,
     /// Bytes free for stategate's use.
     pub free: u64,
     /// Below this many free bytes, new state versions are refused while
@@ -273,13 +275,14 @@ pub struct Space {
 }
 
 impl Space {
-    /// Why a new state version is refused now; `None` while there is room.
-    pub fn refusal(&self) -> Option<StoreError> {
-        (self.free < self.reserve).then(|| {
+    /// Why a new state version of `size` bytes is refused now: when it
+    /// would leave less than the reserve free. `None` while there is room.
+    pub fn refusal(&self, size: u64) -> Option<StoreError> {
+        (self.free < self.reserve.saturating_add(size)).then(|| {
             StoreError::NotWritable(format!(
-                "{} bytes free on the device holding {}, below the reserve of {} bytes \
-                 (min_free_bytes): new state versions are refused until space is freed; \
-                 locks, unlocks, deletes and purges still work",
+                "{} bytes free on the device holding {}, and a new version of {size} bytes would \
+                 leave less than the reserve of {} bytes (min_free_bytes): new state versions are \
+                 refused until space is freed; locks, unlocks, deletes and purges still work",
                 self.free, self.place, self.reserve
             ))
         })

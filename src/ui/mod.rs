@@ -73,6 +73,8 @@ pub struct Viewer {
     /// `None` when no authentication is configured: everyone is an admin.
     identity: Option<Identity>,
     auth: Option<Arc<Auth>>,
+    /// Why the store takes no changes now, shown on every page.
+    writes_refused: Option<String>,
 }
 
 impl Viewer {
@@ -142,11 +144,13 @@ async fn viewer(
     req: &Request<Incoming>,
     page: &PageRequest,
 ) -> Result<Viewer, ProtocolError> {
+    let writes_refused = app.states.store().writes().refused.map(|e| e.to_string());
     let auth = app.auth.read().expect("auth lock").clone();
     let Some(auth) = auth else {
         return Ok(Viewer {
             identity: None,
             auth: None,
+            writes_refused,
         });
     };
     let identity = access::authenticate(
@@ -162,6 +166,7 @@ async fn viewer(
     Ok(Viewer {
         identity: Some(identity),
         auth: Some(auth),
+        writes_refused,
     })
 }
 

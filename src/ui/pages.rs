@@ -124,6 +124,8 @@ pub(super) struct Layout<'a> {
     pub(super) base: &'a str,
     pub(super) title: String,
     pub(super) who: String,
+    /// Why the store takes no changes now (read-only, or degraded).
+    pub(super) writes_refused: String,
 }
 
 impl<'a> Layout<'a> {
@@ -132,6 +134,9 @@ impl<'a> Layout<'a> {
             base,
             title: title.into(),
             who: viewer.map(|v| v.name().to_string()).unwrap_or_default(),
+            writes_refused: viewer
+                .and_then(|v| v.writes_refused.clone())
+                .unwrap_or_default(),
         }
     }
 }

@@ -224,6 +224,10 @@ impl SqliteStore {
             writes: Mutex::new(writes),
             commits: std::sync::atomic::AtomicU64::new(0),
         });
+        // Only a new file takes this (before its first table, and before it
+        // turns to WAL): pages freed by deletes can then go back to the
+        // device (see the writer's `give_back`).
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         Pool::configure(&conn)?;
         conn.execute_batch(SCHEMA)?;
         move_body_last(&conn)?;

@@ -182,7 +182,42 @@ impl Pool {
         for job in applied {
             job.finish(committed.clone());
         }
-        if broken { Err(()) } else { Ok(()) }
+        if broken {
+            return Err(());
+        }
+        give_back(db);
+        Ok(())
+    }
+}
+
+/// Free pages (of a file made with incremental vacuum) beyond which they
+/// go back to the device: an eighth of the file, and at least 1 MiB of
+/// 4 KiB pages, so pruning a version now and then moves nothing while
+/// deleting or purging states frees the disk.
+const FREE_PAGES_KEPT: i64 = 256;
+
+/// Gives pages freed by deletes back to the device when many are free, and
+/// shortens the log to match, so purging states frees disk space. Does
+/// nothing on a file made without incremental vacuum; a failure (the
+/// device is full) leaves the pages for later writes to reuse.
+fn give_back(db: &Connection) {
+    let pages = |pragma: &str| db.pragma_query_value(None, pragma, |r| r.get::<_, i64>(0));
+    let (Ok(free), Ok(total), Ok(mode)) = (
+        pages("freelist_count"),
+        pages("page_count"),
+        pages("auto_vacuum"),
+    ) else {
+        return;
+    };
+    // 2 is incremental.
+    if mode != 2 || free <= FREE_PAGES_KEPT.max(total / 8) {
+        return;
+    }
+    let given = db
+        .execute_batch("PRAGMA incremental_vacuum")
+        .and_then(|()| db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)"));
+    if let Err(e) = given {
+        tracing::debug!(error = %e, "giving free pages back to the device failed");
     }
 }
 
