@@ -276,9 +276,11 @@ pub struct Space {
 
 impl Space {
     /// Why a new state version of `size` bytes is refused now: when it
-    /// would leave less than the reserve free. `None` while there is room.
+    /// would leave less than the reserve free. `None` while there is room,
+    /// and always with no reserve (`min_free_bytes: 0`).
     pub fn refusal(&self, size: u64) -> Option<StoreError> {
-        (self.free < self.reserve.saturating_add(size)).then(|| {
+        let short = self.reserve > 0 && self.free < self.reserve.saturating_add(size);
+        short.then(|| {
             StoreError::NotWritable(format!(
                 "{} bytes free on the device holding {}, and a new version of {size} bytes would \
                  leave less than the reserve of {} bytes (min_free_bytes): new state versions are \

@@ -19,6 +19,7 @@ mod configuration;
 mod crash;
 #[cfg(feature = "db")]
 mod db;
+mod degraded;
 // The documents show every store, so their snippets need every store's peer.
 #[cfg(all(feature = "s3", feature = "oss", feature = "db"))]
 mod docs;

@@ -275,8 +275,8 @@ impl SqliteStore {
             writes: Mutex::new(writes),
             commits: std::sync::atomic::AtomicU64::new(0),
         };
-        let conn = pool.connect()?;
-        pool.idle.lock().expect("pool lock").push(conn);
+        // Proves the file can be read; kept by no one (see `run_inner`).
+        drop(pool.connect()?);
         Ok(Some(SqliteStore(Arc::new(pool))))
     }
 
@@ -342,8 +342,12 @@ impl SqliteStore {
             let result = f(&mut conn);
             // A write that landed in a file removed meanwhile is lost: say so.
             pool.check_identity()?;
-            // A connection that failed may be in a bad state; drop it.
-            if !matches!(&result, Err(e) if e.is_unavailable()) {
+            // A connection that failed may be in a bad state; drop it. A
+            // read-only store keeps none: SQLite shares one view of the
+            // file's shared memory among a process's connections, and a
+            // read-only one left open would make the store opened for
+            // writing once the file system takes writes again read-only.
+            if !pool.read_only && !matches!(&result, Err(e) if e.is_unavailable()) {
                 pool.idle.lock().expect("pool lock").push(conn);
             }
             result

@@ -1,0 +1,623 @@
+//! When the store cannot take writes: a full device (a tmpfs of a few MiB
+//! mounted by the test), a read-only remount, a PostgreSQL role whose
+//! transactions are read-only, and `read_only: true` on every store. Reads
+//! keep working through all of it, changes get 503 naming the cause,
+//! `/readyz` says why, and writes resume by themselves once the store takes
+//! them again. Mounting needs root, as CI runs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::support::db::{DbPeer, Engine, USER};
+use crate::support::stores::{LocalPeer, SqlitePeer, files_below};
+use crate::support::*;
+
+/// A tmpfs of a fixed size on a temporary directory, unmounted when dropped.
+struct Tmpfs {
+    dir: TempDir,
+}
+
+impl Tmpfs {
+    fn mount(mib: u64) -> Tmpfs {
+        let dir = TempDir::new().expect("temp dir");
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output()
+            .expect("run mount(8): install util-linux");
+        assert!(
+            out.status.success(),
+            "mounting a {mib} MiB tmpfs failed; these tests need root (as CI runs) and \
+             mount(8) from util-linux: {}",
+            text(&out.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn remount(&self, options: &str) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(self.path())
+            .output()
+            .expect("run mount(8)");
+        assert!(
+            out.status.success(),
+            "remount {options}: {}",
+            text(&out.stderr)
+        );
+    }
+
+    /// Takes every free byte with a file of its own; returns its path.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut file = std::fs::File::create(&path).expect("create the filler");
+        let block = vec![0u8; 64 * 1024];
+        let mut size = block.len();
+        while size > 0 {
+            match file.write(&block[..size]) {
+                Ok(_) => {}
+                Err(_) => size /= 2,
+            }
+        }
+        let _ = file.sync_all();
+        assert_eq!(self.free_bytes(), 0, "the device should be full");
+        path
+    }
+
+    fn free_bytes(&self) -> u64 {
+        let stat = rustix::fs::statvfs(self.path()).expect("statvfs");
+        stat.f_bavail * stat.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+    }
+}
+
+/// A local or SQLite store on a tmpfs, with more settings.
+struct OnDevice {
+    kind: &'static str,
+    device: Tmpfs,
+    extra: Vec<(String, String)>,
+}
+
+impl OnDevice {
+    fn new(kind: &'static str, mib: u64, extra: &[(&str, &str)]) -> OnDevice {
+        OnDevice {
+            kind,
+            device: Tmpfs::mount(mib),
+            extra: extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn store_path(&self) -> PathBuf {
+        match self.kind {
+            "local" => self.device.path().join("data"),
+            _ => self.device.path().join("states.db"),
+        }
+    }
+}
+
+impl Peer for OnDevice {
+    fn storage_type(&self) -> &str {
+        self.kind
+    }
+
+    fn settings(&self) -> Vec<(String, String)> {
+        let mut s = vec![("path".into(), self.store_path().display().to_string())];
+        s.extend(self.extra.iter().cloned());
+        s
+    }
+
+    /// Every file on the device: what a test compares to see that nothing
+    /// was written.
+    fn object_keys(&self) -> Vec<String> {
+        files_below(self.device.path())
+    }
+
+    fn put_object(&self, _: &str, _: &[u8]) {
+        unreachable!("these tests write through stategate only")
+    }
+
+    fn object_bytes(&self, _: &str) -> Vec<u8> {
+        unreachable!("these tests read through stategate only")
+    }
+}
+
+/// Polls `f` for up to 30 s (the background probe runs every 5 s).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn readyz(server: &Server) -> (u16, String) {
+    let (status, body) = http("GET", &format!("{}/readyz", server.url), b"");
+    (status, text(&body))
+}
+
+fn metric(server: &Server, name: &str) -> Option<String> {
+    let (_, body) = http("GET", &format!("{}/metrics", server.url), b"");
+    text(&body)
+        .lines()
+        .find(|l| l.starts_with(name))
+        .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+}
+
+/// Every change answers 503 with `reason` in its body, and reads work.
+fn changes_refused(server: &Server, key: &str, body: &[u8], reason: &str) {
+    let url = server.state_url(key);
+    for (method, payload) in [
+        ("LOCK", lock_info("refused", "ci")),
+        ("POST", state_doc("new-lineage", 1, "refused")),
+        ("DELETE", Vec::new()),
+    ] {
+        let (status, answer) = http(method, &url, &payload);
+        assert_eq!(status, 503, "{method} {key}: {}", text(&answer));
+        assert!(
+            text(&answer).contains(reason),
+            "{method} {key} names the cause `{reason}`: {}",
+            text(&answer)
+        );
+    }
+    let (status, got) = http("GET", &url, b"");
+    assert_eq!((status, got.as_slice()), (200, body), "GET {key}");
+}
+
+/// Fills the device through stategate (new states until one is refused
+/// with 503), then takes what is left with a file; returns every state
+/// acknowledged, with its body, and the files that freeing space removes
+/// (one of them put there first, as other data on the device).
+fn fill_through_stategate(
+    server: &Server,
+    device: &Tmpfs,
+) -> (Vec<(String, Vec<u8>)>, [PathBuf; 2]) {
+    let other = device.path().join("other-data");
+    std::fs::write(&other, vec![7u8; 4 * 1024 * 1024]).expect("write other data");
+    let mut stored = Vec::new();
+    for n in 0.. {
+        let key = format!("fill/s{n}");
+        let body = sized_state(&format!("fill-{n}"), 1, 512 * 1024);
+        let (status, answer) = http("POST", &server.state_url(&key), &body);
+        if status == 503 {
+            assert!(
+                text(&answer).contains("no space left on the device"),
+                "a write that does not fit names the cause: {}",
+                text(&answer)
+            );
+            break;
+        }
+        assert_eq!(status, 200, "POST {key}: {}", text(&answer));
+        stored.push((key, body));
+        assert!(n < 200, "the device never filled");
+    }
+    assert!(stored.len() >= 3, "only {} states fit", stored.len());
+    (stored, [other, device.fill()])
+}
+
+/// A full device, then a restart (a deploy, a crash): stategate starts,
+/// serves every state and its history, says why it takes no writes, and
+/// takes them again once space is freed, without a restart.
+fn full_device_then_restart(kind: &'static str) {
+    let peer = OnDevice::new(kind, 24, &[("min_free_bytes", "0")]);
+    let server = Server::start(&peer);
+    let (stored, fillers) = fill_through_stategate(&server, &peer.device);
+    assert!(server.terminate(), "stategate stops on SIGTERM");
+
+    let server = Server::start(&peer);
+    let log = server.log();
+    assert!(
+        log.contains("serving reads only"),
+        "the start-up warns that only reads are served:\n{log}"
+    );
+    for (n, (key, body)) in stored.iter().enumerate() {
+        let (status, got) = http("GET", &server.state_url(key), b"");
+        assert_eq!(
+            (status, got.as_slice()),
+            (200, body.as_slice()),
+            "GET {key}"
+        );
+        let (status, history) = http("GET", &format!("{}?history", server.state_url(key)), b"");
+        assert_eq!(status, 200, "history of {key}: {}", text(&history));
+        // The last write may have fitted without its history copy: it is
+        // acknowledged, and the log said then that its record failed.
+        if n + 1 < stored.len() {
+            assert!(text(&history).contains("\"version\""), "{}", text(&history));
+        }
+    }
+    let (status, reason) = readyz(&server);
+    assert_eq!(status, 503, "/readyz while degraded: {reason}");
+    assert!(
+        reason.contains("cannot take writes") && reason.contains("no space left on the device"),
+        "/readyz names the cause: {reason}"
+    );
+    let (status, _) = http("GET", &format!("{}/healthz", server.url), b"");
+    assert_eq!(status, 200, "/healthz stays 200");
+    assert_eq!(
+        metric(&server, "stategate_store_writable").as_deref(),
+        Some("0")
+    );
+    let (key, body) = &stored[0];
+    changes_refused(&server, key, body, "no space left on the device");
+    let (status, page) = http("GET", &format!("{}/ui/", server.url), b"");
+    assert_eq!(status, 200);
+    assert!(
+        text(&page).contains("Reads only: the store cannot take writes"),
+        "the dashboard says only reads are served"
+    );
+
+    for filler in fillers {
+        std::fs::remove_file(filler).unwrap();
+    }
+    eventually("writes resuming", || readyz(&server).0 == 200);
+    let (status, answer) = http(
+        "POST",
+        &server.state_url("after/space"),
+        &state_doc("a", 1, "a"),
+    );
+    assert_eq!(
+        status,
+        200,
+        "a write once space is freed: {}",
+        text(&answer)
+    );
+    assert_eq!(
+        metric(&server, "stategate_store_writable").as_deref(),
+        Some("1")
+    );
+    assert!(server.logs("the store takes writes again"));
+}
+
+#[test]
+fn local_full_device_then_restart_serves_reads_and_recovers() {
+    full_device_then_restart("local");
+}
+
+#[test]
+fn sqlite_full_device_then_restart_serves_reads_and_recovers() {
+    full_device_then_restart("sqlite");
+}
+
+/// Below `min_free_bytes`, new versions are refused while a lock cycle,
+/// a delete and a purge still work, and free space shows on `/metrics`.
+fn below_the_reserve(kind: &'static str) {
+    let peer = OnDevice::new(kind, 24, &[("min_free_bytes", "12000000")]);
+    let server = Server::start(&peer);
+    let mut stored = Vec::new();
+    let refusal = loop {
+        let n = stored.len();
+        let key = format!("r/s{n}");
+        let body = sized_state(&format!("r-{n}"), 1, 512 * 1024);
+        let (status, answer) = http("POST", &server.state_url(&key), &body);
+        if status != 200 {
+            assert_eq!(status, 503, "{}", text(&answer));
+            break text(&answer);
+        }
+        stored.push((key, body));
+        assert!(n < 100, "the reserve was never reached");
+    };
+    assert!(
+        refusal.contains("min_free_bytes") && refusal.contains("locks, unlocks, deletes"),
+        "the refusal names the reserve: {refusal}"
+    );
+    // A repeated write of the same bytes (a retry) needs no room.
+    let (key, body) = &stored[0];
+    assert_eq!(http("POST", &server.state_url(key), body).0, 200);
+    let free = metric(&server, "stategate_store_free_bytes").expect("the free-bytes gauge");
+    assert!(
+        free.parse::<u64>().unwrap() < 12_000_000 + 512 * 1024,
+        "{free}"
+    );
+    // A lock cycle and a delete work below the reserve.
+    let url = server.state_url(key);
+    assert_eq!(http("LOCK", &url, &lock_info("l1", "ci")).0, 200);
+    assert_eq!(http("UNLOCK", &url, &lock_info("l1", "ci")).0, 200);
+    assert_eq!(
+        readyz(&server).0,
+        200,
+        "below the reserve the server is still ready"
+    );
+    for (key, _) in &stored {
+        let (status, answer) = http("DELETE", &server.state_url(key), b"");
+        assert_eq!(status, 200, "DELETE {key}: {}", text(&answer));
+    }
+    // The operator frees the space with the purge command, beside the server.
+    for (key, _) in &stored {
+        let out = stategate_ok(&peer, &["state", "purge", key]);
+        assert!(out.contains("purged"), "{out}");
+    }
+    let (status, answer) = http(
+        "POST",
+        &server.state_url("r/after"),
+        &state_doc("a", 1, "a"),
+    );
+    assert_eq!(
+        status,
+        200,
+        "a write once space is freed: {}",
+        text(&answer)
+    );
+}
+
+#[test]
+fn local_below_the_reserve_refuses_new_versions_and_keeps_locks_deletes_and_purges() {
+    below_the_reserve("local");
+}
+
+#[test]
+fn sqlite_below_the_reserve_refuses_new_versions_and_keeps_locks_deletes_and_purges() {
+    below_the_reserve("sqlite");
+}
+
+/// On a device filled by something else, locks, unlocks and deletes still
+/// work: the spare file stategate keeps there is given up for them.
+fn full_device_keeps_locks_and_deletes(kind: &'static str) {
+    let peer = OnDevice::new(kind, 24, &[]);
+    let server = Server::start(&peer);
+    let mut stored = Vec::new();
+    for n in 0..4 {
+        let key = format!("k/s{n}");
+        let body = sized_state(&format!("k-{n}"), 1, 256 * 1024);
+        assert_eq!(http("POST", &server.state_url(&key), &body).0, 200);
+        stored.push((key, body));
+    }
+    peer.device.fill();
+    let (key, _) = &stored[0];
+    let url = server.state_url(key);
+    let (status, answer) = http("LOCK", &url, &lock_info("full", "ci"));
+    assert_eq!(status, 200, "LOCK on a full device: {}", text(&answer));
+    let bigger = sized_state("k-0", 2, 1024 * 1024);
+    let (status, answer) = http("POST", &format!("{url}?ID=full"), &bigger);
+    assert_eq!(
+        status,
+        503,
+        "a new version on a full device: {}",
+        text(&answer)
+    );
+    let (status, answer) = http("UNLOCK", &url, &lock_info("full", "ci"));
+    assert_eq!(status, 200, "UNLOCK on a full device: {}", text(&answer));
+    let (status, answer) = http("DELETE", &server.state_url(&stored[1].0), b"");
+    assert_eq!(status, 200, "DELETE on a full device: {}", text(&answer));
+    for (key, body) in &stored[2..] {
+        assert_eq!(
+            http("GET", &server.state_url(key), b""),
+            (200, body.clone())
+        );
+    }
+    assert!(server.logs("gave up the spare file"));
+}
+
+#[test]
+fn local_full_device_keeps_locks_and_deletes() {
+    full_device_keeps_locks_and_deletes("local");
+}
+
+#[test]
+fn sqlite_full_device_keeps_locks_and_deletes() {
+    full_device_keeps_locks_and_deletes("sqlite");
+}
+
+/// A read-only remount: stategate starts, serves reads, refuses changes
+/// naming the read-only file system, and resumes after a remount rw.
+fn read_only_remount(kind: &'static str) {
+    let peer = OnDevice::new(kind, 16, &[]);
+    let server = Server::start(&peer);
+    let body = state_doc("ro", 1, "kept");
+    assert_eq!(http("POST", &server.state_url("ro/a"), &body).0, 200);
+    assert!(server.terminate());
+    peer.device.remount("ro");
+    let server = Server::start(&peer);
+    let cause = match kind {
+        "local" => "Read-only file system",
+        _ => "cannot take writes",
+    };
+    changes_refused(&server, "ro/a", &body, cause);
+    let (status, reason) = readyz(&server);
+    assert_eq!(status, 503, "{reason}");
+    peer.device.remount("rw");
+    eventually("writes resuming", || readyz(&server).0 == 200);
+    assert_eq!(
+        http("POST", &server.state_url("ro/b"), &state_doc("rw", 1, "x")).0,
+        200
+    );
+}
+
+#[test]
+fn local_read_only_remount_serves_reads_and_recovers() {
+    read_only_remount("local");
+}
+
+#[test]
+fn sqlite_read_only_remount_serves_reads_and_recovers() {
+    read_only_remount("sqlite");
+}
+
+/// A PostgreSQL role whose transactions are read-only (as on a hot
+/// standby): reads served, changes refused with the database's words,
+/// and writes resume once the role may write again.
+#[test]
+fn postgres_read_only_role_serves_reads_and_recovers() {
+    let peer = DbPeer::new(Engine::Postgres);
+    let server = Server::start(&peer);
+    let body = state_doc("pg", 1, "kept");
+    assert_eq!(http("POST", &server.state_url("pg/a"), &body).0, 200);
+    assert!(server.terminate());
+    let admin = |sql: &str| peer.server.sql(None, sql).expect(sql);
+    admin(&format!(
+        "ALTER ROLE {USER} IN DATABASE {} SET default_transaction_read_only = on",
+        peer.database
+    ));
+    let server = Server::start(&peer);
+    changes_refused(&server, "pg/a", &body, "read-only transaction");
+    assert_eq!(readyz(&server).0, 503);
+    admin(&format!(
+        "ALTER ROLE {USER} IN DATABASE {} RESET default_transaction_read_only",
+        peer.database
+    ));
+    eventually("writes resuming", || readyz(&server).0 == 200);
+    assert_eq!(
+        http("POST", &server.state_url("pg/b"), &state_doc("pg2", 1, "x")).0,
+        200
+    );
+}
+
+/// `read_only: true` on every store: the read paths work, every change is
+/// refused with 503, and nothing at all is written to the store.
+#[test]
+fn read_only_setting_serves_reads_on_every_store_and_writes_nothing() {
+    let peers: Vec<(&str, Box<dyn Peer>)> = vec![
+        ("local", Box::new(LocalPeer::new())),
+        ("sqlite", Box::new(SqlitePeer::new())),
+        ("s3", crate::s3::peer()),
+        ("oss", crate::oss::peer()),
+        ("postgres", Box::new(DbPeer::new(Engine::Postgres))),
+        ("mariadb", Box::new(DbPeer::new(Engine::Mariadb))),
+    ];
+    for (name, peer) in peers {
+        let writer = Server::start(peer.as_ref());
+        let first = state_doc("ro-lineage", 1, "one");
+        let second = state_doc("ro-lineage", 2, "two");
+        for body in [&first, &second] {
+            assert_eq!(
+                http("POST", &writer.state_url("team/app"), body).0,
+                200,
+                "{name}"
+            );
+        }
+        assert!(writer.terminate());
+        let before = peer.object_keys();
+        let before_bytes: Vec<Vec<u8>> = before.iter().map(|k| peer.object_bytes(k)).collect();
+
+        let server = Server::start_with(peer.as_ref(), &["--read-only", "true"]);
+        let url = server.state_url("team/app");
+        assert_eq!(http("GET", &url, b""), (200, second.clone()), "{name}: GET");
+        assert_eq!(http("HEAD", &url, b"").0, 200, "{name}: HEAD");
+        let (status, history) = http("GET", &format!("{url}?history"), b"");
+        assert_eq!(status, 200, "{name}: history");
+        let oldest = serde_json::from_slice::<serde_json::Value>(&history).unwrap()["versions"]
+            .as_array()
+            .and_then(|v| v.first())
+            .and_then(|v| v["version"].as_u64())
+            .unwrap_or_else(|| panic!("{name}: versions in {}", text(&history)));
+        let (status, old) = http("GET", &format!("{url}?version={oldest}"), b"");
+        assert_eq!((status, old), (200, first.clone()), "{name}: ?version");
+        let (status, page) = http("GET", &format!("{}/ui/", server.url), b"");
+        assert_eq!(status, 200, "{name}: dashboard");
+        assert!(text(&page).contains("team/app") && text(&page).contains("read-only"));
+        let (status, _) = http("GET", &format!("{}/api/v1/states", server.url), b"");
+        assert_eq!(status, 200, "{name}: the states API");
+        changes_refused(&server, "team/app", &second, "this stategate is read-only");
+        let (status, reason) = readyz(&server);
+        assert_eq!(status, 503, "{name}: {reason}");
+        assert!(server.terminate());
+        let after = peer.object_keys();
+        assert_eq!(before, after, "{name}: a read-only server wrote objects");
+        let after_bytes: Vec<Vec<u8>> = after.iter().map(|k| peer.object_bytes(k)).collect();
+        assert!(
+            before_bytes == after_bytes,
+            "{name}: a read-only server changed an object"
+        );
+    }
+}
+
+/// Terraform against a degraded server: `terraform_remote_state` and
+/// `terraform plan -lock=false` work; `terraform apply` stops at the lock,
+/// before anything changes, and the server's log says why.
+#[test]
+fn terraform_reads_from_a_degraded_server_and_apply_stops_at_the_lock() {
+    let peer = OnDevice::new("local", 24, &[("min_free_bytes", "0")]);
+    let server = Server::start(&peer);
+    let hcl = |url: &str| {
+        format!(
+            r#"
+terraform {{
+  backend "http" {{
+    address        = "{url}"
+    lock_address   = "{url}"
+    unlock_address = "{url}"
+  }}
+}}
+variable "v" {{
+  default = "one"
+}}
+resource "terraform_data" "x" {{
+  input = var.v
+}}
+output "v" {{
+  value = terraform_data.x.output
+}}
+"#
+        )
+    };
+    let tf = Terraform::new(&hcl(&server.state_url("tf/app")));
+    tf.init_apply(&[]);
+    let (_, applied) = http("GET", &server.state_url("tf/app"), b"");
+    fill_through_stategate(&server, &peer.device);
+    assert!(server.terminate());
+
+    let server = Server::start(&peer);
+    assert_eq!(readyz(&server).0, 503, "the server is degraded");
+    tf.write("main.tf", hcl(&server.state_url("tf/app")).as_bytes());
+    tf.ok(&["init", "-reconfigure", "-no-color"]);
+    let plan = tf.ok(&["plan", "-lock=false", "-no-color", "-var", "v=two"]);
+    assert!(plan.contains("1 to change"), "{plan}");
+    let reader = Terraform::new(&format!(
+        r#"
+data "terraform_remote_state" "app" {{
+  backend = "http"
+  config = {{
+    address = "{}"
+  }}
+}}
+output "seen" {{
+  value = data.terraform_remote_state.app.outputs.v
+}}
+"#,
+        server.state_url("tf/app")
+    ));
+    let out = reader.init_apply(&[]);
+    assert!(out.contains("seen = \"one\""), "{out}");
+
+    let out = tf.run(&["apply", "-auto-approve", "-no-color", "-var", "v=two"]);
+    assert!(
+        !out.status.success(),
+        "apply must fail on a degraded server"
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("Error acquiring the state lock"),
+        "apply stops at the lock: {stderr}"
+    );
+    assert!(
+        server.logs("status=503") && server.log().contains("method=LOCK"),
+        "the server's log has the refused LOCK"
+    );
+    let (_, now) = http("GET", &server.state_url("tf/app"), b"");
+    assert_eq!(now, applied, "nothing changed");
+    let (_, reason) = readyz(&server);
+    assert!(reason.contains("no space left on the device"), "{reason}");
+}
