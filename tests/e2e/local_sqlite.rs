@@ -156,6 +156,8 @@ fn root_in_layout_1() -> LocalPeer {
     }
     let own = root.join(".stategate/local");
     std::fs::remove_file(own.join("layout")).unwrap();
+    // The spare file for a full device came after that layout.
+    std::fs::remove_file(own.join("spare")).unwrap();
     std::fs::remove_dir(own.join("guard")).unwrap();
     std::fs::write(own.join("guard"), b"").unwrap();
     assert_eq!(files_below(&root), LAYOUT_1_FILES);
