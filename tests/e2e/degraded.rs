@@ -67,10 +67,10 @@ impl Tmpfs {
         let mut file = std::fs::File::create(&path).expect("create the filler");
         let block = vec![0u8; 64 * 1024];
         let mut size = block.len();
+        // Whole blocks while they fit, then smaller ones down to a byte.
         while size > 0 {
-            match file.write(&block[..size]) {
-                Ok(_) => {}
-                Err(_) => size /= 2,
+            if file.write_all(&block[..size]).is_err() {
+                size /= 2;
             }
         }
         let _ = file.sync_all();
