@@ -219,6 +219,9 @@ impl Guarded {
             ..Self::new(me, inner, reserve)
         });
         guarded.degrade(reason);
+        if let Some(d) = guarded.degraded.lock().expect("guard state").as_mut() {
+            d.reopen = guarded.reopen.is_some();
+        }
         guarded
     }
 
@@ -237,7 +240,9 @@ impl Guarded {
     fn degrade(&self, reason: StoreError) {
         let reason = self.explained(reason);
         let mut degraded = self.degraded.lock().expect("guard state");
-        let reopen = degraded.as_ref().is_some_and(|d| d.reopen) || self.reopen.is_some();
+        // Only a store opened for reading only needs opening again; one
+        // that stopped taking writes while serving is probed as it is.
+        let reopen = degraded.as_ref().is_some_and(|d| d.reopen);
         let first = degraded.is_none();
         *degraded = Some(Degraded {
             reason: reason.clone(),
