@@ -127,7 +127,10 @@ pub async fn open(
     let (store, report) = match attempt {
         Ok(opened) => opened,
         Err(Failed::Probe(store, reason)) if can_read(store.as_ref()).await => {
-            return Ok(degraded(store, reserve, reason, None, allow_unsafe));
+            // Opened again before writing, so that what opening measures
+            // (a bucket's conditional requests) is measured with writes.
+            let reopen = reopen_for_writing(backend, settings);
+            return Ok(degraded(store, reserve, reason, Some(reopen), allow_unsafe));
         }
         Err(Failed::Probe(store, reason)) => {
             return Err(OpenError::store(store.describe(), reason));
@@ -141,10 +144,7 @@ pub async fn open(
             if !can_read(store.as_ref()).await {
                 return Err(failed);
             }
-            let reopen: Reopen = Box::new(move || {
-                let settings = settings.clone();
-                Box::pin(async move { (backend.open)(settings).await })
-            });
+            let reopen = reopen_for_writing(backend, settings);
             let reason =
                 StoreError::NotWritable(format!("opening it for writing failed: {failed}"));
             return Ok(degraded(store, reserve, reason, Some(reopen), allow_unsafe));
@@ -167,6 +167,14 @@ pub async fn open(
         capabilities: report.capabilities,
         store: Guarded::serving(store, reserve),
         report,
+    })
+}
+
+/// Opens the store for writing again, for a recovery probe.
+fn reopen_for_writing(backend: &'static Backend, settings: StoreSettings) -> Reopen {
+    Box::new(move || {
+        let settings = settings.clone();
+        Box::pin(async move { (backend.open)(settings).await })
     })
 }
 

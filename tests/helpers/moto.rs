@@ -15,6 +15,9 @@ pub struct Moto {
     pub endpoint: String,
     pub access_key: String,
     pub secret_key: String,
+    /// With auth: the key of a user who may read and list only, until
+    /// [`Moto::reader_writes`] lets it write.
+    pub reader_key: Option<(String, String)>,
     control: Mutex<(ChildStdin, BufReader<ChildStdout>)>,
     _child: Child,
 }
@@ -52,6 +55,9 @@ impl Moto {
             endpoint: format!("http://127.0.0.1:{}", ready["port"]),
             access_key: field("access_key"),
             secret_key: field("secret_key"),
+            reader_key: ready["reader_access_key"]
+                .as_str()
+                .map(|id| (id.to_string(), field("reader_secret_key"))),
             control: Mutex::new((stdin, stdout)),
             _child: child,
         }
@@ -106,6 +112,16 @@ impl Moto {
         let mut answer = String::new();
         control.1.read_line(&mut answer).expect("moto answers");
         answer.trim().parse().expect("a count")
+    }
+
+    /// Lets the reader's key write and delete objects, or takes that away
+    /// (credentials that lost `PutObject`).
+    pub fn reader_writes(&self, allowed: bool) {
+        self.command(if allowed {
+            "reader-writes on"
+        } else {
+            "reader-writes off"
+        });
     }
 
     /// Closes the listening socket; objects are kept.

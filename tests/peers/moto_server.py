@@ -130,7 +130,31 @@ def create_user(endpoint):
         ),
     )
     key = iam.create_access_key(UserName="stategate")["AccessKey"]
-    return key["AccessKeyId"], key["SecretAccessKey"]
+    iam.create_user(UserName="reader")
+    allow_reader_writes(iam, False)
+    reader = iam.create_access_key(UserName="reader")["AccessKey"]
+    return (
+        (key["AccessKeyId"], key["SecretAccessKey"]),
+        (reader["AccessKeyId"], reader["SecretAccessKey"]),
+    )
+
+
+def allow_reader_writes(iam, writes):
+    """The `reader` user may read and list; with `writes`, also write and
+    delete, as credentials that lost or regained PutObject."""
+    actions = ["s3:Get*", "s3:List*", "s3:Head*"]
+    if writes:
+        actions += ["s3:PutObject", "s3:DeleteObject"]
+    iam.put_user_policy(
+        UserName="reader",
+        PolicyName="reader",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}],
+            }
+        ),
+    )
 
 
 def enable_auth():
@@ -166,8 +190,20 @@ def main():
     listener.start()
     endpoint = f"http://127.0.0.1:{listener.port}"
     ready = {"port": listener.port, "access_key": "test", "secret_key": "test"}
+    iam = None
     if args.auth:
-        ready["access_key"], ready["secret_key"] = create_user(endpoint)
+        (admin, reader) = create_user(endpoint)
+        ready["access_key"], ready["secret_key"] = admin
+        ready["reader_access_key"], ready["reader_secret_key"] = reader
+        import boto3
+
+        iam = boto3.client(
+            "iam",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=admin[0],
+            aws_secret_access_key=admin[1],
+        )
         enable_auth()
     print(json.dumps(ready), flush=True)
 
@@ -177,6 +213,8 @@ def main():
             listener.stop()
         elif command == "start":
             listener.start()
+        elif command in ("reader-writes on", "reader-writes off") and iam is not None:
+            allow_reader_writes(iam, command.endswith("on"))
         elif command == "lists":
             print(LISTINGS[0], flush=True)
             continue
