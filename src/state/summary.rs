@@ -156,6 +156,11 @@ impl States {
             identity: None,
             operation: "found".into(),
         };
+        // Kept for the next listing, when the store takes writes: one that
+        // serves reads only reads the body again next time.
+        if self.store.writes().refused.is_some() {
+            return Ok(Some(summary));
+        }
         let kept = serde_json::to_vec(&summary).expect("a summary serialises");
         if let Err(e) = self
             .store
