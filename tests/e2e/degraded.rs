@@ -68,9 +68,8 @@ impl Tmpfs {
         let block = vec![0u8; 64 * 1024];
         let mut size = block.len();
         while size > 0 {
-            match file.write(&block[..size]) {
-                Ok(_) => {}
-                Err(_) => size /= 2,
+            if file.write_all(&block[..size]).is_err() {
+                size /= 2;
             }
         }
         let _ = file.sync_all();
