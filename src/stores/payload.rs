@@ -117,10 +117,16 @@ impl Payload {
     }
 
     /// The hex MD5 of the body, hashing a file a piece at a time on a
-    /// blocking thread.
+    /// blocking thread, and a large body in memory (a shared one: several
+    /// megabytes) there too, so the threads serving connections are not
+    /// held for milliseconds.
     pub async fn md5_hex(&self) -> Result<String, StoreError> {
         match self {
-            Payload::Memory(b) => Ok(hex(&Md5::digest(b))),
+            Payload::Memory(b) if b.len() <= CHUNK_BYTES => Ok(hex(&Md5::digest(b))),
+            Payload::Memory(b) => {
+                let b = b.clone();
+                super::blocking(move || Ok(hex(&Md5::digest(&b)))).await
+            }
             Payload::File(_) => {
                 let mut reader = self.reader();
                 super::blocking(move || {
@@ -533,6 +539,11 @@ mod tests {
         assert_eq!(p.len(), large.len() as u64);
         assert_eq!(p.to_bytes().await.unwrap(), large);
         assert_eq!(p.md5_hex().await.unwrap(), hex(&Md5::digest(&large)));
+        let in_memory = Payload::from(large.clone());
+        assert_eq!(
+            in_memory.md5_hex().await.unwrap(),
+            hex(&Md5::digest(&large))
+        );
         // Readers are independent of each other.
         let mut a = p.reader();
         let mut b = p.reader();
