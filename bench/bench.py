@@ -812,6 +812,51 @@ def post_then_get(url, key, size):
         conn.close()
 
 
+def concurrent_gets(url, path, readers, expected):
+    """`readers` clients on a connection each send a GET of `path`, all
+    before any answer is read, then read their answers at once, each
+    compared with `expected` as it arrives; returns what went wrong."""
+    parts = urllib.parse.urlsplit(url)
+    sent = threading.Barrier(readers)
+    failures = []
+
+    def reader(i):
+        try:
+            sock = socket.create_connection((parts.hostname, parts.port), timeout=120)
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n".encode())
+        except OSError as e:
+            sock = e
+        sent.wait()
+        if isinstance(sock, OSError):
+            failures.append(f"reader {i}: {sock}")
+            return
+        try:
+            resp = http.client.HTTPResponse(sock)
+            resp.begin()
+            at = 0
+            while True:
+                chunk = resp.read(1 << 16)
+                if not chunk:
+                    break
+                if chunk != expected[at:at + len(chunk)]:
+                    failures.append(f"reader {i}: other bytes at {at}")
+                    return
+                at += len(chunk)
+            if resp.status != 200 or at != len(expected):
+                failures.append(f"reader {i}: {resp.status}, {at} bytes")
+        except (OSError, http.client.HTTPException) as e:
+            failures.append(f"reader {i}: {e}")
+        finally:
+            sock.close()
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(readers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return failures
+
+
 def write_latencies(url, levels, timed, size):
     """p50 milliseconds of a write to a state whose history holds each of
     `levels` versions (the server keeps every version): one state per
@@ -1019,6 +1064,7 @@ def parse_args():
     args.duration = args.duration or (1 if quick else 10)
     args.mem_mib = args.mem_mib or (8 if quick else 256)
     args.exec_rounds = 10
+    args.fan_out = 50 if quick else 500
     if args.stores:
         args.stores = [s.strip() for s in args.stores.split(",") if s.strip()]
         bad = [s for s in args.stores if s not in ALL_STORES]
@@ -1135,6 +1181,33 @@ def main():
             target = ("ratio", ">=", 0.9) if store in DISK_STORES else None
             table.add("GET 1 MiB x64 conns", store, figure, "req/s", base, "nginx", "rate", target, note.strip())
         stop(nginx.proc)
+        for store in active:
+            if store in DISK_STORES + DB_STORES:
+                fan_out(store)
+
+    # `terraform_remote_state` fan-out: many GETs of one state at once, on a
+    # fresh process, so its peak RSS is theirs.
+    def fan_out(store):
+        readers, mib = args.fan_out, 1 if args.quick else 5
+        size = mib << 20
+        body = state_body(size)
+        sg = Stategate(binary, stores, store, ["--max-connections", str(readers + 64)])
+        try:
+            status, answer = request("POST", f"{sg.url}/states/bench/fan-out", body)
+            if status != 200:
+                raise RuntimeError(f"POST {mib} MiB to {store}: {status} {answer[:200]!r}")
+            before = sg.status("VmHWM")
+            started = time.perf_counter()
+            failures = concurrent_gets(sg.url, "/states/bench/fan-out", readers, body)
+            took = time.perf_counter() - started
+            growth = sg.status("VmHWM") - before
+            note = f"{len(failures)} failed: {failures[0]}" if failures else f"{took:.1f}s"
+            target = ("figure", "<=", 128) if store in DISK_STORES else None
+            table.add(f"peak RSS growth, {readers} GETs of {mib} MiB", store, growth, "MiB", target=target,
+                      note=note)
+        finally:
+            sg.stop()
+            shutil.rmtree(sg.work, ignore_errors=True)
 
     # 3. Lock cycles and creates, against the plain file loop.
     def write():

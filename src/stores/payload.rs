@@ -15,11 +15,13 @@
 //! A file payload is read with positioned reads (`pread`), so any number of
 //! readers (a retried write, a history copy) can go over it independently.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
 use bytes::{Bytes, BytesMut};
 use md5::{Digest, Md5};
@@ -115,10 +117,16 @@ impl Payload {
     }
 
     /// The hex MD5 of the body, hashing a file a piece at a time on a
-    /// blocking thread.
+    /// blocking thread, and a large body in memory (a shared one: several
+    /// megabytes) there too, so the threads serving connections are not
+    /// held for milliseconds.
     pub async fn md5_hex(&self) -> Result<String, StoreError> {
         match self {
-            Payload::Memory(b) => Ok(hex(&Md5::digest(b))),
+            Payload::Memory(b) if b.len() <= CHUNK_BYTES => Ok(hex(&Md5::digest(b))),
+            Payload::Memory(b) => {
+                let b = b.clone();
+                super::blocking(move || Ok(hex(&Md5::digest(&b)))).await
+            }
             Payload::File(_) => {
                 let mut reader = self.reader();
                 super::blocking(move || {
@@ -194,18 +202,33 @@ pub fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Small bodies last read, by store key and version, so a state read
-/// again and again (every plan, every `terraform_remote_state`) is sent
-/// from memory while its version stays the same: a store still looks the
-/// version up (a `stat`, a row's generation), but reads no bytes. A
-/// version names one content, so an entry is either right or unused.
-/// Only the stores whose versions are never reused (local, SQLite) use it.
+/// Bodies read by the local and SQLite stores, kept so a state read again
+/// and again (every plan, every `terraform_remote_state`) costs one copy
+/// in memory rather than one per reader. A version names one content, so
+/// an entry is either right or unused; only the stores whose versions are
+/// never reused (local, SQLite) use it. A store still looks the version up
+/// (a `stat`, a row's generation) on every read.
+///
+/// Two kinds, by size:
+/// - small bodies (up to [`SPOOL_THRESHOLD`]) are held after their readers
+///   are done, up to [`BODY_CACHE_BYTES`] in all;
+/// - medium ones (up to [`SHARED_MAX`]) are held only while a reader is
+///   sending them: the readers of one version share one copy, and it is
+///   freed with the last of them, so a state fetched by hundreds of
+///   clients at once is in memory once, and nothing stays once they are
+///   served. Their bytes alive at once are bounded ([`SHARED_BYTES`]); a
+///   reader past the bound, or of a larger body, streams its own.
 #[derive(Default)]
-pub struct BodyCache(std::sync::Mutex<CachedBodies>);
+pub struct BodyCache {
+    held: std::sync::Mutex<CachedBodies>,
+    shared: std::sync::Mutex<HashMap<String, Arc<SharedSlot>>>,
+    /// Bytes of the shared bodies alive, counted down as each is freed.
+    shared_live: Arc<AtomicUsize>,
+}
 
 #[derive(Default)]
 struct CachedBodies {
-    bodies: std::collections::HashMap<String, (super::Version, Bytes)>,
+    bodies: HashMap<String, (super::Version, Bytes)>,
     /// Bytes of all bodies held.
     bytes: usize,
 }
@@ -213,10 +236,51 @@ struct CachedBodies {
 /// Bytes the cache holds at most; it starts over when full.
 const BODY_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
+/// Bodies up to this size are shared between their concurrent readers;
+/// larger ones are sent a piece at a time, each reader on its own.
+pub const SHARED_MAX: usize = 16 * 1024 * 1024;
+
+/// Bytes of shared bodies alive at once at most.
+const SHARED_BYTES: usize = 64 * 1024 * 1024;
+
+/// Keys with a shared slot beyond which slots no reader holds are dropped.
+const SHARED_SLOTS: usize = 256;
+
+/// One key's shared body: the version it is of, and the body while anyone
+/// sends it. Its lock is held while the body is read, so the other readers
+/// of that version wait for it instead of reading it too.
+struct SharedSlot {
+    version: super::Version,
+    body: std::sync::Mutex<Weak<SharedBody>>,
+}
+
+/// A shared body's bytes; freeing them gives their room back.
+struct SharedBody {
+    bytes: Vec<u8>,
+    /// The room taken in `live` for these bytes.
+    room: usize,
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for SharedBody {
+    fn drop(&mut self) {
+        self.live.fetch_sub(self.room, Ordering::AcqRel);
+    }
+}
+
+/// A reader's hold on a shared body, as the owner of its [`Bytes`].
+struct SharedHold(Arc<SharedBody>);
+
+impl AsRef<[u8]> for SharedHold {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.bytes
+    }
+}
+
 impl BodyCache {
     /// The body of `key` at `version`, if held.
     pub fn get(&self, key: &str, version: &super::Version) -> Option<Bytes> {
-        let held = self.0.lock().expect("body cache");
+        let held = self.held.lock().expect("body cache");
         held.bodies
             .get(key)
             .filter(|(v, _)| v == version)
@@ -229,7 +293,7 @@ impl BodyCache {
         if body.len() > SPOOL_THRESHOLD {
             return;
         }
-        let mut held = self.0.lock().expect("body cache");
+        let mut held = self.held.lock().expect("body cache");
         if held.bytes + body.len() > BODY_CACHE_BYTES {
             held.bodies.clear();
             held.bytes = 0;
@@ -238,6 +302,78 @@ impl BodyCache {
             .bodies
             .insert(key.to_string(), (version.clone(), body.clone()));
         held.bytes = held.bytes + body.len() - old.map_or(0, |(_, b)| b.len());
+    }
+
+    /// The `len` bytes of `key` at `version` (at most [`SHARED_MAX`]),
+    /// shared with the readers sending them now, or read by `load` when
+    /// nobody is. A reader arriving while another loads that version waits
+    /// for it. `Ok(None)` when the body is too large to share or the bound
+    /// on shared bytes is reached: the caller sends its own copy a piece at
+    /// a time. `load` must fill the buffer with exactly the version's body;
+    /// it runs on the calling (blocking) thread.
+    pub fn shared(
+        &self,
+        key: &str,
+        version: &super::Version,
+        len: u64,
+        load: impl FnOnce(&mut Vec<u8>) -> Result<(), StoreError>,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let Ok(len) = usize::try_from(len) else {
+            return Ok(None);
+        };
+        if len > SHARED_MAX {
+            return Ok(None);
+        }
+        let slot = self.slot(key, version);
+        // A reader that failed while loading leaves nothing behind: the
+        // lock's poison says nothing about the weak reference it guards.
+        let mut body = slot.body.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(alive) = body.upgrade() {
+            return Ok(Some(Bytes::from_owner(SharedHold(alive))));
+        }
+        let before = self.shared_live.fetch_add(len, Ordering::AcqRel);
+        if before + len > SHARED_BYTES {
+            self.shared_live.fetch_sub(len, Ordering::AcqRel);
+            return Ok(None);
+        }
+        // From here the room is given back when `loaded` is dropped,
+        // whether or not the load succeeds.
+        let mut loaded = SharedBody {
+            bytes: Vec::new(),
+            room: len,
+            live: Arc::clone(&self.shared_live),
+        };
+        loaded.bytes.reserve_exact(len);
+        load(&mut loaded.bytes)?;
+        if loaded.bytes.len() != len {
+            return Err(StoreError::unavailable(format!(
+                "reading {key}: {} bytes where {len} were expected",
+                loaded.bytes.len()
+            )));
+        }
+        let loaded = Arc::new(loaded);
+        *body = Arc::downgrade(&loaded);
+        Ok(Some(Bytes::from_owner(SharedHold(loaded))))
+    }
+
+    /// `key`'s slot for `version`, replacing one of another version.
+    fn slot(&self, key: &str, version: &super::Version) -> Arc<SharedSlot> {
+        let mut slots = self.shared.lock().expect("shared bodies");
+        if let Some(slot) = slots.get(key).filter(|s| &s.version == version) {
+            return Arc::clone(slot);
+        }
+        if slots.len() >= SHARED_SLOTS {
+            // Slots only this map holds, with no body alive, serve nobody.
+            slots.retain(|_, s| {
+                Arc::strong_count(s) > 1 || s.body.try_lock().map_or(true, |b| b.strong_count() > 0)
+            });
+        }
+        let slot = Arc::new(SharedSlot {
+            version: version.clone(),
+            body: std::sync::Mutex::new(Weak::new()),
+        });
+        slots.insert(key.to_string(), Arc::clone(&slot));
+        slot
     }
 }
 
@@ -403,6 +539,11 @@ mod tests {
         assert_eq!(p.len(), large.len() as u64);
         assert_eq!(p.to_bytes().await.unwrap(), large);
         assert_eq!(p.md5_hex().await.unwrap(), hex(&Md5::digest(&large)));
+        let in_memory = Payload::from(large.clone());
+        assert_eq!(
+            in_memory.md5_hex().await.unwrap(),
+            hex(&Md5::digest(&large))
+        );
         // Readers are independent of each other.
         let mut a = p.reader();
         let mut b = p.reader();
@@ -436,7 +577,81 @@ mod tests {
             cache.put(&format!("k{i}"), &v1, &mib);
         }
         assert_eq!(cache.get("a", &v2), None, "cleared when full");
-        assert!(cache.0.lock().unwrap().bytes <= BODY_CACHE_BYTES);
+        assert!(cache.held.lock().unwrap().bytes <= BODY_CACHE_BYTES);
+    }
+
+    #[test]
+    fn readers_of_one_version_share_one_copy_while_they_hold_it() {
+        use super::super::Version;
+        let cache = BodyCache::default();
+        let (v1, v2) = (Version("1".into()), Version("2".into()));
+        let size = SPOOL_THRESHOLD * 5;
+        let loads = std::cell::Cell::new(0);
+        let load = |fill: u8| {
+            let loads = &loads;
+            move |buf: &mut Vec<u8>| {
+                loads.set(loads.get() + 1);
+                buf.resize(size, fill);
+                Ok(())
+            }
+        };
+        let a = cache
+            .shared("s", &v1, size as u64, load(1))
+            .unwrap()
+            .unwrap();
+        let b = cache
+            .shared("s", &v1, size as u64, load(9))
+            .unwrap()
+            .unwrap();
+        assert_eq!(loads.get(), 1, "the second reader shares the first's copy");
+        assert_eq!(a.as_ptr(), b.as_ptr());
+        assert_eq!(cache.shared_live.load(Ordering::Acquire), size);
+        // Another version is another body.
+        let c = cache
+            .shared("s", &v2, size as u64, load(2))
+            .unwrap()
+            .unwrap();
+        assert_eq!((loads.get(), c[0]), (2, 2));
+        // Freed with its last reader, and read again after that.
+        drop((a, b));
+        assert_eq!(cache.shared_live.load(Ordering::Acquire), size);
+        let d = cache
+            .shared("s", &v1, size as u64, load(3))
+            .unwrap()
+            .unwrap();
+        assert_eq!((loads.get(), d[0]), (3, 3));
+        drop((c, d));
+        assert_eq!(cache.shared_live.load(Ordering::Acquire), 0);
+        // Too large to share, or past the bound: the caller streams.
+        let big = (SHARED_MAX + 1) as u64;
+        assert!(cache.shared("big", &v1, big, load(4)).unwrap().is_none());
+        let held: Vec<Bytes> = (0..SHARED_BYTES / size)
+            .map(|i| {
+                let key = format!("k{i}");
+                cache
+                    .shared(&key, &v1, size as u64, load(5))
+                    .unwrap()
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            cache
+                .shared("one-more", &v1, size as u64, load(6))
+                .unwrap()
+                .is_none()
+        );
+        // A failed load gives its room back.
+        drop(held);
+        let failed = cache.shared("bad", &v1, size as u64, |_| {
+            Err(StoreError::unavailable("the disk went away"))
+        });
+        assert!(failed.is_err());
+        let short = cache.shared("short", &v1, size as u64, |buf| {
+            buf.push(1);
+            Ok(())
+        });
+        assert!(short.is_err(), "a body of another length is refused");
+        assert_eq!(cache.shared_live.load(Ordering::Acquire), 0);
     }
 
     #[tokio::test]

@@ -133,6 +133,127 @@ fn large_states_stream_without_growing_memory() {
     }
 }
 
+/// `terraform_remote_state` fan-out: 500 clients GET one 5 MiB state at
+/// once, every request sent before any answer is read. Each gets the whole
+/// state with its length and ETag, and the server's peak memory grows by
+/// at most 128 MiB: a copy (or a few pieces read ahead) per reader would
+/// be hundreds of megabytes.
+#[test]
+fn many_readers_of_one_state_share_its_memory() {
+    const READERS: usize = 500;
+    const BOUND_MIB: u64 = 128;
+    for peer in stores() {
+        let store = peer.storage_type();
+        let s = Spooling::start(peer.as_ref(), &["--max-connections", "1024"]);
+        let body = std::sync::Arc::new(sized_state("fan-out", 1, 5 * MIB));
+        let etag = format!("\"{}\"", md5_hex(&body));
+        let (status, reply) = http("POST", &s.server.state_url("shared/app"), &body);
+        assert_eq!(status, 200, "{}", text(&reply));
+        let before = peak_rss_mib(s.server.pid());
+
+        let addr = s.server.url.trim_start_matches("http://").to_string();
+        let sent = std::sync::Arc::new(std::sync::Barrier::new(READERS));
+        let readers: Vec<_> = (0..READERS)
+            .map(|i| {
+                let (addr, body, sent, etag) =
+                    (addr.clone(), body.clone(), sent.clone(), etag.clone());
+                std::thread::spawn(move || -> Result<(), String> {
+                    let mut stream = std::net::TcpStream::connect(&addr);
+                    let request = format!(
+                        "GET /states/shared/app HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+                    );
+                    if let Ok(s) = &mut stream {
+                        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                        s.write_all(request.as_bytes()).unwrap();
+                    }
+                    // Every thread reaches the barrier, so none is left
+                    // waiting for one that failed to connect.
+                    sent.wait();
+                    let stream = stream.map_err(|e| format!("reader {i}: connect: {e}"))?;
+                    read_answer(stream, &body)
+                        .map_err(|e| format!("reader {i}: {e}"))
+                        .and_then(|got| match got == etag {
+                            true => Ok(()),
+                            false => Err(format!("reader {i}: ETag {got}, not {etag}")),
+                        })
+                })
+            })
+            .collect();
+        let failed: Vec<String> = readers
+            .into_iter()
+            .filter_map(|r| r.join().unwrap().err())
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{store}: {} of {READERS} readers failed, first: {}",
+            failed.len(),
+            failed[0]
+        );
+        let after = peak_rss_mib(s.server.pid());
+        eprintln!("{store}: peak RSS {before} MiB before, {after} MiB after {READERS} readers");
+        assert!(
+            after - before <= BOUND_MIB,
+            "{store}: the server's peak RSS grew by {} MiB for {READERS} readers of 5 MiB",
+            after - before
+        );
+        s.assert_spool_empty();
+    }
+}
+
+/// Reads one HTTP answer to the end, checking its status, that its
+/// `Content-Length` is that of `expected` and its body is `expected` byte
+/// for byte (compared as it arrives, so no reader holds a copy); returns
+/// its `ETag`.
+fn read_answer(stream: std::net::TcpStream, expected: &[u8]) -> Result<String, String> {
+    use std::io::{BufRead, BufReader, Read};
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let mut head = Vec::new();
+    loop {
+        let start = head.len();
+        let n = reader
+            .read_until(b'\n', &mut head)
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("the connection closed in the answer's head".into());
+        }
+        if &head[start..] == b"\r\n" {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    if !head.starts_with("HTTP/1.1 200 ") {
+        return Err(format!("answered {}", head.lines().next().unwrap_or("")));
+    }
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    let length = header("content-length");
+    if length != Some(expected.len().to_string()) {
+        return Err(format!("Content-Length {length:?}"));
+    }
+    let mut at = 0;
+    let mut buf = vec![0; 64 * 1024];
+    while at < expected.len() {
+        let want = buf.len().min(expected.len() - at);
+        let n = reader
+            .read(&mut buf[..want])
+            .map_err(|e| format!("after {at} bytes: {e}"))?;
+        if n == 0 {
+            return Err(format!("the body ended after {at} bytes"));
+        }
+        if buf[..n] != expected[at..at + n] {
+            return Err(format!("other bytes than the state's at {at}"));
+        }
+        at += n;
+    }
+    header("etag").ok_or_else(|| "no ETag".to_string())
+}
+
 /// Each of these 3 MiB bodies fails a check only after the first
 /// megabyte, once it is spooled. Each is refused with a 4xx naming why;
 /// the stored state, its history and the spool are as before.

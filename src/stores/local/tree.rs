@@ -324,7 +324,8 @@ impl Tree {
     /// Opens `key`; a body over `in_memory` bytes is handed out as the open
     /// file itself (files are never changed in place, so it stays the
     /// version read however long the reader takes). With `cached`, a small
-    /// body is taken from, or kept in, the body cache.
+    /// body is taken from, or kept in, the body cache, and a medium one is
+    /// shared with the readers sending it now ([`BodyCache::shared`]).
     pub(super) fn read_blocking(
         &self,
         key: &str,
@@ -350,7 +351,18 @@ impl Tree {
         let size = stat.st_size.max(0) as u64;
         let version = version_of(&stat);
         if size > in_memory as u64 {
-            let body = FileBody::new(File::from(fd), size);
+            let file = File::from(fd);
+            if cached
+                && let Some(body) = self.bodies.shared(key, &version, size, |buf| {
+                    (&file)
+                        .read_to_end(buf)
+                        .map(drop)
+                        .map_err(|e| StoreError::unavailable(format!("reading {key}: {e}")))
+                })?
+            {
+                return Ok(Some((Payload::Memory(body), version)));
+            }
+            let body = FileBody::new(file, size);
             return Ok(Some((Payload::File(Arc::new(body)), version)));
         }
         if cached && let Some(body) = self.bodies.get(key, &version) {

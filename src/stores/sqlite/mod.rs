@@ -192,9 +192,17 @@ struct Pool {
     /// Opened for reading only ([`SqliteStore::open_read_only`]): its
     /// connections are read-only and it has no writer.
     read_only: bool,
-    /// Small bodies last read, by key and generation.
+    /// Bodies last read or being sent, by key and generation.
     bodies: BodyCache,
+    /// Reads running at once, each on a connection and a blocking thread
+    /// of its own: a burst of readers (hundreds of clients fetching one
+    /// state) waits its turn here rather than opening a connection, with
+    /// its page cache, for each; the pool keeps at most this many.
+    readers: Arc<tokio::sync::Semaphore>,
 }
+
+/// Reads of one process on the database at once.
+const READERS: usize = 16;
 
 /// How long a writer waits for another process holding the database.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -218,6 +226,7 @@ impl SqliteStore {
             leases: Arc::new(leases),
             read_only: false,
             bodies: BodyCache::default(),
+            readers: Arc::new(tokio::sync::Semaphore::new(READERS)),
             path: path.to_path_buf(),
             identity: (meta.dev(), meta.ino()),
             idle: Mutex::new(Vec::new()),
@@ -269,6 +278,7 @@ impl SqliteStore {
             leases: Arc::new(KeyLocks::unopened(dir, "unused")),
             read_only: true,
             bodies: BodyCache::default(),
+            readers: Arc::new(tokio::sync::Semaphore::new(READERS)),
             path: path.to_path_buf(),
             identity: (meta.dev(), meta.ino()),
             idle: Mutex::new(Vec::new()),
@@ -330,8 +340,14 @@ impl SqliteStore {
         what: String,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        // Held by the read itself, which goes on if its caller goes away.
+        let turn = Arc::clone(&self.0.readers)
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::unavailable(format!("{what}: the store is closed")))?;
         let pool = Arc::clone(&self.0);
         super::blocking(move || {
+            let _turn = turn;
             pool.check_identity()?;
             let mut conn = match pool.idle.lock().expect("pool lock").pop() {
                 Some(c) => c,
@@ -488,8 +504,10 @@ impl Store for SqliteStore {
     }
 
     /// A read that is not streamed takes the body whole from its row. A
-    /// streamed body over [`SPOOL_THRESHOLD`] is copied a piece at a time
-    /// into an unnamed temporary file inside one read transaction, so the
+    /// streamed body over [`SPOOL_THRESHOLD`] is shared with the readers
+    /// sending it now ([`BodyCache::shared`]: one copy in memory for them
+    /// all) or, when too large to share, copied a piece at a time into an
+    /// unnamed temporary file; either inside one read transaction, so the
     /// connection is not held while a slow client reads it.
     async fn read(
         &self,
@@ -535,6 +553,19 @@ impl Store for SqliteStore {
                     .map_err(|e| StoreError::unavailable(format!("reading {key}: {e}")))?;
                 let body = Bytes::from(body);
                 pool.bodies.put(&key, &version, &body);
+                return Ok(Some((Payload::Memory(body), version)));
+            }
+            // The row cannot change while this transaction reads it, so
+            // the shared bytes are the version's.
+            let shared = pool.bodies.shared(&key, &version, len, |buf| {
+                let blob = tx
+                    .blob_open(MAIN_DB, c"objects", c"body", rowid, true)
+                    .map_err(&err)?;
+                std::io::Read::read_to_end(&mut { blob }, buf)
+                    .map(drop)
+                    .map_err(|e| StoreError::unavailable(format!("reading {key}: {e}")))
+            })?;
+            if let Some(body) = shared {
                 return Ok(Some((Payload::Memory(body), version)));
             }
             let body = blob_to_file(&tx, rowid, len, &format!("reading {key}"))?;
