@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -46,6 +46,13 @@ struct StoreLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
+}
+
+/// Registers `metric` under `name` with its help line, and gives it back
+/// to be counted: the registry holds a handle to the same metric.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 fn duration_histogram() -> Histogram {
@@ -109,129 +116,116 @@ impl Metrics {
     /// The metrics of a server on the store named `store` (`local`, `s3`...).
     pub fn new(store: &'static str) -> Self {
         let mut registry = Registry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "stategate_http_requests",
-            "HTTP requests answered, by method, route template and status",
-            requests.clone(),
-        );
-        let durations = Family::new_with_constructor(duration_histogram as fn() -> Histogram);
-        registry.register(
-            "stategate_http_request_duration_seconds",
-            "Time to answer a request, by method and route template",
-            durations.clone(),
-        );
-        let body_bytes = Family::<DirectionLabels, Counter>::default();
-        registry.register(
-            "stategate_http_body_bytes",
-            "Request (in) and response (out) body bytes",
-            body_bytes.clone(),
-        );
-        let lock_conflicts = Counter::default();
-        registry.register(
-            "stategate_lock_conflicts",
-            "LOCK requests refused because another client holds the lock",
-            lock_conflicts.clone(),
-        );
-        let force_unlocks = Counter::default();
-        registry.register(
-            "stategate_force_unlocks",
-            "Locks released by a force-unlock",
-            force_unlocks.clone(),
-        );
-        let writes_refused = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "stategate_writes_refused",
-            "State writes refused, by reason (stale, locked, invalid, too_large)",
-            writes_refused.clone(),
-        );
-        let store_errors = Family::<StoreLabels, Counter>::default();
-        registry.register(
-            "stategate_store_errors",
-            "Requests answered 503 because the store failed",
-            store_errors.clone(),
-        );
-        let connections_refused = Counter::default();
-        registry.register(
-            "stategate_connections_refused",
-            "Connections answered 503 because max_connections were open",
-            connections_refused.clone(),
-        );
-        let requests_timed_out = Counter::default();
-        registry.register(
-            "stategate_requests_timed_out",
-            "Connections closed by header_timeout and uploads cut off by body_min_rate",
-            requests_timed_out.clone(),
-        );
-        let downloads_cut = Counter::default();
-        registry.register(
-            "stategate_downloads_cut",
-            "Responses cut off because the client stopped taking them (no byte for idle_timeout, or slower than body_min_rate)",
-            downloads_cut.clone(),
-        );
-        let auth_failures = Counter::default();
-        registry.register(
-            "stategate_auth_failures",
-            "Requests refused for missing or wrong credentials",
-            auth_failures.clone(),
-        );
-        let oidc_stale_issuers = Gauge::default();
-        registry.register(
-            "stategate_oidc_stale_issuers",
-            "OIDC issuers whose keys are past keys_max_age and still used because the issuer cannot be reached",
-            oidc_stale_issuers.clone(),
-        );
-        let states = Gauge::default();
-        registry.register(
-            "stategate_states",
-            "States in the store (counted at most every 15 s)",
-            states.clone(),
-        );
-        let locks_held = Gauge::default();
-        registry.register(
-            "stategate_locks_held",
-            "Locks held in the store (counted at most every 15 s)",
-            locks_held.clone(),
-        );
-        let store_writable = Family::<StoreLabels, Gauge>::default();
-        registry.register(
-            "stategate_store_writable",
-            "1 while the store takes writes; 0 while it serves reads only (degraded, or read_only)",
-            store_writable.clone(),
-        );
-        let store_free_bytes = Family::<StoreLabels, Gauge>::default();
-        registry.register(
-            "stategate_store_free_bytes",
-            "Bytes free on the device holding a local or SQLite store",
-            store_free_bytes.clone(),
-        );
-        let build = Family::<BuildLabels, Gauge>::default();
-        build
-            .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION"),
-            })
-            .set(1);
-        registry.register("stategate_build_info", "The running version", build);
+        let r = &mut registry;
         Metrics {
-            registry,
-            requests,
-            durations,
-            body_bytes,
-            lock_conflicts,
-            force_unlocks,
-            writes_refused,
-            store_errors,
-            connections_refused,
-            requests_timed_out,
-            downloads_cut,
-            auth_failures,
-            oidc_stale_issuers,
-            states,
-            locks_held,
-            store_writable,
-            store_free_bytes,
+            requests: registered(
+                r,
+                "stategate_http_requests",
+                "HTTP requests answered, by method, route template and status",
+                Family::default(),
+            ),
+            durations: registered(
+                r,
+                "stategate_http_request_duration_seconds",
+                "Time to answer a request, by method and route template",
+                Family::new_with_constructor(duration_histogram as fn() -> Histogram),
+            ),
+            body_bytes: registered(
+                r,
+                "stategate_http_body_bytes",
+                "Request (in) and response (out) body bytes",
+                Family::default(),
+            ),
+            lock_conflicts: registered(
+                r,
+                "stategate_lock_conflicts",
+                "LOCK requests refused because another client holds the lock",
+                Counter::default(),
+            ),
+            force_unlocks: registered(
+                r,
+                "stategate_force_unlocks",
+                "Locks released by a force-unlock",
+                Counter::default(),
+            ),
+            writes_refused: registered(
+                r,
+                "stategate_writes_refused",
+                "State writes refused, by reason (stale, locked, invalid, too_large)",
+                Family::default(),
+            ),
+            store_errors: registered(
+                r,
+                "stategate_store_errors",
+                "Requests answered 503 because the store failed",
+                Family::default(),
+            ),
+            connections_refused: registered(
+                r,
+                "stategate_connections_refused",
+                "Connections answered 503 because max_connections were open",
+                Counter::default(),
+            ),
+            requests_timed_out: registered(
+                r,
+                "stategate_requests_timed_out",
+                "Connections closed by header_timeout and uploads cut off by body_min_rate",
+                Counter::default(),
+            ),
+            downloads_cut: registered(
+                r,
+                "stategate_downloads_cut",
+                "Responses cut off because the client stopped taking them (no byte for idle_timeout, or slower than body_min_rate)",
+                Counter::default(),
+            ),
+            auth_failures: registered(
+                r,
+                "stategate_auth_failures",
+                "Requests refused for missing or wrong credentials",
+                Counter::default(),
+            ),
+            oidc_stale_issuers: registered(
+                r,
+                "stategate_oidc_stale_issuers",
+                "OIDC issuers whose keys are past keys_max_age and still used because the issuer cannot be reached",
+                Gauge::default(),
+            ),
+            states: registered(
+                r,
+                "stategate_states",
+                "States in the store (counted at most every 15 s)",
+                Gauge::default(),
+            ),
+            locks_held: registered(
+                r,
+                "stategate_locks_held",
+                "Locks held in the store (counted at most every 15 s)",
+                Gauge::default(),
+            ),
+            store_writable: registered(
+                r,
+                "stategate_store_writable",
+                "1 while the store takes writes; 0 while it serves reads only (degraded, or read_only)",
+                Family::default(),
+            ),
+            store_free_bytes: registered(
+                r,
+                "stategate_store_free_bytes",
+                "Bytes free on the device holding a local or SQLite store",
+                Family::default(),
+            ),
             counted_at: Mutex::new(None),
             store,
+            registry: {
+                let build = Family::<BuildLabels, Gauge>::default();
+                build
+                    .get_or_create(&BuildLabels {
+                        version: env!("CARGO_PKG_VERSION"),
+                    })
+                    .set(1);
+                registry.register("stategate_build_info", "The running version", build);
+                registry
+            },
         }
     }
 

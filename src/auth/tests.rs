@@ -34,6 +34,27 @@ fn section(users: Vec<FileUser>, tokens: Vec<FileToken>) -> FileAuth {
     }
 }
 
+/// A user of the file section with a password hash.
+fn user(name: &str, password_hash: String, rules: Vec<FileRule>) -> FileUser {
+    FileUser {
+        name: name.into(),
+        password_hash: Some(password_hash),
+        password: None,
+        rules,
+    }
+}
+
+/// A token of the file section, by its hash, without expiry.
+fn token(name: &str, token_hash: String, rules: Vec<FileRule>) -> FileToken {
+    FileToken {
+        name: name.into(),
+        token_hash: Some(token_hash),
+        token: None,
+        expires: None,
+        rules,
+    }
+}
+
 fn rule(keys: &str, access: &str) -> FileRule {
     FileRule {
         keys: keys.into(),
@@ -84,21 +105,18 @@ fn configuration_mistakes_name_the_setting() {
 
 #[tokio::test]
 async fn credentials_map_to_identities_and_levels() {
-    let token = new_token("ci").unwrap();
+    let ci_token = new_token("ci").unwrap();
     let auth = Auth::new(&section(
-        vec![FileUser {
-            name: "alice".into(),
-            password_hash: Some(hash_secret("s3cret").unwrap()),
-            password: None,
-            rules: vec![rule("team-a/**", "write"), rule("shared/*", "read")],
-        }],
-        vec![FileToken {
-            name: "ci".into(),
-            token_hash: Some(hash_secret(&token).unwrap()),
-            token: None,
-            expires: None,
-            rules: vec![rule("**", "outputs")],
-        }],
+        vec![user(
+            "alice",
+            hash_secret("s3cret").unwrap(),
+            vec![rule("team-a/**", "write"), rule("shared/*", "read")],
+        )],
+        vec![token(
+            "ci",
+            hash_secret(&ci_token).unwrap(),
+            vec![rule("**", "outputs")],
+        )],
     ))
     .unwrap();
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
@@ -133,13 +151,13 @@ async fn credentials_map_to_identities_and_levels() {
         AuthError::Missing
     );
     let ci = auth
-        .authenticate(Some(&format!("Bearer {token}")), None, ip)
+        .authenticate(Some(&format!("Bearer {ci_token}")), None, ip)
         .await
         .unwrap();
     assert_eq!(ci.name, "token:ci");
     assert_eq!(ci.access(&st("team-a/x")), Some(Access::Outputs));
     let ci2 = auth
-        .authenticate(Some(&basic("token", &token)), None, ip)
+        .authenticate(Some(&basic("token", &ci_token)), None, ip)
         .await
         .unwrap();
     assert_eq!(ci2.name, "token:ci");
@@ -168,38 +186,21 @@ fn costs(hash: &str) -> (u32, u32, u32) {
 
 #[test]
 fn unknown_names_are_verified_with_the_costliest_configured_parameters() {
-    let user = |name: &str, hash: String| FileUser {
-        name: name.into(),
-        password_hash: Some(hash),
-        password: None,
-        rules: vec![],
-    };
+    let user = |name: &str, hash: String| user(name, hash, vec![]);
     let auth = Auth::new(&section(
         vec![
             user("light", phc(8192, 1, 4)),
             user("heavy", phc(65536, 3, 1)),
             user("default", hash_secret("pw").unwrap()),
         ],
-        vec![FileToken {
-            name: "wide".into(),
-            token_hash: Some(phc(32768, 2, 8)),
-            token: None,
-            expires: None,
-            rules: vec![],
-        }],
+        vec![token("wide", phc(32768, 2, 8), vec![])],
     ))
     .unwrap();
     assert_eq!(costs(&auth.dummy_hash), (65536, 3, 1));
     // A token's hash counts as much as a user's.
     let auth = Auth::new(&section(
         vec![user("default", hash_secret("pw").unwrap())],
-        vec![FileToken {
-            name: "heavy".into(),
-            token_hash: Some(phc(131072, 2, 1)),
-            token: None,
-            expires: None,
-            rules: vec![],
-        }],
+        vec![token("heavy", phc(131072, 2, 1), vec![])],
     ))
     .unwrap();
     assert_eq!(costs(&auth.dummy_hash), (131072, 2, 1));
@@ -333,22 +334,17 @@ fn protected_writers_are_tied_to_one_issuer() {
             ..Default::default()
         })
     };
-    let e = two(protected("prod/**", None, &claims))
-        .err()
-        .expect("refused");
-    assert!(
-        e.to_string()
-            .contains("auth.protected[prod/**].writers.issuer"),
-        "{e}"
-    );
-    let e = two(protected("prod/**", Some("https://example.com"), &claims))
-        .err()
-        .expect("refused");
-    assert!(
-        e.to_string()
-            .contains("auth.protected[prod/**].writers.issuer"),
-        "{e}"
-    );
+    // No issuer named among two, and one that is not configured.
+    for named in [None, Some("https://example.com")] {
+        let e = two(protected("prod/**", named, &claims))
+            .err()
+            .expect("refused");
+        assert!(
+            e.to_string()
+                .contains("auth.protected[prod/**].writers.issuer"),
+            "{e}"
+        );
+    }
     let auth = two(protected("prod/**", Some(gl), &claims)).unwrap();
     let st = StateRef::parse("prod/x", None).unwrap();
     assert!(auth.protection(&ci_identity(gh, &claims), &st).is_some());

@@ -9,7 +9,12 @@ fn no_env(_: &str) -> Option<String> {
 }
 
 fn file(yaml: &str) -> FileConfig {
-    FileConfig::parse(yaml, PathBuf::from(".")).unwrap()
+    file_in(yaml, ".")
+}
+
+/// A configuration file read from the directory `dir`.
+fn file_in(yaml: &str, dir: &str) -> FileConfig {
+    FileConfig::parse(yaml, PathBuf::from(dir)).unwrap()
 }
 
 fn flags(pairs: &[(&'static str, &str)]) -> CommandLine {
@@ -19,11 +24,24 @@ fn flags(pairs: &[(&'static str, &str)]) -> CommandLine {
     }
 }
 
+/// The settings of a configuration file alone.
+fn resolved(yaml: &str) -> Settings {
+    resolve(&file(yaml), &no_env, &CommandLine::default()).unwrap()
+}
+
 /// Why a configuration file alone is refused.
 fn refusal(yaml: &str) -> String {
     resolve(&file(yaml), &no_env, &CommandLine::default())
         .unwrap_err()
         .to_string()
+}
+
+/// Each configuration file is refused naming its setting.
+fn assert_each_refused(cases: &[(&str, &str)]) {
+    for (yaml, setting) in cases {
+        let e = refusal(yaml);
+        assert!(e.contains(setting), "{yaml}: {e}");
+    }
 }
 
 #[test]
@@ -55,16 +73,13 @@ fn proxy_settings_are_parsed_and_checked() {
     let s = resolve(&FileConfig::default(), &env, &CommandLine::default()).unwrap();
     assert_eq!(s.trusted_proxies.len(), 2);
     assert_eq!(s.base_path, "");
-    for (yaml, setting) in [
+    assert_each_refused(&[
         ("base_path: tfstate\n", "base_path"),
         ("base_path: /a/../b\n", "base_path"),
         ("base_path: /a b\n", "base_path"),
         ("trusted_proxies: [10.0.0.0/99]\n", "trusted_proxies"),
         ("admin_listen: nowhere\n", "admin_listen"),
-    ] {
-        let e = refusal(yaml);
-        assert!(e.contains(setting), "{yaml}: {e}");
-    }
+    ]);
 }
 
 #[test]
@@ -83,25 +98,21 @@ fn limits_merge_and_are_checked() {
     assert_eq!(s.limits.max_lock_bytes, 1000);
     assert_eq!(s.limits.body_min_rate, 0);
     assert_eq!(s.limits.shutdown_grace, Duration::from_secs(30));
-    for (yaml, setting) in [
+    assert_each_refused(&[
         ("header_timeout: 0\n", "header_timeout"),
         ("idle_timeout: soon\n", "idle_timeout"),
         ("max_connections: 0\n", "max_connections"),
         ("max_header_bytes: 100\n", "max_header_bytes"),
         ("shutdown_grace: 5x\n", "shutdown_grace"),
-    ] {
-        let e = refusal(yaml);
-        assert!(e.contains(setting), "{yaml}: {e}");
-    }
+    ]);
 }
 
 #[test]
 fn command_line_beats_environment_beats_file() {
-    let f = FileConfig::parse(
+    let f = file_in(
         "listen: 127.0.0.1:1\nbackend:\n  storageType: sqlite\n  config:\n    path: from-file.db\n    workspace_key_prefix: filews\n",
-        PathBuf::from("/base"),
-    )
-    .unwrap();
+        "/base",
+    );
     let env = |k: &str| match k {
         "STATEGATE_LISTEN" => Some("127.0.0.1:2".to_string()),
         "STATEGATE_SQLITE_PATH" => Some("from-env.db".to_string()),
@@ -162,11 +173,10 @@ fn unknown_file_key_is_refused() {
 
 #[test]
 fn relative_files_start_where_they_were_written() {
-    let f = FileConfig::parse(
+    let f = file_in(
         "tls:\n  cert: c.pem\n  key: k.pem\naudit_log: audit.jsonl\n",
-        PathBuf::from("/etc/stategate"),
-    )
-    .unwrap();
+        "/etc/stategate",
+    );
     let s = resolve(&f, &no_env, &flags(&[("tls-key", "here.pem")])).unwrap();
     let tls = s.tls.unwrap();
     assert_eq!(tls.cert, PathBuf::from("/etc/stategate/c.pem"));
@@ -186,12 +196,7 @@ fn ui_settings_are_read_and_checked() {
     let env = |k: &str| (k == "STATEGATE_UI_MAX_VIEW_BYTES").then(|| "1024".to_string());
     let s = resolve(&FileConfig::default(), &env, &CommandLine::default()).unwrap();
     assert_eq!(s.ui.max_view_bytes, 1024);
-    let s = resolve(
-        &file("ui:\n  hosts: [TF.example.com]\n"),
-        &no_env,
-        &CommandLine::default(),
-    )
-    .unwrap();
+    let s = resolved("ui:\n  hosts: [TF.example.com]\n");
     assert_eq!(s.ui.hosts, ["tf.example.com"]);
     let s = resolve(
         &FileConfig::default(),
@@ -223,12 +228,7 @@ fn ui_settings_are_read_and_checked() {
 
 #[test]
 fn the_admin_address_has_its_own_certificate() {
-    let s = resolve(
-        &file("admin_listen: 127.0.0.1:9090\nadmin_tls:\n  cert: a.pem\n  key: b.pem\n"),
-        &no_env,
-        &CommandLine::default(),
-    )
-    .unwrap();
+    let s = resolved("admin_listen: 127.0.0.1:9090\nadmin_tls:\n  cert: a.pem\n  key: b.pem\n");
     assert_eq!(s.admin_tls.unwrap().cert, PathBuf::from("./a.pem"));
     assert!(s.tls.is_none());
     let e = refusal("admin_tls:\n  cert: a.pem\n  key: b.pem\n");
@@ -270,12 +270,7 @@ fn yaml_numbers_and_bools_become_values() {
 
 #[test]
 fn workspace_key_prefix_is_a_top_level_setting_checked_once() {
-    let s = resolve(
-        &file("workspace_key_prefix: \"env:\"\n"),
-        &no_env,
-        &CommandLine::default(),
-    )
-    .unwrap();
+    let s = resolved("workspace_key_prefix: \"env:\"\n");
     assert_eq!(s.workspace_key_prefix, "env:");
     assert_eq!(s.store.get("workspace_key_prefix"), None);
     let twice =

@@ -127,20 +127,14 @@ impl Ops<'_> {
         let opts = WriteOptions {
             skip_lineage_check: true,
             ignore_lock: force,
-            identity: actor.authenticated(),
-            operation: "restore",
             ..Default::default()
         };
-        let outcome = self.states.write(state, body, opts).await?;
-        self.emit(
-            Event::Restore {
-                state: state.clone(),
-                restored_version: version,
-                force,
-            },
-            actor,
-        );
-        Ok(outcome)
+        let event = Event::Restore {
+            state: state.clone(),
+            restored_version: version,
+            force,
+        };
+        self.operator_write(state, actor, body, opts, event).await
     }
 
     /// Stores `body` as the current state; `force` takes any JSON,
@@ -154,18 +148,33 @@ impl Ops<'_> {
     ) -> Result<WriteOutcome, OpError> {
         let opts = WriteOptions {
             skip_lineage_check: force,
-            identity: actor.authenticated(),
-            operation: "push",
             ..Default::default()
         };
+        let event = Event::Push {
+            state: state.clone(),
+            force,
+        };
+        self.operator_write(state, actor, body, opts, event).await
+    }
+
+    /// An operator's write of `body` (a push or a restore) with `opts`,
+    /// recorded in history under the actor's identity and the event's
+    /// action, and audited as `event` once stored.
+    async fn operator_write(
+        &self,
+        state: &StateRef,
+        actor: &Actor,
+        body: impl Into<Payload>,
+        opts: WriteOptions<'_>,
+        event: Event,
+    ) -> Result<WriteOutcome, OpError> {
+        let opts = WriteOptions {
+            identity: actor.authenticated(),
+            operation: event.action(),
+            ..opts
+        };
         let outcome = self.states.write(state, body, opts).await?;
-        self.emit(
-            Event::Push {
-                state: state.clone(),
-                force,
-            },
-            actor,
-        );
+        self.emit(event, actor);
         Ok(outcome)
     }
 

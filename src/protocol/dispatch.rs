@@ -172,6 +172,8 @@ async fn dispatch(
     .await?;
     ex.identity = caller.as_ref().map(|c| c.name().to_string());
     let caller = caller.as_ref();
+    // Who the operations that change a state act for.
+    let actor = ex.actor(caller.map(|c| c.level));
     let whole = match endpoint {
         Endpoint::GetState(state) if req.method() == Method::HEAD => {
             return states::handle_head(app, &state, caller).await;
@@ -184,20 +186,20 @@ async fn dispatch(
         Endpoint::History(state, window) => history::handle_history(app, &state, window).await,
         Endpoint::WriteState { state, lock_id } => {
             let body = read_body(app, req, app.limits.max_body_bytes, ex).await?;
-            states::handle_write(app, &state, body, lock_id.as_deref(), caller, ex).await
+            states::handle_write(app, &state, body, lock_id.as_deref(), &actor).await
         }
         Endpoint::DeleteState { state, lock_id } => {
-            states::handle_delete(app, &state, lock_id.as_deref(), caller, ex).await
+            states::handle_delete(app, &state, lock_id.as_deref(), &actor).await
         }
         Endpoint::Lock(state) => {
             let body = read_body(app, req, app.limits.max_lock_bytes, ex).await?;
             let bytes = body.payload.to_bytes().await.map_err(StateError::Store)?;
-            locks::handle_lock(app, &state, bytes, caller, ex).await
+            locks::handle_lock(app, &state, bytes, &actor).await
         }
         Endpoint::Unlock(state) => {
             let body = read_body(app, req, app.limits.max_lock_bytes, ex).await?;
             let bytes = body.payload.to_bytes().await.map_err(StateError::Store)?;
-            locks::handle_unlock(app, &state, &bytes, caller, ex).await
+            locks::handle_unlock(app, &state, &bytes, &actor).await
         }
         Endpoint::GetLock(state) => locks::handle_get_lock(app, &state).await,
     };

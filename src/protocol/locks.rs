@@ -8,22 +8,19 @@ use http_body_util::Full;
 use hyper::{Response, StatusCode};
 
 use super::ProtocolError;
-use super::access::Caller;
 use super::app::App;
 use super::error::text;
-use super::log::Exchange;
 use super::states::json;
+use crate::ops::Actor;
 use crate::state::{LockInfo, StateRef};
 
 pub(super) async fn handle_lock(
     app: &App,
     state: &StateRef,
     body: Bytes,
-    caller: Option<&Caller>,
-    ex: &Exchange,
+    actor: &Actor,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
-    let actor = ex.actor(caller.map(|c| c.level));
-    app.ops().lock(state, &actor, body).await?;
+    app.ops().lock(state, actor, body).await?;
     Ok(text(""))
 }
 
@@ -40,14 +37,12 @@ pub(super) async fn handle_unlock(
     app: &App,
     state: &StateRef,
     body: &[u8],
-    caller: Option<&Caller>,
-    ex: &Exchange,
+    actor: &Actor,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
-    let actor = ex.actor(caller.map(|c| c.level));
     match unlock_id(body)? {
-        Some(id) => app.ops().unlock(state, &actor, &id).await?,
+        Some(id) => app.ops().unlock(state, actor, &id).await?,
         None => {
-            app.ops().force_unlock(state, &actor, None).await?;
+            app.ops().force_unlock(state, actor, None).await?;
         }
     }
     Ok(text(""))

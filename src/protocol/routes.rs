@@ -228,42 +228,52 @@ mod tests {
         StateRef::parse(key, ws).unwrap()
     }
 
+    /// Each `(method, path, query)` routes to its endpoint.
+    fn assert_routes(cases: Vec<(&str, &str, Option<&str>, Endpoint)>) {
+        for (method, path, query, want) in cases {
+            assert_eq!(
+                r(method, path, query).unwrap(),
+                want,
+                "{method} {path} {query:?}"
+            );
+        }
+    }
+
     #[test]
     fn state_url_methods() {
-        assert_eq!(
-            r("GET", "/states/a/b", None).unwrap(),
-            Endpoint::GetState(st("a/b", None))
-        );
-        assert_eq!(
-            r("POST", "/states/a", Some("workspace=dev&ID=123")).unwrap(),
-            Endpoint::WriteState {
-                state: st("a", Some("dev")),
-                lock_id: Some("123".into())
-            }
-        );
-        assert_eq!(
-            r("PUT", "/states/a", Some("ID=")).unwrap(),
-            Endpoint::WriteState {
-                state: st("a", None),
-                lock_id: None
-            }
-        );
-        assert_eq!(
-            r("LOCK", "/states/a", None).unwrap(),
-            Endpoint::Lock(st("a", None))
-        );
-        assert_eq!(
-            r("UNLOCK", "/states/a", None).unwrap(),
-            Endpoint::Unlock(st("a", None))
-        );
-        assert_eq!(
-            r("GET", "/states/a", Some("history")).unwrap(),
-            Endpoint::History(st("a", None), None)
-        );
-        assert_eq!(
-            r("GET", "/states/a", Some("version=3")).unwrap(),
-            Endpoint::GetVersion(st("a", None), 3)
-        );
+        let write = |ws, lock_id: Option<&str>| Endpoint::WriteState {
+            state: st("a", ws),
+            lock_id: lock_id.map(Into::into),
+        };
+        assert_routes(vec![
+            (
+                "GET",
+                "/states/a/b",
+                None,
+                Endpoint::GetState(st("a/b", None)),
+            ),
+            (
+                "POST",
+                "/states/a",
+                Some("workspace=dev&ID=123"),
+                write(Some("dev"), Some("123")),
+            ),
+            ("PUT", "/states/a", Some("ID="), write(None, None)),
+            ("LOCK", "/states/a", None, Endpoint::Lock(st("a", None))),
+            ("UNLOCK", "/states/a", None, Endpoint::Unlock(st("a", None))),
+            (
+                "GET",
+                "/states/a",
+                Some("history"),
+                Endpoint::History(st("a", None), None),
+            ),
+            (
+                "GET",
+                "/states/a",
+                Some("version=3"),
+                Endpoint::GetVersion(st("a", None), 3),
+            ),
+        ]);
         assert_eq!(
             r("GET", "/states/a", Some("version=x"))
                 .unwrap_err()
@@ -313,18 +323,16 @@ mod tests {
 
     #[test]
     fn lock_url_methods() {
-        assert_eq!(
-            r("POST", "/locks/a", None).unwrap(),
-            Endpoint::Lock(st("a", None))
-        );
-        assert_eq!(
-            r("DELETE", "/locks/a", Some("workspace=w")).unwrap(),
-            Endpoint::Unlock(st("a", Some("w")))
-        );
-        assert_eq!(
-            r("GET", "/locks/a", None).unwrap(),
-            Endpoint::GetLock(st("a", None))
-        );
+        assert_routes(vec![
+            ("POST", "/locks/a", None, Endpoint::Lock(st("a", None))),
+            (
+                "DELETE",
+                "/locks/a",
+                Some("workspace=w"),
+                Endpoint::Unlock(st("a", Some("w"))),
+            ),
+            ("GET", "/locks/a", None, Endpoint::GetLock(st("a", None))),
+        ]);
         assert_eq!(r("PUT", "/locks/a", None).unwrap_err().status(), 405);
     }
 

@@ -13,9 +13,9 @@ use super::access::{self, Caller};
 use super::app::App;
 use super::body::Body;
 use super::error::text;
-use super::log::Exchange;
 use super::{ProtocolError, Reply};
 use crate::auth::Access;
+use crate::ops::Actor;
 use crate::state::{StateError, StateRef, WriteOutcome, head};
 use crate::stores::Payload;
 
@@ -103,13 +103,11 @@ pub(super) async fn handle_write(
     state: &StateRef,
     body: Body,
     lock_id: Option<&str>,
-    caller: Option<&Caller>,
-    ex: &Exchange,
+    actor: &Actor,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
-    let actor = ex.actor(caller.map(|c| c.level));
     let outcome = app
         .ops()
-        .write(state, &actor, body.payload, &body.md5, lock_id)
+        .write(state, actor, body.payload, &body.md5, lock_id)
         .await?;
     if let WriteOutcome::Written { stored, .. } = outcome {
         app.etags.put(state, stored, body.md5);
@@ -121,10 +119,8 @@ pub(super) async fn handle_delete(
     app: &App,
     state: &StateRef,
     lock_id: Option<&str>,
-    caller: Option<&Caller>,
-    ex: &Exchange,
+    actor: &Actor,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
-    let actor = ex.actor(caller.map(|c| c.level));
-    app.ops().delete(state, &actor, lock_id).await?;
+    app.ops().delete(state, actor, lock_id).await?;
     Ok(text(""))
 }

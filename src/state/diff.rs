@@ -199,14 +199,30 @@ fn count_items<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     Ok(Option::<Vec<IgnoredAny>>::deserialize(d)?.map_or(0, |v| v.len()))
 }
 
-/// The parts of a state the overview reads. A body that is not a Terraform
+/// The parts of a state a reader looks at: its resource blocks, read as
+/// `R`, and its outputs, each read as `O`. A body that is not a Terraform
 /// state (an encrypted envelope, other JSON) holds nothing.
-#[derive(Default, Deserialize)]
+#[derive(Deserialize)]
 #[serde(default)]
-struct OverviewDocument {
-    resources: Option<Vec<BlockCount>>,
-    outputs: Option<BTreeMap<String, IgnoredAny>>,
+struct Document<R, O> {
+    resources: Option<Vec<R>>,
+    outputs: Option<BTreeMap<String, O>>,
 }
+
+impl<R, O> Default for Document<R, O> {
+    fn default() -> Self {
+        Document {
+            resources: None,
+            outputs: None,
+        }
+    }
+}
+
+/// What the overview reads: blocks counted, outputs only named.
+type OverviewDocument = Document<BlockCount, IgnoredAny>;
+
+/// What the diff reads: blocks with their instances, outputs fingerprinted.
+type DiffDocument = Document<Block, Fingerprint>;
 
 #[derive(Default, Deserialize)]
 #[serde(default)]
@@ -216,14 +232,6 @@ struct BlockCount {
     type_name: Option<String>,
     #[serde(deserialize_with = "count_items")]
     instances: usize,
-}
-
-/// The parts of a state the diff reads.
-#[derive(Default, Deserialize)]
-#[serde(default)]
-struct DiffDocument {
-    resources: Option<Vec<Block>>,
-    outputs: Option<BTreeMap<String, Fingerprint>>,
 }
 
 /// A resource block: what makes its address, and its instances.
@@ -427,6 +435,11 @@ mod tests {
         .unwrap()
     }
 
+    /// A managed resource block outside any module.
+    fn managed(ty: &str, name: &str, instances: Value) -> Value {
+        res(None, "managed", ty, name, instances)
+    }
+
     fn res(module: Option<&str>, mode: &str, ty: &str, name: &str, instances: Value) -> Value {
         let mut r = json!({"mode": mode, "type": ty, "name": name,
             "provider": "provider[\"registry.terraform.io/hashicorp/null\"]",
@@ -439,44 +452,19 @@ mod tests {
 
     #[test]
     fn added_removed_and_changed_by_address() {
-        let old = state(
-            json!([
-                res(
-                    None,
-                    "managed",
-                    "null_resource",
-                    "a",
-                    json!([{"attributes": {"id": "1", "triggers": {"x": "old-secret"}}}])
-                ),
-                res(
-                    None,
-                    "managed",
-                    "null_resource",
-                    "gone",
-                    json!([{"attributes": {"id": "2"}}])
-                ),
-            ]),
-            json!({}),
+        // One resource in both, whose trigger (a secret) changes.
+        let a = |trigger: &str| {
+            let instances = json!([{"attributes": {"id": "1", "triggers": {"x": trigger}}}]);
+            managed("null_resource", "a", instances)
+        };
+        let gone = managed(
+            "null_resource",
+            "gone",
+            json!([{"attributes": {"id": "2"}}]),
         );
-        let new = state(
-            json!([
-                res(
-                    None,
-                    "managed",
-                    "null_resource",
-                    "a",
-                    json!([{"attributes": {"id": "1", "triggers": {"x": "new-secret"}}}])
-                ),
-                res(
-                    None,
-                    "managed",
-                    "null_resource",
-                    "b",
-                    json!([{"attributes": {"id": "3"}}])
-                ),
-            ]),
-            json!({}),
-        );
+        let b = managed("null_resource", "b", json!([{"attributes": {"id": "3"}}]));
+        let old = state(json!([a("old-secret"), gone]), json!({}));
+        let new = state(json!([a("new-secret"), b]), json!({}));
         let d = diff(&old, &new);
         assert_eq!(d.added, ["null_resource.b"]);
         assert_eq!(d.removed, ["null_resource.gone"]);
@@ -493,53 +481,24 @@ mod tests {
 
     #[test]
     fn count_and_for_each_instance_keys() {
-        let old = state(
+        // Two blocks, `n` with `count` and `m` with `for_each`.
+        let blocks = |n: Value, m: Value| {
+            let n = managed("terraform_data", "n", n);
+            state(json!([n, managed("terraform_data", "m", m)]), json!({}))
+        };
+        let old = blocks(
             json!([
-                res(
-                    None,
-                    "managed",
-                    "terraform_data",
-                    "n",
-                    json!([
-                        {"index_key": 0, "attributes": {"input": "a"}},
-                        {"index_key": 1, "attributes": {"input": "b"}},
-                    ])
-                ),
-                res(
-                    None,
-                    "managed",
-                    "terraform_data",
-                    "m",
-                    json!([
-                        {"index_key": "blue", "attributes": {"input": "a"}},
-                    ])
-                ),
+                {"index_key": 0, "attributes": {"input": "a"}},
+                {"index_key": 1, "attributes": {"input": "b"}},
             ]),
-            json!({}),
+            json!([{"index_key": "blue", "attributes": {"input": "a"}}]),
         );
-        let new = state(
+        let new = blocks(
+            json!([{"index_key": 0, "attributes": {"input": "a"}}]),
             json!([
-                res(
-                    None,
-                    "managed",
-                    "terraform_data",
-                    "n",
-                    json!([
-                        {"index_key": 0, "attributes": {"input": "a"}},
-                    ])
-                ),
-                res(
-                    None,
-                    "managed",
-                    "terraform_data",
-                    "m",
-                    json!([
-                        {"index_key": "blue", "attributes": {"input": "c", "output": "d"}},
-                        {"index_key": "gr\"een", "attributes": {"input": "a"}},
-                    ])
-                ),
+                {"index_key": "blue", "attributes": {"input": "c", "output": "d"}},
+                {"index_key": "gr\"een", "attributes": {"input": "a"}},
             ]),
-            json!({}),
         );
         let d = diff(&old, &new);
         assert_eq!(d.removed, ["terraform_data.n[1]"]);
@@ -587,9 +546,7 @@ mod tests {
     #[test]
     fn instance_fields_and_outputs_by_name_only() {
         let old = state(
-            json!([res(
-                None,
-                "managed",
+            json!([managed(
                 "t",
                 "x",
                 json!([{"attributes": {"a": 1}, "dependencies": []}])
@@ -597,9 +554,7 @@ mod tests {
             json!({"keep": {"value": "v1"}, "drop": {"value": 1}, "same": {"value": 2}}),
         );
         let new = state(
-            json!([res(
-                None,
-                "managed",
+            json!([managed(
                 "t",
                 "x",
                 json!([{"attributes": {"a": 1}, "dependencies": ["t.y"], "status": "tainted"}])

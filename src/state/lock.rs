@@ -19,7 +19,7 @@
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::{Lease, LeaseNeed, StateError, States, key::StateRef};
+use super::{LeaseNeed, StateError, States, key::StateRef};
 use crate::stores::{Condition, OpDelete, StoreError, StoreExt};
 
 /// The fields of a LockInfo that stategate acts on. Field names are
@@ -278,58 +278,47 @@ impl States {
     /// until someone unlocks it again, which is safe, where a lock that
     /// vanishes could let two applies run.
     pub async fn release(&self, state: &StateRef, id: Option<&str>) -> Result<(), StateError> {
-        let lease = self.lease(state, LeaseNeed::WithoutCompareAndSwap).await?;
-        let result = self.release_leased(state, id, lease.as_ref()).await;
-        if let Some(lease) = lease {
-            lease.release().await;
-        }
-        result
-    }
-
-    async fn release_leased(
-        &self,
-        state: &StateRef,
-        id: Option<&str>,
-        lease: Option<&Lease>,
-    ) -> Result<(), StateError> {
-        let lock_key = state.lock_key(&self.workspace_key_prefix);
-        for _ in 0..RACE_RETRIES {
-            let Some(obj) = self.store.get(&lock_key).await? else {
-                return Ok(());
-            };
-            let held = Held::from_stored(obj.body);
-            let holder = held.info;
-            if let Some(id) = id
-                && holder.id != id
-            {
-                return Err(StateError::NotHolder(held.body));
-            }
-            if let Some(lease) = lease {
-                lease.check()?;
-            }
-            match self
-                .store
-                .delete(
-                    &lock_key,
-                    OpDelete::transient(Condition::IfMatch(obj.version)),
-                )
-                .await
-            {
-                Ok(()) => {
-                    if id.is_none() {
-                        tracing::warn!(state = %state, id = %holder.id, who = %holder.who, "force-unlocked");
-                    } else {
-                        tracing::info!(state = %state, id = %holder.id, "unlocked");
-                    }
+        self.with_lease(state, LeaseNeed::WithoutCompareAndSwap, async |lease| {
+            let lock_key = state.lock_key(&self.workspace_key_prefix);
+            for _ in 0..RACE_RETRIES {
+                let Some(obj) = self.store.get(&lock_key).await? else {
                     return Ok(());
+                };
+                let held = Held::from_stored(obj.body);
+                let holder = held.info;
+                if let Some(id) = id
+                    && holder.id != id
+                {
+                    return Err(StateError::NotHolder(held.body));
                 }
-                Err(StoreError::PreconditionFailed) => continue,
-                Err(e) => return Err(e.into()),
+                if let Some(lease) = lease {
+                    lease.check()?;
+                }
+                match self
+                    .store
+                    .delete(
+                        &lock_key,
+                        OpDelete::transient(Condition::IfMatch(obj.version)),
+                    )
+                    .await
+                {
+                    Ok(()) => {
+                        if id.is_none() {
+                            tracing::warn!(state = %state, id = %holder.id, who = %holder.who, "force-unlocked");
+                        } else {
+                            tracing::info!(state = %state, id = %holder.id, "unlocked");
+                        }
+                        return Ok(());
+                    }
+                    Err(StoreError::PreconditionFailed) => continue,
+                    Err(e) => return Err(e.into()),
+                }
             }
-        }
-        Err(StateError::Store(StoreError::unavailable(
-            "the lock kept changing; try again",
-        )))
+            Err(StateError::Store(StoreError::unavailable(
+                "the lock kept changing; try again",
+            )))
+        })
+        .await
     }
 
     /// Checks that a change may happen now: when the state is locked, the

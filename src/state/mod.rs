@@ -175,20 +175,25 @@ impl States {
         state.object_key(&self.workspace_key_prefix)
     }
 
-    /// Takes the state's write lease (see [`lease`]) where `need` calls for
-    /// one; `None` where the store's own conditions suffice.
-    pub(super) async fn lease(
+    /// Runs `op` under the state's write lease (see [`lease`]) where
+    /// `need` calls for one, and releases the lease after it, whatever it
+    /// answered. `op` gets `None` where the store's own conditions suffice.
+    pub(super) async fn with_lease<T>(
         &self,
         state: &StateRef,
         need: LeaseNeed,
-    ) -> Result<Option<Lease>, StateError> {
+        op: impl AsyncFnOnce(Option<&Lease>) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
         let cas = self.capabilities.compare_and_swap;
-        if cas && need == LeaseNeed::WithoutCompareAndSwap {
-            return Ok(None);
+        let lease = match cas && need == LeaseNeed::WithoutCompareAndSwap {
+            true => None,
+            false => Some(Lease::acquire(&self.store, &self.object_key(state)).await?),
+        };
+        let result = op(lease.as_ref()).await;
+        if let Some(lease) = lease {
+            lease.release().await;
         }
-        Lease::acquire(&self.store, &self.object_key(state))
-            .await
-            .map(Some)
+        result
     }
 
     /// Reads a state's current body.

@@ -120,14 +120,10 @@ impl States {
             None if opts.skip_lineage_check => StateHead::parse(&body.to_bytes().await?)?,
             None => StateHead::parse_payload(&body).await?,
         };
-        let lease = self.lease(state, LeaseNeed::Always).await?;
-        let result = self
-            .write_leased(state, body, incoming, opts, lease.as_ref())
-            .await;
-        if let Some(lease) = lease {
-            lease.release().await;
-        }
-        result
+        self.with_lease(state, LeaseNeed::Always, async |lease| {
+            self.write_leased(state, body, incoming, opts, lease).await
+        })
+        .await
     }
 
     async fn write_leased(
@@ -212,46 +208,35 @@ impl States {
     /// Deletes a state, keeping it in history first. Deleting an absent
     /// state succeeds.
     pub async fn delete(&self, state: &StateRef, lock_id: Option<&str>) -> Result<(), StateError> {
-        let lease = self.lease(state, LeaseNeed::Always).await?;
-        let result = self.delete_leased(state, lock_id, lease.as_ref()).await;
-        if let Some(lease) = lease {
-            lease.release().await;
-        }
-        result
-    }
-
-    async fn delete_leased(
-        &self,
-        state: &StateRef,
-        lock_id: Option<&str>,
-        lease: Option<&Lease>,
-    ) -> Result<(), StateError> {
-        self.check_holder(state, lock_id).await?;
-        let object_key = self.object_key(state);
-        for _ in 0..CAS_RETRIES {
-            let Some(cur) = self.current(state).await? else {
-                return Ok(());
-            };
-            if let Some(lease) = lease {
-                lease.check()?;
-            }
-            match self
-                .store
-                .delete(&object_key, Condition::IfMatch(cur.version).into())
-                .await
-            {
-                Ok(()) => {
-                    self.drop_summary(state).await;
-                    tracing::info!(state = %state, "state deleted");
+        self.with_lease(state, LeaseNeed::Always, async |lease| {
+            self.check_holder(state, lock_id).await?;
+            let object_key = self.object_key(state);
+            for _ in 0..CAS_RETRIES {
+                let Some(cur) = self.current(state).await? else {
                     return Ok(());
+                };
+                if let Some(lease) = lease {
+                    lease.check()?;
                 }
-                Err(StoreError::PreconditionFailed) => continue,
-                Err(e) => return Err(e.into()),
+                match self
+                    .store
+                    .delete(&object_key, Condition::IfMatch(cur.version).into())
+                    .await
+                {
+                    Ok(()) => {
+                        self.drop_summary(state).await;
+                        tracing::info!(state = %state, "state deleted");
+                        return Ok(());
+                    }
+                    Err(StoreError::PreconditionFailed) => continue,
+                    Err(e) => return Err(e.into()),
+                }
             }
-        }
-        Err(StateError::Store(StoreError::unavailable(
-            "the state kept changing during the delete; try again",
-        )))
+            Err(StateError::Store(StoreError::unavailable(
+                "the state kept changing during the delete; try again",
+            )))
+        })
+        .await
     }
 }
 

@@ -2,6 +2,7 @@
 //! is opened: for serving (probed first, see [`super::probe`]), for
 //! reading only, or only asked whether it exists yet.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use time::OffsetDateTime;
@@ -15,7 +16,7 @@ use super::probe::{ProbeReport, probe};
 #[cfg(feature = "s3")]
 use super::s3;
 use super::{Capabilities, OpenError, PROBE_PREFIX, Store, StoreError, local, read_only, sqlite};
-use crate::settings::{Setting, StoreSettings};
+use crate::settings::{ConfigError, Setting, StoreSettings};
 
 /// A storage type a user can name in `backend.storageType`.
 pub struct Backend {
@@ -38,6 +39,50 @@ impl std::fmt::Debug for Backend {
 
 /// What opening a store gives.
 pub type OpenResult = Result<Arc<dyn Store>, OpenError>;
+
+/// Every [`Backend::open`]: `parse` reads the merged settings into the
+/// store's typed config, `open` opens the store with it, and the store is
+/// handed out shared.
+pub fn open_with<C, S, F>(
+    settings: StoreSettings,
+    parse: fn(&StoreSettings) -> Result<C, ConfigError>,
+    open: fn(C) -> F,
+) -> BoxFuture<OpenResult>
+where
+    C: Send + 'static,
+    S: Store + 'static,
+    F: std::future::Future<Output = Result<S, OpenError>> + Send + 'static,
+{
+    Box::pin(async move {
+        let config = parse(&settings)?;
+        Ok(Arc::new(open(config).await?) as Arc<dyn Store>)
+    })
+}
+
+/// The one setting of a store kept at a path on this machine (a local
+/// directory, a SQLite file): `path`, with a default.
+pub const fn path_setting(
+    env: &'static [&'static str],
+    default: &'static str,
+    help: &'static str,
+) -> Setting {
+    Setting {
+        name: "path",
+        aliases: &[],
+        env,
+        secret: false,
+        default: Some(default),
+        help,
+    }
+}
+
+/// The value of [`path_setting`]: relative paths resolved, and never
+/// unset, since it has a default (only an empty value leaves it so).
+pub fn store_path(settings: &StoreSettings) -> Result<PathBuf, ConfigError> {
+    settings
+        .path("path")
+        .ok_or_else(|| ConfigError::invalid("path", "must not be empty"))
+}
 
 /// A boxed future, so `Backend::open` can be a plain function pointer.
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;

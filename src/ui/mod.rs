@@ -444,6 +444,22 @@ impl Pages for Dashboard {
     }
 }
 
+/// The diff a page shows between two versions. One too large to show is
+/// given as the reason instead, so the page still shows what it can.
+async fn page_diff(
+    app: &App,
+    views: &api::BodyViews,
+    state: &StateRef,
+    from: u64,
+    to: u64,
+) -> Result<Result<api::VersionDiff, String>, ProtocolError> {
+    match api::version_diff(app, views, state, Some(from), Some(to)).await {
+        Ok(diff) => Ok(Ok(diff)),
+        Err(e @ ProtocolError::TooLargeToShow(_)) => Ok(Err(e.to_string())),
+        Err(e) => Err(e),
+    }
+}
+
 impl Dashboard {
     async fn answer(
         &self,
@@ -473,6 +489,12 @@ impl Dashboard {
             page.state = Some(state.to_string());
             Ok(state)
         };
+        // A state the viewer may read.
+        let readable = |raw: &str, page: &mut PageRequest| -> Result<StateRef, ProtocolError> {
+            let state = keyed(raw, page)?;
+            viewer.require(app, &state, Access::Read, "read", page)?;
+            Ok(state)
+        };
         match route {
             Route::RedirectHome | Route::Style => unreachable!("answered above"),
             Route::ApiStates => {
@@ -480,16 +502,14 @@ impl Dashboard {
                 Ok(api::json_body(&list.to_json()))
             }
             Route::ApiState(raw) => {
-                let state = keyed(raw, page)?;
-                viewer.require(app, &state, Access::Read, "read", page)?;
+                let state = readable(raw, page)?;
                 let window = q.history_window()?;
                 let _turn = views.turn().await?;
                 let detail = api::state_detail(app, views, &state, stale, window).await?;
                 Ok(api::json_body(&detail))
             }
             Route::ApiDiff(raw) => {
-                let state = keyed(raw, page)?;
-                viewer.require(app, &state, Access::Read, "read", page)?;
+                let state = readable(raw, page)?;
                 let _turn = views.turn().await?;
                 let diff = api::version_diff(app, views, &state, q.from, q.to).await?;
                 Ok(api::json_body(&diff))
@@ -513,27 +533,18 @@ impl Dashboard {
                 Ok(pages::locks(base, &viewer, &locks))
             }
             Route::StatePage(raw) => {
-                let state = keyed(raw, page)?;
-                viewer.require(app, &state, Access::Read, "read", page)?;
+                let state = readable(raw, page)?;
                 let window = q.history_window()?;
                 let _turn = views.turn().await?;
                 let detail = api::state_detail(app, views, &state, stale, window).await?;
                 let diff = match detail.default_pair(q.from, q.to) {
-                    Some((from, to)) => {
-                        match api::version_diff(app, views, &state, Some(from), Some(to)).await {
-                            Ok(diff) => Some(Ok(diff)),
-                            // The page still shows what it can.
-                            Err(e @ ProtocolError::TooLargeToShow(_)) => Some(Err(e.to_string())),
-                            Err(e) => return Err(e),
-                        }
-                    }
+                    Some((from, to)) => Some(page_diff(app, views, &state, from, to).await?),
                     None => None,
                 };
                 Ok(pages::state(base, &viewer, &detail, diff.as_ref()))
             }
             Route::LockPage(raw) => {
-                let state = keyed(raw, page)?;
-                viewer.require(app, &state, Access::Read, "read", page)?;
+                let state = readable(raw, page)?;
                 let lock = api::lock_view(app, &state, stale).await?;
                 let token = self.csrf.token(viewer.name(), "release", &state);
                 Ok(pages::lock(base, &viewer, &state, lock.as_ref(), &token))
@@ -555,11 +566,7 @@ impl Dashboard {
                 // What the restore would change, from the current version.
                 let change = match current.as_ref().map(|c| c.version) {
                     Some(now) if now != 0 && now != n => {
-                        match api::version_diff(app, views, &state, Some(now), Some(n)).await {
-                            Ok(diff) => Some(Ok(diff)),
-                            Err(e @ ProtocolError::TooLargeToShow(_)) => Some(Err(e.to_string())),
-                            Err(e) => return Err(e),
-                        }
+                        Some(page_diff(app, views, &state, now, n).await?)
                     }
                     _ => None,
                 };

@@ -202,6 +202,14 @@ mod tests {
     use crate::state::WriteOptions;
     use crate::state::{StateRef, States};
 
+    /// A directory for local stores, a runtime to drive them, and the
+    /// state the tests write.
+    fn setting() -> (tempfile::TempDir, tokio::runtime::Runtime, StateRef) {
+        let dir = tempfile::TempDir::new().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        (dir, rt, StateRef::parse("a.tfstate", None).unwrap())
+    }
+
     fn states(dir: &std::path::Path, history_keep: u64) -> States {
         crate::state::local_states_for_tests(dir, history_keep)
     }
@@ -241,9 +249,7 @@ mod tests {
 
     #[test]
     fn lowering_history_keep_prunes_the_excess_once() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let state = StateRef::parse("a.tfstate", None).unwrap();
+        let (dir, rt, state) = setting();
         let all = states(dir.path(), 0);
         for serial in 1..=10 {
             write(&rt, &all, &state, serial);
@@ -259,9 +265,7 @@ mod tests {
 
     #[test]
     fn a_pointer_left_behind_is_walked_forward() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let state = StateRef::parse("a.tfstate", None).unwrap();
+        let (dir, rt, state) = setting();
         let states = states(dir.path(), 0);
         let pointer = dir.path().join(".stategate/history/a.tfstate/newest.json+");
         write(&rt, &states, &state, 1);

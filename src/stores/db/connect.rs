@@ -3,101 +3,73 @@
 
 use std::str::FromStr;
 
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
-use sqlx::{ConnectOptions as _, Connection as _};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlSslMode};
+use sqlx::pool::PoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgSslMode};
+use sqlx::{ConnectOptions as _, Connection as _, Database};
 
 use super::config::{Connection, DbConfig, Engine, SslMode};
 use super::failure::{POOL_TIMED_OUT, cause, unavailable};
 use crate::settings::ConfigError;
 use crate::stores::network_cause;
 
+/// One engine's connection options: `$Options` parsed from `dbURL`, or
+/// `$new` given the separate settings, with `$ssl_mode` and the CA file
+/// through the setter `$ca`. A macro because the two drivers name these
+/// setters alike on types that share no trait for them.
+macro_rules! options {
+    ($config:expr, $Options:ty, $new:expr, $ssl_mode:expr, $ca:ident) => {
+        match &$config.connection {
+            // The parser's message may quote the URL, password included.
+            Connection::Url(url) => <$Options>::from_str(url)
+                .map_err(|_| ConfigError::invalid("dbURL", "cannot be parsed as a database URL"))?,
+            Connection::Parts {
+                host,
+                port,
+                database,
+                user,
+                password,
+                ssl_root_cert,
+            } => {
+                let mut o = $new
+                    .host(host)
+                    .port(*port)
+                    .database(database)
+                    .username(user)
+                    .ssl_mode($ssl_mode);
+                if let Some(password) = password {
+                    o = o.password(password);
+                }
+                if let Some(ca) = ssl_root_cert {
+                    o = o.$ca(ca);
+                }
+                o
+            }
+        }
+    };
+}
+
 /// Opens the pool and checks one connection, so a wrong host, password or
 /// database name stops start-up with the setting to fix.
 pub(super) async fn connect(config: &DbConfig) -> Result<Pool, ConfigError> {
-    let url_error = |_| {
-        // The parser's message may quote the URL, password included.
-        ConfigError::invalid("dbURL", "cannot be parsed as a database URL")
-    };
+    let (mysql_ssl, pg_ssl) = ssl_modes(config.ssl_mode);
     let pool = match config.engine {
-        Engine::Mysql => {
-            let options = match &config.connection {
-                Connection::Url(url) => MySqlConnectOptions::from_str(url).map_err(url_error)?,
-                Connection::Parts {
-                    host,
-                    port,
-                    database,
-                    user,
-                    password,
-                    ssl_root_cert,
-                } => {
-                    let mut o = MySqlConnectOptions::new()
-                        .host(host)
-                        .port(*port)
-                        .database(database)
-                        .username(user)
-                        .ssl_mode(match config.ssl_mode {
-                            SslMode::Disable => MySqlSslMode::Disabled,
-                            SslMode::Prefer => MySqlSslMode::Preferred,
-                            SslMode::Require => MySqlSslMode::Required,
-                            SslMode::VerifyCa => MySqlSslMode::VerifyCa,
-                            SslMode::VerifyFull => MySqlSslMode::VerifyIdentity,
-                        });
-                    if let Some(password) = password {
-                        o = o.password(password);
-                    }
-                    if let Some(ca) = ssl_root_cert {
-                        o = o.ssl_ca(ca);
-                    }
-                    o
-                }
-            };
-            Pool::Mysql(
-                MySqlPoolOptions::new()
-                    .max_connections(config.max_connections)
-                    .acquire_timeout(config.connect_timeout)
-                    .connect_lazy_with(options),
-            )
-        }
+        Engine::Mysql => Pool::Mysql(lazy_pool(
+            config,
+            options!(
+                config,
+                MySqlConnectOptions,
+                MySqlConnectOptions::new(),
+                mysql_ssl,
+                ssl_ca
+            ),
+        )),
         Engine::Postgres => {
-            let options = match &config.connection {
-                Connection::Url(url) => PgConnectOptions::from_str(url).map_err(url_error)?,
-                Connection::Parts {
-                    host,
-                    port,
-                    database,
-                    user,
-                    password,
-                    ssl_root_cert,
-                } => {
-                    let mut o = PgConnectOptions::new_without_pgpass()
-                        .host(host)
-                        .port(*port)
-                        .database(database)
-                        .username(user)
-                        .ssl_mode(match config.ssl_mode {
-                            SslMode::Disable => PgSslMode::Disable,
-                            SslMode::Prefer => PgSslMode::Prefer,
-                            SslMode::Require => PgSslMode::Require,
-                            SslMode::VerifyCa => PgSslMode::VerifyCa,
-                            SslMode::VerifyFull => PgSslMode::VerifyFull,
-                        })
-                        .application_name("stategate");
-                    if let Some(password) = password {
-                        o = o.password(password);
-                    }
-                    if let Some(ca) = ssl_root_cert {
-                        o = o.ssl_root_cert(ca);
-                    }
-                    o
-                }
-            };
-            Pool::Postgres(
-                PgPoolOptions::new()
-                    .max_connections(config.max_connections)
-                    .acquire_timeout(config.connect_timeout)
-                    .connect_lazy_with(options),
-            )
+            let new = PgConnectOptions::new_without_pgpass().application_name("stategate");
+            Pool::Postgres(lazy_pool(
+                config,
+                options!(config, PgConnectOptions, new, pg_ssl, ssl_root_cert),
+            ))
         }
     };
     // One real connection now: a refused login is a configuration error
@@ -121,6 +93,29 @@ pub(super) async fn connect(config: &DbConfig) -> Result<Pool, ConfigError> {
         return Err(ConfigError::invalid(setting, cause));
     }
     Ok(pool)
+}
+
+/// `dbSSLMode` in each driver's words.
+fn ssl_modes(mode: SslMode) -> (MySqlSslMode, PgSslMode) {
+    match mode {
+        SslMode::Disable => (MySqlSslMode::Disabled, PgSslMode::Disable),
+        SslMode::Prefer => (MySqlSslMode::Preferred, PgSslMode::Prefer),
+        SslMode::Require => (MySqlSslMode::Required, PgSslMode::Require),
+        SslMode::VerifyCa => (MySqlSslMode::VerifyCa, PgSslMode::VerifyCa),
+        SslMode::VerifyFull => (MySqlSslMode::VerifyIdentity, PgSslMode::VerifyFull),
+    }
+}
+
+/// A pool of at most `dbMaxConnections` that connects when first used and
+/// waits `connect_timeout` for a connection.
+fn lazy_pool<DB: Database>(
+    config: &DbConfig,
+    options: <DB::Connection as sqlx::Connection>::Options,
+) -> sqlx::Pool<DB> {
+    PoolOptions::<DB>::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.connect_timeout)
+        .connect_lazy_with(options)
 }
 
 pub(super) enum Pool {

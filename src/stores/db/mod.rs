@@ -15,9 +15,7 @@
 //! MySQL, a sequence on PostgreSQL) hands out generations that are never
 //! reused, and `schema_version` says which migrations ran.
 
-use std::sync::Arc;
-
-use super::{Backend, Store};
+use super::{Backend, open_with};
 
 /// Runs the same code on whichever pool the store has; the two arms differ
 /// only in the types sqlx infers.
@@ -65,9 +63,8 @@ pub static BACKEND: Backend = Backend {
     summary: "a MySQL, MariaDB or PostgreSQL database shared by every replica",
     settings: config::SETTINGS,
     open: |settings| {
-        Box::pin(async move {
-            let config = DbConfig::from_settings(&settings)?;
-            Ok(Arc::new(DbStore::open(config).await?) as Arc<dyn Store>)
+        open_with(settings, DbConfig::from_settings, |config| async move {
+            Ok(DbStore::open(config).await?)
         })
     },
 };

@@ -3,12 +3,37 @@
 
 use bytes::{Bytes, BytesMut};
 use futures_util::TryStreamExt;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::query::Query;
+use sqlx::{AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Row, Type};
 
 use super::failure::{Failed, failed, generation_of, is_unique_violation, now_ns, unavailable};
+use super::sql::Sql;
 use super::store::DbStore;
 use crate::stores::payload::{FileBody, spool_dir};
 use crate::stores::{Condition, Payload, StoreError, Version};
+
+/// In the transaction `$tx`, runs `$change`, a statement on the object
+/// row that holds generation `$old` (its update or its delete), then drops
+/// that generation's chunk rows. Refused when the row no longer holds
+/// `$old`: another writer changed it first. A macro, as `on_pool!` is,
+/// since each engine has its own result type.
+macro_rules! retire {
+    ($tx:ident, $sql:expr, $change:expr, $old:expr, $err:expr) => {
+        async {
+            let changed = $change.execute(&mut *$tx).await.map_err($err)?;
+            if changed.rows_affected() == 0 {
+                return Err(Failed::from(StoreError::PreconditionFailed));
+            }
+            sqlx::query(AssertSqlSafe($sql.delete_chunks.as_str()))
+                .bind($old)
+                .execute(&mut *$tx)
+                .await
+                .map_err($err)?;
+            Ok::<(), Failed>(())
+        }
+        .await
+    };
+}
 
 /// Largest chunk row: well under MariaDB's default 16 MiB packet.
 pub(super) const CHUNK_BYTES: usize = 4 * 1024 * 1024;
@@ -58,10 +83,10 @@ impl Chunks {
 }
 
 impl DbStore {
-    /// rows arrive. A body missing some of its bytes is refused.
     /// Reads an object from the one statement that returns its chunk rows
     /// (one snapshot: a generation with all its chunks): in memory up to
     /// `in_memory` bytes, beyond that into an unnamed temporary file as the
+    /// rows arrive. A body missing some of its bytes is refused.
     pub(super) async fn read_within(
         &self,
         key: &str,
@@ -140,88 +165,43 @@ impl DbStore {
         on_pool!(&self.pool, pool => {
             let mut tx = pool.begin().await.map_err(&err)?;
             // Claim the row first, so a losing writer fails before it sends
-            // the body.
+            // the body: the generation it has now (`None`: it must not
+            // exist), then the row changed from that generation.
             let old = match condition {
-                Condition::IfAbsent => {
-                    let inserted = sqlx::query(AssertSqlSafe(sql.insert_object.as_str()))
-                        .bind(key)
-                        .bind(generation)
-                        .bind(size)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await;
-                    match inserted {
-                        Ok(_) => None,
-                        Err(e) if is_unique_violation(&e) => {
-                            return Err(StoreError::AlreadyExists.into())
-                        }
-                        Err(e) => return Err(err(e)),
-                    }
-                }
-                Condition::IfMatch(version) => {
-                    let Some(old) = generation_of(version) else {
-                        return Err(StoreError::PreconditionFailed.into());
-                    };
-                    let updated = sqlx::query(AssertSqlSafe(sql.update_object.as_str()))
-                        .bind(generation)
-                        .bind(size)
-                        .bind(now)
-                        .bind(key)
-                        .bind(old)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(&err)?;
-                    if updated.rows_affected() == 0 {
-                        return Err(StoreError::PreconditionFailed.into());
-                    }
-                    Some(old)
-                }
-                Condition::Always => {
-                    let current: Option<i64> = sqlx::query(AssertSqlSafe(sql.stat_for_update.as_str()))
-                        .bind(key)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .and_then(|r| r.map(|r| r.try_get(0)).transpose())
-                        .map_err(&err)?;
-                    match current {
-                        Some(old) => {
-                            sqlx::query(AssertSqlSafe(sql.update_object.as_str()))
-                                .bind(generation)
-                                .bind(size)
-                                .bind(now)
-                                .bind(key)
-                                .bind(old)
-                                .execute(&mut *tx)
-                                .await
-                                .map_err(&err)?;
-                            Some(old)
-                        }
-                        None => {
-                            let inserted = sqlx::query(AssertSqlSafe(sql.insert_object.as_str()))
-                                .bind(key)
-                                .bind(generation)
-                                .bind(size)
-                                .bind(now)
-                                .execute(&mut *tx)
-                                .await;
-                            match inserted {
-                                Ok(_) => None,
-                                // Another writer created it meanwhile.
-                                Err(e) if is_unique_violation(&e) => {
-                                    return Err(Failed::Retry(format!("{what}: created concurrently")))
-                                }
-                                Err(e) => return Err(err(e)),
-                            }
-                        }
-                    }
-                }
-            };
-            if let Some(old) = old {
-                sqlx::query(AssertSqlSafe(sql.delete_chunks.as_str()))
-                    .bind(old)
-                    .execute(&mut *tx)
+                Condition::IfAbsent => None,
+                Condition::IfMatch(version) => match generation_of(version) {
+                    Some(old) => Some(old),
+                    None => return Err(StoreError::PreconditionFailed.into()),
+                },
+                Condition::Always => locked_generation(sql, key)
+                    .fetch_optional(&mut *tx)
                     .await
-                    .map_err(&err)?;
+                    .and_then(first_column)
+                    .map_err(&err)?,
+            };
+            match old {
+                None => match insert_object(sql, key, generation, size, now).execute(&mut *tx).await {
+                    Ok(_) => {}
+                    // Under `Always`, another writer created it meanwhile.
+                    Err(e) if is_unique_violation(&e) => {
+                        return Err(match condition {
+                            Condition::Always => Failed::Retry(format!("{what}: created concurrently")),
+                            _ => StoreError::AlreadyExists.into(),
+                        })
+                    }
+                    Err(e) => return Err(err(e)),
+                },
+                Some(old) => {
+                    // Under `Always` the row is locked since it was read, so
+                    // only a version that no longer matches misses it.
+                    let update = sqlx::query(AssertSqlSafe(sql.update_object.as_str()))
+                        .bind(generation)
+                        .bind(size)
+                        .bind(now)
+                        .bind(key)
+                        .bind(old);
+                    retire!(tx, sql, update, old, &err)?;
+                }
             }
             // An empty body still gets one chunk row, so the reader's join
             // finds the object. A body in a file is read one chunk at a time.
@@ -260,11 +240,10 @@ impl DbStore {
                     old
                 }
                 Condition::Always | Condition::IfAbsent => {
-                    let current: Option<i64> = sqlx::query(AssertSqlSafe(sql.stat_for_update.as_str()))
-                        .bind(key)
+                    let current = locked_generation(sql, key)
                         .fetch_optional(&mut *tx)
                         .await
-                        .and_then(|r| r.map(|r| r.try_get(0)).transpose())
+                        .and_then(first_column)
                         .map_err(&err)?;
                     match current {
                         Some(g) => g,
@@ -272,20 +251,10 @@ impl DbStore {
                     }
                 }
             };
-            let deleted = sqlx::query(AssertSqlSafe(sql.delete_object.as_str()))
+            let delete = sqlx::query(AssertSqlSafe(sql.delete_object.as_str()))
                 .bind(key)
-                .bind(generation)
-                .execute(&mut *tx)
-                .await
-                .map_err(&err)?;
-            if deleted.rows_affected() == 0 {
-                return Err(StoreError::PreconditionFailed.into());
-            }
-            sqlx::query(AssertSqlSafe(sql.delete_chunks.as_str()))
-                .bind(generation)
-                .execute(&mut *tx)
-                .await
-                .map_err(&err)?;
+                .bind(generation);
+            retire!(tx, sql, delete, generation, &err)?;
             tx.commit().await.map_err(&err)?;
         });
         Ok(())
@@ -311,19 +280,12 @@ impl DbStore {
                 .bind(from_generation)
                 .fetch_optional(&mut *tx)
                 .await
-                .and_then(|r| r.map(|r| r.try_get(0)).transpose())
+                .and_then(first_column)
                 .map_err(&err)?;
             let Some(size) = size else {
                 return Err(StoreError::PreconditionFailed.into());
             };
-            let inserted = sqlx::query(AssertSqlSafe(sql.insert_object.as_str()))
-                .bind(to)
-                .bind(generation)
-                .bind(size)
-                .bind(now)
-                .execute(&mut *tx)
-                .await;
-            match inserted {
+            match insert_object(sql, to, generation, size, now).execute(&mut *tx).await {
                 Ok(_) => {}
                 Err(e) if is_unique_violation(&e) => return Err(StoreError::AlreadyExists.into()),
                 Err(e) => return Err(err(e)),
@@ -338,4 +300,42 @@ impl DbStore {
         });
         Ok(())
     }
+}
+
+/// The statement that claims a new object's row, bound in the order of its
+/// placeholders; a key that has a row already is a unique violation.
+fn insert_object<DB: Database>(
+    sql: &Sql,
+    key: &str,
+    generation: i64,
+    size: i64,
+    now: i64,
+) -> Query<'static, DB, DB::Arguments>
+where
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+{
+    sqlx::query(AssertSqlSafe(sql.insert_object.as_str()))
+        .bind(key)
+        .bind(generation)
+        .bind(size)
+        .bind(now)
+}
+
+/// The statement that reads the generation `key` has now and locks its
+/// row until the transaction ends; [`first_column`] makes the answer.
+fn locked_generation<DB: Database>(sql: &Sql, key: &str) -> Query<'static, DB, DB::Arguments>
+where
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+{
+    sqlx::query(AssertSqlSafe(sql.stat_for_update.as_str())).bind(key)
+}
+
+/// The first column of the row a statement found, if it found one.
+fn first_column<R: Row>(row: Option<R>) -> Result<Option<i64>, sqlx::Error>
+where
+    usize: ColumnIndex<R>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+{
+    row.map(|r| r.try_get(0)).transpose()
 }

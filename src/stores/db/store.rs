@@ -20,7 +20,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::{AssertSqlSafe, Connection as _, Row};
+use sqlx::{
+    AssertSqlSafe, ColumnIndex, Connection as _, Database, Decode, Encode, Executor, IntoArguments,
+    Row, Type,
+};
 use time::OffsetDateTime;
 
 use super::config::{DbConfig, Engine};
@@ -168,99 +171,35 @@ impl DbStore {
 }
 
 impl DbStore {
+    /// Brings the schema up to [`SCHEMA_VERSION`]. Replicas starting
+    /// together take turns. PostgreSQL runs DDL in a transaction, under a
+    /// transaction-scoped advisory lock; MySQL commits each DDL statement,
+    /// so a named lock is held on one connection for the migration only,
+    /// and that connection is closed afterwards (which releases it even if
+    /// the migration failed).
     pub(super) async fn migrate(&self) -> Result<(), ConfigError> {
-        let p = &self.config.table_prefix;
-        let steps = migrations(self.config.engine, p);
-        let lock_name = format!("stategate-schema-{p}");
-        let fail = |what: &str, e: sqlx::Error| {
-            ConfigError::invalid(
-                self.connection_setting(&e),
-                unavailable(what, &e).to_string(),
-            )
-        };
-        let create_version = match self.config.engine {
-            Engine::Mysql => format!(
-                "CREATE TABLE IF NOT EXISTS {p}schema_version (id INT NOT NULL PRIMARY KEY, version BIGINT NOT NULL) ENGINE=InnoDB"
-            ),
-            Engine::Postgres => format!(
-                "CREATE TABLE IF NOT EXISTS {p}schema_version (id INT NOT NULL PRIMARY KEY, version BIGINT NOT NULL)"
-            ),
-        };
-        let seed_version = match self.config.engine {
-            Engine::Mysql => {
-                format!("INSERT IGNORE INTO {p}schema_version (id, version) VALUES (1, 0)")
-            }
-            Engine::Postgres => format!(
-                "INSERT INTO {p}schema_version (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING"
-            ),
-        };
-        let read_version = format!("SELECT version FROM {p}schema_version WHERE id = 1");
-        let set_version = match self.config.engine {
-            Engine::Mysql => format!("UPDATE {p}schema_version SET version = ? WHERE id = 1"),
-            Engine::Postgres => format!("UPDATE {p}schema_version SET version = $1 WHERE id = 1"),
-        };
-        // Replicas starting together take turns. PostgreSQL runs DDL in a
-        // transaction, under a transaction-scoped advisory lock; MySQL
-        // commits each DDL statement, so a named lock is held on one
-        // connection for the migration only, and that connection is closed
-        // afterwards (which releases it even if the migration failed).
-        let check = |found: i64| -> Result<(), ConfigError> {
-            if found > SCHEMA_VERSION {
-                return Err(ConfigError::invalid(
-                    "dbTablePrefix",
-                    format!(
-                        "the database schema of tables {p}* is version {found}, newer than version {SCHEMA_VERSION} \
-                         that this stategate knows; upgrade stategate (or use another dbTablePrefix)"
-                    ),
-                ));
-            }
-            Ok(())
-        };
+        let lock_name = format!("stategate-schema-{}", self.config.table_prefix);
         match &self.pool {
             Pool::Postgres(pool) => {
                 let mut tx = pool
                     .begin()
                     .await
-                    .map_err(|e| fail("starting the schema migration", e))?;
+                    .map_err(|e| self.schema_error("starting the schema migration", e))?;
                 sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
                     .bind(&lock_name)
                     .execute(&mut *tx)
                     .await
-                    .map_err(|e| fail("waiting for the schema lock", e))?;
-                for statement in [&create_version, &seed_version] {
-                    sqlx::query(AssertSqlSafe(statement.as_str()))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| fail("creating the schema_version table", e))?;
-                }
-                let found: i64 = sqlx::query(AssertSqlSafe(read_version.as_str()))
-                    .fetch_one(&mut *tx)
-                    .await
-                    .and_then(|r| r.try_get(0))
-                    .map_err(|e| fail("reading the schema version", e))?;
-                check(found)?;
-                for (done, step) in steps.iter().enumerate().skip(found as usize) {
-                    for statement in step {
-                        sqlx::query(AssertSqlSafe(statement.as_str()))
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(|e| fail("creating the tables", e))?;
-                    }
-                    sqlx::query(AssertSqlSafe(set_version.as_str()))
-                        .bind(done as i64 + 1)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| fail("recording the schema version", e))?;
-                }
+                    .map_err(|e| self.schema_error("waiting for the schema lock", e))?;
+                self.migrate_locked(&mut *tx).await?;
                 tx.commit()
                     .await
-                    .map_err(|e| fail("committing the schema migration", e))?;
+                    .map_err(|e| self.schema_error("committing the schema migration", e))?;
             }
             Pool::Mysql(pool) => {
                 let mut conn = pool
                     .acquire()
                     .await
-                    .map_err(|e| fail("connecting", e))?
+                    .map_err(|e| self.schema_error("connecting", e))?
                     .detach();
                 let result = async {
                     let got: Option<i64> = sqlx::query("SELECT GET_LOCK(?, 60)")
@@ -268,39 +207,14 @@ impl DbStore {
                         .fetch_one(&mut conn)
                         .await
                         .and_then(|r| r.try_get(0))
-                        .map_err(|e| fail("waiting for the schema lock", e))?;
+                        .map_err(|e| self.schema_error("waiting for the schema lock", e))?;
                     if got != Some(1) {
                         return Err(ConfigError::invalid(
                             "dbTablePrefix",
                             "another stategate held the schema lock for over 60 s",
                         ));
                     }
-                    for statement in [&create_version, &seed_version] {
-                        sqlx::query(AssertSqlSafe(statement.as_str()))
-                            .execute(&mut conn)
-                            .await
-                            .map_err(|e| fail("creating the schema_version table", e))?;
-                    }
-                    let found: i64 = sqlx::query(AssertSqlSafe(read_version.as_str()))
-                        .fetch_one(&mut conn)
-                        .await
-                        .and_then(|r| r.try_get(0))
-                        .map_err(|e| fail("reading the schema version", e))?;
-                    check(found)?;
-                    for (done, step) in steps.iter().enumerate().skip(found as usize) {
-                        for statement in step {
-                            sqlx::query(AssertSqlSafe(statement.as_str()))
-                                .execute(&mut conn)
-                                .await
-                                .map_err(|e| fail("creating the tables", e))?;
-                        }
-                        sqlx::query(AssertSqlSafe(set_version.as_str()))
-                            .bind(done as i64 + 1)
-                            .execute(&mut conn)
-                            .await
-                            .map_err(|e| fail("recording the schema version", e))?;
-                    }
-                    Ok(())
+                    self.migrate_locked(&mut conn).await
                 }
                 .await;
                 let _ = conn.close().await;
@@ -308,6 +222,83 @@ impl DbStore {
             }
         }
         Ok(())
+    }
+
+    /// The migration proper, on a connection that holds the schema lock:
+    /// creates the version table if needed, refuses a schema newer than
+    /// this binary, and runs each step after the recorded version,
+    /// recording it.
+    async fn migrate_locked<C: sqlx::Connection>(&self, conn: &mut C) -> Result<(), ConfigError>
+    where
+        for<'c> &'c mut C: Executor<'c, Database = C::Database>,
+        <C::Database as Database>::Arguments: IntoArguments<C::Database>,
+        for<'t> i64: Encode<'t, C::Database> + Decode<'t, C::Database> + Type<C::Database>,
+        usize: ColumnIndex<<C::Database as Database>::Row>,
+    {
+        let p = &self.config.table_prefix;
+        let (create_version, seed_version, set_version) = match self.config.engine {
+            Engine::Mysql => (
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {p}schema_version (id INT NOT NULL PRIMARY KEY, version BIGINT NOT NULL) ENGINE=InnoDB"
+                ),
+                format!("INSERT IGNORE INTO {p}schema_version (id, version) VALUES (1, 0)"),
+                format!("UPDATE {p}schema_version SET version = ? WHERE id = 1"),
+            ),
+            Engine::Postgres => (
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {p}schema_version (id INT NOT NULL PRIMARY KEY, version BIGINT NOT NULL)"
+                ),
+                format!(
+                    "INSERT INTO {p}schema_version (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING"
+                ),
+                format!("UPDATE {p}schema_version SET version = $1 WHERE id = 1"),
+            ),
+        };
+        let read_version = format!("SELECT version FROM {p}schema_version WHERE id = 1");
+        for statement in [create_version, seed_version] {
+            sqlx::query(AssertSqlSafe(statement))
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| self.schema_error("creating the schema_version table", e))?;
+        }
+        let found: i64 = sqlx::query(AssertSqlSafe(read_version))
+            .fetch_one(&mut *conn)
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| self.schema_error("reading the schema version", e))?;
+        if found > SCHEMA_VERSION {
+            return Err(ConfigError::invalid(
+                "dbTablePrefix",
+                format!(
+                    "the database schema of tables {p}* is version {found}, newer than version {SCHEMA_VERSION} \
+                     that this stategate knows; upgrade stategate (or use another dbTablePrefix)"
+                ),
+            ));
+        }
+        let steps = migrations(self.config.engine, p);
+        for (done, step) in steps.iter().enumerate().skip(found as usize) {
+            for statement in step {
+                sqlx::query(AssertSqlSafe(statement.as_str()))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| self.schema_error("creating the tables", e))?;
+            }
+            sqlx::query(AssertSqlSafe(set_version.as_str()))
+                .bind(done as i64 + 1)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| self.schema_error("recording the schema version", e))?;
+        }
+        Ok(())
+    }
+
+    /// A failure of the migration step `what`, pointing at the setting to
+    /// check.
+    fn schema_error(&self, what: &str, e: sqlx::Error) -> ConfigError {
+        ConfigError::invalid(
+            self.connection_setting(&e),
+            unavailable(what, &e).to_string(),
+        )
     }
 }
 

@@ -313,6 +313,7 @@ mod tests {
 
     use super::super::LocalStore;
     use super::super::files::version_of;
+    use super::super::tests::listed;
     use crate::stores::{Store, Version};
 
     /// Lays out a root as layout 1 did: each object's file at its key (a
@@ -412,15 +413,8 @@ mod tests {
             assert_eq!(store.stat(key).await.unwrap(), Some(version), "{key}");
         }
         assert_eq!(store.get("team/a").await.unwrap().unwrap().body, "state a");
-        let listed: Vec<String> = store
-            .list("", OpList::default())
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
         assert_eq!(
-            listed,
+            listed(&store, "").await,
             [
                 ".stategate/history/team/a/0000000001.tfstate",
                 ".stategate/history/team/a/newest.json",

@@ -54,9 +54,9 @@ use super::keylock::KeyLock;
 use super::payload::SPOOL_THRESHOLD;
 use super::{
     Backend, Capabilities, Entry, OpDelete, OpList, OpRead, OpWrite, Payload, Store, StoreError,
-    Version,
+    Version, open_with, path_setting, store_path,
 };
-use crate::settings::{ConfigError, Setting, StoreSettings};
+use crate::settings::{ConfigError, StoreSettings};
 use tree::Tree;
 
 mod files;
@@ -69,26 +69,20 @@ mod tree;
 pub static BACKEND: Backend = Backend {
     name: "local",
     summary: "files under a directory on this machine (the default)",
-    settings: SETTINGS,
+    settings: &[
+        path_setting(
+            &["STATEGATE_LOCAL_PATH"],
+            "./stategate-data",
+            "directory that holds the states",
+        ),
+        super::guard::MIN_FREE_BYTES,
+    ],
     open: |settings| {
-        Box::pin(async move {
-            let config = LocalConfig::from_settings(&settings)?;
-            Ok(Arc::new(LocalStore::open(&config)?) as Arc<dyn Store>)
+        open_with(settings, LocalConfig::from_settings, |config| async move {
+            Ok(LocalStore::open(&config)?)
         })
     },
 };
-
-const SETTINGS: &[Setting] = &[
-    Setting {
-        name: "path",
-        aliases: &[],
-        env: &["STATEGATE_LOCAL_PATH"],
-        secret: false,
-        default: Some("./stategate-data"),
-        help: "directory that holds the states",
-    },
-    super::guard::MIN_FREE_BYTES,
-];
 
 /// The validated settings of the local store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,10 +94,9 @@ pub struct LocalConfig {
 impl LocalConfig {
     /// Reads the merged settings; every mistake names its setting.
     pub fn from_settings(settings: &StoreSettings) -> Result<Self, ConfigError> {
-        let root = settings
-            .path("path")
-            .ok_or_else(|| ConfigError::invalid("path", "must not be empty"))?;
-        Ok(LocalConfig { root })
+        Ok(LocalConfig {
+            root: store_path(settings)?,
+        })
     }
 }
 

@@ -19,6 +19,12 @@ fn names(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The keys a listing of `prefix` finds, in order.
+pub(super) async fn listed(store: &LocalStore, prefix: &str) -> Vec<String> {
+    let entries = store.list(prefix, OpList::default()).await.unwrap();
+    entries.into_iter().map(|e| e.key).collect()
+}
+
 #[tokio::test]
 async fn writes_leave_no_temporary_behind_on_either_path() {
     for named in [false, true] {
@@ -79,21 +85,14 @@ async fn a_key_and_the_keys_below_it_are_all_objects() {
     for key in keys {
         assert_eq!(store.get(key).await.unwrap().unwrap().body, key);
     }
-    let listed = |prefix: &'static str| {
-        let store = store.clone();
-        async move {
-            let entries = store.list(prefix, OpList::default()).await.unwrap();
-            entries.into_iter().map(|e| e.key).collect::<Vec<_>>()
-        }
-    };
     let mut all = keys.to_vec();
     all.sort();
-    assert_eq!(listed("").await, all);
+    assert_eq!(listed(&store, "").await, all);
     assert_eq!(
-        listed("a").await,
+        listed(&store, "a").await,
         ["a", "a.tflock", "a/b", "a/b.tflock", "a/b/c"]
     );
-    assert_eq!(listed("a/b").await, ["a/b", "a/b.tflock", "a/b/c"]);
+    assert_eq!(listed(&store, "a/b").await, ["a/b", "a/b.tflock", "a/b/c"]);
     assert_eq!(
         store
             .list("", OpList::outside_internal())
@@ -129,14 +128,7 @@ async fn a_killed_writers_temporary_is_skipped_and_removed() {
     for name in [&dead_name, &live_name] {
         fs::write(dir.path().join("team").join(name), b"partial").unwrap();
     }
-    let listed: Vec<String> = store
-        .list("", OpList::default())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.key)
-        .collect();
-    assert_eq!(listed, ["team/a"]);
+    assert_eq!(listed(&store, "").await, ["team/a"]);
     assert_eq!(
         names(&dir.path().join("team")),
         ["a+".to_string(), live_name.clone()]

@@ -174,9 +174,14 @@ mod tests {
         StoreSettings::from_table("oss", super::super::SETTINGS, &all).unwrap()
     }
 
+    /// The config of the base settings with `pairs` added.
+    fn config(pairs: &[(&'static str, &str)]) -> OssConfig {
+        OssConfig::from_settings(&settings(pairs)).unwrap()
+    }
+
     #[test]
     fn defaults_follow_terraform() {
-        let cfg = OssConfig::from_settings(&settings(&[])).unwrap();
+        let cfg = config(&[]);
         assert_eq!(cfg.region, "cn-beijing");
         assert_eq!(
             (cfg.scheme.as_str(), cfg.endpoint.as_str()),
@@ -190,7 +195,7 @@ mod tests {
     #[test]
     fn a_prefix_leaving_too_little_room_is_refused() {
         let longest = format!("{}/", "p".repeat(MAX_BUCKET_PREFIX_BYTES - 1));
-        let cfg = OssConfig::from_settings(&settings(&[("prefix", &longest)])).unwrap();
+        let cfg = config(&[("prefix", &longest)]);
         assert_eq!(max_key_bytes(&cfg.prefix), 1023 - MAX_BUCKET_PREFIX_BYTES);
         let over = format!("{}/", "p".repeat(MAX_BUCKET_PREFIX_BYTES));
         let err = OssConfig::from_settings(&settings(&[("prefix", &over)])).expect_err("refused");
@@ -199,43 +204,47 @@ mod tests {
     }
 
     #[test]
-    fn region_builds_the_default_endpoint() {
-        let cfg = OssConfig::from_settings(&settings(&[("region", "cn-hangzhou")])).unwrap();
-        assert_eq!(cfg.endpoint, "oss-cn-hangzhou.aliyuncs.com");
-        assert_eq!(cfg.region, "cn-hangzhou");
-    }
-
-    #[test]
-    fn standard_endpoint_names_the_region() {
-        let cfg = OssConfig::from_settings(&settings(&[
-            ("region", "cn-beijing"),
-            ("endpoint", "oss-cn-shanghai-internal.aliyuncs.com"),
-        ]))
-        .unwrap();
-        assert_eq!(cfg.region, "cn-shanghai");
-        assert_eq!(cfg.scheme, "https");
-    }
-
-    #[test]
-    fn custom_endpoint_keeps_scheme_and_region() {
-        let cfg = OssConfig::from_settings(&settings(&[
-            ("region", "ap-southeast-1"),
-            ("endpoint", "http://oss.internal.example:8080/"),
-        ]))
-        .unwrap();
-        assert_eq!(
+    fn endpoint_and_region_follow_each_other() {
+        for (pairs, want) in [
+            // The region builds the default endpoint.
             (
+                &[("region", "cn-hangzhou")][..],
+                ("https", "oss-cn-hangzhou.aliyuncs.com", "cn-hangzhou"),
+            ),
+            // A standard endpoint names the region.
+            (
+                &[
+                    ("region", "cn-beijing"),
+                    ("endpoint", "oss-cn-shanghai-internal.aliyuncs.com"),
+                ],
+                (
+                    "https",
+                    "oss-cn-shanghai-internal.aliyuncs.com",
+                    "cn-shanghai",
+                ),
+            ),
+            // A custom endpoint keeps its scheme, and the region given.
+            (
+                &[
+                    ("region", "ap-southeast-1"),
+                    ("endpoint", "http://oss.internal.example:8080/"),
+                ],
+                ("http", "oss.internal.example:8080", "ap-southeast-1"),
+            ),
+        ] {
+            let cfg = config(pairs);
+            let got = (
                 cfg.scheme.as_str(),
                 cfg.endpoint.as_str(),
-                cfg.region.as_str()
-            ),
-            ("http", "oss.internal.example:8080", "ap-southeast-1")
-        );
+                cfg.region.as_str(),
+            );
+            assert_eq!(got, want, "{pairs:?}");
+        }
     }
 
     #[test]
     fn prefix_is_normalised() {
-        let cfg = OssConfig::from_settings(&settings(&[("prefix", "/team/a/")])).unwrap();
+        let cfg = config(&[("prefix", "/team/a/")]);
         assert_eq!(cfg.prefix, "team/a/");
         for bad in ["a//b", "team-a/..", "./x"] {
             let err = OssConfig::from_settings(&settings(&[("prefix", bad)])).unwrap_err();
@@ -254,7 +263,7 @@ mod tests {
             ("public-read-write", ObjectAcl::PublicReadWrite),
             ("default", ObjectAcl::Default),
         ] {
-            let cfg = OssConfig::from_settings(&settings(&[("acl", value)])).unwrap();
+            let cfg = config(&[("acl", value)]);
             assert_eq!(cfg.acl, Some(acl));
         }
         let err =
@@ -275,7 +284,7 @@ mod tests {
 
     #[test]
     fn secrets_are_hidden_from_debug() {
-        let cfg = OssConfig::from_settings(&settings(&[("security_token", "tok-value")])).unwrap();
+        let cfg = config(&[("security_token", "tok-value")]);
         let shown = format!("{cfg:?}");
         assert!(
             !shown.contains("s3cr3t") && !shown.contains("tok-value") && !shown.contains("AKID"),

@@ -40,12 +40,10 @@ mod config;
 mod error;
 mod store;
 
-use std::sync::Arc;
-
 pub use config::OssConfig;
 pub use store::OssStore;
 
-use super::{Backend, OpenError, Store};
+use super::{Backend, OpenError, open_with};
 use crate::settings::Setting;
 
 /// Registration of the OSS store.
@@ -54,12 +52,10 @@ pub static BACKEND: Backend = Backend {
     summary: "an Alibaba Cloud OSS bucket (locks with x-oss-forbid-overwrite)",
     settings: SETTINGS,
     open: |settings| {
-        Box::pin(async move {
-            let config = OssConfig::from_settings(&settings)?;
-            let store = OssStore::connect(config)
+        open_with(settings, OssConfig::from_settings, |config| async move {
+            OssStore::connect(config)
                 .await
-                .map_err(|reason| OpenError::store("oss store", reason))?;
-            Ok(Arc::new(store) as Arc<dyn Store>)
+                .map_err(|reason| OpenError::store("oss store", reason))
         })
     },
 };

@@ -32,12 +32,10 @@ mod config;
 mod error;
 mod store;
 
-use std::sync::Arc;
-
 pub use config::S3Config;
 pub use store::S3Store;
 
-use super::{Backend, OpenError, Store};
+use super::{Backend, OpenError, open_with};
 use crate::settings::Setting;
 
 /// Registration of the S3 store.
@@ -46,12 +44,10 @@ pub static BACKEND: Backend = Backend {
     summary: "a bucket on AWS S3 or any S3-compatible server",
     settings: SETTINGS,
     open: |settings| {
-        Box::pin(async move {
-            let config = S3Config::from_settings(&settings)?;
-            let store = S3Store::connect(config)
+        open_with(settings, S3Config::from_settings, |config| async move {
+            S3Store::connect(config)
                 .await
-                .map_err(|reason| OpenError::store("s3 store", reason))?;
-            Ok(Arc::new(store) as Arc<dyn Store>)
+                .map_err(|reason| OpenError::store("s3 store", reason))
         })
     },
 };

@@ -287,15 +287,8 @@ impl Bucket {
             .key(self.full_key(key))
             .send()
             .await;
-        let output = match result.map_err(|e| self.failure(&what, e)) {
-            Ok(o) => o,
-            Err(Failure::NoSuchKey) => {
-                // Servers that answer a missing bucket without a code look
-                // like a missing object.
-                self.check_bucket(&what).await?;
-                return Ok(None);
-            }
-            Err(f) => return Err(f),
+        let Some(output) = self.found(result, &what).await? else {
+            return Ok(None);
         };
         let version = Version(output.e_tag().unwrap_or_default().to_string());
         if version.0.is_empty() {
@@ -347,10 +340,25 @@ impl Bucket {
             .send()
             .await;
         let what = format!("reading {key}");
-        match result.map_err(|e| self.failure(&what, e)) {
-            Ok(o) => Ok(o.e_tag().map(|e| Version(e.to_string()))),
+        let found = self.found(result, &what).await?;
+        Ok(found.and_then(|o| o.e_tag().map(|e| Version(e.to_string()))))
+    }
+
+    /// The answer to a request about one object, `None` when the object
+    /// does not exist. Servers that answer a missing bucket without a code
+    /// make it look like a missing object, so the bucket is checked then.
+    async fn found<T, E>(
+        &self,
+        result: Result<T, aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>>,
+        what: &str,
+    ) -> Result<Option<T>, Failure>
+    where
+        E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        match result.map_err(|e| self.failure(what, e)) {
+            Ok(o) => Ok(Some(o)),
             Err(Failure::NoSuchKey) => {
-                self.check_bucket(&what).await?;
+                self.check_bucket(what).await?;
                 Ok(None)
             }
             Err(f) => Err(f),

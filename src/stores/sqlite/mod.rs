@@ -48,34 +48,28 @@ use super::keylock::{KeyLock, KeyLocks};
 use super::payload::{BodyCache, SPOOL_THRESHOLD};
 use super::{
     Backend, Capabilities, Change, Entry, OpDelete, OpList, OpRead, OpWrite, Payload, Stopped,
-    Store, StoreError, Version,
+    Store, StoreError, Version, open_with, path_setting, store_path,
 };
-use crate::settings::{ConfigError, Setting, StoreSettings};
+use crate::settings::{ConfigError, StoreSettings};
 
 /// Registration of the SQLite store.
 pub static BACKEND: Backend = Backend {
     name: "sqlite",
     summary: "one SQLite database file on this machine",
-    settings: SETTINGS,
+    settings: &[
+        path_setting(
+            &["STATEGATE_SQLITE_PATH"],
+            "./stategate.db",
+            "the database file (created if missing)",
+        ),
+        super::guard::MIN_FREE_BYTES,
+    ],
     open: |settings| {
-        Box::pin(async move {
-            let config = SqliteConfig::from_settings(&settings)?;
-            Ok(Arc::new(SqliteStore::open(&config)?) as Arc<dyn Store>)
+        open_with(settings, SqliteConfig::from_settings, |config| async move {
+            Ok(SqliteStore::open(&config)?)
         })
     },
 };
-
-const SETTINGS: &[Setting] = &[
-    Setting {
-        name: "path",
-        aliases: &[],
-        env: &["STATEGATE_SQLITE_PATH"],
-        secret: false,
-        default: Some("./stategate.db"),
-        help: "the database file (created if missing)",
-    },
-    super::guard::MIN_FREE_BYTES,
-];
 
 /// The validated settings of the SQLite store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,10 +81,9 @@ pub struct SqliteConfig {
 impl SqliteConfig {
     /// Reads the merged settings; every mistake names its setting.
     pub fn from_settings(settings: &StoreSettings) -> Result<Self, ConfigError> {
-        let path = settings
-            .path("path")
-            .ok_or_else(|| ConfigError::invalid("path", "must not be empty"))?;
-        Ok(SqliteConfig { path })
+        Ok(SqliteConfig {
+            path: store_path(settings)?,
+        })
     }
 }
 

@@ -275,22 +275,39 @@ mod group_commit {
         put
     }
 
+    /// A store in a new file; the directory goes when it is dropped.
+    fn new_store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_file(&dir.path().join("g.db")).unwrap();
+        (dir, store)
+    }
+
+    /// Queues creates of `(key, body)` while the writer is held in a write
+    /// of its own, then lets it go. Gives the creates, still to be
+    /// awaited, and the count of commits from before the held write's.
+    async fn queued_behind_a_write(
+        store: &SqliteStore,
+        creates: impl IntoIterator<Item = (String, Bytes)>,
+    ) -> (Vec<Put>, u64) {
+        let (holder, gate) = hold_writer(store).await;
+        let before = store.commits();
+        let mut puts = Vec::new();
+        for (key, body) in creates {
+            puts.push(queue(store, key, body).await);
+        }
+        gate.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        (puts, before)
+    }
+
     /// Writes queued while the writer is busy go into one transaction
     /// together, and each still gets its own answer: of 64 creates of 16
     /// keys, exactly one per key wins and its bytes are stored.
     #[tokio::test]
     async fn writes_queued_together_share_one_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open_file(&dir.path().join("g.db")).unwrap();
-        let (holder, gate) = hold_writer(&store).await;
-        let before = store.commits();
-        let mut puts = Vec::new();
-        for i in 0..64 {
-            let body = Bytes::from(format!("writer {i}"));
-            puts.push(queue(&store, format!("k{}", i % 16), body).await);
-        }
-        gate.send(()).unwrap();
-        holder.await.unwrap().unwrap();
+        let (_dir, store) = new_store();
+        let creates = (0..64).map(|i| (format!("k{}", i % 16), Bytes::from(format!("writer {i}"))));
+        let (puts, before) = queued_behind_a_write(&store, creates).await;
         let mut winners = BTreeMap::new();
         for (i, put) in puts.into_iter().enumerate() {
             match put.await {
@@ -319,8 +336,7 @@ mod group_commit {
     /// pointer) commit together, once.
     #[tokio::test]
     async fn changes_made_together_commit_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open_file(&dir.path().join("g.db")).unwrap();
+        let (_dir, store) = new_store();
         let v = store
             .put("s", Bytes::from_static(b"state"), Condition::Always)
             .await
@@ -350,17 +366,9 @@ mod group_commit {
     /// together commit one by one.
     #[tokio::test]
     async fn large_writes_commit_on_their_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open_file(&dir.path().join("g.db")).unwrap();
-        let (holder, gate) = hold_writer(&store).await;
-        let before = store.commits();
-        let mut puts = Vec::new();
-        for i in 0..3 {
-            let body = Bytes::from(vec![b'a' + i; 5 << 20]);
-            puts.push(queue(&store, format!("big{i}"), body).await);
-        }
-        gate.send(()).unwrap();
-        holder.await.unwrap().unwrap();
+        let (_dir, store) = new_store();
+        let creates = (0..3).map(|i| (format!("big{i}"), Bytes::from(vec![b'a' + i; 5 << 20])));
+        let (puts, before) = queued_behind_a_write(&store, creates).await;
         for put in puts {
             put.await.unwrap();
         }
