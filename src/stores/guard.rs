@@ -18,6 +18,7 @@
 //!   unlocks, deletes and purges still work, so a team can finish or abort
 //!   an apply and an operator can free space.
 
+use crate::stores::OpSnapshot;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -497,17 +498,11 @@ impl Store for Guarded {
         }
     }
 
-    async fn snapshot(
-        &self,
-        from: &str,
-        from_version: &Version,
-        to: &str,
-        body: &Payload,
-    ) -> Result<(), StoreError> {
+    async fn snapshot(&self, copy: OpSnapshot<'_>) -> Result<(), StoreError> {
         let store = self.admit().await?;
-        let mut result = store.snapshot(from, from_version, to, body).await;
+        let mut result = store.snapshot(copy).await;
         if self.room_made(&result) {
-            result = store.snapshot(from, from_version, to, body).await;
+            result = store.snapshot(copy).await;
         }
         self.observe(result)
     }

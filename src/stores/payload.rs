@@ -595,30 +595,25 @@ mod tests {
                 Ok(())
             }
         };
-        let a = cache
-            .shared("s", &v1, size as u64, load(1))
-            .unwrap()
-            .unwrap();
-        let b = cache
-            .shared("s", &v1, size as u64, load(9))
-            .unwrap()
-            .unwrap();
+        // A body shared by this cache (not too large, within the bound).
+        let share = |key: &str, version: &Version, fill: u8| {
+            cache
+                .shared(key, version, size as u64, load(fill))
+                .unwrap()
+                .unwrap()
+        };
+        let a = share("s", &v1, 1);
+        let b = share("s", &v1, 9);
         assert_eq!(loads.get(), 1, "the second reader shares the first's copy");
         assert_eq!(a.as_ptr(), b.as_ptr());
         assert_eq!(cache.shared_live.load(Ordering::Acquire), size);
         // Another version is another body.
-        let c = cache
-            .shared("s", &v2, size as u64, load(2))
-            .unwrap()
-            .unwrap();
+        let c = share("s", &v2, 2);
         assert_eq!((loads.get(), c[0]), (2, 2));
         // Freed with its last reader, and read again after that.
         drop((a, b));
         assert_eq!(cache.shared_live.load(Ordering::Acquire), size);
-        let d = cache
-            .shared("s", &v1, size as u64, load(3))
-            .unwrap()
-            .unwrap();
+        let d = share("s", &v1, 3);
         assert_eq!((loads.get(), d[0]), (3, 3));
         drop((c, d));
         assert_eq!(cache.shared_live.load(Ordering::Acquire), 0);
@@ -626,13 +621,7 @@ mod tests {
         let big = (SHARED_MAX + 1) as u64;
         assert!(cache.shared("big", &v1, big, load(4)).unwrap().is_none());
         let held: Vec<Bytes> = (0..SHARED_BYTES / size)
-            .map(|i| {
-                let key = format!("k{i}");
-                cache
-                    .shared(&key, &v1, size as u64, load(5))
-                    .unwrap()
-                    .unwrap()
-            })
+            .map(|i| share(&format!("k{i}"), &v1, 5))
             .collect();
         assert!(
             cache

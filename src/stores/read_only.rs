@@ -4,6 +4,7 @@
 //! write, whatever the code above it asks for, and needs no more than
 //! read access.
 
+use crate::stores::OpSnapshot;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,13 +112,7 @@ impl Store for ReadOnly {
         }
     }
 
-    async fn snapshot(
-        &self,
-        _: &str,
-        _: &Version,
-        to: &str,
-        _: &Payload,
-    ) -> Result<(), StoreError> {
-        Err(self.refused(to))
+    async fn snapshot(&self, copy: OpSnapshot<'_>) -> Result<(), StoreError> {
+        Err(self.refused(copy.to))
     }
 }

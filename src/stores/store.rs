@@ -250,6 +250,16 @@ pub struct Capabilities {
     pub native_lease: bool,
 }
 
+/// What [`Store::snapshot`] copies: `from` at `from_version`, whose bytes
+/// the caller also holds as `body`, to `to`.
+#[derive(Clone, Copy)]
+pub struct OpSnapshot<'a> {
+    pub from: &'a str,
+    pub from_version: &'a Version,
+    pub to: &'a str,
+    pub body: &'a Payload,
+}
+
 /// Whether a store takes writes now ([`Store::writes`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Writes {
@@ -379,35 +389,40 @@ pub trait Store: Send + Sync + 'static {
                     from_version,
                     to,
                     body,
-                } => self.snapshot(&from, &from_version, &to, &body).await,
+                } => {
+                    let copy = OpSnapshot {
+                        from: &from,
+                        from_version: &from_version,
+                        to: &to,
+                        body: &body,
+                    };
+                    self.snapshot(copy).await
+                }
             };
             made.map_err(|error| Stopped { at, error })?;
         }
         Ok(())
     }
 
-    /// Creates `to` (only if absent, like `Condition::IfAbsent`) holding the
-    /// bytes of `from` at version `from_version`, which the caller also has
-    /// in hand as `body`. Stores that can copy in place (a hard link, a
-    /// server-side copy) do so without moving the bytes, and answer
-    /// [`StoreError::PreconditionFailed`] when `from` no longer has that
-    /// version; the default writes `body`.
+    /// Creates `copy.to` (only if absent, like `Condition::IfAbsent`)
+    /// holding the bytes of `copy.from` at version `copy.from_version`,
+    /// which the caller also has in hand as `copy.body`. Stores that can
+    /// copy in place (a hard link, a server-side copy) do so without moving
+    /// the bytes, and answer [`StoreError::PreconditionFailed`] when `from`
+    /// no longer has that version; the default writes `body`.
     ///
     /// The copy is durable once the caller's next durable write of a key
     /// beside it (same folder) returns, and may be before: history writes
     /// the version's record there right after, so the local store, where
     /// one directory sync covers both names, syncs once for the two.
-    async fn snapshot(
-        &self,
-        from: &str,
-        from_version: &Version,
-        to: &str,
-        body: &Payload,
-    ) -> Result<(), StoreError> {
-        let _ = (from, from_version);
-        self.write(to, body.clone(), OpWrite::new(Condition::IfAbsent))
-            .await
-            .map(|_| ())
+    async fn snapshot(&self, copy: OpSnapshot<'_>) -> Result<(), StoreError> {
+        self.write(
+            copy.to,
+            copy.body.clone(),
+            OpWrite::new(Condition::IfAbsent),
+        )
+        .await
+        .map(|_| ())
     }
 }
 

@@ -7,10 +7,26 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use stategate::stores::{
-    Change, Condition, Entry, OpDelete, OpList, OpRead, OpWrite, Spooler, StoreError, StoreExt,
+    Change, Condition, Entry, OpDelete, OpList, OpRead, OpSnapshot, OpWrite, Payload, Spooler,
+    StoreError, StoreExt, Version,
 };
 
 use crate::fixture::*;
+
+/// The copy [`Store::snapshot`] makes.
+fn copy<'a>(
+    from: &'a str,
+    from_version: &'a Version,
+    to: &'a str,
+    body: &'a Payload,
+) -> OpSnapshot<'a> {
+    OpSnapshot {
+        from,
+        from_version,
+        to,
+        body,
+    }
+}
 
 pub async fn capabilities_are_as_documented(fx: Fixture) {
     // Locks need an atomic create: the state layer refuses to start on a
@@ -619,13 +635,13 @@ pub async fn snapshot_copies_once_from_the_version_given(fx: Fixture) {
     let v1 = version_of(store, src).await;
 
     store
-        .snapshot(src, &v1, "snap/history/1", &body1.clone().into())
+        .snapshot(copy(src, &v1, "snap/history/1", &body1.clone().into()))
         .await
         .expect("snapshot to a new key");
     assert_eq!(body_of(store, "snap/history/1").await, Some(body1.clone()));
 
     let again = store
-        .snapshot(src, &v1, "snap/history/1", &body1.clone().into())
+        .snapshot(copy(src, &v1, "snap/history/1", &body1.clone().into()))
         .await;
     assert_eq!(again, Err(StoreError::AlreadyExists), "the target exists");
     assert_eq!(body_of(store, "snap/history/1").await, Some(body1.clone()));
@@ -637,18 +653,18 @@ pub async fn snapshot_copies_once_from_the_version_given(fx: Fixture) {
     assert_eq!(body_of(store, "snap/history/1").await, Some(body1.clone()));
 
     let stale = store
-        .snapshot(src, &v1, "snap/history/stale", &body1.clone().into())
+        .snapshot(copy(src, &v1, "snap/history/stale", &body1.clone().into()))
         .await;
     if fx.kind.snapshots_in_place() {
         assert_eq!(stale, Err(StoreError::PreconditionFailed), "source changed");
         assert_eq!(body_of(store, "snap/history/stale").await, None);
         let gone = store
-            .snapshot(
+            .snapshot(copy(
                 "snap/missing",
                 &v1,
                 "snap/history/none",
                 &body1.clone().into(),
-            )
+            ))
             .await;
         assert_eq!(gone, Err(StoreError::PreconditionFailed), "source missing");
         assert_eq!(body_of(store, "snap/history/none").await, None);
@@ -661,7 +677,7 @@ pub async fn snapshot_copies_once_from_the_version_given(fx: Fixture) {
     }
 
     store
-        .snapshot(src, &v2, "snap/history/2", &body2.clone().into())
+        .snapshot(copy(src, &v2, "snap/history/2", &body2.clone().into()))
         .await
         .expect("snapshot of the current version");
     assert_eq!(body_of(store, "snap/history/2").await, Some(body2.clone()));
@@ -776,7 +792,7 @@ pub async fn spooled_bodies_stream_in_and_out(fx: Fixture) {
         .await
         .expect("swap in a spooled body");
     store
-        .snapshot("spool/state", &swapped, "spool/history/1", &payload)
+        .snapshot(copy("spool/state", &swapped, "spool/history/1", &payload))
         .await
         .expect("snapshot of a spooled body");
     for key in ["spool/state", "spool/history/1"] {

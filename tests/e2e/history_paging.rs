@@ -12,6 +12,7 @@
 //! `history_<store>::<test>`; local and SQLite are the stores whose
 //! objects a test can also remove behind stategate's back.
 
+use stategate::stores::OpSnapshot;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
@@ -529,15 +530,9 @@ impl Store for Counting {
         self.inner.stat(key).await
     }
 
-    async fn snapshot(
-        &self,
-        from: &str,
-        from_version: &Version,
-        to: &str,
-        body: &Payload,
-    ) -> Result<(), StoreError> {
-        self.calls.note("snapshot", to);
-        self.inner.snapshot(from, from_version, to, body).await
+    async fn snapshot(&self, copy: OpSnapshot<'_>) -> Result<(), StoreError> {
+        self.calls.note("snapshot", copy.to);
+        self.inner.snapshot(copy).await
     }
 }
 

@@ -1,6 +1,7 @@
 //! [`SealedStore`]: the store wrapper that seals on the way in and opens
 //! on the way out, as a layer over any store.
 
+use crate::stores::OpSnapshot;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -267,17 +268,16 @@ impl Store for SealedStore {
         self.inner.stat(key).await
     }
 
-    async fn snapshot(
-        &self,
-        from: &str,
-        from_version: &Version,
-        to: &str,
-        body: &Payload,
-    ) -> Result<(), StoreError> {
+    async fn snapshot(&self, copy: OpSnapshot<'_>) -> Result<(), StoreError> {
         // A store that copies in place keeps the sealed bytes, which open
         // under `to` too (same logical key); one that writes `body` must
         // get it sealed.
-        let sealed = self.sealed_payload(to, body).await?;
-        self.inner.snapshot(from, from_version, to, &sealed).await
+        let sealed = self.sealed_payload(copy.to, copy.body).await?;
+        self.inner
+            .snapshot(OpSnapshot {
+                body: &sealed,
+                ..copy
+            })
+            .await
     }
 }

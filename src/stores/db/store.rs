@@ -17,6 +17,7 @@
 //! [`StoreError`] right where it happens; the messages name the operation
 //! and the cause, never a password or a URL.
 
+use crate::stores::OpSnapshot;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -420,14 +421,9 @@ impl Store for DbStore {
     }
 
     /// Copies the rows inside the database, without the bytes leaving it.
-    async fn snapshot(
-        &self,
-        from: &str,
-        from_version: &Version,
-        to: &str,
-        _body: &Payload,
-    ) -> Result<(), StoreError> {
-        let Some(from_generation) = generation_of(from_version) else {
+    async fn snapshot(&self, copy: OpSnapshot<'_>) -> Result<(), StoreError> {
+        let OpSnapshot { from, to, .. } = copy;
+        let Some(from_generation) = generation_of(copy.from_version) else {
             return Err(StoreError::PreconditionFailed);
         };
         let what = format!("copying {from} to {to}");

@@ -44,6 +44,7 @@
 //! a state without writing it twice; files are created read-only (0444) so
 //! that nobody edits one in place by accident.
 
+use crate::stores::OpSnapshot;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -228,14 +229,12 @@ impl Store for LocalStore {
         blocking(self, move |s| s.stat_blocking(&key)).await
     }
 
-    async fn snapshot(
-        &self,
-        from: &str,
-        from_version: &Version,
-        to: &str,
-        _body: &Payload,
-    ) -> Result<(), StoreError> {
-        let (from, from_version, to) = (from.to_string(), from_version.clone(), to.to_string());
+    async fn snapshot(&self, copy: OpSnapshot<'_>) -> Result<(), StoreError> {
+        let (from, from_version, to) = (
+            copy.from.to_string(),
+            copy.from_version.clone(),
+            copy.to.to_string(),
+        );
         blocking(self, move |s| {
             s.snapshot_blocking(&from, &from_version, &to)
         })

@@ -34,6 +34,7 @@
 //! start a fresh database with no locks in it. Every operation then fails
 //! with 503 instead of answering 200.
 
+use crate::stores::OpSnapshot;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -215,17 +216,7 @@ impl SqliteStore {
         let (writes, jobs) = std::sync::mpsc::channel();
         let leases =
             lease_file(path).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        let pool = Arc::new(Pool {
-            leases: Arc::new(leases),
-            read_only: false,
-            bodies: BodyCache::default(),
-            readers: Arc::new(tokio::sync::Semaphore::new(READERS)),
-            path: path.to_path_buf(),
-            identity: (meta.dev(), meta.ino()),
-            idle: Mutex::new(Vec::new()),
-            writes: Mutex::new(writes),
-            commits: std::sync::atomic::AtomicU64::new(0),
-        });
+        let pool = Arc::new(Pool::new(path, &meta, leases, writes, false));
         // Only a new file takes this (before its first table, and before it
         // turns to WAL): pages freed by deletes can then go back to the
         // device (see the writer's `give_back`).
@@ -267,17 +258,8 @@ impl SqliteStore {
         // Writes are refused before they reach this store, so its sender
         // leads nowhere.
         let (writes, _) = std::sync::mpsc::channel();
-        let pool = Pool {
-            leases: Arc::new(KeyLocks::unopened(dir, "unused")),
-            read_only: true,
-            bodies: BodyCache::default(),
-            readers: Arc::new(tokio::sync::Semaphore::new(READERS)),
-            path: path.to_path_buf(),
-            identity: (meta.dev(), meta.ino()),
-            idle: Mutex::new(Vec::new()),
-            writes: Mutex::new(writes),
-            commits: std::sync::atomic::AtomicU64::new(0),
-        };
+        let leases = KeyLocks::unopened(dir, "unused");
+        let pool = Pool::new(path, &meta, leases, writes, true);
         // Proves the file can be read; kept by no one (see `run_inner`).
         drop(pool.connect()?);
         Ok(Some(SqliteStore(Arc::new(pool))))
@@ -366,6 +348,28 @@ impl SqliteStore {
 }
 
 impl Pool {
+    /// The pool of the file at `path` (whose metadata is `meta`), sending
+    /// its writes to `writes`.
+    fn new(
+        path: &Path,
+        meta: &std::fs::Metadata,
+        leases: KeyLocks,
+        writes: std::sync::mpsc::Sender<Box<dyn WriteJob>>,
+        read_only: bool,
+    ) -> Pool {
+        Pool {
+            leases: Arc::new(leases),
+            read_only,
+            bodies: BodyCache::default(),
+            readers: Arc::new(tokio::sync::Semaphore::new(READERS)),
+            path: path.to_path_buf(),
+            identity: (meta.dev(), meta.ino()),
+            idle: Mutex::new(Vec::new()),
+            writes: Mutex::new(writes),
+            commits: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
     fn connect(&self) -> Result<Connection, rusqlite::Error> {
         if self.read_only {
             return read_only_connection(&self.path);
@@ -648,14 +652,12 @@ impl Store for SqliteStore {
     }
 
     /// Copies the row inside the database, without the bytes leaving it.
-    async fn snapshot(
-        &self,
-        from: &str,
-        from_version: &Version,
-        to: &str,
-        _body: &Payload,
-    ) -> Result<(), StoreError> {
-        let (from, expected, to) = (from.to_string(), from_version.clone(), to.to_string());
+    async fn snapshot(&self, copy: OpSnapshot<'_>) -> Result<(), StoreError> {
+        let (from, expected, to) = (
+            copy.from.to_string(),
+            copy.from_version.clone(),
+            copy.to.to_string(),
+        );
         self.run_write(format!("copying {from}"), 0, move |tx| {
             snapshot_row(tx, &from, expected, &to)
         })
