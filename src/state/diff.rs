@@ -1,24 +1,34 @@
 //! What a state holds and what changed between two of its versions, by
 //! resource instance address (`module.net["a"].aws_subnet.private[0]`),
-//! as the dashboard shows it. Pure functions over state bodies.
+//! as the dashboard shows it.
 //!
 //! Nothing here returns a value from a state: attribute values and output
 //! values hold secrets (passwords, keys, tokens), so a change is described
 //! by the names of the attributes that differ, and outputs by their names.
 //!
-//! Bodies are read into typed structs that keep only what is shown: the
-//! fields of a resource that make its address, attribute names, and for
-//! each attribute or output value a keyed 64-bit fingerprint instead of the
-//! value. serde skips everything else without building it, so a parse
-//! costs a fraction of the body's size rather than several times it.
+//! States reach hundreds of megabytes, so neither body is ever held whole,
+//! nor parsed into a tree. Each is read once, a buffer at a time
+//! ([`Inventory`]), taking down every instance's address and a keyed hash
+//! of its text; equal text is an unchanged instance. Only the instances
+//! (and outputs) whose text differs are read again, by their place in the
+//! body, and parsed into typed structs that keep attribute names and a
+//! keyed 64-bit fingerprint of each value: a change of key order or
+//! spacing alone is then no change. Memory follows the number of
+//! instances, not the size of the bodies.
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
+use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::io::Read;
 use std::sync::OnceLock;
 
-use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use super::inventory::{Detail, Failure, Inventory, SLACK_BYTES, Text};
+use super::{StateError, StateRef, States};
+use crate::stores::{Payload, StoreError};
 
 /// What a state holds, by name only.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -77,8 +87,9 @@ pub struct Changed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Fingerprint(u64);
 
-fn fingerprint_key() -> &'static std::collections::hash_map::RandomState {
-    static KEY: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+/// The key of fingerprints and of the text hashes of [`Inventory`].
+fn fingerprint_key() -> &'static RandomState {
+    static KEY: OnceLock<RandomState> = OnceLock::new();
     KEY.get_or_init(Default::default)
 }
 
@@ -195,49 +206,6 @@ impl<'de> Deserialize<'de> for Attributes {
     }
 }
 
-fn count_items<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    Ok(Option::<Vec<IgnoredAny>>::deserialize(d)?.map_or(0, |v| v.len()))
-}
-
-/// The parts of a state the overview reads. A body that is not a Terraform
-/// state (an encrypted envelope, other JSON) holds nothing.
-#[derive(Default, Deserialize)]
-#[serde(default)]
-struct OverviewDocument {
-    resources: Option<Vec<BlockCount>>,
-    outputs: Option<BTreeMap<String, IgnoredAny>>,
-}
-
-#[derive(Default, Deserialize)]
-#[serde(default)]
-struct BlockCount {
-    mode: Option<String>,
-    #[serde(rename = "type")]
-    type_name: Option<String>,
-    #[serde(deserialize_with = "count_items")]
-    instances: usize,
-}
-
-/// The parts of a state the diff reads.
-#[derive(Default, Deserialize)]
-#[serde(default)]
-struct DiffDocument {
-    resources: Option<Vec<Block>>,
-    outputs: Option<BTreeMap<String, Fingerprint>>,
-}
-
-/// A resource block: what makes its address, and its instances.
-#[derive(Default, Deserialize)]
-#[serde(default)]
-struct Block {
-    module: Option<String>,
-    mode: Option<String>,
-    #[serde(rename = "type")]
-    type_name: Option<String>,
-    name: Option<String>,
-    instances: Option<Vec<Instance>>,
-}
-
 /// One instance: its key, and fingerprints of what a diff compares.
 #[derive(Default, Deserialize)]
 #[serde(default)]
@@ -272,86 +240,6 @@ impl Instance {
     }
 }
 
-fn parse<T: Default + for<'de> Deserialize<'de>>(body: &[u8]) -> T {
-    serde_json::from_slice(body).unwrap_or_default()
-}
-
-fn is_data(mode: &Option<String>) -> bool {
-    mode.as_deref() == Some("data")
-}
-
-/// The address of a resource block: `[<module>.][data.]<type>.<name>`.
-fn resource_address(block: &Block) -> String {
-    let mut address = String::new();
-    if let Some(module) = block.module.as_deref().filter(|m| !m.is_empty()) {
-        address.push_str(module);
-        address.push('.');
-    }
-    if is_data(&block.mode) {
-        address.push_str("data.");
-    }
-    address.push_str(block.type_name.as_deref().unwrap_or(""));
-    address.push('.');
-    address.push_str(block.name.as_deref().unwrap_or(""));
-    address
-}
-
-/// An instance key as Terraform writes it in an address: `[0]` for
-/// `count`, `["key"]` for `for_each`, nothing for a single instance.
-fn instance_suffix(instance: &Instance) -> String {
-    match &instance.index_key {
-        Some(Value::Number(n)) => format!("[{n}]"),
-        Some(Value::String(s)) => {
-            format!(
-                "[{}]",
-                serde_json::to_string(s).expect("a string serialises")
-            )
-        }
-        _ => String::new(),
-    }
-}
-
-/// What a state holds, by type and name.
-pub fn overview(body: &[u8]) -> Overview {
-    let doc: OverviewDocument = parse(body);
-    let mut types: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    let mut out = Overview::default();
-    for block in doc.resources.unwrap_or_default() {
-        let mut type_name = block.type_name.unwrap_or_default();
-        if is_data(&block.mode) {
-            type_name.insert_str(0, "data.");
-        }
-        let counts = types.entry(type_name).or_default();
-        counts.0 += 1;
-        counts.1 += block.instances;
-        out.resources += 1;
-        out.instances += block.instances;
-    }
-    out.types = types
-        .into_iter()
-        .map(|(type_name, (resources, instances))| TypeCount {
-            type_name,
-            resources,
-            instances,
-        })
-        .collect();
-    // A BTreeMap's keys come sorted.
-    out.outputs = doc.outputs.unwrap_or_default().into_keys().collect();
-    out
-}
-
-/// Every instance of a state by address.
-fn instance_map(resources: Option<Vec<Block>>) -> BTreeMap<String, Instance> {
-    let mut out = BTreeMap::new();
-    for mut block in resources.unwrap_or_default() {
-        let base = resource_address(&block);
-        for instance in block.instances.take().unwrap_or_default() {
-            out.insert(format!("{base}{}", instance_suffix(&instance)), instance);
-        }
-    }
-    out
-}
-
 /// The names of what differs between two instances of one address.
 fn changed_names(old: &Instance, new: &Instance) -> Vec<String> {
     let empty = Attributes::default();
@@ -368,56 +256,235 @@ fn changed_names(old: &Instance, new: &Instance) -> Vec<String> {
     names
 }
 
-/// What changed from `from` to `to`, by instance address and output name.
-pub fn diff(from: &[u8], to: &[u8]) -> Diff {
-    let (old_doc, new_doc): (DiffDocument, DiffDocument) = (parse(from), parse(to));
-    let (old, new) = (
-        instance_map(old_doc.resources),
-        instance_map(new_doc.resources),
-    );
+/// A body to read for a view.
+pub struct Body {
+    pub payload: Payload,
+    /// What it is, for messages (`version 3 of team/net.tfstate`).
+    pub name: String,
+    /// The MD5 recorded for it, which it must match: a kept version
+    /// changed outside stategate is refused, not shown.
+    pub md5: Option<String>,
+}
+
+/// Why a view of a body was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    /// Reading it failed, or it no longer matches its record.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// It holds too many instances for its size to be taken down (see
+    /// [`Inventory`]); the reason names it.
+    #[error("{0}")]
+    TooDense(String),
+}
+
+fn read_failed(name: &str, e: std::io::Error) -> StateError {
+    StateError::Store(StoreError::unavailable(format!("reading {name}: {e}")))
+}
+
+/// What a state holds, by type and name, reading `body` once a buffer at
+/// a time. Blocking: call it off the runtime's threads.
+pub fn overview(body: &Payload) -> Result<Overview, StateError> {
+    let (mut inv, _) =
+        Inventory::read(body.reader(), Detail::Counts, false, usize::MAX).map_err(|e| match e {
+            Failure::Read(e) => read_failed("the state", e),
+            Failure::TooDense => unreachable!("counting keeps no instance"),
+        })?;
+    inv.sort();
+    let mut out = Overview {
+        resources: inv.resources,
+        ..Default::default()
+    };
+    out.types = std::mem::take(&mut inv.types)
+        .into_iter()
+        .map(|(type_name, (resources, instances))| {
+            out.instances += instances;
+            TypeCount {
+                type_name,
+                resources,
+                instances,
+            }
+        })
+        .collect();
+    out.outputs = inv.outputs.into_iter().map(|o| o.name).collect();
+    Ok(out)
+}
+
+/// Takes `body` down for a diff, checking its MD5 on the way.
+fn take_down(body: &Body) -> Result<Inventory, ViewError> {
+    let budget = usize::try_from(body.payload.len() / 4)
+        .unwrap_or(usize::MAX)
+        .saturating_add(SLACK_BYTES);
+    let detail = Detail::Texts(fingerprint_key());
+    let (mut inv, md5) =
+        match Inventory::read(body.payload.reader(), detail, body.md5.is_some(), budget) {
+            Ok(read) => read,
+            Err(Failure::Read(e)) => return Err(read_failed(&body.name, e).into()),
+            Err(Failure::TooDense) => {
+                return Err(ViewError::TooDense(format!(
+                    "{} holds too many resource instances for its size to be shown",
+                    body.name
+                )));
+            }
+        };
+    if let Some(recorded) = &body.md5
+        && md5.as_ref() != Some(recorded)
+    {
+        return Err(StateError::Store(StoreError::unavailable(format!(
+            "{} was changed outside stategate (its MD5 no longer matches its record)",
+            body.name
+        )))
+        .into());
+    }
+    inv.sort();
+    Ok(inv)
+}
+
+/// The text of a value the inventory found in `body`.
+fn text(body: &Body, at: Text) -> Result<Vec<u8>, StateError> {
+    let len = usize::try_from(at.end - at.start).expect("a value held in a body fits in memory");
+    let mut out = vec![0; len];
+    body.payload
+        .reader()
+        .skip_to(at.start)
+        .read_exact(&mut out)
+        .map_err(|e| read_failed(&body.name, e))?;
+    Ok(out)
+}
+
+/// What changed from `old` to `new`, by instance address and output name:
+/// each body read once, then only what differs read again. Blocking: call
+/// it off the runtime's threads.
+pub fn diff(old: &Body, new: &Body) -> Result<Diff, ViewError> {
+    let before = take_down(old)?;
+    let after = take_down(new)?;
     let mut out = Diff::default();
-    for (address, instance) in &new {
-        match old.get(address) {
-            None => out.added.push(address.clone()),
-            Some(before) => {
-                let names = changed_names(before, instance);
-                if !names.is_empty() {
-                    out.changed.push(Changed {
-                        address: address.clone(),
-                        attributes: names,
-                    });
+    let joined = |inv: &Inventory, i: usize| {
+        let (block, key) = inv.address(&inv.instances[i]);
+        format!("{block}{key}")
+    };
+    let (mut i, mut j) = (0, 0);
+    while i < before.instances.len() || j < after.instances.len() {
+        let order = match (before.instances.get(i), after.instances.get(j)) {
+            (Some(a), Some(b)) => before.cmp_address(a, &after, b),
+            (Some(_), None) => Ordering::Less,
+            _ => Ordering::Greater,
+        };
+        match order {
+            Ordering::Less => {
+                out.removed.push(joined(&before, i));
+                i += 1;
+            }
+            Ordering::Greater => {
+                out.added.push(joined(&after, j));
+                j += 1;
+            }
+            Ordering::Equal => {
+                let (a, b) = (before.instances[i].text, after.instances[j].text);
+                if a.hash != b.hash {
+                    let parse = |body: &Body, at: Text| -> Result<Instance, StateError> {
+                        // An instance not shaped as one compares as empty.
+                        Ok(serde_json::from_slice(&text(body, at)?).unwrap_or_default())
+                    };
+                    let names = changed_names(&parse(old, a)?, &parse(new, b)?);
+                    if !names.is_empty() {
+                        out.changed.push(Changed {
+                            address: joined(&after, j),
+                            attributes: names,
+                        });
+                    }
                 }
+                i += 1;
+                j += 1;
             }
         }
     }
-    out.removed = old
-        .keys()
-        .filter(|a| !new.contains_key(*a))
-        .cloned()
-        .collect();
-    let (old_out, new_out) = (
-        old_doc.outputs.unwrap_or_default(),
-        new_doc.outputs.unwrap_or_default(),
-    );
-    for (name, value) in &new_out {
-        match old_out.get(name) {
-            None => out.outputs_added.push(name.clone()),
-            Some(before) if before != value => out.outputs_changed.push(name.clone()),
-            Some(_) => {}
+    let (mut i, mut j) = (0, 0);
+    let (a, b) = (&before.outputs, &after.outputs);
+    while i < a.len() || j < b.len() {
+        let order = match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) => x.name.cmp(&y.name),
+            (Some(_), None) => Ordering::Less,
+            _ => Ordering::Greater,
+        };
+        match order {
+            Ordering::Less => {
+                out.outputs_removed.push(a[i].name.clone());
+                i += 1;
+            }
+            Ordering::Greater => {
+                out.outputs_added.push(b[j].name.clone());
+                j += 1;
+            }
+            Ordering::Equal => {
+                if a[i].text.hash != b[j].text.hash {
+                    let parse =
+                        |body: &Body, at: Text| -> Result<Option<Fingerprint>, StateError> {
+                            Ok(serde_json::from_slice(&text(body, at)?).ok())
+                        };
+                    let same = match (parse(old, a[i].text)?, parse(new, b[j].text)?) {
+                        (Some(x), Some(y)) => x == y,
+                        _ => false,
+                    };
+                    if !same {
+                        out.outputs_changed.push(b[j].name.clone());
+                    }
+                }
+                i += 1;
+                j += 1;
+            }
         }
     }
-    out.outputs_removed = old_out
-        .keys()
-        .filter(|n| !new_out.contains_key(*n))
-        .cloned()
-        .collect();
-    out
+    Ok(out)
+}
+
+impl States {
+    /// What changed from version `from` to version `to` of `state`: both
+    /// read as the store hands them out (a large one as a file), checked
+    /// against their recorded MD5 on the way, never held whole.
+    pub async fn version_diff(
+        &self,
+        state: &StateRef,
+        from: u64,
+        to: u64,
+    ) -> Result<Diff, ViewError> {
+        let mut bodies = Vec::with_capacity(2);
+        for n in [from, to] {
+            let (payload, md5) = self.version_unchecked(state, n).await?;
+            bodies.push(Body {
+                payload,
+                name: format!("version {n} of {state}"),
+                md5: Some(md5),
+            });
+        }
+        tokio::task::spawn_blocking(move || diff(&bodies[0], &bodies[1]))
+            .await
+            .map_err(|e| {
+                StateError::Store(StoreError::unavailable(format!("the diff failed: {e}")))
+            })?
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn body(bytes: &[u8]) -> Body {
+        Body {
+            payload: Payload::from(bytes.to_vec()),
+            name: "the body".into(),
+            md5: None,
+        }
+    }
+
+    fn diff(old: &[u8], new: &[u8]) -> Diff {
+        super::diff(&body(old), &body(new)).unwrap()
+    }
+
+    fn overview(bytes: &[u8]) -> Overview {
+        super::overview(&Payload::from(bytes.to_vec())).unwrap()
+    }
 
     fn state(resources: Value, outputs: Value) -> Vec<u8> {
         serde_json::to_vec(&json!({
@@ -631,5 +698,97 @@ mod tests {
         let enc = br#"{"meta":{},"encrypted_data":"AAAA","encryption_version":"v0"}"#;
         assert_eq!(overview(enc), Overview::default());
         assert_eq!(diff(enc, b"not json"), Diff::default());
+    }
+
+    /// A body in a file, as a store hands out a large one.
+    fn in_file(bytes: &[u8]) -> Payload {
+        use std::io::Write;
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        Payload::File(std::sync::Arc::new(crate::stores::payload::FileBody::new(
+            file,
+            bytes.len() as u64,
+        )))
+    }
+
+    #[test]
+    fn large_bodies_in_files_compare_as_in_memory() {
+        let blocks = |serial: u64| -> Vec<Value> {
+            (0..4000)
+                .map(|i| {
+                    // Every 10th instance changes; every 7th is only
+                    // written differently (its keys reordered).
+                    let v = if i % 10 == 0 { serial } else { 0 };
+                    let attributes = if i % 7 == 0 && serial == 2 {
+                        json!({"b": "x".repeat(i % 300), "a": v})
+                    } else {
+                        json!({"a": v, "b": "x".repeat(i % 300)})
+                    };
+                    res(
+                        None,
+                        "managed",
+                        "t",
+                        &format!("r{i}"),
+                        json!([{"index_key": i, "attributes": attributes}]),
+                    )
+                })
+                .collect()
+        };
+        let old = state(Value::Array(blocks(1)), json!({"o": {"value": 1}}));
+        let new = state(Value::Array(blocks(2)), json!({"o": {"value": 2}}));
+        assert!(old.len() > 1024 * 1024, "{}", old.len());
+        let in_memory = diff(&old, &new);
+        assert_eq!(in_memory.changed.len(), 400);
+        assert!(
+            in_memory
+                .changed
+                .iter()
+                .all(|c| c.attributes == ["a"] && c.address.ends_with("0]")),
+            "{:?}",
+            &in_memory.changed[..3]
+        );
+        let files = |a: &[u8], b: &[u8]| {
+            super::diff(
+                &Body {
+                    payload: in_file(a),
+                    md5: Some(crate::state::head::md5_hex(a)),
+                    ..body(b"")
+                },
+                &Body {
+                    payload: in_file(b),
+                    md5: Some(crate::state::head::md5_hex(b)),
+                    ..body(b"")
+                },
+            )
+        };
+        assert_eq!(files(&old, &new).unwrap(), in_memory);
+        assert_eq!(overview(&new), super::overview(&in_file(&new)).unwrap());
+        assert_eq!(overview(&new).instances, 4000);
+    }
+
+    #[test]
+    fn a_body_that_no_longer_matches_its_md5_is_refused() {
+        let old = state(json!([]), json!({}));
+        let bad = Body {
+            md5: Some(crate::state::head::md5_hex(b"other bytes")),
+            name: "version 2 of x".into(),
+            ..body(&old)
+        };
+        let e = super::diff(&body(&old), &bad).unwrap_err().to_string();
+        assert!(
+            e.contains("version 2 of x was changed outside stategate"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_body_of_empty_instances_is_not_taken_down() {
+        let empty = format!(
+            r#"{{"resources":[{{"type":"t","name":"n","instances":[{}]}}]}}"#,
+            vec!["{}"; 2_000_000].join(",")
+        );
+        let e = super::diff(&body(b"{}"), &body(empty.as_bytes())).unwrap_err();
+        assert!(matches!(e, ViewError::TooDense(_)), "{e}");
+        assert!(e.to_string().contains("too many resource instances"), "{e}");
     }
 }
