@@ -791,4 +791,213 @@ mod tests {
         assert!(matches!(e, ViewError::TooDense(_)), "{e}");
         assert!(e.to_string().contains("too many resource instances"), "{e}");
     }
+
+    /// What [`diff`] must find, computed the plain way: both bodies parsed
+    /// into trees, instances compared value by value.
+    fn reference(old: &Value, new: &Value) -> Diff {
+        use std::collections::BTreeMap;
+        fn present<'a>(v: &'a Value, k: &str) -> Option<&'a Value> {
+            v.get(k).filter(|v| !v.is_null())
+        }
+        fn instances(doc: &Value) -> BTreeMap<String, Value> {
+            let mut out = BTreeMap::new();
+            for block in present(doc, "resources")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let field = |k: &str| present(block, k).and_then(Value::as_str).unwrap_or("");
+                let mut base = String::new();
+                if !field("module").is_empty() {
+                    base = format!("{}.", field("module"));
+                }
+                if field("mode") == "data" {
+                    base.push_str("data.");
+                }
+                base.push_str(&format!("{}.{}", field("type"), field("name")));
+                let list = present(block, "instances").and_then(Value::as_array);
+                for instance in list.into_iter().flatten() {
+                    let suffix = match present(instance, "index_key") {
+                        Some(Value::Number(n)) => format!("[{n}]"),
+                        Some(Value::String(s)) => format!("[{}]", Value::from(s.as_str())),
+                        _ => String::new(),
+                    };
+                    out.insert(format!("{base}{suffix}"), instance.clone());
+                }
+            }
+            out
+        }
+        fn names(a: &Value, b: &Value) -> Vec<String> {
+            let attrs = |v: &Value| {
+                present(v, "attributes")
+                    .or(present(v, "attributes_flat"))
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let (x, y) = (attrs(a), attrs(b));
+            let mut out: Vec<String> = x
+                .keys()
+                .chain(y.keys())
+                .filter(|k| x.get(*k) != y.get(*k))
+                .cloned()
+                .collect();
+            out.sort();
+            out.dedup();
+            for field in ["dependencies", "status", "schema_version", "index_key"] {
+                if present(a, field) != present(b, field) {
+                    out.push(format!("({field})"));
+                }
+            }
+            out
+        }
+        let (a, b) = (instances(old), instances(new));
+        let mut d = Diff::default();
+        for (address, instance) in &b {
+            match a.get(address) {
+                None => d.added.push(address.clone()),
+                Some(before) => {
+                    let names = names(before, instance);
+                    if !names.is_empty() {
+                        d.changed.push(Changed {
+                            address: address.clone(),
+                            attributes: names,
+                        });
+                    }
+                }
+            }
+        }
+        d.removed = a.keys().filter(|k| !b.contains_key(*k)).cloned().collect();
+        let outputs = |doc: &Value| {
+            present(doc, "outputs")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (x, y) = (outputs(old), outputs(new));
+        for (name, value) in &y {
+            match x.get(name) {
+                None => d.outputs_added.push(name.clone()),
+                Some(before) if before != value => d.outputs_changed.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        d.outputs_removed = x.keys().filter(|k| !y.contains_key(*k)).cloned().collect();
+        d
+    }
+
+    /// A small random number generator, so the cases are the same on
+    /// every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+
+        fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+            from[self.below(from.len() as u64) as usize]
+        }
+
+        fn value(&mut self, depth: u32) -> Value {
+            match self.below(if depth > 2 { 6 } else { 8 }) {
+                0 => Value::Null,
+                1 => json!(self.below(3) == 0),
+                2 => json!(self.below(3)),
+                3 => json!(self.below(3) as f64),
+                4 | 5 => json!(self.pick(&["a", "}", "]\"", "\\", "é{", "x\ny", ""])),
+                6 => Value::Array((0..self.below(3)).map(|_| self.value(depth + 1)).collect()),
+                _ => Value::Object(
+                    (0..self.below(3))
+                        .map(|_| {
+                            (
+                                self.pick(&["k", "l", "}"]).to_string(),
+                                self.value(depth + 1),
+                            )
+                        })
+                        .collect(),
+                ),
+            }
+        }
+
+        fn instance(&mut self) -> Value {
+            let mut i = serde_json::Map::new();
+            match self.below(4) {
+                0 => {}
+                1 => drop(i.insert("index_key".into(), json!(self.below(3)))),
+                2 => drop(i.insert("index_key".into(), json!(self.pick(&["a", "b\"", "}"])))),
+                _ => drop(i.insert("index_key".into(), Value::Null)),
+            }
+            let field = if self.below(5) == 0 {
+                "attributes_flat"
+            } else {
+                "attributes"
+            };
+            let attrs: serde_json::Map<String, Value> = (0..self.below(4))
+                .map(|_| (self.pick(&["id", "tags", "x"]).to_string(), self.value(0)))
+                .collect();
+            i.insert(field.into(), Value::Object(attrs));
+            for extra in ["dependencies", "status", "private"] {
+                if self.below(3) == 0 {
+                    i.insert(extra.into(), self.value(1));
+                }
+            }
+            Value::Object(i)
+        }
+
+        fn block(&mut self) -> Value {
+            let mut b = serde_json::Map::new();
+            if self.below(3) == 0 {
+                b.insert(
+                    "module".into(),
+                    json!(self.pick(&["module.m", "module.n[\"k\"]", ""])),
+                );
+            }
+            b.insert("mode".into(), json!(self.pick(&["managed", "data"])));
+            b.insert("type".into(), json!(self.pick(&["t", "u"])));
+            b.insert("name".into(), json!(self.pick(&["a", "b", "c"])));
+            b.insert(
+                "instances".into(),
+                Value::Array((0..self.below(4)).map(|_| self.instance()).collect()),
+            );
+            Value::Object(b)
+        }
+
+        fn state(&mut self) -> Value {
+            let outputs: serde_json::Map<String, Value> = (0..self.below(3))
+                .map(|_| (self.pick(&["o", "p", "q\""]).to_string(), self.value(0)))
+                .collect();
+            json!({
+                "version": 4,
+                "outputs": outputs,
+                "resources": (0..self.below(6)).map(|_| self.block()).collect::<Vec<_>>(),
+            })
+        }
+    }
+
+    #[test]
+    fn diffs_match_a_plain_parse_of_both_trees() {
+        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        for case in 0..3000 {
+            let old = rng.state();
+            let new = if rng.below(2) == 0 {
+                rng.state()
+            } else {
+                old.clone()
+            };
+            let write = |v: &Value, pretty: bool| match pretty {
+                true => serde_json::to_vec_pretty(v).unwrap(),
+                false => serde_json::to_vec(v).unwrap(),
+            };
+            let (a, b) = (write(&old, case % 2 == 0), write(&new, case % 3 == 0));
+            assert_eq!(
+                diff(&a, &b),
+                reference(&old, &new),
+                "case {case}:\n{old}\n{new}"
+            );
+        }
+    }
 }
