@@ -285,11 +285,11 @@ fn read_failed(name: &str, e: std::io::Error) -> StateError {
 /// What a state holds, by type and name, reading `body` once a buffer at
 /// a time. Blocking: call it off the runtime's threads.
 pub fn overview(body: &Payload) -> Result<Overview, StateError> {
-    let (mut inv, _) =
-        Inventory::read(body.reader(), Detail::Counts, false, usize::MAX).map_err(|e| match e {
-            Failure::Read(e) => read_failed("the state", e),
-            Failure::TooDense => unreachable!("counting keeps no instance"),
-        })?;
+    let (mut inv, _) = Inventory::read(body.reader(), Detail::Counts, false, (usize::MAX, false))
+        .map_err(|e| match e {
+        Failure::Read(e) => read_failed("the state", e),
+        Failure::TooDense => unreachable!("counting keeps no instance"),
+    })?;
     inv.sort();
     let mut out = Overview {
         resources: inv.resources,
@@ -310,23 +310,32 @@ pub fn overview(body: &Payload) -> Result<Overview, StateError> {
     Ok(out)
 }
 
+/// From this size on, a body's inventory reserves its tables whole (see
+/// [`Inventory::read`]); below it, what a view leaves behind is small.
+const LARGE_BODY_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Takes `body` down for a diff, checking its MD5 on the way.
 fn take_down(body: &Body) -> Result<Inventory, ViewError> {
     let budget = usize::try_from(body.payload.len() / 4)
         .unwrap_or(usize::MAX)
         .saturating_add(SLACK_BYTES);
+    let large = body.payload.len() >= LARGE_BODY_BYTES;
     let detail = Detail::Texts(fingerprint_key());
-    let (mut inv, md5) =
-        match Inventory::read(body.payload.reader(), detail, body.md5.is_some(), budget) {
-            Ok(read) => read,
-            Err(Failure::Read(e)) => return Err(read_failed(&body.name, e).into()),
-            Err(Failure::TooDense) => {
-                return Err(ViewError::TooDense(format!(
-                    "{} holds too many resource instances for its size to be shown",
-                    body.name
-                )));
-            }
-        };
+    let (mut inv, md5) = match Inventory::read(
+        body.payload.reader(),
+        detail,
+        body.md5.is_some(),
+        (budget, large),
+    ) {
+        Ok(read) => read,
+        Err(Failure::Read(e)) => return Err(read_failed(&body.name, e).into()),
+        Err(Failure::TooDense) => {
+            return Err(ViewError::TooDense(format!(
+                "{} holds too many resource instances for its size to be shown",
+                body.name
+            )));
+        }
+    };
     if let Some(recorded) = &body.md5
         && md5.as_ref() != Some(recorded)
     {

@@ -30,6 +30,16 @@ const FIELD_BYTES: usize = 1024 * 1024;
 /// What an inventory may hold beyond a quarter of its body's size.
 pub(super) const SLACK_BYTES: usize = 8 * 1024 * 1024;
 
+/// What each table of an inventory of a large body reserves up front.
+/// glibc serves an allocation above 32 MiB from a mapping of its own, and
+/// unmaps it when freed, without raising the size from which it maps
+/// (which it does for a smaller one); a table grown step by step would come
+/// from a thread's arena once a large view has raised that size, and glibc
+/// keeps the freed top of such an arena, so every view of a large state
+/// would leave the server tens of megabytes larger. Pages never written
+/// take no memory.
+const LARGE_TABLE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Where a piece of text lies in [`Inventory::names`].
 #[derive(Clone, Copy)]
 struct Span {
@@ -101,15 +111,20 @@ impl Inventory {
     /// Reads `body` once. A body that is not a Terraform state (an
     /// encrypted envelope, other JSON, not JSON) holds nothing. With `md5`
     /// the hex MD5 of every byte comes back too; `budget` bounds what the
-    /// inventory holds ([`Failure::TooDense`]).
+    /// inventory holds ([`Failure::TooDense`]), and `large` says the body
+    /// is large enough for its tables to be reserved whole
+    /// ([`LARGE_TABLE_BYTES`]).
     pub(super) fn read(
         body: impl Read,
         detail: Detail<'_>,
         md5: bool,
-        budget: usize,
+        (budget, large): (usize, bool),
     ) -> Result<(Inventory, Option<String>), Failure> {
         let mut scan = Scanner::new(body, md5);
         let mut inventory = Inventory::default();
+        if large && let Detail::Texts(_) = detail {
+            inventory.reserve(LARGE_TABLE_BYTES);
+        }
         match inventory.walk(&mut scan, detail, budget) {
             Ok(()) => {}
             Err(Walk::Scan(ScanError::Read(e))) => return Err(Failure::Read(e)),
@@ -169,12 +184,20 @@ impl Inventory {
         )
     }
 
-    /// Bytes held, roughly: what the budget bounds.
+    /// Reserves `bytes` for each table.
+    fn reserve(&mut self, bytes: usize) {
+        self.names.reserve_exact(bytes);
+        self.blocks.reserve_exact(bytes / size_of::<Span>());
+        self.instances.reserve_exact(bytes / size_of::<Entry>());
+    }
+
+    /// Bytes written, roughly: what the budget bounds (reserved pages
+    /// never written take no memory).
     fn held(&self) -> usize {
-        self.names.capacity()
-            + self.blocks.capacity() * size_of::<Span>()
-            + self.instances.capacity() * size_of::<Entry>()
-            + self.outputs.capacity() * size_of::<Output>()
+        self.names.len()
+            + self.blocks.len() * size_of::<Span>()
+            + self.instances.len() * size_of::<Entry>()
+            + self.outputs.len() * size_of::<Output>()
             + self.output_names
     }
 
@@ -467,8 +490,13 @@ mod tests {
 
     fn inventory(body: &str) -> Inventory {
         let key = RandomState::new();
-        let (mut inv, md5) =
-            Inventory::read(body.as_bytes(), Detail::Texts(&key), true, usize::MAX).unwrap();
+        let (mut inv, md5) = Inventory::read(
+            body.as_bytes(),
+            Detail::Texts(&key),
+            true,
+            (usize::MAX, false),
+        )
+        .unwrap();
         assert_eq!(
             md5.unwrap(),
             crate::state::head::md5_hex(body.as_bytes()),
@@ -561,7 +589,7 @@ mod tests {
             &br#"{"resources": [{"type": "t", "instances": [1, null]}]}"#[..],
             Detail::Counts,
             false,
-            usize::MAX,
+            (usize::MAX, false),
         )
         .unwrap();
         assert_eq!(inv.types["t"], (1, 2));
@@ -601,7 +629,7 @@ mod tests {
         let key = RandomState::new();
         let budget = body.len() / 4;
         assert!(matches!(
-            Inventory::read(body.as_bytes(), Detail::Texts(&key), false, budget),
+            Inventory::read(body.as_bytes(), Detail::Texts(&key), false, (budget, false)),
             Err(Failure::TooDense)
         ));
     }

@@ -56,9 +56,9 @@ const BODY_VIEW_WAIT: Duration = Duration::from_secs(30);
 pub struct BodyViews {
     /// `ui.max_view_bytes`.
     max_bytes: u64,
-    /// A view reads whole bodies and holds what it takes down of them
-    /// (a diff, of two): few at a time keeps the time and memory they
-    /// take bounded however many ask.
+    /// A view reads every byte of its bodies and holds what it takes down
+    /// of them (a diff, of two): few at a time keeps the time and memory
+    /// they take bounded however many ask.
     running: Semaphore,
     /// Diffs being computed, by state and version pair.
     diffs: InFlight<(StateRef, u64, u64), Diff>,
