@@ -1080,6 +1080,7 @@ def parse_args():
     p.add_argument("--runs", type=int, help="terraform runs per configuration (10; quick 2)")
     p.add_argument("--duration", type=float, help="seconds of every load (10; quick 1)")
     p.add_argument("--mem-mib", type=int, help="MiB of every state of the memory load (256; quick 8)")
+    p.add_argument("--view-mib", help="comma-separated MiB of the states the views read (64,256; quick 4,8)")
     p.add_argument("--json", default=str(REPO / "target" / "bench" / "results.json"), help="where the JSON goes")
     args = p.parse_args()
     quick = args.quick
@@ -1088,6 +1089,8 @@ def parse_args():
     args.duration = args.duration or (1 if quick else 10)
     args.mem_mib = args.mem_mib or (8 if quick else 256)
     args.exec_rounds = 10
+    args.view_mib = ([int(m) for m in args.view_mib.split(",")] if args.view_mib
+                     else [4, 8] if quick else [64, 256])
     if args.stores:
         args.stores = [s.strip() for s in args.stores.split(",") if s.strip()]
         bad = [s for s in args.stores if s not in ALL_STORES]
@@ -1324,7 +1327,7 @@ def main():
 
     # 7. The dashboard's views of large states, on fresh processes.
     def views():
-        sizes = (4, 8) if args.quick else (64, 256)
+        sizes = args.view_mib
         log(f"views: diff and state page of two versions of {' and '.join(f'{m} MiB' for m in sizes)}")
         for store in active:
             if store not in DISK_STORES:
