@@ -857,6 +857,75 @@ def concurrent_gets(url, path, readers, expected):
     return failures
 
 
+def fleet_state(path, mib, serial):
+    """Writes to `path` a state of about `mib` MiB: blocks of ten
+    `aws_instance`s of about a kilobyte each. Version 2 changes every
+    hundredth instance's id, leaves out every 997th instance, adds a block
+    of ten and changes an output (as tests/e2e/large_views.rs)."""
+    blocks = max(1, (mib << 20) // 10_900)
+    with open(path, "w") as out:
+        out.write(
+            '{"version":4,"terraform_version":"1.9.0","serial":%d,"lineage":"fleet",'
+            '"outputs":{"count":{"value":%d,"type":"number"},"region":{"value":"eu-west-1","type":"string"}},'
+            '"resources":[' % (serial, serial)
+        )
+        names = [f"node{b}" for b in range(blocks)] + (["extra"] if serial == 2 else [])
+        for b, name in enumerate(names):
+            instances = []
+            for k in range(10):
+                i = b * 10 + k
+                if serial == 2 and i % 997 == 5:
+                    continue
+                replaced = "-replaced" if serial == 2 and i % 100 == 0 else ""
+                instances.append(
+                    '{"index_key":%d,"schema_version":1,"attributes":{"id":"i-%08d%s",'
+                    '"arn":"arn:aws:ec2:eu-west-1:123456789012:instance/i-%08d","ami":"ami-0123456789abcdef0",'
+                    '"instance_type":"t3.micro","private_ip":"10.%d.%d.%d","tags":{"Name":"%s-%d","team":"platform",'
+                    '"env":"prod"},"root_block_device":[{"volume_size":20,"volume_type":"gp3","encrypted":true}],'
+                    '"user_data":"%s"},"sensitive_attributes":[],"dependencies":["aws_vpc.main","aws_subnet.private"]}'
+                    % (k, i, replaced, i, i // 65536 % 256, i // 256 % 256, i % 256, name, k, "x" * (500 + i % 100))
+                )
+            out.write(("," if b else "")
+                      + '{"mode":"managed","type":"aws_instance","name":"%s",' % name
+                      + '"provider":"provider[\\"registry.terraform.io/hashicorp/aws\\"]","instances":['
+                      + ",".join(instances) + "]}")
+        out.write("]}\n")
+
+
+def post_file(url, path):
+    """POSTs a file as a state, streamed; returns None or what failed."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
+    try:
+        with open(path, "rb") as body:
+            conn.request("POST", parts.path, body=body,
+                         headers={"Content-Length": str(os.path.getsize(path)),
+                                  "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            answer = resp.read()
+        return None if resp.status == 200 else f"POST {resp.status} {answer[:200]!r}"
+    finally:
+        conn.close()
+
+
+def timed_get(url):
+    """Seconds to GET `url` and read its whole answer, which must be 200."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
+    try:
+        started = time.perf_counter()
+        conn.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""))
+        resp = conn.getresponse()
+        while resp.read(1 << 20):
+            pass
+        took = time.perf_counter() - started
+        if resp.status != 200:
+            raise RuntimeError(f"GET {url}: {resp.status}")
+        return took
+    finally:
+        conn.close()
+
+
 def write_latencies(url, levels, timed, size):
     """p50 milliseconds of a write to a state whose history holds each of
     `levels` versions (the server keeps every version): one state per
@@ -1051,11 +1120,12 @@ def parse_args():
     p.add_argument("--binary", help="a stategate binary to measure (no build)")
     p.add_argument("--db-url", default=os.environ.get("STATEGATE_BENCH_DB_URL"),
                    help="dbURL of a database for the `db` row (or STATEGATE_BENCH_DB_URL)")
-    p.add_argument("--only", help="comma-separated parts: terraform,get,write,history,memory,exec")
+    p.add_argument("--only", help="comma-separated parts: terraform,get,write,history,memory,exec,views")
     p.add_argument("--resources", type=int, help="terraform_data resources (300; quick 20)")
     p.add_argument("--runs", type=int, help="terraform runs per configuration (10; quick 2)")
     p.add_argument("--duration", type=float, help="seconds of every load (10; quick 1)")
     p.add_argument("--mem-mib", type=int, help="MiB of every state of the memory load (256; quick 8)")
+    p.add_argument("--view-mib", help="comma-separated MiB of the states the views read (64,256; quick 4,8)")
     p.add_argument("--json", default=str(REPO / "target" / "bench" / "results.json"), help="where the JSON goes")
     args = p.parse_args()
     quick = args.quick
@@ -1065,6 +1135,8 @@ def parse_args():
     args.mem_mib = args.mem_mib or (8 if quick else 256)
     args.exec_rounds = 10
     args.fan_out = 50 if quick else 500
+    args.view_mib = ([int(m) for m in args.view_mib.split(",")] if args.view_mib
+                     else [4, 8] if quick else [64, 256])
     if args.stores:
         args.stores = [s.strip() for s in args.stores.split(",") if s.strip()]
         bad = [s for s in args.stores if s not in ALL_STORES]
@@ -1074,7 +1146,8 @@ def parse_args():
         args.stores = [s for s in ALL_STORES if s != "db" or args.db_url]
     if "db" in args.stores and not args.db_url:
         p.error("the db row needs --db-url")
-    args.only = set(args.only.split(",")) if args.only else {"terraform", "get", "write", "history", "memory", "exec"}
+    args.only = (set(args.only.split(",")) if args.only
+                 else {"terraform", "get", "write", "history", "memory", "exec", "views"})
     args.history_levels = [10, 50, 100] if quick else [100, 1000, 10000]
     args.history_timed = 10 if quick else 50
     return args
@@ -1325,6 +1398,70 @@ def main():
             table.add(f"RSS growth, 4 stalled GETs of {mib} MiB", store, growth, "MiB",
                       target=("figure", "<=", 16))
 
+    # 7. The dashboard's views of large states, on fresh processes.
+    def views():
+        sizes = args.view_mib
+        log(f"views: diff and state page of two versions of {' and '.join(f'{m} MiB' for m in sizes)}")
+        for store in active:
+            if store not in DISK_STORES:
+                continue
+            for mib in sizes:
+                view_rows(store, mib)
+
+    def view_rows(store, mib):
+        key = "bench/fleet"
+        work = temp_dir(f"views-{store}")
+        bodies = [work / f"v{serial}.json" for serial in (1, 2)]
+        for serial, path in enumerate(bodies, 1):
+            fleet_state(path, mib, serial)
+        largest = max(p.stat().st_size for p in bodies) / (1 << 20)
+        limit = str(4 * (mib << 20))
+        extra = ["--max-body-bytes", limit]
+        env = {"STATEGATE_UI_MAX_VIEW_BYTES": limit}
+        fresh = lambda: Stategate(binary, stores, store, extra, work=work, env=env)
+        sg = fresh()
+        try:
+            for path in bodies:
+                failed = post_file(f"{sg.url}/states/{key}", path)
+                if failed:
+                    raise RuntimeError(failed)
+        finally:
+            sg.stop()
+        for path in bodies:
+            path.unlink()
+        runs = 1 if args.quick else 3
+        measured = {}
+        for view, path in (("diff", f"/api/v1/diff/{key}"), ("state page", f"/ui/states/{key}")):
+            # A fresh process each, so its peak is this view's alone; the
+            # first answer gives the peak, the median of all the time.
+            sg = fresh()
+            try:
+                request("GET", f"{sg.url}/healthz")
+                time.sleep(0.3)
+                idle = sg.status("VmRSS")
+                times = [timed_get(f"{sg.url}{path}") for _ in range(runs)]
+                peak = sg.status("VmHWM")
+                time.sleep(0.3)
+                measured[view] = (median(times), peak, idle, sg.status("VmRSS"))
+            finally:
+                sg.stop()
+        # Reading both versions as a client would: GET ?version=N, which
+        # checks each body against its recorded MD5 on the way.
+        sg = fresh()
+        try:
+            read = median([
+                sum(timed_get(f"{sg.url}/states/{key}?version={n}") for n in (1, 2)) for _ in range(runs)
+            ])
+        finally:
+            sg.stop()
+            shutil.rmtree(work, ignore_errors=True)
+        bound = 64 + largest / 2
+        for view, (took, peak, idle, after) in measured.items():
+            target = ("ratio", "<=", 3) if view == "diff" else None
+            table.add(f"{view} 2 x {mib} MiB", store, took, "s", read, "GET both versions", "time", target)
+            table.add(f"peak RSS, {view} 2 x {mib} MiB", store, peak, "MiB", target=("figure", "<=", round(bound)),
+                      note=f"idle {idle:.0f} MiB, {after:.0f} MiB after")
+
     def exec_ready():
         log(f"exec -> /healthz 200, median of {args.exec_rounds}")
         for store in active:
@@ -1339,6 +1476,7 @@ def main():
     part("history", history)
     part("memory", memory)
     part("exec", exec_ready)
+    part("views", views)
 
     for sg in servers.values():
         sg.stop()

@@ -395,8 +395,8 @@ pub const UI_MAX_VIEW_BYTES: ServerSetting = server(
     "STATEGATE_UI_MAX_VIEW_BYTES",
     "BYTES",
     Kind::Number,
-    Some("16777216"),
-    "largest state body a dashboard view or API answer parses",
+    Some("536870912"),
+    "largest state body a dashboard view or API answer reads to show its contents",
 );
 
 /// Every server setting, in the order of the reference and of `--help`.

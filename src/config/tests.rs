@@ -191,7 +191,7 @@ fn relative_files_start_where_they_were_written() {
 fn ui_settings_are_read_and_checked() {
     let s = resolve(&FileConfig::default(), &no_env, &CommandLine::default()).unwrap();
     assert_eq!(s.ui.stale_lock_hours, 4);
-    assert_eq!(s.ui.max_view_bytes, 16 * 1024 * 1024);
+    assert_eq!(s.ui.max_view_bytes, 512 * 1024 * 1024);
     assert!(s.ui.csrf_key.is_none());
     let env = |k: &str| (k == "STATEGATE_UI_MAX_VIEW_BYTES").then(|| "1024".to_string());
     let s = resolve(&FileConfig::default(), &env, &CommandLine::default()).unwrap();

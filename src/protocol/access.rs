@@ -11,12 +11,17 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use hyper::HeaderMap;
 use hyper::header::AUTHORIZATION;
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value, json};
 
 use super::{App, Endpoint, ProtocolError};
 use crate::auth::decide::{Decision, decide};
 use crate::auth::{Access, Auth, AuthError, Identity};
 use crate::ops::{Actor, Target, Via};
-use crate::state::StateRef;
+use crate::state::{StateError, StateRef};
+use crate::stores::payload::CHUNK_BYTES;
+use crate::stores::{Payload, StoreError};
 
 /// An authenticated caller and its level on the state at hand.
 #[derive(Debug, Clone)]
@@ -149,50 +154,338 @@ pub fn permit(
 /// each module's resources and attributes left out. Members nobody named
 /// are dropped. A body that is not a JSON object (an OpenTofu encrypted
 /// state) has no outputs to show and is withheld.
-pub fn outputs_only(body: &Bytes) -> Result<Bytes, ProtocolError> {
-    use serde_json::{Map, Value, json};
-    let mut doc: Map<String, Value> = serde_json::from_slice(body).map_err(|_| {
-        ProtocolError::Forbidden("this state's outputs cannot be shown alone".into())
-    })?;
-    if doc.contains_key("encrypted_data") {
-        return Err(ProtocolError::Forbidden(
-            "this state is encrypted by the client; its outputs cannot be shown alone".into(),
-        ));
+///
+/// The body is read once, a buffer at a time when it is in a file, and
+/// only the members shown are built: resources are skipped unparsed, so
+/// the view of a state of hundreds of megabytes holds its outputs alone.
+pub async fn outputs_only(body: &Payload) -> Result<Bytes, ProtocolError> {
+    let shown = match body.as_memory() {
+        Some(bytes) => {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            Shown::read(&mut de)
+        }
+        None => {
+            let reader = std::io::BufReader::with_capacity(CHUNK_BYTES, body.reader());
+            tokio::task::spawn_blocking(move || {
+                Shown::read(&mut serde_json::Deserializer::from_reader(reader))
+            })
+            .await
+            .map_err(|e| ProtocolError::Unavailable(format!("reading the state failed: {e}")))?
+        }
+    };
+    let shown = match shown {
+        Ok(shown) => shown,
+        Err(e) if e.is_io() => {
+            return Err(StateError::Store(StoreError::unavailable(format!(
+                "reading the state: {e}"
+            )))
+            .into());
+        }
+        Err(_) => {
+            return Err(ProtocolError::Forbidden(
+                "this state's outputs cannot be shown alone".into(),
+            ));
+        }
+    };
+    shown.view()
+}
+
+/// The members of a state the `outputs` view is built from.
+#[derive(Default)]
+struct Shown {
+    /// `version`, `terraform_version`, `serial` and `lineage`, as present.
+    head: Map<String, Value>,
+    /// `encrypted_data` is present: an OpenTofu encrypted state.
+    encrypted: bool,
+    outputs: Option<Value>,
+    modules: Option<Modules>,
+}
+
+/// `modules`, as far as the view goes.
+enum Modules {
+    /// An array: the `outputs` of its first module whose `path` is
+    /// `["root"]`, if any.
+    Array(Option<Value>),
+    /// Something else, which the view reads as no `modules`.
+    Other,
+}
+
+impl Shown {
+    fn read<'de, R: serde_json::de::Read<'de>>(
+        de: &mut serde_json::Deserializer<R>,
+    ) -> Result<Shown, serde_json::Error> {
+        let shown = de.deserialize_map(ShownVisitor)?;
+        de.end()?;
+        Ok(shown)
     }
-    let mut view = Map::new();
-    for member in ["version", "terraform_version", "serial", "lineage"] {
-        if let Some(value) = doc.remove(member) {
-            view.insert(member.into(), value);
+
+    fn view(self) -> Result<Bytes, ProtocolError> {
+        if self.encrypted {
+            return Err(ProtocolError::Forbidden(
+                "this state is encrypted by the client; its outputs cannot be shown alone".into(),
+            ));
+        }
+        let only_objects =
+            |v: Option<Value>| v.filter(Value::is_object).unwrap_or_else(|| json!({}));
+        let mut view = self.head;
+        match self.modules {
+            Some(Modules::Array(root_outputs)) => {
+                view.insert(
+                    "modules".into(),
+                    json!([{
+                        "path": ["root"],
+                        "outputs": only_objects(root_outputs),
+                        "resources": {},
+                        "depends_on": [],
+                    }]),
+                );
+            }
+            Some(Modules::Other) | None => {
+                view.insert("outputs".into(), only_objects(self.outputs));
+                view.insert("resources".into(), json!([]));
+            }
+        }
+        let mut out = serde_json::to_vec_pretty(&view).expect("a JSON map serialises");
+        out.push(b'\n');
+        Ok(Bytes::from(out))
+    }
+}
+
+/// The top-level object: the members shown, each kept as a JSON object
+/// keeps a repeated member (the last), and everything else skipped.
+struct ShownVisitor;
+
+impl<'de> Visitor<'de> for ShownVisitor {
+    type Value = Shown;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shown, A::Error> {
+        let mut shown = Shown::default();
+        while let Some(name) = map.next_key::<String>()? {
+            match name.as_str() {
+                "version" | "terraform_version" | "serial" | "lineage" => {
+                    let value = map.next_value()?;
+                    shown.head.insert(name, value);
+                }
+                "encrypted_data" => {
+                    map.next_value::<IgnoredAny>()?;
+                    shown.encrypted = true;
+                }
+                "outputs" => shown.outputs = Some(map.next_value()?),
+                "modules" => shown.modules = Some(map.next_value_seed(ModulesSeed)?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(shown)
+    }
+}
+
+/// Reads `modules`, keeping only the root module's outputs.
+struct ModulesSeed;
+
+impl<'de> DeserializeSeed<'de> for ModulesSeed {
+    type Value = Modules;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Modules, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ModulesSeed {
+    type Value = Modules;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Modules, A::Error> {
+        let mut root = None;
+        while let Some(module) = seq.next_element::<Module>()? {
+            if let Module::Object { path, outputs } = module
+                && root.is_none()
+                && path == Some(json!(["root"]))
+            {
+                root = Some(outputs);
+            }
+        }
+        Ok(Modules::Array(root.flatten()))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Modules, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Modules::Other)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Modules, E> {
+        Ok(Modules::Other)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Modules, E> {
+        Ok(Modules::Other)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Modules, E> {
+        Ok(Modules::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Modules, E> {
+        Ok(Modules::Other)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Modules, E> {
+        Ok(Modules::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Modules, E> {
+        Ok(Modules::Other)
+    }
+}
+
+/// One element of `modules`: an object's `path` and `outputs` (the last
+/// of each), its resources skipped; anything else is no module.
+enum Module {
+    Object {
+        path: Option<Value>,
+        outputs: Option<Value>,
+    },
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Module {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Module, D::Error> {
+        struct ModuleVisitor;
+        impl<'de> Visitor<'de> for ModuleVisitor {
+            type Value = Module;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Module, A::Error> {
+                let (mut path, mut outputs) = (None, None);
+                while let Some(name) = map.next_key::<String>()? {
+                    match name.as_str() {
+                        "path" => path = Some(map.next_value()?),
+                        "outputs" => outputs = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Module::Object { path, outputs })
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Module, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Module::Other)
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Module, E> {
+                Ok(Module::Other)
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<Module, E> {
+                Ok(Module::Other)
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<Module, E> {
+                Ok(Module::Other)
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<Module, E> {
+                Ok(Module::Other)
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<Module, E> {
+                Ok(Module::Other)
+            }
+
+            fn visit_unit<E>(self) -> Result<Module, E> {
+                Ok(Module::Other)
+            }
+        }
+        d.deserialize_any(ModuleVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::stores::payload::FileBody;
+
+    async fn view(body: &[u8]) -> Result<Value, u16> {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(body).unwrap();
+        let in_file = Payload::File(Arc::new(FileBody::new(file, body.len() as u64)));
+        let in_memory = Payload::from(body.to_vec());
+        let (a, b) = (outputs_only(&in_memory).await, outputs_only(&in_file).await);
+        match (a, b) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a, b, "the same view from memory and from a file");
+                Ok(serde_json::from_slice(&a).unwrap())
+            }
+            (Err(a), Err(b)) => {
+                assert_eq!(a.to_string(), b.to_string());
+                Err(a.status().as_u16())
+            }
+            (a, b) => panic!("from memory {a:?}, from a file {b:?}"),
         }
     }
-    match doc.remove("modules") {
-        Some(Value::Array(modules)) => {
-            let root_outputs = modules
-                .into_iter()
-                .find(|m| m.get("path") == Some(&json!(["root"])))
-                .and_then(|mut m| m.get_mut("outputs").map(Value::take))
-                .filter(Value::is_object)
-                .unwrap_or_else(|| json!({}));
-            view.insert(
-                "modules".into(),
-                json!([{
-                    "path": ["root"],
-                    "outputs": root_outputs,
-                    "resources": {},
-                    "depends_on": [],
-                }]),
+
+    #[tokio::test]
+    async fn only_the_named_members_pass() {
+        let state = br#"{"version": 4, "terraform_version": "1.9.0", "serial": 3,
+            "lineage": "L", "check_results": [{"x": 1}],
+            "outputs": {"a": {"value": "v", "type": "string"}},
+            "resources": [{"mode": "managed", "type": "t", "name": "n",
+                "instances": [{"attributes": {"password": "secret"}}]}]}"#;
+        assert_eq!(
+            view(state).await.unwrap(),
+            json!({"version": 4, "terraform_version": "1.9.0", "serial": 3, "lineage": "L",
+                "outputs": {"a": {"value": "v", "type": "string"}}, "resources": []})
+        );
+        let old = br#"{"version": 3, "serial": 1, "lineage": "L", "modules": [
+            {"path": ["root", "child"], "outputs": {"inner": {"value": "child-secret"}}},
+            {"resources": {"r": {"primary": {"attributes": {"p": "secret"}}}},
+             "outputs": {"o": {"value": 1}}, "path": ["root"]},
+            {"path": ["root"], "outputs": {"later": {"value": 2}}}]}"#;
+        assert_eq!(
+            view(old).await.unwrap(),
+            json!({"version": 3, "serial": 1, "lineage": "L", "modules": [{"path": ["root"],
+                "outputs": {"o": {"value": 1}}, "resources": {}, "depends_on": []}]})
+        );
+        // Outputs that are not an object, and modules that are not an
+        // array, show as none.
+        assert_eq!(
+            view(br#"{"serial": 1, "outputs": [1], "modules": {"path": ["root"]}}"#)
+                .await
+                .unwrap(),
+            json!({"serial": 1, "outputs": {}, "resources": []})
+        );
+    }
+
+    #[tokio::test]
+    async fn bodies_without_outputs_to_show_are_withheld() {
+        for body in [
+            &br#"{"meta":{},"encrypted_data":"AAAA","encryption_version":"v0"}"#[..],
+            b"[]",
+            b"not json",
+            b"{\"outputs\": {}} trailing",
+        ] {
+            assert_eq!(
+                view(body).await,
+                Err(403),
+                "{}",
+                String::from_utf8_lossy(body)
             );
         }
-        _ => {
-            let outputs = doc
-                .remove("outputs")
-                .filter(Value::is_object)
-                .unwrap_or_else(|| json!({}));
-            view.insert("outputs".into(), outputs);
-            view.insert("resources".into(), json!([]));
-        }
     }
-    let mut out = serde_json::to_vec_pretty(&view).expect("a JSON map serialises");
-    out.push(b'\n');
-    Ok(Bytes::from(out))
 }

@@ -15,6 +15,7 @@ use hyper::{Response, StatusCode};
 use crate::auth::AuthError;
 use crate::ops::OpError;
 use crate::state::StateError;
+use crate::state::diff::ViewError;
 
 /// Why a request failed, as the protocol sees it.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +83,17 @@ impl From<OpError> for ProtocolError {
         match e {
             OpError::State(e) => ProtocolError::State(e),
             OpError::Forbidden(reason) => ProtocolError::Forbidden(reason),
+        }
+    }
+}
+
+/// A view of a state's contents not made: the state layer's kinds as
+/// they are, and a body too dense to take down as too large to show.
+impl From<ViewError> for ProtocolError {
+    fn from(e: ViewError) -> Self {
+        match e {
+            ViewError::State(e) => ProtocolError::State(e),
+            ViewError::TooDense(reason) => ProtocolError::TooLargeToShow(reason),
         }
     }
 }

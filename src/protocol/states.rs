@@ -80,8 +80,7 @@ pub(super) async fn handle_get(
         )));
     };
     if caller.is_some_and(|c| c.level == Access::Outputs) {
-        let whole = body.to_bytes().await.map_err(StateError::Store)?;
-        let outputs = access::outputs_only(&whole)?;
+        let outputs = access::outputs_only(&body).await?;
         let md5 = head::md5_hex(&outputs);
         return Ok(state_body(Payload::Memory(outputs), &md5));
     }

@@ -14,7 +14,9 @@
 //! - [`summary`]: a small per-state summary beside the history records,
 //!   so listings never read state bodies.
 //! - [`diff`]: what changed between two state bodies, by resource address,
-//!   naming attributes but never their values.
+//!   naming attributes but never their values; it reads bodies a buffer at
+//!   a time through `inventory` (what a body holds, with where each
+//!   instance's text lies) and `scan` (a forward-only JSON reader).
 //! - [`lease`]: short write leases that make a read-check-change atomic on
 //!   stores without compare-and-swap.
 
@@ -27,9 +29,11 @@ use crate::stores::{Capabilities, OpList, OpRead, Store, StoreError, StoreExt};
 pub mod diff;
 pub mod head;
 pub mod history;
+mod inventory;
 pub mod key;
 pub mod lease;
 pub mod lock;
+mod scan;
 pub mod seal;
 pub mod summary;
 pub mod write;

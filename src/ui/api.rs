@@ -7,12 +7,15 @@
 //! read that match the filter, sorts them by last write and reads only the
 //! page's summaries and locks: never a state body.
 //!
-//! The views that do read bodies (a state's overview, a diff) are bounded
-//! by [`BodyViews`]: a body above `ui.max_view_bytes` is refused before it
-//! is read, and only a few such views run at once, so no reader can make
-//! the server hold more than a small multiple of the limit. A state's
+//! The views that do read bodies (a state's overview, a diff) read them a
+//! buffer at a time ([`crate::state::diff`]), so what they hold grows with
+//! a state's number of resource instances, never with its size in bytes.
+//! [`BodyViews`] bounds them further: a body above `ui.max_view_bytes` is
+//! refused before it is read, only a few such views run at once, and
+//! requests for the same view at once share one computation. A state's
 //! history is shown a page at a time.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,14 +28,15 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use super::inflight::InFlight;
 use super::{Query, Viewer};
 use crate::protocol::{App, ProtocolError};
 use crate::state::diff::{self, Diff, Overview};
 use crate::state::head::StateHead;
 use crate::state::history::HistoryWindow;
 use crate::state::summary::{Listed, Summary};
-use crate::state::{StateError, StateRef, VersionMeta};
-use crate::stores::Payload;
+use crate::state::{StateRef, VersionMeta};
+use crate::stores::{Payload, Version};
 
 /// States per page of the list.
 pub const PAGE_SIZE: usize = 50;
@@ -46,14 +50,20 @@ const BODY_VIEWS_AT_ONCE: usize = 2;
 /// How long a view waits for its turn before answering 503.
 const BODY_VIEW_WAIT: Duration = Duration::from_secs(30);
 
-/// What bounds the views that read state bodies: their size, and how many
-/// run at once. One per dashboard.
+/// What bounds the views that read state bodies: their size, how many run
+/// at once, and one computation for many requests of the same view. One
+/// per dashboard.
 pub struct BodyViews {
     /// `ui.max_view_bytes`.
     max_bytes: u64,
-    /// Parsing takes memory in proportion to the body, and a diff holds
-    /// two: few at a time keeps the total bounded however many ask.
+    /// A view reads every byte of its bodies and holds what it takes down
+    /// of them (a diff, of two): few at a time keeps the time and memory
+    /// they take bounded however many ask.
     running: Semaphore,
+    /// Diffs being computed, by state and version pair.
+    diffs: InFlight<(StateRef, u64, u64), Diff>,
+    /// Overviews being computed, by state and store version of its body.
+    overviews: InFlight<(StateRef, String), Overview>,
 }
 
 impl BodyViews {
@@ -61,12 +71,14 @@ impl BodyViews {
         BodyViews {
             max_bytes,
             running: Semaphore::new(BODY_VIEWS_AT_ONCE),
+            diffs: InFlight::default(),
+            overviews: InFlight::default(),
         }
     }
 
-    /// A turn to read and parse bodies, held until dropped; 503 when the
-    /// others take longer than [`BODY_VIEW_WAIT`].
-    pub async fn turn(&self) -> Result<SemaphorePermit<'_>, ProtocolError> {
+    /// A turn to read bodies, held until dropped; 503 when the others take
+    /// longer than [`BODY_VIEW_WAIT`].
+    async fn turn(&self) -> Result<SemaphorePermit<'_>, ProtocolError> {
         let busy = || {
             ProtocolError::Unavailable(
                 "the dashboard is busy reading other states; try again shortly".into(),
@@ -88,16 +100,6 @@ impl BodyViews {
         }
         Ok(())
     }
-}
-
-/// Runs a parse on a blocking thread: a large body takes a while, and the
-/// runtime's threads serve every other request meanwhile.
-async fn parsed<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ProtocolError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ProtocolError::Unavailable(format!("the parse failed: {e}")))
 }
 
 /// A JSON answer.
@@ -346,14 +348,22 @@ pub async fn newest_below(
     Ok(page.versions.into_iter().next())
 }
 
-/// The current body (as the store hands it out: a large one may stay in a
-/// file) and its summary, from `newest` when that record holds it.
+/// A state's current body as the store hands it out (a large one may stay
+/// in a file), with its store version and summary.
+pub struct CurrentBody {
+    pub body: Payload,
+    pub version: Version,
+    pub summary: Summary,
+}
+
+/// The current body and its summary, from `newest` when that record holds
+/// it.
 pub async fn current(
     app: &App,
     state: &StateRef,
     newest: Option<&VersionMeta>,
-) -> Result<Option<(Payload, Summary)>, ProtocolError> {
-    let Some((body, _)) = app.states.read(state).await? else {
+) -> Result<Option<CurrentBody>, ProtocolError> {
+    let Some((body, version)) = app.states.read(state).await? else {
         return Ok(None);
     };
     let summary = match newest {
@@ -374,11 +384,37 @@ pub async fn current(
             }
         }
     };
-    Ok(Some((body, summary)))
+    Ok(Some(CurrentBody {
+        body,
+        version,
+        summary,
+    }))
 }
 
-/// Reads one state's overview, one page of its history and its lock. The
-/// caller holds a [`BodyViews::turn`].
+/// What the current body of `state` holds, read in its turn, once for
+/// all who ask at the same time.
+async fn overview(
+    views: &BodyViews,
+    state: &StateRef,
+    current: CurrentBody,
+) -> Result<Arc<Overview>, ProtocolError> {
+    let key = (state.clone(), current.version.0);
+    let body = current.body;
+    views
+        .overviews
+        .get_or_compute(key, async || {
+            let _turn = views.turn().await?;
+            let overview = tokio::task::spawn_blocking(move || diff::overview(&body))
+                .await
+                .map_err(|e| {
+                    ProtocolError::Unavailable(format!("reading the state failed: {e}"))
+                })??;
+            Ok(overview)
+        })
+        .await
+}
+
+/// Reads one state's overview, one page of its history and its lock.
 pub async fn state_detail(
     app: &App,
     views: &BodyViews,
@@ -399,13 +435,14 @@ pub async fn state_detail(
     }
     let (overview, too_large, current) = match current {
         None => (Some(Overview::default()), None, None),
-        Some((body, summary)) => {
-            match views.check(&format!("the current state of {state}"), body.len()) {
+        Some(current) => {
+            let summary = current.summary.clone();
+            let size = current.body.len();
+            match views.check(&format!("the current state of {state}"), size) {
                 Err(e) => (None, Some(e.to_string()), Some(summary)),
                 Ok(()) => {
-                    let bytes = body.to_bytes().await.map_err(StateError::Store)?;
-                    let overview = parsed(move || diff::overview(&bytes)).await?;
-                    (Some(overview), None, Some(summary))
+                    let overview = overview(views, state, current).await?;
+                    (Some(Arc::unwrap_or_clone(overview)), None, Some(summary))
                 }
             }
         }
@@ -435,12 +472,13 @@ pub struct VersionDiff {
     pub from: u64,
     pub to: u64,
     #[serde(flatten)]
-    pub diff: Diff,
+    pub diff: Arc<Diff>,
 }
 
 /// Compares two kept versions (by default the newest two); 413 when
 /// either is larger than `ui.max_view_bytes`, found from its record before
-/// the body is read. The caller holds a [`BodyViews::turn`].
+/// the body is read. Runs in its turn, once for all who ask for the same
+/// pair at the same time.
 pub async fn version_diff(
     app: &App,
     views: &BodyViews,
@@ -469,14 +507,19 @@ pub async fn version_diff(
         views.check(&format!("version {} of {state}", meta.version), meta.size)?;
     }
     let (from, to) = (from_meta.version, to_meta.version);
-    let old = app.states.version(state, from).await?;
-    let new = app.states.version(state, to).await?;
+    let diff = views
+        .diffs
+        .get_or_compute((state.clone(), from, to), async || {
+            let _turn = views.turn().await?;
+            Ok::<_, ProtocolError>(app.states.version_diff(state, from, to).await?)
+        })
+        .await?;
     Ok(VersionDiff {
         key: state.key().to_string(),
         workspace: state.workspace().to_string(),
         from,
         to,
-        diff: parsed(move || diff::diff(&old, &new)).await?,
+        diff,
     })
 }
 

@@ -17,7 +17,9 @@
 //! - security headers on every answer: a CSP allowing only the embedded
 //!   stylesheet, no framing, no referrer.
 //!
-//! - [`api`]: what the pages show, gathered once, and the JSON endpoints.
+//! - [`api`]: what the pages show, gathered once, and the JSON endpoints;
+//!   [`inflight`] lets requests for the same view at once share one
+//!   computation.
 //! - [`pages`]: the HTML pages, compiled askama templates, and
 //!   [`restore`], the restore confirmation.
 //! - [`config`]: the `ui:` settings.
@@ -41,6 +43,7 @@ use crate::state::history::HistoryWindow;
 pub mod api;
 pub mod config;
 pub mod csrf;
+pub mod inflight;
 pub mod pages;
 pub mod restore;
 
@@ -504,13 +507,11 @@ impl Dashboard {
             Route::ApiState(raw) => {
                 let state = readable(raw, page)?;
                 let window = q.history_window()?;
-                let _turn = views.turn().await?;
                 let detail = api::state_detail(app, views, &state, stale, window).await?;
                 Ok(api::json_body(&detail))
             }
             Route::ApiDiff(raw) => {
                 let state = readable(raw, page)?;
-                let _turn = views.turn().await?;
                 let diff = api::version_diff(app, views, &state, q.from, q.to).await?;
                 Ok(api::json_body(&diff))
             }
@@ -535,7 +536,6 @@ impl Dashboard {
             Route::StatePage(raw) => {
                 let state = readable(raw, page)?;
                 let window = q.history_window()?;
-                let _turn = views.turn().await?;
                 let detail = api::state_detail(app, views, &state, stale, window).await?;
                 let diff = match detail.default_pair(q.from, q.to) {
                     Some((from, to)) => Some(page_diff(app, views, &state, from, to).await?),
@@ -558,11 +558,10 @@ impl Dashboard {
                 let record = api::version_record(app, &state, n).await?.ok_or_else(|| {
                     ProtocolError::NotFound(format!("{state} has no version {n}"))
                 })?;
-                let _turn = views.turn().await?;
                 let newest = api::newest_below(app, &state, None).await?;
                 let current = api::current(app, &state, newest.as_ref())
                     .await?
-                    .map(|(_, summary)| summary);
+                    .map(|c| c.summary);
                 // What the restore would change, from the current version.
                 let change = match current.as_ref().map(|c| c.version) {
                     Some(now) if now != 0 && now != n => {

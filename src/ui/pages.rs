@@ -11,6 +11,7 @@ use hyper::{Response, StatusCode};
 use super::api::{LockRow, LockView, StateDetail, StateList, VersionDiff};
 use super::{Query, Viewer};
 use crate::state::StateRef;
+use crate::state::diff::Diff;
 
 /// Characters left as they are in a key's URL path (its `/` included).
 const PATH: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
@@ -387,7 +388,7 @@ pub(super) fn diff_view(d: &VersionDiff) -> DiffView {
         outputs_added: d.diff.outputs_added.clone(),
         outputs_removed: d.diff.outputs_removed.clone(),
         outputs_changed: d.diff.outputs_changed.clone(),
-        empty: d.diff == Default::default(),
+        empty: *d.diff == Diff::default(),
     }
 }
 

@@ -27,6 +27,7 @@ mod downloads;
 mod encryption;
 mod history_paging;
 mod hostile;
+mod large_views;
 mod limits;
 mod listing;
 mod local_sqlite;

@@ -110,6 +110,23 @@ impl States {
     /// file), checked against its recorded MD5 a piece at a time: for
     /// copying versions without holding them in memory.
     pub async fn version_payload(&self, state: &StateRef, n: u64) -> Result<Payload, StateError> {
+        let (body, recorded) = self.version_unchecked(state, n).await?;
+        if body.md5_hex().await? != recorded {
+            return Err(StateError::Store(StoreError::unavailable(format!(
+                "version {n} of {state} was changed outside stategate (its MD5 no longer matches its record)"
+            ))));
+        }
+        Ok(body)
+    }
+
+    /// The body of one kept version as the store hands it out, with the
+    /// MD5 recorded for it, not yet checked: for a reader that goes over
+    /// the whole body anyway and checks it on the way.
+    pub(in crate::state) async fn version_unchecked(
+        &self,
+        state: &StateRef,
+        n: u64,
+    ) -> Result<(Payload, String), StateError> {
         let dir = self.history_dir(state);
         let missing = || StateError::NotFound(format!("{state} has no version {n}"));
         let Some((body, _)) = self
@@ -120,12 +137,7 @@ impl States {
             return Err(missing());
         };
         let recorded = self.kept(&dir, n).await?.ok_or_else(missing)?.md5;
-        if body.md5_hex().await? != recorded {
-            return Err(StateError::Store(StoreError::unavailable(format!(
-                "version {n} of {state} was changed outside stategate (its MD5 no longer matches its record)"
-            ))));
-        }
-        Ok(body)
+        Ok((body, recorded))
     }
 
     /// The stored state, `None` when there is none. It is always in history
