@@ -69,6 +69,14 @@ pub(super) struct Output {
     pub(super) text: Text,
 }
 
+/// What a walk through a body takes down, and the most it may hold.
+#[derive(Clone, Copy)]
+struct Walking<'a> {
+    detail: Detail<'a>,
+    /// Bytes the inventory may hold ([`Inventory::within`]).
+    budget: usize,
+}
+
 /// How much of a body to take down.
 #[derive(Clone, Copy)]
 pub(super) enum Detail<'a> {
@@ -125,7 +133,7 @@ impl Inventory {
         if large && let Detail::Texts(_) = detail {
             inventory.reserve(LARGE_TABLE_BYTES);
         }
-        match inventory.walk(&mut scan, detail, budget) {
+        match inventory.walk(&mut scan, Walking { detail, budget }) {
             Ok(()) => {}
             Err(Walk::Scan(ScanError::Read(e))) => return Err(Failure::Read(e)),
             Err(Walk::TooDense) => return Err(Failure::TooDense),
@@ -315,12 +323,7 @@ impl BlockFields {
 }
 
 impl Inventory {
-    fn walk<R: Read>(
-        &mut self,
-        scan: &mut Scanner<R>,
-        detail: Detail<'_>,
-        budget: usize,
-    ) -> Result<(), Walk> {
+    fn walk<R: Read>(&mut self, scan: &mut Scanner<R>, how: Walking<'_>) -> Result<(), Walk> {
         scan.begin_object()?;
         let (mut first, mut resources, mut outputs) = (true, false, false);
         while let Some(key) = scan.next_key(&mut first, KNOWN_KEY_BYTES)? {
@@ -328,12 +331,12 @@ impl Inventory {
                 if std::mem::replace(&mut resources, true) {
                     return Err(ScanError::Shape("`resources` is repeated").into());
                 }
-                self.walk_resources(scan, detail, budget)?;
+                scan.each_element(|scan| self.walk_block(scan, how))?;
             } else if key.is("outputs") {
                 if std::mem::replace(&mut outputs, true) {
                     return Err(ScanError::Shape("`outputs` is repeated").into());
                 }
-                self.walk_outputs(scan, detail, budget)?;
+                self.walk_outputs(scan, how)?;
             } else {
                 scan.skip_value()?;
             }
@@ -342,29 +345,7 @@ impl Inventory {
         Ok(())
     }
 
-    fn walk_resources<R: Read>(
-        &mut self,
-        scan: &mut Scanner<R>,
-        detail: Detail<'_>,
-        budget: usize,
-    ) -> Result<(), Walk> {
-        if scan.null()? {
-            return Ok(());
-        }
-        scan.begin_array()?;
-        let mut first = true;
-        while scan.next_element(&mut first)? {
-            self.walk_block(scan, detail, budget)?;
-        }
-        Ok(())
-    }
-
-    fn walk_block<R: Read>(
-        &mut self,
-        scan: &mut Scanner<R>,
-        detail: Detail<'_>,
-        budget: usize,
-    ) -> Result<(), Walk> {
+    fn walk_block<R: Read>(&mut self, scan: &mut Scanner<R>, how: Walking<'_>) -> Result<(), Walk> {
         let block = u32::try_from(self.blocks.len()).map_err(|_| Walk::TooDense)?;
         let mut fields = BlockFields::default();
         let mut instances = 0;
@@ -384,15 +365,15 @@ impl Inventory {
             if let Some(field) = field {
                 *field = optional_string(scan.copy_value(FIELD_BYTES)?)?;
             } else if key.is("instances") {
-                instances = self.walk_instances(scan, detail, block, budget)?;
+                instances = self.walk_instances(scan, how, block)?;
             } else {
                 scan.skip_value()?;
             }
         }
-        if let Detail::Texts(_) = detail {
+        if let Detail::Texts(_) = how.detail {
             let span = self.push_name(&fields.address())?;
             self.blocks.push(span);
-            self.within(budget)?;
+            self.within(how.budget)?;
         }
         let mut type_name = fields.type_name.clone().unwrap_or_default();
         if fields.is_data() {
@@ -409,20 +390,14 @@ impl Inventory {
     fn walk_instances<R: Read>(
         &mut self,
         scan: &mut Scanner<R>,
-        detail: Detail<'_>,
+        how: Walking<'_>,
         block: u32,
-        budget: usize,
     ) -> Result<usize, Walk> {
-        if scan.null()? {
-            return Ok(0);
-        }
-        scan.begin_array()?;
-        let (mut first, mut count) = (true, 0);
-        while scan.next_element(&mut first)? {
+        let mut count = 0;
+        scan.each_element(|scan| {
             count += 1;
-            let Detail::Texts(hashing) = detail else {
-                scan.skip_value()?;
-                continue;
+            let Detail::Texts(hashing) = how.detail else {
+                return Ok(scan.skip_value()?);
             };
             let start = scan.start_hash(hashing.build_hasher())?;
             scan.begin_object()?;
@@ -442,16 +417,15 @@ impl Inventory {
                 key,
                 text: Text { start, end, hash },
             });
-            self.within(budget)?;
-        }
+            self.within(how.budget)
+        })?;
         Ok(count)
     }
 
     fn walk_outputs<R: Read>(
         &mut self,
         scan: &mut Scanner<R>,
-        detail: Detail<'_>,
-        budget: usize,
+        how: Walking<'_>,
     ) -> Result<(), Walk> {
         if scan.null()? {
             return Ok(());
@@ -462,7 +436,7 @@ impl Inventory {
             let Key::Text(name) = key else {
                 return Err(ScanError::Shape("an output name is too long").into());
             };
-            let text = match detail {
+            let text = match how.detail {
                 Detail::Texts(hashing) => {
                     let (hash, start, end) = scan.hash_value(hashing.build_hasher())?;
                     Text { start, end, hash }
@@ -478,7 +452,7 @@ impl Inventory {
             };
             self.output_names += name.len();
             self.outputs.push(Output { name, text });
-            self.within(budget)?;
+            self.within(how.budget)?;
         }
         Ok(())
     }

@@ -193,6 +193,23 @@ impl<R: Read> Scanner<R> {
         Ok(Some(key))
     }
 
+    /// Walks an array, or `null` as an empty one, calling `each` with the
+    /// scanner at every element (which `each` must read or skip).
+    pub(super) fn each_element<E: From<ScanError>>(
+        &mut self,
+        mut each: impl FnMut(&mut Self) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if self.null()? {
+            return Ok(());
+        }
+        self.begin_array()?;
+        let mut first = true;
+        while self.next_element(&mut first)? {
+            each(self)?;
+        }
+        Ok(())
+    }
+
     /// Whether the array entered has another element, which is next.
     pub(super) fn next_element(&mut self, first: &mut bool) -> Scanned<bool> {
         self.more(first, b']')
