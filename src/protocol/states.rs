@@ -74,7 +74,7 @@ pub(super) async fn handle_get(
     state: &StateRef,
     caller: Option<&Caller>,
 ) -> Result<Response<Reply>, ProtocolError> {
-    let Some((body, version)) = app.states.read(state).await? else {
+    let Some((body, version)) = app.states.download(state).await? else {
         return Err(ProtocolError::NotFound(format!(
             "no state stored for {state}"
         )));

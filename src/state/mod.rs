@@ -221,6 +221,19 @@ impl States {
             .await?)
     }
 
+    /// Reads a state's current body for a download, as [`States::read`]
+    /// does, sharing a medium body with the other readers of the same
+    /// version ([`OpRead::shared`]).
+    pub async fn download(
+        &self,
+        state: &StateRef,
+    ) -> Result<Option<(crate::stores::Payload, crate::stores::Version)>, StateError> {
+        Ok(self
+            .store
+            .read(&self.object_key(state), OpRead::shared())
+            .await?)
+    }
+
     /// Every state whose key starts with `prefix` (any workspace), with its
     /// serial and lock holder: the one store listing ([`States::listing`])
     /// the dashboard shows, with each state's summary (its newest history

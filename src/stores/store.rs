@@ -69,12 +69,28 @@ pub struct OpRead {
     /// back as a file (the local store's own file, opened, or a spool file)
     /// instead of whole in memory. Without it the body is in memory.
     pub streamed: bool,
+    /// Many readers may ask for this version at once (state downloads): a
+    /// body of a few MiB is read into memory once and shared by them
+    /// ([`super::payload::BodyCache::shared`]) instead of each streaming
+    /// its own. Views that may refuse a body by its size do not ask this.
+    pub shared: bool,
 }
 
 impl OpRead {
     /// A read whose large body may come back as a file.
     pub fn streamed() -> Self {
-        OpRead { streamed: true }
+        OpRead {
+            streamed: true,
+            shared: false,
+        }
+    }
+
+    /// A streamed read whose medium body may be shared with other readers.
+    pub fn shared() -> Self {
+        OpRead {
+            streamed: true,
+            shared: true,
+        }
     }
 }
 

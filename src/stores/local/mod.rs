@@ -183,9 +183,16 @@ impl Store for LocalStore {
     ) -> Result<Option<(Payload, Version)>, StoreError> {
         let key = key.to_string();
         if !args.streamed {
-            return blocking(self, move |s| s.read_blocking(&key, usize::MAX, false)).await;
+            return blocking(self, move |s| {
+                s.read_blocking(&key, usize::MAX, false, false)
+            })
+            .await;
         }
-        blocking(self, move |s| s.read_blocking(&key, SPOOL_THRESHOLD, true)).await
+        let shared = args.shared;
+        blocking(self, move |s| {
+            s.read_blocking(&key, SPOOL_THRESHOLD, true, shared)
+        })
+        .await
     }
 
     /// A transient write (a lease dies with its holder) skips the fsync of

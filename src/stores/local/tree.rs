@@ -331,6 +331,7 @@ impl Tree {
         key: &str,
         in_memory: usize,
         cached: bool,
+        shared: bool,
     ) -> Result<Option<(Payload, Version)>, StoreError> {
         let (dir, name) = self.locate(key)?;
         let path = match dir {
@@ -352,7 +353,7 @@ impl Tree {
         let version = version_of(&stat);
         if size > in_memory as u64 {
             let file = File::from(fd);
-            if cached
+            if shared
                 && let Some(body) = self.bodies.shared(key, &version, size, |buf| {
                     (&file)
                         .read_to_end(buf)

@@ -554,14 +554,17 @@ impl Store for SqliteStore {
             }
             // The row cannot change while this transaction reads it, so
             // the shared bytes are the version's.
-            let shared = pool.bodies.shared(&key, &version, len, |buf| {
-                let blob = tx
-                    .blob_open(MAIN_DB, c"objects", c"body", rowid, true)
-                    .map_err(&err)?;
-                std::io::Read::read_to_end(&mut { blob }, buf)
-                    .map(drop)
-                    .map_err(|e| StoreError::unavailable(format!("reading {key}: {e}")))
-            })?;
+            let shared = match args.shared {
+                false => None,
+                true => pool.bodies.shared(&key, &version, len, |buf| {
+                    let blob = tx
+                        .blob_open(MAIN_DB, c"objects", c"body", rowid, true)
+                        .map_err(&err)?;
+                    std::io::Read::read_to_end(&mut { blob }, buf)
+                        .map(drop)
+                        .map_err(|e| StoreError::unavailable(format!("reading {key}: {e}")))
+                })?,
+            };
             if let Some(body) = shared {
                 return Ok(Some((Payload::Memory(body), version)));
             }
