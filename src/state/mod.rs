@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::stores::{Capabilities, OpList, OpRead, Store, StoreError, StoreExt};
+use crate::stores::{Capabilities, OpList, OpRead, Payload, Store, StoreError, StoreExt, Version};
 
 pub mod diff;
 pub mod head;
@@ -211,14 +211,8 @@ impl States {
 
     /// Reads a state's current body with its store version, as the store
     /// hands it out: a large body may be a file, read a piece at a time.
-    pub async fn read(
-        &self,
-        state: &StateRef,
-    ) -> Result<Option<(crate::stores::Payload, crate::stores::Version)>, StateError> {
-        Ok(self
-            .store
-            .read(&self.object_key(state), OpRead::streamed())
-            .await?)
+    pub async fn read(&self, state: &StateRef) -> Result<Option<(Payload, Version)>, StateError> {
+        self.read_as(state, OpRead::streamed()).await
     }
 
     /// Reads a state's current body for a download, as [`States::read`]
@@ -227,11 +221,16 @@ impl States {
     pub async fn download(
         &self,
         state: &StateRef,
-    ) -> Result<Option<(crate::stores::Payload, crate::stores::Version)>, StateError> {
-        Ok(self
-            .store
-            .read(&self.object_key(state), OpRead::shared())
-            .await?)
+    ) -> Result<Option<(Payload, Version)>, StateError> {
+        self.read_as(state, OpRead::shared()).await
+    }
+
+    async fn read_as(
+        &self,
+        state: &StateRef,
+        args: OpRead,
+    ) -> Result<Option<(Payload, Version)>, StateError> {
+        Ok(self.store.read(&self.object_key(state), args).await?)
     }
 
     /// Every state whose key starts with `prefix` (any workspace), with its

@@ -88,8 +88,8 @@ impl OpRead {
     /// A streamed read whose medium body may be shared with other readers.
     pub fn shared() -> Self {
         OpRead {
-            streamed: true,
             shared: true,
+            ..OpRead::streamed()
         }
     }
 }
