@@ -219,10 +219,7 @@ impl Guarded {
             allow_unsafe_locks,
             ..Self::new(me, inner, reserve)
         });
-        guarded.degrade(reason);
-        if let Some(d) = guarded.degraded.lock().expect("guard state").as_mut() {
-            d.reopen = guarded.reopen.is_some();
-        }
+        guarded.degrade(reason, guarded.reopen.is_some());
         guarded
     }
 
@@ -238,12 +235,12 @@ impl Guarded {
     /// Starts refusing changes for `reason` (a failure for which
     /// [`StoreError::refuses_writes`] holds), and probing in the
     /// background until writes work again.
-    fn degrade(&self, reason: StoreError) {
+    /// `reopen` says the store was opened for reading only; one that
+    /// stopped taking writes while serving is probed as it is.
+    fn degrade(&self, reason: StoreError, reopen: bool) {
         let reason = self.explained(reason);
         let mut degraded = self.degraded.lock().expect("guard state");
-        // Only a store opened for reading only needs opening again; one
-        // that stopped taking writes while serving is probed as it is.
-        let reopen = degraded.as_ref().is_some_and(|d| d.reopen);
+        let reopen = reopen || degraded.as_ref().is_some_and(|d| d.reopen);
         let first = degraded.is_none();
         *degraded = Some(Degraded {
             reason: reason.clone(),
@@ -379,7 +376,7 @@ impl Guarded {
     fn observe<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         match result {
             Err(e) if e.refuses_writes() => {
-                self.degrade(e);
+                self.degrade(e, false);
                 Err(self.refusal().expect("degraded"))
             }
             other => other,

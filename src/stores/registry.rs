@@ -281,26 +281,22 @@ async fn can_read(store: &dyn Store) -> bool {
 
 /// The free-space reserve of the stores on this machine's disk.
 fn reserve(backend: &Backend, settings: &StoreSettings) -> Result<Option<Reserve>, OpenError> {
-    let dir = match backend.name {
-        "local" => local::LocalConfig::from_settings(settings)?.root,
+    let (dir, spare) = match backend.name {
+        "local" => {
+            let root = local::LocalConfig::from_settings(settings)?.root;
+            (root.clone(), root.join(".stategate/local/spare"))
+        }
         "sqlite" => {
             let path = sqlite::SqliteConfig::from_settings(settings)?.path;
-            match path.parent() {
+            let dir = match path.parent() {
                 Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
                 _ => std::path::PathBuf::from("."),
-            }
+            };
+            let mut spare = path.into_os_string();
+            spare.push(".spare");
+            (dir, spare.into())
         }
         _ => return Ok(None),
-    };
-    let spare = match backend.name {
-        "local" => dir.join(".stategate/local/spare"),
-        _ => {
-            let mut name = sqlite::SqliteConfig::from_settings(settings)?
-                .path
-                .into_os_string();
-            name.push(".spare");
-            name.into()
-        }
     };
     Ok(Some(Reserve {
         dir,

@@ -240,11 +240,10 @@ impl SqliteStore {
     /// `Ok(None)` when there is no file (or an empty one). The store must
     /// only be read: it has no writer, and its changes fail.
     pub fn open_read_only(path: &Path) -> Result<Option<Self>, rusqlite::Error> {
-        if !std::fs::metadata(path).is_ok_and(|m| m.len() > 0) {
-            return Ok(None);
-        }
-        let meta = std::fs::metadata(path)
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) if meta.len() > 0 => meta,
+            _ => return Ok(None),
+        };
         let dir = rustix::fs::open(
             path.parent()
                 .filter(|d| !d.as_os_str().is_empty())
