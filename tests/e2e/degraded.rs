@@ -143,6 +143,32 @@ impl Peer for OnDevice {
     }
 }
 
+/// One test of each scenario on each store on this machine's disk:
+/// `degraded::local::<scenario>` and `degraded::sqlite::<scenario>`.
+macro_rules! on_local_and_sqlite {
+    ($($scenario:ident),* $(,)?) => {
+        mod local {
+            $(#[test]
+            fn $scenario() {
+                super::$scenario("local");
+            })*
+        }
+        mod sqlite {
+            $(#[test]
+            fn $scenario() {
+                super::$scenario("sqlite");
+            })*
+        }
+    };
+}
+
+on_local_and_sqlite!(
+    full_device_then_restart_serves_reads_and_recovers,
+    below_the_reserve_refuses_new_versions_and_keeps_locks_deletes_and_purges,
+    full_device_keeps_locks_and_deletes,
+    read_only_remount_serves_reads_and_recovers,
+);
+
 /// Polls `f` for up to 30 s (the background probe runs every 5 s).
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -222,7 +248,7 @@ fn fill_through_stategate(
 /// A full device, then a restart (a deploy, a crash): stategate starts,
 /// serves every state and its history, says why it takes no writes, and
 /// takes them again once space is freed, without a restart.
-fn full_device_then_restart(kind: &'static str) {
+fn full_device_then_restart_serves_reads_and_recovers(kind: &'static str) {
     let peer = OnDevice::new(kind, 24, &[("min_free_bytes", "0")]);
     let server = Server::start(&peer);
     let (stored, fillers) = fill_through_stategate(&server, &peer.device);
@@ -292,19 +318,9 @@ fn full_device_then_restart(kind: &'static str) {
     assert!(server.logs("the store takes writes again"));
 }
 
-#[test]
-fn local_full_device_then_restart_serves_reads_and_recovers() {
-    full_device_then_restart("local");
-}
-
-#[test]
-fn sqlite_full_device_then_restart_serves_reads_and_recovers() {
-    full_device_then_restart("sqlite");
-}
-
 /// Below `min_free_bytes`, new versions are refused while a lock cycle,
 /// a delete and a purge still work, and free space shows on `/metrics`.
-fn below_the_reserve(kind: &'static str) {
+fn below_the_reserve_refuses_new_versions_and_keeps_locks_deletes_and_purges(kind: &'static str) {
     let peer = OnDevice::new(kind, 24, &[("min_free_bytes", "12000000")]);
     let server = Server::start(&peer);
     let mut stored = Vec::new();
@@ -363,16 +379,6 @@ fn below_the_reserve(kind: &'static str) {
     );
 }
 
-#[test]
-fn local_below_the_reserve_refuses_new_versions_and_keeps_locks_deletes_and_purges() {
-    below_the_reserve("local");
-}
-
-#[test]
-fn sqlite_below_the_reserve_refuses_new_versions_and_keeps_locks_deletes_and_purges() {
-    below_the_reserve("sqlite");
-}
-
 /// On a device filled by something else, locks, unlocks and deletes still
 /// work: the spare file stategate keeps there is given up for them.
 fn full_device_keeps_locks_and_deletes(kind: &'static str) {
@@ -411,19 +417,9 @@ fn full_device_keeps_locks_and_deletes(kind: &'static str) {
     assert!(server.logs("gave up the spare file"));
 }
 
-#[test]
-fn local_full_device_keeps_locks_and_deletes() {
-    full_device_keeps_locks_and_deletes("local");
-}
-
-#[test]
-fn sqlite_full_device_keeps_locks_and_deletes() {
-    full_device_keeps_locks_and_deletes("sqlite");
-}
-
 /// A read-only remount: stategate starts, serves reads, refuses changes
 /// naming the read-only file system, and resumes after a remount rw.
-fn read_only_remount(kind: &'static str) {
+fn read_only_remount_serves_reads_and_recovers(kind: &'static str) {
     let peer = OnDevice::new(kind, 16, &[]);
     let server = Server::start(&peer);
     let body = state_doc("ro", 1, "kept");
@@ -444,16 +440,6 @@ fn read_only_remount(kind: &'static str) {
         http("POST", &server.state_url("ro/b"), &state_doc("rw", 1, "x")).0,
         200
     );
-}
-
-#[test]
-fn local_read_only_remount_serves_reads_and_recovers() {
-    read_only_remount("local");
-}
-
-#[test]
-fn sqlite_read_only_remount_serves_reads_and_recovers() {
-    read_only_remount("sqlite");
 }
 
 /// A PostgreSQL role whose transactions are read-only (as on a hot
