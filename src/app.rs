@@ -1,19 +1,23 @@
 //! The running application, built from validated [`Settings`] in one
 //! place: the TLS files of both addresses, the `auth` section, the audit
 //! log, the store with its rules (sealed when `encryption` is set), the
-//! dashboard, and the [`App`] the server answers from. `serve` builds it,
+//! dashboard, the notifications' outbox and sending loops, and the [`App`]
+//! the server answers from. `serve` builds it,
 //! `check` runs the same checks ([`Serving::load`]), tests and benchmarks
 //! build it around a store of their own ([`Application::assemble`]), and a
 //! SIGHUP reloads what can change while serving ([`Application::reload`]).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::audit::Audit;
 use crate::auth::Auth;
 use crate::config::{AuthSetting, Settings};
+use crate::notify::{self, Notifier, Secret, deliver::Delivery};
 use crate::protocol::{App, Surface, origin};
 use crate::server;
 use crate::settings::{ConfigError, TlsFiles};
@@ -45,6 +49,8 @@ pub enum BuildError {
     },
     #[error("making a CSRF key for the dashboard: {0}")]
     Random(#[from] getrandom::Error),
+    #[error("setting up the notifications' HTTP client: {0}")]
+    NotifyClient(#[from] reqwest::Error),
 }
 
 /// Whether opening a store may create it. Only `serve`, and a migration
@@ -58,13 +64,15 @@ pub enum Create {
 
 /// What serving loads before it opens the store, checked the same way by
 /// `check`: the TLS files of both addresses, the `auth` section, the
-/// audit log.
+/// audit log, the notifications' signing secrets.
 pub struct Serving {
     pub tls: Option<Arc<Tls>>,
     pub admin_tls: Option<Arc<Tls>>,
     /// `None` when requests need no credentials.
     pub auth: Option<Auth>,
     pub audit: Audit,
+    /// The signing secret of each notification destination that has one.
+    pub notify_secrets: HashMap<String, Secret>,
 }
 
 impl Serving {
@@ -89,8 +97,24 @@ impl Serving {
             admin_tls: load(&settings.admin_tls)?,
             auth: auth(settings)?,
             audit,
+            notify_secrets: notify_secrets(settings, &|var| std::env::var(var).ok())?,
         })
     }
+}
+
+/// The signing secrets of the notification destinations, read from their
+/// `secret_env`; one that is unset stops start-up, naming the setting.
+pub fn notify_secrets(
+    settings: &Settings,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<HashMap<String, Secret>, ConfigError> {
+    let mut secrets = HashMap::new();
+    for (i, destination) in settings.notifications.destinations.iter().enumerate() {
+        if let Some(secret) = destination.secret(i, env)? {
+            secrets.insert(destination.name.clone(), secret);
+        }
+    }
+    Ok(secrets)
 }
 
 /// The `auth` section, checked; `None` when requests need no credentials.
@@ -182,6 +206,16 @@ pub struct Application {
     app: Arc<App>,
     tls: Option<Arc<Tls>>,
     admin_tls: Option<Arc<Tls>>,
+    /// The loops that run beside the server, taken when it starts serving.
+    background: std::sync::Mutex<Option<Background>>,
+}
+
+/// The notifications' loops, started with the server and stopped with it.
+struct Background {
+    delivery: Arc<Delivery>,
+    /// The lock-age check: the notifier, the states and the threshold.
+    held: Option<(Arc<Notifier>, States, Duration)>,
+    replica: String,
 }
 
 impl Application {
@@ -204,12 +238,43 @@ impl Application {
         serving: Serving,
         states: States,
     ) -> Result<Application, BuildError> {
+        let notifier = Notifier::new(&settings.notifications, Arc::clone(states.store()));
+        // The lock-age check reads the locks through states of its own.
+        let check_states = States::new(
+            Arc::clone(states.store()),
+            states.capabilities(),
+            policy(settings),
+        );
         let mut app = App::new(
             states,
             settings.limits.clone(),
             settings.backend.name,
             serving.audit,
         );
+        let background = match &notifier {
+            // A read-only server changes nothing, claims included.
+            Some(notifier) if !settings.read_only => {
+                let replica = notify::replica_name();
+                let delivery = Delivery::new(
+                    Arc::clone(notifier),
+                    &settings.notifications,
+                    serving.notify_secrets,
+                    app.metrics.notifications.clone(),
+                    replica.clone(),
+                )?;
+                let held = settings
+                    .notifications
+                    .lock_held_too_long
+                    .map(|threshold| (Arc::clone(notifier), check_states, threshold));
+                Some(Background {
+                    delivery,
+                    held,
+                    replica,
+                })
+            }
+            _ => None,
+        };
+        app.notifier = notifier;
         app.base_path = settings.base_path.clone();
         app.trusted_proxies = settings.trusted_proxies.clone();
         app.client_ip_header = settings.client_ip_header;
@@ -229,6 +294,7 @@ impl Application {
             app: Arc::new(app),
             tls: serving.tls,
             admin_tls: serving.admin_tls,
+            background: std::sync::Mutex::new(background),
         })
     }
 
@@ -275,7 +341,7 @@ impl Application {
     }
 
     /// Serves on `main` (and on `admin`, the operational URLs, when given)
-    /// until `stop` completes.
+    /// until `stop` completes; the notifications are sent meanwhile.
     pub async fn serve(
         &self,
         main: TcpListener,
@@ -290,6 +356,19 @@ impl Application {
         let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        let background = self.background.lock().expect("background lock").take();
+        if let Some(background) = background {
+            tokio::spawn(background.delivery.run(stopped.clone()));
+            if let Some((notifier, states, threshold)) = background.held {
+                tokio::spawn(notify::held::watch(
+                    notifier,
+                    states,
+                    threshold,
+                    background.replica,
+                    stopped.clone(),
+                ));
+            }
+        }
         let app = Arc::clone(&self.app);
         match admin {
             None => {

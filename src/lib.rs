@@ -31,6 +31,9 @@
 //! - [`ui`] is the dashboard at `/ui/` and its JSON API at `/api/v1/`:
 //!   it plugs into [`protocol`] as [`protocol::Pages`], reads through
 //!   [`state`] and changes through [`ops`]; nothing below imports it.
+//! - [`notify`] sends the events of [`ops`] that the `notifications:`
+//!   section asks for, through an outbox in the store, signed and at
+//!   least once, from a loop beside the server (never in a request).
 //! - [`logging`] writes the text log's fields, one event to a line
 //!   whatever a client put in them.
 //! - [`metrics`] counts what `/metrics` shows, for the server and the
@@ -59,6 +62,7 @@ pub mod metrics;
 pub mod migrate;
 #[cfg(feature = "db")]
 pub mod migrate_pg;
+pub mod notify;
 pub mod ops;
 pub mod protocol;
 pub mod server;

@@ -84,9 +84,46 @@ impl Refusal {
     }
 }
 
+/// The notification counters, shared with the delivery loop (each handle
+/// counts into the same metric).
+#[derive(Clone, Default)]
+pub struct NotifyMetrics {
+    delivered: Counter,
+    retried: Counter,
+    given_up: Counter,
+    pending: Gauge,
+    undeliverable: Gauge,
+}
+
+impl NotifyMetrics {
+    /// A notification was taken by its destination.
+    pub fn delivered(&self) {
+        self.delivered.inc();
+    }
+
+    /// An attempt failed and another is due later.
+    pub fn retried(&self) {
+        self.retried.inc();
+    }
+
+    /// The last attempt failed: the event is kept as undelivered.
+    pub fn given_up(&self) {
+        self.given_up.inc();
+    }
+
+    /// Sets the entries waiting in the outbox and those given up on, as
+    /// the store lists them (every replica's).
+    pub fn set_outbox(&self, pending: usize, undeliverable: usize) {
+        self.pending.set(pending as i64);
+        self.undeliverable.set(undeliverable as i64);
+    }
+}
+
 /// Every metric stategate exposes.
 pub struct Metrics {
     registry: Registry,
+    /// The notification counters, handed to the delivery loop.
+    pub notifications: NotifyMetrics,
     requests: Family<RequestLabels, Counter>,
     durations: Family<RouteLabels, Histogram, fn() -> Histogram>,
     body_bytes: Family<DirectionLabels, Counter>,
@@ -214,6 +251,38 @@ impl Metrics {
                 "Bytes free on the device holding a local or SQLite store",
                 Family::default(),
             ),
+            notifications: NotifyMetrics {
+                delivered: registered(
+                    r,
+                    "stategate_notifications_delivered",
+                    "Notifications taken by their destination (2xx)",
+                    Counter::default(),
+                ),
+                retried: registered(
+                    r,
+                    "stategate_notifications_retried",
+                    "Notification attempts that failed and were scheduled again",
+                    Counter::default(),
+                ),
+                given_up: registered(
+                    r,
+                    "stategate_notifications_given_up",
+                    "Notifications given up on after their last attempt by this server",
+                    Counter::default(),
+                ),
+                pending: registered(
+                    r,
+                    "stategate_notifications_pending",
+                    "Notifications waiting in the store's outbox",
+                    Gauge::default(),
+                ),
+                undeliverable: registered(
+                    r,
+                    "stategate_notifications_undeliverable",
+                    "Notifications given up on and kept in the store (shown on the dashboard)",
+                    Gauge::default(),
+                ),
+            },
             counted_at: Mutex::new(None),
             store,
             registry: {

@@ -36,6 +36,8 @@ const LAYERS: &[&[&str]] = &[
     // states between stores.
     &["ops", "migrate_pg"],
     &["migrate"],
+    // Notifications: the outbox and its sending loop, fed by `ops`.
+    &["notify"],
     &["auth"],
     &["state"],
     &["stores"],

@@ -15,6 +15,9 @@ pub enum Decision {
     Allow(Access),
     /// Refused (403), with the reason to show.
     Deny(String),
+    /// Refused (403) because the state is protected (`auth.protected`)
+    /// and the identity may not change it, with the reason to show.
+    Protected(String),
 }
 
 /// Whether `identity` may `verb` `state`, which needs `needed`: its grants
@@ -34,7 +37,7 @@ pub fn decide(
     if needed >= Access::Write
         && let Some(why) = auth.protection(identity, state)
     {
-        return Decision::Deny(why);
+        return Decision::Protected(why);
     }
     Decision::Allow(level)
 }

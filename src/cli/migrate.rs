@@ -187,7 +187,9 @@ pub async fn migrate_from_terraform_pg(settings: &Settings, args: MigratePgArgs)
             Outcome::Copied { serial } => {
                 copied += 1;
                 if let Some(state) = &m.target {
-                    Ops::new(&states, &audit, None).migrated(state, &operator(), &m.workspace);
+                    Ops::new(&states, &audit, None)
+                        .migrated(state, &operator(), &m.workspace)
+                        .await;
                 }
                 match serial {
                     Some(s) => format!("copied (serial {s})"),

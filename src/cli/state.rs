@@ -4,12 +4,14 @@
 //! admin: `--force` passes a lock where an admin may.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 
 use stategate::audit::Audit;
 use stategate::config::Settings;
+use stategate::notify::Notifier;
 use stategate::ops::{Actor, OpError, Ops};
 use stategate::state::history::HistoryWindow;
 use stategate::state::{LockInfo, StateError, StateRef, States, WriteOutcome};
@@ -30,7 +32,10 @@ pub(super) fn state_ref(states: &States, key: &str, workspace: Option<&str>) -> 
 pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
     let (states, _) = open_states(settings, Create::No).await?;
     let audit = operator_audit(settings)?;
-    let ops = Ops::new(&states, &audit, None);
+    // An operator's change is notified like any other: it waits in the
+    // store's outbox until a server sends it.
+    let notifier = Notifier::new(&settings.notifications, Arc::clone(states.store()));
+    let ops = Ops::new(&states, &audit, None).notifying(notifier.as_deref());
     let actor = operator();
     let mut out = std::io::stdout().lock();
     match cmd {
@@ -230,6 +235,9 @@ pub(super) fn report_write(
 pub async fn lock(settings: &Settings, cmd: LockCommand) -> Result<()> {
     let (states, _) = open_states(settings, Create::No).await?;
     let audit = operator_audit(settings)?;
+    // An operator's change is notified like any other: it waits in the
+    // store's outbox until a server sends it.
+    let notifier = Notifier::new(&settings.notifications, Arc::clone(states.store()));
     match cmd {
         LockCommand::List => {
             println!(
@@ -250,7 +258,7 @@ pub async fn lock(settings: &Settings, cmd: LockCommand) -> Result<()> {
         }
         LockCommand::Release { key, workspace } => {
             let state = state_ref(&states, &key, workspace.as_deref())?;
-            let ops = Ops::new(&states, &audit, None);
+            let ops = Ops::new(&states, &audit, None).notifying(notifier.as_deref());
             match ops.force_unlock(&state, &operator(), None).await? {
                 None => println!("{state} is not locked"),
                 Some(held) => println!(

@@ -26,6 +26,7 @@ pub use crate::auth::file::{
     FileAuth, FileCertificate, FileClaimRule, FileIssuer, FileProtected, FileRule, FileToken,
     FileUser, FileWriters,
 };
+use crate::notify::NotifySettings;
 pub use crate::settings::{
     ConfigError, DEFAULT_MAX_BODY_BYTES, EncryptionSettings, KeySetting, KeySource, Limits,
     TlsFiles,
@@ -139,6 +140,9 @@ pub struct Settings {
     pub store: StoreSettings,
     /// The dashboard's settings.
     pub ui: crate::ui::UiSettings,
+    /// Where events are sent, and the lock-age threshold; the signing
+    /// secrets are read when serving starts ([`crate::app::Serving`]).
+    pub notifications: NotifySettings,
 }
 
 /// Default listen address: loopback only, so a laptop run exposes nothing.
@@ -212,6 +216,7 @@ pub fn resolve(
         })
         .transpose()?;
     let ui = resolve_ui(&src)?;
+    let notifications = resolve_notifications(&src, &ui)?;
 
     let type_name = required_text(&src, &t::STORAGE_TYPE)?;
     let backend = stores::backend(&type_name).ok_or_else(|| {
@@ -273,6 +278,46 @@ pub fn resolve(
         backend,
         store,
         ui,
+        notifications,
+    })
+}
+
+/// The `notifications:` section and the settings beside it. The CloudEvents
+/// source names the server as clients reach it: its first `ui.hosts` name,
+/// else the machine's.
+fn resolve_notifications(
+    src: &Sources,
+    ui: &crate::ui::UiSettings,
+) -> Result<NotifySettings, ConfigError> {
+    let destinations = src
+        .file
+        .notifications
+        .clone()
+        .map(crate::notify::parse_section)
+        .transpose()?
+        .unwrap_or_default();
+    let held = required(src, &t::LOCK_HELD_TOO_LONG, Sources::duration)?;
+    let attempts = required(src, &t::NOTIFICATION_MAX_ATTEMPTS, Sources::number)?;
+    let max_attempts = match u32::try_from(attempts) {
+        Ok(n) if n >= 1 => n,
+        _ => {
+            return Err(ConfigError::invalid(
+                t::NOTIFICATION_MAX_ATTEMPTS.path,
+                "must be between 1 and 4294967295",
+            ));
+        }
+    };
+    let host = ui
+        .hosts
+        .first()
+        .cloned()
+        .or_else(crate::notify::hostname)
+        .unwrap_or_else(|| "localhost".into());
+    Ok(NotifySettings {
+        destinations,
+        lock_held_too_long: (!held.is_zero()).then_some(held),
+        max_attempts,
+        source: format!("stategate://{host}"),
     })
 }
 

@@ -28,6 +28,8 @@ pub struct FileConfig {
     pub auth: Option<Value>,
     /// `encryption:`, as written.
     pub encryption: Option<Value>,
+    /// `notifications:`, as written.
+    pub notifications: Option<Value>,
     /// `backend.config`, the store's settings.
     pub backend_config: BTreeMap<String, Value>,
     /// `workspace_key_prefix` at the top of the file.
@@ -90,6 +92,7 @@ impl FileConfig {
             match key.as_str() {
                 "auth" => file.auth = Some(value),
                 "encryption" => file.encryption = Some(value),
+                "notifications" => file.notifications = Some(value),
                 "workspace_key_prefix" => file.workspace_key_prefix = Some(value),
                 "backend" => file.backend(value)?,
                 _ => match (table::by_path(&key), value) {
@@ -112,11 +115,12 @@ impl FileConfig {
     /// image's, say): each single value the file does not set, and the
     /// whole `backend` section when the file names no store at all, so a
     /// file choosing another storage type never meets the defaults'
-    /// store settings. `auth` and `encryption` are never defaulted.
+    /// store settings. `auth`, `encryption` and `notifications` are never defaulted.
     pub fn over(mut self, defaults: FileConfig) -> Result<Self, ConfigError> {
         for (section, set) in [
             ("auth", defaults.auth.is_some()),
             ("encryption", defaults.encryption.is_some()),
+            ("notifications", defaults.notifications.is_some()),
             (
                 "workspace_key_prefix",
                 defaults.workspace_key_prefix.is_some(),

@@ -398,6 +398,25 @@ pub const UI_MAX_VIEW_BYTES: ServerSetting = server(
     Some("536870912"),
     "largest state body a dashboard view or API answer reads to show its contents",
 );
+pub const LOCK_HELD_TOO_LONG: ServerSetting = server(
+    "lock_held_too_long",
+    "lock-held-too-long",
+    "STATEGATE_LOCK_HELD_TOO_LONG",
+    "DURATION",
+    Kind::Duration,
+    Some("2h"),
+    "send the `lock.held_too_long` notification once per lock held longer than this; 0 never does",
+);
+pub const NOTIFICATION_MAX_ATTEMPTS: ServerSetting = server(
+    "notification_max_attempts",
+    "notification-max-attempts",
+    "STATEGATE_NOTIFICATION_MAX_ATTEMPTS",
+    "N",
+    Kind::Number,
+    Some("24"),
+    "attempts to send one notification (1 s apart, doubling to 5 min) before it is kept as \
+     undelivered and shown on the dashboard",
+);
 
 /// Every server setting, in the order of the reference and of `--help`.
 pub static SERVER_SETTINGS: &[&ServerSetting] = &[
@@ -432,6 +451,8 @@ pub static SERVER_SETTINGS: &[&ServerSetting] = &[
     &UI_STALE_LOCK_HOURS,
     &UI_HOSTS,
     &UI_MAX_VIEW_BYTES,
+    &LOCK_HELD_TOO_LONG,
+    &NOTIFICATION_MAX_ATTEMPTS,
 ];
 
 /// Sections of the file that are not single values: read by their own
@@ -446,6 +467,11 @@ pub const SECTIONS: &[(&str, &str)] = &[
         "encryption",
         "`keys` (a list of `{id, file}` or `{id, env}`; the first seals, every one opens) and \
          `require_sealed`",
+    ),
+    (
+        "notifications",
+        "where events are sent: a list of `{name, url, events, keys, workspaces, secret_env, \
+         format}` (docs/notifications.md)",
     ),
     (
         "backend.config",

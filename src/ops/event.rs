@@ -4,12 +4,14 @@
 //! (`state`, `workspace`), who (`identity`, absent without
 //! authentication), from where (`client`: an address, or `local` for the
 //! operator) and how (`via`: `http`, `dashboard` or `cli`), then the
-//! action's own fields.
+//! action's own fields. The same event, with the same actor, is what a
+//! notification says ([`Event::notification`]).
 
 use serde_json::{Value, json};
 
 use super::Actor;
 use crate::audit::Entry;
+use crate::notify::{ActorId, Kind, Record, StateId};
 use crate::state::StateRef;
 
 /// What a refusal was about.
@@ -60,9 +62,16 @@ pub enum Event {
         restored_version: u64,
         /// Forced past a held lock.
         force: bool,
+        /// The history version the restore made, where history is kept.
+        version: Option<u64>,
     },
     /// An operator stored a file as the current state.
-    Push { state: StateRef, force: bool },
+    Push {
+        state: StateRef,
+        force: bool,
+        /// The history version the push made, where history is kept.
+        version: Option<u64>,
+    },
     /// The history of a deleted state was removed.
     Purge { state: StateRef, versions: usize },
     /// A workspace of another backend was copied in.
@@ -78,7 +87,13 @@ pub enum Event {
         reason: String,
         /// Refused for its credentials, not its permissions.
         credentials: bool,
+        /// Refused because the state is protected (`auth.protected`) and
+        /// the identity may not change it.
+        protected: bool,
     },
+    /// No configured encryption key opens a state: a read or a change of
+    /// it failed.
+    KeyUnusable { state: StateRef, reason: String },
 }
 
 impl Event {
@@ -96,6 +111,7 @@ impl Event {
             Event::Purge { .. } => "purge",
             Event::Migrate { .. } => "migrate",
             Event::Denied { .. } => "denied",
+            Event::KeyUnusable { .. } => "key_unusable",
         }
     }
 
@@ -111,7 +127,8 @@ impl Event {
             | Event::Restore { state, .. }
             | Event::Push { state, .. }
             | Event::Purge { state, .. }
-            | Event::Migrate { state, .. } => Target::State(state.clone()),
+            | Event::Migrate { state, .. }
+            | Event::KeyUnusable { state, .. } => Target::State(state.clone()),
             Event::Denied { target, .. } => target.clone(),
         }
     }
@@ -156,12 +173,16 @@ impl Event {
             Event::Restore {
                 restored_version,
                 force,
+                version,
                 ..
             } => vec![
                 ("restored_version", json!(restored_version)),
                 ("force", json!(force)),
+                ("version", json!(version)),
             ],
-            Event::Push { force, .. } => vec![("force", json!(force))],
+            Event::Push { force, version, .. } => {
+                vec![("force", json!(force)), ("version", json!(version))]
+            }
             Event::Purge { versions, .. } => vec![("versions", json!(versions))],
             Event::Migrate {
                 source_workspace, ..
@@ -169,7 +190,68 @@ impl Event {
             Event::Denied { status, reason, .. } => {
                 vec![("status", json!(status)), ("reason", json!(reason))]
             }
+            Event::KeyUnusable { reason, .. } => vec![("reason", json!(reason))],
         }
+    }
+
+    /// This event, done by `actor`, as a notification; `None` for the
+    /// events nobody is notified of (a migration, a refusal of
+    /// credentials or of a permission other than a state's protection).
+    pub fn notification(&self, actor: &Actor) -> Option<Record> {
+        let Target::State(state) = self.target() else {
+            return None;
+        };
+        let (kind, version, serial) = match self {
+            Event::Write {
+                version, serial, ..
+            } => (Kind::Written, *version, *serial),
+            Event::Push { version, .. } => (Kind::Written, *version, None),
+            Event::WriteRefused { serial, .. } => (Kind::WriteRefused, None, *serial),
+            Event::Denied {
+                protected: true, ..
+            } => (Kind::WriteRefused, None, None),
+            Event::Restore { version, .. } => (Kind::Restored, *version, None),
+            Event::Delete { .. } => (Kind::Deleted, None, None),
+            Event::Purge { .. } => (Kind::Purged, None, None),
+            Event::Lock { .. } => (Kind::LockTaken, None, None),
+            Event::Unlock { .. } => (Kind::LockReleased, None, None),
+            Event::ForceUnlock { .. } => (Kind::LockForceReleased, None, None),
+            Event::KeyUnusable { .. } => (Kind::KeyUnusable, None, None),
+            Event::Migrate { .. } | Event::Denied { .. } => return None,
+        };
+        let mut record = Record::new(
+            kind,
+            StateId {
+                key: state.key().to_string(),
+                workspace: state.workspace().to_string(),
+            },
+            ActorId {
+                identity: actor.identity.clone(),
+                client: actor
+                    .client
+                    .map_or_else(|| "local".to_string(), |c| c.to_string()),
+                via: actor.via.name().to_string(),
+            },
+        );
+        record.version = version;
+        record.serial = serial;
+        record = match self {
+            Event::Write { .. } => record.with("operation", "write"),
+            Event::Push { force, .. } => record.with("operation", "push").with("force", *force),
+            Event::WriteRefused { reason, .. } => record
+                .with("refusal", refusal(reason))
+                .with("reason", reason.clone()),
+            Event::Denied { reason, .. } => record
+                .with("refusal", "protected")
+                .with("reason", reason.clone()),
+            _ => record,
+        };
+        for (name, value) in self.own_fields() {
+            if !matches!(name, "serial" | "version" | "reason") {
+                record = record.with(name, value);
+            }
+        }
+        Some(record)
     }
 
     /// This event, done by `actor`, as an audit line.
@@ -208,6 +290,19 @@ impl Entry for Recorded<'_> {
         ]);
         fields.extend(self.event.own_fields());
         fields
+    }
+}
+
+/// Why a write was refused, in one word, from the state rules' reason.
+fn refusal(reason: &str) -> &'static str {
+    if reason.starts_with("lineage mismatch") {
+        "lineage"
+    } else if reason.starts_with("stale write") || reason.starts_with("conflicting write") {
+        "stale"
+    } else if reason.contains("locked by another client") {
+        "locked"
+    } else {
+        "invalid"
     }
 }
 

@@ -22,7 +22,7 @@ impl Ops<'_> {
         if let (Some(level), Taken::Already { owner }) = (actor.level, taken) {
             let name = actor.name();
             let decision = decide::lock_use(name, level, state, &id, owner.as_deref());
-            self.check(actor, state, decision)?;
+            self.check(actor, state, decision).await?;
         }
         self.emit(
             Event::Lock {
@@ -30,7 +30,8 @@ impl Ops<'_> {
                 lock_id: id,
             },
             actor,
-        );
+        )
+        .await;
         Ok(())
     }
 
@@ -43,7 +44,7 @@ impl Ops<'_> {
             && held.info.id == id
         {
             let decision = decide::lock_use(actor.name(), level, state, id, held.owner.as_deref());
-            self.check(actor, state, decision)?;
+            self.check(actor, state, decision).await?;
         }
         self.states.release(state, Some(id)).await?;
         if let Some(held) = holder {
@@ -53,7 +54,8 @@ impl Ops<'_> {
                     lock_id: held.info.id,
                 },
                 actor,
-            );
+            )
+            .await;
         }
         Ok(())
     }
@@ -69,7 +71,7 @@ impl Ops<'_> {
         expected: Option<&str>,
     ) -> Result<Option<Held>, OpError> {
         let decision = actor.allows(state, Access::Admin, "force-unlock");
-        self.check(actor, state, decision)?;
+        self.check(actor, state, decision).await?;
         let Some(held) = self.states.lock_holder(state).await? else {
             return Ok(None);
         };
@@ -81,7 +83,8 @@ impl Ops<'_> {
                 previous_holder: held.info.who.clone(),
             },
             actor,
-        );
+        )
+        .await;
         Ok(Some(held))
     }
 }

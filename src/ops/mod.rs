@@ -4,8 +4,10 @@
 //! commands (the binary's `state` and `lock`) are adapters: they parse
 //! their medium, decide who is asking, call an operation here and map its
 //! result back. Whatever they are, an operation applies the same rules
-//! and records the same [`Event`], which the audit log (and the
-//! force-unlock counter of the metrics) consume.
+//! and records the same [`Event`], which the audit log, the force-unlock
+//! counter of the metrics and the notifications ([`crate::notify`])
+//! consume. A notification is in the store's outbox before the operation
+//! answers; sending it is left to the delivery loop.
 //!
 //! Every operation takes a state already given its one name
 //! ([`crate::state::States::canonical`]) and an [`Actor`]: who asks, from
@@ -41,6 +43,7 @@ use crate::audit::Audit;
 use crate::auth::Access;
 use crate::auth::decide::{self, Decision};
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::state::{StateError, StateRef, States};
 
 pub mod event;
@@ -138,6 +141,9 @@ pub struct Ops<'a> {
     /// The server's counters; `None` for operator commands, which serve
     /// no `/metrics`.
     metrics: Option<&'a Metrics>,
+    /// Where events go to be notified; `None` when no destination is
+    /// configured.
+    notifier: Option<&'a Notifier>,
 }
 
 impl<'a> Ops<'a> {
@@ -146,11 +152,19 @@ impl<'a> Ops<'a> {
             states,
             audit,
             metrics,
+            notifier: None,
         }
     }
 
-    /// Records `event`, done by `actor`, in the audit log and the metrics.
-    fn emit(&self, event: Event, actor: &Actor) {
+    /// These operations, with their events notified through `notifier`.
+    pub fn notifying(self, notifier: Option<&'a Notifier>) -> Self {
+        Ops { notifier, ..self }
+    }
+
+    /// Records `event`, done by `actor`, in the audit log and the metrics,
+    /// and puts it in the outbox of the destinations that want it, before
+    /// the operation answers.
+    async fn emit(&self, event: Event, actor: &Actor) {
         if let Some(metrics) = self.metrics {
             match &event {
                 Event::ForceUnlock { .. } => metrics.force_unlock(),
@@ -161,52 +175,109 @@ impl<'a> Ops<'a> {
             }
         }
         self.audit.record(&event.entry(actor));
+        if let Some(notifier) = self.notifier
+            && let Some(record) = event.notification(actor)
+        {
+            match &event {
+                // Noticed on every read of a state its keys do not open:
+                // told once an hour per state and reason.
+                Event::KeyUnusable { state, reason } => {
+                    notifier.notice(format!("{state}\0{reason}"), record).await
+                }
+                _ => notifier.record(record).await,
+            }
+        }
     }
 
-    /// Refuses `actor` on `state` with `reason` (403), audited.
-    pub fn forbid(&self, actor: &Actor, state: &StateRef, reason: String) -> OpError {
+    /// Refuses `actor` on `state` with `reason` (403), audited; `protected`
+    /// when the reason is the state's protection (`auth.protected`).
+    pub async fn forbid(
+        &self,
+        actor: &Actor,
+        state: &StateRef,
+        reason: String,
+        protected: bool,
+    ) -> OpError {
         self.emit(
             Event::Denied {
                 status: 403,
                 target: Target::State(state.clone()),
                 reason: reason.clone(),
                 credentials: false,
+                protected,
             },
             actor,
-        );
+        )
+        .await;
         OpError::Forbidden(reason)
+    }
+
+    /// Records that no configured encryption key opens `state` (a read or
+    /// a change of it failed with `error`, which is returned): a key was
+    /// removed, replaced or mistyped. Other errors pass unrecorded.
+    pub async fn check_keys(
+        &self,
+        state: &StateRef,
+        actor: &Actor,
+        error: StateError,
+    ) -> StateError {
+        if let StateError::Store(e) = &error
+            && let Some(reason) = crate::state::seal::key_unusable(e)
+        {
+            let event = Event::KeyUnusable {
+                state: state.clone(),
+                reason: reason.to_string(),
+            };
+            self.emit(event, actor).await;
+        }
+        error
     }
 
     /// Records credentials that did not authenticate (answered `status`,
     /// 401 or 429) at `target`, and counts them.
-    pub fn refuse_credentials(&self, actor: &Actor, target: Target, status: u16, reason: String) {
+    pub async fn refuse_credentials(
+        &self,
+        actor: &Actor,
+        target: Target,
+        status: u16,
+        reason: String,
+    ) {
         self.emit(
             Event::Denied {
                 status,
                 target,
                 reason,
                 credentials: true,
+                protected: false,
             },
             actor,
-        );
+        )
+        .await;
     }
 
     /// Records a state copied in by a migration from `source_workspace`.
-    pub fn migrated(&self, state: &StateRef, actor: &Actor, source_workspace: &str) {
+    pub async fn migrated(&self, state: &StateRef, actor: &Actor, source_workspace: &str) {
         self.emit(
             Event::Migrate {
                 state: state.clone(),
                 source_workspace: source_workspace.to_string(),
             },
             actor,
-        );
+        )
+        .await;
     }
 
     /// Turns a refusal into an audited [`OpError::Forbidden`].
-    fn check(&self, actor: &Actor, state: &StateRef, decision: Decision) -> Result<(), OpError> {
+    async fn check(
+        &self,
+        actor: &Actor,
+        state: &StateRef,
+        decision: Decision,
+    ) -> Result<(), OpError> {
         match decision {
             Decision::Allow(_) => Ok(()),
-            Decision::Deny(reason) => Err(self.forbid(actor, state, reason)),
+            Decision::Deny(reason) => Err(self.forbid(actor, state, reason, false).await),
+            Decision::Protected(reason) => Err(self.forbid(actor, state, reason, true).await),
         }
     }
 }

@@ -62,7 +62,7 @@ impl Ops<'_> {
                         previous_serial: *previous_serial,
                         version: *version,
                     };
-                    self.emit(event, actor);
+                    self.emit(event, actor).await;
                 }
                 Ok(outcome)
             }
@@ -77,9 +77,9 @@ impl Ops<'_> {
                         bytes,
                         reason: e.to_string(),
                     };
-                    self.emit(event, actor);
+                    self.emit(event, actor).await;
                 }
-                Err(e.into())
+                Err(self.check_keys(state, actor, e).await.into())
             }
         }
     }
@@ -96,13 +96,16 @@ impl Ops<'_> {
         if let Some(id) = lock_id {
             self.check_lock_use(state, actor, id).await?;
         }
-        self.states.delete(state, lock_id).await?;
+        if let Err(e) = self.states.delete(state, lock_id).await {
+            return Err(self.check_keys(state, actor, e).await.into());
+        }
         self.emit(
             Event::Delete {
                 state: state.clone(),
             },
             actor,
-        );
+        )
+        .await;
         Ok(())
     }
 
@@ -119,11 +122,14 @@ impl Ops<'_> {
     ) -> Result<WriteOutcome, OpError> {
         if force {
             let decision = actor.allows(state, Access::Admin, "force a restore of");
-            self.check(actor, state, decision)?;
+            self.check(actor, state, decision).await?;
         } else if let Some(held) = self.states.lock_holder(state).await? {
             return Err(StateError::Locked(held.body).into());
         }
-        let body = self.states.version(state, version).await?;
+        let body = match self.states.version(state, version).await {
+            Ok(body) => body,
+            Err(e) => return Err(self.check_keys(state, actor, e).await.into()),
+        };
         let opts = WriteOptions {
             skip_lineage_check: true,
             ignore_lock: force,
@@ -133,6 +139,7 @@ impl Ops<'_> {
             state: state.clone(),
             restored_version: version,
             force,
+            version: None,
         };
         self.operator_write(state, actor, body, opts, event).await
     }
@@ -153,28 +160,42 @@ impl Ops<'_> {
         let event = Event::Push {
             state: state.clone(),
             force,
+            version: None,
         };
         self.operator_write(state, actor, body, opts, event).await
     }
 
     /// An operator's write of `body` (a push or a restore) with `opts`,
     /// recorded in history under the actor's identity and the event's
-    /// action, and audited as `event` once stored.
+    /// action, and audited as `event`, with the history version it made,
+    /// once stored.
     async fn operator_write(
         &self,
         state: &StateRef,
         actor: &Actor,
         body: impl Into<Payload>,
         opts: WriteOptions<'_>,
-        event: Event,
+        mut event: Event,
     ) -> Result<WriteOutcome, OpError> {
         let opts = WriteOptions {
             identity: actor.authenticated(),
             operation: event.action(),
             ..opts
         };
-        let outcome = self.states.write(state, body, opts).await?;
-        self.emit(event, actor);
+        let outcome = match self.states.write(state, body, opts).await {
+            Ok(outcome) => outcome,
+            Err(e) => return Err(self.check_keys(state, actor, e).await.into()),
+        };
+        if let (
+            Event::Restore { version, .. } | Event::Push { version, .. },
+            WriteOutcome::Written {
+                version: written, ..
+            },
+        ) = (&mut event, &outcome)
+        {
+            *version = *written;
+        }
+        self.emit(event, actor).await;
         Ok(outcome)
     }
 
@@ -187,7 +208,8 @@ impl Ops<'_> {
                 versions,
             },
             actor,
-        );
+        )
+        .await;
         Ok(versions)
     }
 
@@ -207,7 +229,7 @@ impl Ops<'_> {
             Some(held) if held.info.id == lock_id => {
                 let decision =
                     decide::lock_use(actor.name(), level, state, lock_id, held.owner.as_deref());
-                self.check(actor, state, decision)
+                self.check(actor, state, decision).await
             }
             _ => Ok(()),
         }

@@ -84,7 +84,8 @@ pub async fn authorize(
         needed,
         verb,
         (client, Via::Http),
-    )?;
+    )
+    .await?;
     Ok(Some(Caller { identity, level }))
 }
 
@@ -115,7 +116,8 @@ pub async fn authenticate(
             };
             let status = e.status().as_u16();
             app.ops()
-                .refuse_credentials(&actor, target(), status, e.to_string());
+                .refuse_credentials(&actor, target(), status, e.to_string())
+                .await;
             Err(e)
         }
     }
@@ -123,7 +125,7 @@ pub async fn authenticate(
 
 /// Whether `identity` may `verb` `state`, which needs `needed` ([`decide`]):
 /// its level on the state, or a 403, audited, from `(client, via)`.
-pub fn permit(
+pub async fn permit(
     app: &App,
     auth: &Auth,
     identity: &Identity,
@@ -132,18 +134,22 @@ pub fn permit(
     verb: &str,
     (client, via): (IpAddr, Via),
 ) -> Result<Access, ProtocolError> {
-    match decide(auth, identity, state, needed, verb) {
-        Decision::Allow(level) => Ok(level),
-        Decision::Deny(reason) => {
-            let actor = Actor {
-                identity: Some(identity.name.clone()),
-                level: identity.access(state),
-                client: Some(client),
-                via,
-            };
-            Err(app.ops().forbid(&actor, state, reason).into())
-        }
-    }
+    let (reason, protected) = match decide(auth, identity, state, needed, verb) {
+        Decision::Allow(level) => return Ok(level),
+        Decision::Deny(reason) => (reason, false),
+        Decision::Protected(reason) => (reason, true),
+    };
+    let actor = Actor {
+        identity: Some(identity.name.clone()),
+        level: identity.access(state),
+        client: Some(client),
+        via,
+    };
+    Err(app
+        .ops()
+        .forbid(&actor, state, reason, protected)
+        .await
+        .into())
 }
 
 /// The `outputs` view of a state: what `terraform_remote_state` reads,

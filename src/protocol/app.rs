@@ -19,6 +19,7 @@ use super::origin;
 use crate::audit::Audit;
 use crate::auth::Auth;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::ops::Ops;
 use crate::settings::Limits;
 use crate::state::{StateRef, States};
@@ -55,6 +56,9 @@ pub struct App {
     pub(crate) origins: origin::Origins,
     /// URLs served by a layer above this one (the dashboard and its API).
     pub(crate) pages: Option<Arc<dyn Pages>>,
+    /// Where the operations' events go to be notified; `None` when no
+    /// destination is configured.
+    pub(crate) notifier: Option<Arc<Notifier>>,
 }
 
 /// URLs a layer above the protocol serves (the dashboard), handed the
@@ -135,13 +139,20 @@ impl App {
             audit,
             origins: origin::Origins::default(),
             pages: None,
+            notifier: None,
         }
     }
 
     /// The operations on this app's states, recorded in its audit log and
     /// counted in its metrics.
     pub fn ops(&self) -> Ops<'_> {
-        Ops::new(&self.states, &self.audit, Some(&self.metrics))
+        Ops::new(&self.states, &self.audit, Some(&self.metrics)).notifying(self.notifier.as_deref())
+    }
+
+    /// The notifier, for the dashboard's count and list of undelivered
+    /// notifications.
+    pub fn notifier(&self) -> Option<&Notifier> {
+        self.notifier.as_deref()
     }
 }
 

@@ -176,9 +176,11 @@ async fn dispatch(
     let actor = ex.actor(caller.map(|c| c.level));
     let whole = match endpoint {
         Endpoint::GetState(state) if req.method() == Method::HEAD => {
-            return states::handle_head(app, &state, caller).await;
+            return states::handle_head(app, &state, caller, &actor).await;
         }
-        Endpoint::GetState(state) => return states::handle_get(app, &state, caller).await,
+        Endpoint::GetState(state) => {
+            return states::handle_get(app, &state, caller, &actor).await;
+        }
         Endpoint::GetVersion(state, n) => return history::handle_get_version(app, &state, n).await,
         Endpoint::Health => Ok(text("ok\n")),
         Endpoint::Ready => health::handle_ready(app).await,

@@ -35,9 +35,10 @@ pub(super) async fn handle_head(
     app: &App,
     state: &StateRef,
     caller: Option<&Caller>,
+    actor: &Actor,
 ) -> Result<Response<Reply>, ProtocolError> {
     if caller.is_some_and(|c| c.level == Access::Outputs) {
-        return handle_get(app, state, caller).await;
+        return handle_get(app, state, caller, actor).await;
     }
     match app.states.current_digest(state).await? {
         None => Err(ProtocolError::NotFound(format!(
@@ -49,7 +50,7 @@ pub(super) async fn handle_head(
                 .insert(CONTENT_LENGTH, HeaderValue::from(size));
             Ok(r)
         }
-        Some((_, None)) => handle_get(app, state, caller).await,
+        Some((_, None)) => handle_get(app, state, caller, actor).await,
     }
 }
 
@@ -69,12 +70,19 @@ pub(super) fn state_body(body: Payload, md5: &str) -> Response<Reply> {
     r
 }
 
+/// A state's body. A body no configured key opens is notified
+/// (`encryption.key_unusable`) as well as refused.
 pub(super) async fn handle_get(
     app: &App,
     state: &StateRef,
     caller: Option<&Caller>,
+    actor: &Actor,
 ) -> Result<Response<Reply>, ProtocolError> {
-    let Some((body, version)) = app.states.download(state).await? else {
+    let downloaded = match app.states.download(state).await {
+        Ok(downloaded) => downloaded,
+        Err(e) => return Err(app.ops().check_keys(state, actor, e).await.into()),
+    };
+    let Some((body, version)) = downloaded else {
         return Err(ProtocolError::NotFound(format!(
             "no state stored for {state}"
         )));

@@ -115,7 +115,7 @@ impl Viewer {
     /// Refuses with 403 (audited) unless the caller may `verb` `state`,
     /// which needs `needed` (the same decision as on the state URLs);
     /// otherwise the caller as the operations see it.
-    fn require(
+    async fn require(
         &self,
         app: &App,
         state: &StateRef,
@@ -126,9 +126,7 @@ impl Viewer {
         let level = match (&self.auth, &self.identity) {
             (Some(auth), Some(identity)) => {
                 let from = (page.client, Via::Dashboard);
-                Some(access::permit(
-                    app, auth, identity, state, needed, verb, from,
-                )?)
+                Some(access::permit(app, auth, identity, state, needed, verb, from).await?)
             }
             _ => None,
         };
@@ -493,11 +491,14 @@ impl Dashboard {
             Ok(state)
         };
         // A state the viewer may read.
-        let readable = |raw: &str, page: &mut PageRequest| -> Result<StateRef, ProtocolError> {
-            let state = keyed(raw, page)?;
-            viewer.require(app, &state, Access::Read, "read", page)?;
-            Ok(state)
-        };
+        let readable =
+            async |raw: &str, page: &mut PageRequest| -> Result<StateRef, ProtocolError> {
+                let state = keyed(raw, page)?;
+                viewer
+                    .require(app, &state, Access::Read, "read", page)
+                    .await?;
+                Ok(state)
+            };
         match route {
             Route::RedirectHome | Route::Style => unreachable!("answered above"),
             Route::ApiStates => {
@@ -505,13 +506,13 @@ impl Dashboard {
                 Ok(api::json_body(&list.to_json()))
             }
             Route::ApiState(raw) => {
-                let state = readable(raw, page)?;
+                let state = readable(raw, page).await?;
                 let window = q.history_window()?;
                 let detail = api::state_detail(app, views, &state, stale, window).await?;
                 Ok(api::json_body(&detail))
             }
             Route::ApiDiff(raw) => {
-                let state = readable(raw, page)?;
+                let state = readable(raw, page).await?;
                 let diff = api::version_diff(app, views, &state, q.from, q.to).await?;
                 Ok(api::json_body(&diff))
             }
@@ -534,7 +535,7 @@ impl Dashboard {
                 Ok(pages::locks(base, &viewer, &locks))
             }
             Route::StatePage(raw) => {
-                let state = readable(raw, page)?;
+                let state = readable(raw, page).await?;
                 let window = q.history_window()?;
                 let detail = api::state_detail(app, views, &state, stale, window).await?;
                 let diff = match detail.default_pair(q.from, q.to) {
@@ -544,14 +545,16 @@ impl Dashboard {
                 Ok(pages::state(base, &viewer, &detail, diff.as_ref()))
             }
             Route::LockPage(raw) => {
-                let state = readable(raw, page)?;
+                let state = readable(raw, page).await?;
                 let lock = api::lock_view(app, &state, stale).await?;
                 let token = self.csrf.token(viewer.name(), "release", &state);
                 Ok(pages::lock(base, &viewer, &state, lock.as_ref(), &token))
             }
             Route::RestoreConfirm(raw) => {
                 let state = keyed(raw, page)?;
-                viewer.require(app, &state, Access::Admin, "restore", page)?;
+                viewer
+                    .require(app, &state, Access::Admin, "restore", page)
+                    .await?;
                 let n = q.version.ok_or_else(|| {
                     ProtocolError::BadRequest("say which version to restore: ?version=N".into())
                 })?;
@@ -581,8 +584,9 @@ impl Dashboard {
             }
             Route::Release(raw) => {
                 let state = keyed(raw, page)?;
-                let actor =
-                    viewer.require(app, &state, Access::Admin, "release the lock of", page)?;
+                let actor = viewer
+                    .require(app, &state, Access::Admin, "release the lock of", page)
+                    .await?;
                 let form = read_form(req).await?;
                 self.csrf
                     .check(form_field(&form, "csrf"), viewer.name(), "release", &state)?;
@@ -595,7 +599,9 @@ impl Dashboard {
             }
             Route::Restore(raw) => {
                 let state = keyed(raw, page)?;
-                let actor = viewer.require(app, &state, Access::Admin, "restore", page)?;
+                let actor = viewer
+                    .require(app, &state, Access::Admin, "restore", page)
+                    .await?;
                 let form = read_form(req).await?;
                 self.csrf
                     .check(form_field(&form, "csrf"), viewer.name(), "restore", &state)?;

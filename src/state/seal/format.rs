@@ -46,15 +46,19 @@ pub(super) fn segmented_plain_len(sealed: u64) -> Option<u64> {
 }
 
 pub(super) fn tampered(store_key: &str, key_id: Option<&str>) -> StoreError {
-    StoreError::unavailable(match key_id {
-        Some(id) => format!(
-            "{store_key} does not open with key `{id}`: the key configured as `{id}` is not \
-             the one that sealed it, or it was changed after sealing, or sealed for another state"
-        ),
-        None => format!(
+    match key_id {
+        // The keys are wrong, not the store: named as the setting to fix.
+        Some(id) => StoreError::ConfigInvalid {
+            setting: "encryption.keys",
+            reason: format!(
+                "{store_key} does not open with key `{id}`: the key configured as `{id}` is not \
+                 the one that sealed it, or it was changed after sealing, or sealed for another state"
+            ),
+        },
+        None => StoreError::unavailable(format!(
             "{store_key} does not open: it was changed after sealing, or sealed for another state"
-        ),
-    })
+        )),
+    }
 }
 
 pub(super) fn associated_data(header: &[u8], logical: &str) -> Vec<u8> {

@@ -75,3 +75,18 @@ pub use format::{KEY_LEN, logical_key, record_state};
 pub use keyring::{Keyring, Opened, decode_key, generate_key};
 pub use rekey::{RekeyReport, rekey};
 pub use store::SealedStore;
+
+use crate::stores::StoreError;
+
+/// The reason, when `error` says that no configured key opens a stored
+/// body: a key the body names is not listed, the listed key of that id is
+/// not the one that sealed it, or `require_sealed` refuses a clear body.
+/// A damaged body, or a store that failed, is not a key's fault.
+pub fn key_unusable(error: &StoreError) -> Option<&str> {
+    match error {
+        StoreError::ConfigInvalid { setting, reason } if setting.starts_with("encryption") => {
+            Some(reason)
+        }
+        _ => None,
+    }
+}
