@@ -247,7 +247,7 @@ impl Event {
             _ => record,
         };
         for (name, value) in self.own_fields() {
-            if !matches!(name, "serial" | "version" | "reason") {
+            if !matches!(name, "serial" | "version") && !record.details.contains_key(name) {
                 record = record.with(name, value);
             }
         }

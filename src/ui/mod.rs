@@ -44,6 +44,7 @@ pub mod api;
 pub mod config;
 pub mod csrf;
 pub mod inflight;
+pub mod notifications;
 pub mod pages;
 pub mod restore;
 
@@ -78,6 +79,8 @@ pub struct Viewer {
     auth: Option<Arc<Auth>>,
     /// Why the store takes no changes now, shown on every page.
     writes_refused: Option<String>,
+    /// Notifications given up on, counted in a banner on every page.
+    undelivered: usize,
 }
 
 impl Viewer {
@@ -146,12 +149,14 @@ async fn viewer(
     page: &PageRequest,
 ) -> Result<Viewer, ProtocolError> {
     let writes_refused = app.states.store().writes().refused.map(|e| e.to_string());
+    let undelivered = app.notifier().map_or(0, |n| n.undelivered());
     let auth = app.auth.read().expect("auth lock").clone();
     let Some(auth) = auth else {
         return Ok(Viewer {
             identity: None,
             auth: None,
             writes_refused,
+            undelivered,
         });
     };
     let identity = access::authenticate(
@@ -168,6 +173,7 @@ async fn viewer(
         identity: Some(identity),
         auth: Some(auth),
         writes_refused,
+        undelivered,
     })
 }
 
@@ -274,6 +280,7 @@ enum Route<'a> {
     StatesPage,
     StatePage(&'a str),
     LocksPage,
+    NotificationsPage,
     LockPage(&'a str),
     Release(&'a str),
     RestoreConfirm(&'a str),
@@ -291,6 +298,7 @@ impl Route<'_> {
             Route::Style => "/ui/style.css",
             Route::StatePage(_) => "/ui/states/{key}",
             Route::LocksPage => "/ui/locks",
+            Route::NotificationsPage => "/ui/notifications",
             Route::LockPage(_) | Route::Release(_) => "/ui/locks/{key}",
             Route::RestoreConfirm(_) | Route::Restore(_) => "/ui/restore/{key}",
             Route::ApiStates => "/api/v1/states",
@@ -318,6 +326,8 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ProtocolError>
         Route::Style
     } else if path == "/ui/locks" {
         Route::LocksPage
+    } else if path == "/ui/notifications" {
+        Route::NotificationsPage
     } else if let Some(k) = key_after("/ui/states/") {
         Route::StatePage(k)
     } else if let Some(k) = key_after("/ui/locks/") {
@@ -534,6 +544,7 @@ impl Dashboard {
                 let locks = api::locks(app, &viewer, stale).await?;
                 Ok(pages::locks(base, &viewer, &locks))
             }
+            Route::NotificationsPage => notifications::page(app, base, &viewer).await,
             Route::StatePage(raw) => {
                 let state = readable(raw, page).await?;
                 let window = q.history_window()?;

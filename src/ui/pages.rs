@@ -127,6 +127,8 @@ pub(super) struct Layout<'a> {
     pub(super) who: String,
     /// Why the store takes no changes now (read-only, or degraded).
     pub(super) writes_refused: String,
+    /// Notifications given up on, shown as a banner when there are any.
+    pub(super) undelivered: usize,
 }
 
 impl<'a> Layout<'a> {
@@ -138,6 +140,7 @@ impl<'a> Layout<'a> {
             writes_refused: viewer
                 .and_then(|v| v.writes_refused.clone())
                 .unwrap_or_default(),
+            undelivered: viewer.map_or(0, |v| v.undelivered),
         }
     }
 }

@@ -34,6 +34,7 @@ mod local_sqlite;
 #[cfg(feature = "s3")]
 mod migrate;
 mod nginx;
+mod notify;
 mod oidc;
 mod operations;
 #[cfg(feature = "oss")]

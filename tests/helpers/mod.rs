@@ -23,6 +23,7 @@ use tempfile::TempDir;
 pub mod db;
 pub mod moto;
 pub mod oss_server;
+pub mod receiver;
 pub mod stores;
 
 /// A store as the tests see it: how to point stategate at it, and how to

@@ -1,0 +1,664 @@
+//! Notifications against a real receiver (`support::receiver`, which
+//! verifies every signature with the shared secret): the events of a real
+//! `terraform apply` and `destroy`, of refused and forced operations and of
+//! the operator's commands arrive signed, as CloudEvents or Slack lines;
+//! nothing is lost while the receiver is down, when stategate is killed,
+//! or when three replicas share the store; what cannot be delivered is
+//! kept, shown and counted.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::support::receiver::{Mode, Received, Receiver};
+use crate::support::stores::LocalPeer;
+use crate::support::*;
+
+const SECRET: &str = "whsec-test-5b1e0c";
+const SECRET_ENV: (&str, &str) = ("HOOK_SECRET", SECRET);
+
+/// A configuration file in `dir` holding `yaml`.
+fn config(dir: &Path, yaml: &str) -> PathBuf {
+    let path = dir.join("stategate.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// One cloudevents destination `name` posting to the receiver's `/<name>`,
+/// with `extra` YAML lines of the entry.
+fn destination(receiver: &Receiver, name: &str, extra: &str) -> String {
+    format!(
+        "  - name: {name}\n    url: {}\n    secret_env: HOOK_SECRET\n{extra}",
+        receiver.url(name)
+    )
+}
+
+fn serve(peer: &dyn Peer, config: &Path) -> Server {
+    Server::try_start(peer, &["--config", config.to_str().unwrap()], &[SECRET_ENV])
+        .unwrap_or_else(|log| panic!("stategate did not start:\n{log}"))
+}
+
+/// The operator command `args` on the peer's store with `config`.
+fn operator(peer: &dyn Peer, config: &Path, args: &[&str]) -> String {
+    let out = stategate(
+        peer,
+        &[args, &["--config", config.to_str().unwrap()]].concat(),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "stategate {args:?}: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// The CloudEvents `type`s delivered, without their prefix.
+fn kinds(delivered: &[Received]) -> BTreeSet<String> {
+    delivered
+        .iter()
+        .map(|r| {
+            r.json()["type"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("dev.stategate.")
+                .to_string()
+        })
+        .collect()
+}
+
+/// The ids waiting in the store's outbox.
+fn outbox_ids(peer: &dyn Peer) -> BTreeSet<String> {
+    peer.object_keys()
+        .into_iter()
+        .filter_map(|k| {
+            let rest = k.strip_prefix(".stategate/outbox/")?;
+            Some(
+                rest.rsplit('/')
+                    .next()?
+                    .trim_end_matches(".json")
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A LockInfo taken now, as Terraform sends it.
+fn lock_now(id: &str, who: &str) -> Vec<u8> {
+    let created = OffsetDateTime::now_utc().format(&Rfc3339).unwrap();
+    format!(
+        r#"{{"ID":"{id}","Operation":"OperationTypeApply","Info":"","Who":"{who}","Version":"1.11.4","Created":"{created}","Path":""}}"#
+    )
+    .into_bytes()
+}
+
+fn backend(url: &str, key: &str) -> String {
+    format!(
+        r#"terraform {{
+  backend "http" {{
+    address        = "{url}/states/{key}"
+    lock_address   = "{url}/states/{key}"
+    unlock_address = "{url}/states/{key}"
+  }}
+}}
+variable "v" {{
+  default = "one"
+}}
+resource "terraform_data" "app" {{
+  input = var.v
+}}
+"#
+    )
+}
+
+#[test]
+fn notify_every_event_type_arrives_signed_as_a_cloudevent() {
+    let peer = LocalPeer::new();
+    let receiver = Receiver::start(SECRET);
+    let dir = tempfile::TempDir::new().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "lock_held_too_long: 2s\nui:\n  hosts: [stategate.example]\nnotifications:\n{}",
+            destination(&receiver, "all", "")
+        ),
+    );
+    let server = serve(&peer, &cfg);
+
+    let tf = Terraform::new(&backend(&server.url, "tf/app"));
+    tf.init_apply(&[]);
+    tf.ok(&["destroy", "-auto-approve", "-no-color"]);
+
+    let url = server.state_url("ops/refused");
+    assert_eq!(http("POST", &url, &state_doc("lin-n1", 2, "a")).0, 200);
+    assert_eq!(http("POST", &url, &state_doc("lin-n1", 1, "b")).0, 409);
+    assert_eq!(http("POST", &url, &state_doc("lin-n1", 3, "c")).0, 200);
+    assert_eq!(
+        http(
+            "LOCK",
+            &url,
+            &lock_info("f0000000-0000-4000-8000-000000000001", "ann@ws")
+        )
+        .0,
+        200
+    );
+    assert_eq!(http("UNLOCK", &url, b"").0, 200, "a force-unlock");
+    operator(
+        &peer,
+        &cfg,
+        &["state", "restore", "ops/refused", "--version", "1"],
+    );
+    assert_eq!(http("DELETE", &url, b"").0, 200);
+    operator(&peer, &cfg, &["state", "purge", "ops/refused"]);
+
+    let held = server.state_url("ops/held");
+    assert_eq!(
+        http(
+            "LOCK",
+            &held,
+            &lock_now("f0000000-0000-4000-8000-000000000002", "bob@ci")
+        )
+        .0,
+        200
+    );
+
+    let want: BTreeSet<String> = [
+        "state.written",
+        "state.write_refused",
+        "state.restored",
+        "state.deleted",
+        "state.purged",
+        "lock.taken",
+        "lock.released",
+        "lock.force_released",
+        "lock.held_too_long",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    let got = receiver.wait_for("all", Duration::from_secs(30), |d| {
+        kinds(d).is_superset(&want)
+    });
+    assert_eq!(
+        kinds(&got),
+        want,
+        "every event type arrives once configured for all"
+    );
+
+    for r in &got {
+        assert!(r.signed, "verified with the secret: {:?}", r.headers);
+        assert_eq!(
+            r.header("Content-Type"),
+            Some("application/cloudevents+json")
+        );
+        let event = r.json();
+        assert_eq!(event["specversion"], "1.0");
+        assert_eq!(
+            event["id"],
+            r.event_id().as_str(),
+            "the header names the body's id"
+        );
+        assert_eq!(event["data"]["id"], event["id"]);
+        assert_eq!(event["source"], "stategate://stategate.example");
+        assert_eq!(event["datacontenttype"], "application/json");
+        assert!(event["time"].as_str().unwrap().ends_with('Z'), "{event}");
+        assert_eq!(event["subject"], event["data"]["state"]["key"]);
+        assert!(event["data"]["actor"]["via"].is_string(), "{event}");
+    }
+    let of = |kind: &str| -> Vec<Value> {
+        got.iter()
+            .map(|r| r.json())
+            .filter(|e| e["type"] == format!("dev.stategate.{kind}"))
+            .collect()
+    };
+    let tf_writes: Vec<Value> = of("state.written")
+        .into_iter()
+        .filter(|e| e["subject"] == "tf/app")
+        .collect();
+    assert!(
+        tf_writes.len() >= 2,
+        "apply and destroy each write: {tf_writes:?}"
+    );
+    assert!(
+        tf_writes
+            .iter()
+            .all(|e| e["data"]["serial"].is_u64() && e["data"]["version"].is_u64())
+    );
+    assert_eq!(tf_writes[0]["data"]["actor"]["via"], "http");
+    assert_eq!(tf_writes[0]["data"]["actor"]["client"], "127.0.0.1");
+    let refused = &of("state.write_refused")[0]["data"];
+    assert_eq!(refused["details"]["refusal"], "stale", "{refused}");
+    assert_eq!(refused["serial"], 1);
+    let forced = &of("lock.force_released")[0]["data"];
+    assert_eq!(forced["details"]["previous_holder"], "ann@ws");
+    let restored = &of("state.restored")[0]["data"];
+    assert_eq!(restored["details"]["restored_version"], 1);
+    assert_eq!(
+        restored["actor"]["via"], "cli",
+        "an operator's restore is sent by the server"
+    );
+    assert!(restored["version"].is_u64(), "{restored}");
+    let held_too_long = of("lock.held_too_long");
+    assert_eq!(held_too_long[0]["subject"], "ops/held");
+    assert_eq!(held_too_long[0]["data"]["details"]["holder"], "bob@ci");
+
+    // Told once per lock, however long it stays held.
+    std::thread::sleep(Duration::from_secs(4));
+    let again = receiver
+        .delivered("all")
+        .iter()
+        .filter(|r| r.json()["type"] == "dev.stategate.lock.held_too_long")
+        .count();
+    assert_eq!(again, 1, "one lock.held_too_long per lock");
+    let ids: Vec<String> = receiver
+        .delivered("all")
+        .iter()
+        .map(|r| r.event_id())
+        .collect();
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "every event has an id of its own");
+    assert!(
+        outbox_ids(&peer).is_empty(),
+        "the outbox is empty once all is sent"
+    );
+}
+
+#[test]
+fn notify_a_slack_destination_and_key_patterns_filter() {
+    let peer = LocalPeer::new();
+    let receiver = Receiver::start(SECRET);
+    let dir = tempfile::TempDir::new().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "notifications:\n{}{}  - name: chat\n    url: {}\n    format: slack\n    events: [state.written]\n",
+            destination(
+                &receiver,
+                "prod",
+                "    keys: prod/**\n    events: [state.written, lock.taken]\n"
+            ),
+            destination(&receiver, "blue", "    workspaces: [blue]\n"),
+            receiver.url("chat"),
+        ),
+    );
+    let server = serve(&peer, &cfg);
+    for key in ["prod/net", "staging/net", "prod/db/main"] {
+        let url = server.state_url(key);
+        assert_eq!(http("POST", &url, &state_doc("lin-f", 1, key)).0, 200);
+    }
+    let blue = format!("{}?workspace=blue", server.state_url("staging/net"));
+    assert_eq!(http("POST", &blue, &state_doc("lin-b", 1, "b")).0, 200);
+
+    let chat = receiver.wait_for("chat", Duration::from_secs(20), |d| d.len() >= 4);
+    let prod = receiver.wait_for("prod", Duration::from_secs(20), |d| d.len() >= 2);
+    let in_blue = receiver.wait_for("blue", Duration::from_secs(20), |d| !d.is_empty());
+    std::thread::sleep(Duration::from_secs(3));
+
+    let subjects = |rs: &[Received]| -> BTreeSet<String> {
+        rs.iter()
+            .map(|r| r.json()["subject"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        subjects(&receiver.delivered("prod")),
+        ["prod/db/main", "prod/net"].map(String::from).into(),
+        "keys: prod/** takes the prod states only"
+    );
+    assert_eq!(prod.len(), 2);
+    assert_eq!(
+        subjects(&receiver.delivered("blue")),
+        ["staging/net (workspace blue)".to_string()].into()
+    );
+    assert_eq!(in_blue.len(), 1);
+
+    let mut lines: Vec<String> = receiver
+        .delivered("chat")
+        .iter()
+        .map(|r| {
+            assert_eq!(r.header("Content-Type"), Some("application/json"));
+            assert!(
+                r.header("Stategate-Signature").is_none(),
+                "a slack destination without secret_env is not signed"
+            );
+            let body = r.json();
+            assert_eq!(body.as_object().unwrap().len(), 1, "only `text`: {body}");
+            body["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    lines.sort();
+    assert_eq!(chat.len(), 4);
+    assert_eq!(
+        lines,
+        [
+            "stategate: prod/db/main was written by someone via http from 127.0.0.1 (serial 1)",
+            "stategate: prod/net was written by someone via http from 127.0.0.1 (serial 1)",
+            "stategate: staging/net (workspace blue) was written by someone via http from 127.0.0.1 (serial 1)",
+            "stategate: staging/net was written by someone via http from 127.0.0.1 (serial 1)",
+        ]
+    );
+}
+
+#[test]
+fn notify_a_receiver_down_loses_nothing_and_slows_no_request() {
+    let peer = LocalPeer::new();
+    let receiver = Receiver::start(SECRET);
+    receiver.set_mode(Mode::Hang);
+    let dir = tempfile::TempDir::new().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!("notifications:\n{}", destination(&receiver, "down", "")),
+    );
+    let server = serve(&peer, &cfg);
+
+    // Every attempt hangs until its timeout, and the requests do not wait.
+    let url = server.state_url("ops/busy");
+    let mut slowest = Duration::ZERO;
+    for serial in 1..=12 {
+        let lock = lock_info("d0000000-0000-4000-8000-000000000001", "ci@runner");
+        for (method, body) in [
+            ("LOCK", lock.clone()),
+            ("POST", state_doc("lin-d", serial, "x")),
+            ("UNLOCK", lock),
+        ] {
+            let started = Instant::now();
+            let target = match method {
+                "POST" => format!("{url}?ID=d0000000-0000-4000-8000-000000000001"),
+                _ => url.clone(),
+            };
+            assert_eq!(http(method, &target, &body).0, 200, "{method}");
+            slowest = slowest.max(started.elapsed());
+        }
+    }
+    assert!(
+        slowest < Duration::from_millis(1500),
+        "a request waited on the receiver: {slowest:?}"
+    );
+    let waiting = outbox_ids(&peer);
+    assert_eq!(waiting.len(), 36, "every event waits in the outbox");
+    assert!(
+        !receiver.received().is_empty(),
+        "attempts were made meanwhile"
+    );
+
+    // Down differently for a while, then up: every event arrives.
+    receiver.set_mode(Mode::HangUp);
+    std::thread::sleep(Duration::from_secs(3));
+    receiver.set_mode(Mode::Up);
+    let got = receiver.wait_for("down", Duration::from_secs(90), |d| {
+        let ids: BTreeSet<String> = d.iter().map(|r| r.event_id()).collect();
+        ids.is_superset(&waiting)
+    });
+    let ids: BTreeSet<String> = got.iter().map(|r| r.event_id()).collect();
+    let missing: Vec<_> = waiting.difference(&ids).collect();
+    assert!(missing.is_empty(), "never delivered: {missing:?}");
+    assert!(got.iter().all(|r| r.signed));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !outbox_ids(&peer).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        outbox_ids(&peer).is_empty(),
+        "delivered entries leave the outbox"
+    );
+    let metrics = text(&http("GET", &format!("{}/metrics", server.url), b"").1);
+    assert!(
+        metrics.contains("stategate_notifications_retried_total"),
+        "{metrics}"
+    );
+    let delivered: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("stategate_notifications_delivered_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(delivered >= 36, "{metrics}");
+}
+
+#[test]
+fn notify_events_pending_when_stategate_is_killed_are_sent_after_restart() {
+    let peer = LocalPeer::new();
+    let receiver = Receiver::start(SECRET);
+    receiver.set_mode(Mode::Failing);
+    let dir = tempfile::TempDir::new().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!("notifications:\n{}", destination(&receiver, "k", "")),
+    );
+    let server = serve(&peer, &cfg);
+    for n in 1..=5 {
+        let url = server.state_url(&format!("crash/s{n}"));
+        assert_eq!(http("POST", &url, &state_doc("lin-k", 1, "x")).0, 200);
+    }
+    let waiting = outbox_ids(&peer);
+    assert_eq!(waiting.len(), 5);
+    let failed = receiver.wait_for("k", Duration::ZERO, |_| true);
+    assert!(failed.is_empty(), "nothing was taken yet");
+    std::thread::sleep(Duration::from_millis(500));
+    server.kill();
+
+    receiver.set_mode(Mode::Up);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        receiver.delivered("k").is_empty(),
+        "nobody sends while stategate is down"
+    );
+    let _restarted = serve(&peer, &cfg);
+    let got = receiver.wait_for("k", Duration::from_secs(60), |d| {
+        d.iter()
+            .map(|r| r.event_id())
+            .collect::<BTreeSet<_>>()
+            .is_superset(&waiting)
+    });
+    let ids: BTreeSet<String> = got.iter().map(|r| r.event_id()).collect();
+    assert!(
+        ids.is_superset(&waiting),
+        "lost: {:?}",
+        waiting.difference(&ids)
+    );
+}
+
+#[test]
+fn notify_three_replicas_on_one_store_deliver_every_event_once() {
+    let peer = LocalPeer::new();
+    let receiver = Receiver::start(SECRET);
+    let dir = tempfile::TempDir::new().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "notifications:\n{}",
+            destination(&receiver, "r", "    events: [state.written]\n")
+        ),
+    );
+    let replicas: Vec<Server> = (0..3).map(|_| serve(&peer, &cfg)).collect();
+    // Held back at first, so every replica finds entries of the others
+    // waiting when the receiver comes up.
+    receiver.set_mode(Mode::Failing);
+    let mut writes = 0;
+    for round in 0..10 {
+        for (i, server) in replicas.iter().enumerate() {
+            let url = server.state_url(&format!("fleet/r{i}/s{round}"));
+            assert_eq!(http("POST", &url, &state_doc("lin-r", 1, "x")).0, 200);
+            writes += 1;
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    receiver.set_mode(Mode::Up);
+    let got = receiver.wait_for("r", Duration::from_secs(60), |d| {
+        d.iter()
+            .map(|r| r.event_id())
+            .collect::<BTreeSet<_>>()
+            .len()
+            >= writes
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let got_after = receiver.delivered("r");
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for r in &got_after {
+        *per_id.entry(r.event_id()).or_default() += 1;
+    }
+    assert_eq!(
+        per_id.len(),
+        writes,
+        "every event delivered, none lost ({} seen)",
+        got.len()
+    );
+    let twice: Vec<_> = per_id.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "claims keep replicas from sending one event twice: {twice:?}"
+    );
+    let subjects: BTreeSet<String> = got_after
+        .iter()
+        .map(|r| r.json()["subject"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(subjects.len(), writes);
+    assert!(outbox_ids(&peer).is_empty());
+}
+
+#[test]
+fn notify_what_cannot_be_delivered_is_kept_shown_and_counted() {
+    let peer = LocalPeer::new();
+    let receiver = Receiver::start(SECRET);
+    receiver.set_mode(Mode::Failing);
+    let dir = tempfile::TempDir::new().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "notification_max_attempts: 2\nnotifications:\n{}",
+            destination(&receiver, "dead", "")
+        ),
+    );
+    let server = serve(&peer, &cfg);
+    let url = server.state_url("lost/one");
+    assert_eq!(http("POST", &url, &state_doc("lin-u", 1, "x")).0, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let kept = loop {
+        let kept: Vec<String> = peer
+            .object_keys()
+            .into_iter()
+            .filter(|k| k.starts_with(".stategate/undelivered/dead/"))
+            .collect();
+        if !kept.is_empty() || Instant::now() > deadline {
+            break kept;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(kept.len(), 1, "given up on after two attempts, and kept");
+    assert_eq!(receiver.received().len(), 2, "two attempts, no more");
+    assert!(outbox_ids(&peer).is_empty());
+    let entry: Value = serde_json::from_slice(&peer.object_bytes(&kept[0])).unwrap();
+    assert_eq!(entry["attempts"], 2);
+    assert!(
+        entry["last_error"].as_str().unwrap().contains("500"),
+        "{entry}"
+    );
+
+    // Counted on the next pass of the sender.
+    std::thread::sleep(Duration::from_secs(3));
+    let metrics = text(&http("GET", &format!("{}/metrics", server.url), b"").1);
+    assert!(
+        metrics.contains("stategate_notifications_undeliverable 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("stategate_notifications_given_up_total 1"));
+    assert!(metrics.contains("stategate_notifications_pending 0"));
+    let home = text(&http("GET", &format!("{}/ui/", server.url), b"").1);
+    assert!(
+        home.contains("1 notification could not be delivered"),
+        "the banner counts it: {home}"
+    );
+    let page = text(&http("GET", &format!("{}/ui/notifications", server.url), b"").1);
+    let id = entry["record"]["id"].as_str().unwrap();
+    assert!(
+        page.contains(id) && page.contains("lost/one") && page.contains("state.written"),
+        "{page}"
+    );
+    assert!(
+        !page.contains(&receiver.url("dead")),
+        "the URL is never shown"
+    );
+}
+
+#[test]
+fn notify_a_key_that_does_not_open_a_state_is_notified() {
+    let peer = LocalPeer::new();
+    let receiver = Receiver::start(SECRET);
+    let sealing = Sealing::new(&["k1"]);
+    let notifications = format!(
+        "notifications:\n{}",
+        destination(&receiver, "keys", "    events: [encryption.key_unusable]\n")
+    );
+    let with_notifications = |ids: &[&str]| {
+        sealing.write_config(ids, false);
+        let yaml = std::fs::read_to_string(sealing.config()).unwrap();
+        std::fs::write(sealing.config(), format!("{yaml}{notifications}")).unwrap();
+    };
+    with_notifications(&["k1"]);
+    let server = serve(&peer, &sealing.config());
+    let url = server.state_url("sealed/app");
+    assert_eq!(http("POST", &url, &state_doc("lin-s", 1, "x")).0, 200);
+    drop(server);
+
+    with_notifications(&["k2"]);
+    let server = serve(&peer, &sealing.config());
+    for _ in 0..3 {
+        assert_eq!(http("GET", &server.state_url("sealed/app"), b"").0, 503);
+    }
+    let got = receiver.wait_for("keys", Duration::from_secs(20), |d| !d.is_empty());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        receiver.delivered("keys").len(),
+        1,
+        "told once, not on every read"
+    );
+    let event = got[0].json();
+    assert_eq!(event["type"], "dev.stategate.encryption.key_unusable");
+    assert_eq!(event["subject"], "sealed/app");
+    assert!(
+        event["data"]["details"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("k1"),
+        "{event}"
+    );
+}
+
+#[test]
+fn notify_wrong_settings_stop_start_up_naming_the_setting() {
+    let peer = LocalPeer::new();
+    let dir = tempfile::TempDir::new().unwrap();
+    let cases = [
+        (
+            "notifications:\n  - {name: a, url: 'http://hooks.example.com/x', secret_env: HOOK_SECRET}\n",
+            "notifications[0].url",
+            &[SECRET_ENV][..],
+        ),
+        (
+            "notifications:\n  - {name: a, url: 'https://hooks.example.com/x', events: [state.exploded], secret_env: HOOK_SECRET}\n",
+            "notifications[0].events",
+            &[SECRET_ENV][..],
+        ),
+        (
+            "notifications:\n  - {name: a, url: 'https://hooks.example.com/x', secret_env: UNSET_HOOK_SECRET}\n",
+            "notifications[0].secret_env",
+            &[][..],
+        ),
+        ("lock_held_too_long: soon\n", "lock_held_too_long", &[][..]),
+    ];
+    for (yaml, setting, env) in cases {
+        let cfg = config(dir.path(), yaml);
+        let refused = Server::try_start(&peer, &["--config", cfg.to_str().unwrap()], env);
+        let log = match refused {
+            Ok(_) => panic!("started with {yaml}"),
+            Err(log) => log,
+        };
+        assert!(
+            log.contains(&format!("setting `{setting}`")),
+            "{yaml}: {log}"
+        );
+        assert!(!log.contains(SECRET));
+    }
+}
