@@ -145,7 +145,7 @@ impl Delivery {
             match self.claim(&key).await {
                 Claimed::Sending(entry, version) => {
                     let this = Arc::clone(self);
-                    tokio::spawn(async move { this.send(key, entry, version).await });
+                    tokio::spawn(async move { this.send(key, *entry, version).await });
                 }
                 Claimed::NotDue(due) => {
                     self.remember(&key, due);
@@ -212,7 +212,7 @@ impl Delivery {
         entry.claimed_until_ms = now + CLAIM.as_millis() as i64;
         entry.claimed_by = Some(self.replica.clone());
         match outbox.replace(key, &entry, &version).await {
-            Ok(Some(claimed)) => Claimed::Sending(entry, claimed),
+            Ok(Some(claimed)) => Claimed::Sending(Box::new(entry), claimed),
             // Another replica claimed or sent it first.
             Ok(None) => Claimed::NotDue(now + POLL.as_millis() as i64),
             Err(e) => {
@@ -310,7 +310,7 @@ impl Delivery {
 /// What claiming found.
 enum Claimed {
     /// Claimed by this process, to be sent; the version of the claim.
-    Sending(Entry, Version),
+    Sending(Box<Entry>, Version),
     /// Not due before then (Unix milliseconds), or claimed by another.
     NotDue(i64),
     /// Sent and removed meanwhile.

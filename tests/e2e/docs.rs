@@ -190,6 +190,9 @@ const CONFIG_KEYS: &[&str] = &[
     "encryption",
     "backend",
     "ui",
+    "notifications",
+    "lock_held_too_long",
+    "notification_max_attempts",
 ];
 
 /// How an unmarked block is run, or why it cannot be.
@@ -599,6 +602,14 @@ fn run_yaml(block: &Block) -> Result<(), String> {
             }
             if let Some(var) = str_at(key, "env") {
                 env.push((var, gen_key(None)?));
+            }
+        }
+    }
+    // A notification destination's signing secret, from the variable it names.
+    if let Some(destinations) = config.get("notifications").and_then(|n| n.as_sequence()) {
+        for destination in destinations {
+            if let Some(var) = str_at(destination, "secret_env") {
+                env.push((var, "a-secret-from-the-docs".into()));
             }
         }
     }

@@ -662,3 +662,101 @@ fn notify_wrong_settings_stop_start_up_naming_the_setting() {
         assert!(!log.contains(SECRET));
     }
 }
+
+/// The Python block of `docs/notifications.md`, as a reader copies it.
+fn documented_receiver() -> String {
+    let doc = std::fs::read_to_string(repo().join("docs/notifications.md")).unwrap();
+    let start = doc
+        .find("```python\n")
+        .expect("a python block in docs/notifications.md");
+    let rest = &doc[start + "```python\n".len()..];
+    rest[..rest.find("```").unwrap()].to_string()
+}
+
+#[test]
+fn notify_the_documented_python_receiver_verifies_what_stategate_sends() {
+    let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("python3 is required to run the documented receiver: install python3");
+    let dir = tempfile::TempDir::new().unwrap();
+    let script = dir.path().join("receiver.py");
+    std::fs::write(&script, documented_receiver()).unwrap();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut child = std::process::Command::new(python)
+        .arg(&script)
+        .env("STATEGATE_HOOK_SECRET", SECRET)
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let hook = format!("http://127.0.0.1:{port}/");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the documented receiver did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A forged request is refused.
+    let forged = http_with(
+        "POST",
+        &hook,
+        &[
+            ("Stategate-Signature", "t=1,v1=00"),
+            ("Stategate-Event-Id", "x"),
+        ],
+        b"{}",
+    );
+    assert_eq!(forged.0, 401);
+
+    let peer = LocalPeer::new();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "notifications:\n  - name: py\n    url: {hook}\n    secret_env: STATEGATE_HOOK_SECRET\n    events: [state.written]\n"
+        ),
+    );
+    let server = Server::try_start(
+        &peer,
+        &["--config", cfg.to_str().unwrap()],
+        &[("STATEGATE_HOOK_SECRET", SECRET)],
+    )
+    .unwrap_or_else(|log| panic!("{log}"));
+    let url = server.state_url("docs/py");
+    assert_eq!(http("POST", &url, &state_doc("lin-py", 1, "x")).0, 200);
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the documented receiver printed the verified event");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words.len(), 3, "{line}");
+    assert_eq!(words[0].len(), 32, "{line}");
+    assert_eq!(&words[1..], ["dev.stategate.state.written", "docs/py"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !outbox_ids(&peer).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        outbox_ids(&peer).is_empty(),
+        "the receiver's 200 took it out of the outbox"
+    );
+}

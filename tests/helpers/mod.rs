@@ -4,7 +4,8 @@
 //! directory, [`http`] is a small blocking client that can send LOCK and
 //! UNLOCK. [`moto`] and [`oss_server`] run the shared S3 and OSS test
 //! servers (the Python peers in `tests/peers/`), [`db`] private PostgreSQL
-//! and MariaDB servers. Nothing here reimplements stategate; tests see only
+//! and MariaDB servers, [`receiver`] a webhook receiver that verifies
+//! notification signatures. Nothing here reimplements stategate; tests see only
 //! what crosses the wire and what lands in the store. The `e2e` and
 //! `contract` test targets both include this module as `support`.
 
