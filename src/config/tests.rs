@@ -292,3 +292,45 @@ fn override_needs_key_and_equals() {
     assert!(parse_override("novalue").is_err());
     assert!(parse_override("=x").is_err());
 }
+
+#[test]
+fn notifications_are_a_section_with_their_settings_beside_it() {
+    let none = resolved("");
+    assert!(none.notifications.destinations.is_empty());
+    assert_eq!(
+        none.notifications.lock_held_too_long,
+        Some(Duration::from_secs(7200))
+    );
+    assert_eq!(none.notifications.max_attempts, 24);
+
+    let s = resolved(
+        "lock_held_too_long: 0\nnotification_max_attempts: 3\nui:\n  hosts: [sg.example]\n\
+         notifications:\n  - {name: a, url: 'https://hooks.example/x', secret_env: S}\n",
+    );
+    assert_eq!(s.notifications.lock_held_too_long, None, "0 turns it off");
+    assert_eq!(s.notifications.max_attempts, 3);
+    assert_eq!(s.notifications.destinations[0].name, "a");
+    assert_eq!(s.notifications.source, "stategate://sg.example");
+
+    let by_flag = resolve(&file(""), &no_env, &flags(&[("lock-held-too-long", "90m")])).unwrap();
+    assert_eq!(
+        by_flag.notifications.lock_held_too_long,
+        Some(Duration::from_secs(5400))
+    );
+
+    assert_each_refused(&[
+        (
+            "notification_max_attempts: 0\n",
+            "notification_max_attempts",
+        ),
+        ("lock_held_too_long: later\n", "lock_held_too_long"),
+        (
+            "notifications:\n  - {name: a, url: 'http://10.0.0.1/x', secret_env: S}\n",
+            "notifications[0].url",
+        ),
+        ("notifications: {name: a}\n", "notifications"),
+    ]);
+    let defaults = file("notifications: []\n");
+    let e = file("").over(defaults).unwrap_err().to_string();
+    assert!(e.contains("notifications"), "{e}");
+}

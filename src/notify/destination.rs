@@ -278,7 +278,7 @@ mod tests {
         assert_eq!(d[0].events, [Kind::Written, Kind::LockForceReleased]);
         assert_eq!(d[0].format, Format::CloudEvents);
         let record = |key: &str, ws: &str, kind| {
-            let mut r = Record::new(
+            Record::new(
                 kind,
                 StateId {
                     key: key.into(),
@@ -289,9 +289,7 @@ mod tests {
                     client: "127.0.0.1".into(),
                     via: "http".into(),
                 },
-            );
-            r.kind = kind;
-            r
+            )
         };
         assert!(d[0].wants(&record("prod/net", "default", Kind::Written)));
         assert!(!d[0].wants(&record("staging/net", "default", Kind::Written)));

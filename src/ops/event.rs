@@ -360,4 +360,76 @@ mod tests {
         assert_eq!(fields["identity"], "operator:root");
         assert_eq!(event.action(), "force_unlock");
     }
+
+    #[test]
+    fn each_notified_event_has_its_kind_and_the_rest_none() {
+        let state = StateRef::parse("prod/net", Some("blue")).unwrap();
+        let actor = Actor {
+            identity: Some("token:ci".into()),
+            level: Some(crate::auth::Access::Write),
+            client: Some("10.0.0.7".parse().unwrap()),
+            via: Via::Http,
+        };
+        let denied = |protected| Event::Denied {
+            status: 403,
+            target: Target::State(state.clone()),
+            reason: "prod/net is protected by the rule prod/**".into(),
+            credentials: false,
+            protected,
+        };
+        let cases = [
+            (
+                Event::WriteRefused {
+                    state: state.clone(),
+                    serial: Some(3),
+                    bytes: 10,
+                    reason: "lineage mismatch: the stored state has lineage a".into(),
+                },
+                Some("state.write_refused"),
+            ),
+            (denied(true), Some("state.write_refused")),
+            (denied(false), None),
+            (
+                Event::Migrate {
+                    state: state.clone(),
+                    source_workspace: "default".into(),
+                },
+                None,
+            ),
+            (
+                Event::Restore {
+                    state: state.clone(),
+                    restored_version: 2,
+                    force: false,
+                    version: Some(9),
+                },
+                Some("state.restored"),
+            ),
+            (
+                Event::Push {
+                    state: state.clone(),
+                    force: true,
+                    version: Some(4),
+                },
+                Some("state.written"),
+            ),
+        ];
+        for (event, kind) in &cases {
+            let record = event.notification(&actor);
+            assert_eq!(record.as_ref().map(|r| r.kind.name()), *kind, "{event:?}");
+        }
+        let refused = cases[0].0.notification(&actor).unwrap();
+        assert_eq!(refused.details["refusal"], "lineage");
+        assert_eq!(refused.serial, Some(3));
+        assert_eq!(refused.state.workspace, "blue");
+        assert_eq!(refused.actor.client, "10.0.0.7");
+        let protected = cases[1].0.notification(&actor).unwrap();
+        assert_eq!(protected.details["refusal"], "protected");
+        assert!(protected.details.get("status").is_some());
+        let restored = cases[4].0.notification(&actor).unwrap();
+        assert_eq!(restored.version, Some(9));
+        assert_eq!(restored.details["restored_version"], 2);
+        let pushed = cases[5].0.notification(&actor).unwrap();
+        assert_eq!(pushed.details["operation"], "push");
+    }
 }

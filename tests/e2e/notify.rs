@@ -468,11 +468,15 @@ fn notify_three_replicas_on_one_store_deliver_every_event_once() {
     let cfg = config(
         dir.path(),
         &format!(
-            "notifications:\n{}",
-            destination(&receiver, "r", "    events: [state.written]\n")
+            "lock_held_too_long: 2s\nnotifications:\n{}",
+            destination(
+                &receiver,
+                "r",
+                "    events: [state.written, lock.held_too_long]\n"
+            )
         ),
     );
-    let replicas: Vec<Server> = (0..3).map(|_| serve(&peer, &cfg)).collect();
+    let mut replicas: Vec<Server> = (0..3).map(|_| serve(&peer, &cfg)).collect();
     // Held back at first, so every replica finds entries of the others
     // waiting when the receiver comes up.
     receiver.set_mode(Mode::Failing);
@@ -484,16 +488,32 @@ fn notify_three_replicas_on_one_store_deliver_every_event_once() {
             writes += 1;
         }
     }
-    std::thread::sleep(Duration::from_secs(2));
+    // One replica dies with its share of the events waiting: the others
+    // take them over, and the lock-age check with them.
+    std::thread::sleep(Duration::from_secs(1));
+    replicas.remove(0).kill();
+    let held = replicas[0].state_url("fleet/held");
+    assert_eq!(
+        http(
+            "LOCK",
+            &held,
+            &lock_now("a0000000-0000-4000-8000-000000000003", "eve@ci")
+        )
+        .0,
+        200
+    );
+    std::thread::sleep(Duration::from_secs(1));
     receiver.set_mode(Mode::Up);
-    let got = receiver.wait_for("r", Duration::from_secs(60), |d| {
+    let expected = writes + 1;
+    let got = receiver.wait_for("r", Duration::from_secs(90), |d| {
         d.iter()
             .map(|r| r.event_id())
             .collect::<BTreeSet<_>>()
             .len()
-            >= writes
+            >= expected
     });
-    std::thread::sleep(Duration::from_secs(3));
+    // Time for a replica that would send something twice to do it.
+    std::thread::sleep(Duration::from_secs(4));
     let got_after = receiver.delivered("r");
     let mut per_id: HashMap<String, usize> = HashMap::new();
     for r in &got_after {
@@ -501,7 +521,7 @@ fn notify_three_replicas_on_one_store_deliver_every_event_once() {
     }
     assert_eq!(
         per_id.len(),
-        writes,
+        expected,
         "every event delivered, none lost ({} seen)",
         got.len()
     );
@@ -510,11 +530,24 @@ fn notify_three_replicas_on_one_store_deliver_every_event_once() {
         twice.is_empty(),
         "claims keep replicas from sending one event twice: {twice:?}"
     );
-    let subjects: BTreeSet<String> = got_after
+    let held_told: Vec<Value> = got_after
         .iter()
-        .map(|r| r.json()["subject"].as_str().unwrap().to_string())
+        .map(|r| r.json())
+        .filter(|e| e["type"] == "dev.stategate.lock.held_too_long")
         .collect();
-    assert_eq!(subjects.len(), writes);
+    assert_eq!(
+        held_told.len(),
+        1,
+        "one replica checks the locks: {held_told:?}"
+    );
+    assert_eq!(held_told[0]["subject"], "fleet/held");
+    let written: BTreeSet<String> = got_after
+        .iter()
+        .map(|r| r.json())
+        .filter(|e| e["type"] == "dev.stategate.state.written")
+        .map(|e| e["subject"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(written.len(), writes);
     assert!(outbox_ids(&peer).is_empty());
 }
 
