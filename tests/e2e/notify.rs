@@ -268,6 +268,61 @@ fn notify_every_event_type_arrives_signed_as_a_cloudevent() {
 }
 
 #[test]
+fn notify_a_change_refused_by_a_states_protection_is_a_refused_write() {
+    use base64::Engine;
+    let peer = LocalPeer::new();
+    let receiver = Receiver::start(SECRET);
+    let dir = tempfile::TempDir::new().unwrap();
+    let password = "root-pass-7c2k";
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "auth:\n  users:\n    - name: root\n      password_hash: \"{}\"\n      \
+             rules: [{{keys: \"**\", access: admin}}]\n  protected:\n    - keys: \"prod/**\"\n      \
+             writers: {{claims: {{ref_protected: \"true\"}}}}\nnotifications:\n{}",
+            hash_password(password),
+            destination(&receiver, "p", "    events: [state.write_refused]\n")
+        ),
+    );
+    let server = serve(&peer, &cfg);
+    let root = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("root:{password}"))
+    );
+    let doc = state_doc("lin-p", 1, "x");
+    let refused = http_with(
+        "POST",
+        &server.state_url("prod/app"),
+        &[("Authorization", &root)],
+        &doc,
+    );
+    assert_eq!(refused.0, 403);
+    let allowed = http_with(
+        "POST",
+        &server.state_url("dev/app"),
+        &[("Authorization", &root)],
+        &doc,
+    );
+    assert_eq!(allowed.0, 200);
+
+    let got = receiver.wait_for("p", Duration::from_secs(20), |d| !d.is_empty());
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(receiver.delivered("p").len(), 1, "only the refusal");
+    let event = got[0].json();
+    assert_eq!(event["type"], "dev.stategate.state.write_refused");
+    assert_eq!(event["subject"], "prod/app");
+    assert_eq!(event["data"]["details"]["refusal"], "protected");
+    assert_eq!(event["data"]["actor"]["identity"], "user:root");
+    assert!(
+        event["data"]["details"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("protected"),
+        "{event}"
+    );
+}
+
+#[test]
 fn notify_a_slack_destination_and_key_patterns_filter() {
     let peer = LocalPeer::new();
     let receiver = Receiver::start(SECRET);
