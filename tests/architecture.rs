@@ -36,6 +36,9 @@ const LAYERS: &[&[&str]] = &[
     // states between stores.
     &["ops", "migrate_pg"],
     &["migrate"],
+    // The index of what every state holds, searched by the dashboard and
+    // the command line.
+    &["explore"],
     &["auth"],
     &["state"],
     &["stores"],

@@ -92,6 +92,8 @@ impl States {
                 return self.rebuild_pointer(dir).await;
             };
             pointer.newest = newest;
+            // It described the version the pointer named before.
+            pointer.catalog = None;
             self.put_pointer(dir, &pointer).await;
         }
         Ok(Some(pointer))
@@ -111,7 +113,11 @@ impl States {
             versions = numbers.len(),
             "history pointer rebuilt from a listing"
         );
-        let pointer = Pointer { oldest, newest };
+        let pointer = Pointer {
+            oldest,
+            newest,
+            catalog: None,
+        };
         self.put_pointer(dir, &pointer).await;
         Ok(Some(pointer))
     }
