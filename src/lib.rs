@@ -31,6 +31,11 @@
 //! - [`ui`] is the dashboard at `/ui/` and its JSON API at `/api/v1/`:
 //!   it plugs into [`protocol`] as [`protocol::Pages`], reads through
 //!   [`state`] and changes through [`ops`]; nothing below imports it.
+//! - [`explore`] keeps an index of what every state holds (resource
+//!   types, providers, modules, addresses, `terraform_version`, writers and
+//!   locks) for fleet-wide searches, following this server's changes and
+//!   listing the store for other replicas'; it reads through [`state`]
+//!   and decides visibility with [`auth`]'s globs.
 //! - [`logging`] writes the text log's fields, one event to a line
 //!   whatever a client put in them.
 //! - [`metrics`] counts what `/metrics` shows, for the server and the
@@ -53,6 +58,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod explore;
 pub mod loadtest;
 pub mod logging;
 pub mod metrics;
