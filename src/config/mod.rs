@@ -139,6 +139,8 @@ pub struct Settings {
     pub store: StoreSettings,
     /// The dashboard's settings.
     pub ui: crate::ui::UiSettings,
+    /// The fleet explorer's settings.
+    pub explore: crate::explore::ExploreSettings,
 }
 
 /// Default listen address: loopback only, so a laptop run exposes nothing.
@@ -212,6 +214,7 @@ pub fn resolve(
         })
         .transpose()?;
     let ui = resolve_ui(&src)?;
+    let explore = resolve_explore(&src)?;
 
     let type_name = required_text(&src, &t::STORAGE_TYPE)?;
     let backend = stores::backend(&type_name).ok_or_else(|| {
@@ -273,6 +276,7 @@ pub fn resolve(
         backend,
         store,
         ui,
+        explore,
     })
 }
 
@@ -368,6 +372,18 @@ fn resolve_auth(src: &Sources, listen: SocketAddr) -> Result<AuthSetting, Config
         ));
     }
     Ok(auth)
+}
+
+/// The `explore:` settings, checked.
+fn resolve_explore(src: &Sources) -> Result<crate::explore::ExploreSettings, ConfigError> {
+    let refresh = required(src, &t::EXPLORE_REFRESH, Sources::duration)?;
+    if refresh < std::time::Duration::from_secs(1) {
+        return Err(ConfigError::invalid(
+            t::EXPLORE_REFRESH.path,
+            "must be at least 1s: each refresh lists the whole store",
+        ));
+    }
+    Ok(crate::explore::ExploreSettings { refresh })
 }
 
 /// The `ui:` settings, checked.

@@ -399,6 +399,17 @@ pub const UI_MAX_VIEW_BYTES: ServerSetting = server(
     "largest state body a dashboard view or API answer reads to show its contents",
 );
 
+pub const EXPLORE_REFRESH: ServerSetting = server(
+    "explore.refresh",
+    "explore-refresh",
+    "STATEGATE_EXPLORE_REFRESH",
+    "DURATION",
+    Kind::Duration,
+    Some("30s"),
+    "how often the explorer lists the store for states other replicas changed (this server's \
+     own changes reach it at once)",
+);
+
 /// Every server setting, in the order of the reference and of `--help`.
 pub static SERVER_SETTINGS: &[&ServerSetting] = &[
     &CONFIG,
@@ -432,6 +443,7 @@ pub static SERVER_SETTINGS: &[&ServerSetting] = &[
     &UI_STALE_LOCK_HOURS,
     &UI_HOSTS,
     &UI_MAX_VIEW_BYTES,
+    &EXPLORE_REFRESH,
 ];
 
 /// Sections of the file that are not single values: read by their own
