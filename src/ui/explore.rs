@@ -12,7 +12,7 @@ use hyper::header::{ACCEPT, HeaderMap};
 use time::OffsetDateTime;
 
 use super::Viewer;
-use super::pages::{Layout, html, or_dash, render, short_time, state_url};
+use super::pages::{Layout, html, human_age, or_dash, render, short_time, state_url};
 use crate::explore::{Explorer, Found, Search};
 use crate::protocol::ProtocolError;
 
@@ -187,11 +187,7 @@ pub fn page(
             updated: short_time(s.updated.as_deref()),
             writer: s.writer.clone().unwrap_or_else(|| "-".into()),
             lock: s.lock.as_ref().map_or(String::new(), |l| {
-                format!(
-                    "{} · {}",
-                    l.who,
-                    l.age_seconds.map_or("?".into(), |a| format!("{}m", a / 60))
-                )
+                format!("{} · {}", l.who, human_age(l.age_seconds))
             }),
             addresses: s
                 .resources
