@@ -136,7 +136,9 @@ pub(super) struct Pointer {
     /// it was written; `None` when that was not known (a pointer walked
     /// forward or rebuilt), and then the body is read when a search needs
     /// it. Kept here rather than in the record, so history pages stay small.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Read only by `States::ends_reading` when asked: the writes and
+    /// reads that consult the pointer skip it unparsed.
+    #[serde(default, skip_serializing_if = "Option::is_none", skip_deserializing)]
     pub(super) catalog: Option<Arc<Catalog>>,
 }
 

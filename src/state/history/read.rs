@@ -45,7 +45,7 @@ impl States {
         &self,
         state: &StateRef,
     ) -> Result<Option<(VersionMeta, Option<Arc<Catalog>>)>, StateError> {
-        let ends = self.ends(&self.history_dir(state)).await?;
+        let ends = self.ends_reading(&self.history_dir(state), true).await?;
         Ok(ends.map(|p| (p.newest, p.catalog)))
     }
 
