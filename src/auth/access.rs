@@ -95,6 +95,14 @@ impl Glob {
 
     /// Whether `path` (a key or a workspace name) matches.
     pub fn matches(&self, path: &str) -> bool {
+        // One segment against a name without `/` (a resource type or
+        // address, searched a million at a time) needs no split.
+        if let [only] = self.0.as_slice()
+            && only != "**"
+            && !path.contains('/')
+        {
+            return match_one(only.as_bytes(), path.as_bytes());
+        }
         let parts: Vec<&str> = path.split('/').collect();
         match_segments(&self.0, &parts)
     }

@@ -229,6 +229,43 @@ mod tests {
         assert!(size_of::<Resource>() <= 24, "{}", size_of::<Resource>());
     }
 
+    /// The fleet the explorer is sized for fits its memory budget.
+    #[test]
+    fn ten_thousand_states_of_a_hundred_resources_fit_in_64_mib() {
+        let mut index = Index::default();
+        let summary = Summary {
+            version: 1,
+            serial: Some(1),
+            lineage: Some("L".into()),
+            resources: 100,
+            size: 1,
+            updated: "2024-01-02T03:04:05Z".into(),
+            who: Some("ci@runner".into()),
+            identity: None,
+            operation: "write".into(),
+        };
+        for i in 0..10_000 {
+            let catalog = Catalog {
+                terraform_version: Some(format!("1.{}.0", i % 8)),
+                resources: (0..100)
+                    .map(|r| Block {
+                        module: format!("module.m{}", r % 25),
+                        data: r % 17 == 0,
+                        type_name: format!("aws_type_{}", (i + r) % 300),
+                        name: format!("resource_{r}"),
+                        provider: format!("registry.terraform.io/hashicorp/p{}", r % 5),
+                        instances: 1 + r % 3,
+                    })
+                    .collect(),
+            };
+            let state =
+                StateRef::parse(&format!("team-{}/state-{i}.tfstate", i % 50), None).unwrap();
+            index.put(&state, &summary, &catalog, None);
+        }
+        let held = index.held_bytes();
+        assert!(held < 64 << 20, "{} MiB", held >> 20);
+    }
+
     #[test]
     fn states_keep_their_resources_and_names_are_shared() {
         let mut index = Index::default();
