@@ -137,11 +137,25 @@ impl Index {
         listed: Option<(u64, Option<OffsetDateTime>)>,
     ) {
         let mut names = String::new();
-        let mut resources = Vec::with_capacity(catalog.resources.len());
-        for block in &catalog.resources {
+        let mut resources = Vec::with_capacity(catalog.len());
+        // The catalog's names, as this index's ids, looked up once each.
+        let mut ids = vec![[u32::MAX; 3]; catalog.names_len()];
+        let mut id = |table: usize, n: u32, index: &mut Self| {
+            let slot = &mut ids[n as usize][table];
+            if *slot == u32::MAX {
+                let names = match table {
+                    0 => &mut index.types,
+                    1 => &mut index.providers,
+                    _ => &mut index.modules,
+                };
+                *slot = names.id(catalog.name(n));
+            }
+            *slot
+        };
+        for entry in catalog.entries() {
             // A name longer than a u16 is cut at a character boundary:
             // no Terraform name comes near it.
-            let mut name = block.name.as_str();
+            let mut name = catalog.entry_name(entry);
             if name.len() > u16::MAX as usize {
                 let mut end = u16::MAX as usize;
                 while !name.is_char_boundary(end) {
@@ -154,13 +168,13 @@ impl Index {
             };
             names.push_str(name);
             resources.push(Resource {
-                type_id: self.types.id(&block.type_name),
-                provider: self.providers.id(&block.provider),
-                module: self.modules.id(&block.module),
+                type_id: id(0, entry.type_name, self),
+                provider: id(1, entry.provider, self),
+                module: id(2, entry.module, self),
                 name_at,
-                instances: block.instances,
+                instances: entry.instances,
                 name_len: name.len() as u16,
-                data: block.data,
+                data: entry.data,
             });
         }
         let terraform_version = self
@@ -245,9 +259,9 @@ mod tests {
             operation: "write".into(),
         };
         for i in 0..10_000 {
-            let catalog = Catalog {
-                terraform_version: Some(format!("1.{}.0", i % 8)),
-                resources: (0..100)
+            let catalog = Catalog::new(
+                Some(format!("1.{}.0", i % 8)),
+                (0..100)
                     .map(|r| Block {
                         module: format!("module.m{}", r % 25),
                         data: r % 17 == 0,
@@ -257,7 +271,7 @@ mod tests {
                         instances: 1 + r % 3,
                     })
                     .collect(),
-            };
+            );
             let state =
                 StateRef::parse(&format!("team-{}/state-{i}.tfstate", i % 50), None).unwrap();
             index.put(&state, &summary, &catalog, None);
@@ -288,10 +302,7 @@ mod tests {
             instances: 1,
             data: false,
         };
-        let catalog = Catalog {
-            terraform_version: Some("1.5.7".into()),
-            resources: vec![block("a"), block("bb")],
-        };
+        let catalog = Catalog::new(Some("1.5.7".into()), vec![block("a"), block("bb")]);
         for key in ["x", "y"] {
             let state = StateRef::parse(key, None).unwrap();
             index.put(&state, &summary, &catalog, None);

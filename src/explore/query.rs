@@ -671,10 +671,7 @@ mod tests {
         };
         let aws = "registry.terraform.io/hashicorp/aws";
         let put = |index: &mut Index, key: &str, version: &str, blocks: Vec<Block>, updated| {
-            let catalog = Catalog {
-                terraform_version: Some(version.into()),
-                resources: blocks,
-            };
+            let catalog = Catalog::new(Some(version.into()), blocks);
             let state = StateRef::parse(key, None).unwrap();
             index.put(&state, &summary(1, updated), &catalog, None);
         };

@@ -24,35 +24,166 @@ use serde::{Deserialize, Serialize};
 /// state reads; a search reads such a body when it needs it.
 pub const CATALOG_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-/// What a search needs of one state body.
+/// The most bytes of names a catalog in a history pointer holds. Every
+/// write and every read of a state reads its pointer, so a larger catalog
+/// (a state of thousands of blocks) is kept with the summary instead,
+/// which only a search's index reads: the index reads such a state's body
+/// once for each new version.
+pub const POINTER_CATALOG_BYTES: usize = 256 * 1024;
+
+/// What a search needs of one state body. Type, provider and module names
+/// are kept once each in `names` and referred to by position, so a block
+/// costs its name and a few numbers, here and in the pointer's JSON.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Catalog {
     /// The Terraform (or OpenTofu) version that wrote the body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terraform_version: Option<String>,
+    /// The names the entries refer to; the first is the empty name.
+    #[serde(default)]
+    names: Vec<String>,
     /// Every resource block, in body order.
     #[serde(default)]
-    pub resources: Vec<Block>,
+    entries: Rows,
 }
 
-/// One resource block of a state.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+/// The blocks of a catalog: each a few numbers, their names one after
+/// another in one string, so a state of many thousand blocks is a few
+/// allocations, whether taken down from a body or read from a pointer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rows {
+    text: String,
+    rows: Vec<Row>,
+}
+
+/// One resource block: its type, module and provider source as positions
+/// in the catalog's names, and where its name lies in [`Rows`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Row {
+    pub type_name: u32,
+    pub module: u32,
+    pub provider: u32,
+    at: u32,
+    len: u32,
+    pub instances: u32,
+    pub data: bool,
+}
+
+impl Rows {
+    fn push(&mut self, e: Entry) {
+        let (Ok(at), Ok(len)) = (u32::try_from(self.text.len()), u32::try_from(e.name.len()))
+        else {
+            return;
+        };
+        self.text.push_str(&e.name);
+        self.rows.push(Row {
+            type_name: e.type_name,
+            module: e.module,
+            provider: e.provider,
+            at,
+            len,
+            instances: e.instances,
+            data: e.data,
+        });
+    }
+
+    fn name(&self, r: &Row) -> &str {
+        self.text
+            .get(r.at as usize..(r.at + r.len) as usize)
+            .unwrap_or("")
+    }
+}
+
+impl Serialize for Rows {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.rows.len()))?;
+        for r in &self.rows {
+            seq.serialize_element(&EntryRef {
+                type_name: r.type_name,
+                module: r.module,
+                provider: r.provider,
+                name: self.name(r),
+                data: r.data,
+                instances: r.instances,
+            })?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Rows {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Elements;
+        impl<'de> Visitor<'de> for Elements {
+            type Value = Rows;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array of catalog entries")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Rows, A::Error> {
+                let mut out = Rows::default();
+                while let Some(e) = seq.next_element::<Entry>()? {
+                    out.push(e);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(Elements)
+    }
+}
+
+/// An entry as written, borrowing its name.
+#[derive(Serialize)]
+struct EntryRef<'a> {
+    #[serde(rename = "t")]
+    type_name: u32,
+    #[serde(rename = "m", skip_serializing_if = "is_zero")]
+    module: u32,
+    #[serde(rename = "p", skip_serializing_if = "is_zero")]
+    provider: u32,
+    #[serde(rename = "n")]
+    name: &'a str,
+    #[serde(rename = "d", skip_serializing_if = "std::ops::Not::not")]
+    data: bool,
+    #[serde(rename = "i")]
+    instances: u32,
+}
+
+/// One resource block as a catalog's JSON holds it.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+struct Entry {
+    /// Its type, module and provider source, as positions in the names.
+    #[serde(rename = "t", default)]
+    type_name: u32,
+    #[serde(rename = "m", default)]
+    module: u32,
+    #[serde(rename = "p", default)]
+    provider: u32,
+    #[serde(rename = "n", default)]
+    name: String,
+    #[serde(rename = "d", default)]
+    data: bool,
+    #[serde(rename = "i", default)]
+    instances: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// One resource block with its names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Block {
     /// The module path (`module.db`, `module.a["x"].module.b`), empty for
     /// the root module.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub module: String,
     /// A data source rather than a managed resource.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub data: bool,
-    #[serde(rename = "type")]
     pub type_name: String,
     pub name: String,
     /// The provider's source address (`registry.terraform.io/hashicorp/aws`).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub provider: String,
     /// Instances of the block (`count`, `for_each`).
-    #[serde(default)]
     pub instances: u32,
 }
 
@@ -75,9 +206,106 @@ impl Block {
     pub fn mode(&self) -> &'static str {
         if self.data { "data" } else { "managed" }
     }
+}
 
-    fn bytes(&self) -> usize {
-        self.module.len() + self.type_name.len() + self.name.len() + self.provider.len()
+/// Gives each distinct name a position once.
+#[derive(Default)]
+struct Interner {
+    ids: std::collections::HashMap<String, u32>,
+    names: Vec<String>,
+    /// Bytes of names and block names held.
+    bytes: usize,
+}
+
+impl Interner {
+    fn id(&mut self, name: &str) -> u32 {
+        if self.names.is_empty() {
+            self.ids.insert(String::new(), 0);
+            self.names.push(String::new());
+        }
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.bytes += name.len();
+        self.ids.insert(name.to_string(), id);
+        self.names.push(name.to_string());
+        id
+    }
+}
+
+impl Catalog {
+    /// A catalog of `blocks`.
+    pub fn new(terraform_version: Option<String>, blocks: Vec<Block>) -> Self {
+        let mut names = Interner::default();
+        let mut entries = Rows::default();
+        for b in blocks {
+            entries.push(Entry {
+                type_name: names.id(&b.type_name),
+                module: names.id(&b.module),
+                provider: names.id(&b.provider),
+                name: b.name,
+                data: b.data,
+                instances: b.instances,
+            });
+        }
+        Catalog {
+            terraform_version,
+            names: names.names,
+            entries,
+        }
+    }
+
+    /// Bytes of names it holds.
+    pub fn bytes(&self) -> usize {
+        self.names.iter().map(String::len).sum::<usize>() + self.entries.text.len()
+    }
+
+    /// Whether it is small enough to ride in a history pointer.
+    pub fn fits_a_pointer(&self) -> bool {
+        self.bytes() <= POINTER_CATALOG_BYTES
+    }
+
+    /// The name at position `id` (empty when there is none).
+    pub fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", String::as_str)
+    }
+
+    /// The number of names, for tables indexed by position.
+    pub fn names_len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Every block, as kept.
+    pub fn entries(&self) -> &[Row] {
+        &self.entries.rows
+    }
+
+    /// A block's own name.
+    pub fn entry_name(&self, row: &Row) -> &str {
+        self.entries.name(row)
+    }
+
+    /// Every block with its names.
+    pub fn blocks(&self) -> impl Iterator<Item = Block> + '_ {
+        self.entries.rows.iter().map(|e| Block {
+            module: self.name(e.module).to_string(),
+            data: e.data,
+            type_name: self.name(e.type_name).to_string(),
+            name: self.entry_name(e).to_string(),
+            provider: self.name(e.provider).to_string(),
+            instances: e.instances,
+        })
+    }
+
+    /// How many blocks.
+    pub fn len(&self) -> usize {
+        self.entries.rows.len()
+    }
+
+    /// Whether it has no block.
+    pub fn is_empty(&self) -> bool {
+        self.entries.rows.is_empty()
     }
 }
 
@@ -120,29 +348,26 @@ pub fn provider_source(field: &str) -> String {
 }
 
 impl Catalog {
-    /// A catalog of `blocks` (the elements of `resources` that were
-    /// objects), `None` past [`CATALOG_BYTES_MAX`].
-    pub(super) fn build(
-        terraform_version: Option<String>,
-        blocks: Vec<Block>,
-    ) -> Option<Arc<Catalog>> {
-        let bytes: usize = blocks.iter().map(Block::bytes).sum();
-        if bytes > CATALOG_BYTES_MAX {
+    /// The catalog of what the head read, `None` past [`CATALOG_BYTES_MAX`].
+    pub(super) fn build(terraform_version: Option<String>, blocks: Blocks) -> Option<Arc<Catalog>> {
+        if blocks.names.bytes > CATALOG_BYTES_MAX {
             return None;
         }
         Some(Arc::new(Catalog {
             terraform_version,
-            resources: blocks,
+            names: blocks.names.names,
+            entries: blocks.entries,
         }))
     }
 }
 
 /// `resources` as the head reads it: an array whose elements are counted
-/// whatever they are, the objects among them taken down as [`Block`]s.
+/// whatever they are, the objects among them taken down as [`Entry`]s.
 #[derive(Default)]
 pub(super) struct Blocks {
     pub(super) count: usize,
-    pub(super) blocks: Vec<Block>,
+    entries: Rows,
+    names: Interner,
 }
 
 impl<'de> Deserialize<'de> for Blocks {
@@ -158,7 +383,9 @@ impl<'de> Deserialize<'de> for Blocks {
                 while let Some(element) = seq.next_element::<Lenient<RawBlock>>()? {
                     out.count += 1;
                     if let Some(raw) = element.0 {
-                        out.blocks.push(raw.into_block());
+                        let entry = raw.into_entry(&mut out.names);
+                        out.names.bytes += entry.name.len();
+                        out.entries.push(entry);
                     }
                 }
                 Ok(out)
@@ -180,17 +407,18 @@ struct RawBlock {
 }
 
 impl RawBlock {
-    fn into_block(self) -> Block {
-        Block {
-            module: self.module.unwrap_or_default(),
-            data: self.mode.as_deref() == Some("data"),
-            type_name: self.type_name.unwrap_or_default(),
+    fn into_entry(self, names: &mut Interner) -> Entry {
+        let provider = self
+            .provider
+            .as_deref()
+            .map(provider_source)
+            .unwrap_or_default();
+        Entry {
+            type_name: names.id(self.type_name.as_deref().unwrap_or("")),
+            module: names.id(self.module.as_deref().unwrap_or("")),
+            provider: names.id(&provider),
             name: self.name.unwrap_or_default(),
-            provider: self
-                .provider
-                .as_deref()
-                .map(provider_source)
-                .unwrap_or_default(),
+            data: self.mode.as_deref() == Some("data"),
             instances: self.instances,
         }
     }
@@ -337,18 +565,23 @@ mod tests {
         ]"#,
         );
         assert_eq!(b.count, 7);
-        assert_eq!(b.blocks.len(), 3);
-        let db = &b.blocks[0];
+        let catalog = Catalog::build(None, b).unwrap();
+        let blocks: Vec<Block> = catalog.blocks().collect();
+        assert_eq!(blocks.len(), 3);
+        let db = &blocks[0];
         assert_eq!(db.address(), "module.db.aws_db_instance.main");
         assert_eq!(
             (db.provider.as_str(), db.instances, db.mode()),
             ("registry.terraform.io/hashicorp/aws", 2, "managed")
         );
-        assert_eq!(b.blocks[1].address(), "data.aws_ami.ubuntu");
-        assert_eq!(b.blocks[1].provider, "registry.terraform.io/hashicorp/aws");
-        assert_eq!(b.blocks[2], Block::default());
-        let serialized = serde_json::to_string(&b.blocks[0]).unwrap();
+        assert_eq!(blocks[1].address(), "data.aws_ami.ubuntu");
+        assert_eq!(blocks[1].provider, "registry.terraform.io/hashicorp/aws");
+        assert_eq!(blocks[2], Block::default());
+        assert_eq!(catalog.names_len(), 5, "each name kept once");
+        let serialized = serde_json::to_string(&catalog).unwrap();
         assert!(!serialized.contains("secret"), "{serialized}");
+        let back: Catalog = serde_json::from_str(&serialized).unwrap();
+        assert_eq!(back, *catalog);
     }
 
     #[test]
@@ -375,11 +608,8 @@ mod tests {
 
     #[test]
     fn a_catalog_past_its_bound_is_not_kept() {
-        let big = Block {
-            name: "n".repeat(CATALOG_BYTES_MAX + 1),
-            ..Default::default()
-        };
-        assert!(Catalog::build(None, vec![big]).is_none());
-        assert!(Catalog::build(Some("1.5.7".into()), vec![Block::default()]).is_some());
+        let big = format!(r#"[{{"name": "{}"}}]"#, "n".repeat(CATALOG_BYTES_MAX + 1));
+        assert!(Catalog::build(None, blocks(&big)).is_none());
+        assert!(Catalog::build(Some("1.5.7".into()), blocks(r#"[{"name": "n"}]"#)).is_some());
     }
 }

@@ -63,7 +63,7 @@ impl StateHead {
             lineage,
             serial,
             resources: resources.count,
-            catalog: Catalog::build(terraform_version, resources.blocks),
+            catalog: Catalog::build(terraform_version, resources),
         }
     }
 
@@ -542,12 +542,12 @@ mod tests {
             let catalog = head.catalog.as_deref().unwrap();
             assert_eq!(catalog, heads[0].catalog.as_deref().unwrap());
             assert_eq!(catalog.terraform_version.as_deref(), Some("1.5.7"));
-            let addresses: Vec<String> = catalog.resources.iter().map(|b| b.address()).collect();
+            let addresses: Vec<String> = catalog.blocks().map(|b| b.address()).collect();
             assert_eq!(
                 addresses,
                 ["module.db.aws_db_instance.main", "data.aws_ami.u"]
             );
-            assert_eq!(catalog.resources[0].instances, 1);
+            assert_eq!(catalog.entries()[0].instances, 1);
             let kept = serde_json::to_string(catalog).unwrap();
             assert!(!kept.contains("hunter2"), "{kept}");
         }

@@ -275,7 +275,7 @@ mod tests {
         assert!(text.contains("\"catalog\""), "{text}");
         let row = listed(&states, &rt).pop().unwrap();
         let (summary, catalog) = rt.block_on(states.catalogued(&a, &row)).unwrap().unwrap();
-        assert_eq!((summary.version, catalog.resources.len()), (1, 3));
+        assert_eq!((summary.version, catalog.len()), (1, 3));
         let kept = dir
             .path()
             .join(".stategate/history/a.tfstate/summary.json+");
@@ -286,11 +286,33 @@ mod tests {
         std::fs::remove_file(&pointer).unwrap();
         std::fs::write(&pointer, serde_json::to_vec(&old).unwrap()).unwrap();
         let (summary, catalog) = rt.block_on(states.catalogued(&a, &row)).unwrap().unwrap();
-        assert_eq!((summary.version, catalog.resources.len()), (1, 3));
+        assert_eq!((summary.version, catalog.len()), (1, 3));
         assert!(kept.is_file(), "the catalog read from the body is kept");
         // The listing's summary still comes from the pointer alone.
         let summary = rt.block_on(states.summary(&a, &row)).unwrap().unwrap();
         assert_eq!(summary.operation, "write");
+    }
+
+    /// A catalog too large for the pointer every read and write consults
+    /// is read from the body once, and kept with the summary.
+    #[test]
+    fn a_large_catalog_is_kept_beside_the_pointer() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let states = states(dir.path());
+        let a = StateRef::parse("a.tfstate", None).unwrap();
+        let opts = WriteOptions {
+            operation: "write",
+            ..Default::default()
+        };
+        rt.block_on(states.write(&a, doc(1, 60_000), opts)).unwrap();
+        let history = dir.path().join(".stategate/history/a.tfstate");
+        let pointer = std::fs::read_to_string(history.join("newest.json+")).unwrap();
+        assert!(pointer.len() < 4096, "{} bytes", pointer.len());
+        let row = listed(&states, &rt).pop().unwrap();
+        let (summary, catalog) = rt.block_on(states.catalogued(&a, &row)).unwrap().unwrap();
+        assert_eq!((summary.version, catalog.len()), (1, 60_000));
+        assert!(history.join("summary.json+").is_file());
     }
 
     fn listed(states: &States, rt: &tokio::runtime::Runtime) -> Vec<Listed> {
@@ -350,7 +372,7 @@ mod tests {
         // The catalog of a state found without a record comes from its
         // body, and is kept with its summary.
         let (_, catalog) = rt.block_on(states.catalogued(&a, &row)).unwrap().unwrap();
-        assert_eq!(catalog.resources.len(), 5);
+        assert_eq!(catalog.len(), 5);
         let on_disk = std::fs::read_to_string(&kept).unwrap();
         assert!(on_disk.contains("\"catalog\""), "{on_disk}");
 

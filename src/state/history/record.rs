@@ -15,6 +15,12 @@ use crate::stores::{
     Change, Condition, OpDelete, OpList, OpWrite, Stopped, StoreError, StoreExt, Version,
 };
 
+/// The catalog a pointer carries: the version's, when it is small enough
+/// ([`Catalog::fits_a_pointer`]).
+fn pointer_catalog(catalog: &Option<Arc<Catalog>>) -> Option<Arc<Catalog>> {
+    catalog.clone().filter(|c| c.fits_a_pointer())
+}
+
 impl States {
     /// Records a state just written as `version`. The write has already
     /// succeeded, so a failure here is logged, not returned: the next write
@@ -63,7 +69,7 @@ impl States {
                 let pointer = Pointer {
                     oldest: ends.oldest,
                     newest: meta,
-                    catalog: written.head.catalog.clone(),
+                    catalog: pointer_catalog(&written.head.catalog),
                 };
                 self.put_pointer(&dir, &pointer).await;
                 debug_assert_eq!(pointer.newest.version, n);
@@ -119,7 +125,8 @@ impl States {
         // create-if-absent of the copy gives it to one of us.
         loop {
             let n = meta.version;
-            let (rest, pointer) = self.after_copy(dir, oldest, &meta, &item.head.catalog);
+            let catalog = pointer_catalog(&item.head.catalog);
+            let (rest, pointer) = self.after_copy(dir, oldest, &meta, &catalog);
             let copy = Change::Snapshot {
                 from: object_key.clone(),
                 from_version: version.clone(),
