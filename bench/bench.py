@@ -908,6 +908,69 @@ def post_file(url, path):
         conn.close()
 
 
+EXPLORE_TYPES = [
+    ("aws_db_instance", "hashicorp/aws"), ("aws_instance", "hashicorp/aws"), ("aws_s3_bucket", "hashicorp/aws"),
+    ("aws_iam_role", "hashicorp/aws"), ("aws_security_group", "hashicorp/aws"), ("aws_lambda_function", "hashicorp/aws"),
+    ("google_compute_instance", "hashicorp/google"), ("google_storage_bucket", "hashicorp/google"),
+    ("azurerm_resource_group", "hashicorp/azurerm"), ("kubernetes_deployment", "hashicorp/kubernetes"),
+    ("random_id", "hashicorp/random"), ("terraform_data", None),
+]
+EXPLORE_VERSIONS = ["1.3.9", "1.4.6", "1.5.7", "1.6.6", "1.7.5", "1.9.8", "1.11.4"]
+
+
+def fleet_body(i, resources):
+    """A Terraform state as Terraform writes one: `resources` blocks of
+    varied types, providers and modules, with attributes."""
+    blocks = []
+    for r in range(resources):
+        t, provider = EXPLORE_TYPES[(i * 7 + r) % len(EXPLORE_TYPES)]
+        source = f"registry.terraform.io/{provider}" if provider else "terraform.io/builtin/terraform"
+        block = {
+            "mode": "data" if r % 17 == 16 else "managed", "type": t, "name": f"r{r}",
+            "provider": f'provider["{source}"]',
+            "instances": [
+                {"index_key": k, "schema_version": 0,
+                 "attributes": {"id": f"{t}-{i}-{r}-{k}", "arn": f"arn:aws:x:::{i}/{r}/{k}", "tags": {"team": f"t{i % 40}"}},
+                 "sensitive_attributes": []}
+                for k in range(1 + r % 3)
+            ],
+        }
+        if r % 4:
+            block["module"] = f"module.m{r % 25}"
+        blocks.append(block)
+    return json.dumps({
+        "version": 4, "terraform_version": EXPLORE_VERSIONS[i % len(EXPLORE_VERSIONS)], "serial": 1,
+        "lineage": f"fleet-{i}", "outputs": {"id": {"value": f"v{i}", "type": "string"}}, "resources": blocks,
+    }).encode()
+
+
+def write_fleet(url, states, resources, threads=8):
+    """POSTs `states` states of `resources` blocks each; returns seconds."""
+    parts = urllib.parse.urlsplit(url)
+    errors = []
+    started = time.perf_counter()
+
+    def worker(w):
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+        for i in range(w, states, threads):
+            conn.request("POST", f"/states/fleet/team-{i % 50}/s{i}.tfstate", body=fleet_body(i, resources),
+                         headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            answer = response.read()
+            if response.status != 200:
+                errors.append(f"{response.status} {answer[:200]!r}")
+                return
+
+    pool = [threading.Thread(target=worker, args=(w,)) for w in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    if errors:
+        raise RuntimeError(f"writing the fleet: {errors[0]}")
+    return time.perf_counter() - started
+
+
 def timed_get(url):
     """Seconds to GET `url` and read its whole answer, which must be 200."""
     parts = urllib.parse.urlsplit(url)
@@ -1120,7 +1183,7 @@ def parse_args():
     p.add_argument("--binary", help="a stategate binary to measure (no build)")
     p.add_argument("--db-url", default=os.environ.get("STATEGATE_BENCH_DB_URL"),
                    help="dbURL of a database for the `db` row (or STATEGATE_BENCH_DB_URL)")
-    p.add_argument("--only", help="comma-separated parts: terraform,get,write,history,memory,exec,views")
+    p.add_argument("--only", help="comma-separated parts: terraform,get,write,history,memory,exec,views,explore")
     p.add_argument("--resources", type=int, help="terraform_data resources (300; quick 20)")
     p.add_argument("--runs", type=int, help="terraform runs per configuration (10; quick 2)")
     p.add_argument("--duration", type=float, help="seconds of every load (10; quick 1)")
@@ -1147,7 +1210,7 @@ def parse_args():
     if "db" in args.stores and not args.db_url:
         p.error("the db row needs --db-url")
     args.only = (set(args.only.split(",")) if args.only
-                 else {"terraform", "get", "write", "history", "memory", "exec", "views"})
+                 else {"terraform", "get", "write", "history", "memory", "exec", "views", "explore"})
     args.history_levels = [10, 50, 100] if quick else [100, 1000, 10000]
     args.history_timed = 10 if quick else 50
     return args
@@ -1462,6 +1525,65 @@ def main():
             table.add(f"peak RSS, {view} 2 x {mib} MiB", store, peak, "MiB", target=("figure", "<=", round(bound)),
                       note=f"idle {idle:.0f} MiB, {after:.0f} MiB after")
 
+    # 8. The fleet explorer: a fleet of real states written through the
+    # API, a fresh process indexing it from the store, then searches.
+    def explore():
+        n_states, n_resources = (200, 20) if args.quick else (10_000, 100)
+        runs = 5 if args.quick else 21
+        store = "local"
+        if store not in active:
+            raise RuntimeError("the explore rows run on the local store")
+        log(f"explore: {n_states} states x {n_resources} resources, searches median of {runs}")
+        work = temp_dir("explore")
+        sg = Stategate(binary, stores, store, work=work)
+        try:
+            wrote = write_fleet(sg.url, n_states, n_resources)
+        finally:
+            sg.stop()
+        # An empty store's process, for the memory the index adds.
+        empty = Stategate(binary, stores, store)
+        try:
+            request("GET", f"{empty.url}/api/v1/search?type=x")
+            time.sleep(0.5)
+            empty_rss = empty.status("VmRSS")
+        finally:
+            empty.stop()
+        started = time.perf_counter()
+        sg = Stategate(binary, stores, store, work=work)
+        try:
+            deadline = time.time() + 1800
+            while True:
+                status, body = request("GET", f"{sg.url}/api/v1/search?limit=1")
+                found = json.loads(body)
+                if status == 200 and found["complete"]:
+                    break
+                if time.time() > deadline:
+                    raise RuntimeError("the index was not built in 30 minutes")
+                time.sleep(0.05)
+            built = time.perf_counter() - started
+            if found["total_states"] != n_states:
+                raise RuntimeError(f"the index holds {found['total_states']} states, not {n_states}")
+            table.add(f"explore index {n_states} states cold", store, built, "s",
+                      note=f"fleet written in {wrote:.0f}s")
+            time.sleep(0.5)
+            table.add(f"explore RSS growth, {n_states} x {n_resources}", store,
+                      sg.status("VmRSS") - empty_rss, "MiB", target=("figure", "<=", 64),
+                      note=f"{empty_rss:.0f} MiB without states")
+            baseline = median([timed_get(f"{sg.url}/healthz") for _ in range(runs)])
+            for name, query in (
+                ("type+provider", "type=aws_db_instance&provider=hashicorp/aws&limit=100"),
+                ("address glob", "address=module.*.aws_db_instance.*&limit=100"),
+                ("version+age", "terraform_version=%3C1.5&written_before=2999-01-01&limit=100"),
+            ):
+                url = f"{sg.url}/api/v1/search?{query}"
+                timed_get(url)
+                took = median([timed_get(url) for _ in range(runs)])
+                table.add(f"explore search {name}, warm", store, took * 1000, "ms", baseline * 1000,
+                          "GET /healthz", "time", ("figure", "<=", 200))
+        finally:
+            sg.stop()
+            shutil.rmtree(work, ignore_errors=True)
+
     def exec_ready():
         log(f"exec -> /healthz 200, median of {args.exec_rounds}")
         for store in active:
@@ -1477,6 +1599,7 @@ def main():
     part("memory", memory)
     part("exec", exec_ready)
     part("views", views)
+    part("explore", explore)
 
     for sg in servers.values():
         sg.stop()

@@ -204,6 +204,9 @@ pub async fn open_states_for_reading(settings: &Settings) -> Result<States, Buil
 /// The application, ready to serve.
 pub struct Application {
     app: Arc<App>,
+    /// The index the dashboard's searches read, built and kept current
+    /// while serving.
+    explorer: crate::explore::Explorer,
     tls: Option<Arc<Tls>>,
     admin_tls: Option<Arc<Tls>>,
     /// The loops that run beside the server, taken when it starts serving.
@@ -289,8 +292,14 @@ impl Application {
                  process; replicas serving one name need a shared ui.csrf_key"
             );
         }
-        app.pages = Some(Arc::new(crate::ui::Dashboard::new(&settings.ui)?));
+        // Made before the first request, so that it follows every change.
+        let explorer = crate::explore::Explorer::new(app.states.clone(), &settings.explore);
+        app.pages = Some(Arc::new(crate::ui::Dashboard::new(
+            &settings.ui,
+            explorer.clone(),
+        )?));
         Ok(Application {
+            explorer,
             app: Arc::new(app),
             tls: serving.tls,
             admin_tls: serving.admin_tls,
@@ -369,6 +378,7 @@ impl Application {
                 ));
             }
         }
+        self.explorer.start(stopped.clone());
         let app = Arc::clone(&self.app);
         match admin {
             None => {

@@ -34,6 +34,11 @@
 //! - [`notify`] sends the events of [`ops`] that the `notifications:`
 //!   section asks for, through an outbox in the store, signed and at
 //!   least once, from a loop beside the server (never in a request).
+//! - [`explore`] keeps an index of what every state holds (resource
+//!   types, providers, modules, addresses, `terraform_version`, writers and
+//!   locks) for fleet-wide searches, following this server's changes and
+//!   listing the store for other replicas'; it reads through [`state`]
+//!   and decides visibility with [`auth`]'s globs.
 //! - [`logging`] writes the text log's fields, one event to a line
 //!   whatever a client put in them.
 //! - [`metrics`] counts what `/metrics` shows, for the server and the
@@ -56,6 +61,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod explore;
 pub mod loadtest;
 pub mod logging;
 pub mod metrics;

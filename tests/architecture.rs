@@ -38,6 +38,9 @@ const LAYERS: &[&[&str]] = &[
     &["migrate"],
     // Notifications: the outbox and its sending loop, fed by `ops`.
     &["notify"],
+    // The index of what every state holds, searched by the dashboard and
+    // the command line.
+    &["explore"],
     &["auth"],
     &["state"],
     &["stores"],

@@ -73,8 +73,36 @@ impl Glob {
         Ok(Glob(segs))
     }
 
+    /// Parses a pattern over names that are not state keys (a resource
+    /// address, a provider source, a module path): the same segments and
+    /// `*`/`**`, with any other character matching itself, since such names
+    /// hold brackets and quotes (`module.db["a"]`) that keys never do.
+    pub fn parse_name(what: &str, text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err(format!("{what} is empty"));
+        }
+        let segs: Vec<String> = text.split('/').map(str::to_string).collect();
+        for seg in &segs {
+            if seg.is_empty() {
+                return Err(format!("{what} `{text}` has an empty segment"));
+            }
+            if seg.contains("**") && seg != "**" {
+                return Err(format!("{what} `{text}`: `**` must be a whole segment"));
+            }
+        }
+        Ok(Glob(segs))
+    }
+
     /// Whether `path` (a key or a workspace name) matches.
     pub fn matches(&self, path: &str) -> bool {
+        // One segment against a name without `/` (a resource type or
+        // address, searched a million at a time) needs no split.
+        if let [only] = self.0.as_slice()
+            && only != "**"
+            && !path.contains('/')
+        {
+            return match_one(only.as_bytes(), path.as_bytes());
+        }
         let parts: Vec<&str> = path.split('/').collect();
         match_segments(&self.0, &parts)
     }

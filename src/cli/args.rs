@@ -338,6 +338,41 @@ pub enum StateCommand {
         #[arg(long)]
         before: Option<u64>,
     },
+    /// Find the states holding resources of a type, provider, module or
+    /// address, or by Terraform version, age or lock: a table of the
+    /// matching resources, or JSON. Names take globs (`aws_*`, `prod/**`).
+    Find {
+        /// Resource type (`aws_db_instance`).
+        #[arg(long = "type")]
+        resource_type: Option<String>,
+        /// Provider source, with or without its host (`hashicorp/aws`).
+        #[arg(long)]
+        provider: Option<String>,
+        /// Module path (`module.db`).
+        #[arg(long)]
+        module: Option<String>,
+        /// Resource address (`module.db.*`).
+        #[arg(long)]
+        address: Option<String>,
+        /// State key (`prod/**`).
+        #[arg(long)]
+        key: Option<String>,
+        /// Workspace name.
+        #[arg(long, short)]
+        workspace: Option<String>,
+        /// Terraform version or range (`<1.5`, `>=1.5,<1.7`).
+        #[arg(long)]
+        terraform_version: Option<String>,
+        /// Last written before a time (`2024-06-01`) or an age ago (`90d`).
+        #[arg(long)]
+        written_before: Option<String>,
+        /// Locked for at least this long (`2h`).
+        #[arg(long)]
+        locked_for: Option<String>,
+        /// Print the result as JSON (the answer of `/api/v1/search`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a state (or one of its versions) to stdout.
     Get {
         /// The state key, as in its URL.

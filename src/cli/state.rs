@@ -11,6 +11,8 @@ use bytes::Bytes;
 
 use stategate::audit::Audit;
 use stategate::config::Settings;
+use stategate::explore::query::LIMIT_MAX;
+use stategate::explore::{ExploreSettings, Explorer, Found, Search};
 use stategate::notify::Notifier;
 use stategate::ops::{Actor, OpError, Ops};
 use stategate::state::history::HistoryWindow;
@@ -26,6 +28,62 @@ pub(super) fn state_ref(states: &States, key: &str, workspace: Option<&str>) -> 
     states
         .canonical(&state)
         .with_context(|| format!("invalid state key {key:?}"))
+}
+
+/// Every state matching `filters`, all pages in one: the index is built
+/// once from the store, as the server builds it at start.
+async fn find(states: &States, filters: &[(&str, Option<String>)]) -> Result<Found> {
+    let explorer = Explorer::new(states.clone(), &ExploreSettings::default());
+    explorer.refresh().await?;
+    let mut params: Vec<(&str, &str)> = filters
+        .iter()
+        .filter_map(|(name, value)| Some((*name, value.as_deref()?)))
+        .collect();
+    let limit = LIMIT_MAX.to_string();
+    params.push(("limit", &limit));
+    let now = time::OffsetDateTime::now_utc();
+    let search = Search::parse(params.iter().copied(), now)?;
+    let mut found = explorer.search(&search, &|_| true);
+    while let Some(cursor) = found.next_cursor.take() {
+        let mut next = params.clone();
+        next.push(("cursor", &cursor));
+        let page = explorer.search(&Search::parse(next.iter().copied(), now)?, &|_| true);
+        found.states.extend(page.states);
+        found.next_cursor = page.next_cursor;
+    }
+    Ok(found)
+}
+
+/// One line per matching resource (a matching state without resources
+/// gets one line of its own), then the counts on stderr.
+fn print_found(out: &mut impl Write, found: &Found) -> Result<()> {
+    writeln!(
+        out,
+        "{:<32} {:<10} {:>6} {:<9} {:<48} {:<28} PROVIDER",
+        "KEY", "WORKSPACE", "SERIAL", "TERRAFORM", "ADDRESS", "TYPE"
+    )?;
+    for s in &found.states {
+        let serial = s.serial.map_or("-".to_string(), |n| n.to_string());
+        let version = s.terraform_version.as_deref().unwrap_or("-");
+        let line = |address: &str, type_name: &str, provider: &str| {
+            format!(
+                "{:<32} {:<10} {:>6} {:<9} {:<48} {:<28} {}",
+                s.key, s.workspace, serial, version, address, type_name, provider
+            )
+        };
+        if s.resources.is_empty() {
+            writeln!(out, "{}", line("-", "-", "-").trim_end())?;
+        }
+        for r in &s.resources {
+            writeln!(out, "{}", line(&r.address, &r.type_name, &r.provider))?;
+        }
+    }
+    // On stderr, so stdout stays one table for scripts.
+    eprintln!(
+        "{} states, {} resources",
+        found.total_states, found.total_resources
+    );
+    Ok(())
 }
 
 /// `stategate state …`.
@@ -95,6 +153,37 @@ pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
             // On stderr, so stdout stays one table for scripts.
             if let Some(n) = next_before {
                 eprintln!("older versions: --before {n}");
+            }
+        }
+        StateCommand::Find {
+            resource_type,
+            provider,
+            module,
+            address,
+            key,
+            workspace,
+            terraform_version,
+            written_before,
+            locked_for,
+            json,
+        } => {
+            let filters = [
+                ("type", resource_type),
+                ("provider", provider),
+                ("module", module),
+                ("address", address),
+                ("key", key),
+                ("workspace", workspace),
+                ("terraform_version", terraform_version),
+                ("written_before", written_before),
+                ("locked_for", locked_for),
+            ];
+            let found = find(&states, &filters).await?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &found)?;
+                writeln!(out)?;
+            } else {
+                print_found(&mut out, &found)?;
             }
         }
         StateCommand::Get {

@@ -143,6 +143,8 @@ pub struct Settings {
     /// Where events are sent, and the lock-age threshold; the signing
     /// secrets are read when serving starts ([`crate::app::Serving`]).
     pub notifications: NotifySettings,
+    /// The fleet explorer's settings.
+    pub explore: crate::explore::ExploreSettings,
 }
 
 /// Default listen address: loopback only, so a laptop run exposes nothing.
@@ -217,6 +219,7 @@ pub fn resolve(
         .transpose()?;
     let ui = resolve_ui(&src)?;
     let notifications = resolve_notifications(&src, &ui)?;
+    let explore = resolve_explore(&src)?;
 
     let type_name = required_text(&src, &t::STORAGE_TYPE)?;
     let backend = stores::backend(&type_name).ok_or_else(|| {
@@ -279,6 +282,7 @@ pub fn resolve(
         store,
         ui,
         notifications,
+        explore,
     })
 }
 
@@ -413,6 +417,18 @@ fn resolve_auth(src: &Sources, listen: SocketAddr) -> Result<AuthSetting, Config
         ));
     }
     Ok(auth)
+}
+
+/// The `explore:` settings, checked.
+fn resolve_explore(src: &Sources) -> Result<crate::explore::ExploreSettings, ConfigError> {
+    let refresh = required(src, &t::EXPLORE_REFRESH, Sources::duration)?;
+    if refresh < std::time::Duration::from_secs(1) {
+        return Err(ConfigError::invalid(
+            t::EXPLORE_REFRESH.path,
+            "must be at least 1s: each refresh lists the whole store",
+        ));
+    }
+    Ok(crate::explore::ExploreSettings { refresh })
 }
 
 /// The `ui:` settings, checked.

@@ -418,6 +418,17 @@ pub const NOTIFICATION_MAX_ATTEMPTS: ServerSetting = server(
      undelivered and shown on the dashboard",
 );
 
+pub const EXPLORE_REFRESH: ServerSetting = server(
+    "explore.refresh",
+    "explore-refresh",
+    "STATEGATE_EXPLORE_REFRESH",
+    "DURATION",
+    Kind::Duration,
+    Some("30s"),
+    "how often the explorer lists the store for states other replicas changed (this server's \
+     own changes reach it at once)",
+);
+
 /// Every server setting, in the order of the reference and of `--help`.
 pub static SERVER_SETTINGS: &[&ServerSetting] = &[
     &CONFIG,
@@ -453,6 +464,7 @@ pub static SERVER_SETTINGS: &[&ServerSetting] = &[
     &UI_MAX_VIEW_BYTES,
     &LOCK_HELD_TOO_LONG,
     &NOTIFICATION_MAX_ATTEMPTS,
+    &EXPLORE_REFRESH,
 ];
 
 /// Sections of the file that are not single values: read by their own

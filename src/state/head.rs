@@ -1,39 +1,84 @@
 //! What identifies one state body to the rules and to history: its head
-//! (lineage, serial, how many resources), its MD5, and who wrote it. The
-//! write rules and history both read these; neither imports the other.
+//! (lineage, serial, how many resources, and the [`Catalog`] a search
+//! reads), its MD5, and who wrote it. The write rules and history both
+//! read these; neither imports the other.
 
 use std::io::BufRead;
+use std::sync::Arc;
 
 use md5::{Digest, Md5};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
+use super::catalog::{self, Blocks, Catalog};
 use super::{Held, StateError};
 use crate::stores::payload::CHUNK_BYTES;
 use crate::stores::{Payload, StoreError};
 
 /// The top-level fields of a Terraform state that the rules look at.
-#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone)]
 pub struct StateHead {
     pub lineage: Option<String>,
     pub serial: Option<u64>,
     /// Only counted: a state with no resources may be replaced by another lineage.
-    #[serde(default, deserialize_with = "count_items")]
     pub resources: usize,
+    /// What a search needs of the body, taken down in the same pass;
+    /// `None` when not known (a head rebuilt from a history record) or
+    /// past [`catalog::CATALOG_BYTES_MAX`].
+    pub catalog: Option<Arc<Catalog>>,
 }
 
-fn count_items<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    Ok(Option::<Vec<IgnoredAny>>::deserialize(d)?.map_or(0, |v| v.len()))
+/// Heads are equal when the rules judge them alike: the catalog is what
+/// the same body holds besides, and a head rebuilt from a record has none.
+impl PartialEq for StateHead {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.lineage, self.serial, self.resources)
+            == (&other.lineage, other.serial, other.resources)
+    }
+}
+
+impl Eq for StateHead {}
+
+/// The members [`StateHead::parse`] reads; the others are skipped unread.
+#[derive(Deserialize)]
+struct Plain {
+    lineage: Option<String>,
+    serial: Option<u64>,
+    #[serde(default)]
+    resources: Option<Blocks>,
+    #[serde(default, deserialize_with = "catalog::lenient_text")]
+    terraform_version: Option<String>,
 }
 
 impl StateHead {
+    /// A head of what a body holds.
+    fn of(
+        lineage: Option<String>,
+        serial: Option<u64>,
+        resources: Option<Blocks>,
+        terraform_version: Option<String>,
+    ) -> Self {
+        let resources = resources.unwrap_or_default();
+        StateHead {
+            lineage,
+            serial,
+            resources: resources.count,
+            catalog: Catalog::build(terraform_version, resources),
+        }
+    }
+
     /// Checks that `body` is JSON and reads its lineage and serial where it
     /// is a Terraform state. Valid JSON of another shape gives an empty head.
     pub fn parse(body: &[u8]) -> Result<Self, StateError> {
         let not_json =
             |e: serde_json::Error| StateError::BadRequest(format!("the body is not JSON: {e}"));
-        match serde_json::from_slice::<StateHead>(body) {
-            Ok(head) => Ok(head),
+        match serde_json::from_slice::<Plain>(body) {
+            Ok(p) => Ok(StateHead::of(
+                p.lineage,
+                p.serial,
+                p.resources,
+                p.terraform_version,
+            )),
             Err(e) if e.is_data() => {
                 serde_json::from_slice::<IgnoredAny>(body).map_err(not_json)?;
                 Ok(StateHead::default())
@@ -50,7 +95,10 @@ impl StateHead {
 struct Incoming {
     serial: Option<serde_json::Value>,
     lineage: Option<serde_json::Value>,
-    resources: usize,
+    resources: Option<Blocks>,
+    /// Read for the catalog only: not one of the [`READ_MEMBERS`] whose
+    /// other spellings are refused, since no rule judges it.
+    terraform_version: Option<String>,
     encryption_version: bool,
     encrypted_data: bool,
     meta: bool,
@@ -97,6 +145,10 @@ impl<'de> Deserialize<'de> for Incoming {
                 let mut out = Incoming::default();
                 let mut seen = [false; READ_MEMBERS.len()];
                 while let Some(name) = map.next_key::<String>()? {
+                    if name == "terraform_version" {
+                        out.terraform_version = map.next_value::<catalog::LenientText>()?.0;
+                        continue;
+                    }
                     let Some(at) = READ_MEMBERS.iter().position(|m| *m == name) else {
                         let folded = go_folded(&name);
                         if let Some(member) = READ_MEMBERS.iter().find(|m| **m == folded) {
@@ -114,11 +166,7 @@ impl<'de> Deserialize<'de> for Incoming {
                     match READ_MEMBERS[at] {
                         "serial" => out.serial = map.next_value()?,
                         "lineage" => out.lineage = map.next_value()?,
-                        "resources" => {
-                            out.resources = map
-                                .next_value::<Option<Vec<IgnoredAny>>>()?
-                                .map_or(0, |v| v.len())
-                        }
+                        "resources" => out.resources = map.next_value()?,
                         member => {
                             let present = map.next_value::<Option<IgnoredAny>>()?.is_some();
                             match member {
@@ -247,11 +295,12 @@ impl Incoming {
             None if encrypted => None,
             None => return Err(not_a_state("it has no `lineage`".into())),
         };
-        Ok(StateHead {
+        Ok(StateHead::of(
             lineage,
             serial,
-            resources: self.resources,
-        })
+            self.resources,
+            self.terraform_version,
+        ))
     }
 }
 
@@ -462,7 +511,7 @@ mod tests {
                 e.to_string()
             });
             match (&in_memory, &from_file) {
-                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Ok(a), Ok(b)) => assert_eq!((a, &a.catalog), (b, &b.catalog)),
                 (Err(_), Err(_)) => {}
                 _ => panic!(
                     "{:?}: in memory {in_memory:?}, from a file {from_file:?}",
@@ -472,6 +521,41 @@ mod tests {
         }
         let head = StateHead::parse_incoming_reader(&in_file(big_junk.as_bytes())).unwrap();
         assert_eq!((head.serial, head.resources), (Some(1), 3000));
+    }
+
+    /// The catalog comes from the same pass as the head, alike whichever
+    /// way the body is read, and holds no value.
+    #[test]
+    fn the_catalog_is_taken_down_with_the_head() {
+        let body = br#"{"version":4,"terraform_version":"1.5.7","serial":3,"lineage":"L",
+            "outputs":{"pw":{"value":"hunter2"}},
+            "resources":[{"module":"module.db","mode":"managed","type":"aws_db_instance",
+              "name":"main","provider":"provider[\"registry.terraform.io/hashicorp/aws\"]",
+              "instances":[{"attributes":{"password":"hunter2"}}]},
+             {"mode":"data","type":"aws_ami","name":"u","instances":[]}]}"#;
+        let heads = [
+            StateHead::parse_incoming(body).unwrap(),
+            StateHead::parse_incoming_reader(&in_file(body)).unwrap(),
+            StateHead::parse(body).unwrap(),
+        ];
+        for head in &heads {
+            let catalog = head.catalog.as_deref().unwrap();
+            assert_eq!(catalog, heads[0].catalog.as_deref().unwrap());
+            assert_eq!(catalog.terraform_version.as_deref(), Some("1.5.7"));
+            let addresses: Vec<String> = catalog.blocks().map(|b| b.address()).collect();
+            assert_eq!(
+                addresses,
+                ["module.db.aws_db_instance.main", "data.aws_ami.u"]
+            );
+            assert_eq!(catalog.entries()[0].instances, 1);
+            let kept = serde_json::to_string(catalog).unwrap();
+            assert!(!kept.contains("hunter2"), "{kept}");
+        }
+        // Another spelling of `terraform_version` is no rule's business.
+        let head =
+            StateHead::parse_incoming(br#"{"serial":1,"lineage":"L","Terraform_Version":"9"}"#)
+                .unwrap();
+        assert_eq!(head.catalog.unwrap().terraform_version, None);
     }
 
     #[test]

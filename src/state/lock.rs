@@ -19,7 +19,7 @@
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::{LeaseNeed, StateError, States, key::StateRef};
+use super::{LeaseNeed, StateChange, StateError, States, key::StateRef};
 use crate::stores::{Condition, OpDelete, StoreError, StoreExt};
 
 /// The fields of a LockInfo that stategate acts on. Field names are
@@ -233,6 +233,10 @@ impl States {
             {
                 Ok(_) => {
                     tracing::info!(state = %state, id = %info.id, who = %info.who, op = %info.operation, "locked");
+                    self.tell(StateChange::Lock {
+                        state: state.clone(),
+                        holder: Some(info),
+                    });
                     return Ok(Taken::Now);
                 }
                 Err(StoreError::AlreadyExists) => {}
@@ -308,6 +312,10 @@ impl States {
                         } else {
                             tracing::info!(state = %state, id = %holder.id, "unlocked");
                         }
+                        self.tell(StateChange::Lock {
+                            state: state.clone(),
+                            holder: None,
+                        });
                         return Ok(());
                     }
                     Err(StoreError::PreconditionFailed) => continue,

@@ -19,13 +19,19 @@
 //!   instance's text lies) and `scan` (a forward-only JSON reader).
 //! - [`lease`]: short write leases that make a read-check-change atomic on
 //!   stores without compare-and-swap.
+//! - [`catalog`]: what a search of the fleet needs of a body (resource
+//!   addresses, types, providers, modules, `terraform_version`), taken
+//!   down in the pass that checks it; [`States::follow`] tells whoever
+//!   keeps such an index of every change made here, once it is made.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio::sync::broadcast;
 
 use crate::stores::{Capabilities, OpList, OpRead, Payload, Store, StoreError, StoreExt, Version};
 
+pub mod catalog;
 pub mod diff;
 pub mod head;
 pub mod history;
@@ -113,7 +119,33 @@ pub struct Policy {
     pub protect_lineage: bool,
 }
 
-/// The states held in one store, with the rules applied. Cheap to share.
+/// A change made through one [`States`] (or a clone of it), told to its
+/// followers ([`States::follow`]) once the store took it.
+#[derive(Debug, Clone)]
+pub enum StateChange {
+    /// A write, push or restore made a new current version: its summary
+    /// and catalog, or `None` when its history record failed, so a
+    /// follower must read the state to know it.
+    Written {
+        state: StateRef,
+        current: Option<(summary::Summary, Option<Arc<catalog::Catalog>>)>,
+    },
+    /// The state was deleted (its history stays).
+    Deleted { state: StateRef },
+    /// Its lock was taken (by `holder`) or released (`None`).
+    Lock {
+        state: StateRef,
+        holder: Option<LockInfo>,
+    },
+}
+
+/// Changes a slow follower may fall behind by before it is told it lagged
+/// (and must look at the store again).
+const CHANGES_BUFFERED: usize = 4096;
+
+/// The states held in one store, with the rules applied. Cheap to share:
+/// a clone works on the same store and tells the same followers.
+#[derive(Clone)]
 pub struct States {
     store: Arc<dyn Store>,
     /// What the store was seen to guarantee when it was opened.
@@ -123,6 +155,8 @@ pub struct States {
     workspace_key_prefix: String,
     history_keep: u64,
     protect_lineage: bool,
+    /// Where [`StateChange`]s go; sending with no follower costs nothing.
+    changes: broadcast::Sender<StateChange>,
 }
 
 /// One state in a listing.
@@ -149,7 +183,20 @@ impl States {
             workspace_key_prefix: policy.workspace_key_prefix,
             history_keep: policy.history_keep,
             protect_lineage: policy.protect_lineage,
+            changes: broadcast::Sender::new(CHANGES_BUFFERED),
         }
+    }
+
+    /// Every change made through these states from now on. A receiver
+    /// that falls more than a few thousand changes behind is told it
+    /// lagged ([`broadcast::error::RecvError::Lagged`]).
+    pub fn follow(&self) -> broadcast::Receiver<StateChange> {
+        self.changes.subscribe()
+    }
+
+    /// Tells the followers of `change`; nobody following is no failure.
+    pub(crate) fn tell(&self, change: StateChange) {
+        let _ = self.changes.send(change);
     }
 
     /// What the store was seen to guarantee.

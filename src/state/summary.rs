@@ -9,10 +9,17 @@
 //! `.stategate/history/<object key>/summary.json`, which a delete removes.
 //! Writing that file may fail: it is logged, not returned, and the body is
 //! read again next time.
+//!
+//! A search needs a little more of each state, its [`Catalog`]: the
+//! pointer of a written state carries it, and `summary.json` keeps it for
+//! a state whose body had to be read ([`States::catalogued`]).
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::catalog::Catalog;
 use super::head::StateHead;
 use super::history::{HISTORY_PREFIX, VersionMeta, rfc3339};
 use super::key::{LOCK_SUFFIX, RESERVED_PREFIX};
@@ -128,16 +135,53 @@ impl States {
         state: &StateRef,
         listed: &Listed,
     ) -> Result<Option<Summary>, StateError> {
-        if let Some(meta) = self.newest_record(state).await?
+        Ok(self
+            .summarise(state, listed, false)
+            .await?
+            .map(|(summary, _)| summary))
+    }
+
+    /// [`States::summary`] with the catalog of the same version: from the
+    /// history pointer of a state stategate wrote, else from the kept
+    /// summary, else the body is read this once (a state another tool
+    /// wrote, or one written before pointers carried catalogs) and the
+    /// catalog kept with the summary. A body that is not a state, or whose
+    /// catalog is past its bound, gives an empty one.
+    pub async fn catalogued(
+        &self,
+        state: &StateRef,
+        listed: &Listed,
+    ) -> Result<Option<(Summary, Arc<Catalog>)>, StateError> {
+        Ok(self
+            .summarise(state, listed, true)
+            .await?
+            .map(|(summary, catalog)| (summary, catalog.unwrap_or_default())))
+    }
+
+    async fn summarise(
+        &self,
+        state: &StateRef,
+        listed: &Listed,
+        need_catalog: bool,
+    ) -> Result<Option<(Summary, Option<Arc<Catalog>>)>, StateError> {
+        // The record's summary, when it describes the listed version but
+        // the pointer has no catalog of it.
+        let mut recorded = None;
+        if let Some((meta, catalog)) = self.newest_catalogued(state).await?
             && meta.size == listed.size
         {
-            return Ok(Some(Summary::from(&meta)));
+            let summary = Summary::from(&meta);
+            if catalog.is_some() || !need_catalog {
+                return Ok(Some((summary, catalog)));
+            }
+            recorded = Some(summary);
         }
         if let Some(obj) = self.store.get(&self.summary_key(state)).await?
-            && let Ok(summary) = serde_json::from_slice::<Summary>(&obj.body)
-            && summary.size == listed.size
+            && let Ok(kept) = serde_json::from_slice::<Kept>(&obj.body)
+            && kept.summary.size == listed.size
+            && (kept.catalog.is_some() || !need_catalog)
         {
-            return Ok(Some(summary));
+            return Ok(Some((recorded.unwrap_or(kept.summary), kept.catalog)));
         }
         // Written by another tool: the body is read this once, a piece at
         // a time when the store hands it out as a file.
@@ -145,7 +189,7 @@ impl States {
             return Ok(None);
         };
         let head = StateHead::parse_payload(&body).await.unwrap_or_default();
-        let summary = Summary {
+        let summary = recorded.unwrap_or_else(|| Summary {
             version: 0,
             serial: head.serial,
             lineage: head.lineage,
@@ -155,26 +199,41 @@ impl States {
             who: None,
             identity: None,
             operation: "found".into(),
+        });
+        let kept = Kept {
+            summary,
+            catalog: head.catalog,
         };
         // Kept for the next listing, when the store takes writes: one that
         // serves reads only reads the body again next time.
         if self.store.writes().refused.is_some() {
-            return Ok(Some(summary));
+            return Ok(Some((kept.summary, kept.catalog)));
         }
-        let kept = serde_json::to_vec(&summary).expect("a summary serialises");
+        let body = serde_json::to_vec(&kept).expect("a summary serialises");
         if let Err(e) = self
             .store
             .write(
                 &self.summary_key(state),
-                Payload::from(bytes::Bytes::from(kept)),
+                Payload::from(bytes::Bytes::from(body)),
                 OpWrite::transient(Condition::Always),
             )
             .await
         {
             tracing::warn!(state = %state, error = %e, "writing the state's summary failed");
         }
-        Ok(Some(summary))
+        Ok(Some((kept.summary, kept.catalog)))
     }
+}
+
+/// What `summary.json` holds: the summary of a state found without a
+/// matching record, and the catalog of its body (absent in summaries kept
+/// before catalogs were).
+#[derive(Serialize, Deserialize)]
+struct Kept {
+    #[serde(flatten)]
+    summary: Summary,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    catalog: Option<Arc<Catalog>>,
 }
 
 #[cfg(test)]
@@ -195,6 +254,65 @@ mod tests {
         }))
         .unwrap()
         .into()
+    }
+
+    /// A written state's catalog rides in its history pointer; a pointer
+    /// without one (written before pointers carried catalogs) makes the
+    /// body read once, and the catalog kept.
+    #[test]
+    fn catalogs_come_from_the_pointer_or_the_body_once() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let states = states(dir.path());
+        let a = StateRef::parse("a.tfstate", None).unwrap();
+        let opts = WriteOptions {
+            operation: "write",
+            ..Default::default()
+        };
+        rt.block_on(states.write(&a, doc(1, 3), opts)).unwrap();
+        let pointer = dir.path().join(".stategate/history/a.tfstate/newest.json+");
+        let text = std::fs::read_to_string(&pointer).unwrap();
+        assert!(text.contains("\"catalog\""), "{text}");
+        let row = listed(&states, &rt).pop().unwrap();
+        let (summary, catalog) = rt.block_on(states.catalogued(&a, &row)).unwrap().unwrap();
+        assert_eq!((summary.version, catalog.len()), (1, 3));
+        let kept = dir
+            .path()
+            .join(".stategate/history/a.tfstate/summary.json+");
+        assert!(!kept.exists(), "no body was read");
+
+        let mut old: serde_json::Value = serde_json::from_str(&text).unwrap();
+        old.as_object_mut().unwrap().remove("catalog");
+        std::fs::remove_file(&pointer).unwrap();
+        std::fs::write(&pointer, serde_json::to_vec(&old).unwrap()).unwrap();
+        let (summary, catalog) = rt.block_on(states.catalogued(&a, &row)).unwrap().unwrap();
+        assert_eq!((summary.version, catalog.len()), (1, 3));
+        assert!(kept.is_file(), "the catalog read from the body is kept");
+        // The listing's summary still comes from the pointer alone.
+        let summary = rt.block_on(states.summary(&a, &row)).unwrap().unwrap();
+        assert_eq!(summary.operation, "write");
+    }
+
+    /// A catalog too large for the pointer every read and write consults
+    /// is read from the body once, and kept with the summary.
+    #[test]
+    fn a_large_catalog_is_kept_beside_the_pointer() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let states = states(dir.path());
+        let a = StateRef::parse("a.tfstate", None).unwrap();
+        let opts = WriteOptions {
+            operation: "write",
+            ..Default::default()
+        };
+        rt.block_on(states.write(&a, doc(1, 60_000), opts)).unwrap();
+        let history = dir.path().join(".stategate/history/a.tfstate");
+        let pointer = std::fs::read_to_string(history.join("newest.json+")).unwrap();
+        assert!(pointer.len() < 4096, "{} bytes", pointer.len());
+        let row = listed(&states, &rt).pop().unwrap();
+        let (summary, catalog) = rt.block_on(states.catalogued(&a, &row)).unwrap().unwrap();
+        assert_eq!((summary.version, catalog.len()), (1, 60_000));
+        assert!(history.join("summary.json+").is_file());
     }
 
     fn listed(states: &States, rt: &tokio::runtime::Runtime) -> Vec<Listed> {
@@ -250,6 +368,13 @@ mod tests {
         std::fs::write(dir.path().join("team/a.tfstate+"), doc(8, 5)).unwrap();
         let summary = rt.block_on(states.summary(&a, &row)).unwrap().unwrap();
         assert_eq!(summary.serial, Some(9), "the kept summary, not the body");
+
+        // The catalog of a state found without a record comes from its
+        // body, and is kept with its summary.
+        let (_, catalog) = rt.block_on(states.catalogued(&a, &row)).unwrap().unwrap();
+        assert_eq!(catalog.len(), 5);
+        let on_disk = std::fs::read_to_string(&kept).unwrap();
+        assert!(on_disk.contains("\"catalog\""), "{on_disk}");
 
         // A delete removes the summary with the state.
         rt.block_on(states.delete(&a, None)).unwrap();

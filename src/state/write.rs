@@ -25,7 +25,8 @@
 //! retried write and changes nothing.
 
 use super::head::{Described, StateHead, Writer};
-use super::{Lease, LeaseNeed, StateError, StateRef, States};
+use super::summary::Summary;
+use super::{Lease, LeaseNeed, StateChange, StateError, StateRef, States};
 use crate::stores::{Condition, OpWrite, Payload, StoreError, Version};
 
 /// Refuses a write that would replace newer state (rule 3 above). Identical
@@ -188,12 +189,17 @@ impl States {
                 head: &incoming,
                 md5: &md5,
             };
-            let n = self
+            let record = self
                 .record_after_write(state, &written, &version, writer, history)
                 .await;
             tracing::info!(
                 state = %state, bytes = body.len(), serial = ?incoming.serial, op = opts.operation, "state written"
             );
+            let n = record.as_ref().map(|meta| meta.version);
+            self.tell(StateChange::Written {
+                state: state.clone(),
+                current: record.map(|meta| (Summary::from(&meta), incoming.catalog.clone())),
+            });
             return Ok(WriteOutcome::Written {
                 version: n,
                 previous_serial,
@@ -226,6 +232,9 @@ impl States {
                     Ok(()) => {
                         self.drop_summary(state).await;
                         tracing::info!(state = %state, "state deleted");
+                        self.tell(StateChange::Deleted {
+                            state: state.clone(),
+                        });
                         return Ok(());
                     }
                     Err(StoreError::PreconditionFailed) => continue,
@@ -249,6 +258,7 @@ mod tests {
             lineage: Some(lineage.into()),
             serial: Some(serial),
             resources,
+            catalog: None,
         }
     }
 
@@ -313,7 +323,8 @@ mod tests {
             StateHead {
                 lineage: Some("L".into()),
                 serial: Some(0),
-                resources: 0
+                resources: 0,
+                catalog: None,
             }
         );
         let enc = br#"{"meta":{"k":"v"},"encrypted_data":"AAAA","encryption_version":"v0"}"#;

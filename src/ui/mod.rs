@@ -17,6 +17,8 @@
 //! - security headers on every answer: a CSP allowing only the embedded
 //!   stylesheet, no framing, no referrer.
 //!
+//! - [`explore`]: the fleet search, `/api/v1/search` and the Explore page,
+//!   over [`crate::explore`]'s index.
 //! - [`api`]: what the pages show, gathered once, and the JSON endpoints;
 //!   [`inflight`] lets requests for the same view at once share one
 //!   computation.
@@ -43,6 +45,7 @@ use crate::state::history::HistoryWindow;
 pub mod api;
 pub mod config;
 pub mod csrf;
+pub mod explore;
 pub mod inflight;
 pub mod notifications;
 pub mod pages;
@@ -57,17 +60,23 @@ pub struct Dashboard {
     stale_after_secs: u64,
     /// Bounds on the views that read state bodies.
     views: api::BodyViews,
+    /// The index fleet searches read.
+    explorer: crate::explore::Explorer,
 }
 
 impl Dashboard {
     /// A dashboard with `settings`; makes a CSRF key when none is set
     /// (right for a single replica only: forms served by one replica
     /// would be refused by another).
-    pub fn new(settings: &UiSettings) -> Result<Self, getrandom::Error> {
+    pub fn new(
+        settings: &UiSettings,
+        explorer: crate::explore::Explorer,
+    ) -> Result<Self, getrandom::Error> {
         Ok(Dashboard {
             csrf: csrf::Csrf::new(settings.csrf_key.clone())?,
             stale_after_secs: settings.stale_lock_hours.saturating_mul(3600),
             views: api::BodyViews::new(settings.max_view_bytes),
+            explorer,
         })
     }
 }
@@ -281,6 +290,7 @@ enum Route<'a> {
     StatePage(&'a str),
     LocksPage,
     NotificationsPage,
+    ExplorePage,
     LockPage(&'a str),
     Release(&'a str),
     RestoreConfirm(&'a str),
@@ -289,6 +299,7 @@ enum Route<'a> {
     ApiState(&'a str),
     ApiDiff(&'a str),
     ApiLocks,
+    ApiSearch,
 }
 
 impl Route<'_> {
@@ -299,12 +310,14 @@ impl Route<'_> {
             Route::StatePage(_) => "/ui/states/{key}",
             Route::LocksPage => "/ui/locks",
             Route::NotificationsPage => "/ui/notifications",
+            Route::ExplorePage => "/ui/explore",
             Route::LockPage(_) | Route::Release(_) => "/ui/locks/{key}",
             Route::RestoreConfirm(_) | Route::Restore(_) => "/ui/restore/{key}",
             Route::ApiStates => "/api/v1/states",
             Route::ApiState(_) => "/api/v1/states/{key}",
             Route::ApiDiff(_) => "/api/v1/diff/{key}",
             Route::ApiLocks => "/api/v1/locks",
+            Route::ApiSearch => "/api/v1/search",
         }
     }
 }
@@ -328,6 +341,8 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ProtocolError>
         Route::LocksPage
     } else if path == "/ui/notifications" {
         Route::NotificationsPage
+    } else if path == "/ui/explore" {
+        Route::ExplorePage
     } else if let Some(k) = key_after("/ui/states/") {
         Route::StatePage(k)
     } else if let Some(k) = key_after("/ui/locks/") {
@@ -348,6 +363,8 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, ProtocolError>
         Route::ApiDiff(k)
     } else if path == "/api/v1/locks" {
         Route::ApiLocks
+    } else if path == "/api/v1/search" {
+        Route::ApiSearch
     } else {
         return Err(not_found());
     };
@@ -545,6 +562,15 @@ impl Dashboard {
                 Ok(pages::locks(base, &viewer, &locks))
             }
             Route::NotificationsPage => notifications::page(app, base, &viewer).await,
+            Route::ApiSearch => {
+                explore::api(&self.explorer, &viewer, req.uri().query(), req.headers())
+            }
+            Route::ExplorePage => Ok(explore::page(
+                base,
+                &self.explorer,
+                &viewer,
+                req.uri().query(),
+            )),
             Route::StatePage(raw) => {
                 let state = readable(raw, page).await?;
                 let window = q.history_window()?;
@@ -654,6 +680,12 @@ mod tests {
             Ok("/api/v1/diff/{key}")
         );
         assert_eq!(template(Method::HEAD, "/api/v1/locks"), Ok("/api/v1/locks"));
+        assert_eq!(
+            template(Method::GET, "/api/v1/search"),
+            Ok("/api/v1/search")
+        );
+        assert_eq!(template(Method::GET, "/ui/explore"), Ok("/ui/explore"));
+        assert_eq!(template(Method::POST, "/api/v1/search"), Err(405));
         assert_eq!(template(Method::POST, "/ui/states/a"), Err(405));
         assert_eq!(template(Method::DELETE, "/api/v1/states/a"), Err(405));
         assert_eq!(template(Method::GET, "/ui/states/"), Err(404));

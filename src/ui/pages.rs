@@ -85,7 +85,7 @@ pub(super) fn human_size(n: u64) -> String {
 }
 
 /// An age as people read it.
-fn human_age(secs: Option<u64>) -> String {
+pub(super) fn human_age(secs: Option<u64>) -> String {
     let Some(s) = secs else {
         return "unknown".into();
     };

@@ -25,6 +25,7 @@ mod degraded;
 mod docs;
 mod downloads;
 mod encryption;
+mod explore;
 mod history_paging;
 mod hostile;
 mod large_views;

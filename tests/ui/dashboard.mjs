@@ -98,6 +98,32 @@ try {
     `workspace filter shows ${workspaces}`,
   );
 
+  // Explore: reached from the nav; the filters, the counts, and links to
+  // each state found.
+  await Promise.all([page.waitForURL(/\/ui\/explore/), page.click('header nav a[href$="/ui/explore"]')]);
+  for (const name of ['type', 'provider', 'module', 'address', 'key', 'terraform_version', 'written_before', 'locked_for']) {
+    check((await page.$$(`form.explore input[name=${name}]`)).length === 1, `the Explore form lacks ${name}`);
+  }
+  const foundKeys = async () =>
+    page.$$eval('table.found td.key a', (as) => as.map((a) => a.textContent.trim()));
+  const counts = await text('section.counts');
+  check(counts.includes('terraform_data'), `the counts lack terraform_data: ${counts}`);
+  check(counts.includes('terraform.io/builtin/terraform'), `the counts lack the provider: ${counts}`);
+  await page.fill('form.explore input[name=module]', 'module.net');
+  await page.fill('form.explore input[name=key]', expect.locked);
+  await Promise.all([page.waitForURL(/module=module.net/), page.click('form.explore button')]);
+  let found = await foundKeys();
+  check(found.length === 1 && found[0] === expect.locked, `Explore by module and key shows ${found}`);
+  check(
+    (await text('table.found')).includes('module.net.terraform_data.inner'),
+    'Explore does not show the matching address',
+  );
+  check(!(await text('table.found')).includes('terraform_data.secret'), 'Explore shows a resource the filter left out');
+  check((await text('table.found')).includes('ci@runner-7'), 'Explore does not show the lock holder');
+  await keep('explore');
+  await Promise.all([page.waitForURL(/\/ui\/states\//), page.click('table.found td.key a')]);
+  check(page.url().includes(`/ui/states/${expect.locked}`), `the Explore link leads to ${page.url()}`);
+
   // One state: resources by type, output names, charts, history, a diff.
   await page.goto(`${base}/ui/`);
   await Promise.all([

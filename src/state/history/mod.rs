@@ -32,11 +32,14 @@
 //! record ([`super::lease`]): each accepted write is then exactly one
 //! record, in order, and retention is exact.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::StateError;
+use super::catalog::Catalog;
 use super::head::StateHead;
 use crate::stores::Version;
 
@@ -83,6 +86,7 @@ impl VersionMeta {
             lineage: self.lineage.clone(),
             serial: self.serial,
             resources: self.resources,
+            catalog: None,
         }
     }
 }
@@ -128,6 +132,14 @@ pub(super) struct Pointer {
     /// A copy of the newest record, so a write recognises the stored state
     /// from this one read.
     pub(super) newest: VersionMeta,
+    /// What a search needs of the newest version's body, taken down when
+    /// it was written; `None` when that was not known (a pointer walked
+    /// forward or rebuilt), and then the body is read when a search needs
+    /// it. Kept here rather than in the record, so history pages stay small.
+    /// Read only by `States::ends_reading` when asked: the writes and
+    /// reads that consult the pointer skip it unparsed.
+    #[serde(default, skip_serializing_if = "Option::is_none", skip_deserializing)]
+    pub(super) catalog: Option<Arc<Catalog>>,
 }
 
 impl Pointer {

@@ -2,12 +2,22 @@
 //! history folder, read, rebuilt from one listing when it is missing or
 //! unreadable, and written.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+use serde::Deserialize;
 
 use super::{HISTORY_PREFIX, Pointer, VersionMeta, body_key, meta_key, pointer_key};
+use crate::state::catalog::Catalog;
 use crate::state::head::{StateHead, md5_hex};
 use crate::state::{StateError, StateRef, States};
 use crate::stores::{Condition, OpList, OpWrite, Payload, StoreExt};
+
+/// The catalog a pointer carries, read apart from the rest.
+#[derive(Deserialize)]
+struct CatalogOf {
+    catalog: Option<Arc<Catalog>>,
+}
 
 impl States {
     pub(super) fn history_dir(&self, state: &StateRef) -> String {
@@ -69,11 +79,29 @@ impl States {
     /// the pointer, walked forward past any number taken after it was
     /// written, or rebuilt from a listing when it is missing or unreadable.
     pub(super) async fn ends(&self, dir: &str) -> Result<Option<Pointer>, StateError> {
+        self.ends_reading(dir, false).await
+    }
+
+    /// [`States::ends`], reading the catalog the pointer carries too when
+    /// `catalog` (every other reader skips it: it is most of the pointer).
+    pub(super) async fn ends_reading(
+        &self,
+        dir: &str,
+        catalog: bool,
+    ) -> Result<Option<Pointer>, StateError> {
         let stored = self
             .store
             .get(&pointer_key(dir))
             .await?
-            .and_then(|obj| serde_json::from_slice::<Pointer>(&obj.body).ok())
+            .and_then(|obj| {
+                let mut pointer = serde_json::from_slice::<Pointer>(&obj.body).ok()?;
+                if catalog {
+                    pointer.catalog = serde_json::from_slice::<CatalogOf>(&obj.body)
+                        .ok()
+                        .and_then(|c| c.catalog);
+                }
+                Some(pointer)
+            })
             .filter(Pointer::is_sound);
         let Some(mut pointer) = stored else {
             return self.rebuild_pointer(dir).await;
@@ -92,6 +120,8 @@ impl States {
                 return self.rebuild_pointer(dir).await;
             };
             pointer.newest = newest;
+            // It described the version the pointer named before.
+            pointer.catalog = None;
             self.put_pointer(dir, &pointer).await;
         }
         Ok(Some(pointer))
@@ -111,7 +141,11 @@ impl States {
             versions = numbers.len(),
             "history pointer rebuilt from a listing"
         );
-        let pointer = Pointer { oldest, newest };
+        let pointer = Pointer {
+            oldest,
+            newest,
+            catalog: None,
+        };
         self.put_pointer(dir, &pointer).await;
         Ok(Some(pointer))
     }

@@ -1,9 +1,12 @@
 //! Reading history: pages of records, one kept version, and the current
 //! state as its newest record describes it.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::{Current, HistoryPage, HistoryWindow, VersionMeta, body_key};
+use crate::state::catalog::Catalog;
 use crate::state::head::{Described, StateHead, Writer, md5_hex};
 use crate::state::{StateError, StateRef, States};
 use crate::stores::{OpRead, Payload, StoreError, StoreExt, Version};
@@ -34,6 +37,16 @@ impl States {
         state: &StateRef,
     ) -> Result<Option<VersionMeta>, StateError> {
         Ok(self.ends(&self.history_dir(state)).await?.map(|p| p.newest))
+    }
+
+    /// The newest record of a state's history with the catalog of its
+    /// body when the pointer has one; `None` when it has no history.
+    pub(in crate::state) async fn newest_catalogued(
+        &self,
+        state: &StateRef,
+    ) -> Result<Option<(VersionMeta, Option<Arc<Catalog>>)>, StateError> {
+        let ends = self.ends_reading(&self.history_dir(state), true).await?;
+        Ok(ends.map(|p| (p.newest, p.catalog)))
     }
 
     /// The versions kept for a state, oldest first: every record, from one

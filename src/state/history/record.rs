@@ -2,22 +2,32 @@
 //! the pruning of versions past `history_keep` and the pointer, made in
 //! one `change_all`; and the removal of a deleted state's history.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use time::OffsetDateTime;
 
 use super::{Pointer, VersionMeta, body_key, meta_key, pointer_key, rfc3339};
+use crate::state::catalog::Catalog;
 use crate::state::head::{Described, Writer};
 use crate::state::{StateError, StateRef, States};
 use crate::stores::{
     Change, Condition, OpDelete, OpList, OpWrite, Stopped, StoreError, StoreExt, Version,
 };
 
+/// The catalog a pointer carries: the version's, when it is small enough
+/// ([`Catalog::fits_a_pointer`]).
+fn pointer_catalog(catalog: &Option<Arc<Catalog>>) -> Option<Arc<Catalog>> {
+    catalog.clone().filter(|c| c.fits_a_pointer())
+}
+
 impl States {
     /// Records a state just written as `version`. The write has already
     /// succeeded, so a failure here is logged, not returned: the next write
     /// records the state through [`States::current`]. `known` is where
     /// history ended when the write began ([`Current::history`]), read
-    /// under the same write lease; `None` when not read yet.
+    /// under the same write lease; `None` when not read yet. Returns the
+    /// record made.
     pub(in crate::state) async fn record_after_write(
         &self,
         state: &StateRef,
@@ -25,7 +35,7 @@ impl States {
         version: &Version,
         writer: Writer,
         known: Option<Option<Pointer>>,
-    ) -> Option<u64> {
+    ) -> Option<VersionMeta> {
         let dir = self.history_dir(state);
         let result = async {
             let ends = match known {
@@ -59,17 +69,19 @@ impl States {
                 let pointer = Pointer {
                     oldest: ends.oldest,
                     newest: meta,
+                    catalog: pointer_catalog(&written.head.catalog),
                 };
                 self.put_pointer(&dir, &pointer).await;
-                return Ok(n);
+                debug_assert_eq!(pointer.newest.version, n);
+                return Ok(pointer.newest);
             }
             self.record(state, &dir, ends, written, version, writer)
                 .await
-                .map(|pointer| pointer.newest.version)
+                .map(|pointer| pointer.newest)
         }
         .await;
         match result {
-            Ok(n) => Some(n),
+            Ok(meta) => Some(meta),
             Err(e) => {
                 tracing::warn!(state = %state, error = %e, "state written but its history record failed");
                 None
@@ -113,7 +125,8 @@ impl States {
         // create-if-absent of the copy gives it to one of us.
         loop {
             let n = meta.version;
-            let (rest, pointer) = self.after_copy(dir, oldest, &meta);
+            let catalog = pointer_catalog(&item.head.catalog);
+            let (rest, pointer) = self.after_copy(dir, oldest, &meta, &catalog);
             let copy = Change::Snapshot {
                 from: object_key.clone(),
                 from_version: version.clone(),
@@ -165,11 +178,13 @@ impl States {
     /// prune stopped) up to `newest - history_keep`, usually one; when
     /// `history_keep` was lowered, the first write after deletes the whole
     /// excess, once. A number already gone costs one delete of nothing.
+    /// The pointer carries `catalog`, the version's.
     pub(super) fn after_copy(
         &self,
         dir: &str,
         oldest: u64,
         meta: &VersionMeta,
+        catalog: &Option<Arc<Catalog>>,
     ) -> (Vec<Change>, Pointer) {
         let n = meta.version;
         let meta_body = serde_json::to_vec(meta).expect("version metadata serialises");
@@ -197,6 +212,7 @@ impl States {
         let pointer = Pointer {
             oldest: oldest.max(first_kept),
             newest: meta.clone(),
+            catalog: catalog.clone(),
         };
         changes.push(Change::Write {
             key: pointer_key(dir),
