@@ -52,17 +52,8 @@ pub struct Glob(Vec<String>);
 impl Glob {
     /// Parses a pattern; `what` names it in the error.
     pub fn parse(what: &str, text: &str) -> Result<Self, String> {
-        if text.is_empty() {
-            return Err(format!("{what} is empty"));
-        }
-        let segs: Vec<String> = text.split('/').map(str::to_string).collect();
-        for seg in &segs {
-            if seg.is_empty() {
-                return Err(format!("{what} `{text}` has an empty segment"));
-            }
-            if seg.contains("**") && seg != "**" {
-                return Err(format!("{what} `{text}`: `**` must be a whole segment"));
-            }
+        let glob = Self::parse_name(what, text)?;
+        for seg in &glob.0 {
             if let Some(c) = seg
                 .chars()
                 .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '*')))
@@ -70,7 +61,7 @@ impl Glob {
                 return Err(format!("{what} `{text}` has the character {c:?}"));
             }
         }
-        Ok(Glob(segs))
+        Ok(glob)
     }
 
     /// Parses a pattern over names that are not state keys (a resource

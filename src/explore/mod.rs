@@ -22,6 +22,7 @@
 //!
 //! - [`index`]: the compact index.
 //! - [`query`]: a search's filters, checked, and how they are run.
+//! - [`version`]: the `terraform_version` ranges a search takes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,6 +38,7 @@ use crate::state::{StateChange, StateError, StateRef, States};
 
 mod index;
 pub mod query;
+pub mod version;
 
 pub use query::{Found, FoundResource, FoundState, Search, SearchError};
 

@@ -256,11 +256,9 @@ mod tests {
         .into()
     }
 
-    /// A written state's catalog rides in its history pointer; a pointer
-    /// without one (written before pointers carried catalogs) makes the
-    /// body read once, and the catalog kept.
-    #[test]
-    fn catalogs_come_from_the_pointer_or_the_body_once() {
+    /// A store in a temporary directory holding `a.tfstate`, written
+    /// once with `resources` resource blocks.
+    fn written(resources: usize) -> (tempfile::TempDir, tokio::runtime::Runtime, States, StateRef) {
         let dir = tempfile::TempDir::new().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let states = states(dir.path());
@@ -269,7 +267,17 @@ mod tests {
             operation: "write",
             ..Default::default()
         };
-        rt.block_on(states.write(&a, doc(1, 3), opts)).unwrap();
+        rt.block_on(states.write(&a, doc(1, resources), opts))
+            .unwrap();
+        (dir, rt, states, a)
+    }
+
+    /// A written state's catalog rides in its history pointer; a pointer
+    /// without one (written before pointers carried catalogs) makes the
+    /// body read once, and the catalog kept.
+    #[test]
+    fn catalogs_come_from_the_pointer_or_the_body_once() {
+        let (dir, rt, states, a) = written(3);
         let pointer = dir.path().join(".stategate/history/a.tfstate/newest.json+");
         let text = std::fs::read_to_string(&pointer).unwrap();
         assert!(text.contains("\"catalog\""), "{text}");
@@ -297,15 +305,7 @@ mod tests {
     /// is read from the body once, and kept with the summary.
     #[test]
     fn a_large_catalog_is_kept_beside_the_pointer() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let states = states(dir.path());
-        let a = StateRef::parse("a.tfstate", None).unwrap();
-        let opts = WriteOptions {
-            operation: "write",
-            ..Default::default()
-        };
-        rt.block_on(states.write(&a, doc(1, 60_000), opts)).unwrap();
+        let (dir, rt, states, a) = written(60_000);
         let history = dir.path().join(".stategate/history/a.tfstate");
         let pointer = std::fs::read_to_string(history.join("newest.json+")).unwrap();
         assert!(pointer.len() < 4096, "{} bytes", pointer.len());
