@@ -20,6 +20,10 @@ Then reads commands from stdin, one per line:
           ListObjectsV2 requests) served so far, instead of "ok"
   gets KEY  answer with the number of GetObject requests served so far for
           objects whose key ends with KEY
+  requests  answer with every request served so far, as one JSON array of
+          {"method", "path", "query", "conditions"}: the query's parameter
+          names and the conditional headers sent (If-Match, If-None-Match,
+          x-amz-copy-source-if-match), in order of arrival
 Other commands are answered with one line, "ok". The server exits when stdin
 closes, so it never outlives the test process that started it.
 
@@ -60,12 +64,24 @@ def without_conditions(app, headers=("HTTP_IF_NONE_MATCH", "HTTP_IF_MATCH")):
 
 LISTINGS = [0]
 OBJECT_GETS = {}
+REQUESTS = []
+CONDITIONS = ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_X_AMZ_COPY_SOURCE_IF_MATCH")
 
 
 def counting_listings(app):
     def handle(environ, start_response):
         query = environ.get("QUERY_STRING", "")
         path = environ.get("PATH_INFO", "/").strip("/")
+        REQUESTS.append(
+            {
+                "method": environ.get("REQUEST_METHOD"),
+                "path": path,
+                "query": sorted(f.split("=", 1)[0] for f in query.split("&") if f),
+                "conditions": [
+                    h[len("HTTP_"):].replace("_", "-").lower() for h in CONDITIONS if h in environ
+                ],
+            }
+        )
         if environ.get("REQUEST_METHOD") == "GET" and path and "/" not in path:
             fields = [f.split("=", 1)[0] for f in query.split("&") if f]
             if "list-type" in fields or "prefix" in fields or not fields:
@@ -217,6 +233,9 @@ def main():
             allow_reader_writes(iam, command.endswith("on"))
         elif command == "lists":
             print(LISTINGS[0], flush=True)
+            continue
+        elif command == "requests":
+            print(json.dumps(REQUESTS), flush=True)
             continue
         elif command.startswith("gets "):
             suffix = command[len("gets "):]

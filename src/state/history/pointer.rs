@@ -10,7 +10,7 @@ use crate::state::{StateError, StateRef, States};
 use crate::stores::{Condition, OpList, OpWrite, Payload, StoreExt};
 
 impl States {
-    pub(super) fn history_dir(&self, state: &StateRef) -> String {
+    pub(in crate::state) fn history_dir(&self, state: &StateRef) -> String {
         format!("{HISTORY_PREFIX}{}/", self.object_key(state))
     }
 
@@ -69,13 +69,7 @@ impl States {
     /// the pointer, walked forward past any number taken after it was
     /// written, or rebuilt from a listing when it is missing or unreadable.
     pub(super) async fn ends(&self, dir: &str) -> Result<Option<Pointer>, StateError> {
-        let stored = self
-            .store
-            .get(&pointer_key(dir))
-            .await?
-            .and_then(|obj| serde_json::from_slice::<Pointer>(&obj.body).ok())
-            .filter(Pointer::is_sound);
-        let Some(mut pointer) = stored else {
+        let Some(mut pointer) = self.stored_pointer(dir).await? else {
             return self.rebuild_pointer(dir).await;
         };
         // Numbers are taken in order, so the versions made after the
@@ -95,6 +89,20 @@ impl States {
             self.put_pointer(dir, &pointer).await;
         }
         Ok(Some(pointer))
+    }
+
+    /// The pointer as stored, with one read: `None` when it is missing or
+    /// unreadable. It may be behind; only [`States::ends`] walks it forward.
+    pub(in crate::state) async fn stored_pointer(
+        &self,
+        dir: &str,
+    ) -> Result<Option<Pointer>, StateError> {
+        Ok(self
+            .store
+            .get(&pointer_key(dir))
+            .await?
+            .and_then(|obj| serde_json::from_slice::<Pointer>(&obj.body).ok())
+            .filter(Pointer::is_sound))
     }
 
     /// Builds the pointer from one listing of the folder, and stores it.
