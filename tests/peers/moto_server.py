@@ -20,9 +20,13 @@ Then reads commands from stdin, one per line:
           ListObjectsV2 requests) served so far, instead of "ok"
   gets KEY  answer with the number of GetObject requests served so far for
           objects whose key ends with KEY
+  fill BUCKET FILE  store the objects FILE lists, one JSON object
+          {"key", "body"} a line, straight into moto's backend (no HTTP), as
+          a benchmark builds a large fleet; answers "ok"
   requests  answer with every request served so far, as one JSON array of
-          {"method", "path", "query", "conditions"}: the query's parameter
-          names and the conditional headers sent (If-Match, If-None-Match,
+          {"method", "path", "query", "query_string", "conditions"}: the
+          query's parameter names, the query as sent, and the conditional
+          headers sent (If-Match, If-None-Match,
           x-amz-copy-source-if-match), in order of arrival
 Other commands are answered with one line, "ok". The server exits when stdin
 closes, so it never outlives the test process that started it.
@@ -77,6 +81,7 @@ def counting_listings(app):
                 "method": environ.get("REQUEST_METHOD"),
                 "path": path,
                 "query": sorted(f.split("=", 1)[0] for f in query.split("&") if f),
+                "query_string": query,
                 "conditions": [
                     h[len("HTTP_"):].replace("_", "-").lower() for h in CONDITIONS if h in environ
                 ],
@@ -173,6 +178,18 @@ def allow_reader_writes(iam, writes):
     )
 
 
+def fill(bucket, path):
+    """Stores the objects listed in `path` directly in moto's backend."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
+    with open(path) as listing:
+        for line in listing:
+            item = json.loads(line)
+            backend.put_object(bucket, item["key"], item["body"].encode())
+
+
 def enable_auth():
     """From now on every request must be signed by a known key."""
     from moto import settings
@@ -234,6 +251,8 @@ def main():
         elif command == "lists":
             print(LISTINGS[0], flush=True)
             continue
+        elif command.startswith("fill "):
+            fill(*command.split(" ", 2)[1:])
         elif command == "requests":
             print(json.dumps(REQUESTS), flush=True)
             continue
