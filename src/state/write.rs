@@ -21,9 +21,10 @@
 //! ([`super::lease`]): on stores without compare-and-swap that is what
 //! makes it atomic, and on every store it keeps history exact. The one
 //! exception is the holder of the state's lock on a store with
-//! compare-and-swap and lease objects (S3), whose write costs what its
-//! history costs and no more: `States::write_as_holder` says why it keeps
-//! every guarantee without the lease. The stored state is in history
+//! compare-and-swap and lease objects (S3, the database store), whose
+//! write costs what its history costs and no more:
+//! `States::write_as_holder` says why it keeps every guarantee without
+//! the lease. The stored state is in history
 //! before it is replaced ([`States::current`] sees to it), so no accepted
 //! state is ever lost. A body identical to the stored one (same MD5) is a
 //! retried write and changes nothing.
@@ -134,7 +135,8 @@ impl States {
     }
 
     /// The write of a lock holder on a store with compare-and-swap and
-    /// lease objects (S3), made without taking the write lease: the lock
+    /// lease objects (S3, the database store), made without taking the
+    /// write lease: the lock
     /// read, the pointer read, the state's compare-and-swap, then the
     /// history copy, its record and the pointer, each one request. `None`
     /// when it cannot be made this way, and nothing was written: the

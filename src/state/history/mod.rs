@@ -30,7 +30,11 @@
 //! Appends are not atomic (read where history ends, then create the next
 //! number), so they run under the state's write lease with the write they
 //! record ([`super::lease`]): each accepted write is then exactly one
-//! record, in order, and retention is exact.
+//! record, in order, and retention is exact. A lock holder's write on a
+//! store with compare-and-swap appends without the lease, at the number
+//! after the pointer its compare-and-swap was checked against, and falls
+//! back to the lease when that number is taken (`States::record_unleased`;
+//! `States::write_as_holder` gives the argument).
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;

@@ -182,8 +182,7 @@ impl States {
     ) -> Option<u64> {
         let dir = self.history_dir(state);
         let result = async {
-            let ends = Some(seen.clone());
-            let meta = self.new_meta(ends.as_ref(), written, version, writer());
+            let meta = self.new_meta(Some(seen), written, version, writer());
             let n = meta.version;
             let (rest, _) = self.after_copy(&dir, seen.oldest, &meta);
             let copy = Change::Snapshot {
