@@ -136,9 +136,9 @@ impl States {
 
     /// The write of a lock holder on a store with compare-and-swap and
     /// lease objects (S3, the database store), made without taking the
-    /// write lease: the lock
-    /// read, the pointer read, the state's compare-and-swap, then the
-    /// history copy, its record and the pointer, each one request. `None`
+    /// write lease: the lock read, the pointer read, the state's
+    /// compare-and-swap, then the history copy, its record and the
+    /// pointer, each one request. `None`
     /// when it cannot be made this way, and nothing was written: the
     /// caller makes the write under the lease, where every rule is checked
     /// against the store as it is.
@@ -148,9 +148,11 @@ impl States {
     /// - *The stored state is in history before it is replaced.* The state
     ///   is replaced only if it still has the store version named by the
     ///   newest record the pointer holds, so it holds bytes history keeps.
-    ///   A pointer that is missing, behind, or names no store version sends
-    ///   the write to the lease (the compare-and-swap fails, or is not
-    ///   tried).
+    ///   A pointer that is missing or names no store version sends the
+    ///   write to the lease; one that is behind does too, since the state
+    ///   has changed since it was written (the compare-and-swap fails) or
+    ///   was written back to bytes that number already keeps (then the
+    ///   number after it is taken, below).
     /// - *Stale writes are refused.* The rules are checked against that
     ///   record, which describes the very state the compare-and-swap
     ///   replaces; a refusal, or a body equal to the record's, is judged

@@ -183,3 +183,42 @@ fn listing_s3_states_asks_as_many_listings_whatever_their_history() {
         "listing {states} states asked for {with} listing pages with history, {without} without"
     );
 }
+
+/// On OSS too, as many LIST requests whatever the history kept.
+#[cfg(feature = "oss")]
+#[test]
+fn listing_oss_states_asks_as_many_listings_whatever_their_history() {
+    use crate::oss::OssPeer;
+    let peer = OssPeer::new();
+    let server = Server::start(&peer);
+    let states = 3;
+    fleet(&server, states, 1);
+    let lists = || {
+        peer.server
+            .requests(&peer.bucket)
+            .iter()
+            .filter(|r| r.starts_with("GET  ["))
+            .count()
+    };
+    let counted = |what: &str| {
+        let before = lists();
+        every_listing(&server, &peer, states);
+        let n = lists() - before;
+        eprintln!("{what}: {n} LIST requests");
+        n
+    };
+    let without = counted("one version each");
+    for i in 0..states {
+        for n in 0..700 {
+            peer.put_object(
+                &format!(".stategate/history/fleet/s{i}/{n:010}.json"),
+                b"{}",
+            );
+        }
+    }
+    let with = counted("seven hundred history objects each");
+    assert_eq!(
+        with, without,
+        "listing {states} states asked for {with} listing pages with history, {without} without"
+    );
+}
