@@ -83,7 +83,8 @@ impl OssServer {
 
     /// A new, empty bucket; `versioning` is `""`, `Enabled` or `Suspended`.
     /// Every request made to `bucket` so far, in order, each as
-    /// `METHOD key [query names]` (the key empty for a listing).
+    /// `METHOD key [query names]` (the key empty for a listing, which ends
+    /// with ` prefix=<its prefix>`).
     pub fn requests(&self, bucket: &str) -> Vec<String> {
         let url = format!("http://{}/-/requests?bucket={bucket}", self.addr);
         let (status, body) = http("GET", &url, b"");
@@ -95,12 +96,16 @@ impl OssServer {
                     .as_array()
                     .map(|q| q.iter().filter_map(|v| v.as_str()).collect())
                     .unwrap_or_default();
-                format!(
+                let mut line = format!(
                     "{} {} [{}]",
                     r["method"].as_str().unwrap_or(""),
                     r["key"].as_str().unwrap_or(""),
                     query.join(",")
-                )
+                );
+                if let Some(prefix) = r["prefix"].as_str() {
+                    line.push_str(&format!(" prefix={prefix}"));
+                }
+                line
             })
             .collect()
     }

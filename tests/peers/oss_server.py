@@ -52,8 +52,9 @@ valid bucket name, so they cannot clash with a bucket):
 * ``PUT /-/objects?bucket=NAME&key=KEY`` stores the body as another client's
   plain write would.
 * ``GET /-/requests?bucket=NAME`` answers every request made to that bucket
-  so far, in order, as JSON ``{"method", "bucket", "key", "query"}`` (the
-  query's parameter names), for tests that count requests.
+  so far, in order, as JSON ``{"method", "bucket", "key", "query", "prefix"}``
+  (the query's parameter names, and the ``prefix`` of a listing), for tests
+  that count requests.
 * ``GET /-/objects?bucket=NAME`` lists every object as JSON with its size,
   ETag, ACL, server-side encryption, content type and version id; with
   ``&key=KEY`` it answers that object's stored bytes.
@@ -255,7 +256,7 @@ class Handler(BaseHTTPRequestHandler):
             with self.server.store.lock:
                 self.server.store.requests.append(
                     {"method": self.command, "bucket": bucket_name, "key": key,
-                     "query": sorted(self.params)}
+                     "query": sorted(self.params), "prefix": self.params.get("prefix")}
                 )
             self.authenticate(bucket_name, key)
             with self.server.store.lock:
