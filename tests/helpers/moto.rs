@@ -111,8 +111,13 @@ impl Moto {
     /// `bucket/key`, or `bucket` for a listing; `query` the parameter
     /// names; `conditions` the conditional headers sent).
     pub fn requests(&self) -> Vec<serde_json::Value> {
+        self.requests_to("")
+    }
+
+    /// [`Moto::requests`] to `bucket` only (all with `""`).
+    fn requests_to(&self, bucket: &str) -> Vec<serde_json::Value> {
         let mut control = self.control.lock().unwrap();
-        writeln!(control.0, "requests").expect("write to moto");
+        writeln!(control.0, "requests {bucket}").expect("write to moto");
         let mut answer = String::new();
         control.1.read_line(&mut answer).expect("moto answers");
         serde_json::from_str(&answer).expect("a JSON array of requests")
@@ -121,7 +126,7 @@ impl Moto {
     /// The requests served so far about `bucket` (its objects and its
     /// listings), each as `METHOD key [query names] [conditions]`.
     pub fn requests_for(&self, bucket: &str) -> Vec<String> {
-        self.requests()
+        self.requests_to(bucket)
             .into_iter()
             .filter_map(|r| {
                 let path = r["path"].as_str()?;

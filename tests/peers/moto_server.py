@@ -23,7 +23,8 @@ Then reads commands from stdin, one per line:
   fill BUCKET FILE  store the objects FILE lists, one JSON object
           {"key", "body"} a line, straight into moto's backend (no HTTP), as
           a benchmark builds a large fleet; answers "ok"
-  requests  answer with every request served so far, as one JSON array of
+  requests [BUCKET]  answer with every request served so far (to BUCKET,
+          its objects and its listings, when given), as one JSON array of
           {"method", "path", "query", "query_string", "conditions"}: the
           query's parameter names, the query as sent, and the conditional
           headers sent (If-Match, If-None-Match,
@@ -253,8 +254,13 @@ def main():
             continue
         elif command.startswith("fill "):
             fill(*command.split(" ", 2)[1:])
-        elif command == "requests":
-            print(json.dumps(REQUESTS), flush=True)
+        elif command == "requests" or command.startswith("requests "):
+            bucket = command[len("requests "):]
+            seen = [
+                r for r in REQUESTS
+                if not bucket or r["path"] == bucket or r["path"].startswith(bucket + "/")
+            ]
+            print(json.dumps(seen), flush=True)
             continue
         elif command.startswith("gets "):
             suffix = command[len("gets "):]
