@@ -14,6 +14,7 @@ as JSON, to target/bench/results.json.
 """
 
 import argparse
+import hashlib
 import atexit
 import http.client
 import json
@@ -39,6 +40,8 @@ ALL_STORES = ["local", "sqlite", "s3", "oss", "postgres", "mariadb", "db"]
 DB_STORES = ("postgres", "mariadb", "db")
 # Stores whose data goes to the disk here, where the file loop is the floor.
 DISK_STORES = ("local", "sqlite")
+# The stores whose layout the listing rows write straight into.
+LISTING_STORES = ("local", "sqlite", "s3")
 
 OSS_ENDPOINT = "oss-test.invalid"
 OSS_REGION = "cn-beijing"
@@ -186,6 +189,16 @@ class Moto:
         self.access_key = ready["access_key"]
         self.secret_key = ready["secret_key"]
         self.count = 0
+
+    def command(self, line):
+        """Sends a control command (see moto_server.py); returns its answer."""
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().decode().strip()
+
+    def lists(self):
+        """Object listings (ListObjects pages) served so far."""
+        return int(self.command("lists"))
 
     def env(self):
         return {
@@ -524,6 +537,14 @@ class Stategate:
             time.sleep(0.01)
         stop(self.proc)
         raise RuntimeError(f"stategate on {self.store} did not start:\n{self.log_path.read_text(errors='replace')[-2000:]}")
+
+    def restart(self):
+        """Stops the process and starts it again on the same store."""
+        stop(self.proc)
+        self.log_path = self.work / f"stategate-{time.monotonic_ns()}.log"
+        with open(self.log_path, "wb") as log_file:
+            self.proc = spawn(self.cmd, cwd=self.work, env=self.env, stderr=log_file)
+        self.url = self._wait_listening()
 
     def status(self, field):
         """VmRSS or VmHWM of the process, in MiB."""
@@ -892,6 +913,65 @@ def fleet_state(path, mib, serial):
         out.write("]}\n")
 
 
+def fleet_objects(states, versions):
+    """The objects of `states` states of `versions` versions each, as
+    stategate lays them out: each state's body, and in its history folder
+    every version's copy and record and the pointer to the newest. Yields
+    (key, body bytes)."""
+    created = "2026-01-01T00:00:00Z"
+    for i in range(states):
+        key = f"fleet/s{i:05d}"
+        body = b""
+        for n in range(1, versions + 1):
+            body = state_body(256, serial=n, lineage=f"fleet-{i}")
+            meta = {
+                "version": n, "serial": n, "lineage": f"fleet-{i}", "resources": 0, "size": len(body),
+                "md5": hashlib.md5(body).hexdigest(), "created": created, "who": None, "lock_id": None,
+                "operation": "write", "object_version": None,
+            }
+            hist = f".stategate/history/{key}/{n:010d}"
+            yield f"{hist}.tfstate", body
+            yield f"{hist}.json", json.dumps(meta).encode()
+            if n == versions:
+                yield f".stategate/history/{key}/newest.json", json.dumps({"oldest": 1, "newest": meta}).encode()
+        yield key, body
+
+
+def build_fleet(store, sg, stores, states, versions):
+    """Writes a fleet straight into the store of `sg` (stopped meanwhile),
+    in the store's own layout, then starts it again."""
+    stop(sg.proc)
+    settings, _env = sg.settings_env
+    objects = fleet_objects(states, versions)
+    if store == "local":
+        root = Path(settings["path"])
+        for key, body in objects:
+            path = root / f"{key}+"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(body)
+    elif store == "sqlite":
+        import sqlite3
+        db = sqlite3.connect(settings["path"])
+        now = time.time_ns()
+        rows = ((key, g, now, body) for g, (key, body) in enumerate(objects, 1_000_000))
+        db.executemany("INSERT INTO objects (key, generation, modified_ns, body) VALUES (?, ?, ?, ?)", rows)
+        db.execute("UPDATE generation SET last = (SELECT MAX(generation) FROM objects)")
+        db.commit()
+        db.close()
+    elif store == "s3":
+        listing = sg.work / "fleet.jsonl"
+        with open(listing, "w") as out:
+            for key, body in objects:
+                out.write(json.dumps({"key": key, "body": body.decode()}) + "\n")
+        answer = stores.moto.command(f"fill {settings['bucket']} {listing}")
+        if answer != "ok":
+            raise RuntimeError(f"moto fill: {answer}")
+        listing.unlink()
+    else:
+        raise ValueError(store)
+    sg.restart()
+
+
 def post_file(url, path):
     """POSTs a file as a state, streamed; returns None or what failed."""
     parts = urllib.parse.urlsplit(url)
@@ -1183,7 +1263,7 @@ def parse_args():
     p.add_argument("--binary", help="a stategate binary to measure (no build)")
     p.add_argument("--db-url", default=os.environ.get("STATEGATE_BENCH_DB_URL"),
                    help="dbURL of a database for the `db` row (or STATEGATE_BENCH_DB_URL)")
-    p.add_argument("--only", help="comma-separated parts: terraform,get,write,history,memory,exec,views,explore")
+    p.add_argument("--only", help="comma-separated parts: terraform,get,write,history,memory,exec,views,explore,listing")
     p.add_argument("--resources", type=int, help="terraform_data resources (300; quick 20)")
     p.add_argument("--runs", type=int, help="terraform runs per configuration (10; quick 2)")
     p.add_argument("--duration", type=float, help="seconds of every load (10; quick 1)")
@@ -1210,7 +1290,11 @@ def parse_args():
     if "db" in args.stores and not args.db_url:
         p.error("the db row needs --db-url")
     args.only = (set(args.only.split(",")) if args.only
-                 else {"terraform", "get", "write", "history", "memory", "exec", "views", "explore"})
+                 else {"terraform", "get", "write", "history", "memory", "exec", "views", "explore", "listing"})
+    args.fleet_states = 200 if quick else 10_000
+    args.fleet_states_s3 = 200 if quick else 1_000
+    args.fleet_versions = 10 if quick else 100
+    args.listing_runs = 3 if quick else 5
     args.history_levels = [10, 50, 100] if quick else [100, 1000, 10000]
     args.history_timed = 10 if quick else 50
     return args
@@ -1583,6 +1667,38 @@ def main():
         finally:
             sg.stop()
             shutil.rmtree(work, ignore_errors=True)
+    # 9. Listing states, with one version each and with many.
+    def listing():
+        log(f"listing: {args.fleet_states:,} states of 1 and of {args.fleet_versions} versions")
+        for store in active:
+            if store not in LISTING_STORES:
+                continue
+            states = args.fleet_states if store != "s3" else args.fleet_states_s3
+            measured = {}
+            for versions in (1, args.fleet_versions):
+                sg = Stategate(binary, stores, store)
+                try:
+                    started = time.perf_counter()
+                    build_fleet(store, sg, stores, states, versions)
+                    built = time.perf_counter() - started
+                    url = f"{sg.url}/api/v1/states"
+                    status, body = request("GET", url)
+                    total = json.loads(body).get("total") if status == 200 else None
+                    if total != states:
+                        raise RuntimeError(f"{store}: the listing showed {total} of {states} states: {body[:200]!r}")
+                    lists_before = stores.moto.lists() if store == "s3" else 0
+                    times = [timed_get(url) for _ in range(args.listing_runs)]
+                    lists = (stores.moto.lists() - lists_before) / args.listing_runs if store == "s3" else None
+                    measured[versions] = (median(times), lists, built)
+                finally:
+                    sg.stop()
+                    shutil.rmtree(sg.work, ignore_errors=True)
+            (none, none_lists, _), (many, many_lists, built) = measured[1], measured[args.fleet_versions]
+            note = f"fleet built in {built:.0f}s"
+            if store == "s3":
+                note = f"LIST requests {many_lists:g} against {none_lists:g}; " + note
+            table.add(f"list {states:,} states x {args.fleet_versions} versions", store, many, "s", none,
+                      "1 version each", "time", ("ratio", "<=", 1.2), note)
 
     def exec_ready():
         log(f"exec -> /healthz 200, median of {args.exec_rounds}")
@@ -1600,6 +1716,7 @@ def main():
     part("exec", exec_ready)
     part("views", views)
     part("explore", explore)
+    part("listing", listing)
 
     for sg in servers.values():
         sg.stop()

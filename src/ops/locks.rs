@@ -46,7 +46,9 @@ impl Ops<'_> {
             let decision = decide::lock_use(actor.name(), level, state, id, held.owner.as_deref());
             self.check(actor, state, decision).await?;
         }
-        self.states.release(state, Some(id)).await?;
+        self.states
+            .release_read(state, Some(id), holder.clone())
+            .await?;
         if let Some(held) = holder {
             self.emit(
                 Event::Unlock {

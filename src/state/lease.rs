@@ -16,7 +16,12 @@
 //! right, but a history append reads where history ends, then creates the
 //! next number, and only serialised appends give one record per accepted
 //! write, in order), and the release of its lock where the store has no
-//! atomic conditional delete.
+//! atomic conditional delete. The holder of a state's lock writing on a
+//! store with compare-and-swap takes no lease unless its append finds its
+//! number taken: its compare-and-swap and the create-if-absent of its
+//! history copy order it against every other writer (see
+//! `States::write_as_holder`), so the four requests of a lease are saved
+//! on the write Terraform makes on every apply.
 //!
 //! A lease is an object `.stategate/lease/<object key>/<token>` whose body
 //! names its owner and its expiry (wall-clock milliseconds). The token is

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::{LeaseNeed, StateChange, StateError, States, key::StateRef};
-use crate::stores::{Condition, OpDelete, StoreError, StoreExt};
+use crate::stores::{Condition, OpDelete, StoreError, StoreExt, Version};
 
 /// The fields of a LockInfo that stategate acts on. Field names are
 /// Terraform's, capitalised; everything else in the body is kept verbatim.
@@ -176,15 +176,19 @@ pub struct Held {
     pub info: LockInfo,
     /// The identity that took it, when authentication was on.
     pub owner: Option<String>,
+    /// The lock object's version when it was read: a release that read it
+    /// already deletes only that version ([`States::release_read`]).
+    pub version: Version,
 }
 
 impl Held {
-    fn from_stored(stored: Bytes) -> Self {
+    fn from_stored(stored: Bytes, version: Version) -> Self {
         let (body, owner) = split_owner(stored);
         Held {
             info: LockInfo::of_holder(&body),
             body,
             owner,
+            version,
         }
     }
 }
@@ -201,7 +205,7 @@ impl States {
             .store
             .get(&state.lock_key(&self.workspace_key_prefix))
             .await?;
-        Ok(obj.map(|o| Held::from_stored(o.body)))
+        Ok(obj.map(|o| Held::from_stored(o.body, o.version)))
     }
 
     /// Takes the lock for the LockInfo in `body`, for `owner` when
@@ -282,13 +286,31 @@ impl States {
     /// until someone unlocks it again, which is safe, where a lock that
     /// vanishes could let two applies run.
     pub async fn release(&self, state: &StateRef, id: Option<&str>) -> Result<(), StateError> {
+        self.release_read(state, id, None).await
+    }
+
+    /// [`States::release`] of a lock the caller has just read as `read`
+    /// ([`States::lock_holder`]), so it is not read again: the delete is
+    /// conditional on the version read, so a lock released and taken again
+    /// since is not deleted, but read afresh and judged as
+    /// [`States::release`] judges it.
+    pub async fn release_read(
+        &self,
+        state: &StateRef,
+        id: Option<&str>,
+        read: Option<Held>,
+    ) -> Result<(), StateError> {
+        let mut read = read;
         self.with_lease(state, LeaseNeed::WithoutCompareAndSwap, async |lease| {
             let lock_key = state.lock_key(&self.workspace_key_prefix);
             for _ in 0..RACE_RETRIES {
-                let Some(obj) = self.store.get(&lock_key).await? else {
-                    return Ok(());
+                let held = match read.take() {
+                    Some(held) => held,
+                    None => match self.store.get(&lock_key).await? {
+                        Some(obj) => Held::from_stored(obj.body, obj.version),
+                        None => return Ok(()),
+                    },
                 };
-                let held = Held::from_stored(obj.body);
                 let holder = held.info;
                 if let Some(id) = id
                     && holder.id != id
@@ -302,7 +324,7 @@ impl States {
                     .store
                     .delete(
                         &lock_key,
-                        OpDelete::transient(Condition::IfMatch(obj.version)),
+                        OpDelete::transient(Condition::IfMatch(held.version)),
                     )
                     .await
                 {

@@ -19,7 +19,12 @@
 //! look when another writer got in between. The whole step, with the
 //! history records it makes, runs under the state's write lease
 //! ([`super::lease`]): on stores without compare-and-swap that is what
-//! makes it atomic, and on every store it keeps history exact. The stored state is in history
+//! makes it atomic, and on every store it keeps history exact. The one
+//! exception is the holder of the state's lock on a store with
+//! compare-and-swap and lease objects (S3, the database store), whose
+//! write costs what its history costs and no more:
+//! `States::write_as_holder` says why it keeps every guarantee without
+//! the lease. The stored state is in history
 //! before it is replaced ([`States::current`] sees to it), so no accepted
 //! state is ever lost. A body identical to the stored one (same MD5) is a
 //! retried write and changes nothing.
@@ -121,10 +126,136 @@ impl States {
             None if opts.skip_lineage_check => StateHead::parse(&body.to_bytes().await?)?,
             None => StateHead::parse_payload(&body).await?,
         };
+        if let Some(outcome) = self.write_as_holder(state, &body, &incoming, &opts).await? {
+            return Ok(outcome);
+        }
         self.with_lease(state, LeaseNeed::Always, async |lease| {
             self.write_leased(state, body, incoming, opts, lease).await
         })
         .await
+    }
+
+    /// The write of a lock holder on a store with compare-and-swap and
+    /// lease objects (S3, the database store), made without taking the
+    /// write lease: the lock read, the pointer read, the state's
+    /// compare-and-swap, then the history copy, its record and the
+    /// pointer, each one request. `None`
+    /// when it cannot be made this way, and nothing was written: the
+    /// caller makes the write under the lease, where every rule is checked
+    /// against the store as it is.
+    ///
+    /// Why no lease is needed, guarantee by guarantee:
+    ///
+    /// - *The stored state is in history before it is replaced.* The state
+    ///   is replaced only if it still has the store version named by the
+    ///   newest record the pointer holds, so it holds bytes history keeps.
+    ///   A pointer that is missing or names no store version sends the
+    ///   write to the lease; one that is behind does too, since the state
+    ///   has changed since it was written (the compare-and-swap fails) or
+    ///   was written back to bytes that number already keeps (then the
+    ///   number after it is taken, below).
+    /// - *Stale writes are refused.* The rules are checked against that
+    ///   record, which describes the very state the compare-and-swap
+    ///   replaces; a refusal, or a body equal to the record's, is judged
+    ///   again under the lease, against the state as stored.
+    /// - *One record per accepted write, in order.* Of the writers that
+    ///   read the same pointer, only the first compare-and-swap succeeds;
+    ///   a writer under the lease that finds the state replaced and not
+    ///   yet recorded keeps it (as found) at the next number. The copy of
+    ///   this write is created only if absent at the number after the
+    ///   pointer's newest, so exactly one of the two keeps that number;
+    ///   if it is not this write, [`States::record_unleased`] takes the
+    ///   lease, which the other holds until its record is made, and adopts
+    ///   the version that keeps this write's store version instead of
+    ///   adding a second (and a writer recording a found state whose number
+    ///   this write took sees its own bytes there and adds nothing). A
+    ///   later writer can only replace this state after reading a pointer
+    ///   that names it, written after its record.
+    /// - *A force-unlock between the lock check and the write.* The lock
+    ///   decides who may write, as it does under the lease (LOCK never
+    ///   takes the lease, so the check was never atomic with the write);
+    ///   history never depended on it. Two writers admitted by two holders
+    ///   in turn are ordered as any two writers are, by the
+    ///   compare-and-swap and the create-if-absent above.
+    ///
+    /// Unlocked writers, operators' writes (restore, push) and stores with
+    /// a lease of their own (local, SQLite) or without compare-and-swap
+    /// (OSS, S3 servers that ignore `If-Match`) keep the lease.
+    async fn write_as_holder(
+        &self,
+        state: &StateRef,
+        body: &Payload,
+        incoming: &StateHead,
+        opts: &WriteOptions<'_>,
+    ) -> Result<Option<WriteOutcome>, StateError> {
+        let caps = self.capabilities;
+        let eligible = caps.compare_and_swap
+            && caps.conditional_create
+            && !caps.native_lease
+            && opts.lock_id.is_some()
+            && !opts.ignore_lock
+            && !opts.skip_lineage_check;
+        if !eligible {
+            return Ok(None);
+        }
+        let Some(holder) = self.check_holder(state, opts.lock_id).await? else {
+            // Not locked: unlocked writers take the lease.
+            return Ok(None);
+        };
+        let Some(seen) = self.stored_pointer(&self.history_dir(state)).await? else {
+            return Ok(None);
+        };
+        let Some(stored) = seen.newest.object_version.clone() else {
+            return Ok(None);
+        };
+        let md5 = match opts.md5 {
+            Some(md5) => md5.to_string(),
+            None => body.md5_hex().await?,
+        };
+        if seen.newest.md5 == md5
+            || (self.protect_lineage && check_stale(&seen.newest.head(), incoming).is_err())
+        {
+            return Ok(None);
+        }
+        let space = self.store.writes().space;
+        if let Some(refused) = space.and_then(|s| s.refusal(body.len())) {
+            return Err(refused.into());
+        }
+        let version = match self
+            .store
+            .write(
+                &self.object_key(state),
+                body.clone(),
+                OpWrite::new(Condition::IfMatch(Version(stored))),
+            )
+            .await
+        {
+            Ok(v) => v,
+            Err(StoreError::PreconditionFailed | StoreError::AlreadyExists) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let written = Described {
+            body,
+            head: incoming,
+            md5: &md5,
+        };
+        let writer = || Writer::from_holder(Some(&holder), opts.identity, opts.operation);
+        let record = self
+            .record_unleased(state, &seen, &written, &version, writer)
+            .await;
+        tracing::info!(
+            state = %state, bytes = body.len(), serial = ?incoming.serial, op = opts.operation, "state written"
+        );
+        let n = record.as_ref().map(|meta| meta.version);
+        self.tell(StateChange::Written {
+            state: state.clone(),
+            current: record.map(|meta| (Summary::from(&meta), incoming.catalog.clone())),
+        });
+        Ok(Some(WriteOutcome::Written {
+            version: n,
+            previous_serial: seen.newest.serial,
+            stored: version,
+        }))
     }
 
     async fn write_leased(

@@ -11,6 +11,10 @@
 //!   serials, one per replica, at once. The stored state must be the
 //!   highest serial that got 200, and history must hold exactly one record
 //!   per accepted write, in serial order, within `history_keep`.
+//! - **lock holders and a force-unlock** (S3, where a lock holder's write
+//!   takes no lease): two writers presenting the lock's ID, and a third
+//!   replica force-unlocking and writing without a lock, at once; the
+//!   same checks as for unlocked writers.
 //!
 //! Each test prints its rates. The same tests measure another build with
 //! `STATEGATE_TEST_BIN=path/to/stategate cargo test --test e2e races_`.
@@ -143,8 +147,19 @@ fn serial_of(body: &[u8]) -> Option<u64> {
         .as_u64()
 }
 
-/// Runs unlocked-writer rounds.
-fn unlocked_writers(peer: &dyn Peer, what: &str) -> WriterRates {
+/// Who races in a round of [`writers`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Racers {
+    /// Three writers without a lock.
+    Unlocked,
+    /// Two writers presenting the ID of the lock that holds the state,
+    /// which a lock holder's write skips the write lease for, while the
+    /// third replica force-unlocks the state and writes without a lock.
+    HoldersAndForceUnlock,
+}
+
+/// Runs rounds of three racing writers.
+fn writers(peer: &dyn Peer, what: &str, racers: Racers) -> WriterRates {
     let servers = replicas(peer);
     let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
     let started = Instant::now();
@@ -154,6 +169,10 @@ fn unlocked_writers(peer: &dyn Peer, what: &str) -> WriterRates {
         let url = |i: usize| format!("{}/states/{key}", urls[i]);
         let (status, body) = http("POST", &url(0), &state_doc("race", 1, "seed"));
         assert_eq!(status, 200, "{what}: seed: {}", text(&body));
+        if racers == Racers::HoldersAndForceUnlock {
+            let (status, body) = http("LOCK", &url(0), &lock_info("H", "holder@host"));
+            assert_eq!(status, 200, "{what}: lock: {}", text(&body));
+        }
         let barrier = Arc::new(Barrier::new(3));
         let handles: Vec<_> = (0..3)
             .map(|i| {
@@ -163,7 +182,17 @@ fn unlocked_writers(peer: &dyn Peer, what: &str) -> WriterRates {
                     let serial = 2 + i as u64;
                     let body = state_doc("race", serial, &format!("writer {i}"));
                     barrier.wait();
-                    (serial, http("POST", &url, &body).0)
+                    match racers {
+                        Racers::HoldersAndForceUnlock if i < 2 => {
+                            (serial, http("POST", &format!("{url}?ID=H"), &body).0)
+                        }
+                        Racers::HoldersAndForceUnlock => {
+                            let (status, _) = http("UNLOCK", &url, b"");
+                            assert_eq!(status, 200, "force-unlock");
+                            (serial, http("POST", &url, &body).0)
+                        }
+                        Racers::Unlocked => (serial, http("POST", &url, &body).0),
+                    }
                 })
             })
             .collect();
@@ -236,7 +265,11 @@ fn assert_no_unlock_anomalies(peer: &dyn Peer, what: &str) {
 }
 
 fn assert_writers_exact(peer: &dyn Peer, what: &str) {
-    let rates = unlocked_writers(peer, what);
+    assert_racers_exact(peer, what, Racers::Unlocked);
+}
+
+fn assert_racers_exact(peer: &dyn Peer, what: &str, racers: Racers) {
+    let rates = writers(peer, what, racers);
     assert!(
         rates.rounds >= 15,
         "{what}: only {} rounds ran",
@@ -279,6 +312,17 @@ fn races_s3_without_if_match_unlocked_writers_and_history() {
 #[test]
 fn races_s3_unlocked_writers_and_history() {
     assert_writers_exact(&S3Peer::on(Moto::shared()), "s3");
+}
+
+/// Lock holders write without the write lease on S3; racing each other,
+/// a force-unlock and an unlocked writer after it, history stays exact.
+#[test]
+fn races_s3_lock_holders_force_unlock_and_history() {
+    assert_racers_exact(
+        &S3Peer::on(Moto::shared()),
+        "s3 lock holders",
+        Racers::HoldersAndForceUnlock,
+    );
 }
 
 /// The lease objects are gone after the races: each holder deleted its own.

@@ -600,3 +600,55 @@ fn explore_a_second_replica_finds_the_first_ones_writes_on_its_refresh() {
     assert_eq!(status, 200);
     eventually(&second, "type=aws_db_instance", &[], Duration::from_secs(5));
 }
+
+/// On S3 a lock holder's write takes a path of its own (no write lease,
+/// the history pointer written by the holder): it reaches the index at
+/// once, as every other write does, not at the next refresh.
+#[test]
+fn explore_follows_a_lock_holders_write_on_s3_at_once() {
+    let peer = crate::s3::S3Peer::on(crate::s3::Moto::shared());
+    let server = Server::start_with(&peer, &["--explore-refresh", "1h"]);
+    let url = server.state_url("fleet/db.tfstate");
+    let first = state("1.9.0", 1, &[("", "aws_instance", "web", AWS)]);
+    let (status, out) = http("POST", &url, &first);
+    assert_eq!(status, 200, "{}", text(&out));
+    let query = "type=aws_db_instance";
+    let search = |query: &str| {
+        let (status, body) = http("GET", &format!("{}/api/v1/search?{query}", server.url), b"");
+        assert_eq!(status, 200, "{}", text(&body));
+        let found: Value = serde_json::from_slice(&body).unwrap();
+        keys(&found)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while search("type=aws_instance").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the first write never reached the index"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(search(query).is_empty());
+
+    let (status, out) = http("LOCK", &url, &lock_info("held-1", "ann@host"));
+    assert_eq!(status, 200, "{}", text(&out));
+    let second = state(
+        "1.9.0",
+        2,
+        &[
+            ("", "aws_instance", "web", AWS),
+            ("", "aws_db_instance", "main", AWS),
+        ],
+    );
+    let (status, out) = http("POST", &format!("{url}?ID=held-1"), &second);
+    assert_eq!(status, 200, "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while search(query) != ["fleet/db.tfstate"] {
+        assert!(
+            Instant::now() < deadline,
+            "a lock holder's write on S3 did not reach the index within 5 s (refresh is 1h)"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, out) = http("UNLOCK", &url, &lock_info("held-1", "ann@host"));
+    assert_eq!(status, 200, "{}", text(&out));
+}

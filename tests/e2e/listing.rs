@@ -4,7 +4,7 @@
 
 use std::os::unix::process::CommandExt;
 
-use crate::support::stores::LocalPeer;
+use crate::support::stores::{LocalPeer, SqlitePeer};
 use crate::support::*;
 
 /// The states `/api/v1/states` lists, all pages.
@@ -57,32 +57,174 @@ fn listing_local_states_holds_few_descriptors() {
     );
 }
 
+/// Every way states are listed, each asserted to succeed and to show
+/// `states` states: the dashboard's list and locks view, `/metrics`,
+/// `stategate state list` and `stategate lock list`.
+fn every_listing(server: &Server, peer: &dyn Peer, states: usize) {
+    assert_eq!(listed(server), states);
+    let (status, body) = http("GET", &format!("{}/api/v1/locks", server.url), b"");
+    assert_eq!(status, 200, "locks view: {}", text(&body));
+    let (_, metrics) = http("GET", &format!("{}/metrics", server.url), b"");
+    assert!(
+        text(&metrics).contains(&format!("stategate_states {states}")),
+        "{}",
+        text(&metrics)
+    );
+    let out = stategate(peer, &["state", "list"], &[]);
+    assert!(out.status.success(), "state list: {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).matches("fleet/s").count(),
+        states,
+        "{}",
+        text(&out.stdout)
+    );
+    let out = stategate(peer, &["lock", "list"], &[]);
+    assert!(out.status.success(), "lock list: {}", text(&out.stderr));
+}
+
+/// Writes `states` states of a few versions each through `server`.
+fn fleet(server: &Server, states: usize, versions: u64) {
+    for i in 0..states {
+        for serial in 1..=versions {
+            let doc = state_doc("a5000000-0000-4000-8000-000000000003", serial, "v");
+            let url = server.state_url(&format!("fleet/s{i}"));
+            assert_eq!(http("POST", &url, &doc).0, 200, "state {i} serial {serial}");
+        }
+    }
+}
+
+/// A history folder nested deeper than a path may be long (`PATH_MAX`):
+/// any listing that walked into `.stategate/history/` would fail on it.
+fn history_too_deep_to_walk(root: &std::path::Path) {
+    use rustix::fs::{Mode, OFlags};
+    let base = root.join(".stategate/history/deep");
+    std::fs::create_dir_all(&base).unwrap();
+    let mut dir = rustix::fs::open(&base, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty())
+        .expect("open the history folder");
+    let name = "d".repeat(250);
+    for _ in 0..20 {
+        rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+        dir = rustix::fs::openat(
+            &dir,
+            name.as_str(),
+            OFlags::DIRECTORY | OFlags::RDONLY,
+            Mode::empty(),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn listing_local_states_never_walks_the_history() {
+    let peer = LocalPeer::new();
+    let server = Server::start(&peer);
+    fleet(&server, 3, 3);
+    history_too_deep_to_walk(&peer.root());
+    every_listing(&server, &peer, 3);
+}
+
+#[test]
+fn listing_sqlite_states_never_reads_a_history_row() {
+    let peer = SqlitePeer::new();
+    let server = Server::start(&peer);
+    fleet(&server, 3, 3);
+    // A history row no listing can read: its time is not a number.
+    let conn = rusqlite::Connection::open(peer.db()).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    conn.execute(
+        "INSERT INTO objects (key, body, generation, modified_ns)
+         VALUES ('.stategate/history/poison/0000000001.json', x'7b7d', 0, 'never')",
+        [],
+    )
+    .unwrap();
+    every_listing(&server, &peer, 3);
+}
+
+/// On S3 the LIST requests of a listing of states are the same in number
+/// whether the states have one version each or a thousand: history is
+/// never asked for.
 #[cfg(feature = "s3")]
 #[test]
-fn listing_s3_states_never_asks_for_the_history() {
+fn listing_s3_states_asks_as_many_listings_whatever_their_history() {
     use crate::s3::{Moto, S3Peer};
-    let moto: &'static Moto = Box::leak(Box::new(Moto::start(false)));
+    let moto = Moto::shared();
     let peer = S3Peer::on(moto);
     let server = Server::start(&peer);
-    for i in 0..3 {
-        let doc = state_doc("a5000000-0000-4000-8000-000000000002", 1, "v");
-        assert_eq!(
-            http("POST", &server.state_url(&format!("app/s{i}")), &doc).0,
-            200
-        );
-    }
-    // Three thousand kept versions' worth of history objects, three
-    // listing pages' worth.
-    let bodies: String = (0..3000)
-        .map(|n| format!("{}.stategate/history/app/s0/{n}.json\n", peer.prefix))
+    let states = 3;
+    fleet(&server, states, 1);
+    let lists = || {
+        moto.requests_for(&peer.bucket)
+            .iter()
+            .filter(|r| r.starts_with("GET  "))
+            .count()
+    };
+    // The dashboard's list alone: the operator commands open the store
+    // in processes of their own, whose start-up probe lists as well.
+    let counted = |what: &str| {
+        let before = lists();
+        assert_eq!(listed(&server), states);
+        let n = lists() - before;
+        eprintln!("{what}: {n} LIST requests");
+        n
+    };
+    let without = counted("one version each");
+    // A thousand kept versions' worth of history objects per state: three
+    // listing pages' worth in all.
+    let prefix = peer.prefix.clone();
+    let bodies: String = (0..states)
+        .flat_map(|i| {
+            let prefix = prefix.clone();
+            (0..1000).map(move |n| format!("{prefix}.stategate/history/fleet/s{i}/{n:010}.json\n"))
+        })
         .collect();
     moto.inspect(&["put-many", &peer.bucket], bodies.as_bytes());
-    assert_eq!(listed(&server), 3);
-    let before = moto.lists();
-    assert_eq!(listed(&server), 3);
-    let asked = moto.lists() - before;
-    assert!(
-        asked <= 2,
-        "one listing of 3 states asked for {asked} listing pages: it walked the history"
+    let with = counted("a thousand history objects each");
+    every_listing(&server, &peer, states);
+    assert_eq!(
+        with, without,
+        "listing {states} states asked for {with} listing pages with history, {without} without"
+    );
+}
+
+/// On OSS too, as many LIST requests whatever the history kept.
+#[cfg(feature = "oss")]
+#[test]
+fn listing_oss_states_asks_as_many_listings_whatever_their_history() {
+    use crate::oss::OssPeer;
+    let peer = OssPeer::new();
+    let server = Server::start(&peer);
+    let states = 3;
+    fleet(&server, states, 1);
+    let lists = || -> Vec<String> {
+        peer.server
+            .requests(&peer.bucket)
+            .into_iter()
+            .filter(|r| r.starts_with("GET  ["))
+            .collect()
+    };
+    // The dashboard's list alone: the operator commands open the store
+    // in processes of their own, whose start-up probe lists as well.
+    let counted = |what: &str| {
+        let before = lists().len();
+        assert_eq!(listed(&server), states);
+        let made = lists()[before..].to_vec();
+        eprintln!("{what}: {} LIST requests: {made:#?}", made.len());
+        made.len()
+    };
+    let without = counted("one version each");
+    for i in 0..states {
+        for n in 0..700 {
+            peer.put_object(
+                &format!(".stategate/history/fleet/s{i}/{n:010}.json"),
+                b"{}",
+            );
+        }
+    }
+    let with = counted("seven hundred history objects each");
+    every_listing(&server, &peer, states);
+    assert_eq!(
+        with, without,
+        "listing {states} states asked for {with} listing pages with history, {without} without"
     );
 }

@@ -529,3 +529,76 @@ fn s3_connection_closed_is_one_plain_sentence() {
         assert!(!said.contains(debug), "not a plain sentence: {said}");
     }
 }
+
+/// The S3 requests one changing `terraform apply` makes through stategate
+/// and through Terraform's native s3 backend with `use_lockfile`, side by
+/// side on the same server, counted from the server's request log: the
+/// apply through stategate costs at most three requests more, the copy of
+/// the written state into history, its record and the history pointer.
+#[test]
+fn s3_changing_apply_costs_at_most_native_plus_three_requests() {
+    let moto = Moto::shared();
+    let native_peer = S3Peer::on(moto);
+    let (native_tf, env) = native(&native_peer, "native/terraform.tfstate");
+    let apply = |tf: &Terraform, env: &[(String, String)], greeting: &str| {
+        let var = format!("greeting={greeting}");
+        let out = run_native(
+            tf,
+            env,
+            &["apply", "-auto-approve", "-no-color", "-var", &var],
+        );
+        assert!(
+            out.status.success(),
+            "{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    };
+    apply(&native_tf, &env, "one");
+    let before = moto.requests_for(&native_peer.bucket).len();
+    apply(&native_tf, &env, "two");
+    let native_requests = moto.requests_for(&native_peer.bucket)[before..].to_vec();
+
+    let peer = S3Peer::on(moto);
+    let server = Server::start(&peer);
+    let tf = Terraform::example("quickstart", &server.url);
+    tf.init_apply(&["greeting=one"]);
+    tf.apply(&["greeting=two"]);
+    let before = moto.requests_for(&peer.bucket).len();
+    tf.apply(&["greeting=three"]);
+    let ours = moto.requests_for(&peer.bucket)[before..].to_vec();
+
+    let key = "team/quickstart/terraform.tfstate";
+    assert!(
+        ours.iter().any(|r| r.starts_with(&format!("PUT {key} "))),
+        "the apply wrote no state: {ours:#?}"
+    );
+    assert!(
+        ours.len() <= native_requests.len() + 3,
+        "a changing apply made {} S3 requests through stategate, {} natively (at most 3 more allowed):\n\
+         stategate: {ours:#?}\nnative: {native_requests:#?}",
+        ours.len(),
+        native_requests.len()
+    );
+    // Nothing a lock holder's write needs goes to the write lease.
+    assert!(
+        !ours.iter().any(|r| r.contains(".stategate/lease/")),
+        "{ours:#?}"
+    );
+    let history = http(
+        "GET",
+        &format!(
+            "{}?history",
+            server.state_url("quickstart/terraform.tfstate")
+        ),
+        b"",
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&history.1).unwrap();
+    let ops: Vec<&str> = doc["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, ["write", "write", "write"], "one record per apply");
+}

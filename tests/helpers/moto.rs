@@ -106,6 +106,59 @@ impl Moto {
         self.count(&format!("gets {suffix}"))
     }
 
+    /// Every request the server has served so far, in order of arrival,
+    /// each `{"method", "path", "query", "conditions"}` (`path` is
+    /// `bucket/key`, or `bucket` for a listing; `query` the parameter
+    /// names; `conditions` the conditional headers sent).
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        self.requests_to("")
+    }
+
+    /// [`Moto::requests`] to `bucket` only (all with `""`).
+    fn requests_to(&self, bucket: &str) -> Vec<serde_json::Value> {
+        let mut control = self.control.lock().unwrap();
+        writeln!(control.0, "requests {bucket}").expect("write to moto");
+        let mut answer = String::new();
+        control.1.read_line(&mut answer).expect("moto answers");
+        serde_json::from_str(&answer).expect("a JSON array of requests")
+    }
+
+    /// The requests served so far about `bucket` (its objects and its
+    /// listings), each as `METHOD key [query names] [conditions]`.
+    pub fn requests_for(&self, bucket: &str) -> Vec<String> {
+        self.requests_to(bucket)
+            .into_iter()
+            .filter_map(|r| {
+                let path = r["path"].as_str()?;
+                let key = match path.strip_prefix(bucket)? {
+                    "" => "",
+                    rest => rest.strip_prefix('/')?,
+                };
+                let names = |field: &str| {
+                    r[field]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|v| v.as_str())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .unwrap_or_default()
+                };
+                Some(
+                    format!(
+                        "{} {key} [{}] [{}]",
+                        r["method"].as_str()?,
+                        names("query"),
+                        names("conditions")
+                    )
+                    .replace(" [] []", "")
+                    .replace(" []", ""),
+                )
+            })
+            .collect()
+    }
+
     fn count(&self, command: &str) -> u64 {
         let mut control = self.control.lock().unwrap();
         writeln!(control.0, "{command}").expect("write to moto");

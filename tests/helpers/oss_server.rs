@@ -82,6 +82,34 @@ impl OssServer {
     }
 
     /// A new, empty bucket; `versioning` is `""`, `Enabled` or `Suspended`.
+    /// Every request made to `bucket` so far, in order, each as
+    /// `METHOD key [query names]` (the key empty for a listing, which ends
+    /// with ` prefix=<its prefix>`).
+    pub fn requests(&self, bucket: &str) -> Vec<String> {
+        let url = format!("http://{}/-/requests?bucket={bucket}", self.addr);
+        let (status, body) = http("GET", &url, b"");
+        assert_eq!(status, 200, "requests: {}", text(&body));
+        let all: Vec<serde_json::Value> = serde_json::from_slice(&body).expect("requests JSON");
+        all.iter()
+            .map(|r| {
+                let query: Vec<&str> = r["query"]
+                    .as_array()
+                    .map(|q| q.iter().filter_map(|v| v.as_str()).collect())
+                    .unwrap_or_default();
+                let mut line = format!(
+                    "{} {} [{}]",
+                    r["method"].as_str().unwrap_or(""),
+                    r["key"].as_str().unwrap_or(""),
+                    query.join(",")
+                );
+                if let Some(prefix) = r["prefix"].as_str() {
+                    line.push_str(&format!(" prefix={prefix}"));
+                }
+                line
+            })
+            .collect()
+    }
+
     pub fn new_bucket(&self, versioning: &str) -> String {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let name = format!(

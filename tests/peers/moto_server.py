@@ -20,6 +20,15 @@ Then reads commands from stdin, one per line:
           ListObjectsV2 requests) served so far, instead of "ok"
   gets KEY  answer with the number of GetObject requests served so far for
           objects whose key ends with KEY
+  fill BUCKET FILE  store the objects FILE lists, one JSON object
+          {"key", "body"} a line, straight into moto's backend (no HTTP), as
+          a benchmark builds a large fleet; answers "ok"
+  requests [BUCKET]  answer with every request served so far (to BUCKET,
+          its objects and its listings, when given), as one JSON array of
+          {"method", "path", "query", "query_string", "conditions"}: the
+          query's parameter names, the query as sent, and the conditional
+          headers sent (If-Match, If-None-Match,
+          x-amz-copy-source-if-match), in order of arrival
 Other commands are answered with one line, "ok". The server exits when stdin
 closes, so it never outlives the test process that started it.
 
@@ -60,12 +69,25 @@ def without_conditions(app, headers=("HTTP_IF_NONE_MATCH", "HTTP_IF_MATCH")):
 
 LISTINGS = [0]
 OBJECT_GETS = {}
+REQUESTS = []
+CONDITIONS = ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_X_AMZ_COPY_SOURCE_IF_MATCH")
 
 
 def counting_listings(app):
     def handle(environ, start_response):
         query = environ.get("QUERY_STRING", "")
         path = environ.get("PATH_INFO", "/").strip("/")
+        REQUESTS.append(
+            {
+                "method": environ.get("REQUEST_METHOD"),
+                "path": path,
+                "query": sorted(f.split("=", 1)[0] for f in query.split("&") if f),
+                "query_string": query,
+                "conditions": [
+                    h[len("HTTP_"):].replace("_", "-").lower() for h in CONDITIONS if h in environ
+                ],
+            }
+        )
         if environ.get("REQUEST_METHOD") == "GET" and path and "/" not in path:
             fields = [f.split("=", 1)[0] for f in query.split("&") if f]
             if "list-type" in fields or "prefix" in fields or not fields:
@@ -157,6 +179,18 @@ def allow_reader_writes(iam, writes):
     )
 
 
+def fill(bucket, path):
+    """Stores the objects listed in `path` directly in moto's backend."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
+    with open(path) as listing:
+        for line in listing:
+            item = json.loads(line)
+            backend.put_object(bucket, item["key"], item["body"].encode())
+
+
 def enable_auth():
     """From now on every request must be signed by a known key."""
     from moto import settings
@@ -217,6 +251,16 @@ def main():
             allow_reader_writes(iam, command.endswith("on"))
         elif command == "lists":
             print(LISTINGS[0], flush=True)
+            continue
+        elif command.startswith("fill "):
+            fill(*command.split(" ", 2)[1:])
+        elif command == "requests" or command.startswith("requests "):
+            bucket = command[len("requests "):]
+            seen = [
+                r for r in REQUESTS
+                if not bucket or r["path"] == bucket or r["path"].startswith(bucket + "/")
+            ]
+            print(json.dumps(seen), flush=True)
             continue
         elif command.startswith("gets "):
             suffix = command[len("gets "):]

@@ -18,8 +18,8 @@ here exercises the same requests and error codes as real OSS;
   ``x-oss-object-acl`` are checked and stored, the encryption is returned.
   ``Content-MD5`` is verified (400 ``InvalidDigest``). ``If-Match`` on GET
   and HEAD answers 412 ``PreconditionFailed`` when it does not hold.
-* Buckets: ListObjectsV2 (``list-type=2``) with ``prefix``, ``max-keys`` and
-  ``continuation-token`` (``encoding-type`` is accepted and keys are sent
+* Buckets: ListObjectsV2 (``list-type=2``) with ``prefix``, ``max-keys``,
+  ``start-after`` and ``continuation-token`` (``encoding-type`` is accepted and keys are sent
   unencoded); GetBucketVersioning (``?versioning``). Versioned buckets
   return ``x-oss-version-id`` and delete markers, but keep only the current
   version of each object.
@@ -36,7 +36,7 @@ here exercises the same requests and error codes as real OSS;
 
 Anything else stategate does not send is answered 400 ``NotImplemented``
 (other sub-resources, query parameters on objects, ListObjects v1,
-``delimiter``, ``start-after``) or 400 ``InvalidArgument`` (other
+``delimiter``) or 400 ``InvalidArgument`` (other
 Authorization schemes, such as signature V1), never quietly misread:
 path-style addressing, presigned URLs, ACL and metadata sub-resources,
 PutBucketVersioning, conditional PutObject, multipart, copy. Request bodies
@@ -51,6 +51,10 @@ valid bucket name, so they cannot clash with a bucket):
   ``NoSuchBucket``; HEAD, as on OSS, a 404 without a body).
 * ``PUT /-/objects?bucket=NAME&key=KEY`` stores the body as another client's
   plain write would.
+* ``GET /-/requests?bucket=NAME`` answers every request made to that bucket
+  so far, in order, as JSON ``{"method", "bucket", "key", "query", "prefix"}``
+  (the query's parameter names, and the ``prefix`` of a listing), for tests
+  that count requests.
 * ``GET /-/objects?bucket=NAME`` lists every object as JSON with its size,
   ETag, ACL, server-side encryption, content type and version id; with
   ``&key=KEY`` it answers that object's stored bytes.
@@ -85,7 +89,9 @@ SSE_ALGORITHMS = ("AES256", "KMS", "SM4")
 # Largest allowed clock difference for signed requests, as on OSS.
 MAX_SKEW_SECONDS = 15 * 60
 # The ListObjectsV2 parameters served; any other is refused.
-LIST_PARAMS = frozenset(("list-type", "prefix", "max-keys", "continuation-token", "encoding-type"))
+LIST_PARAMS = frozenset(
+    ("list-type", "prefix", "max-keys", "start-after", "continuation-token", "encoding-type")
+)
 
 
 class OssError(Exception):
@@ -131,6 +137,8 @@ class Store:
     def __init__(self):
         self.lock = threading.Lock()
         self.buckets = {}
+        # Every request to a bucket, in order: GET /-/requests shows them.
+        self.requests = []
 
     def bucket(self, name):
         bucket = self.buckets.get(name)
@@ -245,6 +253,11 @@ class Handler(BaseHTTPRequestHandler):
             key = urllib.parse.unquote(raw_path)[1:]
             self.query = parse_query(raw_query)
             self.params = dict(self.query)
+            with self.server.store.lock:
+                self.server.store.requests.append(
+                    {"method": self.command, "bucket": bucket_name, "key": key,
+                     "query": sorted(self.params), "prefix": self.params.get("prefix")}
+                )
             self.authenticate(bucket_name, key)
             with self.server.store.lock:
                 self.route(self.server.store.bucket(bucket_name), key)
@@ -452,7 +465,8 @@ class Handler(BaseHTTPRequestHandler):
             raise OssError(400, "InvalidArgument", "Argument max-keys must be between 1 and 1000.",
                            "0017-00000101", ArgumentName="max-keys")
         token = p.get("continuation-token", "")
-        start = base64.urlsafe_b64decode(token.encode()).decode() if token else ""
+        # As on OSS, the continuation token wins over start-after.
+        start = base64.urlsafe_b64decode(token.encode()).decode() if token else p.get("start-after", "")
         keys = sorted(k for k in bucket.objects if k.startswith(prefix) and k > start)
         truncated = len(keys) > max_keys
         keys = keys[:max_keys]
@@ -460,6 +474,7 @@ class Handler(BaseHTTPRequestHandler):
                "<Name>%s</Name>" % escape(bucket.name),
                "<Prefix>%s</Prefix>" % escape(prefix),
                "<MaxKeys>%d</MaxKeys>" % max_keys,
+               *(["<StartAfter>%s</StartAfter>" % escape(p["start-after"])] if "start-after" in p else []),
                "<IsTruncated>%s</IsTruncated>" % ("true" if truncated else "false")]
         if token:
             out.append("<ContinuationToken>%s</ContinuationToken>" % escape(token))
@@ -509,6 +524,10 @@ class Handler(BaseHTTPRequestHandler):
                 if obj is None:
                     return self.reply(404, b"", content_type="application/octet-stream")
                 return self.reply(200, obj.body, content_type="application/octet-stream")
+            if path == "/-/requests" and self.command == "GET":
+                bucket = params.get("bucket", "")
+                seen = [r for r in store.requests if r["bucket"] == bucket]
+                return self.reply(200, json.dumps(seen).encode(), content_type="application/json")
             if path == "/-/objects" and self.command == "GET":
                 bucket = store.bucket(params.get("bucket", ""))
                 listing = [

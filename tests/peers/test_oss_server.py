@@ -196,6 +196,10 @@ def test_list_objects_v2_pages_with_prefix(server, bucket):
     se = service_error(lambda: c.list_objects_v2(
         oss.ListObjectsV2Request(bucket=bucket, max_keys=1001)))
     assert (se.status_code, se.code) == (400, "InvalidArgument")
+    after = list(c.list_objects_v2_paginator().iter_page(
+        oss.ListObjectsV2Request(bucket=bucket, prefix=prefix, start_after=keys[4], max_keys=2)))
+    assert [o.key for p in after for o in p.contents] == keys[5:]
+    assert after[0].start_after == keys[4]
 
 
 @pytest.mark.parametrize("ak,secret,code", [

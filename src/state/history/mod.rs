@@ -30,7 +30,11 @@
 //! Appends are not atomic (read where history ends, then create the next
 //! number), so they run under the state's write lease with the write they
 //! record ([`super::lease`]): each accepted write is then exactly one
-//! record, in order, and retention is exact.
+//! record, in order, and retention is exact. A lock holder's write on a
+//! store with compare-and-swap appends without the lease, at the number
+//! after the pointer its compare-and-swap was checked against, and falls
+//! back to the lease when that number is taken (`States::record_unleased`;
+//! `States::write_as_holder` gives the argument).
 
 use std::sync::Arc;
 
@@ -273,6 +277,202 @@ mod tests {
         assert_eq!(numbers(&rt, &three, &state), [9, 10, 11]);
         write(&rt, &three, &state, 12);
         assert_eq!(numbers(&rt, &three, &state), [10, 11, 12]);
+    }
+
+    /// A local store that shows the guarantees of S3: compare-and-swap,
+    /// and no lease of its own, so writers use lease objects and a lock
+    /// holder's write takes none.
+    struct LikeS3(crate::stores::local::LocalStore);
+
+    #[async_trait::async_trait]
+    impl crate::stores::Store for LikeS3 {
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+        fn capabilities(&self) -> crate::stores::Capabilities {
+            crate::stores::Capabilities {
+                conditional_create: true,
+                compare_and_swap: true,
+                unique_versions: false,
+                native_lease: false,
+            }
+        }
+        async fn read(
+            &self,
+            key: &str,
+            args: crate::stores::OpRead,
+        ) -> Result<Option<(crate::stores::Payload, Version)>, crate::stores::StoreError> {
+            self.0.read(key, args).await
+        }
+        async fn write(
+            &self,
+            key: &str,
+            body: crate::stores::Payload,
+            args: crate::stores::OpWrite,
+        ) -> Result<Version, crate::stores::StoreError> {
+            self.0.write(key, body, args).await
+        }
+        async fn delete(
+            &self,
+            key: &str,
+            args: crate::stores::OpDelete,
+        ) -> Result<(), crate::stores::StoreError> {
+            self.0.delete(key, args).await
+        }
+        async fn list(
+            &self,
+            prefix: &str,
+            args: crate::stores::OpList,
+        ) -> Result<Vec<crate::stores::Entry>, crate::stores::StoreError> {
+            self.0.list(prefix, args).await
+        }
+    }
+
+    /// A lock holder's write replaced the state but has not recorded it
+    /// yet when a writer under the lease finds the state unrecorded and
+    /// keeps it (as found) at the number the holder was about to take,
+    /// then writes its own state after it. The holder's record must become
+    /// that found version, not a second record of the same write after
+    /// the other writer's.
+    #[test]
+    fn a_holder_adopts_its_write_found_by_another_writer() {
+        use crate::state::head::{Described, StateHead, Writer, md5_hex};
+        use crate::stores::{Condition, OpWrite, Payload, Store, StoreExt};
+
+        let (dir, rt, state) = setting();
+        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(LikeS3(
+            crate::stores::local::LocalStore::open_dir(dir.path()).unwrap(),
+        ));
+        let states = States::new(
+            std::sync::Arc::clone(&store),
+            store.capabilities(),
+            crate::state::Policy {
+                workspace_key_prefix: "workspaces".into(),
+                history_keep: 0,
+                protect_lineage: true,
+            },
+        );
+        write(&rt, &states, &state, 1);
+        let lock = br#"{"ID":"H","Who":"holder@host"}"#;
+        rt.block_on(states.lock(&state, Bytes::from_static(lock), None))
+            .unwrap();
+        let hdir = states.history_dir(&state);
+        let seen = rt.block_on(states.stored_pointer(&hdir)).unwrap().unwrap();
+
+        // The holder's compare-and-swap, made; its record not yet.
+        let body = doc(2);
+        let stored = rt
+            .block_on(store.get(&states.object_key(&state)))
+            .unwrap()
+            .unwrap()
+            .version;
+        let version = rt
+            .block_on(store.write(
+                &states.object_key(&state),
+                Payload::from(body.clone()),
+                OpWrite::new(Condition::IfMatch(stored)),
+            ))
+            .unwrap();
+        // Another writer under the lease keeps it as found, then writes.
+        let opts = WriteOptions {
+            operation: "write",
+            lock_id: Some("H"),
+            ..Default::default()
+        };
+        rt.block_on(states.write(&state, doc(3), opts)).unwrap();
+
+        // The holder now records its write.
+        let head = StateHead::parse(&body).unwrap();
+        let md5 = md5_hex(&body);
+        let written = Described {
+            body: &Payload::from(body.clone()),
+            head: &head,
+            md5: &md5,
+        };
+        let holder = rt.block_on(states.lock_holder(&state)).unwrap().unwrap();
+        let writer = || Writer::from_holder(Some(&holder), None, "write");
+        let record = rt.block_on(states.record_unleased(&state, &seen, &written, &version, writer));
+        assert_eq!(record.map(|meta| meta.version), Some(2));
+        let history = rt.block_on(states.history(&state)).unwrap();
+        let got: Vec<(u64, Option<u64>, &str, Option<&str>)> = history
+            .iter()
+            .map(|v| {
+                (
+                    v.version,
+                    v.serial,
+                    v.operation.as_str(),
+                    v.lock_id.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, Some(1), "write", None),
+                (2, Some(2), "write", Some("H")),
+                (3, Some(3), "write", Some("H")),
+            ],
+            "one record per accepted write, in order"
+        );
+    }
+
+    /// A lock holder's write on a store like S3 takes no lease and reads
+    /// neither the state nor the next version before writing: the lock,
+    /// the pointer, the state, then the copy, its record and the pointer.
+    #[test]
+    fn a_holder_writes_without_the_lease() {
+        let (dir, rt, state) = setting();
+        let store: std::sync::Arc<dyn crate::stores::Store> = std::sync::Arc::new(LikeS3(
+            crate::stores::local::LocalStore::open_dir(dir.path()).unwrap(),
+        ));
+        let states = States::new(
+            std::sync::Arc::clone(&store),
+            store.capabilities(),
+            crate::state::Policy {
+                workspace_key_prefix: "workspaces".into(),
+                history_keep: 0,
+                protect_lineage: true,
+            },
+        );
+        write(&rt, &states, &state, 1);
+        let lock = br#"{"ID":"H","Who":"holder@host"}"#;
+        rt.block_on(states.lock(&state, Bytes::from_static(lock), None))
+            .unwrap();
+        // A lease held by another process: a write that waited for it
+        // would not finish in time.
+        let lease = ".stategate/lease/a.tfstate/other";
+        let expires = time::OffsetDateTime::now_utc().unix_timestamp() * 1000 + 3_600_000;
+        let body = format!(r#"{{"owner":"other","expires_ms":{expires}}}"#);
+        rt.block_on(crate::stores::StoreExt::put(
+            store.as_ref(),
+            lease,
+            Bytes::from(body),
+            crate::stores::Condition::IfAbsent,
+        ))
+        .unwrap();
+        let opts = WriteOptions {
+            operation: "write",
+            lock_id: Some("H"),
+            ..Default::default()
+        };
+        let written = rt.block_on(async {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                states.write(&state, doc(2), opts),
+            )
+            .await
+        });
+        assert!(
+            matches!(
+                written,
+                Ok(Ok(crate::state::WriteOutcome::Written {
+                    version: Some(2),
+                    ..
+                }))
+            ),
+            "{written:?}"
+        );
+        assert_eq!(numbers(&rt, &states, &state), [1, 2]);
     }
 
     #[test]

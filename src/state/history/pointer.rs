@@ -20,7 +20,7 @@ struct CatalogOf {
 }
 
 impl States {
-    pub(super) fn history_dir(&self, state: &StateRef) -> String {
+    pub(in crate::state) fn history_dir(&self, state: &StateRef) -> String {
         format!("{HISTORY_PREFIX}{}/", self.object_key(state))
     }
 
@@ -89,21 +89,7 @@ impl States {
         dir: &str,
         catalog: bool,
     ) -> Result<Option<Pointer>, StateError> {
-        let stored = self
-            .store
-            .get(&pointer_key(dir))
-            .await?
-            .and_then(|obj| {
-                let mut pointer = serde_json::from_slice::<Pointer>(&obj.body).ok()?;
-                if catalog {
-                    pointer.catalog = serde_json::from_slice::<CatalogOf>(&obj.body)
-                        .ok()
-                        .and_then(|c| c.catalog);
-                }
-                Some(pointer)
-            })
-            .filter(Pointer::is_sound);
-        let Some(mut pointer) = stored else {
+        let Some(mut pointer) = self.stored_pointer_reading(dir, catalog).await? else {
             return self.rebuild_pointer(dir).await;
         };
         // Numbers are taken in order, so the versions made after the
@@ -125,6 +111,38 @@ impl States {
             self.put_pointer(dir, &pointer).await;
         }
         Ok(Some(pointer))
+    }
+
+    /// The pointer as stored, with one read: `None` when it is missing or
+    /// unreadable. It may be behind; only [`States::ends`] walks it forward.
+    pub(in crate::state) async fn stored_pointer(
+        &self,
+        dir: &str,
+    ) -> Result<Option<Pointer>, StateError> {
+        self.stored_pointer_reading(dir, false).await
+    }
+
+    /// [`States::stored_pointer`], with the catalog it carries when
+    /// `catalog`.
+    async fn stored_pointer_reading(
+        &self,
+        dir: &str,
+        catalog: bool,
+    ) -> Result<Option<Pointer>, StateError> {
+        Ok(self
+            .store
+            .get(&pointer_key(dir))
+            .await?
+            .and_then(|obj| {
+                let mut pointer = serde_json::from_slice::<Pointer>(&obj.body).ok()?;
+                if catalog {
+                    pointer.catalog = serde_json::from_slice::<CatalogOf>(&obj.body)
+                        .ok()
+                        .and_then(|c| c.catalog);
+                }
+                Some(pointer)
+            })
+            .filter(Pointer::is_sound))
     }
 
     /// Builds the pointer from one listing of the folder, and stores it.

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use super::{Pointer, VersionMeta, body_key, meta_key, pointer_key, rfc3339};
 use crate::state::catalog::Catalog;
 use crate::state::head::{Described, Writer};
-use crate::state::{StateError, StateRef, States};
+use crate::state::{LeaseNeed, StateError, StateRef, States};
 use crate::stores::{
     Change, Condition, OpDelete, OpList, OpWrite, Stopped, StoreError, StoreExt, Version,
 };
@@ -107,20 +107,8 @@ impl States {
         // A history that had no versions starts at 1 whatever number this
         // record gets: a concurrent appender may hold a lower one.
         let oldest = ends.as_ref().map_or(1, |p| p.oldest);
-        let mut meta = VersionMeta {
-            version: ends.as_ref().map_or(1, |p| p.newest.version + 1),
-            serial: item.head.serial,
-            lineage: item.head.lineage.clone(),
-            resources: item.head.resources,
-            size: item.body.len(),
-            md5: item.md5.to_string(),
-            created: rfc3339(OffsetDateTime::now_utc()).unwrap_or_default(),
-            who: writer.who,
-            lock_id: writer.lock_id,
-            identity: writer.identity,
-            operation: writer.operation.to_string(),
-            object_version: Some(version.0.clone()),
-        };
+        let found = writer.operation == Writer::unknown().operation;
+        let mut meta = self.new_meta(ends.as_ref(), item, version, writer);
         // Another process may take the same number at the same moment; the
         // create-if-absent of the copy gives it to one of us.
         loop {
@@ -165,9 +153,166 @@ impl States {
             };
             match made {
                 Ok(()) => return Ok(pointer),
-                Err(StoreError::AlreadyExists) => meta.version += 1,
+                Err(StoreError::AlreadyExists) => {
+                    // A state found unrecorded may be the write of a holder
+                    // recording it without the lease right now ([`States::
+                    // record_unleased`]): when that number keeps these very
+                    // bytes, the state is in history and is not kept twice.
+                    if found
+                        && let Some(taken) = self.kept(dir, n).await?
+                        && taken.md5 == item.md5
+                    {
+                        return Ok(Pointer {
+                            oldest,
+                            newest: taken,
+                            catalog,
+                        });
+                    }
+                    meta.version += 1
+                }
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// Records a write made without the write lease by the holder of the
+    /// state's lock ([`States::write`]'s path for lock holders), as the
+    /// number after `seen`, the pointer the write was checked against.
+    /// Nothing is listed or walked: the copy is created only if absent, so
+    /// when the number is free no other writer has recorded anything since
+    /// `seen`, and this write, which replaced the state `seen` names, is
+    /// the next version. When the number is taken (another writer recorded
+    /// the state this write replaced or this one, or `seen` was behind),
+    /// the record is made under the lease, where [`States::adopt_or_record`]
+    /// finds out which. A failure is logged, as [`States::record_after_write`]
+    /// logs it.
+    pub(in crate::state) async fn record_unleased(
+        &self,
+        state: &StateRef,
+        seen: &Pointer,
+        written: &Described<'_>,
+        version: &Version,
+        writer: impl Fn() -> Writer,
+    ) -> Option<VersionMeta> {
+        let dir = self.history_dir(state);
+        let result = async {
+            let meta = self.new_meta(Some(seen), written, version, writer());
+            let catalog = pointer_catalog(&written.head.catalog);
+            let (rest, _) = self.after_copy(&dir, seen.oldest, &meta, &catalog);
+            let copy = Change::Snapshot {
+                from: self.object_key(state),
+                from_version: version.clone(),
+                to: body_key(&dir, meta.version),
+                body: written.body.clone(),
+            };
+            match self.store.change_all([vec![copy], rest].concat()).await {
+                Ok(()) => Ok(meta),
+                Err(Stopped {
+                    at: 0,
+                    error: StoreError::AlreadyExists | StoreError::PreconditionFailed,
+                }) => {
+                    self.with_lease(state, LeaseNeed::Always, async |_| {
+                        self.adopt_or_record(state, &dir, seen, written, version, writer())
+                            .await
+                    })
+                    .await
+                }
+                Err(Stopped { at: 0, error }) => Err(error.into()),
+                Err(Stopped { at, error }) => self
+                    .after_copy_failed(&dir, Stopped { at: at - 1, error })
+                    .map(|()| meta)
+                    .map_err(StateError::from),
+            }
+        }
+        .await;
+        match result {
+            Ok(meta) => Some(meta),
+            Err(e) => {
+                tracing::warn!(state = %state, error = %e, "state written but its history record failed");
+                None
+            }
+        }
+    }
+
+    /// Under the lease, records a write whose number after `seen` was
+    /// taken. Every version after `seen` is looked at: one that keeps this
+    /// write's store version (a writer found the state unrecorded and kept
+    /// it, as [`States::current`] does before replacing a state) becomes
+    /// this write's record; otherwise none does, and the write is recorded
+    /// after the newest. Holding the lease, no one else records meanwhile.
+    async fn adopt_or_record(
+        &self,
+        state: &StateRef,
+        dir: &str,
+        seen: &Pointer,
+        written: &Described<'_>,
+        version: &Version,
+        writer: Writer,
+    ) -> Result<VersionMeta, StateError> {
+        let ends = self.ends(dir).await?;
+        let newest = ends.as_ref().map_or(0, |p| p.newest.version);
+        for n in seen.newest.version + 1..=newest {
+            let Some(kept) = self.kept(dir, n).await? else {
+                continue;
+            };
+            let ours = match &kept.object_version {
+                Some(v) => *v == version.0 && kept.md5 == written.md5,
+                None => kept.md5 == written.md5,
+            };
+            if !ours {
+                continue;
+            }
+            let meta = VersionMeta {
+                who: writer.who,
+                lock_id: writer.lock_id,
+                identity: writer.identity,
+                operation: writer.operation.to_string(),
+                object_version: Some(version.0.clone()),
+                ..kept
+            };
+            let body = serde_json::to_vec(&meta).expect("version metadata serialises");
+            self.store
+                .put(&meta_key(dir, n), Bytes::from(body), Condition::Always)
+                .await?;
+            if n == newest
+                && let Some(ends) = ends
+            {
+                let pointer = Pointer {
+                    oldest: ends.oldest,
+                    newest: meta.clone(),
+                    catalog: pointer_catalog(&written.head.catalog),
+                };
+                self.put_pointer(dir, &pointer).await;
+            }
+            return Ok(meta);
+        }
+        self.record(state, dir, ends, written, version, writer)
+            .await
+            .map(|pointer| pointer.newest)
+    }
+
+    /// The record of `item`, stored as `version`, as the number after
+    /// `ends` (1 when there is no history).
+    fn new_meta(
+        &self,
+        ends: Option<&Pointer>,
+        item: &Described<'_>,
+        version: &Version,
+        writer: Writer,
+    ) -> VersionMeta {
+        VersionMeta {
+            version: ends.map_or(1, |p| p.newest.version + 1),
+            serial: item.head.serial,
+            lineage: item.head.lineage.clone(),
+            resources: item.head.resources,
+            size: item.body.len(),
+            md5: item.md5.to_string(),
+            created: rfc3339(OffsetDateTime::now_utc()).unwrap_or_default(),
+            who: writer.who,
+            lock_id: writer.lock_id,
+            identity: writer.identity,
+            operation: writer.operation.to_string(),
+            object_version: Some(version.0.clone()),
         }
     }
 

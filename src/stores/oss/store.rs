@@ -337,11 +337,30 @@ impl Store for OssStore {
         self.bounded(&what, self.stat_unbounded(key)).await
     }
 
+    /// Outside the internal area: lists up to it, then from just past it
+    /// (OSS lists in key order, as S3 does), so the pages of history are
+    /// never asked for.
     async fn list(&self, prefix: &str, args: OpList) -> Result<Vec<Entry>, StoreError> {
-        let entries = self
-            .bounded("listing objects", self.list_unbounded(prefix))
-            .await?;
-        Ok(args.filter(entries))
+        let ranges = match args.outside_internal {
+            true => crate::stores::ranges_outside_internal(prefix),
+            false => vec![(prefix.to_string(), None)],
+        };
+        self.bounded("listing objects", async {
+            let mut out = Vec::new();
+            for (from, before) in ranges {
+                // Keys are ASCII up to `~`: no internal key sorts after
+                // `.stategate/~`, and no other key between it and `from`.
+                let start_after =
+                    (from != prefix).then(|| format!("{}~", crate::stores::INTERNAL_PREFIX));
+                out.extend(
+                    self.list_range(prefix, start_after.as_deref(), before.as_deref())
+                        .await?,
+                );
+            }
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
     }
 }
 
@@ -464,7 +483,15 @@ impl OssStore {
         Ok(self.head_etag(&self.object_name(key)).await?.map(Version))
     }
 
-    async fn list_unbounded(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+    /// The objects under `prefix` from just after `start_after` up to,
+    /// not including, `stop_at`: pages stop being asked for once one
+    /// reaches it.
+    async fn list_range(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        stop_at: Option<&str>,
+    ) -> Result<Vec<Entry>, StoreError> {
         let full = self.object_name(prefix);
         let mut out = Vec::new();
         let mut token: Option<String> = None;
@@ -472,6 +499,9 @@ impl OssStore {
             let mut options = ListObjectsOptionsBuilder::new().max_keys(LIST_PAGE);
             if !full.is_empty() {
                 options = options.prefix(&full);
+            }
+            if let Some(after) = start_after {
+                options = options.start_after(self.object_name(after));
             }
             if let Some(t) = token.take() {
                 options = options.continuation_token(t);
@@ -481,10 +511,15 @@ impl OssStore {
                 .list_objects(&self.bucket, Some(options.build()))
                 .await
                 .map_err(|e| self.error("listing objects", e))?;
+            let mut reached_stop = false;
             for summary in page.contents {
                 let Some(key) = summary.key.strip_prefix(&self.prefix) else {
                     continue;
                 };
+                if stop_at.is_some_and(|stop| key >= stop) {
+                    reached_stop = true;
+                    break;
+                }
                 out.push(Entry {
                     key: key.to_string(),
                     size: summary.size,
@@ -492,11 +527,10 @@ impl OssStore {
                 });
             }
             match page.next_continuation_token {
-                Some(t) if page.is_truncated => token = Some(t),
+                Some(t) if page.is_truncated && !reached_stop => token = Some(t),
                 _ => break,
             }
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 }
