@@ -708,7 +708,7 @@ def loadtest(binary, url, clients, state_bytes, duration):
             binary, "loadtest", url,
             "--clients", str(clients),
             "--state-bytes", str(state_bytes),
-            "--duration", f"{duration}s",
+            "--duration", f"{int(duration * 1000)}ms",
         ],
         capture_output=True,
         text=True,
