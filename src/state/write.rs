@@ -30,6 +30,7 @@
 //! retried write and changes nothing.
 
 use super::head::{Described, StateHead, Writer};
+use super::history::VersionMeta;
 use super::summary::Summary;
 use super::{Lease, LeaseNeed, StateChange, StateError, StateRef, States};
 use crate::stores::{Condition, OpWrite, Payload, StoreError, Version};
@@ -243,19 +244,43 @@ impl States {
         let record = self
             .record_unleased(state, &seen, &written, &version, writer)
             .await;
+        Ok(Some(self.written(
+            state,
+            body.len(),
+            incoming,
+            opts.operation,
+            record,
+            seen.newest.serial,
+            version,
+        )))
+    }
+
+    /// Logs a write that became the current state, tells those following
+    /// the states, and says what it made: whichever way it was written.
+    #[allow(clippy::too_many_arguments)]
+    fn written(
+        &self,
+        state: &StateRef,
+        bytes: u64,
+        incoming: &StateHead,
+        operation: &str,
+        record: Option<VersionMeta>,
+        previous_serial: Option<u64>,
+        stored: Version,
+    ) -> WriteOutcome {
         tracing::info!(
-            state = %state, bytes = body.len(), serial = ?incoming.serial, op = opts.operation, "state written"
+            state = %state, bytes, serial = ?incoming.serial, op = operation, "state written"
         );
-        let n = record.as_ref().map(|meta| meta.version);
+        let version = record.as_ref().map(|meta| meta.version);
         self.tell(StateChange::Written {
             state: state.clone(),
             current: record.map(|meta| (Summary::from(&meta), incoming.catalog.clone())),
         });
-        Ok(Some(WriteOutcome::Written {
-            version: n,
-            previous_serial: seen.newest.serial,
-            stored: version,
-        }))
+        WriteOutcome::Written {
+            version,
+            previous_serial,
+            stored,
+        }
     }
 
     async fn write_leased(
@@ -323,19 +348,15 @@ impl States {
             let record = self
                 .record_after_write(state, &written, &version, writer, history)
                 .await;
-            tracing::info!(
-                state = %state, bytes = body.len(), serial = ?incoming.serial, op = opts.operation, "state written"
-            );
-            let n = record.as_ref().map(|meta| meta.version);
-            self.tell(StateChange::Written {
-                state: state.clone(),
-                current: record.map(|meta| (Summary::from(&meta), incoming.catalog.clone())),
-            });
-            return Ok(WriteOutcome::Written {
-                version: n,
+            return Ok(self.written(
+                state,
+                body.len(),
+                &incoming,
+                opts.operation,
+                record,
                 previous_serial,
-                stored: version,
-            });
+                version,
+            ));
         }
         Err(StateError::Store(StoreError::unavailable(
             "the state kept changing during the write; try again",
