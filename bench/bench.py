@@ -1435,18 +1435,24 @@ def main():
         for store in active:
             # The file loop runs before and after stategate's two loads, on
             # the file system of the store's root; the baseline is the mean.
-            floor_dir = servers[store].work / "file-loop"
-            floors = [file_loop(floor_dir, 32, 102400, args.duration)]
-            shutil.rmtree(floor_dir, ignore_errors=True)
-            cycles, code = loadtest(binary, f"{servers[store].url}/states/bench/lt", 32, 102400, args.duration)
+            # Its files are removed only after both: on ext4 without a
+            # journal, new inodes skip those freed in the last seconds to
+            # minutes, one check each, so removing tens of thousands of
+            # files right before would slow whatever creates files next.
+            floor_dirs = [servers[store].work / f"file-loop-{n}" for n in (1, 2)]
+            floors = [file_loop(floor_dirs[0], 32, 102400, args.duration)]
             made, errors = creates(servers[store].url, 32, 102400, args.duration, f"new{time.monotonic_ns()}")
-            floors.append(file_loop(floor_dir, 32, 102400, args.duration))
-            shutil.rmtree(floor_dir, ignore_errors=True)
+            cycles, code = loadtest(binary, f"{servers[store].url}/states/bench/lt", 32, 102400, args.duration)
+            floors.append(file_loop(floor_dirs[1], 32, 102400, args.duration))
+            for floor_dir in floor_dirs:
+                shutil.rmtree(floor_dir, ignore_errors=True)
             floor = statistics.mean(floors)
             spread = f"file loop {floors[0]:.0f} then {floors[1]:.0f}"
-            target = {"local": 0.6, "sqlite": 0.4}.get(store)
+            # The targets are those of new states; a lock cycle (four
+            # requests, three of them changes) is shown beside them.
+            target = {"local": 0.6, "sqlite": 0.5}.get(store)
             target = ("ratio", ">=", target) if target else None
-            table.add("lock cycles/s (loadtest 32)", store, cycles, "/s", floor, "file loop", "rate", target,
+            table.add("lock cycles/s (loadtest 32)", store, cycles, "/s", floor, "file loop", "rate", None,
                       "; ".join(x for x in ["unexpected answers" if code else "", spread] if x))
             table.add("new-state creates/s (32)", store, made, "/s", floor, "file loop", "rate", target,
                       "; ".join(x for x in [f"{errors} errors" if errors else "", spread] if x))
