@@ -80,13 +80,7 @@ impl States {
                 .map(|pointer| pointer.newest)
         }
         .await;
-        match result {
-            Ok(meta) => Some(meta),
-            Err(e) => {
-                tracing::warn!(state = %state, error = %e, "state written but its history record failed");
-                None
-            }
-        }
+        kept_or_logged(state, result)
     }
 
     /// Keeps `item`, the state object's content at `version`, as the next
@@ -225,13 +219,7 @@ impl States {
             }
         }
         .await;
-        match result {
-            Ok(meta) => Some(meta),
-            Err(e) => {
-                tracing::warn!(state = %state, error = %e, "state written but its history record failed");
-                None
-            }
-        }
+        kept_or_logged(state, result)
     }
 
     /// Under the lease, records a write whose number after `seen` was
@@ -409,4 +397,18 @@ impl States {
         tracing::warn!(state = %state, versions, "history purged");
         Ok(versions)
     }
+}
+
+/// The record a write made, or `None` with the failure logged: the write
+/// itself succeeded, and the next one records the state it left
+/// ([`States::current`]).
+fn kept_or_logged(
+    state: &StateRef,
+    result: Result<VersionMeta, StateError>,
+) -> Option<VersionMeta> {
+    result
+        .inspect_err(|e| {
+            tracing::warn!(state = %state, error = %e, "state written but its history record failed");
+        })
+        .ok()
 }
