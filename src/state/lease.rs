@@ -204,10 +204,14 @@ impl ObjectLease {
         let dir = format!("{LEASE_PREFIX}{object_key}/");
         let started = Instant::now();
         let mut pause = Duration::from_millis(10);
+        // The first attempt creates at once: a lease is nearly always free,
+        // and looking first would cost every write a listing. Once the
+        // lease was found busy, each attempt looks first, so a busy lease
+        // is waited for without creating objects that would make its
+        // holder's successor back off.
+        let mut look_first = false;
         loop {
-            // Look first, so a busy lease is waited for without creating
-            // objects that would make its holder's successor back off.
-            if !others_hold(store.as_ref(), &dir, None).await? {
+            if !look_first || !others_hold(store.as_ref(), &dir, None).await? {
                 let key = format!("{dir}{}", new_token());
                 let taken = Instant::now();
                 let body = LeaseBody {
@@ -245,6 +249,7 @@ impl ObjectLease {
                     }
                 }
             }
+            look_first = true;
             if started.elapsed() >= wait {
                 return Err(StateError::Store(StoreError::unavailable(format!(
                     "another stategate process kept {object_key} busy for {}s; try again",

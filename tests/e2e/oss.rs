@@ -386,3 +386,40 @@ fn oss_connection_closed_is_one_plain_sentence() {
         assert!(!said.contains(debug), "not a plain sentence: {said}");
     }
 }
+
+/// What one changing `terraform apply` costs in OSS requests, counted from
+/// the test server's request log. OSS refuses conditional PutObject and
+/// DeleteObject (400 NotImplemented), so the write and the UNLOCK each
+/// keep their write lease (`src/state/lease.rs`: create, then list; and
+/// a delete) and each "only if unchanged" step is a HEAD before the
+/// change: 24 requests (LOCK 1, GET 2, POST 14, UNLOCK 7), where S3, with
+/// compare-and-swap, needs 10. A request added to the path fails this.
+#[test]
+fn oss_changing_apply_costs_a_bounded_number_of_requests() {
+    let peer = OssPeer::new();
+    let server = Server::start(&peer);
+    let tf = Terraform::example("quickstart", &server.url);
+    tf.init_apply(&["greeting=one"]);
+    tf.apply(&["greeting=two"]);
+    let before = peer.server.requests(&peer.bucket).len();
+    tf.apply(&["greeting=three"]);
+    let ours = peer.server.requests(&peer.bucket)[before..].to_vec();
+    let key = "team/states/quickstart/terraform.tfstate";
+    assert!(
+        ours.iter().any(|r| r.starts_with(&format!("PUT {key} "))),
+        "the apply wrote no state: {ours:#?}"
+    );
+    let leases = ours
+        .iter()
+        .filter(|r| r.starts_with("PUT team/states/.stategate/lease/"))
+        .count();
+    assert_eq!(
+        leases, 2,
+        "one lease for the write, one for the UNLOCK: {ours:#?}"
+    );
+    assert!(
+        ours.len() <= 24,
+        "a changing apply made {} OSS requests (at most 24): {ours:#?}",
+        ours.len()
+    );
+}
