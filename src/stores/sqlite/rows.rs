@@ -159,10 +159,10 @@ pub(super) fn upgrade_table(conn: &Connection) -> Result<(), rusqlite::Error> {
         if !needed(conn)? {
             return Ok(());
         }
-        // In key order, both indexes grow at their end, and the rows of
-        // states lie together apart from their history's.
         conn.execute_batch("ALTER TABLE objects RENAME TO objects_older")?;
         conn.execute_batch(SCHEMA)?;
+        // In key order, both indexes grow at their end, and the rows of
+        // states lie together apart from their history's.
         conn.execute_batch(
             "INSERT INTO objects (key, generation, modified_ns, size, body)
                  SELECT key, generation, modified_ns, length(body), body FROM objects_older
