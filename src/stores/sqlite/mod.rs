@@ -239,6 +239,9 @@ impl SqliteStore {
         Pool::configure(&conn)?;
         upgrade_table(&conn)?;
         conn.execute_batch(SCHEMA)?;
+        // The pages an upgrade leaves free (the older table's) go back to
+        // the device now rather than at the first write.
+        give_back(&conn);
         pool.idle.lock().expect("pool lock").push(conn);
         // The thread ends when the last handle to the pool (and so the
         // sending side of its queue) is dropped.
@@ -706,4 +709,4 @@ use rows::{
     blob_to_file, current_version, db_err, delete_row, has_size, prefix_upper_bound, put_row,
     snapshot_row, upgrade_table,
 };
-use writer::{Job, WriteJob, write_batches};
+use writer::{Job, WriteJob, give_back, write_batches};

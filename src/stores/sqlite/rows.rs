@@ -406,6 +406,40 @@ mod tests {
         upgraded_with_its_rows(&older_file(dir.path(), BODY_LAST_WITHOUT_SIZE)).await;
     }
 
+    /// The pages of the older table, free once it is copied, go back to
+    /// the device when the file is opened, not at its first write.
+    #[tokio::test]
+    async fn an_upgrade_gives_the_older_tables_pages_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let pages = |conn: &Connection, pragma: &str| {
+            conn.pragma_query_value(None, pragma, |r| r.get::<_, i64>(0))
+                .unwrap()
+        };
+        let before = {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+                .unwrap();
+            conn.execute_batch(BODY_LAST_WITHOUT_SIZE).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE generation (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER NOT NULL);
+                 INSERT INTO generation VALUES (1, 1000);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
+                 INSERT INTO objects (key, generation, modified_ns, body)
+                     SELECT printf('s/%04d', i), i, 0, zeroblob(4000) FROM n;",
+            )
+            .unwrap();
+            pages(&conn, "page_count")
+        };
+        drop(SqliteStore::open_file(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let (free, total) = (pages(&conn, "freelist_count"), pages(&conn, "page_count"));
+        assert!(
+            free <= 256 && total < before * 3 / 2,
+            "{free} of {total} pages free after the upgrade (the older table had {before})"
+        );
+    }
+
     /// Two stores opening an older file at once (as two processes would,
     /// each on a connection of its own): one upgrades it, the other waits
     /// and finds it done, and neither fails.
