@@ -133,8 +133,8 @@ fn listing_sqlite_states_never_reads_a_history_row() {
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .unwrap();
     conn.execute(
-        "INSERT INTO objects (key, body, generation, modified_ns)
-         VALUES ('.stategate/history/poison/0000000001.json', x'7b7d', 0, 'never')",
+        "INSERT INTO objects (key, generation, modified_ns, size, body)
+         VALUES ('.stategate/history/poison/0000000001.json', 0, 'never', 2, x'7b7d')",
         [],
     )
     .unwrap();

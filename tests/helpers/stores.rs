@@ -156,9 +156,11 @@ impl Peer for SqlitePeer {
             )
             .unwrap();
         tx.execute(
-            "INSERT INTO objects (key, body, generation, modified_ns) VALUES (?1, ?2, ?3, 0)
-             ON CONFLICT (key) DO UPDATE SET body = excluded.body, generation = excluded.generation",
-            rusqlite::params![key, body, generation],
+            "INSERT INTO objects (key, generation, modified_ns, size, body)
+             VALUES (?1, ?2, 0, ?3, ?4)
+             ON CONFLICT (key) DO UPDATE SET
+                 generation = excluded.generation, size = excluded.size, body = excluded.body",
+            rusqlite::params![key, generation, body.len() as i64, body],
         )
         .unwrap();
         tx.commit().expect("write a row behind stategate's back");

@@ -22,6 +22,11 @@
 //! and read out of it a piece at a time through SQLite's blob handles, and
 //! a history copy of one is made the same way.
 //!
+//! A file made by an older stategate is brought to the current table when
+//! a store opens it for writing ([`rows::upgrade_table`]); a store opened
+//! for reading only lists it as it is. An older stategate can no longer
+//! write to a file so upgraded: its rows lack the `size` column.
+//!
 //! A state's write lease ([`Store::native_lease`]) is a key lock
 //! ([`super::keylock`]) on a file beside the database, `<file>.leases`:
 //! taking and releasing it costs no transaction, and it dies with the
@@ -91,13 +96,23 @@ impl SqliteConfig {
 /// `body` comes last: SQLite keeps an empty blob of a given size
 /// (`zeroblob`) without allocating it only in a row's last column, and
 /// reading the other columns then never walks the body's pages.
+///
+/// `size` is the body's length, kept by every write. A listing is answered
+/// from the index `objects_listing` alone, without reading the table, where
+/// the rows of states lie among the rows of their history (each version's
+/// copy is written right after its state): with many versions, reading
+/// the states' rows would read a page for nearly every one. The index
+/// cannot hold `length(body)` itself: SQLite refuses to open a blob for
+/// writing in an indexed column, and large bodies are written that way.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS objects (
     key TEXT PRIMARY KEY NOT NULL,
     generation INTEGER NOT NULL,
     modified_ns INTEGER NOT NULL,
+    size INTEGER NOT NULL,
     body BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS objects_listing ON objects (key, modified_ns, size);
 CREATE TABLE IF NOT EXISTS generation (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     last INTEGER NOT NULL
@@ -222,8 +237,11 @@ impl SqliteStore {
         // device (see the writer's `give_back`).
         conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         Pool::configure(&conn)?;
+        upgrade_table(&conn)?;
         conn.execute_batch(SCHEMA)?;
-        move_body_last(&conn)?;
+        // The pages an upgrade leaves free (the older table's) go back to
+        // the device now rather than at the first write.
+        give_back(&conn);
         pool.idle.lock().expect("pool lock").push(conn);
         // The thread ends when the last handle to the pool (and so the
         // sending side of its queue) is dropped.
@@ -436,14 +454,13 @@ impl SqliteStore {
     ) -> Result<Vec<Entry>, StoreError> {
         let upper = prefix_upper_bound(prefix);
         let prefix = prefix.to_string();
+        let read_only = self.0.read_only;
         self.run("listing".to_string(), move |conn| {
             let err = db_err("listing");
+            // Only a read-only store can meet a file it could not upgrade.
+            let with_size = !read_only || has_size(conn).map_err(&err)?;
             let mut stmt = conn
-                .prepare(
-                    "SELECT key, length(body), modified_ns FROM objects
-                     WHERE key >= ?1 AND key < ?2 AND substr(key, 1, length(?3)) = ?3
-                     ORDER BY key",
-                )
+                .prepare_cached(listing_query(with_size))
                 .map_err(&err)?;
             let mut out = Vec::new();
             for (from, before) in ranges {
@@ -468,6 +485,21 @@ impl SqliteStore {
             Ok(out)
         })
         .await
+    }
+}
+
+/// The listing of one range of keys with a prefix, sorted: with `size`,
+/// answered from the index `objects_listing` alone (see [`SCHEMA`]);
+/// without, on a file made before that column, from the table.
+fn listing_query(with_size: bool) -> &'static str {
+    if with_size {
+        "SELECT key, size, modified_ns FROM objects
+         WHERE key >= ?1 AND key < ?2 AND substr(key, 1, length(?3)) = ?3
+         ORDER BY key"
+    } else {
+        "SELECT key, length(body), modified_ns FROM objects
+         WHERE key >= ?1 AND key < ?2 AND substr(key, 1, length(?3)) = ?3
+         ORDER BY key"
     }
 }
 
@@ -518,6 +550,9 @@ impl Store for SqliteStore {
         self.run(format!("reading {key}"), move |conn| {
             let err = db_err("reading");
             let tx = conn.transaction().map_err(&err)?;
+            // `length(body)`, not `size`: SQLite takes it from the row's
+            // header without reading the body, and a read-only store may
+            // read a file made before `size`.
             let row = tx
                 .query_row(
                     "SELECT rowid, length(body), generation FROM objects WHERE key = ?1",
@@ -671,7 +706,7 @@ mod rows;
 mod writer;
 
 use rows::{
-    blob_to_file, current_version, db_err, delete_row, move_body_last, prefix_upper_bound, put_row,
-    snapshot_row,
+    blob_to_file, current_version, db_err, delete_row, has_size, prefix_upper_bound, put_row,
+    snapshot_row, upgrade_table,
 };
-use writer::{Job, WriteJob, write_batches};
+use writer::{Job, WriteJob, give_back, write_batches};
