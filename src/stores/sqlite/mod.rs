@@ -120,67 +120,6 @@ CREATE TABLE IF NOT EXISTS generation (
 INSERT OR IGNORE INTO generation (id, last) VALUES (1, 0);
 ";
 
-/// A read-only connection to the database file `path`. Reading a database
-/// in WAL mode takes its shared-memory file, which a full or read-only file
-/// system may not let SQLite make; without one (and so without a log that
-/// could hold newer pages: SQLite removes both when the last connection
-/// closes cleanly) the file is read as it is on disk.
-fn read_only_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
-    use rusqlite::OpenFlags;
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_URI;
-    let usable = |conn: Connection| -> Result<Connection, rusqlite::Error> {
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.query_row("SELECT count(*) FROM generation", [], |_| Ok(()))?;
-        Ok(conn)
-    };
-    let tried = Connection::open_with_flags(path, flags).and_then(usable);
-    let mut log = path.as_os_str().to_owned();
-    log.push("-wal");
-    let log_empty = std::fs::metadata(&log).map_or(true, |m| m.len() == 0);
-    match tried {
-        Err(_) if log_empty => {
-            let uri = format!("file:{}?immutable=1", uri_path(path));
-            Connection::open_with_flags(uri, flags).and_then(usable)
-        }
-        tried => tried,
-    }
-}
-
-/// `path` as the path of a `file:` URI: bytes other than unreserved ones
-/// and `/` percent-encoded.
-fn uri_path(path: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let mut out = String::new();
-    for &b in path.as_os_str().as_bytes() {
-        match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'.' | b'_' | b'-' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-/// The key locks on `<file>.leases` beside the database `path`.
-fn lease_file(path: &Path) -> std::io::Result<KeyLocks> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
-    let dir = rustix::fs::open(
-        dir,
-        rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )?;
-    KeyLocks::open(dir, format!("{}.leases", name.to_string_lossy()))
-}
-
 /// One SQLite database file; cheap to clone.
 #[derive(Clone)]
 pub struct SqliteStore(Arc<Pool>);
@@ -702,9 +641,11 @@ impl Store for SqliteStore {
     }
 }
 
+mod open;
 mod rows;
 mod writer;
 
+use open::{lease_file, read_only_connection};
 use rows::{
     blob_to_file, current_version, db_err, delete_row, has_size, prefix_upper_bound, put_row,
     snapshot_row, upgrade_table,
