@@ -422,13 +422,15 @@ fn resolve_auth(src: &Sources, listen: SocketAddr) -> Result<AuthSetting, Config
 /// The `explore:` settings, checked.
 fn resolve_explore(src: &Sources) -> Result<crate::explore::ExploreSettings, ConfigError> {
     let refresh = required(src, &t::EXPLORE_REFRESH, Sources::duration)?;
-    if refresh < std::time::Duration::from_secs(1) {
+    if !refresh.is_zero() && refresh < std::time::Duration::from_secs(1) {
         return Err(ConfigError::invalid(
             t::EXPLORE_REFRESH.path,
-            "must be at least 1s: each refresh lists the whole store",
+            "must be 0 (off) or at least 1s: each refresh lists the whole store",
         ));
     }
-    Ok(crate::explore::ExploreSettings { refresh })
+    Ok(crate::explore::ExploreSettings {
+        refresh: (!refresh.is_zero()).then_some(refresh),
+    })
 }
 
 /// The `ui:` settings, checked.

@@ -426,7 +426,7 @@ pub const EXPLORE_REFRESH: ServerSetting = server(
     Kind::Duration,
     Some("30s"),
     "how often the explorer lists the store for states other replicas changed (this server's \
-     own changes reach it at once)",
+     own changes reach it at once); 0 lists it only at start, for a server alone on its store",
 );
 
 /// Every server setting, in the order of the reference and of `--help`.

@@ -334,3 +334,19 @@ fn notifications_are_a_section_with_their_settings_beside_it() {
     let e = file("").over(defaults).unwrap_err().to_string();
     assert!(e.contains("notifications"), "{e}");
 }
+
+#[test]
+fn explore_refresh_is_off_at_zero_and_otherwise_at_least_a_second() {
+    let refresh = |yaml: &str| resolved(yaml).explore.refresh;
+    assert_eq!(refresh(""), Some(std::time::Duration::from_secs(30)));
+    assert_eq!(refresh("explore:\n  refresh: 0\n"), None);
+    assert_eq!(
+        refresh("explore:\n  refresh: 2m\n"),
+        Some(std::time::Duration::from_secs(120))
+    );
+    let e = refusal("explore:\n  refresh: 500ms\n");
+    assert!(
+        e.contains("explore.refresh") && e.contains("0 (off)"),
+        "{e}"
+    );
+}

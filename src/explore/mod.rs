@@ -18,7 +18,9 @@
 //!   `explore.refresh`, which re-reads only the states whose listed size
 //!   or time changed, and the lock holders of the states the listing
 //!   shows locked. A refresh leaves alone a state this server changed
-//!   after the refresh began: what it read may be older.
+//!   after the refresh began: what it read may be older. With
+//!   `explore.refresh: 0` (a server alone on its store) there is none
+//!   after the first.
 //!
 //! - [`index`]: the compact index.
 //! - [`query`]: a search's filters, checked, and how they are run.
@@ -50,14 +52,16 @@ pub const READS_AT_ONCE: usize = 16;
 /// The explorer's settings (`explore:` in the configuration).
 #[derive(Debug, Clone)]
 pub struct ExploreSettings {
-    /// How often the store is listed for changes other replicas made.
-    pub refresh: Duration,
+    /// How often the store is listed for changes other replicas made;
+    /// `None` lists it only at start (and when a change of this server's
+    /// own could not be applied as told).
+    pub refresh: Option<Duration>,
 }
 
 impl Default for ExploreSettings {
     fn default() -> Self {
         ExploreSettings {
-            refresh: Duration::from_secs(30),
+            refresh: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -70,7 +74,7 @@ pub struct Explorer {
 
 struct Shared {
     states: States,
-    refresh: Duration,
+    refresh: Option<Duration>,
     index: RwLock<index::Index>,
     /// Counts the changes told by [`States::follow`].
     told: AtomicU64,
@@ -135,8 +139,9 @@ impl Explorer {
                 if let Err(e) = refreshing.refresh().await {
                     tracing::warn!(error = %e, "refreshing the explorer's index failed");
                 }
+                let every = refreshing.shared.refresh;
                 tokio::select! {
-                    _ = tokio::time::sleep(refreshing.shared.refresh) => {}
+                    _ = tokio::time::sleep(every.unwrap_or_default()), if every.is_some() => {}
                     _ = refreshing.shared.wake.notified() => {}
                     _ = stopped.wait_for(|s| *s) => return,
                 }

@@ -601,6 +601,59 @@ fn explore_a_second_replica_finds_the_first_ones_writes_on_its_refresh() {
     eventually(&second, "type=aws_db_instance", &[], Duration::from_secs(5));
 }
 
+/// `explore.refresh: 0`, for a server alone on its store: the store is
+/// listed at start only. Its own writes reach the index at once; another
+/// replica's are not looked for.
+#[test]
+fn explore_with_refresh_off_lists_the_store_only_at_start() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = auth_config(dir.path());
+    let peer = LocalPeer::new();
+    let first = start(&peer, &config);
+    post(
+        &first,
+        "team-a/one.tfstate",
+        &state("1.5.7", 1, &[("", "aws_instance", "web", AWS)]),
+    );
+    let alone = Server::start_with(
+        &peer,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--explore-refresh",
+            "0",
+        ],
+    );
+    eventually(&alone, "", &["team-a/one.tfstate"], Duration::from_secs(10));
+    post(
+        &alone,
+        "team-a/own.tfstate",
+        &state("1.5.7", 1, &[("", "aws_eip", "ip", AWS)]),
+    );
+    assert_eq!(
+        keys(&search(&alone, ROOT, "type=aws_eip")),
+        ["team-a/own.tfstate"]
+    );
+    // Written through the other server: the first one, refreshing every
+    // second, finds the write; the one alone never lists again.
+    post(
+        &first,
+        "team-a/other.tfstate",
+        &state("1.5.7", 1, &[("", "aws_vpc", "main", AWS)]),
+    );
+    eventually(
+        &first,
+        "type=aws_eip",
+        &["team-a/own.tfstate"],
+        Duration::from_secs(5),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        keys(&search(&alone, ROOT, "type=aws_vpc")),
+        Vec::<String>::new()
+    );
+}
+
 /// On S3 a lock holder's write takes a path of its own (no write lease,
 /// the history pointer written by the holder): it reaches the index at
 /// once, as every other write does, not at the next refresh.
