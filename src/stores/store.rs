@@ -74,6 +74,11 @@ pub struct OpRead {
     /// ([`super::payload::BodyCache::shared`]) instead of each streaming
     /// its own. Views that may refuse a body by its size do not ask this.
     pub shared: bool,
+    /// The caller wants the bytes only, never the version (a hint such as
+    /// a history pointer): a store that learns the version with a request
+    /// of its own (OSS) may skip it, and then gives as the version the
+    /// body's MD5, which no condition may be made on.
+    pub bytes_only: bool,
 }
 
 impl OpRead {
@@ -81,7 +86,7 @@ impl OpRead {
     pub fn streamed() -> Self {
         OpRead {
             streamed: true,
-            shared: false,
+            ..OpRead::default()
         }
     }
 
@@ -446,6 +451,19 @@ pub trait Store: Send + Sync + 'static {
 /// primitives for every store (no store implements them).
 #[async_trait]
 pub trait StoreExt: Store {
+    /// Reads an object's bytes whole into memory, without its version
+    /// ([`OpRead::bytes_only`]); `Ok(None)` when it does not exist.
+    async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let read = OpRead {
+            bytes_only: true,
+            ..OpRead::default()
+        };
+        match self.read(key, read).await? {
+            Some((body, _)) => Ok(Some(body.to_bytes().await?)),
+            None => Ok(None),
+        }
+    }
+
     /// Reads an object whole into memory; `Ok(None)` when it does not exist.
     async fn get(&self, key: &str) -> Result<Option<Object>, StoreError> {
         match self.read(key, OpRead::default()).await? {

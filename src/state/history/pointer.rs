@@ -131,12 +131,12 @@ impl States {
     ) -> Result<Option<Pointer>, StateError> {
         Ok(self
             .store
-            .get(&pointer_key(dir))
+            .get_bytes(&pointer_key(dir))
             .await?
-            .and_then(|obj| {
-                let mut pointer = serde_json::from_slice::<Pointer>(&obj.body).ok()?;
+            .and_then(|body| {
+                let mut pointer = serde_json::from_slice::<Pointer>(&body).ok()?;
                 if catalog {
-                    pointer.catalog = serde_json::from_slice::<CatalogOf>(&obj.body)
+                    pointer.catalog = serde_json::from_slice::<CatalogOf>(&body)
                         .ok()
                         .and_then(|c| c.catalog);
                 }

@@ -29,7 +29,9 @@
 //!
 //! A version is the object's ETag (the MD5 of the body for a simple put).
 //! A read is a HEAD followed by a GET with `If-Match` on that ETag, so the
-//! bytes and the version returned always belong together.
+//! bytes and the version returned always belong together; a read of the
+//! bytes alone ([`crate::stores::OpRead::bytes_only`], a history pointer)
+//! is the GET only.
 //!
 //! Every store operation runs within the `timeout` setting (its requests
 //! and the transfer), so an unreachable or silent endpoint answers 503

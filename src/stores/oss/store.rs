@@ -384,6 +384,21 @@ impl OssStore {
             File(std::fs::File),
         }
         let name = self.object_name(key);
+        if args.bytes_only && !args.streamed {
+            // One GET: the version would cost a HEAD first.
+            return match self
+                .client
+                .get_object_to_buffer(&self.bucket, &name, None)
+                .await
+            {
+                Ok(body) => {
+                    let version = Version(simple_put_etag(&body));
+                    Ok(Some((Payload::Memory(Bytes::from(body)), version)))
+                }
+                Err(e) if api_code(&e) == Some("NoSuchKey") => Ok(None),
+                Err(e) => Err(self.error(&format!("reading {name}"), e)),
+            };
+        }
         let spool_err = |e: std::io::Error| {
             StoreError::unavailable(format!("reading {name}: spooling the body: {e}"))
         };
@@ -453,12 +468,7 @@ impl OssStore {
         {
             Ok(PutObjectResult::ApiResponse(r)) if !r.etag.is_empty() => Ok(Version(r.etag)),
             // A simple put's ETag is the body's MD5 in upper-case hex.
-            Ok(_) => Ok(Version(
-                Md5::digest(&body)
-                    .iter()
-                    .map(|b| format!("{b:02X}"))
-                    .collect(),
-            )),
+            Ok(_) => Ok(Version(simple_put_etag(&body))),
             Err(e) if api_code(&e) == Some("FileAlreadyExists") => Err(StoreError::AlreadyExists),
             Err(e) => Err(self.error(&format!("writing {name}"), e)),
         }
@@ -533,4 +543,13 @@ impl OssStore {
         }
         Ok(out)
     }
+}
+
+/// The ETag OSS gives an object made by a simple put: the MD5 of its body
+/// in upper-case hex.
+fn simple_put_etag(body: &[u8]) -> String {
+    Md5::digest(body)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect()
 }
