@@ -335,3 +335,33 @@ fn sqlite_file_is_shared_by_two_processes() {
         (423, lock_info("b", "b@host"))
     );
 }
+
+/// A server stopped with SIGTERM closes the database before it exits:
+/// SQLite folds its log into the file and removes the log and its index.
+/// A close cut short by the process ending can remove the index and leave
+/// the log, and a read-only file system then cannot open the file at all
+/// (so a server restarted there could not even serve reads).
+#[test]
+fn sqlite_closes_its_file_before_exiting() {
+    let peer = SqlitePeer::new();
+    let pad = "x".repeat(300_000);
+    for round in 0..3 {
+        let server = Server::start(&peer);
+        // Enough for a log of a few MiB, which takes a while to fold in.
+        for i in 0..12 {
+            let body = state_doc(&format!("close-{round}-{i}"), 1, &pad);
+            let url = server.state_url(&format!("close/{round}/s{i}"));
+            assert_eq!(http("POST", &url, &body).0, 200);
+        }
+        assert!(server.terminate(), "stategate exited with an error");
+        for suffix in ["-wal", "-shm"] {
+            let mut left = peer.db().into_os_string();
+            left.push(suffix);
+            assert!(
+                !std::path::Path::new(&left).exists(),
+                "round {round}: {} is left after stategate stopped",
+                std::path::Path::new(&left).display()
+            );
+        }
+    }
+}

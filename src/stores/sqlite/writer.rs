@@ -70,7 +70,6 @@ pub(super) fn write_batches(
     pool: &std::sync::Weak<Pool>,
     jobs: &std::sync::mpsc::Receiver<Box<dyn WriteJob>>,
 ) {
-    let mut conn: Option<Connection> = None;
     let mut next: Option<Box<dyn WriteJob>> = None;
     loop {
         let first = match next.take() {
@@ -98,10 +97,15 @@ pub(super) fn write_batches(
         let Some(pool) = pool.upgrade() else {
             return;
         };
-        match pool.write_batch(&mut conn, batch) {
-            Ok(()) => {}
-            // The connection may be in a bad state: the next batch opens another.
-            Err(()) => conn = None,
+        let mut conn = pool.idle.lock().expect("pool lock").pop();
+        // Back to the pool, which closes its connections on the thread that
+        // drops it. Kept here, this one would close as this thread ends,
+        // which a process ending meanwhile can cut short after SQLite
+        // removed the log's index but not the log: a read-only file system
+        // could then not open the file at all. A connection that failed may
+        // be in a bad state and is dropped: the next batch opens another.
+        if pool.write_batch(&mut conn, batch).is_ok() {
+            pool.idle.lock().expect("pool lock").extend(conn);
         }
     }
 }
