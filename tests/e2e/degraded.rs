@@ -442,6 +442,48 @@ fn read_only_remount_serves_reads_and_recovers(kind: &'static str) {
     );
 }
 
+/// A SQLite close cut short after it copied the log into the file and
+/// removed the log's index, but before it removed the log, then a
+/// read-only remount: stategate still starts and serves every state (the
+/// log holds nothing the file lacks; SQLite could not open it read-only
+/// without its index).
+#[test]
+fn sqlite_log_left_without_its_index_on_a_read_only_device_serves_reads() {
+    let peer = OnDevice::new("sqlite", 16, &[]);
+    let server = Server::start(&peer);
+    let body = state_doc("cut", 1, "kept");
+    assert_eq!(http("POST", &server.state_url("cut/a"), &body).0, 200);
+    server.kill();
+    let db = peer.store_path();
+    // Copied into the file by a process that then ends without closing
+    // the database (a close would remove the log too).
+    let script = "import os, sqlite3, sys\n\
+                  sqlite3.connect(sys.argv[1]).execute('PRAGMA wal_checkpoint(FULL)').fetchall()\n\
+                  os._exit(0)\n";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(&db)
+        .output()
+        .expect("python3 (install it)");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let with = |suffix: &str| {
+        let mut p = db.clone().into_os_string();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    std::fs::remove_file(with("-shm")).unwrap();
+    assert!(std::fs::metadata(with("-wal")).unwrap().len() > 0);
+    peer.device.remount("ro");
+    let server = Server::start(&peer);
+    assert_eq!(
+        http("GET", &server.state_url("cut/a"), b""),
+        (200, body.clone())
+    );
+    changes_refused(&server, "cut/a", &body, "cannot take writes");
+    drop(server);
+    peer.device.remount("rw");
+}
+
 /// A PostgreSQL role whose transactions are read-only (as on a hot
 /// standby): reads served, changes refused with the database's words,
 /// and writes resume once the role may write again.

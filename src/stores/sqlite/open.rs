@@ -10,10 +10,13 @@ use super::BUSY_TIMEOUT;
 use crate::stores::keylock::KeyLocks;
 
 /// A read-only connection to the database file `path`. Reading a database
-/// in WAL mode takes its shared-memory file, which a full or read-only file
-/// system may not let SQLite make; without one (and so without a log that
-/// could hold newer pages: SQLite removes both when the last connection
-/// closes cleanly) the file is read as it is on disk.
+/// in WAL mode takes its shared-memory file (the log's index), which a full
+/// or read-only file system may not let SQLite make. Without one the file
+/// is read as it is on disk when no log could hold newer pages: the log is
+/// empty or missing (SQLite removes both when the last connection closes
+/// cleanly), or the index is missing (SQLite removes the index only once
+/// that close has copied the whole log into the file, and the log right
+/// after: a process that ended in between leaves a log with nothing new).
 pub(super) fn read_only_connection(path: &Path) -> Result<Connection, rusqlite::Error> {
     use rusqlite::OpenFlags;
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -28,8 +31,11 @@ pub(super) fn read_only_connection(path: &Path) -> Result<Connection, rusqlite::
     let mut log = path.as_os_str().to_owned();
     log.push("-wal");
     let log_empty = std::fs::metadata(&log).map_or(true, |m| m.len() == 0);
+    let mut index = path.as_os_str().to_owned();
+    index.push("-shm");
+    let index_missing = !Path::new(&index).exists();
     match tried {
-        Err(_) if log_empty => {
+        Err(_) if log_empty || index_missing => {
             let uri = format!("file:{}?immutable=1", uri_path(path));
             Connection::open_with_flags(uri, flags).and_then(usable)
         }
