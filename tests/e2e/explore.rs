@@ -630,9 +630,11 @@ fn explore_with_refresh_off_lists_the_store_only_at_start() {
         "team-a/own.tfstate",
         &state("1.5.7", 1, &[("", "aws_eip", "ip", AWS)]),
     );
-    assert_eq!(
-        keys(&search(&alone, ROOT, "type=aws_eip")),
-        ["team-a/own.tfstate"]
+    eventually(
+        &alone,
+        "type=aws_eip",
+        &["team-a/own.tfstate"],
+        Duration::from_secs(5),
     );
     // Written through the other server: the first one, refreshing every
     // second, finds the write; the one alone never lists again.
