@@ -45,13 +45,18 @@ fn auth_config(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn start(peer: &LocalPeer, config: &std::path::Path) -> Server {
+    start_refreshing(peer, config, "1s")
+}
+
+/// A server with `config` whose explorer lists the store every `refresh`.
+fn start_refreshing(peer: &LocalPeer, config: &std::path::Path, refresh: &str) -> Server {
     Server::start_with(
         peer,
         &[
             "--config",
             config.to_str().unwrap(),
             "--explore-refresh",
-            "1s",
+            refresh,
         ],
     )
 }
@@ -615,15 +620,7 @@ fn explore_with_refresh_off_lists_the_store_only_at_start() {
         "team-a/one.tfstate",
         &state("1.5.7", 1, &[("", "aws_instance", "web", AWS)]),
     );
-    let alone = Server::start_with(
-        &peer,
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--explore-refresh",
-            "0",
-        ],
-    );
+    let alone = start_refreshing(&peer, &config, "0");
     eventually(&alone, "", &["team-a/one.tfstate"], Duration::from_secs(10));
     post(
         &alone,
