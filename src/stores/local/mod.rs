@@ -54,8 +54,8 @@ use async_trait::async_trait;
 use super::keylock::KeyLock;
 use super::payload::SPOOL_THRESHOLD;
 use super::{
-    Backend, Capabilities, Entry, OpDelete, OpList, OpRead, OpWrite, Payload, Store, StoreError,
-    Version, open_with, path_setting, store_path,
+    Backend, Capabilities, Change, Entry, OpDelete, OpList, OpRead, OpWrite, Payload, Stopped,
+    Store, StoreError, Version, open_with, path_setting, store_path,
 };
 use crate::settings::{ConfigError, StoreSettings};
 use tree::Tree;
@@ -234,6 +234,18 @@ impl Store for LocalStore {
     async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {
         let key = key.to_string();
         blocking(self, move |s| s.stat_blocking(&key)).await
+    }
+
+    /// All on one blocking thread, in order: a history record (its copy,
+    /// record, pruning and pointer) costs one hand-over to the blocking
+    /// pool instead of one per change.
+    async fn change_all(&self, changes: Vec<Change>) -> Result<(), Stopped> {
+        let tree = Arc::clone(&self.0);
+        let made = super::blocking(move || Ok(tree.change_all_blocking(changes))).await;
+        match made {
+            Ok(result) => result,
+            Err(error) => Err(Stopped { at: 0, error }),
+        }
     }
 
     async fn snapshot(&self, copy: OpSnapshot<'_>) -> Result<(), StoreError> {

@@ -25,7 +25,9 @@ use super::layout;
 use super::{INTERNAL_DIR, TMP_DIR, TMP_MARK};
 use crate::stores::keylock::{KeyLock, KeyLocks};
 use crate::stores::payload::{BodyCache, FileBody};
-use crate::stores::{Condition, Entry, INTERNAL_PREFIX, Payload, StoreError, Version};
+use crate::stores::{
+    Change, Condition, Entry, INTERNAL_PREFIX, Payload, Stopped, StoreError, Version,
+};
 
 /// Key locks for check-and-change, and for write leases ([`KeyLocks`]).
 const KEY_LOCKS: &str = "keys";
@@ -282,6 +284,35 @@ impl Tree {
         drop(guard);
         if durable {
             rustix::fs::fsync(&parent).map_err(|e| translate(key, "syncing", e))?;
+        }
+        Ok(())
+    }
+
+    /// [`Store::change_all`](crate::stores::Store::change_all) on this
+    /// thread: each change as its own method makes it, stopping at the
+    /// first that fails.
+    pub(super) fn change_all_blocking(&self, changes: Vec<Change>) -> Result<(), Stopped> {
+        for (at, change) in changes.into_iter().enumerate() {
+            let made = match change {
+                Change::Write { key, body, args } => self
+                    .put_blocking(
+                        &key,
+                        &Payload::Memory(body),
+                        &args.condition,
+                        !args.transient,
+                    )
+                    .map(|_| ()),
+                Change::Delete { key, args } => {
+                    self.delete_blocking(&key, &args.condition, !args.transient)
+                }
+                Change::Snapshot {
+                    from,
+                    from_version,
+                    to,
+                    ..
+                } => self.snapshot_blocking(&from, &from_version, &to),
+            };
+            made.map_err(|error| Stopped { at, error })?;
         }
         Ok(())
     }
