@@ -16,6 +16,11 @@ pub(super) const MAX_BATCH: usize = 128;
 /// on their own.
 pub(super) const MAX_BATCH_BYTES: u64 = 8 * 1024 * 1024;
 
+/// The writer's page cache, in KiB (SQLite takes a negative size as KiB):
+/// room for the bodies of a few batches, so a history copy reads the state
+/// it copies from memory rather than from the log.
+const WRITER_CACHE_KIB: i64 = -16 * 1024;
+
 /// One write waiting for the writer thread.
 pub(super) trait WriteJob: Send {
     /// The body bytes it writes.
@@ -97,7 +102,7 @@ pub(super) fn write_batches(
         let Some(pool) = pool.upgrade() else {
             return;
         };
-        let mut conn = pool.idle.lock().expect("pool lock").pop();
+        let mut conn = pool.writer.lock().expect("pool lock").take();
         // Back to the pool, which closes its connections on the thread that
         // drops it. Kept here, this one would close as this thread ends,
         // which a process ending meanwhile can cut short after SQLite
@@ -105,7 +110,7 @@ pub(super) fn write_batches(
         // could then not open the file at all. A connection that failed may
         // be in a bad state and is dropped: the next batch opens another.
         if pool.write_batch(&mut conn, batch).is_ok() {
-            pool.idle.lock().expect("pool lock").extend(conn);
+            *pool.writer.lock().expect("pool lock") = conn;
         }
     }
 }
@@ -128,7 +133,10 @@ impl Pool {
             return Ok(());
         }
         if conn.is_none() {
-            match self.connect() {
+            match self.connect().and_then(|c| {
+                c.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
+                Ok(c)
+            }) {
                 Ok(c) => *conn = Some(c),
                 Err(e) => {
                     fail_all(
@@ -194,11 +202,11 @@ impl Pool {
     }
 }
 
-/// Free pages (of a file made with incremental vacuum) beyond which they
-/// go back to the device: an eighth of the file, and at least 1 MiB of
-/// 4 KiB pages, so pruning a version now and then moves nothing while
-/// deleting or purging states frees the disk.
-const FREE_PAGES_KEPT: i64 = 256;
+/// Free space (of a file made with incremental vacuum) beyond which it
+/// goes back to the device: an eighth of the file, and at least 1 MiB, so
+/// pruning a version now and then moves nothing while deleting or purging
+/// states frees the disk.
+const FREE_BYTES_KEPT: i64 = 1024 * 1024;
 
 /// Gives pages freed by deletes back to the device when many are free, and
 /// shortens the log to match, so purging states frees disk space. Does
@@ -206,15 +214,16 @@ const FREE_PAGES_KEPT: i64 = 256;
 /// device is full) leaves the pages for later writes to reuse.
 pub(super) fn give_back(db: &Connection) {
     let pages = |pragma: &str| db.pragma_query_value(None, pragma, |r| r.get::<_, i64>(0));
-    let (Ok(free), Ok(total), Ok(mode)) = (
+    let (Ok(free), Ok(total), Ok(mode), Ok(page)) = (
         pages("freelist_count"),
         pages("page_count"),
         pages("auto_vacuum"),
+        pages("page_size"),
     ) else {
         return;
     };
     // 2 is incremental.
-    if mode != 2 || free <= FREE_PAGES_KEPT.max(total / 8) {
+    if mode != 2 || free <= (FREE_BYTES_KEPT / page.max(1)).max(total / 8) {
         return;
     }
     // The pragma frees one page a step, answering each with a row: it is
@@ -383,6 +392,63 @@ mod group_commit {
 
     /// Deleting many states gives their pages back to the device at the
     /// next write, not only to later writes inside the file.
+    /// The writer works on one connection of its own, batch after batch,
+    /// with the larger page cache: a temporary table (which only the
+    /// connection that made it sees) made in one batch is there in the
+    /// next, after reads have used the pool's other connections.
+    #[tokio::test]
+    async fn the_writer_keeps_its_connection_and_cache_between_batches() {
+        let (_dir, store) = new_store();
+        let cache = store
+            .run_write("marking".into(), 0, |conn| {
+                conn.execute_batch("CREATE TEMP TABLE writer_mark (x)")
+                    .map_err(|e| StoreError::unavailable(e.to_string()))?;
+                conn.pragma_query_value(None, "cache_size", |r| r.get::<_, i64>(0))
+                    .map_err(|e| StoreError::unavailable(e.to_string()))
+            })
+            .await
+            .unwrap();
+        assert_eq!(cache, WRITER_CACHE_KIB);
+        store
+            .put("a", Bytes::from_static(b"{}"), Condition::Always)
+            .await
+            .unwrap();
+        let reads = (0..4).map(|_| store.get("a"));
+        for read in futures_util::future::join_all(reads).await {
+            assert!(read.unwrap().is_some());
+        }
+        let marked = store
+            .run_write("looking".into(), 0, |conn| {
+                conn.query_row(
+                    "SELECT count(*) FROM temp.sqlite_master WHERE name = 'writer_mark'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(|e| StoreError::unavailable(e.to_string()))
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            marked, 1,
+            "the writer's next batch ran on another connection"
+        );
+    }
+
+    /// A new file is made with [`PAGE_SIZE`] pages.
+    #[tokio::test]
+    async fn a_new_file_has_large_pages() {
+        let (dir, store) = new_store();
+        store
+            .put("a", Bytes::from_static(b"{}"), Condition::Always)
+            .await
+            .unwrap();
+        let conn = Connection::open(dir.path().join("g.db")).unwrap();
+        let size: i64 = conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))
+            .unwrap();
+        assert_eq!(size, crate::stores::sqlite::PAGE_SIZE);
+    }
+
     #[tokio::test]
     async fn deleting_states_gives_their_pages_back() {
         let (dir, store) = new_store();
@@ -404,9 +470,11 @@ mod group_commit {
             .await
             .unwrap();
         let conn = Connection::open(dir.path().join("g.db")).unwrap();
-        let free: i64 = conn
-            .pragma_query_value(None, "freelist_count", |r| r.get(0))
-            .unwrap();
-        assert!(free <= FREE_PAGES_KEPT, "{free} pages left free");
+        let pages = |pragma: &str| {
+            conn.pragma_query_value(None, pragma, |r| r.get::<_, i64>(0))
+                .unwrap()
+        };
+        let free = pages("freelist_count") * pages("page_size");
+        assert!(free <= FREE_BYTES_KEPT, "{free} bytes left free");
     }
 }
