@@ -650,7 +650,7 @@ def wrk(url, connections, duration):
     if shutil.which("wrk"):
         threads = min(connections, os.cpu_count() or 1)
         out = subprocess.run(
-            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "30s", url],
+            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "30s", url],
             capture_output=True,
             text=True,
         )
