@@ -158,8 +158,8 @@ struct Pool {
 /// The page size of a new file. States are bodies of tens of kilobytes to
 /// hundreds of megabytes: SQLite writes a page per system call (twice, to
 /// the log and then to the file), so 16 KiB pages write a body in a
-/// quarter of the calls 4 KiB ones take (new states 1.2-1.45x faster in
-/// `bench/run --only write`), for a few more bytes per small change. A
+/// quarter of the calls 4 KiB ones take (new states of 100 KiB up to 1.4x
+/// faster, see bench/README), for a few more bytes per small change. A
 /// file keeps the size it was made with.
 pub(super) const PAGE_SIZE: i64 = 16 * 1024;
 

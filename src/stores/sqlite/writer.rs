@@ -390,8 +390,6 @@ mod group_commit {
         assert_eq!(store.commits() - before, 4);
     }
 
-    /// Deleting many states gives their pages back to the device at the
-    /// next write, not only to later writes inside the file.
     /// The writer works on one connection of its own, batch after batch,
     /// with the larger page cache: a temporary table (which only the
     /// connection that made it sees) made in one batch is there in the
@@ -449,6 +447,8 @@ mod group_commit {
         assert_eq!(size, crate::stores::sqlite::PAGE_SIZE);
     }
 
+    /// Deleting many states gives their pages back to the device at the
+    /// next write, not only to later writes inside the file.
     #[tokio::test]
     async fn deleting_states_gives_their_pages_back() {
         let (dir, store) = new_store();
