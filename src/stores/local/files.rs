@@ -71,7 +71,9 @@ pub(super) fn open_beneath(dir: impl AsFd, rel: &str, flags: OFlags) -> Result<O
 }
 
 /// Opens the directory `rel` below `dir`, creating missing directories one
-/// at a time (each created and then opened without following links).
+/// at a time (each created and then opened without following links),
+/// from the deepest one that exists: a new state's folder costs one
+/// `mkdirat`, not one per level of its path.
 pub(super) fn open_dir_beneath(dir: &OwnedFd, rel: &str, create: bool) -> Result<OwnedFd, Errno> {
     let flags = OFlags::DIRECTORY | OFlags::RDONLY;
     if rel.is_empty() {
@@ -81,15 +83,13 @@ pub(super) fn open_dir_beneath(dir: &OwnedFd, rel: &str, create: bool) -> Result
         Err(Errno::NOENT) if create => {}
         other => return other,
     }
-    let mut current = open_beneath(dir, ".", flags)?;
-    for part in rel.split('/') {
-        match rustix::fs::mkdirat(&current, part, Mode::from_raw_mode(0o755)) {
-            Ok(()) | Err(Errno::EXIST) => {}
-            Err(e) => return Err(e),
-        }
-        current = open_beneath(&current, part, flags)?;
+    let (parent, last) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let parent = open_dir_beneath(dir, parent, true)?;
+    match rustix::fs::mkdirat(&parent, last, Mode::from_raw_mode(0o755)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => return Err(e),
     }
-    Ok(current)
+    open_beneath(&parent, last, flags)
 }
 
 /// Writes `body` into the new file `file`, synced when `durable`, and
