@@ -37,6 +37,21 @@ fn destination(receiver: &Receiver, name: &str, extra: &str) -> String {
     )
 }
 
+/// What most tests start from: a local store, a receiver answering as
+/// `mode`, and a configuration file that `yaml` writes naming the
+/// receiver's destinations, in a folder that lives as long as the last
+/// of the four.
+fn setup(
+    mode: Mode,
+    yaml: impl FnOnce(&Receiver) -> String,
+) -> (LocalPeer, Receiver, PathBuf, tempfile::TempDir) {
+    let receiver = Receiver::start(SECRET);
+    receiver.set_mode(mode);
+    let dir = tempfile::TempDir::new().unwrap();
+    let cfg = config(dir.path(), &yaml(&receiver));
+    (LocalPeer::new(), receiver, cfg, dir)
+}
+
 fn serve(peer: &dyn Peer, config: &Path) -> Server {
     Server::try_start(peer, &["--config", config.to_str().unwrap()], &[SECRET_ENV])
         .unwrap_or_else(|log| panic!("stategate did not start:\n{log}"))
@@ -117,16 +132,12 @@ resource "terraform_data" "app" {{
 
 #[test]
 fn notify_every_event_type_arrives_signed_as_a_cloudevent() {
-    let peer = LocalPeer::new();
-    let receiver = Receiver::start(SECRET);
-    let dir = tempfile::TempDir::new().unwrap();
-    let cfg = config(
-        dir.path(),
-        &format!(
+    let (peer, receiver, cfg, _dir) = setup(Mode::Up, |r| {
+        format!(
             "lock_held_too_long: 2s\nui:\n  hosts: [stategate.example]\nnotifications:\n{}",
-            destination(&receiver, "all", "")
-        ),
-    );
+            destination(r, "all", "")
+        )
+    });
     let server = serve(&peer, &cfg);
 
     let tf = Terraform::new(&backend(&server.url, "tf/app"));
@@ -270,20 +281,16 @@ fn notify_every_event_type_arrives_signed_as_a_cloudevent() {
 #[test]
 fn notify_a_change_refused_by_a_states_protection_is_a_refused_write() {
     use base64::Engine;
-    let peer = LocalPeer::new();
-    let receiver = Receiver::start(SECRET);
-    let dir = tempfile::TempDir::new().unwrap();
     let password = "root-pass-7c2k";
-    let cfg = config(
-        dir.path(),
-        &format!(
+    let (peer, receiver, cfg, _dir) = setup(Mode::Up, |r| {
+        format!(
             "auth:\n  users:\n    - name: root\n      password_hash: \"{}\"\n      \
              rules: [{{keys: \"**\", access: admin}}]\n  protected:\n    - keys: \"prod/**\"\n      \
              writers: {{claims: {{ref_protected: \"true\"}}}}\nnotifications:\n{}",
             hash_password(password),
-            destination(&receiver, "p", "    events: [state.write_refused]\n")
-        ),
-    );
+            destination(r, "p", "    events: [state.write_refused]\n")
+        )
+    });
     let server = serve(&peer, &cfg);
     let root = format!(
         "Basic {}",
@@ -324,22 +331,18 @@ fn notify_a_change_refused_by_a_states_protection_is_a_refused_write() {
 
 #[test]
 fn notify_a_slack_destination_and_key_patterns_filter() {
-    let peer = LocalPeer::new();
-    let receiver = Receiver::start(SECRET);
-    let dir = tempfile::TempDir::new().unwrap();
-    let cfg = config(
-        dir.path(),
-        &format!(
+    let (peer, receiver, cfg, _dir) = setup(Mode::Up, |r| {
+        format!(
             "notifications:\n{}{}  - name: chat\n    url: {}\n    format: slack\n    events: [state.written]\n",
             destination(
-                &receiver,
+                r,
                 "prod",
                 "    keys: prod/**\n    events: [state.written, lock.taken]\n"
             ),
-            destination(&receiver, "blue", "    workspaces: [blue]\n"),
-            receiver.url("chat"),
-        ),
-    );
+            destination(r, "blue", "    workspaces: [blue]\n"),
+            r.url("chat"),
+        )
+    });
     let server = serve(&peer, &cfg);
     for key in ["prod/net", "staging/net", "prod/db/main"] {
         let url = server.state_url(key);
@@ -399,14 +402,9 @@ fn notify_a_slack_destination_and_key_patterns_filter() {
 
 #[test]
 fn notify_a_receiver_down_loses_nothing_and_slows_no_request() {
-    let peer = LocalPeer::new();
-    let receiver = Receiver::start(SECRET);
-    receiver.set_mode(Mode::Hang);
-    let dir = tempfile::TempDir::new().unwrap();
-    let cfg = config(
-        dir.path(),
-        &format!("notifications:\n{}", destination(&receiver, "down", "")),
-    );
+    let (peer, receiver, cfg, _dir) = setup(Mode::Hang, |r| {
+        format!("notifications:\n{}", destination(r, "down", ""))
+    });
     let server = serve(&peer, &cfg);
 
     // Every attempt hangs until its timeout, and the requests do not wait.
@@ -474,14 +472,9 @@ fn notify_a_receiver_down_loses_nothing_and_slows_no_request() {
 
 #[test]
 fn notify_events_pending_when_stategate_is_killed_are_sent_after_restart() {
-    let peer = LocalPeer::new();
-    let receiver = Receiver::start(SECRET);
-    receiver.set_mode(Mode::Failing);
-    let dir = tempfile::TempDir::new().unwrap();
-    let cfg = config(
-        dir.path(),
-        &format!("notifications:\n{}", destination(&receiver, "k", "")),
-    );
+    let (peer, receiver, cfg, _dir) = setup(Mode::Failing, |r| {
+        format!("notifications:\n{}", destination(r, "k", ""))
+    });
     let server = serve(&peer, &cfg);
     for n in 1..=5 {
         let url = server.state_url(&format!("crash/s{n}"));
@@ -517,20 +510,12 @@ fn notify_events_pending_when_stategate_is_killed_are_sent_after_restart() {
 
 #[test]
 fn notify_three_replicas_on_one_store_deliver_every_event_once() {
-    let peer = LocalPeer::new();
-    let receiver = Receiver::start(SECRET);
-    let dir = tempfile::TempDir::new().unwrap();
-    let cfg = config(
-        dir.path(),
-        &format!(
+    let (peer, receiver, cfg, _dir) = setup(Mode::Up, |r| {
+        format!(
             "lock_held_too_long: 2s\nnotifications:\n{}",
-            destination(
-                &receiver,
-                "r",
-                "    events: [state.written, lock.held_too_long]\n"
-            )
-        ),
-    );
+            destination(r, "r", "    events: [state.written, lock.held_too_long]\n")
+        )
+    });
     let mut replicas: Vec<Server> = (0..3).map(|_| serve(&peer, &cfg)).collect();
     // Held back at first, so every replica finds entries of the others
     // waiting when the receiver comes up.
@@ -608,17 +593,12 @@ fn notify_three_replicas_on_one_store_deliver_every_event_once() {
 
 #[test]
 fn notify_what_cannot_be_delivered_is_kept_shown_and_counted() {
-    let peer = LocalPeer::new();
-    let receiver = Receiver::start(SECRET);
-    receiver.set_mode(Mode::Failing);
-    let dir = tempfile::TempDir::new().unwrap();
-    let cfg = config(
-        dir.path(),
-        &format!(
+    let (peer, receiver, cfg, _dir) = setup(Mode::Failing, |r| {
+        format!(
             "notification_max_attempts: 2\nnotifications:\n{}",
-            destination(&receiver, "dead", "")
-        ),
-    );
+            destination(r, "dead", "")
+        )
+    });
     let server = serve(&peer, &cfg);
     let url = server.state_url("lost/one");
     assert_eq!(http("POST", &url, &state_doc("lin-u", 1, "x")).0, 200);
