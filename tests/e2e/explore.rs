@@ -529,8 +529,11 @@ fn explore_finds_what_every_state_holds_for_whoever_may_read_it() {
     assert_eq!(found["total_resources"], 2);
 }
 
-#[test]
-fn explore_a_second_replica_finds_the_first_ones_writes_on_its_refresh() {
+/// Two servers on one local store (their configuration in the folder
+/// returned first): the second, listing the store every `refresh`, is
+/// started once the first has written `team-a/one.tfstate`, and is seen
+/// to have found it.
+fn two_servers(refresh: &str) -> (tempfile::TempDir, LocalPeer, Server, Server) {
     let dir = tempfile::TempDir::new().unwrap();
     let config = auth_config(dir.path());
     let peer = LocalPeer::new();
@@ -540,13 +543,19 @@ fn explore_a_second_replica_finds_the_first_ones_writes_on_its_refresh() {
         "team-a/one.tfstate",
         &state("1.5.7", 1, &[("", "aws_instance", "web", AWS)]),
     );
-    let second = start(&peer, &config);
+    let second = start_refreshing(&peer, &config, refresh);
     eventually(
         &second,
         "",
         &["team-a/one.tfstate"],
         Duration::from_secs(10),
     );
+    (dir, peer, first, second)
+}
+
+#[test]
+fn explore_a_second_replica_finds_the_first_ones_writes_on_its_refresh() {
+    let (_dir, peer, first, second) = two_servers("1s");
 
     // Written through the first: the second has no word of it but its
     // next listing.
@@ -611,17 +620,7 @@ fn explore_a_second_replica_finds_the_first_ones_writes_on_its_refresh() {
 /// replica's are not looked for.
 #[test]
 fn explore_with_refresh_off_lists_the_store_only_at_start() {
-    let dir = tempfile::TempDir::new().unwrap();
-    let config = auth_config(dir.path());
-    let peer = LocalPeer::new();
-    let first = start(&peer, &config);
-    post(
-        &first,
-        "team-a/one.tfstate",
-        &state("1.5.7", 1, &[("", "aws_instance", "web", AWS)]),
-    );
-    let alone = start_refreshing(&peer, &config, "0");
-    eventually(&alone, "", &["team-a/one.tfstate"], Duration::from_secs(10));
+    let (_dir, _peer, first, alone) = two_servers("0");
     post(
         &alone,
         "team-a/own.tfstate",
