@@ -28,12 +28,13 @@ pub(super) fn read_only_connection(path: &Path) -> Result<Connection, rusqlite::
         Ok(conn)
     };
     let tried = Connection::open_with_flags(path, flags).and_then(usable);
-    let mut log = path.as_os_str().to_owned();
-    log.push("-wal");
-    let log_empty = std::fs::metadata(&log).map_or(true, |m| m.len() == 0);
-    let mut index = path.as_os_str().to_owned();
-    index.push("-shm");
-    let index_missing = !Path::new(&index).exists();
+    let beside = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    let log_empty = std::fs::metadata(beside("-wal")).map_or(true, |m| m.len() == 0);
+    let index_missing = !beside("-shm").exists();
     match tried {
         Err(_) if log_empty || index_missing => {
             let uri = format!("file:{}?immutable=1", uri_path(path));
