@@ -133,8 +133,8 @@ fn listing_sqlite_states_never_reads_a_history_row() {
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .unwrap();
     conn.execute(
-        "INSERT INTO objects (key, generation, modified_ns, size, body)
-         VALUES ('.stategate/history/poison/0000000001.json', 0, 'never', 2, x'7b7d')",
+        "INSERT INTO objects (key, generation, modified_ns, size, body_id)
+         VALUES ('.stategate/history/poison/0000000001.json', 0, 'never', 2, 0)",
         [],
     )
     .unwrap();

@@ -137,9 +137,11 @@ impl Peer for SqlitePeer {
 
     fn object_bytes(&self, key: &str) -> Vec<u8> {
         let conn = rusqlite::Connection::open(self.db()).expect("open database");
-        conn.query_row("SELECT body FROM objects WHERE key = ?1", [key], |r| {
-            r.get::<_, Vec<u8>>(0)
-        })
+        conn.query_row(
+            "SELECT b.body FROM objects o JOIN bodies b ON b.id = o.body_id WHERE o.key = ?1",
+            [key],
+            |r| r.get::<_, Vec<u8>>(0),
+        )
         .expect("the object's row")
     }
 
@@ -155,14 +157,32 @@ impl Peer for SqlitePeer {
                 |r| r.get(0),
             )
             .unwrap();
+        // As the store writes: a body row of its own, and the one the
+        // object named before let go.
+        let before: Option<i64> = tx
+            .query_row("SELECT body_id FROM objects WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .ok();
+        tx.execute("INSERT INTO bodies (body) VALUES (?1)", [body])
+            .unwrap();
         tx.execute(
-            "INSERT INTO objects (key, generation, modified_ns, size, body)
-             VALUES (?1, ?2, 0, ?3, ?4)
+            "INSERT INTO objects (key, generation, modified_ns, size, body_id)
+             VALUES (?1, ?2, 0, ?3, last_insert_rowid())
              ON CONFLICT (key) DO UPDATE SET
-                 generation = excluded.generation, size = excluded.size, body = excluded.body",
-            rusqlite::params![key, generation, body.len() as i64, body],
+                 generation = excluded.generation, size = excluded.size,
+                 body_id = excluded.body_id",
+            rusqlite::params![key, generation, body.len() as i64],
         )
         .unwrap();
+        if let Some(before) = before {
+            tx.execute(
+                "DELETE FROM bodies WHERE id = ?1
+                 AND NOT EXISTS (SELECT 1 FROM objects WHERE body_id = ?1)",
+                [before],
+            )
+            .unwrap();
+        }
         tx.commit().expect("write a row behind stategate's back");
     }
 }

@@ -18,14 +18,15 @@
 //! The busy timeout is left for writers in other processes sharing the
 //! file.
 //!
-//! Large bodies never sit whole in memory: they are written into their row
-//! and read out of it a piece at a time through SQLite's blob handles, and
-//! a history copy of one is made the same way.
+//! Bodies are rows of a table of their own, which a history copy shares
+//! with its state rather than copying ([`schema::SCHEMA`]). Large bodies
+//! never sit whole in memory: they are written into their row and read out
+//! of it a piece at a time through SQLite's blob handles.
 //!
-//! A file made by an older stategate is brought to the current table when
-//! a store opens it for writing ([`rows::upgrade_table`]); a store opened
-//! for reading only lists it as it is. An older stategate can no longer
-//! write to a file so upgraded: its rows lack the `size` column.
+//! A file made by an older stategate is brought to the current shape when
+//! a store opens it for writing ([`schema::upgrade_table`]); a store opened
+//! for reading only reads it as it is. An older stategate can no longer
+//! write to a file so upgraded: its objects have no `body` column.
 //!
 //! A state's write lease ([`Store::native_lease`]) is a key lock
 //! ([`super::keylock`]) on a file beside the database, `<file>.leases`:
@@ -92,33 +93,6 @@ impl SqliteConfig {
         })
     }
 }
-
-/// `body` comes last: SQLite keeps an empty blob of a given size
-/// (`zeroblob`) without allocating it only in a row's last column, and
-/// reading the other columns then never walks the body's pages.
-///
-/// `size` is the body's length, kept by every write. A listing is answered
-/// from the index `objects_listing` alone, without reading the table, where
-/// the rows of states lie among the rows of their history (each version's
-/// copy is written right after its state): with many versions, reading
-/// the states' rows would read a page for nearly every one. The index
-/// cannot hold `length(body)` itself: SQLite refuses to open a blob for
-/// writing in an indexed column, and large bodies are written that way.
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS objects (
-    key TEXT PRIMARY KEY NOT NULL,
-    generation INTEGER NOT NULL,
-    modified_ns INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    body BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS objects_listing ON objects (key, modified_ns, size);
-CREATE TABLE IF NOT EXISTS generation (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    last INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO generation (id, last) VALUES (1, 0);
-";
 
 /// One SQLite database file; cheap to clone.
 #[derive(Clone)]
@@ -390,9 +364,11 @@ impl SqliteStore {
     /// An object's body whole, from its row.
     async fn read_whole(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
         let key = key.to_string();
+        let read_only = self.0.read_only;
         self.run(format!("reading {key}"), move |conn| {
+            let shape = Shape::read_by(conn, read_only).map_err(db_err("reading"))?;
             conn.query_row(
-                "SELECT body, generation FROM objects WHERE key = ?1",
+                shape.whole_query(),
                 [&key],
                 |r| {
                     Ok((
@@ -421,11 +397,8 @@ impl SqliteStore {
         let read_only = self.0.read_only;
         self.run("listing".to_string(), move |conn| {
             let err = db_err("listing");
-            // Only a read-only store can meet a file it could not upgrade.
-            let with_size = !read_only || has_size(conn).map_err(&err)?;
-            let mut stmt = conn
-                .prepare_cached(listing_query(with_size))
-                .map_err(&err)?;
+            let shape = Shape::read_by(conn, read_only).map_err(&err)?;
+            let mut stmt = conn.prepare_cached(shape.listing_query()).map_err(&err)?;
             let mut out = Vec::new();
             for (from, before) in ranges {
                 let before = match before {
@@ -449,21 +422,6 @@ impl SqliteStore {
             Ok(out)
         })
         .await
-    }
-}
-
-/// The listing of one range of keys with a prefix, sorted: with `size`,
-/// answered from the index `objects_listing` alone (see [`SCHEMA`]);
-/// without, on a file made before that column, from the table.
-fn listing_query(with_size: bool) -> &'static str {
-    if with_size {
-        "SELECT key, size, modified_ns FROM objects
-         WHERE key >= ?1 AND key < ?2 AND substr(key, 1, length(?3)) = ?3
-         ORDER BY key"
-    } else {
-        "SELECT key, length(body), modified_ns FROM objects
-         WHERE key >= ?1 AND key < ?2 AND substr(key, 1, length(?3)) = ?3
-         ORDER BY key"
     }
 }
 
@@ -514,12 +472,10 @@ impl Store for SqliteStore {
         self.run(format!("reading {key}"), move |conn| {
             let err = db_err("reading");
             let tx = conn.transaction().map_err(&err)?;
-            // `length(body)`, not `size`: SQLite takes it from the row's
-            // header without reading the body, and a read-only store may
-            // read a file made before `size`.
+            let shape = Shape::read_by(&tx, pool.read_only).map_err(&err)?;
             let row = tx
                 .query_row(
-                    "SELECT rowid, length(body), generation FROM objects WHERE key = ?1",
+                    shape.locate_query(),
                     [&key],
                     |r| {
                         Ok((
@@ -541,7 +497,7 @@ impl Store for SqliteStore {
                     return Ok(Some((Payload::Memory(body), version)));
                 }
                 let blob = tx
-                    .blob_open(MAIN_DB, c"objects", c"body", rowid, true)
+                    .blob_open(MAIN_DB, shape.body_table(), c"body", rowid, true)
                     .map_err(&err)?;
                 let mut body = Vec::with_capacity(len as usize);
                 std::io::Read::read_to_end(&mut { blob }, &mut body)
@@ -556,7 +512,7 @@ impl Store for SqliteStore {
                 false => None,
                 true => pool.bodies.shared(&key, &version, len, |buf| {
                     let blob = tx
-                        .blob_open(MAIN_DB, c"objects", c"body", rowid, true)
+                        .blob_open(MAIN_DB, shape.body_table(), c"body", rowid, true)
                         .map_err(&err)?;
                     std::io::Read::read_to_end(&mut { blob }, buf)
                         .map(drop)
@@ -566,7 +522,7 @@ impl Store for SqliteStore {
             if let Some(body) = shared {
                 return Ok(Some((Payload::Memory(body), version)));
             }
-            let body = blob_to_file(&tx, rowid, len, &format!("reading {key}"))?;
+            let body = blob_to_file(&tx, shape, rowid, len, &format!("reading {key}"))?;
             Ok(Some((body, version)))
         })
         .await
@@ -668,11 +624,12 @@ impl Store for SqliteStore {
 
 mod open;
 mod rows;
+mod schema;
 mod writer;
 
 use open::{lease_file, read_only_connection};
 use rows::{
-    blob_to_file, current_version, db_err, delete_row, has_size, prefix_upper_bound, put_row,
-    snapshot_row, upgrade_table,
+    blob_to_file, current_version, db_err, delete_row, prefix_upper_bound, put_row, snapshot_row,
 };
+use schema::{SCHEMA, Shape, upgrade_table};
 use writer::{Job, WriteJob, give_back, write_batches};

@@ -1,19 +1,18 @@
 //! The rows themselves: conditional writes, deletes and copies inside an
-//! open transaction, bodies moved between rows and files a piece at a
-//! time, and the upgrade of an older table.
+//! open transaction, and bodies moved between rows and files a piece at a
+//! time.
 
 use std::sync::Arc;
 
 use rusqlite::{Connection, MAIN_DB, OptionalExtension, params};
 use time::OffsetDateTime;
 
-use super::SCHEMA;
-use crate::stores::payload::{FileBody, SPOOL_THRESHOLD};
+use super::schema::Shape;
+use crate::stores::payload::FileBody;
 use crate::stores::{Condition, Payload, StoreError, Version};
 
-/// Writes `key` under `condition` inside the open transaction; a body in
-/// a file goes in as an empty blob of its size, then is written into it a
-/// piece at a time.
+/// Writes `key` under `condition` inside the open transaction, in a body
+/// row of its own; the body the object named before is let go.
 pub(super) fn put_row(
     tx: &Connection,
     key: &str,
@@ -21,38 +20,23 @@ pub(super) fn put_row(
     condition: &Condition,
 ) -> Result<Version, StoreError> {
     let err = db_err("writing");
-    let current = current_version(tx, key).map_err(&err)?;
-    condition.check(current.as_ref(), true)?;
+    let current = current_row(tx, key).map_err(&err)?;
+    condition.check(current.as_ref().map(|c| &c.version), true)?;
     let generation = next_generation(tx).map_err(&err)?;
     let now = OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
-    // A body in a file goes in as an empty blob of its size, then
-    // is written into it a piece at a time.
+    let body_id = insert_body(tx, body, key)?;
     let size = body.len() as i64;
-    let memory: &[u8] = body.as_memory().map_or(&[], |b| b);
-    let (value, placeholder): (&dyn rusqlite::ToSql, _) = match body.as_memory() {
-        Some(_) => (&memory, "?3"),
-        None => (&size, "zeroblob(?3)"),
-    };
-    let sql = if current.is_some() {
-        format!(
-            "UPDATE objects SET generation = ?2, size = ?5, body = {placeholder}, modified_ns = ?4
-             WHERE key = ?1"
-        )
-    } else {
-        format!(
-            "INSERT INTO objects (key, generation, modified_ns, size, body)
-             VALUES (?1, ?2, ?4, ?5, {placeholder})"
-        )
-    };
-    tx.execute(&sql, params![key, generation, value, now, size])
-        .map_err(&err)?;
-    if body.as_memory().is_none() {
-        let rowid: i64 = tx
-            .query_row("SELECT rowid FROM objects WHERE key = ?1", [key], |r| {
-                r.get(0)
-            })
+    match current {
+        Some(old) => {
+            tx.prepare_cached(
+                "UPDATE objects SET generation = ?2, modified_ns = ?3, size = ?4, body_id = ?5
+                 WHERE key = ?1",
+            )
+            .and_then(|mut s| s.execute(params![key, generation, now, size, body_id]))
             .map_err(&err)?;
-        file_to_blob(tx, rowid, body, &format!("writing {key}"))?;
+            let_go(tx, old.body_id).map_err(&err)?;
+        }
+        None => insert_object(tx, key, generation, now, size, body_id).map_err(&err)?,
     }
     Ok(Version(generation.to_string()))
 }
@@ -64,15 +48,20 @@ pub(super) fn delete_row(
     condition: &Condition,
 ) -> Result<(), StoreError> {
     let err = db_err("deleting");
-    let current = current_version(tx, key).map_err(&err)?;
-    condition.check(current.as_ref(), false)?;
-    tx.execute("DELETE FROM objects WHERE key = ?1", [key])
-        .map_err(&err)?;
+    let current = current_row(tx, key).map_err(&err)?;
+    condition.check(current.as_ref().map(|c| &c.version), false)?;
+    if let Some(row) = current {
+        tx.prepare_cached("DELETE FROM objects WHERE key = ?1")
+            .and_then(|mut s| s.execute([key]))
+            .map_err(&err)?;
+        let_go(tx, row.body_id).map_err(&err)?;
+    }
     Ok(())
 }
 
 /// Copies `from`, if it still has version `expected`, to the new key `to`
-/// inside the open transaction.
+/// inside the open transaction: the copy names the same body, so no byte
+/// of it is written again.
 pub(super) fn snapshot_row(
     tx: &Connection,
     from: &str,
@@ -80,103 +69,84 @@ pub(super) fn snapshot_row(
     to: &str,
 ) -> Result<(), StoreError> {
     let err = db_err("copying");
-    let source = current_version(tx, from).map_err(&err)?;
-    Condition::IfMatch(expected).check(source.as_ref(), true)?;
+    let source = current_row(tx, from).map_err(&err)?;
+    Condition::IfMatch(expected).check(source.as_ref().map(|s| &s.version), true)?;
+    let source = source.expect("a version matched, so the row exists");
     let target = current_version(tx, to).map_err(&err)?;
     Condition::IfAbsent.check(target.as_ref(), true)?;
     let generation = next_generation(tx).map_err(&err)?;
     let now = OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
-    let (source, size): (i64, i64) = tx
-        .query_row(
-            "SELECT rowid, size FROM objects WHERE key = ?1",
-            [from],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .map_err(&err)?;
-    if size <= SPOOL_THRESHOLD as i64 {
-        tx.execute(
-            "INSERT INTO objects (key, generation, modified_ns, size, body)
-             SELECT ?1, ?2, ?3, size, body FROM objects WHERE key = ?4",
-            params![to, generation, now, from],
-        )
-        .map_err(&err)?;
-    } else {
-        // A copy in SQL would hold the whole body in memory, twice.
-        // Through a file: a write to one blob handle makes SQLite
-        // forget where the other one's pages are, so reading and
-        // writing in turn would walk the page chain from the start
-        // every time.
-        let what = format!("copying {from}");
-        let staged = blob_to_file(tx, source, size as u64, &what)?;
-        tx.execute(
-            "INSERT INTO objects (key, generation, modified_ns, size, body)
-             VALUES (?1, ?2, ?3, ?4, zeroblob(?4))",
-            params![to, generation, now, size],
-        )
-        .map_err(&err)?;
-        file_to_blob(tx, tx.last_insert_rowid(), &staged, &what)?;
-    }
+    insert_object(tx, to, generation, now, source.size, source.body_id).map_err(&err)?;
     Ok(())
 }
 
-/// The columns of `objects` in the order [`SCHEMA`] gives them.
-const COLUMNS: [&str; 5] = ["key", "generation", "modified_ns", "size", "body"];
-
-/// The columns of the table `objects`, in order; none when there is no
-/// such table yet.
-fn columns(conn: &Connection) -> Result<Vec<String>, rusqlite::Error> {
-    conn.prepare("SELECT name FROM pragma_table_info('objects') ORDER BY cid")?
-        .query_map([], |r| r.get(0))?
-        .collect()
+/// An object's row as the writes need it.
+struct Row {
+    version: Version,
+    size: i64,
+    body_id: i64,
 }
 
-/// Whether `objects` has its `size` column: a file made before it has
-/// none until a store opened for writing upgrades it.
-pub(super) fn has_size(conn: &Connection) -> Result<bool, rusqlite::Error> {
-    conn.query_row(
-        "SELECT count(*) FROM pragma_table_info('objects') WHERE name = 'size'",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n > 0),
-    )
+/// The row of `key` now, inside the transaction.
+fn current_row(tx: &Connection, key: &str) -> Result<Option<Row>, rusqlite::Error> {
+    tx.prepare_cached("SELECT generation, size, body_id FROM objects WHERE key = ?1")?
+        .query_row([key], |r| {
+            Ok(Row {
+                version: Version(r.get::<_, i64>(0)?.to_string()),
+                size: r.get(1)?,
+                body_id: r.get(2)?,
+            })
+        })
+        .optional()
 }
 
-/// Brings a table of an older shape (`body` second, or last with no
-/// `size`) to the shape of [`SCHEMA`]: the table is rebuilt with every
-/// row, its generation and time kept and its size taken from its body;
-/// the generation counter is untouched. All in one transaction, checked
-/// again once it holds the file: another process opening the file at the
-/// same time waits, then finds it done. Does nothing on a new file.
-pub(super) fn upgrade_table(conn: &Connection) -> Result<(), rusqlite::Error> {
-    let needed = |conn: &Connection| {
-        let columns = columns(conn)?;
-        Ok::<_, rusqlite::Error>(!columns.is_empty() && columns != COLUMNS)
-    };
-    if !needed(conn)? {
-        return Ok(());
-    }
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let upgraded = (|| {
-        if !needed(conn)? {
-            return Ok(());
+fn insert_object(
+    tx: &Connection,
+    key: &str,
+    generation: i64,
+    now: i64,
+    size: i64,
+    body_id: i64,
+) -> Result<(), rusqlite::Error> {
+    tx.prepare_cached(
+        "INSERT INTO objects (key, generation, modified_ns, size, body_id)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![key, generation, now, size, body_id])
+    .map(drop)
+}
+
+/// Stores `body` in a new row of `bodies` and gives its id. A body in a file goes in as an empty blob of its size, then is
+/// written into it a piece at a time.
+fn insert_body(tx: &Connection, body: &Payload, key: &str) -> Result<i64, StoreError> {
+    let err = db_err("writing");
+    match body.as_memory() {
+        Some(bytes) => {
+            tx.prepare_cached("INSERT INTO bodies (body) VALUES (?1)")
+                .and_then(|mut s| s.execute([&bytes[..]]))
+                .map_err(&err)?;
+            Ok(tx.last_insert_rowid())
         }
-        conn.execute_batch("ALTER TABLE objects RENAME TO objects_older")?;
-        conn.execute_batch(SCHEMA)?;
-        // In key order, both indexes grow at their end, and the rows of
-        // states lie together apart from their history's.
-        conn.execute_batch(
-            "INSERT INTO objects (key, generation, modified_ns, size, body)
-                 SELECT key, generation, modified_ns, length(body), body FROM objects_older
-                 ORDER BY key;
-             DROP TABLE objects_older;",
-        )
-    })();
-    match upgraded {
-        Ok(()) => conn.execute_batch("COMMIT"),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
+        None => {
+            tx.prepare_cached("INSERT INTO bodies (body) VALUES (zeroblob(?1))")
+                .and_then(|mut s| s.execute([body.len() as i64]))
+                .map_err(&err)?;
+            let id = tx.last_insert_rowid();
+            file_to_blob(tx, id, body, &format!("writing {key}"))?;
+            Ok(id)
         }
     }
+}
+
+/// One object fewer names body `id` (its row changed or is gone): the
+/// body goes when no other does.
+fn let_go(tx: &Connection, id: i64) -> Result<(), rusqlite::Error> {
+    tx.prepare_cached(
+        "DELETE FROM bodies WHERE id = ?1
+         AND NOT EXISTS (SELECT 1 FROM objects WHERE body_id = ?1)",
+    )?
+    .execute([id])
+    .map(drop)
 }
 
 pub(super) fn db_err(context: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -208,17 +178,18 @@ pub(super) fn current_version(
     .optional()
 }
 
-/// The body of row `rowid`, copied a piece at a time into an unnamed
+/// The body of row `rowid` of the file's body table, copied a piece at a time into an unnamed
 /// temporary file.
 pub(super) fn blob_to_file(
     conn: &Connection,
+    shape: Shape,
     rowid: i64,
     len: u64,
     what: &str,
 ) -> Result<Payload, StoreError> {
     let io_err = |e: std::io::Error| StoreError::unavailable(format!("{what}: {e}"));
     let blob = conn
-        .blob_open(MAIN_DB, c"objects", c"body", rowid, true)
+        .blob_open(MAIN_DB, shape.body_table(), c"body", rowid, true)
         .map_err(db_err(what))?;
     let mut file = tempfile::tempfile_in(crate::stores::payload::spool_dir()).map_err(io_err)?;
     std::io::copy(
@@ -229,9 +200,9 @@ pub(super) fn blob_to_file(
     Ok(Payload::File(Arc::new(FileBody::new(file, len))))
 }
 
-/// Writes `body` a piece at a time into row `rowid`, whose body is an
-/// empty blob of its size.
-pub(super) fn file_to_blob(
+/// Writes `body` a piece at a time into row `rowid` of `bodies`, an empty
+/// blob of its size.
+fn file_to_blob(
     conn: &Connection,
     rowid: i64,
     body: &Payload,
@@ -239,7 +210,7 @@ pub(super) fn file_to_blob(
 ) -> Result<(), StoreError> {
     let io_err = |e: std::io::Error| StoreError::unavailable(format!("{what}: {e}"));
     let mut blob = conn
-        .blob_open(MAIN_DB, c"objects", c"body", rowid, false)
+        .blob_open(MAIN_DB, c"bodies", c"body", rowid, false)
         .map_err(db_err(what))?;
     let mut reader = body.reader();
     while let Some(piece) = reader.next_chunk().map_err(io_err)? {
@@ -275,13 +246,8 @@ pub(super) fn next_generation(tx: &Connection) -> Result<i64, rusqlite::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use std::path::{Path, PathBuf};
-
-    use crate::stores::{OpList, Store};
-
-    use crate::stores::StoreExt;
     use crate::stores::sqlite::SqliteStore;
+    use crate::stores::{OpDelete, OpRead, OpSnapshot, OpWrite, Store};
 
     #[test]
     fn prefix_bounds_cover_exactly_the_prefix() {
@@ -293,227 +259,131 @@ mod tests {
         assert_eq!(prefix_upper_bound("aé"), "b");
     }
 
-    /// `objects` as a file made when `body` was the second column has it.
-    const BODY_SECOND: &str =
-        "CREATE TABLE objects (key TEXT PRIMARY KEY NOT NULL, body BLOB NOT NULL,
-             generation INTEGER NOT NULL, modified_ns INTEGER NOT NULL)";
-
-    /// `objects` as a file made before the `size` column has it.
-    const BODY_LAST_WITHOUT_SIZE: &str =
-        "CREATE TABLE objects (key TEXT PRIMARY KEY NOT NULL, generation INTEGER NOT NULL,
-             modified_ns INTEGER NOT NULL, body BLOB NOT NULL)";
-
-    /// A database file in `dir` with `objects` made by `table`, holding the
-    /// state `a/state` (`{}`, generation 7), a history row of it (three
-    /// bytes, generation 6), and the counter at 7.
-    fn older_file(dir: &Path, table: &str) -> PathBuf {
-        let path = dir.join("old.db");
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(table).unwrap();
-        conn.execute_batch(
-            "CREATE TABLE generation (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER NOT NULL);
-             INSERT INTO generation VALUES (1, 7);
-             INSERT INTO objects (key, body, generation, modified_ns)
-                 VALUES ('.stategate/history/a/state/0000000001.tfstate', x'7b7d0a', 6, 900);
-             INSERT INTO objects (key, body, generation, modified_ns)
-                 VALUES ('a/state', x'7b7d', 7, 1000);",
-        )
-        .unwrap();
-        path
+    /// `len` bytes no two calls repeat, which no page compresses.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
     }
 
-    /// The `type name` of every table and index of the file's schema.
-    fn schema_objects(conn: &Connection) -> Vec<String> {
-        conn.prepare("SELECT type || ' ' || name FROM sqlite_schema ORDER BY type, name")
+    /// `bytes` as the store is given them: in memory, or (over the spool
+    /// threshold) in a file, as a large upload is.
+    fn payload(bytes: &[u8]) -> Payload {
+        if bytes.len() <= crate::stores::payload::SPOOL_THRESHOLD {
+            return Payload::Memory(bytes::Bytes::copy_from_slice(bytes));
+        }
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, bytes).unwrap();
+        Payload::File(Arc::new(FileBody::new(file, bytes.len() as u64)))
+    }
+
+    /// Every body in the file: its id and how many objects name it.
+    fn bodies(path: &std::path::Path) -> Vec<(i64, i64)> {
+        Connection::open(path)
             .unwrap()
-            .query_map([], |r| r.get(0))
+            .prepare(
+                "SELECT id, (SELECT count(*) FROM objects WHERE body_id = id)
+                 FROM bodies ORDER BY id",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .unwrap()
             .map(Result::unwrap)
             .collect()
     }
 
-    /// Opens the older file at `path` for writing and checks that it now
-    /// has the current table and index, every row with its generation,
-    /// time and size, and the counter.
-    async fn upgraded_with_its_rows(path: &Path) {
-        let store = SqliteStore::open_file(path).unwrap();
-        let conn = Connection::open(path).unwrap();
-        assert_eq!(columns(&conn).unwrap(), COLUMNS);
-        let fresh_dir = tempfile::tempdir().unwrap();
-        let fresh = fresh_dir.path().join("new.db");
-        drop(SqliteStore::open_file(&fresh).unwrap());
-        assert_eq!(
-            schema_objects(&conn),
-            schema_objects(&Connection::open(&fresh).unwrap()),
-            "the same tables and indexes as a new file, and nothing left over"
-        );
-        let rows: Vec<(String, i64, i64, i64)> = conn
-            .prepare("SELECT key, generation, modified_ns, size FROM objects ORDER BY key")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        let history = ".stategate/history/a/state/0000000001.tfstate".to_string();
-        assert_eq!(
-            rows,
-            [(history, 6, 900, 3), ("a/state".to_string(), 7, 1000, 2)]
-        );
-        let listed = store.list("a/", OpList::default()).await.unwrap();
-        assert_eq!(
-            listed
-                .iter()
-                .map(|e| (e.key.as_str(), e.size))
-                .collect::<Vec<_>>(),
-            [("a/state", 2)]
-        );
-        let obj = store.get("a/state").await.unwrap().unwrap();
-        assert_eq!((&obj.body[..], obj.version.0.as_str()), (&b"{}"[..], "7"));
-        let next = store
-            .put(
-                "a/state",
-                Bytes::from_static(b"[1]"),
-                Condition::IfMatch(obj.version),
-            )
+    async fn read(store: &SqliteStore, key: &str) -> Vec<u8> {
+        let (body, _) = store.read(key, OpRead::streamed()).await.unwrap().unwrap();
+        body.to_bytes().await.unwrap().to_vec()
+    }
+
+    /// A history copy names its state's body; replacing the state keeps
+    /// the copy's bytes, and the body goes when the last object naming it
+    /// does: for bodies in memory and in files alike.
+    #[tokio::test]
+    async fn a_copy_shares_its_states_body_until_the_last_one_goes() {
+        for len in [3_000, crate::stores::payload::SPOOL_THRESHOLD + 5_000] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("shared.db");
+            let store = SqliteStore::open_file(&path).unwrap();
+            let (first, second) = (noise(len, 1), noise(len, 2));
+            let written = store
+                .write("s", payload(&first), OpWrite::new(Condition::IfAbsent))
+                .await
+                .unwrap();
+            store
+                .snapshot(OpSnapshot {
+                    from: "s",
+                    from_version: &written,
+                    to: "h/1",
+                    body: &payload(&first),
+                })
+                .await
+                .unwrap();
+            let shared = bodies(&path);
+            assert_eq!(shared.len(), 1, "{len}: one body for the state and its copy");
+            assert_eq!(shared[0].1, 2, "{len}: named twice");
+            store
+                .write("s", payload(&second), OpWrite::new(Condition::IfMatch(written)))
+                .await
+                .unwrap();
+            assert_eq!(read(&store, "h/1").await, first, "{len}: the copy kept");
+            assert_eq!(read(&store, "s").await, second, "{len}: the state replaced");
+            assert_eq!(bodies(&path).iter().map(|b| b.1).collect::<Vec<_>>(), [1, 1]);
+            store.delete("h/1", OpDelete::new(Condition::Always)).await.unwrap();
+            assert_eq!(bodies(&path).len(), 1, "{len}: the copy's body went with it");
+            assert_eq!(read(&store, "s").await, second);
+            store.delete("s", OpDelete::new(Condition::Always)).await.unwrap();
+            assert!(bodies(&path).is_empty(), "{len}: nothing left");
+        }
+    }
+
+    /// What sharing is for: a state and the copy history keeps of it take
+    /// the room of one body in the file, not two, and making the copy
+    /// writes no page of the body again.
+    #[tokio::test]
+    async fn a_version_kept_in_history_costs_no_second_copy_of_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("room.db");
+        let store = SqliteStore::open_file(&path).unwrap();
+        let len = 4 << 20;
+        let body = noise(len, 3);
+        let written = store
+            .write("s", payload(&body), OpWrite::new(Condition::IfAbsent))
             .await
             .unwrap();
-        assert_eq!(next.0, "8", "the generation counter is kept");
-        let size: i64 = conn
-            .query_row("SELECT size FROM objects WHERE key = 'a/state'", [], |r| {
-                r.get(0)
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+        store
+            .snapshot(OpSnapshot {
+                from: "s",
+                from_version: &written,
+                to: "h/1",
+                body: &payload(&body),
             })
+            .await
             .unwrap();
-        assert_eq!(size, 3, "a write keeps the size");
-        // Opening it again finds nothing to do.
-        drop(SqliteStore::open_file(path).unwrap());
-        assert_eq!(store.get("a/state").await.unwrap().unwrap().version, next);
-    }
-
-    /// A file made when `body` was the second column is rebuilt with it
-    /// last and a size for every row, keeping every row, generation and
-    /// the counter.
-    #[tokio::test]
-    async fn an_older_table_gets_body_last_and_keeps_its_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        upgraded_with_its_rows(&older_file(dir.path(), BODY_SECOND)).await;
-    }
-
-    /// A file made with `body` last but before the `size` column is
-    /// rebuilt the same way.
-    #[tokio::test]
-    async fn a_table_without_sizes_gets_them_and_keeps_its_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        upgraded_with_its_rows(&older_file(dir.path(), BODY_LAST_WITHOUT_SIZE)).await;
-    }
-
-    /// The pages of the older table, free once it is copied, go back to
-    /// the device when the file is opened, not at its first write.
-    #[tokio::test]
-    async fn an_upgrade_gives_the_older_tables_pages_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("old.db");
-        let pages = |conn: &Connection, pragma: &str| {
-            conn.pragma_query_value(None, pragma, |r| r.get::<_, i64>(0))
-                .unwrap()
-        };
-        let before = {
-            let conn = Connection::open(&path).unwrap();
-            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
-                .unwrap();
-            conn.execute_batch(BODY_LAST_WITHOUT_SIZE).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE generation (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER NOT NULL);
-                 INSERT INTO generation VALUES (1, 1000);
-                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
-                 INSERT INTO objects (key, generation, modified_ns, body)
-                     SELECT printf('s/%04d', i), i, 0, zeroblob(4000) FROM n;",
+        let log = std::fs::metadata(dir.path().join("room.db-wal")).unwrap().len();
+        assert!(log < 256 << 10, "the copy wrote {log} bytes to the log");
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+        let used: i64 = conn
+            .query_row(
+                "SELECT (page_count - freelist_count) * page_size
+                 FROM pragma_page_count, pragma_freelist_count, pragma_page_size",
+                [],
+                |r| r.get(0),
             )
             .unwrap();
-            pages(&conn, "page_count")
-        };
-        drop(SqliteStore::open_file(&path).unwrap());
-        let conn = Connection::open(&path).unwrap();
-        let (free, total) = (pages(&conn, "freelist_count"), pages(&conn, "page_count"));
         assert!(
-            free <= 256 && total < before * 3 / 2,
-            "{free} of {total} pages free after the upgrade (the older table had {before})"
+            used < len as i64 * 5 / 4,
+            "{used} bytes in use for a body of {len} kept twice"
         );
-    }
-
-    /// Two stores opening an older file at once (as two processes would,
-    /// each on a connection of its own): one upgrades it, the other waits
-    /// and finds it done, and neither fails.
-    #[tokio::test]
-    async fn two_stores_opening_an_older_file_at_once_upgrade_it_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = older_file(dir.path(), BODY_SECOND);
-        let start = Arc::new(std::sync::Barrier::new(2));
-        let opening: Vec<_> = (0..2)
-            .map(|_| {
-                let (path, start) = (path.clone(), Arc::clone(&start));
-                std::thread::spawn(move || {
-                    start.wait();
-                    SqliteStore::open_file(&path)
-                })
-            })
-            .collect();
-        for open in opening {
-            open.join()
-                .unwrap()
-                .expect("opening while another upgrades");
-        }
-        upgraded_with_its_rows(&path).await;
-    }
-
-    /// A listing of states reads the covering index alone, never the
-    /// table, where their rows lie among their history's.
-    #[test]
-    fn a_listing_reads_the_covering_index_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("plan.db");
-        drop(SqliteStore::open_file(&path).unwrap());
-        let conn = Connection::open(&path).unwrap();
-        let plan: Vec<String> = conn
-            .prepare(&format!(
-                "EXPLAIN QUERY PLAN {}",
-                super::super::listing_query(true)
-            ))
-            .unwrap()
-            .query_map(params!["a", "b", "a"], |r| r.get(3))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(
-            plan,
-            ["SEARCH objects USING COVERING INDEX objects_listing (key>? AND key<?)"]
-        );
-    }
-
-    /// A store opened for reading only (a full or read-only device) cannot
-    /// upgrade an older file, and lists it as it is, sizes and all.
-    #[tokio::test]
-    async fn a_read_only_store_lists_an_older_file() {
-        for table in [BODY_SECOND, BODY_LAST_WITHOUT_SIZE] {
-            let dir = tempfile::tempdir().unwrap();
-            let path = older_file(dir.path(), table);
-            let store = SqliteStore::open_read_only(&path).unwrap().unwrap();
-            let listed = store.list("", OpList::outside_internal()).await.unwrap();
-            let listed: Vec<_> = listed
-                .iter()
-                .map(|e| {
-                    (
-                        e.key.as_str(),
-                        e.size,
-                        e.modified.map(|t| t.unix_timestamp_nanos()),
-                    )
-                })
-                .collect();
-            assert_eq!(listed, [("a/state", 2, Some(1000))], "{table}");
-            let everything = store.list("", OpList::default()).await.unwrap();
-            assert_eq!(everything.len(), 2, "{table}");
-            assert_eq!(store.get("a/state").await.unwrap().unwrap().body, "{}");
-            let conn = Connection::open(&path).unwrap();
-            assert!(!has_size(&conn).unwrap(), "the file is left as it was");
-        }
+        assert_eq!(read(&store, "h/1").await, body);
     }
 }
