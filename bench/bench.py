@@ -953,10 +953,12 @@ def build_fleet(store, sg, stores, states, versions):
         import sqlite3
         db = sqlite3.connect(settings["path"])
         now = time.time_ns()
-        rows = ((key, g, now, len(body), body) for g, (key, body) in enumerate(objects, 1_000_000))
-        db.executemany(
-            "INSERT INTO objects (key, generation, modified_ns, size, body) VALUES (?, ?, ?, ?, ?)", rows
-        )
+        for g, (key, body) in enumerate(objects, 1_000_000):
+            db.execute("INSERT INTO bodies (id, body) VALUES (?, ?)", (g, body))
+            db.execute(
+                "INSERT INTO objects (key, generation, modified_ns, size, body_id) VALUES (?, ?, ?, ?, ?)",
+                (key, g, now, len(body), g),
+            )
         db.execute("UPDATE generation SET last = (SELECT MAX(generation) FROM objects)")
         db.commit()
         db.close()
