@@ -16,7 +16,7 @@ use crate::support::stores::{LocalPeer, SqlitePeer, files_below};
 use crate::support::*;
 
 /// A tmpfs of a fixed size on a temporary directory, unmounted when dropped.
-struct Tmpfs {
+pub(super) struct Tmpfs {
     dir: TempDir,
 }
 
@@ -43,7 +43,7 @@ impl Tmpfs {
         Tmpfs { dir }
     }
 
-    fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         self.dir.path()
     }
 
@@ -61,7 +61,7 @@ impl Tmpfs {
     }
 
     /// Takes every free byte with a file of its own; returns its path.
-    fn fill(&self) -> PathBuf {
+    pub(super) fn fill(&self) -> PathBuf {
         use std::io::Write;
         let path = self.path().join("filler");
         let mut file = std::fs::File::create(&path).expect("create the filler");
@@ -91,14 +91,14 @@ impl Drop for Tmpfs {
 }
 
 /// A local or SQLite store on a tmpfs, with more settings.
-struct OnDevice {
+pub(super) struct OnDevice {
     kind: &'static str,
-    device: Tmpfs,
+    pub(super) device: Tmpfs,
     extra: Vec<(String, String)>,
 }
 
 impl OnDevice {
-    fn new(kind: &'static str, mib: u64, extra: &[(&str, &str)]) -> OnDevice {
+    pub(super) fn new(kind: &'static str, mib: u64, extra: &[(&str, &str)]) -> OnDevice {
         OnDevice {
             kind,
             device: Tmpfs::mount(mib),
@@ -109,7 +109,7 @@ impl OnDevice {
         }
     }
 
-    fn store_path(&self) -> PathBuf {
+    pub(super) fn store_path(&self) -> PathBuf {
         match self.kind {
             "local" => self.device.path().join("data"),
             _ => self.device.path().join("states.db"),
@@ -170,7 +170,7 @@ on_local_and_sqlite!(
 );
 
 /// Polls `f` for up to 30 s (the background probe runs every 5 s).
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+pub(super) fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !f() {
         assert!(
@@ -181,7 +181,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn readyz(server: &Server) -> (u16, String) {
+pub(super) fn readyz(server: &Server) -> (u16, String) {
     let (status, body) = http("GET", &format!("{}/readyz", server.url), b"");
     (status, text(&body))
 }

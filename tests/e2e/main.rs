@@ -42,6 +42,7 @@ mod operations;
 mod oss;
 #[cfg(feature = "s3")]
 mod s3;
+mod sqlite_upgrade;
 mod streaming;
 mod tls;
 mod ui;
