@@ -77,7 +77,10 @@ fn an_older_file_on_a_full_device_serves_reads_then_upgrades_once_room_is_freed(
     assert!(text(&listed).contains("old/a"), "{}", text(&listed));
     let (status, answer) = http("POST", &url, &sized_state("before", 3, 1024));
     assert_eq!(status, 503, "a write without room: {}", text(&answer));
-    assert!(!shares_bodies(&peer.store_path()), "the file is left as it was");
+    assert!(
+        !shares_bodies(&peer.store_path()),
+        "the file is left as it was"
+    );
 
     std::fs::remove_file(filler).unwrap();
     eventually("writes resuming", || readyz(&server).0 == 200);

@@ -367,16 +367,12 @@ impl SqliteStore {
         let read_only = self.0.read_only;
         self.run(format!("reading {key}"), move |conn| {
             let shape = Shape::read_by(conn, read_only).map_err(db_err("reading"))?;
-            conn.query_row(
-                shape.whole_query(),
-                [&key],
-                |r| {
-                    Ok((
-                        Payload::Memory(Bytes::from(r.get::<_, Vec<u8>>(0)?)),
-                        Version(r.get::<_, i64>(1)?.to_string()),
-                    ))
-                },
-            )
+            conn.query_row(shape.whole_query(), [&key], |r| {
+                Ok((
+                    Payload::Memory(Bytes::from(r.get::<_, Vec<u8>>(0)?)),
+                    Version(r.get::<_, i64>(1)?.to_string()),
+                ))
+            })
             .optional()
             .map_err(db_err("reading"))
         })
@@ -474,17 +470,13 @@ impl Store for SqliteStore {
             let tx = conn.transaction().map_err(&err)?;
             let shape = Shape::read_by(&tx, pool.read_only).map_err(&err)?;
             let row = tx
-                .query_row(
-                    shape.locate_query(),
-                    [&key],
-                    |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, i64>(1)?,
-                            r.get::<_, i64>(2)?,
-                        ))
-                    },
-                )
+                .query_row(shape.locate_query(), [&key], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
                 .optional()
                 .map_err(&err)?;
             let Some((rowid, len, generation)) = row else {

@@ -327,19 +327,40 @@ mod tests {
                 .await
                 .unwrap();
             let shared = bodies(&path);
-            assert_eq!(shared.len(), 1, "{len}: one body for the state and its copy");
+            assert_eq!(
+                shared.len(),
+                1,
+                "{len}: one body for the state and its copy"
+            );
             assert_eq!(shared[0].1, 2, "{len}: named twice");
             store
-                .write("s", payload(&second), OpWrite::new(Condition::IfMatch(written)))
+                .write(
+                    "s",
+                    payload(&second),
+                    OpWrite::new(Condition::IfMatch(written)),
+                )
                 .await
                 .unwrap();
             assert_eq!(read(&store, "h/1").await, first, "{len}: the copy kept");
             assert_eq!(read(&store, "s").await, second, "{len}: the state replaced");
-            assert_eq!(bodies(&path).iter().map(|b| b.1).collect::<Vec<_>>(), [1, 1]);
-            store.delete("h/1", OpDelete::new(Condition::Always)).await.unwrap();
-            assert_eq!(bodies(&path).len(), 1, "{len}: the copy's body went with it");
+            assert_eq!(
+                bodies(&path).iter().map(|b| b.1).collect::<Vec<_>>(),
+                [1, 1]
+            );
+            store
+                .delete("h/1", OpDelete::new(Condition::Always))
+                .await
+                .unwrap();
+            assert_eq!(
+                bodies(&path).len(),
+                1,
+                "{len}: the copy's body went with it"
+            );
             assert_eq!(read(&store, "s").await, second);
-            store.delete("s", OpDelete::new(Condition::Always)).await.unwrap();
+            store
+                .delete("s", OpDelete::new(Condition::Always))
+                .await
+                .unwrap();
             assert!(bodies(&path).is_empty(), "{len}: nothing left");
         }
     }
@@ -359,7 +380,8 @@ mod tests {
             .await
             .unwrap();
         let conn = Connection::open(&path).unwrap();
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
         store
             .snapshot(OpSnapshot {
                 from: "s",
@@ -369,9 +391,12 @@ mod tests {
             })
             .await
             .unwrap();
-        let log = std::fs::metadata(dir.path().join("room.db-wal")).unwrap().len();
+        let log = std::fs::metadata(dir.path().join("room.db-wal"))
+            .unwrap()
+            .len();
         assert!(log < 256 << 10, "the copy wrote {log} bytes to the log");
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
         let used: i64 = conn
             .query_row(
                 "SELECT (page_count - freelist_count) * page_size

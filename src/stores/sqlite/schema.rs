@@ -456,7 +456,11 @@ mod tests {
                         "INSERT INTO objects (key, body, generation, modified_ns{})
                          VALUES ('.stategate/large', ?1, 5, 0{})",
                         if table.contains("size") { ", size" } else { "" },
-                        if table.contains("size") { ", length(?1)" } else { "" },
+                        if table.contains("size") {
+                            ", length(?1)"
+                        } else {
+                            ""
+                        },
                     ),
                     [&large],
                 )
