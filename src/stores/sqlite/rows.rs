@@ -298,6 +298,30 @@ mod tests {
             .collect()
     }
 
+    /// Creates the state `s` with `body`, then its history copy `h/1`;
+    /// gives the state's version.
+    async fn state_and_copy(store: &SqliteStore, body: &[u8]) -> Version {
+        let written = store
+            .write("s", payload(body), OpWrite::new(Condition::IfAbsent))
+            .await
+            .unwrap();
+        copy(store, &written, body).await;
+        written
+    }
+
+    /// Copies the state `s`, at version `written`, to `h/1`.
+    async fn copy(store: &SqliteStore, written: &Version, body: &[u8]) {
+        store
+            .snapshot(OpSnapshot {
+                from: "s",
+                from_version: written,
+                to: "h/1",
+                body: &payload(body),
+            })
+            .await
+            .unwrap();
+    }
+
     async fn read(store: &SqliteStore, key: &str) -> Vec<u8> {
         let (body, _) = store.read(key, OpRead::streamed()).await.unwrap().unwrap();
         body.to_bytes().await.unwrap().to_vec()
@@ -313,19 +337,7 @@ mod tests {
             let path = dir.path().join("shared.db");
             let store = SqliteStore::open_file(&path).unwrap();
             let (first, second) = (noise(len, 1), noise(len, 2));
-            let written = store
-                .write("s", payload(&first), OpWrite::new(Condition::IfAbsent))
-                .await
-                .unwrap();
-            store
-                .snapshot(OpSnapshot {
-                    from: "s",
-                    from_version: &written,
-                    to: "h/1",
-                    body: &payload(&first),
-                })
-                .await
-                .unwrap();
+            let written = state_and_copy(&store, &first).await;
             let shared = bodies(&path);
             assert_eq!(
                 shared.len(),
@@ -382,15 +394,7 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
             .unwrap();
-        store
-            .snapshot(OpSnapshot {
-                from: "s",
-                from_version: &written,
-                to: "h/1",
-                body: &payload(&body),
-            })
-            .await
-            .unwrap();
+        copy(&store, &written, &body).await;
         let log = std::fs::metadata(dir.path().join("room.db-wal"))
             .unwrap()
             .len();
