@@ -366,15 +366,16 @@ impl SqliteStore {
         let key = key.to_string();
         let read_only = self.0.read_only;
         self.run(format!("reading {key}"), move |conn| {
-            let shape = Shape::read_by(conn, read_only).map_err(db_err("reading"))?;
-            conn.query_row(shape.whole_query(), [&key], |r| {
-                Ok((
-                    Payload::Memory(Bytes::from(r.get::<_, Vec<u8>>(0)?)),
-                    Version(r.get::<_, i64>(1)?.to_string()),
-                ))
+            with_shape(conn, read_only, "reading", |conn, shape| {
+                conn.query_row(shape.whole_query(), [&key], |r| {
+                    Ok((
+                        Payload::Memory(Bytes::from(r.get::<_, Vec<u8>>(0)?)),
+                        Version(r.get::<_, i64>(1)?.to_string()),
+                    ))
+                })
+                .optional()
+                .map_err(db_err("reading"))
             })
-            .optional()
-            .map_err(db_err("reading"))
         })
         .await
     }
@@ -392,33 +393,64 @@ impl SqliteStore {
         let prefix = prefix.to_string();
         let read_only = self.0.read_only;
         self.run("listing".to_string(), move |conn| {
-            let err = db_err("listing");
-            let shape = Shape::read_by(conn, read_only).map_err(&err)?;
-            let mut stmt = conn.prepare_cached(shape.listing_query()).map_err(&err)?;
-            let mut out = Vec::new();
-            for (from, before) in ranges {
-                let before = match before {
-                    Some(b) if b < upper => b,
-                    _ => upper.clone(),
-                };
-                let rows = stmt
-                    .query_map(params![from, before, prefix], |r| {
-                        let ns: i64 = r.get(2)?;
-                        Ok(Entry {
-                            key: r.get(0)?,
-                            size: r.get::<_, i64>(1)? as u64,
-                            modified: OffsetDateTime::from_unix_timestamp_nanos(ns as i128).ok(),
-                        })
-                    })
-                    .map_err(&err)?;
-                for row in rows {
-                    out.push(row.map_err(&err)?);
-                }
-            }
-            Ok(out)
+            with_shape(conn, read_only, "listing", |conn, shape| {
+                list_in(conn, shape, &ranges, &prefix, &upper)
+            })
         })
         .await
     }
+}
+
+/// Runs `f` with the shape of the file: [`Shape::Shared`] for a store
+/// opened for writing, which rebuilt its file; for a read-only store, the
+/// shape asked and `f` run in one read transaction, since another process
+/// may rebuild the file in between.
+fn with_shape<T>(
+    conn: &mut Connection,
+    read_only: bool,
+    what: &str,
+    f: impl FnOnce(&Connection, Shape) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    if !read_only {
+        return f(conn, Shape::Shared);
+    }
+    let tx = conn.transaction().map_err(db_err(what))?;
+    let shape = Shape::of(&tx).map_err(db_err(what))?;
+    f(&tx, shape)
+}
+
+/// The objects of `ranges` with `prefix` (see [`SqliteStore::list_ranges`]),
+/// `upper` the end of the prefix.
+fn list_in(
+    conn: &Connection,
+    shape: Shape,
+    ranges: &[(String, Option<String>)],
+    prefix: &str,
+    upper: &str,
+) -> Result<Vec<Entry>, StoreError> {
+    let err = db_err("listing");
+    let mut stmt = conn.prepare_cached(shape.listing_query()).map_err(&err)?;
+    let mut out = Vec::new();
+    for (from, before) in ranges {
+        let before = match before {
+            Some(b) if b.as_str() < upper => b.as_str(),
+            _ => upper,
+        };
+        let rows = stmt
+            .query_map(params![from, before, prefix], |r| {
+                let ns: i64 = r.get(2)?;
+                Ok(Entry {
+                    key: r.get(0)?,
+                    size: r.get::<_, i64>(1)? as u64,
+                    modified: OffsetDateTime::from_unix_timestamp_nanos(ns as i128).ok(),
+                })
+            })
+            .map_err(&err)?;
+        for row in rows {
+            out.push(row.map_err(&err)?);
+        }
+    }
+    Ok(out)
 }
 
 #[async_trait]
