@@ -367,14 +367,20 @@ impl SqliteStore {
         let read_only = self.0.read_only;
         self.run(format!("reading {key}"), move |conn| {
             with_shape(conn, read_only, "reading", |conn, shape| {
-                conn.query_row(shape.whole_query(), [&key], |r| {
-                    Ok((
-                        Payload::Memory(Bytes::from(r.get::<_, Vec<u8>>(0)?)),
-                        Version(r.get::<_, i64>(1)?.to_string()),
-                    ))
-                })
-                .optional()
-                .map_err(db_err("reading"))
+                let row = conn
+                    .query_row(shape.whole_query(), [&key], |r| {
+                        Ok((r.get::<_, Option<Vec<u8>>>(0)?, r.get::<_, i64>(1)?))
+                    })
+                    .optional()
+                    .map_err(db_err("reading"))?;
+                match row {
+                    None => Ok(None),
+                    Some((None, _)) => Err(body_missing(&key)),
+                    Some((Some(body), generation)) => Ok(Some((
+                        Payload::Memory(Bytes::from(body)),
+                        Version(generation.to_string()),
+                    ))),
+                }
             })
         })
         .await
@@ -505,7 +511,7 @@ impl Store for SqliteStore {
                 .query_row(shape.locate_query(), [&key], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<i64>>(1)?,
                         r.get::<_, i64>(2)?,
                     ))
                 })
@@ -514,6 +520,7 @@ impl Store for SqliteStore {
             let Some((rowid, len, generation)) = row else {
                 return Ok(None);
             };
+            let len = len.ok_or_else(|| body_missing(&key))?;
             let version = Version(generation.to_string());
             let len = len.max(0) as u64;
             if len <= SPOOL_THRESHOLD as u64 {
@@ -653,7 +660,8 @@ mod writer;
 
 use open::{lease_file, read_only_connection};
 use rows::{
-    blob_to_file, current_version, db_err, delete_row, prefix_upper_bound, put_row, snapshot_row,
+    blob_to_file, body_missing, current_version, db_err, delete_row, prefix_upper_bound, put_row,
+    snapshot_row,
 };
 use schema::{SCHEMA, Shape, upgrade_table};
 use writer::{Job, WriteJob, give_back, write_batches};

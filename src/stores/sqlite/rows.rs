@@ -149,6 +149,15 @@ fn let_go(tx: &Connection, id: i64) -> Result<(), rusqlite::Error> {
     .map(drop)
 }
 
+/// An object whose body's row is gone: the file was damaged (by hand; no
+/// write of stategate deletes a body an object names). Unavailable, not
+/// absent: a state answered as absent is one Terraform would create again.
+pub(super) fn body_missing(key: &str) -> StoreError {
+    StoreError::unavailable(format!(
+        "reading {key}: its body is missing from the database file"
+    ))
+}
+
 pub(super) fn db_err(context: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |e| failure(context, e)
 }
@@ -375,6 +384,41 @@ mod tests {
                 .unwrap();
             assert!(bodies(&path).is_empty(), "{len}: nothing left");
         }
+    }
+
+    /// An object whose body's row was deleted by hand reads as unavailable,
+    /// whole or streamed, never as absent; writing it again mends it.
+    #[tokio::test]
+    async fn an_object_whose_body_is_gone_is_unavailable_not_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("damaged.db");
+        let store = SqliteStore::open_file(&path).unwrap();
+        let written = state_and_copy(&store, b"{}").await;
+        Connection::open(&path)
+            .unwrap()
+            .execute("DELETE FROM bodies", [])
+            .unwrap();
+        for streamed in [false, true] {
+            let args = OpRead {
+                streamed,
+                ..OpRead::default()
+            };
+            let read = store.read("s", args).await;
+            assert!(
+                matches!(&read, Err(e) if e.is_unavailable()),
+                "streamed {streamed}: {:?}",
+                read.map(|r| r.map(|(_, v)| v))
+            );
+        }
+        store
+            .write(
+                "s",
+                payload(b"[]"),
+                OpWrite::new(Condition::IfMatch(written)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(read(&store, "s").await, b"[]");
     }
 
     /// What sharing is for: a state and the copy history keeps of it take

@@ -92,11 +92,13 @@ impl Shape {
         }
     }
 
-    /// An object's body and generation.
+    /// An object's body and generation. The body is null when its row is
+    /// missing (a file damaged by hand): the object is there, and must not
+    /// read as absent.
     pub(super) fn whole_query(self) -> &'static str {
         match self {
             Shape::Shared => {
-                "SELECT b.body, o.generation FROM objects o JOIN bodies b ON b.id = o.body_id
+                "SELECT b.body, o.generation FROM objects o LEFT JOIN bodies b ON b.id = o.body_id
                  WHERE o.key = ?1"
             }
             Shape::Inline { .. } => "SELECT body, generation FROM objects WHERE key = ?1",
@@ -106,12 +108,13 @@ impl Shape {
     /// Where an object's body is (its row in [`Shape::body_table`]), its
     /// length and the object's generation. The length is `length(body)`,
     /// which SQLite takes from the row's header without reading the body,
-    /// since a file of the oldest shape has no `size`.
+    /// since a file of the oldest shape has no `size`; null when the body's
+    /// row is missing, as in [`Shape::whole_query`].
     pub(super) fn locate_query(self) -> &'static str {
         match self {
             Shape::Shared => {
                 "SELECT o.body_id, length(b.body), o.generation
-                 FROM objects o JOIN bodies b ON b.id = o.body_id WHERE o.key = ?1"
+                 FROM objects o LEFT JOIN bodies b ON b.id = o.body_id WHERE o.key = ?1"
             }
             Shape::Inline { .. } => {
                 "SELECT rowid, length(body), generation FROM objects WHERE key = ?1"
