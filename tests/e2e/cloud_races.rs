@@ -16,6 +16,9 @@
 //!   replica force-unlocking and writing without a lock, at once; the
 //!   same checks as for unlocked writers.
 //!
+//! The unlocked writers race on a SQLite file shared by three processes
+//! too, where a version history keeps and its state share one body.
+//!
 //! Each test prints its rates. The same tests measure another build with
 //! `STATEGATE_TEST_BIN=path/to/stategate cargo test --test e2e races_`.
 
@@ -24,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::oss::{OssPeer, OssServer};
 use crate::s3::{Moto, S3Peer};
+use crate::support::stores::SqlitePeer;
 use crate::support::*;
 
 /// How long each race test may run; rounds stop when it is used up.
@@ -312,6 +316,31 @@ fn races_s3_without_if_match_unlocked_writers_and_history() {
 #[test]
 fn races_s3_unlocked_writers_and_history() {
     assert_writers_exact(&S3Peer::on(Moto::shared()), "s3");
+}
+
+/// Three processes on one SQLite file: history stays exact while
+/// retention prunes versions whose bodies their states share, and
+/// afterwards every object's body is there and every body is an object's.
+#[test]
+fn races_sqlite_processes_unlocked_writers_history_and_shared_bodies() {
+    let peer = SqlitePeer::new();
+    assert_writers_exact(&peer, "sqlite");
+    let conn = rusqlite::Connection::open(peer.db()).expect("open the database");
+    let (missing, orphans, objects): (i64, i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM objects WHERE body_id NOT IN (SELECT id FROM bodies)),
+                    (SELECT count(*) FROM bodies WHERE id NOT IN (SELECT body_id FROM objects)),
+                    (SELECT count(*) FROM objects)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("count the rows");
+    assert!(objects > 0, "the races wrote nothing");
+    assert_eq!(
+        (missing, orphans),
+        (0, 0),
+        "objects without their body, and bodies no object names, of {objects} objects"
+    );
 }
 
 /// Lock holders write without the write lease on S3; racing each other,
