@@ -378,9 +378,9 @@ fn ui_dashboard_in_chromium_over_real_terraform_states() {
         http("GET", &format!("{}/locks/{locked}", server.url), b"").0,
         404
     );
-    let log = server.log();
-    assert!(log.contains("\"audit\":\"force_unlock\""), "{log}");
-    assert!(log.contains("\"restored_version\":"), "{log}");
+    for line in ["\"audit\":\"force_unlock\"", "\"restored_version\":"] {
+        assert!(server.logs(line), "{line}:\n{}", server.log());
+    }
     let plan = tf.run(&[
         "plan",
         "-no-color",
