@@ -107,9 +107,9 @@ struct Pool {
     idle: Mutex<Vec<Connection>>,
     /// The writer thread's connection between batches. SQLite keeps a
     /// connection's page cache while no other connection writes, so the
-    /// writer finds the pages it wrote last (a state a history copy reads
-    /// back) still in memory; held here, it is closed when the store is
-    /// dropped, on the thread that drops it.
+    /// writer finds the pages it wrote last (the indexes and table pages
+    /// the next writes change) still in memory; held here, it is closed
+    /// when the store is dropped, on the thread that drops it.
     writer: Mutex<Option<Connection>>,
     /// Writes of this process, in arrival order, to the writer thread.
     writes: Mutex<std::sync::mpsc::Sender<Box<dyn WriteJob>>>,

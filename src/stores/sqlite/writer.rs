@@ -17,8 +17,10 @@ pub(super) const MAX_BATCH: usize = 128;
 pub(super) const MAX_BATCH_BYTES: u64 = 8 * 1024 * 1024;
 
 /// The writer's page cache, in KiB (SQLite takes a negative size as KiB):
-/// room for the bodies of a few batches, so a history copy reads the state
-/// it copies from memory rather than from the log.
+/// room for the pages a few batches change, so a write finds the indexes
+/// and table pages the writes before it touched in memory rather than in
+/// the log. (It was sized when a history copy read its state's body back;
+/// copies share the body now.)
 const WRITER_CACHE_KIB: i64 = -16 * 1024;
 
 /// One write waiting for the writer thread.
