@@ -96,10 +96,43 @@ impl SqliteConfig {
 
 /// One SQLite database file; cheap to clone.
 #[derive(Clone)]
-pub struct SqliteStore(Arc<Pool>);
+pub struct SqliteStore(Arc<Handle>);
 
-/// Connections to the database file: idle ones for reads, and the queue of
-/// the one thread that writes.
+/// What the clones of one store share: the pool, and the sending side of
+/// the writer thread's queue, which only the store holds.
+struct Handle {
+    pool: Arc<Pool>,
+    /// Writes of this process, in arrival order, to the writer thread.
+    writes: Mutex<Option<std::sync::mpsc::Sender<Box<dyn WriteJob>>>>,
+    /// The writer thread (none for a read-only store).
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::ops::Deref for Handle {
+    type Target = Pool;
+    fn deref(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+/// Dropping the last clone of the store closes the writer's queue and
+/// waits for the thread to end: it finishes the writes queued, puts its
+/// connection back and lets go of the pool. The pool's connections then
+/// close on a thread the process waits for, never on the writer thread
+/// while the process ends, which can cut a close short after SQLite
+/// removed the log's index but not the log: a read-only file system could
+/// then not open the file at all.
+impl Drop for Handle {
+    fn drop(&mut self) {
+        drop(self.writes.lock().expect("write queue").take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// Connections to the database file: idle ones for reads, and the one the
+/// writer thread uses.
 struct Pool {
     path: PathBuf,
     /// Device and inode of the file when it was opened.
@@ -109,10 +142,8 @@ struct Pool {
     /// connection's page cache while no other connection writes, so the
     /// writer finds the pages it wrote last (the indexes and table pages
     /// the next writes change) still in memory; held here, it is closed
-    /// when the store is dropped, on the thread that drops it.
+    /// with the pool (see `Handle`'s `Drop`).
     writer: Mutex<Option<Connection>>,
-    /// Writes of this process, in arrival order, to the writer thread.
-    writes: Mutex<std::sync::mpsc::Sender<Box<dyn WriteJob>>>,
     /// Transactions the writer thread has committed (one per batch).
     commits: std::sync::atomic::AtomicU64,
     /// The write leases of states, on the file beside the database.
@@ -162,7 +193,7 @@ impl SqliteStore {
         let (writes, jobs) = std::sync::mpsc::channel();
         let leases =
             lease_file(path).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        let pool = Arc::new(Pool::new(path, &meta, leases, writes, false));
+        let pool = Arc::new(Pool::new(path, &meta, leases, false));
         // Only a new file takes this (before its first table, and before it
         // turns to WAL): pages freed by deletes can then go back to the
         // device (see the writer's `give_back`).
@@ -175,14 +206,18 @@ impl SqliteStore {
         // the device now rather than at the first write.
         give_back(&conn);
         pool.idle.lock().expect("pool lock").push(conn);
-        // The thread ends when the last handle to the pool (and so the
-        // sending side of its queue) is dropped.
-        let writer = Arc::downgrade(&pool);
-        std::thread::Builder::new()
+        // The thread ends when the store (the sending side of its queue)
+        // is dropped.
+        let writer = Arc::clone(&pool);
+        let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || write_batches(&writer, &jobs))
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        Ok(SqliteStore(pool))
+        Ok(SqliteStore(Arc::new(Handle {
+            pool,
+            writes: Mutex::new(Some(writes)),
+            writer: Some(writer),
+        })))
     }
 
     /// Opens an existing database file for reading only: nothing is
@@ -204,14 +239,17 @@ impl SqliteStore {
             rustix::fs::Mode::empty(),
         )
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::from(e))))?;
-        // Writes are refused before they reach this store, so its sender
-        // leads nowhere.
-        let (writes, _) = std::sync::mpsc::channel();
         let leases = KeyLocks::unopened(dir, "unused");
-        let pool = Pool::new(path, &meta, leases, writes, true);
+        let pool = Pool::new(path, &meta, leases, true);
         // Proves the file can be read; kept by no one (see `run_inner`).
         drop(pool.connect()?);
-        Ok(Some(SqliteStore(Arc::new(pool))))
+        // Writes are refused before they reach this store: it has no
+        // writer.
+        Ok(Some(SqliteStore(Arc::new(Handle {
+            pool: Arc::new(pool),
+            writes: Mutex::new(None),
+            writer: None,
+        }))))
     }
 
     /// Runs a read on a pooled connection.
@@ -248,6 +286,8 @@ impl SqliteStore {
             .writes
             .lock()
             .expect("write queue")
+            .as_ref()
+            .ok_or_else(stopped)?
             .send(job)
             .map_err(|_| stopped())?;
         result.await.map_err(|_| stopped())?
@@ -269,7 +309,7 @@ impl SqliteStore {
             .acquire_owned()
             .await
             .map_err(|_| StoreError::unavailable(format!("{what}: the store is closed")))?;
-        let pool = Arc::clone(&self.0);
+        let pool = Arc::clone(&self.0.pool);
         super::blocking(move || {
             let _turn = turn;
             pool.check_identity()?;
@@ -297,15 +337,8 @@ impl SqliteStore {
 }
 
 impl Pool {
-    /// The pool of the file at `path` (whose metadata is `meta`), sending
-    /// its writes to `writes`.
-    fn new(
-        path: &Path,
-        meta: &std::fs::Metadata,
-        leases: KeyLocks,
-        writes: std::sync::mpsc::Sender<Box<dyn WriteJob>>,
-        read_only: bool,
-    ) -> Pool {
+    /// The pool of the file at `path` (whose metadata is `meta`).
+    fn new(path: &Path, meta: &std::fs::Metadata, leases: KeyLocks, read_only: bool) -> Pool {
         Pool {
             leases: Arc::new(leases),
             read_only,
@@ -315,7 +348,6 @@ impl Pool {
             identity: (meta.dev(), meta.ino()),
             idle: Mutex::new(Vec::new()),
             writer: Mutex::new(None),
-            writes: Mutex::new(writes),
             commits: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -502,7 +534,7 @@ impl Store for SqliteStore {
             return self.read_whole(key).await;
         }
         let key = key.to_string();
-        let pool = Arc::clone(&self.0);
+        let pool = Arc::clone(&self.0.pool);
         self.run(format!("reading {key}"), move |conn| {
             let err = db_err("reading");
             let tx = conn.transaction().map_err(&err)?;

@@ -72,11 +72,8 @@ where
 
 /// The writer thread: takes every write queued, up to [`MAX_BATCH`] writes
 /// and [`MAX_BATCH_BYTES`], runs them in one transaction, and starts over,
-/// until the store is dropped.
-pub(super) fn write_batches(
-    pool: &std::sync::Weak<Pool>,
-    jobs: &std::sync::mpsc::Receiver<Box<dyn WriteJob>>,
-) {
+/// until the store is dropped (its queue closed).
+pub(super) fn write_batches(pool: &Pool, jobs: &std::sync::mpsc::Receiver<Box<dyn WriteJob>>) {
     let mut next: Option<Box<dyn WriteJob>> = None;
     loop {
         let first = match next.take() {
@@ -101,16 +98,10 @@ pub(super) fn write_batches(
                 Err(_) => break,
             }
         }
-        let Some(pool) = pool.upgrade() else {
-            return;
-        };
         let mut conn = pool.writer.lock().expect("pool lock").take();
-        // Back to the pool, which closes its connections on the thread that
-        // drops it. Kept here, this one would close as this thread ends,
-        // which a process ending meanwhile can cut short after SQLite
-        // removed the log's index but not the log: a read-only file system
-        // could then not open the file at all. A connection that failed may
-        // be in a bad state and is dropped: the next batch opens another.
+        // Back to the pool, which closes its connections when the store is
+        // dropped (see `Handle`'s `Drop`). A connection that failed may be
+        // in a bad state and is dropped: the next batch opens another.
         if pool.write_batch(&mut conn, batch).is_ok() {
             *pool.writer.lock().expect("pool lock") = conn;
         }
@@ -432,6 +423,46 @@ mod group_commit {
             marked, 1,
             "the writer's next batch ran on another connection"
         );
+    }
+
+    /// Dropping the store while the writer is inside a batch waits for
+    /// the batch and closes every connection before the drop returns, so
+    /// SQLite has removed its log: a process that ends right after leaves
+    /// a whole file behind (`sqlite_closes_its_file_before_exiting`
+    /// end to end). The last handle used to go with the writer thread,
+    /// which closed the connections after the drop had returned.
+    #[tokio::test]
+    async fn dropping_the_store_waits_for_the_writer_and_closes_the_file() {
+        let (dir, store) = new_store();
+        store
+            .put("a", Bytes::from_static(b"{}"), Condition::Always)
+            .await
+            .unwrap();
+        let log = dir.path().join("g.db-wal");
+        assert!(log.exists(), "an open store keeps its log");
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let held = {
+            let store = store.clone();
+            async move {
+                store
+                    .run_write("holding".into(), 0, move |_| {
+                        started_tx.send(()).unwrap();
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                        Ok(())
+                    })
+                    .await
+            }
+        };
+        // One poll queues the write; dropping the future then drops the
+        // clone it held, while the writer runs the write.
+        let mut held = Box::pin(held);
+        let first = std::future::poll_fn(|cx| Poll::Ready(held.as_mut().poll(cx))).await;
+        assert!(first.is_pending());
+        drop(held);
+        started.recv().unwrap();
+        drop(store);
+        assert!(!log.exists(), "the log is left after the store was dropped");
+        assert!(!dir.path().join("g.db-shm").exists());
     }
 
     /// A new file is made with [`PAGE_SIZE`] pages.
