@@ -291,6 +291,9 @@ http {{
         listen 127.0.0.1:{port};
         root {self.root};
         location / {{ }}
+        # A POST of a state answered with no work at all: the ceiling of
+        # the benchmark's own clients.
+        location /states/ {{ return 200 "{{}}"; }}
     }}
 }}
 """
@@ -1444,18 +1447,23 @@ def main():
     # 3. Lock cycles and creates, against the plain file loop.
     def write():
         log(f"writes: 32 clients, 100 KiB states, {args.duration:g}s each")
+        # The clients share the machine's cores with the server they load:
+        # the creates they make against nginx answering every POST with no
+        # work (nothing read back, nothing written) are the most any server
+        # could be shown making here.
+        nginx = Nginx(cores)
+        # The loop's files of every store are removed at the end: on ext4
+        # without a journal, new inodes skip those freed in the last
+        # seconds to minutes, one check each, so removing tens of thousands
+        # of files between loads would slow whatever creates files next
+        # (the next store's loop first).
+        floor_dirs = []
         for store in active:
             # The file loop's rate follows the disk, which swings several
             # fold on a shared machine, so it runs between every two of
             # stategate's loads, in rounds, on the file system of the
             # store's root; the baseline is the mean of every run, each
-            # figure the mean of its rounds. The loop's files are removed
-            # only at the end: on ext4 without a journal, new inodes skip
-            # those freed in the last seconds to minutes, one check each,
-            # so removing tens of thousands of files between loads would
-            # slow whatever creates files next.
-            floor_dirs = []
-
+            # figure the mean of its rounds.
             def floor_run():
                 floor_dirs.append(servers[store].work / f"file-loop-{len(floor_dirs)}")
                 return file_loop(floor_dirs[-1], 32, 102400, min(args.duration, 3.0))
@@ -1468,15 +1476,20 @@ def main():
             # ratio cannot; the system time includes the file system's
             # search for free inodes, which swings with the disk.
             cpu_per_create = []
+            # The clients' own processor time per create, all threads of
+            # this process: with stategate's, what the two share the cores by.
+            client_cpu = []
             for _ in range(args.write_rounds):
                 pid = servers[store].proc.pid
                 before, started = cpu_seconds(pid), time.perf_counter()
+                mine = sum(os.times()[:2])
                 made, failed = creates(servers[store].url, 32, 102400, args.duration,
                                        f"new{time.monotonic_ns()}")
                 after, count = cpu_seconds(pid), made * (time.perf_counter() - started)
                 cpu_per_create.append(
                     tuple((a - b) / count * 1e6 if count else 0.0 for a, b in zip(after, before))
                 )
+                client_cpu.append((sum(os.times()[:2]) - mine) / count * 1e6 if count else 0.0)
                 floors.append(floor_run())
                 cycles, exit_code = loadtest(binary, f"{servers[store].url}/states/bench/lt", 32, 102400,
                                              args.duration)
@@ -1485,15 +1498,21 @@ def main():
                 cycle_runs.append(cycles)
                 errors += failed
                 code = code or exit_code
-            for floor_dir in floor_dirs:
-                shutil.rmtree(floor_dir, ignore_errors=True)
+            mine, started = sum(os.times()[:2]), time.perf_counter()
+            ceiling, _ = creates(nginx.url, 32, 102400, min(args.duration, 3.0), "ceiling")
+            count = ceiling * (time.perf_counter() - started)
+            ceiling_cpu = (sum(os.times()[:2]) - mine) / count * 1e6 if count else 0.0
             made, cycles = statistics.mean(made_runs), statistics.mean(cycle_runs)
             floor = statistics.mean(floors)
             spread = (f"file loop {' '.join(f'{f:.0f}' for f in floors)}; "
                       f"creates {' '.join(f'{m:.0f}' for m in made_runs)}; "
                       f"cycles {' '.join(f'{c:.0f}' for c in cycle_runs)}; "
                       "stategate CPU per create (user+system) "
-                      f"{' '.join(f'{u:.0f}+{k:.0f}' for u, k in cpu_per_create)} us")
+                      f"{' '.join(f'{u:.0f}+{k:.0f}' for u, k in cpu_per_create)} us, "
+                      f"the clients' {' '.join(f'{c:.0f}' for c in client_cpu)} us; "
+                      f"the clients against a zero-work nginx {ceiling:.0f} /s "
+                      f"= {ceiling / floor if floor else 0:.3f}x the loop, "
+                      f"their CPU per create {ceiling_cpu:.0f} us")
             # The targets are those of new states; a lock cycle (four
             # requests, three of them changes) is shown beside them.
             target = {"local": 0.6, "sqlite": 0.5}.get(store)
@@ -1502,6 +1521,9 @@ def main():
                       "; ".join(x for x in ["unexpected answers" if code else "", spread] if x))
             table.add("new-state creates/s (32)", store, made, "/s", floor, "file loop", "rate", target,
                       "; ".join(x for x in [f"{errors} errors" if errors else "", spread] if x))
+        stop(nginx.proc)
+        for floor_dir in floor_dirs:
+            shutil.rmtree(floor_dir, ignore_errors=True)
 
     # 4. A write's cost as one state's history grows, on fresh processes
     # keeping every version; and a page of that history against the whole.
