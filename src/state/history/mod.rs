@@ -328,19 +328,12 @@ mod tests {
         }
     }
 
-    /// A lock holder's write replaced the state but has not recorded it
-    /// yet when a writer under the lease finds the state unrecorded and
-    /// keeps it (as found) at the number the holder was about to take,
-    /// then writes its own state after it. The holder's record must become
-    /// that found version, not a second record of the same write after
-    /// the other writer's.
-    #[test]
-    fn a_holder_adopts_its_write_found_by_another_writer() {
-        use crate::state::head::{Described, StateHead, Writer, md5_hex};
-        use crate::stores::{Condition, OpWrite, Payload, Store, StoreExt};
-
-        let (dir, rt, state) = setting();
-        let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(LikeS3(
+    /// States on a local store in `dir` that answers like S3, keeping
+    /// every version.
+    fn like_s3_states(
+        dir: &tempfile::TempDir,
+    ) -> (std::sync::Arc<dyn crate::stores::Store>, States) {
+        let store: std::sync::Arc<dyn crate::stores::Store> = std::sync::Arc::new(LikeS3(
             crate::stores::local::LocalStore::open_dir(dir.path()).unwrap(),
         ));
         let states = States::new(
@@ -352,6 +345,22 @@ mod tests {
                 protect_lineage: true,
             },
         );
+        (store, states)
+    }
+
+    /// A lock holder's write replaced the state but has not recorded it
+    /// yet when a writer under the lease finds the state unrecorded and
+    /// keeps it (as found) at the number the holder was about to take,
+    /// then writes its own state after it. The holder's record must become
+    /// that found version, not a second record of the same write after
+    /// the other writer's.
+    #[test]
+    fn a_holder_adopts_its_write_found_by_another_writer() {
+        use crate::state::head::{Described, StateHead, Writer, md5_hex};
+        use crate::stores::{Condition, OpWrite, Payload, StoreExt};
+
+        let (dir, rt, state) = setting();
+        let (store, states) = like_s3_states(&dir);
         write(&rt, &states, &state, 1);
         let lock = br#"{"ID":"H","Who":"holder@host"}"#;
         rt.block_on(states.lock(&state, Bytes::from_static(lock), None))
@@ -422,18 +431,7 @@ mod tests {
     #[test]
     fn a_holder_writes_without_the_lease() {
         let (dir, rt, state) = setting();
-        let store: std::sync::Arc<dyn crate::stores::Store> = std::sync::Arc::new(LikeS3(
-            crate::stores::local::LocalStore::open_dir(dir.path()).unwrap(),
-        ));
-        let states = States::new(
-            std::sync::Arc::clone(&store),
-            store.capabilities(),
-            crate::state::Policy {
-                workspace_key_prefix: "workspaces".into(),
-                history_keep: 0,
-                protect_lineage: true,
-            },
-        );
+        let (store, states) = like_s3_states(&dir);
         write(&rt, &states, &state, 1);
         let lock = br#"{"ID":"H","Who":"holder@host"}"#;
         rt.block_on(states.lock(&state, Bytes::from_static(lock), None))
