@@ -842,13 +842,16 @@ def post_then_get(url, key, size):
             return f"POST {resp.status} {answer[:200]!r}"
         conn.request("GET", f"/states/{key}")
         resp = conn.getresponse()
-        got = 0
+        got, head = 0, b""
         while True:
             chunk = resp.read(1 << 20)
             if not chunk:
                 break
             got += len(chunk)
-        if resp.status != 200 or got != size:
+            head = head or chunk[:200]
+        if resp.status != 200:
+            return f"GET {resp.status} {head!r}"
+        if got != size:
             return f"GET {resp.status}, {got} bytes"
         return None
     finally:
