@@ -16,8 +16,9 @@ Then reads commands from stdin, one per line:
   stop    close the listening socket (clients get "connection refused");
           the stored objects are kept
   start   listen again on the same port
-  lists   answer with the number of object listings (ListObjects and
-          ListObjectsV2 requests) served so far, instead of "ok"
+  lists [BUCKET]  answer with the number of object listings (ListObjects
+          and ListObjectsV2 requests) served so far (of BUCKET, when
+          given), instead of "ok"
   gets KEY  answer with the number of GetObject requests served so far for
           objects whose key ends with KEY
   fill BUCKET FILE  store the objects FILE lists, one JSON object
@@ -68,6 +69,7 @@ def without_conditions(app, headers=("HTTP_IF_NONE_MATCH", "HTTP_IF_MATCH")):
 
 
 LISTINGS = [0]
+LISTINGS_BY_BUCKET = {}
 OBJECT_GETS = {}
 REQUESTS = []
 CONDITIONS = ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_X_AMZ_COPY_SOURCE_IF_MATCH")
@@ -92,6 +94,7 @@ def counting_listings(app):
             fields = [f.split("=", 1)[0] for f in query.split("&") if f]
             if "list-type" in fields or "prefix" in fields or not fields:
                 LISTINGS[0] += 1
+                LISTINGS_BY_BUCKET[path] = LISTINGS_BY_BUCKET.get(path, 0) + 1
         elif environ.get("REQUEST_METHOD") == "GET" and "/" in path and (
             not query or "x-id=GetObject" in query
         ):
@@ -251,6 +254,9 @@ def main():
             allow_reader_writes(iam, command.endswith("on"))
         elif command == "lists":
             print(LISTINGS[0], flush=True)
+            continue
+        elif command.startswith("lists "):
+            print(LISTINGS_BY_BUCKET.get(command[len("lists "):], 0), flush=True)
             continue
         elif command.startswith("fill "):
             fill(*command.split(" ", 2)[1:])
