@@ -103,7 +103,7 @@ pub struct SqliteStore(Arc<Handle>);
 struct Handle {
     pool: Arc<Pool>,
     /// Writes of this process, in arrival order, to the writer thread.
-    writes: Mutex<Option<std::sync::mpsc::Sender<Box<dyn WriteJob>>>>,
+    writes: Option<std::sync::mpsc::Sender<Box<dyn WriteJob>>>,
     /// The writer thread (none for a read-only store).
     writer: Option<std::thread::JoinHandle<()>>,
 }
@@ -124,7 +124,7 @@ impl std::ops::Deref for Handle {
 /// then not open the file at all.
 impl Drop for Handle {
     fn drop(&mut self) {
-        drop(self.writes.lock().expect("write queue").take());
+        drop(self.writes.take());
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
@@ -215,7 +215,7 @@ impl SqliteStore {
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         Ok(SqliteStore(Arc::new(Handle {
             pool,
-            writes: Mutex::new(Some(writes)),
+            writes: Some(writes),
             writer: Some(writer),
         })))
     }
@@ -247,7 +247,7 @@ impl SqliteStore {
         // writer.
         Ok(Some(SqliteStore(Arc::new(Handle {
             pool: Arc::new(pool),
-            writes: Mutex::new(None),
+            writes: None,
             writer: None,
         }))))
     }
@@ -284,8 +284,6 @@ impl SqliteStore {
         let stopped = || StoreError::unavailable(format!("{what}: the SQLite writer stopped"));
         self.0
             .writes
-            .lock()
-            .expect("write queue")
             .as_ref()
             .ok_or_else(stopped)?
             .send(job)
