@@ -3,7 +3,9 @@
 //! users will see. Client `i` repeats LOCK, GET, POST (`?ID=`, the serial
 //! one above what it read), UNLOCK on its own state `<URL>/c<i>`, or all
 //! clients on `<URL>` itself with `--shared-key`, where 423 answers are
-//! expected and counted. It prints a progress line, then cycles per second,
+//! expected and counted; with `--new-states`, client `i` POSTs new states
+//! to fresh keys `<URL>/c<i>-<n>` and nothing else, as a migration or a
+//! fleet's first applies do. It prints a progress line, then cycles per second,
 //! latency percentiles per verb and every unexpected answer, and fails when
 //! there was one. A GET body is read only up to the size of the states
 //! written plus [`GET_SLACK_BYTES`]: a longer one stops the run, so a
@@ -31,6 +33,9 @@ pub struct Plan {
     pub duration: Duration,
     /// All clients on one state, contending for its lock.
     pub shared_key: bool,
+    /// Each request a new state at a fresh key, without a lock: a cycle
+    /// is one POST.
+    pub new_states: bool,
     /// HTTP basic credentials, as Terraform sends them.
     pub user: Option<String>,
     pub password: Option<String>,
@@ -46,8 +51,10 @@ pub const GET_SLACK_BYTES: usize = 1024 * 1024;
 /// What the run measured.
 pub struct Report {
     pub elapsed: Duration,
-    /// Complete cycles.
+    /// Complete cycles (new states, with [`Plan::new_states`]).
     pub cycles: u64,
+    /// Whether the cycles were new states.
+    pub new_states: bool,
     /// LOCK answers 423 (the lock was held by another client).
     pub conflicts: u64,
     /// Latency per verb, in microseconds.
@@ -65,13 +72,21 @@ impl Report {
     /// The summary table.
     pub fn render(&self) -> String {
         let secs = self.elapsed.as_secs_f64().max(f64::EPSILON);
-        let mut out = format!(
-            "{} cycles in {:.1}s: {:.1} cycles/s; {} lock conflicts (423)\n",
-            self.cycles,
-            secs,
-            self.cycles as f64 / secs,
-            self.conflicts
-        );
+        let mut out = match self.new_states {
+            true => format!(
+                "{} new states in {:.1}s: {:.1} new states/s\n",
+                self.cycles,
+                secs,
+                self.cycles as f64 / secs
+            ),
+            false => format!(
+                "{} cycles in {:.1}s: {:.1} cycles/s; {} lock conflicts (423)\n",
+                self.cycles,
+                secs,
+                self.cycles as f64 / secs,
+                self.conflicts
+            ),
+        };
         out.push_str(&format!(
             "{:<7} {:>9} {:>10} {:>10} {:>10} {:>10}\n",
             "verb", "count", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
@@ -177,7 +192,10 @@ pub async fn run(plan: Plan, progress: impl Fn(u64, Duration)) -> Result<Report,
         let tally = Arc::clone(&tally);
         let plan = plan.clone();
         tasks.push(tokio::spawn(async move {
-            client_loop(i, &url, &client, &plan, &tally).await;
+            match plan.new_states {
+                true => new_states_loop(i, &url, &client, &plan, &tally).await,
+                false => client_loop(i, &url, &client, &plan, &tally).await,
+            }
         }));
     }
     let deadline = started + plan.duration;
@@ -193,6 +211,7 @@ pub async fn run(plan: Plan, progress: impl Fn(u64, Duration)) -> Result<Report,
     let tally = Arc::try_unwrap(tally).map_err(|_| "clients still running".to_string())?;
     Ok(Report {
         elapsed,
+        new_states: plan.new_states,
         cycles: tally.cycles.into_inner(),
         conflicts: tally.conflicts.into_inner(),
         latency: tally.latency.into_inner().expect("latency"),
@@ -316,6 +335,49 @@ async fn client_loop(i: usize, url: &str, client: &reqwest::Client, plan: &Plan,
             Err(e) => tally.error(format!("UNLOCK: {e}")),
         }
         tally.record("UNLOCK", t.elapsed());
+    }
+}
+
+/// Client `i` of a `--new-states` run: one POST after another, each a
+/// new state at a fresh key below `url`, the same body every time (its
+/// `Content-MD5` taken once), so the client costs the server's machine
+/// as little as it can.
+async fn new_states_loop(
+    i: usize,
+    url: &str,
+    client: &reqwest::Client,
+    plan: &Plan,
+    tally: &Tally,
+) {
+    let body = bytes::Bytes::from(state_body(
+        &format!("stategate-loadtest-c{i}"),
+        1,
+        plan.state_bytes,
+    ));
+    let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(&body));
+    let mut n = 0u64;
+    while !tally.stop.load(Ordering::Relaxed) {
+        n += 1;
+        let mut request = client
+            .post(format!("{url}-{n}"))
+            .header("Content-Type", "application/json")
+            .header("Content-MD5", &md5)
+            .body(body.clone());
+        if let Some(user) = &plan.user {
+            request = request.basic_auth(user, plan.password.as_deref());
+        }
+        let t = Instant::now();
+        match request.send().await {
+            Ok(r) if r.status() == StatusCode::OK => {
+                tally.cycles.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(r) => tally.error(format!("POST answered {}", r.status())),
+            Err(e) => {
+                tally.error(format!("POST: {e}"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        tally.record("POST", t.elapsed());
     }
 }
 

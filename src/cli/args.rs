@@ -272,6 +272,10 @@ pub struct LoadtestArgs {
     /// expected and counted).
     #[arg(long)]
     pub shared_key: bool,
+    /// Each client POSTs new states to fresh keys <URL>/c<i>-<n>, without
+    /// a lock: how fast the deployment takes new states.
+    #[arg(long, conflicts_with = "shared_key")]
+    pub new_states: bool,
     /// The user name sent with HTTP basic auth, as Terraform's `username`.
     #[arg(long)]
     pub user: Option<String>,

@@ -15,14 +15,20 @@ pub async fn loadtest(args: LoadtestArgs) -> Result<()> {
         clients: args.clients,
         state_bytes: args.state_bytes,
         shared_key: args.shared_key,
+        new_states: args.new_states,
         user: args.user,
         password: args.password,
     };
     let bar = indicatif::ProgressBar::new_spinner();
     let total = plan.duration;
+    let unit = if plan.new_states {
+        "new states"
+    } else {
+        "cycles"
+    };
     let report = stategate::loadtest::run(plan, |cycles, elapsed| {
         bar.set_message(format!(
-            "{cycles} cycles, {:.0} cycles/s, {:.0}s of {:.0}s",
+            "{cycles} {unit}, {:.0} {unit}/s, {:.0}s of {:.0}s",
             cycles as f64 / elapsed.as_secs_f64().max(0.001),
             elapsed.as_secs_f64(),
             total.as_secs_f64()

@@ -282,6 +282,52 @@ fn loadtest_runs_terraform_cycles_and_counts_lock_conflicts() {
     );
 }
 
+/// `--new-states`: every POST a new state at a fresh key, no lock taken,
+/// counted as new states per second; an answer other than 200 fails it.
+#[test]
+fn loadtest_new_states_creates_states_at_fresh_keys() {
+    let peer = LocalPeer::new();
+    let server = Server::start(&peer);
+    let out = loadtest(
+        &server.state_url("fresh"),
+        &["--new-states", "--clients", "2", "--duration", "1s"],
+        &[],
+    );
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{report}\n{}", text(&out.stderr));
+    let made: u64 = report
+        .split(" new states in ")
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of new states: {report}"));
+    assert!(
+        made >= 2 && report.contains("no unexpected answers"),
+        "{report}"
+    );
+    let keys = peer.object_keys();
+    let states: Vec<&String> = keys.iter().filter(|k| k.starts_with("fresh/")).collect();
+    assert_eq!(states.len() as u64, made, "{states:?}");
+    let (status, body) = http("GET", &server.state_url("fresh/c1-1"), b"");
+    assert_eq!(status, 200);
+    let state: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(state["serial"], 1, "{state}");
+    assert!(!keys.iter().any(|k| k.ends_with(".tflock")), "{keys:?}");
+
+    let small_peer = LocalPeer::new();
+    let small = Server::start_with(&small_peer, &["--max-body-bytes", "1000"]);
+    let out = loadtest(
+        &small.state_url("fresh"),
+        &["--new-states", "--clients", "1", "--duration", "1s"],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stdout).contains("unexpected: POST answered 413"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
 /// A loadtest on `URL` (client i on `URL/c<i>`) and then a shared-key one
 /// on `URL` itself: the state `load` sits above the states `load/c<i>`,
 /// which the local store holds beside one another as every store does.
