@@ -951,7 +951,7 @@ def fleet_objects(states, versions):
             yield f"{hist}.tfstate", body
             yield f"{hist}.json", json.dumps(meta).encode()
             if n == versions:
-                yield f".stategate/history/{key}/newest.json", json.dumps({"oldest": 1, "newest": meta}).encode()
+                yield f".stategate/history/{key}/newest.json", json.dumps({**meta, "oldest": 1}).encode()
         yield key, body
 
 

@@ -209,6 +209,12 @@ pub enum Change {
         key: String,
         body: Bytes,
         args: OpWrite,
+        /// An earlier write of the same call that stored these very bytes
+        /// (history's newest record, which is also its pointer): a store
+        /// that can give one object a second name (a hard link on local
+        /// disk) may do that instead of writing the bytes again. The other
+        /// stores write them.
+        same_as: Option<String>,
     },
     /// [`Store::delete`].
     Delete { key: String, args: OpDelete },
@@ -401,9 +407,9 @@ pub trait Store: Send + Sync + 'static {
     async fn change_all(&self, changes: Vec<Change>) -> Result<(), Stopped> {
         for (at, change) in changes.into_iter().enumerate() {
             let made = match change {
-                Change::Write { key, body, args } => {
-                    self.write(&key, body.into(), args).await.map(|_| ())
-                }
+                Change::Write {
+                    key, body, args, ..
+                } => self.write(&key, body.into(), args).await.map(|_| ()),
                 Change::Delete { key, args } => self.delete(&key, args).await,
                 Change::Snapshot {
                     from,

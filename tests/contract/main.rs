@@ -35,6 +35,7 @@ macro_rules! contract_suite {
             contract_suite!(@tests $kind;
                 capabilities_are_as_documented, get_put_stat_round_trip,
                 reads_follow_every_new_version, change_all_stops_at_the_first_failure,
+                a_write_the_same_as_another_holds_its_own_bytes,
                 if_absent_refuses_an_existing_key, if_match_is_compare_and_swap,
                 recreated_object_never_matches_its_old_version, delete_honours_its_condition,
                 concurrent_creates_have_one_winner, concurrent_swaps_have_one_winner,

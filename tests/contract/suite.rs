@@ -127,6 +127,7 @@ pub async fn change_all_stops_at_the_first_failure(fx: Fixture) {
                 condition,
                 transient,
             },
+            same_as: None,
         };
     let first = put(store, "batch/a", b"a0").await;
     put(store, "batch/gone", b"x").await;
@@ -170,6 +171,59 @@ pub async fn change_all_stops_at_the_first_failure(fx: Fixture) {
         Some(&b"a1"[..])
     );
     assert_eq!(body_of(store, "batch/d").await.as_deref(), Some(&b"d"[..]));
+}
+
+/// A write named the same as an earlier write of the same `change_all`
+/// (history's pointer, the same bytes as its newest record) holds its own
+/// bytes whatever the hint says, and keeps them when the other key is
+/// written again: a store that links the two (local disk) checks the
+/// bytes first, and a link never follows a later write.
+pub async fn a_write_the_same_as_another_holds_its_own_bytes(fx: Fixture) {
+    let store = &*fx.store;
+    let write =
+        |key: &str, body: &'static [u8], transient: bool, same_as: Option<&str>| Change::Write {
+            key: key.into(),
+            body: Bytes::from_static(body),
+            args: OpWrite {
+                condition: Condition::Always,
+                transient,
+            },
+            same_as: same_as.map(str::to_string),
+        };
+    let changes = vec![
+        write("same/1.json", b"{\"n\":1}", false, None),
+        write("same/newest.json", b"{\"n\":1}", true, Some("same/1.json")),
+    ];
+    store.change_all(changes).await.unwrap();
+    let of = async |key| {
+        body_of(store, key)
+            .await
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+    };
+    assert_eq!(of("same/newest.json").await.as_deref(), Some("{\"n\":1}"));
+    assert_eq!(of("same/1.json").await.as_deref(), Some("{\"n\":1}"));
+
+    // The record written again: the pointer keeps what it was given.
+    put(store, "same/1.json", b"{\"n\":9}").await;
+    assert_eq!(of("same/newest.json").await.as_deref(), Some("{\"n\":1}"));
+
+    // A hint naming other bytes, or a key not written, is not believed.
+    let changes = vec![
+        write("same/2.json", b"{\"n\":2}", false, None),
+        write("same/newest.json", b"{\"n\":3}", true, Some("same/2.json")),
+    ];
+    store.change_all(changes).await.unwrap();
+    assert_eq!(of("same/newest.json").await.as_deref(), Some("{\"n\":3}"));
+    assert_eq!(of("same/2.json").await.as_deref(), Some("{\"n\":2}"));
+    let changes = vec![write(
+        "same/newest.json",
+        b"{\"n\":4}",
+        true,
+        Some("same/none.json"),
+    )];
+    store.change_all(changes).await.unwrap();
+    assert_eq!(of("same/newest.json").await.as_deref(), Some("{\"n\":4}"));
+    assert_eq!(of("same/none.json").await, None);
 }
 
 pub async fn if_absent_refuses_an_existing_key(fx: Fixture) {

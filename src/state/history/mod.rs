@@ -14,8 +14,9 @@
 //! disk, a row copy in SQLite. Retention keeps the newest `history_keep`.
 //!
 //! Where the numbers end is kept in `newest.json` in the same folder (a
-//! [`Pointer`]: the lowest number still kept and a copy of the newest
-//! record), so a write costs the same whether a state has ten versions or
+//! [`Pointer`]: the newest record with the lowest number still kept beside
+//! it; on local disk usually a second name of that record's file), so a
+//! write costs the same whether a state has ten versions or
 //! a hundred thousand: it reads the pointer and checks that the next
 //! number is still free, instead of listing the folder. The pointer is a
 //! hint, never the truth: numbers are taken with a create-if-absent, a
@@ -125,7 +126,14 @@ pub(super) fn pointer_key(dir: &str) -> String {
 /// that appending, pruning and paging need no listing. Every record
 /// rewrites it; see the module comment for how a pointer that is missing,
 /// unreadable or behind is recovered.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// Stored as the newest record's fields with `oldest` and `catalog`
+/// beside them, so that a record written in this form is the pointer
+/// too: on local disk the pointer is then a second name of the record's
+/// file, not a file of its own ([`States::after_copy`]). Pointers written
+/// before were `{"oldest", "newest": {record}, "catalog"}`; both are read
+/// ([`Pointer::parse`]).
+#[derive(Debug, Clone)]
 pub(super) struct Pointer {
     /// No kept version has a lower number: retention deletes from here
     /// and downward walks stop here. Never above a kept version (a
@@ -142,11 +150,50 @@ pub(super) struct Pointer {
     /// it. Kept here rather than in the record, so history pages stay small.
     /// Read only by `States::ends_reading` when asked: the writes and
     /// reads that consult the pointer skip it unparsed.
-    #[serde(default, skip_serializing_if = "Option::is_none", skip_deserializing)]
     pub(super) catalog: Option<Arc<Catalog>>,
 }
 
+impl Serialize for Pointer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Stored<'a> {
+            #[serde(flatten)]
+            newest: &'a VersionMeta,
+            oldest: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            catalog: &'a Option<Arc<Catalog>>,
+        }
+        Stored {
+            newest: &self.newest,
+            oldest: self.oldest,
+            catalog: &self.catalog,
+        }
+        .serialize(s)
+    }
+}
+
 impl Pointer {
+    /// Reads a stored pointer in either form, without its catalog (the
+    /// catalog is skipped unparsed); `None` when it is neither.
+    pub(super) fn parse(body: &[u8]) -> Option<Pointer> {
+        /// What both forms have at the top: `newest` only in the old one.
+        #[derive(Deserialize)]
+        struct Ends {
+            oldest: u64,
+            newest: Option<VersionMeta>,
+        }
+        let ends: Ends = serde_json::from_slice(body).ok()?;
+        let newest = match ends.newest {
+            Some(newest) => newest,
+            None => serde_json::from_slice(body).ok()?,
+        };
+        Some(Pointer {
+            oldest: ends.oldest,
+            newest,
+            catalog: None,
+        })
+    }
+
     /// Whether the numbers make sense: versions count from 1 and the
     /// window is not empty. Anything else was not written by stategate.
     pub(super) fn is_sound(&self) -> bool {
@@ -495,7 +542,79 @@ mod tests {
             .collect();
         let want: Vec<(u64, Option<u64>, &str)> = (1..=5).map(|n| (n, Some(n), "write")).collect();
         assert_eq!(got, want, "no version taken twice, none recorded twice");
-        let now: Pointer = serde_json::from_slice(&std::fs::read(&pointer).unwrap()).unwrap();
+        let now = Pointer::parse(&std::fs::read(&pointer).unwrap()).unwrap();
         assert_eq!((now.oldest, now.newest.version), (1, 5));
+    }
+    /// The pointer is a second name of the newest record's file (one new
+    /// file per write, not two), in the form that is both; a pointer in
+    /// the form earlier releases wrote is read, and replaced at the next
+    /// write.
+    #[test]
+    fn the_pointer_is_the_newest_record_and_the_older_form_is_read() {
+        use std::os::unix::fs::MetadataExt;
+        let (dir, rt, state) = setting();
+        let states = states(dir.path(), 0);
+        let folder = dir.path().join(".stategate/history/a.tfstate");
+        for serial in 1..=3 {
+            write(&rt, &states, &state, serial);
+        }
+        let inode = |name: &str| std::fs::metadata(folder.join(name)).unwrap().ino();
+        assert_eq!(inode("newest.json+"), inode("0000000003.json+"));
+        let flat = std::fs::read(folder.join("newest.json+")).unwrap();
+        let pointer = Pointer::parse(&flat).unwrap();
+        assert_eq!((pointer.oldest, pointer.newest.version), (1, 3));
+        let record: VersionMeta = serde_json::from_slice(&flat).unwrap();
+        assert_eq!(record, pointer.newest, "the record reads as before");
+
+        let older = serde_json::json!({"oldest": 1, "newest": pointer.newest});
+        let older = serde_json::to_vec(&older).unwrap();
+        let parsed = Pointer::parse(&older).unwrap();
+        assert_eq!((parsed.oldest, parsed.newest), (1, pointer.newest.clone()));
+        std::fs::remove_file(folder.join("newest.json+")).unwrap();
+        std::fs::write(folder.join("newest.json+"), &older).unwrap();
+        write(&rt, &states, &state, 4);
+        assert_eq!(inode("newest.json+"), inode("0000000004.json+"));
+        assert_eq!(numbers(&rt, &states, &state), [1, 2, 3, 4]);
+        assert!(Pointer::parse(b"{\"oldest\": 1}").is_none());
+    }
+
+    /// A state of many resource blocks: its catalog stays out of the
+    /// records, which history pages read, and the pointer is a file of
+    /// its own that carries it.
+    #[test]
+    fn a_large_catalog_stays_out_of_the_record() {
+        use std::os::unix::fs::MetadataExt;
+        let (dir, rt, state) = setting();
+        let states = states(dir.path(), 0);
+        let blocks: Vec<String> = (0..200)
+            .map(|i| {
+                format!(
+                    r#"{{"mode":"managed","type":"terraform_data","name":"block_{i}_{}","provider":"provider[\"terraform.io/builtin/terraform\"]","instances":[{{}}]}}"#,
+                    "x".repeat(40)
+                )
+            })
+            .collect();
+        let body = format!(
+            r#"{{"version":4,"serial":1,"lineage":"L","resources":[{}]}}"#,
+            blocks.join(",")
+        );
+        let opts = WriteOptions {
+            operation: "write",
+            ..Default::default()
+        };
+        rt.block_on(states.write(&state, Bytes::from(body), opts))
+            .unwrap();
+        let folder = dir.path().join(".stategate/history/a.tfstate");
+        let read = |name: &str| std::fs::read(folder.join(name)).unwrap();
+        let record: serde_json::Value = serde_json::from_slice(&read("0000000001.json+")).unwrap();
+        assert!(record.get("catalog").is_none(), "{record}");
+        let pointer: serde_json::Value = serde_json::from_slice(&read("newest.json+")).unwrap();
+        assert!(
+            pointer["catalog"]["entries"]
+                .as_array()
+                .is_some_and(|e| e.len() == 200)
+        );
+        let inode = |name: &str| std::fs::metadata(folder.join(name)).unwrap().ino();
+        assert_ne!(inode("newest.json+"), inode("0000000001.json+"));
     }
 }

@@ -134,7 +134,7 @@ impl States {
             .get_bytes(&pointer_key(dir))
             .await?
             .and_then(|body| {
-                let mut pointer = serde_json::from_slice::<Pointer>(&body).ok()?;
+                let mut pointer = Pointer::parse(&body)?;
                 if catalog {
                     pointer.catalog = serde_json::from_slice::<CatalogOf>(&body)
                         .ok()

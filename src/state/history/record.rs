@@ -15,6 +15,11 @@ use crate::stores::{
     Change, Condition, OpDelete, OpList, OpWrite, Stopped, StoreError, StoreExt, Version,
 };
 
+/// The longest record that is also the pointer ([`States::after_copy`]):
+/// history pages read a record per version, so a catalog of more than a
+/// few dozen resource blocks stays in the pointer alone.
+const RECORD_BYTES_MAX: usize = 8 * 1024;
+
 /// The catalog a pointer carries: the version's, when it is small enough
 /// ([`Catalog::fits_a_pointer`]).
 fn pointer_catalog(catalog: &Option<Arc<Catalog>>) -> Option<Arc<Catalog>> {
@@ -312,6 +317,15 @@ impl States {
     /// `history_keep` was lowered, the first write after deletes the whole
     /// excess, once. A number already gone costs one delete of nothing.
     /// The pointer carries `catalog`, the version's.
+    ///
+    /// The record is the pointer's own bytes when they are no longer than
+    /// [`RECORD_BYTES_MAX`] (the record's fields, `oldest` and the
+    /// catalog), and the pointer is written as the same bytes as the
+    /// record: the local store makes it a second name of the record's file
+    /// rather than a new file, one file fewer per write, and none freed
+    /// when the pointer moves on. A larger catalog stays out of the
+    /// record, which history pages read, and the pointer is a file of its
+    /// own.
     pub(super) fn after_copy(
         &self,
         dir: &str,
@@ -320,18 +334,31 @@ impl States {
         catalog: &Option<Arc<Catalog>>,
     ) -> (Vec<Change>, Pointer) {
         let n = meta.version;
-        let meta_body = serde_json::to_vec(meta).expect("version metadata serialises");
-        let mut changes = vec![Change::Write {
-            key: meta_key(dir, n),
-            body: Bytes::from(meta_body),
-            args: OpWrite::new(Condition::Always),
-        }];
         let keep = self.history_keep;
         let first_kept = if keep == 0 || n <= keep {
             oldest
         } else {
             n - keep + 1
         };
+        let pointer = Pointer {
+            oldest: oldest.max(first_kept),
+            newest: meta.clone(),
+            catalog: catalog.clone(),
+        };
+        let pointer_body =
+            Bytes::from(serde_json::to_vec(&pointer).expect("a history pointer serialises"));
+        let (record_body, same_as) = if pointer_body.len() <= RECORD_BYTES_MAX {
+            (pointer_body.clone(), Some(meta_key(dir, n)))
+        } else {
+            let plain = serde_json::to_vec(meta).expect("version metadata serialises");
+            (Bytes::from(plain), None)
+        };
+        let mut changes = vec![Change::Write {
+            key: meta_key(dir, n),
+            body: record_body,
+            args: OpWrite::new(Condition::Always),
+            same_as: None,
+        }];
         // Not made durable (no fsync of the folder on local disk): a version
         // that comes back after a crash of the machine is only kept longer.
         for old in oldest..first_kept {
@@ -342,15 +369,11 @@ impl States {
                 });
             }
         }
-        let pointer = Pointer {
-            oldest: oldest.max(first_kept),
-            newest: meta.clone(),
-            catalog: catalog.clone(),
-        };
         changes.push(Change::Write {
             key: pointer_key(dir),
-            body: Bytes::from(serde_json::to_vec(&pointer).expect("a history pointer serialises")),
+            body: pointer_body,
             args: OpWrite::transient(Condition::Always),
+            same_as,
         });
         (changes, pointer)
     }

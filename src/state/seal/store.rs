@@ -210,18 +210,44 @@ impl Store for SealedStore {
     /// in one go.
     async fn change_all(&self, changes: Vec<Change>) -> Result<(), Stopped> {
         let mut sealed = Vec::with_capacity(changes.len());
+        // The writes made so far: key, bytes given, bytes stored.
+        let mut written: Vec<(String, Bytes, Bytes)> = Vec::new();
         for (at, change) in changes.into_iter().enumerate() {
             let stopped = |error| Stopped { at, error };
             let change = match change {
-                Change::Write { key, body, args } => {
-                    let body = self
-                        .seal_body(&key, &body)
-                        .map_err(stopped)?
-                        .unwrap_or(body);
+                Change::Write {
+                    key,
+                    body,
+                    args,
+                    same_as,
+                } => {
+                    // The same bytes as an earlier write of this call are
+                    // stored as that write's sealed bytes (a record's
+                    // digest is sealed to its state, which the pointer
+                    // shares), so the store may still link the two;
+                    // sealed anew, they would differ.
+                    let earlier = same_as.as_ref().and_then(|from| {
+                        written
+                            .iter()
+                            .find(|(k, given, _)| k == from && *given == body)
+                    });
+                    let (stored, same_as) = match earlier {
+                        Some((_, _, stored)) => (stored.clone(), same_as),
+                        None => {
+                            let stored = self.seal_body(&key, &body).map_err(stopped)?;
+                            (stored.unwrap_or_else(|| body.clone()), None)
+                        }
+                    };
                     self.check_replaceable(&key, &args.condition)
                         .await
                         .map_err(stopped)?;
-                    Change::Write { key, body, args }
+                    written.push((key.clone(), body, stored.clone()));
+                    Change::Write {
+                        key,
+                        body: stored,
+                        args,
+                        same_as,
+                    }
                 }
                 Change::Snapshot {
                     from,

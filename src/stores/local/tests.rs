@@ -154,3 +154,52 @@ async fn a_lease_excludes_another_store_on_the_root_until_dropped() {
     drop(held);
     b.native_lease("team/a", wait).await.unwrap();
 }
+
+/// A write the same as an earlier one of its `change_all` (history's
+/// pointer and its newest record) is a second name of that file, on both
+/// write paths: one new file, not two. With other bytes it is a file of
+/// its own, and no temporary name is left either way.
+#[tokio::test]
+async fn a_write_the_same_as_another_is_a_second_name_of_its_file() {
+    use crate::stores::{Change, OpWrite};
+    use std::os::unix::fs::MetadataExt;
+    for named in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = if named {
+            LocalStore::open_dir_with_named_temporaries(dir.path()).unwrap()
+        } else {
+            LocalStore::open_dir(dir.path()).unwrap()
+        };
+        let write = |key: &str, body: &'static [u8], same_as: Option<&str>| Change::Write {
+            key: key.into(),
+            body: Bytes::from_static(body),
+            args: OpWrite::new(Condition::Always),
+            same_as: same_as.map(str::to_string),
+        };
+        let inode = |name: &str| fs::metadata(dir.path().join("h").join(name)).unwrap();
+        let changes = vec![
+            write("h/1.json", b"one", None),
+            write("h/newest.json", b"one", Some("h/1.json")),
+        ];
+        store.change_all(changes).await.unwrap();
+        let (record, pointer) = (inode("1.json+"), inode("newest.json+"));
+        assert_eq!(record.ino(), pointer.ino(), "named: {named}");
+        assert_eq!(record.nlink(), 2, "named: {named}");
+
+        let changes = vec![
+            write("h/2.json", b"two", None),
+            write("h/newest.json", b"other", Some("h/2.json")),
+        ];
+        store.change_all(changes).await.unwrap();
+        assert_ne!(inode("2.json+").ino(), inode("newest.json+").ino());
+        assert_eq!(
+            inode("1.json+").nlink(),
+            1,
+            "the first record keeps its name"
+        );
+        assert_eq!(
+            names(&dir.path().join("h")),
+            ["1.json+", "2.json+", "newest.json+"]
+        );
+    }
+}

@@ -29,6 +29,10 @@ use crate::stores::{
     Change, Condition, Entry, INTERNAL_PREFIX, Payload, Stopped, StoreError, Version,
 };
 
+/// The longest body [`Tree::link_same`] compares before linking: history
+/// pointers and records are a few hundred bytes.
+const LINK_BYTES_MAX: usize = 64 * 1024;
+
 /// Key locks for check-and-change, and for write leases ([`KeyLocks`]).
 const KEY_LOCKS: &str = "keys";
 const LEASE_LOCKS: &str = "leases";
@@ -243,6 +247,73 @@ impl Tree {
         result
     }
 
+    /// Gives `key` the file of `from` as a second name, put in place as
+    /// [`Tree::put_blocking`] puts a new file, when that file holds exactly
+    /// `body` (compared here, so a caller's mistake costs a write, never
+    /// wrong bytes); `Ok(false)` with nothing changed when it does not, or
+    /// cannot be linked, and the caller writes `body` instead. Files are
+    /// never changed in place (every write renames a new file over the
+    /// name), so the two names keep these bytes whatever later writes
+    /// give either.
+    fn link_same(
+        &self,
+        from: &str,
+        key: &str,
+        body: &Bytes,
+        condition: &Condition,
+        durable: bool,
+    ) -> Result<bool, StoreError> {
+        if body.len() > LINK_BYTES_MAX {
+            return Ok(false);
+        }
+        let (src_dir, src_name) = self.locate(from)?;
+        let (dir, name) = self.locate(key)?;
+        let Some(src) = self.parent(from, src_dir, false)? else {
+            return Ok(false);
+        };
+        let Ok(fd) = open_beneath(&src, &src_name, OFlags::RDONLY) else {
+            return Ok(false);
+        };
+        let mut held = Vec::with_capacity(body.len() + 1);
+        let same = File::from(fd)
+            .take(body.len() as u64 + 1)
+            .read_to_end(&mut held)
+            .is_ok_and(|_| held == body[..]);
+        if !same {
+            return Ok(false);
+        }
+        let parent = self.parent(key, dir, true)?.expect("created");
+        let tmp = temporary_name(TMP_MARK);
+        if rustix::fs::linkat(
+            &src,
+            src_name.as_str(),
+            &parent,
+            tmp.as_str(),
+            AtFlags::empty(),
+        )
+        .is_err()
+        {
+            return Ok(false);
+        }
+        // The name may have been given another file since it was read.
+        let linked = rustix::fs::statat(&parent, tmp.as_str(), AtFlags::SYMLINK_NOFOLLOW);
+        let compared = rustix::fs::statat(&src, src_name.as_str(), AtFlags::SYMLINK_NOFOLLOW);
+        let same_file = matches!((&linked, &compared), (Ok(a), Ok(b)) if a.st_ino == b.st_ino && a.st_size == b.st_size);
+        let placed = match same_file {
+            false => Ok(false),
+            true => self
+                .place(key, &parent, &name, condition, durable, || {
+                    rustix::fs::renameat(&parent, tmp.as_str(), &parent, name.as_str())
+                        .map_err(|e| translate(key, "writing", e))
+                })
+                .map(|()| true),
+        };
+        if !matches!(placed, Ok(true)) {
+            let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
+        }
+        placed
+    }
+
     /// Checks `condition` on `name` in `parent` and, if it holds, puts the
     /// written file in place with `put_in_place`, both under `key`'s lock;
     /// then, when `durable`, syncs the directory.
@@ -294,14 +365,24 @@ impl Tree {
     pub(super) fn change_all_blocking(&self, changes: Vec<Change>) -> Result<(), Stopped> {
         for (at, change) in changes.into_iter().enumerate() {
             let made = match change {
-                Change::Write { key, body, args } => self
-                    .put_blocking(
-                        &key,
-                        &Payload::Memory(body),
-                        &args.condition,
-                        !args.transient,
-                    )
-                    .map(|_| ()),
+                Change::Write {
+                    key,
+                    body,
+                    args,
+                    same_as,
+                } => {
+                    let durable = !args.transient;
+                    let linked = match same_as {
+                        Some(from) => self.link_same(&from, &key, &body, &args.condition, durable),
+                        None => Ok(false),
+                    };
+                    match linked {
+                        Ok(false) => self
+                            .put_blocking(&key, &Payload::Memory(body), &args.condition, durable)
+                            .map(|_| ()),
+                        other => other.map(|_| ()),
+                    }
+                }
                 Change::Delete { key, args } => {
                     self.delete_blocking(&key, &args.condition, !args.transient)
                 }

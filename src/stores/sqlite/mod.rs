@@ -614,9 +614,9 @@ impl Store for SqliteStore {
                 for (at, change) in changes.into_iter().enumerate() {
                     tx.execute_batch("SAVEPOINT change").map_err(&err)?;
                     let made = match change {
-                        Change::Write { key, body, args } => {
-                            put_row(tx, &key, &Payload::Memory(body), &args.condition).map(|_| ())
-                        }
+                        Change::Write {
+                            key, body, args, ..
+                        } => put_row(tx, &key, &Payload::Memory(body), &args.condition).map(|_| ()),
                         Change::Delete { key, args } => delete_row(tx, &key, &args.condition),
                         Change::Snapshot {
                             from,

@@ -354,6 +354,7 @@ mod group_commit {
             key: key.into(),
             body: Bytes::from_static(b"{}"),
             args: OpWrite::new(Condition::Always),
+            same_as: None,
         };
         let changes = vec![
             Change::Snapshot {
