@@ -275,10 +275,14 @@ impl Tree {
             return Ok(false);
         };
         let mut held = Vec::with_capacity(body.len() + 1);
-        let same = File::from(fd)
+        let mut file = File::from(fd);
+        let same = (&mut file)
             .take(body.len() as u64 + 1)
             .read_to_end(&mut held)
             .is_ok_and(|_| held == body[..]);
+        let Ok(compared) = rustix::fs::fstat(&file).map(|s| s.st_ino) else {
+            return Ok(false);
+        };
         if !same {
             return Ok(false);
         }
@@ -296,9 +300,8 @@ impl Tree {
             return Ok(false);
         }
         // The name may have been given another file since it was read.
-        let linked = rustix::fs::statat(&parent, tmp.as_str(), AtFlags::SYMLINK_NOFOLLOW);
-        let compared = rustix::fs::statat(&src, src_name.as_str(), AtFlags::SYMLINK_NOFOLLOW);
-        let same_file = matches!((&linked, &compared), (Ok(a), Ok(b)) if a.st_ino == b.st_ino && a.st_size == b.st_size);
+        let same_file = rustix::fs::statat(&parent, tmp.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|linked| linked.st_ino == compared);
         let placed = match same_file {
             false => Ok(false),
             true => self
