@@ -717,10 +717,12 @@ def python_get_load(url, connections, duration):
     return sum(counts) / (time.perf_counter() - started), sum(errors)
 
 
-def loadtest(binary, url, clients, state_bytes, duration):
+def run_loadtest(binary, url, clients, state_bytes, duration, *options):
+    """`stategate loadtest URL` with `options`; what it printed (its
+    standard output and error together), and how it ended."""
     out = subprocess.run(
         [
-            binary, "loadtest", url,
+            binary, "loadtest", url, *options,
             "--clients", str(clients),
             "--state-bytes", str(state_bytes),
             "--duration", f"{int(duration * 1000)}ms",
@@ -730,11 +732,15 @@ def loadtest(binary, url, clients, state_bytes, duration):
         env=Stategate.environment({}),
         stdin=subprocess.DEVNULL,
     )
-    text = out.stdout + out.stderr
+    return out.stdout + out.stderr, out.returncode
+
+
+def loadtest(binary, url, clients, state_bytes, duration):
+    text, code = run_loadtest(binary, url, clients, state_bytes, duration)
     m = re.search(r"(\d+) cycles in ([\d.]+)s: ([\d.]+) cycles/s", text)
     if not m:
-        raise RuntimeError(f"loadtest printed no cycles/s (exit {out.returncode}):\n{text[-2000:]}")
-    return float(m.group(3)), out.returncode
+        raise RuntimeError(f"loadtest printed no cycles/s (exit {code}):\n{text[-2000:]}")
+    return float(m.group(3)), code
 
 
 def creates(binary, url, clients, state_bytes, duration, tag):
@@ -745,25 +751,14 @@ def creates(binary, url, clients, state_bytes, duration, tag):
     client costs the cores it shares with the server half what Python's
     threads did (about 90 against 200 microseconds a create)."""
     before = os.times()
-    out = subprocess.run(
-        [
-            binary, "loadtest", f"{url}/states/bench/{tag}", "--new-states",
-            "--clients", str(clients),
-            "--state-bytes", str(state_bytes),
-            "--duration", f"{int(duration * 1000)}ms",
-        ],
-        capture_output=True,
-        text=True,
-        env=Stategate.environment({}),
-        stdin=subprocess.DEVNULL,
-    )
+    text, code = run_loadtest(binary, f"{url}/states/bench/{tag}", clients, state_bytes, duration,
+                              "--new-states")
     after = os.times()
-    text = out.stdout + out.stderr
     m = re.search(r"(\d+) new states in ([\d.]+)s: ([\d.]+) new states/s", text)
     if not m:
-        raise RuntimeError(f"loadtest printed no new states/s (exit {out.returncode}):\n{text[-2000:]}")
+        raise RuntimeError(f"loadtest printed no new states/s (exit {code}):\n{text[-2000:]}")
     made = int(m.group(1))
-    errors = sum(int(n) for n in re.findall(r"^unexpected: .* \((\d+) times\)$", out.stdout, re.M))
+    errors = sum(int(n) for n in re.findall(r"^unexpected: .* \((\d+) times\)$", text, re.M))
     cpu = (after[2] + after[3] - before[2] - before[3]) / made * 1e6 if made else 0.0
     return float(m.group(3)), made, errors, cpu
 

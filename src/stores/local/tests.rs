@@ -25,15 +25,21 @@ pub(super) async fn listed(store: &LocalStore, prefix: &str) -> Vec<String> {
     entries.into_iter().map(|e| e.key).collect()
 }
 
+/// A store on a new directory, writing through named temporaries or
+/// unnamed files.
+fn fresh(named: bool) -> (tempfile::TempDir, LocalStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = match named {
+        true => LocalStore::open_dir_with_named_temporaries(dir.path()).unwrap(),
+        false => LocalStore::open_dir(dir.path()).unwrap(),
+    };
+    (dir, store)
+}
+
 #[tokio::test]
 async fn writes_leave_no_temporary_behind_on_either_path() {
     for named in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        let store = if named {
-            LocalStore::open_dir_with_named_temporaries(dir.path()).unwrap()
-        } else {
-            LocalStore::open_dir(dir.path()).unwrap()
-        };
+        let (dir, store) = fresh(named);
         assert_eq!(store.0.unnamed, !named, "unnamed files work here");
         let v1 = store
             .put("team/a", Bytes::from_static(b"one"), Condition::IfAbsent)
@@ -164,12 +170,7 @@ async fn a_write_the_same_as_another_is_a_second_name_of_its_file() {
     use crate::stores::{Change, OpWrite};
     use std::os::unix::fs::MetadataExt;
     for named in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        let store = if named {
-            LocalStore::open_dir_with_named_temporaries(dir.path()).unwrap()
-        } else {
-            LocalStore::open_dir(dir.path()).unwrap()
-        };
+        let (dir, store) = fresh(named);
         let write = |key: &str, body: &'static [u8], same_as: Option<&str>| Change::Write {
             key: key.into(),
             body: Bytes::from_static(body),
