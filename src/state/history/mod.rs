@@ -141,14 +141,15 @@ pub(super) struct Pointer {
     /// written by a late writer may be lower than needed, which costs a
     /// few reads of numbers already gone).
     pub(super) oldest: u64,
-    /// A copy of the newest record, so a write recognises the stored state
-    /// from this one read.
+    /// The newest record, so a write recognises the stored state from
+    /// this one read.
     pub(super) newest: VersionMeta,
     /// What a search needs of the newest version's body, taken down when
     /// it was written; `None` when that was not known (a pointer walked
     /// forward or rebuilt), and then the body is read when a search needs
-    /// it. Kept here rather than in the record, so history pages stay small.
-    /// Read only by `States::ends_reading` when asked: the writes and
+    /// it. In the newest record too only while the whole stays small
+    /// ([`States::after_copy`]), so history pages, which read a record per
+    /// version, stay small. Read only by `States::ends_reading` when asked: the writes and
     /// reads that consult the pointer skip it unparsed.
     pub(super) catalog: Option<Arc<Catalog>>,
 }
@@ -545,6 +546,7 @@ mod tests {
         let now = Pointer::parse(&std::fs::read(&pointer).unwrap()).unwrap();
         assert_eq!((now.oldest, now.newest.version), (1, 5));
     }
+
     /// The pointer is a second name of the newest record's file (one new
     /// file per write, not two), in the form that is both; a pointer in
     /// the form earlier releases wrote is read, and replaced at the next
