@@ -286,12 +286,20 @@ impl Tree {
         if !same {
             return Ok(false);
         }
-        let parent = self.parent(key, dir, true)?.expect("created");
+        // A pointer and its record share a folder, already open.
+        let other_folder;
+        let parent = match dir == src_dir {
+            true => &src,
+            false => {
+                other_folder = self.parent(key, dir, true)?.expect("created");
+                &other_folder
+            }
+        };
         let tmp = temporary_name(TMP_MARK);
         if rustix::fs::linkat(
             &src,
             src_name.as_str(),
-            &parent,
+            parent,
             tmp.as_str(),
             AtFlags::empty(),
         )
@@ -300,19 +308,19 @@ impl Tree {
             return Ok(false);
         }
         // The name may have been given another file since it was read.
-        let same_file = rustix::fs::statat(&parent, tmp.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+        let same_file = rustix::fs::statat(parent, tmp.as_str(), AtFlags::SYMLINK_NOFOLLOW)
             .is_ok_and(|linked| linked.st_ino == compared);
         let placed = match same_file {
             false => Ok(false),
             true => self
-                .place(key, &parent, &name, condition, durable, || {
-                    rustix::fs::renameat(&parent, tmp.as_str(), &parent, name.as_str())
+                .place(key, parent, &name, condition, durable, || {
+                    rustix::fs::renameat(parent, tmp.as_str(), parent, name.as_str())
                         .map_err(|e| translate(key, "writing", e))
                 })
                 .map(|()| true),
         };
         if !matches!(placed, Ok(true)) {
-            let _ = rustix::fs::unlinkat(&parent, tmp.as_str(), AtFlags::empty());
+            let _ = rustix::fs::unlinkat(parent, tmp.as_str(), AtFlags::empty());
         }
         placed
     }
