@@ -149,8 +149,9 @@ pub(super) struct Pointer {
     /// forward or rebuilt), and then the body is read when a search needs
     /// it. In the newest record too only while the whole stays small
     /// ([`States::after_copy`]), so history pages, which read a record per
-    /// version, stay small. Read only by `States::ends_reading` when asked: the writes and
-    /// reads that consult the pointer skip it unparsed.
+    /// version, stay small. Read only by `States::ends_reading` when
+    /// asked: the writes and reads that consult the pointer skip it
+    /// unparsed.
     pub(super) catalog: Option<Arc<Catalog>>,
 }
 
