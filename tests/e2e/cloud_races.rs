@@ -40,12 +40,6 @@ const MAX_ROUNDS: usize = 400;
 const UNLOCK_ROUNDS_MIN: usize = 50;
 /// Rounds every writers' race runs, however slow the machine.
 const WRITER_ROUNDS_MIN: usize = 15;
-
-/// Whether a race goes on: always up to `least` rounds, then while the
-/// budget lasts, up to [`MAX_ROUNDS`].
-fn another_round(rounds: usize, least: usize, started: Instant) -> bool {
-    rounds < least || (rounds < MAX_ROUNDS && started.elapsed() < BUDGET)
-}
 /// `history_keep` of the racing replicas: small, so every round also
 /// checks that retention is exact.
 const HISTORY_KEEP: usize = 3;
@@ -86,7 +80,7 @@ fn unlock_during_lock(peer: &dyn Peer, what: &str) -> (usize, usize) {
     let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
     let started = Instant::now();
     let (mut rounds, mut anomalies) = (0, 0);
-    while another_round(rounds, UNLOCK_ROUNDS_MIN, started) {
+    while another_round(rounds, UNLOCK_ROUNDS_MIN, MAX_ROUNDS, started, BUDGET) {
         let key = format!("races/unlock-{rounds}");
         let url = |i: usize| format!("{}/states/{key}", urls[i]);
         let (status, body) = http("LOCK", &url(0), &lock_info("A", "a@host"));
@@ -180,7 +174,7 @@ fn writers(peer: &dyn Peer, what: &str, racers: Racers) -> WriterRates {
     let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
     let started = Instant::now();
     let mut rates = WriterRates::default();
-    while another_round(rates.rounds, WRITER_ROUNDS_MIN, started) {
+    while another_round(rates.rounds, WRITER_ROUNDS_MIN, MAX_ROUNDS, started, BUDGET) {
         let key = format!("races/write-{}", rates.rounds);
         let url = |i: usize| format!("{}/states/{key}", urls[i]);
         let (status, body) = http("POST", &url(0), &state_doc("race", 1, "seed"));

@@ -411,7 +411,7 @@ pub fn concurrent_writers_get_one_record_each_in_order(peer: &dyn Removing) {
         .collect();
     let started = Instant::now();
     let mut rounds = 0;
-    while rounds < RACE_ROUNDS_MIN || (rounds < 40 && started.elapsed() < RACE_BUDGET) {
+    while another_round(rounds, RACE_ROUNDS_MIN, 40, started, RACE_BUDGET) {
         let key = format!("race/{rounds}.tfstate");
         let urls: Vec<String> = servers.iter().map(|s| s.state_url(&key)).collect();
         post(&urls[0], 1);

@@ -302,6 +302,19 @@ pub fn token_new(name: &str) -> (String, String) {
 }
 
 /// Lossy UTF-8 of process output.
+/// Whether a race test plays another round: always up to `least` rounds,
+/// however slow the machine (so no verdict depends on timing), then while
+/// `budget` since `started` lasts, up to `most`.
+pub fn another_round(
+    rounds: usize,
+    least: usize,
+    most: usize,
+    started: std::time::Instant,
+    budget: Duration,
+) -> bool {
+    rounds < least || (rounds < most && started.elapsed() < budget)
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
