@@ -108,6 +108,15 @@ impl StoreError {
         )
     }
 
+    /// Whether a condition of the request was not met (the object exists,
+    /// or changed): the store checked and changed nothing.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::AlreadyExists | StoreError::PreconditionFailed
+        )
+    }
+
     /// At start-up, where a store that cannot be reached most likely has a
     /// wrong `setting` (a bucket store's endpoint): the same failure as
     /// [`StoreError::ConfigInvalid`] naming it. Kinds that already name a

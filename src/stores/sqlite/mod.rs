@@ -263,21 +263,23 @@ impl SqliteStore {
 
     /// Runs a write inside the writer thread's next transaction, which it
     /// shares with the writes queued beside it (group commit): one commit,
-    /// and one sync of the log, for all of them. Each write runs in a
-    /// savepoint of its own, so one that fails (a condition not met)
-    /// changes nothing and the others still commit. The result is given
-    /// only once the commit is done.
+    /// and one sync of the log, for all of them. A write that fails
+    /// changes nothing and the others still commit: `undo` says how (see
+    /// [`Undo`]; `f` is told how it runs, and may run again). The result
+    /// is given only once the commit is done.
     async fn run_write<T: Send + 'static>(
         &self,
         what: String,
         bytes: u64,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        undo: Undo,
+        f: impl Fn(&Connection, Undo) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (reply, result) = tokio::sync::oneshot::channel();
         let job = Box::new(Job {
             what: what.clone(),
             bytes,
-            apply: Some(f),
+            undo,
+            apply: f,
             result: None,
             reply,
         });
@@ -511,7 +513,12 @@ impl Store for SqliteStore {
     async fn write(&self, key: &str, body: Payload, args: OpWrite) -> Result<Version, StoreError> {
         let key = key.to_string();
         let bytes = body.len();
-        self.run_write(format!("writing {key}"), bytes, move |tx| {
+        // Copying a body from its file may fail after its row is made.
+        let undo = match body.as_memory() {
+            Some(_) => Undo::Checked,
+            None => Undo::Savepoint,
+        };
+        self.run_write(format!("writing {key}"), bytes, undo, move |tx, _| {
             put_row(tx, &key, &body, &args.condition)
         })
         .await
@@ -591,15 +598,15 @@ impl Store for SqliteStore {
 
     async fn delete(&self, key: &str, args: OpDelete) -> Result<(), StoreError> {
         let key = key.to_string();
-        self.run_write(format!("deleting {key}"), 0, move |tx| {
+        self.run_write(format!("deleting {key}"), 0, Undo::Checked, move |tx, _| {
             delete_row(tx, &key, &args.condition)
         })
         .await
     }
 
     /// All in one write of the writer thread, so in one transaction and
-    /// one commit: each change in a savepoint of its own, and the first
-    /// that fails undone alone, ending the run.
+    /// one commit; the first change that fails is undone alone, ending the
+    /// run (see [`change_rows`]).
     async fn change_all(&self, changes: Vec<Change>) -> Result<(), Stopped> {
         let bytes = changes
             .iter()
@@ -609,31 +616,12 @@ impl Store for SqliteStore {
             })
             .sum();
         let made = self
-            .run_write("changing history".into(), bytes, move |tx| {
-                let err = db_err("changing history");
-                for (at, change) in changes.into_iter().enumerate() {
-                    tx.execute_batch("SAVEPOINT change").map_err(&err)?;
-                    let made = match change {
-                        Change::Write {
-                            key, body, args, ..
-                        } => put_row(tx, &key, &Payload::Memory(body), &args.condition).map(|_| ()),
-                        Change::Delete { key, args } => delete_row(tx, &key, &args.condition),
-                        Change::Snapshot {
-                            from,
-                            from_version,
-                            to,
-                            ..
-                        } => snapshot_row(tx, &from, from_version, &to),
-                    };
-                    if let Err(error) = made {
-                        tx.execute_batch("ROLLBACK TO change; RELEASE change")
-                            .map_err(&err)?;
-                        return Ok(Some(Stopped { at, error }));
-                    }
-                    tx.execute_batch("RELEASE change").map_err(&err)?;
-                }
-                Ok(None)
-            })
+            .run_write(
+                "changing history".into(),
+                bytes,
+                Undo::Checked,
+                move |tx, undo| change_rows(tx, &changes, undo == Undo::Savepoint),
+            )
             .await;
         match made {
             Ok(None) => Ok(()),
@@ -676,8 +664,8 @@ impl Store for SqliteStore {
             copy.from_version.clone(),
             copy.to.to_string(),
         );
-        self.run_write(format!("copying {from}"), 0, move |tx| {
-            snapshot_row(tx, &from, expected, &to)
+        self.run_write(format!("copying {from}"), 0, Undo::Checked, move |tx, _| {
+            snapshot_row(tx, &from, expected.clone(), &to)
         })
         .await
     }
@@ -690,8 +678,8 @@ mod writer;
 
 use open::{lease_file, read_only_connection};
 use rows::{
-    blob_to_file, body_missing, current_version, db_err, delete_row, prefix_upper_bound, put_row,
-    snapshot_row,
+    blob_to_file, body_missing, change_rows, current_version, db_err, delete_row,
+    prefix_upper_bound, put_row, snapshot_row,
 };
 use schema::{SCHEMA, Shape, upgrade_table};
-use writer::{Job, WriteJob, give_back, write_batches};
+use writer::{Job, Undo, WriteJob, give_back, write_batches};

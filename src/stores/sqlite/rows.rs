@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::schema::Shape;
 use crate::stores::payload::FileBody;
-use crate::stores::{Condition, Payload, StoreError, Version};
+use crate::stores::{Change, Condition, Payload, Stopped, StoreError, Version};
 
 /// Writes `key` under `condition` inside the open transaction, in a body
 /// row of its own; the body the object named before is let go.
@@ -78,6 +78,52 @@ pub(super) fn snapshot_row(
     let now = OffsetDateTime::now_utc().unix_timestamp_nanos() as i64;
     insert_object(tx, to, generation, now, source.size, source.body_id).map_err(&err)?;
     Ok(())
+}
+
+/// Makes `changes` in order inside the open transaction, until one fails:
+/// that one is undone and named, the ones before it stay made. `Err` when
+/// the transaction itself failed.
+///
+/// Each change reads its condition before it changes a row, so a refused
+/// one changed nothing. When `isolated`, each change runs in a savepoint of
+/// its own, and any failure is undone alone; otherwise only a refusal
+/// ends the run, and any other failure is given as `Err` for the writer,
+/// which undoes the whole transaction (see `Undo::Checked`).
+pub(super) fn change_rows(
+    tx: &Connection,
+    changes: &[Change],
+    isolated: bool,
+) -> Result<Option<Stopped>, StoreError> {
+    let err = db_err("changing history");
+    for (at, change) in changes.iter().enumerate() {
+        if isolated {
+            tx.execute_batch("SAVEPOINT change").map_err(&err)?;
+        }
+        let made = match change {
+            Change::Write {
+                key, body, args, ..
+            } => put_row(tx, key, &Payload::Memory(body.clone()), &args.condition).map(drop),
+            Change::Delete { key, args } => delete_row(tx, key, &args.condition),
+            Change::Snapshot {
+                from,
+                from_version,
+                to,
+                ..
+            } => snapshot_row(tx, from, from_version.clone(), to),
+        };
+        match made {
+            Ok(()) if isolated => tx.execute_batch("RELEASE change").map_err(&err)?,
+            Ok(()) => {}
+            Err(error) if isolated => {
+                tx.execute_batch("ROLLBACK TO change; RELEASE change")
+                    .map_err(&err)?;
+                return Ok(Some(Stopped { at, error }));
+            }
+            Err(error) if error.is_refusal() => return Ok(Some(Stopped { at, error })),
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(None)
 }
 
 /// An object's row as the writes need it.

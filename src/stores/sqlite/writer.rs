@@ -1,6 +1,7 @@
 //! The writer thread: this process's writes, queued in arrival order, run
-//! together in one transaction and one commit (group commit), each in a
-//! savepoint of its own.
+//! together in one transaction and one commit (group commit). A write
+//! that may change rows before it fails runs in a savepoint of its own;
+//! one that checks before it changes anything needs none (see [`Undo`]).
 
 use rusqlite::Connection;
 
@@ -23,12 +24,52 @@ pub(super) const MAX_BATCH_BYTES: u64 = 8 * 1024 * 1024;
 /// copies share the body now.)
 const WRITER_CACHE_KIB: i64 = -16 * 1024;
 
+/// How what a write changed is undone when it fails inside the shared
+/// transaction.
+///
+/// A savepoint is not free: SQLite copies every page of the file a write
+/// changes for the first time inside it (16 KiB each) to the savepoint's
+/// journal, so that it can put them back: for a new state and its history,
+/// a sixth of all the bytes the writer wrote. Most writes need none: a
+/// write of one object (or of a few, one after another) reads its
+/// conditions before it changes a row, so a refusal changes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Undo {
+    /// The write runs in a savepoint of its own, which a failure rolls
+    /// back alone: for writes that may change rows before they fail (a
+    /// body copied from a file, which may fail to read), and for every
+    /// write of a batch run again after a failure.
+    Savepoint,
+    /// The write runs bare: it changes nothing before its conditions hold,
+    /// and a refusal (`AlreadyExists`, `PreconditionFailed`) says so. Any
+    /// other failure rolls the whole transaction back; that write fails,
+    /// and the rest of the batch runs again, each in a savepoint.
+    Checked,
+}
+
+/// What a write did inside the transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Applied {
+    /// It made its change (or reported, inside its result, the part of it
+    /// it made).
+    Made,
+    /// It changed nothing: refused, or failed and undone.
+    Nothing,
+    /// It failed after it may have changed rows, outside a savepoint: only
+    /// rolling back the transaction undoes it.
+    Tainted,
+}
+
 /// One write waiting for the writer thread.
 pub(super) trait WriteJob: Send {
     /// The body bytes it writes.
     fn bytes(&self) -> u64;
-    /// Makes the change inside the open transaction; whether it did.
-    fn apply(&mut self, conn: &Connection) -> bool;
+    /// How it is undone when it fails, when the batch runs it first.
+    fn undo(&self) -> Undo;
+    /// Makes the change inside the open transaction, run as `undo` says
+    /// (in the savepoint the caller opened, or bare); what it did. A write
+    /// may run again, in a new transaction, after another failed.
+    fn apply(&mut self, conn: &Connection, undo: Undo) -> Applied;
     /// Hands the result over once the transaction's fate is known.
     fn finish(self: Box<Self>, committed: Result<(), StoreError>);
 }
@@ -36,7 +77,8 @@ pub(super) trait WriteJob: Send {
 pub(super) struct Job<T, F> {
     pub(super) what: String,
     pub(super) bytes: u64,
-    pub(super) apply: Option<F>,
+    pub(super) undo: Undo,
+    pub(super) apply: F,
     pub(super) result: Option<Result<T, StoreError>>,
     pub(super) reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
 }
@@ -44,16 +86,24 @@ pub(super) struct Job<T, F> {
 impl<T, F> WriteJob for Job<T, F>
 where
     T: Send,
-    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+    F: Fn(&Connection, Undo) -> Result<T, StoreError> + Send,
 {
     fn bytes(&self) -> u64 {
         self.bytes
     }
 
-    fn apply(&mut self, conn: &Connection) -> bool {
-        let apply = self.apply.take().expect("applied once");
-        let result = apply(conn);
-        let applied = result.is_ok();
+    fn undo(&self) -> Undo {
+        self.undo
+    }
+
+    fn apply(&mut self, conn: &Connection, undo: Undo) -> Applied {
+        let result = (self.apply)(conn, undo);
+        let applied = match (&result, undo) {
+            (Ok(_), _) => Applied::Made,
+            (Err(_), Undo::Savepoint) => Applied::Nothing,
+            (Err(e), Undo::Checked) if e.is_refusal() => Applied::Nothing,
+            (Err(_), Undo::Checked) => Applied::Tainted,
+        };
         self.result = Some(result);
         applied
     }
@@ -116,11 +166,6 @@ impl Pool {
         conn: &mut Option<Connection>,
         batch: Vec<Box<dyn WriteJob>>,
     ) -> Result<(), ()> {
-        let fail_all = |batch: Vec<Box<dyn WriteJob>>, e: StoreError| {
-            for job in batch {
-                job.finish(Err(e.clone()));
-            }
-        };
         if let Err(e) = self.check_identity() {
             fail_all(batch, e);
             return Ok(());
@@ -141,36 +186,50 @@ impl Pool {
             }
         }
         let db = conn.as_ref().expect("connected");
+        let mut batch = batch;
+        let mut isolated = false;
+        loop {
+            match self.transaction(db, batch, isolated) {
+                Ran::Committed => break,
+                Ran::Again(rest) => (batch, isolated) = (rest, true),
+                Ran::Broken => return Err(()),
+            }
+        }
+        give_back(db);
+        Ok(())
+    }
+
+    /// Runs `batch` in one transaction: each write as it asks, or every
+    /// one in a savepoint when `isolated`.
+    fn transaction(&self, db: &Connection, batch: Vec<Box<dyn WriteJob>>, isolated: bool) -> Ran {
         let failed = |e: rusqlite::Error| super::rows::failure("writing", e);
         if let Err(e) = db.execute_batch("BEGIN IMMEDIATE") {
             fail_all(batch, failed(e));
-            return Err(());
+            return Ran::Broken;
         }
         let mut applied = Vec::with_capacity(batch.len());
-        for mut job in batch {
-            let step = db
-                .execute_batch("SAVEPOINT write")
-                .map_err(failed)
-                .and_then(|()| {
-                    let done = job.apply(db);
-                    if db.is_autocommit() {
-                        // SQLite gave up the whole transaction (an I/O error).
-                        return Err(StoreError::unavailable(
-                            "writing: the transaction was rolled back",
-                        ));
-                    }
-                    let end = if done {
-                        "RELEASE write"
-                    } else {
-                        "ROLLBACK TO write; RELEASE write"
-                    };
-                    db.execute_batch(end).map_err(failed)
-                });
-            applied.push(job);
-            if let Err(e) = step {
-                let _ = db.execute_batch("ROLLBACK");
-                fail_all(applied, e);
-                return Err(());
+        let mut jobs = batch.into_iter();
+        while let Some(mut job) = jobs.next() {
+            let undo = match isolated {
+                true => Undo::Savepoint,
+                false => job.undo(),
+            };
+            match run_one(db, &mut *job, undo) {
+                Ok(Applied::Tainted) => {
+                    let _ = db.execute_batch("ROLLBACK");
+                    // It failed: it is answered with its own error. The
+                    // others run again without it.
+                    job.finish(Ok(()));
+                    applied.extend(jobs);
+                    return Ran::Again(applied);
+                }
+                Ok(Applied::Made | Applied::Nothing) => applied.push(job),
+                Err(e) => {
+                    applied.push(job);
+                    let _ = db.execute_batch("ROLLBACK");
+                    fail_all(applied, e);
+                    return Ran::Broken;
+                }
             }
         }
         let committed = db
@@ -187,12 +246,54 @@ impl Pool {
         for job in applied {
             job.finish(committed.clone());
         }
-        if broken {
-            return Err(());
+        match broken {
+            true => Ran::Broken,
+            false => Ran::Committed,
         }
-        give_back(db);
-        Ok(())
     }
+}
+
+/// How one transaction of a batch ended.
+enum Ran {
+    /// Committed, and every write answered.
+    Committed,
+    /// Rolled back after a bare write failed (answered); these writes are
+    /// still to run.
+    Again(Vec<Box<dyn WriteJob>>),
+    /// Every write answered with the failure; the connection is not to be
+    /// used again.
+    Broken,
+}
+
+/// Answers every write of `batch` with `e`.
+fn fail_all(batch: Vec<Box<dyn WriteJob>>, e: StoreError) {
+    for job in batch {
+        job.finish(Err(e.clone()));
+    }
+}
+
+/// Runs one write inside the open transaction, in a savepoint when `undo`
+/// says so; `Err` when the transaction itself failed.
+fn run_one(db: &Connection, job: &mut dyn WriteJob, undo: Undo) -> Result<Applied, StoreError> {
+    let failed = |e: rusqlite::Error| super::rows::failure("writing", e);
+    if undo == Undo::Savepoint {
+        db.execute_batch("SAVEPOINT write").map_err(failed)?;
+    }
+    let applied = job.apply(db, undo);
+    if db.is_autocommit() {
+        // SQLite gave up the whole transaction (an I/O error).
+        return Err(StoreError::unavailable(
+            "writing: the transaction was rolled back",
+        ));
+    }
+    if undo == Undo::Savepoint {
+        let end = match applied {
+            Applied::Made => "RELEASE write",
+            Applied::Nothing | Applied::Tainted => "ROLLBACK TO write; RELEASE write",
+        };
+        db.execute_batch(end).map_err(failed)?;
+    }
+    Ok(applied)
 }
 
 /// Free space (of a file made with incremental vacuum) beyond which it
@@ -234,6 +335,7 @@ mod group_commit {
     use std::collections::BTreeMap;
     use std::future::Future;
     use std::pin::Pin;
+    use std::sync::Arc;
     use std::task::Poll;
 
     use super::*;
@@ -259,7 +361,7 @@ mod group_commit {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .run_write("holding".into(), 0, move |_| {
+                    .run_write("holding".into(), 0, Undo::Savepoint, move |_, _| {
                         started_tx.send(()).unwrap();
                         gate.recv().unwrap();
                         Ok(())
@@ -340,6 +442,77 @@ mod group_commit {
         );
     }
 
+    /// A write running bare (no savepoint) that fails after changing a
+    /// row is undone with the whole transaction: it is answered with its
+    /// own error, run once, and the writes queued beside it commit, run
+    /// again each in a savepoint.
+    #[tokio::test]
+    async fn a_bare_write_that_fails_is_undone_and_the_others_commit() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (_dir, store) = new_store();
+        let (holder, gate) = hold_writer(&store).await;
+        let before = store.commits();
+        let first = queue(&store, "first".into(), Bytes::from_static(b"1")).await;
+        let runs = Arc::new(AtomicUsize::new(0));
+        let mut failing = {
+            let (store, runs) = (store.clone(), Arc::clone(&runs));
+            Box::pin(async move {
+                store
+                    .run_write("failing".into(), 0, Undo::Checked, move |tx, undo| {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        assert_eq!(undo, Undo::Checked, "run again after failing");
+                        let body = Payload::Memory(Bytes::from_static(b"half"));
+                        super::super::rows::put_row(tx, "half-made", &body, &Condition::Always)?;
+                        Err::<(), _>(StoreError::unavailable("failed after a change"))
+                    })
+                    .await
+            })
+        };
+        let queued = std::future::poll_fn(|cx| Poll::Ready(failing.as_mut().poll(cx))).await;
+        assert!(queued.is_pending());
+        let last = queue(&store, "last".into(), Bytes::from_static(b"2")).await;
+        gate.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        let failed = failing.await.unwrap_err();
+        assert!(
+            failed.to_string().contains("failed after a change"),
+            "{failed}"
+        );
+        first.await.unwrap();
+        last.await.unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert!(store.get("half-made").await.unwrap().is_none());
+        assert_eq!(store.get("first").await.unwrap().unwrap().body, "1");
+        assert_eq!(store.get("last").await.unwrap().unwrap().body, "2");
+        assert_eq!(
+            store.commits() - before,
+            2,
+            "the held write's commit, then the others' without the failed one"
+        );
+    }
+
+    /// A refused bare write changes nothing and needs no undo: the writes
+    /// beside it commit in the same transaction, run once.
+    #[tokio::test]
+    async fn a_refused_bare_write_leaves_the_transaction_to_the_others() {
+        let (_dir, store) = new_store();
+        store
+            .put("taken", Bytes::from_static(b"old"), Condition::Always)
+            .await
+            .unwrap();
+        let creates = [("taken", "new"), ("free", "mine")]
+            .map(|(k, b)| (k.to_string(), Bytes::from_static(b.as_bytes())));
+        let (puts, before) = queued_behind_a_write(&store, creates).await;
+        let mut answers = Vec::new();
+        for put in puts {
+            answers.push(put.await.map(drop).map_err(|e| e.to_string()));
+        }
+        assert_eq!(answers[0], Err(StoreError::AlreadyExists.to_string()));
+        assert!(answers[1].is_ok());
+        assert_eq!(store.get("taken").await.unwrap().unwrap().body, "old");
+        assert_eq!(store.commits() - before, 2);
+    }
+
     /// The changes of one `change_all` (a history record, its pruning and
     /// pointer) commit together, once.
     #[tokio::test]
@@ -392,7 +565,7 @@ mod group_commit {
     async fn the_writer_keeps_its_connection_and_cache_between_batches() {
         let (_dir, store) = new_store();
         let cache = store
-            .run_write("marking".into(), 0, |conn| {
+            .run_write("marking".into(), 0, Undo::Savepoint, |conn, _| {
                 conn.execute_batch("CREATE TEMP TABLE writer_mark (x)")
                     .map_err(|e| StoreError::unavailable(e.to_string()))?;
                 conn.pragma_query_value(None, "cache_size", |r| r.get::<_, i64>(0))
@@ -410,7 +583,7 @@ mod group_commit {
             assert!(read.unwrap().is_some());
         }
         let marked = store
-            .run_write("looking".into(), 0, |conn| {
+            .run_write("looking".into(), 0, Undo::Savepoint, |conn, _| {
                 conn.query_row(
                     "SELECT count(*) FROM temp.sqlite_master WHERE name = 'writer_mark'",
                     [],
@@ -446,7 +619,7 @@ mod group_commit {
             let store = store.clone();
             async move {
                 store
-                    .run_write("holding".into(), 0, move |_| {
+                    .run_write("holding".into(), 0, Undo::Savepoint, move |_, _| {
                         started_tx.send(()).unwrap();
                         std::thread::sleep(std::time::Duration::from_millis(200));
                         Ok(())
