@@ -19,11 +19,13 @@ use rusqlite::Connection;
 /// (`zeroblob`) without allocating it only in a row's last column, and
 /// large bodies are written into such a blob a piece at a time.
 ///
-/// `size` is the body's length, kept by every write. A listing is answered
-/// from the index `objects_listing` alone, without reading the table, where
-/// the rows of states lie among the rows of their history: with many
-/// versions, reading the states' rows would read a page for nearly every
-/// one.
+/// `size` is the body's length, kept by every write.
+///
+/// `objects` has no row ids: its rows lie in key order, in the table
+/// itself, so a listing reads the rows of the keys it lists and nothing
+/// else (the rows of states lie apart from their history's), and a write
+/// changes two trees (the table and `objects_body`), not the four a table
+/// with row ids, its key's index and a listing index beside it took.
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS objects (
     key TEXT PRIMARY KEY NOT NULL,
@@ -31,8 +33,7 @@ CREATE TABLE IF NOT EXISTS objects (
     modified_ns INTEGER NOT NULL,
     size INTEGER NOT NULL,
     body_id INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS objects_listing ON objects (key, modified_ns, size);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS objects_body ON objects (body_id);
 CREATE TABLE IF NOT EXISTS bodies (
     id INTEGER PRIMARY KEY,
@@ -123,8 +124,9 @@ impl Shape {
     }
 
     /// The listing of one range of keys with a prefix, sorted: with `size`,
-    /// answered from the index `objects_listing` alone (see [`SCHEMA`]);
-    /// without, on a file made before that column, from the table.
+    /// answered from the rows of those keys alone (see [`SCHEMA`]; in a
+    /// file of an older shape, from its listing index); without, on a file
+    /// made before that column, from the table.
     pub(super) fn listing_query(self) -> &'static str {
         match self {
             Shape::Shared | Shape::Inline { with_size: true } => {
@@ -149,42 +151,68 @@ fn columns(conn: &Connection) -> Result<Vec<String>, rusqlite::Error> {
         .collect()
 }
 
-/// Brings a file of an older shape (bodies in the objects' own rows:
-/// `body` second; last with no `size`; last with `size`) to the shape of
-/// [`SCHEMA`]: every body moves to `bodies`, named by one object each, and
-/// every object keeps its generation and time and gets its size from its
-/// body; the generation counter is untouched. All in one transaction,
-/// checked again once it holds the file: another process opening the file
-/// at the same time waits, then finds it done. Does nothing on a new file.
+/// Whether `objects` is a table without row ids (see [`SCHEMA`]).
+fn without_rowid(conn: &Connection) -> Result<bool, rusqlite::Error> {
+    conn.query_row(
+        "SELECT count(*) FROM pragma_table_list WHERE schema = 'main' AND name = 'objects' AND wr",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n == 1)
+}
+
+/// Brings a file of an older shape to the shape of [`SCHEMA`]. In the
+/// oldest shapes the bodies are in the objects' own rows (`body` second;
+/// last with no `size`; last with `size`): every body moves to `bodies`,
+/// named by one object each, and every object keeps its generation and
+/// time and gets its size from its body. In the shape before this one the
+/// bodies are apart already, and `objects` has row ids and a listing index:
+/// its rows are copied into the table without, bodies untouched. The
+/// generation counter is untouched. All in one transaction, checked again
+/// once it holds the file: another process opening the file at the same
+/// time waits, then finds it done. Does nothing on a new file.
 pub(super) fn upgrade_table(conn: &Connection) -> Result<(), rusqlite::Error> {
     let needed = |conn: &Connection| {
         let columns = columns(conn)?;
-        Ok::<_, rusqlite::Error>(!columns.is_empty() && columns != COLUMNS)
+        Ok::<_, rusqlite::Error>(match columns.is_empty() {
+            true => None,
+            false if columns != COLUMNS => Some(Older::Inline),
+            false if !without_rowid(conn)? => Some(Older::RowIds),
+            false => None,
+        })
     };
-    if !needed(conn)? {
+    if needed(conn)?.is_none() {
         return Ok(());
     }
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let upgraded = (|| {
-        if !needed(conn)? {
+        let Some(older) = needed(conn)? else {
             return Ok(());
-        }
-        // The older table's index would keep its name, and the new table's
-        // would not be made with the rest.
+        };
+        // The older table's indexes would keep their names, and the new
+        // table's would not be made with the rest.
         conn.execute_batch(
             "DROP INDEX IF EXISTS objects_listing;
+             DROP INDEX IF EXISTS objects_body;
              ALTER TABLE objects RENAME TO objects_older;",
         )?;
         conn.execute_batch(SCHEMA)?;
-        // In key order, both indexes grow at their end, and the rows of
-        // states lie together apart from their history's.
-        conn.execute_batch(
-            "INSERT INTO bodies (id, body) SELECT rowid, body FROM objects_older;
-             INSERT INTO objects (key, generation, modified_ns, size, body_id)
-                 SELECT key, generation, modified_ns, length(body), rowid FROM objects_older
-                 ORDER BY key;
-             DROP TABLE objects_older;",
-        )
+        // In key order, the table and the body index grow at their end.
+        conn.execute_batch(match older {
+            Older::Inline => {
+                "INSERT INTO bodies (id, body) SELECT rowid, body FROM objects_older;
+                 INSERT INTO objects (key, generation, modified_ns, size, body_id)
+                     SELECT key, generation, modified_ns, length(body), rowid FROM objects_older
+                     ORDER BY key;
+                 DROP TABLE objects_older;"
+            }
+            Older::RowIds => {
+                "INSERT INTO objects (key, generation, modified_ns, size, body_id)
+                     SELECT key, generation, modified_ns, size, body_id FROM objects_older
+                     ORDER BY key;
+                 DROP TABLE objects_older;"
+            }
+        })
     })();
     match upgraded {
         Ok(()) => conn.execute_batch("COMMIT"),
@@ -193,6 +221,15 @@ pub(super) fn upgrade_table(conn: &Connection) -> Result<(), rusqlite::Error> {
             Err(e)
         }
     }
+}
+
+/// The shape a file is upgraded from.
+#[derive(Clone, Copy)]
+enum Older {
+    /// Bodies in the objects' own rows.
+    Inline,
+    /// Bodies apart, objects in a table with row ids.
+    RowIds,
 }
 
 #[cfg(test)]
@@ -224,8 +261,31 @@ mod tests {
              modified_ns INTEGER NOT NULL, size INTEGER NOT NULL, body BLOB NOT NULL);
          CREATE INDEX objects_listing ON objects (key, modified_ns, size);";
 
-    /// Every older shape.
+    /// Every older shape with bodies in the objects' rows.
     const OLDER: [&str; 3] = [BODY_SECOND, BODY_LAST_WITHOUT_SIZE, BODY_IN_ITS_ROW];
+
+    /// The shape before this one: bodies apart, `objects` with row ids and
+    /// a listing index, holding what [`older_file`] holds.
+    fn file_with_row_ids(dir: &Path) -> PathBuf {
+        let path = dir.join("rowids.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE objects (key TEXT PRIMARY KEY NOT NULL, generation INTEGER NOT NULL,
+                     modified_ns INTEGER NOT NULL, size INTEGER NOT NULL, body_id INTEGER NOT NULL);
+                 CREATE INDEX objects_listing ON objects (key, modified_ns, size);
+                 CREATE INDEX objects_body ON objects (body_id);
+                 CREATE TABLE bodies (id INTEGER PRIMARY KEY, body BLOB NOT NULL);
+                 CREATE TABLE generation (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER NOT NULL);
+                 INSERT INTO generation VALUES (1, 7);
+                 INSERT INTO bodies VALUES (1, x'7b7d0a'), (2, x'7b7d');
+                 INSERT INTO objects VALUES
+                     ('.stategate/history/a/state/0000000001.tfstate', 6, 900, 3, 1),
+                     ('a/state', 7, 1000, 2, 2);",
+            )
+            .unwrap();
+        path
+    }
 
     /// A database file in `dir` with `objects` made by `table`, holding the
     /// state `a/state` (`{}`, generation 7), a history row of it (three
@@ -268,6 +328,7 @@ mod tests {
         let store = SqliteStore::open_file(path).unwrap();
         let conn = Connection::open(path).unwrap();
         assert_eq!(columns(&conn).unwrap(), COLUMNS);
+        assert!(without_rowid(&conn).unwrap(), "objects has no row ids");
         let fresh_dir = tempfile::tempdir().unwrap();
         let fresh = fresh_dir.path().join("new.db");
         drop(SqliteStore::open_file(&fresh).unwrap());
@@ -345,6 +406,15 @@ mod tests {
         }
     }
 
+    /// A file of the shape before this one (`objects` with row ids and a
+    /// listing index) is rebuilt without them, keeping every row, its
+    /// body, and the counter.
+    #[tokio::test]
+    async fn the_shape_with_row_ids_is_rebuilt_keeping_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        upgraded_with_its_rows(&file_with_row_ids(dir.path())).await;
+    }
+
     /// The pages of the older table, free once it is copied, go back to
     /// the device when the file is opened, not at its first write.
     #[tokio::test]
@@ -406,10 +476,10 @@ mod tests {
         upgraded_with_its_rows(&path).await;
     }
 
-    /// A listing of states reads the covering index alone, never the
-    /// table, where their rows lie among their history's.
+    /// A listing of states reads the rows of the keys it lists, in key
+    /// order, and no others.
     #[test]
-    fn a_listing_reads_the_covering_index_alone() {
+    fn a_listing_reads_the_rows_of_its_keys_alone() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("plan.db");
         drop(SqliteStore::open_file(&path).unwrap());
@@ -424,10 +494,7 @@ mod tests {
             .unwrap()
             .map(Result::unwrap)
             .collect();
-        assert_eq!(
-            plan,
-            ["SEARCH objects USING COVERING INDEX objects_listing (key>? AND key<?)"]
-        );
+        assert_eq!(plan, ["SEARCH objects USING PRIMARY KEY (key>? AND key<?)"]);
     }
 
     /// A store opened for reading only (a full or read-only device) cannot
