@@ -23,16 +23,19 @@ pub struct ProbeReport {
     pub stale_write_refused: bool,
 }
 
-/// Exercises a store with a probe object: create, second create (must be
-/// refused), read back, a compare-and-swap against a stale version (must
-/// be refused) and one against the current version, delete. Fails on the
-/// first store error; reports what the store was seen to guarantee.
+/// Exercises a store with a probe object named by `tag`, which no other
+/// probe used: create, second create (must be refused), read back, a
+/// compare-and-swap against a stale version (must be refused) and one
+/// against the current version, delete. Fails on the first store error;
+/// reports what the store was seen to guarantee.
 pub async fn probe(store: &dyn Store, tag: &str) -> Result<ProbeReport, StoreError> {
     let key = format!("{PROBE_PREFIX}{tag}");
     let mut steps = Vec::new();
     let body = Bytes::from(format!("stategate probe {tag}\n"));
-    // A probe left behind by a killed process must not fail this one.
-    store.delete(&key, Condition::Always.into()).await?;
+    // No object of this name can be there already: callers give a tag
+    // no other probe had (their process and the time), so a probe left
+    // behind by a killed process is another object, and none is deleted
+    // first (one request fewer at every start).
     let first = store.put(&key, body.clone(), Condition::IfAbsent).await?;
     steps.push(format!("write {key}: ok"));
     let conditional_create = match store
