@@ -167,8 +167,9 @@ fn without_rowid(conn: &Connection) -> Result<bool, rusqlite::Error> {
 /// named by one object each, and every object keeps its generation and
 /// time and gets its size from its body. In the shape before this one the
 /// bodies are apart already, and `objects` has row ids and a listing index:
-/// its rows are copied into the table without, bodies untouched. The
-/// generation counter is untouched. All in one transaction, checked again
+/// its rows are copied into the table without, bodies untouched (and the
+/// listing index an older release makes again on a file of this shape is
+/// dropped). The generation counter is untouched. All in one transaction, checked again
 /// once it holds the file: another process opening the file at the same
 /// time waits, then finds it done. Does nothing on a new file.
 pub(super) fn upgrade_table(conn: &Connection) -> Result<(), rusqlite::Error> {
@@ -178,6 +179,7 @@ pub(super) fn upgrade_table(conn: &Connection) -> Result<(), rusqlite::Error> {
             true => None,
             false if columns != COLUMNS => Some(Older::Inline),
             false if !without_rowid(conn)? => Some(Older::RowIds),
+            false if has_listing_index(conn)? => Some(Older::ListingIndex),
             false => None,
         })
     };
@@ -189,16 +191,9 @@ pub(super) fn upgrade_table(conn: &Connection) -> Result<(), rusqlite::Error> {
         let Some(older) = needed(conn)? else {
             return Ok(());
         };
-        // The older table's indexes would keep their names, and the new
-        // table's would not be made with the rest.
-        conn.execute_batch(
-            "DROP INDEX IF EXISTS objects_listing;
-             DROP INDEX IF EXISTS objects_body;
-             ALTER TABLE objects RENAME TO objects_older;",
-        )?;
-        conn.execute_batch(SCHEMA)?;
         // In key order, the table and the body index grow at their end.
-        conn.execute_batch(match older {
+        let copy = match older {
+            Older::ListingIndex => return conn.execute_batch("DROP INDEX objects_listing"),
             Older::Inline => {
                 "INSERT INTO bodies (id, body) SELECT rowid, body FROM objects_older;
                  INSERT INTO objects (key, generation, modified_ns, size, body_id)
@@ -212,7 +207,16 @@ pub(super) fn upgrade_table(conn: &Connection) -> Result<(), rusqlite::Error> {
                      ORDER BY key;
                  DROP TABLE objects_older;"
             }
-        })
+        };
+        // The older table's indexes would keep their names, and the new
+        // table's would not be made with the rest.
+        conn.execute_batch(
+            "DROP INDEX IF EXISTS objects_listing;
+             DROP INDEX IF EXISTS objects_body;
+             ALTER TABLE objects RENAME TO objects_older;",
+        )?;
+        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(copy)
     })();
     match upgraded {
         Ok(()) => conn.execute_batch("COMMIT"),
@@ -230,6 +234,20 @@ enum Older {
     Inline,
     /// Bodies apart, objects in a table with row ids.
     RowIds,
+    /// The shape of [`SCHEMA`] with the listing index the shape before
+    /// had, which an older release opening the file makes again: only
+    /// the index goes.
+    ListingIndex,
+}
+
+/// Whether the file has the listing index of the shape before.
+fn has_listing_index(conn: &Connection) -> Result<bool, rusqlite::Error> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name = 'objects_listing'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n == 1)
 }
 
 #[cfg(test)]
@@ -413,6 +431,24 @@ mod tests {
     async fn the_shape_with_row_ids_is_rebuilt_keeping_its_rows() {
         let dir = tempfile::tempdir().unwrap();
         upgraded_with_its_rows(&file_with_row_ids(dir.path())).await;
+    }
+
+    /// An older release opening a file of this shape makes its listing
+    /// index again (its schema says `CREATE INDEX IF NOT EXISTS`), and
+    /// writes the file as it is; the next start of this release drops
+    /// the index, and the rows stay.
+    #[tokio::test]
+    async fn the_listing_index_an_older_release_adds_goes_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file_with_row_ids(dir.path());
+        drop(SqliteStore::open_file(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE INDEX IF NOT EXISTS objects_listing ON objects (key, modified_ns, size)",
+            )
+            .unwrap();
+        upgraded_with_its_rows(&path).await;
     }
 
     /// The pages of the older table, free once it is copied, go back to
