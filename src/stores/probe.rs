@@ -68,17 +68,19 @@ pub async fn probe(store: &dyn Store, tag: &str) -> Result<ProbeReport, StoreErr
     let changed = store
         .put(&key, body.clone(), Condition::IfMatch(current.clone()))
         .await?;
-    let stale_refused = if changed == first {
+    // The object's version after the stale write: `changed` unless that
+    // write went through.
+    let (stale_refused, last) = if changed == first {
         // The store cannot tell the two versions apart (same bytes, same
         // ETag): a stale check cannot be shown with this object.
-        true
+        (true, changed.clone())
     } else {
         match store
             .put(&key, Bytes::from_static(b"x"), Condition::IfMatch(first))
             .await
         {
-            Err(StoreError::PreconditionFailed) => true,
-            Ok(_) => false,
+            Err(StoreError::PreconditionFailed) => (true, changed.clone()),
+            Ok(overwritten) => (false, overwritten),
             Err(e) => return Err(e),
         }
     };
@@ -91,7 +93,6 @@ pub async fn probe(store: &dyn Store, tag: &str) -> Result<ProbeReport, StoreErr
             (true, false) => "refused, by comparing first (not atomic: writes take a lease)",
         }
     ));
-    let last = store.stat(&key).await?.unwrap_or(changed.clone());
     store.delete(&key, Condition::IfMatch(last).into()).await?;
     steps.push("conditional delete: ok".into());
     // Written again with the same bytes: a new version, or the same one
