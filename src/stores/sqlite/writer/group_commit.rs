@@ -15,7 +15,10 @@ use bytes::Bytes;
 use crate::stores::sqlite::SqliteStore;
 use crate::stores::{Change, Condition, OpWrite, Payload, Store, Version};
 
-type Put = Pin<Box<dyn Future<Output = Result<Version, StoreError>> + Send>>;
+/// A write sent to the writer, still to be awaited.
+type Queued<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+type Put = Queued<Version>;
 
 /// Holds the writer thread in a write of its own until the returned
 /// sender is used; returns once the writer is inside it.
@@ -45,13 +48,33 @@ async fn hold_writer(
     (holder, gate_tx)
 }
 
-/// Queues a put behind the held writer (one poll sends it).
+/// Sends `write` to the held writer (one poll queues it) and gives it
+/// back, to be awaited.
+async fn sent<T>(mut write: Queued<T>) -> Queued<T> {
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    assert!(first.is_pending());
+    write
+}
+
+/// Queues a put behind the held writer.
 async fn queue(store: &SqliteStore, key: String, body: Bytes) -> Put {
     let store = store.clone();
-    let mut put: Put = Box::pin(async move { store.put(&key, body, Condition::IfAbsent).await });
-    let first = std::future::poll_fn(|cx| Poll::Ready(put.as_mut().poll(cx))).await;
-    assert!(first.is_pending());
-    put
+    sent(Box::pin(async move {
+        store.put(&key, body, Condition::IfAbsent).await
+    }))
+    .await
+}
+
+/// Queues the write `f`, to run bare, behind the held writer.
+async fn queue_bare<T: Send + 'static>(
+    store: &SqliteStore,
+    f: impl Fn(&Connection, Undo) -> Result<T, StoreError> + Send + 'static,
+) -> Queued<T> {
+    let store = store.clone();
+    sent(Box::pin(async move {
+        store.run_write("queued".into(), 0, Undo::Checked, f).await
+    }))
+    .await
 }
 
 /// A store in a new file; the directory goes when it is dropped.
@@ -123,22 +146,15 @@ async fn a_bare_write_that_fails_is_undone_and_the_others_commit() {
     let before = store.commits();
     let first = queue(&store, "first".into(), Bytes::from_static(b"1")).await;
     let runs = Arc::new(AtomicUsize::new(0));
-    let mut failing = {
-        let (store, runs) = (store.clone(), Arc::clone(&runs));
-        Box::pin(async move {
-            store
-                .run_write("failing".into(), 0, Undo::Checked, move |tx, undo| {
-                    runs.fetch_add(1, Ordering::SeqCst);
-                    assert_eq!(undo, Undo::Checked, "run again after failing");
-                    let body = Payload::Memory(Bytes::from_static(b"half"));
-                    super::super::rows::put_row(tx, "half-made", &body, &Condition::Always)?;
-                    Err::<(), _>(StoreError::unavailable("failed after a change"))
-                })
-                .await
-        })
-    };
-    let queued = std::future::poll_fn(|cx| Poll::Ready(failing.as_mut().poll(cx))).await;
-    assert!(queued.is_pending());
+    let counted = Arc::clone(&runs);
+    let failing = queue_bare(&store, move |tx, undo| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(undo, Undo::Checked, "run again after failing");
+        let body = Payload::Memory(Bytes::from_static(b"half"));
+        super::super::rows::put_row(tx, "half-made", &body, &Condition::Always)?;
+        Err::<(), _>(StoreError::unavailable("failed after a change"))
+    })
+    .await;
     let last = queue(&store, "last".into(), Bytes::from_static(b"2")).await;
     gate.send(()).unwrap();
     holder.await.unwrap().unwrap();
@@ -167,19 +183,11 @@ async fn a_bare_write_that_fails_is_undone_and_the_others_commit() {
 async fn a_transaction_given_up_answers_every_write_of_its_batch() {
     let (_dir, store) = new_store();
     let (holder, gate) = hold_writer(&store).await;
-    let mut breaking = {
-        let store = store.clone();
-        Box::pin(async move {
-            store
-                .run_write("breaking".into(), 0, Undo::Checked, |tx, _| {
-                    tx.execute_batch("ROLLBACK")
-                        .map_err(|e| StoreError::unavailable(e.to_string()))
-                })
-                .await
-        })
-    };
-    let queued = std::future::poll_fn(|cx| Poll::Ready(breaking.as_mut().poll(cx))).await;
-    assert!(queued.is_pending());
+    let breaking = queue_bare(&store, |tx, _| {
+        tx.execute_batch("ROLLBACK")
+            .map_err(|e| StoreError::unavailable(e.to_string()))
+    })
+    .await;
     let behind = queue(&store, "behind".into(), Bytes::from_static(b"{}")).await;
     gate.send(()).unwrap();
     holder.await.unwrap().unwrap();
