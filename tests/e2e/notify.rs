@@ -603,13 +603,16 @@ fn notify_what_cannot_be_delivered_is_kept_shown_and_counted() {
     let url = server.state_url("lost/one");
     assert_eq!(http("POST", &url, &state_doc("lin-u", 1, "x")).0, 200);
     let deadline = Instant::now() + Duration::from_secs(30);
+    // The sender keeps the record first, then takes it out of the outbox:
+    // both are waited for.
     let kept = loop {
         let kept: Vec<String> = peer
             .object_keys()
             .into_iter()
             .filter(|k| k.starts_with(".stategate/undelivered/dead/"))
             .collect();
-        if !kept.is_empty() || Instant::now() > deadline {
+        let moved = !kept.is_empty() && outbox_ids(&peer).is_empty();
+        if moved || Instant::now() > deadline {
             break kept;
         }
         std::thread::sleep(Duration::from_millis(100));
