@@ -585,9 +585,11 @@ fn ui_shows_a_user_only_the_states_they_may_read() {
         .expect("a CSRF token in the form")
         .to_string();
     let form = format!("csrf={token}&version=1");
-    // The answer is a 303 to the state page, not followed here.
-    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    // The answer is a 303 to the state page, not followed here. Each POST
+    // on a connection of its own: the server may close the one a refusal
+    // went out on before reading the form, and a POST is not sent again.
     let post = |auth: &str| {
+        let agent = ureq::AgentBuilder::new().redirects(0).build();
         let result = agent
             .post(&url("/ui/restore/team-a/web.tfstate"))
             .set("Authorization", auth)
