@@ -510,6 +510,45 @@ fn s3_trace_logs_never_show_a_secret() {
     );
 }
 
+/// The system's root certificates are read at the first HTTPS request, not
+/// at start-up: never for a server reached over plain HTTP. Roots that
+/// cannot be read say so in a warning, which shows when they were read.
+#[test]
+fn s3_over_plain_http_never_reads_the_tls_roots() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let missing = dir.path().join("no-such-bundle.pem").display().to_string();
+    let empty = dir.path().display().to_string();
+    let roots = [
+        ("SSL_CERT_FILE", missing.as_str()),
+        ("SSL_CERT_DIR", empty.as_str()),
+    ];
+    let read_roots = |stderr: &str| stderr.contains("root CA certificate");
+    let plain = S3Peer::on(Moto::shared());
+    let out = stategate(&plain, &["check"], &roots);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{}{stderr}", text(&out.stdout));
+    assert!(
+        !read_roots(&stderr),
+        "read the roots over plain HTTP:\n{stderr}"
+    );
+
+    // The same check against an HTTPS endpoint reads them (and fails to
+    // connect: nothing listens there).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let https = S3Peer::on(Moto::shared()).with("endpoint", &format!("https://127.0.0.1:{port}"));
+    let out = stategate(&https, &["check"], &roots);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        read_roots(&stderr),
+        "no sign the roots were read:\n{stderr}"
+    );
+}
+
 /// A connection closed before the answer is one plain
 /// sentence, not the SDK's nested Debug output.
 #[test]

@@ -30,6 +30,7 @@
 
 mod config;
 mod error;
+mod http;
 mod store;
 
 pub use config::S3Config;

@@ -12,7 +12,6 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
-use aws_smithy_http_client::tls;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use md5::{Digest, Md5};
@@ -63,11 +62,6 @@ impl S3Store {
     /// conditional requests its server honours (see the module comment).
     /// A server that cannot be reached names `endpoint`.
     pub async fn connect(config: S3Config) -> Result<Self, StoreError> {
-        let http_client = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
         // `timeout` bounds the whole operation, retries included: a limit
         // per attempt would make a stopped server take 3 x 60 s to answer.
         let timeouts = TimeoutConfig::builder()
@@ -77,7 +71,7 @@ impl S3Store {
             .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(config.region.clone()))
-            .http_client(http_client)
+            .http_client(super::http::for_credentials())
             .timeout_config(timeouts)
             .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS));
         if let Some(credentials) = &config.credentials {
@@ -93,6 +87,7 @@ impl S3Store {
         if let Some(endpoint) = &config.endpoint {
             s3 = s3.endpoint_url(endpoint);
         }
+        s3 = s3.http_client(super::http::for_endpoint(config.endpoint.as_deref()));
         let location = match &config.endpoint {
             Some(e) => e.clone(),
             None => format!("AWS S3 ({})", config.region),
