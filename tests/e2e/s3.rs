@@ -549,6 +549,32 @@ fn s3_over_plain_http_never_reads_the_tls_roots() {
     );
 }
 
+/// What opening the store and the start-up probe cost: the conditions the
+/// server honours are measured once (five requests), and the probe does
+/// not write its object again to compare versions the store says are
+/// hashes of the bytes (five). Nothing outside the probe's prefix is
+/// touched.
+#[test]
+fn s3_start_up_costs_ten_requests_on_probe_objects() {
+    let moto = Moto::shared();
+    let peer = S3Peer::on(moto);
+    let said = stategate_ok(&peer, &["check"]);
+    assert!(
+        said.contains("the same bytes written again: the same version"),
+        "{said}"
+    );
+    let mut requests = moto.requests_for(&peer.bucket);
+    // The test's own: the bucket made.
+    requests.retain(|r| r.trim() != "PUT");
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.contains(" team/.stategate/probe/")),
+        "{requests:#?}"
+    );
+    assert_eq!(requests.len(), 10, "{requests:#?}");
+}
+
 /// A connection closed before the answer is one plain
 /// sentence, not the SDK's nested Debug output.
 #[test]
