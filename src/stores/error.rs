@@ -102,10 +102,7 @@ impl StoreError {
     /// Whether the store, not the request, is at fault: the request may
     /// succeed later (503).
     pub fn is_unavailable(&self) -> bool {
-        !matches!(
-            self,
-            StoreError::AlreadyExists | StoreError::PreconditionFailed | StoreError::KeyConflict(_)
-        )
+        !self.is_refusal() && !matches!(self, StoreError::KeyConflict(_))
     }
 
     /// Whether a condition of the request was not met (the object exists,
