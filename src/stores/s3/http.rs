@@ -13,21 +13,30 @@ use aws_sdk_s3::config::{HttpClient, RuntimeComponents, SharedHttpClient};
 use aws_smithy_http_client::tls;
 use aws_smithy_runtime_api::client::http::{HttpConnectorSettings, SharedHttpConnector};
 
-/// The client for the S3 requests themselves: plain HTTP for an `http://`
-/// endpoint (which every request goes to), else HTTPS.
-pub(super) fn for_endpoint(endpoint: Option<&str>) -> SharedHttpClient {
-    match endpoint.is_some_and(|e| e.starts_with("http://")) {
-        true => aws_smithy_http_client::Builder::new().build_http(),
-        false => SharedHttpClient::new(HttpsOnFirstUse::default()),
-    }
+/// The clients of one store.
+pub(super) struct Clients {
+    /// For the S3 requests themselves: plain HTTP for an `http://`
+    /// endpoint (which every request goes to), else the HTTPS client.
+    pub requests: SharedHttpClient,
+    /// For the credential providers (STS, SSO, the instance metadata
+    /// service): HTTPS, its roots read when a provider first makes a
+    /// request, if one ever does (keys from the settings, the environment
+    /// or a profile need none).
+    pub credentials: SharedHttpClient,
 }
 
-/// The client of the credential providers (STS, SSO, the instance
-/// metadata service): HTTPS, with its roots read when a provider first
-/// makes a request, if one ever does (keys from the settings, the
-/// environment or a profile need none).
-pub(super) fn for_credentials() -> SharedHttpClient {
-    SharedHttpClient::new(HttpsOnFirstUse::default())
+/// One HTTPS client, shared by the requests and the credential providers
+/// where both need it (one root store, one connection pool).
+pub(super) fn clients(endpoint: Option<&str>) -> Clients {
+    let https = SharedHttpClient::new(HttpsOnFirstUse::default());
+    let requests = match endpoint.is_some_and(|e| e.starts_with("http://")) {
+        true => aws_smithy_http_client::Builder::new().build_http(),
+        false => https.clone(),
+    };
+    Clients {
+        requests,
+        credentials: https,
+    }
 }
 
 /// An HTTPS client built at its first request.

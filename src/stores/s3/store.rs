@@ -69,9 +69,10 @@ impl S3Store {
             .operation_timeout(config.timeout)
             .operation_attempt_timeout(config.timeout)
             .build();
+        let clients = super::http::clients(config.endpoint.as_deref());
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(config.region.clone()))
-            .http_client(super::http::for_credentials())
+            .http_client(clients.credentials)
             .timeout_config(timeouts)
             .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS));
         if let Some(credentials) = &config.credentials {
@@ -87,7 +88,7 @@ impl S3Store {
         if let Some(endpoint) = &config.endpoint {
             s3 = s3.endpoint_url(endpoint);
         }
-        s3 = s3.http_client(super::http::for_endpoint(config.endpoint.as_deref()));
+        s3 = s3.http_client(clients.requests);
         let location = match &config.endpoint {
             Some(e) => e.clone(),
             None => format!("AWS S3 ({})", config.region),
