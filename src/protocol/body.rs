@@ -19,8 +19,9 @@ use crate::state::{StateError, head};
 use crate::stores::payload::spool_dir;
 use crate::stores::{Payload, Spooler, StoreError};
 
-/// How far past the limit a body is still read (and dropped) before the
-/// 413, so the client receives the answer.
+/// How far past the limit (or past a spool that failed) a body is still
+/// read, and dropped, before the 413 (or 503), so the client receives the
+/// answer.
 const DRAIN_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The window over which `body_min_rate` is averaged.
@@ -62,6 +63,10 @@ pub(super) async fn read_body(
         ))))
     };
     let mut trailer_md5 = None;
+    // A spool that failed: the rest of the body is read and dropped (up
+    // to `DRAIN_BYTES` more) before the answer, as for a body a little
+    // over the limit, so the client hears the reason.
+    let mut spool_error: Option<(u64, std::io::Error)> = None;
     let mut seen: u64 = 0;
     let mut window_end = tokio::time::Instant::now() + RATE_WINDOW;
     let mut window_start_seen: u64 = 0;
@@ -103,12 +108,18 @@ pub(super) async fn read_body(
         };
         seen += data.len() as u64;
         ex.bytes_in = seen;
-        if seen > limit.saturating_add(DRAIN_BYTES) {
+        if seen > limit.saturating_add(DRAIN_BYTES)
+            || spool_error
+                .as_ref()
+                .is_some_and(|(at, _)| seen > at.saturating_add(DRAIN_BYTES))
+        {
             break;
         }
-        if seen <= limit {
+        if seen <= limit && spool_error.is_none() {
             hasher.update(&data);
-            body.push(&data).await.map_err(spool_failed)?;
+            if let Err(e) = body.push(&data).await {
+                spool_error = Some((seen, e));
+            }
         }
         if min_rate > 0 && tokio::time::Instant::now() >= window_end {
             if seen - window_start_seen < min_rate * RATE_WINDOW.as_secs() {
@@ -120,6 +131,9 @@ pub(super) async fn read_body(
     }
     if seen > limit {
         return Err(ProtocolError::TooLarge(limit));
+    }
+    if let Some((_, e)) = spool_error {
+        return Err(spool_failed(e));
     }
     let payload = body.finish().await.map_err(spool_failed)?;
     let digest = hasher.finalize();

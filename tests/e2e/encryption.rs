@@ -461,14 +461,6 @@ fn encryption_a_key_file_others_can_read_is_warned_about_or_refused() {
     assert!(!server.log().contains(&shown), "{}", server.log());
 }
 
-fn md5_hex(body: &[u8]) -> String {
-    use md5::{Digest, Md5};
-    Md5::digest(body)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// The files below the store's root that hold `needle`, in any case.
 fn files_holding(peer: &LocalPeer, needle: &str) -> Vec<String> {
     let lower = needle.to_ascii_lowercase();

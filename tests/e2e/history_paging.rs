@@ -280,14 +280,6 @@ fn crashed_write(peer: &dyn Removing, serial: u64, record: bool) {
     }
 }
 
-fn md5_hex(body: &[u8]) -> String {
-    use md5::{Digest, Md5};
-    Md5::digest(body)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 pub fn a_crash_before_the_pointer_moved_loses_no_version(peer: &dyn Removing) {
     let server = Server::start(peer);
     let url = server.state_url(KEY);

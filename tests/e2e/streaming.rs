@@ -46,13 +46,6 @@ impl Spooling {
     }
 }
 
-fn md5_hex(body: &[u8]) -> String {
-    Md5::digest(body)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// The peak resident memory of a process, from `/proc`.
 fn peak_rss_mib(pid: u32) -> u64 {
     proc_status_kib(pid, "VmHWM") / 1024
@@ -425,6 +418,38 @@ fn a_body_that_cannot_be_spooled_is_503() {
     let small = sized_state("L", 1, 10_000);
     assert_eq!(http("POST", &url, &small).0, 200);
     assert!(http("GET", &url, &[]).1 == small);
+}
+
+/// A client sending a body that cannot be spooled a piece at a time is
+/// read to its end before the 503: every piece is taken and the answer
+/// names the reason, where an answer sent at the failure would leave the
+/// client writing into a closed connection (a broken pipe, no reason).
+#[test]
+fn a_body_that_cannot_be_spooled_is_read_before_the_503() {
+    let peer = LocalPeer::new();
+    let s = Spooling::start(&peer, &[]);
+    std::fs::remove_dir(s.spool.path()).unwrap();
+    let body = sized_state("L", 1, 4 * MIB);
+    let addr = s.server.url.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "POST /states/nospool HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    for (i, piece) in body.chunks(256 * 1024).enumerate() {
+        stream
+            .write_all(piece)
+            .unwrap_or_else(|e| panic!("piece {i} of 16: {e} (the server stopped reading)"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("spooling"), "{answer}");
+    assert_eq!(http("GET", &s.server.state_url("nospool"), &[]).0, 404);
 }
 
 /// On a sealed store a large state round-trips, is sealed at rest, and

@@ -243,7 +243,8 @@ impl Drop for Server {
     }
 }
 
-fn settings_args(peer: &dyn Peer) -> Vec<String> {
+/// The peer's settings as `-C key=value` arguments.
+pub fn settings_args(peer: &dyn Peer) -> Vec<String> {
     peer.settings()
         .into_iter()
         .flat_map(|(k, v)| ["-C".to_string(), format!("{k}={v}")])
@@ -313,6 +314,15 @@ pub fn another_round(
     budget: Duration,
 ) -> bool {
     rounds < least || (rounds < most && started.elapsed() < budget)
+}
+
+/// The hex MD5 of a body, as stategate's ETags give it.
+pub fn md5_hex(body: &[u8]) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub fn text(bytes: &[u8]) -> String {
