@@ -105,6 +105,15 @@ for tool in openssl curl; do
   fi
 done
 
+# GNU time reads the peak memory of command-line runs in the large-state tests.
+if [ ! -x /usr/bin/time ]; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "scripts/test.sh: /usr/bin/time is required by the large-state tests: install GNU time" >&2
+    exit 1
+  fi
+  apt_install time
+fi
+
 # The dashboard's browser tests: Debian's Chromium, driven from Node.js by
 # playwright-core (pinned in tests/ui/package-lock.json; it downloads no
 # browser of its own).

@@ -161,7 +161,7 @@ impl<'a> Source<'a> {
     ) -> Result<Payload, StateError> {
         match (&version.body, self.from) {
             (Body::Held(body), _) => Ok(body.clone()),
-            (Body::Kept(n), Some(from)) => from.version_payload(state, *n).await,
+            (Body::Kept(n), Some(from)) => from.version(state, *n).await,
             (Body::Kept(n), None) => Err(StateError::NotFound(format!(
                 "{state} has no version {n} here"
             ))),

@@ -192,14 +192,18 @@ pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
             version,
         } => {
             let state = state_ref(&states, &key, workspace.as_deref())?;
+            // Copied a piece at a time: a state of any size is never held whole.
             let body = match version {
                 Some(n) => states.version(&state, n).await?,
-                None => states
-                    .get(&state)
-                    .await?
-                    .with_context(|| format!("no state stored for {state}"))?,
+                None => {
+                    states
+                        .read(&state)
+                        .await?
+                        .with_context(|| format!("no state stored for {state}"))?
+                        .0
+                }
             };
-            out.write_all(&body)?;
+            std::io::copy(&mut body.reader(), &mut out)?;
         }
         StateCommand::Restore {
             key,

@@ -10,7 +10,6 @@ use super::states::{json, state_body};
 use super::{ProtocolError, Reply};
 use crate::state::StateRef;
 use crate::state::history::HistoryWindow;
-use crate::stores::Payload;
 
 /// The whole history oldest first; or one page newest
 /// first, with `next_before` for the next one (`null` after the last).
@@ -47,5 +46,5 @@ pub(super) async fn handle_get_version(
     n: u64,
 ) -> Result<Response<Reply>, ProtocolError> {
     let (body, md5) = app.states.version_with_md5(state, n).await?;
-    Ok(state_body(Payload::Memory(body), &md5))
+    Ok(state_body(body, &md5))
 }

@@ -200,6 +200,51 @@ impl StateHead {
             })?
     }
 
+    /// [`StateHead::parse`] of a body as a store hands it out: a body in a
+    /// file is read a piece at a time on a blocking thread, so a state of
+    /// any size is never held whole.
+    pub async fn parse_any(body: &Payload) -> Result<Self, StateError> {
+        if let Some(bytes) = body.as_memory() {
+            return Self::parse(bytes);
+        }
+        let body = body.clone();
+        tokio::task::spawn_blocking(move || Self::parse_any_reader(&body))
+            .await
+            .map_err(|e| {
+                StateError::Store(StoreError::unavailable(format!("worker failed: {e}")))
+            })?
+    }
+
+    /// The head of a body found in the store rather than sent (a state
+    /// another tool wrote, a version whose record was lost): what
+    /// [`StateHead::parse_any`] reads, an empty head when it is not JSON.
+    pub async fn parse_found(body: &Payload) -> Self {
+        Self::parse_any(body).await.unwrap_or_default()
+    }
+
+    /// [`StateHead::parse`] over a reader: the same judgement, bytes in the
+    /// strings it skips included (not checked as UTF-8 there either).
+    fn parse_any_reader(body: &Payload) -> Result<Self, StateError> {
+        let reader = || std::io::BufReader::with_capacity(CHUNK_BYTES, body.reader());
+        let judged = |e: serde_json::Error| match e.is_io() {
+            true => StateError::Store(StoreError::unavailable(format!("reading the body: {e}"))),
+            false => not_json(e),
+        };
+        match serde_json::from_reader::<_, Plain>(reader()) {
+            Ok(p) => Ok(StateHead::of(
+                p.lineage,
+                p.serial,
+                p.resources,
+                p.terraform_version,
+            )),
+            Err(e) if e.is_data() => {
+                serde_json::from_reader::<_, IgnoredAny>(reader()).map_err(judged)?;
+                Ok(StateHead::default())
+            }
+            Err(e) => Err(judged(e)),
+        }
+    }
+
     /// [`StateHead::parse_payload`] of a body in memory.
     pub fn parse_incoming(body: &[u8]) -> Result<Self, StateError> {
         // serde skips the strings it ignores without decoding them; JSON is
@@ -504,9 +549,10 @@ mod tests {
             b"{\"serial\":1,\"lineage\":\"x\"}\xc3",
             b"[\"\xff\"]",
         ];
-        for body in cases {
-            let in_memory = StateHead::parse_incoming(body).map_err(|e| e.to_string());
-            let from_file = StateHead::parse_incoming_reader(&in_file(body)).map_err(|e| {
+        type Judged = Result<StateHead, StateError>;
+        let agree = |body: &[u8], in_memory: Judged, from_file: Judged| {
+            let in_memory = in_memory.map_err(|e| e.to_string());
+            let from_file = from_file.map_err(|e| {
                 assert!(matches!(e, StateError::BadRequest(_)), "{e}");
                 e.to_string()
             });
@@ -518,6 +564,20 @@ mod tests {
                     String::from_utf8_lossy(&body[..body.len().min(80)])
                 ),
             }
+        };
+        for body in &cases {
+            // As a client's body is judged, and as any JSON is read.
+            let file = in_file(body);
+            agree(
+                body,
+                StateHead::parse_incoming(body),
+                StateHead::parse_incoming_reader(&file),
+            );
+            agree(
+                body,
+                StateHead::parse(body),
+                StateHead::parse_any_reader(&file),
+            );
         }
         let head = StateHead::parse_incoming_reader(&in_file(big_junk.as_bytes())).unwrap();
         assert_eq!((head.serial, head.resources), (Some(1), 3000));

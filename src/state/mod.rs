@@ -29,7 +29,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
-use crate::stores::{Capabilities, OpList, OpRead, Payload, Store, StoreError, StoreExt, Version};
+use crate::stores::{Capabilities, OpList, OpRead, Payload, Store, StoreError, Version};
 
 pub mod catalog;
 pub mod diff;
@@ -245,15 +245,6 @@ impl States {
             lease.release().await;
         }
         result
-    }
-
-    /// Reads a state's current body.
-    pub async fn get(&self, state: &StateRef) -> Result<Option<Bytes>, StateError> {
-        Ok(self
-            .store
-            .get(&self.object_key(state))
-            .await?
-            .map(|o| o.body))
     }
 
     /// Reads a state's current body with its store version, as the store

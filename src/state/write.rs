@@ -124,7 +124,7 @@ impl States {
         // any JSON (rule 2 is about clients).
         let incoming = match opts.head {
             Some(head) => head.clone(),
-            None if opts.skip_lineage_check => StateHead::parse(&body.to_bytes().await?)?,
+            None if opts.skip_lineage_check => StateHead::parse_any(&body).await?,
             None => StateHead::parse_payload(&body).await?,
         };
         if let Some(outcome) = self.write_as_holder(state, &body, &incoming, &opts).await? {

@@ -9,9 +9,9 @@ use serde::Deserialize;
 
 use super::{HISTORY_PREFIX, Pointer, VersionMeta, body_key, meta_key, pointer_key};
 use crate::state::catalog::Catalog;
-use crate::state::head::{StateHead, md5_hex};
+use crate::state::head::StateHead;
 use crate::state::{StateError, StateRef, States};
-use crate::stores::{Condition, OpList, OpWrite, Payload, StoreExt};
+use crate::stores::{Condition, OpList, OpRead, OpWrite, Payload, StoreExt};
 
 /// The catalog a pointer carries, read apart from the rest.
 #[derive(Deserialize)]
@@ -55,17 +55,21 @@ impl States {
         }
         // The record of a version whose metadata was never written (the
         // process died in between) is rebuilt from its body.
-        let Some(body) = self.store.get(&body_key(dir, n)).await?.map(|o| o.body) else {
+        let Some((body, _)) = self
+            .store
+            .read(&body_key(dir, n), OpRead::streamed())
+            .await?
+        else {
             return Ok(None);
         };
-        let head = StateHead::parse(&body).unwrap_or_default();
+        let head = StateHead::parse_found(&body).await;
         Ok(Some(VersionMeta {
             version: n,
             serial: head.serial,
             lineage: head.lineage,
             resources: head.resources,
-            size: body.len() as u64,
-            md5: md5_hex(&body),
+            size: body.len(),
+            md5: body.md5_hex().await?,
             created: String::new(),
             who: None,
             lock_id: None,

@@ -3,13 +3,11 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use super::{Current, HistoryPage, HistoryWindow, VersionMeta, body_key};
 use crate::state::catalog::Catalog;
-use crate::state::head::{Described, StateHead, Writer, md5_hex};
+use crate::state::head::{Described, StateHead, Writer};
 use crate::state::{StateError, StateRef, States};
-use crate::stores::{OpRead, Payload, StoreError, StoreExt, Version};
+use crate::stores::{OpRead, Payload, StoreError, Version};
 
 impl States {
     /// The stored version of a state, with the hex MD5 and size of its
@@ -92,44 +90,27 @@ impl States {
         })
     }
 
-    /// The body of one kept version, checked against the MD5 recorded for
-    /// it: a version changed outside stategate is refused, not served.
-    pub async fn version(&self, state: &StateRef, n: u64) -> Result<Bytes, StateError> {
+    /// The body of one kept version as the store hands it out (a large
+    /// body as a file, never held whole), checked against the MD5 recorded
+    /// for it a piece at a time before any of it is served: a version
+    /// changed outside stategate is refused, not served.
+    pub async fn version(&self, state: &StateRef, n: u64) -> Result<Payload, StateError> {
         self.version_with_md5(state, n).await.map(|(body, _)| body)
     }
 
-    /// [`States::version`], with the body's hex MD5 (its ETag), known from
-    /// the check.
+    /// [`States::version`], with the body's hex MD5 (its ETag).
     pub async fn version_with_md5(
         &self,
         state: &StateRef,
         n: u64,
-    ) -> Result<(Bytes, String), StateError> {
-        let dir = self.history_dir(state);
-        let missing = || StateError::NotFound(format!("{state} has no version {n}"));
-        let Some(obj) = self.store.get(&body_key(&dir, n)).await? else {
-            return Err(missing());
-        };
-        let recorded = self.kept(&dir, n).await?.ok_or_else(missing)?.md5;
-        if md5_hex(&obj.body) != recorded {
-            return Err(StateError::Store(StoreError::unavailable(format!(
-                "version {n} of {state} was changed outside stategate (its MD5 no longer matches its record)"
-            ))));
-        }
-        Ok((obj.body, recorded))
-    }
-
-    /// [`States::version`] as the store hands it out (a large body as a
-    /// file), checked against its recorded MD5 a piece at a time: for
-    /// copying versions without holding them in memory.
-    pub async fn version_payload(&self, state: &StateRef, n: u64) -> Result<Payload, StateError> {
+    ) -> Result<(Payload, String), StateError> {
         let (body, recorded) = self.version_unchecked(state, n).await?;
         if body.md5_hex().await? != recorded {
             return Err(StateError::Store(StoreError::unavailable(format!(
                 "version {n} of {state} was changed outside stategate (its MD5 no longer matches its record)"
             ))));
         }
-        Ok(body)
+        Ok((body, recorded))
     }
 
     /// The body of one kept version as the store hands it out, with the
@@ -176,26 +157,28 @@ impl States {
                 history: ends,
             }));
         }
-        let Some(obj) = self.store.get(&object_key).await? else {
+        // Written by another tool (or before history was kept): read as the
+        // store hands it out, a large body a piece at a time.
+        let Some((body, version)) = self.store.read(&object_key, OpRead::streamed()).await? else {
             return Ok(None);
         };
-        let head = StateHead::parse(&obj.body).unwrap_or_default();
-        let md5 = md5_hex(&obj.body);
+        let head = StateHead::parse_found(&body).await;
+        let md5 = body.md5_hex().await?;
         let history = if ends.as_ref().is_none_or(|p| p.newest.md5 != md5) {
             let found = Described {
-                body: &Payload::Memory(obj.body),
+                body: &body,
                 head: &head,
                 md5: &md5,
             };
             let pointer = self
-                .record(state, &dir, ends, &found, &obj.version, Writer::unknown())
+                .record(state, &dir, ends, &found, &version, Writer::unknown())
                 .await?;
             Some(pointer)
         } else {
             ends
         };
         Ok(Some(Current {
-            version: obj.version,
+            version,
             head,
             md5,
             history,
