@@ -128,7 +128,7 @@ impl<'a> Source<'a> {
             let head = match records.iter().rfind(|r| r.md5 == md5) {
                 Some(record) => record.head(),
                 // Not recorded yet (written by another tool): parsed once.
-                None => StateHead::parse(&current.to_bytes().await?).unwrap_or_default(),
+                None => StateHead::parse_found(&current).await,
             };
             source.versions.push(SourceVersion {
                 md5,
@@ -214,7 +214,7 @@ async fn target_state(
     let recorded = to.history_page(state, newest).await?.versions;
     let head = match recorded.into_iter().find(|r| r.md5 == md5) {
         Some(record) => record.head(),
-        None => StateHead::parse(&body.to_bytes().await?).unwrap_or_default(),
+        None => StateHead::parse_found(&body).await,
     };
     Ok(Some((md5, head)))
 }
