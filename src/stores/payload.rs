@@ -59,6 +59,11 @@ impl FileBody {
     pub fn new(file: File, len: u64) -> Self {
         FileBody { file, len }
     }
+
+    /// The file's descriptor, for opening it again (`/proc/self/fd`).
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.file)
+    }
 }
 
 impl From<Bytes> for Payload {
@@ -121,11 +126,16 @@ impl Payload {
     /// megabytes) there too, so the threads serving connections are not
     /// held for milliseconds.
     pub async fn md5_hex(&self) -> Result<String, StoreError> {
+        Ok(hex(&self.md5().await?))
+    }
+
+    /// The MD5 of the body, as [`Payload::md5_hex`] takes it.
+    pub async fn md5(&self) -> Result<[u8; 16], StoreError> {
         match self {
-            Payload::Memory(b) if b.len() <= CHUNK_BYTES => Ok(hex(&Md5::digest(b))),
+            Payload::Memory(b) if b.len() <= CHUNK_BYTES => Ok(Md5::digest(b).into()),
             Payload::Memory(b) => {
                 let b = b.clone();
-                super::blocking(move || Ok(hex(&Md5::digest(&b)))).await
+                super::blocking(move || Ok(Md5::digest(&b).into())).await
             }
             Payload::File(_) => {
                 let mut reader = self.reader();
@@ -139,7 +149,7 @@ impl Payload {
                         }
                         hasher.update(&buf[..n]);
                     }
-                    Ok(hex(&hasher.finalize()))
+                    Ok(hasher.finalize().into())
                 })
                 .await
             }

@@ -4,7 +4,8 @@
 //! nothing behind, and a reader gets one whole version while the state is
 //! replaced. Run on the local and SQLite stores, which stream both ways,
 //! on the db store, and on a sealed store, which seals and opens large
-//! bodies a segment at a time.
+//! bodies a segment at a time; the memory bound on S3 too, which sends an
+//! upload from its spool file and spools a download.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -84,6 +85,12 @@ fn large_states_stream_without_growing_memory() {
     runs.push((
         Box::new(LocalPeer::new()),
         sealed.iter().map(String::as_str).collect(),
+    ));
+    // S3 sends an upload from its spool file and spools a download.
+    #[cfg(feature = "s3")]
+    runs.push((
+        Box::new(crate::s3::S3Peer::on(crate::s3::Moto::shared())),
+        Vec::new(),
     ));
     for (peer, args) in runs {
         let store = match args.is_empty() {

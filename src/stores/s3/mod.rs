@@ -32,6 +32,7 @@ mod config;
 mod error;
 mod http;
 mod store;
+mod upload;
 
 pub use config::S3Config;
 pub use store::S3Store;

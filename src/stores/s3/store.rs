@@ -10,15 +10,13 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
-use base64::Engine;
 use bytes::{Bytes, BytesMut};
-use md5::{Digest, Md5};
 use time::OffsetDateTime;
 
 use super::config::S3Config;
 use super::error::{Failure, Site};
+use super::upload::Upload;
 use crate::stores::bucket::{
     BucketSeen, CONFLICT_RETRIES, bounded, compare_first, conflict_backoff, network_cause,
 };
@@ -163,8 +161,8 @@ impl Bucket {
             OffsetDateTime::now_utc().unix_timestamp_nanos()
         );
         let absent = Version("\"00000000000000000000000000000000\"".into());
-        let body = Bytes::from_static(b"probe\n");
-        match self.put_once(&key, body.clone(), &Condition::Always).await {
+        let body = Upload::small(Bytes::from_static(b"probe\n"));
+        match self.put_once(&key, &body, &Condition::Always).await {
             Ok(_) => {}
             // Credentials that may read but not write (a replica's reader,
             // a key that lost PutObject): what the server honours cannot be
@@ -177,7 +175,7 @@ impl Bucket {
             }
             Err(f) => return Err(f),
         }
-        self.put_if_none_match = match self.put_once(&key, body, &Condition::IfAbsent).await {
+        self.put_if_none_match = match self.put_once(&key, &body, &Condition::IfAbsent).await {
             Err(Failure::Precondition) => true,
             Ok(_) => false,
             Err(f) => refused_or(f)?,
@@ -185,7 +183,7 @@ impl Bucket {
         self.put_if_match = match self
             .put_once(
                 &key,
-                Bytes::from_static(b"x"),
+                &Upload::small(Bytes::from_static(b"x")),
                 &Condition::IfMatch(absent.clone()),
             )
             .await
@@ -207,18 +205,18 @@ impl Bucket {
     async fn put_once(
         &self,
         key: &str,
-        body: Bytes,
+        body: &Upload,
         condition: &Condition,
     ) -> Result<Version, Failure> {
-        let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(&body));
+        let stream = body.stream().await.map_err(Failure::Store)?;
         let mut request = self
             .client
             .put_object()
             .bucket(&self.config.bucket)
             .key(self.full_key(key))
             .content_type("application/json")
-            .content_md5(md5)
-            .body(ByteStream::from(body));
+            .content_md5(body.md5())
+            .body(stream);
         if self.config.encrypt {
             request = request.server_side_encryption(ServerSideEncryption::Aes256);
         }
@@ -450,8 +448,9 @@ impl Store for S3Store {
     async fn write(&self, key: &str, body: Payload, args: OpWrite) -> Result<Version, StoreError> {
         let what = format!("writing {key}");
         self.bounded(&what, async {
-            let body = body.to_bytes().await?;
-            self.put_unbounded(key, body, args.condition, &what).await
+            // A large body is sent from its file, never held whole.
+            let body = Upload::of(body).await?;
+            self.put_unbounded(key, &body, args.condition, &what).await
         })
         .await
     }
@@ -517,7 +516,7 @@ impl S3Store {
     async fn put_unbounded(
         &self,
         key: &str,
-        body: Bytes,
+        body: &Upload,
         condition: Condition,
         what: &str,
     ) -> Result<Version, StoreError> {
@@ -528,7 +527,7 @@ impl S3Store {
             compare_first(bucket.etag_of(key, what), expected).await?;
         }
         for attempt in 0..=CONFLICT_RETRIES {
-            match bucket.put_once(key, body.clone(), &condition).await {
+            match bucket.put_once(key, body, &condition).await {
                 Ok(v) => return Ok(v),
                 Err(Failure::Precondition) if condition == Condition::IfAbsent => {
                     return Err(StoreError::AlreadyExists);
