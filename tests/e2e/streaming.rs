@@ -4,8 +4,8 @@
 //! nothing behind, and a reader gets one whole version while the state is
 //! replaced. Run on the local and SQLite stores, which stream both ways,
 //! on the db store, and on a sealed store, which seals and opens large
-//! bodies a segment at a time; the memory bound on S3 too, which sends an
-//! upload from its spool file and spools a download.
+//! bodies a segment at a time; the memory bound on S3 and OSS too, which
+//! send an upload from its spool file and spool a download.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -86,12 +86,14 @@ fn large_states_stream_without_growing_memory() {
         Box::new(LocalPeer::new()),
         sealed.iter().map(String::as_str).collect(),
     ));
-    // S3 sends an upload from its spool file and spools a download.
+    // S3 and OSS send an upload from its spool file and spool a download.
     #[cfg(feature = "s3")]
     runs.push((
         Box::new(crate::s3::S3Peer::on(crate::s3::Moto::shared())),
         Vec::new(),
     ));
+    #[cfg(feature = "oss")]
+    runs.push((Box::new(crate::oss::OssPeer::new()), Vec::new()));
     for (peer, args) in runs {
         let store = match args.is_empty() {
             true => peer.storage_type().to_string(),

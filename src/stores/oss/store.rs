@@ -253,10 +253,10 @@ impl OssStore {
     }
     fn put_options(
         &self,
-        body: &[u8],
+        md5: &[u8; 16],
         forbid_overwrite: bool,
     ) -> ali_oss_rs::object_common::PutObjectOptions {
-        let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(body));
+        let md5 = base64::engine::general_purpose::STANDARD.encode(md5);
         // Every stored object is a JSON document (states, LockInfo, history).
         let mut options = PutObjectOptionsBuilder::new()
             .mime_type("application/json")
@@ -320,8 +320,9 @@ impl Store for OssStore {
     async fn write(&self, key: &str, body: Payload, args: OpWrite) -> Result<Version, StoreError> {
         let what = format!("writing {}", self.object_name(key));
         self.bounded(&what, async {
-            let body = body.to_bytes().await?;
-            self.put_unbounded(key, body, args.condition).await
+            // A large body is sent from its file, never held whole.
+            let md5 = body.md5().await?;
+            self.put_unbounded(key, &body, &md5, args.condition).await
         })
         .await
     }
@@ -392,7 +393,7 @@ impl OssStore {
                 .await
             {
                 Ok(body) => {
-                    let version = Version(simple_put_etag(&body));
+                    let version = Version(upper_hex(&Md5::digest(&body).into()));
                     Ok(Some((Payload::Memory(Bytes::from(body)), version)))
                 }
                 Err(e) if api_code(&e) == Some("NoSuchKey") => Ok(None),
@@ -451,7 +452,8 @@ impl OssStore {
     async fn put_unbounded(
         &self,
         key: &str,
-        body: Bytes,
+        body: &Payload,
+        md5: &[u8; 16],
         condition: Condition,
     ) -> Result<Version, StoreError> {
         let name = self.object_name(key);
@@ -460,15 +462,26 @@ impl OssStore {
             // this HEAD and the request below is lost.
             compare_first(self.stat_unbounded(key), expected).await?;
         }
-        let options = self.put_options(&body, condition == Condition::IfAbsent);
-        match self
-            .client
-            .put_object_from_buffer(&self.bucket, &name, body.to_vec(), Some(options))
-            .await
-        {
+        let options = Some(self.put_options(md5, condition == Condition::IfAbsent));
+        let put = match body {
+            Payload::Memory(bytes) => {
+                self.client
+                    .put_object_from_buffer(&self.bucket, &name, bytes.to_vec(), options)
+                    .await
+            }
+            // Opened again through `/proc/self/fd` (a spool file has no name
+            // of its own) and sent as it is read, with its length.
+            Payload::File(file) => {
+                let path = format!("/proc/self/fd/{}", file.raw_fd());
+                self.client
+                    .put_object_from_file(&self.bucket, &name, path, options)
+                    .await
+            }
+        };
+        match put {
             Ok(PutObjectResult::ApiResponse(r)) if !r.etag.is_empty() => Ok(Version(r.etag)),
             // A simple put's ETag is the body's MD5 in upper-case hex.
-            Ok(_) => Ok(Version(simple_put_etag(&body))),
+            Ok(_) => Ok(Version(upper_hex(md5))),
             Err(e) if api_code(&e) == Some("FileAlreadyExists") => Err(StoreError::AlreadyExists),
             Err(e) => Err(self.error(&format!("writing {name}"), e)),
         }
@@ -547,9 +560,6 @@ impl OssStore {
 
 /// The ETag OSS gives an object made by a simple put: the MD5 of its body
 /// in upper-case hex.
-fn simple_put_etag(body: &[u8]) -> String {
-    Md5::digest(body)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect()
+fn upper_hex(md5: &[u8; 16]) -> String {
+    md5.iter().map(|b| format!("{b:02X}")).collect()
 }
