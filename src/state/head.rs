@@ -70,9 +70,23 @@ impl StateHead {
     /// Checks that `body` is JSON and reads its lineage and serial where it
     /// is a Terraform state. Valid JSON of another shape gives an empty head.
     pub fn parse(body: &[u8]) -> Result<Self, StateError> {
-        let not_json =
-            |e: serde_json::Error| StateError::BadRequest(format!("the body is not JSON: {e}"));
-        match serde_json::from_slice::<Plain>(body) {
+        Self::parse_with(
+            || serde_json::from_slice(body),
+            || serde_json::from_slice::<IgnoredAny>(body).map(drop),
+        )
+    }
+
+    /// [`StateHead::parse`]'s judgement of a body that `plain` reads as a
+    /// state and, when it is JSON of another shape, `any` reads as JSON.
+    fn parse_with(
+        plain: impl FnOnce() -> serde_json::Result<Plain>,
+        any: impl FnOnce() -> serde_json::Result<()>,
+    ) -> Result<Self, StateError> {
+        let judged = |e: serde_json::Error| match e.is_io() {
+            true => StateError::Store(StoreError::unavailable(format!("reading the body: {e}"))),
+            false => not_json(e),
+        };
+        match plain() {
             Ok(p) => Ok(StateHead::of(
                 p.lineage,
                 p.serial,
@@ -80,10 +94,10 @@ impl StateHead {
                 p.terraform_version,
             )),
             Err(e) if e.is_data() => {
-                serde_json::from_slice::<IgnoredAny>(body).map_err(not_json)?;
+                any().map_err(judged)?;
                 Ok(StateHead::default())
             }
-            Err(e) => Err(not_json(e)),
+            Err(e) => Err(judged(e)),
         }
     }
 }
@@ -189,26 +203,28 @@ impl StateHead {
     /// head; [`StateError::BadRequest`] names what is wrong. A body in a
     /// file is read a piece at a time on a blocking thread.
     pub async fn parse_payload(body: &Payload) -> Result<Self, StateError> {
-        if let Some(bytes) = body.as_memory() {
-            return Self::parse_incoming(bytes);
-        }
-        let body = body.clone();
-        tokio::task::spawn_blocking(move || Self::parse_incoming_reader(&body))
-            .await
-            .map_err(|e| {
-                StateError::Store(StoreError::unavailable(format!("worker failed: {e}")))
-            })?
+        Self::judge(body, Self::parse_incoming, Self::parse_incoming_reader).await
     }
 
     /// [`StateHead::parse`] of a body as a store hands it out: a body in a
     /// file is read a piece at a time on a blocking thread, so a state of
     /// any size is never held whole.
     pub async fn parse_any(body: &Payload) -> Result<Self, StateError> {
+        Self::judge(body, Self::parse, Self::parse_any_reader).await
+    }
+
+    /// Judges a body in memory with `in_memory`, or one in a file with
+    /// `in_file` on a blocking thread.
+    async fn judge(
+        body: &Payload,
+        in_memory: fn(&[u8]) -> Result<Self, StateError>,
+        in_file: fn(&Payload) -> Result<Self, StateError>,
+    ) -> Result<Self, StateError> {
         if let Some(bytes) = body.as_memory() {
-            return Self::parse(bytes);
+            return in_memory(bytes);
         }
         let body = body.clone();
-        tokio::task::spawn_blocking(move || Self::parse_any_reader(&body))
+        tokio::task::spawn_blocking(move || in_file(&body))
             .await
             .map_err(|e| {
                 StateError::Store(StoreError::unavailable(format!("worker failed: {e}")))
@@ -226,23 +242,10 @@ impl StateHead {
     /// strings it skips included (not checked as UTF-8 there either).
     fn parse_any_reader(body: &Payload) -> Result<Self, StateError> {
         let reader = || std::io::BufReader::with_capacity(CHUNK_BYTES, body.reader());
-        let judged = |e: serde_json::Error| match e.is_io() {
-            true => StateError::Store(StoreError::unavailable(format!("reading the body: {e}"))),
-            false => not_json(e),
-        };
-        match serde_json::from_reader::<_, Plain>(reader()) {
-            Ok(p) => Ok(StateHead::of(
-                p.lineage,
-                p.serial,
-                p.resources,
-                p.terraform_version,
-            )),
-            Err(e) if e.is_data() => {
-                serde_json::from_reader::<_, IgnoredAny>(reader()).map_err(judged)?;
-                Ok(StateHead::default())
-            }
-            Err(e) => Err(judged(e)),
-        }
+        Self::parse_with(
+            || serde_json::from_reader(reader()),
+            || serde_json::from_reader::<_, IgnoredAny>(reader()).map(drop),
+        )
     }
 
     /// [`StateHead::parse_payload`] of a body in memory.
