@@ -7,7 +7,6 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
 
 use stategate::audit::Audit;
 use stategate::config::Settings;
@@ -17,6 +16,8 @@ use stategate::notify::Notifier;
 use stategate::ops::{Actor, OpError, Ops};
 use stategate::state::history::HistoryWindow;
 use stategate::state::{LockInfo, StateError, StateRef, States, WriteOutcome};
+use stategate::stores::payload::spool_dir;
+use stategate::stores::{Payload, Spooler};
 
 use super::args::{LockCommand, StateCommand};
 use stategate::app::{Create, open_states};
@@ -235,14 +236,18 @@ pub async fn state(settings: &Settings, cmd: StateCommand) -> Result<()> {
             force,
         } => {
             let state = state_ref(&states, &key, workspace.as_deref())?;
+            // Copied to a spool a piece at a time (a large state to an
+            // unnamed file): never held whole, and not read again from a
+            // file that may change meanwhile.
             let body = if file.as_os_str() == "-" {
-                let mut buf = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
-                buf
+                spool(std::io::stdin()).await
             } else {
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
-            };
-            let outcome = ops.push(&state, &actor, Bytes::from(body), force).await?;
+                let from = std::fs::File::open(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                spool(from).await
+            }
+            .with_context(|| format!("reading {}", file.display()))?;
+            let outcome = ops.push(&state, &actor, body, force).await?;
             report_write(&mut out, &state, outcome, "pushed")?;
         }
     }
@@ -257,6 +262,19 @@ pub(super) fn operator_audit(settings: &Settings) -> Result<Audit> {
 
 /// The name of the local user running this process, from the password
 /// database (a shell under `sudo`, cron or a container may set no `USER`).
+/// Copies `from` into a spool: memory, then an unnamed file past 1 MiB.
+async fn spool(mut from: impl std::io::Read) -> std::io::Result<Payload> {
+    let mut spooler = Spooler::new(&spool_dir());
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            return spooler.finish().await;
+        }
+        spooler.push(&buf[..n]).await?;
+    }
+}
+
 fn local_user_name() -> Option<String> {
     let uid = rustix::process::getuid().as_raw();
     let mut buf = vec![0 as libc::c_char; 16 * 1024];

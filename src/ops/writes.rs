@@ -4,8 +4,6 @@
 //! holder) are the state layer's; here is who may use a lock, when a
 //! restore may pass one, and what each records.
 
-use bytes::Bytes;
-
 use super::{Actor, Event, OpError, Ops};
 use crate::auth::Access;
 use crate::auth::decide;
@@ -150,7 +148,7 @@ impl Ops<'_> {
         &self,
         state: &StateRef,
         actor: &Actor,
-        body: Bytes,
+        body: impl Into<Payload>,
         force: bool,
     ) -> Result<WriteOutcome, OpError> {
         let opts = WriteOptions {

@@ -530,3 +530,34 @@ fn operator_restore_while_locked_needs_force_and_is_audited() {
         "{line}"
     );
 }
+
+/// `state push -` reads the state from standard input, a large one
+/// spooled a piece at a time, and stores exactly those bytes.
+#[test]
+fn state_push_reads_standard_input() {
+    let peer = LocalPeer::new();
+    std::fs::create_dir_all(peer.root()).unwrap();
+    for size in [2_000, 3 * 1024 * 1024] {
+        let body = sized_state("stdin", 1, size);
+        let mut child = Command::new(bin())
+            .args(["state", "push", &format!("ops/stdin-{size}"), "-"])
+            .args(["--storage-type", peer.storage_type()])
+            .args(settings_args(&peer))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let sent = body.clone();
+        let writer = std::thread::spawn(move || stdin.write_all(&sent).unwrap());
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let got = stategate_ok(&peer, &["state", "get", &format!("ops/stdin-{size}")]);
+        assert!(
+            got.as_bytes() == body,
+            "{size} bytes from stdin read back other bytes"
+        );
+    }
+}

@@ -345,8 +345,9 @@ fn read_version_one(server: &Server, idle: u64, etag: &str, what: &str) {
 /// write, three readers fetch that version at once, and again once its
 /// record is unreadable (rebuilt from the body): the server's peak stays
 /// within 48 MiB of its idle level. On local disk the command line then
-/// prints the version and restores it, each run peaking under 64 MiB. Held
-/// whole, every one of these takes the body's 128 MiB at least.
+/// prints the version, restores it and pushes a newer 128 MiB state from a
+/// file, each run peaking under 64 MiB. Held whole, every one of these
+/// takes the body's 128 MiB at least.
 #[test]
 fn large_versions_and_found_states_are_read_a_piece_at_a_time() {
     let found = sized_state("found", 1, FOUND_BYTES);
@@ -401,13 +402,32 @@ fn large_versions_and_found_states_are_read_a_piece_at_a_time() {
         assert!(out.status.success(), "{}", text(&out.stderr));
         eprintln!("state restore --version 1: peak {peak} MiB");
         assert!(peak < 64, "state restore --version 1 peaked at {peak} MiB");
-        let (status, headers, _) = http_full("GET", &url, &[], &[]);
-        assert_eq!(status, 200);
-        let tag = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("etag"));
-        assert_eq!(
-            tag.map(|(_, v)| v.as_str()),
-            Some(etag.as_str()),
-            "restored"
-        );
+        assert_eq!(current_etag(&url), etag, "restored");
+        // A push from a file: spooled, not read whole.
+        let dir = TempDir::new().unwrap();
+        let newer = sized_state("found", 5, FOUND_BYTES);
+        let file = dir.path().join("newer.tfstate");
+        std::fs::write(&file, &newer).unwrap();
+        let push = [
+            "state",
+            "push",
+            "found/prod.tfstate",
+            file.to_str().unwrap(),
+        ];
+        let (out, peak) = stategate_peak(peer.as_ref(), &push);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        eprintln!("state push of a 128 MiB file: peak {peak} MiB");
+        assert!(peak < 64, "state push peaked at {peak} MiB");
+        assert_eq!(current_etag(&url), format!("\"{}\"", md5_hex(&newer)));
     }
+}
+
+/// The ETag of the state at `url`.
+fn current_etag(url: &str) -> String {
+    let (status, headers, _) = http_full("GET", url, &[], &[]);
+    assert_eq!(status, 200);
+    let tag = headers
+        .into_iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("etag"));
+    tag.map(|(_, v)| v).unwrap_or_default()
 }
