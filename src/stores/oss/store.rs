@@ -393,7 +393,7 @@ impl OssStore {
                 .await
             {
                 Ok(body) => {
-                    let version = Version(upper_hex(&Md5::digest(&body).into()));
+                    let version = Version(simple_put_etag(&Md5::digest(&body).into()));
                     Ok(Some((Payload::Memory(Bytes::from(body)), version)))
                 }
                 Err(e) if api_code(&e) == Some("NoSuchKey") => Ok(None),
@@ -481,7 +481,7 @@ impl OssStore {
         match put {
             Ok(PutObjectResult::ApiResponse(r)) if !r.etag.is_empty() => Ok(Version(r.etag)),
             // A simple put's ETag is the body's MD5 in upper-case hex.
-            Ok(_) => Ok(Version(upper_hex(md5))),
+            Ok(_) => Ok(Version(simple_put_etag(md5))),
             Err(e) if api_code(&e) == Some("FileAlreadyExists") => Err(StoreError::AlreadyExists),
             Err(e) => Err(self.error(&format!("writing {name}"), e)),
         }
@@ -560,6 +560,6 @@ impl OssStore {
 
 /// The ETag OSS gives an object made by a simple put: the MD5 of its body
 /// in upper-case hex.
-fn upper_hex(md5: &[u8; 16]) -> String {
+fn simple_put_etag(md5: &[u8; 16]) -> String {
     md5.iter().map(|b| format!("{b:02X}")).collect()
 }
