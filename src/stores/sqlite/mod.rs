@@ -194,6 +194,9 @@ impl SqliteStore {
         let leases =
             lease_file(path).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         let pool = Arc::new(Pool::new(path, &meta, leases, false));
+        // Every statement from here waits for another process's lock (one
+        // upgrading the file, or turning it to WAL) rather than failing.
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         // Only a new file takes this (before its first table, and before it
         // turns to WAL): pages freed by deletes can then go back to the
         // device (see the writer's `give_back`).
@@ -369,7 +372,22 @@ impl Pool {
 
     fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Turning a file to WAL takes it whole for a moment, and SQLite
+        // answers a second connection doing the same at that moment with
+        // BUSY without waiting (two processes opening a new or older file at
+        // once): it is tried again until the busy timeout.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                done => break done?,
+            }
+        }
         conn.pragma_update(None, "synchronous", "FULL")?;
         // SQLite counts the log's length in pages: whatever the file's page
         // size, the log is copied into the file once it holds 4 MiB, so a

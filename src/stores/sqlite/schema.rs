@@ -489,27 +489,31 @@ mod tests {
 
     /// Two stores opening an older file at once (as two processes would,
     /// each on a connection of its own): one upgrades it, the other waits
-    /// and finds it done, and neither fails.
+    /// and finds it done, and neither fails. Ten rounds, since the two
+    /// meet at a different step each time (turning the file to WAL, where
+    /// SQLite does not wait on its own, among them).
     #[tokio::test]
     async fn two_stores_opening_an_older_file_at_once_upgrade_it_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = older_file(dir.path(), BODY_IN_ITS_ROW);
-        let start = Arc::new(std::sync::Barrier::new(2));
-        let opening: Vec<_> = (0..2)
-            .map(|_| {
-                let (path, start) = (path.clone(), Arc::clone(&start));
-                std::thread::spawn(move || {
-                    start.wait();
-                    SqliteStore::open_file(&path)
+        for round in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = older_file(dir.path(), BODY_IN_ITS_ROW);
+            let start = Arc::new(std::sync::Barrier::new(2));
+            let opening: Vec<_> = (0..2)
+                .map(|_| {
+                    let (path, start) = (path.clone(), Arc::clone(&start));
+                    std::thread::spawn(move || {
+                        start.wait();
+                        SqliteStore::open_file(&path)
+                    })
                 })
-            })
-            .collect();
-        for open in opening {
-            open.join()
-                .unwrap()
-                .expect("opening while another upgrades");
+                .collect();
+            for open in opening {
+                if let Err(e) = open.join().unwrap() {
+                    panic!("round {round}: opening while another upgrades: {e}");
+                }
+            }
+            upgraded_with_its_rows(&path).await;
         }
-        upgraded_with_its_rows(&path).await;
     }
 
     /// A listing of states reads the rows of the keys it lists, in key
