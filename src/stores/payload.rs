@@ -60,10 +60,17 @@ impl FileBody {
         FileBody { file, len }
     }
 
-    /// The file's descriptor, for opening it again (`/proc/self/fd`).
-    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&self.file)
+    /// A name that opens the body's file again ([`reopen_path`]).
+    pub(crate) fn reopen_path(&self) -> String {
+        reopen_path(&self.file)
     }
+}
+
+/// The name through which this process opens `file` again, with an offset
+/// of its own: `/proc/self/fd/N`, since a spool file has no name (for
+/// clients that take a path, or that open a body once per attempt).
+pub(crate) fn reopen_path(file: &impl std::os::fd::AsRawFd) -> String {
+    format!("/proc/self/fd/{}", file.as_raw_fd())
 }
 
 impl From<Bytes> for Payload {

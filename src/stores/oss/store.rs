@@ -24,7 +24,7 @@ use time::format_description::well_known::Rfc3339;
 use super::config::OssConfig;
 use super::error::{Site, api_code, xml_text};
 use crate::stores::bucket::{BucketSeen, bounded, compare_first};
-use crate::stores::payload::{FileBody, SPOOL_THRESHOLD, spool_dir};
+use crate::stores::payload::{FileBody, SPOOL_THRESHOLD, reopen_path, spool_dir};
 use crate::stores::{
     Capabilities, Condition, Entry, OpDelete, OpList, OpRead, OpWrite, Payload, Store, StoreError,
     Version,
@@ -379,7 +379,6 @@ impl OssStore {
         key: &str,
         args: OpRead,
     ) -> Result<Option<(Payload, Version)>, StoreError> {
-        use std::os::fd::AsRawFd;
         enum Fetched {
             Memory(Bytes),
             File(std::fs::File),
@@ -412,7 +411,7 @@ impl OssStore {
                 .build();
             let fetched = if args.streamed {
                 let file = tempfile::tempfile_in(spool_dir()).map_err(spool_err)?;
-                let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+                let path = reopen_path(&file);
                 self.client
                     .get_object_to_file(&self.bucket, &name, &path, Some(options))
                     .await
@@ -469,12 +468,10 @@ impl OssStore {
                     .put_object_from_buffer(&self.bucket, &name, bytes.to_vec(), options)
                     .await
             }
-            // Opened again through `/proc/self/fd` (a spool file has no name
-            // of its own) and sent as it is read, with its length.
+            // Sent as it is read, with its length.
             Payload::File(file) => {
-                let path = format!("/proc/self/fd/{}", file.raw_fd());
                 self.client
-                    .put_object_from_file(&self.bucket, &name, path, options)
+                    .put_object_from_file(&self.bucket, &name, file.reopen_path(), options)
                     .await
             }
         };

@@ -40,14 +40,13 @@ impl Upload {
         &self.md5
     }
 
-    /// The body as the SDK sends it. A file is opened again through
-    /// `/proc/self/fd` for each attempt, so an attempt the SDK retries
-    /// starts from the first byte (a spool file has no name of its own).
+    /// The body as the SDK sends it. A file is opened again for each
+    /// attempt, so an attempt the SDK retries starts from the first byte.
     pub(super) async fn stream(&self) -> Result<ByteStream, StoreError> {
         match &self.body {
             Payload::Memory(bytes) => Ok(ByteStream::from(bytes.clone())),
             Payload::File(file) => ByteStream::read_from()
-                .path(format!("/proc/self/fd/{}", file.raw_fd()))
+                .path(file.reopen_path())
                 .length(Length::Exact(self.body.len()))
                 .build()
                 .await
