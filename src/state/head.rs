@@ -430,6 +430,7 @@ pub fn md5_hex(body: &[u8]) -> String {
 pub use crate::stores::payload::hex;
 
 /// Who made a write, for its history record.
+#[derive(Clone)]
 pub(super) struct Writer {
     pub who: Option<String>,
     pub lock_id: Option<String>,

@@ -300,7 +300,6 @@ impl States {
         } else {
             self.check_holder(state, opts.lock_id).await?
         };
-        let object_key = self.object_key(state);
         for _ in 0..CAS_RETRIES {
             // Stores without compare-and-swap emulate `IfMatch` as closely as
             // they can (see `Capabilities`); the condition is always sent.
@@ -330,24 +329,23 @@ impl States {
             if let Some(refused) = space.and_then(|s| s.refusal(body.len())) {
                 return Err(refused.into());
             }
-            let version = match self
-                .store
-                .write(&object_key, body.clone(), OpWrite::new(condition))
-                .await
-            {
-                Ok(v) => v,
-                Err(StoreError::PreconditionFailed | StoreError::AlreadyExists) => continue,
-                Err(e) => return Err(e.into()),
-            };
             let writer = Writer::from_holder(holder.as_ref(), opts.identity, opts.operation);
             let written = Described {
                 body: &body,
                 head: &incoming,
                 md5: &md5,
             };
-            let record = self
-                .record_after_write(state, &written, &version, writer, history)
-                .await;
+            let args = OpWrite::new(condition);
+            let (version, record) = match self
+                .write_recorded(state, &written, args, writer, history)
+                .await
+            {
+                Ok(made) => made,
+                Err(StateError::Store(
+                    StoreError::PreconditionFailed | StoreError::AlreadyExists,
+                )) => continue,
+                Err(e) => return Err(e),
+            };
             return Ok(self.written(
                 state,
                 body.len(),

@@ -31,7 +31,7 @@ use super::probe::probe;
 use super::store::{Space, Writes};
 use super::{
     BoxFuture, Capabilities, Change, Entry, OpDelete, OpList, OpRead, OpWrite, OpenError, Payload,
-    Stopped, Store, StoreError, Version,
+    Stopped, Store, StoreError, ThenChange, Version,
 };
 use crate::settings::Setting;
 
@@ -384,6 +384,39 @@ impl Guarded {
     }
 }
 
+impl Guarded {
+    /// Judges `result`, the outcome of making `changes` on `store`: when
+    /// one failed for room and room was made, the changes from it on are
+    /// tried once more (those before it are made); a failure that says the
+    /// store takes no writes degrades it, as [`Guarded::observe`] does.
+    async fn changes_made(
+        &self,
+        store: &Arc<dyn Store>,
+        mut changes: Vec<Change>,
+        mut result: Result<(), Stopped>,
+    ) -> Result<(), Stopped> {
+        if let Err(Stopped { at, error }) = &result
+            && self.room_made(&Err::<(), _>(error.clone()))
+        {
+            let done = *at;
+            changes.drain(..done);
+            result = store
+                .change_all(changes)
+                .await
+                .map_err(|Stopped { at, error }| Stopped {
+                    at: at + done,
+                    error,
+                });
+        }
+        match result {
+            Err(Stopped { at, error }) => self
+                .observe(Err(error))
+                .map_err(|error| Stopped { at, error }),
+            done => done,
+        }
+    }
+}
+
 /// Probes a degraded store every [`RECOVERY_INTERVAL`] until it takes
 /// writes (or the server lets go of it).
 async fn recover_in_background(guarded: Weak<Guarded>) {
@@ -471,28 +504,31 @@ impl Store for Guarded {
             .admit()
             .await
             .map_err(|error| Stopped { at: 0, error })?;
-        let mut changes = changes;
-        let mut result = store.change_all(changes.clone()).await;
-        if let Err(Stopped { at, error }) = &result
-            && self.room_made(&Err::<(), _>(error.clone()))
-        {
-            // The changes before `at` are made; the rest are tried again.
-            let done = *at;
-            changes.drain(..done);
-            result = store
-                .change_all(changes)
-                .await
-                .map_err(|Stopped { at, error }| Stopped {
-                    at: at + done,
-                    error,
-                });
+        let result = store.change_all(changes.clone()).await;
+        self.changes_made(&store, changes, result).await
+    }
+
+    /// A write that failed for room is tried again, as [`Store::write`]
+    /// here does, and its changes as [`Store::change_all`] here does.
+    async fn write_then_change(
+        &self,
+        key: &str,
+        body: Payload,
+        args: OpWrite,
+        then: ThenChange,
+    ) -> Result<(Version, Result<(), Stopped>), StoreError> {
+        let store = self.admit().await?;
+        let attempt = || store.write_then_change(key, body.clone(), args.clone(), then.clone());
+        let mut result = attempt().await;
+        if self.room_made(&result) {
+            result = attempt().await;
         }
-        match result {
-            Err(Stopped { at, error }) => self
-                .observe(Err(error))
-                .map_err(|error| Stopped { at, error }),
-            done => done,
-        }
+        let (version, changed) = self.observe(result)?;
+        let changed = match changed {
+            Ok(()) => Ok(()),
+            failed => self.changes_made(&store, then(&version), failed).await,
+        };
+        Ok((version, changed))
     }
 
     async fn snapshot(&self, copy: OpSnapshot<'_>) -> Result<(), StoreError> {

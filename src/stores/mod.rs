@@ -46,7 +46,7 @@ pub use registry::{
 };
 pub use store::{
     Capabilities, Change, Condition, DEFAULT_OPERATION_TIMEOUT, Entry, Object, OpDelete, OpList,
-    OpRead, OpSnapshot, OpWrite, Space, Stopped, Store, StoreExt, Version, Writes,
+    OpRead, OpSnapshot, OpWrite, Space, Stopped, Store, StoreExt, ThenChange, Version, Writes,
 };
 
 /// Where stategate keeps its own objects (history, leases, probes), apart

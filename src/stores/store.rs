@@ -328,6 +328,11 @@ impl Space {
     }
 }
 
+/// The changes [`Store::write_then_change`] makes after its write, built
+/// from the version written. It may be called more than once (a store
+/// that runs a transaction again builds them again).
+pub type ThenChange = std::sync::Arc<dyn Fn(&Version) -> Vec<Change> + Send + Sync>;
+
 /// [`Store::operation_timeout`] of stores without a `timeout` setting.
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -429,6 +434,26 @@ pub trait Store: Send + Sync + 'static {
             made.map_err(|error| Stopped { at, error })?;
         }
         Ok(())
+    }
+
+    /// Writes `key` as [`Store::write`] does, then makes the changes
+    /// `then` names for the version written, as [`Store::change_all`]
+    /// does (history keeps a just-written state this way: its copy names
+    /// the version). The changes' outcome comes back beside the version:
+    /// once the write is made, a failed change does not undo it. A store
+    /// may make both in one transaction, so a crash keeps the write with
+    /// its changes or neither, and the caller waits for one commit; the
+    /// default makes them one after the other.
+    async fn write_then_change(
+        &self,
+        key: &str,
+        body: Payload,
+        args: OpWrite,
+        then: ThenChange,
+    ) -> Result<(Version, Result<(), Stopped>), StoreError> {
+        let version = self.write(key, body, args).await?;
+        let changed = self.change_all(then(&version)).await;
+        Ok((version, changed))
     }
 
     /// Creates `copy.to` (only if absent, like `Condition::IfAbsent`)

@@ -27,6 +27,7 @@ mod support;
 
 mod fixture;
 mod suite;
+mod write_then;
 
 /// Generates one `#[test]` per contract function for a store.
 macro_rules! contract_suite {
@@ -44,7 +45,8 @@ macro_rules! contract_suite {
                 listing_shows_no_other_store, snapshot_copies_once_from_the_version_given,
                 large_body_round_trips, spooled_bodies_stream_in_and_out,
                 empty_body_round_trips, long_keys_round_trip,
-                a_key_and_the_keys_below_it_are_all_stored, missing_backend_is_unavailable
+                a_key_and_the_keys_below_it_are_all_stored, missing_backend_is_unavailable,
+                write_then_change_makes_the_write_then_its_changes
             );
         }
     };

@@ -12,6 +12,7 @@ use stategate::stores::{
 };
 
 use crate::fixture::*;
+pub use crate::write_then::write_then_change_makes_the_write_then_its_changes;
 
 /// The copy [`Store::snapshot`] makes.
 fn copy<'a>(

@@ -12,7 +12,8 @@ use crate::state::catalog::Catalog;
 use crate::state::head::{Described, Writer};
 use crate::state::{LeaseNeed, StateError, StateRef, States};
 use crate::stores::{
-    Change, Condition, OpDelete, OpList, OpWrite, Stopped, StoreError, StoreExt, Version,
+    Change, Condition, OpDelete, OpList, OpWrite, Stopped, StoreError, StoreExt, ThenChange,
+    Version,
 };
 
 /// The longest record that is also the pointer ([`States::after_copy`]):
@@ -86,6 +87,81 @@ impl States {
         }
         .await;
         kept_or_logged(state, result)
+    }
+
+    /// Writes the state object under `args` and records the write as
+    /// [`States::record_after_write`] does, the record's changes going with
+    /// the write as one [`Store::write_then_change`]: on SQLite one
+    /// transaction, so a crash never leaves the state without its record,
+    /// and the writer waits for one commit. `known` is where history ended
+    /// when the write began, read under the same write lease, or `None`
+    /// when not read yet (it is read first). When the copy fails (another
+    /// process took its number, or the state was replaced at once), the
+    /// record is made as `record_after_write` makes it.
+    pub(in crate::state) async fn write_recorded(
+        &self,
+        state: &StateRef,
+        written: &Described<'_>,
+        args: OpWrite,
+        writer: Writer,
+        known: Option<Option<Pointer>>,
+    ) -> Result<(Version, Option<VersionMeta>), StateError> {
+        let object_key = self.object_key(state);
+        let dir = self.history_dir(state);
+        let ends = match known {
+            Some(ends) => ends,
+            None => self.ends(&dir).await?,
+        };
+        let oldest = ends.as_ref().map_or(1, |p| p.oldest);
+        // Everything but the store version, which the closure fills in.
+        let unversioned = VersionMeta {
+            object_version: None,
+            ..self.new_meta(
+                ends.as_ref(),
+                written,
+                &Version(String::new()),
+                writer.clone(),
+            )
+        };
+        let then: ThenChange = {
+            let (states, dir, meta) = (self.clone(), dir.clone(), unversioned.clone());
+            let catalog = pointer_catalog(&written.head.catalog);
+            let (from, body) = (object_key.clone(), written.body.clone());
+            Arc::new(move |version: &Version| {
+                let meta = VersionMeta {
+                    object_version: Some(version.0.clone()),
+                    ..meta.clone()
+                };
+                let (rest, _) = states.after_copy(&dir, oldest, &meta, &catalog);
+                let copy = Change::Snapshot {
+                    from: from.clone(),
+                    from_version: version.clone(),
+                    to: body_key(&dir, meta.version),
+                    body: body.clone(),
+                };
+                [vec![copy], rest].concat()
+            })
+        };
+        let (version, changed) = self
+            .store
+            .write_then_change(&object_key, written.body.clone(), args, then)
+            .await?;
+        let meta = VersionMeta {
+            object_version: Some(version.0.clone()),
+            ..unversioned
+        };
+        let record = match changed {
+            Ok(()) => Some(meta),
+            Err(Stopped { at: 0, .. }) => {
+                self.record_after_write(state, written, &version, writer, Some(ends))
+                    .await
+            }
+            Err(Stopped { at, error }) => {
+                let made = self.after_copy_failed(&dir, Stopped { at: at - 1, error });
+                kept_or_logged(state, made.map(|()| meta).map_err(StateError::from))
+            }
+        };
+        Ok((version, record))
     }
 
     /// Keeps `item`, the state object's content at `version`, as the next

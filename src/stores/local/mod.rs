@@ -55,7 +55,7 @@ use super::keylock::KeyLock;
 use super::payload::SPOOL_THRESHOLD;
 use super::{
     Backend, Capabilities, Change, Entry, OpDelete, OpList, OpRead, OpWrite, Payload, Stopped,
-    Store, StoreError, Version, open_with, path_setting, store_path,
+    Store, StoreError, ThenChange, Version, open_with, path_setting, store_path,
 };
 use crate::settings::{ConfigError, StoreSettings};
 use tree::Tree;
@@ -246,6 +246,24 @@ impl Store for LocalStore {
             Ok(result) => result,
             Err(error) => Err(Stopped { at: 0, error }),
         }
+    }
+
+    /// The write and its changes on one blocking thread, in order, as
+    /// [`Store::change_all`] here makes its changes.
+    async fn write_then_change(
+        &self,
+        key: &str,
+        body: Payload,
+        args: OpWrite,
+        then: ThenChange,
+    ) -> Result<(Version, Result<(), Stopped>), StoreError> {
+        let key = key.to_string();
+        blocking(self, move |s| {
+            let version = s.put_blocking(&key, &body, &args.condition, !args.transient)?;
+            let changed = s.change_all_blocking(then(&version));
+            Ok((version, changed))
+        })
+        .await
     }
 
     async fn snapshot(&self, copy: OpSnapshot<'_>) -> Result<(), StoreError> {

@@ -55,7 +55,7 @@ use super::keylock::{KeyLock, KeyLocks};
 use super::payload::{BodyCache, SPOOL_THRESHOLD};
 use super::{
     Backend, Capabilities, Change, Entry, OpDelete, OpList, OpRead, OpWrite, Payload, Stopped,
-    Store, StoreError, Version, open_with, path_setting, store_path,
+    Store, StoreError, ThenChange, Version, open_with, path_setting, store_path,
 };
 use crate::settings::{ConfigError, StoreSettings};
 
@@ -647,6 +647,32 @@ impl Store for SqliteStore {
             // The transaction failed: none of them was made.
             Err(error) => Err(Stopped { at: 0, error }),
         }
+    }
+
+    /// The write and its changes in one write of the writer thread: one
+    /// transaction, so a crash keeps both or neither. A change that fails
+    /// is undone alone (as [`Store::change_all`] here undoes it) and the
+    /// write stands.
+    async fn write_then_change(
+        &self,
+        key: &str,
+        body: Payload,
+        args: OpWrite,
+        then: ThenChange,
+    ) -> Result<(Version, Result<(), Stopped>), StoreError> {
+        let key = key.to_string();
+        let bytes = body.len();
+        let undo = match body.as_memory() {
+            Some(_) => Undo::Checked,
+            None => Undo::Savepoint,
+        };
+        self.run_write(format!("writing {key}"), bytes, undo, move |tx, undo| {
+            let version = put_row(tx, &key, &body, &args.condition)?;
+            let changes = then(&version);
+            let stopped = change_rows(tx, &changes, undo == Undo::Savepoint)?;
+            Ok((version, stopped.map_or(Ok(()), Err)))
+        })
+        .await
     }
 
     /// A key lock on the file beside the database: no transaction, and it

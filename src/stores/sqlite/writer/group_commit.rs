@@ -251,6 +251,58 @@ async fn changes_made_together_commit_once() {
     assert_eq!(store.get("h/1").await.unwrap().unwrap().body, "state");
 }
 
+/// A write and the changes built from its version (a history copy of
+/// it, its record, the pointer) commit once, together; a change refused
+/// after the write is undone alone, the write and the changes before it
+/// standing.
+#[tokio::test]
+async fn a_write_and_its_changes_commit_once() {
+    let (_dir, store) = new_store();
+    store
+        .put("h/2.json", Bytes::from_static(b"taken"), Condition::Always)
+        .await
+        .unwrap();
+    for (n, refused_at) in [(1, None), (2, Some(1))] {
+        let before = store.commits();
+        let then: crate::stores::ThenChange = Arc::new(move |version: &Version| {
+            vec![
+                Change::Snapshot {
+                    from: "s".into(),
+                    from_version: version.clone(),
+                    to: format!("h/{n}"),
+                    body: Payload::Memory(Bytes::new()),
+                },
+                Change::Write {
+                    key: format!("h/{n}.json"),
+                    body: Bytes::from(format!("record {n}")),
+                    args: OpWrite::new(Condition::IfAbsent),
+                    same_as: None,
+                },
+            ]
+        });
+        let body = Payload::Memory(Bytes::from(format!("state {n}")));
+        let (version, changed) = store
+            .write_then_change("s", body, OpWrite::new(Condition::Always), then)
+            .await
+            .unwrap();
+        assert_eq!(store.commits() - before, 1, "write {n}");
+        assert_eq!(
+            changed.err().map(|s| (s.at, s.error)),
+            refused_at.map(|at| (at, StoreError::AlreadyExists))
+        );
+        assert_eq!(store.stat("s").await.unwrap(), Some(version));
+        assert_eq!(
+            store.get(&format!("h/{n}")).await.unwrap().unwrap().body,
+            format!("state {n}")
+        );
+    }
+    assert_eq!(
+        store.get("h/1.json").await.unwrap().unwrap().body,
+        "record 1"
+    );
+    assert_eq!(store.get("h/2.json").await.unwrap().unwrap().body, "taken");
+}
+
 /// Large bodies do not share a transaction: three 5 MiB writes queued
 /// together commit one by one.
 #[tokio::test]

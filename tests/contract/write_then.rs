@@ -1,0 +1,91 @@
+//! The promise of `Store::write_then_change`, which history keeps a
+//! just-written state with: the write first, then the changes built from
+//! its version, the changes' outcome beside the version.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use stategate::stores::{Change, Condition, OpWrite, Payload, StoreError, ThenChange, Version};
+
+use crate::fixture::*;
+
+/// A copy of `from` at the version written, as `to`, then a create of
+/// each of `creates`.
+fn copy_then_create(from: &str, to: &str, body: &'static [u8], creates: &[&str]) -> ThenChange {
+    let (from, to) = (from.to_string(), to.to_string());
+    let creates: Vec<String> = creates.iter().map(|k| k.to_string()).collect();
+    Arc::new(move |version: &Version| {
+        let copy = Change::Snapshot {
+            from: from.clone(),
+            from_version: version.clone(),
+            to: to.clone(),
+            body: Payload::Memory(Bytes::from_static(body)),
+        };
+        let creates = creates.iter().map(|key| Change::Write {
+            key: key.clone(),
+            body: Bytes::from(format!("made after {key}")),
+            args: OpWrite::new(Condition::IfAbsent),
+            same_as: None,
+        });
+        std::iter::once(copy).chain(creates).collect()
+    })
+}
+
+/// The write is made, then the changes for the version it returns; a
+/// change refused stops them, the write standing; a refused write makes
+/// no change at all.
+pub async fn write_then_change_makes_the_write_then_its_changes(fx: Fixture) {
+    let store = &*fx.store;
+    let body = |b: &'static [u8]| Payload::Memory(Bytes::from_static(b));
+    let then = copy_then_create("wt/s", "wt/s.1", b"one", &["wt/record"]);
+    let (first, changed) = store
+        .write_then_change(
+            "wt/s",
+            body(b"one"),
+            OpWrite::new(Condition::IfAbsent),
+            then,
+        )
+        .await
+        .unwrap();
+    assert!(changed.is_ok(), "{changed:?}");
+    assert_eq!(version_of(store, "wt/s").await, first);
+    assert_eq!(body_of(store, "wt/s.1").await.as_deref(), Some(&b"one"[..]));
+    assert!(body_of(store, "wt/record").await.is_some());
+
+    // The record exists: its create is refused, the one after it not made.
+    let then = copy_then_create("wt/s", "wt/s.2", b"two", &["wt/record", "wt/after"]);
+    let (second, changed) = store
+        .write_then_change(
+            "wt/s",
+            body(b"two"),
+            OpWrite::new(Condition::IfMatch(first.clone())),
+            then,
+        )
+        .await
+        .unwrap();
+    let stopped = changed.unwrap_err();
+    assert_eq!((stopped.at, stopped.error), (1, StoreError::AlreadyExists));
+    assert_eq!(body_of(store, "wt/s").await.as_deref(), Some(&b"two"[..]));
+    assert_eq!(version_of(store, "wt/s").await, second);
+    assert_eq!(body_of(store, "wt/s.2").await.as_deref(), Some(&b"two"[..]));
+    assert_eq!(body_of(store, "wt/after").await, None);
+
+    // A write refused on its condition makes none of its changes.
+    let then = copy_then_create("wt/s", "wt/s.3", b"three", &["wt/never"]);
+    let refused = store
+        .write_then_change(
+            "wt/s",
+            body(b"three"),
+            OpWrite::new(Condition::IfMatch(first)),
+            then,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, StoreError::PreconditionFailed),
+        "{refused:?}"
+    );
+    assert_eq!(body_of(store, "wt/s").await.as_deref(), Some(&b"two"[..]));
+    assert_eq!(body_of(store, "wt/s.3").await, None);
+    assert_eq!(body_of(store, "wt/never").await, None);
+}
