@@ -418,8 +418,11 @@ impl SqliteStore {
         self.run(format!("reading {key}"), move |conn| {
             with_shape(conn, read_only, "reading", |conn, shape| {
                 let row = conn
-                    .query_row(shape.whole_query(), [&key], |r| {
-                        Ok((r.get::<_, Option<Vec<u8>>>(0)?, r.get::<_, i64>(1)?))
+                    .prepare_cached(shape.whole_query())
+                    .and_then(|mut s| {
+                        s.query_row([&key], |r| {
+                            Ok((r.get::<_, Option<Vec<u8>>>(0)?, r.get::<_, i64>(1)?))
+                        })
                     })
                     .optional()
                     .map_err(db_err("reading"))?;
@@ -563,12 +566,15 @@ impl Store for SqliteStore {
             let tx = conn.transaction().map_err(&err)?;
             let shape = Shape::read_by(&tx, pool.read_only).map_err(&err)?;
             let row = tx
-                .query_row(shape.locate_query(), [&key], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, Option<i64>>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
+                .prepare_cached(shape.locate_query())
+                .and_then(|mut s| {
+                    s.query_row([&key], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, Option<i64>>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    })
                 })
                 .optional()
                 .map_err(&err)?;

@@ -225,12 +225,9 @@ pub(super) fn current_version(
     tx: &Connection,
     key: &str,
 ) -> Result<Option<Version>, rusqlite::Error> {
-    tx.query_row(
-        "SELECT generation FROM objects WHERE key = ?1",
-        [key],
-        |r| Ok(Version(r.get::<_, i64>(0)?.to_string())),
-    )
-    .optional()
+    tx.prepare_cached("SELECT generation FROM objects WHERE key = ?1")?
+        .query_row([key], |r| Ok(Version(r.get::<_, i64>(0)?.to_string())))
+        .optional()
 }
 
 /// The body of row `rowid` of the file's body table, copied a piece at a time into an unnamed
@@ -291,11 +288,8 @@ pub(super) fn prefix_upper_bound(prefix: &str) -> String {
 
 /// Draws a generation number no object has had, inside the transaction.
 pub(super) fn next_generation(tx: &Connection) -> Result<i64, rusqlite::Error> {
-    tx.query_row(
-        "UPDATE generation SET last = last + 1 WHERE id = 1 RETURNING last",
-        [],
-        |r| r.get(0),
-    )
+    tx.prepare_cached("UPDATE generation SET last = last + 1 WHERE id = 1 RETURNING last")?
+        .query_row([], |r| r.get(0))
 }
 
 #[cfg(test)]
