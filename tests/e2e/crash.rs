@@ -1,8 +1,12 @@
 //! Crash safety: a server killed with SIGKILL at a random moment of a lock,
 //! a 32 MiB write or an unlock leaves the previous state or the new one,
 //! never a torn or empty one, and never a lock no command can release.
-//! Round after round on the local and SQLite stores.
+//! Round after round on the local and SQLite stores. On SQLite, where a
+//! state and its history record are one transaction, a server killed
+//! under a load of new states leaves no state without its record.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::stores::{LocalPeer, SqlitePeer};
@@ -154,4 +158,85 @@ fn local_survives_sigkill_during_writes() {
 #[test]
 fn sqlite_survives_sigkill_during_writes() {
     crash_rounds(&SqlitePeer::new());
+}
+
+/// Clients writing new states (`load/c<i>-<n>`) until `stop`, ignoring
+/// failures; each gives back the keys it sent.
+fn new_states_until(
+    url: &str,
+    clients: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<String>>> {
+    (0..clients)
+        .map(|i| {
+            let (url, stop) = (url.to_string(), Arc::clone(stop));
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(10))
+                    .build();
+                let mut sent = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("load/c{i}-{}", sent.len());
+                    let body = sized_state(&key, 1, 4096);
+                    sent.push(key.clone());
+                    if agent
+                        .post(&format!("{url}/states/{key}"))
+                        .send_bytes(&body)
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                sent
+            })
+        })
+        .collect()
+}
+
+/// SQLite writes a state and its history record in one transaction: a
+/// server killed while 16 clients create states leaves every state that
+/// exists with its version in history (written apart, a state committed
+/// just before the kill had none).
+#[test]
+fn sqlite_killed_under_load_leaves_no_state_without_its_record() {
+    let peer = SqlitePeer::new();
+    let mut rng = Rng::new("killed under load");
+    for round in 0..4 {
+        let server = Server::start(&peer);
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = new_states_until(&server.url, 16, &stop);
+        std::thread::sleep(Duration::from_millis(300 + rng.below(300)));
+        server.kill();
+        stop.store(true, Ordering::Relaxed);
+        let sent: Vec<String> = clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect();
+
+        let server = Server::start(&peer);
+        let mut found = 0;
+        for key in &sent {
+            let url = server.state_url(key);
+            let (status, body) = http("GET", &url, b"");
+            if status == 404 {
+                continue;
+            }
+            assert_eq!(status, 200, "round {round}: {key}");
+            found += 1;
+            let (status, history) = http("GET", &format!("{url}?history"), b"");
+            assert_eq!(status, 200, "round {round}: {key}");
+            let doc: serde_json::Value = serde_json::from_slice(&history).unwrap();
+            let versions = doc["versions"].as_array().unwrap();
+            assert_eq!(
+                versions.len(),
+                1,
+                "round {round}: {key} was written once and must be in history: {doc}"
+            );
+            assert_eq!(versions[0]["operation"], "write", "round {round}: {key}");
+            let (_, kept) = http("GET", &format!("{url}?version=1"), b"");
+            assert!(kept == body, "round {round}: {key}: version 1 is the state");
+        }
+        assert!(found > 16, "round {round}: only {found} states were made");
+        server.kill();
+    }
 }

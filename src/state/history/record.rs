@@ -95,7 +95,9 @@ impl States {
     /// transaction, so a crash never leaves the state without its record,
     /// and the writer waits for one commit. `known` is where history ended
     /// when the write began, read under the same write lease, or `None`
-    /// when not read yet (it is read first). When the copy fails (another
+    /// when not read yet: it is read first, and when it cannot be, the
+    /// write is made alone and recorded after it, so unreadable history
+    /// never refuses a write. When the copy fails (another
     /// process took its number, or the state was replaced at once), the
     /// record is made as `record_after_write` makes it.
     pub(in crate::state) async fn write_recorded(
@@ -108,9 +110,21 @@ impl States {
     ) -> Result<(Version, Option<VersionMeta>), StateError> {
         let object_key = self.object_key(state);
         let dir = self.history_dir(state);
-        let ends = match known {
-            Some(ends) => ends,
-            None => self.ends(&dir).await?,
+        let known = match known {
+            Some(ends) => Some(ends),
+            // Unreadable history does not refuse the write (a failure of
+            // its record is logged, below).
+            None => self.ends(&dir).await.ok(),
+        };
+        let Some(ends) = known else {
+            let version = self
+                .store
+                .write(&object_key, written.body.clone(), args)
+                .await?;
+            let record = self
+                .record_after_write(state, written, &version, writer, None)
+                .await;
+            return Ok((version, record));
         };
         let oldest = ends.as_ref().map_or(1, |p| p.oldest);
         // Everything but the store version, which the closure fills in.
