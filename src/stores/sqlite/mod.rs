@@ -533,12 +533,7 @@ impl Store for SqliteStore {
     /// database commits with `synchronous=FULL` either way.
     async fn write(&self, key: &str, body: Payload, args: OpWrite) -> Result<Version, StoreError> {
         let key = key.to_string();
-        let bytes = body.len();
-        // Copying a body from its file may fail after its row is made.
-        let undo = match body.as_memory() {
-            Some(_) => Undo::Checked,
-            None => Undo::Savepoint,
-        };
+        let (bytes, undo) = (body.len(), Undo::of_body(&body));
         self.run_write(format!("writing {key}"), bytes, undo, move |tx, _| {
             put_row(tx, &key, &body, &args.condition)
         })
@@ -667,11 +662,7 @@ impl Store for SqliteStore {
         then: ThenChange,
     ) -> Result<(Version, Result<(), Stopped>), StoreError> {
         let key = key.to_string();
-        let bytes = body.len();
-        let undo = match body.as_memory() {
-            Some(_) => Undo::Checked,
-            None => Undo::Savepoint,
-        };
+        let (bytes, undo) = (body.len(), Undo::of_body(&body));
         self.run_write(format!("writing {key}"), bytes, undo, move |tx, undo| {
             let version = put_row(tx, &key, &body, &args.condition)?;
             let changes = then(&version);

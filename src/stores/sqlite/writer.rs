@@ -47,6 +47,17 @@ pub(super) enum Undo {
     Checked,
 }
 
+impl Undo {
+    /// How a write of `body` is undone: copying a body from its file (a
+    /// large upload) may fail after its row is made.
+    pub(super) fn of_body(body: &crate::stores::Payload) -> Undo {
+        match body.as_memory() {
+            Some(_) => Undo::Checked,
+            None => Undo::Savepoint,
+        }
+    }
+}
+
 /// What a write did inside the transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Applied {
