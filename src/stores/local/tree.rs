@@ -254,7 +254,10 @@ impl Tree {
     /// cannot be linked, and the caller writes `body` instead. Files are
     /// never changed in place (every write renames a new file over the
     /// name), so the two names keep these bytes whatever later writes
-    /// give either.
+    /// give either. `known` is the version of `from` when this thread
+    /// wrote it with `body` just before (a record, then its pointer): the
+    /// file linked must still be that version, and its bytes are not read
+    /// again.
     fn link_same(
         &self,
         from: &str,
@@ -262,6 +265,7 @@ impl Tree {
         body: &Bytes,
         condition: &Condition,
         durable: bool,
+        known: Option<&Version>,
     ) -> Result<bool, StoreError> {
         if body.len() > LINK_BYTES_MAX {
             return Ok(false);
@@ -271,21 +275,13 @@ impl Tree {
         let Some(src) = self.parent(from, src_dir, false)? else {
             return Ok(false);
         };
-        let Ok(fd) = open_beneath(&src, &src_name, OFlags::RDONLY) else {
-            return Ok(false);
+        let expected = match known {
+            Some(version) => version.clone(),
+            None => match same_bytes(&src, &src_name, body) {
+                Some(version) => version,
+                None => return Ok(false),
+            },
         };
-        let mut held = Vec::with_capacity(body.len() + 1);
-        let mut file = File::from(fd);
-        let same = (&mut file)
-            .take(body.len() as u64 + 1)
-            .read_to_end(&mut held)
-            .is_ok_and(|_| held == body[..]);
-        let Ok(compared) = rustix::fs::fstat(&file).map(|s| s.st_ino) else {
-            return Ok(false);
-        };
-        if !same {
-            return Ok(false);
-        }
         // A pointer and its record share a folder, already open.
         let other_folder;
         let parent = match dir == src_dir {
@@ -309,7 +305,7 @@ impl Tree {
         }
         // The name may have been given another file since it was read.
         let same_file = rustix::fs::statat(parent, tmp.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-            .is_ok_and(|linked| linked.st_ino == compared);
+            .is_ok_and(|linked| version_of(&linked) == expected);
         let placed = match same_file {
             false => Ok(false),
             true => self
@@ -374,6 +370,8 @@ impl Tree {
     /// thread: each change as its own method makes it, stopping at the
     /// first that fails.
     pub(super) fn change_all_blocking(&self, changes: Vec<Change>) -> Result<(), Stopped> {
+        // The files this call wrote: key, bytes and version.
+        let mut written: Vec<(String, Bytes, Version)> = Vec::new();
         for (at, change) in changes.into_iter().enumerate() {
             let made = match change {
                 Change::Write {
@@ -384,13 +382,24 @@ impl Tree {
                 } => {
                     let durable = !args.transient;
                     let linked = match same_as {
-                        Some(from) => self.link_same(&from, &key, &body, &args.condition, durable),
+                        Some(from) => {
+                            let known = written
+                                .iter()
+                                .find(|(k, bytes, _)| *k == from && *bytes == body)
+                                .map(|(_, _, version)| version);
+                            self.link_same(&from, &key, &body, &args.condition, durable, known)
+                        }
                         None => Ok(false),
                     };
                     match linked {
                         Ok(false) => self
-                            .put_blocking(&key, &Payload::Memory(body), &args.condition, durable)
-                            .map(|_| ()),
+                            .put_blocking(
+                                &key,
+                                &Payload::Memory(body.clone()),
+                                &args.condition,
+                                durable,
+                            )
+                            .map(|version| written.push((key, body, version))),
                         other => other.map(|_| ()),
                     }
                 }
@@ -616,4 +625,16 @@ impl Tree {
             None => Ok(None),
         }
     }
+}
+
+/// The version of the file `name` in `dir` when it holds exactly `body`.
+fn same_bytes(dir: &OwnedFd, name: &str, body: &Bytes) -> Option<Version> {
+    let mut file = File::from(open_beneath(dir, name, OFlags::RDONLY).ok()?);
+    let mut held = Vec::with_capacity(body.len() + 1);
+    (&mut file)
+        .take(body.len() as u64 + 1)
+        .read_to_end(&mut held)
+        .ok()?;
+    let stat = rustix::fs::fstat(&file).ok()?;
+    (held == body[..]).then(|| version_of(&stat))
 }
