@@ -196,11 +196,14 @@ fn listing_oss_states_asks_as_many_listings_whatever_their_history() {
     let server = Server::start(&peer);
     let states = 3;
     fleet(&server, states, 1);
+    // Listings only: a HEAD that finds no object checks the bucket first
+    // when it was not seen for a few seconds (GetBucketVersioning, a GET of
+    // the bucket too), as it is here after the history objects are put.
     let lists = || -> Vec<String> {
         peer.server
             .requests(&peer.bucket)
             .into_iter()
-            .filter(|r| r.starts_with("GET  ["))
+            .filter(|r| r.starts_with("GET  [") && r.contains("list-type"))
             .collect()
     };
     // The dashboard's list alone: the operator commands open the store
