@@ -260,8 +260,6 @@ pub(super) fn operator_audit(settings: &Settings) -> Result<Audit> {
         .with_context(|| "setting `audit_log`: cannot open the audit log")
 }
 
-/// The name of the local user running this process, from the password
-/// database (a shell under `sudo`, cron or a container may set no `USER`).
 /// Copies `from` into a spool: memory, then an unnamed file past 1 MiB.
 async fn spool(mut from: impl std::io::Read) -> std::io::Result<Payload> {
     let mut spooler = Spooler::new(&spool_dir());
@@ -275,6 +273,8 @@ async fn spool(mut from: impl std::io::Read) -> std::io::Result<Payload> {
     }
 }
 
+/// The name of the local user running this process, from the password
+/// database (a shell under `sudo`, cron or a container may set no `USER`).
 fn local_user_name() -> Option<String> {
     let uid = rustix::process::getuid().as_raw();
     let mut buf = vec![0 as libc::c_char; 16 * 1024];

@@ -382,9 +382,7 @@ impl Guarded {
             other => other,
         }
     }
-}
 
-impl Guarded {
     /// Judges `result`, the outcome of making `changes` on `store`: when
     /// one failed for room and room was made, the changes from it on are
     /// tried once more (those before it are made); a failure that says the
