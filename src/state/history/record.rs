@@ -138,7 +138,10 @@ impl States {
             )
         };
         let then: ThenChange = {
-            let (states, dir, meta) = (self.clone(), dir.clone(), unversioned.clone());
+            // Nothing of the store: the store keeps this closure until its
+            // write is done, and a store that held the last reference to
+            // itself would be dropped on its own writer thread.
+            let (keep, dir, meta) = (self.history_keep, dir.clone(), unversioned.clone());
             let catalog = pointer_catalog(&written.head.catalog);
             let (from, body) = (object_key.clone(), written.body.clone());
             Arc::new(move |version: &Version| {
@@ -146,7 +149,7 @@ impl States {
                     object_version: Some(version.0.clone()),
                     ..meta.clone()
                 };
-                let (rest, _) = states.after_copy(&dir, oldest, &meta, &catalog);
+                let (rest, _) = after_copy(keep, &dir, oldest, &meta, &catalog);
                 let copy = Change::Snapshot {
                     from: from.clone(),
                     from_version: version.clone(),
@@ -423,49 +426,7 @@ impl States {
         meta: &VersionMeta,
         catalog: &Option<Arc<Catalog>>,
     ) -> (Vec<Change>, Pointer) {
-        let n = meta.version;
-        let keep = self.history_keep;
-        let first_kept = if keep == 0 || n <= keep {
-            oldest
-        } else {
-            n - keep + 1
-        };
-        let pointer = Pointer {
-            oldest: oldest.max(first_kept),
-            newest: meta.clone(),
-            catalog: catalog.clone(),
-        };
-        let pointer_body =
-            Bytes::from(serde_json::to_vec(&pointer).expect("a history pointer serialises"));
-        let (record_body, same_as) = if pointer_body.len() <= RECORD_BYTES_MAX {
-            (pointer_body.clone(), Some(meta_key(dir, n)))
-        } else {
-            let plain = serde_json::to_vec(meta).expect("version metadata serialises");
-            (Bytes::from(plain), None)
-        };
-        let mut changes = vec![Change::Write {
-            key: meta_key(dir, n),
-            body: record_body,
-            args: OpWrite::new(Condition::Always),
-            same_as: None,
-        }];
-        // Not made durable (no fsync of the folder on local disk): a version
-        // that comes back after a crash of the machine is only kept longer.
-        for old in oldest..first_kept {
-            for key in [meta_key(dir, old), body_key(dir, old)] {
-                changes.push(Change::Delete {
-                    key,
-                    args: OpDelete::transient(Condition::Always),
-                });
-            }
-        }
-        changes.push(Change::Write {
-            key: pointer_key(dir),
-            body: pointer_body,
-            args: OpWrite::transient(Condition::Always),
-            same_as,
-        });
-        (changes, pointer)
+        after_copy(self.history_keep, dir, oldest, meta, catalog)
     }
 
     /// Judges a failure among [`States::after_copy`]'s changes: the record
@@ -524,4 +485,58 @@ fn kept_or_logged(
             tracing::warn!(state = %state, error = %e, "state written but its history record failed");
         })
         .ok()
+}
+
+/// [`States::after_copy`] with `keep` for the state layer's
+/// `history_keep`: a function of its arguments alone, so the changes a
+/// store builds from it (`write_recorded`) hold nothing of the store.
+fn after_copy(
+    keep: u64,
+    dir: &str,
+    oldest: u64,
+    meta: &VersionMeta,
+    catalog: &Option<Arc<Catalog>>,
+) -> (Vec<Change>, Pointer) {
+    let n = meta.version;
+    let first_kept = if keep == 0 || n <= keep {
+        oldest
+    } else {
+        n - keep + 1
+    };
+    let pointer = Pointer {
+        oldest: oldest.max(first_kept),
+        newest: meta.clone(),
+        catalog: catalog.clone(),
+    };
+    let pointer_body =
+        Bytes::from(serde_json::to_vec(&pointer).expect("a history pointer serialises"));
+    let (record_body, same_as) = if pointer_body.len() <= RECORD_BYTES_MAX {
+        (pointer_body.clone(), Some(meta_key(dir, n)))
+    } else {
+        let plain = serde_json::to_vec(meta).expect("version metadata serialises");
+        (Bytes::from(plain), None)
+    };
+    let mut changes = vec![Change::Write {
+        key: meta_key(dir, n),
+        body: record_body,
+        args: OpWrite::new(Condition::Always),
+        same_as: None,
+    }];
+    // Not made durable (no fsync of the folder on local disk): a version
+    // that comes back after a crash of the machine is only kept longer.
+    for old in oldest..first_kept {
+        for key in [meta_key(dir, old), body_key(dir, old)] {
+            changes.push(Change::Delete {
+                key,
+                args: OpDelete::transient(Condition::Always),
+            });
+        }
+    }
+    changes.push(Change::Write {
+        key: pointer_key(dir),
+        body: pointer_body,
+        args: OpWrite::transient(Condition::Always),
+        same_as,
+    });
+    (changes, pointer)
 }

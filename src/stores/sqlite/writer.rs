@@ -120,14 +120,25 @@ where
     }
 
     fn finish(self: Box<Self>, committed: Result<(), StoreError>) {
-        let result = match (self.result, committed) {
+        let Job {
+            what,
+            apply,
+            result,
+            reply,
+            ..
+        } = *self;
+        // What the write held goes before its caller hears back, so it
+        // never outlives the caller here (the last reference to the store
+        // dropped on this thread could not wait for it).
+        drop(apply);
+        let result = match (result, committed) {
             (Some(Err(refused)), _) => Err(refused),
             (Some(Ok(value)), Ok(())) => Ok(value),
-            (_, Err(e)) => Err(e.context(&self.what)),
-            (None, Ok(())) => Err(StoreError::unavailable(format!("{}: not run", self.what))),
+            (_, Err(e)) => Err(e.context(&what)),
+            (None, Ok(())) => Err(StoreError::unavailable(format!("{what}: not run"))),
         };
         // The caller may have gone (its request was cut off): nothing to do.
-        let _ = self.reply.send(result);
+        let _ = reply.send(result);
     }
 }
 

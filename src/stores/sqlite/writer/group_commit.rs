@@ -398,6 +398,42 @@ async fn dropping_the_store_waits_for_the_writer_and_closes_the_file() {
     assert!(!dir.path().join("g.db-shm").exists());
 }
 
+/// A write lets go of what it held before its caller hears back: a write
+/// holding the store itself (as history's changes could) leaves the
+/// caller's reference the last one, so dropping it closes the file, and
+/// the last reference never goes on the writer's own thread (which could
+/// not wait for itself: the log stayed behind).
+#[tokio::test]
+async fn a_write_lets_go_of_what_it_held_before_answering() {
+    /// A clone of the store whose drop takes a while.
+    struct SlowToDrop(#[allow(dead_code)] SqliteStore);
+    impl Drop for SlowToDrop {
+        fn drop(&mut self) {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+    let (dir, store) = new_store();
+    let held = SlowToDrop(store.clone());
+    store
+        .run_write(
+            "holding the store".into(),
+            0,
+            Undo::Savepoint,
+            move |tx, _| {
+                let _ = &held;
+                let body = Payload::Memory(Bytes::from_static(b"{}"));
+                crate::stores::sqlite::rows::put_row(tx, "a", &body, &Condition::Always)
+            },
+        )
+        .await
+        .unwrap();
+    drop(store);
+    assert!(
+        !dir.path().join("g.db-wal").exists(),
+        "the log is left after the store was dropped"
+    );
+}
+
 /// A new file is made with [`PAGE_SIZE`] pages.
 #[tokio::test]
 async fn a_new_file_has_large_pages() {
