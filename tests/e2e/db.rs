@@ -43,6 +43,7 @@ on_both_engines! {
     db_replicas_one_lock_winner => one_winner_per_round,
     db_outage_503_then_recovers => outage,
     db_replica_killed_under_load => replica_killed_under_load,
+    db_killed_under_load_leaves_no_state_without_its_record => killed_under_load,
     db_survives_sigkill_during_writes => survives_sigkill_during_writes,
     db_password_with_url_characters => password_handling,
     db_newer_schema_is_refused => newer_schema_refused,
@@ -358,6 +359,12 @@ fn replica_killed_under_load(engine: Engine) {
 /// SIGKILL at random moments during writes, as every store survives it.
 fn survives_sigkill_during_writes(engine: Engine) {
     crate::crash::crash_rounds(&DbPeer::new(engine));
+}
+
+/// A state and its history record are one transaction: a server killed
+/// while clients create states leaves none without its record.
+fn killed_under_load(engine: Engine) {
+    crate::crash::killed_under_load_rounds(&DbPeer::new(engine), 4);
 }
 
 /// MariaDB keeps its default 16 MiB packet limit; a 40 MiB state still

@@ -1,5 +1,6 @@
 //! The objects' rows: a body as chunk rows, read in one snapshot, and the
-//! conditional write, delete and copy, each one transaction.
+//! conditional write, delete and copy, each one transaction, or a write
+//! and the changes it carries (its history) in one.
 
 use bytes::{Bytes, BytesMut};
 use futures_util::TryStreamExt;
@@ -10,7 +11,7 @@ use super::failure::{Failed, failed, generation_of, is_unique_violation, now_ns,
 use super::sql::Sql;
 use super::store::DbStore;
 use crate::stores::payload::{FileBody, spool_dir};
-use crate::stores::{Condition, Payload, StoreError, Version};
+use crate::stores::{Change, Condition, Payload, Stopped, StoreError, ThenChange, Version};
 
 /// In the transaction `$tx`, runs `$change`, a statement on the object
 /// row that holds generation `$old` (its update or its delete), then drops
@@ -29,6 +30,161 @@ macro_rules! retire {
                 .execute(&mut *$tx)
                 .await
                 .map_err($err)?;
+            Ok::<(), Failed>(())
+        }
+        .await
+    };
+}
+
+/// In the transaction `$tx`, makes `$key` the object of generation
+/// `$generation` holding `$body`, as `$condition` allows: its row first,
+/// so a losing writer fails before it sends the body, then the body's
+/// chunk rows.
+macro_rules! put_rows {
+    ($tx:ident, $sql:expr, $key:expr, $body:expr, $condition:expr, $generation:expr, $now:expr, $what:expr) => {
+        async {
+            let (sql, key, generation, what) = ($sql, $key, $generation, $what);
+            let condition: &Condition = $condition;
+            let body: &Payload = $body;
+            let err = failed(what);
+            // The generation it has now (`None`: it must not exist), then
+            // the row changed from that generation.
+            let old = match condition {
+                Condition::IfAbsent => None,
+                Condition::IfMatch(version) => match generation_of(version) {
+                    Some(old) => Some(old),
+                    None => return Err(StoreError::PreconditionFailed.into()),
+                },
+                Condition::Always => locked_generation(sql, key)
+                    .fetch_optional(&mut *$tx)
+                    .await
+                    .and_then(first_column)
+                    .map_err(&err)?,
+            };
+            let size = body.len() as i64;
+            match old {
+                None => match insert_object(sql, key, generation, size, $now)
+                    .execute(&mut *$tx)
+                    .await
+                {
+                    Ok(_) => {}
+                    // Under `Always`, another writer created it meanwhile.
+                    Err(e) if is_unique_violation(&e) => {
+                        return Err(match condition {
+                            Condition::Always => {
+                                Failed::Retry(format!("{what}: created concurrently"))
+                            }
+                            _ => StoreError::AlreadyExists.into(),
+                        });
+                    }
+                    Err(e) => return Err(err(e)),
+                },
+                Some(old) => {
+                    // Under `Always` the row is locked since it was read, so
+                    // only a version that no longer matches misses it.
+                    let update = sqlx::query(AssertSqlSafe(sql.update_object.as_str()))
+                        .bind(generation)
+                        .bind(size)
+                        .bind($now)
+                        .bind(key)
+                        .bind(old);
+                    retire!($tx, sql, update, old, &err)?;
+                }
+            }
+            // An empty body still gets one chunk row, so the reader's join
+            // finds the object. A body in a file is read one chunk at a time.
+            let mut chunks = Chunks::new(body);
+            let mut seq = 0i32;
+            while let Some(chunk) = chunks
+                .next()
+                .await
+                .map_err(|e| Failed::from(e.context(what)))?
+            {
+                sqlx::query(AssertSqlSafe(sql.insert_chunk.as_str()))
+                    .bind(generation)
+                    .bind(seq)
+                    .bind(&chunk[..])
+                    .execute(&mut *$tx)
+                    .await
+                    .map_err(&err)?;
+                seq += 1;
+            }
+            Ok::<(), Failed>(())
+        }
+        .await
+    };
+}
+
+/// In the transaction `$tx`, removes `$key` as `$condition` allows (under
+/// `Always` or `IfAbsent`, whatever generation it has; a missing object
+/// is removed already).
+macro_rules! delete_rows {
+    ($tx:ident, $sql:expr, $key:expr, $condition:expr, $what:expr) => {
+        async {
+            let (sql, key) = ($sql, $key);
+            let err = failed($what);
+            let generation = match $condition {
+                Condition::IfMatch(version) => {
+                    let Some(old) = generation_of(version) else {
+                        return Err(StoreError::PreconditionFailed.into());
+                    };
+                    old
+                }
+                Condition::Always | Condition::IfAbsent => {
+                    let current = locked_generation(sql, key)
+                        .fetch_optional(&mut *$tx)
+                        .await
+                        .and_then(first_column)
+                        .map_err(&err)?;
+                    match current {
+                        Some(g) => g,
+                        None => return Ok(()),
+                    }
+                }
+            };
+            let delete = sqlx::query(AssertSqlSafe(sql.delete_object.as_str()))
+                .bind(key)
+                .bind(generation);
+            retire!($tx, sql, delete, generation, &err)
+        }
+        .await
+    };
+}
+
+/// In the transaction `$tx`, creates `$to` (only if absent) as a copy of
+/// `$from` at `$from_generation`, with generation `$generation`: the chunk
+/// rows are copied inside the database.
+macro_rules! snapshot_rows {
+    ($tx:ident, $sql:expr, $from:expr, $from_generation:expr, $to:expr, $generation:expr, $now:expr, $what:expr) => {
+        async {
+            let (sql, generation, from_generation) = ($sql, $generation, $from_generation);
+            let err = failed($what);
+            // A shared lock on the source row keeps its chunks in place
+            // until the copy commits.
+            let size: Option<i64> = sqlx::query(AssertSqlSafe(sql.stat_for_share.as_str()))
+                .bind($from)
+                .bind(from_generation)
+                .fetch_optional(&mut *$tx)
+                .await
+                .and_then(first_column)
+                .map_err(&err)?;
+            let Some(size) = size else {
+                return Err(StoreError::PreconditionFailed.into());
+            };
+            match insert_object(sql, $to, generation, size, $now)
+                .execute(&mut *$tx)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => return Err(StoreError::AlreadyExists.into()),
+                Err(e) => return Err(err(e)),
+            }
+            sqlx::query(AssertSqlSafe(sql.copy_chunks.as_str()))
+                .bind(generation)
+                .bind(from_generation)
+                .execute(&mut *$tx)
+                .await
+                .map_err(&err)?;
             Ok::<(), Failed>(())
         }
         .await
@@ -158,65 +314,12 @@ impl DbStore {
         what: &str,
     ) -> Result<Version, Failed> {
         let generation = self.next_generation(what).await?;
-        let size = body.len() as i64;
         let now = now_ns();
         let sql = &self.sql;
         let err = failed(what);
         on_pool!(&self.pool, pool => {
             let mut tx = pool.begin().await.map_err(&err)?;
-            // Claim the row first, so a losing writer fails before it sends
-            // the body: the generation it has now (`None`: it must not
-            // exist), then the row changed from that generation.
-            let old = match condition {
-                Condition::IfAbsent => None,
-                Condition::IfMatch(version) => match generation_of(version) {
-                    Some(old) => Some(old),
-                    None => return Err(StoreError::PreconditionFailed.into()),
-                },
-                Condition::Always => locked_generation(sql, key)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .and_then(first_column)
-                    .map_err(&err)?,
-            };
-            match old {
-                None => match insert_object(sql, key, generation, size, now).execute(&mut *tx).await {
-                    Ok(_) => {}
-                    // Under `Always`, another writer created it meanwhile.
-                    Err(e) if is_unique_violation(&e) => {
-                        return Err(match condition {
-                            Condition::Always => Failed::Retry(format!("{what}: created concurrently")),
-                            _ => StoreError::AlreadyExists.into(),
-                        })
-                    }
-                    Err(e) => return Err(err(e)),
-                },
-                Some(old) => {
-                    // Under `Always` the row is locked since it was read, so
-                    // only a version that no longer matches misses it.
-                    let update = sqlx::query(AssertSqlSafe(sql.update_object.as_str()))
-                        .bind(generation)
-                        .bind(size)
-                        .bind(now)
-                        .bind(key)
-                        .bind(old);
-                    retire!(tx, sql, update, old, &err)?;
-                }
-            }
-            // An empty body still gets one chunk row, so the reader's join
-            // finds the object. A body in a file is read one chunk at a time.
-            let mut chunks = Chunks::new(body);
-            let mut seq = 0i32;
-            while let Some(chunk) = chunks.next().await.map_err(|e| Failed::from(e.context(what)))? {
-                sqlx::query(AssertSqlSafe(sql.insert_chunk.as_str()))
-                    .bind(generation)
-                    .bind(seq)
-                    .bind(&chunk[..])
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(&err)?;
-                seq += 1;
-            }
+            put_rows!(tx, sql, key, body, condition, generation, now, what)?;
             tx.commit().await.map_err(&err)?;
         });
         Ok(Version(generation.to_string()))
@@ -232,29 +335,7 @@ impl DbStore {
         let err = failed(what);
         on_pool!(&self.pool, pool => {
             let mut tx = pool.begin().await.map_err(&err)?;
-            let generation = match condition {
-                Condition::IfMatch(version) => {
-                    let Some(old) = generation_of(version) else {
-                        return Err(StoreError::PreconditionFailed.into());
-                    };
-                    old
-                }
-                Condition::Always | Condition::IfAbsent => {
-                    let current = locked_generation(sql, key)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .and_then(first_column)
-                        .map_err(&err)?;
-                    match current {
-                        Some(g) => g,
-                        None => return Ok(()),
-                    }
-                }
-            };
-            let delete = sqlx::query(AssertSqlSafe(sql.delete_object.as_str()))
-                .bind(key)
-                .bind(generation);
-            retire!(tx, sql, delete, generation, &err)?;
+            delete_rows!(tx, sql, key, condition, what)?;
             tx.commit().await.map_err(&err)?;
         });
         Ok(())
@@ -273,32 +354,78 @@ impl DbStore {
         let err = failed(what);
         on_pool!(&self.pool, pool => {
             let mut tx = pool.begin().await.map_err(&err)?;
-            // A shared lock on the source row keeps its chunks in place
-            // until the copy commits.
-            let size: Option<i64> = sqlx::query(AssertSqlSafe(sql.stat_for_share.as_str()))
-                .bind(from)
-                .bind(from_generation)
-                .fetch_optional(&mut *tx)
-                .await
-                .and_then(first_column)
-                .map_err(&err)?;
-            let Some(size) = size else {
-                return Err(StoreError::PreconditionFailed.into());
-            };
-            match insert_object(sql, to, generation, size, now).execute(&mut *tx).await {
-                Ok(_) => {}
-                Err(e) if is_unique_violation(&e) => return Err(StoreError::AlreadyExists.into()),
-                Err(e) => return Err(err(e)),
-            }
-            sqlx::query(AssertSqlSafe(sql.copy_chunks.as_str()))
-                .bind(generation)
-                .bind(from_generation)
-                .execute(&mut *tx)
-                .await
-                .map_err(&err)?;
+            snapshot_rows!(tx, sql, from, from_generation, to, generation, now, what)?;
             tx.commit().await.map_err(&err)?;
         });
         Ok(())
+    }
+
+    /// Writes `key` and makes the changes `then` names for the version
+    /// written, in one transaction: each change in a savepoint of its own,
+    /// so a refused one is undone alone and stops the rest, the write and
+    /// the changes before it standing. The generations are drawn first,
+    /// outside the transaction, as a lone write's is.
+    pub(super) async fn write_then_change_once(
+        &self,
+        key: &str,
+        body: &Payload,
+        condition: &Condition,
+        then: &ThenChange,
+        what: &str,
+    ) -> Result<(Version, Result<(), Stopped>), Failed> {
+        let generation = self.next_generation(what).await?;
+        let version = Version(generation.to_string());
+        let changes = then(&version);
+        let mut generations = Vec::with_capacity(changes.len());
+        for change in &changes {
+            generations.push(match change {
+                Change::Delete { .. } => None,
+                _ => Some(self.next_generation(what).await?),
+            });
+        }
+        let now = now_ns();
+        let sql = &self.sql;
+        let err = failed(what);
+        let changed = on_pool!(&self.pool, pool => {
+            let mut tx = pool.begin().await.map_err(&err)?;
+            put_rows!(tx, sql, key, body, condition, generation, now, what)?;
+            let mut changed = Ok(());
+            for (at, (change, made_as)) in changes.into_iter().zip(generations).enumerate() {
+                let what = format!("{}: {}", what, change.key());
+                let mut one = sqlx::Acquire::begin(&mut tx).await.map_err(&err)?;
+                let made = match (change, made_as) {
+                    (Change::Write { key, body, args, .. }, Some(g)) => {
+                        let body = Payload::from(body);
+                        put_rows!(one, sql, &key, &body, &args.condition, g, now, &what)
+                    }
+                    (Change::Delete { key, args }, _) => {
+                        delete_rows!(one, sql, &key, &args.condition, &what)
+                    }
+                    (Change::Snapshot { from, from_version, to, .. }, Some(g)) => {
+                        match generation_of(&from_version) {
+                            Some(from_generation) => {
+                                snapshot_rows!(one, sql, &from, from_generation, &to, g, now, &what)
+                            }
+                            None => Err(StoreError::PreconditionFailed.into()),
+                        }
+                    }
+                    (_, None) => unreachable!("a write or copy has its generation"),
+                };
+                match made {
+                    Ok(()) => one.commit().await.map_err(&err)?,
+                    Err(Failed::Store(error)) => {
+                        one.rollback().await.map_err(&err)?;
+                        changed = Err(Stopped { at, error });
+                        break;
+                    }
+                    // Rolled back whole: the write and its changes run again.
+                    Err(retry) => return Err(retry),
+                }
+            }
+            tx.commit().await.map_err(&err)?;
+            changed
+        });
+        Ok((version, changed))
     }
 }
 

@@ -34,7 +34,8 @@ use super::sql::{MAX_KEY_BYTES, SCHEMA_VERSION, Sql, migrations};
 use crate::settings::ConfigError;
 use crate::stores::payload::SPOOL_THRESHOLD;
 use crate::stores::{
-    Capabilities, Entry, OpDelete, OpList, OpRead, OpWrite, Payload, Store, StoreError, Version,
+    Capabilities, Entry, OpDelete, OpList, OpRead, OpWrite, Payload, Stopped, Store, StoreError,
+    ThenChange, Version,
 };
 
 /// How often a write that lost a race it could not foresee (a deadlock, a
@@ -350,6 +351,27 @@ impl Store for DbStore {
         self.bounded(
             &what,
             self.with_retries(&what, || self.put_once(key, &body, condition, &what)),
+        )
+        .await
+    }
+
+    /// The write and its changes are one transaction (see
+    /// `write_then_change_once`): a server killed between them leaves
+    /// neither.
+    async fn write_then_change(
+        &self,
+        key: &str,
+        body: Payload,
+        args: OpWrite,
+        then: ThenChange,
+    ) -> Result<(Version, Result<(), Stopped>), StoreError> {
+        let what = format!("writing {key}");
+        let condition = &args.condition;
+        self.bounded(
+            &what,
+            self.with_retries(&what, || {
+                self.write_then_change_once(key, &body, condition, &then, &what)
+            }),
         )
         .await
     }
