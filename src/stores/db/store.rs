@@ -357,7 +357,8 @@ impl Store for DbStore {
 
     /// The write and its changes are one transaction (see
     /// `write_then_change_once`): a server killed between them leaves
-    /// neither.
+    /// neither. Both fit in one `timeout`, the copy history keeps being
+    /// made inside the database.
     async fn write_then_change(
         &self,
         key: &str,
