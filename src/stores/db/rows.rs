@@ -418,7 +418,9 @@ impl DbStore {
                         changed = Err(Stopped { at, error });
                         break;
                     }
-                    // Rolled back whole: the write and its changes run again.
+                    // A lost race (a deadlock, a row created meanwhile):
+                    // the transaction, dropped, rolls back whole, and the
+                    // write and its changes run again.
                     Err(retry) => return Err(retry),
                 }
             }
