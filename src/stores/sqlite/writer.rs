@@ -210,9 +210,10 @@ const COPY_AFTER: u64 = 1024 * 1024;
 
 /// How long the writer lets the log grow before it copies the log into the
 /// file itself: twice [`super::WAL_BYTES`], the length at which SQLite
-/// would copy it. By then the checkpoint thread has copied nearly all of
-/// it, and the writer's copy, which waits for nothing, ends the log: the
-/// next write starts it over from the beginning.
+/// would copy it. By then the checkpoint thread has copied most of it; a
+/// copy that leaves nothing behind (none running beside it, no reader on
+/// an older snapshot) lets the next write start the log over from its
+/// beginning.
 const WRITER_COPIES_AT: i64 = 2 * super::WAL_BYTES;
 
 /// The checkpoint thread: each time it is asked, copies the log into the
