@@ -385,12 +385,9 @@ fn full_device_keeps_locks_and_deletes(kind: &'static str) {
     let peer = OnDevice::new(kind, 24, &[]);
     let server = Server::start(&peer);
     let mut stored = Vec::new();
-    // Half a MiB in all: on SQLite it stays in the log, which is copied
-    // into the file after a MiB, so the lock below needs new room there
-    // (a log copied whole starts over in the room it has).
     for n in 0..4 {
         let key = format!("k/s{n}");
-        let body = sized_state(&format!("k-{n}"), 1, 128 * 1024);
+        let body = sized_state(&format!("k-{n}"), 1, 256 * 1024);
         assert_eq!(http("POST", &server.state_url(&key), &body).0, 200);
         stored.push((key, body));
     }

@@ -169,10 +169,8 @@ struct Pool {
 pub(super) const PAGE_SIZE: i64 = 16 * 1024;
 
 /// How long the log grows before SQLite copies it into the file: its
-/// default of 1,000 pages, at 4 KiB pages. The writer's connection lets it
-/// grow to twice that, as a thread beside it copies the log every MiB
-/// written (see the writer's `copy_log`).
-pub(super) const WAL_BYTES: i64 = 4000 * 1024;
+/// default of 1,000 pages, at 4 KiB pages.
+const WAL_BYTES: i64 = 4000 * 1024;
 
 /// Reads of one process on the database at once.
 const READERS: usize = 16;

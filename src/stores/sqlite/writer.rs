@@ -2,7 +2,6 @@
 //! together in one transaction and one commit (group commit). A write
 //! that may change rows before it fails runs in a savepoint of its own;
 //! one that checks before it changes anything needs none (see [`Undo`]).
-//! A second thread copies the log into the file beside it ([`copy_log`]).
 
 use rusqlite::Connection;
 
@@ -145,104 +144,38 @@ where
 
 /// The writer thread: takes every write queued, up to [`MAX_BATCH`] writes
 /// and [`MAX_BATCH_BYTES`], runs them in one transaction, and starts over,
-/// until the store is dropped (its queue closed). Beside it, the
-/// checkpoint thread copies the log into the file ([`copy_log`]); both
-/// end together.
+/// until the store is dropped (its queue closed).
 pub(super) fn write_batches(pool: &Pool, jobs: &std::sync::mpsc::Receiver<Box<dyn WriteJob>>) {
-    std::thread::scope(|scope| {
-        // One request waiting is enough: the copy takes all there is.
-        let (copy, asked) = std::sync::mpsc::sync_channel(1);
-        let copier = std::thread::Builder::new()
-            .name("sqlite-checkpoint".into())
-            .spawn_scoped(scope, move || copy_log(pool, &asked));
-        if let Err(e) = copier {
-            // The writer's own checkpoints still copy the log.
-            tracing::warn!(error = %e, "the SQLite checkpoint thread did not start");
-        }
-        let mut logged = 0;
-        let mut next: Option<Box<dyn WriteJob>> = None;
-        loop {
-            let first = match next.take() {
-                Some(job) => job,
-                None => match jobs.recv() {
-                    Ok(job) => job,
-                    Err(_) => return,
-                },
-            };
-            let mut bytes = first.bytes();
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH && bytes <= MAX_BATCH_BYTES {
-                match jobs.try_recv() {
-                    Ok(job) if bytes + job.bytes() > MAX_BATCH_BYTES => {
-                        next = Some(job);
-                        break;
-                    }
-                    Ok(job) => {
-                        bytes += job.bytes();
-                        batch.push(job);
-                    }
-                    Err(_) => break,
+    let mut next: Option<Box<dyn WriteJob>> = None;
+    loop {
+        let first = match next.take() {
+            Some(job) => job,
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        let mut bytes = first.bytes();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes <= MAX_BATCH_BYTES {
+            match jobs.try_recv() {
+                Ok(job) if bytes + job.bytes() > MAX_BATCH_BYTES => {
+                    next = Some(job);
+                    break;
                 }
-            }
-            // What the batch adds to the log: its bodies, and a page or
-            // so per write for its rows.
-            logged += bytes + (batch.len() as u64) * super::PAGE_SIZE as u64;
-            let mut conn = pool.writer.lock().expect("pool lock").take();
-            // Back to the pool, which closes its connections when the store
-            // is dropped (see `Handle`'s `Drop`). A connection that failed
-            // may be in a bad state and is dropped: the next batch opens
-            // another.
-            if pool.write_batch(&mut conn, batch).is_ok() {
-                *pool.writer.lock().expect("pool lock") = conn;
-            }
-            if logged >= COPY_AFTER {
-                logged = 0;
-                // Full: a copy is asked for already.
-                let _ = copy.try_send(());
+                Ok(job) => {
+                    bytes += job.bytes();
+                    batch.push(job);
+                }
+                Err(_) => break,
             }
         }
-    });
-}
-
-/// The bytes written to the log after which the checkpoint thread copies
-/// it into the file.
-const COPY_AFTER: u64 = 1024 * 1024;
-
-/// How long the writer lets the log grow before it copies the log into the
-/// file itself: twice [`super::WAL_BYTES`], the length at which SQLite
-/// would copy it. By then the checkpoint thread has copied most of it; a
-/// copy that leaves nothing behind (none running beside it, no reader on
-/// an older snapshot) lets the next write start the log over from its
-/// beginning.
-const WRITER_COPIES_AT: i64 = 2 * super::WAL_BYTES;
-
-/// The checkpoint thread: each time it is asked, copies the log into the
-/// file (a passive checkpoint, on a connection of its own) while the
-/// writer goes on writing. Copying reads every page of the log and writes
-/// it into the file, then syncs the file: done by the writer at the end of
-/// a commit (SQLite's automatic checkpoint), it held up every write queued
-/// behind it, and the writes of 32 clients making new states ran about a
-/// tenth slower (bench/README). A copy that fails (the device is full) is
-/// tried again at the next request, on a new connection.
-fn copy_log(pool: &Pool, asked: &std::sync::mpsc::Receiver<()>) {
-    let mut conn: Option<Connection> = None;
-    while asked.recv().is_ok() {
-        // A file removed or replaced is not this store's any more.
-        if pool.check_identity().is_err() {
-            continue;
-        }
-        if conn.is_none() {
-            conn = pool
-                .connect()
-                .inspect_err(
-                    |e| tracing::debug!(error = %e, "opening the database to copy its log"),
-                )
-                .ok();
-        }
-        let Some(db) = &conn else { continue };
-        if let Err(e) = db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::debug!(error = %e, "copying the SQLite log into its file");
-            conn = None;
+        let mut conn = pool.writer.lock().expect("pool lock").take();
+        // Back to the pool, which closes its connections when the store is
+        // dropped (see `Handle`'s `Drop`). A connection that failed may be
+        // in a bad state and is dropped: the next batch opens another.
+        if pool.write_batch(&mut conn, batch).is_ok() {
+            *pool.writer.lock().expect("pool lock") = conn;
         }
     }
 }
@@ -262,8 +195,6 @@ impl Pool {
         if conn.is_none() {
             match self.connect().and_then(|c| {
                 c.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
-                let page: i64 = c.pragma_query_value(None, "page_size", |r| r.get(0))?;
-                c.pragma_update(None, "wal_autocheckpoint", WRITER_COPIES_AT / page.max(512))?;
                 Ok(c)
             }) {
                 Ok(c) => *conn = Some(c),

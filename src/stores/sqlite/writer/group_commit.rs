@@ -479,37 +479,3 @@ async fn deleting_states_gives_their_pages_back() {
     let free = pages("freelist_count") * pages("page_size");
     assert!(free <= FREE_BYTES_KEPT, "{free} bytes left free");
 }
-
-/// The log is copied into the file beside the writer once a MiB is
-/// written, long before it reaches the length at which the writer would
-/// copy it: the file grows by the bodies while the log holds them still.
-#[tokio::test]
-async fn the_log_is_copied_into_the_file_beside_the_writer() {
-    let (dir, store) = new_store();
-    let path = dir.path().join("g.db");
-    let before = std::fs::metadata(&path).unwrap().len();
-    // 1.5 MiB in 24 bodies: past the checkpoint thread's MiB, far under
-    // the writer's own copy.
-    let written = 24 * 64 * 1024;
-    assert!(written > COPY_AFTER && (written as i64) < WRITER_COPIES_AT / 2);
-    for n in 0..24u8 {
-        let body = Bytes::from(vec![n; 64 * 1024]);
-        store
-            .put(&format!("s{n}"), body, Condition::IfAbsent)
-            .await
-            .unwrap();
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let now = std::fs::metadata(&path).unwrap().len();
-        // Half a MiB: what the copy found when it was asked.
-        if now >= before + COPY_AFTER / 2 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the file is {now} bytes ({before} before the writes): the log was not copied into it"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
