@@ -8,7 +8,8 @@
 //! A version is a generation number drawn from a counter in the same
 //! transaction, never reused, so a deleted and recreated object never
 //! matches an old version. SQLite calls block, so they run on tokio's
-//! blocking threads with a small pool of connections.
+//! blocking threads with a small pool of connections; a read of a few rows
+//! that can be made at once is made where it is asked ([`quick`]).
 //!
 //! Writers of this process queue for the database in arrival order (a fair
 //! async mutex) before they open a write transaction, so a long write (a
@@ -176,7 +177,7 @@ const WAL_BYTES: i64 = 4000 * 1024;
 const READERS: usize = 16;
 
 /// How long a writer waits for another process holding the database.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(300);
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl SqliteStore {
     /// Opens (creating if needed) the configured database file.
@@ -413,6 +414,9 @@ impl Pool {
 impl SqliteStore {
     /// An object's body whole, from its row.
     async fn read_whole(&self, key: &str) -> Result<Option<(Payload, Version)>, StoreError> {
+        if let Some(done) = self.read_quick(key) {
+            return done;
+        }
         let key = key.to_string();
         let read_only = self.0.read_only;
         self.run(format!("reading {key}"), move |conn| {
@@ -690,6 +694,9 @@ impl Store for SqliteStore {
     }
 
     async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {
+        if let Some(done) = self.stat_quick(key) {
+            return done;
+        }
         let key = key.to_string();
         self.run(format!("reading {key}"), move |conn| {
             let tx = conn.transaction().map_err(db_err("reading"))?;
@@ -713,6 +720,7 @@ impl Store for SqliteStore {
 }
 
 mod open;
+mod quick;
 mod rows;
 mod schema;
 mod writer;
