@@ -46,7 +46,8 @@ macro_rules! contract_suite {
                 large_body_round_trips, spooled_bodies_stream_in_and_out,
                 empty_body_round_trips, long_keys_round_trip,
                 a_key_and_the_keys_below_it_are_all_stored, missing_backend_is_unavailable,
-                write_then_change_makes_the_write_then_its_changes
+                write_then_change_makes_the_write_then_its_changes,
+                writes_with_changes_at_once_keep_every_object_apart
             );
         }
     };

@@ -12,7 +12,10 @@ use stategate::stores::{
 };
 
 use crate::fixture::*;
-pub use crate::write_then::write_then_change_makes_the_write_then_its_changes;
+pub use crate::write_then::{
+    write_then_change_makes_the_write_then_its_changes,
+    writes_with_changes_at_once_keep_every_object_apart,
+};
 
 /// The copy [`Store::snapshot`] makes.
 fn copy<'a>(

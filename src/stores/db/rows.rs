@@ -373,16 +373,26 @@ impl DbStore {
         then: &ThenChange,
         what: &str,
     ) -> Result<(Version, Result<(), Stopped>), Failed> {
-        let generation = self.next_generation(what).await?;
+        // The write's generation and those its changes are likely to take,
+        // in one draw; more are drawn when they take more (unused ones are
+        // never used: numbers need not follow one another).
+        let mut drawn = self.next_generations(what, DRAWN_WITH_A_WRITE).await?;
+        let generation = drawn.remove(0);
         let version = Version(generation.to_string());
         let changes = then(&version);
-        let mut generations = Vec::with_capacity(changes.len());
-        for change in &changes {
-            generations.push(match change {
-                Change::Delete { .. } => None,
-                _ => Some(self.next_generation(what).await?),
-            });
+        // A generation for every change that makes a row (a delete makes
+        // none).
+        let makes = |c: &Change| !matches!(c, Change::Delete { .. });
+        let wanted = changes.iter().filter(|c| makes(c)).count();
+        if wanted > drawn.len() {
+            let more = self.next_generations(what, wanted - drawn.len()).await?;
+            drawn.extend(more);
         }
+        let mut drawn = drawn.into_iter();
+        let generations: Vec<Option<i64>> = changes
+            .iter()
+            .map(|c| if makes(c) { drawn.next() } else { None })
+            .collect();
         let now = now_ns();
         let sql = &self.sql;
         let err = failed(what);
@@ -430,6 +440,11 @@ impl DbStore {
         Ok((version, changed))
     }
 }
+
+/// Generations drawn at once for a write and its changes: a state's write
+/// with its history record takes four (the state, the history copy, the
+/// record and the pointer).
+const DRAWN_WITH_A_WRITE: usize = 4;
 
 /// The statement that claims a new object's row, bound in the order of its
 /// placeholders; a key that has a row already is a unique violation.

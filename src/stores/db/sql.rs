@@ -33,9 +33,11 @@ impl Sql {
         };
         let next_generation = match engine {
             Engine::Mysql => {
-                format!("UPDATE {p}generation SET last = LAST_INSERT_ID(last + 1) WHERE id = 1")
+                format!("UPDATE {p}generation SET last = LAST_INSERT_ID(last + ?) WHERE id = 1")
             }
-            Engine::Postgres => format!("SELECT nextval('{p}generation')"),
+            Engine::Postgres => {
+                format!("SELECT nextval('{p}generation') FROM generate_series(1, ?::bigint)")
+            }
         };
         let sql = Sql {
             get: format!(

@@ -122,7 +122,11 @@ mod tests {
 
     async fn put(store: &SqliteStore, key: &str, body: Vec<u8>) -> Version {
         store
-            .write(key, Payload::Memory(body.into()), OpWrite::new(Condition::Always))
+            .write(
+                key,
+                Payload::Memory(body.into()),
+                OpWrite::new(Condition::Always),
+            )
             .await
             .unwrap()
     }
