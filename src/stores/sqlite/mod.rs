@@ -35,11 +35,11 @@
 //! process that held it.
 //!
 //! The database file is identified (device and inode) when it is opened and
-//! checked before and after every operation: if it is removed or replaced
-//! under the running server, connections already open would go on writing
-//! to a file nobody will read again, and a new process on the path would
-//! start a fresh database with no locks in it. Every operation then fails
-//! with 503 instead of answering 200.
+//! checked before every operation, and after every one that may write: if
+//! it is removed or replaced under the running server, connections already
+//! open would go on writing to a file nobody will read again, and a new
+//! process on the path would start a fresh database with no locks in it.
+//! Every operation then fails with 503 instead of answering 200.
 
 use crate::stores::OpSnapshot;
 use std::os::unix::fs::MetadataExt;

@@ -88,6 +88,9 @@ impl SqliteStore {
             return None;
         }
         let conn = pool.idle.lock().expect("pool lock").pop()?;
+        // Checked before the read only: the check after an operation tells
+        // a write that it landed in a file removed meanwhile, and a read
+        // changes nothing.
         if let Err(e) = pool.check_identity() {
             return Some(Err(e));
         }
