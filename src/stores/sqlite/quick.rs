@@ -17,6 +17,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::{body_missing, current_version, db_err};
+use super::schema::Shape;
 use super::{BUSY_TIMEOUT, SqliteStore};
 use crate::stores::{Payload, StoreError, Version};
 
@@ -42,15 +43,11 @@ impl SqliteStore {
         key: &str,
     ) -> Option<Result<Option<(Payload, Version)>, StoreError>> {
         self.run_quick(|conn| {
-            // One statement, so one look at the file as it is. A body too
-            // long to read here is not read: SQLite has its length from
-            // the row's header.
+            // One statement, so one look at the file as it is; a body too
+            // long to read here is not read. A store opened for writing
+            // rebuilt its file to the shared shape.
             let row = conn
-                .prepare_cached(
-                    "SELECT CASE WHEN length(b.body) <= ?2 THEN b.body END, length(b.body),
-                            o.generation
-                     FROM objects o LEFT JOIN bodies b ON b.id = o.body_id WHERE o.key = ?1",
-                )
+                .prepare_cached(Shape::Shared.short_query())
                 .and_then(|mut s| {
                     s.query_row(params![key, QUICK_BYTES], |r| {
                         Ok((

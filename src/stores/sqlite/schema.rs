@@ -106,6 +106,24 @@ impl Shape {
         }
     }
 
+    /// As [`Shape::whole_query`], with the body's length between them, and
+    /// the body itself only when it is at most `?2` bytes (null otherwise,
+    /// and not read: the length comes from the row's header, as in
+    /// [`Shape::locate_query`]).
+    pub(super) fn short_query(self) -> &'static str {
+        match self {
+            Shape::Shared => {
+                "SELECT CASE WHEN length(b.body) <= ?2 THEN b.body END, length(b.body),
+                        o.generation
+                 FROM objects o LEFT JOIN bodies b ON b.id = o.body_id WHERE o.key = ?1"
+            }
+            Shape::Inline { .. } => {
+                "SELECT CASE WHEN length(body) <= ?2 THEN body END, length(body), generation
+                 FROM objects WHERE key = ?1"
+            }
+        }
+    }
+
     /// Where an object's body is (its row in [`Shape::body_table`]), its
     /// length and the object's generation. The length is `length(body)`,
     /// which SQLite takes from the row's header without reading the body,
