@@ -71,6 +71,13 @@ pub fn ranges_outside_internal(prefix: &str) -> Vec<(String, Option<String>)> {
     ]
 }
 
+/// The longest body the local and SQLite stores read on the calling
+/// thread rather than on a blocking one: lock objects, history records and
+/// pointers are well under it, states mostly over. Handing a read of a few
+/// microseconds to a blocking thread and back costs two wake-ups and two
+/// switches of thread, more than the read.
+pub(crate) const QUICK_BYTES: u64 = 16 * 1024;
+
 /// Runs blocking file or database work on tokio's blocking threads.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,

@@ -51,6 +51,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::QUICK_BYTES;
 use super::keylock::KeyLock;
 use super::payload::SPOOL_THRESHOLD;
 use super::{
@@ -58,7 +59,7 @@ use super::{
     Store, StoreError, ThenChange, Version, open_with, path_setting, store_path,
 };
 use crate::settings::{ConfigError, StoreSettings};
-use tree::Tree;
+use tree::{Tree, read_whole};
 
 mod files;
 mod layout;
@@ -175,19 +176,27 @@ impl Store for LocalStore {
     }
 
     /// A streamed body over [`SPOOL_THRESHOLD`] is handed out as the open
-    /// file itself.
+    /// file itself. A whole (not streamed) body is opened here, on the
+    /// calling thread: a lookup of names the kernel holds; when it is at
+    /// most [`QUICK_BYTES`] (a lock, a history record or pointer), it is
+    /// read here too, and a longer one is read on a blocking thread.
     async fn read(
         &self,
         key: &str,
         args: OpRead,
     ) -> Result<Option<(Payload, Version)>, StoreError> {
-        let key = key.to_string();
         if !args.streamed {
-            return blocking(self, move |s| {
-                s.read_blocking(&key, usize::MAX, false, false)
-            })
-            .await;
+            let Some((file, size, version)) = self.0.open_file(key)? else {
+                return Ok(None);
+            };
+            let key = key.to_string();
+            let body = match size <= QUICK_BYTES {
+                true => read_whole(&key, file, size)?,
+                false => blocking(self, move |_| read_whole(&key, file, size)).await?,
+            };
+            return Ok(Some((Payload::Memory(body), version)));
         }
+        let key = key.to_string();
         let shared = args.shared;
         blocking(self, move |s| {
             s.read_blocking(&key, SPOOL_THRESHOLD, true, shared)
@@ -223,17 +232,24 @@ impl Store for LocalStore {
         self.0.leases.lease(key, wait).await
     }
 
+    /// The directory the listing starts at is opened here, on the calling
+    /// thread (a new state's history has none, and costs no hand-over);
+    /// the walk below it runs on a blocking thread.
     async fn list(&self, prefix: &str, args: OpList) -> Result<Vec<Entry>, StoreError> {
+        let Some(start) = self.0.listing_start(prefix)? else {
+            return Ok(Vec::new());
+        };
         let prefix = prefix.to_string();
         blocking(self, move |s| {
-            s.list_blocking(&prefix, args.outside_internal)
+            s.list_blocking(&prefix, start, args.outside_internal)
         })
         .await
     }
 
+    /// Made here, on the calling thread: two lookups of names the kernel
+    /// holds, cheaper than handing them to a blocking thread and back.
     async fn stat(&self, key: &str) -> Result<Option<Version>, StoreError> {
-        let key = key.to_string();
-        blocking(self, move |s| s.stat_blocking(&key)).await
+        self.0.stat_file(key)
     }
 
     /// All on one blocking thread, in order: a history record (its copy,

@@ -204,3 +204,76 @@ async fn a_write_the_same_as_another_is_a_second_name_of_its_file() {
         );
     }
 }
+
+/// A stat, a lease, a listing of nothing and the read of a short body are
+/// made on the calling thread: they answer while the only blocking thread
+/// is taken. A longer body waits for that thread.
+#[test]
+fn short_reads_stats_leases_and_empty_listings_take_no_blocking_thread() {
+    use crate::stores::{OpRead, Payload, QUICK_BYTES};
+    use std::time::Duration;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(1)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (_dir, store) = fresh(false);
+        let short = Bytes::from(vec![b's'; QUICK_BYTES as usize]);
+        let long = Bytes::from(vec![b'l'; QUICK_BYTES as usize + 1]);
+        let v_short = store
+            .put("a/short", short.clone(), Condition::Always)
+            .await
+            .unwrap();
+        store
+            .put("a/long", long.clone(), Condition::Always)
+            .await
+            .unwrap();
+        let whole = |key: &'static str| {
+            let store = store.clone();
+            async move {
+                let (body, version) = store.read(key, OpRead::default()).await.unwrap()?;
+                Some((body.to_bytes().await.unwrap(), version))
+            }
+        };
+
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let taken = tokio::task::spawn_blocking(move || held.recv());
+        let soon = Duration::from_secs(10);
+        let read = tokio::time::timeout(soon, whole("a/short")).await;
+        assert_eq!(
+            read.expect("a short body is read here"),
+            Some((short, v_short.clone()))
+        );
+        let missing = tokio::time::timeout(soon, whole("a/none")).await;
+        assert_eq!(missing.expect("a missing key is answered here"), None);
+        let stat = tokio::time::timeout(soon, store.stat("a/short")).await;
+        assert_eq!(stat.expect("a stat is made here").unwrap(), Some(v_short));
+        let lease = tokio::time::timeout(soon, store.native_lease("a/short", soon)).await;
+        drop(lease.expect("a lease is taken here").unwrap());
+        let listed = tokio::time::timeout(soon, store.list("b/", OpList::default())).await;
+        assert!(
+            listed
+                .expect("nothing to list is answered here")
+                .unwrap()
+                .is_empty()
+        );
+
+        let reading = tokio::spawn(whole("a/long"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !reading.is_finished(),
+            "a long body is read on a blocking thread"
+        );
+        release.send(()).unwrap();
+        taken.await.unwrap().unwrap();
+        let read = tokio::time::timeout(soon, reading)
+            .await
+            .expect("read once the thread is free");
+        assert_eq!(read.unwrap().map(|(body, _)| body), Some(long));
+        assert!(matches!(
+            store.read("a/long", OpRead::default()).await.unwrap(),
+            Some((Payload::Memory(_), _))
+        ));
+    });
+}

@@ -465,26 +465,10 @@ impl Tree {
         cached: bool,
         shared: bool,
     ) -> Result<Option<(Payload, Version)>, StoreError> {
-        let (dir, name) = self.locate(key)?;
-        let path = match dir {
-            "" => name,
-            dir => format!("{dir}/{name}"),
-        };
-        let fd = match open_beneath(&self.root_fd, &path, OFlags::RDONLY) {
-            Ok(fd) => fd,
-            Err(Errno::NOENT | Errno::NOTDIR) => return Ok(None),
-            Err(e) => return Err(translate(key, "reading", e)),
-        };
-        // The version comes from the same open file as the bytes, so they agree
-        // even if the name is replaced while we read.
-        let stat = rustix::fs::fstat(&fd).map_err(|e| translate(key, "reading", e))?;
-        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        let Some((file, size, version)) = self.open_file(key)? else {
             return Ok(None);
-        }
-        let size = stat.st_size.max(0) as u64;
-        let version = version_of(&stat);
+        };
         if size > in_memory as u64 {
-            let file = File::from(fd);
             if shared
                 && let Some(body) = self.bodies.shared(key, &version, size, |buf| {
                     (&file)
@@ -501,15 +485,37 @@ impl Tree {
         if cached && let Some(body) = self.bodies.get(key, &version) {
             return Ok(Some((Payload::Memory(body), version)));
         }
-        let mut body = Vec::with_capacity(size as usize);
-        File::from(fd)
-            .read_to_end(&mut body)
-            .map_err(|e| StoreError::unavailable(format!("reading {key}: {e}")))?;
-        let body = Bytes::from(body);
+        let body = read_whole(key, file, size)?;
         if cached {
             self.bodies.put(key, &version, &body);
         }
         Ok(Some((Payload::Memory(body), version)))
+    }
+
+    /// Opens the file holding `key`, with its length and version; `None`
+    /// when there is none. The version comes from the open file, so it
+    /// agrees with the bytes read from it even if the name is replaced
+    /// meanwhile.
+    pub(super) fn open_file(&self, key: &str) -> Result<Option<(File, u64, Version)>, StoreError> {
+        let (dir, name) = self.locate(key)?;
+        let path = match dir {
+            "" => name,
+            dir => format!("{dir}/{name}"),
+        };
+        let fd = match open_beneath(&self.root_fd, &path, OFlags::RDONLY) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT | Errno::NOTDIR) => return Ok(None),
+            Err(e) => return Err(translate(key, "reading", e)),
+        };
+        let stat = rustix::fs::fstat(&fd).map_err(|e| translate(key, "reading", e))?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Ok(None);
+        }
+        Ok(Some((
+            File::from(fd),
+            stat.st_size.max(0) as u64,
+            version_of(&stat),
+        )))
     }
 
     /// Walks the tree below `prefix`. Directories are opened one at a time,
@@ -517,19 +523,15 @@ impl Tree {
     /// the next: a listing holds two descriptors however many states and
     /// history directories there are, so it never makes another request
     /// run out of them. With `skip_internal`, `.stategate/` is not entered.
+    /// `start` is where the walk begins, as [`Tree::listing_start`] opened
+    /// it.
     pub(super) fn list_blocking(
         &self,
         prefix: &str,
+        start: OwnedFd,
         skip_internal: bool,
     ) -> Result<Vec<Entry>, StoreError> {
-        // Start at the deepest directory the prefix names whole.
         let start_rel = prefix.rfind('/').map_or("", |i| &prefix[..i]);
-        if !start_rel.is_empty() {
-            self.locate(start_rel)?;
-        }
-        let Some(start) = self.parent(prefix, start_rel, false)? else {
-            return Ok(Vec::new());
-        };
         let base = if start_rel.is_empty() {
             String::new()
         } else {
@@ -618,13 +620,31 @@ impl Tree {
         Ok(out)
     }
 
-    pub(super) fn stat_blocking(&self, key: &str) -> Result<Option<Version>, StoreError> {
+    /// The deepest directory `prefix` names whole, where a listing of it
+    /// starts; `None` when there is none (nothing to list).
+    pub(super) fn listing_start(&self, prefix: &str) -> Result<Option<OwnedFd>, StoreError> {
+        let start_rel = prefix.rfind('/').map_or("", |i| &prefix[..i]);
+        if !start_rel.is_empty() {
+            self.locate(start_rel)?;
+        }
+        self.parent(prefix, start_rel, false)
+    }
+
+    pub(super) fn stat_file(&self, key: &str) -> Result<Option<Version>, StoreError> {
         let (dir, name) = self.locate(key)?;
         match self.parent(key, dir, false)? {
             Some(parent) => file_version(key, &parent, &name),
             None => Ok(None),
         }
     }
+}
+
+/// The `size` bytes of `file`, opened for `key`.
+pub(super) fn read_whole(key: &str, mut file: File, size: u64) -> Result<Bytes, StoreError> {
+    let mut body = Vec::with_capacity(size as usize);
+    file.read_to_end(&mut body)
+        .map_err(|e| StoreError::unavailable(format!("reading {key}: {e}")))?;
+    Ok(Bytes::from(body))
 }
 
 /// The version of the file `name` in `dir` when it holds exactly `body`.

@@ -19,11 +19,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::rows::{body_missing, current_version, db_err};
 use super::schema::Shape;
 use super::{BUSY_TIMEOUT, SqliteStore};
-use crate::stores::{Payload, StoreError, Version};
-
-/// The longest body read on the calling thread: lock objects and history
-/// records are well under it.
-const QUICK_BYTES: i64 = 16 * 1024;
+use crate::stores::{Payload, QUICK_BYTES, StoreError, Version};
 
 impl SqliteStore {
     /// The version of `key`, read here when it can be (`None`: hand it to
@@ -49,7 +45,7 @@ impl SqliteStore {
             let row = conn
                 .prepare_cached(Shape::Shared.short_query())
                 .and_then(|mut s| {
-                    s.query_row(params![key, QUICK_BYTES], |r| {
+                    s.query_row(params![key, QUICK_BYTES as i64], |r| {
                         Ok((
                             r.get::<_, Option<Vec<u8>>>(0)?,
                             r.get::<_, Option<i64>>(1)?,
