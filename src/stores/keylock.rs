@@ -95,9 +95,9 @@ impl KeyLocks {
     /// history), polling without holding a thread while it is held, for at
     /// most `wait`; then a 503 naming the key. Each try is made on the
     /// calling thread: it opens the lock file (made when the store opened)
-    /// and asks for the lock without waiting, two system calls that never wait for the
-    /// disk, where handing them to a blocking thread and back cost two
-    /// thread switches.
+    /// and asks for the lock without waiting, two system calls that never
+    /// wait for the disk, where handing them to a blocking thread and back
+    /// cost two switches of thread.
     pub async fn lease(&self, key: &str, wait: Duration) -> Result<KeyLock, StoreError> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);

@@ -189,10 +189,12 @@ impl Store for LocalStore {
             let Some((file, size, version)) = self.0.open_file(key)? else {
                 return Ok(None);
             };
-            let key = key.to_string();
             let body = match size <= QUICK_BYTES {
-                true => read_whole(&key, file, size)?,
-                false => blocking(self, move |_| read_whole(&key, file, size)).await?,
+                true => read_whole(key, file, size)?,
+                false => {
+                    let key = key.to_string();
+                    blocking(self, move |_| read_whole(&key, file, size)).await?
+                }
             };
             return Ok(Some((Payload::Memory(body), version)));
         }
