@@ -55,7 +55,7 @@ pub(super) struct Tree {
     /// Held around each check and change of one key.
     pub(super) keys: KeyLocks,
     /// The write leases of states.
-    pub(super) leases: Arc<KeyLocks>,
+    pub(super) leases: KeyLocks,
     /// Small bodies last read, by key and version.
     pub(super) bodies: BodyCache,
 }
@@ -92,7 +92,7 @@ impl Tree {
         Ok(Tree {
             root: root.canonicalize()?,
             keys: KeyLocks::open(rustix::io::dup(&internal)?, KEY_LOCKS)?,
-            leases: Arc::new(KeyLocks::open(rustix::io::dup(&internal)?, LEASE_LOCKS)?),
+            leases: KeyLocks::open(rustix::io::dup(&internal)?, LEASE_LOCKS)?,
             internal,
             root_fd,
             tmp_fd,
@@ -122,7 +122,7 @@ impl Tree {
             tmp_fd: unused()?,
             unnamed: false,
             keys: KeyLocks::unopened(unused()?, KEY_LOCKS),
-            leases: Arc::new(KeyLocks::unopened(unused()?, LEASE_LOCKS)),
+            leases: KeyLocks::unopened(unused()?, LEASE_LOCKS),
             root_fd,
             bodies: BodyCache::default(),
         }))

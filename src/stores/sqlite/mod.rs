@@ -148,7 +148,7 @@ struct Pool {
     /// Transactions the writer thread has committed (one per batch).
     commits: std::sync::atomic::AtomicU64,
     /// The write leases of states, on the file beside the database.
-    leases: Arc<KeyLocks>,
+    leases: KeyLocks,
     /// Opened for reading only ([`SqliteStore::open_read_only`]): its
     /// connections are read-only and it has no writer.
     read_only: bool,
@@ -344,7 +344,7 @@ impl Pool {
     /// The pool of the file at `path` (whose metadata is `meta`).
     fn new(path: &Path, meta: &std::fs::Metadata, leases: KeyLocks, read_only: bool) -> Pool {
         Pool {
-            leases: Arc::new(leases),
+            leases,
             read_only,
             bodies: BodyCache::default(),
             readers: Arc::new(tokio::sync::Semaphore::new(READERS)),
