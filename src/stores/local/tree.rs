@@ -531,7 +531,7 @@ impl Tree {
         start: OwnedFd,
         skip_internal: bool,
     ) -> Result<Vec<Entry>, StoreError> {
-        let start_rel = prefix.rfind('/').map_or("", |i| &prefix[..i]);
+        let start_rel = listing_dir(prefix);
         let base = if start_rel.is_empty() {
             String::new()
         } else {
@@ -620,10 +620,10 @@ impl Tree {
         Ok(out)
     }
 
-    /// The deepest directory `prefix` names whole, where a listing of it
-    /// starts; `None` when there is none (nothing to list).
+    /// The directory a listing of `prefix` starts at ([`listing_dir`]);
+    /// `None` when there is none (nothing to list).
     pub(super) fn listing_start(&self, prefix: &str) -> Result<Option<OwnedFd>, StoreError> {
-        let start_rel = prefix.rfind('/').map_or("", |i| &prefix[..i]);
+        let start_rel = listing_dir(prefix);
         if !start_rel.is_empty() {
             self.locate(start_rel)?;
         }
@@ -637,6 +637,12 @@ impl Tree {
             None => Ok(None),
         }
     }
+}
+
+/// The deepest directory `prefix` names whole (relative to the root, `""`
+/// for the root itself): where a listing of it starts.
+fn listing_dir(prefix: &str) -> &str {
+    prefix.rfind('/').map_or("", |i| &prefix[..i])
 }
 
 /// The `size` bytes of `file`, opened for `key`.
