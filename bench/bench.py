@@ -708,13 +708,7 @@ def python_get_load(url, connections, duration):
                 conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
         conn.close()
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(counts) / (time.perf_counter() - started), sum(errors)
+    return per_second(connections, worker, counts), sum(errors)
 
 
 def run_loadtest(binary, url, clients, state_bytes, duration, *options):
@@ -763,6 +757,25 @@ def creates(binary, url, clients, state_bytes, duration, tag):
     return float(m.group(3)), made, errors, cpu
 
 
+def write_all(fd, data):
+    """Writes all of `data` to the file descriptor `fd`."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def per_second(threads, worker, counts):
+    """Runs `worker(i)` on `threads` threads at once; the sum of `counts`
+    they leave, per second of the run."""
+    started = time.perf_counter()
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
 def file_loop(directory, threads, state_bytes, duration):
     """The floor of a crash-safe create: per file, write a temporary file,
     fsync it, rename it into place, fsync the directory. Files per second
@@ -781,9 +794,7 @@ def file_loop(directory, threads, state_bytes, duration):
                 tmp = f".tmp-{i}-{n}"
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444, dir_fd=dfd)
                 try:
-                    view = memoryview(body)
-                    while view:
-                        view = view[os.write(fd, view):]
+                    write_all(fd, body)
                     os.fsync(fd)
                 finally:
                     os.close(fd)
@@ -793,13 +804,7 @@ def file_loop(directory, threads, state_bytes, duration):
         finally:
             os.close(dfd)
 
-    started = time.perf_counter()
-    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    return sum(counts) / (time.perf_counter() - started)
+    return per_second(threads, worker, counts)
 
 
 def local_create_loop(directory, threads, state_bytes, duration):
@@ -833,9 +838,7 @@ def local_create_loop(directory, threads, state_bytes, duration):
             named = f"~{name}"
             fd = os.open(named, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444, dir_fd=dir_fd)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             os.fsync(fd)
             if named is None:
                 os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
@@ -870,13 +873,7 @@ def local_create_loop(directory, threads, state_bytes, duration):
             os.close(sfd)
             os.close(hfd)
 
-    started = time.perf_counter()
-    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    return sum(counts) / (time.perf_counter() - started)
+    return per_second(threads, worker, counts)
 
 
 def post_then_get(url, key, size):
