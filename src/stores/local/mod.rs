@@ -53,7 +53,6 @@ use async_trait::async_trait;
 
 use super::QUICK_BYTES;
 use super::keylock::KeyLock;
-use super::payload::SPOOL_THRESHOLD;
 use super::{
     Backend, Capabilities, Change, Entry, OpDelete, OpList, OpRead, OpWrite, Payload, Stopped,
     Store, StoreError, ThenChange, Version, open_with, path_setting, store_path,
@@ -175,11 +174,12 @@ impl Store for LocalStore {
         }
     }
 
-    /// A streamed body over [`SPOOL_THRESHOLD`] is handed out as the open
-    /// file itself. A whole (not streamed) body is opened here, on the
-    /// calling thread: a lookup of names the kernel holds; when it is at
-    /// most [`QUICK_BYTES`] (a lock, a history record or pointer), it is
-    /// read here too, and a longer one is read on a blocking thread.
+    /// A streamed body over [`SPOOL_THRESHOLD`](super::payload::SPOOL_THRESHOLD)
+    /// is handed out as the open file itself. A whole (not streamed) body
+    /// is opened here, on the calling thread: a lookup of names the kernel
+    /// holds; when it is at most [`QUICK_BYTES`] (a lock, a history record
+    /// or pointer), it is read here too, and a longer one is read on a
+    /// blocking thread.
     async fn read(
         &self,
         key: &str,
@@ -200,10 +200,7 @@ impl Store for LocalStore {
         }
         let key = key.to_string();
         let shared = args.shared;
-        blocking(self, move |s| {
-            s.read_blocking(&key, SPOOL_THRESHOLD, true, shared)
-        })
-        .await
+        blocking(self, move |s| s.read_blocking(&key, shared)).await
     }
 
     /// A transient write (a lease dies with its holder) skips the fsync of

@@ -24,7 +24,7 @@ use super::files::{
 use super::layout;
 use super::{INTERNAL_DIR, TMP_DIR, TMP_MARK};
 use crate::stores::keylock::{KeyLock, KeyLocks};
-use crate::stores::payload::{BodyCache, FileBody};
+use crate::stores::payload::{BodyCache, FileBody, SPOOL_THRESHOLD};
 use crate::stores::{
     Change, Condition, Entry, INTERNAL_PREFIX, Payload, Stopped, StoreError, Version,
 };
@@ -453,22 +453,21 @@ impl Tree {
         Ok(())
     }
 
-    /// Opens `key`; a body over `in_memory` bytes is handed out as the open
-    /// file itself (files are never changed in place, so it stays the
-    /// version read however long the reader takes). With `cached`, a small
-    /// body is taken from, or kept in, the body cache, and a medium one is
-    /// shared with the readers sending it now ([`BodyCache::shared`]).
+    /// Opens `key` for a streamed read; a body over [`SPOOL_THRESHOLD`]
+    /// bytes is handed out as the open file itself (files are never
+    /// changed in place, so it stays the version read however long the
+    /// reader takes), or, with `shared`, shared with the readers sending it
+    /// now ([`BodyCache::shared`]). A smaller body is taken from, or kept
+    /// in, the body cache.
     pub(super) fn read_blocking(
         &self,
         key: &str,
-        in_memory: usize,
-        cached: bool,
         shared: bool,
     ) -> Result<Option<(Payload, Version)>, StoreError> {
         let Some((file, size, version)) = self.open_file(key)? else {
             return Ok(None);
         };
-        if size > in_memory as u64 {
+        if size > SPOOL_THRESHOLD as u64 {
             if shared
                 && let Some(body) = self.bodies.shared(key, &version, size, |buf| {
                     (&file)
@@ -482,13 +481,11 @@ impl Tree {
             let body = FileBody::new(file, size);
             return Ok(Some((Payload::File(Arc::new(body)), version)));
         }
-        if cached && let Some(body) = self.bodies.get(key, &version) {
+        if let Some(body) = self.bodies.get(key, &version) {
             return Ok(Some((Payload::Memory(body), version)));
         }
         let body = read_whole(key, file, size)?;
-        if cached {
-            self.bodies.put(key, &version, &body);
-        }
+        self.bodies.put(key, &version, &body);
         Ok(Some((Payload::Memory(body), version)))
     }
 
