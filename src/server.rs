@@ -213,6 +213,8 @@ struct Activity {
     /// Requests being handled or answered (their response bodies not yet
     /// written out).
     in_flight: AtomicUsize,
+    /// Whether a request has reached our code on this connection.
+    served: std::sync::atomic::AtomicBool,
     /// Bytes the socket has taken.
     written: AtomicU64,
     /// Milliseconds since `start` (plus one, so 0 means none) since the
@@ -230,6 +232,7 @@ impl Activity {
             last_io_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(1),
             in_flight: AtomicUsize::new(0),
+            served: std::sync::atomic::AtomicBool::new(false),
             written: AtomicU64::new(0),
             blocked_since_ms: AtomicU64::new(0),
             blocked_in_window: std::sync::atomic::AtomicBool::new(false),
@@ -276,6 +279,7 @@ impl Activity {
 
     fn begin_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.served.store(true, Ordering::Relaxed);
         self.head_started_ms.store(0, Ordering::Relaxed);
         InFlight(Arc::clone(self))
     }
@@ -390,7 +394,11 @@ impl Body for Tracked {
 /// It also gives hyper's own 431 an `X-Request-Id`, as every other answer
 /// has: hyper writes that answer itself when a request head outgrows
 /// `max_header_bytes`, before any request reaches our code, so the header
-/// is added to the bytes on their way out.
+/// is added to the bytes on their way out. Only to the first bytes of a
+/// connection on which no request has reached our code: later bytes may
+/// be a body, whose content a client chose (a state holding that status
+/// line at the start of a piece), and must go out as they are. A 431 after
+/// other requests on a kept-alive connection goes without the header.
 struct Watched<S> {
     stream: S,
     activity: Arc<Activity>,
@@ -434,7 +442,10 @@ impl<S: AsyncWrite + Unpin> Watched<S> {
     /// When `data` is hyper's 431, takes it whole with an `X-Request-Id`
     /// added, to be written as owed; returns how much was taken.
     fn take_head_too_large(&mut self, data: &[u8]) -> Option<usize> {
-        if !data.starts_with(HEAD_TOO_LARGE) {
+        let first_bytes = self.activity.written.load(Ordering::Relaxed) == 0
+            && self.owed.is_empty()
+            && !self.activity.served.load(Ordering::Relaxed);
+        if !first_bytes || !data.starts_with(HEAD_TOO_LARGE) {
             return None;
         }
         let line_end = data.windows(2).position(|w| w == b"\r\n")? + 2;

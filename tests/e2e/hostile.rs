@@ -182,6 +182,74 @@ fn hostile_slow_heads_idle_keepalives_and_huge_heads_are_cut_off() {
 }
 
 #[test]
+fn hostile_bodies_that_begin_a_piece_with_a_refused_head_go_out_as_they_are() {
+    // hyper's own 431 is given a request id on its way out. A state sent
+    // in pieces, each beginning with that status line, must reach the
+    // reader byte for byte, and the next answer on the connection must
+    // begin where the body ends.
+    const PIECE: usize = 256 * 1024;
+    let peer = LocalPeer::new();
+    let server = Server::start(&peer);
+    let mut doc = String::from(
+        r#"{"version":4,"serial":1,"lineage":"c0000000-0000-4000-8000-0000000000bb","outputs":{},"resources":[]"#,
+    );
+    let mut i = 0;
+    while doc.len() < 20 << 20 {
+        i += 1;
+        doc.push_str(&format!(",\"m{i:04}\":\""));
+        doc.push_str(&"x".repeat((i * PIECE).saturating_sub(doc.len())));
+        doc.push_str("HTTP/1.1 431 x\"\r\n");
+    }
+    doc.push_str("}\n");
+    let (status, said) = http(
+        "POST",
+        &format!("{}/states/evil", server.url),
+        doc.as_bytes(),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&said));
+
+    let mut s = connect(&server);
+    s.write_all(
+        b"GET /states/evil HTTP/1.1\r\nHost: localhost\r\n\r\n\
+          GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(30));
+    assert!(closed, "the second answer never ended");
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+    assert_eq!(status_of(&got), Some(200), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap_or_else(|| panic!("no length: {head}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(length, doc.len());
+    let body = &got[head_end..(head_end + length).min(got.len())];
+    let changed = body.iter().zip(doc.as_bytes()).position(|(a, b)| a != b);
+    assert!(
+        changed.is_none() && body.len() == doc.len(),
+        "the body changed on its way out at byte {changed:?}: {:?}",
+        changed
+            .map(|at| String::from_utf8_lossy(&body[at..(at + 60).min(body.len())]).into_owned())
+    );
+    let next = &got[head_end + length..];
+    assert_eq!(
+        status_of(next),
+        Some(200),
+        "the next answer: {:?}",
+        String::from_utf8_lossy(&next[..next.len().min(200)])
+    );
+    assert!(
+        !server.logs("request head over max_header_bytes refused"),
+        "a 431 was logged though none was sent: {}",
+        server.log()
+    );
+}
+
+#[test]
 fn hostile_slow_uploads_are_cut_off() {
     // Body_min_rate, averaged over 10 s.
     let peer = LocalPeer::new();
