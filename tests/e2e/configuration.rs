@@ -172,6 +172,64 @@ fn relative_paths_start_at_the_config_file_and_only_serve_creates_a_store() {
 }
 
 #[test]
+fn a_local_path_holding_other_files_stops_every_command_and_renames_nothing() {
+    let dir = tempfile::TempDir::new().unwrap();
+    // A home directory, named as `path` by mistake.
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join("projects")).unwrap();
+    std::fs::write(home.join(".profile"), "PATH=x").unwrap();
+    std::fs::write(home.join("projects/main.tf"), "terraform {}").unwrap();
+    let names = || {
+        let mut names: Vec<String> = ["", "projects"]
+            .iter()
+            .flat_map(|sub| std::fs::read_dir(home.join(sub)).unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    for args in [
+        ["serve", "--listen", "127.0.0.1:0", "-C", "path=home"].as_slice(),
+        &["check", "-C", "path=home"],
+        &["state", "list", "-C", "path=home"],
+    ] {
+        let out = run_within(dir.path(), args, Duration::from_secs(60));
+        let said = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?} took a home directory");
+        assert!(said.contains("`path`"), "{args:?}: {said}");
+        assert!(
+            said.contains("did not make (such as `.profile`)"),
+            "{args:?}: {said}"
+        );
+        assert_eq!(names(), [".profile", "main.tf", "projects"], "{args:?}");
+    }
+}
+
+/// Runs a command that should end by itself; one still running after
+/// `limit` is killed and fails the test.
+fn run_within(dir: &Path, args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(bin())
+        .args(args)
+        .env_remove("STATEGATE_CONFIG")
+        .env_remove("STATEGATE_DEFAULTS")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn stategate");
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("stategate {args:?} was still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
 fn check_names_what_the_auth_section_admits() {
     let dir = tempfile::TempDir::new().unwrap();
     std::fs::create_dir(dir.path().join("data")).unwrap();

@@ -29,7 +29,9 @@
 //! release does not read.
 //!
 //! **The upgrade** runs when a store is opened for serving and the root is
-//! not yet in layout 2, holding the guard exclusively (every change takes
+//! not yet in layout 2 (a root of either layout has the store's own
+//! directory; one that holds files without it is no store, and is refused
+//! before anything in it is touched), holding the guard exclusively (every change takes
 //! it shared, and a second process opening the root waits, then finds the
 //! work done). It renames every regular file of the tree that lacks the
 //! mark to the same name with the mark, with `RENAME_NOREPLACE`, in its own
@@ -126,10 +128,42 @@ pub(super) fn bring_up_to_date(
     }
 }
 
+/// What a file system mounted on a directory may keep in it.
+const LOST_AND_FOUND: &str = "lost+found";
+
+/// Refuses a root that stategate did not make: one that holds anything
+/// (but `lost+found`, kept by a file system mounted there) without the
+/// store's own directory. Such a root is no store of any layout, and the
+/// upgrade would rename every file below it: a `path` pointed by mistake
+/// at a home or data directory must stop the start, not rename the files
+/// in it.
+pub(super) fn check_made_by_stategate(root: &OwnedFd) -> io::Result<()> {
+    match rustix::fs::statat(root, INTERNAL_DIR, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Directory => return Ok(()),
+        Ok(_) | Err(Errno::NOENT | Errno::NOTDIR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut foreign: Vec<String> = Dir::read_from(root)?
+        .filter_map(|entry| entry.ok()?.file_name().to_str().ok().map(str::to_string))
+        .filter(|name| ![".", "..", LOST_AND_FOUND].contains(&name.as_str()))
+        .collect();
+    foreign.sort();
+    match foreign.first() {
+        None => Ok(()),
+        Some(first) => Err(io::Error::other(format!(
+            "the directory holds {} entries that stategate did not make (such as `{first}`) and \
+             no {INTERNAL_DIR} directory, so it is no store; give `path` a new or empty directory, \
+             or one that a stategate store has used",
+            foreign.len()
+        ))),
+    }
+}
+
 /// Checks, without writing, that a root opened for reading only can be
 /// read: it is in [`LAYOUT`], or it holds nothing yet. A root in layout 1
 /// (or half upgraded) is refused: `stategate serve` upgrades it.
 pub(super) fn check_readable(root: &OwnedFd) -> io::Result<()> {
+    check_made_by_stategate(root)?;
     let marker = match open_dir_beneath(root, INTERNAL_DIR, false) {
         Ok(internal) => read_marker(&internal)?,
         Err(Errno::NOENT) => None,
@@ -288,9 +322,10 @@ fn mark_files(root: &OwnedFd) -> io::Result<u64> {
 }
 
 /// Whether a root without a marker holds nothing the store wrote but its
-/// own directory, so that either layout reads it as empty.
+/// own directory (and `lost+found`), so that either layout reads it as
+/// empty.
 fn holds_nothing(root: &OwnedFd) -> io::Result<bool> {
-    let only = |rel: &str, allowed: &str| -> io::Result<bool> {
+    let only = |rel: &str, allowed: &[&str]| -> io::Result<bool> {
         let dir = match open_dir_beneath(root, rel, false) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(true),
@@ -298,10 +333,10 @@ fn holds_nothing(root: &OwnedFd) -> io::Result<bool> {
         };
         Ok(Dir::read_from(&dir)?
             .filter_map(|entry| entry.ok()?.file_name().to_str().ok().map(str::to_string))
-            .all(|name| name == "." || name == ".." || name == allowed))
+            .all(|name| name == "." || name == ".." || allowed.contains(&name.as_str())))
     };
     let (top, below) = INTERNAL_DIR.split_once('/').expect("two segments");
-    Ok(only("", top)? && only(top, below)?)
+    Ok(only("", &[top, LOST_AND_FOUND])? && only(top, &[below])?)
 }
 
 #[cfg(test)]
@@ -314,7 +349,7 @@ mod tests {
     use super::super::LocalStore;
     use super::super::files::version_of;
     use super::super::tests::listed;
-    use crate::stores::{Store, Version};
+    use crate::stores::{Condition, Store, Version};
 
     /// Lays out a root as layout 1 did: each object's file at its key (a
     /// state, its lock, and history holding a hard link to the state), the
@@ -509,6 +544,63 @@ mod tests {
         drop(LocalStore::open_dir(root).unwrap());
         let store = LocalStore::open_read_only(root).unwrap().unwrap();
         assert_eq!(store.get("b").await.unwrap().unwrap().body, "state b");
+    }
+
+    #[test]
+    fn a_directory_stategate_did_not_make_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // A home directory, say, named as `path` by mistake.
+        fs::write(root.join(".bashrc"), "alias x=y").unwrap();
+        fs::create_dir_all(root.join(".config/app")).unwrap();
+        fs::write(root.join(".config/app/settings"), "k=v").unwrap();
+        fs::write(root.join("notes.txt"), "notes").unwrap();
+        let before = files(root);
+        for e in [
+            LocalStore::open_dir(root)
+                .err()
+                .expect("opened for serving"),
+            LocalStore::open_read_only(root)
+                .err()
+                .expect("opened to read"),
+        ] {
+            let e = e.to_string();
+            assert!(e.contains("3 entries that stategate did not make"), "{e}");
+            assert!(e.contains("such as `.bashrc`"), "{e}");
+            assert!(e.contains("give `path` a new or empty directory"), "{e}");
+        }
+        assert_eq!(files(root), before, "a file was renamed");
+        assert_eq!(
+            fs::read_to_string(root.join(".bashrc")).unwrap(),
+            "alias x=y"
+        );
+        assert!(
+            !root.join(".stategate").exists(),
+            "the store's directory was made"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_file_system_holding_only_lost_and_found_is_a_new_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir(root.join("lost+found")).unwrap();
+        let store = LocalStore::open_read_only(root).unwrap().unwrap();
+        assert!(store.list("", OpList::default()).await.unwrap().is_empty());
+        let store = LocalStore::open_dir(root).unwrap();
+        store
+            .put(
+                "a",
+                bytes::Bytes::from_static(b"state a"),
+                Condition::IfAbsent,
+            )
+            .await
+            .unwrap();
+        assert_eq!(listed(&store, "").await, ["a"]);
+        // Once used, it opens again whatever else is put beside it.
+        fs::write(root.join("README"), "states").unwrap();
+        drop(LocalStore::open_dir(root).unwrap());
+        assert!(root.join("README").is_file());
     }
 
     #[test]

@@ -62,7 +62,9 @@ pub(super) struct Tree {
 
 impl Tree {
     /// Opens (creating if needed) a root directory for serving, upgrading
-    /// its layout first ([`layout::bring_up_to_date`]).
+    /// its layout first ([`layout::bring_up_to_date`]); a directory that
+    /// holds files but is no store is refused untouched
+    /// ([`layout::check_made_by_stategate`]).
     pub(super) fn open(root: &Path) -> io::Result<Self> {
         fs::create_dir_all(root)?;
         let root_fd = rustix::fs::open(
@@ -70,6 +72,7 @@ impl Tree {
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        layout::check_made_by_stategate(&root_fd)?;
         let tmp_fd = open_dir_beneath(&root_fd, TMP_DIR, true)?;
         // Prove the directory is writable now rather than at the first apply.
         // Named as temporaries are, so two opens in one process never meet.
