@@ -17,7 +17,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::rows::{body_missing, current_version, db_err};
-use super::schema::Shape;
+use super::schema::SHORT_QUERY;
 use super::{BUSY_TIMEOUT, SqliteStore};
 use crate::stores::{Payload, QUICK_BYTES, StoreError, Version};
 
@@ -40,10 +40,11 @@ impl SqliteStore {
     ) -> Option<Result<Option<(Payload, Version)>, StoreError>> {
         self.run_quick(|conn| {
             // One statement, so one look at the file as it is; a body too
-            // long to read here is not read. A store opened for writing
-            // rebuilt its file to the shared shape.
+            // long to read here is not read. Only a store opened for
+            // writing reads here, and it rebuilt its file to the shared
+            // shape.
             let row = conn
-                .prepare_cached(Shape::Shared.short_query())
+                .prepare_cached(SHORT_QUERY)
                 .and_then(|mut s| {
                     s.query_row(params![key, QUICK_BYTES as i64], |r| {
                         Ok((

@@ -49,6 +49,16 @@ INSERT OR IGNORE INTO generation (id, last) VALUES (1, 0);
 /// The columns of `objects` in the order [`SCHEMA`] gives them.
 const COLUMNS: [&str; 5] = ["key", "generation", "modified_ns", "size", "body_id"];
 
+/// An object's body, its length and the object's generation, in a file of
+/// the shape every store opened for writing reads ([`Shape::Shared`]);
+/// the body only when it is at most `?2` bytes (null otherwise, and not
+/// read: the length comes from the row's header, as in
+/// [`Shape::locate_query`]), and the length null when the body's row is
+/// missing, as in [`Shape::whole_query`].
+pub(super) const SHORT_QUERY: &str =
+    "SELECT CASE WHEN length(b.body) <= ?2 THEN b.body END, length(b.body), o.generation
+     FROM objects o LEFT JOIN bodies b ON b.id = o.body_id WHERE o.key = ?1";
+
 /// Where a file keeps its objects' bodies, which decides how they are read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Shape {
@@ -103,24 +113,6 @@ impl Shape {
                  WHERE o.key = ?1"
             }
             Shape::Inline { .. } => "SELECT body, generation FROM objects WHERE key = ?1",
-        }
-    }
-
-    /// As [`Shape::whole_query`], with the body's length between them, and
-    /// the body itself only when it is at most `?2` bytes (null otherwise,
-    /// and not read: the length comes from the row's header, as in
-    /// [`Shape::locate_query`]).
-    pub(super) fn short_query(self) -> &'static str {
-        match self {
-            Shape::Shared => {
-                "SELECT CASE WHEN length(b.body) <= ?2 THEN b.body END, length(b.body),
-                        o.generation
-                 FROM objects o LEFT JOIN bodies b ON b.id = o.body_id WHERE o.key = ?1"
-            }
-            Shape::Inline { .. } => {
-                "SELECT CASE WHEN length(body) <= ?2 THEN body END, length(body), generation
-                 FROM objects WHERE key = ?1"
-            }
         }
     }
 
