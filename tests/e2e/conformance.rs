@@ -1050,12 +1050,15 @@ fn hex(digest: &[u8]) -> String {
 }
 
 /// A deleted state stayed readable through `?version=N` with no
-/// way to remove it.
+/// way to remove it. Purging it leaves the history of a state below it
+/// (`a/b` below `a`), which lies in a folder below its own.
 pub fn deleted_state_history_can_be_purged(peer: &dyn Peer) {
     let server = Server::start(peer);
     let url = server.state_url("purge/terraform.tfstate");
+    let below = server.state_url("purge/terraform.tfstate/below");
     assert_eq!(post_state(&url, &state_doc("purge", 1, "secret")).0, 200);
     assert_eq!(post_state(&url, &state_doc("purge", 2, "secret")).0, 200);
+    assert_eq!(post_state(&below, &state_doc("below", 1, "kept")).0, 200);
     let refused = stategate(peer, &["state", "purge", "purge/terraform.tfstate"], &[]);
     assert!(
         !refused.status.success(),
@@ -1077,10 +1080,18 @@ pub fn deleted_state_history_can_be_purged(peer: &dyn Peer) {
     assert_eq!(http("GET", &format!("{url}?version=2"), b"").0, 404);
     assert!(history_versions(&url).is_empty());
     assert!(
-        !keys(peer).iter().any(|k| k.contains("purge/")),
+        !keys(peer)
+            .iter()
+            .any(|k| k.contains("purge/") && !k.contains("purge/terraform.tfstate/below")),
         "purge leaves nothing: {:?}",
         keys(peer)
     );
+    assert_eq!(
+        history_versions(&below).len(),
+        1,
+        "the history of the state below was purged too"
+    );
+    assert_eq!(http("GET", &format!("{below}?version=1"), b"").0, 200);
 }
 
 /// Seals what a store holds: GET gives the state back, every kept version

@@ -458,7 +458,15 @@ impl States {
         self.store
             .delete(&pointer_key(&dir), Condition::Always.into())
             .await?;
-        let objects = self.store.list(&dir, OpList::default()).await?;
+        // Only this state's own files: the history of the states below it
+        // (`a/b` below `a`) lies in folders below its folder.
+        let objects: Vec<_> = self
+            .store
+            .list(&dir, OpList::default())
+            .await?
+            .into_iter()
+            .filter(|e| !e.key[dir.len()..].contains('/'))
+            .collect();
         let versions = objects
             .iter()
             .filter(|e| e.key.ends_with(".tfstate"))
