@@ -95,7 +95,9 @@ pub(super) fn parse_authorization(header: &str) -> Result<(Kind, String, String)
         }
     } else if scheme.eq_ignore_ascii_case("bearer") {
         let value = value.trim();
-        if looks_like_jwt(value) {
+        // A token named with dots has dotted parts too; an identity token
+        // begins with the base64 of `{`, never with the token prefix.
+        if !value.starts_with(TOKEN_PREFIX) && looks_like_jwt(value) {
             return Ok((Kind::Jwt, String::new(), value.to_string()));
         }
         value.to_string()

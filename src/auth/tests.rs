@@ -168,6 +168,31 @@ async fn credentials_map_to_identities_and_levels() {
     );
 }
 
+/// A token's name may hold dots, and then the token has three dotted
+/// parts, as a CI identity token does; it is still a token as Bearer.
+#[tokio::test]
+async fn a_token_named_with_dots_is_a_token_as_bearer_too() {
+    let secret = new_token("deploy.prod.eu").unwrap();
+    let auth = Auth::new(&section(
+        vec![],
+        vec![token(
+            "deploy.prod.eu",
+            hash_secret(&secret).unwrap(),
+            vec![rule("**", "read")],
+        )],
+    ))
+    .unwrap();
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("token:{secret}"))
+    );
+    for header in [format!("Bearer {secret}"), basic] {
+        let who = auth.authenticate(Some(&header), None, ip).await.unwrap();
+        assert_eq!(who.name, "token:deploy.prod.eu", "{}", &header[..6]);
+    }
+}
+
 /// A PHC string with these parameters; its salt and output are
 /// arbitrary, as no test verifies against it.
 fn phc(m: u32, t: u32, p: u32) -> String {
