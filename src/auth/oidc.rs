@@ -85,6 +85,17 @@ struct ClaimRule {
 impl ClaimRule {
     fn parse(setting: &str, rule: &FileClaimRule) -> Result<Self, ConfigError> {
         let invalid = |why: String| ConfigError::invalid(setting, why);
+        // Anyone can have GitHub or GitLab.com sign a token with any
+        // audience: a rule that names no claim admits them all.
+        if rule.claims.is_empty() {
+            return Err(invalid(format!(
+                "the rule for keys `{}` names no claims, so every token the issuer signs would \
+                 match, from any repository or project it serves; name the claims of the \
+                 pipelines it admits (`repository_owner` on GitHub Actions, `namespace_path` on \
+                 GitLab), or `sub: \"*\"` to admit them all",
+                rule.keys
+            )));
+        }
         // Check the pattern with every placeholder standing for one segment.
         let mut probe = String::new();
         let mut rest = rule.keys.as_str();
@@ -579,6 +590,39 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect()
+    }
+
+    #[test]
+    fn a_rule_names_its_claims_or_admits_everyone_in_so_many_words() {
+        let parse = |claims: &[(&str, &str)]| {
+            ClaimRule::parse(
+                "auth.oidc[https://token.actions.githubusercontent.com].rules",
+                &FileClaimRule {
+                    claims: claims
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    keys: "shared/**".into(),
+                    access: "read".into(),
+                    workspaces: vec![],
+                },
+            )
+        };
+        let e = parse(&[]).err().expect("a rule without claims").to_string();
+        assert!(
+            e.contains("auth.oidc[https://token.actions.githubusercontent.com].rules"),
+            "{e}"
+        );
+        assert!(e.contains("`shared/**` names no claims"), "{e}");
+        let everyone = parse(&[("sub", "*")]).expect("every subject, said so");
+        assert!(
+            everyone
+                .grant(&claims(&[(
+                    "sub",
+                    "repo:anyone/anything:ref:refs/heads/x".into()
+                )]))
+                .is_some()
+        );
     }
 
     #[test]

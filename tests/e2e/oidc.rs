@@ -404,8 +404,13 @@ fn oidc_configuration_mistakes_stop_start_up() {
             "issuer",
         ),
         (
-            "auth:\n  oidc:\n    - issuer: https://gitlab.example.com\n      audience: s\n      rules: [{keys: \"ci/{project_path\", access: write}]\n",
+            "auth:\n  oidc:\n    - issuer: https://gitlab.example.com\n      audience: s\n      rules: [{claims: {namespace_path: g}, keys: \"ci/{project_path\", access: write}]\n",
             "rules",
+        ),
+        // Every project on the issuer could have it sign such a token.
+        (
+            "auth:\n  oidc:\n    - issuer: https://gitlab.com\n      audience: s\n      rules: [{keys: \"shared/**\", access: read}]\n",
+            "names no claims",
         ),
         (
             "auth:\n  protected:\n    - keys: \"prod/**\"\n      writers: {claims: {}}\n",
