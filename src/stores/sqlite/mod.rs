@@ -198,6 +198,8 @@ impl SqliteStore {
         // Every statement from here waits for another process's lock (one
         // upgrading the file, or turning it to WAL) rather than failing.
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Before anything is changed in it.
+        check_made_by_stategate(&conn)?;
         // Only a new file takes this (before its first table, and before it
         // turns to WAL): pages freed by deletes can then go back to the
         // device (see the writer's `give_back`).
@@ -245,7 +247,8 @@ impl SqliteStore {
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::from(e))))?;
         let leases = KeyLocks::unopened(dir, "unused");
         let pool = Pool::new(path, &meta, leases, true);
-        // Proves the file can be read; kept by no one (see `run_inner`).
+        // Proves the file can be read, and is a store; kept by no one (see
+        // `run_inner`).
         drop(pool.connect()?);
         // Writes are refused before they reach this store: it has no
         // writer.
@@ -730,5 +733,5 @@ use rows::{
     blob_to_file, body_missing, change_rows, current_version, db_err, delete_row,
     prefix_upper_bound, put_row, snapshot_row,
 };
-use schema::{SCHEMA, Shape, upgrade_table};
+use schema::{SCHEMA, Shape, check_made_by_stategate, upgrade_table};
 use writer::{Job, Undo, WriteJob, give_back, write_batches};

@@ -7,6 +7,7 @@ use std::path::Path;
 use rusqlite::Connection;
 
 use super::BUSY_TIMEOUT;
+use super::schema::check_made_by_stategate;
 use crate::stores::keylock::KeyLocks;
 
 /// A read-only connection to the database file `path`. Reading a database
@@ -24,6 +25,7 @@ pub(super) fn read_only_connection(path: &Path) -> Result<Connection, rusqlite::
         | OpenFlags::SQLITE_OPEN_URI;
     let usable = |conn: Connection| -> Result<Connection, rusqlite::Error> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        check_made_by_stategate(&conn)?;
         conn.query_row("SELECT count(*) FROM generation", [], |_| Ok(()))?;
         Ok(conn)
     };

@@ -46,6 +46,36 @@ CREATE TABLE IF NOT EXISTS generation (
 INSERT OR IGNORE INTO generation (id, last) VALUES (1, 0);
 ";
 
+/// The tables a file of any shape holds ([`SCHEMA`]; the oldest shapes
+/// have fewer).
+const TABLES: [&str; 3] = ["objects", "bodies", "generation"];
+
+/// Refuses a database that stategate did not make: one holding a table
+/// or view of another name (SQLite's own aside). Opening it would turn it
+/// to WAL and add stategate's tables to another program's file, or take
+/// a table of its own called `objects` for an older shape to upgrade.
+pub(super) fn check_made_by_stategate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let foreign: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_schema WHERE type IN ('table', 'view')
+             AND name NOT LIKE 'sqlite!_%' ESCAPE '!' ORDER BY name",
+        )?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .filter(|name| !matches!(name, Ok(name) if TABLES.contains(&name.as_str())))
+        .collect::<Result<_, _>>()?;
+    match foreign.first() {
+        None => Ok(()),
+        Some(first) => Err(rusqlite::Error::ToSqlConversionFailure(
+            format!(
+                "the database holds {} tables that stategate did not make (such as `{first}`), \
+                 so it is no store; give `path` a new file, or one that a stategate store has used",
+                foreign.len()
+            )
+            .into(),
+        )),
+    }
+}
+
 /// The columns of `objects` in the order [`SCHEMA`] gives them.
 const COLUMNS: [&str; 5] = ["key", "generation", "modified_ns", "size", "body_id"];
 
@@ -337,6 +367,43 @@ mod tests {
         ))
         .unwrap();
         path
+    }
+
+    #[test]
+    fn a_database_stategate_did_not_make_is_refused_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.db");
+        // Another program's file, with a table called `objects` too.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);
+             CREATE TABLE objects (key TEXT, body BLOB, generation INTEGER, modified_ns INTEGER);
+             INSERT INTO users VALUES (1, 'ada');",
+        )
+        .unwrap();
+        let before = schema_objects(&conn);
+        drop(conn);
+        for e in [
+            SqliteStore::open_file(&path)
+                .err()
+                .expect("opened for serving"),
+            SqliteStore::open_read_only(&path)
+                .err()
+                .expect("opened to read"),
+        ] {
+            let e = e.to_string();
+            assert!(
+                e.contains("1 tables that stategate did not make (such as `users`)"),
+                "{e}"
+            );
+            assert!(e.contains("give `path` a new file"), "{e}");
+        }
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(schema_objects(&conn), before);
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete", "the file was turned to WAL");
     }
 
     /// The `type name` of every table and index of the file's schema.
