@@ -166,8 +166,9 @@ impl<'de> Deserialize<'de> for Incoming {
                     let Some(at) = READ_MEMBERS.iter().position(|m| *m == name) else {
                         let folded = go_folded(&name);
                         if let Some(member) = READ_MEMBERS.iter().find(|m| **m == folded) {
+                            // Only spellings of a member's name get here.
                             return Err(A::Error::custom(format!(
-                                "it has a member {name:?}, which Terraform reads as `{member}`; \
+                                "it has a member `{name}`, which Terraform reads as `{member}`; \
                                  only the exact name is accepted"
                             )));
                         }
@@ -313,9 +314,48 @@ fn not_json(e: serde_json::Error) -> StateError {
 
 fn not_a_state_or_json(e: serde_json::Error) -> StateError {
     if e.is_data() {
-        not_a_state(e.to_string())
+        not_a_state(without_quoted_text(&e.to_string()))
     } else {
         not_json(e)
+    }
+}
+
+/// A refusal names what is wrong, never what the body holds: it goes to
+/// the log, the audit log and notification destinations, none of which
+/// sees state content. serde quotes a string of the wrong type whole
+/// (`invalid type: string "…", expected a sequence`); each double-quoted
+/// text goes, with the space before it.
+fn without_quoted_text(message: &str) -> String {
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(open) = rest.find('"') {
+        out.push_str(rest[..open].strip_suffix(' ').unwrap_or(&rest[..open]));
+        let mut escaped = false;
+        let close = rest[open + 1..].char_indices().find_map(|(i, c)| {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => return Some(open + 1 + i + 1),
+                _ => {}
+            }
+            None
+        });
+        rest = close.map_or("", |close| &rest[close..]);
+    }
+    out.push_str(rest);
+    out
+}
+
+/// What a value is, without what it holds.
+fn kind_of(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(_) => "true or false".into(),
+        Value::Number(n) => n.to_string(),
+        Value::String(_) => "a string".into(),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
     }
 }
 
@@ -331,7 +371,8 @@ impl Incoming {
         let serial = match self.serial {
             Some(v) => Some(v.as_u64().ok_or_else(|| {
                 not_a_state(format!(
-                    "`serial` must be a whole number of 0 or more, not {v}"
+                    "`serial` must be a whole number of 0 or more, not {}",
+                    kind_of(&v)
                 ))
             })?),
             None if encrypted => None,
@@ -339,7 +380,12 @@ impl Incoming {
         };
         let lineage = match self.lineage {
             Some(serde_json::Value::String(l)) => Some(l),
-            Some(v) => return Err(not_a_state(format!("`lineage` must be a string, not {v}"))),
+            Some(v) => {
+                return Err(not_a_state(format!(
+                    "`lineage` must be a string, not {}",
+                    kind_of(&v)
+                )));
+            }
             None if encrypted => None,
             None => return Err(not_a_state("it has no `lineage`".into())),
         };
@@ -587,6 +633,42 @@ mod tests {
         assert_eq!((head.serial, head.resources), (Some(1), 3000));
     }
 
+    /// A refusal names what is wrong with a body and holds nothing of it,
+    /// however the body is read.
+    #[test]
+    fn refusals_hold_nothing_of_the_body() {
+        let secret = "hunter2-SECRET";
+        let bodies = [
+            format!(r#"{{"serial":{{"outputs":{{"pw":{{"value":"{secret}"}}}}}},"lineage":"L"}}"#),
+            format!(r#"{{"serial":"{secret}","lineage":"L"}}"#),
+            format!(r#"{{"serial":1,"lineage":["{secret}"]}}"#),
+            format!(r#"{{"serial":1,"lineage":"L","resources":"{secret} \" {secret}"}}"#),
+        ];
+        for body in &bodies {
+            for refused in [
+                StateHead::parse_incoming(body.as_bytes()),
+                StateHead::parse_incoming_reader(&in_file(body.as_bytes())),
+            ] {
+                let said = refused.unwrap_err().to_string();
+                assert!(said.contains("not a Terraform state"), "{said}");
+                assert!(!said.contains("hunter2"), "{said}");
+            }
+        }
+        let said = StateHead::parse_incoming(bodies[0].as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(said.ends_with("not an object"), "{said}");
+        let said = StateHead::parse_incoming(bodies[3].as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(said.contains("invalid type: string, expected"), "{said}");
+        assert_eq!(
+            without_quoted_text(r#"a "b \" c" d "e"#),
+            "a d",
+            "an unclosed quote runs to the end"
+        );
+    }
+
     /// The catalog comes from the same pass as the head, alike whichever
     /// way the body is read, and holds no value.
     #[test]
@@ -644,7 +726,7 @@ mod tests {
         let e = StateHead::parse_incoming(br#"{"serial":1,"lineage":"L","SERIAL":3}"#)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("\"SERIAL\"") && e.contains("`serial`"), "{e}");
+        assert!(e.contains("`SERIAL`") && e.contains("`serial`"), "{e}");
         // Other members are Terraform's business, in any spelling.
         let head =
             StateHead::parse_incoming(br#"{"serial":1,"lineage":"L","Outputs":{},"VERSION":4}"#)
