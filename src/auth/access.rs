@@ -99,28 +99,55 @@ impl Glob {
     }
 }
 
+/// `**` over whole segments, each other segment matched by [`match_one`].
+/// Greedy, going back only to the last `**` ([`wildcard`]).
 pub(super) fn match_segments(pattern: &[String], parts: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => parts.is_empty(),
-        Some((first, rest)) if first == "**" => {
-            (0..=parts.len()).any(|skip| match_segments(rest, &parts[skip..]))
-        }
-        Some((first, rest)) => match parts.split_first() {
-            Some((part, more)) => {
-                match_one(first.as_bytes(), part.as_bytes()) && match_segments(rest, more)
-            }
-            None => false,
-        },
-    }
+    wildcard(
+        pattern,
+        parts,
+        |s| s == "**",
+        |seg, part| match_one(seg.as_bytes(), part.as_bytes()),
+    )
 }
 
 /// `*` within one segment.
 pub(super) fn match_one(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some((b'*', rest)) => (0..=text.len()).any(|i| match_one(rest, &text[i..])),
-        Some((c, rest)) => text.first() == Some(c) && match_one(rest, &text[1..]),
+    wildcard(pattern, text, |&c| c == b'*', |p, t| p == t)
+}
+
+/// Whether `text` matches `pattern`, where an element `is_star` matches any
+/// run of elements (none too) and any other matches one element it
+/// `fits`. A star met sets where to go back to; a mismatch goes back to the
+/// last star only, one element further, since that star can take in
+/// whatever an earlier one would have: at most pattern × text steps, where
+/// trying every split at every star (as this did) took time exponential
+/// in the stars of a pattern a search sends.
+fn wildcard<P, T>(
+    pattern: &[P],
+    text: &[T],
+    is_star: impl Fn(&P) -> bool,
+    fits: impl Fn(&P, &T) -> bool,
+) -> bool {
+    let (mut p, mut t) = (0, 0);
+    // The pattern just after the last star, and where in `text` that
+    // star's run ends now.
+    let mut back: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && is_star(&pattern[p]) {
+            p += 1;
+            back = Some((p, t));
+        } else if p < pattern.len() && fits(&pattern[p], &text[t]) {
+            p += 1;
+            t += 1;
+        } else if let Some((after_star, run_end)) = back {
+            p = after_star;
+            t = run_end + 1;
+            back = Some((after_star, t));
+        } else {
+            return false;
+        }
     }
+    pattern[p..].iter().all(is_star)
 }
 
 /// The level and workspace patterns of a rule, checked.

@@ -7,6 +7,31 @@ fn glob(p: &str) -> Glob {
     Glob::parse("keys", p).unwrap()
 }
 
+/// A pattern with many stars against a name that almost matches: trying
+/// every split at every star took minutes for a dozen stars (and a search
+/// sends any pattern); each answer here takes microseconds.
+#[test]
+fn globs_with_many_stars_are_matched_in_bounded_time() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let name = format!("aws_{}", "a".repeat(200));
+        let stars = Glob::parse_name("type", &format!("{}b", "*a".repeat(30))).unwrap();
+        let segments = Glob::parse("keys", &format!("{}/z", ["**"; 30].join("/x/"))).unwrap();
+        let path = ["x"; 200].join("/");
+        let answers = (
+            stars.matches(&name),
+            stars.matches(&format!("{name}b")),
+            segments.matches(&path),
+            segments.matches(&format!("{path}/z")),
+        );
+        let _ = done.send(answers);
+    });
+    let answers = finished
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("a match still running after 30 s");
+    assert_eq!(answers, (false, true, false, true));
+}
+
 #[test]
 fn globs_match_segments() {
     assert!(glob("team-a/**").matches("team-a/x"));
