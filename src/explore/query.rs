@@ -153,7 +153,14 @@ fn parse_time(text: &str, now: OffsetDateTime) -> Result<OffsetDateTime, SearchE
             "written_before: `{text}` is not a time (2024-06-01, 2024-06-01T12:00:00Z) or an age (90d)"
         ))
     })?;
-    Ok(now - ago)
+    time::Duration::try_from(ago)
+        .ok()
+        .and_then(|ago| now.checked_sub(ago))
+        .ok_or_else(|| {
+            SearchError(format!(
+                "written_before: `{text}` reaches back before any time a state was written"
+            ))
+        })
 }
 
 /// What a search found.
@@ -349,7 +356,9 @@ pub(super) fn run(
     let mut matching: Vec<usize> = Vec::new();
     let mut address = String::new();
     for (place, e) in &index.states {
-        if !judge.state(e, now) || !may_see(&e.state) {
+        // Whether the caller may see the state first: how long a filter
+        // takes on one it may not must tell nothing of it.
+        if !may_see(&e.state) || !judge.state(e, now) {
             continue;
         }
         matching.clear();
@@ -527,6 +536,11 @@ mod tests {
             ("key", "a//b"),
             ("cursor", "nocolon"),
             ("terraform_version", "<x"),
+            // Ages reaching back past the first year time can name.
+            ("written_before", "99999999999999d"),
+            ("written_before", "18446744073709551615s"),
+            ("written_before", "30000000w"),
+            ("terraform_version", "~>18446744073709551615"),
         ] {
             assert!(Search::parse([bad], now).is_err(), "{bad:?}");
         }

@@ -62,15 +62,13 @@ impl VersionRange {
                 // `~>1.5` allows 1.5 up to 2.0; `~>1.5.2` up to 1.6.
                 None => {
                     let given = rest.trim().split('.').count();
-                    let mut upper = numbers;
-                    match given {
-                        0 | 1 => upper = [numbers[0] + 1, 0, 0],
-                        2 => upper = [numbers[0] + 1, 0, 0],
-                        _ => {
-                            upper[1] += 1;
-                            upper[2] = 0;
-                        }
+                    let upper = match given {
+                        0..=2 => numbers[0].checked_add(1).map(|major| [major, 0, 0]),
+                        _ => numbers[1]
+                            .checked_add(1)
+                            .map(|minor| [numbers[0], minor, 0]),
                     }
+                    .ok_or_else(|| bad(part))?;
                     out.push((Cmp::Ge, numbers));
                     out.push((Cmp::Lt, upper));
                 }
@@ -102,6 +100,15 @@ impl VersionRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pessimistic_bound_past_the_largest_number_is_refused() {
+        for text in ["~>18446744073709551615", "~>1.18446744073709551615.0"] {
+            let e = VersionRange::parse(text).unwrap_err();
+            assert!(e.contains("is not a version or a comparison"), "{e}");
+        }
+        assert!(VersionRange::parse("~>18446744073709551614").is_ok());
+    }
 
     #[test]
     fn version_ranges() {
