@@ -61,6 +61,39 @@ impl ConfigError {
             reason: reason.to_string(),
         }
     }
+
+    /// [`ConfigError::invalid`] for a section that did not take the shape
+    /// expected, without the values serde's message quotes
+    /// ([`without_quoted_text`]): a secret written in the wrong place.
+    pub fn misshapen(setting: &str, e: impl fmt::Display) -> Self {
+        Self::invalid(setting, without_quoted_text(&e.to_string()))
+    }
+}
+
+/// A message of serde's without the text it quotes: serde quotes a string
+/// of the wrong type whole (`invalid type: string "…", expected a
+/// sequence`), which may be a secret (a key or token written where a
+/// section was expected, a state's value). Such messages are logged and
+/// sent on, so each double-quoted text goes, with the space before it.
+pub fn without_quoted_text(message: &str) -> String {
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(open) = rest.find('"') {
+        out.push_str(rest[..open].strip_suffix(' ').unwrap_or(&rest[..open]));
+        let mut escaped = false;
+        let close = rest[open + 1..].char_indices().find_map(|(i, c)| {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => return Some(open + 1 + i + 1),
+                _ => {}
+            }
+            None
+        });
+        rest = close.map_or("", |close| &rest[close..]);
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The certificate files of HTTPS. They are read at start-up (a wrong one

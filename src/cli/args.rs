@@ -67,7 +67,7 @@ fn with_settings(mut sub: clap::Command, scope: Scope) -> clap::Command {
             .help("A store setting (see `stategate serve --help`); repeatable")
             .global(global)
             .action(ArgAction::Append)
-            .value_parser(config::parse_override),
+            .value_parser(Override),
     )
     .after_long_help(if scope == Scope::Server {
         store_settings_help()
@@ -136,6 +136,29 @@ fn store_settings_help() -> String {
         );
     }
     out
+}
+
+/// Parses `-C key=value` ([`config::parse_override`]). clap would quote
+/// a value it refuses in its message, and a mistyped setting holds a
+/// secret as often as not: this refuses in its own words.
+#[derive(Clone)]
+struct Override;
+
+impl clap::builder::TypedValueParser for Override {
+    type Value = (String, String);
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        let refused = |why: String| clap::Error::raw(clap::error::ErrorKind::ValueValidation, why);
+        let text = value
+            .to_str()
+            .ok_or_else(|| refused("an argument of -C is not UTF-8\n".into()))?;
+        config::parse_override(text).map_err(|why| refused(format!("{why}\n")))
+    }
 }
 
 /// The settings given as flags, from the innermost subcommand's matches

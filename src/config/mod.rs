@@ -213,7 +213,7 @@ pub fn resolve(
         .clone()
         .map(|value| {
             let section: FileEncryption = serde_yaml_ng::from_value(value)
-                .map_err(|e| ConfigError::invalid("encryption", e))?;
+                .map_err(|e| ConfigError::misshapen("encryption", e))?;
             resolve_encryption(section, &file.dir)
         })
         .transpose()?;
@@ -403,7 +403,7 @@ fn resolve_auth(src: &Sources, listen: SocketAddr) -> Result<AuthSetting, Config
             AuthSetting::Disabled
         }
         (None, Some(value)) => AuthSetting::Enabled(
-            serde_yaml_ng::from_value(value).map_err(|e| ConfigError::invalid("auth", e))?,
+            serde_yaml_ng::from_value(value).map_err(|e| ConfigError::misshapen("auth", e))?,
         ),
     };
     if matches!(auth, AuthSetting::Unset) && !listen.ip().is_loopback() {
@@ -613,11 +613,16 @@ fn resolve_limits(src: &Sources) -> Result<Limits, ConfigError> {
     })
 }
 
-/// Splits a `-C key=value` argument.
+/// Splits a `-C key=value` argument. The refusal does not repeat the
+/// argument: one mistyped (`secret_key:…`) holds a secret.
 pub fn parse_override(arg: &str) -> Result<(String, String), String> {
     match arg.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("`{arg}` is not key=value")),
+        _ => Err(
+            "-C takes key=value, and an argument given to it has no `=`, or no key \
+                  before it (not shown here: it may hold a secret)"
+                .to_string(),
+        ),
     }
 }
 

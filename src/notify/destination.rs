@@ -139,7 +139,7 @@ pub fn parse_section(value: serde_yaml_ng::Value) -> Result<Vec<Destination>, Co
         return Ok(Vec::new());
     }
     let entries: Vec<FileDestination> =
-        serde_yaml_ng::from_value(value).map_err(|e| ConfigError::invalid("notifications", e))?;
+        serde_yaml_ng::from_value(value).map_err(|e| ConfigError::misshapen("notifications", e))?;
     let mut out: Vec<Destination> = Vec::new();
     for (i, entry) in entries.into_iter().enumerate() {
         let destination = check(i, entry)?;

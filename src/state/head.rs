@@ -12,6 +12,7 @@ use serde::de::IgnoredAny;
 
 use super::catalog::{self, Blocks, Catalog};
 use super::{Held, StateError};
+use crate::settings::without_quoted_text;
 use crate::stores::payload::CHUNK_BYTES;
 use crate::stores::{Payload, StoreError};
 
@@ -318,32 +319,6 @@ fn not_a_state_or_json(e: serde_json::Error) -> StateError {
     } else {
         not_json(e)
     }
-}
-
-/// A refusal names what is wrong, never what the body holds: it goes to
-/// the log, the audit log and notification destinations, none of which
-/// sees state content. serde quotes a string of the wrong type whole
-/// (`invalid type: string "…", expected a sequence`); each double-quoted
-/// text goes, with the space before it.
-fn without_quoted_text(message: &str) -> String {
-    let mut out = String::new();
-    let mut rest = message;
-    while let Some(open) = rest.find('"') {
-        out.push_str(rest[..open].strip_suffix(' ').unwrap_or(&rest[..open]));
-        let mut escaped = false;
-        let close = rest[open + 1..].char_indices().find_map(|(i, c)| {
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => return Some(open + 1 + i + 1),
-                _ => {}
-            }
-            None
-        });
-        rest = close.map_or("", |close| &rest[close..]);
-    }
-    out.push_str(rest);
-    out
 }
 
 /// What a value is, without what it holds.

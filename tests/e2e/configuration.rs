@@ -205,6 +205,46 @@ fn a_local_path_holding_other_files_stops_every_command_and_renames_nothing() {
     }
 }
 
+#[test]
+fn settings_refused_for_their_shape_are_not_repeated() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let secret = "SECRETVAL-q83vEjRWeJA";
+    // A setting mistyped on the command line.
+    let out = run(
+        dir.path(),
+        &["check", "-C", &format!("accessKeySecret:{secret}")],
+        &[],
+    );
+    let said = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("-C takes key=value"), "{said}");
+    assert!(!said.contains(secret), "{said}");
+    // Secrets written where the file expects a section.
+    for (section, yaml) in [
+        (
+            "encryption",
+            format!("encryption:\n  keys:\n    - \"{secret}=\"\n"),
+        ),
+        ("encryption", format!("encryption:\n  keys: \"{secret}\"\n")),
+        (
+            "auth",
+            format!("auth:\n  tokens:\n    - \"sgt_{secret}\"\n"),
+        ),
+        (
+            "notifications",
+            format!("notifications: \"https://hooks.example.com/{secret}\"\n"),
+        ),
+    ] {
+        std::fs::write(dir.path().join("c.yaml"), &yaml).unwrap();
+        let out = run(dir.path(), &["check", "-c", "c.yaml"], &[]);
+        let said = text(&out.stderr);
+        assert!(!out.status.success(), "{yaml}");
+        assert!(said.contains(&format!("`{section}`")), "{yaml}: {said}");
+        assert!(said.contains("invalid type"), "{yaml}: {said}");
+        assert!(!said.contains(secret), "{yaml}: {said}");
+    }
+}
+
 /// Runs a command that should end by itself; one still running after
 /// `limit` is killed and fails the test.
 fn run_within(dir: &Path, args: &[&str], limit: Duration) -> Output {
