@@ -722,6 +722,26 @@ fn tls_required_but_not_offered(engine: Engine) {
         "names dbSSLMode:\n{log}"
     );
     assert!(!log.contains(PASSWORD), "the password appeared:\n{log}");
+    // The same through a dbURL that names no sslmode of its own: the
+    // setting holds for it too, never the driver's `prefer`.
+    let scheme = match engine {
+        Engine::Postgres => "postgres",
+        Engine::Mariadb => "mariadb",
+    };
+    let db_url = format!(
+        "{scheme}://stategate:{}@127.0.0.1:{}/{}",
+        percent_encode(PASSWORD),
+        peer.server.port,
+        peer.database
+    );
+    let log = Server::try_start(&UrlPeer(&db_url), &["-C", "dbSSLMode=require"], &[])
+        .err()
+        .expect("require without TLS on the server must stop start-up, with dbURL too");
+    assert!(
+        log.contains("setting `dbSSLMode`"),
+        "names dbSSLMode:\n{log}"
+    );
+    assert!(!log.contains(PASSWORD), "the password appeared:\n{log}");
 }
 
 /// `dbSSLMode=verify-full` with `dbSSLRootCert` against a PostgreSQL that

@@ -166,6 +166,17 @@ pub enum SslMode {
     VerifyFull,
 }
 
+/// Whether a database URL sets its own TLS mode (`sslmode` or `ssl-mode`
+/// in its query, as both drivers read it).
+pub(super) fn url_names_ssl_mode(url: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, query)| {
+        query.split('&').any(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            ["sslmode", "ssl-mode"].contains(&name.to_ascii_lowercase().as_str())
+        })
+    })
+}
+
 /// Where to connect: separate settings, or one URL.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Connection {
@@ -296,6 +307,17 @@ impl DbConfig {
                 ));
             }
         };
+        // A URL's own sslmode stands; without one, dbSSLMode applies to it
+        // too. Both, and differing from the default: a contradiction.
+        if let Connection::Url(url) = &connection
+            && url_names_ssl_mode(url)
+            && ssl_mode != SslMode::Prefer
+        {
+            return Err(ConfigError::invalid(
+                "dbSSLMode",
+                "is set, and dbURL names an sslmode of its own: give it in one place",
+            ));
+        }
         let max_connections = s
             .require("dbMaxConnections")?
             .trim()
@@ -473,6 +495,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("setting `dbType`"), "{err}");
+    }
+
+    #[test]
+    fn a_url_names_its_tls_mode_or_takes_db_ssl_mode() {
+        for url in [
+            "postgres://u@h/d?sslmode=disable",
+            "mysql://u@h/d?x=1&SSL-MODE=DISABLED",
+        ] {
+            assert!(url_names_ssl_mode(url), "{url}");
+            let err = config(&[], &[("dbURL", url), ("dbSSLMode", "verify-full")])
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("setting `dbSSLMode`"), "{err}");
+            assert!(config(&[], &[("dbURL", url)]).is_ok(), "{url}");
+        }
+        assert!(!url_names_ssl_mode(
+            "postgres://u:ssl-mode@h/d?application_name=x"
+        ));
+        let c = config(
+            &[],
+            &[("dbURL", "postgres://u@h/d"), ("dbSSLMode", "require")],
+        )
+        .unwrap();
+        assert_eq!(c.ssl_mode, SslMode::Require);
     }
 
     #[test]

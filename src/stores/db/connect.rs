@@ -8,21 +8,30 @@ use sqlx::pool::PoolOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgSslMode};
 use sqlx::{ConnectOptions as _, Connection as _, Database};
 
-use super::config::{Connection, DbConfig, Engine, SslMode};
+use super::config::{Connection, DbConfig, Engine, SslMode, url_names_ssl_mode};
 use super::failure::{POOL_TIMED_OUT, cause, unavailable};
 use crate::settings::ConfigError;
 use crate::stores::network_cause;
 
-/// One engine's connection options: `$Options` parsed from `dbURL`, or
-/// `$new` given the separate settings, with `$ssl_mode` and the CA file
+/// One engine's connection options: `$Options` parsed from `dbURL` (with
+/// `$ssl_mode` when the URL names none), or `$new` given the separate
+/// settings, with `$ssl_mode` and the CA file
 /// through the setter `$ca`. A macro because the two drivers name these
 /// setters alike on types that share no trait for them.
 macro_rules! options {
     ($config:expr, $Options:ty, $new:expr, $ssl_mode:expr, $ca:ident) => {
         match &$config.connection {
             // The parser's message may quote the URL, password included.
-            Connection::Url(url) => <$Options>::from_str(url)
-                .map_err(|_| ConfigError::invalid("dbURL", "cannot be parsed as a database URL"))?,
+            Connection::Url(url) => {
+                let o = <$Options>::from_str(url).map_err(|_| {
+                    ConfigError::invalid("dbURL", "cannot be parsed as a database URL")
+                })?;
+                // dbSSLMode, unless the URL says (`DbConfig` refuses both).
+                match url_names_ssl_mode(url) {
+                    true => o,
+                    false => o.ssl_mode($ssl_mode),
+                }
+            }
             Connection::Parts {
                 host,
                 port,
@@ -125,8 +134,12 @@ pub(super) enum Pool {
 
 /// Which setting a failure to connect points at.
 pub(super) fn connection_setting(config: &DbConfig, e: &sqlx::Error) -> &'static str {
-    if matches!(config.connection, Connection::Url(_)) {
-        return "dbURL";
+    if let Connection::Url(url) = &config.connection {
+        // A mode the URL does not name came from dbSSLMode.
+        return match is_tls_failure(e) && !url_names_ssl_mode(url) {
+            true => "dbSSLMode",
+            false => "dbURL",
+        };
     }
     let code = e
         .as_database_error()
