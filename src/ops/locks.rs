@@ -46,10 +46,10 @@ impl Ops<'_> {
             let decision = decide::lock_use(actor.name(), level, state, id, held.owner.as_deref());
             self.check(actor, state, decision).await?;
         }
-        self.states
-            .release_read(state, Some(id), holder.clone())
-            .await?;
-        if let Some(held) = holder {
+        // Recorded only when this call released it: a force-unlock may
+        // have got there first.
+        let released = self.states.release_read(state, Some(id), holder).await?;
+        if let Some(held) = released {
             self.emit(
                 Event::Unlock {
                     state: state.clone(),
@@ -64,8 +64,11 @@ impl Ops<'_> {
 
     /// Releases whoever holds the lock: an admin's act. With `expected`,
     /// only the lock of that ID (the one a page showed) is released, and
-    /// one taken since stays (409, its holder). Returns the lock that was
-    /// held, `None` when none was, and nothing is recorded then.
+    /// one taken since stays (409, its holder). Returns the lock this call
+    /// released, `None` when there was none to release (none was held, or
+    /// its holder released it meanwhile), and nothing is recorded then.
+    /// The release and its record name the same lock: one taken again
+    /// between the look and the delete is the one released and named.
     pub async fn force_unlock(
         &self,
         state: &StateRef,
@@ -74,10 +77,10 @@ impl Ops<'_> {
     ) -> Result<Option<Held>, OpError> {
         let decision = actor.allows(state, Access::Admin, "force-unlock");
         self.check(actor, state, decision).await?;
-        let Some(held) = self.states.lock_holder(state).await? else {
+        let read = self.states.lock_holder(state).await?;
+        let Some(held) = self.states.release_read(state, expected, read).await? else {
             return Ok(None);
         };
-        self.states.release(state, expected).await?;
         self.emit(
             Event::ForceUnlock {
                 state: state.clone(),

@@ -286,20 +286,22 @@ impl States {
     /// until someone unlocks it again, which is safe, where a lock that
     /// vanishes could let two applies run.
     pub async fn release(&self, state: &StateRef, id: Option<&str>) -> Result<(), StateError> {
-        self.release_read(state, id, None).await
+        self.release_read(state, id, None).await.map(drop)
     }
 
     /// [`States::release`] of a lock the caller has just read as `read`
     /// ([`States::lock_holder`]), so it is not read again: the delete is
     /// conditional on the version read, so a lock released and taken again
     /// since is not deleted, but read afresh and judged as
-    /// [`States::release`] judges it.
+    /// [`States::release`] judges it. Returns the lock this call deleted:
+    /// `None` when there was none by then (its holder released it), so
+    /// that only a release that happened is recorded, with its holder.
     pub async fn release_read(
         &self,
         state: &StateRef,
         id: Option<&str>,
         read: Option<Held>,
-    ) -> Result<(), StateError> {
+    ) -> Result<Option<Held>, StateError> {
         let mut read = read;
         self.with_lease(state, LeaseNeed::WithoutCompareAndSwap, async |lease| {
             let lock_key = state.lock_key(&self.workspace_key_prefix);
@@ -308,10 +310,10 @@ impl States {
                     Some(held) => held,
                     None => match self.store.get(&lock_key).await? {
                         Some(obj) => Held::from_stored(obj.body, obj.version),
-                        None => return Ok(()),
+                        None => return Ok(None),
                     },
                 };
-                let holder = held.info;
+                let holder = &held.info;
                 if let Some(id) = id
                     && holder.id != id
                 {
@@ -324,7 +326,7 @@ impl States {
                     .store
                     .delete(
                         &lock_key,
-                        OpDelete::transient(Condition::IfMatch(held.version)),
+                        OpDelete::transient(Condition::IfMatch(held.version.clone())),
                     )
                     .await
                 {
@@ -338,7 +340,7 @@ impl States {
                             state: state.clone(),
                             holder: None,
                         });
-                        return Ok(());
+                        return Ok(Some(held));
                     }
                     Err(StoreError::PreconditionFailed) => continue,
                     Err(e) => return Err(e.into()),
@@ -372,6 +374,33 @@ impl States {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn info(id: &str) -> Bytes {
+        Bytes::from(format!(r#"{{"ID":"{id}","Who":"{id}@host"}}"#))
+    }
+
+    /// A release names the lock it deleted, not the one its caller read:
+    /// a lock read, then released by its holder and taken by another, is
+    /// the other's that goes; one read and released meanwhile is none.
+    #[tokio::test]
+    async fn a_release_returns_the_lock_it_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let states = crate::state::local_states_for_tests(dir.path(), 0);
+        let state = StateRef::parse("app", None).unwrap();
+        states.lock(&state, info("a"), None).await.unwrap();
+        let read_a = states.lock_holder(&state).await.unwrap();
+        states.release(&state, Some("a")).await.unwrap();
+        states.lock(&state, info("b"), None).await.unwrap();
+        let released = states.release_read(&state, None, read_a).await.unwrap();
+        assert_eq!(released.map(|held| held.info.id).as_deref(), Some("b"));
+        assert!(states.lock_holder(&state).await.unwrap().is_none());
+
+        states.lock(&state, info("c"), None).await.unwrap();
+        let read_c = states.lock_holder(&state).await.unwrap();
+        states.release(&state, Some("c")).await.unwrap();
+        let released = states.release_read(&state, None, read_c).await.unwrap();
+        assert!(released.is_none(), "released a lock already gone");
+    }
 
     #[test]
     fn lock_info_fields_are_bounded() {
