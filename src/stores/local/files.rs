@@ -4,6 +4,10 @@
 //! of `errno` to [`StoreError`], and the temporary names a write uses on
 //! its way into place, with the sweep that removes those a killed writer
 //! left behind. None of them knows the tree's layout or locks.
+//!
+//! What they make is the store's user's alone, whatever the umask: states
+//! hold secrets. Files are read-only for it ([`FILE_MODE`]), directories
+//! closed to others ([`DIR_MODE`]).
 
 use std::fs::File;
 use std::io;
@@ -15,6 +19,14 @@ use rustix::io::Errno;
 use time::OffsetDateTime;
 
 use crate::stores::{Payload, StoreError, Version};
+
+/// A state, a lock or a record: read-only (never changed in place, see
+/// [`super`]), and for the store's user only.
+pub(super) const FILE_MODE: u32 = 0o400;
+/// The store's own files that it changes in place (key locks, the spare).
+const OWN_FILE_MODE: u32 = 0o600;
+/// Every directory the store makes.
+pub(super) const DIR_MODE: u32 = 0o700;
 
 /// Resolution that stays below the directory handle and follows no link.
 const BENEATH: ResolveFlags = ResolveFlags::BENEATH
@@ -43,7 +55,7 @@ pub(super) fn unnamed_files_work(tmp_dir: &OwnedFd) -> bool {
         tmp_dir,
         ".",
         OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o444),
+        Mode::from_raw_mode(FILE_MODE),
     ) else {
         return false;
     };
@@ -57,7 +69,7 @@ pub(super) fn unnamed_files_work(tmp_dir: &OwnedFd) -> bool {
 pub(super) fn open_beneath(dir: impl AsFd, rel: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
     // openat2 refuses a mode unless it creates.
     let mode = if flags.contains(OFlags::CREATE) {
-        Mode::from_raw_mode(0o644)
+        Mode::from_raw_mode(OWN_FILE_MODE)
     } else {
         Mode::empty()
     };
@@ -85,7 +97,7 @@ pub(super) fn open_dir_beneath(dir: &OwnedFd, rel: &str, create: bool) -> Result
     }
     let (parent, last) = rel.rsplit_once('/').unwrap_or(("", rel));
     let parent = open_dir_beneath(dir, parent, true)?;
-    match rustix::fs::mkdirat(&parent, last, Mode::from_raw_mode(0o755)) {
+    match rustix::fs::mkdirat(&parent, last, Mode::from_raw_mode(DIR_MODE)) {
         Ok(()) | Err(Errno::EXIST) => {}
         Err(e) => return Err(e),
     }
@@ -119,7 +131,7 @@ pub(super) fn create_new(dir: &OwnedFd, name: &str) -> io::Result<File> {
         dir,
         name,
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::from_raw_mode(0o444),
+        Mode::from_raw_mode(FILE_MODE),
     )?;
     Ok(File::from(fd))
 }

@@ -51,7 +51,7 @@ use std::os::fd::OwnedFd;
 use rustix::fs::{AtFlags, Dir, FileType, FlockOperation, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
-use super::files::{create_new, open_beneath, open_dir_beneath, temporary_name};
+use super::files::{DIR_MODE, create_new, open_beneath, open_dir_beneath, temporary_name};
 use super::{INTERNAL_DIR, TMP_MARK};
 
 /// The layout this release reads and writes.
@@ -96,7 +96,7 @@ pub(super) fn bring_up_to_date(
             // A new root, or an upgrade stopped between removing the old
             // guard and putting the new one in its place.
             Err(Errno::NOENT) => {
-                match rustix::fs::mkdirat(internal, GUARD, Mode::from_raw_mode(0o755)) {
+                match rustix::fs::mkdirat(internal, GUARD, Mode::from_raw_mode(DIR_MODE)) {
                     Ok(()) | Err(Errno::EXIST) => continue,
                     Err(e) => return Err(e.into()),
                 }
@@ -239,7 +239,7 @@ fn write_marker(internal: &OwnedFd, tmp: &OwnedFd) -> io::Result<()> {
 /// returns it locked exclusively. The caller holds the old guard, so no
 /// other process is here.
 fn replace_guard(internal: &OwnedFd) -> io::Result<OwnedFd> {
-    match rustix::fs::mkdirat(internal, NEXT_GUARD, Mode::from_raw_mode(0o755)) {
+    match rustix::fs::mkdirat(internal, NEXT_GUARD, Mode::from_raw_mode(DIR_MODE)) {
         Ok(()) | Err(Errno::EXIST) => {}
         Err(e) => return Err(e.into()),
     }

@@ -277,3 +277,35 @@ fn short_reads_stats_leases_and_empty_listings_take_no_blocking_thread() {
         ));
     });
 }
+
+/// States hold secrets: what the store makes is closed to other users
+/// whatever the umask (the usual 022 would leave files readable by all).
+#[tokio::test]
+async fn what_the_store_makes_is_its_users_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("states");
+    let store = LocalStore::open_dir(&root).unwrap();
+    store
+        .put("team/app", Bytes::from_static(b"{}"), Condition::IfAbsent)
+        .await
+        .unwrap();
+    let mode = |rel: &str| {
+        fs::symlink_metadata(root.join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for made in [
+        "",
+        "team",
+        ".stategate",
+        ".stategate/local",
+        ".stategate/local/tmp",
+    ] {
+        assert_eq!(mode(made), 0o700, "{made:?}");
+    }
+    assert_eq!(mode("team/app+"), 0o400);
+    assert_eq!(mode(".stategate/local/keys") & 0o077, 0);
+}

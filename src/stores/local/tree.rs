@@ -17,9 +17,9 @@ use rustix::io::Errno;
 use time::OffsetDateTime;
 
 use super::files::{
-    create_new, file_version, fill, open_beneath, open_dir_beneath, process_alive,
-    remove_stale_temporaries, temporary_name, translate, unnamed_files_work, version_of,
-    writer_pid,
+    DIR_MODE, FILE_MODE, create_new, file_version, fill, open_beneath, open_dir_beneath,
+    process_alive, remove_stale_temporaries, temporary_name, translate, unnamed_files_work,
+    version_of, writer_pid,
 };
 use super::layout;
 use super::{INTERNAL_DIR, TMP_DIR, TMP_MARK};
@@ -66,7 +66,10 @@ impl Tree {
     /// holds files but is no store is refused untouched
     /// ([`layout::check_made_by_stategate`]).
     pub(super) fn open(root: &Path) -> io::Result<Self> {
-        fs::create_dir_all(root)?;
+        // A root made here is closed to others; one that exists keeps the
+        // modes its operator gave it.
+        std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), DIR_MODE)
+            .create(root)?;
         let root_fd = rustix::fs::open(
             root,
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
@@ -197,7 +200,7 @@ impl Tree {
             &parent,
             ".",
             OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o444),
+            Mode::from_raw_mode(FILE_MODE),
         )
         .map_err(|e| translate(key, "writing", e))?;
         let mut file = File::from(fd);

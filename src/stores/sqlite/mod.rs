@@ -188,6 +188,14 @@ impl SqliteStore {
 
     /// Opens a database file directly.
     pub fn open_file(path: &Path) -> Result<Self, rusqlite::Error> {
+        // A new file is the store's user's alone, whatever the umask:
+        // SQLite would make it readable by all, and its log and index
+        // take its mode. Any failure here, Connection::open meets too.
+        let _ = std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().write(true).create_new(true),
+            0o600,
+        )
+        .open(path);
         let conn = Connection::open(path)?;
         let meta = std::fs::metadata(path)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;

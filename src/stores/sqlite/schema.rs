@@ -369,6 +369,27 @@ mod tests {
         path
     }
 
+    /// States hold secrets: a new file, its log and its index are the
+    /// store's user's alone (SQLite would make them readable by all).
+    #[tokio::test]
+    async fn a_new_file_is_its_users_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("states.db");
+        let store = SqliteStore::open_file(&path).unwrap();
+        store
+            .put("app", Bytes::from_static(b"{}"), Condition::IfAbsent)
+            .await
+            .unwrap();
+        for file in ["states.db", "states.db-wal", "states.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{file}: {mode:o}");
+        }
+    }
+
     #[test]
     fn a_database_stategate_did_not_make_is_refused_unchanged() {
         let dir = tempfile::tempdir().unwrap();
