@@ -88,6 +88,15 @@ impl OssConfig {
             .map(|p| bucket_prefix(p, "OSS", MAX_OBJECT_NAME_BYTES))
             .transpose()?
             .unwrap_or_default();
+        // The OSS client puts object names into the request's URL as they
+        // are: these would end its path or escape, and every request
+        // would fail as a signature mismatch blamed on `secret_key`.
+        if let Some(c) = prefix.chars().find(|c| matches!(c, '#' | '?' | '%')) {
+            return Err(ConfigError::invalid(
+                "prefix",
+                format!("has `{c}`, which OSS object names cannot carry through its client"),
+            ));
+        }
 
         let (scheme, endpoint) = match settings.get("endpoint") {
             None => (
@@ -201,6 +210,17 @@ mod tests {
         let err = OssConfig::from_settings(&settings(&[("prefix", &over)])).expect_err("refused");
         assert!(err.to_string().starts_with("setting `prefix`"), "{err}");
         assert!(err.to_string().contains("at most 256"), "{err}");
+    }
+
+    #[test]
+    fn a_prefix_the_client_cannot_put_in_a_url_is_refused() {
+        for prefix in ["team#x", "team?x", "a%2F..", "ok/b%c"] {
+            let err = OssConfig::from_settings(&settings(&[("prefix", prefix)]))
+                .expect_err(prefix)
+                .to_string();
+            assert!(err.starts_with("setting `prefix`"), "{err}");
+        }
+        assert_eq!(config(&[("prefix", "te am/x")]).prefix, "te am/x/");
     }
 
     #[test]
