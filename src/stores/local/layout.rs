@@ -30,8 +30,9 @@
 //!
 //! **The upgrade** runs when a store is opened for serving and the root is
 //! not yet in layout 2 (a root of either layout has the store's own
-//! directory; one that holds files without it is no store, and is refused
-//! before anything in it is touched), holding the guard exclusively (every change takes
+//! directory; one that holds other files without it is no store, and is
+//! refused before anything in it is touched; and files are renamed only
+//! where layout 1's guard, a file, shows the root was written in it), holding the guard exclusively (every change takes
 //! it shared, and a second process opening the root waits, then finds the
 //! work done). It renames every regular file of the tree that lacks the
 //! mark to the same name with the mark, with `RENAME_NOREPLACE`, in its own
@@ -115,10 +116,14 @@ pub(super) fn bring_up_to_date(
         if is_current(internal)? {
             return Ok(0);
         }
-        let renamed = mark_files(root)?;
+        let guard_kind = FileType::from_raw_mode(held.st_mode);
+        let renamed = match written_by_layout_1(internal, guard_kind)? {
+            true => mark_files(root)?,
+            false => 0,
+        };
         // Held until the marker is written, so a process that finds the
         // new guard waits for the upgrade to end.
-        let _new_guard = match FileType::from_raw_mode(held.st_mode) {
+        let _new_guard = match guard_kind {
             FileType::Directory => None,
             _ => Some(replace_guard(internal)?),
         };
@@ -131,31 +136,60 @@ pub(super) fn bring_up_to_date(
 /// What a file system mounted on a directory may keep in it.
 const LOST_AND_FOUND: &str = "lost+found";
 
-/// Refuses a root that stategate did not make: one that holds anything
-/// (but `lost+found`, kept by a file system mounted there) without the
-/// store's own directory. Such a root is no store of any layout, and the
-/// upgrade would rename every file below it: a `path` pointed by mistake
-/// at a home or data directory must stop the start, not rename the files
-/// in it.
+/// Refuses a root that stategate did not make: one without the store's
+/// own directory that holds, beside directories, anything but objects'
+/// files (named with [`FILE_MARK`], as a tool seeding a new root writes
+/// them) and `lost+found` (kept by a file system mounted there). A `path`
+/// pointed by mistake at a home or data directory stops the start; and
+/// however a root without the store's directory looks, the upgrade never
+/// renames a file in it ([`written_by_layout_1`]).
 pub(super) fn check_made_by_stategate(root: &OwnedFd) -> io::Result<()> {
     match rustix::fs::statat(root, INTERNAL_DIR, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Directory => return Ok(()),
         Ok(_) | Err(Errno::NOENT | Errno::NOTDIR) => {}
         Err(e) => return Err(e.into()),
     }
-    let mut foreign: Vec<String> = Dir::read_from(root)?
+    let mut foreign = Vec::new();
+    for name in Dir::read_from(root)?
         .filter_map(|entry| entry.ok()?.file_name().to_str().ok().map(str::to_string))
         .filter(|name| ![".", "..", LOST_AND_FOUND].contains(&name.as_str()))
-        .collect();
+    {
+        let kind = match rustix::fs::statat(root, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => FileType::from_raw_mode(stat.st_mode),
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let object = kind == FileType::RegularFile && segment_of(&name).is_some();
+        if kind != FileType::Directory && !object {
+            foreign.push(name);
+        }
+    }
     foreign.sort();
     match foreign.first() {
         None => Ok(()),
         Some(first) => Err(io::Error::other(format!(
-            "the directory holds {} entries that stategate did not make (such as `{first}`) and \
+            "the directory holds {} files that stategate did not make (such as `{first}`) and \
              no {INTERNAL_DIR} directory, so it is no store; give `path` a new or empty directory, \
              or one that a stategate store has used",
             foreign.len()
         ))),
+    }
+}
+
+/// Whether the root was written in layout 1, or its upgrade was cut short
+/// before the new guard took the old one's place: only then are files
+/// renamed. Layout 1 left its guard as a file, and the upgrade replaces it
+/// by a directory only once every file is renamed; a root made by this
+/// release has a directory from the start, so a tree that merely lacks the
+/// mark (a directory that was not a store) is never renamed.
+fn written_by_layout_1(internal: &OwnedFd, guard: FileType) -> io::Result<bool> {
+    if guard != FileType::Directory {
+        return Ok(true);
+    }
+    match rustix::fs::statat(internal, NEXT_GUARD, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => Ok(true),
+        Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -463,6 +497,20 @@ mod tests {
         assert_upgraded(root);
     }
 
+    /// Renames every file of [`layout_1`]'s tree as the upgrade does.
+    fn rename_all(root: &Path) {
+        for file in [
+            "b",
+            "team/a",
+            "team/a.tflock",
+            ".stategate/history/team/a/newest.json",
+        ] {
+            fs::rename(root.join(file), root.join(format!("{file}+"))).unwrap();
+        }
+        let link = root.join(".stategate/history/team/a/0000000001.tfstate");
+        fs::rename(&link, link.with_extension("tfstate+")).unwrap();
+    }
+
     #[test]
     fn an_upgrade_cut_short_anywhere_is_finished_by_the_next_open() {
         let own = |root: &Path, name: &str| root.join(super::INTERNAL_DIR).join(name);
@@ -472,18 +520,7 @@ mod tests {
             ("while renaming", |root| {
                 fs::rename(root.join("team/a"), root.join("team/a+")).unwrap();
             }),
-            ("after renaming", |root| {
-                for file in [
-                    "b",
-                    "team/a",
-                    "team/a.tflock",
-                    ".stategate/history/team/a/newest.json",
-                ] {
-                    fs::rename(root.join(file), root.join(format!("{file}+"))).unwrap();
-                }
-                let link = root.join(".stategate/history/team/a/0000000001.tfstate");
-                fs::rename(&link, link.with_extension("tfstate+")).unwrap();
-            }),
+            ("after renaming", rename_all),
             ("after making the new guard", |root| {
                 fs::rename(root.join("b"), root.join("b+")).unwrap();
                 fs::create_dir(root.join(".stategate/local/guard.next")).unwrap();
@@ -492,7 +529,9 @@ mod tests {
                 fs::create_dir(root.join(".stategate/local/guard.next")).unwrap();
                 fs::remove_file(root.join(".stategate/local/guard")).unwrap();
             }),
+            // Every file was renamed, and synced, before the guard changed.
             ("before the marker", |root| {
+                rename_all(root);
                 fs::remove_file(root.join(".stategate/local/guard")).unwrap();
                 fs::create_dir(root.join(".stategate/local/guard")).unwrap();
             }),
@@ -565,7 +604,7 @@ mod tests {
                 .expect("opened to read"),
         ] {
             let e = e.to_string();
-            assert!(e.contains("3 entries that stategate did not make"), "{e}");
+            assert!(e.contains("2 files that stategate did not make"), "{e}");
             assert!(e.contains("such as `.bashrc`"), "{e}");
             assert!(e.contains("give `path` a new or empty directory"), "{e}");
         }
@@ -578,6 +617,23 @@ mod tests {
             !root.join(".stategate").exists(),
             "the store's directory was made"
         );
+    }
+
+    /// A root seeded with objects' files, beside directories that hold
+    /// anything: taken as a new root, and no file in it renamed.
+    #[tokio::test]
+    async fn a_root_without_the_stores_directory_has_nothing_renamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::write(root.join("seeded+"), "state").unwrap();
+        fs::create_dir_all(root.join("data/deep")).unwrap();
+        fs::write(root.join("data/deep/file.bin"), "bytes").unwrap();
+        fs::write(root.join("data/team+"), "state").unwrap();
+        let before = files(root);
+        let store = LocalStore::open_dir(root).unwrap();
+        assert_eq!(files(root), before, "a file was renamed");
+        assert_eq!(listed(&store, "").await, ["data/team", "seeded"]);
+        assert_eq!(store.get("seeded").await.unwrap().unwrap().body, "state");
     }
 
     #[tokio::test]
