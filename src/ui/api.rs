@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::inflight::InFlight;
 use super::{Query, Viewer};
@@ -58,8 +58,9 @@ pub struct BodyViews {
     max_bytes: u64,
     /// A view reads every byte of its bodies and holds what it takes down
     /// of them (a diff, of two): few at a time keeps the time and memory
-    /// they take bounded however many ask.
-    running: Semaphore,
+    /// they take bounded however many ask. A turn is held by the work
+    /// itself, which goes on when its requests are gone.
+    running: Arc<Semaphore>,
     /// Diffs being computed, by state and version pair.
     diffs: InFlight<(StateRef, u64, u64), Diff>,
     /// Overviews being computed, by state and store version of its body.
@@ -70,7 +71,7 @@ impl BodyViews {
     pub fn new(max_bytes: u64) -> Self {
         BodyViews {
             max_bytes,
-            running: Semaphore::new(BODY_VIEWS_AT_ONCE),
+            running: Arc::new(Semaphore::new(BODY_VIEWS_AT_ONCE)),
             diffs: InFlight::default(),
             overviews: InFlight::default(),
         }
@@ -78,13 +79,14 @@ impl BodyViews {
 
     /// A turn to read bodies, held until dropped; 503 when the others take
     /// longer than [`BODY_VIEW_WAIT`].
-    async fn turn(&self) -> Result<SemaphorePermit<'_>, ProtocolError> {
+    async fn turn(&self) -> Result<OwnedSemaphorePermit, ProtocolError> {
         let busy = || {
             ProtocolError::Unavailable(
                 "the dashboard is busy reading other states; try again shortly".into(),
             )
         };
-        match tokio::time::timeout(BODY_VIEW_WAIT, self.running.acquire()).await {
+        match tokio::time::timeout(BODY_VIEW_WAIT, Arc::clone(&self.running).acquire_owned()).await
+        {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(busy()),
         }
@@ -403,12 +405,15 @@ async fn overview(
     views
         .overviews
         .get_or_compute(key, async || {
-            let _turn = views.turn().await?;
-            let overview = tokio::task::spawn_blocking(move || diff::overview(&body))
-                .await
-                .map_err(|e| {
-                    ProtocolError::Unavailable(format!("reading the state failed: {e}"))
-                })??;
+            let turn = views.turn().await?;
+            // The turn ends with the reading, not with the request: a
+            // client that leaves does not free it for another reading.
+            let overview = tokio::task::spawn_blocking(move || {
+                let _turn = turn;
+                diff::overview(&body)
+            })
+            .await
+            .map_err(|e| ProtocolError::Unavailable(format!("reading the state failed: {e}")))??;
             Ok(overview)
         })
         .await
@@ -510,8 +515,17 @@ pub async fn version_diff(
     let diff = views
         .diffs
         .get_or_compute((state.clone(), from, to), async || {
-            let _turn = views.turn().await?;
-            Ok::<_, ProtocolError>(app.states.version_diff(state, from, to).await?)
+            let turn = views.turn().await?;
+            // Run to its end with its turn, whether or not anyone still
+            // waits (see `overview`).
+            let (states, state) = (app.states.clone(), state.clone());
+            let diff = tokio::spawn(async move {
+                let _turn = turn;
+                states.version_diff(&state, from, to).await
+            })
+            .await
+            .map_err(|e| ProtocolError::Unavailable(format!("the diff failed: {e}")))?;
+            Ok::<_, ProtocolError>(diff?)
         })
         .await?;
     Ok(VersionDiff {
@@ -555,4 +569,64 @@ pub async fn locks(
     }
     out.sort_by_key(|l| std::cmp::Reverse(l.lock.age_seconds));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::summary::Summary;
+
+    /// A view's turn is held by its reading, not by its request: a client
+    /// that leaves at once does not free the turn while the reading goes
+    /// on, so clients that ask and leave cannot run more readings at once
+    /// than [`BODY_VIEWS_AT_ONCE`].
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_view_keeps_its_turn_when_its_client_leaves() {
+        let views = Arc::new(BodyViews::new(u64::MAX));
+        let resource = r#"{"mode":"managed","type":"t","name":"n","provider":"p","instances":[{"attributes":{"v":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}]}"#;
+        let body = format!(
+            r#"{{"version":4,"serial":1,"lineage":"L","outputs":{{}},"resources":[{}]}}"#,
+            vec![resource; 300_000].join(",")
+        );
+        let current = CurrentBody {
+            body: Payload::Memory(bytes::Bytes::from(body)),
+            version: Version("1".into()),
+            summary: Summary {
+                version: 1,
+                serial: Some(1),
+                lineage: Some("L".into()),
+                resources: 300_000,
+                size: 0,
+                updated: String::new(),
+                who: None,
+                identity: None,
+                operation: "write".into(),
+            },
+        };
+        let asking = {
+            let views = Arc::clone(&views);
+            tokio::spawn(async move {
+                let state = StateRef::parse("big", None).unwrap();
+                let _ = overview(&views, &state, current).await;
+            })
+        };
+        while views.running.available_permits() == BODY_VIEWS_AT_ONCE {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        asking.abort();
+        let _ = asking.await;
+        assert_eq!(
+            views.running.available_permits(),
+            BODY_VIEWS_AT_ONCE - 1,
+            "the turn was given back while the reading went on"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while views.running.available_permits() < BODY_VIEWS_AT_ONCE {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reading never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
