@@ -80,6 +80,14 @@ fn token(name: &str, token_hash: String, rules: Vec<FileRule>) -> FileToken {
     }
 }
 
+/// An `Authorization` header of user (or `token`) and password.
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
 fn rule(keys: &str, access: &str) -> FileRule {
     FileRule {
         keys: keys.into(),
@@ -145,12 +153,6 @@ async fn credentials_map_to_identities_and_levels() {
     ))
     .unwrap();
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let basic = |u: &str, p: &str| {
-        format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
-        )
-    };
     let alice = auth
         .authenticate(Some(&basic("alice", "s3cret")), None, ip)
         .await
@@ -208,11 +210,7 @@ async fn a_token_named_with_dots_is_a_token_as_bearer_too() {
     ))
     .unwrap();
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("token:{secret}"))
-    );
-    for header in [format!("Bearer {secret}"), basic] {
+    for header in [format!("Bearer {secret}"), basic("token", &secret)] {
         let who = auth.authenticate(Some(&header), None, ip).await.unwrap();
         assert_eq!(who.name, "token:deploy.prod.eu", "{}", &header[..6]);
     }

@@ -14,16 +14,20 @@ use stategate::config::table::{SERVER_SETTINGS, Scope};
 
 use crate::support::*;
 
-fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(bin())
-        .args(args)
+/// The command for `args` in `dir`, with no configuration from around it.
+fn command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
         .env_remove("STATEGATE_CONFIG")
         .env_remove("STATEGATE_DEFAULTS")
         .envs(env.iter().copied())
         .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run stategate")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    command(dir, args, env).output().expect("run stategate")
 }
 
 fn help(args: &[&str]) -> String {
@@ -248,12 +252,7 @@ fn settings_refused_for_their_shape_are_not_repeated() {
 /// Runs a command that should end by itself; one still running after
 /// `limit` is killed and fails the test.
 fn run_within(dir: &Path, args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(bin())
-        .args(args)
-        .env_remove("STATEGATE_CONFIG")
-        .env_remove("STATEGATE_DEFAULTS")
-        .current_dir(dir)
-        .stdin(Stdio::null())
+    let mut child = command(dir, args, &[])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

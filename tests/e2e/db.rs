@@ -411,22 +411,12 @@ fn password_handling(engine: Engine) {
     assert!(!server.log().contains(PASSWORD));
     drop(server);
 
-    let encoded: String = percent_encode(PASSWORD);
-    let scheme = match engine {
-        Engine::Postgres => "postgres",
-        Engine::Mariadb => "mariadb",
-    };
-    let db_url = format!(
-        "{scheme}://stategate:{encoded}@127.0.0.1:{}/{}?sslmode=disable",
-        peer.server.port, peer.database
-    );
-    let db_url = if engine == Engine::Mariadb {
-        db_url.replace("sslmode=disable", "ssl-mode=disabled")
-    } else {
-        db_url
+    let url = match engine {
+        Engine::Postgres => db_url(&peer, engine, "?sslmode=disable"),
+        Engine::Mariadb => db_url(&peer, engine, "?ssl-mode=disabled"),
     };
     let out = stategate(
-        &UrlPeer(&db_url),
+        &UrlPeer(&url),
         &["state", "get", "pw/terraform.tfstate"],
         &[],
     );
@@ -438,12 +428,33 @@ fn password_handling(engine: Engine) {
 
     // A wrong password stops start-up naming the setting, not the secret.
     let wrong = format!("{PASSWORD}x");
-    let log = Server::try_start(&peer, &["-C", &format!("dbPassword={wrong}")], &[])
+    start_refused(&peer, &["-C", &format!("dbPassword={wrong}")], "dbPassword");
+}
+
+/// The URL of `peer`'s database, with the password percent-encoded and
+/// `query` after it.
+fn db_url(peer: &DbPeer, engine: Engine, query: &str) -> String {
+    let scheme = match engine {
+        Engine::Postgres => "postgres",
+        Engine::Mariadb => "mariadb",
+    };
+    format!(
+        "{scheme}://stategate:{}@127.0.0.1:{}/{}{query}",
+        percent_encode(PASSWORD),
+        peer.server.port,
+        peer.database
+    )
+}
+
+/// Starting on `peer` with `args` must stop, naming `setting` and never
+/// the password.
+fn start_refused(peer: &dyn Peer, args: &[&str], setting: &str) {
+    let log = Server::try_start(peer, args, &[])
         .err()
-        .expect("a wrong password must stop start-up");
+        .unwrap_or_else(|| panic!("{args:?} must stop start-up"));
     assert!(
-        log.contains("dbPassword"),
-        "the refusal names dbPassword:\n{log}"
+        log.contains(&format!("setting `{setting}`")),
+        "names {setting}:\n{log}"
     );
     assert!(!log.contains(PASSWORD), "the password appeared:\n{log}");
 }
@@ -714,34 +725,11 @@ impl Peer for ExamplePeer {
 /// to plain text.
 fn tls_required_but_not_offered(engine: Engine) {
     let peer = DbPeer::new(engine);
-    let log = Server::try_start(&peer, &["-C", "dbSSLMode=require"], &[])
-        .err()
-        .expect("require without TLS on the server must stop start-up");
-    assert!(
-        log.contains("setting `dbSSLMode`"),
-        "names dbSSLMode:\n{log}"
-    );
-    assert!(!log.contains(PASSWORD), "the password appeared:\n{log}");
+    start_refused(&peer, &["-C", "dbSSLMode=require"], "dbSSLMode");
     // The same through a dbURL that names no sslmode of its own: the
     // setting holds for it too, never the driver's `prefer`.
-    let scheme = match engine {
-        Engine::Postgres => "postgres",
-        Engine::Mariadb => "mariadb",
-    };
-    let db_url = format!(
-        "{scheme}://stategate:{}@127.0.0.1:{}/{}",
-        percent_encode(PASSWORD),
-        peer.server.port,
-        peer.database
-    );
-    let log = Server::try_start(&UrlPeer(&db_url), &["-C", "dbSSLMode=require"], &[])
-        .err()
-        .expect("require without TLS on the server must stop start-up, with dbURL too");
-    assert!(
-        log.contains("setting `dbSSLMode`"),
-        "names dbSSLMode:\n{log}"
-    );
-    assert!(!log.contains(PASSWORD), "the password appeared:\n{log}");
+    let url = db_url(&peer, engine, "");
+    start_refused(&UrlPeer(&url), &["-C", "dbSSLMode=require"], "dbSSLMode");
 }
 
 /// `dbSSLMode=verify-full` with `dbSSLRootCert` against a PostgreSQL that
