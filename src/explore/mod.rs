@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
 use time::OffsetDateTime;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, Semaphore, broadcast, watch};
 
 use crate::state::summary::Listed;
 use crate::state::{StateChange, StateError, StateRef, States};
@@ -87,7 +87,15 @@ struct Shared {
     changes: Mutex<Option<broadcast::Receiver<StateChange>>>,
     /// Asks for a refresh now: a change could not be applied as told.
     wake: Notify,
+    /// Turns to search ([`SEARCHES_AT_ONCE`]).
+    searching: Arc<Semaphore>,
 }
+
+/// Searches made at once; more wait for a turn. A search goes through the
+/// whole index and holds all it found (every matching resource of a page
+/// of states) until it is answered: few at a time bound the memory that
+/// takes however many ask, and the time they hold the index.
+const SEARCHES_AT_ONCE: usize = 2;
 
 impl Explorer {
     /// An empty index of `states`, following their changes from now on
@@ -104,6 +112,7 @@ impl Explorer {
                 complete: AtomicBool::new(false),
                 changes: Mutex::new(Some(changes)),
                 wake: Notify::new(),
+                searching: Arc::new(Semaphore::new(SEARCHES_AT_ONCE)),
             }),
         }
     }
@@ -164,6 +173,28 @@ impl Explorer {
             OffsetDateTime::now_utc(),
             self.complete(),
         )
+    }
+
+    /// [`Explorer::search`] for a request: in its turn
+    /// ([`SEARCHES_AT_ONCE`]), on a blocking thread (it reads the whole
+    /// index, which would hold an async thread that long), the turn held
+    /// until the search ends, whether or not its client still waits.
+    pub async fn search_in_turn(
+        &self,
+        search: Search,
+        may_see: impl Fn(&StateRef) -> bool + Send + 'static,
+    ) -> Found {
+        let turn = Arc::clone(&self.shared.searching)
+            .acquire_owned()
+            .await
+            .expect("the turns are never closed");
+        let explorer = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            explorer.search(&search, &may_see)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
     /// Roughly how many bytes the index holds.
@@ -346,6 +377,48 @@ mod tests {
 
     fn keys(found: &Found) -> Vec<String> {
         found.states.iter().map(|s| s.key.clone()).collect()
+    }
+
+    /// However many ask at once, [`SEARCHES_AT_ONCE`] searches run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn searches_take_turns() {
+        use std::sync::atomic::AtomicUsize;
+        let dir = tempfile::TempDir::new().unwrap();
+        let states = crate::state::local_states_for_tests(dir.path(), 0);
+        let a = StateRef::parse("a.tfstate", None).unwrap();
+        let opts = WriteOptions {
+            operation: "write",
+            ..Default::default()
+        };
+        states
+            .write(&a, doc(1, "1.4.0", &["aws_db_instance"]), opts)
+            .await
+            .unwrap();
+        let explorer = Explorer::new(states, &ExploreSettings::default());
+        explorer.refresh().await.unwrap();
+        let (inside, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let searches: Vec<_> = (0..8)
+            .map(|_| {
+                let (explorer, inside, most) = (explorer.clone(), inside.clone(), most.clone());
+                tokio::spawn(async move {
+                    let search =
+                        Search::parse([("type", "aws_*")], OffsetDateTime::now_utc()).unwrap();
+                    let may_see = move |_: &StateRef| {
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(50));
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        true
+                    };
+                    explorer.search_in_turn(search, may_see).await
+                })
+            })
+            .collect();
+        for search in searches {
+            assert_eq!(keys(&search.await.unwrap()), ["a.tfstate"]);
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!(most <= SEARCHES_AT_ONCE, "{most} searches ran at once");
     }
 
     #[test]

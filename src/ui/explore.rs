@@ -46,8 +46,11 @@ fn search_of(params: &[(String, String)]) -> Result<Search, ProtocolError> {
     .map_err(|e| ProtocolError::BadRequest(e.to_string()))
 }
 
-fn run(explorer: &Explorer, viewer: &Viewer, search: &Search) -> Found {
-    explorer.search(search, &|state| viewer.may_read(state))
+async fn run(explorer: &Explorer, viewer: &Viewer, search: Search) -> Found {
+    let viewer = viewer.clone();
+    explorer
+        .search_in_turn(search, move |state| viewer.may_read(state))
+        .await
 }
 
 /// Whether the client asked for CSV.
@@ -64,14 +67,14 @@ fn wants_csv(params: &[(String, String)], headers: &HeaderMap) -> bool {
 }
 
 /// `GET /api/v1/search`.
-pub fn api(
+pub async fn api(
     explorer: &Explorer,
     viewer: &Viewer,
     raw_query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
     let params = params(raw_query);
-    let found = run(explorer, viewer, &search_of(&params)?);
+    let found = run(explorer, viewer, search_of(&params)?).await;
     Ok(match wants_csv(&params, headers) {
         true => super::typed(found.to_csv(), "text/csv; charset=utf-8"),
         false => super::api::json_body(&found),
@@ -141,7 +144,7 @@ fn url_with(base: &str, path: &str, params: &[(String, String)], extra: &[(&str,
 /// `GET /ui/explore`: the form, the counts and one page of results. A
 /// filter that cannot be used is shown above an empty result, so the
 /// form stays there to correct it.
-pub fn page(
+pub async fn page(
     base: &str,
     explorer: &Explorer,
     viewer: &Viewer,
@@ -157,7 +160,7 @@ pub fn page(
             .unwrap_or_default()
     };
     let (found, error) = match search_of(&params) {
-        Ok(search) => (Some(run(explorer, viewer, &search)), None),
+        Ok(search) => (Some(run(explorer, viewer, search).await), None),
         Err(e) => (None, Some(e.to_string())),
     };
     let tally = |param: &str, counts: Option<&std::collections::BTreeMap<String, usize>>| {

@@ -82,6 +82,7 @@ impl Dashboard {
 }
 
 /// Who is looking, and what they may see.
+#[derive(Clone)]
 pub struct Viewer {
     /// `None` when no authentication is configured: everyone is an admin.
     identity: Option<Identity>,
@@ -563,14 +564,11 @@ impl Dashboard {
             }
             Route::NotificationsPage => notifications::page(app, base, &viewer).await,
             Route::ApiSearch => {
-                explore::api(&self.explorer, &viewer, req.uri().query(), req.headers())
+                explore::api(&self.explorer, &viewer, req.uri().query(), req.headers()).await
             }
-            Route::ExplorePage => Ok(explore::page(
-                base,
-                &self.explorer,
-                &viewer,
-                req.uri().query(),
-            )),
+            Route::ExplorePage => {
+                Ok(explore::page(base, &self.explorer, &viewer, req.uri().query()).await)
+            }
             Route::StatePage(raw) => {
                 let state = readable(raw, page).await?;
                 let window = q.history_window()?;
