@@ -49,21 +49,116 @@ struct Plain {
     resources: Option<Blocks>,
     #[serde(default, deserialize_with = "catalog::lenient_text")]
     terraform_version: Option<String>,
+    #[serde(default)]
+    modules: V3Resources,
+}
+
+/// How many resources the `modules` of a version-3 state (Terraform before
+/// 0.12) hold: each module's `resources` is an object by address. Any
+/// other shape counts none, and is no reason to refuse a body.
+#[derive(Default)]
+struct V3Resources(usize);
+
+impl<'de> Deserialize<'de> for V3Resources {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Count(Level::Modules)).map(V3Resources)
+    }
+}
+
+/// What [`Count`] counts at its level of `modules`.
+#[derive(Clone, Copy)]
+enum Level {
+    /// The array of modules: the sum of theirs.
+    Modules,
+    /// One module: its `resources`.
+    Module,
+    /// A module's `resources`: its members.
+    Resources,
+}
+
+struct Count(Level);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Count {
+    type Value = usize;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Count {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        let mut n = 0usize;
+        match self.0 {
+            Level::Modules => {
+                while let Some(m) = seq.next_element_seed(Count(Level::Module))? {
+                    n = n.saturating_add(m);
+                }
+            }
+            _ => while seq.next_element::<IgnoredAny>()?.is_some() {},
+        }
+        Ok(n)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+        let mut n = 0usize;
+        while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match self.0 {
+                Level::Module if name == "resources" => {
+                    n = map.next_value_seed(Count(Level::Resources))?;
+                }
+                Level::Resources => {
+                    map.next_value::<IgnoredAny>()?;
+                    n += 1;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<usize, E> {
+        Ok(0)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<usize, E> {
+        Ok(0)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<usize, E> {
+        Ok(0)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<usize, E> {
+        Ok(0)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<usize, E> {
+        Ok(0)
+    }
+    fn visit_unit<E>(self) -> Result<usize, E> {
+        Ok(0)
+    }
 }
 
 impl StateHead {
-    /// A head of what a body holds.
+    /// A head of what a body holds; `v3_resources` are those of a
+    /// version-3 state's modules ([`V3Resources`]).
     fn of(
         lineage: Option<String>,
         serial: Option<u64>,
         resources: Option<Blocks>,
         terraform_version: Option<String>,
+        v3_resources: usize,
     ) -> Self {
         let resources = resources.unwrap_or_default();
         StateHead {
             lineage,
             serial,
-            resources: resources.count,
+            resources: resources.count.saturating_add(v3_resources),
             catalog: Catalog::build(terraform_version, resources),
         }
     }
@@ -93,6 +188,7 @@ impl StateHead {
                 p.serial,
                 p.resources,
                 p.terraform_version,
+                p.modules.0,
             )),
             Err(e) if e.is_data() => {
                 any().map_err(judged)?;
@@ -114,6 +210,8 @@ struct Incoming {
     /// Read for the catalog only: not one of the [`READ_MEMBERS`] whose
     /// other spellings are refused, since no rule judges it.
     terraform_version: Option<String>,
+    /// A version-3 state's: only how many resources they hold.
+    modules: V3Resources,
     encryption_version: bool,
     encrypted_data: bool,
     meta: bool,
@@ -162,6 +260,10 @@ impl<'de> Deserialize<'de> for Incoming {
                 while let Some(name) = map.next_key::<String>()? {
                     if name == "terraform_version" {
                         out.terraform_version = map.next_value::<catalog::LenientText>()?.0;
+                        continue;
+                    }
+                    if name == "modules" {
+                        out.modules = map.next_value()?;
                         continue;
                     }
                     let Some(at) = READ_MEMBERS.iter().position(|m| *m == name) else {
@@ -369,6 +471,7 @@ impl Incoming {
             serial,
             self.resources,
             self.terraform_version,
+            self.modules.0,
         ))
     }
 }
@@ -606,6 +709,40 @@ mod tests {
         }
         let head = StateHead::parse_incoming_reader(&in_file(big_junk.as_bytes())).unwrap();
         assert_eq!((head.serial, head.resources), (Some(1), 3000));
+    }
+
+    /// A version-3 state keeps its resources in its modules: they count,
+    /// so another lineage cannot replace it as if it held none, and any
+    /// other shape of `modules` counts none without refusing the body.
+    #[test]
+    fn a_version_3_states_resources_are_counted() {
+        let v3 = br#"{"version":3,"serial":5,"lineage":"AAA","modules":[
+            {"path":["root"],"outputs":{},"resources":{
+                "aws_instance.web":{"type":"aws_instance","primary":{"id":"i-1"}},
+                "aws_eip.ip":{"type":"aws_eip","primary":{"id":"e-1"}}}},
+            {"path":["root","db"],"resources":{"aws_db_instance.main":{}}}]}"#;
+        let empty = br#"{"version":3,"serial":1,"lineage":"AAA","modules":[
+            {"path":["root"],"outputs":{},"resources":{},"depends_on":[]}]}"#;
+        for (body, n) in [
+            (&v3[..], 3),
+            (&empty[..], 0),
+            (br#"{"serial":1,"lineage":"L","modules":"odd"}"#, 0),
+            (
+                br#"{"serial":1,"lineage":"L","modules":[1,null,{"resources":[1]}]}"#,
+                0,
+            ),
+        ] {
+            for head in [
+                StateHead::parse(body).unwrap(),
+                StateHead::parse_incoming(body).unwrap(),
+                StateHead::parse_incoming_reader(&in_file(body)).unwrap(),
+            ] {
+                assert_eq!(head.resources, n, "{}", String::from_utf8_lossy(body));
+            }
+        }
+        let other = StateHead::parse_incoming(br#"{"version":4,"serial":1,"lineage":"BBB"}"#);
+        let e = crate::state::write::check_stale(&StateHead::parse(v3).unwrap(), &other.unwrap());
+        assert!(e.unwrap_err().to_string().contains("lineage mismatch"));
     }
 
     /// A refusal names what is wrong with a body and holds nothing of it,
