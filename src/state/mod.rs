@@ -268,7 +268,16 @@ impl States {
         state: &StateRef,
         args: OpRead,
     ) -> Result<Option<(Payload, Version)>, StateError> {
-        Ok(self.store.read(&self.object_key(state), args).await?)
+        let read = self.store.read(&self.object_key(state), args).await?;
+        if let Some((body, _)) = &read {
+            let first = body
+                .first_bytes(5)
+                .map_err(|e| StoreError::unavailable(format!("reading {state}: {e}")))?;
+            if let Some(refused) = seal::sealed_without_keys(&state.to_string(), &first, None) {
+                return Err(refused.into());
+            }
+        }
+        Ok(read)
     }
 
     /// Every state whose key starts with `prefix` (any workspace), with its

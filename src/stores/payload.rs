@@ -107,6 +107,18 @@ impl Payload {
         }
     }
 
+    /// Up to `n` of the first bytes (fewer in a shorter body).
+    pub fn first_bytes(&self, n: usize) -> io::Result<Vec<u8>> {
+        match self {
+            Payload::Memory(b) => Ok(b[..n.min(b.len())].to_vec()),
+            Payload::File(f) => {
+                let mut buf = vec![0u8; n.min(usize::try_from(f.len).unwrap_or(usize::MAX))];
+                std::os::unix::fs::FileExt::read_exact_at(&f.file, &mut buf, 0)?;
+                Ok(buf)
+            }
+        }
+    }
+
     /// A reader from the first byte, independent of any other reader.
     pub fn reader(&self) -> PayloadReader {
         PayloadReader {

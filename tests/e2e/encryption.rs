@@ -419,6 +419,45 @@ fn encryption_a_key_missing_from_the_configuration_refuses_writes_and_deletes() 
     assert_small_and_large_read(&peer, &sealing, &small, &large);
 }
 
+/// A sealed store served without the `encryption` section: its states
+/// answer 503 naming the cause, never the sealed bytes as a state, and
+/// a write never puts a clear state over a sealed one.
+#[test]
+fn encryption_a_sealed_store_served_without_keys_is_neither_read_nor_written() {
+    let peer = LocalPeer::new();
+    let sealing = Sealing::new(&["k1"]);
+    let (small, large) = write_small_and_large(&peer, &sealing);
+    let before = store_contents(&peer);
+    let server = Server::start(&peer);
+    for (key, next) in [
+        ("small/terraform.tfstate", state_doc("small", 2, "in-clear")),
+        (
+            "large/terraform.tfstate",
+            sized_state("large", 2, 3 * 1024 * 1024),
+        ),
+    ] {
+        let url = server.state_url(key);
+        for method in ["GET", "HEAD"] {
+            let (status, reason) = http(method, &url, b"");
+            assert_eq!(status, 503, "{method} {key}: {}", text(&reason));
+        }
+        let (_, reason) = http("GET", &url, b"");
+        assert!(
+            text(&reason).contains("no encryption keys"),
+            "GET {key}: {}",
+            text(&reason)
+        );
+        let (status, reason) = http("POST", &url, &next);
+        assert_eq!(status, 503, "POST {key}: {}", text(&reason));
+    }
+    drop(server);
+    assert!(
+        store_contents(&peer) == before,
+        "a write without keys changed the sealed store"
+    );
+    assert_small_and_large_read(&peer, &sealing, &small, &large);
+}
+
 #[test]
 fn encryption_a_key_file_others_can_read_is_warned_about_or_refused() {
     let peer = LocalPeer::new();

@@ -26,6 +26,12 @@ impl States {
             .await?
             .filter(|r| r.object_version.as_deref() == Some(version.0.as_str()))
             .map(|r| (r.md5, r.size));
+        if let Some((md5, _)) = &known
+            && let Some(refused) =
+                crate::state::seal::sealed_without_keys(&state.to_string(), &[], Some(md5))
+        {
+            return Err(refused.into());
+        }
         Ok(Some((version, known)))
     }
 
@@ -162,6 +168,14 @@ impl States {
         let Some((body, version)) = self.store.read(&object_key, OpRead::streamed()).await? else {
             return Ok(None);
         };
+        let first = body
+            .first_bytes(5)
+            .map_err(|e| StoreError::unavailable(format!("reading {state}: {e}")))?;
+        if let Some(refused) =
+            crate::state::seal::sealed_without_keys(&state.to_string(), &first, None)
+        {
+            return Err(refused.into());
+        }
         let head = StateHead::parse_found(&body).await;
         let md5 = body.md5_hex().await?;
         let history = if ends.as_ref().is_none_or(|p| p.newest.md5 != md5) {

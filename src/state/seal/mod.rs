@@ -78,6 +78,28 @@ pub use store::SealedStore;
 
 use crate::stores::StoreError;
 
+/// The refusal of a sealed body or record met where nothing opens it: a
+/// server started without the `encryption` section on a store that has
+/// one. Above [`SealedStore`] a body never starts with the seal's mark
+/// nor a record's MD5 with [`format::SEALED_DIGEST`] (it opened them), so
+/// finding either means there are no keys. Serving the sealed bytes as a
+/// state, or writing a clear one over it, would give Terraform garbage
+/// and put secrets in clear beside the sealed history: 503 instead.
+pub fn sealed_without_keys(
+    what: &str,
+    first_bytes: &[u8],
+    md5: Option<&str>,
+) -> Option<StoreError> {
+    let sealed = first_bytes.starts_with(format::MAGIC)
+        || md5.is_some_and(|m| m.starts_with(format::SEALED_DIGEST));
+    sealed.then(|| {
+        StoreError::unavailable(format!(
+            "{what} is sealed (encryption at rest) and this server has no encryption keys; \
+             start it with the `encryption` section that sealed it"
+        ))
+    })
+}
+
 /// The reason, when `error` says that no configured key opens a stored
 /// body: a key the body names is not listed, the listed key of that id is
 /// not the one that sealed it, or `require_sealed` refuses a clear body.
