@@ -247,6 +247,24 @@ impl States {
         result
     }
 
+    /// The stored version of a state, with the hex MD5 and size of its
+    /// body when the newest history record names that version (so the
+    /// body need not be read to know them); `None` when no state is
+    /// stored. A record sealed where no key opened it is refused
+    /// ([`seal::sealed_without_keys`]).
+    pub async fn current_digest(
+        &self,
+        state: &StateRef,
+    ) -> Result<Option<(Version, Option<(String, u64)>)>, StateError> {
+        let digest = self.recorded_digest(state).await?;
+        if let Some((_, Some((md5, _)))) = &digest
+            && let Some(refused) = seal::sealed_without_keys(&state.to_string(), &[], Some(md5))
+        {
+            return Err(refused.into());
+        }
+        Ok(digest)
+    }
+
     /// Reads a state's current body with its store version, as the store
     /// hands it out: a large body may be a file, read a piece at a time.
     pub async fn read(&self, state: &StateRef) -> Result<Option<(Payload, Version)>, StateError> {

@@ -14,7 +14,7 @@ impl States {
     /// body when the newest history record names that version (so the
     /// body need not be read to know them); `None` when no state is
     /// stored.
-    pub async fn current_digest(
+    pub(in crate::state) async fn recorded_digest(
         &self,
         state: &StateRef,
     ) -> Result<Option<(Version, Option<(String, u64)>)>, StateError> {
@@ -26,12 +26,6 @@ impl States {
             .await?
             .filter(|r| r.object_version.as_deref() == Some(version.0.as_str()))
             .map(|r| (r.md5, r.size));
-        if let Some((md5, _)) = &known
-            && let Some(refused) =
-                crate::state::seal::sealed_without_keys(&state.to_string(), &[], Some(md5))
-        {
-            return Err(refused.into());
-        }
         Ok(Some((version, known)))
     }
 
@@ -165,17 +159,10 @@ impl States {
         }
         // Written by another tool (or before history was kept): read as the
         // store hands it out, a large body a piece at a time.
-        let Some((body, version)) = self.store.read(&object_key, OpRead::streamed()).await? else {
+        // Through `read_as`, which refuses a sealed body no key opened.
+        let Some((body, version)) = self.read_as(state, OpRead::streamed()).await? else {
             return Ok(None);
         };
-        let first = body
-            .first_bytes(5)
-            .map_err(|e| StoreError::unavailable(format!("reading {state}: {e}")))?;
-        if let Some(refused) =
-            crate::state::seal::sealed_without_keys(&state.to_string(), &first, None)
-        {
-            return Err(refused.into());
-        }
         let head = StateHead::parse_found(&body).await;
         let md5 = body.md5_hex().await?;
         let history = if ends.as_ref().is_none_or(|p| p.newest.md5 != md5) {
