@@ -251,16 +251,14 @@ impl States {
     /// body when the newest history record names that version (so the
     /// body need not be read to know them); `None` when no state is
     /// stored. A record sealed where no key opened it is refused
-    /// ([`seal::sealed_without_keys`]).
+    /// ([`seal::refuse_sealed_record`]).
     pub async fn current_digest(
         &self,
         state: &StateRef,
     ) -> Result<Option<(Version, Option<(String, u64)>)>, StateError> {
         let digest = self.recorded_digest(state).await?;
-        if let Some((_, Some((md5, _)))) = &digest
-            && let Some(refused) = seal::sealed_without_keys(&state.to_string(), &[], Some(md5))
-        {
-            return Err(refused.into());
+        if let Some((_, Some((md5, _)))) = &digest {
+            seal::refuse_sealed_record(&state.to_string(), md5)?;
         }
         Ok(digest)
     }
@@ -288,12 +286,7 @@ impl States {
     ) -> Result<Option<(Payload, Version)>, StateError> {
         let read = self.store.read(&self.object_key(state), args).await?;
         if let Some((body, _)) = &read {
-            let first = body
-                .first_bytes(5)
-                .map_err(|e| StoreError::unavailable(format!("reading {state}: {e}")))?;
-            if let Some(refused) = seal::sealed_without_keys(&state.to_string(), &first, None) {
-                return Err(refused.into());
-            }
+            seal::refuse_sealed_body(&state.to_string(), body)?;
         }
         Ok(read)
     }

@@ -311,11 +311,7 @@ impl States {
                 None => Condition::IfAbsent,
                 Some(cur) if cur.md5 == md5 => return Ok(WriteOutcome::Unchanged),
                 Some(cur) => {
-                    if let Some(refused) =
-                        super::seal::sealed_without_keys(&state.to_string(), &[], Some(&cur.md5))
-                    {
-                        return Err(refused.into());
-                    }
+                    super::seal::refuse_sealed_record(&state.to_string(), &cur.md5)?;
                     if self.protect_lineage
                         && !opts.skip_lineage_check
                         && let Err(refused) = check_stale(&cur.head, &incoming)

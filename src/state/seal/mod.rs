@@ -76,28 +76,38 @@ pub use keyring::{Keyring, Opened, decode_key, generate_key};
 pub use rekey::{RekeyReport, rekey};
 pub use store::SealedStore;
 
-use crate::stores::StoreError;
+use crate::stores::{Payload, StoreError};
 
-/// The refusal of a sealed body or record met where nothing opens it: a
-/// server started without the `encryption` section on a store that has
-/// one. Above [`SealedStore`] a body never starts with the seal's mark
-/// nor a record's MD5 with [`format::SEALED_DIGEST`] (it opened them), so
-/// finding either means there are no keys. Serving the sealed bytes as a
-/// state, or writing a clear one over it, would give Terraform garbage
+/// Refuses a body sealed where nothing opens it: a server started without
+/// the `encryption` section on a store that has one. Above
+/// [`SealedStore`] a body never starts with the seal's mark (it opened
+/// it), so finding it means there are no keys. Serving the sealed bytes as
+/// a state, or writing a clear one over it, would give Terraform garbage
 /// and put secrets in clear beside the sealed history: 503 instead.
-pub fn sealed_without_keys(
-    what: &str,
-    first_bytes: &[u8],
-    md5: Option<&str>,
-) -> Option<StoreError> {
-    let sealed = first_bytes.starts_with(format::MAGIC)
-        || md5.is_some_and(|m| m.starts_with(format::SEALED_DIGEST));
-    sealed.then(|| {
-        StoreError::unavailable(format!(
-            "{what} is sealed (encryption at rest) and this server has no encryption keys; \
-             start it with the `encryption` section that sealed it"
-        ))
-    })
+pub fn refuse_sealed_body(what: &str, body: &Payload) -> Result<(), StoreError> {
+    let first = body
+        .first_bytes(format::MAGIC.len())
+        .map_err(|e| StoreError::unavailable(format!("reading {what}: {e}")))?;
+    match first == format::MAGIC {
+        true => Err(sealed_without_keys(what)),
+        false => Ok(()),
+    }
+}
+
+/// [`refuse_sealed_body`] for a history record's MD5, which above
+/// [`SealedStore`] never starts with [`format::SEALED_DIGEST`].
+pub fn refuse_sealed_record(what: &str, md5: &str) -> Result<(), StoreError> {
+    match md5.starts_with(format::SEALED_DIGEST) {
+        true => Err(sealed_without_keys(what)),
+        false => Ok(()),
+    }
+}
+
+fn sealed_without_keys(what: &str) -> StoreError {
+    StoreError::unavailable(format!(
+        "{what} is sealed (encryption at rest) and this server has no encryption keys; \
+         start it with the `encryption` section that sealed it"
+    ))
 }
 
 /// The reason, when `error` says that no configured key opens a stored
