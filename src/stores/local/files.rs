@@ -125,6 +125,15 @@ pub(super) fn fill(
     ))
 }
 
+/// The names in `dir` but `.` and `..` (names that are not UTF-8, which
+/// stategate never makes, left out).
+pub(super) fn entry_names(dir: impl AsFd) -> io::Result<Vec<String>> {
+    Ok(Dir::read_from(dir)?
+        .filter_map(|entry| entry.ok()?.file_name().to_str().ok().map(str::to_string))
+        .filter(|name| name != "." && name != "..")
+        .collect())
+}
+
 /// Creates a new read-only file in `dir`.
 pub(super) fn create_new(dir: &OwnedFd, name: &str) -> io::Result<File> {
     let fd = rustix::fs::openat(
@@ -187,7 +196,7 @@ pub(super) fn version_of(stat: &Stat) -> Version {
 /// them. A killed write leaves its temporary file behind; without this,
 /// they would pile up across restarts.
 pub(super) fn remove_stale_temporaries(tmp_dir: &OwnedFd) {
-    let Ok(dir) = Dir::read_from(tmp_dir) else {
+    let Ok(names) = entry_names(tmp_dir) else {
         return;
     };
     let own = std::process::id();
@@ -197,10 +206,6 @@ pub(super) fn remove_stale_temporaries(tmp_dir: &OwnedFd) {
     // File times are coarser than the clock, hence the second's margin.
     static FIRST_OPEN: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     let first_open = *FIRST_OPEN.get_or_init(|| OffsetDateTime::now_utc().unix_timestamp() - 1);
-    let names: Vec<String> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str().ok().map(str::to_string))
-        .filter(|n| n != "." && n != "..")
-        .collect();
     for name in names {
         let Ok(stat) = rustix::fs::statat(tmp_dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) else {
             continue;

@@ -49,10 +49,12 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 
-use rustix::fs::{AtFlags, Dir, FileType, FlockOperation, Mode, OFlags, RenameFlags};
+use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
-use super::files::{DIR_MODE, create_new, open_beneath, open_dir_beneath, temporary_name};
+use super::files::{
+    DIR_MODE, create_new, entry_names, open_beneath, open_dir_beneath, temporary_name,
+};
 use super::{INTERNAL_DIR, TMP_MARK};
 
 /// The layout this release reads and writes.
@@ -150,9 +152,9 @@ pub(super) fn check_made_by_stategate(root: &OwnedFd) -> io::Result<()> {
         Err(e) => return Err(e.into()),
     }
     let mut foreign = Vec::new();
-    for name in Dir::read_from(root)?
-        .filter_map(|entry| entry.ok()?.file_name().to_str().ok().map(str::to_string))
-        .filter(|name| ![".", "..", LOST_AND_FOUND].contains(&name.as_str()))
+    for name in entry_names(root)?
+        .into_iter()
+        .filter(|name| name != LOST_AND_FOUND)
     {
         let kind = match rustix::fs::statat(root, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) => FileType::from_raw_mode(stat.st_mode),
@@ -304,11 +306,7 @@ fn mark_files(root: &OwnedFd) -> io::Result<u64> {
                 )));
             }
         };
-        let names: Vec<String> = Dir::read_from(&dir)?
-            .filter_map(|entry| entry.ok()?.file_name().to_str().ok().map(str::to_string))
-            .filter(|name| name != "." && name != "..")
-            .collect();
-        for name in names {
+        for name in entry_names(&dir)? {
             let path = match rel.as_str() {
                 "" => name.clone(),
                 rel => format!("{rel}/{name}"),
@@ -365,9 +363,9 @@ fn holds_nothing(root: &OwnedFd) -> io::Result<bool> {
             Err(Errno::NOENT) => return Ok(true),
             Err(e) => return Err(e.into()),
         };
-        Ok(Dir::read_from(&dir)?
-            .filter_map(|entry| entry.ok()?.file_name().to_str().ok().map(str::to_string))
-            .all(|name| name == "." || name == ".." || allowed.contains(&name.as_str())))
+        Ok(entry_names(&dir)?
+            .iter()
+            .all(|name| allowed.contains(&name.as_str())))
     };
     let (top, below) = INTERNAL_DIR.split_once('/').expect("two segments");
     Ok(only("", &[top, LOST_AND_FOUND])? && only(top, &[below])?)
