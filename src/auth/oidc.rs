@@ -569,20 +569,21 @@ fn no_key(issuer: &Issuer, kid: &str, cache: &KeyCache) -> AuthError {
 mod tests {
     use super::*;
 
+    /// A rule as the file gives it, granting `access`.
+    fn file_rule(claims: &[(&str, &str)], keys: &str, access: &str) -> FileClaimRule {
+        FileClaimRule {
+            claims: claims
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            keys: keys.into(),
+            access: access.into(),
+            workspaces: vec![],
+        }
+    }
+
     fn rule(claims: &[(&str, &str)], keys: &str) -> ClaimRule {
-        ClaimRule::parse(
-            "r",
-            &FileClaimRule {
-                claims: claims
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                keys: keys.into(),
-                access: "write".into(),
-                workspaces: vec![],
-            },
-        )
-        .unwrap()
+        ClaimRule::parse("r", &file_rule(claims, keys, "write")).unwrap()
     }
 
     fn claims(pairs: &[(&str, Value)]) -> Map<String, Value> {
@@ -597,15 +598,7 @@ mod tests {
         let parse = |claims: &[(&str, &str)]| {
             ClaimRule::parse(
                 "auth.oidc[https://token.actions.githubusercontent.com].rules",
-                &FileClaimRule {
-                    claims: claims
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    keys: "shared/**".into(),
-                    access: "read".into(),
-                    workspaces: vec![],
-                },
+                &file_rule(claims, "shared/**", "read"),
             )
         };
         let e = parse(&[]).err().expect("a rule without claims").to_string();
