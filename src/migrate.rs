@@ -200,23 +200,36 @@ fn conflict(target: &StateHead, source: &StateHead) -> Option<String> {
     }
 }
 
-/// The target's current state: its MD5 and head, read without holding it
-/// in memory where the newest history record describes it.
-async fn target_state(
-    to: &States,
-    state: &StateRef,
-) -> Result<Option<(String, StateHead)>, StateError> {
+/// The target's current state as a copy sees it.
+struct TargetState {
+    md5: String,
+    head: StateHead,
+    /// Whether the newest history record describes it: not when another
+    /// tool wrote it, or a copy was cut off between it and its record.
+    recorded: bool,
+}
+
+/// The target's current state, read without holding it in memory where
+/// the newest history record describes it.
+async fn target_state(to: &States, state: &StateRef) -> Result<Option<TargetState>, StateError> {
     let Some((body, _)) = to.read(state).await? else {
         return Ok(None);
     };
     let md5 = body.md5_hex().await?;
     let newest = HistoryWindow::new(Some(1), None)?;
     let recorded = to.history_page(state, newest).await?.versions;
-    let head = match recorded.into_iter().find(|r| r.md5 == md5) {
-        Some(record) => record.head(),
-        None => StateHead::parse_found(&body).await,
-    };
-    Ok(Some((md5, head)))
+    Ok(Some(match recorded.into_iter().find(|r| r.md5 == md5) {
+        Some(record) => TargetState {
+            md5,
+            head: record.head(),
+            recorded: true,
+        },
+        None => TargetState {
+            head: StateHead::parse_found(&body).await,
+            md5,
+            recorded: false,
+        },
+    }))
 }
 
 /// Copies one state into `to`: the versions of `source`, oldest first.
@@ -237,8 +250,19 @@ pub async fn copy_state(
     };
     let pending: &[SourceVersion] = match target_state(to, state).await? {
         None => versions,
-        Some((md5, _)) if md5 == current.md5 => return Ok(Copied::Identical),
-        Some((existing_md5, target)) => {
+        Some(target) if target.md5 == current.md5 => {
+            // A copy cut off after the state was written and before its
+            // record: the record is made now, so history keeps it.
+            if !target.recorded && !dry_run {
+                to.record_found(state).await?;
+            }
+            return Ok(Copied::Identical);
+        }
+        Some(TargetState {
+            md5: existing_md5,
+            head: target,
+            ..
+        }) => {
             match versions.iter().rposition(|v| v.md5 == existing_md5) {
                 // The target stopped at one of the source's versions (an
                 // interrupted copy): go on after it.
@@ -288,7 +312,7 @@ pub async fn copy_state(
         .await?;
     }
     match target_state(to, state).await? {
-        Some((landed, _)) if landed == current.md5 => Ok(Copied::Written {
+        Some(landed) if landed.md5 == current.md5 => Ok(Copied::Written {
             versions: pending.len(),
             bytes,
         }),
@@ -340,4 +364,58 @@ pub async fn migrate_state(
     let copied = result?;
     released?;
     Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::WriteOptions;
+    use crate::stores::{Condition, StoreExt};
+
+    fn doc(serial: u64) -> Bytes {
+        format!(r#"{{"version":4,"serial":{serial},"lineage":"L","resources":[]}}"#).into()
+    }
+
+    async fn write(states: &States, state: &StateRef, serial: u64) {
+        let opts = WriteOptions {
+            operation: "write",
+            ..Default::default()
+        };
+        states.write(state, doc(serial), opts).await.unwrap();
+    }
+
+    async fn kept_md5s(states: &States, state: &StateRef) -> Vec<String> {
+        let history = states.history(state).await.unwrap();
+        history.into_iter().map(|r| r.md5).collect()
+    }
+
+    /// A copy cut off after it wrote the source's current state and before
+    /// that state's record: the rerun finds the target identical, and the
+    /// target's history must still end with that version.
+    #[tokio::test]
+    async fn a_rerun_records_a_copied_state_whose_record_was_cut_off() {
+        let (a, b) = (
+            tempfile::TempDir::new().unwrap(),
+            tempfile::TempDir::new().unwrap(),
+        );
+        let from = crate::state::local_states_for_tests(a.path(), 0);
+        let to = crate::state::local_states_for_tests(b.path(), 0);
+        let state = StateRef::parse("net/terraform.tfstate", None).unwrap();
+        for serial in 1..=2 {
+            write(&from, &state, serial).await;
+        }
+        write(&to, &state, 1).await;
+        // The cut-off copy: the state written, no record.
+        let raw = crate::stores::local::LocalStore::open_dir(b.path()).unwrap();
+        raw.put(&to.object_key(&state), doc(2), Condition::Always)
+            .await
+            .unwrap();
+
+        let info = br#"{"ID":"m","Operation":"migrate","Who":"t"}"#;
+        let copied = migrate_state(&from, &to, &state, true, false, false, info)
+            .await
+            .unwrap();
+        assert_eq!(copied, Copied::Identical);
+        assert_eq!(kept_md5s(&to, &state).await, kept_md5s(&from, &state).await);
+    }
 }

@@ -73,8 +73,9 @@ fn migrate_ok(from: &str, to: &str, extra: &[&str], env: &[(String, String)]) ->
     text(&out.stdout)
 }
 
-/// Every state's current body and kept versions, read through a server.
-fn contents(peer: &dyn Peer) -> BTreeMap<String, (Vec<u8>, Vec<Vec<u8>>)> {
+/// Every state's current body and kept versions, read through a server, as
+/// text so that a failed comparison reads.
+fn contents(peer: &dyn Peer) -> BTreeMap<String, (String, Vec<String>)> {
     let server = Server::start(peer);
     let mut out = BTreeMap::new();
     for (key, ws) in STATES {
@@ -92,9 +93,9 @@ fn contents(peer: &dyn Peer) -> BTreeMap<String, (Vec<u8>, Vec<Vec<u8>>)> {
             let n = v["version"].as_u64().unwrap();
             let (status, old) = http("GET", &with_query(&url, &format!("version={n}")), b"");
             assert_eq!(status, 200);
-            versions.push(old);
+            versions.push(text(&old));
         }
-        out.insert(format!("{key} {ws:?}"), (body, versions));
+        out.insert(format!("{key} {ws:?}"), (text(&body), versions));
     }
     out
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{Current, HistoryPage, HistoryWindow, VersionMeta, body_key};
 use crate::state::catalog::Catalog;
 use crate::state::head::{Described, StateHead, Writer};
-use crate::state::{StateError, StateRef, States};
+use crate::state::{LeaseNeed, StateError, StateRef, States};
 use crate::stores::{OpRead, Payload, StoreError, Version};
 
 impl States {
@@ -184,5 +184,16 @@ impl States {
             md5,
             history,
         }))
+    }
+
+    /// Records the stored state in history when its newest record does not
+    /// describe it (written by another tool, or by a write cut off between
+    /// the state and its record), under the write lease, as a write does
+    /// before it replaces such a state.
+    pub async fn record_found(&self, state: &StateRef) -> Result<(), StateError> {
+        self.with_lease(state, LeaseNeed::Always, async |_| {
+            self.current(state).await.map(drop)
+        })
+        .await
     }
 }
