@@ -477,16 +477,11 @@ mod tests {
     /// A lock holder's write on a store like S3 takes no lease and reads
     /// neither the state nor the next version before writing: the lock,
     /// the pointer, the state, then the copy, its record and the pointer.
-    #[test]
-    fn a_holder_writes_without_the_lease() {
-        let (dir, rt, state) = setting();
-        let (store, states) = like_s3_states(&dir);
-        write(&rt, &states, &state, 1);
-        let lock = br#"{"ID":"H","Who":"holder@host"}"#;
-        rt.block_on(states.lock(&state, Bytes::from_static(lock), None))
-            .unwrap();
-        // A lease held by another process: a write that waited for it
-        // would not finish in time.
+    /// The write lease of `a.tfstate`, held for an hour by another process.
+    fn hold_the_lease_elsewhere(
+        rt: &tokio::runtime::Runtime,
+        store: &std::sync::Arc<dyn crate::stores::Store>,
+    ) {
         let lease = ".stategate/lease/a.tfstate/other";
         let expires = time::OffsetDateTime::now_utc().unix_timestamp() * 1000 + 3_600_000;
         let body = format!(r#"{{"owner":"other","expires_ms":{expires}}}"#);
@@ -497,6 +492,38 @@ mod tests {
             crate::stores::Condition::IfAbsent,
         ))
         .unwrap();
+    }
+
+    /// A purge waits for the write lease: a write that holds it may be
+    /// creating the state again, and recording it in the history a purge
+    /// that went ahead would remove.
+    #[test]
+    fn a_purge_waits_for_the_write_lease() {
+        let (dir, rt, state) = setting();
+        let (store, states) = like_s3_states(&dir);
+        write(&rt, &states, &state, 1);
+        rt.block_on(states.delete(&state, None)).unwrap();
+        hold_the_lease_elsewhere(&rt, &store);
+        let purged = rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(2), states.purge(&state)).await
+        });
+        assert!(
+            purged.is_err(),
+            "purged while the lease was held: {purged:?}"
+        );
+        assert_eq!(numbers(&rt, &states, &state), [1]);
+    }
+
+    #[test]
+    fn a_holder_writes_without_the_lease() {
+        let (dir, rt, state) = setting();
+        let (store, states) = like_s3_states(&dir);
+        write(&rt, &states, &state, 1);
+        let lock = br#"{"ID":"H","Who":"holder@host"}"#;
+        rt.block_on(states.lock(&state, Bytes::from_static(lock), None))
+            .unwrap();
+        // A write that waited for the lease would not finish in time.
+        hold_the_lease_elsewhere(&rt, &store);
         let opts = WriteOptions {
             operation: "write",
             lock_id: Some("H"),

@@ -444,8 +444,17 @@ impl States {
     /// Removes every kept version of a state that no longer exists (a
     /// deleted state stays readable through its history until then).
     /// Refused while the state exists or is locked. Returns how many
-    /// versions were removed.
+    /// versions were removed. Made under the write lease, which every write
+    /// that creates the state takes: one made meanwhile would otherwise be
+    /// recorded in the history being removed, and lose its record.
     pub async fn purge(&self, state: &StateRef) -> Result<usize, StateError> {
+        self.with_lease(state, LeaseNeed::Always, async |_| {
+            self.purge_leased(state).await
+        })
+        .await
+    }
+
+    async fn purge_leased(&self, state: &StateRef) -> Result<usize, StateError> {
         if self.store.stat(&self.object_key(state)).await?.is_some() {
             return Err(StateError::BadRequest(format!(
                 "{state} still exists; delete it before purging its history"
