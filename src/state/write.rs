@@ -372,6 +372,7 @@ impl States {
                 let Some(cur) = self.current(state).await? else {
                     return Ok(());
                 };
+                super::seal::refuse_sealed_record(&state.to_string(), &cur.md5)?;
                 if let Some(lease) = lease {
                     lease.check()?;
                 }

@@ -420,10 +420,11 @@ fn encryption_a_key_missing_from_the_configuration_refuses_writes_and_deletes() 
 }
 
 /// A sealed store served without the `encryption` section: its states
-/// answer 503 naming the cause, never the sealed bytes as a state, and
-/// a write never puts a clear state over a sealed one.
+/// answer 503 naming the cause, never the sealed bytes as a state; a
+/// write never puts a clear state over a sealed one, nor does a delete
+/// remove one.
 #[test]
-fn encryption_a_sealed_store_served_without_keys_is_neither_read_nor_written() {
+fn encryption_a_sealed_store_served_without_keys_is_neither_read_written_nor_deleted() {
     let peer = LocalPeer::new();
     let sealing = Sealing::new(&["k1"]);
     let (small, large) = write_small_and_large(&peer, &sealing);
@@ -449,11 +450,13 @@ fn encryption_a_sealed_store_served_without_keys_is_neither_read_nor_written() {
         );
         let (status, reason) = http("POST", &url, &next);
         assert_eq!(status, 503, "POST {key}: {}", text(&reason));
+        let (status, reason) = http("DELETE", &url, b"");
+        assert_eq!(status, 503, "DELETE {key}: {}", text(&reason));
     }
     drop(server);
     assert!(
         store_contents(&peer) == before,
-        "a write without keys changed the sealed store"
+        "a write or delete without keys changed the sealed store"
     );
     assert_small_and_large_read(&peer, &sealing, &small, &large);
 }
