@@ -460,6 +460,11 @@ pub enum LockCommand {
         /// The workspace (default: `default`).
         #[arg(long, short)]
         workspace: Option<String>,
+        /// Release only the lock of this ID (as `lock list` shows it, or
+        /// as `terraform force-unlock` takes it): a lock taken since
+        /// stays, and the command fails naming its holder.
+        #[arg(long)]
+        id: Option<String>,
     },
 }
 

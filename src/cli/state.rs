@@ -323,6 +323,22 @@ fn restore_refused(state: &StateRef, e: OpError) -> anyhow::Error {
     }
 }
 
+/// A release refused because another lock than the one named is held,
+/// naming its holder.
+fn held_by_another(state: &StateRef, e: OpError) -> anyhow::Error {
+    match e {
+        OpError::State(StateError::Locked(holder) | StateError::NotHolder(holder)) => {
+            let holder = LockInfo::of_holder(&holder);
+            anyhow::anyhow!(
+                "{state} is locked by {} (ID {}), not by the lock named: nothing was released",
+                holder.who,
+                holder.id
+            )
+        }
+        other => other.into(),
+    }
+}
+
 pub(super) fn report_write(
     out: &mut impl Write,
     state: &StateRef,
@@ -367,10 +383,11 @@ pub async fn lock(settings: &Settings, cmd: LockCommand) -> Result<()> {
                 );
             }
         }
-        LockCommand::Release { key, workspace } => {
+        LockCommand::Release { key, workspace, id } => {
             let state = state_ref(&states, &key, workspace.as_deref())?;
             let ops = Ops::new(&states, &audit, None).notifying(notifier.as_deref());
-            match ops.force_unlock(&state, &operator(), None).await? {
+            let released = ops.force_unlock(&state, &operator(), id.as_deref()).await;
+            match released.map_err(|e| held_by_another(&state, e))? {
                 None => println!("{state} is not locked"),
                 Some(held) => println!(
                     "released the lock on {state} held by {} (ID {})",

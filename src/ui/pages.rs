@@ -575,6 +575,10 @@ pub fn lock(
     if state.workspace() != crate::state::key::DEFAULT_WORKSPACE {
         stategate_command.push_str(&format!(" --workspace {}", shell_word(state.workspace())));
     }
+    // This lock and no other: one taken since the page was shown stays.
+    if lock.is_some() {
+        stategate_command.push_str(&format!(" --id {}", shell_word(&id)));
+    }
     let fields = lock
         .map(|l| {
             l.info

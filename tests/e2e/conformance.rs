@@ -777,6 +777,33 @@ pub fn operator_commands(peer: &dyn Peer) {
     );
     assert_eq!(got.stdout, state_doc("ops2", 2, "y"));
 
+    // With the ID of a lock no longer held (one taken since stays).
+    let other = stategate(
+        peer,
+        &["lock", "release", "ops/app.tfstate", "--id", "gone-lock"],
+        &[],
+    );
+    assert!(!other.status.success(), "{}", text(&other.stdout));
+    assert!(
+        text(&other.stderr).contains("carol@laptop"),
+        "the holder is named: {}",
+        text(&other.stderr)
+    );
+    assert!(keys(peer).iter().any(|k| k.ends_with(".tflock")));
+    let released = stategate(
+        peer,
+        &["lock", "release", "ops/app.tfstate", "--id", "ops-lock"],
+        &[],
+    );
+    assert!(released.status.success(), "{}", text(&released.stderr));
+    assert!(text(&released.stdout).contains("carol@laptop"));
+    assert!(!keys(peer).iter().any(|k| k.ends_with(".tflock")));
+
+    // Without an ID, whoever holds it.
+    assert_eq!(
+        http("LOCK", &url, &lock_info("ops-lock-2", "carol@laptop")).0,
+        200
+    );
     let released = stategate(peer, &["lock", "release", "ops/app.tfstate"], &[]);
     assert!(released.status.success());
     assert!(text(&released.stdout).contains("carol@laptop"));

@@ -155,7 +155,7 @@ try {
   const lock = await text('main');
   check(lock.includes(expect.lock_id), 'the lock page lacks the lock ID');
   check(lock.includes(`terraform force-unlock ${expect.lock_id}`), 'no terraform force-unlock command');
-  check(lock.includes(`stategate lock release ${expect.locked}`), 'no stategate lock release command');
+  check(lock.includes(`stategate lock release ${expect.locked} --id ${expect.lock_id}`), 'no stategate lock release command for this lock');
   check(lock.includes('stale'), 'the lock is not called stale');
   await keep('lock');
   await page.goto(`${base}/ui/locks`);
