@@ -2,7 +2,7 @@
 //! on the way out, as a layer over any store.
 
 use crate::stores::OpSnapshot;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -12,7 +12,7 @@ use super::keyring::{Keyring, Opened};
 use crate::stores::keylock::KeyLock;
 use crate::stores::{
     Capabilities, Change, Condition, Entry, Object, OpDelete, OpList, OpRead, OpWrite, Payload,
-    Stopped, Store, StoreError, Version,
+    Stopped, Store, StoreError, ThenChange, Version,
 };
 
 /// A store whose state bodies are sealed, and the MD5s in whose history
@@ -61,13 +61,7 @@ impl SealedStore {
     /// `body` as it is stored at `key` when it is in memory; `None` when it
     /// is stored as it is.
     pub(super) fn seal_body(&self, key: &str, body: &[u8]) -> Result<Option<Bytes>, StoreError> {
-        if let Some(state) = record_state(key) {
-            return self.keys.seal_record(state, body);
-        }
-        match logical_key(key) {
-            Some(logical) => Ok(Some(Bytes::from(self.keys.seal(logical, body)?))),
-            None => Ok(None),
-        }
+        seal_bytes(&self.keys, key, body)
     }
 
     /// `body` as it is stored at `key`: sealed in memory when it is in
@@ -107,7 +101,7 @@ impl SealedStore {
         key: &str,
         condition: &Condition,
     ) -> Result<(), StoreError> {
-        if matches!(condition, Condition::IfAbsent) || logical_key(key) != Some(key) {
+        if !replaces_a_state(key, condition) {
             return Ok(());
         }
         // Whatever version is there now: one that changed since the caller
@@ -210,8 +204,7 @@ impl Store for SealedStore {
     /// in one go.
     async fn change_all(&self, changes: Vec<Change>) -> Result<(), Stopped> {
         let mut sealed = Vec::with_capacity(changes.len());
-        // The writes made so far: key, bytes given, bytes stored.
-        let mut written: Vec<(String, Bytes, Bytes)> = Vec::new();
+        let mut writes = WriteSealer::new(&self.keys);
         for (at, change) in changes.into_iter().enumerate() {
             let stopped = |error| Stopped { at, error };
             let change = match change {
@@ -221,33 +214,10 @@ impl Store for SealedStore {
                     args,
                     same_as,
                 } => {
-                    // The same bytes as an earlier write of this call are
-                    // stored as that write's sealed bytes (a record's
-                    // digest is sealed to its state, which the pointer
-                    // shares), so the store may still link the two;
-                    // sealed anew, they would differ.
-                    let earlier = same_as.as_ref().and_then(|from| {
-                        written
-                            .iter()
-                            .find(|(k, given, _)| k == from && *given == body)
-                    });
-                    let (stored, same_as) = match earlier {
-                        Some((_, _, stored)) => (stored.clone(), same_as),
-                        None => {
-                            let stored = self.seal_body(&key, &body).map_err(stopped)?;
-                            (stored.unwrap_or_else(|| body.clone()), None)
-                        }
-                    };
                     self.check_replaceable(&key, &args.condition)
                         .await
                         .map_err(stopped)?;
-                    written.push((key.clone(), body, stored.clone()));
-                    Change::Write {
-                        key,
-                        body: stored,
-                        args,
-                        same_as,
-                    }
+                    writes.seal(key, body, args, same_as).map_err(stopped)?
                 }
                 Change::Snapshot {
                     from,
@@ -270,6 +240,95 @@ impl Store for SealedStore {
             sealed.push(change);
         }
         self.inner.change_all(sealed).await
+    }
+
+    /// Sealed as `write` and `change_all` seal, then made by the store
+    /// underneath as one `write_then_change` (on SQLite one transaction,
+    /// so a crash keeps a state with its record or neither), when sealing
+    /// the changes needs nothing read from the store: none replaces a
+    /// state body, and every copy is of the body this call writes, whose
+    /// sealed bytes open under the copy's key too (the same state). Any
+    /// other changes are made after the write, as `change_all` makes them.
+    async fn write_then_change(
+        &self,
+        key: &str,
+        body: Payload,
+        args: OpWrite,
+        then: ThenChange,
+    ) -> Result<(Version, Result<(), Stopped>), StoreError> {
+        let sealed = self.sealed_payload(key, &body).await?;
+        self.check_replaceable(key, &args.condition).await?;
+        // The changes' shape does not depend on the version they name.
+        let probe = Version(String::new());
+        let in_step = then(&probe).iter().all(|change| match change {
+            Change::Write { key, args, .. } => !replaces_a_state(key, &args.condition),
+            Change::Delete { key, args } => !replaces_a_state(key, &args.condition),
+            Change::Snapshot {
+                from,
+                from_version,
+                to,
+                ..
+            } => copies_the_write(from, from_version, to, key, &probe),
+        });
+        if !in_step {
+            let version = self.inner.write(key, sealed, args).await?;
+            let changed = self.change_all(then(&version)).await;
+            return Ok((version, changed));
+        }
+        // Where sealing stopped the changes, on the store's last build of
+        // them; the changes before it are made.
+        let stopped: Arc<Mutex<Option<Stopped>>> = Arc::default();
+        let sealed_then: ThenChange = {
+            let (keys, stopped) = (Arc::clone(&self.keys), Arc::clone(&stopped));
+            let (written, sealed) = (key.to_string(), sealed.clone());
+            Arc::new(move |version: &Version| {
+                let mut writes = WriteSealer::new(&keys);
+                let mut made = Vec::new();
+                let mut stop = None;
+                for (at, change) in then(version).into_iter().enumerate() {
+                    let change = match change {
+                        Change::Write {
+                            key,
+                            body,
+                            args,
+                            same_as,
+                        } => writes.seal(key, body, args, same_as),
+                        Change::Snapshot {
+                            from,
+                            from_version,
+                            to,
+                            ..
+                        } => match copies_the_write(&from, &from_version, &to, &written, version) {
+                            true => Ok(Change::Snapshot {
+                                from,
+                                from_version,
+                                to,
+                                body: sealed.clone(),
+                            }),
+                            false => Err(StoreError::unavailable(format!(
+                                "{to}: a copy of another body than the one written is not sealed here"
+                            ))),
+                        },
+                        delete @ Change::Delete { .. } => Ok(delete),
+                    };
+                    match change {
+                        Ok(change) => made.push(change),
+                        Err(error) => {
+                            stop = Some(Stopped { at, error });
+                            break;
+                        }
+                    }
+                }
+                *stopped.lock().unwrap_or_else(|e| e.into_inner()) = stop;
+                made
+            })
+        };
+        let (version, changed) = self
+            .inner
+            .write_then_change(key, sealed, args, sealed_then)
+            .await?;
+        let stop = stopped.lock().unwrap_or_else(|e| e.into_inner()).take();
+        Ok((version, changed.and_then(|()| stop.map_or(Ok(()), Err))))
     }
 
     async fn native_lease(
@@ -305,5 +364,85 @@ impl Store for SealedStore {
                 ..copy
             })
             .await
+    }
+}
+
+/// `body` as it is stored at `key` when it is in memory: a record's MD5
+/// sealed, a state body sealed; `None` when it is stored as it is.
+fn seal_bytes(keys: &Keyring, key: &str, body: &[u8]) -> Result<Option<Bytes>, StoreError> {
+    if let Some(state) = record_state(key) {
+        return keys.seal_record(state, body);
+    }
+    match logical_key(key) {
+        Some(logical) => Ok(Some(Bytes::from(keys.seal(logical, body)?))),
+        None => Ok(None),
+    }
+}
+
+/// Whether a change under `condition` at `key` replaces or deletes a state
+/// object, which [`SealedStore::check_replaceable`] checks first.
+fn replaces_a_state(key: &str, condition: &Condition) -> bool {
+    !matches!(condition, Condition::IfAbsent) && logical_key(key) == Some(key)
+}
+
+/// Whether a copy of `from` at `from_version` into `to` copies the body
+/// just written at `written` as `version`, into a key of the same state:
+/// then its sealed bytes are the written ones.
+fn copies_the_write(
+    from: &str,
+    from_version: &Version,
+    to: &str,
+    written: &str,
+    version: &Version,
+) -> bool {
+    from == written && from_version == version && logical_key(to) == logical_key(written)
+}
+
+/// Seals the writes of one list of changes, in memory: each as
+/// [`SealedStore::seal_body`] seals it, except that bytes an earlier write
+/// of the list stored, named by `same_as`, are stored as that write's
+/// sealed bytes (a record's MD5 is sealed to its state, which the pointer
+/// shares), so the store may still link the two; sealed anew, they would
+/// differ.
+struct WriteSealer<'a> {
+    keys: &'a Keyring,
+    /// The writes sealed so far: key, bytes given, bytes stored.
+    written: Vec<(String, Bytes, Bytes)>,
+}
+
+impl<'a> WriteSealer<'a> {
+    fn new(keys: &'a Keyring) -> Self {
+        WriteSealer {
+            keys,
+            written: Vec::new(),
+        }
+    }
+
+    fn seal(
+        &mut self,
+        key: String,
+        body: Bytes,
+        args: OpWrite,
+        same_as: Option<String>,
+    ) -> Result<Change, StoreError> {
+        let earlier = same_as.as_ref().and_then(|from| {
+            self.written
+                .iter()
+                .find(|(k, given, _)| k == from && *given == body)
+        });
+        let (stored, same_as) = match earlier {
+            Some((_, _, stored)) => (stored.clone(), same_as),
+            None => {
+                let stored = seal_bytes(self.keys, &key, &body)?;
+                (stored.unwrap_or_else(|| body.clone()), None)
+            }
+        };
+        self.written.push((key.clone(), body, stored.clone()));
+        Ok(Change::Write {
+            key,
+            body: stored,
+            args,
+            same_as,
+        })
     }
 }

@@ -393,3 +393,49 @@ fn keys_are_base64_of_32_bytes() {
             .contains("holds 3 bytes, not 32")
     );
 }
+
+/// A write on a sealed SQLite store commits once, as on an unsealed one:
+/// the state, its copy in history, its record and the pointer in one
+/// transaction, so a crash never leaves the state without its record.
+#[tokio::test]
+async fn a_sealed_write_and_its_record_commit_together() {
+    use crate::state::{Policy, StateRef, States, WriteOptions};
+    use crate::stores::Store;
+    use crate::stores::sqlite::SqliteStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateRef::parse("app/terraform.tfstate", None).unwrap();
+    // Commits of the second of two writes, the first creating the state.
+    let commits_of_a_write = async |name: &str, sealed: bool| {
+        let sqlite = Arc::new(SqliteStore::open_file(&dir.path().join(name)).unwrap());
+        let store: Arc<dyn Store> = match sealed {
+            true => {
+                let ring = Arc::new(Keyring::from_keys(&[("k1", K1)], false));
+                Arc::new(super::SealedStore::new(sqlite.clone(), ring))
+            }
+            false => sqlite.clone(),
+        };
+        let policy = Policy {
+            workspace_key_prefix: "workspaces".into(),
+            history_keep: 0,
+            protect_lineage: true,
+        };
+        let states = States::new(Arc::clone(&store), store.capabilities(), policy);
+        let mut commits = 0;
+        for serial in [1, 2] {
+            let body = format!(r#"{{"version":4,"serial":{serial},"lineage":"l"}}"#);
+            let before = sqlite.commits();
+            let opts = WriteOptions {
+                operation: "write",
+                ..Default::default()
+            };
+            states.write(&state, body.into_bytes(), opts).await.unwrap();
+            commits = sqlite.commits() - before;
+        }
+        assert_eq!(states.history(&state).await.unwrap().len(), 2, "{name}");
+        commits
+    };
+    let clear = commits_of_a_write("clear.db", false).await;
+    let sealed = commits_of_a_write("sealed.db", true).await;
+    assert_eq!(sealed, clear, "commits of one sealed write, and of one clear write");
+}

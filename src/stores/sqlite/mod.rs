@@ -310,7 +310,7 @@ impl SqliteStore {
 
     /// Transactions committed by this store's writer so far.
     #[cfg(test)]
-    fn commits(&self) -> u64 {
+    pub(crate) fn commits(&self) -> u64 {
         self.0.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
