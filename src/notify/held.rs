@@ -127,14 +127,16 @@ async fn check(
     let now = OffsetDateTime::now_utc();
     let mut held_markers = HashSet::new();
     let mut seen_now = HashSet::new();
-    for (state, info) in states.locks().await? {
+    for (state, info, taken) in states.locks_taken().await? {
         let marker = marker_key(states, &state, &info.id);
         held_markers.insert(marker.clone());
-        // A LockInfo without a readable `Created` is timed from when this
-        // replica first saw it.
-        let since = match OffsetDateTime::parse(&info.created, &Rfc3339) {
-            Ok(created) => created,
-            Err(_) => *first_seen.entry(marker.clone()).or_insert(now),
+        // Timed from when the store wrote the lock, not from its `Created`,
+        // which the client wrote: one in the future would never be told,
+        // one long past told at once. Where the store keeps no time, from
+        // when this replica first saw the lock.
+        let since = match taken {
+            Some(taken) => taken,
+            None => *first_seen.entry(marker.clone()).or_insert(now),
         };
         seen_now.insert(marker.clone());
         let held_for = now - since;

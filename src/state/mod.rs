@@ -347,6 +347,19 @@ impl States {
 
     /// Every lock currently held, with its state.
     pub async fn locks(&self) -> Result<Vec<(StateRef, LockInfo)>, StateError> {
+        let locks = self.locks_taken().await?;
+        Ok(locks
+            .into_iter()
+            .map(|(state, info, _)| (state, info))
+            .collect())
+    }
+
+    /// [`States::locks`], each with when the store wrote its lock object,
+    /// where the store keeps a time: when the lock was taken, by the
+    /// store's clock, whatever its `Created` (which the client wrote) says.
+    pub async fn locks_taken(
+        &self,
+    ) -> Result<Vec<(StateRef, LockInfo, Option<time::OffsetDateTime>)>, StateError> {
         let mut out = Vec::new();
         for entry in self.store.list("", OpList::outside_internal()).await? {
             let Some(object_key) = entry.key.strip_suffix(key::LOCK_SUFFIX) else {
@@ -357,7 +370,7 @@ impl States {
                 continue;
             };
             if let Some(held) = self.lock_holder(&state).await? {
-                out.push((state, held.info));
+                out.push((state, held.info, entry.modified));
             }
         }
         Ok(out)

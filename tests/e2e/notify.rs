@@ -105,6 +105,11 @@ fn outbox_ids(peer: &dyn Peer) -> BTreeSet<String> {
 /// A LockInfo taken now, as Terraform sends it.
 fn lock_now(id: &str, who: &str) -> Vec<u8> {
     let created = OffsetDateTime::now_utc().format(&Rfc3339).unwrap();
+    lock_created(id, who, &created)
+}
+
+/// A LockInfo whose client says it was created at `created`.
+fn lock_created(id: &str, who: &str, created: &str) -> Vec<u8> {
     format!(
         r#"{{"ID":"{id}","Operation":"OperationTypeApply","Info":"","Who":"{who}","Version":"1.11.4","Created":"{created}","Path":""}}"#
     )
@@ -176,6 +181,17 @@ fn notify_every_event_type_arrives_signed_as_a_cloudevent() {
         .0,
         200
     );
+    // A client's `Created` in the future does not keep its lock from
+    // being told: the age is the store's.
+    let future = lock_created(
+        "f0000000-0000-4000-8000-000000000003",
+        "eve@ci",
+        "2099-01-01T00:00:00Z",
+    );
+    assert_eq!(
+        http("LOCK", &server.state_url("ops/future"), &future).0,
+        200
+    );
 
     let want: BTreeSet<String> = [
         "state.written",
@@ -191,9 +207,20 @@ fn notify_every_event_type_arrives_signed_as_a_cloudevent() {
     .into_iter()
     .map(String::from)
     .collect();
+    let held_locks = |d: &[Received]| -> BTreeSet<String> {
+        d.iter()
+            .map(|r| r.json())
+            .filter(|e| e["type"] == "dev.stategate.lock.held_too_long")
+            .map(|e| e["subject"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
     let got = receiver.wait_for("all", Duration::from_secs(30), |d| {
-        kinds(d).is_superset(&want)
+        kinds(d).is_superset(&want) && held_locks(d).len() == 2
     });
+    assert_eq!(
+        held_locks(&got),
+        BTreeSet::from(["ops/held".to_string(), "ops/future".to_string()])
+    );
     assert_eq!(
         kinds(&got),
         want,
@@ -254,8 +281,8 @@ fn notify_every_event_type_arrives_signed_as_a_cloudevent() {
     );
     assert!(restored["version"].is_u64(), "{restored}");
     let held_too_long = of("lock.held_too_long");
-    assert_eq!(held_too_long[0]["subject"], "ops/held");
-    assert_eq!(held_too_long[0]["data"]["details"]["holder"], "bob@ci");
+    let bob = held_too_long.iter().find(|e| e["subject"] == "ops/held");
+    assert_eq!(bob.unwrap()["data"]["details"]["holder"], "bob@ci");
 
     // Told once per lock, however long it stays held.
     std::thread::sleep(Duration::from_secs(4));
@@ -264,7 +291,7 @@ fn notify_every_event_type_arrives_signed_as_a_cloudevent() {
         .iter()
         .filter(|r| r.json()["type"] == "dev.stategate.lock.held_too_long")
         .count();
-    assert_eq!(again, 1, "one lock.held_too_long per lock");
+    assert_eq!(again, 2, "one lock.held_too_long per lock");
     let ids: Vec<String> = receiver
         .delivered("all")
         .iter()

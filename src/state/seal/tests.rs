@@ -437,5 +437,8 @@ async fn a_sealed_write_and_its_record_commit_together() {
     };
     let clear = commits_of_a_write("clear.db", false).await;
     let sealed = commits_of_a_write("sealed.db", true).await;
-    assert_eq!(sealed, clear, "commits of one sealed write, and of one clear write");
+    assert_eq!(
+        sealed, clear,
+        "commits of one sealed write, and of one clear write"
+    );
 }
