@@ -58,21 +58,23 @@ fn cloudevent(record: &Record, source: &str) -> Value {
     })
 }
 
-/// One readable line (two for a refusal's reason).
+/// One readable line. Every value in it is as Slack shows text ([`inert`]):
+/// a lock holder's `Who`, a key or a reason cannot mention a channel, link
+/// elsewhere or start a line of its own.
 pub fn slack_text(record: &Record) -> String {
-    let state = record.state_name();
-    let who = record.actor.identity.as_deref().unwrap_or("someone");
+    let state = inert(&record.state_name());
+    let who = inert(record.actor.identity.as_deref().unwrap_or("someone"));
     let via = match record.actor.via.as_str() {
         "server" => String::new(),
-        via => format!(" via {via} from {}", record.actor.client),
+        via => format!(" via {} from {}", inert(via), inert(&record.actor.client)),
     };
     let detail = |name: &str| {
         record
             .details
             .get(name)
             .map(|v| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
+                Value::String(s) => inert(s),
+                other => inert(&other.to_string()),
             })
             .unwrap_or_default()
     };
@@ -114,6 +116,23 @@ pub fn slack_text(record: &Record) -> String {
         ),
     };
     format!("stategate: {line}")
+}
+
+/// `text` as Slack shows it, not as markup: `&`, `<` and `>` escaped as
+/// Slack asks (its mentions and links are written inside `<` `>`), and
+/// control characters (a line break) as spaces.
+fn inert(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The `Stategate-Signature` value of `body` sent at `unix_seconds`.
@@ -185,6 +204,25 @@ mod tests {
         assert_eq!(v["subject"], "prod/net");
         assert_eq!(v["data"]["serial"], 7);
         assert_eq!(v["data"]["actor"]["identity"], "user:ann");
+    }
+
+    /// A lock holder's `Who` is the client's to write: in a Slack message
+    /// it stays text, with no mention, link or line of its own.
+    #[test]
+    fn a_slack_message_shows_a_clients_markup_as_text() {
+        let mut r = record();
+        r.kind = Kind::LockHeldTooLong;
+        r.actor.via = "server".into();
+        let who = "<!channel> rotate keys at <https://evil.example|the portal>\nstategate: & more";
+        r.details.insert("holder".into(), Value::String(who.into()));
+        let b = body(&r, Format::Slack, "x");
+        let v: Value = serde_json::from_slice(&b.bytes).unwrap();
+        let text = v["text"].as_str().unwrap();
+        assert!(
+            text.contains("held by &lt;!channel&gt; rotate keys at &lt;https://evil.example|the portal&gt; stategate: &amp; more for"),
+            "{text}"
+        );
+        assert!(!text.contains(['<', '>', '\n']), "{text}");
     }
 
     #[test]
