@@ -51,20 +51,21 @@ struct Query {
 }
 
 impl Query {
-    fn parse(raw: Option<&str>) -> Self {
+    fn parse(raw: Option<&str>) -> Result<Self, ProtocolError> {
         let mut q = Query::default();
-        for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        let known = ["workspace", "ID", "history", "version", "limit", "before"];
+        for (k, v) in query_pairs(raw, &known)? {
             match k.as_ref() {
-                "workspace" => q.workspace = Some(v.into_owned()),
-                "ID" => q.lock_id = Some(v.into_owned()).filter(|id| !id.is_empty()),
+                "workspace" => q.workspace = Some(v),
+                "ID" => q.lock_id = Some(v).filter(|id| !id.is_empty()),
                 "history" => q.history = true,
-                "version" => q.version = Some(v.into_owned()),
-                "limit" => q.limit = Some(v.into_owned()),
-                "before" => q.before = Some(v.into_owned()),
+                "version" => q.version = Some(v),
+                "limit" => q.limit = Some(v),
+                "before" => q.before = Some(v),
                 _ => {}
             }
         }
-        q
+        Ok(q)
     }
 
     /// The page `?history` asks for: `None` (the whole history, oldest
@@ -89,6 +90,27 @@ impl Query {
         )?;
         Ok(Some(window))
     }
+}
+
+/// The parameters of a query string, decoded, refusing any of `once`
+/// given twice: a proxy or firewall in front that reads the first (as
+/// nginx's `$arg_workspace` does) and a server that read the last would
+/// judge two different states or locks.
+pub fn query_pairs(
+    raw: Option<&str>,
+    once: &[&str],
+) -> Result<Vec<(String, String)>, ProtocolError> {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    for (i, (name, _)) in pairs.iter().enumerate() {
+        if once.contains(&name.as_str()) && pairs[..i].iter().any(|(n, _)| n == name) {
+            return Err(ProtocolError::BadRequest(format!(
+                "the query gives `{name}` more than once"
+            )));
+        }
+    }
+    Ok(pairs)
 }
 
 /// Percent-decodes a URL path segment run into the key it names. Decoding
@@ -178,7 +200,7 @@ pub fn route_named(
             "no such URL {path:?}; states live at /states/<key>, locks at /locks/<key>"
         )));
     };
-    let q = Query::parse(query);
+    let q = Query::parse(query)?;
     let state = StateRef::parse(&decode_key(raw_key)?, q.workspace.as_deref())
         .map_err(|e| ProtocolError::BadRequest(e.0))?;
     let state = name(state)?;

@@ -212,10 +212,20 @@ impl Query {
             page: 1,
             ..Default::default()
         };
-        for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        let known = [
+            "workspace",
+            "prefix",
+            "page",
+            "before",
+            "limit",
+            "from",
+            "to",
+            "version",
+        ];
+        for (k, v) in crate::protocol::routes::query_pairs(raw, &known)? {
             match k.as_ref() {
-                "workspace" if !v.is_empty() => q.workspace = Some(v.into_owned()),
-                "prefix" => q.prefix = v.into_owned(),
+                "workspace" if !v.is_empty() => q.workspace = Some(v),
+                "prefix" => q.prefix = v,
                 "page" if !v.is_empty() => {
                     // Past the largest index there is no page: the last
                     // one possible stands for all of them (it is empty).

@@ -184,6 +184,22 @@ fn attack_a_workspace_state_has_one_name() {
     assert_eq!(status, 403);
     let (status, _) = call("GET", "/api/v1/states/workspaces/prod/app", &dev, b"");
     assert_eq!(status, 403);
+    // One workspace per request: a proxy that judged the first of two and
+    // a server that took the last would name two states.
+    for path in [
+        "/states/app?workspace=default&workspace=prod",
+        "/states/app?workspace=prod&ID=a&ID=b",
+        "/ui/states/app?workspace=default&workspace=prod",
+        "/api/v1/states/app?workspace=default&workspace=prod",
+    ] {
+        let (status, answer) = call("GET", path, &dev, b"");
+        assert_eq!(status, 400, "{path}: {}", text(&answer));
+        assert!(
+            text(&answer).contains("more than once"),
+            "{path}: {}",
+            text(&answer)
+        );
+    }
     // The admin reaches it under either spelling: one state, one lock.
     let (status, body) = call("GET", "/states/workspaces/prod/app", &root, b"");
     assert_eq!(status, 200, "{}", text(&body));
