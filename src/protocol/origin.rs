@@ -32,7 +32,16 @@ pub struct Origins {
 /// Splits `host[:port]` (or `[v6]:port`) into the host part.
 fn host_part(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
+        // `[address]` or `[address]:port`, nothing else: `[::1]x.example`
+        // stays whole, and names no address.
+        let port_only = |p: &str| {
+            p.strip_prefix(':')
+                .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        };
+        return match rest.split_once(']') {
+            Some((address, after)) if after.is_empty() || port_only(after) => address,
+            _ => authority,
+        };
     }
     match authority.rsplit_once(':') {
         Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
@@ -161,6 +170,9 @@ mod tests {
             "evil.example:8080",
             "localhost.evil.example",
             "127.0.0.1.nip.io:8080",
+            "[::1]x.evil.example",
+            "[::1]:8080.evil.example",
+            "[::1",
             "",
         ] {
             assert!(!o.host_allowed(refused), "{refused}");
