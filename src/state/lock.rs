@@ -101,7 +101,17 @@ impl LockInfo {
             // matches names case-insensitively and keeps the last: a name
             // twice, in any spelling, would make the ID this server acts on
             // another than the one its taker reads back.
-            if !folded.insert(super::head::go_folded(&name)) {
+            let folded_name = super::head::go_folded(&name);
+            if let Some(field) = TERRAFORM_FIELDS
+                .iter()
+                .find(|f| super::head::go_folded(f) == folded_name)
+                && let Some(should) = misfit(field, &value)
+            {
+                return Err(StateError::BadRequest(format!(
+                    "the LockInfo field `{name}` must be {should}"
+                )));
+            }
+            if !folded.insert(folded_name) {
                 return Err(StateError::BadRequest(format!(
                     "the LockInfo has the field `{name}` twice (names differing only in case count as one)"
                 )));
@@ -128,6 +138,39 @@ impl LockInfo {
     /// else that does not parse still locks; its holder just has no ID.
     pub fn of_holder(body: &[u8]) -> Self {
         serde_json::from_slice(body).unwrap_or_default()
+    }
+}
+
+/// The fields of Terraform's LockInfo, which it decodes from the holder's
+/// LockInfo in a 409 or 423 answer to its LOCK: only when that decodes
+/// does `-lock-timeout` wait and try again, so a holder whose field
+/// Terraform cannot decode would make every other client fail at once.
+const TERRAFORM_FIELDS: [&str; 7] = [
+    "ID",
+    "Operation",
+    "Info",
+    "Who",
+    "Version",
+    "Created",
+    "Path",
+];
+
+/// What the Terraform LockInfo `field` must be, when `value` is not that:
+/// a string (Go's decoder leaves a field alone for `null`), and `Created`
+/// an RFC 3339 time, as Go's `time.Time` reads one.
+fn misfit(field: &str, value: &serde_json::Value) -> Option<&'static str> {
+    use serde_json::Value;
+    match (field, value) {
+        (_, Value::Null) => None,
+        ("Created", Value::String(s)) => {
+            let format = time::format_description::well_known::Rfc3339;
+            match time::OffsetDateTime::parse(s, &format) {
+                Ok(_) => None,
+                Err(_) => Some("an RFC 3339 time (2026-11-23T22:19:50Z)"),
+            }
+        }
+        (_, Value::String(_)) => None,
+        _ => Some("a string"),
     }
 }
 

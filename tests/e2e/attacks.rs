@@ -509,7 +509,7 @@ fn attack_case_variants_of_serial_and_lineage_are_refused() {
 }
 
 #[test]
-fn attack_lock_info_with_a_repeated_id_is_refused() {
+fn attack_lock_info_terraform_could_not_read_back_is_refused() {
     let peer = LocalPeer::new();
     let server = Server::start(&peer);
     let url = server.state_url("dup/app");
@@ -520,6 +520,38 @@ fn attack_lock_info_with_a_repeated_id_is_refused() {
         let (status, answer) = http("LOCK", &url, body.as_bytes());
         assert_eq!(status, 400, "{body}: {}", text(&answer));
         assert!(text(&answer).contains("twice"), "{}", text(&answer));
+    }
+    // A field Terraform could not decode from the holder's LockInfo would
+    // make every other client's LOCK fail instead of waiting its turn.
+    for (body, field) in [
+        (
+            r#"{"ID":"f0000000-0000-4000-8000-00000000000d","Info":{"a":1}}"#,
+            "Info",
+        ),
+        (
+            r#"{"ID":"f0000000-0000-4000-8000-00000000000d","who":7}"#,
+            "who",
+        ),
+        (
+            r#"{"ID":"f0000000-0000-4000-8000-00000000000d","Created":"yesterday"}"#,
+            "Created",
+        ),
+    ] {
+        let (status, answer) = http("LOCK", &url, body.as_bytes());
+        assert_eq!(status, 400, "{body}: {}", text(&answer));
+        assert!(
+            text(&answer).contains(&format!("`{field}` must be")),
+            "{}",
+            text(&answer)
+        );
+    }
+    // As OpenTofu's force-unlock and a Terraform LOCK send them.
+    for body in [
+        r#"{"ID":"f0000000-0000-4000-8000-00000000000e","Operation":"","Info":"","Who":"","Version":"","Created":"0001-01-01T00:00:00Z","Path":""}"#,
+        r#"{"ID":"f0000000-0000-4000-8000-00000000000e","Info":null,"Created":"2026-11-23T22:19:50.653862037Z","Extra":{"a":1}}"#,
+    ] {
+        assert_eq!(http("LOCK", &url, body.as_bytes()).0, 200, "{body}");
+        assert_eq!(http("UNLOCK", &url, body.as_bytes()).0, 200, "{body}");
     }
     // Nothing was locked: a lock can be taken and released as usual.
     let lock = lock_info("f0000000-0000-4000-8000-00000000000c", "me");
