@@ -49,7 +49,15 @@ async fn find(states: &States, filters: &[(&str, Option<String>)]) -> Result<Fou
         let mut next = params.clone();
         next.push(("cursor", &cursor));
         let page = explorer.search(&Search::parse(next.iter().copied(), now)?, &|_| true);
-        found.states.extend(page.states);
+        let mut states = page.states.into_iter();
+        // A state of more resources than a page lists goes on on the next.
+        if let (Some(last), Some(first)) = (found.states.last_mut(), states.as_slice().first())
+            && first.state == last.state
+        {
+            let first = states.next().expect("looked at above");
+            last.resources.extend(first.resources);
+        }
+        found.states.extend(states);
         found.next_cursor = page.next_cursor;
     }
     Ok(found)

@@ -28,6 +28,10 @@ pub const LIMIT_DEFAULT: usize = 100;
 /// The most states one page holds.
 pub const LIMIT_MAX: usize = 1000;
 
+/// The most resource blocks one page lists: a state of more goes on over
+/// the next pages, so one answer stays a few MB however large a state is.
+pub const RESOURCES_PER_PAGE: usize = 10_000;
+
 /// What to look for. Every filter given must hold.
 #[derive(Debug, Clone, Default)]
 pub struct Search {
@@ -46,8 +50,11 @@ pub struct Search {
     pub locked_for: Option<Duration>,
     /// States per page.
     pub limit: usize,
-    /// The page starts after this state (`key:workspace`, a cursor).
+    /// The page starts after this state (`key:workspace`, a cursor), or
+    /// (`key:workspace:N`) with it, after its first `within` matching
+    /// resources, which an earlier page listed.
     pub after: Option<(String, String)>,
+    pub within: usize,
 }
 
 /// A filter a client wrote that cannot be used; the message names it.
@@ -97,10 +104,19 @@ impl Search {
                         })?
                 }
                 "cursor" | "after" => {
-                    let (key, workspace) = v.rsplit_once(':').ok_or_else(|| {
-                        SearchError(format!("{k} {v:?} is not a cursor this server gave"))
-                    })?;
+                    let not_ours =
+                        || SearchError(format!("{k} {v:?} is not a cursor this server gave"));
+                    // Neither keys nor workspaces hold `:`.
+                    let (key, workspace, within) = match v.split(':').collect::<Vec<_>>()[..] {
+                        [key, workspace] => (key, workspace, 0),
+                        [key, workspace, n] => {
+                            let n = n.parse::<usize>().ok().filter(|n| *n > 0);
+                            (key, workspace, n.ok_or_else(not_ours)?)
+                        }
+                        _ => return Err(not_ours()),
+                    };
                     s.after = Some((key.to_string(), workspace.to_string()));
+                    s.within = within;
                 }
                 _ => {}
             }
@@ -352,6 +368,8 @@ pub(super) fn run(
     let mut providers = vec![0usize; index.providers.len()];
     let (mut total_states, mut total_resources) = (0, 0);
     let mut page = Vec::new();
+    // Resource blocks listed on this page.
+    let mut rows = 0;
     let mut next_cursor = None;
     let mut matching: Vec<usize> = Vec::new();
     let mut address = String::new();
@@ -377,18 +395,31 @@ pub(super) fn run(
             types[r.type_id as usize] += 1;
             providers[r.provider as usize] += 1;
         }
-        let after_cursor = search.after.as_ref().is_none_or(|a| place > a);
-        if !after_cursor {
+        // The matching resources an earlier page listed.
+        let listed = match &search.after {
+            None => 0,
+            Some(a) if place > a => 0,
+            Some(a) if place == a && search.within > 0 => search.within.min(matching.len()),
+            Some(_) => continue,
+        };
+        if next_cursor.is_some() {
             continue;
         }
-        if page.len() == search.limit {
-            if next_cursor.is_none() {
-                let last: &FoundState = page.last().expect("a page is never empty here");
-                next_cursor = Some(format!("{}:{}", last.key, last.workspace));
-            }
+        if page.len() == search.limit || rows == RESOURCES_PER_PAGE {
+            let last: &FoundState = page.last().expect("a page is never empty here");
+            next_cursor = Some(format!("{}:{}", last.key, last.workspace));
             continue;
         }
-        page.push(found_state(&judge, e, &matching, now));
+        let rest = &matching[listed..];
+        let room = RESOURCES_PER_PAGE - rows;
+        if rest.len() > room {
+            // The page ends within this state; the next goes on with it.
+            let (key, workspace) = place;
+            next_cursor = Some(format!("{key}:{workspace}:{}", listed + room));
+        }
+        let shown = &rest[..rest.len().min(room)];
+        rows += shown.len();
+        page.push(found_state(&judge, e, shown, now));
     }
     let counted = |names: &Names, counts: Vec<usize>| {
         counts
@@ -597,6 +628,83 @@ mod tests {
         );
         put(&mut index, "c", "1.6.0", vec![], "2024-06-01T00:00:00Z");
         index
+    }
+
+    /// A state of more resource blocks than a page lists goes on over the
+    /// next pages, each block once and in order, and the states after it
+    /// follow; no page lists more than [`RESOURCES_PER_PAGE`].
+    #[test]
+    fn a_state_of_many_resources_is_listed_over_pages() {
+        let mut index = index();
+        let many = 2 * RESOURCES_PER_PAGE + 3;
+        let blocks = (0..many)
+            .map(|i| Block {
+                module: String::new(),
+                data: false,
+                type_name: "null_resource".into(),
+                name: format!("r{i:05}"),
+                provider: "registry.terraform.io/hashicorp/null".into(),
+                instances: 1,
+            })
+            .collect();
+        let catalog = Catalog::new(Some("1.9.0".into()), blocks);
+        let summary = Summary {
+            version: 1,
+            serial: Some(1),
+            lineage: None,
+            resources: 0,
+            size: 1,
+            updated: "2024-06-01T00:00:00Z".into(),
+            who: None,
+            identity: None,
+            operation: "write".into(),
+        };
+        index.put(
+            &StateRef::parse("big", None).unwrap(),
+            &summary,
+            &catalog,
+            None,
+        );
+        let now = datetime!(2024-06-10 00:00 UTC);
+        let mut listed: Vec<(String, String)> = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let mut pairs = vec![("limit", "1000")];
+            if let Some(c) = &cursor {
+                pairs.push(("cursor", c.as_str()));
+            }
+            let search = Search::parse(pairs, now).unwrap();
+            let found = run(&index, &search, &|_| true, now, true);
+            pages += 1;
+            let rows: usize = found.states.iter().map(|s| s.resources.len()).sum();
+            assert!(rows <= RESOURCES_PER_PAGE, "page {pages}: {rows} resources");
+            assert_eq!(found.total_resources, 2 + 1 + many);
+            for s in &found.states {
+                if s.resources.is_empty() {
+                    listed.push((s.key.clone(), String::new()));
+                }
+                for r in &s.resources {
+                    listed.push((s.key.clone(), r.address.clone()));
+                }
+            }
+            cursor = found.next_cursor;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        assert_eq!(pages, 3);
+        let mut expected: Vec<(String, String)> = vec![
+            ("a".into(), "module.db.aws_db_instance.main".into()),
+            ("a".into(), "aws_s3_bucket.logs".into()),
+            ("b".into(), "terraform_data.x".into()),
+        ];
+        expected.extend((0..many).map(|i| ("big".into(), format!("null_resource.r{i:05}"))));
+        expected.push(("c".into(), String::new()));
+        assert_eq!(listed, expected);
+        for bad in ["big:default:0", "big:default:x", "big:default:1:2", "big"] {
+            assert!(Search::parse([("cursor", bad)], now).is_err(), "{bad}");
+        }
     }
 
     fn keys(found: &Found) -> Vec<&str> {

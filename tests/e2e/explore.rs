@@ -703,3 +703,83 @@ fn explore_follows_a_lock_holders_write_on_s3_at_once() {
     let (status, out) = http("UNLOCK", &url, &lock_info("held-1", "ann@host"));
     assert_eq!(status, 200, "{}", text(&out));
 }
+
+/// A state of more resource blocks than one answer lists goes on over the
+/// next pages of `/api/v1/search`, and `state find` lists it whole, each
+/// block once.
+#[test]
+fn explore_a_state_of_many_resources_is_paged_and_listed_whole() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let peer = LocalPeer::new();
+    let server = start(&peer, &auth_config(dir.path()));
+    let names: Vec<String> = (0..10_003).map(|i| format!("r{i:05}")).collect();
+    let blocks: Vec<(&str, &str, &str, &str)> = names
+        .iter()
+        .map(|n| {
+            (
+                "",
+                "null_resource",
+                n.as_str(),
+                "registry.terraform.io/hashicorp/null",
+            )
+        })
+        .collect();
+    post(&server, "huge/app.tfstate", &state("1.9.0", 1, &blocks));
+    post(
+        &server,
+        "zz/app.tfstate",
+        &state("1.9.0", 1, &[("", "aws_vpc", "main", AWS)]),
+    );
+    // Both indexed (the first page holds only the large state).
+    let wait = Duration::from_secs(30);
+    eventually(&server, "type=aws_vpc", &["zz/app.tfstate"], wait);
+    eventually(&server, "type=null_resource", &["huge/app.tfstate"], wait);
+
+    let first = search(&server, ROOT, "limit=1000");
+    assert_eq!(keys(&first), ["huge/app.tfstate"]);
+    assert_eq!(
+        first["states"][0]["resources"].as_array().unwrap().len(),
+        10_000
+    );
+    assert_eq!(first["total_resources"], 10_004);
+    let cursor = first["next_cursor"].as_str().unwrap().to_string();
+    let second = search(&server, ROOT, &format!("limit=1000&cursor={cursor}"));
+    assert_eq!(keys(&second), ["huge/app.tfstate", "zz/app.tfstate"]);
+    let rest: Vec<&str> = second["states"][0]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        rest,
+        [
+            "null_resource.r10000",
+            "null_resource.r10001",
+            "null_resource.r10002"
+        ]
+    );
+    assert!(second["next_cursor"].is_null(), "{}", second["next_cursor"]);
+
+    let table = stategate_ok(&peer, &["state", "find", "--type", "null_resource"]);
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 10_003, "one row per block");
+    let listed: BTreeSet<&str> = rows
+        .iter()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("null_resource."))
+        })
+        .collect();
+    assert_eq!(listed.len(), 10_003, "each block once");
+    let out = stategate_ok(
+        &peer,
+        &["state", "find", "--type", "null_resource", "--json"],
+    );
+    let found: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(keys(&found), ["huge/app.tfstate"], "the state once");
+    assert_eq!(
+        found["states"][0]["resources"].as_array().unwrap().len(),
+        10_003
+    );
+}
