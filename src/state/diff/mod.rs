@@ -240,6 +240,10 @@ impl Instance {
     }
 }
 
+/// What a changed instance lists when its bytes differ and cannot be
+/// compared name by name.
+pub const UNREADABLE: &str = "(unreadable)";
+
 /// The names of what differs between two instances of one address.
 fn changed_names(old: &Instance, new: &Instance) -> Vec<String> {
     let empty = Attributes::default();
@@ -391,11 +395,16 @@ pub fn diff(old: &Body, new: &Body) -> Result<Diff, ViewError> {
             Ordering::Equal => {
                 let (a, b) = (before.instances[i].text, after.instances[j].text);
                 if a.hash != b.hash {
-                    let parse = |body: &Body, at: Text| -> Result<Instance, StateError> {
-                        // An instance not shaped as one compares as empty.
-                        Ok(serde_json::from_slice(&text(body, at)?).unwrap_or_default())
+                    let parse = |body: &Body, at: Text| -> Result<Option<Instance>, StateError> {
+                        Ok(serde_json::from_slice(&text(body, at)?).ok())
                     };
-                    let names = changed_names(&parse(old, a)?, &parse(new, b)?);
+                    let names = match (parse(old, a)?, parse(new, b)?) {
+                        (Some(a), Some(b)) => changed_names(&a, &b),
+                        // Other bytes that cannot be compared (not shaped as
+                        // an instance, or nested past what is parsed) are a
+                        // change: a diff never hides one.
+                        _ => vec![UNREADABLE.to_string()],
+                    };
                     if !names.is_empty() {
                         out.changed.push(Changed {
                             address: joined(&after, j),

@@ -161,6 +161,36 @@ fn instance_fields_and_outputs_by_name_only() {
     assert_eq!(overview(&new).outputs, ["keep", "new", "same"]);
 }
 
+/// An attribute nested deeper than the parser goes still shows as a
+/// change when its bytes change: the diff never hides one.
+#[test]
+fn a_change_nested_past_the_parsers_depth_is_shown() {
+    let depth = 200;
+    let instances = |leaf: &str| {
+        let policy = format!("{}\"{leaf}\"{}", "[".repeat(depth), "]".repeat(depth));
+        format!(r#"[{{"attributes": {{"id": "1", "policy": {policy}}}}}]"#)
+    };
+    assert!(
+        serde_json::from_str::<Value>(&instances("A")).is_err(),
+        "past the parser's depth"
+    );
+    let nested = |leaf: &str| {
+        let block = managed("aws_iam_policy", "n", json!("INSTANCES"));
+        let text = String::from_utf8(state(json!([block]), json!({}))).unwrap();
+        text.replace("\"INSTANCES\"", &instances(leaf)).into_bytes()
+    };
+    let (old, new) = (nested("A"), nested("B"));
+    let d = diff(&old, &new);
+    assert_eq!(
+        d.changed,
+        [Changed {
+            address: "aws_iam_policy.n".into(),
+            attributes: vec![UNREADABLE.into()]
+        }]
+    );
+    assert_eq!(diff(&old, &old), Diff::default());
+}
+
 #[test]
 fn values_compare_as_json_not_as_text() {
     let old = br#"{"resources": [{"mode": "managed", "type": "t", "name": "x", "instances": [
