@@ -26,6 +26,52 @@ fn settings_of_file(path: &Path) -> Result<Settings> {
         .with_context(|| format!("{}", path.display()))
 }
 
+/// Refuses two stores on local disk (local or SQLite) where one lies in
+/// the other, or both are one: the copy would write into the store it
+/// reads (every rerun copying the copies again), and each store would
+/// take the other's files for states of its own.
+fn refuse_overlap(from: &Settings, to: &Settings) -> Result<()> {
+    let on_disk = |s: &Settings| {
+        matches!(s.backend.name, "local" | "sqlite")
+            .then(|| s.store.path("path"))
+            .flatten()
+            .map(|p| resolved(&p))
+    };
+    let (Some(a), Some(b)) = (on_disk(from), on_disk(to)) else {
+        return Ok(());
+    };
+    if a.starts_with(&b) || b.starts_with(&a) {
+        bail!(
+            "--from and --to are stores at {} and {}, one {} the other: \
+             give the target a path outside the source",
+            a.display(),
+            b.display(),
+            if a == b { "the same as" } else { "inside" }
+        );
+    }
+    Ok(())
+}
+
+/// `path` made absolute, symbolic links resolved as far as it exists (a
+/// target store may not exist yet).
+fn resolved(path: &Path) -> std::path::PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut missing = Vec::new();
+    let mut existing = absolute.as_path();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return missing.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
 /// `stategate migrate`.
 pub async fn migrate(args: MigrateArgs) -> Result<()> {
     let MigrateArgs {
@@ -37,22 +83,22 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
         overwrite,
     } = args;
     let (from, to, prefix) = (from.as_path(), to.as_path(), prefix.as_str());
+    let from_settings =
+        settings_of_file(from).with_context(|| format!("--from {}", from.display()))?;
+    let to_settings = settings_of_file(to).with_context(|| format!("--to {}", to.display()))?;
+    refuse_overlap(&from_settings, &to_settings)?;
     // A dry run only reads: no probe, nothing created, read-only
     // credentials suffice. A real run creates its target, never its source.
-    let open = |path: &Path, create: Create| {
-        let settings = settings_of_file(path);
-        async move {
-            let settings = settings?;
-            anyhow::Ok(match dry_run {
-                true => open_states_for_reading(&settings).await?,
-                false => open_states(&settings, create).await?.0,
-            })
-        }
+    let open = async |settings: &Settings, create: Create| {
+        anyhow::Ok(match dry_run {
+            true => open_states_for_reading(settings).await?,
+            false => open_states(settings, create).await?.0,
+        })
     };
-    let source = open(from, Create::No)
+    let source = open(&from_settings, Create::No)
         .await
         .with_context(|| format!("--from {}", from.display()))?;
-    let target = open(to, Create::Yes)
+    let target = open(&to_settings, Create::Yes)
         .await
         .with_context(|| format!("--to {}", to.display()))?;
     // Keys from the one store listing; each state is read when copied.

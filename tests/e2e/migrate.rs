@@ -706,3 +706,55 @@ fn migrate_dry_run_into_an_unused_database_creates_no_table() {
         assert_eq!(count.trim(), "0", "{engine:?}: the dry run created tables");
     }
 }
+
+/// Two stores on local disk where one lies in the other (or both are one)
+/// are refused before either is opened: the copy would land in the store
+/// it reads, and each would take the other's files for states.
+#[test]
+fn migrate_refuses_stores_one_inside_the_other() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let a = LocalPeer::new();
+    {
+        let server = Server::start(&a);
+        let doc = state_doc("n0", 1, "x");
+        assert_eq!(http("POST", &server.state_url("app"), &doc).0, 200);
+    }
+    let a_yaml = config_file(dir.path(), "a.yaml", &a);
+    let before = a.object_keys();
+    let store_at = |name: &str, kind: &str, path: &std::path::Path| {
+        let yaml = format!(
+            "backend:\n  storageType: {kind}\n  config:\n    path: \"{}\"\n",
+            path.display()
+        );
+        let file = dir.path().join(name);
+        std::fs::write(&file, yaml).unwrap();
+        file.display().to_string()
+    };
+    let inner = a.root().join("copy");
+    for (target, why) in [
+        (store_at("inner.yaml", "local", &inner), "inside"),
+        (
+            store_at("db.yaml", "sqlite", &a.root().join("states.db")),
+            "inside",
+        ),
+        (
+            store_at("outer.yaml", "local", a.root().parent().unwrap()),
+            "inside",
+        ),
+        (
+            store_at("same.yaml", "local", &a.root().join("..").join("data")),
+            "the same as",
+        ),
+    ] {
+        let out = migrate(&a_yaml, &target, &["--with-history"], &[]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{target}: {}", text(&out.stdout));
+        assert!(
+            err.contains(why) && err.contains("--from and --to"),
+            "{target}: {err}"
+        );
+    }
+    assert!(!inner.exists(), "the refused target was created");
+    assert!(!a.root().join("states.db").exists());
+    assert_eq!(a.object_keys(), before, "the source changed");
+}
