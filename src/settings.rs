@@ -78,14 +78,17 @@ impl ConfigError {
 pub fn without_quoted_text(message: &str) -> String {
     let mut out = String::new();
     let mut rest = message;
-    while let Some(open) = rest.find('"') {
+    // serde quotes strings with `"`, and other values (`integer `123456``)
+    // with backticks.
+    while let Some(open) = rest.find(['"', '`']) {
+        let quote = rest[open..].chars().next().expect("found above");
         out.push_str(rest[..open].strip_suffix(' ').unwrap_or(&rest[..open]));
         let mut escaped = false;
         let close = rest[open + 1..].char_indices().find_map(|(i, c)| {
             match (escaped, c) {
                 (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => return Some(open + 1 + i + 1),
+                (false, '\\') if quote == '"' => escaped = true,
+                (false, c) if c == quote => return Some(open + 1 + i + 1),
                 _ => {}
             }
             None
@@ -94,6 +97,22 @@ pub fn without_quoted_text(message: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// `name` as a message may show it: a setting's or an environment
+/// variable's name is letters, digits, `_`, `.`, `-` and `[]`. Anything
+/// else may be a secret typed where its name belongs (`-C secret:…`, a
+/// key given where the name of its variable goes), and is not shown.
+pub fn shown_name(name: &str) -> String {
+    let named = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-[]".contains(c));
+    match named {
+        true => name.to_string(),
+        false => "(not shown: not shaped as a name, it may hold a secret)".to_string(),
+    }
 }
 
 /// The certificate files of HTTPS. They are read at start-up (a wrong one
@@ -479,7 +498,7 @@ pub fn merge_store_settings(
             .ok_or_else(|| {
                 let known: Vec<_> = table.iter().map(|s| s.name).collect();
                 ConfigError::Unknown {
-                    setting: key.to_string(),
+                    setting: shown_name(key),
                     context: format!(
                         "for storageType {storage_type} (known: {})",
                         known.join(", ")

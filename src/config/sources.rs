@@ -237,7 +237,7 @@ fn unknown(path: &str) -> ConfigError {
         .chain(["encryption", "backend.config", "workspace_key_prefix"])
         .collect();
     ConfigError::Unknown {
-        setting: path.to_string(),
+        setting: crate::settings::shown_name(path),
         context: format!("in the configuration file (known: {})", known.join(", ")),
     }
 }

@@ -113,8 +113,9 @@ impl Destination {
             _ => Err(ConfigError::invalid(
                 &format!("notifications[{index}].secret_env"),
                 format!(
-                    "the environment variable {var} is not set: it holds the secret that \
+                    "the environment variable {} is not set: it holds the secret that \
                      signs the notifications of `{}`",
+                    crate::settings::shown_name(var),
                     self.name
                 ),
             )),

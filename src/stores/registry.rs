@@ -305,6 +305,15 @@ fn reserve(backend: &Backend, settings: &StoreSettings) -> Result<Option<Reserve
     }))
 }
 
+/// Checks the settings [`open`] reads before it opens anything, without
+/// opening: `stategate check` of a store not created yet refuses what
+/// `serve` would.
+pub fn check_settings(backend: &Backend, settings: &StoreSettings) -> Result<(), OpenError> {
+    settings.bool("allow_unsafe_locks")?;
+    reserve(backend, settings)?;
+    Ok(())
+}
+
 /// What is missing when the configured store does not exist yet: a local
 /// directory, a SQLite file, or a database without stategate's tables.
 /// Only `serve` (and a migration into it) creates a store, so the other

@@ -247,6 +247,53 @@ fn settings_refused_for_their_shape_are_not_repeated() {
         assert!(said.contains("invalid type"), "{yaml}: {said}");
         assert!(!said.contains(secret), "{yaml}: {said}");
     }
+    // A mistyped name holding a secret after it, on the command line.
+    let out = run(
+        dir.path(),
+        &["check", "-C", &format!("accessKeySecret:{secret}=x")],
+        &[],
+    );
+    let said = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("unknown setting"), "{said}");
+    assert!(!said.contains(secret), "{said}");
+    // A secret written where a name goes, or where a string goes as a
+    // number.
+    let key = "o93+Y9IchprpOq93x8VOD6Dz7C+jLnRZfbCKG3l5mnk=";
+    for (yaml, secret, setting) in [
+        (
+            format!("encryption:\n  keys:\n    - id: k1\n      env: \"{key}\"\n"),
+            key,
+            "encryption.keys[0].env",
+        ),
+        (
+            format!("encryption:\n  keys:\n    - id: k1\n      file: \"{key}\"\n"),
+            key,
+            "encryption.keys[0].file",
+        ),
+        (
+            "auth:\n  users:\n    - name: ann\n      password_hash: 8675309123456789\n".to_string(),
+            "8675309123456789",
+            "auth",
+        ),
+    ] {
+        std::fs::write(dir.path().join("c.yaml"), &yaml).unwrap();
+        let out = run(dir.path(), &["check", "-c", "c.yaml"], &[]);
+        let said = text(&out.stderr);
+        assert!(!out.status.success(), "{yaml}");
+        assert!(said.contains(&format!("`{setting}`")), "{yaml}: {said}");
+        assert!(!said.contains(secret), "{yaml}: {said}");
+    }
+    // `check` of a store not created yet refuses what `serve` would.
+    for (flag, setting) in [
+        ("min_free_bytes=abc", "`min_free_bytes`"),
+        ("allow_unsafe_locks=maybe", "`allow_unsafe_locks`"),
+    ] {
+        let out = run(dir.path(), &["check", "-C", flag], &[]);
+        let said = text(&out.stderr);
+        assert!(!out.status.success(), "{flag}: {}", text(&out.stdout));
+        assert!(said.contains(setting), "{flag}: {said}");
+    }
 }
 
 /// Runs a command that should end by itself; one still running after

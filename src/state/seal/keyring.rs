@@ -50,6 +50,15 @@ pub fn decode_key(text: &str) -> Result<[u8; KEY_LEN], String> {
         .map_err(|_| format!("holds {} bytes, not {KEY_LEN}", bytes.len()))
 }
 
+/// Whether `text` ends in a key as [`decode_key`] reads one (base64 may
+/// hold `/`, so a key given as a file's path may span its last names).
+fn ends_in_a_key(text: &str) -> bool {
+    let len = KEY_LEN.div_ceil(3) * 4;
+    text.len() >= len
+        && text.is_char_boundary(text.len() - len)
+        && decode_key(&text[text.len() - len..]).is_ok()
+}
+
 /// Checks that only its owner may read or change a key file, as ssh does
 /// for private keys: a key others can read is no secret, and one others
 /// can change may be swapped. Such a file stops start-up under
@@ -114,9 +123,14 @@ impl Keyring {
                 KeySource::File(path) => {
                     let from = format!("{at}.file");
                     let text = std::fs::read_to_string(path).map_err(|e| {
+                        // A key written where its file's path goes is not shown.
+                        let shown = match ends_in_a_key(&path.to_string_lossy()) {
+                            true => "(not shown: it is shaped as a key)".to_string(),
+                            false => path.display().to_string(),
+                        };
                         ConfigError::invalid(
                             &from,
-                            format!("key `{}`: cannot read {}: {e}", k.id, path.display()),
+                            format!("key `{}`: cannot read {shown}: {e}", k.id),
                         )
                     })?;
                     check_key_file_mode(path, &k.id, &from, settings.require_sealed)?;
@@ -124,6 +138,11 @@ impl Keyring {
                 }
                 KeySource::Env(var) => (
                     env(var).ok_or_else(|| {
+                        // A key written where its variable's name goes is not shown.
+                        let var = match ends_in_a_key(var) {
+                            true => "(not shown: it is shaped as a key)".to_string(),
+                            false => crate::settings::shown_name(var),
+                        };
                         ConfigError::invalid(
                             &format!("{at}.env"),
                             format!("key `{}`: the environment variable {var} is not set", k.id),
