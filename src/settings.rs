@@ -78,22 +78,41 @@ impl ConfigError {
 pub fn without_quoted_text(message: &str) -> String {
     let mut out = String::new();
     let mut rest = message;
-    // serde quotes strings with `"`, and other values (`integer `123456``)
-    // with backticks.
-    while let Some(open) = rest.find(['"', '`']) {
-        let quote = rest[open..].chars().next().expect("found above");
+    while let Some(open) = rest.find('"') {
         out.push_str(rest[..open].strip_suffix(' ').unwrap_or(&rest[..open]));
         let mut escaped = false;
         let close = rest[open + 1..].char_indices().find_map(|(i, c)| {
             match (escaped, c) {
                 (true, _) => escaped = false,
-                (false, '\\') if quote == '"' => escaped = true,
-                (false, c) if c == quote => return Some(open + 1 + i + 1),
+                (false, '\\') => escaped = true,
+                (false, '"') => return Some(open + 1 + i + 1),
                 _ => {}
             }
             None
         });
         rest = close.map_or("", |close| &rest[close..]);
+    }
+    out.push_str(rest);
+    without_quoted_values(&out)
+}
+
+/// A message without the other values serde quotes, in backticks after
+/// their kind (`invalid type: integer `123456`, expected a string`): a
+/// number may be a secret as well. Backticks elsewhere name things.
+fn without_quoted_values(message: &str) -> String {
+    const KINDS: [&str; 4] = ["integer `", "floating point `", "boolean `", "character `"];
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some((at, kind)) = KINDS
+        .iter()
+        .filter_map(|k| rest.find(k).map(|at| (at, k)))
+        .min_by_key(|(at, _)| *at)
+    {
+        let value = at + kind.len();
+        out.push_str(&rest[..value - 2]);
+        rest = rest[value..]
+            .find('`')
+            .map_or("", |close| &rest[value + close + 1..]);
     }
     out.push_str(rest);
     out

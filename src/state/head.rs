@@ -779,6 +779,11 @@ mod tests {
             "a d",
             "an unclosed quote runs to the end"
         );
+        assert_eq!(
+            without_quoted_text("invalid type: integer `8675309`, expected a string at `auth`"),
+            "invalid type: integer, expected a string at `auth`",
+            "a number is a value too; other backticks name things"
+        );
     }
 
     /// The catalog comes from the same pass as the head, alike whichever
