@@ -84,6 +84,16 @@ impl Glob {
         Ok(Glob(segs))
     }
 
+    /// Whether every key matches (`**`), and so every workspace name.
+    pub fn matches_everything(&self) -> bool {
+        self.0.iter().all(|seg| seg == "**")
+    }
+
+    /// Whether every name without `/` matches (`*`, `**`): every workspace.
+    fn matches_every_name(&self) -> bool {
+        matches!(self.0.as_slice(), [one] if one == "*" || one == "**")
+    }
+
     /// Whether `path` (a key or a workspace name) matches.
     pub fn matches(&self, path: &str) -> bool {
         // One segment against a name without `/` (a resource type or
@@ -214,5 +224,16 @@ impl Identity {
     /// The highest level any rule grants on `state`, `None` when none does.
     pub fn access(&self, state: &StateRef) -> Option<Access> {
         self.rules.iter().filter_map(|r| r.grants(state)).max()
+    }
+
+    /// Whether one rule lets it read every state, in every workspace: what
+    /// it is told of all states together (a count) then tells it nothing
+    /// it may not see state by state.
+    pub fn reads_everything(&self) -> bool {
+        self.rules.iter().any(|r| {
+            r.access >= Access::Read
+                && r.keys.matches_everything()
+                && (r.workspaces.is_empty() || r.workspaces.iter().any(Glob::matches_every_name))
+        })
     }
 }

@@ -89,7 +89,8 @@ pub struct Viewer {
     auth: Option<Arc<Auth>>,
     /// Why the store takes no changes now, shown on every page.
     writes_refused: Option<String>,
-    /// Notifications given up on, counted in a banner on every page.
+    /// Notifications given up on, counted in a banner on every page; 0
+    /// for a viewer who may not read every state (the count is over all).
     undelivered: usize,
 }
 
@@ -118,6 +119,11 @@ impl Viewer {
             ),
             _ => true,
         }
+    }
+
+    /// Notifications given up on, as this viewer may know the count.
+    pub fn undelivered(&self) -> usize {
+        self.undelivered
     }
 
     /// The identity's name, empty when no authentication is configured.
@@ -179,6 +185,12 @@ async fn viewer(
         || Target::Url(page.path.clone()),
     )
     .await?;
+    // A count over every state, shown to those who may read them all.
+    let undelivered = if identity.reads_everything() {
+        undelivered
+    } else {
+        0
+    };
     Ok(Viewer {
         identity: Some(identity),
         auth: Some(auth),

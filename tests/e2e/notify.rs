@@ -620,15 +620,45 @@ fn notify_three_replicas_on_one_store_deliver_every_event_once() {
 
 #[test]
 fn notify_what_cannot_be_delivered_is_kept_shown_and_counted() {
+    use base64::Engine;
+    // root reads every state; ann only team-a's, so is told nothing of
+    // the undelivered notification about lost/one, not even a count.
+    let users = [
+        ("root", "root-pass-4k2m", "**"),
+        ("ann", "ann-pass-9d1x", "team-a/**"),
+    ];
     let (peer, receiver, cfg, _dir) = setup(Mode::Failing, |r| {
+        let mut yaml = String::from("auth:\n  users:\n");
+        for (name, password, keys) in users {
+            yaml.push_str(&format!(
+                "    - name: {name}\n      password_hash: \"{}\"\n      \
+                 rules: [{{keys: \"{keys}\", access: admin}}]\n",
+                hash_password(password)
+            ));
+        }
         format!(
-            "notification_max_attempts: 2\nnotifications:\n{}",
+            "{yaml}notification_max_attempts: 2\nnotifications:\n{}",
             destination(r, "dead", "")
         )
     });
+    let [root, ann] = users.map(|(name, password, _)| {
+        let pair = format!("{name}:{password}");
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    });
     let server = serve(&peer, &cfg);
+    let get = |path: &str, who: &str| {
+        let url = format!("{}{path}", server.url);
+        text(&http_with("GET", &url, &[("Authorization", who)], b"").1)
+    };
     let url = server.state_url("lost/one");
-    assert_eq!(http("POST", &url, &state_doc("lin-u", 1, "x")).0, 200);
+    let doc = state_doc("lin-u", 1, "x");
+    assert_eq!(
+        http_with("POST", &url, &[("Authorization", &root)], &doc).0,
+        200
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     // The sender keeps the record first, then takes it out of the outbox:
     // both are waited for.
@@ -663,12 +693,12 @@ fn notify_what_cannot_be_delivered_is_kept_shown_and_counted() {
     );
     assert!(metrics.contains("stategate_notifications_given_up_total 1"));
     assert!(metrics.contains("stategate_notifications_pending 0"));
-    let home = text(&http("GET", &format!("{}/ui/", server.url), b"").1);
+    let home = get("/ui/", &root);
     assert!(
         home.contains("1 notification could not be delivered"),
         "the banner counts it: {home}"
     );
-    let page = text(&http("GET", &format!("{}/ui/notifications", server.url), b"").1);
+    let page = get("/ui/notifications", &root);
     let id = entry["record"]["id"].as_str().unwrap();
     assert!(
         page.contains(id) && page.contains("lost/one") && page.contains("state.written"),
@@ -677,6 +707,16 @@ fn notify_what_cannot_be_delivered_is_kept_shown_and_counted() {
     assert!(
         !page.contains(&receiver.url("dead")),
         "the URL is never shown"
+    );
+    let home = get("/ui/", &ann);
+    assert!(
+        !home.contains("could not be delivered"),
+        "a count over states ann may not read: {home}"
+    );
+    let page = get("/ui/notifications", &ann);
+    assert!(
+        !page.contains(id) && page.contains(r#"<span class="count">0</span>"#),
+        "{page}"
     );
 }
 
