@@ -62,20 +62,30 @@ pub fn gen_key(file: Option<&Path>) -> Result<()> {
         println!("{key}");
         return Ok(());
     };
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
+    // Written whole beside it (mode 0600), then given its name only if
+    // that name is free: an interrupted run leaves no empty or partial key
+    // file behind, and an existing file is never overwritten.
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut out = tempfile::Builder::new()
+        .prefix(".stategate-key-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    writeln!(out, "{key}")?;
+    out.as_file().sync_all()?;
+    out.persist_noclobber(path)
+        .map_err(|e| e.error)
         .with_context(|| {
             format!(
                 "cannot create {} (an existing file is never overwritten)",
                 path.display()
             )
         })?;
-    writeln!(out, "{key}")?;
-    out.sync_all()?;
+    if let Ok(dir) = std::fs::File::open(dir) {
+        dir.sync_all()?;
+    }
     eprintln!("wrote a new key to {}", path.display());
     Ok(())
 }

@@ -266,6 +266,22 @@ fn gen_key_writes_a_private_file_and_never_overwrites_one() {
     assert!(printed.status.success());
     assert_ne!(text(&printed.stdout).trim(), key.trim());
     assert_eq!(text(&printed.stdout).trim().len(), 44, "base64 of 32 bytes");
+
+    // A run that cannot write its key (no room, killed) leaves no file under
+    // the key's name, which would refuse the next run.
+    let cut = dir.path().join("cut.key");
+    let limited = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -f 0; exec "$0" gen-key "$1""#)
+        .arg(bin())
+        .arg(&cut)
+        .output()
+        .unwrap();
+    assert!(!limited.status.success(), "wrote a key with no room");
+    assert!(!cut.exists(), "an empty key file was left");
+    let out = run(&["gen-key", cut.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&cut).unwrap().trim().len(), 44);
 }
 
 /// Every object of the store except the short-lived write leases, with its
