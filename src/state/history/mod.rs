@@ -411,9 +411,7 @@ mod tests {
         let (dir, rt, state) = setting();
         let (store, states) = like_s3_states(&dir);
         write(&rt, &states, &state, 1);
-        let lock = br#"{"ID":"H","Who":"holder@host"}"#;
-        rt.block_on(states.lock(&state, Bytes::from_static(lock), None))
-            .unwrap();
+        lock_as_holder(&rt, &states, &state);
         let hdir = states.history_dir(&state);
         let seen = rt.block_on(states.stored_pointer(&hdir)).unwrap().unwrap();
 
@@ -477,6 +475,13 @@ mod tests {
     /// A lock holder's write on a store like S3 takes no lease and reads
     /// neither the state nor the next version before writing: the lock,
     /// the pointer, the state, then the copy, its record and the pointer.
+    /// `state` locked by the holder whose ID is `H`.
+    fn lock_as_holder(rt: &tokio::runtime::Runtime, states: &States, state: &StateRef) {
+        let lock = br#"{"ID":"H","Who":"holder@host"}"#;
+        rt.block_on(states.lock(state, Bytes::from_static(lock), None))
+            .unwrap();
+    }
+
     /// The write lease of `a.tfstate`, held for an hour by another process.
     fn hold_the_lease_elsewhere(
         rt: &tokio::runtime::Runtime,
@@ -519,9 +524,7 @@ mod tests {
         let (dir, rt, state) = setting();
         let (store, states) = like_s3_states(&dir);
         write(&rt, &states, &state, 1);
-        let lock = br#"{"ID":"H","Who":"holder@host"}"#;
-        rt.block_on(states.lock(&state, Bytes::from_static(lock), None))
-            .unwrap();
+        lock_as_holder(&rt, &states, &state);
         // A write that waited for the lease would not finish in time.
         hold_the_lease_elsewhere(&rt, &store);
         let opts = WriteOptions {
