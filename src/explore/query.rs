@@ -519,7 +519,8 @@ impl Found {
 /// A CSV field, quoted when it holds a comma, a quote or a line break;
 /// one a spreadsheet would take for a formula gets a leading `'`.
 fn field(text: &str) -> String {
-    let text = match text.starts_with(['=', '+', '-', '@']) {
+    // Spreadsheets read a formula after a leading tab or carriage return too.
+    let text = match text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         true => format!("'{text}"),
         false => text.to_string(),
     };
@@ -763,6 +764,8 @@ mod tests {
         assert_eq!(field("plain"), "plain");
         assert_eq!(field(r#"module.a["x"].t.n"#), r#""module.a[""x""].t.n""#);
         assert_eq!(field("=cmd()"), "'=cmd()");
+        assert_eq!(field("\t=cmd()"), "'\t=cmd()");
+        assert_eq!(field("\r=cmd()"), "\"'\r=cmd()\"");
         assert_eq!(field("a,b"), "\"a,b\"");
     }
 }
