@@ -372,9 +372,25 @@ pub fn diff(old: &Body, new: &Body) -> Result<Diff, ViewError> {
     let before = take_down(old)?;
     let after = take_down(new)?;
     let mut out = Diff::default();
+    // The addresses the answer may hold: at most as many bytes as the
+    // larger body (which holds each instance, and more) and the slack,
+    // since an address is written whole for each instance, and one long
+    // name over many instances would make an answer many times the
+    // bodies' size.
+    let budget = usize::try_from(old.payload.len().max(new.payload.len()))
+        .unwrap_or(usize::MAX)
+        .saturating_add(SLACK_BYTES);
+    let written = std::cell::Cell::new(0usize);
     let joined = |inv: &Inventory, i: usize| {
         let (block, key) = inv.address(&inv.instances[i]);
-        format!("{block}{key}")
+        written.set(written.get() + block.len() + key.len());
+        match written.get() > budget {
+            true => Err(ViewError::TooDense(format!(
+                "the changes from {} to {} name too much for their size to be shown",
+                old.name, new.name
+            ))),
+            false => Ok(format!("{block}{key}")),
+        }
     };
     let (mut i, mut j) = (0, 0);
     while i < before.instances.len() || j < after.instances.len() {
@@ -385,11 +401,11 @@ pub fn diff(old: &Body, new: &Body) -> Result<Diff, ViewError> {
         };
         match order {
             Ordering::Less => {
-                out.removed.push(joined(&before, i));
+                out.removed.push(joined(&before, i)?);
                 i += 1;
             }
             Ordering::Greater => {
-                out.added.push(joined(&after, j));
+                out.added.push(joined(&after, j)?);
                 j += 1;
             }
             Ordering::Equal => {
@@ -407,7 +423,7 @@ pub fn diff(old: &Body, new: &Body) -> Result<Diff, ViewError> {
                     };
                     if !names.is_empty() {
                         out.changed.push(Changed {
-                            address: joined(&after, j),
+                            address: joined(&after, j)?,
                             attributes: names,
                         });
                     }

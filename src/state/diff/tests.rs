@@ -191,6 +191,23 @@ fn a_change_nested_past_the_parsers_depth_is_shown() {
     assert_eq!(diff(&old, &old), Diff::default());
 }
 
+/// One long name over many instances would make the answer many times
+/// the size of the bodies: refused as too large to show instead.
+#[test]
+fn a_diff_naming_more_than_its_bodies_hold_is_refused() {
+    let long = "t".repeat(64 * 1024);
+    let instances: Vec<Value> = (0..200)
+        .map(|i| json!({"index_key": i, "attributes": {}}))
+        .collect();
+    let new = state(json!([managed(&long, "n", json!(instances))]), json!({}));
+    let old = state(json!([]), json!({}));
+    let e = super::diff(&body(&old), &body(&new)).unwrap_err();
+    assert!(matches!(e, ViewError::TooDense(_)), "{e}");
+    // The same count of instances under a short name is shown.
+    let new = state(json!([managed("t", "n", json!(instances))]), json!({}));
+    assert_eq!(diff(&old, &new).added.len(), 200);
+}
+
 #[test]
 fn values_compare_as_json_not_as_text() {
     let old = br#"{"resources": [{"mode": "managed", "type": "t", "name": "x", "instances": [
