@@ -454,6 +454,13 @@ pub fn yaml_scalar(setting: &str, value: &serde_yaml_ng::Value) -> Result<String
     match value {
         Value::String(s) => Ok(s.clone()),
         Value::Bool(b) => Ok(b.to_string()),
+        // YAML reads `1.10` as the number 1.1: the text written is lost,
+        // and no setting takes a fraction.
+        Value::Number(n) if n.is_f64() => Err(ConfigError::invalid(
+            setting,
+            "is written as a decimal number, which YAML reads as a number (`1.10` as 1.1); \
+             write the value in quotes",
+        )),
         Value::Number(n) => Ok(n.to_string()),
         Value::Null => Ok(String::new()),
         _ => Err(ConfigError::invalid(
