@@ -32,5 +32,8 @@ pub fn load_settings(line: &CommandLine) -> Result<Settings> {
             .over(FileConfig::load(&path)?)
             .with_context(|| format!("defaults file {}", path.display()))?;
     }
-    Ok(config::resolve(&file, &|k| std::env::var(k).ok(), line)?)
+    // A variable set to nothing is as if unset (a deployment that passes
+    // every variable through, set or not): the file's value stands.
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    Ok(config::resolve(&file, &env, line)?)
 }

@@ -357,8 +357,14 @@ fn explore_refresh_is_off_at_zero_and_otherwise_at_least_a_second() {
 #[test]
 fn decimal_numbers_are_refused_for_what_yaml_would_make_of_them() {
     assert_each_refused(&[
-        ("backend:\n  storageType: s3\n  config:\n    prefix: 1.10\n", "`prefix`"),
-        ("backend:\n  storageType: local\n  config:\n    path: 2024.10\n", "`path`"),
+        (
+            "backend:\n  storageType: s3\n  config:\n    prefix: 1.10\n",
+            "`prefix`",
+        ),
+        (
+            "backend:\n  storageType: local\n  config:\n    path: 2024.10\n",
+            "`path`",
+        ),
         ("history_keep: 2.5\n", "`history_keep`"),
     ]);
     let s = resolved("backend:\n  storageType: local\n  config:\n    path: \"2024.10\"\n");

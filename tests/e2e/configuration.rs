@@ -471,3 +471,22 @@ fn stop(child: &mut Child) {
     signal(child.id(), "TERM");
     assert!(child.wait().unwrap().success(), "SIGTERM exits 0");
 }
+
+/// A variable set to nothing (a deployment passing every variable through)
+/// counts as unset: the file's value stands.
+#[test]
+fn an_empty_variable_leaves_the_files_value() {
+    let dir = tempfile::TempDir::new().unwrap();
+    std::fs::write(dir.path().join("c.yaml"), "history_keep: 7\n").unwrap();
+    let out = run(
+        dir.path(),
+        &["check", "-c", "c.yaml"],
+        &[("STATEGATE_HISTORY_KEEP", "")],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("history_keep: 7,"),
+        "{}",
+        text(&out.stdout)
+    );
+}
