@@ -118,6 +118,27 @@ fn without_quoted_values(message: &str) -> String {
     out
 }
 
+/// A URL without the user and password it may carry (`https://u:p@host`
+/// as `https://<redacted>@host`); any other text as it is.
+pub fn without_userinfo(text: &str) -> std::borrow::Cow<'_, str> {
+    let Some(scheme_end) = text.find("://") else {
+        return text.into();
+    };
+    let authority_start = scheme_end + 3;
+    let authority_end = text[authority_start..]
+        .find(['/', '?', '#'])
+        .map_or(text.len(), |i| authority_start + i);
+    match text[authority_start..authority_end].rfind('@') {
+        Some(at) => format!(
+            "{}<redacted>{}",
+            &text[..authority_start],
+            &text[authority_start + at..]
+        )
+        .into(),
+        None => text.into(),
+    }
+}
+
 /// `name` as a message may show it: a setting's or an environment
 /// variable's name is letters, digits, `_`, `.`, `-` and `[]`. Anything
 /// else may be a secret typed where its name belongs (`-C secret:…`, a
@@ -238,7 +259,7 @@ impl fmt::Debug for StoreSettings {
             if self.secrets.contains(k) {
                 map.entry(k, &"<redacted>");
             } else {
-                map.entry(k, v);
+                map.entry(k, &without_userinfo(v));
             }
         }
         map.finish()
@@ -410,11 +431,13 @@ impl Endpoint {
     /// store would sign requests for one address and send them to another.
     pub fn parse(raw: &str) -> Result<Endpoint, ConfigError> {
         let raw = raw.trim();
+        // Repeated without the user and password a URL may carry.
+        let shown = without_userinfo(raw);
         let bad = |why: &str| {
             ConfigError::invalid(
                 "endpoint",
                 format!(
-                    "`{raw}` {why}: give a host like s3.example.com or a URL like http://127.0.0.1:9000"
+                    "`{shown}` {why}: give a host like s3.example.com or a URL like http://127.0.0.1:9000"
                 ),
             )
         };
@@ -635,6 +658,20 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+        // A password in the URL is not repeated, in an error or `check`.
+        let with_password = "https://ann:hunter2@s3.example.com";
+        let err = Endpoint::parse(with_password).unwrap_err().to_string();
+        assert!(
+            !err.contains("hunter2") && err.contains("<redacted>@s3.example.com"),
+            "{err}"
+        );
+        let s = StoreSettings::from_pairs("t", &[("endpoint", with_password)]);
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("s3.example.com"),
+            "{shown}"
+        );
+        assert_eq!(without_userinfo("http://h:9000/p@q"), "http://h:9000/p@q");
     }
 
     #[test]
