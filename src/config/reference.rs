@@ -19,7 +19,8 @@ pub fn markdown() -> String {
          regenerate with `STATEGATE_WRITE_REFERENCE=1 cargo test --lib reference`. -->\n\n\
          Every setting can be given in the YAML file (`-c FILE`), \
          in an environment variable, or as a flag. A flag beats its environment variable, \
-         which beats the file, which beats the default. A relative file name is taken from \
+         which beats the file, which beats the default; a variable set to nothing counts as \
+         unset. A relative file name is taken from \
          the configuration file's directory when it is written in the file, and from the \
          working directory when it comes from a flag or a variable. Unknown keys stop \
          start-up, naming the key.\n\n\
