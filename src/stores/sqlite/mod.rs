@@ -197,17 +197,17 @@ impl SqliteStore {
         )
         .open(path);
         let conn = Connection::open(path)?;
+        // Every statement from here waits for another process's lock (one
+        // upgrading the file, or turning it to WAL) rather than failing.
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Before anything is changed in it, or made beside it (the leases).
+        check_made_by_stategate(&conn)?;
         let meta = std::fs::metadata(path)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         let (writes, jobs) = std::sync::mpsc::channel();
         let leases =
             lease_file(path).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         let pool = Arc::new(Pool::new(path, &meta, leases, false));
-        // Every statement from here waits for another process's lock (one
-        // upgrading the file, or turning it to WAL) rather than failing.
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        // Before anything is changed in it.
-        check_made_by_stategate(&conn)?;
         // Only a new file takes this (before its first table, and before it
         // turns to WAL): pages freed by deletes can then go back to the
         // device (see the writer's `give_back`).

@@ -425,6 +425,30 @@ mod tests {
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "delete", "the file was turned to WAL");
+        let beside = names_in(dir.path());
+        assert_eq!(beside, ["app.db"], "something was made beside it");
+    }
+
+    /// The names of the files in `dir`.
+    fn names_in(dir: &std::path::Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// A file that is no database at all is refused, and nothing is made
+    /// beside it.
+    #[test]
+    fn a_file_that_is_no_database_is_refused_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.txt");
+        let text = "a file of someone's, not a database\n".repeat(200);
+        std::fs::write(&path, &text).unwrap();
+        assert!(SqliteStore::open_file(&path).is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        let beside = names_in(dir.path());
+        assert_eq!(beside, ["notes.txt"], "something was made beside it");
     }
 
     /// The `type name` of every table and index of the file's schema.
