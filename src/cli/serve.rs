@@ -139,10 +139,10 @@ pub async fn check(settings: &Settings) -> Result<()> {
         _ => "none (loopback only)".to_string(),
     };
     println!("  auth: {auth_line}");
-    // What opening the store would check, for a store not created yet.
-    stategate::app::keyring(settings)?;
-    stores::check_settings(settings.backend, &settings.store)?;
     if let Some(what) = stores::missing(settings.backend, &settings.store).await? {
+        // What opening the store (below, for one that exists) would check.
+        stategate::app::keyring(settings)?;
+        stores::check_settings(settings.backend, &settings.store)?;
         println!(
             "store: {} store not created yet ({what}); `stategate serve` creates it",
             settings.backend.name
