@@ -4,8 +4,11 @@
 //! `.`, `_` and `-`: no empty, `.` or `..` segment, no segment longer than
 //! 200 bytes or ending in `.tflock` (that is a lock's name, and a state
 //! `a.tflock/b` would sit where the lock of `a` must go), at most 1024 bytes
-//! in all, not starting with `.stategate` (reserved for history and
-//! probes). A workspace name is one such segment. The 200-byte bound keeps
+//! in all, no segment starting with `.stategate` (reserved for history,
+//! leases and probes: not only at the top, where this store keeps them,
+//! but anywhere, so that no key reaches the objects of another store whose
+//! root or prefix lies below this one's). A workspace name is one such
+//! segment. The 200-byte bound keeps
 //! every name a store derives (the local store's `<segment>.tflock+`, on a
 //! file system whose names stop at 255 bytes) within what every store can
 //! hold, so a key the server accepts never fails in the store. A store whose names are
@@ -77,6 +80,11 @@ fn check_segment(what: &str, seg: &str) -> Result<(), KeyError> {
             "{what} has a segment longer than {MAX_SEGMENT_BYTES} bytes"
         )));
     }
+    if seg.starts_with(RESERVED_PREFIX) {
+        return Err(KeyError(format!(
+            "{what} has a segment starting with `{RESERVED_PREFIX}`, which is reserved for stategate's own objects"
+        )));
+    }
     if seg.ends_with(LOCK_SUFFIX) {
         return Err(KeyError(format!(
             "{what} has a segment ending in `{LOCK_SUFFIX}`, which is reserved for locks"
@@ -99,11 +107,6 @@ impl StateRef {
         }
         for seg in key.split('/') {
             check_segment("the state key", seg)?;
-        }
-        if key.starts_with(RESERVED_PREFIX) {
-            return Err(KeyError(format!(
-                "keys starting with `{RESERVED_PREFIX}` are reserved"
-            )));
         }
         let workspace = match workspace {
             None | Some(DEFAULT_WORKSPACE) => None,
@@ -226,11 +229,6 @@ pub fn check_workspace_key_prefix(prefix: &str) -> Result<(), KeyError> {
     for seg in prefix.split('/') {
         check_segment("workspace_key_prefix", &seg.replace(':', "_"))?;
     }
-    if prefix.starts_with(RESERVED_PREFIX) {
-        return Err(KeyError(format!(
-            "workspace_key_prefix cannot start with `{RESERVED_PREFIX}`"
-        )));
-    }
     Ok(())
 }
 
@@ -272,6 +270,11 @@ mod tests {
             "x.tflock",
             ".stategate/history/x",
             ".stategate",
+            ".stategatex/y",
+            // Where another store's own objects sit, when its root or
+            // prefix lies below this one's.
+            "inner/.stategate/history/app/newest.json",
+            "inner/.stategate/local/layout",
         ] {
             assert!(StateRef::parse(k, None).is_err(), "{k:?} should be refused");
         }
@@ -282,6 +285,9 @@ mod tests {
         assert!(StateRef::parse(&key, None).is_ok());
         key.push('c');
         assert!(StateRef::parse(&key, None).is_err());
+        assert!(StateRef::parse("app", Some(".stategate")).is_err());
+        // Only a segment's start is reserved.
+        assert!(StateRef::parse("app/x.stategate/y", None).is_ok());
     }
 
     #[test]
@@ -320,6 +326,14 @@ mod tests {
             StateRef::from_object_key(".stategate/history/app/s/v1", "workspaces"),
             None
         );
+        // The objects of another store whose prefix is `team-a/` inside
+        // this one's are no states of this one.
+        for other in [
+            "team-a/.stategate/history/app/s/newest.json",
+            "workspaces/dev/.stategate/lease/x/y",
+        ] {
+            assert_eq!(StateRef::from_object_key(other, "workspaces"), None);
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use stategate::config::table::{SERVER_SETTINGS, Scope};
 
+use crate::support::stores::{LocalPeer, files_below};
 use crate::support::*;
 
 /// The command for `args` in `dir`, with no configuration from around it.
@@ -207,6 +208,71 @@ fn a_local_path_holding_other_files_stops_every_command_and_renames_nothing() {
         );
         assert_eq!(names(), [".profile", "main.tf", "projects"], "{args:?}");
     }
+}
+
+/// A local store whose root lies inside another's would have its files
+/// served by the outer one as states of its own, written and deleted past
+/// both stores' locks and history: it does not start, and nothing is made
+/// in the outer store, whether the inner root exists yet or not, or is
+/// reached through a symbolic link.
+#[test]
+fn a_local_store_inside_another_ones_root_does_not_start() {
+    let peer = LocalPeer::new();
+    let server = Server::start(&peer);
+    assert_eq!(
+        http("POST", &server.state_url("app"), &state_doc("app", 1, "x")).0,
+        200
+    );
+    let outer = peer.root();
+    let dir = tempfile::TempDir::new().unwrap();
+    std::os::unix::fs::symlink(&outer, dir.path().join("link")).unwrap();
+    let before = files_below(&outer);
+    for path in [
+        outer.join("inner").display().to_string(),
+        outer.join("a/b/inner").display().to_string(),
+        "link/inner".to_string(),
+    ] {
+        let out = run_within(
+            dir.path(),
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "-C",
+                &format!("path={path}"),
+            ],
+            Duration::from_secs(60),
+        );
+        let said = text(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{path}: started inside another store"
+        );
+        assert!(said.contains("`path`"), "{path}: {said}");
+        assert!(
+            said.contains(&format!(
+                "inside the local store at {}",
+                outer.canonicalize().unwrap().display()
+            )),
+            "{path}: {said}"
+        );
+        assert_eq!(files_below(&outer), before, "{path}");
+        assert!(
+            !outer.join("inner").exists() && !outer.join("a").exists(),
+            "{path}"
+        );
+    }
+    // The outer store itself, and a store beside it, start as before.
+    let beside = dir.path().join("beside");
+    let out = run_within(
+        dir.path(),
+        &["check", "-C", &format!("path={}", beside.display())],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    drop(server);
+    let again = Server::start(&peer);
+    assert_eq!(http("GET", &again.state_url("app"), b"").0, 200);
 }
 
 #[test]

@@ -860,8 +860,10 @@ pub fn external_writes_are_checked_and_kept(peer: &dyn Peer) {
 
 /// Key segments and workspace names are bounded (so every
 /// store holds every key the server accepts: a 249-byte segment answered
-/// 503 on local disk), and no segment may end in `.tflock` (a state
-/// `victim.tflock/x` made `victim` unlockable).
+/// 503 on local disk), no segment may end in `.tflock` (a state
+/// `victim.tflock/x` made `victim` unlockable), and none may start with
+/// `.stategate` (`inner/.stategate/history/...` reached the history of a
+/// store kept below this one's root or prefix).
 pub fn hostile_keys_are_refused_and_long_ones_fit(peer: &dyn Peer) {
     let server = Server::start(peer);
     let longest = "s".repeat(200);
@@ -906,6 +908,16 @@ pub fn hostile_keys_are_refused_and_long_ones_fit(peer: &dyn Peer) {
         (
             "/locks/victim.tflock/x".to_string(),
             "lock URL with a .tflock segment",
+        ),
+        // Where the own objects of a store whose root or prefix is
+        // `<this one's>/inner` sit.
+        (
+            "/states/inner/.stategate/history/app/newest.json".to_string(),
+            "a .stategate segment below the top",
+        ),
+        (
+            "/states/app?workspace=.stategate".to_string(),
+            "workspace .stategate",
         ),
     ] {
         for method in ["GET", "POST", "LOCK", "DELETE"] {

@@ -48,6 +48,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
+use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
@@ -176,6 +177,45 @@ pub(super) fn check_made_by_stategate(root: &OwnedFd) -> io::Result<()> {
             foreign.len()
         ))),
     }
+}
+
+/// Refuses a root that lies inside another local store's root. The outer
+/// store would take the inner one's files for its own states: list them,
+/// serve them, overwrite and delete them, with neither store's locks or
+/// history knowing. The root (which may not exist yet) is resolved through
+/// symbolic links as far as it exists, and each directory above it is
+/// looked at for a store's own directory.
+pub(super) fn check_not_inside_a_store(root: &Path) -> io::Result<()> {
+    let absolute = std::path::absolute(root)?;
+    let mut existing = absolute.as_path();
+    // The nearest directory that exists, the root itself included.
+    let real = loop {
+        match existing.canonicalize() {
+            Ok(real) => break real,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match existing.parent() {
+                Some(parent) => existing = parent,
+                None => return Ok(()),
+            },
+            Err(e) => return Err(e),
+        }
+    };
+    // The root's own store directory is no other store's.
+    let above = if existing == absolute {
+        real.parent()
+    } else {
+        Some(real.as_path())
+    };
+    for dir in above.into_iter().flat_map(Path::ancestors) {
+        let own = dir.join(INTERNAL_DIR);
+        if std::fs::symlink_metadata(&own).is_ok_and(|m| m.is_dir()) {
+            return Err(io::Error::other(format!(
+                "it lies inside the local store at {}, which would serve this store's files as its \
+                 own states; give `path` a directory outside that store",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Whether the root was written in layout 1, or its upgrade was cut short

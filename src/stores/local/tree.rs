@@ -64,8 +64,10 @@ impl Tree {
     /// Opens (creating if needed) a root directory for serving, upgrading
     /// its layout first ([`layout::bring_up_to_date`]); a directory that
     /// holds files but is no store is refused untouched
-    /// ([`layout::check_made_by_stategate`]).
+    /// ([`layout::check_made_by_stategate`]), and so is a root inside
+    /// another store's ([`layout::check_not_inside_a_store`]).
     pub(super) fn open(root: &Path) -> io::Result<Self> {
+        layout::check_not_inside_a_store(root)?;
         // A root made here is closed to others; one that exists keeps the
         // modes its operator gave it.
         std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), DIR_MODE)
