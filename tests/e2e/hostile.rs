@@ -480,6 +480,86 @@ fn hostile_symlinks_in_the_data_directory_are_never_followed() {
     assert!(listed.contains("hist"), "{listed}");
 }
 
+/// One request with `body` on its own connection; its status, or `None`
+/// when no answer came `within`.
+fn answer_within(
+    server: &Server,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    within: Duration,
+) -> Option<u16> {
+    let mut s = connect(server);
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    status_of(&read_until_closed(&mut s, within).0)
+}
+
+#[test]
+fn hostile_pipes_in_the_data_directory_hold_no_thread() {
+    // A named pipe where a state or a lock goes: opening it waited for a
+    // writer, so each request on it held a thread for good, and the server
+    // stopped answering anything, /healthz included, once they were all held.
+    let peer = LocalPeer::new();
+    let server = Server::start(&peer);
+    let pipe = |key: &str| {
+        let path = peer.object_path(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid, NUL-terminated path.
+        assert_eq!(
+            unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+            0,
+            "mkfifo {key}"
+        );
+    };
+    for key in ["app/a", "app/b", "app/c", "app/d"] {
+        let url = server.state_url(key);
+        assert_eq!(http("POST", &url, &state_doc(key, 1, "x")).0, 200);
+        pipe(&format!("{key}.tflock"));
+    }
+    pipe("app/fifo");
+    let within = Duration::from_secs(10);
+    let lock = lock_info("L", "l");
+    for round in 0..8 {
+        for key in ["app/a", "app/b", "app/c", "app/d"] {
+            let path = format!("/states/{key}");
+            let next = state_doc(key, 2, "y");
+            for (method, body) in [
+                ("POST", next.as_slice()),
+                ("LOCK", lock.as_slice()),
+                ("GET", b""),
+            ] {
+                let status = answer_within(&server, method, &path, body, within);
+                assert!(
+                    matches!(status, Some(200 | 409)),
+                    "round {round}: {method} {key} beside a pipe for its lock: {status:?}"
+                );
+            }
+        }
+        assert_eq!(
+            answer_within(&server, "GET", "/states/app/fifo", b"", within),
+            Some(409),
+            "round {round}: a pipe where a state goes"
+        );
+    }
+    assert_eq!(
+        answer_within(&server, "GET", "/healthz", b"", within),
+        Some(200)
+    );
+    let (status, reason) = http("GET", &server.state_url("app/fifo"), b"");
+    assert_eq!(status, 409);
+    assert!(
+        text(&reason).contains("is a pipe, socket or device"),
+        "{}",
+        text(&reason)
+    );
+}
+
 #[test]
 fn hostile_killed_writes_leave_no_temporaries() {
     // Temporary files of killed writes survived restarts.

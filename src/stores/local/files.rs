@@ -65,7 +65,11 @@ pub(super) fn unnamed_files_work(tmp_dir: &OwnedFd) -> bool {
     linked.is_ok()
 }
 
-/// Opens `rel` below `dir`, never through a link.
+/// Opens `rel` below `dir`, never through a link, and only a regular file
+/// or a directory: anything else found there ([`NOT_A_FILE`]) was put
+/// there by someone else. The open itself never waits: opening a named
+/// pipe waits for a writer, and one planted where a state or lock goes
+/// held a thread of the server for good.
 pub(super) fn open_beneath(dir: impl AsFd, rel: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
     // openat2 refuses a mode unless it creates.
     let mode = if flags.contains(OFlags::CREATE) {
@@ -73,14 +77,25 @@ pub(super) fn open_beneath(dir: impl AsFd, rel: &str, flags: OFlags) -> Result<O
     } else {
         Mode::empty()
     };
-    rustix::fs::openat2(
+    // Reads and writes of regular files and directories ignore NONBLOCK.
+    let fd = rustix::fs::openat2(
         dir,
         rel,
-        flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        flags | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
         mode,
         BENEATH,
-    )
+    )?;
+    if !flags.contains(OFlags::DIRECTORY) {
+        let kind = FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode);
+        if !matches!(kind, FileType::RegularFile | FileType::Directory) {
+            return Err(NOT_A_FILE);
+        }
+    }
+    Ok(fd)
 }
+
+/// What [`open_beneath`] answers for a pipe, socket or device.
+const NOT_A_FILE: Errno = Errno::NXIO;
 
 /// Opens the directory `rel` below `dir`, creating missing directories one
 /// at a time (each created and then opened without following links),
@@ -176,6 +191,9 @@ pub(super) fn translate(key: &str, doing: &str, e: Errno) -> StoreError {
         )),
         Errno::LOOP | Errno::XDEV => StoreError::KeyConflict(format!(
             "`{key}` crosses a symbolic link in the store's directory; stategate never follows links"
+        )),
+        NOT_A_FILE => StoreError::KeyConflict(format!(
+            "`{key}` is a pipe, socket or device in the store's directory, which stategate did not make and never opens"
         )),
         Errno::NOSPC | Errno::DQUOT => StoreError::no_space(),
         Errno::ROFS => StoreError::read_only_file_system(),
