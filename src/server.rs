@@ -556,7 +556,25 @@ where
             let app = Arc::clone(&app);
             let conn_info = conn_info.clone();
             async move {
-                let response = protocol::handle(app, req, conn_info).await?;
+                let (response, in_flight) = if reads_only(req.method()) {
+                    (protocol::handle(app, req, conn_info).await?, in_flight)
+                } else {
+                    // A request that may change the store runs to its end
+                    // on a task of its own, whether or not its client
+                    // waits for the answer: a change made without its
+                    // audit line and notification (the client gone while
+                    // the store worked) went unrecorded. The request stays
+                    // counted in flight until then, and the connection's
+                    // task waits for it ([`settled`]).
+                    let detached = tokio::spawn(async move {
+                        let response = protocol::handle(app, req, conn_info).await;
+                        (response, in_flight)
+                    });
+                    match detached.await {
+                        Ok((response, in_flight)) => (response?, in_flight),
+                        Err(e) => std::panic::resume_unwind(e.into_panic()),
+                    }
+                };
                 Ok::<_, std::convert::Infallible>(response.map(|inner| Tracked {
                     inner,
                     _in_flight: in_flight,
@@ -568,46 +586,70 @@ where
         .header_read_timeout(None)
         .max_header_size(limits.max_header_bytes)
         .serve_connection(io, service);
-    tokio::pin!(conn);
     let tick = (limits.header_timeout.min(limits.idle_timeout) / 4)
         .clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut ticker = tokio::time::interval(tick);
     let mut send_rate = SendRate::new(&activity);
     let mut stopping = false;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => return result,
-            _ = ticker.tick() => {
-                if stopping && !activity.in_flight() {
-                    return Ok(());
-                }
-                let why = activity.expired(&limits).or_else(|| {
-                    send_rate
-                        .too_slow(&activity, limits.body_min_rate)
-                        .then_some(SEND_TOO_SLOW)
-                });
-                if let Some(why) = why {
-                    if why == HEAD_TIMED_OUT {
-                        app.metrics.request_timed_out();
-                        tracing::debug!(reason = why, "closing connection");
-                    } else if why == SEND_STALLED || why == SEND_TOO_SLOW {
-                        app.metrics.download_cut();
-                        tracing::info!(reason = why, "answer cut off: closing connection");
-                    } else {
-                        tracing::debug!(reason = why, "closing connection");
+    // The connection, with the answers it holds, is gone when the block ends.
+    let result = {
+        let conn = conn;
+        tokio::pin!(conn);
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => break result,
+                _ = ticker.tick() => {
+                    if stopping && !activity.in_flight() {
+                        break Ok(());
                     }
-                    return Ok(());
+                    let why = activity.expired(&limits).or_else(|| {
+                        send_rate
+                            .too_slow(&activity, limits.body_min_rate)
+                            .then_some(SEND_TOO_SLOW)
+                    });
+                    if let Some(why) = why {
+                        if why == HEAD_TIMED_OUT {
+                            app.metrics.request_timed_out();
+                            tracing::debug!(reason = why, "closing connection");
+                        } else if why == SEND_STALLED || why == SEND_TOO_SLOW {
+                            app.metrics.download_cut();
+                            tracing::info!(reason = why, "answer cut off: closing connection");
+                        } else {
+                            tracing::debug!(reason = why, "closing connection");
+                        }
+                        break Ok(());
+                    }
                 }
-            }
-            changed = stop.changed(), if !stopping => {
-                stopping = true;
-                if changed.is_err() || !activity.in_flight() {
-                    return Ok(());
+                changed = stop.changed(), if !stopping => {
+                    stopping = true;
+                    if changed.is_err() || !activity.in_flight() {
+                        break Ok(());
+                    }
+                    // Finish the request in flight, then close.
+                    conn.as_mut().graceful_shutdown();
                 }
-                // Finish the request in flight, then close.
-                conn.as_mut().graceful_shutdown();
             }
         }
+    };
+    settled(&activity).await;
+    result
+}
+
+/// Whether a request with `method` only reads: every other one may change
+/// the store, and runs to its end even when its client leaves.
+fn reads_only(method: &hyper::Method) -> bool {
+    matches!(
+        *method,
+        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
+    )
+}
+
+/// Waits until no request of the connection is in flight: the answers are
+/// gone with the connection, so what is left is the changes still running
+/// for clients that left. Shutdown waits for them with the connections.
+async fn settled(activity: &Activity) {
+    while activity.in_flight() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -561,6 +561,80 @@ fn hostile_pipes_in_the_data_directory_hold_no_thread() {
 }
 
 #[test]
+fn hostile_clients_that_leave_mid_change_leave_no_unrecorded_change() {
+    // A LOCK or a write waiting on the store when its client gave up was
+    // still made, but its audit line (and notification) never was: a lock
+    // nobody knew they held, a write missing from the audit trail.
+    let peer = SqlitePeer::new();
+    let dir = tempfile::TempDir::new().unwrap();
+    let audit = dir.path().join("audit.log");
+    let server = Server::start_with(&peer, &["--audit-log", audit.to_str().unwrap()]);
+    assert_eq!(
+        http(
+            "POST",
+            &server.state_url("team/db"),
+            &state_doc("d", 1, "x")
+        )
+        .0,
+        200
+    );
+    // Another process holds SQLite's write lock: changes wait for it.
+    let holder = rusqlite::Connection::open(peer.db()).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let send = |method: &str, path: &str, body: &[u8]| {
+        let mut s = connect(&server);
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        s
+    };
+    let lock = send(
+        "LOCK",
+        "/states/team/net",
+        &lock_info("ORPHAN-LOCK", "gone@host"),
+    );
+    let write = send("POST", "/states/team/db", &state_doc("d", 2, "y"));
+    std::thread::sleep(Duration::from_millis(1500));
+    // Both clients give up while the store waits.
+    for s in [lock, write] {
+        s.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    holder.execute_batch("ROLLBACK").unwrap();
+    drop(holder);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let recorded = |what: &str| {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains(what))
+    };
+    while !(recorded("ORPHAN-LOCK") && recorded("\"serial\":2")) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(&audit).unwrap_or_default();
+    // The changes ran to their end, and are recorded.
+    let (status, holder) = http("GET", &format!("{}/locks/team/net", server.url), b"");
+    assert_eq!(status, 200, "the LOCK was not made");
+    assert!(text(&holder).contains("ORPHAN-LOCK"), "{}", text(&holder));
+    assert!(
+        recorded("ORPHAN-LOCK"),
+        "the lock is held but was never audited:\n{log}"
+    );
+    let current: serde_json::Value =
+        serde_json::from_slice(&http("GET", &server.state_url("team/db"), b"").1).unwrap();
+    assert_eq!(current["serial"], 2, "the write was not made");
+    assert!(
+        recorded("\"serial\":2"),
+        "the write is stored but was never audited:\n{log}"
+    );
+}
+
+#[test]
 fn hostile_killed_writes_leave_no_temporaries() {
     // Temporary files of killed writes survived restarts.
     let peer = LocalPeer::new();
