@@ -69,7 +69,8 @@ pub struct Reserve {
     pub dir: PathBuf,
     /// The spare file kept on that device ([`SPARE_BYTES`]), given up when
     /// the device is full so that locks, unlocks, deletes and purges (and
-    /// opening the store) still find room.
+    /// opening the store) still find room. Relative to `dir`, and reached
+    /// from it through no symbolic link.
     pub spare: PathBuf,
     /// `min_free_bytes`; `None` for the default.
     pub min_free: Option<u64>,
@@ -81,14 +82,27 @@ pub struct Reserve {
 const SPARE_BYTES: u64 = 4 * 1024 * 1024;
 
 impl Reserve {
-    /// Gives up the spare file; whether there was one to give up.
+    /// Gives up the spare file when the device is full (less room than the
+    /// spare holds); whether there was one to give up. Only a file that
+    /// can be the spare is removed: a regular file of at most
+    /// [`SPARE_BYTES`] zeros, reached from [`Reserve::dir`] through no
+    /// link. A failure that is not a full device leaves it, and so does a
+    /// file of the operator's that happens to have its name.
     pub fn release_spare(&self) -> bool {
-        let size = std::fs::symlink_metadata(&self.spare).map_or(0, |m| m.len());
-        if std::fs::remove_file(&self.spare).is_err() {
+        if !self.space().is_some_and(|space| space.free < SPARE_BYTES) {
+            return false;
+        }
+        let Some((parent, name)) = self.spare_place() else {
+            return false;
+        };
+        let Some(size) = spare_size(&parent, &name) else {
+            return false;
+        };
+        if rustix::fs::unlinkat(&parent, name.as_str(), rustix::fs::AtFlags::empty()).is_err() {
             return false;
         }
         tracing::warn!(
-            spare = %self.spare.display(),
+            spare = %self.dir.join(&self.spare).display(),
             bytes = size,
             "the device is full: gave up the spare file so that locks, deletes and purges still \
              work; it is made again once space is freed"
@@ -96,39 +110,70 @@ impl Reserve {
         true
     }
 
+    /// The directory holding the spare file, opened from [`Reserve::dir`]
+    /// through no link, and the file's name in it.
+    fn spare_place(&self) -> Option<(std::os::fd::OwnedFd, String)> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let name = self.spare.file_name()?.to_str()?.to_string();
+        let parent = match self.spare.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        let dir = rustix::fs::open(
+            &self.dir,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let parent = rustix::fs::openat2(
+            &dir,
+            parent,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+        .ok()?;
+        Some((parent, name))
+    }
+
     /// Makes the spare file when it is missing and the device has room for
     /// it beyond the reserve.
     fn keep_spare(&self) {
+        use rustix::fs::{AtFlags, Mode, OFlags};
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let Some(space) = self.space() else {
             return;
         };
         let size = SPARE_BYTES.min(space.size / 32);
-        if size == 0
-            || std::fs::symlink_metadata(&self.spare).is_ok()
-            || space.free < space.reserve.saturating_add(size.saturating_mul(2))
-        {
+        if size == 0 || space.free < space.reserve.saturating_add(size.saturating_mul(2)) {
             return;
         }
-        let made = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(&self.spare)
-            .and_then(|mut file| {
-                let zeros = vec![0u8; 64 * 1024];
-                let mut left = size;
-                while left > 0 {
-                    let n = left.min(zeros.len() as u64) as usize;
-                    file.write_all(&zeros[..n])?;
-                    left -= n as u64;
-                }
-                file.sync_all()
-            });
+        let Some((parent, name)) = self.spare_place() else {
+            return;
+        };
+        // Made only where nothing is: an existing file is kept as it is.
+        let Ok(fd) = rustix::fs::openat(
+            &parent,
+            name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        ) else {
+            return;
+        };
+        let mut file = std::fs::File::from(fd);
+        let zeros = vec![0u8; 64 * 1024];
+        let mut left = size;
+        let made = (|| {
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                file.write_all(&zeros[..n])?;
+                left -= n as u64;
+            }
+            file.sync_all()
+        })();
         if let Err(e) = made {
-            let _ = std::fs::remove_file(&self.spare);
-            tracing::debug!(spare = %self.spare.display(), error = %e, "making the spare file failed");
+            let _ = rustix::fs::unlinkat(&parent, name.as_str(), AtFlags::empty());
+            tracing::debug!(spare = %self.dir.join(&self.spare).display(), error = %e, "making the spare file failed");
         }
     }
 
@@ -147,6 +192,31 @@ impl Reserve {
             place: self.dir.display().to_string(),
         })
     }
+}
+
+/// The size of `name` in `parent` when it can be the spare file: a
+/// regular file, not a link, of at most [`SPARE_BYTES`] bytes, all zero.
+fn spare_size(parent: &std::os::fd::OwnedFd, name: &str) -> Option<u64> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    use std::io::Read;
+    let fd = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let stat = rustix::fs::fstat(&fd).ok()?;
+    let size = u64::try_from(stat.st_size).ok()?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile || size > SPARE_BYTES {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::from(fd)
+        .take(SPARE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    bytes.iter().all(|b| *b == 0).then_some(size)
 }
 
 /// Why writes are refused now, and what recovering takes.

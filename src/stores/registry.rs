@@ -284,7 +284,7 @@ fn reserve(backend: &Backend, settings: &StoreSettings) -> Result<Option<Reserve
     let (dir, spare) = match backend.name {
         "local" => {
             let root = local::LocalConfig::from_settings(settings)?.root;
-            (root.clone(), root.join(".stategate/local/spare"))
+            (root, std::path::PathBuf::from(".stategate/local/spare"))
         }
         "sqlite" => {
             let path = sqlite::SqliteConfig::from_settings(settings)?.path;
@@ -292,7 +292,7 @@ fn reserve(backend: &Backend, settings: &StoreSettings) -> Result<Option<Reserve
                 Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
                 _ => std::path::PathBuf::from("."),
             };
-            let mut spare = path.into_os_string();
+            let mut spare = path.file_name().unwrap_or_default().to_os_string();
             spare.push(".spare");
             (dir, spare.into())
         }

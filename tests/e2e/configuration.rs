@@ -275,6 +275,63 @@ fn a_local_store_inside_another_ones_root_does_not_start() {
     assert_eq!(http("GET", &again.state_url("app"), b"").0, 200);
 }
 
+/// The spare file kept against a full device is the store's own: closed
+/// to others, and given up only when the device is full. Any failure to
+/// open the store gave it up: a file of the operator's named like it
+/// (`<path>.spare` beside a wrong SQLite `path`), or one reached through
+/// a link planted in the root, was removed by `check`.
+#[test]
+fn the_spare_file_is_the_stores_own() {
+    let peer = LocalPeer::new();
+    drop(Server::start(&peer));
+    let spare = peer.root().join(".stategate/local/spare");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&spare).unwrap().permissions());
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "the spare file is open to others: {mode:o}"
+    );
+
+    let dir = tempfile::TempDir::new().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a database").unwrap();
+    std::fs::write(dir.path().join("notes.txt.spare"), [0u8; 4096]).unwrap();
+    let out = run_within(
+        dir.path(),
+        &["check", "--storage-type", "sqlite", "-C", "path=notes.txt"],
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("device is full"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        dir.path().join("notes.txt.spare").exists(),
+        "the operator's file was removed"
+    );
+
+    // A root whose own directory is a link to somewhere else.
+    let root = dir.path().join("root");
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(elsewhere.join(".stategate/local")).unwrap();
+    std::fs::write(elsewhere.join(".stategate/local/spare"), [0u8; 4096]).unwrap();
+    std::fs::create_dir(&root).unwrap();
+    std::os::unix::fs::symlink(elsewhere.join(".stategate"), root.join(".stategate")).unwrap();
+    let out = run_within(
+        dir.path(),
+        &["check", "-C", "path=root"],
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        elsewhere.join(".stategate/local/spare").exists(),
+        "a file outside the root was removed: {}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn settings_refused_for_their_shape_are_not_repeated() {
     let dir = tempfile::TempDir::new().unwrap();
