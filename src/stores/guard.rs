@@ -89,7 +89,7 @@ impl Reserve {
     /// link. A failure that is not a full device leaves it, and so does a
     /// file of the operator's that happens to have its name.
     pub fn release_spare(&self) -> bool {
-        if !self.space().is_some_and(|space| space.free < SPARE_BYTES) {
+        if self.space().is_none_or(|space| space.free >= SPARE_BYTES) {
             return false;
         }
         let Some((parent, name)) = self.spare_place() else {
