@@ -38,6 +38,11 @@ pub enum Copied {
     Conflict(String),
     /// Someone holds the source state's lock: not copied this time.
     SourceLocked(String),
+    /// Never copied as it is: the source's current body is no state the
+    /// server would take (a write of it is refused with 400, and Terraform
+    /// could not read it back), or the state's name does not fit the
+    /// target.
+    Refused(String),
 }
 
 impl Copied {
@@ -50,6 +55,7 @@ impl Copied {
             Copied::TargetNewer(_) => "target newer",
             Copied::Conflict(_) => "conflict",
             Copied::SourceLocked(_) => "locked",
+            Copied::Refused(_) => "refused",
         }
     }
 
@@ -57,7 +63,10 @@ impl Copied {
     pub fn is_problem(&self) -> bool {
         matches!(
             self,
-            Copied::TargetNewer(_) | Copied::Conflict(_) | Copied::SourceLocked(_)
+            Copied::TargetNewer(_)
+                | Copied::Conflict(_)
+                | Copied::SourceLocked(_)
+                | Copied::Refused(_)
         )
     }
 }
@@ -85,8 +94,9 @@ struct SourceVersion {
 /// The versions of one source state to copy, oldest first, ending with
 /// its current state.
 pub struct Source<'a> {
-    /// Where kept versions are read from; `None` when every body is held.
-    from: Option<&'a States>,
+    /// Where kept versions are read from, and the state they are kept
+    /// for; `None` when every body is held.
+    from: Option<(&'a States, StateRef)>,
     versions: Vec<SourceVersion>,
 }
 
@@ -100,7 +110,7 @@ impl<'a> Source<'a> {
         with_history: bool,
     ) -> Result<Source<'a>, StateError> {
         let mut source = Source {
-            from: Some(from),
+            from: Some((from, state.clone())),
             versions: Vec::new(),
         };
         let Some((current, _)) = from.read(state).await? else {
@@ -154,16 +164,12 @@ impl<'a> Source<'a> {
     }
 
     /// The body of `version`, as the source store hands it out.
-    async fn payload(
-        &self,
-        state: &StateRef,
-        version: &SourceVersion,
-    ) -> Result<Payload, StateError> {
-        match (&version.body, self.from) {
+    async fn payload(&self, version: &SourceVersion) -> Result<Payload, StateError> {
+        match (&version.body, &self.from) {
             (Body::Held(body), _) => Ok(body.clone()),
-            (Body::Kept(n), Some(from)) => from.version(state, *n).await,
+            (Body::Kept(n), Some((from, state))) => from.version(state, *n).await,
             (Body::Kept(n), None) => Err(StateError::NotFound(format!(
-                "{state} has no version {n} here"
+                "the source has no version {n} here"
             ))),
         }
     }
@@ -232,9 +238,10 @@ async fn target_state(to: &States, state: &StateRef) -> Result<Option<TargetStat
     }))
 }
 
-/// Copies one state into `to`: the versions of `source`, oldest first.
-/// Writes only what the target lacks, one body at a time; refuses to
-/// replace a newer state, and one of the same serial with other content
+/// Copies one state into `to`, as `state` there: the versions of
+/// `source`, oldest first. Writes only what the target lacks, one body at
+/// a time; refuses a current body that is no state the server would take,
+/// to replace a newer state, and one of the same serial with other content
 /// unless `overwrite`; and reads back what it wrote to compare MD5s. With
 /// `dry_run` nothing is written.
 pub async fn copy_state(
@@ -248,6 +255,15 @@ pub async fn copy_state(
     let Some(current) = versions.last() else {
         return Ok(Copied::Identical);
     };
+    // The rules of a write over the state URLs: a body that breaks them
+    // would replace a good state with one Terraform cannot read.
+    if let Err(StateError::BadRequest(why)) =
+        StateHead::parse_payload(&source.payload(current).await?).await
+    {
+        return Ok(Copied::Refused(format!(
+            "the source's current body is no Terraform state ({why})"
+        )));
+    }
     let pending: &[SourceVersion] = match target_state(to, state).await? {
         None => versions,
         Some(target) if target.md5 == current.md5 => {
@@ -292,7 +308,7 @@ pub async fn copy_state(
         });
     }
     for version in pending {
-        let body = source.payload(state, version).await?;
+        let body = source.payload(version).await?;
         to.write(
             state,
             body,
@@ -322,12 +338,15 @@ pub async fn copy_state(
     }
 }
 
-/// Copies one state of `from` into `to` under the source's lock (taken
-/// with `lock_info`, released after), or reads only on a dry run.
+/// Copies the state `state` of `from` into `to`, as `target` there (its
+/// one name in the target, [`States::canonical`]), under the source's lock
+/// (taken with `lock_info`, released after), or reads only on a dry run.
+#[allow(clippy::too_many_arguments)]
 pub async fn migrate_state(
     from: &States,
     to: &States,
     state: &StateRef,
+    target: &StateRef,
     with_history: bool,
     dry_run: bool,
     overwrite: bool,
@@ -335,7 +354,7 @@ pub async fn migrate_state(
 ) -> Result<Copied, StateError> {
     if dry_run {
         let source = Source::of(from, state, with_history).await?;
-        return copy_state(to, state, &source, true, overwrite).await;
+        return copy_state(to, target, &source, true, overwrite).await;
     }
     let id = LockInfo::parse(lock_info)?.id;
     match from
@@ -357,7 +376,7 @@ pub async fn migrate_state(
     }
     let result = async {
         let source = Source::of(from, state, with_history).await?;
-        copy_state(to, state, &source, false, overwrite).await
+        copy_state(to, target, &source, false, overwrite).await
     }
     .await;
     let released = from.release(state, Some(&id)).await;
@@ -412,7 +431,7 @@ mod tests {
             .unwrap();
 
         let info = br#"{"ID":"m","Operation":"migrate","Who":"t"}"#;
-        let copied = migrate_state(&from, &to, &state, true, false, false, info)
+        let copied = migrate_state(&from, &to, &state, &state, true, false, false, info)
             .await
             .unwrap();
         assert_eq!(copied, Copied::Identical);

@@ -247,7 +247,12 @@ async fn copy_one(
     match crate::migrate::copy_state(states, target, &source, false, false).await {
         Ok(Copied::Written { .. }) => {}
         Ok(Copied::Identical) => return Ok(Outcome::Identical),
-        Ok(Copied::TargetNewer(why) | Copied::Conflict(why) | Copied::SourceLocked(why)) => {
+        Ok(
+            Copied::TargetNewer(why)
+            | Copied::Conflict(why)
+            | Copied::SourceLocked(why)
+            | Copied::Refused(why),
+        ) => {
             return Ok(Outcome::Refused(why));
         }
         Ok(Copied::WouldWrite { .. }) => unreachable!("not a dry run"),

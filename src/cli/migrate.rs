@@ -9,6 +9,8 @@ use anyhow::{Context, Result, bail};
 
 use stategate::config::{self, CommandLine, FileConfig, Settings};
 use stategate::migrate;
+use stategate::settings::ConfigError;
+use stategate::state::{StateRef, States};
 
 use super::args::MigrateArgs;
 #[cfg(feature = "db")]
@@ -37,6 +39,7 @@ fn refuse_overlap(from: &Settings, to: &Settings) -> Result<()> {
             .flatten()
             .map(|p| resolved(&p))
     };
+    refuse_bucket_overlap(from, to)?;
     let (Some(a), Some(b)) = (on_disk(from), on_disk(to)) else {
         return Ok(());
     };
@@ -46,6 +49,53 @@ fn refuse_overlap(from: &Settings, to: &Settings) -> Result<()> {
              give the target a path outside the source",
             a.display(),
             b.display(),
+            if a == b { "the same as" } else { "inside" }
+        );
+    }
+    Ok(())
+}
+
+/// Refuses two bucket stores of one bucket whose prefixes are the same or
+/// one inside the other: the outer one lists the inner one's states as its
+/// own, so each run copies the copies of the run before, below the prefix
+/// again.
+fn refuse_bucket_overlap(from: &Settings, to: &Settings) -> Result<()> {
+    fn place(s: &Settings) -> Option<(&str, &str, String, Result<String, ConfigError>)> {
+        let store = &s.store;
+        matches!(s.backend.name, "s3" | "oss").then(|| {
+            let endpoint = store.get("endpoint").unwrap_or_default();
+            let endpoint = endpoint.trim_end_matches('/').to_ascii_lowercase();
+            let prefix =
+                stategate::settings::normalise_prefix(store.get("prefix").unwrap_or_default());
+            (
+                s.backend.name,
+                store.get("bucket").unwrap_or_default(),
+                endpoint,
+                prefix,
+            )
+        })
+    }
+    let (Some((kind_a, bucket_a, endpoint_a, Ok(a))), Some((kind_b, bucket_b, endpoint_b, Ok(b)))) =
+        (place(from), place(to))
+    else {
+        return Ok(());
+    };
+    if (kind_a, bucket_a, endpoint_a) != (kind_b, bucket_b, endpoint_b) {
+        return Ok(());
+    }
+    if a.starts_with(&b) || b.starts_with(&a) {
+        let shown = |p: &str| {
+            if p.is_empty() {
+                "(none)".to_string()
+            } else {
+                format!("`{p}`")
+            }
+        };
+        bail!(
+            "--from and --to are the bucket `{bucket_a}` with the prefixes {} and {}, one {} the \
+             other: give the target a prefix outside the source's",
+            shown(&a),
+            shown(&b),
             if a == b { "the same as" } else { "inside" }
         );
     }
@@ -125,21 +175,25 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
         "Path": "",
     })
     .to_string();
+    let names = target_names(&target, states.into_iter().map(|l| l.state))?;
     let mut rows = Vec::new();
     let mut total_bytes = 0u64;
-    for listed in states {
-        let state = listed.state;
-        let copied = migrate::migrate_state(
-            &source,
-            &target,
-            &state,
-            with_history,
-            dry_run,
-            overwrite,
-            lock.as_bytes(),
-        )
-        .await
-        .with_context(|| format!("{state}"))?;
+    for (state, named) in names {
+        let copied = match &named {
+            Err(why) => migrate::Copied::Refused(why.clone()),
+            Ok(name) => migrate::migrate_state(
+                &source,
+                &target,
+                &state,
+                name,
+                with_history,
+                dry_run,
+                overwrite,
+                lock.as_bytes(),
+            )
+            .await
+            .with_context(|| format!("{state}"))?,
+        };
         if let migrate::Copied::Written { bytes, .. } | migrate::Copied::WouldWrite { bytes, .. } =
             copied
         {
@@ -147,7 +201,7 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
         }
         bar.inc(1);
         bar.set_message(format!("{total_bytes} bytes"));
-        rows.push((state, copied));
+        rows.push((state, copied, named.ok()));
     }
     bar.finish_and_clear();
     let mut out = std::io::stdout().lock();
@@ -157,7 +211,7 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
         "KEY", "WORKSPACE", "OUTCOME", "VERSIONS", "BYTES"
     )?;
     let mut problems = 0;
-    for (state, copied) in &rows {
+    for (state, copied, named) in &rows {
         let (versions, bytes, note) = match copied {
             migrate::Copied::Written { versions, bytes }
             | migrate::Copied::WouldWrite { versions, bytes } => {
@@ -165,8 +219,16 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
             }
             migrate::Copied::TargetNewer(why)
             | migrate::Copied::Conflict(why)
-            | migrate::Copied::SourceLocked(why) => ("-".into(), "-".into(), why.clone()),
+            | migrate::Copied::SourceLocked(why)
+            | migrate::Copied::Refused(why) => ("-".into(), "-".into(), why.clone()),
             migrate::Copied::Identical => ("0".into(), "0".into(), String::new()),
+        };
+        // A state the target names otherwise (its `workspace_key_prefix`).
+        let note = match named.as_ref().filter(|n| *n != state) {
+            Some(name) => format!("as {name} in the target; {note}")
+                .trim_end_matches("; ")
+                .to_string(),
+            None => note,
         };
         problems += usize::from(copied.is_problem());
         writeln!(
@@ -180,7 +242,7 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
             note
         )?;
     }
-    let count = |word: &str| rows.iter().filter(|(_, c)| c.outcome() == word).count();
+    let count = |word: &str| rows.iter().filter(|(_, c, _)| c.outcome() == word).count();
     writeln!(
         out,
         "{} states: {} copied, {} identical, {} would copy, {} left alone; {total_bytes} bytes{}",
@@ -199,6 +261,34 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
         bail!("{problems} states were not copied (see NOTE); rerun once they are resolved");
     }
     Ok(())
+}
+
+/// Each source state with its one name in the target
+/// ([`States::canonical`]), or why it has none there (too long for the
+/// target's store). Refuses the run when two source states are one state
+/// in the target (`workspaces/dev/app` and `app` in workspace `dev`, under
+/// the target's `workspace_key_prefix`): copying both would replace one
+/// with the other.
+fn target_names(
+    target: &States,
+    states: impl Iterator<Item = StateRef>,
+) -> Result<Vec<(StateRef, std::result::Result<StateRef, String>)>> {
+    let mut seen: std::collections::HashMap<StateRef, StateRef> = Default::default();
+    let mut names = Vec::new();
+    for state in states {
+        let named = target.canonical(&state).map_err(|e| e.to_string());
+        if let Ok(name) = &named
+            && let Some(other) = seen.insert(name.clone(), state.clone())
+        {
+            bail!(
+                "the source states {other} and {state} are one state in the target ({name}) \
+                 under its workspace_key_prefix: give the target another \
+                 workspace_key_prefix, or move one of them first"
+            );
+        }
+        names.push((state, named));
+    }
+    Ok(names)
 }
 
 /// This machine's name, for the migration's LockInfo.

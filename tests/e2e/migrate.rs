@@ -758,3 +758,172 @@ fn migrate_refuses_stores_one_inside_the_other() {
     assert!(!a.root().join("states.db").exists());
     assert_eq!(a.object_keys(), before, "the source changed");
 }
+
+/// Two bucket stores of one bucket, one prefix inside the other: each run
+/// copied the copies of the run before, one prefix deeper.
+#[test]
+fn migrate_refuses_prefixes_one_inside_the_other() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let moto = Moto::shared();
+    let outer = S3Peer::on(moto);
+    let inner = S3Peer {
+        prefix: "team/new/".into(),
+        bucket: outer.bucket.clone(),
+        ..S3Peer::on(moto)
+    };
+    let beside = S3Peer {
+        prefix: "team-b/".into(),
+        bucket: outer.bucket.clone(),
+        ..S3Peer::on(moto)
+    };
+    {
+        let server = Server::start(&outer);
+        let doc = state_doc("n0", 1, "x");
+        assert_eq!(http("POST", &server.state_url("app"), &doc).0, 200);
+    }
+    let env = outer.env();
+    let outer_yaml = config_file(dir.path(), "outer.yaml", &outer);
+    let inner_yaml = config_file(dir.path(), "inner.yaml", &inner);
+    for (from, to) in [
+        (&outer_yaml, &inner_yaml),
+        (&inner_yaml, &outer_yaml),
+        (&outer_yaml, &outer_yaml),
+    ] {
+        let out = migrate(from, to, &[], &env);
+        let err = text(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{from} -> {to}: {}",
+            text(&out.stdout)
+        );
+        assert!(
+            err.contains("--from and --to are the bucket") && err.contains("prefix outside"),
+            "{err}"
+        );
+    }
+    let keys = moto.requests_for(&outer.bucket);
+    assert!(
+        !keys.iter().any(|r| r.starts_with("PUT team/new/")),
+        "the refused target was written: {keys:#?}"
+    );
+    let beside_yaml = config_file(dir.path(), "beside.yaml", &beside);
+    let copied = migrate_ok(&outer_yaml, &beside_yaml, &[], &env);
+    assert!(copied.contains("1 copied"), "{copied}");
+}
+
+/// What the target's server would refuse is not copied into it: a body
+/// that is no Terraform state (it replaced a good state, and exited 0),
+/// and two source states that are one state in the target (the second
+/// replaced the first).
+#[test]
+fn migrate_copies_nothing_the_target_would_refuse() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let source = LocalPeer::new();
+    let target = SqlitePeer::new();
+    {
+        let server = Server::start(&source);
+        for key in ["prod/net", "prod/app"] {
+            assert_eq!(
+                http("POST", &server.state_url(key), &state_doc(key, 1, "x")).0,
+                200
+            );
+        }
+    }
+    let good = state_doc("kept", 42, "kept");
+    {
+        let server = Server::start(&target);
+        assert_eq!(http("POST", &server.state_url("prod/net"), &good).0, 200);
+    }
+    // A proxy's error page where the state was, left by another tool.
+    let file = source.object_path("prod/net");
+    std::fs::remove_file(&file).unwrap();
+    std::fs::write(&file, "<html>502 Bad Gateway</html>").unwrap();
+    let from = config_file(dir.path(), "from.yaml", &source);
+    let to = config_file(dir.path(), "to.yaml", &target);
+    let out = migrate(&from, &to, &[], &[]);
+    let said = text(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    let row = said
+        .lines()
+        .find(|l| l.starts_with("prod/net "))
+        .unwrap_or_default();
+    assert!(
+        row.contains("refused") && row.contains("no Terraform state"),
+        "{said}"
+    );
+    assert!(
+        said.contains("prod/app") && said.contains("1 copied"),
+        "{said}"
+    );
+    let server = Server::start(&target);
+    assert_eq!(http("GET", &server.state_url("prod/net"), b""), (200, good));
+    drop(server);
+
+    // `app` in workspace `dev` under the source's `env:`, and the
+    // default-workspace key `workspaces/dev/app`: one state in a target
+    // whose workspace_key_prefix is `workspaces`.
+    let twins = LocalPeer::new();
+    let twins_yaml = format!(
+        "{}workspace_key_prefix: \"env:\"\n",
+        std::fs::read_to_string(config_file(dir.path(), "twins.yaml", &twins)).unwrap()
+    );
+    let twins_file = dir.path().join("twins.yaml");
+    std::fs::write(&twins_file, twins_yaml).unwrap();
+    {
+        let server = Server::start_with(&twins, &["--config", twins_file.to_str().unwrap()]);
+        let dev = format!("{}?workspace=dev", server.state_url("app"));
+        assert_eq!(http("POST", &dev, &state_doc("ws", 1, "ws")).0, 200);
+        let plain = server.state_url("workspaces/dev/app");
+        assert_eq!(http("POST", &plain, &state_doc("plain", 7, "plain")).0, 200);
+    }
+    // A key longer than the target's store holds, with its history and
+    // leases beside it: the target's server would refuse it with 400.
+    let long = LocalPeer::new();
+    let key = format!("{}/{}", "k".repeat(200), vec!["l".repeat(200); 4].join("/"));
+    {
+        let server = Server::start(&long);
+        assert_eq!(
+            http("POST", &server.state_url(&key), &state_doc("long", 1, "x")).0,
+            200
+        );
+    }
+    let moto = Moto::shared();
+    let bucket = S3Peer::on(moto);
+    let out = migrate(
+        &config_file(dir.path(), "long.yaml", &long),
+        &config_file(dir.path(), "bucket.yaml", &bucket),
+        &[],
+        &bucket.env(),
+    );
+    let said = text(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("refused") && said.contains("the longest key"),
+        "{said}"
+    );
+    assert!(
+        !moto
+            .requests_for(&bucket.bucket)
+            .iter()
+            .any(|r| r.starts_with("PUT team/kkk")),
+        "the key was written"
+    );
+
+    let fresh = SqlitePeer::new();
+    let fresh_yaml = config_file(dir.path(), "fresh.yaml", &fresh);
+    let out = migrate(twins_file.to_str().unwrap(), &fresh_yaml, &[], &[]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    assert!(err.contains("are one state in the target"), "{err}");
+    assert!(
+        !fresh.db().exists() || {
+            let server = Server::start(&fresh);
+            http(
+                "GET",
+                &format!("{}?workspace=dev", server.state_url("app")),
+                b"",
+            )
+            .0 == 404
+        }
+    );
+}
