@@ -413,6 +413,48 @@ fn s3_server_outage_gives_503_then_recovers() {
     assert_eq!(http("LOCK", &url, &lock_info("o", "me@host")).0, 200);
 }
 
+/// A conditional probe answered 503 SlowDown (S3 under load) is a server
+/// failing for a while, not one without conditional requests: it turned
+/// compare-and-swap off for the life of the process, or refused the start
+/// as if locks were unsafe.
+#[test]
+fn s3_throttled_probes_are_no_missing_conditions() {
+    let moto: &'static Moto = Box::leak(Box::new(Moto::start(false)));
+    let peer = S3Peer::on(moto);
+    for header in ["if-none-match", "if-match"] {
+        moto.fault(50, header, 503, "SlowDown");
+        let out = stategate(&peer, &["check"], &[]);
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        moto.fault(0, header, 503, "SlowDown");
+        assert!(
+            !out.status.success(),
+            "{header}: a throttled probe passed: {said}"
+        );
+        assert!(said.contains("HTTP 503 (SlowDown"), "{header}: {said}");
+        assert!(said.contains("setting `endpoint`"), "{header}: {said}");
+        assert!(
+            !said.contains("locks would be unsafe")
+                && !said.contains("compare-and-swap writes: no"),
+            "{header}: taken for a missing condition: {said}"
+        );
+    }
+    let said = stategate_ok(&peer, &["check"]);
+    assert!(said.contains("compare-and-swap writes: yes"), "{said}");
+
+    // A bucket that takes no ACLs refuses writes carrying one: the `acl`
+    // setting is what to change, not `endpoint`.
+    let peer = peer.with("acl", "private");
+    moto.fault(50, "x-amz-acl", 400, "AccessControlListNotSupported");
+    let out = stategate(&peer, &["check"], &[]);
+    let said = text(&out.stderr);
+    moto.fault(0, "x-amz-acl", 400, "AccessControlListNotSupported");
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("setting `acl`") && said.contains("AccessControlListNotSupported"),
+        "{said}"
+    );
+}
+
 #[test]
 fn s3_server_ignoring_conditions_is_refused_unless_unsafe_locks_are_allowed() {
     let moto: &'static Moto = Box::leak(Box::new(Moto::start_with(&["--ignore-conditions"])));

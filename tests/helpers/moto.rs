@@ -177,6 +177,12 @@ impl Moto {
         });
     }
 
+    /// Answers the next `n` requests that carry `header` (`if-match`,
+    /// `x-amz-acl`, ...) with HTTP `status` and the S3 error `code`.
+    pub fn fault(&self, n: u32, header: &str, status: u16, code: &str) {
+        self.command(&format!("fault {n} {header} {status} {code}"));
+    }
+
     /// Closes the listening socket; objects are kept.
     pub fn stop(&self) {
         self.command("stop");

@@ -30,6 +30,11 @@ Then reads commands from stdin, one per line:
           query's parameter names, the query as sent, and the conditional
           headers sent (If-Match, If-None-Match,
           x-amz-copy-source-if-match), in order of arrival
+  fault N HEADER STATUS CODE  answer the next N requests that carry
+          HEADER (if-match, x-amz-acl, ...) with HTTP STATUS and the S3
+          error CODE, before moto sees them: 503 SlowDown is S3 under
+          load, 400 AccessControlListNotSupported a bucket that takes no
+          ACLs
 Other commands are answered with one line, "ok". The server exits when stdin
 closes, so it never outlives the test process that started it.
 
@@ -63,6 +68,33 @@ def without_conditions(app, headers=("HTTP_IF_NONE_MATCH", "HTTP_IF_MATCH")):
     def handle(environ, start_response):
         for header in headers:
             environ.pop(header, None)
+        return app(environ, start_response)
+
+    return handle
+
+
+FAULT = {"left": 0, "header": None, "status": 503, "code": "SlowDown"}
+REASONS = {400: "Bad Request", 403: "Forbidden", 500: "Internal Server Error", 503: "Slow Down"}
+
+
+def faulting(app):
+    """Answers requests carrying FAULT's header with its status and error
+    code while it counts any left."""
+
+    def handle(environ, start_response):
+        if FAULT["left"] > 0 and FAULT["header"] in environ:
+            FAULT["left"] -= 1
+            environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            body = (
+                '<?xml version="1.0" encoding="UTF-8"?>\n'
+                f"<Error><Code>{FAULT['code']}</Code><Message>Injected by the test.</Message></Error>"
+            ).encode()
+            status = FAULT["status"]
+            start_response(
+                f"{status} {REASONS.get(status, 'Error')}",
+                [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
         return app(environ, start_response)
 
     return handle
@@ -223,7 +255,7 @@ def main():
         app = without_conditions(app)
     elif args.ignore_if_match:
         app = without_conditions(app, ("HTTP_IF_MATCH",))
-    listener = Listener(serialised(counting_listings(app)))
+    listener = Listener(serialised(counting_listings(faulting(app))))
     listener.start()
     endpoint = f"http://127.0.0.1:{listener.port}"
     ready = {"port": listener.port, "access_key": "test", "secret_key": "test"}
@@ -258,6 +290,12 @@ def main():
         elif command.startswith("lists "):
             print(LISTINGS_BY_BUCKET.get(command[len("lists "):], 0), flush=True)
             continue
+        elif command.startswith("fault "):
+            count, header, status, code = command.split(" ")[1:]
+            FAULT["header"] = "HTTP_" + header.upper().replace("-", "_")
+            FAULT["status"] = int(status)
+            FAULT["code"] = code
+            FAULT["left"] = int(count)
         elif command.startswith("fill "):
             fill(*command.split(" ", 2)[1:])
         elif command == "requests" or command.startswith("requests "):

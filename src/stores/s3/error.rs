@@ -21,6 +21,11 @@ pub(super) enum Failure {
     Conflict,
     /// 404 `NoSuchKey` (or a 404 without a body, from HEAD).
     NoSuchKey,
+    /// 400 or 501 of another kind than those above: the server refuses the
+    /// request as it is (a header it does not implement, say); the store
+    /// error says so. Only this tells a server without conditional
+    /// requests from one failing for a while.
+    Refused(StoreError),
     /// The store cannot serve the request.
     Store(StoreError),
 }
@@ -34,7 +39,7 @@ impl Failure {
                 StoreError::unavailable(format!("{what}: kept conflicting with another write"))
             }
             Failure::NoSuchKey => StoreError::unavailable(format!("{what}: the object is gone")),
-            Failure::Store(e) => {
+            Failure::Refused(e) | Failure::Store(e) => {
                 // The HTTP layer logs the status; the cause is only known here.
                 tracing::warn!(store = "s3", "{e}");
                 e
@@ -117,14 +122,20 @@ impl Site<'_> {
                     )),
                 })
             }
-            Some(s) => unavailable(format!(
-                "the S3 server at {location} answered HTTP {s}{}",
-                if detail.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({detail})")
+            Some(s) => {
+                let answered = unavailable(format!(
+                    "the S3 server at {location} answered HTTP {s}{}",
+                    if detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({detail})")
+                    }
+                ));
+                match (s, answered) {
+                    (400 | 501, Failure::Store(e)) => Failure::Refused(e),
+                    (_, answered) => answered,
                 }
-            )),
+            }
             None => match &err {
                 SdkError::TimeoutError(_) => silent(),
                 SdkError::DispatchFailure(d) if d.is_timeout() => silent(),

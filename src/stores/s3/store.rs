@@ -173,6 +173,15 @@ impl Bucket {
             {
                 return Ok(());
             }
+            // A plain write refused as it is carries nothing but the
+            // canned ACL the settings add (buckets made since 2023 refuse
+            // ACLs: AccessControlListNotSupported).
+            Err(Failure::Refused(StoreError::Unavailable(reason))) if self.config.acl.is_some() => {
+                return Err(Failure::Store(StoreError::ConfigInvalid {
+                    setting: "acl",
+                    reason,
+                }));
+            }
             Err(f) => return Err(f),
         }
         self.put_if_none_match = match self.put_once(&key, &body, &Condition::IfAbsent).await {
@@ -393,11 +402,14 @@ impl Bucket {
 }
 
 /// During detection: a server that refuses a conditional header outright
-/// (400, 501) does not support it; failures of access are real errors.
+/// (400, 501) does not support it. Anything else is a real error, a 5xx,
+/// throttling or a timeout included: taken for "unsupported", a moment's
+/// failure turned compare-and-swap off for the life of the process, or
+/// refused the start as if locks were unsafe.
 fn refused_or(f: Failure) -> Result<bool, Failure> {
     match f {
-        Failure::Store(ref e) if e.setting().is_some() => Err(f),
-        _ => Ok(false),
+        Failure::Refused(_) => Ok(false),
+        f => Err(f),
     }
 }
 
