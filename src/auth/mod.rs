@@ -174,8 +174,8 @@ const CACHE_TTL: Duration = Duration::from_secs(60);
 /// Entries beyond which the cache is emptied (a flood of distinct valid
 /// credentials is not a thing; distinct invalid ones are never cached).
 const CACHE_MAX: usize = 10_000;
-/// Credentials from one address that may fail, or be under verification,
-/// within [`FAILURE_WINDOW`]; past that the address gets 429 until the
+/// Credentials from one address (an IPv6 /64 counting as one) that may
+/// fail, or be under verification, within [`FAILURE_WINDOW`]; past that the address gets 429 until the
 /// window has passed, without any hashing.
 const FAILURE_BUDGET: u32 = 10;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
@@ -204,9 +204,9 @@ pub struct Auth {
     /// Key of the cache's HMAC, drawn at start-up.
     cache_key: [u8; 32],
     cache: Mutex<HashMap<[u8; 32], Verified>>,
-    /// Per address: credentials failed or under verification, and since
-    /// when they are counted.
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// Per address ([`budget_of`]): credentials failed or under
+    /// verification, and since when they are counted.
+    failures: Mutex<Failures>,
     hashers: tokio::sync::Semaphore,
     /// Held, besides a hasher, by addresses not in good standing.
     doubtful_hashers: tokio::sync::Semaphore,
@@ -340,7 +340,7 @@ impl Auth {
             protected,
             cache_key,
             cache: Mutex::new(HashMap::new()),
-            failures: Mutex::new(HashMap::new()),
+            failures: Mutex::new(Failures::default()),
             hashers: tokio::sync::Semaphore::new(HASHERS),
             doubtful_hashers: tokio::sync::Semaphore::new(HASHERS - GOOD_STANDING_HASHERS),
             dummy_hash,
@@ -547,7 +547,9 @@ impl Auth {
 
     /// Takes back an attempt of `client` that succeeded.
     fn forgive_attempt(&self, client: IpAddr) {
-        let mut map = self.failures.lock().expect("auth failures");
+        let mut failures = self.failures.lock().expect("auth failures");
+        let map = &mut failures.counts;
+        let client = budget_of(client);
         if let Some((count, _)) = map.get_mut(&client) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -563,18 +565,67 @@ impl Auth {
         self.with_failures_of(client, |count, _| *count += 1);
     }
 
-    /// Runs `f` on the count of `client` and the start of its window,
-    /// both started afresh when the window has passed.
+    /// Runs `f` on the count of `client`'s budget and the start of its
+    /// window, both started afresh when the window has passed.
     fn with_failures_of<R>(&self, client: IpAddr, f: impl FnOnce(&mut u32, &Instant) -> R) -> R {
-        let mut map = self.failures.lock().expect("auth failures");
-        if map.len() > CACHE_MAX {
-            map.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
-        }
-        let entry = map.entry(client).or_insert((0, Instant::now()));
+        let mut failures = self.failures.lock().expect("auth failures");
+        let client = failures.budget(budget_of(client));
+        let entry = failures.counts.entry(client).or_insert((0, Instant::now()));
         if entry.1.elapsed() >= FAILURE_WINDOW {
             *entry = (0, Instant::now());
         }
         f(&mut entry.0, &entry.1)
+    }
+}
+
+/// The budgets of failed attempts, by address.
+#[derive(Default)]
+struct Failures {
+    counts: HashMap<IpAddr, (u32, Instant)>,
+    /// When windows that have passed were last swept out.
+    swept: Option<Instant>,
+}
+
+/// Addresses counted at most: beyond them, addresses not counted yet share
+/// one budget ([`OVERFLOW`]) until a sweep makes room.
+const FAILURES_MAX: usize = 100_000;
+/// The budget shared by addresses beyond [`FAILURES_MAX`].
+const OVERFLOW: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+/// The shortest time between two sweeps of the budgets.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+impl Failures {
+    /// The budget `client` counts against: its own, or the shared one when
+    /// the map is full. Passed windows are swept out at most once a
+    /// [`SWEEP_EVERY`] once the map is large, never on every attempt: a
+    /// flood from many addresses made each request scan them all.
+    fn budget(&mut self, client: IpAddr) -> IpAddr {
+        let due = self.swept.is_none_or(|at| at.elapsed() >= SWEEP_EVERY);
+        if self.counts.len() > CACHE_MAX && due {
+            self.counts
+                .retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+            self.swept = Some(Instant::now());
+        }
+        if self.counts.len() >= FAILURES_MAX && !self.counts.contains_key(&client) {
+            return OVERFLOW;
+        }
+        client
+    }
+}
+
+/// The address whose budget an attempt counts against: an IPv4 address,
+/// or the /64 an IPv6 address is in (one host holds a /64 at least, so
+/// counting each address let a single client guess without limit).
+fn budget_of(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(bits))
+            }
+        },
     }
 }
 

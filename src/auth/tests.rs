@@ -291,6 +291,52 @@ fn attempts_are_counted_before_hashing_and_the_budget_is_per_address() {
     assert!(auth.count_attempt(other).is_err());
 }
 
+#[test]
+fn an_ipv6_client_has_one_budget_for_its_whole_64() {
+    // Each address of a /64 had a budget of its own: one host guessed
+    // without limit by changing its address.
+    let auth = Auth::new(&section(vec![], vec![])).unwrap();
+    for n in 0..FAILURE_BUDGET {
+        let address: IpAddr = format!("2001:db8:1:2::{:x}", n + 1).parse().unwrap();
+        assert!(auth.count_attempt(address).is_ok(), "attempt {n}");
+    }
+    let same_64: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
+    assert!(matches!(
+        auth.count_attempt(same_64),
+        Err(AuthError::Throttled { .. })
+    ));
+    let next_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+    assert_eq!(auth.count_attempt(next_64), Ok(Standing::Good));
+    // An IPv4 client seen through an IPv6 socket is the IPv4 address.
+    let v4: IpAddr = "192.0.2.9".parse().unwrap();
+    let mapped: IpAddr = "::ffff:192.0.2.9".parse().unwrap();
+    assert_eq!(auth.count_attempt(v4), Ok(Standing::Good));
+    assert_eq!(auth.count_attempt(mapped), Ok(Standing::Doubtful));
+}
+
+#[test]
+fn budgets_beyond_the_largest_count_share_one() {
+    // The map of budgets grew with every new address and was scanned on
+    // every attempt once large.
+    let auth = Auth::new(&section(vec![], vec![])).unwrap();
+    {
+        let mut failures = auth.failures.lock().unwrap();
+        let now = Instant::now();
+        for n in 0..FAILURES_MAX as u32 {
+            failures
+                .counts
+                .insert(IpAddr::V4(std::net::Ipv4Addr::from(n)), (1, now));
+        }
+    }
+    let newcomer: IpAddr = "2001:db8::1".parse().unwrap();
+    let another: IpAddr = "2001:db8:9::1".parse().unwrap();
+    assert_eq!(auth.count_attempt(newcomer), Ok(Standing::Good));
+    assert_eq!(auth.count_attempt(another), Ok(Standing::Doubtful));
+    let failures = auth.failures.lock().unwrap();
+    assert_eq!(failures.counts.len(), FAILURES_MAX + 1);
+    assert!(failures.counts.contains_key(&OVERFLOW));
+}
+
 fn ci_identity(iss: &str, claims: &[(&str, &str)]) -> Identity {
     let mut map = serde_json::Map::new();
     map.insert("iss".into(), iss.into());
