@@ -53,6 +53,24 @@ pub use store::{
 /// from every state: no state key starts with it.
 pub const INTERNAL_PREFIX: &str = ".stategate/";
 
+/// Refuses to write into a store on this machine's disk (`place`, owned by
+/// the user `owner`) as another user. What the local and SQLite stores
+/// make is their user's alone (states hold secrets), so an operator
+/// command run as root over a server's store left states, locks and
+/// directories its server could not read: every request on them was a 503
+/// from then on.
+pub(crate) fn check_owner(owner: u32, place: &std::path::Path) -> std::io::Result<()> {
+    let me = rustix::process::geteuid().as_raw();
+    if owner == me {
+        return Ok(());
+    }
+    Err(std::io::Error::other(format!(
+        "{} belongs to user {owner}, and this runs as user {me}: what it would write could be \
+         read by user {me} only, not by a server running as the owner; run it as user {owner}",
+        place.display()
+    )))
+}
+
 /// The key ranges of a listing of `prefix` that lie outside
 /// [`INTERNAL_PREFIX`]: `(from, before)` pairs, `before` `None` for no end.
 /// Keys are ASCII, and `0` follows `/`, so the internal area is exactly

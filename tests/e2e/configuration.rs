@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use stategate::config::table::{SERVER_SETTINGS, Scope};
 
-use crate::support::stores::{LocalPeer, files_below};
+use crate::support::stores::{self, LocalPeer, files_below};
 use crate::support::*;
 
 /// The command for `args` in `dir`, with no configuration from around it.
@@ -330,6 +330,57 @@ fn the_spare_file_is_the_stores_own() {
         "a file outside the root was removed: {}",
         text(&out.stderr)
     );
+}
+
+/// An operator command run as another user than the store's owner (root,
+/// over a server's store) made files only it could read: the server
+/// answered 503 for those states from then on. It is refused, changing
+/// nothing; reading is not, and a server so started serves reads only.
+#[test]
+fn writing_into_another_users_store_is_refused() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test gives a store to another user: run the tests as root"
+    );
+    let nobody = 65534;
+    let local = LocalPeer::new();
+    let sqlite = stores::SqlitePeer::new();
+    let state = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(state.path(), state_doc("pushed", 2, "x")).unwrap();
+    let pushed = state.path().to_str().unwrap();
+    for (peer, place) in [
+        (&local as &dyn Peer, local.root()),
+        (&sqlite as &dyn Peer, sqlite.db()),
+    ] {
+        {
+            let server = Server::start(peer);
+            let doc = state_doc("pushed", 1, "x");
+            assert_eq!(http("POST", &server.state_url("team/app"), &doc).0, 200);
+        }
+        let owned = std::process::Command::new("chown")
+            .args(["-R", &nobody.to_string()])
+            .arg(place.parent().unwrap())
+            .status()
+            .expect("chown(1)");
+        assert!(owned.success());
+        let before = files_below(place.parent().unwrap());
+        let refusal = format!("belongs to user {nobody}, and this runs as user 0");
+        let out = stategate(peer, &["state", "push", "team/app", pushed], &[]);
+        let said = text(&out.stderr);
+        assert!(!out.status.success(), "state push ran as another user");
+        assert!(said.contains(&refusal), "{said}");
+        // A server started so serves reads, and refuses changes saying why.
+        let server = Server::start(peer);
+        let url = server.state_url("team/app");
+        assert_eq!(http("GET", &url, b"").0, 200);
+        let (status, reason) = http("POST", &url, &state_doc("pushed", 2, "x"));
+        assert_eq!(status, 503, "{}", text(&reason));
+        assert!(text(&reason).contains(&refusal), "{}", text(&reason));
+        drop(server);
+        assert_eq!(files_below(place.parent().unwrap()), before);
+        let listed = stategate_ok(peer, &["state", "list"]);
+        assert!(listed.contains("team/app"), "{listed}");
+    }
 }
 
 #[test]

@@ -77,6 +77,7 @@ impl Tree {
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        crate::stores::check_owner(rustix::fs::fstat(&root_fd)?.st_uid, root)?;
         layout::check_made_by_stategate(&root_fd)?;
         let tmp_fd = open_dir_beneath(&root_fd, TMP_DIR, true)?;
         // Prove the directory is writable now rather than at the first apply.

@@ -196,6 +196,10 @@ impl SqliteStore {
             0o600,
         )
         .open(path);
+        if let Ok(meta) = std::fs::metadata(path) {
+            crate::stores::check_owner(std::os::unix::fs::MetadataExt::uid(&meta), path)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        }
         let conn = Connection::open(path)?;
         // Every statement from here waits for another process's lock (one
         // upgrading the file, or turning it to WAL) rather than failing.
