@@ -257,7 +257,18 @@ impl<'de> Deserialize<'de> for Incoming {
                 use serde::de::Error;
                 let mut out = Incoming::default();
                 let mut seen = [false; READ_MEMBERS.len()];
+                let mut outputs = false;
                 while let Some(name) = map.next_key::<String>()? {
+                    // Repeated, the diff and the state page read one of
+                    // them and Terraform the last: what a write changed
+                    // could be hidden from whoever reviews it.
+                    if name == "outputs" {
+                        if std::mem::replace(&mut outputs, true) {
+                            return Err(A::Error::duplicate_field("outputs"));
+                        }
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    }
                     if name == "terraform_version" {
                         out.terraform_version = map.next_value::<catalog::LenientText>()?.0;
                         continue;
@@ -831,6 +842,7 @@ mod tests {
             br#"{"serial":1,"lineage":"L","Resources":[]}"#,
             br#"{"serial":1,"serial":2,"lineage":"L"}"#,
             br#"{"serial":1,"lineage":"L","resources":[],"resources":[{}]}"#,
+            br#"{"serial":1,"lineage":"L","outputs":{"o":{"value":1}},"outputs":{}}"#,
         ] {
             for result in [
                 StateHead::parse_incoming(body),
