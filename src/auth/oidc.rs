@@ -55,9 +55,9 @@ type ClaimPatterns = Vec<(String, String)>;
 
 /// Whether every pattern matches the claim of its name.
 pub(super) fn claims_match(patterns: &ClaimPatterns, claims: &Map<String, Value>) -> bool {
-    patterns.iter().all(|(name, pattern)| {
-        claim_text(claims.get(name)).is_some_and(|v| match_one(pattern.as_bytes(), v.as_bytes()))
-    })
+    patterns
+        .iter()
+        .all(|(name, pattern)| claim_text(claims.get(name)).is_some_and(|v| match_one(pattern, &v)))
 }
 
 /// A claim as text: strings as they are, booleans and numbers written out.

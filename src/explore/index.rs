@@ -76,13 +76,15 @@ pub(super) struct HeldLock {
 }
 
 impl HeldLock {
-    pub(super) fn of(info: &LockInfo) -> Self {
+    /// The lock `info`, taken when the store wrote it (`taken`), or where
+    /// the store keeps no time, at its client's `Created`.
+    pub(super) fn of(info: &LockInfo, taken: Option<OffsetDateTime>) -> Self {
         HeldLock {
             id: info.id.as_str().into(),
             who: info.who.as_str().into(),
             operation: info.operation.as_str().into(),
             created: info.created.as_str().into(),
-            since: OffsetDateTime::parse(&info.created, &Rfc3339).ok(),
+            since: taken.or_else(|| OffsetDateTime::parse(&info.created, &Rfc3339).ok()),
         }
     }
 }
@@ -199,10 +201,11 @@ impl Index {
         self.states.remove(&place(state));
     }
 
-    /// Records who holds `state`'s lock, when the state is indexed.
+    /// Records who holds `state`'s lock, taken just now, when the state is
+    /// indexed.
     pub(super) fn set_lock(&mut self, state: &StateRef, holder: Option<&LockInfo>) {
         if let Some(entry) = self.states.get_mut(&place(state)) {
-            entry.lock = holder.map(HeldLock::of);
+            entry.lock = holder.map(|h| HeldLock::of(h, Some(OffsetDateTime::now_utc())));
         }
     }
 

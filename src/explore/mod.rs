@@ -128,16 +128,24 @@ impl Explorer {
         let mut stopped = stop.clone();
         tokio::spawn(async move {
             loop {
-                tokio::select! {
-                    change = changes.recv() => match change {
-                        Ok(change) => following.apply(change),
-                        Err(broadcast::error::RecvError::Lagged(missed)) => {
-                            tracing::info!(missed, "the explorer fell behind the changes; listing the store again");
-                            following.shared.wake.notify_one();
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
+                let change = tokio::select! {
+                    change = changes.recv() => change,
                     _ = stopped.wait_for(|s| *s) => return,
+                };
+                match change {
+                    Ok(change) => {
+                        following
+                            .on_index(move |explorer| explorer.apply(change))
+                            .await
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::info!(
+                            missed,
+                            "the explorer fell behind the changes; listing the store again"
+                        );
+                        following.shared.wake.notify_one();
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
         });
@@ -156,6 +164,20 @@ impl Explorer {
                 }
             }
         });
+    }
+
+    /// Runs `f` on a blocking thread, where it may wait for the index: a
+    /// search holds the index as long as it runs, and a lock waited for on
+    /// the async threads (two, on two cores) stalled every request the
+    /// server had, Terraform's too, until the search ended.
+    async fn on_index<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Explorer) -> R + Send + 'static,
+    ) -> R {
+        let explorer = self.clone();
+        tokio::task::spawn_blocking(move || f(&explorer))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
     /// Whether the index has been through the whole store once.
@@ -252,19 +274,23 @@ impl Explorer {
         let shared = &self.shared;
         let began = shared.told.load(Ordering::Acquire);
         let listing = shared.states.listing().await?;
-        let changed: Vec<Listed> = {
-            let index = shared.index.read().expect("explorer index");
-            listing
-                .iter()
-                .filter(|l| {
-                    index
-                        .states
-                        .get(&index::place(&l.state))
-                        .is_none_or(|e| e.listed != Some((l.size, l.modified)))
-                })
-                .cloned()
-                .collect()
-        };
+        let (listing, changed) = self
+            .on_index(move |explorer| {
+                let index = explorer.shared.index.read().expect("explorer index");
+                let changed: Vec<Listed> = listing
+                    .iter()
+                    .filter(|l| {
+                        index
+                            .states
+                            .get(&index::place(&l.state))
+                            .is_none_or(|e| e.listed != Some((l.size, l.modified)))
+                    })
+                    .cloned()
+                    .collect();
+                drop(index);
+                (listing, changed)
+            })
+            .await;
         let states = &shared.states;
         let mut reads = stream::iter(changed)
             .map(|l| async move {
@@ -277,27 +303,34 @@ impl Explorer {
             if !self.may_put(&l.state, began) {
                 continue;
             }
-            let mut index = shared.index.write().expect("explorer index");
-            match read {
-                Ok(Some((summary, catalog))) => {
-                    index.put(&l.state, &summary, &catalog, Some((l.size, l.modified)))
-                }
-                Ok(None) => index.remove(&l.state),
+            let read = match read {
+                Ok(read) => read,
                 Err(e) => {
                     tracing::warn!(state = %l.state, error = %e, "the explorer could not read a state");
                     unreadable.insert(index::place(&l.state));
+                    continue;
                 }
-            }
+            };
+            self.on_index(move |explorer| {
+                let mut index = explorer.shared.index.write().expect("explorer index");
+                match read {
+                    Some((summary, catalog)) => {
+                        index.put(&l.state, &summary, &catalog, Some((l.size, l.modified)))
+                    }
+                    None => index.remove(&l.state),
+                }
+            })
+            .await;
         }
-        let locked: Vec<StateRef> = listing
+        let locked: Vec<(StateRef, _)> = listing
             .iter()
             .filter(|l| l.locked)
-            .map(|l| l.state.clone())
+            .map(|l| (l.state.clone(), l.lock_taken))
             .collect();
         let holders: Vec<_> = stream::iter(locked)
-            .map(|state| async move {
+            .map(|(state, taken)| async move {
                 let held = states.lock_holder(&state).await;
-                (state, held)
+                (state, held.map(|h| h.map(|h| (h, taken))))
             })
             .buffer_unordered(READS_AT_ONCE)
             .collect()
@@ -305,7 +338,7 @@ impl Explorer {
         let holders: HashMap<_, _> = holders
             .into_iter()
             .filter_map(|(state, held)| match held {
-                Ok(held) => Some((index::place(&state), held.map(|h| h.info))),
+                Ok(held) => Some((index::place(&state), held.map(|(h, taken)| (h.info, taken)))),
                 Err(e) => {
                     tracing::warn!(state = %state, error = %e, "the explorer could not read a lock");
                     None
@@ -313,7 +346,8 @@ impl Explorer {
             })
             .collect();
         let listed: HashSet<_> = listing.iter().map(|l| index::place(&l.state)).collect();
-        {
+        self.on_index(move |explorer| {
+            let shared = &explorer.shared;
             let mut recent = shared.recent.lock().expect("explorer");
             let mut index = shared.index.write().expect("explorer index");
             let stale = |state: &StateRef| recent.get(state).is_some_and(|&n| n > began);
@@ -331,14 +365,19 @@ impl Explorer {
                     continue;
                 }
                 match holders.get(place) {
-                    Some(holder) => e.lock = holder.as_ref().map(index::HeldLock::of),
+                    Some(holder) => {
+                        e.lock = holder
+                            .as_ref()
+                            .map(|(info, taken)| index::HeldLock::of(info, *taken))
+                    }
                     None if !listing_locked(&listing, place) => e.lock = None,
                     // Locked, but its holder could not be read: kept.
                     None => {}
                 }
             }
             recent.retain(|_, n| *n > began);
-        }
+        })
+        .await;
         shared.complete.store(true, Ordering::Release);
         Ok(())
     }

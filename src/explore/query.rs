@@ -57,6 +57,11 @@ pub struct Search {
     pub within: usize,
 }
 
+/// The longest filter value accepted: longer than any key (1,024 bytes)
+/// and any name a search is for, and it bounds what each name compared
+/// costs.
+const MAX_FILTER_BYTES: usize = 2048;
+
 /// A filter a client wrote that cannot be used; the message names it.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -79,6 +84,12 @@ impl Search {
             let v = v.trim();
             if v.is_empty() {
                 continue;
+            }
+            if v.len() > MAX_FILTER_BYTES {
+                return Err(SearchError(format!(
+                    "{k} is {} bytes long; a filter takes at most {MAX_FILTER_BYTES}",
+                    v.len()
+                )));
             }
             match k {
                 "type" => s.resource_type = Some(name("type", v)?),
@@ -524,7 +535,9 @@ fn field(text: &str) -> String {
         true => format!("'{text}"),
         false => text.to_string(),
     };
-    if text.contains([',', '"', '\n', '\r']) {
+    // `;` is the separator where `,` is the decimal point: unquoted, what
+    // follows it is a cell of its own there, and may be a formula.
+    if text.contains([',', '"', '\n', '\r', ';']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
         text
@@ -575,6 +588,11 @@ mod tests {
             ("terraform_version", "~>18446744073709551615"),
         ] {
             assert!(Search::parse([bad], now).is_err(), "{bad:?}");
+        }
+        let long = format!("*{}", "a".repeat(MAX_FILTER_BYTES));
+        for what in ["type", "provider", "module", "address", "key"] {
+            let refused = Search::parse([(what, long.as_str())], now).unwrap_err();
+            assert!(refused.0.contains("at most 2048"), "{what}: {refused}");
         }
     }
 
@@ -767,5 +785,6 @@ mod tests {
         assert_eq!(field("\t=cmd()"), "'\t=cmd()");
         assert_eq!(field("\r=cmd()"), "\"'\r=cmd()\"");
         assert_eq!(field("a,b"), "\"a,b\"");
+        assert_eq!(field("t;=1+2"), "\"t;=1+2\"");
     }
 }

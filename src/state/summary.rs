@@ -85,6 +85,10 @@ pub struct Listed {
     pub modified: Option<OffsetDateTime>,
     /// Whether a lock object exists for it.
     pub locked: bool,
+    /// When the store wrote that lock object, where it keeps a time: when
+    /// the lock was taken by the store's clock, whatever the `Created` its
+    /// client wrote says.
+    pub lock_taken: Option<OffsetDateTime>,
 }
 
 impl States {
@@ -107,23 +111,36 @@ impl States {
     /// summary is read.
     pub async fn listing(&self) -> Result<Vec<Listed>, StateError> {
         let entries = self.store.list("", OpList::outside_internal()).await?;
-        let locked: std::collections::HashSet<&str> = entries
+        let locks: std::collections::HashMap<&str, Option<OffsetDateTime>> = entries
             .iter()
             .filter(|e| !e.key.starts_with(RESERVED_PREFIX))
-            .filter_map(|e| e.key.strip_suffix(LOCK_SUFFIX))
+            .filter_map(|e| Some((e.key.strip_suffix(LOCK_SUFFIX)?, e.modified)))
             .collect();
         Ok(entries
             .iter()
             .filter_map(|entry| {
                 let state = StateRef::from_object_key(&entry.key, &self.workspace_key_prefix)?;
+                let lock = locks.get(entry.key.as_str());
                 Some(Listed {
-                    locked: locked.contains(entry.key.as_str()),
+                    locked: lock.is_some(),
+                    lock_taken: lock.copied().flatten(),
                     state,
                     size: entry.size,
                     modified: entry.modified,
                 })
             })
             .collect())
+    }
+
+    /// When the store wrote `state`'s lock object, where it keeps a time
+    /// ([`Listed::lock_taken`]); one listing of that object.
+    pub async fn lock_taken(&self, state: &StateRef) -> Result<Option<OffsetDateTime>, StateError> {
+        let key = state.lock_key(&self.workspace_key_prefix);
+        let entries = self.store.list(&key, OpList::outside_internal()).await?;
+        Ok(entries
+            .into_iter()
+            .find(|e| e.key == key)
+            .and_then(|e| e.modified))
     }
 
     /// The summary of a state the listing showed with `size` bytes: its

@@ -167,8 +167,12 @@ impl StateList {
     }
 }
 
-fn age_seconds(created: &str) -> Option<u64> {
-    let t = OffsetDateTime::parse(created, &Rfc3339).ok()?;
+/// How long a lock has been held: since the store wrote it (`taken`),
+/// or, where the store keeps no time, since the `Created` its client
+/// wrote. A client's clock (or a hostile `Created`) made a live lock look
+/// stale, inviting a force-unlock in the middle of an apply.
+fn age_seconds(taken: Option<OffsetDateTime>, created: &str) -> Option<u64> {
+    let t = taken.or_else(|| OffsetDateTime::parse(created, &Rfc3339).ok())?;
     let age = OffsetDateTime::now_utc() - t;
     u64::try_from(age.whole_seconds()).ok()
 }
@@ -179,11 +183,22 @@ pub async fn lock_view(
     state: &StateRef,
     stale_after_secs: u64,
 ) -> Result<Option<LockView>, ProtocolError> {
+    let taken = app.states.lock_taken(state).await?;
+    lock_view_taken(app, state, stale_after_secs, taken).await
+}
+
+/// [`lock_view`] of a lock the store wrote at `taken`.
+async fn lock_view_taken(
+    app: &App,
+    state: &StateRef,
+    stale_after_secs: u64,
+    taken: Option<OffsetDateTime>,
+) -> Result<Option<LockView>, ProtocolError> {
     let Some(held) = app.states.lock_holder(state).await? else {
         return Ok(None);
     };
     let info: Map<String, Value> = serde_json::from_slice(&held.body).unwrap_or_default();
-    let age = age_seconds(&held.info.created);
+    let age = age_seconds(taken, &held.info.created);
     Ok(Some(LockView {
         info,
         age_seconds: age,
@@ -204,7 +219,7 @@ async fn state_row(
         return Ok(None);
     };
     let lock = if l.locked {
-        lock_view(app, &l.state, stale_after_secs).await?
+        lock_view_taken(app, &l.state, stale_after_secs, l.lock_taken).await?
     } else {
         None
     };

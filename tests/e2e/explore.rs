@@ -364,7 +364,10 @@ fn explore_finds_what_every_state_holds_for_whoever_may_read_it() {
     );
     assert_eq!(status, 400, "{}", text(&body));
 
-    // Locked for two hours and more: a lock taken three hours ago.
+    // Locked for two hours and more, by the store's clock: a lock whose
+    // client says it was created three hours ago (a clock off, or a
+    // `Created` made up) is not, until the store's lock object is that
+    // old.
     let created = time::OffsetDateTime::now_utc() - time::Duration::hours(3);
     let created = created
         .format(&time::format_description::well_known::Rfc3339)
@@ -379,6 +382,13 @@ fn explore_finds_what_every_state_holds_for_whoever_may_read_it() {
         lock.as_bytes(),
     );
     assert_eq!(status, 200);
+    // Listed twice over (the explorer lists the store every second).
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(find("locked_for=2h"), Vec::<String>::new());
+    crate::support::stores::backdate(
+        &peer.object_path("team-b/legacy.tfstate.tflock"),
+        Duration::from_secs(3 * 3600),
+    );
     eventually(
         &server,
         "locked_for=2h",

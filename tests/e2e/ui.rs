@@ -158,6 +158,11 @@ fn ui_dashboard_in_chromium_over_real_terraform_states() {
         http("LOCK", &server.state_url(locked), info.as_bytes()).0,
         200
     );
+    // Its age is the store's: the lock object written months ago.
+    crate::support::stores::backdate(
+        &peer.object_path(&format!("{locked}.tflock")),
+        Duration::from_secs(90 * 24 * 3600),
+    );
 
     let api = |path: &str| get_json(&format!("{}/api/v1/{path}", server.url), &[]);
     let (status, detail, _) = api(&format!("states/{app}"));

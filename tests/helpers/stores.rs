@@ -31,6 +31,14 @@ impl LocalPeer {
     }
 }
 
+/// Sets the modification time of the file at `path` to `ago` before now,
+/// as if the store had written it then.
+pub fn backdate(path: &Path, ago: std::time::Duration) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    file.set_modified(std::time::SystemTime::now() - ago)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
