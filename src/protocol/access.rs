@@ -12,7 +12,9 @@ use bytes::Bytes;
 use hyper::HeaderMap;
 use hyper::header::AUTHORIZATION;
 use serde::Deserialize;
+use serde::Serialize;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::{App, Endpoint, ProtocolError};
@@ -203,7 +205,10 @@ struct Shown {
     head: Map<String, Value>,
     /// `encrypted_data` is present: an OpenTofu encrypted state.
     encrypted: bool,
-    outputs: Option<Value>,
+    /// Kept as the text it is: built into values, an output of many small
+    /// elements took sixteen times its size, for the least trusted
+    /// identity there is.
+    outputs: Option<Box<RawValue>>,
     modules: Option<Modules>,
 }
 
@@ -211,7 +216,7 @@ struct Shown {
 enum Modules {
     /// An array: the `outputs` of its first module whose `path` is
     /// `["root"]`, if any.
-    Array(Option<Value>),
+    Array(Option<Box<RawValue>>),
     /// Something else, which the view reads as no `modules`.
     Other,
 }
@@ -231,30 +236,56 @@ impl Shown {
                 "this state is encrypted by the client; its outputs cannot be shown alone".into(),
             ));
         }
-        let only_objects =
-            |v: Option<Value>| v.filter(Value::is_object).unwrap_or_else(|| json!({}));
-        let mut view = self.head;
-        match self.modules {
-            Some(Modules::Array(root_outputs)) => {
-                view.insert(
-                    "modules".into(),
-                    json!([{
-                        "path": ["root"],
-                        "outputs": only_objects(root_outputs),
-                        "resources": {},
-                        "depends_on": [],
-                    }]),
-                );
-            }
-            Some(Modules::Other) | None => {
-                view.insert("outputs".into(), only_objects(self.outputs));
-                view.insert("resources".into(), json!([]));
-            }
+        let empty = || RawValue::from_string("{}".into()).expect("`{}` is JSON");
+        let only_objects = |v: Option<Box<RawValue>>| {
+            v.filter(|raw| raw.get().trim_start().starts_with('{'))
+                .unwrap_or_else(empty)
+        };
+        let mut out = match self.modules {
+            Some(Modules::Array(root_outputs)) => serde_json::to_vec_pretty(&View3 {
+                head: &self.head,
+                modules: [Module3 {
+                    path: ["root"],
+                    outputs: &only_objects(root_outputs),
+                    resources: Map::new(),
+                    depends_on: [],
+                }],
+            }),
+            Some(Modules::Other) | None => serde_json::to_vec_pretty(&View4 {
+                head: &self.head,
+                outputs: &only_objects(self.outputs),
+                resources: [],
+            }),
         }
-        let mut out = serde_json::to_vec_pretty(&view).expect("a JSON map serialises");
+        .expect("the view serialises");
         out.push(b'\n');
         Ok(Bytes::from(out))
     }
+}
+
+/// The view of a state of format 4.
+#[derive(Serialize)]
+struct View4<'a> {
+    #[serde(flatten)]
+    head: &'a Map<String, Value>,
+    outputs: &'a RawValue,
+    resources: [(); 0],
+}
+
+/// The view of a state of an older format: its root module.
+#[derive(Serialize)]
+struct View3<'a> {
+    #[serde(flatten)]
+    head: &'a Map<String, Value>,
+    modules: [Module3<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct Module3<'a> {
+    path: [&'static str; 1],
+    outputs: &'a RawValue,
+    resources: Map<String, Value>,
+    depends_on: [(); 0],
 }
 
 /// The top-level object: the members shown, each kept as a JSON object
@@ -357,7 +388,7 @@ impl<'de> Visitor<'de> for ModulesSeed {
 enum Module {
     Object {
         path: Option<Value>,
-        outputs: Option<Value>,
+        outputs: Option<Box<RawValue>>,
     },
     Other,
 }

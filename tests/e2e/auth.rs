@@ -262,6 +262,38 @@ fn auth_read_only_user_reads_remote_state_but_cannot_apply() {
     );
 }
 
+/// The outputs view is built from the outputs' text, not from values:
+/// an output of four million small elements (8 MB of state) raised the
+/// server's peak by about 250 MB for each request of the least trusted
+/// identity there is.
+#[test]
+fn auth_outputs_view_costs_about_the_size_of_the_outputs() {
+    let s = Secured::start();
+    let elements = 4_000_000;
+    let value = format!("[{}0]", "0,".repeat(elements - 1));
+    let body = format!(
+        r#"{{"version":4,"terraform_version":"1.9.0","serial":1,"lineage":"big","outputs":{{"list":{{"value":{value},"type":["list","number"]}}}},"resources":[]}}"#
+    );
+    let url = s.server.state_url("team-a/big");
+    assert_eq!(call("POST", &url, &as_user("root"), body.as_bytes()).0, 200);
+    let before = proc_status_kib(s.server.pid(), "VmHWM");
+    let (status, view) = call("GET", &url, &as_user("olga"), b"");
+    assert_eq!(status, 200, "{}", text(&view[..view.len().min(300)]));
+    let after = proc_status_kib(s.server.pid(), "VmHWM");
+    let shown: serde_json::Value = serde_json::from_slice(&view).unwrap();
+    assert_eq!(
+        shown["outputs"]["list"]["value"].as_array().map(Vec::len),
+        Some(elements)
+    );
+    assert_eq!(shown["resources"], serde_json::json!([]));
+    assert!(
+        after.saturating_sub(before) <= 48 * 1024,
+        "the outputs view of an {} MB state raised the peak resident size by {} KiB",
+        body.len() / 1_000_000,
+        after.saturating_sub(before)
+    );
+}
+
 #[test]
 fn auth_outputs_level_sees_outputs_and_no_resource_attribute() {
     let s = Secured::start();
