@@ -121,7 +121,12 @@ pub(super) struct Index {
     pub(super) modules: Names,
     pub(super) versions: Names,
     pub(super) states: BTreeMap<(String, String), Entry>,
+    /// How many names the tables held after they were last compacted.
+    names_after_compaction: usize,
 }
+
+/// Below this many names in all, the tables are never compacted.
+const COMPACT_FLOOR: usize = 4096;
 
 /// Where a state sits in [`Index::states`].
 pub(super) fn place(state: &StateRef) -> (String, String) {
@@ -195,10 +200,72 @@ impl Index {
             resources: resources.into_boxed_slice(),
         };
         self.states.insert(place(state), entry);
+        self.compact_if_grown();
     }
 
     pub(super) fn remove(&mut self, state: &StateRef) {
         self.states.remove(&place(state));
+    }
+
+    fn names_held(&self) -> usize {
+        self.types.len() + self.providers.len() + self.modules.len() + self.versions.len()
+    }
+
+    /// Compacts the name tables once they hold twice the names they held
+    /// after the last compaction: a name stays in them after the last
+    /// state using it changed, so a writer giving one state new names on
+    /// every write grew the index (and every search's tables) without
+    /// limit. Compacting costs a pass over the index, made once the names
+    /// have doubled: a constant share of what putting them in cost.
+    fn compact_if_grown(&mut self) {
+        let held = self.names_held();
+        if held < COMPACT_FLOOR || held < 2 * self.names_after_compaction {
+            return;
+        }
+        self.compact();
+        self.names_after_compaction = self.names_held();
+    }
+
+    /// Keeps only the names some state uses, with new ids.
+    fn compact(&mut self) {
+        fn kept(names: &Names, used: &[bool]) -> (Names, Vec<u32>) {
+            let mut fresh = Names::default();
+            let mut ids = vec![0; names.len()];
+            for (id, name) in names.iter() {
+                if used.get(id as usize).copied().unwrap_or(false) {
+                    ids[id as usize] = fresh.id(name);
+                }
+            }
+            (fresh, ids)
+        }
+        let mut used = [
+            vec![false; self.types.len()],
+            vec![false; self.providers.len()],
+            vec![false; self.modules.len()],
+            vec![false; self.versions.len()],
+        ];
+        for e in self.states.values() {
+            used[3][e.terraform_version as usize] = true;
+            for r in e.resources.iter() {
+                used[0][r.type_id as usize] = true;
+                used[1][r.provider as usize] = true;
+                used[2][r.module as usize] = true;
+            }
+        }
+        let (types, type_ids) = kept(&self.types, &used[0]);
+        let (providers, provider_ids) = kept(&self.providers, &used[1]);
+        let (modules, module_ids) = kept(&self.modules, &used[2]);
+        let (versions, version_ids) = kept(&self.versions, &used[3]);
+        for e in self.states.values_mut() {
+            e.terraform_version = version_ids[e.terraform_version as usize];
+            for r in e.resources.iter_mut() {
+                r.type_id = type_ids[r.type_id as usize];
+                r.provider = provider_ids[r.provider as usize];
+                r.module = module_ids[r.module as usize];
+            }
+        }
+        (self.types, self.providers, self.modules, self.versions) =
+            (types, providers, modules, versions);
     }
 
     /// Records who holds `state`'s lock, taken just now, when the state is
@@ -281,6 +348,67 @@ mod tests {
         }
         let held = index.held_bytes();
         assert!(held < 64 << 20, "{} MiB", held >> 20);
+    }
+
+    /// One state written again and again with new type names: the names
+    /// it no longer uses are let go.
+    #[test]
+    fn names_no_state_uses_are_let_go() {
+        let mut index = Index::default();
+        let summary = Summary {
+            version: 1,
+            serial: Some(1),
+            lineage: None,
+            resources: 1000,
+            size: 1,
+            updated: "2024-01-02T03:04:05Z".into(),
+            who: None,
+            identity: None,
+            operation: "write".into(),
+        };
+        let state = StateRef::parse("pub/leak", None).unwrap();
+        let kept = StateRef::parse("pub/kept", None).unwrap();
+        let catalog = |round: usize| {
+            Catalog::new(
+                Some(format!("1.{round}.0")),
+                (0..1000)
+                    .map(|r| Block {
+                        module: String::new(),
+                        data: false,
+                        type_name: format!("t_{round}_{r}"),
+                        name: format!("r{r}"),
+                        provider: format!("registry.terraform.io/x/p{round}"),
+                        instances: 1,
+                    })
+                    .collect(),
+            )
+        };
+        index.put(&kept, &summary, &catalog(1000), None);
+        for round in 0..50 {
+            index.put(&state, &summary, &catalog(round), None);
+        }
+        // Two states of 1,000 types each, the empty name, and at most
+        // as many again before the next compaction.
+        assert!(
+            index.types.len() <= 2 * 2001 + COMPACT_FLOOR,
+            "{}",
+            index.types.len()
+        );
+        for (place, round) in [(place(&kept), 1000), (place(&state), 49)] {
+            let e = &index.states[&place];
+            assert_eq!(
+                index.versions.name(e.terraform_version),
+                format!("1.{round}.0")
+            );
+            for (r, res) in e.resources.iter().enumerate() {
+                assert_eq!(index.types.name(res.type_id), format!("t_{round}_{r}"));
+                assert_eq!(
+                    index.providers.name(res.provider),
+                    format!("registry.terraform.io/x/p{round}")
+                );
+                assert_eq!(index.modules.name(res.module), "");
+            }
+        }
     }
 
     #[test]
