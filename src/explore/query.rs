@@ -32,6 +32,12 @@ pub const LIMIT_MAX: usize = 1000;
 /// the next pages, so one answer stays a few MB however large a state is.
 pub const RESOURCES_PER_PAGE: usize = 10_000;
 
+/// The most bytes of names one page lists (each row's address, type,
+/// provider and module): a page of long names goes on over the next
+/// pages too. Ten thousand rows of hundred-kilobyte module paths made one
+/// answer of 200 MB.
+pub const NAME_BYTES_PER_PAGE: usize = 8 << 20;
+
 /// What to look for. Every filter given must hold.
 #[derive(Debug, Clone, Default)]
 pub struct Search {
@@ -347,6 +353,15 @@ impl<'a> Judge<'a> {
         glob.matches(address)
     }
 
+    /// About what [`Judge::found_resource`] takes of the page's bytes.
+    fn row_bytes(&self, e: &Entry, r: &Resource) -> usize {
+        let (module, type_name) = (
+            self.index.modules.name(r.module).len(),
+            self.index.types.name(r.type_id).len(),
+        );
+        2 * (module + type_name) + e.name(r).len() + self.index.providers.name(r.provider).len()
+    }
+
     fn found_resource(&self, e: &Entry, r: &Resource) -> FoundResource {
         let (module, type_name) = (
             self.index.modules.name(r.module),
@@ -379,8 +394,8 @@ pub(super) fn run(
     let mut providers = vec![0usize; index.providers.len()];
     let (mut total_states, mut total_resources) = (0, 0);
     let mut page = Vec::new();
-    // Resource blocks listed on this page.
-    let mut rows = 0;
+    // Resource blocks listed on this page, and the bytes of their names.
+    let (mut rows, mut bytes) = (0, 0);
     let mut next_cursor = None;
     let mut matching: Vec<usize> = Vec::new();
     let mut address = String::new();
@@ -416,13 +431,26 @@ pub(super) fn run(
         if next_cursor.is_some() {
             continue;
         }
-        if page.len() == search.limit || rows == RESOURCES_PER_PAGE {
+        let rest = &matching[listed..];
+        // The rows of this state that fit, one at least on an empty page.
+        let mut room = 0;
+        for &i in rest
+            .iter()
+            .take(RESOURCES_PER_PAGE - rows.min(RESOURCES_PER_PAGE))
+        {
+            let more = judge.row_bytes(e, &e.resources[i]);
+            if rows + room > 0 && bytes + more > NAME_BYTES_PER_PAGE {
+                break;
+            }
+            bytes += more;
+            room += 1;
+        }
+        let full = rows == RESOURCES_PER_PAGE || (room == 0 && !rest.is_empty());
+        if page.len() == search.limit || full {
             let last: &FoundState = page.last().expect("a page is never empty here");
             next_cursor = Some(format!("{}:{}", last.key, last.workspace));
             continue;
         }
-        let rest = &matching[listed..];
-        let room = RESOURCES_PER_PAGE - rows;
         if rest.len() > room {
             // The page ends within this state; the next goes on with it.
             let (key, workspace) = place;
@@ -724,6 +752,81 @@ mod tests {
         for bad in ["big:default:0", "big:default:x", "big:default:1:2", "big"] {
             assert!(Search::parse([("cursor", bad)], now).is_err(), "{bad}");
         }
+    }
+
+    /// Resources of long names (100 KB module paths) go on over pages
+    /// bounded in bytes, each once and in order, the state before and
+    /// after them too.
+    #[test]
+    fn pages_of_long_names_are_bounded_in_bytes() {
+        let mut index = index();
+        let module = format!("module.{}", "m".repeat(100_000));
+        let many = 300;
+        let blocks = (0..many)
+            .map(|i| Block {
+                module: module.clone(),
+                data: false,
+                type_name: "null_resource".into(),
+                name: format!("r{i:03}"),
+                provider: "registry.terraform.io/hashicorp/null".into(),
+                instances: 1,
+            })
+            .collect();
+        let summary = Summary {
+            version: 1,
+            serial: Some(1),
+            lineage: None,
+            resources: 0,
+            size: 1,
+            updated: "2024-06-01T00:00:00Z".into(),
+            who: None,
+            identity: None,
+            operation: "write".into(),
+        };
+        let catalog = Catalog::new(Some("1.9.0".into()), blocks);
+        index.put(
+            &StateRef::parse("fat", None).unwrap(),
+            &summary,
+            &catalog,
+            None,
+        );
+        let now = datetime!(2024-06-10 00:00 UTC);
+        let (mut names, mut cursor, mut pages) = (Vec::new(), None::<String>, 0);
+        loop {
+            let mut pairs = vec![("key", "fat")];
+            if let Some(c) = &cursor {
+                pairs.push(("cursor", c.as_str()));
+            }
+            let found = run(
+                &index,
+                &Search::parse(pairs, now).unwrap(),
+                &|_| true,
+                now,
+                true,
+            );
+            pages += 1;
+            let bytes: usize = found
+                .states
+                .iter()
+                .flat_map(|s| &s.resources)
+                .map(|r| r.address.len() + r.type_name.len() + r.provider.len() + r.module.len())
+                .sum();
+            assert!(bytes <= NAME_BYTES_PER_PAGE, "page {pages}: {bytes} bytes");
+            names.extend(
+                found
+                    .states
+                    .iter()
+                    .flat_map(|s| &s.resources)
+                    .map(|r| r.address.rsplit('.').next().unwrap_or_default().to_string()),
+            );
+            cursor = found.next_cursor;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        let expected: Vec<String> = (0..many).map(|i| format!("r{i:03}")).collect();
+        assert_eq!(names, expected);
+        assert!(pages >= 7, "{pages} pages");
     }
 
     fn keys(found: &Found) -> Vec<&str> {
