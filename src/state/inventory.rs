@@ -113,7 +113,12 @@ pub(super) struct Inventory {
     pub(super) resources: usize,
     /// Bytes of the output names held.
     output_names: usize,
+    /// Bytes the type names held take, with their place in the map.
+    type_names: usize,
 }
+
+/// What one type name takes in [`Inventory::types`] beside its bytes.
+const TYPE_ENTRY_BYTES: usize = 64;
 
 impl Inventory {
     /// Reads `body` once. A body that is not a Terraform state (an
@@ -207,6 +212,7 @@ impl Inventory {
             + self.instances.len() * size_of::<Entry>()
             + self.outputs.len() * size_of::<Output>()
             + self.output_names
+            + self.type_names
     }
 
     fn within(&self, budget: usize) -> Result<(), Walk> {
@@ -379,10 +385,14 @@ impl Inventory {
         if fields.is_data() {
             type_name.insert_str(0, "data.");
         }
+        if !self.types.contains_key(&type_name) {
+            self.type_names += type_name.len() + TYPE_ENTRY_BYTES;
+        }
         let counts = self.types.entry(type_name).or_default();
         counts.0 += 1;
         counts.1 += instances;
         self.resources += 1;
+        self.within(how.budget)?;
         Ok(())
     }
 

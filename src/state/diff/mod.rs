@@ -287,13 +287,22 @@ fn read_failed(name: &str, e: std::io::Error) -> StateError {
 }
 
 /// What a state holds, by type and name, reading `body` once a buffer at
-/// a time. Blocking: call it off the runtime's threads.
-pub fn overview(body: &Payload) -> Result<Overview, StateError> {
-    let (mut inv, _) = Inventory::read(body.reader(), Detail::Counts, false, (usize::MAX, false))
+/// a time. Blocking: call it off the runtime's threads. The names it
+/// keeps (outputs and types) are held to a quarter of the body, as a
+/// diff's are: two million outputs of a few bytes each took nineteen
+/// times the body to list.
+pub fn overview(body: &Payload) -> Result<Overview, ViewError> {
+    let budget = usize::try_from(body.len() / 4)
+        .unwrap_or(usize::MAX)
+        .saturating_add(SLACK_BYTES);
+    let (mut inv, _) = Inventory::read(body.reader(), Detail::Counts, false, (budget, false))
         .map_err(|e| match e {
-        Failure::Read(e) => read_failed("the state", e),
-        Failure::TooDense => unreachable!("counting keeps no instance"),
-    })?;
+            Failure::Read(e) => ViewError::State(read_failed("the state", e)),
+            Failure::TooDense => ViewError::TooDense(
+                "the state holds too many outputs or resource types for its size to be shown"
+                    .into(),
+            ),
+        })?;
     inv.sort();
     let mut out = Overview {
         resources: inv.resources,

@@ -527,3 +527,35 @@ fn diffs_match_a_plain_parse_of_both_trees() {
         );
     }
 }
+
+/// Names the overview keeps are held to a quarter of the body: outputs of
+/// a few bytes each took nineteen times the body to list. A state of
+/// ordinary shape is listed whole.
+#[test]
+fn an_overview_of_more_names_than_the_body_holds_room_for_is_refused() {
+    let dense: serde_json::Map<String, Value> = (0..300_000)
+        .map(|i| (format!("o{i}"), json!({"value": 0})))
+        .collect();
+    let many_outputs = state(json!([]), Value::Object(dense));
+    match super::overview(&Payload::from(many_outputs)) {
+        Err(ViewError::TooDense(why)) => assert!(why.contains("too many outputs"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    let types: Vec<Value> = (0..300_000)
+        .map(|i| json!({"mode": "managed", "type": format!("t{i}"), "name": "n", "instances": []}))
+        .collect();
+    let many_types = state(Value::Array(types), json!({}));
+    assert!(matches!(
+        super::overview(&Payload::from(many_types)),
+        Err(ViewError::TooDense(_))
+    ));
+    let outputs: serde_json::Map<String, Value> = (0..2_000)
+        .map(|i| (format!("output_{i}"), json!({"value": "v"})))
+        .collect();
+    assert_eq!(
+        overview(&state(json!([]), Value::Object(outputs)))
+            .outputs
+            .len(),
+        2_000
+    );
+}
