@@ -677,6 +677,21 @@ mod tests {
         index
     }
 
+    /// The summary of a state written once.
+    fn one_write() -> Summary {
+        Summary {
+            version: 1,
+            serial: Some(1),
+            lineage: None,
+            resources: 0,
+            size: 1,
+            updated: "2024-06-01T00:00:00Z".into(),
+            who: None,
+            identity: None,
+            operation: "write".into(),
+        }
+    }
+
     /// A state of more resource blocks than a page lists goes on over the
     /// next pages, each block once and in order, and the states after it
     /// follow; no page lists more than [`RESOURCES_PER_PAGE`].
@@ -695,17 +710,7 @@ mod tests {
             })
             .collect();
         let catalog = Catalog::new(Some("1.9.0".into()), blocks);
-        let summary = Summary {
-            version: 1,
-            serial: Some(1),
-            lineage: None,
-            resources: 0,
-            size: 1,
-            updated: "2024-06-01T00:00:00Z".into(),
-            who: None,
-            identity: None,
-            operation: "write".into(),
-        };
+        let summary = one_write();
         index.put(
             &StateRef::parse("big", None).unwrap(),
             &summary,
@@ -772,17 +777,7 @@ mod tests {
                 instances: 1,
             })
             .collect();
-        let summary = Summary {
-            version: 1,
-            serial: Some(1),
-            lineage: None,
-            resources: 0,
-            size: 1,
-            updated: "2024-06-01T00:00:00Z".into(),
-            who: None,
-            identity: None,
-            operation: "write".into(),
-        };
+        let summary = one_write();
         let catalog = Catalog::new(Some("1.9.0".into()), blocks);
         index.put(
             &StateRef::parse("fat", None).unwrap(),
