@@ -201,22 +201,27 @@ impl Explorer {
     /// ([`SEARCHES_AT_ONCE`]), on a blocking thread (it reads the whole
     /// index, which would hold an async thread that long), the turn held
     /// until the search ends, whether or not its client still waits.
+    /// `None` when no turn came within `wait`: the request is answered
+    /// then, as the dashboard's other views are, rather than left waiting
+    /// behind every search before it.
     pub async fn search_in_turn(
         &self,
         search: Search,
         may_see: impl Fn(&StateRef) -> bool + Send + 'static,
-    ) -> Found {
-        let turn = Arc::clone(&self.shared.searching)
-            .acquire_owned()
+        wait: Duration,
+    ) -> Option<Found> {
+        let turn = tokio::time::timeout(wait, Arc::clone(&self.shared.searching).acquire_owned())
             .await
+            .ok()?
             .expect("the turns are never closed");
         let explorer = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let found = tokio::task::spawn_blocking(move || {
             let _turn = turn;
             explorer.search(&search, &may_see)
         })
         .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        Some(found)
     }
 
     /// Roughly how many bytes the index holds.
@@ -449,15 +454,32 @@ mod tests {
                         inside.fetch_sub(1, Ordering::SeqCst);
                         true
                     };
-                    explorer.search_in_turn(search, may_see).await
+                    explorer
+                        .search_in_turn(search, may_see, Duration::from_secs(60))
+                        .await
                 })
             })
             .collect();
         for search in searches {
-            assert_eq!(keys(&search.await.unwrap()), ["a.tfstate"]);
+            assert_eq!(keys(&search.await.unwrap().unwrap()), ["a.tfstate"]);
         }
         let most = most.load(Ordering::SeqCst);
         assert!(most <= SEARCHES_AT_ONCE, "{most} searches ran at once");
+        // Every turn taken: a search waits as long as it was told, no more.
+        let held: Vec<_> = (0..SEARCHES_AT_ONCE)
+            .map(|_| {
+                explorer
+                    .shared
+                    .searching
+                    .clone()
+                    .try_acquire_owned()
+                    .unwrap()
+            })
+            .collect();
+        let search = Search::parse([("type", "aws_*")], OffsetDateTime::now_utc()).unwrap();
+        let waited = explorer.search_in_turn(search, |_| true, Duration::from_millis(100));
+        assert!(waited.await.is_none(), "a search ran with every turn taken");
+        drop(held);
     }
 
     #[test]

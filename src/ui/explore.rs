@@ -46,11 +46,20 @@ fn search_of(params: &[(String, String)]) -> Result<Search, ProtocolError> {
     .map_err(|e| ProtocolError::BadRequest(e.to_string()))
 }
 
-async fn run(explorer: &Explorer, viewer: &Viewer, search: Search) -> Found {
+/// How long a search waits for its turn before answering 503, as the
+/// views that read state bodies do.
+const SEARCH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn run(explorer: &Explorer, viewer: &Viewer, search: Search) -> Result<Found, ProtocolError> {
     let viewer = viewer.clone();
     explorer
-        .search_in_turn(search, move |state| viewer.may_read(state))
+        .search_in_turn(search, move |state| viewer.may_read(state), SEARCH_WAIT)
         .await
+        .ok_or_else(|| {
+            ProtocolError::Unavailable(
+                "the explorer is busy with other searches; try again shortly".into(),
+            )
+        })
 }
 
 /// Whether the client asked for CSV.
@@ -74,7 +83,7 @@ pub async fn api(
     headers: &HeaderMap,
 ) -> Result<Response<Full<Bytes>>, ProtocolError> {
     let params = params(raw_query);
-    let found = run(explorer, viewer, search_of(&params)?).await;
+    let found = run(explorer, viewer, search_of(&params)?).await?;
     Ok(match wants_csv(&params, headers) {
         true => super::typed(found.to_csv(), "text/csv; charset=utf-8"),
         false => super::api::json_body(&found),
@@ -160,7 +169,10 @@ pub async fn page(
             .unwrap_or_default()
     };
     let (found, error) = match search_of(&params) {
-        Ok(search) => (Some(run(explorer, viewer, search).await), None),
+        Ok(search) => match run(explorer, viewer, search).await {
+            Ok(found) => (Some(found), None),
+            Err(busy) => return busy.into_response(),
+        },
         Err(e) => (None, Some(e.to_string())),
     };
     let tally = |param: &str, counts: Option<&std::collections::BTreeMap<String, usize>>| {
