@@ -619,6 +619,27 @@ fn s3_start_up_costs_ten_requests_on_probe_objects() {
 
 /// A connection closed before the answer is one plain
 /// sentence, not the SDK's nested Debug output.
+/// A client told of a store failure hears the S3 error code, not S3's
+/// message, which can name the account and role the server runs as; the
+/// server's log keeps the message.
+#[test]
+fn s3_messages_stay_in_the_servers_log() {
+    let moto: &'static Moto = Box::leak(Box::new(Moto::start(false)));
+    let peer = S3Peer::on(moto);
+    let server = Server::start(&peer);
+    let url = server.state_url("app");
+    assert_eq!(http("POST", &url, &state_doc("m", 1, "x")).0, 200);
+    // Every request the SDK sends carries its invocation id.
+    moto.fault(50, "amz-sdk-invocation-id", 403, "AccessDenied");
+    let (status, reason) = http("GET", &url, b"");
+    moto.fault(0, "amz-sdk-invocation-id", 403, "AccessDenied");
+    let reason = text(&reason);
+    assert_eq!(status, 503, "{reason}");
+    assert!(reason.contains("AccessDenied"), "{reason}");
+    assert!(!reason.contains("Injected by the test"), "{reason}");
+    assert!(server.logs("Injected by the test"), "{}", server.log());
+}
+
 #[test]
 fn s3_connection_closed_is_one_plain_sentence() {
     let mut peer = S3Peer::on(Moto::shared()).with("timeout", "5");

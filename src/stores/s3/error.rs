@@ -72,11 +72,14 @@ impl Site<'_> {
     {
         let status = err.raw_response().map(|r| r.status().as_u16());
         let code = err.code().unwrap_or_default().to_string();
-        let detail = match err.message().filter(|m| !m.trim().is_empty()) {
-            Some(m) if !code.is_empty() => format!("{code}: {m}"),
-            Some(m) => m.to_string(),
-            None => code.clone(),
-        };
+        // The error code says what failed. S3's own message goes to the
+        // log only: the reason reaches clients in 503 answers, and the
+        // message can name the account and role the server runs as
+        // (`User: arn:aws:sts::123456789012:assumed-role/...`).
+        if let Some(message) = err.message().filter(|m| !m.trim().is_empty()) {
+            tracing::info!(store = "s3", %what, status, %code, message, "the S3 server refused a request");
+        }
+        let detail = code.clone();
         let reason = |text: String| format!("{what}: {text}");
         let unavailable = |text: String| Failure::Store(StoreError::Unavailable(reason(text)));
         let bucket = self.bucket;
