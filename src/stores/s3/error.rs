@@ -79,7 +79,6 @@ impl Site<'_> {
         if let Some(message) = err.message().filter(|m| !m.trim().is_empty()) {
             tracing::info!(store = "s3", %what, status, %code, message, "the S3 server refused a request");
         }
-        let detail = code.clone();
         let reason = |text: String| format!("{what}: {text}");
         let unavailable = |text: String| Failure::Store(StoreError::Unavailable(reason(text)));
         let bucket = self.bucket;
@@ -102,10 +101,10 @@ impl Site<'_> {
                 setting: "accessKeyID",
                 reason: reason(format!(
                     "the S3 server at {location} refused the credentials or denied access to bucket `{bucket}` ({})",
-                    if detail.is_empty() {
+                    if code.is_empty() {
                         format!("HTTP {}", status.unwrap_or_default())
                     } else {
-                        detail
+                        code
                     }
                 )),
             }),
@@ -120,7 +119,7 @@ impl Site<'_> {
                 Failure::Store(StoreError::ConfigInvalid {
                     setting: "region",
                     reason: reason(format!(
-                        "bucket `{bucket}` is not in region `{}` ({detail})",
+                        "bucket `{bucket}` is not in region `{}` ({code})",
                         self.region
                     )),
                 })
@@ -128,10 +127,10 @@ impl Site<'_> {
             Some(s) => {
                 let answered = unavailable(format!(
                     "the S3 server at {location} answered HTTP {s}{}",
-                    if detail.is_empty() {
+                    if code.is_empty() {
                         String::new()
                     } else {
-                        format!(" ({detail})")
+                        format!(" ({code})")
                     }
                 ));
                 match (s, answered) {
