@@ -390,6 +390,35 @@ pub fn bucket_prefix(
     Ok(prefix)
 }
 
+/// The directory holding `path`: its parent, or `.` for a bare file name.
+pub fn directory_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// `path` made absolute, symbolic links resolved as far as it exists (a
+/// store's path may not exist yet): the one name two spellings of a path
+/// share, to tell whether one store's path lies inside another's.
+pub fn resolved_path(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut missing = Vec::new();
+    let mut existing = absolute.as_path();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return missing.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
 /// Validates a bucket store's `prefix` setting, the same way for every
 /// store: one or more `/`-separated segments without empty, `.` or `..`
 /// parts (which servers or HTTP clients would resolve, reaching outside the

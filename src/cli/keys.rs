@@ -65,10 +65,7 @@ pub fn gen_key(file: Option<&Path>) -> Result<()> {
     // Written whole beside it (mode 0600), then given its name only if
     // that name is free: an interrupted run leaves no empty or partial key
     // file behind, and an existing file is never overwritten.
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
+    let dir = stategate::settings::directory_of(path);
     let mut out = tempfile::Builder::new()
         .prefix(".stategate-key-")
         .tempfile_in(dir)

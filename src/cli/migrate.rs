@@ -37,7 +37,7 @@ fn refuse_overlap(from: &Settings, to: &Settings) -> Result<()> {
         matches!(s.backend.name, "local" | "sqlite")
             .then(|| s.store.path("path"))
             .flatten()
-            .map(|p| resolved(&p))
+            .map(|p| stategate::settings::resolved_path(&p))
     };
     refuse_bucket_overlap(from, to)?;
     let (Some(a), Some(b)) = (on_disk(from), on_disk(to)) else {
@@ -100,26 +100,6 @@ fn refuse_bucket_overlap(from: &Settings, to: &Settings) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// `path` made absolute, symbolic links resolved as far as it exists (a
-/// target store may not exist yet).
-fn resolved(path: &Path) -> std::path::PathBuf {
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut missing = Vec::new();
-    let mut existing = absolute.as_path();
-    loop {
-        if let Ok(real) = existing.canonicalize() {
-            return missing.iter().rev().fold(real, |p, part| p.join(part));
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                missing.push(name.to_os_string());
-                existing = parent;
-            }
-            _ => return absolute,
-        }
-    }
 }
 
 /// `stategate migrate`.

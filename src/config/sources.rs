@@ -52,10 +52,7 @@ impl FileConfig {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = crate::settings::directory_of(path).to_path_buf();
         Self::parse(&text, dir).map_err(|e| match e {
             ConfigError::File { reason, .. } => file_error(reason),
             other => other,

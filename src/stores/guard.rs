@@ -115,10 +115,7 @@ impl Reserve {
     fn spare_place(&self) -> Option<(std::os::fd::OwnedFd, String)> {
         use rustix::fs::{Mode, OFlags, ResolveFlags};
         let name = self.spare.file_name()?.to_str()?.to_string();
-        let parent = match self.spare.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => std::path::Path::new("."),
-        };
+        let parent = crate::settings::directory_of(&self.spare);
         let dir = rustix::fs::open(
             &self.dir,
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,

@@ -288,10 +288,7 @@ fn reserve(backend: &Backend, settings: &StoreSettings) -> Result<Option<Reserve
         }
         "sqlite" => {
             let path = sqlite::SqliteConfig::from_settings(settings)?.path;
-            let dir = match path.parent() {
-                Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-                _ => std::path::PathBuf::from("."),
-            };
+            let dir = crate::settings::directory_of(&path).to_path_buf();
             let mut spare = path.file_name().unwrap_or_default().to_os_string();
             spare.push(".spare");
             (dir, spare.into())

@@ -186,26 +186,10 @@ pub(super) fn check_made_by_stategate(root: &OwnedFd) -> io::Result<()> {
 /// symbolic links as far as it exists, and each directory above it is
 /// looked at for a store's own directory.
 pub(super) fn check_not_inside_a_store(root: &Path) -> io::Result<()> {
-    let absolute = std::path::absolute(root)?;
-    let mut existing = absolute.as_path();
-    // The nearest directory that exists, the root itself included.
-    let real = loop {
-        match existing.canonicalize() {
-            Ok(real) => break real,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => match existing.parent() {
-                Some(parent) => existing = parent,
-                None => return Ok(()),
-            },
-            Err(e) => return Err(e),
-        }
-    };
-    // The root's own store directory is no other store's.
-    let above = if existing == absolute {
-        real.parent()
-    } else {
-        Some(real.as_path())
-    };
-    for dir in above.into_iter().flat_map(Path::ancestors) {
+    // The root's own store directory is no other store's; the directories
+    // of it not made yet hold none.
+    let resolved = crate::settings::resolved_path(root);
+    for dir in resolved.ancestors().skip(1) {
         let own = dir.join(INTERNAL_DIR);
         if std::fs::symlink_metadata(&own).is_ok_and(|m| m.is_dir()) {
             return Err(io::Error::other(format!(

@@ -64,10 +64,7 @@ fn uri_path(path: &Path) -> String {
 
 /// The key locks on `<file>.leases` beside the database `path`.
 pub(super) fn lease_file(path: &Path) -> std::io::Result<KeyLocks> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
+    let dir = crate::settings::directory_of(path);
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
