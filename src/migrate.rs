@@ -7,7 +7,10 @@
 //! A rerun resumes: a state whose target already holds the source's bytes
 //! is skipped, and with history only the versions after the newest one the
 //! target holds are written. The source state's lock is held while it is
-//! copied, so no apply changes it mid-copy; a dry run reads only.
+//! copied, so no apply changes it mid-copy; a dry run reads only. Each run
+//! locks under an ID of its own ([`run_lock`]): two runs from one source
+//! never release each other's locks, and a rerun takes over the locks a
+//! run on this machine left when its process ended.
 //!
 //! Versions are planned from their history records (MD5, lineage, serial,
 //! size), so deciding what to copy reads no body; each body is then read
@@ -338,6 +341,56 @@ pub async fn copy_state(
     }
 }
 
+/// What a migration run's locks on its source states begin their ID with
+/// ([`run_lock`]).
+const RUN_LOCK_ID: &str = "stategate-migrate";
+
+/// The LockInfo a migration run holds on each source state while it copies
+/// it: its ID names this run (`stategate-migrate/<pid>/<start>`) and its
+/// `Who` this machine, so that two runs from one source never take each
+/// other's locks, and a rerun takes over only the locks of a run on this
+/// machine whose process has ended ([`migrate_state`]).
+pub fn run_lock(info: &str) -> String {
+    let started = time::OffsetDateTime::now_utc();
+    serde_json::json!({
+        "ID": format!(
+            "{RUN_LOCK_ID}/{}/{}",
+            std::process::id(),
+            started.unix_timestamp_nanos()
+        ),
+        "Operation": "migrate",
+        "Info": info,
+        "Who": format!("{RUN_LOCK_ID}@{}", machine_name()),
+        "Version": env!("CARGO_PKG_VERSION"),
+        "Created": crate::state::history::rfc3339(started).unwrap_or_default(),
+        "Path": "",
+    })
+    .to_string()
+}
+
+/// This machine's name, as a lock's `Who` gives it.
+fn machine_name() -> String {
+    crate::notify::hostname().unwrap_or_else(|| "localhost".into())
+}
+
+/// Whether `held` is the lock of a migration run on this machine (the
+/// `Who` of `ours`) whose process has ended, or of a run of a version
+/// whose locks named no process (one ID for every run).
+fn left_by_an_ended_run(held: &LockInfo, ours: &LockInfo) -> bool {
+    if held.operation != "migrate" || held.who != ours.who || held.id == ours.id {
+        return false;
+    }
+    match held.id.strip_prefix(RUN_LOCK_ID) {
+        Some("") => true,
+        Some(rest) => rest
+            .strip_prefix('/')
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| pid != std::process::id() && !crate::stores::process_alive(pid)),
+        None => false,
+    }
+}
+
 /// Copies the state `state` of `from` into `to`, as `target` there (its
 /// one name in the target, [`States::canonical`]), under the source's lock
 /// (taken with `lock_info`, released after), or reads only on a dry run.
@@ -356,14 +409,26 @@ pub async fn migrate_state(
         let source = Source::of(from, state, with_history).await?;
         return copy_state(to, target, &source, true, overwrite).await;
     }
-    let id = LockInfo::parse(lock_info)?.id;
-    match from
+    let ours = LockInfo::parse(lock_info)?;
+    let mut taken = from
         .lock(state, Bytes::copy_from_slice(lock_info), None)
-        .await
+        .await;
+    // A lock left by a run that ended on this machine before releasing it
+    // is taken over once; a live run's, or another machine's, is not.
+    if let Err(StateError::Locked(holder)) = &taken
+        && left_by_an_ended_run(&LockInfo::of_holder(holder), &ours)
     {
-        Ok(Taken::Now) => {}
-        // Ours from an interrupted run: go on, and release it below.
-        Ok(Taken::Already { .. }) => {}
+        let left = LockInfo::of_holder(holder).id;
+        match from.release(state, Some(&left)).await {
+            Ok(()) | Err(StateError::NotHolder(_)) => {}
+            Err(e) => return Err(e),
+        }
+        taken = from
+            .lock(state, Bytes::copy_from_slice(lock_info), None)
+            .await;
+    }
+    match taken {
+        Ok(Taken::Now | Taken::Already { .. }) => {}
         Err(StateError::Locked(holder)) => {
             let who = LockInfo::of_holder(&holder);
             return Ok(Copied::SourceLocked(format!(
@@ -374,6 +439,7 @@ pub async fn migrate_state(
         }
         Err(e) => return Err(e),
     }
+    let id = ours.id;
     let result = async {
         let source = Source::of(from, state, with_history).await?;
         copy_state(to, target, &source, false, overwrite).await
@@ -436,5 +502,70 @@ mod tests {
             .unwrap();
         assert_eq!(copied, Copied::Identical);
         assert_eq!(kept_md5s(&to, &state).await, kept_md5s(&from, &state).await);
+    }
+
+    /// A migration run takes over a lock left on its source by a run on
+    /// this machine whose process has ended, and leaves alone the lock of a
+    /// run still going (here this process itself) or of another machine.
+    #[tokio::test]
+    async fn a_run_takes_over_only_the_locks_of_ended_runs_on_this_machine() {
+        let (a, b) = (
+            tempfile::TempDir::new().unwrap(),
+            tempfile::TempDir::new().unwrap(),
+        );
+        let from = crate::state::local_states_for_tests(a.path(), 0);
+        let to = crate::state::local_states_for_tests(b.path(), 0);
+        let ours = run_lock("test");
+        let who = LockInfo::parse(ours.as_bytes()).unwrap().who;
+        let mut ended = std::process::Command::new("true").spawn().unwrap();
+        ended.wait().unwrap();
+        let dead = ended.id();
+        let live = std::process::id();
+        // Another run in this very process: a run still going.
+        let other = LockInfo::parse(run_lock("another run").as_bytes()).unwrap();
+        let cases = [
+            (other.id, other.who, false),
+            (format!("stategate-migrate/{live}/1"), who.clone(), false),
+            (
+                format!("stategate-migrate/{dead}/1"),
+                "stategate-migrate@elsewhere".into(),
+                false,
+            ),
+            (format!("stategate-migrate/{dead}/1"), who.clone(), true),
+            ("stategate-migrate".to_string(), who.clone(), true),
+        ];
+        for (n, (id, holder, taken_over)) in cases.into_iter().enumerate() {
+            let state = StateRef::parse(&format!("s{n}"), None).unwrap();
+            write(&from, &state, 1).await;
+            let left = serde_json::json!({"ID": id, "Operation": "migrate", "Who": holder});
+            let left = Bytes::from(left.to_string());
+            from.lock(&state, left, None).await.unwrap();
+            let copied = migrate_state(
+                &from,
+                &to,
+                &state,
+                &state,
+                false,
+                false,
+                false,
+                ours.as_bytes(),
+            )
+            .await
+            .unwrap();
+            let held = from.lock_holder(&state).await.unwrap().map(|h| h.info.id);
+            match taken_over {
+                true => {
+                    assert!(matches!(copied, Copied::Written { .. }), "{id}: {copied:?}");
+                    assert_eq!(held, None, "{id}: the lock taken over is released");
+                }
+                false => {
+                    assert!(
+                        matches!(copied, Copied::SourceLocked(_)),
+                        "{id}: {copied:?}"
+                    );
+                    assert_eq!(held.as_deref(), Some(id.as_str()), "{id}: the lock stays");
+                }
+            }
+        }
     }
 }

@@ -143,18 +143,7 @@ pub async fn migrate(args: MigrateArgs) -> Result<()> {
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} states {msg}")
             .expect("progress template"),
     );
-    let lock = serde_json::json!({
-        "ID": "stategate-migrate",
-        "Operation": "migrate",
-        "Info": format!("stategate migrate to {}", to.display()),
-        "Who": format!("stategate-migrate@{}", hostname()),
-        "Version": env!("CARGO_PKG_VERSION"),
-        "Created": time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default(),
-        "Path": "",
-    })
-    .to_string();
+    let lock = migrate::run_lock(&format!("stategate migrate to {}", to.display()));
     let names = target_names(&target, states.into_iter().map(|l| l.state))?;
     let mut rows = Vec::new();
     let mut total_bytes = 0u64;
@@ -269,13 +258,6 @@ fn target_names(
         names.push((state, named));
     }
     Ok(names)
-}
-
-/// This machine's name, for the migration's LockInfo.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// `stategate migrate-from-terraform-pg`: one line per workspace, then a

@@ -53,6 +53,21 @@ pub use store::{
 /// from every state: no state key starts with it.
 pub const INTERNAL_PREFIX: &str = ".stategate/";
 
+/// Whether a process with this pid exists on this machine (EPERM: it
+/// does, owned by another user).
+pub fn process_alive(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    !matches!(
+        rustix::process::test_kill_process(pid),
+        Err(rustix::io::Errno::SRCH)
+    )
+}
+
 /// Refuses to write into a store on this machine's disk (`place`, owned by
 /// the user `owner`) as another user. What the local and SQLite stores
 /// make is their user's alone (states hold secrets), so an operator

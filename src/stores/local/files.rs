@@ -18,7 +18,7 @@ use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 use time::OffsetDateTime;
 
-use crate::stores::{Payload, StoreError, Version};
+use crate::stores::{Payload, StoreError, Version, process_alive};
 
 /// A state, a lock or a record: read-only (never changed in place, see
 /// [`super`]), and for the store's user only.
@@ -242,15 +242,4 @@ pub(super) fn remove_stale_temporaries(tmp_dir: &OwnedFd) {
 /// The process that made a temporary file, from its name.
 pub(super) fn writer_pid(name: &str) -> Option<u32> {
     name.split('-').next()?.parse().ok()
-}
-
-/// Whether a process with this pid exists (EPERM: it does, owned by another user).
-pub(super) fn process_alive(pid: u32) -> bool {
-    let Some(pid) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return false;
-    };
-    !matches!(rustix::process::test_kill_process(pid), Err(Errno::SRCH))
 }

@@ -18,15 +18,15 @@ use time::OffsetDateTime;
 
 use super::files::{
     DIR_MODE, FILE_MODE, create_new, file_version, fill, open_beneath, open_dir_beneath,
-    process_alive, remove_stale_temporaries, temporary_name, translate, unnamed_files_work,
-    version_of, writer_pid,
+    remove_stale_temporaries, temporary_name, translate, unnamed_files_work, version_of,
+    writer_pid,
 };
 use super::layout;
 use super::{INTERNAL_DIR, TMP_DIR, TMP_MARK};
 use crate::stores::keylock::{KeyLock, KeyLocks};
 use crate::stores::payload::{BodyCache, FileBody, SPOOL_THRESHOLD};
 use crate::stores::{
-    Change, Condition, Entry, INTERNAL_PREFIX, Payload, Stopped, StoreError, Version,
+    Change, Condition, Entry, INTERNAL_PREFIX, Payload, Stopped, StoreError, Version, process_alive,
 };
 
 /// The longest body [`Tree::link_same`] compares before linking: history
