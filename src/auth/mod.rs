@@ -18,8 +18,10 @@
 //! argon2 is slow on purpose, so a verified credential is remembered for a
 //! minute under an HMAC of it (a key drawn at start-up, so the cache holds
 //! nothing that could be replayed), argon2 runs on at most two blocking
-//! threads at once, one of them kept for addresses in good standing, and
-//! each address has a budget of failed credentials that is spent before
+//! threads at once, an address's first attempt on at most one of them and
+//! its further attempts in the window on at most one, so that addresses
+//! that logged in within the hour, taking either, never queue behind
+//! guesses from however many addresses; and each address has a budget of failed credentials that is spent before
 //! hashing, not after: a wrong password is not a cheap way to burn CPU or
 //! to make others wait. Unknown names are verified against a hash as
 //! costly as the costliest configured one, so they take as long.
@@ -181,10 +183,16 @@ const FAILURE_BUDGET: u32 = 10;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Concurrent argon2 verifications.
 const HASHERS: usize = 2;
-/// Of [`HASHERS`], how many only addresses in good standing (nothing
-/// failed or under verification in the window) may use, so that one
-/// address's guesses cannot keep everyone else waiting for a hasher.
-const GOOD_STANDING_HASHERS: usize = 1;
+/// Of [`HASHERS`], how many first attempts of addresses not trusted
+/// ([`Standing::Good`]) may use at once, and how many further attempts
+/// ([`Standing::Doubtful`]): so that one address's guesses cannot keep
+/// newcomers waiting, and guesses spread over many addresses cannot keep a
+/// trusted address waiting for more than two verifications.
+const UNTRUSTED_HASHERS: usize = 1;
+/// How long an address that logged in stays trusted ([`Standing::Trusted`]).
+const TRUSTED_FOR: Duration = Duration::from_secs(3600);
+/// Addresses remembered as trusted at most; only a login adds one.
+const TRUSTED_MAX: usize = 10_000;
 
 /// A credential verified a moment ago.
 struct Verified {
@@ -208,8 +216,12 @@ pub struct Auth {
     /// verification, and since when they are counted.
     failures: Mutex<Failures>,
     hashers: tokio::sync::Semaphore,
+    /// Held, besides a hasher, by first attempts of addresses not trusted.
+    first_hashers: tokio::sync::Semaphore,
     /// Held, besides a hasher, by addresses not in good standing.
     doubtful_hashers: tokio::sync::Semaphore,
+    /// Budgets ([`budget_of`]) that logged in, and when they last did.
+    trusted: Mutex<HashMap<IpAddr, Instant>>,
     /// A PHC string that no secret verifies against, with the costliest
     /// parameters of the configured hashes; verified for unknown names so
     /// that they take as long as known ones.
@@ -342,7 +354,9 @@ impl Auth {
             cache: Mutex::new(HashMap::new()),
             failures: Mutex::new(Failures::default()),
             hashers: tokio::sync::Semaphore::new(HASHERS),
-            doubtful_hashers: tokio::sync::Semaphore::new(HASHERS - GOOD_STANDING_HASHERS),
+            first_hashers: tokio::sync::Semaphore::new(UNTRUSTED_HASHERS),
+            doubtful_hashers: tokio::sync::Semaphore::new(UNTRUSTED_HASHERS),
+            trusted: Mutex::new(HashMap::new()),
             dummy_hash,
         })
     }
@@ -502,12 +516,17 @@ impl Auth {
     }
 
     async fn verify(&self, hash: &str, secret: String, standing: Standing) -> bool {
-        let _doubtful = match standing {
-            Standing::Good => None,
-            Standing::Doubtful => match self.doubtful_hashers.acquire().await {
+        let gate = match standing {
+            Standing::Trusted => None,
+            Standing::Good => Some(&self.first_hashers),
+            Standing::Doubtful => Some(&self.doubtful_hashers),
+        };
+        let _gate = match gate {
+            Some(gate) => match gate.acquire().await {
                 Ok(permit) => Some(permit),
                 Err(_) => return false,
             },
+            None => None,
         };
         let Ok(_permit) = self.hashers.acquire().await else {
             return false;
@@ -529,7 +548,7 @@ impl Auth {
     /// whose failed and pending attempts in the window have reached
     /// [`FAILURE_BUDGET`] is refused instead, naming when to try again.
     fn count_attempt(&self, client: IpAddr) -> Result<Standing, AuthError> {
-        self.with_failures_of(client, |count, since| {
+        let standing = self.with_failures_of(client, |count, since| {
             if *count >= FAILURE_BUDGET {
                 let left = FAILURE_WINDOW.saturating_sub(since.elapsed());
                 return Err(AuthError::Throttled {
@@ -542,11 +561,32 @@ impl Auth {
             } else {
                 Standing::Doubtful
             })
+        })?;
+        let trusted = || {
+            let trusted = self.trusted.lock().expect("auth trusted");
+            trusted
+                .get(&budget_of(client))
+                .is_some_and(|at| at.elapsed() < TRUSTED_FOR)
+        };
+        Ok(match standing {
+            Standing::Good if trusted() => Standing::Trusted,
+            standing => standing,
         })
     }
 
-    /// Takes back an attempt of `client` that succeeded.
+    /// Takes back an attempt of `client` that succeeded, and trusts the
+    /// address for [`TRUSTED_FOR`].
     fn forgive_attempt(&self, client: IpAddr) {
+        {
+            let mut trusted = self.trusted.lock().expect("auth trusted");
+            if trusted.len() >= TRUSTED_MAX {
+                trusted.retain(|_, at| at.elapsed() < TRUSTED_FOR);
+                if trusted.len() >= TRUSTED_MAX {
+                    trusted.clear();
+                }
+            }
+            trusted.insert(budget_of(client), Instant::now());
+        }
         let mut failures = self.failures.lock().expect("auth failures");
         let map = &mut failures.counts;
         let client = budget_of(client);
@@ -637,9 +677,13 @@ fn rules(owner: &str, rules: &[FileRule]) -> Result<Arc<[Rule]>, ConfigError> {
         .map(Arc::from)
 }
 
-/// Whether an address has failed or pending attempts in its window.
+/// Whether an address has failed or pending attempts in its window, and
+/// whether it logged in lately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Standing {
+    /// Nothing else failed or pending, and a login within [`TRUSTED_FOR`].
+    Trusted,
+    /// Nothing else failed or pending.
     Good,
     Doubtful,
 }

@@ -340,6 +340,37 @@ fn attempts_are_counted_before_hashing_and_the_budget_is_per_address() {
 }
 
 #[test]
+fn an_address_that_logged_in_is_trusted_until_it_fails() {
+    let auth = Auth::new(&section(vec![], vec![])).unwrap();
+    let client: IpAddr = "2001:db8:5:6::1".parse().unwrap();
+    let same_64: IpAddr = "2001:db8:5:6::2".parse().unwrap();
+    assert_eq!(auth.count_attempt(client), Ok(Standing::Good));
+    auth.forgive_attempt(client);
+    // Its first attempt of a window, from anywhere in its /64.
+    assert_eq!(auth.count_attempt(same_64), Ok(Standing::Trusted));
+    // A second attempt while that one fails or is pending is doubtful.
+    assert_eq!(auth.count_attempt(client), Ok(Standing::Doubtful));
+    // Trust lasts TRUSTED_FOR.
+    let stranger: IpAddr = "192.0.2.77".parse().unwrap();
+    auth.trusted.lock().unwrap().insert(
+        stranger,
+        Instant::now()
+            .checked_sub(TRUSTED_FOR + Duration::from_secs(1))
+            .unwrap(),
+    );
+    assert_eq!(auth.count_attempt(stranger), Ok(Standing::Good));
+    // The map of trusted addresses stays bounded.
+    {
+        let mut trusted = auth.trusted.lock().unwrap();
+        for n in 0..TRUSTED_MAX as u32 {
+            trusted.insert(IpAddr::V4(std::net::Ipv4Addr::from(n)), Instant::now());
+        }
+    }
+    auth.forgive_attempt(stranger);
+    assert!(auth.trusted.lock().unwrap().len() <= TRUSTED_MAX);
+}
+
+#[test]
 fn an_ipv6_client_has_one_budget_for_its_whole_64() {
     // Each address of a /64 had a budget of its own: one host guessed
     // without limit by changing its address.

@@ -730,6 +730,54 @@ fn auth_concurrent_guesses_from_one_address_are_counted_before_hashing() {
     assert!(throttled >= GUESSES - FAILURE_BUDGET, "{throttled} audited");
 }
 
+#[test]
+fn auth_guesses_from_many_addresses_do_not_hold_up_an_address_that_logged_in() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let s = Secured::start_with(&["--trusted-proxies", "127.0.0.1"]);
+    let url = s.server.state_url("team-a/guarded");
+    let client = "127.0.0.9";
+    // It logs in once (404: nothing stored yet): its address is trusted.
+    assert_eq!(call_from(client, &url, &as_user("alice")).0, 404);
+    // One guess from each of many addresses, each its first: all in good
+    // standing, so budgets do not stop them.
+    const GUESSERS: usize = 200;
+    let (sent, answered) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|scope| {
+        for i in 0..GUESSERS {
+            let (url, sent, answered) = (&url, &sent, &answered);
+            scope.spawn(move || {
+                let guesser = format!("10.9.{}.{}", i / 200, i % 200 + 1);
+                sent.fetch_add(1, Ordering::SeqCst);
+                let (status, _, body) =
+                    call_from(&guesser, url, &basic("alice", &format!("guess-{i}")));
+                assert_eq!(status, 401, "{}", text(&body));
+                answered.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        // Once every guess is sent and the first is answered, the others
+        // wait for a hasher.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while sent.load(Ordering::SeqCst) < GUESSERS || answered.load(Ordering::SeqCst) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the guesses were not answered"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // The trusted address logs in with a credential not cached (bob
+        // reads team-a): it waits for at most the verifications under way,
+        // not for the guesses queued before it.
+        let (status, _, body) = call_from(client, &url, &as_user("bob"));
+        assert_eq!(status, 404, "{}", text(&body));
+        let before = answered.load(Ordering::SeqCst);
+        assert!(
+            before < GUESSERS / 2,
+            "the login waited for {before} of {GUESSERS} guesses to be answered first"
+        );
+    });
+}
+
 /// A server whose configuration file is `yaml`.
 fn start_configured(yaml: &str) -> (LocalPeer, Server, tempfile::TempDir) {
     let dir = tempfile::TempDir::new().unwrap();
