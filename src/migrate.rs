@@ -19,7 +19,7 @@
 
 use bytes::Bytes;
 
-use crate::state::head::{StateHead, md5_hex};
+use crate::state::head::{StateHead, md5_hex, shown_lineage};
 use crate::state::history::HistoryWindow;
 use crate::state::{LockInfo, StateError, StateRef, States, Taken, WriteOptions};
 use crate::stores::Payload;
@@ -182,7 +182,11 @@ impl<'a> Source<'a> {
 fn refusal(target: &StateHead, source: &StateHead) -> Option<String> {
     match (&target.lineage, &source.lineage) {
         (Some(t), Some(s)) if t != s => {
-            return Some(format!("the target holds lineage {t}, the source {s}"));
+            return Some(format!(
+                "the target holds lineage {}, the source {}",
+                shown_lineage(t),
+                shown_lineage(s)
+            ));
         }
         _ => {}
     }
@@ -203,7 +207,7 @@ fn conflict(target: &StateHead, source: &StateHead) -> Option<String> {
         (Some(t), Some(s)) if t == s => Some(format!(
             "the target holds serial {t} of lineage {} with other content; \
              rerun with --overwrite to replace it with the source's",
-            source.lineage.as_deref().unwrap_or("?")
+            shown_lineage(source.lineage.as_deref().unwrap_or("?"))
         )),
         _ => None,
     }

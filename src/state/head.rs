@@ -418,6 +418,20 @@ impl StateHead {
     }
 }
 
+/// The longest lineage quoted whole in a message; Terraform's are UUIDs (36).
+const LINEAGE_SHOWN_MAX: usize = 64;
+
+/// A lineage as messages quote it: whole up to [`LINEAGE_SHOWN_MAX`]
+/// characters, otherwise its start and its length, so a refusal of a cheap
+/// write never carries a state-sized lineage into a response, a log line
+/// and every notification.
+pub fn shown_lineage(lineage: &str) -> std::borrow::Cow<'_, str> {
+    match lineage.char_indices().nth(LINEAGE_SHOWN_MAX) {
+        None => lineage.into(),
+        Some((end, _)) => format!("{}... ({} bytes)", &lineage[..end], lineage.len()).into(),
+    }
+}
+
 fn not_a_state(what: String) -> StateError {
     StateError::BadRequest(format!("the body is not a Terraform state: {what}"))
 }

@@ -29,7 +29,7 @@
 //! state is ever lost. A body identical to the stored one (same MD5) is a
 //! retried write and changes nothing.
 
-use super::head::{Described, StateHead, Writer};
+use super::head::{Described, StateHead, Writer, shown_lineage};
 use super::history::VersionMeta;
 use super::summary::Summary;
 use super::{Lease, LeaseNeed, StateChange, StateError, StateRef, States};
@@ -50,11 +50,13 @@ pub fn check_stale(stored: &StateHead, incoming: &StateHead) -> Result<(), State
         if stored.resources == 0 {
             return Ok(());
         }
+        let (sl, il) = (shown_lineage(sl), shown_lineage(il));
         return Err(StateError::Stale(format!(
             "lineage mismatch: the stored state has lineage {sl}, this write has lineage {il}; \
              refusing to replace a state that has resources"
         )));
     }
+    let sl = shown_lineage(sl);
     if is < ss {
         return Err(StateError::Stale(format!(
             "stale write: serial {is} is older than the stored serial {ss} (lineage {sl})"

@@ -1,7 +1,8 @@
 //! What a hostile or careless client, or an unlucky operator, does to the
 //! server: idle and slow sockets, lengths declared but never sent, huge
 //! heads, a database file removed under the server, symbolic links in the
-//! data directory, writes killed half-way, large writes all at once.
+//! data directory, writes killed half-way, large writes all at once, a
+//! lineage of a MiB quoted in refusals.
 //! Probes that concern every store (keys, bodies, LockInfo sizes, HEAD,
 //! purge) are in the conformance suite.
 
@@ -679,4 +680,37 @@ fn hostile_concurrent_large_writes_queue_on_sqlite() {
         assert_eq!(status, 200);
         assert!(body == big(i), "state {i} differs");
     }
+}
+
+#[test]
+fn hostile_long_lineages_are_not_quoted_whole() {
+    // A state stored with a lineage of a MiB made every cheap refused
+    // write answer, log and notify that MiB.
+    let peer = LocalPeer::new();
+    let server = Server::start(&peer);
+    let url = server.state_url("long/lineage");
+    let long = "L".repeat(1 << 20);
+    let stored = format!(
+        r#"{{"version":4,"serial":5,"lineage":"{long}","resources":[{{"mode":"managed","type":"t","name":"a","instances":[]}}]}}"#
+    );
+    assert_eq!(http("POST", &url, stored.as_bytes()).0, 200);
+    let older = stored.replace(r#""serial":5"#, r#""serial":4"#);
+    for (refused, what) in [
+        (state_doc("another", 9, "x"), "another lineage"),
+        (older.into_bytes(), "an older serial"),
+    ] {
+        let (status, body) = http("POST", &url, &refused);
+        assert_eq!(status, 409, "{what}: {}", text(&body));
+        assert!(
+            body.len() < 1024 && text(&body).contains("(1048576 bytes)"),
+            "{what}: a {} byte answer: {}",
+            body.len(),
+            text(&body[..body.len().min(300)])
+        );
+    }
+    assert!(
+        server.log().len() < 64 * 1024,
+        "the log holds {} bytes",
+        server.log().len()
+    );
 }
