@@ -304,6 +304,46 @@ fn oss_versioned_bucket_is_refused_unless_allow_unsafe_locks() {
     }
 }
 
+/// Versioning turned on while stategate serves the bucket (it can be, at
+/// any time, and never turned off): OSS then ignores
+/// `x-oss-forbid-overwrite`, and every one of concurrent LOCKs got 200.
+/// Creates are refused from the next versioning check on.
+#[test]
+fn oss_versioning_turned_on_while_serving_refuses_locks() {
+    let peer = OssPeer::new();
+    let server = Server::start(&peer);
+    let url = server.state_url("turned/terraform.tfstate");
+    assert_eq!(http("POST", &url, &state_doc("t", 1, "v")).0, 200);
+    peer.server.set_versioning(&peer.bucket, "Enabled");
+    // Past the few seconds a bucket check is trusted.
+    std::thread::sleep(Duration::from_secs(6));
+    let answers: Vec<(u16, Vec<u8>)> = std::thread::scope(|scope| {
+        let locks: Vec<_> = (0..10)
+            .map(|i| {
+                let url = &url;
+                scope.spawn(move || http("LOCK", url, &lock_info(&format!("id-{i}"), "w")))
+            })
+            .collect();
+        locks.into_iter().map(|l| l.join().unwrap()).collect()
+    });
+    for (status, body) in &answers {
+        assert_eq!(*status, 503, "{}", text(body));
+        assert!(
+            text(body).contains("versioning is Enabled")
+                && text(body).contains("allow_unsafe_locks"),
+            "{}",
+            text(body)
+        );
+    }
+    assert!(
+        server.log().contains("versioning was turned on"),
+        "{}",
+        server.log()
+    );
+    // Reads go on.
+    assert_eq!(http("GET", &url, b""), (200, state_doc("t", 1, "v")));
+}
+
 #[test]
 fn oss_check_reports_the_store_and_never_a_secret() {
     let peer = OssPeer::new();

@@ -126,6 +126,17 @@ impl OssServer {
         name
     }
 
+    /// Turns on `bucket`'s versioning (`Enabled` or `Suspended`), as an
+    /// operator would while stategate serves it.
+    pub fn set_versioning(&self, bucket: &str, versioning: &str) {
+        let url = format!(
+            "http://{}/-/buckets?name={bucket}&versioning={versioning}",
+            self.addr
+        );
+        let (status, body) = http("PUT", &url, b"");
+        assert_eq!(status, 200, "set versioning: {}", text(&body));
+    }
+
     /// Stores an object as another client would, without stategate.
     pub fn put(&self, bucket: &str, key: &str, body: &[u8]) {
         let url = format!("http://{}/-/objects?bucket={bucket}&key={key}", self.addr);

@@ -46,6 +46,9 @@ Test-only control endpoints, unauthenticated, path-style under ``/-/`` (not a
 valid bucket name, so they cannot clash with a bucket):
 
 * ``POST /-/buckets?name=NAME[&versioning=Enabled|Suspended]`` creates a bucket.
+* ``PUT /-/buckets?name=NAME&versioning=Enabled|Suspended`` sets an
+  existing bucket's versioning, as an operator's PutBucketVersioning would
+  while servers keep running (as on OSS, it never returns to unversioned).
 * ``DELETE /-/buckets?name=NAME`` deletes a bucket with its objects, as an
   operator would while servers keep running (requests for it then get
   ``NoSuchBucket``; HEAD, as on OSS, a 404 without a body).
@@ -505,6 +508,13 @@ class Handler(BaseHTTPRequestHandler):
                     raise OssError(400, "InvalidArgument", "name and versioning=Enabled|Suspended",
                                    "0000-00000000")
                 store.buckets.setdefault(name, Bucket(name, versioning))
+                return self.reply(200, b"{}", content_type="application/json")
+            if path == "/-/buckets" and self.command == "PUT":
+                bucket = store.bucket(params.get("name", ""))
+                if params.get("versioning") not in ("Enabled", "Suspended"):
+                    raise OssError(400, "InvalidArgument", "versioning=Enabled|Suspended",
+                                   "0000-00000000")
+                bucket.versioning = params["versioning"]
                 return self.reply(200, b"{}", content_type="application/json")
             if path == "/-/buckets" and self.command == "DELETE":
                 store.bucket(params.get("name", ""))

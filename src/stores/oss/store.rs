@@ -61,6 +61,11 @@ pub struct OssStore {
     /// When the bucket was last seen to exist: HEAD answers a bodiless 404
     /// for a missing object and a missing bucket alike.
     bucket_seen: BucketSeen,
+    /// The versioning status seen since start on a bucket opened without
+    /// it: versioning can be turned on at any time (and never off again),
+    /// and OSS then ignores `x-oss-forbid-overwrite`, so creates are
+    /// refused from then on ([`OssStore::check_creates`]).
+    versioned_since: std::sync::Mutex<Option<String>>,
 }
 
 impl fmt::Debug for OssStore {
@@ -117,6 +122,7 @@ impl OssStore {
             atomic_create: true,
             timeout: cfg.timeout,
             bucket_seen: BucketSeen::default(),
+            versioned_since: Default::default(),
         };
 
         let versioning = store
@@ -201,8 +207,22 @@ impl OssStore {
             return Ok(());
         }
         match self.versioning().await {
-            Ok(_) => {
+            Ok(versioning) => {
                 self.bucket_seen.seen();
+                if let Versioning::On(status) = versioning
+                    && self.atomic_create
+                {
+                    let mut since = self.versioned_since.lock().expect("versioning mutex");
+                    if since.is_none() {
+                        tracing::error!(
+                            bucket = %self.bucket,
+                            versioning = %status,
+                            "versioning was turned on for the bucket while stategate serves it: OSS ignores \
+                             x-oss-forbid-overwrite on versioned buckets, so locks are refused from now on"
+                        );
+                    }
+                    *since = Some(status);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -448,6 +468,28 @@ impl OssStore {
         )))
     }
 
+    /// Before a create that only `x-oss-forbid-overwrite` makes safe (a
+    /// lock, a lease): the bucket's versioning is read again when it was
+    /// not in the last few seconds ([`OssStore::check_bucket`]), and once it
+    /// has been seen turned on, every such create is refused, since two
+    /// clients could each be told they hold the same lock.
+    async fn check_creates(&self, name: &str) -> Result<(), StoreError> {
+        if !self.atomic_create {
+            return Ok(());
+        }
+        self.check_bucket(&format!("writing {name}")).await?;
+        match &*self.versioned_since.lock().expect("versioning mutex") {
+            None => Ok(()),
+            Some(status) => Err(StoreError::unavailable(format!(
+                "writing {name}: versioning is {status} on bucket `{}` since stategate started, and OSS \
+                 ignores x-oss-forbid-overwrite on versioned buckets, so two clients could both get a \
+                 lock; move the states to a bucket that never had versioning (stategate migrate), or \
+                 restart with allow_unsafe_locks: true",
+                self.bucket
+            ))),
+        }
+    }
+
     async fn put_unbounded(
         &self,
         key: &str,
@@ -456,6 +498,9 @@ impl OssStore {
         condition: Condition,
     ) -> Result<Version, StoreError> {
         let name = self.object_name(key);
+        if condition == Condition::IfAbsent {
+            self.check_creates(&name).await?;
+        }
         if let Condition::IfMatch(expected) = &condition {
             // Not atomic (see the module comment): a change landing between
             // this HEAD and the request below is lost.
