@@ -344,6 +344,40 @@ fn oss_versioning_turned_on_while_serving_refuses_locks() {
     assert_eq!(http("GET", &url, b""), (200, state_doc("t", 1, "v")));
 }
 
+/// A redirect (a bucket's redirect or back-to-origin rules answer 3xx) is
+/// not followed: following it sent the body and the security token to
+/// another host and took that host's 200 for OSS's.
+#[test]
+fn oss_redirects_are_not_followed() {
+    let peer = OssPeer::new();
+    // Another bucket on the same server, whose requests the server logs.
+    let elsewhere = peer.server.new_bucket("");
+    let to = format!("http://{elsewhere}.{ENDPOINT}/taken");
+    let server = Server::start(&peer);
+    let url = server.state_url("moved/terraform.tfstate");
+    let object = format!("{}/moved/terraform.tfstate", peer.prefix);
+    for (method, body) in [
+        ("POST", state_doc("m", 1, "v")),
+        ("LOCK", lock_info("a", "w")),
+    ] {
+        let key = match method {
+            "LOCK" => format!("{object}.tflock"),
+            _ => object.clone(),
+        };
+        peer.server.redirect_next(&peer.bucket, &key, &to);
+        let (status, answer) = http(method, &url, &body);
+        assert_eq!(status, 503, "{method}: {}", text(&answer));
+    }
+    let followed = peer.server.requests(&elsewhere);
+    assert!(
+        followed.is_empty(),
+        "requests reached the host redirected to: {followed:?}"
+    );
+    // Nothing was taken for written.
+    assert_eq!(http("GET", &url, b"").0, 404);
+    assert_eq!(http("LOCK", &url, &lock_info("b", "w")).0, 200);
+}
+
 #[test]
 fn oss_check_reports_the_store_and_never_a_secret() {
     let peer = OssPeer::new();

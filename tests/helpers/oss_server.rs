@@ -137,6 +137,16 @@ impl OssServer {
         assert_eq!(status, 200, "set versioning: {}", text(&body));
     }
 
+    /// Answers the next request for `key` in `bucket` with a redirect to `to`.
+    pub fn redirect_next(&self, bucket: &str, key: &str, to: &str) {
+        let url = format!(
+            "http://{}/-/redirect?bucket={bucket}&key={key}&to={to}",
+            self.addr
+        );
+        let (status, body) = http("POST", &url, b"");
+        assert_eq!(status, 200, "redirect: {}", text(&body));
+    }
+
     /// Stores an object as another client would, without stategate.
     pub fn put(&self, bucket: &str, key: &str, body: &[u8]) {
         let url = format!("http://{}/-/objects?bucket={bucket}&key={key}", self.addr);

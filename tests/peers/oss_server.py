@@ -49,6 +49,10 @@ valid bucket name, so they cannot clash with a bucket):
 * ``PUT /-/buckets?name=NAME&versioning=Enabled|Suspended`` sets an
   existing bucket's versioning, as an operator's PutBucketVersioning would
   while servers keep running (as on OSS, it never returns to unversioned).
+* ``POST /-/redirect?bucket=NAME&key=KEY&to=URL`` answers the next request
+  for that object ``307 Temporary Redirect`` to URL, as a bucket's
+  redirect or back-to-origin rules can, for tests that a client does not
+  follow it.
 * ``DELETE /-/buckets?name=NAME`` deletes a bucket with its objects, as an
   operator would while servers keep running (requests for it then get
   ``NoSuchBucket``; HEAD, as on OSS, a 404 without a body).
@@ -142,6 +146,8 @@ class Store:
         self.buckets = {}
         # Every request to a bucket, in order: GET /-/requests shows them.
         self.requests = []
+        # (bucket, key) -> where the next request for that object is sent.
+        self.redirects = {}
 
     def bucket(self, name):
         bucket = self.buckets.get(name)
@@ -262,6 +268,10 @@ class Handler(BaseHTTPRequestHandler):
                      "query": sorted(self.params), "prefix": self.params.get("prefix")}
                 )
             self.authenticate(bucket_name, key)
+            with self.server.store.lock:
+                location = self.server.store.redirects.pop((bucket_name, key), None)
+            if location is not None:
+                return self.reply(307, b"", {"Location": location})
             with self.server.store.lock:
                 self.route(self.server.store.bucket(bucket_name), key)
         except OssError as err:
@@ -515,6 +525,9 @@ class Handler(BaseHTTPRequestHandler):
                     raise OssError(400, "InvalidArgument", "versioning=Enabled|Suspended",
                                    "0000-00000000")
                 bucket.versioning = params["versioning"]
+                return self.reply(200, b"{}", content_type="application/json")
+            if path == "/-/redirect" and self.command == "POST":
+                store.redirects[(params.get("bucket", ""), params.get("key", ""))] = params["to"]
                 return self.reply(200, b"{}", content_type="application/json")
             if path == "/-/buckets" and self.command == "DELETE":
                 store.bucket(params.get("name", ""))

@@ -96,6 +96,9 @@ impl OssStore {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT.min(cfg.timeout))
             .read_timeout(cfg.timeout)
+            // A 3xx is an answer, not a place to send the body and the
+            // security token to.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| invalid_endpoint(&e))?;
         let mut builder = ClientBuilder::new(
