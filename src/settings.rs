@@ -422,8 +422,10 @@ pub fn resolved_path(path: &Path) -> PathBuf {
 /// Validates a bucket store's `prefix` setting, the same way for every
 /// store: one or more `/`-separated segments without empty, `.` or `..`
 /// parts (which servers or HTTP clients would resolve, reaching outside the
-/// prefix or breaking the request signature). Returns it with one trailing
-/// `/`; an empty or all-`/` value is no prefix at all.
+/// prefix or breaking the request signature), nor spaces at either end of
+/// one (the OSS SDK trims the keys of a listing, so no listed key began
+/// with such a prefix: history and leases were never found). Returns it
+/// with one trailing `/`; an empty or all-`/` value is no prefix at all.
 pub fn normalise_prefix(raw: &str) -> Result<String, ConfigError> {
     let trimmed = raw.trim_matches('/');
     if trimmed.is_empty() {
@@ -434,11 +436,15 @@ pub fn normalise_prefix(raw: &str) -> Result<String, ConfigError> {
             || seg == "."
             || seg == ".."
             || seg.chars().any(|c| c.is_control() || c == '\\')
+            || seg.trim() != seg
     });
     if bad {
         return Err(ConfigError::invalid(
             "prefix",
-            format!("`{raw}` must be `/`-separated names without empty, `.` or `..` parts"),
+            format!(
+                "`{raw}` must be `/`-separated names without empty, `.` or `..` parts, \
+                 or spaces at either end of one"
+            ),
         ));
     }
     Ok(format!("{trimmed}/"))
@@ -635,7 +641,15 @@ mod tests {
     fn prefixes_are_validated_alike_for_every_store() {
         assert_eq!(normalise_prefix("/team/a/").unwrap(), "team/a/");
         assert_eq!(normalise_prefix("").unwrap(), "");
-        for bad in ["team-a/..", "a//b", "./x", "a/\\b"] {
+        for bad in [
+            "team-a/..",
+            "a//b",
+            "./x",
+            "a/\\b",
+            " team",
+            "team/a ",
+            "team/\u{2003}a",
+        ] {
             let err = normalise_prefix(bad).unwrap_err();
             assert!(
                 err.to_string().starts_with("setting `prefix`"),

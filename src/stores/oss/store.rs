@@ -581,8 +581,14 @@ impl OssStore {
                 .map_err(|e| self.error("listing objects", e))?;
             let mut reached_stop = false;
             for summary in page.contents {
+                // A listing under the prefix holds nothing else: a key that
+                // does not begin with it was changed on the way, and
+                // skipping it would hide history and leases.
                 let Some(key) = summary.key.strip_prefix(&self.prefix) else {
-                    continue;
+                    return Err(StoreError::unavailable(format!(
+                        "listing objects: OSS listed {:?}, which is not under the prefix {:?}",
+                        summary.key, self.prefix
+                    )));
                 };
                 if stop_at.is_some_and(|stop| key >= stop) {
                     reached_stop = true;
