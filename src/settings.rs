@@ -321,6 +321,33 @@ impl StoreSettings {
         })
     }
 
+    /// A credential (a key id, a secret, a session token): spaces and line
+    /// ends around it are dropped (a YAML block scalar or a file read into
+    /// a variable ends in one), and anything else that an HTTP header
+    /// cannot carry is refused naming the setting, never showing the value;
+    /// the request would otherwise fail as if the endpoint were wrong.
+    pub fn credential(&self, name: &str) -> Result<Option<String>, ConfigError> {
+        let Some(value) = self.get(name).map(str::trim).filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        if !value.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(ConfigError::invalid(
+                name,
+                "holds a space, a control character or a non-ASCII character, which no \
+                 credential has; give the value alone",
+            ));
+        }
+        Ok(Some(value.to_string()))
+    }
+
+    /// A [`StoreSettings::credential`] that must be present.
+    pub fn require_credential(&self, name: &str) -> Result<String, ConfigError> {
+        self.credential(name)?.ok_or_else(|| ConfigError::Missing {
+            setting: name.to_string(),
+            help: format!("storageType {}", self.storage_type),
+        })
+    }
+
     /// A boolean setting (`true`/`false`, `1`/`0`, `yes`/`no`); absent is false.
     pub fn bool(&self, name: &str) -> Result<bool, ConfigError> {
         match self.get(name) {
@@ -655,6 +682,20 @@ mod tests {
                 err.to_string().starts_with("setting `prefix`"),
                 "{bad}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn credentials_are_trimmed_and_never_shown() {
+        let credential = |value: &str| {
+            StoreSettings::from_pairs("oss", &[("secret_key", value)]).credential("secret_key")
+        };
+        assert_eq!(credential("abc+/=\n").unwrap().as_deref(), Some("abc+/="));
+        assert_eq!(credential("  \n").unwrap(), None);
+        for bad in ["ab c", "ab\u{0}c", "abç"] {
+            let err = credential(bad).unwrap_err().to_string();
+            assert!(err.starts_with("setting `secret_key`"), "{err}");
+            assert!(!err.contains(bad), "{err}");
         }
     }
 

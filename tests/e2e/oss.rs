@@ -231,6 +231,17 @@ fn oss_sts_token_is_checked_at_startup() {
         "{log}"
     );
     assert!(!log.contains("stale-token"), "{log}");
+    // Pasted as a YAML block scalar, or read from a file: the line end
+    // made every request fail, blamed on `endpoint`.
+    let pasted = OssPeer::new().set("security_token", &format!("{STS_TOKEN}\n"));
+    let server = Server::start(&pasted);
+    let url = server.state_url("pasted");
+    assert_eq!(http("POST", &url, &state_doc("p", 1, "v")).0, 200);
+    let log = refused(&OssPeer::new().set("security_token", "two words"), &[]);
+    assert!(
+        log.contains("setting `security_token`") && !log.contains("two words"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -118,9 +118,9 @@ impl OssConfig {
             .or_else(|| settings.get("region").map(str::to_string))
             .unwrap_or_else(|| DEFAULT_REGION.to_string());
 
-        let access_key = settings.require("access_key")?.to_string();
-        let secret_key = settings.require("secret_key")?.to_string();
-        let security_token = settings.get("security_token").map(str::to_string);
+        let access_key = settings.require_credential("access_key")?;
+        let secret_key = settings.require_credential("secret_key")?;
+        let security_token = settings.credential("security_token")?;
 
         let acl = match settings.get("acl") {
             None => None,

@@ -70,14 +70,14 @@ impl S3Config {
         }
         let region = settings.require("region")?.to_string();
 
-        let key_id = settings.get("accessKeyID");
-        let secret = settings.get("accessKeySecret");
-        let token = settings.get("session_token");
+        let key_id = settings.credential("accessKeyID")?;
+        let secret = settings.credential("accessKeySecret")?;
+        let token = settings.credential("session_token")?;
         let credentials = match (key_id, secret) {
             (Some(id), Some(secret)) => Some(Credentials::new(
                 id,
                 secret,
-                token.map(str::to_string),
+                token,
                 None,
                 "stategate settings",
             )),
