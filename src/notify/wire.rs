@@ -59,8 +59,9 @@ fn cloudevent(record: &Record, source: &str) -> Value {
 }
 
 /// One readable line. Every value in it is as Slack shows text ([`inert`]):
-/// a lock holder's `Who`, a key or a reason cannot mention a channel, link
-/// elsewhere or start a line of its own.
+/// a lock holder's `Who`, a key or a reason cannot mention anyone, make a
+/// link of its own text or start a line of its own. (A bare URL in it is
+/// still shown as a link, as in any text.)
 pub fn slack_text(record: &Record) -> String {
     let state = inert(&record.state_name());
     let who = inert(record.actor.identity.as_deref().unwrap_or("someone"));
@@ -118,19 +119,25 @@ pub fn slack_text(record: &Record) -> String {
     format!("stategate: {line}")
 }
 
-/// `text` as Slack shows it, not as markup: `&`, `<` and `>` escaped as
-/// Slack asks (its mentions and links are written inside `<` `>`), and
-/// control characters (a line break) as spaces.
+/// `text` as Slack and the services that take its webhooks show it, not as
+/// markup: `&`, `<` and `>` escaped as Slack asks (its mentions and links
+/// are written inside `<` `>`); an `@` that starts a word, which
+/// Mattermost, Rocket.Chat and Discord read as a mention (`@channel`,
+/// `@here`, `@everyone`), as the full-width `＠`; control characters and
+/// Unicode's line and paragraph separators as spaces.
 fn inert(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
+    let mut in_word = false;
     for c in text.chars() {
         match c {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
-            c if c.is_control() => out.push(' '),
+            '@' if !in_word => out.push('\u{FF20}'),
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => out.push(' '),
             c => out.push(c),
         }
+        in_word = c.is_alphanumeric() || matches!(c, '.' | '_' | '-');
     }
     out
 }
@@ -213,16 +220,16 @@ mod tests {
         let mut r = record();
         r.kind = Kind::LockHeldTooLong;
         r.actor.via = "server".into();
-        let who = "<!channel> rotate keys at <https://evil.example|the portal>\nstategate: & more";
+        let who = "<!channel> @here rotate keys at <https://evil.example|the portal>\nstategate:\u{2028}& more, ci@runner";
         r.details.insert("holder".into(), Value::String(who.into()));
         let b = body(&r, Format::Slack, "x");
         let v: Value = serde_json::from_slice(&b.bytes).unwrap();
         let text = v["text"].as_str().unwrap();
         assert!(
-            text.contains("held by &lt;!channel&gt; rotate keys at &lt;https://evil.example|the portal&gt; stategate: &amp; more for"),
+            text.contains("held by &lt;!channel&gt; \u{FF20}here rotate keys at &lt;https://evil.example|the portal&gt; stategate: &amp; more, ci@runner for"),
             "{text}"
         );
-        assert!(!text.contains(['<', '>', '\n']), "{text}");
+        assert!(!text.contains(['<', '>', '\n', '\u{2028}']), "{text}");
     }
 
     #[test]
