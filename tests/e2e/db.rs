@@ -395,6 +395,33 @@ fn db_mariadb_default_packet_limit_and_40_mib_state() {
     assert!(max <= 4 * 1024 * 1024, "a chunk of {max} bytes");
 }
 
+/// MySQL 5.7's default `max_allowed_packet` of 4 MiB: a chunk of 4 MiB
+/// and its statement exceeded it, and every state over 4 MiB failed as if
+/// the database could not be reached.
+#[test]
+fn db_mariadb_small_packet_limit_takes_large_states() {
+    let server_db = Arc::new(DbServer::start_with(
+        Engine::Mariadb,
+        &["--max-allowed-packet=4194304".into()],
+    ));
+    let peer = DbPeer::on(Arc::clone(&server_db));
+    let packet = peer.sql("SELECT @@max_allowed_packet").unwrap();
+    assert_eq!(packet.trim(), "4194304");
+    let server = Server::start(&peer);
+    let url = server.state_url("big/terraform.tfstate");
+    let body = sized_state("db", 7, 10 * 1024 * 1024);
+    let (status, answer) = http("POST", &url, &body);
+    assert_eq!(status, 200, "{}", text(&answer));
+    let (status, got) = http("GET", &url, b"");
+    assert_eq!(status, 200);
+    assert!(got == body, "10 MiB state came back different");
+    let largest = peer
+        .sql(&format!("SELECT MAX(LENGTH(data)) FROM {PREFIX}chunks"))
+        .unwrap();
+    let max: usize = largest.trim().parse().unwrap();
+    assert!(max <= 2 * 1024 * 1024, "a chunk of {max} bytes");
+}
+
 /// The password (full of URL-special characters) works through `-C` and
 /// through a percent-encoded `dbURL`, and never appears in the log, even
 /// when a login fails.

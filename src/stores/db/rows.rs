@@ -41,7 +41,7 @@ macro_rules! retire {
 /// so a losing writer fails before it sends the body, then the body's
 /// chunk rows.
 macro_rules! put_rows {
-    ($tx:ident, $sql:expr, $key:expr, $body:expr, $condition:expr, $generation:expr, $now:expr, $what:expr) => {
+    ($tx:ident, $sql:expr, $key:expr, $body:expr, $condition:expr, $generation:expr, $now:expr, $what:expr, $most:expr) => {
         async {
             let (sql, key, generation, what) = ($sql, $key, $generation, $what);
             let condition: &Condition = $condition;
@@ -93,7 +93,7 @@ macro_rules! put_rows {
             }
             // An empty body still gets one chunk row, so the reader's join
             // finds the object. A body in a file is read one chunk at a time.
-            let mut chunks = Chunks::new(body);
+            let mut chunks = Chunks::new(body, $most);
             let mut seq = 0i32;
             while let Some(chunk) = chunks
                 .next()
@@ -191,8 +191,12 @@ macro_rules! snapshot_rows {
     };
 }
 
-/// Largest chunk row: well under MariaDB's default 16 MiB packet.
+/// Largest chunk row: well under MariaDB's default 16 MiB packet (and
+/// less where the server's `max_allowed_packet` is smaller, see
+/// [`DbStore::chunk_bytes`]).
 pub(super) const CHUNK_BYTES: usize = 4 * 1024 * 1024;
+/// The smallest chunk row, whatever the packet limit says.
+pub(super) const MIN_CHUNK_BYTES: usize = 64 * 1024;
 
 /// A body's chunk rows, in order: slices of a body in memory, or pieces of
 /// a file read on a blocking thread. At least one, empty for an empty body.
@@ -200,14 +204,17 @@ pub(super) struct Chunks {
     pub(super) body: Payload,
     pub(super) at: u64,
     pub(super) started: bool,
+    /// The largest chunk.
+    pub(super) most: usize,
 }
 
 impl Chunks {
-    pub(super) fn new(body: &Payload) -> Self {
+    pub(super) fn new(body: &Payload, most: usize) -> Self {
         Chunks {
             body: body.clone(),
             at: 0,
             started: false,
+            most,
         }
     }
 
@@ -217,7 +224,7 @@ impl Chunks {
             return Ok(None);
         }
         self.started = true;
-        let size = (len - self.at).min(CHUNK_BYTES as u64) as usize;
+        let size = (len - self.at).min(self.most as u64) as usize;
         let start = self.at;
         self.at += size as u64;
         match &self.body {
@@ -319,7 +326,7 @@ impl DbStore {
         let err = failed(what);
         on_pool!(&self.pool, pool => {
             let mut tx = pool.begin().await.map_err(&err)?;
-            put_rows!(tx, sql, key, body, condition, generation, now, what)?;
+            put_rows!(tx, sql, key, body, condition, generation, now, what, self.chunk_bytes)?;
             tx.commit().await.map_err(&err)?;
         });
         Ok(Version(generation.to_string()))
@@ -398,7 +405,7 @@ impl DbStore {
         let err = failed(what);
         let changed = on_pool!(&self.pool, pool => {
             let mut tx = pool.begin().await.map_err(&err)?;
-            put_rows!(tx, sql, key, body, condition, generation, now, what)?;
+            put_rows!(tx, sql, key, body, condition, generation, now, what, self.chunk_bytes)?;
             let mut changed = Ok(());
             for (at, (change, made_as)) in changes.into_iter().zip(generations).enumerate() {
                 let what = format!("{}: {}", what, change.key());
@@ -406,7 +413,7 @@ impl DbStore {
                 let made = match (change, made_as) {
                     (Change::Write { key, body, args, .. }, Some(g)) => {
                         let body = Payload::from(body);
-                        put_rows!(one, sql, &key, &body, &args.condition, g, now, &what)
+                        put_rows!(one, sql, &key, &body, &args.condition, g, now, &what, self.chunk_bytes)
                     }
                     (Change::Delete { key, args }, _) => {
                         delete_rows!(one, sql, &key, &args.condition, &what)

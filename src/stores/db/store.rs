@@ -30,6 +30,7 @@ use time::OffsetDateTime;
 use super::config::{DbConfig, Engine};
 use super::connect::{Pool, connect, connection_setting, why_no_connection};
 use super::failure::{Failed, POOL_TIMED_OUT, failed, generation_of, like_prefix, unavailable};
+use super::rows::{CHUNK_BYTES, MIN_CHUNK_BYTES};
 use super::sql::{MAX_KEY_BYTES, SCHEMA_VERSION, Sql, migrations};
 use crate::settings::ConfigError;
 use crate::stores::payload::SPOOL_THRESHOLD;
@@ -47,6 +48,30 @@ pub struct DbStore {
     pub(super) config: DbConfig,
     pub(super) pool: Pool,
     pub(super) sql: Sql,
+    /// The largest chunk row ([`chunk_bytes`]).
+    pub(super) chunk_bytes: usize,
+}
+
+/// The largest chunk row this server takes: [`CHUNK_BYTES`], or on MySQL
+/// and MariaDB half their `max_allowed_packet` when that is less (MySQL
+/// 5.7's default is 4 MiB, which a 4 MiB chunk and its statement exceed:
+/// every state over 4 MiB failed as if the connection were lost).
+async fn chunk_bytes(config: &DbConfig, pool: &Pool) -> Result<usize, ConfigError> {
+    let Pool::Mysql(pool) = pool else {
+        return Ok(CHUNK_BYTES);
+    };
+    let packet: u64 = sqlx::query_scalar("SELECT @@max_allowed_packet")
+        .fetch_one(pool)
+        .await
+        .map_err(|e| {
+            ConfigError::invalid(
+                connection_setting(config, &e),
+                unavailable("reading max_allowed_packet", &e).to_string(),
+            )
+        })?;
+    Ok(usize::try_from(packet / 2)
+        .unwrap_or(usize::MAX)
+        .clamp(MIN_CHUNK_BYTES, CHUNK_BYTES))
 }
 
 impl DbStore {
@@ -56,7 +81,13 @@ impl DbStore {
     pub async fn open(config: DbConfig) -> Result<DbStore, ConfigError> {
         let pool = connect(&config).await?;
         let sql = Sql::new(config.engine, &config.table_prefix);
-        let store = DbStore { config, pool, sql };
+        let chunk_bytes = chunk_bytes(&config, &pool).await?;
+        let store = DbStore {
+            config,
+            pool,
+            sql,
+            chunk_bytes,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -69,7 +100,13 @@ impl DbStore {
     pub async fn open_read_only(config: DbConfig) -> Result<Option<DbStore>, ConfigError> {
         let pool = connect(&config).await?;
         let sql = Sql::new(config.engine, &config.table_prefix);
-        let store = DbStore { config, pool, sql };
+        let chunk_bytes = chunk_bytes(&config, &pool).await?;
+        let store = DbStore {
+            config,
+            pool,
+            sql,
+            chunk_bytes,
+        };
         let p = &store.config.table_prefix;
         let read_version = AssertSqlSafe(format!(
             "SELECT version FROM {p}schema_version WHERE id = 1"
