@@ -3,7 +3,8 @@
 //! server shows, each behaviour written once and run on both engines
 //! (`on_both_engines!`): replicas racing for one lock, the database going
 //! away and coming back, a replica killed under load, SIGKILL crash rounds,
-//! the schema guard, large states under MariaDB's default packet limit, and
+//! the schema guard, large states under MariaDB's default packet limit and
+//! under a 4 MiB one, users without the rights stategate needs, and
 //! a password full of URL-special characters that never reaches a log.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -48,6 +49,7 @@ on_both_engines! {
     db_password_with_url_characters => password_handling,
     db_newer_schema_is_refused => newer_schema_refused,
     db_tls_required_but_not_offered => tls_required_but_not_offered,
+    db_missing_rights_name_the_setting => missing_rights,
 }
 
 fn replicas(peer: &dyn Peer, n: usize) -> Vec<Server> {
@@ -456,6 +458,44 @@ fn password_handling(engine: Engine) {
     // A wrong password stops start-up naming the setting, not the secret.
     let wrong = format!("{PASSWORD}x");
     start_refused(&peer, &["-C", &format!("dbPassword={wrong}")], "dbPassword");
+}
+
+/// A user who may not create stategate's tables, or reach the database,
+/// stops start-up naming `dbUser` or `dbName`; every such refusal named
+/// `dbHost`.
+fn missing_rights(engine: Engine) {
+    let peer = DbPeer::new(engine);
+    let user = format!("{}_reader", peer.database);
+    let created = match engine {
+        Engine::Postgres => peer.server.sql(
+            None,
+            &format!("CREATE ROLE {user} LOGIN PASSWORD 'reader-pw'"),
+        ),
+        Engine::Mariadb => peer.server.sql(
+            None,
+            &format!(
+                "CREATE USER '{user}'@'%' IDENTIFIED BY 'reader-pw'; \
+                 GRANT SELECT ON {}.* TO '{user}'@'%'",
+                peer.database
+            ),
+        ),
+    };
+    created.unwrap();
+    if engine == Engine::Postgres {
+        peer.sql("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+            .unwrap();
+    }
+    let as_reader = [
+        "-C",
+        &format!("dbUser={user}"),
+        "-C",
+        "dbPassword=reader-pw",
+    ];
+    start_refused(&peer, &as_reader, "dbUser");
+    if engine == Engine::Mariadb {
+        let elsewhere = [&as_reader[..], &["-C", "dbName=sg_not_granted"]].concat();
+        start_refused(&peer, &elsewhere, "dbName");
+    }
 }
 
 /// The URL of `peer`'s database, with the password percent-encoded and

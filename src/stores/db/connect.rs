@@ -156,6 +156,15 @@ pub(super) fn connection_setting(config: &DbConfig, e: &sqlx::Error) -> &'static
         // Unknown database (PostgreSQL 3D000, MySQL 1049 = 42000).
         "3D000" => "dbName",
         _ if message.contains("unknown database") => "dbName",
+        // No access to the database (MySQL 1044, which it also answers for
+        // a database that does not exist).
+        _ if message.contains("access denied for user") && message.contains("to database") => {
+            "dbName"
+        }
+        // The user may not create or change the tables (PostgreSQL 42501,
+        // MySQL 1142 "command denied").
+        "42501" => "dbUser",
+        _ if message.contains("command denied") => "dbUser",
         _ if is_tls_failure(e) => match &config.connection {
             Connection::Parts {
                 ssl_root_cert: Some(_),
