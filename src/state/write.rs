@@ -167,7 +167,7 @@ impl States {
     ///   yet recorded keeps it (as found) at the next number. The copy of
     ///   this write is created only if absent at the number after the
     ///   pointer's newest, so exactly one of the two keeps that number;
-    ///   if it is not this write, [`States::record_unleased`] takes the
+    ///   if it is not this write, [`States::write_recorded_unleased`] takes the
     ///   lease, which the other holds until its record is made, and adopts
     ///   the version that keeps this write's store version instead of
     ///   adding a second (and a writer recording a found state whose number
@@ -224,28 +224,21 @@ impl States {
         if let Some(refused) = space.and_then(|s| s.refusal(body.len())) {
             return Err(refused.into());
         }
-        let version = match self
-            .store
-            .write(
-                &self.object_key(state),
-                body.clone(),
-                OpWrite::new(Condition::IfMatch(Version(stored))),
-            )
-            .await
-        {
-            Ok(v) => v,
-            Err(StoreError::PreconditionFailed | StoreError::AlreadyExists) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
         let written = Described {
             body,
             head: incoming,
             md5: &md5,
         };
         let writer = || Writer::from_holder(Some(&holder), opts.identity, opts.operation);
-        let record = self
-            .record_unleased(state, &seen, &written, &version, writer)
-            .await;
+        let args = OpWrite::new(Condition::IfMatch(Version(stored)));
+        let (version, record) = match self
+            .write_recorded_unleased(state, &seen, &written, args, writer)
+            .await
+        {
+            Ok(made) => made,
+            Err(StoreError::PreconditionFailed | StoreError::AlreadyExists) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
         Ok(Some(self.written(
             state,
             body.len(),

@@ -34,7 +34,7 @@
 //! record, in order, and retention is exact. A lock holder's write on a
 //! store with compare-and-swap appends without the lease, at the number
 //! after the pointer its compare-and-swap was checked against, and falls
-//! back to the lease when that number is taken (`States::record_unleased`;
+//! back to the lease when that number is taken (`States::write_recorded_unleased`;
 //! `States::write_as_holder` gives the argument).
 
 use std::sync::Arc;

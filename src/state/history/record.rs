@@ -126,39 +126,7 @@ impl States {
                 .await;
             return Ok((version, record));
         };
-        let oldest = ends.as_ref().map_or(1, |p| p.oldest);
-        // Everything but the store version, which the closure fills in.
-        let unversioned = VersionMeta {
-            object_version: None,
-            ..self.new_meta(
-                ends.as_ref(),
-                written,
-                &Version(String::new()),
-                writer.clone(),
-            )
-        };
-        let then: ThenChange = {
-            // Nothing of the store: the store keeps this closure until its
-            // write is done, and a store that held the last reference to
-            // itself would be dropped on its own writer thread.
-            let (keep, dir, meta) = (self.history_keep, dir.clone(), unversioned.clone());
-            let catalog = pointer_catalog(&written.head.catalog);
-            let (from, body) = (object_key.clone(), written.body.clone());
-            Arc::new(move |version: &Version| {
-                let meta = VersionMeta {
-                    object_version: Some(version.0.clone()),
-                    ..meta.clone()
-                };
-                let (rest, _) = after_copy(keep, &dir, oldest, &meta, &catalog);
-                let copy = Change::Snapshot {
-                    from: from.clone(),
-                    from_version: version.clone(),
-                    to: body_key(&dir, meta.version),
-                    body: body.clone(),
-                };
-                [vec![copy], rest].concat()
-            })
-        };
+        let (then, unversioned) = self.recording(state, ends.as_ref(), written, writer.clone());
         let (version, changed) = self
             .store
             .write_then_change(&object_key, written.body.clone(), args, then)
@@ -179,6 +147,47 @@ impl States {
             }
         };
         Ok((version, record))
+    }
+
+    /// The changes that keep `written` as the version after `ends` once the
+    /// state object holds it (the copy, its record, the pruning and the
+    /// pointer), for the store version the write makes; and the record,
+    /// without that version.
+    fn recording(
+        &self,
+        state: &StateRef,
+        ends: Option<&Pointer>,
+        written: &Described<'_>,
+        writer: Writer,
+    ) -> (ThenChange, VersionMeta) {
+        let dir = self.history_dir(state);
+        let oldest = ends.map_or(1, |p| p.oldest);
+        // Everything but the store version, which the closure fills in.
+        let unversioned = VersionMeta {
+            object_version: None,
+            ..self.new_meta(ends, written, &Version(String::new()), writer)
+        };
+        // Nothing of the store: the store keeps this closure until its
+        // write is done, and a store that held the last reference to
+        // itself would be dropped on its own writer thread.
+        let (keep, meta) = (self.history_keep, unversioned.clone());
+        let catalog = pointer_catalog(&written.head.catalog);
+        let (from, body) = (self.object_key(state), written.body.clone());
+        let then: ThenChange = Arc::new(move |version: &Version| {
+            let meta = VersionMeta {
+                object_version: Some(version.0.clone()),
+                ..meta.clone()
+            };
+            let (rest, _) = after_copy(keep, &dir, oldest, &meta, &catalog);
+            let copy = Change::Snapshot {
+                from: from.clone(),
+                from_version: version.clone(),
+                to: body_key(&dir, meta.version),
+                body: body.clone(),
+            };
+            [vec![copy], rest].concat()
+        });
+        (then, unversioned)
     }
 
     /// Keeps `item`, the state object's content at `version`, as the next
@@ -267,17 +276,11 @@ impl States {
         }
     }
 
-    /// Records a write made without the write lease by the holder of the
-    /// state's lock ([`States::write`]'s path for lock holders), as the
-    /// number after `seen`, the pointer the write was checked against.
-    /// Nothing is listed or walked: the copy is created only if absent, so
-    /// when the number is free no other writer has recorded anything since
-    /// `seen`, and this write, which replaced the state `seen` names, is
-    /// the next version. When the number is taken (another writer recorded
-    /// the state this write replaced or this one, or `seen` was behind),
-    /// the record is made under the lease, where [`States::adopt_or_record`]
-    /// finds out which. A failure is logged, as [`States::record_after_write`]
-    /// logs it.
+    /// Records a lock holder's write already made as `version`, as
+    /// [`States::write_recorded_unleased`] records it: the write and its
+    /// record apart, as on a store where they are not one transaction and
+    /// another writer can come between them.
+    #[cfg(test)]
     pub(in crate::state) async fn record_unleased(
         &self,
         state: &StateRef,
@@ -286,18 +289,68 @@ impl States {
         version: &Version,
         writer: impl Fn() -> Writer,
     ) -> Option<VersionMeta> {
+        let (then, unversioned) = self.recording(state, Some(seen), written, writer());
+        let changed = self.store.change_all(then(version)).await;
+        self.recorded_unleased(state, seen, written, version, writer, unversioned, changed)
+            .await
+    }
+
+    /// Writes the state object under `args` (a compare-and-swap against
+    /// the store version `seen` names) for the holder of the state's lock,
+    /// without the write lease ([`States::write`]'s path for lock holders),
+    /// and records it as the number after `seen`, the record's changes
+    /// going with the write as one
+    /// [`Store::write_then_change`](crate::stores::Store::write_then_change):
+    /// in a database one transaction, so a connection lost mid-write never
+    /// leaves the state without its record. Nothing is listed or walked:
+    /// the copy is created only if absent, so when the number is free no
+    /// other writer has recorded anything since `seen`, and this write,
+    /// which replaced the state `seen` names, is the next version. When the
+    /// number is taken (another writer recorded the state this write
+    /// replaced or this one, or `seen` was behind), the record is made
+    /// under the lease, where [`States::adopt_or_record`] finds out which.
+    /// A failure to record is logged, as [`States::record_after_write`]
+    /// logs it.
+    pub(in crate::state) async fn write_recorded_unleased(
+        &self,
+        state: &StateRef,
+        seen: &Pointer,
+        written: &Described<'_>,
+        args: OpWrite,
+        writer: impl Fn() -> Writer,
+    ) -> Result<(Version, Option<VersionMeta>), StoreError> {
+        let (then, unversioned) = self.recording(state, Some(seen), written, writer());
+        let (version, changed) = self
+            .store
+            .write_then_change(&self.object_key(state), written.body.clone(), args, then)
+            .await?;
+        let record = self
+            .recorded_unleased(state, seen, written, &version, writer, unversioned, changed)
+            .await;
+        Ok((version, record))
+    }
+
+    /// Judges the changes that recorded a lock holder's write
+    /// ([`States::record_unleased`]): when the number after `seen` was
+    /// taken, the record is made under the lease.
+    #[allow(clippy::too_many_arguments)]
+    async fn recorded_unleased(
+        &self,
+        state: &StateRef,
+        seen: &Pointer,
+        written: &Described<'_>,
+        version: &Version,
+        writer: impl Fn() -> Writer,
+        unversioned: VersionMeta,
+        changed: Result<(), Stopped>,
+    ) -> Option<VersionMeta> {
         let dir = self.history_dir(state);
+        let meta = VersionMeta {
+            object_version: Some(version.0.clone()),
+            ..unversioned
+        };
         let result = async {
-            let meta = self.new_meta(Some(seen), written, version, writer());
-            let catalog = pointer_catalog(&written.head.catalog);
-            let (rest, _) = self.after_copy(&dir, seen.oldest, &meta, &catalog);
-            let copy = Change::Snapshot {
-                from: self.object_key(state),
-                from_version: version.clone(),
-                to: body_key(&dir, meta.version),
-                body: written.body.clone(),
-            };
-            match self.store.change_all([vec![copy], rest].concat()).await {
+            match changed {
                 Ok(()) => Ok(meta),
                 Err(Stopped {
                     at: 0,
