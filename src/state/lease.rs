@@ -230,7 +230,21 @@ impl ObjectLease {
                     Ok(_) => {}
                     // The token is unique; an object there is not ours.
                     Err(StoreError::AlreadyExists) => continue,
-                    Err(e) => return Err(e.into()),
+                    Err(e) => {
+                        // The create may have been made and only its
+                        // answer lost; the name is this attempt's alone,
+                        // so removing it frees the state now instead of
+                        // when the lease would expire. In the background:
+                        // a store that did not answer is not waited for
+                        // twice.
+                        let store = Arc::clone(store);
+                        tokio::spawn(async move {
+                            let _ = store
+                                .delete(&key, OpDelete::transient(Condition::Always))
+                                .await;
+                        });
+                        return Err(e.into());
+                    }
                 }
                 let lease = ObjectLease {
                     store: Arc::clone(store),

@@ -389,6 +389,42 @@ fn oss_redirects_are_not_followed() {
     assert_eq!(http("LOCK", &url, &lock_info("b", "w")).0, 200);
 }
 
+/// A write lease whose create was made but answered nothing (a lost
+/// answer) is removed before the 503: it stayed, and the state's writes
+/// and UNLOCK waited for it to expire (over two minutes by default).
+#[test]
+fn oss_a_lease_whose_answer_was_lost_is_removed() {
+    let peer = OssPeer::new();
+    let server = Server::start(&peer);
+    let url = server.state_url("lost/terraform.tfstate");
+    assert_eq!(http("POST", &url, &state_doc("l", 1, "v")).0, 200);
+    assert_eq!(http("LOCK", &url, &lock_info("held", "w")).0, 200);
+    let leases = format!("{}/.stategate/lease/", peer.prefix);
+    peer.server.lose_next_answer(&peer.bucket, &leases);
+    let (status, body) = http("POST", &format!("{url}?ID=held"), &state_doc("l", 2, "v"));
+    assert_eq!(status, 503, "{}", text(&body));
+    // Removed in the background, right after the answer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<String> = peer
+            .all_objects()
+            .iter()
+            .filter_map(|o| o["key"].as_str().map(str::to_string))
+            .filter(|k| k.starts_with(&leases))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a lease was left: {left:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        http("POST", &format!("{url}?ID=held"), &state_doc("l", 2, "v")).0,
+        200
+    );
+    assert_eq!(http("UNLOCK", &url, &lock_info("held", "w")).0, 200);
+}
+
 #[test]
 fn oss_check_reports_the_store_and_never_a_secret() {
     let peer = OssPeer::new();

@@ -137,6 +137,16 @@ impl OssServer {
         assert_eq!(status, 200, "set versioning: {}", text(&body));
     }
 
+    /// Makes the next PUT under `prefix` in `bucket`, and answers nothing.
+    pub fn lose_next_answer(&self, bucket: &str, prefix: &str) {
+        let url = format!(
+            "http://{}/-/unanswered?bucket={bucket}&prefix={prefix}",
+            self.addr
+        );
+        let (status, body) = http("POST", &url, b"");
+        assert_eq!(status, 200, "unanswered: {}", text(&body));
+    }
+
     /// Answers the next request for `key` in `bucket` with a redirect to `to`.
     pub fn redirect_next(&self, bucket: &str, key: &str, to: &str) {
         let url = format!(

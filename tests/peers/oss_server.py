@@ -53,6 +53,9 @@ valid bucket name, so they cannot clash with a bucket):
   for that object ``307 Temporary Redirect`` to URL, as a bucket's
   redirect or back-to-origin rules can, for tests that a client does not
   follow it.
+* ``POST /-/unanswered?bucket=NAME&prefix=P`` makes the next PUT of an
+  object whose name starts with P, then closes the connection without an
+  answer, as a lost answer (a reset, a proxy's timeout) looks to a client.
 * ``DELETE /-/buckets?name=NAME`` deletes a bucket with its objects, as an
   operator would while servers keep running (requests for it then get
   ``NoSuchBucket``; HEAD, as on OSS, a 404 without a body).
@@ -148,6 +151,8 @@ class Store:
         self.requests = []
         # (bucket, key) -> where the next request for that object is sent.
         self.redirects = {}
+        # (bucket, key prefix): the next PUT under it is made, unanswered.
+        self.unanswered = []
 
     def bucket(self, name):
         bucket = self.buckets.get(name)
@@ -273,7 +278,15 @@ class Handler(BaseHTTPRequestHandler):
             if location is not None:
                 return self.reply(307, b"", {"Location": location})
             with self.server.store.lock:
-                self.route(self.server.store.bucket(bucket_name), key)
+                store = self.server.store
+                lost = next((u for u in store.unanswered if self.command == "PUT"
+                             and u[0] == bucket_name and key.startswith(u[1])), None)
+                if lost is not None:
+                    store.unanswered.remove(lost)
+                    # Made, then the connection closes before the answer.
+                    self.reply = lambda *args, **kwargs: None
+                    self.close_connection = True
+                self.route(store.bucket(bucket_name), key)
         except OssError as err:
             self.reply_error(err)
         except (ConnectionError, BrokenPipeError):
@@ -525,6 +538,9 @@ class Handler(BaseHTTPRequestHandler):
                     raise OssError(400, "InvalidArgument", "versioning=Enabled|Suspended",
                                    "0000-00000000")
                 bucket.versioning = params["versioning"]
+                return self.reply(200, b"{}", content_type="application/json")
+            if path == "/-/unanswered" and self.command == "POST":
+                store.unanswered.append((params.get("bucket", ""), params.get("prefix", "")))
                 return self.reply(200, b"{}", content_type="application/json")
             if path == "/-/redirect" and self.command == "POST":
                 store.redirects[(params.get("bucket", ""), params.get("key", ""))] = params["to"]
