@@ -331,7 +331,7 @@ impl States {
     }
 
     /// Judges the changes that recorded a lock holder's write
-    /// ([`States::record_unleased`]): when the number after `seen` was
+    /// ([`States::write_recorded_unleased`]): when the number after `seen` was
     /// taken, the record is made under the lease.
     #[allow(clippy::too_many_arguments)]
     async fn recorded_unleased(

@@ -79,17 +79,22 @@ impl DbStore {
     /// naming the setting to look at when the server cannot be reached, the
     /// login is refused or the schema is newer than this binary.
     pub async fn open(config: DbConfig) -> Result<DbStore, ConfigError> {
+        let store = Self::connected(config).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Connects, and reads what the server allows; nothing is changed.
+    async fn connected(config: DbConfig) -> Result<DbStore, ConfigError> {
         let pool = connect(&config).await?;
         let sql = Sql::new(config.engine, &config.table_prefix);
         let chunk_bytes = chunk_bytes(&config, &pool).await?;
-        let store = DbStore {
+        Ok(DbStore {
             config,
             pool,
             sql,
             chunk_bytes,
-        };
-        store.migrate().await?;
-        Ok(store)
+        })
     }
 
     /// Connects for reading only, as a dry run does: no table is created
@@ -98,15 +103,7 @@ impl DbStore {
     /// when their schema is not the one this binary reads, since bringing
     /// it up to date would be a change.
     pub async fn open_read_only(config: DbConfig) -> Result<Option<DbStore>, ConfigError> {
-        let pool = connect(&config).await?;
-        let sql = Sql::new(config.engine, &config.table_prefix);
-        let chunk_bytes = chunk_bytes(&config, &pool).await?;
-        let store = DbStore {
-            config,
-            pool,
-            sql,
-            chunk_bytes,
-        };
+        let store = Self::connected(config).await?;
         let p = &store.config.table_prefix;
         let read_version = AssertSqlSafe(format!(
             "SELECT version FROM {p}schema_version WHERE id = 1"
