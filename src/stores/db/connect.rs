@@ -127,6 +127,35 @@ fn lazy_pool<DB: Database>(
         .connect_lazy_with(options)
 }
 
+/// Largest chunk row: well under MariaDB's default 16 MiB packet (and
+/// less where the server's `max_allowed_packet` is smaller, see
+/// [`chunk_bytes`]).
+pub(super) const CHUNK_BYTES: usize = 4 * 1024 * 1024;
+/// The smallest chunk row, whatever the packet limit says.
+pub(super) const MIN_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The largest chunk row this server takes: [`CHUNK_BYTES`], or on MySQL
+/// and MariaDB half their `max_allowed_packet` when that is less (MySQL
+/// 5.7's default is 4 MiB, which a 4 MiB chunk and its statement exceed:
+/// every state over 4 MiB failed as if the connection were lost).
+pub(super) async fn chunk_bytes(config: &DbConfig, pool: &Pool) -> Result<usize, ConfigError> {
+    let Pool::Mysql(pool) = pool else {
+        return Ok(CHUNK_BYTES);
+    };
+    let packet: u64 = sqlx::query_scalar("SELECT @@max_allowed_packet")
+        .fetch_one(pool)
+        .await
+        .map_err(|e| {
+            ConfigError::invalid(
+                connection_setting(config, &e),
+                unavailable("reading max_allowed_packet", &e).to_string(),
+            )
+        })?;
+    Ok(usize::try_from(packet / 2)
+        .unwrap_or(usize::MAX)
+        .clamp(MIN_CHUNK_BYTES, CHUNK_BYTES))
+}
+
 pub(super) enum Pool {
     Mysql(MySqlPool),
     Postgres(PgPool),

@@ -191,20 +191,13 @@ macro_rules! snapshot_rows {
     };
 }
 
-/// Largest chunk row: well under MariaDB's default 16 MiB packet (and
-/// less where the server's `max_allowed_packet` is smaller, see
-/// [`DbStore::chunk_bytes`]).
-pub(super) const CHUNK_BYTES: usize = 4 * 1024 * 1024;
-/// The smallest chunk row, whatever the packet limit says.
-pub(super) const MIN_CHUNK_BYTES: usize = 64 * 1024;
-
 /// A body's chunk rows, in order: slices of a body in memory, or pieces of
 /// a file read on a blocking thread. At least one, empty for an empty body.
 pub(super) struct Chunks {
     pub(super) body: Payload,
     pub(super) at: u64,
     pub(super) started: bool,
-    /// The largest chunk.
+    /// The largest chunk ([`super::connect::chunk_bytes`]).
     pub(super) most: usize,
 }
 

@@ -28,9 +28,8 @@ use sqlx::{
 use time::OffsetDateTime;
 
 use super::config::{DbConfig, Engine};
-use super::connect::{Pool, connect, connection_setting, why_no_connection};
+use super::connect::{Pool, chunk_bytes, connect, connection_setting, why_no_connection};
 use super::failure::{Failed, POOL_TIMED_OUT, failed, generation_of, like_prefix, unavailable};
-use super::rows::{CHUNK_BYTES, MIN_CHUNK_BYTES};
 use super::sql::{MAX_KEY_BYTES, SCHEMA_VERSION, Sql, migrations};
 use crate::settings::ConfigError;
 use crate::stores::payload::SPOOL_THRESHOLD;
@@ -50,28 +49,6 @@ pub struct DbStore {
     pub(super) sql: Sql,
     /// The largest chunk row ([`chunk_bytes`]).
     pub(super) chunk_bytes: usize,
-}
-
-/// The largest chunk row this server takes: [`CHUNK_BYTES`], or on MySQL
-/// and MariaDB half their `max_allowed_packet` when that is less (MySQL
-/// 5.7's default is 4 MiB, which a 4 MiB chunk and its statement exceed:
-/// every state over 4 MiB failed as if the connection were lost).
-async fn chunk_bytes(config: &DbConfig, pool: &Pool) -> Result<usize, ConfigError> {
-    let Pool::Mysql(pool) = pool else {
-        return Ok(CHUNK_BYTES);
-    };
-    let packet: u64 = sqlx::query_scalar("SELECT @@max_allowed_packet")
-        .fetch_one(pool)
-        .await
-        .map_err(|e| {
-            ConfigError::invalid(
-                connection_setting(config, &e),
-                unavailable("reading max_allowed_packet", &e).to_string(),
-            )
-        })?;
-    Ok(usize::try_from(packet / 2)
-        .unwrap_or(usize::MAX)
-        .clamp(MIN_CHUNK_BYTES, CHUNK_BYTES))
 }
 
 impl DbStore {
