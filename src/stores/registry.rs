@@ -142,16 +142,19 @@ pub async fn open(
     let allow_unsafe = settings.bool("allow_unsafe_locks")?;
     let reserve = reserve(backend, &settings)?;
     if read_only {
-        let store = readable(backend, settings).await?.ok_or_else(|| {
-            OpenError::store(
-                backend.name,
-                StoreError::ConfigInvalid {
-                    setting: "read_only",
-                    reason: "the store does not exist yet, and a read-only server cannot create it"
-                        .into(),
-                },
-            )
-        })?;
+        let store = readable(backend, settings, Locks::Never)
+            .await?
+            .ok_or_else(|| {
+                OpenError::store(
+                    backend.name,
+                    StoreError::ConfigInvalid {
+                        setting: "read_only",
+                        reason:
+                            "the store does not exist yet, and a read-only server cannot create it"
+                                .into(),
+                    },
+                )
+            })?;
         let capabilities = store.capabilities();
         return Ok(Opened {
             report: ProbeReport {
@@ -183,7 +186,7 @@ pub async fn open(
         Err(Failed::Open(failed)) => {
             // Opening for serving writes (a log, a table, a marker); a
             // store that is there and can be read is served degraded.
-            let Ok(Some(store)) = readable(backend, settings.clone()).await else {
+            let Ok(Some(store)) = readable(backend, settings.clone(), Locks::Later).await else {
                 return Err(failed);
             };
             if !can_read(store.as_ref()).await {
@@ -358,15 +361,27 @@ pub async fn open_for_reading(
     backend: &'static Backend,
     settings: StoreSettings,
 ) -> Result<Arc<dyn Store>, OpenError> {
-    let inner = readable(backend, settings).await?;
+    let inner = readable(backend, settings, Locks::Never).await?;
     Ok(Arc::new(read_only::ReadOnly::new(inner, backend.name)))
 }
 
+/// Whether a store opened for reading will be locked on later.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Locks {
+    /// Never: a read-only server, a dry run.
+    Never,
+    /// Once writes work again: a store served degraded.
+    Later,
+}
+
 /// Opens the configured store without creating or changing anything;
-/// `None` when it does not exist yet. Only to be read.
+/// `None` when it does not exist yet. Only to be read; with
+/// [`Locks::Later`], it is refused where locks would be unsafe as for
+/// serving.
 async fn readable(
     backend: &'static Backend,
     settings: StoreSettings,
+    locks: Locks,
 ) -> Result<Option<Arc<dyn Store>>, OpenError> {
     let failed = |setting: &'static str, reason: String| {
         OpenError::store(
@@ -394,6 +409,15 @@ async fn readable(
             db::DbStore::open_read_only(config)
                 .await?
                 .map(|store| Arc::new(store) as Arc<dyn Store>)
+        }
+        // Versioning only makes locks unsafe, and nothing is locked here.
+        #[cfg(feature = "oss")]
+        "oss" if locks == Locks::Never => {
+            let config = oss::OssConfig::from_settings(&settings)?;
+            let store = oss::OssStore::connect_for_reading(config)
+                .await
+                .map_err(|reason| OpenError::store("oss store", reason))?;
+            Some(Arc::new(store) as Arc<dyn Store>)
         }
         // The bucket stores only check the bucket when they connect; their
         // writes are the probe's, which is skipped here.

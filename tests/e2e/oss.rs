@@ -312,6 +312,14 @@ fn oss_versioned_bucket_is_refused_unless_allow_unsafe_locks() {
         let url = server.state_url("versioned");
         assert_eq!(http("POST", &url, &state_doc("l", 1, "v")).0, 200);
         assert_eq!(http("GET", &url, b""), (200, state_doc("l", 1, "v")));
+        drop(server);
+
+        // A read-only server takes no locks, so versioning does not stop it.
+        let peer = peer.set("allow_unsafe_locks", "");
+        let server = Server::start_with(&peer, &["--read-only", "true"]);
+        let url = server.state_url("versioned");
+        assert_eq!(http("GET", &url, b""), (200, state_doc("l", 1, "v")));
+        assert_eq!(http("LOCK", &url, &lock_info("r", "w")).0, 503);
     }
 }
 

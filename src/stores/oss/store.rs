@@ -89,6 +89,17 @@ impl OssStore {
     /// bucket), and refuses a versioned bucket unless `allow_unsafe_locks`
     /// is set. A server that cannot be reached names `endpoint`.
     pub async fn connect(cfg: OssConfig) -> Result<Self, StoreError> {
+        Self::connect_to(cfg, false).await
+    }
+
+    /// [`OssStore::connect`] for a store that is only read (a read-only
+    /// server, a dry run): a versioned bucket is not refused, since
+    /// nothing is locked there.
+    pub async fn connect_for_reading(cfg: OssConfig) -> Result<Self, StoreError> {
+        Self::connect_to(cfg, true).await
+    }
+
+    async fn connect_to(cfg: OssConfig, reading: bool) -> Result<Self, StoreError> {
         let invalid_endpoint = |e: &dyn std::fmt::Display| StoreError::ConfigInvalid {
             setting: "endpoint",
             reason: format!("HTTP client: {e}"),
@@ -133,6 +144,10 @@ impl OssStore {
             .await
             .map_err(|e| e.at_setting("endpoint"))?;
         if let Versioning::On(status) = versioning {
+            if reading {
+                store.atomic_create = false;
+                return Ok(store);
+            }
             if !cfg.allow_unsafe_locks {
                 return Err(StoreError::ConfigInvalid {
                     setting: "bucket",
