@@ -419,11 +419,12 @@ pub async fn migrate_state(
         .await;
     // A lock left by a run that ended on this machine before releasing it
     // is taken over once; a live run's, or another machine's, is not.
-    if let Err(StateError::Locked(holder)) = &taken
-        && left_by_an_ended_run(&LockInfo::of_holder(holder), &ours)
-    {
-        let left = LockInfo::of_holder(holder).id;
-        match from.release(state, Some(&left)).await {
+    let left = match &taken {
+        Err(StateError::Locked(holder)) => Some(LockInfo::of_holder(holder)),
+        _ => None,
+    };
+    if let Some(left) = left.filter(|left| left_by_an_ended_run(left, &ours)) {
+        match from.release(state, Some(&left.id)).await {
             Ok(()) | Err(StateError::NotHolder(_)) => {}
             Err(e) => return Err(e),
         }

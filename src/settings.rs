@@ -315,10 +315,15 @@ impl StoreSettings {
 
     /// A setting that must be present.
     pub fn require(&self, name: &str) -> Result<&str, ConfigError> {
-        self.get(name).ok_or_else(|| ConfigError::Missing {
+        self.get(name).ok_or_else(|| self.missing(name))
+    }
+
+    /// That a setting this store needs is not given.
+    fn missing(&self, name: &str) -> ConfigError {
+        ConfigError::Missing {
             setting: name.to_string(),
             help: format!("storageType {}", self.storage_type),
-        })
+        }
     }
 
     /// A credential (a key id, a secret, a session token): spaces and line
@@ -342,10 +347,7 @@ impl StoreSettings {
 
     /// A [`StoreSettings::credential`] that must be present.
     pub fn require_credential(&self, name: &str) -> Result<String, ConfigError> {
-        self.credential(name)?.ok_or_else(|| ConfigError::Missing {
-            setting: name.to_string(),
-            help: format!("storageType {}", self.storage_type),
-        })
+        self.credential(name)?.ok_or_else(|| self.missing(name))
     }
 
     /// A boolean setting (`true`/`false`, `1`/`0`, `yes`/`no`); absent is false.

@@ -21,10 +21,11 @@
 //! threads at once, an address's first attempt on at most one of them and
 //! its further attempts in the window on at most one, so that addresses
 //! that logged in within the hour, taking either, never queue behind
-//! guesses from however many addresses; and each address has a budget of failed credentials that is spent before
-//! hashing, not after: a wrong password is not a cheap way to burn CPU or
-//! to make others wait. Unknown names are verified against a hash as
-//! costly as the costliest configured one, so they take as long.
+//! guesses from however many addresses; and each address has a budget of
+//! failed credentials that is spent before hashing, not after: a wrong
+//! password is not a cheap way to burn CPU or to make others wait. Unknown
+//! names are verified against a hash as costly as the costliest configured
+//! one, so they take as long.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

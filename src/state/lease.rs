@@ -237,12 +237,7 @@ impl ObjectLease {
                         // when the lease would expire. In the background:
                         // a store that did not answer is not waited for
                         // twice.
-                        let store = Arc::clone(store);
-                        tokio::spawn(async move {
-                            let _ = store
-                                .delete(&key, OpDelete::transient(Condition::Always))
-                                .await;
-                        });
+                        delete_in_background(Arc::clone(store), key);
                         return Err(e.into());
                     }
                 }
@@ -306,15 +301,19 @@ impl Drop for ObjectLease {
         }
         // The request was dropped mid-way: free the state now rather than
         // when the lease expires.
-        let store = Arc::clone(&self.store);
-        let key = std::mem::take(&mut self.key);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = store
-                    .delete(&key, OpDelete::transient(Condition::Always))
-                    .await;
-            });
-        }
+        delete_in_background(Arc::clone(&self.store), std::mem::take(&mut self.key));
+    }
+}
+
+/// Deletes a lease object on the runtime, not waiting for it; a failure
+/// leaves it to expire.
+fn delete_in_background(store: Arc<dyn Store>, key: String) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = store
+                .delete(&key, OpDelete::transient(Condition::Always))
+                .await;
+        });
     }
 }
 
