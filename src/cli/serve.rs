@@ -143,6 +143,7 @@ pub async fn check(settings: &Settings) -> Result<()> {
         // What opening the store (below, for one that exists) would check.
         stategate::app::keyring(settings)?;
         stores::check_settings(settings.backend, &settings.store)?;
+        stores::check_creatable(settings.backend, &settings.store).await?;
         println!(
             "store: {} store not created yet ({what}); `stategate serve` creates it",
             settings.backend.name

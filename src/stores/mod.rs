@@ -41,8 +41,8 @@ pub use net::network_cause;
 pub use payload::{Payload, Spooler};
 pub use probe::{PROBE_PREFIX, ProbeReport, probe};
 pub use registry::{
-    Backend, BoxFuture, COMMON_SETTINGS, OpenResult, Opened, backend, backends, check_settings,
-    missing, open, open_for_reading, open_with, path_setting, store_path,
+    Backend, BoxFuture, COMMON_SETTINGS, OpenResult, Opened, backend, backends, check_creatable,
+    check_settings, missing, open, open_for_reading, open_with, path_setting, store_path,
 };
 pub use store::{
     Capabilities, Change, Condition, DEFAULT_OPERATION_TIMEOUT, Entry, Object, OpDelete, OpList,

@@ -346,6 +346,27 @@ pub async fn missing(
     })
 }
 
+/// For `stategate check` on a store that [`missing`] reports: whether
+/// `serve` could create it, without creating it: for a database, the
+/// user's right to create stategate's tables. Nothing is checked for the
+/// other stores.
+pub async fn check_creatable(
+    backend: &'static Backend,
+    settings: &StoreSettings,
+) -> Result<(), OpenError> {
+    match backend.name {
+        #[cfg(feature = "db")]
+        "db" => {
+            let config = db::DbConfig::from_settings(settings)?;
+            Ok(db::DbStore::check_creatable(config).await?)
+        }
+        _ => {
+            let _ = settings;
+            Ok(())
+        }
+    }
+}
+
 /// Whether a SQLite store's file exists with something in it: an empty
 /// file is what opening would turn into a new store.
 fn sqlite_file_exists(path: &std::path::Path) -> bool {

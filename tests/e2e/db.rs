@@ -53,6 +53,32 @@ on_both_engines! {
     db_lock_holders_killed_under_load_leave_no_state_without_its_record => holders_killed_under_load,
 }
 
+/// A `dbURL` whose server does not answer is blamed on the URL's host and
+/// port, not on `dbHost` and `dbPort`, which were not given.
+#[test]
+fn db_url_without_a_server_names_the_url() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    for scheme in ["postgres", "mysql"] {
+        let url = format!("{scheme}://stategate@127.0.0.1:{port}/states");
+        let out = std::process::Command::new(bin())
+            .args(["check", "--storage-type", "db"])
+            .args(["-C", &format!("dbURL={url}"), "-C", "dbConnectTimeout=1s"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run stategate check");
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{scheme}: check passed");
+        assert!(
+            stderr.contains("setting `dbURL`") && stderr.contains("the host and port in dbURL"),
+            "{scheme}: {stderr}"
+        );
+        assert!(!stderr.contains("dbHost"), "{scheme}: {stderr}");
+    }
+}
+
 fn replicas(peer: &dyn Peer, n: usize) -> Vec<Server> {
     (0..n).map(|_| Server::start(peer)).collect()
 }
@@ -532,8 +558,8 @@ fn password_handling(engine: Engine) {
 }
 
 /// A user who may not create stategate's tables, or reach the database,
-/// stops start-up naming `dbUser` or `dbName`; every such refusal named
-/// `dbHost`.
+/// stops start-up naming `dbUser` or `dbName` (every such refusal named
+/// `dbHost`), and `stategate check` fails the same way (it said "ok").
 fn missing_rights(engine: Engine) {
     let peer = DbPeer::new(engine);
     let user = format!("{}_reader", peer.database);
@@ -563,6 +589,37 @@ fn missing_rights(engine: Engine) {
         "dbPassword=reader-pw",
     ];
     start_refused(&peer, &as_reader, "dbUser");
+    // `check` on the database without tables says the same, and, for a
+    // user with the right, that `serve` will create them, creating none.
+    let check = |extra: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(["check", "--storage-type", peer.storage_type()])
+            .args(settings_args(&peer))
+            .args(extra)
+            .envs(peer.env())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run stategate check");
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let (passed, _, stderr) = check(&as_reader);
+    assert!(
+        !passed,
+        "check passed for a user who may not create the tables"
+    );
+    assert!(
+        stderr.contains("setting `dbUser`"),
+        "names dbUser:\n{stderr}"
+    );
+    let (passed, stdout, stderr) = check(&[]);
+    assert!(passed, "check refused the owner:\n{stderr}");
+    assert!(stdout.contains("not created yet"), "{stdout}");
+    let tables = peer
+        .sql(&format!(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_name LIKE '{PREFIX}%'"
+        ))
+        .unwrap();
+    assert_eq!(tables.trim(), "0", "check created tables");
     if engine == Engine::Mariadb {
         let elsewhere = [&as_reader[..], &["-C", "dbName=sg_not_granted"]].concat();
         start_refused(&peer, &elsewhere, "dbName");

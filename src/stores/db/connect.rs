@@ -92,9 +92,13 @@ pub(super) async fn connect(config: &DbConfig) -> Result<Pool, ConfigError> {
             sqlx::Error::PoolTimedOut => match why_no_connection(&pool, config).await {
                 full if full.starts_with("too many connections") => format!("connecting: {full}"),
                 _ => format!(
-                    "no connection to the {} server within {} s (is it running, and are dbHost and dbPort right?)",
+                    "no connection to the {} server within {} s (is it running, and are {} right?)",
                     config.engine.name(),
-                    config.connect_timeout.as_secs()
+                    config.connect_timeout.as_secs(),
+                    match config.connection {
+                        Connection::Url(_) => "the host and port in dbURL",
+                        Connection::Parts { .. } => "dbHost and dbPort",
+                    }
                 ),
             },
             other => unavailable("connecting", other).to_string(),

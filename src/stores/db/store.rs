@@ -112,6 +112,49 @@ impl DbStore {
         }
     }
 
+    /// Whether the configured user may create stategate's tables, for
+    /// `stategate check` on a database that has none yet: what `open`
+    /// would do first, without changing anything. PostgreSQL creates the
+    /// first table in a transaction and rolls it back. MySQL commits a
+    /// `CREATE TABLE` at once, so it is asked to copy a table that does not
+    /// exist: it checks the right to create before it looks for the
+    /// original, so a user with the right hears "no such table" and
+    /// nothing is made.
+    pub async fn check_creatable(config: DbConfig) -> Result<(), ConfigError> {
+        let store = Self::connected(config).await?;
+        let p = &store.config.table_prefix;
+        let tried: Result<(), sqlx::Error> = match &store.pool {
+            Pool::Postgres(pool) => match pool.begin().await {
+                Ok(mut tx) => {
+                    let made = sqlx::query(AssertSqlSafe(format!(
+                        "CREATE TABLE {p}schema_version (id INT NOT NULL PRIMARY KEY, version BIGINT NOT NULL)"
+                    )))
+                    .execute(&mut *tx)
+                    .await
+                    .map(drop);
+                    let _ = tx.rollback().await;
+                    made
+                }
+                Err(e) => Err(e),
+            },
+            Pool::Mysql(pool) => {
+                let copied = sqlx::query(AssertSqlSafe(format!(
+                    "CREATE TABLE {p}schema_version LIKE {p}schema_version_none"
+                )))
+                .execute(pool)
+                .await;
+                match copied {
+                    Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42S02") => Ok(()),
+                    Ok(_) => Err(sqlx::Error::Protocol(
+                        "a table was copied from one that should not exist".into(),
+                    )),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        tried.map_err(|e| store.schema_error("creating the tables", e))
+    }
+
     /// The setting a connection failure points at.
     pub(super) fn connection_setting(&self, e: &sqlx::Error) -> &'static str {
         connection_setting(&self.config, e)
