@@ -441,7 +441,8 @@ impl Auth {
                 }));
             }
         };
-        self.forgive_attempt(client);
+        // An expired credential is a failure like a wrong one: still
+        // counted, and no reason to trust the address.
         if principal
             .expires
             .is_some_and(|e| e <= OffsetDateTime::now_utc())
@@ -451,6 +452,7 @@ impl Auth {
                 principal.identity.name
             )));
         }
+        self.forgive_attempt(client);
         self.remember(cache_id, &principal.identity, principal.expires);
         Ok(principal.identity.clone())
     }

@@ -942,3 +942,41 @@ fn auth_unknown_users_are_verified_with_the_strongest_configured_parameters() {
         after.saturating_sub(before)
     );
 }
+
+/// A token past its `expires` is refused like a wrong one: its attempts
+/// count against the address's budget (each was forgiven once its hash
+/// matched, so an expired token could be tried without end, and made its
+/// address one that had logged in).
+#[test]
+fn auth_an_expired_token_counts_as_a_failed_attempt() {
+    let (token, token_hash) = new_token("gone");
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("stategate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "auth:\n  tokens:\n    - name: gone\n      token_hash: \"{token_hash}\"\n      expires: 2020-01-01T00:00:00Z\n      rules: [{{keys: \"**\", access: read}}]\n"
+        ),
+    )
+    .unwrap();
+    let peer = LocalPeer::new();
+    let server = Server::start_with(
+        &peer,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--trusted-proxies",
+            "127.0.0.1",
+        ],
+    );
+    let url = server.state_url("team-a/guarded");
+    let bearer = format!("Bearer {token}");
+    for attempt in 1..=FAILURE_BUDGET {
+        let (status, _, body) = call_from("127.0.0.50", &url, &bearer);
+        assert_eq!(status, 401, "attempt {attempt}: {}", text(&body));
+        assert!(text(&body).contains("has expired"), "{}", text(&body));
+    }
+    let (status, retry_after, body) = call_from("127.0.0.50", &url, &bearer);
+    assert_eq!(status, 429, "over the budget: {}", text(&body));
+    assert!(retry_after.is_some());
+}
