@@ -208,6 +208,8 @@ impl States {
         let Some(seen) = self.stored_pointer(&self.history_dir(state)).await? else {
             return Ok(None);
         };
+        // As under the lease: no clear state over a sealed one.
+        super::seal::refuse_sealed_record(&state.to_string(), &seen.newest.md5)?;
         let Some(stored) = seen.newest.object_version.clone() else {
             return Ok(None);
         };

@@ -1,7 +1,8 @@
 //! Encryption at rest beyond what every store proves in the conformance
 //! suite: key rotation with `stategate rekey` (interrupted and resumed),
 //! adopting a store written in clear, `require_sealed`, start-up refusals
-//! and `gen-key`. On the local store, whose files the tests read directly.
+//! and `gen-key`. On the local store, whose files the tests read directly,
+//! but for a lock holder's write, which takes a path of its own on S3.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
@@ -621,4 +622,45 @@ fn encryption_keeps_no_plaintext_digest_in_the_store() {
     assert_history_verifies(&server, key, &docs);
     let next = state_doc("digests", 4, "after rotation");
     assert_eq!(http("POST", &server.state_url(key), &next).0, 200);
+}
+
+/// On a store with compare-and-swap (S3), a lock holder's write (LOCK,
+/// then `POST ?ID=`, as every Terraform run with a lock makes it) takes
+/// a path of its own, without the write lease; served without keys, it
+/// too must never put a clear state over a sealed one (it wrote it, in
+/// clear, as the state and as a version).
+#[test]
+fn encryption_a_lock_holders_write_never_goes_in_clear_over_a_sealed_state() {
+    let peer = crate::s3::S3Peer::on(crate::s3::Moto::shared());
+    let sealing = Sealing::new(&["k1"]);
+    let key = "app/terraform.tfstate";
+    let args = sealing.args();
+    let sealed = Server::start_with(&peer, &[&args[0], &args[1]]);
+    let (status, body) = http("POST", &sealed.state_url(key), &state_doc("app", 1, "v1"));
+    assert_eq!(status, 200, "{}", text(&body));
+    drop(sealed);
+
+    let server = Server::start(&peer);
+    let url = server.state_url(key);
+    assert_eq!(http("LOCK", &url, &lock_info("holder", "me@host")).0, 200);
+    let (status, reason) = http(
+        "POST",
+        &format!("{url}?ID=holder"),
+        &state_doc("app", 2, "in-clear"),
+    );
+    assert_eq!(status, 503, "{}", text(&reason));
+    assert!(
+        text(&reason).contains("no encryption keys"),
+        "{}",
+        text(&reason)
+    );
+    let clear: Vec<String> = peer
+        .object_keys()
+        .into_iter()
+        .filter(|k| {
+            let bytes = peer.object_bytes(k);
+            bytes.windows(8).any(|w| w == b"in-clear")
+        })
+        .collect();
+    assert!(clear.is_empty(), "written in clear: {clear:?}");
 }
