@@ -74,6 +74,10 @@ pub async fn run(
                     }
                 };
                 backoff = MIN_BACKOFF;
+                // An IPv4 client of a listener on `[::]` arrives as
+                // `::ffff:a.b.c.d`: it is the IPv4 address to every rule
+                // (trusted proxies, login budgets) and in every log.
+                let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
                 while connections.try_join_next().is_some() {}
                 if connections.len() >= limits.max_connections {
                     app.metrics.connection_refused();

@@ -135,7 +135,7 @@ impl ClientIpHeader {
             ClientIpHeader::XForwardedFor => values("x-forwarded-for")
                 .iter()
                 .flat_map(|v| v.split(','))
-                .map(|a| a.trim().parse().ok())
+                .map(|a| a.trim().parse::<IpAddr>().ok().map(|a| a.to_canonical()))
                 .collect(),
             ClientIpHeader::Forwarded => values("forwarded")
                 .iter()
@@ -150,7 +150,7 @@ impl ClientIpHeader {
                         Some(rest) => rest.split(']').next().unwrap_or(""),
                         None => node.split(':').next().unwrap_or(""),
                     };
-                    Some(addr.parse().ok())
+                    Some(addr.parse::<IpAddr>().ok().map(|a| a.to_canonical()))
                 })
                 .collect(),
         }
@@ -170,7 +170,8 @@ pub fn client_addr(
     headers: &HeaderMap,
 ) -> IpAddr {
     let is_trusted = |a: &IpAddr| trusted.iter().any(|n| n.contains(a));
-    let mut client = peer;
+    // An IPv4 client of a listener on `[::]` arrives as `::ffff:a.b.c.d`.
+    let mut client = peer.to_canonical();
     if !is_trusted(&client) {
         return client;
     }
@@ -184,4 +185,38 @@ pub fn client_addr(
         }
     }
     client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// IPv4 addresses written as IPv6 (`::ffff:a.b.c.d`, as a listener on
+    /// `[::]` sees IPv4 peers, and as some proxies write them) are the
+    /// IPv4 addresses to `trusted_proxies`.
+    #[test]
+    fn ipv4_mapped_addresses_are_their_ipv4_addresses() {
+        let trusted: Vec<ipnet::IpNet> = vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "192.0.2.7, ::ffff:10.1.2.3".parse().unwrap(),
+        );
+        let peer: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let client = client_addr(&trusted, ClientIpHeader::XForwardedFor, peer, &headers);
+        assert_eq!(client, "192.0.2.7".parse::<IpAddr>().unwrap());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "forwarded",
+            "for=\"[::ffff:192.0.2.8]:1234\"".parse().unwrap(),
+        );
+        let client = client_addr(&trusted, ClientIpHeader::Forwarded, peer, &headers);
+        assert_eq!(client, "192.0.2.8".parse::<IpAddr>().unwrap());
+        // Not trusted: the peer, in its IPv4 form.
+        let client = client_addr(&[], ClientIpHeader::Forwarded, peer, &headers);
+        assert_eq!(client, "127.0.0.1".parse::<IpAddr>().unwrap());
+    }
 }

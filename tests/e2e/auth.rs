@@ -980,3 +980,59 @@ fn auth_an_expired_token_counts_as_a_failed_attempt() {
     assert_eq!(status, 429, "over the budget: {}", text(&body));
     assert!(retry_after.is_some());
 }
+
+/// On a listener for both IPv4 and IPv6 (`[::]`), an IPv4 proxy arrives as
+/// `::ffff:127.0.0.1`: it is still the trusted proxy `127.0.0.1`, so the
+/// clients it names keep budgets of their own (the proxy's was shared by
+/// all of them, and one client's guesses locked every other one out).
+#[test]
+fn auth_an_ipv4_proxy_on_a_dual_stack_listener_is_trusted() {
+    let peer = LocalPeer::new();
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("stategate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "auth:\n  users:\n    - name: alice\n      password_hash: \"{}\"\n      rules: [{{keys: \"**\", access: read}}]\n",
+            hash_password(password("alice"))
+        ),
+    )
+    .unwrap();
+    let mut server = Command::new(bin())
+        .args([
+            "serve",
+            "--listen",
+            "[::]:0",
+            "--trusted-proxies",
+            "127.0.0.1",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .arg("-C")
+        .arg(format!("path={}", peer.root().display()))
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    let mut stderr = std::io::BufReader::new(server.stderr.take().unwrap());
+    let port = loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(n > 0, "the server did not start (is IPv6 on?):\n{seen}");
+        seen.push_str(&line);
+        if let Some(rest) = line.split("listening on http://[::]:").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Over IPv4, as a proxy on the same machine reaches it.
+    let url = format!("http://127.0.0.1:{port}/states/app");
+    for _ in 0..=FAILURE_BUDGET {
+        call_from("127.0.0.2", &url, &basic("alice", "a guess"));
+    }
+    let (status, _, body) = call_from("127.0.0.3", &url, &as_user("alice"));
+    let _ = server.kill();
+    let _ = server.wait();
+    // 404: nothing stored yet.
+    assert_eq!(status, 404, "another client of the proxy: {}", text(&body));
+}
