@@ -2,7 +2,9 @@
 //! (and, when asked, its kept versions) from one configured store to
 //! another, and [`copy_state`] is the step it shares with any other
 //! importer: write what the target lacks, skip what it already has, refuse
-//! to replace a newer or conflicting state, and check what landed.
+//! to replace a newer or conflicting state (or one written to the target
+//! while the copy runs: each version replaces only what the copy found or
+//! wrote before it), and check what landed.
 //!
 //! A rerun resumes: a state whose target already holds the source's bytes
 //! is skipped, and with history only the versions after the newest one the
@@ -271,7 +273,12 @@ pub async fn copy_state(
             "the source's current body is no Terraform state ({why})"
         )));
     }
-    let pending: &[SourceVersion] = match target_state(to, state).await? {
+    let found = target_state(to, state).await?;
+    // Each write replaces only what the one before it left, the first
+    // what was found here: a client's write to the target meanwhile is
+    // never replaced.
+    let mut replacing = found.as_ref().map(|t| t.md5.clone());
+    let pending: &[SourceVersion] = match found {
         None => versions,
         Some(target) if target.md5 == current.md5 => {
             // A copy cut off after the state was written and before its
@@ -316,23 +323,30 @@ pub async fn copy_state(
     }
     for version in pending {
         let body = source.payload(version).await?;
-        to.write(
-            state,
-            body,
-            WriteOptions {
-                lock_id: None,
-                // Kept versions are stored as they were, whatever their
-                // serials (a restore keeps an older serial); the refusals
-                // above already guard the target's newer state.
-                skip_lineage_check: true,
-                ignore_lock: false,
-                identity: None,
-                operation: "migrate",
-                md5: Some(&version.md5),
-                head: Some(&version.head),
-            },
-        )
-        .await?;
+        let written = to
+            .write(
+                state,
+                body,
+                WriteOptions {
+                    lock_id: None,
+                    // Kept versions are stored as they were, whatever their
+                    // serials (a restore keeps an older serial); the refusals
+                    // above already guard the target's newer state.
+                    skip_lineage_check: true,
+                    ignore_lock: false,
+                    identity: None,
+                    operation: "migrate",
+                    md5: Some(&version.md5),
+                    head: Some(&version.head),
+                    replacing: Some(replacing.as_deref()),
+                },
+            )
+            .await;
+        match written {
+            Ok(_) => replacing = Some(version.md5.clone()),
+            Err(StateError::Stale(why)) => return Ok(Copied::TargetNewer(why)),
+            Err(e) => return Err(e),
+        }
     }
     match target_state(to, state).await? {
         Some(landed) if landed.md5 == current.md5 => Ok(Copied::Written {

@@ -92,6 +92,13 @@ pub struct WriteOptions<'a> {
     /// [`StateHead::parse_payload`] (or, with `skip_lineage_check`, knows
     /// it from a history record), so a large state is not parsed twice.
     pub head: Option<&'a StateHead>,
+    /// Write only over this state: `Some(None)` when there is none,
+    /// `Some(Some(md5))` over the state with that MD5; anything else is
+    /// refused as [`StateError::Stale`]. For a copy planned against what
+    /// it found (`stategate migrate`), so a write made meanwhile is never
+    /// replaced. Checked under the write lease, against the state as
+    /// stored.
+    pub replacing: Option<Option<&'a str>>,
 }
 
 /// What a successful write did.
@@ -304,6 +311,19 @@ impl States {
             let previous_serial = current.as_ref().and_then(|c| c.head.serial);
             // Under the lease, history stays where `current` found it.
             let history = current.as_mut().map(|c| c.history.take());
+            if let Some(expected) = opts.replacing {
+                let found = current.as_ref().map(|c| c.md5.as_str());
+                if found != expected && found != Some(md5.as_str()) {
+                    let now = match current.as_ref().map(|c| c.head.serial) {
+                        Some(Some(serial)) => format!("a state of serial {serial}"),
+                        Some(None) => "a state without a serial".into(),
+                        None => "no state".into(),
+                    };
+                    return Err(StateError::Stale(format!(
+                        "{state} was changed since this write was planned: it holds {now}"
+                    )));
+                }
+            }
             let condition = match current {
                 None => Condition::IfAbsent,
                 Some(cur) if cur.md5 == md5 => return Ok(WriteOutcome::Unchanged),

@@ -927,3 +927,69 @@ fn migrate_copies_nothing_the_target_would_refuse() {
         }
     );
 }
+
+/// A client writing to the target while `migrate` copies a state's
+/// versions into it: its write is never replaced by an older version of
+/// the source. The copy stops at it and reports the state `target
+/// newer` (each version was written unconditionally, and the source's
+/// newest one replaced the client's newer state).
+#[test]
+fn migrate_never_replaces_a_write_made_to_the_target_during_the_copy() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (a, b) = (LocalPeer::new(), LocalPeer::new());
+    let key = "app/terraform.tfstate";
+    // Enough versions, and large enough, that the copy takes a while.
+    const SOURCE_VERSIONS: u64 = 100;
+    {
+        let source = Server::start(&a);
+        let url = source.state_url(key);
+        for serial in 1..=SOURCE_VERSIONS {
+            let body = sized_state("L", serial, 256 * 1024);
+            assert_eq!(http("POST", &url, &body).0, 200);
+        }
+    }
+    let a_yaml = config_file(dir.path(), "a.yaml", &a);
+    let b_yaml = config_file(dir.path(), "b.yaml", &b);
+    let target = Server::start(&b);
+    let url = target.state_url(key);
+    let run = Command::new(bin())
+        .args([
+            "migrate",
+            "--from",
+            &a_yaml,
+            "--to",
+            &b_yaml,
+            "--with-history",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run stategate migrate");
+    // As soon as the first versions are there, a client writes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http("HEAD", &url, b"").0 != 200 {
+        assert!(Instant::now() < deadline, "nothing was copied");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let client = state_doc("L", 1000, "the client's");
+    let (status, body) = http("POST", &url, &client);
+    assert_eq!(status, 200, "{}", text(&body));
+    let out = run.wait_with_output().unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        http("GET", &url, b"").1,
+        client,
+        "the client's write was replaced:\n{stdout}{}",
+        text(&out.stderr)
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with(key))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        row.contains("target newer") && row.contains("serial 1000"),
+        "the client wrote after the copy ended, or it was not reported: {row}"
+    );
+    assert!(!out.status.success(), "{stdout}");
+}
