@@ -12,7 +12,7 @@
 //! copied, so no apply changes it mid-copy; a dry run reads only. Each run
 //! locks under an ID of its own ([`run_lock`]): two runs from one source
 //! never release each other's locks, and a rerun takes over the locks a
-//! run on this machine left when its process ended.
+//! run on this machine, in this container, left when its process ended.
 //!
 //! Versions are planned from their history records (MD5, lineage, serial,
 //! size), so deciding what to copy reads no body; each body is then read
@@ -364,15 +364,16 @@ pub async fn copy_state(
 const RUN_LOCK_ID: &str = "stategate-migrate";
 
 /// The LockInfo a migration run holds on each source state while it copies
-/// it: its ID names this run (`stategate-migrate/<pid>/<start>`) and its
-/// `Who` this machine, so that two runs from one source never take each
-/// other's locks, and a rerun takes over only the locks of a run on this
-/// machine whose process has ended ([`migrate_state`]).
+/// it: its ID names this run (`stategate-migrate/<pid>/<start>/<place>/<boot>`)
+/// and its `Who` this machine, so that two runs from one source never take
+/// each other's locks, and a rerun takes over only the locks of a run in
+/// the same place whose process has ended ([`migrate_state`]).
 pub fn run_lock(info: &str) -> String {
     let started = time::OffsetDateTime::now_utc();
+    let (place, boot) = this_place();
     serde_json::json!({
         "ID": format!(
-            "{RUN_LOCK_ID}/{}/{}",
+            "{RUN_LOCK_ID}/{}/{}/{place}/{boot}",
             std::process::id(),
             started.unix_timestamp_nanos()
         ),
@@ -391,22 +392,57 @@ fn machine_name() -> String {
     crate::notify::hostname().unwrap_or_else(|| "localhost".into())
 }
 
-/// Whether `held` is the lock of a migration run on this machine (the
-/// `Who` of `ours`) whose process has ended, or of a run of a version
-/// whose locks named no process (one ID for every run).
+/// Where this process's PIDs mean something, and since when: digests of
+/// the machine's ID with this process's PID namespace (two machines that
+/// share a host name, or two containers of one machine, differ in one of
+/// them), and of the boot's ID (a machine restarted since a lock was
+/// taken has ended every process of before). Digests, since the machine's
+/// ID is not to be shown.
+fn this_place() -> (String, String) {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let pid_namespace = std::fs::read_link("/proc/self/ns/pid")
+        .map(|link| link.display().to_string())
+        .unwrap_or_default();
+    let digest = |text: String| md5_hex(text.as_bytes())[..16].to_string();
+    (
+        digest(format!(
+            "{RUN_LOCK_ID}\n{}\n{pid_namespace}",
+            read("/etc/machine-id").trim()
+        )),
+        digest(format!(
+            "{RUN_LOCK_ID}\n{}",
+            read("/proc/sys/kernel/random/boot_id").trim()
+        )),
+    )
+}
+
+/// Whether `held` is the lock of a migration run in this place (see
+/// [`this_place`]; the `Who` of `ours` too) whose process has ended, or
+/// of a run of a version whose locks named no process (one ID for every
+/// run). The locks of runs of the version that named a process but not
+/// its place are not taken over: they may be another container's.
 fn left_by_an_ended_run(held: &LockInfo, ours: &LockInfo) -> bool {
     if held.operation != "migrate" || held.who != ours.who || held.id == ours.id {
         return false;
     }
-    match held.id.strip_prefix(RUN_LOCK_ID) {
-        Some("") => true,
-        Some(rest) => rest
-            .strip_prefix('/')
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-            .is_some_and(|pid| pid != std::process::id() && !crate::stores::process_alive(pid)),
-        None => false,
+    let Some(rest) = held.id.strip_prefix(RUN_LOCK_ID) else {
+        return false;
+    };
+    if rest.is_empty() {
+        return true;
     }
+    let parts: Vec<&str> = rest.strip_prefix('/').unwrap_or("").split('/').collect();
+    let [pid, _started, place, boot] = parts[..] else {
+        return false;
+    };
+    let (here, this_boot) = this_place();
+    if place != here {
+        return false;
+    }
+    boot != this_boot
+        || pid
+            .parse::<u32>()
+            .is_ok_and(|pid| pid != std::process::id() && !crate::stores::process_alive(pid))
 }
 
 /// Copies the state `state` of `from` into `to`, as `target` there (its
@@ -523,11 +559,13 @@ mod tests {
         assert_eq!(kept_md5s(&to, &state).await, kept_md5s(&from, &state).await);
     }
 
-    /// A migration run takes over a lock left on its source by a run on
-    /// this machine whose process has ended, and leaves alone the lock of a
-    /// run still going (here this process itself) or of another machine.
+    /// A migration run takes over a lock left on its source by a run in
+    /// the same place (machine and PID namespace) whose process has ended,
+    /// or that ran before the machine restarted, and leaves alone the lock
+    /// of a run still going (here this process itself), or of another
+    /// machine or container, even of the same name.
     #[tokio::test]
-    async fn a_run_takes_over_only_the_locks_of_ended_runs_on_this_machine() {
+    async fn a_run_takes_over_only_the_locks_of_ended_runs_in_its_place() {
         let (a, b) = (
             tempfile::TempDir::new().unwrap(),
             tempfile::TempDir::new().unwrap(),
@@ -542,15 +580,39 @@ mod tests {
         let live = std::process::id();
         // Another run in this very process: a run still going.
         let other = LockInfo::parse(run_lock("another run").as_bytes()).unwrap();
+        let (place, boot) = this_place();
         let cases = [
             (other.id, other.who, false),
-            (format!("stategate-migrate/{live}/1"), who.clone(), false),
             (
-                format!("stategate-migrate/{dead}/1"),
+                format!("stategate-migrate/{live}/1/{place}/{boot}"),
+                who.clone(),
+                false,
+            ),
+            (
+                format!("stategate-migrate/{dead}/1/{place}/{boot}"),
                 "stategate-migrate@elsewhere".into(),
                 false,
             ),
-            (format!("stategate-migrate/{dead}/1"), who.clone(), true),
+            (
+                format!("stategate-migrate/{dead}/1/{place}/{boot}"),
+                who.clone(),
+                true,
+            ),
+            // Another PID namespace or machine of the same name: its PIDs
+            // cannot be looked up here.
+            (
+                format!("stategate-migrate/{dead}/1/0123456789abcdef/{boot}"),
+                who.clone(),
+                false,
+            ),
+            // Before this machine restarted: every process of then ended.
+            (
+                format!("stategate-migrate/{live}/1/{place}/0123456789abcdef"),
+                who.clone(),
+                true,
+            ),
+            // A version that did not name the place.
+            (format!("stategate-migrate/{dead}/1"), who.clone(), false),
             ("stategate-migrate".to_string(), who.clone(), true),
         ];
         for (n, (id, holder, taken_over)) in cases.into_iter().enumerate() {
