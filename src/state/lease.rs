@@ -109,6 +109,8 @@ struct ObjectLease {
     /// The store's operation timeout: the longest the final change can take.
     op_timeout: Duration,
     released: bool,
+    /// Whether the final change was sent ([`ObjectLease::check`] passed).
+    change_sent: std::sync::atomic::AtomicBool,
 }
 
 fn now_ms() -> i128 {
@@ -191,6 +193,29 @@ impl Lease {
             Held::Native(lock) => drop(lock),
         }
     }
+
+    /// Ends the lease after its holder's work failed with an unknown
+    /// outcome (the store did not answer, or answered a failure that may
+    /// follow a change): where the final change was sent as a plain
+    /// request after a check ([`Lease::check`]), on a store without
+    /// compare-and-swap, that request may still land, so the lease object
+    /// is left to expire and nobody else changes the state before the
+    /// change could. Released as usual otherwise.
+    pub async fn end_after_failure(self, state: &str) {
+        match self.0 {
+            Held::Object(mut lease) if lease.change_sent.load(Ordering::Relaxed) => {
+                lease.released = true;
+                tracing::warn!(
+                    state,
+                    lease = %lease.key,
+                    expires_in_s = lease.ttl.saturating_sub(lease.taken.elapsed()).as_secs(),
+                    "a change failed and may still land; the state's write lease is left to expire, \
+                     holding off its other changes until then"
+                );
+            }
+            held => Lease(held).release().await,
+        }
+    }
 }
 
 impl ObjectLease {
@@ -248,6 +273,7 @@ impl ObjectLease {
                     ttl,
                     op_timeout,
                     released: false,
+                    change_sent: false.into(),
                 };
                 match others_hold(store.as_ref(), &dir, Some(&lease.key)).await {
                     Ok(false) => return Ok(lease),
@@ -272,6 +298,7 @@ impl ObjectLease {
 
     fn check(&self) -> Result<(), StateError> {
         if self.taken.elapsed() + self.op_timeout <= self.ttl {
+            self.change_sent.store(true, Ordering::Relaxed);
             return Ok(());
         }
         Err(StateError::Store(StoreError::unavailable(format!(
@@ -299,8 +326,12 @@ impl Drop for ObjectLease {
         if self.released {
             return;
         }
-        // The request was dropped mid-way: free the state now rather than
-        // when the lease expires.
+        // The request was dropped mid-way. Once its final change was sent,
+        // that change may still land: the lease is left to expire. Before,
+        // the state is freed now rather than when the lease expires.
+        if self.change_sent.load(Ordering::Relaxed) {
+            return;
+        }
         delete_in_background(Arc::clone(&self.store), std::mem::take(&mut self.key));
     }
 }

@@ -227,8 +227,10 @@ impl States {
     }
 
     /// Runs `op` under the state's write lease (see [`lease`]) where
-    /// `need` calls for one, and releases the lease after it, whatever it
-    /// answered. `op` gets `None` where the store's own conditions suffice.
+    /// `need` calls for one, and releases the lease after it, but for a
+    /// change that failed on a store without compare-and-swap, which may
+    /// still land ([`Lease::end_after_failure`]). `op` gets `None` where
+    /// the store's own conditions suffice.
     pub(super) async fn with_lease<T>(
         &self,
         state: &StateRef,
@@ -242,7 +244,14 @@ impl States {
         };
         let result = op(lease.as_ref()).await;
         if let Some(lease) = lease {
-            lease.release().await;
+            // A store without compare-and-swap gets plain requests, which
+            // may land after their failure was reported.
+            match &result {
+                Err(StateError::Store(StoreError::Unavailable(_))) if !cas => {
+                    lease.end_after_failure(&state.to_string()).await
+                }
+                _ => lease.release().await,
+            }
         }
         result
     }

@@ -552,3 +552,48 @@ fn oss_changing_apply_costs_a_bounded_number_of_requests() {
         ours.len()
     );
 }
+
+/// A change the store makes but answers too late (here an UNLOCK's
+/// DELETE, held 5 s while the request times out after 2) may still land
+/// after its 503: the state's write lease is left to expire, so no other
+/// change to the state is made before it could. When the lease was
+/// released at once, Terraform's retried UNLOCK went on, a second client
+/// locked, the late DELETE removed the second client's lock, and a third
+/// client's LOCK succeeded while the second still held the lock.
+#[test]
+fn oss_a_change_that_may_still_land_keeps_the_lease() {
+    let peer = OssPeer::new().set("timeout", "2s");
+    let server = Server::start(&peer);
+    let url = server.state_url("late/terraform.tfstate");
+    assert_eq!(http("POST", &url, &state_doc("l", 1, "v")).0, 200);
+    assert_eq!(http("LOCK", &url, &lock_info("a", "first")).0, 200);
+    let lock_object = format!("{}/late/terraform.tfstate.tflock", peer.prefix);
+    peer.server
+        .delay_next(&peer.bucket, &lock_object, "DELETE", 5);
+    let started = Instant::now();
+    let (status, body) = http("UNLOCK", &url, &lock_info("a", "first"));
+    assert_eq!(status, 503, "{}", text(&body));
+    // Terraform retries the UNLOCK; meanwhile another client locks.
+    let retry = {
+        let url = url.clone();
+        std::thread::spawn(move || http("UNLOCK", &url, &lock_info("a", "first")).0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http("LOCK", &url, &lock_info("b", "second")).0 != 200 {
+        assert!(Instant::now() < deadline, "the second client never locked");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Once the late DELETE has landed.
+    if let Some(left) = Duration::from_secs(7).checked_sub(started.elapsed()) {
+        std::thread::sleep(left);
+    }
+    let (status, body) = http("LOCK", &url, &lock_info("c", "third"));
+    assert_eq!(
+        status,
+        423,
+        "a third client locked while the second held the lock: {}",
+        text(&body)
+    );
+    let _ = retry.join();
+    assert_eq!(http("UNLOCK", &url, &lock_info("b", "second")).0, 200);
+}

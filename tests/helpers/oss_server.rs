@@ -147,6 +147,18 @@ impl OssServer {
         assert_eq!(status, 200, "unanswered: {}", text(&body));
     }
 
+    /// Holds the next `method` request under `prefix` in `bucket` for
+    /// `seconds`, then makes it: a request that lands after its client
+    /// gave up on it.
+    pub fn delay_next(&self, bucket: &str, prefix: &str, method: &str, seconds: u64) {
+        let url = format!(
+            "http://{}/-/late?bucket={bucket}&prefix={prefix}&method={method}&seconds={seconds}",
+            self.addr
+        );
+        let (status, body) = http("POST", &url, b"");
+        assert_eq!(status, 200, "late: {}", text(&body));
+    }
+
     /// Answers the next request for `key` in `bucket` with a redirect to `to`.
     pub fn redirect_next(&self, bucket: &str, key: &str, to: &str) {
         let url = format!(

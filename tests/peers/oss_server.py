@@ -56,6 +56,11 @@ valid bucket name, so they cannot clash with a bucket):
 * ``POST /-/unanswered?bucket=NAME&prefix=P`` makes the next PUT of an
   object whose name starts with P, then closes the connection without an
   answer, as a lost answer (a reset, a proxy's timeout) looks to a client.
+* ``POST /-/late?bucket=NAME&prefix=P&method=M&seconds=S`` holds the next
+  request with method M (``PUT`` or ``DELETE``) for an object whose name
+  starts with P for S seconds, then makes it and answers, as a request
+  delayed on its way looks to a client that gave up waiting: it lands
+  after its failure was reported.
 * ``DELETE /-/buckets?name=NAME`` deletes a bucket with its objects, as an
   operator would while servers keep running (requests for it then get
   ``NoSuchBucket``; HEAD, as on OSS, a 404 without a body).
@@ -153,6 +158,9 @@ class Store:
         self.redirects = {}
         # (bucket, key prefix): the next PUT under it is made, unanswered.
         self.unanswered = []
+        # (bucket, key prefix, method, seconds): the next such request is
+        # held that long, then made.
+        self.late = []
 
     def bucket(self, name):
         bucket = self.buckets.get(name)
@@ -277,6 +285,13 @@ class Handler(BaseHTTPRequestHandler):
                 location = self.server.store.redirects.pop((bucket_name, key), None)
             if location is not None:
                 return self.reply(307, b"", {"Location": location})
+            with self.server.store.lock:
+                late = next((l for l in self.server.store.late if l[2] == self.command
+                             and l[0] == bucket_name and key.startswith(l[1])), None)
+                if late is not None:
+                    self.server.store.late.remove(late)
+            if late is not None:
+                time.sleep(late[3])
             with self.server.store.lock:
                 store = self.server.store
                 lost = next((u for u in store.unanswered if self.command == "PUT"
@@ -541,6 +556,10 @@ class Handler(BaseHTTPRequestHandler):
                 return self.reply(200, b"{}", content_type="application/json")
             if path == "/-/unanswered" and self.command == "POST":
                 store.unanswered.append((params.get("bucket", ""), params.get("prefix", "")))
+                return self.reply(200, b"{}", content_type="application/json")
+            if path == "/-/late" and self.command == "POST":
+                store.late.append((params.get("bucket", ""), params.get("prefix", ""),
+                                   params.get("method", ""), float(params.get("seconds", "0"))))
                 return self.reply(200, b"{}", content_type="application/json")
             if path == "/-/redirect" and self.command == "POST":
                 store.redirects[(params.get("bucket", ""), params.get("key", ""))] = params["to"]
