@@ -200,8 +200,8 @@ impl Lease {
     /// request after a check ([`Lease::check`]), on a store without
     /// compare-and-swap, that request may still land, so the lease object
     /// is left to expire and nobody else changes the state before the
-    /// change could. Released as usual otherwise.
-    pub async fn end_after_failure(self, state: &str) {
+    /// change could. Released otherwise, in the background.
+    pub fn end_after_failure(self, state: &str) {
         match self.0 {
             Held::Object(mut lease) if lease.change_sent.load(Ordering::Relaxed) => {
                 lease.released = true;
@@ -213,7 +213,19 @@ impl Lease {
                      holding off its other changes until then"
                 );
             }
-            held => Lease(held).release().await,
+            held => Lease(held).release_in_background(),
+        }
+    }
+
+    /// Releases the lease without waiting for the store: after a failure,
+    /// so that a store that did not answer is not waited for again.
+    pub fn release_in_background(self) {
+        match self.0 {
+            Held::Object(mut lease) => {
+                lease.released = true;
+                delete_in_background(Arc::clone(&lease.store), std::mem::take(&mut lease.key));
+            }
+            Held::Native(lock) => drop(lock),
         }
     }
 }

@@ -245,11 +245,13 @@ impl States {
         let result = op(lease.as_ref()).await;
         if let Some(lease) = lease {
             // A store without compare-and-swap gets plain requests, which
-            // may land after their failure was reported.
+            // may land after their failure was reported; and a store that
+            // failed is not waited for again.
             match &result {
                 Err(StateError::Store(StoreError::Unavailable(_))) if !cas => {
-                    lease.end_after_failure(&state.to_string()).await
+                    lease.end_after_failure(&state.to_string())
                 }
+                Err(StateError::Store(StoreError::Unavailable(_))) => lease.release_in_background(),
                 _ => lease.release().await,
             }
         }

@@ -730,3 +730,25 @@ fn s3_changing_apply_costs_at_most_native_plus_three_requests() {
         .collect();
     assert_eq!(ops, ["write", "write", "write"], "one record per apply");
 }
+
+/// A store that stops answering mid-write (here at the state's
+/// conditional PUT) gets its 503 after `timeout`, not after two of them:
+/// the write lease of the failed write is released in the background, not
+/// waited for on the silent server.
+#[test]
+fn s3_a_store_silent_mid_write_answers_503_after_one_timeout() {
+    let moto: &'static Moto = Box::leak(Box::new(Moto::start(false)));
+    let peer = S3Peer::on(moto).with("timeout", "3s");
+    let server = Server::start(&peer);
+    let url = server.state_url("silent/terraform.tfstate");
+    assert_eq!(http("POST", &url, &state_doc("s", 1, "v")).0, 200);
+    moto.hold(1, "if-match", 12);
+    let started = std::time::Instant::now();
+    let (status, body) = http("POST", &url, &state_doc("s", 2, "v"));
+    let took = started.elapsed();
+    assert_eq!(status, 503, "{}", text(&body));
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "answered after {took:?} with a 3 s timeout"
+    );
+}

@@ -183,6 +183,12 @@ impl Moto {
         self.command(&format!("fault {n} {header} {status} {code}"));
     }
 
+    /// Holds the next `n` requests carrying `header` for `seconds`, with
+    /// the whole server silent meanwhile (it serves one request at a time).
+    pub fn hold(&self, n: u32, header: &str, seconds: u64) {
+        self.command(&format!("hold {n} {header} {seconds}"));
+    }
+
     /// Closes the listening socket; objects are kept.
     pub fn stop(&self) {
         self.command("stop");

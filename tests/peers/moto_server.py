@@ -35,6 +35,10 @@ Then reads commands from stdin, one per line:
           error CODE, before moto sees them: 503 SlowDown is S3 under
           load, 400 AccessControlListNotSupported a bucket that takes no
           ACLs
+  hold N HEADER SECONDS  hold the next N requests that carry HEADER for
+          SECONDS before moto sees them; requests are served one at a
+          time, so the whole server is silent meanwhile, as a store that
+          stops answering mid-change
 Other commands are answered with one line, "ok". The server exits when stdin
 closes, so it never outlives the test process that started it.
 
@@ -48,6 +52,7 @@ import json
 import os
 import sys
 import threading
+import time
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 
@@ -74,6 +79,7 @@ def without_conditions(app, headers=("HTTP_IF_NONE_MATCH", "HTTP_IF_MATCH")):
 
 
 FAULT = {"left": 0, "header": None, "status": 503, "code": "SlowDown"}
+HOLD = {"left": 0, "header": None, "seconds": 0.0}
 REASONS = {400: "Bad Request", 403: "Forbidden", 500: "Internal Server Error", 503: "Slow Down"}
 
 
@@ -82,6 +88,9 @@ def faulting(app):
     code while it counts any left."""
 
     def handle(environ, start_response):
+        if HOLD["left"] > 0 and HOLD["header"] in environ:
+            HOLD["left"] -= 1
+            time.sleep(HOLD["seconds"])
         if FAULT["left"] > 0 and FAULT["header"] in environ:
             FAULT["left"] -= 1
             environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
@@ -296,6 +305,11 @@ def main():
             FAULT["status"] = int(status)
             FAULT["code"] = code
             FAULT["left"] = int(count)
+        elif command.startswith("hold "):
+            _, count, header, seconds = command.split()
+            HOLD["header"] = "HTTP_" + header.upper().replace("-", "_")
+            HOLD["seconds"] = float(seconds)
+            HOLD["left"] = int(count)
         elif command.startswith("fill "):
             fill(*command.split(" ", 2)[1:])
         elif command == "requests" or command.startswith("requests "):
