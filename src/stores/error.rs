@@ -79,6 +79,17 @@ impl StoreError {
         StoreError::NotWritable("the file system is read-only".into())
     }
 
+    /// A failure of the store's own files while `doing`: a full device or
+    /// a read-only file system is the store refusing writes, anything
+    /// else a failure.
+    pub fn of_io(doing: &str, e: &std::io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => Self::no_space(),
+            Some(libc::EROFS) => Self::read_only_file_system(),
+            _ => Self::unavailable(format!("{doing}: {e}")),
+        }
+    }
+
     /// Whether this failure means the store as a whole takes no writes now
     /// (rather than one write failing): what puts a server into serving
     /// reads only until writes work again.

@@ -561,7 +561,7 @@ impl Store for Guarded {
 
     async fn native_lease(&self, key: &str, wait: Duration) -> Result<KeyLock, StoreError> {
         let store = self.admit().await?;
-        store.native_lease(key, wait).await
+        self.observe(store.native_lease(key, wait).await)
     }
 
     async fn change_all(&self, changes: Vec<Change>) -> Result<(), Stopped> {

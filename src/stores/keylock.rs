@@ -104,7 +104,7 @@ impl KeyLocks {
         loop {
             let taken = self
                 .try_lock(key)
-                .map_err(|e| StoreError::unavailable(format!("taking the lease of {key}: {e}")))?;
+                .map_err(|e| StoreError::of_io(&format!("taking the lease of {key}"), &e))?;
             if let Some(lock) = taken {
                 return Ok(lock);
             }

@@ -442,6 +442,31 @@ fn read_only_remount_serves_reads_and_recovers(kind: &'static str) {
     );
 }
 
+/// A read-only remount while a local store is served: the first change
+/// refused for it puts the server into serving reads only (`/readyz` 503,
+/// the writable gauge 0), as a full device does; taking a state's lease or
+/// lock named the read-only file system but counted as a passing failure,
+/// and `/readyz` went on answering 200.
+#[test]
+fn read_only_remount_while_serving_is_noticed() {
+    let peer = OnDevice::new("local", 16, &[]);
+    let server = Server::start(&peer);
+    let body = state_doc("ro", 1, "kept");
+    let url = server.state_url("ro/a");
+    assert_eq!(http("POST", &url, &body).0, 200);
+    peer.device.remount("ro");
+    let (status, answer) = http("POST", &url, &state_doc("ro", 2, "refused"));
+    assert_eq!(status, 503, "{}", text(&answer));
+    eventually("readyz answering 503", || readyz(&server).0 == 503);
+    assert_eq!(
+        metric(&server, "stategate_store_writable").as_deref(),
+        Some("0")
+    );
+    assert_eq!(http("GET", &url, b"").1, body);
+    peer.device.remount("rw");
+    eventually("writes resuming", || readyz(&server).0 == 200);
+}
+
 /// A SQLite close cut short after it copied the log into the file and
 /// removed the log's index, but before it removed the log, then a
 /// read-only remount: stategate still starts and serves every state (the

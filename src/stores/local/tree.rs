@@ -172,11 +172,10 @@ impl Tree {
 
     /// Locks `key` for a check and a change (see the notes of [`super`]).
     fn lock_guard(&self, key: &str) -> Result<(File, KeyLock), StoreError> {
-        let fd = open_beneath(&self.internal, layout::GUARD, OFlags::RDONLY).map_err(|e| {
-            StoreError::unavailable(format!("opening the guard: {}", io::Error::from(e)))
-        })?;
+        let fd = open_beneath(&self.internal, layout::GUARD, OFlags::RDONLY)
+            .map_err(|e| StoreError::of_io("opening the guard", &io::Error::from(e)))?;
         let guard = File::from(fd);
-        let locking = |e: io::Error| StoreError::unavailable(format!("locking {key}: {e}"));
+        let locking = |e: io::Error| StoreError::of_io(&format!("locking {key}"), &e);
         guard.lock_shared().map_err(locking)?;
         let lock = self.keys.lock(key).map_err(locking)?;
         Ok((guard, lock))
