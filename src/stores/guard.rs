@@ -47,6 +47,12 @@ const RECHECK: Duration = Duration::from_secs(2);
 /// device where that is less (a small test device).
 const DEFAULT_RESERVE: u64 = 64 * 1024 * 1024;
 
+/// Files kept free for locks where the file system has a fixed number of
+/// them: a hundredth of them, within these bounds. New state versions are
+/// refused below it, as below the reserve of bytes.
+const INODES_KEPT_MIN: u64 = 16;
+const INODES_KEPT_MAX: u64 = 1000;
+
 /// The reserve setting of the stores on this machine's disk.
 pub const MIN_FREE_BYTES: Setting = Setting {
     name: "min_free_bytes",
@@ -182,11 +188,17 @@ impl Reserve {
         let reserve = self
             .min_free
             .unwrap_or_else(|| DEFAULT_RESERVE.min(size / 100));
+        // File systems without a fixed number of files (btrfs) say 0.
+        let inodes = (stat.f_files > 0).then(|| {
+            let kept = (stat.f_files / 100).clamp(INODES_KEPT_MIN, INODES_KEPT_MAX);
+            (stat.f_favail, kept)
+        });
         Some(Space {
             size,
             free: stat.f_bavail.saturating_mul(unit),
             reserve,
             place: self.dir.display().to_string(),
+            inodes,
         })
     }
 }

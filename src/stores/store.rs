@@ -309,24 +309,44 @@ pub struct Space {
     pub reserve: u64,
     /// The directory whose device this is.
     pub place: String,
+    /// Files that can still be made on the device, and how many of them
+    /// are kept for locks (each a file on local disk) the way `reserve`
+    /// keeps bytes; `None` where the file system sets no such limit.
+    pub inodes: Option<(u64, u64)>,
 }
 
 impl Space {
     /// Why a new state version of `size` bytes is refused now: when it
-    /// would leave less than the reserve free. `None` while there is room,
-    /// and always with no reserve (`min_free_bytes: 0`).
+    /// would leave less than the reserve free, of bytes or of files.
+    /// `None` while there is room, and always with no reserve
+    /// (`min_free_bytes: 0`).
     pub fn refusal(&self, size: u64) -> Option<StoreError> {
-        let short = self.reserve > 0 && self.free < self.reserve.saturating_add(size);
-        short.then(|| {
-            StoreError::NotWritable(format!(
+        if self.reserve == 0 {
+            return None;
+        }
+        if self.free < self.reserve.saturating_add(size) {
+            return Some(StoreError::NotWritable(format!(
                 "{} bytes free on the device holding {}, and a new version of {size} bytes would \
                  leave less than the reserve of {} bytes (min_free_bytes): new state versions are \
                  refused until space is freed; locks, unlocks, deletes and purges still work",
                 self.free, self.place, self.reserve
+            )));
+        }
+        let (free, kept) = self.inodes?;
+        (free < kept.saturating_add(FILES_PER_VERSION)).then(|| {
+            StoreError::NotWritable(format!(
+                "{free} files can still be made on the device holding {}, and {kept} are kept \
+                 for locks: new state versions are refused until files are removed; locks, \
+                 unlocks, deletes and purges still work",
+                self.place
             ))
         })
     }
 }
+
+/// The most files a new state version makes on local disk: the state,
+/// its history folder and its record.
+const FILES_PER_VERSION: u64 = 3;
 
 /// The changes [`Store::write_then_change`] makes after its write, built
 /// from the version written. It may be called more than once (a store

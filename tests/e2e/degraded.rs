@@ -467,6 +467,31 @@ fn read_only_remount_while_serving_is_noticed() {
     eventually("writes resuming", || readyz(&server).0 == 200);
 }
 
+/// A device that runs out of files (inodes) before bytes: new state
+/// versions are refused while files are kept for locks, so LOCK, UNLOCK
+/// and DELETE still work. Before, new states took every file, and every
+/// change then failed, the lock of a running apply included.
+#[test]
+fn out_of_files_refuses_new_versions_and_keeps_locks() {
+    let peer = OnDevice::new("local", 64, &[]);
+    peer.device.remount("nr_inodes=400");
+    let server = Server::start(&peer);
+    let url = server.state_url("files/0");
+    assert_eq!(http("POST", &url, &state_doc("f", 1, "x")).0, 200);
+    let refused = (1..400).find_map(|n| {
+        let key = format!("files/{n}");
+        let (status, body) = http("POST", &server.state_url(&key), &state_doc("f", 1, "x"));
+        (status != 200).then(|| (status, text(&body)))
+    });
+    let (status, reason) = refused.expect("400 files were never used up");
+    assert_eq!(status, 503, "{reason}");
+    assert!(reason.contains("files can still be made"), "{reason}");
+    assert_eq!(http("LOCK", &url, &lock_info("l", "ci")).0, 200);
+    assert_eq!(http("UNLOCK", &url, &lock_info("l", "ci")).0, 200);
+    assert_eq!(http("DELETE", &url, b"").0, 200);
+    assert_eq!(http("GET", &server.state_url("files/1"), b"").0, 200);
+}
+
 /// A SQLite close cut short after it copied the log into the file and
 /// removed the log's index, but before it removed the log, then a
 /// read-only remount: stategate still starts and serves every state (the
