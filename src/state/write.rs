@@ -304,10 +304,14 @@ impl States {
         } else {
             self.check_holder(state, opts.lock_id).await?
         };
+        let writer = Writer::from_holder(holder.as_ref(), opts.identity, opts.operation);
         for _ in 0..CAS_RETRIES {
             // Stores without compare-and-swap emulate `IfMatch` as closely as
             // they can (see `Capabilities`); the condition is always sent.
-            let mut current = self.current(state).await?;
+            let (mut current, ours) = match self.current_as(state, Some((&md5, &writer))).await? {
+                Some((current, ours)) => (Some(current), ours),
+                None => (None, false),
+            };
             let previous_serial = current.as_ref().and_then(|c| c.head.serial);
             // Under the lease, history stays where `current` found it.
             let history = current.as_mut().map(|c| c.history.take());
@@ -326,6 +330,21 @@ impl States {
             }
             let condition = match current {
                 None => Condition::IfAbsent,
+                // This write, made before its answer was lost, and just
+                // recorded as this writer's: answered as written, so it is
+                // audited and told like any other.
+                Some(cur) if cur.md5 == md5 && ours => {
+                    let record = history.flatten().map(|pointer| pointer.newest);
+                    return Ok(self.written(
+                        state,
+                        body.len(),
+                        &incoming,
+                        opts.operation,
+                        record,
+                        None,
+                        cur.version,
+                    ));
+                }
                 Some(cur) if cur.md5 == md5 => return Ok(WriteOutcome::Unchanged),
                 Some(cur) => {
                     super::seal::refuse_sealed_record(&state.to_string(), &cur.md5)?;
@@ -347,7 +366,6 @@ impl States {
             if let Some(refused) = space.and_then(|s| s.refusal(body.len())) {
                 return Err(refused.into());
             }
-            let writer = Writer::from_holder(holder.as_ref(), opts.identity, opts.operation);
             let written = Described {
                 body: &body,
                 head: &incoming,
@@ -355,7 +373,7 @@ impl States {
             };
             let args = OpWrite::new(condition);
             let (version, record) = match self
-                .write_recorded(state, &written, args, writer, history)
+                .write_recorded(state, &written, args, writer.clone(), history)
                 .await
             {
                 Ok(made) => made,

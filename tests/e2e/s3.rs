@@ -752,3 +752,35 @@ fn s3_a_store_silent_mid_write_answers_503_after_one_timeout() {
         "answered after {took:?} with a 3 s timeout"
     );
 }
+
+/// A lock holder's write whose answer is lost after S3 made it (the SDK
+/// sends it again and gets 412, the state being its own now) is recorded
+/// as this holder's write and audited as one; it was recorded as a state
+/// `found`, with no writer or lock ID, and answered as unchanged, so no
+/// audit line or notification told of it.
+#[test]
+fn s3_a_write_whose_answer_was_lost_is_recorded_as_its_writers() {
+    let moto: &'static Moto = Box::leak(Box::new(Moto::start(false)));
+    let peer = S3Peer::on(moto);
+    let server = Server::start(&peer);
+    let url = server.state_url("lost/terraform.tfstate");
+    assert_eq!(http("POST", &url, &state_doc("l", 1, "v")).0, 200);
+    assert_eq!(http("LOCK", &url, &lock_info("holder", "me@host")).0, 200);
+    moto.lose(1, "if-match");
+    let (status, body) = http("POST", &format!("{url}?ID=holder"), &state_doc("l", 2, "v"));
+    assert_eq!(status, 200, "{}", text(&body));
+    let (_, history) = http("GET", &format!("{url}?history"), b"");
+    let history: serde_json::Value = serde_json::from_slice(&history).unwrap();
+    let versions = history["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "one version per write: {history}");
+    let newest = &versions[1];
+    assert_eq!(newest["serial"], 2, "{history}");
+    assert_eq!(newest["lock_id"], "holder", "{history}");
+    assert_eq!(newest["operation"], "write", "{history}");
+    let audited = server
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"audit\":\"write\"") && l.contains("\"serial\":2"))
+        .count();
+    assert_eq!(audited, 1, "{}", server.log());
+}

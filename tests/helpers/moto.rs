@@ -183,6 +183,12 @@ impl Moto {
         self.command(&format!("fault {n} {header} {status} {code}"));
     }
 
+    /// Makes the next `n` requests carrying `header`, then answers each
+    /// with a 500 instead of its answer: a change whose answer was lost.
+    pub fn lose(&self, n: u32, header: &str) {
+        self.command(&format!("lose {n} {header}"));
+    }
+
     /// Holds the next `n` requests carrying `header` for `seconds`, with
     /// the whole server silent meanwhile (it serves one request at a time).
     pub fn hold(&self, n: u32, header: &str, seconds: u64) {

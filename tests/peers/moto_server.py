@@ -35,6 +35,9 @@ Then reads commands from stdin, one per line:
           error CODE, before moto sees them: 503 SlowDown is S3 under
           load, 400 AccessControlListNotSupported a bucket that takes no
           ACLs
+  lose N HEADER  pass the next N requests that carry HEADER to moto, then
+          answer 500 InternalError instead of moto's answer: a change made
+          whose answer was lost, which the SDKs send again
   hold N HEADER SECONDS  hold the next N requests that carry HEADER for
           SECONDS before moto sees them; requests are served one at a
           time, so the whole server is silent meanwhile, as a store that
@@ -80,6 +83,7 @@ def without_conditions(app, headers=("HTTP_IF_NONE_MATCH", "HTTP_IF_MATCH")):
 
 FAULT = {"left": 0, "header": None, "status": 503, "code": "SlowDown"}
 HOLD = {"left": 0, "header": None, "seconds": 0.0}
+LOSE = {"left": 0, "header": None}
 REASONS = {400: "Bad Request", 403: "Forbidden", 500: "Internal Server Error", 503: "Slow Down"}
 
 
@@ -91,6 +95,19 @@ def faulting(app):
         if HOLD["left"] > 0 and HOLD["header"] in environ:
             HOLD["left"] -= 1
             time.sleep(HOLD["seconds"])
+        if LOSE["left"] > 0 and LOSE["header"] in environ:
+            LOSE["left"] -= 1
+            for _ in app(environ, lambda *args, **kwargs: None):
+                pass
+            body = (
+                '<?xml version="1.0" encoding="UTF-8"?>\n'
+                "<Error><Code>InternalError</Code><Message>Injected by the test.</Message></Error>"
+            ).encode()
+            start_response(
+                "500 Internal Server Error",
+                [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
         if FAULT["left"] > 0 and FAULT["header"] in environ:
             FAULT["left"] -= 1
             environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
@@ -305,6 +322,10 @@ def main():
             FAULT["status"] = int(status)
             FAULT["code"] = code
             FAULT["left"] = int(count)
+        elif command.startswith("lose "):
+            _, count, header = command.split()
+            LOSE["header"] = "HTTP_" + header.upper().replace("-", "_")
+            LOSE["left"] = int(count)
         elif command.startswith("hold "):
             _, count, header, seconds = command.split()
             HOLD["header"] = "HTTP_" + header.upper().replace("-", "_")

@@ -141,6 +141,23 @@ impl States {
         &self,
         state: &StateRef,
     ) -> Result<Option<Current>, StateError> {
+        Ok(self
+            .current_as(state, None)
+            .await?
+            .map(|(current, _)| current))
+    }
+
+    /// [`States::current`] for a write of the body with MD5 `mine.0` by
+    /// `mine.1`: a stored state that no record describes and that holds
+    /// exactly these bytes is this write's own, made before its answer
+    /// was lost (the client, or the store's client, then tries again), and
+    /// is recorded as written by it rather than as found. The flag says
+    /// whether it was.
+    pub(in crate::state) async fn current_as(
+        &self,
+        state: &StateRef,
+        mine: Option<(&str, &Writer)>,
+    ) -> Result<Option<(Current, bool)>, StateError> {
         let object_key = self.object_key(state);
         let Some(version) = self.store.stat(&object_key).await? else {
             return Ok(None);
@@ -150,12 +167,13 @@ impl States {
         if let Some(newest) = ends.as_ref().map(|p| &p.newest)
             && newest.object_version.as_deref() == Some(version.0.as_str())
         {
-            return Ok(Some(Current {
+            let current = Current {
                 version,
                 head: newest.head(),
                 md5: newest.md5.clone(),
                 history: ends,
-            }));
+            };
+            return Ok(Some((current, false)));
         }
         // Written by another tool (or before history was kept): read as the
         // store hands it out, a large body a piece at a time.
@@ -165,25 +183,34 @@ impl States {
         };
         let head = StateHead::parse_found(&body).await;
         let md5 = body.md5_hex().await?;
+        let mut ours = false;
         let history = if ends.as_ref().is_none_or(|p| p.newest.md5 != md5) {
             let found = Described {
                 body: &body,
                 head: &head,
                 md5: &md5,
             };
+            let writer = match mine {
+                Some((mine, writer)) if mine == md5 => {
+                    ours = true;
+                    writer.clone()
+                }
+                _ => Writer::unknown(),
+            };
             let pointer = self
-                .record(state, &dir, ends, &found, &version, Writer::unknown())
+                .record(state, &dir, ends, &found, &version, writer)
                 .await?;
             Some(pointer)
         } else {
             ends
         };
-        Ok(Some(Current {
+        let current = Current {
             version,
             head,
             md5,
             history,
-        }))
+        };
+        Ok(Some((current, ours)))
     }
 
     /// Records the stored state in history when its newest record does not
