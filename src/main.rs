@@ -74,6 +74,7 @@ fn init_plain_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .with_ansi(false)
         .fmt_fields(stategate::logging::text_fields())
         .finish()
@@ -89,9 +90,13 @@ fn init_logging(settings: &Settings, serving: bool) {
     use tracing_subscriber::util::SubscriberInitExt;
     let default = if serving { "info" } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // A log that cannot be written (stderr closed: a log collector that
+    // went away) is dropped; reporting it would write to stderr again,
+    // and Rust's report panics, so every request failed.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match settings.log_format {
         LogFormat::Json => builder.json().finish().with(no_sdk_traces()).init(),
         LogFormat::Text => builder

@@ -492,3 +492,47 @@ fn a_force_unlock_is_one_event_from_the_state_urls_the_dashboard_and_the_cli() {
         Some(2.0)
     );
 }
+
+/// A server whose log can no longer be written (stderr closed: a log
+/// collector that went away) goes on serving: every request failed,
+/// closed without an answer, as reporting the failed log write panicked.
+#[test]
+fn a_server_whose_log_is_closed_goes_on_serving() {
+    use std::io::BufRead;
+    let peer = crate::support::stores::LocalPeer::new();
+    /// Killed when dropped, also when the test fails.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Killed(
+        std::process::Command::new(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "-C"])
+            .arg(format!("path={}", peer.root().display()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut log = std::io::BufReader::new(child.0.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(log.read_line(&mut line).unwrap() > 0, "did not start");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    drop(log);
+    let url = format!("{addr}/states/closed-log");
+    let answers = [
+        http("GET", &format!("{addr}/healthz"), b"").0,
+        http("POST", &url, &state_doc("c", 1, "v")).0,
+        http("GET", &url, b"").0,
+    ];
+    drop(child);
+    assert_eq!(answers, [200, 200, 200]);
+}
