@@ -594,23 +594,11 @@ fn auth_configuration_mistakes_stop_start_up() {
         "{}",
         text(&out.stderr)
     );
-    let mut open = Command::new(bin())
-        .args(["serve", "--listen", "0.0.0.0:0", "--auth", "none", "-C"])
-        .arg(format!("path={}", peer.root().display()))
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut seen = String::new();
-    let mut stderr = std::io::BufReader::new(open.stderr.take().unwrap());
-    while !seen.contains("listening on") {
-        let mut line = String::new();
-        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-        assert!(n > 0, "auth: none did not start:\n{seen}");
-        seen.push_str(&line);
-    }
-    let _ = open.kill();
-    let _ = open.wait();
+    let mut open = Command::new(bin());
+    open.args(["serve", "--listen", "0.0.0.0:0", "--auth", "none", "-C"])
+        .arg(format!("path={}", peer.root().display()));
+    let (open, seen) = spawn_until_listening(open);
+    drop(open);
     assert!(seen.contains("anyone who reaches this port"), "{seen}");
 }
 
@@ -998,7 +986,8 @@ fn auth_an_ipv4_proxy_on_a_dual_stack_listener_is_trusted() {
         ),
     )
     .unwrap();
-    let mut server = Command::new(bin())
+    let mut server = Command::new(bin());
+    server
         .args([
             "serve",
             "--listen",
@@ -1009,30 +998,55 @@ fn auth_an_ipv4_proxy_on_a_dual_stack_listener_is_trusted() {
         .arg("--config")
         .arg(&config)
         .arg("-C")
-        .arg(format!("path={}", peer.root().display()))
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut seen = String::new();
-    let mut stderr = std::io::BufReader::new(server.stderr.take().unwrap());
-    let port = loop {
-        let mut line = String::new();
-        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-        assert!(n > 0, "the server did not start (is IPv6 on?):\n{seen}");
-        seen.push_str(&line);
-        if let Some(rest) = line.split("listening on http://[::]:").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+        .arg(format!("path={}", peer.root().display()));
+    let (server, seen) = spawn_until_listening(server);
+    let port = seen
+        .split("listening on http://[::]:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("not listening on [::] (is IPv6 on?):\n{seen}"))
+        .to_string();
     // Over IPv4, as a proxy on the same machine reaches it.
     let url = format!("http://127.0.0.1:{port}/states/app");
     for _ in 0..=FAILURE_BUDGET {
         call_from("127.0.0.2", &url, &basic("alice", "a guess"));
     }
     let (status, _, body) = call_from("127.0.0.3", &url, &as_user("alice"));
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     // 404: nothing stored yet.
     assert_eq!(status, 404, "another client of the proxy: {}", text(&body));
+}
+
+/// A server started by a test itself, killed when dropped (also when the
+/// test fails).
+struct Spawned(std::process::Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` (a `serve`) and reads its log until it says where it
+/// listens: the process, and the log so far. The rest of the log is read
+/// and dropped, so the server never waits on a full pipe, nor writes to
+/// a closed one.
+fn spawn_until_listening(mut cmd: Command) -> (Spawned, String) {
+    let mut child = Spawned(
+        cmd.stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut seen = String::new();
+    let mut stderr = std::io::BufReader::new(child.0.stderr.take().unwrap());
+    while !seen.contains("listening on") {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(n > 0, "the server did not start:\n{seen}");
+        seen.push_str(&line);
+    }
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (child, seen)
 }
