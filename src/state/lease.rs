@@ -339,8 +339,9 @@ impl Drop for ObjectLease {
             return;
         }
         // The request was dropped mid-way. Once its final change was sent,
-        // that change may still land: the lease is left to expire. Before,
-        // the state is freed now rather than when the lease expires.
+        // that change may still land, and the lease is left to expire;
+        // until then, the state is freed now rather than when the lease
+        // would expire.
         if self.change_sent.load(Ordering::Relaxed) {
             return;
         }
