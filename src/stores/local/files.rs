@@ -195,9 +195,8 @@ pub(super) fn translate(key: &str, doing: &str, e: Errno) -> StoreError {
         NOT_A_FILE => StoreError::KeyConflict(format!(
             "`{key}` is a pipe, socket or device in the store's directory, which stategate did not make and never opens"
         )),
-        Errno::NOSPC | Errno::DQUOT => StoreError::no_space(),
-        Errno::ROFS => StoreError::read_only_file_system(),
-        other => StoreError::unavailable(format!("{doing} {key}: {}", io::Error::from(other))),
+        // A full device or a read-only file system refuses writes.
+        other => StoreError::of_io(&format!("{doing} {key}"), &io::Error::from(other)),
     }
 }
 
