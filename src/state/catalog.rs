@@ -307,6 +307,21 @@ impl Catalog {
     pub fn is_empty(&self) -> bool {
         self.entries.rows.is_empty()
     }
+
+    /// Whether it was taken down from a version-3 state before their
+    /// modules were read, so holds none of the `resources` blocks the
+    /// state's summary counts: it is taken down again.
+    pub fn predates_v3_modules(&self, resources: usize) -> bool {
+        let before_0_12 = |version: &str| {
+            let minor = version.trim_start_matches('v').strip_prefix("0.");
+            minor
+                .and_then(|rest| rest.split('.').next()?.parse::<u32>().ok())
+                .is_some_and(|minor| minor < 12)
+        };
+        resources > 0
+            && self.is_empty()
+            && self.terraform_version.as_deref().is_some_and(before_0_12)
+    }
 }
 
 /// Appends a block's address to `out`.
@@ -527,6 +542,186 @@ impl<'de, T: Shape> Deserialize<'de> for Lenient<T> {
         }
         d.deserialize_any(Any(std::marker::PhantomData))
     }
+}
+
+/// A version-3 state's `modules` (Terraform before 0.12) as [`Blocks`]:
+/// each module's `resources` is an object of instances by name (see
+/// [`V3Name`]), those of one name but their index one block. Any other
+/// shape holds none, and is no reason to refuse a body.
+#[derive(Default)]
+pub(super) struct V3Blocks(pub(super) Blocks);
+
+impl<'de> Deserialize<'de> for V3Blocks {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(V3Blocks(
+            Lenient::<V3Modules>::deserialize(d)?
+                .0
+                .unwrap_or_default()
+                .0,
+        ))
+    }
+}
+
+#[derive(Default)]
+struct V3Modules(Blocks);
+
+impl Shape for V3Modules {
+    fn from_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<Option<Self>, A::Error> {
+        let mut out = Blocks::default();
+        while let Some(module) = seq.next_element::<Lenient<V3Module>>()? {
+            let Some(module) = module.0 else { continue };
+            let address = v3_module(&module.path);
+            let mut blocks = std::collections::HashMap::new();
+            for (name, provider) in module.resources {
+                let v3 = V3Name::of(&name);
+                if let Some(&row) = blocks.get(v3.block) {
+                    let row: &mut Row = &mut out.entries.rows[row];
+                    row.instances = row.instances.saturating_add(1);
+                    continue;
+                }
+                blocks.insert(v3.block.to_string(), out.entries.rows.len());
+                let entry = Entry {
+                    type_name: out.names.id(v3.type_name),
+                    module: out.names.id(&address),
+                    provider: out
+                        .names
+                        .id(&provider.as_deref().map(provider_source).unwrap_or_default()),
+                    name: v3.name.to_string(),
+                    data: v3.data,
+                    instances: 1,
+                };
+                out.names.bytes += entry.name.len();
+                out.entries.push(entry);
+                out.count += 1;
+            }
+        }
+        Ok(Some(V3Modules(out)))
+    }
+}
+
+/// One version-3 module: its path, and its resources by name with their
+/// `provider` field.
+#[derive(Default)]
+struct V3Module {
+    path: Vec<String>,
+    resources: Vec<(String, Option<String>)>,
+}
+
+impl Shape for V3Module {
+    fn from_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut module = V3Module::default();
+        while let Some(key) = map.next_key::<Lenient<String>>()? {
+            match key.0.as_deref() {
+                Some("path") => {
+                    module.path = map.next_value::<Lenient<Names>>()?.0.unwrap_or_default().0
+                }
+                Some("resources") => {
+                    let resources = map.next_value::<Lenient<V3Resources>>()?.0;
+                    module.resources = resources.unwrap_or_default().0;
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(module))
+    }
+}
+
+/// The strings of an array (its other elements skipped).
+#[derive(Default)]
+struct Names(Vec<String>);
+
+impl Shape for Names {
+    fn from_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<Option<Self>, A::Error> {
+        let mut out = Vec::new();
+        while let Some(name) = seq.next_element::<Lenient<String>>()? {
+            out.extend(name.0);
+        }
+        Ok(Some(Names(out)))
+    }
+}
+
+/// A version-3 module's `resources`: each name with its `provider`.
+#[derive(Default)]
+struct V3Resources(Vec<(String, Option<String>)>);
+
+impl Shape for V3Resources {
+    fn from_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut out = Vec::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let provider = map.next_value::<Lenient<V3Provider>>()?.0.and_then(|p| p.0);
+            out.push((name, provider));
+        }
+        Ok(Some(V3Resources(out)))
+    }
+}
+
+/// A version-3 resource's `provider` field (`provider.aws`).
+struct V3Provider(Option<String>);
+
+impl Shape for V3Provider {
+    fn from_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
+        let mut provider = None;
+        while let Some(key) = map.next_key::<Lenient<String>>()? {
+            match key.0.as_deref() {
+                Some("provider") => provider = map.next_value::<Lenient<String>>()?.0,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(V3Provider(provider)))
+    }
+}
+
+/// A version-3 resource's name within its module
+/// (`[data.]<type>.<name>[.<index>]`: `aws_instance.web.1`,
+/// `data.aws_ami.ubuntu`), in the parts of an address.
+pub(super) struct V3Name<'a> {
+    /// The block's address within its module: the name without its index.
+    pub(super) block: &'a str,
+    pub(super) data: bool,
+    pub(super) type_name: &'a str,
+    pub(super) name: &'a str,
+    /// The `count` index, for a resource with more than one instance.
+    pub(super) index: Option<u64>,
+}
+
+impl<'a> V3Name<'a> {
+    pub(super) fn of(text: &'a str) -> Self {
+        let plain = |block: &'a str| block.strip_prefix("data.").unwrap_or(block);
+        let (block, index) = match text.rsplit_once('.') {
+            Some((block, index)) if plain(block).contains('.') => match index.parse() {
+                Ok(index) => (block, Some(index)),
+                Err(_) => (text, None),
+            },
+            _ => (text, None),
+        };
+        let (type_name, name) = plain(block).split_once('.').unwrap_or((plain(block), ""));
+        V3Name {
+            block,
+            data: block.starts_with("data."),
+            type_name,
+            name,
+            index,
+        }
+    }
+}
+
+/// A version-3 module's `path` (`["root", "net", "subnets"]`) as the
+/// module part of its resources' addresses (`module.net.module.subnets`);
+/// the root module's is empty.
+pub(super) fn v3_module(path: &[String]) -> String {
+    let names = match path.split_first() {
+        Some((root, names)) if root == "root" => names,
+        _ => path,
+    };
+    names
+        .iter()
+        .map(|name| format!("module.{name}"))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// A top-level `terraform_version`: its text when it is a string.

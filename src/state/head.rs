@@ -10,7 +10,7 @@ use md5::{Digest, Md5};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::catalog::{self, Blocks, Catalog};
+use super::catalog::{self, Blocks, Catalog, V3Blocks};
 use super::{Held, StateError};
 use crate::settings::without_quoted_text;
 use crate::stores::payload::CHUNK_BYTES;
@@ -50,116 +50,34 @@ struct Plain {
     #[serde(default, deserialize_with = "catalog::lenient_text")]
     terraform_version: Option<String>,
     #[serde(default)]
-    modules: V3Resources,
-}
-
-/// How many resources the `modules` of a version-3 state (Terraform before
-/// 0.12) hold: each module's `resources` is an object by address. Any
-/// other shape counts none, and is no reason to refuse a body.
-#[derive(Default)]
-struct V3Resources(usize);
-
-impl<'de> Deserialize<'de> for V3Resources {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(Count(Level::Modules)).map(V3Resources)
-    }
-}
-
-/// What [`Count`] counts at its level of `modules`.
-#[derive(Clone, Copy)]
-enum Level {
-    /// The array of modules: the sum of theirs.
-    Modules,
-    /// One module: its `resources`.
-    Module,
-    /// A module's `resources`: its members.
-    Resources,
-}
-
-struct Count(Level);
-
-impl<'de> serde::de::DeserializeSeed<'de> for Count {
-    type Value = usize;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Count {
-    type Value = usize;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
-        let mut n = 0usize;
-        match self.0 {
-            Level::Modules => {
-                while let Some(m) = seq.next_element_seed(Count(Level::Module))? {
-                    n = n.saturating_add(m);
-                }
-            }
-            _ => while seq.next_element::<IgnoredAny>()?.is_some() {},
-        }
-        Ok(n)
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
-        let mut n = 0usize;
-        while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match self.0 {
-                Level::Module if name == "resources" => {
-                    n = map.next_value_seed(Count(Level::Resources))?;
-                }
-                Level::Resources => {
-                    map.next_value::<IgnoredAny>()?;
-                    n += 1;
-                }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(n)
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<usize, E> {
-        Ok(0)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<usize, E> {
-        Ok(0)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<usize, E> {
-        Ok(0)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<usize, E> {
-        Ok(0)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<usize, E> {
-        Ok(0)
-    }
-    fn visit_unit<E>(self) -> Result<usize, E> {
-        Ok(0)
-    }
+    modules: V3Blocks,
 }
 
 impl StateHead {
-    /// A head of what a body holds; `v3_resources` are those of a
-    /// version-3 state's modules ([`V3Resources`]).
+    /// A head of what a body holds: the blocks of its `resources`, or of
+    /// a version-3 state's `modules` ([`V3Blocks`]) when it has none.
     fn of(
         lineage: Option<String>,
         serial: Option<u64>,
         resources: Option<Blocks>,
         terraform_version: Option<String>,
-        v3_resources: usize,
+        v3: V3Blocks,
     ) -> Self {
-        let resources = resources.unwrap_or_default();
+        let (blocks, count) = match resources {
+            Some(blocks) => {
+                let count = blocks.count.saturating_add(v3.0.count);
+                (blocks, count)
+            }
+            None => {
+                let count = v3.0.count;
+                (v3.0, count)
+            }
+        };
         StateHead {
             lineage,
             serial,
-            resources: resources.count.saturating_add(v3_resources),
-            catalog: Catalog::build(terraform_version, resources),
+            resources: count,
+            catalog: Catalog::build(terraform_version, blocks),
         }
     }
 
@@ -188,7 +106,7 @@ impl StateHead {
                 p.serial,
                 p.resources,
                 p.terraform_version,
-                p.modules.0,
+                p.modules,
             )),
             Err(e) if e.is_data() => {
                 any().map_err(judged)?;
@@ -210,8 +128,8 @@ struct Incoming {
     /// Read for the catalog only: not one of the [`READ_MEMBERS`] whose
     /// other spellings are refused, since no rule judges it.
     terraform_version: Option<String>,
-    /// A version-3 state's: only how many resources they hold.
-    modules: V3Resources,
+    /// A version-3 state's resource blocks.
+    modules: V3Blocks,
     encryption_version: bool,
     encrypted_data: bool,
     meta: bool,
@@ -496,7 +414,7 @@ impl Incoming {
             serial,
             self.resources,
             self.terraform_version,
-            self.modules.0,
+            self.modules,
         ))
     }
 }
@@ -768,6 +686,48 @@ mod tests {
         let other = StateHead::parse_incoming(br#"{"version":4,"serial":1,"lineage":"BBB"}"#);
         let e = crate::state::write::check_stale(&StateHead::parse(v3).unwrap(), &other.unwrap());
         assert!(e.unwrap_err().to_string().contains("lineage mismatch"));
+    }
+
+    /// A version-3 state's blocks are what a search finds: the instances
+    /// of one name (`<name>.<index>`) one block, by module, mode and
+    /// legacy provider.
+    #[test]
+    fn a_version_3_states_blocks_are_catalogued() {
+        let body = br#"{"version":3,"terraform_version":"0.11.14","serial":5,"lineage":"A",
+            "modules":[
+            {"resources":{"aws_instance.web.0":{"provider":"provider.aws"},
+                "aws_instance.web.1":{"provider":"provider.aws"},
+                "data.aws_ami.ubuntu":{"provider":"provider.aws.west"}},"path":["root"]},
+            {"path":["root","net","sub"],"resources":{"aws_subnet.private":{}}},
+            "odd", {"path":"odd","resources":{"t.x":5}}]}"#;
+        for head in [
+            StateHead::parse(body).unwrap(),
+            StateHead::parse_incoming(body).unwrap(),
+            StateHead::parse_incoming_reader(&in_file(body)).unwrap(),
+        ] {
+            assert_eq!(head.resources, 4);
+            let catalog = head.catalog.unwrap();
+            assert_eq!(catalog.terraform_version.as_deref(), Some("0.11.14"));
+            let blocks: Vec<_> = catalog
+                .blocks()
+                .map(|b| (b.address(), b.mode(), b.provider, b.instances))
+                .collect();
+            let aws = "registry.terraform.io/-/aws".to_string();
+            assert_eq!(
+                blocks,
+                [
+                    ("aws_instance.web".into(), "managed", aws.clone(), 2),
+                    ("data.aws_ami.ubuntu".into(), "data", aws, 1),
+                    (
+                        "module.net.module.sub.aws_subnet.private".into(),
+                        "managed",
+                        String::new(),
+                        1
+                    ),
+                    ("t.x".into(), "managed", String::new(), 1),
+                ]
+            );
+        }
     }
 
     /// A refusal names what is wrong with a body and holds nothing of it,

@@ -14,13 +14,14 @@
 //! view hold many times its size.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::io::Read;
 
 use serde_json::Value;
 
+use super::catalog::{V3Name, v3_module};
 use super::scan::{KNOWN_KEY_BYTES, Key, ScanError, Scanner};
 
 /// The longest block field (`module`, `type`, ...), index key or output
@@ -115,10 +116,17 @@ pub(super) struct Inventory {
     output_names: usize,
     /// Bytes the type names held take, with their place in the map.
     type_names: usize,
+    /// Bytes the block table of the version-3 module being read takes
+    /// ([`Inventory::walk_module`]); dropped with it.
+    module_blocks: usize,
 }
 
 /// What one type name takes in [`Inventory::types`] beside its bytes.
 const TYPE_ENTRY_BYTES: usize = 64;
+
+/// What one block takes in a version-3 module's block table beside its
+/// name's bytes.
+const BLOCK_ENTRY_BYTES: usize = 64;
 
 impl Inventory {
     /// Reads `body` once. A body that is not a Terraform state (an
@@ -213,6 +221,7 @@ impl Inventory {
             + self.outputs.len() * size_of::<Output>()
             + self.output_names
             + self.type_names
+            + self.module_blocks
     }
 
     fn within(&self, budget: usize) -> Result<(), Walk> {
@@ -297,6 +306,15 @@ fn index_suffix(text: Option<Vec<u8>>) -> Result<String, Walk> {
     })
 }
 
+/// A version-3 module's `path` as the module part of its resources'
+/// addresses ([`v3_module`]).
+fn module_address(text: Option<Vec<u8>>) -> Result<String, Walk> {
+    let text = text.ok_or(Walk::Scan(ScanError::Shape("a module path is too long")))?;
+    let path: Vec<String> = serde_json::from_slice(&text)
+        .map_err(|_| Walk::Scan(ScanError::Shape("a module path is not a list of names")))?;
+    Ok(v3_module(&path))
+}
+
 /// A block's fields that make its address.
 #[derive(Default)]
 struct BlockFields {
@@ -331,13 +349,18 @@ impl BlockFields {
 impl Inventory {
     fn walk<R: Read>(&mut self, scan: &mut Scanner<R>, how: Walking<'_>) -> Result<(), Walk> {
         scan.begin_object()?;
-        let (mut first, mut resources, mut outputs) = (true, false, false);
+        let (mut first, mut resources, mut outputs, mut modules) = (true, false, false, false);
         while let Some(key) = scan.next_key(&mut first, KNOWN_KEY_BYTES)? {
             if key.is("resources") {
                 if std::mem::replace(&mut resources, true) {
                     return Err(ScanError::Shape("`resources` is repeated").into());
                 }
                 scan.each_element(|scan| self.walk_block(scan, how))?;
+            } else if key.is("modules") {
+                if std::mem::replace(&mut modules, true) {
+                    return Err(ScanError::Shape("`modules` is repeated").into());
+                }
+                scan.each_element(|scan| self.walk_module(scan, how))?;
             } else if key.is("outputs") {
                 if std::mem::replace(&mut outputs, true) {
                     return Err(ScanError::Shape("`outputs` is repeated").into());
@@ -385,15 +408,20 @@ impl Inventory {
         if fields.is_data() {
             type_name.insert_str(0, "data.");
         }
+        self.count(type_name, 1, instances);
+        self.within(how.budget)
+    }
+
+    /// Counts `blocks` resource blocks and `instances` instances of a type
+    /// (`data.<type>` for data sources).
+    fn count(&mut self, type_name: String, blocks: usize, instances: usize) {
         if !self.types.contains_key(&type_name) {
             self.type_names += type_name.len() + TYPE_ENTRY_BYTES;
         }
         let counts = self.types.entry(type_name).or_default();
-        counts.0 += 1;
+        counts.0 += blocks;
         counts.1 += instances;
-        self.resources += 1;
-        self.within(how.budget)?;
-        Ok(())
+        self.resources += blocks;
     }
 
     /// Reads a block's instances; returns how many there are.
@@ -430,6 +458,116 @@ impl Inventory {
             self.within(how.budget)
         })?;
         Ok(count)
+    }
+
+    /// One module of a version-3 state (Terraform before 0.12), whose
+    /// resources and outputs live in its modules: its `path` starts its
+    /// resources' addresses, its `resources` is an object of instances by
+    /// name (`[data.]<type>.<name>[.<index>]`, see [`V3Name`]), and
+    /// only the root module's `outputs` are the state's outputs.
+    fn walk_module<R: Read>(
+        &mut self,
+        scan: &mut Scanner<R>,
+        how: Walking<'_>,
+    ) -> Result<(), Walk> {
+        let blocks_from = self.blocks.len();
+        let (outputs_from, output_names) = (self.outputs.len(), self.output_names);
+        let mut path: Option<String> = None;
+        // Resources read before the path get its address once it is read.
+        let mut before_path = false;
+        let mut blocks = HashMap::new();
+        scan.begin_object()?;
+        let mut first = true;
+        while let Some(key) = scan.next_key(&mut first, KNOWN_KEY_BYTES)? {
+            if key.is("path") {
+                path = Some(module_address(scan.copy_value(FIELD_BYTES)?)?);
+            } else if key.is("outputs") {
+                self.walk_outputs(scan, how)?;
+            } else if key.is("resources") {
+                before_path |= path.is_none();
+                let module = path.clone().unwrap_or_default();
+                self.walk_v3_resources(scan, how, &module, &mut blocks)?;
+            } else {
+                scan.skip_value()?;
+            }
+        }
+        self.module_blocks = 0;
+        let path = path.unwrap_or_default();
+        if before_path && !path.is_empty() && matches!(how.detail, Detail::Texts(_)) {
+            for b in blocks_from..self.blocks.len() {
+                let address = format!("{path}.{}", self.span(self.blocks[b]));
+                self.blocks[b] = self.push_name(&address)?;
+            }
+            self.within(how.budget)?;
+        }
+        if !path.is_empty() {
+            self.outputs.truncate(outputs_from);
+            self.output_names = output_names;
+        }
+        Ok(())
+    }
+
+    /// A version-3 module's `resources`: each member one instance, those
+    /// of one name but their index one block of the module (`blocks`, by
+    /// the block's address within the module).
+    fn walk_v3_resources<R: Read>(
+        &mut self,
+        scan: &mut Scanner<R>,
+        how: Walking<'_>,
+        module: &str,
+        blocks: &mut HashMap<String, u32>,
+    ) -> Result<(), Walk> {
+        scan.begin_object()?;
+        let mut first = true;
+        while let Some(key) = scan.next_key(&mut first, FIELD_BYTES)? {
+            let Key::Text(name) = key else {
+                return Err(ScanError::Shape("a resource name is too long").into());
+            };
+            let v3 = V3Name::of(&name);
+            let address = v3.block;
+            let type_name = match v3.data {
+                true => format!("data.{}", v3.type_name),
+                false => v3.type_name.to_string(),
+            };
+            let block = match blocks.get(address) {
+                Some(&block) => block,
+                None => {
+                    let block = match how.detail {
+                        Detail::Texts(_) => {
+                            let block =
+                                u32::try_from(self.blocks.len()).map_err(|_| Walk::TooDense)?;
+                            let span = match module.is_empty() {
+                                true => self.push_name(address)?,
+                                false => self.push_name(&format!("{module}.{address}"))?,
+                            };
+                            self.blocks.push(span);
+                            block
+                        }
+                        Detail::Counts => 0,
+                    };
+                    self.module_blocks += address.len() + BLOCK_ENTRY_BYTES;
+                    blocks.insert(address.to_string(), block);
+                    self.count(type_name.clone(), 1, 0);
+                    block
+                }
+            };
+            self.count(type_name, 0, 1);
+            match how.detail {
+                Detail::Texts(hashing) => {
+                    let (hash, start, end) = scan.hash_value(hashing.build_hasher())?;
+                    let index = v3.index.map(|i| format!("[{i}]")).unwrap_or_default();
+                    let key = self.push_name(&index)?;
+                    self.instances.push(Entry {
+                        block,
+                        key,
+                        text: Text { start, end, hash },
+                    });
+                }
+                Detail::Counts => scan.skip_value()?,
+            }
+            self.within(how.budget)?;
+        }
+        Ok(())
     }
 
     fn walk_outputs<R: Read>(
@@ -605,17 +743,63 @@ mod tests {
     }
 
     #[test]
+    fn version_3_modules_make_addresses_in_any_field_order() {
+        // The path after the resources, a module without one, names that
+        // are not `<type>.<name>.<index>`, and the blocks of a name split
+        // by another name between its instances.
+        let body = r#"{"version": 3, "modules": [
+            {"resources": {"t.a.0": {"v": 0}, "t.a-b": {}, "t.a.1": {"v": 1}},
+             "outputs": {"inner": {"value": 1}}, "path": ["root", "m", "n"]},
+            {"outputs": {"top": {"value": 2}}, "resources": {"data.d.x.2": {}, "odd": 1}},
+            {"path": ["root"], "resources": {"t.r.x": {}}}
+        ]}"#;
+        let inv = inventory(body);
+        assert_eq!(
+            addresses(&inv),
+            [
+                "data.d.x[2]",
+                "module.m.module.n.t.a-b",
+                "module.m.module.n.t.a[0]",
+                "module.m.module.n.t.a[1]",
+                "odd",
+                "t.r.x"
+            ]
+        );
+        let text = |t: Text| &body[t.start as usize..t.end as usize];
+        assert_eq!(text(inv.instances[3].text), r#"{"v": 1}"#);
+        assert_eq!(inv.resources, 5);
+        assert_eq!(inv.types["t"], (3, 4));
+        assert_eq!(inv.types["data.d"], (1, 1));
+        let outputs: Vec<_> = inv.outputs.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(outputs, ["top"]);
+        let (counted, _) =
+            Inventory::read(body.as_bytes(), Detail::Counts, false, (usize::MAX, false)).unwrap();
+        assert_eq!((counted.resources, counted.types["t"]), (5, (3, 4)));
+    }
+
+    #[test]
     fn a_body_of_empty_instances_is_too_dense() {
         let body = format!(
             r#"{{"resources":[{{"type":"t","name":"n","instances":[{}]}}, {{"type":"t"}}]}}"#,
             vec!["{}"; 100_000].join(",")
         );
+        // Version 3: a module of many one-letter blocks, each a new entry
+        // of the module's block table.
+        let names: Vec<String> = (0..100_000).map(|i| format!(r#""t.{i}":0"#)).collect();
+        let v3 = format!(r#"{{"modules":[{{"resources":{{{}}}}}]}}"#, names.join(","));
         let key = RandomState::new();
-        let budget = body.len() / 4;
-        assert!(matches!(
-            Inventory::read(body.as_bytes(), Detail::Texts(&key), false, (budget, false)),
-            Err(Failure::TooDense)
-        ));
+        // Counting a version-3 body keeps its block table too.
+        for (body, detail) in [
+            (&body, Detail::Texts(&key)),
+            (&v3, Detail::Texts(&key)),
+            (&v3, Detail::Counts),
+        ] {
+            let budget = body.len() / 4;
+            assert!(matches!(
+                Inventory::read(body.as_bytes(), detail, false, (budget, false)),
+                Err(Failure::TooDense)
+            ));
+        }
     }
 
     #[test]

@@ -184,11 +184,17 @@ impl States {
         // The record's summary, when it describes the listed version but
         // the pointer has no catalog of it.
         let mut recorded = None;
+        let usable = |catalog: &Option<Arc<Catalog>>, summary: &Summary| {
+            !need_catalog
+                || catalog
+                    .as_ref()
+                    .is_some_and(|c| !c.predates_v3_modules(summary.resources))
+        };
         if let Some((meta, catalog)) = self.newest_catalogued(state).await?
             && meta.size == listed.size
         {
             let summary = Summary::from(&meta);
-            if catalog.is_some() || !need_catalog {
+            if usable(&catalog, &summary) {
                 return Ok(Some((summary, catalog)));
             }
             recorded = Some(summary);
@@ -196,7 +202,7 @@ impl States {
         if let Some(obj) = self.store.get(&self.summary_key(state)).await?
             && let Ok(kept) = serde_json::from_slice::<Kept>(&obj.body)
             && kept.summary.size == listed.size
-            && (kept.catalog.is_some() || !need_catalog)
+            && usable(&kept.catalog, &kept.summary)
         {
             return Ok(Some((recorded.unwrap_or(kept.summary), kept.catalog)));
         }
@@ -316,6 +322,40 @@ mod tests {
         // The listing's summary still comes from the pointer alone.
         let summary = rt.block_on(states.summary(&a, &row)).unwrap().unwrap();
         assert_eq!(summary.operation, "write");
+    }
+
+    /// A version-3 state's pointer written before their modules were
+    /// catalogued holds a catalog of no block: the body is read once more,
+    /// and its blocks kept.
+    #[test]
+    fn a_version_3_states_empty_catalog_is_taken_down_again() {
+        let (dir, rt, states, a) = written(0);
+        let v3 = br#"{"version":3,"terraform_version":"0.11.14","serial":2,"lineage":"L",
+            "modules":[{"path":["root"],"resources":{"t.a.0":{},"t.a.1":{},"t.b":{}}}]}"#;
+        let opts = WriteOptions {
+            operation: "write",
+            ..Default::default()
+        };
+        rt.block_on(states.write(&a, bytes::Bytes::from_static(v3), opts))
+            .unwrap();
+        let row = listed(&states, &rt).pop().unwrap();
+        let (summary, catalog) = rt.block_on(states.catalogued(&a, &row)).unwrap().unwrap();
+        assert_eq!((summary.resources, catalog.len()), (2, 2));
+
+        // As an older release wrote the pointer: the catalog without blocks.
+        let pointer = dir.path().join(".stategate/history/a.tfstate/newest.json+");
+        let mut old: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&pointer).unwrap()).unwrap();
+        old["catalog"] = serde_json::json!({"terraform_version": "0.11.14"});
+        std::fs::remove_file(&pointer).unwrap();
+        std::fs::write(&pointer, serde_json::to_vec(&old).unwrap()).unwrap();
+        let kept = pointer.with_file_name("summary.json+");
+        assert!(!kept.exists());
+        for _ in 0..2 {
+            let (summary, catalog) = rt.block_on(states.catalogued(&a, &row)).unwrap().unwrap();
+            assert_eq!((summary.version, catalog.len()), (2, 2));
+        }
+        assert!(kept.is_file(), "the blocks read from the body are kept");
     }
 
     /// A catalog too large for the pointer every read and write consults

@@ -793,3 +793,88 @@ fn explore_a_state_of_many_resources_is_paged_and_listed_whole() {
         10_003
     );
 }
+
+/// A state as Terraform 0.11 writes it (format 3): resources by name in
+/// each module (`<name>.<index>` for `count`), attributes flat in
+/// `primary`, outputs in every module.
+fn v3_state(serial: u64, ami: &str, subnets: usize) -> Vec<u8> {
+    let instance = |id: &str, extra: Value| {
+        let mut attributes = json!({"id": id});
+        attributes
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"type": "x", "depends_on": [], "provider": "provider.aws", "deposed": [],
+            "primary": {"id": id, "attributes": attributes, "meta": {}, "tainted": false}})
+    };
+    let mut net = serde_json::Map::new();
+    for i in 0..subnets {
+        net.insert(
+            format!("aws_subnet.private.{i}"),
+            instance(&format!("s-{i}"), json!({})),
+        );
+    }
+    serde_json::to_vec(&json!({
+        "version": 3, "terraform_version": "0.11.14", "serial": serial, "lineage": "old-estate",
+        "modules": [
+            {"path": ["root"], "outputs": {"ip": {"sensitive": false, "type": "string", "value": "10.0.0.1"}},
+             "resources": {"aws_instance.web": instance("i-1", json!({"ami": ami, "password": "s3cr3t"}))},
+             "depends_on": []},
+            {"path": ["root", "net"], "outputs": {"inner": {"sensitive": false, "type": "string", "value": "x"}},
+             "resources": net, "depends_on": []},
+        ],
+    }))
+    .unwrap()
+}
+
+/// States Terraform 0.11 wrote (format 3, resources in `modules`) are
+/// shown, compared and found as those of later versions: the overview
+/// counts their blocks, the diff names what changed, a search finds them.
+#[test]
+fn explore_reads_states_terraform_0_11_wrote() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let peer = LocalPeer::new();
+    let server = start(&peer, &auth_config(dir.path()));
+    let key = "team-a/legacy.tfstate";
+    post(&server, key, &v3_state(1, "ami-1", 2));
+    post(&server, key, &v3_state(2, "ami-2", 3));
+    let api = |path: &str| {
+        let url = format!("{}/api/v1/{path}", server.url);
+        let (status, body) = http_with("GET", &url, &[("Authorization", &basic(ROOT))], b"");
+        let body = text(&body);
+        assert_eq!(status, 200, "{url}: {body}");
+        assert!(!body.contains("s3cr3t"), "{url}: {body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    let detail = api(&format!("states/{key}"));
+    let overview = &detail["overview"];
+    assert_eq!(
+        (&overview["resources"], &overview["instances"]),
+        (&json!(2), &json!(4)),
+        "{detail}"
+    );
+    assert_eq!(overview["outputs"], json!(["ip"]), "{detail}");
+    let diff = api(&format!("diff/{key}?from=1&to=2"));
+    assert_eq!(
+        diff["added"],
+        json!(["module.net.aws_subnet.private[2]"]),
+        "{diff}"
+    );
+    assert_eq!(
+        diff["changed"],
+        json!([{"address": "aws_instance.web", "attributes": ["ami"]}]),
+        "{diff}"
+    );
+    eventually(&server, "type=aws_subnet", &[key], Duration::from_secs(5));
+    let found = search(&server, ROOT, "type=aws_subnet");
+    assert_eq!(
+        found_blocks(&found, key),
+        BTreeSet::from([(
+            "module.net.aws_subnet.private".to_string(),
+            "aws_subnet".to_string(),
+            "registry.terraform.io/-/aws".to_string(),
+            "module.net".to_string(),
+            3
+        )])
+    );
+}

@@ -214,32 +214,63 @@ impl<'de> Deserialize<'de> for Attributes {
     }
 }
 
-/// One instance: its key, and fingerprints of what a diff compares.
+/// One instance: its key, and fingerprints of what a diff compares. A
+/// version-3 state (Terraform before 0.12) has one instance per resource
+/// name, its attributes in `primary`.
 #[derive(Default, Deserialize)]
 #[serde(default)]
 struct Instance {
     /// A number for `count`, a string for `for_each`.
     index_key: Option<Value>,
     attributes: Option<Attributes>,
-    /// The flat attribute map of states written by Terraform before 0.12.
+    /// The flat attribute map of states upgraded from before 0.12.
     attributes_flat: Option<Attributes>,
     dependencies: Option<Fingerprint>,
     status: Option<Fingerprint>,
     schema_version: Option<Fingerprint>,
+    primary: Option<Primary>,
+    depends_on: Option<Fingerprint>,
+    deposed: Option<Fingerprint>,
+    provider: Option<Fingerprint>,
+}
+
+/// A version-3 resource's current object.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Primary {
+    id: Option<Fingerprint>,
+    attributes: Option<Attributes>,
+    meta: Option<Fingerprint>,
+    tainted: Option<Fingerprint>,
 }
 
 impl Instance {
     fn attributes(&self) -> Option<&Attributes> {
-        self.attributes.as_ref().or(self.attributes_flat.as_ref())
+        let primary = self.primary.as_ref().and_then(|p| p.attributes.as_ref());
+        (self.attributes.as_ref())
+            .or(self.attributes_flat.as_ref())
+            .or(primary)
     }
 
     /// The fields compared beside the attributes, shown in parentheses.
     fn fields_changed(&self, new: &Instance) -> Vec<String> {
+        let primary = |i: &Instance, field: fn(&Primary) -> Option<Fingerprint>| {
+            i.primary.as_ref().and_then(field)
+        };
+        let changed = |field: fn(&Primary) -> Option<Fingerprint>| {
+            primary(self, field) != primary(new, field)
+        };
         [
             ("dependencies", self.dependencies != new.dependencies),
             ("status", self.status != new.status),
             ("schema_version", self.schema_version != new.schema_version),
             ("index_key", self.index_key != new.index_key),
+            ("id", changed(|p| p.id)),
+            ("tainted", changed(|p| p.tainted)),
+            ("meta", changed(|p| p.meta)),
+            ("depends_on", self.depends_on != new.depends_on),
+            ("deposed", self.deposed != new.deposed),
+            ("provider", self.provider != new.provider),
         ]
         .into_iter()
         .filter(|(_, changed)| *changed)

@@ -161,6 +161,79 @@ fn instance_fields_and_outputs_by_name_only() {
     assert_eq!(overview(&new).outputs, ["keep", "new", "same"]);
 }
 
+/// A state as Terraform 0.11 writes it (format 3): resources by name in
+/// each module, `count` instances as `<name>.<index>`, attributes flat in
+/// `primary`, and outputs in every module, of which only the root's are
+/// the state's.
+fn v3_state(web_ami: &str, second_subnet: bool, url: &str, tainted: bool) -> Vec<u8> {
+    let instance = |id: &str, attributes: Value| {
+        json!({"type": "x", "depends_on": [], "provider": "provider.aws",
+            "primary": {"id": id, "attributes": attributes, "meta": {}, "tainted": false},
+            "deposed": []})
+    };
+    let mut web = instance("i-1", json!({"id": "i-1", "ami": web_ami, "tags.%": "0"}));
+    web["primary"]["tainted"] = json!(tainted);
+    let mut subnets = serde_json::Map::new();
+    subnets.insert(
+        "aws_subnet.private.0".into(),
+        instance("s-0", json!({"id": "s-0"})),
+    );
+    if second_subnet {
+        subnets.insert(
+            "aws_subnet.private.1".into(),
+            instance("s-1", json!({"id": "s-1"})),
+        );
+    }
+    subnets.insert(
+        "data.aws_region.current".into(),
+        instance("r", json!({"id": "r"})),
+    );
+    serde_json::to_vec(&json!({
+        "version": 3, "terraform_version": "0.11.14", "serial": 7, "lineage": "L",
+        "modules": [
+            {"path": ["root"],
+             "outputs": {"url": {"sensitive": false, "type": "string", "value": url}},
+             "resources": {"aws_instance.web": web}, "depends_on": []},
+            {"path": ["root", "net"],
+             "outputs": {"subnet_ids": {"sensitive": false, "type": "list", "value": []}},
+             "resources": subnets, "depends_on": []},
+        ],
+    }))
+    .unwrap()
+}
+
+#[test]
+fn states_of_terraform_before_0_12_are_read_by_module() {
+    let old = v3_state("ami-1", false, "http://a", false);
+    let o = overview(&old);
+    assert_eq!((o.resources, o.instances), (3, 3));
+    let types: Vec<_> = o
+        .types
+        .iter()
+        .map(|t| (t.type_name.as_str(), t.resources, t.instances))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("aws_instance", 1, 1),
+            ("aws_subnet", 1, 1),
+            ("data.aws_region", 1, 1)
+        ]
+    );
+    assert_eq!(o.outputs, ["url"], "only the root module's outputs");
+
+    let new = v3_state("ami-2", true, "http://b", true);
+    assert_eq!(overview(&new).instances, 4);
+    let d = diff(&old, &new);
+    assert_eq!(d.added, ["module.net.aws_subnet.private[1]"]);
+    assert!(d.removed.is_empty(), "{d:?}");
+    assert_eq!(d.changed.len(), 1, "{d:?}");
+    assert_eq!(d.changed[0].address, "aws_instance.web");
+    assert_eq!(d.changed[0].attributes, ["ami", "(tainted)"]);
+    assert_eq!(d.outputs_changed, ["url"]);
+    assert_eq!(diff(&new, &new), Diff::default());
+}
+
 /// An attribute nested deeper than the parser goes still shows as a
 /// change when its bytes change: the diff never hides one.
 #[test]
