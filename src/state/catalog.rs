@@ -19,10 +19,18 @@ use std::sync::Arc;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-/// The most bytes of names a catalog holds. A state past it (thousands of
-/// blocks) has no catalog kept with its pointer, which every write of the
-/// state reads; a search reads such a body when it needs it.
+use super::head::go_folded;
+
+/// The most bytes of names and blocks a catalog holds, each block counting
+/// [`ROW_BYTES`] beside its name. A state past it (a hundred thousand
+/// blocks, or long names) has no catalog kept with its pointer, which
+/// every write of the state reads; a search reads such a body when it
+/// needs it. Taking a body down stops keeping blocks there, so a body of
+/// many tiny blocks costs no more.
 pub const CATALOG_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// What one block of a catalog holds beside its name.
+const ROW_BYTES: usize = size_of::<Row>();
 
 /// The most bytes of names a catalog in a history pointer holds. Every
 /// write and every read of a state reads its pointer, so a larger catalog
@@ -385,6 +393,61 @@ pub(super) struct Blocks {
     names: Interner,
 }
 
+impl Blocks {
+    fn push(&mut self, entry: Entry) {
+        self.names.bytes += entry.name.len() + ROW_BYTES;
+        self.entries.push(entry);
+    }
+
+    /// Whether the blocks hold more than a catalog keeps: the rest are
+    /// counted, not kept.
+    fn full(&self) -> bool {
+        self.names.bytes > CATALOG_BYTES_MAX
+    }
+
+    /// Adds `other`'s blocks, in `module` when given (else in their own).
+    pub(super) fn extend(&mut self, mut other: Blocks, module: Option<&str>) {
+        // Into nothing yet: moved whole, not copied.
+        if self.count == 0 && self.entries.rows.is_empty() && self.names.bytes == 0 {
+            if let Some(module) = module {
+                let id = other.names.id(module);
+                other.entries.rows.iter_mut().for_each(|r| r.module = id);
+            }
+            *self = other;
+            return;
+        }
+        self.count = self.count.saturating_add(other.count);
+        let names = &other.names.names;
+        let mut ids = std::collections::HashMap::new();
+        let mut id = |own: &mut Interner, n: u32| {
+            *ids.entry(n)
+                .or_insert_with(|| own.id(names.get(n as usize).map_or("", String::as_str)))
+        };
+        let module = module.map(|m| self.names.id(m));
+        for row in &other.entries.rows {
+            let name = other.entries.name(row).to_string();
+            let entry = Entry {
+                type_name: id(&mut self.names, row.type_name),
+                module: module.unwrap_or_else(|| id(&mut self.names, row.module)),
+                provider: id(&mut self.names, row.provider),
+                name,
+                data: row.data,
+                instances: row.instances,
+            };
+            self.push(entry);
+        }
+    }
+
+    /// Whether row `at` is the block of `v3`.
+    fn is_row_of(&self, at: usize, v3: &V3Name<'_>) -> bool {
+        let row = &self.entries.rows[at];
+        let type_name = self.names.names.get(row.type_name as usize);
+        row.data == v3.data
+            && self.entries.name(row) == v3.name
+            && type_name.map(String::as_str) == Some(v3.type_name)
+    }
+}
+
 impl<'de> Deserialize<'de> for Blocks {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Elements;
@@ -397,10 +460,10 @@ impl<'de> Deserialize<'de> for Blocks {
                 let mut out = Blocks::default();
                 while let Some(element) = seq.next_element::<Lenient<RawBlock>>()? {
                     out.count += 1;
-                    if let Some(raw) = element.0 {
+                    // Past the bound the catalog is dropped: only counted.
+                    if let Some(raw) = element.0.filter(|_| !out.full()) {
                         let entry = raw.into_entry(&mut out.names);
-                        out.names.bytes += entry.name.len();
-                        out.entries.push(entry);
+                        out.push(entry);
                     }
                 }
                 Ok(out)
@@ -547,7 +610,9 @@ impl<'de, T: Shape> Deserialize<'de> for Lenient<T> {
 /// A version-3 state's `modules` (Terraform before 0.12) as [`Blocks`]:
 /// each module's `resources` is an object of instances by name (see
 /// [`V3Name`]), those of one name but their index one block. Any other
-/// shape holds none, and is no reason to refuse a body.
+/// shape holds none, and is no reason to refuse a body. Member names are
+/// matched as Terraform 0.11 matched them ([`go_folded`]); a repeated
+/// `path` counts its last, a repeated `resources` adds to the first.
 #[derive(Default)]
 pub(super) struct V3Blocks(pub(super) Blocks);
 
@@ -570,54 +635,45 @@ impl Shape for V3Modules {
         let mut out = Blocks::default();
         while let Some(module) = seq.next_element::<Lenient<V3Module>>()? {
             let Some(module) = module.0 else { continue };
-            let address = v3_module(&module.path);
-            let mut blocks = std::collections::HashMap::new();
-            for (name, provider) in module.resources {
-                let v3 = V3Name::of(&name);
-                if let Some(&row) = blocks.get(v3.block) {
-                    let row: &mut Row = &mut out.entries.rows[row];
-                    row.instances = row.instances.saturating_add(1);
-                    continue;
+            match module.path {
+                Some(path) => out.extend(module.blocks, Some(&path)),
+                // Past the bound the catalog is dropped: only counted.
+                None => {
+                    out.extend(module.blocks, None);
+                    out.names.bytes = out.names.bytes.max(CATALOG_BYTES_MAX + 1);
                 }
-                blocks.insert(v3.block.to_string(), out.entries.rows.len());
-                let entry = Entry {
-                    type_name: out.names.id(v3.type_name),
-                    module: out.names.id(&address),
-                    provider: out
-                        .names
-                        .id(&provider.as_deref().map(provider_source).unwrap_or_default()),
-                    name: v3.name.to_string(),
-                    data: v3.data,
-                    instances: 1,
-                };
-                out.names.bytes += entry.name.len();
-                out.entries.push(entry);
-                out.count += 1;
             }
         }
         Ok(Some(V3Modules(out)))
     }
 }
 
-/// One version-3 module: its path, and its resources by name with their
-/// `provider` field.
-#[derive(Default)]
+/// One version-3 module: its address ([`V3Path`]; `None` past
+/// [`V3_PATH_BYTES_MAX`]) and its blocks, their module not yet set.
 struct V3Module {
-    path: Vec<String>,
-    resources: Vec<(String, Option<String>)>,
+    path: Option<String>,
+    blocks: Blocks,
 }
+
+/// The longest module address a catalog takes from a version-3 path.
+const V3_PATH_BYTES_MAX: usize = 64 * 1024;
 
 impl Shape for V3Module {
     fn from_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
-        let mut module = V3Module::default();
+        let mut module = V3Module {
+            path: Some(String::new()),
+            blocks: Blocks::default(),
+        };
         while let Some(key) = map.next_key::<Lenient<String>>()? {
-            match key.0.as_deref() {
+            match key.0.as_deref().map(go_folded).as_deref() {
                 Some("path") => {
-                    module.path = map.next_value::<Lenient<Names>>()?.0.unwrap_or_default().0
+                    let path = map.next_value::<Lenient<V3Path>>()?.0;
+                    module.path = path.map_or(Some(String::new()), |p| p.0);
                 }
                 Some("resources") => {
-                    let resources = map.next_value::<Lenient<V3Resources>>()?.0;
-                    module.resources = resources.unwrap_or_default().0;
+                    if let Some(resources) = map.next_value::<Lenient<V3Resources>>()?.0 {
+                        module.blocks.extend(resources.0, None);
+                    }
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -628,30 +684,93 @@ impl Shape for V3Module {
     }
 }
 
-/// The strings of an array (its other elements skipped).
-#[derive(Default)]
-struct Names(Vec<String>);
+/// A version-3 module's `path` as the module part of its resources'
+/// addresses ([`v3_path_step`]), `None` past [`V3_PATH_BYTES_MAX`];
+/// `null` or another value is the root.
+struct V3Path(Option<String>);
 
-impl Shape for Names {
+impl Shape for V3Path {
     fn from_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<Option<Self>, A::Error> {
-        let mut out = Vec::new();
+        let (mut out, mut first) = (Some(String::new()), true);
         while let Some(name) = seq.next_element::<Lenient<String>>()? {
-            out.extend(name.0);
+            if let (Some(name), Some(address)) = (name.0, &mut out) {
+                v3_path_step(address, &mut first, &name);
+                if address.len() > V3_PATH_BYTES_MAX {
+                    out = None;
+                }
+            }
         }
-        Ok(Some(Names(out)))
+        Ok(Some(V3Path(out)))
     }
 }
 
-/// A version-3 module's `resources`: each name with its `provider`.
+/// Adds one name of a version-3 module's `path` (`["root", "net",
+/// "subnets"]`) to `address` (`module.net.module.subnets`): the root
+/// module's address is empty, and a path without its leading `root` is
+/// read as if it had one, as Terraform 0.11 read it. Names that are not
+/// strings are skipped.
+pub(super) fn v3_path_step(address: &mut String, first: &mut bool, name: &str) {
+    if std::mem::take(first) && name == "root" {
+        return;
+    }
+    if !address.is_empty() {
+        address.push('.');
+    }
+    address.push_str("module.");
+    address.push_str(name);
+}
+
+/// A version-3 module's `resources`, taken down as they are read: each
+/// name one instance of the block its name without the index makes.
 #[derive(Default)]
-struct V3Resources(Vec<(String, Option<String>)>);
+struct V3Resources(Blocks);
 
 impl Shape for V3Resources {
     fn from_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
-        let mut out = Vec::new();
+        use std::hash::BuildHasher;
+        let mut out = Blocks::default();
+        // Each block's row by a hash of its address, the names compared
+        // on a match: no address is held twice.
+        let hashing = std::collections::hash_map::RandomState::new();
+        let mut rows: std::collections::HashMap<u64, usize> = Default::default();
+        // Past the bound the blocks are counted, not kept: a block then is
+        // a name whose block differs from the one before (Terraform writes
+        // the names sorted, so a block's instances are side by side).
+        let mut last = String::new();
         while let Some(name) = map.next_key::<String>()? {
             let provider = map.next_value::<Lenient<V3Provider>>()?.0.and_then(|p| p.0);
-            out.push((name, provider));
+            let v3 = V3Name::of(&name);
+            if out.full() {
+                if v3.block != last {
+                    out.count += 1;
+                    last = v3.block.to_string();
+                }
+                continue;
+            }
+            let hash = hashing.hash_one(v3.block);
+            if let Some(&at) = rows.get(&hash)
+                && out.is_row_of(at, &v3)
+            {
+                let row = &mut out.entries.rows[at];
+                row.instances = row.instances.saturating_add(1);
+                continue;
+            }
+            out.count += 1;
+            rows.entry(hash).or_insert(out.entries.rows.len());
+            let provider = provider.as_deref().map(provider_source).unwrap_or_default();
+            let entry = Entry {
+                type_name: out.names.id(v3.type_name),
+                module: 0,
+                provider: out.names.id(&provider),
+                name: v3.name.to_string(),
+                data: v3.data,
+                instances: 1,
+            };
+            out.push(entry);
+            if out.full() {
+                rows = Default::default();
+                last = v3.block.to_string();
+            }
         }
         Ok(Some(V3Resources(out)))
     }
@@ -664,7 +783,7 @@ impl Shape for V3Provider {
     fn from_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<Option<Self>, A::Error> {
         let mut provider = None;
         while let Some(key) = map.next_key::<Lenient<String>>()? {
-            match key.0.as_deref() {
+            match key.0.as_deref().map(go_folded).as_deref() {
                 Some("provider") => provider = map.next_value::<Lenient<String>>()?.0,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -707,21 +826,6 @@ impl<'a> V3Name<'a> {
             index,
         }
     }
-}
-
-/// A version-3 module's `path` (`["root", "net", "subnets"]`) as the
-/// module part of its resources' addresses (`module.net.module.subnets`);
-/// the root module's is empty.
-pub(super) fn v3_module(path: &[String]) -> String {
-    let names = match path.split_first() {
-        Some((root, names)) if root == "root" => names,
-        _ => path,
-    };
-    names
-        .iter()
-        .map(|name| format!("module.{name}"))
-        .collect::<Vec<_>>()
-        .join(".")
 }
 
 /// A top-level `terraform_version`: its text when it is a string.

@@ -54,8 +54,8 @@ struct Plain {
 }
 
 impl StateHead {
-    /// A head of what a body holds: the blocks of its `resources`, or of
-    /// a version-3 state's `modules` ([`V3Blocks`]) when it has none.
+    /// A head of what a body holds: the blocks of its `resources` and of
+    /// a version-3 state's `modules` ([`V3Blocks`]).
     fn of(
         lineage: Option<String>,
         serial: Option<u64>,
@@ -63,20 +63,12 @@ impl StateHead {
         terraform_version: Option<String>,
         v3: V3Blocks,
     ) -> Self {
-        let (blocks, count) = match resources {
-            Some(blocks) => {
-                let count = blocks.count.saturating_add(v3.0.count);
-                (blocks, count)
-            }
-            None => {
-                let count = v3.0.count;
-                (v3.0, count)
-            }
-        };
+        let mut blocks = resources.unwrap_or_default();
+        blocks.extend(v3.0, None);
         StateHead {
             lineage,
             serial,
-            resources: count,
+            resources: blocks.count,
             catalog: Catalog::build(terraform_version, blocks),
         }
     }
@@ -140,6 +132,7 @@ const READ_MEMBERS: &[&str] = &[
     "serial",
     "lineage",
     "resources",
+    "modules",
     "encryption_version",
     "encrypted_data",
     "meta",
@@ -191,10 +184,6 @@ impl<'de> Deserialize<'de> for Incoming {
                         out.terraform_version = map.next_value::<catalog::LenientText>()?.0;
                         continue;
                     }
-                    if name == "modules" {
-                        out.modules = map.next_value()?;
-                        continue;
-                    }
                     let Some(at) = READ_MEMBERS.iter().position(|m| *m == name) else {
                         let folded = go_folded(&name);
                         if let Some(member) = READ_MEMBERS.iter().find(|m| **m == folded) {
@@ -214,6 +203,7 @@ impl<'de> Deserialize<'de> for Incoming {
                         "serial" => out.serial = map.next_value()?,
                         "lineage" => out.lineage = map.next_value()?,
                         "resources" => out.resources = map.next_value()?,
+                        "modules" => out.modules = map.next_value()?,
                         member => {
                             let present = map.next_value::<Option<IgnoredAny>>()?.is_some();
                             match member {
@@ -686,6 +676,39 @@ mod tests {
         let other = StateHead::parse_incoming(br#"{"version":4,"serial":1,"lineage":"BBB"}"#);
         let e = crate::state::write::check_stale(&StateHead::parse(v3).unwrap(), &other.unwrap());
         assert!(e.unwrap_err().to_string().contains("lineage mismatch"));
+    }
+
+    /// `modules` given twice, or under another spelling Terraform reads
+    /// as it, is refused as `resources` is: the views would read other
+    /// resources than Terraform. With `resources` beside it, both count.
+    #[test]
+    fn modules_are_one_member_and_count_beside_resources() {
+        for body in [
+            &br#"{"serial":1,"lineage":"L","modules":[],"modules":[]}"#[..],
+            br#"{"serial":1,"lineage":"L","Modules":[{"resources":{"t.a":{}}}]}"#,
+        ] {
+            for e in [
+                StateHead::parse_incoming(body).unwrap_err(),
+                StateHead::parse_incoming_reader(&in_file(body)).unwrap_err(),
+            ] {
+                assert!(matches!(e, StateError::BadRequest(_)), "{e}");
+                assert!(e.to_string().contains("modules"), "{e}");
+            }
+        }
+        let both = br#"{"serial":1,"lineage":"L","resources":[{"type":"t","name":"a"}],
+            "modules":[{"path":["root","m"],"resources":{"u.b.0":{},"u.b.1":{}}}]}"#;
+        let head = StateHead::parse_incoming(both).unwrap();
+        assert_eq!(head.resources, 2);
+        let blocks: Vec<_> = head
+            .catalog
+            .unwrap()
+            .blocks()
+            .map(|b| (b.address(), b.instances))
+            .collect();
+        assert_eq!(
+            blocks,
+            [("t.a".to_string(), 0), ("module.m.u.b".to_string(), 2)]
+        );
     }
 
     /// A version-3 state's blocks are what a search finds: the instances

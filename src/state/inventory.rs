@@ -21,7 +21,8 @@ use std::io::Read;
 
 use serde_json::Value;
 
-use super::catalog::{V3Name, v3_module};
+use super::catalog::{V3Name, v3_path_step};
+use super::head::go_folded;
 use super::scan::{KNOWN_KEY_BYTES, Key, ScanError, Scanner};
 
 /// The longest block field (`module`, `type`, ...), index key or output
@@ -108,6 +109,9 @@ pub(super) struct Inventory {
     pub(super) instances: Vec<Entry>,
     /// Every output, in body order until [`Inventory::sort`].
     pub(super) outputs: Vec<Output>,
+    /// The other texts found at an instance's address, by where the text
+    /// [`Inventory::sort`] kept starts, for addresses found more than once.
+    pub(super) repeats: HashMap<u64, Vec<Text>>,
     /// Blocks and instances by type name (`data.<type>` for data sources).
     pub(super) types: BTreeMap<String, (usize, usize)>,
     /// Resource blocks.
@@ -177,8 +181,11 @@ impl Inventory {
 
     /// Sorts instances by address and outputs by name, keeping the last of
     /// any repeated one, as a JSON object keeps the last of a repeated key.
+    /// A repeated address keeps a hash of every text found at it, so that a
+    /// change to any of them is a change, and the others' places
+    /// ([`Inventory::repeats`]).
     pub(super) fn sort(&mut self) {
-        let (names, blocks) = (&self.names, &self.blocks);
+        let (names, blocks, repeats) = (&self.names, &self.blocks, &mut self.repeats);
         let part = |s: Span| &names.as_bytes()[s.at as usize..(s.at + s.len) as usize];
         let address = |e: &Entry| (part(blocks[e.block as usize]), part(e.key));
         // A stable sort keeps repeats in body order; reversed, dedup keeps
@@ -186,8 +193,18 @@ impl Inventory {
         self.instances
             .sort_by(|a, b| cmp_joined(address(a), address(b)));
         self.instances.reverse();
-        self.instances
-            .dedup_by(|a, b| cmp_joined(address(a), address(b)) == Ordering::Equal);
+        self.instances.dedup_by(|earlier, kept| {
+            let same = cmp_joined(address(earlier), address(kept)) == Ordering::Equal;
+            if same {
+                kept.text.hash = (kept.text.hash ^ earlier.text.hash.rotate_left(29))
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                repeats
+                    .entry(kept.text.start)
+                    .or_default()
+                    .push(earlier.text);
+            }
+            same
+        });
         self.instances.reverse();
         self.outputs.sort_by(|a, b| a.name.cmp(&b.name));
         self.outputs.reverse();
@@ -307,12 +324,29 @@ fn index_suffix(text: Option<Vec<u8>>) -> Result<String, Walk> {
 }
 
 /// A version-3 module's `path` as the module part of its resources'
-/// addresses ([`v3_module`]).
-fn module_address(text: Option<Vec<u8>>) -> Result<String, Walk> {
-    let text = text.ok_or(Walk::Scan(ScanError::Shape("a module path is too long")))?;
-    let path: Vec<String> = serde_json::from_slice(&text)
-        .map_err(|_| Walk::Scan(ScanError::Shape("a module path is not a list of names")))?;
-    Ok(v3_module(&path))
+/// addresses ([`v3_path_step`]): names that are not strings are skipped,
+/// `null` or another value is the root module. A path longer than
+/// [`FIELD_BYTES`] makes the body too dense to show.
+fn read_path<R: Read>(scan: &mut Scanner<R>) -> Result<String, Walk> {
+    let (mut address, mut first) = (String::new(), true);
+    if scan.peek()? != Some(b'[') {
+        scan.skip_value()?;
+        return Ok(address);
+    }
+    scan.each_element(|scan| {
+        if scan.peek()? != Some(b'"') {
+            return Ok(scan.skip_value()?);
+        }
+        let name = scan.copy_value(FIELD_BYTES)?.ok_or(Walk::TooDense)?;
+        let name: String = serde_json::from_slice(&name)
+            .map_err(|_| Walk::Scan(ScanError::Shape("a string is not valid JSON")))?;
+        v3_path_step(&mut address, &mut first, &name);
+        match address.len() > FIELD_BYTES {
+            true => Err(Walk::TooDense),
+            false => Ok(()),
+        }
+    })?;
+    Ok(address)
 }
 
 /// A block's fields that make its address.
@@ -463,40 +497,43 @@ impl Inventory {
     /// One module of a version-3 state (Terraform before 0.12), whose
     /// resources and outputs live in its modules: its `path` starts its
     /// resources' addresses, its `resources` is an object of instances by
-    /// name (`[data.]<type>.<name>[.<index>]`, see [`V3Name`]), and
-    /// only the root module's `outputs` are the state's outputs.
+    /// name (`[data.]<type>.<name>[.<index>]`, see [`V3Name`]), and only
+    /// the root module's `outputs` are the state's outputs. Member names
+    /// are matched as Terraform 0.11 matched them ([`go_folded`]), and as
+    /// the write's catalog reads them: the last `path` counts, and every
+    /// `resources` and `outputs` adds to the module.
     fn walk_module<R: Read>(
         &mut self,
         scan: &mut Scanner<R>,
         how: Walking<'_>,
     ) -> Result<(), Walk> {
-        let blocks_from = self.blocks.len();
         let (outputs_from, output_names) = (self.outputs.len(), self.output_names);
-        let mut path: Option<String> = None;
-        // Resources read before the path get its address once it is read.
-        let mut before_path = false;
+        let mut path = String::new();
+        // The module's blocks by their address within it; in `Texts` each
+        // is named once the path is known, when the module ends.
         let mut blocks = HashMap::new();
         scan.begin_object()?;
         let mut first = true;
         while let Some(key) = scan.next_key(&mut first, KNOWN_KEY_BYTES)? {
-            if key.is("path") {
-                path = Some(module_address(scan.copy_value(FIELD_BYTES)?)?);
-            } else if key.is("outputs") {
-                self.walk_outputs(scan, how)?;
-            } else if key.is("resources") {
-                before_path |= path.is_none();
-                let module = path.clone().unwrap_or_default();
-                self.walk_v3_resources(scan, how, &module, &mut blocks)?;
-            } else {
+            let Key::Text(key) = key else {
                 scan.skip_value()?;
+                continue;
+            };
+            match go_folded(&key).as_str() {
+                "path" => path = read_path(scan)?,
+                "outputs" => self.walk_outputs(scan, how)?,
+                "resources" => self.walk_v3_resources(scan, how, &mut blocks)?,
+                _ => scan.skip_value()?,
             }
         }
         self.module_blocks = 0;
-        let path = path.unwrap_or_default();
-        if before_path && !path.is_empty() && matches!(how.detail, Detail::Texts(_)) {
-            for b in blocks_from..self.blocks.len() {
-                let address = format!("{path}.{}", self.span(self.blocks[b]));
-                self.blocks[b] = self.push_name(&address)?;
+        if let Detail::Texts(_) = how.detail {
+            for (address, block) in blocks {
+                let span = match path.is_empty() {
+                    true => self.push_name(&address)?,
+                    false => self.push_name(&format!("{path}.{address}"))?,
+                };
+                self.blocks[block as usize] = span;
             }
             self.within(how.budget)?;
         }
@@ -514,39 +551,32 @@ impl Inventory {
         &mut self,
         scan: &mut Scanner<R>,
         how: Walking<'_>,
-        module: &str,
         blocks: &mut HashMap<String, u32>,
     ) -> Result<(), Walk> {
+        if scan.peek()? != Some(b'{') {
+            return Ok(scan.skip_value()?);
+        }
         scan.begin_object()?;
         let mut first = true;
         while let Some(key) = scan.next_key(&mut first, FIELD_BYTES)? {
             let Key::Text(name) = key else {
-                return Err(ScanError::Shape("a resource name is too long").into());
+                return Err(Walk::TooDense);
             };
             let v3 = V3Name::of(&name);
-            let address = v3.block;
             let type_name = match v3.data {
                 true => format!("data.{}", v3.type_name),
                 false => v3.type_name.to_string(),
             };
-            let block = match blocks.get(address) {
+            let block = match blocks.get(v3.block) {
                 Some(&block) => block,
                 None => {
-                    let block = match how.detail {
-                        Detail::Texts(_) => {
-                            let block =
-                                u32::try_from(self.blocks.len()).map_err(|_| Walk::TooDense)?;
-                            let span = match module.is_empty() {
-                                true => self.push_name(address)?,
-                                false => self.push_name(&format!("{module}.{address}"))?,
-                            };
-                            self.blocks.push(span);
-                            block
-                        }
-                        Detail::Counts => 0,
-                    };
-                    self.module_blocks += address.len() + BLOCK_ENTRY_BYTES;
-                    blocks.insert(address.to_string(), block);
+                    let block = u32::try_from(self.blocks.len()).map_err(|_| Walk::TooDense)?;
+                    if let Detail::Texts(_) = how.detail {
+                        // Named when the module ends.
+                        self.blocks.push(Span { at: 0, len: 0 });
+                    }
+                    self.module_blocks += v3.block.len() + BLOCK_ENTRY_BYTES;
+                    blocks.insert(v3.block.to_string(), block);
                     self.count(type_name.clone(), 1, 0);
                     block
                 }
@@ -775,6 +805,20 @@ mod tests {
         let (counted, _) =
             Inventory::read(body.as_bytes(), Detail::Counts, false, (usize::MAX, false)).unwrap();
         assert_eq!((counted.resources, counted.types["t"]), (5, (3, 4)));
+    }
+
+    /// A module path longer than a field is read makes the body too dense
+    /// to show, not one that holds nothing.
+    #[test]
+    fn a_module_path_past_a_field_is_too_dense() {
+        let names = vec![r#""a""#; FIELD_BYTES / 8 + 1].join(",");
+        let body =
+            format!(r#"{{"modules":[{{"path":["root",{names}],"resources":{{"t.a":{{}}}}}}]}}"#);
+        let key = RandomState::new();
+        for detail in [Detail::Texts(&key), Detail::Counts] {
+            let read = Inventory::read(body.as_bytes(), detail, false, (usize::MAX, false));
+            assert!(matches!(read, Err(Failure::TooDense)));
+        }
     }
 
     #[test]

@@ -878,3 +878,52 @@ fn explore_reads_states_terraform_0_11_wrote() {
         )])
     );
 }
+
+/// Format-3 bodies made dense for the write's catalog (a module path of a
+/// million names, hundreds of thousands of one-instance blocks) are taken
+/// down within a bound, not at many times their size, and hide no change:
+/// the views refuse them as too dense to show.
+#[test]
+fn explore_dense_format_3_writes_stay_within_bounded_memory() {
+    let peer = LocalPeer::new();
+    let server = Server::start(&peer);
+    let head = |serial: u64| {
+        format!(
+            r#"{{"version":3,"terraform_version":"0.11.14","serial":{serial},"lineage":"d","modules":["#
+        )
+    };
+    let path: String = vec![r#""a""#; 1_000_000].join(",");
+    let blocks: String = (0..400_000)
+        .map(|i| format!(r#""t.{i:x}":0"#))
+        .collect::<Vec<_>>()
+        .join(",");
+    let bodies = [
+        format!(
+            r#"{}{{"path":["root",{path}],"resources":{{"t.a":0}}}}]}}"#,
+            head(1)
+        ),
+        format!(
+            r#"{}{{"path":["root"],"resources":{{{blocks}}}}}]}}"#,
+            head(2)
+        ),
+    ];
+    let kib = |field| crate::support::proc_status_kib(server.pid(), field);
+    let idle = kib("VmHWM");
+    for body in &bodies {
+        let (status, out) = http("POST", &server.state_url("dense.tfstate"), body.as_bytes());
+        assert_eq!(status, 200, "{}", text(&out));
+    }
+    let grown = (kib("VmHWM") - idle) / 1024;
+    eprintln!(
+        "bodies of {} and {} KiB: the peak grew {grown} MiB",
+        bodies[0].len() / 1024,
+        bodies[1].len() / 1024
+    );
+    assert!(grown <= 64, "the peak grew {grown} MiB");
+    let (status, out) = http(
+        "GET",
+        &format!("{}/api/v1/diff/dense.tfstate?from=1&to=2", server.url),
+        b"",
+    );
+    assert_eq!(status, 413, "{}", text(&out));
+}

@@ -228,7 +228,13 @@ struct Instance {
     dependencies: Option<Fingerprint>,
     status: Option<Fingerprint>,
     schema_version: Option<Fingerprint>,
+    private: Option<Fingerprint>,
+    sensitive_attributes: Option<Fingerprint>,
+    create_before_destroy: Option<Fingerprint>,
+    identity: Option<Fingerprint>,
     primary: Option<Primary>,
+    #[serde(rename = "type")]
+    type_name: Option<Fingerprint>,
     depends_on: Option<Fingerprint>,
     deposed: Option<Fingerprint>,
     provider: Option<Fingerprint>,
@@ -265,9 +271,20 @@ impl Instance {
             ("status", self.status != new.status),
             ("schema_version", self.schema_version != new.schema_version),
             ("index_key", self.index_key != new.index_key),
+            ("private", self.private != new.private),
+            (
+                "sensitive_attributes",
+                self.sensitive_attributes != new.sensitive_attributes,
+            ),
+            (
+                "create_before_destroy",
+                self.create_before_destroy != new.create_before_destroy,
+            ),
+            ("identity", self.identity != new.identity),
             ("id", changed(|p| p.id)),
             ("tainted", changed(|p| p.tainted)),
             ("meta", changed(|p| p.meta)),
+            ("type", self.type_name != new.type_name),
             ("depends_on", self.depends_on != new.depends_on),
             ("deposed", self.deposed != new.deposed),
             ("provider", self.provider != new.provider),
@@ -282,6 +299,11 @@ impl Instance {
 /// What a changed instance lists when its bytes differ and cannot be
 /// compared name by name.
 pub const UNREADABLE: &str = "(unreadable)";
+
+/// What a changed instance lists when what differs is none of what the
+/// diff names: another member of the instance, or another instance found
+/// at the same address ([`super::inventory::Entry::repeated`]).
+pub const OTHER: &str = "(other)";
 
 /// The names of what differs between two instances of one address.
 fn changed_names(old: &Instance, new: &Instance) -> Vec<String> {
@@ -413,6 +435,27 @@ fn text(body: &Body, at: Text) -> Result<Vec<u8>, StateError> {
     Ok(out)
 }
 
+/// The fingerprints of every text found at the address of instance `at`
+/// of `inv`, `last` being the text kept; `None` for one that is not JSON.
+fn wholes(
+    body: &Body,
+    inv: &Inventory,
+    at: usize,
+    last: &[u8],
+) -> Result<Vec<Option<Fingerprint>>, StateError> {
+    let whole = |t: &[u8]| serde_json::from_slice::<Fingerprint>(t).ok();
+    let mut out = vec![whole(last)];
+    for &other in inv
+        .repeats
+        .get(&inv.instances[at].text.start)
+        .into_iter()
+        .flatten()
+    {
+        out.push(whole(&text(body, other)?));
+    }
+    Ok(out)
+}
+
 /// What changed from `old` to `new`, by instance address and output name:
 /// each body read once, then only what differs read again. Blocking: call
 /// it off the runtime's threads.
@@ -459,10 +502,9 @@ pub fn diff(old: &Body, new: &Body) -> Result<Diff, ViewError> {
             Ordering::Equal => {
                 let (a, b) = (before.instances[i].text, after.instances[j].text);
                 if a.hash != b.hash {
-                    let parse = |body: &Body, at: Text| -> Result<Option<Instance>, StateError> {
-                        Ok(serde_json::from_slice(&text(body, at)?).ok())
-                    };
-                    let names = match (parse(old, a)?, parse(new, b)?) {
+                    let (a, b) = (text(old, a)?, text(new, b)?);
+                    let parse = |t: &[u8]| serde_json::from_slice::<Instance>(t).ok();
+                    let mut names = match (parse(&a), parse(&b)) {
                         (Some(a), Some(b)) => changed_names(&a, &b),
                         // Other bytes that cannot be compared (not shaped as
                         // an instance, nested past what is parsed, or of more
@@ -470,6 +512,14 @@ pub fn diff(old: &Body, new: &Body) -> Result<Diff, ViewError> {
                         // never hides one.
                         _ => vec![UNREADABLE.to_string()],
                     };
+                    // Nothing named differs: the texts may differ in spacing
+                    // or order only, or in what is not named, or another
+                    // text at the same address may differ.
+                    if names.is_empty()
+                        && wholes(old, &before, i, &a)? != wholes(new, &after, j, &b)?
+                    {
+                        names.push(OTHER.to_string());
+                    }
                     // The names go into the answer too.
                     written.set(written.get() + names.iter().map(String::len).sum::<usize>());
                     if !names.is_empty() {

@@ -234,6 +234,72 @@ fn states_of_terraform_before_0_12_are_read_by_module() {
     assert_eq!(diff(&new, &new), Diff::default());
 }
 
+/// What a format-3 body could hide is shown: a change of `type`, of a
+/// member the diff does not name (in any spelling), or of an earlier
+/// instance at an address found twice (`t.a.1` and `t.a.01` are both
+/// `t.a[1]`, as Terraform 0.11 read them); a path read after the
+/// resources, repeated, of other values than names, or `null`.
+#[test]
+fn a_format_3_body_hides_no_change() {
+    let body = |modules: Value| {
+        serde_json::to_vec(&json!({"version": 3, "serial": 1, "lineage": "L", "modules": modules}))
+            .unwrap()
+    };
+    let one = |name: &str, r: Value| body(json!([{"path": ["root"], "resources": {name: r}}]));
+    let x = json!({"type": "t", "primary": {"id": "1", "attributes": {"id": "1"}}});
+    let mut typed = x.clone();
+    typed["type"] = json!("u");
+    assert_eq!(
+        diff(&one("t.a", x.clone()), &one("t.a", typed)).changed[0].attributes,
+        ["(type)"]
+    );
+    let mut odd = x.clone();
+    odd["primary"]["ATTRIBUTES"] = json!({"password": "a"});
+    let mut odder = odd.clone();
+    odder["primary"]["ATTRIBUTES"] = json!({"password": "b"});
+    let d = diff(&one("t.a", odd.clone()), &one("t.a", odder));
+    assert_eq!(d.changed[0].attributes, [OTHER]);
+    // Spacing and order alone are no change.
+    let spaced = String::from_utf8(one("t.a", odd.clone()))
+        .unwrap()
+        .replace(':', " : ");
+    assert_eq!(diff(&one("t.a", odd), spaced.as_bytes()), Diff::default());
+
+    let twice = |first: &str| {
+        body(json!([{"path": ["root"], "resources": {
+            "t.a.01": {"primary": {"attributes": {"password": first}}},
+            "t.a.1": {"primary": {"attributes": {"password": "same"}}}}}]))
+    };
+    let d = diff(&twice("a"), &twice("b"));
+    assert_eq!(d.changed.len(), 1, "{d:?}");
+    assert_eq!(
+        (d.changed[0].address.as_str(), &d.changed[0].attributes[..]),
+        ("t.a[1]", &[OTHER.to_string()][..])
+    );
+    assert_eq!(diff(&twice("a"), &twice("a")), Diff::default());
+
+    // The path after the resources, given twice, of names and other values.
+    let late = |id: &str| {
+        body(json!([
+            {"resources": {"t.a": {"primary": {"id": id}}}, "Path": ["root", "old"],
+             "RESOURCES": {"t.b": {}}, "path": ["root", 1, "net", null], "outputs": {"o": {"value": 1}}},
+            {"path": null, "outputs": {"p": {"value": id}}},
+        ]))
+    };
+    let d = diff(&late("1"), &late("2"));
+    assert_eq!(d.changed[0].address, "module.net.t.a");
+    assert_eq!(d.changed[0].attributes, ["(id)"]);
+    assert_eq!(d.outputs_changed, ["p"], "only the root module's");
+    let o = overview(&late("1"));
+    assert_eq!((o.resources, o.instances, o.outputs.len()), (2, 2, 1));
+    let head = crate::state::head::StateHead::parse(&late("1")).unwrap();
+    let catalog = head.catalog.unwrap();
+    let mut addresses: Vec<_> = catalog.blocks().map(|b| b.address()).collect();
+    addresses.sort();
+    assert_eq!(addresses, ["module.net.t.a", "module.net.t.b"]);
+    assert_eq!(head.resources, 2);
+}
+
 /// An attribute nested deeper than the parser goes still shows as a
 /// change when its bytes change: the diff never hides one.
 #[test]
@@ -399,7 +465,7 @@ fn reference(old: &Value, new: &Value) -> Diff {
     fn present<'a>(v: &'a Value, k: &str) -> Option<&'a Value> {
         v.get(k).filter(|v| !v.is_null())
     }
-    fn instances(doc: &Value) -> BTreeMap<String, Value> {
+    fn instances(doc: &Value) -> BTreeMap<String, Vec<Value>> {
         let mut out = BTreeMap::new();
         for block in present(doc, "resources")
             .and_then(Value::as_array)
@@ -422,7 +488,9 @@ fn reference(old: &Value, new: &Value) -> Diff {
                     Some(Value::String(s)) => format!("[{}]", Value::from(s.as_str())),
                     _ => String::new(),
                 };
-                out.insert(format!("{base}{suffix}"), instance.clone());
+                out.entry(format!("{base}{suffix}"))
+                    .or_insert_with(Vec::new)
+                    .push(instance.clone());
             }
         }
         out
@@ -444,7 +512,13 @@ fn reference(old: &Value, new: &Value) -> Diff {
             .collect();
         out.sort();
         out.dedup();
-        for field in ["dependencies", "status", "schema_version", "index_key"] {
+        for field in [
+            "dependencies",
+            "status",
+            "schema_version",
+            "index_key",
+            "private",
+        ] {
             if present(a, field) != present(b, field) {
                 out.push(format!("({field})"));
             }
@@ -453,11 +527,17 @@ fn reference(old: &Value, new: &Value) -> Diff {
     }
     let (a, b) = (instances(old), instances(new));
     let mut d = Diff::default();
-    for (address, instance) in &b {
+    // The last instance at an address is compared; when nothing named
+    // differs, any other difference among all those at it is `(other)`.
+    for (address, found) in &b {
         match a.get(address) {
             None => d.added.push(address.clone()),
             Some(before) => {
-                let names = names(before, instance);
+                let last = |v: &Vec<Value>| v.last().cloned().unwrap();
+                let mut names = names(&last(before), &last(found));
+                if names.is_empty() && before != found {
+                    names.push(OTHER.into());
+                }
                 if !names.is_empty() {
                     d.changed.push(Changed {
                         address: address.clone(),
