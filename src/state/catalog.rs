@@ -19,7 +19,7 @@ use std::sync::Arc;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use super::head::go_folded;
+use super::scan::go_folded;
 
 /// The most bytes of names and blocks a catalog holds, each block counting
 /// [`ROW_BYTES`] beside its name. A state past it (a hundred thousand

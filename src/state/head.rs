@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use super::catalog::{self, Blocks, Catalog, V3Blocks};
+use super::scan::go_folded;
 use super::{Held, StateError};
 use crate::settings::without_quoted_text;
 use crate::stores::payload::CHUNK_BYTES;
@@ -137,16 +138,6 @@ const READ_MEMBERS: &[&str] = &[
     "encrypted_data",
     "meta",
 ];
-
-/// A name folded as Go's `encoding/json` compares member names, which
-/// Terraform and OpenTofu decode states with: case-insensitively, with
-/// `ſ` (U+017F) taken as `s` and the Kelvin sign as `k`.
-pub(crate) fn go_folded(name: &str) -> String {
-    name.chars()
-        .flat_map(char::to_uppercase)
-        .flat_map(char::to_lowercase)
-        .collect()
-}
 
 impl<'de> Deserialize<'de> for Incoming {
     /// Reads the members the rules look at and skips the rest unread. A

@@ -22,7 +22,7 @@ use std::io::Read;
 use serde_json::Value;
 
 use super::catalog::{V3Name, v3_path_step};
-use super::head::go_folded;
+use super::scan::go_folded;
 use super::scan::{KNOWN_KEY_BYTES, Key, ScanError, Scanner};
 
 /// The longest block field (`module`, `type`, ...), index key or output

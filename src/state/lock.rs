@@ -101,10 +101,10 @@ impl LockInfo {
             // matches names case-insensitively and keeps the last: a name
             // twice, in any spelling, would make the ID this server acts on
             // another than the one its taker reads back.
-            let folded_name = super::head::go_folded(&name);
+            let folded_name = super::scan::go_folded(&name);
             if let Some(field) = TERRAFORM_FIELDS
                 .iter()
-                .find(|f| super::head::go_folded(f) == folded_name)
+                .find(|f| super::scan::go_folded(f) == folded_name)
                 && let Some(should) = misfit(field, &value)
             {
                 return Err(StateError::BadRequest(format!(

@@ -398,3 +398,13 @@ impl<R: Read> Scanner<R> {
         Ok(self.md5.map(|m| crate::stores::payload::hex(&m.finalize())))
     }
 }
+
+/// A name folded as Go's `encoding/json` compares member names, which
+/// Terraform and OpenTofu decode states with: case-insensitively, with
+/// `ſ` (U+017F) taken as `s` and the Kelvin sign as `k`.
+pub(crate) fn go_folded(name: &str) -> String {
+    name.chars()
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
+        .collect()
+}
