@@ -210,6 +210,8 @@ struct Shown {
     /// identity there is.
     outputs: Option<Box<RawValue>>,
     modules: Option<Modules>,
+    /// A member read under another spelling ([`other_spelling`]).
+    other_spelling: bool,
 }
 
 /// `modules`, as far as the view goes.
@@ -217,6 +219,8 @@ enum Modules {
     /// An array: the `outputs` of its first module whose `path` is
     /// `["root"]`, if any.
     Array(Option<Box<RawValue>>),
+    /// A module with another spelling of `path` or `outputs`.
+    OtherSpelling,
     /// Something else, which the view reads as no `modules`.
     Other,
 }
@@ -236,6 +240,13 @@ impl Shown {
                 "this state is encrypted by the client; its outputs cannot be shown alone".into(),
             ));
         }
+        if self.other_spelling || matches!(self.modules, Some(Modules::OtherSpelling)) {
+            return Err(ProtocolError::Forbidden(
+                "this state has members under other spellings, which Terraform reads as the \
+                 outputs' or modules'; its outputs cannot be shown alone"
+                    .into(),
+            ));
+        }
         let empty = || RawValue::from_string("{}".into()).expect("`{}` is JSON");
         let only_objects = |v: Option<Box<RawValue>>| {
             v.filter(|raw| raw.get().trim_start().starts_with('{'))
@@ -251,11 +262,13 @@ impl Shown {
                     depends_on: [],
                 }],
             }),
-            Some(Modules::Other) | None => serde_json::to_vec_pretty(&View4 {
-                head: &self.head,
-                outputs: &only_objects(self.outputs),
-                resources: [],
-            }),
+            Some(Modules::Other | Modules::OtherSpelling) | None => {
+                serde_json::to_vec_pretty(&View4 {
+                    head: &self.head,
+                    outputs: &only_objects(self.outputs),
+                    resources: [],
+                })
+            }
         }
         .expect("the view serialises");
         out.push(b'\n');
@@ -302,6 +315,7 @@ impl<'de> Visitor<'de> for ShownVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shown, A::Error> {
         let mut shown = Shown::default();
         while let Some(name) = map.next_key::<String>()? {
+            shown.other_spelling |= other_spelling(&name, SHOWN_MEMBERS);
             match name.as_str() {
                 "version" | "terraform_version" | "serial" | "lineage" => {
                     let value = map.next_value()?;
@@ -320,6 +334,24 @@ impl<'de> Visitor<'de> for ShownVisitor {
         }
         Ok(shown)
     }
+}
+
+/// The members the view reads, at the top level.
+const SHOWN_MEMBERS: &[&str] = &[
+    "version",
+    "terraform_version",
+    "serial",
+    "lineage",
+    "encrypted_data",
+    "outputs",
+    "modules",
+];
+
+/// Whether `name` is another spelling of one of `members`, which Terraform
+/// reads as it (`Outputs`, `Path`): the view would show other members than
+/// Terraform reads, so it is not made.
+fn other_spelling(name: &str, members: &[&str]) -> bool {
+    !members.contains(&name) && members.contains(&crate::state::go_folded(name).as_str())
 }
 
 /// Reads `modules`, keeping only the root module's outputs.
@@ -342,15 +374,22 @@ impl<'de> Visitor<'de> for ModulesSeed {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Modules, A::Error> {
         let mut root = None;
+        let mut other_spelling = false;
         while let Some(module) = seq.next_element::<Module>()? {
-            if let Module::Object { path, outputs } = module
-                && root.is_none()
-                && path == Some(json!(["root"]))
-            {
-                root = Some(outputs);
+            match module {
+                Module::Object { path, outputs }
+                    if root.is_none() && path == Some(json!(["root"])) =>
+                {
+                    root = Some(outputs);
+                }
+                Module::OtherSpelling => other_spelling = true,
+                _ => {}
             }
         }
-        Ok(Modules::Array(root.flatten()))
+        match other_spelling {
+            true => Ok(Modules::OtherSpelling),
+            false => Ok(Modules::Array(root.flatten())),
+        }
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Modules, A::Error> {
@@ -390,6 +429,8 @@ enum Module {
         path: Option<Value>,
         outputs: Option<Box<RawValue>>,
     },
+    /// An object with another spelling of `path` or `outputs`.
+    OtherSpelling,
     Other,
 }
 
@@ -404,8 +445,9 @@ impl<'de> Deserialize<'de> for Module {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Module, A::Error> {
-                let (mut path, mut outputs) = (None, None);
+                let (mut path, mut outputs, mut other) = (None, None, false);
                 while let Some(name) = map.next_key::<String>()? {
+                    other |= other_spelling(&name, &["path", "outputs"]);
                     match name.as_str() {
                         "path" => path = Some(map.next_value()?),
                         "outputs" => outputs = Some(map.next_value()?),
@@ -414,7 +456,10 @@ impl<'de> Deserialize<'de> for Module {
                         }
                     }
                 }
-                Ok(Module::Object { path, outputs })
+                match other {
+                    true => Ok(Module::OtherSpelling),
+                    false => Ok(Module::Object { path, outputs }),
+                }
             }
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Module, A::Error> {
@@ -475,6 +520,30 @@ mod tests {
             }
             (a, b) => panic!("from memory {a:?}, from a file {b:?}"),
         }
+    }
+
+    /// A member under another spelling, which Terraform reads as the
+    /// outputs, the modules or a module's path, makes no view: the view
+    /// would show what Terraform does not read as root outputs.
+    #[tokio::test]
+    async fn members_under_other_spellings_make_no_view() {
+        let child = br#"{"version":3,"serial":3,"lineage":"L","modules":[
+            {"path":["root"],"Path":["root","child"],"outputs":{"secret":{"value":"S"}}},
+            {"path":["root"],"outputs":{"pub":{"value":"p"}}}]}"#;
+        let top =
+            br#"{"version":4,"serial":3,"lineage":"L","outputs":{},"Outputs":{"o":{"value":1}}}"#;
+        for body in [&child[..], &top[..]] {
+            assert_eq!(
+                view(body).await,
+                Err(403),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let plain = br#"{"version":3,"serial":3,"lineage":"L","modules":[
+            {"path":["root"],"outputs":{"pub":{"value":"p"}},"Depends_On":[]}]}"#;
+        let shown = view(plain).await.unwrap();
+        assert_eq!(shown["modules"][0]["outputs"]["pub"]["value"], "p");
     }
 
     #[tokio::test]

@@ -546,7 +546,7 @@ impl Shape for RawBlock {
         let mut raw = RawBlock::default();
         while let Some(key) = map.next_key::<Lenient<String>>()? {
             let text = |v: Lenient<String>| v.0;
-            match key.0.as_deref() {
+            match key.0.as_deref().map(go_folded).as_deref() {
                 Some("module") => raw.module = text(map.next_value()?),
                 Some("mode") => raw.mode = text(map.next_value()?),
                 Some("type") => raw.type_name = text(map.next_value()?),

@@ -126,7 +126,20 @@ struct Incoming {
     encryption_version: bool,
     encrypted_data: bool,
     meta: bool,
+    /// A member Terraform reads a state's contents from is present (in
+    /// any spelling): the body is a state, whatever else it holds.
+    state_members: bool,
 }
+
+/// The members that make a body a state to Terraform, beside the
+/// members of an encrypted envelope: such a body is no envelope.
+const STATE_MEMBERS: &[&str] = &[
+    "version",
+    "outputs",
+    "resources",
+    "modules",
+    "check_results",
+];
 
 /// The members [`Incoming`] reads.
 const READ_MEMBERS: &[&str] = &[
@@ -161,6 +174,14 @@ impl<'de> Deserialize<'de> for Incoming {
                 let mut seen = [false; READ_MEMBERS.len()];
                 let mut outputs = false;
                 while let Some(name) = map.next_key::<String>()? {
+                    let folded = go_folded(&name);
+                    out.state_members |= STATE_MEMBERS.contains(&folded.as_str());
+                    if folded == "outputs" && name != "outputs" {
+                        return Err(A::Error::custom(format!(
+                            "it has a member `{name}`, which Terraform reads as `outputs`; \
+                             only the exact name is accepted"
+                        )));
+                    }
                     // Repeated, the diff and the state page read one of
                     // them and Terraform the last: what a write changed
                     // could be hidden from whoever reviews it.
@@ -176,7 +197,6 @@ impl<'de> Deserialize<'de> for Incoming {
                         continue;
                     }
                     let Some(at) = READ_MEMBERS.iter().position(|m| *m == name) else {
-                        let folded = go_folded(&name);
                         if let Some(member) = READ_MEMBERS.iter().find(|m| **m == folded) {
                             // Only spellings of a member's name get here.
                             return Err(A::Error::custom(format!(
@@ -366,9 +386,12 @@ fn invalid_utf8(at: u64) -> StateError {
 
 impl Incoming {
     /// The head of a body that parsed as an object: an encrypted envelope
-    /// may lack `serial` and `lineage`, a plain state may not.
+    /// may lack `serial` and `lineage`, a plain state may not. A body with
+    /// the envelope's members and a state's is a state to Terraform, which
+    /// ignores the envelope's: it is judged as one.
     fn head(self) -> Result<StateHead, StateError> {
-        let encrypted = self.encryption_version && self.encrypted_data && self.meta;
+        let encrypted =
+            self.encryption_version && self.encrypted_data && self.meta && !self.state_members;
         let serial = match self.serial {
             Some(v) => Some(v.as_u64().ok_or_else(|| {
                 not_a_state(format!(
@@ -831,6 +854,8 @@ mod tests {
             br#"{"serial":1,"serial":2,"lineage":"L"}"#,
             br#"{"serial":1,"lineage":"L","resources":[],"resources":[{}]}"#,
             br#"{"serial":1,"lineage":"L","outputs":{"o":{"value":1}},"outputs":{}}"#,
+            // Terraform merges it into `outputs`, which the views read alone.
+            br#"{"serial":1,"lineage":"L","outputs":{},"Outputs":{"o":{"value":1}}}"#,
         ] {
             for result in [
                 StateHead::parse_incoming(body),
@@ -845,9 +870,37 @@ mod tests {
             .to_string();
         assert!(e.contains("`SERIAL`") && e.contains("`serial`"), "{e}");
         // Other members are Terraform's business, in any spelling.
-        let head =
-            StateHead::parse_incoming(br#"{"serial":1,"lineage":"L","Outputs":{},"VERSION":4}"#)
-                .unwrap();
+        let head = StateHead::parse_incoming(
+            br#"{"serial":1,"lineage":"L","Check_Results":[],"VERSION":4}"#,
+        )
+        .unwrap();
         assert_eq!(head.serial, Some(1));
+    }
+
+    /// A body with an encrypted envelope's members and a state's is a
+    /// state to Terraform, which ignores the envelope's: it needs a serial
+    /// and a lineage, which the stale-write rules then judge.
+    #[test]
+    fn an_envelope_beside_a_state_is_a_state() {
+        let envelope = r#""encryption_version":"v0","encrypted_data":"AA==","meta":{}"#;
+        let alone = format!("{{{envelope}}}");
+        let head = StateHead::parse_incoming(alone.as_bytes()).unwrap();
+        assert_eq!((head.serial, head.lineage), (None, None));
+        for member in [
+            r#""version":4"#,
+            r#""Outputs":{}"#,
+            r#""resources":[]"#,
+            r#""modules":[]"#,
+            r#""check_results":null"#,
+        ] {
+            let body = format!("{{{member},{envelope}}}");
+            for result in [
+                StateHead::parse_incoming(body.as_bytes()),
+                StateHead::parse_incoming_reader(&in_file(body.as_bytes())),
+            ] {
+                let e = result.expect_err(&body);
+                assert!(matches!(e, StateError::BadRequest(_)), "{e}");
+            }
+        }
     }
 }

@@ -412,22 +412,27 @@ impl Inventory {
         let block = u32::try_from(self.blocks.len()).map_err(|_| Walk::TooDense)?;
         let mut fields = BlockFields::default();
         let mut instances = 0;
+        let instances_from = self.instances.len();
         scan.begin_object()?;
         let mut first = true;
+        // Names as Terraform matches them ([`go_folded`]), the last of a
+        // repeated one counting, as Terraform reads it.
         while let Some(key) = scan.next_key(&mut first, KNOWN_KEY_BYTES)? {
-            let field = match &key {
-                Key::Text(k) => match k.as_str() {
-                    "module" => Some(&mut fields.module),
-                    "mode" => Some(&mut fields.mode),
-                    "type" => Some(&mut fields.type_name),
-                    "name" => Some(&mut fields.name),
-                    _ => None,
-                },
-                Key::Other => None,
+            let folded = match &key {
+                Key::Text(k) => go_folded(k),
+                Key::Other => String::new(),
+            };
+            let field = match folded.as_str() {
+                "module" => Some(&mut fields.module),
+                "mode" => Some(&mut fields.mode),
+                "type" => Some(&mut fields.type_name),
+                "name" => Some(&mut fields.name),
+                _ => None,
             };
             if let Some(field) = field {
                 *field = optional_string(scan.copy_value(FIELD_BYTES)?)?;
-            } else if key.is("instances") {
+            } else if folded == "instances" {
+                self.instances.truncate(instances_from);
                 instances = self.walk_instances(scan, how, block)?;
             } else {
                 scan.skip_value()?;
@@ -476,7 +481,7 @@ impl Inventory {
             let mut suffix = String::new();
             let mut first = true;
             while let Some(key) = scan.next_key(&mut first, KNOWN_KEY_BYTES)? {
-                if key.is("index_key") {
+                if matches!(&key, Key::Text(k) if go_folded(k) == "index_key") {
                     suffix = index_suffix(scan.copy_value(FIELD_BYTES)?)?;
                 } else {
                     scan.skip_value()?;

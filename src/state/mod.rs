@@ -48,6 +48,7 @@ pub use history::VersionMeta;
 pub use key::StateRef;
 pub use lease::Lease;
 pub use lock::{Held, LockInfo, Taken};
+pub(crate) use scan::go_folded;
 pub use write::{WriteOptions, WriteOutcome};
 
 /// Why a state operation did not happen. [`crate::protocol`] maps each kind

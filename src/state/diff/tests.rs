@@ -300,6 +300,35 @@ fn a_format_3_body_hides_no_change() {
     assert_eq!(head.resources, 2);
 }
 
+/// A block's members and an instance's key under other spellings are
+/// read as Terraform reads them, the last of a repeated one counting: a
+/// change there is no hidden change.
+#[test]
+fn block_members_under_other_spellings_are_read_as_terraform_reads_them() {
+    let body = |input: &str| {
+        format!(
+            r#"{{"version": 4, "serial": 1, "lineage": "L", "resources": [
+            {{"mode": "managed", "TYPE": "t", "Name": "a", "instances": [{{"attributes": {{"input": "x"}}}}],
+             "Instances": [{{"Index_Key": 1, "attributes": {{"input": "{input}"}}}}]}}]}}"#
+        )
+        .into_bytes()
+    };
+    let d = diff(&body("ok"), &body("EVIL"));
+    assert_eq!(d.changed.len(), 1, "{d:?}");
+    assert_eq!(d.changed[0].address, "t.a[1]");
+    assert_eq!(d.changed[0].attributes, ["input"]);
+    let o = overview(&body("ok"));
+    assert_eq!((o.resources, o.instances), (1, 1));
+    let head = crate::state::head::StateHead::parse(&body("ok")).unwrap();
+    let blocks: Vec<_> = head
+        .catalog
+        .unwrap()
+        .blocks()
+        .map(|b| (b.address(), b.instances))
+        .collect();
+    assert_eq!(blocks, [("t.a".to_string(), 1)]);
+}
+
 /// An attribute nested deeper than the parser goes still shows as a
 /// change when its bytes change: the diff never hides one.
 #[test]
