@@ -102,9 +102,10 @@ impl LockInfo {
             // twice, in any spelling, would make the ID this server acts on
             // another than the one its taker reads back.
             let folded_name = super::scan::go_folded(&name);
-            if let Some(field) = TERRAFORM_FIELDS
+            let field = TERRAFORM_FIELDS
                 .iter()
-                .find(|f| super::scan::go_folded(f) == folded_name)
+                .find(|f| super::scan::go_folded(f) == folded_name);
+            if let Some(field) = field
                 && let Some(should) = misfit(field, &value)
             {
                 return Err(StateError::BadRequest(format!(
@@ -116,7 +117,9 @@ impl LockInfo {
                     "the LockInfo has the field `{name}` twice (names differing only in case count as one)"
                 )));
             }
-            fields.insert(name, value);
+            // Read under Terraform's name, as Terraform reads it (`id` is
+            // the `ID`); the body kept is the one sent.
+            fields.insert(terraform_name(name), value);
         }
         if fields.contains_key(OWNER_FIELD) {
             return Err(StateError::BadRequest(format!(
@@ -136,9 +139,29 @@ impl LockInfo {
 
     /// Parses the LockInfo a lock object holds. A lock written by something
     /// else that does not parse still locks; its holder just has no ID.
+    /// Its fields are read under Terraform's names, as Terraform reads
+    /// them (`id` is the `ID`).
     pub fn of_holder(body: &[u8]) -> Self {
-        serde_json::from_slice(body).unwrap_or_default()
+        let Ok(fields) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+        else {
+            return serde_json::from_slice(body).unwrap_or_default();
+        };
+        let fields = fields
+            .into_iter()
+            .map(|(name, value)| (terraform_name(name), value))
+            .collect();
+        serde_json::from_value(serde_json::Value::Object(fields)).unwrap_or_default()
     }
+}
+
+/// `name` as Terraform's LockInfo field it decodes as, when it is one in
+/// another spelling (`id` for `ID`); else as it is.
+fn terraform_name(name: String) -> String {
+    let folded = super::scan::go_folded(&name);
+    TERRAFORM_FIELDS
+        .iter()
+        .find(|f| super::scan::go_folded(f) == folded)
+        .map_or(name, |f| f.to_string())
 }
 
 /// The fields of Terraform's LockInfo, which it decodes from the holder's
@@ -443,6 +466,31 @@ mod tests {
         states.release(&state, Some("c")).await.unwrap();
         let released = states.release_read(&state, None, read_c).await.unwrap();
         assert!(released.is_none(), "released a lock already gone");
+    }
+
+    /// A LockInfo's fields are read as Terraform reads them: `id` is the
+    /// `ID`, so an UNLOCK naming another ID in lower case is no force-unlock.
+    #[tokio::test]
+    async fn lock_info_names_in_other_spellings_are_terraforms() {
+        assert_eq!(LockInfo::parse(br#"{"id":"b"}"#).unwrap().id, "b");
+        assert_eq!(LockInfo::of_holder(br#"{"Id":"c","who":"w"}"#).id, "c");
+        let dir = tempfile::tempdir().unwrap();
+        let states = crate::state::local_states_for_tests(dir.path(), 0);
+        let state = StateRef::parse("app", None).unwrap();
+        states.lock(&state, info("a"), None).await.unwrap();
+        let e = states.unlock(&state, br#"{"id":"b"}"#).await.unwrap_err();
+        assert!(matches!(e, StateError::NotHolder(_)), "{e}");
+        states.unlock(&state, br#"{"iD":"a"}"#).await.unwrap();
+        assert!(states.lock_holder(&state).await.unwrap().is_none());
+        // Taken under `id`, it is held by that ID.
+        let lower = Bytes::from_static(br#"{"id":"l","Who":"w"}"#);
+        states.lock(&state, lower, None).await.unwrap();
+        let e = states
+            .unlock(&state, br#"{"ID":"other"}"#)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StateError::NotHolder(_)), "{e}");
+        states.unlock(&state, br#"{"ID":"l"}"#).await.unwrap();
     }
 
     #[test]
