@@ -351,7 +351,7 @@ const SHOWN_MEMBERS: &[&str] = &[
 /// reads as it (`Outputs`, `Path`): the view would show other members than
 /// Terraform reads, so it is not made.
 fn other_spelling(name: &str, members: &[&str]) -> bool {
-    !members.contains(&name) && members.contains(&crate::state::go_folded(name).as_str())
+    !members.contains(&name) && members.contains(&&*crate::state::go_folded(name))
 }
 
 /// Reads `modules`, keeping only the root module's outputs.

@@ -175,7 +175,7 @@ impl<'de> Deserialize<'de> for Incoming {
                 let mut outputs = false;
                 while let Some(name) = map.next_key::<String>()? {
                     let folded = go_folded(&name);
-                    out.state_members |= STATE_MEMBERS.contains(&folded.as_str());
+                    out.state_members |= STATE_MEMBERS.contains(&&*folded);
                     if folded == "outputs" && name != "outputs" {
                         return Err(A::Error::custom(format!(
                             "it has a member `{name}`, which Terraform reads as `outputs`; \

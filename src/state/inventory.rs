@@ -420,9 +420,9 @@ impl Inventory {
         while let Some(key) = scan.next_key(&mut first, KNOWN_KEY_BYTES)? {
             let folded = match &key {
                 Key::Text(k) => go_folded(k),
-                Key::Other => String::new(),
+                Key::Other => "".into(),
             };
-            let field = match folded.as_str() {
+            let field = match &*folded {
                 "module" => Some(&mut fields.module),
                 "mode" => Some(&mut fields.mode),
                 "type" => Some(&mut fields.type_name),
@@ -524,7 +524,7 @@ impl Inventory {
                 scan.skip_value()?;
                 continue;
             };
-            match go_folded(&key).as_str() {
+            match &*go_folded(&key) {
                 "path" => path = read_path(scan)?,
                 "outputs" => self.walk_outputs(scan, how)?,
                 "resources" => self.walk_v3_resources(scan, how, &mut blocks)?,

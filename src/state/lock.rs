@@ -101,7 +101,7 @@ impl LockInfo {
             // matches names case-insensitively and keeps the last: a name
             // twice, in any spelling, would make the ID this server acts on
             // another than the one its taker reads back.
-            let folded_name = super::scan::go_folded(&name);
+            let folded_name = super::scan::go_folded(&name).into_owned();
             let field = TERRAFORM_FIELDS
                 .iter()
                 .find(|f| super::scan::go_folded(f) == folded_name);

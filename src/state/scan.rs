@@ -401,10 +401,54 @@ impl<R: Read> Scanner<R> {
 
 /// A name folded as Go's `encoding/json` compares member names, which
 /// Terraform and OpenTofu decode states with: case-insensitively, with
-/// `ſ` (U+017F) taken as `s` and the Kelvin sign as `k`.
-pub(crate) fn go_folded(name: &str) -> String {
+/// `ſ` (U+017F) taken as `s` and the Kelvin sign as `k`. A name of ASCII
+/// without capitals, as Terraform writes every member, is its own fold.
+pub(crate) fn go_folded(name: &str) -> std::borrow::Cow<'_, str> {
+    if name
+        .bytes()
+        .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
+    {
+        return std::borrow::Cow::Borrowed(name);
+    }
     name.chars()
         .flat_map(char::to_uppercase)
         .flat_map(char::to_lowercase)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_folded;
+
+    /// A name of ASCII without capitals is its own fold, as the full fold
+    /// makes it; the others fold as Go's decoder compares them.
+    #[test]
+    fn names_fold_as_gos_decoder_compares_them() {
+        let full = |name: &str| -> String {
+            name.chars()
+                .flat_map(char::to_uppercase)
+                .flat_map(char::to_lowercase)
+                .collect()
+        };
+        let ascii: String = (0u8..128)
+            .map(char::from)
+            .filter(|c| !c.is_ascii_uppercase())
+            .collect();
+        for name in ["serial", "index_key", "check_results", "a-b.0", "", &ascii] {
+            assert!(
+                matches!(go_folded(name), std::borrow::Cow::Borrowed(_)),
+                "{name}"
+            );
+            assert_eq!(go_folded(name), full(name));
+        }
+        for (name, folded) in [
+            ("SERIAL", "serial"),
+            ("\u{17f}erial", "serial"),
+            ("\u{212a}ey", "key"),
+            ("Outputs", "outputs"),
+            ("ID", "id"),
+        ] {
+            assert_eq!(go_folded(name), folded);
+        }
+    }
 }
