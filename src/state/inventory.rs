@@ -572,8 +572,8 @@ impl Inventory {
                 true => format!("data.{}", v3.type_name),
                 false => v3.type_name.to_string(),
             };
-            let block = match blocks.get(v3.block) {
-                Some(&block) => block,
+            let (block, new) = match blocks.get(v3.block) {
+                Some(&block) => (block, 0),
                 None => {
                     let block = u32::try_from(self.blocks.len()).map_err(|_| Walk::TooDense)?;
                     if let Detail::Texts(_) = how.detail {
@@ -582,11 +582,10 @@ impl Inventory {
                     }
                     self.module_blocks += v3.block.len() + BLOCK_ENTRY_BYTES;
                     blocks.insert(v3.block.to_string(), block);
-                    self.count(type_name.clone(), 1, 0);
-                    block
+                    (block, 1)
                 }
             };
-            self.count(type_name, 0, 1);
+            self.count(type_name, new, 1);
             match how.detail {
                 Detail::Texts(hashing) => {
                     let (hash, start, end) = scan.hash_value(hashing.build_hasher())?;

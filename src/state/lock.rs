@@ -119,7 +119,7 @@ impl LockInfo {
             }
             // Read under Terraform's name, as Terraform reads it (`id` is
             // the `ID`); the body kept is the one sent.
-            fields.insert(terraform_name(name), value);
+            fields.insert(field.map_or(name, |f| f.to_string()), value);
         }
         if fields.contains_key(OWNER_FIELD) {
             return Err(StateError::BadRequest(format!(
